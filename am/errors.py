@@ -1,0 +1,64 @@
+"""The exception family of am-segm.
+
+Every error the package raises on purpose derives from :class:`AmError`, so the command-line
+edge can turn any of them into a clear message and a non-zero exit without catching
+programming errors by accident. Messages name the file or value at fault and say what to do.
+"""
+
+from __future__ import annotations
+
+
+class AmError(Exception):
+    """Root of every error am-segm raises deliberately."""
+
+
+class InputError(AmError):
+    """A user-supplied file, folder or argument cannot be used as given."""
+
+
+class ConfigError(AmError):
+    """A configuration file, environment variable or option has a bad value."""
+
+
+class CheckpointError(AmError):
+    """A model file is missing, not a checkpoint, or describes an unsupported model."""
+
+
+class MessageError(AmError):
+    """A queue message does not parse or points outside its job's prefix."""
+
+
+class TransportError(AmError):
+    """S3 or SQS failed after retries, or an endpoint cannot be reached."""
+
+
+class WorkerError(AmError):
+    """A worker could not start or could not process its work."""
+
+
+class LauncherError(AmError):
+    """Workers could not be started, or all of them stopped while work was pending."""
+
+
+class JobFailed(AmError):
+    """A job ended with tiles that did not complete.
+
+    ``failed`` maps a tile name (``group/NNNN``) to the reason it failed, so the message can
+    list them and a rerun can redo only those.
+    """
+
+    def __init__(self, message: str, failed: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failed = dict(failed or {})
+
+
+class JobTimeout(JobFailed):
+    """A job did not finish within its time budget."""
+
+
+class StitchError(AmError):
+    """Mask tiles cannot be stitched: some are missing, misshapen or conflict with a delivered copy."""
+
+
+class RegistrationError(AmError):
+    """The marks cannot be registered to the requested acquisition grid."""

@@ -1,0 +1,21 @@
+"""How workers are started: the only thing, besides the endpoint, that differs between backends.
+
+A launcher starts ``count`` workers with a given environment, reports how many are alive, and
+stops what it started. The orchestrator never knows more than this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+
+class Launcher(Protocol):
+    def start(self, count: int, environment: Mapping[str, str]) -> None:
+        """Start ``count`` workers whose settings come from ``environment`` (AM_* keys)."""
+
+    def alive(self) -> int:
+        """How many started workers are running or about to (pending ECS tasks count)."""
+
+    def stop(self) -> None:
+        """Stop every worker this launcher started; safe to call twice and after failures."""

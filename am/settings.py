@@ -1,0 +1,199 @@
+"""Settings for the orchestrator, built once at the command-line edge and passed down.
+
+Each key resolves as: command-line option, then environment variable ``AM_<KEY>``, then the
+YAML config file, then the default below. Library modules never read the environment; only
+:func:`load_settings`, called by the command-line modules, does::
+
+    settings = load_settings({"workers": 4}, environ=os.environ, config_path=None)
+
+AWS credentials are never settings: boto3's standard chain provides them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from am.errors import ConfigError
+
+BACKENDS = ("local", "aws")
+AWS_LAUNCH_MODES = ("run_task", "service")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every orchestrator setting; see config/config.yml.template for what each one means."""
+
+    backend: str = "local"
+    workers: int = 2
+    model: str = ""
+    log_level: str = "INFO"
+    # Tiling and preprocessing.
+    tile_size: int = 512
+    tile_overlap: int = 128
+    norm_low_pct: float = 1.0
+    norm_high_pct: float = 99.0
+    scale: float = 1.0
+    # Worker behaviour, passed to every worker the orchestrator starts.
+    batch_size: int = 0
+    idle_exit_s: float = 60.0
+    worker_threads: int = 0
+    # Job control.
+    visibility_timeout_s: int = 120
+    max_receive_count: int = 3
+    timeout_base_s: float = 300.0
+    timeout_per_tile_s: float = 10.0
+    transfer_threads: int = 16
+    keep_job_data: bool = False
+    # Endpoint and resources. Empty endpoint_url means the real AWS endpoints.
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    input_bucket: str = "am-segm-input"
+    output_bucket: str = "am-segm-output"
+    queue_name: str = "am-segm-tiles"
+    dead_letter_queue_name: str = "am-segm-tiles-dlq"
+    results_queue_prefix: str = "am-segm-results"
+    # AWS backend only.
+    stack_name: str = ""
+    ecs_cluster: str = ""
+    ecs_task_definition: str = ""
+    ecs_service: str = ""
+    ecs_capacity_provider: str = ""
+    ecs_subnets: str = ""
+    ecs_security_groups: str = ""
+    aws_launch: str = "run_task"
+    aws_max_tasks: int = 10
+
+    def __post_init__(self) -> None:
+        _require(self.backend in BACKENDS, "backend", self.backend, f"one of {', '.join(BACKENDS)}")
+        _require(self.workers >= 1, "workers", self.workers, "at least 1")
+        _require(self.log_level in LOG_LEVELS, "log_level", self.log_level, f"one of {', '.join(LOG_LEVELS)}")
+        _require(self.tile_size >= 64 and self.tile_size % 32 == 0, "tile_size", self.tile_size,
+                 "a multiple of 32 and at least 64 (the U-Net halves it five times)")
+        _require(0 <= self.tile_overlap <= self.tile_size // 2, "tile_overlap", self.tile_overlap,
+                 f"between 0 and half the tile size ({self.tile_size // 2})")
+        _require(0 <= self.norm_low_pct < self.norm_high_pct <= 100, "norm_low_pct/norm_high_pct",
+                 (self.norm_low_pct, self.norm_high_pct), "0 <= low < high <= 100")
+        _require(0.1 <= self.scale <= 10, "scale", self.scale, "between 0.1 and 10")
+        _require(self.batch_size >= 0, "batch_size", self.batch_size, ">= 0 (0 picks one for the device)")
+        _require(self.idle_exit_s > 0, "idle_exit_s", self.idle_exit_s, "> 0 seconds")
+        _require(self.worker_threads >= 0, "worker_threads", self.worker_threads, ">= 0 (0 shares the cores)")
+        _require(30 <= self.visibility_timeout_s <= 43200, "visibility_timeout_s", self.visibility_timeout_s,
+                 "between 30 and 43200 seconds (the SQS limit)")
+        _require(1 <= self.max_receive_count <= 1000, "max_receive_count", self.max_receive_count,
+                 "between 1 and 1000 (the SQS limit)")
+        _require(self.timeout_base_s > 0 and self.timeout_per_tile_s > 0, "timeout_base_s/timeout_per_tile_s",
+                 (self.timeout_base_s, self.timeout_per_tile_s), "> 0 seconds")
+        _require(1 <= self.transfer_threads <= 128, "transfer_threads", self.transfer_threads, "between 1 and 128")
+        _require(self.aws_launch in AWS_LAUNCH_MODES, "aws_launch", self.aws_launch,
+                 f"one of {', '.join(AWS_LAUNCH_MODES)}")
+        _require(self.aws_max_tasks >= 1, "aws_max_tasks", self.aws_max_tasks, "at least 1")
+        if self.endpoint_url:
+            _require(self.endpoint_url.startswith(("http://", "https://")), "endpoint_url", self.endpoint_url,
+                     "an http:// or https:// URL")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def job_timeout_s(self, n_tiles: int) -> float:
+        """The whole job's budget grows with its size, so big images are not cut off at a fixed limit."""
+        return self.timeout_base_s + self.timeout_per_tile_s * n_tiles / max(1, self.workers)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"setting {key} = {value!r} is not allowed: it must be {allowed}")
+
+
+def _coerce(key: str, raw: Any, typ: type, source: str) -> Any:
+    """Turn a string from the environment or a YAML scalar into the setting's type."""
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if typ is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError("expected an integer")
+            return int(raw)
+        if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            return float(raw)
+        if raw is None:
+            return ""
+        if isinstance(raw, (dict, list)):
+            raise ValueError("expected a single value")
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {key} = {raw!r} is not a valid {typ.__name__} ({exc})") from exc
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def setting_types() -> dict[str, type]:
+    return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(Settings)}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML config file of flat ``key: value`` pairs; unknown keys are errors, not ignored."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; copy config/config.yml.template and edit it")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} cannot be read as YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold 'key: value' pairs, not a {type(data).__name__}")
+    known = setting_types()
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(f"config file {path} has unknown key(s) {', '.join(unknown)}; "
+                          "see config/config.yml.template for the valid ones")
+    return {key: _coerce(key, value, known[key], f"config file {path}") for key, value in data.items()}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    """Resolve settings: ``overrides`` (command line) > ``AM_<KEY>`` in ``environ`` > config file > default."""
+    known = setting_types()
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        values.update(read_config_file(Path(config_path)))
+    for key, typ in known.items():
+        env_key = f"AM_{key.upper()}"
+        if environ is not None and env_key in environ:
+            values[key] = _coerce(key, environ[env_key], typ, f"environment variable {env_key}")
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = _coerce(key, value, known[key], "command line")
+    return Settings(**values)
+
+
+def config_path_from(cli_value: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file comes from --config, else AM_CONFIG; none is needed for the local backend."""
+    value = cli_value or environ.get("AM_CONFIG")
+    return Path(value) if value else None
+
+
+__all__ = ["Settings", "load_settings", "read_config_file", "config_path_from", "setting_types"]

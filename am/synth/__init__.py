@@ -1,0 +1,1 @@
+"""Synthetic post-MALDI microscopy with exact masks and mark ids (training data, demos, tests)."""

