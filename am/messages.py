@@ -151,6 +151,8 @@ class TileResult:
     attempt: int
     worker: str
     error: str = ""
+    # Seconds of model compute spent on this tile (its share of the batch), for timing summaries.
+    compute_s: float = 0.0
 
     def __post_init__(self) -> None:
         check_job_id(self.job)
@@ -168,5 +170,9 @@ class TileResult:
     @classmethod
     def from_json(cls, text: str | bytes) -> TileResult:
         data = _load_object(text, "tile result")
+        data = dict(data)
+        compute_s = data.pop("compute_s", 0.0)
+        if isinstance(compute_s, bool) or not isinstance(compute_s, (int, float)) or compute_s < 0:
+            raise MessageError(f"tile result field 'compute_s' must be a number >= 0, got {compute_s!r}")
         fields = {"job": str, "group": str, "tile": int, "status": str, "attempt": int, "worker": str, "error": str}
-        return cls(**_take(data, fields, "tile result"))
+        return cls(**_take(data, fields, "tile result"), compute_s=float(compute_s))

@@ -1,0 +1,48 @@
+"""The command-line edge shared by every ``python -m am.<name>`` entry point.
+
+Only here do exceptions become exit codes: 0 on full success, 1 for an am-segm error (the
+message says what to fix), 2 for bad usage, 130 after Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+from am.errors import AmError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_main(main: Callable[[], int], *, name: str) -> int:
+    """Run ``main`` and map its outcome to an exit code; SIGTERM is handled like Ctrl-C so cleanup runs."""
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    log = logging.getLogger(name)
+    try:
+        return main()
+    except AmError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        log.error("interrupted; cleaned up, finished work is kept, rerun the same command to resume")
+        return EXIT_INTERRUPTED

@@ -1,0 +1,95 @@
+"""The dataset folder layout shared with the original am-segmentation (see docs/architecture.md).
+
+Every path the pipeline reads or writes is named here, so stages agree on where things live::
+
+    layout = DatasetLayout(Path("data/inference/dataset"))
+    for group in layout.groups():
+        image_path = layout.source_image(group)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from am.errors import InputError, MessageError
+from am.messages import check_group
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    root: Path
+
+    @property
+    def source_dir(self) -> Path:
+        return self.root / "source"
+
+    def groups(self, selected: list[str] | None = None) -> list[str]:
+        """The groups to process: all folders under source/, or the selected ones, which must exist."""
+        if not self.root.is_dir():
+            raise InputError(f"dataset folder {self.root} does not exist; pass the folder that holds source/")
+        if not self.source_dir.is_dir():
+            raise InputError(
+                f"dataset folder {self.root} has no source/ folder; put each image in source/<group>/"
+            )
+        available = sorted(p.name for p in self.source_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if selected:
+            unknown = [g for g in selected if g not in available]
+            if unknown:
+                raise InputError(
+                    f"group(s) {', '.join(unknown)} not found under {self.source_dir}; "
+                    f"available: {', '.join(available) or 'none'}"
+                )
+            groups = list(dict.fromkeys(selected))
+        else:
+            groups = available
+        if not groups:
+            raise InputError(f"{self.source_dir} holds no group folders; put each image in source/<group>/")
+        for group in groups:
+            try:
+                check_group(group)
+            except MessageError as exc:
+                raise InputError(str(exc)) from exc
+        return groups
+
+    def source_image(self, group: str) -> Path:
+        """The one image of a group; zero or several candidates are an error, not a guess."""
+        folder = self.source_dir / group
+        images = sorted(
+            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        )
+        if not images:
+            raise InputError(f"group folder {folder} has no image; put one .tif, .tiff or .png file there")
+        if len(images) > 1:
+            names = ", ".join(p.name for p in images)
+            raise InputError(f"group folder {folder} has {len(images)} images ({names}); keep exactly one per group")
+        return images[0]
+
+    def source_norm(self, group: str) -> Path:
+        return self.root / "source_norm" / group / "source.tiff"
+
+    def tiles_dir(self, group: str) -> Path:
+        return self.root / "tiles" / group
+
+    def tile_plan(self, group: str) -> Path:
+        return self.tiles_dir(group) / "meta.json"
+
+    def tile_source(self, group: str, tile: int) -> Path:
+        return self.tiles_dir(group) / "source" / f"{tile:04d}.png"
+
+    def tile_mask(self, group: str, tile: int) -> Path:
+        return self.tiles_dir(group) / "mask" / f"{tile:04d}.png"
+
+    def stitched_dir(self, group: str) -> Path:
+        return self.root / "tiles_stitched" / group
+
+    def stitched_mask(self, group: str) -> Path:
+        return self.stitched_dir(group) / "mask.tiff"
+
+    def stitched_overlay(self, group: str) -> Path:
+        return self.stitched_dir(group) / "overlay.png"
+
+    def am_coords_dir(self, group: str) -> Path:
+        return self.root / "am_coords" / group

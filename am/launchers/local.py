@@ -1,0 +1,100 @@
+"""Local launcher: worker subprocesses (``python -m am.worker``) on this machine.
+
+Workers run in their own process session, so a Ctrl-C in the terminal reaches only the
+orchestrator, which then stops them in order (SIGTERM, then SIGKILL after a grace period).
+On Linux each worker also gets SIGTERM if the orchestrator dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from am.errors import LauncherError
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+STOP_GRACE_S = 20.0
+# Variables that must never be handed to a worker: the local endpoint needs no real credentials.
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel to send SIGTERM when the orchestrator dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LocalLauncher:
+    """Starts and stops worker subprocesses; each writes its log to ``log_dir/worker-N.log``."""
+
+    def __init__(self, *, log_dir: Path, python: str = sys.executable, base_environment: Mapping[str, str]) -> None:
+        self._log_dir = Path(log_dir)
+        self._python = python
+        self._base_env = {k: v for k, v in base_environment.items() if k not in CREDENTIAL_VARIABLES}
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Path] = []
+
+    def start(self, count: int, environment: Mapping[str, str]) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            number = len(self._procs)
+            log_path = self._log_dir / f"worker-{number}.log"
+            env = {**self._base_env, **environment, "AM_WORKER_ID": f"local-{os.getpid()}-{number}"}
+            try:
+                with open(log_path, "ab") as log_file:
+                    proc = subprocess.Popen(
+                        [self._python, "-m", "am.worker"],
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent,
+                    )
+            except OSError as exc:
+                raise LauncherError(f"cannot start worker process with {self._python}: {exc}") from exc
+            self._procs.append(proc)
+            self._logs.append(log_path)
+            log.info("started worker %d (pid %d), log %s", number, proc.pid, log_path)
+
+    def alive(self) -> int:
+        return sum(1 for proc in self._procs if proc.poll() is None)
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs]
+
+    def exit_codes(self) -> list[int | None]:
+        return [proc.poll() for proc in self._procs]
+
+    def log_tail(self, *, lines: int = 15) -> str:
+        """The last lines of every worker's log, for error messages when workers die."""
+        parts = []
+        for path in self._logs:
+            if path.is_file():
+                tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path} ---\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        running = [proc for proc in self._procs if proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop within %.0f s; killing it", proc.pid, STOP_GRACE_S)
+                proc.kill()
+                proc.wait()
+        if running:
+            log.info("stopped %d worker process(es)", len(running))

@@ -1,0 +1,1 @@
+"""``python -m am.pipeline``: the user's command (see ``__main__``)."""

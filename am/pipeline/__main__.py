@@ -1,0 +1,89 @@
+"""``python -m am.pipeline DATASET [GROUP ...] [--rows R --cols C]``: segment and number every mark.
+
+Normalises each group's image, cuts it into overlapping tiles, has workers segment them
+through S3 and SQS (an embedded endpoint and local worker processes by default, or ECS on
+AWS), stitches the mask and registers the marks to the acquisition grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from am.cli import EXIT_OK, configure_logging, run_main
+from am.errors import InputError
+from am.settings import BACKENDS, config_path_from, load_settings
+
+log = logging.getLogger("am.pipeline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m am.pipeline",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        epilog="Settings resolve as: option, then environment variable AM_<KEY>, then the config file, then the "
+               "default. See config/config.yml.template for every key.",
+    )
+    parser.add_argument("dataset", type=Path, help="dataset folder holding source/<group>/<image>")
+    parser.add_argument("groups", nargs="*", help="groups to process (default: every folder under source/)")
+    parser.add_argument("--rows", type=int, help="rows of the acquisition grid (enables registration)")
+    parser.add_argument("--cols", type=int, help="columns of the acquisition grid (enables registration)")
+    parser.add_argument("--no-register", action="store_true", help="stop after the stitched mask")
+    parser.add_argument("--backend", choices=BACKENDS, help="local (embedded S3/SQS and worker processes) or aws")
+    parser.add_argument("--workers", type=int, help="worker processes (local) or ECS tasks (aws) to start")
+    parser.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")
+    parser.add_argument("--model", help="checkpoint path or s3:// URI (default: the model shipped with am-segm)")
+    parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
+    parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
+    parser.add_argument("--scale", type=float,
+                        help="resize factor applied before segmentation and undone after, for marks much larger "
+                             "(e.g. 0.5) or smaller (e.g. 2) than the model was trained on (default 1)")
+    parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return parser
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "am-segm"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("rows", "cols"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be a positive integer, got {value}")
+    if (args.rows is None) != (args.cols is None):
+        parser.error("give --rows and --cols together (or neither, to skip registration)")
+
+    def run() -> int:
+        from am.orchestrator import run_pipeline
+
+        overrides = {"backend": args.backend, "workers": args.workers, "model": args.model,
+                     "tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "scale": args.scale,
+                     "batch_size": args.batch_size, "log_level": args.log_level}
+        settings = load_settings(overrides, environ=os.environ,
+                                 config_path=config_path_from(args.config, os.environ))
+        configure_logging(settings.log_level)
+        if not args.dataset.is_dir():
+            raise InputError(f"dataset folder {args.dataset} does not exist; "
+                             "create it with source/<group>/<image> inside (make sample builds one)")
+        summary = run_pipeline(args.dataset, settings=settings, groups=args.groups or None, rows=args.rows,
+                               cols=args.cols, register=not args.no_register, cache_dir=_cache_dir(),
+                               environ=os.environ, show_progress=not args.no_progress)
+        for line in summary.lines():
+            print(line)
+        return EXIT_OK
+
+    configure_logging(args.log_level or "INFO")
+    return run_main(run, name="am.pipeline")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

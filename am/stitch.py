@@ -1,0 +1,40 @@
+"""Stitching stage: mask tiles from the dataset into one mask of exactly the input's size."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from am.dataset import DatasetLayout
+from am.errors import InputError
+from am.imageio import read_image, write_png, write_tiff
+from am.overlay import mask_overlay
+from am.prepare import PreparedGroup
+from am.tiling import Stitcher
+
+log = logging.getLogger(__name__)
+
+
+def stitch_group(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
+    """Stitch a group's mask tiles, write mask.tiff and overlay.png, and return the mask."""
+    group, plan = prepared.group, prepared.plan
+    stitcher = Stitcher(plan)
+    for tile in plan.tiles:
+        path = layout.tile_mask(group, tile.index)
+        data = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+        if data is None or data.shape != (plan.tile_size, plan.tile_size):
+            raise InputError(f"mask tile {path} is missing or unreadable; delete it and rerun to make it again")
+        stitcher.add(tile.index, data)
+    mask = stitcher.finalize()
+    if mask.shape != (prepared.source_height, prepared.source_width):
+        size = (prepared.source_width, prepared.source_height)
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+        mask = np.where(mask >= 128, 255, 0).astype(np.uint8)
+    mask = np.where(mask > 0, 255, 0).astype(np.uint8)
+    write_tiff(layout.stitched_mask(group), mask)
+    source = read_image(layout.source_norm(group))
+    write_png(layout.stitched_overlay(group), cv2.cvtColor(mask_overlay(source, mask), cv2.COLOR_BGR2RGB))
+    log.info("group %s: stitched %d tiles into %s", group, len(plan.tiles), layout.stitched_mask(group))
+    return mask

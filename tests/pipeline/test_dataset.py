@@ -1,0 +1,53 @@
+import pytest
+
+from am.dataset import DatasetLayout
+from am.errors import InputError
+
+
+def make_group(root, group, *names):
+    folder = root / "source" / group
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    return folder
+
+
+def test_groups_are_the_folders_under_source_sorted(tmp_path):
+    make_group(tmp_path, "b", "img.png")
+    make_group(tmp_path, "a", "img.tif")
+    layout = DatasetLayout(tmp_path)
+    assert layout.groups() == ["a", "b"]
+    assert layout.groups(["b"]) == ["b"]
+    assert layout.source_image("a").name == "img.tif"
+
+
+def test_empty_or_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        DatasetLayout(tmp_path / "missing").groups()
+    with pytest.raises(InputError, match="no source/ folder"):
+        DatasetLayout(tmp_path).groups()
+    (tmp_path / "source").mkdir()
+    with pytest.raises(InputError, match="no group folders"):
+        DatasetLayout(tmp_path).groups()
+
+
+def test_unknown_selected_group_lists_the_available_ones(tmp_path):
+    make_group(tmp_path, "a", "img.png")
+    with pytest.raises(InputError, match="zz.*available: a"):
+        DatasetLayout(tmp_path).groups(["zz"])
+
+
+def test_group_without_image_or_with_two_images(tmp_path):
+    make_group(tmp_path, "empty", "notes.txt")
+    make_group(tmp_path, "two", "a.png", "b.tiff")
+    layout = DatasetLayout(tmp_path)
+    with pytest.raises(InputError, match="has no image"):
+        layout.source_image("empty")
+    with pytest.raises(InputError, match="2 images.*a.png, b.tiff"):
+        layout.source_image("two")
+
+
+def test_group_names_that_cannot_be_keys_are_rejected(tmp_path):
+    make_group(tmp_path, "bad name", "img.png")
+    with pytest.raises(InputError, match="bad name"):
+        DatasetLayout(tmp_path).groups()

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from am.errors import MessageError
+from am.messages import TileMessage, TileResult, tile_key
+
+REPLY = "http://127.0.0.1:4566/123456789012/am-segm-results-job-1"
+
+
+def make(**changes):
+    fields = dict(job="job-1", group="g1", tile=7, input=tile_key("job-1", "g1", 7),
+                  output=tile_key("job-1", "g1", 7), model="s3://models/m.pt", reply=REPLY)
+    fields.update(changes)
+    return TileMessage(**fields)
+
+
+def test_tile_message_round_trip_and_wire_format():
+    message = make()
+    data = json.loads(message.to_json())
+    assert data == {"v": 1, "job": "job-1", "group": "g1", "tile": 7, "input": "job-1/g1/0007.png",
+                    "output": "job-1/g1/0007.png", "model": "s3://models/m.pt", "reply": REPLY}
+    assert TileMessage.from_json(message.to_json()) == message
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", "{}", '{"v": 2}', "\x00"])
+def test_unparseable_messages_are_rejected(text):
+    with pytest.raises(MessageError):
+        TileMessage.from_json(text)
+
+
+@pytest.mark.parametrize("key", [
+    "other-job/g1/0007.png",       # another job's prefix
+    "job-1/../other/0007.png",     # climbs out
+    "job-1/g1/../../etc/passwd",
+    "/job-1/g1/0007.png",          # absolute
+    "job-1//0007.png",             # empty segment
+    "job-1/./0007.png",
+    "job-1\\g1\\0007.png",
+    "job-1",                       # no prefix at all
+    "",
+])
+@pytest.mark.parametrize("field", ["input", "output"])
+def test_keys_outside_the_job_prefix_are_rejected(key, field):
+    with pytest.raises(MessageError, match="job-1|non-empty"):
+        make(**{field: key})
+    body = json.loads(make().to_json())
+    body[field] = key
+    with pytest.raises(MessageError):
+        TileMessage.from_json(json.dumps(body))
+
+
+@pytest.mark.parametrize("changes", [
+    {"tile": -1}, {"job": "UPPER"}, {"job": "a/b"}, {"group": "../g"}, {"group": ""}, {"model": ""},
+    {"reply": "http://127.0.0.1:1/123/am-segm-results-other-job"}, {"reply": "not a url"},
+])
+def test_invalid_fields_are_rejected(changes):
+    with pytest.raises(MessageError):
+        make(**changes)
+
+
+def test_wrong_types_and_unknown_fields_are_rejected():
+    body = json.loads(make().to_json())
+    with pytest.raises(MessageError, match="integer"):
+        TileMessage.from_json(json.dumps({**body, "tile": "7"}))
+    with pytest.raises(MessageError, match="unknown"):
+        TileMessage.from_json(json.dumps({**body, "extra": 1}))
+    del body["reply"]
+    with pytest.raises(MessageError, match="lacks"):
+        TileMessage.from_json(json.dumps(body))
+
+
+def test_tile_result_round_trip_and_validation():
+    result = TileResult(job="job-1", group="g1", tile=3, status="failed", attempt=2, worker="w", error="boom",
+                        compute_s=0.25)
+    assert TileResult.from_json(result.to_json()) == result
+    assert result.name == "g1/0003"
+    with pytest.raises(MessageError):
+        TileResult(job="job-1", group="g1", tile=3, status="lost", attempt=1, worker="w")
+    body = json.loads(result.to_json())
+    with pytest.raises(MessageError, match="compute_s"):
+        TileResult.from_json(json.dumps({**body, "compute_s": -1}))

@@ -1,0 +1,114 @@
+"""The whole command, as a user runs it: local backend, embedded endpoint, two real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+import tifffile
+
+from am.imageio import read_image
+from am.model.predict import Predictor
+
+REPO = Path(__file__).resolve().parents[2]
+TILE = ["--tile-size", "128", "--tile-overlap", "32"]
+
+
+def run_pipeline(dataset: Path, model: Path, tmp_path: Path, *extra: str, marker: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "AM_TEST_MARKER": marker,
+           "AM_IDLE_EXIT_S": "30", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "am.pipeline", str(dataset), "--workers", "2", "--model", str(model),
+         "--no-progress", *TILE, *extra],
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+
+
+def processes_with_marker(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("AM_TEST_MARKER") == marker:
+                found.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def port_is_closed(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) != 0
+
+
+def test_pipeline_segments_every_tile_through_workers_and_leaves_nothing_running(small_dataset, tiny_model,
+                                                                                  tmp_path):
+    marker = uuid.uuid4().hex
+    result = run_pipeline(small_dataset, tiny_model, tmp_path, "--no-register", marker=marker)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    # Outputs exist at exactly the input's size.
+    for group in ("g1", "g2"):
+        source = read_image(next((small_dataset / "source" / group).iterdir()))
+        mask = tifffile.imread(small_dataset / "tiles_stitched" / group / "mask.tiff")
+        assert mask.shape == source.shape[:2] and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+        overlay = cv2.imread(str(small_dataset / "tiles_stitched" / group / "overlay.png"))
+        assert overlay.shape == (*source.shape[:2], 3)
+        norm = tifffile.imread(small_dataset / "source_norm" / group / "source.tiff")
+        assert norm.shape == source.shape[:2] and norm.dtype == np.uint8
+
+    # Every tile went through a worker: each mask tile is the model's prediction for that exact tile.
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu")
+    n_tiles = 0
+    for group in ("g1", "g2"):
+        meta = json.loads((small_dataset / "tiles" / group / "meta.json").read_text())
+        indices = [tile["index"] for tile in meta["plan"]["tiles"]]
+        tiles = np.stack([cv2.imread(str(small_dataset / "tiles" / group / "source" / f"{i:04d}.png"),
+                                     cv2.IMREAD_GRAYSCALE) for i in indices])
+        masks = np.stack([cv2.imread(str(small_dataset / "tiles" / group / "mask" / f"{i:04d}.png"),
+                                     cv2.IMREAD_GRAYSCALE) for i in indices])
+        assert np.array_equal(predictor.predict(tiles), masks)
+        n_tiles += len(indices)
+    assert f"{n_tiles} tile(s) segmented" in result.stdout
+
+    # Nothing is left running: no worker process, no endpoint port.
+    assert processes_with_marker(marker) == []
+    urls = re.findall(r"endpoint listening on (http://127\.0\.0\.1:\d+)", result.stderr)
+    assert urls and port_is_closed(urls[0])
+    assert len(re.findall(r"started worker \d+ \(pid", result.stderr)) == 2
+
+    # A second run reuses every finished tile and starts no job.
+    again = run_pipeline(small_dataset, tiny_model, tmp_path, "--no-register", marker=marker)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert f"{n_tiles} reused" in again.stdout and "nothing to segment" in again.stderr
+    assert "started worker" not in again.stderr
+
+
+def test_bad_dataset_fails_clearly_without_starting_anything(tmp_path, tiny_model):
+    marker = uuid.uuid4().hex
+    empty = tmp_path / "empty"
+    (empty / "source").mkdir(parents=True)
+    result = run_pipeline(empty, tiny_model, tmp_path, marker=marker)
+    assert result.returncode == 1
+    assert "no group folders" in result.stderr
+    assert "endpoint listening" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rows", "0", "--cols", "5"], "--rows must be a positive integer"),
+    (["--rows", "5"], "give --rows and --cols together"),
+])
+def test_bad_grid_arguments_are_usage_errors(small_dataset, tiny_model, tmp_path, args, message):
+    result = run_pipeline(small_dataset, tiny_model, tmp_path, *args, marker="x")
+    assert result.returncode == 2 and message in result.stderr

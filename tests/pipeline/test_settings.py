@@ -1,0 +1,67 @@
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from am.errors import ConfigError
+from am.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_need_no_file_or_environment():
+    settings = load_settings({}, environ={})
+    assert settings == Settings()
+    assert settings.backend == "local" and settings.tile_overlap >= 64
+
+
+def test_precedence_option_over_environment_over_file_over_default(tmp_path):
+    config = tmp_path / "c.yml"
+    config.write_text("workers: 3\nbatch_size: 8\nregion: eu-west-1\n")
+    env = {"AM_WORKERS": "5", "AM_BATCH_SIZE": "16"}
+    settings = load_settings({"workers": 7}, environ=env, config_path=config)
+    assert settings.workers == 7          # option
+    assert settings.batch_size == 16      # environment
+    assert settings.region == "eu-west-1" # file
+    assert settings.tile_size == 512      # default
+
+
+def test_template_documents_exactly_the_settings():
+    template = yaml.safe_load((REPO / "config" / "config.yml.template").read_text())
+    assert set(template) == {f.name for f in fields(Settings)}
+    assert load_settings({}, environ={}, config_path=REPO / "config" / "config.yml.template") == Settings()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("workers: [1, 2]\n", "workers"),
+    ("unknown_key: 1\n", "unknown_key"),
+    ("- a\n- b\n", "key: value"),
+    ("workers: 0\n", "workers"),
+    ("tile_size: 500\n", "tile_size"),
+    ("backend: gcp\n", "backend"),
+    ("key: [unclosed\n", "YAML"),
+])
+def test_bad_config_files_name_the_key_and_file(tmp_path, text, match):
+    config = tmp_path / "bad.yml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_settings({}, environ={}, config_path=config)
+
+
+def test_missing_config_file_says_how_to_make_one(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist.*template"):
+        load_settings({}, environ={}, config_path=tmp_path / "nope.yml")
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match="AM_WORKERS"):
+        load_settings({}, environ={"AM_WORKERS": "many"})
+    with pytest.raises(ConfigError, match="keep_job_data"):
+        load_settings({}, environ={"AM_KEEP_JOB_DATA": "maybe"})
+
+
+def test_job_timeout_grows_with_tiles_and_shrinks_with_workers():
+    settings = Settings(workers=2)
+    assert settings.job_timeout_s(2000) > settings.job_timeout_s(20)
+    assert Settings(workers=4).job_timeout_s(2000) < settings.job_timeout_s(2000)
