@@ -58,7 +58,8 @@ class DatasetLayout:
         """The one image of a group; zero or several candidates are an error, not a guess."""
         folder = self.source_dir / group
         images = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            p for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
         )
         if not images:
             raise InputError(f"group folder {folder} has no image; put one .tif, .tiff or .png file there")

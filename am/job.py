@@ -99,7 +99,7 @@ class _Collector:
     def _collect(self, results: list[TileResult]) -> None:
         keys = [tile_key(self.job_id, r.group, r.tile) for r in results]
         blobs = self.storage.get_many(self.bucket, keys)
-        for result, key in zip(results, keys):
+        for result, key in zip(results, keys, strict=True):
             try:
                 mask = decode_png(blobs[key], name=f"s3://{self.bucket}/{key}")
                 if mask.shape != (self.tile_size, self.tile_size):

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 from am.dataset import DatasetLayout
-from am.errors import InputError
 from am.imageio import read_image, write_png, write_tiff
 from am.normalize import normalize
 from am.settings import Settings
@@ -148,9 +147,3 @@ def prepare_group(layout: DatasetLayout, group: str, *, settings: Settings, mode
     log.info("group %s: %dx%d image, %d tiles of %d px (overlap %d)", group, width, height,
              len(plan.tiles), settings.tile_size, settings.tile_overlap)
     return PreparedGroup(group, plan, height, width, settings.scale, tuple(t.index for t in plan.tiles))
-
-
-def check_mask_tile(data: np.ndarray | None, *, path: Path, tile_size: int) -> np.ndarray:
-    if data is None or data.shape != (tile_size, tile_size):
-        raise InputError(f"mask tile {path} is unreadable or not {tile_size}x{tile_size}; delete it and rerun")
-    return data

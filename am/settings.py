@@ -196,4 +196,4 @@ def config_path_from(cli_value: str | None, environ: Mapping[str, str]) -> Path 
     return Path(value) if value else None
 
 
-__all__ = ["Settings", "load_settings", "read_config_file", "config_path_from", "setting_types"]
+__all__ = ["Settings", "config_path_from", "load_settings", "read_config_file", "setting_types"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from am.dataset import DatasetLayout
 from am.errors import InputError
-from am.imageio import read_image, write_png, write_tiff
+from am.imageio import decode_png, read_image, write_png, write_tiff
 from am.overlay import mask_overlay
 from am.prepare import PreparedGroup
 from am.tiling import Stitcher
@@ -23,9 +23,12 @@ def stitch_group(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
     stitcher = Stitcher(plan)
     for tile in plan.tiles:
         path = layout.tile_mask(group, tile.index)
-        data = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
-        if data is None or data.shape != (plan.tile_size, plan.tile_size):
-            raise InputError(f"mask tile {path} is missing or unreadable; delete it and rerun to make it again")
+        if not path.is_file():
+            raise InputError(f"mask tile {path} is missing; rerun the same command to make it")
+        data = decode_png(path.read_bytes(), name=str(path))
+        if data.shape != (plan.tile_size, plan.tile_size):
+            raise InputError(f"mask tile {path} is {data.shape[1]}x{data.shape[0]}, not "
+                             f"{plan.tile_size}x{plan.tile_size}; delete it and rerun to make it again")
         stitcher.add(tile.index, data)
     mask = stitcher.finalize()
     if mask.shape != (prepared.source_height, prepared.source_width):

@@ -1,0 +1,270 @@
+"""Image I/O stage: read source images, write results atomically, encode and decode tiles.
+
+Sources are TIFF (read with tifffile) or PNG (read with OpenCV), grey or RGB(A), 8- or 16-bit
+or floating point. Arrays are returned as stored, with colour in RGB(A) order whatever the
+library underneath uses. Writes go to a temporary file in the target folder that is renamed
+into place, so a reader never sees half a file; PNG bytes are deterministic so a worker that
+processes a tile twice writes the same object twice::
+
+    image = read_image(Path("source/g1/scan.tif"))   # (H, W) uint16, say
+    write_png(Path("out/mask.png"), mask)
+    data = encode_png(tile)                          # bytes for S3
+    tile = decode_png(data, name="job/g1/0007.png")  # (T, T) uint8
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import uuid
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+import tifffile
+
+from am.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 40000 * 40000
+# OpenCV refuses to decode images above 2**30 pixels (CV_IO_MAX_IMAGE_PIXELS); larger sources must be TIFF.
+OPENCV_MAX_PIXELS = 1 << 30
+MAX_CHANNELS = 4
+PNG_SUFFIXES = (".png",)
+TIFF_SUFFIXES = (".tif", ".tiff")
+# zlib level 3: masks and tiles shrink well, and encoding stays fast. Fixed, so bytes are reproducible.
+PNG_COMPRESSION = 3
+TIFF_COMPRESSION_LEVEL = 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_WRITABLE_PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read one TIFF or PNG image as stored: (H, W) grey or (H, W, 3|4) RGB(A).
+
+    Integer dtypes are kept (uint8, uint16, int16, ...); floating-point data becomes float32;
+    a 1-bit image becomes uint8 0/255. Raises InputError, naming the file and the fix, for a
+    missing, empty, unreadable or unsupported file, a multi-page TIFF, an empty image, more
+    than four channels or more than MAX_PIXELS pixels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image {path} does not exist; check the path")
+    if not path.is_file():
+        raise InputError(f"image {path} is not a file; give the path of one .tif, .tiff or .png image")
+    if path.stat().st_size == 0:
+        raise InputError(f"image {path} is empty (0 bytes); copy the image again")
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        image = _read_tiff(path)
+    elif suffix in PNG_SUFFIXES:
+        image = _read_png(path)
+    else:
+        raise InputError(
+            f"image {path} has unsupported extension {path.suffix!r}; convert it to TIFF (.tif/.tiff) or PNG"
+        )
+    return _as_stored(image, path)
+
+
+def _check_size(path: Path, height: int, width: int) -> None:
+    if height < 1 or width < 1:
+        raise InputError(f"image {path} has no pixels ({height} x {width}); re-export the image")
+    if height * width > MAX_PIXELS:
+        raise InputError(
+            f"image {path} is {height} x {width} = {height * width} pixels, above the limit of "
+            f"{MAX_PIXELS} (40000 x 40000); crop or split the acquisition into several images"
+        )
+
+
+def _read_png(path: Path) -> np.ndarray:
+    with path.open("rb") as handle:
+        header = handle.read(33)
+    if len(header) < 24 or not header.startswith(_PNG_SIGNATURE) or header[12:16] != b"IHDR":
+        raise InputError(f"image {path} is not a PNG file (bad signature); re-export it as PNG or TIFF")
+    width, height = struct.unpack(">II", header[16:24])
+    _check_size(path, height, width)
+    if height * width > OPENCV_MAX_PIXELS:
+        raise InputError(
+            f"image {path} is {height} x {width} pixels, too large to decode as PNG (limit {OPENCV_MAX_PIXELS}); "
+            "save it as TIFF instead"
+        )
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"image {path} cannot be decoded as PNG (truncated or corrupt); copy or export it again")
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    return image
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            n_pages = len(tif.pages)
+            if n_pages > 1:
+                raise InputError(
+                    f"image {path} is a multi-page TIFF with {n_pages} image planes; am-segm reads one image "
+                    "per file: save the plane to segment as its own TIFF"
+                )
+            page = tif.pages[0]
+            _check_size(path, int(page.imagelength), int(page.imagewidth))
+            image = page.asarray()
+            axes = page.axes
+    except InputError:
+        raise
+    except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
+        raise InputError(f"image {path} cannot be read as TIFF ({exc}); copy or export it again") from exc
+    if axes == "SYX":
+        # Planar (channel-first) storage: turn it into the usual (H, W, C).
+        image = np.moveaxis(image, 0, -1)
+    elif axes not in ("YX", "YXS"):
+        raise InputError(
+            f"image {path} holds a {image.ndim}-D stack (axes {axes}); save a single 2-D plane as its own TIFF"
+        )
+    return image
+
+
+def _as_stored(image: np.ndarray, path: Path) -> np.ndarray:
+    """Reduce what a reader returned to the shapes and dtypes the rest of the package accepts."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    elif image.ndim == 3 and image.shape[2] == 2:
+        # Grey plus alpha: the alpha channel carries no tissue signal.
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3):
+        raise InputError(f"image {path} has shape {image.shape}; expected (H, W) grey or (H, W, 3|4) colour")
+    _check_size(path, image.shape[0], image.shape[1])
+    if image.ndim == 3 and image.shape[2] > MAX_CHANNELS:
+        raise InputError(
+            f"image {path} has {image.shape[2]} channels; at most {MAX_CHANNELS} (RGBA) are supported: "
+            "export it as grey or RGB"
+        )
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * np.uint8(255)
+    if np.issubdtype(image.dtype, np.floating):
+        return image.astype(np.float32, copy=False)
+    if np.issubdtype(image.dtype, np.integer):
+        return np.ascontiguousarray(image)
+    raise InputError(f"image {path} has pixel type {image.dtype}; export it as 8- or 16-bit integer or float")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8/uint16 grey, RGB or RGBA array; the same array always gives the same bytes."""
+    image = np.asarray(image)
+    if image.dtype == np.bool_:
+        image = image.astype(np.uint8) * np.uint8(255)
+    if image.dtype not in _WRITABLE_PNG_DTYPES:
+        raise InputError(f"cannot write a {image.dtype} array as PNG; convert it to uint8 or uint16 first")
+    image = _to_opencv_order(image, "PNG")
+    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        raise InputError(f"OpenCV could not encode a {image.shape} {image.dtype} array as PNG")
+    return buffer.tobytes()
+
+
+def decode_png(data: bytes, *, name: str) -> np.ndarray:
+    """Decode PNG bytes that must hold a grey 8-bit tile, named ``name`` in errors.
+
+    A colour PNG whose channels are all equal, or a 16-bit PNG whose values fit in 8 bits, is
+    accepted as the grey image it is; anything else is an InputError.
+    """
+    if not data:
+        raise InputError(f"PNG {name} is empty (0 bytes); the tile was not written completely, re-run it")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"PNG {name} ({len(data)} bytes) cannot be decoded (truncated or not a PNG); re-run the tile")
+    if image.ndim == 3:
+        channels = image[:, :, : min(3, image.shape[2])]
+        if not (channels == channels[:, :, :1]).all():
+            raise InputError(f"PNG {name} is a colour image {image.shape}; a grey 8-bit tile was expected")
+        image = channels[:, :, 0]
+    if image.dtype != np.uint8:
+        if image.size and int(image.max()) > 255:
+            raise InputError(f"PNG {name} is {image.dtype} with values above 255; a grey 8-bit tile was expected")
+        image = image.astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write a uint8/uint16 grey, RGB or RGBA array (RGB order) as PNG, atomically; creates parent folders."""
+    _write_atomic(Path(path), encode_png(image))
+
+
+def write_tiff(path: Path, image: np.ndarray) -> None:
+    """Write a grey, RGB or RGBA array (RGB order) as zlib-compressed TIFF, atomically; creates parent folders.
+
+    BigTIFF is chosen automatically when the data needs it.
+    """
+    path = Path(path)
+    image = np.asarray(image)
+    if image.dtype == np.bool_:
+        image = image.astype(np.uint8) * np.uint8(255)
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise InputError(f"cannot write a {image.dtype} array as TIFF {path}; convert it to an integer or float type")
+    _check_shape_for_write(image, "TIFF")
+    colour = image.ndim == 3
+    tmp = _temp_path(path)
+    try:
+        with _open_new(tmp) as handle:
+            tifffile.imwrite(
+                handle,
+                image,
+                photometric="rgb" if colour else "minisblack",
+                extrasamples=("unassalpha",) if colour and image.shape[2] == 4 else None,
+                compression="zlib",
+                compressionargs={"level": TIFF_COMPRESSION_LEVEL},
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _check_shape_for_write(image: np.ndarray, kind: str) -> None:
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)):
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            raise InputError(f"cannot write an empty {image.shape} array as {kind}")
+        return
+    raise InputError(f"cannot write an array of shape {image.shape} as {kind}; give (H, W), (H, W, 3) or (H, W, 4)")
+
+
+def _to_opencv_order(image: np.ndarray, kind: str) -> np.ndarray:
+    _check_shape_for_write(image, kind)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGBA2BGRA)
+    return np.ascontiguousarray(image)
+
+
+def _temp_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def _open_new(tmp: Path) -> IO[bytes]:
+    # Exclusive create with default permissions (the umask decides, as for any ordinary file).
+    return tmp.open("xb")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = _temp_path(path)
+    try:
+        with _open_new(tmp) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.debug("wrote %s (%d bytes)", path, len(data))
+
+
+__all__ = ["MAX_PIXELS", "decode_png", "encode_png", "read_image", "write_png", "write_tiff"]

@@ -1,0 +1,189 @@
+"""Normalisation stage: turn any source image into the 8-bit grey image the model and tiles use.
+
+Colour becomes grey by luminance; then the image's own low and high percentiles are stretched
+to 0..255, so faint 16-bit scans and bright 8-bit ones reach the model alike. Percentiles are
+taken at the source's own bit depth (an exact histogram for 8/16-bit), and all work runs in
+row blocks, so a 20000 x 20000 16-bit scan needs no full-size float copy::
+
+    norm = normalize(read_image(path), low_pct=1.0, high_pct=99.0, name=str(path))  # (H, W) uint8
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from am.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Pixels per processing block: bounds the temporaries (e.g. bincount's int64 copy) to a few tens of MB.
+BLOCK_PIXELS = 1 << 22
+# ITU-R BT.601 luma weights, as OpenCV uses for RGB -> grey.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# Integer images spanning at most this many levels get an exact histogram; wider ones are subsampled.
+MAX_HISTOGRAM_LEVELS = 1 << 24
+# Pixels kept when percentiles of a float (or very wide integer) image come from a strided subsample.
+SAMPLE_PIXELS = 1 << 22
+
+
+def normalize(
+    image: np.ndarray,
+    *,
+    low_pct: float = 1.0,
+    high_pct: float = 99.0,
+    name: str = "image",
+) -> np.ndarray:
+    """Return ``image`` as 2-D uint8 grey of the same height and width, contrast-stretched.
+
+    Values at or below the ``low_pct`` percentile become 0 and those at or above ``high_pct``
+    become 255, linearly in between. If both percentiles coincide but the image is not constant
+    (a mostly empty field), the full min..max range is stretched instead; a constant image gives
+    zeros. Both cases log a warning. ``name`` (usually the file) is used in messages. Raises
+    InputError for NaN/inf values, an empty image or an unsupported shape or dtype.
+    """
+    if not 0.0 <= low_pct < high_pct <= 100.0:
+        raise InputError(
+            f"percentiles low={low_pct!r}, high={high_pct!r} for {name} are not allowed: use 0 <= low < high <= 100"
+        )
+    grey = to_grey(image, name=name)
+    if grey.dtype.kind == "f":
+        _check_finite(grey, name)
+    lo, hi = _percentiles(grey, low_pct, high_pct)
+    if not hi > lo:
+        mn, mx = _min_max(grey)
+        if mn == mx:
+            log.warning("%s is constant (every pixel is %s); its normalised image is all zeros", name, mn)
+            return np.zeros(grey.shape, dtype=np.uint8)
+        log.warning(
+            "%s: the %s and %s percentiles are both %s; stretching its full range %s..%s instead",
+            name, low_pct, high_pct, lo, mn, mx,
+        )
+        lo, hi = float(mn), float(mx)
+    log.debug("%s: stretching %s..%s to 0..255", name, lo, hi)
+    return _stretch(grey, lo, hi)
+
+
+def to_grey(image: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """2-D grey version of ``image`` at its own bit depth: colour by luminance (alpha ignored).
+
+    Integer colour images give the same integer dtype (rounded luminance), floats give float32,
+    booleans give uint8 0/1. A 2-D input is returned as is, without a copy.
+    """
+    image = np.asarray(image)
+    if image.dtype == np.bool_:
+        image = image.view(np.uint8)
+    if image.dtype.kind not in "uif":
+        raise InputError(f"{name} has pixel type {image.dtype}; expected integer or floating-point pixels")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        if image.size == 0:
+            raise InputError(f"{name} has no pixels (shape {image.shape})")
+        return image.astype(np.float32, copy=False) if image.dtype.kind == "f" else image
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise InputError(f"{name} has shape {image.shape}; expected (H, W) grey or (H, W, 3|4) colour")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"{name} has no pixels (shape {image.shape})")
+    is_float = image.dtype.kind == "f"
+    out = np.empty(image.shape[:2], dtype=np.float32 if is_float else image.dtype)
+    weights = np.asarray(LUMA_WEIGHTS, dtype=np.float32)
+    info = None if is_float else np.iinfo(image.dtype)
+    for r0, r1 in _row_blocks(image.shape[0], image.shape[1]):
+        luma = image[r0:r1, :, :3].astype(np.float32) @ weights
+        if info is not None:
+            np.rint(luma, out=luma)
+            np.clip(luma, info.min, info.max, out=luma)
+        out[r0:r1] = luma
+    return out
+
+
+def _row_blocks(height: int, width: int) -> list[tuple[int, int]]:
+    step = max(1, BLOCK_PIXELS // max(1, width))
+    return [(r0, min(height, r0 + step)) for r0 in range(0, height, step)]
+
+
+def _check_finite(grey: np.ndarray, name: str) -> None:
+    bad = sum(int(np.count_nonzero(~np.isfinite(grey[r0:r1]))) for r0, r1 in _row_blocks(*grey.shape))
+    if bad:
+        raise InputError(
+            f"{name} has {bad} pixel(s) with NaN or infinite values; replace them (for example with the "
+            "background level) and save the image again"
+        )
+
+
+def _min_max(grey: np.ndarray) -> tuple[float | int, float | int]:
+    blocks = _row_blocks(*grey.shape)
+    mn = min(grey[r0:r1].min() for r0, r1 in blocks)
+    mx = max(grey[r0:r1].max() for r0, r1 in blocks)
+    return mn.item(), mx.item()
+
+
+def _percentiles(grey: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float]:
+    """The two percentiles with numpy's default (linear) interpolation, exact for integer images."""
+    if grey.dtype.kind in "ui":
+        counts, offset = _histogram(grey)
+        if counts is not None:
+            cumulative = np.cumsum(counts)
+            return (
+                offset + _histogram_percentile(cumulative, low_pct),
+                offset + _histogram_percentile(cumulative, high_pct),
+            )
+    step = max(1, int(np.ceil(np.sqrt(grey.size / SAMPLE_PIXELS))))
+    sample = grey[::step, ::step].astype(np.float64)
+    lo, hi = np.percentile(sample, [low_pct, high_pct])
+    return float(lo), float(hi)
+
+
+def _histogram(grey: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """Exact value counts and the value of bin 0, or (None, 0) if the range is too wide to count."""
+    blocks = _row_blocks(*grey.shape)
+    if grey.dtype in (np.uint8, np.uint16):
+        offset, levels = 0, int(np.iinfo(grey.dtype).max) + 1
+    else:
+        mn, mx = _min_max(grey)
+        if mx - mn >= MAX_HISTOGRAM_LEVELS:
+            return None, 0
+        offset, levels = int(mn), int(mx - mn) + 1
+    counts = np.zeros(levels, dtype=np.int64)
+    for r0, r1 in blocks:
+        block = grey[r0:r1].ravel()
+        if offset:
+            block = block.astype(np.int64) - offset
+        counts += np.bincount(block, minlength=levels)
+    return counts, offset
+
+
+def _histogram_percentile(cumulative: np.ndarray, pct: float) -> float:
+    n = int(cumulative[-1])
+    rank = pct / 100.0 * (n - 1)
+    k0 = int(np.floor(rank))
+    k1 = min(k0 + 1, n - 1)
+    # The k-th smallest value (0-based) is the first level whose cumulative count exceeds k.
+    v0 = int(np.searchsorted(cumulative, k0, side="right"))
+    v1 = int(np.searchsorted(cumulative, k1, side="right"))
+    return v0 + (rank - k0) * (v1 - v0)
+
+
+def _stretch(grey: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    out = np.empty(grey.shape, dtype=np.uint8)
+    scale = 255.0 / (hi - lo)
+    if grey.dtype in (np.uint8, np.uint16):
+        # One lookup table over every possible level: exact, fast and free of float temporaries.
+        levels = np.arange(int(np.iinfo(grey.dtype).max) + 1, dtype=np.float64)
+        lut = np.rint(np.clip((levels - lo) * scale, 0.0, 255.0)).astype(np.uint8)
+        for r0, r1 in _row_blocks(*grey.shape):
+            out[r0:r1] = np.take(lut, grey[r0:r1])
+        return out
+    for r0, r1 in _row_blocks(*grey.shape):
+        block = grey[r0:r1].astype(np.float64 if grey.dtype.itemsize > 4 else np.float32)
+        block -= lo
+        block *= scale
+        np.clip(block, 0.0, 255.0, out=block)
+        np.rint(block, out=block)
+        out[r0:r1] = block
+    return out
+
+
+__all__ = ["normalize", "to_grey"]

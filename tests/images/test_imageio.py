@@ -1,0 +1,247 @@
+"""Reading and writing images: round trips, determinism and every refused input, with real files."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from am.errors import InputError
+from am.imageio import MAX_PIXELS, decode_png, encode_png, read_image, write_png, write_tiff
+
+RNG = np.random.default_rng(7)
+
+
+def _images() -> dict[str, np.ndarray]:
+    return {
+        "grey8": RNG.integers(0, 256, (37, 53), dtype=np.uint8),
+        "grey16": RNG.integers(0, 65536, (41, 29), dtype=np.uint16),
+        "rgb8": RNG.integers(0, 256, (23, 31, 3), dtype=np.uint8),
+        "rgba8": RNG.integers(0, 256, (19, 17, 4), dtype=np.uint8),
+        "rgb16": RNG.integers(0, 65536, (13, 11, 3), dtype=np.uint16),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_images()))
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff"])
+def test_round_trip(tmp_path: Path, kind: str, suffix: str) -> None:
+    image = _images()[kind]
+    path = tmp_path / "nested" / "folder" / f"{kind}{suffix}"
+    (write_png if suffix == ".png" else write_tiff)(path, image)
+    back = read_image(path)
+    assert back.dtype == image.dtype
+    np.testing.assert_array_equal(back, image)
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file may be left behind"
+
+
+def test_png_colour_is_rgb_on_disk(tmp_path: Path) -> None:
+    """Red written by us must be red for any other reader (OpenCV stores BGR)."""
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 0] = 200
+    write_png(tmp_path / "red.png", image)
+    bgr = cv2.imread(str(tmp_path / "red.png"), cv2.IMREAD_UNCHANGED)
+    assert bgr[0, 0].tolist() == [0, 0, 200]
+    assert read_image(tmp_path / "red.png")[0, 0].tolist() == [200, 0, 0]
+
+
+def test_tiff_colour_is_rgb_on_disk(tmp_path: Path) -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 0] = 200
+    write_tiff(tmp_path / "red.tif", image)
+    assert tifffile.imread(tmp_path / "red.tif")[0, 0].tolist() == [200, 0, 0]
+
+
+def test_tiff_dtypes_kept_and_floats_become_float32(tmp_path: Path) -> None:
+    signed = RNG.integers(-1000, 1000, (8, 9)).astype(np.int16)
+    tifffile.imwrite(tmp_path / "s.tif", signed)
+    back = read_image(tmp_path / "s.tif")
+    assert back.dtype == np.int16
+    np.testing.assert_array_equal(back, signed)
+    f64 = RNG.random((8, 9))
+    tifffile.imwrite(tmp_path / "f.tif", f64)
+    back = read_image(tmp_path / "f.tif")
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, f64, rtol=1e-6)
+
+
+def test_tiff_planar_rgb_becomes_channels_last(tmp_path: Path) -> None:
+    image = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(image, -1, 0), photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_image(tmp_path / "planar.tif"), image)
+
+
+def test_encode_png_is_deterministic_and_decodes() -> None:
+    tile = RNG.integers(0, 256, (64, 64), dtype=np.uint8)
+    first = encode_png(tile)
+    assert encode_png(tile.copy()) == first
+    np.testing.assert_array_equal(decode_png(first, name="job/g/0001.png"), tile)
+
+
+def test_write_png_is_deterministic(tmp_path: Path) -> None:
+    mask = (RNG.random((50, 70)) > 0.5).astype(np.uint8) * 255
+    write_png(tmp_path / "a.png", mask)
+    write_png(tmp_path / "b.png", mask)
+    write_png(tmp_path / "a.png", mask)  # overwriting in place works too
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes() == encode_png(mask)
+
+
+def test_decode_png_accepts_grey_stored_as_colour_and_small_16_bit() -> None:
+    tile = RNG.integers(0, 256, (16, 16), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_png(encode_png(np.dstack([tile] * 3)), name="t"), tile)
+    np.testing.assert_array_equal(decode_png(encode_png(tile.astype(np.uint16)), name="t"), tile)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"", "empty"),
+        (b"not a png at all", "cannot be decoded"),
+        (encode_png(np.full((8, 8), 300, np.uint16)), "above 255"),
+        (encode_png(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)), "colour"),
+    ],
+)
+def test_decode_png_refuses(data: bytes, match: str) -> None:
+    with pytest.raises(InputError, match=match) as info:
+        decode_png(data, name="job/g/0042.png")
+    assert "job/g/0042.png" in str(info.value)
+
+
+def test_decode_png_refuses_truncated_bytes() -> None:
+    data = encode_png(RNG.integers(0, 256, (64, 64), dtype=np.uint8))
+    with pytest.raises(InputError, match="0003"):
+        decode_png(data[: len(data) // 2], name="0003.png")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist") as info:
+        read_image(tmp_path / "nope.tif")
+    assert "nope.tif" in str(info.value)
+
+
+def test_zero_size_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty \(0 bytes\)"):
+        read_image(tmp_path / "empty.png")
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    path = tmp_path / "scan.jpg"
+    cv2.imwrite(str(path), np.zeros((8, 8), np.uint8))
+    with pytest.raises(InputError, match=r"unsupported extension '\.jpg'.*TIFF"):
+        read_image(path)
+
+
+def test_folder_is_not_an_image(tmp_path: Path) -> None:
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(InputError, match="not a file"):
+        read_image(tmp_path / "dir.png")
+
+
+def test_truncated_png(tmp_path: Path) -> None:
+    good = tmp_path / "good.png"
+    write_png(good, RNG.integers(0, 256, (200, 200), dtype=np.uint8))
+    data = good.read_bytes()
+    bad = tmp_path / "cut.png"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt") as info:
+        read_image(bad)
+    assert "cut.png" in str(info.value)
+
+
+def test_text_file_named_png(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("these are not pixels\n" * 3)
+    with pytest.raises(InputError, match="not a PNG"):
+        read_image(path)
+
+
+def test_text_file_named_tif(tmp_path: Path) -> None:
+    path = tmp_path / "notes.tif"
+    path.write_text("these are not pixels\n")
+    with pytest.raises(InputError, match="cannot be read as TIFF") as info:
+        read_image(path)
+    assert "notes.tif" in str(info.value)
+
+
+def test_truncated_tiff(tmp_path: Path) -> None:
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, RNG.integers(0, 256, (300, 300), dtype=np.uint8))
+    data = good.read_bytes()
+    bad = tmp_path / "cut.tif"
+    bad.write_bytes(data[:100])
+    with pytest.raises(InputError, match=r"cut\.tif"):
+        read_image(bad)
+
+
+def test_two_page_tiff(tmp_path: Path) -> None:
+    path = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.zeros((8, 8), np.uint8))
+        tif.write(np.ones((8, 8), np.uint8))
+    with pytest.raises(InputError, match="multi-page TIFF with 2 image planes"):
+        read_image(path)
+
+
+def test_volume_in_one_tiff_page(tmp_path: Path) -> None:
+    path = tmp_path / "volume.tif"
+    tifffile.imwrite(path, np.zeros((3, 16, 16), np.uint8), tile=(16, 16), volumetric=True, photometric="minisblack")
+    with pytest.raises(InputError, match="stack"):
+        read_image(path)
+
+
+def test_too_many_channels(tmp_path: Path) -> None:
+    path = tmp_path / "five.tif"
+    tifffile.imwrite(path, np.zeros((8, 8, 5), np.uint8), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(InputError, match="5 channels"):
+        read_image(path)
+
+
+def _png_with_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk only: enough for the size check to run before any decoding."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk
+
+
+def test_png_zero_dimension(tmp_path: Path) -> None:
+    path = tmp_path / "flat.png"
+    path.write_bytes(_png_with_header(0, 10))
+    with pytest.raises(InputError, match="no pixels"):
+        read_image(path)
+
+
+def test_png_too_large(tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_with_header(50000, 40000))
+    with pytest.raises(InputError, match=f"limit of {MAX_PIXELS}"):
+        read_image(path)
+
+
+def test_tiff_too_large_is_refused_before_reading(tmp_path: Path) -> None:
+    """The header says 40001 x 40000; refusing must not need the (absent) pixel data."""
+    path = tmp_path / "huge.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(shape=(40001, 40000), dtype=np.uint8)  # header and empty strip offsets only
+    with pytest.raises(InputError, match="above the limit"):
+        read_image(path)
+
+
+def test_bool_tiff_becomes_0_255(tmp_path: Path) -> None:
+    mask = RNG.random((9, 9)) > 0.5
+    tifffile.imwrite(tmp_path / "bits.tif", mask)
+    back = read_image(tmp_path / "bits.tif")
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, mask.astype(np.uint8) * 255)
+
+
+def test_writers_refuse_bad_arrays(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="float32"):
+        write_png(tmp_path / "f.png", np.zeros((4, 4), np.float32))
+    with pytest.raises(InputError, match="shape"):
+        write_tiff(tmp_path / "s.tif", np.zeros((4, 4, 2), np.uint8))
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,151 @@
+"""Normalisation to 8-bit grey: bit depths, colour, degenerate images and bad values."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from am.errors import InputError
+from am.normalize import normalize, to_grey
+
+RNG = np.random.default_rng(11)
+
+
+def test_8_bit_stretches_percentiles_to_full_range() -> None:
+    image = RNG.integers(50, 150, (64, 80), dtype=np.uint8)
+    out = normalize(image, low_pct=1.0, high_pct=99.0)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    lo, hi = np.percentile(image, [1.0, 99.0])
+    assert (out[image <= lo] == 0).all()
+    assert (out[image >= hi] == 255).all()
+    # Monotone: a brighter input pixel is never darker in the output.
+    order = np.argsort(image, axis=None, kind="stable")
+    assert (np.diff(out.ravel()[order].astype(int)) >= 0).all()
+
+
+def test_16_bit_keeps_its_levels() -> None:
+    image = RNG.integers(0, 4096, (256, 256), dtype=np.uint16)
+    out = normalize(image)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert len(np.unique(out)) > 200
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_16_bit_tiny_dynamic_range_uses_8_bit_range() -> None:
+    image = (1000 + RNG.integers(0, 4, (100, 100))).astype(np.uint16)
+    out = normalize(image)
+    assert sorted(np.unique(out).tolist()) == [0, 85, 170, 255]
+    np.testing.assert_array_equal(out, np.rint((image.astype(float) - 1000) * 85).astype(np.uint8))
+
+
+def test_percentiles_are_exact_like_numpy() -> None:
+    """The histogram percentiles must equal numpy's linear interpolation, not approximate it."""
+    image = RNG.integers(0, 65536, (97, 101), dtype=np.uint16)
+    lo, hi = np.percentile(image, [2.5, 97.5])
+    out = normalize(image, low_pct=2.5, high_pct=97.5)
+    expected = np.rint(np.clip((image.astype(np.float64) - lo) * 255.0 / (hi - lo), 0, 255)).astype(np.uint8)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_colour_becomes_luminance_ignoring_alpha(channels: int) -> None:
+    rgb = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    image = rgb if channels == 3 else np.dstack([rgb, RNG.integers(0, 256, (30, 40), dtype=np.uint8)])
+    grey = to_grey(image)
+    expected = np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114])
+    assert grey.dtype == np.uint8 and grey.shape == (30, 40)
+    assert np.abs(grey.astype(int) - expected).max() <= 1
+    out = normalize(image)
+    np.testing.assert_array_equal(out, normalize(grey))
+    if channels == 4:
+        np.testing.assert_array_equal(out, normalize(rgb))
+
+
+def test_16_bit_colour_keeps_16_bit_grey() -> None:
+    plane = RNG.integers(0, 4096, (128, 128), dtype=np.uint16)
+    image = np.dstack([plane, plane, plane])
+    grey = to_grey(image)
+    assert grey.dtype == np.uint16
+    np.testing.assert_array_equal(grey, plane)
+    assert len(np.unique(normalize(image))) > 200
+
+
+def test_pure_colours_map_to_distinct_greys() -> None:
+    image = np.zeros((3, 1, 3), np.uint8)
+    image[0, 0, 0] = image[1, 0, 1] = image[2, 0, 2] = 255
+    grey = to_grey(image)[:, 0].tolist()
+    assert grey == [76, 150, 29]
+
+
+def test_constant_image_gives_zeros_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="am.normalize"):
+        out = normalize(np.full((10, 12), 777, np.uint16), name="flat.tif")
+    assert out.shape == (10, 12) and out.dtype == np.uint8 and not out.any()
+    assert "flat.tif is constant" in caplog.text
+
+
+def test_sparse_bright_marks_fall_back_to_min_max(caplog: pytest.LogCaptureFixture) -> None:
+    """A dark field with a few bright marks has equal 1st and 99th percentiles; the marks must survive."""
+    image = np.zeros((100, 100), np.uint8)
+    image[10:15, 10:15] = 200
+    with caplog.at_level(logging.WARNING, logger="am.normalize"):
+        out = normalize(image)
+    assert out[12, 12] == 255 and out[50, 50] == 0
+    assert "full range" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_are_refused(bad: float) -> None:
+    image = RNG.random((20, 20)).astype(np.float32)
+    image[3, 4] = bad
+    image[5, 6] = bad
+    with pytest.raises(InputError, match=r"scan\.tif has 2 pixel\(s\) with NaN or infinite values"):
+        normalize(image, name="scan.tif")
+
+
+def test_float_images_stretch() -> None:
+    image = RNG.normal(0.5, 0.1, (50, 60)).astype(np.float32)
+    out = normalize(image)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_signed_integer_images_use_their_range() -> None:
+    image = RNG.integers(-500, 500, (40, 40)).astype(np.int16)
+    out = normalize(image, low_pct=0, high_pct=100)
+    assert out[image == image.min()].max() == 0 and out[image == image.max()].min() == 255
+
+
+def test_bool_image() -> None:
+    image = RNG.random((20, 20)) > 0.5
+    np.testing.assert_array_equal(normalize(image, low_pct=0, high_pct=100), image.astype(np.uint8) * 255)
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (np.zeros((0, 5), np.uint8), "no pixels"),
+        (np.zeros((4, 4, 2), np.uint8), "shape"),
+        (np.zeros((4, 4), np.complex64), "pixel type"),
+    ],
+)
+def test_bad_images_are_refused(image: np.ndarray, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        normalize(image)
+
+
+def test_bad_percentiles_are_refused() -> None:
+    with pytest.raises(InputError, match="0 <= low < high <= 100"):
+        normalize(np.zeros((4, 4), np.uint8), low_pct=50, high_pct=50)
+
+
+def test_row_blocks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processing in many small blocks must not change a single pixel."""
+    import am.normalize as module
+
+    image = RNG.integers(0, 65536, (301, 257, 3), dtype=np.uint16)
+    whole = normalize(image)
+    monkeypatch.setattr(module, "BLOCK_PIXELS", 1000)
+    np.testing.assert_array_equal(normalize(image), whole)
