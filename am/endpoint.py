@@ -21,6 +21,8 @@ from am.errors import TransportError
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+# moto's server logs every request at INFO through werkzeug: thousands of lines per job.
+REQUEST_LOGGER = "werkzeug"
 
 
 class EmbeddedEndpoint:
@@ -30,6 +32,7 @@ class EmbeddedEndpoint:
         if host != LOOPBACK:
             raise TransportError(f"the embedded endpoint binds to {LOOPBACK} only, not {host!r}")
         self._server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
+        logging.getLogger(REQUEST_LOGGER).setLevel(logging.WARNING)
         self._url = ""
 
     @property

@@ -89,8 +89,8 @@ def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int |
     done = {}
     for group in groups:
         registration = register_group(dataset, group, rows=rows, cols=cols)
-        done[group] = (f"{registration.counts['assigned']} marks numbered on a "
-                       f"{registration.rows}x{registration.cols} grid")
+        done[group] = (f"{registration.assigned} of {registration.found} marks numbered on a "
+                       f"{registration.rows}x{registration.cols} grid, {registration.empty_nodes} empty node(s)")
     return done
 
 

@@ -1,0 +1,105 @@
+"""Command line: ``python -m am.register DATASET [GROUP ...] --rows R --cols C``.
+
+Numbers the ablation marks of each group's stitched mask by acquisition grid position and
+writes ``DATASET/am_coords/<group>/``. Exit code 0 when every group registered, 1 when any
+failed (each failure is reported on stderr), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from am.errors import AmError
+from am.register.dataset import output_dir, register_group
+
+log = logging.getLogger("am.register")
+
+EPILOG = """\
+inputs (made by python -m am.pipeline):
+  DATASET/tiles_stitched/<group>/mask.tiff     8-bit 0/255 segmentation mask
+  DATASET/source_norm/<group>/source.tiff      normalised 8-bit image, for the overlay
+outputs, in DATASET/am_coords/<group>/:
+  am_coordinates.png   16-bit ids, 0 = background, id = row * cols + col + 1
+  am_coordinates.csv   id,row,col,x,y,area_px per numbered mark
+  overlay.png          outlines and ids over the image (plus overlay_tiles/ for large grids)
+  registration.json    fitted angle, pitches, origin, residual, counts and warnings
+
+Give --rows and --cols whenever you know the acquisition grid: they are taken as the truth.
+Without them the grid's shape is estimated from the marks and registration.json says so.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m am.register",
+        description="Number every ablation mark of a segmented dataset by its acquisition grid position.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", type=Path, metavar="DATASET", help="dataset folder (see DESIGN.md for its layout)")
+    parser.add_argument(
+        "groups", nargs="*", metavar="GROUP",
+        help="groups to register (default: every folder under DATASET/source/, else DATASET/tiles_stitched/)",
+    )
+    parser.add_argument("--rows", type=int, default=None, help="rows of the acquisition grid (top to bottom)")
+    parser.add_argument("--cols", type=int, default=None, help="columns of the acquisition grid (left to right)")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging detail on stderr"
+    )
+    return parser
+
+
+def default_groups(dataset: Path) -> list[str]:
+    """Every folder under source/ (as the pipeline does), else under tiles_stitched/."""
+    for folder in (dataset / "source", dataset / "tiles_stitched"):
+        if folder.is_dir():
+            return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (args.rows is None) != (args.cols is None):
+        parser.error("give both --rows and --cols, or neither to estimate the grid's shape")
+    for group in args.groups:
+        if not group or "/" in group or "\\" in group or group in (".", ".."):
+            parser.error(f"group {group!r} must be a folder name inside the dataset, not a path")
+    if not args.dataset.is_dir():
+        print(f"error: dataset folder {args.dataset} does not exist", file=sys.stderr)
+        return 1
+    groups = args.groups or default_groups(args.dataset)
+    if not groups:
+        print(f"error: {args.dataset} has no groups: expected folders under source/ or tiles_stitched/; "
+              "run python -m am.pipeline first", file=sys.stderr)
+        return 1
+    failed = 0
+    for group in groups:
+        try:
+            reg = register_group(args.dataset, group, rows=args.rows, cols=args.cols)
+        except AmError as exc:
+            print(f"error: group {group}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        shape = "estimated" if reg.estimated_shape else "given"
+        print(
+            f"{group}: {reg.assigned} marks numbered on a {reg.rows} x {reg.cols} grid ({shape}), "
+            f"{reg.empty_nodes} empty positions, {reg.off_lattice + reg.duplicates} marks without id, "
+            f"angle {reg.angle_deg:.2f} deg, pitch {reg.pitch_x:.2f} x {reg.pitch_y:.2f} px, "
+            f"residual {reg.residual_px:.2f} px -> {output_dir(args.dataset, group)}"
+        )
+        if reg.warnings:
+            print(f"  {len(reg.warnings)} warning(s), listed above and in registration.json")
+    if failed:
+        print(f"error: {failed} of {len(groups)} group(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Register one group of a dataset: read its stitched mask and source, write ``am_coords/<group>/``.
+
+The paths follow DESIGN.md::
+
+    DATASET/tiles_stitched/<group>/mask.tiff    (input: 8-bit 0/255, the image's size)
+    DATASET/source_norm/<group>/source.tiff     (input: normalised 8-bit grey, for the overlay)
+    DATASET/am_coords/<group>/...               (output: see am.register.outputs)
+
+    reg = register_group(Path("ds"), "g1", rows=100, cols=100)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from am.errors import InputError
+from am.register.outputs import write_outputs
+from am.register.registration import Registration, register_mask
+
+log = logging.getLogger(__name__)
+
+
+def mask_path(dataset: Path, group: str) -> Path:
+    return Path(dataset) / "tiles_stitched" / group / "mask.tiff"
+
+
+def source_path(dataset: Path, group: str) -> Path:
+    return Path(dataset) / "source_norm" / group / "source.tiff"
+
+
+def output_dir(dataset: Path, group: str) -> Path:
+    return Path(dataset) / "am_coords" / group
+
+
+def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | None) -> Registration:
+    """Register ``group`` of ``dataset`` and write its outputs; returns the registration.
+
+    Raises InputError when an input is missing or unreadable, RegistrationError when the marks
+    do not fit the requested grid.
+    """
+    dataset = Path(dataset)
+    mask = read_grey_tiff(mask_path(dataset, group), what="stitched mask")
+    source = read_grey_tiff(source_path(dataset, group), what="normalised source")
+    if source.shape != mask.shape:
+        raise InputError(
+            f"{source_path(dataset, group)} is {source.shape[1]} x {source.shape[0]} px but "
+            f"{mask_path(dataset, group)} is {mask.shape[1]} x {mask.shape[0]} px: rerun python -m am.pipeline "
+            f"{dataset} {group}"
+        )
+    log.info("registering group %s (%d x %d px)", group, mask.shape[1], mask.shape[0])
+    registration = register_mask(mask, rows=rows, cols=cols)
+    write_outputs(output_dir(dataset, group), registration, source=source)
+    return registration
+
+
+def read_grey_tiff(path: Path, *, what: str) -> np.ndarray:
+    """Read a single-channel 8-bit TIFF, with errors that say how to produce it."""
+    if not path.is_file():
+        raise InputError(f"the {what} {path} does not exist: run python -m am.pipeline on the dataset first")
+    try:
+        image = tifffile.imread(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise InputError(f"the {what} {path} cannot be read as TIFF ({exc}): rerun python -m am.pipeline") from exc
+    image = np.squeeze(image)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise InputError(
+            f"the {what} {path} must be 8-bit single-channel, got {image.dtype} with shape {image.shape}: "
+            "rerun python -m am.pipeline"
+        )
+    return image

@@ -1,0 +1,241 @@
+"""Registration, step 2: fit the acquisition lattice to the marks' points.
+
+The lattice is affine: ``p = origin + i * col_step + j * row_step`` for integer column ``i`` and
+row ``j``, which covers rotation, a pitch per axis and a mild shear. Coordinates are rotated,
+never the raster, so nothing is clipped or resampled.
+
+1. The two steps are first read off nearest-neighbour vectors: for each mark, its shortest
+   neighbour vector within 45 degrees of +x (a column step) and of +y (a row step); the medians
+   of those, refined by the mean of the vectors close to them. Missing marks only lengthen a few
+   vectors, which the medians ignore.
+2. From a seed mark near the middle, a least-squares fit of (origin, col_step, row_step) to the
+   marks' rounded lattice indices grows outwards, doubling the radius each round, so a small
+   error in the first guess never accumulates into a wrong index at the far edge.
+
+Indices are relative to the seed; :mod:`am.register.grid` decides which of them are row 0 and
+column 0 of the acquisition::
+
+    fit = fit_lattice(points)
+    col, row, residual = fit.indices(points)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from am.errors import RegistrationError
+
+log = logging.getLogger(__name__)
+
+# Fewer marks than this cannot define a lattice with any confidence.
+MIN_MARKS = 4
+# Neighbours examined per mark when looking for the lattice steps.
+NEIGHBOURS = 8
+# A mark whose point lies within this fraction of the pitch of a node is fitted to it.
+FIT_INLIER_FRACTION = 0.3
+# The first fit uses marks within this many pitches of the seed; the radius then doubles.
+SEED_RADIUS_PITCHES = 6.0
+POLISH_ROUNDS = 2
+
+
+@dataclass(frozen=True)
+class LatticeFit:
+    """An affine lattice in image pixels; index (0, 0) is at ``origin``."""
+
+    origin: np.ndarray
+    col_step: np.ndarray
+    row_step: np.ndarray
+    residual_px: float = 0.0
+
+    @property
+    def basis(self) -> np.ndarray:
+        return np.column_stack([self.col_step, self.row_step])
+
+    @property
+    def angle_deg(self) -> float:
+        return math.degrees(math.atan2(self.col_step[1], self.col_step[0]))
+
+    @property
+    def pitch_x(self) -> float:
+        return float(np.hypot(*self.col_step))
+
+    @property
+    def shear(self) -> float:
+        """Row step's component along the column step, in column pitches (0 for a rectangular grid)."""
+        return float(np.dot(self.row_step, self.col_step) / np.dot(self.col_step, self.col_step))
+
+    @property
+    def pitch_y(self) -> float:
+        theta = math.radians(self.angle_deg)
+        perpendicular = self.row_step - self.shear * self.col_step
+        return float(np.dot(perpendicular, [-math.sin(theta), math.cos(theta)]))
+
+    @property
+    def pitch(self) -> float:
+        """The smaller pitch: the scale every tolerance is measured in."""
+        return min(self.pitch_x, abs(self.pitch_y))
+
+    def lattice_coords(self, points: np.ndarray) -> np.ndarray:
+        """Continuous (col, row) lattice coordinates of image points, shape (N, 2)."""
+        return np.linalg.solve(self.basis, (np.asarray(points, float) - self.origin).T).T
+
+    def indices(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Nearest node (col, row) of each point and the point's distance to it in pixels."""
+        coords = self.lattice_coords(points)
+        k = np.rint(coords).astype(np.int64)
+        residual = np.hypot(*(np.asarray(points, float) - self.positions(k[:, 0], k[:, 1])).T)
+        return k[:, 0], k[:, 1], residual
+
+    def positions(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """Image positions of nodes, shape (N, 2)."""
+        col = np.asarray(col, float).reshape(-1, 1)
+        row = np.asarray(row, float).reshape(-1, 1)
+        return self.origin[None, :] + col * self.col_step[None, :] + row * self.row_step[None, :]
+
+    def moved_to(self, col: int, row: int) -> LatticeFit:
+        """The same lattice with index (col, row) renumbered as (0, 0)."""
+        return replace(self, origin=self.positions(np.array([col]), np.array([row]))[0])
+
+
+def fit_lattice(points: np.ndarray, *, warnings: list[str] | None = None) -> LatticeFit:
+    """Fit an affine lattice to mark points (N, 2); ``warnings`` collects what a person should know.
+
+    Raises RegistrationError when there are too few marks or no regular spacing among them.
+    """
+    points = np.asarray(points, float)
+    warnings = warnings if warnings is not None else []
+    if len(points) < MIN_MARKS:
+        raise RegistrationError(
+            f"found only {len(points)} mark(s) in the mask; at least {MIN_MARKS} are needed to fit a grid: "
+            "check that the mask is the segmentation of an acquisition"
+        )
+    tree = cKDTree(points)
+    col_step, row_step = initial_steps(points, tree=tree, warnings=warnings)
+    seed = _seed_index(points, col_step, row_step, tree=tree)
+    fit = LatticeFit(origin=points[seed].copy(), col_step=col_step, row_step=row_step)
+    distance = np.hypot(*(points - points[seed]).T)
+    radius = SEED_RADIUS_PITCHES * fit.pitch
+    while True:
+        fit = _refit(fit, points[distance <= radius])
+        if radius >= distance.max():
+            break
+        radius *= 2.0
+    for _ in range(POLISH_ROUNDS):
+        fit = _refit(fit, points)
+    log.debug(
+        "lattice: angle %.3f deg, pitch %.3f x %.3f px, shear %.4f, residual %.3f px",
+        fit.angle_deg, fit.pitch_x, fit.pitch_y, fit.shear, fit.residual_px,
+    )
+    return fit
+
+
+def refit(fit: LatticeFit, points: np.ndarray) -> LatticeFit:
+    """One more least-squares round over ``points`` (after marks were split, for instance)."""
+    return _refit(fit, np.asarray(points, float))
+
+
+def _refit(fit: LatticeFit, points: np.ndarray) -> LatticeFit:
+    col, row, residual = fit.indices(points)
+    inlier = residual <= FIT_INLIER_FRACTION * fit.pitch
+    if np.count_nonzero(inlier) < 3:
+        return fit
+    col, row, pts = col[inlier], row[inlier], points[inlier]
+    n_cols, n_rows = np.unique(col).size, np.unique(row).size
+    if n_cols >= 2 and n_rows >= 2:
+        design = np.column_stack([np.ones(col.size), col, row]).astype(float)
+        solution, *_ = np.linalg.lstsq(design, pts, rcond=None)
+        if np.linalg.matrix_rank(design) < 3:
+            return fit
+        origin, col_step, row_step = solution
+    elif n_cols >= 2:
+        # A single row of marks: the row step cannot be measured, keep the estimate.
+        design = np.column_stack([np.ones(col.size), col]).astype(float)
+        solution, *_ = np.linalg.lstsq(design, pts - row[:, None] * fit.row_step[None, :], rcond=None)
+        origin, col_step, row_step = solution[0], solution[1], fit.row_step
+    elif n_rows >= 2:
+        design = np.column_stack([np.ones(row.size), row]).astype(float)
+        solution, *_ = np.linalg.lstsq(design, pts - col[:, None] * fit.col_step[None, :], rcond=None)
+        origin, col_step, row_step = solution[0], fit.col_step, solution[1]
+    else:
+        return fit
+    candidate = LatticeFit(origin=origin, col_step=col_step, row_step=row_step)
+    if candidate.pitch < 0.5 * fit.pitch or abs(np.linalg.det(candidate.basis)) < 1e-6:
+        return fit
+    fitted = candidate.positions(col, row)
+    rms = float(np.sqrt(np.mean(np.sum((pts - fitted) ** 2, axis=1))))
+    return replace(candidate, residual_px=rms)
+
+
+def initial_steps(
+    points: np.ndarray, *, tree: cKDTree | None = None, warnings: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """First estimates of the column and row steps from nearest-neighbour vectors."""
+    warnings = warnings if warnings is not None else []
+    tree = tree if tree is not None else cKDTree(points)
+    k = min(NEIGHBOURS + 1, len(points))
+    distances, neighbours = tree.query(points, k=k)
+    spacing = float(np.median(distances[:, 1]))
+    if not spacing > 0:
+        raise RegistrationError(
+            f"the {len(points)} marks do not form a grid: most of them coincide; check the mask"
+        )
+    vectors = points[neighbours[:, 1:]] - points[:, None, :]
+    col_step = _dominant_step(vectors, axis=0, spacing=spacing)
+    row_step = _dominant_step(vectors, axis=1, spacing=spacing)
+    if col_step is None and row_step is None:
+        raise RegistrationError(
+            f"the {len(points)} marks show no regular spacing along either image axis (+-45 degrees); "
+            "check that the mask is the segmentation of an acquisition grid"
+        )
+    if row_step is None:
+        row_step = np.array([-col_step[1], col_step[0]])
+        warnings.append("no row-to-row spacing found (one row of marks?): assumed square pitch")
+    if col_step is None:
+        col_step = np.array([row_step[1], -row_step[0]])
+        warnings.append("no column-to-column spacing found (one column of marks?): assumed square pitch")
+    return col_step, row_step
+
+
+def _dominant_step(vectors: np.ndarray, *, axis: int, spacing: float) -> np.ndarray | None:
+    """The most common shortest neighbour vector within 45 degrees of +x (axis 0) or +y (axis 1)."""
+    other = 1 - axis
+    v = vectors.copy()
+    flip = v[..., axis] < 0
+    v[flip] = -v[flip]
+    length = np.hypot(v[..., 0], v[..., 1])
+    usable = (np.abs(v[..., other]) < v[..., axis]) & (length >= 0.5 * spacing)
+    length = np.where(usable, length, np.inf)
+    best = np.argmin(length, axis=1)
+    rows = np.arange(len(v))
+    shortest = length[rows, best]
+    found = np.isfinite(shortest)
+    if np.count_nonzero(found) < 2:
+        return None
+    candidates = v[rows, best][found]
+    lengths = shortest[found]
+    typical = float(np.median(lengths))
+    candidates = candidates[np.abs(lengths - typical) <= 0.2 * typical]
+    centre = np.median(candidates, axis=0)
+    close = candidates[np.hypot(*(candidates - centre).T) <= 0.1 * typical]
+    return close.mean(axis=0) if len(close) else centre
+
+
+def _seed_index(points: np.ndarray, col_step: np.ndarray, row_step: np.ndarray, *, tree: cKDTree) -> int:
+    """A mark near the middle whose neighbours sit where the steps predict (not debris)."""
+    tolerance = 0.2 * min(np.hypot(*col_step), np.hypot(*row_step))
+    support = np.zeros(len(points), int)
+    for step in (col_step, -col_step, row_step, -row_step):
+        distance, _ = tree.query(points + step, distance_upper_bound=tolerance)
+        support += np.isfinite(distance)
+    centre = np.median(points, axis=0)
+    order = np.argsort(np.hypot(*(points - centre).T))
+    for need in (4, 3, 2):
+        good = order[support[order] >= need]
+        if good.size:
+            return int(good[0])
+    return int(order[0])

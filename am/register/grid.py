@@ -1,0 +1,185 @@
+"""Registration, step 3: place the acquisition grid on the fitted lattice and give marks their ids.
+
+The fitted lattice has no natural row 0: its indices count from a seed mark. Along each axis this
+module counts the occupied nodes per lattice row (column), then chooses the ``rows`` consecutive
+lattice rows that hold the most marks. Ids therefore follow geometry, never the rank of a mark
+among its neighbours, so a missing row, column or mark shifts no other id.
+
+``rows``/``cols`` given are the truth: a grid a few rows larger than the marks is accepted with
+a warning, but marks that clearly fill more lattice rows than requested, or far fewer, are an
+error that says what was found. Without them the shape is the span of the well-filled rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from am.errors import RegistrationError
+
+log = logging.getLogger(__name__)
+
+# A lattice row counts as "filled" with at least this fraction of the median row's marks (and 2).
+FILLED_FRACTION = 0.1
+# A lattice row outside the requested grid with this fraction of the median row's marks is a contradiction.
+CONTRADICTION_FRACTION = 0.5
+# How many more rows than the filled span a requested grid may have: max(2, 10 %).
+EMPTY_EDGE_FRACTION = 0.1
+
+ASSIGNED, FRAGMENT, DUPLICATE, OFF_LATTICE = 1, 2, 3, 4
+# A second mark on a node joins the first as a fragment while their total stays below this many typical marks.
+FRAGMENT_MAX_AREA = 1.5
+# Weight of the area mismatch (log ratio) against the distance (in tolerances) when two marks want one node.
+AREA_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class AxisPlacement:
+    """Lattice index ``start`` becomes row (or column) 0; the grid has ``size`` of them."""
+
+    start: int
+    size: int
+    estimated: bool
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Per mark: its node id (0 = none) and status (ASSIGNED, FRAGMENT, DUPLICATE, OFF_LATTICE)."""
+
+    node_id: np.ndarray
+    status: np.ndarray
+
+
+def place_axis(
+    index: np.ndarray,
+    *,
+    size: int | None,
+    name: str,
+    outside_image: Callable[[int, int], int],
+    warnings: list[str],
+) -> AxisPlacement:
+    """Choose which lattice indices along one axis form the grid.
+
+    ``index`` holds the axis index of every occupied node (one entry per node, not per mark);
+    ``outside_image(start, size)`` counts the grid nodes a placement would put outside the image,
+    which breaks ties when an edge row has no marks at all.
+    """
+    plural = f"{name}s"
+    if index.size == 0:
+        raise RegistrationError(f"no mark lies on the fitted lattice, so no {name} of the grid can be placed")
+    lo, hi = int(index.min()), int(index.max())
+    counts = np.bincount(index - lo)
+    median = float(np.median(counts[counts > 0]))
+    filled = np.nonzero(counts >= max(2.0, FILLED_FRACTION * median))[0]
+    if filled.size == 0:
+        filled = np.nonzero(counts)[0]
+    first, last = lo + int(filled[0]), lo + int(filled[-1])
+    span = last - first + 1
+    if size is None:
+        log.info("estimated %d %s from the marks", span, plural)
+        outside = np.ones(counts.size, bool)
+        outside[first - lo : last - lo + 1] = False
+        _warn_partial(counts, outside, median=median, name=name, size=span, warnings=warnings)
+        return AxisPlacement(start=first, size=span, estimated=True)
+
+    allowance = max(2, int(EMPTY_EDGE_FRACTION * size))
+    if span < size - allowance:
+        raise RegistrationError(
+            f"the marks fill only {span} lattice {plural} but the grid was given {size} {plural}; at most "
+            f"{allowance} edge {plural} may be empty: check the number of {plural} (or the mask)"
+        )
+    starts = np.arange(min(lo, hi - size + 1), max(lo, hi - size + 1) + 1)
+    padded = np.concatenate([np.zeros(size, np.int64), counts, np.zeros(size, np.int64)])
+    cumulative = np.concatenate([[0], np.cumsum(padded)])
+    offset = starts - lo + size
+    scores = cumulative[offset + size] - cumulative[offset]
+    best = starts[scores == scores.max()]
+    if best.size > 1:
+        outside = np.array([outside_image(int(s), size) for s in best])
+        best = best[outside == outside.min()]
+    if best.size > 1:
+        # Truly ambiguous (an edge row without any mark): number from the first filled row.
+        start = int(best[np.argmin(np.abs(best - first))])
+        warnings.append(
+            f"the grid has {size} {plural} but marks fill only {span}: which edge {name} is empty is ambiguous; "
+            f"{name} 0 was put at the first {name} with marks"
+        )
+    else:
+        start = int(best[0])
+    inside = np.zeros(counts.size, bool)
+    inside[max(0, start - lo) : max(0, start - lo + size)] = True
+    clear = max(2.0, CONTRADICTION_FRACTION * median)
+    contradicting = np.nonzero(~inside & (counts >= clear))[0]
+    if contradicting.size:
+        raise RegistrationError(
+            f"the marks fill {span} lattice {plural} but the grid was given {size} {plural}: "
+            f"{contradicting.size} well-filled {name}(s) outside any {size} consecutive ones hold "
+            f"{', '.join(str(int(counts[i])) for i in contradicting[:10])} marks (a full {name} holds about "
+            f"{int(round(median))}); check the number of {plural}, or whether the mask holds more than one grid"
+        )
+    _warn_partial(counts, ~inside, median=median, name=name, size=size, warnings=warnings)
+    empty = size - int(np.count_nonzero(counts[inside]))
+    if empty:
+        warnings.append(f"{empty} of the {size} {plural} of the grid have no marks at all")
+    return AxisPlacement(start=start, size=size, estimated=False)
+
+
+def _warn_partial(
+    counts: np.ndarray, outside: np.ndarray, *, median: float, name: str, size: int, warnings: list[str]
+) -> None:
+    """Say so when lattice rows beyond the grid hold more than stray debris (a partial row)."""
+    partial = outside & (counts >= max(2.0, FILLED_FRACTION * median))
+    if partial.any():
+        warnings.append(
+            f"{int(counts[partial].sum())} mark(s) on {int(partial.sum())} partly filled lattice {name}(s) "
+            f"beyond the {size}-{name} grid were left without id"
+        )
+
+
+def assign_nodes(
+    col: np.ndarray,
+    row: np.ndarray,
+    *,
+    residual: np.ndarray,
+    area: np.ndarray,
+    tolerance: float,
+    typical_area: float,
+    cols: AxisPlacement,
+    rows: AxisPlacement,
+) -> Assignment:
+    """Give each mark the id of its node, or none; resolve two marks on one node.
+
+    A mark farther than ``tolerance`` px from its node, or whose node is outside the grid, is
+    off-lattice. When marks share a node the better match (near the node, typical size) keeps it;
+    a small second piece joins it as a fragment of the same mark (a mark split by segmentation),
+    anything larger is a duplicate and gets no id.
+    """
+    n = col.size
+    grid_col = col - cols.start
+    grid_row = row - rows.start
+    on = (residual <= tolerance) & (grid_col >= 0) & (grid_col < cols.size) & (grid_row >= 0) & (grid_row < rows.size)
+    node_id = np.zeros(n, np.int64)
+    status = np.full(n, OFF_LATTICE, np.int8)
+    candidates = np.nonzero(on)[0]
+    node = grid_row[candidates] * cols.size + grid_col[candidates] + 1
+    score = residual[candidates] / tolerance + AREA_WEIGHT * np.abs(
+        np.log(np.maximum(area[candidates], 1) / max(typical_area, 1.0))
+    )
+    order = np.lexsort((score, node))
+    candidates, node = candidates[order], node[order]
+    first = np.ones(candidates.size, bool)
+    first[1:] = node[1:] != node[:-1]
+    node_id[candidates[first]] = node[first]
+    status[candidates[first]] = ASSIGNED
+    total_area = dict(zip(node[first].tolist(), area[candidates[first]].tolist(), strict=True))
+    for mark, mark_node in zip(candidates[~first].tolist(), node[~first].tolist(), strict=True):
+        if total_area[mark_node] + area[mark] <= FRAGMENT_MAX_AREA * typical_area:
+            total_area[mark_node] += int(area[mark])
+            node_id[mark] = mark_node
+            status[mark] = FRAGMENT
+        else:
+            status[mark] = DUPLICATE
+    return Assignment(node_id=node_id, status=status)

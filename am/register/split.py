@@ -1,0 +1,82 @@
+"""Registration, between fitting and numbering: split components that cover several nodes.
+
+Segmentation sometimes joins two neighbouring marks with a bridge. Once the lattice is known,
+such a component is recognisable (much larger than a typical mark) and separable: every pixel
+goes to its nearest lattice node, and each node that collects at least a third of a typical
+mark becomes a mark of its own. Small leftovers (the bridge) join the nearest of those parts.
+Only the few oversized components are touched, each on its bounding box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from am.register.fit import LatticeFit
+from am.register.marks import Components, interior_point
+
+# A component this many times the typical area (or as long in x or y) may hold several marks.
+OVERSIZE_AREA = 1.6
+OVERSIZE_SIDE = 1.5
+# A node's share of a component becomes a mark when it has this fraction of a typical mark's area.
+PART_MIN_AREA = 0.3
+
+
+@dataclass(frozen=True)
+class SplitComponent:
+    """One component cut into parts: ``part_map`` (its bounding box) holds 1..k for part k, 0 elsewhere."""
+
+    label: int
+    x0: int
+    y0: int
+    part_map: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    area: np.ndarray
+
+
+def split_oversized(comps: Components, fit: LatticeFit) -> dict[int, SplitComponent]:
+    """Split the components that straddle several nodes; keyed by their index in ``comps``."""
+    sides = np.maximum(comps.bbox[:, 2], comps.bbox[:, 3])
+    typical_side = float(np.median(sides)) if sides.size else 0.0
+    oversized = np.nonzero(
+        (comps.area > OVERSIZE_AREA * comps.typical_area) | (sides > OVERSIZE_SIDE * typical_side)
+    )[0]
+    result: dict[int, SplitComponent] = {}
+    for i in oversized.tolist():
+        piece = _split_one(comps, i, fit)
+        if piece is not None:
+            result[i] = piece
+    return result
+
+
+def _split_one(comps: Components, i: int, fit: LatticeFit) -> SplitComponent | None:
+    x0, y0, w, h = (int(v) for v in comps.bbox[i])
+    crop = comps.labels[y0 : y0 + h, x0 : x0 + w] == comps.label[i]
+    ys, xs = np.nonzero(crop)
+    points = np.column_stack([xs + x0, ys + y0]).astype(float)
+    col, row, _ = fit.indices(points)
+    keys, inverse, counts = np.unique(np.column_stack([col, row]), axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    big = np.nonzero(counts >= PART_MIN_AREA * comps.typical_area)[0]
+    if big.size < 2:
+        return None
+    centres = fit.positions(keys[big, 0], keys[big, 1])
+    # Every pixel goes to the nearest kept node, so bridge pixels join a neighbour, not a new mark.
+    owner = np.full(keys.shape[0], -1)
+    owner[big] = np.arange(big.size)
+    part = owner[inverse]
+    loose = part < 0
+    if loose.any():
+        d = np.hypot(points[loose, None, 0] - centres[None, :, 0], points[loose, None, 1] - centres[None, :, 1])
+        part[loose] = np.argmin(d, axis=1)
+    part_map = np.zeros((h, w), np.int32)
+    part_map[ys, xs] = part + 1
+    px = np.empty(big.size)
+    py = np.empty(big.size)
+    area = np.bincount(part, minlength=big.size).astype(np.int64)
+    for k in range(big.size):
+        cx, cy = interior_point(part_map == k + 1)
+        px[k], py[k] = x0 + cx, y0 + cy
+    return SplitComponent(label=int(comps.label[i]), x0=x0, y0=y0, part_map=part_map, x=px, y=py, area=area)

@@ -1,0 +1,107 @@
+"""python -m am.register on a dataset folder, through a real subprocess, and register_group."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from am.errors import InputError
+from am.register import register_group
+from am.register.testing import draw_lattice_mask
+from am.synth.lattice import Lattice
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_dataset(root: Path, group: str = "g", *, rows: int = 5, cols: int = 6) -> Path:
+    lattice = Lattice.centred(rows=rows, cols=cols, width=260, height=220, pitch_x=32, angle_deg=4)
+    drawn = draw_lattice_mask(lattice, width=260, height=220, radius=8, missing=[2])
+    (root / "tiles_stitched" / group).mkdir(parents=True)
+    (root / "source_norm" / group).mkdir(parents=True)
+    tifffile.imwrite(root / "tiles_stitched" / group / "mask.tiff", drawn.mask)
+    tifffile.imwrite(root / "source_norm" / group / "source.tiff", np.where(drawn.mask > 0, 200, 40).astype(np.uint8))
+    return root
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "am.register", *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_cli_registers_a_group(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    result = run_cli(str(dataset), "--rows", "5", "--cols", "6")
+    assert result.returncode == 0, result.stderr
+    assert "g: 29 marks numbered on a 5 x 6 grid (given)" in result.stdout
+    out = dataset / "am_coords" / "g"
+    assert {p.name for p in out.iterdir()} == {
+        "am_coordinates.png", "am_coordinates.csv", "overlay.png", "registration.json",
+    }
+    data = json.loads((out / "registration.json").read_text())
+    assert data["empty_node_ids"] == [2]
+
+
+def test_cli_estimates_the_shape_and_says_so(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    result = run_cli(str(dataset), "g")
+    assert result.returncode == 0, result.stderr
+    assert "5 x 6 grid (estimated)" in result.stdout
+    assert "estimated a 5 x 6 grid" in result.stderr
+
+
+def test_cli_missing_inputs_exit_1_and_name_the_file(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    (dataset / "source_norm" / "g" / "source.tiff").unlink()
+    result = run_cli(str(dataset), "g", "--rows", "5", "--cols", "6")
+    assert result.returncode == 1
+    assert "source_norm/g/source.tiff" in result.stderr
+    assert "python -m am.pipeline" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_impossible_grid_exit_1(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    result = run_cli(str(dataset), "--rows", "3", "--cols", "6")
+    assert result.returncode == 1
+    assert "the grid was given 3 rows" in result.stderr
+    assert not (dataset / "am_coords" / "g" / "registration.json").exists()
+
+
+def test_cli_nonpositive_rows_exit_1(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    result = run_cli(str(dataset), "--rows", "0", "--cols", "6")
+    assert result.returncode == 1
+    assert "rows must be a positive whole number" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--rows", "5"], ["--rows", "five", "--cols", "6"], ["g/../h"]])
+def test_cli_usage_errors_exit_2(tmp_path, args):
+    dataset = make_dataset(tmp_path / "ds")
+    result = run_cli(str(dataset), *args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+def test_cli_help_explains_the_outputs():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "am_coordinates.csv" in result.stdout and "--rows" in result.stdout
+
+
+def test_register_group_missing_mask_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match=r"tiles_stitched/g/mask.tiff does not exist: run python -m am.pipeline"):
+        register_group(tmp_path, "g", rows=5, cols=6)
+
+
+def test_register_group_writes_am_coords(tmp_path):
+    dataset = make_dataset(tmp_path / "ds", "g1")
+    reg = register_group(dataset, "g1", rows=5, cols=6)
+    assert reg.assigned == 29
+    assert (dataset / "am_coords" / "g1" / "am_coordinates.png").is_file()
