@@ -1,0 +1,273 @@
+"""S3 objects: tiles and masks in, tiles and masks out, model checkpoints, cleanup.
+
+Single objects and parallel batches share the retry policy of :mod:`am.transport.retry`.
+A batch runs on a thread pool; its first error stops what has not started and is raised,
+so a half-uploaded job never looks complete::
+
+    storage = Storage(clients.s3(), threads=16)
+    storage.put_many("am-segm-input", [(f"{job}/g/0001.png", png_bytes), ...], progress=bar.update)
+    masks = storage.get_many("am-segm-output", keys)            # {key: bytes}
+    path = storage.fetch_model("s3://models/unet.pt", Path("~/.cache/am-segm").expanduser())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError
+
+from am.errors import InputError, TransportError
+from am.transport.retry import DEFAULT_POLICY, RetryPolicy, error_code, http_status
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Keys per DeleteObjects call (S3 API reference, DeleteObjects:
+# https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteObjects.html).
+DELETE_BATCH = 1000
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+NO_BUCKET_CODES = frozenset({"NoSuchBucket"})
+BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou"})
+# Chunk size when streaming a large object (a checkpoint) to disk.
+STREAM_CHUNK_BYTES = 1 << 20
+# Futures in flight per thread: enough to keep threads busy, few enough that a generator of
+# file paths is not read ahead into memory all at once.
+_WINDOW_PER_THREAD = 4
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into (bucket, key); InputError for anything else."""
+    if not uri.startswith("s3://"):
+        raise InputError(f"{uri!r} is not an s3:// URI; write it as s3://BUCKET/KEY")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise InputError(f"S3 URI {uri!r} must name a bucket and an object key: s3://BUCKET/KEY")
+    return bucket, key
+
+
+class Storage:
+    """S3 reads and writes for one client; ``threads`` bounds the parallel transfers of a batch."""
+
+    def __init__(self, s3_client: Any, *, threads: int = 16, retry: RetryPolicy = DEFAULT_POLICY) -> None:
+        if threads < 1:
+            raise TransportError(f"transfer threads must be at least 1, got {threads}")
+        self._s3 = s3_client
+        self._threads = threads
+        self._retry = retry
+
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` unless it exists and is ours."""
+
+        def attempt() -> None:
+            try:
+                self._s3.head_bucket(Bucket=bucket)
+                return
+            except ClientError as exc:
+                if http_status(exc) != 404 and error_code(exc) not in NOT_FOUND_CODES | NO_BUCKET_CODES:
+                    raise
+            region = self._s3.meta.region_name
+            kwargs: dict[str, Any] = {"Bucket": bucket}
+            if region and region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            try:
+                self._s3.create_bucket(**kwargs)
+                log.info("created bucket %s", bucket)
+            except ClientError as exc:
+                if error_code(exc) not in BUCKET_EXISTS_CODES:
+                    raise
+
+        self._retry.call(f"ensure bucket {bucket}", attempt)
+
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        """Write one object; writing the same bytes twice is harmless (at-least-once delivery relies on it)."""
+        self._retry.call(f"put s3://{bucket}/{key}", self._s3.put_object, Bucket=bucket, Key=key, Body=data)
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        """Read one object; a missing key is a TransportError at once, not retried."""
+
+        def attempt() -> bytes:
+            try:
+                response = self._s3.get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                self._raise_if_missing(exc, bucket, key)
+                raise
+            return bytes(response["Body"].read())
+
+        return self._retry.call(f"get s3://{bucket}/{key}", attempt)
+
+    def put_many(
+        self,
+        bucket: str,
+        items: Iterable[tuple[str, bytes | Path]],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Upload (key, bytes or file path) pairs in parallel; ``progress(1)`` after each object.
+
+        The first failure cancels the uploads not yet started and is raised.
+        """
+
+        def put(item: tuple[str, bytes | Path]) -> None:
+            key, source = item
+            data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+            self.put_bytes(bucket, key, bytes(data))
+
+        for _ in self._parallel(put, items):
+            if progress is not None:
+                progress(1)
+
+    def get_many(
+        self, bucket: str, keys: Iterable[str], *, dest: Callable[[str], Path] | None = None
+    ) -> dict[str, bytes] | None:
+        """Download keys in parallel: into memory ({key: bytes}), or, with ``dest``, each to the file ``dest(key)``.
+
+        Files are written atomically (temporary name, then rename), so an interrupted download
+        leaves no half file. Returns None when writing files. The first failure is raised.
+        """
+        out: dict[str, bytes] = {}
+
+        def get(key: str) -> None:
+            data = self.get_bytes(bucket, key)
+            if dest is None:
+                out[key] = data
+            else:
+                _write_atomic(dest(key), data)
+
+        for _ in self._parallel(get, keys):
+            pass
+        return None if dest is not None else out
+
+    def list_keys(self, bucket: str, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix``, page by page."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        pages = self._retry.call(
+            f"list s3://{bucket}/{prefix}", lambda: list(paginator.paginate(Bucket=bucket, Prefix=prefix))
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Delete every object under ``prefix`` (which must not be empty); returns how many were deleted."""
+        if not prefix:
+            raise InputError(f"refusing to delete every object of bucket {bucket}: give a non-empty prefix")
+        keys = list(self.list_keys(bucket, prefix))
+        for start in range(0, len(keys), DELETE_BATCH):
+            chunk = keys[start : start + DELETE_BATCH]
+            response = self._retry.call(
+                f"delete {len(chunk)} objects under s3://{bucket}/{prefix}", self._s3.delete_objects,
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+            )
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise TransportError(
+                    f"could not delete {len(errors)} object(s) under s3://{bucket}/{prefix}, e.g. "
+                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}"
+                )
+        log.info("deleted %d object(s) under s3://%s/%s", len(keys), bucket, prefix)
+        return len(keys)
+
+    def fetch_model(self, uri: str, cache_dir: Path) -> Path:
+        """Download an ``s3://`` checkpoint once into ``cache_dir``; later calls reuse the file.
+
+        The cached name includes the object's ETag, so a checkpoint replaced under the same
+        URI is downloaded again instead of being served stale.
+        """
+        bucket, key = parse_s3_uri(uri)
+        head = self._retry.call(f"head {uri}", self._head, bucket, key)
+        etag = str(head.get("ETag", "")).strip('"')
+        digest = hashlib.sha256(f"{uri}\n{etag}".encode()).hexdigest()[:16]
+        path = Path(cache_dir) / digest / Path(key).name
+        if path.is_file():
+            log.debug("model %s cached at %s", uri, path)
+            return path
+
+        def attempt() -> None:
+            try:
+                response = self._s3.get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                self._raise_if_missing(exc, bucket, key)
+                raise
+            _write_atomic(path, response["Body"].iter_chunks(STREAM_CHUNK_BYTES))
+
+        self._retry.call(f"download {uri}", attempt)
+        log.info("downloaded model %s to %s", uri, path)
+        return path
+
+    def _head(self, bucket: str, key: str) -> dict[str, Any]:
+        try:
+            return dict(self._s3.head_object(Bucket=bucket, Key=key))
+        except ClientError as exc:
+            self._raise_if_missing(exc, bucket, key)
+            raise
+
+    @staticmethod
+    def _raise_if_missing(exc: ClientError, bucket: str, key: str) -> None:
+        code = error_code(exc)
+        if code in NO_BUCKET_CODES:
+            raise TransportError(f"bucket {bucket} does not exist (reading {key}); create it or fix the name") from exc
+        if code in NOT_FOUND_CODES or http_status(exc) == 404:
+            raise TransportError(f"s3://{bucket}/{key} does not exist; check the key or upload the object") from exc
+
+    def _parallel(self, fn: Callable[[T], None], items: Iterable[T]) -> Iterator[None]:
+        """Run ``fn`` on each item with at most ``threads`` at once; yield after each success.
+
+        The first exception cancels whatever has not started, waits for running calls, and is raised.
+        """
+        window = self._threads * _WINDOW_PER_THREAD
+        with ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="am-transfer") as pool:
+            running: set[Future[None]] = set()
+            try:
+                for item in items:
+                    running.add(pool.submit(fn, item))
+                    if len(running) >= window:
+                        running = yield from _drain(running, until=window // 2)
+                yield from _drain(running, until=0)
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+
+
+def _drain(running: set[Future[None]], *, until: int) -> Generator[None, None, set[Future[None]]]:
+    """Wait until at most ``until`` futures run, yielding once per success; raise the first failure."""
+    while len(running) > until:
+        done, pending = wait(running, return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()
+        for _ in done:
+            yield None
+        running = pending
+    return running
+
+
+def _write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "wb") as handle:
+            if isinstance(data, (bytes, bytearray)):
+                handle.write(data)
+            else:
+                for chunk in data:
+                    handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["DELETE_BATCH", "Storage", "parse_s3_uri"]

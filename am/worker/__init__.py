@@ -1,0 +1,28 @@
+"""Worker stage: ``python -m am.worker`` takes tile messages off SQS and writes masks to S3.
+
+The pieces, each replaceable in tests by a fake behind the same interface::
+
+    worker = Worker(Queue(sqs, url), Storage(s3), ModelCache(load, storage=storage, cache_dir=tmp),
+                    input_bucket="in", output_bucket="out", results=partial(Queue, sqs),
+                    batch_size=4, idle_exit_s=60, visibility_timeout_s=120, worker_id="w1")
+    sys.exit(worker.run())
+"""
+
+from am.worker.batch import BatchProcessor, TileWork
+from am.worker.config import WorkerConfig
+from am.worker.lease import Heartbeat, Lease
+from am.worker.models import ModelCache, Predictor
+from am.worker.worker import ResultSender, Worker, WorkerStats
+
+__all__ = [
+    "BatchProcessor",
+    "Heartbeat",
+    "Lease",
+    "ModelCache",
+    "Predictor",
+    "ResultSender",
+    "TileWork",
+    "Worker",
+    "WorkerConfig",
+    "WorkerStats",
+]

@@ -1,0 +1,128 @@
+"""``python -m am.worker``: one worker process, configured entirely by AM_* environment variables.
+
+Environment: AM_QUEUE_URL, AM_INPUT_BUCKET, AM_OUTPUT_BUCKET (required); AM_MODEL (path or
+s3:// URI, default the shipped model), AM_ENDPOINT_URL (local backend only), AM_REGION,
+AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S, AM_THREADS
+(torch CPU threads, 0: torch's default), AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
+
+Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when the model
+cannot be loaded, the worker breaks, or a second signal aborts it, 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from types import FrameType
+
+from am.errors import AmError, ConfigError
+from am.transport.clients import ClientFactory
+from am.transport.queue import Queue
+from am.transport.storage import Storage
+from am.worker.config import WorkerConfig
+from am.worker.models import ModelCache
+from am.worker.worker import EXIT_FAILED, Worker
+
+log = logging.getLogger("am.worker")
+
+EXIT_USAGE = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+
+class ShutdownSignals:
+    """Two-stage SIGTERM/SIGINT: the first finishes the batch in hand and exits 0, the second exits now.
+
+    Installed before the model loads, so a worker told to stop while still starting exits
+    cleanly instead of dying on the default action.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._worker: Worker | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def attach(self, worker: Worker) -> None:
+        self._worker = worker
+        self._forward()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # Only set flags here: the worker's supervising loop logs and acts, outside the handler.
+        self.received += 1
+        self._forward()
+
+    def _forward(self) -> None:
+        if self._worker is None or not self.received:
+            return
+        if self.received == 1:
+            self._worker.stop()
+        else:
+            self._worker.abort()
+
+
+def build_worker(config: WorkerConfig) -> Worker:
+    """Clients, storage, queue and models for ``config``; loads the start-up model now, so a bad one fails fast."""
+    from am.model.checkpoint import default_model_path
+    from am.model.predict import Predictor
+
+    clients = ClientFactory(endpoint_url=config.endpoint_url, region=config.region)
+    sqs = clients.sqs()
+    storage = Storage(clients.s3())
+    models = ModelCache(
+        partial(Predictor.from_checkpoint, threads=config.threads),
+        storage=storage,
+        cache_dir=Path(tempfile.gettempdir()) / "am-segm-models",
+    )
+    model = config.model or str(default_model_path())
+    predictor = models(model)
+    return Worker(
+        Queue(sqs, config.queue_url),
+        storage,
+        models,
+        input_bucket=config.input_bucket,
+        output_bucket=config.output_bucket,
+        results=partial(Queue, sqs),
+        batch_size=config.batch_size_for(predictor.device),
+        idle_exit_s=config.idle_exit_s,
+        visibility_timeout_s=config.visibility_timeout_s,
+        worker_id=config.worker_id,
+    )
+
+
+def main(environ: Mapping[str, str]) -> int:
+    try:
+        config = WorkerConfig.from_environ(environ)
+    except ConfigError as exc:
+        print(f"am.worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    signals = ShutdownSignals()
+    signals.install()
+    try:
+        worker = build_worker(config)
+    except AmError as exc:
+        log.error("worker %s cannot start: %s", config.worker_id, exc)
+        return EXIT_FAILED
+    if signals.received > 1:
+        log.warning("worker %s: told twice to stop while starting; exiting", config.worker_id)
+        return EXIT_FAILED
+    signals.attach(worker)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    code = main(os.environ)
+    logging.shutdown()
+    sys.stderr.flush()
+    # Exit without waiting for threads still blocked in a long poll or an aborted transfer:
+    # whatever they hold was released above or reappears when its visibility timeout ends.
+    os._exit(code)

@@ -1,0 +1,110 @@
+"""The worker's settings, read from ``AM_*`` environment variables by ``python -m am.worker`` only.
+
+A worker is started by a launcher (a local subprocess or an ECS task), which passes every
+setting in the environment; see docs and DESIGN.md for the list::
+
+    config = WorkerConfig.from_environ(os.environ)     # ConfigError names what is missing or bad
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from am.errors import ConfigError
+
+N = TypeVar("N", int, float)
+
+REQUIRED = ("AM_QUEUE_URL", "AM_INPUT_BUCKET", "AM_OUTPUT_BUCKET")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_IDLE_EXIT_S = 60.0
+DEFAULT_VISIBILITY_TIMEOUT_S = 120
+# Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.
+DEFAULT_BATCH_CPU = 4
+DEFAULT_BATCH_CUDA = 64
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything ``python -m am.worker`` needs; ``model`` "" means the model shipped with the package."""
+
+    queue_url: str
+    input_bucket: str
+    output_bucket: str
+    model: str = ""
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    batch_size: int = 0
+    idle_exit_s: float = DEFAULT_IDLE_EXIT_S
+    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    threads: int = 0
+    log_level: str = "INFO"
+    worker_id: str = ""
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> WorkerConfig:
+        """Read and check every AM_* variable; ConfigError lists all missing required ones at once."""
+        missing = [name for name in REQUIRED if not environ.get(name, "").strip()]
+        if missing:
+            raise ConfigError(
+                f"missing environment variable(s) {', '.join(missing)}: the worker reads its settings from "
+                "the environment (set them, or start workers with python -m am.pipeline)"
+            )
+
+        def text(name: str, default: str = "") -> str:
+            return environ.get(name, "").strip() or default
+
+        config = cls(
+            queue_url=text("AM_QUEUE_URL"),
+            input_bucket=text("AM_INPUT_BUCKET"),
+            output_bucket=text("AM_OUTPUT_BUCKET"),
+            model=text("AM_MODEL"),
+            endpoint_url=text("AM_ENDPOINT_URL"),
+            region=text("AM_REGION", "us-east-1"),
+            batch_size=_number(environ, "AM_BATCH_SIZE", int, 0),
+            idle_exit_s=_number(environ, "AM_IDLE_EXIT_S", float, DEFAULT_IDLE_EXIT_S),
+            visibility_timeout_s=_number(environ, "AM_VISIBILITY_TIMEOUT_S", int, DEFAULT_VISIBILITY_TIMEOUT_S),
+            threads=_number(environ, "AM_THREADS", int, 0),
+            log_level=text("AM_LOG_LEVEL", "INFO").upper(),
+            worker_id=text("AM_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+        )
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if self.batch_size < 0:
+            raise ConfigError(f"AM_BATCH_SIZE = {self.batch_size} must be >= 0 (0 picks one for the device)")
+        if self.idle_exit_s <= 0:
+            raise ConfigError(f"AM_IDLE_EXIT_S = {self.idle_exit_s} must be > 0 seconds")
+        if not 30 <= self.visibility_timeout_s <= 43200:
+            raise ConfigError(f"AM_VISIBILITY_TIMEOUT_S = {self.visibility_timeout_s} must be between 30 and "
+                              "43200 seconds (the SQS limit)")
+        if self.threads < 0:
+            raise ConfigError(f"AM_THREADS = {self.threads} must be >= 0 (0 lets torch choose)")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"AM_LOG_LEVEL = {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ConfigError(f"AM_ENDPOINT_URL = {self.endpoint_url!r} must be an http:// or https:// URL")
+
+    def batch_size_for(self, device: str) -> int:
+        """The configured batch size, or the default for ``device`` ("cpu", "cuda", "cuda:0", ...)."""
+        if self.batch_size:
+            return self.batch_size
+        return DEFAULT_BATCH_CUDA if device.startswith("cuda") else DEFAULT_BATCH_CPU
+
+
+def _number(environ: Mapping[str, str], name: str, typ: Callable[[str], N], default: N) -> N:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return typ(raw)
+    except ValueError as exc:
+        kind = "whole number" if typ is int else "number"
+        raise ConfigError(f"environment variable {name} = {raw!r} is not a valid {kind}") from exc
+
+
+__all__ = ["REQUIRED", "WorkerConfig"]

@@ -1,0 +1,323 @@
+"""The worker loop: receive tile messages, segment the tiles, report, delete.
+
+Delivery is at least once. For every message the worker either (1) writes the mask, reports
+``done`` on the job's results queue and deletes the message, or (2) reports ``failed`` and
+hides the message for a short backoff, so it is tried again and, after the queue's
+``maxReceiveCount`` receives, lands in the dead-letter queue. A message that does not parse
+or whose keys leave its job's prefix is logged and made visible at once, untouched, so the
+dead-letter queue takes it quickly. Nothing is ever deleted that was not done::
+
+    worker = Worker(queue, storage, models, input_bucket="in", output_bucket="out",
+                    results=lambda url: Queue(sqs, url), batch_size=4, idle_exit_s=60,
+                    visibility_timeout_s=120, worker_id="w1")
+    exit_code = worker.run()          # worker.stop() from a signal handler ends it cleanly
+
+Threads: ``run()`` supervises; a processing thread receives and works through batches; a
+heartbeat thread keeps held messages hidden. Stopping finishes the batch in hand (releasing
+it if that takes longer than ``stop_grace_s``); aborting releases everything at once. A stop
+while idle does not wait for the long poll in progress: should that poll still deliver
+messages after the process has gone, they reappear when their visibility timeout ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from am.errors import MessageError, TransportError, WorkerError
+from am.messages import RESULT_DONE, RESULT_FAILED, TileMessage, TileResult
+from am.transport.queue import MAX_RECEIVE, MAX_VISIBILITY_S, MAX_WAIT_S, Queue, Received, is_missing_queue
+from am.transport.storage import Storage
+from am.worker.batch import BatchProcessor, TileWork
+from am.worker.lease import Heartbeat, Lease
+from am.worker.models import Predictor
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+# A failed tile is hidden for min(2**attempt, this) seconds before it is tried again.
+MAX_BACKOFF_S = 30
+# After a stop request, how long the batch in hand may take before it is released instead.
+STOP_GRACE_S = 25.0
+# Parallel S3 transfers per batch.
+TRANSFER_THREADS = 8
+_SUPERVISE_INTERVAL_S = 0.1
+
+
+class ResultSender(Protocol):
+    """Where TileResults go: a :class:`~am.transport.queue.Queue` for the job's results queue URL."""
+
+    def send_many(self, bodies: Sequence[str]) -> None: ...
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did, for its closing log line."""
+
+    done: int = 0
+    failed: int = 0
+    rejected: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Worker:
+    """Consumes the tile queue until idle for ``idle_exit_s``, stopped, or aborted; see the module docstring."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        storage: Storage,
+        predictor_for: Callable[[str], Predictor],
+        *,
+        input_bucket: str,
+        output_bucket: str,
+        results: Callable[[str], ResultSender],
+        batch_size: int,
+        idle_exit_s: float,
+        visibility_timeout_s: int,
+        worker_id: str,
+        max_backoff_s: int = MAX_BACKOFF_S,
+        stop_grace_s: float = STOP_GRACE_S,
+        transfer_threads: int = TRANSFER_THREADS,
+    ) -> None:
+        if batch_size < 1:
+            raise WorkerError(f"batch size must be at least 1, got {batch_size}")
+        if idle_exit_s <= 0:
+            raise WorkerError(f"idle exit must be > 0 seconds, got {idle_exit_s}")
+        if not 1 <= visibility_timeout_s <= MAX_VISIBILITY_S:
+            raise WorkerError(f"visibility timeout {visibility_timeout_s} s is outside 1..{MAX_VISIBILITY_S} s")
+        self._queue = queue
+        self._storage = storage
+        self._predictor_for = predictor_for
+        self._input_bucket = input_bucket
+        self._output_bucket = output_bucket
+        self._results = results
+        self._batch_size = batch_size
+        self._idle_exit_s = idle_exit_s
+        self._visibility_s = visibility_timeout_s
+        self._max_backoff_s = max_backoff_s
+        self._stop_grace_s = stop_grace_s
+        self._transfer_threads = transfer_threads
+        self.worker_id = worker_id
+        self.stats = WorkerStats()
+        self._lease = Lease()
+        self._stopping = threading.Event()
+        self._aborting = threading.Event()
+        self._crash: BaseException | None = None
+        self._senders: dict[str, ResultSender] = {}
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop receiving; finish the batch in hand, then :meth:`run` returns 0. Safe to call repeatedly."""
+        self._stopping.set()
+
+    def abort(self) -> None:
+        """Release every held message now and make :meth:`run` return at once (non-zero)."""
+        self._stopping.set()
+        self._aborting.set()
+
+    def run(self) -> int:
+        """Work until idle, stopped or aborted; returns the process exit code (0 unless aborted or broken)."""
+        self.stats = WorkerStats()
+        log.info("worker %s consuming %s (batch %d, visibility %d s, idle exit %.0f s)", self.worker_id,
+                 self._queue.name, self._batch_size, self._visibility_s, self._idle_exit_s)
+        heartbeat = Heartbeat(self._queue, self._lease, visibility_timeout_s=self._visibility_s)
+        pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-io")
+        processor = BatchProcessor(self._storage, self._predictor_for, input_bucket=self._input_bucket,
+                                   output_bucket=self._output_bucket, pool=pool)
+        thread = threading.Thread(target=self._consume, args=(processor,), name="am-consume", daemon=True)
+        with heartbeat:
+            thread.start()
+            try:
+                code = self._supervise(thread)
+            finally:
+                # Wait for transfers only when nothing still uses them; an abort must not wait at all.
+                pool.shutdown(wait=not thread.is_alive(), cancel_futures=True)
+        s = self.stats
+        log.info("worker %s exits with %d: %d tile(s) done, %d failed, %d rejected, %d batch(es) in %.1f s",
+                 self.worker_id, code, s.done, s.failed, s.rejected, s.batches, s.seconds)
+        return code
+
+    # -- supervision (calling thread) ----------------------------------------------------
+
+    def _supervise(self, thread: threading.Thread) -> int:
+        stop_seen_at: float | None = None
+        while thread.is_alive():
+            if self._aborting.is_set():
+                log.warning("aborting: releasing %d held message(s)", len(self._lease))
+                self._release_all()
+                return EXIT_FAILED
+            if self._stopping.is_set():
+                if stop_seen_at is None:
+                    stop_seen_at = time.monotonic()
+                    log.info("stopping: finishing the batch in hand (%d message(s))", len(self._lease))
+                if not len(self._lease):
+                    # Idle (typically inside a long poll): nothing to finish, so do not wait for the poll.
+                    return EXIT_OK
+                if time.monotonic() - stop_seen_at > self._stop_grace_s:
+                    log.warning("batch not finished %.0f s after the stop request: releasing it", self._stop_grace_s)
+                    self._release_all()
+                    return EXIT_OK
+            thread.join(_SUPERVISE_INTERVAL_S)
+        if self._stopping.is_set() and stop_seen_at is None:
+            log.info("stopping: stop requested between batches")
+        if self._crash is not None:
+            self._release_all()
+            log.error("worker %s stopped on an error: %s", self.worker_id, self._crash)
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def _release_all(self) -> None:
+        self._release(self._lease.handles(), 0)
+
+    # -- consuming (processing thread) ---------------------------------------------------
+
+    def _consume(self, processor: BatchProcessor) -> None:
+        try:
+            last_work = time.monotonic()
+            while not self._stopping.is_set():
+                idle_left = self._idle_exit_s - (time.monotonic() - last_work)
+                if idle_left <= 0:
+                    log.info("no messages for %.0f s: exiting", self._idle_exit_s)
+                    return
+                batch = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
+                if not batch:
+                    continue
+                if self._stopping.is_set():
+                    # Received after the stop request: not "in hand" yet, so give it back.
+                    self._release([r.receipt_handle for r in batch], 0)
+                    return
+                self._handle(batch, processor)
+                last_work = time.monotonic()
+        except BaseException as exc:
+            log.exception("worker %s: unexpected error in the processing loop", self.worker_id)
+            self._crash = exc
+
+    def _receive_batch(self, *, wait_s: int) -> list[Received]:
+        """Up to batch_size messages: one long poll, then short polls while they keep coming."""
+        batch: list[Received] = []
+        while len(batch) < self._batch_size and not self._stopping.is_set():
+            got = self._queue.receive(max_messages=min(MAX_RECEIVE, self._batch_size - len(batch)),
+                                      wait_s=0 if batch else wait_s, visibility_timeout=self._visibility_s)
+            self._lease.add(got)
+            if not got:
+                break
+            batch.extend(got)
+        return batch
+
+    def _handle(self, batch: list[Received], processor: BatchProcessor) -> None:
+        tiles: list[TileWork] = []
+        for received in batch:
+            try:
+                tiles.append(TileWork(received, TileMessage.from_json(received.body)))
+            except MessageError as exc:
+                self._reject(received, exc)
+        processor.process(tiles)
+        for tile in tiles:
+            if not tile.ok:
+                log.warning("tile %s of job %s failed (attempt %d): %s", tile.message.name, tile.message.job,
+                            tile.received.receive_count, tile.error)
+        unreported, dropped = self._report(tiles)
+        done = [t.received.receipt_handle for t in tiles if t.ok and t.received.receipt_handle not in unreported]
+        retry = [t for t in tiles if not (t.ok and t.received.receipt_handle not in unreported)]
+        self.stats.done += len(done)
+        self.stats.failed += sum(1 for t in tiles if not t.ok)
+        self.stats.batches += 1
+        log.info("batch of %d: %d done, %d failed, %d rejected", len(batch), len(done),
+                 sum(1 for t in tiles if not t.ok), len(batch) - len(tiles))
+        self._delete(done + dropped)
+        self._back_off([t for t in retry if t.received.receipt_handle not in dropped])
+
+    def _reject(self, received: Received, exc: MessageError) -> None:
+        """A message we must not act on: log it, touch none of its keys, let the dead-letter queue take it."""
+        log.error("rejected message %s (receive %d): %s", received.message_id, received.receive_count, exc)
+        self.stats.rejected += 1
+        self._release([received.receipt_handle], 0)
+
+    def _report(self, tiles: list[TileWork]) -> tuple[set[str], list[str]]:
+        """Send a TileResult per tile to its job's results queue.
+
+        Returns the receipt handles that could not be reported (to retry later) and those of
+        jobs whose results queue is gone (nobody waits for them: delete).
+        """
+        by_reply: dict[str, list[TileWork]] = defaultdict(list)
+        for tile in tiles:
+            by_reply[tile.message.reply].append(tile)
+        unreported: set[str] = set()
+        dropped: list[str] = []
+        for reply, group in by_reply.items():
+            bodies = [self._result(tile).to_json() for tile in group]
+            handles = [t.received.receipt_handle for t in group]
+            try:
+                self._sender(reply).send_many(bodies)
+            except TransportError as exc:
+                if is_missing_queue(exc):
+                    log.warning("results queue %s no longer exists: dropping %d message(s) of job %s", reply,
+                                len(group), group[0].message.job)
+                    dropped.extend(handles)
+                else:
+                    log.error("could not report %d tile(s) to %s, they will be retried: %s", len(group), reply, exc)
+                unreported.update(handles)
+        return unreported, dropped
+
+    def _result(self, tile: TileWork) -> TileResult:
+        m = tile.message
+        return TileResult(job=m.job, group=m.group, tile=m.tile, status=RESULT_DONE if tile.ok else RESULT_FAILED,
+                          attempt=tile.received.receive_count, worker=self.worker_id, error=tile.error,
+                          compute_s=tile.compute_s)
+
+    def _sender(self, reply: str) -> ResultSender:
+        if reply not in self._senders:
+            self._senders[reply] = self._results(reply)
+        return self._senders[reply]
+
+    def _back_off(self, tiles: list[TileWork]) -> None:
+        """Hide failed (or unreported) tiles for a while, growing with the attempt, so the DLQ takes persistent ones."""
+        by_delay: dict[int, list[str]] = defaultdict(list)
+        for tile in tiles:
+            attempt = tile.received.receive_count
+            by_delay[min(2**attempt, self._max_backoff_s)].append(tile.received.receipt_handle)
+        for delay, handles in by_delay.items():
+            self._release(handles, delay)
+
+    # Settling holds the lease lock through the SQS call: the heartbeat cannot re-hide a message
+    # being released, and the supervisor sees the lease empty only once the call is through.
+
+    def _delete(self, handles: list[str]) -> None:
+        if not handles:
+            return
+        with self._lease.lock:
+            self._lease.remove(handles)
+            try:
+                self._queue.delete_many(handles)
+            except TransportError as exc:
+                # Masks and reports are out; a message that comes back is done again, identically.
+                log.warning("could not delete %d finished message(s), they may run again: %s", len(handles), exc)
+
+    def _release(self, handles: list[str], seconds: int) -> None:
+        if not handles:
+            return
+        with self._lease.lock:
+            self._lease.remove(handles)
+            try:
+                self._queue.change_visibility_many(handles, seconds)
+            except TransportError as exc:
+                # Not fatal: the message reappears anyway when its visibility timeout ends.
+                log.warning("could not release %d message(s): %s", len(handles), exc)
+
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "MAX_BACKOFF_S", "ResultSender", "Worker", "WorkerStats"]

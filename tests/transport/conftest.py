@@ -1,0 +1,38 @@
+"""Fixtures for the transport tests: an in-process moto S3/SQS and clients from the real factory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+from am.transport.clients import ClientFactory
+from am.transport.retry import RetryPolicy
+
+FAST_RETRY = RetryPolicy(attempts=4, base_s=0.0, max_wait_s=0.0, sleep=lambda _s: None)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[ClientFactory]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        yield ClientFactory(region="us-east-1")
+
+
+@pytest.fixture
+def sqs(aws: ClientFactory) -> Any:
+    return aws.sqs()
+
+
+@pytest.fixture
+def s3(aws: ClientFactory) -> Any:
+    return aws.s3()

@@ -1,0 +1,123 @@
+"""The retry policy: which failures are retried, how exhaustion is reported."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.stub import Stubber
+
+from am.errors import InputError, TransportError
+from am.transport.retry import RetryPolicy, is_retryable
+from am.transport.storage import Storage
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": f"{code} happened"},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+class Flaky:
+    """Raises the given errors in order, then returns ``result``."""
+
+    def __init__(self, errors: list[BaseException], result: Any = "ok") -> None:
+        self.errors = list(errors)
+        self.result = result
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.result
+
+
+def policy(attempts: int = 4) -> tuple[RetryPolicy, list[float]]:
+    waits: list[float] = []
+    return RetryPolicy(attempts=attempts, base_s=0.5, max_wait_s=4.0, sleep=waits.append), waits
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        client_error("Throttling", 400),
+        client_error("ThrottlingException", 400),
+        client_error("RequestLimitExceeded", 400),
+        client_error("SlowDown", 503),
+        client_error("RequestThrottled", 403),
+        client_error("InternalError", 500),
+        client_error("Whatever", 502),
+        client_error("TooManyRequests", 429),
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+    ],
+)
+def test_transient_errors_are_retried_then_succeed(error: BaseException) -> None:
+    retry, waits = policy()
+    flaky = Flaky([error, error])
+    assert retry.call("get s3://b/k", flaky) == "ok"
+    assert flaky.calls == 3
+    assert len(waits) == 2 and all(0 <= w <= 4.0 for w in waits)
+
+
+@pytest.mark.parametrize("code,status", [("AccessDenied", 403), ("NoSuchBucket", 404), ("InvalidParameterValue", 400)])
+def test_client_errors_are_not_retried(code: str, status: int) -> None:
+    retry, waits = policy()
+    flaky = Flaky([client_error(code, status)])
+    with pytest.raises(TransportError, match=f"put s3://b/k failed and was not retried: {code} \\(HTTP {status}\\)"):
+        retry.call("put s3://b/k", flaky)
+    assert flaky.calls == 1 and waits == []
+
+
+def test_exhaustion_names_the_call_attempts_and_last_error() -> None:
+    retry, waits = policy(attempts=3)
+    flaky = Flaky([client_error("SlowDown", 503)] * 3)
+    with pytest.raises(TransportError, match=r"get s3://b/k failed 3 time\(s\).*SlowDown \(HTTP 503\)") as info:
+        retry.call("get s3://b/k", flaky)
+    assert isinstance(info.value.__cause__, ClientError)
+    assert flaky.calls == 3 and len(waits) == 2
+
+
+def test_own_errors_and_bugs_pass_through() -> None:
+    retry, _ = policy()
+    with pytest.raises(InputError):
+        retry.call("x", Flaky([InputError("bad input")]))
+    with pytest.raises(KeyError):
+        retry.call("x", Flaky([KeyError("bug")]))
+
+
+def test_waits_grow_but_stay_bounded() -> None:
+    retry, waits = policy(attempts=8)
+    with pytest.raises(TransportError):
+        retry.call("x", Flaky([client_error("Throttling", 400)] * 8))
+    assert len(waits) == 7 and max(waits) <= 4.0
+
+
+def test_is_retryable_classifies() -> None:
+    assert is_retryable(client_error("Throttling", 400))
+    assert not is_retryable(client_error("AccessDenied", 403))
+    assert not is_retryable(ValueError("x"))
+
+
+def test_storage_retries_through_a_real_client_with_stubbed_failures() -> None:
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+    retry, waits = policy()
+    with Stubber(client) as stub:
+        stub.add_client_error("put_object", service_error_code="SlowDown", http_status_code=503)
+        stub.add_client_error("put_object", service_error_code="InternalError", http_status_code=500)
+        stub.add_response("put_object", {})
+        Storage(client, retry=retry).put_bytes("bucket", "k", b"x")
+        stub.assert_no_pending_responses()
+    assert len(waits) == 2
+
+    with Stubber(client) as stub:
+        stub.add_client_error("put_object", service_error_code="AccessDenied", http_status_code=403)
+        with pytest.raises(TransportError, match="put s3://bucket/k failed and was not retried: AccessDenied"):
+            Storage(client, retry=retry).put_bytes("bucket", "k", b"x")
+
+
+def test_bad_policy_is_refused() -> None:
+    with pytest.raises(TransportError, match="at least 1"):
+        RetryPolicy(attempts=0)

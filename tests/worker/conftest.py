@@ -1,0 +1,144 @@
+"""Fixtures for the worker tests: moto S3/SQS with the tile queues, tiles to enqueue, fake predictors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pytest
+from moto import mock_aws
+
+from am.imageio import encode_png
+from am.messages import TileMessage, TileResult, tile_key
+from am.transport.clients import ClientFactory
+from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
+from am.transport.retry import RetryPolicy
+from am.transport.storage import Storage
+from am.worker.worker import Worker
+
+FAST_RETRY = RetryPolicy(attempts=3, base_s=0.0, max_wait_s=0.0, sleep=lambda _s: None)
+JOB = "job1"
+MODEL = "fake://model"
+TILE = 32
+
+
+class FakePredictor:
+    """Thresholds at 128, like a model that learnt exactly that; records every batch it sees."""
+
+    device = "cpu"
+
+    def __init__(self, *, delay_s: float = 0.0, fail: BaseException | None = None) -> None:
+        self.delay_s = delay_s
+        self.fail = fail
+        self.batches: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        self.batches.append(len(tiles))
+        self.started.set()
+        self.release.wait(30)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        return np.where(tiles >= 128, np.uint8(255), np.uint8(0))
+
+
+def tile_image(n: int) -> np.ndarray:
+    rng = np.random.default_rng(n)
+    return rng.integers(0, 256, (TILE, TILE), dtype=np.uint8)
+
+
+def expected_mask(n: int) -> np.ndarray:
+    return np.where(tile_image(n) >= 128, np.uint8(255), np.uint8(0))
+
+
+@dataclass
+class Env:
+    """One moto account with the buckets and queues a job uses."""
+
+    clients: ClientFactory
+    sqs: Any
+    s3: Any
+    storage: Storage
+    queue: Queue
+    dlq: Queue
+    results: Queue
+    made: list[Worker] = field(default_factory=list)
+
+    def put_tiles(self, numbers: range | list[int], *, group: str = "g", corrupt: set[int] = frozenset()) -> None:
+        items = []
+        for n in numbers:
+            data = b"\x89PNG\r\n\x1a\nnot really" if n in corrupt else encode_png(tile_image(n))
+            items.append((tile_key(JOB, group, n), data))
+        self.storage.put_many("in-bucket", items)
+        self.queue.send_many([self.message(n, group=group).to_json() for n in numbers])
+
+    def message(self, n: int, *, group: str = "g", model: str = MODEL) -> TileMessage:
+        key = tile_key(JOB, group, n)
+        return TileMessage(job=JOB, group=group, tile=n, input=key, output=key, model=model, reply=self.results.url)
+
+    def collect_results(self) -> list[TileResult]:
+        out = []
+        while batch := self.results.receive(wait_s=0):
+            out.extend(TileResult.from_json(r.body) for r in batch)
+            self.results.delete_many([r.receipt_handle for r in batch])
+        return out
+
+    def mask(self, n: int, *, group: str = "g") -> bytes:
+        return self.storage.get_bytes("out-bucket", tile_key(JOB, group, n))
+
+    def worker(self, predictor: Any, **overrides: Any) -> Worker:
+        models = predictor if callable(predictor) and not hasattr(predictor, "predict") else (lambda uri: predictor)
+        kwargs: dict[str, Any] = {
+            "input_bucket": "in-bucket",
+            "output_bucket": "out-bucket",
+            "results": partial(Queue, self.sqs, retry=FAST_RETRY),
+            "batch_size": 4,
+            "idle_exit_s": 1.0,
+            "visibility_timeout_s": 30,
+            "worker_id": "test-worker",
+            "max_backoff_s": 0,
+        }
+        kwargs.update(overrides)
+        storage = kwargs.pop("storage", self.storage)
+        worker = Worker(Queue(self.sqs, self.queue.url, retry=FAST_RETRY), storage, models, **kwargs)
+        self.made.append(worker)
+        return worker
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        clients = ClientFactory()
+        sqs, s3 = clients.sqs(), clients.s3()
+        storage = Storage(s3, threads=4, retry=FAST_RETRY)
+        storage.ensure_bucket("in-bucket")
+        storage.ensure_bucket("out-bucket")
+        url, dlq_url = ensure_tile_queues(sqs, name="tiles", dead_letter_name="tiles-dlq", visibility_timeout_s=30,
+                                          max_receive_count=3)
+        results_url = create_results_queue(sqs, prefix="results", job=JOB)
+        e = Env(clients, sqs, s3, storage, Queue(sqs, url), Queue(sqs, dlq_url), Queue(sqs, results_url))
+        yield e
+        for worker in e.made:
+            worker.abort()
+
+
+def run_in_thread(worker: Worker) -> tuple[threading.Thread, dict[str, int]]:
+    out: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: out.update(code=worker.run()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+Runner = Callable[[Worker], tuple[threading.Thread, dict[str, int]]]

@@ -1,0 +1,118 @@
+"""The worker's smaller parts: model cache, environment settings, lease and heartbeat."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from am.errors import ConfigError, WorkerError
+from am.worker.config import WorkerConfig
+from am.worker.lease import Heartbeat, Lease
+from am.worker.models import ModelCache
+
+from .conftest import Env, FakePredictor
+
+BASE_ENV = {"AM_QUEUE_URL": "http://127.0.0.1:1/123/tiles", "AM_INPUT_BUCKET": "in", "AM_OUTPUT_BUCKET": "out"}
+
+
+def test_model_cache_keeps_the_two_most_recent(tmp_path: Path) -> None:
+    loads: list[Path] = []
+
+    def load(path: Path) -> FakePredictor:
+        loads.append(path)
+        return FakePredictor()
+
+    cache = ModelCache(load, storage=None, cache_dir=tmp_path)
+    a = cache("/m/a.pt")
+    assert cache("/m/a.pt") is a
+    cache("/m/b.pt")
+    cache("/m/a.pt")
+    cache("/m/c.pt")  # evicts b, the least recently used
+    assert cache.loaded == ["/m/a.pt", "/m/c.pt"]
+    cache("/m/b.pt")
+    assert loads == [Path("/m/a.pt"), Path("/m/b.pt"), Path("/m/c.pt"), Path("/m/b.pt")]
+
+
+def test_model_cache_downloads_s3_models_once(env: Env, tmp_path: Path) -> None:
+    env.storage.ensure_bucket("models")
+    env.storage.put_bytes("models", "unet/model.pt", b"weights")
+    loads: list[bytes] = []
+    cache = ModelCache(lambda p: loads.append(p.read_bytes()) or FakePredictor(), storage=env.storage,
+                       cache_dir=tmp_path, capacity=1)
+    cache("s3://models/unet/model.pt")
+    assert loads == [b"weights"]
+    assert len(list(tmp_path.rglob("model.pt"))) == 1
+
+
+def test_model_cache_needs_storage_for_s3(tmp_path: Path) -> None:
+    with pytest.raises(WorkerError, match="on S3"):
+        ModelCache(lambda p: FakePredictor(), storage=None, cache_dir=tmp_path)("s3://b/m.pt")
+
+
+def test_config_from_environment_defaults() -> None:
+    config = WorkerConfig.from_environ(BASE_ENV)
+    assert (config.region, config.idle_exit_s, config.visibility_timeout_s, config.model) == ("us-east-1", 60, 120, "")
+    assert config.batch_size_for("cpu") == 4 and config.batch_size_for("cuda:0") == 64
+    assert config.worker_id
+    custom = WorkerConfig.from_environ({**BASE_ENV, "AM_BATCH_SIZE": "8", "AM_LOG_LEVEL": "debug",
+                                        "AM_WORKER_ID": "w7", "AM_THREADS": "2"})
+    assert (custom.batch_size_for("cuda"), custom.log_level, custom.worker_id, custom.threads) == (8, "DEBUG", "w7", 2)
+
+
+def test_config_lists_every_missing_variable() -> None:
+    with pytest.raises(ConfigError, match="AM_QUEUE_URL, AM_OUTPUT_BUCKET"):
+        WorkerConfig.from_environ({"AM_INPUT_BUCKET": "in"})
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("AM_BATCH_SIZE", "four", "not a valid whole number"),
+    ("AM_BATCH_SIZE", "-1", ">= 0"),
+    ("AM_IDLE_EXIT_S", "0", "> 0"),
+    ("AM_VISIBILITY_TIMEOUT_S", "5", "between 30 and 43200"),
+    ("AM_LOG_LEVEL", "LOUD", "one of"),
+    ("AM_ENDPOINT_URL", "127.0.0.1:5000", "http://"),
+])
+def test_config_rejects_bad_values(name: str, value: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        WorkerConfig.from_environ({**BASE_ENV, name: value})
+
+
+class RecordingQueue:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    def change_visibility_many(self, handles: Any, seconds: int) -> None:
+        self.calls.append((list(handles), seconds))
+
+
+def test_heartbeat_extends_every_held_message_in_chunks(env: Env) -> None:
+    from am.transport.queue import Received
+
+    lease = Lease()
+    lease.add(Received(body="", receipt_handle=f"h{i}", receive_count=1, message_id=str(i)) for i in range(12))
+    queue = RecordingQueue()
+    heartbeat = Heartbeat(queue, lease, visibility_timeout_s=90)  # type: ignore[arg-type]
+    assert heartbeat.interval_s == 30
+    heartbeat.beat()
+    assert [(len(h), s) for h, s in queue.calls] == [(10, 90), (2, 90)]
+    lease.remove(["h0", "h1"])
+    queue.calls.clear()
+    heartbeat.beat()
+    assert sum(len(h) for h, _ in queue.calls) == 10
+
+
+def test_heartbeat_thread_beats_until_stopped() -> None:
+    from am.transport.queue import Received
+
+    lease = Lease()
+    lease.add([Received(body="", receipt_handle="h", receive_count=1, message_id="m")])
+    queue = RecordingQueue()
+    with Heartbeat(queue, lease, visibility_timeout_s=3):  # type: ignore[arg-type]
+        time.sleep(1.4)
+    beats = len(queue.calls)
+    assert beats == 1
+    time.sleep(1.1)
+    assert len(queue.calls) == beats

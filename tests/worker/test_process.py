@@ -1,0 +1,167 @@
+"""``python -m am.worker`` as a real process against moto's server on 127.0.0.1, with the tiny test model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from moto.server import ThreadedMotoServer
+
+from am.imageio import decode_png, encode_png
+from am.messages import TileMessage, TileResult, tile_key
+from am.model.build import write_test_checkpoint
+from am.transport.clients import ClientFactory
+from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
+from am.transport.storage import Storage
+
+REPO = Path(__file__).resolve().parents[2]
+CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@dataclass
+class Stack:
+    endpoint: str
+    job: str
+    storage: Storage
+    queue: Queue
+    dlq: Queue
+    results: Queue
+    model: Path
+    logs: Path
+
+    def put_tiles(self, n: int, *, size: int) -> None:
+        rng = np.random.default_rng(0)
+        items = [(tile_key(self.job, "g", i), encode_png(rng.integers(0, 256, (size, size), dtype=np.uint8)))
+                 for i in range(n)]
+        self.storage.put_many("proc-in", items)
+        self.queue.send_many([
+            TileMessage(job=self.job, group="g", tile=i, input=key, output=key, model=str(self.model),
+                        reply=self.results.url).to_json()
+            for i, (key, _) in enumerate(items)
+        ])
+
+    def environment(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS and not k.startswith("AM_")}
+        env.update({
+            "AM_QUEUE_URL": self.queue.url, "AM_INPUT_BUCKET": "proc-in", "AM_OUTPUT_BUCKET": "proc-out",
+            "AM_MODEL": str(self.model), "AM_ENDPOINT_URL": self.endpoint, "AM_IDLE_EXIT_S": "2",
+            "AM_VISIBILITY_TIMEOUT_S": "30", "AM_THREADS": "1", "AM_BATCH_SIZE": "4", "AM_LOG_LEVEL": "INFO",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        })
+        env.update(overrides)
+        return env
+
+    def start(self, name: str, **overrides: str) -> subprocess.Popen[bytes]:
+        with open(self.logs / f"{name}.log", "wb") as log:
+            return subprocess.Popen([sys.executable, "-m", "am.worker"], cwd=REPO, env=self.environment(
+                AM_WORKER_ID=name, **overrides), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def results_so_far(self) -> list[TileResult]:
+        out = []
+        while batch := self.results.receive(wait_s=0):
+            out.extend(TileResult.from_json(r.body) for r in batch)
+            self.results.delete_many([r.receipt_handle for r in batch])
+        return out
+
+
+@pytest.fixture
+def stack(endpoint: str, checkpoint: Path, tmp_path: Path) -> Stack:
+    clients = ClientFactory(endpoint_url=endpoint)
+    sqs = clients.sqs()
+    storage = Storage(clients.s3())
+    storage.ensure_bucket("proc-in")
+    storage.ensure_bucket("proc-out")
+    suffix = uuid.uuid4().hex[:8]
+    url, dlq_url = ensure_tile_queues(sqs, name=f"tiles-{suffix}", dead_letter_name=f"tiles-{suffix}-dlq",
+                                      visibility_timeout_s=30, max_receive_count=3)
+    job = f"job-{suffix}"
+    results = Queue(sqs, create_results_queue(sqs, prefix="results", job=job))
+    return Stack(endpoint, job, storage, Queue(sqs, url), Queue(sqs, dlq_url), results, checkpoint, tmp_path)
+
+
+def wait_for(predicate, *, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_worker_processes_segment_tiles_and_stop_cleanly_on_sigterm(stack: Stack) -> None:
+    """Stopped mid-job, a worker exits 0 and loses nothing; a second one finishes, then stops at once when idle."""
+    n, size = 40, 192
+    stack.put_tiles(n, size=size)
+    first = stack.start("w-first", AM_IDLE_EXIT_S="30")
+    seen: list[TileResult] = []
+    wait_for(lambda: bool(seen.extend(stack.results_so_far()) or seen), timeout_s=60, what="a first result")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0, stack.log("w-first")
+    assert "stopping: " in stack.log("w-first")
+    seen.extend(stack.results_so_far())
+    first_done = {r.tile for r in seen if r.status == "done"}
+    assert 0 < len(first_done) < n, "the first worker should have been stopped part way"
+    assert stack.queue.depth()["in_flight"] == 0  # nothing left hidden: unfinished tiles are visible again
+
+    second = stack.start("w-second", AM_IDLE_EXIT_S="60")
+    wait_for(lambda: bool(seen.extend(stack.results_so_far())) or {r.tile for r in seen} == set(range(n)),
+             timeout_s=60, what="every tile to be reported")
+    time.sleep(0.3)
+    stopped_at = time.monotonic()
+    second.send_signal(signal.SIGTERM)  # idle now, inside a long poll
+    assert second.wait(10) == 0, stack.log("w-second")
+    assert time.monotonic() - stopped_at < 5
+
+    assert {(r.status, r.attempt) for r in seen} == {("done", 1)}
+    assert {r.worker for r in seen} == {"w-first", "w-second"}
+    for i in range(n):
+        mask = decode_png(stack.storage.get_bytes("proc-out", tile_key(stack.job, "g", i)), name="mask")
+        assert mask.shape == (size, size) and set(np.unique(mask)) <= {0, 255}
+    assert stack.queue.depth() == {"visible": 0, "in_flight": 0}
+    assert stack.dlq.depth()["visible"] == 0
+    assert f"{n - len(first_done)} tile(s) done, 0 failed, 0 rejected" in stack.log("w-second")
+
+
+def test_missing_environment_exits_2_naming_the_variables(stack: Stack) -> None:
+    env = stack.environment()
+    del env["AM_QUEUE_URL"], env["AM_OUTPUT_BUCKET"]
+    proc = subprocess.run([sys.executable, "-m", "am.worker"], cwd=REPO, env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 2
+    assert b"AM_QUEUE_URL, AM_OUTPUT_BUCKET" in proc.stderr
+
+
+def test_unloadable_model_exits_1_with_the_reason(stack: Stack, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "am.worker"], cwd=REPO, env=stack.environment(AM_MODEL=str(bogus)),
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 1
+    assert b"cannot start" in proc.stderr and str(bogus).encode() in proc.stderr

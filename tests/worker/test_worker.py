@@ -1,0 +1,246 @@
+"""The Worker in-process against moto, with a fake predictor behind the real interface."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from am.errors import CheckpointError, TransportError
+from am.imageio import decode_png
+from am.messages import tile_key
+from am.transport.queue import delete_queue
+from am.transport.storage import Storage
+
+from .conftest import FAST_RETRY, JOB, Env, FakePredictor, expected_mask, run_in_thread
+
+
+def test_batch_is_processed_reported_and_deleted(env: Env) -> None:
+    env.put_tiles(range(6))
+    predictor = FakePredictor()
+    worker = env.worker(predictor, batch_size=4)
+    assert worker.run() == 0
+    for n in range(6):
+        assert np.array_equal(decode_png(env.mask(n), name="mask"), expected_mask(n))
+    results = env.collect_results()
+    assert sorted(r.tile for r in results) == list(range(6))
+    assert {(r.status, r.attempt, r.worker, r.error) for r in results} == {("done", 1, "test-worker", "")}
+    assert all(r.compute_s >= 0 for r in results)
+    assert max(predictor.batches) <= 4 and sum(predictor.batches) == 6
+    assert env.queue.depth() == {"visible": 0, "in_flight": 0}
+    assert (worker.stats.done, worker.stats.failed, worker.stats.rejected) == (6, 0, 0)
+
+
+def test_same_tile_gives_the_same_mask_bytes(env: Env) -> None:
+    env.put_tiles([3])
+    assert env.worker(FakePredictor()).run() == 0
+    first = env.mask(3)
+    env.queue.send_many([env.message(3).to_json()])
+    assert env.worker(FakePredictor()).run() == 0
+    assert env.mask(3) == first
+
+
+def test_batches_larger_than_one_receive_are_filled(env: Env) -> None:
+    env.put_tiles(range(30))
+    predictor = FakePredictor()
+    assert env.worker(predictor, batch_size=16).run() == 0
+    assert sum(predictor.batches) == 30
+    assert max(predictor.batches) > 10 and max(predictor.batches) <= 16
+    assert len(env.collect_results()) == 30
+
+
+def test_heartbeat_keeps_slow_batch_hidden(env: Env) -> None:
+    env.put_tiles(range(2))
+    predictor = FakePredictor(delay_s=3.5)
+    worker = env.worker(predictor, visibility_timeout_s=2)
+    thread, out = run_in_thread(worker)
+    assert predictor.started.wait(10)
+    time.sleep(2.5)  # past the 2 s visibility timeout: only the heartbeat keeps the messages hidden
+    assert env.queue.receive(wait_s=0) == []
+    thread.join(20)
+    assert out == {"code": 0}
+    assert [r.status for r in env.collect_results()] == ["done", "done"]
+    time.sleep(2.2)
+    assert env.queue.receive(wait_s=0) == []
+    assert env.queue.depth() == {"visible": 0, "in_flight": 0}
+
+
+def test_poison_tile_fails_three_times_then_dead_letters(env: Env) -> None:
+    env.put_tiles(range(4), corrupt={2})
+    worker = env.worker(FakePredictor(), idle_exit_s=1.5)
+    assert worker.run() == 0
+    results = env.collect_results()
+    failed = sorted((r.attempt, r.tile) for r in results if r.status == "failed")
+    assert failed == [(1, 2), (2, 2), (3, 2)]
+    assert all("cannot be decoded" in r.error for r in results if r.status == "failed")
+    assert sorted(r.tile for r in results if r.status == "done") == [0, 1, 3]
+    dead = env.dlq.receive(wait_s=0)
+    assert [json.loads(d.body)["tile"] for d in dead] == [2]
+    assert (worker.stats.done, worker.stats.failed) == (3, 3)
+
+
+class RecordingStorage(Storage):
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner._s3, threads=2, retry=FAST_RETRY)
+        self.read: list[str] = []
+        self.written: list[str] = []
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        self.read.append(key)
+        return super().get_bytes(bucket, key)
+
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        self.written.append(key)
+        super().put_bytes(bucket, key, data)
+
+
+def test_messages_leaving_the_job_prefix_are_rejected_and_dead_lettered(env: Env) -> None:
+    env.put_tiles([1])
+    env.storage.put_bytes("in-bucket", "other-job/g/0001.png", b"secret")
+    good = json.loads(env.message(1).to_json())
+    bad_bodies = [
+        json.dumps({**good, "input": "other-job/g/0001.png"}),
+        json.dumps({**good, "output": f"{JOB}/../other-job/g/0001.png"}),
+        "not json at all",
+    ]
+    env.queue.send_many(bad_bodies)
+    storage = RecordingStorage(env.storage)
+    worker = env.worker(FakePredictor(), storage=storage, idle_exit_s=1.5)
+    assert worker.run() == 0
+    assert storage.read == [tile_key(JOB, "g", 1)]
+    assert storage.written == [tile_key(JOB, "g", 1)]
+    assert [r.tile for r in env.collect_results()] == [1]
+    dead = sorted(d.body for d in env.dlq.receive(max_messages=10, wait_s=0))
+    assert dead == sorted(bad_bodies)
+    assert worker.stats.rejected == 3 * 3  # three receives each before the DLQ takes them
+
+
+def test_idle_exit(env: Env) -> None:
+    start = time.monotonic()
+    assert env.worker(FakePredictor(), idle_exit_s=1.0).run() == 0
+    assert time.monotonic() - start < 5
+
+
+def test_stop_mid_batch_finishes_the_batch(env: Env) -> None:
+    env.put_tiles(range(8))
+    predictor = FakePredictor()
+    predictor.release.clear()
+    worker = env.worker(predictor, batch_size=4, idle_exit_s=30)
+    thread, out = run_in_thread(worker)
+    assert predictor.started.wait(10)
+    worker.stop()
+    worker.stop()  # idempotent
+    time.sleep(0.3)
+    assert thread.is_alive()  # still finishing the batch in hand
+    predictor.release.set()
+    thread.join(10)
+    assert out == {"code": 0}
+    assert len(env.collect_results()) == 4 == worker.stats.done
+    assert env.queue.depth() == {"visible": 4, "in_flight": 0}
+
+
+def test_stop_while_idle_returns_at_once(env: Env) -> None:
+    worker = env.worker(FakePredictor(), idle_exit_s=60)
+    thread, out = run_in_thread(worker)
+    time.sleep(0.5)
+    start = time.monotonic()
+    worker.stop()
+    thread.join(5)
+    assert out == {"code": 0} and time.monotonic() - start < 2
+
+
+def test_abort_releases_held_messages_at_once(env: Env) -> None:
+    env.put_tiles(range(3))
+    predictor = FakePredictor()
+    predictor.release.clear()
+    worker = env.worker(predictor, idle_exit_s=30)
+    thread, out = run_in_thread(worker)
+    assert predictor.started.wait(10)
+    worker.stop()
+    worker.abort()
+    thread.join(5)
+    assert out == {"code": 1}
+    assert env.queue.depth() == {"visible": 3, "in_flight": 0}
+    predictor.release.set()
+
+
+def test_stop_grace_releases_a_batch_that_cannot_finish(env: Env) -> None:
+    env.put_tiles(range(2))
+    predictor = FakePredictor()
+    predictor.release.clear()
+    worker = env.worker(predictor, idle_exit_s=30, stop_grace_s=0.5)
+    thread, out = run_in_thread(worker)
+    assert predictor.started.wait(10)
+    worker.stop()
+    thread.join(5)
+    assert out == {"code": 0}
+    assert env.queue.depth() == {"visible": 2, "in_flight": 0}
+    predictor.release.set()
+
+
+def test_inference_error_fails_every_tile_of_the_batch(env: Env) -> None:
+    env.put_tiles(range(3))
+    worker = env.worker(FakePredictor(fail=RuntimeError("CUDA out of memory")), idle_exit_s=1.0)
+    assert worker.run() == 0
+    results = env.collect_results()
+    assert len(results) == 9 and {r.status for r in results} == {"failed"}
+    assert all("RuntimeError: CUDA out of memory" in r.error for r in results)
+    assert len(env.dlq.receive(max_messages=10, wait_s=0)) == 3
+
+
+def test_model_that_cannot_load_fails_its_tiles(env: Env) -> None:
+    env.put_tiles([0])
+    env.queue.send_many([env.message(0, model="/nowhere/other.pt").to_json()])
+
+    def models(uri: str) -> Any:
+        if uri == "/nowhere/other.pt":
+            raise CheckpointError("checkpoint /nowhere/other.pt does not exist")
+        return FakePredictor()
+
+    worker = env.worker(models, batch_size=2, idle_exit_s=1.0)
+    assert worker.run() == 0
+    results = env.collect_results()
+    assert {r.status for r in results if r.attempt == 1} == {"done", "failed"}
+    assert any("does not exist" in r.error for r in results)
+
+
+def test_tiles_of_a_finished_job_are_dropped(env: Env) -> None:
+    env.put_tiles(range(2))
+    delete_queue(env.sqs, env.results.url)
+    worker = env.worker(FakePredictor())
+    assert worker.run() == 0
+    assert env.queue.depth() == {"visible": 0, "in_flight": 0}
+    assert env.dlq.depth()["visible"] == 0
+
+
+def test_unreported_tiles_are_not_deleted(env: Env) -> None:
+    env.put_tiles([0])
+
+    class Down:
+        def send_many(self, bodies: list[str]) -> None:
+            raise TransportError("send batch failed 6 time(s)")
+
+    worker = env.worker(FakePredictor(), results=lambda url: Down(), idle_exit_s=1.0)
+    assert worker.run() == 0
+    assert worker.stats.done == 0
+    assert len(env.dlq.receive(wait_s=0)) == 1
+
+
+def test_bad_arguments_are_refused(env: Env) -> None:
+    from am.errors import WorkerError
+
+    with pytest.raises(WorkerError, match="batch size"):
+        env.worker(FakePredictor(), batch_size=0)
+    with pytest.raises(WorkerError, match="idle exit"):
+        env.worker(FakePredictor(), idle_exit_s=0)
+
+
+def test_stop_before_run_returns_without_receiving(env: Env) -> None:
+    env.put_tiles(range(2))
+    worker = env.worker(FakePredictor(), idle_exit_s=30)
+    worker.stop()
+    assert worker.run() == 0
+    assert env.queue.depth() == {"visible": 2, "in_flight": 0}
