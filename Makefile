@@ -37,11 +37,11 @@ run: $(STAMP) $(DATASET)
 	$(BIN)/python -m am.pipeline $(DATASET) --rows $(ROWS) --cols $(COLS)
 
 test: $(STAMP)
-	$(BIN)/python -m ruff check am tests benchmarks
+	$(BIN)/python -m ruff check am tests benchmarks examples
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check am tests benchmarks
+	$(BIN)/python -m ruff check am tests benchmarks examples
 
 clean-data:
 	rm -rf data/inference

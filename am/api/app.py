@@ -1,0 +1,224 @@
+"""The task API: submit an image, poll its task, fetch the mask and the AM ids.
+
+Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes included)::
+
+    POST   /tasks?rows=R&cols=C   image/png or image/tiff body -> 201, Location: /tasks/<id>
+    GET    /tasks/<id>            {"status": QUEUED|RUNNING|FINISHED|FAILED, "progress": 0..1|null, "error": ...}
+    DELETE /tasks/<id>            stop the task if running, remove it and its results -> 204
+    GET    /masks/<id>            the stitched 0/255 mask as PNG, once FINISHED
+    GET    /ams/<id>              the 16-bit AM id image (PNG), once FINISHED, if rows/cols were given
+    GET    /ams/<id>.csv          the AM table id,row,col,x,y,area_px
+    GET    /health                liveness and queue counts
+
+Client mistakes get a 4xx with ``{"detail": "<what is wrong and what to do>"}``: 400 malformed
+id or parameters or an undecodable image, 404 unknown id, 409 results not ready, 413 body too
+large, 415 wrong Content-Type. The app gets its collaborators passed in::
+
+    app = create_app(TaskStore(Path("api-data")), runner, max_bytes=DEFAULT_MAX_BYTES)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from am.api.openapi import error_responses, image_body, image_response, install_openapi
+from am.api.progress import tile_progress
+from am.api.runner import TaskRunner
+from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, Task, TaskStore, check_task_id
+from am.api.uploads import DEFAULT_MAX_BYTES, TASK_MEDIA_TYPES, check_image, declared_length, media_kind, receive_body
+from am.errors import AmError, InputError
+
+log = logging.getLogger(__name__)
+
+# AM ids are stored as uint16 with 0 for background.
+MAX_GRID_NODES = 65535
+# Decoding a large upload takes memory comparable to the image; check at most this many at once.
+CHECKS_AT_ONCE = 2
+API_VERSION = "1"
+# Documented only: the id is checked by check_task_id, whose message says what an id looks like.
+TaskId = Annotated[str, PathParam(description="the id from the Location header of POST /tasks",
+                                  json_schema_extra={"pattern": "^[0-9a-f]{32}$"})]
+
+
+class TaskNotReady(AmError):
+    """The task exists but has no such result (yet): HTTP 409."""
+
+
+class TaskView(BaseModel):
+    """A task as ``GET /tasks/<id>`` reports it."""
+
+    id: str = Field(description="32 lower-case hex digits")
+    status: str = Field(description="QUEUED, RUNNING, FINISHED or FAILED",
+                        json_schema_extra={"enum": ["QUEUED", "RUNNING", "FINISHED", "FAILED"]})
+    progress: float | None = Field(description="fraction of tiles segmented (0..1); null before the image is tiled")
+    error: str | None = Field(description="why the task failed; null unless FAILED")
+    rows: int | None = Field(description="acquisition grid rows, when registration was asked for")
+    cols: int | None = Field(description="acquisition grid columns, when registration was asked for")
+    created: float = Field(description="seconds since the epoch")
+    updated: float = Field(description="seconds since the epoch")
+
+
+class Health(BaseModel):
+    status: str
+    queued: int
+    running: int
+    concurrency: int
+
+
+def _status_for(exc: AmError) -> int:
+    from am.api.tasks import MalformedTaskId, UnknownTask
+    from am.api.uploads import BodyTooLarge, UnsupportedMediaType
+
+    for cls, code in ((MalformedTaskId, 400), (UnknownTask, 404), (UnsupportedMediaType, 415),
+                      (BodyTooLarge, 413), (TaskNotReady, 409), (InputError, 400)):
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:
+    """The ASGI app; starting it (its lifespan) starts ``runner``, stopping it stops ``runner``."""
+    checks = anyio.CapacityLimiter(CHECKS_AT_ONCE)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store.clean_leftovers()
+        runner.start()
+        log.info("task API ready: data in %s, %d task(s) at a time", store.data_dir, runner.concurrency)
+        yield
+        await anyio.to_thread.run_sync(runner.stop)
+
+    app = FastAPI(
+        title="am-segm task API",
+        version=API_VERSION,
+        description="Segment ablation marks in one microscopy image per task, and number them by acquisition "
+                    "grid position when rows and cols are given.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(AmError)
+    async def am_error(request: Request, exc: AmError) -> JSONResponse:
+        code = _status_for(exc)
+        if code >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse(status_code=400, content={"detail": f"bad request parameters: {problems}"})
+
+    def view(task: Task) -> dict[str, Any]:
+        if task.status == FINISHED:
+            progress: float | None = 1.0
+        elif task.status == QUEUED and not store.layout(task.id).tile_plan(GROUP).is_file():
+            progress = 0.0
+        else:
+            progress = tile_progress(store.layout(task.id), GROUP)
+        return TaskView(id=task.id, status=task.status, progress=progress, error=task.error, rows=task.rows,
+                        cols=task.cols, created=task.created, updated=task.updated).model_dump()
+
+    def finished(task_id: TaskId) -> Task:
+        task = store.get(check_task_id(task_id))
+        if task.status != FINISHED:
+            hint = f"it failed: {task.error}" if task.status == FAILED else "poll GET /tasks/<id> until FINISHED"
+            raise TaskNotReady(f"task {task_id} is {task.status}, so it has no results; {hint}")
+        return task
+
+    @app.post(
+        "/tasks",
+        status_code=201,
+        response_model=TaskView,
+        summary="Submit an image for segmentation",
+        responses={201: {"description": "Task queued", "headers": {"Location": {
+            "description": "/tasks/<id>", "schema": {"type": "string"}}}},
+                   **error_responses(400, 413, 415)},
+        openapi_extra=image_body(TASK_MEDIA_TYPES),
+    )
+    async def submit(
+        request: Request,
+        rows: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid rows (with cols)"),
+        cols: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid columns (with rows)"),
+    ) -> JSONResponse:
+        if (rows is None) != (cols is None):
+            raise InputError("give rows and cols together to register the marks, or neither to get only the mask")
+        if rows is not None and cols is not None and rows * cols > MAX_GRID_NODES:
+            raise InputError(f"rows x cols = {rows * cols} is above {MAX_GRID_NODES}, the most AM ids a 16-bit "
+                             "id image can hold; split the acquisition")
+        kind = media_kind(request.headers.get("content-type"), accepted=TASK_MEDIA_TYPES)
+        declared_length(request.headers.get("content-length"), max_bytes=max_bytes)
+        part = store.upload_path()
+        try:
+            await receive_body(request.stream(), part, max_bytes=max_bytes)
+            image, _ = await anyio.to_thread.run_sync(lambda: check_image(part, kind=kind), limiter=checks)
+            task = await anyio.to_thread.run_sync(lambda: store.create(image, rows=rows, cols=cols))
+        finally:
+            for leftover in (part, part.with_suffix(".png"), part.with_suffix(".tiff")):
+                leftover.unlink(missing_ok=True)
+        runner.submit(task.id)
+        return JSONResponse(status_code=201, content=view(task), headers={"Location": f"/tasks/{task.id}"})
+
+    @app.get("/tasks/{task_id:path}", response_model=TaskView, summary="A task's status and progress",
+             responses=error_responses(400, 404))
+    def get_task(task_id: TaskId) -> dict[str, Any]:
+        return view(store.get(check_task_id(task_id)))
+
+    @app.delete("/tasks/{task_id:path}", status_code=204, summary="Stop a task and delete it with its results",
+                responses=error_responses(400, 404))
+    def delete_task(task_id: TaskId) -> Response:
+        store.get(check_task_id(task_id))
+        runner.cancel(task_id)
+        store.delete(task_id)
+        return Response(status_code=204)
+
+    @app.get("/masks/{task_id:path}", summary="The stitched mask (8-bit PNG, 0/255, the image's size)",
+             response_class=FileResponse, responses={**image_response("image/png"), **error_responses(400, 404, 409)})
+    def get_mask(task_id: TaskId) -> FileResponse:
+        finished(task_id)
+        return FileResponse(store.mask_png(task_id), media_type="image/png", filename=f"{task_id}-mask.png")
+
+    def am_file(task_id: str, name: str) -> Path:
+        task = finished(task_id)
+        if not task.register:
+            raise TaskNotReady(f"task {task_id} was submitted without rows and cols, so its marks were not "
+                               "numbered; submit the image again with ?rows=R&cols=C")
+        path = store.layout(task_id).am_coords_dir(GROUP) / name
+        if not path.is_file():
+            raise TaskNotReady(f"task {task_id} has no {name}; its pipeline log is {store.log_path(task_id)}")
+        return path
+
+    # Declared before /ams/{task_id}, which would otherwise take "<id>.csv" as the id.
+    @app.get("/ams/{task_id:path}.csv", summary="The AM table: id,row,col,x,y,area_px",
+             response_class=FileResponse,
+             responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "AM table"},
+                        **error_responses(400, 404, 409)})
+    def get_am_table(task_id: TaskId) -> FileResponse:
+        return FileResponse(am_file(task_id, "am_coordinates.csv"), media_type="text/csv",
+                            filename=f"{task_id}-am_coordinates.csv")
+
+    @app.get("/ams/{task_id:path}", summary="The AM id image (16-bit PNG: 0 background, id = row*cols + col + 1)",
+             response_class=FileResponse, responses={**image_response("image/png"), **error_responses(400, 404, 409)})
+    def get_am_image(task_id: TaskId) -> FileResponse:
+        return FileResponse(am_file(task_id, "am_coordinates.png"), media_type="image/png",
+                            filename=f"{task_id}-am_coordinates.png")
+
+    @app.get("/health", response_model=Health, summary="Liveness and queue counts")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", **runner.counts(), "concurrency": runner.concurrency}
+
+    install_openapi(app)
+    return app
+
+
+__all__ = ["TaskView", "create_app"]

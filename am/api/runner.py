@@ -1,0 +1,256 @@
+"""Run queued tasks through the pipeline, a bounded number at a time, each in its own process.
+
+Every task runs ``python -m am.pipeline <task dir> image --no-progress ...`` as a subprocess, so
+a crash or a runaway allocation in one task cannot take the server down, and the pipeline's
+own handling of SIGTERM (stop the workers, clean the job's queues and objects) is what a
+DELETE or a server shutdown triggers. ``concurrency`` threads each wait on one process::
+
+    runner = TaskRunner(store, PipelineCommand(settings), concurrency=1, environ=os.environ)
+    runner.start()            # re-queues tasks a previous server left QUEUED or RUNNING
+    runner.submit(task.id)
+    runner.stop()             # running tasks go back to QUEUED; the next start resumes them
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, RUNNING, Task, TaskStore, UnknownTask
+from am.errors import AmError
+from am.imageio import read_image, write_png
+from am.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+# The pipeline stops its workers and deletes its job data on SIGTERM; give it this long.
+STOP_GRACE_S = 30.0
+# Only the end of a task's log is searched for the reason it failed.
+LOG_TAIL_BYTES = 64 * 1024
+MAX_ERROR_CHARS = 2000
+_ERROR_LINE = re.compile(r"^\S+ ERROR (\S+): (.*)$")
+
+
+@dataclass(frozen=True)
+class PipelineCommand:
+    """The pipeline command line for a task, built from the server's own settings."""
+
+    settings: Settings
+    config_path: Path | None = None
+    python: str = sys.executable
+
+    def argv(self, dataset: Path, *, rows: int | None, cols: int | None) -> list[str]:
+        s = self.settings
+        args = [self.python, "-m", "am.pipeline", str(dataset), GROUP, "--no-progress",
+                "--backend", s.backend, "--workers", str(s.workers),
+                "--tile-size", str(s.tile_size), "--tile-overlap", str(s.tile_overlap),
+                "--scale", str(s.scale), "--batch-size", str(s.batch_size), "--log-level", s.log_level]
+        if s.model:
+            args += ["--model", s.model]
+        if self.config_path is not None:
+            args += ["--config", str(self.config_path)]
+        if rows is not None and cols is not None:
+            args += ["--rows", str(rows), "--cols", str(cols)]
+        else:
+            args.append("--no-register")
+        return args
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if the server dies, so no orphan keeps writing the task."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def failure_reason(log_path: Path, returncode: int) -> str:
+    """The pipeline's last ERROR record (its message names the fault and the fix), else the exit status."""
+    how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+            tail = handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        return f"the pipeline failed ({how}); its log {log_path} cannot be read: {exc}"
+    for index in range(len(tail) - 1, -1, -1):
+        match = _ERROR_LINE.match(tail[index])
+        if match:
+            # A record may continue on the following lines (e.g. the workers' last log lines).
+            rest = [line for line in tail[index + 1:] if not re.match(r"^\d\d:\d\d:\d\d ", line)]
+            text = "\n".join([match.group(2), *rest]).strip()
+            return text[:MAX_ERROR_CHARS]
+    last = next((line for line in reversed(tail) if line.strip()), "")
+    return f"the pipeline failed ({how}){': ' + last[:MAX_ERROR_CHARS] if last else ''}"
+
+
+class TaskRunner:
+    """A pool of ``concurrency`` threads; each takes a task id from the queue and runs its pipeline."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        command: PipelineCommand,
+        *,
+        concurrency: int = 1,
+        environ: Mapping[str, str] | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self._store = store
+        self._command = command
+        self._concurrency = concurrency
+        self._environ = dict(environ or {})
+        self._stop_grace_s = stop_grace_s
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._cancelled: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"queued": self._queue.qsize(), "running": len(self._procs)}
+
+    def start(self) -> None:
+        """Re-queue what a previous server left unfinished (oldest first), then start the threads."""
+        for task in self._store.all():
+            if task.status in (QUEUED, RUNNING):
+                if task.status == RUNNING:
+                    self._store.update(task.id, status=QUEUED)
+                log.info("task %s was %s when the server last stopped; queued again", task.id, task.status)
+                self._queue.put(task.id)
+        for number in range(self._concurrency):
+            thread = threading.Thread(target=self._loop, name=f"am-api-runner-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, task_id: str) -> None:
+        self._queue.put(task_id)
+
+    def cancel(self, task_id: str) -> None:
+        """Make sure the task will not run (again); a running pipeline is stopped and waited for."""
+        with self._lock:
+            self._cancelled.add(task_id)
+            proc = self._procs.get(task_id)
+        if proc is not None:
+            log.info("task %s: stopping its pipeline (pid %d)", task_id, proc.pid)
+            self._terminate(proc)
+
+    def stop(self) -> None:
+        """Stop every running pipeline; their tasks are set back to QUEUED and resume on the next start."""
+        with self._lock:
+            self._stopping = True
+            procs = list(self._procs.values())
+        for proc in procs:
+            self._terminate(proc)
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=self._stop_grace_s)
+        self._threads.clear()
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=self._stop_grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("pipeline pid %d did not stop within %.0f s of SIGTERM; killing it", proc.pid,
+                        self._stop_grace_s)
+            proc.kill()
+            proc.wait()
+
+    def _loop(self) -> None:
+        while True:
+            task_id = self._queue.get()
+            if task_id is None:
+                return
+            try:
+                self._run(task_id)
+            except (AmError, OSError) as exc:
+                log.exception("task %s could not be run", task_id)
+                self._record(task_id, status=FAILED, error=f"the server could not run this task: {exc}")
+
+    def _claim(self, task_id: str) -> Task | None:
+        """Mark the task RUNNING and start its pipeline, unless it was deleted, cancelled or is not queued."""
+        with self._lock:
+            if self._stopping or task_id in self._cancelled:
+                return None
+            try:
+                task = self._store.get(task_id)
+            except UnknownTask:
+                return None
+            if task.status != QUEUED:
+                log.warning("task %s is %s, not QUEUED; not running it again", task_id, task.status)
+                return None
+            task = self._store.update(task_id, status=RUNNING, error=None)
+            argv = self._command.argv(self._store.task_dir(task_id), rows=task.rows, cols=task.cols)
+            log.info("task %s: running %s", task_id, " ".join(argv))
+            with open(self._store.log_path(task_id), "ab") as log_file:
+                self._procs[task_id] = subprocess.Popen(
+                    argv, env=self._environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    start_new_session=True, preexec_fn=_die_with_parent,
+                )
+            return task
+
+    def _run(self, task_id: str) -> None:
+        task = self._claim(task_id)
+        if task is None:
+            return
+        proc = self._procs[task_id]
+        returncode = proc.wait()
+        with self._lock:
+            del self._procs[task_id]
+            if task_id in self._cancelled:
+                return
+            if self._stopping:
+                self._store.update(task_id, status=QUEUED)
+                log.info("task %s interrupted by the server stopping; it resumes when the server starts", task_id)
+                return
+        if returncode == 0:
+            try:
+                self._export_mask(task_id)
+            except (AmError, OSError) as exc:
+                self._record(task_id, status=FAILED, error=f"the stitched mask cannot be served: {exc}")
+                return
+            self._record(task_id, status=FINISHED, error=None)
+            log.info("task %s finished", task_id)
+        else:
+            reason = failure_reason(self._store.log_path(task_id), returncode)
+            self._record(task_id, status=FAILED, error=reason)
+            log.warning("task %s failed: %s", task_id, reason.splitlines()[0] if reason else returncode)
+
+    def _export_mask(self, task_id: str) -> None:
+        """Keep a PNG copy of the stitched mask, so GET /masks/<id> sends a file instead of encoding per request."""
+        mask = read_image(self._store.layout(task_id).stitched_mask(GROUP))
+        write_png(self._store.mask_png(task_id), mask)
+
+    def _record(self, task_id: str, **changes: object) -> None:
+        with self._lock:
+            if task_id in self._cancelled:
+                return
+            try:
+                self._store.update(task_id, **changes)
+            except UnknownTask:
+                log.info("task %s was deleted before its outcome could be recorded", task_id)
+
+
+__all__ = ["PipelineCommand", "TaskRunner", "failure_reason"]

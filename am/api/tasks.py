@@ -1,0 +1,226 @@
+"""Task state on disk: one dataset folder per submitted image, with its status beside it.
+
+Each task is an ordinary am-segm dataset (one group, ``image``) plus ``task.json``, so the
+pipeline runs on it unchanged, resumes finished tiles after a restart, and a person can open
+the folder like any other dataset::
+
+    <data_dir>/tasks/<id>/task.json                 status, progress, error, rows, cols, times
+    <data_dir>/tasks/<id>/source/image/upload.png   the uploaded image (or upload.tiff)
+    <data_dir>/tasks/<id>/tiles_stitched/image/...  results, as for any dataset
+    <data_dir>/tasks/<id>/results/mask.png          the mask as served by GET /masks/<id>
+    <data_dir>/tasks/<id>/pipeline.log              the pipeline's log for this task
+
+``task.json`` is replaced atomically; a task folder appears by renaming a complete temporary
+folder, so a crash never leaves half a task behind::
+
+    store = TaskStore(Path("api-data"))
+    task = store.create(upload_path, rows=50, cols=50)
+    store.update(task.id, status=RUNNING)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from am.dataset import DatasetLayout
+from am.errors import InputError
+
+log = logging.getLogger(__name__)
+
+QUEUED = "QUEUED"
+RUNNING = "RUNNING"
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+STATUSES = (QUEUED, RUNNING, FINISHED, FAILED)
+GROUP = "image"
+TASK_FILE = "task.json"
+TASK_VERSION = 1
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class MalformedTaskId(InputError):
+    """A task id that cannot be one this server issued (HTTP 400)."""
+
+
+class UnknownTask(InputError):
+    """A well-formed task id that names no task on this server (HTTP 404)."""
+
+
+def check_task_id(task_id: str) -> str:
+    """Ids are uuid4 hex (32 lower-case hex digits); anything else never reaches the file system."""
+    if not _ID.match(task_id):
+        raise MalformedTaskId(f"task id {task_id[:80]!r} is malformed: ids are 32 lower-case hex digits, "
+                              "as returned in the Location header of POST /tasks")
+    return task_id
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Task:
+    """What ``task.json`` holds. Times are seconds since the epoch (UTC)."""
+
+    id: str
+    status: str
+    created: float
+    updated: float
+    rows: int | None = None
+    cols: int | None = None
+    error: str | None = None
+    version: int = TASK_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> Task:
+        try:
+            data = json.loads(text)
+            task = cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"task file {source} is not a valid task record ({exc}); delete the task folder") from exc
+        if task.status not in STATUSES or task.version != TASK_VERSION:
+            raise InputError(f"task file {source} has status {task.status!r}, version {task.version}; "
+                             "delete the task folder")
+        return task
+
+    @property
+    def register(self) -> bool:
+        return self.rows is not None and self.cols is not None
+
+
+class TaskStore:
+    """All tasks under ``data_dir``; safe to use from the server's threads."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.tasks_dir = self.data_dir / "tasks"
+        self.uploads_dir = self.data_dir / "uploads"
+        self._lock = threading.RLock()
+        self.tasks_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+    def clean_leftovers(self) -> None:
+        """Remove uploads and half-made task folders left by a server that stopped mid-request."""
+        for path in list(self.uploads_dir.iterdir()) + list(self.tasks_dir.glob(".*.tmp")):
+            log.info("removing leftover %s", path)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+    def upload_path(self) -> Path:
+        """A fresh path for an incoming body (the caller deletes it if the upload is refused)."""
+        return self.uploads_dir / f"{uuid.uuid4().hex}.part"
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.tasks_dir / check_task_id(task_id)
+
+    def layout(self, task_id: str) -> DatasetLayout:
+        return DatasetLayout(self.task_dir(task_id))
+
+    def mask_png(self, task_id: str) -> Path:
+        return self.task_dir(task_id) / "results" / "mask.png"
+
+    def log_path(self, task_id: str) -> Path:
+        return self.task_dir(task_id) / "pipeline.log"
+
+    def create(self, image: Path, *, rows: int | None = None, cols: int | None = None) -> Task:
+        """Move a checked upload into a new task folder and record it as QUEUED."""
+        task_id = new_task_id()
+        now = time.time()
+        task = Task(id=task_id, status=QUEUED, created=now, updated=now, rows=rows, cols=cols)
+        staging = Path(tempfile.mkdtemp(prefix=f".{task_id}.", suffix=".tmp", dir=self.tasks_dir))
+        try:
+            group_dir = staging / "source" / GROUP
+            group_dir.mkdir(parents=True)
+            os.replace(image, group_dir / f"upload{image.suffix}")
+            _write_atomic(staging / TASK_FILE, task.to_json())
+            os.replace(staging, self.task_dir(task_id))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("task %s queued (rows %s, cols %s)", task_id, rows, cols)
+        return task
+
+    def get(self, task_id: str) -> Task:
+        """The task's record; MalformedTaskId or UnknownTask if there is none to read."""
+        path = self.task_dir(task_id) / TASK_FILE
+        with self._lock:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise UnknownTask(f"task {task_id} does not exist on this server (never submitted, or deleted)") \
+                    from None
+        return Task.from_json(text, source=str(path))
+
+    def update(self, task_id: str, **changes: Any) -> Task:
+        with self._lock:
+            task = dataclasses.replace(self.get(task_id), updated=time.time(), **changes)
+            _write_atomic(self.task_dir(task_id) / TASK_FILE, task.to_json())
+        return task
+
+    def delete(self, task_id: str) -> None:
+        """Remove the task and everything it produced; UnknownTask if it is already gone."""
+        with self._lock:
+            folder = self.task_dir(task_id)
+            if not (folder / TASK_FILE).is_file():
+                raise UnknownTask(f"task {task_id} does not exist on this server (never submitted, or deleted)")
+            # Rename first, so a concurrent reader sees the task gone at once, not half removed.
+            doomed = self.tasks_dir / f".{task_id}.deleted.tmp"
+            os.replace(folder, doomed)
+        shutil.rmtree(doomed)
+        log.info("task %s deleted", task_id)
+
+    def all(self) -> list[Task]:
+        """Every readable task, oldest first; unreadable records are logged and left alone."""
+        tasks = []
+        for folder in self.tasks_dir.iterdir():
+            if folder.name.startswith(".") or not _ID.match(folder.name):
+                continue
+            try:
+                tasks.append(self.get(folder.name))
+            except InputError as exc:
+                log.warning("skipping task folder %s: %s", folder, exc)
+        return sorted(tasks, key=lambda t: (t.created, t.id))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = [
+    "FAILED",
+    "FINISHED",
+    "QUEUED",
+    "RUNNING",
+    "STATUSES",
+    "MalformedTaskId",
+    "Task",
+    "TaskStore",
+    "UnknownTask",
+    "check_task_id",
+]

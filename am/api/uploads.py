@@ -1,0 +1,139 @@
+"""Image uploads over HTTP: media types, a size-capped body reader and a decode check.
+
+Shared by the task API and the SageMaker contract, so both accept and refuse the same bodies.
+A body is streamed to a temporary file while its bytes are counted (a client may send no
+Content-Length, or a false one), then decoded once with :func:`am.imageio.read_image` so a
+request with an unreadable image is refused at once instead of failing later in a task::
+
+    kind = media_kind(request.headers.get("content-type"), accepted=TASK_MEDIA_TYPES)
+    await receive_body(request.stream(), target, max_bytes=limit, declared=content_length)
+    image = check_image(target, kind=kind)        # InputError if it does not decode
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from am.errors import InputError
+from am.imageio import read_image
+
+log = logging.getLogger(__name__)
+
+# Default cap on one upload: a 20000 x 20000 16-bit scan compresses to well under this.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+PNG = "png"
+TIFF = "tiff"
+SNIFF = "sniff"
+# Media type (lower case, without parameters) -> what the body must be. "sniff" means either,
+# told apart by the file signature (SageMaker's application/x-image names no format).
+TASK_MEDIA_TYPES: Mapping[str, str] = {"image/png": PNG, "image/tiff": TIFF}
+INVOCATION_MEDIA_TYPES: Mapping[str, str] = {"image/png": PNG, "image/tiff": TIFF, "application/x-image": SNIFF}
+
+SUFFIXES = {PNG: ".png", TIFF: ".tiff"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class UnsupportedMediaType(InputError):
+    """The request's Content-Type is missing or not one the endpoint takes (HTTP 415)."""
+
+
+class BodyTooLarge(InputError):
+    """The request body is larger than the server accepts (HTTP 413)."""
+
+
+def media_kind(content_type: str | None, *, accepted: Mapping[str, str]) -> str:
+    """The body kind for a Content-Type header (parameters such as ``; charset=`` are ignored)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in accepted:
+        shown = repr(media) if media else "none"
+        raise UnsupportedMediaType(
+            f"Content-Type {shown} is not accepted; send the image with Content-Type "
+            f"{' or '.join(sorted(accepted))}"
+        )
+    return accepted[media]
+
+
+def declared_length(value: str | None, *, max_bytes: int) -> int | None:
+    """Content-Length as a number, refusing an oversized body before any of it is read."""
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise InputError(f"Content-Length {value!r} is not a number of bytes") from None
+    if length < 0:
+        raise InputError(f"Content-Length {length} is negative")
+    if length > max_bytes:
+        raise BodyTooLarge(_too_large(length, max_bytes))
+    return length
+
+
+async def receive_body(chunks: AsyncIterator[bytes], target: Path, *, max_bytes: int) -> int:
+    """Write the streamed body to ``target``, stopping with BodyTooLarge once it passes ``max_bytes``."""
+    size = 0
+    with open(target, "xb") as handle:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > max_bytes:
+                raise BodyTooLarge(_too_large(size, max_bytes, at_least=True))
+            handle.write(chunk)
+    if size == 0:
+        raise InputError("the request body is empty; send the image file as the body")
+    return size
+
+
+def sniff_kind(target: Path, *, kind: str) -> str:
+    """PNG or TIFF from the file signature; refuses a body that is not the declared format."""
+    with open(target, "rb") as handle:
+        head = handle.read(8)
+    found = PNG if head.startswith(_PNG_SIGNATURE) else TIFF if head[:4] in _TIFF_SIGNATURES else None
+    if found is None:
+        raise InputError("the request body is neither a PNG nor a TIFF image (unknown file signature)")
+    if kind != SNIFF and found != kind:
+        raise InputError(f"the request body is a {found.upper()} image but Content-Type says {kind.upper()}; "
+                         f"send it with Content-Type image/{found}")
+    return found
+
+
+def check_image(target: Path, *, kind: str) -> tuple[Path, np.ndarray]:
+    """Decode the uploaded file; returns it renamed with the right suffix, and its pixels.
+
+    Raises InputError (naming the problem) when the bytes are not a readable image.
+    """
+    found = sniff_kind(target, kind=kind)
+    named = target.with_suffix(SUFFIXES[found])
+    target.rename(named)
+    try:
+        image = read_image(named)
+    except InputError as exc:
+        # The message names the temporary file, which means nothing to the client.
+        text = str(exc).replace(str(named), "the uploaded image")
+        raise InputError(text) from exc
+    log.debug("upload %s decodes to %s %s", named.name, image.shape, image.dtype)
+    return named, image
+
+
+def _too_large(size: int, max_bytes: int, *, at_least: bool = False) -> str:
+    amount = f"more than {max_bytes}" if at_least else str(size)
+    return (f"the request body is {amount} bytes, above this server's limit of {max_bytes} bytes; "
+            "send a smaller image (crop or split it), or start the server with a larger --max-bytes")
+
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "INVOCATION_MEDIA_TYPES",
+    "TASK_MEDIA_TYPES",
+    "BodyTooLarge",
+    "UnsupportedMediaType",
+    "check_image",
+    "declared_length",
+    "media_kind",
+    "receive_body",
+    "sniff_kind",
+]

@@ -1,0 +1,96 @@
+"""``python -m am.serve serve``: the SageMaker inference container's entry point.
+
+SageMaker starts the container as ``docker run <image> serve`` and then talks HTTP to port
+8080: ``GET /ping`` for health, ``POST /invocations`` with one image per request (image/png,
+image/tiff or application/x-image), answered with the mask as a PNG. The model is the
+checkpoint SageMaker unpacked into /opt/ml/model (model.pt, or the only .pt file there).
+Images are normalised, tiled, segmented and stitched in this process, as the pipeline does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from am.cli import EXIT_OK, configure_logging, run_main
+from am.settings import config_path_from, load_settings
+
+log = logging.getLogger("am.serve")
+
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+SAGEMAKER_PORT = 8080
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m am.serve",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        epilog="Tile and normalisation settings resolve as: option, then AM_<KEY>, then the config file "
+               "(--config or $AM_CONFIG), then the default. The port defaults to $SAGEMAKER_BIND_TO_PORT "
+               "when SageMaker sets it.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve /ping and /invocations (what SageMaker runs)",
+                                description="Serve /ping and /invocations until stopped (SIGTERM stops cleanly).")
+    serve.add_argument("--model-dir", type=Path, default=SAGEMAKER_MODEL_DIR,
+                       help=f"folder holding model.pt or a single .pt checkpoint (default {SAGEMAKER_MODEL_DIR})")
+    serve.add_argument("--host", default="0.0.0.0",
+                       help="address to listen on (default 0.0.0.0, as SageMaker requires)")
+    serve.add_argument("--port", type=int, default=None, help=f"TCP port (default {SAGEMAKER_PORT})")
+    serve.add_argument("--max-bytes", type=int, default=None,
+                       help="largest accepted record in bytes (default 268435456 = 256 MiB); larger is refused "
+                            "with 413")
+    serve.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    serve.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default 0: all cores)")
+    serve.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")
+    serve.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
+    serve.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
+    serve.add_argument("--batch-size", type=int, help="tiles per model call (default: by device)")
+    serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    port = args.port if args.port is not None else int(os.environ.get("SAGEMAKER_BIND_TO_PORT", SAGEMAKER_PORT))
+    if not 0 <= port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, got {port}")
+    if args.max_bytes is not None and args.max_bytes < 1:
+        parser.error(f"--max-bytes must be a positive number of bytes, got {args.max_bytes}")
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (all cores) or more, got {args.threads}")
+
+    def run() -> int:
+        import uvicorn
+
+        from am.api.uploads import DEFAULT_MAX_BYTES
+        from am.model.predict import Predictor
+        from am.serve.app import create_app
+        from am.serve.segment import ImageSegmenter, find_model
+
+        overrides = {"tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "batch_size": args.batch_size,
+                     "log_level": args.log_level}
+        settings = load_settings(overrides, environ=os.environ, config_path=config_path_from(args.config, os.environ))
+        configure_logging(settings.log_level)
+        model_path = find_model(args.model_dir)
+        predictor = Predictor.from_checkpoint(model_path, device=args.device, threads=args.threads,
+                                              batch_size=settings.batch_size)
+        log.info("model %s loaded on %s; tiles of %d px overlapping by %d", model_path, predictor.device,
+                 settings.tile_size, settings.tile_overlap)
+        segmenter = ImageSegmenter(predictor, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
+                                   low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct)
+        app = create_app(segmenter, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
+        uvicorn.run(app, host=args.host, port=port, log_config=None, log_level=settings.log_level.lower(),
+                    timeout_graceful_shutdown=10)
+        return EXIT_OK
+
+    configure_logging(args.log_level or "INFO")
+    return run_main(run, name="am.serve")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

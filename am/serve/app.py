@@ -1,0 +1,99 @@
+"""The SageMaker serving contract: ``GET /ping`` and ``POST /invocations`` (image in, mask PNG out).
+
+SageMaker (real-time endpoints and batch transform alike) sends one record per request to
+``/invocations`` and checks health with ``/ping``. A record here is one image, a whole scan
+or one tile, as ``image/png``, ``image/tiff`` or ``application/x-image`` (either, told apart
+by its signature); the answer is its 0/255 mask as an 8-bit PNG of the same size. Refusals
+are JSON ``{"detail": ...}``: 415 for another Content-Type, 400 for a body that does not
+decode, 413 above ``max_bytes``::
+
+    app = create_app(ImageSegmenter(predictor), max_bytes=DEFAULT_MAX_BYTES)
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from am.api.openapi import error_responses, image_body, image_response, install_openapi
+from am.api.uploads import (
+    DEFAULT_MAX_BYTES,
+    INVOCATION_MEDIA_TYPES,
+    BodyTooLarge,
+    UnsupportedMediaType,
+    check_image,
+    declared_length,
+    media_kind,
+    receive_body,
+)
+from am.errors import AmError, InputError
+from am.imageio import encode_png
+from am.serve.segment import ImageSegmenter
+
+log = logging.getLogger(__name__)
+
+# SageMaker's own cap on one batch-transform record is 100 MB (MaxPayloadInMB).
+SAGEMAKER_MAX_PAYLOAD_MB = 100
+
+
+def _status_for(exc: AmError) -> int:
+    for cls, code in ((UnsupportedMediaType, 415), (BodyTooLarge, 413), (InputError, 400)):
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:
+    """The ASGI app. Inference runs one request at a time: the model already uses every core or the GPU."""
+    model_lock = anyio.CapacityLimiter(1)
+    app = FastAPI(title="am-segm SageMaker inference", version="1",
+                  description="The SageMaker container contract: /ping and /invocations.")
+
+    @app.exception_handler(AmError)
+    async def am_error(request: Request, exc: AmError) -> JSONResponse:
+        code = _status_for(exc)
+        if code >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
+
+    @app.get("/ping", summary="Health check: 200 once the model is loaded")
+    def ping() -> dict[str, str]:
+        return {"status": "ok", "device": segmenter.predictor.device}
+
+    @app.get("/execution-parameters", summary="Batch transform defaults SageMaker asks the container for")
+    def execution_parameters() -> dict[str, Any]:
+        return {"MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD",
+                "MaxPayloadInMB": min(SAGEMAKER_MAX_PAYLOAD_MB, max(1, max_bytes // (1024 * 1024)))}
+
+    @app.post(
+        "/invocations",
+        summary="Segment one image; the answer is its mask (8-bit PNG, 0/255, same size)",
+        response_class=Response,
+        responses={**image_response("image/png"), **error_responses(400, 413, 415)},
+        openapi_extra=image_body(INVOCATION_MEDIA_TYPES),
+    )
+    async def invocations(request: Request) -> Response:
+        kind = media_kind(request.headers.get("content-type"), accepted=INVOCATION_MEDIA_TYPES)
+        declared_length(request.headers.get("content-length"), max_bytes=max_bytes)
+        with tempfile.TemporaryDirectory(prefix="am-serve-") as folder:
+            part = Path(folder) / "record.part"
+            await receive_body(request.stream(), part, max_bytes=max_bytes)
+
+            def run() -> bytes:
+                _, image = check_image(part, kind=kind)
+                return encode_png(segmenter.segment(image, name="the record"))
+
+            body = await anyio.to_thread.run_sync(run, limiter=model_lock)
+        return Response(content=body, media_type="image/png")
+
+    install_openapi(app)
+    return app
+
+
+__all__ = ["create_app"]

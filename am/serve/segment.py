@@ -1,0 +1,79 @@
+"""Whole-image segmentation in one process: normalise, tile, predict, stitch.
+
+The SageMaker container needs no queues (SageMaker runs one container per instance and
+spreads records over them itself), so this is the pipeline's segmentation stage without
+S3 or SQS, built from the same pieces: :func:`am.normalize.normalize`, the tile plan and
+:class:`am.tiling.Stitcher`, and the model's :class:`am.model.Predictor`::
+
+    segmenter = ImageSegmenter(Predictor.from_checkpoint(find_model(Path("/opt/ml/model"))))
+    mask = segmenter.segment(read_image(path))      # uint8 0/255, the image's height x width
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from am.errors import CheckpointError
+from am.model.predict import Predictor
+from am.normalize import normalize
+from am.tiling import Stitcher, plan_tiles, read_tile
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+def find_model(model_dir: Path) -> Path:
+    """``model_dir/model.pt``, else the only ``.pt`` file under ``model_dir`` (SageMaker unpacks model.tar.gz there)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model folder {model_dir} does not exist; give the folder holding {MODEL_FILE} "
+                              "(SageMaker unpacks the model data there)")
+    preferred = model_dir / MODEL_FILE
+    if preferred.is_file():
+        return preferred
+    found = sorted(p for p in model_dir.rglob("*.pt") if p.is_file())
+    if len(found) == 1:
+        return found[0]
+    listed = ", ".join(str(p.relative_to(model_dir)) for p in found[:10]) or "none"
+    raise CheckpointError(f"model folder {model_dir} has no {MODEL_FILE} and {len(found)} .pt files ({listed}); "
+                          f"name the checkpoint {MODEL_FILE} in the model archive")
+
+
+class ImageSegmenter:
+    """Turns any image the pipeline accepts into its 0/255 mask, with the pipeline's tiling and normalisation."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        tile_size: int = 512,
+        tile_overlap: int = 128,
+        low_pct: float = 1.0,
+        high_pct: float = 99.0,
+    ) -> None:
+        self.predictor = predictor
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.low_pct = low_pct
+        self.high_pct = high_pct
+
+    def segment(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
+        """The mask of ``image`` (grey or colour, any bit depth); memory: one batch of tiles plus the mask."""
+        grey = normalize(image, low_pct=self.low_pct, high_pct=self.high_pct, name=name)
+        plan = plan_tiles(grey.shape[0], grey.shape[1], tile_size=self.tile_size, overlap=self.tile_overlap)
+        stitcher = Stitcher(plan)
+        step = self.predictor.batch_size
+        for start in range(0, len(plan.tiles), step):
+            tiles = plan.tiles[start : start + step]
+            masks = self.predictor.predict(np.stack([read_tile(grey, tile, plan) for tile in tiles]))
+            for tile, mask in zip(tiles, masks, strict=True):
+                stitcher.add(tile.index, mask)
+        log.debug("%s: %d x %d px segmented in %d tile(s)", name, grey.shape[1], grey.shape[0], len(plan.tiles))
+        return stitcher.finalize()
+
+
+__all__ = ["MODEL_FILE", "ImageSegmenter", "find_model"]

@@ -1,0 +1,102 @@
+"""Helpers: servers started as users start them (``python -m am.api``, ``python -m am.serve serve``) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+TILE = ["--tile-size", "128", "--tile-overlap", "32"]
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A server subprocess and the client to talk to it; its output goes to ``log``."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.log = log
+        self.client = httpx.Client(base_url=url, timeout=30.0)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def server_environment(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "PYTHONPATH": str(REPO), "AM_IDLE_EXIT_S": "30",
+            "HF_HUB_OFFLINE": "1"}
+
+
+@contextmanager
+def running(module_args: list[str], *, tmp: Path, name: str = "server") -> Iterator[Server]:
+    """Start ``python -m <module_args>`` with --host/--port added, wait until it answers, stop it afterwards."""
+    port = free_port()
+    log = tmp / f"{name}-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", *module_args, "--host", "127.0.0.1", "--port", str(port)],
+                                env=server_environment(tmp), stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_until_up(server, path="/openapi.json")
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_until_up(server: Server, *, path: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server exited with {server.proc.returncode}:\n{server.log_text()[-4000:]}")
+        try:
+            if server.client.get(path).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server did not answer within {START_TIMEOUT_S} s:\n{server.log_text()[-4000:]}")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    return data.tobytes()
+
+
+def lattice_image(height: int = 150, width: int = 190, *, pitch: int = 30, seed: int = 0) -> np.ndarray:
+    """Speckled grey with bright round marks on a square lattice (2 x 2 tiles of 128 px at this size)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(90, 12, size=(height, width)).clip(0, 255).astype(np.uint8)
+    for y in range(pitch // 2, height, pitch):
+        for x in range(pitch // 2, width, pitch):
+            cv2.circle(image, (x, y), pitch // 4, 200, -1)
+    return image

@@ -1,0 +1,74 @@
+"""Results kept on disk are served by a fresh server: masks, AM id images and tables, and re-queued work."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+
+from am.api.tasks import TaskStore
+from am.imageio import write_png, write_tiff
+
+from .servers import running
+
+pytestmark = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("am.register") is None, reason="am.register is not installed"
+)
+
+
+def lattice_mask(rows: int, cols: int, *, pitch: int = 24, radius: int = 6) -> np.ndarray:
+    mask = np.zeros((rows * pitch, cols * pitch), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            cv2.circle(mask, (c * pitch + pitch // 2, r * pitch + pitch // 2), radius, 255, -1)
+    return mask
+
+
+def finished_registered_task(store: TaskStore, *, rows: int, cols: int) -> str:
+    """A task folder as a previous server leaves one: FINISHED, with its mask and registration outputs."""
+    from am.register import register_group
+
+    mask = lattice_mask(rows, cols)
+    upload = store.upload_path().with_suffix(".png")
+    write_png(upload, mask)
+    task = store.create(upload, rows=rows, cols=cols)
+    layout = store.layout(task.id)
+    write_tiff(layout.source_norm("image"), mask)
+    write_tiff(layout.stitched_mask("image"), mask)
+    register_group(layout.root, "image", rows=rows, cols=cols)
+    write_png(store.mask_png(task.id), mask)
+    store.update(task.id, status="FINISHED")
+    return task.id
+
+
+def test_a_restarted_server_serves_earlier_results_including_am_ids(tmp_path, tiny_model):
+    data = tmp_path / "data"
+    store = TaskStore(data)
+    task_id = finished_registered_task(store, rows=4, cols=5)
+    # Leftovers of a server that died mid-upload are cleaned, not mistaken for tasks.
+    (store.uploads_dir / "dead.part").write_bytes(b"half an upload")
+    (store.tasks_dir / f".{uuid.uuid4().hex}.abc.tmp").mkdir()
+
+    with running(["am.api", "--data-dir", str(data), "--model", str(tiny_model)], tmp=tmp_path) as server:
+        state = server.client.get(f"/tasks/{task_id}").json()
+        assert state["status"] == "FINISHED" and state["progress"] == 1.0
+
+        ids_response = server.client.get(f"/ams/{task_id}")
+        assert ids_response.status_code == 200 and ids_response.headers["content-type"] == "image/png"
+        ids = cv2.imdecode(np.frombuffer(ids_response.content, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert ids.dtype == np.uint16 and ids.shape == (4 * 24, 5 * 24)
+        # id = row * cols + col + 1, row 0 at the top, col 0 at the left.
+        assert ids[12, 12] == 1 and ids[12, 4 * 24 + 12] == 5 and ids[3 * 24 + 12, 12] == 16 and ids[0, 0] == 0
+
+        table = server.client.get(f"/ams/{task_id}.csv")
+        assert table.status_code == 200 and table.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(table.text)))
+        assert len(rows) == 20 and {int(r["id"]) for r in rows} == set(range(1, 21))
+
+        mask = server.client.get(f"/masks/{task_id}")
+        assert mask.status_code == 200
+        assert not list(store.uploads_dir.iterdir()) and not list(store.tasks_dir.glob(".*"))

@@ -1,0 +1,108 @@
+"""The SageMaker contract over real HTTP: ``python -m am.serve serve`` with a tiny model in a model folder."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from am.errors import CheckpointError
+from am.model.predict import Predictor
+from am.normalize import normalize
+from am.serve.segment import ImageSegmenter, find_model
+
+from .servers import TILE, png_bytes, running
+
+MAX_BYTES = 150_000
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory, tiny_model):
+    base = tmp_path_factory.mktemp("serve")
+    model_dir = base / "model"
+    model_dir.mkdir()
+    shutil.copy(tiny_model, model_dir / "model.pt")
+    args = ["am.serve", "serve", "--model-dir", str(model_dir), "--device", "cpu", "--max-bytes", str(MAX_BYTES),
+            *TILE]
+    with running(args, tmp=base, name="serve") as server:
+        yield server
+
+
+def decode(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def test_ping_answers_200_once_the_model_is_loaded(serve):
+    response = serve.client.get("/ping")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    params = serve.client.get("/execution-parameters").json()
+    assert params["BatchStrategy"] == "SINGLE_RECORD" and params["MaxConcurrentTransforms"] == 1
+
+
+def test_invocations_returns_the_mask_the_model_gives_for_a_tile(serve, tiny_model):
+    rng = np.random.default_rng(5)
+    tile = rng.integers(0, 256, size=(128, 128), dtype=np.uint8)
+    response = serve.client.post("/invocations", content=png_bytes(tile), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    expected = Predictor.from_checkpoint(tiny_model, device="cpu").predict(normalize(tile)[None])[0]
+    np.testing.assert_array_equal(decode(response.content), expected)
+
+
+@pytest.mark.parametrize("content_type", ["application/x-image", "image/tiff"])
+def test_invocations_segments_a_whole_16_bit_tiff_like_the_pipeline(serve, tiny_model, lattice, content_type):
+    image = lattice.astype(np.uint16) * 250
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image)
+    response = serve.client.post("/invocations", content=buffer.getvalue(), headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+    mask = decode(response.content)
+    assert mask.shape == image.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    segmenter = ImageSegmenter(Predictor.from_checkpoint(tiny_model, device="cpu"), tile_size=128, tile_overlap=32)
+    np.testing.assert_array_equal(mask, segmenter.segment(image))
+
+
+def test_invocations_refuses_what_it_cannot_segment_with_4xx(serve, lattice):
+    body = png_bytes(lattice)
+    cases = [
+        ({"Content-Type": "text/csv"}, body, 415),
+        ({}, body, 415),
+        ({"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\n" + bytes(64), 400),
+        ({"Content-Type": "image/png"}, b"hello", 400),
+        ({"Content-Type": "image/png"}, b"", 400),
+        ({"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\n" + bytes(MAX_BYTES), 413),
+    ]
+    for headers, content, code in cases:
+        response = serve.client.post("/invocations", content=content, headers=headers)
+        assert response.status_code == code, (headers, code, response.text)
+        assert response.json()["detail"]
+    assert serve.client.get("/ping").status_code == 200
+
+
+def test_find_model_takes_model_pt_or_the_only_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_model(tmp_path / "missing")
+    (tmp_path / "sub").mkdir()
+    only = tmp_path / "sub" / "best.pt"
+    only.write_bytes(b"x")
+    assert find_model(tmp_path) == only
+    (tmp_path / "other.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="2 .pt files"):
+        find_model(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"x")
+    assert find_model(tmp_path) == tmp_path / "model.pt"
+
+
+def test_serve_exits_1_with_a_clear_message_when_the_model_folder_is_empty(tmp_path):
+    import subprocess
+    import sys
+
+    from .servers import server_environment
+
+    result = subprocess.run([sys.executable, "-m", "am.serve", "serve", "--model-dir", str(tmp_path), "--port", "0"],
+                            env=server_environment(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "name the checkpoint model.pt" in result.stderr
