@@ -18,6 +18,7 @@ help:
 	@echo "make test     set up and run the whole test suite"
 	@echo "make install  create or update the virtual environment in $(VENV)"
 	@echo "make lint     ruff over the package and tests"
+	@echo "make image | push | deploy | undeploy | upload-model   AWS deployment (see README, Running on AWS)"
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,3 +46,63 @@ lint: $(STAMP)
 
 clean-data:
 	rm -rf data/inference
+
+# ---- AWS: needs Docker (image, push) and the AWS CLI with credentials (deploy, push, undeploy).
+STACK ?= am-segm
+AWS_REGION ?= us-east-1
+IMAGE_NAME ?= am-segm-worker
+IMAGE_TAG ?= latest
+VPC_ID ?=
+SUBNET_IDS ?=
+STACK_PARAMS ?=
+AWS := aws --region $(AWS_REGION)
+# $(call stack-output,KEY): one output of the deployed stack, empty when the stack does not exist.
+stack-output = $(shell $(AWS) cloudformation describe-stacks --stack-name $(STACK) \
+	--query "Stacks[0].Outputs[?OutputKey=='$(1)'].OutputValue" --output text 2>/dev/null)
+
+.PHONY: image image-with-model push deploy undeploy upload-model task-definition
+
+image:
+	docker build -f Dockerfile.worker --target worker -t $(IMAGE_NAME):$(IMAGE_TAG) .
+
+image-with-model:
+	@test -f "$(MODEL)" || { echo "set MODEL=path/to/checkpoint.pt" >&2; exit 2; }
+	mkdir -p build/bake && cp "$(MODEL)" build/bake/am-segm.pt
+	docker build -f Dockerfile.worker --target worker-with-model -t $(IMAGE_NAME):$(IMAGE_TAG)-model .
+
+push: image
+	@repo="$(call stack-output,RepositoryUri)"; \
+	test -n "$$repo" || { echo "stack $(STACK) has no RepositoryUri output: run make deploy first" >&2; exit 1; }; \
+	$(AWS) ecr get-login-password | docker login --username AWS --password-stdin "$${repo%%/*}" && \
+	docker tag $(IMAGE_NAME):$(IMAGE_TAG) "$$repo:$(IMAGE_TAG)" && \
+	docker push "$$repo:$(IMAGE_TAG)"
+
+deploy:
+	@test -n "$(VPC_ID)" && test -n "$(SUBNET_IDS)" || \
+	  { echo "set VPC_ID=vpc-... SUBNET_IDS=subnet-a,subnet-b (subnets with a route to S3, SQS, ECR, Logs)" >&2; exit 2; }
+	$(AWS) cloudformation deploy --stack-name $(STACK) --template-file infra/am-segm.yml \
+	  --capabilities CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset \
+	  --parameter-overrides VpcId=$(VPC_ID) SubnetIds=$(SUBNET_IDS) ImageTag=$(IMAGE_TAG) $(STACK_PARAMS)
+	$(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
+
+upload-model:
+	@test -f "$(MODEL)" || { echo "set MODEL=path/to/checkpoint.pt" >&2; exit 2; }
+	@uri="$(call stack-output,ModelUri)"; \
+	test -n "$$uri" || { echo "stack $(STACK) has no ModelUri output: run make deploy first" >&2; exit 1; }; \
+	$(AWS) s3 cp "$(MODEL)" "$$uri"
+
+task-definition: $(STAMP)
+	mkdir -p build
+	$(BIN)/python -c "import os, string, sys; sys.stdout.write(string.Template(open('ecs/task-definition.json').read()).substitute(os.environ))" > build/task-definition.json
+	$(AWS) ecs register-task-definition --cli-input-json file://build/task-definition.json
+
+undeploy: $(STAMP)
+	$(BIN)/python -m am.scale --stack $(STACK) --region $(AWS_REGION) drain --wait 600
+	@for key in InputBucket OutputBucket; do \
+	  bucket=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) \
+	    --query "Stacks[0].Outputs[?OutputKey=='$$key'].OutputValue" --output text) || exit 1; \
+	  $(AWS) s3 rm "s3://$$bucket" --recursive || exit 1; \
+	done
+	$(AWS) cloudformation delete-stack --stack-name $(STACK)
+	$(AWS) cloudformation wait stack-delete-complete --stack-name $(STACK)
+	@echo "stack $(STACK) deleted; its model bucket is kept (DeletionPolicy Retain): remove it with 'aws s3 rb --force'"

@@ -40,6 +40,10 @@ class LauncherError(AmError):
     """Workers could not be started, or all of them stopped while work was pending."""
 
 
+class ScaleError(AmError):
+    """An operators' command could not read or change the AWS workers, queues or scaling limits."""
+
+
 class JobFailed(AmError):
     """A job ended with tiles that did not complete.
 

@@ -1,0 +1,522 @@
+"""AWS launcher: workers as ECS tasks on GPU instances, found through the CloudFormation stack.
+
+:func:`resolve_aws_resources` turns the stack's outputs (or explicit settings) into an
+:class:`AwsResources`; :class:`EcsLauncher` implements the :class:`~am.launchers.Launcher`
+protocol on top of it, either with one-off ``run_task`` calls or by nudging the stack's ECS
+service::
+
+    resources = resolve_aws_resources(settings, cloudformation_client=cfn, sqs_client=sqs)
+    launcher = EcsLauncher(ecs, resources, mode="run_task", max_tasks=8)
+    launcher.start(8, {"AM_QUEUE_URL": resources.queue_url, ...})
+    ...
+    launcher.stop()
+
+Workers get their AWS rights from the task role. The launcher passes only ``AM_*`` settings
+to them and refuses anything that looks like a credential, so no key ever lands in a task
+override (which ECS shows to anyone who may describe the task).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from am.errors import ConfigError, LauncherError
+from am.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# RunTask starts at most 10 tasks per call.
+# https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RunTask.html (count)
+MAX_TASKS_PER_RUN_TASK = 10
+# DescribeTasks takes at most 100 task ARNs per call.
+# https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_DescribeTasks.html (tasks)
+MAX_TASKS_PER_DESCRIBE = 100
+# All overrides of one task together may hold at most 8192 characters.
+# https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_TaskOverride.html
+MAX_OVERRIDE_CHARS = 8192
+# startedBy: up to 128 letters, digits, '-', '_' and '/'.
+# https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RunTask.html (startedBy)
+STARTED_BY_PATTERN = re.compile(r"^[A-Za-z0-9_/-]{1,128}$")
+# Task states that mean "running or about to": ECS task lifecycle,
+# https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-lifecycle-explanation.html
+ALIVE_STATES = frozenset({"PROVISIONING", "PENDING", "ACTIVATING", "RUNNING"})
+
+LAUNCH_MODES = ("run_task", "service")
+DEFAULT_CONTAINER_NAME = "worker"
+STOP_REASON = "am-segm job finished"
+# Capacity shortfalls (no free GPU yet, agent busy) often clear in seconds; retry them a few times.
+RUN_TASK_ATTEMPTS = 3
+RUN_TASK_RETRY_DELAY_S = 10.0
+# Stack states in which the outputs describe resources that exist.
+USABLE_STACK_STATES = frozenset({
+    "CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE",
+    "IMPORT_ROLLBACK_COMPLETE",
+})
+# Names of variables that carry credentials; never handed to a task.
+CREDENTIAL_NAME = re.compile(
+    r"(^AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN|SECURITY_TOKEN|CONTAINER_AUTHORIZATION_TOKEN)$)"
+    r"|SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY",
+    re.IGNORECASE,
+)
+# Values shaped like AWS access key ids (long-term AKIA…, temporary ASIA…).
+ACCESS_KEY_VALUE = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
+
+
+@dataclass(frozen=True)
+class AwsResources:
+    """Where a job's queues, buckets and workers live on AWS; what the stack's outputs describe."""
+
+    queue_url: str
+    dead_letter_queue_url: str
+    input_bucket: str
+    output_bucket: str
+    model_uri: str
+    cluster: str
+    task_definition: str
+    service: str
+    capacity_provider: str
+    subnets: tuple[str, ...]
+    security_groups: tuple[str, ...]
+    container_name: str = DEFAULT_CONTAINER_NAME
+
+
+# ------------------------------------------------------------------ resolving the resources
+
+
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(Settings)}
+
+
+def _explicit(settings: Settings, key: str) -> str:
+    """The setting's value when someone set it (differs from the default), else ""."""
+    value = getattr(settings, key)
+    return str(value) if value != _defaults()[key] else ""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def read_stack_outputs(cloudformation_client: Any, stack_name: str) -> dict[str, str]:
+    """The outputs of a deployed stack, as ``{OutputKey: OutputValue}``."""
+    try:
+        stacks = cloudformation_client.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as exc:
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        raise ConfigError(
+            f"cannot read CloudFormation stack {stack_name!r}: {message}; deploy it with `make deploy` "
+            "or set stack_name (AM_STACK_NAME) to the name it was deployed under"
+        ) from exc
+    except BotoCoreError as exc:
+        raise ConfigError(f"cannot reach CloudFormation to read stack {stack_name!r}: {exc}") from exc
+    if not stacks:
+        raise ConfigError(f"CloudFormation stack {stack_name!r} not found; deploy it with `make deploy`")
+    stack = stacks[0]
+    status = stack.get("StackStatus", "")
+    if status not in USABLE_STACK_STATES:
+        raise ConfigError(
+            f"CloudFormation stack {stack_name!r} is {status}; wait for the deployment to finish "
+            "or fix it (see its events in the CloudFormation console)"
+        )
+    return {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", []) if o.get("OutputValue")}
+
+
+def _queue_url(sqs_client: Any, name: str, setting: str) -> str:
+    try:
+        return sqs_client.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as exc:
+        raise ConfigError(
+            f"SQS queue {name!r} (setting {setting}) not found: {exc.response.get('Error', {}).get('Code')}; "
+            "deploy the stack (make deploy) and set stack_name, or fix the queue name"
+        ) from exc
+    except BotoCoreError as exc:
+        raise ConfigError(f"cannot reach SQS to look up queue {name!r}: {exc}") from exc
+
+
+def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs_client: Any) -> AwsResources:
+    """Find the job's AWS resources: the stack's outputs, with explicitly set settings taking precedence.
+
+    Without ``stack_name`` everything comes from the settings (queue URLs are looked up by
+    name). A missing piece raises :class:`ConfigError` naming the setting or stack output to provide.
+    """
+    outputs = read_stack_outputs(cloudformation_client, settings.stack_name) if settings.stack_name else {}
+    source = f"stack {settings.stack_name!r}" if settings.stack_name else "the settings"
+
+    stack_prefix = outputs.get("ResultsQueuePrefix", "")
+    if stack_prefix and stack_prefix != settings.results_queue_prefix:
+        raise ConfigError(
+            f"results_queue_prefix is {settings.results_queue_prefix!r} but the workers of stack "
+            f"{settings.stack_name!r} may only report to queues named {stack_prefix}-*; "
+            f"set results_queue_prefix: {stack_prefix}"
+        )
+
+    def pick(key: str, output: str, *, required: bool) -> str:
+        value = _explicit(settings, key) or outputs.get(output, "") or str(getattr(settings, key))
+        if required and not value:
+            raise ConfigError(
+                f"no value for {key}: set it in the config file or as AM_{key.upper()}, "
+                f"or set stack_name to a stack with the output {output!r} (looked in {source})"
+            )
+        return value
+
+    queue_url = outputs.get("QueueUrl", "")
+    if _explicit(settings, "queue_name") or not queue_url:
+        queue_url = _queue_url(sqs_client, settings.queue_name, "queue_name")
+    dlq_url = outputs.get("DeadLetterQueueUrl", "")
+    if _explicit(settings, "dead_letter_queue_name") or not dlq_url:
+        dlq_url = _queue_url(sqs_client, settings.dead_letter_queue_name, "dead_letter_queue_name")
+
+    resources = AwsResources(
+        queue_url=queue_url,
+        dead_letter_queue_url=dlq_url,
+        input_bucket=pick("input_bucket", "InputBucket", required=True),
+        output_bucket=pick("output_bucket", "OutputBucket", required=True),
+        model_uri=outputs.get("ModelUri", ""),
+        cluster=pick("ecs_cluster", "Cluster", required=True),
+        task_definition=pick("ecs_task_definition", "TaskDefinition", required=True),
+        service=pick("ecs_service", "Service", required=settings.aws_launch == "service"),
+        capacity_provider=pick("ecs_capacity_provider", "CapacityProvider", required=False),
+        subnets=_split(settings.ecs_subnets),
+        security_groups=_split(settings.ecs_security_groups),
+        container_name=outputs.get("ContainerName", "") or DEFAULT_CONTAINER_NAME,
+    )
+    log.info("AWS resources from %s: cluster %s, task definition %s, queue %s",
+             source, resources.cluster, resources.task_definition, resources.queue_url)
+    return resources
+
+
+# ---------------------------------------------------------------------- worker environment
+
+
+def task_environment(environment: Mapping[str, str]) -> list[dict[str, str]]:
+    """The container override environment: ``AM_*`` settings only, and never a credential.
+
+    A variable whose name or value looks like a credential raises :class:`LauncherError`
+    (the caller has a bug to fix; tasks get their rights from the task role). Other non-``AM_``
+    variables are dropped with a warning, since the worker reads nothing else.
+    """
+    entries = []
+    for name, value in sorted(environment.items()):
+        if CREDENTIAL_NAME.search(name) or ACCESS_KEY_VALUE.search(str(value)):
+            raise LauncherError(
+                f"refusing to pass variable {name} to ECS tasks: it looks like a credential, and task "
+                "overrides are visible to anyone who can describe the task; workers get their rights "
+                "from the task role"
+            )
+        if not name.startswith("AM_"):
+            log.warning("not passing %s to ECS tasks: workers read only AM_* variables", name)
+            continue
+        entries.append({"name": name, "value": str(value)})
+    return entries
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _task_id(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1]
+
+
+def _aws_message(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
+    return str(exc)
+
+
+# -------------------------------------------------------------------------------- launcher
+
+
+class EcsLauncher:
+    """Starts workers as ECS tasks, counts the live ones, and stops what it started.
+
+    ``mode="run_task"`` starts one-off tasks (in calls of at most 10), each leaving by itself
+    after ``AM_IDLE_EXIT_S`` without work, and :meth:`stop` stops them. ``mode="service"``
+    raises the stack's service to at least ``count`` tasks and, on :meth:`stop`, puts back the
+    desired count it found, unless someone else has changed it since. ``max_tasks`` caps how
+    many tasks one job may start, whatever ``count`` asks.
+    """
+
+    def __init__(
+        self,
+        ecs_client: Any,
+        resources: AwsResources,
+        *,
+        mode: str = "run_task",
+        max_tasks: int = 10,
+        started_by: str = "am-segm",
+        attempts: int = RUN_TASK_ATTEMPTS,
+        retry_delay_s: float = RUN_TASK_RETRY_DELAY_S,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if mode not in LAUNCH_MODES:
+            raise ConfigError(f"launch mode {mode!r} is not known: use one of {', '.join(LAUNCH_MODES)}")
+        if max_tasks < 1:
+            raise ConfigError(f"aws_max_tasks = {max_tasks} is not allowed: it must be at least 1")
+        if not STARTED_BY_PATTERN.match(started_by):
+            raise ConfigError(f"started_by {started_by!r} must be 1-128 letters, digits, '-', '_' or '/'")
+        if mode == "service" and not resources.service:
+            raise ConfigError("aws_launch is 'service' but no ECS service is known: set ecs_service "
+                              "or stack_name to a stack with the output 'Service'")
+        self._ecs = ecs_client
+        self._resources = resources
+        self._mode = mode
+        self._max_tasks = max_tasks
+        self._started_by = started_by
+        self._attempts = max(1, attempts)
+        self._retry_delay_s = retry_delay_s
+        self._sleep = sleep
+        self._task_arns: list[str] = []
+        self._stopped: set[str] = set()
+        self._service_original: int | None = None
+        self._service_set: int | None = None
+
+    @property
+    def task_arns(self) -> tuple[str, ...]:
+        """ARNs of the tasks this launcher started, in order."""
+        return tuple(self._task_arns)
+
+    # ----------------------------------------------------------------------------- start
+
+    def start(self, count: int, environment: Mapping[str, str]) -> None:
+        """Start ``count`` workers (capped at ``max_tasks`` for the launcher's lifetime)."""
+        if count < 1:
+            raise LauncherError(f"asked to start {count} workers; ask for at least 1")
+        if self._mode == "service":
+            self._raise_service(count, environment)
+            return
+        room = self._max_tasks - len(self._task_arns)
+        if room <= 0:
+            log.warning("not starting more tasks: this job already started %d (aws_max_tasks)", len(self._task_arns))
+            return
+        if count > room:
+            log.info("starting %d tasks instead of %d: aws_max_tasks is %d", room, count, self._max_tasks)
+            count = room
+        request = self._run_task_request(environment)
+        wanted = count
+        reasons: list[str] = []
+        for attempt in range(1, self._attempts + 1):
+            started_now, failures = self._run_tasks(request, wanted)
+            wanted -= started_now
+            reasons = failures or reasons
+            if wanted <= 0:
+                break
+            if attempt < self._attempts:
+                log.warning("ECS started %d of %d tasks (%s); retrying in %.0f s",
+                            count - wanted, count, "; ".join(failures) or "no reason given", self._retry_delay_s)
+                self._sleep(self._retry_delay_s)
+        started = count - wanted
+        reason_text = "; ".join(sorted(set(reasons))) or "ECS gave no reason"
+        if started == 0:
+            raise LauncherError(
+                f"ECS started none of {count} worker tasks on cluster {self._resources.cluster} after "
+                f"{self._attempts} attempts: {reason_text}. Check that the cluster has GPU capacity "
+                "(capacity provider or container instances) and that the task definition is valid"
+            )
+        if wanted > 0:
+            log.warning("ECS started only %d of %d worker tasks (%s); the job continues with fewer",
+                        started, count, reason_text)
+        log.info("%d worker tasks started on cluster %s", started, self._resources.cluster)
+
+    def _run_task_request(self, environment: Mapping[str, str]) -> dict[str, Any]:
+        overrides = {"containerOverrides": [{"name": self._resources.container_name,
+                                             "environment": task_environment(environment)}]}
+        size = len(json.dumps(overrides, separators=(",", ":")))
+        if size > MAX_OVERRIDE_CHARS:
+            raise LauncherError(f"task overrides are {size} characters; ECS allows {MAX_OVERRIDE_CHARS}. "
+                                "Shorten the AM_* values (e.g. the model URI)")
+        request: dict[str, Any] = {
+            "cluster": self._resources.cluster,
+            "taskDefinition": self._resources.task_definition,
+            "overrides": overrides,
+            "startedBy": self._started_by,
+            "enableECSManagedTags": True,
+            "propagateTags": "TASK_DEFINITION",
+        }
+        if self._resources.capacity_provider:
+            request["capacityProviderStrategy"] = [
+                {"capacityProvider": self._resources.capacity_provider, "weight": 1, "base": 0}]
+        else:
+            request["launchType"] = "EC2"
+        if self._resources.subnets:
+            request["networkConfiguration"] = {"awsvpcConfiguration": {
+                "subnets": list(self._resources.subnets),
+                "securityGroups": list(self._resources.security_groups),
+            }}
+        return request
+
+    def _run_tasks(self, request: Mapping[str, Any], count: int) -> tuple[int, list[str]]:
+        """Run ``count`` tasks in calls of at most 10; returns how many started and the failure reasons."""
+        started = 0
+        reasons: list[str] = []
+        while started < count:
+            batch = min(MAX_TASKS_PER_RUN_TASK, count - started)
+            try:
+                response = self._ecs.run_task(count=batch, **request)
+            except (ClientError, BotoCoreError) as exc:
+                raise LauncherError(
+                    f"ECS run_task on cluster {self._resources.cluster} with task definition "
+                    f"{self._resources.task_definition} failed: {_aws_message(exc)}"
+                ) from exc
+            arns = [task["taskArn"] for task in response.get("tasks", [])]
+            self._task_arns.extend(arns)
+            started += len(arns)
+            failures = [f"{f.get('reason', 'unknown')}" + (f" ({f['detail']})" if f.get("detail") else "")
+                        for f in response.get("failures", [])]
+            reasons.extend(failures)
+            for arn in arns:
+                log.info("started worker task %s", _task_id(arn))
+            if len(arns) < batch:
+                # No room for the rest now; the caller decides whether to retry.
+                break
+        return started, reasons
+
+    def _raise_service(self, count: int, environment: Mapping[str, str]) -> None:
+        service = self._describe_service()
+        self._check_service_queue(service, environment)
+        desired = int(service.get("desiredCount", 0))
+        target = min(count, self._max_tasks)
+        if self._service_original is None:
+            self._service_original = desired
+        if desired >= target:
+            log.info("service %s already wants %d tasks (>= %d); leaving it", self._resources.service, desired, target)
+            return
+        self._update_service(target)
+        self._service_set = target
+        log.info("service %s raised from %d to %d tasks", self._resources.service, desired, target)
+
+    def _check_service_queue(self, service: Mapping[str, Any], environment: Mapping[str, str]) -> None:
+        """Service tasks keep their task definition's environment; make sure they read this job's queue."""
+        wanted = environment.get("AM_QUEUE_URL", "")
+        if not wanted:
+            return
+        try:
+            task_def = self._ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
+        except (ClientError, BotoCoreError) as exc:
+            raise LauncherError(f"cannot read the task definition of service {self._resources.service}: "
+                                f"{_aws_message(exc)}") from exc
+        for container in task_def.get("containerDefinitions", []):
+            env = {e["name"]: e["value"] for e in container.get("environment", [])}
+            if container.get("name") == self._resources.container_name and env.get("AM_QUEUE_URL", wanted) != wanted:
+                raise LauncherError(
+                    f"service {self._resources.service} reads queue {env['AM_QUEUE_URL']}, not this job's "
+                    f"{wanted}; use aws_launch: run_task, or point queue_name at the service's queue"
+                )
+        if environment:
+            log.info("service mode: workers keep the service's task definition environment; "
+                     "per-job AM_* settings other than the queue do not apply")
+
+    def _describe_service(self) -> dict[str, Any]:
+        try:
+            response = self._ecs.describe_services(cluster=self._resources.cluster, services=[self._resources.service])
+        except (ClientError, BotoCoreError) as exc:
+            raise LauncherError(f"cannot describe ECS service {self._resources.service}: {_aws_message(exc)}") from exc
+        services = [s for s in response.get("services", []) if s.get("status") != "INACTIVE"]
+        if not services:
+            reasons = "; ".join(f.get("reason", "") for f in response.get("failures", []))
+            raise LauncherError(f"ECS service {self._resources.service} not found on cluster "
+                                f"{self._resources.cluster} ({reasons or 'inactive'}); check ecs_service")
+        return services[0]
+
+    def _update_service(self, desired: int) -> None:
+        try:
+            self._ecs.update_service(cluster=self._resources.cluster, service=self._resources.service,
+                                     desiredCount=desired)
+        except (ClientError, BotoCoreError) as exc:
+            raise LauncherError(f"cannot set the desired count of ECS service {self._resources.service} "
+                                f"to {desired}: {_aws_message(exc)}") from exc
+
+    # ----------------------------------------------------------------------------- alive
+
+    def alive(self) -> int:
+        """Started tasks that are running or on their way (PROVISIONING, PENDING, ACTIVATING, RUNNING)."""
+        if self._mode == "service":
+            service = self._describe_service()
+            return int(service.get("runningCount", 0)) + int(service.get("pendingCount", 0))
+        alive = 0
+        candidates = [arn for arn in self._task_arns if arn not in self._stopped]
+        for chunk in _chunks(candidates, MAX_TASKS_PER_DESCRIBE):
+            try:
+                response = self._ecs.describe_tasks(cluster=self._resources.cluster, tasks=list(chunk))
+            except (ClientError, BotoCoreError) as exc:
+                raise LauncherError(f"cannot describe worker tasks on cluster {self._resources.cluster}: "
+                                    f"{_aws_message(exc)}") from exc
+            for task in response.get("tasks", []):
+                if task.get("lastStatus") in ALIVE_STATES and task.get("desiredStatus") != "STOPPED":
+                    alive += 1
+                elif task.get("lastStatus") == "STOPPED":
+                    self._stopped.add(task["taskArn"])
+                    log.info("worker task %s stopped: %s", _task_id(task["taskArn"]),
+                             task.get("stoppedReason") or task.get("stopCode") or "no reason given")
+        return alive
+
+    # ------------------------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        """Stop every task this launcher started, or restore the service's desired count; idempotent.
+
+        Every task is tried even when some fail; failures are then raised together, so a failure
+        path that calls this still learns which tasks may keep running (and costing).
+        """
+        if self._mode == "service":
+            self._restore_service()
+            return
+        failed: dict[str, str] = {}
+        for arn in self._task_arns:
+            if arn in self._stopped:
+                continue
+            try:
+                self._ecs.stop_task(cluster=self._resources.cluster, task=arn, reason=STOP_REASON)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidParameterException" and \
+                        "not found" in exc.response.get("Error", {}).get("Message", "").lower():
+                    self._stopped.add(arn)
+                    continue
+                failed[_task_id(arn)] = _aws_message(exc)
+                log.error("could not stop worker task %s: %s", _task_id(arn), failed[_task_id(arn)])
+                continue
+            except BotoCoreError as exc:
+                failed[_task_id(arn)] = str(exc)
+                log.error("could not stop worker task %s: %s", _task_id(arn), exc)
+                continue
+            self._stopped.add(arn)
+            log.info("stopped worker task %s", _task_id(arn))
+        if failed:
+            listing = ", ".join(f"{task} ({why})" for task, why in sorted(failed.items()))
+            raise LauncherError(
+                f"could not stop {len(failed)} worker task(s) on cluster {self._resources.cluster}: {listing}; "
+                f"stop them with `python -m am.scale drain` or the ECS console"
+            )
+
+    def _restore_service(self) -> None:
+        if self._service_set is None or self._service_original is None:
+            return
+        current = int(self._describe_service().get("desiredCount", 0))
+        if current != self._service_set:
+            log.info("service %s now wants %d tasks (someone changed it after this job set %d); leaving it",
+                     self._resources.service, current, self._service_set)
+        else:
+            self._update_service(self._service_original)
+            log.info("service %s back to %d tasks", self._resources.service, self._service_original)
+        self._service_set = None
+
+
+__all__ = [
+    "MAX_TASKS_PER_DESCRIBE",
+    "MAX_TASKS_PER_RUN_TASK",
+    "AwsResources",
+    "EcsLauncher",
+    "read_stack_outputs",
+    "resolve_aws_resources",
+    "task_environment",
+]

@@ -1,0 +1,26 @@
+"""Operators' view of the AWS workers: queue depth, tasks, scaling, draining, re-driving.
+
+The command line (``python -m am.scale --help``) wraps these functions; each takes the
+boto3 clients it needs and the :class:`~am.launchers.aws.AwsResources` of the stack::
+
+    status = read_status(resources, sqs_client=sqs, ecs_client=ecs, autoscaling_client=aas)
+    print(format_status(status))
+    report = redrive(sqs, resources, drop_orphans=True)
+"""
+
+from am.scale.control import drain, resume, set_desired_count, set_limits, start_tasks
+from am.scale.redrive import RedriveReport, redrive
+from am.scale.status import ClusterStatus, format_status, read_status
+
+__all__ = [
+    "ClusterStatus",
+    "RedriveReport",
+    "drain",
+    "format_status",
+    "read_status",
+    "redrive",
+    "resume",
+    "set_desired_count",
+    "set_limits",
+    "start_tasks",
+]

@@ -1,0 +1,178 @@
+"""The orchestrator with ``--backend aws`` against moto, with worker logic run in-process.
+
+moto plays AWS (CloudFormation stack, S3, SQS, ECS with a registered GPU host). What moto
+cannot do is run a container, so :class:`InProcessAgent` plays the ECS agent: for every task
+``run_task`` starts, it runs the worker the container would run (``am.worker``'s
+``build_worker`` with the task's environment: task definition plus overrides) on a thread;
+``stop_task`` stops that worker the way ECS does (first SIGTERM: finish the batch, exit), and
+a worker that exits by itself stops its task.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from am.errors import AmError, LauncherError
+from am.imageio import read_image
+from am.launchers.aws import MAX_TASKS_PER_RUN_TASK, STOP_REASON
+from am.orchestrator import run_pipeline
+from am.settings import Settings
+from am.transport.clients import ClientFactory
+from am.worker.__main__ import build_worker
+from am.worker.config import WorkerConfig
+from tests.aws.conftest import STACK, add_gpu_hosts, client, register_small_task_definition
+
+CREDENTIAL_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+JOIN_S = 60
+
+
+class InProcessAgent:
+    """An ECS client (moto's) whose tasks run ``am.worker`` in this process; records the calls it sees."""
+
+    def __init__(self, ecs: Any) -> None:
+        self._ecs = ecs
+        self.run_calls: list[dict[str, Any]] = []
+        self.workers: dict[str, tuple[Any, threading.Thread]] = {}
+        self.exit_codes: dict[str, int] = {}
+        self.errors: dict[str, str] = {}
+        self.stop_reasons: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ecs, name)
+
+    def run_task(self, **kwargs: Any) -> dict[str, Any]:
+        self.run_calls.append(kwargs)
+        response = self._ecs.run_task(**kwargs)
+        definition = self._ecs.describe_task_definition(taskDefinition=kwargs["taskDefinition"])["taskDefinition"]
+        for task in response["tasks"]:
+            self._start(task, definition)
+        return response
+
+    def stop_task(self, **kwargs: Any) -> dict[str, Any]:
+        response = self._ecs.stop_task(**kwargs)
+        self.stop_reasons.setdefault(response["task"]["taskArn"], kwargs.get("reason", ""))
+        worker = self.workers.get(response["task"]["taskArn"], (None, None))[0]
+        if worker is not None:
+            worker.stop()
+        return response
+
+    def _start(self, task: dict[str, Any], definition: dict[str, Any]) -> None:
+        [container] = definition["containerDefinitions"]
+        environment = {e["name"]: e["value"] for e in container.get("environment", [])}
+        for override in task["overrides"]["containerOverrides"]:
+            environment.update({e["name"]: e["value"] for e in override.get("environment", [])})
+        environment["AM_WORKER_ID"] = task["taskArn"].rsplit("/", 1)[-1]
+        arn = task["taskArn"]
+
+        def container_main() -> None:
+            try:
+                worker = build_worker(WorkerConfig.from_environ(environment))
+            except AmError as exc:
+                self.errors[arn] = str(exc)
+                self._exited(arn, 1)
+                return
+            self.workers[arn] = (worker, threading.current_thread())
+            self._exited(arn, worker.run())
+
+        thread = threading.Thread(target=container_main, name=f"task-{arn[-8:]}", daemon=True)
+        self.workers[arn] = (None, thread)
+        thread.start()
+
+    def _exited(self, arn: str, code: int) -> None:
+        """What ECS does when the essential container exits: the task stops."""
+        self.exit_codes[arn] = code
+        if arn not in self.stop_reasons:
+            self.stop_task(cluster=arn.split("/")[-2], task=arn, reason=f"Essential container exited ({code})")
+
+    def join(self) -> None:
+        for _worker, thread in list(self.workers.values()):
+            thread.join(JOIN_S)
+            assert not thread.is_alive(), "a worker did not stop"
+
+
+@pytest.fixture
+def agent(aws, monkeypatch) -> InProcessAgent:
+    ecs = InProcessAgent(client("ecs"))
+    monkeypatch.setattr(ClientFactory, "ecs", lambda self: ecs)
+    return ecs
+
+
+@pytest.fixture
+def aws_settings(aws, stack, tiny_model: Path) -> Settings:
+    """The stack on moto, one GPU host, the model uploaded where the stack says, settings for a small job."""
+    add_gpu_hosts(stack["Cluster"], 1)
+    model_key = "models/tiny.pt"
+    client("s3").upload_file(str(tiny_model), stack["ModelBucket"], model_key)
+    return Settings(
+        backend="aws", stack_name=STACK, model=f"s3://{stack['ModelBucket']}/{model_key}", workers=3,
+        tile_size=128, tile_overlap=32, idle_exit_s=30, batch_size=4, worker_threads=1,
+        # The stack's task definition asks for 12 GiB, more than moto's container instances offer.
+        ecs_task_definition=register_small_task_definition(queue_url=stack["QueueUrl"]),
+    )
+
+
+def _job_objects(stack: dict[str, str]) -> list[str]:
+    s3 = client("s3")
+    return [o["Key"] for bucket in (stack["InputBucket"], stack["OutputBucket"])
+            for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def _results_queues() -> list[str]:
+    return client("sqs").list_queues(QueueNamePrefix="am-segm-results").get("QueueUrls", [])
+
+
+def test_aws_backend_segments_every_tile_with_ecs_workers_and_cleans_up(
+        agent, aws_settings, stack, small_dataset, tmp_path) -> None:
+    summary = run_pipeline(small_dataset, settings=aws_settings, groups=["g2"], register=False,
+                           cache_dir=tmp_path / "cache", show_progress=False)
+    agent.join()
+
+    assert summary.job is not None and summary.job.completed == summary.tiles > 0
+    mask = read_image(small_dataset / "tiles_stitched" / "g2" / "mask.tiff")
+    assert mask.shape[:2] == (283, 245)
+
+    # run_task: calls of at most 10, the job's settings only, never a credential.
+    assert sum(call["count"] for call in agent.run_calls) == aws_settings.workers
+    assert all(call["count"] <= MAX_TASKS_PER_RUN_TASK for call in agent.run_calls)
+    for call in agent.run_calls:
+        assert call["launchType"] == "EC2"
+        [override] = call["overrides"]["containerOverrides"]
+        names = {e["name"] for e in override["environment"]}
+        assert all(name.startswith("AM_") for name in names)
+        assert not names & set(CREDENTIAL_NAMES)
+        values = {e["name"]: e["value"] for e in override["environment"]}
+        assert values["AM_MODEL"] == aws_settings.model
+        assert values["AM_QUEUE_URL"] == stack["QueueUrl"]
+        assert values["AM_INPUT_BUCKET"] == stack["InputBucket"]
+        assert "AM_ENDPOINT_URL" not in values
+
+    # Every task the job started is stopped; no worker failed.
+    arns = list(agent.workers)
+    tasks = client("ecs").describe_tasks(cluster=stack["Cluster"], tasks=arns)["tasks"]
+    assert len(tasks) == aws_settings.workers
+    assert {t["lastStatus"] for t in tasks} == {"STOPPED"}
+    assert set(agent.stop_reasons.values()) == {STOP_REASON}
+    assert agent.errors == {} and set(agent.exit_codes.values()) == {0}
+
+    # The job's prefixes and its results queue are gone.
+    assert _job_objects(stack) == []
+    assert _results_queues() == []
+
+
+def test_when_workers_cannot_start_the_job_fails_and_still_cleans_up(
+        agent, aws_settings, stack, small_dataset, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("am.job.HEALTH_CHECK_EVERY_S", 0.5)
+    broken = aws_settings.replace(model=f"s3://{stack['ModelBucket']}/models/missing.pt", workers=2)
+    with pytest.raises(LauncherError, match="all workers stopped"):
+        run_pipeline(small_dataset, settings=broken, groups=["g2"], register=False,
+                     cache_dir=tmp_path / "cache", show_progress=False)
+    agent.join()
+    assert len(agent.errors) == 2 and all("missing.pt" in e for e in agent.errors.values())
+    tasks = client("ecs").describe_tasks(cluster=stack["Cluster"], tasks=list(agent.workers))["tasks"]
+    assert {t["lastStatus"] for t in tasks} == {"STOPPED"}
+    assert _job_objects(stack) == []
+    assert _results_queues() == []

@@ -1,0 +1,71 @@
+"""ecs/task-definition.json: renders to a valid RegisterTaskDefinition request that matches the stack's."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+from botocore.validate import validate_parameters
+
+from tests.aws.conftest import REGION, client, load_template
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "ecs" / "task-definition.json"
+VALUES = {
+    "IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/am-segm-worker:latest",
+    "TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/am-segm-worker",
+    "EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/am-segm-worker-execution",
+    "QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/am-segm-tiles",
+    "INPUT_BUCKET": "in", "OUTPUT_BUCKET": "out", "MODEL_URI": "s3://models/models/am-segm.pt",
+    "REGION": REGION, "LOG_GROUP": "/am-segm/worker",
+}
+
+
+def _rendered() -> dict[str, Any]:
+    text = TEMPLATE.read_text(encoding="utf-8")
+    return json.loads(string.Template(text).substitute(VALUES))
+
+
+def test_placeholders_are_exactly_the_documented_ones() -> None:
+    found = set(re.findall(r"\$\{([A-Z_]+)\}", TEMPLATE.read_text(encoding="utf-8")))
+    assert found == set(VALUES)
+    readme = (TEMPLATE.parent / "README.md").read_text(encoding="utf-8")
+    assert all(f"${{{name}}}" in readme for name in VALUES)
+
+
+def test_renders_to_a_valid_register_task_definition_request(aws) -> None:
+    request = _rendered()
+    shape = client("ecs").meta.service_model.operation_model(
+        "RegisterTaskDefinition").input_shape
+    validate_parameters(request, shape)
+    ecs = aws.ecs()
+    arn = ecs.register_task_definition(**request)["taskDefinition"]["taskDefinitionArn"]
+    [container] = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]["containerDefinitions"]
+    assert {"type": "GPU", "value": "1"} in container["resourceRequirements"]
+
+
+def test_matches_the_stack_task_definition() -> None:
+    request = _rendered()
+    [container] = request["containerDefinitions"]
+    stack = load_template()
+    props = stack["Resources"]["TaskDefinition"]["Properties"]
+    [stack_container] = props["ContainerDefinitions"]
+    params = stack["Parameters"]
+    assert request["family"] == props["Family"]
+    assert request["requiresCompatibilities"] == props["RequiresCompatibilities"]
+    assert request["networkMode"] == props["NetworkMode"]
+    assert container["name"] == stack_container["Name"]
+    assert container["cpu"] == params["TaskCpu"]["Default"]
+    assert container["memory"] == params["TaskMemory"]["Default"]
+    assert container["stopTimeout"] == params["StopTimeoutSeconds"]["Default"]
+    assert container["linuxParameters"]["initProcessEnabled"] is True
+    assert [e["name"] for e in container["environment"]] == [e["Name"] for e in stack_container["Environment"]]
+    assert container["logConfiguration"]["logDriver"] == "awslogs"
+
+
+def test_environment_holds_settings_only() -> None:
+    [container] = _rendered()["containerDefinitions"]
+    assert all(e["name"].startswith("AM_") for e in container["environment"])
+    assert "secrets" not in container
