@@ -39,7 +39,7 @@ run: $(STAMP) $(DATASET)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check am tests benchmarks examples
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check am tests benchmarks examples
