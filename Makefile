@@ -47,6 +47,15 @@ lint: $(STAMP)
 clean-data:
 	rm -rf data/inference
 
+LOAD_SIZE ?= 20000
+.PHONY: test-faults test-slow load-test
+test-faults: $(STAMP)   # fault, bad-input and security tests alone (also part of make test)
+	$(BIN)/python -m pytest tests/faults
+test-slow: $(STAMP)     # tests marked slow, e.g. the endpoint dying mid-job
+	$(BIN)/python -m pytest -m slow
+load-test: $(STAMP)     # one LOAD_SIZE x LOAD_SIZE image, 2 workers: prints time and peak memory per process
+	$(BIN)/python benchmarks/load_test.py --size $(LOAD_SIZE) --workers 2
+
 # ---- AWS: needs Docker (image, push) and the AWS CLI with credentials (deploy, push, undeploy).
 STACK ?= am-segm
 AWS_REGION ?= us-east-1

@@ -15,25 +15,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 
 import numpy as np
 from tqdm import tqdm
 
 from am.backends import Backend
 from am.dataset import DatasetLayout
-from am.errors import InputError, JobFailed, JobTimeout, LauncherError, MessageError
+from am.errors import AmError, InputError, JobFailed, JobTimeout, LauncherError, MessageError
 from am.imageio import decode_png, write_png
 from am.messages import RESULT_DONE, TileMessage, TileResult, tile_key, tile_name
 from am.prepare import PreparedGroup
 from am.settings import Settings
 from am.tracking import JobTracker
 from am.transport.queue import Queue, create_results_queue, delete_queue
+from am.transport.retry import DEFAULT_POLICY, RetryPolicy
 from am.transport.storage import Storage
 
 log = logging.getLogger(__name__)
 
 RESULT_WAIT_S = 2
 HEALTH_CHECK_EVERY_S = 5.0
+# Clean-up after a failure: a couple of quick tries, so a dead endpoint does not hold up the error.
+CLEANUP_RETRY_AFTER_FAILURE = RetryPolicy(attempts=2, base_s=0.2, max_wait_s=1.0)
 
 
 def new_job_id() -> str:
@@ -126,14 +130,22 @@ class _Collector:
                     continue
                 (mine if tile.job == self.job_id else others).append(message)
                 if tile.job == self.job_id:
+                    # The message's own receive count is no guide here: reading the DLQ adds to it.
                     self.tracker.give_up(tile.name, f"moved to the dead-letter queue after "
-                                                    f"{message.receive_count} receives")
+                                                    f"{self.tracker.max_attempts} receives without success")
             if mine:
                 queue.delete_many([m.receipt_handle for m in mine])
             for message in others:
                 queue.change_visibility(message.receipt_handle, 0)
             if others and not mine:
                 return
+
+
+def _drain_results(collector: _Collector, results: Queue) -> None:
+    """Collect every report waiting on the results queue, until a receive comes back empty."""
+    while received := results.receive(max_messages=10, wait_s=RESULT_WAIT_S):
+        collector.handle_results([m.body for m in received])
+        results.delete_many([m.receipt_handle for m in received])
 
 
 def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, dead_letters: Queue,
@@ -150,6 +162,11 @@ def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, 
             next_check = now + HEALTH_CHECK_EVERY_S
             collector.handle_dead_letters(dead_letters)
             if not tracker.finished and backend.launcher.alive() == 0:
+                # Workers leave when the tile queue is empty, which can be long before their reports
+                # are all collected (a big job on a busy machine): those reports still count.
+                _drain_results(collector, results)
+                collector.handle_dead_letters(dead_letters)
+            if not tracker.finished and backend.launcher.alive() == 0:
                 detail = ""
                 tail = getattr(backend.launcher, "log_tail", None)
                 if callable(tail):
@@ -164,6 +181,35 @@ def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, 
                 "raise timeout_per_tile_s or add workers, then rerun to resume",
                 {name: "timed out" for name in tracker.pending},
             )
+
+
+def _clean_up(backend: Backend, *, results_url: str, prefix: str, settings: Settings, after_failure: bool) -> None:
+    """Stop the workers, delete the job's results queue and its S3 prefixes; every step is tried.
+
+    After a failure (or Ctrl-C) the error that ended the job is the one the user must read, so a
+    clean-up step that fails is logged, not raised, and gets few retries: when the endpoint is
+    gone, waiting out the full policy for each step would only delay that message. After a
+    success the first clean-up error is raised, since the job's data may have been left behind.
+    """
+    retry = CLEANUP_RETRY_AFTER_FAILURE if after_failure else DEFAULT_POLICY
+    sqs = backend.clients.sqs()
+    storage = Storage(backend.clients.s3(), threads=settings.transfer_threads, retry=retry)
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("stop the workers", backend.launcher.stop),
+        (f"delete the results queue {results_url}", partial(delete_queue, sqs, results_url, retry=retry)),
+    ]
+    if not settings.keep_job_data:
+        for bucket in (backend.input_bucket, backend.output_bucket):
+            steps.append((f"delete s3://{bucket}/{prefix}", partial(storage.delete_prefix, bucket, prefix)))
+    errors: list[AmError] = []
+    for what, step in steps:
+        try:
+            step()
+        except AmError as exc:
+            log.error("could not %s while ending job %s: %s", what, prefix.rstrip("/"), exc)
+            errors.append(exc)
+    if errors and not after_failure:
+        raise errors[0]
 
 
 def run_job(backend: Backend, groups: list[PreparedGroup], *, layout: DatasetLayout, settings: Settings,
@@ -193,12 +239,10 @@ def run_job(backend: Backend, groups: list[PreparedGroup], *, layout: DatasetLay
             _wait_for_tiles(backend, collector, results=Queue(sqs, results_url),
                             dead_letters=Queue(sqs, backend.dead_letter_queue_url), deadline=deadline)
         seconds["segment"] = time.monotonic() - started
-    finally:
-        backend.launcher.stop()
-        delete_queue(sqs, results_url)
-        if not settings.keep_job_data:
-            for bucket in (backend.input_bucket, backend.output_bucket):
-                storage.delete_prefix(bucket, prefix)
+    except BaseException:
+        _clean_up(backend, results_url=results_url, prefix=prefix, settings=settings, after_failure=True)
+        raise
+    _clean_up(backend, results_url=results_url, prefix=prefix, settings=settings, after_failure=False)
     report = JobReport(job_id, len(names), len(tracker.completed), tracker.duplicates, tracker.compute_s,
                        seconds, tracker.dead)
     if tracker.dead:

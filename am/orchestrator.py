@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from am.backends import open_backend
 from am.dataset import DatasetLayout
-from am.errors import ConfigError
+from am.errors import CheckpointError, ConfigError
 from am.job import JobReport, new_job_id, run_job
 from am.prepare import PreparedGroup, prepare_group
 from am.settings import Settings
@@ -58,6 +59,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_checkpoint(path: Path) -> None:
+    """Refuse a model file that is not a usable checkpoint before any worker starts.
+
+    Every worker would fail on it in the same way, and the user would see that only as "all
+    workers stopped" with log tails; here the error names the file and what is wrong with it.
+    Loading is safe (``weights_only=True``) and costs one read of the weights.
+    """
+    from am.model.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"model {path} cannot be used (set by --model, AM_MODEL or the config): {exc}") from exc
+
+
 def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
     """The model workers load (path or s3:// URI) and an identity that changes when its weights do."""
     if settings.model.startswith("s3://"):
@@ -66,6 +82,7 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
         path = Path(settings.model).expanduser()
         if not path.is_file():
             raise ConfigError(f"model file {path} does not exist; pass a checkpoint path or an s3:// URI")
+        check_checkpoint(path)
         return str(path.resolve()), _sha256(path)
     from am.model.checkpoint import default_model_path
 
@@ -86,8 +103,14 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
 def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int | None) -> dict[str, str]:
     from am.register import register_group
 
+    layout = DatasetLayout(dataset)
     done = {}
     for group in groups:
+        # Ids of an earlier registration (another grid, another mask) must not outlive a failed one.
+        old = layout.am_coords_dir(group)
+        if old.exists():
+            log.info("group %s: removing the ids of an earlier registration in %s", group, old)
+            shutil.rmtree(old)
         registration = register_group(dataset, group, rows=rows, cols=cols)
         done[group] = (f"{registration.assigned} of {registration.found} marks numbered on a "
                        f"{registration.rows}x{registration.cols} grid, {registration.empty_nodes} empty node(s)")

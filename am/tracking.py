@@ -28,6 +28,11 @@ class JobTracker:
         self.compute_s = 0.0
 
     @property
+    def max_attempts(self) -> int:
+        """Receives a tile gets before it is given up (the queue's ``maxReceiveCount``)."""
+        return self._max_attempts
+
+    @property
     def total(self) -> int:
         return self._total
 

@@ -1,0 +1,244 @@
+"""Drive ``python -m am.pipeline`` as a user does and watch it from outside: pids, ports, logs, leftovers.
+
+The pipeline runs as a real subprocess with real worker subprocesses on the embedded endpoint
+(or an endpoint the test owns). Its stderr goes to a file, so a test can wait for a log line,
+act (kill a worker, send SIGINT) and still read everything afterwards::
+
+    with PipelineRun(dataset, model, tmp_path) as run:
+        pid = run.wait_for_worker(0)
+        os.kill(pid, signal.SIGKILL)
+        assert run.wait(timeout=120) == 0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+import psutil
+
+from am.imageio import read_image
+from am.tiling import Stitcher, TilePlan
+
+REPO = Path(__file__).resolve().parents[2]
+TILE_ARGS = ("--tile-size", "128", "--tile-overlap", "32")
+WORKER_LINE = re.compile(r"started worker (\d+) \(pid (\d+)\), log (\S+)")
+ENDPOINT_LINE = re.compile(r"endpoint listening on (http://[\d.]+:\d+)")
+JOB_LINE = re.compile(r"job \S+: (\d+) tile\(s\) on the")
+# Variables of the developer's shell that would change what the pipeline does under test.
+_DROPPED_PREFIXES = ("AM_", "AWS_")
+
+
+def base_environment(tmp_path: Path, marker: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a pipeline under test: no AM_*/AWS_* from the shell, a private cache, a marker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
+    env.update({"PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+                "AM_TEST_MARKER": marker, "AM_IDLE_EXIT_S": "60"})
+    env.update(extra or {})
+    return env
+
+
+class PipelineRun:
+    """One ``python -m am.pipeline`` subprocess; killed on exit from the ``with`` block if still running."""
+
+    def __init__(self, dataset: Path, model: Path, tmp_path: Path, *args: str, env: Mapping[str, str] | None = None,
+                 workers: int = 2, tile_args: tuple[str, ...] = TILE_ARGS, name: str = "run") -> None:
+        self.marker = uuid.uuid4().hex
+        self.stderr_path = tmp_path / f"{name}-{self.marker[:8]}.stderr"
+        self.stdout_path = tmp_path / f"{name}-{self.marker[:8]}.stdout"
+        command = [sys.executable, "-m", "am.pipeline", str(dataset), "--workers", str(workers), "--model",
+                   str(model), "--no-progress", *tile_args, *args]
+        with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
+            self.proc = subprocess.Popen(command, env=base_environment(tmp_path, self.marker, env), cwd=REPO,
+                                         stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        self.started = time.monotonic()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def workers(self) -> dict[int, tuple[int, Path]]:
+        """Worker number -> (pid, log path), from the orchestrator's log."""
+        return {int(n): (int(pid), Path(log)) for n, pid, log in WORKER_LINE.findall(self.stderr)}
+
+    def endpoint_url(self) -> str:
+        found = ENDPOINT_LINE.findall(self.stderr)
+        return found[0] if found else ""
+
+    def job_tiles(self) -> list[int]:
+        """Tiles sent out by each job this run started (one entry per job)."""
+        return [int(n) for n in JOB_LINE.findall(self.stderr)]
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def wait_until(self, predicate, *, timeout: float, what: str, poll_s: float = 0.02) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pipeline exited with {self.proc.returncode} while waiting for {what}:\n"
+                                     f"{self.stderr[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout} s:\n{self.stderr[-4000:]}")
+            time.sleep(poll_s)
+
+    def wait_for_worker(self, number: int, *, timeout: float = 60) -> int:
+        self.wait_until(lambda: number in self.workers(), timeout=timeout, what=f"worker {number}")
+        return self.workers()[number][0]
+
+    def wait_for_batch(self, number: int, *, timeout: float = 90) -> int:
+        """Wait until worker ``number`` has finished a batch (so it holds its model and is in its loop); its pid."""
+        pid = self.wait_for_worker(number, timeout=timeout)
+        log = self.workers()[number][1]
+
+        def batch_done() -> bool:
+            return log.is_file() and "batch of" in log.read_text(errors="replace")
+
+        self.wait_until(batch_done, timeout=timeout, what=f"a finished batch in worker {number}'s log")
+        return pid
+
+    def wait(self, *, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"pipeline still running after {timeout} s:\n{self.stderr[-4000:]}") from exc
+
+    # -- context ---------------------------------------------------------------------------
+
+    def __enter__(self) -> PipelineRun:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for proc in processes_with_marker(self.marker):
+            proc.kill()
+
+
+def run_to_end(dataset: Path, model: Path, tmp_path: Path, *args: str, timeout: float = 240,
+               **kwargs) -> PipelineRun:
+    """Run the pipeline to its end; the returned run has ``proc.returncode`` set."""
+    with PipelineRun(dataset, model, tmp_path, *args, **kwargs) as run:
+        run.wait(timeout=timeout)
+    return run
+
+
+def processes_with_marker(marker: str) -> list[psutil.Process]:
+    """Every process (orchestrator or worker) started with this run's marker in its environment."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("AM_TEST_MARKER") == marker:
+                found.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def port_is_closed(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) != 0
+
+
+def assert_nothing_left(run: PipelineRun) -> None:
+    """No worker or orchestrator process of the run is alive, and its embedded endpoint port is closed."""
+    deadline = time.monotonic() + 10
+    while processes_with_marker(run.marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = processes_with_marker(run.marker)
+    assert left == [], f"processes left running: {[p.pid for p in left]}"
+    url = run.endpoint_url()
+    if url:
+        assert port_is_closed(url), f"endpoint {url} still accepts connections"
+
+
+# ---------------------------------------------------------------------------------- datasets
+
+
+def lattice_image(height: int, width: int, *, pitch: int = 36, radius: int = 9, seed: int = 0) -> np.ndarray:
+    """A speckled grey image with bright round marks on a square lattice."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(90, 12, size=(height, width)).clip(0, 255).astype(np.uint8)
+    for y in range(pitch // 2, height, pitch):
+        for x in range(pitch // 2, width, pitch):
+            cv2.circle(image, (x, y), radius, 200, -1)
+    return image
+
+
+def make_dataset(root: Path, groups: Mapping[str, tuple[int, int]], *, seed: int = 0) -> Path:
+    """``root/source/<group>/image.png`` with a lattice image of the given (height, width) per group."""
+    for number, (group, (height, width)) in enumerate(groups.items()):
+        folder = root / "source" / group
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / "image.png"), lattice_image(height, width, seed=seed + number))
+    return root
+
+
+def plan_of(dataset: Path, group: str) -> TilePlan:
+    meta = json.loads((dataset / "tiles" / group / "meta.json").read_text())
+    return TilePlan.from_json(json.dumps(meta["plan"]))
+
+
+def mask_files(dataset: Path, group: str) -> list[Path]:
+    folder = dataset / "tiles" / group / "mask"
+    return sorted(folder.glob("[0-9][0-9][0-9][0-9].png")) if folder.is_dir() else []
+
+
+# A pixel whose mark probability lies this close to the model's threshold may flip with the batch
+# size of the forward pass (CPU kernels round differently for 1 and 4 tiles); the untrained test
+# model has many such pixels. Anywhere else, a mask must match the model's prediction exactly.
+BORDERLINE = 1e-3
+
+
+def _stitch(plan: TilePlan, masks: dict[int, np.ndarray]) -> np.ndarray:
+    stitcher = Stitcher(plan)
+    for index, mask in masks.items():
+        stitcher.add(index, mask)
+    return np.where(stitcher.finalize() > 0, 255, 0).astype(np.uint8)
+
+
+def assert_same_as_undisturbed(dataset: Path, group: str, predictor) -> None:
+    """The group's mask tiles and stitched mask are what an undisturbed run gives.
+
+    Each mask tile must be the model's prediction for that exact tile (up to pixels on the
+    threshold, see BORDERLINE), and mask.tiff must be those tiles stitched: a lost, blank, stale
+    or misplaced tile fails.
+    """
+    plan = plan_of(dataset, group)
+    got = {}
+    for tile in plan.tiles:
+        source = read_image(dataset / "tiles" / group / "source" / f"{tile.index:04d}.png")
+        mask_path = dataset / "tiles" / group / "mask" / f"{tile.index:04d}.png"
+        assert mask_path.is_file(), f"mask tile {mask_path} is missing"
+        got[tile.index] = read_image(mask_path)
+        proba = predictor.predict_proba(source[None])[0]
+        want = np.where(proba >= predictor.meta.threshold, 255, 0).astype(np.uint8)
+        differ = got[tile.index] != want
+        assert not (differ & (np.abs(proba - predictor.meta.threshold) > BORDERLINE)).any(), \
+            f"mask tile {group}/{tile.index:04d} is not the model's prediction ({int(differ.sum())} pixels differ)"
+    stitched = read_image(dataset / "tiles_stitched" / group / "mask.tiff")
+    assert np.array_equal(stitched, _stitch(plan, got)), f"{group}: mask.tiff is not its tiles stitched"

@@ -1,0 +1,55 @@
+"""Ctrl-C on the orchestrator mid-job (fault 5): workers stopped, job data cleaned, masks kept, rerun resumes.
+
+The first run talks to an endpoint the test owns, so that after the interrupt the test can look
+into the buckets and queues the job used; the rerun uses the embedded endpoint, as a user's would.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+from am.transport.clients import ClientFactory
+from am.transport.storage import Storage
+
+from .harness import PipelineRun, assert_nothing_left, assert_same_as_undisturbed, make_dataset, mask_files, run_to_end
+
+TOTAL_TILES = 121
+
+
+def test_sigint_mid_job_stops_workers_cleans_the_job_and_a_rerun_resumes(tmp_path, tiny_model, predictor,
+                                                                         moto_server):
+    dataset = make_dataset(tmp_path / "ds", {"g1": (1000, 1000)})
+    # One tile per batch and one thread: slow enough that the job is surely mid-way when interrupted.
+    slow = {"AM_ENDPOINT_URL": moto_server, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1"}
+    with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=slow) as run:
+        run.wait_until(lambda: len(mask_files(dataset, "g1")) >= 5, timeout=120, what="five collected masks")
+        run.proc.send_signal(signal.SIGINT)
+        interrupted_at = time.monotonic()
+        code = run.wait(timeout=60)
+        stop_s = time.monotonic() - interrupted_at
+
+    assert code == 130, run.stderr[-4000:]
+    assert stop_s < 30, f"took {stop_s:.1f} s to stop after Ctrl-C"
+    assert "interrupted; cleaned up, finished work is kept, rerun the same command to resume" in run.stderr
+    assert "stopped 2 worker process(es)" in run.stderr
+    assert_nothing_left(run)
+    kept = len(mask_files(dataset, "g1"))
+    assert 5 <= kept < TOTAL_TILES, f"{kept} masks kept"
+    assert not (dataset / "tiles_stitched" / "g1").exists(), "an interrupted job presented a stitched mask"
+
+    # The job's S3 prefixes and its results queue are gone (keep_job_data is off by default).
+    job = re.search(r"job (\S+): \d+ tile\(s\)", run.stderr).group(1)
+    clients = ClientFactory(endpoint_url=moto_server)
+    storage = Storage(clients.s3())
+    for bucket in ("am-segm-input", "am-segm-output"):
+        assert list(storage.list_keys(bucket, f"{job}/")) == [], f"s3://{bucket}/{job}/ was not cleaned"
+    queues = clients.sqs().list_queues().get("QueueUrls", [])
+    assert not [url for url in queues if url.endswith(job)], "the job's results queue was not deleted"
+
+    again = run_to_end(dataset, tiny_model, tmp_path, "--no-register")
+    assert again.proc.returncode == 0, again.stderr[-4000:]
+    assert again.job_tiles() == [TOTAL_TILES - kept], "the rerun did not resume where the first run stopped"
+    assert_same_as_undisturbed(dataset, "g1", predictor)
+    assert_nothing_left(again)
