@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "torch>=2.4,<2.15",
     "torchvision>=0.19,<0.30",
     "segmentation-models-pytorch>=0.4,<0.7",
+    "timm>=0.9",
     "boto3>=1.34",
     "pyyaml>=6",
     "tenacity>=8.2",

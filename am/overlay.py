@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 MAX_OVERLAY_SIDE = 10000
 MASK_TINT_BGR = (0, 0, 255)
 OUTLINE_BGR = (0, 255, 255)
+BLOCK_ROWS = 1024
 
 
 def mask_overlay(source: np.ndarray, mask: np.ndarray, *, alpha: float = 0.35,
@@ -28,9 +29,12 @@ def mask_overlay(source: np.ndarray, mask: np.ndarray, *, alpha: float = 0.35,
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         log.info("overlay drawn at %.2f of full size (%dx%d)", factor, size[0], size[1])
     out = cv2.cvtColor(source, cv2.COLOR_GRAY2BGR)
-    marked = mask > 0
-    tint = np.array(MASK_TINT_BGR, dtype=np.float32)
-    out[marked] = (out[marked].astype(np.float32) * (1 - alpha) + tint * alpha).astype(np.uint8)
-    contours, _ = cv2.findContours(marked.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Tint in row blocks, in uint8: whole-image float copies would cost several GB on large masks.
+    for top in range(0, out.shape[0], BLOCK_ROWS):
+        rows = slice(top, top + BLOCK_ROWS)
+        block = out[rows]
+        tinted = cv2.addWeighted(block, 1 - alpha, np.full_like(block, MASK_TINT_BGR), alpha, 0)
+        np.copyto(block, tinted, where=(mask[rows] > 0)[..., None])
+    contours, _ = cv2.findContours((mask > 0).view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, OUTLINE_BGR, 1)
     return out

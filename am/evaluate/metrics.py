@@ -1,0 +1,109 @@
+"""Segmentation quality: pixel Dice and IoU, and object-level precision, recall and F1.
+
+Object matching pairs a predicted component with a true one when their IoU is at least 0.5;
+above 0.5 such a pairing is necessarily one-to-one, and at exactly 0.5 pairs are taken best
+first, so a mark counts once. Merged or split marks therefore count as errors, as they do for
+registration. Empty truth and empty prediction agree perfectly (Dice 1, F1 1)::
+
+    m = score(truth_mask, predicted_mask)
+    m.dice, m.iou, m.precision, m.recall, m.f1
+    total = Scores.combine([m1, m2])     # pixel sums and object counts pooled over images
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+MATCH_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Counts for one image (or pooled over several) and the rates derived from them."""
+
+    intersection: int
+    truth_px: int
+    predicted_px: int
+    true_objects: int
+    predicted_objects: int
+    matched_objects: int
+
+    @property
+    def dice(self) -> float:
+        total = self.truth_px + self.predicted_px
+        return 1.0 if total == 0 else 2.0 * self.intersection / total
+
+    @property
+    def iou(self) -> float:
+        union = self.truth_px + self.predicted_px - self.intersection
+        return 1.0 if union == 0 else self.intersection / union
+
+    @property
+    def precision(self) -> float:
+        return 1.0 if self.predicted_objects == 0 else self.matched_objects / self.predicted_objects
+
+    @property
+    def recall(self) -> float:
+        return 1.0 if self.true_objects == 0 else self.matched_objects / self.true_objects
+
+    @property
+    def f1(self) -> float:
+        total = self.true_objects + self.predicted_objects
+        return 1.0 if total == 0 else 2.0 * self.matched_objects / total
+
+    def as_dict(self) -> dict[str, float]:
+        out: dict[str, float] = dict(asdict(self))
+        out.update(dice=self.dice, iou=self.iou, precision=self.precision, recall=self.recall, f1=self.f1)
+        return out
+
+    @staticmethod
+    def combine(items: list[Scores]) -> Scores:
+        """Pool counts over images: the overall figure weighs every pixel and every mark equally."""
+        return Scores(*(sum(getattr(s, name) for s in items) for name in
+                        ("intersection", "truth_px", "predicted_px", "true_objects", "predicted_objects",
+                         "matched_objects")))
+
+
+def score(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -> Scores:
+    """Compare two masks of equal shape (any non-zero pixel is foreground).
+
+    ``min_object_px`` ignores predicted and true components smaller than this many pixels in
+    the object counts (pixel counts are unaffected), for noisy references.
+    """
+    if truth.shape != predicted.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {predicted.shape} differ in shape")
+    t = np.ascontiguousarray(truth != 0, dtype=np.uint8)
+    p = np.ascontiguousarray(predicted != 0, dtype=np.uint8)
+    intersection = int(np.count_nonzero(t & p))
+    n_true, n_pred, matched = match_objects(t, p, min_object_px=min_object_px)
+    return Scores(intersection, int(t.sum()), int(p.sum()), n_true, n_pred, matched)
+
+
+def match_objects(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -> tuple[int, int, int]:
+    """(true objects, predicted objects, matched pairs) with 8-connected components and IoU >= 0.5."""
+    n_t, lab_t, stats_t, _ = cv2.connectedComponentsWithStats(truth.astype(np.uint8), connectivity=8)
+    n_p, lab_p, stats_p, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
+    area_t = stats_t[:, cv2.CC_STAT_AREA].astype(np.int64)
+    area_p = stats_p[:, cv2.CC_STAT_AREA].astype(np.int64)
+    keep_t = np.arange(n_t) > 0
+    keep_p = np.arange(n_p) > 0
+    if min_object_px > 0:
+        keep_t &= area_t >= min_object_px
+        keep_p &= area_p >= min_object_px
+    both = (lab_t > 0) & (lab_p > 0)
+    pairs = lab_t[both].astype(np.int64) * n_p + lab_p[both]
+    codes, inter = np.unique(pairs, return_counts=True)
+    ti, pi = codes // n_p, codes % n_p
+    iou = inter / (area_t[ti] + area_p[pi] - inter)
+    ok = (iou >= MATCH_IOU) & keep_t[ti] & keep_p[pi]
+    used_t: set[int] = set()
+    used_p: set[int] = set()
+    for k in np.argsort(-iou[ok], kind="stable"):
+        a, b = int(ti[ok][k]), int(pi[ok][k])
+        if a not in used_t and b not in used_p:
+            used_t.add(a)
+            used_p.add(b)
+    return int(keep_t.sum()), int(keep_p.sum()), len(used_t)

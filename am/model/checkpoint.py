@@ -1,0 +1,244 @@
+"""Model checkpoints: one self-describing file that loads with ``torch.load(weights_only=True)``.
+
+A checkpoint holds the weights and everything needed to use them correctly (architecture,
+input normalisation, the decision threshold, tile size, pixel scale), so no consumer ever
+repeats a constant such as the threshold. Loading needs no network and executes no pickled
+code::
+
+    save_checkpoint(Path("model.pt"), model, meta, half=True)
+    meta, state = load_checkpoint(Path("model.pt"))
+
+File layout: ``{"format": "am-segm-checkpoint", "version": 1, "meta": {...}, "state_dict": {...}}``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from am.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "am-segm-checkpoint"
+CHECKPOINT_VERSION = 1
+ARCHITECTURES = ("Unet",)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything about a model except its weights.
+
+    ``input_mean``/``input_std`` apply to pixels scaled to [0, 1]: the network sees
+    ``(x / 255 - input_mean) / input_std``. ``threshold`` is the only decision threshold in
+    the project: inference and validation both read it from here. ``pixel_scale`` is how many
+    pixels of the original image one pixel seen in training stood for (1.0 = full resolution).
+    """
+
+    encoder: str
+    architecture: str = "Unet"
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    in_channels: int = 1
+    input_mean: float = 0.5
+    input_std: float = 0.25
+    threshold: float = 0.5
+    tile_size: int = 512
+    pixel_scale: float = 1.0
+    trained: bool = False
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
+        if self.architecture not in ARCHITECTURES:
+            raise CheckpointError(
+                f"architecture {self.architecture!r} is not supported; use one of {', '.join(ARCHITECTURES)}"
+            )
+        if not is_known_encoder(self.encoder):
+            raise CheckpointError(
+                f"encoder {self.encoder!r} is unknown to segmentation-models-pytorch; "
+                "use e.g. resnext50_32x4d, resnet18, tu-mobilenetv2_100 or tu-mobilenetv3_small_100"
+            )
+        if not 3 <= self.encoder_depth <= 5:
+            raise CheckpointError(f"encoder_depth {self.encoder_depth} must be 3, 4 or 5")
+        if len(self.decoder_channels) != self.encoder_depth or min(self.decoder_channels) < 1:
+            raise CheckpointError(
+                f"decoder_channels {self.decoder_channels} must hold {self.encoder_depth} positive numbers "
+                "(one per encoder stage)"
+            )
+        if self.in_channels not in (1, 3):
+            raise CheckpointError(f"in_channels {self.in_channels} must be 1 (grey) or 3 (grey repeated)")
+        if not self.input_std > 0:
+            raise CheckpointError(f"input_std {self.input_std} must be > 0")
+        if not 0.0 < self.threshold < 1.0:
+            raise CheckpointError(f"threshold {self.threshold} must lie strictly between 0 and 1")
+        if self.tile_size < 32 or self.tile_size % 32:
+            raise CheckpointError(f"tile_size {self.tile_size} must be a positive multiple of 32")
+        if not self.pixel_scale > 0:
+            raise CheckpointError(f"pixel_scale {self.pixel_scale} must be > 0")
+
+    @property
+    def stride(self) -> int:
+        """Input height and width must be multiples of this: 32 for every model, so tile plans never
+        depend on which checkpoint runs (the deepest encoder halves the input five times)."""
+        return 32
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists, not tuples), so ``weights_only`` loading accepts them."""
+        data = asdict(self)
+        data["decoder_channels"] = list(self.decoder_channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        if not isinstance(data, dict):
+            raise CheckpointError(f"checkpoint metadata must be a dict, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CheckpointError(f"checkpoint metadata has unknown field(s) {', '.join(unknown)}")
+        if "encoder" not in data:
+            raise CheckpointError("checkpoint metadata lacks the encoder name")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise CheckpointError(f"checkpoint metadata is malformed: {exc}") from exc
+
+
+def is_known_encoder(name: str) -> bool:
+    """smp's own encoders, or ``tu-<name>`` for any timm model (built without downloading weights)."""
+    import segmentation_models_pytorch as smp
+
+    if not isinstance(name, str):
+        return False
+    if name.startswith("tu-"):
+        import timm
+
+        return bool(timm.is_model(name[3:]))
+    return name in smp.encoders.encoders
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package, used when nothing else is configured."""
+    return Path(__file__).resolve().parent.parent / "models" / "default.pt"
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta, *, half: bool = False) -> None:
+    """Write ``model``'s weights and ``meta`` to ``path`` atomically (temporary file, then rename).
+
+    ``half=True`` stores floating-point tensors as fp16, halving the file; :func:`load_checkpoint`
+    converts them back to fp32. BatchNorm counters and other integer buffers stay as they are.
+    """
+    path = Path(path)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        state[key] = tensor.contiguous().clone()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "meta": meta.to_dict(),
+        "state_dict": state,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model is meant to be shared and shipped
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("saved checkpoint %s (%s, %d tensors, %s)", path, meta.encoder, len(state), "fp16" if half else "fp32")
+
+
+def load_checkpoint(source: Path | bytes) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
+    """Read and validate a checkpoint from a local path or its bytes.
+
+    Returns the metadata and an fp32 state dict that is known to fit the architecture the
+    metadata describes. Raises :class:`CheckpointError` naming the file for anything else.
+    """
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    payload = _read_payload(source, name)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{name} is a torch file but not an am-segm checkpoint (no format {CHECKPOINT_FORMAT!r}); "
+            "write checkpoints with am.model.save_checkpoint or python -m am.train"
+        )
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{name} is checkpoint version {payload.get('version')!r}; this build reads version {CHECKPOINT_VERSION}"
+        )
+    try:
+        meta = ModelMeta.from_dict(payload.get("meta"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{name}: {exc}") from exc
+    raw_state = payload.get("state_dict")
+    if not isinstance(raw_state, dict) or not all(isinstance(v, torch.Tensor) for v in raw_state.values()):
+        raise CheckpointError(f"{name} has no state_dict of tensors")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in raw_state.items()}
+    _check_fits(meta, state, name)
+    return meta, state
+
+
+def _read_payload(source: Path | bytes, name: str) -> Any:
+    if isinstance(source, (bytes, bytearray)):
+        stream: Any = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist; train one with python -m am.train or "
+                                  "pass an existing file")
+        stream = path
+    try:
+        return torch.load(stream, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc):
+            raise CheckpointError(
+                f"{name} holds objects that safe loading (weights_only=True) refuses; "
+                f"only am-segm checkpoints are accepted ({str(exc).splitlines()[0]})"
+            ) from exc
+        raise CheckpointError(f"{name} is not a readable torch checkpoint file: {exc}") from exc
+    except Exception as exc:  # torch raises many types for a truncated or foreign file; all mean "not ours"
+        raise CheckpointError(
+            f"{name} is not a readable torch checkpoint file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _check_fits(meta: ModelMeta, state: dict[str, torch.Tensor], name: str) -> None:
+    """Compare names and shapes against the architecture built on the meta device (no memory, no compute)."""
+    from am.model.build import build_model
+
+    with torch.device("meta"):
+        expected = build_model(meta).state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            detail.append(f"{len(wrong)} of wrong shape (e.g. {k}: {tuple(state[k].shape)} "
+                          f"instead of {tuple(expected[k].shape)})")
+        raise CheckpointError(
+            f"{name}: weights do not fit a {meta.architecture}/{meta.encoder} "
+            f"(depth {meta.encoder_depth}, decoder {list(meta.decoder_channels)}): {'; '.join(detail)}"
+        )

@@ -1,0 +1,349 @@
+"""Batched inference: uint8 tiles in, 0/255 masks out, thresholded where the checkpoint says.
+
+Used by the worker (and by evaluation and the benchmark), which never touch torch themselves::
+
+    predictor = Predictor.from_checkpoint("am/models/default.pt", threads=2)
+    masks = predictor.predict(tiles)          # (N, 512, 512) uint8 -> (N, 512, 512) uint8 {0, 255}
+    predictor.last_times                      # H2D / compute / D2H seconds of that call
+
+The fast path is the only path; what differs by device is the arithmetic:
+
+- the uint8 tiles travel to the device as they are (a quarter of the bytes of float32),
+  through a pinned host buffer and a non-blocking copy on CUDA, and are normalised there;
+- on CUDA the weights and activations are fp16 (or bf16) in channels_last layout, which is
+  what tensor cores want; on CPU everything stays float32, so results are deterministic;
+- the threshold is applied on the device and the masks come back as uint8 (a quarter of the
+  bytes of float32 probabilities);
+- ``compile="on"`` wraps the model in ``torch.compile`` for one fixed batch shape, compiled
+  once while loading within a time budget (short batches are padded to that shape, so it never
+  compiles again); other shapes run uncompiled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from am.errors import CheckpointError, InputError
+from am.model.build import build_model
+from am.model.checkpoint import ModelMeta, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_CPU = 4
+# fp16 with channels_last keeps an H100 busy from about 64 tiles of 512x512 per call.
+DEFAULT_BATCH_CUDA = 64
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+COMPILE_MODES = ("auto", "on", "off")
+# torch.compile of a U-Net takes 20-60 s on a GPU host; past this the model runs uncompiled.
+DEFAULT_COMPILE_BUDGET_S = 180.0
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def prepare_input(pixels: torch.Tensor, meta: ModelMeta, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, 1, H, W) on any device -> the normalised input the model was trained on, in ``dtype``.
+
+    Training and inference both call this, so they cannot disagree about normalisation. The
+    arithmetic is float32 whatever ``dtype`` is; only the result is cast.
+    """
+    x = (pixels.float() - meta.input_mean * 255.0) / (meta.input_std * 255.0)
+    if meta.in_channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` is fp16 on CUDA and fp32 elsewhere; half precision is refused off CUDA, where it is slow."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    is_cuda = torch.device(device).type == "cuda"
+    if precision == "auto":
+        return "fp16" if is_cuda else "fp32"
+    if precision == "fp16" and not is_cuda:
+        raise InputError(f"precision fp16 needs a CUDA device, not {device}; use fp32 (or bf16) on CPU")
+    return precision
+
+
+def resolve_compile(mode: str, device: str) -> bool:
+    """``auto`` compiles on CUDA only: on a CPU the compile costs more than a typical job gains."""
+    if mode not in COMPILE_MODES:
+        raise InputError(f"compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
+
+
+@dataclass
+class PredictTimes:
+    """Where the time of one :meth:`Predictor.predict` call went, in seconds (CUDA events on a GPU).
+
+    ``h2d`` includes staging the tiles in the pinned buffer; ``compute`` is normalisation, the
+    forward pass and thresholding; ``d2h`` is the copy of the masks back to host memory.
+    """
+
+    tiles: int = 0
+    h2d: float = 0.0
+    compute: float = 0.0
+    d2h: float = 0.0
+
+    def add(self, other: PredictTimes) -> None:
+        self.tiles += other.tiles
+        self.h2d += other.h2d
+        self.compute += other.compute
+        self.d2h += other.d2h
+
+
+class Predictor:
+    """A model ready for inference on one device; build it with :meth:`from_checkpoint`.
+
+    The constructor takes ``model`` as it is and converts it in place (device, eval mode,
+    channels_last, and for fp16/bf16 its weights): pass a copy of a model you keep training.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: ModelMeta,
+        *,
+        device: str = "cpu",
+        batch_size: int = 0,
+        precision: str = "fp32",
+        compile: bool = False,
+        compile_budget_s: float = DEFAULT_COMPILE_BUDGET_S,
+        compile_required: bool = False,
+    ) -> None:
+        self._meta = meta
+        self._device = torch.device(device)
+        self._cuda = self._device.type == "cuda"
+        self._batch_size = batch_size or (DEFAULT_BATCH_CUDA if self._cuda else DEFAULT_BATCH_CPU)
+        self._precision = resolve_precision(precision, device)
+        self._dtype = _DTYPES[self._precision]
+        if self._cuda:
+            # Tiles have one fixed shape, so cuDNN's per-shape algorithm search pays after the first batch.
+            torch.backends.cudnn.benchmark = True
+        model = model.to(self._device).eval().to(memory_format=torch.channels_last)
+        self._model = model.to(self._dtype) if self._dtype != torch.float32 else model
+        self._compiled: torch.nn.Module | None = None
+        self._compiled_shape: tuple[int, int, int] | None = None
+        self.compile_s = 0.0
+        self._staging: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last_times = PredictTimes()
+        if not meta.trained:
+            log.warning("model %s/%s is untrained (random weights): its masks are meaningless",
+                        meta.architecture, meta.encoder)
+        if compile:
+            self._compile(budget_s=compile_budget_s, required=compile_required)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        source: str | Path | bytes,
+        *,
+        device: str | None = None,
+        threads: int = 0,
+        batch_size: int = 0,
+        precision: str = "auto",
+        compile: str = "off",
+        compile_budget_s: float = DEFAULT_COMPILE_BUDGET_S,
+    ) -> Predictor:
+        """Load a local checkpoint (path or bytes; ``s3://`` URIs are the caller's to download).
+
+        ``device`` None picks CUDA when available. ``threads`` > 0 caps torch's CPU threads, so
+        several workers on one machine do not oversubscribe its cores. ``batch_size`` 0 picks
+        one for the device (tiles per forward pass: 4 on CPU, 64 on CUDA). ``precision`` auto
+        is fp16 on CUDA, fp32 on CPU. ``compile`` is auto (CUDA only), on or off; compiling
+        happens here, for ``batch_size`` tiles of the checkpoint's tile size, and an ``on``
+        compile that fails raises CheckpointError (``auto`` falls back to running uncompiled).
+        """
+        if isinstance(source, str) and source.startswith("s3://"):
+            raise InputError(f"model {source} is an S3 URI: download it first and pass the local file")
+        if threads < 0:
+            raise InputError(f"threads must be >= 0, got {threads}")
+        if batch_size < 0:
+            raise InputError(f"batch_size must be >= 0, got {batch_size}")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision = resolve_precision(precision, device)
+        use_compile = resolve_compile(compile, device)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        meta, state = load_checkpoint(source if isinstance(source, (bytes, bytearray)) else Path(source))
+        model = build_model(meta)
+        model.load_state_dict(state, strict=True)
+        return cls(model, meta, device=device, batch_size=batch_size, precision=precision, compile=use_compile,
+                   compile_budget_s=compile_budget_s, compile_required=compile == "on")
+
+    @property
+    def meta(self) -> ModelMeta:
+        return self._meta
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        """Masks for uint8 tiles of shape (N, H, W): uint8 (N, H, W), 255 where p >= threshold, else 0."""
+        self._check(tiles)
+        out = np.empty(tiles.shape, dtype=np.uint8)
+        times = PredictTimes()
+        with torch.inference_mode():
+            for start in range(0, tiles.shape[0], self._batch_size):
+                chunk = tiles[start : start + self._batch_size]
+                out[start : start + len(chunk)] = self._masks(chunk, times)
+        self.last_times = times
+        return out
+
+    def predict_proba(self, tiles: np.ndarray) -> np.ndarray:
+        """Mark probabilities in [0, 1] as float32 (N, H, W), for evaluation and pseudo-labelling."""
+        self._check(tiles)
+        out = np.empty(tiles.shape, dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, tiles.shape[0], self._batch_size):
+                chunk = tiles[start : start + self._batch_size]
+                x = self._to_device(chunk)
+                out[start : start + len(chunk)] = self._proba(x, len(chunk)).cpu().numpy()
+        return out
+
+    # -- the steps of one chunk ------------------------------------------------------------
+
+    def _masks(self, chunk: np.ndarray, times: PredictTimes) -> np.ndarray:
+        n = len(chunk)
+        if not self._cuda:
+            start = time.perf_counter()
+            x = torch.from_numpy(np.ascontiguousarray(chunk))
+            moved = time.perf_counter()
+            mask = self._threshold(self._proba(x, n))
+            done = time.perf_counter()
+            times.add(PredictTimes(tiles=n, h2d=moved - start, compute=done - moved))
+            return mask.numpy()
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        events[0].record()
+        x = self._to_device(chunk)
+        events[1].record()
+        mask = self._threshold(self._proba(x, n))
+        events[2].record()
+        host = self._staging_for(chunk.shape)[1][:n]
+        host.copy_(mask, non_blocking=True)
+        events[3].record()
+        events[3].synchronize()
+        h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(3))
+        times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute, d2h=d2h))
+        return host.numpy().copy()
+
+    def _to_device(self, chunk: np.ndarray) -> torch.Tensor:
+        """uint8 (n, H, W) on the device: through a pinned buffer and a non-blocking copy on CUDA."""
+        if not self._cuda:
+            return torch.from_numpy(np.ascontiguousarray(chunk))
+        pinned = self._staging_for(chunk.shape)[0][: len(chunk)]
+        pinned.numpy()[...] = chunk
+        return pinned.to(self._device, non_blocking=True)
+
+    def _proba(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
+        """Probabilities (n, H, W) float32 on the device; a compiled model sees only its one batch shape."""
+        x = prepare_input(pixels.unsqueeze(1), self._meta, dtype=self._dtype)
+        model = self._model
+        if self._compiled is not None and self._compiled_shape == (self._batch_size, *x.shape[2:]):
+            model = self._compiled
+            if n < self._batch_size:
+                pad = x.new_zeros((self._batch_size - n, *x.shape[1:]))
+                x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
+        logits = model(x)[:n]
+        return torch.sigmoid(logits.float())[:, 0]
+
+    def _threshold(self, proba: torch.Tensor) -> torch.Tensor:
+        return (proba >= self._meta.threshold).to(torch.uint8).mul_(255)
+
+    def _staging_for(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pinned host buffers (input, output) for a full batch of this tile size, made once."""
+        key = (self._batch_size, int(shape[1]), int(shape[2]))
+        if key not in self._staging:
+            self._staging[key] = (torch.empty(key, dtype=torch.uint8).pin_memory(),
+                                  torch.empty(key, dtype=torch.uint8).pin_memory())
+        return self._staging[key]
+
+    # -- compilation --------------------------------------------------------------------------
+
+    def _compile(self, *, budget_s: float, required: bool) -> None:
+        """Compile for one batch of ``tile_size`` tiles on a helper thread, waiting at most ``budget_s``.
+
+        Past the budget, or if compiling fails and was not explicitly required, the model runs
+        uncompiled and a warning says why; the compile time is logged either way.
+        """
+        shape = (self._batch_size, self._meta.tile_size, self._meta.tile_size)
+        compiled = torch.compile(self._model, dynamic=False)
+        outcome: dict[str, BaseException] = {}
+
+        def warm() -> None:
+            try:
+                with torch.inference_mode():
+                    x = prepare_input(torch.zeros((shape[0], 1, *shape[1:]), dtype=torch.uint8, device=self._device),
+                                      self._meta, dtype=self._dtype)
+                    compiled(x)
+                    if self._cuda:
+                        torch.cuda.synchronize(self._device)
+            except BaseException as exc:  # reported below, on the loading thread
+                outcome["error"] = exc
+
+        started = time.perf_counter()
+        thread = threading.Thread(target=warm, name="am-compile", daemon=True)
+        thread.start()
+        thread.join(budget_s)
+        self.compile_s = time.perf_counter() - started
+        if thread.is_alive():
+            log.warning("torch.compile took over its budget of %.0f s for batches of %s: running uncompiled",
+                        budget_s, shape)
+            return
+        if "error" in outcome:
+            exc = outcome["error"]
+            if required:
+                raise CheckpointError(f"torch.compile failed for {self._meta.encoder} on {self._device}: "
+                                      f"{type(exc).__name__}: {exc}; set AM_COMPILE=off to run uncompiled") from exc
+            log.warning("torch.compile failed after %.1f s (%s: %s): running uncompiled", self.compile_s,
+                        type(exc).__name__, exc)
+            return
+        self._compiled, self._compiled_shape = compiled, shape
+        log.info("compiled %s for batches of %d %dx%d tiles (%s, %s) in %.1f s", self._meta.encoder, *shape,
+                 self._precision, self._device, self.compile_s)
+
+    def _check(self, tiles: np.ndarray) -> None:
+        if not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint8 or tiles.ndim != 3:
+            got = f"{tiles.dtype} {tiles.shape}" if isinstance(tiles, np.ndarray) else type(tiles).__name__
+            raise InputError(f"tiles must be a uint8 array of shape (N, H, W), got {got}")
+        stride = self._meta.stride
+        _, h, w = tiles.shape
+        if h % stride or w % stride or h == 0 or w == 0:
+            raise InputError(
+                f"tile size {h}x{w} is not a multiple of {stride}, which this model "
+                f"({self._meta.encoder}, depth {self._meta.encoder_depth}) needs; pad or choose another tile size"
+            )
+
+
+__all__ = [
+    "COMPILE_MODES",
+    "DEFAULT_BATCH_CPU",
+    "DEFAULT_BATCH_CUDA",
+    "PRECISIONS",
+    "PredictTimes",
+    "Predictor",
+    "prepare_input",
+    "resolve_compile",
+    "resolve_precision",
+]

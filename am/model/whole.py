@@ -1,0 +1,98 @@
+"""Predict a whole image of any size with a :class:`Predictor` (evaluation and pseudo-labelling).
+
+The pipeline tiles and stitches with its own plan across workers; this is the in-process
+equivalent for a single image: reflect-pad to tile multiples, overlapping windows, probabilities
+averaged with weights that fade towards each window's edge (where context is missing), and an
+optional rescale before inference and back after, for marks far from the training scale::
+
+    proba = predict_image_proba(predictor, image, scale=2.04)   # a half-resolution crop
+    mask = (proba >= predictor.meta.threshold)
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from am.errors import InputError
+from am.model.predict import Predictor
+
+STRIDE = 32
+
+
+def predict_image_proba(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    tile_size: int = 512,
+    overlap: int = 64,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """Mark probability per pixel, float32 of the image's own (H, W).
+
+    ``image`` is 2-D uint8 (already normalised). ``scale`` > 1 enlarges the image before
+    inference (marks too small for the model), < 1 shrinks it; the result is resized back.
+    """
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
+    if tile_size % STRIDE or tile_size < STRIDE or not 0 <= overlap < tile_size // 2:
+        raise InputError(f"tile_size {tile_size} must be a multiple of {STRIDE} and overlap {overlap} "
+                         "below half of it")
+    if not 0.05 <= scale <= 20:
+        raise InputError(f"scale {scale} must lie between 0.05 and 20")
+    height, width = image.shape
+    work = image
+    if scale != 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        work = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+    proba = _sliding(predictor, work, tile_size=tile_size, overlap=overlap)
+    if scale != 1.0:
+        proba = cv2.resize(proba, (width, height), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_AREA)
+    return proba.astype(np.float32)
+
+
+def _sliding(predictor: Predictor, image: np.ndarray, *, tile_size: int, overlap: int) -> np.ndarray:
+    height, width = image.shape
+    tile_h = min(tile_size, _ceil_to(height, STRIDE))
+    tile_w = min(tile_size, _ceil_to(width, STRIDE))
+    step_h, step_w = max(STRIDE, tile_h - overlap), max(STRIDE, tile_w - overlap)
+    ys = _starts(height, tile_h, step_h)
+    xs = _starts(width, tile_w, step_w)
+    pad_h, pad_w = ys[-1] + tile_h - height, xs[-1] + tile_w - width
+    padded = np.pad(image, ((0, pad_h), (0, pad_w)), mode="reflect" if min(height, width) > 1 else "edge")
+    window = _window(tile_h, tile_w, overlap)
+    total = np.zeros(padded.shape, dtype=np.float32)
+    weight = np.zeros(padded.shape, dtype=np.float32)
+    positions = [(y, x) for y in ys for x in xs]
+    batch = max(1, predictor.batch_size)
+    for start in range(0, len(positions), batch):
+        chunk = positions[start : start + batch]
+        tiles = np.stack([padded[y : y + tile_h, x : x + tile_w] for y, x in chunk])
+        probs = predictor.predict_proba(tiles)
+        for (y, x), prob in zip(chunk, probs, strict=True):
+            total[y : y + tile_h, x : x + tile_w] += prob * window
+            weight[y : y + tile_h, x : x + tile_w] += window
+    return (total / np.maximum(weight, 1e-6))[:height, :width]
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _window(height: int, width: int, overlap: int) -> np.ndarray:
+    """Weights rising linearly over ``overlap`` pixels from each edge, never zero."""
+    def ramp(n: int) -> np.ndarray:
+        if overlap <= 0:
+            return np.ones(n, dtype=np.float32)
+        idx = np.arange(n, dtype=np.float32)
+        return np.clip(np.minimum(idx + 1, n - idx) / overlap, 0.05, 1.0)
+
+    return np.outer(ramp(height), ramp(width)).astype(np.float32)

@@ -1,0 +1,93 @@
+"""Command line: ``python -m am.pseudolabel IMAGE --labels DIR --out DIR``.
+
+IMAGE is one large microscopy image (any bit depth; it is normalised like the pipeline's input).
+DIR holds a few 0/255 masks named ``X_Y.png``: each labels the region of IMAGE whose top-left
+pixel is column X, row Y, and has the size of the mask. The command trains a small regularised
+model on those crops, predicts the whole image, keeps the confident pixels, trains a bigger
+model on the result and writes to ``--out``: ``pseudo_mask.png``, ``known.png`` (where the
+pseudo-labels are trusted), ``overlay.png`` (for a person to check), ``small.pt``, ``model.pt``
+and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from am.errors import AmError, InputError
+from am.imageio import read_image
+from am.normalize import normalize, to_grey
+from am.pseudolabel.core import CropLabel, PseudoConfig, pseudo_label
+
+LABEL_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
+
+
+def read_labels(folder: Path) -> list[CropLabel]:
+    if not folder.is_dir():
+        raise InputError(f"labels folder {folder} does not exist")
+    labels = []
+    for path in sorted(folder.iterdir()):
+        match = LABEL_NAME.match(path.name)
+        if match is None:
+            if path.suffix.lower() == ".png":
+                raise InputError(f"label {path} must be named X_Y.png (its top-left column and row in the image)")
+            continue
+        mask = to_grey(read_image(path), name=str(path))
+        labels.append(CropLabel(x=int(match.group(1)), y=int(match.group(2)), mask=(mask > 0).astype("uint8") * 255))
+    if not labels:
+        raise InputError(f"no X_Y.png labels in {folder}")
+    return labels
+
+
+def _bar(iterable, total: int, desc: str):
+    return tqdm(iterable, total=total, desc=desc, unit="step", leave=False, mininterval=2.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m am.pseudolabel", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", type=Path, help="the large image")
+    p.add_argument("--labels", type=Path, required=True, help="folder of X_Y.png crop masks")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    defaults = PseudoConfig()
+    p.add_argument("--small-encoder", default=defaults.small_encoder)
+    p.add_argument("--big-encoder", default=defaults.big_encoder)
+    p.add_argument("--small-epochs", type=int, default=defaults.small_epochs)
+    p.add_argument("--big-epochs", type=int, default=defaults.big_epochs)
+    p.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--crop", type=int, default=defaults.crop, help="training crop side (multiple of 32)")
+    p.add_argument("--low", type=float, default=defaults.low,
+                   help="probability at or below which a pixel is background")
+    p.add_argument("--high", type=float, default=defaults.high, help="probability at or above which a pixel is a mark")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.crop < 64 or args.crop % 32:
+        p.error("--crop must be a multiple of 32 and at least 64")
+    if not 0 <= args.low < args.high <= 1:
+        p.error("--low and --high must satisfy 0 <= low < high <= 1")
+    config = PseudoConfig(small_encoder=args.small_encoder, big_encoder=args.big_encoder,
+                          small_epochs=args.small_epochs, big_epochs=args.big_epochs,
+                          steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, crop=args.crop,
+                          low=args.low, high=args.high, seed=args.seed, threads=args.threads)
+    try:
+        image = normalize(read_image(args.image), name=str(args.image))
+        result = pseudo_label(image, read_labels(args.labels), out_dir=args.out, config=config, progress=_bar)
+    except AmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"pseudo-labels: {100 * result.known.mean():.1f}% of the image trusted; wrote {args.out}/pseudo_mask.png, "
+          f"overlay.png and model {result.model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

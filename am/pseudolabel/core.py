@@ -1,0 +1,171 @@
+"""Pseudo-labelling: from one large image and a few labelled crops of it to a model for the whole image.
+
+The original project's semi-supervised recipe, in four steps:
+
+1. train a small, strongly regularised model on the labelled crops only;
+2. predict the whole image with it;
+3. keep the confident pixels (probability >= ``high`` is a mark, <= ``low`` is background) and
+   mark the rest unknown (loss weight 0), dropping confident marks too small to be real;
+4. train a bigger model on the whole image with those pseudo-labels, plus the crops.
+
+Everything a person needs to check the result is written to ``out_dir``::
+
+    result = pseudo_label(image, labels, out_dir=Path("pl"), config=PseudoConfig())
+    result.mask, result.known          # the pseudo-labels and where they are trusted
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from am.errors import InputError
+from am.imageio import write_png
+from am.model.predict import Predictor
+from am.model.whole import predict_image_proba
+from am.train.data import Labelled
+from am.train.loop import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CropLabel:
+    """A 0/255 mask of the image region whose top-left corner is (x, y)."""
+
+    x: int
+    y: int
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    small_encoder: str = "tu-mobilenetv3_small_100"
+    small_depth: int = 4
+    small_decoder: tuple[int, ...] = (64, 32, 16, 8)
+    small_epochs: int = 8
+    small_weight_decay: float = 5e-2
+    big_encoder: str = "tu-mobilenetv3_large_100"
+    big_depth: int = 5
+    big_decoder: tuple[int, ...] = (128, 64, 32, 16, 8)
+    big_epochs: int = 10
+    steps_per_epoch: int = 40
+    batch_size: int = 8
+    crop: int = 128
+    low: float = 0.2
+    high: float = 0.8
+    min_mark_px: int = 20
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class PseudoResult:
+    mask: np.ndarray  # uint8 0/255, the pseudo-labels
+    known: np.ndarray  # bool, where the pseudo-labels are trusted
+    small_model: Path
+    model: Path
+    summary: dict
+
+
+def crops_from_labels(image: np.ndarray, labels: list[CropLabel]) -> list[Labelled]:
+    """Cut the labelled regions out of ``image``; a label must lie fully inside it."""
+    items = []
+    height, width = image.shape
+    for label in labels:
+        h, w = label.mask.shape
+        if label.x < 0 or label.y < 0 or label.x + w > width or label.y + h > height:
+            raise InputError(f"label at x={label.x}, y={label.y} of size {w}x{h} does not fit the "
+                             f"{width}x{height} image")
+        crop = image[label.y : label.y + h, label.x : label.x + w]
+        items.append(Labelled.from_arrays(crop, label.mask, name=f"crop_{label.x}_{label.y}"))
+    return items
+
+
+def confident_labels(proba: np.ndarray, *, low: float, high: float, min_mark_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-mask (0/255) and trust map from probabilities; small confident blobs become unknown."""
+    if not 0.0 <= low < high <= 1.0:
+        raise InputError(f"confidence bounds must satisfy 0 <= low < high <= 1, got {low}, {high}")
+    marks = (proba >= high).astype(np.uint8)
+    known = (proba >= high) | (proba <= low)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(marks, connectivity=8)
+    small = np.nonzero(stats[:, cv2.CC_STAT_AREA] < min_mark_px)[0]
+    small = small[small > 0]
+    if len(small):
+        tiny = np.isin(labels, small)
+        marks[tiny] = 0
+        known[tiny] = False
+    # The fringe of each mark is where the small model is least sure: leave it to the big one.
+    kernel = np.ones((3, 3), np.uint8)
+    fringe = (cv2.dilate(marks, kernel) > 0) & ~(cv2.erode(marks, kernel) > 0)
+    known &= ~fringe
+    return marks * np.uint8(255), known
+
+
+def pseudo_label(
+    image: np.ndarray,
+    labels: list[CropLabel],
+    *,
+    out_dir: Path,
+    config: PseudoConfig = PseudoConfig(),
+    progress: Callable[[Iterable, int, str], Iterable] | None = None,
+) -> PseudoResult:
+    """Run the four steps on a normalised uint8 ``image``; writes models, masks and an overlay to ``out_dir``."""
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
+    if not labels:
+        raise InputError("pseudo-labelling needs at least one labelled crop")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    crops = crops_from_labels(image, labels)
+    base = TrainConfig(out=out_dir / "small.pt", encoder=config.small_encoder, encoder_depth=config.small_depth,
+                       decoder_channels=config.small_decoder, epochs=config.small_epochs,
+                       steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size, crop=config.crop,
+                       weight_decay=config.small_weight_decay, warmup_steps=min(50, config.steps_per_epoch),
+                       seed=config.seed, threads=config.threads,
+                       data_summary={"pseudo_label": "step 1: labelled crops", "crops": len(crops)})
+    log.info("step 1: training the small model on %d labelled crops", len(crops))
+    train(base, crops, crops, progress=progress)
+
+    log.info("step 2: predicting the whole %dx%d image", image.shape[1], image.shape[0])
+    small = Predictor.from_checkpoint(out_dir / "small.pt", device=base.device or None)
+    proba = predict_image_proba(small, image)
+    mask, known = confident_labels(proba, low=config.low, high=config.high, min_mark_px=config.min_mark_px)
+    for crop, label in zip(crops, labels, strict=True):  # a person's labels beat the model's
+        h, w = label.mask.shape
+        mask[label.y : label.y + h, label.x : label.x + w] = crop.mask * 255
+        known[label.y : label.y + h, label.x : label.x + w] = True
+    write_png(out_dir / "pseudo_mask.png", mask)
+    write_png(out_dir / "known.png", known.astype(np.uint8) * 255)
+    write_png(out_dir / "overlay.png", _overlay(image, mask, known))
+    log.info("step 3: %.1f%% of the image is confidently labelled, %d marks", 100 * known.mean(),
+             cv2.connectedComponents((mask > 0).astype(np.uint8))[0] - 1)
+
+    log.info("step 4: training the big model on the pseudo-labelled image")
+    whole = Labelled.from_arrays(image, mask, name="pseudo-labelled image", weight=known.astype(np.uint8))
+    big = replace(base, out=out_dir / "model.pt", encoder=config.big_encoder, encoder_depth=config.big_depth,
+                  decoder_channels=config.big_decoder, epochs=config.big_epochs, weight_decay=1e-4,
+                  data_summary={"pseudo_label": "step 4: pseudo-labelled image + crops", "crops": len(crops),
+                                "known_fraction": float(known.mean())})
+    result = train(big, [whole, *crops], crops, progress=progress)
+    summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+               "known_fraction": float(known.mean()), "big_model_validation": result.best_metrics}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return PseudoResult(mask=mask, known=known, small_model=out_dir / "small.pt", model=out_dir / "model.pt",
+                        summary=summary)
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Image with pseudo-marks outlined in red and unknown pixels tinted blue, for a person to check."""
+    rgb = np.repeat(image[:, :, None], 3, axis=2).astype(np.float32)
+    rgb[~known] = rgb[~known] * 0.6 + np.array([0, 60, 160], dtype=np.float32)
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, contours, -1, (255, 40, 40), 1)
+    return rgb

@@ -1,0 +1,224 @@
+"""Write synthetic data to disk: full dataset layouts (with ground truth) and training tiles.
+
+A dataset follows DESIGN.md (``DIR/source/<group>/image.tif``), plus ground truth the pipeline
+never reads under ``DIR/truth/<group>/``: ``mask.png`` (0/255), ``ids.png`` (uint16, id =
+row*cols+col+1) and ``lattice.json``. Training tiles follow the original training layout
+``DIR/<split>/synthetic/<group>/{source,mask}/NNNN.png``, normalised as the pipeline normalises::
+
+    write_dataset(Path("data/inference/dataset"), rows=50, cols=50, seed=7)
+    write_tiles(Path("data/training"), count=200, size=512, seed=1, split="valid")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from am.errors import InputError
+from am.imageio import write_png, write_tiff
+from am.normalize import normalize
+from am.synth.lattice import Lattice
+from am.synth.render import Scene, Style, random_style, render, to_bit_depth
+
+log = logging.getLogger(__name__)
+
+DEMO_PITCH_RANGE = (30.0, 45.0)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One normalised training image with its mask."""
+
+    image: np.ndarray  # uint8 (H, W)
+    mask: np.ndarray  # uint8 (H, W) 0/255
+    style: Style
+
+
+def demo_style(rng: np.random.Generator, *, pitch: float | None = None) -> Style:
+    """A clean, realistic look for the sample dataset: bright crescents on speckled tissue."""
+    pitch = float(rng.uniform(*DEMO_PITCH_RANGE)) if pitch is None else float(pitch)
+    return Style(
+        pitch=pitch,
+        pitch_ratio=1.0,
+        angle_deg=float(rng.uniform(-4, 4)),
+        shear=0.0,
+        mark_radius=pitch * 0.36,
+        shape="crescent",
+        mark_angle_deg=180.0 + float(rng.uniform(-20, 20)),
+        polarity="bright",
+        contrast=0.35,
+        mark_texture=0.08,
+        jitter=0.02,
+        size_jitter=0.06,
+        missing=0.01,
+        background=0.25,
+        speckle=0.3,
+        speckle_scale=1.2,
+        texture=0.12,
+        illumination=0.2,
+        blur=0.7,
+        noise=0.02,
+        bright_blobs=0.5,
+        dark_holes=5.0,
+        debris=5.0,
+    )
+
+
+def dataset_scene(
+    *,
+    rows: int,
+    cols: int,
+    seed: int,
+    style: Style,
+    margin: float | None = None,
+) -> Scene:
+    """Render a whole acquisition of ``rows`` x ``cols`` marks with a margin of tissue around it."""
+    if rows < 1 or cols < 1:
+        raise InputError(f"rows and cols must be >= 1, got {rows} x {cols}")
+    rng = np.random.default_rng(seed)
+    pitch_x, pitch_y = style.pitch, style.pitch * style.pitch_ratio
+    margin = 2.0 * max(pitch_x, pitch_y) if margin is None else float(margin)
+    theta = math.radians(abs(style.angle_deg))
+    span_x, span_y = (cols - 1) * pitch_x, (rows - 1) * pitch_y
+    width = int(math.ceil(span_x * math.cos(theta) + span_y * math.sin(theta) + 2 * margin))
+    height = int(math.ceil(span_x * math.sin(theta) + span_y * math.cos(theta) + 2 * margin))
+    if width * height > 400e6:
+        raise InputError(f"a {rows} x {cols} grid at pitch {pitch_x:.0f} px makes a {width} x {height} image; "
+                         "that is too large to generate here")
+    lattice = Lattice.centred(rows=rows, cols=cols, width=width, height=height, pitch_x=pitch_x, pitch_y=pitch_y,
+                              angle_deg=style.angle_deg, shear=style.shear)
+    return render(lattice, style, width=width, height=height, rng=rng)
+
+
+def write_dataset(
+    root: Path,
+    *,
+    rows: int,
+    cols: int,
+    seed: int = 0,
+    groups: int = 1,
+    bit_depth: int = 8,
+    pitch: float | None = None,
+    realistic: bool = True,
+    force: bool = False,
+) -> list[Path]:
+    """Write ``groups`` synthetic acquisitions to ``root``; returns the source image paths.
+
+    Refuses to write into an existing dataset (a ``source`` folder) unless ``force``, which
+    first removes the old ``source`` and ``truth`` folders so no stale group survives.
+    """
+    root = Path(root)
+    if bit_depth not in (8, 16):
+        raise InputError(f"--bit-depth must be 8 or 16, got {bit_depth}")
+    if groups < 1:
+        raise InputError(f"--groups must be >= 1, got {groups}")
+    if (root / "source").exists():
+        if not force:
+            raise InputError(f"{root} already holds a dataset (source/ exists); pass --force to replace it")
+        for sub in ("source", "truth"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    paths = []
+    for index in range(groups):
+        group = f"group{index + 1:02d}"
+        group_seed = seed * 1000 + index
+        rng = np.random.default_rng([group_seed, 1])
+        style = demo_style(rng, pitch=pitch) if realistic else random_style(rng)
+        if pitch is not None:
+            style = replace(style, pitch=float(pitch), mark_radius=float(pitch) * style.mark_radius / style.pitch)
+        scene = dataset_scene(rows=rows, cols=cols, seed=group_seed, style=style)
+        source = root / "source" / group / "image.tif"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        write_tiff(source, to_bit_depth(scene.image, bit_depth))
+        truth = root / "truth" / group
+        truth.mkdir(parents=True, exist_ok=True)
+        write_png(truth / "mask.png", scene.mask)
+        write_png(truth / "ids.png", scene.ids)
+        (truth / "lattice.json").write_text(json.dumps(_truth_record(scene, style, seed=group_seed), indent=1))
+        log.info("wrote %s: %d x %d px, %d of %d marks, pitch %.1f px", source, scene.image.shape[1],
+                 scene.image.shape[0], int(scene.present.sum()), rows * cols, style.pitch)
+        paths.append(source)
+    return paths
+
+
+def _truth_record(scene: Scene, style: Style, *, seed: int) -> dict:
+    lat = scene.lattice
+    return {
+        "rows": lat.rows,
+        "cols": lat.cols,
+        "pitch_x": lat.pitch_x,
+        "pitch_y": lat.pitch_y,
+        "angle_deg": lat.angle_deg,
+        "origin_x": lat.origin_x,
+        "origin_y": lat.origin_y,
+        "shear": lat.shear,
+        "width": int(scene.image.shape[1]),
+        "height": int(scene.image.shape[0]),
+        "missing_ids": [int(i) for i in lat.ids()[~scene.present]],
+        "seed": seed,
+        "style": asdict(style),
+    }
+
+
+def random_sample(
+    rng: np.random.Generator,
+    *,
+    size: int,
+    pitch_range: tuple[float, float] = (20.0, 85.0),
+) -> Sample:
+    """One training image of ``size`` x ``size``: a random style, a lattice overfilling the frame, normalised."""
+    style = random_style(rng, pitch_range=pitch_range)
+    pitch_x, pitch_y = style.pitch, style.pitch * style.pitch_ratio
+    n = int(math.ceil(size * 1.6 / min(pitch_x, pitch_y))) + 3
+    # Sometimes the acquisition's edge falls inside the frame, as at a tile on the border.
+    offset = rng.uniform(-0.5, 0.5, size=2) * pitch_x
+    if rng.random() < 0.25:
+        offset += rng.choice([-1, 1], size=2) * rng.uniform(0.3, 0.8, size=2) * size * 1.6 / 2
+    lattice = Lattice.centred(rows=n, cols=n, width=size, height=size, pitch_x=pitch_x, pitch_y=pitch_y,
+                              angle_deg=style.angle_deg, shear=style.shear,
+                              offset_x=float(offset[0]), offset_y=float(offset[1]))
+    scene = render(lattice, style, width=size, height=size, rng=rng)
+    image = normalize(to_bit_depth(scene.image, 16), low_pct=1.0, high_pct=99.0, name="synthetic sample")
+    return Sample(image=image, mask=scene.mask, style=style)
+
+
+def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, float] = (20.0, 85.0)
+                 ) -> Iterator[Sample]:
+    """``count`` reproducible samples: sample ``i`` depends only on ``(seed, i)``."""
+    for index in range(count):
+        yield random_sample(np.random.default_rng([seed, index]), size=size, pitch_range=pitch_range)
+
+
+def write_tiles(
+    root: Path,
+    *,
+    count: int,
+    size: int = 512,
+    seed: int = 0,
+    split: str = "train",
+    group: str | None = None,
+    pitch_range: tuple[float, float] = (20.0, 85.0),
+    progress: Callable[[Iterator[Sample]], Iterable[Sample]] | None = None,
+) -> Path:
+    """Write ``count`` samples as ``root/<split>/synthetic/<group>/{source,mask}/NNNN.png``.
+
+    Returns the group folder. ``progress`` may wrap the sample iterator (the CLI passes tqdm).
+    """
+    if split not in ("train", "valid"):
+        raise InputError(f"split must be 'train' or 'valid', got {split!r}")
+    if count < 1 or size < 32 or size % 32:
+        raise InputError(f"count must be >= 1 and size a multiple of 32 (>= 32), got count={count}, size={size}")
+    folder = Path(root) / split / "synthetic" / (group or f"seed{seed}")
+    samples: Iterable[Sample] = iter_samples(seed, count, size=size, pitch_range=pitch_range)
+    if progress is not None:
+        samples = progress(samples)
+    for index, sample in enumerate(samples):
+        write_png(folder / "source" / f"{index:04d}.png", sample.image)
+        write_png(folder / "mask" / f"{index:04d}.png", sample.mask)
+    return folder

@@ -1,0 +1,1 @@
+"""Training of the segmentation U-Net from labelled folders and/or synthetic data (``python -m am.train``)."""

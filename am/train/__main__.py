@@ -1,0 +1,157 @@
+r"""Command line: ``python -m am.train --out model.pt [--data DIR] [--synthetic N] ...``.
+
+Trains an smp U-Net from folders in the original training layout
+(``DIR/train|valid/<dataset>/<group>/{source,mask}/*.png``), from the synthetic generator, or
+both. Writes the best epoch to ``--out`` (a checkpoint), ``OUT.metrics.csv``/``.json`` (one row
+per epoch) and, while a run is unfinished, ``OUT.resume`` (for ``--resume``).
+
+The shipped CPU default (``make model``)::
+
+    python -m am.train --synthetic 800 --synthetic-size 384 --synthetic-valid 32 --epochs 40 \
+        --steps-per-epoch 120 --batch-size 8 --crop 224 --lr 3e-3 --warmup-steps 150 --threads 2 \
+        --seed 0 --out am/models/default.pt
+
+The production model on a GPU machine: the same command with a bigger encoder and budget::
+
+    python -m am.train --synthetic 4000 --synthetic-size 512 --synthetic-valid 100 \
+        --encoder resnext50_32x4d --decoder-channels 256,128,64,32,16 --crop 512 --batch-size 16 \
+        --epochs 60 --steps-per-epoch 250 --lr 1e-3 --workers 8 --out model-resnext50.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from am.errors import AmError
+from am.train.data import load_split, synthetic_images
+from am.train.loop import TrainConfig, metrics_path, train
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"channel counts must be positive, got {text!r}")
+    return values
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m am.train", description=__doc__.split("\n\n")[1],
+                                epilog="\n\n".join(__doc__.split("\n\n")[2:]).replace("``", "'"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (the best epoch)")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", type=Path, action="append", default=[],
+                      help="training root with train/ and valid/ folders (repeatable)")
+    data.add_argument("--synthetic", type=int, default=0, help="synthetic training images to generate (default 0)")
+    data.add_argument("--synthetic-valid", type=int, default=0,
+                      help="synthetic validation images (default 0; needed when --data has no valid split)")
+    data.add_argument("--synthetic-size", type=int, default=384, help="side of each synthetic image in px")
+    data.add_argument("--synthetic-seed", type=int, default=None,
+                      help="generator seed (default: --seed); validation uses seed + 1000")
+    data.add_argument("--pitch-min", type=float, default=20.0, help="smallest synthetic grid pitch in px")
+    data.add_argument("--pitch-max", type=float, default=85.0, help="largest synthetic grid pitch in px")
+    data.add_argument("--pixel-scale", type=float, default=1.0,
+                      help="original px per training px, stored in the checkpoint (1.0 = full resolution)")
+    model = p.add_argument_group("model")
+    model.add_argument("--encoder", default="tu-mobilenetv3_large_100",
+                       help="encoder name: resnext50_32x4d (production, GPU), tu-mobilenetv3_large_100 (CPU default)")
+    model.add_argument("--encoder-depth", type=int, default=5, choices=[3, 4, 5],
+                       help="encoder stages used (5 trains every layer of the encoder)")
+    model.add_argument("--decoder-channels", type=_channels, default=(128, 64, 32, 16, 8),
+                       help="comma-separated, one per encoder stage (default 128,64,32,16,8)")
+    model.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored in the checkpoint")
+    model.add_argument("--tile-size", type=int, default=512, help="tile size the model is meant for")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=20, help="epochs; each validates and may keep the best")
+    opt.add_argument("--steps-per-epoch", type=int, default=100, help="optimiser steps (batches) per epoch")
+    opt.add_argument("--batch-size", type=int, default=8, help="crops per step")
+    opt.add_argument("--crop", type=int, default=256, help="training crop side in px (multiple of 32)")
+    opt.add_argument("--scale-min", type=float, default=0.7, help="smallest zoom of a crop (scale augmentation)")
+    opt.add_argument("--scale-max", type=float, default=1.4, help="largest zoom of a crop")
+    opt.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    opt.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    opt.add_argument("--warmup-steps", type=int, default=100,
+                     help="linear warm-up steps before the cosine decay")
+    opt.add_argument("--seed", type=int, default=0, help="seed of weights, crops and (by default) the generator")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    run.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: in process)")
+    run.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the file)")
+    run.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
+    run.add_argument("--keep-state", action="store_true",
+                     help="keep OUT.resume after the last epoch (default: delete it, it is large)")
+    run.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this limit")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="logging verbosity")
+    return p
+
+
+def _bar(iterable, total: int, desc: str):
+    return tqdm(iterable, total=total, desc=desc, unit="step", leave=False, mininterval=2.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.data and args.synthetic <= 0:
+        p.error("give --data DIR and/or --synthetic N")
+    if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
+        p.error("--epochs, --steps-per-epoch and --batch-size must be >= 1")
+    if args.crop < 64 or args.crop % 32 or args.synthetic_size % 32:
+        p.error("--crop and --synthetic-size must be multiples of 32 (crop at least 64)")
+    if len(args.decoder_channels) != args.encoder_depth:
+        p.error(f"--decoder-channels needs {args.encoder_depth} values, one per encoder stage")
+    if not 0 < args.scale_min <= args.scale_max:
+        p.error("--scale-min must be > 0 and <= --scale-max")
+    try:
+        started = time.perf_counter()
+        synth_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
+        pitch = (args.pitch_min, args.pitch_max)
+        train_items, valid_items, summary = [], [], {"folders": [str(d) for d in args.data]}
+        for root in args.data:
+            train_items += load_split(root, "train")
+            if (root / "valid").is_dir():
+                valid_items += load_split(root, "valid")
+        if args.synthetic > 0:
+            train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
+                                            pitch_range=pitch,
+                                            progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
+        if args.synthetic_valid > 0:
+            valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
+                                            seed=synth_seed + 1000, pitch_range=pitch)
+        summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
+                       synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,
+                       synthetic_seed=synth_seed, pitch_range=list(pitch))
+        config = TrainConfig(
+            out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
+            decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+            batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max), lr=args.lr,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
+            tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
+            threads=args.threads, workers=args.workers, half=not args.fp32, resume=args.resume,
+            keep_state=args.keep_state, max_minutes=args.max_minutes, data_summary=summary,
+        )
+        result = train(config, train_items, valid_items, progress=_bar)
+    except AmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    best = result.best_metrics
+    print(f"best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} iou {best.get('iou', 0):.4f} "
+          f"object F1 {best.get('f1', 0):.4f}; wrote {result.checkpoint} and {metrics_path(args.out)} "
+          f"in {(time.perf_counter() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Training augmentations on uint8 images and their masks, driven by an explicit random generator.
+
+Geometry (random crop at a random scale, flips, 90-degree rotations) moves image, mask and
+loss weights together; photometry (brightness, contrast, gamma, blur, noise, polarity
+inversion) touches only the image. Every call draws from the ``rng`` it is given, so a seeded
+run sees the same crops::
+
+    image, mask, weight = random_crop(rng, image, mask, weight, size=256, scale=(0.7, 1.4))
+    image, mask, weight = flip_rotate(rng, image, mask, weight)
+    image = photometric(rng, image)
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def random_crop(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    mask: np.ndarray,
+    weight: np.ndarray,
+    *,
+    size: int,
+    scale: tuple[float, float] = (1.0, 1.0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` crop showing ``size / s`` source pixels, ``s`` log-uniform in ``scale``.
+
+    Sources smaller than the window are reflect-padded; padded pixels get loss weight 0.
+    """
+    s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
+    window = max(8, int(round(size / s)))
+    height, width = image.shape
+    if height < window or width < window:
+        ph, pw = max(0, window - height), max(0, window - width)
+        pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+        image = np.pad(image, pads, mode="reflect")
+        mask = np.pad(mask, pads, mode="reflect")
+        weight = np.pad(weight, pads, mode="constant", constant_values=0)
+        height, width = image.shape
+    y = int(rng.integers(0, height - window + 1))
+    x = int(rng.integers(0, width - window + 1))
+    image, mask, weight = (a[y : y + window, x : x + window] for a in (image, mask, weight))
+    if window != size:
+        interp = cv2.INTER_AREA if window > size else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size, size), interpolation=interp)
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+        weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask, weight
+
+
+def flip_rotate(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One of the eight symmetries of the square, the same for all three arrays."""
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    out = []
+    for a in (image, mask, weight):
+        a = np.rot90(a, k)
+        if flip:
+            a = a[:, ::-1]
+        out.append(np.ascontiguousarray(a))
+    return out[0], out[1], out[2]
+
+
+def photometric(rng: np.random.Generator, image: np.ndarray, *, invert_p: float = 0.1) -> np.ndarray:
+    """Brightness, contrast, gamma, occasional blur, noise and polarity inversion; returns uint8."""
+    x = image.astype(np.float32) / 255.0
+    if rng.random() < invert_p:
+        x = 1.0 - x
+    x = (x - 0.5) * float(np.exp(rng.normal(0, 0.2))) + 0.5 + rng.normal(0, 0.08)
+    x = np.clip(x, 0.0, 1.0) ** float(np.exp(rng.normal(0, 0.25)))
+    if rng.random() < 0.25:
+        x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(0.5, 1.5)))
+    if rng.random() < 0.4:
+        x = x + rng.normal(0, rng.uniform(0.01, 0.06), size=x.shape).astype(np.float32)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,138 @@
+"""Training data: labelled images from folders or from the generator, served as random crops.
+
+Folders follow the original training layout, ``ROOT/train|valid/<dataset>/<group>/{source,mask}/*.png``
+(same file names under ``source`` and ``mask``). Synthetic images are rendered once, in memory,
+from a seed. Either way training draws fresh random crops every epoch::
+
+    train = load_split(Path("data/training"), "train") + synthetic_images(count=400, size=384, seed=0)
+    dataset = CropDataset(train, crop=256, length=2000, seed=0)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from am.errors import InputError
+from am.imageio import read_image
+from am.normalize import to_grey
+from am.synth.dataset import iter_samples
+from am.train.augment import flip_rotate, photometric, random_crop
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """An 8-bit grey image, its 0/1 mask, and a per-pixel loss weight (0 = unknown, not learned)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    weight: np.ndarray
+    name: str
+
+    @classmethod
+    def from_arrays(cls, image: np.ndarray, mask: np.ndarray, *, name: str,
+                    weight: np.ndarray | None = None) -> Labelled:
+        if image.shape != mask.shape:
+            raise InputError(f"{name}: image {image.shape} and mask {mask.shape} differ in size")
+        weight = np.ones(image.shape, dtype=np.uint8) if weight is None else weight.astype(np.uint8)
+        return cls(image=image, mask=(mask > 0).astype(np.uint8), weight=weight, name=name)
+
+
+def load_split(root: Path, split: str) -> list[Labelled]:
+    """Every image/mask pair under ``root/split/<dataset>/<group>/``; raises InputError if there is none."""
+    base = Path(root) / split
+    if not base.is_dir():
+        raise InputError(f"{base} does not exist; expected {root}/{split}/<dataset>/<group>/{{source,mask}}/*.png")
+    items = []
+    for source_dir in sorted(base.glob("*/*/source")):
+        mask_dir = source_dir.parent / "mask"
+        for source in sorted(p for p in source_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            candidates = [mask_dir / source.name, *(mask_dir / (source.stem + s) for s in IMAGE_SUFFIXES)]
+            mask_path = next((c for c in candidates if c.is_file()), None)
+            if mask_path is None:
+                raise InputError(f"{source} has no mask in {mask_dir}; every source image needs one of the same name")
+            image = _as_uint8_grey(read_image(source), source)
+            mask = to_grey(read_image(mask_path), name=str(mask_path))
+            items.append(Labelled.from_arrays(image, mask, name=str(source.relative_to(root))))
+    if not items:
+        raise InputError(f"no images found under {base}/<dataset>/<group>/source/")
+    log.info("loaded %d labelled images from %s", len(items), base)
+    return items
+
+
+def _as_uint8_grey(image: np.ndarray, path: Path) -> np.ndarray:
+    grey = to_grey(image, name=str(path))
+    if grey.dtype != np.uint8:
+        from am.normalize import normalize
+
+        grey = normalize(grey, name=str(path))
+    return grey
+
+
+def synthetic_images(
+    *,
+    count: int,
+    size: int,
+    seed: int,
+    pitch_range: tuple[float, float] = (20.0, 85.0),
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> list[Labelled]:
+    """``count`` generated images of ``size`` x ``size``; image ``i`` depends only on ``(seed, i)``."""
+    samples: Iterable = iter_samples(seed, count, size=size, pitch_range=pitch_range)
+    if progress is not None:
+        samples = progress(samples)
+    return [Labelled.from_arrays(s.image, s.mask, name=f"synthetic/{seed}/{i:05d}") for i, s in enumerate(samples)]
+
+
+class CropDataset(Dataset):
+    """``length`` random augmented crops per epoch; crop ``k`` of epoch ``e`` depends on ``(seed, e, k)``."""
+
+    def __init__(
+        self,
+        items: list[Labelled],
+        *,
+        crop: int,
+        length: int,
+        seed: int,
+        scale: tuple[float, float] = (0.7, 1.4),
+        augment: bool = True,
+    ) -> None:
+        if not items:
+            raise InputError("no training images were given")
+        self.items = items
+        self.crop = crop
+        self.length = length
+        self.seed = seed
+        self.scale = scale
+        self.augment = augment
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        item = self.items[int(rng.integers(len(self.items)))]
+        scale = self.scale if self.augment else (1.0, 1.0)
+        image, mask, weight = random_crop(rng, item.image, item.mask, item.weight, size=self.crop, scale=scale)
+        if self.augment:
+            image, mask, weight = flip_rotate(rng, image, mask, weight)
+            image = photometric(rng, image)
+        return (
+            torch.from_numpy(np.ascontiguousarray(image))[None],
+            torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
+            torch.from_numpy(np.ascontiguousarray(weight)).float()[None],
+        )

@@ -1,0 +1,308 @@
+"""The training loop: U-Net, BCE + Dice loss, AdamW with warm-up and cosine decay, validation per epoch.
+
+Every parameter is trained (decoder, encoder and the final layer). Each epoch draws fresh
+random crops, then validates whole images at the checkpoint's own threshold with per-image
+Dice/IoU and object F1; the best epoch is written to ``out`` as a checkpoint, and a resume
+state (weights, optimiser, schedule, history) is written beside it after every epoch::
+
+    result = train(config, train_items, valid_items)
+    result.best_metrics["f1"]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from am.errors import CheckpointError, InputError
+from am.evaluate.metrics import Scores, score
+from am.model.build import build_model
+from am.model.checkpoint import ModelMeta, save_checkpoint
+from am.model.predict import Predictor, prepare_input
+from am.model.whole import predict_image_proba
+from am.train.data import CropDataset, Labelled
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "am-segm-train-state"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a run; stored in the checkpoint's training summary."""
+
+    out: Path
+    encoder: str = "tu-mobilenetv3_large_100"
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    crop: int = 256
+    scale: tuple[float, float] = (0.7, 1.4)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    dice_weight: float = 1.0
+    threshold: float = 0.5
+    tile_size: int = 512
+    pixel_scale: float = 1.0
+    seed: int = 0
+    device: str = ""
+    threads: int = 0
+    workers: int = 0
+    half: bool = True
+    resume: bool = False
+    keep_state: bool = False
+    max_minutes: float = 0.0
+    data_summary: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self, *, trained: bool, validation: dict[str, Any] | None = None) -> ModelMeta:
+        skip = ("out", "data_summary", "resume", "keep_state", "device", "threads", "workers", "max_minutes")
+        summary = {k: v for k, v in asdict(self).items() if k not in skip}
+        summary["scale"] = list(self.scale)
+        summary["decoder_channels"] = list(self.decoder_channels)
+        summary["data"] = self.data_summary
+        return ModelMeta(
+            encoder=self.encoder,
+            encoder_depth=self.encoder_depth,
+            decoder_channels=self.decoder_channels,
+            in_channels=1,
+            threshold=self.threshold,
+            tile_size=self.tile_size,
+            pixel_scale=self.pixel_scale,
+            trained=trained,
+            training=_plain(summary),
+            validation=_plain(validation or {}),
+        )
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    checkpoint: Path
+
+
+def state_path(out: Path) -> Path:
+    """Resume state beside the checkpoint; not ``*.pt``, so it is never packaged with the models."""
+    return Path(out).with_suffix(".resume")
+
+
+def metrics_path(out: Path) -> Path:
+    return Path(out).with_suffix(".metrics.csv")
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, *, dice_weight: float) -> torch.Tensor:
+    """Weighted BCE plus soft Dice over the batch; pixels of weight 0 do not count."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / weight.sum().clamp(min=1)
+    prob = torch.sigmoid(logits) * weight
+    t = target * weight
+    inter = (prob * t).sum()
+    dice = 1 - (2 * inter + 1) / (prob.sum() + t.sum() + 1)
+    return bce + dice_weight * dice
+
+
+def validate(predictor: Predictor, items: list[Labelled], *, tile_size: int = 512) -> tuple[dict[str, float], list]:
+    """Per-image scores at the checkpoint's threshold; the summary holds per-image means and pooled objects."""
+    per_image = []
+    for item in items:
+        proba = predict_image_proba(predictor, item.image, tile_size=tile_size, overlap=64)
+        predicted = proba >= predictor.meta.threshold
+        known = item.weight > 0
+        per_image.append(score(item.mask * known, predicted * known))
+    pooled = Scores.combine(per_image)
+    summary = {
+        "dice": float(np.mean([s.dice for s in per_image])),
+        "iou": float(np.mean([s.iou for s in per_image])),
+        "precision": pooled.precision,
+        "recall": pooled.recall,
+        "f1": pooled.f1,
+        "images": len(items),
+    }
+    return summary, per_image
+
+
+def train(
+    config: TrainConfig,
+    train_items: list[Labelled],
+    valid_items: list[Labelled],
+    *,
+    progress: Callable[[Iterable, int, str], Iterable] | None = None,
+) -> TrainResult:
+    """Train and keep the best epoch at ``config.out``; ``progress(iterable, total, desc)`` may wrap loops."""
+    if not valid_items:
+        raise InputError("training needs validation images (a valid split or --synthetic-valid > 0)")
+    if config.crop % 32 or config.crop < 64:
+        raise InputError(f"crop {config.crop} must be a multiple of 32 and at least 64")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    meta = config.meta(trained=False)
+    model = build_model(meta).to(device).to(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    frozen = sum(1 for p in params if not p.requires_grad)
+    if frozen:
+        raise InputError(f"{frozen} parameter tensors are frozen; every layer must train")
+    log.info("training %s (depth %d, %.2f M parameters, all trainable) on %s", config.encoder, config.encoder_depth,
+             sum(p.numel() for p in params) / 1e6, device)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.warmup_steps, total_steps))
+    amp_dtype = None
+    if device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    history: list[dict[str, float]] = []
+    start_epoch, best_score, best_epoch, best_metrics = 0, -1.0, -1, {}
+    Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+    if not config.resume:
+        metrics_path(config.out).unlink(missing_ok=True)
+    elif state_path(config.out).is_file():
+        state = _load_state(state_path(config.out))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        best_metrics = dict(state["best_metrics"])
+        history = [dict(h) for h in state["history"]]
+        log.info("resumed from %s after epoch %d (best so far: epoch %d)", state_path(config.out), start_epoch - 1,
+                 best_epoch)
+
+    dataset = CropDataset(train_items, crop=config.crop, length=config.steps_per_epoch * config.batch_size,
+                          seed=config.seed, scale=config.scale)
+    g = torch.Generator()
+    g.manual_seed(config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+                        drop_last=True, persistent_workers=False)
+    started = time.monotonic()
+    for epoch in range(start_epoch, config.epochs):
+        dataset.set_epoch(epoch)
+        model.train()
+        losses = []
+        t0 = time.monotonic()
+        batches: Iterable = loader
+        if progress is not None:
+            batches = progress(loader, len(loader), f"epoch {epoch + 1}/{config.epochs}")
+        for image, mask, weight in batches:
+            image, mask, weight = image.to(device), mask.to(device), weight.to(device)
+            x = prepare_input(image, meta)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(x)
+            loss = loss_fn(logits.float(), mask, weight, dice_weight=config.dice_weight)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if not losses:
+                _warn_unused(model)
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        predictor = Predictor(model, replace(meta, trained=True), device=str(device), batch_size=4)
+        metrics, _ = validate(predictor, valid_items, tile_size=config.tile_size)
+        model.train()
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
+               "seconds": time.monotonic() - t0, **metrics}
+        history.append(row)
+        _append_csv(metrics_path(config.out), row)
+        current = metrics["dice"] + metrics["f1"]
+        log.info("epoch %d: loss %.4f, valid dice %.4f iou %.4f object F1 %.4f (P %.3f R %.3f), %.0f s",
+                 epoch + 1, row["train_loss"], metrics["dice"], metrics["iou"], metrics["f1"], metrics["precision"],
+                 metrics["recall"], row["seconds"])
+        if current > best_score:
+            best_score, best_epoch, best_metrics = current, epoch + 1, metrics
+            done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1})
+            save_checkpoint(config.out, model, done, half=config.half)
+        _save_state(state_path(config.out), model, optimizer, scheduler, epoch=epoch, best_score=best_score,
+                    best_epoch=best_epoch, best_metrics=best_metrics, history=history)
+        if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
+            log.warning("stopping after epoch %d: the %.0f-minute limit is reached", epoch + 1, config.max_minutes)
+            break
+    finished = len(history) == config.epochs
+    if finished and not config.keep_state:
+        state_path(config.out).unlink(missing_ok=True)  # tens of MB, only needed to resume an unfinished run
+    metrics_path(config.out).with_suffix(".json").write_text(
+        json.dumps({"best_epoch": best_epoch, "best": best_metrics, "history": history}, indent=1))
+    return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, checkpoint=config.out)
+
+
+def _warn_unused(model: torch.nn.Module) -> None:
+    """Parameters without a gradient belong to encoder stages this depth never runs: say so, once."""
+    unused = [name for name, p in model.named_parameters() if p.grad is None]
+    if unused:
+        log.warning("%d parameter tensors get no gradient (encoder stages beyond encoder_depth, e.g. %s); "
+                    "use encoder_depth 5 to train and use every layer", len(unused), unused[0])
+
+
+def _schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _append_csv(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _save_state(path: Path, model: torch.nn.Module, optimizer, scheduler, **extra: Any) -> None:
+    payload = {"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict(), **_plain(extra)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure means the file cannot be resumed from
+        raise CheckpointError(f"resume state {path} cannot be read ({exc}); delete it to start afresh") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a training resume state; delete it to start afresh")
+    return state
+
+
+def _plain(value: Any) -> Any:
+    """Turn tuples, paths and numpy scalars into plain types that ``weights_only`` loading accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+__all__ = ["TrainConfig", "TrainResult", "loss_fn", "metrics_path", "state_path", "train", "validate"]

@@ -1,0 +1,95 @@
+"""Quality of a checkpoint against the shipped model's targets, on synthetic and real images.
+
+    python benchmarks/model_quality.py [--model am/models/default.pt] [--synthetic 40] [--overlays DIR]
+
+- synthetic held-out set: seeds and parameters that training never used (512 px images, pitch
+  22-80 px, seed 424242); targets Dice >= 0.95 and object F1 >= 0.97 (pooled);
+- real crops (../shared/data/real): Dice against the reference masks >= 0.85 on crop2 and crop3,
+  no false marks on the bright blob of crop1; tile_a/tile_b: mark counts and overlays to look at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from am.errors import AmError
+from am.evaluate.metrics import Scores, score
+from am.evaluate.real import evaluate_real
+from am.evaluate.run import evaluate
+from am.model.checkpoint import default_model_path
+from am.model.predict import Predictor
+from am.train.data import synthetic_images
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+HELD_OUT_SEED = 424242
+HELD_OUT_PITCH = (22.0, 80.0)
+MIN_MARK_PX = 10
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped model)")
+    p.add_argument("--synthetic", type=int, default=40, help="held-out synthetic images (default 40)")
+    p.add_argument("--real", type=Path, default=REAL, help=f"real samples folder (default {REAL})")
+    p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="write all figures as JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    model = args.model or default_model_path()
+    try:
+        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads)
+        out: dict = {"model": str(model), "encoder": predictor.meta.encoder}
+        if args.synthetic > 0:
+            items = synthetic_images(count=args.synthetic, size=512, seed=HELD_OUT_SEED, pitch_range=HELD_OUT_PITCH)
+            results = evaluate(predictor, items)
+            pooled = Scores.combine([r.scores for r in results])
+            mean_dice = sum(r.scores.dice for r in results) / len(results)
+            # The same predictions with specks below MIN_MARK_PX left out of the object counts (pixels unchanged),
+            # as registration does when it keeps only mark-sized components.
+            specks = Scores.combine([score(item.mask, r.predicted, min_object_px=MIN_MARK_PX)
+                                     for item, r in zip(items, results, strict=True)])
+            out["synthetic"] = {"images": len(results), "dice_pooled": pooled.dice, "dice_mean": mean_dice,
+                                "iou_pooled": pooled.iou, "precision": pooled.precision, "recall": pooled.recall,
+                                "f1": pooled.f1, f"f1_min_{MIN_MARK_PX}px": specks.f1,
+                                f"precision_min_{MIN_MARK_PX}px": specks.precision}
+            s = out["synthetic"]
+            print(f"synthetic held-out ({s['images']} images, seed {HELD_OUT_SEED}, pitch {HELD_OUT_PITCH}): "
+                  f"dice {s['dice_pooled']:.4f} (mean per image {s['dice_mean']:.4f}) iou {s['iou_pooled']:.4f} "
+                  f"object P {s['precision']:.4f} R {s['recall']:.4f} F1 {s['f1']:.4f}  "
+                  f"[target dice >= 0.95, F1 >= 0.97: "
+                  f"{'PASS' if s['dice_pooled'] >= 0.95 and s['f1'] >= 0.97 else 'FAIL'}]")
+            print(f"  ignoring predicted/true components under {MIN_MARK_PX} px: object P {specks.precision:.4f} "
+                  f"F1 {specks.f1:.4f}")
+        if args.real.is_dir():
+            real = evaluate_real(predictor, args.real, overlays=args.overlays)
+            out["real"] = real
+            for name, c in real["crops"].items():
+                extra = ""
+                if name == "crop1":
+                    extra = f" blob false marks {c['blob_false_marks']} ({c['blob_false_px']} px) [target 0]"
+                target = " [target dice >= 0.85]" if name in ("crop2", "crop3") else ""
+                print(f"{name}: dice {c['dice']:.4f} iou {c['iou']:.4f} object F1 {c['f1']:.4f} "
+                      f"marks {c['predicted_marks']} vs reference {c['reference_marks']}{target}{extra}")
+            for name, t in real["tiles"].items():
+                print(f"{name}: {t['marks']} marks found, median area {t['median_area_px']:.0f} px, "
+                      f"mask covers {100 * t['mask_fraction']:.1f}%")
+        else:
+            print(f"real samples not found at {args.real}; skipped")
+    except AmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

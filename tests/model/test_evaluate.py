@@ -1,0 +1,78 @@
+"""python -m am.evaluate and the real-sample report, run end to end with a small model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from am.evaluate.real import blob_false_marks, evaluate_real
+from am.evaluate.run import evaluate, panels
+from am.imageio import read_image, write_png
+from am.model.predict import Predictor
+from am.train.data import synthetic_images
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cli_table_json_and_side_by_side(tmp_path: Path, tiny_model: Path) -> None:
+    items = synthetic_images(count=2, size=96, seed=4)
+    for i, item in enumerate(items):
+        write_png(tmp_path / "img" / f"a{i}.png", item.image)
+        write_png(tmp_path / "msk" / f"a{i}.png", item.mask * 255)
+    cmd = [sys.executable, "-m", "am.evaluate", "--model", str(tiny_model), "--images", str(tmp_path / "img"),
+           "--masks", str(tmp_path / "msk"), "--side-by-side", str(tmp_path / "sbs"), "--json",
+           str(tmp_path / "scores.json"), "--threads", "1"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "overall (pooled)" in done.stdout and "a0" in done.stdout and "a1" in done.stdout
+    report = json.loads((tmp_path / "scores.json").read_text())
+    assert set(report["images"]) == {"a0", "a1"} and 0 <= report["overall"]["dice"] <= 1
+    panel = read_image(tmp_path / "sbs" / "a0.png")
+    assert panel.ndim == 3 and panel.shape[0] == 2 * 96  # small images are shown enlarged twice
+    missing = subprocess.run([*cmd[:3], "--model", str(tmp_path / "none.pt"), "--synthetic", "1"], cwd=REPO,
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_scores_agree_with_the_predictions(tiny_model: Path) -> None:
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu")
+    items = synthetic_images(count=1, size=64, seed=9)
+    (result,) = evaluate(predictor, items)
+    truth = items[0].mask > 0
+    inter = int((truth & result.predicted).sum())
+    assert result.scores.intersection == inter
+    assert result.scores.predicted_px == int(result.predicted.sum())
+
+
+def test_panels_colour_errors() -> None:
+    image = np.full((8, 8), 100, dtype=np.uint8)
+    truth = np.zeros((8, 8), dtype=np.uint8)
+    truth[0:4] = 1
+    pred = np.zeros((8, 8), dtype=bool)
+    pred[2:6] = True
+    out = panels(image, truth, pred)
+    errors = out[:, -8 * 2 :][::2, ::2]  # last panel, undo the 2x enlargement
+    assert tuple(errors[0, 0]) == (40, 90, 255) and tuple(errors[3, 0]) == (0, 200, 0)
+    assert tuple(errors[5, 0]) == (230, 40, 40)
+
+
+def test_blob_false_marks_counts_only_the_blob() -> None:
+    predicted = np.zeros((245, 245), dtype=bool)
+    reference = np.zeros((245, 245), dtype=bool)
+    assert blob_false_marks(predicted, reference) == (0, 0)
+    predicted[40:55, 90:100] = True  # on the blob, no reference mark nearby
+    predicted[150:160, 150:160] = True  # elsewhere
+    marks, pixels = blob_false_marks(predicted, reference)
+    assert marks == 1 and pixels == 150
+
+
+def test_real_report_runs(real_data: Path, tiny_model: Path, tmp_path: Path) -> None:
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu")
+    report = evaluate_real(predictor, real_data, overlays=tmp_path)
+    assert set(report["crops"]) == {"crop1", "crop2", "crop3"}
+    assert report["crops"]["crop2"]["reference_marks"] > 20
+    assert (tmp_path / "tile_a_512.png").is_file() and (tmp_path / "crop1.png").is_file()

@@ -1,0 +1,76 @@
+"""Evaluation metrics on hand-made masks whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from am.evaluate.metrics import Scores, score
+
+
+def _square(shape, y, x, size):
+    m = np.zeros(shape, dtype=np.uint8)
+    m[y : y + size, x : x + size] = 255
+    return m
+
+
+def test_identical_masks() -> None:
+    truth = _square((40, 40), 5, 5, 10) | _square((40, 40), 25, 25, 8)
+    s = score(truth, truth)
+    assert (s.dice, s.iou, s.precision, s.recall, s.f1) == (1.0, 1.0, 1.0, 1.0, 1.0)
+    assert s.true_objects == s.predicted_objects == s.matched_objects == 2
+
+
+def test_half_overlap_pixel_scores() -> None:
+    truth = _square((20, 20), 0, 0, 10)  # 100 px
+    pred = np.zeros_like(truth)
+    pred[0:10, 5:15] = 255  # 100 px, 50 shared
+    s = score(truth, pred)
+    assert s.dice == pytest.approx(2 * 50 / 200)
+    assert s.iou == pytest.approx(50 / 150)
+    # IoU 1/3 < 0.5: no object match, one miss and one false mark.
+    assert (s.matched_objects, s.precision, s.recall, s.f1) == (0, 0.0, 0.0, 0.0)
+
+
+def test_object_matching_counts() -> None:
+    shape = (60, 60)
+    truth = _square(shape, 2, 2, 10) | _square(shape, 2, 30, 10) | _square(shape, 40, 40, 10)
+    # First mark found exactly, second shifted by 2 px (IoU 80/120 = 0.67), third missed, one false mark.
+    pred = _square(shape, 2, 2, 10) | _square(shape, 2, 32, 10) | _square(shape, 40, 5, 6)
+    s = score(truth, pred)
+    assert (s.true_objects, s.predicted_objects, s.matched_objects) == (3, 3, 2)
+    assert s.precision == pytest.approx(2 / 3) and s.recall == pytest.approx(2 / 3)
+    assert s.f1 == pytest.approx(2 / 3)
+
+
+def test_merged_marks_count_as_errors() -> None:
+    truth = np.zeros((20, 40), dtype=np.uint8)
+    truth[5:15, 5:15] = 255
+    truth[5:15, 17:27] = 255
+    pred = np.zeros_like(truth)
+    pred[5:15, 5:27] = 255  # one blob over both: IoU 200/220 with the union, but per mark 100/220
+    s = score(truth, pred)
+    assert (s.true_objects, s.predicted_objects, s.matched_objects) == (2, 1, 0)
+
+
+def test_empty_cases_and_pooling() -> None:
+    empty = np.zeros((10, 10), dtype=np.uint8)
+    s = score(empty, empty)
+    assert (s.dice, s.iou, s.f1) == (1.0, 1.0, 1.0)
+    only_pred = score(empty, _square((10, 10), 1, 1, 3))
+    assert (only_pred.dice, only_pred.precision, only_pred.recall) == (0.0, 0.0, 1.0)
+    pooled = Scores.combine([s, only_pred, score(_square((10, 10), 1, 1, 3), _square((10, 10), 1, 1, 3))])
+    assert pooled.predicted_objects == 2 and pooled.matched_objects == 1 and pooled.true_objects == 1
+    assert pooled.dice == pytest.approx(2 * 9 / (9 + 18))
+
+
+def test_min_object_px_ignores_specks() -> None:
+    truth = _square((30, 30), 2, 2, 10)
+    pred = truth | _square((30, 30), 25, 25, 2)
+    assert score(truth, pred).predicted_objects == 2
+    assert score(truth, pred, min_object_px=5).predicted_objects == 1
+
+
+def test_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        score(np.zeros((3, 3)), np.zeros((3, 4)))

@@ -1,0 +1,129 @@
+"""Training: the loss falls on CPU in a few steps, runs write checkpoints and logs, resume continues."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from am.imageio import write_png
+from am.model.build import build_model
+from am.model.checkpoint import ModelMeta, load_checkpoint
+from am.model.predict import prepare_input
+from am.train.data import CropDataset, Labelled, load_split, synthetic_images
+from am.train.loop import TrainConfig, loss_fn, metrics_path, state_path, train
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"encoder": "tu-mobilenetv3_small_100", "encoder_depth": 5, "decoder_channels": (32, 16, 8, 8, 4)}
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Labelled]:
+    return synthetic_images(count=4, size=128, seed=11)
+
+
+def test_a_few_steps_lower_the_loss(images: list[Labelled]) -> None:
+    torch.manual_seed(0)
+    meta = ModelMeta(**TINY)
+    model = build_model(meta).train()
+    dataset = CropDataset(images[:2], crop=64, length=4, seed=0, augment=False)
+    image, mask, weight = (torch.stack(t) for t in zip(*[dataset[i] for i in range(4)], strict=True))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):
+        loss = loss_fn(model(prepare_input(image, meta)), mask, weight, dice_weight=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_every_parameter_receives_a_gradient(images: list[Labelled]) -> None:
+    meta = ModelMeta(**TINY)
+    model = build_model(meta).train()
+    dataset = CropDataset(images, crop=64, length=2, seed=0)
+    image, mask, weight = (torch.stack(t) for t in zip(*[dataset[i] for i in range(2)], strict=True))
+    loss_fn(model(prepare_input(image, meta)), mask, weight, dice_weight=1.0).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+    # The last layer, which the original project never trained, is among them.
+    assert any(name.startswith("segmentation_head") for name, _ in model.named_parameters())
+
+
+def test_crops_are_fresh_each_epoch_and_reproducible(images: list[Labelled]) -> None:
+    dataset = CropDataset(images, crop=64, length=3, seed=5)
+    first = dataset[0][0]
+    dataset.set_epoch(1)
+    assert not torch.equal(first, dataset[0][0])
+    dataset.set_epoch(0)
+    assert torch.equal(first, dataset[0][0])
+
+
+def test_weight_zero_pixels_do_not_count() -> None:
+    logits = torch.tensor([[[[5.0, -5.0]]]])
+    target = torch.tensor([[[[1.0, 1.0]]]])
+    ignore_second = torch.tensor([[[[1.0, 0.0]]]])
+    assert loss_fn(logits, target, ignore_second, dice_weight=1.0) < 0.05
+    assert loss_fn(logits, target, torch.ones_like(target), dice_weight=1.0) > 1.0
+
+
+def test_train_writes_checkpoint_logs_and_resumes(tmp_path: Path, images: list[Labelled]) -> None:
+    out = tmp_path / "m.pt"
+    config = TrainConfig(out=out, **TINY, epochs=2, steps_per_epoch=2, batch_size=2, crop=64, warmup_steps=1,
+                         threads=1, keep_state=True, data_summary={"synthetic": 4})
+    result = train(config, images[:3], images[3:])
+    meta, _ = load_checkpoint(out)
+    assert meta.trained and meta.encoder == TINY["encoder"] and meta.validation["epoch"] == result.best_epoch
+    assert set(meta.validation) >= {"dice", "iou", "f1", "precision", "recall"}
+    assert meta.training["data"] == {"synthetic": 4} and meta.training["seed"] == 0
+    with metrics_path(out).open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert state_path(out).is_file()
+    # Resume to a longer schedule: only the new epoch runs and the log grows.
+    longer = TrainConfig(**{**config.__dict__, "epochs": 3, "resume": True, "keep_state": False})
+    resumed = train(longer, images[:3], images[3:])
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert not state_path(out).exists()  # a finished run drops its large resume state
+    with metrics_path(out).open() as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]
+
+
+def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
+    root = tmp_path / "data"
+    for split, chosen in (("train", images[:3]), ("valid", images[3:])):
+        for i, item in enumerate(chosen):
+            write_png(root / split / "synthetic" / "g1" / "source" / f"{i:03d}.png", item.image)
+            write_png(root / split / "synthetic" / "g1" / "mask" / f"{i:03d}.png", item.mask * 255)
+    loaded = load_split(root, "train")
+    assert len(loaded) == 3 and np.array_equal(loaded[0].mask, images[0].mask)
+    out = tmp_path / "cli.pt"
+    cmd = [sys.executable, "-m", "am.train", "--data", str(root), "--encoder", TINY["encoder"], "--encoder-depth",
+           "5", "--decoder-channels", "32,16,8,8,4", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+           "--crop", "64", "--threads", "1", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best epoch 1" in done.stdout and out.is_file()
+    bad = subprocess.run([*cmd[:3], "--data", str(tmp_path / "nothing"), "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
+    usage = subprocess.run([sys.executable, "-m", "am.train", "--out", str(out)], cwd=REPO, capture_output=True,
+                           text=True, check=False)
+    assert usage.returncode == 2
+
+
+def test_production_encoder_builds_and_steps_on_cpu() -> None:
+    """The GPU recipe (resnext50_32x4d) uses the same code: one step on a tiny crop here."""
+    meta = ModelMeta(encoder="resnext50_32x4d", encoder_depth=5, decoder_channels=(256, 128, 64, 32, 16))
+    model = build_model(meta).train()
+    x = prepare_input(torch.randint(0, 255, (2, 1, 64, 64), dtype=torch.uint8), meta)
+    target = torch.zeros(2, 1, 64, 64)
+    loss = loss_fn(model(x), target, torch.ones_like(target), dice_weight=1.0)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())

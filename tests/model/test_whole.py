@@ -1,0 +1,48 @@
+"""Whole-image prediction: overlapping windows reassemble exactly, rescaling returns the input's size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from am.errors import InputError
+from am.model.whole import predict_image_proba
+
+
+class Echo:
+    """Stands in for a Predictor: the 'probability' of a pixel is its grey value / 255."""
+
+    batch_size = 3
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def predict_proba(self, tiles: np.ndarray) -> np.ndarray:
+        assert tiles.dtype == np.uint8 and tiles.shape[1] % 32 == 0 and tiles.shape[2] % 32 == 0
+        self.shapes.append(tiles.shape)
+        return tiles.astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("shape", [(245, 245), (700, 1100), (64, 64), (33, 900)])
+def test_windows_reassemble_the_image(shape: tuple[int, int]) -> None:
+    image = np.random.default_rng(1).integers(0, 256, size=shape, dtype=np.uint8)
+    echo = Echo()
+    out = predict_image_proba(echo, image, tile_size=256, overlap=32)
+    assert out.shape == shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, image / 255.0, atol=1e-5)
+    assert all(s[0] <= Echo.batch_size for s in echo.shapes)
+
+
+def test_rescale_round_trip_keeps_size_and_values() -> None:
+    image = np.full((245, 245), 200, dtype=np.uint8)
+    image[100:140, 100:140] = 20
+    out = predict_image_proba(Echo(), image, scale=2.04)
+    assert out.shape == image.shape
+    assert out[120, 120] == pytest.approx(20 / 255, abs=0.02) and out[10, 10] == pytest.approx(200 / 255, abs=0.02)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(InputError):
+        predict_image_proba(Echo(), np.zeros((10, 10), dtype=np.float32))
+    with pytest.raises(InputError):
+        predict_image_proba(Echo(), np.zeros((10, 10), dtype=np.uint8), tile_size=100)

@@ -1,0 +1,107 @@
+"""Generator invariants: the mask is exactly the drawn marks, ids are unique and in lattice order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+
+from am.imageio import read_image
+from am.synth.dataset import random_sample, write_dataset
+from am.synth.lattice import Lattice
+from am.synth.render import SHAPES, Style, random_style, render
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _scene(seed: int, **style):
+    rng = np.random.default_rng(seed)
+    base = random_style(rng)
+    style = Style(**{**base.__dict__, **style})
+    lat = Lattice.centred(rows=6, cols=7, width=320, height=288, pitch_x=style.pitch, angle_deg=style.angle_deg)
+    return render(lat, style, width=320, height=288, rng=rng)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mask_ids_and_lattice_order(seed: int) -> None:
+    scene = _scene(seed, pitch=40.0, mark_radius=14.0, jitter=0.02, missing=0.15, angle_deg=7.0 * (seed - 3) / 3)
+    assert scene.image.dtype == np.float32 and scene.image.min() >= 0 and scene.image.max() <= 1
+    np.testing.assert_array_equal(scene.mask == 255, scene.ids > 0)
+    assert set(np.unique(scene.mask)) <= {0, 255}
+    present_ids = set(np.unique(scene.ids)) - {0}
+    expected = {int(i) for i in scene.lattice.ids()[scene.present]}
+    assert present_ids == expected
+    assert 0 < len(present_ids) <= scene.lattice.rows * scene.lattice.cols
+    # Each id sits at its own lattice node (marks are drawn around the node, within a fraction of the pitch).
+    nodes = scene.lattice.nodes()
+    labels = sorted(present_ids)
+    centres = ndimage.center_of_mass(np.ones_like(scene.ids), scene.ids, labels)
+    for mark_id, (cy, cx) in zip(labels, centres, strict=True):
+        nx, ny = nodes[mark_id - 1]
+        if 20 < nx < 300 and 20 < ny < 268:  # marks cut by the border have shifted centres
+            assert np.hypot(cx - nx, cy - ny) < 0.5 * 40.0
+        # One connected footprint per id, at most a few fragments for C shapes.
+        _, count = ndimage.label(scene.ids == mark_id)
+        assert count <= 3
+
+
+def test_every_shape_draws_something() -> None:
+    for shape in SHAPES:
+        scene = _scene(1, shape=shape, pitch=40.0, mark_radius=14.0, missing=0.0, mixed_shapes=False)
+        areas = np.bincount(scene.ids.ravel())[1:]
+        assert (areas[areas > 0] > 20).all(), shape
+
+
+def test_missing_marks_are_absent_from_truth() -> None:
+    scene = _scene(2, missing=0.5, pitch=40.0, mark_radius=14.0)
+    assert 0 < scene.present.sum() < scene.present.size
+    absent = scene.lattice.ids()[~scene.present]
+    assert not np.isin(scene.ids, absent).any()
+
+
+def test_samples_are_reproducible_and_normalised() -> None:
+    a = random_sample(np.random.default_rng([5, 1]), size=128)
+    b = random_sample(np.random.default_rng([5, 1]), size=128)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.image.dtype == np.uint8 and a.image.shape == (128, 128)
+    assert a.image.min() == 0 and a.image.max() == 255
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_write_dataset_layout(tmp_path: Path, bit_depth: int) -> None:
+    root = tmp_path / "ds"
+    paths = write_dataset(root, rows=6, cols=5, seed=3, groups=2, bit_depth=bit_depth, pitch=30)
+    assert [p.relative_to(root).as_posix() for p in paths] == ["source/group01/image.tif", "source/group02/image.tif"]
+    image = read_image(paths[0])
+    assert image.dtype == (np.uint8 if bit_depth == 8 else np.uint16)
+    ids = read_image(root / "truth" / "group01" / "ids.png")
+    mask = read_image(root / "truth" / "group01" / "mask.png")
+    assert ids.dtype == np.uint16 and ids.shape == image.shape == mask.shape
+    np.testing.assert_array_equal(mask == 255, ids > 0)
+    record = json.loads((root / "truth" / "group01" / "lattice.json").read_text())
+    assert record["rows"] == 6 and record["cols"] == 5 and record["pitch_x"] == 30
+    present = set(np.unique(ids)) - {0}
+    assert present == set(range(1, 31)) - set(record["missing_ids"])
+
+
+def test_cli_refuses_to_overwrite(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "am.synth", "dataset", str(root), "--rows", "4", "--cols", "4", "--seed", "1"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    before = tifffile.imread(root / "source" / "group01" / "image.tif")
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    assert second.returncode == 1 and "--force" in second.stderr
+    forced = subprocess.run([*cmd, "--force"], cwd=REPO, capture_output=True, text=True, check=False)
+    assert forced.returncode == 0
+    np.testing.assert_array_equal(before, tifffile.imread(root / "source" / "group01" / "image.tif"))
+    usage = subprocess.run([*cmd[:4], "--rows", "0", "--cols", "3"], cwd=REPO, capture_output=True, text=True,
+                           check=False)
+    assert usage.returncode == 2
