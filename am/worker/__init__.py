@@ -8,20 +8,26 @@ The pieces, each replaceable in tests by a fake behind the same interface::
     sys.exit(worker.run())
 """
 
-from am.worker.batch import BatchProcessor, TileWork
+from am.worker.batch import TileSteps, TileWork
 from am.worker.config import WorkerConfig
 from am.worker.lease import Heartbeat, Lease
 from am.worker.models import ModelCache, Predictor
+from am.worker.stages import Prefetcher, Uploader
+from am.worker.timing import STAGES, StageClock
 from am.worker.worker import ResultSender, Worker, WorkerStats
 
 __all__ = [
-    "BatchProcessor",
+    "STAGES",
     "Heartbeat",
     "Lease",
     "ModelCache",
     "Predictor",
+    "Prefetcher",
     "ResultSender",
+    "StageClock",
+    "TileSteps",
     "TileWork",
+    "Uploader",
     "Worker",
     "WorkerConfig",
     "WorkerStats",

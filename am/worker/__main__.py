@@ -3,7 +3,9 @@
 Environment: AM_QUEUE_URL, AM_INPUT_BUCKET, AM_OUTPUT_BUCKET (required); AM_MODEL (path or
 s3:// URI, default the shipped model), AM_ENDPOINT_URL (local backend only), AM_REGION,
 AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S, AM_THREADS
-(torch CPU threads, 0: torch's default), AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
+(torch CPU threads, 0: torch's default), AM_COMPILE (auto|on|off: torch.compile, auto on CUDA
+only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, fp32 on CPU), AM_LOG_LEVEL,
+AM_WORKER_ID (default host-pid).
 
 Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when the model
 cannot be loaded, the worker breaks, or a second signal aborts it, 2 for bad settings.
@@ -20,6 +22,8 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from types import FrameType
+
+import cv2
 
 from am.errors import AmError, ConfigError
 from am.transport.clients import ClientFactory
@@ -73,11 +77,14 @@ def build_worker(config: WorkerConfig) -> Worker:
     from am.model.checkpoint import default_model_path
     from am.model.predict import Predictor
 
+    # PNG codecs run on the stage pools beside the model: OpenCV's own threads would only crowd its cores.
+    cv2.setNumThreads(1)
     clients = ClientFactory(endpoint_url=config.endpoint_url, region=config.region)
     sqs = clients.sqs()
     storage = Storage(clients.s3())
     models = ModelCache(
-        partial(Predictor.from_checkpoint, threads=config.threads),
+        partial(Predictor.from_checkpoint, threads=config.threads, batch_size=config.batch_size,
+                precision=config.precision, compile=config.compile),
         storage=storage,
         cache_dir=Path(tempfile.gettempdir()) / "am-segm-models",
     )

@@ -1,11 +1,15 @@
-"""One batch of tiles through the model: download, decode, predict, encode, upload.
+"""What happens to a tile between its message and its report: fetch, infer, put.
 
 Each tile carries its own outcome, so one corrupt or missing tile fails alone while the rest
 of the batch completes; only an inference error fails every tile that shared the forward
-pass. Nothing here touches SQS: the worker decides what an outcome means for the message::
+pass. Nothing here touches SQS: the worker decides what an outcome means for the message.
+``fetch`` and ``put`` handle one tile and run on the I/O pools of the prefetch and upload
+stages; ``infer`` handles a whole batch on the compute thread::
 
-    tiles = [TileWork(received, message) for ...]
-    BatchProcessor(storage, models, input_bucket="in", output_bucket="out", pool=pool).process(tiles)
+    steps = TileSteps(storage, models, input_bucket="in", output_bucket="out", clock=StageClock())
+    for tile in tiles: steps.fetch(tile)      # download + decode
+    steps.infer(tiles)                        # one forward pass per (model, tile shape)
+    for tile in tiles: steps.put(tile)        # encode + upload
     done = [t for t in tiles if t.ok]
 """
 
@@ -15,7 +19,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +29,7 @@ from am.messages import TileMessage
 from am.transport.queue import Received
 from am.transport.storage import Storage
 from am.worker.models import Predictor
+from am.worker.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class TileWork:
     received: Received
     message: TileMessage
     image: np.ndarray | None = None
-    mask_png: bytes | None = None
+    mask: np.ndarray | None = None
     error: str = ""
     compute_s: float = 0.0
 
@@ -53,8 +57,8 @@ class TileWork:
             self.error = reason[:MAX_ERROR_CHARS]
 
 
-class BatchProcessor:
-    """Turns input tiles into uploaded masks; transfers run on ``pool``, inference on the calling thread."""
+class TileSteps:
+    """The three steps of a tile; thread-safe as long as ``storage`` and the predictors' callers are."""
 
     def __init__(
         self,
@@ -63,33 +67,47 @@ class BatchProcessor:
         *,
         input_bucket: str,
         output_bucket: str,
-        pool: Executor,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: StageClock,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._storage = storage
         self._predictor_for = predictor_for
         self._input_bucket = input_bucket
         self._output_bucket = output_bucket
-        self._pool = pool
         self._clock = clock
+        self._timer = timer
 
-    def process(self, tiles: list[TileWork]) -> None:
-        """Run every step; afterwards each tile is either ``ok`` (mask uploaded) or has an ``error``."""
-        self._download(tiles)
+    def fetch(self, tile: TileWork) -> None:
+        """Download and decode the tile's image; an AmError fails the tile, anything else is raised."""
+        key = tile.message.input
+        try:
+            with self._clock.timing("download"):
+                data = self._storage.get_bytes(self._input_bucket, key)
+            with self._clock.timing("decode"):
+                tile.image = decode_png(data, name=f"s3://{self._input_bucket}/{key}")
+        except AmError as exc:
+            tile.fail(f"input: {exc}")
+
+    def infer(self, tiles: list[TileWork]) -> None:
+        """Masks for every decoded tile, one forward pass per group of tiles sharing model and shape."""
         for group in _groups(t for t in tiles if t.ok):
             self._infer(group)
-        self._upload([t for t in tiles if t.ok])
 
-    def _download(self, tiles: list[TileWork]) -> None:
-        def fetch(tile: TileWork) -> None:
-            key = tile.message.input
-            try:
-                data = self._storage.get_bytes(self._input_bucket, key)
-                tile.image = decode_png(data, name=f"s3://{self._input_bucket}/{key}")
-            except AmError as exc:
-                tile.fail(f"input: {exc}")
-
-        list(self._pool.map(fetch, tiles))
+    def put(self, tile: TileWork) -> None:
+        """Encode and write the tile's mask (same array, same bytes); does nothing for a failed tile."""
+        if not tile.ok:
+            return
+        if tile.mask is None:
+            tile.fail("no mask was produced for this tile")
+            return
+        try:
+            with self._clock.timing("encode"):
+                data = encode_png(np.ascontiguousarray(tile.mask, dtype=np.uint8))
+            tile.mask = None
+            with self._clock.timing("upload"):
+                self._storage.put_bytes(self._output_bucket, tile.message.output, data)
+        except AmError as exc:
+            tile.fail(f"output: {exc}")
 
     def _infer(self, group: list[TileWork]) -> None:
         model = group[0].message.model
@@ -101,7 +119,7 @@ class BatchProcessor:
                 tile.fail(f"model {model}: {exc}")
             return
         batch = np.stack([t.image for t in group if t.image is not None])
-        start = self._clock()
+        start = self._timer()
         try:
             masks = predictor.predict(batch)
             if masks.shape != batch.shape:
@@ -112,26 +130,23 @@ class BatchProcessor:
             for tile in group:
                 tile.fail(f"inference: {type(exc).__name__}: {exc}")
             return
-        share = (self._clock() - start) / len(group)
+        elapsed = self._timer() - start
+        self._record(predictor, elapsed)
+        share = elapsed / len(group)
         for tile, mask in zip(group, masks, strict=True):
             tile.compute_s = share
             tile.image = None
-            try:
-                tile.mask_png = encode_png(np.ascontiguousarray(mask, dtype=np.uint8))
-            except AmError as exc:
-                tile.fail(f"encode: {exc}")
+            tile.mask = mask
 
-    def _upload(self, tiles: list[TileWork]) -> None:
-        def put(tile: TileWork) -> None:
-            if tile.mask_png is None:
-                tile.fail("no mask was produced for this tile")
-                return
-            try:
-                self._storage.put_bytes(self._output_bucket, tile.message.output, tile.mask_png)
-            except AmError as exc:
-                tile.fail(f"output: {exc}")
-
-        list(self._pool.map(put, tiles))
+    def _record(self, predictor: Predictor, elapsed: float) -> None:
+        """Split the call into H2D, compute and D2H when the predictor says how (am.model's does)."""
+        times = getattr(predictor, "last_times", None)
+        if times is None:
+            self._clock.add("compute", elapsed)
+            return
+        self._clock.add("h2d", times.h2d)
+        self._clock.add("compute", max(0.0, elapsed - times.h2d - times.d2h))
+        self._clock.add("d2h", times.d2h)
 
 
 def _groups(tiles: Iterable[TileWork]) -> list[list[TileWork]]:
@@ -143,4 +158,4 @@ def _groups(tiles: Iterable[TileWork]) -> list[list[TileWork]]:
     return list(groups.values())
 
 
-__all__ = ["MAX_ERROR_CHARS", "BatchProcessor", "TileWork"]
+__all__ = ["MAX_ERROR_CHARS", "TileSteps", "TileWork"]

@@ -20,6 +20,9 @@ N = TypeVar("N", int, float)
 
 REQUIRED = ("AM_QUEUE_URL", "AM_INPUT_BUCKET", "AM_OUTPUT_BUCKET")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# AM_COMPILE: torch.compile the model (auto: on CUDA only); AM_PRECISION (auto: fp16 on CUDA, fp32 on CPU).
+COMPILE_MODES = ("auto", "on", "off")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_IDLE_EXIT_S = 60.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 120
 # Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.
@@ -43,6 +46,8 @@ class WorkerConfig:
     threads: int = 0
     log_level: str = "INFO"
     worker_id: str = ""
+    compile: str = "auto"
+    precision: str = "auto"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkerConfig:
@@ -70,6 +75,8 @@ class WorkerConfig:
             threads=_number(environ, "AM_THREADS", int, 0),
             log_level=text("AM_LOG_LEVEL", "INFO").upper(),
             worker_id=text("AM_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+            compile=text("AM_COMPILE", "auto").lower(),
+            precision=text("AM_PRECISION", "auto").lower(),
         )
         config.check()
         return config
@@ -86,6 +93,12 @@ class WorkerConfig:
             raise ConfigError(f"AM_THREADS = {self.threads} must be >= 0 (0 lets torch choose)")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"AM_LOG_LEVEL = {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"AM_COMPILE = {self.compile!r} must be one of {', '.join(COMPILE_MODES)} "
+                              "(auto compiles on CUDA only)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"AM_PRECISION = {self.precision!r} must be one of {', '.join(PRECISIONS)} "
+                              "(auto is fp16 on CUDA, fp32 on CPU)")
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ConfigError(f"AM_ENDPOINT_URL = {self.endpoint_url!r} must be an http:// or https:// URL")
 
@@ -107,4 +120,4 @@ def _number(environ: Mapping[str, str], name: str, typ: Callable[[str], N], defa
         raise ConfigError(f"environment variable {name} = {raw!r} is not a valid {kind}") from exc
 
 
-__all__ = ["REQUIRED", "WorkerConfig"]
+__all__ = ["COMPILE_MODES", "PRECISIONS", "REQUIRED", "WorkerConfig"]

@@ -12,11 +12,18 @@ dead-letter queue takes it quickly. Nothing is ever deleted that was not done::
                     visibility_timeout_s=120, worker_id="w1")
     exit_code = worker.run()          # worker.stop() from a signal handler ends it cleanly
 
-Threads: ``run()`` supervises; a processing thread receives and works through batches; a
-heartbeat thread keeps held messages hidden. Stopping finishes the batch in hand (releasing
-it if that takes longer than ``stop_grace_s``); aborting releases everything at once. A stop
-while idle does not wait for the long poll in progress: should that poll still deliver
-messages after the process has gone, they reappear when their visibility timeout ends.
+Threads: ``run()`` supervises. The model runs on the compute thread, one batch at a time; the
+prefetch stage (:class:`~am.worker.stages.Prefetcher`) receives, downloads and decodes up to
+``prefetch_batches`` batches ahead of it, and the upload stage (:class:`~am.worker.stages.Uploader`)
+encodes, writes, reports and deletes up to ``upload_batches`` batches behind it. A heartbeat
+thread keeps every held message hidden, prefetched ones included.
+
+Stopping releases the prefetched batches at once (visibility 0), finishes the batch being
+computed and those being uploaded, and releases whatever is left after ``stop_grace_s``;
+aborting releases everything at once. An unexpected error in any stage stops the worker the
+same way and makes :meth:`Worker.run` return 1. A stop while idle does not wait for the long
+poll in progress: should that poll still deliver messages after the process has gone, they
+reappear when their visibility timeout ends.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ from am.errors import MessageError, TransportError, WorkerError
 from am.messages import RESULT_DONE, RESULT_FAILED, TileMessage, TileResult
 from am.transport.queue import MAX_RECEIVE, MAX_VISIBILITY_S, MAX_WAIT_S, Queue, Received, is_missing_queue
 from am.transport.storage import Storage
-from am.worker.batch import BatchProcessor, TileWork
+from am.worker.batch import TileSteps, TileWork
 from am.worker.lease import Heartbeat, Lease
 from am.worker.models import Predictor
+from am.worker.stages import Prefetcher, Uploader
+from am.worker.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +54,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 # A failed tile is hidden for min(2**attempt, this) seconds before it is tried again.
 MAX_BACKOFF_S = 30
-# After a stop request, how long the batch in hand may take before it is released instead.
+# After a stop request, how long the work in hand may take before it is released instead.
 STOP_GRACE_S = 25.0
-# Parallel S3 transfers per batch.
+# Parallel S3 transfers (with PNG decode or encode) per stage.
 TRANSFER_THREADS = 8
+# Batches received ahead of the model: one ready when it finishes, one arriving. More would only
+# spend the held messages' visibility on waiting.
+PREFETCH_BATCHES = 2
+# Batches computed and not yet settled before the model waits for the uploads.
+UPLOAD_BATCHES = 2
 _SUPERVISE_INTERVAL_S = 0.1
 
 
@@ -60,13 +74,16 @@ class ResultSender(Protocol):
 
 @dataclass
 class WorkerStats:
-    """What a worker did, for its closing log line."""
+    """What a worker did, for its closing log line and the benchmark."""
 
     done: int = 0
     failed: int = 0
     rejected: int = 0
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
+    # When the last tile was settled as done (monotonic), for throughput figures without the idle tail.
+    last_done: float = 0.0
+    clock: StageClock = field(default_factory=StageClock)
 
     @property
     def seconds(self) -> float:
@@ -92,6 +109,8 @@ class Worker:
         max_backoff_s: int = MAX_BACKOFF_S,
         stop_grace_s: float = STOP_GRACE_S,
         transfer_threads: int = TRANSFER_THREADS,
+        prefetch_batches: int = PREFETCH_BATCHES,
+        upload_batches: int = UPLOAD_BATCHES,
     ) -> None:
         if batch_size < 1:
             raise WorkerError(f"batch size must be at least 1, got {batch_size}")
@@ -99,6 +118,9 @@ class Worker:
             raise WorkerError(f"idle exit must be > 0 seconds, got {idle_exit_s}")
         if not 1 <= visibility_timeout_s <= MAX_VISIBILITY_S:
             raise WorkerError(f"visibility timeout {visibility_timeout_s} s is outside 1..{MAX_VISIBILITY_S} s")
+        if transfer_threads < 1 or prefetch_batches < 1 or upload_batches < 1:
+            raise WorkerError(f"transfer threads ({transfer_threads}), prefetch batches ({prefetch_batches}) and "
+                              f"upload batches ({upload_batches}) must each be at least 1")
         self._queue = queue
         self._storage = storage
         self._predictor_for = predictor_for
@@ -111,18 +133,23 @@ class Worker:
         self._max_backoff_s = max_backoff_s
         self._stop_grace_s = stop_grace_s
         self._transfer_threads = transfer_threads
+        self._prefetch_batches = prefetch_batches
+        self._upload_batches = upload_batches
         self.worker_id = worker_id
         self.stats = WorkerStats()
         self._lease = Lease()
         self._stopping = threading.Event()
         self._aborting = threading.Event()
+        self._broken = threading.Event()
         self._crash: BaseException | None = None
+        self._crash_lock = threading.Lock()
+        self._idle_s = 0.0
         self._senders: dict[str, ResultSender] = {}
 
     # -- control -------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop receiving; finish the batch in hand, then :meth:`run` returns 0. Safe to call repeatedly."""
+        """Stop receiving; finish the work in hand, then :meth:`run` returns 0. Safe to call repeatedly."""
         self._stopping.set()
 
     def abort(self) -> None:
@@ -133,28 +160,46 @@ class Worker:
     def run(self) -> int:
         """Work until idle, stopped or aborted; returns the process exit code (0 unless aborted or broken)."""
         self.stats = WorkerStats()
-        log.info("worker %s consuming %s (batch %d, visibility %d s, idle exit %.0f s)", self.worker_id,
-                 self._queue.name, self._batch_size, self._visibility_s, self._idle_exit_s)
+        self._idle_s = 0.0
+        log.info("worker %s consuming %s (batch %d, %d batch(es) prefetched, visibility %d s, idle exit %.0f s)",
+                 self.worker_id, self._queue.name, self._batch_size, self._prefetch_batches, self._visibility_s,
+                 self._idle_exit_s)
         heartbeat = Heartbeat(self._queue, self._lease, visibility_timeout_s=self._visibility_s)
-        pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-io")
-        processor = BatchProcessor(self._storage, self._predictor_for, input_bucket=self._input_bucket,
-                                   output_bucket=self._output_bucket, pool=pool)
-        thread = threading.Thread(target=self._consume, args=(processor,), name="am-consume", daemon=True)
+        fetch_pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-fetch")
+        put_pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-put")
+        steps = TileSteps(self._storage, self._predictor_for, input_bucket=self._input_bucket,
+                          output_bucket=self._output_bucket, clock=self.stats.clock)
+        prefetcher: Prefetcher[TileWork] = Prefetcher(
+            receive=self._receive, fetch=steps.fetch, discard=self._give_back, pool=fetch_pool,
+            depth=self._prefetch_batches, on_error=self._fail)
+        uploader: Uploader[TileWork] = Uploader(put=steps.put, settle=self._settle, pool=put_pool,
+                                                depth=self._upload_batches, on_error=self._fail)
+        thread = threading.Thread(target=self._compute, args=(prefetcher, uploader, steps), name="am-compute",
+                                  daemon=True)
         with heartbeat:
-            thread.start()
             try:
-                code = self._supervise(thread)
+                if not self._stopping.is_set():
+                    prefetcher.start()
+                    uploader.start()
+                    thread.start()
+                code = self._supervise(thread, prefetcher)
             finally:
+                prefetcher.stop()
                 # Wait for transfers only when nothing still uses them; an abort must not wait at all.
-                pool.shutdown(wait=not thread.is_alive(), cancel_futures=True)
+                idle = not thread.is_alive()
+                fetch_pool.shutdown(wait=idle, cancel_futures=True)
+                put_pool.shutdown(wait=idle, cancel_futures=True)
         s = self.stats
         log.info("worker %s exits with %d: %d tile(s) done, %d failed, %d rejected, %d batch(es) in %.1f s",
                  self.worker_id, code, s.done, s.failed, s.rejected, s.batches, s.seconds)
+        if s.done:
+            log.info("busy ms per tile by stage: %s", ", ".join(
+                f"{stage} {seconds * 1000:.1f}" for stage, seconds in s.clock.per_tile(tiles=s.done).items()))
         return code
 
     # -- supervision (calling thread) ----------------------------------------------------
 
-    def _supervise(self, thread: threading.Thread) -> int:
+    def _supervise(self, thread: threading.Thread, prefetcher: Prefetcher[TileWork]) -> int:
         stop_seen_at: float | None = None
         while thread.is_alive():
             if self._aborting.is_set():
@@ -164,89 +209,139 @@ class Worker:
             if self._stopping.is_set():
                 if stop_seen_at is None:
                     stop_seen_at = time.monotonic()
-                    log.info("stopping: finishing the batch in hand (%d message(s))", len(self._lease))
+                    waiting = prefetcher.waiting
+                    prefetcher.stop()
+                    log.info("stopping: %d prefetched batch(es) given back, finishing the work in hand "
+                             "(%d message(s))", waiting, len(self._lease))
                 if not len(self._lease):
                     # Idle (typically inside a long poll): nothing to finish, so do not wait for the poll.
-                    return EXIT_OK
+                    return self._exit_code()
                 if time.monotonic() - stop_seen_at > self._stop_grace_s:
-                    log.warning("batch not finished %.0f s after the stop request: releasing it", self._stop_grace_s)
+                    log.warning("work in hand not finished %.0f s after the stop request: releasing it",
+                                self._stop_grace_s)
                     self._release_all()
-                    return EXIT_OK
+                    return self._exit_code()
             thread.join(_SUPERVISE_INTERVAL_S)
-        if self._stopping.is_set() and stop_seen_at is None:
+        if self._stopping.is_set() and stop_seen_at is None and not self._broken.is_set():
             log.info("stopping: stop requested between batches")
-        if self._crash is not None:
-            self._release_all()
-            log.error("worker %s stopped on an error: %s", self.worker_id, self._crash)
-            return EXIT_FAILED
-        return EXIT_OK
+        self._release_all()
+        return self._exit_code()
+
+    def _exit_code(self) -> int:
+        if self._crash is None:
+            return EXIT_OK
+        self._release_all()
+        log.error("worker %s stopped on an error: %s: %s", self.worker_id, type(self._crash).__name__, self._crash)
+        return EXIT_FAILED
+
+    def _fail(self, exc: BaseException) -> None:
+        """Any stage's unexpected error: remember the first, and stop the worker as a stop request would."""
+        with self._crash_lock:
+            if self._crash is None:
+                self._crash = exc
+                log.error("worker %s: unexpected error in %s", self.worker_id, threading.current_thread().name,
+                          exc_info=exc)
+        self._broken.set()
+        self._stopping.set()
 
     def _release_all(self) -> None:
         self._release(self._lease.handles(), 0)
 
-    # -- consuming (processing thread) ---------------------------------------------------
+    # -- prefetch stage: receiving (am-receive thread) -----------------------------------
 
-    def _consume(self, processor: BatchProcessor) -> None:
-        try:
-            last_work = time.monotonic()
-            while not self._stopping.is_set():
-                idle_left = self._idle_exit_s - (time.monotonic() - last_work)
-                if idle_left <= 0:
-                    log.info("no messages for %.0f s: exiting", self._idle_exit_s)
-                    return
-                batch = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
-                if not batch:
-                    continue
-                if self._stopping.is_set():
-                    # Received after the stop request: not "in hand" yet, so give it back.
-                    self._release([r.receipt_handle for r in batch], 0)
-                    return
-                self._handle(batch, processor)
-                last_work = time.monotonic()
-        except BaseException as exc:
-            log.exception("worker %s: unexpected error in the processing loop", self.worker_id)
-            self._crash = exc
+    def _receive(self) -> list[TileWork] | None:
+        """The next batch of valid tile messages, or None when idle for ``idle_exit_s`` or stopping."""
+        while not self._stopping.is_set():
+            idle_left = self._idle_exit_s - self._idle_s
+            if idle_left <= 0:
+                log.info("no messages for %.0f s: exiting", self._idle_exit_s)
+                return None
+            started, busy = time.monotonic(), len(self._lease) > 0
+            batch = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
+            if not batch:
+                # Idle means nothing to do: while earlier batches were in hand (their retries may still
+                # come back), the clock does not run.
+                busy = busy or len(self._lease) > 0
+                self._idle_s = 0.0 if busy else self._idle_s + time.monotonic() - started
+                continue
+            self._idle_s = 0.0
+            if self._stopping.is_set():
+                # Received after the stop request: not "in hand" yet, so give it back.
+                self._release([r.receipt_handle for r in batch], 0)
+                return None
+            tiles: list[TileWork] = []
+            for received in batch:
+                try:
+                    tiles.append(TileWork(received, TileMessage.from_json(received.body)))
+                except MessageError as exc:
+                    self._reject(received, exc)
+            if tiles:
+                return tiles
+        return None
 
     def _receive_batch(self, *, wait_s: int) -> list[Received]:
         """Up to batch_size messages: one long poll, then short polls while they keep coming."""
         batch: list[Received] = []
         while len(batch) < self._batch_size and not self._stopping.is_set():
+            started = time.perf_counter()
             got = self._queue.receive(max_messages=min(MAX_RECEIVE, self._batch_size - len(batch)),
                                       wait_s=0 if batch else wait_s, visibility_timeout=self._visibility_s)
             self._lease.add(got)
             if not got:
                 break
+            self.stats.clock.add("receive", time.perf_counter() - started)
             batch.extend(got)
         return batch
-
-    def _handle(self, batch: list[Received], processor: BatchProcessor) -> None:
-        tiles: list[TileWork] = []
-        for received in batch:
-            try:
-                tiles.append(TileWork(received, TileMessage.from_json(received.body)))
-            except MessageError as exc:
-                self._reject(received, exc)
-        processor.process(tiles)
-        for tile in tiles:
-            if not tile.ok:
-                log.warning("tile %s of job %s failed (attempt %d): %s", tile.message.name, tile.message.job,
-                            tile.received.receive_count, tile.error)
-        unreported, dropped = self._report(tiles)
-        done = [t.received.receipt_handle for t in tiles if t.ok and t.received.receipt_handle not in unreported]
-        retry = [t for t in tiles if not (t.ok and t.received.receipt_handle not in unreported)]
-        self.stats.done += len(done)
-        self.stats.failed += sum(1 for t in tiles if not t.ok)
-        self.stats.batches += 1
-        log.info("batch of %d: %d done, %d failed, %d rejected", len(batch), len(done),
-                 sum(1 for t in tiles if not t.ok), len(batch) - len(tiles))
-        self._delete(done + dropped)
-        self._back_off([t for t in retry if t.received.receipt_handle not in dropped])
 
     def _reject(self, received: Received, exc: MessageError) -> None:
         """A message we must not act on: log it, touch none of its keys, let the dead-letter queue take it."""
         log.error("rejected message %s (receive %d): %s", received.message_id, received.receive_count, exc)
         self.stats.rejected += 1
         self._release([received.receipt_handle], 0)
+
+    def _give_back(self, tiles: list[TileWork]) -> None:
+        """Prefetched tiles the model will not get to (stopping): visible again at once, for another worker."""
+        self._release([t.received.receipt_handle for t in tiles], 0)
+
+    # -- compute stage (am-compute thread) -----------------------------------------------
+
+    def _compute(self, prefetcher: Prefetcher[TileWork], uploader: Uploader[TileWork], steps: TileSteps) -> None:
+        try:
+            while not self._stopping.is_set():
+                tiles = prefetcher.take()
+                if tiles is None:
+                    break
+                steps.infer(tiles)
+                if not uploader.submit(tiles):
+                    break
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            prefetcher.stop()
+            uploader.close()
+        uploader.join()
+
+    # -- upload stage: settling (am-settle thread), after every tile's mask is written ----
+
+    def _settle(self, tiles: list[TileWork]) -> None:
+        for tile in tiles:
+            if not tile.ok:
+                log.warning("tile %s of job %s failed (attempt %d): %s", tile.message.name, tile.message.job,
+                            tile.received.receive_count, tile.error)
+        with self.stats.clock.timing("report"):
+            unreported, dropped = self._report(tiles)
+        done = [t.received.receipt_handle for t in tiles if t.ok and t.received.receipt_handle not in unreported]
+        retry = [t for t in tiles if not (t.ok and t.received.receipt_handle not in unreported)]
+        failed = sum(1 for t in tiles if not t.ok)
+        self.stats.done += len(done)
+        if done:
+            self.stats.last_done = time.monotonic()
+        self.stats.failed += failed
+        self.stats.batches += 1
+        log.info("batch of %d: %d done, %d failed", len(tiles), len(done), failed)
+        with self.stats.clock.timing("delete"):
+            self._delete(done + dropped)
+        self._back_off([t for t in retry if t.received.receipt_handle not in dropped])
 
     def _report(self, tiles: list[TileWork]) -> tuple[set[str], list[str]]:
         """Send a TileResult per tile to its job's results queue.

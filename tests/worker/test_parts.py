@@ -60,6 +60,9 @@ def test_config_from_environment_defaults() -> None:
     custom = WorkerConfig.from_environ({**BASE_ENV, "AM_BATCH_SIZE": "8", "AM_LOG_LEVEL": "debug",
                                         "AM_WORKER_ID": "w7", "AM_THREADS": "2"})
     assert (custom.batch_size_for("cuda"), custom.log_level, custom.worker_id, custom.threads) == (8, "DEBUG", "w7", 2)
+    assert (config.compile, config.precision) == ("auto", "auto")
+    fast = WorkerConfig.from_environ({**BASE_ENV, "AM_COMPILE": "OFF", "AM_PRECISION": "bf16"})
+    assert (fast.compile, fast.precision) == ("off", "bf16")
 
 
 def test_config_lists_every_missing_variable() -> None:
@@ -74,6 +77,8 @@ def test_config_lists_every_missing_variable() -> None:
     ("AM_VISIBILITY_TIMEOUT_S", "5", "between 30 and 43200"),
     ("AM_LOG_LEVEL", "LOUD", "one of"),
     ("AM_ENDPOINT_URL", "127.0.0.1:5000", "http://"),
+    ("AM_COMPILE", "yes", "auto, on, off"),
+    ("AM_PRECISION", "int8", "auto, fp32, fp16, bf16"),
 ])
 def test_config_rejects_bad_values(name: str, value: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -52,17 +52,19 @@ def test_batches_larger_than_one_receive_are_filled(env: Env) -> None:
     assert len(env.collect_results()) == 30
 
 
-def test_heartbeat_keeps_slow_batch_hidden(env: Env) -> None:
-    env.put_tiles(range(2))
-    predictor = FakePredictor(delay_s=3.5)
-    worker = env.worker(predictor, visibility_timeout_s=2)
+def test_heartbeat_keeps_slow_batch_and_prefetched_ones_hidden(env: Env) -> None:
+    env.put_tiles(range(4))
+    predictor = FakePredictor()
+    predictor.release.clear()
+    worker = env.worker(predictor, visibility_timeout_s=2, batch_size=2)
     thread, out = run_in_thread(worker)
     assert predictor.started.wait(10)
     time.sleep(2.5)  # past the 2 s visibility timeout: only the heartbeat keeps the messages hidden
-    assert env.queue.receive(wait_s=0) == []
+    assert env.queue.receive(wait_s=0) == []  # neither the batch computing nor the one prefetched
+    predictor.release.set()
     thread.join(20)
     assert out == {"code": 0}
-    assert [r.status for r in env.collect_results()] == ["done", "done"]
+    assert [r.status for r in env.collect_results()] == ["done"] * 4
     time.sleep(2.2)
     assert env.queue.receive(wait_s=0) == []
     assert env.queue.depth() == {"visible": 0, "in_flight": 0}
@@ -244,3 +246,88 @@ def test_stop_before_run_returns_without_receiving(env: Env) -> None:
     worker.stop()
     assert worker.run() == 0
     assert env.queue.depth() == {"visible": 2, "in_flight": 0}
+
+
+def test_stop_gives_prefetched_batches_back_at_once(env: Env) -> None:
+    env.put_tiles(range(6))
+    predictor = FakePredictor()
+    predictor.release.clear()
+    worker = env.worker(predictor, batch_size=2, idle_exit_s=30)
+    thread, out = run_in_thread(worker)
+    assert predictor.started.wait(10)
+    assert wait_until(lambda: env.queue.depth()["visible"] == 0)  # two batches prefetched behind the first
+    worker.stop()
+    # Before the batch in hand finishes, the prefetched ones are visible for other workers.
+    assert wait_until(lambda: env.queue.depth() == {"visible": 4, "in_flight": 2})
+    predictor.release.set()
+    thread.join(10)
+    assert out == {"code": 0}
+    assert predictor.batches == [2]
+    assert sorted(r.tile for r in env.collect_results()) == [0, 1]
+    assert env.queue.depth() == {"visible": 4, "in_flight": 0}
+
+
+class BrokenStorage(Storage):
+    """Raises a non-am-segm error (a bug, not a per-tile failure) on reads or writes."""
+
+    def __init__(self, inner: Storage, *, broken: str) -> None:
+        super().__init__(inner._s3, threads=2, retry=FAST_RETRY)
+        self.broken = broken
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        if self.broken == "download":
+            raise KeyError("boom in download")
+        return super().get_bytes(bucket, key)
+
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        if self.broken == "upload":
+            raise KeyError("boom in upload")
+        super().put_bytes(bucket, key, data)
+
+
+@pytest.mark.parametrize("broken", ["download", "upload"])
+def test_unexpected_error_in_a_stage_stops_the_worker_and_releases_everything(env: Env, broken: str) -> None:
+    env.put_tiles(range(6))
+    worker = env.worker(FakePredictor(), storage=BrokenStorage(env.storage, broken=broken), batch_size=2,
+                        idle_exit_s=30)
+    start = time.monotonic()
+    assert worker.run() == 1
+    assert time.monotonic() - start < 10
+    assert env.collect_results() == []  # nothing reported, nothing deleted
+    assert env.queue.depth() == {"visible": 6, "in_flight": 0}
+
+
+def test_unexpected_error_in_the_model_stage_stops_the_worker(env: Env) -> None:
+    env.put_tiles(range(2))
+
+    def models(uri: str) -> Any:
+        raise TypeError("not an AmError: a bug")
+
+    assert env.worker(models, idle_exit_s=30).run() == 1
+    assert env.queue.depth() == {"visible": 2, "in_flight": 0}
+
+
+def test_receive_error_stops_the_worker(env: Env) -> None:
+    env.put_tiles(range(2))
+    worker = env.worker(FakePredictor(), idle_exit_s=30)
+    delete_queue(env.sqs, env.queue.url)
+    assert worker.run() == 1
+
+
+def test_stage_times_are_recorded_per_tile(env: Env) -> None:
+    env.put_tiles(range(4))
+    worker = env.worker(FakePredictor(), batch_size=2)
+    assert worker.run() == 0
+    per_tile = worker.stats.clock.per_tile(tiles=worker.stats.done)
+    assert worker.stats.done == 4
+    for stage in ("receive", "download", "decode", "compute", "encode", "upload", "report", "delete"):
+        assert per_tile[stage] > 0, stage
+
+
+def wait_until(predicate, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,144 @@
+"""The full worker loop against the embedded S3/SQS endpoint: tiles per second and where the time goes.
+
+The real :class:`~am.worker.Worker` runs in this process with an already loaded predictor; the
+endpoint (moto's server, as the local backend uses) runs in a child process, as it does beside
+local workers, so its request handling does not compete with the worker for one interpreter::
+
+    with endpoint_process() as url:
+        result = loop_throughput(predictor, images=tiles, count=512, endpoint_url=url, batch_size=64)
+    result.worker_tiles_per_s, result.per_tile["download"]
+
+Against moto every request costs milliseconds of Python in the endpoint; against S3 and SQS the
+same protocol is bounded by request latency and the number of requests per tile instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from am.errors import WorkerError
+from am.imageio import encode_png
+from am.messages import TileMessage, tile_key
+from am.model.predict import Predictor
+from am.transport.clients import ClientFactory
+from am.transport.queue import Queue, create_results_queue, delete_queue, ensure_tile_queues
+from am.transport.storage import Storage
+from am.worker.worker import EXIT_OK, Worker
+
+log = logging.getLogger(__name__)
+
+INPUT_BUCKET = "am-bench-input"
+OUTPUT_BUCKET = "am-bench-output"
+MODEL_URI = "bench://predictor"
+VISIBILITY_S = 300
+IDLE_EXIT_S = 1.0
+ENDPOINT_START_S = 60.0
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """What the worker did with ``tiles`` tiles: wall time to the last settled tile, busy seconds per stage."""
+
+    tiles: int
+    done: int
+    wall_s: float
+    per_tile: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worker_tiles_per_s(self) -> float:
+        return self.done / self.wall_s if self.wall_s else 0.0
+
+
+def _serve(conn: Connection) -> None:
+    from am.endpoint import EmbeddedEndpoint
+
+    with EmbeddedEndpoint() as endpoint:
+        conn.send(endpoint.url)
+        conn.recv()  # any message, or the parent going away, ends the server
+
+
+@contextmanager
+def endpoint_process() -> Iterator[str]:
+    """An embedded S3/SQS endpoint in a child process; yields its URL and stops it on exit."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve, args=(child,), name="am-bench-endpoint", daemon=True)
+    process.start()
+    try:
+        if not parent.poll(ENDPOINT_START_S):
+            raise WorkerError(f"the embedded endpoint did not start within {ENDPOINT_START_S:.0f} s")
+        yield parent.recv()
+    finally:
+        if process.is_alive():
+            parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.terminate()
+
+
+def loop_throughput(
+    predictor: Predictor,
+    *,
+    images: np.ndarray,
+    count: int,
+    endpoint_url: str,
+    batch_size: int,
+    transfer_threads: int = 8,
+    input_bucket: str = INPUT_BUCKET,
+    output_bucket: str = OUTPUT_BUCKET,
+    region: str = "us-east-1",
+) -> LoopResult:
+    """Upload ``count`` tiles (``images`` cycled, PNG as the pipeline writes them), enqueue one message each,
+    and run a worker until every tile is done; the job's objects and queues are removed afterwards.
+
+    ``endpoint_url`` "" means real AWS in ``region`` (credentials from boto3's chain; the buckets
+    are created if missing), so the same loop can be measured against S3 and SQS themselves.
+    """
+    clients = ClientFactory(endpoint_url=endpoint_url, region=region)
+    sqs = clients.sqs()
+    storage = Storage(clients.s3(), threads=16)
+    for bucket in (input_bucket, output_bucket):
+        storage.ensure_bucket(bucket)
+    job = f"bench-{uuid.uuid4().hex[:8]}"
+    queue_url, dlq_url = ensure_tile_queues(sqs, name=f"{job}-tiles", dead_letter_name=f"{job}-dlq",
+                                            visibility_timeout_s=VISIBILITY_S, max_receive_count=3)
+    results_url = create_results_queue(sqs, prefix="am-bench-results", job=job)
+    try:
+        blobs = [encode_png(image) for image in images]
+        keys = [tile_key(job, "bench", n) for n in range(count)]
+        storage.put_many(input_bucket, [(key, blobs[n % len(blobs)]) for n, key in enumerate(keys)])
+        Queue(sqs, queue_url).send_many([
+            TileMessage(job=job, group="bench", tile=n, input=key, output=key, model=MODEL_URI,
+                        reply=results_url).to_json()
+            for n, key in enumerate(keys)
+        ])
+        worker = Worker(Queue(sqs, queue_url), storage, lambda uri: predictor, input_bucket=input_bucket,
+                        output_bucket=output_bucket, results=partial(Queue, sqs), batch_size=batch_size,
+                        idle_exit_s=IDLE_EXIT_S, visibility_timeout_s=VISIBILITY_S, worker_id="bench",
+                        transfer_threads=transfer_threads)
+        code = worker.run()
+        stats = worker.stats
+        if code != EXIT_OK or stats.done != count:
+            raise WorkerError(f"the benchmark worker exited with {code} after {stats.done} of {count} tile(s) "
+                              f"({stats.failed} failed); see the log above")
+        return LoopResult(tiles=count, done=stats.done, wall_s=stats.last_done - stats.started,
+                          per_tile=stats.clock.per_tile(tiles=stats.done))
+    finally:
+        for url in (queue_url, dlq_url, results_url):
+            delete_queue(sqs, url)
+        for bucket in (input_bucket, output_bucket):
+            storage.delete_prefix(bucket, f"{job}/")
+
+
+
+
+__all__ = ["INPUT_BUCKET", "OUTPUT_BUCKET", "LoopResult", "endpoint_process", "loop_throughput"]

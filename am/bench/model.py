@@ -1,0 +1,135 @@
+"""Model-only figures: tiles per second through the Predictor, the arithmetic per tile, mask agreement.
+
+Timing on CUDA comes from the Predictor's CUDA events (device time, not host time), and every
+call synchronises before it returns, so no work is left uncounted::
+
+    result = model_throughput(predictor, tiles=batch, iterations=20)
+    result.model_tiles_per_s        # normalise + forward + threshold, device time
+    gflop = gflop_per_tile(predictor.meta, tile_size=512)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from am.model.build import build_model
+from am.model.checkpoint import ModelMeta
+from am.model.predict import Predictor, PredictTimes
+
+log = logging.getLogger(__name__)
+
+# Dense tensor-core peak (TFLOP/s, no sparsity) of GPUs likely to run workers, from the vendors'
+# data sheets; used for "how far from the arithmetic limit" when --peak-tflops is not given.
+PEAK_TFLOPS = {
+    "fp16": {"H100 PCIe": 756.0, "H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H200": 989.0,
+             "A100": 312.0, "A10G": 70.0, "L4": 121.0, "T4": 65.0},
+}
+PEAK_TFLOPS["bf16"] = dict(PEAK_TFLOPS["fp16"])
+WARMUP_CALLS = 2
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """Throughput of ``Predictor.predict`` on tiles already in host memory."""
+
+    tiles: int
+    wall_s: float
+    times: PredictTimes
+
+    @property
+    def model_tiles_per_s(self) -> float:
+        """The model alone: normalisation, forward pass and threshold (device time on CUDA)."""
+        return self.tiles / self.times.compute if self.times.compute else 0.0
+
+    @property
+    def predict_tiles_per_s(self) -> float:
+        """The whole ``predict`` call from uint8 host tiles to uint8 host masks (H2D and D2H included)."""
+        return self.tiles / self.wall_s if self.wall_s else 0.0
+
+
+def model_throughput(predictor: Predictor, *, tiles: np.ndarray, iterations: int) -> ModelResult:
+    """Run ``predict`` on the same batch ``iterations`` times after a warm-up; the batch is one forward pass.
+
+    The calls run on a thread of their own, as in the worker's compute stage: on a busy CPU,
+    torch's intra-op threads behave very differently on the main thread (a 2-thread model ran
+    over ten times slower there than on a worker thread on a shared 2-core machine).
+    """
+    outcome: dict[str, object] = {}
+
+    def measure() -> None:
+        try:
+            for _ in range(WARMUP_CALLS):
+                predictor.predict(tiles)
+            total = PredictTimes()
+            start = time.perf_counter()
+            for _ in range(iterations):
+                predictor.predict(tiles)
+                total.add(predictor.last_times)
+            outcome["result"] = ModelResult(tiles=total.tiles, wall_s=time.perf_counter() - start, times=total)
+        except BaseException as exc:  # raised again on the calling thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=measure, name="am-compute")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]
+
+
+def gflop_per_tile(meta: ModelMeta, *, tile_size: int) -> float:
+    """Floating-point operations of one forward pass on one tile (multiply and add counted apart), in GFLOP.
+
+    Counted on the meta device, so nothing is computed and no memory is used.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model(meta).eval()
+        x = torch.zeros((1, meta.in_channels, tile_size, tile_size))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    """The data-sheet peak for a known GPU name, or None."""
+    for name, tflops in PEAK_TFLOPS.get(precision, {}).items():
+        if name in device_name:
+            return tflops
+    return None
+
+
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
+
+
+def mask_agreement(fast: Predictor, reference: Predictor, images: np.ndarray) -> float:
+    """Fraction of pixels on which two predictors' masks agree (the fast path against float32)."""
+    same = 0
+    for start in range(0, len(images), reference.batch_size):
+        chunk = images[start : start + reference.batch_size]
+        same += int((fast.predict(chunk) == reference.predict(chunk)).sum())
+    return same / images.size
+
+
+def synthetic_tiles(count: int, *, size: int, seed: int = 12345) -> np.ndarray:
+    """``count`` normalised synthetic tiles of ``size`` px (am.evaluate's seed), as uint8 (N, size, size)."""
+    from am.synth.dataset import iter_samples
+
+    return np.stack([sample.image for sample in iter_samples(seed, count, size=size)])
+
+
+__all__ = ["PEAK_TFLOPS", "ModelResult", "device_name", "gflop_per_tile", "mask_agreement", "model_throughput",
+           "peak_tflops", "synthetic_tiles"]

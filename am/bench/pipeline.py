@@ -1,0 +1,115 @@
+"""The pipeline-level figure: wall time of ``python -m am.pipeline`` on one image against its model time.
+
+The overhead ratio is ``wall / model``, where
+
+- ``wall`` is the wall-clock time of the whole command (interpreter start to exit: prepare,
+  upload, segment, stitch, and register if asked), in a fresh dataset holding only the image;
+- ``model`` is the time the model alone needs for the job's tiles on this machine, run the way
+  the workers run it: ``tiles / model_tiles_per_s``, where the caller measures the model-only
+  rate (same checkpoint, device and batch size); ``python -m am.bench`` passes, on CPU,
+  ``workers`` times the rate with ``cores // workers`` threads, and on CUDA the device's rate.
+
+The workers' own account, model compute summed over workers (``compute_s`` of their reports), is
+reported beside it, as ``wall / summed compute`` and ``wall / (summed compute / workers)``::
+
+    result = pipeline_overhead(Path("image.tif"), checkpoint=path, workers=2, model_tiles_per_s=7.5,
+                               workdir=tmp)
+    result.overhead_ratio
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from am.errors import InputError, JobFailed
+
+log = logging.getLogger(__name__)
+
+SUMMARY_JOB = re.compile(r"job \S+: (\d+) tile\(s\) segmented, model compute ([\d.]+) s summed over workers")
+SUMMARY_TIME = re.compile(r"^time: (.*), total ([\d.]+) s$", re.MULTILINE)
+STAGE_TIME = re.compile(r"(\w+) ([\d.]+) s")
+OUTPUT_TAIL_CHARS = 3000
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    tiles: int
+    workers: int
+    wall_s: float
+    compute_summed_s: float
+    model_s: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def overhead_ratio(self) -> float:
+        """Pipeline wall time over the model time of its tiles (1.0 = nothing but the model)."""
+        return self.wall_s / self.model_s if self.model_s else 0.0
+
+    @property
+    def summed_compute_ratio(self) -> float:
+        """Wall time over model compute summed over workers (parallel workers push it below 1)."""
+        return self.wall_s / self.compute_summed_s if self.compute_summed_s else 0.0
+
+    @property
+    def compute_ratio(self) -> float:
+        """Wall time over the workers' own compute time per worker (how busy each worker's model was)."""
+        per_worker = self.compute_summed_s / self.workers if self.workers else 0.0
+        return self.wall_s / per_worker if per_worker else 0.0
+
+
+def parse_summary(stdout: str) -> tuple[int, float, dict[str, float]]:
+    """(tiles segmented, model compute summed over workers, seconds per stage) from the pipeline's summary."""
+    job = SUMMARY_JOB.search(stdout)
+    timing = SUMMARY_TIME.search(stdout)
+    if job is None or timing is None:
+        raise JobFailed(f"the pipeline's summary lacks the job or time line; its output ends with:\n"
+                        f"{stdout[-OUTPUT_TAIL_CHARS:]}")
+    stages = {name: float(seconds) for name, seconds in STAGE_TIME.findall(timing.group(1))}
+    stages["total"] = float(timing.group(2))
+    return int(job.group(1)), float(job.group(2)), stages
+
+
+def pipeline_overhead(
+    image: Path,
+    *,
+    checkpoint: Path,
+    workers: int,
+    model_tiles_per_s: float,
+    workdir: Path,
+    extra_args: Sequence[str] = ("--no-register",),
+    environ: Mapping[str, str] | None = None,
+) -> PipelineResult:
+    """Run the pipeline once on a fresh dataset holding ``image`` and compare its wall time with the model's."""
+    image = Path(image)
+    if not image.is_file():
+        raise InputError(f"pipeline image {image} does not exist; give a .tif, .tiff or .png file")
+    if model_tiles_per_s <= 0:
+        raise InputError(f"model tiles/s must be > 0 to compute the overhead ratio, got {model_tiles_per_s}")
+    dataset = Path(workdir) / "pipeline-dataset"
+    shutil.rmtree(dataset, ignore_errors=True)
+    (dataset / "source" / "bench").mkdir(parents=True)
+    os.symlink(image.resolve(), dataset / "source" / "bench" / image.name)
+    command = [sys.executable, "-m", "am.pipeline", str(dataset), "--workers", str(workers), "--model",
+               str(checkpoint), "--no-progress", *extra_args]
+    log.info("running %s", " ".join(command))
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(environ or os.environ), check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise JobFailed(f"python -m am.pipeline exited with {done.returncode}; its log ends with:\n"
+                        f"{done.stderr[-OUTPUT_TAIL_CHARS:]}")
+    tiles, compute, stages = parse_summary(done.stdout)
+    return PipelineResult(tiles=tiles, workers=workers, wall_s=wall, compute_summed_s=compute,
+                          model_s=tiles / model_tiles_per_s, stages=stages)
+
+
+__all__ = ["PipelineResult", "parse_summary", "pipeline_overhead"]

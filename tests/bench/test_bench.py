@@ -1,0 +1,90 @@
+"""python -m am.bench: its JSON, the pipeline summary parsing and the overhead arithmetic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from am.bench import __main__ as bench_cli
+from am.bench.pipeline import parse_summary, pipeline_overhead
+from am.errors import InputError, JobFailed
+
+SUMMARY = """groups: bench
+tiles: 169 (0 reused from an earlier run)
+job 20261124-101500-a1b2c3: 169 tile(s) segmented, model compute 41.3 s summed over workers
+time: prepare 2.1 s, upload 0.9 s, segment 24.0 s, stitch 0.6 s, total 27.6 s
+"""
+
+
+def test_json_reports_model_and_worker_loop_figures(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = bench_cli.main(["--checkpoint", str(tiny_model), "--device", "cpu", "--threads", "1", "--tile-size", "64",
+                           "--batch-size", "4", "--tiles", "8", "--agreement", "2", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model_tiles_per_s"] > 0 and out["worker_tiles_per_s"] > 0
+    assert out["worker_tiles"] == 8 and out["model_tiles"] == 8
+    assert set(out["worker_ms_per_tile"]) == {"receive", "download", "decode", "h2d", "compute", "d2h", "encode",
+                                              "upload", "report", "delete"}
+    assert out["worker_ms_per_tile"]["compute"] > 0 and out["worker_ms_per_tile"]["upload"] > 0
+    assert out["mask_agreement"] == 1.0  # float32 on CPU is the reference itself
+    assert (out["precision"], out["compiled"], out["limit_tiles_per_s"]) == ("fp32", False, None)
+    assert out["gflop_per_tile"] > 0
+
+
+def test_table_names_every_figure(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_cli.main(["--checkpoint", str(tiny_model), "--device", "cpu", "--tile-size", "64", "--tiles", "4",
+                           "--no-loop", "--peak-tflops", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "model-only" in text and "tiles/s" in text and "limit" in text and "worker " not in text
+
+
+def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_cli.main(["--tiles", "-1"]) == 2
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--checkpoint", "a.pt", "--encoder", "resnet18"])
+
+
+def test_parse_summary_reads_tiles_compute_and_stages() -> None:
+    tiles, compute, stages = parse_summary(SUMMARY)
+    assert (tiles, compute) == (169, 41.3)
+    assert stages == {"prepare": 2.1, "upload": 0.9, "segment": 24.0, "stitch": 0.6, "total": 27.6}
+    with pytest.raises(JobFailed, match="lacks the job or time line"):
+        parse_summary("groups: bench\n")
+
+
+def test_pipeline_overhead_ratio_uses_the_model_time_of_its_tiles(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "image.tif"
+    image.write_bytes(b"II*\x00")
+    seen: dict[str, Any] = {}
+
+    def fake_run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        seen["command"] = command
+        dataset = Path(command[3])
+        seen["source"] = sorted(p.name for p in (dataset / "source" / "bench").iterdir())
+        return subprocess.CompletedProcess(command, 0, stdout=SUMMARY, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    result = pipeline_overhead(image, checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=6.5, workdir=tmp_path)
+    assert seen["command"][1:3] == ["-m", "am.pipeline"] and "--no-register" in seen["command"]
+    assert seen["source"] == ["image.tif"]
+    assert result.model_s == pytest.approx(169 / 6.5)
+    assert result.overhead_ratio == pytest.approx(result.wall_s / (169 / 6.5))
+    assert result.compute_ratio == pytest.approx(result.wall_s / (41.3 / 2))
+    assert result.summed_compute_ratio == pytest.approx(result.wall_s / 41.3)
+
+
+def test_pipeline_overhead_reports_a_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "image.tif"
+    image.write_bytes(b"II*\x00")
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
+        command, 1, stdout="", stderr="ERROR am.pipeline: image is broken"))
+    with pytest.raises(JobFailed, match="image is broken"):
+        pipeline_overhead(image, checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=1.0, workdir=tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        pipeline_overhead(tmp_path / "none.tif", checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=1.0,
+                          workdir=tmp_path)

@@ -1,0 +1,124 @@
+"""The worker's model path (am.model.predict) against a plain float32 reference, on CPU."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from am.errors import CheckpointError, InputError
+from am.model.build import load_model
+from am.model.predict import Predictor, resolve_compile, resolve_precision
+
+
+@pytest.fixture(scope="module")
+def tiles() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, size=(5, 64, 96), dtype=np.uint8)
+
+
+def reference_masks(checkpoint: Path, tiles: np.ndarray) -> np.ndarray:
+    """What the original worker computed: float32, contiguous layout, one tile at a time, threshold on p."""
+    meta, model = load_model(checkpoint)
+    out = []
+    with torch.no_grad():
+        for tile in tiles:
+            x = torch.from_numpy(tile.astype(np.float32) / 255.0)[None, None]
+            x = (x - meta.input_mean) / meta.input_std
+            p = torch.sigmoid(model(x))[0, 0].numpy()
+            out.append(np.where(p >= meta.threshold, 255, 0).astype(np.uint8))
+    return np.stack(out)
+
+
+def test_fast_path_equals_the_float32_reference_on_cpu(tiny_model: Path, tiles: np.ndarray) -> None:
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu", threads=1, batch_size=4)
+    assert (predictor.precision, predictor.compiled) == ("fp32", False)
+    fast = predictor.predict(tiles)
+    reference = reference_masks(tiny_model, tiles)
+    agreement = float((fast == reference).mean())
+    assert agreement >= 0.9999, agreement  # the issue's bar is 99.9 %; float32 on CPU is all but exact
+    assert predictor.last_times.tiles == len(tiles) and predictor.last_times.compute > 0
+
+
+def test_bf16_on_cpu_gives_binary_masks(tiny_model: Path, tiles: np.ndarray) -> None:
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu", threads=1, precision="bf16")
+    masks = predictor.predict(tiles)
+    assert masks.shape == tiles.shape and set(np.unique(masks)) <= {0, 255}
+
+
+def test_precision_and_compile_are_resolved_by_device() -> None:
+    assert resolve_precision("auto", "cuda:0") == "fp16" and resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(InputError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(InputError, match="not one of"):
+        resolve_precision("int8", "cpu")
+    assert resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
+    assert resolve_compile("on", "cpu") and not resolve_compile("off", "cuda")
+    with pytest.raises(InputError, match="compile mode"):
+        resolve_compile("maybe", "cpu")
+
+
+def test_compile_failure_falls_back_under_auto_and_raises_under_on(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(module: torch.nn.Module, **kwargs: object) -> object:
+        def call(x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("no C++ compiler")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(CheckpointError, match="AM_COMPILE=off"):
+        Predictor.from_checkpoint(tiny_model, device="cpu", compile="on")
+    meta, model = load_model(tiny_model)
+    with caplog.at_level(logging.WARNING, logger="am.model.predict"):
+        predictor = Predictor(model, meta, compile=True)  # what "auto" does on CUDA
+    assert not predictor.compiled
+    assert any("torch.compile failed" in r.getMessage() for r in caplog.records)
+
+
+def test_compile_past_its_budget_runs_uncompiled(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(module: torch.nn.Module, **kwargs: object) -> object:
+        def call(x: torch.Tensor) -> torch.Tensor:
+            time.sleep(2.0)
+            return module(x)
+        return call
+
+    monkeypatch.setattr(torch, "compile", slow)
+    meta, model = load_model(tiny_model)
+    start = time.monotonic()
+    predictor = Predictor(model, meta, batch_size=1, compile=True, compile_budget_s=0.3)
+    assert time.monotonic() - start < 1.5
+    assert not predictor.compiled and 0.3 <= predictor.compile_s < 1.5
+    for thread in threading.enumerate():
+        if thread.name == "am-compile":
+            thread.join(5)  # let the abandoned compile end before the interpreter does
+
+
+def test_compiled_model_serves_one_shape_padded(tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                tiles: np.ndarray) -> None:
+    shapes: list[tuple[int, ...]] = []
+
+    def recording(module: torch.nn.Module, **kwargs: object) -> object:
+        assert kwargs.get("dynamic") is False
+        def call(x: torch.Tensor) -> torch.Tensor:
+            shapes.append(tuple(x.shape))
+            return module(x)
+        return call
+
+    monkeypatch.setattr(torch, "compile", recording)
+    meta, model = load_model(tiny_model)
+    predictor = Predictor(model, meta, batch_size=4, compile=True)
+    assert predictor.compiled and shapes == [(4, 1, meta.tile_size, meta.tile_size)]
+    full = np.random.default_rng(2).integers(0, 256, size=(5, meta.tile_size, meta.tile_size), dtype=np.uint8)
+    masks = predictor.predict(full)
+    # 5 tiles: one full batch and one padded to the compiled shape; another tile size runs uncompiled.
+    assert shapes[1:] == [(4, 1, meta.tile_size, meta.tile_size)] * 2
+    predictor.predict(tiles)
+    assert len(shapes) == 3
+    eager = Predictor.from_checkpoint(tiny_model, device="cpu", batch_size=4).predict(full)
+    np.testing.assert_array_equal(masks, eager)
