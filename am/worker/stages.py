@@ -34,7 +34,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -183,6 +183,10 @@ class Uploader(Generic[T]):
         self._slots = threading.Semaphore(depth)
         self._queue: queue.SimpleQueue[_Pending[T] | None] = queue.SimpleQueue()
         self._failed = threading.Event()
+        # Guards "closed?" and the pool submission together, so no batch reaches a pool that the
+        # worker shuts down right after closing the uploader.
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="am-settle", daemon=True)
 
     def start(self) -> None:
@@ -193,16 +197,21 @@ class Uploader(Generic[T]):
         while not self._slots.acquire(timeout=POLL_S):
             if self._failed.is_set():
                 return False
-        if self._failed.is_set():
-            self._slots.release()
-            return False
         items = list(batch)
-        self._queue.put(_Pending(items, [self._pool.submit(self._put, item) for item in items]))
+        with self._lock:
+            if self._failed.is_set() or self._closed:
+                self._slots.release()
+                return False
+            self._queue.put(_Pending(items, [self._pool.submit(self._put, item) for item in items]))
         return True
 
     def close(self) -> None:
-        """No more batches: the settling thread ends after settling those already submitted."""
-        self._queue.put(None)
+        """No more batches (later submits return False): the settling thread ends after those already submitted."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the settling thread; True once it has ended."""
@@ -220,6 +229,9 @@ class Uploader(Generic[T]):
                     future.result()
                 self._settle(pending.items)
                 self._slots.release()
+        except CancelledError:
+            # Only a worker that gave up waiting cancels uploads; it has released those messages already.
+            log.info("uploads cancelled on shutdown; their messages were released for another worker")
         except BaseException as exc:
             self._failed.set()
             self._on_error(exc)

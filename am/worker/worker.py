@@ -185,6 +185,9 @@ class Worker:
                 code = self._supervise(thread, prefetcher)
             finally:
                 prefetcher.stop()
+                # The compute thread may still be running (grace period over, or abort): it must not
+                # hand another batch to the pools shut down below.
+                uploader.close()
                 # Wait for transfers only when nothing still uses them; an abort must not wait at all.
                 idle = not thread.is_alive()
                 fetch_pool.shutdown(wait=idle, cancel_futures=True)
