@@ -15,17 +15,15 @@ processes a tile twice writes the same object twice::
 from __future__ import annotations
 
 import logging
-import os
 import struct
-import uuid
 from pathlib import Path
-from typing import IO
 
 import cv2
 import numpy as np
 import tifffile
 
 from am.errors import InputError
+from am.files import atomic_output, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +189,7 @@ def decode_png(data: bytes, *, name: str) -> np.ndarray:
 
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write a uint8/uint16 grey, RGB or RGBA array (RGB order) as PNG, atomically; creates parent folders."""
-    _write_atomic(Path(path), encode_png(image))
+    write_atomic(Path(path), encode_png(image))
 
 
 def write_tiff(path: Path, image: np.ndarray) -> None:
@@ -207,23 +205,15 @@ def write_tiff(path: Path, image: np.ndarray) -> None:
         raise InputError(f"cannot write a {image.dtype} array as TIFF {path}; convert it to an integer or float type")
     _check_shape_for_write(image, "TIFF")
     colour = image.ndim == 3
-    tmp = _temp_path(path)
-    try:
-        with _open_new(tmp) as handle:
-            tifffile.imwrite(
-                handle,
-                image,
-                photometric="rgb" if colour else "minisblack",
-                extrasamples=("unassalpha",) if colour and image.shape[2] == 4 else None,
-                compression="zlib",
-                compressionargs={"level": TIFF_COMPRESSION_LEVEL},
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle:
+        tifffile.imwrite(
+            handle,
+            image,
+            photometric="rgb" if colour else "minisblack",
+            extrasamples=("unassalpha",) if colour and image.shape[2] == 4 else None,
+            compression="zlib",
+            compressionargs={"level": TIFF_COMPRESSION_LEVEL},
+        )
 
 
 def _check_shape_for_write(image: np.ndarray, kind: str) -> None:
@@ -241,30 +231,6 @@ def _to_opencv_order(image: np.ndarray, kind: str) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 4:
         return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGBA2BGRA)
     return np.ascontiguousarray(image)
-
-
-def _temp_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def _open_new(tmp: Path) -> IO[bytes]:
-    # Exclusive create with default permissions (the umask decides, as for any ordinary file).
-    return tmp.open("xb")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = _temp_path(path)
-    try:
-        with _open_new(tmp) as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    log.debug("wrote %s (%d bytes)", path, len(data))
 
 
 __all__ = ["MAX_PIXELS", "decode_png", "encode_png", "read_image", "write_png", "write_tiff"]

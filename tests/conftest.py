@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from faults.harness import lattice_image
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
@@ -30,16 +31,6 @@ def tiny_model(tmp_path_factory) -> Path:
     return write_test_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", seed=0)
 
 
-def draw_lattice_image(height: int, width: int, *, pitch: int = 36, radius: int = 9, seed: int = 0) -> np.ndarray:
-    """A speckled grey image with bright round marks on a square lattice."""
-    rng = np.random.default_rng(seed)
-    image = rng.normal(90, 12, size=(height, width)).clip(0, 255).astype(np.uint8)
-    for y in range(pitch // 2, height, pitch):
-        for x in range(pitch // 2, width, pitch):
-            cv2.circle(image, (x, y), radius, 200, -1)
-    return image
-
-
 @pytest.fixture
 def small_dataset(tmp_path) -> Path:
     """Two groups: an 8-bit PNG and a 16-bit TIFF of different, odd sizes."""
@@ -48,7 +39,7 @@ def small_dataset(tmp_path) -> Path:
     root = tmp_path / "dataset"
     (root / "source" / "g1").mkdir(parents=True)
     (root / "source" / "g2").mkdir(parents=True)
-    cv2.imwrite(str(root / "source" / "g1" / "image.png"), draw_lattice_image(301, 517, seed=1))
+    cv2.imwrite(str(root / "source" / "g1" / "image.png"), lattice_image(301, 517, seed=1))
     tifffile.imwrite(root / "source" / "g2" / "image.tif",
-                     draw_lattice_image(283, 245, seed=2).astype(np.uint16) * 200)
+                     lattice_image(283, 245, seed=2).astype(np.uint16) * 200)
     return root

@@ -36,6 +36,7 @@ from typing import Any
 
 from am.dataset import DatasetLayout
 from am.errors import InputError
+from am.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class TaskStore:
             group_dir = staging / "source" / GROUP
             group_dir.mkdir(parents=True)
             os.replace(image, group_dir / f"upload{image.suffix}")
-            _write_atomic(staging / TASK_FILE, task.to_json())
+            write_atomic(staging / TASK_FILE, task.to_json().encode("utf-8"))
             os.replace(staging, self.task_dir(task_id))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -171,7 +172,7 @@ class TaskStore:
     def update(self, task_id: str, **changes: Any) -> Task:
         with self._lock:
             task = dataclasses.replace(self.get(task_id), updated=time.time(), **changes)
-            _write_atomic(self.task_dir(task_id) / TASK_FILE, task.to_json())
+            write_atomic(self.task_dir(task_id) / TASK_FILE, task.to_json().encode("utf-8"))
         return task
 
     def delete(self, task_id: str) -> None:
@@ -197,19 +198,6 @@ class TaskStore:
             except InputError as exc:
                 log.warning("skipping task folder %s: %s", folder, exc)
         return sorted(tasks, key=lambda t: (t.created, t.id))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = [

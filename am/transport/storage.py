@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from am.errors import InputError, TransportError
+from am.files import write_atomic
 from am.transport.retry import DEFAULT_POLICY, RetryPolicy, error_code, http_status
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,7 @@ class Storage:
             if dest is None:
                 out[key] = data
             else:
-                _write_atomic(dest(key), data)
+                write_atomic(dest(key), data)
 
         for _ in self._parallel(get, keys):
             pass
@@ -197,7 +196,7 @@ class Storage:
             except ClientError as exc:
                 self._raise_if_missing(exc, bucket, key)
                 raise
-            _write_atomic(path, response["Body"].iter_chunks(STREAM_CHUNK_BYTES))
+            write_atomic(path, response["Body"].iter_chunks(STREAM_CHUNK_BYTES))
 
         self._retry.call(f"download {uri}", attempt)
         log.info("downloaded model %s to %s", uri, path)
@@ -248,26 +247,6 @@ def _drain(running: set[Future[None]], *, until: int) -> Generator[None, None, s
             yield None
         running = pending
     return running
-
-
-def _write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(tmp, "wb") as handle:
-            if isinstance(data, (bytes, bytearray)):
-                handle.write(data)
-            else:
-                for chunk in data:
-                    handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["DELETE_BATCH", "Storage", "parse_s3_uri"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import uuid
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import psutil
 import pytest
 import tifffile
+from faults.harness import port_is_closed, processes_with_marker
 
 from am.imageio import read_image
 from am.model.predict import Predictor
@@ -32,23 +31,6 @@ def run_pipeline(dataset: Path, model: Path, tmp_path: Path, *extra: str, marker
          "--no-progress", *TILE, *extra],
         env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
     )
-
-
-def processes_with_marker(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get("AM_TEST_MARKER") == marker:
-                found.append(proc)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
-
-
-def port_is_closed(url: str) -> bool:
-    host, port = url.removeprefix("http://").split(":")
-    with socket.socket() as sock:
-        return sock.connect_ex((host, int(port))) != 0
 
 
 def test_pipeline_segments_every_tile_through_workers_and_leaves_nothing_running(small_dataset, tiny_model,
