@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from am.api.errors import install_error_handler
 from am.api.openapi import error_responses, image_body, image_response, install_openapi
 from am.api.progress import tile_progress
 from am.api.runner import TaskRunner
@@ -76,15 +77,12 @@ class Health(BaseModel):
     concurrency: int
 
 
-def _status_for(exc: AmError) -> int:
+def _statuses() -> tuple[tuple[type[AmError], int], ...]:
     from am.api.tasks import MalformedTaskId, UnknownTask
     from am.api.uploads import BodyTooLarge, UnsupportedMediaType
 
-    for cls, code in ((MalformedTaskId, 400), (UnknownTask, 404), (UnsupportedMediaType, 415),
-                      (BodyTooLarge, 413), (TaskNotReady, 409), (InputError, 400)):
-        if isinstance(exc, cls):
-            return code
-    return 500
+    return ((MalformedTaskId, 400), (UnknownTask, 404), (UnsupportedMediaType, 415),
+            (BodyTooLarge, 413), (TaskNotReady, 409), (InputError, 400))
 
 
 def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:
@@ -107,12 +105,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         lifespan=lifespan,
     )
 
-    @app.exception_handler(AmError)
-    async def am_error(request: Request, exc: AmError) -> JSONResponse:
-        code = _status_for(exc)
-        if code >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return JSONResponse(status_code=code, content={"detail": str(exc)})
+    install_error_handler(app, _statuses())
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:

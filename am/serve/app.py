@@ -19,8 +19,8 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
+from am.api.errors import install_error_handler
 from am.api.openapi import error_responses, image_body, image_response, install_openapi
 from am.api.uploads import (
     DEFAULT_MAX_BYTES,
@@ -42,11 +42,8 @@ log = logging.getLogger(__name__)
 SAGEMAKER_MAX_PAYLOAD_MB = 100
 
 
-def _status_for(exc: AmError) -> int:
-    for cls, code in ((UnsupportedMediaType, 415), (BodyTooLarge, 413), (InputError, 400)):
-        if isinstance(exc, cls):
-            return code
-    return 500
+ERROR_STATUSES: tuple[tuple[type[AmError], int], ...] = (
+    (UnsupportedMediaType, 415), (BodyTooLarge, 413), (InputError, 400))
 
 
 def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:
@@ -55,12 +52,7 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
     app = FastAPI(title="am-segm SageMaker inference", version="1",
                   description="The SageMaker container contract: /ping and /invocations.")
 
-    @app.exception_handler(AmError)
-    async def am_error(request: Request, exc: AmError) -> JSONResponse:
-        code = _status_for(exc)
-        if code >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return JSONResponse(status_code=code, content={"detail": str(exc)})
+    install_error_handler(app, ERROR_STATUSES)
 
     @app.get("/ping", summary="Health check: 200 once the model is loaded")
     def ping() -> dict[str, str]:

@@ -1,0 +1,31 @@
+"""How both HTTP services answer an am-segm error: JSON ``{"detail": message}`` with a mapped status.
+
+Each service passes its own table, first match wins; anything unmapped is a 500 and is logged::
+
+    install_error_handler(app, ((UnsupportedMediaType, 415), (BodyTooLarge, 413), (InputError, 400)))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from am.errors import AmError
+
+log = logging.getLogger(__name__)
+
+
+def status_for(exc: AmError, statuses: Sequence[tuple[type[AmError], int]]) -> int:
+    return next((code for cls, code in statuses if isinstance(exc, cls)), 500)
+
+
+def install_error_handler(app: FastAPI, statuses: Sequence[tuple[type[AmError], int]]) -> None:
+    @app.exception_handler(AmError)
+    async def am_error(request: Request, exc: AmError) -> JSONResponse:
+        code = status_for(exc, statuses)
+        if code >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse(status_code=code, content={"detail": str(exc)})
