@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
+
+from am.endpoint import EmbeddedEndpoint
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +21,5 @@ def predictor(tiny_model: Path):
 @pytest.fixture(scope="module")
 def moto_server() -> Iterator[str]:
     """An S3/SQS endpoint owned by the test (not the orchestrator), so it can be inspected after a run."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with EmbeddedEndpoint() as endpoint:
+        yield endpoint.url

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ConnectionClosedError
-from moto.server import ThreadedMotoServer
 
 from am.backends import Backend
 from am.dataset import DatasetLayout
+from am.endpoint import EmbeddedEndpoint
 from am.job import run_job
 from am.orchestrator import resolve_model
 from am.prepare import prepare_group
@@ -190,11 +190,10 @@ def test_unreachable_endpoint_ends_in_a_clear_error_without_leaking_credentials(
 @pytest.mark.slow
 def test_endpoint_dying_mid_job_ends_in_an_error_naming_the_call_not_the_clean_up(tmp_path, tiny_model):
     """Persistent failure mid-job: the error that ended the job is reported, and clean-up does not hold it up."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    server = EmbeddedEndpoint()
+    url = server.start()
     dataset = make_dataset(tmp_path / "ds", {"g1": (1000, 1000)})
-    slow = {"AM_ENDPOINT_URL": f"http://{host}:{port}", "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1"}
+    slow = {"AM_ENDPOINT_URL": url, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1"}
     try:
         with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=slow) as run:
             run.wait_until(lambda: (dataset / "tiles" / "g1" / "mask").is_dir(), timeout=120, what="a first mask")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
-from moto.server import ThreadedMotoServer
 
+from am.endpoint import EmbeddedEndpoint
 from am.transport.clients import ClientFactory, is_loopback
 from am.transport.queue import Queue, ensure_tile_queues
 from am.transport.storage import Storage
@@ -15,12 +14,8 @@ from am.transport.storage import Storage
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    yield f"http://{host}:{port}"
-    srv.stop()
+    with EmbeddedEndpoint() as embedded:
+        yield embedded.url
 
 
 def test_loopback_endpoint_works_without_credentials(server: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from moto.server import ThreadedMotoServer
 
+from am.endpoint import EmbeddedEndpoint
 from am.imageio import decode_png, encode_png
 from am.messages import TileMessage, TileResult, tile_key
 from am.model.build import write_test_checkpoint
@@ -30,12 +29,8 @@ CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with EmbeddedEndpoint() as embedded:
+        yield embedded.url
 
 
 @pytest.fixture(scope="module")
