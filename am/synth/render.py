@@ -29,6 +29,7 @@ from am.synth.lattice import Lattice
 from am.synth.shapes import SHAPES
 
 POLARITIES = ("bright", "dark", "rim", "grey", "flat")
+FLAT_MIN_OFFSET = 0.07  # smallest brightness step of a "flat" mark, on the [0, 1] scale
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,12 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
         level = float(np.mean(image)) + rng.choice([-0.5, 1.0]) * style.contrast
         value = np.full_like(image, float(np.clip(level, 0.08, 0.92))) * per_mark * texture
     elif style.polarity == "flat":
-        # Texture wiped away at about the surroundings' brightness: only smoothness and shape tell.
-        value = local + rng.uniform(-0.06, 0.1) * per_mark + style.mark_texture * 0.1 * (texture - 1)
+        # Texture wiped away, a little lighter than the surroundings. The step has a floor and grows
+        # with the speckle (whose std is about 0.35 * speckle): a smooth mark darker than grainy tissue
+        # looks like the gaps between its grains, and a label nobody could draw from the image only
+        # teaches the model to guess. Darker smooth marks are the "grey" polarity's job.
+        offset = rng.uniform(FLAT_MIN_OFFSET, 0.14) + 0.35 * style.speckle
+        value = local + offset * per_mark + style.mark_texture * 0.1 * (texture - 1)
         if rng.random() < 0.5:
             value = value + _one_sided_rim(inside, style, rng) * (style.contrast + 0.1)
     else:

@@ -76,7 +76,7 @@ def split(u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Generator) -> n
     """A blob cut in two by a thin gap: one mark whose crater broke into two lobes."""
     body = blob(u, v, r, rng)
     angle = rng.uniform(-0.8, 0.8)
-    gap = r * rng.uniform(0.08, 0.2)
+    gap = max(2.0, r * rng.uniform(0.08, 0.2))  # under 2 px the gap blurs shut in the image
     offset = r * rng.uniform(-0.3, 0.3)
     across = u * np.cos(angle) + v * np.sin(angle) - offset
     return body & (np.abs(across) > gap / 2)
