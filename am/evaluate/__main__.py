@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from am.errors import AmError, InputError
+from am.cli import configure_logging, run_main
+from am.errors import InputError
 from am.evaluate.metrics import Scores
 from am.evaluate.run import evaluate, table
 from am.imageio import read_image
@@ -69,29 +70,29 @@ def load_pairs(images: Path, masks: Path) -> list[Labelled]:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if (args.images is None) != (args.masks is None):
         p.error("--images and --masks go together")
     if args.data is None and args.synthetic <= 0 and args.images is None:
         p.error("give --data, --synthetic N or --images/--masks")
     if args.size % 32 or args.size < 64:
         p.error("--size must be a multiple of 32 and at least 64")
-    try:
-        items: list[Labelled] = []
-        if args.data is not None:
-            items += load_split(args.data, args.split)
-        if args.images is not None:
-            items += load_pairs(args.images, args.masks)
-        if args.synthetic > 0:
-            items += synthetic_images(count=args.synthetic, size=args.size, seed=args.seed,
-                                      pitch_range=(args.pitch_min, args.pitch_max))
-        model = args.model or default_model_path()
-        predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads)
-        results = evaluate(predictor, items, scale=args.scale, min_object_px=args.min_object_px,
-                           side_by_side=args.side_by_side, progress=lambda it: tqdm(it, desc="evaluate", unit="img"))
-    except AmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_main(partial(_evaluate, args), name="am.evaluate")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    items: list[Labelled] = []
+    if args.data is not None:
+        items += load_split(args.data, args.split)
+    if args.images is not None:
+        items += load_pairs(args.images, args.masks)
+    if args.synthetic > 0:
+        items += synthetic_images(count=args.synthetic, size=args.size, seed=args.seed,
+                                  pitch_range=(args.pitch_min, args.pitch_max))
+    model = args.model or default_model_path()
+    predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads)
+    results = evaluate(predictor, items, scale=args.scale, min_object_px=args.min_object_px,
+                       side_by_side=args.side_by_side, progress=lambda it: tqdm(it, desc="evaluate", unit="img"))
     print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold})")
     print(table(results))
     if args.json is not None:

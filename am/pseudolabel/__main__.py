@@ -12,14 +12,15 @@ and ``summary.json``.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from am.errors import AmError, InputError
+from am.cli import configure_logging, run_main
+from am.errors import InputError
 from am.imageio import read_image
 from am.normalize import normalize, to_grey
 from am.pseudolabel.core import CropLabel, PseudoConfig, pseudo_label
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if args.crop < 64 or args.crop % 32:
         p.error("--crop must be a multiple of 32 and at least 64")
     if not 0 <= args.low < args.high <= 1:
@@ -78,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
                           small_epochs=args.small_epochs, big_epochs=args.big_epochs,
                           steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, crop=args.crop,
                           low=args.low, high=args.high, seed=args.seed, threads=args.threads)
-    try:
-        image = normalize(read_image(args.image), name=str(args.image))
-        result = pseudo_label(image, read_labels(args.labels), out_dir=args.out, config=config, progress=_bar)
-    except AmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_main(partial(_pseudo_label, args, config), name="am.pseudolabel")
+
+
+def _pseudo_label(args: argparse.Namespace, config: PseudoConfig) -> int:
+    image = normalize(read_image(args.image), name=str(args.image))
+    result = pseudo_label(image, read_labels(args.labels), out_dir=args.out, config=config, progress=_bar)
     print(f"pseudo-labels: {100 * result.known.mean():.1f}% of the image trusted; wrote {args.out}/pseudo_mask.png, "
           f"overlay.png and model {result.model}")
     return 0

@@ -21,11 +21,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import boto3
 
-from am.errors import AmError
+from am.cli import configure_logging, run_main
 from am.launchers.aws import AwsResources, resolve_aws_resources
 from am.scale.control import drain, resume, set_desired_count, set_limits, start_tasks
 from am.scale.redrive import RedriveReport, redrive
@@ -182,17 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "set" and args.desired is None and args.min_tasks is None and args.max_tasks is None:
         parser.error("set needs --desired, --min or --max")
-    try:
-        settings = _settings(args)
-        logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        # boto's own INFO lines (where credentials came from) are noise to an operator.
-        for noisy in ("botocore", "boto3", "urllib3"):
-            logging.getLogger(noisy).setLevel(max(logging.getLevelName(settings.log_level), logging.WARNING))
-        return run(args, settings)
-    except AmError as exc:
-        print(f"am.scale {args.command}: {exc}", file=sys.stderr)
-        return 1
+    return run_main(partial(_configured_run, args), name=f"am.scale.{args.command}")
+
+
+def _configured_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    # boto's own INFO lines (where credentials came from) are noise to an operator.
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(settings.log_level), logging.WARNING))
+    return run(args, settings)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@ them; ``tiles`` writes normalised training images and masks in the original trai
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from am.errors import AmError
+from am.cli import configure_logging, run_main
 from am.synth.dataset import write_dataset, write_tiles
 
 
@@ -80,19 +80,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--pitch-min {args.pitch_min} must be > 0 and <= --pitch-max {args.pitch_max}")
     elif args.rows < 1 or args.cols < 1 or args.groups < 1:
         parser.error(f"--rows, --cols and --groups must be >= 1, got {args.rows}, {args.cols}, {args.groups}")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "dataset":
-            start = time.perf_counter()
-            paths = write_dataset(args.dir, rows=args.rows, cols=args.cols, seed=args.seed, groups=args.groups,
-                                  bit_depth=args.bit_depth, pitch=args.pitch, realistic=args.style == "realistic",
-                                  force=args.force)
-            print(f"wrote {len(paths)} group(s) to {args.dir} in {time.perf_counter() - start:.1f} s")
-            return 0
-        return _tiles(args)
-    except AmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    configure_logging(args.log_level)
+    return run_main(partial(_dataset if args.command == "dataset" else _tiles, args), name="am.synth")
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    paths = write_dataset(args.dir, rows=args.rows, cols=args.cols, seed=args.seed, groups=args.groups,
+                          bit_depth=args.bit_depth, pitch=args.pitch, realistic=args.style == "realistic",
+                          force=args.force)
+    print(f"wrote {len(paths)} group(s) to {args.dir} in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,14 +21,14 @@ The production model on a GPU machine: the same command with a bigger encoder an
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from am.errors import AmError
+from am.cli import configure_logging, run_main
 from am.train.data import load_split, synthetic_images
 from am.train.loop import TrainConfig, metrics_path, train
 
@@ -103,7 +103,7 @@ def _bar(iterable, total: int, desc: str):
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if not args.data and args.synthetic <= 0:
         p.error("give --data DIR and/or --synthetic N")
     if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
@@ -114,38 +114,38 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--decoder-channels needs {args.encoder_depth} values, one per encoder stage")
     if not 0 < args.scale_min <= args.scale_max:
         p.error("--scale-min must be > 0 and <= --scale-max")
-    try:
-        started = time.perf_counter()
-        synth_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
-        pitch = (args.pitch_min, args.pitch_max)
-        train_items, valid_items, summary = [], [], {"folders": [str(d) for d in args.data]}
-        for root in args.data:
-            train_items += load_split(root, "train")
-            if (root / "valid").is_dir():
-                valid_items += load_split(root, "valid")
-        if args.synthetic > 0:
-            train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
-                                            pitch_range=pitch,
-                                            progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
-        if args.synthetic_valid > 0:
-            valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
-                                            seed=synth_seed + 1000, pitch_range=pitch)
-        summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
-                       synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,
-                       synthetic_seed=synth_seed, pitch_range=list(pitch))
-        config = TrainConfig(
-            out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
-            decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-            batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max), lr=args.lr,
-            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
-            tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
-            threads=args.threads, workers=args.workers, half=not args.fp32, resume=args.resume,
-            keep_state=args.keep_state, max_minutes=args.max_minutes, data_summary=summary,
-        )
-        result = train(config, train_items, valid_items, progress=_bar)
-    except AmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_main(partial(_train, args), name="am.train")
+
+
+def _train(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    synth_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
+    pitch = (args.pitch_min, args.pitch_max)
+    train_items, valid_items, summary = [], [], {"folders": [str(d) for d in args.data]}
+    for root in args.data:
+        train_items += load_split(root, "train")
+        if (root / "valid").is_dir():
+            valid_items += load_split(root, "valid")
+    if args.synthetic > 0:
+        train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
+                                        pitch_range=pitch,
+                                        progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
+    if args.synthetic_valid > 0:
+        valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
+                                        seed=synth_seed + 1000, pitch_range=pitch)
+    summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
+                   synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,
+                   synthetic_seed=synth_seed, pitch_range=list(pitch))
+    config = TrainConfig(
+        out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
+        decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max), lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
+        tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
+        threads=args.threads, workers=args.workers, half=not args.fp32, resume=args.resume,
+        keep_state=args.keep_state, max_minutes=args.max_minutes, data_summary=summary,
+    )
+    result = train(config, train_items, valid_items, progress=_bar)
     best = result.best_metrics
     print(f"best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} iou {best.get('iou', 0):.4f} "
           f"object F1 {best.get('f1', 0):.4f}; wrote {result.checkpoint} and {metrics_path(args.out)} "
