@@ -90,13 +90,3 @@ def png_bytes(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     assert ok
     return data.tobytes()
-
-
-def lattice_image(height: int = 150, width: int = 190, *, pitch: int = 30, seed: int = 0) -> np.ndarray:
-    """Speckled grey with bright round marks on a square lattice (2 x 2 tiles of 128 px at this size)."""
-    rng = np.random.default_rng(seed)
-    image = rng.normal(90, 12, size=(height, width)).clip(0, 255).astype(np.uint8)
-    for y in range(pitch // 2, height, pitch):
-        for x in range(pitch // 2, width, pitch):
-            cv2.circle(image, (x, y), pitch // 4, 200, -1)
-    return image

@@ -9,6 +9,7 @@ import uuid
 import cv2
 import numpy as np
 import pytest
+from faults.harness import lattice_image
 
 from am.api.tasks import TaskStore
 from am.imageio import write_png, write_tiff
@@ -21,11 +22,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def lattice_mask(rows: int, cols: int, *, pitch: int = 24, radius: int = 6) -> np.ndarray:
-    mask = np.zeros((rows * pitch, cols * pitch), np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            cv2.circle(mask, (c * pitch + pitch // 2, r * pitch + pitch // 2), radius, 255, -1)
-    return mask
+    """0/255 marks only: the lattice image's marks (drawn at exactly 200) without its speckle."""
+    return np.where(lattice_image(rows * pitch, cols * pitch, pitch=pitch, radius=radius) == 200,
+                    np.uint8(255), np.uint8(0))
 
 
 def finished_registered_task(store: TaskStore, *, rows: int, cols: int) -> str:
