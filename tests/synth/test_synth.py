@@ -105,3 +105,22 @@ def test_cli_refuses_to_overwrite(tmp_path: Path) -> None:
     usage = subprocess.run([*cmd[:4], "--rows", "0", "--cols", "3"], cwd=REPO, capture_output=True, text=True,
                            check=False)
     assert usage.returncode == 2
+
+
+def test_flat_marks_stand_out_from_their_surroundings() -> None:
+    """A 'flat' mark (texture wiped away) must still differ from the tissue around it: a label
+    nobody could draw from the image would only teach a model to guess."""
+    import cv2
+
+    contrasts = []
+    for seed in range(400):
+        sample = random_sample(np.random.default_rng([99, seed]), size=256)
+        inside = sample.mask > 0
+        if sample.style.polarity != "flat" or not inside.any():
+            continue
+        ring = cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~inside
+        image = sample.image.astype(np.float64)
+        contrasts.append((image[inside].mean() - image[ring].mean()) / image[ring].std())
+    assert len(contrasts) >= 30
+    assert min(contrasts) > 0.2, "a flat mark is as dark as the gaps of the tissue around it"
+    assert np.median(contrasts) > 1.0
