@@ -2,9 +2,21 @@
 
 The job owns its S3 prefix ``<job_id>/`` in both buckets and its results queue; all of them
 are removed when the job ends, also on failure or Ctrl-C. Masks are written into the dataset
-as they arrive, so finished tiles survive a failed or interrupted job::
+as they arrive, so finished tiles survive a failed or interrupted job.
 
-    report = run_job(backend, prepared_groups, layout=layout, settings=settings, job_id=new_job_id())
+Tiles may be sent while they are still being cut: the workers start first, each chunk of
+tiles is uploaded and enqueued on a sender thread while the caller cuts the next one, and
+reports already waiting are collected between chunks. The job finishes only once it is sealed
+(every tile sent) and no tile is pending::
+
+    with open_job(backend, layout=layout, settings=settings, job_id=new_job_id(), workers=2) as job:
+        for chunk in tiler.chunks():
+            job.send(chunk.group, chunk.tiles)     # (index, PNG bytes or file) pairs
+        job.seal()
+        job.wait()
+    report = raise_for_lost_tiles(job.report())
+
+``run_job`` does the same for groups whose tiles are all on disk already.
 """
 
 from __future__ import annotations
@@ -12,18 +24,21 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from am.backends import Backend
 from am.dataset import DatasetLayout
 from am.errors import AmError, InputError, JobFailed, JobTimeout, LauncherError, MessageError
-from am.imageio import decode_png, write_png
+from am.files import write_atomic
+from am.imageio import decode_png, encode_png
 from am.messages import RESULT_DONE, TileMessage, TileResult, tile_key, tile_name
 from am.prepare import PreparedGroup
 from am.settings import Settings
@@ -38,6 +53,16 @@ RESULT_WAIT_S = 2
 HEALTH_CHECK_EVERY_S = 5.0
 # Clean-up after a failure: a couple of quick tries, so a dead endpoint does not hold up the error.
 CLEANUP_RETRY_AFTER_FAILURE = RetryPolicy(attempts=2, base_s=0.2, max_wait_s=1.0)
+# Tiles sent but not yet collected, per local worker, when max_tiles_in_flight is 0. The embedded
+# endpoint scans a whole queue on every receive, so a queue holding thousands of tiles slows every
+# worker and the collector alike (a 30000 x 30000 image has about 6000 tiles: 0.4 s per receive);
+# a window of a few batches per worker keeps the workers fed and both queues short. SQS has no
+# such cost, and a window would only cap what many ECS tasks can take, so AWS gets none.
+IN_FLIGHT_PER_LOCAL_WORKER = 64
+ROOM_WAIT_S = 1
+# IHDR of a PNG: width and height at bytes 16-23, then bit depth and colour type (0 = grey).
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_GREY_8BIT = b"\x08\x00"
 
 
 def new_job_id() -> str:
@@ -56,21 +81,31 @@ class JobReport:
     dead: dict[str, str] = field(default_factory=dict)
 
 
-def _messages(job_id: str, groups: list[PreparedGroup], *, model: str, reply: str) -> list[str]:
-    bodies = []
-    for prepared in groups:
-        for index in prepared.pending:
-            key = tile_key(job_id, prepared.group, index)
-            bodies.append(TileMessage(job=job_id, group=prepared.group, tile=index, input=key, output=key,
-                                      model=model, reply=reply).to_json())
-    return bodies
+def _message(job_id: str, group: str, index: int, *, model: str, reply: str) -> str:
+    key = tile_key(job_id, group, index)
+    return TileMessage(job=job_id, group=group, tile=index, input=key, output=key, model=model, reply=reply).to_json()
+
+
+def mask_bytes(data: bytes, *, name: str, tile_size: int) -> bytes:
+    """The bytes to store for a mask a worker wrote: checked by decoding once, never re-encoded needlessly.
+
+    A grey 8-bit PNG of the tile's size (what workers write) is stored exactly as received; a
+    PNG that :func:`~am.imageio.decode_png` accepts in another form (equal colour channels,
+    16-bit holding 8-bit values) is stored re-encoded as grey 8-bit. Anything else is an InputError.
+    """
+    mask = decode_png(data, name=name)
+    if mask.shape != (tile_size, tile_size):
+        raise InputError(f"mask {name} is {mask.shape}, expected {tile_size}x{tile_size}")
+    if data.startswith(_PNG_SIGNATURE) and data[24:26] == _PNG_GREY_8BIT:
+        return data
+    return encode_png(mask)
 
 
 class _Collector:
     """Turns worker reports into local mask files and tracker state."""
 
     def __init__(self, *, job_id: str, tracker: JobTracker, storage: Storage, bucket: str,
-                 layout: DatasetLayout, tile_size: int, on_done: Callable[[int], None]) -> None:
+                 layout: DatasetLayout, tile_size: int, on_done: Callable[[int], object]) -> None:
         self.job_id = job_id
         self.tracker = tracker
         self.storage = storage
@@ -105,13 +140,11 @@ class _Collector:
         blobs = self.storage.get_many(self.bucket, keys)
         for result, key in zip(results, keys, strict=True):
             try:
-                mask = decode_png(blobs[key], name=f"s3://{self.bucket}/{key}")
-                if mask.shape != (self.tile_size, self.tile_size):
-                    raise InputError(f"mask {key} is {mask.shape}, expected {self.tile_size}x{self.tile_size}")
+                data = mask_bytes(blobs[key], name=f"s3://{self.bucket}/{key}", tile_size=self.tile_size)
             except InputError as exc:
                 self.tracker.give_up(result.name, f"worker wrote an unusable mask: {exc}")
                 continue
-            write_png(self.layout.tile_mask(result.group, result.tile), np.ascontiguousarray(mask))
+            write_atomic(self.layout.tile_mask(result.group, result.tile), data)
             if self.tracker.done(result.name, compute_s=result.compute_s):
                 self.on_done(1)
 
@@ -141,11 +174,41 @@ class _Collector:
                 return
 
 
-def _drain_results(collector: _Collector, results: Queue) -> None:
-    """Collect every report waiting on the results queue, until a receive comes back empty."""
-    while received := results.receive(max_messages=10, wait_s=RESULT_WAIT_S):
+def _drain_results(collector: _Collector, results: Queue, *, wait_s: int | None = None) -> None:
+    """Collect every report waiting on the results queue, until a receive (``RESULT_WAIT_S`` by default) is empty."""
+    while received := results.receive(max_messages=10, wait_s=RESULT_WAIT_S if wait_s is None else wait_s):
         collector.handle_results([m.body for m in received])
         results.delete_many([m.receipt_handle for m in received])
+
+
+def _check_workers(backend: Backend, collector: _Collector, *, results: Queue, dead_letters: Queue,
+                   revive: Callable[[], bool] | None = None) -> None:
+    """The periodic check: give up dead-lettered tiles, and fail if no worker is left while tiles are pending.
+
+    ``revive`` may start workers again instead (see :meth:`Job.revive_idle_workers`); it returns
+    True when it did.
+    """
+    tracker = collector.tracker
+    collector.handle_dead_letters(dead_letters)
+    if tracker.finished or backend.launcher.alive() > 0:
+        return
+    if revive is not None and revive():
+        return
+    # Workers leave when the tile queue is empty, which can be long before their reports are all
+    # collected (a big job on a busy machine): those reports still count.
+    _drain_results(collector, results)
+    collector.handle_dead_letters(dead_letters)
+    if tracker.finished or backend.launcher.alive() > 0:
+        return
+    detail = ""
+    tail = getattr(backend.launcher, "log_tail", None)
+    if callable(tail):
+        detail = "\nlast worker log lines:\n" + tail()
+    still_cutting = "" if tracker.sealed else " (and more were still being cut)"
+    raise LauncherError(
+        f"all workers stopped while {len(tracker.pending)} tile(s) were pending{still_cutting}; "
+        f"finished tiles are kept, rerun the same command to resume{detail}"
+    )
 
 
 def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, dead_letters: Queue,
@@ -160,21 +223,7 @@ def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, 
         now = time.monotonic()
         if now >= next_check and not tracker.finished:
             next_check = now + HEALTH_CHECK_EVERY_S
-            collector.handle_dead_letters(dead_letters)
-            if not tracker.finished and backend.launcher.alive() == 0:
-                # Workers leave when the tile queue is empty, which can be long before their reports
-                # are all collected (a big job on a busy machine): those reports still count.
-                _drain_results(collector, results)
-                collector.handle_dead_letters(dead_letters)
-            if not tracker.finished and backend.launcher.alive() == 0:
-                detail = ""
-                tail = getattr(backend.launcher, "log_tail", None)
-                if callable(tail):
-                    detail = "\nlast worker log lines:\n" + tail()
-                raise LauncherError(
-                    f"all workers stopped while {len(tracker.pending)} tile(s) were pending; "
-                    f"finished tiles are kept, rerun the same command to resume{detail}"
-                )
+            _check_workers(backend, collector, results=results, dead_letters=dead_letters)
         if now > deadline:
             raise JobTimeout(
                 f"job did not finish in time: {len(tracker.pending)} of {tracker.total} tile(s) pending; "
@@ -212,44 +261,217 @@ def _clean_up(backend: Backend, *, results_url: str, prefix: str, settings: Sett
         raise errors[0]
 
 
-def run_job(backend: Backend, groups: list[PreparedGroup], *, layout: DatasetLayout, settings: Settings,
-            job_id: str, show_progress: bool = True) -> JobReport:
-    """Segment every pending tile of ``groups``; raises JobFailed naming tiles that never completed."""
-    names = [tile_name(g.group, i) for g in groups for i in g.pending]
-    tracker = JobTracker(names, max_attempts=settings.max_receive_count)
+class Job:
+    """A job that takes its tiles in chunks while its workers already run; open it with :func:`open_job`.
+
+    Calls come from one thread: :meth:`send` for each chunk, then :meth:`seal` once every tile is
+    sent, then :meth:`wait`. Uploads run on one sender thread, one chunk at a time, so at most
+    one chunk waits in memory while the next is cut. ``seconds`` gathers where the job's time
+    went: ``upload`` (sender thread, busy), ``collect`` (reports handled while sending, busy)
+    and ``tail`` (from the seal until the last report).
+    """
+
+    def __init__(self, backend: Backend, *, results_url: str, layout: DatasetLayout, settings: Settings,
+                 job_id: str, show_progress: bool = True) -> None:
+        self.job_id = job_id
+        self.backend = backend
+        self.results_url = results_url
+        self.tracker = JobTracker([], max_attempts=settings.max_receive_count, expect_more=True)
+        self.seconds: dict[str, float] = {"upload": 0.0, "collect": 0.0}
+        self._settings = settings
+        self._workers = 0
+        sqs = backend.clients.sqs()
+        self._storage = Storage(backend.clients.s3(), threads=settings.transfer_threads)
+        self._tile_queue = Queue(sqs, backend.queue_url)
+        self._results = Queue(sqs, results_url)
+        self._dead_letters = Queue(sqs, backend.dead_letter_queue_url)
+        self._bar = tqdm(total=0, unit="tile", desc="segment", disable=not show_progress)
+        self._collector = _Collector(job_id=job_id, tracker=self.tracker, storage=self._storage,
+                                     bucket=backend.output_bucket, layout=layout, tile_size=settings.tile_size,
+                                     on_done=self._bar.update)
+        self._window = 0
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="am-send")
+        self._sending: Future[float] | None = None
+        self._next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
+
+    def start_workers(self, count: int) -> None:
+        """Start ``count`` workers; the count is kept so that workers which left idle can be replaced."""
+        self._workers = count
+        self._window = in_flight_window(self._settings, backend=self.backend.name, workers=count)
+        self.backend.launcher.start(count, self.backend.worker_environment)
+
+    def send(self, group: str, tiles: Sequence[tuple[int, bytes | Path]]) -> None:
+        """Upload ``(index, PNG bytes or file)`` tiles and enqueue one message each, on the sender thread.
+
+        Waits for the previous chunk first (raising its error, if any), so one chunk travels while
+        the caller cuts the next; then collects the reports already waiting. With a window of
+        tiles in flight, the chunk goes out in pieces of half the window, each once there is room.
+        """
+        step = max(1, self._window // 2) if self._window else max(1, len(tiles))
+        for start in range(0, len(tiles), step):
+            piece = list(tiles[start:start + step])
+            self._wait_for_room(len(piece))
+            self._finish_sending()
+            self.tracker.add(tile_name(group, index) for index, _ in piece)
+            self._bar.total += len(piece)
+            self._bar.refresh()
+            self._sending = self._sender.submit(self._upload, group, piece)
+            self.collect()
+
+    def collect(self) -> None:
+        """Handle every report already waiting, without waiting for more; check the workers when due."""
+        started = time.monotonic()
+        _drain_results(self._collector, self._results, wait_s=0)
+        self.seconds["collect"] += time.monotonic() - started
+        if time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
+            self._check_workers()
+
+    def seal(self) -> None:
+        """Every tile is sent: wait for the last chunk to be out; from now on the job can finish."""
+        self._finish_sending()
+        # Workers that left idle just before the last chunk must not be taken for crashed ones later.
+        self.revive_idle_workers()
+        self.tracker.seal()
+        log.info("job %s: %d tile(s) on the %s backend", self.job_id, self.tracker.total, self.backend.name)
+
+    def wait(self) -> None:
+        """Collect reports until every tile is done or given up; raises on timeout or when no worker is left."""
+        if not self.tracker.sealed:
+            raise RuntimeError("seal() the job before waiting for it: more tiles could still come")
+        started = time.monotonic()
+        deadline = started + self._settings.job_timeout_s(self.tracker.total)
+        _wait_for_tiles(self.backend, self._collector, results=self._results, dead_letters=self._dead_letters,
+                        deadline=deadline)
+        self.seconds["tail"] = time.monotonic() - started
+
+    def report(self) -> JobReport:
+        t = self.tracker
+        return JobReport(self.job_id, t.total, len(t.completed), t.duplicates, t.compute_s, dict(self.seconds), t.dead)
+
+    def revive_idle_workers(self) -> bool:
+        """Start the workers again if every one of them left idle while tiles were still being cut.
+
+        Workers leave after ``idle_exit_s`` without work. Started before the first tile is cut,
+        they may run out of patience on a slow preparation (a huge image, or the next group's
+        normalisation) through no fault of their own. Only a launcher that reports exit codes
+        (local processes) can tell that from a crash, and a crash is never retried here.
+        """
+        codes = getattr(self.backend.launcher, "exit_codes", None)
+        if self.tracker.sealed or not callable(codes) or self.backend.launcher.alive() > 0:
+            return False
+        exits = codes()
+        if not exits or any(code != 0 for code in exits):
+            return False
+        log.warning("every worker left idle (idle_exit_s %.0f s) while tiles were still being cut; starting %d again",
+                    self._settings.idle_exit_s, self._workers)
+        self.start_workers(self._workers)
+        return True
+
+    def close(self, *, after_failure: bool) -> None:
+        """Stop sending, stop the workers, delete the job's results queue and S3 prefixes (see ``_clean_up``)."""
+        # An upload still running must finish before the prefixes go, or it would leave objects behind.
+        self._sender.shutdown(wait=True, cancel_futures=True)
+        self._bar.close()
+        _clean_up(self.backend, results_url=self.results_url, prefix=f"{self.job_id}/", settings=self._settings,
+                  after_failure=after_failure)
+
+    def _wait_for_room(self, count: int) -> None:
+        """Collect reports until ``count`` more tiles fit in the window; the window's share of the timeout applies."""
+        if not self._window:
+            return
+        budget = self._settings.job_timeout_s(self._window)
+        progress_at = time.monotonic()
+        while self.tracker.pending_count and self.tracker.pending_count + count > self._window:
+            started = time.monotonic()
+            before = self.tracker.pending_count
+            received = self._results.receive(max_messages=10, wait_s=ROOM_WAIT_S)
+            if received:
+                self._collector.handle_results([m.body for m in received])
+                self._results.delete_many([m.receipt_handle for m in received])
+            now = time.monotonic()
+            self.seconds["collect"] += now - started
+            if now >= self._next_check:
+                self._next_check = now + HEALTH_CHECK_EVERY_S
+                self._check_workers()
+            if self.tracker.pending_count < before:
+                progress_at = now
+            elif now - progress_at > budget:
+                raise JobTimeout(
+                    f"no tile finished for {now - progress_at:.0f} s while {self.tracker.pending_count} "
+                    "were in flight; "
+                    "raise timeout_per_tile_s or add workers, then rerun to resume",
+                    {name: "timed out" for name in self.tracker.pending},
+                )
+
+    def _check_workers(self) -> None:
+        _check_workers(self.backend, self._collector, results=self._results, dead_letters=self._dead_letters,
+                       revive=self.revive_idle_workers)
+
+    def _finish_sending(self) -> None:
+        if self._sending is not None:
+            sending, self._sending = self._sending, None
+            self.seconds["upload"] += sending.result()
+
+    def _upload(self, group: str, tiles: list[tuple[int, bytes | Path]]) -> float:
+        """Runs on the sender thread: tiles to the input bucket, then their messages; returns the seconds taken."""
+        started = time.monotonic()
+        self._storage.put_many(self.backend.input_bucket,
+                               [(tile_key(self.job_id, group, index), data) for index, data in tiles])
+        self._tile_queue.send_many([_message(self.job_id, group, index, model=self.backend.model,
+                                             reply=self.results_url) for index, _ in tiles])
+        return time.monotonic() - started
+
+
+def in_flight_window(settings: Settings, *, backend: str, workers: int) -> int:
+    """Most tiles sent and not yet collected (0: no limit): the setting, or the backend's default."""
+    if settings.max_tiles_in_flight:
+        return settings.max_tiles_in_flight
+    return IN_FLIGHT_PER_LOCAL_WORKER * max(1, workers) if backend == "local" else 0
+
+
+@contextmanager
+def open_job(backend: Backend, *, layout: DatasetLayout, settings: Settings, job_id: str, workers: int,
+             show_progress: bool = True) -> Iterator[Job]:
+    """Create the job's results queue and start ``workers`` workers; on leaving, clean up whatever happened.
+
+    Leaving the block, normally or by any exception (Ctrl-C and SIGTERM included), stops the
+    workers and deletes the results queue and the job's S3 prefixes; masks already collected stay.
+    """
     sqs = backend.clients.sqs()
-    storage = Storage(backend.clients.s3(), threads=settings.transfer_threads)
-    seconds: dict[str, float] = {}
     results_url = create_results_queue(sqs, prefix=settings.results_queue_prefix, job=job_id)
-    prefix = f"{job_id}/"
-    log.info("job %s: %d tile(s) on the %s backend", job_id, len(names), backend.name)
+    log.info("job %s started on the %s backend", job_id, backend.name)
+    job = Job(backend, results_url=results_url, layout=layout, settings=settings, job_id=job_id,
+              show_progress=show_progress)
     try:
-        backend.launcher.start(min(settings.workers, len(names)), backend.worker_environment)
-        started = time.monotonic()
-        items = [(tile_key(job_id, g.group, i), layout.tile_source(g.group, i)) for g in groups for i in g.pending]
-        with tqdm(total=len(items), unit="tile", desc="upload", leave=False, disable=not show_progress) as bar:
-            storage.put_many(backend.input_bucket, items, progress=bar.update)
-        Queue(sqs, backend.queue_url).send_many(_messages(job_id, groups, model=backend.model, reply=results_url))
-        seconds["upload"] = time.monotonic() - started
-        started = time.monotonic()
-        with tqdm(total=len(names), unit="tile", desc="segment", disable=not show_progress) as bar:
-            collector = _Collector(job_id=job_id, tracker=tracker, storage=storage, bucket=backend.output_bucket,
-                                   layout=layout, tile_size=settings.tile_size, on_done=bar.update)
-            deadline = time.monotonic() + settings.job_timeout_s(len(names))
-            _wait_for_tiles(backend, collector, results=Queue(sqs, results_url),
-                            dead_letters=Queue(sqs, backend.dead_letter_queue_url), deadline=deadline)
-        seconds["segment"] = time.monotonic() - started
+        job.start_workers(workers)
+        yield job
     except BaseException:
-        _clean_up(backend, results_url=results_url, prefix=prefix, settings=settings, after_failure=True)
+        job.close(after_failure=True)
         raise
-    _clean_up(backend, results_url=results_url, prefix=prefix, settings=settings, after_failure=False)
-    report = JobReport(job_id, len(names), len(tracker.completed), tracker.duplicates, tracker.compute_s,
-                       seconds, tracker.dead)
-    if tracker.dead:
-        listed = "\n".join(f"  {name}: {reason}" for name, reason in sorted(tracker.dead.items()))
+    job.close(after_failure=False)
+
+
+def raise_for_lost_tiles(report: JobReport) -> JobReport:
+    """The report of a job whose every tile completed; JobFailed naming each tile that did not."""
+    if report.dead:
+        listed = "\n".join(f"  {name}: {reason}" for name, reason in sorted(report.dead.items()))
         raise JobFailed(
-            f"{len(tracker.dead)} of {len(names)} tile(s) failed; the other tiles are kept, so a rerun "
+            f"{len(report.dead)} of {report.tiles} tile(s) failed; the other tiles are kept, so a rerun "
             f"redoes only these after the cause is fixed:\n{listed}",
-            tracker.dead,
+            report.dead,
         )
     return report
+
+
+def run_job(backend: Backend, groups: list[PreparedGroup], *, layout: DatasetLayout, settings: Settings,
+            job_id: str, show_progress: bool = True) -> JobReport:
+    """Segment the pending tiles of ``groups`` (files in the dataset); JobFailed names tiles that never completed."""
+    count = sum(len(g.pending) for g in groups)
+    with open_job(backend, layout=layout, settings=settings, job_id=job_id, workers=min(settings.workers, count),
+                  show_progress=show_progress) as job:
+        for prepared in groups:
+            job.send(prepared.group, [(i, layout.tile_source(prepared.group, i)) for i in prepared.pending])
+        job.seal()
+        job.wait()
+    return raise_for_lost_tiles(job.report())

@@ -4,11 +4,18 @@ This is the library entry behind ``python -m am.pipeline``; the command line onl
 settings and turns errors into exit codes::
 
     summary = run_pipeline(Path("data/inference/dataset"), settings=load_settings(), rows=50, cols=50)
+
+Preparation and segmentation overlap. Whether there is work at all is decided first, from each
+group's meta.json alone; if there is, the backend and its workers start before any image is
+read, so their start-up (interpreter, torch, model) runs while the first group is normalised.
+Tiles are then cut a row at a time, and each row is uploaded and enqueued while the next is cut;
+reports are collected in between. Stitching and registration follow the last mask.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import shutil
 import tempfile
@@ -16,27 +23,45 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tqdm import tqdm
+from types import TracebackType
 
 from am.backends import open_backend
 from am.dataset import DatasetLayout
 from am.errors import CheckpointError, ConfigError
-from am.job import JobReport, new_job_id, run_job
-from am.prepare import PreparedGroup, prepare_group
+from am.files import write_atomic
+from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
+from am.prepare import GroupTiler, PreparedGroup, planned_tiles, reuse_group
 from am.settings import Settings
 from am.stitch import stitch_group
 
 log = logging.getLogger(__name__)
 
+# The shipped model, am.model.checkpoint.default_model_path(), named without importing torch: the
+# orchestrator needs torch only to check a model file it has not checked before.
+MODEL_CODE = Path(__file__).resolve().parent / "model"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.pt"
+# What check_checkpoint's verdict depends on, besides the file itself.
+CHECKER_LIBRARIES = ("torch", "segmentation-models-pytorch", "timm")
+CHECKER_SOURCES = ("checkpoint.py", "build.py")
+
 
 @dataclass
 class PipelineSummary:
+    """What a run did, and where its time went.
+
+    ``seconds`` holds wall-clock phases that follow one another (setup, prepare+segment,
+    clean-up, stitch, register; or prepare, stitch, register when nothing is segmented), so they
+    add up to the total. ``busy`` looks inside prepare+segment, where stages overlap: the busy
+    seconds of preparing (normalise and cut), uploading and collecting, and the ``tail`` from the
+    last tile sent to the last mask collected; they do not add up to anything.
+    """
+
     groups: list[str]
     tiles: int = 0
     tiles_reused: int = 0
     job: JobReport | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    busy: dict[str, float] = field(default_factory=dict)
     registered: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -47,8 +72,39 @@ class PipelineSummary:
             out.append(f"job {self.job.job_id}: {self.job.completed} tile(s) segmented, "
                        f"model compute {self.job.compute_s:.1f} s summed over workers")
         out.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()) + f", total {total:.1f} s")
+        if self.busy:
+            out.append("within prepare+segment: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.busy.items()))
         out.extend(f"registration {group}: {text}" for group, text in self.registered.items())
         return out
+
+
+class _Phases:
+    """Wall-clock phases one after another: each ends where the next begins, so they add up to the total."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self._seconds = seconds
+        self._mark = time.monotonic()
+
+    def end(self, name: str) -> None:
+        now = time.monotonic()
+        self._seconds[name] = self._seconds.get(name, 0.0) + now - self._mark
+        self._mark = now
+
+
+class _Stopwatch:
+    """Busy time summed over the blocks it times (``with stopwatch: ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> _Stopwatch:
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.seconds += time.monotonic() - self._started
 
 
 def _sha256(path: Path) -> str:
@@ -74,6 +130,36 @@ def check_checkpoint(path: Path) -> None:
         raise CheckpointError(f"model {path} cannot be used (set by --model, AM_MODEL or the config): {exc}") from exc
 
 
+def _checker_fingerprint() -> str:
+    """What a checkpoint check depends on besides the file: the libraries and the code that read and build it."""
+    digest = hashlib.sha256()
+    for dist in CHECKER_LIBRARIES:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = "absent"
+        digest.update(f"{dist}={version}\n".encode())
+    for name in CHECKER_SOURCES:
+        digest.update((MODEL_CODE / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def check_checkpoint_once(path: Path, model_id: str, *, cache_dir: Path) -> None:
+    """:func:`check_checkpoint`, skipped when these very bytes already passed it with the same code.
+
+    The check imports torch and builds the architecture: seconds of CPU that every run would
+    spend before its first worker may start. Its answer depends only on the file (``model_id``
+    is its SHA-256) and on the code and libraries that read it, so a pass is remembered in
+    ``cache_dir`` under both.
+    """
+    marker = cache_dir / "checked-models" / f"{model_id}-{_checker_fingerprint()}"
+    if marker.is_file():
+        log.debug("model %s passed the checkpoint check before (%s)", path, marker)
+        return
+    check_checkpoint(path)
+    write_atomic(marker, b"")
+
+
 def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
     """The model workers load (path or s3:// URI) and an identity that changes when its weights do."""
     if settings.model.startswith("s3://"):
@@ -82,13 +168,11 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
         path = Path(settings.model).expanduser()
         if not path.is_file():
             raise ConfigError(f"model file {path} does not exist; pass a checkpoint path or an s3:// URI")
-        check_checkpoint(path)
-        return str(path.resolve()), _sha256(path)
-    from am.model.checkpoint import default_model_path
-
-    default = default_model_path()
-    if default.is_file():
-        return str(default), _sha256(default)
+        model_id = _sha256(path)
+        check_checkpoint_once(path, model_id, cache_dir=cache_dir)
+        return str(path.resolve()), model_id
+    if DEFAULT_MODEL.is_file():
+        return str(DEFAULT_MODEL), _sha256(DEFAULT_MODEL)
     from am.model.build import write_untrained_checkpoint
 
     untrained = cache_dir / "untrained-default.pt"
@@ -96,7 +180,7 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
         cache_dir.mkdir(parents=True, exist_ok=True)
         write_untrained_checkpoint(untrained, seed=0)
     log.warning("no trained model is installed (%s missing): running an UNTRAINED model, masks are meaningless",
-                default)
+                DEFAULT_MODEL)
     return str(untrained), _sha256(untrained)
 
 
@@ -117,6 +201,69 @@ def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int |
     return done
 
 
+def _worker_count(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], settings: Settings) -> int:
+    """``settings.workers``, but no more than the job will have tiles (counted from image headers for new groups)."""
+    tiles = 0
+    for group, prepared in reused.items():
+        planned = len(prepared.pending) if prepared is not None else planned_tiles(layout, group, settings=settings)
+        if planned is None:
+            return settings.workers
+        tiles += planned
+    return max(1, min(settings.workers, tiles))
+
+
+def _cut_and_send(job: Job, layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
+                  busy: _Stopwatch) -> PreparedGroup:
+    """Normalise and cut one group a row of tiles at a time, handing each row to the job as soon as it is written."""
+    tiler = GroupTiler(layout, group, settings=settings, model_id=model_id)
+    with busy:
+        tiler.normalise()
+    chunks = tiler.chunks()
+    while True:
+        with busy:
+            chunk = next(chunks, None)
+        if chunk is None:
+            break
+        job.send(chunk.group, chunk.tiles)
+    with busy:
+        return tiler.finish()
+
+
+def _send_every_tile(job: Job, layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], *,
+                     settings: Settings, model_id: str, busy: _Stopwatch) -> list[PreparedGroup]:
+    """Send the pending tiles of reused groups (from disk), then cut and send the other groups; seal the job."""
+    for group, prepared in reused.items():
+        if prepared is not None and prepared.pending:
+            job.send(group, [(index, layout.tile_source(group, index)) for index in prepared.pending])
+    done = [prepared if prepared is not None
+            else _cut_and_send(job, layout, group, settings=settings, model_id=model_id, busy=busy)
+            for group, prepared in reused.items()]
+    job.seal()
+    return done
+
+
+def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], *, settings: Settings,
+                         model: str, model_id: str, environ: Mapping[str, str] | None, show_progress: bool,
+                         summary: PipelineSummary, phases: _Phases) -> list[PreparedGroup]:
+    """Start the backend and its workers, then cut, send and segment every group's tiles, all overlapping."""
+    busy = _Stopwatch()
+    with tempfile.TemporaryDirectory(prefix="am-segm-workers-") as log_dir, \
+            open_backend(settings, model=model, log_dir=Path(log_dir), base_environment=environ) as backend, \
+            open_job(backend, layout=layout, settings=settings, job_id=new_job_id(),
+                     workers=_worker_count(layout, reused, settings), show_progress=show_progress) as job:
+        phases.end("setup")
+        prepared = _send_every_tile(job, layout, reused, settings=settings, model_id=model_id, busy=busy)
+        job.wait()
+        phases.end("prepare+segment")
+    phases.end("clean-up")
+    report = job.report()
+    summary.job = report
+    summary.busy = {"prepare busy": busy.seconds, "upload busy": report.seconds.get("upload", 0.0),
+                    "collect busy": report.seconds.get("collect", 0.0), "tail": report.seconds.get("tail", 0.0)}
+    raise_for_lost_tiles(report)
+    return prepared
+
+
 def run_pipeline(
     dataset: Path,
     *,
@@ -133,34 +280,26 @@ def run_pipeline(
     layout = DatasetLayout(Path(dataset))
     selected = layout.groups(groups)
     summary = PipelineSummary(groups=selected)
+    phases = _Phases(summary.seconds)
 
-    started = time.monotonic()
     model, model_id = resolve_model(settings, cache_dir=cache_dir)
-    prepared: list[PreparedGroup] = []
-    for group in tqdm(selected, desc="prepare", unit="group", disable=not show_progress or len(selected) < 2):
-        prepared.append(prepare_group(layout, group, settings=settings, model_id=model_id))
+    # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.
+    reused = {group: reuse_group(layout, group, settings=settings, model_id=model_id) for group in selected}
+    if all(prepared is not None and not prepared.pending for prepared in reused.values()):
+        log.info("every tile already has a mask; nothing to segment")
+        prepared = [p for p in reused.values() if p is not None]
+        phases.end("prepare")
+    else:
+        prepared = _prepare_and_segment(layout, reused, settings=settings, model=model, model_id=model_id,
+                                        environ=environ, show_progress=show_progress, summary=summary, phases=phases)
     summary.tiles = sum(p.n_tiles for p in prepared)
     summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
-    summary.seconds["prepare"] = time.monotonic() - started
 
-    pending = [p for p in prepared if p.pending]
-    if pending:
-        with tempfile.TemporaryDirectory(prefix="am-segm-workers-") as log_dir, \
-                open_backend(settings, model=model, log_dir=Path(log_dir), base_environment=environ) as backend:
-            job = run_job(backend, pending, layout=layout, settings=settings, job_id=new_job_id(),
-                          show_progress=show_progress)
-        summary.job = job
-        summary.seconds.update(job.seconds)
-    else:
-        log.info("every tile already has a mask; nothing to segment")
-
-    started = time.monotonic()
     for group in prepared:
         stitch_group(layout, group)
-    summary.seconds["stitch"] = time.monotonic() - started
+    phases.end("stitch")
 
     if register and rows is not None and cols is not None:
-        started = time.monotonic()
         summary.registered = _register(layout.root, selected, rows=rows, cols=cols)
-        summary.seconds["register"] = time.monotonic() - started
+        phases.end("register")
     return summary

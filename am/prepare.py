@@ -7,23 +7,39 @@ failure or Ctrl-C redoes only what is missing::
 
     prepared = prepare_group(layout, "g1", settings=settings, model_id=model_id)
     prepared.pending   # tile indices that still need a mask
+
+The pipeline does the same in steps, so that segmentation starts while tiles are still being
+cut: :func:`reuse_group` decides from meta.json alone (no pixel is read) whether a group needs
+cutting, and :class:`GroupTiler` cuts it one row of tiles at a time, writing meta.json last::
+
+    prepared = reuse_group(layout, "g1", settings=settings, model_id=model_id)
+    if prepared is None:
+        tiler = GroupTiler(layout, "g1", settings=settings, model_id=model_id)
+        tiler.normalise()
+        for chunk in tiler.chunks():
+            send(chunk.group, chunk.tiles)      # (index, PNG bytes) pairs, already on disk
+        prepared = tiler.finish()
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import tifffile
 
 from am.dataset import DatasetLayout
 from am.files import write_atomic
-from am.imageio import read_image, write_png, write_tiff
+from am.imageio import PNG_SUFFIXES, TIFF_SUFFIXES, encode_png, read_image, write_tiff
 from am.normalize import normalize
 from am.settings import Settings
 from am.tiling import TilePlan, plan_tiles, read_tile
@@ -47,6 +63,14 @@ class PreparedGroup:
     @property
     def n_tiles(self) -> int:
         return len(self.plan.tiles)
+
+
+@dataclass(frozen=True)
+class TileChunk:
+    """Tiles just written to the dataset, with the PNG bytes written, so uploading them reads no file back."""
+
+    group: str
+    tiles: tuple[tuple[int, bytes], ...]
 
 
 def _source_identity(path: Path) -> dict[str, Any]:
@@ -80,14 +104,56 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("version") == META_VERSION else None
 
 
+def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) after :func:`rescale`."""
+    if scale == 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def rescale(image: np.ndarray, *, scale: float) -> np.ndarray:
     """Resize so the marks match the scale the model was trained at (scale 0.5 halves the image)."""
     if scale == 1.0:
         return image
-    height, width = image.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    height, width = _scaled_size(image.shape[0], image.shape[1], scale)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interpolation)
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from the image file's header, or None when the header cannot tell.
+
+    Only an estimate for sizing the job before the pixels are read: a file this cannot read is
+    reported, with the fix, by :func:`~am.imageio.read_image` when the group is normalised.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix in PNG_SUFFIXES:
+            with path.open("rb") as handle:
+                header = handle.read(24)
+            if len(header) < 24 or header[12:16] != b"IHDR":
+                return None
+            width, height = struct.unpack(">II", header[16:24])
+            return int(height), int(width)
+        if suffix in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+    except (OSError, ValueError, IndexError, struct.error, tifffile.TiffFileError) as exc:
+        log.debug("cannot read the size of %s from its header (%s); it is read in full later", path, exc)
+    return None
+
+
+def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> int | None:
+    """How many tiles the group's image will be cut into, from its file header; None when unknown.
+
+    Lets the job start no more workers than there will be tiles before a pixel is read.
+    """
+    size = _header_size(layout.source_image(group))
+    if size is None or min(size) < 1:
+        return None
+    height, width = _scaled_size(size[0], size[1], settings.scale)
+    return len(plan_tiles(height, width, tile_size=settings.tile_size, overlap=settings.tile_overlap))
 
 
 def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None,
@@ -103,38 +169,114 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None,
                          float(identity["scale"]), pending)
 
 
+def reuse_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str) -> PreparedGroup | None:
+    """The group's tiles from an identical earlier run, or None when they must be cut again.
+
+    Reads meta.json and checks that tile files exist, nothing more: cheap enough to decide,
+    before any worker starts, whether there is work at all.
+    """
+    identity = _identity(layout.source_image(group), settings, model_id)
+    return _reuse(layout, group, _read_meta(layout.tile_plan(group)), identity)
+
+
+class GroupTiler:
+    """Cuts one group's tiles in chunks of tile rows, so a job can send a chunk while the next is cut.
+
+    :meth:`normalise` removes what an older input left behind, normalises the image (written to
+    ``source_norm``) and plans the tiles; :meth:`chunks` writes the tiles a row at a time, each
+    file atomically, and yields every row with the bytes written; :meth:`finish` writes
+    meta.json, last, so a plan never exists for tiles that are not all on disk. A failure at any
+    step leaves no meta.json, and the next run cuts the group again.
+    """
+
+    def __init__(self, layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
+                 rows_per_chunk: int = 1) -> None:
+        if rows_per_chunk < 1:
+            raise ValueError(f"rows_per_chunk must be at least 1, got {rows_per_chunk}")
+        self.layout = layout
+        self.group = group
+        self._settings = settings
+        self._model_id = model_id
+        self._rows_per_chunk = rows_per_chunk
+        self._scaled: np.ndarray | None = None
+        self._plan: TilePlan | None = None
+        self._source_size = (0, 0)
+        self._identity: dict[str, Any] = {}
+        self._written = 0
+
+    @property
+    def plan(self) -> TilePlan:
+        if self._plan is None:
+            raise RuntimeError(f"group {self.group}: normalise() must run before the plan is known")
+        return self._plan
+
+    def normalise(self) -> TilePlan:
+        """Read and normalise the image, write source_norm, and plan the tiles; returns the plan."""
+        layout, group, settings = self.layout, self.group, self._settings
+        source_path = layout.source_image(group)
+        self._identity = _identity(source_path, settings, self._model_id)
+        # Anything derived from an older input must not survive to be mistaken for a result.
+        for stale in (layout.tiles_dir(group), layout.stitched_dir(group), layout.am_coords_dir(group)):
+            if stale.exists():
+                shutil.rmtree(stale)
+        image = read_image(source_path)
+        normalised = normalize(image, low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
+                               name=str(source_path))
+        del image
+        self._source_size = normalised.shape
+        write_tiff(layout.source_norm(group), normalised)
+        self._scaled = rescale(normalised, scale=settings.scale)
+        del normalised
+        self._plan = plan_tiles(self._scaled.shape[0], self._scaled.shape[1], tile_size=settings.tile_size,
+                                overlap=settings.tile_overlap)
+        return self._plan
+
+    def chunks(self) -> Iterator[TileChunk]:
+        """Write the tiles ``rows_per_chunk`` tile rows at a time; yield each chunk once it is on disk."""
+        plan, scaled = self.plan, self._scaled
+        if scaled is None:
+            raise RuntimeError(f"group {self.group}: its tiles were cut already (finish() has run)")
+        self._written = 0
+        rows = itertools.groupby(plan.tiles, key=lambda tile: tile.y)
+        while batch := list(itertools.islice(rows, self._rows_per_chunk)):
+            written = []
+            for _, row in batch:
+                for tile in row:
+                    data = encode_png(read_tile(scaled, tile, plan))
+                    write_atomic(self.layout.tile_source(self.group, tile.index), data)
+                    written.append((tile.index, data))
+            self._written += len(written)
+            yield TileChunk(self.group, tuple(written))
+
+    def finish(self) -> PreparedGroup:
+        """Write meta.json (every tile is on disk now) and return the group, all of its tiles pending."""
+        plan = self.plan
+        if self._written != len(plan.tiles):
+            raise RuntimeError(f"group {self.group}: {self._written} of {len(plan.tiles)} tiles are cut; "
+                               "a plan must never claim tiles that are not on disk")
+        height, width = self._source_size
+        settings = self._settings
+        # The plan is written last: its presence means every tile above is complete.
+        _write_json_atomic(self.layout.tile_plan(self.group), {
+            "version": META_VERSION,
+            "identity": self._identity,
+            "source_height": height,
+            "source_width": width,
+            "plan": json.loads(plan.to_json()),
+        })
+        self._scaled = None
+        log.info("group %s: %dx%d image, %d tiles of %d px (overlap %d)", self.group, width, height,
+                 len(plan.tiles), settings.tile_size, settings.tile_overlap)
+        return PreparedGroup(self.group, plan, height, width, settings.scale, tuple(t.index for t in plan.tiles))
+
+
 def prepare_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str) -> PreparedGroup:
     """Normalise and tile one group, or reuse the tiles of an identical earlier run."""
-    source_path = layout.source_image(group)
-    identity = _identity(source_path, settings, model_id)
-    meta_path = layout.tile_plan(group)
-    reused = _reuse(layout, group, _read_meta(meta_path), identity)
+    reused = reuse_group(layout, group, settings=settings, model_id=model_id)
     if reused is not None:
         return reused
-
-    # Anything derived from an older input must not survive to be mistaken for a result.
-    for stale in (layout.tiles_dir(group), layout.stitched_dir(group), layout.am_coords_dir(group)):
-        if stale.exists():
-            shutil.rmtree(stale)
-
-    image = read_image(source_path)
-    normalised = normalize(image, low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
-                           name=str(source_path))
-    del image
-    height, width = normalised.shape
-    write_tiff(layout.source_norm(group), normalised)
-    scaled = rescale(normalised, scale=settings.scale)
-    plan = plan_tiles(scaled.shape[0], scaled.shape[1], tile_size=settings.tile_size, overlap=settings.tile_overlap)
-    for tile in plan.tiles:
-        write_png(layout.tile_source(group, tile.index), read_tile(scaled, tile, plan))
-    # The plan is written last: its presence means every tile above is complete.
-    _write_json_atomic(meta_path, {
-        "version": META_VERSION,
-        "identity": identity,
-        "source_height": height,
-        "source_width": width,
-        "plan": json.loads(plan.to_json()),
-    })
-    log.info("group %s: %dx%d image, %d tiles of %d px (overlap %d)", group, width, height,
-             len(plan.tiles), settings.tile_size, settings.tile_overlap)
-    return PreparedGroup(group, plan, height, width, settings.scale, tuple(t.index for t in plan.tiles))
+    tiler = GroupTiler(layout, group, settings=settings, model_id=model_id)
+    tiler.normalise()
+    for _ in tiler.chunks():
+        pass
+    return tiler.finish()

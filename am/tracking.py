@@ -6,6 +6,14 @@ counting objects. Reports may arrive twice (at-least-once delivery); each tile c
     tracker = JobTracker(["g/0000", "g/0001"], max_attempts=3)
     tracker.done("g/0000", compute_s=0.2)
     tracker.failed("g/0001", attempt=3, error="cannot decode")   # -> dead
+
+A job whose tiles are still being cut while the first ones are segmented starts with
+``expect_more=True``, adds names as it sends them, and seals the tracker after the last one:
+until then it is never finished, even with nothing pending::
+
+    tracker = JobTracker([], max_attempts=3, expect_more=True)
+    tracker.add(["g/0000"])
+    tracker.seal()
 """
 
 from __future__ import annotations
@@ -17,9 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class JobTracker:
-    def __init__(self, names: Iterable[str], *, max_attempts: int) -> None:
+    def __init__(self, names: Iterable[str], *, max_attempts: int, expect_more: bool = False) -> None:
         self._pending = set(names)
         self._total = len(self._pending)
+        self._sealed = not expect_more
         self._done: set[str] = set()
         self._dead: dict[str, str] = {}
         self._errors: dict[str, str] = {}
@@ -49,8 +58,34 @@ class JobTracker:
         return dict(self._dead)
 
     @property
+    def sealed(self) -> bool:
+        """True once every tile of the job is known (no more :meth:`add`)."""
+        return self._sealed
+
+    @property
     def finished(self) -> bool:
-        return not self._pending
+        """Every tile is known and none is pending; a job still sending tiles is never finished."""
+        return self._sealed and not self._pending
+
+    def add(self, names: Iterable[str]) -> None:
+        """Tiles just sent out; raises ValueError after :meth:`seal` or for a name the job already has."""
+        if self._sealed:
+            raise ValueError("the job's tiles are sealed: no tile can be added")
+        new = set(names)
+        again = {name for name in new if name in self._pending or name in self._done or name in self._dead}
+        if again:
+            raise ValueError(f"tile(s) added twice to one job: {', '.join(sorted(again))}")
+        self._pending.update(new)
+        self._total += len(new)
+
+    def seal(self) -> None:
+        """Every tile has been added: from now on the job finishes when none is pending."""
+        self._sealed = True
+
+    @property
+    def pending_count(self) -> int:
+        """How many tiles are pending, without copying the set (checked once per chunk sent)."""
+        return len(self._pending)
 
     def is_pending(self, name: str) -> bool:
         return name in self._pending

@@ -66,8 +66,8 @@ class LoadReport:
             ("exit code", str(self.returncode)),
             ("wall time", f"{self.wall_s:.1f} s"),
             *((f"  {stage}", f"{secs:.1f} s") for stage, secs in self.seconds.items()),
-            ("throughput", f"{self.segmented / self.seconds['segment']:.1f} tiles/s" if self.seconds.get("segment")
-             else "-"),
+            ("throughput", f"{self.segmented / self.seconds['prepare+segment']:.1f} tiles/s over prepare+segment"
+             if self.seconds.get("prepare+segment") else "-"),
             ("peak RSS orchestrator", f"{self.orchestrator_peak_mib:.0f} MiB"),
             *((f"peak RSS worker {n}", f"{mib:.0f} MiB") for n, mib in sorted(self.worker_peak_mib.items())),
             ("peak RSS all processes", f"{self.total_peak_mib:.0f} MiB"),
@@ -179,8 +179,7 @@ def run_load_test(*, size: int, workers: int = 2, tile_size: int = 512, tile_ove
     meta_path = dataset / "tiles" / "load" / "meta.json"
     tiles = len(json.loads(meta_path.read_text())["plan"]["tiles"]) if meta_path.is_file() else 0
     segmented = re.search(r"(\d+) tile\(s\) segmented", stdout)
-    seconds = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([\d.]+) s", stdout.split("time:", 1)[-1])
-                   if k != "total")
+    seconds = _stage_seconds(stdout)
     mask_shape: tuple[int, ...] = ()
     mask_path = dataset / "tiles_stitched" / "load" / "mask.tiff"
     if mask_path.is_file():
@@ -195,6 +194,17 @@ def run_load_test(*, size: int, workers: int = 2, tile_size: int = 512, tile_ove
         worker_peak_mib={worker_pids[pid]: mib for pid, mib in sampler.peaks.items() if pid in worker_pids},
         total_peak_mib=sampler.total_peak, mask_shape=mask_shape, stderr_tail=stderr[-3000:],
     )
+
+
+def _stage_seconds(stdout: str) -> dict[str, float]:
+    """Seconds per stage from the pipeline's summary: its time line (without the total) and the overlap line."""
+    from am.bench.pipeline import STAGE_TIME, SUMMARY_BUSY, SUMMARY_TIME
+
+    seconds: dict[str, float] = {}
+    for line in (SUMMARY_TIME.search(stdout), SUMMARY_BUSY.search(stdout)):
+        if line is not None:
+            seconds.update((name, float(value)) for name, value in STAGE_TIME.findall(line.group(1)))
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:

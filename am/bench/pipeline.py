@@ -2,15 +2,19 @@
 
 The overhead ratio is ``wall / model``, where
 
-- ``wall`` is the wall-clock time of the whole command (interpreter start to exit: prepare,
-  upload, segment, stitch, and register if asked), in a fresh dataset holding only the image;
+- ``wall`` is the wall-clock time of the whole command (interpreter start to exit: setup,
+  prepare+segment, clean-up, stitch, and register if asked), in a fresh dataset holding only
+  the image;
 - ``model`` is the time the model alone needs for the job's tiles on this machine, run the way
   the workers run it: ``tiles / model_tiles_per_s``, where the caller measures the model-only
   rate (same checkpoint, device and batch size); ``python -m am.bench`` passes, on CPU,
   ``workers`` times the rate with ``cores // workers`` threads, and on CUDA the device's rate.
 
 The workers' own account, model compute summed over workers (``compute_s`` of their reports), is
-reported beside it, as ``wall / summed compute`` and ``wall / (summed compute / workers)``::
+reported beside it, as ``wall / summed compute`` and ``wall / (summed compute / workers)``.
+The stages come from the pipeline's summary: the phases of its ``time:`` line (one after
+another) and, from its ``within prepare+segment:`` line, the busy seconds of the stages that
+overlap there (``prepare busy``, ``upload busy``, ``collect busy``) and the ``tail``::
 
     result = pipeline_overhead(Path("image.tif"), checkpoint=path, workers=2, model_tiles_per_s=7.5,
                                workdir=tmp)
@@ -36,7 +40,9 @@ log = logging.getLogger(__name__)
 
 SUMMARY_JOB = re.compile(r"job \S+: (\d+) tile\(s\) segmented, model compute ([\d.]+) s summed over workers")
 SUMMARY_TIME = re.compile(r"^time: (.*), total ([\d.]+) s$", re.MULTILINE)
-STAGE_TIME = re.compile(r"(\w+) ([\d.]+) s")
+SUMMARY_BUSY = re.compile(r"^within prepare\+segment: (.*)$", re.MULTILINE)
+# A stage name: word characters, "+" and "-" (prepare+segment, clean-up), optionally followed by " busy".
+STAGE_TIME = re.compile(r"([\w+-]+(?: busy)?) ([\d.]+) s")
 OUTPUT_TAIL_CHARS = 3000
 
 
@@ -67,7 +73,11 @@ class PipelineResult:
 
 
 def parse_summary(stdout: str) -> tuple[int, float, dict[str, float]]:
-    """(tiles segmented, model compute summed over workers, seconds per stage) from the pipeline's summary."""
+    """(tiles segmented, model compute summed over workers, seconds per stage) from the pipeline's summary.
+
+    The stages are the phases of the time line, its total, then the overlapping figures of the
+    ``within prepare+segment`` line when there is one.
+    """
     job = SUMMARY_JOB.search(stdout)
     timing = SUMMARY_TIME.search(stdout)
     if job is None or timing is None:
@@ -75,6 +85,9 @@ def parse_summary(stdout: str) -> tuple[int, float, dict[str, float]]:
                         f"{stdout[-OUTPUT_TAIL_CHARS:]}")
     stages = {name: float(seconds) for name, seconds in STAGE_TIME.findall(timing.group(1))}
     stages["total"] = float(timing.group(2))
+    busy = SUMMARY_BUSY.search(stdout)
+    if busy is not None:
+        stages.update((name, float(seconds)) for name, seconds in STAGE_TIME.findall(busy.group(1)))
     return int(job.group(1)), float(job.group(2)), stages
 
 

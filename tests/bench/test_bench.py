@@ -12,11 +12,14 @@ import pytest
 from am.bench import __main__ as bench_cli
 from am.bench.pipeline import parse_summary, pipeline_overhead
 from am.errors import InputError, JobFailed
+from am.job import JobReport
+from am.orchestrator import PipelineSummary
 
 SUMMARY = """groups: bench
 tiles: 169 (0 reused from an earlier run)
 job 20261124-101500-a1b2c3: 169 tile(s) segmented, model compute 41.3 s summed over workers
-time: prepare 2.1 s, upload 0.9 s, segment 24.0 s, stitch 0.6 s, total 27.6 s
+time: setup 1.4 s, prepare+segment 22.5 s, clean-up 0.4 s, stitch 2.4 s, total 26.7 s
+within prepare+segment: prepare busy 3.9 s, upload busy 1.1 s, collect busy 0.6 s, tail 8.2 s
 """
 
 
@@ -51,9 +54,21 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_parse_summary_reads_tiles_compute_and_stages() -> None:
     tiles, compute, stages = parse_summary(SUMMARY)
     assert (tiles, compute) == (169, 41.3)
-    assert stages == {"prepare": 2.1, "upload": 0.9, "segment": 24.0, "stitch": 0.6, "total": 27.6}
+    assert stages == {"setup": 1.4, "prepare+segment": 22.5, "clean-up": 0.4, "stitch": 2.4, "total": 26.7,
+                      "prepare busy": 3.9, "upload busy": 1.1, "collect busy": 0.6, "tail": 8.2}
     with pytest.raises(JobFailed, match="lacks the job or time line"):
         parse_summary("groups: bench\n")
+
+
+def test_parse_summary_reads_what_the_pipeline_prints() -> None:
+    summary = PipelineSummary(groups=["bench"], tiles=169,
+                              job=JobReport("20261124-101500-a1b2c3", 169, 169, 0, 41.3),
+                              seconds={"setup": 1.44, "prepare+segment": 22.5, "clean-up": 0.36, "stitch": 2.4},
+                              busy={"prepare busy": 3.9, "upload busy": 1.1, "collect busy": 0.6, "tail": 8.2})
+    tiles, compute, stages = parse_summary("\n".join(summary.lines()) + "\n")
+    assert (tiles, compute) == (169, 41.3)
+    assert stages == {"setup": 1.4, "prepare+segment": 22.5, "clean-up": 0.4, "stitch": 2.4, "total": 26.7,
+                      "prepare busy": 3.9, "upload busy": 1.1, "collect busy": 0.6, "tail": 8.2}
 
 
 def test_pipeline_overhead_ratio_uses_the_model_time_of_its_tiles(tmp_path: Path,

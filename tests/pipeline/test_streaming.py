@@ -1,0 +1,398 @@
+"""Preparation and segmentation overlap: workers start first, tiles go out a row at a time, failures clean up.
+
+The pipeline runs in this process on moto (``mock_aws``) with the real Worker class on threads
+and a predictor that thresholds at 128, so the order of events (workers started, image
+normalised, chunks cut, chunks enqueued) can be recorded exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from faults.harness import make_dataset
+from moto import mock_aws
+
+import am.job
+import am.orchestrator
+from am.backends import Backend
+from am.dataset import DatasetLayout
+from am.errors import ConfigError, InputError, LauncherError
+from am.imageio import encode_png, read_image
+from am.job import Job, mask_bytes
+from am.orchestrator import run_pipeline
+from am.prepare import GroupTiler, TileChunk, reuse_group
+from am.settings import Settings
+from am.transport.clients import ClientFactory
+from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
+from am.transport.storage import Storage
+from am.worker.worker import Worker
+
+# A 300 x 300 image in 64 px tiles overlapping by 16: 6 rows of 6 tiles, so 6 chunks.
+IMAGE = (300, 300)
+ROWS = COLS = 6
+
+
+class Threshold:
+    """Stands in for the model: 255 where a tile is >= 128, as a model that learnt just that."""
+
+    device = "cpu"
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        return np.where(tiles >= 128, np.uint8(255), np.uint8(0))
+
+
+class ThreadLauncher:
+    """Real workers on threads of this process; records when it starts and stops them."""
+
+    def __init__(self, clients: ClientFactory, settings: Settings, queue_url: str, events: list[str]) -> None:
+        self._clients = clients
+        self._settings = settings
+        self._queue_url = queue_url
+        self._events = events
+        self.workers: list[Worker] = []
+        self.threads: list[threading.Thread] = []
+        self.stopped = False
+
+    def start(self, count: int, environment: Mapping[str, str]) -> None:
+        self._events.append("start workers")
+        for number in range(count):
+            sqs = self._clients.sqs()
+            worker = Worker(Queue(sqs, self._queue_url), Storage(self._clients.s3(), threads=2),
+                            lambda uri: Threshold(), input_bucket=self._settings.input_bucket,
+                            output_bucket=self._settings.output_bucket, results=partial(Queue, sqs), batch_size=4,
+                            idle_exit_s=30, visibility_timeout_s=30, worker_id=f"thread-{number}")
+            thread = threading.Thread(target=worker.run, daemon=True)
+            thread.start()
+            self.workers.append(worker)
+            self.threads.append(thread)
+
+    def alive(self) -> int:
+        return sum(thread.is_alive() for thread in self.threads)
+
+    def stop(self) -> None:
+        self._events.append("stop workers")
+        self.stopped = True
+        for worker in self.workers:
+            worker.stop()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+
+class Deployment:
+    """What ``open_backend`` yields in these tests: moto's buckets and queues and a thread launcher."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.clients = ClientFactory(region=settings.region)
+        self.storage = Storage(self.clients.s3(), threads=4)
+        self.events: list[str] = []
+        self.launchers: list[ThreadLauncher] = []
+        self.opened = 0
+        for bucket in (settings.input_bucket, settings.output_bucket):
+            self.storage.ensure_bucket(bucket)
+        self.queue_url, self.dlq_url = ensure_tile_queues(
+            self.clients.sqs(), name=settings.queue_name, dead_letter_name=settings.dead_letter_queue_name,
+            visibility_timeout_s=30, max_receive_count=3)
+
+    @contextmanager
+    def open_backend(self, settings: Settings, *, model: str, log_dir: Path,
+                     base_environment: Mapping[str, str] | None = None) -> Iterator[Backend]:
+        self.opened += 1
+        launcher = ThreadLauncher(self.clients, settings, self.queue_url, self.events)
+        self.launchers.append(launcher)
+        try:
+            yield Backend("local", self.clients, launcher, self.queue_url, self.dlq_url, settings.input_bucket,
+                          settings.output_bucket, model)
+        finally:
+            launcher.stop()
+
+    def keys(self) -> list[str]:
+        return [key for bucket in (self.settings.input_bucket, self.settings.output_bucket)
+                for key in self.storage.list_keys(bucket, "")]
+
+    def results_queues(self) -> list[str]:
+        return self.clients.sqs().list_queues(QueueNamePrefix=self.settings.results_queue_prefix).get("QueueUrls", [])
+
+
+class RecordingTiler(GroupTiler):
+    """The real tiler, recording when it normalises and cuts; ``fail_at`` raises while cutting that chunk."""
+
+    events: ClassVar[list[str]] = []
+    fail_at: ClassVar[int | None] = None
+    failure: ClassVar[BaseException] = OSError(28, "No space left on device")
+
+    def normalise(self):  # type: ignore[override]
+        self.events.append("normalise")
+        return super().normalise()
+
+    def chunks(self) -> Iterator[TileChunk]:
+        for number, chunk in enumerate(super().chunks()):
+            self.events.append(f"cut {number}")
+            if number == self.fail_at:
+                raise self.failure
+            yield chunk
+
+
+@pytest.fixture
+def deployment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(tile_size=64, tile_overlap=16, workers=2, transfer_threads=4)
+    with mock_aws():
+        deployment = Deployment(settings)
+        monkeypatch.setattr(am.orchestrator, "open_backend", deployment.open_backend)
+        monkeypatch.setattr(RecordingTiler, "events", deployment.events)
+        monkeypatch.setattr(am.orchestrator, "GroupTiler", RecordingTiler)
+        original = Job._upload
+
+        def recording_upload(job: Job, group: str, tiles: list[tuple[int, Any]]) -> float:
+            seconds = original(job, group, tiles)
+            deployment.events.append(f"enqueued {len(tiles)}")
+            return seconds
+
+        monkeypatch.setattr(Job, "_upload", recording_upload)
+        yield deployment
+
+
+def _run(dataset: Path, deployment: Deployment, tiny_model: Path, tmp_path: Path):
+    settings = deployment.settings.replace(model=str(tiny_model))
+    return run_pipeline(dataset, settings=settings, register=False, cache_dir=tmp_path / "cache",
+                        show_progress=False)
+
+
+def test_workers_start_before_the_image_is_read_and_tiles_go_out_row_by_row(deployment, tiny_model, tmp_path):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    summary = _run(dataset, deployment, tiny_model, tmp_path)
+
+    events = deployment.events
+    assert events.index("start workers") < events.index("normalise"), events
+    cuts = [i for i, e in enumerate(events) if e.startswith("cut ")]
+    sends = [i for i, e in enumerate(events) if e.startswith("enqueued ")]
+    assert len(cuts) == ROWS and [events[i] for i in sends] == [f"enqueued {COLS}"] * ROWS, events
+    # While the last row was cut, earlier rows were already on the queue.
+    assert sends[0] < cuts[-1], events
+    assert summary.job is not None and summary.job.completed == summary.tiles == ROWS * COLS
+    assert set(summary.busy) == {"prepare busy", "upload busy", "collect busy", "tail"}
+    assert list(summary.seconds) == ["setup", "prepare+segment", "clean-up", "stitch"]
+
+    layout = DatasetLayout(dataset)
+    for index in range(ROWS * COLS):
+        tile = read_image(layout.tile_source("g1", index))
+        assert np.array_equal(read_image(layout.tile_mask("g1", index)), Threshold().predict(tile))
+    assert read_image(layout.stitched_mask("g1")).shape == IMAGE
+    assert deployment.keys() == [] and deployment.results_queues() == []
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()],
+                         ids=["error", "ctrl-c"])
+def test_failure_while_cutting_a_later_row_cleans_up_and_leaves_no_plan(deployment, tiny_model, tmp_path,
+                                                                        monkeypatch, failure):
+    monkeypatch.setattr(RecordingTiler, "fail_at", 3)
+    monkeypatch.setattr(RecordingTiler, "failure", failure)
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    with pytest.raises(type(failure)):
+        _run(dataset, deployment, tiny_model, tmp_path)
+
+    [launcher] = deployment.launchers
+    assert launcher.stopped and launcher.alive() == 0
+    assert "enqueued 6" in deployment.events, "no row was sent before the failure: the test proves nothing"
+    assert deployment.keys() == [], "the job's S3 prefixes were not deleted"
+    assert deployment.results_queues() == [], "the job's results queue was not deleted"
+    layout = DatasetLayout(dataset)
+    assert not layout.tile_plan("g1").exists(), "a plan was written for tiles that were never all cut"
+    assert not layout.stitched_dir("g1").exists()
+
+
+def test_rerun_reuses_every_tile_without_starting_a_backend_and_resumes_a_missing_mask(deployment, tiny_model,
+                                                                                      tmp_path):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE, "g2": (130, 200)})
+    first = _run(dataset, deployment, tiny_model, tmp_path)
+    assert deployment.opened == 1 and first.tiles_reused == 0
+
+    again = _run(dataset, deployment, tiny_model, tmp_path)
+    assert deployment.opened == 1, "a rerun with every mask in place opened a backend"
+    assert again.job is None and again.tiles_reused == again.tiles == first.tiles
+    assert list(again.seconds) == ["prepare", "stitch"]
+
+    DatasetLayout(dataset).tile_mask("g2", 1).unlink()
+    deployment.events.clear()
+    resumed = _run(dataset, deployment, tiny_model, tmp_path)
+    assert resumed.job is not None and resumed.job.tiles == 1 and resumed.tiles_reused == first.tiles - 1
+    assert "normalise" not in deployment.events and deployment.events.count("enqueued 1") == 1
+    assert deployment.events.count("start workers") == 1 and len(deployment.launchers[-1].workers) == 1
+
+
+def test_tiler_writes_a_row_per_chunk_and_refuses_a_plan_before_every_tile_is_cut(tmp_path):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": IMAGE}))
+    settings = Settings(tile_size=64, tile_overlap=16)
+    tiler = GroupTiler(layout, "g1", settings=settings, model_id="m")
+    plan = tiler.normalise()
+    chunks = tiler.chunks()
+    first = next(chunks)
+    assert [index for index, _ in first.tiles] == [t.index for t in plan.tiles if t.y == 0]
+    assert all(layout.tile_source("g1", index).read_bytes() == data for index, data in first.tiles)
+    with pytest.raises(RuntimeError, match=f"{COLS} of {ROWS * COLS} tiles are cut"):
+        tiler.finish()
+    assert not layout.tile_plan("g1").exists()
+
+    assert len(list(chunks)) == ROWS - 1
+    prepared = tiler.finish()
+    assert prepared.pending == tuple(range(ROWS * COLS))
+    assert reuse_group(layout, "g1", settings=settings, model_id="m") == prepared
+
+
+# ------------------------------------------------------------------------------ the job alone
+
+
+class ExitedLauncher:
+    """Workers that have all left, with the given exit codes; counts restarts."""
+
+    def __init__(self, codes: list[int]) -> None:
+        self.codes = codes
+        self.starts: list[int] = []
+
+    def start(self, count: int, environment: Mapping[str, str]) -> None:
+        self.starts.append(count)
+
+    def alive(self) -> int:
+        return 0
+
+    def exit_codes(self) -> list[int | None]:
+        return list(self.codes)
+
+    def stop(self) -> None:
+        pass
+
+
+def _job(deployment: Deployment, launcher: ExitedLauncher, tmp_path: Path) -> Job:
+    settings = deployment.settings
+    backend = Backend("local", deployment.clients, launcher, deployment.queue_url, deployment.dlq_url,
+                      settings.input_bucket, settings.output_bucket, "tiny")
+    sqs = deployment.clients.sqs()
+    results = create_results_queue(sqs, prefix=settings.results_queue_prefix, job="20261124-101500-abc123")
+    job = Job(backend, results_url=results, layout=DatasetLayout(tmp_path / "ds"), settings=settings,
+              job_id="20261124-101500-abc123", show_progress=False)
+    job.start_workers(2)
+    return job
+
+
+def test_workers_that_left_idle_while_tiles_are_cut_are_started_again(deployment, tmp_path, monkeypatch):
+    monkeypatch.setattr(am.job, "HEALTH_CHECK_EVERY_S", 0.0)
+    launcher = ExitedLauncher([0, 0])
+    job = _job(deployment, launcher, tmp_path)
+    job.send("g", [(0, encode_png(np.zeros((64, 64), np.uint8)))])
+    assert launcher.starts == [2, 2], "idle workers were not started again while tiles were still coming"
+    job.seal()
+    assert not job.revive_idle_workers(), "after the seal an empty pool is a failure, not a restart"
+    job.close(after_failure=True)
+
+
+def test_crashed_workers_are_not_restarted_while_tiles_are_cut(deployment, tmp_path, monkeypatch):
+    monkeypatch.setattr(am.job, "HEALTH_CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr(am.job, "RESULT_WAIT_S", 0)
+    launcher = ExitedLauncher([0, 1])
+    job = _job(deployment, launcher, tmp_path)
+    with pytest.raises(LauncherError, match=r"all workers stopped while 1 tile\(s\) were pending \(and more were "
+                                            r"still being cut\)"):
+        job.send("g", [(0, encode_png(np.zeros((64, 64), np.uint8)))])
+    assert launcher.starts == [2]
+    job.close(after_failure=True)
+
+
+def test_a_job_is_not_finished_before_it_is_sealed(deployment, tmp_path):
+    job = _job(deployment, ExitedLauncher([]), tmp_path)
+    assert not job.tracker.finished, "a job with no tile sent yet must not count as finished"
+    with pytest.raises(RuntimeError, match="seal"):
+        job.wait()
+    job.seal()
+    assert job.tracker.finished and job.tracker.total == 0
+    job.close(after_failure=False)
+
+
+# ------------------------------------------------------------------------------ mask bytes
+
+
+def test_mask_bytes_keeps_a_worker_mask_as_received_and_rejects_a_wrong_one():
+    mask = np.where(np.random.default_rng(1).random((64, 64)) > 0.5, 255, 0).astype(np.uint8)
+    data = encode_png(mask)
+    assert mask_bytes(data, name="m", tile_size=64) is data
+    colour = encode_png(np.repeat(mask[:, :, None], 3, axis=2))
+    stored = mask_bytes(colour, name="m", tile_size=64)
+    assert stored == data, "a grey mask stored as colour must be stored as the grey PNG it is"
+    with pytest.raises(InputError, match="expected 32x32"):
+        mask_bytes(data, name="m", tile_size=32)
+    with pytest.raises(InputError, match="cannot be decoded"):
+        mask_bytes(data[: len(data) // 2], name="m", tile_size=64)
+
+
+def test_local_workers_that_left_idle_before_the_first_tile_are_started_again(tmp_path, tiny_model, monkeypatch):
+    """Real local worker processes leave after idle_exit_s; a slow first image must not strand the job."""
+    jobs: list[Job] = []
+    real_open_job = am.orchestrator.open_job
+
+    @contextmanager
+    def recording_open_job(*args: Any, **kwargs: Any) -> Iterator[Job]:
+        with real_open_job(*args, **kwargs) as job:
+            jobs.append(job)
+            yield job
+
+    class SlowTiler(GroupTiler):
+        def normalise(self):  # type: ignore[override]
+            launcher = jobs[0].backend.launcher
+            deadline = time.monotonic() + 120
+            while launcher.alive() and time.monotonic() < deadline:  # until every worker has left, idle
+                time.sleep(0.2)
+            assert launcher.alive() == 0 and launcher.exit_codes() == [0, 0], launcher.log_tail()
+            return super().normalise()
+
+    monkeypatch.setattr(am.orchestrator, "open_job", recording_open_job)
+    monkeypatch.setattr(am.orchestrator, "GroupTiler", SlowTiler)
+    dataset = make_dataset(tmp_path / "ds", {"g1": (300, 300)})
+    settings = Settings(model=str(tiny_model), tile_size=128, tile_overlap=32, idle_exit_s=1.0, worker_threads=1)
+    summary = run_pipeline(dataset, settings=settings, register=False, cache_dir=tmp_path / "cache",
+                           environ={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}, show_progress=False)
+
+    assert summary.job is not None and summary.job.completed == summary.tiles == 9
+    launcher = jobs[0].backend.launcher
+    assert len(launcher.pids) == 4, "the idle workers were not replaced"
+    assert launcher.alive() == 0
+
+
+def test_tiles_in_flight_never_exceed_the_window_and_every_tile_still_completes(deployment, tiny_model, tmp_path,
+                                                                              monkeypatch):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    in_flight: list[int] = []
+    recording = Job._upload
+
+    def upload(job: Job, group: str, tiles: list[tuple[int, Any]]) -> float:
+        in_flight.append(job.tracker.pending_count)
+        return recording(job, group, tiles)
+
+    monkeypatch.setattr(Job, "_upload", upload)
+    deployment.settings = deployment.settings.replace(max_tiles_in_flight=8)
+    summary = _run(dataset, deployment, tiny_model, tmp_path)
+
+    assert summary.job is not None and summary.job.completed == ROWS * COLS
+    # A row of 6 tiles goes out in pieces of half the window, each only once it fits.
+    assert len(in_flight) > ROWS and max(in_flight) <= 8, in_flight
+    assert deployment.keys() == [] and deployment.results_queues() == []
+
+
+def test_the_window_defaults_to_a_share_per_local_worker_and_none_on_aws():
+    from am.job import IN_FLIGHT_PER_LOCAL_WORKER, in_flight_window
+
+    assert in_flight_window(Settings(), backend="local", workers=3) == 3 * IN_FLIGHT_PER_LOCAL_WORKER
+    assert in_flight_window(Settings(), backend="aws", workers=3) == 0
+    assert in_flight_window(Settings(max_tiles_in_flight=10), backend="aws", workers=3) == 10
+    with pytest.raises(ConfigError, match="max_tiles_in_flight"):
+        Settings(max_tiles_in_flight=-1)
