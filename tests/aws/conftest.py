@@ -63,15 +63,7 @@ def load_template() -> dict[str, Any]:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[ClientFactory]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def aws(monkeypatch: pytest.MonkeyPatch, fake_aws_credentials: None) -> Iterator[ClientFactory]:
     for name in ("AM_CONFIG", "AM_STACK_NAME", "AM_ENDPOINT_URL", "AM_REGION"):
         monkeypatch.delenv(name, raising=False)
     # moto moves a task one state on (RUNNING -> DEACTIVATING -> ... STOPPED) at every describe,

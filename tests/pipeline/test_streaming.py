@@ -143,10 +143,7 @@ class RecordingTiler(GroupTiler):
 
 
 @pytest.fixture
-def deployment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch.setenv(name, value)
+def deployment(monkeypatch: pytest.MonkeyPatch, fake_aws_credentials: None) -> Iterator[Deployment]:
     settings = Settings(tile_size=64, tile_overlap=16, workers=2, transfer_threads=4)
     with mock_aws():
         deployment = Deployment(settings)

@@ -15,15 +15,7 @@ FAST_RETRY = RetryPolicy(attempts=4, base_s=0.0, max_wait_s=0.0, sleep=lambda _s
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[ClientFactory]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def aws(fake_aws_credentials: None) -> Iterator[ClientFactory]:
     with mock_aws():
         yield ClientFactory(region="us-east-1")
 

@@ -115,10 +115,7 @@ class Env:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch.setenv(name, value)
+def env(fake_aws_credentials: None) -> Iterator[Env]:
     with mock_aws():
         clients = ClientFactory()
         sqs, s3 = clients.sqs(), clients.s3()
