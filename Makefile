@@ -38,8 +38,8 @@ sample: $(DATASET)
 # Train the default model from synthetic data (seeded). It lands in runs/ (ignored by git): copy it
 # to am/models/default.pt only when benchmarks/model_quality.py shows it is better than the shipped one.
 model: $(STAMP)
-	$(BIN)/python -m am.train --synthetic 800 --synthetic-size 384 --synthetic-valid 32 --epochs 40 \
-	  --steps-per-epoch 120 --batch-size 8 --crop 224 --lr 3e-3 --warmup-steps 150 --threads 2 --seed 0 \
+	$(BIN)/python -m am.train --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 --epochs 50 \
+	  --steps-per-epoch 150 --batch-size 8 --crop 256 --lr 3e-3 --warmup-steps 200 --threads 2 --seed 0 \
 	  --out runs/model/default.pt
 	$(BIN)/python benchmarks/model_quality.py --model runs/model/default.pt
 

@@ -20,16 +20,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from am.errors import AmError
+from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, held_out_images
 from am.evaluate.metrics import Scores, score
 from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
-from am.train.data import synthetic_images
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-HELD_OUT_SEED = 424242
-HELD_OUT_PITCH = (22.0, 80.0)
 MIN_MARK_PX = 10
 
 
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads)
         out: dict = {"model": str(model), "encoder": predictor.meta.encoder}
         if args.synthetic > 0:
-            items = synthetic_images(count=args.synthetic, size=512, seed=HELD_OUT_SEED, pitch_range=HELD_OUT_PITCH)
+            items = held_out_images(args.synthetic)
             results = evaluate(predictor, items)
             pooled = Scores.combine([r.scores for r in results])
             mean_dice = sum(r.scores.dice for r in results) / len(results)

@@ -7,8 +7,8 @@ per epoch) and, while a run is unfinished, ``OUT.resume`` (for ``--resume``).
 
 The shipped CPU default (``make model``)::
 
-    python -m am.train --synthetic 800 --synthetic-size 384 --synthetic-valid 32 --epochs 40 \
-        --steps-per-epoch 120 --batch-size 8 --crop 224 --lr 3e-3 --warmup-steps 150 --threads 2 \
+    python -m am.train --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 --epochs 50 \
+        --steps-per-epoch 150 --batch-size 8 --crop 256 --lr 3e-3 --warmup-steps 200 --threads 2 \
         --seed 0 --out am/models/default.pt
 
 The production model on a GPU machine: the same command with a bigger encoder and budget::
