@@ -1,8 +1,10 @@
 """How far a task has come, read from its dataset folder rather than reported by the pipeline.
 
-The pipeline writes ``tiles/<group>/meta.json`` once all tiles are cut, then one mask file per
-tile as workers deliver them; the fraction of tiles with a mask is therefore an honest measure
-that survives restarts and needs no channel from the pipeline process::
+The pipeline writes one mask file per tile as workers deliver them, and
+``tiles/<group>/meta.json`` once every tile of the group is cut (masks of the first rows may
+already be there by then). Until the plan exists the total is unknown and the progress is None;
+after that the fraction of tiles with a mask is an honest measure that survives restarts and
+needs no channel from the pipeline process::
 
     tile_progress(DatasetLayout(task_dir))   # None before tiling, else 0.0 .. 1.0
 """
