@@ -30,16 +30,15 @@ from am.dataset import DatasetLayout
 from am.errors import CheckpointError, ConfigError
 from am.files import write_atomic
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
+from am.models import DEFAULT_MODEL
 from am.prepare import GroupTiler, PreparedGroup, planned_tiles, reuse_group
 from am.settings import Settings
 from am.stitch import stitch_group
 
 log = logging.getLogger(__name__)
 
-# The shipped model, am.model.checkpoint.default_model_path(), named without importing torch: the
-# orchestrator needs torch only to check a model file it has not checked before.
+# The orchestrator needs torch only to check a model file it has not checked before.
 MODEL_CODE = Path(__file__).resolve().parent / "model"
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.pt"
 # What check_checkpoint's verdict depends on, besides the file itself.
 CHECKER_LIBRARIES = ("torch", "segmentation-models-pytorch", "timm")
 CHECKER_SOURCES = ("checkpoint.py", "build.py")

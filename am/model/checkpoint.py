@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from am.errors import CheckpointError
+from am.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def is_known_encoder(name: str) -> bool:
 
 def default_model_path() -> Path:
     """The model shipped inside the package, used when nothing else is configured."""
-    return Path(__file__).resolve().parent.parent / "models" / "default.pt"
+    return DEFAULT_MODEL
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta, *, half: bool = False) -> None:
