@@ -38,7 +38,7 @@ from am.backends import Backend
 from am.dataset import DatasetLayout
 from am.errors import AmError, InputError, JobFailed, JobTimeout, LauncherError, MessageError
 from am.files import write_atomic
-from am.imageio import decode_png, encode_png
+from am.imageio import decode_png, encode_png, is_grey_8bit_png
 from am.messages import RESULT_DONE, TileMessage, TileResult, tile_key, tile_name
 from am.prepare import PreparedGroup
 from am.settings import Settings
@@ -60,9 +60,6 @@ CLEANUP_RETRY_AFTER_FAILURE = RetryPolicy(attempts=2, base_s=0.2, max_wait_s=1.0
 # such cost, and a window would only cap what many ECS tasks can take, so AWS gets none.
 IN_FLIGHT_PER_LOCAL_WORKER = 64
 ROOM_WAIT_S = 1
-# IHDR of a PNG: width and height at bytes 16-23, then bit depth and colour type (0 = grey).
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_GREY_8BIT = b"\x08\x00"
 
 
 def new_job_id() -> str:
@@ -96,7 +93,7 @@ def mask_bytes(data: bytes, *, name: str, tile_size: int) -> bytes:
     mask = decode_png(data, name=name)
     if mask.shape != (tile_size, tile_size):
         raise InputError(f"mask {name} is {mask.shape}, expected {tile_size}x{tile_size}")
-    if data.startswith(_PNG_SIGNATURE) and data[24:26] == _PNG_GREY_8BIT:
+    if is_grey_8bit_png(data):
         return data
     return encode_png(mask)
 
@@ -174,11 +171,19 @@ class _Collector:
                 return
 
 
-def _drain_results(collector: _Collector, results: Queue, *, wait_s: int | None = None) -> None:
-    """Collect every report waiting on the results queue, until a receive (``RESULT_WAIT_S`` by default) is empty."""
-    while received := results.receive(max_messages=10, wait_s=RESULT_WAIT_S if wait_s is None else wait_s):
+def _collect_reports(collector: _Collector, results: Queue, *, wait_s: int) -> bool:
+    """One receive on the results queue: handle what came, then delete it; False when nothing came."""
+    received = results.receive(max_messages=10, wait_s=wait_s)
+    if received:
         collector.handle_results([m.body for m in received])
         results.delete_many([m.receipt_handle for m in received])
+    return bool(received)
+
+
+def _drain_results(collector: _Collector, results: Queue, *, wait_s: int = RESULT_WAIT_S) -> None:
+    """Collect every report waiting on the results queue, until a receive of ``wait_s`` comes back empty."""
+    while _collect_reports(collector, results, wait_s=wait_s):
+        pass
 
 
 def _check_workers(backend: Backend, collector: _Collector, *, results: Queue, dead_letters: Queue,
@@ -216,10 +221,7 @@ def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, 
     tracker = collector.tracker
     next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
     while not tracker.finished:
-        received = results.receive(max_messages=10, wait_s=RESULT_WAIT_S)
-        if received:
-            collector.handle_results([m.body for m in received])
-            results.delete_many([m.receipt_handle for m in received])
+        _collect_reports(collector, results, wait_s=RESULT_WAIT_S)
         now = time.monotonic()
         if now >= next_check and not tracker.finished:
             next_check = now + HEALTH_CHECK_EVERY_S
@@ -323,9 +325,7 @@ class Job:
         started = time.monotonic()
         _drain_results(self._collector, self._results, wait_s=0)
         self.seconds["collect"] += time.monotonic() - started
-        if time.monotonic() >= self._next_check:
-            self._next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
-            self._check_workers()
+        self._check_workers_when_due()
 
     def seal(self) -> None:
         """Every tile is sent: wait for the last chunk to be out; from now on the job can finish."""
@@ -385,15 +385,10 @@ class Job:
         while self.tracker.pending_count and self.tracker.pending_count + count > self._window:
             started = time.monotonic()
             before = self.tracker.pending_count
-            received = self._results.receive(max_messages=10, wait_s=ROOM_WAIT_S)
-            if received:
-                self._collector.handle_results([m.body for m in received])
-                self._results.delete_many([m.receipt_handle for m in received])
+            _collect_reports(self._collector, self._results, wait_s=ROOM_WAIT_S)
             now = time.monotonic()
             self.seconds["collect"] += now - started
-            if now >= self._next_check:
-                self._next_check = now + HEALTH_CHECK_EVERY_S
-                self._check_workers()
+            self._check_workers_when_due()
             if self.tracker.pending_count < before:
                 progress_at = now
             elif now - progress_at > budget:
@@ -404,9 +399,11 @@ class Job:
                     {name: "timed out" for name in self.tracker.pending},
                 )
 
-    def _check_workers(self) -> None:
-        _check_workers(self.backend, self._collector, results=self._results, dead_letters=self._dead_letters,
-                       revive=self.revive_idle_workers)
+    def _check_workers_when_due(self) -> None:
+        if time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
+            _check_workers(self.backend, self._collector, results=self._results, dead_letters=self._dead_letters,
+                           revive=self.revive_idle_workers)
 
     def _finish_sending(self) -> None:
         if self._sending is not None:
