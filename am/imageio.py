@@ -37,6 +37,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PNG_COMPRESSION = 3
 TIFF_COMPRESSION_LEVEL = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# In the IHDR chunk, after width and height: bit depth 8, colour type 0 (grey).
+_PNG_GREY_8BIT = b"\x08\x00"
 _WRITABLE_PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 
@@ -77,12 +79,46 @@ def _check_size(path: Path, height: int, width: int) -> None:
         )
 
 
+def _png_size(header: bytes) -> tuple[int, int] | None:
+    """(height, width) from the first 24 bytes of a PNG, or None when they are not a PNG's header."""
+    if len(header) < 24 or not header.startswith(_PNG_SIGNATURE) or header[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", header[16:24])
+    return int(height), int(width)
+
+
+def is_grey_8bit_png(data: bytes) -> bool:
+    """Whether ``data`` declares itself a grey 8-bit PNG (the header only; decoding still checks the rest)."""
+    return _png_size(data[:24]) is not None and data[24:26] == _PNG_GREY_8BIT
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of a TIFF or PNG from its header alone, or None when the header cannot tell.
+
+    For estimates made before the pixels are needed; a file this cannot read is reported, with
+    the fix, by :func:`read_image`.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in PNG_SUFFIXES:
+            with path.open("rb") as handle:
+                return _png_size(handle.read(24))
+        if suffix in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+    except (OSError, ValueError, IndexError, struct.error, tifffile.TiffFileError) as exc:
+        log.debug("cannot read the size of %s from its header (%s)", path, exc)
+    return None
+
+
 def _read_png(path: Path) -> np.ndarray:
     with path.open("rb") as handle:
-        header = handle.read(33)
-    if len(header) < 24 or not header.startswith(_PNG_SIGNATURE) or header[12:16] != b"IHDR":
+        size = _png_size(handle.read(24))
+    if size is None:
         raise InputError(f"image {path} is not a PNG file (bad signature); re-export it as PNG or TIFF")
-    width, height = struct.unpack(">II", header[16:24])
+    height, width = size
     _check_size(path, height, width)
     if height * width > OPENCV_MAX_PIXELS:
         raise InputError(
@@ -233,4 +269,5 @@ def _to_opencv_order(image: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-__all__ = ["MAX_PIXELS", "decode_png", "encode_png", "read_image", "write_png", "write_tiff"]
+__all__ = ["MAX_PIXELS", "decode_png", "encode_png", "header_size", "is_grey_8bit_png", "read_image", "write_png",
+           "write_tiff"]

@@ -27,7 +27,6 @@ import itertools
 import json
 import logging
 import shutil
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import tifffile
 
 from am.dataset import DatasetLayout
 from am.files import write_atomic
-from am.imageio import PNG_SUFFIXES, TIFF_SUFFIXES, encode_png, read_image, write_tiff
+from am.imageio import encode_png, header_size, read_image, write_tiff
 from am.normalize import normalize
 from am.settings import Settings
 from am.tiling import TilePlan, plan_tiles, read_tile
@@ -120,36 +118,12 @@ def rescale(image: np.ndarray, *, scale: float) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) from the image file's header, or None when the header cannot tell.
-
-    Only an estimate for sizing the job before the pixels are read: a file this cannot read is
-    reported, with the fix, by :func:`~am.imageio.read_image` when the group is normalised.
-    """
-    suffix = path.suffix.lower()
-    try:
-        if suffix in PNG_SUFFIXES:
-            with path.open("rb") as handle:
-                header = handle.read(24)
-            if len(header) < 24 or header[12:16] != b"IHDR":
-                return None
-            width, height = struct.unpack(">II", header[16:24])
-            return int(height), int(width)
-        if suffix in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
-    except (OSError, ValueError, IndexError, struct.error, tifffile.TiffFileError) as exc:
-        log.debug("cannot read the size of %s from its header (%s); it is read in full later", path, exc)
-    return None
-
-
 def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> int | None:
     """How many tiles the group's image will be cut into, from its file header; None when unknown.
 
     Lets the job start no more workers than there will be tiles before a pixel is read.
     """
-    size = _header_size(layout.source_image(group))
+    size = header_size(layout.source_image(group))
     if size is None or min(size) < 1:
         return None
     height, width = _scaled_size(size[0], size[1], settings.scale)

@@ -12,7 +12,16 @@ import pytest
 import tifffile
 
 from am.errors import InputError
-from am.imageio import MAX_PIXELS, decode_png, encode_png, read_image, write_png, write_tiff
+from am.imageio import (
+    MAX_PIXELS,
+    decode_png,
+    encode_png,
+    header_size,
+    is_grey_8bit_png,
+    read_image,
+    write_png,
+    write_tiff,
+)
 
 RNG = np.random.default_rng(7)
 
@@ -245,3 +254,21 @@ def test_writers_refuse_bad_arrays(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="shape"):
         write_tiff(tmp_path / "s.tif", np.zeros((4, 4, 2), np.uint8))
     assert not any(tmp_path.iterdir())
+
+
+def test_header_size_reads_png_and_tiff_headers_and_says_none_when_it_cannot(tmp_path):
+    image = np.zeros((30, 50), np.uint8)
+    write_png(tmp_path / "a.png", image)
+    write_tiff(tmp_path / "a.tif", image)
+    (tmp_path / "bad.png").write_bytes(b"not a png at all, just some bytes")
+    assert header_size(tmp_path / "a.png") == (30, 50)
+    assert header_size(tmp_path / "a.tif") == (30, 50)
+    assert header_size(tmp_path / "bad.png") is None
+    assert header_size(tmp_path / "missing.tif") is None
+
+
+def test_is_grey_8bit_png_tells_the_stored_form_from_the_header():
+    assert is_grey_8bit_png(encode_png(np.zeros((8, 8), np.uint8)))
+    assert not is_grey_8bit_png(encode_png(np.zeros((8, 8), np.uint16)))
+    assert not is_grey_8bit_png(encode_png(np.zeros((8, 8, 3), np.uint8)))
+    assert not is_grey_8bit_png(b"\x89PNG")
