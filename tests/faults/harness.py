@@ -19,11 +19,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -31,6 +34,9 @@ import psutil
 
 from am.imageio import read_image
 from am.tiling import Stitcher, TilePlan
+from am.transport.queue import Queue
+from am.transport.storage import Storage
+from am.worker.worker import Worker
 
 REPO = Path(__file__).resolve().parents[2]
 TILE_ARGS = ("--tile-size", "128", "--tile-overlap", "32")
@@ -242,3 +248,50 @@ def assert_same_as_undisturbed(dataset: Path, group: str, predictor) -> None:
             f"mask tile {group}/{tile.index:04d} is not the model's prediction ({int(differ.sum())} pixels differ)"
     stitched = read_image(dataset / "tiles_stitched" / group / "mask.tiff")
     assert np.array_equal(stitched, _stitch(plan, got)), f"{group}: mask.tiff is not its tiles stitched"
+
+
+# ---------------------------------------------------------------------------------- in-process workers
+
+
+class ThreadLauncher:
+    """A launcher whose workers are the real Worker class on threads of this process.
+
+    ``clients`` gives each worker its own S3 and SQS clients (a ClientFactory, or one that injects
+    faults); every worker answers with ``predictor``. ``events``, when given, records
+    "start workers" and "stop workers" among a test's other events.
+    """
+
+    def __init__(self, clients: Any, predictor: Any, *, input_bucket: str, output_bucket: str, queue_url: str,
+                 events: list[str] | None = None) -> None:
+        self._clients = clients
+        self._predictor = predictor
+        self._buckets = (input_bucket, output_bucket)
+        self._queue_url = queue_url
+        self._events = events if events is not None else []
+        self.workers: list[Worker] = []
+        self.threads: list[threading.Thread] = []
+        self.stopped = False
+
+    def start(self, count: int, environment: Mapping[str, str]) -> None:
+        self._events.append("start workers")
+        for number in range(count):
+            sqs = self._clients.sqs()
+            worker = Worker(Queue(sqs, self._queue_url), Storage(self._clients.s3(), threads=4),
+                            lambda uri: self._predictor, input_bucket=self._buckets[0],
+                            output_bucket=self._buckets[1], results=partial(Queue, sqs), batch_size=4,
+                            idle_exit_s=30, visibility_timeout_s=30, worker_id=f"thread-{number}")
+            thread = threading.Thread(target=worker.run, name=f"worker-{number}", daemon=True)
+            thread.start()
+            self.workers.append(worker)
+            self.threads.append(thread)
+
+    def alive(self) -> int:
+        return sum(thread.is_alive() for thread in self.threads)
+
+    def stop(self) -> None:
+        self._events.append("stop workers")
+        self.stopped = True
+        for worker in self.workers:
+            worker.stop()
+        for thread in self.threads:
+            thread.join(timeout=60)

@@ -15,7 +15,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import pytest
@@ -31,11 +30,10 @@ from am.prepare import prepare_group
 from am.settings import load_settings
 from am.stitch import stitch_group
 from am.transport.clients import ClientFactory
-from am.transport.queue import Queue, ensure_tile_queues
+from am.transport.queue import ensure_tile_queues
 from am.transport.storage import Storage
-from am.worker.worker import Worker
 
-from .harness import PipelineRun, assert_nothing_left, assert_same_as_undisturbed, make_dataset
+from .harness import PipelineRun, ThreadLauncher, assert_nothing_left, assert_same_as_undisturbed, make_dataset
 
 FAULT_RATE = 0.15
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzz-sentinel"
@@ -89,40 +87,6 @@ class FlakyClients(ClientFactory):
         if self.injector is not None:
             client.meta.events.register("before-send", self.injector)
         return client
-
-
-class ThreadLauncher:
-    """Workers as threads of this process (the real Worker class), each with its own flaky clients."""
-
-    def __init__(self, clients: FlakyClients, predictor: Any, *, input_bucket: str, output_bucket: str,
-                 queue_url: str) -> None:
-        self._clients = clients
-        self._predictor = predictor
-        self._buckets = (input_bucket, output_bucket)
-        self._queue_url = queue_url
-        self._workers: list[Worker] = []
-        self._threads: list[threading.Thread] = []
-
-    def start(self, count: int, environment: dict[str, str]) -> None:
-        for number in range(count):
-            sqs = self._clients.sqs()
-            worker = Worker(Queue(sqs, self._queue_url), Storage(self._clients.s3(), threads=4),
-                            lambda uri: self._predictor, input_bucket=self._buckets[0],
-                            output_bucket=self._buckets[1], results=partial(Queue, sqs), batch_size=4,
-                            idle_exit_s=30, visibility_timeout_s=30, worker_id=f"thread-{number}")
-            thread = threading.Thread(target=worker.run, name=f"worker-{number}", daemon=True)
-            thread.start()
-            self._workers.append(worker)
-            self._threads.append(thread)
-
-    def alive(self) -> int:
-        return sum(thread.is_alive() for thread in self._threads)
-
-    def stop(self) -> None:
-        for worker in self._workers:
-            worker.stop()
-        for thread in self._threads:
-            thread.join(timeout=60)
 
 
 def test_injected_errors_on_a_fraction_of_calls_are_absorbed(moto_server, tmp_path, tiny_model, predictor):

@@ -8,17 +8,15 @@ normalised, chunks cut, chunks enqueued) can be recorded exactly.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from faults.harness import make_dataset
+from faults.harness import ThreadLauncher, make_dataset
 from moto import mock_aws
 
 import am.job
@@ -32,9 +30,8 @@ from am.orchestrator import run_pipeline
 from am.prepare import GroupTiler, TileChunk, reuse_group
 from am.settings import Settings
 from am.transport.clients import ClientFactory
-from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
+from am.transport.queue import create_results_queue, ensure_tile_queues
 from am.transport.storage import Storage
-from am.worker.worker import Worker
 
 # A 300 x 300 image in 64 px tiles overlapping by 16: 6 rows of 6 tiles, so 6 chunks.
 IMAGE = (300, 300)
@@ -48,43 +45,6 @@ class Threshold:
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         return np.where(tiles >= 128, np.uint8(255), np.uint8(0))
-
-
-class ThreadLauncher:
-    """Real workers on threads of this process; records when it starts and stops them."""
-
-    def __init__(self, clients: ClientFactory, settings: Settings, queue_url: str, events: list[str]) -> None:
-        self._clients = clients
-        self._settings = settings
-        self._queue_url = queue_url
-        self._events = events
-        self.workers: list[Worker] = []
-        self.threads: list[threading.Thread] = []
-        self.stopped = False
-
-    def start(self, count: int, environment: Mapping[str, str]) -> None:
-        self._events.append("start workers")
-        for number in range(count):
-            sqs = self._clients.sqs()
-            worker = Worker(Queue(sqs, self._queue_url), Storage(self._clients.s3(), threads=2),
-                            lambda uri: Threshold(), input_bucket=self._settings.input_bucket,
-                            output_bucket=self._settings.output_bucket, results=partial(Queue, sqs), batch_size=4,
-                            idle_exit_s=30, visibility_timeout_s=30, worker_id=f"thread-{number}")
-            thread = threading.Thread(target=worker.run, daemon=True)
-            thread.start()
-            self.workers.append(worker)
-            self.threads.append(thread)
-
-    def alive(self) -> int:
-        return sum(thread.is_alive() for thread in self.threads)
-
-    def stop(self) -> None:
-        self._events.append("stop workers")
-        self.stopped = True
-        for worker in self.workers:
-            worker.stop()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 class Deployment:
@@ -107,7 +67,8 @@ class Deployment:
     def open_backend(self, settings: Settings, *, model: str, log_dir: Path,
                      base_environment: Mapping[str, str] | None = None) -> Iterator[Backend]:
         self.opened += 1
-        launcher = ThreadLauncher(self.clients, settings, self.queue_url, self.events)
+        launcher = ThreadLauncher(self.clients, Threshold(), input_bucket=settings.input_bucket,
+                                  output_bucket=settings.output_bucket, queue_url=self.queue_url, events=self.events)
         self.launchers.append(launcher)
         try:
             yield Backend("local", self.clients, launcher, self.queue_url, self.dlq_url, settings.input_bucket,
