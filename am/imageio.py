@@ -186,15 +186,23 @@ def _as_stored(image: np.ndarray, path: Path) -> np.ndarray:
     raise InputError(f"image {path} has pixel type {image.dtype}; export it as 8- or 16-bit integer or float")
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8/uint16 grey, RGB or RGBA array; the same array always gives the same bytes."""
+def encode_png(image: np.ndarray, *, compression: int = PNG_COMPRESSION, bgr: bool = False) -> bytes:
+    """PNG bytes of a uint8/uint16 grey, RGB or RGBA array; the same array always gives the same bytes.
+
+    ``bgr=True`` takes colour arrays in OpenCV's own order (as drawn by OpenCV) and skips the
+    conversion; ``compression`` is zlib's level (0-9): lower is faster and larger.
+    """
     image = np.asarray(image)
     if image.dtype == np.bool_:
         image = image.astype(np.uint8) * np.uint8(255)
     if image.dtype not in _WRITABLE_PNG_DTYPES:
         raise InputError(f"cannot write a {image.dtype} array as PNG; convert it to uint8 or uint16 first")
-    image = _to_opencv_order(image, "PNG")
-    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if bgr:
+        _check_shape_for_write(image, "PNG")
+        image = np.ascontiguousarray(image)
+    else:
+        image = _to_opencv_order(image, "PNG")
+    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
         raise InputError(f"OpenCV could not encode a {image.shape} {image.dtype} array as PNG")
     return buffer.tobytes()
@@ -223,9 +231,9 @@ def decode_png(data: bytes, *, name: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write a uint8/uint16 grey, RGB or RGBA array (RGB order) as PNG, atomically; creates parent folders."""
-    write_atomic(Path(path), encode_png(image))
+def write_png(path: Path, image: np.ndarray, *, compression: int = PNG_COMPRESSION, bgr: bool = False) -> None:
+    """Write a uint8/uint16 grey, RGB or RGBA array as PNG (see :func:`encode_png`), atomically; creates folders."""
+    write_atomic(Path(path), encode_png(image, compression=compression, bgr=bgr))
 
 
 def write_tiff(path: Path, image: np.ndarray) -> None:

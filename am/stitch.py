@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from am.dataset import DatasetLayout
-from am.errors import InputError, StitchError
-from am.files import write_atomic
-from am.imageio import decode_png, read_image, write_tiff
+from am.errors import InputError
+from am.imageio import decode_png, read_image, write_png, write_tiff
 from am.overlay import mask_overlay
 from am.prepare import PreparedGroup
 from am.tiling import Stitcher
@@ -21,14 +19,6 @@ log = logging.getLogger(__name__)
 # The overlay is a picture for a person, written once per group at the very end of a run: zlib
 # level 1 encodes it about a third faster than the level tiles use, for a file about 10 % larger.
 OVERLAY_PNG_COMPRESSION = 1
-
-
-def _write_overlay(path: Path, overlay_bgr: np.ndarray) -> None:
-    """Encode the BGR overlay as it is (OpenCV's own channel order: no conversion) and write it atomically."""
-    ok, buffer = cv2.imencode(".png", overlay_bgr, [cv2.IMWRITE_PNG_COMPRESSION, OVERLAY_PNG_COMPRESSION])
-    if not ok:
-        raise StitchError(f"OpenCV could not encode the {overlay_bgr.shape} overlay for {path}")
-    write_atomic(path, memoryview(buffer))
 
 
 def stitch_group(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
@@ -54,6 +44,6 @@ def stitch_group(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
         cv2.threshold(mask, 0, 255, cv2.THRESH_BINARY, dst=mask)
     write_tiff(layout.stitched_mask(group), mask)
     source = read_image(layout.source_norm(group))
-    _write_overlay(layout.stitched_overlay(group), mask_overlay(source, mask))
+    write_png(layout.stitched_overlay(group), mask_overlay(source, mask), compression=OVERLAY_PNG_COMPRESSION, bgr=True)
     log.info("group %s: stitched %d tiles into %s", group, len(plan.tiles), layout.stitched_mask(group))
     return mask

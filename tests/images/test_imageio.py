@@ -272,3 +272,11 @@ def test_is_grey_8bit_png_tells_the_stored_form_from_the_header():
     assert not is_grey_8bit_png(encode_png(np.zeros((8, 8), np.uint16)))
     assert not is_grey_8bit_png(encode_png(np.zeros((8, 8, 3), np.uint8)))
     assert not is_grey_8bit_png(b"\x89PNG")
+
+
+def test_encode_png_of_a_bgr_array_equals_encoding_its_rgb_form(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    bgr = rgb[:, :, ::-1]
+    write_png(tmp_path / "fast.png", bgr, compression=1, bgr=True)
+    assert np.array_equal(read_image(tmp_path / "fast.png"), rgb)
+    assert decode_png(encode_png(rgb[:, :, 0], compression=1), name="grey").shape == (20, 30)
