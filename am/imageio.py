@@ -186,11 +186,14 @@ def _as_stored(image: np.ndarray, path: Path) -> np.ndarray:
     raise InputError(f"image {path} has pixel type {image.dtype}; export it as 8- or 16-bit integer or float")
 
 
-def encode_png(image: np.ndarray, *, compression: int = PNG_COMPRESSION, bgr: bool = False) -> bytes:
+def encode_png(image: np.ndarray, *, compression: int = PNG_COMPRESSION, bgr: bool = False,
+               huffman_only: bool = False) -> bytes:
     """PNG bytes of a uint8/uint16 grey, RGB or RGBA array; the same array always gives the same bytes.
 
     ``bgr=True`` takes colour arrays in OpenCV's own order (as drawn by OpenCV) and skips the
     conversion; ``compression`` is zlib's level (0-9): lower is faster and larger.
+    ``huffman_only`` skips zlib's string matching, which finds next to nothing in noisy
+    microscopy: on 512 px tiles it is about a quarter faster and a few per cent smaller.
     """
     image = np.asarray(image)
     if image.dtype == np.bool_:
@@ -202,7 +205,10 @@ def encode_png(image: np.ndarray, *, compression: int = PNG_COMPRESSION, bgr: bo
         image = np.ascontiguousarray(image)
     else:
         image = _to_opencv_order(image, "PNG")
-    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    if huffman_only:
+        params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+    ok, buffer = cv2.imencode(".png", image, params)
     if not ok:
         raise InputError(f"OpenCV could not encode a {image.shape} {image.dtype} array as PNG")
     return buffer.tobytes()

@@ -11,7 +11,7 @@ reports already waiting are collected between chunks. The job finishes only once
 
     with open_job(backend, layout=layout, settings=settings, job_id=new_job_id(), workers=2) as job:
         for chunk in tiler.chunks():
-            job.send(chunk.group, chunk.tiles)     # (index, PNG bytes or file) pairs
+            job.send(chunk.group, chunk.tiles)     # (index, uint8 array or PNG file) pairs
         job.seal()
         job.wait()
     report = raise_for_lost_tiles(job.report())
@@ -32,16 +32,18 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from am.backends import Backend
 from am.dataset import DatasetLayout
 from am.errors import AmError, InputError, JobFailed, JobTimeout, LauncherError, MessageError
 from am.files import write_atomic
-from am.imageio import decode_png, encode_png, is_grey_8bit_png
-from am.messages import RESULT_DONE, TileMessage, TileResult, tile_key, tile_name
+from am.imageio import encode_png, read_image
+from am.messages import RESULT_DONE, TileMessage, TileResult, tile_name, tiles_key
 from am.prepare import PreparedGroup
 from am.settings import Settings
+from am.tilepack import pack_tiles, unpack_masks
 from am.tracking import JobTracker
 from am.transport.queue import Queue, create_results_queue, delete_queue
 from am.transport.retry import DEFAULT_POLICY, RetryPolicy
@@ -60,6 +62,11 @@ CLEANUP_RETRY_AFTER_FAILURE = RetryPolicy(attempts=2, base_s=0.2, max_wait_s=1.0
 # such cost, and a window would only cap what many ECS tasks can take, so AWS gets none.
 IN_FLIGHT_PER_LOCAL_WORKER = 64
 ROOM_WAIT_S = 1
+# Tiles per message and object when tiles_per_message is 0. Locally, every request costs the
+# embedded endpoint CPU that the workers' models need (8 tiles: 1/8 of the requests, and still
+# several messages per worker to share out); on AWS a GPU batch of 64 takes two messages.
+TILES_PER_MESSAGE_LOCAL = 8
+TILES_PER_MESSAGE_AWS = 32
 
 
 def new_job_id() -> str:
@@ -78,24 +85,40 @@ class JobReport:
     dead: dict[str, str] = field(default_factory=dict)
 
 
-def _message(job_id: str, group: str, index: int, *, model: str, reply: str) -> str:
-    key = tile_key(job_id, group, index)
-    return TileMessage(job=job_id, group=group, tile=index, input=key, output=key, model=model, reply=reply).to_json()
+def _message(job_id: str, group: str, tiles: tuple[int, ...], *, model: str, reply: str) -> str:
+    key = tiles_key(job_id, group, tiles)
+    return TileMessage(job=job_id, group=group, tiles=tiles, input=key, output=key, model=model,
+                       reply=reply).to_json()
 
 
-def mask_bytes(data: bytes, *, name: str, tile_size: int) -> bytes:
-    """The bytes to store for a mask a worker wrote: checked by decoding once, never re-encoded needlessly.
+def tile_pixels(tile: np.ndarray | Path, *, size: int) -> np.ndarray:
+    """A tile's uint8 pixels: the array itself, or the tile file a rerun finds on disk.
 
-    A grey 8-bit PNG of the tile's size (what workers write) is stored exactly as received; a
-    PNG that :func:`~am.imageio.decode_png` accepts in another form (equal colour channels,
-    16-bit holding 8-bit values) is stored re-encoded as grey 8-bit. Anything else is an InputError.
+    A tile file that cannot be used (damaged, or not what the plan says) stops the job with
+    the file named: it is the orchestrator's own intermediate file, so the fix is to cut the
+    group again, not to send workers something they can only fail on.
     """
-    mask = decode_png(data, name=name)
-    if mask.shape != (tile_size, tile_size):
-        raise InputError(f"mask {name} is {mask.shape}, expected {tile_size}x{tile_size}")
-    if is_grey_8bit_png(data):
-        return data
-    return encode_png(mask)
+    if not isinstance(tile, Path):
+        pixels = np.asarray(tile)
+        if pixels.dtype != np.uint8 or pixels.shape != (size, size):
+            raise InputError(f"a tile is {pixels.dtype} of shape {pixels.shape}, not an 8-bit grey {size}x{size} tile")
+        return pixels
+    fix = f"delete {tile.parent.parent} so that the next run cuts the group again"
+    try:
+        pixels = read_image(tile)
+    except InputError as exc:
+        raise InputError(f"tile file {tile} cannot be read ({exc}); {fix}") from exc
+    if pixels.dtype != np.uint8 or pixels.shape != (size, size):
+        raise InputError(f"tile file {tile} is {pixels.dtype} of shape {pixels.shape}, not an 8-bit grey "
+                         f"{size}x{size} tile; {fix}")
+    return pixels
+
+
+def tiles_per_message(settings: Settings, *, backend: str) -> int:
+    """Tiles one message and one object carry: the setting, or the backend's default."""
+    if settings.tiles_per_message:
+        return settings.tiles_per_message
+    return TILES_PER_MESSAGE_LOCAL if backend == "local" else TILES_PER_MESSAGE_AWS
 
 
 class _Collector:
@@ -123,27 +146,38 @@ class _Collector:
                 log.warning("ignoring a report for job %s on the queue of job %s", result.job, self.job_id)
                 continue
             if result.status == RESULT_DONE:
-                if self.tracker.is_pending(result.name):
+                if any(self.tracker.is_pending(name) for name in result.names):
                     done.append(result)
                 else:
-                    self.tracker.done(result.name)  # counts the duplicate
+                    for name in result.names:
+                        self.tracker.done(name)  # counts the duplicate
             else:
-                self.tracker.failed(result.name, attempt=result.attempt, error=result.error)
+                for name in result.names:
+                    self.tracker.failed(name, attempt=result.attempt, error=result.error)
         if done:
             self._collect(done)
 
     def _collect(self, results: list[TileResult]) -> None:
-        keys = [tile_key(self.job_id, r.group, r.tile) for r in results]
+        keys = [tiles_key(self.job_id, r.group, r.tiles) for r in results]
         blobs = self.storage.get_many(self.bucket, keys)
         for result, key in zip(results, keys, strict=True):
             try:
-                data = mask_bytes(blobs[key], name=f"s3://{self.bucket}/{key}", tile_size=self.tile_size)
+                masks = unpack_masks(blobs[key], count=len(result.tiles), size=self.tile_size,
+                                     name=f"s3://{self.bucket}/{key}")
             except InputError as exc:
-                self.tracker.give_up(result.name, f"worker wrote an unusable mask: {exc}")
+                for name in result.names:
+                    self.tracker.give_up(name, f"worker wrote unusable masks: {exc}")
                 continue
-            write_atomic(self.layout.tile_mask(result.group, result.tile), data)
-            if self.tracker.done(result.name, compute_s=result.compute_s):
-                self.on_done(1)
+            share = result.compute_s / len(result.tiles)
+            done = 0
+            for tile, name, mask in zip(result.tiles, result.names, masks, strict=True):
+                if not self.tracker.is_pending(name):
+                    self.tracker.done(name)  # counts the duplicate; the mask on disk is the same
+                    continue
+                write_atomic(self.layout.tile_mask(result.group, tile), encode_png(mask, compression=1))
+                done += self.tracker.done(name, compute_s=share)
+            if done:
+                self.on_done(done)
 
     def handle_dead_letters(self, queue: Queue) -> None:
         """Tiles whose messages reached the dead-letter queue will never be reported: give up on them."""
@@ -161,8 +195,9 @@ class _Collector:
                 (mine if tile.job == self.job_id else others).append(message)
                 if tile.job == self.job_id:
                     # The message's own receive count is no guide here: reading the DLQ adds to it.
-                    self.tracker.give_up(tile.name, f"moved to the dead-letter queue after "
-                                                    f"{self.tracker.max_attempts} receives without success")
+                    for name in tile.names:
+                        self.tracker.give_up(name, f"moved to the dead-letter queue after "
+                                                   f"{self.tracker.max_attempts} receives without success")
             if mine:
                 queue.delete_many([m.receipt_handle for m in mine])
             for message in others:
@@ -292,6 +327,7 @@ class Job:
                                      bucket=backend.output_bucket, layout=layout, tile_size=settings.tile_size,
                                      on_done=self._bar.update)
         self._window = 0
+        self._per_message = tiles_per_message(settings, backend=backend.name)
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="am-send")
         self._sending: Future[float] | None = None
         self._next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
@@ -302,8 +338,10 @@ class Job:
         self._window = in_flight_window(self._settings, backend=self.backend.name, workers=count)
         self.backend.launcher.start(count, self.backend.worker_environment)
 
-    def send(self, group: str, tiles: Sequence[tuple[int, bytes | Path]]) -> None:
-        """Upload ``(index, PNG bytes or file)`` tiles and enqueue one message each, on the sender thread.
+    def send(self, group: str, tiles: Sequence[tuple[int, np.ndarray | Path]]) -> None:
+        """Upload ``(index, uint8 array or PNG file)`` tiles and enqueue them, on the sender thread.
+
+        Tiles go out ``tiles_per_message`` to an object and a message (fewer in a chunk's last one).
 
         Waits for the previous chunk first (raising its error, if any), so one chunk travels while
         the caller cuts the next; then collects the reports already waiting. With a window of
@@ -410,13 +448,18 @@ class Job:
             sending, self._sending = self._sending, None
             self.seconds["upload"] += sending.result()
 
-    def _upload(self, group: str, tiles: list[tuple[int, bytes | Path]]) -> float:
-        """Runs on the sender thread: tiles to the input bucket, then their messages; returns the seconds taken."""
+    def _upload(self, group: str, tiles: list[tuple[int, np.ndarray | Path]]) -> float:
+        """Runs on the sender thread: tile objects to the input bucket, then their messages; returns seconds taken."""
         started = time.monotonic()
-        self._storage.put_many(self.backend.input_bucket,
-                               [(tile_key(self.job_id, group, index), data) for index, data in tiles])
-        self._tile_queue.send_many([_message(self.job_id, group, index, model=self.backend.model,
-                                             reply=self.results_url) for index, _ in tiles])
+        bundles = [tiles[i:i + self._per_message] for i in range(0, len(tiles), self._per_message)]
+        objects, messages = [], []
+        for bundle in bundles:
+            indices = tuple(index for index, _ in bundle)
+            data = pack_tiles(np.stack([tile_pixels(tile, size=self._settings.tile_size) for _, tile in bundle]))
+            objects.append((tiles_key(self.job_id, group, indices), data))
+            messages.append(_message(self.job_id, group, indices, model=self.backend.model, reply=self.results_url))
+        self._storage.put_many(self.backend.input_bucket, objects)
+        self._tile_queue.send_many(messages)
         return time.monotonic() - started
 
 

@@ -1,11 +1,15 @@
 """Queue message contracts between the orchestrator and the workers.
 
-A :class:`TileMessage` asks a worker to segment one tile; a :class:`TileResult` is the worker's
-report back on the job's results queue. Both are frozen and validated on the way in, because a
-worker must never follow a key outside its job's prefix, whoever wrote the message::
+A :class:`TileMessage` asks a worker to segment a few tiles of one group, stored together in
+one object (:mod:`am.tilepack`); a :class:`TileResult` is the worker's report on them, back on
+the job's results queue. Carrying several tiles per message and per object divides the SQS and
+S3 requests per tile by the bundle size, which is what keeps a fast GPU, or a laptop hosting
+the embedded endpoint, busy with the model rather than with requests. Both are frozen and
+validated on the way in, because a worker must never follow a key outside its job's prefix,
+whoever wrote the message::
 
-    msg = TileMessage(job="j1", group="g", tile=7, input="j1/g/0007.png",
-                      output="j1/g/0007.png", model="s3://m/model.pt", reply=url)
+    msg = TileMessage(job="j1", group="g", tiles=(7, 8), input="j1/g/0007.npy",
+                      output="j1/g/0007.npy", model="s3://m/model.pt", reply=url)
     assert TileMessage.from_json(msg.to_json()) == msg
 """
 
@@ -18,7 +22,9 @@ from typing import Any, Literal
 
 from am.errors import MessageError
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2
+# Most tiles one message may name (an object of 256 tiles of 512 px is 64 MiB).
+MAX_TILES_PER_MESSAGE = 256
 
 # Job ids and group names become S3 key segments and queue-name suffixes.
 JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -30,14 +36,34 @@ RESULT_DONE = "done"
 RESULT_FAILED = "failed"
 
 
-def tile_key(job: str, group: str, tile: int) -> str:
-    """The object key of a tile (input bucket) and of its mask (output bucket)."""
-    return f"{job}/{group}/{tile:04d}.png"
+def tiles_key(job: str, group: str, tiles: tuple[int, ...] | list[int]) -> str:
+    """The object key of a message's tiles (input bucket) and of their masks (output bucket).
+
+    Named after the first tile: a tile is sent once per job, so no two messages share a key.
+    """
+    return f"{job}/{group}/{tiles[0]:04d}.npy"
 
 
 def tile_name(group: str, tile: int) -> str:
     """How a tile is named to people: in logs, errors and the summary."""
     return f"{group}/{tile:04d}"
+
+
+def tiles_label(group: str, tiles: tuple[int, ...]) -> str:
+    """How a message's tiles are named in logs: ``g/0007`` or ``g/0007 (+3 more)``."""
+    more = f" (+{len(tiles) - 1} more)" if len(tiles) > 1 else ""
+    return f"{tile_name(group, tiles[0])}{more}"
+
+
+def check_tiles(tiles: Any, kind: str) -> tuple[int, ...]:
+    """1..MAX_TILES_PER_MESSAGE distinct tile numbers >= 0, as a tuple."""
+    if not isinstance(tiles, (list, tuple)) or not 1 <= len(tiles) <= MAX_TILES_PER_MESSAGE:
+        raise MessageError(f"{kind} must name 1 to {MAX_TILES_PER_MESSAGE} tiles in a list, got {tiles!r:.200}")
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tiles):
+        raise MessageError(f"{kind} tile numbers must be integers >= 0, got {tiles!r:.200}")
+    if len(set(tiles)) != len(tiles):
+        raise MessageError(f"{kind} names a tile twice: {tiles!r:.200}")
+    return tuple(tiles)
 
 
 def check_job_id(job: str) -> str:
@@ -98,17 +124,19 @@ def _take(data: dict[str, Any], fields: dict[str, type], kind: str) -> dict[str,
             raise MessageError(f"{kind} field {name!r} must be an integer, got {value!r}")
         if typ is str and not isinstance(value, str):
             raise MessageError(f"{kind} field {name!r} must be a string, got {value!r}")
+        if typ is tuple:
+            value = check_tiles(value, kind)
         out[name] = value
     return out
 
 
 @dataclass(frozen=True)
 class TileMessage:
-    """One tile to segment: where to read it, where to write its mask, whom to tell."""
+    """Tiles of one group to segment: the object holding them, where to write their masks, whom to tell."""
 
     job: str
     group: str
-    tile: int
+    tiles: tuple[int, ...]
     input: str
     output: str
     model: str
@@ -117,8 +145,7 @@ class TileMessage:
     def __post_init__(self) -> None:
         check_job_id(self.job)
         check_group(self.group)
-        if self.tile < 0:
-            raise MessageError(f"tile number must be >= 0, got {self.tile}")
+        object.__setattr__(self, "tiles", check_tiles(self.tiles, "tile message"))
         check_key_in_job(self.input, self.job, field="input")
         check_key_in_job(self.output, self.job, field="output")
         if not self.model:
@@ -128,7 +155,12 @@ class TileMessage:
 
     @property
     def name(self) -> str:
-        return tile_name(self.group, self.tile)
+        return tiles_label(self.group, self.tiles)
+
+    @property
+    def names(self) -> list[str]:
+        """Each tile's name, in message order."""
+        return [tile_name(self.group, t) for t in self.tiles]
 
     def to_json(self) -> str:
         return json.dumps({"v": MESSAGE_VERSION, **asdict(self)}, sort_keys=True)
@@ -136,33 +168,39 @@ class TileMessage:
     @classmethod
     def from_json(cls, text: str | bytes) -> TileMessage:
         data = _load_object(text, "tile message")
-        fields = {"job": str, "group": str, "tile": int, "input": str, "output": str, "model": str, "reply": str}
+        fields = {"job": str, "group": str, "tiles": tuple, "input": str, "output": str, "model": str, "reply": str}
         return cls(**_take(data, fields, "tile message"))
 
 
 @dataclass(frozen=True)
 class TileResult:
-    """A worker's report on one tile; ``attempt`` is the SQS receive count of the tile message."""
+    """A worker's report on the tiles of one message; ``attempt`` is that message's SQS receive count."""
 
     job: str
     group: str
-    tile: int
+    tiles: tuple[int, ...]
     status: Literal["done", "failed"]
     attempt: int
     worker: str
     error: str = ""
-    # Seconds of model compute spent on this tile (its share of the batch), for timing summaries.
+    # Seconds of model compute spent on these tiles (their share of the batch), for timing summaries.
     compute_s: float = 0.0
 
     def __post_init__(self) -> None:
         check_job_id(self.job)
         check_group(self.group)
+        object.__setattr__(self, "tiles", check_tiles(self.tiles, "tile result"))
         if self.status not in (RESULT_DONE, RESULT_FAILED):
             raise MessageError(f"result status must be 'done' or 'failed', got {self.status!r}")
 
     @property
     def name(self) -> str:
-        return tile_name(self.group, self.tile)
+        return tiles_label(self.group, self.tiles)
+
+    @property
+    def names(self) -> list[str]:
+        """Each tile's name, in message order."""
+        return [tile_name(self.group, t) for t in self.tiles]
 
     def to_json(self) -> str:
         return json.dumps({"v": MESSAGE_VERSION, **asdict(self)}, sort_keys=True)
@@ -174,5 +212,6 @@ class TileResult:
         compute_s = data.pop("compute_s", 0.0)
         if isinstance(compute_s, bool) or not isinstance(compute_s, (int, float)) or compute_s < 0:
             raise MessageError(f"tile result field 'compute_s' must be a number >= 0, got {compute_s!r}")
-        fields = {"job": str, "group": str, "tile": int, "status": str, "attempt": int, "worker": str, "error": str}
+        fields = {"job": str, "group": str, "tiles": tuple, "status": str, "attempt": int, "worker": str,
+                  "error": str}
         return cls(**_take(data, fields, "tile result"), compute_s=float(compute_s))

@@ -17,7 +17,7 @@ cutting, and :class:`GroupTiler` cuts it one row of tiles at a time, writing met
         tiler = GroupTiler(layout, "g1", settings=settings, model_id=model_id)
         tiler.normalise()
         for chunk in tiler.chunks():
-            send(chunk.group, chunk.tiles)      # (index, PNG bytes) pairs, already on disk
+            send(chunk.group, chunk.tiles)      # (index, uint8 array) pairs, already on disk
         prepared = tiler.finish()
 """
 
@@ -65,10 +65,10 @@ class PreparedGroup:
 
 @dataclass(frozen=True)
 class TileChunk:
-    """Tiles just written to the dataset, with the PNG bytes written, so uploading them reads no file back."""
+    """Tiles just written to the dataset, with their pixels, so uploading them reads no file back."""
 
     group: str
-    tiles: tuple[tuple[int, bytes], ...]
+    tiles: tuple[tuple[int, np.ndarray], ...]
 
 
 def _source_identity(path: Path) -> dict[str, Any]:
@@ -158,7 +158,7 @@ class GroupTiler:
 
     :meth:`normalise` removes what an older input left behind, normalises the image (written to
     ``source_norm``) and plans the tiles; :meth:`chunks` writes the tiles a row at a time, each
-    file atomically, and yields every row with the bytes written; :meth:`finish` writes
+    file atomically, and yields every row with its pixels; :meth:`finish` writes
     meta.json, last, so a plan never exists for tiles that are not all on disk. A failure at any
     step leaves no meta.json, and the next run cuts the group again.
     """
@@ -216,9 +216,10 @@ class GroupTiler:
             written = []
             for _, row in batch:
                 for tile in row:
-                    data = encode_png(read_tile(scaled, tile, plan))
-                    write_atomic(self.layout.tile_source(self.group, tile.index), data)
-                    written.append((tile.index, data))
+                    pixels = read_tile(scaled, tile, plan)
+                    write_atomic(self.layout.tile_source(self.group, tile.index),
+                                 encode_png(pixels, compression=1, huffman_only=True))
+                    written.append((tile.index, pixels))
             self._written += len(written)
             yield TileChunk(self.group, tuple(written))
 

@@ -51,6 +51,7 @@ class Settings:
     timeout_per_tile_s: float = 10.0
     transfer_threads: int = 16
     max_tiles_in_flight: int = 0
+    tiles_per_message: int = 0
     keep_job_data: bool = False
     # Endpoint and resources. Empty endpoint_url means the real AWS endpoints.
     endpoint_url: str = ""
@@ -93,6 +94,8 @@ class Settings:
                  (self.timeout_base_s, self.timeout_per_tile_s), "> 0 seconds")
         _require(self.max_tiles_in_flight >= 0, "max_tiles_in_flight", self.max_tiles_in_flight,
                  ">= 0 (0: automatic, a window per local worker, no limit on AWS)")
+        _require(0 <= self.tiles_per_message <= 256, "tiles_per_message", self.tiles_per_message,
+                 "between 0 and 256 (0: automatic, 8 locally, 32 on AWS)")
         _require(1 <= self.transfer_threads <= 128, "transfer_threads", self.transfer_threads, "between 1 and 128")
         _require(self.aws_launch in AWS_LAUNCH_MODES, "aws_launch", self.aws_launch,
                  f"one of {', '.join(AWS_LAUNCH_MODES)}")

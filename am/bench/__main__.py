@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--batch-size", type=int, default=0, help="tiles per forward pass (0: 4 on CPU, 64 on CUDA)")
+    parser.add_argument("--tiles-per-message", type=int, default=0,
+                        help="worker loop: tiles per SQS message and S3 object (0: as the pipeline, 8 on CPU, "
+                             "32 on CUDA)")
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--tiles", type=int, default=0,
                         help="tiles per measurement (default: 16 batches for the model, 8 for the loop)")
@@ -124,10 +127,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 url = {"embedded": "", "aws": ""}.get(args.loop_endpoint, args.loop_endpoint)
                 if args.loop_endpoint == "embedded":
                     url = stack.enter_context(endpoint_process())
+                per_message = args.tiles_per_message or (32 if predictor.device.startswith("cuda") else 8)
                 loop = loop_throughput(predictor, images=images, count=loop_tiles, endpoint_url=url,
-                                       batch_size=batch, input_bucket=args.loop_buckets[0],
+                                       batch_size=batch, tiles_per_message=per_message,
+                                       input_bucket=args.loop_buckets[0],
                                        output_bucket=args.loop_buckets[1], region=args.region)
             out["loop_endpoint"] = args.loop_endpoint
+            out["tiles_per_message"] = per_message
             out.update({
                 "worker_tiles": loop.done,
                 "worker_tiles_per_s": round(loop.worker_tiles_per_s, 2),
@@ -223,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("am.bench: --batch-size, --tiles, --threads and --agreement must be >= 0, --workers >= 1",
               file=sys.stderr)
+        return EXIT_USAGE
+    if not 0 <= args.tiles_per_message <= 256:
+        parser.print_usage(sys.stderr)
+        print("am.bench: --tiles-per-message must be between 0 and 256", file=sys.stderr)
         return EXIT_USAGE
     if args.tile_size < 32 or args.tile_size % 32:
         raise InputError(f"--tile-size {args.tile_size} must be a positive multiple of 32")

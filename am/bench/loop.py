@@ -26,9 +26,9 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from am.errors import WorkerError
-from am.imageio import encode_png
-from am.messages import TileMessage, tile_key
+from am.messages import TileMessage, tiles_key
 from am.model.predict import Predictor
+from am.tilepack import pack_tiles
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue, create_results_queue, delete_queue, ensure_tile_queues
 from am.transport.storage import Storage
@@ -92,13 +92,14 @@ def loop_throughput(
     count: int,
     endpoint_url: str,
     batch_size: int,
+    tiles_per_message: int = 8,
     transfer_threads: int = 8,
     input_bucket: str = INPUT_BUCKET,
     output_bucket: str = OUTPUT_BUCKET,
     region: str = "us-east-1",
 ) -> LoopResult:
-    """Upload ``count`` tiles (``images`` cycled, PNG as the pipeline writes them), enqueue one message each,
-    and run a worker until every tile is done; the job's objects and queues are removed afterwards.
+    """Upload ``count`` tiles (``images`` cycled) ``tiles_per_message`` to an object and a message, as the
+    pipeline does, and run a worker until every tile is done; the job's objects and queues are removed afterwards.
 
     ``endpoint_url`` "" means real AWS in ``region`` (credentials from boto3's chain; the buckets
     are created if missing), so the same loop can be measured against S3 and SQS themselves.
@@ -113,13 +114,15 @@ def loop_throughput(
                                             visibility_timeout_s=VISIBILITY_S, max_receive_count=3)
     results_url = create_results_queue(sqs, prefix="am-bench-results", job=job)
     try:
-        blobs = [encode_png(image) for image in images]
-        keys = [tile_key(job, "bench", n) for n in range(count)]
-        storage.put_many(input_bucket, [(key, blobs[n % len(blobs)]) for n, key in enumerate(keys)])
+        bundles = [tuple(range(start, min(count, start + tiles_per_message)))
+                   for start in range(0, count, tiles_per_message)]
+        objects = [(tiles_key(job, "bench", tiles), pack_tiles(images[[n % len(images) for n in tiles]]))
+                   for tiles in bundles]
+        storage.put_many(input_bucket, objects)
         Queue(sqs, queue_url).send_many([
-            TileMessage(job=job, group="bench", tile=n, input=key, output=key, model=MODEL_URI,
+            TileMessage(job=job, group="bench", tiles=tiles, input=key, output=key, model=MODEL_URI,
                         reply=results_url).to_json()
-            for n, key in enumerate(keys)
+            for tiles, (key, _) in zip(bundles, objects, strict=True)
         ])
         worker = Worker(Queue(sqs, queue_url), storage, lambda uri: predictor, input_bucket=input_bucket,
                         output_bucket=output_bucket, results=partial(Queue, sqs), batch_size=batch_size,

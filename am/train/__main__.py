@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: in process)")
     run.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the file)")
     run.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
+    run.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+                     help="start from this checkpoint's weights (same architecture; optimiser and schedule "
+                          "start afresh)")
     run.add_argument("--keep-state", action="store_true",
                      help="keep OUT.resume after the last epoch (default: delete it, it is large)")
     run.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this limit")
@@ -143,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
         tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
         threads=args.threads, workers=args.workers, half=not args.fp32, resume=args.resume,
-        keep_state=args.keep_state, max_minutes=args.max_minutes, data_summary=summary,
+        keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init, data_summary=summary,
     )
     result = train(config, train_items, valid_items, progress=_bar)
     best = result.best_metrics

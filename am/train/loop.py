@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from am.errors import CheckpointError, InputError
 from am.evaluate.metrics import Scores, score
 from am.model.build import build_model
-from am.model.checkpoint import ModelMeta, save_checkpoint
+from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from am.model.predict import Predictor, prepare_input
 from am.model.whole import predict_image_proba
 from am.train.data import CropDataset, Labelled
@@ -68,11 +68,14 @@ class TrainConfig:
     resume: bool = False
     keep_state: bool = False
     max_minutes: float = 0.0
+    init: Path | None = None
     data_summary: dict[str, Any] = field(default_factory=dict)
 
     def meta(self, *, trained: bool, validation: dict[str, Any] | None = None) -> ModelMeta:
-        skip = ("out", "data_summary", "resume", "keep_state", "device", "threads", "workers", "max_minutes")
+        skip = ("out", "data_summary", "resume", "keep_state", "device", "threads", "workers", "max_minutes", "init")
         summary = {k: v for k, v in asdict(self).items() if k not in skip}
+        if self.init is not None:
+            summary["init"] = Path(self.init).name
         summary["scale"] = list(self.scale)
         summary["decoder_channels"] = list(self.decoder_channels)
         summary["data"] = self.data_summary
@@ -156,7 +159,10 @@ def train(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     meta = config.meta(trained=False)
-    model = build_model(meta).to(device).to(memory_format=torch.channels_last)
+    model = build_model(meta)
+    if config.init is not None:
+        _load_init(model, meta, Path(config.init))
+    model = model.to(device).to(memory_format=torch.channels_last)
     params = list(model.parameters())
     frozen = sum(1 for p in params if not p.requires_grad)
     if frozen:
@@ -245,6 +251,24 @@ def train(
     metrics_path(config.out).with_suffix(".json").write_text(
         json.dumps({"best_epoch": best_epoch, "best": best_metrics, "history": history}, indent=1))
     return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, checkpoint=config.out)
+
+
+def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path) -> None:
+    """Start from another checkpoint's weights, so a longer or differently fed run builds on a finished one.
+
+    Only the weights are taken: optimiser, schedule and history start afresh. The checkpoint must
+    describe the same architecture, or the run would silently train a different network.
+    """
+    init_meta, state = load_checkpoint(path)
+    ours = (meta.architecture, meta.encoder, meta.encoder_depth, tuple(meta.decoder_channels), meta.in_channels)
+    theirs = (init_meta.architecture, init_meta.encoder, init_meta.encoder_depth,
+              tuple(init_meta.decoder_channels), init_meta.in_channels)
+    if ours != theirs:
+        raise InputError(f"--init {path} is a {theirs[0]}/{theirs[1]} (depth {theirs[2]}, decoder {list(theirs[3])}), "
+                         f"not the {ours[0]}/{ours[1]} (depth {ours[2]}, decoder {list(ours[3])}) this run trains; "
+                         "pass matching --encoder/--encoder-depth/--decoder-channels or another checkpoint")
+    model.load_state_dict(state)
+    log.info("starting from the weights of %s (%s)", path, init_meta.encoder)
 
 
 def _warn_unused(model: torch.nn.Module) -> None:

@@ -1,16 +1,18 @@
-"""What happens to a tile between its message and its report: fetch, infer, put.
+"""What happens to a message's tiles between the message and its report: fetch, infer, put.
 
-Each tile carries its own outcome, so one corrupt or missing tile fails alone while the rest
-of the batch completes; only an inference error fails every tile that shared the forward
-pass. Nothing here touches SQS: the worker decides what an outcome means for the message.
-``fetch`` and ``put`` handle one tile and run on the I/O pools of the prefetch and upload
-stages; ``infer`` handles a whole batch on the compute thread::
+A :class:`TileWork` is one message: the tiles of one object (:mod:`am.tilepack`). Each carries
+its own outcome, so one corrupt or missing object fails alone while the rest of the batch
+completes; only an inference error fails every message that shared the forward passes.
+Nothing here touches SQS: the worker decides what an outcome means for the message. ``fetch``
+and ``put`` handle one message and run on the I/O pools of the prefetch and upload stages;
+``infer`` handles a whole batch of messages on the compute thread, in forward passes of the
+predictor's batch size across message boundaries::
 
     steps = TileSteps(storage, models, input_bucket="in", output_bucket="out", clock=StageClock())
-    for tile in tiles: steps.fetch(tile)      # download + decode
-    steps.infer(tiles)                        # one forward pass per (model, tile shape)
-    for tile in tiles: steps.put(tile)        # encode + upload
-    done = [t for t in tiles if t.ok]
+    for work in batch: steps.fetch(work)      # download + unpack the tiles
+    steps.infer(batch)                        # forward passes per (model, tile shape)
+    for work in batch: steps.put(work)        # pack + upload the masks
+    done = [w for w in batch if w.ok]
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from am.errors import AmError
-from am.imageio import decode_png, encode_png
 from am.messages import TileMessage
+from am.tilepack import pack_masks, unpack_tiles
 from am.transport.queue import Received
 from am.transport.storage import Storage
 from am.worker.models import Predictor
@@ -39,7 +41,7 @@ MAX_ERROR_CHARS = 300
 
 @dataclass
 class TileWork:
-    """A tile in flight: its message, and whatever has happened to it so far."""
+    """A message in flight, with whatever has happened to its tiles so far (``(n, h, w)`` arrays)."""
 
     received: Received
     message: TileMessage
@@ -51,6 +53,11 @@ class TileWork:
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @property
+    def count(self) -> int:
+        """Tiles the message carries."""
+        return len(self.message.tiles)
 
     def fail(self, reason: str) -> None:
         if not self.error:
@@ -78,13 +85,13 @@ class TileSteps:
         self._timer = timer
 
     def fetch(self, tile: TileWork) -> None:
-        """Download and decode the tile's image; an AmError fails the tile, anything else is raised."""
+        """Download and unpack the message's tiles; an AmError fails the message, anything else is raised."""
         key = tile.message.input
         try:
             with self._clock.timing("download"):
                 data = self._storage.get_bytes(self._input_bucket, key)
             with self._clock.timing("decode"):
-                tile.image = decode_png(data, name=f"s3://{self._input_bucket}/{key}")
+                tile.image = unpack_tiles(data, count=tile.count, name=f"s3://{self._input_bucket}/{key}")
         except AmError as exc:
             tile.fail(f"input: {exc}")
 
@@ -94,15 +101,15 @@ class TileSteps:
             self._infer(group)
 
     def put(self, tile: TileWork) -> None:
-        """Encode and write the tile's mask (same array, same bytes); does nothing for a failed tile."""
+        """Pack and write the message's masks (same arrays, same bytes); does nothing for a failed message."""
         if not tile.ok:
             return
         if tile.mask is None:
-            tile.fail("no mask was produced for this tile")
+            tile.fail("no mask was produced for these tiles")
             return
         try:
             with self._clock.timing("encode"):
-                data = encode_png(np.ascontiguousarray(tile.mask, dtype=np.uint8))
+                data = pack_masks(tile.mask)
             tile.mask = None
             with self._clock.timing("upload"):
                 self._storage.put_bytes(self._output_bucket, tile.message.output, data)
@@ -118,7 +125,7 @@ class TileSteps:
             for tile in group:
                 tile.fail(f"model {model}: {exc}")
             return
-        batch = np.stack([t.image for t in group if t.image is not None])
+        batch = np.concatenate([t.image for t in group if t.image is not None])
         start = self._timer()
         try:
             masks = predictor.predict(batch)
@@ -132,11 +139,13 @@ class TileSteps:
             return
         elapsed = self._timer() - start
         self._record(predictor, elapsed)
-        share = elapsed / len(group)
-        for tile, mask in zip(group, masks, strict=True):
-            tile.compute_s = share
+        per_tile = elapsed / len(batch)
+        start = 0
+        for tile in group:
+            tile.compute_s = per_tile * tile.count
             tile.image = None
-            tile.mask = mask
+            tile.mask = masks[start:start + tile.count]
+            start += tile.count
 
     def _record(self, predictor: Predictor, elapsed: float) -> None:
         """Split the call into H2D, compute and D2H when the predictor says how (am.model's does)."""
@@ -150,11 +159,11 @@ class TileSteps:
 
 
 def _groups(tiles: Iterable[TileWork]) -> list[list[TileWork]]:
-    """Decoded tiles that can share a forward pass: same model, same shape."""
+    """Messages whose tiles can share forward passes: same model, same tile shape."""
     groups: dict[tuple[str, tuple[int, ...]], list[TileWork]] = defaultdict(list)
     for tile in tiles:
         if tile.image is not None:
-            groups[(tile.message.model, tile.image.shape)].append(tile)
+            groups[(tile.message.model, tile.image.shape[1:])].append(tile)
     return list(groups.values())
 
 

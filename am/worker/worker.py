@@ -145,6 +145,8 @@ class Worker:
         self._crash_lock = threading.Lock()
         self._idle_s = 0.0
         self._senders: dict[str, ResultSender] = {}
+        # Most tiles in a message of the last receive: sizes the next one (at first, ask for one message).
+        self._tiles_per_message = batch_size
 
     # -- control -------------------------------------------------------------------------
 
@@ -260,8 +262,8 @@ class Worker:
                 log.info("no messages for %.0f s: exiting", self._idle_exit_s)
                 return None
             started, busy = time.monotonic(), len(self._lease) > 0
-            batch = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
-            if not batch:
+            received, work = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
+            if not received:
                 # Idle means nothing to do: while earlier batches were in hand (their retries may still
                 # come back), the clock does not run.
                 busy = busy or len(self._lease) > 0
@@ -270,31 +272,44 @@ class Worker:
             self._idle_s = 0.0
             if self._stopping.is_set():
                 # Received after the stop request: not "in hand" yet, so give it back.
-                self._release([r.receipt_handle for r in batch], 0)
+                self._release([t.received.receipt_handle for t in work], 0)
                 return None
-            tiles: list[TileWork] = []
-            for received in batch:
-                try:
-                    tiles.append(TileWork(received, TileMessage.from_json(received.body)))
-                except MessageError as exc:
-                    self._reject(received, exc)
-            if tiles:
-                return tiles
+            if work:
+                return work
         return None
 
-    def _receive_batch(self, *, wait_s: int) -> list[Received]:
-        """Up to batch_size messages: one long poll, then short polls while they keep coming."""
-        batch: list[Received] = []
-        while len(batch) < self._batch_size and not self._stopping.is_set():
+    def _receive_batch(self, *, wait_s: int) -> tuple[list[Received], list[TileWork]]:
+        """Messages carrying about batch_size tiles: one long poll, then short polls while they keep coming.
+
+        Returns everything received and the valid messages among it (the others are rejected).
+        How many messages to ask for comes from the tiles per message of the last receive (at
+        first one message), so a worker holds about one batch of tiles, not ``batch_size``
+        messages of many tiles each that another worker could have taken.
+        """
+        received: list[Received] = []
+        work: list[TileWork] = []
+        tiles = 0
+        while tiles < self._batch_size and not self._stopping.is_set():
+            wanted = max(1, math.ceil((self._batch_size - tiles) / self._tiles_per_message))
             started = time.perf_counter()
-            got = self._queue.receive(max_messages=min(MAX_RECEIVE, self._batch_size - len(batch)),
-                                      wait_s=0 if batch else wait_s, visibility_timeout=self._visibility_s)
+            got = self._queue.receive(max_messages=min(MAX_RECEIVE, wanted), wait_s=0 if received else wait_s,
+                                      visibility_timeout=self._visibility_s)
             self._lease.add(got)
             if not got:
                 break
             self.stats.clock.add("receive", time.perf_counter() - started)
-            batch.extend(got)
-        return batch
+            received.extend(got)
+            for message in got:
+                try:
+                    item = TileWork(message, TileMessage.from_json(message.body))
+                except MessageError as exc:
+                    self._reject(message, exc)
+                    continue
+                work.append(item)
+                tiles += item.count
+            if work:
+                self._tiles_per_message = max(t.count for t in work)
+        return received, work
 
     def _reject(self, received: Received, exc: MessageError) -> None:
         """A message we must not act on: log it, touch none of its keys, let the dead-letter queue take it."""
@@ -329,19 +344,21 @@ class Worker:
     def _settle(self, tiles: list[TileWork]) -> None:
         for tile in tiles:
             if not tile.ok:
-                log.warning("tile %s of job %s failed (attempt %d): %s", tile.message.name, tile.message.job,
+                log.warning("tile(s) %s of job %s failed (attempt %d): %s", tile.message.name, tile.message.job,
                             tile.received.receive_count, tile.error)
         with self.stats.clock.timing("report"):
             unreported, dropped = self._report(tiles)
         done = [t.received.receipt_handle for t in tiles if t.ok and t.received.receipt_handle not in unreported]
         retry = [t for t in tiles if not (t.ok and t.received.receipt_handle not in unreported)]
-        failed = sum(1 for t in tiles if not t.ok)
-        self.stats.done += len(done)
+        failed = sum(t.count for t in tiles if not t.ok)
+        done_set = set(done)
+        self.stats.done += sum(t.count for t in tiles if t.received.receipt_handle in done_set)
         if done:
             self.stats.last_done = time.monotonic()
         self.stats.failed += failed
         self.stats.batches += 1
-        log.info("batch of %d: %d done, %d failed", len(tiles), len(done), failed)
+        log.info("batch of %d message(s): %d tile(s) done, %d failed", len(tiles),
+                 sum(t.count for t in tiles if t.received.receipt_handle in done_set), failed)
         with self.stats.clock.timing("delete"):
             self._delete(done + dropped)
         self._back_off([t for t in retry if t.received.receipt_handle not in dropped])
@@ -374,7 +391,7 @@ class Worker:
 
     def _result(self, tile: TileWork) -> TileResult:
         m = tile.message
-        return TileResult(job=m.job, group=m.group, tile=m.tile, status=RESULT_DONE if tile.ok else RESULT_FAILED,
+        return TileResult(job=m.job, group=m.group, tiles=m.tiles, status=RESULT_DONE if tile.ok else RESULT_FAILED,
                           attempt=tile.received.receive_count, worker=self.worker_id, error=tile.error,
                           compute_s=tile.compute_s)
 

@@ -47,8 +47,8 @@ def _one_off_tasks(stack: dict[str, str]) -> list[dict]:
 
 
 def _tile(job: str, tile: int) -> str:
-    key = f"{job}/g/{tile:04d}.png"
-    return TileMessage(job=job, group="g", tile=tile, input=key, output=key, model="s3://m/models/x.pt",
+    key = f"{job}/g/{tile:04d}.npy"
+    return TileMessage(job=job, group="g", tiles=(tile,), input=key, output=key, model="s3://m/models/x.pt",
                        reply=f"{RESULTS_PREFIX}{job}").to_json()
 
 

@@ -22,7 +22,7 @@ import torch
 from am.errors import CheckpointError, ConfigError, LauncherError, TransportError
 from am.imageio import encode_png
 from am.launchers.aws import task_environment
-from am.messages import tile_key
+from am.messages import tiles_key
 from am.model.checkpoint import load_checkpoint
 from am.orchestrator import check_checkpoint
 from am.settings import read_config_file, setting_types
@@ -195,14 +195,14 @@ def test_worker_rejects_messages_leaving_their_job_prefix_and_follows_none(moto_
     secret_png = encode_png(np.full((128, 128), 200, np.uint8))
     storage.put_bytes("sec-in", "private/scan.png", secret_png)
     storage.put_bytes("sec-in", "other-job/g/0001.png", secret_png)
-    good = tile_key(job, "g", 0)
+    good = tiles_key(job, "g", (0,))
     forged = [
         {"input": f"{job}/../private/scan.png", "output": good},
         {"input": good, "output": f"{job}/g/../../private/scan.png"},
         {"input": "other-job/g/0001.png", "output": "other-job/g/0001.png"},
         {"input": f"/{good}", "output": good},
     ]
-    Queue(sqs, url).send_many([json.dumps({"v": 1, "job": job, "group": "g", "tile": 0, "model": str(tiny_model),
+    Queue(sqs, url).send_many([json.dumps({"v": 2, "job": job, "group": "g", "tiles": [0], "model": str(tiny_model),
                                            "reply": results.url, **keys}) for keys in forged])
     env = base_environment(tmp_path, "forged", {
         "AM_QUEUE_URL": url, "AM_INPUT_BUCKET": "sec-in", "AM_OUTPUT_BUCKET": "sec-out", "AM_MODEL": str(tiny_model),

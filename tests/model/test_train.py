@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from am.errors import InputError
 from am.imageio import write_png
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
@@ -93,6 +94,24 @@ def test_train_writes_checkpoint_logs_and_resumes(tmp_path: Path, images: list[L
     assert not state_path(out).exists()  # a finished run drops its large resume state
     with metrics_path(out).open() as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]
+
+
+def test_init_starts_from_a_checkpoints_weights_and_refuses_another_architecture(
+        tmp_path: Path, images: list[Labelled]) -> None:
+    first = tmp_path / "first.pt"
+    base = dict(**TINY, epochs=1, steps_per_epoch=1, batch_size=2, crop=64, warmup_steps=0, threads=1)
+    train(TrainConfig(out=first, **base, half=False), images[:3], images[3:])
+    _, start = load_checkpoint(first)
+    # With a learning rate of 0 no parameter moves (batch-norm statistics still do, in training mode).
+    second = tmp_path / "second.pt"
+    train(TrainConfig(out=second, **base, half=False, lr=0.0, init=first, seed=3), images[:3], images[3:])
+    meta, weights = load_checkpoint(second)
+    learnt = [k for k in start if "running_" not in k and "num_batches" not in k]
+    assert len(learnt) > 50 and all(torch.equal(weights[k], start[k]) for k in learnt)
+    assert meta.training["init"] == "first.pt"
+    other = TrainConfig(out=tmp_path / "x.pt", **{**base, "decoder_channels": (64, 32, 16, 8, 4)}, init=first)
+    with pytest.raises(InputError, match=r"--init .*first.pt is a Unet/tu-mobilenetv3_small_100 .*decoder \[32"):
+        train(other, images[:3], images[3:])
 
 
 def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:

@@ -3,14 +3,14 @@ import json
 import pytest
 
 from am.errors import MessageError
-from am.messages import TileMessage, TileResult, tile_key
+from am.messages import MAX_TILES_PER_MESSAGE, TileMessage, TileResult, tiles_key
 
 REPLY = "http://127.0.0.1:4566/123456789012/am-segm-results-job-1"
 
 
 def make(**changes):
-    fields = dict(job="job-1", group="g1", tile=7, input=tile_key("job-1", "g1", 7),
-                  output=tile_key("job-1", "g1", 7), model="s3://models/m.pt", reply=REPLY)
+    fields = dict(job="job-1", group="g1", tiles=(7, 8, 10), input=tiles_key("job-1", "g1", (7, 8, 10)),
+                  output=tiles_key("job-1", "g1", (7, 8, 10)), model="s3://models/m.pt", reply=REPLY)
     fields.update(changes)
     return TileMessage(**fields)
 
@@ -18,12 +18,22 @@ def make(**changes):
 def test_tile_message_round_trip_and_wire_format():
     message = make()
     data = json.loads(message.to_json())
-    assert data == {"v": 1, "job": "job-1", "group": "g1", "tile": 7, "input": "job-1/g1/0007.png",
-                    "output": "job-1/g1/0007.png", "model": "s3://models/m.pt", "reply": REPLY}
+    assert data == {"v": 2, "job": "job-1", "group": "g1", "tiles": [7, 8, 10], "input": "job-1/g1/0007.npy",
+                    "output": "job-1/g1/0007.npy", "model": "s3://models/m.pt", "reply": REPLY}
     assert TileMessage.from_json(message.to_json()) == message
+    assert message.names == ["g1/0007", "g1/0008", "g1/0010"]
+    assert message.name == "g1/0007 (+2 more)"
+    assert make(tiles=[3]).tiles == (3,) and make(tiles=[3]).name == "g1/0003"
 
 
-@pytest.mark.parametrize("text", ["not json", "[1, 2]", "{}", '{"v": 2}', "\x00"])
+def test_a_version_1_message_of_one_tile_is_refused_with_the_version_named():
+    body = json.dumps({"v": 1, "job": "job-1", "group": "g1", "tile": 7, "input": "job-1/g1/0007.png",
+                       "output": "job-1/g1/0007.png", "model": "s3://models/m.pt", "reply": REPLY})
+    with pytest.raises(MessageError, match="version 1; this build reads version 2"):
+        TileMessage.from_json(body)
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", "{}", '{"v": 2}', '{"v": 1}', "\x00"])
 def test_unparseable_messages_are_rejected(text):
     with pytest.raises(MessageError):
         TileMessage.from_json(text)
@@ -51,7 +61,9 @@ def test_keys_outside_the_job_prefix_are_rejected(key, field):
 
 
 @pytest.mark.parametrize("changes", [
-    {"tile": -1}, {"job": "UPPER"}, {"job": "a/b"}, {"group": "../g"}, {"group": ""}, {"model": ""},
+    {"tiles": (-1,)}, {"tiles": ()}, {"tiles": (1, 1)}, {"tiles": (1, True)}, {"tiles": (1.5,)},
+    {"tiles": tuple(range(MAX_TILES_PER_MESSAGE + 1))}, {"tiles": 3},
+    {"job": "UPPER"}, {"job": "a/b"}, {"group": "../g"}, {"group": ""}, {"model": ""},
     {"reply": "http://127.0.0.1:1/123/am-segm-results-other-job"}, {"reply": "not a url"},
 ])
 def test_invalid_fields_are_rejected(changes):
@@ -62,7 +74,9 @@ def test_invalid_fields_are_rejected(changes):
 def test_wrong_types_and_unknown_fields_are_rejected():
     body = json.loads(make().to_json())
     with pytest.raises(MessageError, match="integer"):
-        TileMessage.from_json(json.dumps({**body, "tile": "7"}))
+        TileMessage.from_json(json.dumps({**body, "tiles": ["7"]}))
+    with pytest.raises(MessageError, match="list"):
+        TileMessage.from_json(json.dumps({**body, "tiles": 7}))
     with pytest.raises(MessageError, match="unknown"):
         TileMessage.from_json(json.dumps({**body, "extra": 1}))
     del body["reply"]
@@ -71,12 +85,14 @@ def test_wrong_types_and_unknown_fields_are_rejected():
 
 
 def test_tile_result_round_trip_and_validation():
-    result = TileResult(job="job-1", group="g1", tile=3, status="failed", attempt=2, worker="w", error="boom",
-                        compute_s=0.25)
+    result = TileResult(job="job-1", group="g1", tiles=(3, 4), status="failed", attempt=2, worker="w",
+                        error="boom", compute_s=0.25)
     assert TileResult.from_json(result.to_json()) == result
-    assert result.name == "g1/0003"
+    assert result.names == ["g1/0003", "g1/0004"]
     with pytest.raises(MessageError):
-        TileResult(job="job-1", group="g1", tile=3, status="lost", attempt=1, worker="w")
+        TileResult(job="job-1", group="g1", tiles=(3,), status="lost", attempt=1, worker="w")
+    with pytest.raises(MessageError, match="twice"):
+        TileResult(job="job-1", group="g1", tiles=(3, 3), status="done", attempt=1, worker="w")
     body = json.loads(result.to_json())
     with pytest.raises(MessageError, match="compute_s"):
         TileResult.from_json(json.dumps({**body, "compute_s": -1}))

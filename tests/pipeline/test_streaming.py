@@ -23,14 +23,16 @@ import am.job
 import am.orchestrator
 from am.backends import Backend
 from am.dataset import DatasetLayout
-from am.errors import ConfigError, InputError, LauncherError
-from am.imageio import encode_png, read_image
-from am.job import Job, mask_bytes
+from am.errors import ConfigError, JobFailed, LauncherError
+from am.imageio import read_image
+from am.job import TILES_PER_MESSAGE_AWS, TILES_PER_MESSAGE_LOCAL, Job, tiles_per_message
+from am.messages import TileMessage, TileResult, tiles_key
 from am.orchestrator import run_pipeline
 from am.prepare import GroupTiler, TileChunk, reuse_group
 from am.settings import Settings
+from am.tilepack import pack_masks, unpack_tiles
 from am.transport.clients import ClientFactory
-from am.transport.queue import create_results_queue, ensure_tile_queues
+from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
 from am.transport.storage import Storage
 
 # A 300 x 300 image in 64 px tiles overlapping by 16: 6 rows of 6 tiles, so 6 chunks.
@@ -198,7 +200,7 @@ def test_tiler_writes_a_row_per_chunk_and_refuses_a_plan_before_every_tile_is_cu
     chunks = tiler.chunks()
     first = next(chunks)
     assert [index for index, _ in first.tiles] == [t.index for t in plan.tiles if t.y == 0]
-    assert all(layout.tile_source("g1", index).read_bytes() == data for index, data in first.tiles)
+    assert all(np.array_equal(read_image(layout.tile_source("g1", index)), pixels) for index, pixels in first.tiles)
     with pytest.raises(RuntimeError, match=f"{COLS} of {ROWS * COLS} tiles are cut"):
         tiler.finish()
     assert not layout.tile_plan("g1").exists()
@@ -248,7 +250,7 @@ def test_workers_that_left_idle_while_tiles_are_cut_are_started_again(deployment
     monkeypatch.setattr(am.job, "HEALTH_CHECK_EVERY_S", 0.0)
     launcher = ExitedLauncher([0, 0])
     job = _job(deployment, launcher, tmp_path)
-    job.send("g", [(0, encode_png(np.zeros((64, 64), np.uint8)))])
+    job.send("g", [(0, np.zeros((64, 64), np.uint8))])
     assert launcher.starts == [2, 2], "idle workers were not started again while tiles were still coming"
     job.seal()
     assert not job.revive_idle_workers(), "after the seal an empty pool is a failure, not a restart"
@@ -262,7 +264,7 @@ def test_crashed_workers_are_not_restarted_while_tiles_are_cut(deployment, tmp_p
     job = _job(deployment, launcher, tmp_path)
     with pytest.raises(LauncherError, match=r"all workers stopped while 1 tile\(s\) were pending \(and more were "
                                             r"still being cut\)"):
-        job.send("g", [(0, encode_png(np.zeros((64, 64), np.uint8)))])
+        job.send("g", [(0, np.zeros((64, 64), np.uint8))])
     assert launcher.starts == [2]
     job.close(after_failure=True)
 
@@ -277,20 +279,64 @@ def test_a_job_is_not_finished_before_it_is_sealed(deployment, tmp_path):
     job.close(after_failure=False)
 
 
-# ------------------------------------------------------------------------------ mask bytes
+# ------------------------------------------------------------------------------ tiles per message
 
 
-def test_mask_bytes_keeps_a_worker_mask_as_received_and_rejects_a_wrong_one():
-    mask = np.where(np.random.default_rng(1).random((64, 64)) > 0.5, 255, 0).astype(np.uint8)
-    data = encode_png(mask)
-    assert mask_bytes(data, name="m", tile_size=64) is data
-    colour = encode_png(np.repeat(mask[:, :, None], 3, axis=2))
-    stored = mask_bytes(colour, name="m", tile_size=64)
-    assert stored == data, "a grey mask stored as colour must be stored as the grey PNG it is"
-    with pytest.raises(InputError, match="expected 32x32"):
-        mask_bytes(data, name="m", tile_size=32)
-    with pytest.raises(InputError, match="cannot be decoded"):
-        mask_bytes(data[: len(data) // 2], name="m", tile_size=64)
+def _sent_messages(deployment: Deployment) -> list[TileMessage]:
+    queue = Queue(deployment.clients.sqs(), deployment.queue_url)
+    out = []
+    while batch := queue.receive(max_messages=10, wait_s=0):
+        out.extend(TileMessage.from_json(m.body) for m in batch)
+    return out
+
+
+def test_a_chunk_goes_out_tiles_per_message_to_an_object_and_a_message(deployment, tmp_path):
+    deployment.settings = deployment.settings.replace(tiles_per_message=4)
+    job = _job(deployment, ExitedLauncher([]), tmp_path)
+    tiles = [(index, np.full((64, 64), index, np.uint8)) for index in (3, 4, 5, 6, 7, 9)]
+    job.send("g", tiles)
+    job._finish_sending()
+    messages = sorted(_sent_messages(deployment), key=lambda m: m.tiles)
+    assert [m.tiles for m in messages] == [(3, 4, 5, 6), (7, 9)]
+    for message in messages:
+        assert message.input == message.output == tiles_key(job.job_id, "g", message.tiles)
+        data = deployment.storage.get_bytes(deployment.settings.input_bucket, message.input)
+        stored = unpack_tiles(data, count=len(message.tiles), name=message.input)
+        assert [int(t[0, 0]) for t in stored] == list(message.tiles)
+    assert sorted(job.tracker.pending) == [f"g/{i:04d}" for i in (3, 4, 5, 6, 7, 9)]
+    job.close(after_failure=True)
+
+
+def test_masks_of_a_message_are_written_per_tile_and_unusable_ones_give_up_every_tile(deployment, tmp_path):
+    job = _job(deployment, ExitedLauncher([]), tmp_path)
+    job.send("g", [(index, np.zeros((64, 64), np.uint8)) for index in range(5)])
+    job._finish_sending()
+    masks = np.zeros((3, 64, 64), np.uint8)
+    masks[1, 10:20, 10:20] = 255
+    out = deployment.settings.output_bucket
+    deployment.storage.put_bytes(out, tiles_key(job.job_id, "g", (0,)), pack_masks(masks))
+    deployment.storage.put_bytes(out, tiles_key(job.job_id, "g", (3,)), pack_masks(masks))  # 3 masks for 2 tiles
+    report = {"job": job.job_id, "group": "g", "status": "done", "attempt": 1, "worker": "w", "compute_s": 0.3}
+    job._collector.handle_results([TileResult(tiles=(0, 1, 2), **report).to_json(),
+                                   TileResult(tiles=(3, 4), **report).to_json(),
+                                   TileResult(tiles=(0, 1, 2), **report).to_json()])
+    layout = DatasetLayout(tmp_path / "ds")
+    assert np.array_equal(read_image(layout.tile_mask("g", 1)), masks[1])
+    assert [layout.tile_mask("g", i).is_file() for i in range(5)] == [True] * 3 + [False] * 2
+    tracker = job.tracker
+    assert len(tracker.completed) == 3 and tracker.duplicates == 3 and abs(tracker.compute_s - 0.3) < 1e-9
+    assert sorted(tracker.dead) == ["g/0003", "g/0004"]
+    assert "unusable masks" in tracker.dead["g/0003"] and "expected (2, 64, 8)" in tracker.dead["g/0003"]
+    job.close(after_failure=True)
+
+
+def test_tiles_per_message_defaults_by_backend_and_is_validated():
+    assert tiles_per_message(Settings(), backend="local") == TILES_PER_MESSAGE_LOCAL
+    assert tiles_per_message(Settings(), backend="aws") == TILES_PER_MESSAGE_AWS
+    assert tiles_per_message(Settings(tiles_per_message=1), backend="aws") == 1
+    for bad in (-1, 257):
+        with pytest.raises(ConfigError, match="tiles_per_message"):
+            Settings(tiles_per_message=bad)
 
 
 def test_local_workers_that_left_idle_before_the_first_tile_are_started_again(tmp_path, tiny_model, monkeypatch):
@@ -354,3 +400,36 @@ def test_the_window_defaults_to_a_share_per_local_worker_and_none_on_aws():
     assert in_flight_window(Settings(max_tiles_in_flight=10), backend="aws", workers=3) == 10
     with pytest.raises(ConfigError, match="max_tiles_in_flight"):
         Settings(max_tiles_in_flight=-1)
+
+
+def test_a_message_that_always_fails_names_its_tiles_keeps_the_rest_and_a_rerun_redoes_only_them(
+        deployment, tiny_model, tmp_path, monkeypatch):
+    """Every tile of a message that fails its three receives is named; the others are kept and not sent again."""
+    from am.worker.batch import TileSteps
+
+    fetch = TileSteps.fetch
+    spoiled = {"on": True}
+
+    def fetch_spoiling_tile_5(steps: TileSteps, work: Any) -> None:
+        fetch(steps, work)
+        if spoiled["on"] and 5 in work.message.tiles:
+            work.fail("input: the object is damaged")
+
+    monkeypatch.setattr(TileSteps, "fetch", fetch_spoiling_tile_5)
+    deployment.settings = deployment.settings.replace(tiles_per_message=4)
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    with pytest.raises(JobFailed) as failed:
+        _run(dataset, deployment, tiny_model, tmp_path)
+    text = str(failed.value)
+    assert "2 of 36 tile(s) failed" in text, text
+    assert "g1/0004: failed 3 times, last error: input: the object is damaged" in text, text
+    assert "g1/0005: failed 3 times" in text
+    layout = DatasetLayout(dataset)
+    assert [i for i in range(ROWS * COLS) if not layout.tile_mask("g1", i).is_file()] == [4, 5]
+    assert not layout.stitched_dir("g1").exists(), "a stitched mask with a hole was presented"
+    assert deployment.keys() == [] and deployment.results_queues() == []
+
+    spoiled["on"] = False
+    again = _run(dataset, deployment, tiny_model, tmp_path)
+    assert again.job is not None and again.job.tiles == 2 and again.tiles_reused == ROWS * COLS - 2
+    assert read_image(layout.stitched_mask("g1")).shape == IMAGE

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from am.imageio import encode_png
-from am.messages import TileMessage, TileResult, tile_key
+from am.messages import TileMessage, TileResult, tiles_key
+from am.tilepack import pack_tiles, unpack_masks
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
 from am.transport.retry import RetryPolicy
@@ -73,17 +73,25 @@ class Env:
     results: Queue
     made: list[Worker] = field(default_factory=list)
 
-    def put_tiles(self, numbers: range | list[int], *, group: str = "g", corrupt: set[int] = frozenset()) -> None:
+    def put_tiles(self, numbers: range | list[int], *, group: str = "g", corrupt: set[int] = frozenset(),
+                  per_message: int = 1) -> None:
+        """Tiles ``per_message`` to an object and a message; an object holding a ``corrupt`` tile is damaged."""
+        numbers = list(numbers)
+        bundles = [tuple(numbers[i:i + per_message]) for i in range(0, len(numbers), per_message)]
         items = []
-        for n in numbers:
-            data = b"\x89PNG\r\n\x1a\nnot really" if n in corrupt else encode_png(tile_image(n))
-            items.append((tile_key(JOB, group, n), data))
+        for tiles in bundles:
+            data = pack_tiles(np.stack([tile_image(n) for n in tiles]))
+            if corrupt & set(tiles):
+                data = data[: len(data) // 2]
+            items.append((tiles_key(JOB, group, tiles), data))
         self.storage.put_many("in-bucket", items)
-        self.queue.send_many([self.message(n, group=group).to_json() for n in numbers])
+        self.queue.send_many([self.message(tiles, group=group).to_json() for tiles in bundles])
 
-    def message(self, n: int, *, group: str = "g", model: str = MODEL) -> TileMessage:
-        key = tile_key(JOB, group, n)
-        return TileMessage(job=JOB, group=group, tile=n, input=key, output=key, model=model, reply=self.results.url)
+    def message(self, tiles: int | tuple[int, ...], *, group: str = "g", model: str = MODEL) -> TileMessage:
+        tiles = (tiles,) if isinstance(tiles, int) else tiles
+        key = tiles_key(JOB, group, tiles)
+        return TileMessage(job=JOB, group=group, tiles=tiles, input=key, output=key, model=model,
+                           reply=self.results.url)
 
     def collect_results(self) -> list[TileResult]:
         out = []
@@ -92,8 +100,17 @@ class Env:
             self.results.delete_many([r.receipt_handle for r in batch])
         return out
 
-    def mask(self, n: int, *, group: str = "g") -> bytes:
-        return self.storage.get_bytes("out-bucket", tile_key(JOB, group, n))
+    def mask_object(self, tiles: int | tuple[int, ...], *, group: str = "g") -> bytes:
+        """The stored bytes of the masks of the message that carried ``tiles``."""
+        tiles = (tiles,) if isinstance(tiles, int) else tiles
+        return self.storage.get_bytes("out-bucket", tiles_key(JOB, group, tiles))
+
+    def mask(self, n: int, *, group: str = "g", first: int | None = None, count: int = 1) -> np.ndarray:
+        """Tile ``n``'s 0/255 mask, from the object of the message whose first tile is ``first`` (default n)."""
+        first = n if first is None else first
+        key = tiles_key(JOB, group, (first,))
+        masks = unpack_masks(self.storage.get_bytes("out-bucket", key), count=count, size=TILE, name=key)
+        return masks[n - first]
 
     def worker(self, predictor: Any, **overrides: Any) -> Worker:
         models = predictor if callable(predictor) and not hasattr(predictor, "predict") else (lambda uri: predictor)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from am.endpoint import EmbeddedEndpoint
-from am.imageio import decode_png, encode_png
-from am.messages import TileMessage, TileResult, tile_key
+from am.messages import TileMessage, TileResult, tiles_key
 from am.model.build import write_test_checkpoint
+from am.tilepack import pack_tiles, unpack_masks
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
 from am.transport.storage import Storage
@@ -49,16 +49,19 @@ class Stack:
     model: Path
     logs: Path
 
-    def put_tiles(self, n: int, *, size: int) -> None:
+    def put_tiles(self, n: int, *, size: int, per_message: int = 2) -> list[tuple[int, ...]]:
+        """``n`` random tiles, ``per_message`` to a message and an object; returns each message's tiles."""
         rng = np.random.default_rng(0)
-        items = [(tile_key(self.job, "g", i), encode_png(rng.integers(0, 256, (size, size), dtype=np.uint8)))
-                 for i in range(n)]
+        bundles = [tuple(range(i, min(n, i + per_message))) for i in range(0, n, per_message)]
+        items = [(tiles_key(self.job, "g", tiles),
+                  pack_tiles(rng.integers(0, 256, (len(tiles), size, size), dtype=np.uint8))) for tiles in bundles]
         self.storage.put_many("proc-in", items)
         self.queue.send_many([
-            TileMessage(job=self.job, group="g", tile=i, input=key, output=key, model=str(self.model),
+            TileMessage(job=self.job, group="g", tiles=tiles, input=key, output=key, model=str(self.model),
                         reply=self.results.url).to_json()
-            for i, (key, _) in enumerate(items)
+            for tiles, (key, _) in zip(bundles, items, strict=True)
         ])
+        return bundles
 
     def environment(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS and not k.startswith("AM_")}
@@ -114,7 +117,7 @@ def wait_for(predicate, *, timeout_s: float, what: str) -> None:  # type: ignore
 def test_worker_processes_segment_tiles_and_stop_cleanly_on_sigterm(stack: Stack) -> None:
     """Stopped mid-job, a worker exits 0 and loses nothing; a second one finishes, then stops at once when idle."""
     n, size = 40, 192
-    stack.put_tiles(n, size=size)
+    bundles = stack.put_tiles(n, size=size)
     first = stack.start("w-first", AM_IDLE_EXIT_S="30")
     seen: list[TileResult] = []
     wait_for(lambda: bool(seen.extend(stack.results_so_far()) or seen), timeout_s=60, what="a first result")
@@ -122,12 +125,12 @@ def test_worker_processes_segment_tiles_and_stop_cleanly_on_sigterm(stack: Stack
     assert first.wait(30) == 0, stack.log("w-first")
     assert "stopping: " in stack.log("w-first")
     seen.extend(stack.results_so_far())
-    first_done = {r.tile for r in seen if r.status == "done"}
+    first_done = {t for r in seen if r.status == "done" for t in r.tiles}
     assert 0 < len(first_done) < n, "the first worker should have been stopped part way"
     assert stack.queue.depth()["in_flight"] == 0  # nothing left hidden: unfinished tiles are visible again
 
     second = stack.start("w-second", AM_IDLE_EXIT_S="60")
-    wait_for(lambda: bool(seen.extend(stack.results_so_far())) or {r.tile for r in seen} == set(range(n)),
+    wait_for(lambda: bool(seen.extend(stack.results_so_far())) or {t for r in seen for t in r.tiles} == set(range(n)),
              timeout_s=60, what="every tile to be reported")
     time.sleep(0.3)
     stopped_at = time.monotonic()
@@ -139,9 +142,10 @@ def test_worker_processes_segment_tiles_and_stop_cleanly_on_sigterm(stack: Stack
     assert {r.status for r in seen} == {"done"} and {r.attempt for r in seen} <= {1, 2}
     assert {r.attempt for r in seen if r.worker == "w-first"} == {1}
     assert {r.worker for r in seen} == {"w-first", "w-second"}
-    for i in range(n):
-        mask = decode_png(stack.storage.get_bytes("proc-out", tile_key(stack.job, "g", i)), name="mask")
-        assert mask.shape == (size, size) and set(np.unique(mask)) <= {0, 255}
+    for tiles in bundles:
+        key = tiles_key(stack.job, "g", tiles)
+        masks = unpack_masks(stack.storage.get_bytes("proc-out", key), count=len(tiles), size=size, name=key)
+        assert masks.shape == (len(tiles), size, size) and set(np.unique(masks)) <= {0, 255}
     assert stack.queue.depth() == {"visible": 0, "in_flight": 0}
     assert stack.dlq.depth()["visible"] == 0
     assert f"{n - len(first_done)} tile(s) done, 0 failed, 0 rejected" in stack.log("w-second")

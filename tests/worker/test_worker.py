@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from am.errors import CheckpointError, TransportError
-from am.imageio import decode_png
-from am.messages import tile_key
+from am.messages import tiles_key
 from am.transport.queue import delete_queue
 from am.transport.storage import Storage
 
@@ -24,9 +23,9 @@ def test_batch_is_processed_reported_and_deleted(env: Env) -> None:
     worker = env.worker(predictor, batch_size=4)
     assert worker.run() == 0
     for n in range(6):
-        assert np.array_equal(decode_png(env.mask(n), name="mask"), expected_mask(n))
+        assert np.array_equal(env.mask(n), expected_mask(n))
     results = env.collect_results()
-    assert sorted(r.tile for r in results) == list(range(6))
+    assert sorted(r.tiles[0] for r in results) == list(range(6))
     assert {(r.status, r.attempt, r.worker, r.error) for r in results} == {("done", 1, "test-worker", "")}
     assert all(r.compute_s >= 0 for r in results)
     assert max(predictor.batches) <= 4 and sum(predictor.batches) == 6
@@ -37,10 +36,10 @@ def test_batch_is_processed_reported_and_deleted(env: Env) -> None:
 def test_same_tile_gives_the_same_mask_bytes(env: Env) -> None:
     env.put_tiles([3])
     assert env.worker(FakePredictor()).run() == 0
-    first = env.mask(3)
+    first = env.mask_object(3)
     env.queue.send_many([env.message(3).to_json()])
     assert env.worker(FakePredictor()).run() == 0
-    assert env.mask(3) == first
+    assert env.mask_object(3) == first
 
 
 def test_batches_larger_than_one_receive_are_filled(env: Env) -> None:
@@ -75,12 +74,12 @@ def test_poison_tile_fails_three_times_then_dead_letters(env: Env) -> None:
     worker = env.worker(FakePredictor(), idle_exit_s=1.5)
     assert worker.run() == 0
     results = env.collect_results()
-    failed = sorted((r.attempt, r.tile) for r in results if r.status == "failed")
+    failed = sorted((r.attempt, r.tiles[0]) for r in results if r.status == "failed")
     assert failed == [(1, 2), (2, 2), (3, 2)]
-    assert all("cannot be decoded" in r.error for r in results if r.status == "failed")
-    assert sorted(r.tile for r in results if r.status == "done") == [0, 1, 3]
+    assert all("not a readable tile array" in r.error for r in results if r.status == "failed")
+    assert sorted(r.tiles[0] for r in results if r.status == "done") == [0, 1, 3]
     dead = env.dlq.receive(wait_s=0)
-    assert [json.loads(d.body)["tile"] for d in dead] == [2]
+    assert [json.loads(d.body)["tiles"] for d in dead] == [[2]]
     assert (worker.stats.done, worker.stats.failed) == (3, 3)
 
 
@@ -112,9 +111,9 @@ def test_messages_leaving_the_job_prefix_are_rejected_and_dead_lettered(env: Env
     storage = RecordingStorage(env.storage)
     worker = env.worker(FakePredictor(), storage=storage, idle_exit_s=1.5)
     assert worker.run() == 0
-    assert storage.read == [tile_key(JOB, "g", 1)]
-    assert storage.written == [tile_key(JOB, "g", 1)]
-    assert [r.tile for r in env.collect_results()] == [1]
+    assert storage.read == [tiles_key(JOB, "g", (1,))]
+    assert storage.written == [tiles_key(JOB, "g", (1,))]
+    assert [r.tiles[0] for r in env.collect_results()] == [1]
     dead = sorted(d.body for d in env.dlq.receive(max_messages=10, wait_s=0))
     assert dead == sorted(bad_bodies)
     assert worker.stats.rejected == 3 * 3  # three receives each before the DLQ takes them
@@ -263,7 +262,7 @@ def test_stop_gives_prefetched_batches_back_at_once(env: Env) -> None:
     thread.join(10)
     assert out == {"code": 0}
     assert predictor.batches == [2]
-    assert sorted(r.tile for r in env.collect_results()) == [0, 1]
+    assert sorted(r.tiles[0] for r in env.collect_results()) == [0, 1]
     assert env.queue.depth() == {"visible": 4, "in_flight": 0}
 
 
@@ -331,3 +330,50 @@ def wait_until(predicate, timeout_s: float = 10.0) -> bool:  # type: ignore[no-u
             return True
         time.sleep(0.05)
     return False
+
+
+def test_messages_of_several_tiles_share_forward_passes_and_come_back_as_one_object(env: Env) -> None:
+    env.put_tiles(range(10), per_message=4)  # messages of 4, 4 and 2 tiles
+    predictor = FakePredictor()
+    worker = env.worker(predictor, batch_size=6)
+    assert worker.run() == 0
+    for first, count in ((0, 4), (4, 4), (8, 2)):
+        for n in range(first, first + count):
+            assert np.array_equal(env.mask(n, first=first, count=count), expected_mask(n))
+    results = sorted(env.collect_results(), key=lambda r: r.tiles)
+    assert [r.tiles for r in results] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]
+    assert {r.status for r in results} == {"done"}
+    # Two messages make the first batch of 6 or more tiles (one predict call, chunked by the predictor).
+    assert predictor.batches == [8, 2]
+    assert (worker.stats.done, worker.stats.failed) == (10, 0)
+    assert env.queue.depth() == {"visible": 0, "in_flight": 0}
+
+
+def test_a_worker_takes_about_one_batch_of_tiles_per_receive_not_batch_size_messages(env: Env) -> None:
+    env.put_tiles(range(32), per_message=8)
+    received: list[int] = []
+    worker = env.worker(FakePredictor(), batch_size=8)
+    original = worker._queue.receive
+
+    def counting_receive(**kwargs: Any) -> list:
+        got = original(**kwargs)
+        if got:
+            received.append(len(got))
+        return got
+
+    worker._queue.receive = counting_receive  # type: ignore[method-assign]
+    assert worker.run() == 0
+    assert received and max(received) == 1  # a message of 8 tiles fills a batch of 8
+    assert worker.stats.done == 32
+
+
+def test_a_damaged_object_fails_every_tile_of_its_message_and_no_other(env: Env) -> None:
+    env.put_tiles(range(6), per_message=3, corrupt={4})
+    worker = env.worker(FakePredictor(), idle_exit_s=1.5)
+    assert worker.run() == 0
+    results = env.collect_results()
+    assert {r.tiles for r in results if r.status == "done"} == {(0, 1, 2)}
+    assert sorted(r.attempt for r in results if r.status == "failed") == [1, 2, 3]
+    assert {r.tiles for r in results if r.status == "failed"} == {(3, 4, 5)}
+    assert [json.loads(d.body)["tiles"] for d in env.dlq.receive(wait_s=0)] == [[3, 4, 5]]
+    assert (worker.stats.done, worker.stats.failed) == (3, 9)
