@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +34,7 @@ from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
 from am.models import DEFAULT_MODEL
 from am.prepare import GroupTiler, PreparedGroup, planned_tiles, reuse_group
 from am.settings import Settings
-from am.stitch import stitch_group
+from am.stitch import stitch_mask, write_mask_overlay
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class PipelineSummary:
     """What a run did, and where its time went.
 
     ``seconds`` holds wall-clock phases that follow one another (setup, prepare+segment,
-    clean-up, stitch, register; or prepare, stitch, register when nothing is segmented), so they
+    clean-up, stitch, register, overlay; or prepare, stitch, register, overlay when nothing is
+    segmented), so they
     add up to the total. ``busy`` looks inside prepare+segment, where stages overlap: the busy
     seconds of preparing (normalise and cut), uploading and collecting, and the ``tail`` from the
     last tile sent to the last mask collected; they do not add up to anything.
@@ -294,11 +296,31 @@ def run_pipeline(
     summary.tiles = sum(p.n_tiles for p in prepared)
     summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
 
-    for group in prepared:
-        stitch_group(layout, group)
-    phases.end("stitch")
-
-    if register and rows is not None and cols is not None:
-        summary.registered = _register(layout.root, selected, rows=rows, cols=cols)
-        phases.end("register")
+    # Overlays are pictures for people that nothing downstream reads: they are drawn and encoded
+    # on a thread while the next group is stitched and the marks are registered.
+    with ThreadPoolExecutor(1, thread_name_prefix="am-overlay") as overlays:
+        drawing: list[Future[None]] = []
+        try:
+            for group in prepared:
+                drawing.append(overlays.submit(write_mask_overlay, layout, group.group, stitch_mask(layout, group)))
+            phases.end("stitch")
+            if register and rows is not None and cols is not None:
+                summary.registered = _register(layout.root, selected, rows=rows, cols=cols)
+                phases.end("register")
+            for future in drawing:
+                future.result()
+            phases.end("overlay")
+        except BaseException:
+            _log_overlay_errors(drawing)
+            raise
     return summary
+
+
+def _log_overlay_errors(drawing: list[Future[None]]) -> None:
+    """A run failing for another reason must not hide that an overlay failed too: log it."""
+    for future in drawing:
+        if future.cancel():
+            continue
+        error = future.exception()
+        if error is not None:
+            log.error("could not write an overlay while the run was failing: %s", error)

@@ -23,6 +23,13 @@ OVERLAY_PNG_COMPRESSION = 1
 
 def stitch_group(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
     """Stitch a group's mask tiles, write mask.tiff and overlay.png, and return the mask."""
+    mask = stitch_mask(layout, prepared)
+    write_mask_overlay(layout, prepared.group, mask)
+    return mask
+
+
+def stitch_mask(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
+    """Stitch a group's mask tiles and write mask.tiff; returns the mask (the overlay is separate, see below)."""
     group, plan = prepared.group, prepared.plan
     stitcher = Stitcher(plan)
     for tile in plan.tiles:
@@ -43,7 +50,17 @@ def stitch_group(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
     else:
         cv2.threshold(mask, 0, 255, cv2.THRESH_BINARY, dst=mask)
     write_tiff(layout.stitched_mask(group), mask)
-    source = read_image(layout.source_norm(group))
-    write_png(layout.stitched_overlay(group), mask_overlay(source, mask), compression=OVERLAY_PNG_COMPRESSION, bgr=True)
     log.info("group %s: stitched %d tiles into %s", group, len(plan.tiles), layout.stitched_mask(group))
     return mask
+
+
+def write_mask_overlay(layout: DatasetLayout, group: str, mask: np.ndarray) -> None:
+    """Draw the mask over the normalised image and write overlay.png.
+
+    Kept apart from :func:`stitch_mask` because encoding a large colour PNG takes seconds and
+    nothing downstream reads it: the pipeline writes it on a thread while registration runs
+    (OpenCV releases the GIL while it draws and encodes).
+    """
+    source = read_image(layout.source_norm(group))
+    write_png(layout.stitched_overlay(group), mask_overlay(source, mask), compression=OVERLAY_PNG_COMPRESSION, bgr=True)
+    log.info("group %s: wrote %s", group, layout.stitched_overlay(group))

@@ -3,7 +3,7 @@
 The overhead ratio is ``wall / model``, where
 
 - ``wall`` is the wall-clock time of the whole command (interpreter start to exit: setup,
-  prepare+segment, clean-up, stitch, and register if asked), in a fresh dataset holding only
+  prepare+segment, clean-up, stitch, register if asked, overlay), in a fresh dataset holding only
   the image;
 - ``model`` is the time the model alone needs for the job's tiles on this machine, run the way
   the workers run it: ``tiles / model_tiles_per_s``, where the caller measures the model-only

@@ -94,7 +94,9 @@ def test_injected_errors_on_a_fraction_of_calls_are_absorbed(moto_server, tmp_pa
     settings = load_settings({"model": str(tiny_model), "tile_size": 128, "tile_overlap": 32, "workers": 2,
                               "visibility_timeout_s": 30, "queue_name": "flaky-tiles",
                               "dead_letter_queue_name": "flaky-dlq", "input_bucket": "flaky-in",
-                              "output_bucket": "flaky-out"})
+                              "output_bucket": "flaky-out",
+                              # One tile per message: the most calls, so the most faults to absorb.
+                              "tiles_per_message": 1})
     _, model_id = resolve_model(settings, cache_dir=tmp_path / "cache")
     layout = DatasetLayout(dataset)
     prepared = prepare_group(layout, "g1", settings=settings, model_id=model_id)

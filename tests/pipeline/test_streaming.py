@@ -143,7 +143,7 @@ def test_workers_start_before_the_image_is_read_and_tiles_go_out_row_by_row(depl
     assert sends[0] < cuts[-1], events
     assert summary.job is not None and summary.job.completed == summary.tiles == ROWS * COLS
     assert set(summary.busy) == {"prepare busy", "upload busy", "collect busy", "tail"}
-    assert list(summary.seconds) == ["setup", "prepare+segment", "clean-up", "stitch"]
+    assert list(summary.seconds) == ["setup", "prepare+segment", "clean-up", "stitch", "overlay"]
 
     layout = DatasetLayout(dataset)
     for index in range(ROWS * COLS):
@@ -182,7 +182,7 @@ def test_rerun_reuses_every_tile_without_starting_a_backend_and_resumes_a_missin
     again = _run(dataset, deployment, tiny_model, tmp_path)
     assert deployment.opened == 1, "a rerun with every mask in place opened a backend"
     assert again.job is None and again.tiles_reused == again.tiles == first.tiles
-    assert list(again.seconds) == ["prepare", "stitch"]
+    assert list(again.seconds) == ["prepare", "stitch", "overlay"]
 
     DatasetLayout(dataset).tile_mask("g2", 1).unlink()
     deployment.events.clear()
