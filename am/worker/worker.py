@@ -351,20 +351,20 @@ class Worker:
         done = [t.received.receipt_handle for t in tiles if t.ok and t.received.receipt_handle not in unreported]
         retry = [t for t in tiles if not (t.ok and t.received.receipt_handle not in unreported)]
         failed = sum(t.count for t in tiles if not t.ok)
-        done_set = set(done)
-        self.stats.done += sum(t.count for t in tiles if t.received.receipt_handle in done_set)
+        finished = set(done)
+        done_tiles = sum(t.count for t in tiles if t.received.receipt_handle in finished)
+        self.stats.done += done_tiles
         if done:
             self.stats.last_done = time.monotonic()
         self.stats.failed += failed
         self.stats.batches += 1
-        log.info("batch of %d message(s): %d tile(s) done, %d failed", len(tiles),
-                 sum(t.count for t in tiles if t.received.receipt_handle in done_set), failed)
+        log.info("batch of %d message(s): %d tile(s) done, %d failed", len(tiles), done_tiles, failed)
         with self.stats.clock.timing("delete"):
             self._delete(done + dropped)
         self._back_off([t for t in retry if t.received.receipt_handle not in dropped])
 
     def _report(self, tiles: list[TileWork]) -> tuple[set[str], list[str]]:
-        """Send a TileResult per tile to its job's results queue.
+        """Send a TileResult per message to its job's results queue.
 
         Returns the receipt handles that could not be reported (to retry later) and those of
         jobs whose results queue is gone (nobody waits for them: delete).
