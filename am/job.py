@@ -85,8 +85,7 @@ class JobReport:
     dead: dict[str, str] = field(default_factory=dict)
 
 
-def _message(job_id: str, group: str, tiles: tuple[int, ...], *, model: str, reply: str) -> str:
-    key = tiles_key(job_id, group, tiles)
+def _message(job_id: str, group: str, tiles: tuple[int, ...], key: str, *, model: str, reply: str) -> str:
     return TileMessage(job=job_id, group=group, tiles=tiles, input=key, output=key, model=model,
                        reply=reply).to_json()
 
@@ -98,19 +97,17 @@ def tile_pixels(tile: np.ndarray | Path, *, size: int) -> np.ndarray:
     the file named: it is the orchestrator's own intermediate file, so the fix is to cut the
     group again, not to send workers something they can only fail on.
     """
-    if not isinstance(tile, Path):
-        pixels = np.asarray(tile)
-        if pixels.dtype != np.uint8 or pixels.shape != (size, size):
-            raise InputError(f"a tile is {pixels.dtype} of shape {pixels.shape}, not an 8-bit grey {size}x{size} tile")
-        return pixels
-    fix = f"delete {tile.parent.parent} so that the next run cuts the group again"
-    try:
-        pixels = read_image(tile)
-    except InputError as exc:
-        raise InputError(f"tile file {tile} cannot be read ({exc}); {fix}") from exc
+    if isinstance(tile, Path):
+        where, fix = f"tile file {tile}", f"; delete {tile.parent.parent} so that the next run cuts the group again"
+        try:
+            pixels = read_image(tile)
+        except InputError as exc:
+            raise InputError(f"{where} cannot be read ({exc}){fix}") from exc
+    else:
+        where, fix, pixels = "a tile", "", np.asarray(tile)
     if pixels.dtype != np.uint8 or pixels.shape != (size, size):
-        raise InputError(f"tile file {tile} is {pixels.dtype} of shape {pixels.shape}, not an 8-bit grey "
-                         f"{size}x{size} tile; {fix}")
+        raise InputError(f"{where} is {pixels.dtype} of shape {pixels.shape}, not an 8-bit grey "
+                         f"{size}x{size} tile{fix}")
     return pixels
 
 
@@ -455,9 +452,11 @@ class Job:
         objects, messages = [], []
         for bundle in bundles:
             indices = tuple(index for index, _ in bundle)
+            key = tiles_key(self.job_id, group, indices)
             data = pack_tiles(np.stack([tile_pixels(tile, size=self._settings.tile_size) for _, tile in bundle]))
-            objects.append((tiles_key(self.job_id, group, indices), data))
-            messages.append(_message(self.job_id, group, indices, model=self.backend.model, reply=self.results_url))
+            objects.append((key, data))
+            messages.append(_message(self.job_id, group, indices, key, model=self.backend.model,
+                                     reply=self.results_url))
         self._storage.put_many(self.backend.input_bucket, objects)
         self._tile_queue.send_many(messages)
         return time.monotonic() - started

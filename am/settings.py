@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from am.errors import ConfigError
+from am.messages import MAX_TILES_PER_MESSAGE
 
 BACKENDS = ("local", "aws")
 AWS_LAUNCH_MODES = ("run_task", "service")
@@ -94,8 +95,8 @@ class Settings:
                  (self.timeout_base_s, self.timeout_per_tile_s), "> 0 seconds")
         _require(self.max_tiles_in_flight >= 0, "max_tiles_in_flight", self.max_tiles_in_flight,
                  ">= 0 (0: automatic, a window per local worker, no limit on AWS)")
-        _require(0 <= self.tiles_per_message <= 256, "tiles_per_message", self.tiles_per_message,
-                 "between 0 and 256 (0: automatic, 8 locally, 32 on AWS)")
+        _require(0 <= self.tiles_per_message <= MAX_TILES_PER_MESSAGE, "tiles_per_message", self.tiles_per_message,
+                 f"between 0 and {MAX_TILES_PER_MESSAGE} (0: automatic, 8 locally, 32 on AWS)")
         _require(1 <= self.transfer_threads <= 128, "transfer_threads", self.transfer_threads, "between 1 and 128")
         _require(self.aws_launch in AWS_LAUNCH_MODES, "aws_launch", self.aws_launch,
                  f"one of {', '.join(AWS_LAUNCH_MODES)}")

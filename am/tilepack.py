@@ -22,10 +22,11 @@ import io
 import numpy as np
 
 from am.errors import InputError
+from am.messages import MAX_TILES_PER_MESSAGE
 
 SUFFIX = ".npy"
-# A bundle bigger than this is refused before its array is read: no message names more tiles.
-MAX_TILES = 256
+# An object holds the tiles of one message, so no object holds more than a message may name.
+MAX_TILES = MAX_TILES_PER_MESSAGE
 
 
 def _write(array: np.ndarray) -> bytes:

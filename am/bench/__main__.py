@@ -26,6 +26,7 @@ from typing import Any
 from am.bench.loop import INPUT_BUCKET, OUTPUT_BUCKET
 from am.cli import EXIT_OK, EXIT_USAGE, configure_logging, run_main
 from am.errors import InputError
+from am.messages import MAX_TILES_PER_MESSAGE
 from am.model.predict import COMPILE_MODES, PRECISIONS
 from am.worker.timing import STAGES
 
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         synthetic_tiles,
     )
     from am.bench.pipeline import pipeline_overhead
+    from am.job import TILES_PER_MESSAGE_AWS, TILES_PER_MESSAGE_LOCAL
     from am.model.build import write_untrained_checkpoint
     from am.model.checkpoint import default_model_path
     from am.model.predict import Predictor
@@ -127,7 +129,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 url = {"embedded": "", "aws": ""}.get(args.loop_endpoint, args.loop_endpoint)
                 if args.loop_endpoint == "embedded":
                     url = stack.enter_context(endpoint_process())
-                per_message = args.tiles_per_message or (32 if predictor.device.startswith("cuda") else 8)
+                # As the pipeline would send them: the local default on CPU, the AWS (GPU) default on CUDA.
+                per_message = args.tiles_per_message or (
+                    TILES_PER_MESSAGE_AWS if predictor.device.startswith("cuda") else TILES_PER_MESSAGE_LOCAL)
                 loop = loop_throughput(predictor, images=images, count=loop_tiles, endpoint_url=url,
                                        batch_size=batch, tiles_per_message=per_message,
                                        input_bucket=args.loop_buckets[0],
@@ -230,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         print("am.bench: --batch-size, --tiles, --threads and --agreement must be >= 0, --workers >= 1",
               file=sys.stderr)
         return EXIT_USAGE
-    if not 0 <= args.tiles_per_message <= 256:
+    if not 0 <= args.tiles_per_message <= MAX_TILES_PER_MESSAGE:
         parser.print_usage(sys.stderr)
-        print("am.bench: --tiles-per-message must be between 0 and 256", file=sys.stderr)
+        print(f"am.bench: --tiles-per-message must be between 0 and {MAX_TILES_PER_MESSAGE}", file=sys.stderr)
         return EXIT_USAGE
     if args.tile_size < 32 or args.tile_size % 32:
         raise InputError(f"--tile-size {args.tile_size} must be a positive multiple of 32")
