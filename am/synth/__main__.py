@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from am.cli import configure_logging, run_main
 from am.synth.dataset import write_dataset, write_tiles
+from am.synth.render import LABELS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,12 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--group", default=None, help="group folder name (default seed<SEED>)")
     tl.add_argument("--pitch-min", type=float, default=20.0, help="smallest grid pitch in px (default 20)")
     tl.add_argument("--pitch-max", type=float, default=85.0, help="largest grid pitch in px (default 85)")
+    tl.add_argument("--labels", choices=LABELS, default="visible",
+                    help="visible: a mark's label reaches as far as the mark shows (default); "
+                         "footprint: exactly the drawn pixels")
     return parser
 
 
 def _tiles(args: argparse.Namespace) -> int:
     folder = write_tiles(args.dir, count=args.count, size=args.size, seed=args.seed, split=args.split,
-                         group=args.group, pitch_range=(args.pitch_min, args.pitch_max),
+                         group=args.group, pitch_range=(args.pitch_min, args.pitch_max), labels=args.labels,
                          progress=lambda it: tqdm(it, total=args.count, desc="tiles", unit="img"))
     print(f"wrote {args.count} images and masks to {folder}")
     return 0

@@ -171,8 +171,12 @@ def random_sample(
     *,
     size: int,
     pitch_range: tuple[float, float] = (20.0, 85.0),
+    labels: str = "visible",
 ) -> Sample:
-    """One training image of ``size`` x ``size``: a random style, a lattice overfilling the frame, normalised."""
+    """One training image of ``size`` x ``size``: a random style, a lattice overfilling the frame, normalised.
+
+    ``labels`` is the truth convention of :data:`am.synth.render.LABELS`; the image does not depend on it.
+    """
     style = random_style(rng, pitch_range=pitch_range)
     pitch_x, pitch_y = style.pitch, style.pitch * style.pitch_ratio
     n = int(math.ceil(size * 1.6 / min(pitch_x, pitch_y))) + 3
@@ -183,16 +187,16 @@ def random_sample(
     lattice = Lattice.centred(rows=n, cols=n, width=size, height=size, pitch_x=pitch_x, pitch_y=pitch_y,
                               angle_deg=style.angle_deg, shear=style.shear,
                               offset_x=float(offset[0]), offset_y=float(offset[1]))
-    scene = render(lattice, style, width=size, height=size, rng=rng)
+    scene = render(lattice, style, width=size, height=size, rng=rng, labels=labels)
     image = normalize(to_bit_depth(scene.image, 16), low_pct=1.0, high_pct=99.0, name="synthetic sample")
     return Sample(image=image, mask=scene.mask, style=style)
 
 
-def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, float] = (20.0, 85.0)
-                 ) -> Iterator[Sample]:
+def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, float] = (20.0, 85.0),
+                 labels: str = "visible") -> Iterator[Sample]:
     """``count`` reproducible samples: sample ``i`` depends only on ``(seed, i)``."""
     for index in range(count):
-        yield random_sample(np.random.default_rng([seed, index]), size=size, pitch_range=pitch_range)
+        yield random_sample(np.random.default_rng([seed, index]), size=size, pitch_range=pitch_range, labels=labels)
 
 
 def write_tiles(
@@ -205,6 +209,7 @@ def write_tiles(
     group: str | None = None,
     pitch_range: tuple[float, float] = (20.0, 85.0),
     progress: Callable[[Iterator[Sample]], Iterable[Sample]] | None = None,
+    labels: str = "visible",
 ) -> Path:
     """Write ``count`` samples as ``root/<split>/synthetic/<group>/{source,mask}/NNNN.png``.
 
@@ -215,7 +220,7 @@ def write_tiles(
     if count < 1 or size < 32 or size % 32:
         raise InputError(f"count must be >= 1 and size a multiple of 32 (>= 32), got count={count}, size={size}")
     folder = Path(root) / split / "synthetic" / (group or f"seed{seed}")
-    samples: Iterable[Sample] = iter_samples(seed, count, size=size, pitch_range=pitch_range)
+    samples: Iterable[Sample] = iter_samples(seed, count, size=size, pitch_range=pitch_range, labels=labels)
     if progress is not None:
         samples = progress(samples)
     for index, sample in enumerate(samples):

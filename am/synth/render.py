@@ -10,8 +10,13 @@ places one mark per present lattice node and returns the image with its ground t
                           pitch_x=style.pitch, angle_deg=style.angle_deg)
     scene = render(lat, style, width=800, height=800, rng=rng)
     scene.image      # float32 in [0, 1]
-    scene.mask       # uint8 0/255, exactly the drawn marks
+    scene.mask       # uint8 0/255, the drawn marks as far as they show
     scene.ids        # uint16, row * cols + col + 1 under each mark, 0 elsewhere
+
+Labels follow the convention of :data:`LABELS`: by default (``"visible"``) a mark's label reaches
+out to where its blurred edge still shows a quarter of its contrast (1 or 2 px beyond the drawn
+footprint), which is how people draw marks and how the reference masks of the real samples in
+``shared/data/real`` are drawn; ``"footprint"`` keeps exactly the drawn pixels.
 
 Distractors (out-of-focus bright blobs, dark holes, debris, fibres) are drawn into the image
 and never into the mask: the model must learn that they are not marks.
@@ -29,6 +34,11 @@ from am.synth.lattice import Lattice
 from am.synth.shapes import SHAPES
 
 POLARITIES = ("bright", "dark", "rim", "grey", "flat")
+LABELS = ("visible", "footprint")
+MARK_EDGE_SIGMA = 0.6  # px: every mark's edge is softened this much before the optics blur
+OPTICS_MIN_BLUR = 0.2  # px: weaker optics blur is not applied
+# A step blurred with sigma s falls to a quarter of its height 0.674 s outside the edge.
+QUARTER_LEVEL_SIGMAS = 0.674
 FLAT_MIN_OFFSET = 0.07  # smallest brightness step of a "flat" mark, on the [0, 1] scale
 
 
@@ -126,15 +136,60 @@ def random_style(
     )
 
 
-def render(lattice: Lattice, style: Style, *, width: int, height: int, rng: np.random.Generator) -> Scene:
-    """Draw the marks of ``lattice`` in ``style`` on a fresh background of ``height`` x ``width``."""
+def render(
+    lattice: Lattice,
+    style: Style,
+    *,
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    labels: str = "visible",
+) -> Scene:
+    """Draw the marks of ``lattice`` in ``style`` on a fresh background of ``height`` x ``width``.
+
+    ``labels`` (one of :data:`LABELS`) changes the truth only: the image is the same either way.
+    """
+    if labels not in LABELS:
+        raise ValueError(f"labels {labels!r} is not one of {', '.join(LABELS)}")
     image = _background(style, width, height, rng)
     ids, present = _draw_ids(lattice, style, width, height, rng)
-    mask = np.where(ids > 0, np.uint8(255), np.uint8(0))
     image = _paint_marks(image, ids, style, rng)
     image = _distractors(image, style, rng)
     image = _optics(image, style, rng)
+    if labels == "visible":
+        ids = grow_ids(ids, label_margin(style))
+    mask = np.where(ids > 0, np.uint8(255), np.uint8(0))
     return Scene(image=image, mask=mask, ids=ids, lattice=lattice, present=present)
+
+
+def label_margin(style: Style) -> int:
+    """Pixels a visible-extent label reaches beyond the drawn footprint (1 or 2 for the styles drawn here).
+
+    The footprint's edge is where the blurred mark is at half its contrast; a person labelling
+    the image draws the outline further out, where the mark fades into the tissue. A quarter of
+    the contrast, rounded up to whole pixels, matches the reference masks of the real crops.
+    """
+    optics = style.blur if style.blur > OPTICS_MIN_BLUR else 0.0
+    sigma = math.hypot(MARK_EDGE_SIGMA, optics)
+    return max(1, math.ceil(QUARTER_LEVEL_SIGMAS * sigma))
+
+
+def grow_ids(ids: np.ndarray, margin: int) -> np.ndarray:
+    """Grow every mark by ``margin`` px into unlabelled pixels, never so far that it touches another mark.
+
+    A grown pixel with a pixel of another mark among its 8 neighbours is left out: marks the
+    drawing kept apart stay apart in the truth, so a model trained on it learns to separate
+    close marks rather than merge them.
+    """
+    if margin <= 0:
+        return ids
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+    grown = np.where(ids > 0, ids, cv2.dilate(ids, disc)).astype(ids.dtype)
+    square = np.ones((3, 3), np.uint8)
+    highest = cv2.dilate(grown, square)
+    lowest = cv2.erode(np.where(grown > 0, grown, np.iinfo(ids.dtype).max).astype(ids.dtype), square)
+    grown[(ids == 0) & (grown > 0) & (highest != lowest)] = 0
+    return grown
 
 
 def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -248,7 +303,7 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
     per_mark = gain[ids]
     local = cv2.GaussianBlur(image, (0, 0), max(3.0, style.pitch / 2))
     texture = 1.0 + style.mark_texture * _smooth_noise(rng, height, width, 1.0)
-    soft = cv2.GaussianBlur(inside, (0, 0), 0.6)
+    soft = cv2.GaussianBlur(inside, (0, 0), MARK_EDGE_SIGMA)
     if style.polarity == "bright":
         value = local + style.contrast * per_mark * texture + 0.1
     elif style.polarity == "dark":
@@ -354,7 +409,7 @@ def _optics(image: np.ndarray, style: Style, rng: np.random.Generator) -> np.nda
         gx, gy = rng.normal(0, 1, size=2)
         ramp = (gx * (xx / max(width, 1) - 0.5) + gy * (yy / max(height, 1) - 0.5)).astype(np.float32)
         image = image * (1.0 + style.illumination * (0.5 * field + ramp)).astype(np.float32)
-    if style.blur > 0.2:
+    if style.blur > OPTICS_MIN_BLUR:
         image = cv2.GaussianBlur(image, (0, 0), style.blur)
     if style.noise > 0:
         image = image + rng.normal(0, style.noise, size=image.shape).astype(np.float32)

@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from am.cli import configure_logging, run_main
+from am.synth.render import LABELS
 from am.train.data import load_split, synthetic_images
 from am.train.loop import TrainConfig, metrics_path, train
 
@@ -63,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
                       help="generator seed (default: --seed); validation uses seed + 1000")
     data.add_argument("--pitch-min", type=float, default=20.0, help="smallest synthetic grid pitch in px")
     data.add_argument("--pitch-max", type=float, default=85.0, help="largest synthetic grid pitch in px")
+    data.add_argument("--synthetic-labels", choices=LABELS, default="visible",
+                      help="synthetic truth: visible (a mark's label reaches as far as the mark shows, "
+                           "default) or footprint (exactly the drawn pixels)")
     data.add_argument("--pixel-scale", type=float, default=1.0,
                       help="original px per training px, stored in the checkpoint (1.0 = full resolution)")
     model = p.add_argument_group("model")
@@ -135,14 +139,14 @@ def _train(args: argparse.Namespace) -> int:
             valid_items += load_split(root, "valid")
     if args.synthetic > 0:
         train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
-                                        pitch_range=pitch,
+                                        pitch_range=pitch, labels=args.synthetic_labels,
                                         progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
     if args.synthetic_valid > 0:
         valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
-                                        seed=synth_seed + 1000, pitch_range=pitch)
+                                        seed=synth_seed + 1000, pitch_range=pitch, labels=args.synthetic_labels)
     summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
                    synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,
-                   synthetic_seed=synth_seed, pitch_range=list(pitch))
+                   synthetic_seed=synth_seed, pitch_range=list(pitch), synthetic_labels=args.synthetic_labels)
     config = TrainConfig(
         out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
         decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,

@@ -86,9 +86,10 @@ def synthetic_images(
     seed: int,
     pitch_range: tuple[float, float] = (20.0, 85.0),
     progress: Callable[[Iterable], Iterable] | None = None,
+    labels: str = "visible",
 ) -> list[Labelled]:
     """``count`` generated images of ``size`` x ``size``; image ``i`` depends only on ``(seed, i)``."""
-    samples: Iterable = iter_samples(seed, count, size=size, pitch_range=pitch_range)
+    samples: Iterable = iter_samples(seed, count, size=size, pitch_range=pitch_range, labels=labels)
     if progress is not None:
         samples = progress(samples)
     return [Labelled.from_arrays(s.image, s.mask, name=f"synthetic/{seed}/{i:05d}") for i, s in enumerate(samples)]

@@ -124,3 +124,49 @@ def test_flat_marks_stand_out_from_their_surroundings() -> None:
     assert len(contrasts) >= 30
     assert min(contrasts) > 0.2, "a flat mark is as dark as the gaps of the tissue around it"
     assert np.median(contrasts) > 1.0
+
+
+def test_visible_labels_grow_the_footprint_and_leave_the_image_alone() -> None:
+    """The label convention changes the truth only, by at most the margin, and never merges two marks."""
+    import cv2
+
+    from am.synth.render import grow_ids, label_margin
+
+    for seed in range(4):
+        style = random_style(np.random.default_rng(seed))
+        style = Style(**{**style.__dict__, "pitch": 30.0, "mark_radius": 12.0, "missing": 0.1})
+        lat = Lattice.centred(rows=6, cols=7, width=320, height=288, pitch_x=30.0, angle_deg=style.angle_deg)
+        visible = render(lat, style, width=320, height=288, rng=np.random.default_rng(seed), labels="visible")
+        plain = render(lat, style, width=320, height=288, rng=np.random.default_rng(seed), labels="footprint")
+        np.testing.assert_array_equal(visible.image, plain.image)
+        kept = plain.ids > 0
+        np.testing.assert_array_equal(visible.ids[kept], plain.ids[kept])  # drawn pixels keep their id
+        added = (visible.ids > 0) & ~kept
+        assert added.any()
+        margin = label_margin(style)
+        # Every added pixel lies within the margin of a drawn pixel of the same mark.
+        for mark_id in np.unique(visible.ids[added]):
+            near = cv2.dilate((plain.ids == mark_id).astype(np.uint8),
+                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)) > 0
+            assert (near | ~((visible.ids == mark_id) & added)).all()
+        np.testing.assert_array_equal(visible.mask == 255, visible.ids > 0)
+        assert set(np.unique(visible.ids)) == set(np.unique(plain.ids))
+        # Growing never joins two marks that the drawing kept apart.
+        square = np.ones((3, 3), np.uint8)
+        for mark_id in np.unique(visible.ids[added]):
+            others = (visible.ids > 0) & (visible.ids != mark_id)
+            touching = cv2.dilate((plain.ids == mark_id).astype(np.uint8), square) > 0
+            grown_touching = cv2.dilate((visible.ids == mark_id).astype(np.uint8), square) > 0
+            assert not (grown_touching & others & ~touching).any()
+    assert grow_ids(np.zeros((4, 4), np.uint16), 0).sum() == 0
+
+
+def test_label_margin_follows_the_blur() -> None:
+    from am.synth.render import label_margin
+
+    assert label_margin(Style(blur=0.0)) == 1
+    assert label_margin(Style(blur=0.9)) == 1
+    assert label_margin(Style(blur=1.6)) == 2
+    with pytest.raises(ValueError, match="labels"):
+        render(Lattice.centred(rows=2, cols=2, width=64, height=64, pitch_x=20.0), Style(), width=64, height=64,
+               rng=np.random.default_rng(0), labels="outline")
