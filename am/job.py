@@ -171,7 +171,8 @@ class _Collector:
                 if not self.tracker.is_pending(name):
                     self.tracker.done(name)  # counts the duplicate; the mask on disk is the same
                     continue
-                write_atomic(self.layout.tile_mask(result.group, tile), encode_png(mask, compression=1))
+                data = encode_png(mask, compression=1, row_filter="none")
+                write_atomic(self.layout.tile_mask(result.group, tile), data)
                 done += self.tracker.done(name, compute_s=share)
             if done:
                 self.on_done(done)

@@ -20,7 +20,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +245,14 @@ def _send_every_tile(job: Job, layout: DatasetLayout, reused: Mapping[str, Prepa
 
 def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], *, settings: Settings,
                          model: str, model_id: str, environ: Mapping[str, str] | None, show_progress: bool,
-                         summary: PipelineSummary, phases: _Phases) -> list[PreparedGroup]:
-    """Start the backend and its workers, then cut, send and segment every group's tiles, all overlapping."""
+                         summary: PipelineSummary, phases: _Phases,
+                         on_segmented: Callable[[list[PreparedGroup]], None]) -> list[PreparedGroup]:
+    """Start the backend and its workers, then cut, send and segment every group's tiles, all overlapping.
+
+    ``on_segmented`` gets the groups once every mask is on disk, before the clean-up: stitching
+    needs nothing the clean-up removes, so the overlays it starts are encoded while the workers
+    stop and the job's queue and objects are deleted.
+    """
     busy = _Stopwatch()
     with tempfile.TemporaryDirectory(prefix="am-segm-workers-") as log_dir, \
             open_backend(settings, model=model, log_dir=Path(log_dir), base_environment=environ) as backend, \
@@ -256,12 +262,14 @@ def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGro
         prepared = _send_every_tile(job, layout, reused, settings=settings, model_id=model_id, busy=busy)
         job.wait()
         phases.end("prepare+segment")
+        report = job.report()
+        summary.job = report
+        summary.busy = {"prepare busy": busy.seconds, "upload busy": report.seconds.get("upload", 0.0),
+                        "collect busy": report.seconds.get("collect", 0.0), "tail": report.seconds.get("tail", 0.0)}
+        raise_for_lost_tiles(report)
+        on_segmented(prepared)
+        phases.end("stitch")
     phases.end("clean-up")
-    report = job.report()
-    summary.job = report
-    summary.busy = {"prepare busy": busy.seconds, "upload busy": report.seconds.get("upload", 0.0),
-                    "collect busy": report.seconds.get("collect", 0.0), "tail": report.seconds.get("tail", 0.0)}
-    raise_for_lost_tiles(report)
     return prepared
 
 
@@ -286,24 +294,29 @@ def run_pipeline(
     model, model_id = resolve_model(settings, cache_dir=cache_dir)
     # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.
     reused = {group: reuse_group(layout, group, settings=settings, model_id=model_id) for group in selected}
-    if all(prepared is not None and not prepared.pending for prepared in reused.values()):
-        log.info("every tile already has a mask; nothing to segment")
-        prepared = [p for p in reused.values() if p is not None]
-        phases.end("prepare")
-    else:
-        prepared = _prepare_and_segment(layout, reused, settings=settings, model=model, model_id=model_id,
-                                        environ=environ, show_progress=show_progress, summary=summary, phases=phases)
-    summary.tiles = sum(p.n_tiles for p in prepared)
-    summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
 
     # Overlays are pictures for people that nothing downstream reads: they are drawn and encoded
-    # on a thread while the next group is stitched and the marks are registered.
+    # on a thread while the next group is stitched, the job is cleaned up and the marks are registered.
     with ThreadPoolExecutor(1, thread_name_prefix="am-overlay") as overlays:
         drawing: list[Future[None]] = []
-        try:
-            for group in prepared:
+
+        def stitch(groups: list[PreparedGroup]) -> None:
+            for group in groups:
                 drawing.append(overlays.submit(write_mask_overlay, layout, group.group, stitch_mask(layout, group)))
-            phases.end("stitch")
+
+        try:
+            if all(prepared is not None and not prepared.pending for prepared in reused.values()):
+                log.info("every tile already has a mask; nothing to segment")
+                prepared = [p for p in reused.values() if p is not None]
+                phases.end("prepare")
+                stitch(prepared)
+                phases.end("stitch")
+            else:
+                prepared = _prepare_and_segment(layout, reused, settings=settings, model=model, model_id=model_id,
+                                                environ=environ, show_progress=show_progress, summary=summary,
+                                                phases=phases, on_segmented=stitch)
+            summary.tiles = sum(p.n_tiles for p in prepared)
+            summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
             if register and rows is not None and cols is not None:
                 summary.registered = _register(layout.root, selected, rows=rows, cols=cols)
                 phases.end("register")

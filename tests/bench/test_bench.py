@@ -18,7 +18,7 @@ from am.orchestrator import PipelineSummary
 SUMMARY = """groups: bench
 tiles: 169 (0 reused from an earlier run)
 job 20261124-101500-a1b2c3: 169 tile(s) segmented, model compute 41.3 s summed over workers
-time: setup 1.4 s, prepare+segment 22.5 s, clean-up 0.4 s, stitch 2.4 s, total 26.7 s
+time: setup 1.4 s, prepare+segment 22.5 s, stitch 2.4 s, clean-up 0.4 s, total 26.7 s
 within prepare+segment: prepare busy 3.9 s, upload busy 1.1 s, collect busy 0.6 s, tail 8.2 s
 """
 

@@ -14,6 +14,7 @@ import tifffile
 from am.errors import InputError
 from am.imageio import (
     MAX_PIXELS,
+    PNG_ROW_FILTERS,
     decode_png,
     encode_png,
     header_size,
@@ -65,6 +66,17 @@ def test_tiff_colour_is_rgb_on_disk(tmp_path: Path) -> None:
     assert tifffile.imread(tmp_path / "red.tif")[0, 0].tolist() == [200, 0, 0]
 
 
+def test_tiff_round_trips_compressed_or_not(tmp_path: Path) -> None:
+    image = RNG.integers(0, 256, (40, 50), dtype=np.uint8)
+    write_tiff(tmp_path / "z.tiff", image)
+    write_tiff(tmp_path / "raw.tiff", image, compress=False)
+    with tifffile.TiffFile(tmp_path / "z.tiff") as z, tifffile.TiffFile(tmp_path / "raw.tiff") as raw:
+        assert z.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert raw.pages[0].compression == tifffile.COMPRESSION.NONE
+    np.testing.assert_array_equal(read_image(tmp_path / "z.tiff"), image)
+    np.testing.assert_array_equal(read_image(tmp_path / "raw.tiff"), image)
+
+
 def test_tiff_dtypes_kept_and_floats_become_float32(tmp_path: Path) -> None:
     signed = RNG.integers(-1000, 1000, (8, 9)).astype(np.int16)
     tifffile.imwrite(tmp_path / "s.tif", signed)
@@ -89,6 +101,25 @@ def test_encode_png_is_deterministic_and_decodes() -> None:
     first = encode_png(tile)
     assert encode_png(tile.copy()) == first
     np.testing.assert_array_equal(decode_png(first, name="job/g/0001.png"), tile)
+
+
+@pytest.mark.parametrize("row_filter", PNG_ROW_FILTERS)
+def test_every_row_filter_round_trips(row_filter: str) -> None:
+    """Tiles, masks and colour overlays are written with chosen row filters: pixels must survive each."""
+    tile = cv2.GaussianBlur(RNG.integers(0, 256, (96, 80), dtype=np.uint8), (5, 5), 1.5)
+    for huffman_only in (False, True):
+        data = encode_png(tile, compression=1, huffman_only=huffman_only, row_filter=row_filter)
+        assert data == encode_png(tile, compression=1, huffman_only=huffman_only, row_filter=row_filter)
+        np.testing.assert_array_equal(decode_png(data, name="g/0001.png"), tile)
+    colour = np.dstack([tile, tile[::-1], tile[:, ::-1]])
+    decoded = cv2.imdecode(np.frombuffer(encode_png(colour, bgr=True, row_filter=row_filter), np.uint8),
+                           cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded, colour)
+
+
+def test_unknown_row_filter_is_refused() -> None:
+    with pytest.raises(ValueError, match="row_filter 'fast'"):
+        encode_png(np.zeros((4, 4), np.uint8), row_filter="fast")
 
 
 def test_write_png_is_deterministic(tmp_path: Path) -> None:

@@ -121,6 +121,13 @@ def deployment(monkeypatch: pytest.MonkeyPatch, fake_aws_credentials: None) -> I
             return seconds
 
         monkeypatch.setattr(Job, "_upload", recording_upload)
+        stitch_mask = am.orchestrator.stitch_mask
+
+        def recording_stitch(layout: DatasetLayout, prepared: Any) -> Any:
+            deployment.events.append(f"stitch {prepared.group}")
+            return stitch_mask(layout, prepared)
+
+        monkeypatch.setattr(am.orchestrator, "stitch_mask", recording_stitch)
         yield deployment
 
 
@@ -143,7 +150,9 @@ def test_workers_start_before_the_image_is_read_and_tiles_go_out_row_by_row(depl
     assert sends[0] < cuts[-1], events
     assert summary.job is not None and summary.job.completed == summary.tiles == ROWS * COLS
     assert set(summary.busy) == {"prepare busy", "upload busy", "collect busy", "tail"}
-    assert list(summary.seconds) == ["setup", "prepare+segment", "clean-up", "stitch", "overlay"]
+    assert list(summary.seconds) == ["setup", "prepare+segment", "stitch", "clean-up", "overlay"]
+    # Stitching (and the overlay it starts) goes before the workers are stopped and the job's data deleted.
+    assert events.index("stitch g1") < events.index("stop workers"), events
 
     layout = DatasetLayout(dataset)
     for index in range(ROWS * COLS):
