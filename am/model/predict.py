@@ -34,6 +34,7 @@ import torch
 from am.errors import CheckpointError, InputError
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
+from am.model.memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ class Predictor:
             torch.set_num_threads(threads)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            retain_freed_memory()
         precision = resolve_precision(precision, device)
         use_compile = resolve_compile(compile, device)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

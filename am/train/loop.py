@@ -31,6 +31,7 @@ from am.errors import CheckpointError, InputError
 from am.evaluate.metrics import Scores, score
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
 from am.model.whole import predict_image_proba
 from am.train.data import CropDataset, Labelled
@@ -156,6 +157,8 @@ def train(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        retain_freed_memory()
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     meta = config.meta(trained=False)

@@ -26,6 +26,7 @@ from types import FrameType
 import cv2
 
 from am.errors import AmError, ConfigError
+from am.model.memory import retain_freed_memory
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue
 from am.transport.storage import Storage
@@ -112,6 +113,8 @@ def main(environ: Mapping[str, str]) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    # Before any thread starts: the compute thread must allocate from the one arena (see am.model.memory).
+    retain_freed_memory()
     signals = ShutdownSignals()
     signals.install()
     try:
