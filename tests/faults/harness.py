@@ -66,9 +66,15 @@ class PipelineRun:
         self.stdout_path = tmp_path / f"{name}-{self.marker[:8]}.stdout"
         command = [sys.executable, "-m", "am.pipeline", str(dataset), "--workers", str(workers), "--model",
                    str(model), "--no-progress", *tile_args, *args]
-        with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
-            self.proc = subprocess.Popen(command, env=base_environment(tmp_path, self.marker, env), cwd=REPO,
-                                         stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        # A shell starts background jobs with SIGINT ignored, and a child inherits that: the pipeline
+        # must get Ctrl-C as it would at a terminal, however the test suite itself was started.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
+                self.proc = subprocess.Popen(command, env=base_environment(tmp_path, self.marker, env), cwd=REPO,
+                                             stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         self.started = time.monotonic()
 
     # -- reading ---------------------------------------------------------------------------

@@ -15,16 +15,22 @@ from am.transport.storage import Storage
 
 from .harness import PipelineRun, assert_nothing_left, assert_same_as_undisturbed, make_dataset, mask_files, run_to_end
 
-TOTAL_TILES = 121
+SIDE = 1500
+TOTAL_TILES = 256  # 16 x 16 tiles of 128 px overlapping by 32 on a 1500 px image
 
 
 def test_sigint_mid_job_stops_workers_cleans_the_job_and_a_rerun_resumes(tmp_path, tiny_model, predictor,
                                                                          moto_server):
-    dataset = make_dataset(tmp_path / "ds", {"g1": (1000, 1000)})
-    # One tile per batch and one thread: slow enough that the job is surely mid-way when interrupted.
-    slow = {"AM_ENDPOINT_URL": moto_server, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1"}
+    dataset = make_dataset(tmp_path / "ds", {"g1": (SIDE, SIDE)})
+    # One tile per message and per batch, one thread, and a few hundred tiles: masks arrive a few at
+    # a time and the job is surely mid-way when interrupted, however fast the workers are. Every
+    # tile goes out at once (no in-flight window), so the group is fully cut before the workers are
+    # up: a rerun resumes only groups whose cutting finished.
+    slow = {"AM_ENDPOINT_URL": moto_server, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1",
+            "AM_TILES_PER_MESSAGE": "1", "AM_MAX_TILES_IN_FLIGHT": str(TOTAL_TILES)}
     with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=slow) as run:
-        run.wait_until(lambda: len(mask_files(dataset, "g1")) >= 5, timeout=120, what="five collected masks")
+        run.wait_until(lambda: f"{TOTAL_TILES} tile(s) on the local backend" in run.stderr
+                       and len(mask_files(dataset, "g1")) >= 5, timeout=120, what="a sealed job and five masks")
         run.proc.send_signal(signal.SIGINT)
         interrupted_at = time.monotonic()
         code = run.wait(timeout=60)
@@ -40,7 +46,7 @@ def test_sigint_mid_job_stops_workers_cleans_the_job_and_a_rerun_resumes(tmp_pat
     assert not (dataset / "tiles_stitched" / "g1").exists(), "an interrupted job presented a stitched mask"
 
     # The job's S3 prefixes and its results queue are gone (keep_job_data is off by default).
-    job = re.search(r"job (\S+): \d+ tile\(s\)", run.stderr).group(1)
+    job = re.search(r"job (\S+) started", run.stderr).group(1)
     clients = ClientFactory(endpoint_url=moto_server)
     storage = Storage(clients.s3())
     for bucket in ("am-segm-input", "am-segm-output"):
