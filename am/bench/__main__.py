@@ -27,7 +27,6 @@ from am.bench.loop import INPUT_BUCKET, OUTPUT_BUCKET
 from am.cli import EXIT_OK, EXIT_USAGE, configure_logging, run_main
 from am.errors import InputError
 from am.messages import MAX_TILES_PER_MESSAGE
-from am.model.memory import retain_freed_memory
 from am.model.predict import COMPILE_MODES, PRECISIONS
 from am.worker.timing import STAGES
 
@@ -230,8 +229,6 @@ def table(out: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # As the workers do, before any thread starts, so model-only and worker-loop figures share it.
-    retain_freed_memory()
     if args.batch_size < 0 or args.tiles < 0 or args.threads < 0 or args.workers < 1 or args.agreement < 0:
         parser.print_usage(sys.stderr)
         print("am.bench: --batch-size, --tiles, --threads and --agreement must be >= 0, --workers >= 1",

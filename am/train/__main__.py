@@ -5,15 +5,9 @@ Trains an smp U-Net from folders in the original training layout
 both. Writes the best epoch to ``--out`` (a checkpoint), ``OUT.metrics.csv``/``.json`` (one row
 per epoch) and, while a run is unfinished, ``OUT.resume`` (for ``--resume``).
 
-The shipped CPU default (``make model``): 50 epochs from scratch, then 28 more from those weights
-on other synthetic images at a lower learning rate::
-
-    python -m am.train --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 --epochs 50 \
-        --steps-per-epoch 150 --batch-size 8 --crop 256 --lr 3e-3 --warmup-steps 200 --threads 2 \
-        --seed 0 --out runs/model/base.pt
-    python -m am.train --init runs/model/base.pt --synthetic 1500 --synthetic-size 384 \
-        --synthetic-valid 32 --synthetic-seed 11 --epochs 28 --steps-per-epoch 150 --batch-size 8 \
-        --crop 256 --lr 1e-3 --warmup-steps 50 --threads 2 --seed 1 --out runs/model/default.pt
+The shipped CPU default is trained by ``make model``: three runs of this command, the first from
+scratch and each of the others from the previous one's weights (the ``model`` target of the
+Makefile holds the exact options).
 
 The production model on a GPU machine: the same command with a bigger encoder and budget::
 
