@@ -199,7 +199,7 @@ class GroupTiler:
         del image
         self._source_size = normalised.shape
         # Uncompressed: microscopy shrinks only 10-20 % at zlib's fastest level, which costs about
-        # 1.4 s of CPU per 25 Mpx while the workers wait for their first tiles.
+        # 0.8-1.4 s of CPU per 25 Mpx (benchmarks/png_bench.py) while the workers wait for their first tiles.
         write_tiff(layout.source_norm(group), normalised, compress=False)
         self._scaled = rescale(normalised, scale=settings.scale)
         del normalised
