@@ -172,12 +172,14 @@ def random_sample(
     size: int,
     pitch_range: tuple[float, float] = (20.0, 85.0),
     labels: str = "visible",
+    blob_rate: float = 1.0,
 ) -> Sample:
     """One training image of ``size`` x ``size``: a random style, a lattice overfilling the frame, normalised.
 
     ``labels`` is the truth convention of :data:`am.synth.render.LABELS`; the image does not depend on it.
+    ``blob_rate`` multiplies the out-of-focus bright blobs (see :func:`am.synth.render.random_style`).
     """
-    style = random_style(rng, pitch_range=pitch_range)
+    style = random_style(rng, pitch_range=pitch_range, blob_rate=blob_rate)
     pitch_x, pitch_y = style.pitch, style.pitch * style.pitch_ratio
     n = int(math.ceil(size * 1.6 / min(pitch_x, pitch_y))) + 3
     # Sometimes the acquisition's edge falls inside the frame, as at a tile on the border.
@@ -193,10 +195,11 @@ def random_sample(
 
 
 def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, float] = (20.0, 85.0),
-                 labels: str = "visible") -> Iterator[Sample]:
+                 labels: str = "visible", blob_rate: float = 1.0) -> Iterator[Sample]:
     """``count`` reproducible samples: sample ``i`` depends only on ``(seed, i)``."""
     for index in range(count):
-        yield random_sample(np.random.default_rng([seed, index]), size=size, pitch_range=pitch_range, labels=labels)
+        yield random_sample(np.random.default_rng([seed, index]), size=size, pitch_range=pitch_range, labels=labels,
+                            blob_rate=blob_rate)
 
 
 def write_tiles(

@@ -15,7 +15,8 @@ places one mark per present lattice node and returns the image with its ground t
 
 Labels follow the convention of :data:`LABELS`: by default (``"visible"``) a mark's label reaches
 out to where its blurred edge still shows a quarter of its contrast (1 or 2 px beyond the drawn
-footprint), which is how people draw marks and how the reference masks of the real samples in
+footprint) and covers the whole mark, the thin gap between the lobes of a split mark included,
+which is how people draw marks and how the reference masks of the real samples in
 ``shared/data/real`` are drawn; ``"footprint"`` keeps exactly the drawn pixels.
 
 Distractors (out-of-focus bright blobs, dark holes, debris, fibres) are drawn into the image
@@ -31,7 +32,7 @@ import cv2
 import numpy as np
 
 from am.synth.lattice import Lattice
-from am.synth.shapes import SHAPES
+from am.synth.shapes import PARTS, SHAPES
 
 POLARITIES = ("bright", "dark", "rim", "grey", "flat")
 LABELS = ("visible", "footprint")
@@ -95,8 +96,13 @@ def random_style(
     *,
     pitch_range: tuple[float, float] = (20.0, 85.0),
     max_angle_deg: float = 10.0,
+    blob_rate: float = 1.0,
 ) -> Style:
-    """Draw a style covering what real acquisitions show, from tidy to hard."""
+    """Draw a style covering what real acquisitions show, from tidy to hard.
+
+    ``blob_rate`` multiplies how many out-of-focus bright blobs an image gets (when it gets any);
+    it draws the same random numbers whatever its value, so 1.0 gives the styles of any other run.
+    """
     pitch = float(np.exp(rng.uniform(math.log(pitch_range[0]), math.log(pitch_range[1]))))
     shape = str(rng.choice(list(SHAPES), p=[0.22, 0.15, 0.12, 0.18, 0.15, 0.08, 0.1]))
     polarity = str(rng.choice(POLARITIES, p=[0.4, 0.1, 0.18, 0.14, 0.18]))
@@ -128,7 +134,7 @@ def random_style(
         illumination=float(rng.uniform(0.0, 0.35)),
         blur=float(rng.uniform(0.0, 1.6)),
         noise=float(rng.uniform(0.0, 0.06)),
-        bright_blobs=float(rng.choice([0.0, rng.uniform(1.0, 15.0)], p=[0.4, 0.6])),
+        bright_blobs=float(rng.choice([0.0, rng.uniform(1.0, 15.0)], p=[0.4, 0.6])) * blob_rate,
         dark_holes=float(rng.choice([0.0, rng.uniform(5.0, 80.0)], p=[0.5, 0.5])),
         dark_patches=float(rng.choice([0.0, rng.uniform(0.1, 0.5)], p=[0.6, 0.4])),
         shadow=float(rng.choice([0.0, rng.uniform(0.1, 0.4)], p=[0.6, 0.4])),
@@ -152,12 +158,12 @@ def render(
     if labels not in LABELS:
         raise ValueError(f"labels {labels!r} is not one of {', '.join(LABELS)}")
     image = _background(style, width, height, rng)
-    ids, present = _draw_ids(lattice, style, width, height, rng)
-    image = _paint_marks(image, ids, style, rng)
+    ids, gaps, present = _draw_ids(lattice, style, width, height, rng)
+    drawn = np.where(gaps, np.uint16(0), ids)
+    image = _paint_marks(image, drawn, style, rng)
     image = _distractors(image, style, rng)
     image = _optics(image, style, rng)
-    if labels == "visible":
-        ids = grow_ids(ids, label_margin(style))
+    ids = grow_ids(ids, label_margin(style)) if labels == "visible" else drawn
     mask = np.where(ids > 0, np.uint8(255), np.uint8(0))
     return Scene(image=image, mask=mask, ids=ids, lattice=lattice, present=present)
 
@@ -257,9 +263,14 @@ def _fibres(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 def _draw_ids(
     lattice: Lattice, style: Style, width: int, height: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rasterise every present mark with its id; a mark never overwrites another's pixels."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterise every present mark with its id; a mark never overwrites another's pixels.
+
+    Returns the ids of whole marks, the pixels inside marks that are drawn as tissue (the gap of
+    a split mark, see :data:`am.synth.shapes.PARTS`), and which nodes carry a mark.
+    """
     ids = np.zeros((height, width), dtype=np.uint16)
+    gaps = np.zeros((height, width), dtype=bool)
     nodes = lattice.nodes()
     n = len(nodes)
     present = np.zeros(n, dtype=bool)
@@ -270,7 +281,7 @@ def _draw_ids(
         jitter = rng.normal(0.0, style.jitter * pitch, size=2)
         cx, cy = nodes[index] + jitter
         radius = style.mark_radius * float(np.clip(1 + rng.normal(0, style.size_jitter), 0.6, 1.4))
-        shape = SHAPES[shapes[rng.integers(len(shapes))]] if style.mixed_shapes else SHAPES[style.shape]
+        name = shapes[rng.integers(len(shapes))] if style.mixed_shapes else style.shape
         angle = math.radians(style.mark_angle_deg + lattice.angle_deg + rng.normal(0, 6))
         if not keep[index]:
             continue
@@ -283,15 +294,20 @@ def _draw_ids(
         dx, dy = xx - cx, yy - cy  # pixel (i, j) has its centre at (i, j), as lattice nodes do
         u = dx * math.cos(angle) + dy * math.sin(angle)
         v = -dx * math.sin(angle) + dy * math.cos(angle)
-        footprint = shape(u, v, radius, rng)
+        if name in PARTS:
+            footprint, gap = PARTS[name](u, v, radius, rng)
+        else:
+            footprint, gap = SHAPES[name](u, v, radius, rng), None
         window = ids[y0:y1, x0:x1]
         footprint &= window == 0
+        gap = footprint & gap if gap is not None else np.zeros_like(footprint)
         # Marks whose centre lies outside the image still count when part of them shows.
-        if footprint.sum() < 4:
+        if (footprint & ~gap).sum() < 4:
             continue
         window[footprint] = index + 1
+        gaps[y0:y1, x0:x1] |= gap
         present[index] = True
-    return ids, present
+    return ids, gaps, present
 
 
 def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:

@@ -72,14 +72,20 @@ def elongated(u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Generator) 
     return (u / a) ** 2 + (v / b) ** 2 <= 1.0
 
 
-def split(u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
-    """A blob cut in two by a thin gap: one mark whose crater broke into two lobes."""
+def split_parts(u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The whole mark and the thin gap across it (drawn as tissue, labelled as part of the mark)."""
     body = blob(u, v, r, rng)
     angle = rng.uniform(-0.8, 0.8)
     gap = max(2.0, r * rng.uniform(0.08, 0.2))  # under 2 px the gap blurs shut in the image
     offset = r * rng.uniform(-0.3, 0.3)
     across = u * np.cos(angle) + v * np.sin(angle) - offset
-    return body & (np.abs(across) > gap / 2)
+    return body, body & (np.abs(across) <= gap / 2)
+
+
+def split(u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
+    """A blob cut in two by a thin gap: one mark whose crater broke into two lobes."""
+    body, gap = split_parts(u, v, r, rng)
+    return body & ~gap
 
 
 SHAPES: dict[str, ShapeFn] = {
@@ -91,3 +97,11 @@ SHAPES: dict[str, ShapeFn] = {
     "elongated": elongated,
     "split": split,
 }
+
+PartsFn = Callable[[np.ndarray, np.ndarray, float, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+# Shapes drawn with unpainted pixels inside the mark, as (whole mark, gap): one ablation is one
+# mark, so a label drawn by eye (and the real references, which join the lobes of crop2's marks)
+# covers the gap too. Each draws the same random numbers as its entry in SHAPES.
+PARTS: dict[str, PartsFn] = {"split": split_parts}
+

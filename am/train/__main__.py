@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from am.cli import configure_logging, run_main
 from am.synth.render import LABELS
-from am.train.data import load_split, synthetic_images
+from am.train.data import load_split, synthetic_images, weigh_gaps
 from am.train.loop import TrainConfig, metrics_path, train
 
 
@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic-labels", choices=LABELS, default="visible",
                       help="synthetic truth: visible (a mark's label reaches as far as the mark shows, "
                            "default) or footprint (exactly the drawn pixels)")
+    data.add_argument("--synthetic-blobs", type=float, default=1.0,
+                      help="multiply the out-of-focus bright blobs (not marks) of synthetic training images "
+                           "(default 1; validation images keep the generator's rate)")
+    data.add_argument("--gap-weight", type=int, default=1,
+                      help="loss weight of the background between two close marks in training images "
+                           "(default 1: no extra weight; 5 teaches a model to keep dense marks apart)")
     data.add_argument("--pixel-scale", type=float, default=1.0,
                       help="original px per training px, stored in the checkpoint (1.0 = full resolution)")
     model = p.add_argument_group("model")
@@ -117,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--crop and --synthetic-size must be multiples of 32 (crop at least 64)")
     if len(args.decoder_channels) != args.encoder_depth:
         p.error(f"--decoder-channels needs {args.encoder_depth} values, one per encoder stage")
+    if args.synthetic_blobs < 0:
+        p.error("--synthetic-blobs must be >= 0")
+    if not 1 <= args.gap_weight <= 255:
+        p.error("--gap-weight must be between 1 and 255")
     if not 0 < args.scale_min <= args.scale_max:
         p.error("--scale-min must be > 0 and <= --scale-max")
     return run_main(partial(_train, args), name="am.train")
@@ -134,13 +144,17 @@ def _train(args: argparse.Namespace) -> int:
     if args.synthetic > 0:
         train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
                                         pitch_range=pitch, labels=args.synthetic_labels,
+                                        blob_rate=args.synthetic_blobs,
                                         progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
     if args.synthetic_valid > 0:
         valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
                                         seed=synth_seed + 1000, pitch_range=pitch, labels=args.synthetic_labels)
+    if args.gap_weight != 1:
+        train_items = [weigh_gaps(item, args.gap_weight) for item in train_items]
     summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
                    synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,
-                   synthetic_seed=synth_seed, pitch_range=list(pitch), synthetic_labels=args.synthetic_labels)
+                   synthetic_seed=synth_seed, pitch_range=list(pitch), synthetic_labels=args.synthetic_labels,
+                   synthetic_blobs=args.synthetic_blobs, gap_weight=args.gap_weight)
     config = TrainConfig(
         out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
         decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,

@@ -16,7 +16,7 @@ from am.imageio import write_png
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
 from am.model.predict import prepare_input
-from am.train.data import CropDataset, Labelled, load_split, synthetic_images
+from am.train.data import CropDataset, Labelled, load_split, synthetic_images, weigh_gaps
 from am.train.loop import TrainConfig, loss_fn, metrics_path, state_path, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +74,31 @@ def test_weight_zero_pixels_do_not_count() -> None:
     assert loss_fn(logits, target, torch.ones_like(target), dice_weight=1.0) > 1.0
 
 
+def test_gap_weights_fall_on_the_tissue_between_two_marks_only() -> None:
+    mask = np.zeros((12, 20), np.uint8)
+    mask[3:9, 2:8] = 1  # mark A
+    mask[3:9, 9:15] = 1  # mark B, one pixel of tissue from A
+    weight = np.ones_like(mask)
+    weight[8:12, 8] = 0  # unknown pixels stay unknown, gap or not
+    item = Labelled.from_arrays(np.zeros_like(mask), mask, name="two marks", weight=weight)
+    weighted = weigh_gaps(item, 5).weight
+    # Tissue within 2 px (chessboard distance) of both marks, known pixels only.
+    rows, cols = np.indices(mask.shape)
+    near_a = (np.abs(rows - np.clip(rows, 3, 8)) <= 2) & (np.abs(cols - np.clip(cols, 2, 7)) <= 2)
+    near_b = (np.abs(rows - np.clip(rows, 3, 8)) <= 2) & (np.abs(cols - np.clip(cols, 9, 14)) <= 2)
+    gap = near_a & near_b & (mask == 0) & (weight > 0)
+    assert gap[:, 8].sum() == 7 and gap.sum() == 7 + 4 * 2  # the column between them and the corners
+    np.testing.assert_array_equal(weighted == 5, gap)
+    assert weighted[8:12, 8].tolist() == [0, 0, 0, 0]
+    assert (weighted[mask > 0] == 1).all() and weighted[6, 17] == 1  # marks and tissue beside one mark
+    np.testing.assert_array_equal(weighted[:, 16:], 1)
+    assert weigh_gaps(item, 1) is item
+    one_mark = Labelled.from_arrays(np.zeros_like(mask), mask * (np.arange(20) < 8), name="one mark")
+    assert (weigh_gaps(one_mark, 5).weight == 1).all()
+    with pytest.raises(InputError, match="gap weight"):
+        weigh_gaps(item, 0)
+
+
 def test_train_writes_checkpoint_logs_and_resumes(tmp_path: Path, images: list[Labelled]) -> None:
     out = tmp_path / "m.pt"
     config = TrainConfig(out=out, **TINY, epochs=2, steps_per_epoch=2, batch_size=2, crop=64, warmup_steps=1,
@@ -125,10 +150,16 @@ def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
     out = tmp_path / "cli.pt"
     cmd = [sys.executable, "-m", "am.train", "--data", str(root), "--encoder", TINY["encoder"], "--encoder-depth",
            "5", "--decoder-channels", "32,16,8,8,4", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
-           "--crop", "64", "--threads", "1", "--out", str(out)]
+           "--crop", "64", "--threads", "1", "--gap-weight", "5", "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "best epoch 1" in done.stdout and out.is_file()
+    assert load_checkpoint(out)[0].training["data"]["gap_weight"] == 5
+    no_gain = subprocess.run([*cmd, "--gap-weight", "0"], cwd=REPO, capture_output=True, text=True, check=False)
+    assert no_gain.returncode == 2 and "--gap-weight" in no_gain.stderr
+    no_blobs = subprocess.run([*cmd, "--synthetic-blobs", "-1"], cwd=REPO, capture_output=True, text=True,
+                              check=False)
+    assert no_blobs.returncode == 2 and "--synthetic-blobs" in no_blobs.stderr
     bad = subprocess.run([*cmd[:3], "--data", str(tmp_path / "nothing"), "--out", str(out)], cwd=REPO,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "does not exist" in bad.stderr

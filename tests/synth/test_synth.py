@@ -143,8 +143,9 @@ def test_visible_labels_grow_the_footprint_and_leave_the_image_alone() -> None:
         np.testing.assert_array_equal(visible.ids[kept], plain.ids[kept])  # drawn pixels keep their id
         added = (visible.ids > 0) & ~kept
         assert added.any()
-        margin = label_margin(style)
-        # Every added pixel lies within the margin of a drawn pixel of the same mark.
+        margin = label_margin(style) + (2 if style.shape == "split" or style.mixed_shapes else 0)
+        # Every added pixel lies within the margin of a drawn pixel of the same mark (a split mark's
+        # gap, at most a fifth of its radius wide, is labelled too).
         for mark_id in np.unique(visible.ids[added]):
             near = cv2.dilate((plain.ids == mark_id).astype(np.uint8),
                               cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)) > 0
@@ -170,3 +171,41 @@ def test_label_margin_follows_the_blur() -> None:
     with pytest.raises(ValueError, match="labels"):
         render(Lattice.centred(rows=2, cols=2, width=64, height=64, pitch_x=20.0), Style(), width=64, height=64,
                rng=np.random.default_rng(0), labels="outline")
+
+
+def test_a_split_mark_is_one_mark_in_the_truth() -> None:
+    """A split mark is drawn as two lobes with tissue between them, and labelled as one whole mark."""
+    from scipy import ndimage
+
+    style = Style(shape="split", pitch=48.0, mark_radius=18.0, missing=0.0, blur=0.0, jitter=0.0)
+    lat = Lattice.centred(rows=4, cols=4, width=192, height=192, pitch_x=48.0)
+    visible = render(lat, style, width=192, height=192, rng=np.random.default_rng(3), labels="visible")
+    drawn = render(lat, style, width=192, height=192, rng=np.random.default_rng(3), labels="footprint")
+    np.testing.assert_array_equal(visible.image, drawn.image)
+    two_lobes = one_mark = 0
+    for mark_id in set(np.unique(drawn.ids)) - {0}:
+        two_lobes += ndimage.label(drawn.ids == mark_id)[1] == 2
+        one_mark += ndimage.label(visible.ids == mark_id)[1] == 1
+    assert two_lobes >= 12 and one_mark == len(set(np.unique(visible.ids)) - {0})
+    # The gap is painted as tissue: darker than the bright lobes around it.
+    gap = (visible.ids > 0) & (drawn.ids == 0) & _deep_inside(visible.ids > 0)
+    assert gap.any()
+    assert visible.image[gap].mean() < visible.image[drawn.ids > 0].mean()
+
+
+def _deep_inside(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels at least 3 px inside the mask: away from the label's grown rim."""
+    import cv2
+
+    return cv2.erode(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+
+
+def test_blob_rate_multiplies_the_bright_blobs_and_nothing_else() -> None:
+    from dataclasses import replace
+
+    styles = [(random_style(np.random.default_rng(s)), random_style(np.random.default_rng(s), blob_rate=4.0))
+              for s in range(12)]
+    assert any(plain.bright_blobs > 0 for plain, _ in styles)
+    for plain, more in styles:
+        assert more.bright_blobs == pytest.approx(4.0 * plain.bright_blobs)
+        assert replace(more, bright_blobs=plain.bright_blobs) == plain
