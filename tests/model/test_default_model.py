@@ -21,9 +21,9 @@ def test_shipped_model_is_small_and_trained() -> None:
 
 
 def test_shipped_model_segments_held_out_synthetic_marks() -> None:
-    """The README's held-out figures (Dice 0.911, object F1 0.793), kept from slipping."""
+    """The README's held-out figures (Dice 0.912, object F1 0.818), kept from slipping."""
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
     results = evaluate(predictor, held_out_images())
     pooled = Scores.combine([r.scores for r in results])
     assert pooled.dice >= 0.9, [round(r.scores.dice, 3) for r in results]
-    assert pooled.f1 >= 0.75, [round(r.scores.f1, 3) for r in results]
+    assert pooled.f1 >= 0.8, [round(r.scores.f1, 3) for r in results]
