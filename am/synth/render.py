@@ -191,11 +191,22 @@ def grow_ids(ids: np.ndarray, margin: int) -> np.ndarray:
         return ids
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
     grown = np.where(ids > 0, ids, cv2.dilate(ids, disc)).astype(ids.dtype)
-    square = np.ones((3, 3), np.uint8)
-    highest = cv2.dilate(grown, square)
-    lowest = cv2.erode(np.where(grown > 0, grown, np.iinfo(ids.dtype).max).astype(ids.dtype), square)
-    grown[(ids == 0) & (grown > 0) & (highest != lowest)] = 0
+    grown[(ids == 0) & (grown > 0) & between_labels(grown, reach=1)] = 0
     return grown
+
+
+def between_labels(labels: np.ndarray, *, reach: int) -> np.ndarray:
+    """Pixels with two different non-zero labels within ``reach`` px (a square window).
+
+    The one test behind both keeping grown labels apart (:func:`grow_ids`) and finding the tissue
+    between close marks that training weighs (:func:`am.train.data.weigh_gaps`).
+    """
+    window = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+    values = labels.astype(np.float32)  # exact for any count of marks an image can hold
+    fill = np.float32(values.max() + 1)
+    highest = cv2.dilate(values, window)
+    lowest = cv2.erode(np.where(labels > 0, values, fill), window)
+    return (highest > 0) & (lowest < fill) & (highest != lowest)
 
 
 def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from am.errors import InputError
 from am.imageio import read_image
 from am.normalize import to_grey
 from am.synth.dataset import iter_samples
+from am.synth.render import between_labels
 from am.train.augment import flip_rotate, photometric, random_crop
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,7 @@ def weigh_gaps(item: Labelled, gain: int, *, reach: int = 2) -> Labelled:
     count, labels = cv2.connectedComponents(item.mask, connectivity=8)
     if count < 3:
         return item
-    window = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
-    ids = labels.astype(np.float32)  # exact for any count of marks an image can hold
-    highest = cv2.dilate(ids, window)
-    lowest = cv2.erode(np.where(labels > 0, ids, np.float32(count)), window)
-    gaps = (labels == 0) & (highest > 0) & (lowest < count) & (highest != lowest) & (item.weight > 0)
+    gaps = (labels == 0) & between_labels(labels, reach=reach) & (item.weight > 0)
     weight = np.where(gaps, np.uint8(gain), item.weight)
     return replace(item, weight=weight)
 
