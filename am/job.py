@@ -85,9 +85,10 @@ class JobReport:
     dead: dict[str, str] = field(default_factory=dict)
 
 
-def _message(job_id: str, group: str, tiles: tuple[int, ...], key: str, *, model: str, reply: str) -> str:
+def _message(job_id: str, group: str, tiles: tuple[int, ...], key: str, *, model: str, tta: str,
+             reply: str) -> str:
     return TileMessage(job=job_id, group=group, tiles=tiles, input=key, output=key, model=model,
-                       reply=reply).to_json()
+                       reply=reply, tta=tta).to_json()
 
 
 def tile_pixels(tile: np.ndarray | Path, *, size: int) -> np.ndarray:
@@ -457,7 +458,7 @@ class Job:
             data = pack_tiles(np.stack([tile_pixels(tile, size=self._settings.tile_size) for _, tile in bundle]))
             objects.append((key, data))
             messages.append(_message(self.job_id, group, indices, key, model=self.backend.model,
-                                     reply=self.results_url))
+                                     tta=self._settings.tta, reply=self.results_url))
         self._storage.put_many(self.backend.input_bucket, objects)
         self._tile_queue.send_many(messages)
         return time.monotonic() - started

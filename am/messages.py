@@ -25,6 +25,10 @@ from am.errors import MessageError
 MESSAGE_VERSION = 2
 # Most tiles one message may name (an object of 256 tiles of 512 px is 64 MiB).
 MAX_TILES_PER_MESSAGE = 256
+# Test-time augmentation a message may ask for (am.model.tta): none, the four flips, or the
+# eight symmetries of the square. "off" is left out of the JSON, so such messages read the
+# same as those of builds without the field.
+TTA_MODES = ("off", "flips", "d4")
 
 # Job ids and group names become S3 key segments and queue-name suffixes.
 JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -141,11 +145,14 @@ class TileMessage:
     output: str
     model: str
     reply: str
+    tta: str = "off"
 
     def __post_init__(self) -> None:
         check_job_id(self.job)
         check_group(self.group)
         object.__setattr__(self, "tiles", check_tiles(self.tiles, "tile message"))
+        if self.tta not in TTA_MODES:
+            raise MessageError(f"tile message field 'tta' must be one of {', '.join(TTA_MODES)}, got {self.tta!r:.50}")
         check_key_in_job(self.input, self.job, field="input")
         check_key_in_job(self.output, self.job, field="output")
         if not self.model:
@@ -163,13 +170,19 @@ class TileMessage:
         return [tile_name(self.group, t) for t in self.tiles]
 
     def to_json(self) -> str:
-        return json.dumps({"v": MESSAGE_VERSION, **asdict(self)}, sort_keys=True)
+        data = asdict(self)
+        if data["tta"] == "off":
+            del data["tta"]
+        return json.dumps({"v": MESSAGE_VERSION, **data}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TileMessage:
-        data = _load_object(text, "tile message")
+        data = dict(_load_object(text, "tile message"))
+        tta = data.pop("tta", "off")
+        if not isinstance(tta, str):
+            raise MessageError(f"tile message field 'tta' must be a string, got {tta!r:.50}")
         fields = {"job": str, "group": str, "tiles": tuple, "input": str, "output": str, "model": str, "reply": str}
-        return cls(**_take(data, fields, "tile message"))
+        return cls(**_take(data, fields, "tile message"), tta=tta)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Preparation stage: normalise a group's image, plan its tiles and write them to the dataset.
 
 Work already done is reused: ``tiles/<group>/meta.json`` records what the tiles were made
-from (source file, normalisation, scale, tile geometry, model). When all of that is unchanged
+from (source file, normalisation, scale, tile geometry, model, test-time augmentation). When all of that is unchanged
 the tiles are kept and only tiles without a mask are sent out again, so a rerun after a
 failure or Ctrl-C redoes only what is missing::
 
@@ -84,6 +84,7 @@ def _identity(path: Path, settings: Settings, model_id: str) -> dict[str, Any]:
         "tile_size": settings.tile_size,
         "tile_overlap": settings.tile_overlap,
         "model": model_id,
+        "tta": settings.tta,
     }
 
 

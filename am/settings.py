@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from am.errors import ConfigError
-from am.messages import MAX_TILES_PER_MESSAGE
+from am.messages import MAX_TILES_PER_MESSAGE, TTA_MODES
 
 BACKENDS = ("local", "aws")
 AWS_LAUNCH_MODES = ("run_task", "service")
@@ -41,6 +41,8 @@ class Settings:
     norm_low_pct: float = 1.0
     norm_high_pct: float = 99.0
     scale: float = 1.0
+    # Test-time augmentation the workers apply to every tile of a job (am.model.tta).
+    tta: str = "off"
     # Worker behaviour, passed to every worker the orchestrator starts.
     batch_size: int = 0
     idle_exit_s: float = 60.0
@@ -84,6 +86,7 @@ class Settings:
         _require(0 <= self.norm_low_pct < self.norm_high_pct <= 100, "norm_low_pct/norm_high_pct",
                  (self.norm_low_pct, self.norm_high_pct), "0 <= low < high <= 100")
         _require(0.1 <= self.scale <= 10, "scale", self.scale, "between 0.1 and 10")
+        _require(self.tta in TTA_MODES, "tta", self.tta, f"one of {', '.join(TTA_MODES)}")
         _require(self.batch_size >= 0, "batch_size", self.batch_size, ">= 0 (0 picks one for the device)")
         _require(self.idle_exit_s > 0, "idle_exit_s", self.idle_exit_s, "> 0 seconds")
         _require(self.worker_threads >= 0, "worker_threads", self.worker_threads, ">= 0 (0 shares the cores)")
@@ -140,6 +143,9 @@ def _coerce(key: str, raw: Any, typ: type, source: str) -> Any:
             return float(raw)
         if raw is None:
             return ""
+        if isinstance(raw, bool):
+            # YAML 1.1 reads a bare off/on (tta: off) as a boolean; the user meant the word.
+            return "on" if raw else "off"
         if isinstance(raw, (dict, list)):
             raise ValueError("expected a single value")
         return str(raw)

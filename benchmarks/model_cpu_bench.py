@@ -1,8 +1,9 @@
 """CPU inference speed of a checkpoint: milliseconds per 512x512 tile at batch 1 and batch 4.
 
-    python benchmarks/model_cpu_bench.py [--model am/models/default.pt] [--threads 2] [--repeats 10]
+    python benchmarks/model_cpu_bench.py [--model am/models/default.pt] [--threads 2] [--repeats 10] [--tta d4]
 
-The target for the shipped default is at most 250 ms per tile on a 2-core laptop CPU.
+The target for the shipped default is at most 250 ms per tile on a 2-core laptop CPU, without
+test-time augmentation (``--tta`` shows what its 4 or 8 views cost).
 Reports the median over repeats (after warm-up), so a busy machine skews it less.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from am.errors import AmError
+from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
 
@@ -45,22 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped model)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:
-        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, batch_size=4)
+        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, batch_size=4,
+                                              tta=args.tta)
     except AmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     size_mb = Path(model).stat().st_size / 1e6
-    print(f"model {model}: {predictor.meta.encoder}, {size_mb:.1f} MB, {args.threads} threads, cores {os.cpu_count()}")
+    print(f"model {model}: {predictor.meta.encoder}, {size_mb:.1f} MB, {args.threads} threads, "
+          f"cores {os.cpu_count()}, test-time augmentation {args.tta}")
     worst = 0.0
     for batch in (1, 4):
         ms = bench(predictor, batch=batch, repeats=args.repeats)
         worst = max(worst, ms)
         print(f"batch {batch}: {ms:7.1f} ms per 512x512 tile (median of {args.repeats})")
-    print(f"target <= {TARGET_MS:.0f} ms per tile: {'PASS' if worst <= TARGET_MS else 'FAIL'}")
+    if args.tta == "off":
+        print(f"target <= {TARGET_MS:.0f} ms per tile: {'PASS' if worst <= TARGET_MS else 'FAIL'}")
     return 0
 
 

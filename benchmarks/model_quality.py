@@ -1,6 +1,6 @@
 """Quality of a checkpoint against the shipped model's targets, on synthetic and real images.
 
-    python benchmarks/model_quality.py [--model am/models/default.pt] [--synthetic 40] [--overlays DIR]
+    python benchmarks/model_quality.py [--model am/models/default.pt] [--synthetic 40] [--overlays DIR] [--tta d4]
 
 - synthetic held-out set: seeds and parameters that training never used (512 px images, pitch
   22-80 px, seed 424242); targets Dice >= 0.95 and object F1 >= 0.97 (pooled);
@@ -24,6 +24,7 @@ from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, held_out_images
 from am.evaluate.metrics import Scores, score
 from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
+from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
 
@@ -38,13 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", type=Path, default=REAL, help=f"real samples folder (default {REAL})")
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
     p.add_argument("--json", type=Path, default=None, help="write all figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:
-        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads)
-        out: dict = {"model": str(model), "encoder": predictor.meta.encoder}
+        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, tta=args.tta)
+        out: dict = {"model": str(model), "encoder": predictor.meta.encoder, "tta": args.tta}
+        print(f"model {model} ({predictor.meta.encoder}), test-time augmentation {args.tta}")
         if args.synthetic > 0:
             items = held_out_images(args.synthetic)
             results = evaluate(predictor, items)
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"marks {c['predicted_marks']} vs reference {c['reference_marks']}{target}{extra}")
             for name, t in real["tiles"].items():
                 print(f"{name}: {t['marks']} marks found, median area {t['median_area_px']:.0f} px, "
-                      f"mask covers {100 * t['mask_fraction']:.1f}%")
+                      f"mask covers {100 * t['mask_fraction']:.1f}%, {t['specks']} specks ({t['speck_px']} px)")
         else:
             print(f"real samples not found at {args.real}; skipped")
     except AmError as exc:

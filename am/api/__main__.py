@@ -18,6 +18,7 @@ from pathlib import Path
 
 from am.cli import EXIT_OK, configure_logging, run_main
 from am.errors import ConfigError
+from am.messages import TTA_MODES
 from am.settings import BACKENDS, Settings, config_path_from, load_settings
 
 log = logging.getLogger("am.api")
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
     parser.add_argument("--scale", type=float, help="resize factor applied before segmentation (default 1)")
+    parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: off (default), flips or d4")
     parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     return parser
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {"backend": args.backend, "workers": args.workers, "model": args.model,
                      "tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "scale": args.scale,
-                     "batch_size": args.batch_size, "log_level": args.log_level}
+                     "tta": args.tta, "batch_size": args.batch_size, "log_level": args.log_level}
         config_path = config_path_from(args.config, os.environ)
         settings = _local_model(load_settings(overrides, environ=os.environ, config_path=config_path))
         configure_logging(settings.log_level)

@@ -54,7 +54,8 @@ class PipelineCommand:
         args = [self.python, "-m", "am.pipeline", str(dataset), GROUP, "--no-progress",
                 "--backend", s.backend, "--workers", str(s.workers),
                 "--tile-size", str(s.tile_size), "--tile-overlap", str(s.tile_overlap),
-                "--scale", str(s.scale), "--batch-size", str(s.batch_size), "--log-level", s.log_level]
+                "--scale", str(s.scale), "--tta", s.tta, "--batch-size", str(s.batch_size),
+                "--log-level", s.log_level]
         if s.model:
             args += ["--model", s.model]
         if self.config_path is not None:

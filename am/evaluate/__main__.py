@@ -20,6 +20,7 @@ from am.errors import InputError
 from am.evaluate.metrics import Scores
 from am.evaluate.run import evaluate, table
 from am.imageio import read_image
+from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
 from am.normalize import normalize, to_grey
@@ -41,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--masks", type=Path, default=None, help="folder of 0/255 masks with the images' names")
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize images by this factor before inference and back after (e.g. 2.04 for half-size crops)")
+    p.add_argument("--tta", choices=TTA_MODES, default="off",
+                   help="test-time augmentation: average 4 flipped (flips) or 8 turned and mirrored (d4) views")
     p.add_argument("--min-object-px", type=int, default=0, help="ignore components smaller than this in object counts")
     p.add_argument("--side-by-side", type=Path, default=None, help="write comparison PNGs to this folder")
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
@@ -90,15 +93,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         items += synthetic_images(count=args.synthetic, size=args.size, seed=args.seed,
                                   pitch_range=(args.pitch_min, args.pitch_max))
     model = args.model or default_model_path()
-    predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads)
+    predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads, tta=args.tta)
     results = evaluate(predictor, items, scale=args.scale, min_object_px=args.min_object_px,
                        side_by_side=args.side_by_side, progress=lambda it: tqdm(it, desc="evaluate", unit="img"))
-    print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold})")
+    print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold}, tta {args.tta})")
     print(table(results))
     if args.json is not None:
         pooled = Scores.combine([r.scores for r in results])
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": str(model), "overall": pooled.as_dict(),
+        args.json.write_text(json.dumps({"model": str(model), "tta": args.tta, "overall": pooled.as_dict(),
                                          "images": {r.name: r.scores.as_dict() for r in results}}, indent=1))
     return 0
 

@@ -4,8 +4,8 @@
   project's U-Net masks as references: we enlarge the crop to full resolution, predict, bring
   the probabilities back to the crop's resolution and compare (Dice, IoU, object F1);
 - crop1 has a bright out-of-focus blob that is not a mark: we count predicted marks on it;
-- ``tile_a_512.png`` and ``tile_b_512.png`` have no reference: we write overlays for a person
-  and count the marks found.
+- ``tile_a_512.png`` and ``tile_b_512.png`` have no reference: we write overlays for a person,
+  count the marks found and the specks (components under 48 px, too small to be marks).
 
 ::
 
@@ -58,7 +58,9 @@ def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None
         predicted = predict_image_proba(predictor, image) >= predictor.meta.threshold
         _, _, stats, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
         areas = stats[1:, cv2.CC_STAT_AREA]
+        small = areas[areas < MIN_MARK_PX * 4]
         report["tiles"][name] = {"marks": int((areas >= MIN_MARK_PX * 4).sum()),
+                                 "specks": len(small), "speck_px": int(small.sum()),
                                  "median_area_px": float(np.median(areas)) if len(areas) else 0.0,
                                  "mask_fraction": float(predicted.mean())}
         if overlays is not None:

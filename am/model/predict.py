@@ -16,7 +16,9 @@ The fast path is the only path; what differs by device is the arithmetic:
   bytes of float32 probabilities);
 - ``compile="on"`` wraps the model in ``torch.compile`` for one fixed batch shape, compiled
   once while loading within a time budget (short batches are padded to that shape, so it never
-  compiles again); other shapes run uncompiled.
+  compiles again); other shapes run uncompiled;
+- ``tta`` ("flips" or "d4", per predictor or per call) averages the probabilities of 4 or 8
+  mirrored and turned views (:mod:`am.model.tta`), at 4 or 8 times the compute.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from am.errors import CheckpointError, InputError
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
 from am.model.memory import retain_freed_memory
+from am.model.tta import averaged, views
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,10 @@ class Predictor:
         compile: bool = False,
         compile_budget_s: float = DEFAULT_COMPILE_BUDGET_S,
         compile_required: bool = False,
+        tta: str = "off",
     ) -> None:
+        views(tta)
+        self._tta = tta
         self._meta = meta
         self._device = torch.device(device)
         self._cuda = self._device.type == "cuda"
@@ -151,6 +157,7 @@ class Predictor:
         precision: str = "auto",
         compile: str = "off",
         compile_budget_s: float = DEFAULT_COMPILE_BUDGET_S,
+        tta: str = "off",
     ) -> Predictor:
         """Load a local checkpoint (path or bytes; ``s3://`` URIs are the caller's to download).
 
@@ -160,6 +167,7 @@ class Predictor:
         is fp16 on CUDA, fp32 on CPU. ``compile`` is auto (CUDA only), on or off; compiling
         happens here, for ``batch_size`` tiles of the checkpoint's tile size, and an ``on``
         compile that fails raises CheckpointError (``auto`` falls back to running uncompiled).
+        ``tta`` is the test-time augmentation of calls that do not choose their own.
         """
         if isinstance(source, str) and source.startswith("s3://"):
             raise InputError(f"model {source} is an S3 URI: download it first and pass the local file")
@@ -180,7 +188,7 @@ class Predictor:
         model = build_model(meta)
         model.load_state_dict(state, strict=True)
         return cls(model, meta, device=device, batch_size=batch_size, precision=precision, compile=use_compile,
-                   compile_budget_s=compile_budget_s, compile_required=compile == "on")
+                   compile_budget_s=compile_budget_s, compile_required=compile == "on", tta=tta)
 
     @property
     def meta(self) -> ModelMeta:
@@ -202,38 +210,49 @@ class Predictor:
     def compiled(self) -> bool:
         return self._compiled is not None
 
-    def predict(self, tiles: np.ndarray) -> np.ndarray:
-        """Masks for uint8 tiles of shape (N, H, W): uint8 (N, H, W), 255 where p >= threshold, else 0."""
+    @property
+    def tta(self) -> str:
+        return self._tta
+
+    def predict(self, tiles: np.ndarray, *, tta: str | None = None) -> np.ndarray:
+        """Masks for uint8 tiles of shape (N, H, W): uint8 (N, H, W), 255 where p >= threshold, else 0.
+
+        ``tta`` None uses the predictor's own; "flips" or "d4" threshold the averaged views.
+        """
         self._check(tiles)
+        tta = self._tta if tta is None else tta
+        views(tta)
         out = np.empty(tiles.shape, dtype=np.uint8)
         times = PredictTimes()
         with torch.inference_mode():
             for start in range(0, tiles.shape[0], self._batch_size):
                 chunk = tiles[start : start + self._batch_size]
-                out[start : start + len(chunk)] = self._masks(chunk, times)
+                out[start : start + len(chunk)] = self._masks(chunk, times, tta)
         self.last_times = times
         return out
 
-    def predict_proba(self, tiles: np.ndarray) -> np.ndarray:
+    def predict_proba(self, tiles: np.ndarray, *, tta: str | None = None) -> np.ndarray:
         """Mark probabilities in [0, 1] as float32 (N, H, W), for evaluation and pseudo-labelling."""
         self._check(tiles)
+        tta = self._tta if tta is None else tta
+        views(tta)
         out = np.empty(tiles.shape, dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, tiles.shape[0], self._batch_size):
                 chunk = tiles[start : start + self._batch_size]
                 x = self._to_device(chunk)
-                out[start : start + len(chunk)] = self._proba(x, len(chunk)).cpu().numpy()
+                out[start : start + len(chunk)] = self._proba(x, len(chunk), tta).cpu().numpy()
         return out
 
     # -- the steps of one chunk ------------------------------------------------------------
 
-    def _masks(self, chunk: np.ndarray, times: PredictTimes) -> np.ndarray:
+    def _masks(self, chunk: np.ndarray, times: PredictTimes, tta: str) -> np.ndarray:
         n = len(chunk)
         if not self._cuda:
             start = time.perf_counter()
             x = torch.from_numpy(np.ascontiguousarray(chunk))
             moved = time.perf_counter()
-            mask = self._threshold(self._proba(x, n))
+            mask = self._threshold(self._proba(x, n, tta))
             done = time.perf_counter()
             times.add(PredictTimes(tiles=n, h2d=moved - start, compute=done - moved))
             return mask.numpy()
@@ -241,7 +260,7 @@ class Predictor:
         events[0].record()
         x = self._to_device(chunk)
         events[1].record()
-        mask = self._threshold(self._proba(x, n))
+        mask = self._threshold(self._proba(x, n, tta))
         events[2].record()
         host = self._staging_for(chunk.shape)[1][:n]
         host.copy_(mask, non_blocking=True)
@@ -259,17 +278,21 @@ class Predictor:
         pinned.numpy()[...] = chunk
         return pinned.to(self._device, non_blocking=True)
 
-    def _proba(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
-        """Probabilities (n, H, W) float32 on the device; a compiled model sees only its one batch shape."""
+    def _proba(self, pixels: torch.Tensor, n: int, tta: str) -> torch.Tensor:
+        """Probabilities (n, H, W) float32 on the device, averaged over the views ``tta`` names."""
         x = prepare_input(pixels.unsqueeze(1), self._meta, dtype=self._dtype)
+        return averaged(lambda view: self._forward(view, n), x, tta)[:, 0]
+
+    def _forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Probabilities (n, 1, H, W) of one view; a compiled model sees only its one batch shape."""
+        x = x.contiguous(memory_format=torch.channels_last)
         model = self._model
         if self._compiled is not None and self._compiled_shape == (self._batch_size, *x.shape[2:]):
             model = self._compiled
             if n < self._batch_size:
                 pad = x.new_zeros((self._batch_size - n, *x.shape[1:]))
                 x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
-        logits = model(x)[:n]
-        return torch.sigmoid(logits.float())[:, 0]
+        return torch.sigmoid(model(x)[:n].float())
 
     def _threshold(self, proba: torch.Tensor) -> torch.Tensor:
         return (proba >= self._meta.threshold).to(torch.uint8).mul_(255)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from am.cli import EXIT_OK, configure_logging, run_main
 from am.errors import InputError
+from am.messages import TTA_MODES
 from am.settings import BACKENDS, config_path_from, load_settings
 
 log = logging.getLogger("am.pipeline")
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=float,
                         help="resize factor applied before segmentation and undone after, for marks much larger "
                              "(e.g. 0.5) or smaller (e.g. 2) than the model was trained on (default 1)")
+    parser.add_argument("--tta", choices=TTA_MODES,
+                        help="test-time augmentation: off (default), flips (4 views averaged) or d4 (8 views: "
+                             "the cleanest masks, 8x the model time)")
     parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {"backend": args.backend, "workers": args.workers, "model": args.model,
                      "tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "scale": args.scale,
-                     "batch_size": args.batch_size, "log_level": args.log_level}
+                     "tta": args.tta, "batch_size": args.batch_size, "log_level": args.log_level}
         settings = load_settings(overrides, environ=os.environ,
                                  config_path=config_path_from(args.config, os.environ))
         configure_logging(settings.log_level)

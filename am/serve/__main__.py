@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from am.cli import EXIT_OK, configure_logging, run_main
+from am.messages import TTA_MODES
 from am.settings import config_path_from, load_settings
 
 log = logging.getLogger("am.serve")
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     serve.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
     serve.add_argument("--batch-size", type=int, help="tiles per model call (default: by device)")
+    serve.add_argument("--tta", choices=TTA_MODES,
+                       help="test-time augmentation: off (default), flips (4 views) or d4 (8 views)")
     serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     return parser
 
@@ -73,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         from am.serve.segment import ImageSegmenter, find_model
 
         overrides = {"tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "batch_size": args.batch_size,
-                     "log_level": args.log_level}
+                     "log_level": args.log_level, "tta": args.tta}
         settings = load_settings(overrides, environ=os.environ, config_path=config_path_from(args.config, os.environ))
         configure_logging(settings.log_level)
         model_path = find_model(args.model_dir)
         predictor = Predictor.from_checkpoint(model_path, device=args.device, threads=args.threads,
-                                              batch_size=settings.batch_size)
+                                              batch_size=settings.batch_size, tta=settings.tta)
         log.info("model %s loaded on %s; tiles of %d px overlapping by %d", model_path, predictor.device,
                  settings.tile_size, settings.tile_overlap)
         segmenter = ImageSegmenter(predictor, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,

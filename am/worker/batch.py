@@ -96,7 +96,7 @@ class TileSteps:
             tile.fail(f"input: {exc}")
 
     def infer(self, tiles: list[TileWork]) -> None:
-        """Masks for every decoded tile, one forward pass per group of tiles sharing model and shape."""
+        """Masks for every decoded tile, one forward pass per group of tiles sharing model, TTA and shape."""
         for group in _groups(t for t in tiles if t.ok):
             self._infer(group)
 
@@ -117,7 +117,7 @@ class TileSteps:
             tile.fail(f"output: {exc}")
 
     def _infer(self, group: list[TileWork]) -> None:
-        model = group[0].message.model
+        model, tta = group[0].message.model, group[0].message.tta
         try:
             predictor = self._predictor_for(model)
         except AmError as exc:
@@ -128,7 +128,7 @@ class TileSteps:
         batch = np.concatenate([t.image for t in group if t.image is not None])
         start = self._timer()
         try:
-            masks = predictor.predict(batch)
+            masks = predictor.predict(batch, tta=tta)
             if masks.shape != batch.shape:
                 raise AmError(f"model returned masks of shape {masks.shape} for tiles of shape {batch.shape}")
         except Exception as exc:  # torch reports device and memory failures as RuntimeError and kin
@@ -159,11 +159,11 @@ class TileSteps:
 
 
 def _groups(tiles: Iterable[TileWork]) -> list[list[TileWork]]:
-    """Messages whose tiles can share forward passes: same model, same tile shape."""
-    groups: dict[tuple[str, tuple[int, ...]], list[TileWork]] = defaultdict(list)
+    """Messages whose tiles can share forward passes: same model, same test-time augmentation, same tile shape."""
+    groups: dict[tuple[str, str, tuple[int, ...]], list[TileWork]] = defaultdict(list)
     for tile in tiles:
         if tile.image is not None:
-            groups[(tile.message.model, tile.image.shape[1:])].append(tile)
+            groups[(tile.message.model, tile.message.tta, tile.image.shape[1:])].append(tile)
     return list(groups.values())
 
 

@@ -29,12 +29,15 @@ DEFAULT_CAPACITY = 2
 
 
 class Predictor(Protocol):
-    """What the worker needs of a model: 0/255 masks for a batch of uint8 tiles, and its device."""
+    """What the worker needs of a model: 0/255 masks for a batch of uint8 tiles, and its device.
+
+    ``tta`` is the message's test-time augmentation (:data:`am.messages.TTA_MODES`).
+    """
 
     @property
     def device(self) -> str: ...
 
-    def predict(self, tiles: np.ndarray) -> np.ndarray: ...
+    def predict(self, tiles: np.ndarray, *, tta: str = "off") -> np.ndarray: ...
 
 
 class ModelCache:

@@ -154,7 +154,7 @@ class _ThresholdPredictor:
     device = "cpu"
     batch_size = 4
 
-    def predict(self, tiles: np.ndarray) -> np.ndarray:
+    def predict(self, tiles: np.ndarray, *, tta: str = "off") -> np.ndarray:
         return np.where(tiles >= 128, np.uint8(255), np.uint8(0))
 
 

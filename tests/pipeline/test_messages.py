@@ -96,3 +96,22 @@ def test_tile_result_round_trip_and_validation():
     body = json.loads(result.to_json())
     with pytest.raises(MessageError, match="compute_s"):
         TileResult.from_json(json.dumps({**body, "compute_s": -1}))
+
+
+def test_tta_travels_in_the_message_and_off_leaves_the_wire_format_unchanged():
+    plain = json.loads(make().to_json())
+    assert "tta" not in plain and TileMessage.from_json(json.dumps(plain)).tta == "off"
+    for mode in ("flips", "d4"):
+        message = make(tta=mode)
+        assert json.loads(message.to_json())["tta"] == mode
+        assert TileMessage.from_json(message.to_json()) == message
+
+
+@pytest.mark.parametrize("tta", ["d8", "", "OFF", 1, None])
+def test_an_unknown_tta_is_rejected(tta):
+    body = {**json.loads(make().to_json()), "tta": tta}
+    with pytest.raises(MessageError, match="tta"):
+        TileMessage.from_json(json.dumps(body))
+    if isinstance(tta, str):
+        with pytest.raises(MessageError, match="off, flips, d4"):
+            make(tta=tta)

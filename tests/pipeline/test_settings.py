@@ -65,3 +65,18 @@ def test_job_timeout_grows_with_tiles_and_shrinks_with_workers():
     settings = Settings(workers=2)
     assert settings.job_timeout_s(2000) > settings.job_timeout_s(20)
     assert Settings(workers=4).job_timeout_s(2000) < settings.job_timeout_s(2000)
+
+
+def test_tta_from_file_environment_and_option(tmp_path):
+    config = tmp_path / "c.yml"
+    config.write_text("tta: off\n")  # YAML reads a bare off as false; it means the mode
+    assert load_settings({}, environ={}, config_path=config).tta == "off"
+    config.write_text("tta: d4\n")
+    assert load_settings({}, environ={}, config_path=config).tta == "d4"
+    assert load_settings({}, environ={"AM_TTA": "flips"}, config_path=config).tta == "flips"
+    assert load_settings({"tta": "off"}, environ={"AM_TTA": "flips"}).tta == "off"
+    with pytest.raises(ConfigError, match="tta = 'd8'.*off, flips, d4"):
+        load_settings({}, environ={"AM_TTA": "d8"})
+    config.write_text("tta: on\n")
+    with pytest.raises(ConfigError, match="tta = 'on'"):
+        load_settings({}, environ={}, config_path=config)

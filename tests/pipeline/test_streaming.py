@@ -45,7 +45,11 @@ class Threshold:
 
     device = "cpu"
 
-    def predict(self, tiles: np.ndarray) -> np.ndarray:
+    def __init__(self) -> None:
+        self.ttas: list[str] = []
+
+    def predict(self, tiles: np.ndarray, *, tta: str = "off") -> np.ndarray:
+        self.ttas.append(tta)
         return np.where(tiles >= 128, np.uint8(255), np.uint8(0))
 
 
@@ -69,7 +73,8 @@ class Deployment:
     def open_backend(self, settings: Settings, *, model: str, log_dir: Path,
                      base_environment: Mapping[str, str] | None = None) -> Iterator[Backend]:
         self.opened += 1
-        launcher = ThreadLauncher(self.clients, Threshold(), input_bucket=settings.input_bucket,
+        self.predictor = Threshold()
+        launcher = ThreadLauncher(self.clients, self.predictor, input_bucket=settings.input_bucket,
                                   output_bucket=settings.output_bucket, queue_url=self.queue_url, events=self.events)
         self.launchers.append(launcher)
         try:
@@ -199,6 +204,18 @@ def test_rerun_reuses_every_tile_without_starting_a_backend_and_resumes_a_missin
     assert resumed.job is not None and resumed.job.tiles == 1 and resumed.tiles_reused == first.tiles - 1
     assert "normalise" not in deployment.events and deployment.events.count("enqueued 1") == 1
     assert deployment.events.count("start workers") == 1 and len(deployment.launchers[-1].workers) == 1
+
+
+def test_the_jobs_tta_reaches_the_workers_and_a_rerun_with_another_segments_again(deployment, tiny_model, tmp_path):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    deployment.settings = deployment.settings.replace(tta="d4")
+    first = _run(dataset, deployment, tiny_model, tmp_path)
+    assert first.tiles > 1 and set(deployment.predictor.ttas) == {"d4"}
+    assert _run(dataset, deployment, tiny_model, tmp_path).job is None  # same TTA: every mask reused
+    deployment.settings = deployment.settings.replace(tta="off")
+    again = _run(dataset, deployment, tiny_model, tmp_path)
+    assert again.job is not None and again.job.tiles == first.tiles and again.tiles_reused == 0
+    assert set(deployment.predictor.ttas) == {"off"}
 
 
 def test_tiler_writes_a_row_per_chunk_and_refuses_a_plan_before_every_tile_is_cut(tmp_path):

@@ -36,12 +36,14 @@ class FakePredictor:
         self.delay_s = delay_s
         self.fail = fail
         self.batches: list[int] = []
+        self.ttas: list[str] = []
         self.started = threading.Event()
         self.release = threading.Event()
         self.release.set()
 
-    def predict(self, tiles: np.ndarray) -> np.ndarray:
+    def predict(self, tiles: np.ndarray, *, tta: str = "off") -> np.ndarray:
         self.batches.append(len(tiles))
+        self.ttas.append(tta)
         self.started.set()
         self.release.wait(30)
         if self.delay_s:
@@ -74,7 +76,7 @@ class Env:
     made: list[Worker] = field(default_factory=list)
 
     def put_tiles(self, numbers: range | list[int], *, group: str = "g", corrupt: set[int] = frozenset(),
-                  per_message: int = 1) -> None:
+                  per_message: int = 1, tta: str = "off") -> None:
         """Tiles ``per_message`` to an object and a message; an object holding a ``corrupt`` tile is damaged."""
         numbers = list(numbers)
         bundles = [tuple(numbers[i:i + per_message]) for i in range(0, len(numbers), per_message)]
@@ -85,13 +87,14 @@ class Env:
                 data = data[: len(data) // 2]
             items.append((tiles_key(JOB, group, tiles), data))
         self.storage.put_many("in-bucket", items)
-        self.queue.send_many([self.message(tiles, group=group).to_json() for tiles in bundles])
+        self.queue.send_many([self.message(tiles, group=group, tta=tta).to_json() for tiles in bundles])
 
-    def message(self, tiles: int | tuple[int, ...], *, group: str = "g", model: str = MODEL) -> TileMessage:
+    def message(self, tiles: int | tuple[int, ...], *, group: str = "g", model: str = MODEL,
+                tta: str = "off") -> TileMessage:
         tiles = (tiles,) if isinstance(tiles, int) else tiles
         key = tiles_key(JOB, group, tiles)
         return TileMessage(job=JOB, group=group, tiles=tiles, input=key, output=key, model=model,
-                           reply=self.results.url)
+                           reply=self.results.url, tta=tta)
 
     def collect_results(self) -> list[TileResult]:
         out = []

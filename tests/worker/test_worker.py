@@ -377,3 +377,14 @@ def test_a_damaged_object_fails_every_tile_of_its_message_and_no_other(env: Env)
     assert {r.tiles for r in results if r.status == "failed"} == {(3, 4, 5)}
     assert [json.loads(d.body)["tiles"] for d in env.dlq.receive(wait_s=0)] == [[3, 4, 5]]
     assert (worker.stats.done, worker.stats.failed) == (3, 9)
+
+
+def test_each_message_is_segmented_with_its_own_tta_and_modes_never_share_a_forward_pass(env: Env) -> None:
+    env.put_tiles(range(0, 4), per_message=2, tta="d4")
+    env.put_tiles(range(4, 8), per_message=2)
+    predictor = FakePredictor()
+    worker = env.worker(predictor, batch_size=8)
+    assert worker.run() == 0
+    assert worker.stats.done == 8
+    # One batch of 8 tiles holds both kinds: one call per mode, each with that mode's tiles.
+    assert sorted(zip(predictor.ttas, predictor.batches, strict=True)) == [("d4", 4), ("off", 4)]
