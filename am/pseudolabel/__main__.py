@@ -22,6 +22,7 @@ from tqdm import tqdm
 from am.cli import configure_logging, run_main
 from am.errors import InputError
 from am.imageio import read_image
+from am.messages import TTA_MODES
 from am.normalize import normalize, to_grey
 from am.pseudolabel.core import CropLabel, PseudoConfig, pseudo_label
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--low", type=float, default=defaults.low,
                    help="probability at or below which a pixel is background")
     p.add_argument("--high", type=float, default=defaults.high, help="probability at or above which a pixel is a mark")
+    p.add_argument("--tta", choices=TTA_MODES, default=defaults.tta,
+                   help="average the small model's answer over 4 (flips) or 8 (d4) views in step 2 (default off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     config = PseudoConfig(small_encoder=args.small_encoder, big_encoder=args.big_encoder,
                           small_epochs=args.small_epochs, big_epochs=args.big_epochs,
                           steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, crop=args.crop,
-                          low=args.low, high=args.high, seed=args.seed, threads=args.threads)
+                          low=args.low, high=args.high, seed=args.seed, threads=args.threads, tta=args.tta)
     return run_main(partial(_pseudo_label, args, config), name="am.pseudolabel")
 
 

@@ -3,7 +3,7 @@
 The original project's semi-supervised recipe, in four steps:
 
 1. train a small, strongly regularised model on the labelled crops only;
-2. predict the whole image with it;
+2. predict the whole image with it (optionally averaged over mirrored and turned views, ``tta``);
 3. keep the confident pixels (probability >= ``high`` is a mark, <= ``low`` is background) and
    mark the rest unknown (loss weight 0), dropping confident marks too small to be real;
 4. train a bigger model on the whole image with those pseudo-labels, plus the crops.
@@ -63,6 +63,8 @@ class PseudoConfig:
     min_mark_px: int = 20
     seed: int = 0
     threads: int = 0
+    # Test-time augmentation of step 2 (am.model.tta): the small model's averaged views.
+    tta: str = "off"
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def pseudo_label(
     train(base, crops, crops, progress=progress)
 
     log.info("step 2: predicting the whole %dx%d image", image.shape[1], image.shape[0])
-    small = Predictor.from_checkpoint(out_dir / "small.pt", device=base.device or None)
+    small = Predictor.from_checkpoint(out_dir / "small.pt", device=base.device or None, tta=config.tta)
     proba = predict_image_proba(small, image)
     mask, known = confident_labels(proba, low=config.low, high=config.high, min_mark_px=config.min_mark_px)
     for crop, label in zip(crops, labels, strict=True):  # a person's labels beat the model's

@@ -32,6 +32,16 @@ def serve(tmp_path_factory, tiny_model):
         yield server
 
 
+@pytest.fixture(scope="module")
+def serve_d4(tmp_path_factory, tiny_model):
+    base = tmp_path_factory.mktemp("serve-d4")
+    (base / "model").mkdir()
+    shutil.copy(tiny_model, base / "model" / "model.pt")
+    args = ["am.serve", "serve", "--model-dir", str(base / "model"), "--device", "cpu", "--tta", "d4", *TILE]
+    with running(args, tmp=base, name="serve-d4") as server:
+        yield server
+
+
 def decode(data: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
@@ -50,6 +60,16 @@ def test_invocations_returns_the_mask_the_model_gives_for_a_tile(serve, tiny_mod
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     expected = Predictor.from_checkpoint(tiny_model, device="cpu").predict(normalize(tile)[None])[0]
     np.testing.assert_array_equal(decode(response.content), expected)
+
+
+def test_serve_with_tta_returns_the_mask_of_the_averaged_views(serve_d4, tiny_model):
+    tile = np.random.default_rng(6).integers(0, 256, size=(128, 128), dtype=np.uint8)
+    response = serve_d4.client.post("/invocations", content=png_bytes(tile), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu")
+    expected = predictor.predict(normalize(tile)[None], tta="d4")[0]
+    np.testing.assert_array_equal(decode(response.content), expected)
+    assert not np.array_equal(expected, predictor.predict(normalize(tile)[None])[0])
 
 
 @pytest.mark.parametrize("content_type", ["application/x-image", "image/tiff"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from am.evaluate.heldout import held_out_images
 from am.evaluate.metrics import Scores
+from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
 from am.model.checkpoint import default_model_path, load_checkpoint
 from am.model.predict import Predictor
@@ -27,3 +30,13 @@ def test_shipped_model_segments_held_out_synthetic_marks() -> None:
     pooled = Scores.combine([r.scores for r in results])
     assert pooled.dice >= 0.9, [round(r.scores.dice, 3) for r in results]
     assert pooled.f1 >= 0.8, [round(r.scores.f1, 3) for r in results]
+
+
+def test_shipped_model_with_d4_tta_on_the_real_samples(real_data: Path) -> None:
+    """The README's real-sample figures with --tta d4 (crop1 blob clean, crop2 0.796, tile_a one speck)."""
+    predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2, tta="d4")
+    report = evaluate_real(predictor, real_data)
+    crops, tiles = report["crops"], report["tiles"]
+    assert crops["crop1"]["blob_false_marks"] == 0, crops["crop1"]
+    assert crops["crop2"]["dice"] >= 0.79 and crops["crop3"]["dice"] >= 0.9, crops
+    assert tiles["tile_a_512"]["specks"] <= 2, tiles

@@ -25,12 +25,13 @@ def test_cli_table_json_and_side_by_side(tmp_path: Path, tiny_model: Path) -> No
         write_png(tmp_path / "msk" / f"a{i}.png", item.mask * 255)
     cmd = [sys.executable, "-m", "am.evaluate", "--model", str(tiny_model), "--images", str(tmp_path / "img"),
            "--masks", str(tmp_path / "msk"), "--side-by-side", str(tmp_path / "sbs"), "--json",
-           str(tmp_path / "scores.json"), "--threads", "1"]
+           str(tmp_path / "scores.json"), "--threads", "1", "--tta", "flips"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "overall (pooled)" in done.stdout and "a0" in done.stdout and "a1" in done.stdout
     report = json.loads((tmp_path / "scores.json").read_text())
     assert set(report["images"]) == {"a0", "a1"} and 0 <= report["overall"]["dice"] <= 1
+    assert report["tta"] == "flips" and "tta flips" in done.stdout
     panel = read_image(tmp_path / "sbs" / "a0.png")
     assert panel.ndim == 3 and panel.shape[0] == 2 * 96  # small images are shown enlarged twice
     missing = subprocess.run([*cmd[:3], "--model", str(tmp_path / "none.pt"), "--synthetic", "1"], cwd=REPO,

@@ -38,7 +38,7 @@ def test_cli_runs_the_recipe(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "am.pseudolabel", str(tmp_path / "big.png"), "--labels", str(tmp_path / "labels"),
            "--out", str(out), "--small-encoder", "tu-mobilenetv3_small_100", "--big-encoder",
            "tu-mobilenetv3_small_100", "--small-epochs", "1", "--big-epochs", "1", "--steps-per-epoch", "2",
-           "--batch-size", "2", "--crop", "64", "--threads", "1", "--log-level", "WARNING"]
+           "--batch-size", "2", "--crop", "64", "--threads", "1", "--tta", "flips", "--log-level", "WARNING"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("pseudo_mask.png", "known.png", "overlay.png", "small.pt", "model.pt", "summary.json"):
@@ -49,7 +49,8 @@ def test_cli_runs_the_recipe(tmp_path: Path) -> None:
     # The person's labels are kept as given, and trusted.
     np.testing.assert_array_equal(mask[:64, :64] > 0, item.mask[:64, :64] > 0)
     assert (known[64:128, 96:160] == 255).all()
-    assert 0 < json.loads((out / "summary.json").read_text())["known_fraction"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["known_fraction"] <= 1 and summary["config"]["tta"] == "flips"
     bad = subprocess.run([*cmd[:4], "--labels", str(tmp_path), "--out", str(out)], cwd=REPO, capture_output=True,
                          text=True, check=False)
     assert bad.returncode == 1 and "X_Y.png" in bad.stderr
