@@ -3,7 +3,7 @@
 A mark is the same mark turned by 90 degrees or mirrored, but a compact U-Net does not answer
 exactly the same on each view. Averaging the probabilities of several views smooths out the
 answers that depend on one orientation: on the real samples that removes the false mark on
-crop1's out-of-focus blob and lifts crop2's Dice (README, "Model quality"). It costs one forward
+crop1's out-of-focus blob and lifts crop2's Dice (README, "Model"). It costs one forward
 pass per view::
 
     proba = averaged(model_probabilities, x, "d4")   # x: (N, C, H, W); 8 passes

@@ -255,3 +255,14 @@ def test_restart_keeps_finished_tasks_and_resumes_one_cut_off_mid_run(api, api_d
         mask = cv2.imdecode(np.frombuffer(again.client.get(f"/masks/{cut_off}").content, np.uint8),
                             cv2.IMREAD_UNCHANGED)
         assert mask.shape == lattice.shape
+
+
+def test_each_task_runs_the_pipeline_with_the_servers_tta(tmp_path):
+    from am.api.runner import PipelineCommand
+    from am.pipeline.__main__ import build_parser
+    from am.settings import Settings
+
+    for mode in ("off", "d4"):
+        argv = PipelineCommand(Settings(tta=mode)).argv(tmp_path / "task", rows=None, cols=None)
+        parsed = build_parser().parse_args(argv[3:])
+        assert parsed.tta == mode and parsed.no_register
