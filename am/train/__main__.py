@@ -5,7 +5,7 @@ Trains an smp U-Net from folders in the original training layout
 both. Writes the best epoch to ``--out`` (a checkpoint), ``OUT.metrics.csv``/``.json`` (one row
 per epoch) and, while a run is unfinished, ``OUT.resume`` (for ``--resume``).
 
-The shipped CPU default is trained by ``make model``: five runs of this command, the first from
+The shipped CPU default is trained by ``make model``: six runs of this command, the first from
 scratch and each of the others from the previous one's weights (the ``model`` target of the
 Makefile holds the exact options).
 

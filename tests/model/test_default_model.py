@@ -24,7 +24,7 @@ def test_shipped_model_is_small_and_trained() -> None:
 
 
 def test_shipped_model_segments_held_out_synthetic_marks() -> None:
-    """The README's held-out figures (Dice 0.912, object F1 0.818), kept from slipping."""
+    """The README's held-out figures (Dice 0.912, object F1 0.820), kept from slipping."""
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
     results = evaluate(predictor, held_out_images())
     pooled = Scores.combine([r.scores for r in results])
@@ -33,10 +33,10 @@ def test_shipped_model_segments_held_out_synthetic_marks() -> None:
 
 
 def test_shipped_model_with_d4_tta_on_the_real_samples(real_data: Path) -> None:
-    """The README's real-sample figures with --tta d4 (crop1 blob clean, crop2 0.796, tile_a one speck)."""
+    """The README's real-sample figures with --tta d4 (crop1 blob clean, crop2 0.810, no speck on tile_a)."""
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2, tta="d4")
     report = evaluate_real(predictor, real_data)
     crops, tiles = report["crops"], report["tiles"]
     assert crops["crop1"]["blob_false_marks"] == 0, crops["crop1"]
-    assert crops["crop2"]["dice"] >= 0.79 and crops["crop3"]["dice"] >= 0.9, crops
-    assert tiles["tile_a_512"]["specks"] <= 2, tiles
+    assert crops["crop2"]["dice"] >= 0.8 and crops["crop3"]["dice"] >= 0.9, crops
+    assert tiles["tile_a_512"]["specks"] <= 1, tiles
