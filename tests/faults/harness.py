@@ -115,6 +115,24 @@ class PipelineRun:
         self.wait_until(lambda: number in self.workers(), timeout=timeout, what=f"worker {number}")
         return self.workers()[number][0]
 
+    def wait_for_first_batch(self, *, timeout: float = 90) -> int:
+        """Wait until any worker has finished a batch; the pid of the first that did.
+
+        That worker is the one taking the job's messages, and the job has just begun, so it still
+        holds the batches it prefetched: a fault injected now lands mid-job, whichever worker
+        happened to load its model first.
+        """
+        def first() -> int | None:
+            for _number, (pid, log) in sorted(self.workers().items()):
+                if log.is_file() and "batch of" in log.read_text(errors="replace"):
+                    return pid
+            return None
+
+        self.wait_until(lambda: first() is not None, timeout=timeout, what="a finished batch in a worker's log")
+        pid = first()
+        assert pid is not None
+        return pid
+
     def wait_for_batch(self, number: int, *, timeout: float = 90) -> int:
         """Wait until worker ``number`` has finished a batch (so it holds its model and is in its loop); its pid."""
         pid = self.wait_for_worker(number, timeout=timeout)

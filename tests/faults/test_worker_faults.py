@@ -22,7 +22,7 @@ def test_worker_killed_mid_batch_its_tiles_come_back_and_the_mask_is_unchanged(t
     """Fault 1: SIGKILL loses the messages a worker holds until their visibility timeout; another worker does them."""
     dataset = make_dataset(tmp_path / "ds", {"g1": (1000, 1000)})
     with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=BUSY) as run:
-        victim = run.wait_for_batch(0)
+        victim = run.wait_for_first_batch()
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         assert run.wait(timeout=180) == 0, run.stderr[-4000:]
