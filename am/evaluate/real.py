@@ -58,8 +58,9 @@ def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None
         predicted = predict_image_proba(predictor, image) >= predictor.meta.threshold
         _, _, stats, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
         areas = stats[1:, cv2.CC_STAT_AREA]
-        small = areas[areas < MIN_MARK_PX * 4]
-        report["tiles"][name] = {"marks": int((areas >= MIN_MARK_PX * 4).sum()),
+        mark_sized = areas >= MIN_MARK_PX * 4
+        small = areas[~mark_sized]
+        report["tiles"][name] = {"marks": int(mark_sized.sum()),
                                  "specks": len(small), "speck_px": int(small.sum()),
                                  "median_area_px": float(np.median(areas)) if len(areas) else 0.0,
                                  "mask_fraction": float(predicted.mean())}

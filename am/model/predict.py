@@ -220,8 +220,7 @@ class Predictor:
         ``tta`` None uses the predictor's own; "flips" or "d4" threshold the averaged views.
         """
         self._check(tiles)
-        tta = self._tta if tta is None else tta
-        views(tta)
+        tta = self._tta_for(tta)
         out = np.empty(tiles.shape, dtype=np.uint8)
         times = PredictTimes()
         with torch.inference_mode():
@@ -234,8 +233,7 @@ class Predictor:
     def predict_proba(self, tiles: np.ndarray, *, tta: str | None = None) -> np.ndarray:
         """Mark probabilities in [0, 1] as float32 (N, H, W), for evaluation and pseudo-labelling."""
         self._check(tiles)
-        tta = self._tta if tta is None else tta
-        views(tta)
+        tta = self._tta_for(tta)
         out = np.empty(tiles.shape, dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, tiles.shape[0], self._batch_size):
@@ -243,6 +241,12 @@ class Predictor:
                 x = self._to_device(chunk)
                 out[start : start + len(chunk)] = self._proba(x, len(chunk), tta).cpu().numpy()
         return out
+
+    def _tta_for(self, tta: str | None) -> str:
+        """The call's mode (the predictor's own when None), checked before any tile is computed."""
+        tta = self._tta if tta is None else tta
+        views(tta)
+        return tta
 
     # -- the steps of one chunk ------------------------------------------------------------
 

@@ -149,8 +149,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.synthetic_valid > 0:
         valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
                                         seed=synth_seed + 1000, pitch_range=pitch, labels=args.synthetic_labels)
-    if args.gap_weight != 1:
-        train_items = [weigh_gaps(item, args.gap_weight) for item in train_items]
+    train_items = [weigh_gaps(item, args.gap_weight) for item in train_items]
     summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
                    synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,
                    synthetic_seed=synth_seed, pitch_range=list(pitch), synthetic_labels=args.synthetic_labels,

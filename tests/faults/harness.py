@@ -56,6 +56,11 @@ def base_environment(tmp_path: Path, marker: str, extra: Mapping[str, str] | Non
     return env
 
 
+def _finished_a_batch(log: Path) -> bool:
+    """A worker logs "batch of ..." after each batch it settles."""
+    return log.is_file() and "batch of" in log.read_text(errors="replace")
+
+
 class PipelineRun:
     """One ``python -m am.pipeline`` subprocess; killed on exit from the ``with`` block if still running."""
 
@@ -123,10 +128,8 @@ class PipelineRun:
         happened to load its model first.
         """
         def first() -> int | None:
-            for _number, (pid, log) in sorted(self.workers().items()):
-                if log.is_file() and "batch of" in log.read_text(errors="replace"):
-                    return pid
-            return None
+            return next((pid for _number, (pid, log) in sorted(self.workers().items()) if _finished_a_batch(log)),
+                        None)
 
         self.wait_until(lambda: first() is not None, timeout=timeout, what="a finished batch in a worker's log")
         pid = first()
@@ -137,11 +140,8 @@ class PipelineRun:
         """Wait until worker ``number`` has finished a batch (so it holds its model and is in its loop); its pid."""
         pid = self.wait_for_worker(number, timeout=timeout)
         log = self.workers()[number][1]
-
-        def batch_done() -> bool:
-            return log.is_file() and "batch of" in log.read_text(errors="replace")
-
-        self.wait_until(batch_done, timeout=timeout, what=f"a finished batch in worker {number}'s log")
+        self.wait_until(lambda: _finished_a_batch(log), timeout=timeout,
+                        what=f"a finished batch in worker {number}'s log")
         return pid
 
     def wait(self, *, timeout: float) -> int:
