@@ -17,7 +17,7 @@ help:
 	@echo "make run      set up, generate the sample dataset if missing, run the pipeline on it"
 	@echo "make test     set up and run the whole test suite"
 	@echo "make install  create or update the virtual environment in $(VENV)"
-	@echo "make lint     ruff over the package and tests"
+	@echo "make lint     ruff over the package, tests, benchmarks, examples and setup.py"
 	@echo "make model    train the default model from synthetic data into runs/model/"
 	@echo "make image | push | deploy | undeploy | upload-model   AWS deployment (see README, Running on AWS)"
 
@@ -67,11 +67,11 @@ run: $(STAMP) $(DATASET)
 	$(BIN)/python -m am.pipeline $(DATASET) --rows $(ROWS) --cols $(COLS)
 
 test: $(STAMP)
-	$(BIN)/python -m ruff check am tests benchmarks examples
+	$(BIN)/python -m ruff check am tests benchmarks examples setup.py
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check am tests benchmarks examples
+	$(BIN)/python -m ruff check am tests benchmarks examples setup.py
 
 clean-data:
 	rm -rf data/inference

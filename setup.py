@@ -1,5 +1,7 @@
 """Packaging for am-segm: ablation-mark segmentation and grid registration."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -40,7 +42,7 @@ setup(
     name="am-segm",
     version="0.1.0",
     description="Segment ablation marks in post-MALDI microscopy and number them by acquisition grid.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["am", "am.*"]),
