@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -173,13 +173,15 @@ def random_sample(
     pitch_range: tuple[float, float] = (20.0, 85.0),
     labels: str = "visible",
     blob_rate: float = 1.0,
+    polarity_mix: Mapping[str, float] | None = None,
 ) -> Sample:
     """One training image of ``size`` x ``size``: a random style, a lattice overfilling the frame, normalised.
 
     ``labels`` is the truth convention of :data:`am.synth.render.LABELS`; the image does not depend on it.
-    ``blob_rate`` multiplies the out-of-focus bright blobs (see :func:`am.synth.render.random_style`).
+    ``blob_rate`` multiplies the out-of-focus bright blobs and ``polarity_mix`` weighs the mark
+    polarities (see :func:`am.synth.render.random_style`).
     """
-    style = random_style(rng, pitch_range=pitch_range, blob_rate=blob_rate)
+    style = random_style(rng, pitch_range=pitch_range, blob_rate=blob_rate, polarity_mix=polarity_mix)
     pitch_x, pitch_y = style.pitch, style.pitch * style.pitch_ratio
     n = int(math.ceil(size * 1.6 / min(pitch_x, pitch_y))) + 3
     # Sometimes the acquisition's edge falls inside the frame, as at a tile on the border.
@@ -195,11 +197,12 @@ def random_sample(
 
 
 def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, float] = (20.0, 85.0),
-                 labels: str = "visible", blob_rate: float = 1.0) -> Iterator[Sample]:
+                 labels: str = "visible", blob_rate: float = 1.0,
+                 polarity_mix: Mapping[str, float] | None = None) -> Iterator[Sample]:
     """``count`` reproducible samples: sample ``i`` depends only on ``(seed, i)``."""
     for index in range(count):
         yield random_sample(np.random.default_rng([seed, index]), size=size, pitch_range=pitch_range, labels=labels,
-                            blob_rate=blob_rate)
+                            blob_rate=blob_rate, polarity_mix=polarity_mix)
 
 
 def write_tiles(

@@ -26,6 +26,7 @@ and never into the mask: the model must learn that they are not marks.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -35,6 +36,8 @@ from am.synth.lattice import Lattice
 from am.synth.shapes import PARTS, SHAPES
 
 POLARITIES = ("bright", "dark", "rim", "grey", "flat")
+# How often each polarity is drawn: bright marks are the commonest in real acquisitions.
+POLARITY_MIX = {"bright": 0.4, "dark": 0.1, "rim": 0.18, "grey": 0.14, "flat": 0.18}
 LABELS = ("visible", "footprint")
 MARK_EDGE_SIGMA = 0.6  # px: every mark's edge is softened this much before the optics blur
 OPTICS_MIN_BLUR = 0.2  # px: weaker optics blur is not applied
@@ -97,15 +100,18 @@ def random_style(
     pitch_range: tuple[float, float] = (20.0, 85.0),
     max_angle_deg: float = 10.0,
     blob_rate: float = 1.0,
+    polarity_mix: Mapping[str, float] | None = None,
 ) -> Style:
     """Draw a style covering what real acquisitions show, from tidy to hard.
 
     ``blob_rate`` multiplies how many out-of-focus bright blobs an image gets (when it gets any);
-    it draws the same random numbers whatever its value, so 1.0 gives the styles of any other run.
+    ``polarity_mix`` (relative weights by polarity, default :data:`POLARITY_MIX`) lets training
+    dwell on the polarities a model gets wrong. Neither changes which random numbers are drawn,
+    so the defaults give the styles of any other run and a new mix changes only the polarities.
     """
     pitch = float(np.exp(rng.uniform(math.log(pitch_range[0]), math.log(pitch_range[1]))))
     shape = str(rng.choice(list(SHAPES), p=[0.22, 0.15, 0.12, 0.18, 0.15, 0.08, 0.1]))
-    polarity = str(rng.choice(POLARITIES, p=[0.4, 0.1, 0.18, 0.14, 0.18]))
+    polarity = str(rng.choice(POLARITIES, p=polarity_probabilities(polarity_mix or POLARITY_MIX)))
     fill = rng.uniform(0.28, 0.45) if shape in ("blob", "flag", "elongated") else rng.uniform(0.3, 0.48)
     background = rng.uniform(0.08, 0.55)
     speckle = rng.uniform(0.05, 0.45)
@@ -140,6 +146,17 @@ def random_style(
         shadow=float(rng.choice([0.0, rng.uniform(0.1, 0.4)], p=[0.6, 0.4])),
         debris=float(rng.choice([0.0, rng.uniform(5.0, 80.0)], p=[0.5, 0.5])),
     )
+
+
+def polarity_probabilities(mix: Mapping[str, float]) -> list[float]:
+    """Probabilities in :data:`POLARITIES` order from relative weights; unnamed polarities get 0."""
+    unknown = sorted(set(mix) - set(POLARITIES))
+    if unknown:
+        raise ValueError(f"polarity {', '.join(unknown)} is not one of {', '.join(POLARITIES)}")
+    weights = [float(mix.get(name, 0.0)) for name in POLARITIES]
+    if min(weights) < 0 or not math.isfinite(sum(weights)) or sum(weights) <= 0:
+        raise ValueError(f"polarity weights must be >= 0 with a positive sum, got {dict(mix)}")
+    return [w / sum(weights) for w in weights]
 
 
 def render(

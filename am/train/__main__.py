@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from am.cli import configure_logging, run_main
-from am.synth.render import LABELS
+from am.synth.render import LABELS, POLARITIES, polarity_probabilities
 from am.train.data import load_split, synthetic_images, weigh_gaps
 from am.train.loop import TrainConfig, metrics_path, train
 
@@ -40,6 +40,24 @@ def _channels(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"channel counts must be positive, got {text!r}")
     return values
+
+
+def _polarity_mix(text: str) -> dict[str, float]:
+    """``bright=1,rim=2`` -> relative weights; polarities left out are not drawn."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            mix[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT pairs such as 'bright=1,rim=2', got {part!r}")
+    try:
+        polarity_probabilities(mix)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return mix
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,6 +82,10 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic-blobs", type=float, default=1.0,
                       help="multiply the out-of-focus bright blobs (not marks) of synthetic training images "
                            "(default 1; validation images keep the generator's rate)")
+    data.add_argument("--synthetic-polarities", type=_polarity_mix, default=None, metavar="NAME=WEIGHT,...",
+                      help="relative weights of the mark polarities (" + ", ".join(POLARITIES) + ") in synthetic "
+                           "training images, e.g. 'bright=1,dark=1,rim=1,grey=1,flat=1' (default: the "
+                           "generator's mix; validation images keep it)")
     data.add_argument("--gap-weight", type=int, default=1,
                       help="loss weight of the background between two close marks in training images "
                            "(default 1: no extra weight; 5 teaches a model to keep dense marks apart)")
@@ -144,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.synthetic > 0:
         train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
                                         pitch_range=pitch, labels=args.synthetic_labels,
-                                        blob_rate=args.synthetic_blobs,
+                                        blob_rate=args.synthetic_blobs, polarity_mix=args.synthetic_polarities,
                                         progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
     if args.synthetic_valid > 0:
         valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
@@ -153,7 +175,8 @@ def _train(args: argparse.Namespace) -> int:
     summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
                    synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,
                    synthetic_seed=synth_seed, pitch_range=list(pitch), synthetic_labels=args.synthetic_labels,
-                   synthetic_blobs=args.synthetic_blobs, gap_weight=args.gap_weight)
+                   synthetic_blobs=args.synthetic_blobs, synthetic_polarities=args.synthetic_polarities,
+                   gap_weight=args.gap_weight)
     config = TrainConfig(
         out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
         decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,

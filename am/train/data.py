@@ -11,7 +11,7 @@ from a seed. Either way training draws fresh random crops every epoch::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -111,10 +111,11 @@ def synthetic_images(
     progress: Callable[[Iterable], Iterable] | None = None,
     labels: str = "visible",
     blob_rate: float = 1.0,
+    polarity_mix: Mapping[str, float] | None = None,
 ) -> list[Labelled]:
     """``count`` generated images of ``size`` x ``size``; image ``i`` depends only on ``(seed, i)``."""
     samples: Iterable = iter_samples(seed, count, size=size, pitch_range=pitch_range, labels=labels,
-                                     blob_rate=blob_rate)
+                                     blob_rate=blob_rate, polarity_mix=polarity_mix)
     if progress is not None:
         samples = progress(samples)
     return [Labelled.from_arrays(s.image, s.mask, name=f"synthetic/{seed}/{i:05d}") for i, s in enumerate(samples)]

@@ -15,7 +15,7 @@ from scipy import ndimage
 from am.imageio import read_image
 from am.synth.dataset import random_sample, write_dataset
 from am.synth.lattice import Lattice
-from am.synth.render import SHAPES, Style, random_style, render
+from am.synth.render import POLARITIES, POLARITY_MIX, SHAPES, Style, polarity_probabilities, random_style, render
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -198,6 +198,30 @@ def _deep_inside(mask: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.erode(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+
+
+def test_polarity_mix_changes_the_polarities_and_nothing_else() -> None:
+    from dataclasses import replace
+
+    plain = [random_style(np.random.default_rng(s)) for s in range(200)]
+    even = [random_style(np.random.default_rng(s), polarity_mix=dict.fromkeys(POLARITIES, 1.0)) for s in range(200)]
+    rim_only = [random_style(np.random.default_rng(s), polarity_mix={"rim": 3.0}) for s in range(20)]
+    assert [s.polarity for s in plain] == [
+        s.polarity for s in (random_style(np.random.default_rng(i), polarity_mix=POLARITY_MIX) for i in range(200))]
+    assert {s.polarity for s in rim_only} == {"rim"}
+    for a, b in zip(plain, even, strict=True):
+        assert replace(b, polarity=a.polarity) == a
+    # Bright is drawn 40 % of the time by default; an even mix draws it about 20 %.
+    bright_plain = sum(s.polarity == "bright" for s in plain)
+    bright_even = sum(s.polarity == "bright" for s in even)
+    assert bright_even < bright_plain and 20 <= bright_even <= 60 and 60 <= bright_plain <= 100
+
+
+@pytest.mark.parametrize("mix", [{"purple": 1.0}, {"bright": -1.0, "rim": 2.0}, {"bright": 0.0},
+                                 {"bright": float("nan")}])
+def test_polarity_mix_rejects_unknown_names_and_bad_weights(mix: dict) -> None:
+    with pytest.raises(ValueError, match="polarit"):
+        polarity_probabilities(mix)
 
 
 def test_blob_rate_multiplies_the_bright_blobs_and_nothing_else() -> None:
