@@ -121,6 +121,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
                      help="start from this checkpoint's weights (same architecture; optimiser and schedule "
                           "start afresh)")
+    run.add_argument("--init-partial", action="store_true",
+                     help="with --init: allow other --decoder-channels, keeping every tensor whose shape fits "
+                          "(the encoder and the decoder stages left as they were) and starting the rest afresh")
     run.add_argument("--keep-state", action="store_true",
                      help="keep OUT.resume after the last epoch (default: delete it, it is large)")
     run.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this limit")
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--crop and --synthetic-size must be multiples of 32 (crop at least 64)")
     if len(args.decoder_channels) != args.encoder_depth:
         p.error(f"--decoder-channels needs {args.encoder_depth} values, one per encoder stage")
+    if args.init_partial and args.init is None:
+        p.error("--init-partial needs --init CHECKPOINT")
     if args.synthetic_blobs < 0:
         p.error("--synthetic-blobs must be >= 0")
     if not 1 <= args.gap_weight <= 255:
@@ -184,7 +189,8 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
         tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
         threads=args.threads, workers=args.workers, half=not args.fp32, resume=args.resume,
-        keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init, data_summary=summary,
+        keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init,
+        init_partial=args.init_partial, data_summary=summary,
     )
     result = train(config, train_items, valid_items, progress=_bar)
     best = result.best_metrics

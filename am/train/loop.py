@@ -70,6 +70,7 @@ class TrainConfig:
     keep_state: bool = False
     max_minutes: float = 0.0
     init: Path | None = None
+    init_partial: bool = False
     data_summary: dict[str, Any] = field(default_factory=dict)
 
     def meta(self, *, trained: bool, validation: dict[str, Any] | None = None) -> ModelMeta:
@@ -164,7 +165,7 @@ def train(
     meta = config.meta(trained=False)
     model = build_model(meta)
     if config.init is not None:
-        _load_init(model, meta, Path(config.init))
+        _load_init(model, meta, Path(config.init), partial=config.init_partial)
     model = model.to(device).to(memory_format=torch.channels_last)
     params = list(model.parameters())
     frozen = sum(1 for p in params if not p.requires_grad)
@@ -256,22 +257,37 @@ def train(
     return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, checkpoint=config.out)
 
 
-def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path) -> None:
+def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: bool = False) -> None:
     """Start from another checkpoint's weights, so a longer or differently fed run builds on a finished one.
 
     Only the weights are taken: optimiser, schedule and history start afresh. The checkpoint must
-    describe the same architecture, or the run would silently train a different network.
+    describe the same architecture, or the run would silently train a different network. With
+    ``partial`` the decoder widths may differ: a wider decoder keeps the trained encoder (and every
+    decoder tensor whose shape still fits) and starts the rest afresh, and the log says how much.
     """
     init_meta, state = load_checkpoint(path)
     ours = (meta.architecture, meta.encoder, meta.encoder_depth, tuple(meta.decoder_channels), meta.in_channels)
     theirs = (init_meta.architecture, init_meta.encoder, init_meta.encoder_depth,
               tuple(init_meta.decoder_channels), init_meta.in_channels)
-    if ours != theirs:
+    decoder = 3  # the position of the decoder widths in ``ours``/``theirs``
+    differs = [i for i in range(len(ours)) if ours[i] != theirs[i] and not (partial and i == decoder)]
+    if differs:
+        hint = "" if partial else " (--init-partial lets only the decoder widths differ)"
         raise InputError(f"--init {path} is a {theirs[0]}/{theirs[1]} (depth {theirs[2]}, decoder {list(theirs[3])}), "
                          f"not the {ours[0]}/{ours[1]} (depth {ours[2]}, decoder {list(ours[3])}) this run trains; "
-                         "pass matching --encoder/--encoder-depth/--decoder-channels or another checkpoint")
-    model.load_state_dict(state)
-    log.info("starting from the weights of %s (%s)", path, init_meta.encoder)
+                         f"pass matching --encoder/--encoder-depth/--decoder-channels or another checkpoint{hint}")
+    if not partial:
+        model.load_state_dict(state)
+        log.info("starting from the weights of %s (%s)", path, init_meta.encoder)
+        return
+    own = model.state_dict()
+    fitting = {name: t for name, t in state.items() if name in own and own[name].shape == t.shape}
+    model.load_state_dict(fitting, strict=False)
+    fresh = [name for name in own if name not in fitting]
+    kept_values = sum(own[name].numel() for name in fitting)
+    log.info("starting from %d of %d tensors of %s (%.1f %% of the values); fresh: %s", len(fitting), len(own), path,
+             100.0 * kept_values / max(1, sum(t.numel() for t in own.values())),
+             ", ".join(sorted({name.rsplit(".", 2)[0] for name in fresh})) or "none")
 
 
 def _warn_unused(model: torch.nn.Module) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,34 @@ def test_init_starts_from_a_checkpoints_weights_and_refuses_another_architecture
         train(other, images[:3], images[3:])
 
 
+def test_partial_init_keeps_what_fits_a_wider_decoder_and_nothing_else(
+        tmp_path: Path, images: list[Labelled], caplog: pytest.LogCaptureFixture) -> None:
+    first = tmp_path / "first.pt"
+    base = dict(**TINY, epochs=1, steps_per_epoch=1, batch_size=2, crop=64, warmup_steps=0, threads=1)
+    train(TrainConfig(out=first, **base, half=False), images[:3], images[3:])
+    _, start = load_checkpoint(first)
+    wider = (*TINY["decoder_channels"][:3], 16, 8)
+    assert wider != tuple(TINY["decoder_channels"])
+    second = tmp_path / "wider.pt"
+    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+        train(TrainConfig(out=second, **{**base, "decoder_channels": wider}, half=False, lr=0.0, init=first,
+                          init_partial=True, seed=3), images[:3], images[3:])
+    meta, weights = load_checkpoint(second)
+    assert tuple(meta.decoder_channels) == wider
+    learnt = [k for k in weights if "running_" not in k and "num_batches" not in k]
+    kept = [k for k in learnt if k in start and start[k].shape == weights[k].shape]
+    fresh = [k for k in learnt if k not in kept]
+    # The encoder and the unchanged decoder stages come back as they were; the widened stages and the head are new.
+    assert any(k.startswith("encoder.") for k in kept) and any(k.startswith("decoder.blocks.0") for k in kept)
+    assert all(torch.equal(weights[k], start[k]) for k in kept)
+    assert fresh and all(k.startswith(("decoder.blocks.3", "decoder.blocks.4", "segmentation_head")) for k in fresh)
+    assert "fresh: decoder.blocks.3" in caplog.text
+    other_encoder = TrainConfig(out=tmp_path / "x.pt", **{**base, "encoder": "tu-mobilenetv3_large_100"}, init=first,
+                                init_partial=True)
+    with pytest.raises(InputError, match=r"--init .*first.pt is a Unet/tu-mobilenetv3_small_100"):
+        train(other_encoder, images[:3], images[3:])
+
+
 def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
     root = tmp_path / "data"
     for split, chosen in (("train", images[:3]), ("valid", images[3:])):
@@ -157,6 +186,8 @@ def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
     assert load_checkpoint(out)[0].training["data"]["gap_weight"] == 5
     no_gain = subprocess.run([*cmd, "--gap-weight", "0"], cwd=REPO, capture_output=True, text=True, check=False)
     assert no_gain.returncode == 2 and "--gap-weight" in no_gain.stderr
+    no_init = subprocess.run([*cmd, "--init-partial"], cwd=REPO, capture_output=True, text=True, check=False)
+    assert no_init.returncode == 2 and "--init-partial needs --init" in no_init.stderr
     no_blobs = subprocess.run([*cmd, "--synthetic-blobs", "-1"], cwd=REPO, capture_output=True, text=True,
                               check=False)
     assert no_blobs.returncode == 2 and "--synthetic-blobs" in no_blobs.stderr
