@@ -111,7 +111,8 @@ def random_style(
     """
     pitch = float(np.exp(rng.uniform(math.log(pitch_range[0]), math.log(pitch_range[1]))))
     shape = str(rng.choice(list(SHAPES), p=[0.22, 0.15, 0.12, 0.18, 0.15, 0.08, 0.1]))
-    polarity = str(rng.choice(POLARITIES, p=polarity_probabilities(polarity_mix or POLARITY_MIX)))
+    mix = POLARITY_MIX if polarity_mix is None else polarity_mix
+    polarity = str(rng.choice(POLARITIES, p=polarity_probabilities(mix)))
     fill = rng.uniform(0.28, 0.45) if shape in ("blob", "flag", "elongated") else rng.uniform(0.3, 0.48)
     background = rng.uniform(0.08, 0.55)
     speckle = rng.uniform(0.05, 0.45)

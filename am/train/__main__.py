@@ -47,6 +47,8 @@ def _polarity_mix(text: str) -> dict[str, float]:
     mix: dict[str, float] = {}
     for part in text.split(","):
         name, sep, value = part.partition("=")
+        if name.strip() in mix:
+            raise argparse.ArgumentTypeError(f"polarity {name.strip()!r} is given twice in {text!r}")
         try:
             mix[name.strip()] = float(value)
         except ValueError:

@@ -191,7 +191,7 @@ def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
     no_blobs = subprocess.run([*cmd, "--synthetic-blobs", "-1"], cwd=REPO, capture_output=True, text=True,
                               check=False)
     assert no_blobs.returncode == 2 and "--synthetic-blobs" in no_blobs.stderr
-    for mix in ("bright", "bright=1,purple=2", "rim=0"):
+    for mix in ("bright", "bright=1,purple=2", "rim=0", "rim=1,rim=2"):
         bad_mix = subprocess.run([*cmd, "--synthetic-polarities", mix], cwd=REPO, capture_output=True, text=True,
                                  check=False)
         assert bad_mix.returncode == 2 and "--synthetic-polarities" in bad_mix.stderr, mix

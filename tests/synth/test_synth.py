@@ -217,11 +217,13 @@ def test_polarity_mix_changes_the_polarities_and_nothing_else() -> None:
     assert bright_even < bright_plain and 20 <= bright_even <= 60 and 60 <= bright_plain <= 100
 
 
-@pytest.mark.parametrize("mix", [{"purple": 1.0}, {"bright": -1.0, "rim": 2.0}, {"bright": 0.0},
+@pytest.mark.parametrize("mix", [{}, {"purple": 1.0}, {"bright": -1.0, "rim": 2.0}, {"bright": 0.0},
                                  {"bright": float("nan")}])
 def test_polarity_mix_rejects_unknown_names_and_bad_weights(mix: dict) -> None:
     with pytest.raises(ValueError, match="polarit"):
         polarity_probabilities(mix)
+    with pytest.raises(ValueError, match="polarit"):
+        random_style(np.random.default_rng(0), polarity_mix=mix)
 
 
 def test_blob_rate_multiplies_the_bright_blobs_and_nothing_else() -> None:
