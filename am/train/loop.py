@@ -266,16 +266,18 @@ def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: 
     decoder tensor whose shape still fits) and starts the rest afresh, and the log says how much.
     """
     init_meta, state = load_checkpoint(path)
-    ours = (meta.architecture, meta.encoder, meta.encoder_depth, tuple(meta.decoder_channels), meta.in_channels)
-    theirs = (init_meta.architecture, init_meta.encoder, init_meta.encoder_depth,
-              tuple(init_meta.decoder_channels), init_meta.in_channels)
-    decoder = 3  # the position of the decoder widths in ``ours``/``theirs``
-    differs = [i for i in range(len(ours)) if ours[i] != theirs[i] and not (partial and i == decoder)]
-    if differs:
+
+    def body(m: ModelMeta) -> tuple:
+        return m.architecture, m.encoder, m.encoder_depth, m.in_channels
+
+    same_decoder = tuple(meta.decoder_channels) == tuple(init_meta.decoder_channels)
+    if body(meta) != body(init_meta) or not (same_decoder or partial):
         hint = "" if partial else " (--init-partial lets only the decoder widths differ)"
-        raise InputError(f"--init {path} is a {theirs[0]}/{theirs[1]} (depth {theirs[2]}, decoder {list(theirs[3])}), "
-                         f"not the {ours[0]}/{ours[1]} (depth {ours[2]}, decoder {list(ours[3])}) this run trains; "
-                         f"pass matching --encoder/--encoder-depth/--decoder-channels or another checkpoint{hint}")
+        raise InputError(f"--init {path} is a {init_meta.architecture}/{init_meta.encoder} (depth "
+                         f"{init_meta.encoder_depth}, decoder {list(init_meta.decoder_channels)}), not the "
+                         f"{meta.architecture}/{meta.encoder} (depth {meta.encoder_depth}, decoder "
+                         f"{list(meta.decoder_channels)}) this run trains; pass matching "
+                         f"--encoder/--encoder-depth/--decoder-channels or another checkpoint{hint}")
     if not partial:
         model.load_state_dict(state)
         log.info("starting from the weights of %s (%s)", path, init_meta.encoder)
