@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "tifffile>=2023.7.10",
     "scipy>=1.11",
+    # Watershed that cuts touching marks apart (am.model.separate).
+    "scikit-image>=0.22",
     # HTTP API and the SageMaker serving contract.
     "fastapi>=0.110",
     "uvicorn>=0.29",

@@ -32,6 +32,7 @@ from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SIZE
 from am.evaluate.metrics import Scores, score
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
+from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
 from am.model.whole import predict_image_proba
 from am.synth.dataset import iter_samples
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=STYLE_SEED, help=f"generator seed (default {STYLE_SEED})")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
+    p.add_argument("--postprocess", choices=["on", "off"], default="on",
+                   help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
     p.add_argument("--json", type=Path, default=None, help="write the groups' figures as JSON here")
     args = p.parse_args(argv)
     if args.count < 1:
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:
-        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, tta=args.tta)
+        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, tta=args.tta,
+                                              postprocess=args.postprocess == "on")
     except AmError as exc:
         print(f"model_by_style: {exc}", file=sys.stderr)
         return 1
@@ -136,10 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     styled = []
     for sample in tqdm(samples, total=args.count, desc="images", unit="img"):
         proba = predict_image_proba(predictor, sample.image, tile_size=HELD_OUT_SIZE)
-        styled.append((sample.style, score(sample.mask > 0, proba >= predictor.meta.threshold)))
+        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess)
+        styled.append((sample.style, score(sample.mask > 0, predicted)))
     overall = Scores.combine([s for _, s in styled])
     groups = group_scores(styled)
-    print(f"model {model} ({predictor.meta.encoder}), tta {args.tta}, {args.count} images of seed {args.seed}")
+    print(f"model {model} ({predictor.meta.encoder}), tta {args.tta}, "
+          f"masks {'post-processed' if predictor.postprocess else 'thresholded only'}, "
+          f"{args.count} images of seed {args.seed}")
     print(table(groups, overall, len(styled)))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

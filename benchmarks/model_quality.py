@@ -40,12 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
+    p.add_argument("--postprocess", choices=["on", "off"], default="on",
+                   help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
     p.add_argument("--json", type=Path, default=None, help="write all figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:
-        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, tta=args.tta)
+        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, tta=args.tta,
+                                              postprocess=args.postprocess == "on")
         out: dict = {"model": str(model), "encoder": predictor.meta.encoder, "tta": args.tta}
         print(f"model {model} ({predictor.meta.encoder}), test-time augmentation {args.tta}")
         if args.synthetic > 0:

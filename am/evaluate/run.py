@@ -19,6 +19,7 @@ import numpy as np
 
 from am.evaluate.metrics import Scores, score
 from am.imageio import write_png
+from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
 from am.model.whole import predict_image_proba
 from am.train.data import Labelled
@@ -48,7 +49,7 @@ def evaluate(
     iterable: Iterable[Labelled] = items if progress is None else progress(items)
     for item in iterable:
         proba = predict_image_proba(predictor, item.image, tile_size=tile_size, scale=scale)
-        predicted = proba >= predictor.meta.threshold
+        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess, pixel_area=scale**2)
         known = item.weight > 0
         result = ImageResult(item.name, score(item.mask * known, predicted * known, min_object_px=min_object_px),
                              predicted)

@@ -40,7 +40,10 @@ class ModelMeta:
 
     ``input_mean``/``input_std`` apply to pixels scaled to [0, 1]: the network sees
     ``(x / 255 - input_mean) / input_std``. ``threshold`` is the only decision threshold in
-    the project: inference and validation both read it from here. ``pixel_scale`` is how many
+    the project: inference and validation both read it from here. ``seed_threshold`` (None: off)
+    is the higher level whose cores split marks that touch at ``threshold``, and components under
+    ``min_mark_px`` model pixels away from the edge are specks (0: kept); see :mod:`am.model.masks`.
+    ``pixel_scale`` is how many
     pixels of the original image one pixel seen in training stood for (1.0 = full resolution).
     """
 
@@ -52,6 +55,8 @@ class ModelMeta:
     input_mean: float = 0.5
     input_std: float = 0.25
     threshold: float = 0.5
+    seed_threshold: float | None = None
+    min_mark_px: int = 0
     tile_size: int = 512
     pixel_scale: float = 1.0
     trained: bool = False
@@ -82,6 +87,11 @@ class ModelMeta:
             raise CheckpointError(f"input_std {self.input_std} must be > 0")
         if not 0.0 < self.threshold < 1.0:
             raise CheckpointError(f"threshold {self.threshold} must lie strictly between 0 and 1")
+        if self.seed_threshold is not None and not self.threshold < self.seed_threshold < 1.0:
+            raise CheckpointError(f"seed_threshold {self.seed_threshold} must lie between threshold "
+                                  f"{self.threshold} and 1 (or be None: no separation of touching marks)")
+        if isinstance(self.min_mark_px, bool) or not isinstance(self.min_mark_px, int) or self.min_mark_px < 0:
+            raise CheckpointError(f"min_mark_px {self.min_mark_px!r} must be a whole number >= 0 (0 keeps specks)")
         if self.tile_size < 32 or self.tile_size % 32:
             raise CheckpointError(f"tile_size {self.tile_size} must be a positive multiple of 32")
         if not self.pixel_scale > 0:

@@ -18,7 +18,10 @@ The fast path is the only path; what differs by device is the arithmetic:
   once while loading within a time budget (short batches are padded to that shape, so it never
   compiles again); other shapes run uncompiled;
 - ``tta`` ("flips" or "d4", per predictor or per call) averages the probabilities of 4 or 8
-  mirrored and turned views (:mod:`am.model.tta`), at 4 or 8 times the compute.
+  mirrored and turned views (:mod:`am.model.tta`), at 4 or 8 times the compute;
+- where the checkpoint asks for more than a threshold (touching marks cut apart, specks dropped:
+  :mod:`am.model.masks`), the probabilities come back instead of the masks and the host makes
+  the masks; behind a GPU the tiles of a batch share a thread pool.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +40,7 @@ import torch
 from am.errors import CheckpointError, InputError
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
+from am.model.masks import mask_from_proba
 from am.model.memory import retain_freed_memory
 from am.model.tta import averaged, views
 
@@ -48,6 +53,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
 # torch.compile of a U-Net takes 20-60 s on a GPU host; past this the model runs uncompiled.
 DEFAULT_COMPILE_BUDGET_S = 180.0
+# Host threads making masks from probabilities behind a GPU (OpenCV and the watershed release the GIL).
+MAX_POSTPROCESS_THREADS = 8
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -87,19 +94,23 @@ class PredictTimes:
     """Where the time of one :meth:`Predictor.predict` call went, in seconds (CUDA events on a GPU).
 
     ``h2d`` includes staging the tiles in the pinned buffer; ``compute`` is normalisation, the
-    forward pass and thresholding; ``d2h`` is the copy of the masks back to host memory.
+    forward pass and thresholding; ``d2h`` is the copy of the masks (or, when post-processing, the
+    probabilities) back to host memory; ``postprocess`` is the host time making masks from
+    probabilities (cutting touching marks apart, dropping specks).
     """
 
     tiles: int = 0
     h2d: float = 0.0
     compute: float = 0.0
     d2h: float = 0.0
+    postprocess: float = 0.0
 
     def add(self, other: PredictTimes) -> None:
         self.tiles += other.tiles
         self.h2d += other.h2d
         self.compute += other.compute
         self.d2h += other.d2h
+        self.postprocess += other.postprocess
 
 
 class Predictor:
@@ -121,10 +132,13 @@ class Predictor:
         compile_budget_s: float = DEFAULT_COMPILE_BUDGET_S,
         compile_required: bool = False,
         tta: str = "off",
+        postprocess: bool = True,
     ) -> None:
         views(tta)
         self._tta = tta
         self._meta = meta
+        self._postprocess = postprocess and (meta.seed_threshold is not None or meta.min_mark_px > 0)
+        self._postprocess_pool: ThreadPoolExecutor | None = None
         self._device = torch.device(device)
         self._cuda = self._device.type == "cuda"
         self._batch_size = batch_size or (DEFAULT_BATCH_CUDA if self._cuda else DEFAULT_BATCH_CPU)
@@ -158,6 +172,7 @@ class Predictor:
         compile: str = "off",
         compile_budget_s: float = DEFAULT_COMPILE_BUDGET_S,
         tta: str = "off",
+        postprocess: bool = True,
     ) -> Predictor:
         """Load a local checkpoint (path or bytes; ``s3://`` URIs are the caller's to download).
 
@@ -168,6 +183,8 @@ class Predictor:
         happens here, for ``batch_size`` tiles of the checkpoint's tile size, and an ``on``
         compile that fails raises CheckpointError (``auto`` falls back to running uncompiled).
         ``tta`` is the test-time augmentation of calls that do not choose their own.
+        ``postprocess`` False keeps masks merely thresholded even where the checkpoint asks for
+        more (for measuring what cutting touching marks apart and dropping specks do).
         """
         if isinstance(source, str) and source.startswith("s3://"):
             raise InputError(f"model {source} is an S3 URI: download it first and pass the local file")
@@ -188,7 +205,8 @@ class Predictor:
         model = build_model(meta)
         model.load_state_dict(state, strict=True)
         return cls(model, meta, device=device, batch_size=batch_size, precision=precision, compile=use_compile,
-                   compile_budget_s=compile_budget_s, compile_required=compile == "on", tta=tta)
+                   compile_budget_s=compile_budget_s, compile_required=compile == "on", tta=tta,
+                   postprocess=postprocess)
 
     @property
     def meta(self) -> ModelMeta:
@@ -214,8 +232,14 @@ class Predictor:
     def tta(self) -> str:
         return self._tta
 
+    @property
+    def postprocess(self) -> bool:
+        """Whether masks get the checkpoint's steps beyond the threshold (it names some, and they are not off)."""
+        return self._postprocess
+
     def predict(self, tiles: np.ndarray, *, tta: str | None = None) -> np.ndarray:
-        """Masks for uint8 tiles of shape (N, H, W): uint8 (N, H, W), 255 where p >= threshold, else 0.
+        """Masks for uint8 tiles of shape (N, H, W): uint8 (N, H, W), 255 where p >= threshold, else 0,
+        then cut apart and cleaned of specks as the checkpoint says when :attr:`postprocess`.
 
         ``tta`` None uses the predictor's own; "flips" or "d4" threshold the averaged views.
         """
@@ -256,6 +280,13 @@ class Predictor:
             start = time.perf_counter()
             x = torch.from_numpy(np.ascontiguousarray(chunk))
             moved = time.perf_counter()
+            if self._postprocess:
+                proba = self._proba(x, n, tta).numpy()
+                computed = time.perf_counter()
+                masks = self._postprocessed(proba)
+                times.add(PredictTimes(tiles=n, h2d=moved - start, compute=computed - moved,
+                                       postprocess=time.perf_counter() - computed))
+                return masks
             mask = self._threshold(self._proba(x, n, tta))
             done = time.perf_counter()
             times.add(PredictTimes(tiles=n, h2d=moved - start, compute=done - moved))
@@ -264,6 +295,18 @@ class Predictor:
         events[0].record()
         x = self._to_device(chunk)
         events[1].record()
+        if self._postprocess:
+            proba = self._proba(x, n, tta)
+            events[2].record()
+            host_proba = proba.cpu()
+            events[3].record()
+            events[3].synchronize()
+            started = time.perf_counter()
+            masks = self._postprocessed(host_proba.numpy())
+            h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(3))
+            times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute, d2h=d2h,
+                                   postprocess=time.perf_counter() - started))
+            return masks
         mask = self._threshold(self._proba(x, n, tta))
         events[2].record()
         host = self._staging_for(chunk.shape)[1][:n]
@@ -273,6 +316,26 @@ class Predictor:
         h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(3))
         times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute, d2h=d2h))
         return host.numpy().copy()
+
+    def _postprocessed(self, proba: np.ndarray) -> np.ndarray:
+        """0/255 masks (n, H, W) from host probabilities (n, H, W), as the checkpoint asks.
+
+        On CPU the tiles go one after another (torch's threads have just used every core); behind
+        a GPU they share a thread pool, since a batch of 64 would otherwise keep one core busy for a second.
+        """
+        meta = self._meta
+
+        def one(p: np.ndarray) -> np.ndarray:
+            return mask_from_proba(p, meta)
+
+        if self._cuda and len(proba) > 1:
+            if self._postprocess_pool is None:
+                workers = max(1, min(MAX_POSTPROCESS_THREADS, os.cpu_count() or 1))
+                self._postprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="am-postprocess")
+            masks = list(self._postprocess_pool.map(one, proba))
+        else:
+            masks = [one(p) for p in proba]
+        return np.stack(masks).view(np.uint8) * np.uint8(255)
 
     def _to_device(self, chunk: np.ndarray) -> torch.Tensor:
         """uint8 (n, H, W) on the device: through a pinned buffer and a non-blocking copy on CUDA."""

@@ -6,7 +6,7 @@ averaged with weights that fade towards each window's edge (where context is mis
 optional rescale before inference and back after, for marks far from the training scale::
 
     proba = predict_image_proba(predictor, image, scale=2.04)   # a half-resolution crop
-    mask = (proba >= predictor.meta.threshold)
+    mask = mask_from_proba(proba, predictor.meta, pixel_area=2.04**2)   # am.model.masks
 """
 
 from __future__ import annotations

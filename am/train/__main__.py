@@ -27,6 +27,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from am.cli import configure_logging, run_main
+from am.model.masks import DEFAULT_MIN_MARK_PX
+from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.synth.render import LABELS, POLARITIES, polarity_probabilities
 from am.train.data import load_split, synthetic_images, weigh_gaps
 from am.train.loop import TrainConfig, metrics_path, train
@@ -40,6 +42,16 @@ def _channels(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"channel counts must be positive, got {text!r}")
     return values
+
+
+def _seed_threshold(text: str) -> float | None:
+    """``off`` or a probability; its range against --threshold is checked once both are known."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a probability or 'off', got {text!r}") from exc
 
 
 def _polarity_mix(text: str) -> dict[str, float]:
@@ -101,6 +113,13 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--decoder-channels", type=_channels, default=(128, 64, 32, 16, 8),
                        help="comma-separated, one per encoder stage (default 128,64,32,16,8)")
     model.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored in the checkpoint")
+    model.add_argument("--seed-threshold", type=_seed_threshold, default=DEFAULT_SEED_THRESHOLD,
+                       help="probability of the cores that split touching marks, stored in the checkpoint "
+                            f"(between --threshold and 1; 'off' keeps masks merely thresholded; default "
+                            f"{DEFAULT_SEED_THRESHOLD})")
+    model.add_argument("--min-mark-px", type=int, default=DEFAULT_MIN_MARK_PX,
+                       help="components smaller than this (model px) away from a tile's edge are specks, dropped "
+                            f"from masks; stored in the checkpoint (0 keeps them; default {DEFAULT_MIN_MARK_PX})")
     model.add_argument("--tile-size", type=int, default=512, help="tile size the model is meant for")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=20, help="epochs; each validates and may keep the best")
@@ -158,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--gap-weight must be between 1 and 255")
     if not 0 < args.scale_min <= args.scale_max:
         p.error("--scale-min must be > 0 and <= --scale-max")
+    if not 0 < args.threshold < 1:
+        p.error(f"--threshold {args.threshold} must lie strictly between 0 and 1")
+    if args.seed_threshold is not None and not args.threshold < args.seed_threshold < 1:
+        p.error(f"--seed-threshold {args.seed_threshold} must lie between --threshold {args.threshold} and 1, "
+                "or be 'off'")
+    if args.min_mark_px < 0:
+        p.error(f"--min-mark-px {args.min_mark_px} must be >= 0 (0 keeps specks)")
     return run_main(partial(_train, args), name="am.train")
 
 
@@ -189,6 +215,7 @@ def _train(args: argparse.Namespace) -> int:
         decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max), lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
+        seed_threshold=args.seed_threshold, min_mark_px=args.min_mark_px,
         tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
         threads=args.threads, workers=args.workers, half=not args.fp32, resume=args.resume,
         keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init,

@@ -31,8 +31,10 @@ from am.errors import CheckpointError, InputError
 from am.evaluate.metrics import Scores, score
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from am.model.masks import DEFAULT_MIN_MARK_PX, mask_from_proba
 from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
+from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.model.whole import predict_image_proba
 from am.train.data import CropDataset, Labelled
 
@@ -59,6 +61,8 @@ class TrainConfig:
     warmup_steps: int = 100
     dice_weight: float = 1.0
     threshold: float = 0.5
+    seed_threshold: float | None = DEFAULT_SEED_THRESHOLD
+    min_mark_px: int = DEFAULT_MIN_MARK_PX
     tile_size: int = 512
     pixel_scale: float = 1.0
     seed: int = 0
@@ -87,6 +91,8 @@ class TrainConfig:
             decoder_channels=self.decoder_channels,
             in_channels=1,
             threshold=self.threshold,
+            seed_threshold=self.seed_threshold,
+            min_mark_px=self.min_mark_px,
             tile_size=self.tile_size,
             pixel_scale=self.pixel_scale,
             trained=trained,
@@ -127,7 +133,7 @@ def validate(predictor: Predictor, items: list[Labelled], *, tile_size: int = 51
     per_image = []
     for item in items:
         proba = predict_image_proba(predictor, item.image, tile_size=tile_size, overlap=64)
-        predicted = proba >= predictor.meta.threshold
+        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess)
         known = item.weight > 0
         per_image.append(score(item.mask * known, predicted * known))
     pooled = Scores.combine(per_image)

@@ -4,8 +4,9 @@ Environment: AM_QUEUE_URL, AM_INPUT_BUCKET, AM_OUTPUT_BUCKET (required); AM_MODE
 s3:// URI, default the shipped model), AM_ENDPOINT_URL (local backend only), AM_REGION,
 AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S, AM_THREADS
 (torch CPU threads, 0: torch's default), AM_COMPILE (auto|on|off: torch.compile, auto on CUDA
-only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, fp32 on CPU), AM_LOG_LEVEL,
-AM_WORKER_ID (default host-pid).
+only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, fp32 on CPU), AM_POSTPROCESS
+(on|off: masks as the checkpoint asks, touching marks cut apart and specks dropped; default on),
+AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
 
 Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when the model
 cannot be loaded, the worker breaks, or a second signal aborts it, 2 for bad settings.
@@ -85,7 +86,7 @@ def build_worker(config: WorkerConfig) -> Worker:
     storage = Storage(clients.s3())
     models = ModelCache(
         partial(Predictor.from_checkpoint, threads=config.threads, batch_size=config.batch_size,
-                precision=config.precision, compile=config.compile),
+                precision=config.precision, compile=config.compile, postprocess=config.postprocess == "on"),
         storage=storage,
         cache_dir=Path(tempfile.gettempdir()) / "am-segm-models",
     )

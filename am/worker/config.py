@@ -23,6 +23,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # AM_COMPILE: torch.compile the model (auto: on CUDA only); AM_PRECISION (auto: fp16 on CUDA, fp32 on CPU).
 COMPILE_MODES = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# AM_POSTPROCESS: masks as the checkpoint asks (on: touching marks cut apart, specks dropped), or only thresholded.
+POSTPROCESS_MODES = ("on", "off")
 DEFAULT_IDLE_EXIT_S = 60.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 120
 # Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.
@@ -48,6 +50,7 @@ class WorkerConfig:
     worker_id: str = ""
     compile: str = "auto"
     precision: str = "auto"
+    postprocess: str = "on"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkerConfig:
@@ -77,6 +80,7 @@ class WorkerConfig:
             worker_id=text("AM_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
             compile=text("AM_COMPILE", "auto").lower(),
             precision=text("AM_PRECISION", "auto").lower(),
+            postprocess=text("AM_POSTPROCESS", "on").lower(),
         )
         config.check()
         return config
@@ -99,6 +103,9 @@ class WorkerConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"AM_PRECISION = {self.precision!r} must be one of {', '.join(PRECISIONS)} "
                               "(auto is fp16 on CUDA, fp32 on CPU)")
+        if self.postprocess not in POSTPROCESS_MODES:
+            raise ConfigError(f"AM_POSTPROCESS = {self.postprocess!r} must be one of {', '.join(POSTPROCESS_MODES)} "
+                              "(on makes masks as the model's checkpoint asks, off only thresholds)")
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ConfigError(f"AM_ENDPOINT_URL = {self.endpoint_url!r} must be an http:// or https:// URL")
 

@@ -60,9 +60,10 @@ def test_config_from_environment_defaults() -> None:
     custom = WorkerConfig.from_environ({**BASE_ENV, "AM_BATCH_SIZE": "8", "AM_LOG_LEVEL": "debug",
                                         "AM_WORKER_ID": "w7", "AM_THREADS": "2"})
     assert (custom.batch_size_for("cuda"), custom.log_level, custom.worker_id, custom.threads) == (8, "DEBUG", "w7", 2)
-    assert (config.compile, config.precision) == ("auto", "auto")
-    fast = WorkerConfig.from_environ({**BASE_ENV, "AM_COMPILE": "OFF", "AM_PRECISION": "bf16"})
-    assert (fast.compile, fast.precision) == ("off", "bf16")
+    assert (config.compile, config.precision, config.postprocess) == ("auto", "auto", "on")
+    fast = WorkerConfig.from_environ({**BASE_ENV, "AM_COMPILE": "OFF", "AM_PRECISION": "bf16",
+                                      "AM_POSTPROCESS": "Off"})
+    assert (fast.compile, fast.precision, fast.postprocess) == ("off", "bf16", "off")
 
 
 def test_config_lists_every_missing_variable() -> None:
@@ -79,6 +80,7 @@ def test_config_lists_every_missing_variable() -> None:
     ("AM_ENDPOINT_URL", "127.0.0.1:5000", "http://"),
     ("AM_COMPILE", "yes", "auto, on, off"),
     ("AM_PRECISION", "int8", "auto, fp32, fp16, bf16"),
+    ("AM_POSTPROCESS", "yes", "on, off"),
 ])
 def test_config_rejects_bad_values(name: str, value: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -1,0 +1,77 @@
+"""From a model's probabilities to the mask it stands for, as its checkpoint says.
+
+Three steps, each named by a field of :class:`~am.model.checkpoint.ModelMeta`:
+
+1. ``threshold``: a pixel is a mark where its probability reaches it;
+2. ``seed_threshold`` (None: skipped): marks that touch are cut apart (:mod:`am.model.separate`);
+3. ``min_mark_px`` (0: skipped): components smaller than this many model pixels that do not
+   touch the edge of the array are dropped. The smallest marks at the training scale cover about
+   100 px, so such a component is a speck on the tissue (or a sliver left by the cut of step 2),
+   never a mark; one that touches the edge may be the visible part of a mark the tile or image
+   cuts, and is kept.
+
+Workers (through :class:`~am.model.predict.Predictor`), ``am.serve``, evaluation and training
+validation all call :func:`mask_from_proba`, so the mask that is measured is the one written::
+
+    mask = mask_from_proba(proba, predictor.meta)                   # bool (H, W)
+    mask = mask_from_proba(proba, meta, pixel_area=2.04**2)         # probabilities resized back from 2.04x
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from am.model.checkpoint import ModelMeta
+from am.model.separate import MIN_SEED_PX, separate_touching
+
+# The speck size new checkpoints get (am.train --min-mark-px), chosen on synthetic images apart from
+# the held-out set: larger sizes start to drop the visible parts of real marks.
+DEFAULT_MIN_MARK_PX = 40
+
+
+def mask_from_proba(
+    proba: np.ndarray,
+    meta: ModelMeta,
+    *,
+    postprocess: bool = True,
+    pixel_area: float = 1.0,
+) -> np.ndarray:
+    """The checkpoint's mask of 2-D ``proba``; ``postprocess`` False stops at the threshold.
+
+    ``pixel_area`` is how many model pixels one pixel of ``proba`` covers (``scale**2`` for
+    probabilities resized back after inference at ``scale``), so sizes keep their meaning in marks.
+    """
+    if not postprocess:
+        return proba >= meta.threshold
+    if meta.seed_threshold is None:
+        mask = proba >= meta.threshold
+    else:
+        mask = separate_touching(proba, threshold=meta.threshold, seed_threshold=meta.seed_threshold,
+                                 min_seed_px=_in_pixels(MIN_SEED_PX, pixel_area))
+    if meta.min_mark_px > 0:
+        mask = drop_specks(mask, _in_pixels(meta.min_mark_px, pixel_area))
+    return mask
+
+
+def drop_specks(mask: np.ndarray, min_px: float) -> np.ndarray:
+    """``mask`` (bool) without the components under ``min_px`` pixels that do not touch its edge."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    if count <= 1:
+        return mask
+    height, width = mask.shape
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    w, h = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    on_edge = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    keep = (stats[:, cv2.CC_STAT_AREA] >= min_px) | on_edge
+    keep[0] = False
+    if keep[1:].all():
+        return mask
+    return keep[labels]
+
+
+def _in_pixels(model_px: float, pixel_area: float) -> float:
+    return model_px / pixel_area
+
+
+__all__ = ["DEFAULT_MIN_MARK_PX", "drop_specks", "mask_from_proba"]
