@@ -25,8 +25,10 @@ from skimage.segmentation import watershed
 
 from am.errors import InputError
 
-# A core smaller than this many pixels is noise on the plateau of one mark, not a mark of its own:
-# marks at the training scale cover 100 px or more at the smallest pitch (20 px).
+# Cores smaller than this many model pixels are mostly bumps on the plateau of one mark (the arms
+# of a crescent, the lobes of a split crater), not marks of their own. Chosen with the seed level on
+# synthetic images apart from the held-out set (25-300 px tried): smaller cores split more single
+# marks than they free touching ones, larger ones leave more touching marks joined.
 MIN_SEED_PX = 100
 # The seed level new checkpoints get (am.train --seed-threshold), chosen on synthetic images apart
 # from the held-out set: lower levels leave more touching marks joined, higher ones split more lobed marks.
