@@ -24,16 +24,16 @@ def test_shipped_model_is_small_and_trained() -> None:
 
 
 def test_shipped_model_segments_held_out_synthetic_marks() -> None:
-    """The README's held-out figures (Dice 0.912, object F1 0.820), kept from slipping."""
+    """The README's held-out figures (Dice 0.912, object F1 0.870 post-processed), kept from slipping."""
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
     results = evaluate(predictor, held_out_images())
     pooled = Scores.combine([r.scores for r in results])
     assert pooled.dice >= 0.9, [round(r.scores.dice, 3) for r in results]
-    assert pooled.f1 >= 0.8, [round(r.scores.f1, 3) for r in results]
+    assert pooled.f1 >= 0.85, [round(r.scores.f1, 3) for r in results]
 
 
 def test_shipped_model_with_d4_tta_on_the_real_samples(real_data: Path) -> None:
-    """The README's real-sample figures with --tta d4 (crop1 blob clean, crop2 0.810, no speck on tile_a)."""
+    """The README's real-sample figures with --tta d4 (crop1 blob clean, crop2 0.809, no speck on tile_a)."""
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2, tta="d4")
     report = evaluate_real(predictor, real_data)
     crops, tiles = report["crops"], report["tiles"]
