@@ -6,6 +6,7 @@ message says what to fix), 2 for bad usage, 130 after Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -18,6 +19,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# "on": masks as the model's checkpoint asks (touching marks cut apart, specks dropped); "off": thresholded only.
+POSTPROCESS_MODES = ("on", "off")
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -28,6 +31,17 @@ def configure_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
         force=True,
     )
+
+
+def add_postprocess_option(parser: argparse.ArgumentParser) -> None:
+    """The one ``--postprocess`` switch of every command that makes masks to measure them."""
+    parser.add_argument("--postprocess", choices=POSTPROCESS_MODES, default="on",
+                        help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
+
+
+def masks_label(postprocess: bool) -> str:
+    """How a command's masks were made, for the line that names the model."""
+    return "masks post-processed" if postprocess else "masks thresholded only"
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tqdm import tqdm
 
+from am.cli import add_postprocess_option, masks_label
 from am.errors import AmError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SIZE
 from am.evaluate.metrics import Scores, score
@@ -122,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=STYLE_SEED, help=f"generator seed (default {STYLE_SEED})")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
-    p.add_argument("--postprocess", choices=["on", "off"], default="on",
-                   help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
+    add_postprocess_option(p)
     p.add_argument("--json", type=Path, default=None, help="write the groups' figures as JSON here")
     args = p.parse_args(argv)
     if args.count < 1:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     overall = Scores.combine([s for _, s in styled])
     groups = group_scores(styled)
     print(f"model {model} ({predictor.meta.encoder}), tta {args.tta}, "
-          f"masks {'post-processed' if predictor.postprocess else 'thresholded only'}, "
+          f"{masks_label(predictor.postprocess)}, "
           f"{args.count} images of seed {args.seed}")
     print(table(groups, overall, len(styled)))
     if args.json is not None:

@@ -25,6 +25,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from am.cli import add_postprocess_option, masks_label
 from am.errors import AmError
 from am.evaluate.heldout import held_out_images
 from am.messages import TTA_MODES
@@ -53,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
-    p.add_argument("--postprocess", choices=["on", "off"], default="on",
-                   help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
+    add_postprocess_option(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     size_mb = Path(model).stat().st_size / 1e6
     print(f"model {model}: {predictor.meta.encoder}, {size_mb:.1f} MB, {args.threads} threads, "
           f"cores {os.cpu_count()}, test-time augmentation {args.tta}, "
-          f"masks {'post-processed' if predictor.postprocess else 'thresholded only'}")
+          f"{masks_label(predictor.postprocess)}")
     worst = 0.0
     for batch in (1, 4):
         ms, postprocessing = bench(predictor, batch=batch, repeats=args.repeats)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from am.cli import add_postprocess_option
 from am.errors import AmError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, held_out_images
 from am.evaluate.metrics import Scores, score
@@ -40,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
-    p.add_argument("--postprocess", choices=["on", "off"], default="on",
-                   help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
+    add_postprocess_option(p)
     p.add_argument("--json", type=Path, default=None, help="write all figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import configure_logging, run_main
+from am.cli import add_postprocess_option, configure_logging, masks_label, run_main
 from am.errors import InputError
 from am.evaluate.metrics import Scores
 from am.evaluate.run import evaluate, table
@@ -44,8 +44,7 @@ def parser() -> argparse.ArgumentParser:
                    help="resize images by this factor before inference and back after (e.g. 2.04 for half-size crops)")
     p.add_argument("--tta", choices=TTA_MODES, default="off",
                    help="test-time augmentation: average 4 flipped (flips) or 8 turned and mirrored (d4) views")
-    p.add_argument("--postprocess", choices=["on", "off"], default="on",
-                   help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
+    add_postprocess_option(p)
     p.add_argument("--min-object-px", type=int, default=0, help="ignore components smaller than this in object counts")
     p.add_argument("--side-by-side", type=Path, default=None, help="write comparison PNGs to this folder")
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
@@ -100,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     results = evaluate(predictor, items, scale=args.scale, min_object_px=args.min_object_px,
                        side_by_side=args.side_by_side, progress=lambda it: tqdm(it, desc="evaluate", unit="img"))
     print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold}, tta {args.tta}, "
-          f"masks {'post-processed' if predictor.postprocess else 'thresholded only'})")
+          f"{masks_label(predictor.postprocess)})")
     print(table(results))
     if args.json is not None:
         pooled = Scores.combine([r.scores for r in results])

@@ -98,6 +98,11 @@ class ModelMeta:
             raise CheckpointError(f"pixel_scale {self.pixel_scale} must be > 0")
 
     @property
+    def postprocesses(self) -> bool:
+        """Whether masks take steps beyond the threshold (:mod:`am.model.masks`)."""
+        return self.seed_threshold is not None or self.min_mark_px > 0
+
+    @property
     def stride(self) -> int:
         """Input height and width must be multiples of this: 32 for every model, so tile plans never
         depend on which checkpoint runs (the deepest encoder halves the input five times)."""

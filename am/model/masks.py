@@ -42,15 +42,13 @@ def mask_from_proba(
     ``pixel_area`` is how many model pixels one pixel of ``proba`` covers (``scale**2`` for
     probabilities resized back after inference at ``scale``), so sizes keep their meaning in marks.
     """
-    if not postprocess:
-        return proba >= meta.threshold
-    if meta.seed_threshold is None:
+    if not postprocess or meta.seed_threshold is None:
         mask = proba >= meta.threshold
     else:
         mask = separate_touching(proba, threshold=meta.threshold, seed_threshold=meta.seed_threshold,
-                                 min_seed_px=_in_pixels(MIN_SEED_PX, pixel_area))
-    if meta.min_mark_px > 0:
-        mask = drop_specks(mask, _in_pixels(meta.min_mark_px, pixel_area))
+                                 min_seed_px=MIN_SEED_PX / pixel_area)
+    if postprocess and meta.min_mark_px > 0:
+        mask = drop_specks(mask, meta.min_mark_px / pixel_area)
     return mask
 
 
@@ -68,10 +66,6 @@ def drop_specks(mask: np.ndarray, min_px: float) -> np.ndarray:
     if keep[1:].all():
         return mask
     return keep[labels]
-
-
-def _in_pixels(model_px: float, pixel_area: float) -> float:
-    return model_px / pixel_area
 
 
 __all__ = ["DEFAULT_MIN_MARK_PX", "drop_specks", "mask_from_proba"]

@@ -137,7 +137,7 @@ class Predictor:
         views(tta)
         self._tta = tta
         self._meta = meta
-        self._postprocess = postprocess and (meta.seed_threshold is not None or meta.min_mark_px > 0)
+        self._postprocess = postprocess and meta.postprocesses
         self._postprocess_pool: ThreadPoolExecutor | None = None
         self._device = torch.device(device)
         self._cuda = self._device.type == "cuda"

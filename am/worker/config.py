@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from am.cli import POSTPROCESS_MODES
 from am.errors import ConfigError
 
 N = TypeVar("N", int, float)
@@ -23,8 +24,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # AM_COMPILE: torch.compile the model (auto: on CUDA only); AM_PRECISION (auto: fp16 on CUDA, fp32 on CPU).
 COMPILE_MODES = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-# AM_POSTPROCESS: masks as the checkpoint asks (on: touching marks cut apart, specks dropped), or only thresholded.
-POSTPROCESS_MODES = ("on", "off")
 DEFAULT_IDLE_EXIT_S = 60.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 120
 # Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.

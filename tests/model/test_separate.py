@@ -77,3 +77,5 @@ def test_bad_levels_and_shapes_are_refused() -> None:
     with pytest.raises(CheckpointError, match="min_mark_px 2.5"):
         ModelMeta(encoder="resnet18", min_mark_px=2.5)
     assert ModelMeta.from_dict(META.to_dict()) == META
+    assert META.postprocesses and ModelMeta(encoder="resnet18", min_mark_px=40).postprocesses
+    assert not ModelMeta(encoder="resnet18").postprocesses
