@@ -16,7 +16,10 @@ import logging
 import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -198,11 +201,24 @@ def random_sample(
 
 def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, float] = (20.0, 85.0),
                  labels: str = "visible", blob_rate: float = 1.0,
-                 polarity_mix: Mapping[str, float] | None = None) -> Iterator[Sample]:
-    """``count`` reproducible samples: sample ``i`` depends only on ``(seed, i)``."""
-    for index in range(count):
-        yield random_sample(np.random.default_rng([seed, index]), size=size, pitch_range=pitch_range, labels=labels,
-                            blob_rate=blob_rate, polarity_mix=polarity_mix)
+                 polarity_mix: Mapping[str, float] | None = None, workers: int = 0) -> Iterator[Sample]:
+    """``count`` reproducible samples: sample ``i`` depends only on ``(seed, i)``.
+
+    ``workers`` > 1 renders on that many processes (a GPU machine's training run would otherwise
+    wait minutes on one core for thousands of images); the samples and their order are the same.
+    """
+    render_one = partial(_sample_at, seed, size=size, pitch_range=pitch_range, labels=labels,
+                         blob_rate=blob_rate, polarity_mix=dict(polarity_mix) if polarity_mix else None)
+    if workers <= 1 or count < 2:
+        yield from map(render_one, range(count))
+        return
+    # spawn: the caller may hold threads (torch) that a forked child must not inherit.
+    with ProcessPoolExecutor(max_workers=min(workers, count), mp_context=get_context("spawn")) as pool:
+        yield from pool.map(render_one, range(count), chunksize=max(1, min(16, count // (4 * workers))))
+
+
+def _sample_at(seed: int, index: int, **options) -> Sample:
+    return random_sample(np.random.default_rng([seed, index]), **options)
 
 
 def write_tiles(

@@ -136,7 +136,8 @@ def parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
-    run.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: in process)")
+    run.add_argument("--workers", type=int, default=0,
+                     help="data loader processes, which also render the synthetic images (default 0: in process)")
     run.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the file)")
     run.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
     run.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
@@ -200,10 +201,12 @@ def _train(args: argparse.Namespace) -> int:
         train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
                                         pitch_range=pitch, labels=args.synthetic_labels,
                                         blob_rate=args.synthetic_blobs, polarity_mix=args.synthetic_polarities,
+                                        workers=args.workers,
                                         progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
     if args.synthetic_valid > 0:
         valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
-                                        seed=synth_seed + 1000, pitch_range=pitch, labels=args.synthetic_labels)
+                                        seed=synth_seed + 1000, pitch_range=pitch, labels=args.synthetic_labels,
+                                        workers=args.workers)
     train_items = [weigh_gaps(item, args.gap_weight) for item in train_items]
     summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
                    synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,

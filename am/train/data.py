@@ -112,10 +112,14 @@ def synthetic_images(
     labels: str = "visible",
     blob_rate: float = 1.0,
     polarity_mix: Mapping[str, float] | None = None,
+    workers: int = 0,
 ) -> list[Labelled]:
-    """``count`` generated images of ``size`` x ``size``; image ``i`` depends only on ``(seed, i)``."""
+    """``count`` generated images of ``size`` x ``size``; image ``i`` depends only on ``(seed, i)``.
+
+    ``workers`` > 1 renders them on that many processes (same images, same order).
+    """
     samples: Iterable = iter_samples(seed, count, size=size, pitch_range=pitch_range, labels=labels,
-                                     blob_rate=blob_rate, polarity_mix=polarity_mix)
+                                     blob_rate=blob_rate, polarity_mix=polarity_mix, workers=workers)
     if progress is not None:
         samples = progress(samples)
     return [Labelled.from_arrays(s.image, s.mask, name=f"synthetic/{seed}/{i:05d}") for i, s in enumerate(samples)]

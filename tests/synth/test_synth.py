@@ -13,7 +13,7 @@ import tifffile
 from scipy import ndimage
 
 from am.imageio import read_image
-from am.synth.dataset import random_sample, write_dataset
+from am.synth.dataset import iter_samples, random_sample, write_dataset
 from am.synth.lattice import Lattice
 from am.synth.render import POLARITIES, POLARITY_MIX, SHAPES, Style, polarity_probabilities, random_style, render
 
@@ -235,3 +235,13 @@ def test_blob_rate_multiplies_the_bright_blobs_and_nothing_else() -> None:
     for plain, more in styles:
         assert more.bright_blobs == pytest.approx(4.0 * plain.bright_blobs)
         assert replace(more, bright_blobs=plain.bright_blobs) == plain
+
+
+def test_rendering_on_worker_processes_gives_the_same_samples_in_order():
+    """A GPU machine renders training images on many processes; the data must not depend on how many."""
+    serial = list(iter_samples(41, 5, size=128, polarity_mix={"rim": 1, "grey": 1}))
+    parallel = list(iter_samples(41, 5, size=128, polarity_mix={"rim": 1, "grey": 1}, workers=2))
+    assert len(parallel) == 5
+    for one, other in zip(serial, parallel, strict=True):
+        assert one.style == other.style and one.style.polarity in ("rim", "grey")
+        assert np.array_equal(one.image, other.image) and np.array_equal(one.mask, other.mask)
