@@ -1,6 +1,7 @@
 """Quality of a checkpoint against the shipped model's targets, on synthetic and real images.
 
     python benchmarks/model_quality.py [--model am/models/default.pt] [--synthetic 40] [--overlays DIR] [--tta d4]
+        [--device cuda]
 
 - synthetic held-out set: seeds and parameters that training never used (512 px images, pitch
   22-80 px, seed 424242); targets Dice >= 0.95 and object F1 >= 0.97 (pooled);
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", type=Path, default=REAL, help=f"real samples folder (default {REAL})")
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (fp16 there, as GPU workers run the model)")
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
     add_postprocess_option(p)
     p.add_argument("--json", type=Path, default=None, help="write all figures as JSON here")
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:
-        predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, tta=args.tta,
+        predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads, tta=args.tta,
                                               postprocess=args.postprocess == "on")
         out: dict = {"model": str(model), "encoder": predictor.meta.encoder, "tta": args.tta}
         print(f"model {model} ({predictor.meta.encoder}), test-time augmentation {args.tta}")

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Train the production resnext50_32x4d U-Net on one GPU machine within a fixed time, then measure it
+# with the same benchmark as the shipped CPU model, so the two can be compared figure for figure.
+#
+#   MINUTES=6 OUT=runs/gpu REAL=../shared/data/real bash benchmarks/gpu_resnext50.sh
+#
+# Run from the repository root on a machine with CUDA, PyTorch and this project's packages (where
+# segmentation-models-pytorch is missing, put its wheel in .whl/ and it is installed into /tmp/site).
+# MINUTES bounds training (it stops after the epoch that passes it); EPOCHS x STEPS is sized so that
+# an H100/H200 finishes its learning-rate schedule inside 6 minutes. Writes OUT/resnext50.pt,
+# OUT/resnext50.metrics.csv/.json, OUT/train.log and OUT/quality.json, and prints the figures.
+# DEVICE=cpu with small SYNTHETIC, VALID, EPOCHS, STEPS, BATCH, CROP and QUALITY_SYNTHETIC checks the
+# script itself on a machine without a GPU.
+set -euo pipefail
+MINUTES=${MINUTES:-6}
+OUT=${OUT:-runs/gpu}
+REAL=${REAL:-../shared/data/real}
+DEVICE=${DEVICE:-cuda}
+SYNTHETIC=${SYNTHETIC:-2000}
+EPOCHS=${EPOCHS:-24}
+STEPS=${STEPS:-100}
+BATCH=${BATCH:-16}
+CROP=${CROP:-512}
+QUALITY_SYNTHETIC=${QUALITY_SYNTHETIC:-40}
+VALID=${VALID:-48}
+WORKERS=${WORKERS:-$(( $(nproc) > 12 ? 12 : $(nproc) ))}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+
+if ! "$PY" -c "import segmentation_models_pytorch" 2>/dev/null; then
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "segmentation-models-pytorch is missing and .whl/ holds no wheel" >&2; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ "$DEVICE" = cuda ]; then
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('gpu:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
+fi
+mkdir -p "$OUT"
+
+start=$(date +%s)
+if ! "$PY" -m am.train --synthetic "$SYNTHETIC" --synthetic-size 512 --synthetic-valid "$VALID" --encoder resnext50_32x4d \
+        --decoder-channels 256,128,64,32,16 --crop "$CROP" --batch-size "$BATCH" --epochs "$EPOCHS" \
+        --steps-per-epoch "$STEPS" --lr 1e-3 --warmup-steps 100 --device "$DEVICE" --workers "$WORKERS" --seed 0 \
+        --max-minutes "$MINUTES" --out "$OUT/resnext50.pt" > "$OUT/train.log" 2>&1; then
+    tr '\r' '\n' < "$OUT/train.log" | tail -20 >&2
+    echo "training failed; the whole log is $OUT/train.log" >&2
+    exit 1
+fi
+echo "training wall time: $(( $(date +%s) - start )) s"
+tr '\r' '\n' < "$OUT/train.log" | grep -E "INFO am.train.loop: epoch|WARNING|trained|wrote" || true
+"$PY" benchmarks/model_quality.py --model "$OUT/resnext50.pt" --device "$DEVICE" --synthetic "$QUALITY_SYNTHETIC" \
+    --real "$REAL" --json "$OUT/quality.json"
