@@ -11,7 +11,7 @@ COLS ?= 50
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test lint sample model clean-data help
+.PHONY: install run test lint sample model gpu-model clean-data help
 
 help:
 	@echo "make run      set up, generate the sample dataset if missing, run the pipeline on it"
@@ -19,6 +19,7 @@ help:
 	@echo "make install  create or update the virtual environment in $(VENV)"
 	@echo "make lint     ruff over the package, tests, benchmarks, examples and setup.py"
 	@echo "make model    train the default model from synthetic data into runs/model/"
+	@echo "make gpu-model  on a GPU machine: train resnext50 for MINUTES (default 6) into runs/gpu/ and measure it"
 	@echo "make image | push | deploy | undeploy | upload-model   AWS deployment (see README, Running on AWS)"
 
 $(STAMP): setup.py
@@ -62,6 +63,10 @@ model: $(STAMP)
 	  --synthetic-valid 32 --synthetic-seed 51 --epochs 10 --steps-per-epoch 150 --batch-size 8 --crop 256 \
 	  --lr 2e-4 --warmup-steps 50 --threads 2 --seed 5 --synthetic-blobs 3 --out runs/model/default.pt
 	$(BIN)/python benchmarks/model_quality.py --model runs/model/default.pt
+
+# The production encoder, time-boxed for a GPU machine lent for minutes (benchmarks/gpu_resnext50.sh says more).
+gpu-model: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_resnext50.sh
 
 run: $(STAMP) $(DATASET)
 	$(BIN)/python -m am.pipeline $(DATASET) --rows $(ROWS) --cols $(COLS)
