@@ -17,6 +17,7 @@ image can be rendered again, with its style, from its name.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import heapq
 import io
@@ -26,17 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from am.cli import add_postprocess_option, configure_logging, run_main
 from am.errors import InputError
 from am.evaluate.metrics import Scores, score
 from am.files import write_atomic
 from am.imageio import write_png
+from am.model.checkpoint import default_model_path
 from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
 from am.model.whole import predict_image_proba
 from am.synth.dataset import Sample, iter_samples
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("am.train.mine")  # not __main__ when run with -m
 
 SCORE_COLUMNS = ("file", "quality", "dice", "f1", "true_marks", "predicted_marks",
                  "polarity", "shape", "pitch_px", "mark_radius_px", "shadow", "blur")
@@ -155,13 +159,6 @@ def mean_quality(kept: list[Mined]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m am.train.mine --model CKPT --out ROOT --count N --keep K``: mine, then print a summary."""
-    import argparse
-
-    from tqdm import tqdm
-
-    from am.cli import add_postprocess_option, configure_logging, run_main
-    from am.model.checkpoint import default_model_path
-
     p = argparse.ArgumentParser(prog="python -m am.train.mine", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None, help="checkpoint to mine for (default: the shipped model)")
     p.add_argument("--out", type=Path, required=True, help="training root; images go to OUT/train/hard/seed<SEED>/")
