@@ -33,9 +33,8 @@ from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SIZE
 from am.evaluate.metrics import Scores, score
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
-from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
-from am.model.whole import predict_image_proba
+from am.model.whole import predict_image_mask
 from am.synth.dataset import iter_samples
 from am.synth.render import Style
 
@@ -139,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = iter_samples(args.seed, args.count, size=HELD_OUT_SIZE, pitch_range=HELD_OUT_PITCH)
     styled = []
     for sample in tqdm(samples, total=args.count, desc="images", unit="img"):
-        proba = predict_image_proba(predictor, sample.image, tile_size=HELD_OUT_SIZE)
-        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess)
+        predicted = predict_image_mask(predictor, sample.image, tile_size=HELD_OUT_SIZE)
         styled.append((sample.style, score(sample.mask > 0, predicted)))
     overall = Scores.combine([s for _, s in styled])
     groups = group_scores(styled)

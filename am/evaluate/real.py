@@ -24,9 +24,8 @@ import numpy as np
 from am.errors import InputError
 from am.evaluate.metrics import score
 from am.imageio import read_image, write_png
-from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
-from am.model.whole import predict_image_proba
+from am.model.whole import predict_image_mask
 
 CROP_SCALE = 2.04
 # The out-of-focus blob of crop1 in crop pixels (x0, y0, x1, y1), judged by eye; the real mark
@@ -44,8 +43,7 @@ def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None
     for n in (1, 2, 3):
         image = read_image(real_dir / f"crop{n}_image.png")
         reference = read_image(real_dir / f"crop{n}_reference_mask.png") > 0
-        proba = predict_image_proba(predictor, image, scale=CROP_SCALE)
-        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess, pixel_area=CROP_SCALE**2)
+        predicted = predict_image_mask(predictor, image, scale=CROP_SCALE)
         s = score(reference, predicted, min_object_px=MIN_MARK_PX)
         entry = {"dice": s.dice, "iou": s.iou, "f1": s.f1, "reference_marks": s.true_objects,
                  "predicted_marks": s.predicted_objects}
@@ -56,8 +54,7 @@ def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None
             write_png(Path(overlays) / f"crop{n}.png", _enlarge(_overlay(image, predicted, reference), 3))
     for name in ("tile_a_512", "tile_b_512"):
         image = read_image(real_dir / f"{name}.png")
-        proba = predict_image_proba(predictor, image)
-        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess)
+        predicted = predict_image_mask(predictor, image)
         _, _, stats, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
         areas = stats[1:, cv2.CC_STAT_AREA]
         mark_sized = areas >= MIN_MARK_PX * 4

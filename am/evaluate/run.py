@@ -19,9 +19,8 @@ import numpy as np
 
 from am.evaluate.metrics import Scores, score
 from am.imageio import write_png
-from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
-from am.model.whole import predict_image_proba
+from am.model.whole import predict_image_mask
 from am.train.data import Labelled
 
 log = logging.getLogger(__name__)
@@ -48,8 +47,7 @@ def evaluate(
     results = []
     iterable: Iterable[Labelled] = items if progress is None else progress(items)
     for item in iterable:
-        proba = predict_image_proba(predictor, item.image, tile_size=tile_size, scale=scale)
-        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess, pixel_area=scale**2)
+        predicted = predict_image_mask(predictor, item.image, tile_size=tile_size, scale=scale)
         known = item.weight > 0
         result = ImageResult(item.name, score(item.mask * known, predicted * known, min_object_px=min_object_px),
                              predicted)

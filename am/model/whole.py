@@ -6,7 +6,7 @@ averaged with weights that fade towards each window's edge (where context is mis
 optional rescale before inference and back after, for marks far from the training scale::
 
     proba = predict_image_proba(predictor, image, scale=2.04)   # a half-resolution crop
-    mask = mask_from_proba(proba, predictor.meta, pixel_area=2.04**2)   # am.model.masks
+    mask = predict_image_mask(predictor, image, scale=2.04)     # the mask the checkpoint asks for
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from am.errors import InputError
+from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
 
 STRIDE = 32
@@ -49,6 +50,23 @@ def predict_image_proba(
     if scale != 1.0:
         proba = cv2.resize(proba, (width, height), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_AREA)
     return proba.astype(np.float32)
+
+
+def predict_image_mask(
+    predictor: Predictor,
+    image: np.ndarray,
+    *,
+    tile_size: int = 512,
+    overlap: int = 64,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """The mask (bool, the image's (H, W)) the checkpoint asks for, post-processed if the predictor is.
+
+    Evaluation, validation, mining and the benchmarks all measure this one mask, made at the
+    predictor's own setting, with mark sizes converted for probabilities resized back from ``scale``.
+    """
+    proba = predict_image_proba(predictor, image, tile_size=tile_size, overlap=overlap, scale=scale)
+    return mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess, pixel_area=scale**2)
 
 
 def _sliding(predictor: Predictor, image: np.ndarray, *, tile_size: int, overlap: int) -> np.ndarray:

@@ -31,11 +31,11 @@ from am.errors import CheckpointError, InputError
 from am.evaluate.metrics import Scores, score
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from am.model.masks import DEFAULT_MIN_MARK_PX, mask_from_proba
+from am.model.masks import DEFAULT_MIN_MARK_PX
 from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
 from am.model.separate import DEFAULT_SEED_THRESHOLD
-from am.model.whole import predict_image_proba
+from am.model.whole import predict_image_mask
 from am.train.data import CropDataset, Labelled
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def validate(predictor: Predictor, items: list[Labelled], *, tile_size: int = 51
     """Per-image scores at the checkpoint's threshold; the summary holds per-image means and pooled objects."""
     per_image = []
     for item in items:
-        proba = predict_image_proba(predictor, item.image, tile_size=tile_size, overlap=64)
-        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess)
+        predicted = predict_image_mask(predictor, item.image, tile_size=tile_size, overlap=64)
         known = item.weight > 0
         per_image.append(score(item.mask * known, predicted * known))
     pooled = Scores.combine(per_image)

@@ -22,6 +22,7 @@ import csv
 import heapq
 import io
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,8 @@ from am.evaluate.metrics import Scores, score
 from am.files import write_atomic
 from am.imageio import write_png
 from am.model.checkpoint import default_model_path
-from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
-from am.model.whole import predict_image_proba
+from am.model.whole import predict_image_mask
 from am.synth.dataset import Sample, iter_samples
 
 log = logging.getLogger("am.train.mine")  # not __main__ when run with -m
@@ -100,8 +100,7 @@ def mine_hard(
     worst: list[tuple[float, int, Mined]] = []  # a max-heap of the kept qualities (negated)
     every: list[Scores] = []
     for index, sample in enumerate(samples):
-        proba = predict_image_proba(predictor, sample.image)
-        predicted = mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess)
+        predicted = predict_image_mask(predictor, sample.image)
         scores = score(sample.mask > 0, predicted)
         every.append(scores)
         mined = Mined(index=index, quality=image_quality(scores), scores=scores, sample=sample)
@@ -146,15 +145,8 @@ def _scores_csv(kept: list[Mined]) -> str:
 
 def style_counts(kept: list[Mined], field: str) -> dict[str, int]:
     """How many kept images have each value of a style field, most frequent first (for the summary)."""
-    counts: dict[str, int] = {}
-    for m in kept:
-        value = str(getattr(m.sample.style, field))
-        counts[value] = counts.get(value, 0) + 1
+    counts = Counter(str(getattr(m.sample.style, field)) for m in kept)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def mean_quality(kept: list[Mined]) -> float:
-    return float(np.mean([m.quality for m in kept])) if kept else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         every, kept = report.all_scores, report.kept_scores
         print(f"rendered {report.rendered} images: dice {every.dice:.4f} object F1 {every.f1:.4f}")
         print(f"kept the {len(report.kept)} hardest in {report.group}: dice {kept.dice:.4f} object F1 {kept.f1:.4f} "
-              f"(mean quality {mean_quality(report.kept):.3f}; scores.csv lists each)")
+              f"(mean quality {np.mean([m.quality for m in report.kept]):.3f}; scores.csv lists each)")
         for field in ("polarity", "shape"):
             print(f"  {field}: " + ", ".join(f"{k} {v}" for k, v in style_counts(report.kept, field).items()))
         return 0
