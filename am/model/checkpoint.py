@@ -42,7 +42,8 @@ class ModelMeta:
     ``(x / 255 - input_mean) / input_std``. ``threshold`` is the only decision threshold in
     the project: inference and validation both read it from here. ``seed_threshold`` (None: off)
     is the higher level whose cores split marks that touch at ``threshold``, and components under
-    ``min_mark_px`` model pixels away from the edge are specks (0: kept); see :mod:`am.model.masks`.
+    ``min_mark_px`` model pixels away from the edge are specks (0: kept), as are those under
+    ``min_mark_fraction`` of the median mark of their tile (0: no such rule); see :mod:`am.model.masks`.
     ``pixel_scale`` is how many
     pixels of the original image one pixel seen in training stood for (1.0 = full resolution).
     """
@@ -57,6 +58,7 @@ class ModelMeta:
     threshold: float = 0.5
     seed_threshold: float | None = None
     min_mark_px: int = 0
+    min_mark_fraction: float = 0.0
     tile_size: int = 512
     pixel_scale: float = 1.0
     trained: bool = False
@@ -92,6 +94,10 @@ class ModelMeta:
                                   f"{self.threshold} and 1 (or be None: no separation of touching marks)")
         if isinstance(self.min_mark_px, bool) or not isinstance(self.min_mark_px, int) or self.min_mark_px < 0:
             raise CheckpointError(f"min_mark_px {self.min_mark_px!r} must be a whole number >= 0 (0 keeps specks)")
+        if isinstance(self.min_mark_fraction, bool) or not isinstance(self.min_mark_fraction, (int, float)) \
+                or not 0.0 <= self.min_mark_fraction < 1.0:
+            raise CheckpointError(f"min_mark_fraction {self.min_mark_fraction!r} must lie in [0, 1) "
+                                  "(a fraction of the median mark; 0 turns the rule off)")
         if self.tile_size < 32 or self.tile_size % 32:
             raise CheckpointError(f"tile_size {self.tile_size} must be a positive multiple of 32")
         if not self.pixel_scale > 0:
@@ -100,7 +106,7 @@ class ModelMeta:
     @property
     def postprocesses(self) -> bool:
         """Whether masks take steps beyond the threshold (:mod:`am.model.masks`)."""
-        return self.seed_threshold is not None or self.min_mark_px > 0
+        return self.seed_threshold is not None or self.min_mark_px > 0 or self.min_mark_fraction > 0
 
     @property
     def stride(self) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from am.cli import configure_logging, run_main
-from am.model.masks import DEFAULT_MIN_MARK_PX
+from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.synth.render import LABELS, POLARITIES, polarity_probabilities
 from am.train.data import load_split, synthetic_images, weigh_gaps
@@ -120,6 +120,10 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--min-mark-px", type=int, default=DEFAULT_MIN_MARK_PX,
                        help="components smaller than this (model px) away from a tile's edge are specks, dropped "
                             f"from masks; stored in the checkpoint (0 keeps them; default {DEFAULT_MIN_MARK_PX})")
+    model.add_argument("--min-mark-fraction", type=float, default=DEFAULT_MIN_MARK_FRACTION,
+                       help="components smaller than this fraction of the median mark of their tile (away from its "
+                            "edge) are specks too, dropped from masks; stored in the checkpoint (0 turns the rule "
+                            f"off; default {DEFAULT_MIN_MARK_FRACTION})")
     model.add_argument("--tile-size", type=int, default=512, help="tile size the model is meant for")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=20, help="epochs; each validates and may keep the best")
@@ -185,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 "or be 'off'")
     if args.min_mark_px < 0:
         p.error(f"--min-mark-px {args.min_mark_px} must be >= 0 (0 keeps specks)")
+    if not 0 <= args.min_mark_fraction < 1:
+        p.error(f"--min-mark-fraction {args.min_mark_fraction} must lie in [0, 1) (0 turns the rule off)")
     return run_main(partial(_train, args), name="am.train")
 
 
@@ -219,6 +225,7 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max), lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
         seed_threshold=args.seed_threshold, min_mark_px=args.min_mark_px,
+        min_mark_fraction=args.min_mark_fraction,
         tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
         threads=args.threads, workers=args.workers, half=not args.fp32, resume=args.resume,
         keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init,

@@ -31,7 +31,7 @@ from am.errors import CheckpointError, InputError
 from am.evaluate.metrics import Scores, score
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from am.model.masks import DEFAULT_MIN_MARK_PX
+from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
 from am.model.separate import DEFAULT_SEED_THRESHOLD
@@ -63,6 +63,7 @@ class TrainConfig:
     threshold: float = 0.5
     seed_threshold: float | None = DEFAULT_SEED_THRESHOLD
     min_mark_px: int = DEFAULT_MIN_MARK_PX
+    min_mark_fraction: float = DEFAULT_MIN_MARK_FRACTION
     tile_size: int = 512
     pixel_scale: float = 1.0
     seed: int = 0
@@ -93,6 +94,7 @@ class TrainConfig:
             threshold=self.threshold,
             seed_threshold=self.seed_threshold,
             min_mark_px=self.min_mark_px,
+            min_mark_fraction=self.min_mark_fraction,
             tile_size=self.tile_size,
             pixel_scale=self.pixel_scale,
             trained=trained,

@@ -7,10 +7,18 @@ import dataclasses
 
 import cv2
 import numpy as np
+import pytest
 
+from am.errors import CheckpointError
 from am.evaluate.heldout import held_out_images
 from am.model.checkpoint import ModelMeta, default_model_path, load_checkpoint
-from am.model.masks import DEFAULT_MIN_MARK_PX, drop_specks, mask_from_proba
+from am.model.masks import (
+    DEFAULT_MIN_MARK_FRACTION,
+    DEFAULT_MIN_MARK_PX,
+    MIN_MARKS_FOR_MEDIAN,
+    drop_specks,
+    mask_from_proba,
+)
 from am.model.predict import Predictor
 from am.model.separate import DEFAULT_SEED_THRESHOLD, MIN_SEED_PX
 from tests.model.test_separate import blobs, components
@@ -60,9 +68,65 @@ def test_min_mark_px_drops_specks_in_model_pixels() -> None:
     assert components(mask_from_proba(proba, dataclasses.replace(meta, min_mark_px=0))) == 2
 
 
+def lattice_of_marks(count: int, side: int = 12) -> np.ndarray:
+    """``count`` square marks of ``side`` px on a 30 px lattice, all away from the edge."""
+    mask = np.zeros((200, 200), dtype=bool)
+    for i in range(count):
+        y, x = 20 + 30 * (i // 5), 20 + 30 * (i % 5)
+        mask[y : y + side, x : x + side] = True
+    return mask
+
+
+def test_fraction_of_the_median_mark_drops_fragments_of_any_size() -> None:
+    marks = lattice_of_marks(MIN_MARKS_FOR_MEDIAN)  # 144 px each
+    with_debris = marks.copy()
+    with_debris[172:179, 20:26] = True  # 42 px: past the fixed size, under 0.3 of the median mark
+    with_debris[170:180, 100:106] = True  # 60 px: 0.42 of the median, stays
+    with_debris[195:200, 60:70] = True  # 50 px on the edge: perhaps a cut mark, stays
+    kept = drop_specks(with_debris, 20, fraction=0.3)
+    assert not kept[172:179, 20:26].any()
+    assert np.array_equal(kept, with_debris & ~_box(172, 179, 20, 26))
+    assert np.array_equal(drop_specks(with_debris, 20), with_debris), "fraction 0: the fixed size alone"
+    # Too few components for a median to mean anything (with the fragment, one short): the fixed size decides.
+    few = lattice_of_marks(MIN_MARKS_FOR_MEDIAN - 2) | _box(172, 179, 20, 26)
+    assert np.array_equal(drop_specks(few, 20, fraction=0.3), few)
+    one_more = lattice_of_marks(MIN_MARKS_FOR_MEDIAN - 1) | _box(172, 179, 20, 26)
+    assert np.array_equal(drop_specks(one_more, 20, fraction=0.3), one_more & ~_box(172, 179, 20, 26))
+    # A few large false regions do not move the median: the marks stay, the fragment goes.
+    merged = with_debris | _box(80, 150, 30, 90) | _box(80, 150, 110, 190)
+    kept = drop_specks(merged, 20, fraction=0.3)
+    assert np.array_equal(kept, merged & ~_box(172, 179, 20, 26))
+
+
+def _box(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    box = np.zeros((200, 200), dtype=bool)
+    box[y0:y1, x0:x1] = True
+    return box
+
+
+def test_mask_from_proba_applies_the_fraction_the_checkpoint_names() -> None:
+    proba = lattice_of_marks(10).astype(np.float32) * 0.95
+    proba[172:179, 20:26] = 0.8  # a 42 px fragment
+    meta = dataclasses.replace(META, seed_threshold=None, min_mark_px=10)
+    assert components(mask_from_proba(proba, meta)) == 11
+    assert components(mask_from_proba(proba, dataclasses.replace(meta, min_mark_fraction=0.3))) == 10
+    assert components(mask_from_proba(proba, dataclasses.replace(meta, min_mark_fraction=0.3), postprocess=False)) == 11
+    alone = dataclasses.replace(META, seed_threshold=None, min_mark_px=0, min_mark_fraction=0.3)
+    assert alone.postprocesses and components(mask_from_proba(proba, alone)) == 10
+
+
+def test_min_mark_fraction_is_checked() -> None:
+    for bad in (-0.1, 1.0, True, "0.3"):
+        with pytest.raises(CheckpointError, match="min_mark_fraction"):
+            ModelMeta(encoder="resnet18", min_mark_fraction=bad)
+    assert ModelMeta(encoder="resnet18", min_mark_fraction=0.3).min_mark_fraction == 0.3
+    assert ModelMeta(encoder="resnet18").min_mark_fraction == 0.0, "checkpoints written before the rule: off"
+
+
 def test_the_shipped_model_names_the_default_steps() -> None:
     meta, _ = load_checkpoint(default_model_path())
-    assert (meta.seed_threshold, meta.min_mark_px) == (DEFAULT_SEED_THRESHOLD, DEFAULT_MIN_MARK_PX)
+    assert (meta.seed_threshold, meta.min_mark_px, meta.min_mark_fraction) == (
+        DEFAULT_SEED_THRESHOLD, DEFAULT_MIN_MARK_PX, DEFAULT_MIN_MARK_FRACTION)
 
 
 def test_predictor_masks_equal_the_post_processed_probabilities() -> None:

@@ -16,7 +16,7 @@ from am.errors import InputError
 from am.imageio import write_png
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
-from am.model.masks import DEFAULT_MIN_MARK_PX
+from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.predict import prepare_input
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.train.data import CropDataset, Labelled, load_split, synthetic_images, weigh_gaps
@@ -188,7 +188,8 @@ def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
     written = load_checkpoint(out)[0]
     assert written.training["data"]["gap_weight"] == 5
     # New models cut touching marks apart and drop specks by default.
-    assert (written.seed_threshold, written.min_mark_px) == (DEFAULT_SEED_THRESHOLD, DEFAULT_MIN_MARK_PX)
+    assert (written.seed_threshold, written.min_mark_px, written.min_mark_fraction) == (
+        DEFAULT_SEED_THRESHOLD, DEFAULT_MIN_MARK_PX, DEFAULT_MIN_MARK_FRACTION)
     no_gain = subprocess.run([*cmd, "--gap-weight", "0"], cwd=REPO, capture_output=True, text=True, check=False)
     assert no_gain.returncode == 2 and "--gap-weight" in no_gain.stderr
     no_init = subprocess.run([*cmd, "--init-partial"], cwd=REPO, capture_output=True, text=True, check=False)
@@ -206,11 +207,18 @@ def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
         assert bad_seed.returncode == 2 and "--seed-threshold" in bad_seed.stderr, level
     plain_out = tmp_path / "plain.pt"
     plain = subprocess.run([*cmd[:-1], str(plain_out), "--seed-threshold", "off", "--min-mark-px", "0",
-                            "--steps-per-epoch", "1"], cwd=REPO, capture_output=True, text=True, check=False)
+                            "--min-mark-fraction", "0", "--steps-per-epoch", "1"], cwd=REPO, capture_output=True,
+                           text=True, check=False)
     assert plain.returncode == 0, plain.stderr[-2000:]
-    assert (load_checkpoint(plain_out)[0].seed_threshold, load_checkpoint(plain_out)[0].min_mark_px) == (None, 0)
+    plain_meta = load_checkpoint(plain_out)[0]
+    assert (plain_meta.seed_threshold, plain_meta.min_mark_px, plain_meta.min_mark_fraction) == (None, 0, 0.0)
+    assert not plain_meta.postprocesses
     negative = subprocess.run([*cmd, "--min-mark-px", "-1"], cwd=REPO, capture_output=True, text=True, check=False)
     assert negative.returncode == 2 and "--min-mark-px" in negative.stderr
+    for fraction in ("-0.1", "1", "nan"):
+        bad_fraction = subprocess.run([*cmd, "--min-mark-fraction", fraction], cwd=REPO, capture_output=True,
+                                      text=True, check=False)
+        assert bad_fraction.returncode == 2 and "--min-mark-fraction" in bad_fraction.stderr, fraction
     bad = subprocess.run([*cmd[:3], "--data", str(tmp_path / "nothing"), "--out", str(out)], cwd=REPO,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
