@@ -7,7 +7,6 @@ and a fake with describe_transform_job checks how it waits for other outcomes.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import boto3
@@ -15,6 +14,7 @@ import pytest
 from moto import mock_aws
 
 from am.errors import JobFailed, JobTimeout
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE = "arn:aws:iam::123456789012:role/AmSegmSageMakerRole"
@@ -23,11 +23,7 @@ IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/am-segm-serve:latest"
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("sagemaker_batch_transform", REPO / "examples" /
-                                                  "sagemaker_batch_transform.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "examples" / "sagemaker_batch_transform.py")
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ memory per process within bounds that a leak or a full-size float copy would bre
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from tests.scripts import load_script
 
 from .harness import REPO
 
@@ -20,16 +20,8 @@ ORCHESTRATOR_LIMIT_MIB = 1600
 WORKER_LIMIT_MIB = 1600
 
 
-def _load_test_module():
-    spec = importlib.util.spec_from_file_location("load_test", REPO / "benchmarks" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_small_load_run_completes_with_bounded_memory(tmp_path: Path, tiny_model: Path):
-    load_test = _load_test_module()
+    load_test = load_script(REPO / "benchmarks" / "load_test.py")
     report = load_test.run_load_test(size=2048, workers=2, model=tiny_model, work_dir=tmp_path, timeout_s=300)
     print(report.table())
     assert report.ok, report.table() + "\n" + report.stderr_tail

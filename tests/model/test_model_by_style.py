@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,17 +11,14 @@ import pytest
 
 from am.evaluate.metrics import Scores
 from am.synth.render import Style
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "model_by_style.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("model_by_style", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _scores(true: int, predicted: int, matched: int, intersection: int = 0, px: int = 0) -> Scores:

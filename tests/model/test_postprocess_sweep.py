@@ -4,7 +4,6 @@ scores what am.evaluate scores."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,17 +21,14 @@ from am.model.predict import Predictor
 from am.model.separate import MIN_SEED_PX
 from am.train.data import synthetic_images
 from tests.model.test_separate import blobs, components
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "postprocess_sweep.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("postprocess_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_masks_at_the_checkpoints_levels_are_the_checkpoints_masks() -> None:

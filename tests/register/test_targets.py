@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,18 +12,15 @@ import pytest
 
 from am.register import register_mask
 from am.register.testing import id_accuracy
+from tests.scripts import load_script
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "register_bench.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("register_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_script(BENCH)
+    sys.modules.pop(BENCH.stem, None)
 
 
 @pytest.mark.parametrize("scenario, seed, target", [("mild", 1, 0.999), ("hard", 2, 0.995), ("faults", 3, 0.995)])
