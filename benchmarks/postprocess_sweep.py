@@ -16,6 +16,7 @@ false marks on crop1's blob), as the choice must not trade real marks for synthe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -33,10 +34,10 @@ from am.errors import AmError, InputError
 from am.evaluate.metrics import Scores, score
 from am.evaluate.real import CROP_SCALE, MIN_MARK_PX, blob_false_marks
 from am.imageio import read_image
-from am.model.checkpoint import default_model_path
-from am.model.masks import drop_specks
+from am.model.checkpoint import ModelMeta, default_model_path
+from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
-from am.model.separate import MIN_SEED_PX, separate_touching
+from am.model.separate import MIN_SEED_PX
 from am.model.whole import predict_image_proba
 from am.train.data import synthetic_images
 
@@ -50,23 +51,22 @@ class Levels:
     threshold: float
     seed_threshold: float | None
     core_px: float
-    min_px: float
+    min_px: int
     fraction: float
 
-
-def mask_at(proba: np.ndarray, levels: Levels, *, pixel_area: float = 1.0) -> np.ndarray:
-    """The mask :func:`am.model.masks.mask_from_proba` makes, at the given levels instead of the checkpoint's."""
-    if levels.seed_threshold is None:
-        mask = proba >= levels.threshold
-    else:
-        mask = separate_touching(proba, threshold=levels.threshold, seed_threshold=levels.seed_threshold,
-                                 min_seed_px=levels.core_px / pixel_area)
-    if levels.min_px > 0 or levels.fraction > 0:
-        mask = drop_specks(mask, levels.min_px / pixel_area, fraction=levels.fraction)
-    return mask
+    def applied_to(self, meta: ModelMeta) -> ModelMeta:
+        """``meta`` with these levels (checked as any checkpoint's are); the core size is no checkpoint
+        field and goes to :func:`mask_from_proba` on its own."""
+        return dataclasses.replace(meta, threshold=self.threshold, seed_threshold=self.seed_threshold,
+                                   min_mark_px=self.min_px, min_mark_fraction=self.fraction)
 
 
-def grid(thresholds: list[float], seeds: list[float | None], cores: list[float], min_px: list[float],
+def mask_at(proba: np.ndarray, levels: Levels, meta: ModelMeta, *, pixel_area: float = 1.0) -> np.ndarray:
+    """The checkpoint's mask of ``proba`` at ``levels`` instead of its own."""
+    return mask_from_proba(proba, levels.applied_to(meta), pixel_area=pixel_area, min_seed_px=levels.core_px)
+
+
+def grid(thresholds: list[float], seeds: list[float | None], cores: list[float], min_px: list[int],
          fractions: list[float]) -> list[Levels]:
     """Every combination, less those whose seed threshold does not lie above the threshold."""
     combos = [Levels(*c) for c in itertools.product(thresholds, seeds, cores, min_px, fractions)]
@@ -89,11 +89,11 @@ def sweep(predictor: Predictor, levels: list[Levels], *, count: int, seed: int, 
             crops.append((n, predict_image_proba(predictor, image, scale=CROP_SCALE), reference))
     rows = []
     for combo in tqdm(levels, desc="levels"):
-        pooled = Scores.combine([score(truth * known, mask_at(proba, combo) * known)
+        pooled = Scores.combine([score(truth * known, mask_at(proba, combo, predictor.meta) * known)
                                  for proba, truth, known in cached])
         row = {**asdict(combo), "dice": pooled.dice, "f1": pooled.f1}
         for n, proba, reference in crops:
-            mask = mask_at(proba, combo, pixel_area=CROP_SCALE**2)
+            mask = mask_at(proba, combo, predictor.meta, pixel_area=CROP_SCALE**2)
             s = score(reference, mask, min_object_px=MIN_MARK_PX)
             row[f"crop{n}_dice"], row[f"crop{n}_f1"] = s.dice, s.f1
             if n == 1:
@@ -111,6 +111,13 @@ def _number(text: str) -> float:
 
 def _floats(text: str) -> list[float]:
     return [_number(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from exc
 
 
 def _seeds(text: str) -> list[float | None]:
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thresholds", type=_floats, default=None, help="e.g. 0.4,0.5 (default: the checkpoint's)")
     p.add_argument("--seed-thresholds", type=_seeds, default=None, help="e.g. off,0.85,0.9")
     p.add_argument("--core-px", type=_floats, default=None, help=f"seed core sizes, model px (default {MIN_SEED_PX})")
-    p.add_argument("--min-px", type=_floats, default=None, help="speck sizes, model px")
+    p.add_argument("--min-px", type=_ints, default=None, help="speck sizes, whole model px")
     p.add_argument("--fractions", type=_floats, default=None, help="speck fractions of the median mark")
     p.add_argument("--real", type=Path, default=None, help=f"also score the real crops here (e.g. {REAL})")
     p.add_argument("--threads", type=int, default=2)
@@ -162,15 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(args.model or default_model_path(), device="cpu", threads=args.threads)
         meta = predictor.meta
         levels = grid(args.thresholds or [meta.threshold], args.seed_thresholds or [meta.seed_threshold],
-                      args.core_px or [float(MIN_SEED_PX)], args.min_px or [float(meta.min_mark_px)],
+                      args.core_px or [float(MIN_SEED_PX)], args.min_px or [meta.min_mark_px],
                       args.fractions or [meta.min_mark_fraction])
+        for combo in levels:  # out-of-range levels fail here, before any image is predicted
+            combo.applied_to(meta)
         rows = sweep(predictor, levels, count=args.synthetic, seed=args.seed, size=args.size,
                      pitch=(args.pitch_min, args.pitch_max), real=args.real)
     except AmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    own = Levels(meta.threshold, meta.seed_threshold, float(MIN_SEED_PX), float(meta.min_mark_px),
-                 meta.min_mark_fraction)
+    own = Levels(meta.threshold, meta.seed_threshold, float(MIN_SEED_PX), meta.min_mark_px, meta.min_mark_fraction)
     print(f"{args.synthetic} synthetic images, seed {args.seed}, {args.size} px, "
           f"pitch {args.pitch_min}-{args.pitch_max}; * marks the checkpoint's own levels")
     print(_table(rows, own))

@@ -46,17 +46,20 @@ def mask_from_proba(
     *,
     postprocess: bool = True,
     pixel_area: float = 1.0,
+    min_seed_px: float = MIN_SEED_PX,
 ) -> np.ndarray:
     """The checkpoint's mask of 2-D ``proba``; ``postprocess`` False stops at the threshold.
 
     ``pixel_area`` is how many model pixels one pixel of ``proba`` covers (``scale**2`` for
     probabilities resized back after inference at ``scale``), so sizes keep their meaning in marks.
+    ``min_seed_px`` (model pixels) is the core size of step 2, which checkpoints do not name; only
+    the level sweep (``benchmarks/postprocess_sweep.py``) sets another.
     """
     if not postprocess or meta.seed_threshold is None:
         mask = proba >= meta.threshold
     else:
         mask = separate_touching(proba, threshold=meta.threshold, seed_threshold=meta.seed_threshold,
-                                 min_seed_px=MIN_SEED_PX / pixel_area)
+                                 min_seed_px=min_seed_px / pixel_area)
     if postprocess and (meta.min_mark_px > 0 or meta.min_mark_fraction > 0):
         mask = drop_specks(mask, meta.min_mark_px / pixel_area, fraction=meta.min_mark_fraction)
     return mask

@@ -34,19 +34,22 @@ def _load():
 def test_masks_at_the_checkpoints_levels_are_the_checkpoints_masks() -> None:
     mod = _load()
     meta = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=1).meta
-    own = mod.Levels(meta.threshold, meta.seed_threshold, float(MIN_SEED_PX), float(meta.min_mark_px),
+    own = mod.Levels(meta.threshold, meta.seed_threshold, float(MIN_SEED_PX), meta.min_mark_px,
                      meta.min_mark_fraction)
     centres = [(30 + 40 * (i // 4), 30 + 40 * (i % 4)) for i in range(12)]
     touching = blobs([(160, 45), (160, 75)], sigma=14, shape=(200, 200))  # joined at 0.5, cores apart
     proba = np.maximum(blobs(centres, sigma=9, shape=(200, 200)), touching)
     proba[180:187, 150:158] = 0.8  # a 56 px fragment: past the fixed speck size, under 0.3 of a mark
     for area in (1.0, 2.04**2):
-        assert np.array_equal(mod.mask_at(proba, own, pixel_area=area), mask_from_proba(proba, meta, pixel_area=area))
-    mask = mod.mask_at(proba, own)
+        assert np.array_equal(mod.mask_at(proba, own, meta, pixel_area=area),
+                              mask_from_proba(proba, meta, pixel_area=area))
+    mask = mod.mask_at(proba, own, meta)
     assert not mask[180:187, 150:158].any(), "the fraction of the median mark applies"
     assert components(mask) == 14, "12 marks and the touching pair cut apart"
+    big_cores = dataclasses.replace(own, core_px=10 * MIN_SEED_PX)
+    assert components(mod.mask_at(proba, big_cores, meta)) == 13, "cores under the core size seed no cut"
     off = dataclasses.replace(own, seed_threshold=None, min_px=0, fraction=0)
-    assert np.array_equal(mod.mask_at(proba, off), proba >= meta.threshold)
+    assert np.array_equal(mod.mask_at(proba, off, meta), proba >= meta.threshold)
 
 
 def test_grid_keeps_only_seed_thresholds_above_the_threshold() -> None:
