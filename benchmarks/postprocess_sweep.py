@@ -32,8 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from am.errors import AmError, InputError
 from am.evaluate.metrics import Scores, score
-from am.evaluate.real import CROP_SCALE, MIN_MARK_PX, blob_false_marks
-from am.imageio import read_image
+from am.evaluate.real import CROP_SCALE, CROPS, MIN_MARK_PX, blob_false_marks, check_real_dir, read_crops
 from am.model.checkpoint import ModelMeta, default_model_path
 from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
@@ -81,12 +80,8 @@ def sweep(predictor: Predictor, levels: list[Levels], *, count: int, seed: int, 
     items = synthetic_images(count=count, size=size, seed=seed, pitch_range=pitch)
     cached = [(predict_image_proba(predictor, item.image), item.mask, item.weight > 0)
               for item in tqdm(items, desc="probabilities")]
-    crops = []
-    if real is not None:
-        for n in (1, 2, 3):
-            image = read_image(real / f"crop{n}_image.png")
-            reference = read_image(real / f"crop{n}_reference_mask.png") > 0
-            crops.append((n, predict_image_proba(predictor, image, scale=CROP_SCALE), reference))
+    crops = [(n, predict_image_proba(predictor, image, scale=CROP_SCALE), reference)
+             for n, image, reference in (read_crops(real) if real is not None else [])]
     rows = []
     for combo in tqdm(levels, desc="levels"):
         pooled = Scores.combine([score(truth * known, mask_at(proba, combo, predictor.meta) * known)
@@ -137,7 +132,7 @@ def _table(rows: list[dict], own: Levels) -> str:
         cells = ["*" if mine else "", f"{r['threshold']:.2f}", seed, f"{r['core_px']:.0f}", f"{r['min_px']:.0f}",
                  f"{r['fraction']:.2f}", f"{r['dice']:.4f}", f"{r['f1']:.4f}"]
         if real:
-            cells += [f"{r[f'crop{n}_dice']:.4f}" for n in (1, 2, 3)] + [f"{r[f'crop{n}_f1']:.3f}" for n in (1, 2, 3)]
+            cells += [f"{r[f'crop{n}_dice']:.4f}" for n in CROPS] + [f"{r[f'crop{n}_f1']:.3f}" for n in CROPS]
             cells.append(str(r["blob_false_marks"]))
         lines.append(" ".join(f"{c:>9}" for c in cells)[8:])
     return "\n".join(lines)
@@ -164,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic < 1:
         p.error(f"--synthetic {args.synthetic} must be >= 1")
     try:
-        if args.real is not None and not (args.real / "crop1_image.png").is_file():
-            raise InputError(f"{args.real} does not hold the real samples (crop1_image.png is missing)")
+        real = check_real_dir(args.real) if args.real is not None else None
         predictor = Predictor.from_checkpoint(args.model or default_model_path(), device="cpu", threads=args.threads)
         meta = predictor.meta
         levels = grid(args.thresholds or [meta.threshold], args.seed_thresholds or [meta.seed_threshold],
@@ -174,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for combo in levels:  # out-of-range levels fail here, before any image is predicted
             combo.applied_to(meta)
         rows = sweep(predictor, levels, count=args.synthetic, seed=args.seed, size=args.size,
-                     pitch=(args.pitch_min, args.pitch_max), real=args.real)
+                     pitch=(args.pitch_min, args.pitch_max), real=real)
     except AmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

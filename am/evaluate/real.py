@@ -28,6 +28,7 @@ from am.model.predict import Predictor
 from am.model.whole import predict_image_mask
 
 CROP_SCALE = 2.04
+CROPS = (1, 2, 3)
 # The out-of-focus blob of crop1 in crop pixels (x0, y0, x1, y1), judged by eye; the real mark
 # touching its right edge is excluded through the reference mask.
 CROP1_BLOB_BOX = (86, 32, 108, 72)
@@ -35,14 +36,24 @@ CROP1_BLOB_BOX = (86, 32, 108, 72)
 MIN_MARK_PX = 12
 
 
-def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None = None) -> dict[str, Any]:
+def check_real_dir(real_dir: Path) -> Path:
+    """``real_dir`` as a Path, once it is known to hold the real samples."""
     real_dir = Path(real_dir)
     if not (real_dir / "crop1_image.png").is_file():
         raise InputError(f"{real_dir} does not hold the real samples (crop1_image.png is missing)")
+    return real_dir
+
+
+def read_crops(real_dir: Path) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``(n, image, reference mask as bool)`` for crop1..3 of a checked ``real_dir``."""
+    return [(n, read_image(real_dir / f"crop{n}_image.png"), read_image(real_dir / f"crop{n}_reference_mask.png") > 0)
+            for n in CROPS]
+
+
+def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None = None) -> dict[str, Any]:
+    real_dir = check_real_dir(real_dir)
     report: dict[str, Any] = {"crops": {}, "tiles": {}}
-    for n in (1, 2, 3):
-        image = read_image(real_dir / f"crop{n}_image.png")
-        reference = read_image(real_dir / f"crop{n}_reference_mask.png") > 0
+    for n, image, reference in read_crops(real_dir):
         predicted = predict_image_mask(predictor, image, scale=CROP_SCALE)
         s = score(reference, predicted, min_object_px=MIN_MARK_PX)
         entry = {"dice": s.dice, "iou": s.iou, "f1": s.f1, "reference_marks": s.true_objects,
