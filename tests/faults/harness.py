@@ -120,29 +120,22 @@ class PipelineRun:
         self.wait_until(lambda: number in self.workers(), timeout=timeout, what=f"worker {number}")
         return self.workers()[number][0]
 
-    def wait_for_first_batch(self, *, timeout: float = 90) -> int:
-        """Wait until any worker has finished a batch; the pid of the first that did.
+    def wait_for_first_batch(self, *, timeout: float = 90) -> tuple[int, Path]:
+        """Wait until any worker has finished a batch; the pid and log of the first that did.
 
         That worker is the one taking the job's messages, and the job has just begun, so it still
         holds the batches it prefetched: a fault injected now lands mid-job, whichever worker
-        happened to load its model first.
+        happened to load its model first. (Waiting for a particular worker instead can miss the
+        job: on a loaded machine the other one may load faster and take every tile.)
         """
-        def first() -> int | None:
-            return next((pid for _number, (pid, log) in sorted(self.workers().items()) if _finished_a_batch(log)),
-                        None)
+        def first() -> tuple[int, Path] | None:
+            return next(((pid, log) for _number, (pid, log) in sorted(self.workers().items())
+                         if _finished_a_batch(log)), None)
 
         self.wait_until(lambda: first() is not None, timeout=timeout, what="a finished batch in a worker's log")
-        pid = first()
-        assert pid is not None
-        return pid
-
-    def wait_for_batch(self, number: int, *, timeout: float = 90) -> int:
-        """Wait until worker ``number`` has finished a batch (so it holds its model and is in its loop); its pid."""
-        pid = self.wait_for_worker(number, timeout=timeout)
-        log = self.workers()[number][1]
-        self.wait_until(lambda: _finished_a_batch(log), timeout=timeout,
-                        what=f"a finished batch in worker {number}'s log")
-        return pid
+        found = first()
+        assert found is not None
+        return found
 
     def wait(self, *, timeout: float) -> int:
         try:

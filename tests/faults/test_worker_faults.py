@@ -22,7 +22,7 @@ def test_worker_killed_mid_batch_its_tiles_come_back_and_the_mask_is_unchanged(t
     """Fault 1: SIGKILL loses the messages a worker holds until their visibility timeout; another worker does them."""
     dataset = make_dataset(tmp_path / "ds", {"g1": (1000, 1000)})
     with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=BUSY) as run:
-        victim = run.wait_for_first_batch()
+        victim, _log = run.wait_for_first_batch()
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         assert run.wait(timeout=180) == 0, run.stderr[-4000:]
@@ -61,12 +61,11 @@ def test_worker_sigterm_mid_batch_finishes_it_exits_0_and_loses_no_tile(tmp_path
     """Fault 7: an ECS stop or Spot interruption sends SIGTERM; the worker settles its batch and exits 0."""
     dataset = make_dataset(tmp_path / "ds", {"g1": (1000, 1000)})
     with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=BUSY) as run:
-        victim = run.wait_for_batch(0)
-        log = run.workers()[0][1]
+        victim, log = run.wait_for_first_batch()
         os.kill(victim, signal.SIGTERM)
         stopped_at = time.monotonic()
         run.wait_until(lambda: "exits with" in log.read_text(errors="replace"), timeout=30,
-                       what="worker 0's closing line")
+                       what="the stopped worker's closing line")
         stop_s = time.monotonic() - stopped_at
         closing = log.read_text(errors="replace")
         assert run.wait(timeout=120) == 0, run.stderr[-4000:]
