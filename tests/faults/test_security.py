@@ -119,13 +119,18 @@ def test_local_run_keeps_credentials_from_workers_and_logs_and_listens_on_loopba
     env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": SECRET,
            "AM_BATCH_SIZE": "1"}
     with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=env) as run:
-        worker = run.wait_for_worker(0)
+        run.wait_for_worker(1)
         orchestrator = psutil.Process(run.proc.pid)
         listening = [c.laddr for c in orchestrator.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+
+        def consuming() -> tuple[int, Path] | None:
+            """A worker whose model is loaded and clients built (either one: the other may never get there)."""
+            return next(((pid, log) for pid, log in run.workers().values()
+                         if log.is_file() and "consuming" in log.read_text(errors="replace")), None)
+
+        run.wait_until(lambda: consuming() is not None, timeout=60, what="a worker consuming")
+        worker, log_path = consuming()
         worker_env = psutil.Process(worker).environ()
-        log_path = run.workers()[0][1]
-        run.wait_until(lambda: "consuming" in log_path.read_text(errors="replace"), timeout=60,
-                       what="worker 0 consuming")  # the model is loaded, its clients are built
         worker_listening = [c for c in psutil.Process(worker).net_connections(kind="inet")
                             if c.status == psutil.CONN_LISTEN]
         log = log_path.read_text(errors="replace")
