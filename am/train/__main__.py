@@ -132,6 +132,9 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument("--crop", type=int, default=256, help="training crop side in px (multiple of 32)")
     opt.add_argument("--scale-min", type=float, default=0.7, help="smallest zoom of a crop (scale augmentation)")
     opt.add_argument("--scale-max", type=float, default=1.4, help="largest zoom of a crop")
+    opt.add_argument("--low-resolution", type=float, default=0.0, metavar="P",
+                     help="probability that a training crop is shrunk 1.5-2.5 times and enlarged back, as images "
+                          "taken at a lower magnification reach the model through --scale (default 0)")
     opt.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     opt.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     opt.add_argument("--warmup-steps", type=int, default=100,
@@ -182,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--gap-weight must be between 1 and 255")
     if not 0 < args.scale_min <= args.scale_max:
         p.error("--scale-min must be > 0 and <= --scale-max")
+    if not 0 <= args.low_resolution <= 1:
+        p.error(f"--low-resolution {args.low_resolution} is a probability: it must lie in [0, 1]")
     if not 0 < args.threshold < 1:
         p.error(f"--threshold {args.threshold} must lie strictly between 0 and 1")
     if args.seed_threshold is not None and not args.threshold < args.seed_threshold < 1:
@@ -222,7 +227,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
         decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max), lr=args.lr,
+        batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max),
+        low_resolution=args.low_resolution, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
         seed_threshold=args.seed_threshold, min_mark_px=args.min_mark_px,
         min_mark_fraction=args.min_mark_fraction,

@@ -2,12 +2,13 @@
 
 Geometry (random crop at a random scale, flips, 90-degree rotations) moves image, mask and
 loss weights together; photometry (brightness, contrast, gamma, blur, noise, polarity
-inversion) touches only the image. Every call draws from the ``rng`` it is given, so a seeded
+inversion) and resolution loss touch only the image. Every call draws from the ``rng`` it is given, so a seeded
 run sees the same crops::
 
     image, mask, weight = random_crop(rng, image, mask, weight, size=256, scale=(0.7, 1.4))
     image, mask, weight = flip_rotate(rng, image, mask, weight)
     image = photometric(rng, image)
+    image = lose_resolution(rng, image, factor=(1.5, 2.5))
 """
 
 from __future__ import annotations
@@ -77,3 +78,17 @@ def photometric(rng: np.random.Generator, image: np.ndarray, *, invert_p: float 
     if rng.random() < 0.4:
         x = x + rng.normal(0, rng.uniform(0.01, 0.06), size=x.shape).astype(np.float32)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def lose_resolution(rng: np.random.Generator, image: np.ndarray, *, factor: tuple[float, float]) -> np.ndarray:
+    """The image shrunk by a factor drawn from ``factor`` and enlarged back to its size.
+
+    Images taken at a lower magnification than the model's reach it enlarged (``--scale``): the
+    marks are the right size, but every edge is as soft as the original pixels were coarse and the
+    fine speckle of the tissue is gone. Training at full resolution only never shows the model such
+    an image; this does, with the mask unchanged.
+    """
+    f = float(rng.uniform(*factor))
+    height, width = image.shape
+    small = cv2.resize(image, (max(1, round(width / f)), max(1, round(height / f))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)

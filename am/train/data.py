@@ -25,7 +25,7 @@ from am.imageio import read_image
 from am.normalize import to_grey
 from am.synth.dataset import iter_samples
 from am.synth.render import between_labels
-from am.train.augment import flip_rotate, photometric, random_crop
+from am.train.augment import flip_rotate, lose_resolution, photometric, random_crop
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ class CropDataset(Dataset):
         seed: int,
         scale: tuple[float, float] = (0.7, 1.4),
         augment: bool = True,
+        low_resolution: float = 0.0,
+        low_resolution_factor: tuple[float, float] = (1.5, 2.5),
     ) -> None:
         if not items:
             raise InputError("no training images were given")
@@ -146,6 +148,10 @@ class CropDataset(Dataset):
         self.seed = seed
         self.scale = scale
         self.augment = augment
+        # The probability is tested before drawing from the generator, so that runs without the
+        # augmentation see exactly the crops they saw before it existed.
+        self.low_resolution = low_resolution
+        self.low_resolution_factor = low_resolution_factor
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -162,6 +168,8 @@ class CropDataset(Dataset):
         if self.augment:
             image, mask, weight = flip_rotate(rng, image, mask, weight)
             image = photometric(rng, image)
+            if self.low_resolution > 0 and rng.random() < self.low_resolution:
+                image = lose_resolution(rng, image, factor=self.low_resolution_factor)
         return (
             torch.from_numpy(np.ascontiguousarray(image))[None],
             torch.from_numpy(np.ascontiguousarray(mask)).float()[None],

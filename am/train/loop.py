@@ -56,6 +56,7 @@ class TrainConfig:
     batch_size: int = 8
     crop: int = 256
     scale: tuple[float, float] = (0.7, 1.4)
+    low_resolution: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
@@ -206,7 +207,7 @@ def train(
                  best_epoch)
 
     dataset = CropDataset(train_items, crop=config.crop, length=config.steps_per_epoch * config.batch_size,
-                          seed=config.seed, scale=config.scale)
+                          seed=config.seed, scale=config.scale, low_resolution=config.low_resolution)
     g = torch.Generator()
     g.manual_seed(config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,

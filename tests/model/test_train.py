@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,6 +20,7 @@ from am.model.checkpoint import ModelMeta, load_checkpoint
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.predict import prepare_input
 from am.model.separate import DEFAULT_SEED_THRESHOLD
+from am.train.augment import lose_resolution
 from am.train.data import CropDataset, Labelled, load_split, synthetic_images, weigh_gaps
 from am.train.loop import TrainConfig, loss_fn, metrics_path, state_path, train
 
@@ -67,6 +69,33 @@ def test_crops_are_fresh_each_epoch_and_reproducible(images: list[Labelled]) -> 
     assert not torch.equal(first, dataset[0][0])
     dataset.set_epoch(0)
     assert torch.equal(first, dataset[0][0])
+
+
+def test_low_resolution_softens_the_image_only_and_leaves_other_runs_unchanged(images: list[Labelled]) -> None:
+    plain = CropDataset(images, crop=96, length=6, seed=3)
+    never = CropDataset(images, crop=96, length=6, seed=3, low_resolution=0.0)
+    always = CropDataset(images, crop=96, length=6, seed=3, low_resolution=1.0, low_resolution_factor=(2.0, 2.0))
+    detail_kept = []
+    for k in range(6):
+        image, mask, weight = plain[k]
+        assert all(torch.equal(a, b) for a, b in zip((image, mask, weight), never[k], strict=True))
+        soft, soft_mask, soft_weight = always[k]
+        # Same crop, same truth: only the picture lost its finest detail.
+        assert torch.equal(mask, soft_mask) and torch.equal(weight, soft_weight)
+        assert soft.shape == image.shape and soft.dtype == image.dtype
+        sharp_detail = np.var(cv2.Laplacian(image[0].numpy().astype(np.float32), cv2.CV_32F))
+        soft_detail = np.var(cv2.Laplacian(soft[0].numpy().astype(np.float32), cv2.CV_32F))
+        detail_kept.append(soft_detail / sharp_detail)
+        assert abs(float(soft.float().mean()) - float(image.float().mean())) < 3
+    # A crop already blurred by the photometric step has less left to lose.
+    assert max(detail_kept) < 0.8 and np.median(detail_kept) < 0.25, detail_kept
+
+
+def test_lose_resolution_keeps_the_size_of_odd_shapes() -> None:
+    image = np.random.default_rng(0).integers(0, 256, size=(37, 53), dtype=np.uint8)
+    out = lose_resolution(np.random.default_rng(1), image, factor=(1.5, 2.5))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert out.std() < image.std()
 
 
 def test_weight_zero_pixels_do_not_count() -> None:
@@ -181,12 +210,12 @@ def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
     out = tmp_path / "cli.pt"
     cmd = [sys.executable, "-m", "am.train", "--data", str(root), "--encoder", TINY["encoder"], "--encoder-depth",
            "5", "--decoder-channels", "32,16,8,8,4", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
-           "--crop", "64", "--threads", "1", "--gap-weight", "5", "--out", str(out)]
+           "--crop", "64", "--threads", "1", "--gap-weight", "5", "--low-resolution", "0.5", "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "best epoch 1" in done.stdout and out.is_file()
     written = load_checkpoint(out)[0]
-    assert written.training["data"]["gap_weight"] == 5
+    assert written.training["data"]["gap_weight"] == 5 and written.training["low_resolution"] == 0.5
     # New models cut touching marks apart and drop specks by default.
     assert (written.seed_threshold, written.min_mark_px, written.min_mark_fraction) == (
         DEFAULT_SEED_THRESHOLD, DEFAULT_MIN_MARK_PX, DEFAULT_MIN_MARK_FRACTION)
@@ -194,6 +223,10 @@ def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
     assert no_gain.returncode == 2 and "--gap-weight" in no_gain.stderr
     no_init = subprocess.run([*cmd, "--init-partial"], cwd=REPO, capture_output=True, text=True, check=False)
     assert no_init.returncode == 2 and "--init-partial needs --init" in no_init.stderr
+    for chance in ("1.5", "-0.1", "nan"):
+        bad_chance = subprocess.run([*cmd, "--low-resolution", chance], cwd=REPO, capture_output=True, text=True,
+                                    check=False)
+        assert bad_chance.returncode == 2 and "--low-resolution" in bad_chance.stderr, chance
     no_blobs = subprocess.run([*cmd, "--synthetic-blobs", "-1"], cwd=REPO, capture_output=True, text=True,
                               check=False)
     assert no_blobs.returncode == 2 and "--synthetic-blobs" in no_blobs.stderr
