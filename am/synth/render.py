@@ -35,9 +35,10 @@ import numpy as np
 from am.synth.lattice import Lattice
 from am.synth.shapes import PARTS, SHAPES
 
-POLARITIES = ("bright", "dark", "rim", "grey", "flat")
-# How often each polarity is drawn: bright marks are the commonest in real acquisitions.
-POLARITY_MIX = {"bright": 0.4, "dark": 0.1, "rim": 0.18, "grey": 0.14, "flat": 0.18}
+POLARITIES = ("bright", "dark", "rim", "grey", "flat", "crater")
+# How often each polarity is drawn: bright marks are the commonest in real acquisitions. "crater"
+# came last and is drawn only when a mix names it, so that every seed keeps the images it had.
+POLARITY_MIX = {"bright": 0.4, "dark": 0.1, "rim": 0.18, "grey": 0.14, "flat": 0.18, "crater": 0.0}
 LABELS = ("visible", "footprint")
 MARK_EDGE_SIGMA = 0.6  # px: every mark's edge is softened this much before the optics blur
 OPTICS_MIN_BLUR = 0.2  # px: weaker optics blur is not applied
@@ -340,7 +341,8 @@ def _draw_ids(
 
 
 def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
-    """Give marks their look: brighter, darker, dark with a bright rim, or flat grey."""
+    """Give marks their look: brighter, darker, dark with a bright rim, flat grey, or a dark crater
+    holding a light plateau."""
     inside = (ids > 0).astype(np.float32)
     height, width = image.shape
     # Per-mark brightness variation via a lookup on the id image.
@@ -366,6 +368,13 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
         value = local + offset * per_mark + style.mark_texture * 0.1 * (texture - 1)
         if rng.random() < 0.5:
             value = value + _one_sided_rim(inside, style, rng) * (style.contrast + 0.1)
+    elif style.polarity == "crater":
+        # A dark crater with a flat, light plateau on one side of its floor (crop2 of the real
+        # samples): the part of the mark in shadow is as much the mark as the lit part.
+        dark = local - style.contrast * per_mark * texture * np.clip(local + 0.2, 0.2, 1.0) - 0.05
+        plateau = _one_sided_rim(inside, style, rng, reach=(0.4, 0.8))
+        level = float(np.clip(np.mean(image) + rng.uniform(0.1, 0.3), 0.3, 0.9))
+        value = dark * (1 - plateau) + level * per_mark * plateau
     else:
         # A flat core with a bright rim on one side: the mark's raised edge catching the light.
         rim = _one_sided_rim(inside, style, rng)
@@ -394,10 +403,11 @@ def _outer_shadow(inside: np.ndarray, style: Style, rng: np.random.Generator) ->
     return np.clip(moved - inside, 0, 1)
 
 
-def _one_sided_rim(inside: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
-    """The part of each mark that a shifted copy of it does not cover: a rim on one side."""
+def _one_sided_rim(inside: np.ndarray, style: Style, rng: np.random.Generator, *,
+                   reach: tuple[float, float] = (0.15, 0.35)) -> np.ndarray:
+    """The part of each mark that a copy shifted by ``reach`` radii does not cover: a rim on one side."""
     height, width = inside.shape
-    rim_width = max(1, int(round(style.mark_radius * rng.uniform(0.15, 0.35))))
+    rim_width = max(1, int(round(style.mark_radius * rng.uniform(*reach))))
     angle = rng.uniform(0, 2 * np.pi)
     shift = np.float32([[1, 0, rim_width * math.cos(angle)], [0, 1, rim_width * math.sin(angle)]])
     moved = cv2.warpAffine(inside, shift, (width, height), flags=cv2.INTER_NEAREST)

@@ -126,6 +126,32 @@ def test_flat_marks_stand_out_from_their_surroundings() -> None:
     assert np.median(contrasts) > 1.0
 
 
+def test_crater_marks_are_dark_with_a_light_plateau_and_drawn_only_when_asked() -> None:
+    """Like crop2's marks: most of the crater darker than the tissue around it, one side a flat light
+    plateau; and absent from the default mix, so that every seed keeps its images."""
+    import cv2
+
+    assert POLARITY_MIX["crater"] == 0
+    assert all(random_style(np.random.default_rng(s)).polarity != "crater" for s in range(300))
+    checked = 0
+    for seed in range(3):
+        scene = _scene(seed, polarity="crater", shape="blob", pitch=50.0, mark_radius=18.0, missing=0.0,
+                       mixed_shapes=False, blur=0.3, noise=0.0, speckle=0.1, contrast=0.4, illumination=0.0,
+                       bright_blobs=0.0, dark_holes=0.0, dark_patches=0.0, debris=0.0, shadow=0.0)
+        for mark_id in set(np.unique(scene.ids)) - {0}:
+            inside = scene.ids == mark_id
+            ys, xs = np.nonzero(inside)
+            if ys.min() < 4 or xs.min() < 4 or ys.max() > 283 or xs.max() > 315:
+                continue
+            ring = cv2.dilate(inside.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & (scene.ids == 0)
+            values = scene.image[inside]
+            dark, lit = np.quantile(values, 0.2), np.quantile(values, 0.95)
+            assert dark < np.median(scene.image[ring]) - 0.05, mark_id
+            assert lit > dark + 0.15, mark_id
+            checked += 1
+    assert checked >= 20
+
+
 def test_visible_labels_grow_the_footprint_and_leave_the_image_alone() -> None:
     """The label convention changes the truth only, by at most the margin, and never merges two marks."""
     import cv2
