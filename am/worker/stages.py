@@ -101,6 +101,12 @@ class Prefetcher(Generic[T]):
         for items in left:
             self._discard(items)
 
+    def join(self, timeout: float) -> bool:
+        """Wait for the receiving thread (after :meth:`stop`, a receive under way ends it); True once ended."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     @property
     def waiting(self) -> int:
         """Batches received and not yet taken."""

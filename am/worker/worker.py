@@ -23,7 +23,8 @@ computed and those being uploaded, and releases whatever is left after ``stop_gr
 aborting releases everything at once. An unexpected error in any stage stops the worker the
 same way and makes :meth:`Worker.run` return 1. A stop while idle does not wait for the long
 poll in progress: should that poll still deliver messages after the process has gone, they
-reappear when their visibility timeout ends.
+reappear when their visibility timeout ends. A stop that gave messages back waits up to
+``RECEIVE_SETTLE_S`` for that poll, which would otherwise take them straight back.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ PREFETCH_BATCHES = 2
 # Batches computed and not yet settled before the model waits for the uploads.
 UPLOAD_BATCHES = 2
 _SUPERVISE_INTERVAL_S = 0.1
+# After giving messages back on a stop, how long to wait for a receive already under way: its long
+# poll would take them straight back, and a worker exiting then hides them from every other worker
+# for a whole visibility timeout. Given back, they reach that poll at once, and it returns them.
+RECEIVE_SETTLE_S = 2.0
 
 
 class ResultSender(Protocol):
@@ -144,6 +149,7 @@ class Worker:
         self._crash: BaseException | None = None
         self._crash_lock = threading.Lock()
         self._idle_s = 0.0
+        self._gave_back_on_stop = False
         self._senders: dict[str, ResultSender] = {}
         # Most tiles in a message of the last receive: sizes the next one (at first, ask for one message).
         self._tiles_per_message = batch_size
@@ -187,6 +193,8 @@ class Worker:
                 code = self._supervise(thread, prefetcher)
             finally:
                 prefetcher.stop()
+                if self._gave_back_on_stop and not self._aborting.is_set():
+                    prefetcher.join(RECEIVE_SETTLE_S)
                 # The compute thread may still be running (grace period over, or abort): it must not
                 # hand another batch to the pools shut down below.
                 uploader.close()
@@ -426,6 +434,8 @@ class Worker:
     def _release(self, handles: list[str], seconds: int) -> None:
         if not handles:
             return
+        if seconds == 0 and self._stopping.is_set():
+            self._gave_back_on_stop = True
         with self._lease.lock:
             self._lease.remove(handles)
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -304,6 +305,29 @@ def test_unexpected_error_in_the_model_stage_stops_the_worker(env: Env) -> None:
 
     assert env.worker(models, idle_exit_s=30).run() == 1
     assert env.queue.depth() == {"visible": 2, "in_flight": 0}
+
+
+def test_messages_given_back_on_a_stop_are_not_taken_back_by_the_workers_own_long_poll(env: Env) -> None:
+    """The model fails while the receiving thread is in a long poll for the next batch: the messages
+    given back reach that poll at once. The worker must return them before it exits, or they stay
+    hidden from every other worker for a visibility timeout."""
+    env.put_tiles(range(2))
+
+    def models(uri: str) -> Any:
+        time.sleep(0.5)  # by now the next receive is polling the empty queue
+        raise TypeError("not an AmError: a bug")
+
+    def receiving() -> int:
+        return sum(t.name == "am-receive" and t.is_alive() for t in threading.enumerate())
+
+    before = receiving()
+    started = time.monotonic()
+    assert env.worker(models, batch_size=2, idle_exit_s=30).run() == 1
+    took = time.monotonic() - started
+    # Its receiving thread has ended: no poll of this worker holds the messages it gave back.
+    assert receiving() <= before
+    assert env.queue.depth() == {"visible": 2, "in_flight": 0}
+    assert took < 5, f"the worker took {took:.1f} s to exit"
 
 
 def test_receive_error_stops_the_worker(env: Env) -> None:
