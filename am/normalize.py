@@ -11,10 +11,12 @@ row blocks, so a 20000 x 20000 16-bit scan needs no full-size float copy::
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from am.errors import InputError
+from am.imageio import read_image
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,16 @@ def normalize(
         lo, hi = float(mn), float(mx)
     log.debug("%s: stretching %s..%s to 0..255", name, lo, hi)
     return _stretch(grey, lo, hi)
+
+
+def read_normalised(path: Path) -> np.ndarray:
+    """An image file as the model sees it in the pipeline, at the default percentiles.
+
+    Every tool that judges or labels an image the user gives it (evaluation, the real-sample
+    report, pseudo-labelling) reads it through here, so its figures are those of the pipeline's
+    input and not of the file as stored, which may not be stretched at all.
+    """
+    return normalize(read_image(path), name=str(path))
 
 
 def to_grey(image: np.ndarray, *, name: str = "image") -> np.ndarray:
@@ -186,4 +198,4 @@ def _stretch(grey: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-__all__ = ["normalize", "to_grey"]
+__all__ = ["normalize", "read_normalised", "to_grey"]

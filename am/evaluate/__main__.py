@@ -23,7 +23,7 @@ from am.imageio import read_image
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
-from am.normalize import normalize, to_grey
+from am.normalize import read_normalised, to_grey
 from am.train.data import IMAGE_SUFFIXES, Labelled, load_split, synthetic_images
 
 
@@ -64,7 +64,7 @@ def load_pairs(images: Path, masks: Path) -> list[Labelled]:
                           if c.is_file()), None)
         if mask_path is None:
             raise InputError(f"{path} has no mask of the same name in {masks}")
-        image = normalize(read_image(path), name=str(path))
+        image = read_normalised(path)
         items.append(Labelled.from_arrays(image, to_grey(read_image(mask_path)), name=path.stem))
     if not items:
         raise InputError(f"no images in {images}")

@@ -1,7 +1,8 @@
 """Judge a model on the real post-MALDI samples (``shared/data/real``, see its README).
 
 Every image is normalised as the pipeline normalises its input (a 1-99 percentile stretch,
-:func:`am.normalize.normalize`), so the figures are those of the masks a user gets.
+:func:`am.normalize.read_normalised`), so the figures are those of the masks a user gets: the
+crops are not stretched as stored (crop2 spans 13-149 between its 1st and 99th percentiles).
 
 - ``cropN_image.png`` are half-resolution (1 px = 2.04 original px) crops with the original
   project's U-Net masks as references: we enlarge the crop to full resolution, predict, bring
@@ -29,7 +30,7 @@ from am.evaluate.metrics import score
 from am.imageio import read_image, write_png
 from am.model.predict import Predictor
 from am.model.whole import predict_image_mask
-from am.normalize import normalize
+from am.normalize import read_normalised
 
 CROP_SCALE = 2.04
 CROPS = (1, 2, 3)
@@ -48,19 +49,10 @@ def check_real_dir(real_dir: Path) -> Path:
     return real_dir
 
 
-def read_sample(path: Path) -> np.ndarray:
-    """A real image as the model sees it in the pipeline: normalised like ``am.prepare`` does.
-
-    The crops are not stretched to the full range (crop2 spans 13-149 between its 1st and 99th
-    percentiles); feeding them as they are would measure a model on input the pipeline never gives it.
-    """
-    return normalize(read_image(path), name=str(path))
-
-
 def read_crops(real_dir: Path) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """``(n, normalised image, reference mask as bool)`` for crop1..3 of a checked ``real_dir``."""
-    return [(n, read_sample(real_dir / f"crop{n}_image.png"), read_image(real_dir / f"crop{n}_reference_mask.png") > 0)
-            for n in CROPS]
+    return [(n, read_normalised(real_dir / f"crop{n}_image.png"),
+             read_image(real_dir / f"crop{n}_reference_mask.png") > 0) for n in CROPS]
 
 
 def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None = None) -> dict[str, Any]:
@@ -77,7 +69,7 @@ def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None
         if overlays is not None:
             write_png(Path(overlays) / f"crop{n}.png", _enlarge(_overlay(image, predicted, reference), 3))
     for name in ("tile_a_512", "tile_b_512"):
-        image = read_sample(real_dir / f"{name}.png")
+        image = read_normalised(real_dir / f"{name}.png")
         predicted = predict_image_mask(predictor, image)
         _, _, stats, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
         areas = stats[1:, cv2.CC_STAT_AREA]

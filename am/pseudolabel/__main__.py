@@ -23,7 +23,7 @@ from am.cli import configure_logging, run_main
 from am.errors import InputError
 from am.imageio import read_image
 from am.messages import TTA_MODES
-from am.normalize import normalize, to_grey
+from am.normalize import read_normalised, to_grey
 from am.pseudolabel.core import CropLabel, PseudoConfig, pseudo_label
 
 LABEL_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pseudo_label(args: argparse.Namespace, config: PseudoConfig) -> int:
-    image = normalize(read_image(args.image), name=str(args.image))
+    image = read_normalised(args.image)
     result = pseudo_label(image, read_labels(args.labels), out_dir=args.out, config=config, progress=_bar)
     print(f"pseudo-labels: {100 * result.known.mean():.1f}% of the image trusted; wrote {args.out}/pseudo_mask.png, "
           f"overlay.png and model {result.model}")

@@ -148,8 +148,6 @@ class CropDataset(Dataset):
         self.seed = seed
         self.scale = scale
         self.augment = augment
-        # The probability is tested before drawing from the generator, so that runs without the
-        # augmentation see exactly the crops they saw before it existed.
         self.low_resolution = low_resolution
         self.low_resolution_factor = low_resolution_factor
         self.epoch = 0
@@ -168,6 +166,8 @@ class CropDataset(Dataset):
         if self.augment:
             image, mask, weight = flip_rotate(rng, image, mask, weight)
             image = photometric(rng, image)
+            # The probability is tested before drawing from the generator, so that runs without the
+            # augmentation see exactly the crops they saw before it existed.
             if self.low_resolution > 0 and rng.random() < self.low_resolution:
                 image = lose_resolution(rng, image, factor=self.low_resolution_factor)
         return (
