@@ -56,11 +56,6 @@ def base_environment(tmp_path: Path, marker: str, extra: Mapping[str, str] | Non
     return env
 
 
-def _finished_a_batch(log: Path) -> bool:
-    """A worker logs "batch of ..." after each batch it settles."""
-    return log.is_file() and "batch of" in log.read_text(errors="replace")
-
-
 class PipelineRun:
     """One ``python -m am.pipeline`` subprocess; killed on exit from the ``with`` block if still running."""
 
@@ -120,22 +115,31 @@ class PipelineRun:
         self.wait_until(lambda: number in self.workers(), timeout=timeout, what=f"worker {number}")
         return self.workers()[number][0]
 
+    def wait_for_first_worker_logging(self, text: str, *, what: str, timeout: float = 90) -> tuple[int, Path]:
+        """Wait until any worker's log holds ``text``; the pid and log of the first (by number) that does.
+
+        Waiting for a particular worker instead can miss the job: on a loaded machine the other
+        one may load its model faster and take every tile.
+        """
+        def first() -> tuple[int, Path] | None:
+            return next(((pid, log) for _number, (pid, log) in sorted(self.workers().items())
+                         if log.is_file() and text in log.read_text(errors="replace")), None)
+
+        self.wait_until(lambda: first() is not None, timeout=timeout, what=what)
+        found = first()
+        assert found is not None
+        return found
+
     def wait_for_first_batch(self, *, timeout: float = 90) -> tuple[int, Path]:
         """Wait until any worker has finished a batch; the pid and log of the first that did.
 
         That worker is the one taking the job's messages, and the job has just begun, so it still
         holds the batches it prefetched: a fault injected now lands mid-job, whichever worker
-        happened to load its model first. (Waiting for a particular worker instead can miss the
-        job: on a loaded machine the other one may load faster and take every tile.)
+        happened to load its model first.
         """
-        def first() -> tuple[int, Path] | None:
-            return next(((pid, log) for _number, (pid, log) in sorted(self.workers().items())
-                         if _finished_a_batch(log)), None)
-
-        self.wait_until(lambda: first() is not None, timeout=timeout, what="a finished batch in a worker's log")
-        found = first()
-        assert found is not None
-        return found
+        # A worker logs "batch of ..." after each batch it settles.
+        return self.wait_for_first_worker_logging("batch of", what="a finished batch in a worker's log",
+                                                  timeout=timeout)
 
     def wait(self, *, timeout: float) -> int:
         try:

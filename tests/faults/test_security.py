@@ -122,14 +122,8 @@ def test_local_run_keeps_credentials_from_workers_and_logs_and_listens_on_loopba
         run.wait_for_worker(1)
         orchestrator = psutil.Process(run.proc.pid)
         listening = [c.laddr for c in orchestrator.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-
-        def consuming() -> tuple[int, Path] | None:
-            """A worker whose model is loaded and clients built (either one: the other may never get there)."""
-            return next(((pid, log) for pid, log in run.workers().values()
-                         if log.is_file() and "consuming" in log.read_text(errors="replace")), None)
-
-        run.wait_until(lambda: consuming() is not None, timeout=60, what="a worker consuming")
-        worker, log_path = consuming()
+        # A worker whose model is loaded and clients built (either one: the other may never get there).
+        worker, log_path = run.wait_for_first_worker_logging("consuming", what="a worker consuming", timeout=60)
         worker_env = psutil.Process(worker).environ()
         worker_listening = [c for c in psutil.Process(worker).net_connections(kind="inet")
                             if c.status == psutil.CONN_LISTEN]
