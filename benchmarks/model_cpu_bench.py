@@ -1,14 +1,15 @@
 """CPU inference speed of a checkpoint: milliseconds per 512x512 tile at batch 1 and batch 4.
 
     python benchmarks/model_cpu_bench.py [--model am/models/default.pt] [--threads 2] [--repeats 10] [--tta d4]
-                                         [--postprocess off]
+                                         [--postprocess off] [--precision fp32]
 
 The target for the shipped default is at most 250 ms per tile on a 2-core laptop CPU, without
 test-time augmentation (``--tta`` shows what its 4 or 8 views cost). The tiles are the first
 images of the synthetic held-out set, not noise: post-processing (cutting touching marks apart,
 dropping specks) costs what the marks in a tile make it cost, and the figure says how much of
 each tile's time it took.
-Reports the median over repeats (after warm-up), so a busy machine skews it less.
+Reports the median over repeats (after warm-up), so a busy machine skews it less. ``--precision``
+auto is what workers use on a CPU: bf16 where it has AMX tile units, fp32 elsewhere.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from am.errors import AmError
 from am.evaluate.heldout import held_out_images
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
-from am.model.predict import Predictor
+from am.model.predict import PRECISIONS, Predictor
 
 TARGET_MS = 250.0
 
@@ -54,19 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
+    p.add_argument("--precision", choices=[m for m in PRECISIONS if m != "fp16"], default="auto",
+                   help="arithmetic of the forward pass (default auto: bf16 on a CPU with AMX, fp32 elsewhere)")
     add_postprocess_option(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:
         predictor = Predictor.from_checkpoint(model, device="cpu", threads=args.threads, batch_size=4,
-                                              tta=args.tta, postprocess=args.postprocess == "on")
+                                              tta=args.tta, postprocess=args.postprocess == "on",
+                                              precision=args.precision)
     except AmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     size_mb = Path(model).stat().st_size / 1e6
     print(f"model {model}: {predictor.meta.encoder}, {size_mb:.1f} MB, {args.threads} threads, "
-          f"cores {os.cpu_count()}, test-time augmentation {args.tta}, "
+          f"cores {os.cpu_count()}, {predictor.precision}, test-time augmentation {args.tta}, "
           f"{masks_label(predictor.postprocess)}")
     worst = 0.0
     for batch in (1, 4):

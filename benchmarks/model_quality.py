@@ -28,7 +28,7 @@ from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
-from am.model.predict import Predictor
+from am.model.predict import PRECISIONS, Predictor
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 MIN_MARK_PX = 10
@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", type=Path, default=REAL, help=f"real samples folder (default {REAL})")
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (fp16 there, as GPU workers run the model)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="arithmetic of the forward pass (default auto, as workers choose: fp16 on CUDA, "
+                        "bf16 on a CPU with AMX, fp32 on other CPUs)")
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
     add_postprocess_option(p)
     p.add_argument("--json", type=Path, default=None, help="write all figures as JSON here")
@@ -50,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or default_model_path()
     try:
         predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads, tta=args.tta,
+                                              precision=args.precision,
                                               postprocess=args.postprocess == "on")
-        out: dict = {"model": str(model), "encoder": predictor.meta.encoder, "tta": args.tta}
-        print(f"model {model} ({predictor.meta.encoder}), test-time augmentation {args.tta}")
+        out: dict = {"model": str(model), "encoder": predictor.meta.encoder, "tta": args.tta,
+                     "precision": predictor.precision}
+        print(f"model {model} ({predictor.meta.encoder}), {predictor.precision}, test-time augmentation {args.tta}")
         if args.synthetic > 0:
             items = held_out_images(args.synthetic)
             results = evaluate(predictor, items)

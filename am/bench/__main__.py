@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", type=Path, help="checkpoint to measure (default: the shipped model)")
     model.add_argument("--encoder", help="measure an untrained U-Net with this encoder instead, e.g. resnext50_32x4d")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: fp16 on CUDA, bf16 on a CPU with AMX, fp32 on other CPUs")
     parser.add_argument("--batch-size", type=int, default=0, help="tiles per forward pass (0: 4 on CPU, 64 on CUDA)")
     parser.add_argument("--tiles-per-message", type=int, default=0,
                         help="worker loop: tiles per SQS message and S3 object (0: as the pipeline, 8 on CPU, "

@@ -11,7 +11,10 @@ The fast path is the only path; what differs by device is the arithmetic:
 - the uint8 tiles travel to the device as they are (a quarter of the bytes of float32),
   through a pinned host buffer and a non-blocking copy on CUDA, and are normalised there;
 - on CUDA the weights and activations are fp16 (or bf16) in channels_last layout, which is
-  what tensor cores want; on CPU everything stays float32, so results are deterministic;
+  what tensor cores want; on a CPU they are bf16 where it has AMX tile units (bf16 matrix
+  arithmetic in hardware, about 1.7 times the float32 rate) and float32 elsewhere, where bf16
+  is emulated and slower (:func:`cpu_multiplies_bf16`); either way a tile's result does not
+  depend on the batch it came in;
 - the threshold is applied on the device and the masks come back as uint8 (a quarter of the
   bytes of float32 probabilities);
 - ``compile="on"`` wraps the model in ``torch.compile`` for one fixed batch shape, compiled
@@ -70,15 +73,39 @@ def prepare_input(pixels: torch.Tensor, meta: ModelMeta, *, dtype: torch.dtype =
     return x.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` is fp16 on CUDA and fp32 elsewhere; half precision is refused off CUDA, where it is slow."""
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has AMX tile units, the only CPUs where bf16 inference beats float32.
+
+    Measured with the shipped model on one Xeon, oneDNN held to each instruction set with
+    ``ONEDNN_MAX_CPU_ISA`` (ms per 512 px tile, 2 threads, float32 -> bf16): AMX 69 -> 41,
+    AVX512-BF16 alone 70 -> 86, AVX512 67 -> 187, AVX2 82 -> 950. So only AMX counts, and a
+    ``ONEDNN_MAX_CPU_ISA`` that leaves AMX out is obeyed.
+    """
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if limit and limit not in ("ALL", "DEFAULT") and "AMX" not in limit:
+        return False
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+def resolve_precision(precision: str, device: str, *, warn: bool = True) -> str:
+    """``auto`` is fp16 on CUDA, and on a CPU bf16 where it has AMX and fp32 elsewhere.
+
+    fp16 is refused off CUDA; bf16 asked for on a CPU without AMX is allowed but warned about,
+    since it runs several times slower than fp32 there.
+    """
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     is_cuda = torch.device(device).type == "cuda"
     if precision == "auto":
-        return "fp16" if is_cuda else "fp32"
+        if is_cuda:
+            return "fp16"
+        return "bf16" if cpu_multiplies_bf16() else "fp32"
     if precision == "fp16" and not is_cuda:
         raise InputError(f"precision fp16 needs a CUDA device, not {device}; use fp32 (or bf16) on CPU")
+    if warn and precision == "bf16" and not is_cuda and not cpu_multiplies_bf16():
+        log.warning("bf16 on a CPU without AMX tile units is emulated and runs slower than fp32; "
+                    "use precision auto or fp32 there")
     return precision
 
 
@@ -179,9 +206,10 @@ class Predictor:
         ``device`` None picks CUDA when available. ``threads`` > 0 caps torch's CPU threads, so
         several workers on one machine do not oversubscribe its cores. ``batch_size`` 0 picks
         one for the device (tiles per forward pass: 4 on CPU, 64 on CUDA). ``precision`` auto
-        is fp16 on CUDA, fp32 on CPU. ``compile`` is auto (CUDA only), on or off; compiling
-        happens here, for ``batch_size`` tiles of the checkpoint's tile size, and an ``on``
-        compile that fails raises CheckpointError (``auto`` falls back to running uncompiled).
+        is fp16 on CUDA, bf16 on a CPU with AMX and fp32 on other CPUs (:func:`resolve_precision`).
+        ``compile`` is auto (CUDA only), on or off; compiling happens here, for ``batch_size``
+        tiles of the checkpoint's tile size, and an ``on`` compile that fails raises
+        CheckpointError (``auto`` falls back to running uncompiled).
         ``tta`` is the test-time augmentation of calls that do not choose their own.
         ``postprocess`` False keeps masks merely thresholded even where the checkpoint asks for
         more (for measuring what cutting touching marks apart and dropping specks do).
@@ -198,7 +226,7 @@ class Predictor:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
             retain_freed_memory()
-        precision = resolve_precision(precision, device)
+        resolve_precision(precision, device, warn=False)  # refuse a wrong one before loading anything
         use_compile = resolve_compile(compile, device)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         meta, state = load_checkpoint(source if isinstance(source, (bytes, bytearray)) else Path(source))
@@ -436,6 +464,7 @@ __all__ = [
     "PRECISIONS",
     "PredictTimes",
     "Predictor",
+    "cpu_multiplies_bf16",
     "prepare_input",
     "resolve_compile",
     "resolve_precision",

@@ -4,7 +4,8 @@ Environment: AM_QUEUE_URL, AM_INPUT_BUCKET, AM_OUTPUT_BUCKET (required); AM_MODE
 s3:// URI, default the shipped model), AM_ENDPOINT_URL (local backend only), AM_REGION,
 AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S, AM_THREADS
 (torch CPU threads, 0: torch's default), AM_COMPILE (auto|on|off: torch.compile, auto on CUDA
-only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, fp32 on CPU), AM_POSTPROCESS
+only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, bf16 on a CPU with AMX tile units,
+fp32 on other CPUs), AM_POSTPROCESS
 (on|off: masks as the checkpoint asks, touching marks cut apart and specks dropped; default on),
 AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
 

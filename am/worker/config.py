@@ -21,7 +21,8 @@ N = TypeVar("N", int, float)
 
 REQUIRED = ("AM_QUEUE_URL", "AM_INPUT_BUCKET", "AM_OUTPUT_BUCKET")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# AM_COMPILE: torch.compile the model (auto: on CUDA only); AM_PRECISION (auto: fp16 on CUDA, fp32 on CPU).
+# AM_COMPILE: torch.compile the model (auto: on CUDA only); AM_PRECISION (auto: fp16 on CUDA, bf16 on
+# a CPU with AMX, fp32 on other CPUs).
 COMPILE_MODES = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_IDLE_EXIT_S = 60.0
@@ -101,7 +102,7 @@ class WorkerConfig:
                               "(auto compiles on CUDA only)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"AM_PRECISION = {self.precision!r} must be one of {', '.join(PRECISIONS)} "
-                              "(auto is fp16 on CUDA, fp32 on CPU)")
+                              "(auto is fp16 on CUDA, bf16 on a CPU with AMX, fp32 on other CPUs)")
         if self.postprocess not in POSTPROCESS_MODES:
             raise ConfigError(f"AM_POSTPROCESS = {self.postprocess!r} must be one of {', '.join(POSTPROCESS_MODES)} "
                               "(on makes masks as the model's checkpoint asks, off only thresholds)")

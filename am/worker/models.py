@@ -70,7 +70,7 @@ class ModelCache:
             while len(self._models) > self._capacity:
                 evicted, _ = self._models.popitem(last=False)
                 log.info("unloaded model %s (keeping the %d most recent)", evicted, self._capacity)
-            log.info("loaded model %s on %s", uri, predictor.device)
+            log.info("loaded model %s on %s (%s)", uri, predictor.device, predictor.precision)
             return predictor
 
     @property

@@ -25,7 +25,7 @@ within prepare+segment: prepare busy 3.9 s, upload busy 1.1 s, collect busy 0.6 
 
 def test_json_reports_model_and_worker_loop_figures(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = bench_cli.main(["--checkpoint", str(tiny_model), "--device", "cpu", "--threads", "1", "--tile-size", "64",
-                           "--batch-size", "4", "--tiles", "8", "--agreement", "2", "--json"])
+                           "--batch-size", "4", "--tiles", "8", "--agreement", "2", "--precision", "fp32", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model_tiles_per_s"] > 0 and out["worker_tiles_per_s"] > 0

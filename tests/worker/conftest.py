@@ -31,6 +31,7 @@ class FakePredictor:
     """Thresholds at 128, like a model that learnt exactly that; records every batch it sees."""
 
     device = "cpu"
+    precision = "fp32"
 
     def __init__(self, *, delay_s: float = 0.0, fail: BaseException | None = None) -> None:
         self.delay_s = delay_s

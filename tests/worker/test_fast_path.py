@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from am.errors import CheckpointError, InputError
+from am.model import predict
 from am.model.build import load_model
-from am.model.predict import Predictor, resolve_compile, resolve_precision
+from am.model.predict import Predictor, cpu_multiplies_bf16, resolve_compile, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def reference_masks(checkpoint: Path, tiles: np.ndarray) -> np.ndarray:
 
 
 def test_fast_path_equals_the_float32_reference_on_cpu(tiny_model: Path, tiles: np.ndarray) -> None:
-    predictor = Predictor.from_checkpoint(tiny_model, device="cpu", threads=1, batch_size=4)
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu", threads=1, batch_size=4, precision="fp32")
     assert (predictor.precision, predictor.compiled) == ("fp32", False)
     fast = predictor.predict(tiles)
     reference = reference_masks(tiny_model, tiles)
@@ -50,8 +51,12 @@ def test_bf16_on_cpu_gives_binary_masks(tiny_model: Path, tiles: np.ndarray) -> 
     assert masks.shape == tiles.shape and set(np.unique(masks)) <= {0, 255}
 
 
-def test_precision_and_compile_are_resolved_by_device() -> None:
-    assert resolve_precision("auto", "cuda:0") == "fp16" and resolve_precision("auto", "cpu") == "fp32"
+def test_precision_and_compile_are_resolved_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_precision("auto", "cuda:0") == "fp16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_multiplies_bf16() else "fp32")
+    for has_amx, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(predict, "cpu_multiplies_bf16", lambda has_amx=has_amx: has_amx)
+        assert resolve_precision("auto", "cpu") == expected and resolve_precision("auto", "cuda") == "fp16"
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(InputError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", "cpu")
@@ -61,6 +66,47 @@ def test_precision_and_compile_are_resolved_by_device() -> None:
     assert resolve_compile("on", "cpu") and not resolve_compile("off", "cuda")
     with pytest.raises(InputError, match="compile mode"):
         resolve_compile("maybe", "cpu")
+
+
+def test_bf16_counts_on_a_cpu_only_with_amx_and_only_where_onednn_may_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_multiplies_bf16()
+    for limit, allowed in (("AVX512_CORE_AMX", True), ("all", True), ("AVX512_CORE_BF16", False), ("AVX2", False)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+        assert cpu_multiplies_bf16() is allowed, limit
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not cpu_multiplies_bf16()
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe: no bf16 by default
+    assert not cpu_multiplies_bf16()
+
+
+def test_bf16_asked_for_on_a_cpu_without_amx_is_run_but_warned_about_once(
+    tiny_model: Path, tiles: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(predict, "cpu_multiplies_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="am.model.predict"):
+        predictor = Predictor.from_checkpoint(tiny_model, device="cpu", threads=1, precision="bf16")
+    assert predictor.precision == "bf16"
+    assert [r.getMessage() for r in caplog.records].count(
+        "bf16 on a CPU without AMX tile units is emulated and runs slower than fp32; use precision auto or fp32 there"
+    ) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="am.model.predict"):
+        assert Predictor.from_checkpoint(tiny_model, device="cpu", threads=1).precision == "fp32"
+    assert not any("AMX" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_precision_on_a_cpu_with_amx_is_bf16_and_masks_stay_binary(
+    tiny_model: Path, tiles: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(predict, "cpu_multiplies_bf16", lambda: True)
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu", threads=1)
+    assert predictor.precision == "bf16"
+    assert next(predictor._model.parameters()).dtype == torch.bfloat16
+    masks = predictor.predict(tiles)
+    assert masks.shape == tiles.shape and set(np.unique(masks)) <= {0, 255}
 
 
 def test_compile_failure_falls_back_under_auto_and_raises_under_on(
@@ -120,5 +166,5 @@ def test_compiled_model_serves_one_shape_padded(tiny_model: Path, monkeypatch: p
     assert shapes[1:] == [(4, 1, meta.tile_size, meta.tile_size)] * 2
     predictor.predict(tiles)
     assert len(shapes) == 3
-    eager = Predictor.from_checkpoint(tiny_model, device="cpu", batch_size=4).predict(full)
+    eager = Predictor.from_checkpoint(tiny_model, device="cpu", batch_size=4, precision="fp32").predict(full)
     np.testing.assert_array_equal(masks, eager)
