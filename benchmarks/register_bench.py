@@ -8,6 +8,8 @@ Scenarios (several seeds each, 50 x 50 grids):
   (target: >= 99.5 %);
 - ``faults``: thin crescents, marks split and merged by segmentation, a column clipped by the
   image edge (no target; what segmentation faults cost);
+- ``uneven``: rows 0.65 to 1.3 pitches apart, each sliding along itself by up to 0.2 of a
+  column, as on the real ``tile_b``; angle up to 5 degrees, 5 % missing, debris (target: as mild);
 - ``large``: a 100 x 100 grid on a 10000 x 10000 mask, in a fresh process, for time and peak
   memory (target: < 20 s and < 4 GB).
 
@@ -39,7 +41,7 @@ from scipy.cluster.vq import kmeans2
 
 from am.errors import AmError
 from am.register import register_mask, write_outputs
-from am.register.testing import LatticeMask, draw_lattice_mask, id_accuracy
+from am.register.testing import LatticeMask, draw_lattice_mask, id_accuracy, uneven_rows
 from am.synth.lattice import Lattice
 
 
@@ -107,12 +109,18 @@ def make_case(scenario: str, seed: int) -> tuple[LatticeMask, int, int]:
         # Push the grid right so that marks of the last column are cut by the image edge.
         probe = Lattice.centred(rows=rows, cols=cols, width=size, height=size, pitch_x=pitch, angle_deg=angle)
         offset_x = size - 1 + 0.3 * radius - float(probe.nodes()[:, 0].max())
+    elif scenario == "uneven":
+        angle = float(rng.uniform(-5, 5))
+        missing |= set((rng.choice(rows * cols, int(0.05 * rows * cols), replace=False) + 1).tolist())
+        debris = 50
     else:
         raise ValueError(scenario)
     lattice = Lattice.centred(rows=rows, cols=cols, width=size, height=size, pitch_x=pitch_x, pitch_y=pitch_y,
                               angle_deg=angle, offset_x=offset_x)
+    # Rows 0.65 to 1.3 pitches apart, each sliding by up to 0.2 of a column, as on the real tile_b.
+    nodes = uneven_rows(lattice, rng=rng) if scenario == "uneven" else None
     drawn = draw_lattice_mask(lattice, width=size, height=size, radius=radius, shape=shape, missing=missing,
-                              split=split, merged=merged, debris=debris, rng=rng)
+                              split=split, merged=merged, debris=debris, rng=rng, nodes=nodes)
     return drawn, rows, cols
 
 
@@ -228,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="seeds per scenario (default 5)")
-    parser.add_argument("--scenarios", nargs="+", default=["mild", "hard", "faults"],
-                        choices=["mild", "hard", "faults"], help="50 x 50 scenarios to run")
+    parser.add_argument("--scenarios", nargs="+", default=["mild", "hard", "faults", "uneven"],
+                        choices=["mild", "hard", "faults", "uneven"], help="50 x 50 scenarios to run")
     parser.add_argument("--no-large", action="store_true", help="skip the 100 x 100 on 10000 x 10000 timing")
     parser.add_argument("--no-original", action="store_true", help="skip the original method")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

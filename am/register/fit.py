@@ -24,11 +24,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from am.errors import RegistrationError
+
+if TYPE_CHECKING:
+    from am.register.rows import RowLines
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +49,18 @@ POLISH_ROUNDS = 2
 
 @dataclass(frozen=True)
 class LatticeFit:
-    """An affine lattice in image pixels; index (0, 0) is at ``origin``."""
+    """An affine lattice in image pixels; index (0, 0) is at ``origin``.
+
+    ``rows`` None is the regular lattice, row ``j`` at ``j * row_step``. Otherwise the rows are
+    unevenly spaced (:mod:`am.register.rows`): node ``(i, j)`` lies at ``(i + rows.shift(j)) *
+    col_step + rows.coord(j) * row_step``, the column step the same in every row.
+    """
 
     origin: np.ndarray
     col_step: np.ndarray
     row_step: np.ndarray
     residual_px: float = 0.0
+    rows: RowLines | None = None
 
     @property
     def basis(self) -> np.ndarray:
@@ -87,19 +97,27 @@ class LatticeFit:
     def indices(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Nearest node (col, row) of each point and the point's distance to it in pixels."""
         coords = self.lattice_coords(points)
-        k = np.rint(coords).astype(np.int64)
-        residual = np.hypot(*(np.asarray(points, float) - self.positions(k[:, 0], k[:, 1])).T)
-        return k[:, 0], k[:, 1], residual
+        if self.rows is None:
+            col, row = np.rint(coords).astype(np.int64).T
+        else:
+            row = self.rows.nearest(coords[:, 1])
+            col = np.rint(coords[:, 0] - self.rows.shift(row)).astype(np.int64)
+        residual = np.hypot(*(np.asarray(points, float) - self.positions(col, row)).T)
+        return col, row, residual
 
     def positions(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
         """Image positions of nodes, shape (N, 2)."""
         col = np.asarray(col, float).reshape(-1, 1)
         row = np.asarray(row, float).reshape(-1, 1)
+        if self.rows is not None:
+            index = row.astype(np.int64)
+            col, row = col + self.rows.shift(index), self.rows.coord(index)
         return self.origin[None, :] + col * self.col_step[None, :] + row * self.row_step[None, :]
 
     def moved_to(self, col: int, row: int) -> LatticeFit:
         """The same lattice with index (col, row) renumbered as (0, 0)."""
-        return replace(self, origin=self.positions(np.array([col]), np.array([row]))[0])
+        origin = self.positions(np.array([col]), np.array([row]))[0]
+        return replace(self, origin=origin, rows=None if self.rows is None else self.rows.moved_to(row))
 
 
 def fit_lattice(points: np.ndarray, *, warnings: list[str] | None = None) -> LatticeFit:
@@ -140,6 +158,8 @@ def refit(fit: LatticeFit, points: np.ndarray) -> LatticeFit:
 
 
 def _refit(fit: LatticeFit, points: np.ndarray) -> LatticeFit:
+    if fit.rows is not None:
+        return fit  # uneven rows are measured, not fitted: see am.register.rows
     col, row, residual = fit.indices(points)
     inlier = residual <= FIT_INLIER_FRACTION * fit.pitch
     if np.count_nonzero(inlier) < 3:

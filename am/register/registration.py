@@ -22,6 +22,7 @@ from am.errors import InputError, RegistrationError
 from am.register import grid
 from am.register.fit import MIN_MARKS, LatticeFit, fit_lattice, refit
 from am.register.marks import Components, find_components
+from am.register.rows import fit_uneven_rows
 from am.register.split import SplitComponent, split_oversized
 from am.synth.lattice import Lattice
 
@@ -81,14 +82,31 @@ class Registration:
     empty_node_ids: np.ndarray
     unassigned_xy: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    row_positions_px: np.ndarray | None = None
+    row_shifts_px: np.ndarray | None = None
 
     @property
     def lattice(self) -> Lattice:
-        """The fitted grid as a :class:`Lattice`, whose ``nodes()`` are in id order."""
+        """The fitted grid as a :class:`Lattice` with evenly spaced rows (see :meth:`node_positions`)."""
         return Lattice(
             rows=self.rows, cols=self.cols, pitch_x=self.pitch_x, pitch_y=self.pitch_y,
             angle_deg=self.angle_deg, origin_x=self.origin_x, origin_y=self.origin_y, shear=self.shear,
         )
+
+    def node_positions(self) -> np.ndarray:
+        """Where every node of the grid lies, shape (rows * cols, 2), in id order.
+
+        Where the rows were found unevenly spaced, ``row_positions_px`` moves each row along the
+        row step to where its marks are and ``row_shifts_px`` along the columns; otherwise the
+        rows are the lattice's.
+        """
+        nodes = self.lattice.nodes()
+        if self.row_positions_px is None or self.row_shifts_px is None:
+            return nodes
+        col_step, row_step = self.lattice.basis()
+        across = np.repeat(self.row_positions_px / self.pitch_y - np.arange(self.rows), self.cols)
+        along = np.repeat(self.row_shifts_px / self.pitch_x, self.cols)
+        return nodes + across[:, None] * row_step[None, :] + along[:, None] * col_step[None, :]
 
     def to_json_dict(self) -> dict[str, Any]:
         """What registration.json holds: the fit, the counts and the warnings."""
@@ -113,6 +131,9 @@ class Registration:
             "fragments_merged": self.fragments,
             "empty_nodes": self.empty_nodes,
             "empty_node_ids": [int(i) for i in self.empty_node_ids],
+            "row_spacing": "regular" if self.row_positions_px is None else "uneven",
+            "row_positions_px": _rounded(self.row_positions_px),
+            "row_shifts_px": _rounded(self.row_shifts_px),
             "warnings": list(self.warnings),
         }
 
@@ -143,6 +164,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
         )
     major = _major(comps.area, comps.typical_area)
     fit = fit_lattice(comps.points[major], warnings=warnings)
+    fit = fit_uneven_rows(fit, comps.points[major]) or fit
     splits = split_oversized(comps, fit)
     marks = _MarkList.build(comps, splits)
     if splits:
@@ -193,6 +215,15 @@ def _result(
     if estimated:
         warnings.insert(0, f"rows and cols were not both given: estimated a {rows.size} x {cols.size} grid "
                            "from the marks")
+    row_positions = row_shifts = None
+    if grid_fit.rows is not None:
+        row_positions = grid_fit.rows.coord(np.arange(rows.size)) * grid_fit.pitch_y
+        row_shifts = grid_fit.rows.shift(np.arange(rows.size)) * grid_fit.pitch_x
+        steps = np.diff(row_positions)
+        warnings.append(
+            f"the rows are unevenly spaced ({steps.min():.1f} to {steps.max():.1f} px apart, columns "
+            f"{grid_fit.pitch_x:.1f} px): each row was placed where its marks are; check the overlay"
+        )
     if residual_px > RESIDUAL_WARNING * fit.pitch:
         warnings.append(
             f"the lattice fits loosely (residual {residual_px:.2f} px for a {fit.pitch:.1f} px pitch): "
@@ -223,6 +254,8 @@ def _result(
         empty_node_ids=empty,
         unassigned_xy=marks.points[(status == grid.DUPLICATE) | (status == grid.OFF_LATTICE)],
         warnings=warnings,
+        row_positions_px=row_positions,
+        row_shifts_px=row_shifts,
     )
     log.info(
         "registered %d of %d marks to a %d x %d grid (angle %.3f deg, pitch %.2f x %.2f px, residual %.2f px)",
@@ -232,6 +265,10 @@ def _result(
     for warning in warnings:
         log.warning("%s", warning)
     return registration
+
+
+def _rounded(values: np.ndarray | None) -> list[float] | None:
+    return None if values is None else [round(float(v), 2) for v in values]
 
 
 def _major(area: np.ndarray, typical_area: float) -> np.ndarray:

@@ -18,6 +18,7 @@ JSON_KEYS = {
     "rows", "cols", "estimated_shape", "image_width", "image_height", "angle_deg", "pitch_x", "pitch_y",
     "origin_x", "origin_y", "shear", "residual_px", "tolerance_px", "marks_found", "marks_assigned",
     "marks_off_lattice", "marks_duplicate", "fragments_merged", "empty_nodes", "empty_node_ids", "warnings",
+    "row_spacing", "row_positions_px", "row_shifts_px",
 }
 
 
@@ -76,6 +77,7 @@ def test_json_keys_and_values(tmp_path, registered):
     assert data["marks_off_lattice"] >= 6
     assert data["angle_deg"] == pytest.approx(-3, abs=0.1)
     assert isinstance(data["warnings"], list)
+    assert (data["row_spacing"], data["row_positions_px"], data["row_shifts_px"]) == ("regular", None, None)
 
 
 def test_overlay_is_colour_image_of_input_size_with_outlines(tmp_path, registered):

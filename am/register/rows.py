@@ -1,0 +1,146 @@
+"""Registration of acquisitions whose rows are unevenly spaced.
+
+A raster acquisition moves the stage along a row at a steady step, then on to the next row; on
+some instruments that second move is not steady. The real `tile_b` sample shows it: its columns
+are 67 px apart everywhere, while its rows are 43 to 87 px apart. A regular lattice cannot fit
+such rows: whole rows of marks fall between its nodes and get no id or the wrong one.
+
+When the regular fit is loose, the rows are found where the marks are instead: the marks'
+coordinates across the rows form tight clusters, one per row, with clear gaps between them.
+Each cluster becomes a row (a gap of about twice the usual spacing keeps a number for a missing
+row), and the columns keep the regular step. The uneven model replaces the regular one only
+when it explains the marks far better, so a regular acquisition is never affected::
+
+    uneven = fit_uneven_rows(fit, points)   # None: the rows are regular after all
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from am.register.fit import LatticeFit
+
+log = logging.getLogger(__name__)
+
+# Two marks belong to different rows when their coordinates across the rows differ by more than
+# this fraction of the column pitch (rows of real acquisitions are at least 0.6 of it apart).
+ROW_GAP = 0.3
+# A cluster needs this fraction of the median row's marks (and at least 2) to count as a row.
+MIN_ROW_FRACTION = 0.3
+# The uneven model is tried when the regular fit's residual passes this fraction of the pitch ...
+LOOSE_RESIDUAL = 0.12
+# ... and kept when its own residual is at most this fraction of the regular fit's.
+BETTER_BY = 0.5
+
+
+@dataclass(frozen=True)
+class RowLines:
+    """Where rows ``first`` .. ``first + len(coords) - 1`` lie: ``coords`` across the rows, in
+    row-step units, and ``shifts`` along them, in column-step units (a row may start off the
+    columns of the others, as the stage's row starts drift).
+
+    Beyond them rows continue at the median spacing with the shift of the nearest row, so nodes
+    outside the marks (a missing edge row, the grid's placement) still have positions.
+    """
+
+    first: int
+    coords: np.ndarray
+    shifts: np.ndarray
+
+    @property
+    def spacing(self) -> float:
+        """The median distance between neighbouring rows, in row-step units."""
+        return float(np.median(np.diff(self.coords))) if self.coords.size > 1 else 1.0
+
+    def coord(self, row: np.ndarray) -> np.ndarray:
+        """Row coordinate of each integer row index (any shape)."""
+        k = np.asarray(row, np.int64) - self.first
+        inside = np.clip(k, 0, self.coords.size - 1)
+        return self.coords[inside] + (k - inside) * self.spacing
+
+    def shift(self, row: np.ndarray) -> np.ndarray:
+        """Column shift of each integer row index (any shape)."""
+        return self.shifts[np.clip(np.asarray(row, np.int64) - self.first, 0, self.shifts.size - 1)]
+
+    def nearest(self, t: np.ndarray) -> np.ndarray:
+        """Index of the row nearest to each continuous row coordinate ``t``."""
+        t = np.asarray(t, float)
+        last = self.coords.size - 1
+        k = np.clip(np.searchsorted(self.coords, t), 1, max(last, 1))
+        below = self.coords[np.maximum(k - 1, 0)]
+        above = self.coords[np.minimum(k, last)]
+        k = np.where(np.abs(t - below) <= np.abs(t - above), k - 1, k)
+        k = np.minimum(k, last)
+        spacing = self.spacing
+        k = np.where(t < self.coords[0], np.rint((t - self.coords[0]) / spacing), k)
+        k = np.where(t > self.coords[-1], last + np.rint((t - self.coords[-1]) / spacing), k)
+        return k.astype(np.int64) + self.first
+
+    def moved_to(self, row: int) -> RowLines:
+        """The same rows with ``row`` renumbered as 0, at coordinate 0 and shift 0 (the lattice's
+        origin moves onto that row's node, shift included)."""
+        at = np.array([row])
+        return RowLines(first=self.first - row, coords=self.coords - float(self.coord(at)[0]),
+                        shifts=self.shifts - float(self.shift(at)[0]))
+
+
+def fit_uneven_rows(fit: LatticeFit, points: np.ndarray) -> LatticeFit | None:
+    """``fit`` with its rows where the marks are, or None when the regular rows serve as well.
+
+    ``fit`` is a regular :class:`~am.register.fit.LatticeFit` and ``points`` the marks that fitted
+    it (typical marks, not debris).
+    """
+    points = np.asarray(points, float)
+    _, _, regular = fit.indices(points)
+    regular_rms = float(np.sqrt(np.mean(regular**2)))
+    if regular_rms <= LOOSE_RESIDUAL * fit.pitch:
+        return None
+    lines = _row_lines(fit, points)
+    if lines is None:
+        return None
+    uneven = LatticeFit(origin=fit.origin, col_step=fit.col_step, row_step=fit.row_step, rows=lines)
+    _, _, residual = uneven.indices(points)
+    uneven_rms = float(np.sqrt(np.mean(residual**2)))
+    if uneven_rms > BETTER_BY * regular_rms:
+        log.debug("uneven rows fit no better (%.2f px against %.2f px)", uneven_rms, regular_rms)
+        return None
+    log.info("rows are unevenly spaced: %d rows of marks fit with a residual of %.2f px, against %.2f px for "
+             "evenly spaced rows", lines.coords.size, uneven_rms, regular_rms)
+    return LatticeFit(origin=fit.origin, col_step=fit.col_step, row_step=fit.row_step, residual_px=uneven_rms,
+                      rows=lines)
+
+
+def _row_lines(fit: LatticeFit, points: np.ndarray) -> RowLines | None:
+    """Rows as clusters of the marks' coordinates across the rows, missing rows interpolated."""
+    coords = fit.lattice_coords(points)
+    unit = abs(fit.pitch_y)  # pixels per row-coordinate unit, across the rows
+    order = np.argsort(coords[:, 1])
+    t = coords[order, 1]
+    clusters = np.split(order, np.nonzero(np.diff(t) * unit > ROW_GAP * fit.pitch_x)[0] + 1)
+    sizes = np.array([c.size for c in clusters])
+    rows = [c for c in clusters if c.size >= max(2, MIN_ROW_FRACTION * float(np.median(sizes)))]
+    if len(rows) < 2:
+        return None
+    centres = np.array([float(np.median(coords[c, 1])) for c in rows])
+    # Each row's offset is known only up to whole columns; neighbouring rows differ by far less than
+    # half a column, so unwrapping keeps a column's number from row to row even where a slightly
+    # wrong row step makes the offsets drift across the grid.
+    shifts = np.unwrap([_circular_offset(coords[c, 0]) for c in rows], period=1.0)
+    shifts -= np.rint(np.median(shifts))
+    steps = np.diff(centres)
+    spacing = float(np.median(steps))
+    # A gap of about twice the usual spacing is a row with no marks: it keeps its number.
+    numbers = np.concatenate([[0], np.cumsum(np.maximum(1, np.rint(steps / spacing)).astype(np.int64))])
+    every = np.arange(numbers[-1] + 1)
+    return RowLines(first=int(np.rint(centres[0])), coords=np.interp(every, numbers, centres),
+                    shifts=np.interp(every, numbers, shifts))
+
+
+def _circular_offset(columns: np.ndarray) -> float:
+    """How far a row's marks sit from whole column numbers, in (-0.5, 0.5]: the mean of their
+    fractional parts taken on a circle, so marks on both sides of a half-column do not cancel."""
+    angle = np.angle(np.mean(np.exp(2j * np.pi * np.asarray(columns, float))))
+    return float(angle / (2 * np.pi))

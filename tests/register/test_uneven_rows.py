@@ -1,0 +1,95 @@
+"""Registration of grids whose rows are unevenly spaced and slide along themselves (real tile_b)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from am.register import register_mask, write_outputs
+from am.register.fit import LatticeFit
+from am.register.rows import RowLines, fit_uneven_rows
+from am.register.testing import draw_lattice_mask, id_accuracy, uneven_rows
+from am.synth.lattice import Lattice
+
+ROWS, COLS, SIZE, PITCH = 12, 15, 720, 40.0
+
+
+def lattice(angle_deg: float = 4.0) -> Lattice:
+    return Lattice.centred(rows=ROWS, cols=COLS, width=SIZE, height=SIZE, pitch_x=PITCH, angle_deg=angle_deg)
+
+
+def rows_across(nodes: np.ndarray, lat: Lattice) -> np.ndarray:
+    """Each row's distance from row 0 across the rows, in pixels."""
+    theta = np.radians(lat.angle_deg)
+    normal = np.array([-np.sin(theta), np.cos(theta)])
+    firsts = nodes[:: lat.cols]
+    return (firsts - firsts[0]) @ normal
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_uneven_rows_are_numbered_row_by_row(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    lat = lattice(angle_deg=float(rng.uniform(-6, 6)))
+    nodes = uneven_rows(lat, rng=rng)
+    missing = (rng.choice(ROWS * COLS, 9, replace=False) + 1).tolist()
+    drawn = draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=9, missing=missing, debris=8, rng=rng,
+                              nodes=nodes)
+    reg = register_mask(drawn.mask, rows=ROWS, cols=COLS)
+    assert id_accuracy(drawn, reg.ids) == 1.0
+    assert reg.row_positions_px is not None and reg.row_shifts_px is not None
+    np.testing.assert_allclose(reg.row_positions_px, rows_across(nodes, lat), atol=1.5)
+    # Every node, empty ones included, lies where the drawing put it (a disc's point is its centre).
+    np.testing.assert_allclose(reg.node_positions(), nodes, atol=2.0)
+    assert any("rows are unevenly spaced" in w for w in reg.warnings)
+    assert not any("fits loosely" in w for w in reg.warnings)
+    write_outputs(tmp_path, reg, source=drawn.mask)
+    data = json.loads((tmp_path / "registration.json").read_text())
+    assert data["row_spacing"] == "uneven" and len(data["row_positions_px"]) == len(data["row_shifts_px"]) == ROWS
+
+
+def test_even_rows_stay_regular_even_when_each_mark_wanders():
+    lat = lattice()
+    plain = register_mask(draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=8).mask, rows=ROWS, cols=COLS)
+    assert plain.row_positions_px is None and not plain.warnings
+    # Each mark up to 0.25 pitch above or below its node: the regular fit is loose (residual past
+    # 0.12 pitch), so uneven rows are tried, but every row's marks spread alike and no row moves.
+    col_step, row_step = lat.basis()
+    exact = LatticeFit(origin=lat.nodes()[0], col_step=col_step, row_step=row_step)
+    theta = np.radians(lat.angle_deg)
+    normal = np.array([-np.sin(theta), np.cos(theta)])
+    wander = lat.nodes() + np.random.default_rng(5).uniform(-0.25, 0.25, size=(ROWS * COLS, 1)) * PITCH * normal
+    _, _, residual = exact.indices(wander)
+    assert np.sqrt(np.mean(residual**2)) > 0.12 * PITCH
+    assert fit_uneven_rows(exact, wander) is None
+    # The same rows moved apart unevenly are found.
+    uneven = fit_uneven_rows(exact, uneven_rows(lat, rng=np.random.default_rng(6)))
+    assert uneven is not None and uneven.residual_px < 0.5
+
+
+def test_a_row_with_no_marks_keeps_its_number():
+    rng = np.random.default_rng(3)
+    lat = lattice()
+    nodes = uneven_rows(lat, rng=rng, spacing=(0.85, 1.15))
+    empty_row = 6
+    missing = [empty_row * COLS + c + 1 for c in range(COLS)]
+    drawn = draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=9, missing=missing, rng=rng, nodes=nodes)
+    reg = register_mask(drawn.mask, rows=ROWS, cols=COLS)
+    assert id_accuracy(drawn, reg.ids) == 1.0
+    np.testing.assert_array_equal(reg.empty_node_ids, missing)
+    # The empty row is placed between its neighbours.
+    across = reg.row_positions_px
+    assert across[empty_row - 1] < across[empty_row] < across[empty_row + 1]
+
+
+def test_row_lines_extend_beyond_the_rows_found_at_the_median_spacing():
+    lines = RowLines(first=-2, coords=np.array([-2.0, -0.8, 0.0, 1.5]), shifts=np.array([0.1, -0.2, 0.0, 0.3]))
+    assert lines.spacing == pytest.approx(1.2)
+    np.testing.assert_allclose(lines.coord(np.array([-3, -2, 1, 2])), [-3.2, -2.0, 1.5, 2.7])
+    np.testing.assert_allclose(lines.shift(np.array([-5, -1, 4])), [0.1, -0.2, 0.3])
+    np.testing.assert_array_equal(lines.nearest(np.array([-3.3, -1.3, -0.3, 0.8, 1.4, 2.8])), [-3, -1, 0, 1, 1, 2])
+    moved = lines.moved_to(-1)
+    assert moved.first == -1
+    np.testing.assert_allclose(moved.coord(np.array([-1, 0, 1])), [-1.2, 0.0, 0.8])
+    np.testing.assert_array_equal(moved.nearest(np.array([0.1, 0.7])), [0, 1])
