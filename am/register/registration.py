@@ -164,7 +164,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
         )
     major = _major(comps.area, comps.typical_area)
     fit = fit_lattice(comps.points[major], warnings=warnings)
-    fit = fit_uneven_rows(fit, comps.points[major]) or fit
+    fit = fit_uneven_rows(fit, comps.points[major], comps.area[major]) or fit
     splits = split_oversized(comps, fit)
     marks = _MarkList.build(comps, splits)
     if splits:

@@ -2,7 +2,7 @@
 
 A raster acquisition moves the stage along a row at a steady step, then on to the next row; on
 some instruments that second move is not steady. The real `tile_b` sample shows it: its columns
-are 67 px apart everywhere, while its rows are 43 to 87 px apart. A regular lattice cannot fit
+are 67.6 px apart everywhere, while its rows are 43 to 90 px apart. A regular lattice cannot fit
 such rows: whole rows of marks fall between its nodes and get no id or the wrong one.
 
 When the regular fit is loose, the rows are found where the marks are instead: the marks'
@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from am.register.fit import LatticeFit
 
@@ -34,6 +35,10 @@ MIN_ROW_FRACTION = 0.3
 LOOSE_RESIDUAL = 0.12
 # ... and kept when its own residual is at most this fraction of the regular fit's.
 BETTER_BY = 0.5
+# Points closer than this fraction of the pitch are pieces of one mark (rows are 0.64 apart on tile_b).
+SAME_MARK = 0.5
+# A gap of at least this many median spacings holds a row without marks.
+MISSING_ROW_GAP = 1.7
 
 
 @dataclass(frozen=True)
@@ -87,23 +92,24 @@ class RowLines:
                         shifts=self.shifts - float(self.shift(at)[0]))
 
 
-def fit_uneven_rows(fit: LatticeFit, points: np.ndarray) -> LatticeFit | None:
+def fit_uneven_rows(fit: LatticeFit, points: np.ndarray, area: np.ndarray | None = None) -> LatticeFit | None:
     """``fit`` with its rows where the marks are, or None when the regular rows serve as well.
 
     ``fit`` is a regular :class:`~am.register.fit.LatticeFit` and ``points`` the marks that fitted
-    it (typical marks, not debris).
+    it (typical marks, not debris), with their ``area`` where known: of two points closer than
+    half a pitch (the pieces of a mark the segmentation cut in two) only the larger counts, so a
+    row of such pieces cannot pass for a row of marks.
     """
     points = np.asarray(points, float)
-    _, _, regular = fit.indices(points)
-    regular_rms = float(np.sqrt(np.mean(regular**2)))
-    if regular_rms <= LOOSE_RESIDUAL * fit.pitch:
+    if _rms(fit, points) <= LOOSE_RESIDUAL * fit.pitch:
         return None
+    if area is not None:
+        points = points[_one_per_mark(points, np.asarray(area, float), within=SAME_MARK * fit.pitch)]
+    regular_rms = _rms(fit, points)
     lines = _row_lines(fit, points)
     if lines is None:
         return None
-    uneven = LatticeFit(origin=fit.origin, col_step=fit.col_step, row_step=fit.row_step, rows=lines)
-    _, _, residual = uneven.indices(points)
-    uneven_rms = float(np.sqrt(np.mean(residual**2)))
+    uneven_rms = _rms(LatticeFit(origin=fit.origin, col_step=fit.col_step, row_step=fit.row_step, rows=lines), points)
     if uneven_rms > BETTER_BY * regular_rms:
         log.debug("uneven rows fit no better (%.2f px against %.2f px)", uneven_rms, regular_rms)
         return None
@@ -111,6 +117,12 @@ def fit_uneven_rows(fit: LatticeFit, points: np.ndarray) -> LatticeFit | None:
              "evenly spaced rows", lines.coords.size, uneven_rms, regular_rms)
     return LatticeFit(origin=fit.origin, col_step=fit.col_step, row_step=fit.row_step, residual_px=uneven_rms,
                       rows=lines)
+
+
+def _rms(fit: LatticeFit, points: np.ndarray) -> float:
+    """Root mean square distance of the points from their nearest nodes, in pixels."""
+    _, _, residual = fit.indices(points)
+    return float(np.sqrt(np.mean(residual**2)))
 
 
 def _row_lines(fit: LatticeFit, points: np.ndarray) -> RowLines | None:
@@ -132,11 +144,26 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> RowLines | None:
     shifts -= np.rint(np.median(shifts))
     steps = np.diff(centres)
     spacing = float(np.median(steps))
-    # A gap of about twice the usual spacing is a row with no marks: it keeps its number.
-    numbers = np.concatenate([[0], np.cumsum(np.maximum(1, np.rint(steps / spacing)).astype(np.int64))])
+    # A gap of about twice the usual spacing is a row with no marks: it keeps its number. Single
+    # gaps of real acquisitions reach 1.5 times the median (tile_a), hence the higher bar.
+    rows_per_step = np.maximum(1, np.floor(steps / spacing + 2.0 - MISSING_ROW_GAP)).astype(np.int64)
+    numbers = np.concatenate([[0], np.cumsum(rows_per_step)])
     every = np.arange(numbers[-1] + 1)
     return RowLines(first=int(np.rint(centres[0])), coords=np.interp(every, numbers, centres),
                     shifts=np.interp(every, numbers, shifts))
+
+
+def _one_per_mark(points: np.ndarray, area: np.ndarray, *, within: float) -> np.ndarray:
+    """Which points to keep: the larger of any two closer than ``within`` goes first and wins."""
+    tree = cKDTree(points)
+    keep = np.zeros(len(points), bool)
+    taken = np.zeros(len(points), bool)
+    for i in np.argsort(-area, kind="stable"):
+        if taken[i]:
+            continue
+        keep[i] = True
+        taken[tree.query_ball_point(points[i], within)] = True
+    return keep
 
 
 def _circular_offset(columns: np.ndarray) -> float:

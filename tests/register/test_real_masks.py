@@ -4,8 +4,9 @@ The crops are small, at half resolution, and their masks carry the original mode
 their rows are not evenly spaced either (crop3's are 22 to 48 px apart), so the test checks
 sane behaviour, not ids: a lattice of the visible pitch, ids only on mask pixels, rows numbered
 in order, outputs a person can open, and a clear refusal where no single lattice fits. The
-full-resolution ``tile_b`` is segmented by the shipped model: its rows are 43 to 90 px apart
-and slide along themselves, and each must still be numbered as one row.
+full-resolution tiles are segmented by the shipped model: ``tile_b``'s rows are 43 to 90 px
+apart, ``tile_a``'s 60 to 95 px, and they slide along themselves; each must still be numbered
+as one row.
 """
 
 from __future__ import annotations
@@ -72,22 +73,25 @@ def test_irregular_crop_is_refused_with_a_reason():
         register_mask(load("crop1_reference_mask.png"), rows=None, cols=None)
 
 
-def test_tile_b_rows_are_numbered_as_rows_though_unevenly_spaced(tmp_path):
+@pytest.mark.parametrize("tile", ["tile_a_512", "tile_b_512"])
+def test_tile_rows_are_numbered_as_rows_though_unevenly_spaced(tmp_path, tile):
     from am.model.checkpoint import default_model_path
     from am.model.predict import Predictor
     from am.model.whole import predict_image_mask
     from am.normalize import read_normalised
 
-    load("tile_b_512.png")
+    load(f"{tile}.png")
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
-    mask = predict_image_mask(predictor, read_normalised(REAL / "tile_b_512.png")).astype(np.uint8) * 255
+    mask = predict_image_mask(predictor, read_normalised(REAL / f"{tile}.png")).astype(np.uint8) * 255
     reg = register_mask(mask, rows=None, cols=None)
     assert reg.row_positions_px is not None
     steps = np.diff(reg.row_positions_px)
     assert steps.min() < 0.8 * reg.pitch_x < 1.2 * reg.pitch_x < steps.max()
-    # Evenly spaced rows numbered 46 of its 73 marks and left whole rows without ids; what stays
-    # without one now are marks cut by the tile's edge, whose visible part sits off its node.
+    # Evenly spaced rows numbered 46 of tile_b's 73 marks, leaving whole rows without ids, and read
+    # tile_a as 7 rows with one empty; what stays without an id now are marks cut by the tile's
+    # edge, whose visible part sits off its node.
     assert reg.assigned >= 0.8 * reg.found
+    assert reg.rows == {"tile_a_512": 6, "tile_b_512": 9}[tile]
     assert_rows_in_order(reg)
-    write_outputs(tmp_path, reg, source=read_normalised(REAL / "tile_b_512.png"))
+    write_outputs(tmp_path, reg, source=read_normalised(REAL / f"{tile}.png"))
     assert json.loads((tmp_path / "registration.json").read_text())["row_spacing"] == "uneven"

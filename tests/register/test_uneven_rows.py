@@ -34,8 +34,9 @@ def test_uneven_rows_are_numbered_row_by_row(tmp_path, seed):
     lat = lattice(angle_deg=float(rng.uniform(-6, 6)))
     nodes = uneven_rows(lat, rng=rng)
     missing = (rng.choice(ROWS * COLS, 9, replace=False) + 1).tolist()
-    drawn = draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=9, missing=missing, debris=8, rng=rng,
-                              nodes=nodes)
+    split = rng.choice(np.setdiff1d(np.arange(1, ROWS * COLS + 1), missing), 6, replace=False).tolist()
+    drawn = draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=9, missing=missing, split=split, debris=8,
+                              rng=rng, nodes=nodes)
     reg = register_mask(drawn.mask, rows=ROWS, cols=COLS)
     assert id_accuracy(drawn, reg.ids) == 1.0
     assert reg.row_positions_px is not None and reg.row_shifts_px is not None
@@ -81,6 +82,21 @@ def test_a_row_with_no_marks_keeps_its_number():
     # The empty row is placed between its neighbours.
     across = reg.row_positions_px
     assert across[empty_row - 1] < across[empty_row] < across[empty_row + 1]
+
+
+def test_pieces_of_marks_do_not_pass_for_a_row_of_their_own():
+    # The shipped model cuts each of tile_a's top crescents in two pieces 0.4 pitch apart across
+    # the rows; counted as marks, the smaller pieces make a row of their own.
+    lat = lattice()
+    col_step, row_step = lat.basis()
+    exact = LatticeFit(origin=lat.nodes()[0], col_step=col_step, row_step=row_step)
+    nodes = uneven_rows(lat, rng=np.random.default_rng(8))
+    theta = np.radians(lat.angle_deg)
+    pieces = nodes[:COLS] - 0.4 * PITCH * np.array([-np.sin(theta), np.cos(theta)])
+    points = np.vstack([nodes, pieces])
+    area = np.concatenate([np.full(len(nodes), 250.0), np.full(COLS, 140.0)])
+    assert fit_uneven_rows(exact, points).rows.coords.size == ROWS + 1
+    assert fit_uneven_rows(exact, points, area).rows.coords.size == ROWS
 
 
 def test_row_lines_extend_beyond_the_rows_found_at_the_median_spacing():
