@@ -41,7 +41,7 @@ from scipy.cluster.vq import kmeans2
 
 from am.errors import AmError
 from am.register import register_mask, write_outputs
-from am.register.testing import LatticeMask, draw_lattice_mask, id_accuracy, uneven_rows
+from am.register.testing import LatticeMask, draw_lattice_mask, id_accuracy
 from am.synth.lattice import Lattice
 
 
@@ -117,10 +117,10 @@ def make_case(scenario: str, seed: int) -> tuple[LatticeMask, int, int]:
         raise ValueError(scenario)
     lattice = Lattice.centred(rows=rows, cols=cols, width=size, height=size, pitch_x=pitch_x, pitch_y=pitch_y,
                               angle_deg=angle, offset_x=offset_x)
-    # Rows 0.65 to 1.3 pitches apart, each sliding by up to 0.2 of a column, as on the real tile_b.
-    nodes = uneven_rows(lattice, rng=rng) if scenario == "uneven" else None
+    if scenario == "uneven":  # rows 0.65 to 1.3 pitches apart, each sliding by up to 0.2 of a column
+        lattice = lattice.with_uneven_rows(rng)
     drawn = draw_lattice_mask(lattice, width=size, height=size, radius=radius, shape=shape, missing=missing,
-                              split=split, merged=merged, debris=debris, rng=rng, nodes=nodes)
+                              split=split, merged=merged, debris=debris, rng=rng)
     return drawn, rows, cols
 
 

@@ -5,10 +5,10 @@ some instruments that second move is not steady. The real `tile_b` sample shows 
 are 67.6 px apart everywhere, while its rows are 43 to 90 px apart. A regular lattice cannot fit
 such rows: whole rows of marks fall between its nodes and get no id or the wrong one.
 
-When the regular fit is loose, the rows are found where the marks are instead: the marks'
-coordinates across the rows form tight clusters, one per row, with clear gaps between them.
-Each cluster becomes a row (a gap of about twice the usual spacing keeps a number for a missing
-row), and the columns keep the regular step. The uneven model replaces the regular one only
+When the regular fit is loose, the rows are found where the marks are instead: the density of
+the marks' coordinates across the rows has one peak per row. Each peak becomes a row (a gap of
+about twice the usual spacing keeps a number for a missing row), each row's slide along itself
+is measured from its marks, and the columns keep the regular step. The uneven model replaces the regular one only
 when it explains the marks far better, so a regular acquisition is never affected::
 
     uneven = fit_uneven_rows(fit, points)   # None: the rows are regular after all
@@ -20,16 +20,21 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.signal import find_peaks
 from scipy.spatial import cKDTree
 
-from am.register.fit import LatticeFit
+from am.register.fit import MIN_MARKS, LatticeFit
 
 log = logging.getLogger(__name__)
 
-# Two marks belong to different rows when their coordinates across the rows differ by more than
-# this fraction of the column pitch (rows of real acquisitions are at least 0.6 of it apart).
+# Two rows are at least this fraction of the column pitch apart (rows of real acquisitions are
+# at least 0.6 of it apart), and a mark belongs to a row within it.
 ROW_GAP = 0.3
-# A cluster needs this fraction of the median row's marks (and at least 2) to count as a row.
+# How far the marks of one row scatter across it (fraction of the column pitch): the width of the
+# density whose peaks are the rows.
+ROW_SPREAD = 0.06
+# A row needs this fraction of a full row's marks.
 MIN_ROW_FRACTION = 0.3
 # The uneven model is tried when the regular fit's residual passes this fraction of the pitch ...
 LOOSE_RESIDUAL = 0.12
@@ -101,7 +106,7 @@ def fit_uneven_rows(fit: LatticeFit, points: np.ndarray, area: np.ndarray | None
     row of such pieces cannot pass for a row of marks.
     """
     points = np.asarray(points, float)
-    if _rms(fit, points) <= LOOSE_RESIDUAL * fit.pitch:
+    if len(points) < MIN_MARKS or _rms(fit, points) <= LOOSE_RESIDUAL * fit.pitch:
         return None
     if area is not None:
         points = points[_one_per_mark(points, np.asarray(area, float), within=SAME_MARK * fit.pitch)]
@@ -126,21 +131,23 @@ def _rms(fit: LatticeFit, points: np.ndarray) -> float:
 
 
 def _row_lines(fit: LatticeFit, points: np.ndarray) -> RowLines | None:
-    """Rows as clusters of the marks' coordinates across the rows, missing rows interpolated."""
+    """Rows as peaks of the marks' coordinates across the rows, missing rows interpolated."""
     coords = fit.lattice_coords(points)
     unit = abs(fit.pitch_y)  # pixels per row-coordinate unit, across the rows
-    order = np.argsort(coords[:, 1])
-    t = coords[order, 1]
-    clusters = np.split(order, np.nonzero(np.diff(t) * unit > ROW_GAP * fit.pitch_x)[0] + 1)
-    sizes = np.array([c.size for c in clusters])
-    rows = [c for c in clusters if c.size >= max(2, MIN_ROW_FRACTION * float(np.median(sizes)))]
-    if len(rows) < 2:
+    across = coords[:, 1] * unit
+    peaks = _row_peaks(across, spread=ROW_SPREAD * fit.pitch_x, min_gap=ROW_GAP * fit.pitch_x)
+    if peaks.size < 2:
         return None
-    centres = np.array([float(np.median(coords[c, 1])) for c in rows])
+    # Each row's marks: those nearer to its peak than to any other, and within half the gap to it.
+    above = np.clip(np.searchsorted(peaks, across), 1, peaks.size - 1)
+    nearest = np.where(across - peaks[above - 1] <= peaks[above] - across, above - 1, above)
+    near = np.abs(across - peaks[nearest]) <= ROW_GAP * fit.pitch_x
+    members = [np.nonzero(near & (nearest == k))[0] for k in range(peaks.size)]
+    centres = np.array([float(np.median(coords[m, 1])) for m in members])
     # Each row's offset is known only up to whole columns; neighbouring rows differ by far less than
     # half a column, so unwrapping keeps a column's number from row to row even where a slightly
     # wrong row step makes the offsets drift across the grid.
-    shifts = np.unwrap([_circular_offset(coords[c, 0]) for c in rows], period=1.0)
+    shifts = np.unwrap([_circular_offset(coords[m, 0]) for m in members], period=1.0)
     shifts -= np.rint(np.median(shifts))
     steps = np.diff(centres)
     spacing = float(np.median(steps))
@@ -151,6 +158,28 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> RowLines | None:
     every = np.arange(numbers[-1] + 1)
     return RowLines(first=int(np.rint(centres[0])), coords=np.interp(every, numbers, centres),
                     shifts=np.interp(every, numbers, shifts))
+
+
+def _row_peaks(across: np.ndarray, *, spread: float, min_gap: float) -> np.ndarray:
+    """Where rows lie across the grid (pixels, increasing): peaks of the marks' density.
+
+    A density, not gaps between sorted values, so that the few points between two close rows
+    (marks the segmentation joined across them) cannot chain the rows into one. A peak must hold
+    a good share of a typical row's marks and stand ``min_gap`` from a higher one.
+    """
+    step = spread / 4.0
+    low = float(across.min()) - 4 * spread
+    bins = int(np.ceil((float(across.max()) + 4 * spread - low) / step)) + 1
+    counts = np.bincount(((across - low) / step).astype(np.int64), minlength=bins).astype(float)
+    density = gaussian_filter1d(counts, sigma=4.0, mode="constant")
+    found, props = find_peaks(density, height=0.0, distance=max(1, int(min_gap / step)))
+    if found.size == 0:
+        return found.astype(float)
+    heights = props["peak_heights"]
+    # A full row's height: the median of the taller half, so that many small peaks do not drag it down.
+    typical = float(np.median(np.sort(heights)[heights.size // 2 :]))
+    keep = heights >= MIN_ROW_FRACTION * typical
+    return low + found[keep] * step
 
 
 def _one_per_mark(points: np.ndarray, area: np.ndarray, *, within: float) -> np.ndarray:

@@ -12,7 +12,7 @@ registration can be scored without a segmentation model in the loop::
 The failure modes registration must survive each have a knob: missing marks (``missing``),
 crescent and "C" shapes (``shape``), marks cut in two (``split``), neighbours joined by a bridge
 (``merged``), blobs away from every node (``debris``), marks clipped by the image edge (place
-the lattice so that it overhangs the image) and unevenly spaced rows (``nodes=uneven_rows(...)``).
+the lattice so that it overhangs the image) and unevenly spaced rows (``lattice.with_uneven_rows``).
 """
 
 from __future__ import annotations
@@ -89,12 +89,8 @@ def draw_lattice_mask(
     merged: Iterable[tuple[int, int]] = (),
     debris: int = 0,
     rng: np.random.Generator | None = None,
-    nodes: np.ndarray | None = None,
 ) -> LatticeMask:
     """Draw every node's mark except ``missing`` ids; see the module docstring for the knobs.
-
-    ``nodes`` (id order, shape (rows * cols, 2)) puts the marks elsewhere than on ``lattice``'s
-    nodes, as :func:`uneven_rows` does.
 
     ``split`` ids are cut in two by a 2 px line through their centre; each ``merged`` pair of ids
     is joined by a bridge as thick as half a mark; ``debris`` blobs land at random places at
@@ -103,7 +99,7 @@ def draw_lattice_mask(
     rng = rng if rng is not None else np.random.default_rng(0)
     if shape not in MARK_SHAPES:
         raise ValueError(f"unknown mark shape {shape!r}; use one of {', '.join(MARK_SHAPES)}")
-    nodes = lattice.nodes() if nodes is None else np.asarray(nodes, float)
+    nodes = lattice.nodes()
     missing_set = set(int(i) for i in missing)
     truth = np.zeros((height, width), np.uint16)
     half = int(math.ceil(radius * 1.3)) + 2
@@ -140,24 +136,6 @@ def draw_lattice_mask(
     present_counts = np.bincount(truth.ravel(), minlength=len(nodes) + 1)
     present = np.nonzero(present_counts[1:])[0].astype(np.int64) + 1
     return LatticeMask(mask=mask, truth=truth, present=present, lattice=lattice)
-
-
-def uneven_rows(
-    lattice: Lattice, *, rng: np.random.Generator, spacing: tuple[float, float] = (0.65, 1.3), shift: float = 0.2
-) -> np.ndarray:
-    """Node positions of ``lattice`` with its rows unevenly spaced, as some stages move between rows.
-
-    The gap before each row is drawn from ``spacing`` (in row pitches) and each row slides along
-    itself by up to ``shift`` column pitches; the rows stay parallel and in order, and the first
-    row stays where it was.
-    """
-    col_step, row_step = lattice.basis()
-    gaps = rng.uniform(*spacing, size=lattice.rows)
-    gaps[0] = 0.0
-    across = np.cumsum(gaps) - np.arange(lattice.rows)
-    along = rng.uniform(-shift, shift, size=lattice.rows)
-    moved = across[:, None] * row_step[None, :] + along[:, None] * col_step[None, :]
-    return lattice.nodes() + np.repeat(moved, lattice.cols, axis=0)
 
 
 def _draw_debris(mask: np.ndarray, nodes: np.ndarray, *, count: int, radius: float, rng: np.random.Generator) -> None:

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--style", choices=["realistic", "random"], default="realistic",
                     help="'realistic': bright crescents on speckled tissue, like a typical acquisition; "
                     "'random': any look the training generator produces (hard cases included)")
+    ds.add_argument("--uneven-rows", action="store_true",
+                    help="rows 0.65-1.3 pitches apart, each slid along itself by up to 0.2 of a column, "
+                         "as some stages step between rows (the real tile_b sample)")
     ds.add_argument("--force", action="store_true", help="replace an existing dataset in DIR")
 
     tl = sub.add_parser(
@@ -92,7 +95,7 @@ def _dataset(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     paths = write_dataset(args.dir, rows=args.rows, cols=args.cols, seed=args.seed, groups=args.groups,
                           bit_depth=args.bit_depth, pitch=args.pitch, realistic=args.style == "realistic",
-                          force=args.force)
+                          uneven_rows=args.uneven_rows, force=args.force)
     print(f"wrote {len(paths)} group(s) to {args.dir} in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -74,6 +74,10 @@ def demo_style(rng: np.random.Generator, *, pitch: float | None = None) -> Style
     )
 
 
+# With uneven rows, the closest rows' marks are at least this many mark radii apart (centre to centre).
+UNEVEN_ROW_CLEARANCE = 2.6
+
+
 def dataset_scene(
     *,
     rows: int,
@@ -81,8 +85,14 @@ def dataset_scene(
     seed: int,
     style: Style,
     margin: float | None = None,
+    uneven_rows: bool = False,
 ) -> Scene:
-    """Render a whole acquisition of ``rows`` x ``cols`` marks with a margin of tissue around it."""
+    """Render a whole acquisition of ``rows`` x ``cols`` marks with a margin of tissue around it.
+
+    ``uneven_rows`` spaces the rows unevenly and slides each along itself, as the real
+    ``tile_b`` shows (:meth:`Lattice.with_uneven_rows`); the image grows to hold them. Those
+    draws come from a stream of their own, so the rest of the scene is that of the same seed.
+    """
     if rows < 1 or cols < 1:
         raise InputError(f"rows and cols must be >= 1, got {rows} x {cols}")
     rng = np.random.default_rng(seed)
@@ -92,11 +102,21 @@ def dataset_scene(
     span_x, span_y = (cols - 1) * pitch_x, (rows - 1) * pitch_y
     width = int(math.ceil(span_x * math.cos(theta) + span_y * math.sin(theta) + 2 * margin))
     height = int(math.ceil(span_x * math.sin(theta) + span_y * math.cos(theta) + 2 * margin))
+    lattice = Lattice.centred(rows=rows, cols=cols, width=width, height=height, pitch_x=pitch_x, pitch_y=pitch_y,
+                              angle_deg=style.angle_deg, shear=style.shear)
+    if uneven_rows:
+        # Rows as close as real ones (0.65 of the usual gap) but, as there, with tissue between
+        # the marks of neighbouring rows: the usual gap grows where the marks are large.
+        lattice = replace(lattice, pitch_y=max(lattice.pitch_y, UNEVEN_ROW_CLEARANCE * style.mark_radius / 0.65))
+        lattice = lattice.with_uneven_rows(np.random.default_rng([seed, 2]), spacing=(0.65, 1.3))
+        nodes = lattice.nodes()
+        low, high = nodes.min(axis=0), nodes.max(axis=0)
+        width, height = (int(v) for v in np.ceil(high - low + 2 * margin))
+        lattice = replace(lattice, origin_x=lattice.origin_x + margin - float(low[0]),
+                          origin_y=lattice.origin_y + margin - float(low[1]))
     if width * height > 400e6:
         raise InputError(f"a {rows} x {cols} grid at pitch {pitch_x:.0f} px makes a {width} x {height} image; "
                          "that is too large to generate here")
-    lattice = Lattice.centred(rows=rows, cols=cols, width=width, height=height, pitch_x=pitch_x, pitch_y=pitch_y,
-                              angle_deg=style.angle_deg, shear=style.shear)
     return render(lattice, style, width=width, height=height, rng=rng)
 
 
@@ -110,9 +130,12 @@ def write_dataset(
     bit_depth: int = 8,
     pitch: float | None = None,
     realistic: bool = True,
+    uneven_rows: bool = False,
     force: bool = False,
 ) -> list[Path]:
     """Write ``groups`` synthetic acquisitions to ``root``; returns the source image paths.
+
+    ``uneven_rows`` draws rows unevenly spaced and slid along themselves (see :func:`dataset_scene`).
 
     Refuses to write into an existing dataset (a ``source`` folder) unless ``force``, which
     first removes the old ``source`` and ``truth`` folders so no stale group survives.
@@ -135,7 +158,7 @@ def write_dataset(
         style = demo_style(rng, pitch=pitch) if realistic else random_style(rng)
         if pitch is not None:
             style = replace(style, pitch=float(pitch), mark_radius=float(pitch) * style.mark_radius / style.pitch)
-        scene = dataset_scene(rows=rows, cols=cols, seed=group_seed, style=style)
+        scene = dataset_scene(rows=rows, cols=cols, seed=group_seed, style=style, uneven_rows=uneven_rows)
         source = root / "source" / group / "image.tif"
         source.parent.mkdir(parents=True, exist_ok=True)
         write_tiff(source, to_bit_depth(scene.image, bit_depth))
@@ -161,6 +184,8 @@ def _truth_record(scene: Scene, style: Style, *, seed: int) -> dict:
         "origin_x": lat.origin_x,
         "origin_y": lat.origin_y,
         "shear": lat.shear,
+        "row_across_px": list(lat.row_across),
+        "row_along_px": list(lat.row_along),
         "width": int(scene.image.shape[1]),
         "height": int(scene.image.shape[0]),
         "missing_ids": [int(i) for i in lat.ids()[~scene.present]],

@@ -12,14 +12,19 @@ id of node (row, col) is ``row * cols + col + 1``::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Lattice:
-    """A possibly rotated and slightly sheared rectangular lattice; angles in degrees, lengths in px."""
+    """A possibly rotated and slightly sheared rectangular lattice; angles in degrees, lengths in px.
+
+    ``row_across`` and ``row_along`` (one value per row, px) move whole rows off the regular
+    lattice, across the rows and along them, as on stages whose step between rows is not steady
+    (see :meth:`with_uneven_rows`); empty means regular rows.
+    """
 
     rows: int
     cols: int
@@ -29,6 +34,8 @@ class Lattice:
     origin_x: float = 0.0
     origin_y: float = 0.0
     shear: float = 0.0
+    row_across: tuple[float, ...] = ()
+    row_along: tuple[float, ...] = ()
 
     def basis(self) -> tuple[np.ndarray, np.ndarray]:
         """Vectors from node (r, c) to (r, c+1) and to (r+1, c)."""
@@ -39,8 +46,7 @@ class Lattice:
         return col_step, row_step
 
     def node(self, row: int, col: int) -> tuple[float, float]:
-        col_step, row_step = self.basis()
-        x, y = np.array([self.origin_x, self.origin_y]) + col * col_step + row * row_step
+        x, y = self.nodes()[row * self.cols + col]
         return float(x), float(y)
 
     def nodes(self) -> np.ndarray:
@@ -52,7 +58,32 @@ class Lattice:
             + cc.reshape(-1, 1) * col_step[None, :]
             + rr.reshape(-1, 1) * row_step[None, :]
         )
+        if self.row_across or self.row_along:
+            theta = math.radians(self.angle_deg)
+            across = np.array([-math.sin(theta), math.cos(theta)])
+            along = np.array([math.cos(theta), math.sin(theta)])
+            shift = np.zeros((self.rows, 2))
+            if self.row_across:
+                shift += np.asarray(self.row_across, float)[:, None] * across[None, :]
+            if self.row_along:
+                shift += np.asarray(self.row_along, float)[:, None] * along[None, :]
+            pts = pts + np.repeat(shift, self.cols, axis=0)
         return pts.astype(np.float64)
+
+    def with_uneven_rows(
+        self, rng: np.random.Generator, *, spacing: tuple[float, float] = (0.65, 1.3), slide: float = 0.2
+    ) -> Lattice:
+        """The same lattice with unevenly spaced rows, as the real ``tile_b`` sample shows.
+
+        The gap before each row is drawn from ``spacing`` (in row pitches) and each row slides
+        along itself by up to ``slide`` column pitches; rows stay parallel and in order, and row 0
+        stays where it was.
+        """
+        gaps = rng.uniform(*spacing, size=self.rows)
+        gaps[0] = 0.0
+        across = (np.cumsum(gaps) - np.arange(self.rows)) * self.pitch_y
+        along = rng.uniform(-slide, slide, size=self.rows) * self.pitch_x
+        return replace(self, row_across=tuple(across.tolist()), row_along=tuple(along.tolist()))
 
     def ids(self) -> np.ndarray:
         """Node ids in the order of :meth:`nodes`."""

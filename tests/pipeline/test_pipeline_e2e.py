@@ -94,3 +94,32 @@ def test_bad_dataset_fails_clearly_without_starting_anything(tmp_path, tiny_mode
 def test_bad_grid_arguments_are_usage_errors(small_dataset, tiny_model, tmp_path, args, message):
     result = run_pipeline(small_dataset, tiny_model, tmp_path, *args, marker="x")
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_the_users_command_numbers_an_acquisition_with_unevenly_spaced_rows(tmp_path):
+    """The shipped model and the default settings, as `python -m am.pipeline DIR --rows R --cols C`
+    runs them, on rows 0.65 to 1.3 pitches apart that slide along themselves (the real tile_b)."""
+    from am.register.testing import LatticeMask, wrong_ids
+    from am.synth.dataset import write_dataset
+    from am.synth.lattice import Lattice
+
+    dataset = tmp_path / "uneven"
+    write_dataset(dataset, rows=16, cols=16, seed=4, uneven_rows=True)
+    record = json.loads((dataset / "truth" / "group01" / "lattice.json").read_text())
+    assert len(record["row_across_px"]) == 16 and np.ptp(np.diff(record["row_across_px"])) > 0.3 * record["pitch_y"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "AM_IDLE_EXIT_S": "30", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "am.pipeline", str(dataset), "--rows", "16", "--cols", "16",
+                             "--workers", "2", "--no-progress"],
+                            env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    truth = read_image(dataset / "truth" / "group01" / "ids.png")
+    ids = read_image(dataset / "am_coords" / "group01" / "am_coordinates.png")
+    drawn = LatticeMask(mask=truth > 0, truth=truth, present=np.unique(truth[truth > 0]).astype(np.int64),
+                        lattice=Lattice(rows=16, cols=16, pitch_x=record["pitch_x"], pitch_y=record["pitch_y"]))
+    wrong = wrong_ids(drawn, ids)
+    # A mark counts as wrong when most of its pixels lack its id: none may carry another mark's id.
+    assert wrong.size <= 0.01 * drawn.present.size, wrong
+    numbered, true_ids = ids[truth > 0], truth[truth > 0]
+    assert np.count_nonzero((numbered > 0) & (numbered != true_ids)) <= 0.005 * true_ids.size
+    registration = json.loads((dataset / "am_coords" / "group01" / "registration.json").read_text())
+    assert registration["row_spacing"] == "uneven"

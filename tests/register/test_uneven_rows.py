@@ -10,7 +10,7 @@ import pytest
 from am.register import register_mask, write_outputs
 from am.register.fit import LatticeFit
 from am.register.rows import RowLines, fit_uneven_rows
-from am.register.testing import draw_lattice_mask, id_accuracy, uneven_rows
+from am.register.testing import draw_lattice_mask, id_accuracy
 from am.synth.lattice import Lattice
 
 ROWS, COLS, SIZE, PITCH = 12, 15, 720, 40.0
@@ -31,12 +31,12 @@ def rows_across(nodes: np.ndarray, lat: Lattice) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_uneven_rows_are_numbered_row_by_row(tmp_path, seed):
     rng = np.random.default_rng(seed)
-    lat = lattice(angle_deg=float(rng.uniform(-6, 6)))
-    nodes = uneven_rows(lat, rng=rng)
+    lat = lattice(angle_deg=float(rng.uniform(-6, 6))).with_uneven_rows(rng)
+    nodes = lat.nodes()
     missing = (rng.choice(ROWS * COLS, 9, replace=False) + 1).tolist()
     split = rng.choice(np.setdiff1d(np.arange(1, ROWS * COLS + 1), missing), 6, replace=False).tolist()
     drawn = draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=9, missing=missing, split=split, debris=8,
-                              rng=rng, nodes=nodes)
+                              rng=rng)
     reg = register_mask(drawn.mask, rows=ROWS, cols=COLS)
     assert id_accuracy(drawn, reg.ids) == 1.0
     assert reg.row_positions_px is not None and reg.row_shifts_px is not None
@@ -65,17 +65,16 @@ def test_even_rows_stay_regular_even_when_each_mark_wanders():
     assert np.sqrt(np.mean(residual**2)) > 0.12 * PITCH
     assert fit_uneven_rows(exact, wander) is None
     # The same rows moved apart unevenly are found.
-    uneven = fit_uneven_rows(exact, uneven_rows(lat, rng=np.random.default_rng(6)))
+    uneven = fit_uneven_rows(exact, lat.with_uneven_rows(np.random.default_rng(6)).nodes())
     assert uneven is not None and uneven.residual_px < 0.5
 
 
 def test_a_row_with_no_marks_keeps_its_number():
     rng = np.random.default_rng(3)
-    lat = lattice()
-    nodes = uneven_rows(lat, rng=rng, spacing=(0.85, 1.15))
+    lat = lattice().with_uneven_rows(rng, spacing=(0.85, 1.15))
     empty_row = 6
     missing = [empty_row * COLS + c + 1 for c in range(COLS)]
-    drawn = draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=9, missing=missing, rng=rng, nodes=nodes)
+    drawn = draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=9, missing=missing, rng=rng)
     reg = register_mask(drawn.mask, rows=ROWS, cols=COLS)
     assert id_accuracy(drawn, reg.ids) == 1.0
     np.testing.assert_array_equal(reg.empty_node_ids, missing)
@@ -90,7 +89,7 @@ def test_pieces_of_marks_do_not_pass_for_a_row_of_their_own():
     lat = lattice()
     col_step, row_step = lat.basis()
     exact = LatticeFit(origin=lat.nodes()[0], col_step=col_step, row_step=row_step)
-    nodes = uneven_rows(lat, rng=np.random.default_rng(8))
+    nodes = lat.with_uneven_rows(np.random.default_rng(8)).nodes()
     theta = np.radians(lat.angle_deg)
     pieces = nodes[:COLS] - 0.4 * PITCH * np.array([-np.sin(theta), np.cos(theta)])
     points = np.vstack([nodes, pieces])

@@ -91,6 +91,35 @@ def test_write_dataset_layout(tmp_path: Path, bit_depth: int) -> None:
     assert present == set(range(1, 31)) - set(record["missing_ids"])
 
 
+def test_uneven_rows_dataset_spaces_rows_as_asked_and_keeps_every_mark_inside(tmp_path: Path) -> None:
+    from am.synth.__main__ import main as synth_main
+
+    regular, uneven = tmp_path / "regular", tmp_path / "uneven"
+    write_dataset(regular, rows=10, cols=6, seed=3, pitch=30)
+    assert synth_main(["dataset", str(uneven), "--rows", "10", "--cols", "6", "--seed", "3", "--pitch", "30",
+                       "--uneven-rows"]) == 0
+    plain = json.loads((regular / "truth" / "group01" / "lattice.json").read_text())
+    assert plain["row_across_px"] == [] and plain["row_along_px"] == []
+    record = json.loads((uneven / "truth" / "group01" / "lattice.json").read_text())
+    lat = Lattice(**{k: record[k] for k in ("rows", "cols", "pitch_x", "pitch_y", "angle_deg", "origin_x", "origin_y",
+                                              "shear")},
+                  row_across=tuple(record["row_across_px"]), row_along=tuple(record["row_along_px"]))
+    gaps = np.diff(np.asarray(record["row_across_px"]) + np.arange(10) * lat.pitch_y)
+    assert np.all(gaps >= 0.65 * lat.pitch_y - 1e-9) and np.all(gaps <= 1.3 * lat.pitch_y + 1e-9)
+    assert np.ptp(gaps) > 0.2 * lat.pitch_y
+    # The closest rows keep tissue between their marks, as on the real tile_b.
+    assert gaps.min() >= 2.6 * record["style"]["mark_radius"] - 1e-6
+    assert np.all(np.abs(record["row_along_px"]) <= 0.2 * lat.pitch_x)
+    ids = read_image(uneven / "truth" / "group01" / "ids.png")
+    assert ids.shape == (record["height"], record["width"])
+    nodes = lat.nodes()
+    assert nodes.min() > 0 and np.all(nodes.max(axis=0) < [record["width"], record["height"]])
+    # Each mark is drawn around its own (moved) node.
+    for mark_id in np.unique(ids[ids > 0])[::7]:
+        ys, xs = np.nonzero(ids == mark_id)
+        assert np.hypot(xs.mean() - nodes[mark_id - 1, 0], ys.mean() - nodes[mark_id - 1, 1]) < 0.5 * lat.pitch_x
+
+
 def test_cli_refuses_to_overwrite(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     cmd = [sys.executable, "-m", "am.synth", "dataset", str(root), "--rows", "4", "--cols", "4", "--seed", "1"]
