@@ -46,7 +46,8 @@ class Lattice:
         return col_step, row_step
 
     def node(self, row: int, col: int) -> tuple[float, float]:
-        x, y = self.nodes()[row * self.cols + col]
+        col_step, row_step = self.basis()
+        x, y = np.array([self.origin_x, self.origin_y]) + col * col_step + row * row_step + self._row_offsets()[row]
         return float(x), float(y)
 
     def nodes(self) -> np.ndarray:
@@ -59,16 +60,20 @@ class Lattice:
             + rr.reshape(-1, 1) * row_step[None, :]
         )
         if self.row_across or self.row_along:
-            theta = math.radians(self.angle_deg)
-            across = np.array([-math.sin(theta), math.cos(theta)])
-            along = np.array([math.cos(theta), math.sin(theta)])
-            shift = np.zeros((self.rows, 2))
-            if self.row_across:
-                shift += np.asarray(self.row_across, float)[:, None] * across[None, :]
-            if self.row_along:
-                shift += np.asarray(self.row_along, float)[:, None] * along[None, :]
-            pts = pts + np.repeat(shift, self.cols, axis=0)
+            pts = pts + np.repeat(self._row_offsets(), self.cols, axis=0)
         return pts.astype(np.float64)
+
+    def _row_offsets(self) -> np.ndarray:
+        """How far each row sits off the regular lattice, shape (rows, 2): zeros for regular rows."""
+        theta = math.radians(self.angle_deg)
+        across = np.array([-math.sin(theta), math.cos(theta)])
+        along = np.array([math.cos(theta), math.sin(theta)])
+        offsets = np.zeros((self.rows, 2))
+        if self.row_across:
+            offsets += np.asarray(self.row_across, float)[:, None] * across[None, :]
+        if self.row_along:
+            offsets += np.asarray(self.row_along, float)[:, None] * along[None, :]
+        return offsets
 
     def with_uneven_rows(
         self, rng: np.random.Generator, *, spacing: tuple[float, float] = (0.65, 1.3), slide: float = 0.2

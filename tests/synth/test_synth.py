@@ -300,3 +300,11 @@ def test_rendering_on_worker_processes_gives_the_same_samples_in_order():
     for one, other in zip(serial, parallel, strict=True):
         assert one.style == other.style and one.style.polarity in ("rim", "grey")
         assert np.array_equal(one.image, other.image) and np.array_equal(one.mask, other.mask)
+
+
+def test_uneven_rows_move_whole_rows_and_node_agrees_with_nodes() -> None:
+    regular = Lattice.centred(rows=5, cols=4, width=300, height=300, pitch_x=30, angle_deg=3, shear=0.02)
+    uneven = regular.with_uneven_rows(np.random.default_rng(1))
+    moved = (uneven.nodes() - regular.nodes()).reshape(5, 4, 2)
+    assert np.allclose(moved[0], 0) and np.allclose(moved, moved[:, :1])  # row 0 stays; a row moves as one
+    assert all(np.allclose(uneven.node(r, c), uneven.nodes()[r * 4 + c]) for r in range(5) for c in range(4))
