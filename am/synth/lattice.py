@@ -82,7 +82,7 @@ class Lattice:
 
         The gap before each row is drawn from ``spacing`` (in row pitches) and each row slides
         along itself by up to ``slide`` column pitches; rows stay parallel and in order, and row 0
-        stays where it was.
+        keeps its place across the rows.
         """
         gaps = rng.uniform(*spacing, size=self.rows)
         gaps[0] = 0.0
