@@ -198,7 +198,8 @@ def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int |
             shutil.rmtree(old)
         registration = register_group(dataset, group, rows=rows, cols=cols)
         done[group] = (f"{registration.assigned} of {registration.found} marks numbered on a "
-                       f"{registration.rows}x{registration.cols} grid, {registration.empty_nodes} empty node(s)")
+                       f"{registration.rows}x{registration.cols} grid, {registration.empty_nodes} empty node(s)"
+                       + (", rows unevenly spaced" if registration.uneven_rows else ""))
     return done
 
 

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{group}: {reg.assigned} marks numbered on a {reg.rows} x {reg.cols} grid ({shape}), "
             f"{reg.empty_nodes} empty positions, {reg.off_lattice + reg.duplicates} marks without id, "
-            f"angle {reg.angle_deg:.2f} deg, pitch {reg.pitch_x:.2f} x {reg.pitch_y:.2f} px, "
+            f"angle {reg.angle_deg:.2f} deg, {reg.pitch_text()}, "
             f"residual {reg.residual_px:.2f} px -> {output_dir(args.dataset, group)}"
         )
         if reg.warnings:

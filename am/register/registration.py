@@ -93,6 +93,18 @@ class Registration:
             angle_deg=self.angle_deg, origin_x=self.origin_x, origin_y=self.origin_y, shear=self.shear,
         )
 
+    @property
+    def uneven_rows(self) -> bool:
+        """Whether the rows were placed where their marks are, being unevenly spaced."""
+        return self.row_positions_px is not None
+
+    def pitch_text(self) -> str:
+        """The grid's spacing for a person: both pitches, or the column pitch and the range of row gaps."""
+        if self.row_positions_px is None or self.rows < 2:
+            return f"pitch {self.pitch_x:.2f} x {self.pitch_y:.2f} px"
+        gaps = np.diff(self.row_positions_px)
+        return f"columns {self.pitch_x:.2f} px apart, rows {gaps.min():.1f}-{gaps.max():.1f} px apart (uneven)"
+
     def node_positions(self) -> np.ndarray:
         """Where every node of the grid lies, shape (rows * cols, 2), in id order.
 

@@ -123,3 +123,4 @@ def test_the_users_command_numbers_an_acquisition_with_unevenly_spaced_rows(tmp_
     assert np.count_nonzero((numbered > 0) & (numbered != true_ids)) <= 0.005 * true_ids.size
     registration = json.loads((dataset / "am_coords" / "group01" / "registration.json").read_text())
     assert registration["row_spacing"] == "uneven"
+    assert "registration group01:" in result.stdout and "rows unevenly spaced" in result.stdout

@@ -44,6 +44,9 @@ def test_uneven_rows_are_numbered_row_by_row(tmp_path, seed):
     # Every node, empty ones included, lies where the drawing put it (a disc's point is its centre).
     np.testing.assert_allclose(reg.node_positions(), nodes, atol=2.0)
     assert any("rows are unevenly spaced" in w for w in reg.warnings)
+    gaps = np.diff(reg.row_positions_px)
+    assert reg.uneven_rows and reg.pitch_text() == (f"columns {reg.pitch_x:.2f} px apart, rows {gaps.min():.1f}-"
+                                                    f"{gaps.max():.1f} px apart (uneven)")
     assert not any("fits loosely" in w for w in reg.warnings)
     write_outputs(tmp_path, reg, source=drawn.mask)
     data = json.loads((tmp_path / "registration.json").read_text())
@@ -53,7 +56,8 @@ def test_uneven_rows_are_numbered_row_by_row(tmp_path, seed):
 def test_even_rows_stay_regular_even_when_each_mark_wanders():
     lat = lattice()
     plain = register_mask(draw_lattice_mask(lat, width=SIZE, height=SIZE, radius=8).mask, rows=ROWS, cols=COLS)
-    assert plain.row_positions_px is None and not plain.warnings
+    assert plain.row_positions_px is None and not plain.warnings and not plain.uneven_rows
+    assert plain.pitch_text() == f"pitch {plain.pitch_x:.2f} x {plain.pitch_y:.2f} px"
     # Each mark up to 0.25 pitch above or below its node: the regular fit is loose (residual past
     # 0.12 pitch), so uneven rows are tried, but every row's marks spread alike and no row moves.
     col_step, row_step = lat.basis()
