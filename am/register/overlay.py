@@ -143,7 +143,7 @@ def _draw(
     for x, y in view(registration.unassigned_xy)[visible(view(registration.unassigned_xy), radius)]:
         cv2.circle(canvas, (round(x), round(y)), radius, OFF_LATTICE_BGR, 1, cv2.LINE_AA)
     if registration.empty_node_ids.size:
-        nodes = view(registration.node_positions()[registration.empty_node_ids - 1])
+        nodes = view(registration.lattice.nodes()[registration.empty_node_ids - 1])
         arm = max(2, round(0.12 * pitch))
         for x, y in nodes[visible(nodes, arm)]:
             cv2.drawMarker(canvas, (round(x), round(y)), EMPTY_BGR, cv2.MARKER_CROSS, 2 * arm, 1)

@@ -87,10 +87,22 @@ class Registration:
 
     @property
     def lattice(self) -> Lattice:
-        """The fitted grid as a :class:`Lattice` with evenly spaced rows (see :meth:`node_positions`)."""
+        """The fitted grid as a :class:`Lattice`, whose ``nodes()`` are in id order.
+
+        Where the rows were found unevenly spaced, each row sits where its marks are: moved along
+        the row step to ``row_positions_px`` and along the columns by ``row_shifts_px``.
+        """
+        row_across: tuple[float, ...] = ()
+        row_along: tuple[float, ...] = ()
+        if self.row_positions_px is not None and self.row_shifts_px is not None:
+            # A move along the row step is also a move along the columns where the grid is sheared.
+            steps = self.row_positions_px / self.pitch_y - np.arange(self.rows)
+            row_across = tuple((steps * self.pitch_y).tolist())
+            row_along = tuple((self.row_shifts_px + steps * self.shear * self.pitch_x).tolist())
         return Lattice(
             rows=self.rows, cols=self.cols, pitch_x=self.pitch_x, pitch_y=self.pitch_y,
             angle_deg=self.angle_deg, origin_x=self.origin_x, origin_y=self.origin_y, shear=self.shear,
+            row_across=row_across, row_along=row_along,
         )
 
     @property
@@ -104,21 +116,6 @@ class Registration:
             return f"pitch {self.pitch_x:.2f} x {self.pitch_y:.2f} px"
         gaps = np.diff(self.row_positions_px)
         return f"columns {self.pitch_x:.2f} px apart, rows {gaps.min():.1f}-{gaps.max():.1f} px apart (uneven)"
-
-    def node_positions(self) -> np.ndarray:
-        """Where every node of the grid lies, shape (rows * cols, 2), in id order.
-
-        Where the rows were found unevenly spaced, ``row_positions_px`` moves each row along the
-        row step to where its marks are and ``row_shifts_px`` along the columns; otherwise the
-        rows are the lattice's.
-        """
-        nodes = self.lattice.nodes()
-        if self.row_positions_px is None or self.row_shifts_px is None:
-            return nodes
-        col_step, row_step = self.lattice.basis()
-        across = np.repeat(self.row_positions_px / self.pitch_y - np.arange(self.rows), self.cols)
-        along = np.repeat(self.row_shifts_px / self.pitch_x, self.cols)
-        return nodes + across[:, None] * row_step[None, :] + along[:, None] * col_step[None, :]
 
     def to_json_dict(self) -> dict[str, Any]:
         """What registration.json holds: the fit, the counts and the warnings."""

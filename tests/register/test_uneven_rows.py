@@ -42,7 +42,7 @@ def test_uneven_rows_are_numbered_row_by_row(tmp_path, seed):
     assert reg.row_positions_px is not None and reg.row_shifts_px is not None
     np.testing.assert_allclose(reg.row_positions_px, rows_across(nodes, lat), atol=1.5)
     # Every node, empty ones included, lies where the drawing put it (a disc's point is its centre).
-    np.testing.assert_allclose(reg.node_positions(), nodes, atol=2.0)
+    np.testing.assert_allclose(reg.lattice.nodes(), nodes, atol=2.0)
     assert any("rows are unevenly spaced" in w for w in reg.warnings)
     gaps = np.diff(reg.row_positions_px)
     assert reg.uneven_rows and reg.pitch_text() == (f"columns {reg.pitch_x:.2f} px apart, rows {gaps.min():.1f}-"
