@@ -8,8 +8,9 @@ such rows: whole rows of marks fall between its nodes and get no id or the wrong
 When the regular fit is loose, the rows are found where the marks are instead: the density of
 the marks' coordinates across the rows has one peak per row. Each peak becomes a row (a gap of
 about twice the usual spacing keeps a number for a missing row), each row's slide along itself
-is measured from its marks, and the columns keep the regular step. The uneven model replaces the regular one only
-when it explains the marks far better, so a regular acquisition is never affected::
+is measured from its marks, and the columns keep the regular step. The uneven model replaces the
+regular one only when it explains the marks far better, so a regular acquisition is never
+affected::
 
     uneven = fit_uneven_rows(fit, points)   # None: the rows are regular after all
 """
@@ -17,7 +18,7 @@ when it explains the marks far better, so a regular acquisition is never affecte
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -114,14 +115,14 @@ def fit_uneven_rows(fit: LatticeFit, points: np.ndarray, area: np.ndarray | None
     lines = _row_lines(fit, points)
     if lines is None:
         return None
-    uneven_rms = _rms(LatticeFit(origin=fit.origin, col_step=fit.col_step, row_step=fit.row_step, rows=lines), points)
+    uneven = replace(fit, rows=lines)
+    uneven_rms = _rms(uneven, points)
     if uneven_rms > BETTER_BY * regular_rms:
         log.debug("uneven rows fit no better (%.2f px against %.2f px)", uneven_rms, regular_rms)
         return None
     log.info("rows are unevenly spaced: %d rows of marks fit with a residual of %.2f px, against %.2f px for "
              "evenly spaced rows", lines.coords.size, uneven_rms, regular_rms)
-    return LatticeFit(origin=fit.origin, col_step=fit.col_step, row_step=fit.row_step, residual_px=uneven_rms,
-                      rows=lines)
+    return replace(uneven, residual_px=uneven_rms)
 
 
 def _rms(fit: LatticeFit, points: np.ndarray) -> float:
