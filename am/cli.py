@@ -39,6 +39,14 @@ def add_postprocess_option(parser: argparse.ArgumentParser) -> None:
                         help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
 
 
+def add_precision_option(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
+    """The one ``--precision`` option of every command that runs the model (``choices`` from
+    :data:`am.model.predict.PRECISIONS`, which this torch-free module does not import)."""
+    parser.add_argument("--precision", choices=choices, default="auto",
+                        help="arithmetic of the forward pass (default auto, as workers choose: fp16 on CUDA, "
+                             "bf16 on a CPU with AMX, fp32 on other CPUs)")
+
+
 def masks_label(postprocess: bool) -> str:
     """How a command's masks were made, for the line that names the model."""
     return "masks post-processed" if postprocess else "masks thresholded only"

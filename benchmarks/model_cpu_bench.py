@@ -26,7 +26,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from am.cli import add_postprocess_option, masks_label
+from am.cli import add_postprocess_option, add_precision_option, masks_label
 from am.errors import AmError
 from am.evaluate.heldout import held_out_images
 from am.messages import TTA_MODES
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
-    p.add_argument("--precision", choices=[m for m in PRECISIONS if m != "fp16"], default="auto",
-                   help="arithmetic of the forward pass (default auto: bf16 on a CPU with AMX, fp32 elsewhere)")
+    add_precision_option(p, tuple(m for m in PRECISIONS if m != "fp16"))
     add_postprocess_option(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from am.cli import add_postprocess_option
+from am.cli import add_postprocess_option, add_precision_option
 from am.errors import AmError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, held_out_images
 from am.evaluate.metrics import Scores, score
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="arithmetic of the forward pass (default auto, as workers choose: fp16 on CUDA, "
-                        "bf16 on a CPU with AMX, fp32 on other CPUs)")
+    add_precision_option(p, PRECISIONS)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
     add_postprocess_option(p)
     p.add_argument("--json", type=Path, default=None, help="write all figures as JSON here")
