@@ -151,8 +151,10 @@ def parser() -> argparse.ArgumentParser:
                      help="start from this checkpoint's weights (same architecture; optimiser and schedule "
                           "start afresh)")
     run.add_argument("--init-partial", action="store_true",
-                     help="with --init: allow other --decoder-channels, keeping every tensor whose shape fits "
-                          "(the encoder and the decoder stages left as they were) and starting the rest afresh")
+                     help="with --init: allow other --decoder-channels. A decoder with no stage narrower "
+                          "starts computing exactly what the checkpoint computes, its new channels random "
+                          "and unconnected; otherwise every tensor whose shape fits is kept (the encoder and "
+                          "the decoder stages left as they were) and the rest starts afresh")
     run.add_argument("--keep-state", action="store_true",
                      help="keep OUT.resume after the last epoch (default: delete it, it is large)")
     run.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this limit")

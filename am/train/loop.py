@@ -36,6 +36,7 @@ from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.model.whole import predict_image_mask
+from am.model.widen import can_widen, widen_decoder
 from am.train.data import CropDataset, Labelled
 
 log = logging.getLogger(__name__)
@@ -270,8 +271,10 @@ def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: 
 
     Only the weights are taken: optimiser, schedule and history start afresh. The checkpoint must
     describe the same architecture, or the run would silently train a different network. With
-    ``partial`` the decoder widths may differ: a wider decoder keeps the trained encoder (and every
-    decoder tensor whose shape still fits) and starts the rest afresh, and the log says how much.
+    ``partial`` the decoder widths may differ: a decoder no stage of which is narrower starts as
+    the trained one, computing the same output (:mod:`am.model.widen`); otherwise the trained
+    encoder and every decoder tensor whose shape still fits are kept and the rest starts afresh,
+    and the log says how much.
     """
     init_meta, state = load_checkpoint(path)
 
@@ -289,6 +292,12 @@ def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: 
     if not partial:
         model.load_state_dict(state)
         log.info("starting from the weights of %s (%s)", path, init_meta.encoder)
+        return
+    if can_widen(init_meta.decoder_channels, meta.decoder_channels):
+        widen_decoder(model, state, init_meta.decoder_channels)
+        log.info("starting from the weights of %s with its decoder %s widened to %s (same output; the new "
+                 "channels start random and unconnected)", path, list(init_meta.decoder_channels),
+                 list(meta.decoder_channels))
         return
     own = model.state_dict()
     fitting = {name: t for name, t in state.items() if name in own and own[name].shape == t.shape}

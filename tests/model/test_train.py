@@ -171,7 +171,7 @@ def test_init_starts_from_a_checkpoints_weights_and_refuses_another_architecture
         train(other, images[:3], images[3:])
 
 
-def test_partial_init_keeps_what_fits_a_wider_decoder_and_nothing_else(
+def test_partial_init_widens_a_decoder_or_keeps_what_fits(
         tmp_path: Path, images: list[Labelled], caplog: pytest.LogCaptureFixture) -> None:
     first = tmp_path / "first.pt"
     base = dict(**TINY, epochs=1, steps_per_epoch=1, batch_size=2, crop=64, warmup_steps=0, threads=1)
@@ -185,14 +185,29 @@ def test_partial_init_keeps_what_fits_a_wider_decoder_and_nothing_else(
                           init_partial=True, seed=3), images[:3], images[3:])
     meta, weights = load_checkpoint(second)
     assert tuple(meta.decoder_channels) == wider
+    assert "decoder [32, 16, 8, 8, 4] widened to [32, 16, 8, 16, 8]" in caplog.text
+    # Nothing trained is lost (lr 0): the unchanged stages come back as they were, the widened ones
+    # hold their trained weights in their old place and no link from a new channel into an old one.
+    assert torch.equal(weights["decoder.blocks.0.conv1.0.weight"], start["decoder.blocks.0.conv1.0.weight"])
+    assert torch.equal(weights["decoder.blocks.4.conv2.0.weight"][:4, :4], start["decoder.blocks.4.conv2.0.weight"])
+    assert torch.count_nonzero(weights["decoder.blocks.4.conv2.0.weight"][:4, 4:]) == 0
+    assert torch.equal(weights["segmentation_head.0.weight"][:, :4], start["segmentation_head.0.weight"])
+
+    caplog.clear()
+    narrower = (*TINY["decoder_channels"][:4], 2)
+    third = tmp_path / "narrower.pt"
+    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+        train(TrainConfig(out=third, **{**base, "decoder_channels": narrower}, half=False, lr=0.0, init=first,
+                          init_partial=True, seed=3), images[:3], images[3:])
+    _, weights = load_checkpoint(third)
     learnt = [k for k in weights if "running_" not in k and "num_batches" not in k]
     kept = [k for k in learnt if k in start and start[k].shape == weights[k].shape]
     fresh = [k for k in learnt if k not in kept]
-    # The encoder and the unchanged decoder stages come back as they were; the widened stages and the head are new.
-    assert any(k.startswith("encoder.") for k in kept) and any(k.startswith("decoder.blocks.0") for k in kept)
+    # A narrower stage cannot hold what was learnt: it and the head start afresh, the rest is kept.
+    assert any(k.startswith("encoder.") for k in kept) and any(k.startswith("decoder.blocks.3") for k in kept)
     assert all(torch.equal(weights[k], start[k]) for k in kept)
-    assert fresh and all(k.startswith(("decoder.blocks.3", "decoder.blocks.4", "segmentation_head")) for k in fresh)
-    assert "fresh: decoder.blocks.3" in caplog.text
+    assert fresh and all(k.startswith(("decoder.blocks.4", "segmentation_head")) for k in fresh)
+    assert "fresh: decoder.blocks.4" in caplog.text
     other_encoder = TrainConfig(out=tmp_path / "x.pt", **{**base, "encoder": "tu-mobilenetv3_large_100"}, init=first,
                                 init_partial=True)
     with pytest.raises(InputError, match=r"--init .*first.pt is a Unet/tu-mobilenetv3_small_100"):
