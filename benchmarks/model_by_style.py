@@ -49,11 +49,6 @@ class Grouping:
     label: Callable[[Style], str]
 
 
-def lost_marks(scores: Scores) -> int:
-    """Marks missed plus false marks: what keeps object F1 below 1."""
-    return scores.true_objects + scores.predicted_objects - 2 * scores.matched_objects
-
-
 def _bin(value: float, width: float) -> str:
     low = (value // width) * width
     return f"{low:g}-{low + width:g}"
@@ -78,7 +73,7 @@ class GroupScores:
 
     @property
     def lost(self) -> int:
-        return lost_marks(self.scores)
+        return self.scores.lost_objects
 
 
 def group_scores(styled: Iterable[tuple[Style, Scores]], groupings: Iterable[Grouping] = GROUPINGS,
@@ -105,7 +100,7 @@ def _label_order(label: str) -> tuple[float, str]:
 
 def table(groups: list[GroupScores], overall: Scores, images: int) -> str:
     lines = [f"{'group':<30} {'images':>6} {'dice':>6} {'F1':>6} {'lost':>6}", "-" * 58,
-             f"{'all':<30} {images:>6} {overall.dice:>6.3f} {overall.f1:>6.3f} {lost_marks(overall):>6}"]
+             f"{'all':<30} {images:>6} {overall.dice:>6.3f} {overall.f1:>6.3f} {overall.lost_objects:>6}"]
     current = None
     for g in groups:
         if g.grouping != current:

@@ -12,6 +12,7 @@ registration. Empty truth and empty prediction agree perfectly (Dice 1, F1 1)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -53,6 +54,16 @@ class Scores:
     def f1(self) -> float:
         total = self.true_objects + self.predicted_objects
         return 1.0 if total == 0 else 2.0 * self.matched_objects / total
+
+    @property
+    def wrong_px(self) -> int:
+        """Pixels missed plus pixels falsely marked: what keeps Dice below 1, pooled or not."""
+        return self.truth_px + self.predicted_px - 2 * self.intersection
+
+    @property
+    def lost_objects(self) -> int:
+        """Marks missed plus false marks: what keeps object F1 below 1."""
+        return self.true_objects + self.predicted_objects - 2 * self.matched_objects
 
     def as_dict(self) -> dict[str, float]:
         out: dict[str, float] = dict(asdict(self))
@@ -107,3 +118,13 @@ def match_objects(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: in
             used_t.add(a)
             used_p.add(b)
     return int(keep_t.sum()), int(keep_p.sum()), len(used_t)
+
+
+def most_wrong(items: Sequence[Scores], count: int) -> list[int]:
+    """Indices of the ``count`` images with the most wrong pixels, most first.
+
+    A pooled Dice weighs every pixel alike, so a few images a model cannot read can hold most of
+    what keeps it from a target; these are the ones to look at first.
+    """
+    order = sorted(range(len(items)), key=lambda i: (-items[i].wrong_px, -items[i].lost_objects, i))
+    return order[: max(0, count)]

@@ -232,7 +232,7 @@ def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, 
     ``workers`` > 1 renders on that many processes (a GPU machine's training run would otherwise
     wait minutes on one core for thousands of images); the samples and their order are the same.
     """
-    render_one = partial(_sample_at, seed, size=size, pitch_range=pitch_range, labels=labels,
+    render_one = partial(sample_at, seed, size=size, pitch_range=pitch_range, labels=labels,
                          blob_rate=blob_rate, polarity_mix=dict(polarity_mix) if polarity_mix else None)
     if workers <= 1 or count < 2:
         yield from map(render_one, range(count))
@@ -242,7 +242,8 @@ def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, 
         yield from pool.map(render_one, range(count), chunksize=max(1, min(16, count // (4 * workers))))
 
 
-def _sample_at(seed: int, index: int, **options) -> Sample:
+def sample_at(seed: int, index: int, **options) -> Sample:
+    """Sample ``index`` of the series ``seed`` (``options`` as for :func:`random_sample`), rendered alone."""
     return random_sample(np.random.default_rng([seed, index]), **options)
 
 

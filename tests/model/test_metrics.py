@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from am.evaluate.metrics import Scores, score
+from am.evaluate.metrics import Scores, most_wrong, score
 
 
 def _square(shape, y, x, size):
@@ -74,3 +74,20 @@ def test_min_object_px_ignores_specks() -> None:
 def test_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="shape"):
         score(np.zeros((3, 3)), np.zeros((3, 4)))
+
+
+def test_wrong_pixels_lost_marks_and_the_images_holding_most_of_them() -> None:
+    truth = np.zeros((20, 20), bool)
+    truth[2:6, 2:6] = truth[10:14, 10:14] = True
+    shifted = np.zeros_like(truth)
+    shifted[2:6, 3:7] = True  # one mark moved a pixel (IoU 0.6, still found), the other missed
+    one = score(truth, shifted)
+    assert one.wrong_px == 4 + 4 + 16 and one.lost_objects == 1
+    assert score(truth, truth).wrong_px == 0 and score(truth, truth).lost_objects == 0
+    empty = score(np.zeros_like(truth), np.zeros_like(truth))
+    items = [score(truth, truth), one, score(truth, np.zeros_like(truth)), empty]
+    # Image 2 misses 32 px, image 1 gets 24 wrong; ties (0 and 3) keep their order.
+    assert most_wrong(items, 2) == [2, 1] and most_wrong(items, 9) == [2, 1, 0, 3] and most_wrong(items, 0) == []
+    pooled = Scores.combine(items)
+    assert pooled.wrong_px == sum(s.wrong_px for s in items)
+    assert pooled.dice == pytest.approx(1 - pooled.wrong_px / (pooled.truth_px + pooled.predicted_px))

@@ -1,13 +1,16 @@
-"""The model benchmarks run at the precision they are told and say which one they ran."""
+"""The model benchmarks run at the precision they are told, say which one they ran, and where the error lies."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE, held_out_images, held_out_style
 from am.model.predict import cpu_multiplies_bf16
+from am.synth.dataset import sample_at
 from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,3 +43,24 @@ def test_quality_report_records_the_precision_auto_chose(tiny_model: Path, tmp_p
     report = json.loads(figures.read_text())
     assert report["precision"] == chosen and report["synthetic"]["images"] == 1
     assert f"({report['encoder']}), {chosen}, test-time augmentation off" in capsys.readouterr().out
+
+
+def test_quality_report_lists_the_images_holding_most_of_the_error(tiny_model: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    quality = load_script(REPO / "benchmarks" / "model_quality.py")
+    figures = tmp_path / "figures.json"
+    assert quality.main(["--model", str(tiny_model), "--synthetic", "3", "--threads", "1", "--worst", "2",
+                         "--real", str(tmp_path / "absent"), "--json", str(figures)]) == 0
+    out = capsys.readouterr().out
+    assert "where the error lies: 2 of 3 images hold" in out
+    worst = json.loads(figures.read_text())["synthetic"]["worst"]
+    assert len(worst) == 2 and worst[0]["wrong_px"] >= worst[1]["wrong_px"]
+    for row in worst:
+        style = held_out_style(row["image"])
+        assert f"image {row['image']}: " in out and row["style"].startswith(f"{style.polarity} {style.shape} marks")
+
+
+def test_held_out_style_is_the_style_the_image_was_drawn_in() -> None:
+    image = held_out_images(3)[2]
+    again = sample_at(HELD_OUT_SEED, 2, size=HELD_OUT_SIZE, pitch_range=HELD_OUT_PITCH)
+    assert np.array_equal(image.image, again.image) and again.style == held_out_style(2)
