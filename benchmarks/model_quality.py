@@ -30,7 +30,7 @@ from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
-from am.model.predict import PRECISIONS, Predictor
+from am.model.predict import Predictor
 from am.synth.render import Style
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    add_precision_option(p, PRECISIONS)
+    add_precision_option(p)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
     add_postprocess_option(p)
     p.add_argument("--worst", type=int, default=5,
@@ -120,12 +120,12 @@ def worst_report(scores: list[Scores], count: int) -> list[dict]:
           f"without them dice {rest.dice:.4f}, F1 {rest.f1:.4f}")
     report = []
     for i in worst:
-        style = held_out_style(i)
+        style = style_text(held_out_style(i))
         own = scores[i]
         print(f"    image {i}: {100 * own.wrong_px / max(1, pooled.wrong_px):.1f} % of the wrong pixels, "
-              f"dice {own.dice:.3f}, {own.lost_objects} marks lost; {style_text(style)}")
+              f"dice {own.dice:.3f}, {own.lost_objects} marks lost; {style}")
         report.append({"image": i, "wrong_px": own.wrong_px, "lost_marks": own.lost_objects, "dice": own.dice,
-                       "f1": own.f1, "style": style_text(style)})
+                       "f1": own.f1, "style": style})
     return report
 
 

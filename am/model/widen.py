@@ -36,7 +36,7 @@ def widen_decoder(model: torch.nn.Module, state: Mapping[str, torch.Tensor], old
     old_widths = [int(w) for w in old_widths]
     if not can_widen(old_widths, new_widths):
         raise ValueError(f"decoder {new_widths} is not a widening of {old_widths}")
-    skips = _skip_channels(model)
+    skips = _skip_channels(model, new_widths)
     target = model.state_dict()
     with torch.no_grad():
         for name, fresh in target.items():
@@ -56,13 +56,11 @@ def widen_decoder(model: torch.nn.Module, state: Mapping[str, torch.Tensor], old
     model.load_state_dict(target)
 
 
-def _skip_channels(model: torch.nn.Module) -> list[int]:
+def _skip_channels(model: torch.nn.Module, widths: list[int]) -> list[int]:
     """Channels each decoder stage concatenates from the encoder (0 for the last, full-size stage)."""
-    blocks = model.decoder.blocks
-    first_inputs = [block.conv1[0].in_channels for block in blocks]
-    widths = [block.conv2[0].out_channels for block in blocks]
+    first_inputs = [block.conv1[0].in_channels for block in model.decoder.blocks]
     head = int(model.encoder.out_channels[-1])
-    return [first_inputs[0] - head] + [first_inputs[i] - widths[i - 1] for i in range(1, len(blocks))]
+    return [first_inputs[0] - head] + [first_inputs[i] - widths[i - 1] for i in range(1, len(widths))]
 
 
 def _input_map(block: int, old: list[int], new: list[int], skips: list[int]) -> tuple[list[int], list[int]]:
