@@ -21,6 +21,11 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 # "on": masks as the model's checkpoint asks (touching marks cut apart, specks dropped); "off": thresholded only.
 POSTPROCESS_MODES = ("on", "off")
+# How the model runs, for workers (AM_PRECISION, AM_COMPILE) and commands alike; defined here, away
+# from torch, so that the worker's configuration checks them without loading the model code.
+# Precision auto: fp16 on CUDA, bf16 on a CPU with AMX, fp32 on other CPUs. Compile auto: on CUDA only.
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -39,9 +44,9 @@ def add_postprocess_option(parser: argparse.ArgumentParser) -> None:
                         help="masks as the checkpoint asks: touching marks cut apart, specks dropped (default on)")
 
 
-def add_precision_option(parser: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
-    """The one ``--precision`` option of every command that runs the model (``choices`` from
-    :data:`am.model.predict.PRECISIONS`, which this torch-free module does not import)."""
+def add_precision_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = PRECISIONS) -> None:
+    """The one ``--precision`` option of every command that runs the model (``choices``: those of
+    :data:`PRECISIONS` the command can run)."""
     parser.add_argument("--precision", choices=choices, default="auto",
                         help="arithmetic of the forward pass (default auto, as workers choose: fp16 on CUDA, "
                              "bf16 on a CPU with AMX, fp32 on other CPUs)")

@@ -26,12 +26,12 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from am.cli import add_postprocess_option, add_precision_option, masks_label
+from am.cli import PRECISIONS, add_postprocess_option, add_precision_option, masks_label
 from am.errors import AmError
 from am.evaluate.heldout import held_out_images
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
-from am.model.predict import PRECISIONS, Predictor
+from am.model.predict import Predictor
 
 TARGET_MS = 250.0
 

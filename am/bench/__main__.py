@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from am.bench.loop import INPUT_BUCKET, OUTPUT_BUCKET
-from am.cli import EXIT_OK, EXIT_USAGE, add_precision_option, configure_logging, run_main
+from am.cli import COMPILE_MODES, EXIT_OK, EXIT_USAGE, add_precision_option, configure_logging, run_main
 from am.errors import InputError
 from am.messages import MAX_TILES_PER_MESSAGE
-from am.model.predict import COMPILE_MODES, PRECISIONS
 from am.worker.timing import STAGES
 
 log = logging.getLogger("am.bench")
@@ -40,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", type=Path, help="checkpoint to measure (default: the shipped model)")
     model.add_argument("--encoder", help="measure an untrained U-Net with this encoder instead, e.g. resnext50_32x4d")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    add_precision_option(parser, PRECISIONS)
+    add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=0, help="tiles per forward pass (0: 4 on CPU, 64 on CUDA)")
     parser.add_argument("--tiles-per-message", type=int, default=0,
                         help="worker loop: tiles per SQS message and S3 object (0: as the pipeline, 8 on CPU, "

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from am.cli import COMPILE_MODES, PRECISIONS
 from am.errors import CheckpointError, InputError
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_CPU = 4
 # fp16 with channels_last keeps an H100 busy from about 64 tiles of 512x512 per call.
 DEFAULT_BATCH_CUDA = 64
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-COMPILE_MODES = ("auto", "on", "off")
 # torch.compile of a U-Net takes 20-60 s on a GPU host; past this the model runs uncompiled.
 DEFAULT_COMPILE_BUDGET_S = 180.0
 # Host threads making masks from probabilities behind a GPU (OpenCV and the watershed release the GIL).

@@ -14,17 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from am.cli import POSTPROCESS_MODES
+from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS
 from am.errors import ConfigError
 
 N = TypeVar("N", int, float)
 
 REQUIRED = ("AM_QUEUE_URL", "AM_INPUT_BUCKET", "AM_OUTPUT_BUCKET")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# AM_COMPILE: torch.compile the model (auto: on CUDA only); AM_PRECISION (auto: fp16 on CUDA, bf16 on
-# a CPU with AMX, fp32 on other CPUs).
-COMPILE_MODES = ("auto", "on", "off")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_IDLE_EXIT_S = 60.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 120
 # Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.
