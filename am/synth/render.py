@@ -35,10 +35,13 @@ import numpy as np
 from am.synth.lattice import Lattice
 from am.synth.shapes import PARTS, SHAPES
 
-POLARITIES = ("bright", "dark", "rim", "grey", "flat", "crater")
+POLARITIES = ("bright", "dark", "rim", "grey", "flat", "crater", "outlined")
 # How often each polarity is drawn: bright marks are the commonest in real acquisitions. "crater"
-# came last and is drawn only when a mix names it, so that every seed keeps the images it had.
-POLARITY_MIX = {"bright": 0.4, "dark": 0.1, "rim": 0.18, "grey": 0.14, "flat": 0.18, "crater": 0.0}
+# and "outlined" came last and are drawn only when a mix names them, so that every seed keeps the
+# images it had.
+POLARITY_MIX = {"bright": 0.4, "dark": 0.1, "rim": 0.18, "grey": 0.14, "flat": 0.18, "crater": 0.0, "outlined": 0.0}
+# Width of an "outlined" mark's dark wall, in px at the training scale (crop2's is 1-2 px at half resolution).
+OUTLINE_WIDTH = (1.5, 4.0)
 LABELS = ("visible", "footprint")
 MARK_EDGE_SIGMA = 0.6  # px: every mark's edge is softened this much before the optics blur
 OPTICS_MIN_BLUR = 0.2  # px: weaker optics blur is not applied
@@ -341,8 +344,8 @@ def _draw_ids(
 
 
 def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
-    """Give marks their look: brighter, darker, dark with a bright rim, flat grey, or a dark crater
-    holding a light plateau."""
+    """Give marks their look: brighter, darker, dark with a bright rim, flat grey, a dark crater
+    holding a light plateau, or a light floor ringed by a dark wall."""
     inside = (ids > 0).astype(np.float32)
     height, width = image.shape
     # Per-mark brightness variation via a lookup on the id image.
@@ -375,6 +378,16 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
         plateau = _one_sided_rim(inside, style, rng, reach=(0.4, 0.8))
         level = float(np.clip(np.mean(image) + rng.uniform(0.1, 0.3), 0.3, 0.9))
         value = dark * (1 - plateau) + level * per_mark * plateau
+    elif style.polarity == "outlined":
+        # A flat light floor ringed by the crater's dark wall (crop2 of the real samples, seen
+        # closely): the wall is ablated too, so the mark reaches its outer edge, not the floor's.
+        wall = _inner_band(ids, rng.uniform(*OUTLINE_WIDTH))
+        if rng.random() < 0.5:  # the wall in shadow on one side, as the light falls
+            wall = np.maximum(wall, _one_sided_rim(inside, style, rng))
+        offset = rng.uniform(FLAT_MIN_OFFSET, 0.14) + 0.35 * style.speckle
+        floor = local + offset * per_mark + style.mark_texture * 0.1 * (texture - 1)
+        dark = local - style.contrast * per_mark * np.clip(local + 0.2, 0.2, 1.0) - 0.05
+        value = floor * (1 - wall) + dark * wall
     else:
         # A flat core with a bright rim on one side: the mark's raised edge catching the light.
         rim = _one_sided_rim(inside, style, rng)
@@ -390,6 +403,17 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
         # The crater's raised edge casts a dark crescent beside the mark (not part of the mark).
         out = out - style.shadow * cv2.GaussianBlur(_outer_shadow(inside, style, rng), (0, 0), 0.7)
     return out
+
+
+def _inner_band(ids: np.ndarray, width: float) -> np.ndarray:
+    """1 where a mark pixel lies within ``width`` px of the mark's edge (float32, soft by half a pixel).
+
+    The image's border is not an edge: a mark the border cuts goes on beyond it, wall and all.
+    """
+    inside = (ids > 0).astype(np.uint8)
+    padded = np.pad(inside, 1, constant_values=1)
+    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    return (np.clip(width + 0.5 - distance, 0.0, 1.0) * inside).astype(np.float32)
 
 
 def _outer_shadow(inside: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:

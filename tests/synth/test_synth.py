@@ -181,6 +181,35 @@ def test_crater_marks_are_dark_with_a_light_plateau_and_drawn_only_when_asked() 
     assert checked >= 20
 
 
+def test_outlined_marks_have_a_light_floor_inside_a_dark_wall_that_the_label_covers() -> None:
+    """Like crop2's marks seen closely: a flat floor lighter than the tissue, ringed by a wall darker
+    than it, and the mark's label reaching past the wall; absent from the default mix."""
+    import cv2
+
+    assert POLARITY_MIX["outlined"] == 0
+    assert all(random_style(np.random.default_rng(s)).polarity != "outlined" for s in range(300))
+    checked = 0
+    for seed in range(3):
+        scene = _scene(seed, polarity="outlined", shape="blob", pitch=50.0, mark_radius=16.0, missing=0.0,
+                       mixed_shapes=False, blur=0.3, noise=0.0, speckle=0.1, contrast=0.4, illumination=0.0,
+                       mark_texture=0.0, bright_blobs=0.0, dark_holes=0.0, dark_patches=0.0, debris=0.0,
+                       shadow=0.0)
+        for mark_id in set(np.unique(scene.ids)) - {0}:
+            inside = (scene.ids == mark_id).astype(np.uint8)
+            ys, xs = np.nonzero(inside)
+            if ys.min() < 4 or xs.min() < 4 or ys.max() > 283 or xs.max() > 315:
+                continue
+            depth = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            floor = scene.image[depth > 7]
+            wall = scene.image[(depth > 0) & (depth <= 3)]
+            ring = cv2.dilate(inside, np.ones((9, 9), np.uint8)).astype(bool) & (scene.ids == 0)
+            tissue = np.median(scene.image[ring])
+            assert np.median(floor) > tissue + 0.05, mark_id
+            assert np.quantile(wall, 0.25) < tissue - 0.05, mark_id
+            checked += 1
+    assert checked >= 20
+
+
 def test_visible_labels_grow_the_footprint_and_leave_the_image_alone() -> None:
     """The label convention changes the truth only, by at most the margin, and never merges two marks."""
     import cv2
@@ -266,7 +295,7 @@ def test_polarity_mix_changes_the_polarities_and_nothing_else() -> None:
     assert {s.polarity for s in rim_only} == {"rim"}
     for a, b in zip(plain, even, strict=True):
         assert replace(b, polarity=a.polarity) == a
-    # Bright is drawn 40 % of the time by default; an even mix draws it about 20 %.
+    # Bright is drawn 40 % of the time by default; an even mix draws it one time in len(POLARITIES).
     bright_plain = sum(s.polarity == "bright" for s in plain)
     bright_even = sum(s.polarity == "bright" for s in even)
     assert bright_even < bright_plain and 20 <= bright_even <= 60 and 60 <= bright_plain <= 100
