@@ -357,7 +357,7 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
     if style.polarity == "bright":
         value = local + style.contrast * per_mark * texture + 0.1
     elif style.polarity == "dark":
-        value = local - style.contrast * per_mark * texture * np.clip(local + 0.2, 0.2, 1.0) - 0.05
+        value = _darkened(local, style, per_mark, texture)
     elif style.polarity == "grey":
         # Ablation wipes the tissue's texture away: a flat fill, lighter or darker than the surroundings.
         level = float(np.mean(image)) + rng.choice([-0.5, 1.0]) * style.contrast
@@ -367,14 +367,13 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
         # with the speckle (whose std is about 0.35 * speckle): a smooth mark darker than grainy tissue
         # looks like the gaps between its grains, and a label nobody could draw from the image only
         # teaches the model to guess. Darker smooth marks are the "grey" polarity's job.
-        offset = rng.uniform(FLAT_MIN_OFFSET, 0.14) + 0.35 * style.speckle
-        value = local + offset * per_mark + style.mark_texture * 0.1 * (texture - 1)
+        value = _light_floor(local, style, per_mark, texture, rng)
         if rng.random() < 0.5:
             value = value + _one_sided_rim(inside, style, rng) * (style.contrast + 0.1)
     elif style.polarity == "crater":
         # A dark crater with a flat, light plateau on one side of its floor (crop2 of the real
         # samples): the part of the mark in shadow is as much the mark as the lit part.
-        dark = local - style.contrast * per_mark * texture * np.clip(local + 0.2, 0.2, 1.0) - 0.05
+        dark = _darkened(local, style, per_mark, texture)
         plateau = _one_sided_rim(inside, style, rng, reach=(0.4, 0.8))
         level = float(np.clip(np.mean(image) + rng.uniform(0.1, 0.3), 0.3, 0.9))
         value = dark * (1 - plateau) + level * per_mark * plateau
@@ -384,10 +383,8 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
         wall = _inner_band(ids, rng.uniform(*OUTLINE_WIDTH))
         if rng.random() < 0.5:  # the wall in shadow on one side, as the light falls
             wall = np.maximum(wall, _one_sided_rim(inside, style, rng))
-        offset = rng.uniform(FLAT_MIN_OFFSET, 0.14) + 0.35 * style.speckle
-        floor = local + offset * per_mark + style.mark_texture * 0.1 * (texture - 1)
-        dark = local - style.contrast * per_mark * np.clip(local + 0.2, 0.2, 1.0) - 0.05
-        value = floor * (1 - wall) + dark * wall
+        floor = _light_floor(local, style, per_mark, texture, rng)
+        value = floor * (1 - wall) + _darkened(local, style, per_mark) * wall
     else:
         # A flat core with a bright rim on one side: the mark's raised edge catching the light.
         rim = _one_sided_rim(inside, style, rng)
@@ -403,6 +400,20 @@ def _paint_marks(image: np.ndarray, ids: np.ndarray, style: Style, rng: np.rando
         # The crater's raised edge casts a dark crescent beside the mark (not part of the mark).
         out = out - style.shadow * cv2.GaussianBlur(_outer_shadow(inside, style, rng), (0, 0), 0.7)
     return out
+
+
+def _darkened(local: np.ndarray, style: Style, per_mark: np.ndarray, texture: np.ndarray | float = 1.0) -> np.ndarray:
+    """Tissue darkened by ``style.contrast`` per mark, less where the tissue is already dark (a dark
+    mark on dark tissue must not fall below black)."""
+    return local - style.contrast * per_mark * texture * np.clip(local + 0.2, 0.2, 1.0) - 0.05
+
+
+def _light_floor(local: np.ndarray, style: Style, per_mark: np.ndarray, texture: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A smooth floor a little lighter than the tissue, by a step that grows with the speckle
+    (see the "flat" polarity in :func:`_paint_marks`)."""
+    offset = rng.uniform(FLAT_MIN_OFFSET, 0.14) + 0.35 * style.speckle
+    return local + offset * per_mark + style.mark_texture * 0.1 * (texture - 1)
 
 
 def _inner_band(ids: np.ndarray, width: float) -> np.ndarray:

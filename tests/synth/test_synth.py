@@ -155,6 +155,22 @@ def test_flat_marks_stand_out_from_their_surroundings() -> None:
     assert np.median(contrasts) > 1.0
 
 
+def _calm_marks(seed: int, polarity: str, **style):
+    """A scene of ``polarity`` blob marks on calm tissue, and its marks clear of the image's edge as
+    ``(id, pixels)``: close looks at one polarity, without distractors in the way."""
+    scene = _scene(seed, polarity=polarity, shape="blob", pitch=50.0, missing=0.0, mixed_shapes=False, blur=0.3,
+                   noise=0.0, speckle=0.1, contrast=0.4, illumination=0.0, bright_blobs=0.0, dark_holes=0.0,
+                   dark_patches=0.0, debris=0.0, shadow=0.0, **style)
+    height, width = scene.ids.shape
+    marks = []
+    for mark_id in sorted(set(np.unique(scene.ids)) - {0}):
+        inside = scene.ids == mark_id
+        ys, xs = np.nonzero(inside)
+        if ys.min() >= 4 and xs.min() >= 4 and ys.max() <= height - 5 and xs.max() <= width - 5:
+            marks.append((mark_id, inside))
+    return scene, marks
+
+
 def test_crater_marks_are_dark_with_a_light_plateau_and_drawn_only_when_asked() -> None:
     """Like crop2's marks: most of the crater darker than the tissue around it, one side a flat light
     plateau; and absent from the default mix, so that every seed keeps its images."""
@@ -164,14 +180,8 @@ def test_crater_marks_are_dark_with_a_light_plateau_and_drawn_only_when_asked() 
     assert all(random_style(np.random.default_rng(s)).polarity != "crater" for s in range(300))
     checked = 0
     for seed in range(3):
-        scene = _scene(seed, polarity="crater", shape="blob", pitch=50.0, mark_radius=18.0, missing=0.0,
-                       mixed_shapes=False, blur=0.3, noise=0.0, speckle=0.1, contrast=0.4, illumination=0.0,
-                       bright_blobs=0.0, dark_holes=0.0, dark_patches=0.0, debris=0.0, shadow=0.0)
-        for mark_id in set(np.unique(scene.ids)) - {0}:
-            inside = scene.ids == mark_id
-            ys, xs = np.nonzero(inside)
-            if ys.min() < 4 or xs.min() < 4 or ys.max() > 283 or xs.max() > 315:
-                continue
+        scene, marks = _calm_marks(seed, "crater", mark_radius=18.0)
+        for mark_id, inside in marks:
             ring = cv2.dilate(inside.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & (scene.ids == 0)
             values = scene.image[inside]
             dark, lit = np.quantile(values, 0.2), np.quantile(values, 0.95)
@@ -190,15 +200,9 @@ def test_outlined_marks_have_a_light_floor_inside_a_dark_wall_that_the_label_cov
     assert all(random_style(np.random.default_rng(s)).polarity != "outlined" for s in range(300))
     checked = 0
     for seed in range(3):
-        scene = _scene(seed, polarity="outlined", shape="blob", pitch=50.0, mark_radius=16.0, missing=0.0,
-                       mixed_shapes=False, blur=0.3, noise=0.0, speckle=0.1, contrast=0.4, illumination=0.0,
-                       mark_texture=0.0, bright_blobs=0.0, dark_holes=0.0, dark_patches=0.0, debris=0.0,
-                       shadow=0.0)
-        for mark_id in set(np.unique(scene.ids)) - {0}:
-            inside = (scene.ids == mark_id).astype(np.uint8)
-            ys, xs = np.nonzero(inside)
-            if ys.min() < 4 or xs.min() < 4 or ys.max() > 283 or xs.max() > 315:
-                continue
+        scene, marks = _calm_marks(seed, "outlined", mark_radius=16.0, mark_texture=0.0)
+        for mark_id, pixels in marks:
+            inside = pixels.astype(np.uint8)
             depth = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
             floor = scene.image[depth > 7]
             wall = scene.image[(depth > 0) & (depth <= 3)]
