@@ -46,12 +46,15 @@ class ModelMeta:
     ``min_mark_fraction`` of the median mark of their tile (0: no such rule); see :mod:`am.model.masks`.
     ``pixel_scale`` is how many
     pixels of the original image one pixel seen in training stood for (1.0 = full resolution).
+    ``refine_channels`` (0: none) is the width of the full-resolution branch of
+    :class:`am.model.refine.RefinedUnet`; checkpoints written before it existed are plain U-Nets.
     """
 
     encoder: str
     architecture: str = "Unet"
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    refine_channels: int = 0
     in_channels: int = 1
     input_mean: float = 0.5
     input_std: float = 0.25
@@ -83,6 +86,10 @@ class ModelMeta:
                 f"decoder_channels {self.decoder_channels} must hold {self.encoder_depth} positive numbers "
                 "(one per encoder stage)"
             )
+        if isinstance(self.refine_channels, bool) or not isinstance(self.refine_channels, int) \
+                or not 0 <= self.refine_channels <= 256:
+            raise CheckpointError(f"refine_channels {self.refine_channels!r} must be a whole number in 0-256 "
+                                  "(0: no full-resolution refinement)")
         if self.in_channels not in (1, 3):
             raise CheckpointError(f"in_channels {self.in_channels} must be 1 (grey) or 3 (grey repeated)")
         if not self.input_std > 0:

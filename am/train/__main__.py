@@ -112,6 +112,10 @@ def parser() -> argparse.ArgumentParser:
                        help="encoder stages used (5 trains every layer of the encoder)")
     model.add_argument("--decoder-channels", type=_channels, default=(128, 64, 32, 16, 8),
                        help="comma-separated, one per encoder stage (default 128,64,32,16,8)")
+    model.add_argument("--refine-channels", type=int, default=0,
+                       help="width of a full-resolution branch that corrects the U-Net's logits from the image "
+                            "itself (default 0: none; with --init of a plain U-Net it starts at zero, so the run "
+                            "begins from that U-Net's exact output)")
     model.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored in the checkpoint")
     model.add_argument("--seed-threshold", type=_seed_threshold, default=DEFAULT_SEED_THRESHOLD,
                        help="probability of the cores that split touching marks, stored in the checkpoint "
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--crop and --synthetic-size must be multiples of 32 (crop at least 64)")
     if len(args.decoder_channels) != args.encoder_depth:
         p.error(f"--decoder-channels needs {args.encoder_depth} values, one per encoder stage")
+    if not 0 <= args.refine_channels <= 256:
+        p.error(f"--refine-channels {args.refine_channels} must lie in 0-256 (0: no refinement)")
     if args.init_partial and args.init is None:
         p.error("--init-partial needs --init CHECKPOINT")
     if args.synthetic_blobs < 0:
@@ -228,7 +234,8 @@ def _train(args: argparse.Namespace) -> int:
                    gap_weight=args.gap_weight)
     config = TrainConfig(
         out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
-        decoder_channels=args.decoder_channels, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        decoder_channels=args.decoder_channels, refine_channels=args.refine_channels,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max),
         low_resolution=args.low_resolution, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,

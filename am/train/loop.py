@@ -34,6 +34,7 @@ from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
+from am.model.refine import grow_refinement
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.model.whole import predict_image_mask
 from am.model.widen import can_widen, widen_decoder
@@ -52,6 +53,7 @@ class TrainConfig:
     encoder: str = "tu-mobilenetv3_large_100"
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
+    refine_channels: int = 0
     epochs: int = 20
     steps_per_epoch: int = 100
     batch_size: int = 8
@@ -92,6 +94,7 @@ class TrainConfig:
             encoder=self.encoder,
             encoder_depth=self.encoder_depth,
             decoder_channels=self.decoder_channels,
+            refine_channels=self.refine_channels,
             in_channels=1,
             threshold=self.threshold,
             seed_threshold=self.seed_threshold,
@@ -274,7 +277,8 @@ def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: 
     ``partial`` the decoder widths may differ: a decoder no stage of which is narrower starts as
     the trained one, computing the same output (:mod:`am.model.widen`); otherwise the trained
     encoder and every decoder tensor whose shape still fits are kept and the rest starts afresh,
-    and the log says how much.
+    and the log says how much. A plain U-Net grows into a refined one of the same U-Net
+    (``refine_channels`` > 0) with its output unchanged (:mod:`am.model.refine`).
     """
     init_meta, state = load_checkpoint(path)
 
@@ -289,6 +293,18 @@ def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: 
                          f"{meta.architecture}/{meta.encoder} (depth {meta.encoder_depth}, decoder "
                          f"{list(meta.decoder_channels)}) this run trains; pass matching "
                          f"--encoder/--encoder-depth/--decoder-channels or another checkpoint{hint}")
+    grows = init_meta.refine_channels == 0 < meta.refine_channels
+    if init_meta.refine_channels not in (0, meta.refine_channels):
+        raise InputError(f"--init {path} has a full-resolution refinement {init_meta.refine_channels} channels "
+                         f"wide, not {meta.refine_channels}; pass --refine-channels {init_meta.refine_channels}")
+    if meta.refine_channels and not same_decoder:
+        raise InputError(f"--init {path}: a refined model starts only from the same decoder "
+                         f"{list(init_meta.decoder_channels)}; widen the decoder and add the refinement in two runs")
+    if grows:
+        grow_refinement(model, state)
+        log.info("starting from the weights of %s (%s) with a full-resolution refinement of %d channels "
+                 "(same output at start)", path, init_meta.encoder, meta.refine_channels)
+        return
     if not partial:
         model.load_state_dict(state)
         log.info("starting from the weights of %s (%s)", path, init_meta.encoder)
