@@ -140,6 +140,8 @@ def parser() -> argparse.ArgumentParser:
                      help="probability that a training crop is shrunk 1.5-2.5 times and enlarged back, as images "
                           "taken at a lower magnification reach the model through --scale (default 0)")
     opt.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    opt.add_argument("--refine-lr", type=float, default=None,
+                     help="peak learning rate of the --refine-channels branch (default: --lr)")
     opt.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     opt.add_argument("--warmup-steps", type=int, default=100,
                      help="linear warm-up steps before the cosine decay")
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--decoder-channels needs {args.encoder_depth} values, one per encoder stage")
     if not 0 <= args.refine_channels <= 256:
         p.error(f"--refine-channels {args.refine_channels} must lie in 0-256 (0: no refinement)")
+    if args.refine_lr is not None and not (args.refine_lr > 0 and args.refine_channels > 0):
+        p.error(f"--refine-lr {args.refine_lr} needs --refine-channels and must be > 0")
     if args.init_partial and args.init is None:
         p.error("--init-partial needs --init CHECKPOINT")
     if args.synthetic_blobs < 0:
@@ -237,7 +241,7 @@ def _train(args: argparse.Namespace) -> int:
         decoder_channels=args.decoder_channels, refine_channels=args.refine_channels,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, crop=args.crop, scale=(args.scale_min, args.scale_max),
-        low_resolution=args.low_resolution, lr=args.lr,
+        low_resolution=args.low_resolution, lr=args.lr, refine_lr=args.refine_lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
         seed_threshold=args.seed_threshold, min_mark_px=args.min_mark_px,
         min_mark_fraction=args.min_mark_fraction,

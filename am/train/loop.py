@@ -34,7 +34,7 @@ from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
-from am.model.refine import grow_refinement
+from am.model.refine import REFINE, grow_refinement
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.model.whole import predict_image_mask
 from am.model.widen import can_widen, widen_decoder
@@ -61,6 +61,7 @@ class TrainConfig:
     scale: tuple[float, float] = (0.7, 1.4)
     low_resolution: float = 0.0
     lr: float = 2e-3
+    refine_lr: float | None = None
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     dice_weight: float = 1.0
@@ -185,7 +186,7 @@ def train(
         raise InputError(f"{frozen} parameter tensors are frozen; every layer must train")
     log.info("training %s (depth %d, %.2f M parameters, all trainable) on %s", config.encoder, config.encoder_depth,
              sum(p.numel() for p in params) / 1e6, device)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.warmup_steps, total_steps))
     amp_dtype = None
@@ -323,6 +324,17 @@ def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: 
     log.info("starting from %d of %d tensors of %s (%.1f %% of the values); fresh: %s", len(fitting), len(own), path,
              100.0 * kept_values / max(1, sum(t.numel() for t in own.values())),
              ", ".join(sorted({name.rsplit(".", 2)[0] for name in fresh})) or "none")
+
+
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """One learning rate for all, or ``refine_lr`` for the refinement branch: a branch grown on a
+    trained U-Net starts from zero and, at a rate meant for nudging trained weights, barely moves."""
+    named = list(model.named_parameters())
+    rest = [p for name, p in named if not name.startswith(REFINE)]
+    branch = [p for name, p in named if name.startswith(REFINE)]
+    if config.refine_lr is None or not branch:
+        return [{"params": rest + branch}]
+    return [{"params": rest}, {"params": branch, "lr": config.refine_lr}]
 
 
 def _warn_unused(model: torch.nn.Module) -> None:

@@ -115,3 +115,16 @@ def test_training_grows_a_refinement_from_a_plain_checkpoint(
               images[:3], images[3:])
     with pytest.raises(InputError, match="--refine-channels 6"):
         train(TrainConfig(out=tmp_path / "y.pt", **base, init=grown), images[:3], images[3:])
+
+
+def test_refinement_branch_can_learn_at_its_own_rate(tmp_path: Path) -> None:
+    from am.train.loop import _param_groups
+
+    model = build_model(REFINED)
+    branch = {id(p) for p in model.refine.parameters()}
+    one = _param_groups(model, TrainConfig(out=tmp_path / "a.pt", **TINY, refine_channels=6))
+    assert len(one) == 1 and len(one[0]["params"]) == len(list(model.parameters()))
+    two = _param_groups(model, TrainConfig(out=tmp_path / "b.pt", **TINY, refine_channels=6, refine_lr=3e-3))
+    assert {id(p) for p in two[1]["params"]} == branch and two[1]["lr"] == 3e-3
+    assert not branch & {id(p) for p in two[0]["params"]}
+    assert len(two[0]["params"]) + len(two[1]["params"]) == len(list(model.parameters()))
