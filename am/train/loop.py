@@ -329,12 +329,12 @@ def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: 
 def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """One learning rate for all, or ``refine_lr`` for the refinement branch: a branch grown on a
     trained U-Net starts from zero and, at a rate meant for nudging trained weights, barely moves."""
+    if config.refine_lr is None:
+        return [{"params": list(model.parameters())}]
     named = list(model.named_parameters())
     rest = [p for name, p in named if not name.startswith(REFINE)]
     branch = [p for name, p in named if name.startswith(REFINE)]
-    if config.refine_lr is None or not branch:
-        return [{"params": rest + branch}]
-    return [{"params": rest}, {"params": branch, "lr": config.refine_lr}]
+    return [{"params": rest}, {"params": branch, "lr": config.refine_lr}] if branch else [{"params": rest}]
 
 
 def _warn_unused(model: torch.nn.Module) -> None:

@@ -17,21 +17,11 @@ from am.model.predict import Predictor, prepare_input
 from am.model.refine import RefinedUnet, grow_refinement
 from am.train.data import Labelled, synthetic_images
 from am.train.loop import TrainConfig, train
+from tests.model.test_widen import trained_like
 
 PLAIN = ModelMeta(encoder=TEST_ENCODER, encoder_depth=5, decoder_channels=TEST_DECODER_CHANNELS)
 REFINED = replace(PLAIN, refine_channels=6)
 TINY = {"encoder": TEST_ENCODER, "encoder_depth": 5, "decoder_channels": TEST_DECODER_CHANNELS}
-
-
-def _trained_like(meta: ModelMeta) -> torch.nn.Module:
-    """A seeded model whose batch norms hold statistics of their own, as a trained one's do."""
-    torch.manual_seed(7)
-    model = build_model(meta)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(2, 1, 64, 64) * 2 + 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +35,7 @@ def images() -> list[Labelled]:
 
 
 def test_grown_refinement_computes_what_the_unet_did_and_then_learns(pixels: torch.Tensor) -> None:
-    plain = _trained_like(PLAIN)
+    plain = trained_like(PLAIN, seed=7)
     refined = build_model(REFINED)
     assert isinstance(refined, RefinedUnet)
     grow_refinement(refined, plain.state_dict())
@@ -69,13 +59,13 @@ def test_refinement_grows_only_on_its_own_unet() -> None:
     refined = build_model(REFINED)
     other = build_model(replace(PLAIN, decoder_channels=(32, 16, 8, 8, 8))).state_dict()
     with pytest.raises(ValueError, match="not this model's U-Net"):
-        grow_refinement(refined, {**_trained_like(PLAIN).state_dict(), "extra.weight": torch.zeros(1)})
+        grow_refinement(refined, {**trained_like(PLAIN, seed=7).state_dict(), "extra.weight": torch.zeros(1)})
     with pytest.raises(RuntimeError, match="size mismatch"):
         grow_refinement(refined, other)
 
 
 def test_refined_checkpoint_round_trips_and_predicts(tmp_path: Path, pixels: torch.Tensor) -> None:
-    model = _trained_like(REFINED)
+    model = trained_like(REFINED, seed=7)
     path = tmp_path / "refined.pt"
     save_checkpoint(path, model, replace(REFINED, trained=True), half=True)
     meta, state = load_checkpoint(path)

@@ -16,9 +16,9 @@ NARROW = ModelMeta(encoder=TEST_ENCODER, encoder_depth=5, decoder_channels=TEST_
 WIDE = (48, 16, 12, 16, 8)
 
 
-def _trained_like(meta: ModelMeta) -> torch.nn.Module:
+def trained_like(meta: ModelMeta, *, seed: int = 5) -> torch.nn.Module:
     """A seeded model whose batch norms hold statistics of their own, as a trained one's do."""
-    torch.manual_seed(5)
+    torch.manual_seed(seed)
     model = build_model(meta)
     model.train()
     with torch.no_grad():
@@ -33,7 +33,7 @@ def pixels() -> torch.Tensor:
 
 
 def test_widened_model_computes_what_the_trained_one_did(pixels: torch.Tensor) -> None:
-    narrow = _trained_like(NARROW)
+    narrow = trained_like(NARROW)
     wide = build_model(replace(NARROW, decoder_channels=WIDE))
     widen_decoder(wide, narrow.state_dict(), NARROW.decoder_channels)
     x = prepare_input(pixels, NARROW)
@@ -52,7 +52,7 @@ def test_widened_model_computes_what_the_trained_one_did(pixels: torch.Tensor) -
 
 
 def test_new_channels_learn_from_the_first_step(pixels: torch.Tensor) -> None:
-    narrow = _trained_like(NARROW)
+    narrow = trained_like(NARROW)
     wide = build_model(replace(NARROW, decoder_channels=WIDE))
     widen_decoder(wide, narrow.state_dict(), NARROW.decoder_channels)
     wide.train()
@@ -68,4 +68,4 @@ def test_narrower_stages_are_refused() -> None:
     assert not can_widen((32, 16, 8, 8, 4), (32, 16, 8, 8))
     narrower = build_model(replace(NARROW, decoder_channels=(32, 16, 8, 8, 2)))
     with pytest.raises(ValueError, match=r"decoder \[32, 16, 8, 8, 2\] is not a widening of \[32, 16, 8, 8, 4\]"):
-        widen_decoder(narrower, _trained_like(NARROW).state_dict(), NARROW.decoder_channels)
+        widen_decoder(narrower, trained_like(NARROW).state_dict(), NARROW.decoder_channels)
