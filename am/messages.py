@@ -134,8 +134,24 @@ def _take(data: dict[str, Any], fields: dict[str, type], kind: str) -> dict[str,
     return out
 
 
+class _NamedTiles:
+    """How the tiles a message or result speaks of are named to people; both carry a group and tiles."""
+
+    group: str
+    tiles: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return tiles_label(self.group, self.tiles)
+
+    @property
+    def names(self) -> list[str]:
+        """Each tile's name, in message order."""
+        return [tile_name(self.group, t) for t in self.tiles]
+
+
 @dataclass(frozen=True)
-class TileMessage:
+class TileMessage(_NamedTiles):
     """Tiles of one group to segment: the object holding them, where to write their masks, whom to tell."""
 
     job: str
@@ -160,15 +176,6 @@ class TileMessage:
         if not QUEUE_URL_PATTERN.match(self.reply) or not self.reply.endswith(f"-{self.job}"):
             raise MessageError(f"reply queue {self.reply!r} is not the results queue of job {self.job!r}")
 
-    @property
-    def name(self) -> str:
-        return tiles_label(self.group, self.tiles)
-
-    @property
-    def names(self) -> list[str]:
-        """Each tile's name, in message order."""
-        return [tile_name(self.group, t) for t in self.tiles]
-
     def to_json(self) -> str:
         data = asdict(self)
         if data["tta"] == "off":
@@ -186,7 +193,7 @@ class TileMessage:
 
 
 @dataclass(frozen=True)
-class TileResult:
+class TileResult(_NamedTiles):
     """A worker's report on the tiles of one message; ``attempt`` is that message's SQS receive count."""
 
     job: str
@@ -205,15 +212,6 @@ class TileResult:
         object.__setattr__(self, "tiles", check_tiles(self.tiles, "tile result"))
         if self.status not in (RESULT_DONE, RESULT_FAILED):
             raise MessageError(f"result status must be 'done' or 'failed', got {self.status!r}")
-
-    @property
-    def name(self) -> str:
-        return tiles_label(self.group, self.tiles)
-
-    @property
-    def names(self) -> list[str]:
-        """Each tile's name, in message order."""
-        return [tile_name(self.group, t) for t in self.tiles]
 
     def to_json(self) -> str:
         return json.dumps({"v": MESSAGE_VERSION, **asdict(self)}, sort_keys=True)
