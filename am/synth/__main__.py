@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--pitch-max", type=float, default=85.0, help="largest grid pitch in px (default 85)")
     tl.add_argument("--labels", choices=LABELS, default="visible",
                     help="visible: a mark's label reaches as far as the mark shows (default); "
-                         "footprint: exactly the drawn pixels")
+                         "footprint: exactly the drawn pixels; margin: the visible extent rounded up to whole pixels")
     return parser
 
 

@@ -14,10 +14,12 @@ places one mark per present lattice node and returns the image with its ground t
     scene.ids        # uint16, row * cols + col + 1 under each mark, 0 elsewhere
 
 Labels follow the convention of :data:`LABELS`: by default (``"visible"``) a mark's label reaches
-out to where its blurred edge still shows a quarter of its contrast (1 or 2 px beyond the drawn
-footprint) and covers the whole mark, the thin gap between the lobes of a split mark included,
-which is how people draw marks and how the reference masks of the real samples in
-``shared/data/real`` are drawn; ``"footprint"`` keeps exactly the drawn pixels.
+out to where its blurred footprint still shows a quarter of its contrast (at least the pixels
+beside the drawn footprint, about 1 px) and covers the whole mark, the thin gap between the lobes
+of a split mark included, which is how people draw marks and how the reference masks of the real samples in
+``shared/data/real`` are drawn; ``"footprint"`` keeps exactly the drawn pixels; ``"margin"`` is the
+earlier visible extent, rounded up to whole pixels, on which the shipped model's recorded
+training stages ran.
 
 Distractors (out-of-focus bright blobs, dark holes, debris, fibres) are drawn into the image
 and never into the mask: the model must learn that they are not marks.
@@ -42,10 +44,11 @@ POLARITIES = ("bright", "dark", "rim", "grey", "flat", "crater", "outlined")
 POLARITY_MIX = {"bright": 0.4, "dark": 0.1, "rim": 0.18, "grey": 0.14, "flat": 0.18, "crater": 0.0, "outlined": 0.0}
 # Width of an "outlined" mark's dark wall, in px at the training scale (crop2's is 1-2 px at half resolution).
 OUTLINE_WIDTH = (1.5, 4.0)
-LABELS = ("visible", "footprint")
+LABELS = ("visible", "footprint", "margin")
 MARK_EDGE_SIGMA = 0.6  # px: every mark's edge is softened this much before the optics blur
 OPTICS_MIN_BLUR = 0.2  # px: weaker optics blur is not applied
 # A step blurred with sigma s falls to a quarter of its height 0.674 s outside the edge.
+QUARTER_LEVEL = 0.25
 QUARTER_LEVEL_SIGMAS = 0.674
 FLAT_MIN_OFFSET = 0.07  # smallest brightness step of a "flat" mark, on the [0, 1] scale
 
@@ -185,30 +188,66 @@ def render(
     image = _paint_marks(image, drawn, style, rng)
     image = _distractors(image, style, rng)
     image = _optics(image, style, rng)
-    ids = grow_ids(ids, label_margin(style)) if labels == "visible" else drawn
+    if labels == "visible":
+        ids = visible_ids(ids, style)
+    elif labels == "margin":
+        ids = grow_ids(ids, label_margin(style))
+    else:
+        ids = drawn
     mask = np.where(ids > 0, np.uint8(255), np.uint8(0))
     return Scene(image=image, mask=mask, ids=ids, lattice=lattice, present=present)
 
 
-def label_margin(style: Style) -> int:
-    """Pixels a visible-extent label reaches beyond the drawn footprint (1 or 2 for the styles drawn here).
+def edge_sigma(style: Style) -> float:
+    """The blur (px) a mark's edge shows in the image: its own softening and the optics'."""
+    optics = style.blur if style.blur > OPTICS_MIN_BLUR else 0.0
+    return math.hypot(MARK_EDGE_SIGMA, optics)
+
+
+def label_reach(style: Style) -> float:
+    """How far (px) beyond a straight edge of the drawn footprint the mark still shows a quarter of its contrast."""
+    return QUARTER_LEVEL_SIGMAS * edge_sigma(style)
+
+
+def visible_ids(ids: np.ndarray, style: Style) -> np.ndarray:
+    """Grow every mark to where its blurred footprint still reaches a quarter of its contrast.
 
     The footprint's edge is where the blurred mark is at half its contrast; a person labelling
-    the image draws the outline further out, where the mark fades into the tissue. A quarter of
-    the contrast, rounded up to whole pixels, matches the reference masks of the real crops.
+    the image draws the outline further out, where the mark fades into the tissue, and at least
+    one pixel out (the 4-neighbours of the footprint), which matches the reference masks of the
+    real crops. Thresholding the mark's own blurred footprint moves the label's edge as smoothly
+    as the image's edge moves with the blur. A margin rounded up to whole pixels did not: it
+    stepped from 1 to 2 px at a blur of 1.36 px, where the image changes by a tenth of a pixel, so
+    images just past the step carried a ring of truth no model can tell from the image. Pixels
+    next to another mark stay unlabelled: marks the drawing kept apart stay apart in the truth, so
+    a model trained on it learns to separate close marks rather than merge them.
     """
-    optics = style.blur if style.blur > OPTICS_MIN_BLUR else 0.0
-    sigma = math.hypot(MARK_EDGE_SIGMA, optics)
-    return max(1, math.ceil(QUARTER_LEVEL_SIGMAS * sigma))
+    footprint = ids > 0
+    if not footprint.any():
+        return ids
+    sigma = edge_sigma(style)
+    shown = cv2.GaussianBlur(footprint.astype(np.float32), (0, 0), sigma) >= QUARTER_LEVEL
+    beside = cv2.dilate(footprint.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))) > 0
+    # Far enough to hold every pixel whose centre lies within the reach of the footprint's edge,
+    # which is half a pixel beyond the centres of its outer pixels.
+    side = 2 * max(1, math.ceil(label_reach(style) + 0.5)) + 1
+    grown = np.where(footprint, ids, cv2.dilate(ids, np.ones((side, side), np.uint8))).astype(ids.dtype)
+    grown[~footprint & ~(shown | beside)] = 0
+    grown[~footprint & (grown > 0) & between_labels(grown, reach=1)] = 0
+    return grown
+
+
+def label_margin(style: Style) -> int:
+    """The ``"margin"`` convention: the reach of :func:`label_reach` rounded up to whole pixels (1 or 2 here).
+
+    Kept so that the recorded training stages of the shipped model (``make model``) draw the
+    truth they were trained on; :func:`visible_ids` says why ``"visible"`` no longer rounds.
+    """
+    return max(1, math.ceil(label_reach(style)))
 
 
 def grow_ids(ids: np.ndarray, margin: int) -> np.ndarray:
-    """Grow every mark by ``margin`` px into unlabelled pixels, never so far that it touches another mark.
-
-    A grown pixel with a pixel of another mark among its 8 neighbours is left out: marks the
-    drawing kept apart stay apart in the truth, so a model trained on it learns to separate
-    close marks rather than merge them.
-    """
+    """Grow every mark by ``margin`` px into unlabelled pixels, never so far that it touches another mark."""
     if margin <= 0:
         return ids
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
@@ -220,7 +259,7 @@ def grow_ids(ids: np.ndarray, margin: int) -> np.ndarray:
 def between_labels(labels: np.ndarray, *, reach: int) -> np.ndarray:
     """Pixels with two different non-zero labels within ``reach`` px (a square window).
 
-    The one test behind both keeping grown labels apart (:func:`grow_ids`) and finding the tissue
+    The one test behind both keeping grown labels apart (:func:`visible_ids`) and finding the tissue
     between close marks that training weighs (:func:`am.train.data.weigh_gaps`).
     """
     window = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)

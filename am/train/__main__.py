@@ -92,7 +92,8 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--pitch-max", type=float, default=85.0, help="largest synthetic grid pitch in px")
     data.add_argument("--synthetic-labels", choices=LABELS, default="visible",
                       help="synthetic truth: visible (a mark's label reaches as far as the mark shows, "
-                           "default) or footprint (exactly the drawn pixels)")
+                           "default), footprint (exactly the drawn pixels) or margin (the visible extent rounded up to "
+                           "whole pixels, as the shipped model's earlier stages were trained)")
     data.add_argument("--synthetic-blobs", type=float, default=1.0,
                       help="multiply the out-of-focus bright blobs (not marks) of synthetic training images "
                            "(default 1; validation images keep the generator's rate)")

@@ -215,11 +215,13 @@ def test_outlined_marks_have_a_light_floor_inside_a_dark_wall_that_the_label_cov
 
 
 def test_visible_labels_grow_the_footprint_and_leave_the_image_alone() -> None:
-    """The label convention changes the truth only, by at most the margin, and never merges two marks."""
+    """The label convention changes the truth only, within the reach of the blurred edge, and never merges marks."""
     import cv2
 
-    from am.synth.render import grow_ids, label_margin
+    from am.synth.render import label_reach, visible_ids
 
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    square = np.ones((3, 3), np.uint8)
     for seed in range(4):
         style = random_style(np.random.default_rng(seed))
         style = Style(**{**style.__dict__, "pitch": 30.0, "mark_radius": 12.0, "missing": 0.1})
@@ -231,31 +233,61 @@ def test_visible_labels_grow_the_footprint_and_leave_the_image_alone() -> None:
         np.testing.assert_array_equal(visible.ids[kept], plain.ids[kept])  # drawn pixels keep their id
         added = (visible.ids > 0) & ~kept
         assert added.any()
-        margin = label_margin(style) + (2 if style.shape == "split" or style.mixed_shapes else 0)
-        # Every added pixel lies within the margin of a drawn pixel of the same mark (a split mark's
-        # gap, at most a fifth of its radius wide, is labelled too).
+        gap = 4 if style.shape == "split" or style.mixed_shapes else 0
+        side = 2 * int(np.ceil(label_reach(style) + 0.5)) + 1 + gap
+        # Every added pixel lies within the reach of a drawn pixel of the same mark (a split mark's
+        # gap, at most a fifth of its radius wide, is labelled too), and every pixel beside a drawn
+        # mark is labelled where no other mark is near.
         for mark_id in np.unique(visible.ids[added]):
-            near = cv2.dilate((plain.ids == mark_id).astype(np.uint8),
-                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)) > 0
+            own = (plain.ids == mark_id).astype(np.uint8)
+            near = cv2.dilate(own, np.ones((side, side), np.uint8)) > 0
             assert (near | ~((visible.ids == mark_id) & added)).all()
+            beside = (cv2.dilate(own, cross) > 0) & ~kept
+            crowded = cv2.dilate(((plain.ids > 0) & (plain.ids != mark_id)).astype(np.uint8), np.ones((7, 7), np.uint8))
+            assert (visible.ids[beside & (crowded == 0)] == mark_id).all()
         np.testing.assert_array_equal(visible.mask == 255, visible.ids > 0)
         assert set(np.unique(visible.ids)) == set(np.unique(plain.ids))
         # Growing never joins two marks that the drawing kept apart.
-        square = np.ones((3, 3), np.uint8)
         for mark_id in np.unique(visible.ids[added]):
             others = (visible.ids > 0) & (visible.ids != mark_id)
             touching = cv2.dilate((plain.ids == mark_id).astype(np.uint8), square) > 0
             grown_touching = cv2.dilate((visible.ids == mark_id).astype(np.uint8), square) > 0
             assert not (grown_touching & others & ~touching).any()
-    assert grow_ids(np.zeros((4, 4), np.uint16), 0).sum() == 0
+        np.testing.assert_array_equal(visible_ids(np.zeros((4, 4), np.uint16), style), 0)
+
+
+def test_visible_labels_follow_the_blur_without_steps() -> None:
+    """A tenth of a pixel more blur moves the truth a little, not by a whole ring of pixels.
+
+    The earlier convention (``"margin"``, kept for the shipped model's recorded training stages)
+    rounds the reach up to whole pixels and grows every mark by a ring at a blur of 1.36 px.
+    """
+    from am.synth.render import grow_ids, label_margin, visible_ids
+
+    lat = Lattice.centred(rows=5, cols=5, width=200, height=200, pitch_x=40.0)
+    style = Style(shape="c", pitch=40.0, mark_radius=14.0, missing=0.0, blur=0.0)
+    drawn = render(lat, style, width=200, height=200, rng=np.random.default_rng(5), labels="footprint").ids
+    areas = {blur: int((visible_ids(drawn, Style(blur=blur)) > 0).sum()) for blur in (0.0, 1.3, 1.4, 1.6)}
+    assert areas[0.0] <= areas[1.3] <= areas[1.4] <= areas[1.6]
+    assert areas[1.4] - areas[1.3] < 0.02 * areas[1.3]
+    margins = {blur: int((grow_ids(drawn, label_margin(Style(blur=blur))) > 0).sum()) for blur in (1.3, 1.4)}
+    assert margins[1.4] - margins[1.3] > 0.1 * margins[1.3]
+    # A mark's concave side, which the blur fills in the image, is labelled as far as it shows.
+    assert areas[1.6] > areas[0.0]
 
 
 def test_label_margin_follows_the_blur() -> None:
-    from am.synth.render import label_margin
+    from am.synth.render import grow_ids, label_margin
 
     assert label_margin(Style(blur=0.0)) == 1
     assert label_margin(Style(blur=0.9)) == 1
     assert label_margin(Style(blur=1.6)) == 2
+    style = Style(blur=1.5, missing=0.0)
+    lat = Lattice.centred(rows=3, cols=3, width=96, height=96, pitch_x=30.0)
+    margin = render(lat, style, width=96, height=96, rng=np.random.default_rng(2), labels="margin")
+    drawn = render(lat, style, width=96, height=96, rng=np.random.default_rng(2), labels="footprint")
+    np.testing.assert_array_equal(margin.ids, grow_ids(drawn.ids, 2))
+    assert grow_ids(np.zeros((4, 4), np.uint16), 0).sum() == 0
     with pytest.raises(ValueError, match="labels"):
         render(Lattice.centred(rows=2, cols=2, width=64, height=64, pitch_x=20.0), Style(), width=64, height=64,
                rng=np.random.default_rng(0), labels="outline")
