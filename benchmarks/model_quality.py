@@ -6,7 +6,9 @@
 - synthetic held-out set: seeds and parameters that training never used (512 px images, pitch
   22-80 px, seed 424242); targets Dice >= 0.95 and object F1 >= 0.97 (pooled). The images with the
   most wrong pixels are listed with the style each was drawn in: a pooled figure weighs every
-  pixel alike, so a few images a model cannot read can hold most of what it lacks;
+  pixel alike, so a few images a model cannot read can hold most of what it lacks. The wrong
+  pixels within 1 px of a true edge are counted by side (missed, drawn too many): outlines drawn
+  too tight or too wide show there;
 - real crops (../shared/data/real): Dice against the reference masks >= 0.85 on crop2 and crop3,
   no false marks on the bright blob of crop1; tile_a/tile_b: mark counts and overlays to look at.
 """
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from am.cli import add_postprocess_option, add_precision_option
 from am.errors import AmError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, held_out_images, held_out_style
-from am.evaluate.metrics import Scores, most_wrong, score
+from am.evaluate.metrics import EdgeErrors, Scores, edge_errors, most_wrong, score
 from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
 from am.messages import TTA_MODES
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'PASS' if s['dice_pooled'] >= 0.95 and s['f1'] >= 0.97 else 'FAIL'}]")
             print(f"  ignoring predicted/true components under {MIN_MARK_PX} px: object P {specks.precision:.4f} "
                   f"F1 {specks.f1:.4f}")
+            edges = EdgeErrors.combine([edge_errors(item.mask, r.predicted)
+                                        for item, r in zip(items, results, strict=True)])
+            s["edges"] = asdict(edges)
+            print(f"  at the edges: {100 * edges.near_edge_px / max(1, edges.wrong_px):.1f} % of the wrong pixels lie "
+                  f"within 1 px of a true mark's edge: {edges.missed_px} missed, {edges.extra_px} drawn too many")
             if args.worst > 0:
                 s["worst"] = worst_report([r.scores for r in results], args.worst)
         if args.real.is_dir():

@@ -128,3 +128,30 @@ def most_wrong(items: Sequence[Scores], count: int) -> list[int]:
     """
     order = sorted(range(len(items)), key=lambda i: (-items[i].wrong_px, -items[i].lost_objects, i))
     return order[: max(0, count)]
+
+
+@dataclass(frozen=True)
+class EdgeErrors:
+    """Wrong pixels near a true mark's edge, split by side: a model that draws outlines too tight
+    misses more than it adds, and no change far from the edges can fix that."""
+
+    wrong_px: int
+    near_edge_px: int
+    missed_px: int  # near the edge, inside the truth, not predicted
+    extra_px: int  # near the edge, outside the truth, predicted
+
+    @staticmethod
+    def combine(items: Sequence[EdgeErrors]) -> EdgeErrors:
+        return EdgeErrors(*(sum(getattr(e, name) for e in items)
+                            for name in ("wrong_px", "near_edge_px", "missed_px", "extra_px")))
+
+
+def edge_errors(truth: np.ndarray, predicted: np.ndarray, *, reach: int = 1) -> EdgeErrors:
+    """Count the wrong pixels within ``reach`` px (a square window) of the boundary of the truth."""
+    t = (np.asarray(truth) > 0).astype(np.uint8)
+    p = np.asarray(predicted) > 0
+    window = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+    near = (cv2.dilate(t, window) != cv2.erode(t, window))
+    wrong = p != (t > 0)
+    return EdgeErrors(wrong_px=int(wrong.sum()), near_edge_px=int((wrong & near).sum()),
+                      missed_px=int((wrong & near & (t > 0)).sum()), extra_px=int((wrong & near & (t == 0)).sum()))

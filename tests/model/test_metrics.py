@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from am.evaluate.metrics import Scores, most_wrong, score
+from am.evaluate.metrics import EdgeErrors, Scores, edge_errors, most_wrong, score
 
 
 def _square(shape, y, x, size):
@@ -91,3 +91,21 @@ def test_wrong_pixels_lost_marks_and_the_images_holding_most_of_them() -> None:
     pooled = Scores.combine(items)
     assert pooled.wrong_px == sum(s.wrong_px for s in items)
     assert pooled.dice == pytest.approx(1 - pooled.wrong_px / (pooled.truth_px + pooled.predicted_px))
+
+
+def test_edge_errors_split_the_wrong_pixels_at_the_edge_by_side() -> None:
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:15, 5:15] = 1
+    tight = np.zeros_like(truth)
+    tight[6:14, 6:14] = 1  # one ring too tight: the 36 pixels of the truth's outer ring are missed
+    tight[0, 0] = 1  # a false pixel far from any edge
+    assert edge_errors(truth, tight) == EdgeErrors(wrong_px=37, near_edge_px=36, missed_px=36, extra_px=0)
+    wide = np.zeros_like(truth)
+    wide[4:16, 4:16] = 1  # one ring too wide: 44 extra pixels, within 1 px of the edge
+    assert edge_errors(truth, wide) == EdgeErrors(wrong_px=44, near_edge_px=44, missed_px=0, extra_px=44)
+    two_wide = np.zeros_like(truth)
+    two_wide[3:17, 3:17] = 1  # the second ring lies 2 px out: near the edge only with reach 2
+    assert edge_errors(truth, two_wide).near_edge_px == 44
+    assert edge_errors(truth, two_wide, reach=2).near_edge_px == 96
+    assert edge_errors(truth, truth) == EdgeErrors(0, 0, 0, 0)
+    assert EdgeErrors.combine([edge_errors(truth, tight), edge_errors(truth, wide)]) == EdgeErrors(81, 80, 36, 44)

@@ -53,6 +53,9 @@ def test_quality_report_lists_the_images_holding_most_of_the_error(tiny_model: P
                          "--real", str(tmp_path / "absent"), "--json", str(figures)]) == 0
     out = capsys.readouterr().out
     assert "where the error lies: 2 of 3 images hold" in out
+    edges = json.loads(figures.read_text())["synthetic"]["edges"]
+    assert edges["missed_px"] + edges["extra_px"] == edges["near_edge_px"] <= edges["wrong_px"]
+    assert f"{edges['missed_px']} missed, {edges['extra_px']} drawn too many" in out
     worst = json.loads(figures.read_text())["synthetic"]["worst"]
     assert len(worst) == 2 and worst[0]["wrong_px"] >= worst[1]["wrong_px"]
     for row in worst:
