@@ -40,8 +40,9 @@ sample: $(DATASET)
 # weights on 1500 fresh synthetic images: 50 epochs from scratch and 28 at a lower learning rate,
 # both with footprint labels (the generator's earlier truth); 12 epochs with visible-extent labels
 # (rounded up to whole pixels, as they were drawn when these runs were made, and so in the runs
-# after it); 20 epochs with the tissue between close marks weighted 5 times in the loss; 12 epochs with three times the out-of-focus blobs; 10 epochs at a low learning rate with the
-# tissue weighted evenly again and the extra blobs kept. It lands in runs/ (ignored by git): copy it to
+# after it); 20 epochs with the tissue between close marks weighted 5 times in the loss; 12 epochs
+# with three times the out-of-focus blobs; 10 epochs at a low learning rate with the tissue
+# weighted evenly again and the extra blobs kept. It lands in runs/ (ignored by git): copy it to
 # am/models/default.pt only when benchmarks/model_quality.py shows it is better than the shipped one.
 model: $(STAMP)
 	$(BIN)/python -m am.train --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 --epochs 50 \

@@ -148,10 +148,10 @@ class EdgeErrors:
 
 def edge_errors(truth: np.ndarray, predicted: np.ndarray, *, reach: int = 1) -> EdgeErrors:
     """Count the wrong pixels within ``reach`` px (a square window) of the boundary of the truth."""
-    t = (np.asarray(truth) > 0).astype(np.uint8)
-    p = np.asarray(predicted) > 0
+    inside = np.asarray(truth) > 0
+    t = inside.astype(np.uint8)
     window = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
-    near = (cv2.dilate(t, window) != cv2.erode(t, window))
-    wrong = p != (t > 0)
-    return EdgeErrors(wrong_px=int(wrong.sum()), near_edge_px=int((wrong & near).sum()),
-                      missed_px=int((wrong & near & (t > 0)).sum()), extra_px=int((wrong & near & (t == 0)).sum()))
+    wrong = (np.asarray(predicted) > 0) != inside
+    near = wrong & (cv2.dilate(t, window) != cv2.erode(t, window))
+    return EdgeErrors(wrong_px=int(wrong.sum()), near_edge_px=int(near.sum()),
+                      missed_px=int((near & inside).sum()), extra_px=int((near & ~inside).sum()))

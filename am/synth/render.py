@@ -222,19 +222,15 @@ def visible_ids(ids: np.ndarray, style: Style) -> np.ndarray:
     next to another mark stay unlabelled: marks the drawing kept apart stay apart in the truth, so
     a model trained on it learns to separate close marks rather than merge them.
     """
-    footprint = ids > 0
+    footprint = (ids > 0).astype(np.uint8)
     if not footprint.any():
         return ids
-    sigma = edge_sigma(style)
-    shown = cv2.GaussianBlur(footprint.astype(np.float32), (0, 0), sigma) >= QUARTER_LEVEL
-    beside = cv2.dilate(footprint.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))) > 0
+    shown = cv2.GaussianBlur(footprint.astype(np.float32), (0, 0), edge_sigma(style)) >= QUARTER_LEVEL
+    beside = cv2.dilate(footprint, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))) > 0
     # Far enough to hold every pixel whose centre lies within the reach of the footprint's edge,
     # which is half a pixel beyond the centres of its outer pixels.
     side = 2 * max(1, math.ceil(label_reach(style) + 0.5)) + 1
-    grown = np.where(footprint, ids, cv2.dilate(ids, np.ones((side, side), np.uint8))).astype(ids.dtype)
-    grown[~footprint & ~(shown | beside)] = 0
-    grown[~footprint & (grown > 0) & between_labels(grown, reach=1)] = 0
-    return grown
+    return _grow_apart(ids, np.ones((side, side), np.uint8), allowed=shown | beside)
 
 
 def label_margin(style: Style) -> int:
@@ -250,9 +246,17 @@ def grow_ids(ids: np.ndarray, margin: int) -> np.ndarray:
     """Grow every mark by ``margin`` px into unlabelled pixels, never so far that it touches another mark."""
     if margin <= 0:
         return ids
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
-    grown = np.where(ids > 0, ids, cv2.dilate(ids, disc)).astype(ids.dtype)
-    grown[(ids == 0) & (grown > 0) & between_labels(grown, reach=1)] = 0
+    return _grow_apart(ids, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1)))
+
+
+def _grow_apart(ids: np.ndarray, kernel: np.ndarray, *, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Grow every mark over ``kernel`` into unlabelled pixels (only ``allowed`` ones, when given),
+    leaving out any grown pixel with another mark among its 8 neighbours."""
+    unlabelled = ids == 0
+    grown = np.where(unlabelled, cv2.dilate(ids, kernel), ids).astype(ids.dtype)
+    if allowed is not None:
+        grown[unlabelled & ~allowed] = 0
+    grown[unlabelled & (grown > 0) & between_labels(grown, reach=1)] = 0
     return grown
 
 
