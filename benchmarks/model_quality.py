@@ -8,7 +8,9 @@
   most wrong pixels are listed with the style each was drawn in: a pooled figure weighs every
   pixel alike, so a few images a model cannot read can hold most of what it lacks. The wrong
   pixels within 1 px of a true edge are counted by side (missed, drawn too many): outlines drawn
-  too tight or too wide show there;
+  too tight or too wide show there. The marks object F1 loses are sorted by what happened to
+  them (missed, merged with a neighbour, split, outlined too small or too large) and the false
+  ones by whether they touch a mark;
 - real crops (../shared/data/real): Dice against the reference masks >= 0.85 on crop2 and crop3,
   no false marks on the bright blob of crop1; tile_a/tile_b: mark counts and overlays to look at.
 """
@@ -28,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from am.cli import add_postprocess_option, add_precision_option
 from am.errors import AmError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, held_out_images, held_out_style
+from am.evaluate.lost import LostMarks
 from am.evaluate.metrics import EdgeErrors, Scores, edge_errors, most_wrong, score
 from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                                      for item, r in zip(items, results, strict=True)])
             out["synthetic"] = {"images": len(results), "dice_pooled": pooled.dice, "dice_mean": mean_dice,
                                 "iou_pooled": pooled.iou, "precision": pooled.precision, "recall": pooled.recall,
-                                "f1": pooled.f1, f"f1_min_{MIN_MARK_PX}px": specks.f1,
+                                "f1": pooled.f1, "true_objects": pooled.true_objects,
+                                "lost_objects": pooled.lost_objects, f"f1_min_{MIN_MARK_PX}px": specks.f1,
                                 f"precision_min_{MIN_MARK_PX}px": specks.precision}
             s = out["synthetic"]
             print(f"synthetic held-out ({s['images']} images, seed {HELD_OUT_SEED}, pitch {HELD_OUT_PITCH}): "
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             s["edges"] = asdict(edges)
             print(f"  at the edges: {100 * edges.near_edge_px / max(1, edges.wrong_px):.1f} % of the wrong pixels lie "
                   f"within 1 px of a true mark's edge: {edges.missed_px} missed, {edges.extra_px} drawn too many")
+            lost = LostMarks.combine([r.lost for r in results])
+            s["lost"] = lost.as_dict()
+            print(f"  {lost.summary()}")
             if args.worst > 0:
                 s["worst"] = worst_report([r.scores for r in results], args.worst)
         if args.real.is_dir():
@@ -102,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 target = " [target dice >= 0.85]" if name in ("crop2", "crop3") else ""
                 print(f"{name}: dice {c['dice']:.4f} iou {c['iou']:.4f} object F1 {c['f1']:.4f} "
                       f"marks {c['predicted_marks']} vs reference {c['reference_marks']}{target}{extra}")
+                print(f"  {LostMarks(**c['lost']).summary()}")
             for name, t in real["tiles"].items():
                 print(f"{name}: {t['marks']} marks found, median area {t['median_area_px']:.0f} px, "
                       f"mask covers {100 * t['mask_fraction']:.1f}%, {t['specks']} specks ({t['speck_px']} px)")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from am.cli import add_postprocess_option, configure_logging, masks_label, run_main
 from am.errors import InputError
+from am.evaluate.lost import LostMarks
 from am.evaluate.metrics import Scores
 from am.evaluate.run import evaluate, table
 from am.imageio import read_image
@@ -104,8 +105,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         pooled = Scores.combine([r.scores for r in results])
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        lost = LostMarks.combine([r.lost for r in results])
         args.json.write_text(json.dumps({"model": str(model), "tta": args.tta, "overall": pooled.as_dict(),
-                                         "images": {r.name: r.scores.as_dict() for r in results}}, indent=1))
+                                         "lost": lost.as_dict(),
+                                         "images": {r.name: {**r.scores.as_dict(), "lost": r.lost.as_dict()}
+                                                    for r in results}}, indent=1))
     return 0
 
 

@@ -95,8 +95,33 @@ def score(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -
 
 def match_objects(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -> tuple[int, int, int]:
     """(true objects, predicted objects, matched pairs) with 8-connected components and IoU >= 0.5."""
-    n_t, lab_t, stats_t, _ = cv2.connectedComponentsWithStats(truth.astype(np.uint8), connectivity=8)
-    n_p, lab_p, stats_p, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
+    o = overlaps(truth, predicted, min_object_px=min_object_px)
+    return int(o.keep_true.sum()), int(o.keep_predicted.sum()), len(o.matched)
+
+
+@dataclass(frozen=True)
+class Overlaps:
+    """Components of a true and a predicted mask and how they overlap: what object matching and the
+    account of lost marks (:mod:`am.evaluate.lost`) both read, so they cannot disagree on a match.
+
+    Component 0 is the background; arrays over components are indexed by label.
+    """
+
+    true_area: np.ndarray  # int64 (n_true,)
+    predicted_area: np.ndarray  # int64 (n_predicted,)
+    keep_true: np.ndarray  # bool (n_true,): counted (not background, not under min_object_px)
+    keep_predicted: np.ndarray  # bool (n_predicted,)
+    pair_true: np.ndarray  # int64 (pairs,): labels of every overlapping (true, predicted) pair
+    pair_predicted: np.ndarray  # int64 (pairs,)
+    pair_px: np.ndarray  # int64 (pairs,): pixels the pair shares
+    matched: dict[int, int]  # true label -> predicted label, IoU >= MATCH_IOU, one-to-one
+
+
+def overlaps(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -> Overlaps:
+    """Label both masks (8-connected) and pair components by IoU >= 0.5, best first."""
+    n_t, lab_t, stats_t, _ = cv2.connectedComponentsWithStats(np.asarray(truth).astype(np.uint8), connectivity=8)
+    n_p, lab_p, stats_p, _ = cv2.connectedComponentsWithStats(np.asarray(predicted).astype(np.uint8),
+                                                              connectivity=8)
     area_t = stats_t[:, cv2.CC_STAT_AREA].astype(np.int64)
     area_p = stats_p[:, cv2.CC_STAT_AREA].astype(np.int64)
     keep_t = np.arange(n_t) > 0
@@ -105,19 +130,18 @@ def match_objects(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: in
         keep_t &= area_t >= min_object_px
         keep_p &= area_p >= min_object_px
     both = (lab_t > 0) & (lab_p > 0)
-    pairs = lab_t[both].astype(np.int64) * n_p + lab_p[both]
-    codes, inter = np.unique(pairs, return_counts=True)
+    codes, inter = np.unique(lab_t[both].astype(np.int64) * n_p + lab_p[both], return_counts=True)
     ti, pi = codes // n_p, codes % n_p
     iou = inter / (area_t[ti] + area_p[pi] - inter)
     ok = (iou >= MATCH_IOU) & keep_t[ti] & keep_p[pi]
-    used_t: set[int] = set()
+    matched: dict[int, int] = {}
     used_p: set[int] = set()
     for k in np.argsort(-iou[ok], kind="stable"):
         a, b = int(ti[ok][k]), int(pi[ok][k])
-        if a not in used_t and b not in used_p:
-            used_t.add(a)
+        if a not in matched and b not in used_p:
+            matched[a] = b
             used_p.add(b)
-    return int(keep_t.sum()), int(keep_p.sum()), len(used_t)
+    return Overlaps(area_t, area_p, keep_t, keep_p, ti, pi, inter.astype(np.int64), matched)
 
 
 def most_wrong(items: Sequence[Scores], count: int) -> list[int]:

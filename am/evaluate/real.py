@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from am.errors import InputError
+from am.evaluate.lost import lost_marks
 from am.evaluate.metrics import score
 from am.imageio import read_image, write_png
 from am.model.predict import Predictor
@@ -62,7 +63,8 @@ def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None
         predicted = predict_image_mask(predictor, image, scale=CROP_SCALE)
         s = score(reference, predicted, min_object_px=MIN_MARK_PX)
         entry = {"dice": s.dice, "iou": s.iou, "f1": s.f1, "reference_marks": s.true_objects,
-                 "predicted_marks": s.predicted_objects}
+                 "predicted_marks": s.predicted_objects,
+                 "lost": lost_marks(reference, predicted, min_object_px=MIN_MARK_PX).as_dict()}
         if n == 1:
             entry["blob_false_marks"], entry["blob_false_px"] = blob_false_marks(predicted, reference)
         report["crops"][f"crop{n}"] = entry

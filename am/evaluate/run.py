@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from am.evaluate.lost import LostMarks, lost_marks
 from am.evaluate.metrics import Scores, score
 from am.imageio import write_png
 from am.model.predict import Predictor
@@ -31,6 +32,7 @@ class ImageResult:
     name: str
     scores: Scores
     predicted: np.ndarray  # bool (H, W)
+    lost: LostMarks
 
 
 def evaluate(
@@ -49,8 +51,9 @@ def evaluate(
     for item in iterable:
         predicted = predict_image_mask(predictor, item.image, tile_size=tile_size, scale=scale)
         known = item.weight > 0
-        result = ImageResult(item.name, score(item.mask * known, predicted * known, min_object_px=min_object_px),
-                             predicted)
+        truth, judged = item.mask * known, predicted * known
+        result = ImageResult(item.name, score(truth, judged, min_object_px=min_object_px), predicted,
+                             lost_marks(truth, judged, min_object_px=min_object_px))
         results.append(result)
         if side_by_side is not None:
             write_png(Path(side_by_side) / (_safe(item.name) + ".png"), panels(item.image, item.mask, predicted))
@@ -86,6 +89,7 @@ def table(results: list[ImageResult]) -> str:
         mean_dice = float(np.mean([r.scores.dice for r in results]))
         mean_iou = float(np.mean([r.scores.iou for r in results]))
         lines.append(f"{'mean per image':<40} {mean_dice:6.4f} {mean_iou:6.4f}")
+        lines.append(LostMarks.combine([r.lost for r in results]).summary())
     return "\n".join(lines)
 
 

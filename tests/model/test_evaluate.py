@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from am.evaluate.lost import LostMarks
 from am.evaluate.real import blob_false_marks, evaluate_real
 from am.evaluate.run import evaluate, panels
 from am.imageio import read_image, write_png
@@ -31,6 +32,11 @@ def test_cli_table_json_and_side_by_side(tmp_path: Path, tiny_model: Path) -> No
     assert "overall (pooled)" in done.stdout and "a0" in done.stdout and "a1" in done.stdout
     report = json.loads((tmp_path / "scores.json").read_text())
     assert set(report["images"]) == {"a0", "a1"} and 0 <= report["overall"]["dice"] <= 1
+    overall, lost = report["overall"], LostMarks(**report["lost"])
+    assert lost.unmatched_true + lost.unmatched_predicted == (
+        overall["true_objects"] + overall["predicted_objects"] - 2 * overall["matched_objects"])
+    assert lost == LostMarks.combine([LostMarks(**image["lost"]) for image in report["images"].values()])
+    assert lost.summary() in done.stdout
     assert report["tta"] == "flips" and "tta flips" in done.stdout
     panel = read_image(tmp_path / "sbs" / "a0.png")
     assert panel.ndim == 3 and panel.shape[0] == 2 * 96  # small images are shown enlarged twice
@@ -76,4 +82,9 @@ def test_real_report_runs(real_data: Path, tiny_model: Path, tmp_path: Path) -> 
     report = evaluate_real(predictor, real_data, overlays=tmp_path)
     assert set(report["crops"]) == {"crop1", "crop2", "crop3"}
     assert report["crops"]["crop2"]["reference_marks"] > 20
+    for crop in report["crops"].values():  # every lost mark and false mark accounted for
+        lost = LostMarks(**crop["lost"])
+        matched = round(crop["f1"] * (crop["reference_marks"] + crop["predicted_marks"]) / 2)
+        assert lost.unmatched_true == crop["reference_marks"] - matched
+        assert lost.unmatched_predicted == crop["predicted_marks"] - matched
     assert (tmp_path / "tile_a_512.png").is_file() and (tmp_path / "crop1.png").is_file()

@@ -56,6 +56,10 @@ def test_quality_report_lists_the_images_holding_most_of_the_error(tiny_model: P
     edges = json.loads(figures.read_text())["synthetic"]["edges"]
     assert edges["missed_px"] + edges["extra_px"] == edges["near_edge_px"] <= edges["wrong_px"]
     assert f"{edges['missed_px']} missed, {edges['extra_px']} drawn too many" in out
+    synthetic = json.loads(figures.read_text())["synthetic"]
+    lost = synthetic["lost"]
+    assert sum(lost.values()) == synthetic["lost_objects"]
+    assert f"marks lost: {lost['missed']} missed, {lost['merged']} merged with a neighbour" in out
     worst = json.loads(figures.read_text())["synthetic"]["worst"]
     assert len(worst) == 2 and worst[0]["wrong_px"] >= worst[1]["wrong_px"]
     for row in worst:

@@ -1,0 +1,96 @@
+"""Why marks are lost: an account of what keeps object F1 below 1.
+
+Object F1 counts a mark found only when one predicted component matches it at IoU >= 0.5, so a
+mark can be lost in ways that call for different fixes: not seen at all (the model cannot read
+that look), joined with a neighbour (the gap between marks), cut in two, or outlined too tight or
+too wide (a boundary error that matters most on small or thin marks). False marks are either
+components on empty tissue or misshapen ones left over from a merge, a split or a poor outline::
+
+    lost = LostMarks.combine([lost_marks(truth, predicted) for truth, predicted in pairs])
+    lost.missed, lost.merged, lost.split, lost.too_small, lost.too_large, lost.false_marks, lost.misshapen
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from am.evaluate.metrics import overlaps
+
+# A predicted component takes part in a true mark's fate when it covers this share of the mark.
+COVER = 0.2
+
+
+@dataclass(frozen=True)
+class LostMarks:
+    """Unmatched true marks by what happened to them, and unmatched predicted components by kind.
+
+    The first five add up to the true marks left unmatched, the last two to the predicted
+    components left unmatched, so together they are :attr:`Scores.lost_objects`.
+    """
+
+    missed: int  # predicted pixels cover under COVER of the mark
+    merged: int  # a component covering it covers another true mark too
+    split: int  # two or more components each cover COVER of it
+    too_small: int  # one component, smaller than the mark, IoU < 0.5
+    too_large: int  # one component, larger than the mark, IoU < 0.5
+    false_marks: int  # predicted components touching no true mark
+    misshapen: int  # unmatched predicted components touching a true mark: merged, split or badly outlined
+
+    @property
+    def unmatched_true(self) -> int:
+        return self.missed + self.merged + self.split + self.too_small + self.too_large
+
+    @property
+    def unmatched_predicted(self) -> int:
+        return self.false_marks + self.misshapen
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for reports, the order of the fields."""
+        return (f"marks lost: {self.missed} missed, {self.merged} merged with a neighbour, {self.split} split, "
+                f"{self.too_small} outlined too small, {self.too_large} too large; false marks: "
+                f"{self.false_marks} on empty tissue, {self.misshapen} misshapen (touching a mark)")
+
+    @staticmethod
+    def combine(items: Sequence[LostMarks]) -> LostMarks:
+        return LostMarks(*(sum(getattr(x, f.name) for x in items) for f in fields(LostMarks)))
+
+
+def lost_marks(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -> LostMarks:
+    """Sort every mark and component that object matching (IoU >= 0.5) left unpaired.
+
+    ``min_object_px`` leaves smaller components out of the account as
+    :func:`am.evaluate.metrics.score` leaves them out of the object counts (their pixels still
+    cover marks).
+    """
+    o = overlaps(truth, predicted, min_object_px=min_object_px)
+    # Which true marks each predicted component covers substantially, and the reverse.
+    covers = (o.pair_px >= COVER * o.true_area[o.pair_true]) & o.keep_true[o.pair_true]
+    marks_under = np.bincount(o.pair_predicted[covers], minlength=len(o.predicted_area))
+    counts = dict.fromkeys(("missed", "merged", "split", "too_small", "too_large"), 0)
+    for mark in np.flatnonzero(o.keep_true):
+        if mark in o.matched:
+            continue
+        mine = o.pair_true == mark
+        covered = int(o.pair_px[mine].sum())
+        substantial = o.pair_predicted[mine & covers]
+        if covered < COVER * o.true_area[mark]:
+            counts["missed"] += 1
+        elif np.any(marks_under[substantial] >= 2):
+            counts["merged"] += 1
+        elif len(substantial) >= 2:
+            counts["split"] += 1
+        else:
+            largest = o.pair_predicted[mine][np.argmax(o.pair_px[mine])]
+            counts["too_small" if o.predicted_area[largest] < o.true_area[mark] else "too_large"] += 1
+    touching = np.zeros(len(o.predicted_area), bool)
+    touching[o.pair_predicted] = True
+    unmatched = o.keep_predicted.copy()
+    unmatched[list(o.matched.values())] = False
+    return LostMarks(**counts, false_marks=int((unmatched & ~touching).sum()),
+                     misshapen=int((unmatched & touching).sum()))
