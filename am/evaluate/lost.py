@@ -33,7 +33,7 @@ class LostMarks:
 
     missed: int  # predicted pixels cover under COVER of the mark
     merged: int  # a component covering it covers another true mark too
-    split: int  # two or more components each cover COVER of it
+    split: int  # in pieces: two or more components cover COVER of it each, or none does alone
     too_small: int  # one component, smaller than the mark, IoU < 0.5
     too_large: int  # one component, larger than the mark, IoU < 0.5
     false_marks: int  # predicted components touching no true mark
@@ -83,7 +83,7 @@ def lost_marks(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int =
             counts["missed"] += 1
         elif np.any(marks_under[substantial] >= 2):
             counts["merged"] += 1
-        elif len(substantial) >= 2:
+        elif len(substantial) != 1:  # in two or more pieces, or in many that each cover little
             counts["split"] += 1
         else:
             largest = o.pair_predicted[mine][np.argmax(o.pair_px[mine])]

@@ -42,6 +42,13 @@ def test_each_way_of_losing_a_mark_is_told_apart() -> None:
         assert lost.misshapen == (0 if kind == "missed" else 2 if kind == "split" else 1), (kind, lost)
 
 
+def test_a_mark_in_many_small_pieces_counts_as_split() -> None:
+    # four 2x10 strips of a 10x20 mark: each covers 10 %, together 40 %
+    pieces = _box(5, 5, 10, 2) | _box(5, 9, 10, 2) | _box(5, 13, 10, 2) | _box(5, 17, 10, 2)
+    lost = lost_marks(_box(5, 5, 10, 20), pieces)
+    assert (lost.split, lost.unmatched_true, lost.misshapen) == (1, 1, 4)
+
+
 def test_a_component_on_empty_tissue_is_a_false_mark() -> None:
     truth = _box(5, 5, 10, 10)
     lost = lost_marks(truth, truth | _box(40, 40, 6, 6))
