@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from am.evaluate.metrics import overlaps
+from am.evaluate.metrics import Overlaps, overlaps
 
 # A predicted component takes part in a true mark's fate when it covers this share of the mark.
 COVER = 0.2
@@ -68,7 +68,12 @@ def lost_marks(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int =
     :func:`am.evaluate.metrics.score` leaves them out of the object counts (their pixels still
     cover marks).
     """
-    o = overlaps(truth, predicted, min_object_px=min_object_px)
+    return account(overlaps(truth, predicted, min_object_px=min_object_px))
+
+
+def account(o: Overlaps) -> LostMarks:
+    """The account of :func:`lost_marks` from overlaps already computed (for instance by
+    :func:`am.evaluate.metrics.score_and_overlaps`)."""
     # Which true marks each predicted component covers substantially, and the reverse.
     covers = (o.pair_px >= COVER * o.true_area[o.pair_true]) & o.keep_true[o.pair_true]
     marks_under = np.bincount(o.pair_predicted[covers], minlength=len(o.predicted_area))

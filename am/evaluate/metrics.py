@@ -84,13 +84,22 @@ def score(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -
     ``min_object_px`` ignores predicted and true components smaller than this many pixels in
     the object counts (pixel counts are unaffected), for noisy references.
     """
+    return score_and_overlaps(truth, predicted, min_object_px=min_object_px)[0]
+
+
+def score_and_overlaps(truth: np.ndarray, predicted: np.ndarray, *,
+                       min_object_px: int = 0) -> tuple[Scores, Overlaps]:
+    """:func:`score` and the component overlaps behind it, for callers that also account for the
+    lost marks (:func:`am.evaluate.lost.account`) without labelling the masks a second time."""
     if truth.shape != predicted.shape:
         raise ValueError(f"truth {truth.shape} and prediction {predicted.shape} differ in shape")
     t = np.ascontiguousarray(truth != 0, dtype=np.uint8)
     p = np.ascontiguousarray(predicted != 0, dtype=np.uint8)
     intersection = int(np.count_nonzero(t & p))
-    n_true, n_pred, matched = match_objects(t, p, min_object_px=min_object_px)
-    return Scores(intersection, int(t.sum()), int(p.sum()), n_true, n_pred, matched)
+    o = overlaps(t, p, min_object_px=min_object_px)
+    scores = Scores(intersection, int(t.sum()), int(p.sum()), int(o.keep_true.sum()), int(o.keep_predicted.sum()),
+                    len(o.matched))
+    return scores, o
 
 
 def match_objects(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -> tuple[int, int, int]:

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from am.errors import InputError
-from am.evaluate.lost import lost_marks
-from am.evaluate.metrics import score
+from am.evaluate.lost import account
+from am.evaluate.metrics import score_and_overlaps
 from am.imageio import read_image, write_png
 from am.model.predict import Predictor
 from am.model.whole import predict_image_mask
@@ -61,10 +61,9 @@ def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None
     report: dict[str, Any] = {"crops": {}, "tiles": {}}
     for n, image, reference in read_crops(real_dir):
         predicted = predict_image_mask(predictor, image, scale=CROP_SCALE)
-        s = score(reference, predicted, min_object_px=MIN_MARK_PX)
+        s, found = score_and_overlaps(reference, predicted, min_object_px=MIN_MARK_PX)
         entry = {"dice": s.dice, "iou": s.iou, "f1": s.f1, "reference_marks": s.true_objects,
-                 "predicted_marks": s.predicted_objects,
-                 "lost": lost_marks(reference, predicted, min_object_px=MIN_MARK_PX).as_dict()}
+                 "predicted_marks": s.predicted_objects, "lost": account(found).as_dict()}
         if n == 1:
             entry["blob_false_marks"], entry["blob_false_px"] = blob_false_marks(predicted, reference)
         report["crops"][f"crop{n}"] = entry

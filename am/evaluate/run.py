@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from am.evaluate.lost import LostMarks, lost_marks
-from am.evaluate.metrics import Scores, score
+from am.evaluate.lost import LostMarks, account
+from am.evaluate.metrics import Scores, score_and_overlaps
 from am.imageio import write_png
 from am.model.predict import Predictor
 from am.model.whole import predict_image_mask
@@ -51,9 +51,8 @@ def evaluate(
     for item in iterable:
         predicted = predict_image_mask(predictor, item.image, tile_size=tile_size, scale=scale)
         known = item.weight > 0
-        truth, judged = item.mask * known, predicted * known
-        result = ImageResult(item.name, score(truth, judged, min_object_px=min_object_px), predicted,
-                             lost_marks(truth, judged, min_object_px=min_object_px))
+        scores, found = score_and_overlaps(item.mask * known, predicted * known, min_object_px=min_object_px)
+        result = ImageResult(item.name, scores, predicted, account(found))
         results.append(result)
         if side_by_side is not None:
             write_png(Path(side_by_side) / (_safe(item.name) + ".png"), panels(item.image, item.mask, predicted))
