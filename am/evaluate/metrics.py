@@ -143,10 +143,12 @@ def overlaps(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0
     ti, pi = codes // n_p, codes % n_p
     iou = inter / (area_t[ti] + area_p[pi] - inter)
     ok = (iou >= MATCH_IOU) & keep_t[ti] & keep_p[pi]
+    # Best first, so a tie at exactly MATCH_IOU goes to the better pair; the candidates are taken
+    # out of the arrays once (indexing inside the loop made whole-image masks quadratic).
+    order = np.argsort(-iou[ok], kind="stable")
     matched: dict[int, int] = {}
     used_p: set[int] = set()
-    for k in np.argsort(-iou[ok], kind="stable"):
-        a, b = int(ti[ok][k]), int(pi[ok][k])
+    for a, b in zip(ti[ok][order].tolist(), pi[ok][order].tolist(), strict=True):
         if a not in matched and b not in used_p:
             matched[a] = b
             used_p.add(b)

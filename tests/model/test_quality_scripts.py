@@ -71,3 +71,20 @@ def test_held_out_style_is_the_style_the_image_was_drawn_in() -> None:
     image = held_out_images(3)[2]
     again = sample_at(HELD_OUT_SEED, 2, size=HELD_OUT_SIZE, pitch_range=HELD_OUT_PITCH)
     assert np.array_equal(image.image, again.image) and again.style == held_out_style(2)
+
+
+def test_evaluate_bench_accounts_for_every_lost_mark(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_script(REPO / "benchmarks" / "evaluate_bench.py")
+    assert bench.main(["--size", "600", "--pitch", "20", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["true_marks"] == 29 * 29 and figures["account_adds_up"] is True
+    lost = figures["lost"]
+    assert min(lost["missed"], lost["merged"], lost["too_small"], lost["too_large"]) > 0
+    assert figures["score_s"] >= 0 and figures["account_s"] >= 0
+
+
+def test_evaluate_bench_refuses_a_mask_smaller_than_two_pitches() -> None:
+    bench = load_script(REPO / "benchmarks" / "evaluate_bench.py")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--size", "50", "--pitch", "40"])
+    assert exit_info.value.code == 2
