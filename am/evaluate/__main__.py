@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
 from am.normalize import read_normalised, to_grey
-from am.train.data import IMAGE_SUFFIXES, Labelled, load_split, synthetic_images
+from am.train.data import IMAGE_SUFFIXES, Labelled, split_files, synthetic_images
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,21 +56,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_pairs(images: Path, masks: Path) -> list[Labelled]:
-    """Images and same-named masks from two folders; images are normalised like the pipeline's input."""
+def image_mask_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
+    """Images and their same-named masks in two folders, paired before anything is read."""
     if not images.is_dir() or not masks.is_dir():
         raise InputError(f"--images {images} and --masks {masks} must both be folders")
-    items = []
+    pairs = []
     for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         mask_path = next((c for c in (masks / path.name, *(masks / (path.stem + s) for s in IMAGE_SUFFIXES))
                           if c.is_file()), None)
         if mask_path is None:
             raise InputError(f"{path} has no mask of the same name in {masks}")
-        image = read_normalised(path)
-        items.append(Labelled.from_arrays(image, to_grey(read_image(mask_path)), name=path.stem))
-    if not items:
+        pairs.append((path, mask_path))
+    if not pairs:
         raise InputError(f"no images in {images}")
-    return items
+    return pairs
+
+
+def read_pair(image: Path, mask: Path) -> Labelled:
+    """An image normalised like the pipeline's input, and its mask."""
+    return Labelled.from_arrays(read_normalised(image), to_grey(read_image(mask), name=str(mask)), name=image.stem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,19 +91,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    items: list[Labelled] = []
-    if args.data is not None:
-        items += load_split(args.data, args.split)
-    if args.images is not None:
-        items += load_pairs(args.images, args.masks)
-    if args.synthetic > 0:
-        items += synthetic_images(count=args.synthetic, size=args.size, seed=args.seed,
-                                  pitch_range=(args.pitch_min, args.pitch_max))
+    # Every source is found and paired first (a missing mask fails before any model work); images
+    # are then read one at a time, so full-size labelled images are not all held at once.
+    files = split_files(args.data, args.split) if args.data is not None else []
+    pairs = image_mask_pairs(args.images, args.masks) if args.images is not None else []
+    synthetic = synthetic_images(count=args.synthetic, size=args.size, seed=args.seed,
+                                 pitch_range=(args.pitch_min, args.pitch_max)) if args.synthetic > 0 else []
+
+    def items() -> Iterator[Labelled]:
+        yield from (f.read() for f in files)
+        yield from (read_pair(image, mask) for image, mask in pairs)
+        yield from synthetic
+
+    total = len(files) + len(pairs) + len(synthetic)
     model = args.model or default_model_path()
     predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads, tta=args.tta,
                                           postprocess=args.postprocess == "on")
-    results = evaluate(predictor, items, scale=args.scale, min_object_px=args.min_object_px,
-                       side_by_side=args.side_by_side, progress=lambda it: tqdm(it, desc="evaluate", unit="img"))
+    results = evaluate(predictor, items(), scale=args.scale, min_object_px=args.min_object_px,
+                       side_by_side=args.side_by_side, keep_predicted=False,
+                       progress=lambda it: tqdm(it, desc="evaluate", unit="img", total=total))
     print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold}, tta {args.tta}, "
           f"{masks_label(predictor.postprocess)})")
     print(table(results))

@@ -31,28 +31,33 @@ log = logging.getLogger(__name__)
 class ImageResult:
     name: str
     scores: Scores
-    predicted: np.ndarray  # bool (H, W)
+    predicted: np.ndarray | None  # bool (H, W); None when evaluate() was told not to keep it
     lost: LostMarks
 
 
 def evaluate(
     predictor: Predictor,
-    items: list[Labelled],
+    items: Iterable[Labelled],
     *,
     scale: float = 1.0,
     tile_size: int = 512,
     min_object_px: int = 0,
     side_by_side: Path | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    keep_predicted: bool = True,
 ) -> list[ImageResult]:
-    """Score every item; with ``side_by_side`` also write ``<name>.png`` panels there."""
+    """Score every item; with ``side_by_side`` also write ``<name>.png`` panels there.
+
+    ``items`` may be a generator that reads each image when it is reached; with ``keep_predicted``
+    False no mask outlives its image's turn, so a folder of full-size images costs one image's memory.
+    """
     results = []
     iterable: Iterable[Labelled] = items if progress is None else progress(items)
     for item in iterable:
         predicted = predict_image_mask(predictor, item.image, tile_size=tile_size, scale=scale)
         known = item.weight > 0
         scores, found = score_and_overlaps(item.mask * known, predicted * known, min_object_px=min_object_px)
-        result = ImageResult(item.name, scores, predicted, account(found))
+        result = ImageResult(item.name, scores, predicted if keep_predicted else None, account(found))
         results.append(result)
         if side_by_side is not None:
             write_png(Path(side_by_side) / (_safe(item.name) + ".png"), panels(item.image, item.mask, predicted))

@@ -71,12 +71,28 @@ def weigh_gaps(item: Labelled, gain: int, *, reach: int = 2) -> Labelled:
     return replace(item, weight=weight)
 
 
-def load_split(root: Path, split: str) -> list[Labelled]:
-    """Every image/mask pair under ``root/split/<dataset>/<group>/``; raises InputError if there is none."""
+@dataclass(frozen=True)
+class LabelledFile:
+    """A source image and its mask on disk, found and paired up front but read only when needed, so
+    an evaluation over full-size images holds one image at a time."""
+
+    source: Path
+    mask: Path
+    name: str
+
+    def read(self) -> Labelled:
+        image = _as_uint8_grey(read_image(self.source), self.source)
+        mask = to_grey(read_image(self.mask), name=str(self.mask))
+        return Labelled.from_arrays(image, mask, name=self.name)
+
+
+def split_files(root: Path, split: str) -> list[LabelledFile]:
+    """Every image/mask pair under ``root/split/<dataset>/<group>/``, unread; raises InputError if
+    there is none or an image has no mask, before anything is read."""
     base = Path(root) / split
     if not base.is_dir():
         raise InputError(f"{base} does not exist; expected {root}/{split}/<dataset>/<group>/{{source,mask}}/*.png")
-    items = []
+    files = []
     for source_dir in sorted(base.glob("*/*/source")):
         mask_dir = source_dir.parent / "mask"
         for source in sorted(p for p in source_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
@@ -84,12 +100,16 @@ def load_split(root: Path, split: str) -> list[Labelled]:
             mask_path = next((c for c in candidates if c.is_file()), None)
             if mask_path is None:
                 raise InputError(f"{source} has no mask in {mask_dir}; every source image needs one of the same name")
-            image = _as_uint8_grey(read_image(source), source)
-            mask = to_grey(read_image(mask_path), name=str(mask_path))
-            items.append(Labelled.from_arrays(image, mask, name=str(source.relative_to(root))))
-    if not items:
+            files.append(LabelledFile(source, mask_path, str(source.relative_to(root))))
+    if not files:
         raise InputError(f"no images found under {base}/<dataset>/<group>/source/")
-    log.info("loaded %d labelled images from %s", len(items), base)
+    return files
+
+
+def load_split(root: Path, split: str) -> list[Labelled]:
+    """Every image/mask pair under ``root/split/<dataset>/<group>/``, read; raises InputError if there is none."""
+    items = [f.read() for f in split_files(root, split)]
+    log.info("loaded %d labelled images from %s", len(items), Path(root) / split)
     return items
 
 

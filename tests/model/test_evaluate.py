@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from am.evaluate.real import blob_false_marks, evaluate_real
 from am.evaluate.run import evaluate, panels
 from am.imageio import read_image, write_png
 from am.model.predict import Predictor
-from am.train.data import synthetic_images
+from am.train.data import Labelled, synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +54,39 @@ def test_scores_agree_with_the_predictions(tiny_model: Path) -> None:
     inter = int((truth & result.predicted).sum())
     assert result.scores.intersection == inter
     assert result.scores.predicted_px == int(result.predicted.sum())
+
+
+def test_evaluate_reads_one_image_at_a_time_and_can_drop_masks(tiny_model: Path) -> None:
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu")
+    items = synthetic_images(count=3, size=64, seed=9)
+    read: list[str] = []
+
+    def lazily() -> Iterator[Labelled]:
+        for item in items:
+            read.append(item.name)
+            yield item
+
+    def progress(iterable: Iterable[Labelled]) -> Iterator[Labelled]:
+        for count, item in enumerate(iterable, start=1):
+            # The image now being scored is the last one read: none is read ahead.
+            assert read[-1] == item.name and len(read) == count
+            yield item
+
+    results = evaluate(predictor, lazily(), keep_predicted=False, progress=progress)
+    assert [r.name for r in results] == [i.name for i in items] and all(r.predicted is None for r in results)
+    assert [r.scores for r in results] == [r.scores for r in evaluate(predictor, items)]
+
+
+def test_cli_pairs_every_image_before_reading_any(tmp_path: Path, tiny_model: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"not a png")  # would fail if it were read
+    (tmp_path / "img" / "b.png").write_bytes(b"not a png")
+    (tmp_path / "msk" / "a.png").write_bytes(b"not a png")
+    done = subprocess.run([sys.executable, "-m", "am.evaluate", "--model", str(tiny_model), "--images",
+                           str(tmp_path / "img"), "--masks", str(tmp_path / "msk"), "--threads", "1"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "b.png has no mask of the same name" in done.stderr
 
 
 def test_panels_colour_errors() -> None:

@@ -21,7 +21,7 @@ from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.predict import prepare_input
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.train.augment import lose_resolution
-from am.train.data import CropDataset, Labelled, load_split, synthetic_images, weigh_gaps
+from am.train.data import CropDataset, Labelled, load_split, split_files, synthetic_images, weigh_gaps
 from am.train.loop import TrainConfig, loss_fn, metrics_path, state_path, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,6 +222,9 @@ def test_folder_layout_and_cli(tmp_path: Path, images: list[Labelled]) -> None:
             write_png(root / split / "synthetic" / "g1" / "mask" / f"{i:03d}.png", item.mask * 255)
     loaded = load_split(root, "train")
     assert len(loaded) == 3 and np.array_equal(loaded[0].mask, images[0].mask)
+    files = split_files(root, "valid")  # found and paired, read only when asked
+    assert [f.name for f in files] == [f"valid/synthetic/g1/source/{i:03d}.png" for i in range(len(images[3:]))]
+    assert np.array_equal(files[0].read().image, images[3].image)
     out = tmp_path / "cli.pt"
     cmd = [sys.executable, "-m", "am.train", "--data", str(root), "--encoder", TINY["encoder"], "--encoder-depth",
            "5", "--decoder-channels", "32,16,8,8,4", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
