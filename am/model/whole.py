@@ -49,7 +49,7 @@ def predict_image_proba(
     proba = _sliding(predictor, work, tile_size=tile_size, overlap=overlap)
     if scale != 1.0:
         proba = cv2.resize(proba, (width, height), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_AREA)
-    return proba.astype(np.float32)
+    return proba.astype(np.float32, copy=False)
 
 
 def predict_image_mask(
@@ -90,7 +90,10 @@ def _sliding(predictor: Predictor, image: np.ndarray, *, tile_size: int, overlap
         for (y, x), prob in zip(chunk, probs, strict=True):
             total[y : y + tile_h, x : x + tile_w] += prob * window
             weight[y : y + tile_h, x : x + tile_w] += window
-    return (total / np.maximum(weight, 1e-6))[:height, :width]
+    # In place: a 20000 px image must not grow two more full-size float32 temporaries here.
+    np.maximum(weight, 1e-6, out=weight)
+    np.divide(total, weight, out=total)
+    return total[:height, :width]
 
 
 def _ceil_to(value: int, multiple: int) -> int:
