@@ -46,8 +46,10 @@ def random_crop(
     if window != size:
         interp = cv2.INTER_AREA if window > size else cv2.INTER_LINEAR
         image = cv2.resize(image, (size, size), interpolation=interp)
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-        weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_NEAREST)
+        # OpenCV's INTER_NEAREST maps pixel corners, not centres as the image's interpolation does,
+        # and would shift the labels half a pixel down and right of the marks they label.
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+        weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
     return image, mask, weight
 
 
