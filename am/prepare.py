@@ -10,7 +10,10 @@ failure or Ctrl-C redoes only what is missing::
 
 The pipeline does the same in steps, so that segmentation starts while tiles are still being
 cut: :func:`reuse_group` decides from meta.json alone (no pixel is read) whether a group needs
-cutting, and :class:`GroupTiler` cuts it one row of tiles at a time, writing meta.json last::
+cutting, and :class:`GroupTiler` cuts it one row of tiles at a time. meta.json is written as
+soon as the tiles are planned, marked incomplete until the last tile is on disk, so a run stopped
+while it was still cutting keeps its masks too: the next one cuts again and sends only the tiles
+that have none::
 
     prepared = reuse_group(layout, "g1", settings=settings, model_id=model_id)
     if prepared is None:
@@ -135,6 +138,8 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None,
            identity: dict[str, Any]) -> PreparedGroup | None:
     if meta is None or meta.get("identity") != identity or not layout.source_norm(group).is_file():
         return None
+    if not meta.get("complete", True):  # plans written before the flag existed were written complete
+        return None
     plan = TilePlan.from_json(json.dumps(meta["plan"]))
     if not all(layout.tile_source(group, t.index).is_file() for t in plan.tiles):
         return None
@@ -158,10 +163,14 @@ class GroupTiler:
     """Cuts one group's tiles in chunks of tile rows, so a job can send a chunk while the next is cut.
 
     :meth:`normalise` removes what an older input left behind, normalises the image (written to
-    ``source_norm``) and plans the tiles; :meth:`chunks` writes the tiles a row at a time, each
-    file atomically, and yields every row with its pixels; :meth:`finish` writes
-    meta.json, last, so a plan never exists for tiles that are not all on disk. A failure at any
-    step leaves no meta.json, and the next run cuts the group again.
+    ``source_norm``), plans the tiles and writes meta.json marked incomplete; :meth:`chunks` writes
+    the tiles a row at a time, each file atomically, and yields every row with the pixels of the
+    tiles that still need a mask; :meth:`finish` marks meta.json complete, so a complete plan never
+    exists for tiles that are not all on disk.
+
+    A run stopped before :meth:`finish` leaves an incomplete meta.json beside the masks it got.
+    When the next run's source, settings and model are the same, it keeps those masks and the
+    tiles already cut, and sends only the tiles without a mask; otherwise it starts afresh.
     """
 
     def __init__(self, layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
@@ -178,6 +187,8 @@ class GroupTiler:
         self._source_size = (0, 0)
         self._identity: dict[str, Any] = {}
         self._written = 0
+        self._resuming = False
+        self._sent: list[int] = []
 
     @property
     def plan(self) -> TilePlan:
@@ -190,8 +201,15 @@ class GroupTiler:
         layout, group, settings = self.layout, self.group, self._settings
         source_path = layout.source_image(group)
         self._identity = _identity(source_path, settings, self._model_id)
+        earlier = _read_meta(layout.tile_plan(group))
+        # Masks of a run that stopped while cutting this same input with these same settings are kept.
+        self._resuming = (earlier is not None and not earlier.get("complete", True)
+                          and earlier.get("identity") == self._identity)
         # Anything derived from an older input must not survive to be mistaken for a result.
-        for stale in (layout.tiles_dir(group), layout.stitched_dir(group), layout.am_coords_dir(group)):
+        stale_dirs = [layout.stitched_dir(group), layout.am_coords_dir(group)]
+        if not self._resuming:
+            stale_dirs.append(layout.tiles_dir(group))
+        for stale in stale_dirs:
             if stale.exists():
                 shutil.rmtree(stale)
         image = read_image(source_path)
@@ -206,7 +224,27 @@ class GroupTiler:
         del normalised
         self._plan = plan_tiles(self._scaled.shape[0], self._scaled.shape[1], tile_size=settings.tile_size,
                                 overlap=settings.tile_overlap)
+        if self._resuming and earlier.get("plan") != json.loads(self._plan.to_json()):
+            log.warning("group %s: the tile plan changed since the interrupted run; cutting every tile again", group)
+            self._resuming = False
+            shutil.rmtree(layout.tiles_dir(group), ignore_errors=False)
+        if self._resuming:
+            kept = sum(layout.tile_mask(group, t.index).is_file() for t in self._plan.tiles)
+            log.info("group %s: resuming an interrupted run, %d of %d tiles already have a mask",
+                     group, kept, len(self._plan.tiles))
+        self._write_meta(complete=False)
         return self._plan
+
+    def _write_meta(self, *, complete: bool) -> None:
+        height, width = self._source_size
+        _write_json_atomic(self.layout.tile_plan(self.group), {
+            "version": META_VERSION,
+            "complete": complete,
+            "identity": self._identity,
+            "source_height": height,
+            "source_width": width,
+            "plan": json.loads(self.plan.to_json()),
+        })
 
     def chunks(self) -> Iterator[TileChunk]:
         """Write the tiles ``rows_per_chunk`` tile rows at a time; yield each chunk once it is on disk."""
@@ -214,38 +252,41 @@ class GroupTiler:
         if scaled is None:
             raise RuntimeError(f"group {self.group}: its tiles were cut already (finish() has run)")
         self._written = 0
+        self._sent = []
         rows = itertools.groupby(plan.tiles, key=lambda tile: tile.y)
         while batch := list(itertools.islice(rows, self._rows_per_chunk)):
-            written = []
+            to_send = []
             for _, row in batch:
                 for tile in row:
+                    source = self.layout.tile_source(self.group, tile.index)
+                    done = self._resuming and self.layout.tile_mask(self.group, tile.index).is_file()
+                    if done and source.is_file():
+                        self._written += 1
+                        continue
                     pixels = read_tile(scaled, tile, plan)
-                    write_atomic(self.layout.tile_source(self.group, tile.index),
-                                 encode_png(pixels, compression=1, huffman_only=True, row_filter="up"))
-                    written.append((tile.index, pixels))
-            self._written += len(written)
-            yield TileChunk(self.group, tuple(written))
+                    write_atomic(source, encode_png(pixels, compression=1, huffman_only=True, row_filter="up"))
+                    self._written += 1
+                    if not done:
+                        to_send.append((tile.index, pixels))
+            self._sent += [index for index, _ in to_send]
+            if to_send:
+                yield TileChunk(self.group, tuple(to_send))
 
     def finish(self) -> PreparedGroup:
-        """Write meta.json (every tile is on disk now) and return the group, all of its tiles pending."""
+        """Mark meta.json complete (every tile is on disk now) and return the group; its pending tiles
+        are those :meth:`chunks` sent (all of them, unless an interrupted run had masks for some)."""
         plan = self.plan
         if self._written != len(plan.tiles):
             raise RuntimeError(f"group {self.group}: {self._written} of {len(plan.tiles)} tiles are cut; "
                                "a plan must never claim tiles that are not on disk")
         height, width = self._source_size
         settings = self._settings
-        # The plan is written last: its presence means every tile above is complete.
-        _write_json_atomic(self.layout.tile_plan(self.group), {
-            "version": META_VERSION,
-            "identity": self._identity,
-            "source_height": height,
-            "source_width": width,
-            "plan": json.loads(plan.to_json()),
-        })
+        # Marked complete last: a complete plan means every tile above is on disk.
+        self._write_meta(complete=True)
         self._scaled = None
         log.info("group %s: %dx%d image, %d tiles of %d px (overlap %d)", self.group, width, height,
                  len(plan.tiles), settings.tile_size, settings.tile_overlap)
-        return PreparedGroup(self.group, plan, height, width, settings.scale, tuple(t.index for t in plan.tiles))
+        return PreparedGroup(self.group, plan, height, width, settings.scale, tuple(self._sent))
 
 
 def prepare_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str) -> PreparedGroup:

@@ -1,8 +1,8 @@
 """How far a task has come, read from its dataset folder rather than reported by the pipeline.
 
-The pipeline writes one mask file per tile as workers deliver them, and
-``tiles/<group>/meta.json`` once every tile of the group is cut (masks of the first rows may
-already be there by then). Until the plan exists the total is unknown and the progress is None;
+The pipeline writes ``tiles/<group>/meta.json`` as soon as the group's tiles are planned (before
+they are cut) and one mask file per tile as workers deliver them. Until the plan exists the
+total is unknown and the progress is None;
 after that the fraction of tiles with a mask is an honest measure that survives restarts and
 needs no channel from the pipeline process::
 

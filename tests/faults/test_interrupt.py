@@ -59,3 +59,28 @@ def test_sigint_mid_job_stops_workers_cleans_the_job_and_a_rerun_resumes(tmp_pat
     assert again.job_tiles() == [TOTAL_TILES - kept], "the rerun did not resume where the first run stopped"
     assert_same_as_undisturbed(dataset, "g1", predictor)
     assert_nothing_left(again)
+
+
+def test_sigint_while_the_group_is_still_being_cut_keeps_its_masks_and_a_rerun_resumes(tmp_path, tiny_model,
+                                                                                     predictor, moto_server):
+    dataset = make_dataset(tmp_path / "ds", {"g1": (SIDE, SIDE)})
+    # A window of 8 tiles in flight: the orchestrator cuts the next row only as masks come back, so
+    # it is still cutting (the job not sealed) when the first masks are on disk.
+    slow = {"AM_ENDPOINT_URL": moto_server, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1",
+            "AM_TILES_PER_MESSAGE": "1", "AM_MAX_TILES_IN_FLIGHT": "8"}
+    with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=slow) as run:
+        run.wait_until(lambda: len(mask_files(dataset, "g1")) >= 5, timeout=120, what="five masks")
+        run.proc.send_signal(signal.SIGINT)
+        code = run.wait(timeout=60)
+    assert code == 130, run.stderr[-4000:]
+    assert f"{TOTAL_TILES} tile(s) on the local backend" not in run.stderr, "the group was cut before the interrupt"
+    assert "finished work is kept, rerun the same command to resume" in run.stderr
+    kept = len(mask_files(dataset, "g1"))
+    assert 5 <= kept < TOTAL_TILES, f"{kept} masks kept"
+
+    again = run_to_end(dataset, tiny_model, tmp_path, "--no-register")
+    assert again.proc.returncode == 0, again.stderr[-4000:]
+    assert "resuming an interrupted run" in again.stderr
+    assert again.job_tiles() == [TOTAL_TILES - kept], "the rerun cut and segmented the kept tiles again"
+    assert_same_as_undisturbed(dataset, "g1", predictor)
+    assert_nothing_left(again)

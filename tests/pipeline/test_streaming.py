@@ -7,6 +7,7 @@ normalised, chunks cut, chunks enqueued) can be recorded exactly.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -24,7 +25,7 @@ import am.orchestrator
 from am.backends import Backend
 from am.dataset import DatasetLayout
 from am.errors import ConfigError, JobFailed, LauncherError
-from am.imageio import read_image
+from am.imageio import read_image, write_png
 from am.job import TILES_PER_MESSAGE_AWS, TILES_PER_MESSAGE_LOCAL, Job, tiles_per_message
 from am.messages import TileMessage, TileResult, tiles_key
 from am.orchestrator import run_pipeline
@@ -169,7 +170,7 @@ def test_workers_start_before_the_image_is_read_and_tiles_go_out_row_by_row(depl
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()],
                          ids=["error", "ctrl-c"])
-def test_failure_while_cutting_a_later_row_cleans_up_and_leaves_no_plan(deployment, tiny_model, tmp_path,
+def test_failure_while_cutting_a_later_row_cleans_up_and_leaves_no_complete_plan(deployment, tiny_model, tmp_path,
                                                                         monkeypatch, failure):
     monkeypatch.setattr(RecordingTiler, "fail_at", 3)
     monkeypatch.setattr(RecordingTiler, "failure", failure)
@@ -183,7 +184,8 @@ def test_failure_while_cutting_a_later_row_cleans_up_and_leaves_no_plan(deployme
     assert deployment.keys() == [], "the job's S3 prefixes were not deleted"
     assert deployment.results_queues() == [], "the job's results queue was not deleted"
     layout = DatasetLayout(dataset)
-    assert not layout.tile_plan("g1").exists(), "a plan was written for tiles that were never all cut"
+    assert json.loads(layout.tile_plan("g1").read_text())["complete"] is False, \
+        "a plan was marked complete for tiles that were never all cut"
     assert not layout.stitched_dir("g1").exists()
 
 
@@ -229,12 +231,61 @@ def test_tiler_writes_a_row_per_chunk_and_refuses_a_plan_before_every_tile_is_cu
     assert all(np.array_equal(read_image(layout.tile_source("g1", index)), pixels) for index, pixels in first.tiles)
     with pytest.raises(RuntimeError, match=f"{COLS} of {ROWS * COLS} tiles are cut"):
         tiler.finish()
-    assert not layout.tile_plan("g1").exists()
+    # The plan is on disk from the start, but marked incomplete: nothing reuses it as it is.
+    assert json.loads(layout.tile_plan("g1").read_text())["complete"] is False
+    assert reuse_group(layout, "g1", settings=settings, model_id="m") is None
 
     assert len(list(chunks)) == ROWS - 1
     prepared = tiler.finish()
     assert prepared.pending == tuple(range(ROWS * COLS))
+    assert json.loads(layout.tile_plan("g1").read_text())["complete"] is True
     assert reuse_group(layout, "g1", settings=settings, model_id="m") == prepared
+
+
+def _stop_after_first_row(layout: DatasetLayout, settings: Settings, model_id: str) -> list[int]:
+    """Cut one row of g1, give its tiles masks, and stop as an interrupted run would; the masked tiles."""
+    tiler = GroupTiler(layout, "g1", settings=settings, model_id=model_id)
+    tiler.normalise()
+    first = next(tiler.chunks())
+    for index, pixels in first.tiles:
+        write_png(layout.tile_mask("g1", index), (pixels > 128).astype(np.uint8) * 255)
+    return [index for index, _ in first.tiles]
+
+
+def test_a_run_stopped_while_cutting_keeps_its_masks_and_the_next_sends_only_the_rest(tmp_path):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": IMAGE}))
+    settings = Settings(tile_size=64, tile_overlap=16)
+    masked = _stop_after_first_row(layout, settings, "m")
+    kept = {index: layout.tile_mask("g1", index).read_bytes() for index in masked}
+    assert reuse_group(layout, "g1", settings=settings, model_id="m") is None
+
+    again = GroupTiler(layout, "g1", settings=settings, model_id="m")
+    plan = again.normalise()
+    sent = [index for chunk in again.chunks() for index, _ in chunk.tiles]
+    prepared = again.finish()
+    assert sent == [t.index for t in plan.tiles if t.index not in kept] == list(prepared.pending)
+    assert {index: layout.tile_mask("g1", index).read_bytes() for index in masked} == kept
+    assert all(layout.tile_source("g1", t.index).is_file() for t in plan.tiles)
+
+
+@pytest.mark.parametrize("change", ["model", "settings", "source"])
+def test_masks_of_a_stopped_run_on_another_input_are_not_kept(tmp_path, change):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": IMAGE}))
+    settings = Settings(tile_size=64, tile_overlap=16)
+    masked = _stop_after_first_row(layout, settings, "m")
+    model_id = "m"
+    if change == "model":
+        model_id = "other"
+    elif change == "settings":
+        settings = settings.replace(norm_high_pct=98.0)
+    else:
+        source = layout.source_image("g1")
+        os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    again = GroupTiler(layout, "g1", settings=settings, model_id=model_id)
+    again.normalise()
+    assert not any(layout.tile_mask("g1", index).exists() for index in masked)
+    sent = [index for chunk in again.chunks() for index, _ in chunk.tiles]
+    assert sent == list(range(ROWS * COLS)) == list(again.finish().pending)
 
 
 # ------------------------------------------------------------------------------ the job alone
