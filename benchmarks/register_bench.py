@@ -11,7 +11,8 @@ Scenarios (several seeds each, 50 x 50 grids):
 - ``uneven``: rows 0.65 to 1.3 pitches apart, each sliding along itself by up to 0.2 of a
   column, as on the real ``tile_b``; angle up to 5 degrees, 5 % missing, debris (target: as mild);
 - ``large``: a 100 x 100 grid on a 10000 x 10000 mask, in a fresh process, for time and peak
-  memory (target: < 20 s and < 4 GB).
+  memory (target: < 20 s and < 4 GB); ``large+scratch`` the same with a 3 px scratch drawn
+  corner to corner, one component touching a mark in every row that registration must cut apart.
 
 Each scenario is also registered with the original am-segmentation's idea (rotation search on
 the raster, then k-means of mark centroids into ``cols`` x-clusters and ``rows`` y-clusters),
@@ -34,6 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from queue import Empty
 
 import cv2
 import numpy as np
@@ -196,7 +198,7 @@ def run_case(scenario: str, seed: int, *, original: bool) -> list[Row]:
     return out
 
 
-def _large_child(queue: multiprocessing.Queue) -> None:
+def _large_child(queue: multiprocessing.Queue, scratch: bool) -> None:
     rng = np.random.default_rng(100)
     size, rows, cols = 10000, 100, 100
     lattice = Lattice.centred(rows=rows, cols=cols, width=size, height=size, pitch_x=96.0, pitch_y=97.0,
@@ -204,6 +206,8 @@ def _large_child(queue: multiprocessing.Queue) -> None:
     missing = rng.choice(rows * cols, int(0.05 * rows * cols), replace=False) + 1
     drawn = draw_lattice_mask(lattice, width=size, height=size, radius=24, shape="crescent", missing=missing,
                               debris=300, rng=rng)
+    if scratch:
+        cv2.line(drawn.mask, (0, 5), (size - 1, size - 7), 255, 3)
     before = peak_rss_mb()
     start = time.perf_counter()
     reg = register_mask(drawn.mask, rows=rows, cols=cols)
@@ -214,20 +218,28 @@ def _large_child(queue: multiprocessing.Queue) -> None:
         start = time.perf_counter()
         write_outputs(Path(tmp), reg, source=source)
         written = time.perf_counter() - start
-    queue.put(Row(scenario="large", method="am-segm", seed=100, grid=f"{rows}x{cols}", image=f"{size}x{size}",
+    scenario = "large+scratch" if scratch else "large"
+    queue.put(Row(scenario=scenario, method="am-segm", seed=100, grid=f"{rows}x{cols}", image=f"{size}x{size}",
                   angle_deg=4.0, missing_pct=5.0, accuracy_pct=round(100 * id_accuracy(drawn, reg.ids), 3),
                   time_s=round(elapsed, 3), peak_rss_mb=round(registered_rss),
                   note=f"peak RSS with mask and truth drawn, before registering: {before:.0f} MB; "
                        f"write_outputs {written:.1f} s, peak RSS after it {peak_rss_mb():.0f} MB"))
 
 
-def run_large() -> Row:
+def run_large(*, scratch: bool = False) -> Row:
     """The 10000 x 10000 case in a fresh process, so its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_large_child, args=(queue,))
+    process = context.Process(target=_large_child, args=(queue, scratch))
     process.start()
-    row = queue.get()
+    while True:  # a child that dies (out of memory, say) must end the benchmark, not hang it
+        try:
+            row = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the 10000 x 10000 case died with exit code {process.exitcode} "
+                                   "(a negative code is the signal that killed it)") from None
     process.join()
     return row
 
@@ -249,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(run_case(scenario, seed, original=not args.no_original))
     if not args.no_large:
         rows.append(run_large())
+        rows.append(run_large(scratch=True))
     summary = summarise(rows)
     if args.json:
         print(json.dumps({"runs": [asdict(r) for r in rows], "summary": summary}, indent=2))

@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be a positive integer, got {value}")
     if (args.rows is None) != (args.cols is None):
         parser.error("give --rows and --cols together (or neither, to skip registration)")
+    if args.rows is not None:
+        from am.register.registration import MAX_NODES, SPLIT_LARGE_GRIDS
+
+        if args.rows * args.cols > MAX_NODES:
+            # Before any tile is segmented: registration would refuse the grid only at the very end.
+            parser.error(f"a {args.rows} x {args.cols} grid has more than {MAX_NODES} positions, the most a 16-bit "
+                         f"id image can number; {SPLIT_LARGE_GRIDS}")
 
     def run() -> int:
         from am.orchestrator import run_pipeline

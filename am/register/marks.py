@@ -31,6 +31,10 @@ MIN_AREA_FLOOR_PX = 4
 MIN_AREA_FRACTION = 0.15
 # Pixels whose distance to the background is within this of the maximum form the "centre plateau".
 PLATEAU_PX = 0.5
+# With at least this many components, one holding more than this share of the foreground is not
+# a mark (no lattice of that many marks has one that large) and does not set the typical area.
+DOMINANT_MIN_COMPONENTS = 20
+DOMINANT_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,15 @@ def _typical_area(areas: np.ndarray) -> float:
     """The pixel-weighted median area: half the foreground lies in components at most this big.
 
     Weighting by pixels makes many tiny specks count for little, so noise cannot drag the
-    estimate (and with it the minimum mark area) down.
+    estimate (and with it the minimum mark area) down. The same weighting would let one huge
+    region (a saturated blob, a fold) make itself the typical mark and every real mark debris,
+    so among many components one holding more than DOMINANT_SHARE of the foreground is left out.
     """
     if areas.size == 0:
         return 0.0
+    if areas.size >= DOMINANT_MIN_COMPONENTS:
+        ordinary = areas[areas <= DOMINANT_SHARE * areas.sum()]
+        areas = ordinary if ordinary.size else areas
     order = np.sort(areas)
     cumulative = np.cumsum(order)
     return float(order[np.searchsorted(cumulative, cumulative[-1] / 2.0)])

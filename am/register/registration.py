@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Ids are stored as uint16, 0 being background.
 MAX_NODES = 65535
+SPLIT_LARGE_GRIDS = ("crop the image into parts of at most that many positions, each its own group "
+                     "(source/<group>/), and register each with its own --rows/--cols")
 # A mark belongs to a node when its point is within this fraction of the (smaller) pitch of it.
 ASSIGN_TOLERANCE = 0.35
 # Above this residual (fraction of the pitch) the lattice fits badly: distortion or a wrong pitch.
@@ -158,7 +160,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
     _check_shape(cols, "cols")
     if rows is not None and cols is not None and rows * cols > MAX_NODES:
         raise InputError(f"a {rows} x {cols} grid has more than {MAX_NODES} positions, the most a 16-bit id "
-                         "image can number")
+                         f"image can number; {SPLIT_LARGE_GRIDS}")
     warnings: list[str] = []
     comps = find_components(mask)
     if comps.label.size < 4:
@@ -202,7 +204,8 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
     n_rows, n_cols = row_place.size, col_place.size
     if n_rows * n_cols > MAX_NODES:
         raise RegistrationError(
-            f"a {n_rows} x {n_cols} grid has more than {MAX_NODES} positions, the most a 16-bit id image holds"
+            f"the marks form a {n_rows} x {n_cols} grid, more than {MAX_NODES} positions, the most a 16-bit id "
+            f"image holds; {SPLIT_LARGE_GRIDS}"
         )
     ids = _paint_ids(comps, splits, marks, assignment.node_id)
     return _result(ids, marks, assignment, fit=fit, cols=col_place, rows=row_place, tolerance=tolerance,

@@ -168,6 +168,8 @@ def test_png_above_the_size_limit_is_refused_from_its_header(cli, tmp_path):
     (["--rows", "-3", "--cols", "5"], "--rows must be a positive integer, got -3"),
     (["--rows", "4", "--cols", "-1"], "--cols must be a positive integer, got -1"),
     (["--rows", "5"], "give --rows and --cols together"),
+    (["--rows", "300", "--cols", "300"], "a 300 x 300 grid has more than 65535 positions, the most a 16-bit id "
+                                         "image can number; crop the image into parts"),
     (["--rows", "many", "--cols", "5"], "invalid int value: 'many'"),
     (["--workers", "0"], "setting workers = 0 is not allowed"),
     (["--tile-size", "100"], "setting tile_size = 100 is not allowed"),

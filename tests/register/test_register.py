@@ -181,6 +181,35 @@ def test_merged_marks_are_split_back():
     assert reg.assigned == drawn.present.size
 
 
+def test_a_scratch_across_a_row_of_marks_is_cut_into_its_marks():
+    # A fibre touching every mark of a row joins them into one component as wide as the image;
+    # each part's point must still lie inside its own part, with the right id.
+    drawn = draw(angle=0.0, missing=[5])
+    mask = drawn.mask.copy()
+    y = int(round(drawn.lattice.node(3, 0)[1]))
+    cv2.line(mask, (0, y), (mask.shape[1] - 1, y), 255, 2)
+    reg = register_mask(mask, rows=ROWS, cols=COLS)
+    assert reg.assigned == drawn.present.size
+    row = reg.table[reg.table["row"] == 3]
+    assert len(row) == COLS
+    xs, ys = np.rint(row["x"]).astype(int), np.rint(row["y"]).astype(int)
+    np.testing.assert_array_equal(reg.ids[ys, xs], row["id"])
+    assert not wrong_ids(drawn, reg.ids).size
+
+
+def test_one_region_holding_most_of_the_foreground_leaves_the_marks_marks():
+    # A saturated region bigger than all the marks together must not become the "typical mark",
+    # which would make every real mark debris.
+    drawn = draw(angle=2.0)
+    mask = drawn.mask.copy()
+    mask[60:200, 60:200] = 255  # inside the lattice, over about 20 of its 80 marks
+    assert (mask[60:200, 60:200] > 0).sum() > (mask > 0).sum() / 2
+    reg = register_mask(mask, rows=ROWS, cols=COLS)
+    under = set(np.unique(drawn.truth[58:202, 58:202]).tolist())  # marks inside or touching the region
+    assert set(wrong_ids(drawn, reg.ids).tolist()) <= under
+    assert reg.assigned >= drawn.present.size - len(under - {0})
+
+
 def test_pitch_differs_between_axes_and_mild_shear():
     drawn = draw(angle=6.0, pitch_y=PITCH * 1.04, shear=0.03, missing=[7, 8, 9])
     reg = register_mask(drawn.mask, rows=ROWS, cols=COLS)
