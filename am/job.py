@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -244,10 +245,31 @@ def _check_workers(backend: Backend, collector: _Collector, *, results: Queue, d
     if callable(tail):
         detail = "\nlast worker log lines:\n" + tail()
     still_cutting = "" if tracker.sealed else " (and more were still being cut)"
+    codes = getattr(backend.launcher, "exit_codes", None)
+    how = describe_exits(codes()) if callable(codes) else ""
     raise LauncherError(
-        f"all workers stopped while {len(tracker.pending)} tile(s) were pending{still_cutting}; "
-        f"finished tiles are kept, rerun the same command to resume{detail}"
+        f"all workers stopped while {len(tracker.pending)} tile(s) were pending{still_cutting}"
+        f"{'; ' + how if how else ''}; finished tiles are kept, rerun the same command to resume{detail}"
     )
+
+
+def describe_exits(codes: Sequence[int | None]) -> str:
+    """How the workers that did not exit cleanly ended, by number: a log that just stops says nothing
+    about a kill, so the code or signal is the only trace of it."""
+    parts = []
+    for number, code in enumerate(codes):
+        if code is None or code == 0:
+            continue
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            oom = " (the out-of-memory killer sends it)" if -code == signal.SIGKILL else ""
+            parts.append(f"worker {number} was killed by {name}{oom}")
+        else:
+            parts.append(f"worker {number} exited with {code}")
+    return ", ".join(parts)
 
 
 def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, dead_letters: Queue,

@@ -149,6 +149,7 @@ class Worker:
         self._crash: BaseException | None = None
         self._crash_lock = threading.Lock()
         self._idle_s = 0.0
+        self._waiting_for_held = False
         self._gave_back_on_stop = False
         self._senders: dict[str, ResultSender] = {}
         # Most tiles in a message of the last receive: sizes the next one (at first, ask for one message).
@@ -169,6 +170,7 @@ class Worker:
         """Work until idle, stopped or aborted; returns the process exit code (0 unless aborted or broken)."""
         self.stats = WorkerStats()
         self._idle_s = 0.0
+        self._waiting_for_held = False
         log.info("worker %s consuming %s (batch %d, %d batch(es) prefetched, visibility %d s, idle exit %.0f s)",
                  self.worker_id, self._queue.name, self._batch_size, self._prefetch_batches, self._visibility_s,
                  self._idle_exit_s)
@@ -267,8 +269,19 @@ class Worker:
         while not self._stopping.is_set():
             idle_left = self._idle_exit_s - self._idle_s
             if idle_left <= 0:
-                log.info("no messages for %.0f s: exiting", self._idle_exit_s)
-                return None
+                # Messages another worker holds come back if it dies, at their visibility timeout; a
+                # worker leaving before then could leave them to no one, so it waits that long at most.
+                patience_left = idle_left + self._visibility_s
+                held = self._held_elsewhere() if patience_left > 0 else 0
+                if not held:
+                    log.info("no messages for %.0f s: exiting", self._idle_s if self._waiting_for_held
+                             else self._idle_exit_s)
+                    return None
+                if not self._waiting_for_held:
+                    self._waiting_for_held = True
+                    log.info("no messages for %.0f s, but %d are held by other workers: waiting up to %d s "
+                             "more, in case theirs died", self._idle_exit_s, held, self._visibility_s)
+                idle_left = patience_left
             started, busy = time.monotonic(), len(self._lease) > 0
             received, work = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
             if not received:
@@ -278,6 +291,7 @@ class Worker:
                 self._idle_s = 0.0 if busy else self._idle_s + time.monotonic() - started
                 continue
             self._idle_s = 0.0
+            self._waiting_for_held = False
             if self._stopping.is_set():
                 # Received after the stop request: not "in hand" yet, so give it back.
                 self._release([t.received.receipt_handle for t in work], 0)
@@ -285,6 +299,10 @@ class Worker:
             if work:
                 return work
         return None
+
+    def _held_elsewhere(self) -> int:
+        """Messages of the tile queue in flight and not held by this worker (SQS's approximate count)."""
+        return max(0, self._queue.depth()["in_flight"] - len(self._lease))
 
     def _receive_batch(self, *, wait_s: int) -> tuple[list[Received], list[TileWork]]:
         """Messages carrying about batch_size tiles: one long poll, then short polls while they keep coming.

@@ -36,6 +36,26 @@ def test_worker_killed_mid_batch_its_tiles_come_back_and_the_mask_is_unchanged(t
     assert_nothing_left(run)
 
 
+def test_a_survivor_with_little_idle_patience_waits_for_the_tiles_a_killed_worker_held(tmp_path, tiny_model,
+                                                                                     predictor):
+    """Fault 1 with workers that leave after 2 s without work: the dead worker's tiles stay hidden for
+    up to a visibility timeout, and the survivor must not leave before they come back."""
+    dataset = make_dataset(tmp_path / "ds", {"g1": (1000, 1000)})
+    with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env={**BUSY, "AM_IDLE_EXIT_S": "2"}) as run:
+        victim, _log = run.wait_for_first_batch()
+        os.kill(victim, signal.SIGKILL)
+        # Worker logs go with the run's temporary folder: read the survivor's while it runs.
+        run.wait_until(lambda: any(pid != victim and log.is_file() and "are held by other workers: waiting up to "
+                                   f"{VISIBILITY_S} s more" in log.read_text(errors="replace")
+                                   for pid, log in run.workers().values()),
+                       timeout=60, what="the survivor waiting for the tiles the killed worker held")
+        assert run.wait(timeout=180) == 0, run.stderr[-4000:]
+
+    assert "121 tile(s) segmented" in run.stdout
+    assert_same_as_undisturbed(dataset, "g1", predictor)
+    assert_nothing_left(run)
+
+
 def test_all_workers_killed_the_job_fails_fast_naming_what_is_pending(tmp_path, tiny_model):
     """Fault 2 (local): with no worker alive the orchestrator stops waiting within seconds and says why."""
     dataset = make_dataset(tmp_path / "ds", {"g1": (500, 500)})
@@ -53,6 +73,8 @@ def test_all_workers_killed_the_job_fails_fast_naming_what_is_pending(tmp_path, 
     pending = re.search(r"all workers stopped while (\d+) tile\(s\) were pending", run.stderr)
     assert pending and int(pending.group(1)) > 0, run.stderr[-4000:]
     assert "rerun the same command to resume" in run.stderr
+    assert "worker 0 was killed by SIGKILL (the out-of-memory killer sends it)" in run.stderr
+    assert "worker 1 was killed by SIGKILL" in run.stderr
     assert not (dataset / "tiles_stitched" / "g1" / "mask.tiff").exists()
     assert_nothing_left(run)
 
