@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "am-segm-checkpoint"
 CHECKPOINT_VERSION = 1
+# Buffers kept in fp32 in a half-precision file: BatchNorm statistics, few and of large range.
+FP32_SUFFIXES = ("running_mean", "running_var")
 ARCHITECTURES = ("Unet",)
 
 
@@ -165,14 +167,19 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta, *, half
     """Write ``model``'s weights and ``meta`` to ``path`` atomically (temporary file, then rename).
 
     ``half=True`` stores floating-point tensors as fp16, halving the file; :func:`load_checkpoint`
-    converts them back to fp32. BatchNorm counters and other integer buffers stay as they are.
+    converts them back to fp32. BatchNorm counters and other integer buffers stay as they are, and
+    so do BatchNorm statistics and any tensor fp16 cannot hold: a running variance beyond fp16's
+    65504 (the shipped model's reaches 56576) would come back as inf and silence its channel.
     """
     path = Path(path)
     state = {}
     for key, tensor in model.state_dict().items():
         tensor = tensor.detach().to("cpu")
-        if half and tensor.is_floating_point():
-            tensor = tensor.half()
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"cannot save {path}: {key} holds inf or NaN (the training diverged)")
+        if half and tensor.is_floating_point() and not key.endswith(FP32_SUFFIXES):
+            halved = tensor.half()
+            tensor = halved if torch.isfinite(halved).all() else tensor
         state[key] = tensor.contiguous().clone()
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -220,6 +227,10 @@ def load_checkpoint(source: Path | bytes) -> tuple[ModelMeta, dict[str, torch.Te
     if not isinstance(raw_state, dict) or not all(isinstance(v, torch.Tensor) for v in raw_state.values()):
         raise CheckpointError(f"{name} has no state_dict of tensors")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in raw_state.items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(f"{name} holds inf or NaN in {len(broken)} tensor(s), first {broken[0]}: "
+                              "its model would give meaningless masks; train or export it again")
     _check_fits(meta, state, name)
     return meta, state
 

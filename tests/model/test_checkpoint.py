@@ -49,6 +49,38 @@ def test_half_storage_is_smaller_and_loads_as_fp32(tmp_path: Path) -> None:
             assert torch.equal(tensor, reference[key])
 
 
+def test_half_storage_keeps_what_fp16_cannot_hold(tmp_path: Path) -> None:
+    meta, model = _model()
+    state = model.state_dict()
+    bn = next(k for k in state if k.endswith("running_var"))
+    conv = next(k for k, v in state.items() if k.endswith(".weight") and v.ndim == 4)
+    with torch.no_grad():
+        state[bn][:4] = 7e4  # beyond fp16's 65504
+        state[conv].view(-1)[0] = 1e5
+    path = tmp_path / "half.pt"
+    save_checkpoint(path, model, meta, half=True)
+    raw = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert raw[bn].dtype == torch.float32 and raw[conv].dtype == torch.float32
+    assert sum(v.dtype == torch.float16 for v in raw.values()) > len(raw) / 2  # the rest is still halved
+    _, loaded = load_checkpoint(path)
+    assert torch.equal(loaded[bn], state[bn]) and loaded[conv].view(-1)[0] == 1e5
+
+
+def test_non_finite_weights_are_refused_on_save_and_on_load(tmp_path: Path) -> None:
+    meta, model = _model()
+    key = next(k for k, v in model.state_dict().items() if k.endswith(".weight") and v.ndim == 4)
+    with torch.no_grad():
+        model.state_dict()[key].view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match=f"{key} holds inf or NaN"):
+        save_checkpoint(tmp_path / "nan.pt", model, meta)
+    assert not (tmp_path / "nan.pt").exists()
+    payload = {"format": "am-segm-checkpoint", "version": 1, "meta": meta.to_dict(),
+               "state_dict": dict(model.state_dict())}
+    torch.save(payload, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match=r"foreign.pt holds inf or NaN in 1 tensor\(s\), first"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
 def test_load_from_bytes_and_load_model(tmp_path: Path) -> None:
     path = write_test_checkpoint(tmp_path / "tiny.pt", seed=3)
     meta_a, _ = load_checkpoint(path.read_bytes())
