@@ -201,6 +201,7 @@ def train(
         metrics_path(config.out).unlink(missing_ok=True)
     elif state_path(config.out).is_file():
         state = _load_state(state_path(config.out))
+        _check_same_run(state, config, state_path(config.out))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -258,7 +259,8 @@ def train(
             done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1})
             save_checkpoint(config.out, model, done, half=config.half)
         _save_state(state_path(config.out), model, optimizer, scheduler, epoch=epoch, best_score=best_score,
-                    best_epoch=best_epoch, best_metrics=best_metrics, history=history)
+                    best_epoch=best_epoch, best_metrics=best_metrics, history=history,
+                    options=config.meta(trained=False).training)
         if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
             log.warning("stopping after epoch %d: the %.0f-minute limit is reached", epoch + 1, config.max_minutes)
             break
@@ -380,6 +382,23 @@ def _load_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a training resume state; delete it to start afresh")
     return state
+
+
+def _check_same_run(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume a run with other options but its length: the learning rate and schedule come
+    back from the saved state whatever the command says, other data or another architecture would
+    make a run no command describes, and the checkpoint would record options it never used."""
+    saved = state.get("options")
+    if saved is None:  # written before resume states recorded their options
+        log.warning("resume state %s does not record its run's options; they cannot be checked", path)
+        return
+    asked = _plain(config.meta(trained=False).training)
+    # More epochs is how a finished or stopped run is taken further; everything else must match.
+    differ = sorted(k for k in set(saved) | set(asked) if k != "epochs" and saved.get(k) != asked.get(k))
+    if differ:
+        changes = "; ".join(f"{k} {saved.get(k)!r} -> {asked.get(k)!r}" for k in differ)
+        raise CheckpointError(f"resume state {path} belongs to a run with other options ({changes}): run the "
+                              f"same command to resume it, or delete {path} to start afresh")
 
 
 def _plain(value: Any) -> Any:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from am.errors import InputError
+from am.errors import CheckpointError, InputError
 from am.imageio import write_png
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
@@ -144,6 +144,13 @@ def test_train_writes_checkpoint_logs_and_resumes(tmp_path: Path, images: list[L
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert state_path(out).is_file()
+    # Other options would be ignored (the learning rate comes back from the state) or break the run.
+    for change, named in (({"lr": 0.5}, "lr 0.002 -> 0.5"), ({"decoder_channels": (32, 16, 8, 8, 8)}, "decoder"),
+                          ({"data_summary": {"synthetic": 5}}, "data")):
+        other = TrainConfig(**{**config.__dict__, **change, "epochs": 3, "resume": True})
+        with pytest.raises(CheckpointError, match=r"resume state .*m.resume belongs to a run with other options \("
+                                                  + named):
+            train(other, images[:3], images[3:])
     # Resume to a longer schedule: only the new epoch runs and the log grows.
     longer = TrainConfig(**{**config.__dict__, "epochs": 3, "resume": True, "keep_state": False})
     resumed = train(longer, images[:3], images[3:])
