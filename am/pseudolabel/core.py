@@ -2,7 +2,8 @@
 
 The original project's semi-supervised recipe, in four steps:
 
-1. train a small, strongly regularised model on the labelled crops only;
+1. train a small, strongly regularised model on the labelled crops only (with two or more, the
+   last is held out of every training and validates both models);
 2. predict the whole image with it (optionally averaged over mirrored and turned views, ``tta``);
 3. keep the confident pixels (probability >= ``high`` is a mark, <= ``low`` is background) and
    mark the rest unknown (loss weight 0), dropping confident marks too small to be real;
@@ -126,14 +127,23 @@ def pseudo_label(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     crops = crops_from_labels(image, labels)
+    # With two or more crops the last is held out of both trainings, so choosing each model's best
+    # epoch and the figures reported say how it does on marks it never learnt.
+    if len(crops) >= 2:
+        train_crops, valid_crops, held = crops[:-1], crops[-1:], labels[-1]
+        log.info("holding out the crop at x %d, y %d to validate both models", held.x, held.y)
+    else:
+        train_crops, valid_crops, held = crops, crops, None
+        log.warning("only one labelled crop: nothing is held out, so validation scores the crop both models "
+                    "train on; label a second crop for an honest figure")
     base = TrainConfig(out=out_dir / "small.pt", encoder=config.small_encoder, encoder_depth=config.small_depth,
                        decoder_channels=config.small_decoder, epochs=config.small_epochs,
                        steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size, crop=config.crop,
                        weight_decay=config.small_weight_decay, warmup_steps=min(50, config.steps_per_epoch),
                        seed=config.seed, threads=config.threads,
-                       data_summary={"pseudo_label": "step 1: labelled crops", "crops": len(crops)})
-    log.info("step 1: training the small model on %d labelled crops", len(crops))
-    train(base, crops, crops, progress=progress)
+                       data_summary={"pseudo_label": "step 1: labelled crops", "crops": len(train_crops)})
+    log.info("step 1: training the small model on %d labelled crop(s)", len(train_crops))
+    small_result = train(base, train_crops, valid_crops, progress=progress)
 
     log.info("step 2: predicting the whole %dx%d image", image.shape[1], image.shape[0])
     small = Predictor.from_checkpoint(out_dir / "small.pt", device=base.device or None, tta=config.tta)
@@ -150,14 +160,22 @@ def pseudo_label(
              cv2.connectedComponents((mask > 0).astype(np.uint8))[0] - 1)
 
     log.info("step 4: training the big model on the pseudo-labelled image")
-    whole = Labelled.from_arrays(image, mask, name="pseudo-labelled image", weight=known.astype(np.uint8))
+    learn = known.copy()
+    if held is not None:  # the held-out crop is not learnt from the whole image either
+        h, w = held.mask.shape
+        learn[held.y : held.y + h, held.x : held.x + w] = False
+    whole = Labelled.from_arrays(image, mask, name="pseudo-labelled image", weight=learn.astype(np.uint8))
     big = replace(base, out=out_dir / "model.pt", encoder=config.big_encoder, encoder_depth=config.big_depth,
                   decoder_channels=config.big_decoder, epochs=config.big_epochs, weight_decay=1e-4,
-                  data_summary={"pseudo_label": "step 4: pseudo-labelled image + crops", "crops": len(crops),
+                  data_summary={"pseudo_label": "step 4: pseudo-labelled image + crops", "crops": len(train_crops),
                                 "known_fraction": float(known.mean())})
-    result = train(big, [whole, *crops], crops, progress=progress)
+    result = train(big, [whole, *train_crops], valid_crops, progress=progress)
+    validated_on = f"held-out crop at x {held.x}, y {held.y}" if held is not None else \
+        "the one labelled crop, which both models trained on"
     summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-               "known_fraction": float(known.mean()), "big_model_validation": result.best_metrics}
+               "known_fraction": float(known.mean()),
+               "validation": {"on": validated_on, "small_model": small_result.best_metrics,
+                              "big_model": result.best_metrics}}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return PseudoResult(mask=mask, known=known, small_model=out_dir / "small.pt", model=out_dir / "model.pt",
                         summary=summary)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from am.imageio import read_image, write_png
+from am.model.checkpoint import load_checkpoint
 from am.pseudolabel.core import confident_labels
 from am.train.data import synthetic_images
 
@@ -51,6 +52,10 @@ def test_cli_runs_the_recipe(tmp_path: Path) -> None:
     assert (known[64:128, 96:160] == 255).all()
     summary = json.loads((out / "summary.json").read_text())
     assert 0 < summary["known_fraction"] <= 1 and summary["config"]["tta"] == "flips"
+    # The second crop (sorted by name) validates both models and neither learns it.
+    assert summary["validation"]["on"] == "held-out crop at x 96, y 64"
+    assert {"dice", "f1"} <= set(summary["validation"]["small_model"]) & set(summary["validation"]["big_model"])
+    assert load_checkpoint(out / "small.pt")[0].training["data"]["crops"] == 1
     bad = subprocess.run([*cmd[:4], "--labels", str(tmp_path), "--out", str(out)], cwd=REPO, capture_output=True,
                          text=True, check=False)
     assert bad.returncode == 1 and "X_Y.png" in bad.stderr
