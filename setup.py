@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "tenacity>=8.2",
     "tqdm>=4.66",
     "tifffile>=2023.7.10",
+    # LZW, JPEG, ZSTD... compressed TIFFs, as microscopes and image tools write them (tifffile reads only zlib alone).
+    "imagecodecs>=2024.1.1",
     "scipy>=1.11",
     # Watershed that cuts touching marks apart (am.model.separate).
     "scikit-image>=0.22",

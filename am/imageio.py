@@ -140,22 +140,38 @@ def _read_png(path: Path) -> np.ndarray:
     return image
 
 
+# TIFF photometric interpretations read specially (TIFF 6.0, tag 262).
+PHOTOMETRIC_MINISWHITE = 0
+PHOTOMETRIC_PALETTE = 3
+PHOTOMETRIC_SEPARATED = 5
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
-            n_pages = len(tif.pages)
-            if n_pages > 1:
+            # Reduced-resolution pages (thumbnails, pyramid levels) repeat the image: only full ones count.
+            pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]
+            if len(pages) != 1:
                 raise InputError(
-                    f"image {path} is a multi-page TIFF with {n_pages} image planes; am-segm reads one image "
-                    "per file: save the plane to segment as its own TIFF"
+                    f"image {path} is a multi-page TIFF with {len(pages)} full-size image planes; am-segm reads "
+                    "one image per file: save the plane to segment as its own TIFF"
                 )
-            page = tif.pages[0]
+            page = pages[0]
             _check_size(path, int(page.imagelength), int(page.imagewidth))
+            photometric = int(page.photometric)
+            if photometric == PHOTOMETRIC_SEPARATED:
+                raise InputError(f"image {path} is a CMYK TIFF; export it as grey or RGB")
             image = page.asarray()
             axes = page.axes
+            colormap = page.colormap if photometric == PHOTOMETRIC_PALETTE else None
+            bits = int(page.bitspersample)
     except InputError:
         raise
     except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
+        if "imagecodecs" in str(exc):
+            raise InputError(f"image {path} is compressed in a way that needs the imagecodecs package ({exc}); "
+                             "install am-segm's requirements again (pip install imagecodecs) or save the "
+                             "image uncompressed") from exc
         raise InputError(f"image {path} cannot be read as TIFF ({exc}); copy or export it again") from exc
     if axes == "SYX":
         # Planar (channel-first) storage: turn it into the usual (H, W, C).
@@ -164,6 +180,21 @@ def _read_tiff(path: Path) -> np.ndarray:
         raise InputError(
             f"image {path} holds a {image.ndim}-D stack (axes {axes}); save a single 2-D plane as its own TIFF"
         )
+    if photometric == PHOTOMETRIC_MINISWHITE and image.dtype != np.bool_:
+        # A grey image stored with 0 as white: turn it the usual way round, or dark marks would read as
+        # bright. One-bit images are masks, whose set bits mean "mark" however they are displayed
+        # (tifffile itself writes boolean arrays this way), so they are kept as stored.
+        if np.issubdtype(image.dtype, np.unsignedinteger):
+            top = image.dtype.type(min((1 << bits) - 1, np.iinfo(image.dtype).max))
+            image = np.subtract(top, image, out=image)  # in place: no full-size copy of a 20000 px image
+        else:
+            image = image.max() - image
+    elif colormap is not None and image.ndim == 2:
+        # Palette colour: the pixels are indices into the colour map, not intensities.
+        if image.max() >= colormap.shape[1]:
+            raise InputError(f"image {path} has palette indices beyond its {colormap.shape[1]}-entry colour map; "
+                             "export it as grey or RGB")
+        image = np.ascontiguousarray(np.moveaxis(colormap[:, image], 0, -1))
     return image
 
 

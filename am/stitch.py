@@ -37,7 +37,12 @@ def stitch_mask(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
         path = layout.tile_mask(group, tile.index)
         if not path.is_file():
             raise InputError(f"mask tile {path} is missing; rerun the same command to make it")
-        data = decode_png(path.read_bytes(), name=str(path))
+        try:
+            data = decode_png(path.read_bytes(), name=str(path))
+        except InputError as exc:
+            # A rerun trusts every mask file that exists, so only removing this one gets it made again.
+            raise InputError(f"mask tile {path} is damaged ({exc}); delete it and rerun the same command "
+                             "to make it again") from exc
         if data.shape != (plan.tile_size, plan.tile_size):
             raise InputError(f"mask tile {path} is {data.shape[1]}x{data.shape[0]}, not "
                              f"{plan.tile_size}x{plan.tile_size}; delete it and rerun to make it again")

@@ -223,8 +223,58 @@ def test_two_page_tiff(tmp_path: Path) -> None:
     with tifffile.TiffWriter(path) as tif:
         tif.write(np.zeros((8, 8), np.uint8))
         tif.write(np.ones((8, 8), np.uint8))
-    with pytest.raises(InputError, match="multi-page TIFF with 2 image planes"):
+    with pytest.raises(InputError, match="multi-page TIFF with 2 full-size image planes"):
         read_image(path)
+
+
+def test_a_tiff_thumbnail_page_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "with_thumbnail.tif"
+    image = RNG.integers(0, 256, (64, 48), dtype=np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image)
+        tif.write(image[::4, ::4], subfiletype=1)  # reduced-resolution copy
+    np.testing.assert_array_equal(read_image(path), image)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_tiff_stored_with_0_as_white_is_read_the_usual_way_round(tmp_path: Path, dtype) -> None:
+    path = tmp_path / "miniswhite.tif"
+    top = np.iinfo(dtype).max
+    stored = RNG.integers(0, top, (20, 30), dtype=dtype)
+    tifffile.imwrite(path, stored, photometric="miniswhite")
+    read = read_image(path)
+    assert read.dtype == dtype
+    np.testing.assert_array_equal(read, top - stored)
+
+
+def test_a_palette_tiff_is_read_as_its_colours(tmp_path: Path) -> None:
+    path = tmp_path / "palette.tif"
+    indices = RNG.integers(0, 256, (20, 30), dtype=np.uint8)
+    colormap = RNG.integers(0, 65536, (3, 256), dtype=np.uint16)
+    tifffile.imwrite(path, indices, photometric="palette", colormap=colormap)
+    read = read_image(path)
+    assert read.shape == (20, 30, 3) and read.dtype == np.uint16
+    np.testing.assert_array_equal(read, np.moveaxis(colormap[:, indices], 0, -1))
+
+
+def test_a_cmyk_tiff_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "cmyk.tif"
+    tifffile.imwrite(path, np.zeros((8, 8, 4), np.uint8), photometric="separated")
+    with pytest.raises(InputError, match=r"cmyk\.tif is a CMYK TIFF; export it as grey or RGB"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zstd", "jpeg"])
+def test_compressed_tiffs_as_microscopes_write_them(tmp_path: Path, compression: str) -> None:
+    path = tmp_path / f"{compression}.tif"
+    image = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
+    tifffile.imwrite(path, image, compression=compression)
+    read = read_image(path)
+    assert read.shape == image.shape
+    if compression == "jpeg":  # lossy
+        assert np.abs(read.astype(int) - image).max() <= 8
+    else:
+        np.testing.assert_array_equal(read, image)
 
 
 def test_volume_in_one_tiff_page(tmp_path: Path) -> None:

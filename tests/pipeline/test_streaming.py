@@ -24,7 +24,7 @@ import am.job
 import am.orchestrator
 from am.backends import Backend
 from am.dataset import DatasetLayout
-from am.errors import ConfigError, JobFailed, LauncherError
+from am.errors import ConfigError, InputError, JobFailed, LauncherError
 from am.imageio import read_image, write_png
 from am.job import TILES_PER_MESSAGE_AWS, TILES_PER_MESSAGE_LOCAL, Job, tiles_per_message
 from am.messages import TileMessage, TileResult, tiles_key
@@ -206,6 +206,20 @@ def test_rerun_reuses_every_tile_without_starting_a_backend_and_resumes_a_missin
     assert resumed.job is not None and resumed.job.tiles == 1 and resumed.tiles_reused == first.tiles - 1
     assert "normalise" not in deployment.events and deployment.events.count("enqueued 1") == 1
     assert deployment.events.count("start workers") == 1 and len(deployment.launchers[-1].workers) == 1
+
+
+def test_a_damaged_mask_tile_is_named_and_a_rerun_after_deleting_it_makes_it_again(deployment, tiny_model,
+                                                                                  tmp_path):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    first = _run(dataset, deployment, tiny_model, tmp_path)
+    damaged = DatasetLayout(dataset).tile_mask("g1", 4)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(InputError, match=r"mask tile .*0*4\.png is damaged \(.*\); delete it and rerun the same "
+                                         r"command to make it again"):
+        _run(dataset, deployment, tiny_model, tmp_path)
+    damaged.unlink()
+    again = _run(dataset, deployment, tiny_model, tmp_path)
+    assert again.job is not None and again.job.tiles == 1 and again.tiles_reused == first.tiles - 1
 
 
 def test_the_jobs_tta_reaches_the_workers_and_a_rerun_with_another_segments_again(deployment, tiny_model, tmp_path):
