@@ -26,7 +26,7 @@ def mask_overlay(source: np.ndarray, mask: np.ndarray, *, alpha: float = 0.35,
     if factor < 1.0:
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
         source = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST_EXACT)  # pixel centres, as INTER_AREA
         log.info("overlay drawn at %.2f of full size (%dx%d)", factor, size[0], size[1])
     out = cv2.cvtColor(source, cv2.COLOR_GRAY2BGR)
     # Tint in row blocks, in uint8: whole-image float copies would cost several GB on large masks.

@@ -100,7 +100,8 @@ def render_overview(
     h, w = registration.ids.shape
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     grey = source if scale == 1.0 else cv2.resize(source, size, interpolation=cv2.INTER_AREA)
-    ids = registration.ids if scale == 1.0 else cv2.resize(registration.ids, size, interpolation=cv2.INTER_NEAREST)
+    ids = registration.ids if scale == 1.0 else cv2.resize(registration.ids, size,
+                                                           interpolation=cv2.INTER_NEAREST_EXACT)
     return _draw(registration, grey, ids, centres=centres, offset=(0.0, 0.0), scale=scale,
                  every=landmark_step(registration))
 
