@@ -44,6 +44,8 @@ sample: $(DATASET)
 # with three times the out-of-focus blobs; 10 epochs at a low learning rate with the tissue
 # weighted evenly again and the extra blobs kept. It lands in runs/ (ignored by git): copy it to
 # am/models/default.pt only when benchmarks/model_quality.py shows it is better than the shipped one.
+# The shipped weights were trained before the training crops' labels were aligned with their
+# images (docs/model.md, "The runs of make model"): this recipe now trains on aligned labels.
 model: $(STAMP)
 	$(BIN)/python -m am.train --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 --epochs 50 \
 	  --steps-per-epoch 150 --batch-size 8 --crop 256 --lr 3e-3 --warmup-steps 200 --threads 2 --seed 0 \
