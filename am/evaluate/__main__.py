@@ -26,7 +26,7 @@ from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
 from am.normalize import read_normalised, to_grey
-from am.train.data import IMAGE_SUFFIXES, Labelled, split_files, synthetic_images
+from am.train.data import IMAGE_SUFFIXES, Labelled, find_mask, split_files, synthetic_images
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,8 +62,7 @@ def image_mask_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
         raise InputError(f"--images {images} and --masks {masks} must both be folders")
     pairs = []
     for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        mask_path = next((c for c in (masks / path.name, *(masks / (path.stem + s) for s in IMAGE_SUFFIXES))
-                          if c.is_file()), None)
+        mask_path = find_mask(path, masks)
         if mask_path is None:
             raise InputError(f"{path} has no mask of the same name in {masks}")
         pairs.append((path, mask_path))

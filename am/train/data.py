@@ -86,6 +86,12 @@ class LabelledFile:
         return Labelled.from_arrays(image, mask, name=self.name)
 
 
+def find_mask(source: Path, mask_dir: Path) -> Path | None:
+    """The mask of ``source`` in ``mask_dir``: the same file name, else the same stem with any image suffix."""
+    candidates = (mask_dir / source.name, *(mask_dir / (source.stem + suffix) for suffix in IMAGE_SUFFIXES))
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def split_files(root: Path, split: str) -> list[LabelledFile]:
     """Every image/mask pair under ``root/split/<dataset>/<group>/``, unread; raises InputError if
     there is none or an image has no mask, before anything is read."""
@@ -96,8 +102,7 @@ def split_files(root: Path, split: str) -> list[LabelledFile]:
     for source_dir in sorted(base.glob("*/*/source")):
         mask_dir = source_dir.parent / "mask"
         for source in sorted(p for p in source_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            candidates = [mask_dir / source.name, *(mask_dir / (source.stem + s) for s in IMAGE_SUFFIXES)]
-            mask_path = next((c for c in candidates if c.is_file()), None)
+            mask_path = find_mask(source, mask_dir)
             if mask_path is None:
                 raise InputError(f"{source} has no mask in {mask_dir}; every source image needs one of the same name")
             files.append(LabelledFile(source, mask_path, str(source.relative_to(root))))
