@@ -106,6 +106,11 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("version") == META_VERSION else None
 
 
+def _is_complete(meta: dict[str, Any]) -> bool:
+    """Whether a plan's tiles were all cut; plans written before the flag existed were written complete."""
+    return bool(meta.get("complete", True))
+
+
 def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """(height, width) after :func:`rescale`."""
     if scale == 1.0:
@@ -138,7 +143,7 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None,
            identity: dict[str, Any]) -> PreparedGroup | None:
     if meta is None or meta.get("identity") != identity or not layout.source_norm(group).is_file():
         return None
-    if not meta.get("complete", True):  # plans written before the flag existed were written complete
+    if not _is_complete(meta):
         return None
     plan = TilePlan.from_json(json.dumps(meta["plan"]))
     if not all(layout.tile_source(group, t.index).is_file() for t in plan.tiles):
@@ -203,7 +208,7 @@ class GroupTiler:
         self._identity = _identity(source_path, settings, self._model_id)
         earlier = _read_meta(layout.tile_plan(group))
         # Masks of a run that stopped while cutting this same input with these same settings are kept.
-        self._resuming = (earlier is not None and not earlier.get("complete", True)
+        self._resuming = (earlier is not None and not _is_complete(earlier)
                           and earlier.get("identity") == self._identity)
         # Anything derived from an older input must not survive to be mistaken for a result.
         stale_dirs = [layout.stitched_dir(group), layout.am_coords_dir(group)]
