@@ -243,7 +243,10 @@ def test_visible_labels_grow_the_footprint_and_leave_the_image_alone() -> None:
             near = cv2.dilate(own, np.ones((side, side), np.uint8)) > 0
             assert (near | ~((visible.ids == mark_id) & added)).all()
             beside = (cv2.dilate(own, cross) > 0) & ~kept
-            crowded = cv2.dilate(((plain.ids > 0) & (plain.ids != mark_id)).astype(np.uint8), np.ones((7, 7), np.uint8))
+            # Near another mark's pixels, drawn or labelled (the seam between abutting marks takes
+            # a drawn pixel from the truth, see keep_apart).
+            others = ((plain.ids > 0) & (plain.ids != mark_id)) | ((visible.ids > 0) & (visible.ids != mark_id))
+            crowded = cv2.dilate(others.astype(np.uint8), np.ones((7, 7), np.uint8))
             assert (visible.ids[beside & (crowded == 0)] == mark_id).all()
         np.testing.assert_array_equal(visible.mask == 255, visible.ids > 0)
         assert set(np.unique(visible.ids)) == set(np.unique(plain.ids))
@@ -311,6 +314,33 @@ def test_a_split_mark_is_one_mark_in_the_truth() -> None:
     gap = (visible.ids > 0) & (drawn.ids == 0) & _deep_inside(visible.ids > 0)
     assert gap.any()
     assert visible.image[gap].mean() < visible.image[drawn.ids > 0].mean()
+
+
+def test_abutting_marks_are_separate_objects_in_the_truth() -> None:
+    """Marks drawn edge to edge (stacked "C" marks, close crescents) stay one object each in the
+    0/255 mask, so object counts and F1 on synthetic data count marks, not clusters of them."""
+    import cv2
+
+    from am.synth.render import keep_apart
+
+    ids = np.zeros((8, 12), np.uint16)
+    ids[2:6, 1:5] = 3
+    ids[2:6, 5:8] = 2  # shares an edge with mark 3
+    ids[6:8, 8:11] = 5  # touches mark 2 at one corner only
+    apart = keep_apart(ids)
+    count, labels = cv2.connectedComponents((apart > 0).astype(np.uint8), connectivity=8)
+    assert count - 1 == 3
+    assert (apart[ids == 2] == 2).all()  # the smallest id keeps every pixel
+    assert (apart[2:6, 4] == 0).all() and (apart[2:6, 1:4] == 3).all()  # a 1 px seam, nothing more
+    assert apart[6, 8] == 0 and (apart == 5).sum() == (ids == 5).sum() - 1
+    np.testing.assert_array_equal(keep_apart(np.zeros((3, 3), np.uint16)), 0)
+    # Rendered scenes at a pitch where marks abut (34 components held two or more marks before the
+    # seam): no 8-connected component of the mask holds two marks.
+    for seed in range(6):
+        scene = _scene(seed, pitch=22.0, mark_radius=11.5, jitter=0.05, missing=0.0)
+        count, labels = cv2.connectedComponents(scene.mask, connectivity=8)
+        for component in range(1, count):
+            assert len(np.unique(scene.ids[labels == component])) == 1
 
 
 def _deep_inside(mask: np.ndarray) -> np.ndarray:
