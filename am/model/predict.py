@@ -22,6 +22,8 @@ The fast path is the only path; what differs by device is the arithmetic:
   compiles again); other shapes run uncompiled;
 - ``tta`` ("flips" or "d4", per predictor or per call) averages the probabilities of 4 or 8
   mirrored and turned views (:mod:`am.model.tta`), at 4 or 8 times the compute;
+- large areas of one grey level (zero fill, clipped glare: :mod:`am.model.flat`) are blanked
+  before the masks are made: the model's answer there means nothing;
 - where the checkpoint asks for more than a threshold (touching marks cut apart, specks dropped:
   :mod:`am.model.masks`), the probabilities come back instead of the masks and the host makes
   the masks; behind a GPU the tiles of a batch share a thread pool.
@@ -44,6 +46,7 @@ from am.cli import COMPILE_MODES, PRECISIONS
 from am.errors import CheckpointError, InputError
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
+from am.model.flat import flat_areas
 from am.model.masks import mask_from_proba
 from am.model.memory import retain_freed_memory
 from am.model.tta import averaged, views
@@ -290,7 +293,9 @@ class Predictor:
             for start in range(0, tiles.shape[0], self._batch_size):
                 chunk = tiles[start : start + self._batch_size]
                 x = self._to_device(chunk)
-                out[start : start + len(chunk)] = self._proba(x, len(chunk), tta).cpu().numpy()
+                proba = self._proba(x, len(chunk), tta).cpu().numpy()
+                proba[flat_areas(chunk)] = 0.0
+                out[start : start + len(chunk)] = proba
         return out
 
     def _tta_for(self, tta: str | None) -> str:
@@ -310,14 +315,17 @@ class Predictor:
             if self._postprocess:
                 proba = self._proba(x, n, tta).numpy()
                 computed = time.perf_counter()
+                proba[flat_areas(chunk)] = 0.0
                 masks = self._postprocessed(proba)
                 times.add(PredictTimes(tiles=n, h2d=moved - start, compute=computed - moved,
                                        postprocess=time.perf_counter() - computed))
                 return masks
-            mask = self._threshold(self._proba(x, n, tta))
+            mask = self._threshold(self._proba(x, n, tta)).numpy()
             done = time.perf_counter()
-            times.add(PredictTimes(tiles=n, h2d=moved - start, compute=done - moved))
-            return mask.numpy()
+            mask[flat_areas(chunk)] = 0
+            times.add(PredictTimes(tiles=n, h2d=moved - start, compute=done - moved,
+                                   postprocess=time.perf_counter() - done))
+            return mask
         events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         events[0].record()
         x = self._to_device(chunk)
@@ -329,7 +337,9 @@ class Predictor:
             events[3].record()
             events[3].synchronize()
             started = time.perf_counter()
-            masks = self._postprocessed(host_proba.numpy())
+            host = host_proba.numpy()
+            host[flat_areas(chunk)] = 0.0
+            masks = self._postprocessed(host)
             h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(3))
             times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute, d2h=d2h,
                                    postprocess=time.perf_counter() - started))
@@ -340,9 +350,12 @@ class Predictor:
         host.copy_(mask, non_blocking=True)
         events[3].record()
         events[3].synchronize()
+        started = time.perf_counter()
+        masks = host.numpy().copy()
+        masks[flat_areas(chunk)] = 0
         h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(3))
-        times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute, d2h=d2h))
-        return host.numpy().copy()
+        times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute, d2h=d2h, postprocess=time.perf_counter() - started))
+        return masks
 
     def _postprocessed(self, proba: np.ndarray) -> np.ndarray:
         """0/255 masks (n, H, W) from host probabilities (n, H, W), as the checkpoint asks.
