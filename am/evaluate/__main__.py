@@ -3,13 +3,17 @@
 Prints Dice, IoU and object precision/recall/F1 (IoU >= 0.5 matching) per image and overall,
 at the checkpoint's own threshold. ``--side-by-side DIR`` writes image | truth | prediction |
 errors panels for a person to look at. Exit code 0 when the evaluation ran, whatever the scores.
+Images of ``--images`` are named by their stems, or by their file names where two share a stem
+(``a.png`` and ``a.tif``), so each keeps its own row, JSON entry and panel.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -21,6 +25,7 @@ from am.errors import InputError
 from am.evaluate.lost import LostMarks
 from am.evaluate.metrics import Scores
 from am.evaluate.run import evaluate, table
+from am.files import write_atomic
 from am.imageio import read_image
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
@@ -71,9 +76,39 @@ def image_mask_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_pair(image: Path, mask: Path) -> Labelled:
-    """An image normalised like the pipeline's input, and its mask."""
-    return Labelled.from_arrays(read_normalised(image), to_grey(read_image(mask), name=str(mask)), name=image.stem)
+def image_names(paths: list[Path]) -> list[str]:
+    """A distinct name per image of one folder: its stem, or its whole file name where stems clash.
+
+    ``a.png`` and ``a.tif`` would otherwise share one JSON entry and one side-by-side PNG; names
+    stay plain stems wherever no other image claims the same one.
+    """
+    names = [path.stem for path in paths]
+    while True:
+        counts = Counter(names)
+        clashing = [i for i, name in enumerate(names) if counts[name] > 1 and name != paths[i].name]
+        if not clashing:
+            return names
+        for i in clashing:  # file names in one folder are distinct, so this ends
+            names[i] = paths[i].name
+
+
+def read_pair(image: Path, mask: Path, name: str | None = None) -> Labelled:
+    """An image normalised like the pipeline's input, and its mask, named ``name`` (default: the image's stem)."""
+    return Labelled.from_arrays(read_normalised(image), to_grey(read_image(mask), name=str(mask)),
+                                name=image.stem if name is None else name)
+
+
+def output_problem(path: Path, *, folder: bool) -> str | None:
+    """Why ``path`` cannot be written as an output folder (``folder``) or file, or None if it can.
+
+    Checked before any work, so a bad --json or --side-by-side does not fail after the whole evaluation.
+    """
+    if path.exists() and path.is_dir() != folder:
+        return f"{path} is {'a file' if folder else 'a folder'}; give a {'folder' if folder else 'file'} path"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, so {path} cannot be made"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --data, --synthetic N or --images/--masks")
     if args.size % 32 or args.size < 64:
         p.error("--size must be a multiple of 32 and at least 64")
+    if not (_positive(args.pitch_min) and _positive(args.pitch_max) and args.pitch_min <= args.pitch_max):
+        p.error(f"--pitch-min {args.pitch_min} and --pitch-max {args.pitch_max} must be > 0 with min <= max")
+    if not _positive(args.scale):
+        p.error(f"--scale must be > 0, got {args.scale}")
+    for option, path, folder in (("--json", args.json, False), ("--side-by-side", args.side_by_side, True)):
+        problem = None if path is None else output_problem(path, folder=folder)
+        if problem is not None:
+            p.error(f"{option}: {problem}")
     return run_main(partial(_evaluate, args), name="am.evaluate")
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -94,13 +141,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     # are then read one at a time, so full-size labelled images are not all held at once.
     files = split_files(args.data, args.split) if args.data is not None else []
     pairs = image_mask_pairs(args.images, args.masks) if args.images is not None else []
+    pair_names = image_names([image for image, _ in pairs])
     synthetic = synthetic_images(count=args.synthetic, size=args.size, seed=args.seed,
                                  pitch_range=(args.pitch_min, args.pitch_max)) if args.synthetic > 0 else []
 
     def items() -> Iterator[Labelled]:
         yield from (f.read() for f in files)
-        yield from (read_pair(image, mask) for image, mask in pairs)
+        yield from (read_pair(image, mask, name) for (image, mask), name in zip(pairs, pair_names, strict=True))
         yield from synthetic
+
+    names = Counter([f.name for f in files] + pair_names + [s.name for s in synthetic])
+    repeated = sorted(name for name, count in names.items() if count > 1)
+    if repeated:
+        raise InputError(f"more than one image is named {', '.join(repeated)}; their scores would be reported "
+                         "as one: give the images distinct names")
 
     total = len(files) + len(pairs) + len(synthetic)
     model = args.model or default_model_path()
@@ -114,12 +168,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(table(results))
     if args.json is not None:
         pooled = Scores.combine([r.scores for r in results])
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         lost = LostMarks.combine([r.lost for r in results])
-        args.json.write_text(json.dumps({"model": str(model), "tta": args.tta, "overall": pooled.as_dict(),
-                                         "lost": lost.as_dict(),
-                                         "images": {r.name: {**r.scores.as_dict(), "lost": r.lost.as_dict()}
-                                                    for r in results}}, indent=1))
+        write_atomic(args.json, json.dumps({"model": str(model), "tta": args.tta, "overall": pooled.as_dict(),
+                                            "lost": lost.as_dict(),
+                                            "images": {r.name: {**r.scores.as_dict(), "lost": r.lost.as_dict()}
+                                                       for r in results}}, indent=1).encode())
     return 0
 
 

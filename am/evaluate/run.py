@@ -48,10 +48,14 @@ def evaluate(
 ) -> list[ImageResult]:
     """Score every item; with ``side_by_side`` also write ``<name>.png`` panels there.
 
+    Names are made safe for a file name (``/`` becomes ``_``); one that is then taken by an earlier
+    image gets ``-2``, ``-3``... so that no panel overwrites another.
+
     ``items`` may be a generator that reads each image when it is reached; with ``keep_predicted``
     False no mask outlives its image's turn, so a folder of full-size images costs one image's memory.
     """
     results = []
+    panel_names: set[str] = set()
     iterable: Iterable[Labelled] = items if progress is None else progress(items)
     for item in iterable:
         predicted = predict_image_mask(predictor, item.image, tile_size=tile_size, scale=scale)
@@ -60,7 +64,11 @@ def evaluate(
         result = ImageResult(item.name, scores, predicted if keep_predicted else None, account(found))
         results.append(result)
         if side_by_side is not None:
-            write_png(Path(side_by_side) / (_safe(item.name) + ".png"), panels(item.image, item.mask, predicted))
+            panel = _unique(_safe(item.name), panel_names)
+            if panel != _safe(item.name):
+                log.warning("side-by-side: %s.png is taken by an earlier image, so %s is written as %s.png",
+                            _safe(item.name), item.name, panel)
+            write_png(Path(side_by_side) / (panel + ".png"), panels(item.image, item.mask, predicted))
     return results
 
 
@@ -100,6 +108,16 @@ def table(results: list[ImageResult]) -> str:
 def _row(name: str, s: Scores) -> str:
     return (f"{name:<40} {s.dice:6.4f} {s.iou:6.4f} {s.precision:6.4f} {s.recall:6.4f} {s.f1:6.4f} "
             f"{s.true_objects:5d} {s.predicted_objects:5d}")
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... if taken: two images must never share one panel file."""
+    candidate, number = name, 1
+    while candidate in used:
+        number += 1
+        candidate = f"{name}-{number}"
+    used.add(candidate)
+    return candidate
 
 
 def _safe(name: str) -> str:

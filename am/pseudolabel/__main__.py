@@ -6,7 +6,8 @@ pixel is column X, row Y, and has the size of the mask. The command trains a sma
 model on those crops, predicts the whole image, keeps the confident pixels, trains a bigger
 model on the result and writes to ``--out``: ``pseudo_mask.png``, ``known.png`` (where the
 pseudo-labels are trusted), ``overlay.png`` (for a person to check), ``small.pt``, ``model.pt``
-and ``summary.json``.
+and ``summary.json``. They replace an earlier run's only once all four steps succeeded: a run
+that fails leaves ``--out`` as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from am.errors import InputError
 from am.imageio import read_image
 from am.messages import TTA_MODES
 from am.normalize import read_normalised, to_grey
-from am.pseudolabel.core import CropLabel, PseudoConfig, pseudo_label
+from am.pseudolabel.core import CropLabel, PseudoConfig, check_out_dir, pseudo_label
 
 LABEL_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
 
@@ -78,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--crop must be a multiple of 32 and at least 64")
     if not 0 <= args.low < args.high <= 1:
         p.error("--low and --high must satisfy 0 <= low < high <= 1")
+    for option in ("small_epochs", "big_epochs", "steps_per_epoch", "batch_size"):
+        if getattr(args, option) < 1:
+            p.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    try:
+        check_out_dir(args.out)
+    except InputError as exc:
+        p.error(str(exc))
     config = PseudoConfig(small_encoder=args.small_encoder, big_encoder=args.big_encoder,
                           small_epochs=args.small_epochs, big_epochs=args.big_epochs,
                           steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, crop=args.crop,

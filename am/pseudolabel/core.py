@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from am.errors import InputError
+from am.errors import CheckpointError, InputError
 from am.imageio import write_png
 from am.model.predict import Predictor
 from am.model.whole import predict_image_proba
@@ -34,6 +36,13 @@ from am.train.data import Labelled
 from am.train.loop import TrainConfig, train
 
 log = logging.getLogger(__name__)
+
+# Hidden folder inside the output folder where a run is made before it is moved into place.
+STAGING_NAME = ".pseudolabel.partial"
+# Every file a run may leave in the output folder (models, their training records, masks, summary).
+OUTPUTS = ("pseudo_mask.png", "known.png", "overlay.png", "summary.json",
+           *(f"{model}{suffix}" for model in ("small", "model")
+             for suffix in (".pt", ".metrics.csv", ".metrics.json", ".resume")))
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,56 @@ def confident_labels(proba: np.ndarray, *, low: float, high: float, min_mark_px:
     return marks * np.uint8(255), known
 
 
+def check_config(config: PseudoConfig) -> None:
+    """Raise InputError for settings that would fail or train nothing, before any work.
+
+    Both models' encoders and architectures are checked here: finding a bad big model only at
+    step 4 would cost the whole small-model training first.
+    """
+    for name in ("small_epochs", "big_epochs", "steps_per_epoch", "batch_size"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
+    if config.crop < 64 or config.crop % 32:
+        raise InputError(f"crop {config.crop} must be a multiple of 32 and at least 64")
+    if not 0.0 <= config.low < config.high <= 1.0:
+        raise InputError(f"confidence bounds must satisfy 0 <= low < high <= 1, got {config.low}, {config.high}")
+    models = {"small": _small_config(config, Path("small.pt"), crops=0),
+              "big": _big_config(config, Path("model.pt"), crops=0, known_fraction=0.0)}
+    for which, model in models.items():
+        try:
+            model.meta(trained=False)
+        except CheckpointError as exc:
+            raise InputError(f"the {which} model: {exc}") from exc
+
+
+def _small_config(config: PseudoConfig, out: Path, *, crops: int) -> TrainConfig:
+    return TrainConfig(out=out, encoder=config.small_encoder, encoder_depth=config.small_depth,
+                       decoder_channels=config.small_decoder, epochs=config.small_epochs,
+                       steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size, crop=config.crop,
+                       weight_decay=config.small_weight_decay, warmup_steps=min(50, config.steps_per_epoch),
+                       seed=config.seed, threads=config.threads,
+                       data_summary={"pseudo_label": "step 1: labelled crops", "crops": crops})
+
+
+def _big_config(config: PseudoConfig, out: Path, *, crops: int, known_fraction: float) -> TrainConfig:
+    return replace(_small_config(config, out, crops=crops),
+                   encoder=config.big_encoder, encoder_depth=config.big_depth, decoder_channels=config.big_decoder,
+                   epochs=config.big_epochs, weight_decay=1e-4,
+                   data_summary={"pseudo_label": "step 4: pseudo-labelled image + crops", "crops": crops,
+                                 "known_fraction": known_fraction})
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Raise InputError if ``out_dir`` cannot be the output folder (it, or a folder above it, is a file)."""
+    out_dir = Path(out_dir)
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"output folder {out_dir}: {folder} is a file; give a folder for --out")
+            return
+
+
 def pseudo_label(
     image: np.ndarray,
     labels: list[CropLabel],
@@ -119,14 +178,38 @@ def pseudo_label(
     config: PseudoConfig = PseudoConfig(),
     progress: Callable[[Iterable, int, str], Iterable] | None = None,
 ) -> PseudoResult:
-    """Run the four steps on a normalised uint8 ``image``; writes models, masks and an overlay to ``out_dir``."""
+    """Run the four steps on a normalised uint8 ``image``; writes models, masks and an overlay to ``out_dir``.
+
+    Everything is made in a staging folder inside ``out_dir`` and moved into place only when all
+    four steps succeeded: a failed run leaves the previous run's outputs as they were, never a mix
+    of two runs, and no step reads a checkpoint this run did not write.
+    """
     if image.ndim != 2 or image.dtype != np.uint8:
         raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
     if not labels:
         raise InputError("pseudo-labelling needs at least one labelled crop")
+    check_config(config)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir)
     crops = crops_from_labels(image, labels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = out_dir / STAGING_NAME
+    if stage.exists():
+        log.info("removing %s, left by an unfinished earlier run", stage)
+        shutil.rmtree(stage)
+    stage.mkdir()
+    try:
+        summary, mask, known = _run(image, labels, crops, stage, config, progress)
+        _move_into_place(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return PseudoResult(mask=mask, known=known, small_model=out_dir / "small.pt", model=out_dir / "model.pt",
+                        summary=summary)
+
+
+def _run(image: np.ndarray, labels: list[CropLabel], crops: list[Labelled], out_dir: Path, config: PseudoConfig,
+         progress: Callable[[Iterable, int, str], Iterable] | None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The four steps, writing every output to the (fresh, empty) folder ``out_dir``."""
     # With two or more crops the last is held out of both trainings, so choosing each model's best
     # epoch and the figures reported say how it does on marks it never learnt.
     if len(crops) >= 2:
@@ -136,17 +219,13 @@ def pseudo_label(
         train_crops, valid_crops, held = crops, crops, None
         log.warning("only one labelled crop: nothing is held out, so validation scores the crop both models "
                     "train on; label a second crop for an honest figure")
-    base = TrainConfig(out=out_dir / "small.pt", encoder=config.small_encoder, encoder_depth=config.small_depth,
-                       decoder_channels=config.small_decoder, epochs=config.small_epochs,
-                       steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size, crop=config.crop,
-                       weight_decay=config.small_weight_decay, warmup_steps=min(50, config.steps_per_epoch),
-                       seed=config.seed, threads=config.threads,
-                       data_summary={"pseudo_label": "step 1: labelled crops", "crops": len(train_crops)})
+    base = _small_config(config, out_dir / "small.pt", crops=len(train_crops))
     log.info("step 1: training the small model on %d labelled crop(s)", len(train_crops))
     small_result = train(base, train_crops, valid_crops, progress=progress)
+    _check_written(base.out, "small")
 
     log.info("step 2: predicting the whole %dx%d image", image.shape[1], image.shape[0])
-    small = Predictor.from_checkpoint(out_dir / "small.pt", device=base.device or None, tta=config.tta)
+    small = Predictor.from_checkpoint(base.out, device=base.device or None, tta=config.tta)
     proba = predict_image_proba(small, image)
     mask, known = confident_labels(proba, low=config.low, high=config.high, min_mark_px=config.min_mark_px)
     for crop, label in zip(crops, labels, strict=True):  # a person's labels beat the model's
@@ -165,11 +244,9 @@ def pseudo_label(
         h, w = held.mask.shape
         learn[held.y : held.y + h, held.x : held.x + w] = False
     whole = Labelled.from_arrays(image, mask, name="pseudo-labelled image", weight=learn.astype(np.uint8))
-    big = replace(base, out=out_dir / "model.pt", encoder=config.big_encoder, encoder_depth=config.big_depth,
-                  decoder_channels=config.big_decoder, epochs=config.big_epochs, weight_decay=1e-4,
-                  data_summary={"pseudo_label": "step 4: pseudo-labelled image + crops", "crops": len(train_crops),
-                                "known_fraction": float(known.mean())})
+    big = _big_config(config, out_dir / "model.pt", crops=len(train_crops), known_fraction=float(known.mean()))
     result = train(big, [whole, *train_crops], valid_crops, progress=progress)
+    _check_written(big.out, "big")
     validated_on = f"held-out crop at x {held.x}, y {held.y}" if held is not None else \
         "the one labelled crop, which both models trained on"
     summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
@@ -177,8 +254,27 @@ def pseudo_label(
                "validation": {"on": validated_on, "small_model": small_result.best_metrics,
                               "big_model": result.best_metrics}}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return PseudoResult(mask=mask, known=known, small_model=out_dir / "small.pt", model=out_dir / "model.pt",
-                        summary=summary)
+    return summary, mask, known
+
+
+def _check_written(checkpoint: Path, which: str) -> None:
+    """Training keeps an epoch only when its validation score improves; with none kept there is no model to use."""
+    if not checkpoint.is_file():
+        raise CheckpointError(f"training the {which} model saved no checkpoint (no epoch had a usable validation "
+                              "score); check the labels and train for more steps")
+
+
+def _move_into_place(stage: Path, out_dir: Path) -> None:
+    """Replace the previous run's outputs by this run's: summary.json goes first and comes back last, so a
+    folder with a summary always holds the models and masks that summary describes."""
+    (out_dir / "summary.json").unlink(missing_ok=True)
+    made = {path.name for path in stage.iterdir()}
+    for name in sorted(set(OUTPUTS) - made):  # an earlier run's file this run does not make
+        (out_dir / name).unlink(missing_ok=True)
+    for name in sorted(made - {"summary.json"}):
+        os.replace(stage / name, out_dir / name)
+    os.replace(stage / "summary.json", out_dir / "summary.json")
+    log.info("wrote %s to %s", ", ".join(sorted(made)), out_dir)
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, known: np.ndarray) -> np.ndarray:

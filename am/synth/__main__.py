@@ -7,6 +7,7 @@ them; ``tiles`` writes normalised training images and masks in the original trai
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from functools import partial
@@ -66,13 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--labels", choices=LABELS, default="visible",
                     help="visible: a mark's label reaches as far as the mark shows (default); "
                          "footprint: exactly the drawn pixels; margin: the visible extent rounded up to whole pixels")
+    tl.add_argument("--force", action="store_true", help="replace the group folder if it already holds tiles")
     return parser
 
 
 def _tiles(args: argparse.Namespace) -> int:
     folder = write_tiles(args.dir, count=args.count, size=args.size, seed=args.seed, split=args.split,
                          group=args.group, pitch_range=(args.pitch_min, args.pitch_max), labels=args.labels,
-                         progress=lambda it: tqdm(it, total=args.count, desc="tiles", unit="img"))
+                         force=args.force, progress=lambda it: tqdm(it, total=args.count, desc="tiles", unit="img"))
     print(f"wrote {args.count} images and masks to {folder}")
     return 0
 
@@ -83,12 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tiles":
         if args.count < 1 or args.size < 32 or args.size % 32:
             parser.error(f"--count must be >= 1 and --size a multiple of 32, got {args.count} and {args.size}")
-        if not 0 < args.pitch_min <= args.pitch_max:
+        if not (_is_pitch(args.pitch_min) and _is_pitch(args.pitch_max) and args.pitch_min <= args.pitch_max):
             parser.error(f"--pitch-min {args.pitch_min} must be > 0 and <= --pitch-max {args.pitch_max}")
-    elif args.rows < 1 or args.cols < 1 or args.groups < 1:
-        parser.error(f"--rows, --cols and --groups must be >= 1, got {args.rows}, {args.cols}, {args.groups}")
+    else:
+        if args.rows < 1 or args.cols < 1 or args.groups < 1:
+            parser.error(f"--rows, --cols and --groups must be >= 1, got {args.rows}, {args.cols}, {args.groups}")
+        if args.pitch is not None and not _is_pitch(args.pitch):
+            parser.error(f"--pitch must be a number of pixels > 0, got {args.pitch}")
     configure_logging(args.log_level)
     return run_main(partial(_dataset if args.command == "dataset" else _tiles, args), name="am.synth")
+
+
+def _is_pitch(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 def _dataset(args: argparse.Namespace) -> int:

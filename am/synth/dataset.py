@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -29,10 +28,17 @@ from am.imageio import write_png, write_tiff
 from am.normalize import normalize
 from am.synth.lattice import Lattice
 from am.synth.render import Scene, Style, random_style, render, to_bit_depth
+from am.synth.staging import staging, swap_in
 
 log = logging.getLogger(__name__)
 
 DEMO_PITCH_RANGE = (30.0, 45.0)
+# ids.png is 16-bit: a grid may hold at most this many marks (id 0 is background).
+MAX_MARKS = int(np.iinfo(np.uint16).max)
+# Largest image a dataset group may have, in pixels.
+MAX_PIXELS = 400e6
+# Hidden folder inside a dataset or training root where output is built before it is swapped in.
+STAGING_NAME = ".synth.partial"
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ def demo_style(rng: np.random.Generator, *, pitch: float | None = None) -> Style
 UNEVEN_ROW_CLEARANCE = 2.6
 
 
-def dataset_scene(
+def dataset_layout(
     *,
     rows: int,
     cols: int,
@@ -86,16 +92,18 @@ def dataset_scene(
     style: Style,
     margin: float | None = None,
     uneven_rows: bool = False,
-) -> Scene:
-    """Render a whole acquisition of ``rows`` x ``cols`` marks with a margin of tissue around it.
+) -> tuple[Lattice, int, int]:
+    """The lattice and image size of :func:`dataset_scene`, without drawing anything.
 
-    ``uneven_rows`` spaces the rows unevenly and slides each along itself, as the real
-    ``tile_b`` shows (:meth:`Lattice.with_uneven_rows`); the image grows to hold them. Those
-    draws come from a stream of their own, so the rest of the scene is that of the same seed.
+    Cheap, so that every group of a dataset can be checked before the first is rendered; raises
+    InputError for a grid whose ids do not fit ``ids.png`` or whose image is too large to make.
     """
     if rows < 1 or cols < 1:
         raise InputError(f"rows and cols must be >= 1, got {rows} x {cols}")
-    rng = np.random.default_rng(seed)
+    if rows * cols > MAX_MARKS:
+        raise InputError(f"a {rows} x {cols} grid has {rows * cols} marks, but ids.png holds at most {MAX_MARKS} "
+                         "(16-bit ids); ask for fewer rows or columns")
+    check_pitch(style.pitch)
     pitch_x, pitch_y = style.pitch, style.pitch * style.pitch_ratio
     margin = 2.0 * max(pitch_x, pitch_y) if margin is None else float(margin)
     theta = math.radians(abs(style.angle_deg))
@@ -114,10 +122,36 @@ def dataset_scene(
         width, height = (int(v) for v in np.ceil(high - low + 2 * margin))
         lattice = replace(lattice, origin_x=lattice.origin_x + margin - float(low[0]),
                           origin_y=lattice.origin_y + margin - float(low[1]))
-    if width * height > 400e6:
+    if width * height > MAX_PIXELS:
         raise InputError(f"a {rows} x {cols} grid at pitch {pitch_x:.0f} px makes a {width} x {height} image; "
                          "that is too large to generate here")
-    return render(lattice, style, width=width, height=height, rng=rng)
+    return lattice, width, height
+
+
+def dataset_scene(
+    *,
+    rows: int,
+    cols: int,
+    seed: int,
+    style: Style,
+    margin: float | None = None,
+    uneven_rows: bool = False,
+) -> Scene:
+    """Render a whole acquisition of ``rows`` x ``cols`` marks with a margin of tissue around it.
+
+    ``uneven_rows`` spaces the rows unevenly and slides each along itself, as the real
+    ``tile_b`` shows (:meth:`Lattice.with_uneven_rows`); the image grows to hold them. Those
+    draws come from a stream of their own, so the rest of the scene is that of the same seed.
+    """
+    lattice, width, height = dataset_layout(rows=rows, cols=cols, seed=seed, style=style, margin=margin,
+                                            uneven_rows=uneven_rows)
+    return render(lattice, style, width=width, height=height, rng=np.random.default_rng(seed))
+
+
+def check_pitch(pitch: float) -> None:
+    """Raise InputError unless ``pitch`` is a usable grid pitch: a finite number of pixels above 0."""
+    if not (math.isfinite(pitch) and pitch > 0):
+        raise InputError(f"pitch must be a number of pixels > 0, got {pitch}")
 
 
 def write_dataset(
@@ -137,40 +171,67 @@ def write_dataset(
 
     ``uneven_rows`` draws rows unevenly spaced and slid along themselves (see :func:`dataset_scene`).
 
-    Refuses to write into an existing dataset (a ``source`` folder) unless ``force``, which
-    first removes the old ``source`` and ``truth`` folders so no stale group survives.
+    Refuses to write into an existing dataset (a ``source`` or ``truth`` folder) unless ``force``.
+    Every group is checked before the first is drawn, and the dataset is built in a staging
+    folder that replaces ``source`` and ``truth`` only once complete: a run that fails leaves the
+    previous dataset as it was, and a forced one leaves no stale group behind.
     """
     root = Path(root)
     if bit_depth not in (8, 16):
         raise InputError(f"--bit-depth must be 8 or 16, got {bit_depth}")
     if groups < 1:
         raise InputError(f"--groups must be >= 1, got {groups}")
-    if (root / "source").exists():
-        if not force:
-            raise InputError(f"{root} already holds a dataset (source/ exists); pass --force to replace it")
+    if pitch is not None:
+        check_pitch(pitch)
+    existing = [sub for sub in ("source", "truth") if (root / sub).exists()]
+    if existing and not force:
+        raise InputError(f"{root} already holds a dataset ({' and '.join(f'{sub}/' for sub in existing)} "
+                         "exist); pass --force to replace it")
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file; give a folder for the dataset")
+    plans = [_plan_group(index, rows=rows, cols=cols, seed=seed, pitch=pitch, realistic=realistic,
+                         uneven_rows=uneven_rows) for index in range(groups)]
+    with staging(root / STAGING_NAME) as stage:
+        for plan in plans:
+            scene = render(plan.lattice, plan.style, width=plan.width, height=plan.height,
+                           rng=np.random.default_rng(plan.seed))
+            source = stage / "source" / plan.group / "image.tif"
+            source.parent.mkdir(parents=True, exist_ok=True)
+            write_tiff(source, to_bit_depth(scene.image, bit_depth))
+            truth = stage / "truth" / plan.group
+            truth.mkdir(parents=True, exist_ok=True)
+            write_png(truth / "mask.png", scene.mask)
+            write_png(truth / "ids.png", scene.ids)
+            (truth / "lattice.json").write_text(json.dumps(_truth_record(scene, plan.style, seed=plan.seed),
+                                                           indent=1))
+            log.info("drew %s: %d x %d px, %d of %d marks, pitch %.1f px", plan.group, scene.image.shape[1],
+                     scene.image.shape[0], int(scene.present.sum()), rows * cols, plan.style.pitch)
         for sub in ("source", "truth"):
-            shutil.rmtree(root / sub, ignore_errors=True)
-    paths = []
-    for index in range(groups):
-        group = f"group{index + 1:02d}"
-        group_seed = seed * 1000 + index
-        rng = np.random.default_rng([group_seed, 1])
-        style = demo_style(rng, pitch=pitch) if realistic else random_style(rng)
-        if pitch is not None:
-            style = replace(style, pitch=float(pitch), mark_radius=float(pitch) * style.mark_radius / style.pitch)
-        scene = dataset_scene(rows=rows, cols=cols, seed=group_seed, style=style, uneven_rows=uneven_rows)
-        source = root / "source" / group / "image.tif"
-        source.parent.mkdir(parents=True, exist_ok=True)
-        write_tiff(source, to_bit_depth(scene.image, bit_depth))
-        truth = root / "truth" / group
-        truth.mkdir(parents=True, exist_ok=True)
-        write_png(truth / "mask.png", scene.mask)
-        write_png(truth / "ids.png", scene.ids)
-        (truth / "lattice.json").write_text(json.dumps(_truth_record(scene, style, seed=group_seed), indent=1))
-        log.info("wrote %s: %d x %d px, %d of %d marks, pitch %.1f px", source, scene.image.shape[1],
-                 scene.image.shape[0], int(scene.present.sum()), rows * cols, style.pitch)
-        paths.append(source)
-    return paths
+            swap_in(stage / sub, root / sub)
+    return [root / "source" / plan.group / "image.tif" for plan in plans]
+
+
+@dataclass(frozen=True)
+class _GroupPlan:
+    group: str
+    seed: int
+    style: Style
+    lattice: Lattice
+    width: int
+    height: int
+
+
+def _plan_group(index: int, *, rows: int, cols: int, seed: int, pitch: float | None, realistic: bool,
+                uneven_rows: bool) -> _GroupPlan:
+    """Style and layout of group ``index``: the same draws as rendering it, so a bad size fails before any work."""
+    group_seed = seed * 1000 + index
+    rng = np.random.default_rng([group_seed, 1])
+    style = demo_style(rng, pitch=pitch) if realistic else random_style(rng)
+    if pitch is not None:
+        style = replace(style, pitch=float(pitch), mark_radius=float(pitch) * style.mark_radius / style.pitch)
+    lattice, width, height = dataset_layout(rows=rows, cols=cols, seed=group_seed, style=style,
+                                            uneven_rows=uneven_rows)
+    return _GroupPlan(f"group{index + 1:02d}", group_seed, style, lattice, width, height)
 
 
 def _truth_record(scene: Scene, style: Style, *, seed: int) -> dict:
@@ -258,20 +319,42 @@ def write_tiles(
     pitch_range: tuple[float, float] = (20.0, 85.0),
     progress: Callable[[Iterator[Sample]], Iterable[Sample]] | None = None,
     labels: str = "visible",
+    force: bool = False,
 ) -> Path:
     """Write ``count`` samples as ``root/<split>/synthetic/<group>/{source,mask}/NNNN.png``.
 
     Returns the group folder. ``progress`` may wrap the sample iterator (the CLI passes tqdm).
+    A group folder that already holds files is refused unless ``force``, which replaces it: the
+    training reader takes every file it finds, so an earlier run's extra tiles must not survive.
+    The group is built in a staging folder and swapped in complete, so a failed run changes nothing.
     """
     if split not in ("train", "valid"):
         raise InputError(f"split must be 'train' or 'valid', got {split!r}")
     if count < 1 or size < 32 or size % 32:
         raise InputError(f"count must be >= 1 and size a multiple of 32 (>= 32), got count={count}, size={size}")
-    folder = Path(root) / split / "synthetic" / (group or f"seed{seed}")
+    low, high = pitch_range
+    check_pitch(low)
+    check_pitch(high)
+    if low > high:
+        raise InputError(f"the smallest pitch {low} must not exceed the largest {high}")
+    name = group or f"seed{seed}"
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise InputError(f"group {name!r} must be a plain folder name")
+    root = Path(root)
+    folder = root / split / "synthetic" / name
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file; remove it or choose another --group")
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise InputError(f"{folder} already holds tiles; pass --force to replace them or choose another --group")
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file; give a folder for the training data")
     samples: Iterable[Sample] = iter_samples(seed, count, size=size, pitch_range=pitch_range, labels=labels)
     if progress is not None:
         samples = progress(samples)
-    for index, sample in enumerate(samples):
-        write_png(folder / "source" / f"{index:04d}.png", sample.image)
-        write_png(folder / "mask" / f"{index:04d}.png", sample.mask)
+    # One staging folder per group, so runs writing other groups of the same root at once do not meet.
+    with staging(root / f"{STAGING_NAME}-{split}-{name}") as stage:
+        for index, sample in enumerate(samples):
+            write_png(stage / name / "source" / f"{index:04d}.png", sample.image)
+            write_png(stage / name / "mask" / f"{index:04d}.png", sample.mask)
+        swap_in(stage / name, folder)
     return folder

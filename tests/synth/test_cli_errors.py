@@ -1,0 +1,146 @@
+"""am.synth refuses what it cannot make before drawing anything, and never leaves half a dataset.
+
+Each test stands for a reproduced defect: a grid too large for 16-bit ids, ``--force`` deleting the
+old dataset before the new one proved possible, ``tiles`` mixing two runs in one group folder, and
+bad pitches ending in tracebacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import am.synth.dataset as dataset
+from am.errors import InputError
+from am.imageio import read_image
+from am.synth.__main__ import main as synth_main
+from am.synth.dataset import MAX_MARKS, STAGING_NAME, write_dataset, write_tiles
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _no_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("rendering started before the options were checked")
+
+    monkeypatch.setattr(dataset, "render", refuse)
+
+
+def test_a_grid_beyond_16_bit_ids_is_refused_before_rendering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    _no_rendering(monkeypatch)
+    with pytest.raises(InputError, match=rf"256 x 257 grid has 65792 marks.*at most {MAX_MARKS}"):
+        write_dataset(tmp_path / "ds", rows=256, cols=257, pitch=6)
+    assert not (tmp_path / "ds" / "source").exists()
+    # The command line says the same in one line and exits 1, no traceback.
+    assert synth_main(["dataset", str(tmp_path / "cli"), "--rows", "260", "--cols", "260", "--pitch", "6"]) == 1
+    err = capsys.readouterr().err
+    assert "260 x 260 grid" in err and str(MAX_MARKS) in err and "Traceback" not in err
+    assert not (tmp_path / "cli" / "source").exists()
+    # The limit itself is allowed (only the layout is checked here; drawing 65535 marks takes a while).
+    style = dataset.demo_style(np.random.default_rng(0), pitch=2.0)
+    lattice, _, _ = dataset.dataset_layout(rows=255, cols=257, seed=0, style=style)
+    assert lattice.rows * lattice.cols == MAX_MARKS
+
+
+def test_force_keeps_the_old_dataset_when_the_new_one_cannot_be_made(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    write_dataset(root, rows=4, cols=4, seed=1)
+    before = _files(root)
+    assert len(before) == 4
+    with pytest.raises(InputError, match="65535"):
+        write_dataset(root, rows=1000, cols=1000, force=True)
+    with pytest.raises(InputError, match="too large"):  # the image size, checked for every group up front
+        write_dataset(root, rows=250, cols=250, pitch=100, groups=2, force=True)
+    assert _files(root) == before
+
+
+def test_a_run_that_fails_part_way_leaves_the_old_dataset_whole(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "ds"
+    write_dataset(root, rows=4, cols=4, seed=1)
+    before = _files(root)
+    real_render, calls = dataset.render, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("out of memory drawing group02")
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(dataset, "render", fail_second)
+    with pytest.raises(MemoryError):
+        write_dataset(root, rows=5, cols=5, seed=2, groups=3, force=True)
+    assert _files(root) == before and not (root / STAGING_NAME).exists()
+    # A forced run that succeeds replaces every group and leaves no stale one.
+    monkeypatch.setattr(dataset, "render", real_render)
+    write_dataset(root, rows=3, cols=3, seed=5, groups=2, force=True)
+    write_dataset(root, rows=3, cols=3, seed=5, groups=1, force=True)
+    assert sorted(p.name for p in (root / "source").iterdir()) == ["group01"]
+    assert sorted(p.name for p in (root / "truth").iterdir()) == ["group01"]
+    assert not (root / STAGING_NAME).exists()
+    assert tifffile.imread(root / "source" / "group01" / "image.tif").shape == read_image(
+        root / "truth" / "group01" / "ids.png").shape
+
+
+def test_a_truth_folder_alone_also_needs_force(tmp_path: Path) -> None:
+    (tmp_path / "ds" / "truth" / "group07").mkdir(parents=True)
+    with pytest.raises(InputError, match="--force"):
+        write_dataset(tmp_path / "ds", rows=3, cols=3)
+
+
+@pytest.mark.parametrize("pitch", ["0", "-5", "nan", "inf"])
+def test_a_pitch_that_is_not_positive_is_a_usage_error(tmp_path: Path, pitch: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_rendering(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        synth_main(["dataset", str(tmp_path / "ds"), "--rows", "3", "--cols", "3", f"--pitch={pitch}"])
+    assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:
+        synth_main(["tiles", str(tmp_path / "tl"), "--count", "1", "--size", "32", f"--pitch-min={pitch}"])
+    assert exit_.value.code == 2
+    with pytest.raises(InputError, match="pitch"):
+        write_dataset(tmp_path / "ds", rows=3, cols=3, pitch=float(pitch))
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "tl").exists()
+
+
+def test_tiles_refuse_a_group_that_holds_tiles_and_force_replaces_it(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    folder = write_tiles(tmp_path, count=3, size=32, seed=1, group="g")
+    before = _files(folder)
+    with pytest.raises(InputError, match="--force"):
+        write_tiles(tmp_path, count=2, size=64, seed=2, group="g")
+    assert _files(folder) == before
+    assert synth_main(["tiles", str(tmp_path), "--count", "2", "--size", "64", "--seed", "2", "--group", "g"]) == 1
+    assert "--force" in capsys.readouterr().err and _files(folder) == before
+    assert synth_main(["tiles", str(tmp_path), "--count", "2", "--size", "64", "--seed", "2", "--group", "g",
+                       "--force"]) == 0
+    for sub in ("source", "mask"):
+        names = sorted(p.name for p in (folder / sub).iterdir())
+        assert names == ["0000.png", "0001.png"], sub
+        assert all(read_image(folder / sub / name).shape == (64, 64) for name in names)
+    assert [p.name for p in tmp_path.iterdir()] == ["train"]  # no staging folder left behind
+    # An empty group folder (made by hand, say) is not refused.
+    (tmp_path / "valid" / "synthetic" / "h").mkdir(parents=True)
+    write_tiles(tmp_path, count=1, size=32, split="valid", group="h")
+
+
+def test_a_tiles_run_that_fails_part_way_changes_nothing(tmp_path: Path) -> None:
+    folder = write_tiles(tmp_path, count=2, size=32, seed=1, group="g")
+    before = _files(folder)
+
+    def stop_after_one(samples):
+        for index, sample in enumerate(samples):
+            if index == 1:
+                raise KeyboardInterrupt
+            yield sample
+
+    with pytest.raises(KeyboardInterrupt):
+        write_tiles(tmp_path, count=3, size=64, seed=2, group="g", force=True, progress=stop_after_one)
+    assert _files(folder) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["train"]
