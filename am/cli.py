@@ -1,19 +1,25 @@
 """The command-line edge shared by every ``python -m am.<name>`` entry point.
 
 Only here do exceptions become exit codes: 0 on full success, 1 for an am-segm error (the
-message says what to fix), 2 for bad usage, 130 after Ctrl-C or SIGTERM.
+message says what to fix) or a file-system error (the message names the file, the reason and
+what to do), 2 for bad usage (argparse's errors, and a setting given as an option that is not
+allowed: :class:`~am.settings.OptionError`), 130 after Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from am.errors import AmError
+from am.settings import OptionError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -61,14 +67,72 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# What to do about a file-system error, by errno; {target} is the file, or the nearest folder of
+# it that exists (a folder that cannot be created is its parent's fault). Others: _OS_ADVICE_OTHER.
+_OS_ADVICE = {
+    errno.ENOSPC: "free space on the disk holding {target} (or work on another disk), then rerun the same command",
+    errno.EDQUOT: "free space within your disk quota on {target} (or ask for a larger quota), then rerun the same "
+                  "command",
+    errno.EFBIG: "the file grew past what the file system or a ulimit allows; raise the limit or work on another "
+                 "disk, then rerun the same command",
+    errno.EACCES: "fix the permissions of {target} so that this user can read and write it (ls -ld, chmod, chown), "
+                  "then rerun the same command",
+    errno.EPERM: "fix the permissions or flags of {target} so that this user can write it (ls -ld, chmod, chown; "
+                 "lsattr, chattr -i for an immutable one), then rerun the same command",
+    errno.EROFS: "{target} is on a file system mounted read-only; copy the data to a writable disk or remount it, "
+                 "then rerun the same command",
+    errno.ENOENT: "check that it exists and was not moved or deleted while the command ran, then rerun",
+    errno.ENOTDIR: "a file stands where a folder is expected; move that file aside and rerun the same command",
+    errno.EISDIR: "a folder stands where a file is expected; move that folder aside and rerun the same command",
+    errno.EEXIST: "something already stands at that path; move it aside and rerun the same command",
+}
+_OS_ADVICE_OTHER = "check {target} and its disk, then rerun the same command"
+_NETWORK_ADVICE = "check the network and the endpoint this command talks to, then rerun the same command"
+
+
+def _existing(filename: object) -> str:
+    """``filename``, or its nearest folder that exists: what a user can inspect and fix."""
+    if not isinstance(filename, (str, bytes, os.PathLike)):
+        return str(filename)
+    path = Path(os.fsdecode(filename))
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return str(candidate)
+    return str(path)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: the file(s), the reason and what to do.
+
+    The command line's users see file-system failures (full disk, read-only dataset) as often as
+    our own errors; a traceback names neither the cure nor, at a glance, the file.
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    advice = _OS_ADVICE.get(exc.errno, _OS_ADVICE_OTHER) if exc.errno is not None else _OS_ADVICE_OTHER
+    if exc.filename is None:
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return f"{reason}{code}; {_NETWORK_ADVICE}"
+        return f"{reason}{code}; {advice.format(target='the folders this command writes to')}"
+    where = str(exc.filename) if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"cannot use {where}: {reason}{code}; {advice.format(target=_existing(exc.filename))}"
+
+
 def run_main(main: Callable[[], int], *, name: str) -> int:
     """Run ``main`` and map its outcome to an exit code; SIGTERM is handled like Ctrl-C so cleanup runs."""
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     log = logging.getLogger(name)
     try:
         return main()
+    except OptionError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     except AmError as exc:
         log.error("%s", exc)
+        return EXIT_ERROR
+    except OSError as exc:
+        log.error("%s", describe_os_error(exc))
+        log.debug("traceback of the error above", exc_info=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
         log.error("interrupted; cleaned up, finished work is kept, rerun the same command to resume")

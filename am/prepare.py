@@ -3,7 +3,10 @@
 Work already done is reused: ``tiles/<group>/meta.json`` records what the tiles were made
 from (source file, normalisation, scale, tile geometry, model, test-time augmentation). When all of that is unchanged
 the tiles are kept and only tiles without a mask are sent out again, so a rerun after a
-failure or Ctrl-C redoes only what is missing::
+failure or Ctrl-C redoes only what is missing. The source file counts as unchanged when its
+name, size and modification time match, or, when only the time differs (a dataset copied with
+``cp -r``, a file touched), when its SHA-256 matches the one recorded; plans written before the
+hash was recorded have only the time to go by::
 
     prepared = prepare_group(layout, "g1", settings=settings, model_id=model_id)
     prepared.pending   # tile indices that still need a mask
@@ -26,11 +29,13 @@ that have none::
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ from am.tiling import TilePlan, plan_tiles, read_tile
 log = logging.getLogger(__name__)
 
 META_VERSION = 1
+HASH_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,42 @@ class TileChunk:
     tiles: tuple[tuple[int, np.ndarray], ...]
 
 
-def _source_identity(path: Path) -> dict[str, Any]:
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in chunks so a large image never sits in memory twice."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_stat(path: Path) -> dict[str, Any]:
     stat = path.stat()
     return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _identity(path: Path, settings: Settings, model_id: str) -> dict[str, Any]:
+def _same_source(path: Path, recorded: Any) -> dict[str, Any] | None:
+    """The identity to record for ``path`` when it is the file ``recorded`` describes, else None.
+
+    Same name, size and modification time: the same file, nothing is read. Same name and size
+    but another time: the same file only when its contents hash to the recorded SHA-256, and the
+    identity returned carries the new time, so the next check takes the fast path again. A plan
+    without a hash (written by an older version) matches on the time alone, as it always did.
+    """
+    current = _file_stat(path)
+    if not isinstance(recorded, dict) or any(recorded.get(k) != current[k] for k in ("name", "size")):
+        return None
+    if recorded.get("mtime_ns") == current["mtime_ns"]:
+        return recorded
+    sha256 = recorded.get("sha256")
+    if not isinstance(sha256, str) or file_sha256(path) != sha256:
+        return None
+    return {**current, "sha256": sha256}
+
+
+def _settings_identity(settings: Settings, model_id: str) -> dict[str, Any]:
+    """What the tiles were made with, apart from the source file."""
     return {
-        "source": _source_identity(path),
         "norm_pct": [settings.norm_low_pct, settings.norm_high_pct],
         "scale": settings.scale,
         "tile_size": settings.tile_size,
@@ -139,29 +173,50 @@ def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> i
     return len(plan_tiles(height, width, tile_size=settings.tile_size, overlap=settings.tile_overlap))
 
 
-def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None,
-           identity: dict[str, Any]) -> PreparedGroup | None:
-    if meta is None or meta.get("identity") != identity or not layout.source_norm(group).is_file():
+def _same_settings(meta: dict[str, Any], settings: Settings, model_id: str) -> bool:
+    identity = meta.get("identity")
+    return (isinstance(identity, dict)
+            and {k: v for k, v in identity.items() if k != "source"} == _settings_identity(settings, model_id))
+
+
+def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, settings: Settings,
+           model_id: str) -> PreparedGroup | None:
+    if meta is None or not _is_complete(meta) or not _same_settings(meta, settings, model_id):
         return None
-    if not _is_complete(meta):
+    if not layout.source_norm(group).is_file():
         return None
     plan = TilePlan.from_json(json.dumps(meta["plan"]))
     if not all(layout.tile_source(group, t.index).is_file() for t in plan.tiles):
         return None
+    # Last: the only check that may read the image (to hash it, when its time changed).
+    source_path = layout.source_image(group)
+    recorded = meta["identity"].get("source")
+    source = _same_source(source_path, recorded)
+    if source is None:
+        return None
+    if "sha256" not in source:
+        # A plan from before hashes were recorded: hashed now, once, so that a copy of it is reused too.
+        source = {**source, "sha256": file_sha256(source_path)}
+    if source != recorded:
+        if recorded.get("mtime_ns") != source["mtime_ns"]:
+            log.info("group %s: %s has another modification time but the same contents; its tiles are reused",
+                     group, source_path)
+        _write_json_atomic(layout.tile_plan(group), {**meta, "identity": {**meta["identity"], "source": source}})
     pending = tuple(t.index for t in plan.tiles if not layout.tile_mask(group, t.index).is_file())
     log.info("group %s: reusing %d tiles, %d still need a mask", group, len(plan.tiles), len(pending))
     return PreparedGroup(group, plan, int(meta["source_height"]), int(meta["source_width"]),
-                         float(identity["scale"]), pending)
+                         settings.scale, pending)
 
 
 def reuse_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str) -> PreparedGroup | None:
     """The group's tiles from an identical earlier run, or None when they must be cut again.
 
-    Reads meta.json and checks that tile files exist, nothing more: cheap enough to decide,
-    before any worker starts, whether there is work at all.
+    Reads meta.json and checks that tile files exist; the image is read only to hash it when
+    its modification time changed but its size did not (or, once, for a plan written before
+    hashes were recorded). Cheap enough to decide, before any worker starts, whether there is
+    work at all.
     """
-    identity = _identity(layout.source_image(group), settings, model_id)
-    return _reuse(layout, group, _read_meta(layout.tile_plan(group)), identity)
+    return _reuse(layout, group, _read_meta(layout.tile_plan(group)), settings=settings, model_id=model_id)
 
 
 class GroupTiler:
@@ -205,11 +260,17 @@ class GroupTiler:
         """Read and normalise the image, write source_norm, and plan the tiles; returns the plan."""
         layout, group, settings = self.layout, self.group, self._settings
         source_path = layout.source_image(group)
-        self._identity = _identity(source_path, settings, self._model_id)
         earlier = _read_meta(layout.tile_plan(group))
         # Masks of a run that stopped while cutting this same input with these same settings are kept.
-        self._resuming = (earlier is not None and not _is_complete(earlier)
-                          and earlier.get("identity") == self._identity)
+        same = (earlier is not None and not _is_complete(earlier)
+                and _same_settings(earlier, settings, self._model_id))
+        recorded = earlier["identity"].get("source") if same else None
+        source = _same_source(source_path, recorded) if same else None
+        self._resuming = source is not None
+        current = source if source is not None else _file_stat(source_path)
+        # A source that matched brings its hash along (recorded, or just checked); only a plan from
+        # before hashes were recorded, or a new input, has to be hashed.
+        known = current.get("sha256") if isinstance(current.get("sha256"), str) else None
         # Anything derived from an older input must not survive to be mistaken for a result.
         stale_dirs = [layout.stitched_dir(group), layout.am_coords_dir(group)]
         if not self._resuming:
@@ -217,14 +278,20 @@ class GroupTiler:
         for stale in stale_dirs:
             if stale.exists():
                 shutil.rmtree(stale)
-        image = read_image(source_path)
-        normalised = normalize(image, low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
-                               name=str(source_path))
-        del image
-        self._source_size = normalised.shape
-        # Uncompressed: microscopy shrinks only 10-20 % at zlib's fastest level, which costs about
-        # 0.8-1.4 s of CPU per 25 Mpx (benchmarks/png_bench.py) while the workers wait for their first tiles.
-        write_tiff(layout.source_norm(group), normalised, compress=False)
+        with ThreadPoolExecutor(1, thread_name_prefix="am-hash") as hasher:
+            # Hashed beside the normalisation (hashlib lets go of the GIL): the workers wait for the first tiles.
+            digest: Future[str] | None = None if known else hasher.submit(file_sha256, source_path)
+            image = read_image(source_path)
+            normalised = normalize(image, low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
+                                   name=str(source_path))
+            del image
+            self._source_size = normalised.shape
+            # Uncompressed: microscopy shrinks only 10-20 % at zlib's fastest level, which costs about
+            # 0.8-1.4 s of CPU per 25 Mpx (benchmarks/png_bench.py) while the workers wait for their first tiles.
+            write_tiff(layout.source_norm(group), normalised, compress=False)
+            sha256 = known if digest is None else digest.result()
+        self._identity = {"source": {**current, "sha256": sha256},
+                          **_settings_identity(settings, self._model_id)}
         self._scaled = rescale(normalised, scale=settings.scale)
         del normalised
         self._plan = plan_tiles(self._scaled.shape[0], self._scaled.shape[1], tile_size=settings.tile_size,

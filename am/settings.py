@@ -6,6 +6,11 @@ YAML config file, then the default below. Library modules never read the environ
 
     settings = load_settings({"workers": 4}, environ=os.environ, config_path=None)
 
+A refused value is reported with where it came from. When a command-line option is at fault the
+error is an :class:`OptionError`, which the command-line edge turns into exit code 2 (bad usage,
+like argparse's own errors); a value from the environment or a config file is not a usage
+error and exits 1, as any other :class:`~am.errors.ConfigError` does.
+
 AWS credentials are never settings: boto3's standard chain provides them.
 """
 
@@ -25,6 +30,20 @@ from am.messages import MAX_TILES_PER_MESSAGE, TTA_MODES
 BACKENDS = ("local", "aws")
 AWS_LAUNCH_MODES = ("run_task", "service")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+COMMAND_LINE = "the command line"
+
+
+class SettingError(ConfigError):
+    """A setting's value is refused; ``keys`` are the settings the check involves, so that
+    :func:`load_settings` can say where each came from and whether the command line is at fault."""
+
+    def __init__(self, message: str, keys: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+class OptionError(ConfigError):
+    """A value given on the command line is refused: bad usage, exit code 2 like argparse's errors."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +101,7 @@ class Settings:
         _require(self.tile_size >= 64 and self.tile_size % 32 == 0, "tile_size", self.tile_size,
                  "a multiple of 32 and at least 64 (the U-Net halves it five times)")
         _require(0 <= self.tile_overlap <= self.tile_size // 2, "tile_overlap", self.tile_overlap,
-                 f"between 0 and half the tile size ({self.tile_size // 2})")
+                 f"between 0 and half the tile size ({self.tile_size // 2})", also=("tile_size",))
         _require(0 <= self.norm_low_pct < self.norm_high_pct <= 100, "norm_low_pct/norm_high_pct",
                  (self.norm_low_pct, self.norm_high_pct), "0 <= low < high <= 100")
         _require(0.1 <= self.scale <= 10, "scale", self.scale, "between 0.1 and 10")
@@ -116,9 +135,11 @@ class Settings:
         return self.timeout_base_s + self.timeout_per_tile_s * n_tiles / max(1, self.workers)
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+def _require(ok: bool, key: str, value: Any, allowed: str, *, also: tuple[str, ...] = ()) -> None:
+    """Refuse ``key`` (``a/b`` for a pair); ``also``: other settings the rule depends on."""
     if not ok:
-        raise ConfigError(f"setting {key} = {value!r} is not allowed: it must be {allowed}")
+        raise SettingError(f"setting {key} = {value!r} is not allowed: it must be {allowed}",
+                           (*key.split("/"), *also))
 
 
 def _coerce(key: str, raw: Any, typ: type, source: str) -> Any:
@@ -162,6 +183,9 @@ def setting_types() -> dict[str, type]:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML config file of flat ``key: value`` pairs; unknown keys are errors, not ignored."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file of 'key: value' pairs "
+                          "(copy config/config.yml.template and edit it)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; copy config/config.yml.template and edit it")
     try:
@@ -186,21 +210,52 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: Path | None = None,
 ) -> Settings:
-    """Resolve settings: ``overrides`` (command line) > ``AM_<KEY>`` in ``environ`` > config file > default."""
+    """Resolve settings: ``overrides`` (command line) > ``AM_<KEY>`` in ``environ`` > config file > default.
+
+    Raises :class:`OptionError` when a refused value, or one of the values a refused rule
+    depends on, came from ``overrides``; :class:`~am.errors.ConfigError` otherwise. Either
+    message says where each value at fault came from.
+    """
     known = setting_types()
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     if config_path is not None:
         values.update(read_config_file(Path(config_path)))
+        sources.update(dict.fromkeys(values, f"config file {config_path}"))
     for key, typ in known.items():
         env_key = f"AM_{key.upper()}"
         if environ is not None and env_key in environ:
-            values[key] = _coerce(key, environ[env_key], typ, f"environment variable {env_key}")
+            sources[key] = f"environment variable {env_key}"
+            values[key] = _coerce(key, environ[env_key], typ, sources[key])
     for key, value in (overrides or {}).items():
         if key not in known:
             raise ConfigError(f"unknown setting {key!r}")
         if value is not None:
-            values[key] = _coerce(key, value, known[key], "command line")
-    return Settings(**values)
+            try:
+                values[key] = _coerce(key, value, known[key], COMMAND_LINE)
+            except ConfigError as exc:
+                raise OptionError(f"{exc}; see --help") from exc
+            sources[key] = COMMAND_LINE
+    try:
+        return Settings(**values)
+    except SettingError as exc:
+        raise _with_sources(exc, sources) from exc
+
+
+def _with_sources(exc: SettingError, sources: Mapping[str, str]) -> ConfigError:
+    """``exc`` with where its values were set; an :class:`OptionError` when the command line set one."""
+    first, *others = exc.keys
+    where = ", ".join([f"{first} is set {_where(sources.get(first))}",
+                       *(f"{key} {_where(sources.get(key))}" for key in others)])
+    if any(sources.get(key) == COMMAND_LINE for key in exc.keys):
+        return OptionError(f"{exc}; {where}; see --help")
+    return ConfigError(f"{exc}; {where}")
+
+
+def _where(source: str | None) -> str:
+    if source is None:
+        return "by default"
+    return "on the command line" if source == COMMAND_LINE else f"in {source}"
 
 
 def config_path_from(cli_value: str | None, environ: Mapping[str, str]) -> Path | None:
@@ -209,4 +264,5 @@ def config_path_from(cli_value: str | None, environ: Mapping[str, str]) -> Path 
     return Path(value) if value else None
 
 
-__all__ = ["Settings", "config_path_from", "load_settings", "read_config_file", "setting_types"]
+__all__ = ["OptionError", "SettingError", "Settings", "config_path_from", "load_settings", "read_config_file",
+           "setting_types"]

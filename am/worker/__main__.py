@@ -10,17 +10,19 @@ fp32 on other CPUs), AM_POSTPROCESS
 AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
 
 Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when the model
-cannot be loaded, the worker breaks, or a second signal aborts it, 2 for bad settings.
+cannot be loaded, the worker breaks, or a second signal aborts it, 2 for bad settings or any
+command-line argument other than -h/--help.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -107,11 +109,22 @@ def build_worker(config: WorkerConfig) -> Worker:
     )
 
 
-def main(environ: Mapping[str, str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments only for ``--help``: the worker is configured by the environment, as ECS sets it."""
+    return argparse.ArgumentParser(prog="python -m am.worker", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
+    """Run one worker; ``argv`` is read first, so ``--help`` works without any AM_* variable set."""
+    try:
+        build_parser().parse_args(list(argv))
+    except SystemExit as exc:  # --help (0), or an argument the worker does not take (2, message printed)
+        return EXIT_USAGE if exc.code else 0
     try:
         config = WorkerConfig.from_environ(environ)
     except ConfigError as exc:
-        print(f"am.worker: {exc}", file=sys.stderr)
+        print(f"am.worker: {exc}; python -m am.worker --help lists every variable", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("botocore").setLevel(logging.WARNING)
@@ -132,7 +145,7 @@ def main(environ: Mapping[str, str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(os.environ)
+    code = main(os.environ, sys.argv[1:])
     logging.shutdown()
     sys.stderr.flush()
     # Exit without waiting for threads still blocked in a long poll or an aborted transfer:

@@ -173,12 +173,24 @@ def test_png_above_the_size_limit_is_refused_from_its_header(cli, tmp_path):
     (["--rows", "many", "--cols", "5"], "invalid int value: 'many'"),
     (["--workers", "0"], "setting workers = 0 is not allowed"),
     (["--tile-size", "100"], "setting tile_size = 100 is not allowed"),
+    (["--scale", "0"], "setting scale = 0.0 is not allowed"),
+    (["--tile-overlap", "512"], "setting tile_overlap = 512 is not allowed"),
+    (["--batch-size", "-1"], "setting batch_size = -1 is not allowed"),
 ])
 def test_bad_options(cli, tmp_path, args, words):
+    """A malformed option exits 2, whether argparse or the settings refuse it."""
     root = make_dataset(tmp_path / "ds", {"g1": (200, 200)})
     code, err = cli(str(root), *args)
-    assert code in (1, 2) and words in err, err
-    assert code == (2 if args[0].startswith("--rows") or args[0].startswith("--cols") else 1)
+    assert code == 2 and words in err, err
+    nothing_presented(root)
+
+
+def test_a_bad_value_from_the_environment_exits_1_naming_the_variable(cli, tmp_path, monkeypatch):
+    """Not a usage error: the command line is fine, the environment is not."""
+    root = make_dataset(tmp_path / "ds", {"g1": (200, 200)})
+    monkeypatch.setenv("AM_SCALE", "0")
+    code, err = cli(str(root))
+    assert code == 1 and "setting scale = 0.0 is not allowed" in err and "environment variable AM_SCALE" in err, err
     nothing_presented(root)
 
 

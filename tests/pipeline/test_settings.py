@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from am.errors import ConfigError
-from am.settings import Settings, load_settings
+from am.settings import OptionError, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,3 +80,47 @@ def test_tta_from_file_environment_and_option(tmp_path):
     config.write_text("tta: on\n")
     with pytest.raises(ConfigError, match="tta = 'on'"):
         load_settings({}, environ={}, config_path=config)
+
+
+def test_a_config_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder; give a YAML file"):
+        load_settings({}, environ={}, config_path=tmp_path)
+
+
+@pytest.mark.parametrize("overrides, environ, config, where", [
+    ({"scale": 0.0}, {}, "", "scale is set on the command line"),
+    ({"workers": 0}, {"AM_WORKERS": "3"}, "", "workers is set on the command line"),
+    ({"batch_size": -1}, {}, "", "batch_size is set on the command line"),
+    # The option made a value from elsewhere wrong: still the option's fault.
+    ({"tile_size": 128}, {}, "", "tile_overlap is set by default, tile_size on the command line"),
+    ({"tile_size": 256}, {}, "tile_overlap: 200\n", "tile_overlap is set in config file"),
+])
+def test_a_refused_option_is_a_usage_error_naming_where_it_was_set(tmp_path, overrides, environ, config, where):
+    path = None
+    if config:
+        path = tmp_path / "c.yml"
+        path.write_text(config)
+    with pytest.raises(OptionError, match="is not allowed") as caught:
+        load_settings(overrides, environ=environ, config_path=path)
+    assert where in str(caught.value) and str(caught.value).endswith("see --help")
+
+
+@pytest.mark.parametrize("environ, config, where", [
+    ({"AM_SCALE": "0"}, "", "scale is set in environment variable AM_SCALE"),
+    ({}, "workers: 0\n", "workers is set in config file"),
+    ({"AM_TILE_SIZE": "128"}, "", "tile_overlap is set by default, tile_size in environment variable AM_TILE_SIZE"),
+])
+def test_a_refused_value_from_the_environment_or_a_file_is_not_a_usage_error(tmp_path, environ, config, where):
+    path = None
+    if config:
+        path = tmp_path / "c.yml"
+        path.write_text(config)
+    with pytest.raises(ConfigError, match="is not allowed") as caught:
+        load_settings({"scale": None, "workers": None}, environ=environ, config_path=path)
+    assert not isinstance(caught.value, OptionError)
+    assert where in str(caught.value)
+
+
+def test_a_value_the_option_cannot_take_is_a_usage_error():
+    with pytest.raises(OptionError, match="the command line: workers = 'many' is not a valid int"):
+        load_settings({"workers": "many"}, environ={})

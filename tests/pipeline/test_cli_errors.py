@@ -1,0 +1,122 @@
+"""The command-line edge (``am.cli.run_main``): file-system errors become one ERROR line naming
+the file, the reason and what to do, with exit code 1 and the traceback kept at DEBUG level;
+a refused option exits 2 like argparse's own errors.
+
+The end-to-end cases run ``python -m am.pipeline`` as a real process on a dataset it cannot
+write: its folder read-only (chmod for a normal user; ``chattr +i`` for root, whom permissions do
+not stop) or a file standing where it must make a folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from faults.harness import make_dataset
+
+from am.cli import EXIT_ERROR, EXIT_USAGE, run_main
+from am.errors import ConfigError
+from am.settings import OptionError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _keep_sigterm() -> Iterator[None]:
+    """run_main installs its own SIGTERM handler; the test process gets its own back."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _raise(exc: BaseException):
+    def main() -> int:
+        raise exc
+    return main
+
+
+def test_a_full_disk_is_one_error_line_naming_the_file_with_the_traceback_at_debug(caplog, tmp_path):
+    target = tmp_path / "tiles" / "g1" / "source" / "0003.png"
+    caplog.set_level(logging.DEBUG, logger="am.test")
+    code = run_main(_raise(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))), name="am.test")
+    assert code == EXIT_ERROR
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    message = errors[0].getMessage()
+    assert str(target) in message and "No space left on device" in message and "free space" in message
+    assert "\n" not in message
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(debug) == 1 and debug[0].exc_info and isinstance(debug[0].exc_info[1], OSError)
+
+
+def test_a_permission_error_names_both_files_and_the_folder_to_fix(caplog, tmp_path):
+    missing = tmp_path / "ds" / "source_norm"
+    exc = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(missing), None, str(tmp_path / "other"))
+    assert run_main(_raise(exc), name="am.test") == EXIT_ERROR
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    message = record.getMessage()
+    assert f"{missing} -> {tmp_path / 'other'}" in message and "Permission denied" in message
+    # source_norm does not exist: the folder to fix is the nearest one that does.
+    assert f"fix the permissions of {tmp_path}" in message
+
+
+def test_a_refused_option_exits_2_and_a_config_error_exits_1(caplog):
+    assert run_main(_raise(OptionError("setting workers = 0 is not allowed")), name="am.test") == EXIT_USAGE
+    assert run_main(_raise(ConfigError("setting workers = 0 is not allowed")), name="am.test") == EXIT_ERROR
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == \
+        ["setting workers = 0 is not allowed"] * 2
+
+
+@contextmanager
+def _read_only(folder: Path) -> Iterator[str]:
+    """Make ``folder`` unwritable for this process; yields the word the error will carry."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield "Permission denied"
+        finally:
+            folder.chmod(0o755)
+        return
+    # Root ignores permission bits; the immutable flag stops root too (ext4 and most Linux file systems).
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root, where permissions do not apply, and chattr +i is not available here")
+    try:
+        yield "Operation not permitted"
+    finally:
+        subprocess.run([chattr, "-i", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("how", ["read-only folder", "file in the way"])
+def test_pipeline_on_a_dataset_it_cannot_write_exits_1_without_a_traceback(tmp_path, tiny_model, how):
+    root = make_dataset(tmp_path / "ds", {"g1": (200, 200)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "am.pipeline", str(root), "--model", str(tiny_model), "--tile-size", "128",
+           "--tile-overlap", "32", "--workers", "1", "--no-progress"]
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    if how == "file in the way":
+        (root / "source_norm").write_text("not a folder")
+        done, reason, named = run(), "Not a directory", root / "source_norm"
+    else:
+        with _read_only(root) as reason:
+            done = run()
+        named = root
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr
+    assert str(named) in errors[0] and reason in errors[0] and "rerun the same command" in errors[0]
+    assert not (root / "tiles" / "g1" / "meta.json").exists()
