@@ -7,6 +7,7 @@ into place, so a reader never sees half a file; PNG bytes are deterministic so a
 processes a tile twice writes the same object twice::
 
     image = read_image(Path("source/g1/scan.tif"))   # (H, W) uint16, say
+    header = read_header(path)                       # size, channels, dtype: no pixel decoded
     write_png(Path("out/mask.png"), mask)
     data = encode_png(tile)                          # bytes for S3
     tile = decode_png(data, name="job/g1/0007.png")  # (T, T) uint8
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -45,6 +48,37 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # In the IHDR chunk, after width and height: bit depth 8, colour type 0 (grey).
 _PNG_GREY_8BIT = b"\x08\x00"
 _WRITABLE_PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+# PNG colour type (IHDR) -> channels OpenCV returns with IMREAD_UNCHANGED: grey, RGB, palette (RGB,
+# or RGBA with transparency), grey + alpha (expanded to BGRA), RGBA.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
+_PNG_BIT_DEPTHS = (1, 2, 4, 8, 16)
+# What tifffile raises for a file whose structure (header, tags, offsets) is damaged. TypeError and
+# ArithmeticError are among them: a tag with more values than the field takes comes back as a
+# tuple where a number is expected, a missing TileLength divides by zero. Caught only around
+# tifffile's own calls, so a bug of ours is not renamed.
+_TIFF_STRUCTURE_ERRORS = (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, struct.error, TypeError,
+                          ArithmeticError)
+# What decoding damaged pixel data raises, besides imagecodecs' own errors (see _is_codec_error):
+# zlib.error where tifffile falls back to the standard library, the others from tifffile itself.
+_TIFF_DECODE_ERRORS = (*_TIFF_STRUCTURE_ERRORS, zlib.error)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, read without decoding a pixel.
+
+    Lets a server refuse an image that would take too much memory to decode (a few compressed
+    bytes can declare gigabytes of pixels) before it decodes it. ``channels`` and ``dtype`` are
+    what :func:`read_image`'s decoder returns before any conversion; ``decoded_bytes`` is the
+    memory that decoding takes at least; ``pages`` counts full-size image planes.
+    """
+
+    height: int
+    width: int
+    channels: int
+    dtype: np.dtype
+    decoded_bytes: int
+    pages: int = 1
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -55,23 +89,24 @@ def read_image(path: Path) -> np.ndarray:
     missing, empty, unreadable or unsupported file, a multi-page TIFF, an empty image, more
     than four channels or more than MAX_PIXELS pixels.
     """
-    path = Path(path)
+    path = _existing_image(Path(path))
+    image = _read_tiff(path) if path.suffix.lower() in TIFF_SUFFIXES else _read_png(path)
+    return _as_stored(image, path)
+
+
+def _existing_image(path: Path) -> Path:
+    """``path``, if it is a non-empty file with a TIFF or PNG suffix; else InputError saying what to do."""
     if not path.exists():
         raise InputError(f"image {path} does not exist; check the path")
     if not path.is_file():
         raise InputError(f"image {path} is not a file; give the path of one .tif, .tiff or .png image")
     if path.stat().st_size == 0:
         raise InputError(f"image {path} is empty (0 bytes); copy the image again")
-    suffix = path.suffix.lower()
-    if suffix in TIFF_SUFFIXES:
-        image = _read_tiff(path)
-    elif suffix in PNG_SUFFIXES:
-        image = _read_png(path)
-    else:
+    if path.suffix.lower() not in TIFF_SUFFIXES + PNG_SUFFIXES:
         raise InputError(
             f"image {path} has unsupported extension {path.suffix!r}; convert it to TIFF (.tif/.tiff) or PNG"
         )
-    return _as_stored(image, path)
+    return path
 
 
 def _check_size(path: Path, height: int, width: int) -> None:
@@ -97,25 +132,52 @@ def is_grey_8bit_png(data: bytes) -> bool:
     return _png_size(data[:24]) is not None and data[24:26] == _PNG_GREY_8BIT
 
 
+def read_header(path: Path) -> ImageHeader:
+    """The size, channels, pixel type and page count of a TIFF or PNG, from its header alone.
+
+    Raises InputError, naming the file and the fix, for a missing, empty or unsupported file or
+    a header that cannot be read; the pixel data is neither read nor checked.
+    """
+    path = _existing_image(Path(path))
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        try:
+            tif = tifffile.TiffFile(path)
+        except _TIFF_STRUCTURE_ERRORS as exc:
+            raise _unreadable_tiff(path, exc) from exc
+        with tif:
+            return _tiff_page(tif, path)[1]
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(26)
+    except OSError as exc:
+        raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
+    size = _png_size(head[:24])
+    if size is None:
+        raise InputError(f"image {path} is not a PNG file (bad signature); re-export it as PNG or TIFF")
+    bit_depth, colour_type = head[24:26] if len(head) == 26 else (0, -1)
+    if bit_depth not in _PNG_BIT_DEPTHS or colour_type not in _PNG_CHANNELS:
+        raise InputError(f"image {path} has a damaged PNG header (bit depth {bit_depth}, colour type "
+                         f"{colour_type}); copy or export it again")
+    dtype = np.dtype(np.uint16 if bit_depth == 16 else np.uint8)
+    channels = _PNG_CHANNELS[colour_type]
+    height, width = size
+    return ImageHeader(height=height, width=width, channels=channels, dtype=dtype,
+                       decoded_bytes=height * width * channels * dtype.itemsize)
+
+
 def header_size(path: Path) -> tuple[int, int] | None:
     """(height, width) of a TIFF or PNG from its header alone, or None when the header cannot tell.
 
     For estimates made before the pixels are needed; a file this cannot read is reported, with
     the fix, by :func:`read_image`.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
     try:
-        if suffix in PNG_SUFFIXES:
-            with path.open("rb") as handle:
-                return _png_size(handle.read(24))
-        if suffix in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
-    except (OSError, ValueError, IndexError, struct.error, tifffile.TiffFileError) as exc:
+        header = read_header(path)
+    except InputError as exc:
         log.debug("cannot read the size of %s from its header (%s)", path, exc)
-    return None
+        return None
+    return header.height, header.width
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -148,31 +210,30 @@ PHOTOMETRIC_SEPARATED = 5
 
 def _read_tiff(path: Path) -> np.ndarray:
     try:
-        with tifffile.TiffFile(path) as tif:
-            # Reduced-resolution pages (thumbnails, pyramid levels) repeat the image: only full ones count.
-            pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]
-            if len(pages) != 1:
-                raise InputError(
-                    f"image {path} is a multi-page TIFF with {len(pages)} full-size image planes; am-segm reads "
-                    "one image per file: save the plane to segment as its own TIFF"
-                )
-            page = pages[0]
-            _check_size(path, int(page.imagelength), int(page.imagewidth))
-            photometric = int(page.photometric)
-            if photometric == PHOTOMETRIC_SEPARATED:
-                raise InputError(f"image {path} is a CMYK TIFF; export it as grey or RGB")
-            image = page.asarray()
+        tif = tifffile.TiffFile(path)
+    except _TIFF_STRUCTURE_ERRORS as exc:
+        raise _unreadable_tiff(path, exc) from exc
+    with tif:
+        page, header = _tiff_page(tif, path)
+        if header.pages != 1:
+            raise InputError(
+                f"image {path} is a multi-page TIFF with {header.pages} full-size image planes; am-segm reads "
+                "one image per file: save the plane to segment as its own TIFF"
+            )
+        _check_size(path, header.height, header.width)
+        photometric = _tag_int(page, "photometric", path)
+        if photometric == PHOTOMETRIC_SEPARATED:
+            raise InputError(f"image {path} is a CMYK TIFF; export it as grey or RGB")
+        bits = _tag_int(page, "bitspersample", path)
+        try:
             axes = page.axes
             colormap = page.colormap if photometric == PHOTOMETRIC_PALETTE else None
-            bits = int(page.bitspersample)
-    except InputError:
-        raise
-    except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
-        if "imagecodecs" in str(exc):
-            raise InputError(f"image {path} is compressed in a way that needs the imagecodecs package ({exc}); "
-                             "install am-segm's requirements again (pip install imagecodecs) or save the "
-                             "image uncompressed") from exc
-        raise InputError(f"image {path} cannot be read as TIFF ({exc}); copy or export it again") from exc
+        except _TIFF_STRUCTURE_ERRORS as exc:
+            raise _unreadable_tiff(path, exc) from exc
+        if colormap is not None and (colormap.ndim != 2 or colormap.shape[0] != 3):
+            raise InputError(f"image {path} has a damaged colour map (shape {colormap.shape}, not 3 x N); "
+                             "export it as grey or RGB")
+        image = _decode_tiff(page, path)
     if axes == "SYX":
         # Planar (channel-first) storage: turn it into the usual (H, W, C).
         image = np.moveaxis(image, 0, -1)
@@ -196,6 +257,76 @@ def _read_tiff(path: Path) -> np.ndarray:
                              "export it as grey or RGB")
         image = np.ascontiguousarray(np.moveaxis(colormap[:, image], 0, -1))
     return image
+
+
+def _tiff_page(tif: tifffile.TiffFile, path: Path) -> tuple[tifffile.TiffPage, ImageHeader]:
+    """The first full-size page and what its header says; InputError for a damaged or unsupported header."""
+    try:
+        # Reduced-resolution pages (thumbnails, pyramid levels) repeat the image: only full ones count.
+        pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]
+        if not pages or not isinstance(pages[0], tifffile.TiffPage):
+            raise InputError(f"image {path} holds no readable image plane; copy or export it again")
+        page = pages[0]
+        height = _tag_int(page, "imagelength", path)
+        width = _tag_int(page, "imagewidth", path)
+        channels = _tag_int(page, "samplesperpixel", path)
+        if page.dtype is None:
+            raise InputError(f"image {path} has a pixel type no reader here decodes (sample format "
+                             f"{_shown(page.sampleformat)}, {_shown(page.bitspersample)} bits); export it as 8- "
+                             "or 16-bit integer")
+        decoded_bytes = int(page.nbytes)
+    except _TIFF_STRUCTURE_ERRORS as exc:
+        raise _unreadable_tiff(path, exc) from exc
+    return page, ImageHeader(height=height, width=width, channels=channels, dtype=np.dtype(page.dtype),
+                             decoded_bytes=decoded_bytes, pages=len(pages))
+
+
+def _tag_int(page: tifffile.TiffPage, name: str, path: Path) -> int:
+    """A TIFF field that must be one number; a damaged file can hold several values, or none, there."""
+    value = getattr(page, name)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    raise InputError(f"image {path} has a damaged TIFF header: its {name} field is {_shown(value)}, not one "
+                     "number; copy or export the image again")
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A tag value for a message: a damaged field can hold thousands of numbers (shown as plain numbers)."""
+    if isinstance(value, tuple) and all(isinstance(item, (int, np.integer)) for item in value):
+        value = tuple(int(item) for item in value)
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _decode_tiff(page: tifffile.TiffPage, path: Path) -> np.ndarray:
+    """The page's pixels; InputError naming the file when its (compressed) pixel data cannot be decoded."""
+    try:
+        return page.asarray()
+    except _TIFF_DECODE_ERRORS as exc:
+        if "imagecodecs" in str(exc):
+            raise InputError(f"image {path} is compressed in a way that needs the imagecodecs package ({exc}); "
+                             "install am-segm's requirements again (pip install imagecodecs) or save the "
+                             "image uncompressed") from exc
+        raise _undecodable_tiff(path, exc) from exc
+    except RuntimeError as exc:
+        if not _is_codec_error(exc):
+            raise
+        raise _undecodable_tiff(path, exc) from exc
+
+
+def _is_codec_error(exc: BaseException) -> bool:
+    """Whether imagecodecs raised ``exc``: each codec has its own RuntimeError subclass (DeflateError,
+    ImcdError for LZW and PackBits, ...) with no shared base class but their package."""
+    return type(exc).__module__.split(".", 1)[0] == "imagecodecs"
+
+
+def _unreadable_tiff(path: Path, exc: BaseException) -> InputError:
+    return InputError(f"image {path} cannot be read as TIFF ({type(exc).__name__}: {exc}); copy or export it again")
+
+
+def _undecodable_tiff(path: Path, exc: BaseException) -> InputError:
+    return InputError(f"image {path} cannot be read as TIFF: its pixel data cannot be decoded "
+                      f"({type(exc).__name__}: {exc}); the file is damaged or truncated, copy or export it again")
 
 
 def _as_stored(image: np.ndarray, path: Path) -> np.ndarray:
@@ -325,5 +456,5 @@ def _to_opencv_order(image: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-__all__ = ["MAX_PIXELS", "decode_png", "encode_png", "header_size", "is_grey_8bit_png", "read_image", "write_png",
-           "write_tiff"]
+__all__ = ["MAX_PIXELS", "ImageHeader", "decode_png", "encode_png", "header_size", "is_grey_8bit_png", "read_header",
+           "read_image", "write_png", "write_tiff"]

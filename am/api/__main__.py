@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=1, help="tasks run at the same time (default 1)")
     parser.add_argument("--max-bytes", type=int, default=None,
                         help="largest accepted upload in bytes (default 268435456 = 256 MiB); larger is refused "
-                             "with 413")
+                             "with 413, as is an image whose header declares more than 8 times this in decoded pixels")
     parser.add_argument("--backend", choices=BACKENDS, help="local (default: embedded S3/SQS, worker processes) or aws")
     parser.add_argument("--workers", type=int, help="worker processes (local) or ECS tasks (aws) per task")
     parser.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")

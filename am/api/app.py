@@ -8,7 +8,7 @@ Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes in
     GET    /masks/<id>            the stitched 0/255 mask as PNG, once FINISHED
     GET    /ams/<id>              the 16-bit AM id image (PNG), once FINISHED, if rows/cols were given
     GET    /ams/<id>.csv          the AM table id,row,col,x,y,area_px
-    GET    /health                liveness and queue counts
+    GET    /health                liveness and queue counts (503 with a reason if tasks can no longer run)
 
 Client mistakes get a 4xx with ``{"detail": "<what is wrong and what to do>"}``: 400 malformed
 id or parameters or an undecodable image, 404 unknown id, 409 results not ready, 413 body too
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 # AM ids are stored as uint16 with 0 for background.
 MAX_GRID_NODES = 65535
-# Decoding a large upload takes memory comparable to the image; check at most this many at once.
+# Decoding an upload takes memory comparable to its pixels (at most decoded_limit(max_bytes) each,
+# checked from the header first); check at most this many at once.
 CHECKS_AT_ONCE = 2
 API_VERSION = "1"
 # Documented only: the id is checked by check_task_id, whose message says what an id looks like.
@@ -71,10 +72,14 @@ class TaskView(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    queued: int
-    running: int
-    concurrency: int
+    """What ``GET /health`` reports: 200 with status "ok", or 503 with status "unhealthy" and the reason."""
+
+    status: str = Field(description='"ok", or "unhealthy" (with reason) when tasks can no longer run',
+                        json_schema_extra={"enum": ["ok", "unhealthy"]})
+    reason: str | None = Field(None, description="why the server is unhealthy; null when ok")
+    queued: int = Field(description="tasks waiting to run (deleted ones not counted)")
+    running: int = Field(description="pipelines running now")
+    concurrency: int = Field(description="tasks run at the same time")
 
 
 def _statuses() -> tuple[tuple[type[AmError], int], ...]:
@@ -154,7 +159,8 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         part = store.upload_path()
         try:
             await receive_body(request.stream(), part, max_bytes=max_bytes)
-            image, _ = await anyio.to_thread.run_sync(lambda: check_image(part, kind=kind), limiter=checks)
+            image = await anyio.to_thread.run_sync(lambda: check_image(part, kind=kind, max_bytes=max_bytes),
+                                                   limiter=checks)
             task = await anyio.to_thread.run_sync(lambda: store.create(image, rows=rows, cols=cols))
         finally:
             for leftover in (part, part.with_suffix(".png"), part.with_suffix(".tiff")):
@@ -206,9 +212,14 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         return FileResponse(am_file(task_id, "am_coordinates.png"), media_type="image/png",
                             filename=f"{task_id}-am_coordinates.png")
 
-    @app.get("/health", response_model=Health, summary="Liveness and queue counts")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", **runner.counts(), "concurrency": runner.concurrency}
+    @app.get("/health", response_model=Health, summary="Liveness and queue counts",
+             responses={503: {"model": Health, "description": "Tasks can no longer run; the reason says why"}})
+    def health() -> JSONResponse:
+        # A dead runner thread leaves tasks QUEUED for ever: say so, so that a supervisor restarts the server.
+        problem = runner.problem()
+        body = Health(status="unhealthy" if problem else "ok", reason=problem, **runner.counts(),
+                      concurrency=runner.concurrency)
+        return JSONResponse(status_code=503 if problem else 200, content=body.model_dump())
 
     install_openapi(app)
     return app

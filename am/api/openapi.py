@@ -25,7 +25,7 @@ _DESCRIPTIONS = {
     400: "Malformed request: task id, parameters, or an image that does not decode",
     404: "No task with this id",
     409: "The task has no such result (not finished, failed, or not registered)",
-    413: "Request body larger than the server accepts",
+    413: "Request body, or the image it decodes to, larger than the server accepts",
     415: "Content-Type not accepted",
     503: "Not ready",
 }

@@ -9,12 +9,19 @@ DELETE or a server shutdown triggers. ``concurrency`` threads each wait on one p
     runner.start()            # re-queues tasks a previous server left QUEUED or RUNNING
     runner.submit(task.id)
     runner.stop()             # running tasks go back to QUEUED; the next start resumes them
+
+A thread survives whatever one task raises: the error is logged with its traceback and the
+task recorded FAILED. An outcome that cannot be written (a full disk) is logged and written
+when the thread next takes a task; a task whose outcome is never written is RUNNING on disk and
+runs again when the server next starts. :meth:`TaskRunner.problem` says when a thread has died
+anyway, for ``GET /health``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import queue
 import re
 import signal
@@ -25,9 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, RUNNING, Task, TaskStore, UnknownTask
+from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, RUNNING, TaskStore, UnknownTask
 from am.errors import AmError
-from am.imageio import read_image, write_png
+from am.files import write_atomic
+from am.imageio import encode_png, read_image
 from am.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,13 +82,17 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def failure_reason(log_path: Path, returncode: int) -> str:
-    """The pipeline's last ERROR record (its message names the fault and the fix), else the exit status."""
+def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
+    """The pipeline's last ERROR record (its message names the fault and the fix), else the exit status.
+
+    Only the log from byte ``start`` on is searched: a task's log is appended to by every run,
+    and a run that died without an ERROR record (killed) must not report the one before's.
+    """
     how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
     try:
         with open(log_path, "rb") as handle:
             handle.seek(0, 2)
-            handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+            handle.seek(max(start, handle.tell() - LOG_TAIL_BYTES))
             tail = handle.read().decode("utf-8", errors="replace").splitlines()
     except OSError as exc:
         return f"the pipeline failed ({how}); its log {log_path} cannot be read: {exc}"
@@ -116,8 +128,15 @@ class TaskRunner:
         self._stop_grace_s = stop_grace_s
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        # Every id is in at most one of _queued (submitted, not yet taken) and _active (taken by a
+        # thread, until it is done with it); _cancelled holds only ids of either, so it stays small.
+        self._queued: set[str] = set()
+        self._active: set[str] = set()
         self._cancelled: set[str] = set()
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        # Outcomes that could not be written to task.json, written again before the next task starts.
+        self._unrecorded: dict[str, dict[str, object]] = {}
+        self._deaths: list[str] = []
         self._threads: list[threading.Thread] = []
         self._stopping = False
 
@@ -127,7 +146,20 @@ class TaskRunner:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            return {"queued": self._queue.qsize(), "running": len(self._procs)}
+            return {"queued": len(self._queued - self._cancelled), "running": len(self._procs)}
+
+    def problem(self) -> str | None:
+        """Why tasks can no longer run (a runner thread died), or None while the runner is healthy."""
+        with self._lock:
+            if self._stopping:
+                return None
+            dead = [thread.name for thread in self._threads if not thread.is_alive()]
+            deaths = list(self._deaths)
+        if not dead:
+            return None
+        why = f": {'; '.join(deaths)}" if deaths else ""
+        return (f"{len(dead)} of {self._concurrency} task runner thread(s) stopped ({', '.join(dead)}){why}; "
+                "queued tasks may never run: restart the server (finished work is kept, unfinished tasks resume)")
 
     def start(self) -> None:
         """Re-queue what a previous server left unfinished (oldest first), then start the threads."""
@@ -136,19 +168,24 @@ class TaskRunner:
                 if task.status == RUNNING:
                     self._store.update(task.id, status=QUEUED)
                 log.info("task %s was %s when the server last stopped; queued again", task.id, task.status)
-                self._queue.put(task.id)
+                self.submit(task.id)
         for number in range(self._concurrency):
-            thread = threading.Thread(target=self._loop, name=f"am-api-runner-{number}", daemon=True)
+            thread = threading.Thread(target=self._thread_main, name=f"am-api-runner-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def submit(self, task_id: str) -> None:
+        with self._lock:
+            self._queued.add(task_id)
         self._queue.put(task_id)
 
     def cancel(self, task_id: str) -> None:
         """Make sure the task will not run (again); a running pipeline is stopped and waited for."""
         with self._lock:
-            self._cancelled.add(task_id)
+            # Remembered only while the id is queued or being run: a finished task needs nothing stopped.
+            if task_id in self._queued or task_id in self._active:
+                self._cancelled.add(task_id)
+            self._unrecorded.pop(task_id, None)
             proc = self._procs.get(task_id)
         if proc is not None:
             log.info("task %s: stopping its pipeline (pid %d)", task_id, proc.pid)
@@ -179,19 +216,46 @@ class TaskRunner:
             proc.kill()
             proc.wait()
 
+    def _thread_main(self) -> None:
+        """A runner thread; should it die all the same, the reason is kept for :meth:`problem`."""
+        try:
+            self._loop()
+        except BaseException as exc:
+            log.critical("task runner thread %s died; no more tasks run on it", threading.current_thread().name,
+                         exc_info=True)
+            with self._lock:
+                self._deaths.append(f"{threading.current_thread().name}: {type(exc).__name__}: {exc}")
+
     def _loop(self) -> None:
         while True:
             task_id = self._queue.get()
             if task_id is None:
                 return
+            self._record_unrecorded()
+            with self._lock:
+                self._queued.discard(task_id)
+                if task_id in self._cancelled:
+                    # Deleted while queued: dropped here, so its id is not remembered any longer.
+                    self._cancelled.discard(task_id)
+                    continue
+                self._active.add(task_id)
             try:
                 self._run(task_id)
-            except (AmError, OSError) as exc:
+            except Exception as exc:
+                # One task's failure, whatever it is, must not stop the thread that runs every later task.
                 log.exception("task %s could not be run", task_id)
-                self._record(task_id, status=FAILED, error=f"the server could not run this task: {exc}")
+                what = str(exc) if isinstance(exc, (AmError, OSError)) else f"{type(exc).__name__}: {exc}"
+                self._record(task_id, status=FAILED, error=f"the server could not run this task: {what}")
+            finally:
+                with self._lock:
+                    self._active.discard(task_id)
+                    self._cancelled.discard(task_id)
 
-    def _claim(self, task_id: str) -> Task | None:
-        """Mark the task RUNNING and start its pipeline, unless it was deleted, cancelled or is not queued."""
+    def _claim(self, task_id: str) -> int | None:
+        """Mark the task RUNNING and start its pipeline, unless it was deleted, cancelled or is not queued.
+
+        Returns where this run's part of the task's log starts, or None when the task is not run.
+        """
         with self._lock:
             if self._stopping or task_id in self._cancelled:
                 return None
@@ -206,20 +270,23 @@ class TaskRunner:
             argv = self._command.argv(self._store.task_dir(task_id), rows=task.rows, cols=task.cols)
             log.info("task %s: running %s", task_id, " ".join(argv))
             with open(self._store.log_path(task_id), "ab") as log_file:
+                log_start = os.fstat(log_file.fileno()).st_size
                 self._procs[task_id] = subprocess.Popen(
                     argv, env=self._environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                     start_new_session=True, preexec_fn=_die_with_parent,
                 )
-            return task
+            return log_start
 
     def _run(self, task_id: str) -> None:
-        task = self._claim(task_id)
-        if task is None:
+        log_start = self._claim(task_id)
+        if log_start is None:
             return
-        proc = self._procs[task_id]
-        returncode = proc.wait()
+        try:
+            returncode = self._procs[task_id].wait()
+        finally:
+            with self._lock:
+                del self._procs[task_id]
         with self._lock:
-            del self._procs[task_id]
             if task_id in self._cancelled:
                 return
             if self._stopping:
@@ -228,23 +295,38 @@ class TaskRunner:
                 return
         if returncode == 0:
             try:
-                self._export_mask(task_id)
+                exported = self._export_mask(task_id)
             except (AmError, OSError) as exc:
                 self._record(task_id, status=FAILED, error=f"the stitched mask cannot be served: {exc}")
                 return
-            self._record(task_id, status=FINISHED, error=None)
-            log.info("task %s finished", task_id)
+            if exported:
+                self._record(task_id, status=FINISHED, error=None)
+                log.info("task %s finished", task_id)
         else:
-            reason = failure_reason(self._store.log_path(task_id), returncode)
+            reason = failure_reason(self._store.log_path(task_id), returncode, start=log_start)
             self._record(task_id, status=FAILED, error=reason)
             log.warning("task %s failed: %s", task_id, reason.splitlines()[0] if reason else returncode)
 
-    def _export_mask(self, task_id: str) -> None:
-        """Keep a PNG copy of the stitched mask, so GET /masks/<id> sends a file instead of encoding per request."""
-        mask = read_image(self._store.layout(task_id).stitched_mask(GROUP))
-        write_png(self._store.mask_png(task_id), mask)
+    def _export_mask(self, task_id: str) -> bool:
+        """Keep a PNG copy of the stitched mask, so GET /masks/<id> sends a file instead of encoding per request.
+
+        Returns False, writing nothing, when the task was deleted meanwhile: reading and encoding a
+        large mask takes seconds, and a write must not bring back a deleted task's folder.
+        """
+        data = encode_png(read_image(self._store.layout(task_id).stitched_mask(GROUP)))
+        target = self._store.mask_png(task_id)
+        # DELETE cancels (under this lock) before it removes the folder, so under the lock a task
+        # not cancelled still has its folder; mkdir without parents makes sure of it all the same.
+        with self._lock:
+            if task_id in self._cancelled:
+                log.info("task %s was deleted while its mask was exported; nothing written", task_id)
+                return False
+            target.parent.mkdir(exist_ok=True)
+            write_atomic(target, data)
+        return True
 
     def _record(self, task_id: str, **changes: object) -> None:
+        """Write the task's outcome; a failure to write is logged and retried before the next task, not raised."""
         with self._lock:
             if task_id in self._cancelled:
                 return
@@ -252,6 +334,21 @@ class TaskRunner:
                 self._store.update(task_id, **changes)
             except UnknownTask:
                 log.info("task %s was deleted before its outcome could be recorded", task_id)
+            except Exception:
+                # task.json still says RUNNING: retried below; were it never written, the task runs again
+                # when the server next starts.
+                log.exception("task %s: cannot record its outcome (%s) in %s; trying again before the next task",
+                              task_id, changes.get("status"), self._store.task_dir(task_id))
+                self._unrecorded[task_id] = changes
+                return
+            self._unrecorded.pop(task_id, None)
+
+    def _record_unrecorded(self) -> None:
+        with self._lock:
+            pending = list(self._unrecorded.items())
+        for task_id, changes in pending:
+            log.info("task %s: recording its outcome (%s) again", task_id, changes.get("status"))
+            self._record(task_id, **changes)
 
 
 __all__ = ["PipelineCommand", "TaskRunner", "failure_reason"]

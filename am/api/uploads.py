@@ -2,29 +2,40 @@
 
 Shared by the task API and the SageMaker contract, so both accept and refuse the same bodies.
 A body is streamed to a temporary file while its bytes are counted (a client may send no
-Content-Length, or a false one), then decoded once with :func:`am.imageio.read_image` so a
-request with an unreadable image is refused at once instead of failing later in a task::
+Content-Length, or a false one). Its header is then read, and an image whose pixels would take
+more memory than the server allows is refused before a pixel is decoded: a compressed TIFF of
+a few hundred kilobytes can declare gigabytes of zeros. Only then is it decoded with
+:func:`am.imageio.read_image`, so a request with an unreadable image is refused at once instead
+of failing later in a task::
 
     kind = media_kind(request.headers.get("content-type"), accepted=TASK_MEDIA_TYPES)
-    await receive_body(request.stream(), target, max_bytes=limit, declared=content_length)
-    image = check_image(target, kind=kind)        # InputError if it does not decode
+    await receive_body(request.stream(), target, max_bytes=limit)
+    path = check_image(target, kind=kind, max_bytes=limit)    # decodes, keeps no pixels
+    image = load_image(target, kind=kind, max_bytes=limit)    # or: the pixels, to segment them
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from am.errors import InputError
-from am.imageio import read_image
+from am.imageio import ImageHeader, read_header, read_image
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Default cap on one upload: a 20000 x 20000 16-bit scan compresses to well under this.
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+# Decoded pixels may take at most this many bytes per byte of the body limit (2 GiB at the default
+# limit: a 20000 x 20000 RGB or RGBA 8-bit scan, or 16-bit grey). Microscopy compresses about 2:1,
+# so an image that fits the body limit fits this; only mostly-empty or crafted files expand more.
+DECODED_BYTES_PER_BODY_BYTE = 8
 
 PNG = "png"
 TIFF = "tiff"
@@ -45,6 +56,10 @@ class UnsupportedMediaType(InputError):
 
 class BodyTooLarge(InputError):
     """The request body is larger than the server accepts (HTTP 413)."""
+
+
+class ImageTooLarge(BodyTooLarge):
+    """The uploaded image would take more memory to decode than the server allows (HTTP 413)."""
 
 
 def media_kind(content_type: str | None, *, accepted: Mapping[str, str]) -> str:
@@ -101,22 +116,64 @@ def sniff_kind(target: Path, *, kind: str) -> str:
     return found
 
 
-def check_image(target: Path, *, kind: str) -> tuple[Path, np.ndarray]:
-    """Decode the uploaded file; returns it renamed with the right suffix, and its pixels.
+def decoded_limit(max_bytes: int) -> int:
+    """The most bytes of decoded pixels a server with body limit ``max_bytes`` decodes for one image."""
+    return max_bytes * DECODED_BYTES_PER_BODY_BYTE
 
-    Raises InputError (naming the problem) when the bytes are not a readable image.
+
+def check_image(target: Path, *, kind: str, max_bytes: int) -> Path:
+    """Check that the upload is an image the server may decode and that it decodes; returns it renamed.
+
+    For the task API: the pipeline decodes the image again in its own process, so the pixels
+    are dropped here as soon as they have decoded. Raises ImageTooLarge (before decoding) or
+    InputError (naming the problem) otherwise.
     """
+    named = _accepted(target, kind=kind, max_bytes=max_bytes)
+    _decode(named)
+    return named
+
+
+def load_image(target: Path, *, kind: str, max_bytes: int) -> np.ndarray:
+    """The upload's pixels, after the same checks as :func:`check_image` (for segmenting in this process)."""
+    return _decode(_accepted(target, kind=kind, max_bytes=max_bytes))
+
+
+def _accepted(target: Path, *, kind: str, max_bytes: int) -> Path:
+    """Rename the upload to its format's suffix and check from its header that it may be decoded."""
     found = sniff_kind(target, kind=kind)
     named = target.with_suffix(SUFFIXES[found])
     target.rename(named)
-    try:
-        image = read_image(named)
-    except InputError as exc:
-        # The message names the temporary file, which means nothing to the client.
-        text = str(exc).replace(str(named), "the uploaded image")
-        raise InputError(text) from exc
+    header = _uploaded(named, read_header)
+    limit = decoded_limit(max_bytes)
+    if header.decoded_bytes > limit:
+        raise ImageTooLarge(
+            f"the uploaded image is {_described(header)}: {header.decoded_bytes} bytes once decoded, above this "
+            f"server's limit of {limit} bytes of pixels per image ({DECODED_BYTES_PER_BODY_BYTE} times its "
+            f"{max_bytes}-byte body limit); send a smaller image (crop or split it), or start the server with a "
+            "larger --max-bytes"
+        )
+    return named
+
+
+def _decode(named: Path) -> np.ndarray:
+    image = _uploaded(named, read_image)
     log.debug("upload %s decodes to %s %s", named.name, image.shape, image.dtype)
-    return named, image
+    return image
+
+
+def _uploaded(named: Path, read: Callable[[Path], T]) -> T:
+    """``read(named)``, with the temporary file's name, which means nothing to the client, out of errors."""
+    try:
+        return read(named)
+    except InputError as exc:
+        raise InputError(str(exc).replace(f"image {named}", "the uploaded image")
+                         .replace(str(named), "the uploaded image")) from exc
+
+
+def _described(header: ImageHeader) -> str:
+    pages = f", {header.pages} pages" if header.pages > 1 else ""
+    return (f"{header.width} x {header.height} pixels with {header.channels} channel(s) of {header.dtype}"
+            f"{pages}")
 
 
 def _too_large(size: int, max_bytes: int, *, at_least: bool = False) -> str:
@@ -126,13 +183,17 @@ def _too_large(size: int, max_bytes: int, *, at_least: bool = False) -> str:
 
 
 __all__ = [
+    "DECODED_BYTES_PER_BODY_BYTE",
     "DEFAULT_MAX_BYTES",
     "INVOCATION_MEDIA_TYPES",
     "TASK_MEDIA_TYPES",
     "BodyTooLarge",
+    "ImageTooLarge",
     "UnsupportedMediaType",
     "check_image",
     "declared_length",
+    "decoded_limit",
+    "load_image",
     "media_kind",
     "receive_body",
     "sniff_kind",

@@ -13,9 +13,11 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from am.cli import EXIT_OK, configure_logging, run_main
+from am.cli import EXIT_OK, PRECISIONS, add_precision_option, configure_logging, run_main
+from am.errors import ConfigError
 from am.messages import TTA_MODES
 from am.settings import config_path_from, load_settings
 
@@ -30,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m am.serve",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         epilog="Tile and normalisation settings resolve as: option, then AM_<KEY>, then the config file "
-               "(--config or $AM_CONFIG), then the default. The port defaults to $SAGEMAKER_BIND_TO_PORT "
+               "(--config or $AM_CONFIG), then the default. --precision resolves as: option, then "
+               "$AM_PRECISION (as workers read it), then auto. The port defaults to $SAGEMAKER_BIND_TO_PORT "
                "when SageMaker sets it.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -43,9 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help=f"TCP port (default {SAGEMAKER_PORT})")
     serve.add_argument("--max-bytes", type=int, default=None,
                        help="largest accepted record in bytes (default 268435456 = 256 MiB); larger is refused "
-                            "with 413")
+                            "with 413, as is an image whose header declares more than 8 times this in decoded pixels")
     serve.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
     serve.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default 0: all cores)")
+    add_precision_option(serve)
+    # None: not given, so $AM_PRECISION decides (see resolve_precision_option).
+    serve.set_defaults(precision=None)
     serve.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")
     serve.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     serve.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
@@ -54,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="test-time augmentation: off (default), flips (4 views) or d4 (8 views)")
     serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     return parser
+
+
+def resolve_precision_option(option: str | None, environ: Mapping[str, str]) -> str:
+    """``--precision`` if given, else ``AM_PRECISION`` read as the worker reads it, else auto.
+
+    A SageMaker container is configured through its environment, so the variable the workers
+    obey must work here too.
+    """
+    if option:
+        return option
+    value = environ.get("AM_PRECISION", "").strip().lower() or "auto"
+    if value not in PRECISIONS:
+        raise ConfigError(f"AM_PRECISION = {value!r} must be one of {', '.join(PRECISIONS)} (auto is fp16 on CUDA, "
+                          "bf16 on a CPU with AMX, fp32 on other CPUs); fix the variable or pass --precision")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
                      "log_level": args.log_level, "tta": args.tta}
         settings = load_settings(overrides, environ=os.environ, config_path=config_path_from(args.config, os.environ))
         configure_logging(settings.log_level)
+        precision = resolve_precision_option(args.precision, os.environ)
         model_path = find_model(args.model_dir)
         predictor = Predictor.from_checkpoint(model_path, device=args.device, threads=args.threads,
-                                              batch_size=settings.batch_size, tta=settings.tta)
-        log.info("model %s loaded on %s; tiles of %d px overlapping by %d", model_path, predictor.device,
-                 settings.tile_size, settings.tile_overlap)
+                                              batch_size=settings.batch_size, tta=settings.tta, precision=precision)
+        log.info("model %s loaded on %s (%s); tiles of %d px overlapping by %d", model_path, predictor.device,
+                 predictor.precision, settings.tile_size, settings.tile_overlap)
         segmenter = ImageSegmenter(predictor, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
                                    low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct)
         app = create_app(segmenter, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)

@@ -5,7 +5,8 @@ SageMaker (real-time endpoints and batch transform alike) sends one record per r
 or one tile, as ``image/png``, ``image/tiff`` or ``application/x-image`` (either, told apart
 by its signature); the answer is its 0/255 mask as an 8-bit PNG of the same size. Refusals
 are JSON ``{"detail": ...}``: 415 for another Content-Type, 400 for a body that does not
-decode, 413 above ``max_bytes``::
+decode, 413 above ``max_bytes`` or for an image whose header declares more pixels than
+:func:`am.api.uploads.decoded_limit` allows::
 
     app = create_app(ImageSegmenter(predictor), max_bytes=DEFAULT_MAX_BYTES)
 """
@@ -27,8 +28,8 @@ from am.api.uploads import (
     INVOCATION_MEDIA_TYPES,
     BodyTooLarge,
     UnsupportedMediaType,
-    check_image,
     declared_length,
+    load_image,
     media_kind,
     receive_body,
 )
@@ -54,9 +55,9 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
 
     install_error_handler(app, ERROR_STATUSES)
 
-    @app.get("/ping", summary="Health check: 200 once the model is loaded")
+    @app.get("/ping", summary="Health check: 200 once the model is loaded; says where and in what precision it runs")
     def ping() -> dict[str, str]:
-        return {"status": "ok", "device": segmenter.predictor.device}
+        return {"status": "ok", "device": segmenter.predictor.device, "precision": segmenter.predictor.precision}
 
     @app.get("/execution-parameters", summary="Batch transform defaults SageMaker asks the container for")
     def execution_parameters() -> dict[str, Any]:
@@ -78,8 +79,10 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
             await receive_body(request.stream(), part, max_bytes=max_bytes)
 
             def run() -> bytes:
-                _, image = check_image(part, kind=kind)
-                return encode_png(segmenter.segment(image, name="the record"))
+                # The header is checked before decoding, so a small body cannot make this process decode
+                # gigabytes; the pixels are freed as soon as the mask is made.
+                mask = segmenter.segment(load_image(part, kind=kind, max_bytes=max_bytes), name="the record")
+                return encode_png(mask)
 
             body = await anyio.to_thread.run_sync(run, limiter=model_lock)
         return Response(content=body, media_type="image/png")

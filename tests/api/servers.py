@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,13 +57,18 @@ def server_environment(tmp: Path) -> dict[str, str]:
 
 
 @contextmanager
-def running(module_args: list[str], *, tmp: Path, name: str = "server") -> Iterator[Server]:
-    """Start ``python -m <module_args>`` with --host/--port added, wait until it answers, stop it afterwards."""
+def running(module_args: list[str], *, tmp: Path, name: str = "server",
+            env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """Start ``python -m <module_args>`` with --host/--port added, wait until it answers, stop it afterwards.
+
+    ``env`` adds to (or replaces some of) the test environment's variables.
+    """
     port = free_port()
     log = tmp / f"{name}-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", *module_args, "--host", "127.0.0.1", "--port", str(port)],
-                                env=server_environment(tmp), stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+                                env={**server_environment(tmp), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=tmp)
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
         wait_until_up(server, path="/openapi.json")

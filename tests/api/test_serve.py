@@ -126,3 +126,45 @@ def test_serve_exits_1_with_a_clear_message_when_the_model_folder_is_empty(tmp_p
                             env=server_environment(tmp_path), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "name the checkpoint model.pt" in result.stderr
+
+
+def test_serve_takes_precision_from_the_option_then_am_precision_then_auto():
+    from am.errors import ConfigError
+    from am.serve.__main__ import build_parser, resolve_precision_option
+
+    assert build_parser().parse_args(["serve", "--precision", "fp32"]).precision == "fp32"
+    assert build_parser().parse_args(["serve"]).precision is None
+    assert resolve_precision_option("fp32", {"AM_PRECISION": "bf16"}) == "fp32"
+    assert resolve_precision_option(None, {"AM_PRECISION": " BF16 "}) == "bf16"
+    assert resolve_precision_option(None, {}) == "auto"
+    with pytest.raises(ConfigError, match="AM_PRECISION = 'fp8' must be one of auto, fp32, fp16, bf16"):
+        resolve_precision_option(None, {"AM_PRECISION": "fp8"})
+
+
+@pytest.mark.parametrize("option, environ, expected", [
+    (["--precision", "fp32"], {"AM_PRECISION": "bf16"}, "fp32"),  # the option wins
+    ([], {"AM_PRECISION": "bf16"}, "bf16"),  # as workers read it (bf16 runs on any CPU, slowly without AMX)
+])
+def test_the_model_runs_in_the_precision_asked_for(tmp_path, tiny_model, option, environ, expected):
+    (tmp_path / "model").mkdir()
+    shutil.copy(tiny_model, tmp_path / "model" / "model.pt")
+    args = ["am.serve", "serve", "--model-dir", str(tmp_path / "model"), "--device", "cpu", *option, *TILE]
+    with running(args, tmp=tmp_path, name="serve-precision", env=environ) as server:
+        assert server.client.get("/ping").json() == {"status": "ok", "device": "cpu", "precision": expected}
+        tile = np.random.default_rng(7).integers(0, 256, size=(128, 128), dtype=np.uint8)
+        response = server.client.post("/invocations", content=png_bytes(tile), headers={"Content-Type": "image/png"})
+        assert response.status_code == 200
+        assert f"loaded on cpu ({expected})" in server.log_text()
+
+
+def test_serve_exits_1_naming_a_bad_am_precision(tmp_path):
+    import subprocess
+    import sys
+
+    from .servers import server_environment
+
+    result = subprocess.run([sys.executable, "-m", "am.serve", "serve", "--model-dir", str(tmp_path), "--port", "0"],
+                            env={**server_environment(tmp_path), "AM_PRECISION": "fp8"}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert "AM_PRECISION = 'fp8' must be one of" in result.stderr

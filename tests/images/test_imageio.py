@@ -19,10 +19,12 @@ from am.imageio import (
     encode_png,
     header_size,
     is_grey_8bit_png,
+    read_header,
     read_image,
     write_png,
     write_tiff,
 )
+from tests.images.tiffs import tiff_bytes, with_damaged_strip, with_tag_count, with_tag_renamed
 
 RNG = np.random.default_rng(7)
 
@@ -361,3 +363,61 @@ def test_encode_png_of_a_bgr_array_equals_encoding_its_rgb_form(tmp_path):
     write_png(tmp_path / "fast.png", bgr, compression=1, bgr=True)
     assert np.array_equal(read_image(tmp_path / "fast.png"), rgb)
     assert decode_png(encode_png(rgb[:, :, 0], compression=1), name="grey").shape == (20, 30)
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "packbits"])
+def test_a_tiff_whose_compressed_pixels_are_damaged_is_an_input_error_naming_the_file(tmp_path, compression):
+    # imagecodecs raises its own errors (DeflateError, ImcdError), which are no TiffFileError.
+    path = tmp_path / f"{compression}.tif"
+    image = RNG.integers(0, 65536, (60, 80), dtype=np.uint16)
+    path.write_bytes(with_damaged_strip(tiff_bytes(image, compression=compression)))
+    assert read_header(path).decoded_bytes == image.nbytes, "the header is intact"
+    with pytest.raises(InputError, match="pixel data cannot be decoded") as info:
+        read_image(path)
+    assert str(path) in str(info.value) and "copy or export it again" in str(info.value)
+
+
+@pytest.mark.parametrize("tag, words", [
+    (262, "photometric field is (1, 0), not one number"),  # read by am-segm: two values where one belongs
+    (277, "cannot be read as TIFF (TypeError"),  # tifffile itself trips over it while parsing
+])
+def test_a_tiff_tag_with_several_values_where_one_belongs_is_an_input_error(tmp_path, tag, words):
+    path = tmp_path / "tag.tif"
+    path.write_bytes(with_tag_count(tiff_bytes(np.ones((30, 40), np.uint16)), tag=tag, count=2))
+    with pytest.raises(InputError, match="tag.tif") as info:
+        read_image(path)
+    assert words in str(info.value)
+
+
+def test_a_tiled_tiff_without_its_tile_length_is_an_input_error(tmp_path):
+    # tifffile divides by the missing TileLength (ZeroDivisionError) when it decodes the tiles.
+    path = tmp_path / "tiles.tif"
+    data = tiff_bytes(np.ones((40, 50), np.uint16), tile=(16, 16))
+    path.write_bytes(with_tag_renamed(data, tag=323, to=346))
+    with pytest.raises(InputError, match="tiles.tif cannot be read as TIFF"):
+        read_image(path)
+
+
+def test_read_header_says_what_decoding_will_take_without_decoding(tmp_path):
+    cases = {
+        "grey8.png": (np.zeros((30, 50), np.uint8), 1, np.uint8),
+        "rgb16.png": (np.zeros((7, 9, 3), np.uint16), 3, np.uint16),
+        "rgba8.png": (np.zeros((5, 6, 4), np.uint8), 4, np.uint8),
+        "rgba16.tif": (np.zeros((40, 30, 4), np.uint16), 4, np.uint16),
+        "float.tif": (np.zeros((8, 8), np.float32), 1, np.float32),
+    }
+    for name, (image, channels, dtype) in cases.items():
+        (write_png if name.endswith(".png") else write_tiff)(tmp_path / name, image)
+        header = read_header(tmp_path / name)
+        assert (header.height, header.width, header.channels, header.dtype) == (*image.shape[:2], channels, dtype)
+        assert header.decoded_bytes == image.nbytes and header.pages == 1
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for _ in range(3):
+            tif.write(np.zeros((10, 10), np.uint8))
+    assert read_header(tmp_path / "pages.tif").pages == 3
+    for name, data, words in (("bad.png", b"\x89PNG\r\n\x1a\n" + bytes(30), "not a PNG file"),
+                              ("bad.tif", b"II*\x00" + bytes(4), "no readable image plane"),
+                              ("empty.tif", b"", "empty")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=words):
+            read_header(tmp_path / name)

@@ -1,0 +1,50 @@
+"""A stand-in for ``python -m am.pipeline`` in the task runner's tests: ``fake_pipeline.py DATASET MODE``.
+
+The runner only starts a process and reads its exit status, its log and the stitched mask, so
+these few behaviours are all its tests need, in a fraction of a second each:
+
+    ok      write a small stitched mask and exit 0
+    wait    wait until DATASET/go exists (the test says when), then as ok
+    fail    log an ERROR record as the pipeline does and exit 3
+    kill    die by SIGKILL without logging anything (what the OOM killer does)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+# Run as a script by the runner: the repository is not necessarily on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from am.dataset import DatasetLayout
+from am.imageio import write_tiff
+
+WAIT_LIMIT_S = 60.0
+MASK_SHAPE = (60, 80)
+
+
+def main(dataset: Path, mode: str) -> int:
+    if mode == "wait":
+        deadline = time.monotonic() + WAIT_LIMIT_S
+        while not (dataset / "go").exists():
+            if time.monotonic() > deadline:
+                print(f"12:00:00 ERROR am.pipeline: nobody created {dataset / 'go'}", flush=True)
+                return 4
+            time.sleep(0.02)
+    if mode == "fail":
+        print("12:00:00 ERROR am.pipeline: the fake pipeline failed on purpose", flush=True)
+        return 3
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    import numpy as np
+
+    write_tiff(DatasetLayout(dataset).stitched_mask("image"), np.full(MASK_SHAPE, 255, np.uint8))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), sys.argv[2]))

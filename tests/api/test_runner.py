@@ -1,0 +1,241 @@
+"""The task runner under faults: the real app, store and runner, with a fake pipeline script (fake_pipeline.py).
+
+In-process (FastAPI's TestClient), so a test can fill the disk for task.json, hold the runner in
+the middle of exporting a mask, or kill its thread, and watch what a client sees.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import am.api.runner as runner_module
+import am.api.tasks as tasks_module
+from am.api.app import create_app
+from am.api.runner import PipelineCommand, TaskRunner, failure_reason
+from am.api.tasks import TASK_FILE, TaskStore
+from am.settings import Settings
+
+from .servers import png_bytes
+
+FAKE_PIPELINE = Path(__file__).with_name("fake_pipeline.py")
+TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class FakePipeline(PipelineCommand):
+    """The runner's command, pointing at the fake pipeline script."""
+
+    mode: str = "ok"
+
+    def argv(self, dataset: Path, *, rows: int | None, cols: int | None) -> list[str]:
+        return [sys.executable, str(FAKE_PIPELINE), str(dataset), self.mode]
+
+
+@dataclass
+class Api:
+    client: TestClient
+    store: TaskStore
+    runner: TaskRunner
+
+    def submit(self) -> str:
+        image = np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8)
+        response = self.client.post("/tasks", content=png_bytes(image), headers={"Content-Type": "image/png"})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def state(self, task_id: str) -> dict:
+        return self.client.get(f"/tasks/{task_id}").json()
+
+    def wait(self, task_id: str, *, until: tuple[str, ...] = ("FINISHED", "FAILED")) -> dict:
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            state = self.state(task_id)
+            if state.get("status") in until:
+                return state
+            time.sleep(0.02)
+        raise AssertionError(f"task {task_id} is still {state} after {TIMEOUT_S} s, not {until}")
+
+    def release(self, task_id: str) -> None:
+        """Let a task of the ``wait`` fake pipeline go on."""
+        (self.store.task_dir(task_id) / "go").touch()
+
+
+@contextmanager
+def api(tmp_path: Path, *, mode: str = "ok") -> Iterator[Api]:
+    store = TaskStore(tmp_path / "data")
+    runner = TaskRunner(store, FakePipeline(Settings(), mode=mode), environ=os.environ, stop_grace_s=10)
+    with TestClient(create_app(store, runner, max_bytes=1_000_000), raise_server_exceptions=False) as client:
+        yield Api(client, store, runner)
+
+
+def until(condition, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what} after {TIMEOUT_S} s")
+        time.sleep(0.02)
+
+
+def test_a_runner_thread_outlives_a_task_whose_outcome_cannot_be_written(tmp_path, monkeypatch, caplog):
+    """A full disk while a task ends: logged, retried, and the next task still runs."""
+    disk_full = threading.Event()
+    write = tasks_module.write_atomic
+
+    def write_unless_full(path: Path, data: bytes) -> None:
+        if disk_full.is_set() and path.name == TASK_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, data)
+
+    monkeypatch.setattr(tasks_module, "write_atomic", write_unless_full)
+    caplog.set_level(logging.INFO, logger="am.api.runner")
+    with api(tmp_path, mode="wait") as server:
+        first = server.submit()
+        server.wait(first, until=("RUNNING",))
+        disk_full.set()
+        server.release(first)
+        until(lambda: any("cannot record its outcome" in r.getMessage() for r in caplog.records),
+              "logged that the outcome cannot be recorded")
+        failure = next(r for r in caplog.records if "cannot record its outcome" in r.getMessage())
+        assert failure.levelno == logging.ERROR and failure.exc_info, "logged with its traceback"
+        assert server.state(first)["status"] == "RUNNING", "task.json could not change"
+
+        disk_full.clear()
+        second = server.submit()
+        server.release(second)
+        assert server.wait(second)["status"] == "FINISHED", "the thread still runs tasks"
+        # The outcome that could not be written was written before the next task started.
+        assert server.state(first)["status"] == "FINISHED"
+        health = server.client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_health_is_503_with_the_reason_when_a_runner_thread_has_died(tmp_path, monkeypatch):
+    class ThreadKiller(BaseException):
+        """Not an Exception, so no per-task handler stops it: what it takes to kill the thread."""
+
+    with api(tmp_path) as server:
+        def claim(task_id: str) -> None:
+            raise ThreadKiller("simulated death of the thread")
+
+        monkeypatch.setattr(server.runner, "_claim", claim)
+        assert server.client.get("/health").status_code == 200
+        server.submit()
+        until(lambda: server.client.get("/health").status_code == 503, "unhealthy")
+        body = server.client.get("/health").json()
+        assert body["status"] == "unhealthy"
+        assert "am-api-runner-0" in body["reason"] and "ThreadKiller: simulated death" in body["reason"]
+        assert "restart the server" in body["reason"]
+
+
+def test_any_exception_from_one_task_fails_that_task_only(tmp_path, monkeypatch, caplog):
+    calls = []
+    export = TaskRunner._export_mask
+
+    def export_once_broken(self: TaskRunner, task_id: str) -> bool:
+        calls.append(task_id)
+        if len(calls) == 1:
+            raise KeyError("a bug in the export")
+        return export(self, task_id)
+
+    monkeypatch.setattr(TaskRunner, "_export_mask", export_once_broken)
+    with api(tmp_path) as server:
+        first = server.submit()
+        state = server.wait(first)
+        assert state["status"] == "FAILED" and "KeyError" in state["error"] and "a bug in the export" in state["error"]
+        assert any(r.exc_info and "could not be run" in r.getMessage() for r in caplog.records)
+        second = server.submit()
+        assert server.wait(second)["status"] == "FINISHED"
+
+
+def test_a_resumed_task_killed_without_an_error_line_does_not_report_the_previous_runs_error(tmp_path):
+    store = TaskStore(tmp_path / "data")
+    upload = store.upload_path().with_suffix(".png")
+    upload.write_bytes(png_bytes(np.zeros((60, 80), np.uint8)))
+    task = store.create(upload)
+    # What an earlier run left in the task's log before the server stopped it.
+    store.log_path(task.id).write_text("12:00:00 INFO am.pipeline: run 1\n"
+                                       "12:00:01 ERROR am.pipeline: interrupted; stale error of the previous run\n")
+    with api(tmp_path, mode="kill") as server:
+        state = server.wait(task.id)
+    assert state["status"] == "FAILED"
+    assert state["error"].startswith("the pipeline failed (killed by signal 9)"), state["error"]
+    assert "stale" not in state["error"]
+
+
+def test_failure_reason_searches_only_from_where_this_run_started(tmp_path):
+    log = tmp_path / "pipeline.log"
+    earlier = "12:00:00 ERROR am.pipeline: the earlier run's error\n"
+    log.write_text(earlier + "12:00:05 INFO am.pipeline: resumed\n")
+    assert failure_reason(log, -9) == "the earlier run's error"
+    reason = failure_reason(log, -9, start=len(earlier))
+    assert reason == "the pipeline failed (killed by signal 9): 12:00:05 INFO am.pipeline: resumed"
+    assert failure_reason(log, 3, start=log.stat().st_size) == "the pipeline failed (exit code 3)"
+
+
+def test_deleting_a_task_while_its_mask_is_exported_leaves_nothing_behind(tmp_path, monkeypatch):
+    exporting, deleted = threading.Event(), threading.Event()
+    read = runner_module.read_image
+
+    def read_then_wait_for_the_delete(path: Path) -> np.ndarray:
+        image = read(path)
+        if not exporting.is_set():
+            exporting.set()
+            assert deleted.wait(TIMEOUT_S), "the test did not delete the task"
+        return image
+
+    monkeypatch.setattr(runner_module, "read_image", read_then_wait_for_the_delete)
+    with api(tmp_path) as server:
+        doomed = server.submit()
+        assert exporting.wait(TIMEOUT_S), "the pipeline exited 0 and the runner exports its mask"
+        assert server.state(doomed)["status"] == "RUNNING"
+        assert server.client.delete(f"/tasks/{doomed}").status_code == 204
+        deleted.set()
+        # One runner thread: once the next task has finished, the export of the deleted one is over.
+        kept = server.submit()
+        assert server.wait(kept)["status"] == "FINISHED"
+        assert server.client.get(f"/tasks/{doomed}").status_code == 404
+        assert sorted(p.name for p in server.store.tasks_dir.iterdir()) == [kept]
+        assert server.client.get(f"/masks/{kept}").status_code == 200
+
+
+def test_health_counts_only_tasks_that_will_run_and_deleted_ids_are_not_kept(tmp_path):
+    with api(tmp_path, mode="wait") as server:
+        running = server.submit()
+        server.wait(running, until=("RUNNING",))
+        waiting = [server.submit() for _ in range(3)]
+        assert server.client.get("/health").json()["queued"] == 3
+        for task_id in waiting[:2]:
+            assert server.client.delete(f"/tasks/{task_id}").status_code == 204
+        health = server.client.get("/health").json()
+        assert (health["queued"], health["running"]) == (1, 1)
+
+        server.release(running)
+        server.release(waiting[2])
+        assert server.wait(running)["status"] == "FINISHED"
+        assert server.wait(waiting[2])["status"] == "FINISHED"
+        # Deleting finished tasks has nothing to stop: their ids need not be remembered either.
+        for task_id in (running, waiting[2]):
+            assert server.client.delete(f"/tasks/{task_id}").status_code == 204
+        assert server.client.get("/health").json()["queued"] == 0
+        until(lambda: not server.runner._cancelled, "forgotten: every deleted id was dropped from the queue")
+
+
+@pytest.mark.parametrize("mode, words", [("fail", "the fake pipeline failed on purpose"),
+                                         ("kill", "killed by signal 9")])
+def test_a_failed_pipeline_is_reported_with_its_reason(tmp_path, mode, words):
+    with api(tmp_path, mode=mode) as server:
+        state = server.wait(server.submit())
+    assert state["status"] == "FAILED" and words in state["error"]
