@@ -7,7 +7,7 @@ import pytest
 
 import am.model.predict as predict_module
 from am.model.checkpoint import default_model_path
-from am.model.flat import MIN_FLAT_PX, flat_areas
+from am.model.flat import FLAT_SIDE, flat_areas
 from am.model.predict import Predictor
 from am.synth.dataset import random_sample
 
@@ -19,10 +19,21 @@ def test_flat_areas_cover_the_fill_and_nothing_of_the_picture() -> None:
     blank = flat_areas(tile)
     assert not blank[64:192, 64:192].any()
     assert blank.sum() == 256 * 256 - 128 * 128  # every fill pixel, those beside the picture included
-    # A flat patch smaller than a mark could be (a clipped mark centre) stays.
-    tile[100:140, 100:140] = 255
-    assert MIN_FLAT_PX > 40 * 40
-    assert not flat_areas(tile)[64:192, 64:192].any()
+    # Marks clipped to white: the largest (radius 42 px) and a chain of abutting ones, thousands of
+    # flat pixels together, hold no flat square of FLAT_SIDE and stay.
+    yy, xx = np.mgrid[:256, :256]
+    clipped = tile.copy()
+    clipped[(yy - 128) ** 2 + (xx - 128) ** 2 <= 42**2] = 255
+    for cx in (40, 124, 208):
+        clipped[(yy - 40) ** 2 + (xx - cx) ** 2 <= 42**2] = 255
+    assert np.count_nonzero(clipped == 255) > 4 * FLAT_SIDE**2
+    assert not flat_areas(clipped)[64:192, 64:192].any()
+    # A fill narrower than FLAT_SIDE is left to the model; one as wide is blank.
+    strip = rng.integers(1, 256, (256, 256)).astype(np.uint8)
+    strip[:, : FLAT_SIDE - 1] = 0
+    assert not flat_areas(strip).any()
+    strip[:, : FLAT_SIDE] = 0
+    assert flat_areas(strip).sum() == 256 * FLAT_SIDE
     # One grey level everywhere, and a stack of tiles.
     assert flat_areas(np.full((80, 80), 7, np.uint8)).all()
     stack = np.stack([tile, rng.integers(0, 256, (256, 256)).astype(np.uint8)])
