@@ -105,19 +105,16 @@ VPC_ID ?=
 SUBNET_IDS ?=
 STACK_PARAMS ?=
 AWS := aws --region $(AWS_REGION)
+# Stack states whose outputs name resources that exist: only then can am.scale drain the workers.
+USABLE_STACK_STATES := CREATE_COMPLETE UPDATE_COMPLETE UPDATE_ROLLBACK_COMPLETE IMPORT_COMPLETE IMPORT_ROLLBACK_COMPLETE
 # $(call stack-output,KEY): one output of the deployed stack, empty when the stack does not exist.
 stack-output = $(shell $(AWS) cloudformation describe-stacks --stack-name $(STACK) \
 	--query "Stacks[0].Outputs[?OutputKey=='$(1)'].OutputValue" --output text 2>/dev/null)
 
-.PHONY: image image-with-model push deploy undeploy upload-model task-definition
+.PHONY: image push deploy undeploy upload-model task-definition
 
 image:
 	docker build -f Dockerfile.worker --target worker -t $(IMAGE_NAME):$(IMAGE_TAG) .
-
-image-with-model:
-	@test -f "$(MODEL)" || { echo "set MODEL=path/to/checkpoint.pt" >&2; exit 2; }
-	mkdir -p build/bake && cp "$(MODEL)" build/bake/am-segm.pt
-	docker build -f Dockerfile.worker --target worker-with-model -t $(IMAGE_NAME):$(IMAGE_TAG)-model .
 
 push: image
 	@repo="$(call stack-output,RepositoryUri)"; \
@@ -145,13 +142,29 @@ task-definition: $(STAMP)
 	$(BIN)/python -c "import os, string, sys; sys.stdout.write(string.Template(open('ecs/task-definition.json').read()).substitute(os.environ))" > build/task-definition.json
 	$(AWS) ecs register-task-definition --cli-input-json file://build/task-definition.json
 
+# A stack that failed (ROLLBACK_COMPLETE, DELETE_FAILED, UPDATE_ROLLBACK_FAILED, ...) is deleted
+# too: draining needs its outputs, so it is skipped, and the buckets to empty come from the
+# stack's resources, each emptied only if it still exists.
 undeploy: $(STAMP)
-	$(BIN)/python -m am.scale --stack $(STACK) --region $(AWS_REGION) drain --wait 600
-	@for key in InputBucket OutputBucket; do \
-	  bucket=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) \
-	    --query "Stacks[0].Outputs[?OutputKey=='$$key'].OutputValue" --output text) || exit 1; \
-	  $(AWS) s3 rm "s3://$$bucket" --recursive || exit 1; \
-	done
-	$(AWS) cloudformation delete-stack --stack-name $(STACK)
-	$(AWS) cloudformation wait stack-delete-complete --stack-name $(STACK)
-	@echo "stack $(STACK) deleted; its model bucket is kept (DeletionPolicy Retain): remove it with 'aws s3 rb --force'"
+	@status=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].StackStatus" \
+	    --output text 2>&1) || { \
+	  case "$$status" in *"does not exist"*) echo "stack $(STACK) does not exist in $(AWS_REGION): nothing to delete"; exit 0;; esac; \
+	  echo "cannot read stack $(STACK): $$status" >&2; exit 1; }; \
+	case " $(USABLE_STACK_STATES) " in \
+	  *" $$status "*) $(BIN)/python -m am.scale --stack $(STACK) --region $(AWS_REGION) drain --wait 600 || exit 1;; \
+	  *) echo "stack $(STACK) is $$status: not draining its workers (its outputs may name nothing); deleting it" >&2;; \
+	esac; \
+	for key in InputBucket OutputBucket; do \
+	  bucket=$$($(AWS) cloudformation describe-stack-resource --stack-name $(STACK) --logical-resource-id $$key \
+	    --query "StackResourceDetail.PhysicalResourceId" --output text 2>/dev/null); \
+	  if [ -n "$$bucket" ] && [ "$$bucket" != None ] && $(AWS) s3api head-bucket --bucket "$$bucket" >/dev/null 2>&1; then \
+	    $(AWS) s3 rm "s3://$$bucket" --recursive || exit 1; \
+	  else echo "$$key of stack $(STACK) is gone (or cannot be read): not emptying it"; fi; \
+	done; \
+	echo "deleting stack $(STACK) (waiting until CloudFormation is done)"; \
+	$(AWS) cloudformation delete-stack --stack-name $(STACK) && \
+	$(AWS) cloudformation wait stack-delete-complete --stack-name $(STACK) || { \
+	  echo "stack $(STACK) was not deleted: read why with 'aws cloudformation describe-stack-events --stack-name $(STACK)';" \
+	    "a resource that cannot be deleted can be kept with 'aws cloudformation delete-stack --retain-resources ...'" >&2; \
+	  exit 1; }; \
+	echo "stack $(STACK) deleted; its model bucket is kept (DeletionPolicy Retain): remove it with 'aws s3 rb --force'"

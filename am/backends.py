@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from am.errors import ConfigError
+from am.errors import ConfigError, InputError, TransportError
 from am.launchers import Launcher
 from am.settings import Settings
 from am.transport.clients import ClientFactory
@@ -40,6 +40,8 @@ class Backend:
     output_bucket: str
     model: str
     worker_environment: dict[str, str] = field(default_factory=dict)
+    # Receives before the tile queue dead-letters a tile; 0: the settings' max_receive_count.
+    max_receive_count: int = 0
 
 
 def worker_threads(settings: Settings, *, cpu_count: int | None = None) -> int:
@@ -94,14 +96,70 @@ def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
             max_receive_count=settings.max_receive_count,
         )
         launcher = LocalLauncher(log_dir=log_dir, base_environment=base_environment)
-        stack.callback(launcher.stop)
+        stack.enter_context(_stopping(launcher))
         env = _worker_environment(
             settings, queue_url=queue_url, input_bucket=settings.input_bucket,
             output_bucket=settings.output_bucket, model=model, endpoint_url=endpoint_url,
             threads=worker_threads(settings),
         )
         yield Backend("local", clients, launcher, queue_url, dlq_url, settings.input_bucket,
-                      settings.output_bucket, model, env)
+                      settings.output_bucket, model, env, max_receive_count=settings.max_receive_count)
+
+
+@contextmanager
+def _stopping(launcher: Launcher) -> Iterator[None]:
+    """Stop the launcher's workers when the block ends, without hiding the error that ended it.
+
+    A stop that fails after a success is raised: workers may still be running (and costing).
+    While another exception is on its way (a JobFailed naming tiles, a timeout, Ctrl-C), that
+    one is what the user must read, so the stop failure is logged with its traceback instead.
+    """
+    try:
+        yield
+    except BaseException:
+        try:
+            launcher.stop()
+        except Exception:
+            log.exception("could not stop the workers while the job was ending with an error; "
+                          "check for workers still running")
+        raise
+    launcher.stop()
+
+
+def stack_model_uri(settings: Settings) -> str:
+    """What an unset ``model`` means on the aws backend: the stack's ``ModelUri`` output.
+
+    The checkpoint shipped in the package is on the orchestrator's disk, where ECS workers
+    cannot read it; ``make upload-model`` puts one at the stack's ModelUri instead.
+    """
+    from am.launchers.aws import read_stack_outputs
+
+    if not settings.stack_name:
+        raise ConfigError("no model for the aws backend: set stack_name (its ModelUri output names the model) "
+                          "or pass --model s3://BUCKET/KEY of an uploaded checkpoint")
+    clients = ClientFactory(endpoint_url=settings.endpoint_url, region=settings.region)
+    uri = read_stack_outputs(clients.cloudformation(), settings.stack_name).get("ModelUri", "")
+    if not uri.startswith("s3://"):
+        raise ConfigError(f"stack {settings.stack_name!r} has no ModelUri output (got {uri!r}): pass "
+                          "--model s3://BUCKET/KEY of an uploaded checkpoint, or redeploy the stack (make deploy)")
+    return uri
+
+
+def check_model_object(storage: Storage, model: str) -> None:
+    """Refuse a model that is not in S3 before any ECS task starts, naming its URI.
+
+    Workers may read models/* of the model bucket but not list it, so S3 answers them 403 for a
+    missing key: a mistyped URI would show only as access errors in worker logs, after GPU
+    instances had started. The operator's credentials may list the bucket and get a clear 404.
+    """
+    try:
+        storage.head_object(model)
+    except (InputError, TransportError) as exc:
+        raise ConfigError(
+            f"model {model} cannot be used by the ECS workers: {exc}. Upload the checkpoint with "
+            "`make upload-model MODEL=path.pt` (to the stack's ModelUri) or pass --model with the s3:// URI "
+            "of one already uploaded under models/ in the stack's model bucket"
+        ) from exc
 
 
 @contextmanager
@@ -115,19 +173,20 @@ def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
     if not model.startswith("s3://"):
         raise ConfigError(
             f"model {model or '(none)'!r} cannot be read by ECS workers: with --backend aws pass "
-            "--model s3://BUCKET/KEY (upload the checkpoint first), or set the stack's model output"
+            "--model s3://BUCKET/KEY (upload the checkpoint first), or leave model unset to use the stack's "
+            "ModelUri output"
         )
+    check_model_object(Storage(clients.s3(), threads=1), model)
     launcher = EcsLauncher(clients.ecs(), resources, mode=settings.aws_launch, max_tasks=settings.aws_max_tasks)
     env = _worker_environment(
         settings, queue_url=resources.queue_url, input_bucket=resources.input_bucket,
         output_bucket=resources.output_bucket, model=model, endpoint_url=settings.endpoint_url,
         threads=settings.worker_threads,
     )
-    try:
+    with _stopping(launcher):
         yield Backend("aws", clients, launcher, resources.queue_url, resources.dead_letter_queue_url,
-                      resources.input_bucket, resources.output_bucket, model, env)
-    finally:
-        launcher.stop()
+                      resources.input_bucket, resources.output_bucket, model, env,
+                      max_receive_count=resources.max_receive_count)
 
 
 @contextmanager

@@ -53,6 +53,9 @@ from am.transport.storage import Storage
 log = logging.getLogger(__name__)
 
 RESULT_WAIT_S = 2
+# Dead letters read in one scan stay hidden this long, so a scan reads each once; each scan makes
+# them visible again when it ends, and a scan cut short leaves them hidden no longer than this.
+DEAD_LETTER_HOLD_S = 30
 HEALTH_CHECK_EVERY_S = 5.0
 # Clean-up after a failure: a couple of quick tries, so a dead endpoint does not hold up the error.
 CLEANUP_RETRY_AFTER_FAILURE = RetryPolicy(attempts=2, base_s=0.2, max_wait_s=1.0)
@@ -145,7 +148,7 @@ class _Collector:
                 log.warning("ignoring a report for job %s on the queue of job %s", result.job, self.job_id)
                 continue
             if result.status == RESULT_DONE:
-                if any(self.tracker.is_pending(name) for name in result.names):
+                if any(self.tracker.accepts(name) for name in result.names):
                     done.append(result)
                 else:
                     for name in result.names:
@@ -170,7 +173,7 @@ class _Collector:
             share = result.compute_s / len(result.tiles)
             done = 0
             for tile, name, mask in zip(result.tiles, result.names, masks, strict=True):
-                if not self.tracker.is_pending(name):
+                if not self.tracker.accepts(name):
                     self.tracker.done(name)  # counts the duplicate; the mask on disk is the same
                     continue
                 data = encode_png(mask, compression=1, row_filter="none")
@@ -180,30 +183,73 @@ class _Collector:
                 self.on_done(done)
 
     def handle_dead_letters(self, queue: Queue) -> None:
-        """Tiles whose messages reached the dead-letter queue will never be reported: give up on them."""
+        """Give up on this job's tiles whose messages reached the dead-letter queue, and leave the messages there.
+
+        They stay for ``am.scale redrive``: moved back once the cause is fixed, such a tile still
+        completes if its report comes while the job runs (see :meth:`JobTracker.accepts`). Each
+        message read is held for the scan, so none is read twice, and made visible again after it;
+        the job deletes its own when it ends (:meth:`delete_dead_letters`). The scan stops at a
+        batch without a message of this job: the queue may hold many of other jobs.
+        """
+        seen: set[str] = set()
+        handles: list[str] = []
         while True:
-            received = queue.receive(max_messages=10, wait_s=0)
+            received = [m for m in queue.receive(max_messages=10, wait_s=0, visibility_timeout=DEAD_LETTER_HOLD_S)
+                        if m.message_id not in seen]
             if not received:
-                return
-            mine, others = [], []
+                break
+            handles.extend(m.receipt_handle for m in received)
+            mine = 0
             for message in received:
-                try:
-                    tile = TileMessage.from_json(message.body)
-                except MessageError:
-                    others.append(message)
+                seen.add(message.message_id)
+                tile = _tile_message(message.body)
+                if tile is None or tile.job != self.job_id:
                     continue
-                (mine if tile.job == self.job_id else others).append(message)
-                if tile.job == self.job_id:
-                    # The message's own receive count is no guide here: reading the DLQ adds to it.
-                    for name in tile.names:
-                        self.tracker.give_up(name, f"moved to the dead-letter queue after "
-                                                   f"{self.tracker.max_attempts} receives without success")
+                mine += 1
+                # The message's own receive count is no guide here: reading the DLQ adds to it.
+                for name in tile.names:
+                    self.tracker.give_up(name, f"moved to the dead-letter queue after "
+                                               f"{self.tracker.max_attempts} receives without success")
+            if not mine:
+                break
+        if handles:
+            queue.change_visibility_many(handles, 0)
+
+    def delete_dead_letters(self, queue: Queue) -> int:
+        """At the job's end: delete its messages from the dead-letter queue; returns how many.
+
+        Nothing would collect a re-driven tile any more, and a rerun sends the tile again. Other
+        jobs' messages are made visible again; the scan stops at a batch without one of this job's.
+        """
+        seen: set[str] = set()
+        others: list[str] = []
+        deleted = 0
+        while True:
+            received = [m for m in queue.receive(max_messages=10, wait_s=0, visibility_timeout=DEAD_LETTER_HOLD_S)
+                        if m.message_id not in seen]
+            seen.update(m.message_id for m in received)
+            mine = []
+            for message in received:
+                tile = _tile_message(message.body)
+                (mine if tile is not None and tile.job == self.job_id else others).append(message.receipt_handle)
             if mine:
-                queue.delete_many([m.receipt_handle for m in mine])
-            for message in others:
-                queue.change_visibility(message.receipt_handle, 0)
-            if others and not mine:
-                return
+                queue.delete_many(mine)
+                deleted += len(mine)
+            if not mine:
+                break
+        if others:
+            queue.change_visibility_many(others, 0)
+        if deleted:
+            log.info("job %s: deleted its %d message(s) from the dead-letter queue", self.job_id, deleted)
+        return deleted
+
+
+def _tile_message(body: str) -> TileMessage | None:
+    """A dead letter's tile message, or None for one that is not (left to the operator and ``am.scale``)."""
+    try:
+        return TileMessage.from_json(body)
+    except MessageError:
+        return None
 
 
 def _collect_reports(collector: _Collector, results: Queue, *, wait_s: int) -> bool:
@@ -290,8 +336,12 @@ def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, 
             )
 
 
-def _clean_up(backend: Backend, *, results_url: str, prefix: str, settings: Settings, after_failure: bool) -> None:
-    """Stop the workers, delete the job's results queue and its S3 prefixes; every step is tried.
+def _clean_up(backend: Backend, *, results_url: str, prefix: str, settings: Settings, after_failure: bool,
+              dead_letters: Callable[[Queue], object] | None = None) -> None:
+    """Stop the workers, delete the job's results queue, its dead letters and its S3 prefixes; every step is tried.
+
+    ``dead_letters`` deletes the job's messages from the dead-letter queue it is given; None
+    when the job gave up on no tile, so it has none there to look for.
 
     After a failure (or Ctrl-C) the error that ended the job is the one the user must read, so a
     clean-up step that fails is logged, not raised, and gets few retries: when the endpoint is
@@ -305,6 +355,9 @@ def _clean_up(backend: Backend, *, results_url: str, prefix: str, settings: Sett
         ("stop the workers", backend.launcher.stop),
         (f"delete the results queue {results_url}", partial(delete_queue, sqs, results_url, retry=retry)),
     ]
+    if dead_letters is not None:
+        dlq = Queue(sqs, backend.dead_letter_queue_url, retry=retry)
+        steps.append((f"delete the job's messages from the dead-letter queue {dlq.name}", partial(dead_letters, dlq)))
     if not settings.keep_job_data:
         for bucket in (backend.input_bucket, backend.output_bucket):
             steps.append((f"delete s3://{bucket}/{prefix}", partial(storage.delete_prefix, bucket, prefix)))
@@ -334,7 +387,9 @@ class Job:
         self.job_id = job_id
         self.backend = backend
         self.results_url = results_url
-        self.tracker = JobTracker([], max_attempts=settings.max_receive_count, expect_more=True)
+        # The tile queue's own redrive policy, when the backend knows it, decides how often a tile is tried.
+        self.tracker = JobTracker([], max_attempts=backend.max_receive_count or settings.max_receive_count,
+                                  expect_more=True)
         self.seconds: dict[str, float] = {"upload": 0.0, "collect": 0.0}
         self._settings = settings
         self._workers = 0
@@ -413,8 +468,9 @@ class Job:
 
         Workers leave after ``idle_exit_s`` without work. Started before the first tile is cut,
         they may run out of patience on a slow preparation (a huge image, or the next group's
-        normalisation) through no fault of their own. Only a launcher that reports exit codes
-        (local processes) can tell that from a crash, and a crash is never retried here.
+        normalisation) through no fault of their own. Only a launcher that reports exit codes can
+        tell that from a crash: local processes, and ECS tasks (whose worker exited by itself; a
+        task someone stopped has no code). A crash, or a stop, is never retried here.
         """
         codes = getattr(self.backend.launcher, "exit_codes", None)
         if self.tracker.sealed or not callable(codes) or self.backend.launcher.alive() > 0:
@@ -433,7 +489,8 @@ class Job:
         self._sender.shutdown(wait=True, cancel_futures=True)
         self._bar.close()
         _clean_up(self.backend, results_url=self.results_url, prefix=f"{self.job_id}/", settings=self._settings,
-                  after_failure=after_failure)
+                  after_failure=after_failure,
+                  dead_letters=self._collector.delete_dead_letters if self.tracker.dead else None)
 
     def _wait_for_room(self, count: int) -> None:
         """Collect reports until ``count`` more tiles fit in the window; the window's share of the timeout applies."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from am.backends import open_backend
+from am.backends import open_backend, stack_model_uri
 from am.dataset import DatasetLayout
 from am.errors import CheckpointError, ConfigError
 from am.files import write_atomic
@@ -162,9 +162,22 @@ def check_checkpoint_once(path: Path, model_id: str, *, cache_dir: Path) -> None
 
 
 def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
-    """The model workers load (path or s3:// URI) and an identity that changes when its weights do."""
+    """The model workers load (path or s3:// URI) and an identity that changes when its weights do.
+
+    On the aws backend the workers read the model from S3, never from this machine: an unset
+    model is the stack's ModelUri output (where ``make upload-model`` puts it), and a local
+    file is refused before torch is imported to check it.
+    """
     if settings.model.startswith("s3://"):
         return settings.model, settings.model
+    if settings.backend == "aws":
+        if settings.model:
+            raise ConfigError(f"model {settings.model!r} is a local file, which ECS workers cannot read: upload it "
+                              "(make upload-model MODEL=path.pt) and pass its s3:// URI, or leave model unset to "
+                              "use the stack's ModelUri")
+        uri = stack_model_uri(settings)
+        log.info("model: %s (the stack's ModelUri output)", uri)
+        return uri, uri
     if settings.model:
         path = Path(settings.model).expanduser()
         if not path.is_file():

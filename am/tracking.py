@@ -7,6 +7,9 @@ counting objects. Reports may arrive twice (at-least-once delivery); each tile c
     tracker.done("g/0000", compute_s=0.2)
     tracker.failed("g/0001", attempt=3, error="cannot decode")   # -> dead
 
+A dead tile whose message is re-driven and then done completes after all, as long as the job
+is not finished (other tiles still pending); afterwards the report is a duplicate.
+
 A job whose tiles are still being cut while the first ones are segmented starts with
 ``expect_more=True``, adds names as it sends them, and seals the tracker after the last one:
 until then it is never finished, even with nothing pending::
@@ -90,9 +93,21 @@ class JobTracker:
     def is_pending(self, name: str) -> bool:
         return name in self._pending
 
+    def accepts(self, name: str) -> bool:
+        """Whether a ``done`` report for ``name`` would complete it: pending, or given up while the job still runs.
+
+        A tile given up may come back: ``am.scale redrive`` sends its dead-lettered message to the
+        workers again once the cause is fixed, and its mask counts as long as other tiles keep the
+        job going. Once the job is finished its outcome is settled, and a late report is a duplicate.
+        """
+        return name in self._pending or (name in self._dead and not self.finished)
+
     def done(self, name: str, *, compute_s: float = 0.0) -> bool:
-        """Record a finished tile; returns False for a duplicate or unknown report."""
-        if name not in self._pending:
+        """Record a finished tile (one given up, too, while the job runs); False for a duplicate or unknown report."""
+        if name in self._dead and not self.finished:
+            log.info("tile %s completed after it had been given up (%s)", name, self._dead.pop(name))
+            self._errors.pop(name, None)
+        elif name not in self._pending:
             self.duplicates += 1
             return False
         self._pending.discard(name)

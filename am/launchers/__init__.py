@@ -1,7 +1,10 @@
 """How workers are started: the only thing, besides the endpoint, that differs between backends.
 
 A launcher starts ``count`` workers with a given environment, reports how many are alive, and
-stops what it started. The orchestrator never knows more than this interface.
+stops what it started. The orchestrator never knows more than this interface, and two optional
+methods: ``exit_codes()`` (one code per worker started, None while running or unknown; 0 means
+it left idle, so a job still sending tiles starts the workers again) and ``log_tail()`` (text
+for the error when every worker has stopped).
 """
 
 from __future__ import annotations

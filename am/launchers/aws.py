@@ -52,6 +52,10 @@ ALIVE_STATES = frozenset({"PROVISIONING", "PENDING", "ACTIVATING", "RUNNING"})
 LAUNCH_MODES = ("run_task", "service")
 DEFAULT_CONTAINER_NAME = "worker"
 STOP_REASON = "am-segm job finished"
+# The stopCode of a task whose essential container exited by itself (ECS API, Task.stopCode);
+# a task stopped by StopTask, a scale-in or a Spot reclaim has another one.
+# https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Task.html (stopCode)
+SELF_EXIT_STOP_CODE = "EssentialContainerExited"
 # Capacity shortfalls (no free GPU yet, agent busy) often clear in seconds; retry them a few times.
 RUN_TASK_ATTEMPTS = 3
 RUN_TASK_RETRY_DELAY_S = 10.0
@@ -86,6 +90,9 @@ class AwsResources:
     subnets: tuple[str, ...]
     security_groups: tuple[str, ...]
     container_name: str = DEFAULT_CONTAINER_NAME
+    # Receives before SQS moves a tile to the dead-letter queue (the tile queue's RedrivePolicy);
+    # 0 when the queue has none.
+    max_receive_count: int = 0
 
 
 # ------------------------------------------------------------------ resolving the resources
@@ -141,6 +148,33 @@ def _queue_url(sqs_client: Any, name: str, setting: str) -> str:
         raise ConfigError(f"cannot reach SQS to look up queue {name!r}: {exc}") from exc
 
 
+def read_max_receive_count(sqs_client: Any, queue_url: str) -> int:
+    """The tile queue's own ``maxReceiveCount`` (its RedrivePolicy), or 0 when it has no dead-letter queue.
+
+    SQS, not the settings, decides when a failing tile leaves for the dead-letter queue: a stack
+    deployed with ``MaxReceiveCount=5`` retries five times whatever ``max_receive_count`` says,
+    so the orchestrator must give up after the same number of attempts, not earlier.
+    """
+    try:
+        attributes = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+    except ClientError as exc:
+        raise ConfigError(f"cannot read the redrive policy of tile queue {queue_url}: {_aws_message(exc)}; "
+                          "the caller needs sqs:GetQueueAttributes on it (the stack's OperatorPolicy has it)") from exc
+    except BotoCoreError as exc:
+        raise ConfigError(f"cannot reach SQS to read the redrive policy of tile queue {queue_url}: {exc}") from exc
+    policy = attributes.get("Attributes", {}).get("RedrivePolicy", "")
+    if not policy:
+        return 0
+    try:
+        count = int(json.loads(policy)["maxReceiveCount"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"tile queue {queue_url} has a RedrivePolicy without a usable maxReceiveCount "
+                          f"({policy!r}); fix it on the queue (or redeploy the stack)") from exc
+    if count < 1:
+        raise ConfigError(f"tile queue {queue_url} has maxReceiveCount {count}; SQS allows 1 to 1000, fix the queue")
+    return count
+
+
 def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs_client: Any) -> AwsResources:
     """Find the job's AWS resources: the stack's outputs, with explicitly set settings taking precedence.
 
@@ -173,6 +207,15 @@ def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs
     dlq_url = outputs.get("DeadLetterQueueUrl", "")
     if _explicit(settings, "dead_letter_queue_name") or not dlq_url:
         dlq_url = _queue_url(sqs_client, settings.dead_letter_queue_name, "dead_letter_queue_name")
+    max_receive_count = read_max_receive_count(sqs_client, queue_url)
+    if not max_receive_count:
+        log.warning("tile queue %s has no dead-letter queue (RedrivePolicy): a failing tile is retried until the "
+                    "job gives up on it after max_receive_count (%d) failed attempts",
+                    queue_url, settings.max_receive_count)
+    elif _explicit(settings, "max_receive_count") and settings.max_receive_count != max_receive_count:
+        log.warning("max_receive_count %d does not apply: tile queue %s moves a tile to the dead-letter queue after "
+                    "%d receives, so the job gives up after %d attempts (change MaxReceiveCount on the stack)",
+                    settings.max_receive_count, queue_url, max_receive_count, max_receive_count)
 
     resources = AwsResources(
         queue_url=queue_url,
@@ -187,6 +230,7 @@ def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs
         subnets=_split(settings.ecs_subnets),
         security_groups=_split(settings.ecs_security_groups),
         container_name=outputs.get("ContainerName", "") or DEFAULT_CONTAINER_NAME,
+        max_receive_count=max_receive_count,
     )
     log.info("AWS resources from %s: cluster %s, task definition %s, queue %s",
              source, resources.cluster, resources.task_definition, resources.queue_url)
@@ -241,10 +285,11 @@ class EcsLauncher:
     """Starts workers as ECS tasks, counts the live ones, and stops what it started.
 
     ``mode="run_task"`` starts one-off tasks (in calls of at most 10), each leaving by itself
-    after ``AM_IDLE_EXIT_S`` without work, and :meth:`stop` stops them. ``mode="service"``
+    after ``AM_IDLE_EXIT_S`` without work, and :meth:`stop` stops them; :meth:`exit_codes`
+    tells tasks that left idle from the others, so a job can start them again. ``mode="service"``
     raises the stack's service to at least ``count`` tasks and, on :meth:`stop`, puts back the
     desired count it found, unless someone else has changed it since. ``max_tasks`` caps how
-    many tasks one job may start, whatever ``count`` asks.
+    many of the job's tasks may be running at once, whatever ``count`` asks.
     """
 
     def __init__(
@@ -278,6 +323,8 @@ class EcsLauncher:
         self._sleep = sleep
         self._task_arns: list[str] = []
         self._stopped: set[str] = set()
+        # What ECS said about each task once it had stopped (a stopped task never changes).
+        self._stopped_tasks: dict[str, dict[str, Any]] = {}
         self._service_original: int | None = None
         self._service_set: int | None = None
 
@@ -289,15 +336,21 @@ class EcsLauncher:
     # ----------------------------------------------------------------------------- start
 
     def start(self, count: int, environment: Mapping[str, str]) -> None:
-        """Start ``count`` workers (capped at ``max_tasks`` for the launcher's lifetime)."""
+        """Start ``count`` workers, no more than ``max_tasks`` of this launcher's tasks not known to have stopped.
+
+        Tasks count until :meth:`alive` has seen them stopped, so workers that left idle can be
+        replaced without the cap refusing them.
+        """
         if count < 1:
             raise LauncherError(f"asked to start {count} workers; ask for at least 1")
         if self._mode == "service":
             self._raise_service(count, environment)
             return
-        room = self._max_tasks - len(self._task_arns)
+        live = len(self._task_arns) - len(self._stopped)
+        room = self._max_tasks - live
         if room <= 0:
-            log.warning("not starting more tasks: this job already started %d (aws_max_tasks)", len(self._task_arns))
+            log.warning("not starting more tasks: %d of this job's tasks are still running (aws_max_tasks %d)",
+                        live, self._max_tasks)
             return
         if count > room:
             log.info("starting %d tasks instead of %d: aws_max_tasks is %d", room, count, self._max_tasks)
@@ -456,9 +509,31 @@ class EcsLauncher:
                     alive += 1
                 elif task.get("lastStatus") == "STOPPED":
                     self._stopped.add(task["taskArn"])
+                    self._stopped_tasks[task["taskArn"]] = task
                     log.info("worker task %s stopped: %s", _task_id(task["taskArn"]),
                              task.get("stoppedReason") or task.get("stopCode") or "no reason given")
         return alive
+
+    def exit_codes(self) -> list[int | None]:
+        """The worker's exit code for each task started, in start order, as the last :meth:`alive` saw them.
+
+        A code is given only for a task that stopped because its worker exited by itself (stopCode
+        ``EssentialContainerExited``): 0 is an idle exit, anything else a failure. A task still
+        running, one stopped by someone else (StopTask, ``am.scale drain``, a scale-in, a Spot
+        reclaim: its worker exits 0 on SIGTERM too) or one ECS no longer describes gives None,
+        so a job never mistakes it for one that left idle and starts it again.
+        """
+        codes: list[int | None] = []
+        for arn in self._task_arns:
+            task = self._stopped_tasks.get(arn)
+            code = None
+            if task is not None and task.get("stopCode") == SELF_EXIT_STOP_CODE:
+                container = next((c for c in task.get("containers", [])
+                                  if c.get("name") == self._resources.container_name), None)
+                if container is not None and container.get("exitCode") is not None:
+                    code = int(container["exitCode"])
+            codes.append(code)
+        return codes
 
     # ------------------------------------------------------------------------------ stop
 
@@ -516,6 +591,7 @@ __all__ = [
     "MAX_TASKS_PER_RUN_TASK",
     "AwsResources",
     "EcsLauncher",
+    "read_max_receive_count",
     "read_stack_outputs",
     "resolve_aws_resources",
     "task_environment",

@@ -34,6 +34,9 @@ T = TypeVar("T")
 DELETE_BATCH = 1000
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 NO_BUCKET_CODES = frozenset({"NoSuchBucket"})
+# A read refused outright; HeadObject has no body, so its code is the bare status. Throttling
+# that some S3-compatible stores send with 403 has its own code and stays retryable.
+ACCESS_DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden"})
 BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou"})
 # Chunk size when streaming a large object (a checkpoint) to disk.
 STREAM_CHUNK_BYTES = 1 << 20
@@ -182,7 +185,7 @@ class Storage:
         URI is downloaded again instead of being served stale.
         """
         bucket, key = parse_s3_uri(uri)
-        head = self._retry.call(f"head {uri}", self._head, bucket, key)
+        head = self.head_object(uri)
         etag = str(head.get("ETag", "")).strip('"')
         digest = hashlib.sha256(f"{uri}\n{etag}".encode()).hexdigest()[:16]
         path = Path(cache_dir) / digest / Path(key).name
@@ -202,6 +205,11 @@ class Storage:
         log.info("downloaded model %s to %s", uri, path)
         return path
 
+    def head_object(self, uri: str) -> dict[str, Any]:
+        """HeadObject of an ``s3://`` URI (size, ETag, ...); TransportError naming the URI if it cannot be read."""
+        bucket, key = parse_s3_uri(uri)
+        return self._retry.call(f"head {uri}", self._head, bucket, key)
+
     def _head(self, bucket: str, key: str) -> dict[str, Any]:
         try:
             return dict(self._s3.head_object(Bucket=bucket, Key=key))
@@ -216,6 +224,12 @@ class Storage:
             raise TransportError(f"bucket {bucket} does not exist (reading {key}); create it or fix the name") from exc
         if code in NOT_FOUND_CODES or http_status(exc) == 404:
             raise TransportError(f"s3://{bucket}/{key} does not exist; check the key or upload the object") from exc
+        if code in ACCESS_DENIED_CODES:
+            raise TransportError(
+                f"s3://{bucket}/{key} cannot be read: access denied (HTTP 403). Without s3:ListBucket on {bucket}, "
+                "S3 answers 403 also for a key that does not exist: check the key first, then the caller's "
+                "s3:GetObject right on it"
+            ) from exc
 
     def _parallel(self, fn: Callable[[T], None], items: Iterable[T]) -> Iterator[None]:
         """Run ``fn`` on each item with at most ``threads`` at once; yield after each success.

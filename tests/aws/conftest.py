@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,11 @@ def aws(monkeypatch: pytest.MonkeyPatch, fake_aws_credentials: None) -> Iterator
         state_manager.unset_transition("ecs::task")
 
 
-def deploy_stack(*, stack_name: str = STACK) -> dict[str, str]:
-    """Create the stack on moto; returns its outputs. moto skips the resource types it lacks (with a warning)."""
+def deploy_stack(*, stack_name: str = STACK, parameters: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Create the stack on moto; returns its outputs. moto skips the resource types it lacks (with a warning).
+
+    ``parameters`` are template parameters beside the network ones (``STACK_PARAMS`` of ``make deploy``).
+    """
     ec2 = client("ec2")
     vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
     subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]]
@@ -90,6 +93,7 @@ def deploy_stack(*, stack_name: str = STACK) -> dict[str, str]:
             Parameters=[
                 {"ParameterKey": "VpcId", "ParameterValue": vpc},
                 {"ParameterKey": "SubnetIds", "ParameterValue": ",".join(subnets[:2])},
+                *({"ParameterKey": key, "ParameterValue": value} for key, value in (parameters or {}).items()),
             ],
             Capabilities=["CAPABILITY_NAMED_IAM"],
         )

@@ -12,6 +12,7 @@ from am.errors import ConfigError, LauncherError
 from am.launchers.aws import (
     MAX_TASKS_PER_DESCRIBE,
     MAX_TASKS_PER_RUN_TASK,
+    SELF_EXIT_STOP_CODE,
     STOP_REASON,
     AwsResources,
     EcsLauncher,
@@ -69,6 +70,39 @@ def test_max_tasks_caps_what_one_job_starts(aws, cluster_resources) -> None:
     launcher.start(5, ENV)
     launcher.start(2, ENV)
     assert len(launcher.task_arns) == 3
+
+
+def test_tasks_seen_stopped_leave_room_for_new_ones(aws, cluster_resources) -> None:
+    """aws_max_tasks caps the job's tasks running at once, so workers that left idle can be replaced."""
+    launcher = _launcher(aws.ecs(), cluster_resources, max_tasks=2)
+    launcher.start(2, ENV)
+    launcher.start(1, ENV)
+    assert len(launcher.task_arns) == 2
+    for arn in launcher.task_arns:
+        aws.ecs().stop_task(cluster=cluster_resources.cluster, task=arn, reason="Essential container in task exited")
+    assert launcher.alive() == 0
+    launcher.start(2, ENV)
+    assert len(launcher.task_arns) == 4 and launcher.alive() == 2
+
+
+def test_exit_codes_tell_an_idle_exit_from_a_crash_and_from_a_stop(aws, cluster_resources) -> None:
+    """Only a task whose worker exited by itself has a code; a worker stopped by anyone exits 0 on SIGTERM too."""
+    ecs = RecordingEcs(aws.ecs())
+    launcher = _launcher(ecs, cluster_resources, max_tasks=4)
+    launcher.start(4, ENV)
+    assert launcher.exit_codes() == [None] * 4
+    stopped = _statuses(aws, cluster_resources, launcher.task_arns)
+    how = [(SELF_EXIT_STOP_CODE, 0), (SELF_EXIT_STOP_CODE, 137), ("UserInitiated", 0), (SELF_EXIT_STOP_CODE, None)]
+    for task, (stop_code, exit_code) in zip(stopped, how, strict=True):
+        task.update(lastStatus="STOPPED", desiredStatus="STOPPED", stopCode=stop_code)
+        for container in task["containers"]:
+            container.pop("exitCode", None)
+            if exit_code is not None:
+                container["exitCode"] = exit_code
+    order = {arn: n for n, arn in enumerate(launcher.task_arns)}
+    ecs.injected["describe_tasks"] = [{"tasks": sorted(stopped, key=lambda t: order[t["taskArn"]]), "failures": []}]
+    assert launcher.alive() == 0
+    assert launcher.exit_codes() == [0, 137, None, None]
 
 
 def test_alive_describes_at_most_100_tasks_per_call(aws, cluster_resources) -> None:

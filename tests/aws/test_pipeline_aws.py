@@ -5,21 +5,25 @@ cannot do is run a container, so :class:`InProcessAgent` plays the ECS agent: fo
 ``run_task`` starts, it runs the worker the container would run (``am.worker``'s
 ``build_worker`` with the task's environment: task definition plus overrides) on a thread;
 ``stop_task`` stops that worker the way ECS does (first SIGTERM: finish the batch, exit), and
-a worker that exits by itself stops its task.
+a worker that exits by itself stops its task. ``describe_tasks`` then tells the two apart as ECS
+does, which moto cannot (it runs no container): stopCode ``EssentialContainerExited`` or
+``UserInitiated``, and the container's exit code once the worker has returned.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from am.errors import AmError, LauncherError
+from am.errors import AmError, ConfigError, LauncherError
 from am.imageio import read_image
-from am.launchers.aws import MAX_TASKS_PER_RUN_TASK, STOP_REASON
+from am.launchers.aws import MAX_TASKS_PER_RUN_TASK, SELF_EXIT_STOP_CODE, STOP_REASON
 from am.orchestrator import run_pipeline
+from am.prepare import GroupTiler
 from am.settings import Settings
 from am.transport.clients import ClientFactory
 from am.worker.__main__ import build_worker
@@ -31,15 +35,22 @@ JOIN_S = 60
 
 
 class InProcessAgent:
-    """An ECS client (moto's) whose tasks run ``am.worker`` in this process; records the calls it sees."""
+    """An ECS client (moto's) whose tasks run ``am.worker`` in this process; records the calls it sees.
 
-    def __init__(self, ecs: Any) -> None:
+    What ECS does by itself (read the task definition of a task it runs, stop a task whose
+    container exited) goes through ``internal``, so a test recording the calls the code under
+    test makes can leave those out.
+    """
+
+    def __init__(self, ecs: Any, *, internal: Any = None) -> None:
         self._ecs = ecs
+        self._internal = internal if internal is not None else ecs
         self.run_calls: list[dict[str, Any]] = []
         self.workers: dict[str, tuple[Any, threading.Thread]] = {}
         self.exit_codes: dict[str, int] = {}
         self.errors: dict[str, str] = {}
         self.stop_reasons: dict[str, str] = {}
+        self.stop_codes: dict[str, str] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ecs, name)
@@ -47,7 +58,7 @@ class InProcessAgent:
     def run_task(self, **kwargs: Any) -> dict[str, Any]:
         self.run_calls.append(kwargs)
         response = self._ecs.run_task(**kwargs)
-        definition = self._ecs.describe_task_definition(taskDefinition=kwargs["taskDefinition"])["taskDefinition"]
+        definition = self._internal.describe_task_definition(taskDefinition=kwargs["taskDefinition"])["taskDefinition"]
         for task in response["tasks"]:
             self._start(task, definition)
         return response
@@ -55,9 +66,23 @@ class InProcessAgent:
     def stop_task(self, **kwargs: Any) -> dict[str, Any]:
         response = self._ecs.stop_task(**kwargs)
         self.stop_reasons.setdefault(response["task"]["taskArn"], kwargs.get("reason", ""))
+        self.stop_codes.setdefault(response["task"]["taskArn"], "UserInitiated")
         worker = self.workers.get(response["task"]["taskArn"], (None, None))[0]
         if worker is not None:
             worker.stop()
+        return response
+
+    def describe_tasks(self, **kwargs: Any) -> dict[str, Any]:
+        response = self._ecs.describe_tasks(**kwargs)
+        for task in response["tasks"]:
+            arn = task["taskArn"]
+            if arn in self.stop_codes:
+                task["stopCode"] = self.stop_codes[arn]
+            for container in task.get("containers", []):
+                # moto says 0 for every container; ECS gives a code only once the container has exited.
+                container.pop("exitCode", None)
+                if arn in self.exit_codes:
+                    container["exitCode"] = self.exit_codes[arn]
         return response
 
     def _start(self, task: dict[str, Any], definition: dict[str, Any]) -> None:
@@ -86,7 +111,10 @@ class InProcessAgent:
         """What ECS does when the essential container exits: the task stops."""
         self.exit_codes[arn] = code
         if arn not in self.stop_reasons:
-            self.stop_task(cluster=arn.split("/")[-2], task=arn, reason=f"Essential container exited ({code})")
+            reason = "Essential container in task exited"
+            self.stop_reasons.setdefault(arn, reason)
+            self.stop_codes.setdefault(arn, SELF_EXIT_STOP_CODE)
+            self._internal.stop_task(cluster=arn.split("/")[-2], task=arn, reason=reason)
 
     def join(self) -> None:
         for _worker, thread in list(self.workers.values()):
@@ -94,9 +122,15 @@ class InProcessAgent:
             assert not thread.is_alive(), "a worker did not stop"
 
 
+# Set on the client the in-process ECS agent uses for what ECS itself does.
+AGENT_CLIENT_TAG = "am_test_ecs_agent"
+
+
 @pytest.fixture
 def agent(aws, monkeypatch) -> InProcessAgent:
-    ecs = InProcessAgent(client("ecs"))
+    internal = client("ecs")
+    setattr(internal, AGENT_CLIENT_TAG, True)
+    ecs = InProcessAgent(client("ecs"), internal=internal)
     monkeypatch.setattr(ClientFactory, "ecs", lambda self: ecs)
     return ecs
 
@@ -166,13 +200,62 @@ def test_aws_backend_segments_every_tile_with_ecs_workers_and_cleans_up(
 def test_when_workers_cannot_start_the_job_fails_and_still_cleans_up(
         agent, aws_settings, stack, small_dataset, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("am.job.HEALTH_CHECK_EVERY_S", 0.5)
-    broken = aws_settings.replace(model=f"s3://{stack['ModelBucket']}/models/missing.pt", workers=2)
-    with pytest.raises(LauncherError, match="all workers stopped"):
+    # In S3, so the orchestrator's check passes, but no checkpoint: every worker fails to load it.
+    client("s3").put_object(Bucket=stack["ModelBucket"], Key="models/broken.pt", Body=b"not a checkpoint")
+    broken = aws_settings.replace(model=f"s3://{stack['ModelBucket']}/models/broken.pt", workers=2)
+    with pytest.raises(LauncherError, match=r"all workers stopped.*worker 0 exited with 1, worker 1 exited with 1"):
         run_pipeline(small_dataset, settings=broken, groups=["g2"], register=False,
                      cache_dir=tmp_path / "cache", show_progress=False)
     agent.join()
-    assert len(agent.errors) == 2 and all("missing.pt" in e for e in agent.errors.values())
+    assert len(agent.errors) == 2 and all("broken.pt" in e for e in agent.errors.values())
+    assert len(agent.run_calls) == 1, "workers that failed must not be started again"
     tasks = client("ecs").describe_tasks(cluster=stack["Cluster"], tasks=list(agent.workers))["tasks"]
     assert {t["lastStatus"] for t in tasks} == {"STOPPED"}
     assert _job_objects(stack) == []
     assert _results_queues() == []
+
+
+def test_a_missing_model_fails_before_any_task_starts(agent, aws_settings, stack, small_dataset, tmp_path) -> None:
+    """Workers may not list the model bucket, so to them a mistyped key is a 403: the orchestrator checks first."""
+    typo = f"s3://{stack['ModelBucket']}/models/am-segm-typo.pt"
+    with pytest.raises(ConfigError, match=f"model {typo} cannot be used by the ECS workers: {typo} does not exist"):
+        run_pipeline(small_dataset, settings=aws_settings.replace(model=typo), groups=["g2"], register=False,
+                     cache_dir=tmp_path / "cache", show_progress=False)
+    assert agent.run_calls == []
+    assert _results_queues() == []
+
+
+def test_without_a_model_setting_the_workers_load_the_stacks_model_uri(
+        agent, aws_settings, stack, small_dataset, tiny_model, tmp_path) -> None:
+    """README step 3 uploads to the stack's ModelUri and step 4 sets no model: that URI is the model."""
+    bucket, key = stack["ModelUri"][len("s3://"):].split("/", 1)
+    client("s3").upload_file(str(tiny_model), bucket, key)
+    summary = run_pipeline(small_dataset, settings=aws_settings.replace(model=""), groups=["g2"], register=False,
+                           cache_dir=tmp_path / "cache", show_progress=False)
+    agent.join()
+    assert summary.job is not None and summary.job.completed == summary.tiles > 0
+    for call in agent.run_calls:
+        [override] = call["overrides"]["containerOverrides"]
+        assert {e["name"]: e["value"] for e in override["environment"]}["AM_MODEL"] == stack["ModelUri"]
+
+
+def test_ecs_workers_that_left_idle_between_groups_are_started_again(
+        agent, aws_settings, small_dataset, tmp_path, monkeypatch) -> None:
+    """Normalising a big second group outlasts idle_exit_s: every task leaves idle, and the job starts them again."""
+    monkeypatch.setattr("am.job.HEALTH_CHECK_EVERY_S", 0.5)
+    original = GroupTiler.normalise
+
+    def slow_second_group(self: GroupTiler) -> Any:
+        if self.group == "g2":
+            deadline = time.monotonic() + 60
+            while len(agent.exit_codes) < 2 and time.monotonic() < deadline:  # until both workers have left
+                time.sleep(0.2)
+            assert agent.exit_codes and set(agent.exit_codes.values()) == {0}, agent.errors
+        return original(self)
+
+    monkeypatch.setattr(GroupTiler, "normalise", slow_second_group)
+    summary = run_pipeline(small_dataset, settings=aws_settings.replace(idle_exit_s=2, workers=2),
+                           groups=["g1", "g2"], register=False, cache_dir=tmp_path / "cache", show_progress=False)
+    agent.join()
+    assert summary.job is not None and summary.job.completed == summary.tiles > 0
+    assert len(agent.run_calls) >= 2 and {call["count"] for call in agent.run_calls} == {2}

@@ -196,6 +196,14 @@ def test_gpu_capacity_scales_from_zero_on_the_ecs_gpu_ami() -> None:
     assert service["CapacityProviderStrategy"][0]["CapacityProvider"] == {"Ref": "CapacityProvider"}
 
 
+def test_instances_pull_the_image_at_every_task_start() -> None:
+    """The image tag is mutable (`make push` overwrites latest): a cached copy would keep old workers running."""
+    launch = load_template()["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    config = launch["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert "ECS_IMAGE_PULL_BEHAVIOR=default" in config
+    assert "prefer-cached" not in config and "ECS_IMAGE_PULL_BEHAVIOR=once" not in config
+
+
 def test_service_scales_on_backlog_per_task_down_to_zero() -> None:
     resources = load_template()["Resources"]
     target = resources["ServiceScalableTarget"]["Properties"]
