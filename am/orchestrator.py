@@ -25,16 +25,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from am.backends import open_backend, stack_model_uri
 from am.dataset import DatasetLayout
-from am.errors import CheckpointError, ConfigError
+from am.errors import AmError, CheckpointError, ConfigError
 from am.files import write_atomic
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
 from am.models import DEFAULT_MODEL
 from am.prepare import GroupTiler, PreparedGroup, planned_tiles, reuse_group
 from am.settings import Settings
 from am.stitch import stitch_mask, write_mask_overlay
+
+if TYPE_CHECKING:
+    from am.register.registration import Registration
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class PipelineSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     busy: dict[str, float] = field(default_factory=dict)
     registered: dict[str, str] = field(default_factory=dict)
+    registration_failed: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         total = sum(self.seconds.values())
@@ -166,9 +171,15 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
 
     On the aws backend the workers read the model from S3, never from this machine: an unset
     model is the stack's ModelUri output (where ``make upload-model`` puts it), and a local
-    file is refused before torch is imported to check it.
+    file is refused before torch is imported to check it. On the local backend an s3:// model is
+    refused before anything starts: its embedded endpoint exists only during the run and holds no model.
     """
     if settings.model.startswith("s3://"):
+        if settings.backend != "aws":
+            # The local backend's embedded endpoint exists only during the run: nothing can be uploaded to it.
+            raise ConfigError(f"model {settings.model} is an S3 URI, which the {settings.backend} backend's workers "
+                              "cannot read (its embedded S3 endpoint is empty and lives only during the run): "
+                              "use --backend aws for S3 models, or pass a local checkpoint file (.pt)")
         return settings.model, settings.model
     if settings.backend == "aws":
         if settings.model:
@@ -180,6 +191,9 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
         return uri, uri
     if settings.model:
         path = Path(settings.model).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"model {path} is a folder, not a checkpoint file: pass the .pt file itself"
+                              f"{_checkpoints_in(path)} (set by --model, AM_MODEL or the config)")
         if not path.is_file():
             raise ConfigError(f"model file {path} does not exist; pass a checkpoint path or an s3:// URI")
         model_id = _sha256(path)
@@ -198,22 +212,56 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
     return str(untrained), _sha256(untrained)
 
 
-def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int | None) -> dict[str, str]:
+def _checkpoints_in(folder: Path) -> str:
+    """Where to point --model instead of ``folder``: a .pt file directly in it, if it holds any."""
+    found = sorted(p for p in folder.glob("*.pt") if p.is_file())
+    if not found:
+        return " (this folder holds no .pt file)"
+    more = f" or one of the {len(found) - 1} other .pt file(s) there" if len(found) > 1 else ""
+    return f", e.g. --model {found[0]}{more}"
+
+
+def _registration_text(registration: Registration) -> str:
+    """One summary line's worth: counts, the grid and whether it was given or estimated, and the warnings."""
+    grid = f"{registration.rows}x{registration.cols} grid"
+    if registration.estimated_shape:
+        grid += " estimated from the marks (no --rows/--cols)"
+    text = (f"{registration.assigned} of {registration.found} marks numbered on a {grid}, "
+            f"{registration.empty_nodes} empty node(s)")
+    if registration.uneven_rows:
+        text += ", rows unevenly spaced"
+    if registration.warnings:
+        text += f", {len(registration.warnings)} warning(s), listed above and in registration.json"
+    return text
+
+
+def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int | None,
+              summary: PipelineSummary) -> None:
+    """Register every group, each on its own: one group's failure is logged and recorded, the others go on.
+
+    A group whose marks do not fit the grid says nothing about the next one (each is a separate
+    acquisition), so stopping at the first would leave the later groups without ids for no reason.
+    Failures go to ``summary.registration_failed``; the command exits 1 for them after the summary.
+    """
     from am.register import register_group
 
     layout = DatasetLayout(dataset)
-    done = {}
+    if rows is None or cols is None:
+        log.info("no --rows/--cols given: registering each group on a grid estimated from its marks")
     for group in groups:
         # Ids of an earlier registration (another grid, another mask) must not outlive a failed one.
         old = layout.am_coords_dir(group)
         if old.exists():
             log.info("group %s: removing the ids of an earlier registration in %s", group, old)
             shutil.rmtree(old)
-        registration = register_group(dataset, group, rows=rows, cols=cols)
-        done[group] = (f"{registration.assigned} of {registration.found} marks numbered on a "
-                       f"{registration.rows}x{registration.cols} grid, {registration.empty_nodes} empty node(s)"
-                       + (", rows unevenly spaced" if registration.uneven_rows else ""))
-    return done
+        try:
+            registration = register_group(dataset, group, rows=rows, cols=cols)
+        except AmError as exc:
+            log.error("group %s: registration failed: %s", group, exc)
+            summary.registered[group] = f"FAILED: {exc}"
+            summary.registration_failed.append(group)
+            continue
+        summary.registered[group] = _registration_text(registration)
 
 
 def _worker_count(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], settings: Settings) -> int:
@@ -299,7 +347,13 @@ def run_pipeline(
     environ: Mapping[str, str] | None = None,
     show_progress: bool = True,
 ) -> PipelineSummary:
-    """Run every stage on ``dataset``; raises an AmError subclass on any failure."""
+    """Run every stage on ``dataset``; raises an AmError subclass on any failure but a group's registration.
+
+    ``register`` numbers the marks of every group, on a ``rows`` x ``cols`` grid or, where they
+    are None, on one estimated from each group's marks. A group that cannot be registered is
+    logged and listed in ``summary.registration_failed`` instead of raising, so that every other
+    group is still registered and every mask kept; the caller decides the exit code from it.
+    """
     layout = DatasetLayout(Path(dataset))
     selected = layout.groups(groups)
     summary = PipelineSummary(groups=selected)
@@ -331,8 +385,8 @@ def run_pipeline(
                                                 phases=phases, on_segmented=stitch)
             summary.tiles = sum(p.n_tiles for p in prepared)
             summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
-            if register and rows is not None and cols is not None:
-                summary.registered = _register(layout.root, selected, rows=rows, cols=cols)
+            if register:
+                _register(layout.root, selected, rows=rows, cols=cols, summary=summary)
                 phases.end("register")
             for future in drawing:
                 future.result()

@@ -2,7 +2,9 @@
 
 Normalises each group's image, cuts it into overlapping tiles, has workers segment them
 through S3 and SQS (an embedded endpoint and local worker processes by default, or ECS on
-AWS), stitches the mask and registers the marks to the acquisition grid.
+AWS), stitches the mask and registers the marks to the acquisition grid (R x C when given,
+else a grid estimated from each group's marks). Exit code 1 when any group fails to register,
+after every other group is registered.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from am.cli import EXIT_OK, configure_logging, run_main
+from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, run_main
 from am.errors import InputError
 from am.messages import TTA_MODES
 from am.settings import BACKENDS, config_path_from, load_settings
@@ -30,9 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("dataset", type=Path, help="dataset folder holding source/<group>/<image>")
     parser.add_argument("groups", nargs="*", help="groups to process (default: every folder under source/)")
-    parser.add_argument("--rows", type=int, help="rows of the acquisition grid (enables registration)")
-    parser.add_argument("--cols", type=int, help="columns of the acquisition grid (enables registration)")
-    parser.add_argument("--no-register", action="store_true", help="stop after the stitched mask")
+    parser.add_argument("--rows", type=int,
+                        help="rows of the acquisition grid, taken as the truth (default: estimated from the marks)")
+    parser.add_argument("--cols", type=int,
+                        help="columns of the acquisition grid, taken as the truth (default: estimated from the marks)")
+    parser.add_argument("--no-register", action="store_true",
+                        help="stop after the stitched mask (no grid registration, no am_coords/)")
     parser.add_argument("--backend", choices=BACKENDS, help="local (embedded S3/SQS and worker processes) or aws")
     parser.add_argument("--workers", type=int, help="worker processes (local) or ECS tasks (aws) to start")
     parser.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")
@@ -56,6 +61,16 @@ def _cache_dir() -> Path:
     return Path(base) / "am-segm"
 
 
+def _registration_outcome(failed: list[str], groups: int) -> int:
+    """The exit code, after the summary: 1 when a group could not be registered (its error was logged then)."""
+    if not failed:
+        return EXIT_OK
+    log.error("registration failed for %d of %d group(s): %s (errors above); the masks and the other groups' ids "
+              "are kept: fix --rows/--cols or the mask and rerun, finished tiles are reused",
+              len(failed), groups, ", ".join(failed))
+    return EXIT_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             parser.error(f"--{name} must be a positive integer, got {value}")
     if (args.rows is None) != (args.cols is None):
-        parser.error("give --rows and --cols together (or neither, to skip registration)")
+        parser.error("give --rows and --cols together (or neither, to estimate the grid from the marks)")
     if args.rows is not None:
         from am.register.registration import MAX_NODES, SPLIT_LARGE_GRIDS
 
@@ -90,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                environ=os.environ, show_progress=not args.no_progress)
         for line in summary.lines():
             print(line)
-        return EXIT_OK
+        return _registration_outcome(summary.registration_failed, len(summary.groups))
 
     configure_logging(args.log_level or "INFO")
     return run_main(run, name="am.pipeline")

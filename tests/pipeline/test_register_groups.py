@@ -1,0 +1,137 @@
+"""Registration inside ``python -m am.pipeline``, as a user runs it: every group is registered
+even when one fails, the grid is estimated without ``--rows/--cols``, the summary counts warnings,
+and a model the workers could never read is refused before anything starts.
+
+One real run segments a two-group synthetic dataset with the shipped model; each test then works
+on a copy of it, where every mask is reused and no worker starts, so only registration runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from am.errors import ConfigError
+from am.orchestrator import resolve_model
+from am.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+# Sorted first, so that a pipeline stopping at the first failure would never reach GOOD.
+SMALL, GOOD = "a_small", "b_grid"
+# GOOD holds an 8 x 8 grid: 9 x 8 fits it with one empty edge row (a warning); SMALL holds 3 x 3
+# marks, far too few for 72 positions, so its registration fails whatever the model makes of it.
+GIVEN = ["--rows", "9", "--cols", "8"]
+
+
+def _environment(cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
+    env.update({"XDG_CACHE_HOME": str(cache), "AM_IDLE_EXIT_S": "30", "PYTHONPATH": str(REPO)})
+    return env
+
+
+def _pipeline(dataset: Path, *args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "am.pipeline", str(dataset), *args, "--workers", "1",
+                           "--no-progress"], env=_environment(cache), capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both groups segmented once by the shipped model, not registered."""
+    from am.synth.dataset import write_dataset
+
+    root = tmp_path_factory.mktemp("register-groups")
+    dataset = root / "dataset"
+    for name, rows, cols, seed in ((SMALL, 3, 3, 1), (GOOD, 8, 8, 2)):
+        write_dataset(root / name, rows=rows, cols=cols, seed=seed)
+        (dataset / "source").mkdir(parents=True, exist_ok=True)
+        shutil.move(root / name / "source" / "group01", dataset / "source" / name)
+    done = _pipeline(dataset, "--no-register", cache=root / "cache")
+    assert done.returncode == 0, done.stderr[-4000:]
+    return dataset
+
+
+@pytest.fixture
+def dataset(segmented: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "dataset"
+    shutil.copytree(segmented, copy)
+    return copy
+
+
+def _registration(dataset: Path, group: str) -> dict:
+    return json.loads((dataset / "am_coords" / group / "registration.json").read_text())
+
+
+def test_a_group_that_fails_to_register_is_named_and_the_others_are_still_registered(dataset, tmp_path):
+    done = _pipeline(dataset, *GIVEN, cache=tmp_path / "cache")
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert "nothing to segment" in done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 2, done.stderr
+    assert f"group {SMALL}: registration failed: the grid was given 9 x 8" in errors[0]
+    assert f"registration failed for 1 of 2 group(s): {SMALL}" in errors[1]
+    # The group after the failed one is registered, and both outcomes are in the summary.
+    assert (dataset / "am_coords" / GOOD / "am_coordinates.png").is_file()
+    assert not (dataset / "am_coords" / SMALL).exists()
+    assert f"registration {SMALL}: FAILED: the grid was given 9 x 8" in done.stdout
+    assert f"registration {GOOD}: " in done.stdout and "on a 9x8 grid" in done.stdout
+    for group in (SMALL, GOOD):
+        assert (dataset / "tiles_stitched" / group / "mask.tiff").is_file()
+
+
+def test_the_summary_counts_the_registration_warnings(dataset, tmp_path):
+    done = _pipeline(dataset, GOOD, *GIVEN, cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-4000:]
+    warnings = _registration(dataset, GOOD)["warnings"]
+    assert any("ambiguous" in w for w in warnings), warnings
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith(f"registration {GOOD}:")]
+    assert line.endswith(f", {len(warnings)} warning(s), listed above and in registration.json"), line
+
+
+def test_without_rows_and_cols_every_group_is_registered_on_an_estimated_grid(dataset, tmp_path):
+    done = _pipeline(dataset, cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "no --rows/--cols given: registering each group on a grid estimated from its marks" in done.stderr
+    for group in (SMALL, GOOD):
+        registration = _registration(dataset, group)
+        assert registration["estimated_shape"] is True
+        shape = f"{registration['rows']}x{registration['cols']}"
+        (line,) = [line for line in done.stdout.splitlines() if line.startswith(f"registration {group}:")]
+        assert f"on a {shape} grid estimated from the marks (no --rows/--cols)" in line, line
+
+
+def test_no_register_still_stops_after_the_mask(dataset, tmp_path):
+    done = _pipeline(dataset, "--no-register", cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert not (dataset / "am_coords").exists()
+    assert "registration" not in done.stdout
+
+
+def test_an_s3_model_on_the_local_backend_is_refused_before_anything_starts(small_dataset, tmp_path):
+    done = _pipeline(small_dataset, "--model", "s3://bucket/models/m.pt", "--no-register", cache=tmp_path / "cache")
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert "s3://bucket/models/m.pt" in done.stderr and "use --backend aws" in done.stderr
+    assert "endpoint listening" not in done.stderr and "started worker" not in done.stderr
+    assert not (small_dataset / "tiles").exists()
+
+
+def test_an_s3_model_is_refused_on_the_local_backend_only(tmp_path):
+    with pytest.raises(ConfigError, match=r"s3://b/m\.pt is an S3 URI.*use --backend aws.*local checkpoint file"):
+        resolve_model(Settings(backend="local", model="s3://b/m.pt"), cache_dir=tmp_path)
+    assert resolve_model(Settings(backend="aws", model="s3://b/m.pt"), cache_dir=tmp_path) == ("s3://b/m.pt",) * 2
+
+
+def test_a_model_folder_is_called_a_folder_and_its_checkpoints_are_named(tmp_path, tiny_model):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"models is a folder, not a checkpoint file.*holds no \.pt file"):
+        resolve_model(Settings(model=str(folder)), cache_dir=tmp_path / "cache")
+    shutil.copyfile(tiny_model, folder / "mine.pt")
+    with pytest.raises(ConfigError, match=r"is a folder.*pass the \.pt file itself, e\.g\. --model .*mine\.pt"):
+        resolve_model(Settings(model=str(folder)), cache_dir=tmp_path / "cache")
