@@ -53,6 +53,12 @@ from am.transport.storage import Storage
 log = logging.getLogger(__name__)
 
 RESULT_WAIT_S = 2
+# A report received is hidden this long, not the queue's default 30 s: when an interrupt cuts a
+# receive short, the endpoint may still hand it reports that the orchestrator never reads, and they
+# must be visible again soon enough for the collection after the interrupt (Job.collect_reported).
+# The collector alone receives from the queue, one receive at a time, so a report handled for longer
+# than this is still deleted by its handle before anything can receive it again.
+RESULT_HOLD_S = 3
 # Dead letters read in one scan stay hidden this long, so a scan reads each once; each scan makes
 # them visible again when it ends, and a scan cut short leaves them hidden no longer than this.
 DEAD_LETTER_HOLD_S = 30
@@ -71,6 +77,11 @@ ROOM_WAIT_S = 1
 # several messages per worker to share out); on AWS a GPU batch of 64 takes two messages.
 TILES_PER_MESSAGE_LOCAL = 8
 TILES_PER_MESSAGE_AWS = 32
+# After Ctrl-C or SIGTERM the workers finish the batch in hand and report it as they stop. Reports
+# already on the results queue then are collected for at most this long before the job's data is
+# deleted, so a rerun reuses those masks instead of segmenting the tiles again; nothing new is awaited.
+FINAL_COLLECT_S = 5.0
+FINAL_RECEIVE_WAIT_S = 1
 
 
 def new_job_id() -> str:
@@ -135,6 +146,11 @@ class _Collector:
         self.layout = layout
         self.tile_size = tile_size
         self.on_done = on_done
+        # Bodies of the receive being handled: an interrupt while handling them must not lose them,
+        # since their messages stay hidden on the results queue (see Job.collect_reported).
+        self.in_hand: list[str] = []
+        # Until when reports taken by a receive that an interrupt cut short stay hidden; 0: none was.
+        self.hidden_until = 0.0
 
     def handle_results(self, bodies: list[str]) -> None:
         done: list[TileResult] = []
@@ -254,9 +270,13 @@ def _tile_message(body: str) -> TileMessage | None:
 
 def _collect_reports(collector: _Collector, results: Queue, *, wait_s: int) -> bool:
     """One receive on the results queue: handle what came, then delete it; False when nothing came."""
-    received = results.receive(max_messages=10, wait_s=wait_s)
+    collector.hidden_until = time.monotonic() + wait_s + RESULT_HOLD_S
+    received = results.receive(max_messages=10, wait_s=wait_s, visibility_timeout=RESULT_HOLD_S)
+    collector.hidden_until = 0.0
     if received:
-        collector.handle_results([m.body for m in received])
+        collector.in_hand = [m.body for m in received]
+        collector.handle_results(collector.in_hand)
+        collector.in_hand = []
         results.delete_many([m.receipt_handle for m in received])
     return bool(received)
 
@@ -337,11 +357,14 @@ def _wait_for_tiles(backend: Backend, collector: _Collector, *, results: Queue, 
 
 
 def _clean_up(backend: Backend, *, results_url: str, prefix: str, settings: Settings, after_failure: bool,
-              dead_letters: Callable[[Queue], object] | None = None) -> None:
+              dead_letters: Callable[[Queue], object] | None = None,
+              collect: Callable[[], object] | None = None) -> None:
     """Stop the workers, delete the job's results queue, its dead letters and its S3 prefixes; every step is tried.
 
     ``dead_letters`` deletes the job's messages from the dead-letter queue it is given; None
-    when the job gave up on no tile, so it has none there to look for.
+    when the job gave up on no tile, so it has none there to look for. ``collect``, when given,
+    runs once the workers are stopped and before anything is deleted: after an interrupt it saves
+    the masks reported meanwhile, which the deletion would otherwise throw away.
 
     After a failure (or Ctrl-C) the error that ended the job is the one the user must read, so a
     clean-up step that fails is logged, not raised, and gets few retries: when the endpoint is
@@ -353,6 +376,10 @@ def _clean_up(backend: Backend, *, results_url: str, prefix: str, settings: Sett
     storage = Storage(backend.clients.s3(), threads=settings.transfer_threads, retry=retry)
     steps: list[tuple[str, Callable[[], object]]] = [
         ("stop the workers", backend.launcher.stop),
+    ]
+    if collect is not None:
+        steps.append(("collect the masks reported while the job was interrupted", collect))
+    steps += [
         (f"delete the results queue {results_url}", partial(delete_queue, sqs, results_url, retry=retry)),
     ]
     if dead_letters is not None:
@@ -483,14 +510,63 @@ class Job:
         self.start_workers(self._workers)
         return True
 
-    def close(self, *, after_failure: bool) -> None:
-        """Stop sending, stop the workers, delete the job's results queue and S3 prefixes (see ``_clean_up``)."""
+    def close(self, *, after_failure: bool, interrupted: bool = False) -> None:
+        """Stop sending, stop the workers, delete the job's results queue and S3 prefixes (see ``_clean_up``).
+
+        After an interrupt (Ctrl-C or SIGTERM) the masks reported by then, the stopping workers'
+        last batches included, are collected between the stop and the deletion (:meth:`collect_reported`).
+        """
         # An upload still running must finish before the prefixes go, or it would leave objects behind.
         self._sender.shutdown(wait=True, cancel_futures=True)
         self._bar.close()
         _clean_up(self.backend, results_url=self.results_url, prefix=f"{self.job_id}/", settings=self._settings,
                   after_failure=after_failure,
-                  dead_letters=self._collector.delete_dead_letters if self.tracker.dead else None)
+                  dead_letters=self._collector.delete_dead_letters if self.tracker.dead else None,
+                  collect=self.collect_reported if interrupted else None)
+
+    def collect_reported(self, *, budget_s: float = FINAL_COLLECT_S) -> int:
+        """Write the masks already reported done to the dataset, for at most ``budget_s``; returns how many.
+
+        Runs after an interrupt, once the workers are stopped and before the job's objects and
+        results queue are deleted: without it, the masks of every report not yet collected (the
+        stopping workers' last batches among them) would be deleted with the job, and the rerun
+        would segment those tiles again. It collects exactly as :meth:`wait` does, but with the
+        quick retries of a clean-up and only what is already reported: the first empty receive
+        ends it, unless the interrupt cut a receive short: the reports that receive may have taken
+        unseen are awaited until they are visible again (``RESULT_HOLD_S``), within the budget.
+        Another interrupt ends it early, and the clean-up goes on, as does the first interrupt,
+        which is what the caller raises.
+        """
+        sqs, s3 = self.backend.clients.sqs(), self.backend.clients.s3()
+        before = len(self.tracker.completed)
+        collector = _Collector(job_id=self.job_id, tracker=self.tracker, bucket=self.backend.output_bucket,
+                               storage=Storage(s3, threads=self._settings.transfer_threads,
+                                               retry=CLEANUP_RETRY_AFTER_FAILURE),
+                               layout=self._collector.layout, tile_size=self._settings.tile_size,
+                               on_done=lambda _count: None)
+        results = Queue(sqs, self.results_url, retry=CLEANUP_RETRY_AFTER_FAILURE)
+        deadline = time.monotonic() + budget_s
+        try:
+            if self._collector.in_hand:
+                collector.handle_results(self._collector.in_hand)
+            hidden_until = self._collector.hidden_until
+            while self.tracker.pending_count and time.monotonic() < deadline:
+                if not _collect_reports(collector, results, wait_s=FINAL_RECEIVE_WAIT_S) \
+                        and time.monotonic() >= hidden_until:
+                    break
+        except OSError as exc:
+            # The interrupt is the error to report; a mask that cannot be written is only named here.
+            log.error("job %s: could not write the masks reported while the job was interrupted: %s",
+                      self.job_id, exc)
+        except KeyboardInterrupt:
+            log.warning("job %s: interrupted again; the masks reported but not yet collected are lost, "
+                        "a rerun segments those tiles again", self.job_id)
+        collected = len(self.tracker.completed) - before
+        if self.tracker.pending_count and time.monotonic() >= deadline:
+            log.warning("job %s: stopped collecting after %.0f s, perhaps with reports still waiting; a rerun "
+                        "segments the %d tile(s) not collected", self.job_id, budget_s, self.tracker.pending_count)
+        log.info("job %s: collected %d mask tile(s) reported while the job was interrupted", self.job_id, collected)
+        return collected
 
     def _wait_for_room(self, count: int) -> None:
         """Collect reports until ``count`` more tiles fit in the window; the window's share of the timeout applies."""
@@ -557,6 +633,8 @@ def open_job(backend: Backend, *, layout: DatasetLayout, settings: Settings, job
 
     Leaving the block, normally or by any exception (Ctrl-C and SIGTERM included), stops the
     workers and deletes the results queue and the job's S3 prefixes; masks already collected stay.
+    On Ctrl-C or SIGTERM the masks reported by then are collected first (:meth:`Job.collect_reported`),
+    and the interrupt is raised again as it came.
     """
     sqs = backend.clients.sqs()
     results_url = create_results_queue(sqs, prefix=settings.results_queue_prefix, job=job_id)
@@ -566,8 +644,8 @@ def open_job(backend: Backend, *, layout: DatasetLayout, settings: Settings, job
     try:
         job.start_workers(workers)
         yield job
-    except BaseException:
-        job.close(after_failure=True)
+    except BaseException as exc:
+        job.close(after_failure=True, interrupted=isinstance(exc, KeyboardInterrupt))
         raise
     job.close(after_failure=False)
 
