@@ -123,9 +123,10 @@ class PredictTimes:
     """Where the time of one :meth:`Predictor.predict` call went, in seconds (CUDA events on a GPU).
 
     ``h2d`` includes staging the tiles in the pinned buffer; ``compute`` is normalisation, the
-    forward pass and thresholding; ``d2h`` is the copy of the masks (or, when post-processing, the
-    probabilities) back to host memory; ``postprocess`` is the host time making masks from
-    probabilities (cutting touching marks apart, dropping specks).
+    forward pass and thresholding (and, without post-processing, blanking flat areas); ``d2h`` is
+    the copy of the masks (or, when post-processing, the probabilities) back to host memory;
+    ``postprocess`` is the host time making masks from probabilities (flat areas blanked,
+    touching marks cut apart, specks dropped).
     """
 
     tiles: int = 0
@@ -321,10 +322,9 @@ class Predictor:
                                        postprocess=time.perf_counter() - computed))
                 return masks
             mask = self._threshold(self._proba(x, n, tta)).numpy()
-            done = time.perf_counter()
             mask[flat_areas(chunk)] = 0
-            times.add(PredictTimes(tiles=n, h2d=moved - start, compute=done - moved,
-                                   postprocess=time.perf_counter() - done))
+            done = time.perf_counter()
+            times.add(PredictTimes(tiles=n, h2d=moved - start, compute=done - moved))
             return mask
         events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
         events[0].record()
@@ -353,8 +353,9 @@ class Predictor:
         started = time.perf_counter()
         masks = host.numpy().copy()
         masks[flat_areas(chunk)] = 0
+        blanked = time.perf_counter() - started  # host time, counted with the device's compute
         h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(3))
-        times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute, d2h=d2h, postprocess=time.perf_counter() - started))
+        times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute + blanked, d2h=d2h))
         return masks
 
     def _postprocessed(self, proba: np.ndarray) -> np.ndarray:
