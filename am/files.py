@@ -5,16 +5,28 @@ Every file am-segm writes into a dataset, and every object it downloads, goes th
     write_atomic(path, data)
     with atomic_output(path) as handle:
         tifffile.imwrite(handle, image)
+
+Output made of many files (a synthetic dataset, a pseudo-labelling run) is built in a staging
+folder and swapped in whole, so that a run failing half-way neither leaves half its output nor
+has deleted the previous run's::
+
+    with staging(root / ".synth.partial") as stage:
+        write_png(stage / "source" / "0000.png", image)
+        swap_in(stage / "source", root / "source")
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -43,3 +55,38 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
         else:
             for chunk in data:
                 handle.write(chunk)
+
+
+@contextmanager
+def staging(folder: Path) -> Iterator[Path]:
+    """A fresh, empty ``folder`` to write into, removed when the block ends, whether or not it succeeded.
+
+    A leftover from an interrupted earlier run is removed first: it only ever holds unfinished output.
+    """
+    folder = Path(folder)
+    if folder.exists():
+        log.info("removing %s, left by an unfinished earlier run", folder)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Replace the folder ``target`` (if any) by ``staged``, deleting the old one only once the new is in place."""
+    staged, target = Path(staged), Path(target)
+    old = staged.with_name(staged.name + ".old")
+    had_old = target.exists()
+    if had_old:
+        target.rename(old)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged.rename(target)
+    except BaseException:
+        if had_old:
+            old.rename(target)  # put the previous output back before reporting the failure
+        raise
+    if had_old:
+        shutil.rmtree(old)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ import cv2
 import numpy as np
 
 from am.errors import CheckpointError, InputError
+from am.files import staging
 from am.imageio import write_png
 from am.model.predict import Predictor
 from am.model.whole import predict_image_proba
@@ -193,16 +193,9 @@ def pseudo_label(
     check_out_dir(out_dir)
     crops = crops_from_labels(image, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stage = out_dir / STAGING_NAME
-    if stage.exists():
-        log.info("removing %s, left by an unfinished earlier run", stage)
-        shutil.rmtree(stage)
-    stage.mkdir()
-    try:
+    with staging(out_dir / STAGING_NAME) as stage:
         summary, mask, known = _run(image, labels, crops, stage, config, progress)
         _move_into_place(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return PseudoResult(mask=mask, known=known, small_model=out_dir / "small.pt", model=out_dir / "model.pt",
                         summary=summary)
 

@@ -7,7 +7,6 @@ them; ``tiles`` writes normalised training images and masks in the original trai
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from functools import partial
@@ -16,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from am.cli import configure_logging, run_main
-from am.synth.dataset import write_dataset, write_tiles
+from am.synth.dataset import is_pitch, write_dataset, write_tiles
 from am.synth.render import LABELS
 
 
@@ -85,19 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tiles":
         if args.count < 1 or args.size < 32 or args.size % 32:
             parser.error(f"--count must be >= 1 and --size a multiple of 32, got {args.count} and {args.size}")
-        if not (_is_pitch(args.pitch_min) and _is_pitch(args.pitch_max) and args.pitch_min <= args.pitch_max):
+        if not (is_pitch(args.pitch_min) and is_pitch(args.pitch_max) and args.pitch_min <= args.pitch_max):
             parser.error(f"--pitch-min {args.pitch_min} must be > 0 and <= --pitch-max {args.pitch_max}")
     else:
         if args.rows < 1 or args.cols < 1 or args.groups < 1:
             parser.error(f"--rows, --cols and --groups must be >= 1, got {args.rows}, {args.cols}, {args.groups}")
-        if args.pitch is not None and not _is_pitch(args.pitch):
+        if args.pitch is not None and not is_pitch(args.pitch):
             parser.error(f"--pitch must be a number of pixels > 0, got {args.pitch}")
     configure_logging(args.log_level)
     return run_main(partial(_dataset if args.command == "dataset" else _tiles, args), name="am.synth")
-
-
-def _is_pitch(value: float) -> bool:
-    return math.isfinite(value) and value > 0
 
 
 def _dataset(args: argparse.Namespace) -> int:

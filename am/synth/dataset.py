@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from am.errors import InputError
+from am.files import staging, swap_in
 from am.imageio import write_png, write_tiff
 from am.normalize import normalize
 from am.synth.lattice import Lattice
 from am.synth.render import Scene, Style, random_style, render, to_bit_depth
-from am.synth.staging import staging, swap_in
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,14 @@ def dataset_layout(
     margin: float | None = None,
     uneven_rows: bool = False,
 ) -> tuple[Lattice, int, int]:
-    """The lattice and image size of :func:`dataset_scene`, without drawing anything.
+    """The lattice and image size of a whole acquisition of ``rows`` x ``cols`` marks with a margin
+    of tissue around it, without drawing anything.
 
     Cheap, so that every group of a dataset can be checked before the first is rendered; raises
     InputError for a grid whose ids do not fit ``ids.png`` or whose image is too large to make.
+    ``uneven_rows`` spaces the rows unevenly and slides each along itself, as the real ``tile_b``
+    shows (:meth:`Lattice.with_uneven_rows`); the image grows to hold them. Those draws come from a
+    stream of their own, so the rest of the scene is that of the same seed.
     """
     if rows < 1 or cols < 1:
         raise InputError(f"rows and cols must be >= 1, got {rows} x {cols}")
@@ -128,29 +132,14 @@ def dataset_layout(
     return lattice, width, height
 
 
-def dataset_scene(
-    *,
-    rows: int,
-    cols: int,
-    seed: int,
-    style: Style,
-    margin: float | None = None,
-    uneven_rows: bool = False,
-) -> Scene:
-    """Render a whole acquisition of ``rows`` x ``cols`` marks with a margin of tissue around it.
-
-    ``uneven_rows`` spaces the rows unevenly and slides each along itself, as the real
-    ``tile_b`` shows (:meth:`Lattice.with_uneven_rows`); the image grows to hold them. Those
-    draws come from a stream of their own, so the rest of the scene is that of the same seed.
-    """
-    lattice, width, height = dataset_layout(rows=rows, cols=cols, seed=seed, style=style, margin=margin,
-                                            uneven_rows=uneven_rows)
-    return render(lattice, style, width=width, height=height, rng=np.random.default_rng(seed))
+def is_pitch(value: float) -> bool:
+    """Whether ``value`` is a usable grid pitch: a finite number of pixels above 0."""
+    return math.isfinite(value) and value > 0
 
 
 def check_pitch(pitch: float) -> None:
-    """Raise InputError unless ``pitch`` is a usable grid pitch: a finite number of pixels above 0."""
-    if not (math.isfinite(pitch) and pitch > 0):
+    """Raise InputError unless ``pitch`` is a usable grid pitch (:func:`is_pitch`)."""
+    if not is_pitch(pitch):
         raise InputError(f"pitch must be a number of pixels > 0, got {pitch}")
 
 
@@ -169,7 +158,7 @@ def write_dataset(
 ) -> list[Path]:
     """Write ``groups`` synthetic acquisitions to ``root``; returns the source image paths.
 
-    ``uneven_rows`` draws rows unevenly spaced and slid along themselves (see :func:`dataset_scene`).
+    ``uneven_rows`` draws rows unevenly spaced and slid along themselves (see :func:`dataset_layout`).
 
     Refuses to write into an existing dataset (a ``source`` or ``truth`` folder) unless ``force``.
     Every group is checked before the first is drawn, and the dataset is built in a staging
