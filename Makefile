@@ -70,7 +70,7 @@ model: $(STAMP)
 	  --out runs/model/default.pt
 	$(BIN)/python benchmarks/model_quality.py --model runs/model/default.pt
 
-# The production encoder, time-boxed for a GPU machine lent for minutes (benchmarks/gpu_resnext50.sh says more).
+# The production encoder, time-boxed for a GPU machine held for minutes (benchmarks/gpu_resnext50.sh says more).
 gpu-model: $(STAMP)
 	PYTHON=$(BIN)/python bash benchmarks/gpu_resnext50.sh
 

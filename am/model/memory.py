@@ -3,7 +3,7 @@
 A U-Net forward pass on a batch of 512 px tiles allocates and frees activations of tens of MB.
 glibc serves allocations that large with ``mmap`` and gives them back with ``munmap`` on free,
 so every batch maps hundreds of MB afresh and the kernel zero-fills each page on first touch.
-On the 2-core development machine that was a fifth of a worker's CPU time spent in the kernel,
+On a 2-core AMD EPYC VM that was a fifth of a worker's CPU time spent in the kernel,
 and the shipped model ran at 3.7-3.9 tiles/s on one thread instead of 5.0-5.9. Telling glibc to
 serve large blocks from the heap and to keep what is freed there makes the next batch reuse the
 same pages; the peak memory stays that of one batch (about 1.2 GB against 1.05 GB for the

@@ -1,5 +1,5 @@
-"""The prepared GPU training check runs end to end (on the CPU, at toy size): a session with a GPU
-machine has minutes for it, none to spare on a broken script."""
+"""The prepared GPU training check runs end to end (on the CPU, at toy size): the script is
+time-boxed for short GPU runs, which leave no minutes to spare on a broken script."""
 
 from __future__ import annotations
 
