@@ -4,6 +4,8 @@ Three steps, each named by a field of :class:`~am.model.checkpoint.ModelMeta`:
 
 1. ``threshold``: a pixel is a mark where its probability reaches it;
 2. ``seed_threshold`` (None: skipped): marks that touch are cut apart (:mod:`am.model.separate`);
+   then components of at least :data:`~am.model.separate.OVERSIZE_FACTOR` times the median mark
+   (measured as in step 3) are looked at again at higher levels, and cut where two cores show;
 3. ``min_mark_px`` (0: skipped): components smaller than this many model pixels that do not
    touch the edge of the array are dropped. The smallest marks at the training scale cover about
    100 px, so such a component is a speck on the tissue (or a sliver left by the cut of step 2),
@@ -28,7 +30,7 @@ import cv2
 import numpy as np
 
 from am.model.checkpoint import ModelMeta
-from am.model.separate import MIN_SEED_PX, separate_touching
+from am.model.separate import MIN_SEED_PX, RESEED_LEVELS, separate_touching, split_oversize
 
 # The speck size new checkpoints get (am.train --min-mark-px), chosen on synthetic images apart from
 # the held-out set: larger sizes start to drop the visible parts of real marks.
@@ -60,6 +62,10 @@ def mask_from_proba(
     else:
         mask = separate_touching(proba, threshold=meta.threshold, seed_threshold=meta.seed_threshold,
                                  min_seed_px=min_seed_px / pixel_area)
+        median = median_mark(mask, max(meta.min_mark_px, 1) / pixel_area)
+        levels = tuple(level for level in RESEED_LEVELS if level > meta.seed_threshold)
+        if median is not None and levels:
+            mask = split_oversize(mask, proba, median=median, levels=levels)
     if postprocess and (meta.min_mark_px > 0 or meta.min_mark_fraction > 0):
         mask = drop_specks(mask, meta.min_mark_px / pixel_area, fraction=meta.min_mark_fraction)
     return mask
@@ -71,16 +77,11 @@ def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0) -> np
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
     if count <= 1:
         return mask
-    height, width = mask.shape
-    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    w, h = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
-    area = stats[:, cv2.CC_STAT_AREA]
-    on_edge = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    area, on_edge = _areas(stats, mask.shape)
     limit = float(min_px)
-    if fraction > 0:
-        inner = area[1:][~on_edge[1:] & (area[1:] >= min_px)]
-        if inner.size >= MIN_MARKS_FOR_MEDIAN:
-            limit = max(limit, fraction * float(np.median(inner)))
+    median = _median_of_marks(area, on_edge, min_px) if fraction > 0 else None
+    if median is not None:
+        limit = max(limit, fraction * median)
     keep = (area >= limit) | on_edge
     keep[0] = False
     if keep[1:].all():
@@ -88,4 +89,35 @@ def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0) -> np
     return keep[labels]
 
 
-__all__ = ["DEFAULT_MIN_MARK_FRACTION", "DEFAULT_MIN_MARK_PX", "MIN_MARKS_FOR_MEDIAN", "drop_specks", "mask_from_proba"]
+
+def median_mark(mask: np.ndarray, min_px: float) -> float | None:
+    """The median area of the components of ``mask`` away from its edge with at least ``min_px``
+    pixels: the size of one mark here, or None with fewer than :data:`MIN_MARKS_FOR_MEDIAN` of them."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    if count <= 1:
+        return None
+    return _median_of_marks(*_areas(stats, mask.shape), min_px)
+
+
+def _areas(stats: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Each component's area and whether it touches the edge (row 0 is the background)."""
+    height, width = shape
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    w, h = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    on_edge = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    return stats[:, cv2.CC_STAT_AREA], on_edge
+
+
+def _median_of_marks(area: np.ndarray, on_edge: np.ndarray, min_px: float) -> float | None:
+    inner = area[1:][~on_edge[1:] & (area[1:] >= min_px)]
+    return float(np.median(inner)) if inner.size >= MIN_MARKS_FOR_MEDIAN else None
+
+
+__all__ = [
+    "DEFAULT_MIN_MARK_FRACTION",
+    "DEFAULT_MIN_MARK_PX",
+    "MIN_MARKS_FOR_MEDIAN",
+    "drop_specks",
+    "mask_from_proba",
+    "median_mark",
+]
