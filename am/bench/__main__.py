@@ -25,7 +25,6 @@ from typing import Any
 
 from am.bench.loop import INPUT_BUCKET, OUTPUT_BUCKET
 from am.cli import COMPILE_MODES, EXIT_OK, EXIT_USAGE, add_precision_option, configure_logging, run_main
-from am.errors import InputError
 from am.messages import MAX_TILES_PER_MESSAGE
 from am.worker.timing import STAGES
 
@@ -238,8 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"am.bench: --tiles-per-message must be between 0 and {MAX_TILES_PER_MESSAGE}", file=sys.stderr)
         return EXIT_USAGE
     if args.tile_size < 32 or args.tile_size % 32:
-        raise InputError(f"--tile-size {args.tile_size} must be a positive multiple of 32")
+        parser.print_usage(sys.stderr)
+        print(f"am.bench: --tile-size {args.tile_size} must be a positive multiple of 32 (at least 32)",
+              file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(args.log_level)
+    from am.bench.model import check_device
+
+    check_device(args.device)
     out = run(args)
     print(json.dumps(out, sort_keys=True) if args.json else table(out))
     return EXIT_OK

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from am.errors import InputError
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta
 from am.model.predict import Predictor, PredictTimes
@@ -32,6 +33,26 @@ PEAK_TFLOPS = {
 }
 PEAK_TFLOPS["bf16"] = dict(PEAK_TFLOPS["fp16"])
 WARMUP_CALLS = 2
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` this machine lacks before any model is loaded: torch would otherwise
+    fail deep inside the first transfer with a message that does not name the option."""
+    if device is None:
+        return
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"--device {device} is not a device: use cpu, cuda or cuda:N") from exc
+    if kind.type == "cpu":
+        return
+    if kind.type != "cuda":
+        raise InputError(f"--device {device}: am.bench measures on cpu or cuda only; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    count = torch.cuda.device_count()
+    if kind.index is not None and kind.index >= count:
+        raise InputError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 @dataclass(frozen=True)

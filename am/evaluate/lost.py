@@ -2,12 +2,15 @@
 
 Object F1 counts a mark found only when one predicted component matches it at IoU >= 0.5, so a
 mark can be lost in ways that call for different fixes: not seen at all (the model cannot read
-that look), joined with a neighbour (the gap between marks), cut in two, or outlined too tight or
-too wide (a boundary error that matters most on small or thin marks). False marks are either
-components on empty tissue or misshapen ones left over from a merge, a split or a poor outline::
+that look), joined with a neighbour (the gap between marks), cut in two, outlined too tight or
+too wide (a boundary error that matters most on small or thin marks), or outlined at about the
+right size but off the mark (shifted, or the wrong shape: a placement error, not a size one).
+False marks are either components on empty tissue or misshapen ones left over from a merge, a
+split or a poor outline::
 
     lost = LostMarks.combine([lost_marks(truth, predicted) for truth, predicted in pairs])
-    lost.missed, lost.merged, lost.split, lost.too_small, lost.too_large, lost.false_marks, lost.misshapen
+    lost.missed, lost.merged, lost.split, lost.too_small, lost.too_large, lost.misplaced
+    lost.false_marks, lost.misshapen
 """
 
 from __future__ import annotations
@@ -21,27 +24,31 @@ from am.evaluate.metrics import Overlaps, overlaps
 
 # A predicted component takes part in a true mark's fate when it covers this share of the mark.
 COVER = 0.2
+# An outline within this factor of the mark's area (either way) is about the right size: a low
+# IoU then comes from where it lies or its shape, not from its size.
+SIZE_TOLERANCE = 1.2
 
 
 @dataclass(frozen=True)
 class LostMarks:
     """Unmatched true marks by what happened to them, and unmatched predicted components by kind.
 
-    The first five add up to the true marks left unmatched, the last two to the predicted
+    The first six add up to the true marks left unmatched, the last two to the predicted
     components left unmatched, so together they are :attr:`Scores.lost_objects`.
     """
 
     missed: int  # predicted pixels cover under COVER of the mark
     merged: int  # a component covering it covers another true mark too
     split: int  # in pieces: two or more components cover COVER of it each, or none does alone
-    too_small: int  # one component, smaller than the mark, IoU < 0.5
-    too_large: int  # one component, larger than the mark, IoU < 0.5
+    too_small: int  # one component, smaller than the mark by more than SIZE_TOLERANCE, IoU < 0.5
+    too_large: int  # one component, larger than the mark by more than SIZE_TOLERANCE, IoU < 0.5
+    misplaced: int  # one component of about the mark's size, IoU < 0.5: shifted or misshapen
     false_marks: int  # predicted components touching no true mark
     misshapen: int  # unmatched predicted components touching a true mark: merged, split or badly outlined
 
     @property
     def unmatched_true(self) -> int:
-        return self.missed + self.merged + self.split + self.too_small + self.too_large
+        return self.missed + self.merged + self.split + self.too_small + self.too_large + self.misplaced
 
     @property
     def unmatched_predicted(self) -> int:
@@ -53,7 +60,8 @@ class LostMarks:
     def summary(self) -> str:
         """One line for reports, the order of the fields."""
         return (f"marks lost: {self.missed} missed, {self.merged} merged with a neighbour, {self.split} split, "
-                f"{self.too_small} outlined too small, {self.too_large} too large; false marks: "
+                f"{self.too_small} outlined too small, {self.too_large} too large, {self.misplaced} misplaced "
+                f"(about the right size, off the mark); false marks: "
                 f"{self.false_marks} on empty tissue, {self.misshapen} misshapen (touching a mark)")
 
     @staticmethod
@@ -81,7 +89,7 @@ def account(o: Overlaps) -> LostMarks:
     # thousands of marks take one pass rather than a scan of every pair per mark.
     order = np.argsort(o.pair_true, kind="stable")
     starts = np.searchsorted(o.pair_true[order], np.arange(len(o.true_area) + 1))
-    counts = dict.fromkeys(("missed", "merged", "split", "too_small", "too_large"), 0)
+    counts = dict.fromkeys(("missed", "merged", "split", "too_small", "too_large", "misplaced"), 0)
     for mark in np.flatnonzero(o.keep_true):
         if mark in o.matched:
             continue
@@ -96,10 +104,19 @@ def account(o: Overlaps) -> LostMarks:
             counts["split"] += 1
         else:
             largest = o.pair_predicted[mine[np.argmax(o.pair_px[mine])]]
-            counts["too_small" if o.predicted_area[largest] < o.true_area[mark] else "too_large"] += 1
+            counts[_size_error(int(o.predicted_area[largest]), int(o.true_area[mark]))] += 1
     touching = np.zeros(len(o.predicted_area), bool)
     touching[o.pair_predicted] = True
     unmatched = o.keep_predicted.copy()
     unmatched[list(o.matched.values())] = False
     return LostMarks(**counts, false_marks=int((unmatched & ~touching).sum()),
                      misshapen=int((unmatched & touching).sum()))
+
+
+def _size_error(predicted_area: int, true_area: int) -> str:
+    """Which category a single outline with IoU < 0.5 falls in, by its size against the mark's."""
+    if predicted_area * SIZE_TOLERANCE < true_area:
+        return "too_small"
+    if predicted_area > SIZE_TOLERANCE * true_area:
+        return "too_large"
+    return "misplaced"

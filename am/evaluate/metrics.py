@@ -127,10 +127,13 @@ class Overlaps:
 
 
 def overlaps(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0) -> Overlaps:
-    """Label both masks (8-connected) and pair components by IoU >= 0.5, best first."""
-    n_t, lab_t, stats_t, _ = cv2.connectedComponentsWithStats(np.asarray(truth).astype(np.uint8), connectivity=8)
-    n_p, lab_p, stats_p, _ = cv2.connectedComponentsWithStats(np.asarray(predicted).astype(np.uint8),
-                                                              connectivity=8)
+    """Label both masks (8-connected) and pair components by IoU >= 0.5, best first.
+
+    Any non-zero value is foreground, as in :func:`score`: a cast to uint8 would turn a label
+    image's 256 or a probability's 0.7 into background.
+    """
+    n_t, lab_t, stats_t, _ = cv2.connectedComponentsWithStats(_foreground(truth), connectivity=8)
+    n_p, lab_p, stats_p, _ = cv2.connectedComponentsWithStats(_foreground(predicted), connectivity=8)
     area_t = stats_t[:, cv2.CC_STAT_AREA].astype(np.int64)
     area_p = stats_p[:, cv2.CC_STAT_AREA].astype(np.int64)
     keep_t = np.arange(n_t) > 0
@@ -153,6 +156,15 @@ def overlaps(truth: np.ndarray, predicted: np.ndarray, *, min_object_px: int = 0
             matched[a] = b
             used_p.add(b)
     return Overlaps(area_t, area_p, keep_t, keep_p, ti, pi, inter.astype(np.int64), matched)
+
+
+def _foreground(mask: np.ndarray) -> np.ndarray:
+    """``mask`` as uint8 whose non-zero pixels are exactly the mask's non-zero ones (OpenCV labels
+    any non-zero uint8 as foreground, so uint8 masks are passed on without a copy)."""
+    mask = np.asarray(mask)
+    if mask.dtype == np.uint8:
+        return np.ascontiguousarray(mask)
+    return np.ascontiguousarray(mask != 0).view(np.uint8)
 
 
 def most_wrong(items: Sequence[Scores], count: int) -> list[int]:

@@ -12,6 +12,7 @@ The paths follow DESIGN.md::
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,11 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     """Register ``group`` of ``dataset`` and write its outputs; returns the registration.
 
     Raises InputError when an input is missing or unreadable, RegistrationError when the marks
-    do not fit the requested grid.
+    do not fit the requested grid. The outputs of an earlier registration of the group go first,
+    so that after a failure no ids of another grid or mask remain to be mistaken for this run's.
     """
     dataset = Path(dataset)
+    remove_outputs(dataset, group)
     mask = read_grey_tiff(mask_path(dataset, group), what="stitched mask")
     source = read_grey_tiff(source_path(dataset, group), what="normalised source")
     if source.shape != mask.shape:
@@ -55,6 +58,16 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     registration = register_mask(mask, rows=rows, cols=cols)
     write_outputs(output_dir(dataset, group), registration, source=source)
     return registration
+
+
+def remove_outputs(dataset: Path, group: str) -> None:
+    """Remove ``am_coords/<group>/`` of an earlier registration, so that only this run's ids remain."""
+    old = output_dir(dataset, group)
+    if old.is_symlink() or old.is_file():
+        old.unlink()
+    elif old.exists():
+        log.info("group %s: removing the ids of an earlier registration in %s", group, old)
+        shutil.rmtree(old)
 
 
 def read_grey_tiff(path: Path, *, what: str) -> np.ndarray:

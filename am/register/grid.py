@@ -103,15 +103,17 @@ def place_axis(
     if best.size > 1:
         # Truly ambiguous (an edge row without any mark): number from the first filled row.
         start = int(best[np.argmin(np.abs(best - first))])
-        warnings.append(
-            f"the grid has {size} {plural} but marks fill only {span}: which edge {name} is empty is ambiguous; "
-            f"{name} 0 was put at the first {name} with marks"
-        )
+        if span < size:
+            warnings.append(
+                f"the grid has {size} {plural} but marks fill only {span}: which edge {name} is empty is "
+                f"ambiguous; {name} 0 was put at the first {name} with marks"
+            )
     else:
         start = int(best[0])
     inside = np.zeros(counts.size, bool)
     inside[max(0, start - lo) : max(0, start - lo + size)] = True
-    clear = max(2.0, CONTRADICTION_FRACTION * median)
+    # Where a full lattice row holds a single mark (a grid one mark wide), that mark is the whole row.
+    clear = max(2.0, CONTRADICTION_FRACTION * median) if median >= 2 else 1.0
     contradicting = np.nonzero(~inside & (counts >= clear))[0]
     if contradicting.size:
         raise RegistrationError(
@@ -146,21 +148,24 @@ def assign_nodes(
     residual: np.ndarray,
     area: np.ndarray,
     tolerance: float,
+    reach: np.ndarray | None = None,
     typical_area: float,
     cols: AxisPlacement,
     rows: AxisPlacement,
 ) -> Assignment:
     """Give each mark the id of its node, or none; resolve two marks on one node.
 
-    A mark farther than ``tolerance`` px from its node, or whose node is outside the grid, is
-    off-lattice. When marks share a node the better match (near the node, typical size) keeps it;
-    a small second piece joins it as a fragment of the same mark (a mark split by segmentation),
-    anything larger is a duplicate and gets no id.
+    A mark farther than ``tolerance`` px from its node (or its own ``reach``, where given: marks
+    cut by the image edge sit farther off), or whose node is outside the grid, is off-lattice.
+    When marks share a node the better match (near the node, typical size) keeps it; a small
+    second piece joins it as a fragment of the same mark (a mark split by segmentation), anything
+    larger is a duplicate and gets no id.
     """
     n = col.size
     grid_col = col - cols.start
     grid_row = row - rows.start
-    on = (residual <= tolerance) & (grid_col >= 0) & (grid_col < cols.size) & (grid_row >= 0) & (grid_row < rows.size)
+    reach = np.full(n, tolerance) if reach is None else np.asarray(reach, float)
+    on = (residual <= reach) & (grid_col >= 0) & (grid_col < cols.size) & (grid_row >= 0) & (grid_row < rows.size)
     node_id = np.zeros(n, np.int64)
     status = np.full(n, OFF_LATTICE, np.int8)
     candidates = np.nonzero(on)[0]

@@ -31,10 +31,12 @@ MIN_AREA_FLOOR_PX = 4
 MIN_AREA_FRACTION = 0.15
 # Pixels whose distance to the background is within this of the maximum form the "centre plateau".
 PLATEAU_PX = 0.5
-# With at least this many components, one holding more than this share of the foreground is not
-# a mark (no lattice of that many marks has one that large) and does not set the typical area.
-DOMINANT_MIN_COMPONENTS = 20
+# With at least this many components (a grid's 4 marks and a blob), one holding more than this
+# share of the foreground, and more than DOMINANT_TIMES_MEAN times an even share, is not a mark
+# (no lattice of that many marks has one that large) and does not set the typical area.
+DOMINANT_MIN_COMPONENTS = 5
 DOMINANT_SHARE = 0.1
+DOMINANT_TIMES_MEAN = 3.0
 
 
 @dataclass(frozen=True)
@@ -120,12 +122,14 @@ def _typical_area(areas: np.ndarray) -> float:
     Weighting by pixels makes many tiny specks count for little, so noise cannot drag the
     estimate (and with it the minimum mark area) down. The same weighting would let one huge
     region (a saturated blob, a fold) make itself the typical mark and every real mark debris,
-    so among many components one holding more than DOMINANT_SHARE of the foreground is left out.
+    so one holding far more than its share of the foreground is left out (a 4 x 4 grid and a fold
+    larger than all its marks together would otherwise make every mark debris).
     """
     if areas.size == 0:
         return 0.0
     if areas.size >= DOMINANT_MIN_COMPONENTS:
-        ordinary = areas[areas <= DOMINANT_SHARE * areas.sum()]
+        share = max(DOMINANT_SHARE, DOMINANT_TIMES_MEAN / areas.size)
+        ordinary = areas[areas <= share * areas.sum()]
         areas = ordinary if ordinary.size else areas
     order = np.sort(areas)
     cumulative = np.cumsum(order)

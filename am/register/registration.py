@@ -21,9 +21,9 @@ import numpy as np
 from am.errors import InputError, RegistrationError
 from am.register import grid
 from am.register.fit import MIN_MARKS, LatticeFit, fit_lattice, refit
-from am.register.marks import Components, find_components
+from am.register.marks import MIN_AREA_FRACTION, Components, find_components
 from am.register.rows import fit_uneven_rows
-from am.register.split import SplitComponent, split_oversized
+from am.register.split import OVERSIZE_AREA, SplitComponent, split_oversized
 from am.synth.lattice import Lattice
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,11 @@ SPLIT_LARGE_GRIDS = ("crop the image into parts of at most that many positions, 
                      "(source/<group>/), and register each with its own --rows/--cols")
 # A mark belongs to a node when its point is within this fraction of the (smaller) pitch of it.
 ASSIGN_TOLERANCE = 0.35
+# ... or within this many times that when the image edge cuts it: only a sliver of such a mark
+# shows, and its point sits off the node by up to half the mark (still under half the pitch).
+EDGE_REACH = 1.4
+# Past this angle (degrees) the grid's rows could as well be its columns turned the other way.
+AMBIGUOUS_ANGLE = 40.0
 # Above this residual (fraction of the pitch) the lattice fits badly: distortion or a wrong pitch.
 RESIDUAL_WARNING = 0.12
 # Marks at least this fraction of the typical area fit the lattice; smaller ones are often pieces.
@@ -163,19 +168,17 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
                          f"image can number; {SPLIT_LARGE_GRIDS}")
     warnings: list[str] = []
     comps = find_components(mask)
-    if comps.label.size < 4:
-        raise RegistrationError(
-            f"found {comps.label.size} mark(s) in the {mask.shape[1]} x {mask.shape[0]} px mask; at least 4 "
-            "are needed to fit a grid: check the segmentation (is the mask empty?)"
-        )
+    if comps.label.size < MIN_MARKS:
+        raise RegistrationError(_too_few_marks(comps, mask.shape))
     if rows is not None and cols is not None and rows * cols > 4 * comps.label.size + 16:
         raise RegistrationError(
             f"the grid was given {rows} x {cols} = {rows * cols} positions but the mask holds only "
-            f"{comps.label.size} marks: check --rows/--cols"
+            f"{comps.label.size} marks (connected components, before any joined marks are cut apart): check "
+            "--rows/--cols"
         )
     major = _major(comps.area, comps.typical_area)
     fit = fit_lattice(comps.points[major], warnings=warnings)
-    fit = fit_uneven_rows(fit, comps.points[major], comps.area[major]) or fit
+    fit = fit_uneven_rows(fit, comps.points[major], comps.area[major], typical_area=comps.typical_area) or fit
     splits = split_oversized(comps, fit)
     marks = _MarkList.build(comps, splits)
     if splits:
@@ -194,11 +197,12 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
     typical = _typical(residual, marks.area, on & ~edge, pitch=fit.pitch, typical_area=comps.typical_area) | (
         on & edge
     )
-    col_place, row_place = _place(
+    col_place, row_place = _place_or_explain(
         col[typical], row[typical], fit, rows=rows, cols=cols, shape=mask.shape, warnings=warnings
     )
     assignment = grid.assign_nodes(
         col, row, residual=residual, area=marks.area, tolerance=tolerance,
+        reach=np.where(edge, EDGE_REACH * tolerance, tolerance),
         typical_area=comps.typical_area, cols=col_place, rows=row_place,
     )
     n_rows, n_cols = row_place.size, col_place.size
@@ -209,20 +213,22 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
         )
     ids = _paint_ids(comps, splits, marks, assignment.node_id)
     return _result(ids, marks, assignment, fit=fit, cols=col_place, rows=row_place, tolerance=tolerance,
-                   residual=residual, warnings=warnings)
+                   residual=residual, typical_area=comps.typical_area, warnings=warnings)
 
 
 def _result(
     ids: np.ndarray, marks: _MarkList, assignment: grid.Assignment, *, fit: LatticeFit, cols: grid.AxisPlacement,
-    rows: grid.AxisPlacement, tolerance: float, residual: np.ndarray, warnings: list[str],
+    rows: grid.AxisPlacement, tolerance: float, residual: np.ndarray, typical_area: float, warnings: list[str],
 ) -> Registration:
     """Pack the numbering and the fit (renumbered so that node (0, 0) is the grid's) and say what is odd."""
     grid_fit = fit.moved_to(cols.start, rows.start)
     table = _table(marks, assignment, cols=cols.size)
     status = assignment.status
     empty = np.setdiff1d(np.arange(1, rows.size * cols.size + 1), table["id"])
-    assigned = status == grid.ASSIGNED
-    residual_px = float(np.sqrt(np.mean(residual[assigned] ** 2))) if assigned.any() else 0.0
+    # How well the lattice fits: edge slivers, numbered though their points sit off the node, would
+    # only blur that.
+    fitting = (status == grid.ASSIGNED) & (residual <= tolerance)
+    residual_px = float(np.sqrt(np.mean(residual[fitting] ** 2))) if fitting.any() else 0.0
     estimated = rows.estimated or cols.estimated
     if estimated:
         warnings.insert(0, f"rows and cols were not both given: estimated a {rows.size} x {cols.size} grid "
@@ -243,6 +249,14 @@ def _result(
         )
     if abs(grid_fit.shear) > SHEAR_WARNING:
         warnings.append(f"the grid is sheared by {grid_fit.shear:.3f} column pitches per row; check the overlay")
+    if abs(grid_fit.angle_deg) > AMBIGUOUS_ANGLE:
+        warnings.append(
+            f"the grid is turned by {grid_fit.angle_deg:.1f} degrees, close to 45: ids follow the grid as imaged, "
+            "turned by at most 45 degrees, so its rows could as well be read as columns; check the overlay"
+        )
+    oversized = _oversized_ids(marks, assignment, typical_area=typical_area)
+    if oversized.size:
+        warnings.append(_oversized_warning(oversized, typical_area=typical_area))
     registration = Registration(
         ids=ids,
         table=table,
@@ -277,6 +291,38 @@ def _result(
     for warning in warnings:
         log.warning("%s", warning)
     return registration
+
+
+def _too_few_marks(comps: Components, shape: tuple[int, ...]) -> str:
+    """Why fewer marks than a grid needs were found, pointing at what to check."""
+    size = f"the {shape[1]} x {shape[0]} px mask"
+    found = comps.n_labels - 1
+    if found == 0:
+        return f"{size} is empty: no mark to register; check the segmentation"
+    if found == 1:
+        return (f"{size} is one connected region of {int(np.count_nonzero(comps.labels))} px, not separate marks: "
+                "check the segmentation")
+    message = f"found {comps.label.size} mark(s) in {size}; at least {MIN_MARKS} are needed to fit a grid"
+    if comps.dropped:
+        message += (f": {comps.dropped} of its {found} components were left out as debris, being under "
+                    f"{comps.min_area} px ({MIN_AREA_FRACTION:.2f} of the typical mark area, taken as "
+                    f"{comps.typical_area:.0f} px from the largest components: is there a blob or fold much larger "
+                    "than the marks?)")
+    return message + "; check the segmentation"
+
+
+def _oversized_ids(marks: _MarkList, assignment: grid.Assignment, *, typical_area: float) -> np.ndarray:
+    """Ids of numbered marks that were left whole though as large as two: joined marks the split
+    step could not cut apart, because both lie on one node of the fitted grid."""
+    whole = (assignment.status == grid.ASSIGNED) & (marks.part < 0)
+    return np.sort(assignment.node_id[whole & (marks.area >= OVERSIZE_AREA * typical_area)])
+
+
+def _oversized_warning(ids: np.ndarray, *, typical_area: float) -> str:
+    shown = ", ".join(str(int(i)) for i in ids[:20]) + (f" and {ids.size - 20} more" if ids.size > 20 else "")
+    noun, verb = ("id", "is") if ids.size == 1 else ("ids", "are")
+    return (f"{noun} {shown} {verb} about twice a typical mark ({typical_area:.0f} px) or more: two marks may be "
+            "joined in the mask; check the overlay")
 
 
 def _rounded(values: np.ndarray | None) -> list[float] | None:
@@ -319,6 +365,28 @@ def _check_shape(value: int | None, name: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a positive whole number of grid positions, got {value!r}")
+
+
+def _place_or_explain(
+    col: np.ndarray, row: np.ndarray, fit: LatticeFit, *, rows: int | None, cols: int | None,
+    shape: tuple[int, ...], warnings: list[str],
+) -> tuple[grid.AxisPlacement, grid.AxisPlacement]:
+    """:func:`_place`, and where the given grid does not fit but the same grid turned by 90 degrees
+    would, an error that says so: ids follow the grid as imaged, turned by at most 45 degrees."""
+    try:
+        return _place(col, row, fit, rows=rows, cols=cols, shape=shape, warnings=warnings)
+    except RegistrationError as exc:
+        if rows is None or cols is None or rows == cols:
+            raise
+        try:
+            _place(col, row, fit, rows=cols, cols=rows, shape=shape, warnings=[])
+        except RegistrationError:
+            raise exc from None
+        raise RegistrationError(
+            f"{exc}. The marks do fit a {cols} x {rows} grid as imaged (rows run across the image, turned by at "
+            f"most 45 degrees; here {fit.angle_deg:.1f}): if the acquisition was imaged turned by about 90 degrees, "
+            f"or rows and columns were swapped, give --rows {cols} --cols {rows}"
+        ) from exc
 
 
 def _place(

@@ -26,6 +26,7 @@ from scipy.signal import find_peaks
 from scipy.spatial import cKDTree
 
 from am.register.fit import MIN_MARKS, LatticeFit
+from am.register.grid import FRAGMENT_MAX_AREA
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,13 @@ MIN_ROW_FRACTION = 0.3
 LOOSE_RESIDUAL = 0.12
 # ... and kept when its own residual is at most this fraction of the regular fit's.
 BETTER_BY = 0.5
-# Points closer than this fraction of the pitch are pieces of one mark (rows are 0.64 apart on tile_b).
+# Points closer than this fraction of the pitch may be pieces of one mark (rows are 0.64 apart on tile_b) ...
 SAME_MARK = 0.5
+# ... unless both are marks of their own: the smaller holds at least this fraction of a typical mark
+# and together they hold more than the pieces of one mark can (as numbering counts them), which
+# tile_a shows: two of its rows are 0.45 of the pitch apart.
+OWN_MARK_AREA = 0.5
+PAIR_AREA = FRAGMENT_MAX_AREA
 # A gap of at least this many median spacings holds a row without marks.
 MISSING_ROW_GAP = 1.7
 
@@ -98,19 +104,24 @@ class RowLines:
                         shifts=self.shifts - float(self.shift(at)[0]))
 
 
-def fit_uneven_rows(fit: LatticeFit, points: np.ndarray, area: np.ndarray | None = None) -> LatticeFit | None:
+def fit_uneven_rows(
+    fit: LatticeFit, points: np.ndarray, area: np.ndarray | None = None, *, typical_area: float | None = None
+) -> LatticeFit | None:
     """``fit`` with its rows where the marks are, or None when the regular rows serve as well.
 
     ``fit`` is a regular :class:`~am.register.fit.LatticeFit` and ``points`` the marks that fitted
     it (typical marks, not debris), with their ``area`` where known: of two points closer than
     half a pitch (the pieces of a mark the segmentation cut in two) only the larger counts, so a
-    row of such pieces cannot pass for a row of marks.
+    row of such pieces cannot pass for a row of marks. Two such points that are each about a
+    mark's size (``typical_area``, default the median area) are two marks, in two close rows.
     """
     points = np.asarray(points, float)
     if len(points) < MIN_MARKS or _rms(fit, points) <= LOOSE_RESIDUAL * fit.pitch:
         return None
     if area is not None:
-        points = points[_one_per_mark(points, np.asarray(area, float), within=SAME_MARK * fit.pitch)]
+        area = np.asarray(area, float)
+        typical = float(np.median(area)) if typical_area is None else float(typical_area)
+        points = points[_one_per_mark(points, area, within=SAME_MARK * fit.pitch, typical_area=typical)]
     regular_rms = _rms(fit, points)
     lines = _row_lines(fit, points)
     if lines is None:
@@ -183,8 +194,9 @@ def _row_peaks(across: np.ndarray, *, spread: float, min_gap: float) -> np.ndarr
     return low + found[keep] * step
 
 
-def _one_per_mark(points: np.ndarray, area: np.ndarray, *, within: float) -> np.ndarray:
-    """Which points to keep: the larger of any two closer than ``within`` goes first and wins."""
+def _one_per_mark(points: np.ndarray, area: np.ndarray, *, within: float, typical_area: float) -> np.ndarray:
+    """Which points to keep: the larger of any two closer than ``within`` goes first and wins,
+    unless the two are too large together to be one mark cut in pieces (two marks of close rows)."""
     tree = cKDTree(points)
     keep = np.zeros(len(points), bool)
     taken = np.zeros(len(points), bool)
@@ -192,7 +204,9 @@ def _one_per_mark(points: np.ndarray, area: np.ndarray, *, within: float) -> np.
         if taken[i]:
             continue
         keep[i] = True
-        taken[tree.query_ball_point(points[i], within)] = True
+        near = np.asarray(tree.query_ball_point(points[i], within), np.int64)
+        own = (area[near] >= OWN_MARK_AREA * typical_area) & (area[i] + area[near] > PAIR_AREA * typical_area)
+        taken[near[~own]] = True
     return keep
 
 

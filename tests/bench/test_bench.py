@@ -103,3 +103,27 @@ def test_pipeline_overhead_reports_a_failed_run(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(InputError, match="does not exist"):
         pipeline_overhead(tmp_path / "none.tif", checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=1.0,
                           workdir=tmp_path)
+
+
+def test_a_tile_size_that_is_no_multiple_of_32_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_cli.main(["--tile-size", "100"]) == 2
+    assert "--tile-size 100 must be a positive multiple of 32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_device_this_machine_lacks_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch, device: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from am.cli import run_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match=f"--device {device}: no CUDA device is available here; use --device cpu"):
+        bench_cli.main(["--device", device, "--no-loop"])
+    assert run_main(lambda: bench_cli.main(["--device", device, "--no-loop"]), name="am.bench") == 1
+    assert f"--device {device}: no CUDA device" in capsys.readouterr().err
+
+
+def test_a_device_that_is_no_device_is_refused() -> None:
+    with pytest.raises(InputError, match="--device gpu0 is not a device: use cpu, cuda or cuda:N"):
+        bench_cli.main(["--device", "gpu0", "--no-loop"])

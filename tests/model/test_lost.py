@@ -18,7 +18,7 @@ def _box(y: int, x: int, h: int, w: int) -> np.ndarray:
 
 def test_a_perfect_prediction_loses_nothing() -> None:
     truth = _box(5, 5, 10, 10) | _box(30, 30, 10, 10)
-    assert lost_marks(truth, truth) == LostMarks(0, 0, 0, 0, 0, 0, 0)
+    assert lost_marks(truth, truth) == LostMarks(0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def test_each_way_of_losing_a_mark_is_told_apart() -> None:
@@ -32,6 +32,8 @@ def test_each_way_of_losing_a_mark_is_told_apart() -> None:
         "too_small": (_box(5, 5, 10, 10), _box(5, 5, 5, 5)),
         # a 6x6 mark inside a 12x12 component: IoU 0.25
         "too_large": (_box(8, 8, 6, 6), _box(5, 5, 12, 12)),
+        # the mark's own size, 7 px to the side: IoU 30/170
+        "misplaced": (_box(5, 5, 10, 10), _box(5, 12, 10, 10)),
     }
     for kind, (truth, predicted) in cases.items():
         lost = lost_marks(truth, predicted)
@@ -81,5 +83,16 @@ def test_the_account_adds_up_to_the_objects_f1_loses() -> None:
 def test_accounts_pool_over_images() -> None:
     one = lost_marks(_box(5, 5, 10, 10), np.zeros(SHAPE, np.uint8))
     two = lost_marks(_box(5, 5, 10, 10), _box(40, 40, 5, 5) | _box(5, 5, 10, 10))
-    assert LostMarks.combine([one, two]) == LostMarks(1, 0, 0, 0, 0, 1, 0)
+    assert LostMarks.combine([one, two]) == LostMarks(1, 0, 0, 0, 0, 0, 1, 0)
     assert LostMarks.combine([one, two]).as_dict()["missed"] == 1
+
+
+def test_an_outline_within_a_fifth_of_the_marks_size_is_misplaced_not_too_large_or_small() -> None:
+    mark = _box(5, 5, 10, 10)  # 100 px
+    shifted_larger = _box(5, 11, 10, 11)  # 110 px, IoU 40/170
+    shifted_smaller = _box(5, 11, 10, 9)  # 90 px
+    wider = _box(5, 11, 10, 13)  # 130 px
+    assert lost_marks(mark, shifted_larger).misplaced == 1
+    assert lost_marks(mark, shifted_smaller).misplaced == 1
+    assert lost_marks(mark, wider).too_large == 1
+    assert "1 misplaced" in lost_marks(mark, shifted_larger).summary()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from am.evaluate.metrics import EdgeErrors, Scores, edge_errors, most_wrong, score
+from am.evaluate.lost import lost_marks
+from am.evaluate.metrics import EdgeErrors, Scores, edge_errors, match_objects, most_wrong, score
 
 
 def _square(shape, y, x, size):
@@ -109,3 +110,16 @@ def test_edge_errors_split_the_wrong_pixels_at_the_edge_by_side() -> None:
     assert edge_errors(truth, two_wide, reach=2).near_edge_px == 96
     assert edge_errors(truth, truth) == EdgeErrors(0, 0, 0, 0)
     assert EdgeErrors.combine([edge_errors(truth, tight), edge_errors(truth, wide)]) == EdgeErrors(81, 80, 36, 44)
+
+
+def test_object_matching_takes_any_non_zero_value_as_foreground() -> None:
+    # A 16-bit id image (id 256 would wrap to 0 as uint8) and a probability map below 1.
+    ids = np.zeros((30, 30), np.uint16)
+    ids[2:10, 2:10] = 256
+    ids[15:25, 15:25] = 3
+    binary = (ids > 0).astype(np.uint8)
+    assert match_objects(ids, binary) == (2, 2, 2)
+    assert match_objects(binary, binary.astype(float) * 0.7) == (2, 2, 2)
+    assert match_objects(ids, ids.astype(bool)) == (2, 2, 2)
+    lost = lost_marks(ids, binary)
+    assert lost.unmatched_true == lost.unmatched_predicted == 0

@@ -105,3 +105,13 @@ def test_register_group_writes_am_coords(tmp_path):
     reg = register_group(dataset, "g1", rows=5, cols=6)
     assert reg.assigned == 29
     assert (dataset / "am_coords" / "g1" / "am_coordinates.png").is_file()
+
+
+def test_a_failed_run_leaves_no_ids_of_an_earlier_one(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    assert run_cli(str(dataset), "--rows", "5", "--cols", "6").returncode == 0
+    out = dataset / "am_coords" / "g"
+    assert (out / "am_coordinates.csv").is_file()
+    result = run_cli(str(dataset), "--rows", "30", "--cols", "30")
+    assert result.returncode == 1 and "group g:" in result.stderr
+    assert not out.exists()

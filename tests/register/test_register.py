@@ -248,8 +248,13 @@ def test_bad_shape_is_an_input_error(rows, cols):
 
 
 def test_empty_mask():
-    with pytest.raises(RegistrationError, match="found 0 mark"):
+    with pytest.raises(RegistrationError, match="mask is empty"):
         register_mask(np.zeros((100, 100), np.uint8), rows=2, cols=2)
+
+
+def test_a_mask_of_one_region_is_named_as_such():
+    with pytest.raises(RegistrationError, match="one connected region of 10000 px, not separate marks"):
+        register_mask(np.full((100, 100), 255, np.uint8), rows=None, cols=None)
 
 
 def test_too_few_marks():
@@ -298,3 +303,83 @@ def test_two_full_marks_on_one_node_keep_the_better_match():
     assert reg.duplicates == 1 and reg.assigned == 30
     assert reg.ids[round(y), round(x + 12)] == 0
     assert reg.unassigned_xy[0] == pytest.approx((x + 12, y), abs=1.0)
+
+
+# A grid one mark wide, given fewer columns (rows) than it shows.
+
+
+@pytest.mark.parametrize("rows, cols, given", [(1, 10, (1, 8)), (10, 1, (7, 1))])
+def test_a_grid_one_mark_wide_with_more_marks_than_given_is_refused(rows, cols, given):
+    drawn = draw(rows=rows, cols=cols, angle=2.0, width=380 if cols > 1 else 120, height=380 if rows > 1 else 120)
+    with pytest.raises(RegistrationError, match=r"the marks fill 10 lattice (columns|rows) but the grid was given"):
+        register_mask(drawn.mask, rows=given[0], cols=given[1])
+
+
+def test_a_grid_one_mark_wide_with_an_empty_edge_column_is_still_accepted():
+    drawn = draw(rows=1, cols=10, angle=2.0, width=380, height=120)
+    reg = register_mask(drawn.mask, rows=1, cols=11)
+    assert reg.assigned == 10 and any("is ambiguous" in w for w in reg.warnings)
+
+
+# Marks cut by the image's edge.
+
+
+def test_the_visible_part_of_a_mark_cut_by_the_edge_keeps_its_id_over_a_speck():
+    # The bottom row's nodes lie 5 px below the image: of each mark a 20 x 6 px strip shows 17 px
+    # from its node (beyond the usual reach of 0.35 pitch, 14 px) and a 3 x 3 px speck 9 px from it.
+    lattice = Lattice.centred(rows=7, cols=6, width=260, height=300, pitch_x=40.0, angle_deg=0.0)
+    height = int(round(lattice.node(6, 0)[1])) - 5
+    drawn = draw_lattice_mask(lattice, width=260, height=300, radius=10.0)
+    mask = drawn.mask[:height].copy()
+    mask[height - 8 :] = 0
+    for col in range(6):
+        x = int(round(lattice.node(6, col)[0]))
+        mask[height - 6 :, x - 25 : x - 5] = 255
+        mask[height - 3 :, x + 5 : x + 8] = 255
+    reg = register_mask(mask, rows=7, cols=6)
+    bottom = reg.table[reg.table["row"] == 6]
+    assert bottom.size == 6
+    np.testing.assert_allclose(bottom["x"] - [lattice.node(6, c)[0] for c in range(6)], -15.5, atol=1.0)
+    assert np.all(bottom["area_px"] == 6 * 20 + 3 * 3)  # the speck joins its mark as a fragment
+    assert reg.fragments == 6 and reg.off_lattice == 0
+
+
+# One region far larger than the marks in a small grid.
+
+
+def test_a_small_grid_with_a_blob_larger_than_all_its_marks_keeps_its_marks():
+    drawn = draw(rows=4, cols=4, angle=2.0, width=400, height=400)
+    mask = drawn.mask.copy()
+    cv2.circle(mask, (330, 330), 40, 255, -1)  # off the lattice, more pixels than the 16 marks together
+    assert np.count_nonzero(mask) - np.count_nonzero(drawn.mask) > np.count_nonzero(drawn.mask)
+    reg = register_mask(mask, rows=4, cols=4)
+    assert reg.assigned == 16 and not wrong_ids(drawn, reg.ids).size
+
+
+def test_marks_left_out_beside_a_huge_region_are_counted_in_the_error():
+    mask = np.zeros((300, 300), np.uint8)
+    mask[150:290, 150:290] = 255
+    for x in (20, 60, 100):
+        cv2.circle(mask, (x, 30), 6, 255, -1)
+    with pytest.raises(RegistrationError, match=r"3 of its 4 components were left out as debris"):
+        register_mask(mask, rows=None, cols=None)
+
+
+# Grids turned by 45 degrees or more.
+
+
+def test_a_grid_imaged_turned_by_90_degrees_is_refused_with_the_shape_that_fits():
+    lattice = Lattice.centred(rows=8, cols=12, width=500, height=500, pitch_x=PITCH, angle_deg=90.0)
+    drawn = draw_lattice_mask(lattice, width=500, height=500, radius=RADIUS)
+    with pytest.raises(RegistrationError, match=r"do fit a 12 x 8 grid as imaged.*give --rows 12 --cols 8"):
+        register_mask(drawn.mask, rows=8, cols=12)
+    assert register_mask(drawn.mask, rows=12, cols=8).assigned == 96
+
+
+def test_a_grid_turned_close_to_45_degrees_is_flagged():
+    lattice = Lattice.centred(rows=8, cols=8, width=500, height=500, pitch_x=PITCH, angle_deg=43.0)
+    drawn = draw_lattice_mask(lattice, width=500, height=500, radius=RADIUS)
+    reg = register_mask(drawn.mask, rows=8, cols=8)
+    assert not wrong_ids(drawn, reg.ids).size
+    assert any("close to 45" in w for w in reg.warnings)
+    assert not any("close to 45" in w for w in register_mask(draw(angle=9.0).mask, rows=ROWS, cols=COLS).warnings)

@@ -88,8 +88,8 @@ def test_a_row_with_no_marks_keeps_its_number():
 
 
 def test_pieces_of_marks_do_not_pass_for_a_row_of_their_own():
-    # The shipped model cuts each of tile_a's top crescents in two pieces 0.4 pitch apart across
-    # the rows; counted as marks, the smaller pieces make a row of their own.
+    # A mark cut in two pieces 0.4 pitch apart across the rows (together a mark's area): counted as
+    # marks, the pieces off the nodes would make a row of their own.
     lat = lattice()
     col_step, row_step = lat.basis()
     exact = LatticeFit(origin=lat.nodes()[0], col_step=col_step, row_step=row_step)
@@ -97,9 +97,12 @@ def test_pieces_of_marks_do_not_pass_for_a_row_of_their_own():
     theta = np.radians(lat.angle_deg)
     pieces = nodes[:COLS] - 0.4 * PITCH * np.array([-np.sin(theta), np.cos(theta)])
     points = np.vstack([nodes, pieces])
-    area = np.concatenate([np.full(len(nodes), 250.0), np.full(COLS, 140.0)])
+    area = np.concatenate([np.full(COLS, 150.0), np.full(len(nodes) - COLS, 250.0), np.full(COLS, 100.0)])
     assert fit_uneven_rows(exact, points).rows.coords.size == ROWS + 1
     assert fit_uneven_rows(exact, points, area).rows.coords.size == ROWS
+    # Two whole marks as close are two rows (real tile_a has two rows 0.45 of the pitch apart).
+    whole = np.full(len(points), 250.0)
+    assert fit_uneven_rows(exact, points, whole).rows.coords.size == ROWS + 1
 
 
 def test_row_lines_extend_beyond_the_rows_found_at_the_median_spacing():
