@@ -62,10 +62,9 @@ def mask_from_proba(
     else:
         mask = separate_touching(proba, threshold=meta.threshold, seed_threshold=meta.seed_threshold,
                                  min_seed_px=min_seed_px / pixel_area)
-        median = median_mark(mask, max(meta.min_mark_px, 1) / pixel_area)
         levels = tuple(level for level in RESEED_LEVELS if level > meta.seed_threshold)
-        if median is not None and levels:
-            mask = split_oversize(mask, proba, median=median, levels=levels)
+        if levels:
+            mask = _second_look(mask, proba, levels, max(meta.min_mark_px, 1) / pixel_area)
     if postprocess and (meta.min_mark_px > 0 or meta.min_mark_fraction > 0):
         mask = drop_specks(mask, meta.min_mark_px / pixel_area, fraction=meta.min_mark_fraction)
     return mask
@@ -97,6 +96,15 @@ def median_mark(mask: np.ndarray, min_px: float) -> float | None:
     if count <= 1:
         return None
     return _median_of_marks(*_areas(stats, mask.shape), min_px)
+
+
+def _second_look(mask: np.ndarray, proba: np.ndarray, levels: tuple[float, ...], min_px: float) -> np.ndarray:
+    """Step 2's cut at higher ``levels`` inside oversized components, labelling the mask once."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    median = _median_of_marks(*_areas(stats, mask.shape), min_px) if count > 1 else None
+    if median is None:
+        return mask
+    return split_oversize(mask, proba, median=median, levels=levels, components=(labels, stats))
 
 
 def _areas(stats: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -95,13 +95,20 @@ def split_oversize(
     factor: float = OVERSIZE_FACTOR,
     levels: tuple[float, ...] = RESEED_LEVELS,
     core_fraction: float = RESEED_CORE_FRACTION,
+    components: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``mask`` with each component of at least ``factor * median`` pixels cut where, at the lowest
     of ``levels`` that shows two or more cores of ``core_fraction * median`` pixels inside it, their
-    watershed floods meet. Other components are left exactly as they are; nothing is added."""
+    watershed floods meet. Other components are left exactly as they are; nothing is added.
+
+    ``components`` is ``(labels, stats)`` of ``mask`` from ``cv2.connectedComponentsWithStats``
+    (8-connected) where the caller has them already: labelling a tile costs as much as the rest."""
     if mask.shape != proba.shape:
         raise InputError(f"mask {mask.shape} and probabilities {proba.shape} differ in shape")
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    if components is None:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    else:
+        labels, stats = components
     large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= factor * median)
     out = mask
     for index in large[large > 0]:
