@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from am.errors import ConfigError, InputError, TransportError
 from am.launchers import Launcher
@@ -23,6 +24,9 @@ from am.settings import Settings
 from am.transport.clients import ClientFactory
 from am.transport.queue import ensure_tile_queues
 from am.transport.storage import Storage
+
+if TYPE_CHECKING:
+    from am.launchers.aws import AwsResources
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,9 @@ def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
             visibility_timeout_s=settings.visibility_timeout_s,
             max_receive_count=settings.max_receive_count,
         )
-        launcher = LocalLauncher(log_dir=log_dir, base_environment=base_environment)
+        # Only the embedded endpoint is known to accept any key; a configured one may check them.
+        launcher = LocalLauncher(log_dir=log_dir, base_environment=base_environment,
+                                 strip_credentials=not settings.endpoint_url)
         stack.enter_context(_stopping(launcher))
         env = _worker_environment(
             settings, queue_url=queue_url, input_bucket=settings.input_bucket,
@@ -162,6 +168,25 @@ def check_model_object(storage: Storage, model: str) -> None:
         ) from exc
 
 
+def require_dead_letter_queue(resources: AwsResources) -> None:
+    """Refuse a tile queue without a dead-letter queue (no RedrivePolicy), before any task starts.
+
+    SQS keeps a message that nobody deletes for the queue's whole retention period (4 days by
+    default, up to 14) unless a redrive policy moves it to a dead-letter queue after
+    ``maxReceiveCount`` receives. Without one, a tile that fails every time, or a message no
+    worker accepts, goes back to the workers again and again for days: it keeps them from
+    leaving idle, costs a receive per backoff, and never reaches the orchestrator's dead-letter
+    scan, which is how a job learns by name which tiles will not complete.
+    """
+    if not resources.max_receive_count:
+        raise ConfigError(
+            f"tile queue {resources.queue_url} has no dead-letter queue (no RedrivePolicy): a tile that cannot be "
+            "processed would go back to the workers for the queue's whole retention period and never be reported. "
+            "Use the stack's queues (set stack_name; make deploy creates them), or give the queue a RedrivePolicy "
+            f"to {resources.dead_letter_queue_url} (aws sqs set-queue-attributes)"
+        )
+
+
 @contextmanager
 def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
     from am.launchers.aws import EcsLauncher, resolve_aws_resources
@@ -169,6 +194,7 @@ def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
     clients = ClientFactory(endpoint_url=settings.endpoint_url, region=settings.region)
     resources = resolve_aws_resources(settings, cloudformation_client=clients.cloudformation(),
                                       sqs_client=clients.sqs())
+    require_dead_letter_queue(resources)
     model = model or resources.model_uri
     if not model.startswith("s3://"):
         raise ConfigError(

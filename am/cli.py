@@ -34,6 +34,11 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
 
 
+# Libraries that log every HTTP request with its headers at DEBUG: botocore's lines carry the
+# access key id (in Authorization) and the session token (X-Amz-Security-Token) of the caller.
+WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -42,6 +47,19 @@ def configure_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
         force=True,
     )
+    quiet_wire_loggers()
+
+
+def quiet_wire_loggers() -> None:
+    """Keep the AWS libraries at WARNING or above, whatever the level of the root logger.
+
+    Credentials must never appear in logs, and a DEBUG log is what gets attached to a bug report:
+    at DEBUG these libraries would write the caller's access key id and session token with every
+    request. Their warnings and errors (retries, connection trouble) still come through.
+    """
+    floor = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
+    for name in WIRE_LOGGERS:
+        logging.getLogger(name).setLevel(floor)
 
 
 def add_postprocess_option(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ AWS credentials are never settings: boto3's standard chain provides them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -107,14 +108,17 @@ class Settings:
         _require(0.1 <= self.scale <= 10, "scale", self.scale, "between 0.1 and 10")
         _require(self.tta in TTA_MODES, "tta", self.tta, f"one of {', '.join(TTA_MODES)}")
         _require(self.batch_size >= 0, "batch_size", self.batch_size, ">= 0 (0 picks one for the device)")
-        _require(self.idle_exit_s > 0, "idle_exit_s", self.idle_exit_s, "> 0 seconds")
+        _require(math.isfinite(self.idle_exit_s) and self.idle_exit_s > 0, "idle_exit_s", self.idle_exit_s,
+                 "a finite number of seconds > 0 (for workers that never leave by themselves, a long one "
+                 "such as 86400)")
         _require(self.worker_threads >= 0, "worker_threads", self.worker_threads, ">= 0 (0 shares the cores)")
         _require(30 <= self.visibility_timeout_s <= 43200, "visibility_timeout_s", self.visibility_timeout_s,
                  "between 30 and 43200 seconds (the SQS limit)")
         _require(1 <= self.max_receive_count <= 1000, "max_receive_count", self.max_receive_count,
                  "between 1 and 1000 (the SQS limit)")
-        _require(self.timeout_base_s > 0 and self.timeout_per_tile_s > 0, "timeout_base_s/timeout_per_tile_s",
-                 (self.timeout_base_s, self.timeout_per_tile_s), "> 0 seconds")
+        _require(all(math.isfinite(s) and s > 0 for s in (self.timeout_base_s, self.timeout_per_tile_s)),
+                 "timeout_base_s/timeout_per_tile_s", (self.timeout_base_s, self.timeout_per_tile_s),
+                 "finite numbers of seconds > 0")
         _require(self.max_tiles_in_flight >= 0, "max_tiles_in_flight", self.max_tiles_in_flight,
                  ">= 0 (0: automatic, a window per local worker, no limit on AWS)")
         _require(0 <= self.tiles_per_message <= MAX_TILES_PER_MESSAGE, "tiles_per_message", self.tiles_per_message,

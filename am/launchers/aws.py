@@ -91,7 +91,7 @@ class AwsResources:
     security_groups: tuple[str, ...]
     container_name: str = DEFAULT_CONTAINER_NAME
     # Receives before SQS moves a tile to the dead-letter queue (the tile queue's RedrivePolicy);
-    # 0 when the queue has none.
+    # 0 when the queue has none, which am.backends.require_dead_letter_queue refuses for a job.
     max_receive_count: int = 0
 
 
@@ -208,11 +208,8 @@ def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs
     if _explicit(settings, "dead_letter_queue_name") or not dlq_url:
         dlq_url = _queue_url(sqs_client, settings.dead_letter_queue_name, "dead_letter_queue_name")
     max_receive_count = read_max_receive_count(sqs_client, queue_url)
-    if not max_receive_count:
-        log.warning("tile queue %s has no dead-letter queue (RedrivePolicy): a failing tile is retried until the "
-                    "job gives up on it after max_receive_count (%d) failed attempts",
-                    queue_url, settings.max_receive_count)
-    elif _explicit(settings, "max_receive_count") and settings.max_receive_count != max_receive_count:
+    overridden = _explicit(settings, "max_receive_count") and settings.max_receive_count != max_receive_count
+    if max_receive_count and overridden:
         log.warning("max_receive_count %d does not apply: tile queue %s moves a tile to the dead-letter queue after "
                     "%d receives, so the job gives up after %d attempts (change MaxReceiveCount on the stack)",
                     settings.max_receive_count, queue_url, max_receive_count, max_receive_count)

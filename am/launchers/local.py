@@ -1,8 +1,10 @@
 """Local launcher: worker subprocesses (``python -m am.worker``) on this machine.
 
 Workers run in their own process session, so a Ctrl-C in the terminal reaches only the
-orchestrator, which then stops them in order (SIGTERM, then SIGKILL after a grace period).
-On Linux each worker also gets SIGTERM if the orchestrator dies without cleaning up.
+orchestrator, which then stops them in order (SIGTERM, then SIGKILL after ``stop_timeout_s``).
+Each worker is told that deadline (``AM_STOP_TIMEOUT_S``) and keeps its own grace for finishing
+its batch inside it, so the SIGKILL never lands before it has given back what it could not
+finish. On Linux each worker also gets SIGTERM if the orchestrator dies without cleaning up.
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from am.errors import LauncherError
+from am.worker.config import DEFAULT_STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-STOP_GRACE_S = 20.0
-# Variables that must never be handed to a worker: the local endpoint needs no real credentials.
+# Seconds from SIGTERM to SIGKILL; the worker's grace is this less its release margin (25 s).
+STOP_TIMEOUT_S = DEFAULT_STOP_TIMEOUT_S
+# Credentials in the orchestrator's environment. Workers of the embedded endpoint get none: it
+# accepts any key, so real keys would only be exposed to more processes for nothing. Workers of a
+# configured endpoint must sign their requests the way the orchestrator does, so they keep them.
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
@@ -34,12 +41,19 @@ def _die_with_parent() -> None:
 
 
 class LocalLauncher:
-    """Starts and stops worker subprocesses; each writes its log to ``log_dir/worker-N.log``."""
+    """Starts and stops worker subprocesses; each writes its log to ``log_dir/worker-N.log``.
 
-    def __init__(self, *, log_dir: Path, python: str = sys.executable, base_environment: Mapping[str, str]) -> None:
+    ``strip_credentials`` drops :data:`CREDENTIAL_VARIABLES` from ``base_environment``: right for
+    the embedded endpoint, wrong for a configured one that checks them.
+    """
+
+    def __init__(self, *, log_dir: Path, python: str = sys.executable, base_environment: Mapping[str, str],
+                 strip_credentials: bool = True, stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
         self._log_dir = Path(log_dir)
         self._python = python
-        self._base_env = {k: v for k, v in base_environment.items() if k not in CREDENTIAL_VARIABLES}
+        self._base_env = {k: v for k, v in base_environment.items()
+                          if not (strip_credentials and k in CREDENTIAL_VARIABLES)}
+        self._stop_timeout_s = stop_timeout_s
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[Path] = []
 
@@ -48,7 +62,8 @@ class LocalLauncher:
         for _ in range(count):
             number = len(self._procs)
             log_path = self._log_dir / f"worker-{number}.log"
-            env = {**self._base_env, **environment, "AM_WORKER_ID": f"local-{os.getpid()}-{number}"}
+            env = {**self._base_env, **environment, "AM_WORKER_ID": f"local-{os.getpid()}-{number}",
+                   "AM_STOP_TIMEOUT_S": str(self._stop_timeout_s)}
             try:
                 with open(log_path, "ab") as log_file:
                     proc = subprocess.Popen(
@@ -89,11 +104,12 @@ class LocalLauncher:
         running = [proc for proc in self._procs if proc.poll() is None]
         for proc in running:
             proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self._stop_timeout_s
         for proc in running:
             try:
-                proc.wait(timeout=STOP_GRACE_S)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("worker pid %d did not stop within %.0f s; killing it", proc.pid, STOP_GRACE_S)
+                log.warning("worker pid %d did not stop within %.0f s; killing it", proc.pid, self._stop_timeout_s)
                 proc.kill()
                 proc.wait()
         if running:

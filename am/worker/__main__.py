@@ -2,7 +2,9 @@
 
 Environment: AM_QUEUE_URL, AM_INPUT_BUCKET, AM_OUTPUT_BUCKET (required); AM_MODEL (path or
 s3:// URI, default the shipped model), AM_ENDPOINT_URL (local backend only), AM_REGION,
-AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S, AM_THREADS
+AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S,
+AM_STOP_TIMEOUT_S (seconds from SIGTERM to SIGKILL, default 40: a stopped worker finishes its
+work in hand for all but the last 15 of them, then gives back what is left), AM_THREADS
 (torch CPU threads, 0: torch's default), AM_COMPILE (auto|on|off: torch.compile, auto on CUDA
 only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, bf16 on a CPU with AMX tile units,
 fp32 on other CPUs), AM_POSTPROCESS
@@ -29,6 +31,7 @@ from types import FrameType
 
 import cv2
 
+from am.cli import quiet_wire_loggers
 from am.errors import AmError, ConfigError
 from am.model.memory import retain_freed_memory
 from am.transport.clients import ClientFactory
@@ -106,6 +109,7 @@ def build_worker(config: WorkerConfig) -> Worker:
         idle_exit_s=config.idle_exit_s,
         visibility_timeout_s=config.visibility_timeout_s,
         worker_id=config.worker_id,
+        stop_grace_s=config.stop_grace_s,
     )
 
 
@@ -127,7 +131,7 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
         print(f"am.worker: {exc}; python -m am.worker --help lists every variable", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("botocore").setLevel(logging.WARNING)
+    quiet_wire_loggers()
     # Before any thread starts: the compute thread must allocate from the one arena (see am.model.memory).
     retain_freed_memory()
     signals = ShutdownSignals()

@@ -8,6 +8,7 @@ setting in the environment; see docs and DESIGN.md for the list::
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -23,6 +24,12 @@ REQUIRED = ("AM_QUEUE_URL", "AM_INPUT_BUCKET", "AM_OUTPUT_BUCKET")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_IDLE_EXIT_S = 60.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 120
+# AM_STOP_TIMEOUT_S: seconds between SIGTERM and SIGKILL that whoever runs the worker allows (ECS's
+# stopTimeout, the local launcher's deadline). The worker keeps the last STOP_RELEASE_MARGIN_S of
+# them to give back the work it could not finish and to exit; the rest is its grace for finishing.
+# CloudFormation cannot subtract, so the stack passes the timeout itself and the worker subtracts.
+STOP_RELEASE_MARGIN_S = 15.0
+DEFAULT_STOP_TIMEOUT_S = 40.0
 # Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.
 DEFAULT_BATCH_CPU = 4
 DEFAULT_BATCH_CUDA = 64
@@ -41,6 +48,7 @@ class WorkerConfig:
     batch_size: int = 0
     idle_exit_s: float = DEFAULT_IDLE_EXIT_S
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     threads: int = 0
     log_level: str = "INFO"
     worker_id: str = ""
@@ -71,6 +79,7 @@ class WorkerConfig:
             batch_size=_number(environ, "AM_BATCH_SIZE", int, 0),
             idle_exit_s=_number(environ, "AM_IDLE_EXIT_S", float, DEFAULT_IDLE_EXIT_S),
             visibility_timeout_s=_number(environ, "AM_VISIBILITY_TIMEOUT_S", int, DEFAULT_VISIBILITY_TIMEOUT_S),
+            stop_timeout_s=_number(environ, "AM_STOP_TIMEOUT_S", float, DEFAULT_STOP_TIMEOUT_S),
             threads=_number(environ, "AM_THREADS", int, 0),
             log_level=text("AM_LOG_LEVEL", "INFO").upper(),
             worker_id=text("AM_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
@@ -84,8 +93,12 @@ class WorkerConfig:
     def check(self) -> None:
         if self.batch_size < 0:
             raise ConfigError(f"AM_BATCH_SIZE = {self.batch_size} must be >= 0 (0 picks one for the device)")
-        if self.idle_exit_s <= 0:
-            raise ConfigError(f"AM_IDLE_EXIT_S = {self.idle_exit_s} must be > 0 seconds")
+        if not (math.isfinite(self.idle_exit_s) and self.idle_exit_s > 0):
+            raise ConfigError(f"AM_IDLE_EXIT_S = {self.idle_exit_s} must be a finite number of seconds > 0 "
+                              "(for a worker that never leaves by itself, give it a long one, such as 86400)")
+        if not (math.isfinite(self.stop_timeout_s) and self.stop_timeout_s > 0):
+            raise ConfigError(f"AM_STOP_TIMEOUT_S = {self.stop_timeout_s} must be a finite number of seconds > 0: "
+                              "the time between SIGTERM and SIGKILL that whoever runs the worker allows")
         if not 30 <= self.visibility_timeout_s <= 43200:
             raise ConfigError(f"AM_VISIBILITY_TIMEOUT_S = {self.visibility_timeout_s} must be between 30 and "
                               "43200 seconds (the SQS limit)")
@@ -105,6 +118,11 @@ class WorkerConfig:
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ConfigError(f"AM_ENDPOINT_URL = {self.endpoint_url!r} must be an http:// or https:// URL")
 
+    @property
+    def stop_grace_s(self) -> float:
+        """How long a stopped worker may finish its work in hand: the stop timeout less the release margin."""
+        return max(0.0, self.stop_timeout_s - STOP_RELEASE_MARGIN_S)
+
     def batch_size_for(self, device: str) -> int:
         """The configured batch size, or the default for ``device`` ("cpu", "cuda", "cuda:0", ...)."""
         if self.batch_size:
@@ -123,4 +141,5 @@ def _number(environ: Mapping[str, str], name: str, typ: Callable[[str], N], defa
         raise ConfigError(f"environment variable {name} = {raw!r} is not a valid {kind}") from exc
 
 
-__all__ = ["COMPILE_MODES", "PRECISIONS", "REQUIRED", "WorkerConfig"]
+__all__ = ["COMPILE_MODES", "DEFAULT_STOP_TIMEOUT_S", "PRECISIONS", "REQUIRED", "STOP_RELEASE_MARGIN_S",
+           "WorkerConfig"]

@@ -4,8 +4,9 @@ Delivery is at least once. For every message the worker either (1) writes the ma
 ``done`` on the job's results queue and deletes the message, or (2) reports ``failed`` and
 hides the message for a short backoff, so it is tried again and, after the queue's
 ``maxReceiveCount`` receives, lands in the dead-letter queue. A message that does not parse
-or whose keys leave its job's prefix is logged and made visible at once, untouched, so the
-dead-letter queue takes it quickly. Nothing is ever deleted that was not done::
+or whose keys leave its job's prefix is logged, left untouched and hidden for the same backoff,
+so the dead-letter queue takes it after as many receives. Nothing is ever deleted that was not
+done::
 
     worker = Worker(queue, storage, models, input_bucket="in", output_bucket="out",
                     results=lambda url: Queue(sqs, url), batch_size=4, idle_exit_s=60,
@@ -44,6 +45,7 @@ from am.messages import RESULT_DONE, RESULT_FAILED, TileMessage, TileResult
 from am.transport.queue import MAX_RECEIVE, MAX_VISIBILITY_S, MAX_WAIT_S, Queue, Received, is_missing_queue
 from am.transport.storage import Storage
 from am.worker.batch import TileSteps, TileWork
+from am.worker.config import DEFAULT_STOP_TIMEOUT_S, STOP_RELEASE_MARGIN_S
 from am.worker.lease import Heartbeat, Lease
 from am.worker.models import Predictor
 from am.worker.stages import Prefetcher, Uploader
@@ -55,8 +57,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 # A failed tile is hidden for min(2**attempt, this) seconds before it is tried again.
 MAX_BACKOFF_S = 30
-# After a stop request, how long the work in hand may take before it is released instead.
-STOP_GRACE_S = 25.0
+# After a stop request, how long the work in hand may take before it is released instead, when
+# whoever runs the worker does not say (python -m am.worker derives it from AM_STOP_TIMEOUT_S).
+STOP_GRACE_S = DEFAULT_STOP_TIMEOUT_S - STOP_RELEASE_MARGIN_S
 # Parallel S3 transfers (with PNG decode or encode) per stage.
 TRANSFER_THREADS = 8
 # Batches received ahead of the model: one ready when it finishes, one arriving. More would only
@@ -119,8 +122,10 @@ class Worker:
     ) -> None:
         if batch_size < 1:
             raise WorkerError(f"batch size must be at least 1, got {batch_size}")
-        if idle_exit_s <= 0:
-            raise WorkerError(f"idle exit must be > 0 seconds, got {idle_exit_s}")
+        if not (math.isfinite(idle_exit_s) and idle_exit_s > 0):
+            raise WorkerError(f"idle exit must be a finite number of seconds > 0, got {idle_exit_s}")
+        if not (math.isfinite(stop_grace_s) and stop_grace_s >= 0):
+            raise WorkerError(f"stop grace must be a finite number of seconds >= 0, got {stop_grace_s}")
         if not 1 <= visibility_timeout_s <= MAX_VISIBILITY_S:
             raise WorkerError(f"visibility timeout {visibility_timeout_s} s is outside 1..{MAX_VISIBILITY_S} s")
         if transfer_threads < 1 or prefetch_batches < 1 or upload_batches < 1:
@@ -171,9 +176,9 @@ class Worker:
         self.stats = WorkerStats()
         self._idle_s = 0.0
         self._waiting_for_held = False
-        log.info("worker %s consuming %s (batch %d, %d batch(es) prefetched, visibility %d s, idle exit %.0f s)",
-                 self.worker_id, self._queue.name, self._batch_size, self._prefetch_batches, self._visibility_s,
-                 self._idle_exit_s)
+        log.info("worker %s consuming %s (batch %d, %d batch(es) prefetched, visibility %d s, idle exit %.0f s, "
+                 "stop grace %.0f s)", self.worker_id, self._queue.name, self._batch_size, self._prefetch_batches,
+                 self._visibility_s, self._idle_exit_s, self._stop_grace_s)
         heartbeat = Heartbeat(self._queue, self._lease, visibility_timeout_s=self._visibility_s)
         fetch_pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-fetch")
         put_pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-put")
@@ -283,10 +288,11 @@ class Worker:
                              "more, in case theirs died", self._idle_exit_s, held, self._visibility_s)
                 idle_left = patience_left
             started, busy = time.monotonic(), len(self._lease) > 0
-            received, work = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
-            if not received:
-                # Idle means nothing to do: while earlier batches were in hand (their retries may still
-                # come back), the clock does not run.
+            _, work = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
+            if not work:
+                # Idle means nothing to do, and a rejected message is nothing to do: on a queue that
+                # never dead-letters it, it must not keep the worker from leaving. While earlier
+                # batches were in hand (their retries may still come back), the clock does not run.
                 busy = busy or len(self._lease) > 0
                 self._idle_s = 0.0 if busy else self._idle_s + time.monotonic() - started
                 continue
@@ -338,10 +344,18 @@ class Worker:
         return received, work
 
     def _reject(self, received: Received, exc: MessageError) -> None:
-        """A message we must not act on: log it, touch none of its keys, let the dead-letter queue take it."""
+        """A message we must not act on: log it, touch none of its keys, hide it for a failed tile's backoff.
+
+        SQS moves a message to the dead-letter queue only when it is received once more after
+        ``maxReceiveCount`` receives, and a queue without a redrive policy never does. Made
+        visible at once, a rejected message would come straight back to the next receive, in a
+        busy loop of receives and error lines that, without a dead-letter queue, never ends.
+        Hidden like a failed tile, it reaches the dead-letter queue after the same receives, and
+        elsewhere costs one receive per backoff.
+        """
         log.error("rejected message %s (receive %d): %s", received.message_id, received.receive_count, exc)
         self.stats.rejected += 1
-        self._release([received.receipt_handle], 0)
+        self._release([received.receipt_handle], self._backoff_s(received.receive_count))
 
     def _give_back(self, tiles: list[TileWork]) -> None:
         """Prefetched tiles the model will not get to (stopping): visible again at once, for another worker."""
@@ -430,10 +444,13 @@ class Worker:
         """Hide failed (or unreported) tiles for a while, growing with the attempt, so the DLQ takes persistent ones."""
         by_delay: dict[int, list[str]] = defaultdict(list)
         for tile in tiles:
-            attempt = tile.received.receive_count
-            by_delay[min(2**attempt, self._max_backoff_s)].append(tile.received.receipt_handle)
+            by_delay[self._backoff_s(tile.received.receive_count)].append(tile.received.receipt_handle)
         for delay, handles in by_delay.items():
             self._release(handles, delay)
+
+    def _backoff_s(self, receive_count: int) -> int:
+        """How long a message that was not done stays hidden after its ``receive_count``-th receive."""
+        return min(2**receive_count, self._max_backoff_s)
 
     # Settling holds the lease lock through the SQS call: the heartbeat cannot re-hide a message
     # being released, and the supervisor sees the lease empty only once the call is through.

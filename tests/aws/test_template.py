@@ -130,6 +130,8 @@ def test_task_definition_template_runs_on_ec2_with_roles_logs_and_time_to_finish
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
     assert template["Parameters"]["StopTimeoutSeconds"]["Default"] >= 60
     assert container["StopTimeout"] == {"Ref": "StopTimeoutSeconds"}
+    told = {entry["Name"]: entry["Value"] for entry in container["Environment"]}["AM_STOP_TIMEOUT_S"]
+    assert told == {"Ref": "StopTimeoutSeconds"}  # the worker's grace ends inside the same deadline
     names = {entry["Name"] for entry in container["Environment"]}
     assert {"AM_QUEUE_URL", "AM_INPUT_BUCKET", "AM_OUTPUT_BUCKET", "AM_MODEL", "AM_REGION"} <= names
     assert all(name.startswith("AM_") for name in names)

@@ -168,3 +168,29 @@ def test_unloadable_model_exits_1_with_the_reason(stack: Stack, tmp_path: Path) 
                           capture_output=True, timeout=60)
     assert proc.returncode == 1
     assert b"cannot start" in proc.stderr and str(bogus).encode() in proc.stderr
+
+
+def test_the_stop_grace_comes_from_the_stop_timeout_the_worker_is_told(stack: Stack) -> None:
+    proc = subprocess.run([sys.executable, "-m", "am.worker"], cwd=REPO, timeout=120, capture_output=True,
+                          env=stack.environment(AM_STOP_TIMEOUT_S="120", AM_IDLE_EXIT_S="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert b"stop grace 105 s" in proc.stderr
+
+
+FAKE_KEY_ID = "AKIAFAKEKEYID0000001"
+FAKE_SECRET = "FakeSecretKeyDoNotLog0000000000000000000"
+FAKE_TOKEN = "FakeSessionTokenDoNotLog00000000000000000000"
+
+
+def test_a_debug_log_holds_no_credentials(stack: Stack) -> None:
+    """At AM_LOG_LEVEL=DEBUG the AWS libraries would log every request's headers: key id and session token."""
+    stack.put_tiles(4, size=64)
+    proc = subprocess.run([sys.executable, "-m", "am.worker"], cwd=REPO, timeout=120, capture_output=True,
+                          env=stack.environment(AM_LOG_LEVEL="DEBUG", AM_IDLE_EXIT_S="1",
+                                                AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY=FAKE_SECRET,
+                                                AWS_SESSION_TOKEN=FAKE_TOKEN))
+    log = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, log[-3000:]
+    assert "4 tile(s) done" in log and " DEBUG " in log  # it did sign requests, and logged at DEBUG
+    for secret in (FAKE_KEY_ID, FAKE_SECRET, FAKE_TOKEN, "Signature=", "X-Amz-Security-Token"):
+        assert secret not in log, f"{secret} in the worker's DEBUG log"

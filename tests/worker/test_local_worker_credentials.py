@@ -1,0 +1,67 @@
+"""Which credentials local workers get: none for the embedded endpoint, the orchestrator's for a configured one."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import am.launchers.local
+from am.backends import open_local_backend
+from am.endpoint import EmbeddedEndpoint
+from am.settings import Settings
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAFAKEKEYID0000003", "AWS_SECRET_ACCESS_KEY": "fake-secret",
+               "AWS_SESSION_TOKEN": "fake-token"}
+# Stands in for `python -m am.worker`: writes the environment it was started with, then exits.
+DUMP_ENVIRONMENT = """\
+#!{python}
+import json, os
+from pathlib import Path
+Path(os.environ["DUMP_TO"]).write_text(json.dumps(dict(os.environ)))
+"""
+
+
+def _worker_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Settings) -> dict[str, str]:
+    """The environment a worker of the local backend starts with, for ``settings``."""
+    script = tmp_path / "fake-python"
+    script.write_text(DUMP_ENVIRONMENT.format(python=sys.executable))
+    script.chmod(0o755)
+    dump = tmp_path / "environment.json"
+    real = am.launchers.local.LocalLauncher
+
+    class DumpingLauncher(real):  # type: ignore[misc, valid-type]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(python=str(script), **kwargs)
+
+    monkeypatch.setattr(am.launchers.local, "LocalLauncher", DumpingLauncher)
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    base = {**os.environ, "DUMP_TO": str(dump)}
+    with open_local_backend(settings, model="m.pt", log_dir=tmp_path / "logs", base_environment=base) as backend:
+        backend.launcher.start(1, backend.worker_environment)
+        deadline = time.monotonic() + 60
+        while not dump.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert dump.exists(), "the worker did not start"
+    return json.loads(dump.read_text())
+
+
+def test_workers_of_the_embedded_endpoint_get_no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _worker_environment(tmp_path, monkeypatch, Settings(workers=1))
+    assert not set(CREDENTIALS) & set(env)
+    assert env["AM_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+
+
+def test_workers_of_a_configured_endpoint_sign_as_the_orchestrator_does(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    with EmbeddedEndpoint() as configured:
+        url = configured.url
+        env = _worker_environment(tmp_path, monkeypatch, Settings(workers=1, endpoint_url=url))
+    assert {name: env.get(name) for name in CREDENTIALS} == CREDENTIALS
+    assert env["AM_ENDPOINT_URL"] == url
