@@ -36,13 +36,15 @@ from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, RUNNING, TaskStore, Un
 from am.errors import AmError
 from am.files import write_atomic
 from am.imageio import encode_png, read_image
+from am.launchers.local import STOP_TIMEOUT_S as LOCAL_STOP_TIMEOUT_S
 from am.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-# The pipeline stops its workers and deletes its job data on SIGTERM; give it this long.
-STOP_GRACE_S = 30.0
+# The pipeline stops its workers (each may take the local launcher's whole deadline) and deletes
+# its job data on SIGTERM; give it this long.
+STOP_GRACE_S = LOCAL_STOP_TIMEOUT_S + 20.0
 # Only the end of a task's log is searched for the reason it failed.
 LOG_TAIL_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 2000
