@@ -19,12 +19,10 @@ anyway, for ``GET /health``.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -36,12 +34,12 @@ from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, RUNNING, TaskStore, Un
 from am.errors import AmError
 from am.files import write_atomic
 from am.imageio import encode_png, read_image
+from am.launchers.children import die_with_parent
 from am.launchers.local import STOP_TIMEOUT_S as LOCAL_STOP_TIMEOUT_S
 from am.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 # The pipeline stops its workers (each may take the local launcher's whole deadline) and deletes
 # its job data on SIGTERM; give it this long.
 STOP_GRACE_S = LOCAL_STOP_TIMEOUT_S + 20.0
@@ -77,11 +75,6 @@ class PipelineCommand:
         return args
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the server dies, so no orphan keeps writing the task."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
@@ -275,7 +268,7 @@ class TaskRunner:
                 log_start = os.fstat(log_file.fileno()).st_size
                 self._procs[task_id] = subprocess.Popen(
                     argv, env=self._environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_die_with_parent,
+                    start_new_session=True, preexec_fn=die_with_parent,
                 )
             return log_start
 

@@ -9,7 +9,6 @@ finish. On Linux each worker also gets SIGTERM if the orchestrator dies without 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -20,11 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from am.errors import LauncherError
+from am.launchers.children import die_with_parent
 from am.worker.config import DEFAULT_STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 # Seconds from SIGTERM to SIGKILL; the worker's grace is this less its release margin (25 s).
 STOP_TIMEOUT_S = DEFAULT_STOP_TIMEOUT_S
 # Credentials in the orchestrator's environment. Workers of the embedded endpoint get none: it
@@ -33,11 +32,6 @@ STOP_TIMEOUT_S = DEFAULT_STOP_TIMEOUT_S
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel to send SIGTERM when the orchestrator dies."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LocalLauncher:
@@ -73,7 +67,7 @@ class LocalLauncher:
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                        preexec_fn=_die_with_parent,
+                        preexec_fn=die_with_parent,
                     )
             except OSError as exc:
                 raise LauncherError(f"cannot start worker process with {self._python}: {exc}") from exc
