@@ -40,6 +40,7 @@ WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def configure_logging(level: str = "INFO") -> None:
+    """Every command logs the same way; ``force`` lets a second call (tests, embedding) change the level."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

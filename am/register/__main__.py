@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from am.cli import configure_logging
 from am.errors import AmError
 from am.register.dataset import output_dir, register_group
 
@@ -64,7 +65,7 @@ def default_groups(dataset: Path) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     if (args.rows is None) != (args.cols is None):
         parser.error("give both --rows and --cols, or neither to estimate the grid's shape")
     for group in args.groups:
