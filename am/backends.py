@@ -79,6 +79,8 @@ def _worker_environment(settings: Settings, *, queue_url: str, input_bucket: str
 @contextmanager
 def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
                        base_environment: Mapping[str, str]) -> Iterator[Backend]:
+    """The embedded endpoint (or ``endpoint_url``) with worker processes on this machine: the same
+    S3/SQS calls as on AWS, so a laptop run exercises the code path a deployment runs."""
     from am.endpoint import EmbeddedEndpoint
     from am.launchers.local import LocalLauncher
 
@@ -189,6 +191,8 @@ def require_dead_letter_queue(resources: AwsResources) -> None:
 
 @contextmanager
 def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
+    """Real S3/SQS and ECS tasks, checked before any task starts (queues, dead-letter policy, model),
+    so a misconfigured deployment fails in seconds rather than after the tiles are uploaded."""
     from am.launchers.aws import EcsLauncher, resolve_aws_resources
 
     clients = ClientFactory(endpoint_url=settings.endpoint_url, region=settings.region)

@@ -71,6 +71,7 @@ def check_tiles(tiles: Any, kind: str) -> tuple[int, ...]:
 
 
 def check_job_id(job: str) -> str:
+    """``job`` if it can name S3 prefixes and an SQS queue; a job id comes from messages, so it is checked."""
     if not isinstance(job, str) or not JOB_ID_PATTERN.match(job):
         raise MessageError(
             f"job id {job!r} is not valid: use 1-63 lower-case letters, digits and '-'"
@@ -79,6 +80,7 @@ def check_job_id(job: str) -> str:
 
 
 def check_group(group: str) -> str:
+    """``group`` if it is safe as one segment of an S3 key and a folder name."""
     if not isinstance(group, str) or not GROUP_PATTERN.match(group) or ".." in group:
         raise MessageError(
             f"group name {group!r} is not valid: use letters, digits, '.', '_' and '-' "

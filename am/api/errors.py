@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def status_for(exc: AmError, statuses: Sequence[tuple[type[AmError], int]]) -> int:
+    """The HTTP status of the first class ``exc`` is an instance of; anything unlisted is the server's fault (500)."""
     return next((code for cls, code in statuses if isinstance(exc, cls)), 500)
 
 
 def install_error_handler(app: FastAPI, statuses: Sequence[tuple[type[AmError], int]]) -> None:
+    """Turn the project's errors into JSON answers whose ``detail`` is the message a CLI user would see."""
     @app.exception_handler(AmError)
     async def am_error(request: Request, exc: AmError) -> JSONResponse:
         code = status_for(exc, statuses)

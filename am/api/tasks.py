@@ -68,6 +68,7 @@ def check_task_id(task_id: str) -> str:
 
 
 def new_task_id() -> str:
+    """A random id: task ids appear in URLs, so they must not be guessable from one another."""
     return uuid.uuid4().hex
 
 

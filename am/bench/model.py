@@ -129,6 +129,7 @@ def peak_tflops(device_name: str, precision: str) -> float | None:
 
 
 def device_name(device: str) -> str:
+    """What the figures were measured on, for the report: speeds mean nothing without it."""
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(torch.device(device))
     import platform

@@ -40,12 +40,14 @@ def views(mode: str) -> tuple[View, ...]:
 
 
 def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
+    """``x`` (..., H, W) turned ``view[0]`` quarter turns, then mirrored left-right if ``view[1]``."""
     turns, mirror = view
     out = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
     return torch.flip(out, dims=(-1,)) if mirror else out
 
 
 def undo_view(x: torch.Tensor, view: View) -> torch.Tensor:
+    """The inverse of :func:`apply_view`, so each view's probabilities land back on the tile's pixels."""
     turns, mirror = view
     out = torch.flip(x, dims=(-1,)) if mirror else x
     return torch.rot90(out, -turns, dims=(-2, -1)) if turns else out

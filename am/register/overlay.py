@@ -49,6 +49,7 @@ def check_source(source: np.ndarray, registration: Registration) -> np.ndarray:
 
 
 def overview_scale(registration: Registration) -> float:
+    """How much the overview overlay shrinks the image, so a 20000 px acquisition stays a viewable PNG."""
     return min(1.0, OVERVIEW_MAX_SIDE / max(registration.ids.shape))
 
 

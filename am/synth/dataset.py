@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -292,7 +293,7 @@ def iter_samples(seed: int, count: int, *, size: int, pitch_range: tuple[float, 
         yield from pool.map(render_one, range(count), chunksize=max(1, min(16, count // (4 * workers))))
 
 
-def sample_at(seed: int, index: int, **options) -> Sample:
+def sample_at(seed: int, index: int, **options: Any) -> Sample:
     """Sample ``index`` of the series ``seed`` (``options`` as for :func:`random_sample`), rendered alone."""
     return random_sample(np.random.default_rng([seed, index]), **options)
 
