@@ -20,6 +20,7 @@ help:
 	@echo "make lint     ruff over the package, tests, benchmarks, examples and setup.py"
 	@echo "make model    train the default model from synthetic data into runs/model/"
 	@echo "make gpu-model  on a GPU machine: train resnext50 for MINUTES (default 6) into runs/gpu/ and measure it"
+	@echo "               (AM_SYSTEM_PYTHON=1: with the machine's own python3 and torch, offline, no venv)"
 	@echo "make image | push | deploy | undeploy | upload-model   AWS deployment (see README, Running on AWS)"
 
 $(STAMP): setup.py
@@ -71,8 +72,10 @@ model: $(STAMP)
 	$(BIN)/python benchmarks/model_quality.py --model runs/model/default.pt
 
 # The production encoder, time-boxed for a GPU machine held for minutes (benchmarks/gpu_resnext50.sh says more).
-gpu-model: $(STAMP)
-	PYTHON=$(BIN)/python bash benchmarks/gpu_resnext50.sh
+# AM_SYSTEM_PYTHON=1 runs it with $(PYTHON) as it is (a GPU machine's own torch, offline), building no venv.
+GPU_PYTHON := $(if $(filter 1,$(AM_SYSTEM_PYTHON)),$(PYTHON),$(BIN)/python)
+gpu-model: $(if $(filter 1,$(AM_SYSTEM_PYTHON)),,$(STAMP))
+	PYTHON=$(GPU_PYTHON) bash benchmarks/gpu_resnext50.sh
 
 run: $(STAMP) $(DATASET)
 	$(BIN)/python -m am.pipeline $(DATASET) --rows $(ROWS) --cols $(COLS)

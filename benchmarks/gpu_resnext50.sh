@@ -2,10 +2,15 @@
 # Train the production resnext50_32x4d U-Net on one GPU machine within a fixed time, then measure it
 # with the same benchmark as the shipped CPU model, so the two can be compared figure for figure.
 #
-#   MINUTES=6 OUT=runs/gpu REAL=../shared/data/real bash benchmarks/gpu_resnext50.sh
+#   MINUTES=6 OUT=runs/gpu REAL=.real bash benchmarks/gpu_resnext50.sh
 #
-# Run from the repository root on a machine with CUDA, PyTorch and this project's packages (where
-# segmentation-models-pytorch is missing, put its wheel in .whl/ and it is installed into /tmp/site).
+# Run from the repository root on a machine with CUDA, PyTorch and this project's packages, with
+# PYTHON naming that machine's python (default python3); nothing is downloaded, so it runs offline
+# (`make gpu-model AM_SYSTEM_PYTHON=1` does the same). Where segmentation-models-pytorch is missing,
+# put its wheel in .whl/ and it is installed into /tmp/site. REAL is the folder of real samples
+# (crop1-3, tile_a/tile_b): default .real/ in the checkout (git-ignored; copy them there for a machine
+# that gets only the checkout), else ../shared/data/real. A REAL that does not exist stops the
+# script before training, since the figures cannot be taken again later; SKIP_REAL=1 leaves them out.
 # MINUTES bounds training (it stops after the epoch that passes it); EPOCHS x STEPS is sized so that
 # an H100/H200 finishes its learning-rate schedule inside 6 minutes. Writes OUT/resnext50.pt,
 # OUT/resnext50.metrics.csv/.json, OUT/train.log and OUT/quality.json, and prints the figures.
@@ -14,7 +19,10 @@
 set -euo pipefail
 MINUTES=${MINUTES:-6}
 OUT=${OUT:-runs/gpu}
-REAL=${REAL:-../shared/data/real}
+if [ -z "${REAL:-}" ]; then
+    if [ -d .real ]; then REAL=.real; else REAL=../shared/data/real; fi
+fi
+SKIP_REAL=${SKIP_REAL:-0}
 DEVICE=${DEVICE:-cuda}
 SYNTHETIC=${SYNTHETIC:-2000}
 EPOCHS=${EPOCHS:-24}
@@ -25,7 +33,17 @@ QUALITY_SYNTHETIC=${QUALITY_SYNTHETIC:-40}
 VALID=${VALID:-48}
 WORKERS=${WORKERS:-$(( $(nproc) > 12 ? 12 : $(nproc) ))}
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# The checkout itself is importable, so a python without this project installed runs it too.
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+if [ "$SKIP_REAL" = 1 ]; then
+    real_args=(--skip-real)
+elif [ -d "$REAL" ]; then
+    real_args=(--real "$REAL")
+else
+    echo "real samples not found at REAL=$REAL: copy them there (or to .real/), name their folder with REAL=..., or set SKIP_REAL=1 to measure without them" >&2
+    exit 2
+fi
 
 if ! "$PY" -c "import segmentation_models_pytorch" 2>/dev/null; then
     ls .whl/*.whl >/dev/null 2>&1 || { echo "segmentation-models-pytorch is missing and .whl/ holds no wheel" >&2; exit 2; }
@@ -49,4 +67,4 @@ fi
 echo "training wall time: $(( $(date +%s) - start )) s"
 tr '\r' '\n' < "$OUT/train.log" | grep -E "INFO am.train.loop: epoch|WARNING|trained|wrote" || true
 "$PY" benchmarks/model_quality.py --model "$OUT/resnext50.pt" --device "$DEVICE" --synthetic "$QUALITY_SYNTHETIC" \
-    --real "$REAL" --json "$OUT/quality.json"
+    "${real_args[@]}" --json "$OUT/quality.json"

@@ -11,8 +11,9 @@
   too tight or too wide show there. The marks object F1 loses are sorted by what happened to
   them (missed, merged with a neighbour, split, outlined too small or too large) and the false
   ones by whether they touch a mark;
-- real crops (../shared/data/real): Dice against the reference masks >= 0.85 on crop2 and crop3,
-  no false marks on the bright blob of crop1; tile_a/tile_b: mark counts and overlays to look at.
+- real crops (--real DIR; by default ../shared/data/real beside the checkout, when it is there):
+  Dice against the reference masks >= 0.85 on crop2 and crop3, no false marks on the bright blob
+  of crop1; tile_a/tile_b: mark counts and overlays to look at.
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped model)")
     p.add_argument("--synthetic", type=int, default=40, help="held-out synthetic images (default 40)")
-    p.add_argument("--real", type=Path, default=REAL, help=f"real samples folder (default {REAL})")
+    real = p.add_mutually_exclusive_group()
+    real.add_argument("--real", type=Path, default=None,
+                      help=f"real samples folder; naming one that does not exist is an error (default {REAL} "
+                           "when it exists, else the real samples are skipped)")
+    real.add_argument("--skip-real", action="store_true", help="leave the real samples out")
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -58,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="list the held-out images with the most wrong pixels and how they were drawn (default 5)")
     p.add_argument("--json", type=Path, default=None, help="write all figures as JSON here")
     args = p.parse_args(argv)
+    if args.real is not None and not args.real.is_dir():
+        p.error(f"--real {args.real} does not exist (or is not a folder); give the folder holding crop1-3 and "
+                "tile_a/tile_b, or --skip-real to leave them out")
+    real_dir = None if args.skip_real else args.real or (REAL if REAL.is_dir() else None)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:
@@ -99,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {lost.summary()}")
             if args.worst > 0:
                 s["worst"] = worst_report([r.scores for r in results], args.worst)
-        if args.real.is_dir():
-            real = evaluate_real(predictor, args.real, overlays=args.overlays)
+        if real_dir is not None:
+            real = evaluate_real(predictor, real_dir, overlays=args.overlays)
             out["real"] = real
             for name, c in real["crops"].items():
                 extra = ""
@@ -113,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, t in real["tiles"].items():
                 print(f"{name}: {t['marks']} marks found, median area {t['median_area_px']:.0f} px, "
                       f"mask covers {100 * t['mask_fraction']:.1f}%, {t['specks']} specks ({t['speck_px']} px)")
+        elif args.skip_real:
+            print("real samples skipped (--skip-real)")
         else:
-            print(f"real samples not found at {args.real}; skipped")
+            print(f"real samples not found at {REAL}; skipped (give --real DIR to measure them)")
     except AmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

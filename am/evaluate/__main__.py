@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import add_postprocess_option, configure_logging, masks_label, run_main
+from am.cli import add_postprocess_option, add_precision_option, configure_logging, masks_label, run_main
 from am.errors import InputError
 from am.evaluate.lost import LostMarks
 from am.evaluate.metrics import Scores
@@ -29,7 +29,8 @@ from am.files import write_atomic
 from am.imageio import read_image
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
-from am.model.predict import Predictor
+from am.model.device import device_problem, resolve_device
+from am.model.predict import Predictor, resolve_precision
 from am.normalize import read_normalised, to_grey
 from am.train.data import IMAGE_SUFFIXES, Labelled, find_mask, split_files, synthetic_images
 
@@ -52,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=TTA_MODES, default="off",
                    help="test-time augmentation: average 4 flipped (flips) or 8 turned and mirrored (d4) views")
     add_postprocess_option(p)
+    add_precision_option(p)
     p.add_argument("--min-object-px", type=int, default=0, help="ignore components smaller than this in object counts")
     p.add_argument("--side-by-side", type=Path, default=None, help="write comparison PNGs to this folder")
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
@@ -117,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     if (args.images is None) != (args.masks is None):
         p.error("--images and --masks go together")
+    if args.synthetic < 0:
+        p.error(f"--synthetic {args.synthetic}: give a number of images >= 1 (or leave it out)")
+    problem = device_problem(args.device) if args.device else None
+    if problem is not None:
+        p.error(f"--device {args.device}: {problem}")
+    try:
+        resolve_precision(args.precision, str(resolve_device(args.device)), warn=False)
+    except InputError as exc:
+        p.error(f"--precision {args.precision}: {exc}")
     if args.data is None and args.synthetic <= 0 and args.images is None:
         p.error("give --data, --synthetic N or --images/--masks")
     if args.size % 32 or args.size < 64:
@@ -159,17 +170,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     total = len(files) + len(pairs) + len(synthetic)
     model = args.model or default_model_path()
     predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads, tta=args.tta,
-                                          postprocess=args.postprocess == "on")
+                                          precision=args.precision, postprocess=args.postprocess == "on")
     results = evaluate(predictor, items(), scale=args.scale, min_object_px=args.min_object_px,
                        side_by_side=args.side_by_side, keep_predicted=False,
                        progress=lambda it: tqdm(it, desc="evaluate", unit="img", total=total))
-    print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold}, tta {args.tta}, "
-          f"{masks_label(predictor.postprocess)})")
+    print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold}, {predictor.precision}, "
+          f"tta {args.tta}, {masks_label(predictor.postprocess)})")
     print(table(results))
     if args.json is not None:
         pooled = Scores.combine([r.scores for r in results])
         lost = LostMarks.combine([r.lost for r in results])
-        write_atomic(args.json, json.dumps({"model": str(model), "tta": args.tta, "overall": pooled.as_dict(),
+        write_atomic(args.json, json.dumps({"model": str(model), "tta": args.tta, "precision": predictor.precision,
+                                            "overall": pooled.as_dict(),
                                             "lost": lost.as_dict(),
                                             "images": {r.name: {**r.scores.as_dict(), "lost": r.lost.as_dict()}
                                                        for r in results}}, indent=1).encode())

@@ -46,6 +46,7 @@ from am.cli import COMPILE_MODES, PRECISIONS
 from am.errors import CheckpointError, InputError
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint
+from am.model.device import resolve_device
 from am.model.flat import flat_areas
 from am.model.masks import mask_from_proba
 from am.model.memory import retain_freed_memory
@@ -111,6 +112,28 @@ def resolve_precision(precision: str, device: str, *, warn: bool = True) -> str:
     return precision
 
 
+def cast_for_inference(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` (converted in place) with its weights in ``dtype``, batch-norm layers kept in float32 under fp16.
+
+    A running variance beyond fp16's largest value (65504; the shipped model's reaches 56576)
+    would become inf and silence its channel, the very thing checkpoints store these statistics
+    in float32 to avoid. cuDNN and torch's own kernels take fp16 input with float32 batch-norm
+    parameters and return fp16, so nothing else changes. bf16 has float32's range and keeps the cast.
+    """
+    if dtype == torch.float32:
+        return model
+    kept = {}
+    if dtype == torch.float16:  # taken before the cast, which would already have turned them to inf
+        kept = {name: {key: value.detach().clone() for key, value in module.state_dict().items()}
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)}
+    model = model.to(dtype)
+    for name, state in kept.items():
+        norm = model.get_submodule(name).float()
+        norm.load_state_dict(state)
+    return model
+
+
 def resolve_compile(mode: str, device: str) -> bool:
     """``auto`` compiles on CUDA only: on a CPU the compile costs more than a typical job gains."""
     if mode not in COMPILE_MODES:
@@ -169,16 +192,16 @@ class Predictor:
         self._meta = meta
         self._postprocess = postprocess and meta.postprocesses
         self._postprocess_pool: ThreadPoolExecutor | None = None
-        self._device = torch.device(device)
+        self._device = resolve_device(device)
         self._cuda = self._device.type == "cuda"
         self._batch_size = batch_size or (DEFAULT_BATCH_CUDA if self._cuda else DEFAULT_BATCH_CPU)
-        self._precision = resolve_precision(precision, device)
+        self._precision = resolve_precision(precision, str(self._device))
         self._dtype = _DTYPES[self._precision]
         if self._cuda:
             # Tiles have one fixed shape, so cuDNN's per-shape algorithm search pays after the first batch.
             torch.backends.cudnn.benchmark = True
         model = model.to(self._device).eval().to(memory_format=torch.channels_last)
-        self._model = model.to(self._dtype) if self._dtype != torch.float32 else model
+        self._model = cast_for_inference(model, self._dtype)
         self._compiled: torch.nn.Module | None = None
         self._compiled_shape: tuple[int, int, int] | None = None
         self.compile_s = 0.0
@@ -225,8 +248,7 @@ class Predictor:
             raise InputError(f"batch_size must be >= 0, got {batch_size}")
         if threads > 0:
             torch.set_num_threads(threads)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(device))  # refuse a device this machine lacks before loading anything
         if device == "cpu":
             retain_freed_memory()
         resolve_precision(precision, device, warn=False)  # refuse a wrong one before loading anything
@@ -477,6 +499,7 @@ __all__ = [
     "PRECISIONS",
     "PredictTimes",
     "Predictor",
+    "cast_for_inference",
     "cpu_multiplies_bf16",
     "prepare_input",
     "resolve_compile",

@@ -18,14 +18,13 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
-
 from am.cli import configure_logging, run_main
 from am.errors import InputError
 from am.imageio import read_image
 from am.messages import TTA_MODES
 from am.normalize import read_normalised, to_grey
 from am.pseudolabel.core import CropLabel, PseudoConfig, check_out_dir, pseudo_label
+from am.train.progress import step_bar
 
 LABEL_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
 
@@ -45,10 +44,6 @@ def read_labels(folder: Path) -> list[CropLabel]:
     if not labels:
         raise InputError(f"no X_Y.png labels in {folder}")
     return labels
-
-
-def _bar(iterable, total: int, desc: str):
-    return tqdm(iterable, total=total, desc=desc, unit="step", leave=False, mininterval=2.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pseudo_label(args: argparse.Namespace, config: PseudoConfig) -> int:
     image = read_normalised(args.image)
-    result = pseudo_label(image, read_labels(args.labels), out_dir=args.out, config=config, progress=_bar)
+    result = pseudo_label(image, read_labels(args.labels), out_dir=args.out, config=config, progress=step_bar)
     print(f"pseudo-labels: {100 * result.known.mean():.1f}% of the image trusted; wrote {args.out}/pseudo_mask.png, "
           f"overlay.png and model {result.model}")
     return 0

@@ -2,8 +2,9 @@ r"""Command line: ``python -m am.train --out model.pt [--data DIR] [--synthetic 
 
 Trains an smp U-Net from folders in the original training layout
 (``DIR/train|valid/<dataset>/<group>/{source,mask}/*.png``), from the synthetic generator, or
-both. Writes the best epoch to ``--out`` (a checkpoint), ``OUT.metrics.csv``/``.json`` (one row
-per epoch) and, while a run is unfinished, ``OUT.resume`` (for ``--resume``).
+both. Writes the best epoch to ``--out`` (a checkpoint), beside it ``OUT.metrics.csv`` (one row
+per epoch) and ``OUT.metrics.json`` (the run's summary), and, while a run is unfinished,
+``OUT.resume`` (for ``--resume``); a ``.pt`` suffix of OUT is left out of these names.
 
 The shipped CPU default is trained by ``make model``: six runs of this command, the first from
 scratch and each of the others from the previous one's weights (the ``model`` target of the
@@ -19,6 +20,8 @@ The production model on a GPU machine: the same command with a bigger encoder an
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 import sys
 import time
 from functools import partial
@@ -26,12 +29,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import configure_logging, run_main
+from am.cli import EXIT_INTERRUPTED, configure_logging, run_main
+from am.model.device import device_problem
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.synth.render import LABELS, POLARITIES, polarity_probabilities
 from am.train.data import load_split, synthetic_images, weigh_gaps
-from am.train.loop import TrainConfig, metrics_path, train
+from am.train.loop import TrainConfig, metrics_path, resume_problem, state_path, train
+from am.train.progress import step_bar
+
+log = logging.getLogger("am.train")
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -110,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--encoder", default="tu-mobilenetv3_large_100",
                        help="encoder name: resnext50_32x4d (production, GPU), tu-mobilenetv3_large_100 (CPU default)")
     model.add_argument("--encoder-depth", type=int, default=5, choices=[3, 4, 5],
-                       help="encoder stages used (5 trains every layer of the encoder)")
+                       help="encoder stages used (default 5, which trains every layer; with 3 or 4 the deeper "
+                            "stages are built and saved but never run or trained)")
     model.add_argument("--decoder-channels", type=_channels, default=(128, 64, 32, 16, 8),
                        help="comma-separated, one per encoder stage (default 128,64,32,16,8)")
     model.add_argument("--refine-channels", type=int, default=0,
@@ -153,7 +161,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=0,
                      help="data loader processes, which also render the synthetic images (default 0: in process)")
     run.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the file)")
-    run.add_argument("--resume", action="store_true", help="continue from OUT.resume if it exists")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run whose state OUT.resume holds, with the options it was started with "
+                          "(--epochs may grow); an error when there is none")
     run.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
                      help="start from this checkpoint's weights (same architecture; optimiser and schedule "
                           "start afresh)")
@@ -170,14 +180,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bar(iterable, total: int, desc: str):
-    return tqdm(iterable, total=total, desc=desc, unit="step", leave=False, mininterval=2.0)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     configure_logging(args.log_level)
+    problem = device_problem(args.device) if args.device else None
+    if problem is not None:
+        p.error(f"--device {args.device}: {problem}")
+    if args.resume and (problem := resume_problem(args.out)) is not None:
+        p.error(problem)  # before minutes of reading and rendering images
     if not args.data and args.synthetic <= 0:
         p.error("give --data DIR and/or --synthetic N")
     if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
@@ -209,7 +221,27 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--min-mark-px {args.min_mark_px} must be >= 0 (0 keeps specks)")
     if not 0 <= args.min_mark_fraction < 1:
         p.error(f"--min-mark-fraction {args.min_mark_fraction} must lie in [0, 1) (0 turns the rule off)")
-    return run_main(partial(_train, args), name="am.train")
+    return run_main(partial(_train_until_interrupted, args, argv), name="am.train")
+
+
+def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
+    """Train; on Ctrl-C or SIGTERM say exactly how to go on, since rerunning without --resume starts over."""
+    try:
+        return _train(args)
+    except KeyboardInterrupt:
+        state = state_path(args.out)
+        if state.is_file():
+            log.error("interrupted; the finished epochs are kept in %s. To continue from there, run: %s", state,
+                      resume_command(argv, resuming=args.resume))
+        else:
+            log.error("interrupted before an epoch finished, so there is nothing to resume; rerun the same command "
+                      "to start again")
+        return EXIT_INTERRUPTED
+
+
+def resume_command(argv: list[str], *, resuming: bool) -> str:
+    """The command line that continues the run ``argv`` started: the same options with --resume."""
+    return shlex.join(["python", "-m", "am.train", *argv, *([] if resuming else ["--resume"])])
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -251,8 +283,12 @@ def _train(args: argparse.Namespace) -> int:
         keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init,
         init_partial=args.init_partial, data_summary=summary,
     )
-    result = train(config, train_items, valid_items, progress=_bar)
+    result = train(config, train_items, valid_items, progress=step_bar)
     best = result.best_metrics
+    if result.epochs_run == 0:
+        print(f"nothing to train: {result.checkpoint} holds the finished run of {len(result.history)} epochs "
+              f"(best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} object F1 {best.get('f1', 0):.4f})")
+        return 0
     print(f"best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} iou {best.get('iou', 0):.4f} "
           f"object F1 {best.get('f1', 0):.4f}; wrote {result.checkpoint} and {metrics_path(args.out)} "
           f"in {(time.perf_counter() - started) / 60:.1f} min")

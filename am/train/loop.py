@@ -12,6 +12,7 @@ state (weights, optimiser, schedule, history) is written beside it after every e
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import math
@@ -29,8 +30,10 @@ from torch.utils.data import DataLoader
 
 from am.errors import CheckpointError, InputError
 from am.evaluate.metrics import Scores, score
+from am.files import atomic_output, write_atomic
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from am.model.device import resolve_device
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
@@ -38,11 +41,14 @@ from am.model.refine import REFINE, grow_refinement
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.model.whole import predict_image_mask
 from am.model.widen import can_widen, widen_decoder
+from am.settings import OptionError
 from am.train.data import CropDataset, Labelled
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "am-segm-train-state"
+# Validation scores the model's own float32 answer (what inference precisions approximate).
+VALIDATION_PRECISION = "fp32"
 
 
 @dataclass(frozen=True)
@@ -115,15 +121,53 @@ class TrainResult:
     best_metrics: dict[str, float]
     history: list[dict[str, float]]
     checkpoint: Path
+    epochs_run: int = 0  # 0 when a resumed run found nothing left to do
 
 
 def state_path(out: Path) -> Path:
-    """Resume state beside the checkpoint; not ``*.pt``, so it is never packaged with the models."""
-    return Path(out).with_suffix(".resume")
+    """Resume state beside the checkpoint (``m.pt`` -> ``m.resume``); not ``*.pt``, so it is never packaged
+    with the models."""
+    return _beside(out, ".resume")
 
 
 def metrics_path(out: Path) -> Path:
-    return Path(out).with_suffix(".metrics.csv")
+    """One CSV row per epoch, beside the checkpoint (``m.pt`` -> ``m.metrics.csv``)."""
+    return _beside(out, ".metrics.csv")
+
+
+def record_path(out: Path) -> Path:
+    """The run's summary (best epoch, history, whether it finished), rewritten after every epoch."""
+    return _beside(out, ".metrics.json")
+
+
+def _beside(out: Path, suffix: str) -> Path:
+    """``out`` with a ``.pt`` suffix replaced by ``suffix``, and any other name extended by it.
+
+    Replacing whatever follows the last dot would give ``runs/lr0.5`` and ``runs/lr0.7`` one resume
+    state and one log between them, and make ``--out m.resume`` its own resume state.
+    """
+    out = Path(out)
+    stem = out.name[:-3] if out.name.endswith(".pt") and len(out.name) > 3 else out.name
+    return out.with_name(stem + suffix)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The arithmetic of the training forward pass: float32 (None) off CUDA; on CUDA bf16 where the GPU
+    computes it in hardware (compute capability 8 and up), else fp16 with a gradient scaler.
+
+    torch's plain ``is_bf16_supported()`` also says yes where bf16 is only emulated (T4, V100), which
+    would train those GPUs far below their fp16 speed, or not at all where cuDNN refuses bf16.
+    """
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if _bf16_in_hardware(device) else torch.float16
+
+
+def _bf16_in_hardware(device: torch.device) -> bool:
+    if "including_emulation" in inspect.signature(torch.cuda.is_bf16_supported).parameters:
+        with torch.cuda.device(device):  # the question is asked of the current device
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, *, dice_weight: float) -> torch.Tensor:
@@ -162,55 +206,71 @@ def train(
     *,
     progress: Callable[[Iterable, int, str], Iterable] | None = None,
 ) -> TrainResult:
-    """Train and keep the best epoch at ``config.out``; ``progress(iterable, total, desc)`` may wrap loops."""
+    """Train and keep the best epoch at ``config.out``; ``progress(iterable, total, desc)`` may wrap loops.
+
+    With ``config.resume`` the run continues from ``state_path(out)``, which must exist: a resume
+    that quietly started afresh would overwrite the checkpoint it was meant to build on. A run
+    already finished (its state gone, or as many epochs done as asked) is reported, not retrained.
+    """
     if not valid_items:
         raise InputError("training needs validation images (a valid split or --synthetic-valid > 0)")
     if config.crop % 32 or config.crop < 64:
         raise InputError(f"crop {config.crop} must be a multiple of 32 and at least 64")
+    device = resolve_device(config.device)
+    state = None
+    if config.resume:
+        if not state_path(config.out).is_file():
+            return _finished_run(config)
+        state = _load_state(state_path(config.out))
+        config = _check_same_run(state.get("options"), config, f"resume state {state_path(config.out)}")
+        done = int(state["epoch"]) + 1
+        if done >= config.epochs:
+            _refuse_fewer_epochs(done, config, f"the run of {state_path(config.out)}")
+            log.info("the run of %s has all %d epochs done: nothing to train (pass --epochs > %d to continue it)",
+                     state_path(config.out), done, done)
+            return TrainResult(best_epoch=int(state["best_epoch"]), best_metrics=dict(state["best_metrics"]),
+                               history=[dict(h) for h in state["history"]], checkpoint=config.out, epochs_run=0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         retain_freed_memory()
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     meta = config.meta(trained=False)
     model = build_model(meta)
-    if config.init is not None:
+    if state is not None:
+        model.load_state_dict(state["model"])  # the weights of a resumed run come from its state, not --init
+    elif config.init is not None:
         _load_init(model, meta, Path(config.init), partial=config.init_partial)
     model = model.to(device).to(memory_format=torch.channels_last)
     params = list(model.parameters())
     frozen = sum(1 for p in params if not p.requires_grad)
     if frozen:
         raise InputError(f"{frozen} parameter tensors are frozen; every layer must train")
-    log.info("training %s (depth %d, %.2f M parameters, all trainable) on %s", config.encoder, config.encoder_depth,
-             sum(p.numel() for p in params) / 1e6, device)
+    amp_dtype = autocast_dtype(device)
+    log.info("training %s (depth %d, %.2f M parameters, none frozen) on %s in %s", config.encoder,
+             config.encoder_depth, sum(p.numel() for p in params) / 1e6, device,
+             "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."))
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.warmup_steps, total_steps))
-    amp_dtype = None
-    if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     history: list[dict[str, float]] = []
     start_epoch, best_score, best_epoch, best_metrics = 0, -1.0, -1, {}
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-    if not config.resume:
-        metrics_path(config.out).unlink(missing_ok=True)
-    elif state_path(config.out).is_file():
-        state = _load_state(state_path(config.out))
-        _check_same_run(state, config, state_path(config.out))
-        model.load_state_dict(state["model"])
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])  # else a resumed fp16 run backs off from 65536 again
         start_epoch = int(state["epoch"]) + 1
         best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
         best_metrics = dict(state["best_metrics"])
         history = [dict(h) for h in state["history"]]
-        log.info("resumed from %s after epoch %d (best so far: epoch %d)", state_path(config.out), start_epoch - 1,
-                 best_epoch)
+        log.info("resumed from %s after epoch %d of %d (best so far: epoch %d)", state_path(config.out), start_epoch,
+                 config.epochs, best_epoch)
 
     dataset = CropDataset(train_items, crop=config.crop, length=config.steps_per_epoch * config.batch_size,
                           seed=config.seed, scale=config.scale, low_resolution=config.low_resolution)
@@ -219,6 +279,7 @@ def train(
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
                         drop_last=True, persistent_workers=False)
     started = time.monotonic()
+    unused_checked = False
     for epoch in range(start_epoch, config.epochs):
         dataset.set_epoch(epoch)
         model.train()
@@ -235,19 +296,22 @@ def train(
             loss = loss_fn(logits.float(), mask, weight, dice_weight=config.dice_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if not losses:
-                _warn_unused(model)
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            if not unused_checked:
+                _warn_unused(model, config.encoder_depth)
+                unused_checked = True
+            _optimizer_step(optimizer, scheduler, scaler, params)
             losses.append(float(loss.detach()))
-        predictor = Predictor(model, replace(meta, trained=True), device=str(device), batch_size=4)
+        # Validated in float32, the model's own answer: workers run fp16, bf16 or float32 by machine,
+        # within a few pixels of it; the checkpoint records the precision its figures were measured at.
+        predictor = Predictor(model, replace(meta, trained=True), device=str(device), batch_size=4,
+                              precision=VALIDATION_PRECISION)
         metrics, _ = validate(predictor, valid_items, tile_size=config.tile_size)
         model.train()
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
                "seconds": time.monotonic() - t0, **metrics}
+        if state is None and epoch == start_epoch:
+            # A fresh run replaces an earlier run's log only now, with an epoch of its own to show.
+            metrics_path(config.out).unlink(missing_ok=True)
         history.append(row)
         _append_csv(metrics_path(config.out), row)
         current = metrics["dice"] + metrics["f1"]
@@ -256,20 +320,79 @@ def train(
                  metrics["recall"], row["seconds"])
         if current > best_score:
             best_score, best_epoch, best_metrics = current, epoch + 1, metrics
-            done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1})
+            done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1,
+                                                         "arithmetic": VALIDATION_PRECISION})
             save_checkpoint(config.out, model, done, half=config.half)
-        _save_state(state_path(config.out), model, optimizer, scheduler, epoch=epoch, best_score=best_score,
+        _save_state(state_path(config.out), model, optimizer, scheduler, scaler, epoch=epoch, best_score=best_score,
                     best_epoch=best_epoch, best_metrics=best_metrics, history=history,
                     options=config.meta(trained=False).training)
+        _write_record(config, best_epoch=best_epoch, best_metrics=best_metrics, history=history)
         if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
-            log.warning("stopping after epoch %d: the %.0f-minute limit is reached", epoch + 1, config.max_minutes)
+            log.warning("stopping after epoch %d of %d: the %.0f-minute limit is reached; rerun with --resume to "
+                        "continue from %s", epoch + 1, config.epochs, config.max_minutes, state_path(config.out))
             break
     finished = len(history) == config.epochs
     if finished and not config.keep_state:
         state_path(config.out).unlink(missing_ok=True)  # tens of MB, only needed to resume an unfinished run
-    metrics_path(config.out).with_suffix(".json").write_text(
-        json.dumps({"best_epoch": best_epoch, "best": best_metrics, "history": history}, indent=1))
-    return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, checkpoint=config.out)
+    return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, checkpoint=config.out,
+                       epochs_run=len(history) - start_epoch)
+
+
+def resume_problem(out: Path) -> str | None:
+    """Why a run writing ``out`` cannot be resumed: neither a resume state nor a finished run is there."""
+    path = state_path(out)
+    if path.is_file():
+        return None
+    record = _read_record(out)
+    return None if record is not None and record.get("finished") else _nothing_to_resume(out)
+
+
+def _nothing_to_resume(out: Path) -> str:
+    return (f"--resume: there is no resume state {state_path(out)}, so there is nothing to continue (no epoch of "
+            f"a run writing {out} has finished, or the state was deleted); drop --resume to start afresh")
+
+
+def _finished_run(config: TrainConfig) -> TrainResult:
+    """What a resume finds without a resume state: a finished run with nothing left to do, or an error."""
+    path = state_path(config.out)
+    record = _read_record(config.out)
+    if record is None or not record.get("finished"):
+        raise CheckpointError(_nothing_to_resume(config.out))
+    _check_same_run(record.get("options"), config, f"the finished run {config.out}")
+    done = len(record["history"])
+    if config.epochs > done:
+        raise CheckpointError(f"--resume: {config.out} is a finished run of {done} epochs, and its resume state "
+                              f"{path} was deleted when it finished (--keep-state keeps it); to train further, "
+                              f"start a new run from its weights with --init {config.out} and another --out, or drop "
+                              "--resume to start afresh")
+    _refuse_fewer_epochs(done, config, f"the finished run {config.out}")
+    log.info("%s is a finished run of %d epochs: nothing to resume or train", config.out, done)
+    return TrainResult(best_epoch=int(record["best_epoch"]), best_metrics=dict(record["best"]),
+                       history=[dict(h) for h in record["history"]], checkpoint=config.out, epochs_run=0)
+
+
+def _refuse_fewer_epochs(done: int, config: TrainConfig, what: str) -> None:
+    if config.epochs < done:
+        raise OptionError(f"--epochs {config.epochs} is fewer than the {done} epochs {what} has done, and a run "
+                          f"cannot be shortened: pass --epochs {done} (nothing to do) or more")
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+                    params: list[torch.nn.Parameter]) -> bool:
+    """Clip and apply the gradients; whether the step was taken.
+
+    Under fp16 the scaler skips a step whose gradients overflowed (and lowers its scale): the
+    warm-up and cosine schedule then stay where they are, rather than being spent without an update.
+    """
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    if scale_before is not None and scaler.get_scale() < scale_before:
+        return False
+    scheduler.step()
+    return True
 
 
 def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: bool = False) -> None:
@@ -339,12 +462,14 @@ def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str,
     return [{"params": rest}, {"params": branch, "lr": config.refine_lr}] if branch else [{"params": rest}]
 
 
-def _warn_unused(model: torch.nn.Module) -> None:
-    """Parameters without a gradient belong to encoder stages this depth never runs: say so, once."""
-    unused = [name for name, p in model.named_parameters() if p.grad is None]
+def _warn_unused(model: torch.nn.Module, depth: int) -> None:
+    """Parameters without a gradient belong to encoder stages this depth never runs: they are built
+    and saved with their initial values, but never trained. Called once per run."""
+    unused = [(name, p.numel()) for name, p in model.named_parameters() if p.grad is None]
     if unused:
-        log.warning("%d parameter tensors get no gradient (encoder stages beyond encoder_depth, e.g. %s); "
-                    "use encoder_depth 5 to train and use every layer", len(unused), unused[0])
+        log.warning("%d parameter tensors (%.2f M values) get no gradient: encoder stages beyond depth %d are "
+                    "built and saved but never run or trained (e.g. %s); use encoder depth 5 to train every layer",
+                    len(unused), sum(n for _, n in unused) / 1e6, depth, unused[0][0])
 
 
 def _schedule(warmup: int, total: int) -> Callable[[int], float]:
@@ -366,12 +491,35 @@ def _append_csv(path: Path, row: dict[str, float]) -> None:
         writer.writerow(row)
 
 
-def _save_state(path: Path, model: torch.nn.Module, optimizer, scheduler, **extra: Any) -> None:
+def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                scaler: torch.amp.GradScaler, **extra: Any) -> None:
+    """Everything a resumed run needs to go on as if never stopped, written atomically."""
     payload = {"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), **_plain(extra)}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+               "scheduler": scheduler.state_dict(), "scaler": _plain(scaler.state_dict()), **_plain(extra)}
+    with atomic_output(path) as handle:
+        torch.save(payload, handle)
+
+
+def _write_record(config: TrainConfig, *, best_epoch: int, best_metrics: dict[str, float],
+                  history: list[dict[str, float]]) -> None:
+    """The run's summary, rewritten after every epoch so that it always describes the files beside it."""
+    record = {"best_epoch": best_epoch, "best": best_metrics, "history": history, "epochs": config.epochs,
+              "finished": len(history) == config.epochs, "validation_arithmetic": VALIDATION_PRECISION,
+              "options": config.meta(trained=False).training}
+    write_atomic(record_path(config.out), json.dumps(_plain(record), indent=1).encode())
+
+
+def _read_record(out: Path) -> dict[str, Any] | None:
+    """The summary of the run that wrote ``out``, or None where there is none that can be read."""
+    path = record_path(out)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s); treating %s as having no finished run", path, exc, out)
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("history"), list) else None
 
 
 def _load_state(path: Path) -> dict[str, Any]:
@@ -384,21 +532,27 @@ def _load_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def _check_same_run(state: dict[str, Any], config: TrainConfig, path: Path) -> None:
+def _check_same_run(saved: dict[str, Any] | None, config: TrainConfig, what: str) -> TrainConfig:
     """Refuse to resume a run with other options but its length: the learning rate and schedule come
     back from the saved state whatever the command says, other data or another architecture would
-    make a run no command describes, and the checkpoint would record options it never used."""
-    saved = state.get("options")
+    make a run no command describes, and the checkpoint would record options it never used.
+
+    ``--init`` may be left out (the weights come from the state, so its file need not exist any
+    more): the returned config then names the checkpoint the run started from, as its record should.
+    """
     if saved is None:  # written before resume states recorded their options
-        log.warning("resume state %s does not record its run's options; they cannot be checked", path)
-        return
+        log.warning("%s does not record its run's options; they cannot be checked", what)
+        return config
+    if config.init is None and "init" in saved:
+        config = replace(config, init=Path(saved["init"]), init_partial=bool(saved.get("init_partial")))
     asked = _plain(config.meta(trained=False).training)
     # More epochs is how a finished or stopped run is taken further; everything else must match.
     differ = sorted(k for k in set(saved) | set(asked) if k != "epochs" and saved.get(k) != asked.get(k))
     if differ:
         changes = "; ".join(f"{k} {saved.get(k)!r} -> {asked.get(k)!r}" for k in differ)
-        raise CheckpointError(f"resume state {path} belongs to a run with other options ({changes}): run the "
-                              f"same command to resume it, or delete {path} to start afresh")
+        raise CheckpointError(f"{what} belongs to a run with other options ({changes}): resume it with the "
+                              "options it was started with, or drop --resume to start afresh")
+    return config
 
 
 def _plain(value: Any) -> Any:
@@ -414,4 +568,5 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["TrainConfig", "TrainResult", "loss_fn", "metrics_path", "state_path", "train", "validate"]
+__all__ = ["TrainConfig", "TrainResult", "autocast_dtype", "loss_fn", "metrics_path", "record_path", "resume_problem",
+           "state_path", "train", "validate"]

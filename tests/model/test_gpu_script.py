@@ -9,17 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_script_trains_resnext50_and_measures_it(tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path), "SYNTHETIC": "2",
            "VALID": "1", "EPOCHS": "1", "STEPS": "1", "BATCH": "2", "CROP": "64", "QUALITY_SYNTHETIC": "1",
-           "WORKERS": "0", "REAL": str(tmp_path / "no-real-samples")}
+           "WORKERS": "0", "SKIP_REAL": "1"}
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_resnext50.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "training wall time" in done.stdout and "real samples not found" in done.stdout
+    assert "training wall time" in done.stdout and "real samples skipped" in done.stdout
     quality = json.loads((tmp_path / "quality.json").read_text())
     assert quality["encoder"] == "resnext50_32x4d"
     assert 0.0 <= quality["synthetic"]["dice_pooled"] <= 1.0
@@ -33,3 +35,28 @@ def test_gpu_script_reports_a_failed_training_run(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 1
     assert "training failed" in done.stderr and (tmp_path / "train.log").is_file()
+
+
+def test_gpu_script_stops_before_training_when_the_real_samples_are_missing(tmp_path):
+    missing = tmp_path / "no-real-samples"
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+           "REAL": str(missing)}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_resnext50.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"REAL={missing}" in done.stderr and "SKIP_REAL=1" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_model_target_can_use_the_machines_own_python_without_a_venv():
+    plan = subprocess.run(["make", "-n", "gpu-model", "AM_SYSTEM_PYTHON=1", "PYTHON=/opt/gpu/bin/python3"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert plan.strip() == "PYTHON=/opt/gpu/bin/python3 bash benchmarks/gpu_resnext50.sh"
+    assert "venv" not in plan and "pip" not in plan
+
+
+def test_real_samples_and_wheels_copied_into_the_checkout_are_ignored_by_git():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", ".real/crop1.png", ".whl/smp.whl"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60, check=False).stdout.split()
+    assert ignored == [".real/crop1.png", ".whl/smp.whl"]

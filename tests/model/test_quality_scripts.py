@@ -38,7 +38,7 @@ def test_quality_report_records_the_precision_auto_chose(tiny_model: Path, tmp_p
     quality = load_script(REPO / "benchmarks" / "model_quality.py")
     figures = tmp_path / "figures.json"
     assert quality.main(["--model", str(tiny_model), "--synthetic", "1", "--threads", "1",
-                         "--real", str(tmp_path / "absent"), "--json", str(figures)]) == 0
+                         "--skip-real", "--json", str(figures)]) == 0
     chosen = "bf16" if cpu_multiplies_bf16() else "fp32"
     report = json.loads(figures.read_text())
     assert report["precision"] == chosen and report["synthetic"]["images"] == 1
@@ -50,7 +50,7 @@ def test_quality_report_lists_the_images_holding_most_of_the_error(tiny_model: P
     quality = load_script(REPO / "benchmarks" / "model_quality.py")
     figures = tmp_path / "figures.json"
     assert quality.main(["--model", str(tiny_model), "--synthetic", "3", "--threads", "1", "--worst", "2",
-                         "--real", str(tmp_path / "absent"), "--json", str(figures)]) == 0
+                         "--skip-real", "--json", str(figures)]) == 0
     out = capsys.readouterr().out
     assert "where the error lies: 2 of 3 images hold" in out
     edges = json.loads(figures.read_text())["synthetic"]["edges"]
@@ -88,3 +88,20 @@ def test_evaluate_bench_refuses_a_mask_smaller_than_two_pitches() -> None:
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--size", "50", "--pitch", "40"])
     assert exit_info.value.code == 2
+
+
+def test_quality_report_refuses_a_real_folder_that_does_not_exist(tiny_model: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    quality = load_script(REPO / "benchmarks" / "model_quality.py")
+    typo = tmp_path / "reall"
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main(["--model", str(tiny_model), "--synthetic", "0", "--real", str(typo)])
+    assert exit_info.value.code == 2 and f"--real {typo} does not exist" in capsys.readouterr().err
+
+
+def test_quality_report_skips_the_real_samples_only_where_the_default_folder_is_missing(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    quality = load_script(REPO / "benchmarks" / "model_quality.py")
+    monkeypatch.setattr(quality, "REAL", tmp_path / "shared" / "data" / "real")
+    assert quality.main(["--model", str(tiny_model), "--synthetic", "0", "--threads", "1"]) == 0
+    assert f"real samples not found at {tmp_path / 'shared' / 'data' / 'real'}; skipped" in capsys.readouterr().out

@@ -1,0 +1,190 @@
+"""Resuming, stopping and the records beside a checkpoint: a resume never silently starts afresh, an
+interrupted run says how to go on, and the log, summary and state always describe the same run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import am.train.__main__ as train_cli
+import am.train.loop as loop
+from am.errors import CheckpointError
+from am.model.checkpoint import load_checkpoint
+from am.settings import OptionError
+from am.train.data import Labelled, synthetic_images
+from am.train.loop import TrainConfig, metrics_path, record_path, state_path, train
+
+TINY = {"encoder": "tu-mobilenetv3_small_100", "encoder_depth": 5, "decoder_channels": (32, 16, 8, 8, 4)}
+BASE = dict(**TINY, steps_per_epoch=1, batch_size=2, crop=64, warmup_steps=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Labelled]:
+    return synthetic_images(count=4, size=128, seed=11)
+
+
+def _run(config: TrainConfig, images: list[Labelled], **kwargs):
+    return train(config, images[:3], images[3:], **kwargs)
+
+
+def _interrupt_at(epoch: int):
+    """A progress wrapper that stops the run like Ctrl-C as epoch ``epoch`` (1-based) begins."""
+    def progress(iterable, total, desc):
+        if desc.startswith(f"epoch {epoch}/"):
+            raise KeyboardInterrupt
+        return iterable
+    return progress
+
+
+def _csv_epochs(out: Path) -> list[int]:
+    with metrics_path(out).open() as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+def test_resume_without_a_state_is_an_error_and_a_finished_run_is_reported(
+        tmp_path: Path, images: list[Labelled], caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "m.pt"
+    nothing = TrainConfig(out=out, **BASE, epochs=2, resume=True)
+    with pytest.raises(CheckpointError, match=r"--resume: there is no resume state .*m\.resume.*drop --resume"):
+        _run(nothing, images)
+    assert not out.exists() and not metrics_path(out).exists()  # nothing was trained
+
+    done = _run(TrainConfig(out=out, **BASE, epochs=2), images)  # finished: its state is deleted
+    assert not state_path(out).exists() and json.loads(record_path(out).read_text())["finished"]
+    written = out.read_bytes()
+    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+        again = _run(TrainConfig(out=out, **BASE, epochs=2, resume=True), images)
+    assert again.epochs_run == 0 and again.best_epoch == done.best_epoch and "finished run of 2 epochs" in caplog.text
+    with pytest.raises(CheckpointError, match=r"finished run of 2 epochs.*--init .*m\.pt"):
+        _run(TrainConfig(out=out, **BASE, epochs=4, resume=True), images)
+    with pytest.raises(OptionError, match=r"--epochs 1 is fewer than the 2 epochs"):
+        _run(TrainConfig(out=out, **BASE, epochs=1, resume=True), images)
+    with pytest.raises(CheckpointError, match=r"other options \(lr"):
+        _run(TrainConfig(out=out, **BASE, epochs=2, lr=0.5, resume=True), images)
+    # The finished model, its log and its summary are as the run left them.
+    assert out.read_bytes() == written and _csv_epochs(out) == [1, 2]
+    assert len(json.loads(record_path(out).read_text())["history"]) == 2
+
+
+def test_a_resume_reports_epochs_counted_from_one_and_does_nothing_when_all_are_done(
+        tmp_path: Path, images: list[Labelled], caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "m.pt"
+    config = TrainConfig(out=out, **BASE, epochs=2, keep_state=True)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, images, progress=_interrupt_at(2))
+    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+        _run(TrainConfig(**{**config.__dict__, "resume": True}), images)
+    assert "after epoch 1 of 2" in caplog.text
+    state_before = state_path(out).read_bytes()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+        result = _run(TrainConfig(**{**config.__dict__, "resume": True}), images)
+    assert result.epochs_run == 0 and "all 2 epochs done: nothing to train" in caplog.text
+    assert state_path(out).read_bytes() == state_before and _csv_epochs(out) == [1, 2]
+    with pytest.raises(OptionError, match=r"--epochs 1 is fewer than the 2 epochs"):
+        _run(TrainConfig(**{**config.__dict__, "epochs": 1, "resume": True}), images)
+
+
+def test_the_summary_always_describes_the_run_beside_it(tmp_path: Path, images: list[Labelled]) -> None:
+    out = tmp_path / "m.pt"
+    _run(TrainConfig(out=out, **BASE, epochs=2, seed=0), images)
+    first = json.loads(record_path(out).read_text())
+    # A new run stopped before its first epoch ends leaves the earlier run's files as they were.
+    with pytest.raises(KeyboardInterrupt):
+        _run(TrainConfig(out=out, **BASE, epochs=2, seed=5), images, progress=_interrupt_at(1))
+    assert json.loads(record_path(out).read_text()) == first and _csv_epochs(out) == [1, 2]
+    # Stopped after its first epoch, everything beside the checkpoint is the new run's.
+    with pytest.raises(KeyboardInterrupt):
+        _run(TrainConfig(out=out, **BASE, epochs=2, seed=5), images, progress=_interrupt_at(2))
+    record = json.loads(record_path(out).read_text())
+    with metrics_path(out).open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1] and not record["finished"]
+    assert [h["train_loss"] for h in record["history"]] == [float(r["train_loss"]) for r in rows]
+    assert record["history"][0]["train_loss"] != first["history"][0]["train_loss"]
+    meta, _ = load_checkpoint(out)
+    assert meta.training["seed"] == 5 and meta.validation["epoch"] == 1
+    assert meta.validation["arithmetic"] == record["validation_arithmetic"] == "fp32"
+    assert torch.load(state_path(out), weights_only=True)["epoch"] == 0
+
+
+def test_a_run_started_with_init_resumes_without_the_init_file(tmp_path: Path, images: list[Labelled]) -> None:
+    base = tmp_path / "base.pt"
+    _run(TrainConfig(out=base, **BASE, epochs=1), images)
+    out = tmp_path / "next.pt"
+    config = TrainConfig(out=out, **BASE, epochs=2, init=base)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, images, progress=_interrupt_at(2))
+    base.unlink()  # an intermediate file, since removed: the state holds every weight
+    for init in (None, base):
+        resumed = _run(TrainConfig(**{**config.__dict__, "init": init, "resume": True, "keep_state": True}), images)
+        assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert load_checkpoint(out)[0].training["init"] == "base.pt"
+    with pytest.raises(CheckpointError, match=r"init 'base.pt' -> 'other.pt'"):
+        _run(TrainConfig(**{**config.__dict__, "init": tmp_path / "other.pt", "epochs": 3, "resume": True}), images)
+
+
+def test_names_beside_the_checkpoint_are_its_own() -> None:
+    assert state_path(Path("runs/m.pt")) == Path("runs/m.resume")
+    assert metrics_path(Path("runs/m.pt")) == Path("runs/m.metrics.csv")
+    assert record_path(Path("runs/m.pt")) == Path("runs/m.metrics.json")
+    names = [Path("runs/lr0.5"), Path("runs/lr0.7"), Path("runs/resnext50.v1"), Path("runs/resnext50.v2")]
+    for derive in (state_path, metrics_path, record_path):
+        assert len({derive(out) for out in names}) == len(names)
+    out = Path("runs/m.resume")
+    assert out not in {state_path(out), metrics_path(out), record_path(out)}
+
+
+def test_unused_encoder_stages_are_reported_once_per_run(tmp_path: Path, images: list[Labelled],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    config = TrainConfig(out=tmp_path / "d4.pt", **{**BASE, "encoder_depth": 4, "decoder_channels": (32, 16, 8, 8)},
+                         epochs=2)
+    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+        _run(config, images)
+    warnings = [r.getMessage() for r in caplog.records if "get no gradient" in r.getMessage()]
+    assert len(warnings) == 1 and "beyond depth 4 are built and saved but never run or trained" in warnings[0]
+    assert "all trainable" not in caplog.text
+
+
+def test_a_failed_state_write_leaves_the_previous_state_and_no_stray_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.resume"
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loop._save_state(path, model, optimizer, scheduler, scaler, epoch=0)
+    before = path.read_bytes()
+
+    def disk_full(payload, handle) -> None:
+        handle.write(b"half a state")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        loop._save_state(path, model, optimizer, scheduler, scaler, epoch=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.resume"] and path.read_bytes() == before
+
+
+def test_ctrl_c_names_the_command_that_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "my run.pt"
+    argv = ["--synthetic", "4", "--epochs", "3", "--out", str(out)]
+    args = train_cli.parser().parse_args(argv)
+
+    def interrupted(args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "_train", interrupted)
+    assert train_cli._train_until_interrupted(args, argv) == 130
+    assert "nothing to resume; rerun the same command" in caplog.text
+    state_path(out).write_bytes(b"state")
+    caplog.clear()
+    assert train_cli._train_until_interrupted(args, argv) == 130
+    command = f"python -m am.train --synthetic 4 --epochs 3 --out '{out}' --resume"
+    assert caplog.text.rstrip().endswith(command) and str(state_path(out)) in caplog.text
