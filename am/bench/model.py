@@ -21,6 +21,7 @@ import torch
 from am.errors import InputError
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta
+from am.model.device import device_problem
 from am.model.predict import Predictor, PredictTimes
 
 log = logging.getLogger(__name__)
@@ -40,19 +41,9 @@ def check_device(device: str | None) -> None:
     fail deep inside the first transfer with a message that does not name the option."""
     if device is None:
         return
-    try:
-        kind = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(f"--device {device} is not a device: use cpu, cuda or cuda:N") from exc
-    if kind.type == "cpu":
-        return
-    if kind.type != "cuda":
-        raise InputError(f"--device {device}: am.bench measures on cpu or cuda only; use cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here; use --device cpu")
-    count = torch.cuda.device_count()
-    if kind.index is not None and kind.index >= count:
-        raise InputError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    problem = device_problem(device)
+    if problem is not None:
+        raise InputError(f"--device {device}: {problem}")
 
 
 @dataclass(frozen=True)
