@@ -13,7 +13,21 @@ class AmError(Exception):
 
 
 class InputError(AmError):
-    """A user-supplied file, folder or argument cannot be used as given."""
+    """A user-supplied file, folder or argument cannot be used as given.
+
+    ``reason`` is what is wrong with the file alone, without its name or the fix: a caller that
+    reads one of its own intermediate files wraps it with the fix that applies there, instead of
+    the one meant for a user's input (``describe_fault``).
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def describe_fault(exc: InputError) -> str:
+    """What is wrong, for a message that names the file and the fix itself: the reason, else the whole message."""
+    return exc.reason or str(exc)
 
 
 class ConfigError(AmError):
@@ -58,6 +72,10 @@ class JobFailed(AmError):
 
 class JobTimeout(JobFailed):
     """A job did not finish within its time budget."""
+
+
+class CleanupIncomplete(AmError):
+    """A job's clean-up was cut short (Ctrl-C pressed again while it ran): its message names what was left behind."""
 
 
 class StitchError(AmError):

@@ -97,11 +97,11 @@ def read_image(path: Path) -> np.ndarray:
 def _existing_image(path: Path) -> Path:
     """``path``, if it is a non-empty file with a TIFF or PNG suffix; else InputError saying what to do."""
     if not path.exists():
-        raise InputError(f"image {path} does not exist; check the path")
+        raise InputError(f"image {path} does not exist; check the path", reason="it does not exist")
     if not path.is_file():
         raise InputError(f"image {path} is not a file; give the path of one .tif, .tiff or .png image")
     if path.stat().st_size == 0:
-        raise InputError(f"image {path} is empty (0 bytes); copy the image again")
+        raise InputError(f"image {path} is empty (0 bytes); copy the image again", reason="it is empty (0 bytes)")
     if path.suffix.lower() not in TIFF_SUFFIXES + PNG_SUFFIXES:
         raise InputError(
             f"image {path} has unsupported extension {path.suffix!r}; convert it to TIFF (.tif/.tiff) or PNG"
@@ -184,7 +184,8 @@ def _read_png(path: Path) -> np.ndarray:
     with path.open("rb") as handle:
         size = _png_size(handle.read(24))
     if size is None:
-        raise InputError(f"image {path} is not a PNG file (bad signature); re-export it as PNG or TIFF")
+        raise InputError(f"image {path} is not a PNG file (bad signature); re-export it as PNG or TIFF",
+                         reason="it is not a PNG file (bad signature)")
     height, width = size
     _check_size(path, height, width)
     if height * width > OPENCV_MAX_PIXELS:
@@ -194,7 +195,8 @@ def _read_png(path: Path) -> np.ndarray:
         )
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise InputError(f"image {path} cannot be decoded as PNG (truncated or corrupt); copy or export it again")
+        raise InputError(f"image {path} cannot be decoded as PNG (truncated or corrupt); copy or export it again",
+                         reason="it cannot be decoded as PNG (truncated or corrupt)")
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:
@@ -393,10 +395,12 @@ def decode_png(data: bytes, *, name: str) -> np.ndarray:
     accepted as the grey image it is; anything else is an InputError.
     """
     if not data:
-        raise InputError(f"PNG {name} is empty (0 bytes); the tile was not written completely, re-run it")
+        raise InputError(f"PNG {name} is empty (0 bytes); the tile was not written completely, re-run it",
+                         reason="it is empty (0 bytes)")
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise InputError(f"PNG {name} ({len(data)} bytes) cannot be decoded (truncated or not a PNG); re-run the tile")
+        raise InputError(f"PNG {name} ({len(data)} bytes) cannot be decoded (truncated or not a PNG); re-run the tile",
+                         reason=f"its {len(data)} bytes cannot be decoded (truncated or not a PNG)")
     if image.ndim == 3:
         channels = image[:, :, : min(3, image.shape[2])]
         if not (channels == channels[:, :, :1]).all():

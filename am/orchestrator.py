@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,11 +31,18 @@ from typing import TYPE_CHECKING
 
 from am.backends import open_backend, stack_model_uri
 from am.dataset import DatasetLayout
-from am.errors import AmError, CheckpointError, ConfigError
+from am.errors import AmError, CheckpointError, ConfigError, JobFailed, LauncherError
 from am.files import write_atomic
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
 from am.models import DEFAULT_MODEL
-from am.prepare import GroupTiler, PreparedGroup, planned_tiles, reuse_group
+from am.prepare import (
+    GroupTiler,
+    PreparedGroup,
+    check_group_size,
+    planned_tiles,
+    reuse_group,
+    worker_mask_settings,
+)
 from am.settings import Settings
 from am.stitch import stitch_mask, write_mask_overlay
 
@@ -276,9 +285,9 @@ def _worker_count(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | No
 
 
 def _cut_and_send(job: Job, layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
-                  busy: _Stopwatch) -> PreparedGroup:
+                  worker: Mapping[str, str], busy: _Stopwatch) -> PreparedGroup:
     """Normalise and cut one group a row of tiles at a time, handing each row to the job as soon as it is written."""
-    tiler = GroupTiler(layout, group, settings=settings, model_id=model_id)
+    tiler = GroupTiler(layout, group, settings=settings, model_id=model_id, worker=worker)
     with busy:
         tiler.normalise()
     chunks = tiler.chunks()
@@ -293,21 +302,44 @@ def _cut_and_send(job: Job, layout: DatasetLayout, group: str, *, settings: Sett
 
 
 def _send_every_tile(job: Job, layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], *,
-                     settings: Settings, model_id: str, busy: _Stopwatch) -> list[PreparedGroup]:
+                     settings: Settings, model_id: str, worker: Mapping[str, str],
+                     busy: _Stopwatch) -> list[PreparedGroup]:
     """Send the pending tiles of reused groups (from disk), then cut and send the other groups; seal the job."""
     for group, prepared in reused.items():
         if prepared is not None and prepared.pending:
             job.send(group, [(index, layout.tile_source(group, index)) for index in prepared.pending])
     done = [prepared if prepared is not None
-            else _cut_and_send(job, layout, group, settings=settings, model_id=model_id, busy=busy)
+            else _cut_and_send(job, layout, group, settings=settings, model_id=model_id, worker=worker, busy=busy)
             for group, prepared in reused.items()]
     job.seal()
     return done
 
 
+@contextmanager
+def _worker_log_folder() -> Iterator[Path]:
+    """A folder for the local workers' logs: removed when the run ends, kept when tiles failed or workers stopped.
+
+    A worker's log may be the only place that says why a tile failed (a message it rejected,
+    say, is never reported); the error names the log, so it must still be there to read.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="am-segm-workers-"))
+    try:
+        yield folder
+    except (JobFailed, LauncherError):
+        if any(folder.iterdir()):
+            log.warning("worker logs kept in %s", folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], *, settings: Settings,
-                         model: str, model_id: str, environ: Mapping[str, str] | None, show_progress: bool,
-                         summary: PipelineSummary, phases: _Phases,
+                         model: str, model_id: str, worker: Mapping[str, str], environ: Mapping[str, str] | None,
+                         show_progress: bool, summary: PipelineSummary, phases: _Phases,
                          on_segmented: Callable[[list[PreparedGroup]], None]) -> list[PreparedGroup]:
     """Start the backend and its workers, then cut, send and segment every group's tiles, all overlapping.
 
@@ -316,12 +348,14 @@ def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGro
     stop and the job's queue and objects are deleted.
     """
     busy = _Stopwatch()
-    with tempfile.TemporaryDirectory(prefix="am-segm-workers-") as log_dir, \
-            open_backend(settings, model=model, log_dir=Path(log_dir), base_environment=environ) as backend, \
+    with _worker_log_folder() as log_dir, \
+            open_backend(settings, model=model, log_dir=log_dir, base_environment=environ) as backend, \
             open_job(backend, layout=layout, settings=settings, job_id=new_job_id(),
-                     workers=_worker_count(layout, reused, settings), show_progress=show_progress) as job:
+                     workers=_worker_count(layout, reused, settings), show_progress=show_progress,
+                     worker_logs=log_dir if backend.name == "local" else None) as job:
         phases.end("setup")
-        prepared = _send_every_tile(job, layout, reused, settings=settings, model_id=model_id, busy=busy)
+        prepared = _send_every_tile(job, layout, reused, settings=settings, model_id=model_id, worker=worker,
+                                    busy=busy)
         job.wait()
         phases.end("prepare+segment")
         report = job.report()
@@ -359,9 +393,13 @@ def run_pipeline(
     summary = PipelineSummary(groups=selected)
     phases = _Phases(summary.seconds)
 
+    for group in selected:
+        check_group_size(layout, group, settings=settings)
+    worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
     model, model_id = resolve_model(settings, cache_dir=cache_dir)
     # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.
-    reused = {group: reuse_group(layout, group, settings=settings, model_id=model_id) for group in selected}
+    reused = {group: reuse_group(layout, group, settings=settings, model_id=model_id, worker=worker)
+              for group in selected}
 
     # Overlays are pictures for people that nothing downstream reads: they are drawn and encoded
     # on a thread while the next group is stitched, the job is cleaned up and the marks are registered.
@@ -381,8 +419,8 @@ def run_pipeline(
                 phases.end("stitch")
             else:
                 prepared = _prepare_and_segment(layout, reused, settings=settings, model=model, model_id=model_id,
-                                                environ=environ, show_progress=show_progress, summary=summary,
-                                                phases=phases, on_segmented=stitch)
+                                                worker=worker, environ=environ, show_progress=show_progress,
+                                                summary=summary, phases=phases, on_segmented=stitch)
             summary.tiles = sum(p.n_tiles for p in prepared)
             summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
             if register:

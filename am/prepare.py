@@ -1,7 +1,8 @@
 """Preparation stage: normalise a group's image, plan its tiles and write them to the dataset.
 
-Work already done is reused: ``tiles/<group>/meta.json`` records what the tiles were made
-from (source file, normalisation, scale, tile geometry, model, test-time augmentation). When all of that is unchanged
+Work already done is reused: ``tiles/<group>/meta.json`` records what the tiles and their masks
+were made from (source file, normalisation, scale, tile geometry, model, test-time augmentation,
+and the workers' own mask settings: post-processing, precision, compilation). When all of that is unchanged
 the tiles are kept and only tiles without a mask are sent out again, so a rerun after a
 failure or Ctrl-C redoes only what is missing. The source file counts as unchanged when its
 name, size and modification time match, or, when only the time differs (a dataset copied with
@@ -34,7 +35,7 @@ import itertools
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS
 from am.dataset import DatasetLayout
+from am.errors import ConfigError, InputError
 from am.files import write_atomic
 from am.imageio import encode_png, header_size, read_image, write_tiff
 from am.normalize import normalize
@@ -54,6 +57,20 @@ log = logging.getLogger(__name__)
 
 META_VERSION = 1
 HASH_CHUNK_BYTES = 1 << 20
+# The shortest side an image may have at the model's scale: the U-Net halves its input five times
+# (the checkpoints' stride, 32), so a thinner image leaves its deepest layer less than one pixel of
+# content; a tile of it is almost all reflected padding, and the model marks stripes, not marks.
+MIN_IMAGE_SIDE_PX = 32
+# Settings the workers read from their environment that change the masks they return: name in the
+# plan, variable, the workers' default and the values allowed. A change must make the masks again,
+# as a change of model does. Local workers inherit the orchestrator's environment; ECS tasks never
+# see it (they keep their task definition's values, which the stack leaves at the defaults).
+WORKER_MASK_SETTINGS = {
+    "postprocess": ("AM_POSTPROCESS", "on", POSTPROCESS_MODES),
+    "precision": ("AM_PRECISION", "auto", PRECISIONS),
+    "compile": ("AM_COMPILE", "auto", COMPILE_MODES),
+}
+DEFAULT_WORKER_MASK_SETTINGS = {name: default for name, (_, default, _) in WORKER_MASK_SETTINGS.items()}
 
 
 @dataclass(frozen=True)
@@ -113,8 +130,27 @@ def _same_source(path: Path, recorded: Any) -> dict[str, Any] | None:
     return {**current, "sha256": sha256}
 
 
-def _settings_identity(settings: Settings, model_id: str) -> dict[str, Any]:
-    """What the tiles were made with, apart from the source file."""
+def worker_mask_settings(environ: Mapping[str, str], *, backend: str) -> dict[str, str]:
+    """The workers' settings that change masks, as this run's workers will read them.
+
+    Local workers inherit ``environ``, so ``AM_POSTPROCESS=off python -m am.pipeline ...`` makes
+    thresholded masks; recorded in meta.json, the setting decides reuse like the model does. A
+    bad value is refused here, before any worker starts and fails on it. ECS tasks do not see
+    this environment: the defaults are what they run with.
+    """
+    if backend != "local":
+        return dict(DEFAULT_WORKER_MASK_SETTINGS)
+    resolved = {}
+    for name, (variable, default, allowed) in WORKER_MASK_SETTINGS.items():
+        value = environ.get(variable, "").strip().lower() or default
+        if value not in allowed:
+            raise ConfigError(f"{variable} = {value!r} must be one of {', '.join(allowed)} (the local workers read it)")
+        resolved[name] = value
+    return resolved
+
+
+def _settings_identity(settings: Settings, model_id: str, worker: Mapping[str, str] | None) -> dict[str, Any]:
+    """What the tiles and masks were made with, apart from the source file."""
     return {
         "norm_pct": [settings.norm_low_pct, settings.norm_high_pct],
         "scale": settings.scale,
@@ -122,6 +158,7 @@ def _settings_identity(settings: Settings, model_id: str) -> dict[str, Any]:
         "tile_overlap": settings.tile_overlap,
         "model": model_id,
         "tta": settings.tta,
+        "worker": dict(worker if worker is not None else DEFAULT_WORKER_MASK_SETTINGS),
     }
 
 
@@ -129,13 +166,15 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
 
 
-def _read_meta(path: Path) -> dict[str, Any] | None:
+def _read_meta(path: Path, *, quiet: bool = False) -> dict[str, Any] | None:
+    """The plan in ``path``, or None; ``quiet`` when the caller knows it was read (and any damage reported) before."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable tile plan %s (%s); tiles will be made again", path, exc)
+        log.log(logging.DEBUG if quiet else logging.WARNING,
+                "ignoring unreadable tile plan %s (%s); tiles will be made again", path, exc)
         return None
     return data if isinstance(data, dict) and data.get("version") == META_VERSION else None
 
@@ -161,6 +200,29 @@ def rescale(image: np.ndarray, *, scale: float) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
+def check_image_size(height: int, width: int, *, scale: float, name: str) -> None:
+    """Refuse an image too thin for the model (:data:`MIN_IMAGE_SIDE_PX` at the model's scale), naming its size."""
+    scaled_height, scaled_width = _scaled_size(height, width, scale)
+    if min(scaled_height, scaled_width) >= MIN_IMAGE_SIDE_PX:
+        return
+    at_scale = "" if scale == 1.0 else f", {scaled_height} x {scaled_width} px at --scale {scale:g}"
+    larger_scale = "" if scale >= 1.0 else ", or a larger --scale"
+    raise InputError(
+        f"image {name} is {height} x {width} px (height x width{at_scale}); the model needs at least "
+        f"{MIN_IMAGE_SIDE_PX} px on each side, or its masks are made of padding: use a larger crop of the "
+        f"acquisition{larger_scale}, or leave the group out"
+    )
+
+
+def check_group_size(layout: DatasetLayout, group: str, *, settings: Settings) -> None:
+    """:func:`check_image_size` from the image's header, before anything starts; a header that cannot
+    tell is left to :meth:`GroupTiler.normalise`, which reads the pixels."""
+    path = layout.source_image(group)
+    size = header_size(path)
+    if size is not None:
+        check_image_size(size[0], size[1], scale=settings.scale, name=str(path))
+
+
 def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> int | None:
     """How many tiles the group's image will be cut into, from its file header; None when unknown.
 
@@ -173,15 +235,19 @@ def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> i
     return len(plan_tiles(height, width, tile_size=settings.tile_size, overlap=settings.tile_overlap))
 
 
-def _same_settings(meta: dict[str, Any], settings: Settings, model_id: str) -> bool:
+def _same_settings(meta: dict[str, Any], settings: Settings, model_id: str, worker: Mapping[str, str] | None) -> bool:
     identity = meta.get("identity")
-    return (isinstance(identity, dict)
-            and {k: v for k, v in identity.items() if k != "source"} == _settings_identity(settings, model_id))
+    if not isinstance(identity, dict):
+        return False
+    recorded = {k: v for k, v in identity.items() if k != "source"}
+    # Plans written before the workers' settings were recorded were made, as a rule, with their defaults.
+    recorded.setdefault("worker", DEFAULT_WORKER_MASK_SETTINGS)
+    return recorded == _settings_identity(settings, model_id, worker)
 
 
 def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, settings: Settings,
-           model_id: str) -> PreparedGroup | None:
-    if meta is None or not _is_complete(meta) or not _same_settings(meta, settings, model_id):
+           model_id: str, worker: Mapping[str, str] | None) -> PreparedGroup | None:
+    if meta is None or not _is_complete(meta) or not _same_settings(meta, settings, model_id, worker):
         return None
     if not layout.source_norm(group).is_file():
         return None
@@ -208,15 +274,17 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, se
                          settings.scale, pending)
 
 
-def reuse_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str) -> PreparedGroup | None:
+def reuse_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
+                worker: Mapping[str, str] | None = None) -> PreparedGroup | None:
     """The group's tiles from an identical earlier run, or None when they must be cut again.
 
     Reads meta.json and checks that tile files exist; the image is read only to hash it when
     its modification time changed but its size did not (or, once, for a plan written before
     hashes were recorded). Cheap enough to decide, before any worker starts, whether there is
-    work at all.
+    work at all. ``worker`` is :func:`worker_mask_settings` (None: the workers' defaults).
     """
-    return _reuse(layout, group, _read_meta(layout.tile_plan(group)), settings=settings, model_id=model_id)
+    return _reuse(layout, group, _read_meta(layout.tile_plan(group)), settings=settings, model_id=model_id,
+                  worker=worker)
 
 
 class GroupTiler:
@@ -234,13 +302,14 @@ class GroupTiler:
     """
 
     def __init__(self, layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
-                 rows_per_chunk: int = 1) -> None:
+                 worker: Mapping[str, str] | None = None, rows_per_chunk: int = 1) -> None:
         if rows_per_chunk < 1:
             raise ValueError(f"rows_per_chunk must be at least 1, got {rows_per_chunk}")
         self.layout = layout
         self.group = group
         self._settings = settings
         self._model_id = model_id
+        self._worker = worker
         self._rows_per_chunk = rows_per_chunk
         self._scaled: np.ndarray | None = None
         self._plan: TilePlan | None = None
@@ -260,10 +329,13 @@ class GroupTiler:
         """Read and normalise the image, write source_norm, and plan the tiles; returns the plan."""
         layout, group, settings = self.layout, self.group, self._settings
         source_path = layout.source_image(group)
-        earlier = _read_meta(layout.tile_plan(group))
+        # Before anything is removed: an image too thin to segment changes nothing on disk.
+        check_group_size(layout, group, settings=settings)
+        # Read (and any damage reported) by reuse_group just before.
+        earlier = _read_meta(layout.tile_plan(group), quiet=True)
         # Masks of a run that stopped while cutting this same input with these same settings are kept.
         same = (earlier is not None and not _is_complete(earlier)
-                and _same_settings(earlier, settings, self._model_id))
+                and _same_settings(earlier, settings, self._model_id, self._worker))
         recorded = earlier["identity"].get("source") if same else None
         source = _same_source(source_path, recorded) if same else None
         self._resuming = source is not None
@@ -282,6 +354,7 @@ class GroupTiler:
             # Hashed beside the normalisation (hashlib lets go of the GIL): the workers wait for the first tiles.
             digest: Future[str] | None = None if known else hasher.submit(file_sha256, source_path)
             image = read_image(source_path)
+            check_image_size(image.shape[0], image.shape[1], scale=settings.scale, name=str(source_path))
             normalised = normalize(image, low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
                                    name=str(source_path))
             del image
@@ -291,7 +364,7 @@ class GroupTiler:
             write_tiff(layout.source_norm(group), normalised, compress=False)
             sha256 = known if digest is None else digest.result()
         self._identity = {"source": {**current, "sha256": sha256},
-                          **_settings_identity(settings, self._model_id)}
+                          **_settings_identity(settings, self._model_id, self._worker)}
         self._scaled = rescale(normalised, scale=settings.scale)
         del normalised
         self._plan = plan_tiles(self._scaled.shape[0], self._scaled.shape[1], tile_size=settings.tile_size,
@@ -361,12 +434,13 @@ class GroupTiler:
         return PreparedGroup(self.group, plan, height, width, settings.scale, tuple(self._sent))
 
 
-def prepare_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str) -> PreparedGroup:
+def prepare_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
+                  worker: Mapping[str, str] | None = None) -> PreparedGroup:
     """Normalise and tile one group, or reuse the tiles of an identical earlier run."""
-    reused = reuse_group(layout, group, settings=settings, model_id=model_id)
+    reused = reuse_group(layout, group, settings=settings, model_id=model_id, worker=worker)
     if reused is not None:
         return reused
-    tiler = GroupTiler(layout, group, settings=settings, model_id=model_id)
+    tiler = GroupTiler(layout, group, settings=settings, model_id=model_id, worker=worker)
     tiler.normalise()
     for _ in tiler.chunks():
         pass

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from am.dataset import DatasetLayout
-from am.errors import InputError
+from am.errors import InputError, describe_fault
 from am.imageio import decode_png, read_image, write_png, write_tiff
 from am.overlay import mask_overlay
 from am.prepare import PreparedGroup
@@ -41,8 +41,8 @@ def stitch_mask(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
             data = decode_png(path.read_bytes(), name=str(path))
         except InputError as exc:
             # A rerun trusts every mask file that exists, so only removing this one gets it made again.
-            raise InputError(f"mask tile {path} is damaged ({exc}); delete it and rerun the same command "
-                             "to make it again") from exc
+            raise InputError(f"mask tile {path} is damaged ({describe_fault(exc)}); delete it and rerun the same "
+                             "command to make it again") from exc
         if data.shape != (plan.tile_size, plan.tile_size):
             raise InputError(f"mask tile {path} is {data.shape[1]}x{data.shape[0]}, not "
                              f"{plan.tile_size}x{plan.tile_size}; delete it and rerun to make it again")

@@ -115,6 +115,10 @@ class JobTracker:
         self.compute_s += compute_s
         return True
 
+    def last_error(self, name: str) -> str:
+        """The error a worker reported for the tile's last failed attempt; '' when none was reported."""
+        return self._errors.get(name, "")
+
     def failed(self, name: str, *, attempt: int, error: str) -> bool:
         """Record a failed attempt; returns True when the tile has used up its attempts."""
         if name not in self._pending:

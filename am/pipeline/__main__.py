@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(overrides, environ=os.environ,
                                  config_path=config_path_from(args.config, os.environ))
         configure_logging(settings.log_level)
+        if args.dataset.exists() and not args.dataset.is_dir():
+            raise InputError(f"{args.dataset} is a file, not a dataset folder; pass the folder that holds "
+                             "source/<group>/<image> (the image goes in source/<group>/)")
         if not args.dataset.is_dir():
             raise InputError(f"dataset folder {args.dataset} does not exist; "
                              "create it with source/<group>/<image> inside (make sample builds one)")

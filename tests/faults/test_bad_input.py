@@ -160,6 +160,17 @@ def test_png_above_the_size_limit_is_refused_from_its_header(cli, tmp_path):
     assert code == 1 and "45000 x 45000" in err and "above the limit" in err
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (360, 1), (1, 360)], ids=["1x1", "1px-wide", "1px-high"])
+def test_image_too_thin_for_the_model_is_refused_before_any_worker_starts(cli, tmp_path, shape):
+    """Padded to a tile, a 1 px strip is stripes to the model: it marked about 95 % of such a strip."""
+    root = dataset_with(tmp_path, "image.tif", array=np.full(shape, 77, np.uint8))
+    code, err = cli(str(root))
+    assert code == 1 and f"image.tif is {shape[0]} x {shape[1]} px (height x width)" in err
+    assert "at least 32 px on each side" in err and "started worker" not in err
+    nothing_presented(root)
+    assert not (root / "source_norm").exists()
+
+
 # ------------------------------------------------------------------------- options and config
 
 
@@ -211,7 +222,8 @@ def test_far_more_rows_and_cols_than_marks_fails_registration_and_drops_stale_id
 
     code, err = cli(str(root), "--rows", "60", "--cols", "60")
     assert code == 1, err
-    assert "given 60 x 60 = 3600 positions but the mask holds only 121 marks: check --rows/--cols" in err, err
+    assert "given 60 x 60 = 3600 positions but the mask holds only 121 marks" in err, err
+    assert "check --rows/--cols" in err, err
     assert not layout.am_coords_dir("g1").exists(), "ids of an earlier registration survived a failed one"
     # Segmentation itself succeeded, so its mask is a real result.
     assert read_image(layout.stitched_mask("g1")).shape == (400, 400)
@@ -264,18 +276,14 @@ def test_checkpoint_for_another_architecture_fails_before_any_worker_starts(cli,
 # ------------------------------------------------------------------------ odd but usable input
 
 
-def test_one_pixel_image_and_16_bit_image_with_tiny_range_both_work(tmp_path, tiny_model):
+def test_16_bit_image_with_tiny_range_works(tmp_path, tiny_model):
     root = tmp_path / "ds"
-    for group in ("dot", "faint"):
-        (root / "source" / group).mkdir(parents=True)
-    cv2.imwrite(str(root / "source" / "dot" / "image.png"), np.full((1, 1), 77, np.uint8))
+    (root / "source" / "faint").mkdir(parents=True)
     faint = 30000 + (lattice_image(150, 170) > 150).astype(np.uint16) * 3  # four grey levels in 65536
     tifffile.imwrite(root / "source" / "faint" / "image.tif", faint)
 
     run = run_to_end(root, tiny_model, tmp_path, "--no-register")
     assert run.proc.returncode == 0, run.stderr[-4000:]
-    assert read_image(root / "tiles_stitched" / "dot" / "mask.tiff").shape == (1, 1)
-    assert "is constant" in run.stderr  # the one-pixel image: said, not hidden
     assert read_image(root / "tiles_stitched" / "faint" / "mask.tiff").shape == (150, 170)
     norm = read_image(root / "source_norm" / "faint" / "source.tiff")
     assert (norm.min(), norm.max()) == (0, 255), "a tiny 16-bit range must be stretched to the full 8 bits"

@@ -84,3 +84,34 @@ def test_sigint_while_the_group_is_still_being_cut_keeps_its_masks_and_a_rerun_r
     assert again.job_tiles() == [TOTAL_TILES - kept], "the rerun cut and segmented the kept tiles again"
     assert_same_as_undisturbed(dataset, "g1", predictor)
     assert_nothing_left(again)
+
+
+def test_sigint_twice_still_cleans_the_job_up_and_keeps_the_reported_masks(tmp_path, tiny_model, moto_server):
+    """Ctrl-C pressed again while the workers stop (``timeout -s INT`` also delivers its signal twice)."""
+    dataset = make_dataset(tmp_path / "ds", {"g1": (SIDE, SIDE)})
+    slow = {"AM_ENDPOINT_URL": moto_server, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1",
+            "AM_TILES_PER_MESSAGE": "1", "AM_MAX_TILES_IN_FLIGHT": str(TOTAL_TILES)}
+    with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=slow) as run:
+        run.wait_until(lambda: f"{TOTAL_TILES} tile(s) on the local backend" in run.stderr
+                       and len(mask_files(dataset, "g1")) >= 5, timeout=120, what="a sealed job and five masks")
+        run.proc.send_signal(signal.SIGINT)
+        # The clean-up takes over a second (workers finish their batch, reports are collected).
+        time.sleep(0.2)
+        run.proc.send_signal(signal.SIGINT)
+        code = run.wait(timeout=60)
+
+    assert code == 130, run.stderr[-4000:]
+    assert "is cleaning up" in run.stderr and "Press Ctrl-C again" in run.stderr, run.stderr[-4000:]
+    assert "stopped 2 worker process(es)" in run.stderr
+    assert re.search(r"collected \d+ mask tile\(s\) reported while the job was interrupted", run.stderr)
+    assert "interrupted; cleaned up, finished work is kept, rerun the same command to resume" in run.stderr
+    assert_nothing_left(run)
+    assert 5 <= len(mask_files(dataset, "g1")) < TOTAL_TILES
+
+    job = re.search(r"job (\S+) started", run.stderr).group(1)
+    clients = ClientFactory(endpoint_url=moto_server)
+    storage = Storage(clients.s3())
+    for bucket in ("am-segm-input", "am-segm-output"):
+        assert list(storage.list_keys(bucket, f"{job}/")) == [], f"s3://{bucket}/{job}/ was not cleaned"
+    queues = clients.sqs().list_queues().get("QueueUrls", [])
+    assert not [url for url in queues if url.endswith(job)], "the job's results queue was not deleted"

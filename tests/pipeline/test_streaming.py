@@ -234,6 +234,22 @@ def test_the_jobs_tta_reaches_the_workers_and_a_rerun_with_another_segments_agai
     assert set(deployment.predictor.ttas) == {"off"}
 
 
+def test_a_rerun_with_other_worker_mask_settings_in_the_environment_segments_again(deployment, tiny_model, tmp_path):
+    """Local workers inherit AM_POSTPROCESS and the like: masks made with another value are not reused."""
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    settings = deployment.settings.replace(model=str(tiny_model))
+
+    def run(environ: dict[str, str]):
+        return run_pipeline(dataset, settings=settings, register=False, cache_dir=tmp_path / "cache",
+                            environ=environ, show_progress=False)
+
+    first = run({"AM_POSTPROCESS": "off"})
+    assert first.job is not None and first.tiles == ROWS * COLS
+    assert run({"AM_POSTPROCESS": "off"}).job is None, "the same settings did not reuse every mask"
+    again = run({})
+    assert again.job is not None and again.job.tiles == first.tiles and again.tiles_reused == 0
+
+
 def test_tiler_writes_a_row_per_chunk_and_refuses_a_plan_before_every_tile_is_cut(tmp_path):
     layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": IMAGE}))
     settings = Settings(tile_size=64, tile_overlap=16)

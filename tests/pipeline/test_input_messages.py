@@ -1,0 +1,125 @@
+"""Inputs the pipeline refuses, and what it says about them.
+
+- an image thinner than the model can see (a 1 px strip was segmented into stripes) is refused
+  before anything starts, naming the file and its size;
+- a file given where the dataset folder goes is called a file, not a missing folder;
+- a damaged intermediate file (a tile, a mask tile, meta.json) gets one instruction, the one
+  that fits a file the pipeline wrote itself, and one warning per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterator
+
+import pytest
+from faults.harness import make_dataset
+
+import am.orchestrator
+from am.dataset import DatasetLayout
+from am.errors import InputError
+from am.job import tile_pixels
+from am.orchestrator import run_pipeline
+from am.pipeline.__main__ import main as pipeline_main
+from am.prepare import MIN_IMAGE_SIDE_PX, check_image_size, prepare_group
+from am.settings import Settings
+from am.stitch import stitch_mask
+
+SETTINGS = Settings(tile_size=64, tile_overlap=16)
+
+
+@pytest.mark.parametrize("size", [(360, 1), (1, 360), (1, 1), (MIN_IMAGE_SIDE_PX - 1, 200)],
+                         ids=["1px-wide", "1px-high", "1x1", "just-too-thin"])
+def test_an_image_too_thin_for_the_model_is_refused_before_anything_starts(tmp_path, tiny_model, monkeypatch, size):
+    dataset = make_dataset(tmp_path / "ds", {"g1": (200, 200), "thin": size})
+
+    def no_backend(*args, **kwargs):
+        raise AssertionError("a backend was opened for a dataset that cannot be segmented")
+
+    monkeypatch.setattr(am.orchestrator, "open_backend", no_backend)
+    with pytest.raises(InputError) as refused:
+        run_pipeline(dataset, settings=SETTINGS.replace(model=str(tiny_model)), register=False,
+                     cache_dir=tmp_path / "cache", show_progress=False)
+    message = str(refused.value)
+    image = DatasetLayout(dataset).source_image("thin")
+    assert str(image) in message and f"is {size[0]} x {size[1]} px (height x width)" in message
+    assert f"at least {MIN_IMAGE_SIDE_PX} px on each side" in message
+    assert not (dataset / "tiles").exists() and not (dataset / "source_norm").exists()
+
+
+def test_the_minimum_side_applies_at_the_models_scale():
+    check_image_size(MIN_IMAGE_SIDE_PX, 500, scale=1.0, name="a.tif")
+    check_image_size(2 * MIN_IMAGE_SIDE_PX, 500, scale=0.5, name="a.tif")
+    with pytest.raises(InputError, match=r"is 62 x 500 px \(height x width, 31 x 250 px at --scale 0.5\).*"
+                                         r"or a larger --scale"):
+        check_image_size(62, 500, scale=0.5, name="a.tif")
+    check_image_size(MIN_IMAGE_SIDE_PX // 2, 500, scale=2.0, name="a.tif")
+
+
+def test_the_tiler_refuses_a_thin_image_without_touching_earlier_results(tmp_path):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": (360, 1)}))
+    stitched = layout.stitched_mask("g1")
+    stitched.parent.mkdir(parents=True)
+    stitched.write_bytes(b"earlier")
+    with pytest.raises(InputError, match=r"is 360 x 1 px"):
+        prepare_group(layout, "g1", settings=SETTINGS, model_id="m")
+    assert stitched.read_bytes() == b"earlier" and not layout.tiles_dir("g1").exists()
+
+
+@pytest.fixture
+def keep_sigterm() -> Iterator[None]:
+    """The command line installs its own SIGTERM handler; the test process gets its own back."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+def test_a_file_given_as_the_dataset_is_called_a_file(tmp_path, capsys, keep_sigterm):
+    image = tmp_path / "image.tif"
+    image.write_bytes(b"II*\x00")
+    with pytest.raises(InputError, match=r"image\.tif is a file, not a dataset folder; pass the folder that holds "
+                                         r"source/<group>/<image>"):
+        DatasetLayout(image).groups()
+    assert pipeline_main([str(image), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{image} is a file, not a dataset folder" in err and "does not exist" not in err
+
+
+def test_a_damaged_tile_file_gets_the_reason_and_one_instruction(tmp_path):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": (150, 150)}))
+    prepare_group(layout, "g1", settings=SETTINGS, model_id="m")
+    tile = layout.tile_source("g1", 0)
+    tile.write_bytes(tile.read_bytes()[:100])
+    with pytest.raises(InputError) as damaged:
+        tile_pixels(tile, size=64)
+    message = str(damaged.value)
+    assert message == (f"tile file {tile} cannot be read (it cannot be decoded as PNG (truncated or corrupt)); "
+                       f"delete {layout.tiles_dir('g1')} so that the next run cuts the group again")
+
+
+def test_a_damaged_mask_tile_gets_the_reason_and_one_instruction(tmp_path):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": (150, 150)}))
+    prepared = prepare_group(layout, "g1", settings=SETTINGS, model_id="m")
+    for tile in prepared.plan.tiles:
+        layout.tile_mask("g1", tile.index).parent.mkdir(parents=True, exist_ok=True)
+        layout.tile_mask("g1", tile.index).write_bytes(layout.tile_source("g1", tile.index).read_bytes())
+    mask = layout.tile_mask("g1", 0)
+    mask.write_bytes(mask.read_bytes()[:100])
+    with pytest.raises(InputError) as damaged:
+        stitch_mask(layout, prepared)
+    assert str(damaged.value) == (f"mask tile {mask} is damaged (its 100 bytes cannot be decoded (truncated or not "
+                                  "a PNG)); delete it and rerun the same command to make it again")
+
+
+def test_a_damaged_tile_plan_is_warned_about_once(tmp_path, caplog):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": (150, 150)}))
+    prepare_group(layout, "g1", settings=SETTINGS, model_id="m")
+    plan = layout.tile_plan("g1")
+    plan.write_text(plan.read_text()[:20])
+    caplog.set_level(logging.WARNING, logger="am.prepare")
+    # As a run does: decide on reuse from meta.json, then cut the group again.
+    prepared = prepare_group(layout, "g1", settings=SETTINGS, model_id="m")
+    warnings = [r.getMessage() for r in caplog.records if "ignoring unreadable tile plan" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert prepared.pending == tuple(range(prepared.n_tiles))

@@ -1,0 +1,62 @@
+"""The workers' own mask settings (AM_POSTPROCESS, AM_PRECISION, AM_COMPILE) decide reuse like the model does.
+
+Local workers inherit the orchestrator's environment, so ``AM_POSTPROCESS=off python -m
+am.pipeline DS`` makes thresholded masks. A rerun without it must make them again, not keep
+them because nothing recorded how they were made.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from faults.harness import make_dataset
+
+from am.dataset import DatasetLayout
+from am.errors import ConfigError
+from am.prepare import DEFAULT_WORKER_MASK_SETTINGS, prepare_group, reuse_group, worker_mask_settings
+from am.settings import Settings
+
+SETTINGS = Settings(tile_size=64, tile_overlap=16)
+
+
+def test_the_local_workers_settings_come_from_the_environment_they_inherit():
+    assert worker_mask_settings({}, backend="local") == DEFAULT_WORKER_MASK_SETTINGS == {
+        "postprocess": "on", "precision": "auto", "compile": "auto"}
+    env = {"AM_POSTPROCESS": " OFF ", "AM_PRECISION": "fp32", "AM_COMPILE": ""}
+    assert worker_mask_settings(env, backend="local") == {"postprocess": "off", "precision": "fp32",
+                                                          "compile": "auto"}
+    # ECS tasks never see this shell's variables: they run with their task definition's (the defaults).
+    assert worker_mask_settings(env, backend="aws") == DEFAULT_WORKER_MASK_SETTINGS
+
+
+def test_a_bad_worker_setting_is_refused_before_any_worker_starts():
+    with pytest.raises(ConfigError, match=r"AM_POSTPROCESS = 'maybe' must be one of on, off"):
+        worker_mask_settings({"AM_POSTPROCESS": "maybe"}, backend="local")
+
+
+@pytest.mark.parametrize("variable,value", [("AM_POSTPROCESS", "off"), ("AM_PRECISION", "bf16"),
+                                            ("AM_COMPILE", "on")])
+def test_masks_made_with_other_worker_settings_are_not_reused(tmp_path, variable, value):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": (150, 150)}))
+    changed = worker_mask_settings({variable: value}, backend="local")
+    prepare_group(layout, "g1", settings=SETTINGS, model_id="m", worker=changed)
+    recorded = json.loads(layout.tile_plan("g1").read_text())["identity"]["worker"]
+    assert recorded == changed
+
+    assert reuse_group(layout, "g1", settings=SETTINGS, model_id="m", worker=changed) is not None
+    assert reuse_group(layout, "g1", settings=SETTINGS, model_id="m",
+                       worker=worker_mask_settings({}, backend="local")) is None
+
+
+def test_a_plan_from_before_worker_settings_were_recorded_counts_as_made_with_the_defaults(tmp_path):
+    layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": (150, 150)}))
+    prepare_group(layout, "g1", settings=SETTINGS, model_id="m")
+    meta = json.loads(layout.tile_plan("g1").read_text())
+    del meta["identity"]["worker"]
+    layout.tile_plan("g1").write_text(json.dumps(meta))
+
+    assert reuse_group(layout, "g1", settings=SETTINGS, model_id="m",
+                       worker=dict(DEFAULT_WORKER_MASK_SETTINGS)) is not None
+    assert reuse_group(layout, "g1", settings=SETTINGS, model_id="m",
+                       worker={**DEFAULT_WORKER_MASK_SETTINGS, "postprocess": "off"}) is None
