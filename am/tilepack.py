@@ -35,7 +35,35 @@ def _write(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _check_header(data: bytes, *, name: str) -> None:
+    """Refuse an object whose header claims more (or fewer) bytes than it carries, before numpy reads it.
+
+    numpy allocates the array the header describes before it reads the data, so a damaged or
+    hostile header naming a huge shape would cost that memory (or a MemoryError) instead of a
+    clear error about the object.
+    """
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, EOFError, OSError) as exc:
+        raise InputError(f"{name} is not a readable tile array ({exc}); the object is damaged or not an "
+                         "am-segm tile object") from exc
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    carried = len(data) - stream.tell()
+    if expected != carried:
+        raise InputError(f"{name} is not a readable tile array (its header describes a {dtype} array of shape "
+                         f"{shape}, {expected} bytes, but {carried} bytes follow it); the object is damaged or not "
+                         "an am-segm tile object")
+
+
 def _read(data: bytes, *, name: str) -> np.ndarray:
+    _check_header(data, name=name)
     try:
         array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
     except (ValueError, EOFError, OSError) as exc:  # numpy's words for a truncated or foreign file

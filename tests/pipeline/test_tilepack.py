@@ -72,3 +72,14 @@ def test_arrays_of_other_types_or_pickled_objects_are_refused():
 def test_packing_refuses_what_no_message_can_carry(bad):
     with pytest.raises(InputError, match="cannot pack"):
         pack_tiles(bad)
+
+
+@pytest.mark.parametrize("shape", [(10**6, 10**6, 10**6), (2**40, 512, 512)], ids=["petabytes", "huge count"])
+def test_a_header_claiming_a_huge_array_is_refused_before_anything_is_allocated(shape):
+    """numpy allocates what the header describes before reading: a damaged header must not cost that memory."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1, 1), np.uint8))
+    header["shape"] = shape
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    with pytest.raises(InputError, match=r"not a readable tile array \(its header describes .* but \d+ bytes follow"):
+        unpack_tiles(buffer.getvalue() + bytes(64 * 64), count=1, name="t")
