@@ -50,7 +50,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["am", "am.*"]),
-    package_data={"am": ["models/*.pt"]},
+    package_data={"am": ["models/*.pt", "config.yml.template"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},

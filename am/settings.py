@@ -49,7 +49,7 @@ class OptionError(ConfigError):
 
 @dataclass(frozen=True)
 class Settings:
-    """Every orchestrator setting; see config/config.yml.template for what each one means."""
+    """Every orchestrator setting; the config template (:func:`config_template`) says what each one means."""
 
     backend: str = "local"
     workers: int = 2
@@ -178,6 +178,17 @@ def _coerce(key: str, raw: Any, typ: type, source: str) -> Any:
         raise ConfigError(f"{source}: {key} = {raw!r} is not a valid {typ.__name__} ({exc})") from exc
 
 
+# Shipped inside the package (config/config.yml.template in the repository links to it), so that an
+# installed am-segm can still show it: the errors below point to it.
+CONFIG_TEMPLATE = Path(__file__).with_name("config.yml.template")
+TEMPLATE_HINT = "write the template with python -m am.pipeline --config-template > config.yml and edit it"
+
+
+def config_template() -> str:
+    """The commented config file of every key at its default, as shipped with this version."""
+    return CONFIG_TEMPLATE.read_text(encoding="utf-8")
+
+
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
@@ -189,9 +200,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML config file of flat ``key: value`` pairs; unknown keys are errors, not ignored."""
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; give a YAML file of 'key: value' pairs "
-                          "(copy config/config.yml.template and edit it)")
+                          f"({TEMPLATE_HINT})")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; copy config/config.yml.template and edit it")
+        raise ConfigError(f"config file {path} does not exist; {TEMPLATE_HINT}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -204,7 +215,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise ConfigError(f"config file {path} has unknown key(s) {', '.join(unknown)}; "
-                          "see config/config.yml.template for the valid ones")
+                          "the template (python -m am.pipeline --config-template) lists the valid ones")
     return {key: _coerce(key, value, known[key], f"config file {path}") for key, value in data.items()}
 
 

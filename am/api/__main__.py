@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m am.api",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         epilog="Pipeline settings resolve as: option, then environment variable AM_<KEY>, then the config file, "
-               "then the default. See config/config.yml.template for every key.",
+               "then the default. python -m am.pipeline --config-template prints every key.",
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the API to the network)")

@@ -18,9 +18,20 @@ from pathlib import Path
 from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, run_main
 from am.errors import InputError
 from am.messages import TTA_MODES
-from am.settings import BACKENDS, config_path_from, load_settings
+from am.settings import BACKENDS, config_path_from, config_template, load_settings
 
 log = logging.getLogger("am.pipeline")
+
+
+class _PrintConfigTemplate(argparse.Action):
+    """Prints the template and exits, like --help: it needs no dataset argument."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        sys.stdout.write(config_template())
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m am.pipeline",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         epilog="Settings resolve as: option, then environment variable AM_<KEY>, then the config file, then the "
-               "default. See config/config.yml.template for every key.",
+               "default. --config-template prints every key with its default.",
     )
+    parser.add_argument("--config-template", action=_PrintConfigTemplate,
+                        help="print the config file of every key at its default, with comments, and exit")
     parser.add_argument("dataset", type=Path, help="dataset folder holding source/<group>/<image>")
     parser.add_argument("groups", nargs="*", help="groups to process (default: every folder under source/)")
     parser.add_argument("--rows", type=int,

@@ -1,11 +1,14 @@
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
+import am
 from am.errors import ConfigError
-from am.settings import OptionError, Settings, load_settings
+from am.settings import CONFIG_TEMPLATE, OptionError, Settings, config_template, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,3 +127,27 @@ def test_a_refused_value_from_the_environment_or_a_file_is_not_a_usage_error(tmp
 def test_a_value_the_option_cannot_take_is_a_usage_error():
     with pytest.raises(OptionError, match="the command line: workers = 'many' is not a valid int"):
         load_settings({"workers": "many"}, environ={})
+
+
+def test_the_template_ships_in_the_package_and_the_repository_copy_is_the_same_file():
+    """Errors point to the template, so an installed am-segm (no repository around it) must carry it."""
+    setup = (REPO / "setup.py").read_text()
+    assert '"config.yml.template"' in setup, "the template is not package data"
+    assert CONFIG_TEMPLATE.parent == Path(am.__file__).parent
+    assert (REPO / "config" / "config.yml.template").resolve() == CONFIG_TEMPLATE.resolve()
+
+
+def test_config_template_option_prints_it_without_a_dataset_and_the_output_loads(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "am.pipeline", "--config-template"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == config_template()
+    written = tmp_path / "config.yml"
+    written.write_text(done.stdout)
+    assert load_settings({}, environ={}, config_path=written) == Settings()
+
+
+def test_a_missing_config_file_says_how_to_write_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist; write the template with python -m am.pipeline "
+                                          r"--config-template > config.yml"):
+        load_settings({}, environ={}, config_path=tmp_path / "absent.yml")
