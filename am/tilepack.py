@@ -18,6 +18,7 @@ writes of an at-least-once delivery identical::
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def _check_header(data: bytes, *, name: str) -> None:
     except (ValueError, EOFError, OSError) as exc:
         raise InputError(f"{name} is not a readable tile array ({exc}); the object is damaged or not an "
                          "am-segm tile object") from exc
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a huge shape cannot overflow here
     carried = len(data) - stream.tell()
     if expected != carried:
         raise InputError(f"{name} is not a readable tile array (its header describes a {dtype} array of shape "

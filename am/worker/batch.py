@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from am.errors import AmError, InputError
+from am.errors import AmError
 from am.messages import TileMessage
 from am.tilepack import pack_masks, unpack_tiles
 from am.transport.queue import Received
@@ -91,7 +91,7 @@ class TileSteps:
             with self._clock.timing("download"):
                 data = self._storage.get_bytes(self._input_bucket, key)
             with self._clock.timing("decode"):
-                tile.image = _decode(data, count=tile.count, name=f"s3://{self._input_bucket}/{key}")
+                tile.image = unpack_tiles(data, count=tile.count, name=f"s3://{self._input_bucket}/{key}")
         except AmError as exc:
             tile.fail(f"input: {exc}")
 
@@ -156,23 +156,6 @@ class TileSteps:
         self._clock.add("h2d", times.h2d)
         self._clock.add("compute", max(0.0, elapsed - times.h2d - times.d2h))
         self._clock.add("d2h", times.d2h)
-
-
-def _decode(data: bytes, *, count: int, name: str) -> np.ndarray:
-    """The object's tiles; InputError also for a header that declares an array numpy cannot even allocate.
-
-    numpy allocates the shape an ``.npy`` header declares before it reads the data, so a damaged
-    or foreign object fails there with MemoryError (too large to allocate) or OverflowError (a
-    dimension beyond a C long), not with the ValueError of a short read. Either is a property of
-    this one object: it must fail this message, not stop the worker, which would leave the
-    message to stop every worker that receives it next.
-    """
-    try:
-        return unpack_tiles(data, count=count, name=name)
-    except (MemoryError, OverflowError) as exc:
-        raise InputError(f"{name} is not a readable tile array: its header declares an array that cannot be "
-                         f"allocated ({type(exc).__name__}: {exc}); the object is damaged or not an am-segm "
-                         "tile object") from exc
 
 
 def _groups(tiles: Iterable[TileWork]) -> list[list[TileWork]]:
