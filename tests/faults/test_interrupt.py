@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from pathlib import Path
 
 from am.transport.clients import ClientFactory
 from am.transport.storage import Storage
@@ -19,18 +20,36 @@ SIDE = 1500
 TOTAL_TILES = 256  # 16 x 16 tiles of 128 px overlapping by 32 on a 1500 px image
 
 
+def _slow(endpoint: str) -> dict[str, str]:
+    """One tile per message and per batch, one thread, and a few hundred tiles: masks arrive a few at
+    a time and the job is surely mid-way when interrupted, however fast the workers are. Every tile
+    goes out at once (no in-flight window), so the group is fully cut before the workers are up: a
+    rerun resumes only groups whose cutting finished."""
+    return {"AM_ENDPOINT_URL": endpoint, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1",
+            "AM_TILES_PER_MESSAGE": "1", "AM_MAX_TILES_IN_FLIGHT": str(TOTAL_TILES)}
+
+
+def _wait_for_a_sealed_job_and_five_masks(run: PipelineRun, dataset: Path) -> None:
+    run.wait_until(lambda: f"{TOTAL_TILES} tile(s) on the local backend" in run.stderr
+                   and len(mask_files(dataset, "g1")) >= 5, timeout=120, what="a sealed job and five masks")
+
+
+def _assert_job_data_deleted(run: PipelineRun, endpoint: str) -> None:
+    """The job's S3 prefixes and its results queue are gone (keep_job_data is off by default)."""
+    job = re.search(r"job (\S+) started", run.stderr).group(1)
+    clients = ClientFactory(endpoint_url=endpoint)
+    storage = Storage(clients.s3())
+    for bucket in ("am-segm-input", "am-segm-output"):
+        assert list(storage.list_keys(bucket, f"{job}/")) == [], f"s3://{bucket}/{job}/ was not cleaned"
+    queues = clients.sqs().list_queues().get("QueueUrls", [])
+    assert not [url for url in queues if url.endswith(job)], "the job's results queue was not deleted"
+
+
 def test_sigint_mid_job_stops_workers_cleans_the_job_and_a_rerun_resumes(tmp_path, tiny_model, predictor,
                                                                          moto_server):
     dataset = make_dataset(tmp_path / "ds", {"g1": (SIDE, SIDE)})
-    # One tile per message and per batch, one thread, and a few hundred tiles: masks arrive a few at
-    # a time and the job is surely mid-way when interrupted, however fast the workers are. Every
-    # tile goes out at once (no in-flight window), so the group is fully cut before the workers are
-    # up: a rerun resumes only groups whose cutting finished.
-    slow = {"AM_ENDPOINT_URL": moto_server, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1",
-            "AM_TILES_PER_MESSAGE": "1", "AM_MAX_TILES_IN_FLIGHT": str(TOTAL_TILES)}
-    with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=slow) as run:
-        run.wait_until(lambda: f"{TOTAL_TILES} tile(s) on the local backend" in run.stderr
-                       and len(mask_files(dataset, "g1")) >= 5, timeout=120, what="a sealed job and five masks")
+    with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=_slow(moto_server)) as run:
+        _wait_for_a_sealed_job_and_five_masks(run, dataset)
         run.proc.send_signal(signal.SIGINT)
         interrupted_at = time.monotonic()
         code = run.wait(timeout=60)
@@ -45,14 +64,7 @@ def test_sigint_mid_job_stops_workers_cleans_the_job_and_a_rerun_resumes(tmp_pat
     assert 5 <= kept < TOTAL_TILES, f"{kept} masks kept"
     assert not (dataset / "tiles_stitched" / "g1").exists(), "an interrupted job presented a stitched mask"
 
-    # The job's S3 prefixes and its results queue are gone (keep_job_data is off by default).
-    job = re.search(r"job (\S+) started", run.stderr).group(1)
-    clients = ClientFactory(endpoint_url=moto_server)
-    storage = Storage(clients.s3())
-    for bucket in ("am-segm-input", "am-segm-output"):
-        assert list(storage.list_keys(bucket, f"{job}/")) == [], f"s3://{bucket}/{job}/ was not cleaned"
-    queues = clients.sqs().list_queues().get("QueueUrls", [])
-    assert not [url for url in queues if url.endswith(job)], "the job's results queue was not deleted"
+    _assert_job_data_deleted(run, moto_server)
 
     again = run_to_end(dataset, tiny_model, tmp_path, "--no-register")
     assert again.proc.returncode == 0, again.stderr[-4000:]
@@ -89,11 +101,8 @@ def test_sigint_while_the_group_is_still_being_cut_keeps_its_masks_and_a_rerun_r
 def test_sigint_twice_still_cleans_the_job_up_and_keeps_the_reported_masks(tmp_path, tiny_model, moto_server):
     """Ctrl-C pressed again while the workers stop (``timeout -s INT`` also delivers its signal twice)."""
     dataset = make_dataset(tmp_path / "ds", {"g1": (SIDE, SIDE)})
-    slow = {"AM_ENDPOINT_URL": moto_server, "AM_BATCH_SIZE": "1", "AM_WORKER_THREADS": "1",
-            "AM_TILES_PER_MESSAGE": "1", "AM_MAX_TILES_IN_FLIGHT": str(TOTAL_TILES)}
-    with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=slow) as run:
-        run.wait_until(lambda: f"{TOTAL_TILES} tile(s) on the local backend" in run.stderr
-                       and len(mask_files(dataset, "g1")) >= 5, timeout=120, what="a sealed job and five masks")
+    with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=_slow(moto_server)) as run:
+        _wait_for_a_sealed_job_and_five_masks(run, dataset)
         run.proc.send_signal(signal.SIGINT)
         # The clean-up takes over a second (workers finish their batch, reports are collected).
         time.sleep(0.2)
@@ -108,10 +117,4 @@ def test_sigint_twice_still_cleans_the_job_up_and_keeps_the_reported_masks(tmp_p
     assert_nothing_left(run)
     assert 5 <= len(mask_files(dataset, "g1")) < TOTAL_TILES
 
-    job = re.search(r"job (\S+) started", run.stderr).group(1)
-    clients = ClientFactory(endpoint_url=moto_server)
-    storage = Storage(clients.s3())
-    for bucket in ("am-segm-input", "am-segm-output"):
-        assert list(storage.list_keys(bucket, f"{job}/")) == [], f"s3://{bucket}/{job}/ was not cleaned"
-    queues = clients.sqs().list_queues().get("QueueUrls", [])
-    assert not [url for url in queues if url.endswith(job)], "the job's results queue was not deleted"
+    _assert_job_data_deleted(run, moto_server)
