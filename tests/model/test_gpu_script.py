@@ -48,7 +48,10 @@ def test_gpu_script_stops_before_training_when_the_real_samples_are_missing(tmp_
 
 
 def test_gpu_model_target_can_use_the_machines_own_python_without_a_venv():
-    plan = subprocess.run(["make", "-n", "gpu-model", "AM_SYSTEM_PYTHON=1", "PYTHON=/opt/gpu/bin/python3"], cwd=REPO,
+    # As from a user's shell: under `make test` the inherited MAKELEVEL adds "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    plan = subprocess.run(["make", "--no-print-directory", "-n", "gpu-model", "AM_SYSTEM_PYTHON=1",
+                           "PYTHON=/opt/gpu/bin/python3"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60, check=True).stdout
     assert plan.strip() == "PYTHON=/opt/gpu/bin/python3 bash benchmarks/gpu_resnext50.sh"
     assert "venv" not in plan and "pip" not in plan
