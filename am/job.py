@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
 import signal
@@ -31,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -744,25 +743,18 @@ class Job:
             self._bar.close()
             _clean_up(steps, job_id=self.job_id, after_failure=after_failure, remaining=remaining)
         except _ForcedQuit:
-            self._kill_local_workers()
+            self._kill_workers()
             raise CleanupIncomplete(self._left_behind(remaining)) from None
         finally:
             guard.cleaning = False
         if guard.extra and not after_failure:
             raise KeyboardInterrupt("signal during the clean-up")
 
-    def _kill_local_workers(self) -> None:
-        """Quitting at once: local workers still running are killed now, so nothing waits for them on the way out."""
-        if self.backend.name != "local":
-            return
-        pids = getattr(self.backend.launcher, "pids", None)
-        codes = getattr(self.backend.launcher, "exit_codes", None)
-        if not isinstance(pids, list) or not callable(codes):
-            return
-        for pid, code in zip(pids, codes(), strict=False):
-            if code is None:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+    def _kill_workers(self) -> None:
+        """Quitting at once: workers that have a quick way out (local ones) take it, so nothing waits for them."""
+        kill = getattr(self.backend.launcher, "kill", None)
+        if kill is not None:
+            kill()
 
     def _left_behind(self, remaining: list[str]) -> str:
         """The message of a clean-up the user cut short: what it did not do, and how to do it by hand."""

@@ -75,8 +75,6 @@ class PipelineCommand:
         return args
 
 
-
-
 def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
     """The pipeline's last ERROR record (its message names the fault and the fix), else the exit status.
 

@@ -32,8 +32,6 @@ STOP_TIMEOUT_S = DEFAULT_STOP_TIMEOUT_S
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
-
-
 class LocalLauncher:
     """Starts and stops worker subprocesses; each writes its log to ``log_dir/worker-N.log``.
 
@@ -93,6 +91,16 @@ class LocalLauncher:
                 tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {path} ---\n" + "\n".join(tail))
         return "\n".join(parts)
+
+    def kill(self) -> None:
+        """SIGKILL every worker still running, without the stop's grace: for a user who insists on quitting."""
+        running = [proc for proc in self._procs if proc.poll() is None]
+        for proc in running:
+            proc.kill()
+        for proc in running:
+            proc.wait()
+        if running:
+            log.info("killed %d worker process(es)", len(running))
 
     def stop(self) -> None:
         running = [proc for proc in self._procs if proc.poll() is None]

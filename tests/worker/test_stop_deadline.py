@@ -68,3 +68,26 @@ def test_a_worker_spending_its_whole_grace_is_not_killed_by_the_local_launcher(t
     assert launcher.exit_codes() == [0], launcher.log_tail()
     assert out.read_text() == "released after 2.0 s"
     assert time.monotonic() - started >= 2
+
+
+def test_kill_ends_a_worker_at_once_without_waiting_for_its_grace(tmp_path: Path) -> None:
+    """A user who insists on quitting a clean-up: the launcher's kill does not wait out the stop deadline."""
+    script = tmp_path / "fake-python"
+    script.write_text(FAKE_WORKER.format(python=sys.executable, base=BASE_ENV))
+    script.chmod(0o755)
+    out = tmp_path / "out.txt"
+    launcher = LocalLauncher(log_dir=tmp_path / "logs", python=str(script),
+                             base_environment={**os.environ, "FAKE_WORKER_OUT": str(out)})
+    launcher.start(1, {})
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.exists(), launcher.log_tail()
+
+    started = time.monotonic()
+    launcher.kill()
+
+    assert launcher.exit_codes() == [-9] and launcher.alive() == 0
+    assert time.monotonic() - started < STOP_RELEASE_MARGIN_S
+    assert out.read_text() == "running", "the worker ran its grace before it was killed"
+    launcher.stop()  # nothing left to stop: no wait, no error
