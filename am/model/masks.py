@@ -88,23 +88,25 @@ def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0) -> np
     return keep[labels]
 
 
-
 def median_mark(mask: np.ndarray, min_px: float) -> float | None:
     """The median area of the components of ``mask`` away from its edge with at least ``min_px``
     pixels: the size of one mark here, or None with fewer than :data:`MIN_MARKS_FOR_MEDIAN` of them."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    if count <= 1:
-        return None
-    return _median_of_marks(*_areas(stats, mask.shape), min_px)
+    return _labelled_marks(mask, min_px)[2]
 
 
 def _second_look(mask: np.ndarray, proba: np.ndarray, levels: tuple[float, ...], min_px: float) -> np.ndarray:
     """Step 2's cut at higher ``levels`` inside oversized components, labelling the mask once."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    median = _median_of_marks(*_areas(stats, mask.shape), min_px) if count > 1 else None
+    labels, stats, median = _labelled_marks(mask, min_px)
     if median is None:
         return mask
     return split_oversize(mask, proba, median=median, levels=levels, components=(labels, stats))
+
+
+def _labelled_marks(mask: np.ndarray, min_px: float) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """``mask``'s 8-connected labels and component stats, with :func:`median_mark` from them."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    median = _median_of_marks(*_areas(stats, mask.shape), min_px) if count > 1 else None
+    return labels, stats, median
 
 
 def _areas(stats: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
