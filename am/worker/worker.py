@@ -288,7 +288,7 @@ class Worker:
                              "more, in case theirs died", self._idle_exit_s, held, self._visibility_s)
                 idle_left = patience_left
             started, busy = time.monotonic(), len(self._lease) > 0
-            _, work = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
+            work = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
             if not work:
                 # Idle means nothing to do, and a rejected message is nothing to do: on a queue that
                 # never dead-letters it, it must not keep the worker from leaving. While earlier
@@ -310,10 +310,10 @@ class Worker:
         """Messages of the tile queue in flight and not held by this worker (SQS's approximate count)."""
         return max(0, self._queue.depth()["in_flight"] - len(self._lease))
 
-    def _receive_batch(self, *, wait_s: int) -> tuple[list[Received], list[TileWork]]:
+    def _receive_batch(self, *, wait_s: int) -> list[TileWork]:
         """Messages carrying about batch_size tiles: one long poll, then short polls while they keep coming.
 
-        Returns everything received and the valid messages among it (the others are rejected).
+        Returns the valid messages among those received (the others are rejected).
         How many messages to ask for comes from the tiles per message of the last receive (at
         first one message), so a worker holds about one batch of tiles, not ``batch_size``
         messages of many tiles each that another worker could have taken.
@@ -341,7 +341,7 @@ class Worker:
                 tiles += item.count
             if work:
                 self._tiles_per_message = max(t.count for t in work)
-        return received, work
+        return work
 
     def _reject(self, received: Received, exc: MessageError) -> None:
         """A message we must not act on: log it, touch none of its keys, hide it for a failed tile's backoff.
