@@ -30,7 +30,7 @@ class DatasetLayout:
         """The groups to process: all folders under source/, or the selected ones, which must exist."""
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"{self.root} is a file, not a dataset folder; pass the folder that holds "
-                             "source/<group>/<image>")
+                             "source/<group>/<image> (the image goes in source/<group>/)")
         if not self.root.is_dir():
             raise InputError(f"dataset folder {self.root} does not exist; pass the folder that holds source/")
         if not self.source_dir.is_dir():

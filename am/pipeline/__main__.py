@@ -110,10 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(overrides, environ=os.environ,
                                  config_path=config_path_from(args.config, os.environ))
         configure_logging(settings.log_level)
-        if args.dataset.exists() and not args.dataset.is_dir():
-            raise InputError(f"{args.dataset} is a file, not a dataset folder; pass the folder that holds "
-                             "source/<group>/<image> (the image goes in source/<group>/)")
-        if not args.dataset.is_dir():
+        # A file given as the dataset is refused by DatasetLayout.groups, like any other caller's.
+        if not args.dataset.exists():
             raise InputError(f"dataset folder {args.dataset} does not exist; "
                              "create it with source/<group>/<image> inside (make sample builds one)")
         summary = run_pipeline(args.dataset, settings=settings, groups=args.groups or None, rows=args.rows,
