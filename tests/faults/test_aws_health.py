@@ -12,9 +12,10 @@ import pytest
 
 import am.job
 from am.backends import Backend
+from am.collector import ResultCollector
 from am.dataset import DatasetLayout
 from am.errors import LauncherError
-from am.job import _Collector, _wait_for_tiles
+from am.job import _wait_for_tiles
 from am.launchers.aws import EcsLauncher
 from am.messages import tile_name
 from am.tracking import JobTracker
@@ -36,7 +37,7 @@ def test_no_running_task_while_tiles_are_pending_fails_within_bounded_time(aws, 
     backend = Backend("aws", aws, launcher, cluster_resources.queue_url, cluster_resources.dead_letter_queue_url,
                       cluster_resources.input_bucket, cluster_resources.output_bucket, "s3://models/m.pt")
     tracker = JobTracker([tile_name("g", n) for n in range(3)], max_attempts=3)
-    collector = _Collector(job_id=JOB, tracker=tracker, storage=Storage(aws.s3()),
+    collector = ResultCollector(job_id=JOB, tracker=tracker, storage=Storage(aws.s3()),
                            bucket=cluster_resources.output_bucket, layout=DatasetLayout(tmp_path),
                            tile_size=128, on_done=lambda n: None)
     results = Queue(sqs, create_results_queue(sqs, prefix="am-segm-results", job=JOB))

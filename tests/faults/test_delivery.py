@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from am.collector import ResultCollector
 from am.dataset import DatasetLayout
 from am.imageio import read_image
-from am.job import _Collector
 from am.messages import TileMessage, tile_name, tiles_key
 from am.orchestrator import resolve_model
 from am.prepare import prepare_group
@@ -90,8 +90,8 @@ class Deployment:
         reply = self.results.url if job == JOB else self.results.url.rsplit("-", 4)[0] + f"-{job}"
         return TileMessage(job=job, group="g", tiles=tiles, input=key, output=key, model=model, reply=reply)
 
-    def collector(self, tmp_path: Path, tracker: JobTracker, done: list[int]) -> _Collector:
-        return _Collector(job_id=JOB, tracker=tracker, storage=self.storage, bucket=self.output_bucket,
+    def collector(self, tmp_path: Path, tracker: JobTracker, done: list[int]) -> ResultCollector:
+        return ResultCollector(job_id=JOB, tracker=tracker, storage=self.storage, bucket=self.output_bucket,
                           layout=DatasetLayout(tmp_path / "ds"), tile_size=128, on_done=done.append)
 
     def run_worker(self, predictor) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
+from am.collector import ResultCollector
 from am.dataset import DatasetLayout
 from am.errors import InputError, JobFailed
-from am.job import _Collector
 from am.messages import MESSAGE_VERSION, TileMessage, TileResult
 from am.tracking import JobTracker
 from am.transport.clients import ClientFactory
@@ -46,8 +46,8 @@ def dlq(sqs) -> Queue:
     return Queue(sqs, sqs.create_queue(QueueName="am-segm-tiles-dlq")["QueueUrl"])
 
 
-def _collector(tracker: JobTracker, tmp_path: Path, *, worker_logs: Path | None = None) -> _Collector:
-    return _Collector(job_id=JOB, tracker=tracker, storage=Storage(ClientFactory(region="us-east-1").s3()),
+def _collector(tracker: JobTracker, tmp_path: Path, *, worker_logs: Path | None = None) -> ResultCollector:
+    return ResultCollector(job_id=JOB, tracker=tracker, storage=Storage(ClientFactory(region="us-east-1").s3()),
                       bucket="out", layout=DatasetLayout(tmp_path / "ds"), tile_size=64, on_done=lambda _n: None,
                       worker_logs=worker_logs)
 
