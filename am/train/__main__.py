@@ -35,8 +35,9 @@ from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.synth.render import LABELS, POLARITIES, polarity_probabilities
 from am.train.data import load_split, synthetic_images, weigh_gaps
-from am.train.loop import TrainConfig, metrics_path, resume_problem, state_path, train
+from am.train.loop import TrainConfig, resume_problem, train
 from am.train.progress import step_bar
+from am.train.runfiles import metrics_path, state_path
 
 log = logging.getLogger("am.train")
 

@@ -11,9 +11,7 @@ state (weights, optimiser, schedule, history) is written beside it after every e
 
 from __future__ import annotations
 
-import csv
 import inspect
-import json
 import logging
 import math
 import os
@@ -30,23 +28,31 @@ from torch.utils.data import DataLoader
 
 from am.errors import CheckpointError, InputError
 from am.evaluate.metrics import Scores, score
-from am.files import atomic_output, write_atomic
 from am.model.build import build_model
-from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from am.model.checkpoint import ModelMeta, save_checkpoint
 from am.model.device import resolve_device
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.memory import retain_freed_memory
 from am.model.predict import Predictor, prepare_input
-from am.model.refine import REFINE, grow_refinement
+from am.model.refine import REFINE
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.model.whole import predict_image_mask
-from am.model.widen import can_widen, widen_decoder
 from am.settings import OptionError
 from am.train.data import CropDataset, Labelled
+from am.train.init import load_init
+from am.train.runfiles import (
+    append_csv,
+    load_state,
+    metrics_path,
+    plain,
+    read_record,
+    save_state,
+    state_path,
+    write_record,
+)
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = "am-segm-train-state"
 # Validation scores the model's own float32 answer (what inference precisions approximate).
 VALIDATION_PRECISION = "fp32"
 
@@ -110,8 +116,8 @@ class TrainConfig:
             tile_size=self.tile_size,
             pixel_scale=self.pixel_scale,
             trained=trained,
-            training=_plain(summary),
-            validation=_plain(validation or {}),
+            training=plain(summary),
+            validation=plain(validation or {}),
         )
 
 
@@ -122,33 +128,6 @@ class TrainResult:
     history: list[dict[str, float]]
     checkpoint: Path
     epochs_run: int = 0  # 0 when a resumed run found nothing left to do
-
-
-def state_path(out: Path) -> Path:
-    """Resume state beside the checkpoint (``m.pt`` -> ``m.resume``); not ``*.pt``, so it is never packaged
-    with the models."""
-    return _beside(out, ".resume")
-
-
-def metrics_path(out: Path) -> Path:
-    """One CSV row per epoch, beside the checkpoint (``m.pt`` -> ``m.metrics.csv``)."""
-    return _beside(out, ".metrics.csv")
-
-
-def record_path(out: Path) -> Path:
-    """The run's summary (best epoch, history, whether it finished), rewritten after every epoch."""
-    return _beside(out, ".metrics.json")
-
-
-def _beside(out: Path, suffix: str) -> Path:
-    """``out`` with a ``.pt`` suffix replaced by ``suffix``, and any other name extended by it.
-
-    Replacing whatever follows the last dot would give ``runs/lr0.5`` and ``runs/lr0.7`` one resume
-    state and one log between them, and make ``--out m.resume`` its own resume state.
-    """
-    out = Path(out)
-    stem = out.name[:-3] if out.name.endswith(".pt") and len(out.name) > 3 else out.name
-    return out.with_name(stem + suffix)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -221,7 +200,7 @@ def train(
     if config.resume:
         if not state_path(config.out).is_file():
             return _finished_run(config)
-        state = _load_state(state_path(config.out))
+        state = load_state(state_path(config.out))
         config = _check_same_run(state.get("options"), config, f"resume state {state_path(config.out)}")
         done = int(state["epoch"]) + 1
         if done >= config.epochs:
@@ -242,7 +221,7 @@ def train(
     if state is not None:
         model.load_state_dict(state["model"])  # the weights of a resumed run come from its state, not --init
     elif config.init is not None:
-        _load_init(model, meta, Path(config.init), partial=config.init_partial)
+        load_init(model, meta, Path(config.init), partial=config.init_partial)
     model = model.to(device).to(memory_format=torch.channels_last)
     params = list(model.parameters())
     frozen = sum(1 for p in params if not p.requires_grad)
@@ -313,7 +292,7 @@ def train(
             # A fresh run replaces an earlier run's log only now, with an epoch of its own to show.
             metrics_path(config.out).unlink(missing_ok=True)
         history.append(row)
-        _append_csv(metrics_path(config.out), row)
+        append_csv(metrics_path(config.out), row)
         current = metrics["dice"] + metrics["f1"]
         log.info("epoch %d: loss %.4f, valid dice %.4f iou %.4f object F1 %.4f (P %.3f R %.3f), %.0f s",
                  epoch + 1, row["train_loss"], metrics["dice"], metrics["iou"], metrics["f1"], metrics["precision"],
@@ -323,10 +302,12 @@ def train(
             done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1,
                                                          "arithmetic": VALIDATION_PRECISION})
             save_checkpoint(config.out, model, done, half=config.half)
-        _save_state(state_path(config.out), model, optimizer, scheduler, scaler, epoch=epoch, best_score=best_score,
-                    best_epoch=best_epoch, best_metrics=best_metrics, history=history,
-                    options=config.meta(trained=False).training)
-        _write_record(config, best_epoch=best_epoch, best_metrics=best_metrics, history=history)
+        save_state(state_path(config.out), model, optimizer, scheduler, scaler, epoch=epoch, best_score=best_score,
+                   best_epoch=best_epoch, best_metrics=best_metrics, history=history,
+                   options=config.meta(trained=False).training)
+        write_record(config.out, epochs=config.epochs, options=config.meta(trained=False).training,
+                     arithmetic=VALIDATION_PRECISION, best_epoch=best_epoch, best_metrics=best_metrics,
+                     history=history)
         if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
             log.warning("stopping after epoch %d of %d: the %.0f-minute limit is reached; rerun with --resume to "
                         "continue from %s", epoch + 1, config.epochs, config.max_minutes, state_path(config.out))
@@ -343,7 +324,7 @@ def resume_problem(out: Path) -> str | None:
     path = state_path(out)
     if path.is_file():
         return None
-    record = _read_record(out)
+    record = read_record(out)
     return None if record is not None and record.get("finished") else _nothing_to_resume(out)
 
 
@@ -355,7 +336,7 @@ def _nothing_to_resume(out: Path) -> str:
 def _finished_run(config: TrainConfig) -> TrainResult:
     """What a resume finds without a resume state: a finished run with nothing left to do, or an error."""
     path = state_path(config.out)
-    record = _read_record(config.out)
+    record = read_record(config.out)
     if record is None or not record.get("finished"):
         raise CheckpointError(_nothing_to_resume(config.out))
     _check_same_run(record.get("options"), config, f"the finished run {config.out}")
@@ -395,62 +376,6 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: to
     return True
 
 
-def _load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: bool = False) -> None:
-    """Start from another checkpoint's weights, so a longer or differently fed run builds on a finished one.
-
-    Only the weights are taken: optimiser, schedule and history start afresh. The checkpoint must
-    describe the same architecture, or the run would silently train a different network. With
-    ``partial`` the decoder widths may differ: a decoder no stage of which is narrower starts as
-    the trained one, computing the same output (:mod:`am.model.widen`); otherwise the trained
-    encoder and every decoder tensor whose shape still fits are kept and the rest starts afresh,
-    and the log says how much. A plain U-Net grows into a refined one of the same U-Net
-    (``refine_channels`` > 0) with its output unchanged (:mod:`am.model.refine`).
-    """
-    init_meta, state = load_checkpoint(path)
-
-    def body(m: ModelMeta) -> tuple:
-        return m.architecture, m.encoder, m.encoder_depth, m.in_channels
-
-    same_decoder = tuple(meta.decoder_channels) == tuple(init_meta.decoder_channels)
-    if body(meta) != body(init_meta) or not (same_decoder or partial):
-        hint = "" if partial else " (--init-partial lets only the decoder widths differ)"
-        raise InputError(f"--init {path} is a {init_meta.architecture}/{init_meta.encoder} (depth "
-                         f"{init_meta.encoder_depth}, decoder {list(init_meta.decoder_channels)}), not the "
-                         f"{meta.architecture}/{meta.encoder} (depth {meta.encoder_depth}, decoder "
-                         f"{list(meta.decoder_channels)}) this run trains; pass matching "
-                         f"--encoder/--encoder-depth/--decoder-channels or another checkpoint{hint}")
-    grows = init_meta.refine_channels == 0 < meta.refine_channels
-    if init_meta.refine_channels not in (0, meta.refine_channels):
-        raise InputError(f"--init {path} has a full-resolution refinement {init_meta.refine_channels} channels "
-                         f"wide, not {meta.refine_channels}; pass --refine-channels {init_meta.refine_channels}")
-    if meta.refine_channels and not same_decoder:
-        raise InputError(f"--init {path}: a refined model starts only from the same decoder "
-                         f"{list(init_meta.decoder_channels)}; widen the decoder and add the refinement in two runs")
-    if grows:
-        grow_refinement(model, state)
-        log.info("starting from the weights of %s (%s) with a full-resolution refinement of %d channels "
-                 "(same output at start)", path, init_meta.encoder, meta.refine_channels)
-        return
-    if not partial:
-        model.load_state_dict(state)
-        log.info("starting from the weights of %s (%s)", path, init_meta.encoder)
-        return
-    if can_widen(init_meta.decoder_channels, meta.decoder_channels):
-        widen_decoder(model, state, init_meta.decoder_channels)
-        log.info("starting from the weights of %s with its decoder %s widened to %s (same output; the new "
-                 "channels start random and unconnected)", path, list(init_meta.decoder_channels),
-                 list(meta.decoder_channels))
-        return
-    own = model.state_dict()
-    fitting = {name: t for name, t in state.items() if name in own and own[name].shape == t.shape}
-    model.load_state_dict(fitting, strict=False)
-    fresh = [name for name in own if name not in fitting]
-    kept_values = sum(own[name].numel() for name in fitting)
-    log.info("starting from %d of %d tensors of %s (%.1f %% of the values); fresh: %s", len(fitting), len(own), path,
-             100.0 * kept_values / max(1, sum(t.numel() for t in own.values())),
-             ", ".join(sorted({name.rsplit(".", 2)[0] for name in fresh})) or "none")
-
-
 def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """One learning rate for all, or ``refine_lr`` for the refinement branch: a branch grown on a
     trained U-Net starts from zero and, at a rate meant for nudging trained weights, barely moves."""
@@ -482,56 +407,6 @@ def _schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _append_csv(path: Path, row: dict[str, float]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                scaler: torch.amp.GradScaler, **extra: Any) -> None:
-    """Everything a resumed run needs to go on as if never stopped, written atomically."""
-    payload = {"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "scaler": _plain(scaler.state_dict()), **_plain(extra)}
-    with atomic_output(path) as handle:
-        torch.save(payload, handle)
-
-
-def _write_record(config: TrainConfig, *, best_epoch: int, best_metrics: dict[str, float],
-                  history: list[dict[str, float]]) -> None:
-    """The run's summary, rewritten after every epoch so that it always describes the files beside it."""
-    record = {"best_epoch": best_epoch, "best": best_metrics, "history": history, "epochs": config.epochs,
-              "finished": len(history) == config.epochs, "validation_arithmetic": VALIDATION_PRECISION,
-              "options": config.meta(trained=False).training}
-    write_atomic(record_path(config.out), json.dumps(_plain(record), indent=1).encode())
-
-
-def _read_record(out: Path) -> dict[str, Any] | None:
-    """The summary of the run that wrote ``out``, or None where there is none that can be read."""
-    path = record_path(out)
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s (%s); treating %s as having no finished run", path, exc, out)
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("history"), list) else None
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure means the file cannot be resumed from
-        raise CheckpointError(f"resume state {path} cannot be read ({exc}); delete it to start afresh") from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a training resume state; delete it to start afresh")
-    return state
-
-
 def _check_same_run(saved: dict[str, Any] | None, config: TrainConfig, what: str) -> TrainConfig:
     """Refuse to resume a run with other options but its length: the learning rate and schedule come
     back from the saved state whatever the command says, other data or another architecture would
@@ -545,7 +420,7 @@ def _check_same_run(saved: dict[str, Any] | None, config: TrainConfig, what: str
         return config
     if config.init is None and "init" in saved:
         config = replace(config, init=Path(saved["init"]), init_partial=bool(saved.get("init_partial")))
-    asked = _plain(config.meta(trained=False).training)
+    asked = plain(config.meta(trained=False).training)
     # More epochs is how a finished or stopped run is taken further; everything else must match.
     differ = sorted(k for k in set(saved) | set(asked) if k != "epochs" and saved.get(k) != asked.get(k))
     if differ:
@@ -555,18 +430,4 @@ def _check_same_run(saved: dict[str, Any] | None, config: TrainConfig, what: str
     return config
 
 
-def _plain(value: Any) -> Any:
-    """Turn tuples, paths and numpy scalars into plain types that ``weights_only`` loading accepts."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-__all__ = ["TrainConfig", "TrainResult", "autocast_dtype", "loss_fn", "metrics_path", "record_path", "resume_problem",
-           "state_path", "train", "validate"]
+__all__ = ["TrainConfig", "TrainResult", "autocast_dtype", "loss_fn", "resume_problem", "train", "validate"]

@@ -87,7 +87,7 @@ def test_training_grows_a_refinement_from_a_plain_checkpoint(
     train(TrainConfig(out=plain, **base), images[:3], images[3:])
     _, start = load_checkpoint(plain)
     grown = tmp_path / "grown.pt"
-    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+    with caplog.at_level(logging.INFO, logger="am.train.init"):
         train(TrainConfig(out=grown, **base, refine_channels=6, init=plain, lr=0.0, seed=3), images[:3], images[3:])
     meta, weights = load_checkpoint(grown)
     assert meta.refine_channels == 6 and meta.training["refine_channels"] == 6

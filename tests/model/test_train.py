@@ -22,7 +22,8 @@ from am.model.predict import prepare_input
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.train.augment import lose_resolution
 from am.train.data import CropDataset, Labelled, load_split, split_files, synthetic_images, weigh_gaps
-from am.train.loop import TrainConfig, loss_fn, metrics_path, state_path, train
+from am.train.loop import TrainConfig, loss_fn, train
+from am.train.runfiles import metrics_path, state_path
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"encoder": "tu-mobilenetv3_small_100", "encoder_depth": 5, "decoder_channels": (32, 16, 8, 8, 4)}
@@ -187,7 +188,7 @@ def test_partial_init_widens_a_decoder_or_keeps_what_fits(
     wider = (*TINY["decoder_channels"][:3], 16, 8)
     assert wider != tuple(TINY["decoder_channels"])
     second = tmp_path / "wider.pt"
-    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+    with caplog.at_level(logging.INFO, logger="am.train.init"):
         train(TrainConfig(out=second, **{**base, "decoder_channels": wider}, half=False, lr=0.0, init=first,
                           init_partial=True, seed=3), images[:3], images[3:])
     meta, weights = load_checkpoint(second)
@@ -203,7 +204,7 @@ def test_partial_init_widens_a_decoder_or_keeps_what_fits(
     caplog.clear()
     narrower = (*TINY["decoder_channels"][:4], 2)
     third = tmp_path / "narrower.pt"
-    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+    with caplog.at_level(logging.INFO, logger="am.train.init"):
         train(TrainConfig(out=third, **{**base, "decoder_channels": narrower}, half=False, lr=0.0, init=first,
                           init_partial=True, seed=3), images[:3], images[3:])
     _, weights = load_checkpoint(third)

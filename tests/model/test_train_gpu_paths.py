@@ -17,7 +17,8 @@ from am.model.build import build_model
 from am.model.checkpoint import ModelMeta
 from am.model.predict import cast_for_inference, prepare_input
 from am.train.data import Labelled, synthetic_images
-from am.train.loop import TrainConfig, autocast_dtype, state_path, train
+from am.train.loop import TrainConfig, autocast_dtype, train
+from am.train.runfiles import state_path
 
 TINY = {"encoder": "tu-mobilenetv3_small_100", "encoder_depth": 5, "decoder_channels": (32, 16, 8, 8, 4)}
 FP16_MAX = 65504.0
