@@ -26,7 +26,7 @@ from am.transport.queue import ensure_tile_queues
 from am.transport.storage import Storage
 
 if TYPE_CHECKING:
-    from am.launchers.aws import AwsResources
+    from am.launchers.aws_stack import AwsResources
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def stack_model_uri(settings: Settings) -> str:
     The checkpoint shipped in the package is on the orchestrator's disk, where ECS workers
     cannot read it; ``make upload-model`` puts one at the stack's ModelUri instead.
     """
-    from am.launchers.aws import read_stack_outputs
+    from am.launchers.aws_stack import read_stack_outputs
 
     if not settings.stack_name:
         raise ConfigError("no model for the aws backend: set stack_name (its ModelUri output names the model) "
@@ -193,7 +193,8 @@ def require_dead_letter_queue(resources: AwsResources) -> None:
 def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
     """Real S3/SQS and ECS tasks, checked before any task starts (queues, dead-letter policy, model),
     so a misconfigured deployment fails in seconds rather than after the tiles are uploaded."""
-    from am.launchers.aws import EcsLauncher, resolve_aws_resources
+    from am.launchers.aws import EcsLauncher
+    from am.launchers.aws_stack import resolve_aws_resources
 
     clients = ClientFactory(endpoint_url=settings.endpoint_url, region=settings.region)
     resources = resolve_aws_resources(settings, cloudformation_client=clients.cloudformation(),

@@ -1,7 +1,7 @@
 """AWS launcher: workers as ECS tasks on GPU instances, found through the CloudFormation stack.
 
-:func:`resolve_aws_resources` turns the stack's outputs (or explicit settings) into an
-:class:`AwsResources`; :class:`EcsLauncher` implements the :class:`~am.launchers.Launcher`
+:func:`am.launchers.aws_stack.resolve_aws_resources` turns the stack's outputs (or explicit
+settings) into an :class:`AwsResources`; :class:`EcsLauncher` implements the :class:`~am.launchers.Launcher`
 protocol on top of it, either with one-off ``run_task`` calls or by nudging the stack's ECS
 service::
 
@@ -23,13 +23,12 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from am.errors import ConfigError, LauncherError
-from am.settings import Settings
+from am.launchers.aws_stack import AwsResources, aws_message
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ STARTED_BY_PATTERN = re.compile(r"^[A-Za-z0-9_/-]{1,128}$")
 ALIVE_STATES = frozenset({"PROVISIONING", "PENDING", "ACTIVATING", "RUNNING"})
 
 LAUNCH_MODES = ("run_task", "service")
-DEFAULT_CONTAINER_NAME = "worker"
 STOP_REASON = "am-segm job finished"
 # The stopCode of a task whose essential container exited by itself (ECS API, Task.stopCode);
 # a task stopped by StopTask, a scale-in or a Spot reclaim has another one.
@@ -59,11 +57,6 @@ SELF_EXIT_STOP_CODE = "EssentialContainerExited"
 # Capacity shortfalls (no free GPU yet, agent busy) often clear in seconds; retry them a few times.
 RUN_TASK_ATTEMPTS = 3
 RUN_TASK_RETRY_DELAY_S = 10.0
-# Stack states in which the outputs describe resources that exist.
-USABLE_STACK_STATES = frozenset({
-    "CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE",
-    "IMPORT_ROLLBACK_COMPLETE",
-})
 # Names of variables that carry credentials; never handed to a task.
 CREDENTIAL_NAME = re.compile(
     r"(^AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN|SECURITY_TOKEN|CONTAINER_AUTHORIZATION_TOKEN)$)"
@@ -72,166 +65,6 @@ CREDENTIAL_NAME = re.compile(
 )
 # Values shaped like AWS access key ids (long-term AKIA…, temporary ASIA…).
 ACCESS_KEY_VALUE = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
-
-
-@dataclass(frozen=True)
-class AwsResources:
-    """Where a job's queues, buckets and workers live on AWS; what the stack's outputs describe."""
-
-    queue_url: str
-    dead_letter_queue_url: str
-    input_bucket: str
-    output_bucket: str
-    model_uri: str
-    cluster: str
-    task_definition: str
-    service: str
-    capacity_provider: str
-    subnets: tuple[str, ...]
-    security_groups: tuple[str, ...]
-    container_name: str = DEFAULT_CONTAINER_NAME
-    # Receives before SQS moves a tile to the dead-letter queue (the tile queue's RedrivePolicy);
-    # 0 when the queue has none, which am.backends.require_dead_letter_queue refuses for a job.
-    max_receive_count: int = 0
-
-
-# ------------------------------------------------------------------ resolving the resources
-
-
-def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in fields(Settings)}
-
-
-def _explicit(settings: Settings, key: str) -> str:
-    """The setting's value when someone set it (differs from the default), else ""."""
-    value = getattr(settings, key)
-    return str(value) if value != _defaults()[key] else ""
-
-
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-def read_stack_outputs(cloudformation_client: Any, stack_name: str) -> dict[str, str]:
-    """The outputs of a deployed stack, as ``{OutputKey: OutputValue}``."""
-    try:
-        stacks = cloudformation_client.describe_stacks(StackName=stack_name)["Stacks"]
-    except ClientError as exc:
-        message = exc.response.get("Error", {}).get("Message", str(exc))
-        raise ConfigError(
-            f"cannot read CloudFormation stack {stack_name!r}: {message}; deploy it with `make deploy` "
-            "or set stack_name (AM_STACK_NAME) to the name it was deployed under"
-        ) from exc
-    except BotoCoreError as exc:
-        raise ConfigError(f"cannot reach CloudFormation to read stack {stack_name!r}: {exc}") from exc
-    if not stacks:
-        raise ConfigError(f"CloudFormation stack {stack_name!r} not found; deploy it with `make deploy`")
-    stack = stacks[0]
-    status = stack.get("StackStatus", "")
-    if status not in USABLE_STACK_STATES:
-        raise ConfigError(
-            f"CloudFormation stack {stack_name!r} is {status}; wait for the deployment to finish "
-            "or fix it (see its events in the CloudFormation console)"
-        )
-    return {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", []) if o.get("OutputValue")}
-
-
-def _queue_url(sqs_client: Any, name: str, setting: str) -> str:
-    try:
-        return sqs_client.get_queue_url(QueueName=name)["QueueUrl"]
-    except ClientError as exc:
-        raise ConfigError(
-            f"SQS queue {name!r} (setting {setting}) not found: {exc.response.get('Error', {}).get('Code')}; "
-            "deploy the stack (make deploy) and set stack_name, or fix the queue name"
-        ) from exc
-    except BotoCoreError as exc:
-        raise ConfigError(f"cannot reach SQS to look up queue {name!r}: {exc}") from exc
-
-
-def read_max_receive_count(sqs_client: Any, queue_url: str) -> int:
-    """The tile queue's own ``maxReceiveCount`` (its RedrivePolicy), or 0 when it has no dead-letter queue.
-
-    SQS, not the settings, decides when a failing tile leaves for the dead-letter queue: a stack
-    deployed with ``MaxReceiveCount=5`` retries five times whatever ``max_receive_count`` says,
-    so the orchestrator must give up after the same number of attempts, not earlier.
-    """
-    try:
-        attributes = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-    except ClientError as exc:
-        raise ConfigError(f"cannot read the redrive policy of tile queue {queue_url}: {_aws_message(exc)}; "
-                          "the caller needs sqs:GetQueueAttributes on it (the stack's OperatorPolicy has it)") from exc
-    except BotoCoreError as exc:
-        raise ConfigError(f"cannot reach SQS to read the redrive policy of tile queue {queue_url}: {exc}") from exc
-    policy = attributes.get("Attributes", {}).get("RedrivePolicy", "")
-    if not policy:
-        return 0
-    try:
-        count = int(json.loads(policy)["maxReceiveCount"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"tile queue {queue_url} has a RedrivePolicy without a usable maxReceiveCount "
-                          f"({policy!r}); fix it on the queue (or redeploy the stack)") from exc
-    if count < 1:
-        raise ConfigError(f"tile queue {queue_url} has maxReceiveCount {count}; SQS allows 1 to 1000, fix the queue")
-    return count
-
-
-def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs_client: Any) -> AwsResources:
-    """Find the job's AWS resources: the stack's outputs, with explicitly set settings taking precedence.
-
-    Without ``stack_name`` everything comes from the settings (queue URLs are looked up by
-    name). A missing piece raises :class:`ConfigError` naming the setting or stack output to provide.
-    """
-    outputs = read_stack_outputs(cloudformation_client, settings.stack_name) if settings.stack_name else {}
-    source = f"stack {settings.stack_name!r}" if settings.stack_name else "the settings"
-
-    stack_prefix = outputs.get("ResultsQueuePrefix", "")
-    if stack_prefix and stack_prefix != settings.results_queue_prefix:
-        raise ConfigError(
-            f"results_queue_prefix is {settings.results_queue_prefix!r} but the workers of stack "
-            f"{settings.stack_name!r} may only report to queues named {stack_prefix}-*; "
-            f"set results_queue_prefix: {stack_prefix}"
-        )
-
-    def pick(key: str, output: str, *, required: bool) -> str:
-        value = _explicit(settings, key) or outputs.get(output, "") or str(getattr(settings, key))
-        if required and not value:
-            raise ConfigError(
-                f"no value for {key}: set it in the config file or as AM_{key.upper()}, "
-                f"or set stack_name to a stack with the output {output!r} (looked in {source})"
-            )
-        return value
-
-    queue_url = outputs.get("QueueUrl", "")
-    if _explicit(settings, "queue_name") or not queue_url:
-        queue_url = _queue_url(sqs_client, settings.queue_name, "queue_name")
-    dlq_url = outputs.get("DeadLetterQueueUrl", "")
-    if _explicit(settings, "dead_letter_queue_name") or not dlq_url:
-        dlq_url = _queue_url(sqs_client, settings.dead_letter_queue_name, "dead_letter_queue_name")
-    max_receive_count = read_max_receive_count(sqs_client, queue_url)
-    overridden = _explicit(settings, "max_receive_count") and settings.max_receive_count != max_receive_count
-    if max_receive_count and overridden:
-        log.warning("max_receive_count %d does not apply: tile queue %s moves a tile to the dead-letter queue after "
-                    "%d receives, so the job gives up after %d attempts (change MaxReceiveCount on the stack)",
-                    settings.max_receive_count, queue_url, max_receive_count, max_receive_count)
-
-    resources = AwsResources(
-        queue_url=queue_url,
-        dead_letter_queue_url=dlq_url,
-        input_bucket=pick("input_bucket", "InputBucket", required=True),
-        output_bucket=pick("output_bucket", "OutputBucket", required=True),
-        model_uri=outputs.get("ModelUri", ""),
-        cluster=pick("ecs_cluster", "Cluster", required=True),
-        task_definition=pick("ecs_task_definition", "TaskDefinition", required=True),
-        service=pick("ecs_service", "Service", required=settings.aws_launch == "service"),
-        capacity_provider=pick("ecs_capacity_provider", "CapacityProvider", required=False),
-        subnets=_split(settings.ecs_subnets),
-        security_groups=_split(settings.ecs_security_groups),
-        container_name=outputs.get("ContainerName", "") or DEFAULT_CONTAINER_NAME,
-        max_receive_count=max_receive_count,
-    )
-    log.info("AWS resources from %s: cluster %s, task definition %s, queue %s",
-             source, resources.cluster, resources.task_definition, resources.queue_url)
-    return resources
 
 
 # ---------------------------------------------------------------------- worker environment
@@ -266,13 +99,6 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 
 def _task_id(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
-
-
-def _aws_message(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
-    return str(exc)
 
 
 # -------------------------------------------------------------------------------- launcher
@@ -416,7 +242,7 @@ class EcsLauncher:
             except (ClientError, BotoCoreError) as exc:
                 raise LauncherError(
                     f"ECS run_task on cluster {self._resources.cluster} with task definition "
-                    f"{self._resources.task_definition} failed: {_aws_message(exc)}"
+                    f"{self._resources.task_definition} failed: {aws_message(exc)}"
                 ) from exc
             arns = [task["taskArn"] for task in response.get("tasks", [])]
             self._task_arns.extend(arns)
@@ -454,7 +280,7 @@ class EcsLauncher:
             task_def = self._ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
         except (ClientError, BotoCoreError) as exc:
             raise LauncherError(f"cannot read the task definition of service {self._resources.service}: "
-                                f"{_aws_message(exc)}") from exc
+                                f"{aws_message(exc)}") from exc
         for container in task_def.get("containerDefinitions", []):
             env = {e["name"]: e["value"] for e in container.get("environment", [])}
             if container.get("name") == self._resources.container_name and env.get("AM_QUEUE_URL", wanted) != wanted:
@@ -470,7 +296,7 @@ class EcsLauncher:
         try:
             response = self._ecs.describe_services(cluster=self._resources.cluster, services=[self._resources.service])
         except (ClientError, BotoCoreError) as exc:
-            raise LauncherError(f"cannot describe ECS service {self._resources.service}: {_aws_message(exc)}") from exc
+            raise LauncherError(f"cannot describe ECS service {self._resources.service}: {aws_message(exc)}") from exc
         services = [s for s in response.get("services", []) if s.get("status") != "INACTIVE"]
         if not services:
             reasons = "; ".join(f.get("reason", "") for f in response.get("failures", []))
@@ -484,7 +310,7 @@ class EcsLauncher:
                                      desiredCount=desired)
         except (ClientError, BotoCoreError) as exc:
             raise LauncherError(f"cannot set the desired count of ECS service {self._resources.service} "
-                                f"to {desired}: {_aws_message(exc)}") from exc
+                                f"to {desired}: {aws_message(exc)}") from exc
 
     # ----------------------------------------------------------------------------- alive
 
@@ -500,7 +326,7 @@ class EcsLauncher:
                 response = self._ecs.describe_tasks(cluster=self._resources.cluster, tasks=list(chunk))
             except (ClientError, BotoCoreError) as exc:
                 raise LauncherError(f"cannot describe worker tasks on cluster {self._resources.cluster}: "
-                                    f"{_aws_message(exc)}") from exc
+                                    f"{aws_message(exc)}") from exc
             for task in response.get("tasks", []):
                 if task.get("lastStatus") in ALIVE_STATES and task.get("desiredStatus") != "STOPPED":
                     alive += 1
@@ -554,7 +380,7 @@ class EcsLauncher:
                         "not found" in exc.response.get("Error", {}).get("Message", "").lower():
                     self._stopped.add(arn)
                     continue
-                failed[_task_id(arn)] = _aws_message(exc)
+                failed[_task_id(arn)] = aws_message(exc)
                 log.error("could not stop worker task %s: %s", _task_id(arn), failed[_task_id(arn)])
                 continue
             except BotoCoreError as exc:
@@ -586,10 +412,6 @@ class EcsLauncher:
 __all__ = [
     "MAX_TASKS_PER_DESCRIBE",
     "MAX_TASKS_PER_RUN_TASK",
-    "AwsResources",
     "EcsLauncher",
-    "read_max_receive_count",
-    "read_stack_outputs",
-    "resolve_aws_resources",
     "task_environment",
 ]

@@ -1,7 +1,7 @@
 """Operators' view of the AWS workers: queue depth, tasks, scaling, draining, re-driving.
 
 The command line (``python -m am.scale --help``) wraps these functions; each takes the
-boto3 clients it needs and the :class:`~am.launchers.aws.AwsResources` of the stack::
+boto3 clients it needs and the :class:`~am.launchers.aws_stack.AwsResources` of the stack::
 
     status = read_status(resources, sqs_client=sqs, ecs_client=ecs, autoscaling_client=aas)
     print(format_status(status))

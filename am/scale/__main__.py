@@ -27,7 +27,7 @@ from typing import Any
 import boto3
 
 from am.cli import configure_logging, run_main
-from am.launchers.aws import AwsResources, resolve_aws_resources
+from am.launchers.aws_stack import AwsResources, resolve_aws_resources
 from am.scale.control import drain, resume, set_desired_count, set_limits, start_tasks
 from am.scale.redrive import RedriveReport, redrive
 from am.scale.status import format_status, read_status

@@ -19,7 +19,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from am.errors import ScaleError
-from am.launchers.aws import AwsResources, EcsLauncher
+from am.launchers.aws import EcsLauncher
+from am.launchers.aws_stack import AwsResources
 from am.scale.tasks import (
     SCALABLE_DIMENSION,
     SERVICE_NAMESPACE,

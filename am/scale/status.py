@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from am.launchers.aws import AwsResources
+from am.launchers.aws_stack import AwsResources
 from am.scale.tasks import (
     cluster_tasks,
     describe_service,

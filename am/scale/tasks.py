@@ -13,7 +13,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from am.errors import ScaleError
-from am.launchers.aws import ALIVE_STATES, MAX_TASKS_PER_DESCRIBE, AwsResources
+from am.launchers.aws import ALIVE_STATES, MAX_TASKS_PER_DESCRIBE
+from am.launchers.aws_stack import AwsResources
 
 SERVICE_STARTED_BY_PREFIX = "ecs-svc/"
 ONE_OFF_STARTED_BY_PREFIX = "am-segm"

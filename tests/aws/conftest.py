@@ -14,7 +14,7 @@ import yaml
 from moto import mock_aws
 from moto.moto_api import state_manager
 
-from am.launchers.aws import AwsResources
+from am.launchers.aws_stack import AwsResources
 from am.transport.clients import ClientFactory
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 
 from am.backends import open_aws_backend
 from am.errors import ConfigError
-from am.launchers.aws import AwsResources
+from am.launchers.aws_stack import AwsResources
 from am.settings import Settings
 from tests.aws.conftest import client
 

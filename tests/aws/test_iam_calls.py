@@ -19,7 +19,8 @@ import botocore.client
 import pytest
 
 import am.worker.__main__ as worker_main
-from am.launchers.aws import EcsLauncher, resolve_aws_resources
+from am.launchers.aws import EcsLauncher
+from am.launchers.aws_stack import resolve_aws_resources
 from am.orchestrator import run_pipeline
 from am.scale.__main__ import main as scale
 from am.settings import Settings

@@ -14,11 +14,10 @@ from am.launchers.aws import (
     MAX_TASKS_PER_RUN_TASK,
     SELF_EXIT_STOP_CODE,
     STOP_REASON,
-    AwsResources,
     EcsLauncher,
-    resolve_aws_resources,
     task_environment,
 )
+from am.launchers.aws_stack import AwsResources, resolve_aws_resources
 from am.settings import Settings
 from tests.aws.conftest import STACK, TASKS_PER_INSTANCE, RecordingEcs, add_gpu_hosts, register_small_task_definition
 

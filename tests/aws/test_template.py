@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from am.launchers.aws import resolve_aws_resources
+from am.launchers.aws_stack import resolve_aws_resources
 from am.settings import Settings
 from tests.aws.conftest import REGION, STACK, TEMPLATE, client, load_template
 
