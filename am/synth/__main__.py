@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from am.cli import configure_logging, run_main
 from am.synth.dataset import is_pitch, write_dataset, write_tiles
-from am.synth.render import LABELS
+from am.synth.truth import LABELS
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -256,7 +256,7 @@ def random_sample(
 ) -> Sample:
     """One training image of ``size`` x ``size``: a random style, a lattice overfilling the frame, normalised.
 
-    ``labels`` is the truth convention of :data:`am.synth.render.LABELS`; the image does not depend on it.
+    ``labels`` is the truth convention of :data:`am.synth.truth.LABELS`; the image does not depend on it.
     ``blob_rate`` multiplies the out-of-focus bright blobs and ``polarity_mix`` weighs the mark
     polarities (see :func:`am.synth.render.random_style`).
     """

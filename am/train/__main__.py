@@ -33,7 +33,8 @@ from am.cli import EXIT_INTERRUPTED, configure_logging, run_main
 from am.model.device import device_problem
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
-from am.synth.render import LABELS, POLARITIES, polarity_probabilities
+from am.synth.render import POLARITIES, polarity_probabilities
+from am.synth.truth import LABELS
 from am.train.data import load_split, synthetic_images, weigh_gaps
 from am.train.loop import TrainConfig, resume_problem, train
 from am.train.progress import step_bar

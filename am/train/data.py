@@ -24,7 +24,7 @@ from am.errors import InputError
 from am.imageio import read_image
 from am.normalize import to_grey
 from am.synth.dataset import iter_samples
-from am.synth.render import between_labels
+from am.synth.truth import between_labels
 from am.train.augment import flip_rotate, lose_resolution, photometric, random_crop
 
 log = logging.getLogger(__name__)

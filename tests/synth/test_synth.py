@@ -218,7 +218,7 @@ def test_visible_labels_grow_the_footprint_and_leave_the_image_alone() -> None:
     """The label convention changes the truth only, within the reach of the blurred edge, and never merges marks."""
     import cv2
 
-    from am.synth.render import label_reach, visible_ids
+    from am.synth.truth import label_reach, visible_ids
 
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     square = np.ones((3, 3), np.uint8)
@@ -265,7 +265,7 @@ def test_visible_labels_follow_the_blur_without_steps() -> None:
     The earlier convention (``"margin"``, kept for the shipped model's recorded training stages)
     rounds the reach up to whole pixels and grows every mark by a ring at a blur of 1.36 px.
     """
-    from am.synth.render import grow_ids, label_margin, visible_ids
+    from am.synth.truth import grow_ids, label_margin, visible_ids
 
     lat = Lattice.centred(rows=5, cols=5, width=200, height=200, pitch_x=40.0)
     style = Style(shape="c", pitch=40.0, mark_radius=14.0, missing=0.0, blur=0.0)
@@ -280,7 +280,7 @@ def test_visible_labels_follow_the_blur_without_steps() -> None:
 
 
 def test_label_margin_follows_the_blur() -> None:
-    from am.synth.render import grow_ids, label_margin
+    from am.synth.truth import grow_ids, label_margin
 
     assert label_margin(Style(blur=0.0)) == 1
     assert label_margin(Style(blur=0.9)) == 1
@@ -321,7 +321,7 @@ def test_abutting_marks_are_separate_objects_in_the_truth() -> None:
     0/255 mask, so object counts and F1 on synthetic data count marks, not clusters of them."""
     import cv2
 
-    from am.synth.render import keep_apart
+    from am.synth.truth import keep_apart
 
     ids = np.zeros((8, 12), np.uint16)
     ids[2:6, 1:5] = 3
