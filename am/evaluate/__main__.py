@@ -30,7 +30,8 @@ from am.imageio import read_image
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.device import device_problem, resolve_device
-from am.model.predict import Predictor, resolve_precision
+from am.model.precision import resolve_precision
+from am.model.predict import Predictor
 from am.normalize import read_normalised, to_grey
 from am.train.data import IMAGE_SUFFIXES, Labelled, find_mask, split_files, synthetic_images
 

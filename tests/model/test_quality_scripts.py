@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE, held_out_images, held_out_style
-from am.model.predict import cpu_multiplies_bf16
+from am.model.precision import cpu_multiplies_bf16
 from am.synth.dataset import sample_at
 from tests.scripts import load_script
 

@@ -15,7 +15,8 @@ import torch
 import am.train.loop as loop
 from am.model.build import build_model
 from am.model.checkpoint import ModelMeta
-from am.model.predict import cast_for_inference, prepare_input
+from am.model.precision import cast_for_inference
+from am.model.predict import prepare_input
 from am.train.data import Labelled, synthetic_images
 from am.train.loop import TrainConfig, autocast_dtype, train
 from am.train.runfiles import state_path

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from am.errors import CheckpointError, InputError
-from am.model import predict
+from am.model import precision
 from am.model.build import load_model
-from am.model.predict import Predictor, cpu_multiplies_bf16, resolve_compile, resolve_precision
+from am.model.precision import cpu_multiplies_bf16, resolve_compile, resolve_precision
+from am.model.predict import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_precision_and_compile_are_resolved_by_device(monkeypatch: pytest.Monkey
     assert resolve_precision("auto", "cuda:0") == "fp16"
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_multiplies_bf16() else "fp32")
     for has_amx, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(predict, "cpu_multiplies_bf16", lambda has_amx=has_amx: has_amx)
+        monkeypatch.setattr(precision, "cpu_multiplies_bf16", lambda has_amx=has_amx: has_amx)
         assert resolve_precision("auto", "cpu") == expected and resolve_precision("auto", "cuda") == "fp16"
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(InputError, match="fp16 needs a CUDA device"):
@@ -85,15 +86,15 @@ def test_bf16_counts_on_a_cpu_only_with_amx_and_only_where_onednn_may_use_it(mon
 def test_bf16_asked_for_on_a_cpu_without_amx_is_run_but_warned_about_once(
     tiny_model: Path, tiles: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(predict, "cpu_multiplies_bf16", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="am.model.predict"):
+    monkeypatch.setattr(precision, "cpu_multiplies_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="am.model.precision"):
         predictor = Predictor.from_checkpoint(tiny_model, device="cpu", threads=1, precision="bf16")
     assert predictor.precision == "bf16"
     assert [r.getMessage() for r in caplog.records].count(
         "bf16 on a CPU without AMX tile units is emulated and runs slower than fp32; use precision auto or fp32 there"
     ) == 1
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="am.model.predict"):
+    with caplog.at_level(logging.WARNING, logger="am.model.precision"):
         assert Predictor.from_checkpoint(tiny_model, device="cpu", threads=1).precision == "fp32"
     assert not any("AMX" in r.getMessage() for r in caplog.records)
 
@@ -101,7 +102,7 @@ def test_bf16_asked_for_on_a_cpu_without_amx_is_run_but_warned_about_once(
 def test_auto_precision_on_a_cpu_with_amx_is_bf16_and_masks_stay_binary(
     tiny_model: Path, tiles: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(predict, "cpu_multiplies_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_multiplies_bf16", lambda: True)
     predictor = Predictor.from_checkpoint(tiny_model, device="cpu", threads=1)
     assert predictor.precision == "bf16"
     assert next(predictor._model.parameters()).dtype == torch.bfloat16
@@ -121,7 +122,7 @@ def test_compile_failure_falls_back_under_auto_and_raises_under_on(
     with pytest.raises(CheckpointError, match="AM_COMPILE=off"):
         Predictor.from_checkpoint(tiny_model, device="cpu", compile="on")
     meta, model = load_model(tiny_model)
-    with caplog.at_level(logging.WARNING, logger="am.model.predict"):
+    with caplog.at_level(logging.WARNING, logger="am.model.precision"):
         predictor = Predictor(model, meta, compile=True)  # what "auto" does on CUDA
     assert not predictor.compiled
     assert any("torch.compile failed" in r.getMessage() for r in caplog.records)
