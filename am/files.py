@@ -13,10 +13,14 @@ has deleted the previous run's::
     with staging(root / ".synth.partial") as stage:
         write_png(stage / "source" / "0000.png", image)
         swap_in(stage / "source", root / "source")
+
+:func:`file_sha256` is how a file's identity is recorded (an input image, a model), so that a
+rerun reuses work only for the very same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +31,17 @@ from pathlib import Path
 from typing import IO
 
 log = logging.getLogger(__name__)
+
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in chunks so a large image never sits in memory twice."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextmanager

@@ -14,8 +14,6 @@ reports are collected in between. Stitching and registration follow the last mas
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import logging
 import os
 import shutil
@@ -29,12 +27,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from am.backends import open_backend, stack_model_uri
+from am.backends import open_backend
 from am.dataset import DatasetLayout
-from am.errors import AmError, CheckpointError, ConfigError, JobFailed, LauncherError
-from am.files import write_atomic
+from am.errors import AmError, JobFailed, LauncherError
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
-from am.models import DEFAULT_MODEL
+from am.model_source import resolve_model
 from am.prepare import (
     GroupTiler,
     PreparedGroup,
@@ -51,11 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The orchestrator needs torch only to check a model file it has not checked before.
-MODEL_CODE = Path(__file__).resolve().parent / "model"
-# What check_checkpoint's verdict depends on, besides the file itself.
-CHECKER_LIBRARIES = ("torch", "segmentation-models-pytorch", "timm")
-CHECKER_SOURCES = ("checkpoint.py", "build.py")
 
 
 @dataclass
@@ -120,114 +112,6 @@ class _Stopwatch:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.seconds += time.monotonic() - self._started
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_checkpoint(path: Path) -> None:
-    """Refuse a model file that is not a usable checkpoint before any worker starts.
-
-    Every worker would fail on it in the same way, and the user would see that only as "all
-    workers stopped" with log tails; here the error names the file and what is wrong with it.
-    Loading is safe (``weights_only=True``) and costs one read of the weights.
-    """
-    from am.model.checkpoint import load_checkpoint
-
-    try:
-        load_checkpoint(path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"model {path} cannot be used (set by --model, AM_MODEL or the config): {exc}") from exc
-
-
-def _checker_fingerprint() -> str:
-    """What a checkpoint check depends on besides the file: the libraries and the code that read and build it."""
-    digest = hashlib.sha256()
-    for dist in CHECKER_LIBRARIES:
-        try:
-            version = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            version = "absent"
-        digest.update(f"{dist}={version}\n".encode())
-    for name in CHECKER_SOURCES:
-        digest.update((MODEL_CODE / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def check_checkpoint_once(path: Path, model_id: str, *, cache_dir: Path) -> None:
-    """:func:`check_checkpoint`, skipped when these very bytes already passed it with the same code.
-
-    The check imports torch and builds the architecture: seconds of CPU that every run would
-    spend before its first worker may start. Its answer depends only on the file (``model_id``
-    is its SHA-256) and on the code and libraries that read it, so a pass is remembered in
-    ``cache_dir`` under both.
-    """
-    marker = cache_dir / "checked-models" / f"{model_id}-{_checker_fingerprint()}"
-    if marker.is_file():
-        log.debug("model %s passed the checkpoint check before (%s)", path, marker)
-        return
-    check_checkpoint(path)
-    write_atomic(marker, b"")
-
-
-def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
-    """The model workers load (path or s3:// URI) and an identity that changes when its weights do.
-
-    On the aws backend the workers read the model from S3, never from this machine: an unset
-    model is the stack's ModelUri output (where ``make upload-model`` puts it), and a local
-    file is refused before torch is imported to check it. On the local backend an s3:// model is
-    refused before anything starts: its embedded endpoint exists only during the run and holds no model.
-    """
-    if settings.model.startswith("s3://"):
-        if settings.backend != "aws":
-            # The local backend's embedded endpoint exists only during the run: nothing can be uploaded to it.
-            raise ConfigError(f"model {settings.model} is an S3 URI, which the {settings.backend} backend's workers "
-                              "cannot read (its embedded S3 endpoint is empty and lives only during the run): "
-                              "use --backend aws for S3 models, or pass a local checkpoint file (.pt)")
-        return settings.model, settings.model
-    if settings.backend == "aws":
-        if settings.model:
-            raise ConfigError(f"model {settings.model!r} is a local file, which ECS workers cannot read: upload it "
-                              "(make upload-model MODEL=path.pt) and pass its s3:// URI, or leave model unset to "
-                              "use the stack's ModelUri")
-        uri = stack_model_uri(settings)
-        log.info("model: %s (the stack's ModelUri output)", uri)
-        return uri, uri
-    if settings.model:
-        path = Path(settings.model).expanduser()
-        if path.is_dir():
-            raise ConfigError(f"model {path} is a folder, not a checkpoint file: pass the .pt file itself"
-                              f"{_checkpoints_in(path)} (set by --model, AM_MODEL or the config)")
-        if not path.is_file():
-            raise ConfigError(f"model file {path} does not exist; pass a checkpoint path or an s3:// URI")
-        model_id = _sha256(path)
-        check_checkpoint_once(path, model_id, cache_dir=cache_dir)
-        return str(path.resolve()), model_id
-    if DEFAULT_MODEL.is_file():
-        return str(DEFAULT_MODEL), _sha256(DEFAULT_MODEL)
-    from am.model.build import write_untrained_checkpoint
-
-    untrained = cache_dir / "untrained-default.pt"
-    if not untrained.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        write_untrained_checkpoint(untrained, seed=0)
-    log.warning("no trained model is installed (%s missing): running an UNTRAINED model, masks are meaningless",
-                DEFAULT_MODEL)
-    return str(untrained), _sha256(untrained)
-
-
-def _checkpoints_in(folder: Path) -> str:
-    """Where to point --model instead of ``folder``: a .pt file directly in it, if it holds any."""
-    found = sorted(p for p in folder.glob("*.pt") if p.is_file())
-    if not found:
-        return " (this folder holds no .pt file)"
-    more = f" or one of the {len(found) - 1} other .pt file(s) there" if len(found) > 1 else ""
-    return f", e.g. --model {found[0]}{more}"
 
 
 def _registration_text(registration: Registration) -> str:

@@ -30,7 +30,6 @@ that have none::
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -47,7 +46,7 @@ import numpy as np
 from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS
 from am.dataset import DatasetLayout
 from am.errors import ConfigError, InputError
-from am.files import write_atomic
+from am.files import file_sha256, write_atomic
 from am.imageio import encode_png, header_size, read_image, write_tiff
 from am.normalize import normalize
 from am.settings import Settings
@@ -56,7 +55,6 @@ from am.tiling import TilePlan, plan_tiles, read_tile
 log = logging.getLogger(__name__)
 
 META_VERSION = 1
-HASH_CHUNK_BYTES = 1 << 20
 # The shortest side an image may have at the model's scale: the U-Net halves its input five times
 # (the checkpoints' stride, 32), so a thinner image leaves its deepest layer less than one pixel of
 # content; a tile of it is almost all reflected padding, and the model marks stripes, not marks.
@@ -95,15 +93,6 @@ class TileChunk:
 
     group: str
     tiles: tuple[tuple[int, np.ndarray], ...]
-
-
-def file_sha256(path: Path) -> str:
-    """The file's SHA-256, read in chunks so a large image never sits in memory twice."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _file_stat(path: Path) -> dict[str, Any]:

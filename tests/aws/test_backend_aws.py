@@ -16,7 +16,7 @@ from am.dataset import DatasetLayout
 from am.errors import ConfigError, JobFailed, LauncherError, TransportError
 from am.job import Job
 from am.messages import TileResult, tile_name, tiles_key
-from am.orchestrator import resolve_model
+from am.model_source import resolve_model
 from am.settings import Settings
 from am.tilepack import pack_masks
 from am.transport.clients import ClientFactory

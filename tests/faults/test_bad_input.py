@@ -22,7 +22,7 @@ import torch
 
 from am.dataset import DatasetLayout
 from am.imageio import read_image, write_png
-from am.orchestrator import resolve_model
+from am.model_source import resolve_model
 from am.prepare import prepare_group
 from am.settings import load_settings
 

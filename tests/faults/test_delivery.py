@@ -18,7 +18,7 @@ from am.collector import ResultCollector
 from am.dataset import DatasetLayout
 from am.imageio import read_image
 from am.messages import TileMessage, tile_name, tiles_key
-from am.orchestrator import resolve_model
+from am.model_source import resolve_model
 from am.prepare import prepare_group
 from am.settings import load_settings
 from am.tilepack import pack_masks, pack_tiles

@@ -24,7 +24,7 @@ from am.imageio import encode_png
 from am.launchers.aws import task_environment
 from am.messages import tiles_key
 from am.model.checkpoint import load_checkpoint
-from am.orchestrator import check_checkpoint
+from am.model_source import check_checkpoint
 from am.settings import read_config_file, setting_types
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue, create_results_queue, ensure_tile_queues

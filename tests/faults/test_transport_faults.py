@@ -25,7 +25,7 @@ from am.backends import Backend
 from am.dataset import DatasetLayout
 from am.endpoint import EmbeddedEndpoint
 from am.job import run_job
-from am.orchestrator import resolve_model
+from am.model_source import resolve_model
 from am.prepare import prepare_group
 from am.settings import load_settings
 from am.stitch import stitch_group

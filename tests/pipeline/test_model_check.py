@@ -1,4 +1,4 @@
-"""The orchestrator's model check runs once per checkpoint file and code, not on every run."""
+"""The model check runs once per checkpoint file and code, not on every run."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import am.orchestrator
+import am.model_source
 from am.errors import CheckpointError
 from am.model.checkpoint import default_model_path
-from am.orchestrator import DEFAULT_MODEL, resolve_model
+from am.model_source import DEFAULT_MODEL, resolve_model
 from am.settings import Settings
 
 
@@ -20,8 +20,8 @@ def test_the_default_model_is_named_without_importing_the_model_package():
 
 def test_a_checkpoint_is_checked_once_and_again_when_its_bytes_change(tmp_path, tiny_model, monkeypatch):
     checked: list[Path] = []
-    real_check = am.orchestrator.check_checkpoint
-    monkeypatch.setattr(am.orchestrator, "check_checkpoint", lambda path: (checked.append(path), real_check(path)))
+    real_check = am.model_source.check_checkpoint
+    monkeypatch.setattr(am.model_source, "check_checkpoint", lambda path: (checked.append(path), real_check(path)))
     model = tmp_path / "model.pt"
     shutil.copyfile(tiny_model, model)
     settings = Settings(model=str(model))
@@ -40,9 +40,9 @@ def test_a_checkpoint_is_checked_once_and_again_when_its_bytes_change(tmp_path, 
 
 def test_a_pass_is_forgotten_when_the_checking_code_changes(tmp_path, tiny_model, monkeypatch):
     checked: list[Path] = []
-    monkeypatch.setattr(am.orchestrator, "check_checkpoint", checked.append)
+    monkeypatch.setattr(am.model_source, "check_checkpoint", checked.append)
     settings = Settings(model=str(tiny_model))
     resolve_model(settings, cache_dir=tmp_path / "cache")
-    monkeypatch.setattr(am.orchestrator, "CHECKER_LIBRARIES", (*am.orchestrator.CHECKER_LIBRARIES, "numpy"))
+    monkeypatch.setattr(am.model_source, "CHECKER_LIBRARIES", (*am.model_source.CHECKER_LIBRARIES, "numpy"))
     resolve_model(settings, cache_dir=tmp_path / "cache")
     assert len(checked) == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from am.errors import ConfigError
-from am.orchestrator import resolve_model
+from am.model_source import resolve_model
 from am.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

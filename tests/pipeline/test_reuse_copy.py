@@ -18,8 +18,9 @@ import tifffile
 from faults.harness import lattice_image, make_dataset
 
 from am.dataset import DatasetLayout
+from am.files import file_sha256
 from am.imageio import write_png
-from am.prepare import GroupTiler, file_sha256, prepare_group, reuse_group
+from am.prepare import GroupTiler, prepare_group, reuse_group
 from am.settings import Settings
 
 SETTINGS = Settings(tile_size=64, tile_overlap=16)
