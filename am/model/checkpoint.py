@@ -252,11 +252,16 @@ def _read_payload(source: Path | bytes, name: str) -> Any:
                 f"{name} holds objects that safe loading (weights_only=True) refuses; "
                 f"only am-segm checkpoints are accepted ({str(exc).splitlines()[0]})"
             ) from exc
-        raise CheckpointError(f"{name} is not a readable torch checkpoint file: {exc}") from exc
+        raise CheckpointError(f"{name} is not a readable torch checkpoint file: {exc}{_CHECKPOINT_HINT}") from exc
     except Exception as exc:  # torch raises many types for a truncated or foreign file; all mean "not ours"
         raise CheckpointError(
-            f"{name} is not a readable torch checkpoint file ({type(exc).__name__}: {exc})"
+            f"{name} is not a readable torch checkpoint file ({type(exc).__name__}: {exc}){_CHECKPOINT_HINT}"
         ) from exc
+
+
+# What to do about a file torch cannot read at all (truncated, another format, or no checkpoint).
+_CHECKPOINT_HINT = ("; pass a checkpoint written by python -m am.train or am.pseudolabel (a .pt file), or "
+                    "copy it again if it was cut short")
 
 
 def _check_fits(meta: ModelMeta, state: dict[str, torch.Tensor], name: str) -> None:
