@@ -48,19 +48,9 @@ def test_local_workers_are_told_a_deadline_that_leaves_them_time_to_release() ->
 
 
 def test_a_worker_spending_its_whole_grace_is_not_killed_by_the_local_launcher(tmp_path: Path) -> None:
-    script = tmp_path / "fake-python"
-    script.write_text(FAKE_WORKER.format(python=sys.executable, base=BASE_ENV))
-    script.chmod(0o755)
-    out = tmp_path / "out.txt"
     # A user's own AM_STOP_TIMEOUT_S must not reach the worker: the launcher's deadline is what counts.
-    environment = {**os.environ, "FAKE_WORKER_OUT": str(out), "AM_STOP_TIMEOUT_S": "600"}
-    launcher = LocalLauncher(log_dir=tmp_path / "logs", python=str(script), base_environment=environment,
-                             stop_timeout_s=STOP_RELEASE_MARGIN_S + 2)
-    launcher.start(1, {})
-    deadline = time.monotonic() + 60
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert out.exists(), launcher.log_tail()
+    launcher, out = _running_fake_worker(tmp_path, {"AM_STOP_TIMEOUT_S": "600"},
+                                         stop_timeout_s=STOP_RELEASE_MARGIN_S + 2)
 
     started = time.monotonic()
     launcher.stop()
@@ -72,17 +62,7 @@ def test_a_worker_spending_its_whole_grace_is_not_killed_by_the_local_launcher(t
 
 def test_kill_ends_a_worker_at_once_without_waiting_for_its_grace(tmp_path: Path) -> None:
     """A user who insists on quitting a clean-up: the launcher's kill does not wait out the stop deadline."""
-    script = tmp_path / "fake-python"
-    script.write_text(FAKE_WORKER.format(python=sys.executable, base=BASE_ENV))
-    script.chmod(0o755)
-    out = tmp_path / "out.txt"
-    launcher = LocalLauncher(log_dir=tmp_path / "logs", python=str(script),
-                             base_environment={**os.environ, "FAKE_WORKER_OUT": str(out)})
-    launcher.start(1, {})
-    deadline = time.monotonic() + 60
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert out.exists(), launcher.log_tail()
+    launcher, out = _running_fake_worker(tmp_path, {})
 
     started = time.monotonic()
     launcher.kill()
@@ -91,3 +71,21 @@ def test_kill_ends_a_worker_at_once_without_waiting_for_its_grace(tmp_path: Path
     assert time.monotonic() - started < STOP_RELEASE_MARGIN_S
     assert out.read_text() == "running", "the worker ran its grace before it was killed"
     launcher.stop()  # nothing left to stop: no wait, no error
+
+
+def _running_fake_worker(tmp_path: Path, extra_env: dict[str, str],
+                         **launcher_options: float) -> tuple[LocalLauncher, Path]:
+    """One fake worker started by a LocalLauncher, once it is running; ``out`` is where it writes how it ended."""
+    script = tmp_path / "fake-python"
+    script.write_text(FAKE_WORKER.format(python=sys.executable, base=BASE_ENV))
+    script.chmod(0o755)
+    out = tmp_path / "out.txt"
+    launcher = LocalLauncher(log_dir=tmp_path / "logs", python=str(script),
+                             base_environment={**os.environ, "FAKE_WORKER_OUT": str(out), **extra_env},
+                             **launcher_options)
+    launcher.start(1, {})
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.exists(), launcher.log_tail()
+    return launcher, out
