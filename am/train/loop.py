@@ -302,10 +302,10 @@ def train(
             done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1,
                                                          "arithmetic": VALIDATION_PRECISION})
             save_checkpoint(config.out, model, done, half=config.half)
+        options = config.meta(trained=False).training
         save_state(state_path(config.out), model, optimizer, scheduler, scaler, epoch=epoch, best_score=best_score,
-                   best_epoch=best_epoch, best_metrics=best_metrics, history=history,
-                   options=config.meta(trained=False).training)
-        write_record(config.out, epochs=config.epochs, options=config.meta(trained=False).training,
+                   best_epoch=best_epoch, best_metrics=best_metrics, history=history, options=options)
+        write_record(config.out, epochs=config.epochs, options=options,
                      arithmetic=VALIDATION_PRECISION, best_epoch=best_epoch, best_metrics=best_metrics,
                      history=history)
         if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
