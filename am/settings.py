@@ -193,6 +193,7 @@ _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def setting_types() -> dict[str, type]:
+    """Each setting's Python type, so that text from the environment or a YAML file is parsed alike."""
     return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(Settings)}
 
 

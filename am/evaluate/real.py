@@ -57,6 +57,11 @@ def read_crops(real_dir: Path) -> list[tuple[int, np.ndarray, np.ndarray]]:
 
 
 def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None = None) -> dict[str, Any]:
+    """Score the model on the real samples the way the README's tables report them.
+
+    The crops are half-resolution, so they are predicted at ``CROP_SCALE``; the tiles have no
+    reference and are described by their marks and specks, for a person to check on the overlays.
+    """
     real_dir = check_real_dir(real_dir)
     report: dict[str, Any] = {"crops": {}, "tiles": {}}
     for n, image, reference in read_crops(real_dir):

@@ -187,6 +187,7 @@ def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs
 
 
 def aws_message(exc: Exception) -> str:
+    """``Code: Message`` of an AWS error, the part an operator can act on, without botocore's preamble."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()

@@ -20,11 +20,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from am.errors import ScaleError
 from am.launchers.aws import EcsLauncher
-from am.launchers.aws_stack import AwsResources
+from am.launchers.aws_stack import AwsResources, aws_message
 from am.scale.tasks import (
     SCALABLE_DIMENSION,
     SERVICE_NAMESPACE,
-    aws_message,
     cluster_tasks,
     describe_service,
     is_one_off,

@@ -19,9 +19,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from am.errors import MessageError, ScaleError
-from am.launchers.aws_stack import AwsResources
+from am.launchers.aws_stack import AwsResources, aws_message
 from am.messages import TileMessage
-from am.scale.tasks import aws_message
 from am.transport.queue import MAX_RECEIVE, NONEXISTENT_QUEUE_CODES, Queue
 
 log = logging.getLogger(__name__)

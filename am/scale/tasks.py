@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from am.errors import ScaleError
 from am.launchers.aws import ALIVE_STATES, MAX_TASKS_PER_DESCRIBE
-from am.launchers.aws_stack import AwsResources
+from am.launchers.aws_stack import AwsResources, aws_message
 
 SERVICE_STARTED_BY_PREFIX = "ecs-svc/"
 ONE_OFF_STARTED_BY_PREFIX = "am-segm"
@@ -24,19 +24,13 @@ STOPPING_STATES = frozenset({"DEACTIVATING", "STOPPING", "DEPROVISIONING"})
 SERVICE_NAMESPACE = "ecs"
 
 
-def aws_message(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
-    return str(exc)
-
-
 def short_name(name_or_arn: str) -> str:
     """``arn:aws:ecs:...:cluster/NAME`` and ``NAME`` both give ``NAME``."""
     return name_or_arn.rsplit("/", 1)[-1]
 
 
 def service_resource_id(resources: AwsResources) -> str:
+    """The name Application Auto Scaling knows the service by, whichever form the settings gave."""
     return f"service/{short_name(resources.cluster)}/{short_name(resources.service)}"
 
 
@@ -59,15 +53,18 @@ def cluster_tasks(ecs_client: Any, cluster: str, *, stopping: bool = False) -> l
 
 
 def is_one_off(task: dict[str, Any]) -> bool:
+    """Whether am-segm started the task itself, so that it may stop it without touching the service."""
     return str(task.get("startedBy", "")).startswith(ONE_OFF_STARTED_BY_PREFIX)
 
 
 def is_service_task(task: dict[str, Any]) -> bool:
+    """Whether the service keeps the task: stopping it alone would only make the service start another."""
     return str(task.get("startedBy", "")).startswith(SERVICE_STARTED_BY_PREFIX) or \
         str(task.get("group", "")).startswith("service:")
 
 
 def describe_service(ecs_client: Any, resources: AwsResources) -> dict[str, Any]:
+    """The live service; a deleted (INACTIVE) one counts as missing, since ECS still describes it for a while."""
     if not resources.service:
         raise ScaleError("no ECS service is known: set ecs_service, or stack_name to a stack with a 'Service' output")
     try:

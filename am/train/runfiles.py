@@ -52,6 +52,7 @@ def _beside(out: Path, suffix: str) -> Path:
 
 
 def append_csv(path: Path, row: dict[str, float]) -> None:
+    """Append one epoch's row at once, so the metrics log survives a run that is stopped or crashes."""
     new = not path.exists()
     with path.open("a", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(row))
@@ -95,6 +96,7 @@ def read_record(out: Path) -> dict[str, Any] | None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    """Read a resume state with ``weights_only=True``; a file that is not one stops the run, not resumes it wrongly."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure means the file cannot be resumed from
