@@ -79,8 +79,10 @@ def _registration_outcome(failed: list[str], groups: int) -> int:
     if not failed:
         return EXIT_OK
     log.error("registration failed for %d of %d group(s): %s (errors above); the masks and the other groups' ids "
-              "are kept: fix --rows/--cols or the mask and rerun, finished tiles are reused",
-              len(failed), groups, ", ".join(failed))
+              "are kept: look at tiles_stitched/<group>/overlay.png, fix --rows/--cols and rerun (finished tiles "
+              "are reused), or where marks are split or missed because they are far larger or smaller than the "
+              "model was trained on (the shipped model: lattice pitch 20-85 px) rerun with --scale (e.g. 0.5 for "
+              "marks twice as large)", len(failed), groups, ", ".join(failed))
     return EXIT_ERROR
 
 

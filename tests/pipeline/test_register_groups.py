@@ -76,6 +76,8 @@ def test_a_group_that_fails_to_register_is_named_and_the_others_are_still_regist
     assert len(errors) == 2, done.stderr
     assert f"group {SMALL}: registration failed: the grid was given 9 x 8" in errors[0]
     assert f"registration failed for 1 of 2 group(s): {SMALL}" in errors[1]
+    # What to do next: look at the overlay, fix the grid, or rescale marks the model was not trained on.
+    assert "tiles_stitched/<group>/overlay.png" in errors[1] and "--scale" in errors[1]
     # The group after the failed one is registered, and both outcomes are in the summary.
     assert (dataset / "am_coords" / GOOD / "am_coordinates.png").is_file()
     assert not (dataset / "am_coords" / SMALL).exists()
