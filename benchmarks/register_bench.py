@@ -10,6 +10,9 @@ Scenarios (several seeds each, 50 x 50 grids):
   image edge (no target; what segmentation faults cost);
 - ``uneven``: rows 0.65 to 1.3 pitches apart, each sliding along itself by up to 0.2 of a
   column, as on the real ``tile_b``; angle up to 5 degrees, 5 % missing, debris (target: as mild);
+- ``pieces``: every mark drawn in two pieces (cut through its centre at a random angle), as the
+  lobed craters of the real crop2 come out of the model; discs, ellipses or crescents, angle up
+  to 5 degrees, 5 % missing, debris (target: as mild);
 - ``large``: a 100 x 100 grid on a 10000 x 10000 mask, in a fresh process, for time and peak
   memory (target: < 20 s and < 4 GB); ``large+scratch`` the same with a 3 px scratch drawn
   corner to corner, one component touching a mark in every row that registration must cut apart.
@@ -114,6 +117,13 @@ def make_case(scenario: str, seed: int) -> tuple[LatticeMask, int, int]:
     elif scenario == "uneven":
         angle = float(rng.uniform(-5, 5))
         missing |= set((rng.choice(rows * cols, int(0.05 * rows * cols), replace=False) + 1).tolist())
+        debris = 50
+    elif scenario == "pieces":
+        # A "C" cut in two leaves pieces as far apart as its neighbours' pieces: no rule can pair them.
+        shape = ("disc", "ellipse", "crescent")[seed % 3]
+        angle = float(rng.uniform(-5, 5))
+        missing |= set((rng.choice(rows * cols, int(0.05 * rows * cols), replace=False) + 1).tolist())
+        split = np.setdiff1d(np.arange(1, rows * cols + 1), sorted(missing)).tolist()
         debris = 50
     else:
         raise ValueError(scenario)
@@ -248,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="seeds per scenario (default 5)")
-    parser.add_argument("--scenarios", nargs="+", default=["mild", "hard", "faults", "uneven"],
-                        choices=["mild", "hard", "faults", "uneven"], help="50 x 50 scenarios to run")
+    parser.add_argument("--scenarios", nargs="+", default=["mild", "hard", "faults", "uneven", "pieces"],
+                        choices=["mild", "hard", "faults", "uneven", "pieces"], help="50 x 50 scenarios to run")
     parser.add_argument("--no-large", action="store_true", help="skip the 100 x 100 on 10000 x 10000 timing")
     parser.add_argument("--no-original", action="store_true", help="skip the original method")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -42,6 +42,8 @@ MIN_MARKS = 4
 NEIGHBOURS = 8
 # A mark whose point lies within this fraction of the pitch of a node is fitted to it.
 FIT_INLIER_FRACTION = 0.3
+# A mark belongs to a node when its point is within this fraction of the (smaller) pitch of it.
+ASSIGN_TOLERANCE = 0.35
 # The first fit uses marks within this many pitches of the seed; the radius then doubles.
 SEED_RADIUS_PITCHES = 6.0
 POLISH_ROUNDS = 2
@@ -239,7 +241,9 @@ def _dominant_step(vectors: np.ndarray, *, axis: int, spacing: float) -> np.ndar
     candidates = v[rows, best][found]
     lengths = shortest[found]
     typical = float(np.median(lengths))
-    candidates = candidates[np.abs(lengths - typical) <= 0.2 * typical]
+    off = np.abs(lengths - typical)
+    # The median of an even count may fall between two far-apart lengths and be near none.
+    candidates = candidates[off <= max(0.2 * typical, float(off.min()))]
     centre = np.median(candidates, axis=0)
     close = candidates[np.hypot(*(candidates - centre).T) <= 0.1 * typical]
     return close.mean(axis=0) if len(close) else centre

@@ -85,7 +85,7 @@ def find_components(mask: np.ndarray) -> Components:
     has_core[0] = False
     areas = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
     candidates = np.nonzero(has_core & (areas >= MIN_AREA_FLOOR_PX))[0]
-    typical = _typical_area(areas[candidates])
+    typical = typical_mark_area(areas[candidates])
     min_area = max(MIN_AREA_FLOOR_PX, int(np.ceil(MIN_AREA_FRACTION * typical)))
     x, y, w, h = (stats[candidates, i] for i in range(4))
     height, width = labels.shape
@@ -116,7 +116,7 @@ def find_components(mask: np.ndarray) -> Components:
     )
 
 
-def _typical_area(areas: np.ndarray) -> float:
+def typical_mark_area(areas: np.ndarray) -> float:
     """The pixel-weighted median area: half the foreground lies in components at most this big.
 
     Weighting by pixels makes many tiny specks count for little, so noise cannot drag the

@@ -20,8 +20,9 @@ import numpy as np
 
 from am.errors import InputError, RegistrationError
 from am.register import grid
-from am.register.fit import MIN_MARKS, LatticeFit, fit_lattice, refit
-from am.register.marks import MIN_AREA_FRACTION, Components, find_components
+from am.register.fit import ASSIGN_TOLERANCE, MIN_MARKS, LatticeFit, fit_lattice, refit
+from am.register.marks import MIN_AREA_FRACTION, Components, find_components, typical_mark_area
+from am.register.pieces import MIN_OCCUPANCY, MIN_PAIRED_FRACTION, OCCUPANCY_GAIN, join_pieces, node_occupancy
 from am.register.rows import fit_uneven_rows
 from am.register.split import OVERSIZE_AREA, SplitComponent, split_oversized
 from am.synth.lattice import Lattice
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 MAX_NODES = 65535
 SPLIT_LARGE_GRIDS = ("crop the image into parts of at most that many positions, each its own group "
                      "(source/<group>/), and register each with its own --rows/--cols")
-# A mark belongs to a node when its point is within this fraction of the (smaller) pitch of it.
-ASSIGN_TOLERANCE = 0.35
 # ... or within this many times that when the image edge cuts it: only a sliver of such a mark
 # shows, and its point sits off the node by up to half the mark (still under half the pitch).
 EDGE_REACH = 1.4
@@ -176,9 +175,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
             f"{comps.label.size} marks (connected components, before any joined marks are cut apart): check "
             "--rows/--cols"
         )
-    major = _major(comps.area, comps.typical_area)
-    fit = fit_lattice(comps.points[major], warnings=warnings)
-    fit = fit_uneven_rows(fit, comps.points[major], comps.area[major], typical_area=comps.typical_area) or fit
+    fit, typical_area = _fit(comps, warnings)
     splits = split_oversized(comps, fit)
     marks = _MarkList.build(comps, splits)
     if splits:
@@ -194,7 +191,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
             f"(pitch {fit.pitch_x:.1f} x {fit.pitch_y:.1f} px): the marks do not form a regular grid; check the mask"
         )
     edge = _touches_edge(comps.bbox[marks.source], mask.shape)
-    typical = _typical(residual, marks.area, on & ~edge, pitch=fit.pitch, typical_area=comps.typical_area) | (
+    typical = _typical(residual, marks.area, on & ~edge, pitch=fit.pitch, typical_area=typical_area) | (
         on & edge
     )
     col_place, row_place = _place_or_explain(
@@ -203,7 +200,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
     assignment = grid.assign_nodes(
         col, row, residual=residual, area=marks.area, tolerance=tolerance,
         reach=np.where(edge, EDGE_REACH * tolerance, tolerance),
-        typical_area=comps.typical_area, cols=col_place, rows=row_place,
+        typical_area=typical_area, cols=col_place, rows=row_place,
     )
     n_rows, n_cols = row_place.size, col_place.size
     if n_rows * n_cols > MAX_NODES:
@@ -213,7 +210,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
         )
     ids = _paint_ids(comps, splits, marks, assignment.node_id)
     return _result(ids, marks, assignment, fit=fit, cols=col_place, rows=row_place, tolerance=tolerance,
-                   residual=residual, typical_area=comps.typical_area, warnings=warnings)
+                   residual=residual, typical_area=typical_area, warnings=warnings)
 
 
 def _result(
@@ -327,6 +324,43 @@ def _oversized_warning(ids: np.ndarray, *, typical_area: float) -> str:
 
 def _rounded(values: np.ndarray | None) -> list[float] | None:
     return None if values is None else [round(float(v), 2) for v in values]
+
+
+def _fit(comps: Components, warnings: list[str]) -> tuple[LatticeFit, float]:
+    """The lattice of the marks, and the area of a typical mark as the lattice sees it.
+
+    Where many marks are drawn in two pieces, the lattice of the joined pieces replaces the
+    lattice of the pieces (:mod:`am.register.pieces`), and a typical mark is a joined one.
+    """
+    major = _major(comps.area, comps.typical_area)
+    points, area = comps.points[major], comps.area[major]
+    fit_warnings: list[str] = []
+    fit = _fit_points(points, area, typical_area=comps.typical_area, warnings=fit_warnings)
+    joined = join_pieces(points, area)
+    if 2 * joined.pairs >= MIN_PAIRED_FRACTION * len(points) and len(joined.points) >= MIN_MARKS:
+        joined_warnings: list[str] = []
+        joined_area = typical_mark_area(joined.area)
+        try:
+            joined_fit = _fit_points(joined.points, joined.area, typical_area=joined_area, warnings=joined_warnings)
+        except RegistrationError as exc:
+            log.debug("no lattice fits the joined pieces (%s): the pieces' lattice stays", exc)
+        else:
+            before = node_occupancy(fit, points)
+            after = node_occupancy(joined_fit, points)
+            if after >= max(MIN_OCCUPANCY, OCCUPANCY_GAIN * before):
+                log.info("%d pair(s) of components look like two pieces of one mark: the lattice is fitted to the "
+                         "pairs joined (marks on %.0f %% of its nodes, against %.0f %% for the pieces)",
+                         joined.pairs, 100 * min(after, 1.0), 100 * min(before, 1.0))
+                warnings.extend(joined_warnings)
+                return joined_fit, joined_area
+    warnings.extend(fit_warnings)
+    return fit, comps.typical_area
+
+
+def _fit_points(points: np.ndarray, area: np.ndarray, *, typical_area: float, warnings: list[str]) -> LatticeFit:
+    """A regular lattice, or one with its rows where the marks are where that explains them better."""
+    fit = fit_lattice(points, warnings=warnings)
+    return fit_uneven_rows(fit, points, area, typical_area=typical_area) or fit
 
 
 def _major(area: np.ndarray, typical_area: float) -> np.ndarray:

@@ -67,6 +67,28 @@ def test_split_real_marks_keep_one_id_each():
     assert reg.assigned >= 38
 
 
+def test_crop2_segmented_in_pieces_registers_on_its_own_grid():
+    # The shipped model outlines the two lobes of many of crop2's craters apart. The lobes' own
+    # lattice (31 x 20 nodes 13 x 25 px apart, 550 empty) gave way to the marks' 6 x 7 grid, whose
+    # top two rows are 25 px apart and the others about 40.
+    from am.evaluate.real import CROP_SCALE
+    from am.model.checkpoint import default_model_path
+    from am.model.predict import Predictor
+    from am.model.whole import predict_image_mask
+    from am.normalize import read_normalised
+
+    load("crop2_image.png")
+    predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
+    mask = predict_image_mask(predictor, read_normalised(REAL / "crop2_image.png"), scale=CROP_SCALE)
+    reg = register_mask(mask.astype(np.uint8) * 255, rows=None, cols=None)
+    assert (reg.rows, reg.cols) == (6, 7)
+    assert reg.row_positions_px is not None
+    assert min(np.diff(reg.row_positions_px)) < 30 < 38 < max(np.diff(reg.row_positions_px))
+    assert 35 < reg.pitch_x < 40 and abs(reg.angle_deg) < 5
+    assert_rows_in_order(reg)
+    assert reg.assigned >= 38 and reg.empty_nodes <= 2
+
+
 def test_irregular_crop_is_refused_with_a_reason():
     # crop1's rows are 12 to 47 px apart and a bright blob adds false marks: no lattice fits.
     with pytest.raises(RegistrationError, match="do not form a regular grid"):
