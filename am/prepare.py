@@ -49,6 +49,7 @@ from am.errors import ConfigError, InputError
 from am.files import file_sha256, write_atomic
 from am.imageio import encode_png, header_size, read_image, write_tiff
 from am.normalize import normalize
+from am.pitch import warn_if_off_scale
 from am.settings import Settings
 from am.tiling import TilePlan, plan_tiles, read_tile
 
@@ -348,6 +349,8 @@ class GroupTiler:
                                    name=str(source_path))
             del image
             self._source_size = normalised.shape
+            # Marks far from the model's scale come out in pieces; say so now, with the --scale to use.
+            warn_if_off_scale(normalised, scale=settings.scale, name=f"group {group}")
             # Uncompressed: microscopy shrinks only 10-20 % at zlib's fastest level, which costs about
             # 0.8-1.4 s of CPU per 25 Mpx (benchmarks/png_bench.py) while the workers wait for their first tiles.
             write_tiff(layout.source_norm(group), normalised, compress=False)

@@ -1,0 +1,112 @@
+"""How far apart an image's marks are, read from the image itself, before any model runs.
+
+The model finds marks at the scale it was trained on (the shipped one: lattice pitch 20-85 px).
+Marks four times larger come out of it in pieces and registration fails much later with an
+error about the grid; the pitch, read in a fraction of a second while the image is prepared,
+says so at once and which ``--scale`` brings the marks into range.
+
+The lattice shows in the image's autocorrelation as a peak at each lattice vector. The strongest
+peak off the centre is taken as the shortest vector, and it counts only where the peak at twice
+that vector stands up too: a lattice repeats, tissue texture does not. A central window of at
+most ``WINDOW_PX`` square is used (shrunk to ``FFT_PX``), so a 20000 px image costs what a
+2048 px one does::
+
+    pitch = estimate_pitch(image)          # px, or None where no lattice shows
+    warn_if_off_scale(image, scale=1.0, name="source/g/image.tif")
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# The lattice pitch the shipped model was trained on (am.train's synthetic pitch range).
+TRAINED_PITCH_PX = (20.0, 85.0)
+# Outside this range, at the scale the model sees, the masks are likely to break marks apart or miss them.
+SAFE_PITCH_PX = (14.0, 120.0)
+# The pitch a suggested --scale brings the marks to: the middle of the trained range, in ratio.
+TARGET_PITCH_PX = 45.0
+WINDOW_PX = 2048
+FFT_PX = 1024
+# The strongest off-centre autocorrelation peak must reach this (1 at the centre) ...
+MIN_PEAK = 0.1
+# ... and the peak at twice its vector this fraction of it.
+MIN_HARMONIC = 0.4
+# Peaks nearer the centre than this many (FFT) pixels are the texture's own correlation.
+MIN_LAG_PX = 6
+
+
+def estimate_pitch(image: np.ndarray) -> float | None:
+    """The shortest lattice vector's length in the image's pixels, or None where no lattice shows."""
+    window, factor = _window(image)
+    size = window.shape
+    if min(size) < 4 * MIN_LAG_PX:
+        return None
+    data = window.astype(np.float32)
+    data -= data.mean()
+    spread = float(data.std())
+    if not spread > 0:
+        return None
+    taper = np.outer(np.hanning(size[0]), np.hanning(size[1])).astype(np.float32)
+    power = np.abs(np.fft.rfft2(data * taper)) ** 2
+    correlation = np.fft.fftshift(np.fft.irfft2(power, s=size))
+    correlation /= correlation.max()
+    cy, cx = size[0] // 2, size[1] // 2
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    lag = np.hypot(yy - cy, xx - cx)
+    # Peaks up to a quarter of the window, so that the one at twice the vector is still inside it.
+    usable = (lag > MIN_LAG_PX) & (lag < min(size) / 4)
+    local_max = correlation == cv2.dilate(correlation, np.ones((5, 5), np.uint8))
+    candidates = np.argwhere(usable & local_max)
+    if candidates.size == 0:
+        return None
+    best = candidates[np.argmax(correlation[candidates[:, 0], candidates[:, 1]])]
+    peak = float(correlation[best[0], best[1]])
+    vector = best - np.array([cy, cx])
+    twice = np.array([cy, cx]) + 2 * vector
+    harmonic = float(correlation[twice[0] - 1 : twice[0] + 2, twice[1] - 1 : twice[1] + 2].max())
+    if peak < MIN_PEAK or harmonic < MIN_HARMONIC * peak:
+        return None
+    return float(np.hypot(*vector)) * factor
+
+
+def suggested_scale(pitch: float) -> float:
+    """The ``--scale`` that brings marks ``pitch`` px apart to the middle of the trained range."""
+    return float(f"{TARGET_PITCH_PX / pitch:.2g}")
+
+
+def warn_if_off_scale(image: np.ndarray, *, scale: float, name: str) -> float | None:
+    """Log the marks' pitch, and a warning with the ``--scale`` to use where the model would not see
+    them at its scale; returns the pitch in the image's pixels (None where no lattice shows)."""
+    pitch = estimate_pitch(image)
+    if pitch is None:
+        log.info("%s: no lattice of marks shows in the image's autocorrelation; its scale is not checked", name)
+        return None
+    seen = pitch * scale
+    at_scale = "" if scale == 1.0 else f", {seen:.0f} px at --scale {scale:g}"
+    low, high = SAFE_PITCH_PX
+    if low <= seen <= high:
+        log.info("%s: marks about %.0f px apart%s", name, pitch, at_scale)
+        return pitch
+    trained_low, trained_high = TRAINED_PITCH_PX
+    log.warning(
+        "%s: marks about %.0f px apart%s, far from the %.0f-%.0f px the shipped model was trained on: its masks "
+        "may break marks apart or miss them; rerun with --scale %g (check the overlay)",
+        name, pitch, at_scale, trained_low, trained_high, suggested_scale(pitch),
+    )
+    return pitch
+
+
+def _window(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """The central square of at most WINDOW_PX, shrunk to at most FFT_PX; and the shrink factor."""
+    height, width = image.shape[:2]
+    side = min(height, width, WINDOW_PX)
+    top, left = (height - side) // 2, (width - side) // 2
+    window = image[top : top + side, left : left + side]
+    if side <= FFT_PX:
+        return window, 1.0
+    return cv2.resize(window, (FFT_PX, FFT_PX), interpolation=cv2.INTER_AREA), side / FFT_PX
