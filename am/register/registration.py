@@ -335,7 +335,11 @@ def _fit(comps: Components, warnings: list[str]) -> tuple[LatticeFit, float]:
     major = _major(comps.area, comps.typical_area)
     points, area = comps.points[major], comps.area[major]
     fit_warnings: list[str] = []
-    fit = _fit_points(points, area, typical_area=comps.typical_area, warnings=fit_warnings)
+    fit: LatticeFit | None = None
+    try:
+        fit = _fit_points(points, area, typical_area=comps.typical_area, warnings=fit_warnings)
+    except RegistrationError as exc:
+        pieces_error = exc  # no lattice of the pieces: the joined pieces may still form one
     joined = join_pieces(points, area)
     if 2 * joined.pairs >= MIN_PAIRED_FRACTION * len(points) and len(joined.points) >= MIN_MARKS:
         joined_warnings: list[str] = []
@@ -345,7 +349,7 @@ def _fit(comps: Components, warnings: list[str]) -> tuple[LatticeFit, float]:
         except RegistrationError as exc:
             log.debug("no lattice fits the joined pieces (%s): the pieces' lattice stays", exc)
         else:
-            before = node_occupancy(fit, points)
+            before = 0.0 if fit is None else node_occupancy(fit, points)
             after = node_occupancy(joined_fit, points)
             if after >= max(MIN_OCCUPANCY, OCCUPANCY_GAIN * before):
                 log.info("%d pair(s) of components look like two pieces of one mark: the lattice is fitted to the "
@@ -353,6 +357,8 @@ def _fit(comps: Components, warnings: list[str]) -> tuple[LatticeFit, float]:
                          joined.pairs, 100 * min(after, 1.0), 100 * min(before, 1.0))
                 warnings.extend(joined_warnings)
                 return joined_fit, joined_area
+    if fit is None:
+        raise pieces_error
     warnings.extend(fit_warnings)
     return fit, comps.typical_area
 
