@@ -18,6 +18,7 @@ from pathlib import Path
 from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, run_main
 from am.errors import InputError
 from am.messages import TTA_MODES
+from am.pitch import TRAINED_PITCH_PX
 from am.settings import BACKENDS, config_path_from, config_template, load_settings
 
 log = logging.getLogger("am.pipeline")
@@ -81,8 +82,8 @@ def _registration_outcome(failed: list[str], groups: int) -> int:
     log.error("registration failed for %d of %d group(s): %s (errors above); the masks and the other groups' ids "
               "are kept: look at tiles_stitched/<group>/overlay.png, fix --rows/--cols and rerun (finished tiles "
               "are reused), or where marks are split or missed because they are far larger or smaller than the "
-              "model was trained on (the shipped model: lattice pitch 20-85 px) rerun with --scale (e.g. 0.5 for "
-              "marks twice as large)", len(failed), groups, ", ".join(failed))
+              "model was trained on (the shipped model: lattice pitch %.0f-%.0f px) rerun with --scale (e.g. 0.5 "
+              "for marks twice as large)", len(failed), groups, ", ".join(failed), *TRAINED_PITCH_PX)
     return EXIT_ERROR
 
 

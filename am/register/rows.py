@@ -139,8 +139,6 @@ def fit_uneven_rows(
     closer = uneven_rms <= BETTER_BY * regular_rms
     more_on_nodes = (regular_off >= OFF_NODE_FRACTION and uneven_off <= min(OFF_NODE_CUT * regular_off, OFF_NODE_MAX)
                      and uneven_rms < regular_rms)
-    log.debug("uneven rows: %.2f px against %.2f px, %.0f %% of the marks off their nodes against %.0f %%",
-              uneven_rms, regular_rms, 100 * uneven_off, 100 * regular_off)
     if not (closer or more_on_nodes):
         log.debug("uneven rows fit no better (%.2f px against %.2f px, %.0f %% of the marks off their nodes "
                   "against %.0f %%)", uneven_rms, regular_rms, 100 * uneven_off, 100 * regular_off)
