@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import logging
 import os
 import signal
@@ -17,6 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+
+from tqdm import tqdm
 
 from am.errors import AmError
 from am.settings import OptionError
@@ -137,9 +140,25 @@ def describe_os_error(exc: OSError) -> str:
     return f"cannot use {where}: {reason}{code}; {advice.format(target=_existing(exc.filename))}"
 
 
+def enable_stack_dumps() -> None:
+    """SIGUSR1 prints every thread's stack to stderr and the process runs on (``kill -USR1 <pid>``).
+
+    A command or worker that seems stuck can then say where, without being stopped.
+    """
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def run_main(main: Callable[[], int], *, name: str) -> int:
-    """Run ``main`` and map its outcome to an exit code; SIGTERM is handled like Ctrl-C so cleanup runs."""
+    """Run ``main`` and map its outcome to an exit code; SIGTERM is handled like Ctrl-C so cleanup runs.
+
+    SIGUSR1 prints every thread's stack (:func:`enable_stack_dumps`).
+    """
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # tqdm's monitor thread takes the bars' lock and is joined when the last bar closes: a Ctrl-C
+    # landing in a bar's update just after the lock was taken would wedge that join (see am.interrupts).
+    tqdm.monitor_interval = 0
+    enable_stack_dumps()
     log = logging.getLogger(name)
     try:
         return main()

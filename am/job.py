@@ -26,7 +26,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,6 +48,7 @@ from am.errors import (
     describe_fault,
 )
 from am.imageio import read_image
+from am.interrupts import ThreadPool, result_of
 from am.messages import TileMessage, tile_name, tiles_key
 from am.prepare import PreparedGroup
 from am.settings import Settings
@@ -231,7 +232,7 @@ class Job:
                                      on_done=self._bar.update, worker_logs=worker_logs)
         self._window = 0
         self._per_message = tiles_per_message(settings, backend=backend.name)
-        self._sender = ThreadPoolExecutor(1, thread_name_prefix="am-send")
+        self._sender = ThreadPool(1, thread_name_prefix="am-send")
         self._sending: Future[float] | None = None
         self._next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
         self._guard = InterruptGuard(job_id)
@@ -438,7 +439,7 @@ class Job:
     def _finish_sending(self) -> None:
         if self._sending is not None:
             sending, self._sending = self._sending, None
-            self.seconds["upload"] += sending.result()
+            self.seconds["upload"] += result_of(sending)
 
     def _upload(self, group: str, tiles: list[tuple[int, np.ndarray | Path]]) -> float:
         """Runs on the sender thread: tile objects to the input bucket, then their messages; returns seconds taken."""

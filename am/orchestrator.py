@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from am.backends import open_backend
 from am.dataset import DatasetLayout
 from am.errors import AmError, JobFailed, LauncherError
+from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
 from am.model_source import resolve_model
 from am.prepare import (
@@ -287,7 +288,7 @@ def run_pipeline(
 
     # Overlays are pictures for people that nothing downstream reads: they are drawn and encoded
     # on a thread while the next group is stitched, the job is cleaned up and the marks are registered.
-    with ThreadPoolExecutor(1, thread_name_prefix="am-overlay") as overlays:
+    with ThreadPool(1, thread_name_prefix="am-overlay") as overlays:
         drawing: list[Future[None]] = []
 
         def stitch(groups: list[PreparedGroup]) -> None:
@@ -311,7 +312,7 @@ def run_pipeline(
                 _register(layout.root, selected, rows=rows, cols=cols, summary=summary)
                 phases.end("register")
             for future in drawing:
-                future.result()
+                result_of(future)
             phases.end("overlay")
         except BaseException:
             _log_overlay_errors(drawing)
@@ -321,9 +322,11 @@ def run_pipeline(
 
 def _log_overlay_errors(drawing: list[Future[None]]) -> None:
     """A run failing for another reason must not hide that an overlay failed too: log it."""
-    for future in drawing:
-        if future.cancel():
-            continue
-        error = future.exception()
+    with deferred_interrupts():
+        started = [future for future in drawing if not future.cancel()]
+    wait_for(started)
+    with deferred_interrupts():
+        errors = [future.exception() for future in started]
+    for error in errors:
         if error is not None:
             log.error("could not write an overlay while the run was failing: %s", error)

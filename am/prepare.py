@@ -35,7 +35,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from am.dataset import DatasetLayout
 from am.errors import ConfigError, InputError
 from am.files import file_sha256, write_atomic
 from am.imageio import encode_png, header_size, read_image, write_tiff
+from am.interrupts import ThreadPool, result_of
 from am.normalize import normalize
 from am.pitch import warn_if_off_scale
 from am.settings import Settings
@@ -340,7 +341,7 @@ class GroupTiler:
         for stale in stale_dirs:
             if stale.exists():
                 shutil.rmtree(stale)
-        with ThreadPoolExecutor(1, thread_name_prefix="am-hash") as hasher:
+        with ThreadPool(1, thread_name_prefix="am-hash") as hasher:
             # Hashed beside the normalisation (hashlib lets go of the GIL): the workers wait for the first tiles.
             digest: Future[str] | None = None if known else hasher.submit(file_sha256, source_path)
             image = read_image(source_path)
@@ -354,7 +355,7 @@ class GroupTiler:
             # Uncompressed: microscopy shrinks only 10-20 % at zlib's fastest level, which costs about
             # 0.8-1.4 s of CPU per 25 Mpx (benchmarks/png_bench.py) while the workers wait for their first tiles.
             write_tiff(layout.source_norm(group), normalised, compress=False)
-            sha256 = known if digest is None else digest.result()
+            sha256 = known if digest is None else result_of(digest)
         self._identity = {"source": {**current, "sha256": sha256},
                           **_settings_identity(settings, self._model_id, self._worker)}
         self._scaled = rescale(normalised, scale=settings.scale)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from am.errors import InputError, TransportError
 from am.files import write_atomic
+from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
 from am.transport.retry import DEFAULT_POLICY, RetryPolicy, error_code, http_status
 
 log = logging.getLogger(__name__)
@@ -235,9 +236,10 @@ class Storage:
         """Run ``fn`` on each item with at most ``threads`` at once; yield after each success.
 
         The first exception cancels whatever has not started, waits for running calls, and is raised.
+        Ctrl-C meanwhile cuts that wait short (see :class:`am.interrupts.ThreadPool`).
         """
         window = self._threads * _WINDOW_PER_THREAD
-        with ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="am-transfer") as pool:
+        with ThreadPool(self._threads, thread_name_prefix="am-transfer") as pool:
             running: set[Future[None]] = set()
             try:
                 for item in items:
@@ -246,17 +248,18 @@ class Storage:
                         running = yield from _drain(running, until=window // 2)
                 yield from _drain(running, until=0)
             except BaseException:
-                for future in running:
-                    future.cancel()
+                with deferred_interrupts():
+                    for future in running:
+                        future.cancel()
                 raise
 
 
 def _drain(running: set[Future[None]], *, until: int) -> Generator[None, None, set[Future[None]]]:
     """Wait until at most ``until`` futures run, yielding once per success; raise the first failure."""
     while len(running) > until:
-        done, pending = wait(running, return_when=FIRST_EXCEPTION)
+        done, pending = wait_for(running, return_when=FIRST_EXCEPTION)
         for future in done:
-            future.result()
+            result_of(future)
         for _ in done:
             yield None
         running = pending

@@ -31,7 +31,7 @@ from types import FrameType
 
 import cv2
 
-from am.cli import quiet_wire_loggers
+from am.cli import enable_stack_dumps, quiet_wire_loggers
 from am.errors import AmError, ConfigError
 from am.model.memory import retain_freed_memory
 from am.transport.clients import ClientFactory
@@ -136,6 +136,7 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
     retain_freed_memory()
     signals = ShutdownSignals()
     signals.install()
+    enable_stack_dumps()
     try:
         worker = build_worker(config)
     except AmError as exc:

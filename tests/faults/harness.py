@@ -145,7 +145,14 @@ class PipelineRun:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"pipeline still running after {timeout} s:\n{self.stderr[-4000:]}") from exc
+            raise AssertionError(f"pipeline still running after {timeout} s; its threads' stacks follow its log:\n"
+                                 f"{self.stacks()[-12000:]}") from exc
+
+    def stacks(self) -> str:
+        """The log, ending with every thread's stack (the pipeline prints them on SIGUSR1): where a hang is."""
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        return self.stderr
 
     # -- context ---------------------------------------------------------------------------
 

@@ -120,3 +120,21 @@ def test_pipeline_on_a_dataset_it_cannot_write_exits_1_without_a_traceback(tmp_p
     assert len(errors) == 1, done.stderr
     assert str(named) in errors[0] and reason in errors[0] and "rerun the same command" in errors[0]
     assert not (root / "tiles" / "g1" / "meta.json").exists()
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on():
+    """``kill -USR1 <pid>`` on a command that seems stuck shows where each thread is, without stopping it."""
+    script = ("import os, signal, threading\n"
+              "from am.cli import run_main\n"
+              "def main():\n"
+              "    idle = threading.Event()\n"
+              "    threading.Thread(target=idle.wait, name='idle', daemon=True).start()\n"
+              "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+              "    print('went on')\n"
+              "    return 0\n"
+              "raise SystemExit(run_main(main, name='probe'))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "went on"
+    assert "Current thread" in done.stderr and "in main" in done.stderr, done.stderr
+    assert "in wait" in done.stderr, "the other thread's stack is missing:\n" + done.stderr
