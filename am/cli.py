@@ -143,10 +143,16 @@ def describe_os_error(exc: OSError) -> str:
 def enable_stack_dumps() -> None:
     """SIGUSR1 prints every thread's stack to stderr and the process runs on (``kill -USR1 <pid>``).
 
-    A command or worker that seems stuck can then say where, without being stopped.
+    A command or worker that seems stuck can then say where, without being stopped. The stacks go
+    to file descriptor 2 where ``sys.stderr`` has none (captured, or replaced by a notebook).
     """
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    try:
+        stream = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        stream = 2
+    faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
 
 
 def run_main(main: Callable[[], int], *, name: str) -> int:

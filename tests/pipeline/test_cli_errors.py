@@ -10,6 +10,8 @@ not stop) or a file standing where it must make a folder.
 from __future__ import annotations
 
 import errno
+import faulthandler
+import io
 import logging
 import os
 import shutil
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 from faults.harness import make_dataset
 
-from am.cli import EXIT_ERROR, EXIT_USAGE, run_main
+from am.cli import EXIT_ERROR, EXIT_USAGE, enable_stack_dumps, run_main
 from am.errors import ConfigError
 from am.settings import OptionError
 
@@ -138,3 +140,14 @@ def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on():
     assert done.stdout.strip() == "went on"
     assert "Current thread" in done.stderr and "in main" in done.stderr, done.stderr
     assert "in wait" in done.stderr, "the other thread's stack is missing:\n" + done.stderr
+
+
+def test_stack_dumps_go_to_descriptor_2_when_stderr_is_not_a_file(capfd, monkeypatch):
+    """Under a capture (or in a notebook) ``sys.stderr`` has no descriptor: run_main must still start."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    try:
+        enable_stack_dumps()
+        os.kill(os.getpid(), signal.SIGUSR1)
+    finally:
+        faulthandler.unregister(signal.SIGUSR1)
+    assert "in test_stack_dumps_go_to_descriptor_2_when_stderr_is_not_a_file" in capfd.readouterr().err
