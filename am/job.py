@@ -223,7 +223,10 @@ class Job:
         self._workers = 0
         sqs = backend.clients.sqs()
         self._storage = Storage(backend.clients.s3(), threads=settings.transfer_threads)
-        self._tile_queue = Queue(sqs, backend.queue_url)
+        # The sender thread's own clients: a Ctrl-C in the main thread can leave the lock of a
+        # client's connection pool held (see am.interrupts), and the clean-up waits for the sender.
+        self._send_storage = Storage(backend.clients.s3(), threads=settings.transfer_threads)
+        self._tile_queue = Queue(backend.clients.sqs(), backend.queue_url)
         self._results = Queue(sqs, results_url)
         self._dead_letters = Queue(sqs, backend.dead_letter_queue_url)
         self._bar = tqdm(total=0, unit="tile", desc="segment", disable=not show_progress)
@@ -453,7 +456,7 @@ class Job:
             objects.append((key, data))
             messages.append(_message(self.job_id, group, indices, key, model=self.backend.model,
                                      tta=self._settings.tta, reply=self.results_url))
-        self._storage.put_many(self.backend.input_bucket, objects)
+        self._send_storage.put_many(self.backend.input_bucket, objects)
         self._tile_queue.send_many(messages)
         return time.monotonic() - started
 
