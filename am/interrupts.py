@@ -13,7 +13,6 @@ step is over. Waits run in slices of :data:`POLL_S`, so an interrupt is handled 
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -21,8 +20,6 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, 
 from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Handler = Callable[[int, FrameType | None], Any]
@@ -156,5 +153,4 @@ class ThreadPool:
         self.shutdown(wait=True)
 
 
-__all__ = ["FIRST_COMPLETED", "FIRST_EXCEPTION", "POLL_S", "ThreadPool", "deferred_interrupts", "result_of",
-           "wait_for"]
+__all__ = ["POLL_S", "ThreadPool", "deferred_interrupts", "result_of", "wait_for"]

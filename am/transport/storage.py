@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from am.errors import InputError, TransportError
 from am.files import write_atomic
-from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
+from am.interrupts import ThreadPool, deferred_interrupts, wait_for
 from am.transport.retry import DEFAULT_POLICY, RetryPolicy, error_code, http_status
 
 log = logging.getLogger(__name__)
@@ -258,8 +258,10 @@ def _drain(running: set[Future[None]], *, until: int) -> Generator[None, None, s
     """Wait until at most ``until`` futures run, yielding once per success; raise the first failure."""
     while len(running) > until:
         done, pending = wait_for(running, return_when=FIRST_EXCEPTION)
-        for future in done:
-            result_of(future)
+        # Every one is done: result() returns or raises at once.
+        with deferred_interrupts():
+            for future in done:
+                future.result()
         for _ in done:
             yield None
         running = pending
