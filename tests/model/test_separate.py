@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
+from skimage.segmentation import watershed
 
 from am.errors import CheckpointError, InputError
 from am.model.checkpoint import ModelMeta
-from am.model.separate import separate_touching
+from am.model.separate import flood_apart, separate_touching
 
+DATA = Path(__file__).parent / "data"
 META = ModelMeta(encoder="resnet18", threshold=0.5, seed_threshold=0.9)
 
 
@@ -79,3 +83,46 @@ def test_bad_levels_and_shapes_are_refused() -> None:
     assert ModelMeta.from_dict(META.to_dict()) == META
     assert META.postprocesses and ModelMeta(encoder="resnet18", min_mark_px=40).postprocesses
     assert not ModelMeta(encoder="resnet18").postprocesses
+
+
+def floods_touching(keep: np.ndarray, proba: np.ndarray, seeds: np.ndarray, inside: np.ndarray) -> bool:
+    """Whether any 8-connected component of ``keep`` holds pixels of two different floods."""
+    floods = watershed(-proba, seeds, mask=inside, connectivity=2)
+    n, parts = cv2.connectedComponents(keep.astype(np.uint8), connectivity=8)
+    return any(np.unique(floods[parts == k]).size > 1 for k in range(1, n))
+
+
+def test_floods_meeting_on_a_diagonal_are_parted_along_the_valley() -> None:
+    proba = blobs([(28, 40), (48, 62)], sigma=14)  # joined at 0.5 across a diagonal neck
+    inside = proba >= 0.5
+    seeds = cv2.connectedComponents((proba >= 0.9).astype(np.uint8), connectivity=8)[1].astype(np.int32)
+    keep = flood_apart(proba, seeds, inside)
+    assert components(keep) == 2 and not floods_touching(keep, proba, seeds, inside)
+    assert not (keep & ~inside).any()
+    removed = inside & ~keep
+    assert 0 < removed.sum() <= 2 * 45, "a line about one pixel wide across the neck, not a band"
+    assert proba[removed].max() < proba[keep].max() and proba[removed].max() <= 0.6, "the line is in the valley"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_two_floods_stay_connected_on_random_probability_maps(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    proba = cv2.GaussianBlur(rng.random((90, 110)).astype(np.float32), (0, 0), 4)
+    proba = (proba - proba.min()) / (proba.max() - proba.min())
+    inside = proba >= 0.3
+    seeds = cv2.connectedComponents((proba >= 0.75).astype(np.uint8), connectivity=8)[1].astype(np.int32)
+    keep = flood_apart(proba, seeds, inside)
+    assert not (keep & ~inside).any()
+    assert not floods_touching(keep, proba, seeds, inside)
+    reached = watershed(-proba, seeds, mask=inside, connectivity=2) > 0
+    assert (keep == reached).sum() >= 0.9 * reached.size, "only the lines between floods go"
+
+
+def test_the_component_that_stalled_skimages_watershed_line_is_cut_in_two() -> None:
+    # A half-trained model's touching marks: skimage's watershed_line=True took seconds on this box
+    # (minutes without the mask), which stalled a GPU training run's validation for good.
+    case = np.load(DATA / "stalling_watershed.npz")
+    proba, seeds, inside = case["proba"], case["seeds"].astype(np.int32), case["inside"]
+    keep = flood_apart(proba, seeds, inside)
+    assert components(keep) == 2 and not floods_touching(keep, proba, seeds, inside)
+    assert (inside & ~keep).sum() < 0.02 * inside.sum()
