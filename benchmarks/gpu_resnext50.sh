@@ -14,6 +14,7 @@
 # MINUTES bounds training (it stops after the epoch that passes it); EPOCHS x STEPS is sized so that
 # an H100/H200 finishes its learning-rate schedule inside 6 minutes. Writes OUT/resnext50.pt,
 # OUT/resnext50.metrics.csv/.json, OUT/train.log and OUT/quality.json, and prints the figures.
+# WATCHDOG_S (seconds) stops a training run that overruns MINUTES and measures what it saved.
 # DEVICE=cpu with small SYNTHETIC, VALID, EPOCHS, STEPS, BATCH, CROP and QUALITY_SYNTHETIC checks the
 # script itself on a machine without a GPU.
 set -euo pipefail
@@ -56,10 +57,40 @@ fi
 mkdir -p "$OUT"
 
 start=$(date +%s)
-if ! "$PY" -m am.train --synthetic "$SYNTHETIC" --synthetic-size 512 --synthetic-valid "$VALID" --encoder resnext50_32x4d \
-        --decoder-channels 256,128,64,32,16 --crop "$CROP" --batch-size "$BATCH" --epochs "$EPOCHS" \
-        --steps-per-epoch "$STEPS" --lr 1e-3 --warmup-steps 100 --device "$DEVICE" --workers "$WORKERS" --seed 0 \
-        --max-minutes "$MINUTES" --out "$OUT/resnext50.pt" > "$OUT/train.log" 2>&1; then
+# A watchdog ends a training run that outlives MINUTES by more than an epoch's worth (WATCHDOG_S,
+# default MINUTES + 4 minutes): it asks for every thread's stack (SIGUSR1, into the log), stops the
+# run (SIGTERM, then SIGKILL), and the best checkpoint saved so far is measured anyway, since a
+# lease's minutes cannot be had again.
+watchdog_s=${WATCHDOG_S:-$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 + 240 }')}
+fired="$OUT/.watchdog-fired"
+rm -f "$fired"
+"$PY" -m am.train --synthetic "$SYNTHETIC" --synthetic-size 512 --synthetic-valid "$VALID" --encoder resnext50_32x4d \
+    --decoder-channels 256,128,64,32,16 --crop "$CROP" --batch-size "$BATCH" --epochs "$EPOCHS" \
+    --steps-per-epoch "$STEPS" --lr 1e-3 --warmup-steps 100 --device "$DEVICE" --workers "$WORKERS" --seed 0 \
+    --max-minutes "$MINUTES" --out "$OUT/resnext50.pt" > "$OUT/train.log" 2>&1 &
+trainer=$!
+(
+    sleep "$watchdog_s"
+    touch "$fired"
+    kill -USR1 "$trainer"; sleep 2
+    kill -TERM "$trainer"; sleep 30
+    kill -KILL "$trainer"
+) > /dev/null 2>&1 &
+watchdog=$!
+rc=0
+wait "$trainer" || rc=$?
+kill "$watchdog" 2> /dev/null || true
+if [ -e "$fired" ]; then
+    rm -f "$fired"
+    tr '\r' '\n' < "$OUT/train.log" | tail -40 >&2
+    if [ ! -f "$OUT/resnext50.pt" ]; then
+        echo "training outlived the ${watchdog_s} s watchdog before any epoch saved a checkpoint; the whole log" \
+             "(with every thread's stack) is $OUT/train.log" >&2
+        exit 1
+    fi
+    echo "WARNING: training outlived the ${watchdog_s} s watchdog and was stopped (stacks in $OUT/train.log);" \
+         "measuring the best checkpoint it saved" >&2
+elif [ "$rc" -ne 0 ]; then
     tr '\r' '\n' < "$OUT/train.log" | tail -20 >&2
     echo "training failed; the whole log is $OUT/train.log" >&2
     exit 1

@@ -37,6 +37,23 @@ def test_gpu_script_reports_a_failed_training_run(tmp_path):
     assert "training failed" in done.stderr and (tmp_path / "train.log").is_file()
 
 
+def test_gpu_script_stops_an_overrunning_training_and_still_measures_its_best_checkpoint(tmp_path):
+    # 200 one-step epochs outlast a 25 s watchdog, as a run stalled inside an epoch would outlast MINUTES.
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path), "SYNTHETIC": "2",
+           "VALID": "1", "EPOCHS": "200", "STEPS": "1", "BATCH": "2", "CROP": "64", "QUALITY_SYNTHETIC": "1",
+           "WORKERS": "0", "SKIP_REAL": "1", "WATCHDOG_S": "25"}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_resnext50.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "outlived the 25 s watchdog and was stopped" in done.stderr
+    log = (tmp_path / "train.log").read_text()
+    assert "most recent call first" in log, "the watchdog asks for every thread's stack before stopping the run"
+    quality = json.loads((tmp_path / "quality.json").read_text())
+    assert quality["encoder"] == "resnext50_32x4d"
+    assert 1 <= len(json.loads((tmp_path / "resnext50.metrics.json").read_text())["history"]) < 200
+    assert not (tmp_path / ".watchdog-fired").exists()
+
+
 def test_gpu_script_stops_before_training_when_the_real_samples_are_missing(tmp_path):
     missing = tmp_path / "no-real-samples"
     env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),

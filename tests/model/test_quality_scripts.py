@@ -105,3 +105,18 @@ def test_quality_report_skips_the_real_samples_only_where_the_default_folder_is_
     monkeypatch.setattr(quality, "REAL", tmp_path / "shared" / "data" / "real")
     assert quality.main(["--model", str(tiny_model), "--synthetic", "0", "--threads", "1"]) == 0
     assert f"real samples not found at {tmp_path / 'shared' / 'data' / 'real'}; skipped" in capsys.readouterr().out
+
+
+def test_postprocess_timing_lists_the_slowest_images(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    timing = load_script(REPO / "benchmarks" / "postprocess_time.py")
+    assert timing.main(["--model", str(tiny_model), "--images", "2", "--threads", "1", "--worst", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "post-processing of 2 images of 512 px (seed 1000): total" in out
+    assert out.count("  image ") == 2
+
+
+def test_postprocess_timing_refuses_no_images(tiny_model: Path) -> None:
+    timing = load_script(REPO / "benchmarks" / "postprocess_time.py")
+    with pytest.raises(SystemExit) as exit_info:
+        timing.main(["--model", str(tiny_model), "--images", "0"])
+    assert exit_info.value.code == 2
