@@ -13,7 +13,8 @@
 # script before training, since the figures cannot be taken again later; SKIP_REAL=1 leaves them out.
 # MINUTES bounds training (it stops after the epoch that passes it); EPOCHS x STEPS is sized so that
 # an H100/H200 finishes its learning-rate schedule inside 6 minutes. Writes OUT/resnext50.pt,
-# OUT/resnext50.metrics.csv/.json, OUT/train.log and OUT/quality.json, and prints the figures.
+# OUT/resnext50.metrics.csv/.json, OUT/train.log, OUT/quality.json and on CUDA OUT/bench.json (speed),
+# and prints the figures.
 # WATCHDOG_S (seconds) stops a training run that overruns MINUTES and measures what it saved.
 # DEVICE=cpu with small SYNTHETIC, VALID, EPOCHS, STEPS, BATCH, CROP and QUALITY_SYNTHETIC checks the
 # script itself on a machine without a GPU.
@@ -99,3 +100,16 @@ echo "training wall time: $(( $(date +%s) - start )) s"
 tr '\r' '\n' < "$OUT/train.log" | grep -E "INFO am.train.loop: epoch|WARNING|trained|wrote" || true
 "$PY" benchmarks/model_quality.py --model "$OUT/resnext50.pt" --device "$DEVICE" --synthetic "$QUALITY_SYNTHETIC" \
     "${real_args[@]}" --json "$OUT/quality.json"
+# The trained model's inference speed as a GPU worker runs it (fp16 there, compiled), so one lease
+# gives both tables. am.bench needs boto3 and tenacity: on a machine without them, carry their
+# wheels in .whl/ beside smp's. BENCH=0 skips it; it is on by default on CUDA only.
+if [ "${BENCH:-$([ "$DEVICE" = cuda ] && echo 1 || echo 0)}" = 1 ]; then
+    if timeout "${BENCH_TIMEOUT_S:-300}" "$PY" -m am.bench --checkpoint "$OUT/resnext50.pt" --device "$DEVICE" \
+            --precision auto --batch-size "${BENCH_BATCH:-128}" --tiles "${BENCH_TILES:-2048}" --compile auto \
+            --no-loop --json > "$OUT/bench.json" 2> "$OUT/bench.log"; then
+        echo "inference speed (am.bench): $(cat "$OUT/bench.json")"
+    else
+        tail -5 "$OUT/bench.log" >&2
+        echo "WARNING: the speed benchmark failed; the figures above stand, and its log is $OUT/bench.log" >&2
+    fi
+fi

@@ -17,11 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_gpu_script_trains_resnext50_and_measures_it(tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path), "SYNTHETIC": "2",
            "VALID": "1", "EPOCHS": "1", "STEPS": "1", "BATCH": "2", "CROP": "64", "QUALITY_SYNTHETIC": "1",
-           "WORKERS": "0", "SKIP_REAL": "1"}
+           "WORKERS": "0", "SKIP_REAL": "1", "BENCH": "1", "BENCH_BATCH": "2", "BENCH_TILES": "2"}
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_resnext50.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "training wall time" in done.stdout and "real samples skipped" in done.stdout
+    speed = json.loads((tmp_path / "bench.json").read_text())
+    assert speed["encoder"] == "resnext50_32x4d" and speed["model_tiles_per_s"] > 0 and speed["trained"]
     quality = json.loads((tmp_path / "quality.json").read_text())
     assert quality["encoder"] == "resnext50_32x4d"
     assert 0.0 <= quality["synthetic"]["dice_pooled"] <= 1.0
