@@ -22,7 +22,7 @@ from types import FrameType
 from tqdm import tqdm
 
 from am.errors import AmError
-from am.settings import OptionError
+from am.settings import AUTO_SCALE, OptionError, scale_value
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -35,6 +35,19 @@ POSTPROCESS_MODES = ("on", "off")
 # Precision auto: fp16 on CUDA, bf16 on a CPU with AMX, fp32 on other CPUs. Compile auto: on CUDA only.
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
+
+
+SCALE_HELP = ("resize factor applied before segmentation and undone after, for marks much larger (e.g. 0.5) or "
+              f"smaller (e.g. 2) than the model was trained on; {AUTO_SCALE}: read each image's mark pitch and "
+              "resize only an image whose marks are far outside the model's range (default 1)")
+
+
+def scale_option(text: str) -> float | str:
+    """The argparse type of ``--scale``: a factor, or ``auto``; the range is the setting's to check."""
+    try:
+        return scale_value(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or {AUTO_SCALE}") from None
 
 
 # Libraries that log every HTTP request with its headers at DEBUG: botocore's lines carry the

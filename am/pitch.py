@@ -13,6 +13,7 @@ most ``WINDOW_PX`` square is used (shrunk to ``FFT_PX``), so a 20000 px image co
 
     pitch = estimate_pitch(image)          # px, or None where no lattice shows
     warn_if_off_scale(image, scale=1.0, name="source/g/image.tif")
+    scale = choose_scale(image, name="group g")   # --scale auto: 1, or the factor the warning names
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import logging
 
 import cv2
 import numpy as np
+
+from am.settings import SCALE_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,35 @@ def suggested_scale(pitch: float) -> float:
     return float(f"{TARGET_PITCH_PX / pitch:.2g}")
 
 
+def auto_scale(pitch: float | None) -> float:
+    """The factor ``--scale auto`` tiles an image at: 1 wherever the model copes with its marks as they
+    are (no lattice seen, or a pitch in :data:`SAFE_PITCH_PX`), else the one the warning names.
+
+    Marks inside the safe range are left alone rather than brought to the middle of it: the shipped
+    model was trained across that range, and resizing costs detail (or time) for nothing.
+    """
+    if pitch is None:
+        return 1.0
+    low, high = SAFE_PITCH_PX
+    if low <= pitch <= high:
+        return 1.0
+    return min(max(suggested_scale(pitch), SCALE_RANGE[0]), SCALE_RANGE[1])
+
+
+def choose_scale(image: np.ndarray, *, name: str) -> float:
+    """:func:`auto_scale` of the image's pitch, logged with the reason, so a person can check the overlay."""
+    pitch = estimate_pitch(image)
+    scale = auto_scale(pitch)
+    if pitch is None:
+        log.info("%s: no lattice of marks shows in the image's autocorrelation; --scale auto keeps it at 1", name)
+    elif scale == 1.0:
+        log.info("%s: marks about %.0f px apart, within the model's range; --scale auto keeps it at 1", name, pitch)
+    else:
+        log.info("%s: marks about %.0f px apart; --scale auto segments it at %g (marks about %.0f px apart), "
+                 "check the overlay", name, pitch, scale, pitch * scale)
+    return scale
+
+
 def warn_if_off_scale(image: np.ndarray, *, scale: float, name: str) -> float | None:
     """Log the marks' pitch, and a warning with the ``--scale`` to use where the model would not see
     them at its scale; returns the pitch in the image's pixels (None where no lattice shows)."""
@@ -95,7 +127,7 @@ def warn_if_off_scale(image: np.ndarray, *, scale: float, name: str) -> float | 
     trained_low, trained_high = TRAINED_PITCH_PX
     log.warning(
         "%s: marks about %.0f px apart%s, far from the %.0f-%.0f px the shipped model was trained on: its masks "
-        "may break marks apart or miss them; rerun with --scale %g (check the overlay)",
+        "may break marks apart or miss them; rerun with --scale %g or --scale auto (check the overlay)",
         name, pitch, at_scale, trained_low, trained_high, suggested_scale(pitch),
     )
     return pitch

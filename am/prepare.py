@@ -50,8 +50,8 @@ from am.files import file_sha256, write_atomic
 from am.imageio import encode_png, header_size, read_image, write_tiff
 from am.interrupts import ThreadPool, result_of
 from am.normalize import normalize
-from am.pitch import warn_if_off_scale
-from am.settings import Settings
+from am.pitch import choose_scale, warn_if_off_scale
+from am.settings import AUTO_SCALE, Settings
 from am.tiling import TilePlan, plan_tiles, read_tile
 
 log = logging.getLogger(__name__)
@@ -205,24 +205,43 @@ def check_image_size(height: int, width: int, *, scale: float, name: str) -> Non
     )
 
 
+def nominal_scale(settings: Settings) -> float:
+    """The factor known before an image is read: ``scale``, or 1 for ``auto``, whose factor comes from the pixels.
+
+    Where it serves (the size checks and the tile count made from headers) 1 is safe: ``auto`` only
+    ever resizes an image whose lattice it can see, which takes a window at least four pitches wide,
+    so the factor it picks leaves the image about 180 px (four target pitches) or more on each side.
+    """
+    return 1.0 if settings.scale == AUTO_SCALE else float(settings.scale)
+
+
+def _recorded_scale(meta: dict[str, Any], settings: Settings) -> float | None:
+    """The factor a plan's tiles were cut at; plans from before it was recorded were cut at the setting."""
+    recorded = meta.get("scale")
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        return float(recorded)
+    return None if settings.scale == AUTO_SCALE else float(settings.scale)
+
+
 def check_group_size(layout: DatasetLayout, group: str, *, settings: Settings) -> None:
     """:func:`check_image_size` from the image's header, before anything starts; a header that cannot
     tell is left to :meth:`GroupTiler.normalise`, which reads the pixels."""
     path = layout.source_image(group)
     size = header_size(path)
     if size is not None:
-        check_image_size(size[0], size[1], scale=settings.scale, name=str(path))
+        check_image_size(size[0], size[1], scale=nominal_scale(settings), name=str(path))
 
 
 def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> int | None:
     """How many tiles the group's image will be cut into, from its file header; None when unknown.
 
-    Lets the job start no more workers than there will be tiles before a pixel is read.
+    Lets the job start no more workers than there will be tiles before a pixel is read. With
+    ``scale: auto`` it counts the tiles at scale 1: an estimate, since the factor comes from the pixels.
     """
     size = header_size(layout.source_image(group))
     if size is None or min(size) < 1:
         return None
-    height, width = _scaled_size(size[0], size[1], settings.scale)
+    height, width = _scaled_size(size[0], size[1], nominal_scale(settings))
     return len(plan_tiles(height, width, tile_size=settings.tile_size, overlap=settings.tile_overlap))
 
 
@@ -240,7 +259,8 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, se
            model_id: str, worker: Mapping[str, str] | None) -> PreparedGroup | None:
     if meta is None or not _is_complete(meta) or not _same_settings(meta, settings, model_id, worker):
         return None
-    if not layout.source_norm(group).is_file():
+    scale = _recorded_scale(meta, settings)
+    if scale is None or not layout.source_norm(group).is_file():
         return None
     plan = TilePlan.from_json(json.dumps(meta["plan"]))
     if not all(layout.tile_source(group, t.index).is_file() for t in plan.tiles):
@@ -261,8 +281,7 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, se
         _write_json_atomic(layout.tile_plan(group), {**meta, "identity": {**meta["identity"], "source": source}})
     pending = tuple(t.index for t in plan.tiles if not layout.tile_mask(group, t.index).is_file())
     log.info("group %s: reusing %d tiles, %d still need a mask", group, len(plan.tiles), len(pending))
-    return PreparedGroup(group, plan, int(meta["source_height"]), int(meta["source_width"]),
-                         settings.scale, pending)
+    return PreparedGroup(group, plan, int(meta["source_height"]), int(meta["source_width"]), scale, pending)
 
 
 def reuse_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
@@ -305,6 +324,7 @@ class GroupTiler:
         self._scaled: np.ndarray | None = None
         self._plan: TilePlan | None = None
         self._source_size = (0, 0)
+        self._scale = nominal_scale(settings)
         self._identity: dict[str, Any] = {}
         self._written = 0
         self._resuming = False
@@ -345,24 +365,29 @@ class GroupTiler:
             # Hashed beside the normalisation (hashlib lets go of the GIL): the workers wait for the first tiles.
             digest: Future[str] | None = None if known else hasher.submit(file_sha256, source_path)
             image = read_image(source_path)
-            check_image_size(image.shape[0], image.shape[1], scale=settings.scale, name=str(source_path))
+            check_image_size(image.shape[0], image.shape[1], scale=self._scale, name=str(source_path))
             normalised = normalize(image, low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
                                    name=str(source_path))
             del image
             self._source_size = normalised.shape
-            # Marks far from the model's scale come out in pieces; say so now, with the --scale to use.
-            warn_if_off_scale(normalised, scale=settings.scale, name=f"group {group}")
+            if settings.scale == AUTO_SCALE:
+                self._scale = choose_scale(normalised, name=f"group {group}")
+                check_image_size(*self._source_size, scale=self._scale, name=str(source_path))
+            else:
+                # Marks far from the model's scale come out in pieces; say so now, with the --scale to use.
+                warn_if_off_scale(normalised, scale=self._scale, name=f"group {group}")
             # Uncompressed: microscopy shrinks only 10-20 % at zlib's fastest level, which costs about
             # 0.8-1.4 s of CPU per 25 Mpx (benchmarks/png_bench.py) while the workers wait for their first tiles.
             write_tiff(layout.source_norm(group), normalised, compress=False)
             sha256 = known if digest is None else result_of(digest)
         self._identity = {"source": {**current, "sha256": sha256},
                           **_settings_identity(settings, self._model_id, self._worker)}
-        self._scaled = rescale(normalised, scale=settings.scale)
+        self._scaled = rescale(normalised, scale=self._scale)
         del normalised
         self._plan = plan_tiles(self._scaled.shape[0], self._scaled.shape[1], tile_size=settings.tile_size,
                                 overlap=settings.tile_overlap)
-        if self._resuming and earlier.get("plan") != json.loads(self._plan.to_json()):
+        if self._resuming and (earlier.get("plan") != json.loads(self._plan.to_json())
+                               or _recorded_scale(earlier, settings) != self._scale):
             log.warning("group %s: the tile plan changed since the interrupted run; cutting every tile again", group)
             self._resuming = False
             shutil.rmtree(layout.tiles_dir(group), ignore_errors=False)
@@ -381,6 +406,7 @@ class GroupTiler:
             "identity": self._identity,
             "source_height": height,
             "source_width": width,
+            "scale": self._scale,
             "plan": json.loads(self.plan.to_json()),
         })
 
@@ -422,9 +448,10 @@ class GroupTiler:
         # Marked complete last: a complete plan means every tile above is on disk.
         self._write_meta(complete=True)
         self._scaled = None
-        log.info("group %s: %dx%d image, %d tiles of %d px (overlap %d)", self.group, width, height,
-                 len(plan.tiles), settings.tile_size, settings.tile_overlap)
-        return PreparedGroup(self.group, plan, height, width, settings.scale, tuple(self._sent))
+        at_scale = "" if self._scale == 1.0 else f" at scale {self._scale:g}"
+        log.info("group %s: %dx%d image, %d tiles of %d px (overlap %d)%s", self.group, width, height,
+                 len(plan.tiles), settings.tile_size, settings.tile_overlap, at_scale)
+        return PreparedGroup(self.group, plan, height, width, self._scale, tuple(self._sent))
 
 
 def prepare_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,

@@ -32,6 +32,9 @@ BACKENDS = ("local", "aws")
 AWS_LAUNCH_MODES = ("run_task", "service")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 COMMAND_LINE = "the command line"
+# ``scale: auto`` reads each image's mark pitch as it is prepared and picks the factor then (am.pitch).
+AUTO_SCALE = "auto"
+SCALE_RANGE = (0.1, 10.0)
 
 
 class SettingError(ConfigError):
@@ -60,7 +63,7 @@ class Settings:
     tile_overlap: int = 128
     norm_low_pct: float = 1.0
     norm_high_pct: float = 99.0
-    scale: float = 1.0
+    scale: float | str = 1.0
     # Test-time augmentation the workers apply to every tile of a job (am.model.tta).
     tta: str = "off"
     # Worker behaviour, passed to every worker the orchestrator starts.
@@ -105,7 +108,9 @@ class Settings:
                  f"between 0 and half the tile size ({self.tile_size // 2})", also=("tile_size",))
         _require(0 <= self.norm_low_pct < self.norm_high_pct <= 100, "norm_low_pct/norm_high_pct",
                  (self.norm_low_pct, self.norm_high_pct), "0 <= low < high <= 100")
-        _require(0.1 <= self.scale <= 10, "scale", self.scale, "between 0.1 and 10")
+        _require(self.scale == AUTO_SCALE or (not isinstance(self.scale, str)
+                                              and SCALE_RANGE[0] <= self.scale <= SCALE_RANGE[1]),
+                 "scale", self.scale, f"between {SCALE_RANGE[0]:g} and {SCALE_RANGE[1]:g}, or {AUTO_SCALE}")
         _require(self.tta in TTA_MODES, "tta", self.tta, f"one of {', '.join(TTA_MODES)}")
         _require(self.batch_size >= 0, "batch_size", self.batch_size, ">= 0 (0 picks one for the device)")
         _require(math.isfinite(self.idle_exit_s) and self.idle_exit_s > 0, "idle_exit_s", self.idle_exit_s,
@@ -146,9 +151,23 @@ def _require(ok: bool, key: str, value: Any, allowed: str, *, also: tuple[str, .
                            (*key.split("/"), *also))
 
 
-def _coerce(key: str, raw: Any, typ: type, source: str) -> Any:
+def scale_value(raw: Any) -> float | str:
+    """A resize factor, or ``auto`` (any case): the type of the ``scale`` setting and of ``--scale``."""
+    if isinstance(raw, str) and raw.strip().lower() == AUTO_SCALE:
+        return AUTO_SCALE
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a number or {AUTO_SCALE}")
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number or {AUTO_SCALE}") from None
+
+
+def _coerce(key: str, raw: Any, typ: Any, source: str) -> Any:
     """Turn a string from the environment or a YAML scalar into the setting's type."""
     try:
+        if typ is scale_value:
+            return scale_value(raw)
         if typ is bool:
             if isinstance(raw, bool):
                 return raw
@@ -175,7 +194,8 @@ def _coerce(key: str, raw: Any, typ: type, source: str) -> Any:
             raise ValueError("expected a single value")
         return str(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {key} = {raw!r} is not a valid {typ.__name__} ({exc})") from exc
+        name = "scale" if typ is scale_value else typ.__name__
+        raise ConfigError(f"{source}: {key} = {raw!r} is not a valid {name} ({exc})") from exc
 
 
 # Shipped inside the package (config/config.yml.template in the repository links to it), so that an
@@ -189,10 +209,10 @@ def config_template() -> str:
     return CONFIG_TEMPLATE.read_text(encoding="utf-8")
 
 
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "float | str": scale_value}
 
 
-def setting_types() -> dict[str, type]:
+def setting_types() -> dict[str, Any]:
     """Each setting's Python type, so that text from the environment or a YAML file is parsed alike."""
     return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(Settings)}
 

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from am.cli import EXIT_OK, configure_logging, run_main
+from am.cli import EXIT_OK, SCALE_HELP, configure_logging, run_main, scale_option
 from am.errors import ConfigError
 from am.messages import TTA_MODES
 from am.settings import BACKENDS, Settings, config_path_from, load_settings
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="checkpoint path or s3:// URI (default: the model shipped with am-segm)")
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
-    parser.add_argument("--scale", type=float, help="resize factor applied before segmentation (default 1)")
+    parser.add_argument("--scale", type=scale_option, help=SCALE_HELP)
     parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: off (default), flips or d4")
     parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, run_main
+from am.cli import EXIT_ERROR, EXIT_OK, SCALE_HELP, configure_logging, run_main, scale_option
 from am.errors import InputError
 from am.messages import TTA_MODES
 from am.pitch import TRAINED_PITCH_PX
@@ -58,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="checkpoint path or s3:// URI (default: the model shipped with am-segm)")
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
-    parser.add_argument("--scale", type=float,
-                        help="resize factor applied before segmentation and undone after, for marks much larger "
-                             "(e.g. 0.5) or smaller (e.g. 2) than the model was trained on (default 1)")
+    parser.add_argument("--scale", type=scale_option, help=SCALE_HELP)
     parser.add_argument("--tta", choices=TTA_MODES,
                         help="test-time augmentation: off (default), flips (4 views averaged) or d4 (8 views: "
                              "the cleanest masks, 8x the model time)")
@@ -83,7 +81,8 @@ def _registration_outcome(failed: list[str], groups: int) -> int:
               "are kept: look at tiles_stitched/<group>/overlay.png, fix --rows/--cols and rerun (finished tiles "
               "are reused), or where marks are split or missed because they are far larger or smaller than the "
               "model was trained on (the shipped model: lattice pitch %.0f-%.0f px) rerun with --scale (e.g. 0.5 "
-              "for marks twice as large)", len(failed), groups, ", ".join(failed), *TRAINED_PITCH_PX)
+              "for marks twice as large, or auto to read it from each image)",
+              len(failed), groups, ", ".join(failed), *TRAINED_PITCH_PX)
     return EXIT_ERROR
 
 

@@ -185,6 +185,8 @@ def test_image_too_thin_for_the_model_is_refused_before_any_worker_starts(cli, t
     (["--workers", "0"], "setting workers = 0 is not allowed"),
     (["--tile-size", "100"], "setting tile_size = 100 is not allowed"),
     (["--scale", "0"], "setting scale = 0.0 is not allowed"),
+    (["--scale", "big"], "argument --scale: 'big' is not a number or auto"),
+    (["--scale", "nan"], "setting scale = nan is not allowed: it must be between 0.1 and 10, or auto"),
     (["--tile-overlap", "512"], "setting tile_overlap = 512 is not allowed"),
     (["--batch-size", "-1"], "setting batch_size = -1 is not allowed"),
 ])

@@ -151,3 +151,22 @@ def test_a_missing_config_file_says_how_to_write_one(tmp_path):
     with pytest.raises(ConfigError, match=r"does not exist; write the template with python -m am.pipeline "
                                           r"--config-template > config.yml"):
         load_settings({}, environ={}, config_path=tmp_path / "absent.yml")
+
+
+def test_scale_is_a_factor_or_auto_wherever_it_is_set(tmp_path):
+    config = tmp_path / "c.yml"
+    config.write_text("scale: auto\n")
+    assert load_settings({}, environ={}, config_path=config).scale == "auto"
+    assert load_settings({}, environ={"AM_SCALE": " Auto "}).scale == "auto"
+    assert load_settings({"scale": "auto"}, environ={"AM_SCALE": "0.5"}).scale == "auto"
+    assert load_settings({}, environ={"AM_SCALE": "0.5"}).scale == 0.5
+    config.write_text("scale: 2\n")
+    assert load_settings({}, environ={}, config_path=config).scale == 2.0
+    for bad in ("scale: big\n", "scale: yes\n", "scale: [1, 2]\n"):
+        config.write_text(bad)
+        with pytest.raises(ConfigError, match="scale = .* is not a valid scale \\(expected a number or auto\\)"):
+            load_settings({}, environ={}, config_path=config)
+    with pytest.raises(ConfigError, match="must be between 0.1 and 10, or auto"):
+        load_settings({}, environ={"AM_SCALE": "20"})
+    with pytest.raises(ConfigError, match="must be between 0.1 and 10, or auto"):
+        Settings(scale="automatic")
