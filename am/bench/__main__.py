@@ -85,8 +85,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from am.model.build import write_untrained_checkpoint
     from am.model.checkpoint import default_model_path
     from am.model.predict import Predictor
+    from am.worker.worker import OPENCV_THREADS, opencv_threads_of_a_worker
 
-    with tempfile.TemporaryDirectory(prefix="am-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="am-bench-") as tmp, opencv_threads_of_a_worker():
         checkpoint = args.checkpoint or default_model_path()
         if args.encoder:
             checkpoint = write_untrained_checkpoint(Path(tmp) / f"{args.encoder}.pt", encoder=args.encoder,
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "encoder": predictor.meta.encoder, "trained": predictor.meta.trained, "device": predictor.device,
             "device_name": device_name(predictor.device), "precision": predictor.precision, "batch_size": batch,
             "tile_size": args.tile_size, "compiled": predictor.compiled, "compile_s": round(predictor.compile_s, 2),
-            "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),
+            "cpu_count": os.cpu_count(), "opencv_threads": OPENCV_THREADS, "load_average": list(os.getloadavg()),
         }
         images = synthetic_tiles(min(batch, 8), size=args.tile_size)
         full = np.stack([images[i % len(images)] for i in range(batch)])

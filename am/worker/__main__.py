@@ -39,7 +39,7 @@ from am.transport.queue import Queue
 from am.transport.storage import Storage
 from am.worker.config import WorkerConfig
 from am.worker.models import ModelCache
-from am.worker.worker import EXIT_FAILED, Worker
+from am.worker.worker import EXIT_FAILED, OPENCV_THREADS, Worker
 
 log = logging.getLogger("am.worker")
 
@@ -85,8 +85,8 @@ def build_worker(config: WorkerConfig) -> Worker:
     from am.model.checkpoint import default_model_path
     from am.model.predict import Predictor
 
-    # PNG codecs run on the stage pools beside the model: OpenCV's own threads would only crowd its cores.
-    cv2.setNumThreads(1)
+    # PNG codecs and post-processing run on pools of their own: OpenCV's threads would only crowd them.
+    cv2.setNumThreads(OPENCV_THREADS)
     clients = ClientFactory(endpoint_url=config.endpoint_url, region=config.region)
     sqs = clients.sqs()
     storage = Storage(clients.s3())

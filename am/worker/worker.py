@@ -35,10 +35,13 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import cv2
 
 from am.errors import MessageError, TransportError, WorkerError
 from am.messages import RESULT_DONE, RESULT_FAILED, TileMessage, TileResult
@@ -72,6 +75,23 @@ _SUPERVISE_INTERVAL_S = 0.1
 # poll would take them straight back, and a worker exiting then hides them from every other worker
 # for a whole visibility timeout. Given back, they reach that poll at once, and it returns them.
 RECEIVE_SETTLE_S = 2.0
+# OpenCV's threads in a worker process. Its parallelism is the stage pools (PNG codecs beside the
+# model) and, behind a GPU, the post-processing pool; OpenCV's own threads inside each of those only
+# crowd the cores (on 2 cores, 2 post-processing threads did 1.5-1.7 times the tiles of one with
+# OpenCV at 1 thread, 1.3 times at its default of one per core).
+OPENCV_THREADS = 1
+
+
+@contextmanager
+def opencv_threads_of_a_worker() -> Iterator[None]:
+    """OpenCV at a worker's thread count while the block runs, restored after: a benchmark of the
+    worker's steps in another process (am.bench) must measure them as a worker runs them."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(OPENCV_THREADS)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 class ResultSender(Protocol):

@@ -38,6 +38,33 @@ def test_json_reports_model_and_worker_loop_figures(tiny_model: Path, capsys: py
     assert out["gflop_per_tile"] > 0
 
 
+def test_the_model_is_measured_with_opencv_threads_as_in_a_worker(tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Post-processing is OpenCV: measured at OpenCV's default threads it is not what a worker does."""
+    import cv2
+
+    import am.bench.model as bench_model
+    from am.worker.worker import OPENCV_THREADS
+
+    seen: list[int] = []
+    measure = bench_model.model_throughput
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(cv2.getNumThreads())
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench_model, "model_throughput", recording)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        assert bench_cli.main(["--checkpoint", str(tiny_model), "--device", "cpu", "--tile-size", "64", "--tiles", "4",
+                               "--batch-size", "4", "--no-loop", "--json"]) == 0
+        assert seen == [OPENCV_THREADS] and json.loads(capsys.readouterr().out)["opencv_threads"] == OPENCV_THREADS
+        assert cv2.getNumThreads() == 2  # given back to the caller as it was
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_table_names_every_figure(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_cli.main(["--checkpoint", str(tiny_model), "--device", "cpu", "--tile-size", "64", "--tiles", "4",
                            "--no-loop", "--peak-tflops", "1"]) == 0
