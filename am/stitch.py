@@ -47,16 +47,24 @@ def stitch_mask(layout: DatasetLayout, prepared: PreparedGroup) -> np.ndarray:
             raise InputError(f"mask tile {path} is {data.shape[1]}x{data.shape[0]}, not "
                              f"{plan.tile_size}x{plan.tile_size}; delete it and rerun to make it again")
         stitcher.add(tile.index, data)
-    mask = stitcher.finalize()
-    if mask.shape != (prepared.source_height, prepared.source_width):
-        size = (prepared.source_width, prepared.source_height)
-        mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
-        # In place and in uint8: a 20000 px mask must not grow int64 temporaries of 3 GB.
+    mask = at_source_size(stitcher.finalize(), prepared.source_height, prepared.source_width)
+    write_tiff(layout.stitched_mask(group), mask)
+    log.info("group %s: stitched %d tiles into %s", group, len(plan.tiles), layout.stitched_mask(group))
+    return mask
+
+
+def at_source_size(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A mask stitched at the tiles' scale as a 0/255 mask of the image's own ``height`` x ``width``.
+
+    Resized linearly and cut at half way, so a mark's outline moves by under a pixel of the image
+    whichever way the scale went; in place and in uint8 (a 20000 px mask must not grow int64
+    temporaries of 3 GB).
+    """
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
         cv2.threshold(mask, 127, 255, cv2.THRESH_BINARY, dst=mask)
     else:
         cv2.threshold(mask, 0, 255, cv2.THRESH_BINARY, dst=mask)
-    write_tiff(layout.stitched_mask(group), mask)
-    log.info("group %s: stitched %d tiles into %s", group, len(plan.tiles), layout.stitched_mask(group))
     return mask
 
 

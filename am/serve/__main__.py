@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from am.cli import EXIT_OK, PRECISIONS, add_precision_option, configure_logging, run_main
+from am.cli import EXIT_OK, PRECISIONS, SCALE_HELP, add_precision_option, configure_logging, run_main, scale_option
 from am.errors import ConfigError
 from am.messages import TTA_MODES
 from am.settings import config_path_from, load_settings
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     serve.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
     serve.add_argument("--batch-size", type=int, help="tiles per model call (default: by device)")
+    serve.add_argument("--scale", type=scale_option, help=SCALE_HELP)
     serve.add_argument("--tta", choices=TTA_MODES,
                        help="test-time augmentation: off (default), flips (4 views) or d4 (8 views)")
     serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
@@ -97,17 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         from am.serve.segment import ImageSegmenter, find_model
 
         overrides = {"tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "batch_size": args.batch_size,
-                     "log_level": args.log_level, "tta": args.tta}
+                     "log_level": args.log_level, "tta": args.tta, "scale": args.scale}
         settings = load_settings(overrides, environ=os.environ, config_path=config_path_from(args.config, os.environ))
         configure_logging(settings.log_level)
         precision = resolve_precision_option(args.precision, os.environ)
         model_path = find_model(args.model_dir)
         predictor = Predictor.from_checkpoint(model_path, device=args.device, threads=args.threads,
                                               batch_size=settings.batch_size, tta=settings.tta, precision=precision)
-        log.info("model %s loaded on %s (%s); tiles of %d px overlapping by %d", model_path, predictor.device,
-                 predictor.precision, settings.tile_size, settings.tile_overlap)
+        log.info("model %s loaded on %s (%s); tiles of %d px overlapping by %d, scale %s", model_path,
+                 predictor.device, predictor.precision, settings.tile_size, settings.tile_overlap, settings.scale)
         segmenter = ImageSegmenter(predictor, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
-                                   low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct)
+                                   low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
+                                   scale=settings.scale)
         app = create_app(segmenter, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
         uvicorn.run(app, host=args.host, port=port, log_config=None, log_level=settings.log_level.lower(),
                     timeout_graceful_shutdown=10)

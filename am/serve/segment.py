@@ -2,10 +2,11 @@
 
 The SageMaker container needs no queues (SageMaker runs one container per instance and
 spreads records over them itself), so this is the pipeline's segmentation stage without
-S3 or SQS, built from the same pieces: :func:`am.normalize.normalize`, the tile plan and
-:class:`am.tiling.Stitcher`, and the model's :class:`am.model.Predictor`::
+S3 or SQS, built from the same pieces: :func:`am.normalize.normalize`, the pitch check and
+``scale`` (``auto`` included) of :mod:`am.pitch`, the tile plan and :class:`am.tiling.Stitcher`, and
+the model's :class:`am.model.Predictor`::
 
-    segmenter = ImageSegmenter(Predictor.from_checkpoint(find_model(Path("/opt/ml/model"))))
+    segmenter = ImageSegmenter(Predictor.from_checkpoint(find_model(Path("/opt/ml/model"))), scale="auto")
     mask = segmenter.segment(read_image(path))      # uint8 0/255, the image's height x width
 """
 
@@ -19,6 +20,10 @@ import numpy as np
 from am.errors import CheckpointError
 from am.model.predict import Predictor
 from am.normalize import normalize
+from am.pitch import choose_scale, warn_if_off_scale
+from am.prepare import check_image_size, rescale
+from am.settings import AUTO_SCALE
+from am.stitch import at_source_size
 from am.tiling import Stitcher, plan_tiles, read_tile
 
 log = logging.getLogger(__name__)
@@ -54,26 +59,42 @@ class ImageSegmenter:
         tile_overlap: int = 128,
         low_pct: float = 1.0,
         high_pct: float = 99.0,
+        scale: float | str = 1.0,
     ) -> None:
         self.predictor = predictor
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.low_pct = low_pct
         self.high_pct = high_pct
+        self.scale = scale
 
     def segment(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
-        """The mask of ``image`` (grey or colour, any bit depth); memory: one batch of tiles plus the mask."""
+        """The mask of ``image`` (grey or colour, any bit depth); memory: one batch of tiles plus the mask
+        (and the resized image, at a scale other than 1)."""
         grey = normalize(image, low_pct=self.low_pct, high_pct=self.high_pct, name=name)
-        plan = plan_tiles(grey.shape[0], grey.shape[1], tile_size=self.tile_size, overlap=self.tile_overlap)
+        scale = self.scale_for(grey, name=name)
+        scaled = rescale(grey, scale=scale)
+        plan = plan_tiles(scaled.shape[0], scaled.shape[1], tile_size=self.tile_size, overlap=self.tile_overlap)
         stitcher = Stitcher(plan)
         step = self.predictor.batch_size
         for start in range(0, len(plan.tiles), step):
             tiles = plan.tiles[start : start + step]
-            masks = self.predictor.predict(np.stack([read_tile(grey, tile, plan) for tile in tiles]))
+            masks = self.predictor.predict(np.stack([read_tile(scaled, tile, plan) for tile in tiles]))
             for tile, mask in zip(tiles, masks, strict=True):
                 stitcher.add(tile.index, mask)
-        log.debug("%s: %d x %d px segmented in %d tile(s)", name, grey.shape[1], grey.shape[0], len(plan.tiles))
-        return stitcher.finalize()
+        log.debug("%s: %d x %d px segmented in %d tile(s) at scale %g", name, grey.shape[1], grey.shape[0],
+                  len(plan.tiles), scale)
+        return at_source_size(stitcher.finalize(), *grey.shape)
+
+    def scale_for(self, grey: np.ndarray, *, name: str) -> float:
+        """The factor ``grey`` is segmented at, as the pipeline's preparation picks it (and warns)."""
+        if self.scale == AUTO_SCALE:
+            scale = choose_scale(grey, name=name)
+        else:
+            scale = float(self.scale)
+            warn_if_off_scale(grey, scale=scale, name=name)
+        check_image_size(grey.shape[0], grey.shape[1], scale=scale, name=name)
+        return scale
 
 
 __all__ = ["MODEL_FILE", "ImageSegmenter", "find_model"]

@@ -168,3 +168,35 @@ def test_serve_exits_1_naming_a_bad_am_precision(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 1
     assert "AM_PRECISION = 'fp8' must be one of" in result.stderr
+
+
+def test_a_record_too_thin_for_the_model_is_refused_with_400_as_the_pipeline_refuses_it(serve):
+    thin = np.random.default_rng(0).integers(0, 255, (12, 300), dtype=np.uint8)
+    response = serve.client.post("/invocations", content=png_bytes(thin), headers={"Content-Type": "image/png"})
+    assert response.status_code == 400, response.text
+    assert "12 x 300 px" in response.json()["detail"] and "at least 32 px" in response.json()["detail"]
+
+
+def test_scale_auto_segments_marks_far_larger_than_the_models_at_the_factor_their_pitch_asks_for(tmp_path, caplog):
+    """The shipped model on marks 144 px apart: at scale 1 it breaks them into pieces; ``auto``
+    shrinks the record 0.31 times, as the pipeline would, and gives the mask back at full size."""
+    from am.model.checkpoint import default_model_path
+    from am.synth.dataset import write_dataset
+
+    write_dataset(tmp_path / "ds", rows=8, cols=8, seed=5, pitch=36.0)
+    image = cv2.resize(cv2.imread(str(tmp_path / "ds" / "source" / "group01" / "image.tif"), cv2.IMREAD_GRAYSCALE),
+                       None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    truth = cv2.resize(cv2.imread(str(tmp_path / "ds" / "truth" / "group01" / "mask.png"), cv2.IMREAD_GRAYSCALE),
+                       None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST) > 0
+    predictor = Predictor.from_checkpoint(default_model_path(), device="cpu")
+
+    def dice(mask: np.ndarray) -> float:
+        return 2 * np.count_nonzero(mask & truth) / (np.count_nonzero(mask) + np.count_nonzero(truth))
+
+    as_is = ImageSegmenter(predictor).segment(image) > 0
+    with caplog.at_level("INFO", logger="am.pitch"):
+        auto = ImageSegmenter(predictor, scale="auto").segment(image)
+    assert "--scale auto segments it at 0.31" in caplog.text
+    assert auto.shape == image.shape and set(np.unique(auto)) <= {0, 255}
+    np.testing.assert_array_equal(auto, ImageSegmenter(predictor, scale=0.31).segment(image))
+    assert dice(auto > 0) > 0.85 and dice(as_is) < 0.6
