@@ -239,3 +239,13 @@ def test_a_failed_pipeline_is_reported_with_its_reason(tmp_path, mode, words):
     with api(tmp_path, mode=mode) as server:
         state = server.wait(server.submit())
     assert state["status"] == "FAILED" and words in state["error"]
+
+
+@pytest.mark.parametrize("scale", ["auto", 0.5])
+def test_the_pipeline_command_carries_the_servers_scale_as_the_pipeline_parses_it(tmp_path, scale):
+    from am.pipeline.__main__ import build_parser
+
+    argv = PipelineCommand(Settings(scale=scale)).argv(tmp_path / "ds", rows=4, cols=5)
+    assert argv[argv.index("--scale") + 1] == str(scale)
+    parsed = build_parser().parse_args(argv[3:])
+    assert parsed.scale == scale and (parsed.rows, parsed.cols) == (4, 5)
