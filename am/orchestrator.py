@@ -60,12 +60,14 @@ class PipelineSummary:
     segmented), so they
     add up to the total. ``busy`` looks inside prepare+segment, where stages overlap: the busy
     seconds of preparing (normalise and cut), uploading and collecting, and the ``tail`` from the
-    last tile sent to the last mask collected; they do not add up to anything.
+    last tile sent to the last mask collected; they do not add up to anything. ``scales`` names
+    the groups whose tiles were cut at a factor other than 1 (``--scale``, or the one ``auto`` picked).
     """
 
     groups: list[str]
     tiles: int = 0
     tiles_reused: int = 0
+    scales: dict[str, float] = field(default_factory=dict)
     job: JobReport | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     busy: dict[str, float] = field(default_factory=dict)
@@ -76,6 +78,8 @@ class PipelineSummary:
         total = sum(self.seconds.values())
         out = [f"groups: {', '.join(self.groups)}",
                f"tiles: {self.tiles} ({self.tiles_reused} reused from an earlier run)"]
+        if self.scales:
+            out.append("segmented at scale: " + ", ".join(f"{group} {scale:g}" for group, scale in self.scales.items()))
         if self.job is not None:
             out.append(f"job {self.job.job_id}: {self.job.completed} tile(s) segmented, "
                        f"model compute {self.job.compute_s:.1f} s summed over workers")
@@ -308,6 +312,7 @@ def run_pipeline(
                                                 summary=summary, phases=phases, on_segmented=stitch)
             summary.tiles = sum(p.n_tiles for p in prepared)
             summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
+            summary.scales = {p.group: p.scale for p in prepared if p.scale != 1.0}
             if register:
                 _register(layout.root, selected, rows=rows, cols=cols, summary=summary)
                 phases.end("register")

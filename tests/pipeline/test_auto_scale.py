@@ -118,6 +118,7 @@ def test_the_users_command_numbers_marks_too_small_for_the_model_with_scale_auto
                             env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "--scale auto segments it at 3.5" in result.stderr
+    assert "segmented at scale: group01 3.5" in result.stdout
     truth = read_image(dataset / "truth" / "group01" / "ids.png").astype(np.int64)
     ids = read_image(dataset / "am_coords" / "group01" / "am_coordinates.png").astype(np.int64)
     assert ids.shape == truth.shape
