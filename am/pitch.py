@@ -13,7 +13,7 @@ most ``WINDOW_PX`` square is used (shrunk to ``FFT_PX``), so a 20000 px image co
 
     pitch = estimate_pitch(image)          # px, or None where no lattice shows
     warn_if_off_scale(image, scale=1.0, name="source/g/image.tif")
-    scale = choose_scale(image, name="group g")   # --scale auto: 1, or the factor the warning names
+    scale = resolve_scale(image, "auto", name="group g")   # 1, or the factor the warning names
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 import cv2
 import numpy as np
 
-from am.settings import SCALE_RANGE
+from am.settings import AUTO_SCALE, SCALE_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,17 @@ def choose_scale(image: np.ndarray, *, name: str) -> float:
     else:
         log.info("%s: marks about %.0f px apart; --scale auto segments it at %g (marks about %.0f px apart), "
                  "check the overlay", name, pitch, scale, pitch * scale)
+    return scale
+
+
+def resolve_scale(image: np.ndarray, setting: float | str, *, name: str) -> float:
+    """The factor ``image`` (normalised) is segmented at under the ``scale`` setting: the one ``auto``
+    picks from its pitch, or the fixed one, with the warning where that leaves its marks far from
+    the model's scale. The pipeline's preparation and ``am.serve`` both ask here, so they agree."""
+    if setting == AUTO_SCALE:
+        return choose_scale(image, name=name)
+    scale = float(setting)
+    warn_if_off_scale(image, scale=scale, name=name)
     return scale
 
 

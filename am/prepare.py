@@ -50,7 +50,7 @@ from am.files import file_sha256, write_atomic
 from am.imageio import encode_png, header_size, read_image, write_tiff
 from am.interrupts import ThreadPool, result_of
 from am.normalize import normalize
-from am.pitch import choose_scale, warn_if_off_scale
+from am.pitch import resolve_scale
 from am.settings import AUTO_SCALE, Settings
 from am.tiling import TilePlan, plan_tiles, read_tile
 
@@ -220,7 +220,7 @@ def _recorded_scale(meta: dict[str, Any], settings: Settings) -> float | None:
     recorded = meta.get("scale")
     if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
         return float(recorded)
-    return None if settings.scale == AUTO_SCALE else float(settings.scale)
+    return None if settings.scale == AUTO_SCALE else nominal_scale(settings)
 
 
 def check_group_size(layout: DatasetLayout, group: str, *, settings: Settings) -> None:
@@ -370,12 +370,11 @@ class GroupTiler:
                                    name=str(source_path))
             del image
             self._source_size = normalised.shape
-            if settings.scale == AUTO_SCALE:
-                self._scale = choose_scale(normalised, name=f"group {group}")
+            # Marks far from the model's scale come out in pieces: auto picks the factor that brings them in,
+            # a fixed factor that leaves them out is warned about, with the --scale to use.
+            self._scale = resolve_scale(normalised, settings.scale, name=f"group {group}")
+            if self._scale != nominal_scale(settings):
                 check_image_size(*self._source_size, scale=self._scale, name=str(source_path))
-            else:
-                # Marks far from the model's scale come out in pieces; say so now, with the --scale to use.
-                warn_if_off_scale(normalised, scale=self._scale, name=f"group {group}")
             # Uncompressed: microscopy shrinks only 10-20 % at zlib's fastest level, which costs about
             # 0.8-1.4 s of CPU per 25 Mpx (benchmarks/png_bench.py) while the workers wait for their first tiles.
             write_tiff(layout.source_norm(group), normalised, compress=False)

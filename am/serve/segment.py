@@ -20,9 +20,8 @@ import numpy as np
 from am.errors import CheckpointError
 from am.model.predict import Predictor
 from am.normalize import normalize
-from am.pitch import choose_scale, warn_if_off_scale
+from am.pitch import resolve_scale
 from am.prepare import check_image_size, rescale
-from am.settings import AUTO_SCALE
 from am.stitch import at_source_size
 from am.tiling import Stitcher, plan_tiles, read_tile
 
@@ -72,7 +71,8 @@ class ImageSegmenter:
         """The mask of ``image`` (grey or colour, any bit depth); memory: one batch of tiles plus the mask
         (and the resized image, at a scale other than 1)."""
         grey = normalize(image, low_pct=self.low_pct, high_pct=self.high_pct, name=name)
-        scale = self.scale_for(grey, name=name)
+        scale = resolve_scale(grey, self.scale, name=name)
+        check_image_size(grey.shape[0], grey.shape[1], scale=scale, name=name)
         scaled = rescale(grey, scale=scale)
         plan = plan_tiles(scaled.shape[0], scaled.shape[1], tile_size=self.tile_size, overlap=self.tile_overlap)
         stitcher = Stitcher(plan)
@@ -85,16 +85,6 @@ class ImageSegmenter:
         log.debug("%s: %d x %d px segmented in %d tile(s) at scale %g", name, grey.shape[1], grey.shape[0],
                   len(plan.tiles), scale)
         return at_source_size(stitcher.finalize(), *grey.shape)
-
-    def scale_for(self, grey: np.ndarray, *, name: str) -> float:
-        """The factor ``grey`` is segmented at, as the pipeline's preparation picks it (and warns)."""
-        if self.scale == AUTO_SCALE:
-            scale = choose_scale(grey, name=name)
-        else:
-            scale = float(self.scale)
-            warn_if_off_scale(grey, scale=scale, name=name)
-        check_image_size(grey.shape[0], grey.shape[1], scale=scale, name=name)
-        return scale
 
 
 __all__ = ["MODEL_FILE", "ImageSegmenter", "find_model"]
