@@ -14,53 +14,78 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_script_trains_resnext50_and_measures_it(tmp_path):
-    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path), "SYNTHETIC": "2",
-           "VALID": "1", "EPOCHS": "1", "STEPS": "1", "BATCH": "2", "CROP": "64", "QUALITY_SYNTHETIC": "1",
-           "WORKERS": "0", "SKIP_REAL": "1", "BENCH": "1", "BENCH_BATCH": "2", "BENCH_TILES": "2"}
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_resnext50.sh")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+TOY = {"DEVICE": "cpu", "PYTHON": sys.executable, "SYNTHETIC": "2", "VALID": "1", "EPOCHS": "1", "STEPS": "1",
+       "BATCH": "2", "CROP": "64", "COMPACT_EPOCHS": "1", "COMPACT_STEPS": "1", "QUALITY_SYNTHETIC": "1",
+       "WORKERS": "0", "SKIP_REAL": "1"}
+
+
+def run_script(out: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_train.sh")], cwd=REPO,
+                          env={**os.environ, **TOY, "OUT": str(out), **env}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_gpu_script_trains_both_models_and_compares_them_with_the_shipped_one(tmp_path):
+    done = run_script(tmp_path, BENCH="1", BENCH_BATCH="2", BENCH_TILES="2")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "training wall time" in done.stdout and "real samples skipped" in done.stdout
+    assert "resnext50: training wall time" in done.stdout and "compact: training wall time" in done.stdout
+    assert "real samples skipped" in done.stdout
     speed = json.loads((tmp_path / "bench.json").read_text())
     assert speed["encoder"] == "resnext50_32x4d" and speed["model_tiles_per_s"] > 0 and speed["trained"]
-    quality = json.loads((tmp_path / "quality.json").read_text())
-    assert quality["encoder"] == "resnext50_32x4d"
-    assert 0.0 <= quality["synthetic"]["dice_pooled"] <= 1.0
-    assert (tmp_path / "resnext50.metrics.csv").is_file()
+    encoders = {}
+    for name in ("shipped", "resnext50", "compact"):
+        quality = json.loads((tmp_path / f"{name}.quality.json").read_text())
+        assert quality["precision"] == "fp32" and 0.0 <= quality["synthetic"]["dice_pooled"] <= 1.0
+        encoders[name] = quality["encoder"]
+    assert encoders["resnext50"] == "resnext50_32x4d"
+    assert encoders["compact"] == encoders["shipped"] != "resnext50_32x4d"
+    for name in ("resnext50", "compact"):
+        assert (tmp_path / f"{name}.metrics.csv").is_file()
+    assert "starting from the weights of am/models/default.pt" in (tmp_path / "compact.train.log").read_text()
+    comparison = (tmp_path / "comparison.md").read_text()
+    assert comparison.splitlines()[0] == "| figure | shipped | resnext50 | compact |"
+    assert comparison in done.stdout
+
+
+def test_gpu_script_measures_the_run_that_worked_when_the_other_fails(tmp_path):
+    done = run_script(tmp_path, COMPACT_LR="-1", SHIPPED="0")
+    assert done.returncode == 1
+    assert "compact: training failed" in done.stderr and (tmp_path / "compact.train.log").is_file()
+    assert json.loads((tmp_path / "resnext50.quality.json").read_text())["encoder"] == "resnext50_32x4d"
+    assert (tmp_path / "comparison.md").read_text().splitlines()[0] == "| figure | resnext50 |"
 
 
 def test_gpu_script_reports_a_failed_training_run(tmp_path):
-    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path), "SYNTHETIC": "2",
-           "EPOCHS": "1", "STEPS": "1", "BATCH": "0"}
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_resnext50.sh")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = run_script(tmp_path, BATCH="0", COMPACT="0", SHIPPED="0")
     assert done.returncode == 1
-    assert "training failed" in done.stderr and (tmp_path / "train.log").is_file()
+    assert "resnext50: training failed" in done.stderr and (tmp_path / "resnext50.train.log").is_file()
+    assert not (tmp_path / "comparison.md").exists()
 
 
 def test_gpu_script_stops_an_overrunning_training_and_still_measures_its_best_checkpoint(tmp_path):
     # 200 one-step epochs outlast a 25 s watchdog, as a run stalled inside an epoch would outlast MINUTES.
-    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path), "SYNTHETIC": "2",
-           "VALID": "1", "EPOCHS": "200", "STEPS": "1", "BATCH": "2", "CROP": "64", "QUALITY_SYNTHETIC": "1",
-           "WORKERS": "0", "SKIP_REAL": "1", "WATCHDOG_S": "25"}
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_resnext50.sh")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = run_script(tmp_path, EPOCHS="200", WATCHDOG_S="25", COMPACT="0", SHIPPED="0")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "outlived the 25 s watchdog and was stopped" in done.stderr
-    log = (tmp_path / "train.log").read_text()
+    assert "resnext50: training outlived the 25 s watchdog and was stopped" in done.stderr
+    log = (tmp_path / "resnext50.train.log").read_text()
     assert "most recent call first" in log, "the watchdog asks for every thread's stack before stopping the run"
-    quality = json.loads((tmp_path / "quality.json").read_text())
+    quality = json.loads((tmp_path / "resnext50.quality.json").read_text())
     assert quality["encoder"] == "resnext50_32x4d"
     assert 1 <= len(json.loads((tmp_path / "resnext50.metrics.json").read_text())["history"]) < 200
-    assert not (tmp_path / ".watchdog-fired").exists()
+    assert not (tmp_path / ".resnext50.watchdog-fired").exists()
+
+
+def test_gpu_script_refuses_a_compact_start_that_is_not_a_checkpoint(tmp_path):
+    done = run_script(tmp_path / "out", COMPACT_INIT=str(tmp_path / "nothing.pt"), timeout=120)
+    assert done.returncode == 2 and "COMPACT_INIT=" in done.stderr and "COMPACT_INIT=none" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_gpu_script_stops_before_training_when_the_real_samples_are_missing(tmp_path):
     missing = tmp_path / "no-real-samples"
     env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
            "REAL": str(missing)}
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_resnext50.sh")], cwd=REPO, env=env,
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_train.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and f"REAL={missing}" in done.stderr and "SKIP_REAL=1" in done.stderr
     assert not (tmp_path / "out").exists()
@@ -72,7 +97,7 @@ def test_gpu_model_target_can_use_the_machines_own_python_without_a_venv():
     plan = subprocess.run(["make", "--no-print-directory", "-n", "gpu-model", "AM_SYSTEM_PYTHON=1",
                            "PYTHON=/opt/gpu/bin/python3"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60, check=True).stdout
-    assert plan.strip() == "PYTHON=/opt/gpu/bin/python3 bash benchmarks/gpu_resnext50.sh"
+    assert plan.strip() == "PYTHON=/opt/gpu/bin/python3 bash benchmarks/gpu_train.sh"
     assert "venv" not in plan and "pip" not in plan
 
 

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# One time-boxed GPU session, two models trained side by side on the same GPU and measured with the
+# same benchmark as the shipped CPU model, so all of them can be compared figure for figure:
+# - resnext50: the production resnext50_32x4d U-Net from scratch (the issue's GPU path);
+# - compact: the shipped CPU model's architecture, fine-tuned from its weights with the GPU's budget
+#   (512 px crops, batch 16, thousands of steps: many times what a fine-tune gets on a 2-core CPU), to
+#   see whether the compact model is held back by its training budget or by its size. Its fp16
+#   checkpoint is small enough to ship, should it measure better. COMPACT=0 leaves it out;
+#   COMPACT_INIT=none trains it from scratch.
+# The shipped model is measured on the same machine too (SHIPPED=0 skips it), and a table of the three
+# is printed last (benchmarks/compare_quality.py).
+#
+#   MINUTES=4 OUT=runs/gpu REAL=.real bash benchmarks/gpu_train.sh
+#
+# Run from the repository root on a machine with CUDA, PyTorch and this project's packages, with
+# PYTHON naming that machine's python (default python3); nothing is downloaded, so it runs offline
+# (`make gpu-model AM_SYSTEM_PYTHON=1` does the same). Where segmentation-models-pytorch is missing,
+# put its wheel in .whl/ and it is installed into /tmp/site. REAL is the folder of real samples
+# (crop1-3, tile_a/tile_b): default .real/ in the checkout (git-ignored; copy them there for a machine
+# that gets only the checkout), else ../shared/data/real. A REAL that does not exist stops the
+# script before training, since the figures cannot be taken again later; SKIP_REAL=1 leaves them out.
+# MINUTES bounds each training run (it stops after the epoch that passes it); EPOCHS x STEPS is sized
+# so that an H100/H200 finishes the resnext50 learning-rate schedule inside 6 minutes. Writes, per
+# run NAME: OUT/NAME.pt, OUT/NAME.metrics.csv/.json, OUT/NAME.train.log and OUT/NAME.quality.json;
+# OUT/shipped.quality.json, OUT/comparison.md, and on CUDA OUT/bench.json (resnext50's speed).
+# WATCHDOG_S (seconds) stops a training run that overruns MINUTES and measures what it saved.
+# DEVICE=cpu with small SYNTHETIC, VALID, EPOCHS, STEPS, BATCH, CROP and QUALITY_SYNTHETIC checks the
+# script itself on a machine without a GPU.
+set -euo pipefail
+MINUTES=${MINUTES:-6}
+OUT=${OUT:-runs/gpu}
+if [ -z "${REAL:-}" ]; then
+    if [ -d .real ]; then REAL=.real; else REAL=../shared/data/real; fi
+fi
+SKIP_REAL=${SKIP_REAL:-0}
+DEVICE=${DEVICE:-cuda}
+SYNTHETIC=${SYNTHETIC:-2000}
+EPOCHS=${EPOCHS:-24}
+STEPS=${STEPS:-100}
+BATCH=${BATCH:-16}
+CROP=${CROP:-512}
+QUALITY_SYNTHETIC=${QUALITY_SYNTHETIC:-40}
+VALID=${VALID:-48}
+COMPACT=${COMPACT:-1}
+COMPACT_INIT=${COMPACT_INIT:-am/models/default.pt}
+COMPACT_EPOCHS=${COMPACT_EPOCHS:-20}
+COMPACT_STEPS=${COMPACT_STEPS:-200}
+COMPACT_LR=${COMPACT_LR:-3e-4}
+SHIPPED=${SHIPPED:-1}
+WORKERS=${WORKERS:-$(( $(nproc) > 14 ? 14 : $(nproc) ))}
+# Both runs render their images and cut their crops on CPU processes; resnext50, the slower to train,
+# gets the larger share.
+if [ "$COMPACT" = 1 ] && [ "$WORKERS" -gt 1 ]; then
+    COMPACT_WORKERS=${COMPACT_WORKERS:-$(( WORKERS * 3 / 7 > 0 ? WORKERS * 3 / 7 : 1 ))}
+    RESNEXT_WORKERS=$(( WORKERS - COMPACT_WORKERS ))
+else
+    COMPACT_WORKERS=${COMPACT_WORKERS:-$WORKERS}
+    RESNEXT_WORKERS=$WORKERS
+fi
+PY=${PYTHON:-python3}
+# The checkout itself is importable, so a python without this project installed runs it too.
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+if [ "$SKIP_REAL" = 1 ]; then
+    real_args=(--skip-real)
+elif [ -d "$REAL" ]; then
+    real_args=(--real "$REAL")
+else
+    echo "real samples not found at REAL=$REAL: copy them there (or to .real/), name their folder with REAL=..., or set SKIP_REAL=1 to measure without them" >&2
+    exit 2
+fi
+if [ "$COMPACT" = 1 ] && [ "$COMPACT_INIT" != none ] && [ ! -f "$COMPACT_INIT" ]; then
+    echo "COMPACT_INIT=$COMPACT_INIT is not a checkpoint: name one, COMPACT_INIT=none to train the compact model from scratch, or COMPACT=0 to leave it out" >&2
+    exit 2
+fi
+
+if ! "$PY" -c "import segmentation_models_pytorch" 2>/dev/null; then
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "segmentation-models-pytorch is missing and .whl/ holds no wheel" >&2; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ "$DEVICE" = cuda ]; then
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('gpu:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
+fi
+mkdir -p "$OUT"
+
+# A watchdog ends a training run that outlives MINUTES by more than an epoch's worth (WATCHDOG_S,
+# default MINUTES + 4 minutes): it asks for every thread's stack (SIGUSR1, into the run's log), stops
+# the run (SIGTERM, then SIGKILL), and the best checkpoint saved so far is measured anyway, since a
+# lease's minutes cannot be had again.
+watchdog_s=${WATCHDOG_S:-$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 + 240 }')}
+declare -A trainer watchdog
+
+start_training() {  # NAME, then am.train's options: starts the run and its watchdog in the background
+    local name=$1; shift
+    rm -f "$OUT/.$name.watchdog-fired"
+    "$PY" -m am.train "$@" --device "$DEVICE" --max-minutes "$MINUTES" --out "$OUT/$name.pt" \
+        > "$OUT/$name.train.log" 2>&1 &
+    local pid=$!
+    trainer[$name]=$pid
+    (
+        sleep "$watchdog_s"
+        touch "$OUT/.$name.watchdog-fired"
+        kill -USR1 "$pid"; sleep 2
+        kill -TERM "$pid"; sleep 30
+        kill -KILL "$pid"
+    ) > /dev/null 2>&1 &
+    watchdog[$name]=$!
+}
+
+finish_training() {  # NAME: waits for the run; succeeds when it left a checkpoint to measure
+    local name=$1 rc=0 log="$OUT/$1.train.log"
+    wait "${trainer[$name]}" || rc=$?
+    kill "${watchdog[$name]}" 2> /dev/null || true
+    if [ -e "$OUT/.$name.watchdog-fired" ]; then
+        rm -f "$OUT/.$name.watchdog-fired"
+        tr '\r' '\n' < "$log" | tail -40 >&2
+        if [ ! -f "$OUT/$name.pt" ]; then
+            echo "$name: training outlived the ${watchdog_s} s watchdog before any epoch saved a checkpoint;" \
+                 "the whole log (with every thread's stack) is $log" >&2
+            return 1
+        fi
+        echo "WARNING: $name: training outlived the ${watchdog_s} s watchdog and was stopped (stacks in $log);" \
+             "measuring the best checkpoint it saved" >&2
+    elif [ "$rc" -ne 0 ]; then
+        tr '\r' '\n' < "$log" | tail -20 >&2
+        echo "$name: training failed; the whole log is $log" >&2
+        return 1
+    fi
+    echo "$name: training wall time $(( $(date +%s) - start )) s"
+    tr '\r' '\n' < "$log" | grep -E "INFO am.train.loop: epoch|WARNING|trained|wrote" || true
+}
+
+start=$(date +%s)
+runs=(resnext50)
+start_training resnext50 --synthetic "$SYNTHETIC" --synthetic-size 512 --synthetic-valid "$VALID" \
+    --encoder resnext50_32x4d --decoder-channels 256,128,64,32,16 --crop "$CROP" --batch-size "$BATCH" \
+    --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --lr 1e-3 --warmup-steps 100 --workers "$RESNEXT_WORKERS" --seed 0
+if [ "$COMPACT" = 1 ]; then
+    runs+=(compact)
+    init_args=()
+    [ "$COMPACT_INIT" = none ] || init_args=(--init "$COMPACT_INIT")
+    # Other images than resnext50's (seed 301), with three times the out-of-focus blobs as the last
+    # runs of `make model`; validated on the generator's own mix.
+    start_training compact "${init_args[@]}" --synthetic "$SYNTHETIC" --synthetic-size 512 \
+        --synthetic-valid "$VALID" --synthetic-seed 301 --synthetic-blobs 3 --crop "$CROP" --batch-size "$BATCH" \
+        --epochs "$COMPACT_EPOCHS" --steps-per-epoch "$COMPACT_STEPS" --lr "$COMPACT_LR" --warmup-steps 200 \
+        --workers "$COMPACT_WORKERS" --seed 30
+fi
+failed=0
+measured=()
+for name in "${runs[@]}"; do
+    if finish_training "$name"; then measured+=("$name"); else failed=1; fi
+done
+
+# Every model is measured in fp32, the shipped model's own figures being fp32 ones, all at once: the
+# GPU does the model and each measurement post-processes its masks on CPU threads of its own.
+measure() {  # NAME CHECKPOINT
+    "$PY" benchmarks/model_quality.py --model "$2" --device "$DEVICE" --precision fp32 --threads 4 \
+        --synthetic "$QUALITY_SYNTHETIC" "${real_args[@]}" --json "$OUT/$1.quality.json" > "$OUT/$1.quality.log" 2>&1
+}
+declare -A measuring
+[ "$SHIPPED" = 1 ] && measured=(shipped "${measured[@]}")
+for name in "${measured[@]}"; do
+    checkpoint="$OUT/$name.pt"
+    [ "$name" = shipped ] && checkpoint=am/models/default.pt
+    measure "$name" "$checkpoint" &
+    measuring[$name]=$!
+done
+compared=()
+for name in "${measured[@]}"; do
+    if wait "${measuring[$name]}"; then
+        echo "== $name"; cat "$OUT/$name.quality.log"
+        compared+=("$name=$OUT/$name.quality.json")
+    else
+        cat "$OUT/$name.quality.log" >&2
+        echo "$name: measuring failed; its log is $OUT/$name.quality.log" >&2
+        failed=1
+    fi
+done
+if [ "${#compared[@]}" -gt 0 ]; then
+    "$PY" benchmarks/compare_quality.py "${compared[@]}" | tee "$OUT/comparison.md"
+fi
+
+# The production model's inference speed as a GPU worker runs it (fp16 there, compiled), so one
+# session gives both tables. am.bench needs boto3 and tenacity: on a machine without them, carry their
+# wheels in .whl/ beside smp's. BENCH=0 skips it; it is on by default on CUDA only.
+if [ -f "$OUT/resnext50.pt" ] && [ "${BENCH:-$([ "$DEVICE" = cuda ] && echo 1 || echo 0)}" = 1 ]; then
+    if timeout "${BENCH_TIMEOUT_S:-300}" "$PY" -m am.bench --checkpoint "$OUT/resnext50.pt" --device "$DEVICE" \
+            --precision auto --batch-size "${BENCH_BATCH:-128}" --tiles "${BENCH_TILES:-2048}" --compile auto \
+            --no-loop --json > "$OUT/bench.json" 2> "$OUT/bench.log"; then
+        echo "inference speed (am.bench): $(cat "$OUT/bench.json")"
+    else
+        tail -5 "$OUT/bench.log" >&2
+        echo "WARNING: the speed benchmark failed; the figures above stand, and its log is $OUT/bench.log" >&2
+    fi
+fi
+exit "$failed"

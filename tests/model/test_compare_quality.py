@@ -1,0 +1,52 @@
+"""The side-by-side table of model_quality.py's JSON figures shows every model's figures in its column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.scripts import load_script
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def figures(encoder: str, dice: float, *, real: bool) -> dict:
+    out = {"model": f"{encoder}.pt", "encoder": encoder, "precision": "fp32", "tta": "off",
+           "synthetic": {"images": 40, "dice_pooled": dice, "f1": dice - 0.05,
+                         "lost": {"missed": 12, "merged": 3, "split": 1}}}
+    if real:
+        crops = {f"crop{n}": {"dice": dice - n / 100, "f1": 0.5 + n / 10} for n in (1, 2, 3)}
+        crops["crop1"]["blob_false_marks"] = 0
+        out["real"] = {"crops": crops, "tiles": {"tile_a_512": {"marks": 23, "specks": 1},
+                                                 "tile_b_512": {"marks": 66, "specks": 6}}}
+    return out
+
+
+def test_table_has_a_column_per_model_and_dashes_for_figures_a_file_lacks(tmp_path, capsys):
+    compare = load_script(REPO / "benchmarks" / "compare_quality.py")
+    (tmp_path / "a.json").write_text(json.dumps(figures("small", 0.918, real=True)))
+    (tmp_path / "b.json").write_text(json.dumps(figures("big", 0.95, real=False)))
+    assert compare.main([f"shipped={tmp_path / 'a.json'}", f"big={tmp_path / 'b.json'}"]) == 0
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ")[1:]
+            for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["encoder"] == ["small", "big"]
+    assert rows["synthetic held-out Dice (target >= 0.95)"] == ["0.9180", "0.9500"]
+    assert rows["synthetic marks missed / merged / split"] == ["12 / 3 / 1", "12 / 3 / 1"]
+    assert rows["crop2 Dice (target >= 0.85)"] == ["0.8980", "-"]
+    assert rows["crop1 / crop2 / crop3 object F1"] == ["0.600 / 0.700 / 0.800", "-"]
+    assert rows["tile_b marks / specks"] == ["66 / 6", "-"]
+    assert len(rows) == len(compare.ROWS)
+
+
+def test_a_model_without_name_or_a_file_that_is_not_figures_is_refused(tmp_path, capsys):
+    compare = load_script(REPO / "benchmarks" / "compare_quality.py")
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([str(tmp_path / "a.json")])
+    assert exit_info.value.code == 2 and "give NAME=PATH" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{not json")
+    for path in (tmp_path / "broken.json", tmp_path / "missing.json"):
+        with pytest.raises(SystemExit) as exit_info:
+            compare.main([f"x={path}"])
+        assert str(path) in str(exit_info.value.code) and "model_quality.py --json" in str(exit_info.value.code)
