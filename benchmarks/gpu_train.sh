@@ -46,6 +46,7 @@ COMPACT_INIT=${COMPACT_INIT:-am/models/default.pt}
 COMPACT_EPOCHS=${COMPACT_EPOCHS:-20}
 COMPACT_STEPS=${COMPACT_STEPS:-200}
 COMPACT_LR=${COMPACT_LR:-3e-4}
+COMPACT_LABELS=${COMPACT_LABELS:-margin}
 SHIPPED=${SHIPPED:-1}
 WORKERS=${WORKERS:-$(( $(nproc) > 14 ? 14 : $(nproc) ))}
 # Both runs render their images and cut their crops on CPU processes; resnext50, the slower to train,
@@ -140,10 +141,11 @@ if [ "$COMPACT" = 1 ]; then
     runs+=(compact)
     init_args=()
     [ "$COMPACT_INIT" = none ] || init_args=(--init "$COMPACT_INIT")
-    # Other images than resnext50's (seed 301), with three times the out-of-focus blobs as the last
-    # runs of `make model`; validated on the generator's own mix.
+    # Other images than resnext50's (seed 301), with three times the out-of-focus blobs and the
+    # labels (COMPACT_LABELS) of the last runs of `make model`; validated on the generator's own mix.
     start_training compact "${init_args[@]}" --synthetic "$SYNTHETIC" --synthetic-size 512 \
-        --synthetic-valid "$VALID" --synthetic-seed 301 --synthetic-blobs 3 --crop "$CROP" --batch-size "$BATCH" \
+        --synthetic-valid "$VALID" --synthetic-seed 301 --synthetic-blobs 3 --synthetic-labels "$COMPACT_LABELS" \
+        --crop "$CROP" --batch-size "$BATCH" \
         --epochs "$COMPACT_EPOCHS" --steps-per-epoch "$COMPACT_STEPS" --lr "$COMPACT_LR" --warmup-steps 200 \
         --workers "$COMPACT_WORKERS" --seed 30
 fi

@@ -42,6 +42,8 @@ def test_gpu_script_trains_both_models_and_compares_them_with_the_shipped_one(tm
     for name in ("resnext50", "compact"):
         assert (tmp_path / f"{name}.metrics.csv").is_file()
     assert "starting from the weights of am/models/default.pt" in (tmp_path / "compact.train.log").read_text()
+    options = json.loads((tmp_path / "compact.metrics.json").read_text())["options"]
+    assert options["data"]["synthetic_labels"] == "margin" and options["data"]["synthetic_blobs"] == 3
     comparison = (tmp_path / "comparison.md").read_text()
     assert comparison.splitlines()[0] == "| figure | shipped | resnext50 | compact |"
     assert comparison in done.stdout
