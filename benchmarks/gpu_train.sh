@@ -99,11 +99,18 @@ start_training() {  # NAME, then am.train's options: starts the run and its watc
         > "$OUT/$name.train.log" 2>&1 &
     local pid=$!
     trainer[$name]=$pid
+    # The watchdog's own sleep goes with it when the run ends in time, rather than outliving the script.
     (
-        sleep "$watchdog_s"
+        trap 'kill "$sleeper" 2> /dev/null; exit 0' TERM
+        sleep "$watchdog_s" &
+        sleeper=$!
+        wait "$sleeper"
         touch "$OUT/.$name.watchdog-fired"
         kill -USR1 "$pid"; sleep 2
-        kill -TERM "$pid"; sleep 30
+        kill -TERM "$pid"
+        sleep 30 &
+        sleeper=$!
+        wait "$sleeper"
         kill -KILL "$pid"
     ) > /dev/null 2>&1 &
     watchdog[$name]=$!

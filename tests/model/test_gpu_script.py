@@ -25,9 +25,22 @@ def run_script(out: Path, timeout: int = 600, **env: str) -> subprocess.Complete
                           timeout=timeout)
 
 
+def sleeping_watchdogs(seconds: str) -> list[str]:
+    """Processes still running ``sleep SECONDS``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().split(b"\0")[:2] == [b"sleep", seconds.encode()]:
+                found.append(cmdline.parent.name)
+        except OSError:
+            continue
+    return found
+
+
 def test_gpu_script_trains_both_models_and_compares_them_with_the_shipped_one(tmp_path):
-    done = run_script(tmp_path, BENCH="1", BENCH_BATCH="2", BENCH_TILES="2")
+    done = run_script(tmp_path, BENCH="1", BENCH_BATCH="2", BENCH_TILES="2", WATCHDOG_S="5871")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert not sleeping_watchdogs("5871"), "a watchdog outlived the runs it watched"
     assert "resnext50: training wall time" in done.stdout and "compact: training wall time" in done.stdout
     assert "real samples skipped" in done.stdout
     speed = json.loads((tmp_path / "bench.json").read_text())
