@@ -99,18 +99,15 @@ start_training() {  # NAME, then am.train's options: starts the run and its watc
         > "$OUT/$name.train.log" 2>&1 &
     local pid=$!
     trainer[$name]=$pid
-    # The watchdog's own sleep goes with it when the run ends in time, rather than outliving the script.
+    # The watchdog sleeps in the background and waits for it, so that the sleep goes with the watchdog
+    # when the run ends in time, rather than outliving the script.
     (
         trap 'kill "$sleeper" 2> /dev/null; exit 0' TERM
-        sleep "$watchdog_s" &
-        sleeper=$!
-        wait "$sleeper"
+        nap() { sleep "$1" & sleeper=$!; wait "$sleeper"; }
+        nap "$watchdog_s"
         touch "$OUT/.$name.watchdog-fired"
-        kill -USR1 "$pid"; sleep 2
-        kill -TERM "$pid"
-        sleep 30 &
-        sleeper=$!
-        wait "$sleeper"
+        kill -USR1 "$pid"; nap 2
+        kill -TERM "$pid"; nap 30
         kill -KILL "$pid"
     ) > /dev/null 2>&1 &
     watchdog[$name]=$!
