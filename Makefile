@@ -11,7 +11,7 @@ COLS ?= 50
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test lint sample model gpu-model clean-data help
+.PHONY: install run test lint sample model gpu-prep gpu-model clean-data help
 
 help:
 	@echo "make run      set up, generate the sample dataset if missing, run the pipeline on it"
@@ -21,6 +21,7 @@ help:
 	@echo "make model    train the default model from synthetic data into runs/model/"
 	@echo "make gpu-model  on a GPU machine: train resnext50 for MINUTES (default 6) into runs/gpu/ and measure it"
 	@echo "               (AM_SYSTEM_PYTHON=1: with the machine's own python3 and torch, offline, no venv)"
+	@echo "make gpu-prep   here, before a GPU lease: wheels the GPU machine lacks into .whl/, real samples into .real/"
 	@echo "make image | push | deploy | undeploy | upload-model   AWS deployment (see README, Running on AWS)"
 
 $(STAMP): setup.py
@@ -77,6 +78,11 @@ model: $(STAMP)
 GPU_PYTHON := $(if $(filter 1,$(AM_SYSTEM_PYTHON)),$(PYTHON),$(BIN)/python)
 gpu-model: $(if $(filter 1,$(AM_SYSTEM_PYTHON)),,$(STAMP))
 	PYTHON=$(GPU_PYTHON) bash benchmarks/gpu_train.sh
+
+# Before a lease, on this machine: the packages an offline GPU machine lacks, as wheels of the venv's
+# versions in .whl/, and the real samples in .real/ (both git-ignored); prints the device call.
+gpu-prep: $(STAMP)
+	$(BIN)/python benchmarks/gpu_prep.py
 
 run: $(STAMP) $(DATASET)
 	$(BIN)/python -m am.pipeline $(DATASET) --rows $(ROWS) --cols $(COLS)
