@@ -202,13 +202,106 @@ def train(
             return _finished_run(config)
         state = load_state(state_path(config.out))
         config = _check_same_run(state.get("options"), config, f"resume state {state_path(config.out)}")
-        done = int(state["epoch"]) + 1
-        if done >= config.epochs:
-            _refuse_fewer_epochs(done, config, f"the run of {state_path(config.out)}")
-            log.info("the run of %s has all %d epochs done: nothing to train (pass --epochs > %d to continue it)",
-                     state_path(config.out), done, done)
-            return TrainResult(best_epoch=int(state["best_epoch"]), best_metrics=dict(state["best_metrics"]),
-                               history=[dict(h) for h in state["history"]], checkpoint=config.out, epochs_run=0)
+        if int(state["epoch"]) + 1 >= config.epochs:
+            return _all_epochs_done(state, config)
+    meta = config.meta(trained=False)
+    model = _model_for(config, meta, state, device)
+    steps = _Steps.create(model, config, device)
+    run = _Progress() if state is None else _Progress.restore(state, steps, config)
+    Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+
+    dataset = CropDataset(train_items, crop=config.crop, length=config.steps_per_epoch * config.batch_size,
+                          seed=config.seed, scale=config.scale, low_resolution=config.low_resolution)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+                        drop_last=True, persistent_workers=False)
+    started = time.monotonic()
+    for epoch in range(run.start_epoch, config.epochs):
+        t0 = time.monotonic()
+        dataset.set_epoch(epoch)
+        batches: Iterable = loader
+        if progress is not None:
+            batches = progress(loader, len(loader), f"epoch {epoch + 1}/{config.epochs}")
+        losses = _train_epoch(model, meta, batches, steps, config, device, check_unused=epoch == run.start_epoch)
+        # Validated in float32, the model's own answer: workers run fp16, bf16 or float32 by machine,
+        # within a few pixels of it; the checkpoint records the precision its figures were measured at.
+        predictor = Predictor(model, replace(meta, trained=True), device=str(device), batch_size=4,
+                              precision=VALIDATION_PRECISION)
+        metrics, _ = validate(predictor, valid_items, tile_size=config.tile_size)
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": steps.scheduler.get_last_lr()[0],
+               "seconds": time.monotonic() - t0, **metrics}
+        if state is None and epoch == run.start_epoch:
+            # A fresh run replaces an earlier run's log only now, with an epoch of its own to show.
+            metrics_path(config.out).unlink(missing_ok=True)
+        _record_epoch(run, row, metrics, epoch, model, steps, config)
+        if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
+            log.warning("stopping after epoch %d of %d: the %.0f-minute limit is reached; rerun with --resume to "
+                        "continue from %s", epoch + 1, config.epochs, config.max_minutes, state_path(config.out))
+            break
+    finished = len(run.history) == config.epochs
+    if finished and not config.keep_state:
+        state_path(config.out).unlink(missing_ok=True)  # tens of MB, only needed to resume an unfinished run
+    return TrainResult(best_epoch=run.best_epoch, best_metrics=run.best_metrics, history=run.history,
+                       checkpoint=config.out, epochs_run=len(run.history) - run.start_epoch)
+
+
+@dataclass
+class _Steps:
+    """What takes a training step: the optimiser, its schedule, fp16's gradient scaler and the arithmetic."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    params: list[torch.nn.Parameter]
+    amp_dtype: torch.dtype | None
+
+    @staticmethod
+    def create(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> _Steps:
+        optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+        total_steps = config.epochs * config.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.warmup_steps, total_steps))
+        amp_dtype = autocast_dtype(device)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        return _Steps(optimizer, scheduler, scaler, list(model.parameters()), amp_dtype)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands between epochs: what a resume restores and every epoch saves."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def restore(state: dict[str, Any], steps: _Steps, config: TrainConfig) -> _Progress:
+        """The saved run's place, with its optimiser, schedule and scaler put back as they were."""
+        steps.optimizer.load_state_dict(state["optimizer"])
+        steps.scheduler.load_state_dict(state["scheduler"])
+        if steps.scaler.is_enabled() and state.get("scaler"):
+            steps.scaler.load_state_dict(state["scaler"])  # else a resumed fp16 run backs off from 65536 again
+        run = _Progress(history=[dict(h) for h in state["history"]], start_epoch=int(state["epoch"]) + 1,
+                        best_score=float(state["best_score"]), best_epoch=int(state["best_epoch"]),
+                        best_metrics=dict(state["best_metrics"]))
+        log.info("resumed from %s after epoch %d of %d (best so far: epoch %d)", state_path(config.out),
+                 run.start_epoch, config.epochs, run.best_epoch)
+        return run
+
+
+def _all_epochs_done(state: dict[str, Any], config: TrainConfig) -> TrainResult:
+    """What a resume of a run with every asked epoch done returns, having trained nothing."""
+    done = int(state["epoch"]) + 1
+    _refuse_fewer_epochs(done, config, f"the run of {state_path(config.out)}")
+    log.info("the run of %s has all %d epochs done: nothing to train (pass --epochs > %d to continue it)",
+             state_path(config.out), done, done)
+    return TrainResult(best_epoch=int(state["best_epoch"]), best_metrics=dict(state["best_metrics"]),
+                       history=[dict(h) for h in state["history"]], checkpoint=config.out, epochs_run=0)
+
+
+def _model_for(config: TrainConfig, meta: ModelMeta, state: dict[str, Any] | None,
+               device: torch.device) -> torch.nn.Module:
+    """The seeded model a run trains, its weights from the resume state, else from ``--init``, on ``device``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -216,7 +309,6 @@ def train(
         retain_freed_memory()
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
-    meta = config.meta(trained=False)
     model = build_model(meta)
     if state is not None:
         model.load_state_dict(state["model"])  # the weights of a resumed run come from its state, not --init
@@ -231,92 +323,55 @@ def train(
     log.info("training %s (depth %d, %.2f M parameters, none frozen) on %s in %s", config.encoder,
              config.encoder_depth, sum(p.numel() for p in params) / 1e6, device,
              "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."))
-    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = config.epochs * config.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.warmup_steps, total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return model
 
-    history: list[dict[str, float]] = []
-    start_epoch, best_score, best_epoch, best_metrics = 0, -1.0, -1, {}
-    Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])  # else a resumed fp16 run backs off from 65536 again
-        start_epoch = int(state["epoch"]) + 1
-        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        best_metrics = dict(state["best_metrics"])
-        history = [dict(h) for h in state["history"]]
-        log.info("resumed from %s after epoch %d of %d (best so far: epoch %d)", state_path(config.out), start_epoch,
-                 config.epochs, best_epoch)
 
-    dataset = CropDataset(train_items, crop=config.crop, length=config.steps_per_epoch * config.batch_size,
-                          seed=config.seed, scale=config.scale, low_resolution=config.low_resolution)
-    g = torch.Generator()
-    g.manual_seed(config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
-                        drop_last=True, persistent_workers=False)
-    started = time.monotonic()
-    unused_checked = False
-    for epoch in range(start_epoch, config.epochs):
-        dataset.set_epoch(epoch)
-        model.train()
-        losses = []
-        t0 = time.monotonic()
-        batches: Iterable = loader
-        if progress is not None:
-            batches = progress(loader, len(loader), f"epoch {epoch + 1}/{config.epochs}")
-        for image, mask, weight in batches:
-            image, mask, weight = image.to(device), mask.to(device), weight.to(device)
-            x = prepare_input(image, meta)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x)
-            loss = loss_fn(logits.float(), mask, weight, dice_weight=config.dice_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if not unused_checked:
-                _warn_unused(model, config.encoder_depth)
-                unused_checked = True
-            _optimizer_step(optimizer, scheduler, scaler, params)
-            losses.append(float(loss.detach()))
-        # Validated in float32, the model's own answer: workers run fp16, bf16 or float32 by machine,
-        # within a few pixels of it; the checkpoint records the precision its figures were measured at.
-        predictor = Predictor(model, replace(meta, trained=True), device=str(device), batch_size=4,
-                              precision=VALIDATION_PRECISION)
-        metrics, _ = validate(predictor, valid_items, tile_size=config.tile_size)
-        model.train()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
-               "seconds": time.monotonic() - t0, **metrics}
-        if state is None and epoch == start_epoch:
-            # A fresh run replaces an earlier run's log only now, with an epoch of its own to show.
-            metrics_path(config.out).unlink(missing_ok=True)
-        history.append(row)
-        append_csv(metrics_path(config.out), row)
-        current = metrics["dice"] + metrics["f1"]
-        log.info("epoch %d: loss %.4f, valid dice %.4f iou %.4f object F1 %.4f (P %.3f R %.3f), %.0f s",
-                 epoch + 1, row["train_loss"], metrics["dice"], metrics["iou"], metrics["f1"], metrics["precision"],
-                 metrics["recall"], row["seconds"])
-        if current > best_score:
-            best_score, best_epoch, best_metrics = current, epoch + 1, metrics
-            done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1,
-                                                         "arithmetic": VALIDATION_PRECISION})
-            save_checkpoint(config.out, model, done, half=config.half)
-        options = config.meta(trained=False).training
-        save_state(state_path(config.out), model, optimizer, scheduler, scaler, epoch=epoch, best_score=best_score,
-                   best_epoch=best_epoch, best_metrics=best_metrics, history=history, options=options)
-        write_record(config.out, epochs=config.epochs, options=options,
-                     arithmetic=VALIDATION_PRECISION, best_epoch=best_epoch, best_metrics=best_metrics,
-                     history=history)
-        if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
-            log.warning("stopping after epoch %d of %d: the %.0f-minute limit is reached; rerun with --resume to "
-                        "continue from %s", epoch + 1, config.epochs, config.max_minutes, state_path(config.out))
-            break
-    finished = len(history) == config.epochs
-    if finished and not config.keep_state:
-        state_path(config.out).unlink(missing_ok=True)  # tens of MB, only needed to resume an unfinished run
-    return TrainResult(best_epoch=best_epoch, best_metrics=best_metrics, history=history, checkpoint=config.out,
-                       epochs_run=len(history) - start_epoch)
+def _train_epoch(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, steps: _Steps, config: TrainConfig,
+                 device: torch.device, *, check_unused: bool) -> list[float]:
+    """One epoch's steps; each batch's loss. ``check_unused`` looks, after the first backward pass, for
+    parameters no gradient reaches."""
+    model.train()
+    losses = []
+    for image, mask, weight in batches:
+        image, mask, weight = image.to(device), mask.to(device), weight.to(device)
+        x = prepare_input(image, meta)
+        with torch.autocast(device.type, dtype=steps.amp_dtype or torch.float32, enabled=steps.amp_dtype is not None):
+            logits = model(x)
+        loss = loss_fn(logits.float(), mask, weight, dice_weight=config.dice_weight)
+        steps.optimizer.zero_grad(set_to_none=True)
+        steps.scaler.scale(loss).backward()
+        if check_unused:
+            _warn_unused(model, config.encoder_depth)
+            check_unused = False
+        _optimizer_step(steps.optimizer, steps.scheduler, steps.scaler, steps.params)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _record_epoch(run: _Progress, row: dict[str, float], metrics: dict[str, float], epoch: int,
+                  model: torch.nn.Module, steps: _Steps, config: TrainConfig) -> None:
+    """Log the epoch, keep its checkpoint if it is the best so far, and save what a resume needs.
+
+    The metrics log, the resume state and the run's record are all written after every epoch, so a
+    run stopped at any point can be resumed and shows how far it got.
+    """
+    run.history.append(row)
+    append_csv(metrics_path(config.out), row)
+    log.info("epoch %d: loss %.4f, valid dice %.4f iou %.4f object F1 %.4f (P %.3f R %.3f), %.0f s",
+             epoch + 1, row["train_loss"], metrics["dice"], metrics["iou"], metrics["f1"], metrics["precision"],
+             metrics["recall"], row["seconds"])
+    current = metrics["dice"] + metrics["f1"]
+    if current > run.best_score:
+        run.best_score, run.best_epoch, run.best_metrics = current, epoch + 1, metrics
+        done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1,
+                                                     "arithmetic": VALIDATION_PRECISION})
+        save_checkpoint(config.out, model, done, half=config.half)
+    options = config.meta(trained=False).training
+    save_state(state_path(config.out), model, steps.optimizer, steps.scheduler, steps.scaler, epoch=epoch,
+               best_score=run.best_score, best_epoch=run.best_epoch, best_metrics=run.best_metrics,
+               history=run.history, options=options)
+    write_record(config.out, epochs=config.epochs, options=options, arithmetic=VALIDATION_PRECISION,
+                 best_epoch=run.best_epoch, best_metrics=run.best_metrics, history=run.history)
 
 
 def resume_problem(out: Path) -> str | None:
