@@ -4,7 +4,10 @@
 
 Each figure is read from the same JSON keys that ``model_quality.py`` prints, so a comparison made
 on a GPU machine (``benchmarks/gpu_train.sh``) and one made here read alike; a figure a file lacks
-(real samples skipped, no synthetic set) shows as ``-``. Prints a Markdown table, one column per model.
+(real samples skipped, no synthetic set) shows as ``-``. Prints a Markdown table, one column per model,
+then how each model after the first fares against it on the figures the shipped model's targets name,
+which is the question a new checkpoint has to answer before it replaces the shipped one: better on
+some, worse on none (beyond :data:`TOLERANCE`), and no false mark on crop1's blob that the first has not.
 """
 
 from __future__ import annotations
@@ -34,6 +37,20 @@ ROWS: tuple[Row, ...] = (
     ("tile_a marks / specks", lambda q: "{marks} / {specks}".format(**q["real"]["tiles"]["tile_a_512"])),
     ("tile_b marks / specks", lambda q: "{marks} / {specks}".format(**q["real"]["tiles"]["tile_b_512"])),
 )
+
+
+# The figures a replacement is judged on (the targets' figures) and whether higher is better.
+JUDGED: tuple[tuple[str, Callable[[dict[str, Any]], Any], bool], ...] = (
+    ("synthetic Dice", lambda q: q["synthetic"]["dice_pooled"], True),
+    ("synthetic object F1", lambda q: q["synthetic"]["f1"], True),
+    ("crop1 Dice", lambda q: q["real"]["crops"]["crop1"]["dice"], True),
+    ("crop2 Dice", lambda q: q["real"]["crops"]["crop2"]["dice"], True),
+    ("crop3 Dice", lambda q: q["real"]["crops"]["crop3"]["dice"], True),
+    ("crop1 false marks on the blob", lambda q: q["real"]["crops"]["crop1"]["blob_false_marks"], False),
+)
+# Differences in a score this small are noise between machines and precisions, neither gain nor loss;
+# counts (false marks) have none.
+TOLERANCE = 0.002
 
 
 def parse_model(text: str) -> tuple[str, Path]:
@@ -67,12 +84,46 @@ def table(models: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def verdict(name: str, figures: dict[str, Any], baseline_name: str, baseline: dict[str, Any]) -> str:
+    """One line: where ``name`` is better and worse than the baseline, and whether it could replace it."""
+    better, worse, unknown = [], [], []
+    for label, read, higher in JUDGED:
+        try:
+            change = read(figures) - read(baseline)
+        except (KeyError, TypeError):
+            unknown.append(label)
+            continue
+        tolerance = TOLERANCE if isinstance(change, float) else 0
+        gain = change if higher else -change
+        shown = f"{label} ({change:+.4f})" if isinstance(change, float) else f"{label} ({change:+d})"
+        if gain > tolerance:
+            better.append(shown)
+        elif gain < -tolerance:
+            worse.append(shown)
+    parts = [f"{name} against {baseline_name}: better on {', '.join(better) or 'nothing'}; "
+             f"worse on {', '.join(worse) or 'nothing'}"]
+    if unknown:
+        parts.append(f"not compared (a file lacks them): {', '.join(unknown)}")
+        outcome = f"cannot tell whether it could replace {baseline_name}"
+    elif better and not worse:
+        outcome = f"it could replace {baseline_name}: measure it with model_quality.py on the CPU before shipping it"
+    else:
+        outcome = f"{baseline_name} stays"
+    return "; ".join(parts) + f" (within {TOLERANCE} counts as even). {outcome[0].upper()}{outcome[1:]}."
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", type=parse_model, metavar="NAME=PATH",
                    help="a column's name and the model_quality.py --json file it shows")
     args = p.parse_args(argv)
-    print(table([(name, load(path)) for name, path in args.models]))
+    models = [(name, load(path)) for name, path in args.models]
+    print(table(models))
+    if len(models) > 1:
+        print()
+        (baseline_name, baseline), *others = models
+        for name, figures in others:
+            print(f"- {verdict(name, figures, baseline_name, baseline)}")
     return 0
 
 

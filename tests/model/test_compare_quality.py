@@ -30,7 +30,7 @@ def test_table_has_a_column_per_model_and_dashes_for_figures_a_file_lacks(tmp_pa
     (tmp_path / "b.json").write_text(json.dumps(figures("big", 0.95, real=False)))
     assert compare.main([f"shipped={tmp_path / 'a.json'}", f"big={tmp_path / 'b.json'}"]) == 0
     rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ")[1:]
-            for line in capsys.readouterr().out.splitlines()[2:]}
+            for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("|")}
     assert rows["encoder"] == ["small", "big"]
     assert rows["synthetic held-out Dice (target >= 0.95)"] == ["0.9180", "0.9500"]
     assert rows["synthetic marks missed / merged / split"] == ["12 / 3 / 1", "12 / 3 / 1"]
@@ -50,3 +50,51 @@ def test_a_model_without_name_or_a_file_that_is_not_figures_is_refused(tmp_path,
         with pytest.raises(SystemExit) as exit_info:
             compare.main([f"x={path}"])
         assert str(path) in str(exit_info.value.code) and "model_quality.py --json" in str(exit_info.value.code)
+
+
+def with_changes(base: dict, **changes: float) -> dict:
+    """A copy of ``base`` with figures changed by the given amounts (keys as in compare_quality.JUDGED)."""
+    out = json.loads(json.dumps(base))
+    paths = {"dice": ("synthetic", "dice_pooled"), "f1": ("synthetic", "f1")}
+    for key, delta in changes.items():
+        if key in paths:
+            group, field = paths[key]
+            out[group][field] += delta
+        elif key == "blob":
+            out["real"]["crops"]["crop1"]["blob_false_marks"] += int(delta)
+        else:
+            out["real"]["crops"][key]["dice"] += delta
+    return out
+
+
+@pytest.mark.parametrize(("changes", "better", "worse", "outcome"), [
+    ({"dice": 0.01, "f1": 0.02, "crop2": 0.03}, ["synthetic Dice (+0.0100)", "synthetic object F1 (+0.0200)",
+                                                 "crop2 Dice (+0.0300)"], [], "It could replace shipped"),
+    ({"f1": 0.02, "crop3": -0.004}, ["synthetic object F1 (+0.0200)"], ["crop3 Dice (-0.0040)"], "Shipped stays"),
+    ({"f1": 0.02, "blob": 1}, ["synthetic object F1 (+0.0200)"], ["crop1 false marks on the blob (+1)"],
+     "Shipped stays"),
+    ({"dice": 0.0015, "crop1": -0.0015}, [], [], "Shipped stays"),
+])
+def test_each_model_is_judged_against_the_first_on_the_targets_figures(tmp_path, capsys, changes, better, worse,
+                                                                        outcome):
+    compare = load_script(REPO / "benchmarks" / "compare_quality.py")
+    shipped = figures("small", 0.918, real=True)
+    (tmp_path / "a.json").write_text(json.dumps(shipped))
+    (tmp_path / "b.json").write_text(json.dumps(with_changes(shipped, **changes)))
+    assert compare.main([f"shipped={tmp_path / 'a.json'}", f"new={tmp_path / 'b.json'}"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("- new against shipped: ")
+    assert f"better on {', '.join(better) or 'nothing'};" in line
+    assert f"worse on {', '.join(worse) or 'nothing'} " in line
+    assert line.endswith(".") and outcome in line
+
+
+def test_a_model_measured_without_the_real_samples_cannot_be_judged(tmp_path, capsys):
+    compare = load_script(REPO / "benchmarks" / "compare_quality.py")
+    (tmp_path / "a.json").write_text(json.dumps(figures("small", 0.918, real=True)))
+    (tmp_path / "b.json").write_text(json.dumps(figures("big", 0.95, real=False)))
+    assert compare.main([f"shipped={tmp_path / 'a.json'}", f"big={tmp_path / 'b.json'}"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "better on synthetic Dice (+0.0320), synthetic object F1 (+0.0320)" in line
+    assert "not compared (a file lacks them): crop1 Dice, crop2 Dice, crop3 Dice, crop1 false marks on the blob" in line
+    assert "Cannot tell whether it could replace shipped." in line
