@@ -69,19 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure the options ask for, as one flat dict (the ``--json`` output)."""
     import numpy as np
 
-    from am.bench.loop import endpoint_process, loop_throughput
-    from am.bench.model import (
-        device_name,
-        gflop_per_tile,
-        mask_agreement,
-        model_throughput,
-        peak_tflops,
-        synthetic_tiles,
-    )
-    from am.bench.pipeline import pipeline_overhead
-    from am.job import TILES_PER_MESSAGE_AWS, TILES_PER_MESSAGE_LOCAL
+    from am.bench.model import device_name, synthetic_tiles
     from am.model.build import write_untrained_checkpoint
     from am.model.checkpoint import default_model_path
     from am.model.predict import Predictor
@@ -105,67 +96,99 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         images = synthetic_tiles(min(batch, 8), size=args.tile_size)
         full = np.stack([images[i % len(images)] for i in range(batch)])
-        model_tiles = args.tiles or 16 * batch
-        result = model_throughput(predictor, tiles=full, iterations=max(1, -(-model_tiles // batch)))
-        gflop = gflop_per_tile(predictor.meta, tile_size=args.tile_size)
-        peak = args.peak_tflops or peak_tflops(out["device_name"], predictor.precision)
-        out.update({
-            "model_tiles": result.tiles,
-            "model_tiles_per_s": round(result.model_tiles_per_s, 2),
-            "predict_tiles_per_s": round(result.predict_tiles_per_s, 2),
-            "predict_ms_per_tile": {k: round(v / result.tiles * 1000, 3) for k, v in asdict(result.times).items()
-                                    if k != "tiles"},
-            "gflop_per_tile": round(gflop, 2),
-            "achieved_tflops": round(gflop * result.model_tiles_per_s / 1000, 2),
-            "peak_tflops": peak,
-            "limit_tiles_per_s": round(peak * 1000 / gflop, 0) if peak else None,
-        })
-        if peak:
-            out["model_fraction_of_limit"] = round(result.model_tiles_per_s / out["limit_tiles_per_s"], 3)
+        result = _model_figures(args, predictor, full, out)
         if not args.no_loop:
-            loop_tiles = args.tiles or 8 * batch
-            with ExitStack() as stack:
-                url = {"embedded": "", "aws": ""}.get(args.loop_endpoint, args.loop_endpoint)
-                if args.loop_endpoint == "embedded":
-                    url = stack.enter_context(endpoint_process())
-                # As the pipeline would send them: the local default on CPU, the AWS (GPU) default on CUDA.
-                per_message = args.tiles_per_message or (
-                    TILES_PER_MESSAGE_AWS if predictor.device.startswith("cuda") else TILES_PER_MESSAGE_LOCAL)
-                loop = loop_throughput(predictor, images=images, count=loop_tiles, endpoint_url=url,
-                                       batch_size=batch, tiles_per_message=per_message,
-                                       input_bucket=args.loop_buckets[0],
-                                       output_bucket=args.loop_buckets[1], region=args.region)
-            out["loop_endpoint"] = args.loop_endpoint
-            out["tiles_per_message"] = per_message
-            out.update({
-                "worker_tiles": loop.done,
-                "worker_tiles_per_s": round(loop.worker_tiles_per_s, 2),
-                "worker_fraction_of_model": round(loop.worker_tiles_per_s / result.model_tiles_per_s, 3),
-                "worker_ms_per_tile": {stage: round(loop.per_tile.get(stage, 0.0) * 1000, 3) for stage in STAGES},
-            })
-            if peak:
-                out["worker_fraction_of_limit"] = round(loop.worker_tiles_per_s / out["limit_tiles_per_s"], 3)
+            _loop_figures(args, predictor, images, result, out)
         if args.agreement:
             reference = Predictor.from_checkpoint(checkpoint, device=predictor.device, threads=args.threads,
                                                   batch_size=batch, precision="fp32", compile="off")
-            out["mask_agreement"] = round(mask_agreement(predictor, reference,
-                                                         synthetic_tiles(args.agreement, size=args.tile_size)), 6)
-            out["agreement_tiles"] = args.agreement
+            _agreement_figures(args, predictor, reference, out)
         if args.pipeline_image:
-            capacity, basis = _model_capacity(predictor, full, workers=args.workers, measured=result)
-            pipe = pipeline_overhead(args.pipeline_image, checkpoint=Path(checkpoint), workers=args.workers,
-                                     model_tiles_per_s=capacity, workdir=Path(tmp),
-                                     extra_args=args.pipeline_arg or ["--no-register"])
-            out["pipeline"] = {
-                "image": str(args.pipeline_image), "workers": pipe.workers, "tiles": pipe.tiles,
-                "model_capacity_tiles_per_s": round(capacity, 2), "model_capacity_basis": basis,
-                "wall_s": round(pipe.wall_s, 2), "model_s": round(pipe.model_s, 2),
-                "overhead_ratio": round(pipe.overhead_ratio, 3),
-                "compute_summed_s": round(pipe.compute_summed_s, 2), "compute_ratio": round(pipe.compute_ratio, 3),
-                "summed_compute_ratio": round(pipe.summed_compute_ratio, 3),
-                "stages_s": pipe.stages,
-            }
+            _pipeline_figures(args, predictor, full, result, Path(checkpoint), Path(tmp), out)
         return out
+
+
+def _model_figures(args: argparse.Namespace, predictor: Any, full: Any, out: dict[str, Any]) -> Any:
+    """The model alone on full batches, against the device's peak where it is known; the measurement."""
+    from am.bench.model import gflop_per_tile, model_throughput, peak_tflops
+
+    batch = predictor.batch_size
+    model_tiles = args.tiles or 16 * batch
+    result = model_throughput(predictor, tiles=full, iterations=max(1, -(-model_tiles // batch)))
+    gflop = gflop_per_tile(predictor.meta, tile_size=args.tile_size)
+    peak = args.peak_tflops or peak_tflops(out["device_name"], predictor.precision)
+    out.update({
+        "model_tiles": result.tiles,
+        "model_tiles_per_s": round(result.model_tiles_per_s, 2),
+        "predict_tiles_per_s": round(result.predict_tiles_per_s, 2),
+        "predict_ms_per_tile": {k: round(v / result.tiles * 1000, 3) for k, v in asdict(result.times).items()
+                                if k != "tiles"},
+        "gflop_per_tile": round(gflop, 2),
+        "achieved_tflops": round(gflop * result.model_tiles_per_s / 1000, 2),
+        "peak_tflops": peak,
+        "limit_tiles_per_s": round(peak * 1000 / gflop, 0) if peak else None,
+    })
+    if peak:
+        out["model_fraction_of_limit"] = round(result.model_tiles_per_s / out["limit_tiles_per_s"], 3)
+    return result
+
+
+def _loop_figures(args: argparse.Namespace, predictor: Any, images: Any, result: Any, out: dict[str, Any]) -> None:
+    """The worker's whole loop (queue, storage, model, masks) on the chosen endpoint, per tile and per stage."""
+    from am.bench.loop import endpoint_process, loop_throughput
+    from am.job import TILES_PER_MESSAGE_AWS, TILES_PER_MESSAGE_LOCAL
+
+    loop_tiles = args.tiles or 8 * predictor.batch_size
+    with ExitStack() as stack:
+        url = {"embedded": "", "aws": ""}.get(args.loop_endpoint, args.loop_endpoint)
+        if args.loop_endpoint == "embedded":
+            url = stack.enter_context(endpoint_process())
+        # As the pipeline would send them: the local default on CPU, the AWS (GPU) default on CUDA.
+        per_message = args.tiles_per_message or (
+            TILES_PER_MESSAGE_AWS if predictor.device.startswith("cuda") else TILES_PER_MESSAGE_LOCAL)
+        loop = loop_throughput(predictor, images=images, count=loop_tiles, endpoint_url=url,
+                               batch_size=predictor.batch_size, tiles_per_message=per_message,
+                               input_bucket=args.loop_buckets[0],
+                               output_bucket=args.loop_buckets[1], region=args.region)
+    out["loop_endpoint"] = args.loop_endpoint
+    out["tiles_per_message"] = per_message
+    out.update({
+        "worker_tiles": loop.done,
+        "worker_tiles_per_s": round(loop.worker_tiles_per_s, 2),
+        "worker_fraction_of_model": round(loop.worker_tiles_per_s / result.model_tiles_per_s, 3),
+        "worker_ms_per_tile": {stage: round(loop.per_tile.get(stage, 0.0) * 1000, 3) for stage in STAGES},
+    })
+    if out.get("peak_tflops"):
+        out["worker_fraction_of_limit"] = round(loop.worker_tiles_per_s / out["limit_tiles_per_s"], 3)
+
+
+def _agreement_figures(args: argparse.Namespace, predictor: Any, reference: Any, out: dict[str, Any]) -> None:
+    """How many mask pixels the measured precision and compilation share with plain fp32."""
+    from am.bench.model import mask_agreement, synthetic_tiles
+
+    out["mask_agreement"] = round(mask_agreement(predictor, reference,
+                                                 synthetic_tiles(args.agreement, size=args.tile_size)), 6)
+    out["agreement_tiles"] = args.agreement
+
+
+def _pipeline_figures(args: argparse.Namespace, predictor: Any, full: Any, result: Any, checkpoint: Path,
+                      workdir: Path, out: dict[str, Any]) -> None:
+    """The whole pipeline on one image, against what its workers' models alone could do."""
+    from am.bench.pipeline import pipeline_overhead
+
+    capacity, basis = _model_capacity(predictor, full, workers=args.workers, measured=result)
+    pipe = pipeline_overhead(args.pipeline_image, checkpoint=checkpoint, workers=args.workers,
+                             model_tiles_per_s=capacity, workdir=workdir,
+                             extra_args=args.pipeline_arg or ["--no-register"])
+    out["pipeline"] = {
+        "image": str(args.pipeline_image), "workers": pipe.workers, "tiles": pipe.tiles,
+        "model_capacity_tiles_per_s": round(capacity, 2), "model_capacity_basis": basis,
+        "wall_s": round(pipe.wall_s, 2), "model_s": round(pipe.model_s, 2),
+        "overhead_ratio": round(pipe.overhead_ratio, 3),
+        "compute_summed_s": round(pipe.compute_summed_s, 2), "compute_ratio": round(pipe.compute_ratio, 3),
+        "summed_compute_ratio": round(pipe.summed_compute_ratio, 3),
+        "stages_s": pipe.stages,
+    }
 
 
 def _model_capacity(predictor: Any, batch: Any, *, workers: int, measured: Any) -> tuple[float, str]:
