@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from am.evaluate.real import SAMPLE_FILES
+
 REPO = Path(__file__).resolve().parents[1]
 
 # What `am.train`, `am.evaluate` and `am.bench` import that the device's image does not hold (it has
@@ -38,9 +40,8 @@ DEVICE_PYTHON = "3.12"
 # are pure Python (py3-none-any) today, and these keep a future compiled release fetchable.
 DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                     "manylinux2014_x86_64", "manylinux1_x86_64")
-# The files gpu_train.sh measures; a folder without them is not the real samples.
-REAL_FILES = (*(f"crop{n}_{kind}.png" for n in (1, 2, 3) for kind in ("image", "reference_mask")),
-              "tile_a_512.png", "tile_b_512.png")
+# The files gpu_train.sh measures (through am.evaluate.real); a folder without them is not the real samples.
+REAL_FILES = SAMPLE_FILES
 # What one device call may carry, working tree included (the device tool's limit).
 CARRY_LIMIT_BYTES = 64 * 2**20
 
@@ -68,28 +69,26 @@ def installed_versions(names: tuple[str, ...]) -> dict[str, str]:
     return versions
 
 
+def wheel_versions(folder: Path) -> list[tuple[Path, str, str]]:
+    """``(wheel, normalised project name, version)`` of each wheel in ``folder``, read from its file name."""
+    found = []
+    for wheel in sorted(folder.glob("*.whl")):
+        name, _, rest = wheel.name.partition("-")
+        found.append((wheel, normalise(name), rest.split("-", 1)[0]))
+    return found
+
+
 def stale_wheels(folder: Path, versions: dict[str, str]) -> list[Path]:
     """Wheels in ``folder`` of a wanted package at another version than wanted."""
     wanted = {normalise(name): version for name, version in versions.items()}
-    stale = []
-    for wheel in sorted(folder.glob("*.whl")):
-        name, _, rest = wheel.name.partition("-")
-        version = rest.split("-", 1)[0]
-        if normalise(name) in wanted and version != wanted[normalise(name)]:
-            stale.append(wheel)
-    return stale
+    return [wheel for wheel, name, version in wheel_versions(folder) if name in wanted and version != wanted[name]]
 
 
 def present_wheels(folder: Path, versions: dict[str, str]) -> set[str]:
     """The wanted packages whose wanted version already lies in ``folder``."""
     names = {normalise(name): name for name in versions}
-    present = set()
-    for wheel in folder.glob("*.whl"):
-        name, _, rest = wheel.name.partition("-")
-        key = normalise(name)
-        if key in names and rest.split("-", 1)[0] == versions[names[key]]:
-            present.add(names[key])
-    return present
+    return {names[name] for _, name, version in wheel_versions(folder)
+            if name in names and version == versions[names[name]]}
 
 
 def download_command(folder: Path, requirements: list[str], *, python_version: str = DEVICE_PYTHON) -> list[str]:
@@ -139,11 +138,12 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
-def device_call(*, carry: list[str]) -> str:
-    """The call that runs the prepared check on a lent machine (its reply brings OUT's files back)."""
-    command = "MINUTES=4 OUT=$OUT REAL=.real PYTHON=python3 BENCH_TIMEOUT_S=120 bash benchmarks/gpu_train.sh"
-    if ".real" not in carry:
-        command = command.replace("REAL=.real", "SKIP_REAL=1")
+def device_call(*, wheels: str, real: str | None) -> str:
+    """The call that runs the prepared check on a lent machine, carrying the folders named (``real``
+    None: without the real samples); its reply brings OUT's files back."""
+    samples = "SKIP_REAL=1" if real is None else f"REAL={real}"
+    command = f"MINUTES=4 OUT=$OUT {samples} PYTHON=python3 BENCH_TIMEOUT_S=120 bash benchmarks/gpu_train.sh"
+    carry = [wheels] if real is None else [wheels, real]
     return f'run(command="{command}", carry={carry!r}, timeout_s=590)'
 
 
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_prep: {error}", file=sys.stderr)
         return 2
     stale = stale_wheels(args.wheels, versions)
-    needed = [f"{name}=={version}" for name, version in versions.items()
-              if name not in present_wheels(args.wheels, versions)]
+    present = present_wheels(args.wheels, versions)
+    needed = [f"{name}=={version}" for name, version in versions.items() if name not in present]
     print("packages for the device: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
     if args.dry_run:
         for wheel in stale:
@@ -192,11 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if still_missing:
         print(f"gpu_prep: pip left no wheel of {', '.join(still_missing)} in {args.wheels}", file=sys.stderr)
         return 1
-    carry = [args.wheels.name]
     if not args.skip_real:
         copied = copy_real(args.real_from, args.real_to)
         print(f"copied {copied / 1024:.0f} KiB of real samples to {args.real_to}")
-        carry.append(args.real_to.name)
     total = folder_bytes(args.wheels) + (0 if args.skip_real else folder_bytes(args.real_to))
     print(f"to carry: {total / 2**20:.1f} MiB of the {CARRY_LIMIT_BYTES // 2**20} MiB a device call takes "
           "(with the working tree)")
@@ -204,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_prep: {total / 2**20:.1f} MiB is over the carry limit: empty {args.wheels} of wheels not listed "
               "above", file=sys.stderr)
         return 1
-    print("on a lent GPU machine, from the repository root:\n  " + device_call(carry=carry))
+    real = None if args.skip_real else args.real_to.name
+    print("on a lent GPU machine, from the repository root:\n  " + device_call(wheels=args.wheels.name, real=real))
     return 0
 
 

@@ -35,6 +35,10 @@ from am.normalize import read_normalised
 
 CROP_SCALE = 2.04
 CROPS = (1, 2, 3)
+TILES = ("tile_a_512", "tile_b_512")
+# Every file of the real samples that evaluation reads.
+SAMPLE_FILES = (*(f"crop{n}_{kind}.png" for n in CROPS for kind in ("image", "reference_mask")),
+                *(f"{name}.png" for name in TILES))
 # The out-of-focus blob of crop1 in crop pixels (x0, y0, x1, y1), judged by eye; the real mark
 # touching its right edge is excluded through the reference mask.
 CROP1_BLOB_BOX = (86, 32, 108, 72)
@@ -74,7 +78,7 @@ def evaluate_real(predictor: Predictor, real_dir: Path, *, overlays: Path | None
         report["crops"][f"crop{n}"] = entry
         if overlays is not None:
             write_png(Path(overlays) / f"crop{n}.png", _enlarge(_overlay(image, predicted, reference), 3))
-    for name in ("tile_a_512", "tile_b_512"):
+    for name in TILES:
         image = read_normalised(real_dir / f"{name}.png")
         predicted = predict_image_mask(predictor, image)
         _, _, stats, _ = cv2.connectedComponentsWithStats(predicted.astype(np.uint8), connectivity=8)
