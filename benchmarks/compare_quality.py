@@ -19,34 +19,43 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-Row = tuple[str, Callable[[dict[str, Any]], Any]]
+Read = Callable[[dict[str, Any]], Any]
+Row = tuple[str, Read]
+
+
+def synthetic(key: str) -> Read:
+    return lambda q: q["synthetic"][key]
+
+
+def crop(n: int, key: str) -> Read:
+    return lambda q: q["real"]["crops"][f"crop{n}"][key]
+
 
 ROWS: tuple[Row, ...] = (
     ("encoder", lambda q: q["encoder"]),
     ("precision", lambda q: q["precision"]),
-    ("synthetic held-out Dice (target >= 0.95)", lambda q: q["synthetic"]["dice_pooled"]),
-    ("synthetic held-out object F1 (target >= 0.97)", lambda q: q["synthetic"]["f1"]),
+    ("synthetic held-out Dice (target >= 0.95)", synthetic("dice_pooled")),
+    ("synthetic held-out object F1 (target >= 0.97)", synthetic("f1")),
     ("synthetic marks missed / merged / split",
      lambda q: "{missed} / {merged} / {split}".format(**q["synthetic"]["lost"])),
-    ("crop1 Dice", lambda q: q["real"]["crops"]["crop1"]["dice"]),
-    ("crop1 false marks on the blob (target 0)", lambda q: q["real"]["crops"]["crop1"]["blob_false_marks"]),
-    ("crop2 Dice (target >= 0.85)", lambda q: q["real"]["crops"]["crop2"]["dice"]),
-    ("crop3 Dice (target >= 0.85)", lambda q: q["real"]["crops"]["crop3"]["dice"]),
-    ("crop1 / crop2 / crop3 object F1", lambda q: " / ".join(f"{q['real']['crops'][f'crop{n}']['f1']:.3f}"
-                                                              for n in (1, 2, 3))),
+    ("crop1 Dice", crop(1, "dice")),
+    ("crop1 false marks on the blob (target 0)", crop(1, "blob_false_marks")),
+    ("crop2 Dice (target >= 0.85)", crop(2, "dice")),
+    ("crop3 Dice (target >= 0.85)", crop(3, "dice")),
+    ("crop1 / crop2 / crop3 object F1", lambda q: " / ".join(f"{crop(n, 'f1')(q):.3f}" for n in (1, 2, 3))),
     ("tile_a marks / specks", lambda q: "{marks} / {specks}".format(**q["real"]["tiles"]["tile_a_512"])),
     ("tile_b marks / specks", lambda q: "{marks} / {specks}".format(**q["real"]["tiles"]["tile_b_512"])),
 )
 
 
 # The figures a replacement is judged on (the targets' figures) and whether higher is better.
-JUDGED: tuple[tuple[str, Callable[[dict[str, Any]], Any], bool], ...] = (
-    ("synthetic Dice", lambda q: q["synthetic"]["dice_pooled"], True),
-    ("synthetic object F1", lambda q: q["synthetic"]["f1"], True),
-    ("crop1 Dice", lambda q: q["real"]["crops"]["crop1"]["dice"], True),
-    ("crop2 Dice", lambda q: q["real"]["crops"]["crop2"]["dice"], True),
-    ("crop3 Dice", lambda q: q["real"]["crops"]["crop3"]["dice"], True),
-    ("crop1 false marks on the blob", lambda q: q["real"]["crops"]["crop1"]["blob_false_marks"], False),
+JUDGED: tuple[tuple[str, Read, bool], ...] = (
+    ("synthetic Dice", synthetic("dice_pooled"), True),
+    ("synthetic object F1", synthetic("f1"), True),
+    ("crop1 Dice", crop(1, "dice"), True),
+    ("crop2 Dice", crop(2, "dice"), True),
+    ("crop3 Dice", crop(3, "dice"), True),
+    ("crop1 false marks on the blob", crop(1, "blob_false_marks"), False),
 )
 # Differences in a score this small are noise between machines and precisions, neither gain nor loss;
 # counts (false marks) have none.
@@ -69,7 +78,7 @@ def load(path: Path) -> dict[str, Any]:
                          "write it with model_quality.py --json") from exc
 
 
-def cell(figures: dict[str, Any], read: Callable[[dict[str, Any]], Any]) -> str:
+def cell(figures: dict[str, Any], read: Read) -> str:
     try:
         value = read(figures)
     except (KeyError, TypeError):
