@@ -207,6 +207,9 @@ def train(
     meta = config.meta(trained=False)
     model = _model_for(config, meta, state, device)
     steps = _Steps.create(model, config, device)
+    log.info("training %s (depth %d, %.2f M parameters, none frozen) on %s in %s", config.encoder,
+             config.encoder_depth, sum(p.numel() for p in steps.params) / 1e6, device,
+             "float32" if steps.amp_dtype is None else str(steps.amp_dtype).removeprefix("torch."))
     run = _Progress() if state is None else _Progress.restore(state, steps, config)
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
 
@@ -315,14 +318,9 @@ def _model_for(config: TrainConfig, meta: ModelMeta, state: dict[str, Any] | Non
     elif config.init is not None:
         load_init(model, meta, Path(config.init), partial=config.init_partial)
     model = model.to(device).to(memory_format=torch.channels_last)
-    params = list(model.parameters())
-    frozen = sum(1 for p in params if not p.requires_grad)
+    frozen = sum(1 for p in model.parameters() if not p.requires_grad)
     if frozen:
         raise InputError(f"{frozen} parameter tensors are frozen; every layer must train")
-    amp_dtype = autocast_dtype(device)
-    log.info("training %s (depth %d, %.2f M parameters, none frozen) on %s in %s", config.encoder,
-             config.encoder_depth, sum(p.numel() for p in params) / 1e6, device,
-             "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."))
     return model
 
 
