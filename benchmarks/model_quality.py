@@ -33,6 +33,7 @@ from am.errors import AmError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, held_out_images, held_out_style
 from am.evaluate.lost import LostMarks
 from am.evaluate.metrics import EdgeErrors, Scores, edge_errors, most_wrong, score
+from am.evaluate.paired import per_image_counts
 from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
 from am.messages import TTA_MODES
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "iou_pooled": pooled.iou, "precision": pooled.precision, "recall": pooled.recall,
                                 "f1": pooled.f1, "true_objects": pooled.true_objects,
                                 "lost_objects": pooled.lost_objects, f"f1_min_{MIN_MARK_PX}px": specks.f1,
-                                f"precision_min_{MIN_MARK_PX}px": specks.precision}
+                                f"precision_min_{MIN_MARK_PX}px": specks.precision, "seed": HELD_OUT_SEED,
+                                # Image by image, so compare_quality.py can tell a change from the luck of the draw.
+                                "per_image": per_image_counts([r.scores for r in results])}
             s = out["synthetic"]
             print(f"synthetic held-out ({s['images']} images, seed {HELD_OUT_SEED}, pitch {HELD_OUT_PITCH}): "
                   f"dice {s['dice_pooled']:.4f} (mean per image {s['dice_mean']:.4f}) iou {s['iou_pooled']:.4f} "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from am.evaluate.heldout import HELD_OUT_SEED
+from am.evaluate.metrics import Scores
 from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,3 +100,48 @@ def test_a_model_measured_without_the_real_samples_cannot_be_judged(tmp_path, ca
     assert "better on synthetic Dice (+0.0320), synthetic object F1 (+0.0320)" in line
     assert "not compared (a file lacks them): crop1 Dice, crop2 Dice, crop3 Dice, crop1 false marks on the blob" in line
     assert "Cannot tell whether it could replace shipped." in line
+
+
+def with_images(figures_: dict, matched: list[int]) -> dict:
+    """``figures_`` with held-out counts image by image (100 true and 100 predicted marks each) and
+    the pooled figures they give, as model_quality.py writes them."""
+    out = json.loads(json.dumps(figures_))
+    rows = [[800, 1000, 1000, 100, 100, m] for m in matched]
+    pooled = Scores(*(sum(column) for column in zip(*rows, strict=True)))
+    out["synthetic"].update(seed=HELD_OUT_SEED, per_image=rows, dice_pooled=pooled.dice, f1=pooled.f1)
+    return out
+
+
+@pytest.mark.parametrize(("candidate", "better", "outcome"), [
+    # Five more marks found on every image: a gain whatever images are drawn.
+    ([85] * 40, "better on synthetic object F1 (+0.0500, 95 % interval +0.0500 to +0.0500);", "It could replace"),
+    # Twenty more on one image of forty: the pooled F1 rises by 0.005, more than TOLERANCE, but the draws
+    # without that image show no change, so it is not counted.
+    ([80] * 39 + [100], "better on nothing;", "Shipped stays"),
+])
+def test_synthetic_figures_are_judged_by_a_paired_bootstrap_over_the_images(tmp_path, capsys, candidate, better,
+                                                                             outcome):
+    compare = load_script(REPO / "benchmarks" / "compare_quality.py")
+    shipped = with_images(figures("small", 0.918, real=True), [80] * 40)
+    (tmp_path / "a.json").write_text(json.dumps(shipped))
+    (tmp_path / "b.json").write_text(json.dumps(with_images(shipped, candidate)))
+    assert compare.main([f"shipped={tmp_path / 'a.json'}", f"new={tmp_path / 'b.json'}"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert better in line and "worse on nothing" in line and outcome in line
+    # What the draws cannot tell apart is shown with its interval rather than left out.
+    undecided = line.split("within the spread of the images drawn: ")[1]
+    assert undecided.startswith("synthetic Dice (+0.0000, 95 % interval +0.0000 to +0.0000)")
+    assert ("synthetic object F1 (+0.0050, 95 % interval +0.0000 to " in undecided) == (better == "better on nothing;")
+    assert "a paired bootstrap over the 40 held-out images puts the change's 95 % interval on one side of zero" in line
+
+
+def test_files_of_other_held_out_images_fall_back_to_the_tolerance(tmp_path, capsys):
+    compare = load_script(REPO / "benchmarks" / "compare_quality.py")
+    shipped = with_images(figures("small", 0.918, real=True), [80] * 40)
+    other = with_images(shipped, [80] * 39 + [100])
+    other["synthetic"]["seed"] = HELD_OUT_SEED + 1
+    (tmp_path / "a.json").write_text(json.dumps(shipped))
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    assert compare.main([f"shipped={tmp_path / 'a.json'}", f"new={tmp_path / 'b.json'}"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "better on synthetic object F1 (+0.0050)" in line and "(within 0.002 counts as even)" in line

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE, held_out_images, held_out_style
+from am.evaluate.metrics import Scores
 from am.model.precision import cpu_multiplies_bf16
 from am.synth.dataset import sample_at
 from tests.scripts import load_script
@@ -60,6 +61,9 @@ def test_quality_report_lists_the_images_holding_most_of_the_error(tiny_model: P
     lost = synthetic["lost"]
     assert sum(lost.values()) == synthetic["lost_objects"]
     assert f"marks lost: {lost['missed']} missed, {lost['merged']} merged with a neighbour" in out
+    # Each image's counts, pooling to the reported figures, for compare_quality.py's paired bootstrap.
+    assert synthetic["seed"] == HELD_OUT_SEED and len(synthetic["per_image"]) == 3
+    assert Scores(*(sum(column) for column in zip(*synthetic["per_image"], strict=True))).f1 == synthetic["f1"]
     worst = json.loads(figures.read_text())["synthetic"]["worst"]
     assert len(worst) == 2 and worst[0]["wrong_px"] >= worst[1]["wrong_px"]
     for row in worst:
