@@ -16,7 +16,7 @@ differences is the interval. Where it excludes zero the change holds beyond the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def paired_difference(
     if figure not in FIGURES:
         raise ValueError(f"figure {figure!r} is not one of {', '.join(FIGURES)}")
     a, b = np.asarray(base, dtype=np.int64), np.asarray(other, dtype=np.int64)
-    width = len(Scores.__dataclass_fields__)
+    width = len(fields(Scores))
     if a.ndim != 2 or a.shape[1] != width or a.shape != b.shape or len(a) == 0:
         raise ValueError(f"per-image counts must be two equal lists of rows of {width} counts, "
                          f"got shapes {a.shape} and {b.shape}")
