@@ -6,6 +6,8 @@ Three steps, each named by a field of :class:`~am.model.checkpoint.ModelMeta`:
 2. ``seed_threshold`` (None: skipped): marks that touch are cut apart (:mod:`am.model.separate`);
    then components of at least :data:`~am.model.separate.OVERSIZE_FACTOR` times the median mark
    (measured as in step 3) are looked at again at higher levels, and cut where two cores show;
+   those still that large are cut into as many marks of the tile's own shape as they hold, where
+   their centres lie a lattice's spacing apart (:mod:`am.model.shape_cut`);
 3. ``min_mark_px`` (0: skipped): components smaller than this many model pixels that do not
    touch the edge of the array are dropped. The smallest marks at the training scale cover about
    100 px, so such a component is a speck on the tissue (or a sliver left by the cut of step 2),
@@ -30,7 +32,8 @@ import cv2
 import numpy as np
 
 from am.model.checkpoint import ModelMeta
-from am.model.separate import MIN_SEED_PX, RESEED_LEVELS, separate_touching, split_oversize
+from am.model.separate import MIN_SEED_PX, OVERSIZE_FACTOR, RESEED_LEVELS, separate_touching, split_oversize
+from am.model.shape_cut import cut_by_shape
 
 # The speck size new checkpoints get (am.train --min-mark-px), chosen on synthetic images apart from
 # the held-out set: larger sizes start to drop the visible parts of real marks.
@@ -95,11 +98,12 @@ def median_mark(mask: np.ndarray, min_px: float) -> float | None:
 
 
 def _second_look(mask: np.ndarray, proba: np.ndarray, levels: tuple[float, ...], min_px: float) -> np.ndarray:
-    """Step 2's cut at higher ``levels`` inside oversized components, labelling the mask once."""
+    """Step 2's second look inside oversized components: at higher ``levels``, then by the marks' shape."""
     labels, stats, median = _labelled_marks(mask, min_px)
     if median is None:
         return mask
-    return split_oversize(mask, proba, median=median, levels=levels, components=(labels, stats))
+    mask = split_oversize(mask, proba, median=median, levels=levels, components=(labels, stats))
+    return cut_by_shape(mask, proba, median=median, factor=OVERSIZE_FACTOR)
 
 
 def _labelled_marks(mask: np.ndarray, min_px: float) -> tuple[np.ndarray, np.ndarray, float | None]:

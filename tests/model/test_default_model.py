@@ -24,12 +24,12 @@ def test_shipped_model_is_small_and_trained() -> None:
 
 
 def test_shipped_model_segments_held_out_synthetic_marks() -> None:
-    """The README's held-out figures (Dice 0.918, object F1 0.874 post-processed), kept from slipping."""
+    """The README's held-out figures (Dice 0.917, object F1 0.887 post-processed), kept from slipping."""
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
     results = evaluate(predictor, held_out_images())
     pooled = Scores.combine([r.scores for r in results])
     assert pooled.dice >= 0.9, [round(r.scores.dice, 3) for r in results]
-    assert pooled.f1 >= 0.85, [round(r.scores.f1, 3) for r in results]
+    assert pooled.f1 >= 0.88, [round(r.scores.f1, 3) for r in results]
 
 
 def test_shipped_model_as_the_pipeline_runs_it_on_the_real_samples(real_data: Path) -> None:
