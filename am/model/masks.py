@@ -19,6 +19,10 @@ Three steps, each named by a field of :class:`~am.model.checkpoint.ModelMeta`:
    pitch. The median needs :data:`MIN_MARKS_FOR_MEDIAN` of them; with fewer the fixed size alone
    decides. A median (not a mean) lets neither a few large false regions nor a few fragments move it.
 
+With ``seed_threshold`` set, a last step joins the pieces of one mark: two components whose centroids
+lie closer than a third of the lattice pitch are one mark's lobes, joined by their hull
+(:mod:`am.model.lobes`).
+
 Workers (through :class:`~am.model.predict.Predictor`), ``am.serve``, evaluation and training
 validation all call :func:`mask_from_proba`, so the mask that is measured is the one written::
 
@@ -32,6 +36,7 @@ import cv2
 import numpy as np
 
 from am.model.checkpoint import ModelMeta
+from am.model.lobes import join_lobes
 from am.model.separate import MIN_SEED_PX, OVERSIZE_FACTOR, RESEED_LEVELS, separate_touching, split_oversize
 from am.model.shape_cut import cut_by_shape
 
@@ -70,6 +75,10 @@ def mask_from_proba(
             mask = _second_look(mask, proba, levels, max(meta.min_mark_px, 1) / pixel_area)
     if postprocess and (meta.min_mark_px > 0 or meta.min_mark_fraction > 0):
         mask = drop_specks(mask, meta.min_mark_px / pixel_area, fraction=meta.min_mark_fraction)
+    if postprocess and meta.seed_threshold is not None:
+        median = median_mark(mask, max(meta.min_mark_px, 1) / pixel_area)
+        if median is not None:
+            mask = join_lobes(mask, median=median)
     return mask
 
 

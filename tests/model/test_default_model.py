@@ -34,20 +34,20 @@ def test_shipped_model_segments_held_out_synthetic_marks() -> None:
 
 def test_shipped_model_as_the_pipeline_runs_it_on_the_real_samples(real_data: Path) -> None:
     """The README's real-sample figures without test-time augmentation, on normalised input as the
-    pipeline gives it: the blob of crop1 clean, crop3 0.908, crop2 0.774."""
+    pipeline gives it: the blob of crop1 clean, crop3 0.908, crop2 0.788."""
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
     report = evaluate_real(predictor, real_data)
     crops, tiles = report["crops"], report["tiles"]
     assert crops["crop1"]["blob_false_marks"] == 0, crops["crop1"]
-    assert crops["crop3"]["dice"] >= 0.9 and crops["crop2"]["dice"] >= 0.77, crops
+    assert crops["crop3"]["dice"] >= 0.9 and crops["crop2"]["dice"] >= 0.78, crops
     assert tiles["tile_a_512"]["marks"] >= 20 and tiles["tile_b_512"]["marks"] >= 60, tiles
 
 
 def test_shipped_model_with_d4_tta_on_the_real_samples(real_data: Path) -> None:
-    """The README's real-sample figures with --tta d4 (crop1 blob clean, crop2 0.788, no speck on tile_a)."""
+    """The README's real-sample figures with --tta d4 (crop1 blob clean, crop2 0.804, no speck on tile_a)."""
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2, tta="d4")
     report = evaluate_real(predictor, real_data)
     crops, tiles = report["crops"], report["tiles"]
     assert crops["crop1"]["blob_false_marks"] == 0, crops["crop1"]
-    assert crops["crop2"]["dice"] >= 0.78 and crops["crop3"]["dice"] >= 0.9, crops
+    assert crops["crop2"]["dice"] >= 0.795 and crops["crop3"]["dice"] >= 0.9, crops
     assert tiles["tile_a_512"]["specks"] <= 1, tiles
