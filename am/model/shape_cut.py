@@ -10,7 +10,7 @@ medians it holds are placed greedily where each covers the most of what the earl
 each pixel goes to the template that covers it most. The cut is drawn as step 2 draws its own (a line
 of background along the less probable side of each contact)::
 
-    mask = cut_by_shape(mask, proba, median=median_mark(mask, 40))
+    mask = cut_by_shape(mask, proba, median=median_mark(mask, 40), factor=OVERSIZE_FACTOR)
 
 Two guards keep single marks whole. A placed template must find ``MIN_EXPLAINED`` of its own area
 still uncovered inside the component, so a mark merely larger than the median (a lobed crater, a
