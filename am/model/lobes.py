@@ -20,6 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from am.errors import InputError
+from am.model.components import on_edge
 from am.pitch import estimate_pitch
 
 # Centroids closer than this share of the lattice pitch belong to one mark. Chosen on the real crop2
@@ -63,10 +64,7 @@ def join_lobes(mask: np.ndarray, *, median: float, spacing: float = JOIN_SPACING
 
 def _pieces(stats: np.ndarray, shape: tuple[int, ...], median: float) -> np.ndarray:
     """Components away from the edge no larger than MAX_PIECE medians."""
-    height, width = shape
-    x, y, w, h, area = (stats[:, i] for i in range(5))
-    on_edge = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
-    keep = ~on_edge & (area <= MAX_PIECE * median)
+    keep = ~on_edge(stats, shape) & (stats[:, cv2.CC_STAT_AREA] <= MAX_PIECE * median)
     keep[0] = False
     return np.flatnonzero(keep)
 

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from am.model.checkpoint import ModelMeta
+from am.model.components import on_edge
 from am.model.lobes import join_lobes
 from am.model.separate import MIN_SEED_PX, OVERSIZE_FACTOR, RESEED_LEVELS, separate_touching, split_oversize
 from am.model.shape_cut import cut_by_shape
@@ -72,11 +73,11 @@ def mask_from_proba(
                                  min_seed_px=min_seed_px / pixel_area)
         levels = tuple(level for level in RESEED_LEVELS if level > meta.seed_threshold)
         if levels:
-            mask = _second_look(mask, proba, levels, max(meta.min_mark_px, 1) / pixel_area)
+            mask = _second_look(mask, proba, levels, _least_mark_px(meta, pixel_area))
     if postprocess and (meta.min_mark_px > 0 or meta.min_mark_fraction > 0):
         mask = drop_specks(mask, meta.min_mark_px / pixel_area, fraction=meta.min_mark_fraction)
     if postprocess and meta.seed_threshold is not None:
-        median = median_mark(mask, max(meta.min_mark_px, 1) / pixel_area)
+        median = median_mark(mask, _least_mark_px(meta, pixel_area))
         if median is not None:
             mask = join_lobes(mask, median=median)
     return mask
@@ -88,12 +89,12 @@ def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0) -> np
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
     if count <= 1:
         return mask
-    area, on_edge = _areas(stats, mask.shape)
+    area, edge = _areas(stats, mask.shape)
     limit = float(min_px)
-    median = _median_of_marks(area, on_edge, min_px) if fraction > 0 else None
+    median = _median_of_marks(area, edge, min_px) if fraction > 0 else None
     if median is not None:
         limit = max(limit, fraction * median)
-    keep = (area >= limit) | on_edge
+    keep = (area >= limit) | edge
     keep[0] = False
     if keep[1:].all():
         return mask
@@ -104,6 +105,11 @@ def median_mark(mask: np.ndarray, min_px: float) -> float | None:
     """The median area of the components of ``mask`` away from its edge with at least ``min_px``
     pixels: the size of one mark here, or None with fewer than :data:`MIN_MARKS_FOR_MEDIAN` of them."""
     return _labelled_marks(mask, min_px)[2]
+
+
+def _least_mark_px(meta: ModelMeta, pixel_area: float) -> float:
+    """The smallest component (pixels of the probabilities) that counts towards the median mark."""
+    return max(meta.min_mark_px, 1) / pixel_area
 
 
 def _second_look(mask: np.ndarray, proba: np.ndarray, levels: tuple[float, ...], min_px: float) -> np.ndarray:
@@ -124,15 +130,11 @@ def _labelled_marks(mask: np.ndarray, min_px: float) -> tuple[np.ndarray, np.nda
 
 def _areas(stats: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Each component's area and whether it touches the edge (row 0 is the background)."""
-    height, width = shape
-    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    w, h = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
-    on_edge = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
-    return stats[:, cv2.CC_STAT_AREA], on_edge
+    return stats[:, cv2.CC_STAT_AREA], on_edge(stats, shape)
 
 
-def _median_of_marks(area: np.ndarray, on_edge: np.ndarray, min_px: float) -> float | None:
-    inner = area[1:][~on_edge[1:] & (area[1:] >= min_px)]
+def _median_of_marks(area: np.ndarray, edge: np.ndarray, min_px: float) -> float | None:
+    inner = area[1:][~edge[1:] & (area[1:] >= min_px)]
     return float(np.median(inner)) if inner.size >= MIN_MARKS_FOR_MEDIAN else None
 
 

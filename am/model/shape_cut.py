@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from am.errors import InputError
+from am.model.components import on_edge
 from am.model.separate import part_regions
 from am.pitch import estimate_pitch
 
@@ -90,11 +91,9 @@ def cut_by_shape(
 
 def _lone_marks(stats: np.ndarray, shape: tuple[int, ...], median: float) -> np.ndarray:
     """Indices of the components away from the edge whose area is within REFERENCE_RANGE of ``median``."""
-    height, width = shape
-    x, y, w, h, area = (stats[:, i] for i in range(5))
-    on_edge = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    area = stats[:, cv2.CC_STAT_AREA]
     low, high = REFERENCE_RANGE
-    lone = ~on_edge & (area >= low * median) & (area <= high * median)
+    lone = ~on_edge(stats, shape) & (area >= low * median) & (area <= high * median)
     lone[0] = False
     return np.flatnonzero(lone)
 
