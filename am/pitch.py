@@ -19,6 +19,7 @@ most ``WINDOW_PX`` square is used (shrunk to ``FFT_PX``), so a 20000 px image co
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -54,15 +55,11 @@ def estimate_pitch(image: np.ndarray) -> float | None:
     spread = float(data.std())
     if not spread > 0:
         return None
-    taper = np.outer(np.hanning(size[0]), np.hanning(size[1])).astype(np.float32)
+    taper, usable = _window_constants(size)
     power = np.abs(np.fft.rfft2(data * taper)) ** 2
     correlation = np.fft.fftshift(np.fft.irfft2(power, s=size))
     correlation /= correlation.max()
     cy, cx = size[0] // 2, size[1] // 2
-    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
-    lag = np.hypot(yy - cy, xx - cx)
-    # Peaks up to a quarter of the window, so that the one at twice the vector is still inside it.
-    usable = (lag > MIN_LAG_PX) & (lag < min(size) / 4)
     local_max = correlation == cv2.dilate(correlation, np.ones((5, 5), np.uint8))
     candidates = np.argwhere(usable & local_max)
     if candidates.size == 0:
@@ -142,6 +139,20 @@ def warn_if_off_scale(image: np.ndarray, *, scale: float, name: str) -> float | 
         name, pitch, at_scale, trained_low, trained_high, suggested_scale(pitch),
     )
     return pitch
+
+
+@lru_cache(maxsize=8)
+def _window_constants(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The taper and the lags searched for peaks, for a window of ``size``: computing them took most of
+    a 512 px tile's reading, and post-processing reads every tile's pitch (read-only, as they are shared)."""
+    taper = np.outer(np.hanning(size[0]), np.hanning(size[1])).astype(np.float32)
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    lag = np.hypot(yy - size[0] // 2, xx - size[1] // 2)
+    # Peaks up to a quarter of the window, so that the one at twice the vector is still inside it.
+    usable = (lag > MIN_LAG_PX) & (lag < min(size) / 4)
+    taper.flags.writeable = False
+    usable.flags.writeable = False
+    return taper, usable
 
 
 def _window(image: np.ndarray) -> tuple[np.ndarray, float]:

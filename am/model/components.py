@@ -1,17 +1,48 @@
-"""Which labelled components touch the edge of their array.
+"""A mask's labelled components, shared by the post-processing steps, and which touch the edge.
+
+Labelling a 512 px tile costs as much as most of a step, and most steps leave most tiles exactly as
+they are (returning the very array they were given), so :func:`label` passes a labelling on to the
+next step while its mask is unchanged rather than labelling the tile again.
 
 A component on the edge may be the visible part of a mark the tile or image cuts, so its area says
 little about a mark's size: every post-processing step that measures marks (the median mark, the
 lone marks of the shape cut, the pieces joined as lobes) leaves such components out::
 
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    edge = on_edge(stats, mask.shape)          # bool per row of stats (row 0 is the background)
+    components = label(mask)
+    edge = on_edge(components.stats, mask.shape)   # bool per row of stats (row 0 is the background)
+    mask = some_step(mask, components=components.parts)
+    components = label(mask, known=components)     # labelled again only where the step changed it
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
+
+
+class Components(NamedTuple):
+    """``mask``'s 8-connected components as ``cv2.connectedComponentsWithStats`` gives them."""
+
+    mask: np.ndarray
+    labels: np.ndarray
+    stats: np.ndarray
+    centroids: np.ndarray
+
+    @property
+    def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(labels, stats, centroids)``, the form the steps take them in."""
+        return self.labels, self.stats, self.centroids
+
+
+def label(mask: np.ndarray, *, known: Components | None = None) -> Components:
+    """The components of bool ``mask``: ``known`` itself where it was read from this very array (a
+    step that changes a mask returns a new one, so identity means unchanged)."""
+    if known is not None and known.mask is mask:
+        return known
+    _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    return Components(mask, labels, stats, centroids)
 
 
 def on_edge(stats: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -23,4 +54,4 @@ def on_edge(stats: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
 
 
-__all__ = ["on_edge"]
+__all__ = ["Components", "label", "on_edge"]

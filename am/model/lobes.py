@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from am.errors import InputError
-from am.model.components import on_edge
+from am.model.components import label, on_edge
 from am.pitch import estimate_pitch
 
 # Centroids closer than this share of the lattice pitch belong to one mark. Chosen on the real crop2
@@ -32,13 +32,24 @@ MAX_PIECE = 1.3
 MAX_JOINED = 2.6
 
 
-def join_lobes(mask: np.ndarray, *, median: float, spacing: float = JOIN_SPACING) -> np.ndarray:
+def join_lobes(
+    mask: np.ndarray,
+    *,
+    median: float,
+    spacing: float = JOIN_SPACING,
+    components: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """``mask`` with each pair of components whose centroids lie closer than ``spacing`` lattice
     pitches joined by their convex hull (closest pairs first, each component in one pair at most).
-    Components touching the edge, and tiles without a lattice, are left as they are."""
+    Components touching the edge, and tiles without a lattice, are left as they are.
+
+    ``components`` are ``mask``'s 8-connected labels, stats and centroids where the caller has them
+    (:func:`am.model.components.label`), so the tile is not labelled twice."""
     if mask.ndim != 2:
         raise InputError(f"expected a 2-D mask, got shape {mask.shape}")
-    _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    labels, stats, centroids = label(mask).parts if components is None else components
+    if labels.shape != mask.shape:
+        raise InputError(f"labels {labels.shape} and mask {mask.shape} must have one shape")
     pieces = _pieces(stats, mask.shape, median)
     if pieces.size < 2:
         return mask

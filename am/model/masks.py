@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from am.model.checkpoint import ModelMeta
-from am.model.components import on_edge
+from am.model.components import Components, label, on_edge
 from am.model.lobes import join_lobes
 from am.model.separate import MIN_SEED_PX, OVERSIZE_FACTOR, RESEED_LEVELS, separate_touching, split_oversize
 from am.model.shape_cut import cut_by_shape
@@ -66,6 +66,7 @@ def mask_from_proba(
     ``min_seed_px`` (model pixels) is the core size of step 2, which checkpoints do not name; only
     the level sweep (``benchmarks/postprocess_sweep.py``) sets another.
     """
+    known: Components | None = None  # the current mask's labelling, passed on while a step leaves it as it is
     if not postprocess or meta.seed_threshold is None:
         mask = proba >= meta.threshold
     else:
@@ -73,21 +74,27 @@ def mask_from_proba(
                                  min_seed_px=min_seed_px / pixel_area)
         levels = tuple(level for level in RESEED_LEVELS if level > meta.seed_threshold)
         if levels:
-            mask = _second_look(mask, proba, levels, _least_mark_px(meta, pixel_area))
+            mask, known = _second_look(mask, proba, levels, _least_mark_px(meta, pixel_area))
     if postprocess and (meta.min_mark_px > 0 or meta.min_mark_fraction > 0):
-        mask = drop_specks(mask, meta.min_mark_px / pixel_area, fraction=meta.min_mark_fraction)
+        known = label(mask, known=known)
+        mask = drop_specks(mask, meta.min_mark_px / pixel_area, fraction=meta.min_mark_fraction,
+                           components=known.parts)
     if postprocess and meta.seed_threshold is not None:
-        median = median_mark(mask, _least_mark_px(meta, pixel_area))
+        known = label(mask, known=known)
+        median = _median_of_marks(*_areas(known.stats, mask.shape), _least_mark_px(meta, pixel_area))
         if median is not None:
-            mask = join_lobes(mask, median=median)
+            mask = join_lobes(mask, median=median, components=known.parts)
     return mask
 
 
-def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0) -> np.ndarray:
+def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0,
+                components: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``mask`` (bool) without the components that do not touch its edge and are under ``min_px``
-    pixels, or under ``fraction`` of the median area of the others (see the module's step 3)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    if count <= 1:
+    pixels, or under ``fraction`` of the median area of the others (see the module's step 3);
+    ``mask`` itself where none is. ``components`` are ``mask``'s labels, stats and centroids where
+    the caller has them (:func:`am.model.components.label`)."""
+    labels, stats, _ = label(mask).parts if components is None else components
+    if len(stats) <= 1:
         return mask
     area, edge = _areas(stats, mask.shape)
     limit = float(min_px)
@@ -104,7 +111,7 @@ def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0) -> np
 def median_mark(mask: np.ndarray, min_px: float) -> float | None:
     """The median area of the components of ``mask`` away from its edge with at least ``min_px``
     pixels: the size of one mark here, or None with fewer than :data:`MIN_MARKS_FOR_MEDIAN` of them."""
-    return _labelled_marks(mask, min_px)[2]
+    return _median_of_marks(*_areas(label(mask).stats, mask.shape), min_px)
 
 
 def _least_mark_px(meta: ModelMeta, pixel_area: float) -> float:
@@ -112,20 +119,17 @@ def _least_mark_px(meta: ModelMeta, pixel_area: float) -> float:
     return max(meta.min_mark_px, 1) / pixel_area
 
 
-def _second_look(mask: np.ndarray, proba: np.ndarray, levels: tuple[float, ...], min_px: float) -> np.ndarray:
-    """Step 2's second look inside oversized components: at higher ``levels``, then by the marks' shape."""
-    labels, stats, median = _labelled_marks(mask, min_px)
+def _second_look(mask: np.ndarray, proba: np.ndarray, levels: tuple[float, ...],
+                 min_px: float) -> tuple[np.ndarray, Components]:
+    """Step 2's second look inside oversized components: at higher ``levels``, then by the marks' shape.
+    Returns the mask with the labelling of the last step's input (the mask's own, where it cut nothing)."""
+    known = label(mask)
+    median = _median_of_marks(*_areas(known.stats, mask.shape), min_px)
     if median is None:
-        return mask
-    mask = split_oversize(mask, proba, median=median, levels=levels, components=(labels, stats))
-    return cut_by_shape(mask, proba, median=median, factor=OVERSIZE_FACTOR)
-
-
-def _labelled_marks(mask: np.ndarray, min_px: float) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """``mask``'s 8-connected labels and component stats, with :func:`median_mark` from them."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    median = _median_of_marks(*_areas(stats, mask.shape), min_px) if count > 1 else None
-    return labels, stats, median
+        return mask, known
+    mask = split_oversize(mask, proba, median=median, levels=levels, components=(known.labels, known.stats))
+    known = label(mask, known=known)
+    return cut_by_shape(mask, proba, median=median, factor=OVERSIZE_FACTOR, components=known.parts), known
 
 
 def _areas(stats: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

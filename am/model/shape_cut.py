@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from am.errors import InputError
-from am.model.components import on_edge
+from am.model.components import label, on_edge
 from am.model.separate import part_regions
 from am.pitch import estimate_pitch
 
@@ -55,15 +55,21 @@ def cut_by_shape(
     factor: float,
     min_explained: float = MIN_EXPLAINED,
     min_spacing: float = MIN_SPACING,
+    components: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``mask`` with each component of at least ``factor * median`` pixels cut into the marks of the
     tile's own shape it holds, where two or more fit a lattice's spacing. Nothing is added; other
-    components are left exactly as they are."""
+    components are left exactly as they are, and ``mask`` itself is returned where nothing is cut.
+
+    ``components`` are ``mask``'s 8-connected labels, stats and centroids where the caller has them
+    (:func:`am.model.components.label`)."""
     if mask.shape != proba.shape or mask.ndim != 2:
         raise InputError(f"mask {mask.shape} and probabilities {proba.shape} must be 2-D of one shape")
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    labels, stats, centroids = label(mask).parts if components is None else components
+    if labels.shape != mask.shape:
+        raise InputError(f"labels {labels.shape} and mask {mask.shape} must have one shape")
     area = stats[:, cv2.CC_STAT_AREA]
-    large = [k for k in range(1, count) if area[k] >= factor * median and round(area[k] / median) >= 2]
+    large = [k for k in range(1, len(stats)) if area[k] >= factor * median and round(area[k] / median) >= 2]
     if not large:
         return mask
     references = _lone_marks(stats, mask.shape, median)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -113,14 +114,18 @@ def test_quality_report_skips_the_real_samples_only_where_the_default_folder_is_
 
 def test_postprocess_timing_lists_the_slowest_images(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     timing = load_script(REPO / "benchmarks" / "postprocess_time.py")
-    assert timing.main(["--model", str(tiny_model), "--images", "2", "--threads", "1", "--worst", "2"]) == 0
+    opencv_threads = cv2.getNumThreads()
+    assert timing.main(["--model", str(tiny_model), "--images", "2", "--threads", "1", "--worst", "2",
+                        "--repeats", "2"]) == 0
     out = capsys.readouterr().out
-    assert "post-processing of 2 images of 512 px (seed 1000): total" in out
+    assert "post-processing of 2 images of 512 px (seed 1000, OpenCV on 1 thread, best of 2 runs): total" in out
     assert out.count("  image ") == 2
+    assert cv2.getNumThreads() == opencv_threads, "OpenCV's threads are restored after the timing"
 
 
-def test_postprocess_timing_refuses_no_images(tiny_model: Path) -> None:
+@pytest.mark.parametrize("option", ["--images", "--repeats"])
+def test_postprocess_timing_refuses_no_images_or_runs(tiny_model: Path, option: str) -> None:
     timing = load_script(REPO / "benchmarks" / "postprocess_time.py")
     with pytest.raises(SystemExit) as exit_info:
-        timing.main(["--model", str(tiny_model), "--images", "0"])
+        timing.main(["--model", str(tiny_model), option, "0"])
     assert exit_info.value.code == 2

@@ -13,7 +13,7 @@ import pytest
 from am.dataset import DatasetLayout
 from am.imageio import read_image
 from am.normalize import read_normalised
-from am.pitch import estimate_pitch, suggested_scale, warn_if_off_scale
+from am.pitch import MIN_LAG_PX, _window_constants, estimate_pitch, suggested_scale, warn_if_off_scale
 from am.prepare import prepare_group
 from am.settings import Settings
 from am.synth.dataset import write_dataset
@@ -47,6 +47,22 @@ def test_large_images_are_read_from_a_window_of_fixed_size():
     enlarged = cv2.resize(tile, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
     assert estimate_pitch(enlarged) == pytest.approx(4 * 67.6, rel=0.04)
     assert estimate_pitch(np.tile(tile, (6, 6))) == pytest.approx(67.6, abs=1.5)
+
+
+def test_windows_of_one_size_share_their_taper_and_lags_read_only():
+    """Post-processing reads the pitch of every 512 px tile, so the window's constants are computed once."""
+    taper, usable = _window_constants((48, 64))
+    assert _window_constants((48, 64))[0] is taper
+    assert np.allclose(taper, np.outer(np.hanning(48), np.hanning(64)))
+    assert usable.shape == (48, 64) and not usable[24, 32] and usable[24, 32 + MIN_LAG_PX + 1]
+    with pytest.raises(ValueError):
+        taper[0, 0] = 1.0
+    with pytest.raises(ValueError):
+        usable[0, 0] = True
+    lattice = np.zeros((256, 256), np.uint8)
+    lattice[::32, ::32] = 255
+    lattice = cv2.dilate(lattice, np.ones((9, 9), np.uint8))
+    assert estimate_pitch(lattice) == estimate_pitch(lattice) == pytest.approx(32, abs=0.5)
 
 
 def test_no_lattice_no_pitch():
