@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+import scipy.fft
 
 from am.settings import AUTO_SCALE, SCALE_RANGE
 
@@ -56,8 +57,8 @@ def estimate_pitch(image: np.ndarray) -> float | None:
     if not spread > 0:
         return None
     taper, usable = _window_constants(size)
-    power = np.abs(np.fft.rfft2(data * taper)) ** 2
-    correlation = np.fft.fftshift(np.fft.irfft2(power, s=size))
+    power = np.abs(scipy.fft.rfft2(data * taper)) ** 2
+    correlation = np.fft.fftshift(scipy.fft.irfft2(power, s=size))
     correlation /= correlation.max()
     cy, cx = size[0] // 2, size[1] // 2
     local_max = correlation == cv2.dilate(correlation, np.ones((5, 5), np.uint8))

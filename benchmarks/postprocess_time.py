@@ -7,7 +7,7 @@ Training validates every epoch on whole images and workers post-process every ti
 probability map that makes a step slow (as scikit-image's watershed line once did, for seconds to
 minutes, on a half-trained model's output) stalls a run without failing it. The images are those
 ``am.train --synthetic-valid`` validates on (seed 1000, 512 px, pitch 20-85 px): probabilities are
-computed once per image, untimed, and only ``mask_from_proba`` is timed, with OpenCV on a worker's
+computed for every image first, untimed, and only ``mask_from_proba`` is timed, with OpenCV on a worker's
 thread count and the best of ``--repeats`` runs per image (one run reads the machine's noise as
 much as the step). Prints the total, the median and the slowest images, so a checkpoint whose
 training stalled can be checked here.
@@ -41,16 +41,18 @@ def time_postprocessing(predictor: Predictor, *, images: int, seed: int,
     """(image index, best seconds of ``repeats``, mask pixels) of ``mask_from_proba`` for each generated image."""
     # The generator's default pitch range is the one am.train renders and validates on.
     items = synthetic_images(count=images, size=512, seed=seed)
+    # All probabilities first, so that nothing but post-processing runs while it is timed.
+    probas = [predict_image_proba(predictor, item.image, tile_size=predictor.meta.tile_size, overlap=64)
+              for item in tqdm(items, desc="probabilities", unit="image")]
     timings = []
-    for index, item in enumerate(tqdm(items, desc="images", unit="image")):
-        proba = predict_image_proba(predictor, item.image, tile_size=predictor.meta.tile_size, overlap=64)
-        best = float("inf")
-        with opencv_threads_of_a_worker():
+    with opencv_threads_of_a_worker():
+        for index, proba in enumerate(tqdm(probas, desc="post-processing", unit="image")):
+            best = float("inf")
             for _ in range(repeats):
                 start = time.perf_counter()
                 mask = mask_from_proba(proba, predictor.meta)
                 best = min(best, time.perf_counter() - start)
-        timings.append((index, best, int(mask.sum())))
+            timings.append((index, best, int(mask.sum())))
     return timings
 
 
