@@ -21,6 +21,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from am.errors import InputError
+
 
 class Components(NamedTuple):
     """``mask``'s 8-connected components as ``cv2.connectedComponentsWithStats`` gives them."""
@@ -45,6 +47,17 @@ def label(mask: np.ndarray, *, known: Components | None = None) -> Components:
     return Components(mask, labels, stats, centroids)
 
 
+def parts_of(mask: np.ndarray,
+             components: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``mask``'s labels, stats and centroids: ``components`` where a step's caller passed them (of
+    ``mask``'s shape, or the step would cut by another tile's labels), else labelled now."""
+    if components is None:
+        return label(mask).parts
+    if components[0].shape != mask.shape:
+        raise InputError(f"labels {components[0].shape} and mask {mask.shape} must have one shape")
+    return components
+
+
 def on_edge(stats: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Whether each component of ``stats`` (from ``cv2.connectedComponentsWithStats``) touches the
     edge of an array of ``shape``."""
@@ -54,4 +67,4 @@ def on_edge(stats: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
 
 
-__all__ = ["Components", "label", "on_edge"]
+__all__ = ["Components", "label", "on_edge", "parts_of"]

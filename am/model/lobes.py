@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from am.errors import InputError
-from am.model.components import label, on_edge
+from am.model.components import on_edge, parts_of
 from am.pitch import estimate_pitch
 
 # Centroids closer than this share of the lattice pitch belong to one mark. Chosen on the real crop2
@@ -47,9 +47,7 @@ def join_lobes(
     (:func:`am.model.components.label`), so the tile is not labelled twice."""
     if mask.ndim != 2:
         raise InputError(f"expected a 2-D mask, got shape {mask.shape}")
-    labels, stats, centroids = label(mask).parts if components is None else components
-    if labels.shape != mask.shape:
-        raise InputError(f"labels {labels.shape} and mask {mask.shape} must have one shape")
+    labels, stats, centroids = parts_of(mask, components)
     pieces = _pieces(stats, mask.shape, median)
     if pieces.size < 2:
         return mask

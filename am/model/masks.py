@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from am.model.checkpoint import ModelMeta
-from am.model.components import Components, label, on_edge
+from am.model.components import Components, label, on_edge, parts_of
 from am.model.lobes import join_lobes
 from am.model.separate import MIN_SEED_PX, OVERSIZE_FACTOR, RESEED_LEVELS, separate_touching, split_oversize
 from am.model.shape_cut import cut_by_shape
@@ -81,7 +81,7 @@ def mask_from_proba(
                            components=known.parts)
     if postprocess and meta.seed_threshold is not None:
         known = label(mask, known=known)
-        median = _median_of_marks(*_areas(known.stats, mask.shape), _least_mark_px(meta, pixel_area))
+        median = _median_of(known, _least_mark_px(meta, pixel_area))
         if median is not None:
             mask = join_lobes(mask, median=median, components=known.parts)
     return mask
@@ -93,7 +93,7 @@ def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0,
     pixels, or under ``fraction`` of the median area of the others (see the module's step 3);
     ``mask`` itself where none is. ``components`` are ``mask``'s labels, stats and centroids where
     the caller has them (:func:`am.model.components.label`)."""
-    labels, stats, _ = label(mask).parts if components is None else components
+    labels, stats, _ = parts_of(mask, components)
     if len(stats) <= 1:
         return mask
     area, edge = _areas(stats, mask.shape)
@@ -111,7 +111,7 @@ def drop_specks(mask: np.ndarray, min_px: float, *, fraction: float = 0.0,
 def median_mark(mask: np.ndarray, min_px: float) -> float | None:
     """The median area of the components of ``mask`` away from its edge with at least ``min_px``
     pixels: the size of one mark here, or None with fewer than :data:`MIN_MARKS_FOR_MEDIAN` of them."""
-    return _median_of_marks(*_areas(label(mask).stats, mask.shape), min_px)
+    return _median_of(label(mask), min_px)
 
 
 def _least_mark_px(meta: ModelMeta, pixel_area: float) -> float:
@@ -124,12 +124,17 @@ def _second_look(mask: np.ndarray, proba: np.ndarray, levels: tuple[float, ...],
     """Step 2's second look inside oversized components: at higher ``levels``, then by the marks' shape.
     Returns the mask with the labelling of the last step's input (the mask's own, where it cut nothing)."""
     known = label(mask)
-    median = _median_of_marks(*_areas(known.stats, mask.shape), min_px)
+    median = _median_of(known, min_px)
     if median is None:
         return mask, known
     mask = split_oversize(mask, proba, median=median, levels=levels, components=(known.labels, known.stats))
     known = label(mask, known=known)
     return cut_by_shape(mask, proba, median=median, factor=OVERSIZE_FACTOR, components=known.parts), known
+
+
+def _median_of(components: Components, min_px: float) -> float | None:
+    """:func:`median_mark` of the mask ``components`` were read from."""
+    return _median_of_marks(*_areas(components.stats, components.mask.shape), min_px)
 
 
 def _areas(stats: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from am.errors import InputError
-from am.model.components import label, on_edge
+from am.model.components import on_edge, parts_of
 from am.model.separate import part_regions
 from am.pitch import estimate_pitch
 
@@ -65,9 +65,7 @@ def cut_by_shape(
     (:func:`am.model.components.label`)."""
     if mask.shape != proba.shape or mask.ndim != 2:
         raise InputError(f"mask {mask.shape} and probabilities {proba.shape} must be 2-D of one shape")
-    labels, stats, centroids = label(mask).parts if components is None else components
-    if labels.shape != mask.shape:
-        raise InputError(f"labels {labels.shape} and mask {mask.shape} must have one shape")
+    labels, stats, centroids = parts_of(mask, components)
     area = stats[:, cv2.CC_STAT_AREA]
     large = [k for k in range(1, len(stats)) if area[k] >= factor * median and round(area[k] / median) >= 2]
     if not large:

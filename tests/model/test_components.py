@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
+from am.errors import InputError
 from am.evaluate.heldout import held_out_images
 from am.model.checkpoint import ModelMeta, default_model_path
-from am.model.components import label, on_edge
+from am.model.components import label, on_edge, parts_of
 from am.model.lobes import join_lobes
 from am.model.masks import _least_mark_px, drop_specks, mask_from_proba, median_mark
 from am.model.predict import Predictor
@@ -36,6 +38,12 @@ def test_a_labelling_is_passed_on_only_for_the_very_array_it_was_read_from() -> 
     changed[20:25, 20:25] = True
     again = label(changed, known=first)
     assert again is not first and len(again.stats) == 4, "a step's new mask is labelled afresh"
+    assert parts_of(mask, None)[1].tolist() == first.stats.tolist()
+    given = first.parts
+    assert parts_of(mask, given) is given, "a caller's labelling is used as it is"
+    for step in (lambda m, c: drop_specks(m, 20, components=c), lambda m, c: join_lobes(m, median=25.0, components=c)):
+        with pytest.raises(InputError, match="must have one shape"):
+            step(mask[:20], first.parts)
     assert on_edge(first.stats, mask.shape).tolist() == [True, True, False], "background, edge piece, mark"
 
 
