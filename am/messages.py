@@ -25,10 +25,10 @@ from am.errors import MessageError
 MESSAGE_VERSION = 2
 # Most tiles one message may name (an object of 256 tiles of 512 px is 64 MiB).
 MAX_TILES_PER_MESSAGE = 256
-# Test-time augmentation a message may ask for (am.model.tta): none, the four flips, or the
-# eight symmetries of the square. "off" is left out of the JSON, so such messages read the
-# same as those of builds without the field.
-TTA_MODES = ("off", "flips", "d4")
+# Test-time augmentation a message may ask for (am.model.tta): none, the tile and its half turn,
+# the four flips, or the eight symmetries of the square. "off" is left out of the JSON, so such
+# messages read the same as those of builds without the field.
+TTA_MODES = ("off", "rot180", "flips", "d4")
 
 # Job ids and group names become S3 key segments and queue-name suffixes.
 JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

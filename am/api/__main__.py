@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
     parser.add_argument("--scale", type=scale_option, help=SCALE_HELP)
-    parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: off (default), flips or d4")
+    parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: off (default), rot180, flips or d4")
     parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     return parser

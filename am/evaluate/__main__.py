@@ -52,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize images by this factor before inference and back after (e.g. 2.04 for half-size crops)")
     p.add_argument("--tta", choices=TTA_MODES, default="off",
-                   help="test-time augmentation: average 4 flipped (flips) or 8 turned and mirrored (d4) views")
+                   help="test-time augmentation: average the tile and its half turn (rot180), 4 flipped (flips) or 8 "
+                        "turned and mirrored (d4) views")
     add_postprocess_option(p)
     add_precision_option(p)
     p.add_argument("--min-object-px", type=int, default=0, help="ignore components smaller than this in object counts")

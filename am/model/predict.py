@@ -20,8 +20,8 @@ The fast path is the only path; what differs by device is the arithmetic:
 - ``compile="on"`` wraps the model in ``torch.compile`` for one fixed batch shape, compiled
   once while loading within a time budget (short batches are padded to that shape, so it never
   compiles again); other shapes run uncompiled;
-- ``tta`` ("flips" or "d4", per predictor or per call) averages the probabilities of 4 or 8
-  mirrored and turned views (:mod:`am.model.tta`), at 4 or 8 times the compute;
+- ``tta`` ("rot180", "flips" or "d4", per predictor or per call) averages the probabilities of 2,
+  4 or 8 turned and mirrored views (:mod:`am.model.tta`), at 2, 4 or 8 times the compute;
 - large areas of one grey level (zero fill, clipped glare: :mod:`am.model.flat`) are blanked
   before the masks are made: the model's answer there means nothing;
 - where the checkpoint asks for more than a threshold (touching marks cut apart, specks dropped:
@@ -229,7 +229,7 @@ class Predictor:
         """Masks for uint8 tiles of shape (N, H, W): uint8 (N, H, W), 255 where p >= threshold, else 0,
         then cut apart and cleaned of specks as the checkpoint says when :attr:`postprocess`.
 
-        ``tta`` None uses the predictor's own; "flips" or "d4" threshold the averaged views.
+        ``tta`` None uses the predictor's own; "rot180", "flips" or "d4" threshold the averaged views.
         """
         self._check(tiles)
         tta = self._tta_for(tta)

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
     parser.add_argument("--scale", type=scale_option, help=SCALE_HELP)
     parser.add_argument("--tta", choices=TTA_MODES,
-                        help="test-time augmentation: off (default), flips (4 views averaged) or d4 (8 views: "
+                        help="test-time augmentation: off (default), rot180 (the tile and its half turn "
+                             "averaged: most of d4's gain, 2x the model time), flips (4 views) or d4 (8 views: "
                              "the cleanest masks, 8x the model time)")
     parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")

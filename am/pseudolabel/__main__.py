@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="probability at or below which a pixel is background")
     p.add_argument("--high", type=float, default=defaults.high, help="probability at or above which a pixel is a mark")
     p.add_argument("--tta", choices=TTA_MODES, default=defaults.tta,
-                   help="average the small model's answer over 4 (flips) or 8 (d4) views in step 2 (default off)")
+                   help="average the small model's answer over 2 (rot180), 4 (flips) or 8 (d4) views in step 2 "
+                        "(default off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

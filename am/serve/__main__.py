@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-size", type=int, help="tiles per model call (default: by device)")
     serve.add_argument("--scale", type=scale_option, help=SCALE_HELP)
     serve.add_argument("--tta", choices=TTA_MODES,
-                       help="test-time augmentation: off (default), flips (4 views) or d4 (8 views)")
+                       help="test-time augmentation: off (default), rot180 (2 views), flips (4) or d4 (8)")
     serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     return parser
 

@@ -262,7 +262,7 @@ def test_each_task_runs_the_pipeline_with_the_servers_tta(tmp_path):
     from am.pipeline.__main__ import build_parser
     from am.settings import Settings
 
-    for mode in ("off", "d4"):
+    for mode in ("off", "rot180", "d4"):
         argv = PipelineCommand(Settings(tta=mode)).argv(tmp_path / "task", rows=None, cols=None)
         parsed = build_parser().parse_args(argv[3:])
         assert parsed.tta == mode and parsed.no_register

@@ -101,7 +101,7 @@ def test_tile_result_round_trip_and_validation():
 def test_tta_travels_in_the_message_and_off_leaves_the_wire_format_unchanged():
     plain = json.loads(make().to_json())
     assert "tta" not in plain and TileMessage.from_json(json.dumps(plain)).tta == "off"
-    for mode in ("flips", "d4"):
+    for mode in ("rot180", "flips", "d4"):
         message = make(tta=mode)
         assert json.loads(message.to_json())["tta"] == mode
         assert TileMessage.from_json(message.to_json()) == message
@@ -113,5 +113,5 @@ def test_an_unknown_tta_is_rejected(tta):
     with pytest.raises(MessageError, match="tta"):
         TileMessage.from_json(json.dumps(body))
     if isinstance(tta, str):
-        with pytest.raises(MessageError, match="off, flips, d4"):
+        with pytest.raises(MessageError, match="off, rot180, flips, d4"):
             make(tta=tta)

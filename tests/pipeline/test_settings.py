@@ -78,7 +78,8 @@ def test_tta_from_file_environment_and_option(tmp_path):
     assert load_settings({}, environ={}, config_path=config).tta == "d4"
     assert load_settings({}, environ={"AM_TTA": "flips"}, config_path=config).tta == "flips"
     assert load_settings({"tta": "off"}, environ={"AM_TTA": "flips"}).tta == "off"
-    with pytest.raises(ConfigError, match="tta = 'd8'.*off, flips, d4"):
+    assert load_settings({}, environ={"AM_TTA": "rot180"}).tta == "rot180"
+    with pytest.raises(ConfigError, match="tta = 'd8'.*off, rot180, flips, d4"):
         load_settings({}, environ={"AM_TTA": "d8"})
     config.write_text("tta: on\n")
     with pytest.raises(ConfigError, match="tta = 'on'"):
