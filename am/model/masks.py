@@ -20,7 +20,7 @@ Three steps, each named by a field of :class:`~am.model.checkpoint.ModelMeta`:
    decides. A median (not a mean) lets neither a few large false regions nor a few fragments move it.
 
 With ``seed_threshold`` set, a last step joins the pieces of one mark: two components whose centroids
-lie closer than a third of the lattice pitch are one mark's lobes, joined by their hull
+lie closer than ``JOIN_SPACING`` (0.35) of the lattice pitch are one mark's lobes, joined by their hull
 (:mod:`am.model.lobes`).
 
 Workers (through :class:`~am.model.predict.Predictor`), ``am.serve``, evaluation and training
