@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from am.bench.model import median_ms_per_tile
 from am.cli import PRECISIONS, add_postprocess_option, add_precision_option, masks_label
 from am.errors import AmError
 from am.evaluate.heldout import held_out_images
@@ -39,14 +38,7 @@ TARGET_MS = 250.0
 def bench(predictor: Predictor, *, batch: int, repeats: int) -> tuple[float, float]:
     """Median milliseconds per tile for batches of ``batch`` held-out tiles, and of that the post-processing's."""
     tiles = np.stack([item.image for item in held_out_images(batch)])
-    predictor.predict(tiles)  # warm-up: first call allocates and picks kernels
-    times, postprocessing = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predictor.predict(tiles)
-        times.append((time.perf_counter() - start) * 1000.0 / batch)
-        postprocessing.append(predictor.last_times.postprocess * 1000.0 / batch)
-    return statistics.median(times), statistics.median(postprocessing)
+    return median_ms_per_tile(predictor, tiles, repeats=repeats)
 
 
 def main(argv: list[str] | None = None) -> int:

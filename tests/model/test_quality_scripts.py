@@ -129,3 +129,38 @@ def test_postprocess_timing_refuses_no_images_or_runs(tiny_model: Path, option: 
     with pytest.raises(SystemExit) as exit_info:
         timing.main(["--model", str(tiny_model), option, "0"])
     assert exit_info.value.code == 2
+
+
+def test_encoder_survey_measures_each_encoder_as_training_would_save_it(capsys: pytest.CaptureFixture[str]) -> None:
+    survey = load_script(REPO / "benchmarks" / "encoder_survey.py")
+    assert survey.main(["--encoders", "tu-mobilenetv3_small_100", "--decoder-channels", "32,16,8,8,4",
+                        "--threads", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| tu-mobilenetv3_small_100 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    params_m, size_mb = float(cells[1].removesuffix(" M")), float(cells[2].removesuffix(" MB"))
+    assert 0.5 < params_m < 2.0, "MobileNetV3-small with a narrow decoder has about a million parameters"
+    assert size_mb == pytest.approx(params_m * 2, rel=0.15), "stored in fp16: two bytes a parameter"
+    batch1, batch4 = (float(ms) for ms in cells[4].split(" / "))
+    assert batch1 > 0 and batch4 > 0
+    assert out.rstrip().endswith("fit both limits: tu-mobilenetv3_small_100")
+
+
+def test_encoder_survey_fits_only_within_both_limits() -> None:
+    survey = load_script(REPO / "benchmarks" / "encoder_survey.py")
+    figures = survey.EncoderFigures
+    assert figures("a", params_m=4.5, size_mb=9.3, gflop=9.4, batch1_ms=98.0, batch4_ms=74.0).fits
+    assert not figures("b", params_m=12.5, size_mb=25.0, gflop=26.3, batch1_ms=156.0, batch4_ms=146.0).fits
+    assert not figures("c", params_m=4.5, size_mb=9.3, gflop=9.4, batch1_ms=98.0, batch4_ms=240.0).fits, \
+        "post-processing's time counts against the 250 ms target"
+
+
+@pytest.mark.parametrize(("option", "value", "named"), [("--encoders", "resnet18,no_such_net", "no_such_net"),
+                                                        ("--decoder-channels", "64,32", "64,32")])
+def test_encoder_survey_refuses_unknown_encoders_and_odd_decoders(option: str, value: str, named: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    survey = load_script(REPO / "benchmarks" / "encoder_survey.py")
+    with pytest.raises(SystemExit) as exit_info:
+        survey.main([option, value])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err

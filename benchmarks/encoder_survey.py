@@ -1,0 +1,147 @@
+"""Which encoders could carry the CPU default: the shipped file's size and the model's time per tile.
+
+    python benchmarks/encoder_survey.py [--encoders tu-mobilenetv3_large_100,resnet18,...]
+                                        [--decoder-channels 128,64,32,16,8] [--threads 2] [--repeats 8]
+
+The shipped default must stay within 15 MB and 250 ms per 512x512 tile on a 2-core CPU,
+post-processing included. Before a bigger encoder is trained for hours, this says whether it could
+ever ship: each encoder is built untrained (random weights: nothing is downloaded, nothing learnt)
+with the shipped model's decoder, saved in fp16 as ``am.train`` saves a checkpoint, and timed on
+held-out tiles as ``model_cpu_bench.py`` times the shipped model, but with masks thresholded only:
+random weights give random masks, whose post-processing time would mean nothing. The shipped
+model's post-processing (``model_cpu_bench.py`` prints it) is added to judge the target. Ends
+with the encoders that fit both limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from am.bench.model import gflop_per_tile, median_ms_per_tile
+from am.errors import AmError
+from am.evaluate.heldout import held_out_images
+from am.model.build import write_untrained_checkpoint
+from am.model.checkpoint import is_known_encoder, load_checkpoint
+from am.model.predict import Predictor
+
+SIZE_LIMIT_MB = 15.0
+TIME_LIMIT_MS = 250.0
+# What post-processing adds to the shipped model's tile on the 2-core AMD EPYC VM (README, CPU time row).
+SHIPPED_POSTPROCESS_MS = 16.0
+DEFAULT_ENCODERS = (
+    "tu-mobilenetv3_large_100",  # the shipped default
+    "tu-efficientnet_b0",
+    "tu-regnety_008",
+    "tu-mobilenetv4_conv_medium",
+    "resnet18",
+    "resnet34",
+)
+SHIPPED_DECODER = (128, 64, 32, 16, 8)
+
+
+@dataclass(frozen=True)
+class EncoderFigures:
+    encoder: str
+    params_m: float
+    size_mb: float
+    gflop: float
+    batch1_ms: float
+    batch4_ms: float
+
+    @property
+    def fits(self) -> bool:
+        worst = max(self.batch1_ms, self.batch4_ms) + SHIPPED_POSTPROCESS_MS
+        return self.size_mb <= SIZE_LIMIT_MB and worst <= TIME_LIMIT_MS
+
+
+def measure(encoder: str, *, decoder_channels: tuple[int, ...], threads: int, repeats: int,
+            folder: Path) -> EncoderFigures:
+    """One encoder's figures, from a checkpoint written as training would write it."""
+    path = write_untrained_checkpoint(folder / f"{encoder}.pt", encoder=encoder,
+                                      decoder_channels=decoder_channels, half=True)
+    predictor = Predictor.from_checkpoint(path, device="cpu", threads=threads, batch_size=4, postprocess=False,
+                                          precision="fp32")
+    tiles = np.stack([item.image for item in held_out_images(4)])
+    batch1, _ = median_ms_per_tile(predictor, tiles[:1], repeats=repeats)
+    batch4, _ = median_ms_per_tile(predictor, tiles, repeats=repeats)
+    _, state = load_checkpoint(path)
+    params = sum(t.numel() for name, t in state.items() if not _is_statistic(name)) / 1e6
+    return EncoderFigures(encoder=encoder, params_m=params, size_mb=path.stat().st_size / 1e6,
+                          gflop=gflop_per_tile(predictor.meta, tile_size=512), batch1_ms=batch1, batch4_ms=batch4)
+
+
+def _is_statistic(name: str) -> bool:
+    """Batch-norm running statistics are stored with the weights but are not parameters."""
+    return name.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+def table(rows: list[EncoderFigures]) -> str:
+    lines = ["| encoder | parameters | fp16 file | GFLOP per tile | ms per tile, batch 1 / 4 | fits |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r.encoder} | {r.params_m:.1f} M | {r.size_mb:.1f} MB | {r.gflop:.1f} | "
+                     f"{r.batch1_ms:.1f} / {r.batch4_ms:.1f} | {'yes' if r.fits else 'no'} |")
+    return "\n".join(lines)
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--decoder-channels {text!r}: give whole numbers separated by commas"
+                                         ) from None
+    if len(channels) != 5 or min(channels) < 1:
+        raise argparse.ArgumentTypeError(f"--decoder-channels {text!r}: give 5 positive numbers, one per decoder stage")
+    return channels
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoders", default=",".join(DEFAULT_ENCODERS),
+                   help="comma-separated smp / timm (tu-) encoder names (default: %(default)s)")
+    p.add_argument("--decoder-channels", type=_channels, default=SHIPPED_DECODER,
+                   help="decoder widths (default: the shipped model's, 128,64,32,16,8)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--repeats", type=int, default=8)
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    unknown = [e for e in encoders if not is_known_encoder(e)]
+    if not encoders or unknown:
+        p.error(f"--encoders: {', '.join(unknown) or 'none given'}: name smp encoders (resnet18) or timm models "
+                "with the tu- prefix (tu-efficientnet_b0)")
+    logging.basicConfig(level=logging.WARNING)
+    # Every model here is untrained on purpose: the predictor's warning that its masks mean nothing is noise.
+    logging.getLogger("am.model.predict").setLevel(logging.ERROR)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="am-encoders-") as folder:
+        for encoder in encoders:
+            try:
+                rows.append(measure(encoder, decoder_channels=args.decoder_channels, threads=args.threads,
+                                    repeats=args.repeats, folder=Path(folder)))
+            except AmError as exc:
+                print(f"error: {encoder}: {exc}", file=sys.stderr)
+                return 1
+            print(f"{encoder}: measured", file=sys.stderr, flush=True)
+    print(f"{args.threads} threads, cores {os.cpu_count()}, fp32, masks thresholded only, "
+          f"decoder {','.join(map(str, args.decoder_channels))}; fits: at most {SIZE_LIMIT_MB:.0f} MB and "
+          f"{TIME_LIMIT_MS:.0f} ms per tile with {SHIPPED_POSTPROCESS_MS:.0f} ms of post-processing added")
+    print(table(rows))
+    fitting = [r.encoder for r in rows if r.fits]
+    print(f"fit both limits: {', '.join(fitting) if fitting else 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
