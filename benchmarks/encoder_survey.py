@@ -6,20 +6,23 @@
 The shipped default must stay within 15 MB and 250 ms per 512x512 tile on a 2-core CPU,
 post-processing included. Before a bigger encoder is trained for hours, this says whether it could
 ever ship: each encoder is built untrained (random weights: nothing is downloaded, nothing learnt)
-with the shipped model's decoder, saved in fp16 as ``am.train`` saves a checkpoint, and timed on
+with the shipped model's decoder, saved as ``am.train`` saves a checkpoint, both in fp16 (its
+default) and in int8 (``--int8``: convolution weights a byte each, ``am/model/storage.py``), and timed on
 held-out tiles as ``model_cpu_bench.py`` times the shipped model, but with masks thresholded only:
 random weights give random masks, whose post-processing time would mean nothing. The shipped
 model's post-processing (``model_cpu_bench.py`` prints it) is added to judge the target. Ends
-with the encoders that fit both limits.
+with the encoders that fit both limits, in fp16 and in int8.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,21 +57,25 @@ class EncoderFigures:
     encoder: str
     params_m: float
     size_mb: float
+    int8_size_mb: float
     gflop: float
     batch1_ms: float
     batch4_ms: float
 
-    @property
-    def fits(self) -> bool:
+    def fits(self, storage: str) -> bool:
+        """Within both limits when stored in ``storage`` (fp16 or int8; the time is the same)."""
+        size = self.int8_size_mb if storage == "int8" else self.size_mb
         worst = max(self.batch1_ms, self.batch4_ms) + SHIPPED_POSTPROCESS_MS
-        return self.size_mb <= SIZE_LIMIT_MB and worst <= TIME_LIMIT_MS
+        return size <= SIZE_LIMIT_MB and worst <= TIME_LIMIT_MS
 
 
 def measure(encoder: str, *, decoder_channels: tuple[int, ...], threads: int, repeats: int,
             folder: Path) -> EncoderFigures:
     """One encoder's figures, from a checkpoint written as training would write it."""
     path = write_untrained_checkpoint(folder / f"{encoder}.pt", encoder=encoder,
-                                      decoder_channels=decoder_channels, half=True)
+                                      decoder_channels=decoder_channels, storage="fp16")
+    int8 = write_untrained_checkpoint(folder / f"{encoder}.int8.pt", encoder=encoder,
+                                      decoder_channels=decoder_channels, storage="int8")
     predictor = Predictor.from_checkpoint(path, device="cpu", threads=threads, batch_size=4, postprocess=False,
                                           precision="fp32")
     tiles = np.stack([item.image for item in held_out_images(4)])
@@ -77,7 +84,8 @@ def measure(encoder: str, *, decoder_channels: tuple[int, ...], threads: int, re
     _, state = load_checkpoint(path)
     params = sum(t.numel() for name, t in state.items() if not _is_statistic(name)) / 1e6
     return EncoderFigures(encoder=encoder, params_m=params, size_mb=path.stat().st_size / 1e6,
-                          gflop=gflop_per_tile(predictor.meta, tile_size=512), batch1_ms=batch1, batch4_ms=batch4)
+                          int8_size_mb=int8.stat().st_size / 1e6, gflop=gflop_per_tile(predictor.meta, tile_size=512),
+                          batch1_ms=batch1, batch4_ms=batch4)
 
 
 def _is_statistic(name: str) -> bool:
@@ -85,12 +93,26 @@ def _is_statistic(name: str) -> bool:
     return name.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
+@contextlib.contextmanager
+def _untrained_warnings_hidden() -> Iterator[None]:
+    """Every model here is untrained on purpose: the predictor's warning that its masks mean nothing is
+    noise. Its logger's level comes back afterwards, so a caller's other warnings are not lost."""
+    logger = logging.getLogger("am.model.predict")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def table(rows: list[EncoderFigures]) -> str:
-    lines = ["| encoder | parameters | fp16 file | GFLOP per tile | ms per tile, batch 1 / 4 | fits |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| encoder | parameters | file, fp16 / int8 | GFLOP per tile | ms per tile, batch 1 / 4 | "
+             "fits, fp16 / int8 |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r.encoder} | {r.params_m:.1f} M | {r.size_mb:.1f} MB | {r.gflop:.1f} | "
-                     f"{r.batch1_ms:.1f} / {r.batch4_ms:.1f} | {'yes' if r.fits else 'no'} |")
+        fits = " / ".join("yes" if r.fits(storage) else "no" for storage in ("fp16", "int8"))
+        lines.append(f"| {r.encoder} | {r.params_m:.1f} M | {r.size_mb:.1f} / {r.int8_size_mb:.1f} MB | "
+                     f"{r.gflop:.1f} | {r.batch1_ms:.1f} / {r.batch4_ms:.1f} | {fits} |")
     return "\n".join(lines)
 
 
@@ -122,10 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--encoders: {', '.join(unknown) or 'none given'}: name smp encoders (resnet18) or timm models "
                 "with the tu- prefix (tu-efficientnet_b0)")
     logging.basicConfig(level=logging.WARNING)
-    # Every model here is untrained on purpose: the predictor's warning that its masks mean nothing is noise.
-    logging.getLogger("am.model.predict").setLevel(logging.ERROR)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="am-encoders-") as folder:
+    with tempfile.TemporaryDirectory(prefix="am-encoders-") as folder, _untrained_warnings_hidden():
         for encoder in encoders:
             try:
                 rows.append(measure(encoder, decoder_channels=args.decoder_channels, threads=args.threads,
@@ -138,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
           f"decoder {','.join(map(str, args.decoder_channels))}; fits: at most {SIZE_LIMIT_MB:.0f} MB and "
           f"{TIME_LIMIT_MS:.0f} ms per tile with {SHIPPED_POSTPROCESS_MS:.0f} ms of post-processing added")
     print(table(rows))
-    fitting = [r.encoder for r in rows if r.fits]
-    print(f"fit both limits: {', '.join(fitting) if fitting else 'none'}")
+    for storage in ("fp16", "int8"):
+        fitting = [r.encoder for r in rows if r.fits(storage)]
+        print(f"fit both limits in {storage}: {', '.join(fitting) if fitting else 'none'}")
     return 0
 
 

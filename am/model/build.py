@@ -61,7 +61,7 @@ def write_untrained_checkpoint(
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
     tile_size: int = 512,
     seed: int = 0,
-    half: bool = False,
+    storage: str = "fp32",
 ) -> Path:
     """A seeded, randomly initialised checkpoint marked ``trained=False`` (for plumbing, not for masks)."""
     meta = ModelMeta(
@@ -75,7 +75,7 @@ def write_untrained_checkpoint(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(meta)
-    save_checkpoint(Path(path), model, meta, half=half)
+    save_checkpoint(Path(path), model, meta, storage=storage)
     return Path(path)
 
 
@@ -90,5 +90,5 @@ def write_test_checkpoint(path: Path, *, seed: int = 0) -> Path:
         encoder_depth=TEST_ENCODER_DEPTH,
         decoder_channels=TEST_DECODER_CHANNELS,
         seed=seed,
-        half=True,
+        storage="fp16",
     )

@@ -5,10 +5,12 @@ input normalisation, the decision threshold, tile size, pixel scale), so no cons
 repeats a constant such as the threshold. Loading needs no network and executes no pickled
 code::
 
-    save_checkpoint(Path("model.pt"), model, meta, half=True)
+    save_checkpoint(Path("model.pt"), model, meta, storage="fp16")
     meta, state = load_checkpoint(Path("model.pt"))
 
-File layout: ``{"format": "am-segm-checkpoint", "version": 1, "meta": {...}, "state_dict": {...}}``.
+File layout: ``{"format": "am-segm-checkpoint", "version": 1, "meta": {...}, "state_dict": {...}}``;
+a file with int8 weights (:mod:`am.model.storage`) is version 2 and adds ``"scales": {...}``, so that
+a build that cannot read int8 refuses it instead of loading its levels as weights.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from typing import Any
 import torch
 
 from am.errors import CheckpointError
+from am.model.storage import STORAGES, pack, unpack
 from am.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "am-segm-checkpoint"
 CHECKPOINT_VERSION = 1
-# Buffers kept in fp32 in a half-precision file: BatchNorm statistics, few and of large range.
-FP32_SUFFIXES = ("running_mean", "running_var")
+INT8_CHECKPOINT_VERSION = 2  # version 1 plus per-channel scales of int8 weights
 ARCHITECTURES = ("Unet",)
 
 
@@ -163,30 +165,29 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta, *, half: bool = False) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta, *, storage: str = "fp32") -> None:
     """Write ``model``'s weights and ``meta`` to ``path`` atomically (temporary file, then rename).
 
-    ``half=True`` stores floating-point tensors as fp16, halving the file; :func:`load_checkpoint`
-    converts them back to fp32. BatchNorm counters and other integer buffers stay as they are, and
-    so do BatchNorm statistics and any tensor fp16 cannot hold: a running variance beyond fp16's
-    65504 (the shipped model's reaches 56576) would come back as inf and silence its channel.
+    ``storage`` ``fp16`` halves the file and ``int8`` stores convolution weights in a quarter of
+    fp32's bytes (:mod:`am.model.storage` says what stays wider and why); :func:`load_checkpoint`
+    gives float32 back whatever the storage.
     """
     path = Path(path)
-    state = {}
-    for key, tensor in model.state_dict().items():
-        tensor = tensor.detach().to("cpu")
-        if not torch.isfinite(tensor).all():
+    if storage not in STORAGES:
+        raise ValueError(f"weight storage {storage!r} is not one of {', '.join(STORAGES)}")
+    weights = model.state_dict()
+    for key, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"cannot save {path}: {key} holds inf or NaN (the training diverged)")
-        if half and tensor.is_floating_point() and not key.endswith(FP32_SUFFIXES):
-            halved = tensor.half()
-            tensor = halved if torch.isfinite(halved).all() else tensor
-        state[key] = tensor.contiguous().clone()
-    payload = {
+    state, scales = pack(weights, storage)
+    payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
+        "version": INT8_CHECKPOINT_VERSION if scales else CHECKPOINT_VERSION,
         "meta": meta.to_dict(),
         "state_dict": state,
     }
+    if scales:
+        payload["scales"] = scales
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -199,7 +200,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta, *, half
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("saved checkpoint %s (%s, %d tensors, %s)", path, meta.encoder, len(state), "fp16" if half else "fp32")
+    log.info("saved checkpoint %s (%s, %d tensors, %s)", path, meta.encoder, len(state), storage)
 
 
 def load_checkpoint(source: Path | bytes) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
@@ -215,10 +216,10 @@ def load_checkpoint(source: Path | bytes) -> tuple[ModelMeta, dict[str, torch.Te
             f"{name} is a torch file but not an am-segm checkpoint (no format {CHECKPOINT_FORMAT!r}); "
             "write checkpoints with am.model.save_checkpoint or python -m am.train"
         )
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{name} is checkpoint version {payload.get('version')!r}; this build reads version {CHECKPOINT_VERSION}"
-        )
+    version = payload.get("version")
+    if version not in (CHECKPOINT_VERSION, INT8_CHECKPOINT_VERSION):
+        raise CheckpointError(f"{name} is checkpoint version {version!r}; this build reads versions "
+                              f"{CHECKPOINT_VERSION} and {INT8_CHECKPOINT_VERSION} (int8 weights)")
     try:
         meta = ModelMeta.from_dict(payload.get("meta"))
     except CheckpointError as exc:
@@ -226,7 +227,11 @@ def load_checkpoint(source: Path | bytes) -> tuple[ModelMeta, dict[str, torch.Te
     raw_state = payload.get("state_dict")
     if not isinstance(raw_state, dict) or not all(isinstance(v, torch.Tensor) for v in raw_state.values()):
         raise CheckpointError(f"{name} has no state_dict of tensors")
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in raw_state.items()}
+    raw_scales = payload.get("scales", {}) if version == INT8_CHECKPOINT_VERSION else {}
+    if not isinstance(raw_scales, dict) or not all(isinstance(v, torch.Tensor) for v in raw_scales.values()):
+        raise CheckpointError(f"{name} has int8 scales that are not tensors: the file is damaged; train or "
+                              "export it again")
+    state = unpack(raw_state, raw_scales, name=name)
     broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise CheckpointError(f"{name} holds inf or NaN in {len(broken)} tensor(s), first {broken[0]}: "

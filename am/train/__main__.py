@@ -162,7 +162,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     run.add_argument("--workers", type=int, default=0,
                      help="data loader processes, which also render the synthetic images (default 0: in process)")
-    run.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the file)")
+    storage = run.add_mutually_exclusive_group()
+    storage.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the file)")
+    storage.add_argument("--int8", action="store_true",
+                         help="store convolution weights as int8 with a scale per output channel, the rest as "
+                              "fp16: about half an fp16 file, so an encoder of up to about 14 M parameters "
+                              "fits the 15 MB a shipped model may weigh")
     run.add_argument("--resume", action="store_true",
                      help="continue the run whose state OUT.resume holds, with the options it was started with "
                           "(--epochs may grow); an error when there is none")
@@ -281,7 +286,8 @@ def _train(args: argparse.Namespace) -> int:
         seed_threshold=args.seed_threshold, min_mark_px=args.min_mark_px,
         min_mark_fraction=args.min_mark_fraction,
         tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
-        threads=args.threads, workers=args.workers, half=not args.fp32, resume=args.resume,
+        threads=args.threads, workers=args.workers, half=not args.fp32, int8=args.int8,
+        resume=args.resume,
         keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init,
         init_partial=args.init_partial, data_summary=summary,
     )

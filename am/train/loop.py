@@ -88,12 +88,18 @@ class TrainConfig:
     threads: int = 0
     workers: int = 0
     half: bool = True
+    int8: bool = False  # int8 convolution weights, the rest as with half (am.model.storage)
     resume: bool = False
     keep_state: bool = False
     max_minutes: float = 0.0
     init: Path | None = None
     init_partial: bool = False
     data_summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weight_storage(self) -> str:
+        """How the checkpoint stores its weights (:data:`am.model.storage.STORAGES`)."""
+        return "int8" if self.int8 else "fp16" if self.half else "fp32"
 
     def meta(self, *, trained: bool, validation: dict[str, Any] | None = None) -> ModelMeta:
         skip = ("out", "data_summary", "resume", "keep_state", "device", "threads", "workers", "max_minutes", "init")
@@ -363,7 +369,7 @@ def _record_epoch(run: _Progress, row: dict[str, float], metrics: dict[str, floa
         run.best_score, run.best_epoch, run.best_metrics = current, epoch + 1, metrics
         done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1,
                                                      "arithmetic": VALIDATION_PRECISION})
-        save_checkpoint(config.out, model, done, half=config.half)
+        save_checkpoint(config.out, model, done, storage=config.weight_storage)
     options = config.meta(trained=False).training
     save_state(state_path(config.out), model, steps.optimizer, steps.scheduler, steps.scaler, epoch=epoch,
                best_score=run.best_score, best_epoch=run.best_epoch, best_metrics=run.best_metrics,
@@ -467,6 +473,7 @@ def _check_same_run(saved: dict[str, Any] | None, config: TrainConfig, what: str
 
     ``--init`` may be left out (the weights come from the state, so its file need not exist any
     more): the returned config then names the checkpoint the run started from, as its record should.
+    An option added since the state was saved counts as having had its default then.
     """
     if saved is None:  # written before resume states recorded their options
         log.warning("%s does not record its run's options; they cannot be checked", what)
@@ -474,8 +481,10 @@ def _check_same_run(saved: dict[str, Any] | None, config: TrainConfig, what: str
     if config.init is None and "init" in saved:
         config = replace(config, init=Path(saved["init"]), init_partial=bool(saved.get("init_partial")))
     asked = plain(config.meta(trained=False).training)
+    defaults = plain(TrainConfig(out=config.out).meta(trained=False).training)
     # More epochs is how a finished or stopped run is taken further; everything else must match.
-    differ = sorted(k for k in set(saved) | set(asked) if k != "epochs" and saved.get(k) != asked.get(k))
+    differ = sorted(k for k in set(saved) | set(asked)
+                    if k != "epochs" and saved.get(k, defaults.get(k)) != asked.get(k))
     if differ:
         changes = "; ".join(f"{k} {saved.get(k)!r} -> {asked.get(k)!r}" for k in differ)
         raise CheckpointError(f"{what} belongs to a run with other options ({changes}): resume it with the "

@@ -37,7 +37,7 @@ def test_half_storage_is_smaller_and_loads_as_fp32(tmp_path: Path) -> None:
     meta, model = _model()
     full, half = tmp_path / "full.pt", tmp_path / "half.pt"
     save_checkpoint(full, model, meta)
-    save_checkpoint(half, model, meta, half=True)
+    save_checkpoint(half, model, meta, storage="fp16")
     assert half.stat().st_size < 0.6 * full.stat().st_size
     _, state = load_checkpoint(half)
     reference = model.state_dict()
@@ -58,7 +58,7 @@ def test_half_storage_keeps_what_fp16_cannot_hold(tmp_path: Path) -> None:
         state[bn][:4] = 7e4  # beyond fp16's 65504
         state[conv].view(-1)[0] = 1e5
     path = tmp_path / "half.pt"
-    save_checkpoint(path, model, meta, half=True)
+    save_checkpoint(path, model, meta, storage="fp16")
     raw = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert raw[bn].dtype == torch.float32 and raw[conv].dtype == torch.float32
     assert sum(v.dtype == torch.float16 for v in raw.values()) > len(raw) / 2  # the rest is still halved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -138,21 +139,29 @@ def test_encoder_survey_measures_each_encoder_as_training_would_save_it(capsys: 
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| tu-mobilenetv3_small_100 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    params_m, size_mb = float(cells[1].removesuffix(" M")), float(cells[2].removesuffix(" MB"))
+    params_m = float(cells[1].removesuffix(" M"))
+    fp16_mb, int8_mb = (float(mb) for mb in cells[2].removesuffix(" MB").split(" / "))
     assert 0.5 < params_m < 2.0, "MobileNetV3-small with a narrow decoder has about a million parameters"
-    assert size_mb == pytest.approx(params_m * 2, rel=0.15), "stored in fp16: two bytes a parameter"
+    assert fp16_mb == pytest.approx(params_m * 2, rel=0.15), "stored in fp16: two bytes a parameter"
+    assert int8_mb < 0.65 * fp16_mb, "in int8 the convolutions take a byte a weight"
     batch1, batch4 = (float(ms) for ms in cells[4].split(" / "))
     assert batch1 > 0 and batch4 > 0
-    assert out.rstrip().endswith("fit both limits: tu-mobilenetv3_small_100")
+    assert cells[5] == "yes / yes"
+    assert logging.getLogger("am.model.predict").level == logging.NOTSET, "the survey leaves logging as it was"
+    assert out.rstrip().endswith("fit both limits in fp16: tu-mobilenetv3_small_100\n"
+                                 "fit both limits in int8: tu-mobilenetv3_small_100")
 
 
 def test_encoder_survey_fits_only_within_both_limits() -> None:
     survey = load_script(REPO / "benchmarks" / "encoder_survey.py")
     figures = survey.EncoderFigures
-    assert figures("a", params_m=4.5, size_mb=9.3, gflop=9.4, batch1_ms=98.0, batch4_ms=74.0).fits
-    assert not figures("b", params_m=12.5, size_mb=25.0, gflop=26.3, batch1_ms=156.0, batch4_ms=146.0).fits
-    assert not figures("c", params_m=4.5, size_mb=9.3, gflop=9.4, batch1_ms=98.0, batch4_ms=240.0).fits, \
-        "post-processing's time counts against the 250 ms target"
+    small = figures("a", params_m=4.5, size_mb=9.3, int8_size_mb=4.8, gflop=9.4, batch1_ms=98.0, batch4_ms=74.0)
+    assert small.fits("fp16") and small.fits("int8")
+    bigger = figures("b", params_m=12.5, size_mb=25.0, int8_size_mb=12.7, gflop=26.3, batch1_ms=156.0,
+                     batch4_ms=146.0)
+    assert not bigger.fits("fp16") and bigger.fits("int8")
+    slow = figures("c", params_m=4.5, size_mb=9.3, int8_size_mb=4.8, gflop=9.4, batch1_ms=98.0, batch4_ms=240.0)
+    assert not slow.fits("fp16") and not slow.fits("int8"), "post-processing's time counts against the 250 ms"
 
 
 @pytest.mark.parametrize(("option", "value", "named"), [("--encoders", "resnet18,no_such_net", "no_such_net"),

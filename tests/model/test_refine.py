@@ -67,7 +67,7 @@ def test_refinement_grows_only_on_its_own_unet() -> None:
 def test_refined_checkpoint_round_trips_and_predicts(tmp_path: Path, pixels: torch.Tensor) -> None:
     model = trained_like(REFINED, seed=7)
     path = tmp_path / "refined.pt"
-    save_checkpoint(path, model, replace(REFINED, trained=True), half=True)
+    save_checkpoint(path, model, replace(REFINED, trained=True), storage="fp16")
     meta, state = load_checkpoint(path)
     assert meta.refine_channels == 6 and any(name.startswith("refine.") for name in state)
     predictor = Predictor.from_checkpoint(path, device="cpu", threads=1, precision="fp32", postprocess=False)

@@ -189,3 +189,24 @@ def test_ctrl_c_names_the_command_that_resumes(tmp_path: Path, monkeypatch: pyte
     assert train_cli._train_until_interrupted(args, argv) == 130
     command = f"python -m am.train --synthetic 4 --epochs 3 --out '{out}' --resume"
     assert caplog.text.rstrip().endswith(command) and str(state_path(out)) in caplog.text
+
+
+def test_int8_runs_write_int8_checkpoints_and_older_states_resume(tmp_path: Path, images: list[Labelled]) -> None:
+    out = tmp_path / "int8.pt"
+    config = TrainConfig(out=out, **BASE, epochs=2, int8=True)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, images, progress=_interrupt_at(2))
+    raw = torch.load(out, map_location="cpu", weights_only=True)
+    assert raw["version"] == 2 and raw["scales"] and load_checkpoint(out)[0].training["int8"] is True
+    with pytest.raises(CheckpointError, match=r"int8 True -> False"):
+        _run(TrainConfig(**{**config.__dict__, "int8": False, "resume": True}), images)
+    # A state written before the option existed records no "int8": it resumes as the fp16 run it was.
+    state = torch.load(state_path(out), map_location="cpu", weights_only=True)
+    del state["options"]["int8"]
+    torch.save(state, state_path(out))
+    resumed = _run(TrainConfig(**{**config.__dict__, "int8": False, "resume": True}), images)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert torch.load(out, map_location="cpu", weights_only=True)["version"] == 1
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--out", str(tmp_path / "x.pt"), "--synthetic", "2", "--fp32", "--int8"])
+    assert exit_info.value.code == 2
