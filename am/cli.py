@@ -50,6 +50,18 @@ def scale_option(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or {AUTO_SCALE}") from None
 
 
+def channels_option(text: str) -> tuple[int, ...]:
+    """The argparse type of ``--decoder-channels``: positive whole numbers separated by commas; how many
+    the model needs is the command's to check."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"channel counts must be positive, got {text!r}")
+    return values
+
+
 # Libraries that log every HTTP request with its headers at DEBUG: botocore's lines carry the
 # access key id (in Authorization) and the session token (X-Amz-Security-Token) of the caller.
 WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")

@@ -31,10 +31,11 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from am.bench.model import gflop_per_tile, median_ms_per_tile
+from am.cli import channels_option
 from am.errors import AmError
 from am.evaluate.heldout import held_out_images
-from am.model.build import write_untrained_checkpoint
-from am.model.checkpoint import is_known_encoder, load_checkpoint
+from am.model.build import load_model, write_untrained_checkpoint
+from am.model.checkpoint import default_model_path, is_known_encoder, load_checkpoint, save_checkpoint
 from am.model.predict import Predictor
 
 SIZE_LIMIT_MB = 15.0
@@ -49,7 +50,6 @@ DEFAULT_ENCODERS = (
     "resnet18",
     "resnet34",
 )
-SHIPPED_DECODER = (128, 64, 32, 16, 8)
 
 
 @dataclass(frozen=True)
@@ -74,23 +74,18 @@ def measure(encoder: str, *, decoder_channels: tuple[int, ...], threads: int, re
     """One encoder's figures, from a checkpoint written as training would write it."""
     path = write_untrained_checkpoint(folder / f"{encoder}.pt", encoder=encoder,
                                       decoder_channels=decoder_channels, storage="fp16")
-    int8 = write_untrained_checkpoint(folder / f"{encoder}.int8.pt", encoder=encoder,
-                                      decoder_channels=decoder_channels, storage="int8")
+    meta, model = load_model(path)
+    int8 = folder / f"{encoder}.int8.pt"
+    save_checkpoint(int8, model, meta, storage="int8")
+    params = sum(p.numel() for p in model.parameters()) / 1e6
     predictor = Predictor.from_checkpoint(path, device="cpu", threads=threads, batch_size=4, postprocess=False,
                                           precision="fp32")
     tiles = np.stack([item.image for item in held_out_images(4)])
     batch1, _ = median_ms_per_tile(predictor, tiles[:1], repeats=repeats)
     batch4, _ = median_ms_per_tile(predictor, tiles, repeats=repeats)
-    _, state = load_checkpoint(path)
-    params = sum(t.numel() for name, t in state.items() if not _is_statistic(name)) / 1e6
     return EncoderFigures(encoder=encoder, params_m=params, size_mb=path.stat().st_size / 1e6,
-                          int8_size_mb=int8.stat().st_size / 1e6, gflop=gflop_per_tile(predictor.meta, tile_size=512),
+                          int8_size_mb=int8.stat().st_size / 1e6, gflop=gflop_per_tile(meta, tile_size=512),
                           batch1_ms=batch1, batch4_ms=batch4)
-
-
-def _is_statistic(name: str) -> bool:
-    """Batch-norm running statistics are stored with the weights but are not parameters."""
-    return name.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
 @contextlib.contextmanager
@@ -116,28 +111,22 @@ def table(rows: list[EncoderFigures]) -> str:
     return "\n".join(lines)
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        channels = tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--decoder-channels {text!r}: give whole numbers separated by commas"
-                                         ) from None
-    if len(channels) != 5 or min(channels) < 1:
-        raise argparse.ArgumentTypeError(f"--decoder-channels {text!r}: give 5 positive numbers, one per decoder stage")
-    return channels
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoders", default=",".join(DEFAULT_ENCODERS),
                    help="comma-separated smp / timm (tu-) encoder names (default: %(default)s)")
-    p.add_argument("--decoder-channels", type=_channels, default=SHIPPED_DECODER,
-                   help="decoder widths (default: the shipped model's, 128,64,32,16,8)")
+    p.add_argument("--decoder-channels", type=channels_option, default=None,
+                   help="the 5 decoder widths (default: the shipped model's)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--repeats", type=int, default=8)
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    if args.decoder_channels is None:
+        args.decoder_channels = load_checkpoint(default_model_path())[0].decoder_channels
+    elif len(args.decoder_channels) != 5:
+        p.error(f"--decoder-channels {','.join(map(str, args.decoder_channels))}: give 5 widths, one per "
+                "decoder stage")
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     unknown = [e for e in encoders if not is_known_encoder(e)]
     if not encoders or unknown:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import EXIT_INTERRUPTED, configure_logging, run_main
+from am.cli import EXIT_INTERRUPTED, channels_option, configure_logging, run_main
 from am.model.device import device_problem
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
@@ -41,16 +41,6 @@ from am.train.progress import step_bar
 from am.train.runfiles import metrics_path, state_path
 
 log = logging.getLogger("am.train")
-
-
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"channel counts must be positive, got {text!r}")
-    return values
 
 
 def _seed_threshold(text: str) -> float | None:
@@ -121,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--encoder-depth", type=int, default=5, choices=[3, 4, 5],
                        help="encoder stages used (default 5, which trains every layer; with 3 or 4 the deeper "
                             "stages are built and saved but never run or trained)")
-    model.add_argument("--decoder-channels", type=_channels, default=(128, 64, 32, 16, 8),
+    model.add_argument("--decoder-channels", type=channels_option, default=(128, 64, 32, 16, 8),
                        help="comma-separated, one per encoder stage (default 128,64,32,16,8)")
     model.add_argument("--refine-channels", type=int, default=0,
                        help="width of a full-resolution branch that corrects the U-Net's logits from the image "
