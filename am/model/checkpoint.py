@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from am.errors import CheckpointError
-from am.model.storage import STORAGES, pack, unpack
+from am.model.storage import pack, unpack
 from am.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,6 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta, *, stor
     gives float32 back whatever the storage.
     """
     path = Path(path)
-    if storage not in STORAGES:
-        raise ValueError(f"weight storage {storage!r} is not one of {', '.join(STORAGES)}")
     weights = model.state_dict()
     for key, tensor in weights.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
