@@ -209,13 +209,14 @@ def _worker_log_folder() -> Iterator[Path]:
     """A folder for the local workers' logs: removed when the run ends, kept when tiles failed or workers stopped.
 
     A worker's log may be the only place that says why a tile failed (a message it rejected,
-    say, is never reported); the error names the log, so it must still be there to read.
+    say, is never reported); the error names the log, so it must still be there to read. Logs
+    that stayed empty say nothing, so a folder of only those goes too.
     """
     folder = Path(tempfile.mkdtemp(prefix="am-segm-workers-"))
     try:
         yield folder
     except (JobFailed, LauncherError):
-        if any(folder.iterdir()):
+        if any(path.is_file() and path.stat().st_size > 0 for path in folder.iterdir()):
             log.warning("worker logs kept in %s", folder)
         else:
             shutil.rmtree(folder, ignore_errors=True)

@@ -158,3 +158,14 @@ def test_the_local_worker_logs_outlive_a_run_whose_tiles_failed(error, kept):
     assert folder.is_dir() == kept
     if kept:
         shutil.rmtree(folder)
+
+
+def test_the_local_worker_logs_go_when_every_log_stayed_empty():
+    """Empty logs explain nothing; keeping them would leave a folder behind on every failed run."""
+    from am.orchestrator import _worker_log_folder
+
+    with pytest.raises(JobFailed), _worker_log_folder() as folder:
+        (folder / "worker-0.log").write_text("")
+        (folder / "worker-1.log").write_text("")
+        raise JobFailed("1 of 1 tile(s) failed")
+    assert not folder.exists()
