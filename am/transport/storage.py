@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future
 from pathlib import Path
@@ -41,6 +43,9 @@ ACCESS_DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden"})
 BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou"})
 # Chunk size when streaming a large object (a checkpoint) to disk.
 STREAM_CHUNK_BYTES = 1 << 20
+# A replaced model version downloaded less than this long ago stays in the cache: another worker
+# on the host may have just been handed its path and not yet loaded it.
+REPLACED_VERSION_GRACE_S = 600.0
 # Futures in flight per thread: enough to keep threads busy, few enough that a generator of
 # file paths is not read ahead into memory all at once.
 _WINDOW_PER_THREAD = 4
@@ -182,14 +187,15 @@ class Storage:
     def fetch_model(self, uri: str, cache_dir: Path) -> Path:
         """Download an ``s3://`` checkpoint once into ``cache_dir``; later calls reuse the file.
 
-        The cached name includes the object's ETag, so a checkpoint replaced under the same
-        URI is downloaded again instead of being served stale.
+        The cached path holds the object's ETag, so a checkpoint replaced under the same URI is
+        downloaded again instead of being served stale; the versions it replaced are then
+        removed, so a host whose models are replaced again and again keeps one file per URI.
         """
         bucket, key = parse_s3_uri(uri)
         head = self.head_object(uri)
         etag = str(head.get("ETag", "")).strip('"')
-        digest = hashlib.sha256(f"{uri}\n{etag}".encode()).hexdigest()[:16]
-        path = Path(cache_dir) / digest / Path(key).name
+        versions = Path(cache_dir) / _digest(uri)
+        path = versions / _digest(etag) / Path(key).name
         if path.is_file():
             log.debug("model %s cached at %s", uri, path)
             return path
@@ -204,6 +210,7 @@ class Storage:
 
         self._retry.call(f"download {uri}", attempt)
         log.info("downloaded model %s to %s", uri, path)
+        _remove_replaced_versions(versions, keep=path.parent)
         return path
 
     def head_object(self, uri: str) -> dict[str, Any]:
@@ -252,6 +259,26 @@ class Storage:
                     for future in running:
                         future.cancel()
                 raise
+
+
+def _digest(text: str) -> str:
+    """A short, file-name-safe name for a URI or an ETag."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _remove_replaced_versions(versions: Path, *, keep: Path) -> None:
+    """Remove the cached versions of one model URI other than ``keep``, unless downloaded just now."""
+    cutoff = time.time() - REPLACED_VERSION_GRACE_S
+    for folder in versions.iterdir():
+        if folder == keep or not folder.is_dir():
+            continue
+        try:
+            if max((f.stat().st_mtime for f in folder.iterdir()), default=0.0) > cutoff:
+                continue
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            continue  # another worker on this host removed it first
+        log.info("removed a replaced version of a cached model: %s", folder)
 
 
 def _drain(running: set[Future[None]], *, until: int) -> Generator[None, None, set[Future[None]]]:

@@ -137,6 +137,26 @@ def test_fetch_model_downloads_once_and_refreshes_on_change(storage: Storage, s3
     assert not list(cache.rglob("*.part"))
 
 
+def test_fetch_model_keeps_one_version_per_uri(storage: Storage, tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint replaced again and again under one URI leaves one file in the cache, not one per version."""
+    storage.ensure_bucket("models")
+    cache = tmp_path / "cache"
+    storage.put_bytes("models", "other.pt", b"another model")
+    other = storage.fetch_model("s3://models/other.pt", cache)
+    storage.put_bytes("models", "unet.pt", b"weights v1")
+    first = storage.fetch_model("s3://models/unet.pt", cache)
+    storage.put_bytes("models", "unet.pt", b"weights v2")
+    second = storage.fetch_model("s3://models/unet.pt", cache)
+    assert first.is_file(), "a version downloaded moments ago may be about to load in another worker"
+
+    monkeypatch.setattr(storage_module, "REPLACED_VERSION_GRACE_S", 0.0)
+    storage.put_bytes("models", "unet.pt", b"weights v3")
+    third = storage.fetch_model("s3://models/unet.pt", cache)
+    assert third.read_bytes() == b"weights v3" and not first.exists() and not second.exists()
+    assert sorted(p.read_bytes() for p in cache.rglob("*.pt")) == [b"another model", b"weights v3"]
+    assert other.is_file()
+
+
 def test_fetch_model_missing_object(storage: Storage, tmp_path: Path) -> None:
     with pytest.raises(TransportError, match=r"s3://bucket-in/absent\.pt does not exist"):
         storage.fetch_model("s3://bucket-in/absent.pt", tmp_path)
