@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from am.errors import ConfigError, InputError, TransportError
 from am.launchers import Launcher
@@ -153,15 +153,15 @@ def stack_model_uri(settings: Settings) -> str:
     return uri
 
 
-def check_model_object(storage: Storage, model: str) -> None:
-    """Refuse a model that is not in S3 before any ECS task starts, naming its URI.
+def check_model_object(storage: Storage, model: str) -> dict[str, Any]:
+    """The HeadObject of a model in S3; refuses one that is not there before any ECS task starts, naming its URI.
 
     Workers may read models/* of the model bucket but not list it, so S3 answers them 403 for a
     missing key: a mistyped URI would show only as access errors in worker logs, after GPU
     instances had started. The operator's credentials may list the bucket and get a clear 404.
     """
     try:
-        storage.head_object(model)
+        return storage.head_object(model)
     except (InputError, TransportError) as exc:
         raise ConfigError(
             f"model {model} cannot be used by the ECS workers: {exc}. Upload the checkpoint with "

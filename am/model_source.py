@@ -15,11 +15,13 @@ import importlib.metadata
 import logging
 from pathlib import Path
 
-from am.backends import stack_model_uri
+from am.backends import check_model_object, stack_model_uri
 from am.errors import CheckpointError, ConfigError
 from am.files import file_sha256, write_atomic
 from am.models import DEFAULT_MODEL
 from am.settings import Settings
+from am.transport.clients import ClientFactory
+from am.transport.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
             raise ConfigError(f"model {settings.model} is an S3 URI, which the {settings.backend} backend's workers "
                               "cannot read (its embedded S3 endpoint is empty and lives only during the run): "
                               "use --backend aws for S3 models, or pass a local checkpoint file (.pt)")
-        return settings.model, settings.model
+        return settings.model, s3_model_id(settings, settings.model)
     if settings.backend == "aws":
         if settings.model:
             raise ConfigError(f"model {settings.model!r} is a local file, which ECS workers cannot read: upload it "
@@ -97,7 +99,7 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
                               "use the stack's ModelUri")
         uri = stack_model_uri(settings)
         log.info("model: %s (the stack's ModelUri output)", uri)
-        return uri, uri
+        return uri, s3_model_id(settings, uri)
     if settings.model:
         path = Path(settings.model).expanduser()
         if path.is_dir():
@@ -119,6 +121,21 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
     log.warning("no trained model is installed (%s missing): running an UNTRAINED model, masks are meaningless",
                 DEFAULT_MODEL)
     return str(untrained), file_sha256(untrained)
+
+
+def s3_model_id(settings: Settings, uri: str) -> str:
+    """``uri`` and the version of the object now behind it (its ETag, else its upload time).
+
+    ``make upload-model`` writes every checkpoint to the same key (the stack's ModelUri): with the
+    URI alone as the identity, a rerun after an upload would reuse masks of the weights it replaced.
+    """
+    clients = ClientFactory(endpoint_url=settings.endpoint_url, region=settings.region)
+    head = check_model_object(Storage(clients.s3(), threads=1), uri)
+    version = str(head.get("ETag", "")).strip('"') or str(head.get("LastModified", ""))
+    if not version:
+        raise ConfigError(f"model {uri}: S3 reports neither an ETag nor a LastModified time for it, so a rerun "
+                          "could not tell whether the checkpoint changed; use a store that reports them")
+    return f"{uri}@{version}"
 
 
 def _checkpoints_in(folder: Path) -> str:

@@ -46,11 +46,29 @@ def _upload_model(uri: str, data: bytes = b"checkpoint") -> None:
 
 def test_an_unset_model_on_aws_is_the_stacks_model_uri(aws, stack, tmp_path) -> None:
     settings = Settings(backend="aws", stack_name=STACK, region=REGION)
-    model, model_id = resolve_model(settings, cache_dir=tmp_path)
-    assert model == model_id == stack["ModelUri"]
     _upload_model(stack["ModelUri"])
+    model, model_id = resolve_model(settings, cache_dir=tmp_path)
+    assert model == stack["ModelUri"] and model_id.startswith(stack["ModelUri"] + "@")
     with open_aws_backend(settings, model=model) as backend:
         assert backend.model == backend.worker_environment["AM_MODEL"] == stack["ModelUri"]
+
+
+def test_an_s3_models_identity_changes_when_a_checkpoint_replaces_it_under_the_same_key(aws, stack, tmp_path):
+    """make upload-model always writes the stack's ModelUri: the URI alone would let a rerun reuse stale masks."""
+    settings = Settings(backend="aws", stack_name=STACK, region=REGION, model=stack["ModelUri"])
+    _upload_model(stack["ModelUri"], b"weights v1")
+    first = resolve_model(settings, cache_dir=tmp_path)
+    _upload_model(stack["ModelUri"], b"weights v1")
+    assert resolve_model(settings, cache_dir=tmp_path) == first, "the same bytes uploaded again are the same model"
+    _upload_model(stack["ModelUri"], b"weights v2")
+    model, model_id = resolve_model(settings, cache_dir=tmp_path)
+    assert model == first[0] == stack["ModelUri"] and model_id != first[1]
+
+
+def test_a_missing_s3_model_is_refused_while_its_identity_is_read(aws, stack, tmp_path) -> None:
+    uri = stack["ModelUri"].rsplit("/", 1)[0] + "/typo.pt"
+    with pytest.raises(ConfigError, match=rf"model {uri} cannot be used by the ECS workers.*make upload-model"):
+        resolve_model(Settings(backend="aws", stack_name=STACK, region=REGION, model=uri), cache_dir=tmp_path)
 
 
 def test_a_local_model_file_on_aws_is_refused_before_it_is_loaded(aws, stack, tiny_model, tmp_path) -> None:

@@ -239,6 +239,30 @@ def test_without_a_model_setting_the_workers_load_the_stacks_model_uri(
         assert {e["name"]: e["value"] for e in override["environment"]}["AM_MODEL"] == stack["ModelUri"]
 
 
+def test_a_checkpoint_uploaded_again_under_the_same_uri_is_not_given_the_earlier_masks(
+        agent, aws_settings, stack, small_dataset, tmp_path) -> None:
+    """make upload-model always writes one key: a rerun after it must not keep the masks of the weights it replaced."""
+    from am.dataset import DatasetLayout
+    from am.model.build import write_test_checkpoint
+    from am.model_source import resolve_model
+    from am.prepare import reuse_group
+
+    summary = run_pipeline(small_dataset, settings=aws_settings, groups=["g2"], register=False,
+                           cache_dir=tmp_path / "cache", show_progress=False)
+    agent.join()
+    assert summary.job is not None and summary.job.completed == summary.tiles > 0
+    layout = DatasetLayout(small_dataset)
+
+    def reused_after_resolving() -> object:
+        _, model_id = resolve_model(aws_settings, cache_dir=tmp_path / "cache")
+        return reuse_group(layout, "g2", settings=aws_settings, model_id=model_id)
+
+    assert reused_after_resolving() is not None, "the same checkpoint: every mask is reused"
+    bucket, key = aws_settings.model[len("s3://"):].split("/", 1)
+    client("s3").upload_file(str(write_test_checkpoint(tmp_path / "retrained.pt", seed=1)), bucket, key)
+    assert reused_after_resolving() is None
+
+
 def test_ecs_workers_that_left_idle_between_groups_are_started_again(
         agent, aws_settings, small_dataset, tmp_path, monkeypatch) -> None:
     """Normalising a big second group outlasts idle_exit_s: every task leaves idle, and the job starts them again."""
