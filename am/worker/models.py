@@ -2,7 +2,10 @@
 
 Messages name the model that must segment their tile, so a worker started for one model can
 still serve a job that asked for another. Loading a U-Net takes seconds and a GPU holds only
-so many, hence a small least-recently-used cache::
+so many, hence a small least-recently-used cache. An ``s3://`` checkpoint may be replaced under
+its key (``make upload-model`` always writes the stack's ModelUri) while a worker is still up
+between jobs, so its version is looked up again (a HeadObject) at most every
+``MODEL_RECHECK_S``, and a new version is loaded in place of the one it replaced::
 
     models = ModelCache(lambda path: Predictor.from_checkpoint(path), storage=storage, cache_dir=tmp)
     masks = models("s3://models/unet.pt").predict(tiles)
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # Two models cover a job changing models while another job still runs; more would crowd a GPU.
 DEFAULT_CAPACITY = 2
+# How long an s3:// model's version is trusted before it is looked up again: a job starts seconds
+# after its model was uploaded, and a batch takes far longer than the one HeadObject per interval.
+MODEL_RECHECK_S = 5.0
 
 
 class Predictor(Protocol):
@@ -50,6 +57,7 @@ class ModelCache:
         storage: Storage | None,
         cache_dir: Path,
         capacity: int = DEFAULT_CAPACITY,
+        recheck_s: float = MODEL_RECHECK_S,
     ) -> None:
         if capacity < 1:
             raise WorkerError(f"model cache capacity must be at least 1, got {capacity}")
@@ -57,16 +65,25 @@ class ModelCache:
         self._storage = storage
         self._cache_dir = Path(cache_dir)
         self._capacity = capacity
-        self._models: OrderedDict[str, Predictor] = OrderedDict()
+        self._recheck_s = recheck_s
+        # URI -> (local file of the version loaded, predictor), least recently used first.
+        self._models: OrderedDict[str, tuple[Path, Predictor]] = OrderedDict()
+        # s3:// URI -> (local file of its current version, monotonic time it was looked up).
+        self._versions: dict[str, tuple[Path, float]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, uri: str) -> Predictor:
         with self._lock:
+            path = self._local_path(uri)
             if uri in self._models:
-                self._models.move_to_end(uri)
-                return self._models[uri]
-            predictor = self._load(self._local_path(uri))
-            self._models[uri] = predictor
+                loaded_path, predictor = self._models[uri]
+                if loaded_path == path:
+                    self._models.move_to_end(uri)
+                    return predictor
+                del self._models[uri]
+                log.info("model %s was replaced in S3: unloaded the version it replaced", uri)
+            predictor = self._load(path)
+            self._models[uri] = (path, predictor)
             while len(self._models) > self._capacity:
                 evicted, _ = self._models.popitem(last=False)
                 log.info("unloaded model %s (keeping the %d most recent)", evicted, self._capacity)
@@ -80,11 +97,18 @@ class ModelCache:
             return list(self._models)
 
     def _local_path(self, uri: str) -> Path:
+        """The file of the model's current version: an s3:// one downloaded when new, looked up again when due."""
         if not uri.startswith("s3://"):
             return Path(uri)
         if self._storage is None:
             raise WorkerError(f"model {uri} is on S3 but this worker has no storage to download it with")
-        return self._storage.fetch_model(uri, self._cache_dir)
+        now = time.monotonic()
+        known = self._versions.get(uri)
+        if known is not None and now - known[1] < self._recheck_s:
+            return known[0]
+        path = self._storage.fetch_model(uri, self._cache_dir)
+        self._versions[uri] = (path, now)
+        return path
 
 
 __all__ = ["DEFAULT_CAPACITY", "ModelCache", "Predictor"]

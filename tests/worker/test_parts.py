@@ -47,6 +47,30 @@ def test_model_cache_downloads_s3_models_once(env: Env, tmp_path: Path) -> None:
     assert len(list(tmp_path.rglob("model.pt"))) == 1
 
 
+def test_model_cache_loads_a_checkpoint_replaced_under_its_uri(env: Env, tmp_path: Path, monkeypatch) -> None:
+    """A worker still up between jobs must not segment the next job with the weights make upload-model replaced."""
+    env.storage.ensure_bucket("models")
+    env.storage.put_bytes("models", "unet/model.pt", b"weights v1")
+    clock = [1000.0]
+    monkeypatch.setattr("am.worker.models.time.monotonic", lambda: clock[0])
+    heads: list[str] = []
+    original_head = env.storage.head_object
+    monkeypatch.setattr(env.storage, "head_object", lambda uri: heads.append(uri) or original_head(uri))
+    loads: list[bytes] = []
+    cache = ModelCache(lambda p: loads.append(p.read_bytes()) or FakePredictor(), storage=env.storage,
+                       cache_dir=tmp_path, recheck_s=5.0)
+    first = cache("s3://models/unet/model.pt")
+    env.storage.put_bytes("models", "unet/model.pt", b"weights v2")
+    clock[0] += 4.0
+    assert cache("s3://models/unet/model.pt") is first and len(heads) == 1, "looked up again before it was due"
+    clock[0] += 2.0
+    second = cache("s3://models/unet/model.pt")
+    assert second is not first and loads == [b"weights v1", b"weights v2"] and len(heads) == 2
+    assert cache.loaded == ["s3://models/unet/model.pt"]
+    clock[0] += 6.0
+    assert cache("s3://models/unet/model.pt") is second and loads == [b"weights v1", b"weights v2"]
+
+
 def test_model_cache_needs_storage_for_s3(tmp_path: Path) -> None:
     with pytest.raises(WorkerError, match="on S3"):
         ModelCache(lambda p: FakePredictor(), storage=None, cache_dir=tmp_path)("s3://b/m.pt")
