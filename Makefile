@@ -141,8 +141,9 @@ deploy:
 	  --parameter-overrides VpcId=$(VPC_ID) SubnetIds=$(SUBNET_IDS) ImageTag=$(IMAGE_TAG) $(STACK_PARAMS)
 	$(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
 
-upload-model:
+upload-model: $(STAMP)
 	@test -f "$(MODEL)" || { echo "set MODEL=path/to/checkpoint.pt" >&2; exit 2; }
+	$(BIN)/python -m am.model "$(MODEL)"
 	@uri="$(call stack-output,ModelUri)"; \
 	test -n "$$uri" || { echo "stack $(STACK) has no ModelUri output: run make deploy first" >&2; exit 1; }; \
 	$(AWS) s3 cp "$(MODEL)" "$$uri"

@@ -1,0 +1,63 @@
+"""Check checkpoint files before they are used: ``python -m am.model FILE [FILE ...]``.
+
+A checkpoint uploaded to S3 is first read by ECS workers on GPU instances that are already
+paid for; one they cannot load fails every one of them at start. This reads each file as a
+worker does (``weights_only=True``, the architecture its metadata describes) and prints what it
+holds, or names the file and what is wrong with it and exits 1. ``make upload-model`` runs it
+before anything is copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, run_main
+from am.errors import CheckpointError
+
+log = logging.getLogger("am.model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m am.model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", type=Path, metavar="FILE", help="checkpoint files to check")
+    return parser
+
+
+def describe(path: Path) -> str:
+    """One line on what the checkpoint at ``path`` holds; CheckpointError naming the file if it is unusable."""
+    from am.model.checkpoint import load_checkpoint
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file: pass the path of a .pt checkpoint")
+    meta, state = load_checkpoint(path)
+    parameters = sum(t.numel() for t in state.values())
+    validation = meta.validation
+    figures = (f", its training validation: Dice {validation['dice']:.3f}, object F1 {validation['f1']:.3f}"
+               if {"dice", "f1"} <= validation.keys() else "")
+    trained = "trained" if meta.trained else "UNTRAINED (random weights)"
+    return (f"{path}: {meta.architecture} with {meta.encoder}, decoder {','.join(map(str, meta.decoder_channels))}, "
+            f"{parameters / 1e6:.1f} M parameters, {path.stat().st_size / 1e6:.1f} MB, {trained}{figures}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging("WARNING")
+    failed = 0
+    for path in args.checkpoints:
+        try:
+            print(describe(path))
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    if failed:
+        print(f"error: {failed} of {len(args.checkpoints)} checkpoint(s) cannot be used", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, name="am.model"))

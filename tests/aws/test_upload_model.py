@@ -1,0 +1,67 @@
+"""``make upload-model`` checks the checkpoint before it copies anything to S3.
+
+Every ECS worker reads the uploaded file at start, on GPU instances already paid for: one they
+cannot load would fail them all. The recipe runs for real, with ``make`` and this interpreter as
+the project's python, against a stand-in ``aws`` command that records what it was asked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.aws.conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+MODEL_URI = "s3://am-segm-x-modelbucket-1/models/am-segm.pt"
+
+FAKE_AWS = f"""#!{sys.executable}
+import os, sys
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write("aws " + " ".join(sys.argv[1:]) + "\\n")
+if "describe-stacks" in sys.argv:
+    print("{MODEL_URI}")
+"""
+
+
+def upload(tmp_path: Path, model: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run ``make upload-model MODEL=model`` with the stand-in; returns the result and the aws calls."""
+    fake = tmp_path / "bin" / "aws"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(FAKE_AWS)
+    fake.chmod(0o755)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    # Newer than setup.py, so make does not try to install anything.
+    (venv / ".installed").touch()
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log)}
+    result = subprocess.run(["make", "-s", "-C", str(REPO), "upload-model", f"MODEL={model}", f"VENV={venv}",
+                             "STACK=am-segm-x"], env=env, capture_output=True, text=True, timeout=300)
+    return result, log.read_text().splitlines()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_never_copied(tmp_path) -> None:
+    junk = tmp_path / "notes.pt"
+    junk.write_bytes(b"not a checkpoint")
+    result, calls = upload(tmp_path, junk)
+    assert result.returncode != 0
+    assert f"error: {junk} " in result.stderr and "1 of 1 checkpoint(s) cannot be used" in result.stderr
+    assert not any(" s3 " in call for call in calls), calls
+
+
+def test_a_checkpoint_is_described_then_copied_to_the_stacks_model_uri(tmp_path, tiny_model) -> None:
+    result, calls = upload(tmp_path, tiny_model)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{tiny_model}: Unet with " in result.stdout and "UNTRAINED" in result.stdout
+    assert any(call.endswith(f"s3 cp {tiny_model} {MODEL_URI}") for call in calls), calls
