@@ -48,29 +48,37 @@ sample: $(DATASET)
 # am/models/default.pt only when benchmarks/model_quality.py shows it is better than the shipped one.
 # The shipped weights were trained before the training crops' labels were aligned with their
 # images (docs/model.md, "The runs of make model"): this recipe now trains on aligned labels.
-model: $(STAMP)
-	$(BIN)/python -m am.train --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 --epochs 50 \
-	  --steps-per-epoch 150 --batch-size 8 --crop 256 --lr 3e-3 --warmup-steps 200 --threads 2 --seed 0 \
-	  --synthetic-labels footprint --out runs/model/base.pt
-	$(BIN)/python -m am.train --init runs/model/base.pt --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 \
-	  --synthetic-seed 11 --epochs 28 --steps-per-epoch 150 --batch-size 8 --crop 256 --lr 1e-3 --warmup-steps 50 \
-	  --threads 2 --seed 1 --synthetic-labels footprint --out runs/model/footprint.pt
-	$(BIN)/python -m am.train --init runs/model/footprint.pt --synthetic 1500 --synthetic-size 384 \
-	  --synthetic-valid 32 --synthetic-seed 21 --epochs 12 --steps-per-epoch 150 --batch-size 8 --crop 256 \
-	  --lr 5e-4 --warmup-steps 50 --threads 2 --seed 2 --synthetic-labels margin --out runs/model/visible.pt
-	$(BIN)/python -m am.train --init runs/model/visible.pt --synthetic 1500 --synthetic-size 384 \
-	  --synthetic-valid 32 --synthetic-seed 31 --epochs 20 --steps-per-epoch 150 --batch-size 8 --crop 256 \
-	  --lr 5e-4 --warmup-steps 50 --threads 2 --seed 3 --gap-weight 5 --synthetic-labels margin \
-	  --out runs/model/gaps.pt
-	$(BIN)/python -m am.train --init runs/model/gaps.pt --synthetic 1500 --synthetic-size 384 \
-	  --synthetic-valid 32 --synthetic-seed 41 --epochs 12 --steps-per-epoch 150 --batch-size 8 --crop 256 \
-	  --lr 3e-4 --warmup-steps 50 --threads 2 --seed 4 --gap-weight 5 --synthetic-blobs 3 --synthetic-labels margin \
-	  --out runs/model/blobs.pt
-	$(BIN)/python -m am.train --init runs/model/blobs.pt --synthetic 1500 --synthetic-size 384 \
-	  --synthetic-valid 32 --synthetic-seed 51 --epochs 10 --steps-per-epoch 150 --batch-size 8 --crop 256 \
-	  --lr 2e-4 --warmup-steps 50 --threads 2 --seed 5 --synthetic-blobs 3 --synthetic-labels margin \
-	  --out runs/model/default.pt
-	$(BIN)/python benchmarks/model_quality.py --model runs/model/default.pt
+# The runs take about eight hours on two cores, so each is a target of its own, marked done
+# (RUN.done) only when it has finished: `make model` again after an interruption skips the runs
+# done and continues the interrupted one from its last finished epoch (am.train --resume).
+MODEL_RUNS := runs/model
+TRAIN_COMMON := --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 --steps-per-epoch 150 --batch-size 8 \
+  --crop 256 --threads 2
+# $(call train-run,OPTIONS): one am.train run into the checkpoint that RUN.done stands for, resumed
+# where an earlier try left its state (RUN.resume), then marked done.
+train-run = $(BIN)/python -m am.train $(TRAIN_COMMON) $(1) --out $(@:.done=.pt) \
+  $(if $(wildcard $(@:.done=.resume)),--resume) && touch $@
+
+model: $(MODEL_RUNS)/default.done
+	$(BIN)/python benchmarks/model_quality.py --model $(MODEL_RUNS)/default.pt
+
+$(MODEL_RUNS)/base.done: | $(STAMP)
+	$(call train-run,--epochs 50 --lr 3e-3 --warmup-steps 200 --seed 0 --synthetic-labels footprint)
+$(MODEL_RUNS)/footprint.done: $(MODEL_RUNS)/base.done
+	$(call train-run,--init $(<:.done=.pt) --synthetic-seed 11 --epochs 28 --lr 1e-3 --warmup-steps 50 --seed 1 \
+	  --synthetic-labels footprint)
+$(MODEL_RUNS)/visible.done: $(MODEL_RUNS)/footprint.done
+	$(call train-run,--init $(<:.done=.pt) --synthetic-seed 21 --epochs 12 --lr 5e-4 --warmup-steps 50 --seed 2 \
+	  --synthetic-labels margin)
+$(MODEL_RUNS)/gaps.done: $(MODEL_RUNS)/visible.done
+	$(call train-run,--init $(<:.done=.pt) --synthetic-seed 31 --epochs 20 --lr 5e-4 --warmup-steps 50 --seed 3 \
+	  --gap-weight 5 --synthetic-labels margin)
+$(MODEL_RUNS)/blobs.done: $(MODEL_RUNS)/gaps.done
+	$(call train-run,--init $(<:.done=.pt) --synthetic-seed 41 --epochs 12 --lr 3e-4 --warmup-steps 50 --seed 4 \
+	  --gap-weight 5 --synthetic-blobs 3 --synthetic-labels margin)
+$(MODEL_RUNS)/default.done: $(MODEL_RUNS)/blobs.done
+	$(call train-run,--init $(<:.done=.pt) --synthetic-seed 51 --epochs 10 --lr 2e-4 --warmup-steps 50 --seed 5 \
+	  --synthetic-blobs 3 --synthetic-labels margin)
 
 # The production encoder and a GPU fine-tune of the compact one, time-boxed for a GPU machine held for minutes
 # (benchmarks/gpu_train.sh says more).
