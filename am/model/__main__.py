@@ -10,14 +10,11 @@ before anything is copied.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, run_main
 from am.errors import CheckpointError
-
-log = logging.getLogger("am.model")
 
 
 def build_parser() -> argparse.ArgumentParser:
