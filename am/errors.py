@@ -74,6 +74,10 @@ class JobTimeout(JobFailed):
     """A job did not finish within its time budget."""
 
 
+class ModelReplaced(JobFailed):
+    """The job's ``s3://`` checkpoint was replaced under its key while the tiles were segmented."""
+
+
 class CleanupIncomplete(AmError):
     """A job's clean-up was cut short (Ctrl-C pressed again while it ran): its message names what was left behind."""
 

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 
 from am.backends import open_backend
 from am.dataset import DatasetLayout
-from am.errors import AmError, JobFailed, LauncherError
+from am.errors import AmError, JobFailed, LauncherError, ModelReplaced
 from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
-from am.model_source import resolve_model
+from am.model_source import resolve_model, s3_model_id
 from am.prepare import (
     GroupTiler,
     PreparedGroup,
@@ -227,6 +227,27 @@ def _worker_log_folder() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _check_model_unchanged(layout: DatasetLayout, prepared: list[PreparedGroup], *, settings: Settings,
+                           model: str, model_id: str) -> None:
+    """Refuse masks made while the job's s3:// checkpoint was replaced under its key.
+
+    Workers look the object up as they go (am.worker.models), so tiles segmented after an upload
+    used the new weights and those before it the old: the masks mix two models while meta.json
+    names the first. Its tile plans are removed, so that no later run reuses these masks.
+    """
+    if not model.startswith("s3://"):
+        return
+    now = s3_model_id(settings, model)
+    if now == model_id:
+        return
+    for group in prepared:
+        layout.tile_plan(group.group).unlink(missing_ok=True)
+    raise ModelReplaced(f"model {model} was replaced while this run segmented its tiles (version "
+                        f"{model_id.rsplit('@', 1)[-1]} at the start, {now.rsplit('@', 1)[-1]} now), so its masks may "
+                        "mix both checkpoints; nothing was stitched and the groups' tile plans were removed: rerun "
+                        "to segment them again with the current checkpoint")
+
+
 def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], *, settings: Settings,
                          model: str, model_id: str, worker: Mapping[str, str], environ: Mapping[str, str] | None,
                          show_progress: bool, summary: PipelineSummary, phases: _Phases,
@@ -253,6 +274,7 @@ def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGro
         summary.busy = {"prepare busy": busy.seconds, "upload busy": report.seconds.get("upload", 0.0),
                         "collect busy": report.seconds.get("collect", 0.0), "tail": report.seconds.get("tail", 0.0)}
         raise_for_lost_tiles(report)
+        _check_model_unchanged(layout, prepared, settings=settings, model=model, model_id=model_id)
         on_segmented(prepared)
         phases.end("stitch")
     phases.end("clean-up")

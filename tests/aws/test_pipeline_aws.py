@@ -263,6 +263,33 @@ def test_a_checkpoint_uploaded_again_under_the_same_uri_is_not_given_the_earlier
     assert reused_after_resolving() is None
 
 
+def test_a_checkpoint_replaced_while_the_tiles_are_segmented_fails_the_run_before_stitching(
+        agent, aws_settings, stack, small_dataset, tmp_path, monkeypatch) -> None:
+    """Tiles segmented before and after an upload used two checkpoints: neither stitched nor reusable."""
+    from am.dataset import DatasetLayout
+    from am.errors import ModelReplaced
+    from am.job import Job
+    from am.model.build import write_test_checkpoint
+
+    bucket, key = aws_settings.model[len("s3://"):].split("/", 1)
+    retrained = write_test_checkpoint(tmp_path / "retrained.pt", seed=1)
+    wait = Job.wait
+
+    def wait_then_upload(job: Job) -> None:
+        wait(job)
+        client("s3").upload_file(str(retrained), bucket, key)
+
+    monkeypatch.setattr(Job, "wait", wait_then_upload)
+    with pytest.raises(ModelReplaced, match=rf"model s3://{bucket}/{key} was replaced while this run segmented"):
+        run_pipeline(small_dataset, settings=aws_settings, groups=["g2"], register=False,
+                     cache_dir=tmp_path / "cache", show_progress=False)
+    agent.join()
+    layout = DatasetLayout(small_dataset)
+    assert not layout.tile_plan("g2").exists(), "a later run would reuse masks of two checkpoints"
+    assert not (small_dataset / "tiles_stitched" / "g2" / "mask.tiff").exists()
+    assert _job_objects(stack) == [] and _results_queues() == []
+
+
 def test_ecs_workers_that_left_idle_between_groups_are_started_again(
         agent, aws_settings, small_dataset, tmp_path, monkeypatch) -> None:
     """Normalising a big second group outlasts idle_exit_s: every task leaves idle, and the job starts them again."""
