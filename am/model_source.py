@@ -21,7 +21,7 @@ from am.files import file_sha256, write_atomic
 from am.models import DEFAULT_MODEL
 from am.settings import Settings
 from am.transport.clients import ClientFactory
-from am.transport.storage import Storage
+from am.transport.storage import Storage, object_version
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def s3_model_id(settings: Settings, uri: str) -> str:
     """
     clients = ClientFactory(endpoint_url=settings.endpoint_url, region=settings.region)
     head = check_model_object(Storage(clients.s3(), threads=1), uri)
-    version = str(head.get("ETag", "")).strip('"') or str(head.get("LastModified", ""))
+    version = object_version(head)
     if not version:
         raise ConfigError(f"model {uri}: S3 reports neither an ETag nor a LastModified time for it, so a rerun "
                           "could not tell whether the checkpoint changed; use a store that reports them")

@@ -193,9 +193,8 @@ class Storage:
         """
         bucket, key = parse_s3_uri(uri)
         head = self.head_object(uri)
-        etag = str(head.get("ETag", "")).strip('"')
         versions = Path(cache_dir) / _digest(uri)
-        path = versions / _digest(etag) / Path(key).name
+        path = versions / _digest(object_version(head)) / Path(key).name
         if path.is_file():
             log.debug("model %s cached at %s", uri, path)
             return path
@@ -259,6 +258,15 @@ class Storage:
                     for future in running:
                         future.cancel()
                 raise
+
+
+def object_version(head: dict[str, Any]) -> str:
+    """Which version of an object a HeadObject answer describes: its ETag, else its upload time, else ''.
+
+    The orchestrator's record of a job's model and the workers' download cache both tell
+    checkpoints uploaded under one key apart by this, so they agree on what "replaced" means.
+    """
+    return str(head.get("ETag", "")).strip('"') or str(head.get("LastModified", ""))
 
 
 def _digest(text: str) -> str:
