@@ -65,6 +65,11 @@ JUDGED: tuple[tuple[str, Read, bool, str | None], ...] = (
     ("crop3 Dice", crop(3, "dice"), True, None),
     ("crop1 false marks on the blob", crop(1, "blob_false_marks"), False, None),
 )
+# The real tiles have no reference, so their mark counts are not judged; a count that moves means marks
+# joined, lost or split there, which only the overlays can tell apart (a model that joins the stacked
+# crescents of tile_a's top rows in pairs scores as well on every judged figure).
+TILE_MARKS: tuple[tuple[str, Read], ...] = tuple(
+    (name, lambda q, tile=f"{name}_512": q["real"]["tiles"][tile]["marks"]) for name in ("tile_a", "tile_b"))
 # Differences in a score this small are noise between machines and precisions, neither gain nor loss;
 # counts (false marks) have none.
 TOLERANCE = 0.002
@@ -131,9 +136,15 @@ def verdict(name: str, figures: dict[str, Any], baseline_name: str, baseline: di
              f"worse on {', '.join(worse) or 'nothing'}"]
     if undecided:
         parts.append(f"within the spread of the images drawn: {', '.join(undecided)}")
+    moved = tile_marks_moved(figures, baseline)
+    if moved:
+        parts.append(f"marks found on the real tiles changed ({', '.join(moved)}): marks joined, lost or split")
     if unknown:
         parts.append(f"not compared (a file lacks them): {', '.join(unknown)}")
         outcome = f"cannot tell whether it could replace {baseline_name}"
+    elif better and not worse and moved:
+        outcome = (f"it could replace {baseline_name} only if the real tiles' overlays (model_quality.py --overlays) "
+                   "show every mark outlined on its own")
     elif better and not worse:
         outcome = f"it could replace {baseline_name}: measure it with model_quality.py on the CPU before shipping it"
     else:
@@ -142,6 +153,19 @@ def verdict(name: str, figures: dict[str, Any], baseline_name: str, baseline: di
             f"change's {100 * LEVEL:.0f} % interval on one side of zero, other figures beyond {TOLERANCE}" if images
             else f"within {TOLERANCE} counts as even")
     return "; ".join(parts) + f" ({rule}). {outcome[0].upper()}{outcome[1:]}."
+
+
+def tile_marks_moved(figures: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """``"tile_a 23 -> 20"`` for each real tile whose count of marks found differs from the baseline's."""
+    moved = []
+    for name, read in TILE_MARKS:
+        try:
+            before, after = read(baseline), read(figures)
+        except (KeyError, TypeError):
+            continue
+        if after != before:
+            moved.append(f"{name} {before} -> {after}")
+    return moved
 
 
 def paired_images(figures: dict[str, Any], baseline: dict[str, Any]) -> int:

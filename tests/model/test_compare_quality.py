@@ -64,6 +64,8 @@ def with_changes(base: dict, **changes: float) -> dict:
             out[group][field] += delta
         elif key == "blob":
             out["real"]["crops"]["crop1"]["blob_false_marks"] += int(delta)
+        elif key.startswith("tile_"):
+            out["real"]["tiles"][f"{key}_512"]["marks"] += int(delta)
         else:
             out["real"]["crops"][key]["dice"] += delta
     return out
@@ -145,3 +147,20 @@ def test_files_of_other_held_out_images_fall_back_to_the_tolerance(tmp_path, cap
     assert compare.main([f"shipped={tmp_path / 'a.json'}", f"new={tmp_path / 'b.json'}"]) == 0
     line = capsys.readouterr().out.splitlines()[-1]
     assert "better on synthetic object F1 (+0.0050)" in line and "(within 0.002 counts as even)" in line
+
+
+def test_a_change_in_the_marks_found_on_the_real_tiles_sends_the_candidate_to_its_overlays(tmp_path, capsys):
+    compare = load_script(REPO / "benchmarks" / "compare_quality.py")
+    shipped = figures("small", 0.918, real=True)
+    (tmp_path / "a.json").write_text(json.dumps(shipped))
+    # Better on a judged figure and worse on none, but three of tile_a's 23 marks are gone (joined in pairs).
+    (tmp_path / "b.json").write_text(json.dumps(with_changes(shipped, crop3=0.006, tile_a=-3)))
+    (tmp_path / "c.json").write_text(json.dumps(with_changes(shipped, crop3=0.006)))
+    assert compare.main([f"shipped={tmp_path / 'a.json'}", f"joined={tmp_path / 'b.json'}",
+                         f"same={tmp_path / 'c.json'}"]) == 0
+    joined, same = capsys.readouterr().out.splitlines()[-2:]
+    assert "marks found on the real tiles changed (tile_a 23 -> 20): marks joined, lost or split" in joined
+    assert joined.endswith("It could replace shipped only if the real tiles' overlays (model_quality.py "
+                           "--overlays) show every mark outlined on its own.")
+    assert "real tiles changed" not in same and same.endswith("measure it with model_quality.py on the CPU "
+                                                              "before shipping it.")
