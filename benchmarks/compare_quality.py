@@ -38,6 +38,10 @@ def crop(n: int, key: str) -> Read:
     return lambda q: q["real"]["crops"][f"crop{n}"][key]
 
 
+def tile(name: str, key: str) -> Read:
+    return lambda q: q["real"]["tiles"][f"{name}_512"][key]
+
+
 ROWS: tuple[Row, ...] = (
     ("encoder", lambda q: q["encoder"]),
     ("precision", lambda q: q["precision"]),
@@ -68,8 +72,7 @@ JUDGED: tuple[tuple[str, Read, bool, str | None], ...] = (
 # The real tiles have no reference, so their mark counts are not judged; a count that moves means marks
 # joined, lost or split there, which only the overlays can tell apart (a model that joins the stacked
 # crescents of tile_a's top rows in pairs scores as well on every judged figure).
-TILE_MARKS: tuple[tuple[str, Read], ...] = tuple(
-    (name, lambda q, tile=f"{name}_512": q["real"]["tiles"][tile]["marks"]) for name in ("tile_a", "tile_b"))
+TILE_MARKS: tuple[tuple[str, Read], ...] = tuple((name, tile(name, "marks")) for name in ("tile_a", "tile_b"))
 # Differences in a score this small are noise between machines and precisions, neither gain nor loss;
 # counts (false marks) have none.
 TOLERANCE = 0.002
