@@ -48,9 +48,33 @@ def random_crop(
         image = cv2.resize(image, (size, size), interpolation=interp)
         # OpenCV's INTER_NEAREST maps pixel corners, not centres as the image's interpolation does,
         # and would shift the labels half a pixel down and right of the marks they label.
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+        mask = (shrink_apart(mask, size) if window > size
+                else cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT))
         weight = cv2.resize(weight, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
     return image, mask, weight
+
+
+def shrink_apart(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask`` (a square window, marks non-zero) resized down to ``size`` x ``size``, its marks kept apart.
+
+    Shrinking keeps one source row or column in ``window / size`` and drops the rest, so the
+    one-pixel seam between two abutting marks is dropped as often as any other row: in crops
+    zoomed out 0.7-1 times from synthetic images of pitch 20-60 px, 8 % of the marks came out joined
+    to a neighbour (in more than half the crops), teaching a model to draw as one what
+    registration must number as two. Here the marks' labels are shrunk instead, and where two of
+    them touch afterwards the pixels of the higher label go back to the tissue: a one-pixel seam again.
+    """
+    shrunk_mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    count, labels = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
+    if count < 3:
+        return shrunk_mask
+    # float32 holds every label exactly (a crop has far fewer than 2**24 marks) and is a type both
+    # resize and erode accept.
+    shrunk = cv2.resize(labels.astype(np.float32), (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    lowest_near = cv2.erode(np.where(shrunk > 0, shrunk, np.float32(count)), np.ones((3, 3), np.uint8),
+                            borderType=cv2.BORDER_REPLICATE)
+    # The labels were sampled at the very pixels the mask was, so the mask keeps its own values.
+    return np.where(lowest_near >= shrunk, shrunk_mask, 0).astype(mask.dtype)
 
 
 def flip_rotate(
