@@ -22,7 +22,7 @@ from types import FrameType
 from tqdm import tqdm
 
 from am.errors import AmError
-from am.settings import AUTO_SCALE, OptionError, scale_value
+from am.settings import AUTO_SCALE, LOG_LEVELS, OptionError, scale_value
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -89,6 +89,13 @@ def quiet_wire_loggers() -> None:
     floor = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
     for name in WIRE_LOGGERS:
         logging.getLogger(name).setLevel(floor)
+
+
+def add_log_level_option(parser: argparse.ArgumentParser, default: str | None = "INFO") -> None:
+    """The one ``--log-level`` option of every command. ``default=None`` leaves the level to the
+    command's settings (option, ``AM_LOG_LEVEL``, config file, then INFO)."""
+    where = f"default {default}" if default else "default: the settings' log_level, INFO"
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default, help=f"logging detail on stderr ({where})")
 
 
 def add_postprocess_option(parser: argparse.ArgumentParser) -> None:

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-channels", type=channels_option, default=None,
                    help="the 5 decoder widths (default: the shipped model's)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--repeats", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=8, help="timed calls per batch size; the median is kept (default 8)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")

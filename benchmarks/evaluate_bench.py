@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=10000, help="mask side in px (default 10000)")
     p.add_argument("--pitch", type=int, default=40, help="lattice pitch in px (default 40)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the prediction's shifts, sizes and dropped marks (default 0)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
     if args.size < 2 * args.pitch or args.pitch < 8:

@@ -210,9 +210,9 @@ def _stage_seconds(stdout: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=20000, help="image side in pixels (default 20000)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--tile-overlap", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    parser.add_argument("--tile-size", type=int, default=512, help="tile side in px (default 512)")
+    parser.add_argument("--tile-overlap", type=int, default=128, help="tile overlap in px (default 128)")
     parser.add_argument("--model", type=Path, help="checkpoint (default: the tiny test model)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "data" / "load-test",
                         help="where the image, the model and the outputs go (default data/load-test)")

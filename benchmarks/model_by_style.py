@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped model)")
     p.add_argument("--count", type=int, default=300, help="synthetic images (default 300)")
     p.add_argument("--seed", type=int, default=STYLE_SEED, help=f"generator seed (default {STYLE_SEED})")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
     add_postprocess_option(p)
     p.add_argument("--json", type=Path, default=None, help="write the groups' figures as JSON here")

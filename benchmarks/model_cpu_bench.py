@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped model)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed calls per batch size; the median is kept (default 10)")
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")
     add_precision_option(p, tuple(m for m in PRECISIONS if m != "fp16"))
     add_postprocess_option(p)

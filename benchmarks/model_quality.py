@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                            "when it exists, else the real samples are skipped)")
     real.add_argument("--skip-real", action="store_true", help="leave the real samples out")
     p.add_argument("--overlays", type=Path, default=None, help="write real-sample overlays here")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     add_precision_option(p)
     p.add_argument("--tta", choices=TTA_MODES, default="off", help="test-time augmentation (default off)")

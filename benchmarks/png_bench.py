@@ -33,8 +33,8 @@ def _timed(encode: Callable[[np.ndarray], bytes], images: list[np.ndarray]) -> t
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("dataset", type=Path)
-    p.add_argument("group")
+    p.add_argument("dataset", type=Path, help="dataset folder of a finished run (its tiles are encoded)")
+    p.add_argument("group", help="group whose tiles and masks are encoded")
     p.add_argument("--tiles", type=int, default=40, help="tile and mask files to encode (default 40)")
     args = p.parse_args(argv)
     layout = DatasetLayout(args.dataset)

@@ -27,8 +27,8 @@ def _peak_rss_mib() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=20000, help="image height and width in px (default 20000)")
-    parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=128)
+    parser.add_argument("--tile-size", type=int, default=512, help="tile side in px (default 512)")
+    parser.add_argument("--overlap", type=int, default=128, help="tile overlap in px (default 128)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from am.cli import EXIT_OK, SCALE_HELP, configure_logging, run_main, scale_option
+from am.cli import EXIT_OK, SCALE_HELP, add_log_level_option, configure_logging, run_main, scale_option
 from am.errors import ConfigError
 from am.messages import TTA_MODES
 from am.settings import BACKENDS, Settings, config_path_from, load_settings
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=scale_option, help=SCALE_HELP)
     parser.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation: off (default), rot180, flips or d4")
     parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
-    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    add_log_level_option(parser, default=None)
     return parser
 
 

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from am.bench.loop import INPUT_BUCKET, OUTPUT_BUCKET
-from am.cli import COMPILE_MODES, EXIT_OK, EXIT_USAGE, add_precision_option, configure_logging, run_main
+from am.cli import (
+    COMPILE_MODES,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_log_level_option,
+    add_precision_option,
+    configure_logging,
+    run_main,
+)
 from am.messages import MAX_TILES_PER_MESSAGE
 from am.worker.timing import STAGES
 
@@ -43,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiles-per-message", type=int, default=0,
                         help="worker loop: tiles per SQS message and S3 object (0: as the pipeline, 8 on CPU, "
                              "32 on CUDA)")
-    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (default 512)")
     parser.add_argument("--tiles", type=int, default=0,
                         help="tiles per measurement (default: 16 batches for the model, 8 for the loop)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)")
@@ -64,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pipeline-arg", action="append", default=[],
                         help="extra am.pipeline argument (repeatable; default --no-register)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_log_level_option(parser, default="WARNING")
     return parser
 
 

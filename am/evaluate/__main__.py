@@ -20,7 +20,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import add_postprocess_option, add_precision_option, configure_logging, masks_label, run_main
+from am.cli import (
+    add_log_level_option,
+    add_postprocess_option,
+    add_precision_option,
+    configure_logging,
+    masks_label,
+    run_main,
+)
 from am.errors import InputError
 from am.evaluate.lost import LostMarks
 from am.evaluate.metrics import Scores
@@ -61,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level_option(p, default="WARNING")
     return p
 
 

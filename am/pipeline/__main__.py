@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from am.cli import EXIT_ERROR, EXIT_OK, SCALE_HELP, configure_logging, run_main, scale_option
+from am.cli import EXIT_ERROR, EXIT_OK, SCALE_HELP, add_log_level_option, configure_logging, run_main, scale_option
 from am.errors import InputError
 from am.messages import TTA_MODES
 from am.pitch import TRAINED_PITCH_PX
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "averaged: most of d4's gain, 2x the model time), flips (4 views) or d4 (8 views: "
                              "the cleanest masks, 8x the model time)")
     parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
-    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    add_log_level_option(parser, default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return parser
 

@@ -18,7 +18,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from am.cli import configure_logging, run_main
+from am.cli import add_log_level_option, configure_logging, run_main
 from am.errors import InputError
 from am.imageio import read_image
 from am.messages import TTA_MODES
@@ -53,22 +53,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", type=Path, required=True, help="folder of X_Y.png crop masks")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     defaults = PseudoConfig()
-    p.add_argument("--small-encoder", default=defaults.small_encoder)
-    p.add_argument("--big-encoder", default=defaults.big_encoder)
-    p.add_argument("--small-epochs", type=int, default=defaults.small_epochs)
-    p.add_argument("--big-epochs", type=int, default=defaults.big_epochs)
-    p.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--crop", type=int, default=defaults.crop, help="training crop side (multiple of 32)")
+    p.add_argument("--small-encoder", default=defaults.small_encoder,
+                   help="encoder of the small model trained on the labelled crops (step 1; default %(default)s)")
+    p.add_argument("--big-encoder", default=defaults.big_encoder,
+                   help="encoder of the model trained on the pseudo-labels (step 4; default %(default)s, "
+                        "resnext50_32x4d for production on a GPU)")
+    p.add_argument("--small-epochs", type=int, default=defaults.small_epochs,
+                   help="epochs of the small model (default %(default)s)")
+    p.add_argument("--big-epochs", type=int, default=defaults.big_epochs,
+                   help="epochs of the bigger model (default %(default)s)")
+    p.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
+                   help="training steps per epoch, each a batch of fresh random crops (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="crops per training step (default %(default)s)")
+    p.add_argument("--crop", type=int, default=defaults.crop,
+                   help="training crop side, a multiple of 32 (default %(default)s)")
     p.add_argument("--low", type=float, default=defaults.low,
-                   help="probability at or below which a pixel is background")
-    p.add_argument("--high", type=float, default=defaults.high, help="probability at or above which a pixel is a mark")
+                   help="probability at or below which a pixel is background (default %(default)s)")
+    p.add_argument("--high", type=float, default=defaults.high,
+                   help="probability at or above which a pixel is a mark (default %(default)s)")
     p.add_argument("--tta", choices=TTA_MODES, default=defaults.tta,
                    help="average the small model's answer over 2 (rot180), 4 (flips) or 8 (d4) views in step 2 "
                         "(default off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the models' initialisation and of the crops drawn (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level_option(p)
     args = p.parse_args(argv)
     configure_logging(args.log_level)
     if args.crop < 64 or args.crop % 32:

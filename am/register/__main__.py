@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from am.cli import configure_logging
+from am.cli import add_log_level_option, configure_logging
 from am.errors import AmError
 from am.register.dataset import output_dir, register_group
 
@@ -48,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rows", type=int, default=None, help="rows of the acquisition grid (top to bottom)")
     parser.add_argument("--cols", type=int, default=None, help="columns of the acquisition grid (left to right)")
-    parser.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging detail on stderr"
-    )
+    add_log_level_option(parser)
     return parser
 
 

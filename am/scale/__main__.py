@@ -26,12 +26,12 @@ from typing import Any
 
 import boto3
 
-from am.cli import configure_logging, run_main
+from am.cli import add_log_level_option, configure_logging, run_main
 from am.launchers.aws_stack import AwsResources, resolve_aws_resources
 from am.scale.control import drain, resume, set_desired_count, set_limits, start_tasks
 from am.scale.redrive import RedriveReport, redrive
 from am.scale.status import format_status, read_status
-from am.settings import LOG_LEVELS, Settings, config_path_from, load_settings
+from am.settings import Settings, config_path_from, load_settings
 from am.transport.clients import ClientFactory
 
 log = logging.getLogger("am.scale")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(settings key stack_name)")
     parser.add_argument("--region", help="AWS region (settings key region)")
     parser.add_argument("--endpoint-url", metavar="URL", help="talk to this endpoint instead of AWS (testing)")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, help="logging on stderr (default: settings, INFO)")
+    add_log_level_option(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     status = commands.add_parser("status", help="queue depth, dead letters, service and task counts")

@@ -16,7 +16,16 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from am.cli import EXIT_OK, PRECISIONS, SCALE_HELP, add_precision_option, configure_logging, run_main, scale_option
+from am.cli import (
+    EXIT_OK,
+    PRECISIONS,
+    SCALE_HELP,
+    add_log_level_option,
+    add_precision_option,
+    configure_logging,
+    run_main,
+    scale_option,
+)
 from am.errors import ConfigError
 from am.messages import TTA_MODES
 from am.settings import config_path_from, load_settings
@@ -59,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--scale", type=scale_option, help=SCALE_HELP)
     serve.add_argument("--tta", choices=TTA_MODES,
                        help="test-time augmentation: off (default), rot180 (2 views), flips (4) or d4 (8)")
-    serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    add_log_level_option(serve, default=None)
     return parser
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import configure_logging, run_main
+from am.cli import add_log_level_option, configure_logging, run_main
 from am.synth.dataset import is_pitch, write_dataset, write_tiles
 from am.synth.truth import LABELS
 
@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m am.synth",
         description="Generate synthetic post-MALDI microscopy with exact masks and mark ids.",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ds = sub.add_parser(

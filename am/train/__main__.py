@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import EXIT_INTERRUPTED, channels_option, configure_logging, run_main
+from am.cli import EXIT_INTERRUPTED, add_log_level_option, channels_option, configure_logging, run_main
 from am.model.device import device_problem
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
@@ -172,8 +172,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-state", action="store_true",
                      help="keep OUT.resume after the last epoch (default: delete it, it is large)")
     run.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this limit")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                     help="logging verbosity")
+    add_log_level_option(run)
     return p
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from am.cli import add_postprocess_option, configure_logging, run_main
+from am.cli import add_log_level_option, add_postprocess_option, configure_logging, run_main
 from am.errors import InputError
 from am.evaluate.metrics import Scores, score
 from am.files import write_atomic
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
     p.add_argument("--force", action="store_true", help="replace images an earlier mining wrote to the same folder")
     add_postprocess_option(p)
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level_option(p)
     args = p.parse_args(argv)
     if args.count < 1 or not 1 <= args.keep <= args.count:
         p.error(f"need --count >= 1 and 1 <= --keep <= --count, got {args.count} and {args.keep}")
