@@ -58,6 +58,12 @@ OWN_MARK_AREA = 0.5
 PAIR_AREA = FRAGMENT_MAX_AREA
 # A gap of at least this many median spacings holds a row without marks.
 MISSING_ROW_GAP = 1.7
+# The rows' drift along themselves (a shear, in column pitches per row step) is searched within
+# this range at this step; the regular fit's own shear is kept unless another drift lines the
+# rows' offsets up clearly better (their coherence, 0 to 1, higher by more than SHEAR_MARGIN).
+SHEAR_SEARCH = 0.5
+SHEAR_STEP = 0.001
+SHEAR_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ def fit_uneven_rows(
     lines = _row_lines(fit, points)
     if lines is None:
         return None
-    uneven = replace(fit, rows=lines)
+    uneven = replace(lines[0], rows=lines[1])
     uneven_rms = _rms(uneven, points)
     regular_off, uneven_off = _off_node(fit, points), _off_node(uneven, points)
     closer = uneven_rms <= BETTER_BY * regular_rms
@@ -144,7 +150,7 @@ def fit_uneven_rows(
                   "against %.0f %%)", uneven_rms, regular_rms, 100 * uneven_off, 100 * regular_off)
         return None
     log.info("rows are unevenly spaced: %d rows of marks fit with a residual of %.2f px, against %.2f px for "
-             "evenly spaced rows", lines.coords.size, uneven_rms, regular_rms)
+             "evenly spaced rows", uneven.rows.coords.size, uneven_rms, regular_rms)
     return replace(uneven, residual_px=uneven_rms)
 
 
@@ -160,8 +166,16 @@ def _off_node(fit: LatticeFit, points: np.ndarray) -> float:
     return float(np.mean(residual > ASSIGN_TOLERANCE * fit.pitch))
 
 
-def _row_lines(fit: LatticeFit, points: np.ndarray) -> RowLines | None:
-    """Rows as peaks of the marks' coordinates across the rows, missing rows interpolated."""
+def _row_lines(fit: LatticeFit, points: np.ndarray) -> tuple[LatticeFit, RowLines] | None:
+    """Rows as peaks of the marks' coordinates across the rows, missing rows interpolated, and
+    ``fit`` with the shear those rows show.
+
+    The regular fit may have taken up the rows' slides as a shear it does not have (0.15-0.2
+    column pitches per row on synthetic grids of unevenly spaced rows): measured against it, the
+    slides then change by more than half a column from one row to the next and the unwrapping
+    gives whole rows the ids of their neighbours' columns. So the shear is read again from the
+    rows themselves before their offsets are unwrapped.
+    """
     coords = fit.lattice_coords(points)
     unit = abs(fit.pitch_y)  # pixels per row-coordinate unit, across the rows
     across = coords[:, 1] * unit
@@ -174,10 +188,13 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> RowLines | None:
     near = np.abs(across - peaks[nearest]) <= ROW_GAP * fit.pitch_x
     members = [np.nonzero(near & (nearest == k))[0] for k in range(peaks.size)]
     centres = np.array([float(np.median(coords[m, 1])) for m in members])
-    # Each row's offset is known only up to whole columns; neighbouring rows differ by far less than
-    # half a column, so unwrapping keeps a column's number from row to row even where a slightly
-    # wrong row step makes the offsets drift across the grid.
-    shifts = np.unwrap([_circular_offset(coords[m, 0]) for m in members], period=1.0)
+    # Each row's offset is known only up to whole columns. Along the column step, unsheared, it is
+    # the row's slide plus the grid's true drift; once that drift is taken out, neighbouring rows
+    # differ by far less than half a column, so unwrapping keeps a column's number from row to row.
+    along = np.array([_circular_offset(coords[m, 0]) for m in members]) + fit.shear * centres
+    shear = _row_drift(along, centres, prior=fit.shear)
+    fit = replace(fit, row_step=fit.row_step + (shear - fit.shear) * fit.col_step)
+    shifts = np.unwrap(along - shear * centres, period=1.0)
     shifts -= np.rint(np.median(shifts))
     steps = np.diff(centres)
     spacing = float(np.median(steps))
@@ -186,8 +203,26 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> RowLines | None:
     rows_per_step = np.maximum(1, np.floor(steps / spacing + 2.0 - MISSING_ROW_GAP)).astype(np.int64)
     numbers = np.concatenate([[0], np.cumsum(rows_per_step)])
     every = np.arange(numbers[-1] + 1)
-    return RowLines(first=int(np.rint(centres[0])), coords=np.interp(every, numbers, centres),
-                    shifts=np.interp(every, numbers, shifts))
+    return fit, RowLines(first=int(np.rint(centres[0])), coords=np.interp(every, numbers, centres),
+                         shifts=np.interp(every, numbers, shifts))
+
+
+def _row_drift(along: np.ndarray, centres: np.ndarray, *, prior: float) -> float:
+    """The shear (column pitches per row step) that best lines up the rows' offsets ``along`` the
+    column step (fractions of a column) at row coordinates ``centres``: the one under which the
+    offsets are most coherent on the circle. ``prior`` (the regular fit's shear) is kept unless
+    another is clearly better, so that regular and few-row grids keep their fit."""
+
+    def coherence(shear: np.ndarray) -> np.ndarray:
+        phase = 2j * np.pi * (along[None, :] - shear[:, None] * centres[None, :])
+        return np.abs(np.mean(np.exp(phase), axis=1))
+
+    candidates = np.arange(-SHEAR_SEARCH, SHEAR_SEARCH + SHEAR_STEP / 2, SHEAR_STEP)
+    scores = coherence(candidates)
+    best = int(np.argmax(scores))
+    if scores[best] <= float(coherence(np.array([prior]))[0]) + SHEAR_MARGIN:
+        return prior
+    return float(candidates[best])
 
 
 def _row_peaks(across: np.ndarray, *, spread: float, min_gap: float) -> np.ndarray:
