@@ -90,19 +90,14 @@ def _registration_outcome(failed: list[str], groups: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("rows", "cols"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be a positive integer, got {value}")
     if (args.rows is None) != (args.cols is None):
         parser.error("give --rows and --cols together (or neither, to estimate the grid from the marks)")
-    if args.rows is not None:
-        from am.register.registration import MAX_NODES, SPLIT_LARGE_GRIDS
+    from am.register.registration import grid_shape_error
 
-        if args.rows * args.cols > MAX_NODES:
-            # Before any tile is segmented: registration would refuse the grid only at the very end.
-            parser.error(f"a {args.rows} x {args.cols} grid has more than {MAX_NODES} positions, the most a 16-bit "
-                         f"id image can number; {SPLIT_LARGE_GRIDS}")
+    # Before any tile is segmented: registration would refuse the grid only at the very end.
+    problem = grid_shape_error(args.rows, args.cols, prefix="--")
+    if problem:
+        parser.error(problem)
 
     def run() -> int:
         from am.orchestrator import run_pipeline

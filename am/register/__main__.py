@@ -16,6 +16,7 @@ from pathlib import Path
 from am.cli import add_log_level_option, configure_logging
 from am.errors import AmError
 from am.register.dataset import output_dir, register_group
+from am.register.registration import grid_shape_error
 
 log = logging.getLogger("am.register")
 
@@ -65,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     if (args.rows is None) != (args.cols is None):
-        parser.error("give both --rows and --cols, or neither to estimate the grid's shape")
+        parser.error("give --rows and --cols together (or neither, to estimate the grid from the marks)")
+    # Before any group's earlier outputs are removed.
+    problem = grid_shape_error(args.rows, args.cols, prefix="--")
+    if problem:
+        parser.error(problem)
     for group in args.groups:
         if not group or "/" in group or "\\" in group or group in (".", ".."):
             parser.error(f"group {group!r} must be a folder name inside the dataset, not a path")

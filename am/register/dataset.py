@@ -20,7 +20,7 @@ import tifffile
 
 from am.errors import InputError
 from am.register.outputs import write_outputs
-from am.register.registration import Registration, register_mask
+from am.register.registration import Registration, grid_shape_error, register_mask
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     so that after a failure no ids of another grid or mask remain to be mistaken for this run's.
     """
     dataset = Path(dataset)
+    problem = grid_shape_error(rows, cols)
+    if problem:
+        raise InputError(problem)  # before the earlier outputs go: a mistyped shape costs nothing
     remove_outputs(dataset, group)
     mask = read_grey_tiff(mask_path(dataset, group), what="stitched mask")
     source = read_grey_tiff(source_path(dataset, group), what="normalised source")

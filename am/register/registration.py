@@ -160,11 +160,9 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
     in ``warnings``). Raises InputError for a bad mask or shape, RegistrationError when the marks
     cannot be registered to such a grid. Memory: about 8 bytes per pixel on top of the mask.
     """
-    _check_shape(rows, "rows")
-    _check_shape(cols, "cols")
-    if rows is not None and cols is not None and rows * cols > MAX_NODES:
-        raise InputError(f"a {rows} x {cols} grid has more than {MAX_NODES} positions, the most a 16-bit id "
-                         f"image can number; {SPLIT_LARGE_GRIDS}")
+    problem = grid_shape_error(rows, cols)
+    if problem:
+        raise InputError(problem)
     warnings: list[str] = []
     comps = find_components(mask)
     if comps.label.size < MIN_MARKS:
@@ -400,11 +398,18 @@ def _touches_edge(bbox: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return (x <= 0) | (y <= 0) | (x + w >= width) | (y + h >= height)
 
 
-def _check_shape(value: int | None, name: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be a positive whole number of grid positions, got {value!r}")
+def grid_shape_error(rows: int | None, cols: int | None, *, prefix: str = "") -> str | None:
+    """Why ``rows`` x ``cols`` cannot be a grid's shape, or None. Commands ask before they touch any
+    file (``prefix="--"`` names their options), so a mistyped shape costs no earlier output."""
+    for name, value in (("rows", rows), ("cols", cols)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            return f"{prefix}{name} must be a positive whole number of grid positions, got {value!r}"
+    if rows is not None and cols is not None and rows * cols > MAX_NODES:
+        return (f"a {rows} x {cols} grid has more than {MAX_NODES} positions, the most a 16-bit id image can "
+                f"number; {SPLIT_LARGE_GRIDS}")
+    return None
 
 
 def _place_or_explain(

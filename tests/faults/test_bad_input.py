@@ -175,9 +175,9 @@ def test_image_too_thin_for_the_model_is_refused_before_any_worker_starts(cli, t
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--rows", "0", "--cols", "5"], "--rows must be a positive integer, got 0"),
-    (["--rows", "-3", "--cols", "5"], "--rows must be a positive integer, got -3"),
-    (["--rows", "4", "--cols", "-1"], "--cols must be a positive integer, got -1"),
+    (["--rows", "0", "--cols", "5"], "--rows must be a positive whole number of grid positions, got 0"),
+    (["--rows", "-3", "--cols", "5"], "--rows must be a positive whole number of grid positions, got -3"),
+    (["--rows", "4", "--cols", "-1"], "--cols must be a positive whole number of grid positions, got -1"),
     (["--rows", "5"], "give --rows and --cols together"),
     (["--rows", "300", "--cols", "300"], "a 300 x 300 grid has more than 65535 positions, the most a 16-bit id "
                                          "image can number; crop the image into parts"),

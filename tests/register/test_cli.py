@@ -74,11 +74,27 @@ def test_cli_impossible_grid_exit_1(tmp_path):
     assert not (dataset / "am_coords" / "g" / "registration.json").exists()
 
 
-def test_cli_nonpositive_rows_exit_1(tmp_path):
+@pytest.mark.parametrize(("rows", "cols", "words"), [
+    ("0", "6", "--rows must be a positive whole number of grid positions, got 0"),
+    ("5", "-1", "--cols must be a positive whole number of grid positions, got -1"),
+    ("300", "300", "a 300 x 300 grid has more than 65535 positions"),
+])
+def test_cli_impossible_shape_is_a_usage_error_that_keeps_earlier_outputs(tmp_path, rows, cols, words):
     dataset = make_dataset(tmp_path / "ds")
-    result = run_cli(str(dataset), "--rows", "0", "--cols", "6")
-    assert result.returncode == 1
-    assert "rows must be a positive whole number" in result.stderr
+    assert run_cli(str(dataset), "--rows", "5", "--cols", "6").returncode == 0
+    earlier = (dataset / "am_coords" / "g" / "registration.json").read_text()
+    result = run_cli(str(dataset), "--rows", rows, "--cols", cols)
+    assert result.returncode == 2
+    assert words in result.stderr and "usage:" in result.stderr
+    assert (dataset / "am_coords" / "g" / "registration.json").read_text() == earlier
+
+
+def test_register_group_refuses_an_impossible_shape_before_removing_outputs(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    register_group(dataset, "g", rows=5, cols=6)
+    with pytest.raises(InputError, match="rows must be a positive whole number"):
+        register_group(dataset, "g", rows=0, cols=6)
+    assert (dataset / "am_coords" / "g" / "registration.json").exists()
 
 
 @pytest.mark.parametrize("args", [["--rows", "5"], ["--rows", "five", "--cols", "6"], ["g/../h"]])
