@@ -48,6 +48,9 @@ TYPICAL_AREA_RANGE = (0.4, 2.5)
 # If fewer marks than this fraction lie near a node, the marks do not form a grid at all.
 MIN_ON_LATTICE_FRACTION = 0.5
 SHEAR_WARNING = 0.05
+# A component left without id that holds this many typical marks is a blob, fold or debris that may
+# hide marks beneath it: a warning says so.
+BLOB_WARNING_AREA = 4.0
 
 TABLE_DTYPE = np.dtype(
     [("id", np.int64), ("row", np.int64), ("col", np.int64), ("x", np.float64), ("y", np.float64),
@@ -206,6 +209,9 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
             f"the marks form a {n_rows} x {n_cols} grid, more than {MAX_NODES} positions, the most a 16-bit id "
             f"image holds; {SPLIT_LARGE_GRIDS}"
         )
+    blob = _blob_warning(marks, assignment, splits, typical_area=typical_area)
+    if blob:
+        warnings.append(blob)
     ids = _paint_ids(comps, splits, marks, assignment.node_id)
     return _result(ids, marks, assignment, fit=fit, cols=col_place, rows=row_place, tolerance=tolerance,
                    residual=residual, typical_area=typical_area, warnings=warnings)
@@ -311,6 +317,22 @@ def _oversized_ids(marks: _MarkList, assignment: grid.Assignment, *, typical_are
     step could not cut apart, because both lie on one node of the fitted grid."""
     whole = (assignment.status == grid.ASSIGNED) & (marks.part < 0)
     return np.sort(assignment.node_id[whole & (marks.area >= OVERSIZE_AREA * typical_area)])
+
+
+def _blob_warning(
+    marks: _MarkList, assignment: grid.Assignment, splits: dict[int, SplitComponent], *, typical_area: float
+) -> str | None:
+    """What the user should look at where the mask holds something far larger than a mark that got
+    no id: a blob, fold or debris, which may hide marks (None when there is none)."""
+    whole = (assignment.status != grid.ASSIGNED) & (marks.part < 0)
+    sizes = [int(a) for a in marks.area[whole & (marks.area >= BLOB_WARNING_AREA * typical_area)]]
+    sizes += [piece.unclaimed_px for piece in splits.values()
+              if piece.unclaimed_px >= BLOB_WARNING_AREA * typical_area]
+    if not sizes:
+        return None
+    return (f"{len(sizes)} region(s) of the mask without id hold {BLOB_WARNING_AREA:g} or more typical marks "
+            f"({typical_area:.0f} px; the largest {max(sizes)} px): a blob, fold or debris that may hide marks; "
+            "check the overlay")
 
 
 def _oversized_warning(ids: np.ndarray, *, typical_area: float) -> str:

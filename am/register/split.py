@@ -20,13 +20,21 @@ from am.register.marks import Components, interior_point
 # A component this many times the typical area (or as long in x or y) may hold several marks.
 OVERSIZE_AREA = 1.6
 OVERSIZE_SIDE = 1.5
-# A node's share of a component becomes a mark when it has this fraction of a typical mark's area.
+# A node's share of a component becomes a mark when it has this fraction of a typical mark's area ...
 PART_MIN_AREA = 0.3
+# ... and is no larger than a mark can be: a share of more than PART_MAX_AREA typical marks that also
+# fills more than PART_MAX_CELL of its lattice cell is part of a blob, fold or debris lying over
+# the node (marks joined by a bridge leave each node about one mark, and marks fill at most about
+# half their cell; a mark the blob touches keeps its share under it). Its pixels get no id. The
+# shares at a blob's rim fill less of their cells and still pass for marks.
+PART_MAX_AREA = 2.0
+PART_MAX_CELL = 0.6
 
 
 @dataclass(frozen=True)
 class SplitComponent:
-    """One component cut into parts: ``part_map`` (its bounding box) holds 1..k for part k, 0 elsewhere."""
+    """One component cut into parts: ``part_map`` (its bounding box) holds 1..k for part k, 0 elsewhere
+    (outside the component, or on a share too large to be a mark: ``unclaimed_px`` of them)."""
 
     label: int
     x0: int
@@ -35,6 +43,7 @@ class SplitComponent:
     x: np.ndarray
     y: np.ndarray
     area: np.ndarray
+    unclaimed_px: int = 0
 
 
 def split_oversized(comps: Components, fit: LatticeFit) -> dict[int, SplitComponent]:
@@ -63,6 +72,10 @@ def _split_one(comps: Components, i: int, fit: LatticeFit) -> SplitComponent | N
     big = np.nonzero(counts >= PART_MIN_AREA * comps.typical_area)[0]
     if big.size < 2:
         return None
+    cell = abs(float(np.linalg.det(fit.basis)))
+    blob = (counts[big] > PART_MAX_AREA * comps.typical_area) & (counts[big] > PART_MAX_CELL * cell)
+    if blob.all():
+        return None  # no share is a mark: the component stays whole, too large for any node
     centres = fit.positions(keys[big, 0], keys[big, 1])
     # Every pixel goes to the nearest kept node, so bridge pixels join a neighbour, not a new mark.
     owner = np.full(keys.shape[0], -1)
@@ -72,14 +85,23 @@ def _split_one(comps: Components, i: int, fit: LatticeFit) -> SplitComponent | N
     if loose.any():
         d = np.hypot(points[loose, None, 0] - centres[None, :, 0], points[loose, None, 1] - centres[None, :, 1])
         part[loose] = np.argmin(d, axis=1)
+    # The blob's shares, and the loose pixels nearest them, are no part: parts are renumbered 0..k-1.
+    renumber = np.full(big.size, -1)
+    renumber[~blob] = np.arange(np.count_nonzero(~blob))
+    part = renumber[part]
+    claimed = part >= 0
+    if np.count_nonzero(~blob) < 2 and claimed.all():
+        return None
+    n_parts = int(np.count_nonzero(~blob))
     part_map = np.zeros((h, w), np.int32)
-    part_map[ys, xs] = part + 1
-    px = np.empty(big.size)
-    py = np.empty(big.size)
-    area = np.bincount(part, minlength=big.size).astype(np.int64)
+    part_map[ys[claimed], xs[claimed]] = part[claimed] + 1
+    px = np.empty(n_parts)
+    py = np.empty(n_parts)
+    area = np.bincount(part[claimed], minlength=n_parts).astype(np.int64)
     # Each part on its own box: a fibre or scratch touching a row of marks makes one component as
     # large as the image, and hundreds of parts each scanning its whole box would take hours.
-    for k, box in enumerate(ndimage.find_objects(part_map, max_label=big.size)):
+    for k, box in enumerate(ndimage.find_objects(part_map, max_label=n_parts)):
         cx, cy = interior_point(part_map[box] == k + 1)
         px[k], py[k] = x0 + box[1].start + cx, y0 + box[0].start + cy
-    return SplitComponent(label=int(comps.label[i]), x0=x0, y0=y0, part_map=part_map, x=px, y=py, area=area)
+    return SplitComponent(label=int(comps.label[i]), x0=x0, y0=y0, part_map=part_map, x=px, y=py, area=area,
+                          unclaimed_px=int(np.count_nonzero(~claimed)))

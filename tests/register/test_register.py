@@ -181,6 +181,26 @@ def test_merged_marks_are_split_back():
     assert reg.assigned == drawn.present.size
 
 
+@pytest.mark.parametrize(("blob_radius", "clean"), [(34, False), (40, False), (50, True), (58, True)])
+def test_a_blob_over_missing_marks_gets_no_id(blob_radius, clean):
+    # An out-of-focus blob or fold over a hole of 3 x 3 missing marks (the largest also touching the
+    # marks around it): cut by the nodes it covers, each share inside it would be a whole lattice
+    # cell, 4 times a mark, and get an id. Those get none, every mark keeps its own id, and a warning
+    # says something large lies there. Shares at a smaller blob's rim still pass for marks.
+    hole = [row * COLS + col + 1 for row in range(2, 5) for col in range(3, 6)]
+    drawn = draw(angle=2.0, missing=hole)
+    mask = drawn.mask.copy()
+    x, y = drawn.lattice.node(3, 4)
+    cv2.circle(mask, (int(round(x)), int(round(y))), blob_radius, 255, -1)
+    reg = register_mask(mask, rows=ROWS, cols=COLS)
+    assert not wrong_ids(drawn, reg.ids).size
+    assert reg.assigned >= drawn.present.size
+    numbered_in_hole = set(reg.table["id"].tolist()) & set(hole)
+    assert 3 * COLS + 4 + 1 not in numbered_in_hole  # the blob's middle
+    assert not numbered_in_hole if clean else len(numbered_in_hole) <= 4
+    assert any("may hide marks" in w for w in reg.warnings)
+
+
 def test_a_scratch_across_a_row_of_marks_is_cut_into_its_marks():
     # A fibre touching every mark of a row joins them into one component as wide as the image;
     # each part's point must still lie inside its own part, with the right id.
