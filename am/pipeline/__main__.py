@@ -89,7 +89,7 @@ def _registration_outcome(failed: list[str], groups: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # groups may follow the options
     if (args.rows is None) != (args.cols is None):
         parser.error("give --rows and --cols together (or neither, to estimate the grid from the marks)")
     from am.register.registration import grid_shape_error

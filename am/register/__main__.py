@@ -63,7 +63,7 @@ def default_groups(dataset: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # groups may follow the options
     configure_logging(args.log_level)
     if (args.rows is None) != (args.cols is None):
         parser.error("give --rows and --cols together (or neither, to estimate the grid from the marks)")

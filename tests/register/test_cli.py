@@ -97,6 +97,13 @@ def test_register_group_refuses_an_impossible_shape_before_removing_outputs(tmp_
     assert (dataset / "am_coords" / "g" / "registration.json").exists()
 
 
+def test_cli_groups_may_follow_the_options(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    result = run_cli(str(dataset), "--rows", "5", "--cols", "6", "g")
+    assert result.returncode == 0, result.stderr
+    assert (dataset / "am_coords" / "g" / "registration.json").exists()
+
+
 @pytest.mark.parametrize("args", [["--rows", "5"], ["--rows", "five", "--cols", "6"], ["g/../h"]])
 def test_cli_usage_errors_exit_2(tmp_path, args):
     dataset = make_dataset(tmp_path / "ds")
