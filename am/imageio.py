@@ -264,11 +264,15 @@ def _read_tiff(path: Path) -> np.ndarray:
 def _tiff_page(tif: tifffile.TiffFile, path: Path) -> tuple[tifffile.TiffPage, ImageHeader]:
     """The first full-size page and what its header says; InputError for a damaged or unsupported header."""
     try:
-        # Reduced-resolution pages (thumbnails, pyramid levels) repeat the image: only full ones count.
-        pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]
-        if not pages or not isinstance(pages[0], tifffile.TiffPage):
+        # Reduced-resolution pages (thumbnails, pyramid levels) repeat the image and transparency masks
+        # go with it: only full ones count. Some writers leave a thumbnail unflagged, so the image is
+        # the largest page, and only pages of its size are further planes.
+        pages = [page for page in tif.pages if isinstance(page, tifffile.TiffPage)
+                 and not getattr(page, "is_reduced", False) and not getattr(page, "is_mask", False)]
+        if not pages:
             raise InputError(f"image {path} holds no readable image plane; copy or export it again")
-        page = pages[0]
+        page = max(pages, key=_page_pixels)
+        pages = [other for other in pages if _page_pixels(other) == _page_pixels(page)]
         height = _tag_int(page, "imagelength", path)
         width = _tag_int(page, "imagewidth", path)
         channels = _tag_int(page, "samplesperpixel", path)
@@ -281,6 +285,15 @@ def _tiff_page(tif: tifffile.TiffFile, path: Path) -> tuple[tifffile.TiffPage, I
         raise _unreadable_tiff(path, exc) from exc
     return page, ImageHeader(height=height, width=width, channels=channels, dtype=np.dtype(page.dtype),
                              decoded_bytes=decoded_bytes, pages=len(pages))
+
+
+def _page_pixels(page: tifffile.TiffPage) -> int:
+    """A page's pixel count from its header, 0 where the header is damaged (the page is then read
+    only if no other is larger, and its header refused with a message)."""
+    height, width = getattr(page, "imagelength", 0), getattr(page, "imagewidth", 0)
+    if isinstance(height, (int, np.integer)) and isinstance(width, (int, np.integer)):
+        return int(height) * int(width)
+    return 0
 
 
 def _tag_int(page: tifffile.TiffPage, name: str, path: Path) -> int:

@@ -238,6 +238,24 @@ def test_a_tiff_thumbnail_page_is_ignored(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(path), image)
 
 
+@pytest.mark.parametrize("extra", ["unflagged thumbnail after", "unflagged thumbnail before", "mask page"])
+def test_a_tiff_page_smaller_than_the_image_or_a_mask_is_ignored(tmp_path: Path, extra: str) -> None:
+    # Some writers leave a thumbnail's reduced-resolution flag unset or add a transparency mask
+    # page: neither is a second image plane, whichever comes first.
+    path = tmp_path / "extra_page.tif"
+    image = RNG.integers(0, 256, (64, 48), dtype=np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        if extra == "unflagged thumbnail before":
+            tif.write(image[::4, ::4])
+        tif.write(image)
+        if extra == "unflagged thumbnail after":
+            tif.write(image[::4, ::4])
+        elif extra == "mask page":
+            tif.write(np.ones((64, 48), bool), subfiletype=4, photometric="minisblack")
+    assert read_header(path).pages == 1
+    np.testing.assert_array_equal(read_image(path), image)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_a_tiff_stored_with_0_as_white_is_read_the_usual_way_round(tmp_path: Path, dtype) -> None:
     path = tmp_path / "miniswhite.tif"
