@@ -42,6 +42,7 @@ def test_template_documents_exactly_the_settings():
     ("- a\n- b\n", "key: value"),
     ("workers: 0\n", "workers"),
     ("tile_size: 500\n", "tile_size"),
+    ("tile_size: 1048576\n", "tile_size = 1048576 is not allowed: it must be a multiple of 32 from 64"),
     ("backend: gcp\n", "backend"),
     ("key: [unclosed\n", "YAML"),
 ])
