@@ -70,7 +70,7 @@ def table_csv(table: np.ndarray) -> str:
 
 
 def _write_tiles(tiles_dir: Path, registration: Registration, source: np.ndarray, *, centres: np.ndarray) -> None:
-    """Full-resolution overlay tiles when the overview cannot show every id; stale tiles are removed."""
+    """Overlay tiles when the overview cannot show every id readably; stale tiles are removed."""
     stale = set(tiles_dir.glob("overlay_y*_x*.png")) if tiles_dir.is_dir() else set()
     if overlay.needs_tiles(registration):
         tiles_dir.mkdir(exist_ok=True)
@@ -80,7 +80,9 @@ def _write_tiles(tiles_dir: Path, registration: Registration, source: np.ndarray
             _write_bytes(path, _encode_png(tile, path))
             stale.discard(path)
             count += 1
-        log.info("ids do not fit the overview: wrote %d full-resolution tiles in %s", count, tiles_dir)
+        zoom = overlay.tile_zoom(registration)
+        log.info("ids do not fit the overview: wrote %d tiles in %s%s", count, tiles_dir,
+                 f", enlarged {zoom} times" if zoom > 1 else " at full resolution")
     for path in stale:
         path.unlink()
     if tiles_dir.is_dir() and not any(tiles_dir.iterdir()):

@@ -4,7 +4,8 @@ Numbered marks get a green outline and their id in yellow; marks left without an
 duplicates) a red circle; grid nodes without a mark a small blue cross. Ids are drawn at a size
 that fits one grid cell. An image larger than :data:`OVERVIEW_MAX_SIDE` is drawn as a downscaled
 overview; when ids no longer fit a cell there, the overview labels only every k-th node (as
-landmarks) and :func:`render_tiles` yields full-resolution tiles with every id::
+landmarks) and :func:`render_tiles` yields tiles with every id, at full resolution or, where a
+cell is too small for a readable id even there (a dense grid), enlarged :func:`tile_zoom` times::
 
     overview = render_overview(reg, source)
     if needs_tiles(reg): for name, tile in render_tiles(reg, source): ...
@@ -25,6 +26,8 @@ OVERVIEW_MAX_SIDE = 4096
 TILE_SIDE = 2048
 # Below this text height (px) an id is not readable.
 MIN_TEXT_PX = 7
+# Tiles are enlarged at most this many times (a 5-digit id in a cell of 12 px needs 3).
+MAX_TILE_ZOOM = 8
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 OUTLINE_BGR = (60, 220, 60)
 TEXT_BGR = (0, 240, 255)
@@ -66,9 +69,15 @@ def _text_height(font_scale: float) -> float:
 
 
 def needs_tiles(registration: Registration) -> bool:
-    """Whether ids are unreadable in the overview, so full-resolution tiles must carry them."""
-    scale = overview_scale(registration)
-    return scale < 1.0 and _text_height(_font_scale(registration, scale)) < MIN_TEXT_PX
+    """Whether ids are unreadable in the overview, so tiles must carry them."""
+    return _text_height(_font_scale(registration, overview_scale(registration))) < MIN_TEXT_PX
+
+
+def tile_zoom(registration: Registration) -> int:
+    """How many times the tiles enlarge the image: 1 where a cell holds a readable id at full
+    resolution, more on dense grids (a 150 x 150 grid of 20 px cells: 5 px ids at full resolution)."""
+    return next((zoom for zoom in range(1, MAX_TILE_ZOOM + 1)
+                 if _text_height(_font_scale(registration, float(zoom))) >= MIN_TEXT_PX), MAX_TILE_ZOOM)
 
 
 def label_centres(registration: Registration) -> np.ndarray:
@@ -110,17 +119,23 @@ def render_overview(
 def render_tiles(
     registration: Registration, source: np.ndarray, *, centres: np.ndarray | None = None
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Full-resolution tiles of :data:`TILE_SIDE` px with every id, named ``overlay_yYYYYY_xXXXXX``."""
+    """Tiles of at most :data:`TILE_SIDE` px with every id, named ``overlay_yYYYYY_xXXXXX`` by their
+    top-left pixel in the image; each covers ``TILE_SIDE / tile_zoom`` image pixels, enlarged."""
     source = check_source(source, registration)
     centres = label_centres(registration) if centres is None else centres
+    zoom = tile_zoom(registration)
+    side = max(1, TILE_SIDE // zoom)
     h, w = registration.ids.shape
-    for y0 in range(0, h, TILE_SIDE):
-        for x0 in range(0, w, TILE_SIDE):
-            y1, x1 = min(h, y0 + TILE_SIDE), min(w, x0 + TILE_SIDE)
-            tile = _draw(
-                registration, source[y0:y1, x0:x1], registration.ids[y0:y1, x0:x1], centres=centres,
-                offset=(float(x0), float(y0)), scale=1.0, every=1,
-            )
+    for y0 in range(0, h, side):
+        for x0 in range(0, w, side):
+            y1, x1 = min(h, y0 + side), min(w, x0 + side)
+            grey, ids = source[y0:y1, x0:x1], registration.ids[y0:y1, x0:x1]
+            if zoom > 1:
+                size = ((x1 - x0) * zoom, (y1 - y0) * zoom)
+                grey = cv2.resize(grey, size, interpolation=cv2.INTER_LINEAR)
+                ids = cv2.resize(ids, size, interpolation=cv2.INTER_NEAREST_EXACT)
+            tile = _draw(registration, grey, ids, centres=centres, offset=(float(x0), float(y0)), scale=float(zoom),
+                         every=1)
             yield f"overlay_y{y0:06d}_x{x0:06d}", tile
 
 

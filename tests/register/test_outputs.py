@@ -117,6 +117,30 @@ def test_large_images_get_an_overview_and_full_resolution_tiles(tmp_path, monkey
     assert not (tmp_path / "overlay_tiles").exists()
 
 
+def test_dense_grids_get_enlarged_tiles_with_readable_ids(tmp_path, monkeypatch):
+    # 40 x 40 marks 12 px apart on a 500 px image: at full resolution a 4-digit id fits a cell only
+    # 2-3 px high. The overview labels landmarks, and tiles enlarged until every id is readable
+    # carry them all.
+    lattice = Lattice.centred(rows=40, cols=40, width=500, height=500, pitch_x=12, angle_deg=1)
+    drawn = draw_lattice_mask(lattice, width=500, height=500, radius=3.5)
+    reg = register_mask(drawn.mask, rows=40, cols=40)
+    assert overlay.overview_scale(reg) == 1.0 and overlay.needs_tiles(reg)
+    zoom = overlay.tile_zoom(reg)
+    assert zoom > 1
+    assert overlay._text_height(overlay._font_scale(reg, float(zoom))) >= overlay.MIN_TEXT_PX
+    assert overlay._text_height(overlay._font_scale(reg, zoom - 1.0)) < overlay.MIN_TEXT_PX
+    assert overlay.landmark_step(reg) > 1
+    monkeypatch.setattr(overlay, "TILE_SIDE", 512)
+    write_outputs(tmp_path, reg, source=np.zeros_like(drawn.mask))
+    side = 512 // zoom
+    starts = range(0, 500, side)
+    tiles = sorted(p.name for p in (tmp_path / "overlay_tiles").iterdir())
+    assert tiles == [f"overlay_y{y:06d}_x{x:06d}.png" for y in starts for x in starts]
+    first = cv2.imread(str(tmp_path / "overlay_tiles" / tiles[0]))
+    assert first.shape[:2] == (side * zoom, side * zoom)
+    assert np.all(first == overlay.TEXT_BGR, axis=2).any()
+
+
 def test_source_of_another_size_is_refused(tmp_path, registered):
     _, reg, _ = registered
     with pytest.raises(InputError, match="use source_norm of the same group"):
