@@ -60,12 +60,14 @@ def place_axis(
     name: str,
     outside_image: Callable[[int, int], int],
     warnings: list[str],
+    ambiguity_note: str = "",
 ) -> AxisPlacement:
     """Choose which lattice indices along one axis form the grid.
 
     ``index`` holds the axis index of every occupied node (one entry per node, not per mark);
     ``outside_image(start, size)`` counts the grid nodes a placement would put outside the image,
-    which breaks ties when an edge row has no marks at all.
+    which breaks ties when an edge row has no marks at all. ``ambiguity_note`` ends the warning
+    given when that tie stays (what else the user should suspect).
     """
     plural = f"{name}s"
     if index.size == 0:
@@ -106,7 +108,7 @@ def place_axis(
         if span < size:
             warnings.append(
                 f"the grid has {size} {plural} but marks fill only {span}: which edge {name} is empty is "
-                f"ambiguous; {name} 0 was put at the first {name} with marks"
+                f"ambiguous; {name} 0 was put at the first {name} with marks{ambiguity_note}"
             )
     else:
         start = int(best[0])

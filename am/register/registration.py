@@ -48,6 +48,11 @@ TYPICAL_AREA_RANGE = (0.4, 2.5)
 # If fewer marks than this fraction lie near a node, the marks do not form a grid at all.
 MIN_ON_LATTICE_FRACTION = 0.5
 SHEAR_WARNING = 0.05
+# Rows placed where the marks are see a row without marks only as a gap of 1.7 usual spacings or more.
+UNEVEN_MISSING_ROW_NOTE = (
+    "; or, as the rows are unevenly spaced, a row inside the grid has no marks and its gap looks like "
+    "the others: if the ids are one row off from some row on, check the overlay"
+)
 # A component left without id that holds this many typical marks is a blob, fold or debris that may
 # hide marks beneath it: a warning says so.
 BLOB_WARNING_AREA = 4.0
@@ -480,6 +485,7 @@ def _place(
         nodes[:, 1], size=rows, name="row", warnings=warnings,
         outside_image=lambda s, n: outside(np.arange(col_place.start, col_place.start + col_place.size),
                                            np.arange(s, s + n)),
+        ambiguity_note="" if fit.rows is None else UNEVEN_MISSING_ROW_NOTE,
     )
     return col_place, row_place
 

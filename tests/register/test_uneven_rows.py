@@ -141,3 +141,22 @@ def test_rows_slides_are_not_taken_for_a_shear(seed, shear):
     # ones' range (0.4 columns between any two rows), not a drift of columns across the grid.
     np.testing.assert_allclose(reg.lattice.nodes(), lat.nodes(), atol=2.0)
     assert np.ptp(reg.row_shifts_px) < 0.5 * 35.0
+
+
+def test_a_missing_inner_row_that_cannot_be_seen_is_named_as_a_possibility():
+    # Row 7 of 30 is empty, but the gaps around it (0.68 + 0.68 of the usual spacing) add up to
+    # less than the 1.7 spacings that mark a missing row: the marks seem to fill 29 rows. The
+    # warning must not only blame an edge row.
+    rows = cols = 30
+    rng = np.random.default_rng(5)
+    size = 1500
+    lat = Lattice.centred(rows=rows, cols=cols, width=size, height=size, pitch_x=35.0, angle_deg=3.0)
+    lat = lat.with_uneven_rows(rng)
+    centre = lat.nodes().mean(axis=0)
+    lat = replace(lat, origin_x=lat.origin_x + size / 2 - centre[0], origin_y=lat.origin_y + size / 2 - centre[1])
+    drawn = draw_lattice_mask(lat, width=size, height=size, radius=9.8, missing=[7 * cols + c + 1 for c in range(cols)],
+                              rng=np.random.default_rng(5))
+    reg = register_mask(drawn.mask, rows=rows, cols=cols)
+    assert reg.uneven_rows
+    note = [w for w in reg.warnings if "which edge row is empty is ambiguous" in w]
+    assert note and "a row inside the grid has no marks" in note[0]
