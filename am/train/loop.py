@@ -41,13 +41,13 @@ from am.settings import OptionError
 from am.train.data import CropDataset, Labelled
 from am.train.init import load_init
 from am.train.runfiles import (
-    append_csv,
     load_state,
     metrics_path,
     plain,
     read_record,
     save_state,
     state_path,
+    write_csv,
     write_record,
 )
 
@@ -238,9 +238,6 @@ def train(
         metrics, _ = validate(predictor, valid_items, tile_size=config.tile_size)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": steps.scheduler.get_last_lr()[0],
                "seconds": time.monotonic() - t0, **metrics}
-        if state is None and epoch == run.start_epoch:
-            # A fresh run replaces an earlier run's log only now, with an epoch of its own to show.
-            metrics_path(config.out).unlink(missing_ok=True)
         _record_epoch(run, row, metrics, epoch, model, steps, config)
         if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
             log.warning("stopping after epoch %d of %d: the %.0f-minute limit is reached; rerun with --resume to "
@@ -360,7 +357,7 @@ def _record_epoch(run: _Progress, row: dict[str, float], metrics: dict[str, floa
     run stopped at any point can be resumed and shows how far it got.
     """
     run.history.append(row)
-    append_csv(metrics_path(config.out), row)
+    write_csv(metrics_path(config.out), run.history)
     log.info("epoch %d: loss %.4f, valid dice %.4f iou %.4f object F1 %.4f (P %.3f R %.3f), %.0f s",
              epoch + 1, row["train_loss"], metrics["dice"], metrics["iou"], metrics["f1"], metrics["precision"],
              metrics["recall"], row["seconds"])

@@ -8,6 +8,7 @@ run killed mid-write leaves the previous epoch's file, never half of one.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -51,14 +52,14 @@ def _beside(out: Path, suffix: str) -> Path:
     return out.with_name(stem + suffix)
 
 
-def append_csv(path: Path, row: dict[str, float]) -> None:
-    """Append one epoch's row at once, so the metrics log survives a run that is stopped or crashes."""
-    new = not path.exists()
-    with path.open("a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+def write_csv(path: Path, history: list[dict[str, float]]) -> None:
+    """The metrics log, one row per epoch of ``history``, rewritten whole and atomically: a run
+    stopped between this and its resume state keeps no row the resumed run writes again."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(path, text.getvalue().encode("utf-8"))
 
 
 def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

@@ -91,6 +91,29 @@ def test_a_resume_reports_epochs_counted_from_one_and_does_nothing_when_all_are_
         _run(TrainConfig(**{**config.__dict__, "epochs": 1, "resume": True}), images)
 
 
+def test_a_run_stopped_before_its_resume_state_is_saved_logs_each_epoch_once(
+        tmp_path: Path, images: list[Labelled], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stopped after epoch 2's log row and before its resume state: the resumed run trains epoch 2
+    # again, and the log must hold it once, as the summary does.
+    out = tmp_path / "m.pt"
+    config = TrainConfig(out=out, **BASE, epochs=3)
+    real_save_state = loop.save_state
+
+    def stop_at_second(path, *args, **kwargs):
+        if kwargs["epoch"] == 1:
+            raise KeyboardInterrupt
+        real_save_state(path, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_state", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, images)
+    assert _csv_epochs(out) == [1, 2]
+    monkeypatch.setattr(loop, "save_state", real_save_state)
+    _run(TrainConfig(**{**config.__dict__, "resume": True}), images)
+    assert _csv_epochs(out) == [1, 2, 3]
+    assert [h["epoch"] for h in json.loads(record_path(out).read_text())["history"]] == [1, 2, 3]
+
+
 def test_the_summary_always_describes_the_run_beside_it(tmp_path: Path, images: list[Labelled]) -> None:
     out = tmp_path / "m.pt"
     _run(TrainConfig(out=out, **BASE, epochs=2, seed=0), images)
