@@ -112,6 +112,19 @@ def add_precision_option(parser: argparse.ArgumentParser, choices: tuple[str, ..
                              "bf16 on a CPU with AMX, fp32 on other CPUs)")
 
 
+def output_problem(path: Path, *, folder: bool) -> str | None:
+    """Why ``path`` cannot be written as an output folder (``folder``) or file, or None if it can.
+
+    Commands check it before any work, so a bad output path does not fail after minutes of it.
+    """
+    if path.exists() and path.is_dir() != folder:
+        return f"{path} is {'a file' if folder else 'a folder'}; give a {'folder' if folder else 'file'} path"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, so {path} cannot be made"
+    return None
+
+
 def masks_label(postprocess: bool) -> str:
     """How a command's masks were made, for the line that names the model."""
     return "masks post-processed" if postprocess else "masks thresholded only"

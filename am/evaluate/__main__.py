@@ -26,6 +26,7 @@ from am.cli import (
     add_precision_option,
     configure_logging,
     masks_label,
+    output_problem,
     run_main,
 )
 from am.errors import InputError
@@ -40,6 +41,7 @@ from am.model.device import device_problem, resolve_device
 from am.model.precision import resolve_precision
 from am.model.predict import Predictor
 from am.normalize import read_normalised, to_grey
+from am.synth.dataset import pitch_range_problem
 from am.train.data import IMAGE_SUFFIXES, Labelled, find_mask, split_files, synthetic_images
 
 
@@ -109,19 +111,6 @@ def read_pair(image: Path, mask: Path, name: str | None = None) -> Labelled:
                                 name=image.stem if name is None else name)
 
 
-def output_problem(path: Path, *, folder: bool) -> str | None:
-    """Why ``path`` cannot be written as an output folder (``folder``) or file, or None if it can.
-
-    Checked before any work, so a bad --json or --side-by-side does not fail after the whole evaluation.
-    """
-    if path.exists() and path.is_dir() != folder:
-        return f"{path} is {'a file' if folder else 'a folder'}; give a {'folder' if folder else 'file'} path"
-    for parent in path.parents:
-        if parent.exists():
-            return None if parent.is_dir() else f"{parent} is a file, so {path} cannot be made"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -141,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --data, --synthetic N or --images/--masks")
     if args.size % 32 or args.size < 64:
         p.error("--size must be a multiple of 32 and at least 64")
-    if not (_positive(args.pitch_min) and _positive(args.pitch_max) and args.pitch_min <= args.pitch_max):
-        p.error(f"--pitch-min {args.pitch_min} and --pitch-max {args.pitch_max} must be > 0 with min <= max")
+    if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
+        p.error(problem)
     if not _positive(args.scale):
         p.error(f"--scale must be > 0, got {args.scale}")
     for option, path, folder in (("--json", args.json, False), ("--side-by-side", args.side_by_side, True)):

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from am.cli import add_log_level_option, configure_logging, run_main
-from am.synth.dataset import is_pitch, write_dataset, write_tiles
+from am.synth.dataset import is_pitch, pitch_range_problem, write_dataset, write_tiles
 from am.synth.truth import LABELS
 
 
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tiles":
         if args.count < 1 or args.size < 32 or args.size % 32:
             parser.error(f"--count must be >= 1 and --size a multiple of 32, got {args.count} and {args.size}")
-        if not (is_pitch(args.pitch_min) and is_pitch(args.pitch_max) and args.pitch_min <= args.pitch_max):
-            parser.error(f"--pitch-min {args.pitch_min} must be > 0 and <= --pitch-max {args.pitch_max}")
+        if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
+            parser.error(problem)
     else:
         if args.rows < 1 or args.cols < 1 or args.groups < 1:
             parser.error(f"--rows, --cols and --groups must be >= 1, got {args.rows}, {args.cols}, {args.groups}")

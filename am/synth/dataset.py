@@ -138,6 +138,13 @@ def is_pitch(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
+def pitch_range_problem(low: float, high: float) -> str | None:
+    """Why ``--pitch-min low`` / ``--pitch-max high`` cannot bound the generator's pitch, or None."""
+    if is_pitch(low) and is_pitch(high) and low <= high:
+        return None
+    return f"--pitch-min {low} and --pitch-max {high} must be finite numbers of pixels > 0 with min <= max"
+
+
 def check_pitch(pitch: float) -> None:
     """Raise InputError unless ``pitch`` is a usable grid pitch (:func:`is_pitch`)."""
     if not is_pitch(pitch):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import sys
 import time
@@ -29,10 +30,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import EXIT_INTERRUPTED, add_log_level_option, channels_option, configure_logging, run_main
+from am.cli import (
+    EXIT_INTERRUPTED,
+    add_log_level_option,
+    channels_option,
+    configure_logging,
+    output_problem,
+    run_main,
+)
 from am.model.device import device_problem
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
+from am.synth.dataset import pitch_range_problem
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
 from am.train.data import load_split, synthetic_images, weigh_gaps
@@ -204,8 +213,29 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--synthetic-blobs must be >= 0")
     if not 1 <= args.gap_weight <= 255:
         p.error("--gap-weight must be between 1 and 255")
-    if not 0 < args.scale_min <= args.scale_max:
-        p.error("--scale-min must be > 0 and <= --scale-max")
+    if not (0 < args.scale_min <= args.scale_max and math.isfinite(args.scale_max)):
+        p.error(f"--scale-min {args.scale_min} and --scale-max {args.scale_max} must be finite, > 0, with min <= max")
+    if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
+        p.error(problem)
+    if args.synthetic > 0 and args.synthetic_size < 64:
+        p.error(f"--synthetic-size {args.synthetic_size} must be at least 64")
+    if args.synthetic_valid < 0:
+        p.error(f"--synthetic-valid {args.synthetic_valid} must be >= 0")
+    for option, value in (("--lr", args.lr), ("--pixel-scale", args.pixel_scale)):
+        if not (math.isfinite(value) and value > 0):
+            p.error(f"{option} {value} must be a finite number > 0")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        p.error(f"--weight-decay {args.weight_decay} must be a finite number >= 0")
+    if not (math.isfinite(args.max_minutes) and args.max_minutes >= 0):
+        p.error(f"--max-minutes {args.max_minutes} must be a finite number >= 0 (0: no limit)")
+    for option, value in (("--warmup-steps", args.warmup_steps), ("--threads", args.threads),
+                          ("--workers", args.workers)):
+        if value < 0:
+            p.error(f"{option} {value} must be >= 0")
+    if args.tile_size < 64 or args.tile_size % 32:
+        p.error(f"--tile-size {args.tile_size} must be a multiple of 32 and at least 64")
+    if problem := output_problem(args.out, folder=False):
+        p.error(f"--out: {problem}")  # before minutes of reading, rendering and a first epoch
     if not 0 <= args.low_resolution <= 1:
         p.error(f"--low-resolution {args.low_resolution} is a probability: it must lie in [0, 1]")
     if not 0 < args.threshold < 1:
@@ -222,16 +252,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
     """Train; on Ctrl-C or SIGTERM say exactly how to go on, since rerunning without --resume starts over."""
+    started = time.time()
     try:
         return _train(args)
     except KeyboardInterrupt:
         state = state_path(args.out)
-        if state.is_file():
+        # A fresh run's state is its own only once it wrote one; an older file is another run's.
+        ours = state.is_file() and (args.resume or state.stat().st_mtime >= started)
+        if ours:
             log.error("interrupted; the finished epochs are kept in %s. To continue from there, run: %s", state,
                       resume_command(argv, resuming=args.resume))
         else:
-            log.error("interrupted before an epoch finished, so there is nothing to resume; rerun the same command "
-                      "to start again")
+            log.error("interrupted before an epoch finished, so there is nothing of this run to resume%s; rerun "
+                      "the same command to start again",
+                      f" ({state} holds an earlier run's epochs)" if state.is_file() else "")
         return EXIT_INTERRUPTED
 
 

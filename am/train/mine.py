@@ -38,7 +38,7 @@ from am.imageio import write_png
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
 from am.model.whole import predict_image_mask
-from am.synth.dataset import Sample, iter_samples
+from am.synth.dataset import Sample, iter_samples, pitch_range_problem
 
 log = logging.getLogger("am.train.mine")  # not __main__ when run with -m
 
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"need --count >= 1 and 1 <= --keep <= --count, got {args.count} and {args.keep}")
     if args.size < 32 or args.size % 32:
         p.error(f"--size must be a multiple of 32, got {args.size}")
-    if not 0 < args.pitch_min <= args.pitch_max:
-        p.error(f"--pitch-min {args.pitch_min} must be > 0 and <= --pitch-max {args.pitch_max}")
+    if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
+        p.error(problem)
     configure_logging(args.log_level)
 
     def run() -> int:

@@ -27,10 +27,10 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    (["--pitch-min", "0"], "--pitch-min 0.0 and --pitch-max 85.0 must be > 0"),
-    (["--pitch-min=-3"], "must be > 0"),
+    (["--pitch-min", "0"], "--pitch-min 0.0 and --pitch-max 85.0 must be finite numbers of pixels > 0"),
+    (["--pitch-min=-3"], "must be finite numbers of pixels > 0"),
     (["--pitch-min", "50", "--pitch-max", "20"], "with min <= max"),
-    (["--pitch-max", "nan"], "must be > 0"),
+    (["--pitch-max", "nan"], "--pitch-max nan must be finite numbers of pixels > 0"),
     (["--scale", "0"], "--scale must be > 0"),
 ])
 def test_bad_numbers_are_usage_errors(tiny_model: Path, monkeypatch: pytest.MonkeyPatch, options: list[str],

@@ -295,3 +295,34 @@ def test_production_encoder_builds_and_steps_on_cpu() -> None:
     loss = loss_fn(model(x), target, torch.ones_like(target), dice_weight=1.0)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--pitch-min", "90"], "--pitch-min 90.0 and --pitch-max 85.0 must be finite numbers of pixels > 0"),
+    (["--pitch-min", "0"], "--pitch-min 0.0 and --pitch-max 85.0"),
+    (["--pitch-max", "nan"], "--pitch-max nan"),
+    (["--lr", "-1"], "--lr -1.0 must be a finite number > 0"),
+    (["--lr", "nan"], "--lr nan must be a finite number > 0"),
+    (["--weight-decay", "-1"], "--weight-decay -1.0 must be a finite number >= 0"),
+    (["--workers", "-1"], "--workers -1 must be >= 0"),
+    (["--synthetic-size", "0"], "--synthetic-size 0 must be at least 64"),
+    (["--scale-max", "inf"], "--scale-max inf must be finite"),
+    (["--tile-size", "100"], "--tile-size 100 must be a multiple of 32"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture, args, words) -> None:
+    import am.train.__main__ as train_cli
+
+    with pytest.raises(SystemExit) as stopped:
+        train_cli.main(["--out", str(tmp_path / "m.pt"), "--synthetic", "2", *args])
+    assert stopped.value.code == 2 and words in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_out_path_that_is_a_folder_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import am.train.__main__ as train_cli
+
+    (tmp_path / "m.pt").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        train_cli.main(["--out", str(tmp_path / "m.pt"), "--synthetic", "2"])
+    assert stopped.value.code == 2 and "--out: " in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

@@ -204,14 +204,29 @@ def test_ctrl_c_names_the_command_that_resumes(tmp_path: Path, monkeypatch: pyte
     def interrupted(args) -> int:
         raise KeyboardInterrupt
 
+    def interrupted_after_an_epoch(args) -> int:
+        state_path(out).write_bytes(b"state")
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(train_cli, "_train", interrupted)
     assert train_cli._train_until_interrupted(args, argv) == 130
-    assert "nothing to resume; rerun the same command" in caplog.text
-    state_path(out).write_bytes(b"state")
+    assert "nothing of this run to resume; rerun the same command" in caplog.text
+    monkeypatch.setattr(train_cli, "_train", interrupted_after_an_epoch)
     caplog.clear()
     assert train_cli._train_until_interrupted(args, argv) == 130
     command = f"python -m am.train --synthetic 4 --epochs 3 --out '{out}' --resume"
     assert caplog.text.rstrip().endswith(command) and str(state_path(out)) in caplog.text
+    # The state an earlier run left (other options, perhaps) is not offered to this one.
+    monkeypatch.setattr(train_cli, "_train", interrupted)
+    caplog.clear()
+    assert train_cli._train_until_interrupted(args, argv) == 130
+    assert "nothing of this run to resume" in caplog.text and "holds an earlier run's epochs" in caplog.text
+    assert "--resume" not in caplog.text
+    # A resumed run interrupted before its next epoch can still be resumed from that state.
+    resumed = train_cli.parser().parse_args([*argv, "--resume"])
+    caplog.clear()
+    assert train_cli._train_until_interrupted(resumed, [*argv, "--resume"]) == 130
+    assert caplog.text.rstrip().endswith(command)
 
 
 def test_int8_runs_write_int8_checkpoints_and_older_states_resume(tmp_path: Path, images: list[Labelled]) -> None:
