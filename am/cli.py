@@ -200,10 +200,18 @@ def enable_stack_dumps() -> None:
     faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
 
 
-def run_main(main: Callable[[], int], *, name: str) -> int:
+# What Ctrl-C leaves, said after "interrupted; cleaned up": each command says what is true of it.
+RERUN_TO_RESUME = "finished work is kept, rerun the same command to resume"
+RERUN_TO_START_AGAIN = "earlier outputs are as they were and nothing of this run was kept; rerun the same command " \
+    "to start again"
+
+
+def run_main(main: Callable[[], int], *, name: str, interrupted: str = "") -> int:
     """Run ``main`` and map its outcome to an exit code; SIGTERM is handled like Ctrl-C so cleanup runs.
 
-    SIGUSR1 prints every thread's stack (:func:`enable_stack_dumps`).
+    ``interrupted`` ends the message after Ctrl-C: what the run left and how to go on
+    (:data:`RERUN_TO_RESUME`, :data:`RERUN_TO_START_AGAIN`). SIGUSR1 prints every thread's stack
+    (:func:`enable_stack_dumps`).
     """
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     # tqdm's monitor thread takes the bars' lock and is joined when the last bar closes: a Ctrl-C
@@ -224,5 +232,5 @@ def run_main(main: Callable[[], int], *, name: str) -> int:
         log.debug("traceback of the error above", exc_info=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        log.error("interrupted; cleaned up, finished work is kept, rerun the same command to resume")
+        log.error("interrupted; cleaned up%s", f", {interrupted}" if interrupted else "")
         return EXIT_INTERRUPTED

@@ -15,7 +15,16 @@ import os
 import sys
 from pathlib import Path
 
-from am.cli import EXIT_ERROR, EXIT_OK, SCALE_HELP, add_log_level_option, configure_logging, run_main, scale_option
+from am.cli import (
+    EXIT_ERROR,
+    EXIT_OK,
+    RERUN_TO_RESUME,
+    SCALE_HELP,
+    add_log_level_option,
+    configure_logging,
+    run_main,
+    scale_option,
+)
 from am.errors import InputError
 from am.messages import TTA_MODES
 from am.pitch import TRAINED_PITCH_PX
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return _registration_outcome(summary.registration_failed, len(summary.groups))
 
     configure_logging(args.log_level or "INFO")
-    return run_main(run, name="am.pipeline")
+    return run_main(run, name="am.pipeline", interrupted=RERUN_TO_RESUME)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from am.cli import add_log_level_option, configure_logging, run_main
+from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main
 from am.errors import InputError
 from am.imageio import read_image
 from am.messages import TTA_MODES
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                           small_epochs=args.small_epochs, big_epochs=args.big_epochs,
                           steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, crop=args.crop,
                           low=args.low, high=args.high, seed=args.seed, threads=args.threads, tta=args.tta)
-    return run_main(partial(_pseudo_label, args, config), name="am.pseudolabel")
+    return run_main(partial(_pseudo_label, args, config), name="am.pseudolabel", interrupted=RERUN_TO_START_AGAIN)
 
 
 def _pseudo_label(args: argparse.Namespace, config: PseudoConfig) -> int:

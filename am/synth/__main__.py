@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import add_log_level_option, configure_logging, run_main
+from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main
 from am.synth.dataset import is_pitch, pitch_range_problem, write_dataset, write_tiles
 from am.synth.truth import LABELS
 
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.pitch is not None and not is_pitch(args.pitch):
             parser.error(f"--pitch must be a number of pixels > 0, got {args.pitch}")
     configure_logging(args.log_level)
-    return run_main(partial(_dataset if args.command == "dataset" else _tiles, args), name="am.synth")
+    command = _dataset if args.command == "dataset" else _tiles
+    return run_main(partial(command, args), name="am.synth", interrupted=RERUN_TO_START_AGAIN)
 
 
 def _dataset(args: argparse.Namespace) -> int:

@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from am.cli import add_log_level_option, add_postprocess_option, configure_logging, run_main
+from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, add_postprocess_option, configure_logging, run_main
 from am.errors import InputError
 from am.evaluate.metrics import Scores, score
-from am.files import write_atomic
+from am.files import staging, swap_in, write_atomic
 from am.imageio import write_png
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
 from am.model.whole import predict_image_mask
-from am.synth.dataset import Sample, iter_samples, pitch_range_problem
+from am.synth.dataset import STAGING_NAME, Sample, iter_samples, pitch_range_problem
 
 log = logging.getLogger("am.train.mine")  # not __main__ when run with -m
 
@@ -110,25 +110,19 @@ def mine_hard(
         elif entry > worst[0]:
             heapq.heapreplace(worst, entry)
     kept = sorted((m for _, _, m in worst), key=lambda m: (m.quality, m.index))
-    if force and group.exists():
-        _clear_group(group)
-    for mined in kept:
-        write_png(group / "source" / f"{mined.index:05d}.png", mined.sample.image)
-        write_png(group / "mask" / f"{mined.index:05d}.png", mined.sample.mask)
-    write_atomic(group / "scores.csv", _scores_csv(kept).encode())
+    # Built beside the training folders and swapped in whole: an interrupted or failed mining leaves
+    # the earlier one (if any) as it was, never a group of images without masks or scores.
+    with staging(Path(root) / f"{STAGING_NAME}-hard-seed{seed}") as stage:
+        for mined in kept:
+            write_png(stage / "source" / f"{mined.index:05d}.png", mined.sample.image)
+            write_png(stage / "mask" / f"{mined.index:05d}.png", mined.sample.mask)
+        write_atomic(stage / "scores.csv", _scores_csv(kept).encode())
+        swap_in(stage, group)
     report = MiningReport(group=group, rendered=len(every), kept=kept, all_scores=Scores.combine(every),
                           kept_scores=Scores.combine([m.scores for m in kept]))
     log.info("kept %d of %d images in %s (quality %.3f to %.3f)", len(kept), len(every), group,
              kept[0].quality, kept[-1].quality)
     return report
-
-
-def _clear_group(group: Path) -> None:
-    """Remove what an earlier mining wrote here (only its own file names), before writing anew."""
-    for sub in ("source", "mask"):
-        for path in (group / sub).glob("*.png"):
-            path.unlink()
-    (group / "scores.csv").unlink(missing_ok=True)
 
 
 def _scores_csv(kept: list[Mined]) -> str:
@@ -161,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pitch-min", type=float, default=20.0, help="smallest grid pitch in px (default 20)")
     p.add_argument("--pitch-max", type=float, default=85.0, help="largest grid pitch in px (default 85)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
-    p.add_argument("--force", action="store_true", help="replace images an earlier mining wrote to the same folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace the group an earlier mining wrote to the same folder (only once the new one is "
+                        "complete)")
     add_postprocess_option(p)
     add_log_level_option(p)
     args = p.parse_args(argv)
@@ -187,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {field}: " + ", ".join(f"{k} {v}" for k, v in style_counts(report.kept, field).items()))
         return 0
 
-    return run_main(run, name="am.train.mine")
+    return run_main(run, name="am.train.mine", interrupted=RERUN_TO_START_AGAIN)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,28 @@ def test_refuses_to_mix_into_an_earlier_mining_unless_forced(tmp_path, predictor
     assert len(list((report.group / "mask").glob("*.png"))) == 1
 
 
+def test_an_interrupted_mining_leaves_the_earlier_one_whole(tmp_path, predictor, monkeypatch):
+    import am.train.mine as mine
+
+    first = mine_hard(predictor, tmp_path, count=3, keep=2, size=SIZE, seed=SEED)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in first.group.rglob("*") if p.is_file()}
+    real_write_png = mine.write_png
+    written = []
+
+    def interrupted(path, image):
+        written.append(path)
+        if len(written) == 2:  # an image written, its mask not
+            raise KeyboardInterrupt
+        real_write_png(path, image)
+
+    monkeypatch.setattr(mine, "write_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mine_hard(predictor, tmp_path, count=3, keep=1, size=SIZE, seed=SEED, force=True)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # the earlier group as it was, no staging folder left
+    assert len(load_split(tmp_path, "train")) == 2
+
+
 @pytest.mark.parametrize("count, keep, size", [(0, 1, 128), (3, 4, 128), (3, 0, 128), (3, 1, 100)])
 def test_bad_sizes_are_refused(tmp_path, predictor, count, keep, size):
     with pytest.raises(InputError):

@@ -25,7 +25,15 @@ from pathlib import Path
 import pytest
 from faults.harness import make_dataset
 
-from am.cli import EXIT_ERROR, EXIT_USAGE, enable_stack_dumps, run_main
+from am.cli import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    RERUN_TO_RESUME,
+    RERUN_TO_START_AGAIN,
+    enable_stack_dumps,
+    run_main,
+)
 from am.errors import ConfigError
 from am.settings import OptionError
 
@@ -44,6 +52,19 @@ def _raise(exc: BaseException):
     def main() -> int:
         raise exc
     return main
+
+
+@pytest.mark.parametrize(("interrupted", "said"), [
+    ("", "interrupted; cleaned up"),
+    (RERUN_TO_RESUME, "interrupted; cleaned up, finished work is kept, rerun the same command to resume"),
+    (RERUN_TO_START_AGAIN, "interrupted; cleaned up, earlier outputs are as they were and nothing of this run was "
+                           "kept; rerun the same command to start again"),
+])
+def test_ctrl_c_says_what_the_command_left(caplog, interrupted, said):
+    # Only the pipeline resumes; a command that starts again must not promise a resume.
+    assert run_main(_raise(KeyboardInterrupt()), name="am.test", interrupted=interrupted) == EXIT_INTERRUPTED
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == said
 
 
 def test_a_full_disk_is_one_error_line_naming_the_file_with_the_traceback_at_debug(caplog, tmp_path):
