@@ -107,8 +107,10 @@ def check_key_in_job(key: str, job: str, *, field: str) -> str:
 def _load_object(text: str | bytes, kind: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise MessageError(f"{kind} is not JSON ({exc}): {str(text)[:200]!r}") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        # RecursionError: arrays nested 100000 deep fit in an SQS message and exhaust the parser's stack.
+        raise MessageError(f"{kind} is not JSON ({type(exc).__name__}: {str(exc)[:100]}): "
+                           f"{str(text)[:200]!r}") from exc
     if not isinstance(data, dict):
         raise MessageError(f"{kind} must be a JSON object, got {type(data).__name__}")
     if data.get("v") != MESSAGE_VERSION:
@@ -130,10 +132,21 @@ def _take(data: dict[str, Any], fields: dict[str, type], kind: str) -> dict[str,
             raise MessageError(f"{kind} field {name!r} must be an integer, got {value!r}")
         if typ is str and not isinstance(value, str):
             raise MessageError(f"{kind} field {name!r} must be a string, got {value!r}")
+        if typ is str and not _encodable(value):
+            # A lone surrogate (JSON's "\\ud800") is no character: no S3 key or path can hold it.
+            raise MessageError(f"{kind} field {name!r} is not valid UTF-8 text, got {value!r:.200}")
         if typ is tuple:
             value = check_tiles(value, kind)
         out[name] = value
     return out
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _NamedTiles:

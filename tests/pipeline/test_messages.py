@@ -39,6 +39,27 @@ def test_unparseable_messages_are_rejected(text):
         TileMessage.from_json(text)
 
 
+def test_json_nested_past_the_parsers_stack_is_a_rejected_message():
+    # 200 kB, under the SQS limit: json.loads raises RecursionError, which crashed every worker that
+    # received it (and the dead-letter checks that read it later).
+    body = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(MessageError, match="not JSON .*RecursionError"):
+        TileMessage.from_json(body)
+    with pytest.raises(MessageError, match="not JSON"):
+        TileResult.from_json(body)
+
+
+@pytest.mark.parametrize("field", ["input", "output", "model", "group", "job"])
+def test_text_that_is_not_valid_utf8_is_a_rejected_message(field):
+    # A lone surrogate passes json.loads and every pattern, then fails in botocore's key encoding.
+    body = json.loads(make().to_json())
+    body[field] = body[field] + "\ud800" if field != "job" else "job-1\ud800"
+    text = json.dumps(body).replace("\\ud800", "\ud800")
+    assert "\ud800" in text
+    with pytest.raises(MessageError, match=f"field '{field}' is not valid UTF-8"):
+        TileMessage.from_json(text)
+
+
 @pytest.mark.parametrize("key", [
     "other-job/g1/0007.png",       # another job's prefix
     "job-1/../other/0007.png",     # climbs out
