@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -70,6 +71,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str, *, zero: bool) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds {'>= 0' if zero else '> 0'}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A worker's idle time (AM_IDLE_EXIT_S): workers refuse any other value at start."""
+    return _seconds(text, zero=False)
+
+
+def _wait_seconds(text: str) -> float:
+    return _seconds(text, zero=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m am.scale",
@@ -96,12 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("start", help="start N one-off worker tasks (outside the service)")
     start.add_argument("count", type=_positive, metavar="N", help="number of tasks")
-    start.add_argument("--idle-exit-s", type=float, default=DEFAULT_IDLE_EXIT_S, metavar="S",
+    start.add_argument("--idle-exit-s", type=_positive_seconds, default=DEFAULT_IDLE_EXIT_S, metavar="S",
                        help=f"each task exits after S seconds without work (default {DEFAULT_IDLE_EXIT_S:.0f})")
 
     drain_cmd = commands.add_parser(
         "drain", help="stop taking new work: suspend scale-out, service to 0, one-off tasks finish their batch")
-    drain_cmd.add_argument("--wait", type=float, default=0.0, metavar="S",
+    drain_cmd.add_argument("--wait", type=_wait_seconds, default=0.0, metavar="S",
                            help="wait up to S seconds for the workers to exit (default: do not wait)")
 
     commands.add_parser("resume", help="let auto scaling scale the service out again after a drain")

@@ -90,6 +90,18 @@ def test_set_without_a_value_is_a_usage_error(deployed) -> None:
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize(("args", "value"), [
+    (["start", "1", "--idle-exit-s"], "nan"), (["start", "1", "--idle-exit-s"], "-5"),
+    (["start", "1", "--idle-exit-s"], "0"), (["start", "1", "--idle-exit-s"], "1e400"),
+    (["drain", "--wait"], "-1"), (["drain", "--wait"], "inf"),
+])
+def test_seconds_workers_would_refuse_are_usage_errors(capsys, args, value) -> None:
+    # A worker exits at start on AM_IDLE_EXIT_S=nan: on AWS, GPU tasks started for nothing.
+    with pytest.raises(SystemExit) as info:
+        scale(*args, value)
+    assert info.value.code == 2 and f"{value} is not a finite number of seconds" in capsys.readouterr().err
+
+
 def test_start_runs_one_off_tasks(deployed, capsys) -> None:
     assert scale("start", "3", "--idle-exit-s", "120") == 0
     tasks = _one_off_tasks(deployed)
