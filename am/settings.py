@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,6 +28,18 @@ import yaml
 
 from am.errors import ConfigError
 from am.messages import MAX_TILES_PER_MESSAGE, TTA_MODES
+
+# What botocore accepts as a region name (a host name label); anything else fails in every client
+# with a traceback, so settings and the worker refuse it first.
+REGION_PATTERN = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+
+
+def region_problem(region: str, *, name: str) -> str | None:
+    """Why ``region`` (set as ``name``) cannot be an AWS region name, or None."""
+    if isinstance(region, str) and REGION_PATTERN.match(region):
+        return None
+    return f"{name} = {region!r} is not an AWS region name: give one such as us-east-1 or eu-west-1"
+
 
 # The largest tile side. The shipped model's forward pass in fp32 on a CPU takes about 0.9 GB more
 # for one 2048 px tile than for a 512 px one, and 3.9 GB more for one of 4096 px; a worker batches
@@ -138,6 +151,8 @@ class Settings:
         _require(self.aws_launch in AWS_LAUNCH_MODES, "aws_launch", self.aws_launch,
                  f"one of {', '.join(AWS_LAUNCH_MODES)}")
         _require(self.aws_max_tasks >= 1, "aws_max_tasks", self.aws_max_tasks, "at least 1")
+        _require(region_problem(self.region, name="region") is None, "region", self.region,
+                 "an AWS region name such as us-east-1")
         if self.endpoint_url:
             _require(self.endpoint_url.startswith(("http://", "https://")), "endpoint_url", self.endpoint_url,
                      "an http:// or https:// URL")

@@ -200,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "set" and args.desired is None and args.min_tasks is None and args.max_tasks is None:
         parser.error("set needs --desired, --min or --max")
+    # Until the settings are read, so that a bad setting (AM_REGION, the config file) is reported.
+    configure_logging(args.log_level or "INFO")
     return run_main(partial(_configured_run, args), name=f"am.scale.{args.command}")
 
 

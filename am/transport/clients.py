@@ -26,6 +26,7 @@ import botocore.session
 from botocore.config import Config
 
 from am.errors import ConfigError
+from am.settings import region_problem
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ class ClientFactory:
     def __post_init__(self) -> None:
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint URL {self.endpoint_url!r} must start with http:// or https://")
-        if not self.region:
-            raise ConfigError("region must not be empty; set AM_REGION, e.g. to us-east-1")
+        if problem := region_problem(self.region, name="region"):
+            raise ConfigError(f"{problem} (AM_REGION, --region or the settings' region)")
 
     def s3(self) -> Any:
         return self._client("s3")

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS
 from am.errors import ConfigError
+from am.settings import region_problem
 
 N = TypeVar("N", int, float)
 
@@ -91,6 +92,8 @@ class WorkerConfig:
         return config
 
     def check(self) -> None:
+        if problem := region_problem(self.region, name="AM_REGION"):
+            raise ConfigError(problem)
         if self.batch_size < 0:
             raise ConfigError(f"AM_BATCH_SIZE = {self.batch_size} must be >= 0 (0 picks one for the device)")
         if not (math.isfinite(self.idle_exit_s) and self.idle_exit_s > 0):

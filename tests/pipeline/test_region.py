@@ -1,0 +1,48 @@
+"""An AWS region name that botocore would refuse is refused first, naming where it was set: in the
+settings, by the worker's environment and by am.scale (which used to fail silently or with a
+botocore traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from am.errors import ConfigError
+from am.settings import load_settings, region_problem
+from am.transport.clients import ClientFactory
+from am.worker.config import WorkerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+BAD = ["bad!region", "", "eu west 1", "-us-east-1"]
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "cn-north-1", "us-gov-west-1"])
+def test_real_region_names_pass(region):
+    assert region_problem(region, name="region") is None
+    assert load_settings(environ={"AM_REGION": region}).region == region
+
+
+@pytest.mark.parametrize("region", BAD)
+def test_settings_refuse_a_bad_region_naming_the_variable(region):
+    with pytest.raises(ConfigError, match=r"setting region = .* is not allowed.*environment variable AM_REGION"):
+        load_settings(environ={"AM_REGION": region})
+    with pytest.raises(ConfigError, match="is not an AWS region name"):
+        ClientFactory(region=region)
+
+
+@pytest.mark.parametrize("region", [r for r in BAD if r])  # an empty AM_REGION is unset: us-east-1
+def test_the_worker_refuses_a_bad_region(region):
+    environ = {"AM_QUEUE_URL": "http://127.0.0.1:1/1/q", "AM_INPUT_BUCKET": "a", "AM_OUTPUT_BUCKET": "b",
+               "AM_REGION": region}
+    with pytest.raises(ConfigError, match="AM_REGION = .* is not an AWS region name"):
+        WorkerConfig.from_environ(environ)
+
+
+def test_am_scale_says_why_it_refuses_a_setting():
+    result = subprocess.run([sys.executable, "-m", "am.scale", "--region", "bad!r", "--stack", "x", "status"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert "setting region = 'bad!r' is not allowed" in result.stderr and "Traceback" not in result.stderr
