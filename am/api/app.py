@@ -184,7 +184,10 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     @app.get("/masks/{task_id:path}", summary="The stitched mask (8-bit PNG, 0/255, the image's size)",
              response_class=FileResponse, responses={**image_response("image/png"), **error_responses(400, 404, 409)})
     def get_mask(task_id: TaskId) -> FileResponse:
-        finished(task_id)
+        task = store.get(check_task_id(task_id))
+        # A task whose registration failed keeps the mask it made (its error says so).
+        if not (task.status == FAILED and store.mask_png(task_id).is_file()):
+            finished(task_id)
         return FileResponse(store.mask_png(task_id), media_type="image/png", filename=f"{task_id}-mask.png")
 
     def am_file(task_id: str, name: str) -> Path:

@@ -297,8 +297,21 @@ class TaskRunner:
                 log.info("task %s finished", task_id)
         else:
             reason = failure_reason(self._store.log_path(task_id), returncode, start=log_start)
-            self._record(task_id, status=FAILED, error=reason)
             log.warning("task %s failed: %s", task_id, reason.splitlines()[0] if reason else returncode)
+            # The client knows its task, not the server's folders.
+            reason = reason.replace(f"{self._store.task_dir(task_id)}/", "").replace(
+                str(self._store.task_dir(task_id)), "the task")
+            if self._store.layout(task_id).stitched_mask(GROUP).is_file():
+                # Registration failed after the mask was stitched (rows and cols that do not fit): the
+                # mask is still the client's, and the advice is the API's, not the command line's.
+                try:
+                    self._export_mask(task_id)
+                except (AmError, OSError) as exc:
+                    log.warning("task %s: its stitched mask cannot be served: %s", task_id, exc)
+                else:
+                    reason += (f"\nThe mask was made: GET /masks/{task_id}. To number the marks, submit the image "
+                               "again with the acquisition's rows and cols.")
+            self._record(task_id, status=FAILED, error=reason)
 
     def _export_mask(self, task_id: str) -> bool:
         """Keep a PNG copy of the stitched mask, so GET /masks/<id> sends a file instead of encoding per request.

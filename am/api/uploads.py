@@ -25,6 +25,7 @@ import numpy as np
 
 from am.errors import InputError
 from am.imageio import ImageHeader, read_header, read_image
+from am.prepare import MIN_IMAGE_SIDE_PX
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,11 @@ def check_image(target: Path, *, kind: str, max_bytes: int) -> Path:
     InputError (naming the problem) otherwise.
     """
     named = _accepted(target, kind=kind, max_bytes=max_bytes)
-    _decode(named)
+    height, width = _decode(named).shape[:2]
+    # At the model's scale: checked here so that the client gets a 400, not a task that fails.
+    if min(height, width) < MIN_IMAGE_SIDE_PX:
+        raise InputError(f"the uploaded image is {height} x {width} px (height x width); the model needs at least "
+                         f"{MIN_IMAGE_SIDE_PX} px on each side: send a larger crop of the acquisition")
     return named
 
 

@@ -167,8 +167,21 @@ def test_tiff_upload_with_rows_and_cols_reports_the_registration_outcome(api, ba
         # The tiny test model is untrained, so registration may rightly refuse its mask: the reason
         # is the pipeline's own message, and the result endpoints answer 409 quoting it.
         assert final["status"] == "FAILED" and final["error"], api.log_text()[-4000:]
-        refused = api.client.get(f"/masks/{task_id}")
+        refused = api.client.get(f"/ams/{task_id}")
         assert refused.status_code == 409 and final["error"][:40] in refused.json()["detail"]
+
+
+def test_a_grid_that_does_not_fit_fails_the_task_but_keeps_its_mask(api, api_dirs, lattice):
+    # 60 x 60 positions for a 5 x 6 lattice: registration refuses it after the mask was stitched.
+    # The mask is still served, and the error names neither the server's folders nor the CLI's options.
+    task_id = submit(api, png_bytes(lattice), rows=60, cols=60)
+    final = wait_for(api, task_id)[-1]
+    assert final["status"] == "FAILED", api.log_text()[-4000:]
+    assert f"GET /masks/{task_id}" in final["error"] and "submit the image again" in final["error"]
+    assert str(api_dirs[1]) not in final["error"]
+    mask = cv2.imdecode(np.frombuffer(api.client.get(f"/masks/{task_id}").content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == lattice.shape and set(np.unique(mask)) <= {0, 255}
+    assert api.client.get(f"/ams/{task_id}").status_code == 409
 
 
 def test_every_client_error_has_its_status_code_and_a_json_reason(api, api_dirs, lattice_png):
@@ -196,6 +209,8 @@ def test_every_client_error_has_its_status_code_and_a_json_reason(api, api_dirs,
     refused(client.post("/tasks", content=b"", headers={"Content-Type": "image/png"}), 400, "empty")
     refused(client.post("/tasks", content=lattice_png[:200], headers={"Content-Type": "image/png"}), 400,
             "uploaded image")
+    refused(client.post("/tasks", content=png_bytes(np.zeros((20, 40), np.uint8)),
+                        headers={"Content-Type": "image/png"}), 400, "is 20 x 40 px (height x width); the model needs")
     for params, words in (({"rows": 5}, "together"), ({"rows": "five", "cols": 5}, "rows"),
                           ({"rows": 0, "cols": 5}, "rows"), ({"rows": 1000, "cols": 1000}, "65535")):
         refused(client.post("/tasks", content=lattice_png, params=params, headers={"Content-Type": "image/png"}),
