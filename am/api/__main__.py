@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from am.api.app import create_app
+        from am.api.errors import serve
         from am.api.runner import PipelineCommand, TaskRunner
         from am.api.tasks import TaskStore
         from am.api.uploads import DEFAULT_MAX_BYTES
@@ -93,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(store, runner, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
         log.info("tasks run on the %s backend with %d worker(s) each; data in %s", settings.backend,
                  settings.workers, store.data_dir)
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None,
-                    log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
+        with store.exclusive():
+            serve(lambda: uvicorn.run(app, host=args.host, port=args.port, log_config=None,
+                                      log_level=settings.log_level.lower(), timeout_graceful_shutdown=10),
+                  host=args.host, port=args.port)
         return EXIT_OK
 
     configure_logging(args.log_level or "INFO")

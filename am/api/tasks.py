@@ -21,6 +21,7 @@ folder, so a crash never leaves half a task behind::
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -30,12 +31,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from am.dataset import DatasetLayout
-from am.errors import InputError
+from am.errors import ConfigError, InputError
 from am.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ FAILED = "FAILED"
 STATUSES = (QUEUED, RUNNING, FINISHED, FAILED)
 GROUP = "image"
 TASK_FILE = "task.json"
+# Held by the one server using a data folder (see TaskStore.exclusive).
+LOCK_NAME = "server.lock"
 TASK_VERSION = 1
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -115,6 +120,25 @@ class TaskStore:
         self._lock = threading.RLock()
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold ``data_dir`` for this server while the block runs, or raise ConfigError naming it.
+
+        A second server on the same folder would remove the first's uploads in flight and run its
+        RUNNING tasks again, even if it then fails to bind its port (the app starts before that).
+        The lock is the kernel's: it goes with the process, however that ends.
+        """
+        handle = open(self.data_dir / LOCK_NAME, "a+b")  # noqa: SIM115 (held for the block)
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"another am-segm server is using the data folder {self.data_dir}; give each "
+                                  "server its own --data-dir (or stop the other one)") from None
+            yield
+        finally:
+            handle.close()
 
     def clean_leftovers(self) -> None:
         """Remove uploads and half-made task folders left by a server that stopped mid-request."""

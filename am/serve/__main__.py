@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         import uvicorn
 
+        from am.api.errors import serve
         from am.api.uploads import DEFAULT_MAX_BYTES
         from am.model.predict import Predictor
         from am.serve.app import create_app
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                                    low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
                                    scale=settings.scale)
         app = create_app(segmenter, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
-        uvicorn.run(app, host=args.host, port=port, log_config=None, log_level=settings.log_level.lower(),
-                    timeout_graceful_shutdown=10)
+        serve(lambda: uvicorn.run(app, host=args.host, port=port, log_config=None,
+                                  log_level=settings.log_level.lower(), timeout_graceful_shutdown=10),
+              host=args.host, port=port)
         return EXIT_OK
 
     configure_logging(args.log_level or "INFO")

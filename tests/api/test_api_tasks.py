@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,7 +19,7 @@ import psutil
 import pytest
 import tifffile
 
-from .servers import TILE, Server, png_bytes, running
+from .servers import TILE, Server, free_port, png_bytes, running, server_environment
 
 MAX_BYTES = 200_000
 TASK_TIMEOUT_S = 240.0
@@ -227,6 +229,27 @@ def test_every_client_error_has_its_status_code_and_a_json_reason(api, api_dirs,
     assert not list((api_dirs[1] / "uploads").iterdir())
 
 
+def test_a_second_server_on_the_same_data_folder_or_port_is_refused_and_touches_nothing(api, api_dirs, tiny_model):
+    # The module's server holds its data folder: a second one there must not start at all (it would
+    # clean up the first's uploads and run its RUNNING tasks again), whatever port it is given.
+    base, data = api_dirs
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    env = server_environment(base)
+    args = [sys.executable, "-m", *api_args(data, tiny_model), "--host", "127.0.0.1"]
+    second = subprocess.run([*args, "--port", str(free_port())], env=env, cwd=base, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert second.returncode == 1, second.stderr[-2000:]
+    assert f"another am-segm server is using the data folder {data}" in second.stderr
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    # Another folder on the first server's port: a clear error and exit 1, not uvicorn's status 3.
+    port = api.url.rsplit(":", 1)[1]
+    taken = subprocess.run([sys.executable, "-m", *api_args(base / "other", tiny_model), "--host", "127.0.0.1",
+                            "--port", port], env=env, cwd=base, capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert taken.returncode == 1, taken.stderr[-2000:]
+    assert f"could not start on 127.0.0.1:{port}" in taken.stderr and "choose another --port" in taken.stderr
+
+
 def pipelines_gone(task_dir: Path, *, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
@@ -281,3 +304,4 @@ def test_each_task_runs_the_pipeline_with_the_servers_tta(tmp_path):
         argv = PipelineCommand(Settings(tta=mode)).argv(tmp_path / "task", rows=None, cols=None)
         parsed = build_parser().parse_args(argv[3:])
         assert parsed.tta == mode and parsed.no_register
+
