@@ -42,22 +42,36 @@ from am.model.precision import resolve_precision
 from am.model.predict import Predictor
 from am.normalize import read_normalised, to_grey
 from am.synth.dataset import pitch_range_problem
-from am.train.data import IMAGE_SUFFIXES, Labelled, find_mask, split_files, synthetic_images
+from am.train.data import (
+    IMAGE_SUFFIXES,
+    Labelled,
+    binary_mask,
+    check_pair_sizes,
+    find_mask,
+    split_files,
+    synthetic_images,
+)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m am.evaluate", description=__doc__.split("\n\n")[1])
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped am/models/default.pt)")
     src = p.add_argument_group("labelled images (one or more sources)")
-    src.add_argument("--data", type=Path, default=None, help="training root; evaluates its --split folder")
+    src.add_argument("--data", type=Path, default=None,
+                     help="training root; evaluates its --split folder, images read as training reads them "
+                          "(8-bit as stored, others stretched to 8 bits)")
     src.add_argument("--split", default="valid", choices=["train", "valid"], help="split of --data (default valid)")
     src.add_argument("--synthetic", type=int, default=0, help="generate N held-out synthetic images")
     src.add_argument("--seed", type=int, default=12345, help="seed of the synthetic images")
     src.add_argument("--size", type=int, default=512, help="side of the synthetic images")
     src.add_argument("--pitch-min", type=float, default=20.0, help="smallest synthetic grid pitch in px")
     src.add_argument("--pitch-max", type=float, default=85.0, help="largest synthetic grid pitch in px")
-    src.add_argument("--images", type=Path, default=None, help="folder of images (with --masks)")
-    src.add_argument("--masks", type=Path, default=None, help="folder of 0/255 masks with the images' names")
+    src.add_argument("--images", type=Path, default=None,
+                     help="folder of images (with --masks), normalised as the pipeline's input is (1-99 "
+                          "percentile stretch): the figures a user of the pipeline gets")
+    src.add_argument("--masks", type=Path, default=None,
+                     help="folder of 0/255 masks with the images' names (other masks are cut at half their "
+                          "maximum, with a warning)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="resize images by this factor before inference and back after (e.g. 2.04 for half-size crops)")
     p.add_argument("--tta", choices=TTA_MODES, default="off",
@@ -107,7 +121,7 @@ def image_names(paths: list[Path]) -> list[str]:
 
 def read_pair(image: Path, mask: Path, name: str | None = None) -> Labelled:
     """An image normalised like the pipeline's input, and its mask, named ``name`` (default: the image's stem)."""
-    return Labelled.from_arrays(read_normalised(image), to_grey(read_image(mask), name=str(mask)),
+    return Labelled.from_arrays(read_normalised(image), binary_mask(to_grey(read_image(mask), name=str(mask)), mask),
                                 name=image.stem if name is None else name)
 
 
@@ -151,6 +165,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     files = split_files(args.data, args.split) if args.data is not None else []
     pairs = image_mask_pairs(args.images, args.masks) if args.images is not None else []
     pair_names = image_names([image for image, _ in pairs])
+    check_pair_sizes([(f.source, f.mask) for f in files] + pairs)
     synthetic = synthetic_images(count=args.synthetic, size=args.size, seed=args.seed,
                                  pitch_range=(args.pitch_min, args.pitch_max)) if args.synthetic > 0 else []
 

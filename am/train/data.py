@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from am.errors import InputError
-from am.imageio import read_image
+from am.imageio import read_header, read_image
 from am.normalize import to_grey
 from am.synth.dataset import iter_samples
 from am.synth.truth import between_labels
@@ -82,8 +82,35 @@ class LabelledFile:
 
     def read(self) -> Labelled:
         image = _as_uint8_grey(read_image(self.source), self.source)
-        mask = to_grey(read_image(self.mask), name=str(self.mask))
+        mask = binary_mask(to_grey(read_image(self.mask), name=str(self.mask)), self.mask)
         return Labelled.from_arrays(image, mask, name=self.name)
+
+
+def binary_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    """A label mask as 0/1. Two levels (0/255, 0/1, 0/65535) are read as they are; a mask with more
+    (resampled edges, JPEG noise, a background of 1-2) is cut at half its maximum, with a warning,
+    since "anything above 0" would make its whole noisy background one mark."""
+    top = int(mask.max()) if mask.size else 0
+    levels = np.unique(mask) if mask.dtype != np.uint8 else np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    if levels.size <= 2:
+        return (mask > 0).astype(np.uint8)
+    log.warning("mask %s holds %d grey levels, not two (0 and %d): pixels above %d count as marks; save it as a "
+                "0/255 mask to be sure", path, levels.size, top, top // 2)
+    return (mask > top / 2).astype(np.uint8)
+
+
+def check_pair_sizes(pairs: Iterable[tuple[Path, Path]]) -> None:
+    """Raise InputError naming every image whose mask has another size, from their headers, before any
+    image is read: an evaluation must not fail at its last image after minutes of model work."""
+    wrong = []
+    for source, mask in pairs:
+        image_header, mask_header = read_header(source), read_header(mask)
+        if (image_header.height, image_header.width) != (mask_header.height, mask_header.width):
+            wrong.append(f"{source} is {image_header.width} x {image_header.height} px but its mask {mask} is "
+                         f"{mask_header.width} x {mask_header.height} px")
+    if wrong:
+        shown = "; ".join(wrong[:5]) + (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+        raise InputError(f"{shown}: every mask must have its image's size")
 
 
 def find_mask(source: Path, mask_dir: Path) -> Path | None:

@@ -92,3 +92,40 @@ def test_panels_of_images_with_the_same_name_do_not_overwrite_each_other(tmp_pat
                                                           "synthetic_9_00000.png"]
     assert "is taken by an earlier image" in caplog.text
     assert np.array_equal(results[0].predicted, results[2].predicted)
+
+
+def test_a_mask_of_another_size_fails_before_any_model_work(tmp_path: Path, tiny_model: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # The third of three pairs is wrong: the whole run is refused up front, naming it, and nothing
+    # (side-by-side panels, JSON) is written.
+    group = tmp_path / "data" / "valid" / "ds" / "g"
+    for index, mask_side in enumerate((64, 64, 48)):
+        write_png(group / "source" / f"{index}.png", np.full((64, 64), 100, np.uint8))
+        write_png(group / "mask" / f"{index}.png", np.zeros((mask_side, mask_side), np.uint8))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the sizes were checked")
+
+    monkeypatch.setattr(cli.Predictor, "from_checkpoint", refuse)
+    code = cli.main(["--data", str(tmp_path / "data"), "--model", str(tiny_model), "--json",
+                     str(tmp_path / "out.json"), "--side-by-side", str(tmp_path / "panels")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "2.png is 64 x 64 px but its mask" in err and "is 48 x 48 px" in err
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "panels").exists()
+
+
+def test_masks_with_more_than_two_levels_are_cut_at_half_their_maximum(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from am.train.data import binary_mask
+
+    marks = np.zeros((20, 20), np.uint8)
+    marks[5:10, 5:10] = 255
+    assert np.array_equal(binary_mask(marks, tmp_path / "m.png"), marks > 0)
+    assert np.array_equal(binary_mask((marks > 0).astype(np.uint8), tmp_path / "m.png"), marks > 0)
+    assert not caplog.records
+    noisy = marks.copy()
+    noisy[15:, :] = 2  # a background of 0-2, as a resampled or JPEG-saved mask has
+    noisy[14, :] = 1
+    assert np.array_equal(binary_mask(noisy, tmp_path / "noisy.png"), marks > 0)
+    assert "noisy.png holds 4 grey levels" in caplog.text and "pixels above 127 count as marks" in caplog.text
