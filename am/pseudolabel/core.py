@@ -192,12 +192,33 @@ def pseudo_label(
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     crops = crops_from_labels(image, labels)
+    check_held_out_apart(labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     with staging(out_dir / STAGING_NAME) as stage:
         summary, mask, known = _run(image, labels, crops, stage, config, progress)
         _move_into_place(stage, out_dir)
     return PseudoResult(mask=mask, known=known, small_model=out_dir / "small.pt", model=out_dir / "model.pt",
                         summary=summary)
+
+
+def check_held_out_apart(labels: list[CropLabel]) -> None:
+    """Raise InputError where the crop held out (the last) shares pixels with a crop trained on: its
+    figures would then score marks both models learnt, while the summary calls them held out."""
+    if len(labels) < 2:
+        return
+    held = labels[-1]
+    held_h, held_w = held.mask.shape
+    for other in labels[:-1]:
+        h, w = other.mask.shape
+        overlap_x = min(held.x + held_w, other.x + w) - max(held.x, other.x)
+        overlap_y = min(held.y + held_h, other.y + h) - max(held.y, other.y)
+        if overlap_x > 0 and overlap_y > 0:
+            share = overlap_x * overlap_y / (held_h * held_w)
+            raise InputError(
+                f"the held-out crop {held.x}_{held.y}.png (the last by name) shares {100 * share:.0f} % of its pixels "
+                f"with the crop {other.x}_{other.y}.png, which both models train on, so its figures would not be "
+                "held out: label crops that do not overlap"
+            )
 
 
 def _run(image: np.ndarray, labels: list[CropLabel], crops: list[Labelled], out_dir: Path, config: PseudoConfig,

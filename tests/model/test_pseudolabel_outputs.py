@@ -81,6 +81,20 @@ def test_a_bad_big_encoder_fails_before_any_training(tmp_path: Path, checkpoints
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
+def test_a_held_out_crop_overlapping_a_trained_one_is_refused_before_any_training(
+        tmp_path: Path, checkpoints: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    train, calls = _fake_train(checkpoints)
+    monkeypatch.setattr(core, "train", train)
+    image, labels = _image_and_labels()
+    overlapping = [labels[0], CropLabel(16, 16, labels[1].mask)]  # the last (held out) shares 16 x 16 px
+    with pytest.raises(InputError, match=r"held-out crop 16_16.png .* shares 25 % of its pixels with the crop 0_0"):
+        pseudo_label(image, overlapping, out_dir=tmp_path / "out", config=FAST)
+    assert calls == [] and not (tmp_path / "out").exists()
+    touching = [labels[0], CropLabel(32, 0, labels[1].mask)]  # side by side, no pixel shared
+    pseudo_label(image, touching, out_dir=tmp_path / "out", config=FAST)
+    assert calls == ["small.pt", "model.pt"]
+
+
 def test_a_failed_rerun_leaves_the_previous_outputs_as_they_were(tmp_path: Path, checkpoints: dict[str, bytes],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     train, calls = _fake_train(checkpoints, fail=lambda out: out.name == "model.pt")
