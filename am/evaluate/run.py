@@ -40,7 +40,7 @@ def evaluate(
     items: Iterable[Labelled],
     *,
     scale: float = 1.0,
-    tile_size: int = 512,
+    tile_size: int | None = None,
     min_object_px: int = 0,
     side_by_side: Path | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
@@ -53,7 +53,9 @@ def evaluate(
 
     ``items`` may be a generator that reads each image when it is reached; with ``keep_predicted``
     False no mask outlives its image's turn, so a folder of full-size images costs one image's memory.
+    ``tile_size`` defaults to the one the checkpoint was trained and validated with.
     """
+    tile_size = predictor.meta.tile_size if tile_size is None else tile_size
     results = []
     panel_names: set[str] = set()
     iterable: Iterable[Labelled] = items if progress is None else progress(items)

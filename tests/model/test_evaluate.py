@@ -56,6 +56,27 @@ def test_scores_agree_with_the_predictions(tiny_model: Path) -> None:
     assert result.scores.predicted_px == int(result.predicted.sum())
 
 
+def test_evaluate_tiles_as_the_checkpoint_was_validated(tiny_model: Path, monkeypatch) -> None:
+    # A model trained with --tile-size 256 was validated on 256 px tiles; am.evaluate must score it
+    # the same way (it tiled at 512 whatever the checkpoint said).
+    from dataclasses import replace
+
+    import am.evaluate.run as run
+
+    predictor = Predictor.from_checkpoint(tiny_model, device="cpu")
+    predictor._meta = replace(predictor.meta, tile_size=256)
+    seen = []
+
+    def spy(predictor, image, *, tile_size, scale):
+        seen.append(tile_size)
+        return np.zeros(image.shape, bool)
+
+    monkeypatch.setattr(run, "predict_image_mask", spy)
+    evaluate(predictor, synthetic_images(count=1, size=64, seed=9))
+    evaluate(predictor, synthetic_images(count=1, size=64, seed=9), tile_size=512)
+    assert seen == [256, 512]
+
+
 def test_evaluate_reads_one_image_at_a_time_and_can_drop_masks(tiny_model: Path) -> None:
     predictor = Predictor.from_checkpoint(tiny_model, device="cpu")
     items = synthetic_images(count=3, size=64, seed=9)
