@@ -88,9 +88,11 @@ def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
     if settings.model.startswith("s3://"):
         if settings.backend != "aws":
             # The local backend's embedded endpoint exists only during the run: nothing can be uploaded to it.
+            why = ("they load a local checkpoint file" if settings.endpoint_url
+                   else "its embedded S3 endpoint is empty and lives only during the run")
             raise ConfigError(f"model {settings.model} is an S3 URI, which the {settings.backend} backend's workers "
-                              "cannot read (its embedded S3 endpoint is empty and lives only during the run): "
-                              "use --backend aws for S3 models, or pass a local checkpoint file (.pt)")
+                              f"do not read ({why}): use --backend aws for S3 models, or pass a local checkpoint "
+                              "file (.pt)")
         return settings.model, s3_model_id(settings, settings.model)
     if settings.backend == "aws":
         if settings.model:

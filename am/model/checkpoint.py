@@ -243,6 +243,8 @@ def _read_payload(source: Path | bytes, name: str) -> Any:
         stream: Any = io.BytesIO(source)
     else:
         path = Path(source)
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file (.pt) inside it")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist; train one with python -m am.train or "
                                   "pass an existing file")

@@ -93,6 +93,11 @@ def test_missing_file(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "nope.pt")
 
 
+def test_a_folder_is_called_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"is a folder; pass the checkpoint file \(\.pt\) inside it"):
+        load_checkpoint(tmp_path)
+
+
 def test_not_a_torch_file(tmp_path: Path) -> None:
     path = tmp_path / "junk.pt"
     path.write_bytes(b"this is not a checkpoint at all")

@@ -124,8 +124,12 @@ def test_an_s3_model_on_the_local_backend_is_refused_before_anything_starts(smal
 
 
 def test_an_s3_model_is_refused_on_the_local_backend(tmp_path):
-    with pytest.raises(ConfigError, match=r"s3://b/m\.pt is an S3 URI.*use --backend aws.*local checkpoint file"):
+    with pytest.raises(ConfigError, match=r"s3://b/m\.pt is an S3 URI.*embedded S3 endpoint is empty.*--backend aws"):
         resolve_model(Settings(backend="local", model="s3://b/m.pt"), cache_dir=tmp_path)
+    # With an endpoint of the operator's own, the embedded one's emptiness is not the reason.
+    with pytest.raises(ConfigError, match=r"do not read \(they load a local checkpoint file\)"):
+        resolve_model(Settings(backend="local", model="s3://b/m.pt", endpoint_url="http://127.0.0.1:4566"),
+                      cache_dir=tmp_path)
 
 
 def test_a_model_folder_is_called_a_folder_and_its_checkpoints_are_named(tmp_path, tiny_model):
