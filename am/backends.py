@@ -153,6 +153,20 @@ def stack_model_uri(settings: Settings) -> str:
     return uri
 
 
+def check_model_readable_by_workers(model: str, stack_model_uri: str) -> None:
+    """Refuse a model outside the folder of the stack's ModelUri (``s3://<ModelBucket>/models/``), the
+    only place the task role lets workers read: the operator's own credentials may read it, so the
+    HEAD below passes, and every task would then fail with AccessDenied after its instance started."""
+    if not stack_model_uri:
+        return  # no stack ModelUri (resources given by hand): nothing says where workers may read
+    folder = stack_model_uri.rsplit("/", 1)[0] + "/"
+    if not model.startswith(folder):
+        raise ConfigError(
+            f"model {model} is outside {folder}, the only place the stack's workers may read checkpoints "
+            f"from: upload it there (`make upload-model MODEL=path.pt` writes {stack_model_uri}) and pass that URI"
+        )
+
+
 def check_model_object(storage: Storage, model: str) -> dict[str, Any]:
     """The HeadObject of a model in S3; refuses one that is not there before any ECS task starts, naming its URI.
 
@@ -207,6 +221,7 @@ def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
             "--model s3://BUCKET/KEY (upload the checkpoint first), or leave model unset to use the stack's "
             "ModelUri output"
         )
+    check_model_readable_by_workers(model, resources.model_uri)
     check_model_object(Storage(clients.s3(), threads=1), model)
     launcher = EcsLauncher(clients.ecs(), resources, mode=settings.aws_launch, max_tasks=settings.aws_max_tasks)
     env = _worker_environment(

@@ -94,6 +94,23 @@ def test_a_missing_model_object_is_refused_before_any_task_starts(aws, stack, mo
     assert ecs.calls == []
 
 
+@pytest.mark.parametrize("where", ["s3://{bucket}/experiments/m.pt", "s3://someone-elses-bucket/models/m.pt"])
+def test_a_model_the_workers_may_not_read_is_refused_before_any_task_starts(aws, stack, monkeypatch, where) -> None:
+    # The operator can read it (so its HEAD passes), but the task role reads only models/ of the
+    # stack's model bucket: every task would fail with AccessDenied after its GPU instance started.
+    ecs = RecordingEcs(client("ecs"))
+    monkeypatch.setattr(ClientFactory, "ecs", lambda self: ecs)
+    uri = where.format(bucket=stack["ModelBucket"])
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    if bucket == stack["ModelBucket"]:
+        client("s3").put_object(Bucket=bucket, Key=key, Body=b"weights")
+    expected = rf"model {uri} is outside s3://{stack['ModelBucket']}/models/, the only place .* workers may read"
+    with pytest.raises(ConfigError, match=expected), open_aws_backend(Settings(backend="aws", stack_name=STACK),
+                                                                      model=uri):
+        pytest.fail("the backend opened with a model its workers cannot read")
+    assert ecs.calls == []
+
+
 def test_a_read_refused_with_403_says_a_missing_key_looks_the_same() -> None:
     """What workers see for a mistyped key: they may read models/* but not list the bucket."""
     s3 = boto3.client("s3", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")

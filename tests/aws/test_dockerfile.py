@@ -146,6 +146,15 @@ def test_default_target_is_the_worker_without_a_model_running_as_non_root() -> N
             assert ".pt" not in value and "AM_MODEL" not in value, f"default target bakes a model in: {value}"
 
 
+def test_the_worker_has_the_c_compiler_torch_compile_needs() -> None:
+    # AM_COMPILE=auto compiles on CUDA; Triton builds a C launcher at run time, and the PyTorch
+    # runtime base image has no compiler, so without one every task would log a failure and run
+    # uncompiled.
+    stages = _stages()
+    runs = " ".join(r for stage in _lineage(stages, stages[-1]) for r in stage.all("RUN"))
+    assert re.search(r"apt-get install [^&]*\bgcc\b", runs) and "libc6-dev" in runs
+
+
 def test_no_target_bakes_a_model_in() -> None:
     """Tasks get AM_MODEL=s3://... from the job (and the task definition), which would hide a model in the image."""
     for stage in _stages():

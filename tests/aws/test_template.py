@@ -159,6 +159,15 @@ def test_no_iam_policy_grants_every_action_on_every_resource(stack: dict[str, st
                 assert not _grants_everything(statement), statement
 
 
+def test_listing_the_clusters_tasks_is_granted_on_every_resource_of_the_cluster() -> None:
+    # am.scale status/drain (and so make undeploy) list the cluster's tasks without naming a container
+    # instance; IAM authorises that call against "*", so a container-instance ARN denied it.
+    document = load_template()["Resources"]["OperatorPolicy"]["Properties"]["PolicyDocument"]
+    (statement,) = [s for s in _statements(document) if "ecs:ListTasks" in _as_list(s["Action"])]
+    assert statement["Resource"] == "*"
+    assert list(statement["Condition"]["ArnEquals"]) == ["ecs:cluster"]
+
+
 def test_task_role_reads_input_writes_output_reads_models_and_uses_its_queues(stack: dict[str, str]) -> None:
     iam = client("iam")
     [role] = [r for r in iam.list_roles()["Roles"] if "TaskRole" in r["RoleName"] and STACK in r["RoleName"]]
