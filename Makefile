@@ -18,11 +18,15 @@ help:
 	@echo "make test     set up and run the whole test suite"
 	@echo "make install  create or update the virtual environment in $(VENV)"
 	@echo "make lint     ruff over the package, tests, benchmarks, examples and setup.py"
+	@echo "make sample   generate the synthetic sample dataset (data/inference/dataset) if missing"
+	@echo "make test-faults | test-slow   the fault, bad-input and security tests alone; the tests marked slow"
+	@echo "make load-test  one LOAD_SIZE x LOAD_SIZE image (default 20000) through 2 workers: time and peak memory"
+	@echo "make clean-data  remove the generated sample dataset and its outputs"
 	@echo "make model    train the default model from synthetic data into runs/model/"
 	@echo "make gpu-model  on a GPU machine: train resnext50 for MINUTES (default 6) into runs/gpu/ and measure it"
 	@echo "               (AM_SYSTEM_PYTHON=1: with the machine's own python3 and torch, offline, no venv)"
 	@echo "make gpu-prep   here, before a GPU lease: wheels the GPU machine lacks into .whl/, real samples into .real/"
-	@echo "make image | push | deploy | undeploy | upload-model   AWS deployment (see README, Running on AWS)"
+	@echo "make image | push | deploy | undeploy | upload-model | task-definition   AWS deployment (see README, Running on AWS)"
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

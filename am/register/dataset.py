@@ -1,6 +1,6 @@
 """Register one group of a dataset: read its stitched mask and source, write ``am_coords/<group>/``.
 
-The paths follow DESIGN.md::
+The paths follow the dataset layout (README, "Dataset layout")::
 
     DATASET/tiles_stitched/<group>/mask.tiff    (input: 8-bit 0/255, the image's size)
     DATASET/source_norm/<group>/source.tiff     (input: normalised 8-bit grey, for the overlay)

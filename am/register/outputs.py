@@ -1,4 +1,4 @@
-"""Write a registration as the files of the dataset layout (see DESIGN.md, ``am_coords/<group>/``).
+"""Write a registration as the files of the dataset layout (README, "Dataset layout": ``am_coords/<group>/``).
 
 - ``am_coordinates.png``: 16-bit label image of the input's size, 0 = background, else the id;
 - ``am_coordinates.csv``: ``id,row,col,x,y,area_px``, one line per numbered mark, by id;

@@ -1,6 +1,6 @@
 """Write synthetic data to disk: full dataset layouts (with ground truth) and training tiles.
 
-A dataset follows DESIGN.md (``DIR/source/<group>/image.tif``), plus ground truth the pipeline
+A dataset follows the dataset layout of the README (``DIR/source/<group>/image.tif``), plus ground truth the pipeline
 never reads under ``DIR/truth/<group>/``: ``mask.png`` (0/255), ``ids.png`` (uint16, id =
 row*cols+col+1) and ``lattice.json``. Training tiles follow the original training layout
 ``DIR/<split>/synthetic/<group>/{source,mask}/NNNN.png``, normalised as the pipeline normalises::

@@ -1,7 +1,7 @@
 """The worker's settings, read from ``AM_*`` environment variables by ``python -m am.worker`` only.
 
 A worker is started by a launcher (a local subprocess or an ECS task), which passes every
-setting in the environment; see docs and DESIGN.md for the list::
+setting in the environment; `python -m am.worker --help` lists them::
 
     config = WorkerConfig.from_environ(os.environ)     # ConfigError names what is missing or bad
 """
