@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dataset", type=Path, metavar="DATASET", help="dataset folder (its layout: README, \"Dataset layout\")")
+    parser.add_argument("dataset", type=Path, metavar="DATASET",
+                        help="dataset folder (its layout: README, \"Dataset layout\")")
     parser.add_argument(
         "groups", nargs="*", metavar="GROUP",
         help="groups to register (default: every folder under DATASET/source/, else DATASET/tiles_stitched/)",
