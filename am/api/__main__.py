@@ -74,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-bytes must be a positive number of bytes, got {args.max_bytes}")
 
     def run() -> int:
-        import uvicorn
-
         from am.api.app import create_app
-        from am.api.errors import serve
+        from am.api.listen import listening_socket, serve
         from am.api.runner import PipelineCommand, TaskRunner
         from am.api.tasks import TaskStore
         from am.api.uploads import DEFAULT_MAX_BYTES
@@ -88,16 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         config_path = config_path_from(args.config, os.environ)
         settings = _local_model(load_settings(overrides, environ=os.environ, config_path=config_path))
         configure_logging(settings.log_level)
-        store = TaskStore(args.data_dir.resolve())
-        command = PipelineCommand(settings, config_path=config_path.resolve() if config_path else None)
-        runner = TaskRunner(store, command, concurrency=args.concurrency, environ=os.environ)
-        app = create_app(store, runner, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
-        log.info("tasks run on the %s backend with %d worker(s) each; data in %s", settings.backend,
-                 settings.workers, store.data_dir)
-        with store.exclusive():
-            serve(lambda: uvicorn.run(app, host=args.host, port=args.port, log_config=None,
-                                      log_level=settings.log_level.lower(), timeout_graceful_shutdown=10),
-                  host=args.host, port=args.port)
+        # The port first: a server that cannot listen must not touch the data folder.
+        with listening_socket(args.host, args.port) as sock:
+            store = TaskStore(args.data_dir.resolve())
+            command = PipelineCommand(settings, config_path=config_path.resolve() if config_path else None)
+            runner = TaskRunner(store, command, concurrency=args.concurrency, environ=os.environ)
+            app = create_app(store, runner, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
+            log.info("tasks run on the %s backend with %d worker(s) each; data in %s", settings.backend,
+                     settings.workers, store.data_dir)
+            with store.exclusive():
+                serve(app, sock, log_level=settings.log_level.lower())
         return EXIT_OK
 
     configure_logging(args.log_level or "INFO")

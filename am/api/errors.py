@@ -8,12 +8,12 @@ Each service passes its own table, first match wins; anything unmapped is a 500 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from am.errors import AmError, ConfigError
+from am.errors import AmError
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,3 @@ def install_error_handler(app: FastAPI, statuses: Sequence[tuple[type[AmError], 
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         return JSONResponse(status_code=code, content={"detail": str(exc)})
 
-
-# uvicorn exits with this status when the server cannot start (most often: the port is taken).
-UVICORN_STARTUP_FAILURE = 3
-
-
-def serve(run: Callable[[], None], *, host: str, port: int) -> None:
-    """Run ``run`` (uvicorn.run), turning uvicorn's own exit when it cannot start into a ConfigError,
-    so both services exit 1 with a message like every other command, not with uvicorn's status 3."""
-    try:
-        run()
-    except SystemExit as exc:
-        if exc.code == UVICORN_STARTUP_FAILURE:
-            raise ConfigError(f"the server could not start on {host}:{port} (the error above says why: if the "
-                              "address is in use, another server holds the port; choose another --port)") from None
-        raise

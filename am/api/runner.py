@@ -76,10 +76,13 @@ class PipelineCommand:
 
 
 def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
-    """The pipeline's last ERROR record (its message names the fault and the fix), else the exit status.
+    """The pipeline's ERROR records (their messages name the fault and the fix), in order, else the
+    exit status.
 
-    Only the log from byte ``start`` on is searched: a task's log is appended to by every run,
-    and a run that died without an ERROR record (killed) must not report the one before's.
+    Every record, not just the last: a failed group's reason comes before the run's summary that
+    points at it ("errors above"), and the API's client cannot read the log above. Only the log
+    from byte ``start`` on is searched: a task's log is appended to by every run, and a run that
+    died without an ERROR record (killed) must not report the one before's.
     """
     how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
     try:
@@ -89,13 +92,19 @@ def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
             tail = handle.read().decode("utf-8", errors="replace").splitlines()
     except OSError as exc:
         return f"the pipeline failed ({how}); its log {log_path} cannot be read: {exc}"
-    for index in range(len(tail) - 1, -1, -1):
-        match = _ERROR_LINE.match(tail[index])
+    records = []
+    for index, line in enumerate(tail):
+        match = _ERROR_LINE.match(line)
         if match:
             # A record may continue on the following lines (e.g. the workers' last log lines).
-            rest = [line for line in tail[index + 1:] if not re.match(r"^\d\d:\d\d:\d\d ", line)]
-            text = "\n".join([match.group(2), *rest]).strip()
-            return text[:MAX_ERROR_CHARS]
+            rest = []
+            for following in tail[index + 1:]:
+                if re.match(r"^\d\d:\d\d:\d\d ", following):
+                    break
+                rest.append(following)
+            records.append("\n".join([match.group(2), *rest]).strip())
+    if records:
+        return "\n".join(records)[:MAX_ERROR_CHARS]
     last = next((line for line in reversed(tail) if line.strip()), "")
     return f"the pipeline failed ({how}){': ' + last[:MAX_ERROR_CHARS] if last else ''}"
 

@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be 0 (all cores) or more, got {args.threads}")
 
     def run() -> int:
-        import uvicorn
-
-        from am.api.errors import serve
+        from am.api.listen import listening_socket, serve
         from am.api.uploads import DEFAULT_MAX_BYTES
         from am.model.predict import Predictor
         from am.serve.app import create_app
@@ -111,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                      "log_level": args.log_level, "tta": args.tta, "scale": args.scale}
         settings = load_settings(overrides, environ=os.environ, config_path=config_path_from(args.config, os.environ))
         configure_logging(settings.log_level)
+        sock = listening_socket(args.host, port)  # before minutes of loading a model it could not serve
         precision = resolve_precision_option(args.precision, os.environ)
         model_path = find_model(args.model_dir)
         predictor = Predictor.from_checkpoint(model_path, device=args.device, threads=args.threads,
@@ -121,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                                    low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
                                    scale=settings.scale)
         app = create_app(segmenter, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
-        serve(lambda: uvicorn.run(app, host=args.host, port=port, log_config=None,
-                                  log_level=settings.log_level.lower(), timeout_graceful_shutdown=10),
-              host=args.host, port=port)
+        serve(app, sock, log_level=settings.log_level.lower())
         return EXIT_OK
 
     configure_logging(args.log_level or "INFO")

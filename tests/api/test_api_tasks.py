@@ -174,12 +174,14 @@ def test_tiff_upload_with_rows_and_cols_reports_the_registration_outcome(api, ba
 
 
 def test_a_grid_that_does_not_fit_fails_the_task_but_keeps_its_mask(api, api_dirs, lattice):
-    # 60 x 60 positions for a 5 x 6 lattice: registration refuses it after the mask was stitched.
+    # 60 x 60 positions for a 5 x 6 lattice (and the tiny untrained model's mask): registration refuses it
+    # after the mask was stitched.
     # The mask is still served, and the error names neither the server's folders nor the CLI's options.
     task_id = submit(api, png_bytes(lattice), rows=60, cols=60)
     final = wait_for(api, task_id)[-1]
     assert final["status"] == "FAILED", api.log_text()[-4000:]
     assert f"GET /masks/{task_id}" in final["error"] and "submit the image again" in final["error"]
+    assert "group image: registration failed: " in final["error"]  # the reason, not only the summary after it
     assert str(api_dirs[1]) not in final["error"]
     mask = cv2.imdecode(np.frombuffer(api.client.get(f"/masks/{task_id}").content, np.uint8), cv2.IMREAD_UNCHANGED)
     assert mask.shape == lattice.shape and set(np.unique(mask)) <= {0, 255}
@@ -248,6 +250,7 @@ def test_a_second_server_on_the_same_data_folder_or_port_is_refused_and_touches_
                            check=False)
     assert taken.returncode == 1, taken.stderr[-2000:]
     assert f"could not start on 127.0.0.1:{port}" in taken.stderr and "choose another --port" in taken.stderr
+    assert not (base / "other").exists()  # the port is taken before the data folder is made or cleaned
 
 
 def pipelines_gone(task_dir: Path, *, within_s: float) -> bool:

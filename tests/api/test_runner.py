@@ -185,6 +185,20 @@ def test_failure_reason_searches_only_from_where_this_run_started(tmp_path):
     assert failure_reason(log, 3, start=log.stat().st_size) == "the pipeline failed (exit code 3)"
 
 
+def test_failure_reason_gives_every_error_of_the_run_in_order(tmp_path):
+    # A failed group's reason comes before the summary that says "errors above", which an API client
+    # cannot read: both are the task's error.
+    log = tmp_path / "pipeline.log"
+    log.write_text("12:00:00 INFO am.pipeline: registering\n"
+                   "12:00:01 ERROR am.register: group image: the grid was given 60 x 60 positions\n"
+                   "12:00:01 INFO am.pipeline: summary follows\n"
+                   "12:00:02 ERROR am.pipeline: registration failed for 1 of 1 group(s): image (errors above)\n"
+                   "  worker 0: last line\n")
+    assert failure_reason(log, 1) == ("group image: the grid was given 60 x 60 positions\n"
+                                      "registration failed for 1 of 1 group(s): image (errors above)\n"
+                                      "  worker 0: last line")
+
+
 def test_deleting_a_task_while_its_mask_is_exported_leaves_nothing_behind(tmp_path, monkeypatch):
     exporting, deleted = threading.Event(), threading.Event()
     read = runner_module.read_image
