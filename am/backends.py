@@ -229,6 +229,9 @@ def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
         output_bucket=resources.output_bucket, model=model, endpoint_url=settings.endpoint_url,
         threads=settings.worker_threads,
     )
+    if resources.visibility_timeout_s:
+        # The stack's queue decides, as it does for the service's workers, unless the settings say otherwise.
+        env["AM_VISIBILITY_TIMEOUT_S"] = str(resources.visibility_timeout_s)
     with _stopping(launcher):
         yield Backend("aws", clients, launcher, resources.queue_url, resources.dead_letter_queue_url,
                       resources.input_bucket, resources.output_bucket, model, env,

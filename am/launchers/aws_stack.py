@@ -48,6 +48,10 @@ class AwsResources:
     # Receives before SQS moves a tile to the dead-letter queue (the tile queue's RedrivePolicy);
     # 0 when the queue has none, which am.backends.require_dead_letter_queue refuses for a job.
     max_receive_count: int = 0
+    # Seconds a received tile stays hidden (the workers ask for it on every receive): the tile
+    # queue's own VisibilityTimeout (the stack's VisibilityTimeoutSeconds) unless the settings set
+    # visibility_timeout_s; 0 where neither is known (the settings' value is then used).
+    visibility_timeout_s: int = 0
 
 
 def _defaults() -> dict[str, Any]:
@@ -98,6 +102,18 @@ def _queue_url(sqs_client: Any, name: str, setting: str) -> str:
         ) from exc
     except BotoCoreError as exc:
         raise ConfigError(f"cannot reach SQS to look up queue {name!r}: {exc}") from exc
+
+
+def read_visibility_timeout(sqs_client: Any, queue_url: str) -> int:
+    """The tile queue's own VisibilityTimeout in seconds, or ConfigError naming the queue and the grant."""
+    try:
+        attributes = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["VisibilityTimeout"])
+    except ClientError as exc:
+        raise ConfigError(f"cannot read the visibility timeout of tile queue {queue_url}: {aws_message(exc)}; "
+                          "the caller needs sqs:GetQueueAttributes on it (the stack's OperatorPolicy has it)") from exc
+    except BotoCoreError as exc:
+        raise ConfigError(f"cannot reach SQS to read the visibility timeout of tile queue {queue_url}: {exc}") from exc
+    return int(attributes.get("Attributes", {}).get("VisibilityTimeout", 0))
 
 
 def read_max_receive_count(sqs_client: Any, queue_url: str) -> int:
@@ -180,6 +196,8 @@ def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs
         security_groups=_split(settings.ecs_security_groups),
         container_name=outputs.get("ContainerName", "") or DEFAULT_CONTAINER_NAME,
         max_receive_count=max_receive_count,
+        visibility_timeout_s=int(_explicit(settings, "visibility_timeout_s")
+                                 or read_visibility_timeout(sqs_client, queue_url)),
     )
     log.info("AWS resources from %s: cluster %s, task definition %s, queue %s",
              source, resources.cluster, resources.task_definition, resources.queue_url)

@@ -204,3 +204,16 @@ def test_a_job_timeout_or_ctrl_c_survives_a_failing_stop(denied_stop) -> None:
     with pytest.raises(KeyboardInterrupt), open_aws_backend(settings, model=settings.model) as backend:
         backend.launcher.start(1, backend.worker_environment)
         raise KeyboardInterrupt
+
+
+def test_workers_hide_a_tile_for_the_stacks_visibility_timeout_unless_the_settings_set_one(aws, stack) -> None:
+    # A stack deployed with VisibilityTimeoutSeconds=600 gave run_task workers the settings' default
+    # 120 s all the same (workers pass it on every receive), unlike the service's workers.
+    client("sqs").set_queue_attributes(QueueUrl=stack["QueueUrl"], Attributes={"VisibilityTimeout": "600"})
+    uri = stack["ModelUri"]
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    client("s3").put_object(Bucket=bucket, Key=key, Body=b"weights")
+    for settings, expected in ((Settings(backend="aws", stack_name=STACK), "600"),
+                               (Settings(backend="aws", stack_name=STACK, visibility_timeout_s=300), "300")):
+        with open_aws_backend(settings, model=uri) as backend:
+            assert backend.worker_environment["AM_VISIBILITY_TIMEOUT_S"] == expected
