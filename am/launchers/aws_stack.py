@@ -104,33 +104,28 @@ def _queue_url(sqs_client: Any, name: str, setting: str) -> str:
         raise ConfigError(f"cannot reach SQS to look up queue {name!r}: {exc}") from exc
 
 
-def read_visibility_timeout(sqs_client: Any, queue_url: str) -> int:
-    """The tile queue's own VisibilityTimeout in seconds, or ConfigError naming the queue and the grant."""
+def read_tile_queue_attributes(sqs_client: Any, queue_url: str) -> dict[str, str]:
+    """The tile queue's RedrivePolicy and VisibilityTimeout, in one call; ConfigError naming the queue
+    and the grant where they cannot be read."""
     try:
-        attributes = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["VisibilityTimeout"])
+        attributes = sqs_client.get_queue_attributes(QueueUrl=queue_url,
+                                                     AttributeNames=["RedrivePolicy", "VisibilityTimeout"])
     except ClientError as exc:
-        raise ConfigError(f"cannot read the visibility timeout of tile queue {queue_url}: {aws_message(exc)}; "
+        raise ConfigError(f"cannot read the attributes of tile queue {queue_url}: {aws_message(exc)}; "
                           "the caller needs sqs:GetQueueAttributes on it (the stack's OperatorPolicy has it)") from exc
     except BotoCoreError as exc:
-        raise ConfigError(f"cannot reach SQS to read the visibility timeout of tile queue {queue_url}: {exc}") from exc
-    return int(attributes.get("Attributes", {}).get("VisibilityTimeout", 0))
+        raise ConfigError(f"cannot reach SQS to read the attributes of tile queue {queue_url}: {exc}") from exc
+    return attributes.get("Attributes", {})
 
 
-def read_max_receive_count(sqs_client: Any, queue_url: str) -> int:
+def max_receive_count_of(attributes: dict[str, str], queue_url: str) -> int:
     """The tile queue's own ``maxReceiveCount`` (its RedrivePolicy), or 0 when it has no dead-letter queue.
 
     SQS, not the settings, decides when a failing tile leaves for the dead-letter queue: a stack
     deployed with ``MaxReceiveCount=5`` retries five times whatever ``max_receive_count`` says,
     so the orchestrator must give up after the same number of attempts, not earlier.
     """
-    try:
-        attributes = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-    except ClientError as exc:
-        raise ConfigError(f"cannot read the redrive policy of tile queue {queue_url}: {aws_message(exc)}; "
-                          "the caller needs sqs:GetQueueAttributes on it (the stack's OperatorPolicy has it)") from exc
-    except BotoCoreError as exc:
-        raise ConfigError(f"cannot reach SQS to read the redrive policy of tile queue {queue_url}: {exc}") from exc
-    policy = attributes.get("Attributes", {}).get("RedrivePolicy", "")
+    policy = attributes.get("RedrivePolicy", "")
     if not policy:
         return 0
     try:
@@ -175,7 +170,8 @@ def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs
     dlq_url = outputs.get("DeadLetterQueueUrl", "")
     if _explicit(settings, "dead_letter_queue_name") or not dlq_url:
         dlq_url = _queue_url(sqs_client, settings.dead_letter_queue_name, "dead_letter_queue_name")
-    max_receive_count = read_max_receive_count(sqs_client, queue_url)
+    attributes = read_tile_queue_attributes(sqs_client, queue_url)
+    max_receive_count = max_receive_count_of(attributes, queue_url)
     overridden = _explicit(settings, "max_receive_count") and settings.max_receive_count != max_receive_count
     if max_receive_count and overridden:
         log.warning("max_receive_count %d does not apply: tile queue %s moves a tile to the dead-letter queue after "
@@ -197,7 +193,7 @@ def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs
         container_name=outputs.get("ContainerName", "") or DEFAULT_CONTAINER_NAME,
         max_receive_count=max_receive_count,
         visibility_timeout_s=int(_explicit(settings, "visibility_timeout_s")
-                                 or read_visibility_timeout(sqs_client, queue_url)),
+                                 or attributes.get("VisibilityTimeout", 0)),
     )
     log.info("AWS resources from %s: cluster %s, task definition %s, queue %s",
              source, resources.cluster, resources.task_definition, resources.queue_url)
