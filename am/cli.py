@@ -202,8 +202,8 @@ def enable_stack_dumps() -> None:
 
 # What Ctrl-C leaves, said after "interrupted; cleaned up": each command says what is true of it.
 RERUN_TO_RESUME = "finished work is kept, rerun the same command to resume"
-RERUN_TO_START_AGAIN = "earlier outputs are as they were and nothing of this run was kept; rerun the same command " \
-    "to start again"
+RERUN_TO_START_AGAIN = ("earlier outputs are as they were and nothing of this run was kept; rerun the same command "
+                        "to start again")
 
 
 def run_main(main: Callable[[], int], *, name: str, interrupted: str = "") -> int:

@@ -31,4 +31,3 @@ def install_error_handler(app: FastAPI, statuses: Sequence[tuple[type[AmError], 
         if code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         return JSONResponse(status_code=code, content={"detail": str(exc)})
-

@@ -308,8 +308,8 @@ class TaskRunner:
             reason = failure_reason(self._store.log_path(task_id), returncode, start=log_start)
             log.warning("task %s failed: %s", task_id, reason.splitlines()[0] if reason else returncode)
             # The client knows its task, not the server's folders.
-            reason = reason.replace(f"{self._store.task_dir(task_id)}/", "").replace(
-                str(self._store.task_dir(task_id)), "the task")
+            task_dir = str(self._store.task_dir(task_id))
+            reason = reason.replace(f"{task_dir}/", "").replace(task_dir, "the task")
             if self._store.layout(task_id).stitched_mask(GROUP).is_file():
                 # Registration failed after the mask was stitched (rows and cols that do not fit): the
                 # mask is still the client's, and the advice is the API's, not the command line's.

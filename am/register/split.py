@@ -86,13 +86,11 @@ def _split_one(comps: Components, i: int, fit: LatticeFit) -> SplitComponent | N
         d = np.hypot(points[loose, None, 0] - centres[None, :, 0], points[loose, None, 1] - centres[None, :, 1])
         part[loose] = np.argmin(d, axis=1)
     # The blob's shares, and the loose pixels nearest them, are no part: parts are renumbered 0..k-1.
+    n_parts = int(np.count_nonzero(~blob))
     renumber = np.full(big.size, -1)
-    renumber[~blob] = np.arange(np.count_nonzero(~blob))
+    renumber[~blob] = np.arange(n_parts)
     part = renumber[part]
     claimed = part >= 0
-    if np.count_nonzero(~blob) < 2 and claimed.all():
-        return None
-    n_parts = int(np.count_nonzero(~blob))
     part_map = np.zeros((h, w), np.int32)
     part_map[ys[claimed], xs[claimed]] = part[claimed] + 1
     px = np.empty(n_parts)
