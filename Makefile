@@ -148,9 +148,16 @@ push: image
 deploy:
 	@test -n "$(VPC_ID)" && test -n "$(SUBNET_IDS)" || \
 	  { echo "set VPC_ID=vpc-... SUBNET_IDS=subnet-a,subnet-b (subnets with a route to S3, SQS, ECR, Logs)" >&2; exit 2; }
+	@service=$$($(AWS) cloudformation describe-stack-resource --stack-name $(STACK) --logical-resource-id Service \
+	    --query "StackResourceDetail.ResourceStatus" --output text 2>&1) || { \
+	  case "$$service" in *"does not exist"*) service=none;; \
+	    *) echo "cannot read the worker service of stack $(STACK): $$service" >&2; exit 1;; esac; }; \
+	case "$$service" in none|CREATE_FAILED|DELETE_*) exists=false;; *) exists=true;; esac; \
+	echo "deploying stack $(STACK) (worker service exists: $$exists)"; \
 	$(AWS) cloudformation deploy --stack-name $(STACK) --template-file infra/am-segm.yml \
 	  --capabilities CAPABILITY_NAMED_IAM --no-fail-on-empty-changeset \
-	  --parameter-overrides VpcId=$(VPC_ID) SubnetIds=$(SUBNET_IDS) ImageTag=$(IMAGE_TAG) $(STACK_PARAMS)
+	  --parameter-overrides VpcId=$(VPC_ID) SubnetIds=$(SUBNET_IDS) ImageTag=$(IMAGE_TAG) ServiceExists=$$exists \
+	  $(STACK_PARAMS)
 	$(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
 
 upload-model: $(STAMP)

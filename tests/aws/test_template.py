@@ -203,8 +203,38 @@ def test_gpu_capacity_scales_from_zero_on_the_ecs_gpu_ami() -> None:
     assert provider["ManagedScaling"]["Status"] == "ENABLED"
     assert provider["AutoScalingGroupArn"] == {"Ref": "AutoScalingGroup"}
     service = resources["Service"]["Properties"]
-    assert service["DesiredCount"] == 0
+    assert service["DesiredCount"] == {"Fn::If": ["CreatingService", 0, {"Ref": "AWS::NoValue"}]}
     assert service["CapacityProviderStrategy"][0]["CapacityProvider"] == {"Ref": "CapacityProvider"}
+
+
+def _service_properties_when(service_exists: str) -> dict[str, Any]:
+    """The worker service's properties as CloudFormation sends them, with its conditions decided."""
+    template = load_template()
+    [(name, condition)] = template["Conditions"].items()
+    assert condition == {"Fn::Equals": [{"Ref": "ServiceExists"}, "false"]}
+    holds = service_exists == "false"
+    properties = {}
+    for key, value in template["Resources"]["Service"]["Properties"].items():
+        if isinstance(value, dict) and "Fn::If" in value:
+            [which, when_true, when_false] = value["Fn::If"]
+            assert which == name
+            value = when_true if holds else when_false
+        if value != {"Ref": "AWS::NoValue"}:
+            properties[key] = value
+    return properties
+
+
+def test_service_count_is_set_only_when_the_service_is_created() -> None:
+    """CloudFormation sends every property of the service it updates: a count would stop running tasks.
+
+    Updating a service without a desired count keeps the count auto scaling set; ``make deploy``
+    passes ``ServiceExists=true`` once the service exists (``tests/aws/test_deploy.py``).
+    """
+    assert load_template()["Parameters"]["ServiceExists"]["Default"] == "false"
+    assert _service_properties_when("false")["DesiredCount"] == 0
+    updated = _service_properties_when("true")
+    assert "DesiredCount" not in updated
+    assert updated["TaskDefinition"] == {"Ref": "TaskDefinition"}
 
 
 def test_instances_pull_the_image_at_every_task_start() -> None:

@@ -1,0 +1,91 @@
+"""``make deploy`` tells the template whether the worker service exists.
+
+An update that names a desired count sets the service back to it and stops the tasks auto scaling
+started (``tests/aws/test_template.py``). The recipe runs for real here, with ``make``, against a
+stand-in ``aws`` command that plays the CLI's answers and records what it was asked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.aws.conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+STACK = "am-segm-x"
+
+FAKE_AWS = f"""#!{sys.executable}
+import os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write("aws " + " ".join(args) + "\\n")
+if args[:1] == ["--region"]:
+    args = args[2:]
+command = args[:2]
+if command == ["cloudformation", "describe-stack-resource"]:
+    service = os.environ["FAKE_SERVICE"]
+    if service == "NO_STACK":
+        sys.stderr.write("An error occurred (ValidationError) when calling the DescribeStackResource operation: "
+                         "Stack '{STACK}' does not exist\\n")
+        sys.exit(254)
+    if service == "NO_SERVICE":
+        sys.stderr.write("An error occurred (ValidationError) when calling the DescribeStackResource operation: "
+                         "Resource Service does not exist for stack {STACK}\\n")
+        sys.exit(254)
+    if service == "EXPIRED":
+        sys.stderr.write("An error occurred (ExpiredToken) when calling the DescribeStackResource operation: "
+                         "The security token included in the request is expired\\n")
+        sys.exit(254)
+    print(service)
+"""
+
+
+def deploy(tmp_path: Path, *, service: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run ``make deploy`` with the stand-in; returns the result and the commands it was asked to run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(FAKE_AWS)
+    (bin_dir / "aws").chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
+           "FAKE_SERVICE": service}
+    result = subprocess.run(["make", "-s", "-C", str(REPO), "deploy", f"STACK={STACK}", "AWS_REGION=us-east-1",
+                             "VPC_ID=vpc-1", "SUBNET_IDS=subnet-a,subnet-b"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    return result, log.read_text().splitlines()
+
+
+def _deploy_call(calls: list[str]) -> str:
+    [call] = [c for c in calls if "cloudformation deploy" in c]
+    return call
+
+
+@pytest.mark.parametrize("service", ["NO_STACK", "NO_SERVICE", "CREATE_FAILED", "DELETE_COMPLETE"])
+def test_a_stack_without_a_working_service_creates_it_with_no_task(tmp_path, service) -> None:
+    result, calls = deploy(tmp_path, service=service)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ServiceExists=false" in _deploy_call(calls)
+
+
+@pytest.mark.parametrize("service", ["CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_FAILED"])
+def test_an_existing_service_keeps_its_count(tmp_path, service) -> None:
+    result, calls = deploy(tmp_path, service=service)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ServiceExists=true" in _deploy_call(calls)
+    assert "worker service exists: true" in result.stdout
+
+
+def test_a_stack_that_cannot_be_read_is_not_deployed(tmp_path) -> None:
+    """Guessing "no service" would reset a running service's count: stop and say why instead."""
+    result, calls = deploy(tmp_path, service="EXPIRED")
+    assert result.returncode != 0
+    assert not any("cloudformation deploy" in c for c in calls)
+    assert f"cannot read the worker service of stack {STACK}" in result.stderr and "ExpiredToken" in result.stderr
