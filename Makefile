@@ -175,6 +175,9 @@ task-definition: $(STAMP)
 # A stack that failed (ROLLBACK_COMPLETE, DELETE_FAILED, UPDATE_ROLLBACK_FAILED, ...) is deleted
 # too: draining needs its outputs, so it is skipped, and the buckets to empty come from the
 # stack's resources, each emptied only if it still exists.
+# The capacity provider's managed termination protection leaves the GPU instances protected from
+# scale-in, and deleting the capacity provider does not lift it: the stack's delete would then wait
+# on an auto scaling group it cannot empty. Once the workers are drained, the protection is lifted.
 undeploy: $(STAMP)
 	@status=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].StackStatus" \
 	    --output text 2>&1) || { \
@@ -191,6 +194,17 @@ undeploy: $(STAMP)
 	    $(AWS) s3 rm "s3://$$bucket" --recursive || exit 1; \
 	  else echo "$$key of stack $(STACK) is gone (or cannot be read): not emptying it"; fi; \
 	done; \
+	asg=$$($(AWS) cloudformation describe-stack-resource --stack-name $(STACK) --logical-resource-id AutoScalingGroup \
+	  --query "StackResourceDetail.PhysicalResourceId" --output text 2>/dev/null); \
+	if [ -n "$$asg" ] && [ "$$asg" != None ]; then \
+	  protected=$$($(AWS) autoscaling describe-auto-scaling-groups --auto-scaling-group-names "$$asg" \
+	    --query "AutoScalingGroups[0].Instances[?ProtectedFromScaleIn].InstanceId" --output text) || exit 1; \
+	  if [ -n "$$protected" ] && [ "$$protected" != None ]; then \
+	    echo "lifting the scale-in protection of instances $$protected, so that their group can be deleted"; \
+	    printf '%s\n' $$protected | xargs -n 50 $(AWS) autoscaling set-instance-protection \
+	      --auto-scaling-group-name "$$asg" --no-protected-from-scale-in --instance-ids || exit 1; \
+	  fi; \
+	fi; \
 	echo "deleting stack $(STACK) (waiting until CloudFormation is done)"; \
 	$(AWS) cloudformation delete-stack --stack-name $(STACK) && \
 	$(AWS) cloudformation wait stack-delete-complete --stack-name $(STACK) || { \

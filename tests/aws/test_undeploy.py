@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 STACK = "am-segm-x"
 BUCKETS = {"InputBucket": "am-segm-x-inputbucket-1", "OutputBucket": "am-segm-x-outputbucket-1"}
+ASG = "am-segm-x-AutoScalingGroup-1"
 
 FAKE_AWS = f"""#!{sys.executable}
 import os, sys
@@ -41,7 +42,15 @@ if command == ["cloudformation", "describe-stacks"]:
     print(status)
 elif command == ["cloudformation", "describe-stack-resource"]:
     logical = args[args.index("--logical-resource-id") + 1]
-    print({BUCKETS!r}[logical])
+    if logical == "AutoScalingGroup":
+        if not os.environ["FAKE_PROTECTED"]:
+            sys.stderr.write("Resource AutoScalingGroup does not exist for stack {STACK}\\n")
+            sys.exit(254)
+        print({ASG!r})
+    else:
+        print({BUCKETS!r}[logical])
+elif command == ["autoscaling", "describe-auto-scaling-groups"]:
+    print(os.environ["FAKE_PROTECTED"].replace(",", "\\t"))
 elif command == ["s3api", "head-bucket"]:
     sys.exit(0 if args[args.index("--bucket") + 1] in os.environ["FAKE_BUCKETS"].split(",") else 254)
 elif command == ["cloudformation", "wait"]:
@@ -63,8 +72,12 @@ def _script(path: Path, text: str) -> None:
 
 
 def undeploy(tmp_path: Path, *, status: str, buckets: tuple[str, ...] = (), drain_rc: int = 0,
-             wait_rc: int = 0) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run ``make undeploy`` with the stand-ins; returns the result and the commands they were asked to run."""
+             wait_rc: int = 0, protected: str = "None") -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run ``make undeploy`` with the stand-ins; returns the result and the commands they were asked to run.
+
+    ``protected``: the group's instances protected from scale-in, comma-separated ("None" when it has
+    none, as the CLI prints an empty list; "" when the stack has no auto scaling group).
+    """
     _script(tmp_path / "bin" / "aws", FAKE_AWS)
     venv = tmp_path / "venv"
     _script(venv / "bin" / "python", FAKE_PYTHON)
@@ -74,7 +87,7 @@ def undeploy(tmp_path: Path, *, status: str, buckets: tuple[str, ...] = (), drai
     log.touch()
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
            "FAKE_STATUS": status, "FAKE_BUCKETS": ",".join(buckets), "FAKE_DRAIN_RC": str(drain_rc),
-           "FAKE_WAIT_RC": str(wait_rc)}
+           "FAKE_WAIT_RC": str(wait_rc), "FAKE_PROTECTED": protected}
     result = subprocess.run(["make", "-s", "-C", str(REPO), "undeploy", f"VENV={venv}", f"STACK={STACK}",
                              "AWS_REGION=us-east-1"], env=env, capture_output=True, text=True, timeout=120)
     return result, log.read_text().splitlines()
@@ -129,3 +142,26 @@ def test_a_delete_that_fails_says_where_to_look(tmp_path) -> None:
     assert result.returncode != 0
     assert _asked(calls, "delete-stack")
     assert "describe-stack-events" in result.stderr and "--retain-resources" in result.stderr
+
+
+def test_instances_left_protected_from_scale_in_are_released_before_the_delete(tmp_path) -> None:
+    """ECS leaves its managed termination protection on the instances: the group could not be emptied."""
+    instances = [f"i-{n:017x}" for n in range(60)]
+    result, calls = undeploy(tmp_path, status="UPDATE_COMPLETE", protected=",".join(instances))
+    assert result.returncode == 0, result.stdout + result.stderr
+    releases = [i for i, call in enumerate(calls) if "autoscaling set-instance-protection" in call]
+    assert len(releases) == 2, "at most 50 instances per call"
+    released = [word for i in releases for word in calls[i].split() if word.startswith("i-")]
+    assert released == instances
+    assert all(f"--auto-scaling-group-name {ASG} --no-protected-from-scale-in" in calls[i] for i in releases)
+    drain = next(i for i, call in enumerate(calls) if call.startswith("python"))
+    delete = next(i for i, call in enumerate(calls) if "delete-stack" in call)
+    assert drain < releases[0] and releases[-1] < delete, "released after the workers stop, before the delete"
+
+
+@pytest.mark.parametrize("protected", ["None", ""])
+def test_no_protected_instance_or_no_group_releases_nothing(tmp_path, protected) -> None:
+    result, calls = undeploy(tmp_path, status="ROLLBACK_COMPLETE", protected=protected)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not _asked(calls, "set-instance-protection")
+    assert _asked(calls, "delete-stack")
