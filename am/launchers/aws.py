@@ -315,10 +315,16 @@ class EcsLauncher:
     # ----------------------------------------------------------------------------- alive
 
     def alive(self) -> int:
-        """Started tasks that are running or on their way (PROVISIONING, PENDING, ACTIVATING, RUNNING)."""
+        """Started tasks that are running or on their way (PROVISIONING, PENDING, ACTIVATING, RUNNING).
+
+        A service's own counts leave out the tasks waiting for a GPU instance to boot (PROVISIONING,
+        minutes on a cluster scaled to zero) and those its scheduler has not created yet: a
+        service keeps as many tasks on their way as it wants, so its desired count is the floor.
+        """
         if self._mode == "service":
             service = self._describe_service()
-            return int(service.get("runningCount", 0)) + int(service.get("pendingCount", 0))
+            placed = int(service.get("runningCount", 0)) + int(service.get("pendingCount", 0))
+            return max(placed, int(service.get("desiredCount", 0)))
         alive = 0
         candidates = [arn for arn in self._task_arns if arn not in self._stopped]
         for chunk in _chunks(candidates, MAX_TASKS_PER_DESCRIBE):

@@ -254,6 +254,32 @@ def test_service_mode_refuses_a_service_that_reads_another_queue(aws, service_re
     assert _desired(aws, service_resources) == 1
 
 
+class _ServiceFromZero:
+    """ECS's answers for a service on a cluster with no GPU instance yet: its tasks are PROVISIONING,
+    which neither ``runningCount`` nor ``pendingCount`` counts (moto does not model it)."""
+
+    def __init__(self, *, desired: int, running: int = 0, pending: int = 0) -> None:
+        self.service = {"serviceName": "workers", "status": "ACTIVE", "desiredCount": desired,
+                        "runningCount": running, "pendingCount": pending, "taskDefinition": "am-segm-worker:1"}
+
+    def describe_services(self, cluster: str, services: list[str]) -> dict:
+        return {"services": [self.service]}
+
+
+@pytest.mark.parametrize("desired, running, pending, alive", [
+    (2, 0, 0, 2),      # raised from zero: both tasks wait for an instance to boot
+    (3, 1, 0, 3),      # one up, two on their way
+    (2, 2, 1, 3),      # a replacement starting beside the two running
+    (0, 1, 0, 1),      # scaled to zero, the last task not yet gone
+    (0, 0, 0, 0),      # drained: the job has no worker left
+])
+def test_service_mode_counts_the_tasks_it_wants_as_on_their_way(cluster_resources, desired, running, pending,
+                                                                  alive) -> None:
+    resources = dataclasses.replace(cluster_resources, service="workers")
+    ecs = _ServiceFromZero(desired=desired, running=running, pending=pending)
+    assert _launcher(ecs, resources, mode="service").alive() == alive
+
+
 def test_service_mode_needs_a_service(cluster_resources) -> None:
     with pytest.raises(ConfigError, match="ecs_service"):
         EcsLauncher(object(), cluster_resources, mode="service")
