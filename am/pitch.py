@@ -5,11 +5,15 @@ Marks four times larger come out of it in pieces and registration fails much lat
 error about the grid; the pitch, read in a fraction of a second while the image is prepared,
 says so at once and which ``--scale`` brings the marks into range.
 
-The lattice shows in the image's autocorrelation as a peak at each lattice vector. The strongest
-peak off the centre is taken as the shortest vector, and it counts only where the peak at twice
-that vector stands up too: a lattice repeats, tissue texture does not. A central window of at
-most ``WINDOW_PX`` square is used (shrunk to ``FFT_PX``), so a 20000 px image costs what a
-2048 px one does::
+The lattice shows in the image's autocorrelation as a peak at each lattice vector. It counts only
+where the peak at twice the strongest off-centre peak's vector stands up too: a lattice repeats,
+tissue texture does not. The strongest peak is often a longer vector than the shortest (twice
+the pitch, or a diagonal): a peak between two pixels splits its height over them, and crescents
+correlate best with marks further along. So the shortest peak of at least ``STRONG_FRACTION`` of
+the strongest that repeats as well is taken as the shortest vector. A central window of
+``FFT_PX`` square is read at full resolution, and where it shows no lattice, one of
+``WINDOW_PX`` shrunk to ``FFT_PX`` (for marks too far apart for the first), so a 20000 px image
+costs what a 2048 px one does::
 
     pitch = estimate_pitch(image)          # px, or None where no lattice shows
     warn_if_off_scale(image, scale=1.0, name="source/g/image.tif")
@@ -39,6 +43,8 @@ WINDOW_PX = 2048
 FFT_PX = 1024
 # The strongest off-centre autocorrelation peak must reach this (1 at the centre) ...
 MIN_PEAK = 0.1
+# ... the shortest peak of at least this fraction of it is the lattice's shortest vector ...
+STRONG_FRACTION = 0.5
 # ... and the peak at twice its vector this fraction of it.
 MIN_HARMONIC = 0.4
 # Peaks nearer the centre than this many (FFT) pixels are the texture's own correlation.
@@ -47,7 +53,17 @@ MIN_LAG_PX = 6
 
 def estimate_pitch(image: np.ndarray) -> float | None:
     """The shortest lattice vector's length in the image's pixels, or None where no lattice shows."""
-    window, factor = _window(image)
+    height, width = image.shape[:2]
+    pitch = _pitch_in(_central(image, FFT_PX), factor=1.0)
+    if pitch is None and min(height, width) > FFT_PX:
+        side = min(height, width, WINDOW_PX)
+        shrunk = cv2.resize(_central(image, side), (FFT_PX, FFT_PX), interpolation=cv2.INTER_AREA)
+        pitch = _pitch_in(shrunk, factor=side / FFT_PX)
+    return pitch
+
+
+def _pitch_in(window: np.ndarray, *, factor: float) -> float | None:
+    """The shortest lattice vector in ``window``, times ``factor`` (the window's shrink)."""
     size = window.shape
     if min(size) < 4 * MIN_LAG_PX:
         return None
@@ -60,19 +76,32 @@ def estimate_pitch(image: np.ndarray) -> float | None:
     power = np.abs(scipy.fft.rfft2(data * taper)) ** 2
     correlation = np.fft.fftshift(scipy.fft.irfft2(power, s=size))
     correlation /= correlation.max()
-    cy, cx = size[0] // 2, size[1] // 2
+    centre = np.array([size[0] // 2, size[1] // 2])
     local_max = correlation == cv2.dilate(correlation, np.ones((5, 5), np.uint8))
     candidates = np.argwhere(usable & local_max)
     if candidates.size == 0:
         return None
-    best = candidates[np.argmax(correlation[candidates[:, 0], candidates[:, 1]])]
-    peak = float(correlation[best[0], best[1]])
-    vector = best - np.array([cy, cx])
-    twice = np.array([cy, cx]) + 2 * vector
-    harmonic = float(correlation[twice[0] - 1 : twice[0] + 2, twice[1] - 1 : twice[1] + 2].max())
-    if peak < MIN_PEAK or harmonic < MIN_HARMONIC * peak:
+    # A peak between pixels splits its height: each peak counts at its 3x3 neighbourhood's best.
+    heights = cv2.dilate(correlation, np.ones((3, 3), np.uint8))[candidates[:, 0], candidates[:, 1]]
+    vectors = candidates - centre
+    lengths = np.hypot(vectors[:, 0], vectors[:, 1])
+
+    def repeats(index: int) -> bool:
+        twice = centre + 2 * vectors[index]
+        harmonic = float(correlation[twice[0] - 1 : twice[0] + 2, twice[1] - 1 : twice[1] + 2].max())
+        return harmonic >= MIN_HARMONIC * heights[index]
+
+    # Whether a lattice shows at all is the strongest peak's test; which of its vectors is the
+    # shortest, the shorter strong peaks' (each tested too, so chance peaks of texture do not count).
+    strongest = int(np.argmax(heights))
+    if heights[strongest] < MIN_PEAK or not repeats(strongest):
         return None
-    return float(np.hypot(*vector)) * factor
+    for index in np.argsort(lengths, kind="stable"):
+        if lengths[index] >= lengths[strongest]:
+            break
+        if heights[index] >= STRONG_FRACTION * heights[strongest] and repeats(index):
+            return float(lengths[index]) * factor
+    return float(lengths[strongest]) * factor
 
 
 def suggested_scale(pitch: float) -> float:
@@ -156,12 +185,9 @@ def _window_constants(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return taper, usable
 
 
-def _window(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """The central square of at most WINDOW_PX, shrunk to at most FFT_PX; and the shrink factor."""
+def _central(image: np.ndarray, side: int) -> np.ndarray:
+    """The central square of at most ``side`` px."""
     height, width = image.shape[:2]
-    side = min(height, width, WINDOW_PX)
+    side = min(height, width, side)
     top, left = (height - side) // 2, (width - side) // 2
-    window = image[top : top + side, left : left + side]
-    if side <= FFT_PX:
-        return window, 1.0
-    return cv2.resize(window, (FFT_PX, FFT_PX), interpolation=cv2.INTER_AREA), side / FFT_PX
+    return image[top : top + side, left : left + side]

@@ -15,8 +15,10 @@ from am.imageio import read_image
 from am.normalize import read_normalised
 from am.pitch import MIN_LAG_PX, _window_constants, estimate_pitch, suggested_scale, warn_if_off_scale
 from am.prepare import prepare_group
+from am.register.testing import draw_lattice_mask
 from am.settings import Settings
 from am.synth.dataset import write_dataset
+from am.synth.lattice import Lattice
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
@@ -47,6 +49,33 @@ def test_large_images_are_read_from_a_window_of_fixed_size():
     enlarged = cv2.resize(tile, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
     assert estimate_pitch(enlarged) == pytest.approx(4 * 67.6, rel=0.04)
     assert estimate_pitch(np.tile(tile, (6, 6))) == pytest.approx(67.6, abs=1.5)
+
+
+def _lattice_image(size: int, pitch: float, angle: float, shape: str) -> np.ndarray:
+    lattice = Lattice.centred(rows=int(size / pitch) + 8, cols=int(size / pitch) + 8, width=size, height=size,
+                              pitch_x=pitch, pitch_y=pitch, angle_deg=angle)
+    drawn = draw_lattice_mask(lattice, width=size, height=size, radius=pitch * 0.27, shape=shape)
+    blurred = cv2.GaussianBlur(drawn.mask, (0, 0), 1.0)
+    noise = np.random.default_rng(0).normal(60, 15, blurred.shape)
+    return (blurred * 0.6 + noise).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size, pitch, angle, shape", [
+    (2048, 25, 0, "disc"),        # read as 50: shrunk 2x, the peak at 12.5 px split over two pixels
+    (2048, 45, 0, "crescent"),    # read as 90
+    (2048, 12, 0, "disc"),        # read as 17, so --scale auto kept 1 instead of 3.8
+    (2048, 60, -10, "crescent"),  # read as 134 (a diagonal), so --scale auto shrank the image 3 times
+    (2048, 35, 7, "crescent"),    # read as 78
+    (512, 20, -10, "crescent"),   # read as 72 on a single tile
+])
+def test_the_shortest_vector_is_read_not_the_strongest(size, pitch, angle, shape):
+    """A longer lattice vector often correlates best; the shortest strong peak is the pitch."""
+    assert estimate_pitch(_lattice_image(size, pitch, angle, shape)) == pytest.approx(pitch, rel=0.05)
+
+
+def test_marks_too_far_apart_for_the_full_resolution_window_are_read_shrunk():
+    """The full-resolution window holds lags up to a quarter of 1024 px; wider lattices need the shrunk one."""
+    assert estimate_pitch(_lattice_image(2048, 300, 3, "disc")) == pytest.approx(300, rel=0.05)
 
 
 def test_windows_of_one_size_share_their_taper_and_lags_read_only():
