@@ -175,7 +175,7 @@ def _is_complete(meta: dict[str, Any]) -> bool:
     return bool(meta.get("complete", True))
 
 
-def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """(height, width) after :func:`rescale`."""
     if scale == 1.0:
         return height, width
@@ -186,14 +186,14 @@ def rescale(image: np.ndarray, *, scale: float) -> np.ndarray:
     """Resize so the marks match the scale the model was trained at (scale 0.5 halves the image)."""
     if scale == 1.0:
         return image
-    height, width = _scaled_size(image.shape[0], image.shape[1], scale)
+    height, width = scaled_size(image.shape[0], image.shape[1], scale)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
 def check_image_size(height: int, width: int, *, scale: float, name: str) -> None:
     """Refuse an image too thin for the model (:data:`MIN_IMAGE_SIDE_PX` at the model's scale), naming its size."""
-    scaled_height, scaled_width = _scaled_size(height, width, scale)
+    scaled_height, scaled_width = scaled_size(height, width, scale)
     if min(scaled_height, scaled_width) >= MIN_IMAGE_SIDE_PX:
         return
     at_scale = "" if scale == 1.0 else f", {scaled_height} x {scaled_width} px at --scale {scale:g}"
@@ -241,7 +241,7 @@ def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> i
     size = header_size(layout.source_image(group))
     if size is None or min(size) < 1:
         return None
-    height, width = _scaled_size(size[0], size[1], nominal_scale(settings))
+    height, width = scaled_size(size[0], size[1], nominal_scale(settings))
     return len(plan_tiles(height, width, tile_size=settings.tile_size, overlap=settings.tile_overlap))
 
 

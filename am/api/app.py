@@ -159,8 +159,8 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         part = store.upload_path()
         try:
             await receive_body(request.stream(), part, max_bytes=max_bytes)
-            image = await anyio.to_thread.run_sync(lambda: check_image(part, kind=kind, max_bytes=max_bytes),
-                                                   limiter=checks)
+            image = await anyio.to_thread.run_sync(
+                lambda: check_image(part, kind=kind, max_bytes=max_bytes, scale=runner.scale), limiter=checks)
             task = await anyio.to_thread.run_sync(lambda: store.create(image, rows=rows, cols=cols))
         finally:
             for leftover in (part, part.with_suffix(".png"), part.with_suffix(".tiff")):

@@ -36,6 +36,7 @@ from am.files import write_atomic
 from am.imageio import encode_png, read_image
 from am.launchers.children import die_with_parent
 from am.launchers.local import STOP_TIMEOUT_S as LOCAL_STOP_TIMEOUT_S
+from am.prepare import nominal_scale
 from am.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,40 @@ def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
     """
     how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
     try:
-        with open(log_path, "rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(start, handle.tell() - LOG_TAIL_BYTES))
-            tail = handle.read().decode("utf-8", errors="replace").splitlines()
+        tail = _log_tail(log_path, start)
     except OSError as exc:
         return f"the pipeline failed ({how}); its log {log_path} cannot be read: {exc}"
+    records = _error_records(tail)
+    if records:
+        return "\n".join(records)[:MAX_ERROR_CHARS]
+    last = next((line for line in reversed(tail) if line.strip()), "")
+    return f"the pipeline failed ({how}){': ' + last[:MAX_ERROR_CHARS] if last else ''}"
+
+
+def registration_failure(log_path: Path, *, start: int = 0) -> str | None:
+    """Why the task's image could not be numbered, from the pipeline's record for its group; None
+    where the log holds no such record (the run failed otherwise) or cannot be read.
+
+    The run's other records then add only the command line's advice (rerun with other
+    --rows/--cols, look at the overlay), which an API client cannot follow.
+    """
+    try:
+        tail = _log_tail(log_path, start)
+    except OSError:
+        return None
+    prefix = f"group {GROUP}: registration failed: "
+    reasons = [record[len(prefix):] for record in _error_records(tail) if record.startswith(prefix)]
+    return "\n".join(reasons)[:MAX_ERROR_CHARS] if reasons else None
+
+
+def _log_tail(log_path: Path, start: int) -> list[str]:
+    with open(log_path, "rb") as handle:
+        handle.seek(0, 2)
+        handle.seek(max(start, handle.tell() - LOG_TAIL_BYTES))
+        return handle.read().decode("utf-8", errors="replace").splitlines()
+
+
+def _error_records(tail: list[str]) -> list[str]:
     records = []
     for index, line in enumerate(tail):
         match = _ERROR_LINE.match(line)
@@ -103,10 +132,7 @@ def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
                     break
                 rest.append(following)
             records.append("\n".join([match.group(2), *rest]).strip())
-    if records:
-        return "\n".join(records)[:MAX_ERROR_CHARS]
-    last = next((line for line in reversed(tail) if line.strip()), "")
-    return f"the pipeline failed ({how}){': ' + last[:MAX_ERROR_CHARS] if last else ''}"
+    return records
 
 
 class TaskRunner:
@@ -253,6 +279,11 @@ class TaskRunner:
                     self._active.discard(task_id)
                     self._cancelled.discard(task_id)
 
+    @property
+    def scale(self) -> float:
+        """The factor the tasks' images are segmented at, as far as it is known before one is read."""
+        return nominal_scale(self._command.settings)
+
     def _claim(self, task_id: str) -> int | None:
         """Mark the task RUNNING and start its pipeline, unless it was deleted, cancelled or is not queued.
 
@@ -271,10 +302,13 @@ class TaskRunner:
             task = self._store.update(task_id, status=RUNNING, error=None)
             argv = self._command.argv(self._store.task_dir(task_id), rows=task.rows, cols=task.cols)
             log.info("task %s: running %s", task_id, " ".join(argv))
-            with open(self._store.log_path(task_id), "ab") as log_file:
+            # The run's summary (stdout) is kept apart from its log: failure_reason reads the log's
+            # records with the lines that follow them, and the summary would read as part of them.
+            with open(self._store.log_path(task_id), "ab") as log_file, \
+                    open(self._store.summary_path(task_id), "ab") as summary_file:
                 log_start = os.fstat(log_file.fileno()).st_size
                 self._procs[task_id] = subprocess.Popen(
-                    argv, env=self._environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    argv, env=self._environ, stdin=subprocess.DEVNULL, stdout=summary_file, stderr=log_file,
                     start_new_session=True, preexec_fn=die_with_parent,
                 )
             return log_start
@@ -310,16 +344,18 @@ class TaskRunner:
             # The client knows its task, not the server's folders.
             task_dir = str(self._store.task_dir(task_id))
             reason = reason.replace(f"{task_dir}/", "").replace(task_dir, "the task")
-            if self._store.layout(task_id).stitched_mask(GROUP).is_file():
+            registration = registration_failure(self._store.log_path(task_id), start=log_start)
+            if registration is not None and self._store.layout(task_id).stitched_mask(GROUP).is_file():
                 # Registration failed after the mask was stitched (rows and cols that do not fit): the
                 # mask is still the client's, and the advice is the API's, not the command line's.
+                reason = f"registration failed: {registration}"
                 try:
                     self._export_mask(task_id)
                 except (AmError, OSError) as exc:
                     log.warning("task %s: its stitched mask cannot be served: %s", task_id, exc)
                 else:
                     reason += (f"\nThe mask was made: GET /masks/{task_id}. To number the marks, submit the image "
-                               "again with the acquisition's rows and cols.")
+                               "again with the rows and cols of its acquisition grid.")
             self._record(task_id, status=FAILED, error=reason)
 
     def _export_mask(self, task_id: str) -> bool:

@@ -165,6 +165,10 @@ class TaskStore:
     def log_path(self, task_id: str) -> Path:
         return self.task_dir(task_id) / "pipeline.log"
 
+    def summary_path(self, task_id: str) -> Path:
+        """The run summaries the task's pipeline printed (its stdout), beside its log."""
+        return self.task_dir(task_id) / "pipeline.summary"
+
     def create(self, image: Path, *, rows: int | None = None, cols: int | None = None) -> Task:
         """Move a checked upload into a new task folder and record it as QUEUED."""
         task_id = new_task_id()

@@ -25,7 +25,7 @@ import numpy as np
 
 from am.errors import InputError
 from am.imageio import ImageHeader, read_header, read_image
-from am.prepare import MIN_IMAGE_SIDE_PX
+from am.prepare import MIN_IMAGE_SIDE_PX, scaled_size
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +122,22 @@ def decoded_limit(max_bytes: int) -> int:
     return max_bytes * DECODED_BYTES_PER_BODY_BYTE
 
 
-def check_image(target: Path, *, kind: str, max_bytes: int) -> Path:
+def check_image(target: Path, *, kind: str, max_bytes: int, scale: float = 1.0) -> Path:
     """Check that the upload is an image the server may decode and that it decodes; returns it renamed.
 
     For the task API: the pipeline decodes the image again in its own process, so the pixels
     are dropped here as soon as they have decoded. Raises ImageTooLarge (before decoding) or
-    InputError (naming the problem) otherwise.
+    InputError (naming the problem) otherwise. ``scale`` is the server's (1 for ``auto``, as the
+    pipeline checks it): the size is checked as the model will see the image, so that the client
+    gets a 400, not a task that fails.
     """
     named = _accepted(target, kind=kind, max_bytes=max_bytes)
     height, width = _decode(named).shape[:2]
-    # At the model's scale: checked here so that the client gets a 400, not a task that fails.
-    if min(height, width) < MIN_IMAGE_SIDE_PX:
-        raise InputError(f"the uploaded image is {height} x {width} px (height x width); the model needs at least "
-                         f"{MIN_IMAGE_SIDE_PX} px on each side: send a larger crop of the acquisition")
+    seen_height, seen_width = scaled_size(height, width, scale)
+    if min(seen_height, seen_width) < MIN_IMAGE_SIDE_PX:
+        at_scale = "" if scale == 1.0 else f", {seen_height} x {seen_width} px at this server's scale {scale:g}"
+        raise InputError(f"the uploaded image is {height} x {width} px (height x width{at_scale}); the model needs "
+                         f"at least {MIN_IMAGE_SIDE_PX} px on each side: send a larger crop of the acquisition")
     return named
 
 

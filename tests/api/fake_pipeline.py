@@ -5,7 +5,7 @@ these few behaviours are all its tests need, in a fraction of a second each:
 
     ok      write a small stitched mask and exit 0
     wait    wait until DATASET/go exists (the test says when), then as ok
-    fail    log an ERROR record as the pipeline does and exit 3
+    fail    log an ERROR record as the pipeline does (on stderr) and exit 3
     kill    die by SIGKILL without logging anything (what the OOM killer does)
 """
 
@@ -32,11 +32,11 @@ def main(dataset: Path, mode: str) -> int:
         deadline = time.monotonic() + WAIT_LIMIT_S
         while not (dataset / "go").exists():
             if time.monotonic() > deadline:
-                print(f"12:00:00 ERROR am.pipeline: nobody created {dataset / 'go'}", flush=True)
+                print(f"12:00:00 ERROR am.pipeline: nobody created {dataset / 'go'}", file=sys.stderr, flush=True)
                 return 4
             time.sleep(0.02)
     if mode == "fail":
-        print("12:00:00 ERROR am.pipeline: the fake pipeline failed on purpose", flush=True)
+        print("12:00:00 ERROR am.pipeline: the fake pipeline failed on purpose", file=sys.stderr, flush=True)
         return 3
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

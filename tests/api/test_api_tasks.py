@@ -180,9 +180,15 @@ def test_a_grid_that_does_not_fit_fails_the_task_but_keeps_its_mask(api, api_dir
     task_id = submit(api, png_bytes(lattice), rows=60, cols=60)
     final = wait_for(api, task_id)[-1]
     assert final["status"] == "FAILED", api.log_text()[-4000:]
-    assert f"GET /masks/{task_id}" in final["error"] and "submit the image again" in final["error"]
-    assert "group image: registration failed: " in final["error"]  # the reason, not only the summary after it
-    assert str(api_dirs[1]) not in final["error"]
+    error = final["error"]
+    assert f"GET /masks/{task_id}" in error and "submit the image again" in error
+    assert error.startswith("registration failed: ")  # the reason, not only the summary after it
+    # Once, and without the run's printed summary or the command line's advice.
+    assert error.count("registration failed") == 1
+    for printed in ("groups: ", "tiles: ", "time: ", "--rows", "overlay.png", "--scale"):
+        assert printed not in error, printed
+    assert str(api_dirs[1]) not in error
+    assert "groups: image" in (api_dirs[1] / "tasks" / task_id / "pipeline.summary").read_text()
     mask = cv2.imdecode(np.frombuffer(api.client.get(f"/masks/{task_id}").content, np.uint8), cv2.IMREAD_UNCHANGED)
     assert mask.shape == lattice.shape and set(np.unique(mask)) <= {0, 255}
     assert api.client.get(f"/ams/{task_id}").status_code == 409

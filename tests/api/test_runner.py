@@ -74,9 +74,9 @@ class Api:
 
 
 @contextmanager
-def api(tmp_path: Path, *, mode: str = "ok") -> Iterator[Api]:
+def api(tmp_path: Path, *, mode: str = "ok", settings: Settings | None = None) -> Iterator[Api]:
     store = TaskStore(tmp_path / "data")
-    runner = TaskRunner(store, FakePipeline(Settings(), mode=mode), environ=os.environ, stop_grace_s=10)
+    runner = TaskRunner(store, FakePipeline(settings or Settings(), mode=mode), environ=os.environ, stop_grace_s=10)
     with TestClient(create_app(store, runner, max_bytes=1_000_000), raise_server_exceptions=False) as client:
         yield Api(client, store, runner)
 
@@ -263,3 +263,18 @@ def test_the_pipeline_command_carries_the_servers_scale_as_the_pipeline_parses_i
     assert argv[argv.index("--scale") + 1] == str(scale)
     parsed = build_parser().parse_args(argv[3:])
     assert parsed.scale == scale and (parsed.rows, parsed.cols) == (4, 5)
+
+
+@pytest.mark.parametrize("scale, side, accepted", [(0.5, 50, False), (0.5, 64, True), ("auto", 32, True),
+                                                   (2.0, 20, True), (1.0, 31, False)])
+def test_an_image_too_small_at_the_servers_scale_is_a_400(tmp_path, scale, side, accepted):
+    """A 50 px image on a server at scale 0.5 is 25 px to the model: refused at upload, not a task that fails."""
+    image = np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)
+    with api(tmp_path, settings=Settings(scale=scale)) as server:
+        response = server.client.post("/tasks", content=png_bytes(image), headers={"Content-Type": "image/png"})
+        assert response.status_code == (201 if accepted else 400), response.text
+        if not accepted:
+            detail = response.json()["detail"]
+            assert f"{side} x {side} px" in detail and "at least 32 px" in detail
+            assert ("at this server's scale 0.5" in detail) == (scale == 0.5)
+        assert len(list(server.store.tasks_dir.iterdir())) == int(accepted)
