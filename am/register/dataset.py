@@ -4,7 +4,8 @@ The paths follow the dataset layout (README, "Dataset layout")::
 
     DATASET/tiles_stitched/<group>/mask.tiff    (input: 8-bit 0/255, the image's size)
     DATASET/source_norm/<group>/source.tiff     (input: normalised 8-bit grey, for the overlay)
-    DATASET/am_coords/<group>/...               (output: see am.register.outputs)
+    DATASET/am_coords/<group>/...               (output: see am.register.outputs; written in
+                                                 am_coords/.<group>.partial/, then moved in whole)
 
     reg = register_group(Path("ds"), "g1", rows=100, cols=100)
 """
@@ -19,6 +20,7 @@ import numpy as np
 import tifffile
 
 from am.errors import InputError
+from am.files import staging, swap_in
 from am.register.outputs import write_outputs
 from am.register.registration import Registration, grid_shape_error, register_mask
 
@@ -59,7 +61,13 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
         )
     log.info("registering group %s (%d x %d px)", group, mask.shape[1], mask.shape[0])
     registration = register_mask(mask, rows=rows, cols=cols)
-    write_outputs(output_dir(dataset, group), registration, source=source)
+    # All the files or none: an interrupt or a full disk while the overlays are drawn (seconds on
+    # a large grid) must not leave a folder that holds ids but looks finished.
+    target = output_dir(dataset, group)
+    with staging(target.with_name(f".{group}.partial")) as staged:
+        write_outputs(staged, registration, source=source)
+        swap_in(staged, target)
+    log.info("group %s: ids, table, overlay and registration.json in %s", group, target)
     return registration
 
 

@@ -57,7 +57,7 @@ def write_outputs(out_dir: Path, registration: Registration, *, source: np.ndarr
     _write_tiles(out_dir / TILES_DIR, registration, source, centres=centres)
     text = json.dumps(registration.to_json_dict(), indent=2) + "\n"
     _write_bytes(out_dir / JSON_NAME, text.encode("utf-8"))
-    log.info("wrote %s, %s, %s and %s in %s", IDS_NAME, CSV_NAME, OVERLAY_NAME, JSON_NAME, out_dir)
+    log.debug("wrote %s, %s, %s and %s in %s", IDS_NAME, CSV_NAME, OVERLAY_NAME, JSON_NAME, out_dir)
 
 
 def table_csv(table: np.ndarray) -> str:

@@ -146,3 +146,40 @@ def test_source_of_another_size_is_refused(tmp_path, registered):
     with pytest.raises(InputError, match="use source_norm of the same group"):
         write_outputs(tmp_path, reg, source=np.zeros((10, 10), np.uint8))
     assert not any(tmp_path.iterdir())
+
+
+def _dataset_with_a_mask(root, registered_mask: np.ndarray):
+    import tifffile
+
+    from am.register.dataset import mask_path, source_path
+
+    for path, image in ((mask_path(root, "g"), registered_mask), (source_path(root, "g"), registered_mask // 2)):
+        path.parent.mkdir(parents=True)
+        tifffile.imwrite(path, image)
+    return root
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt, OSError])
+def test_a_registration_stopped_while_writing_leaves_all_files_or_none(tmp_path, monkeypatch, fault):
+    """Ctrl-C or a full disk while the overlay is drawn: no folder with ids that looks finished."""
+    from am.register.dataset import output_dir, register_group
+
+    lattice = Lattice.centred(rows=6, cols=7, width=300, height=260, pitch_x=38, angle_deg=2)
+    mask = (draw_lattice_mask(lattice, width=300, height=260, radius=9).mask > 0).astype(np.uint8) * 255
+    dataset = _dataset_with_a_mask(tmp_path / "ds", mask)
+    register_group(dataset, "g", rows=6, cols=7)
+    finished = sorted(p.name for p in output_dir(dataset, "g").iterdir())
+    assert {"am_coordinates.csv", "am_coordinates.png", "overlay.png", "registration.json"} <= set(finished)
+
+    def interrupted(*args, **kwargs):
+        raise fault(28, "No space left on device") if fault is OSError else fault()
+
+    monkeypatch.setattr(overlay, "render_overview", interrupted)
+    with pytest.raises((fault, InputError)):
+        register_group(dataset, "g", rows=6, cols=7)
+    assert not output_dir(dataset, "g").exists(), "the earlier ids go, and no half of the new ones stays"
+    assert sorted(p.name for p in (dataset / "am_coords").iterdir()) == [], "nothing staged is left"
+
+    monkeypatch.undo()
+    register_group(dataset, "g", rows=6, cols=7)
+    assert sorted(p.name for p in output_dir(dataset, "g").iterdir()) == finished
