@@ -72,12 +72,13 @@ def place_axis(
     plural = f"{name}s"
     if index.size == 0:
         raise RegistrationError(f"no mark lies on the fitted lattice, so no {name} of the grid can be placed")
-    lo, hi = int(index.min()), int(index.max())
+    lo = int(index.min())
     counts = np.bincount(index - lo)
     median = float(np.median(counts[counts > 0]))
-    filled = np.nonzero(counts >= max(2.0, FILLED_FRACTION * median))[0]
-    if filled.size == 0:
-        filled = np.nonzero(counts)[0]
+    well_filled = counts >= max(2.0, FILLED_FRACTION * median)
+    if not well_filled.any():
+        well_filled = counts > 0
+    filled = np.nonzero(well_filled)[0]
     first, last = lo + int(filled[0]), lo + int(filled[-1])
     span = last - first + 1
     if size is None:
@@ -93,25 +94,12 @@ def place_axis(
             f"the marks fill only {span} lattice {plural} but the grid was given {size} {plural}; at most "
             f"{allowance} edge {plural} may be empty: check the number of {plural} (or the mask)"
         )
-    starts = np.arange(min(lo, hi - size + 1), max(lo, hi - size + 1) + 1)
-    padded = np.concatenate([np.zeros(size, np.int64), counts, np.zeros(size, np.int64)])
-    cumulative = np.concatenate([[0], np.cumsum(padded)])
-    offset = starts - lo + size
-    scores = cumulative[offset + size] - cumulative[offset]
-    best = starts[scores == scores.max()]
-    if best.size > 1:
-        outside = np.array([outside_image(int(s), size) for s in best])
-        best = best[outside == outside.min()]
-    if best.size > 1:
-        # Truly ambiguous (an edge row without any mark): number from the first filled row.
-        start = int(best[np.argmin(np.abs(best - first))])
-        if span < size:
-            warnings.append(
-                f"the grid has {size} {plural} but marks fill only {span}: which edge {name} is empty is "
-                f"ambiguous; {name} 0 was put at the first {name} with marks{ambiguity_note}"
-            )
-    else:
-        start = int(best[0])
+    chosen = _choose_start(counts, lo=lo, size=size, well_filled=well_filled, first=first, last=last,
+                          outside_image=outside_image)
+    start = chosen.start
+    if span < size:
+        _warn_empty_edge(start, chosen.by_image, first=first, span=span, size=size, name=name,
+                         warnings=warnings, ambiguity_note=ambiguity_note)
     inside = np.zeros(counts.size, bool)
     inside[max(0, start - lo) : max(0, start - lo + size)] = True
     # Where a full lattice row holds a single mark (a grid one mark wide), that mark is the whole row.
@@ -129,6 +117,67 @@ def place_axis(
     if empty:
         warnings.append(f"{empty} of the {size} {plural} of the grid have no marks at all")
     return AxisPlacement(start=start, size=size, estimated=False)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """The chosen first lattice row (column) of the grid; ``by_image`` when the image edge chose
+    it among placements that hold the same marks."""
+
+    start: int
+    by_image: bool
+
+
+def _choose_start(
+    counts: np.ndarray, *, lo: int, size: int, well_filled: np.ndarray, first: int, last: int,
+    outside_image: Callable[[int, int], int],
+) -> _Start:
+    """The start of the ``size`` consecutive lattice rows holding the most marks of filled rows
+    (``first`` .. ``last`` the outermost filled ones).
+
+    A row with fewer marks than a filled one counts as empty, and the windows tried are those
+    around the filled rows, not around every row with a point: a piece of debris near a node of an
+    otherwise empty edge row would otherwise decide which edge of a grid larger than the marks is
+    empty, and shift every id by a row without a word. Ties go to the placements that keep every
+    node inside the image where others do not (where all reach out of it, as a turned grid's
+    corners do, the image says nothing), then to the one starting at the first filled row.
+    """
+    starts = np.arange(min(first, last - size + 1), max(first, last - size + 1) + 1)
+    scored = np.where(well_filled, counts, 0)
+    padded = np.concatenate([np.zeros(size, np.int64), scored, np.zeros(size, np.int64)])
+    cumulative = np.concatenate([[0], np.cumsum(padded)])
+    offset = starts - lo + size
+    scores = cumulative[offset + size] - cumulative[offset]
+    best = starts[scores == scores.max()]
+    by_image = False
+    if best.size > 1:
+        inside = np.array([outside_image(int(s), size) == 0 for s in best])
+        by_image = bool(inside.any() and not inside.all())
+        best = best[inside] if by_image else best
+    if best.size > 1:
+        return _Start(start=int(best[np.argmin(np.abs(best - first))]), by_image=False)
+    return _Start(start=int(best[0]), by_image=by_image)
+
+
+def _warn_empty_edge(
+    start: int, by_image: bool, *, first: int, span: int, size: int, name: str, warnings: list[str],
+    ambiguity_note: str,
+) -> None:
+    """Say which edge row was left empty, when the grid is larger than the filled rows, and on what
+    grounds: the marks cannot tell, so a wrong guess shifts every id by a row."""
+    plural = f"{name}s"
+    if by_image:
+        side = "first" if start < first else "last"
+        warnings.append(
+            f"the grid has {size} {plural} but marks fill only {span}: the {side} {name} was left empty, as "
+            f"the other edge would put nodes of the grid outside the image; if ids are one {name} off, check "
+            f"--{plural} and the overlay"
+        )
+    else:
+        warnings.append(
+            f"the grid has {size} {plural} but marks fill only {span}: which edge {name} is empty is "
+            f"ambiguous; {name} 0 was put at the first {name} with marks{ambiguity_note}"
+        )
 
 
 def _warn_partial(

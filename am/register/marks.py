@@ -2,12 +2,21 @@
 
 A mark is a connected component (8-connected) of the mask that survives a 2x2 opening by
 reconstruction (so one-pixel specks and lines go, but thin crescent tips keep their pixels) and
-is not much smaller than a typical mark, unless the image edge cuts it. Each mark gets a
-representative point that lies inside it: the centre of its largest inscribed circle, not its
-centroid, which for a crescent or a "C" falls in the hole::
+is not much smaller than a typical mark, unless the image edge cuts it. Each mark gets two points:
+
+- its centre (the centroid of its pixels), which the lattice is fitted to and marks are numbered
+  by. It sits at the same offset from the ablation centre for every mark of one shape (in the hole
+  of a crescent or a "C"), to a fraction of a pixel, and a blob stuck to the mark pulls it only by
+  the blob's share of the pixels. The centre of the largest inscribed circle, used before, is
+  neither: on a ring of even thickness it jumps round the ring with pixel rounding (+-0.2 of the
+  pitch across the rows, enough to split rows), and a blob fatter than a thin crescent takes it
+  over entirely, so the mark left its node;
+- a point on the mark, the pixel of it nearest its centre (the centre itself where that is on
+  the mark), which the table and the overlay report::
 
     comps = find_components(mask)
-    comps.x, comps.y, comps.area     # one entry per mark, all inside the marks
+    comps.x, comps.y, comps.area       # one entry per mark: centres, for the fit and the numbering
+    comps.mark_x, comps.mark_y         # points on the marks, for the table
 
 Everything here is vectorised or works on one mark's bounding box, never on the whole image per
 mark, so a 10000 x 10000 mask with 10^4 marks takes about a second.
@@ -29,8 +38,6 @@ log = logging.getLogger(__name__)
 MIN_AREA_FLOOR_PX = 4
 # A component smaller than this fraction of the typical mark is debris or noise.
 MIN_AREA_FRACTION = 0.15
-# Pixels whose distance to the background is within this of the maximum form the "centre plateau".
-PLATEAU_PX = 0.5
 # With at least this many components (a grid's 4 marks and a blob), one holding more than this
 # share of the foreground, and more than DOMINANT_TIMES_MEAN times an even share, is not a mark
 # (no lattice of that many marks has one that large) and does not set the typical area.
@@ -44,7 +51,8 @@ class Components:
     """The marks of a mask: component labels plus one entry per kept mark.
 
     ``labels`` is the int32 label image of every component (kept or not); ``label``, ``x``,
-    ``y``, ``area`` and ``bbox`` (x, y, w, h) describe the kept ones, in label order.
+    ``y`` (centres), ``mark_x``, ``mark_y`` (points on the marks), ``area`` and ``bbox`` (x, y,
+    w, h) describe the kept ones, in label order.
     """
 
     labels: np.ndarray
@@ -52,6 +60,8 @@ class Components:
     label: np.ndarray
     x: np.ndarray
     y: np.ndarray
+    mark_x: np.ndarray
+    mark_y: np.ndarray
     area: np.ndarray
     bbox: np.ndarray
     typical_area: float
@@ -60,6 +70,7 @@ class Components:
 
     @property
     def points(self) -> np.ndarray:
+        """The marks' centres, shape (N, 2): what the lattice is fitted to."""
         return np.column_stack([self.x, self.y])
 
 
@@ -77,7 +88,7 @@ def find_components(mask: np.ndarray) -> Components:
     """Label the mask's components, drop noise and debris too small to be marks, place a point in each."""
     mask = check_mask(mask)
     binary = (mask > 0).view(np.uint8)
-    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
+    n_labels, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
     # Opening by reconstruction: keep a whole component if any 2x2 block of it is set.
     core = cv2.erode(binary, np.ones((2, 2), np.uint8))
     has_core = np.bincount(labels[core.view(bool)], minlength=n_labels) > 0
@@ -96,18 +107,16 @@ def find_components(mask: np.ndarray) -> Components:
     log.debug("%d components, %d kept (typical area %.1f px, minimum %d px)",
               n_labels - 1, kept.size, typical, min_area)
     bbox = stats[kept, :4].astype(np.int64)
-    xs = np.empty(kept.size)
-    ys = np.empty(kept.size)
-    for i, (lab, (x0, y0, w, h)) in enumerate(zip(kept, bbox, strict=True)):
-        crop = labels[y0 : y0 + h, x0 : x0 + w] == lab
-        px, py = interior_point(crop)
-        xs[i], ys[i] = x0 + px, y0 + py
+    xs, ys = centroids[kept, 0].astype(float), centroids[kept, 1].astype(float)
+    mark_x, mark_y = points_on_marks(labels, kept, bbox, xs, ys)
     return Components(
         labels=labels,
         n_labels=int(n_labels),
         label=kept.astype(np.int64),
         x=xs,
         y=ys,
+        mark_x=mark_x,
+        mark_y=mark_y,
         area=areas[kept],
         bbox=bbox,
         typical_area=typical,
@@ -136,18 +145,36 @@ def typical_mark_area(areas: np.ndarray) -> float:
     return float(order[np.searchsorted(cumulative, cumulative[-1] / 2.0)])
 
 
-def interior_point(component: np.ndarray) -> tuple[float, float]:
-    """A point inside a component given as a boolean crop: the centre of its largest inscribed circle.
+def points_on_marks(
+    labels: np.ndarray, kept: np.ndarray, bbox: np.ndarray, xs: np.ndarray, ys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each kept label, its centre (xs, ys) where that lies on the mark, else its pixel nearest
+    the centre. Only marks whose centre misses them (crescents, "C"s) are looked at on their box."""
+    height, width = labels.shape
+    col = np.clip(np.rint(xs).astype(np.int64), 0, width - 1)
+    row = np.clip(np.rint(ys).astype(np.int64), 0, height - 1)
+    mark_x, mark_y = xs.copy(), ys.copy()
+    for i in np.nonzero(labels[row, col] != kept)[0].tolist():
+        x0, y0, w, h = (int(v) for v in bbox[i])
+        px, py = point_on_mark(labels[y0 : y0 + h, x0 : x0 + w] == kept[i], xs[i] - x0, ys[i] - y0)
+        mark_x[i], mark_y[i] = x0 + px, y0 + py
+    return mark_x, mark_y
 
-    Where the circle's centre is a plateau (a disc has a few equally deep pixels), the plateau's
-    mean is used for sub-pixel precision, unless that mean falls outside the component (a curved
-    ridge in a crescent), in which case the plateau pixel nearest to it is.
-    """
-    padded = cv2.copyMakeBorder(component.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    ys, xs = np.nonzero(dist >= dist.max() - PLATEAU_PX)
+
+def point_on_mark(component: np.ndarray, cx: float, cy: float) -> tuple[float, float]:
+    """A point of a component (a boolean crop) for the table: (cx, cy) where its pixel is the
+    component's, else the component's pixel nearest to it, so the point always lies on the mark."""
+    h, w = component.shape
+    col, row = int(np.rint(cx)), int(np.rint(cy))
+    if 0 <= row < h and 0 <= col < w and component[row, col]:
+        return cx, cy
+    ys, xs = np.nonzero(component)
+    nearest = int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))
+    return float(xs[nearest]), float(ys[nearest])
+
+
+def mark_points(component: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The centre (centroid) of a component given as a boolean crop, and its point on the mark."""
+    ys, xs = np.nonzero(component)
     cx, cy = float(xs.mean()), float(ys.mean())
-    if not padded[int(round(cy)), int(round(cx))]:
-        nearest = int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))
-        cx, cy = float(xs[nearest]), float(ys[nearest])
-    return cx - 1.0, cy - 1.0
+    return (cx, cy), point_on_mark(component, cx, cy)

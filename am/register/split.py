@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from am.register.fit import LatticeFit
-from am.register.marks import Components, interior_point
+from am.register.marks import Components, mark_points
 
 # A component this many times the typical area (or as long in x or y) may hold several marks.
 OVERSIZE_AREA = 1.6
@@ -34,7 +34,9 @@ PART_MAX_CELL = 0.6
 @dataclass(frozen=True)
 class SplitComponent:
     """One component cut into parts: ``part_map`` (its bounding box) holds 1..k for part k, 0 elsewhere
-    (outside the component, or on a share too large to be a mark: ``unclaimed_px`` of them)."""
+    (outside the component, or on a share too large to be a mark: ``unclaimed_px`` of them).
+    ``x``, ``y`` are the parts' centres, ``mark_x``, ``mark_y`` points on them, as for whole marks
+    (:mod:`am.register.marks`)."""
 
     label: int
     x0: int
@@ -42,6 +44,8 @@ class SplitComponent:
     part_map: np.ndarray
     x: np.ndarray
     y: np.ndarray
+    mark_x: np.ndarray
+    mark_y: np.ndarray
     area: np.ndarray
     unclaimed_px: int = 0
 
@@ -93,13 +97,15 @@ def _split_one(comps: Components, i: int, fit: LatticeFit) -> SplitComponent | N
     claimed = part >= 0
     part_map = np.zeros((h, w), np.int32)
     part_map[ys[claimed], xs[claimed]] = part[claimed] + 1
-    px = np.empty(n_parts)
-    py = np.empty(n_parts)
+    centre = np.empty((n_parts, 2))
+    on_mark = np.empty((n_parts, 2))
     area = np.bincount(part[claimed], minlength=n_parts).astype(np.int64)
     # Each part on its own box: a fibre or scratch touching a row of marks makes one component as
     # large as the image, and hundreds of parts each scanning its whole box would take hours.
     for k, box in enumerate(ndimage.find_objects(part_map, max_label=n_parts)):
-        cx, cy = interior_point(part_map[box] == k + 1)
-        px[k], py[k] = x0 + box[1].start + cx, y0 + box[0].start + cy
-    return SplitComponent(label=int(comps.label[i]), x0=x0, y0=y0, part_map=part_map, x=px, y=py, area=area,
+        corner = np.array([x0 + box[1].start, y0 + box[0].start], float)
+        (cx, cy), (mx, my) = mark_points(part_map[box] == k + 1)
+        centre[k], on_mark[k] = corner + np.array([cx, cy]), corner + np.array([mx, my])
+    return SplitComponent(label=int(comps.label[i]), x0=x0, y0=y0, part_map=part_map, x=centre[:, 0],
+                          y=centre[:, 1], mark_x=on_mark[:, 0], mark_y=on_mark[:, 1], area=area,
                           unclaimed_px=int(np.count_nonzero(~claimed)))

@@ -1,4 +1,4 @@
-"""The steps under register_mask: marks and their interior points, the lattice fit, grid placement."""
+"""The steps under register_mask: marks, their centres and points on them, the lattice fit, grid placement."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from am.errors import RegistrationError
 from am.register.fit import fit_lattice
 from am.register.grid import place_axis
-from am.register.marks import find_components, interior_point
+from am.register.marks import find_components, mark_points
+from am.register.testing import draw_lattice_mask
 from am.synth.lattice import Lattice
 
 
@@ -31,20 +32,47 @@ def test_specks_and_one_pixel_lines_are_dropped_marks_kept_whole():
 
 
 @pytest.mark.parametrize("offset, cut", [(0.5, 0.9), (0.35, 1.0), (0.2, 1.0)])
-def test_interior_point_of_a_crescent_is_inside(offset, cut):
+def test_point_on_a_crescent_is_on_it_and_its_centre_the_centroid(offset, cut):
     crop = np.zeros((40, 40), np.uint8)
     cv2.circle(crop, (20, 20), 12, 1, -1)
     cv2.circle(crop, (20 + int(offset * 12), 20), int(cut * 12), 0, -1)
     ys, xs = np.nonzero(crop)
     assert crop[round(ys.mean()), round(xs.mean())] == 0 or offset == 0.5
-    x, y = interior_point(crop.astype(bool))
+    (cx, cy), (x, y) = mark_points(crop.astype(bool))
+    assert (cx, cy) == pytest.approx((xs.mean(), ys.mean()))
     assert crop[round(y), round(x)] == 1
 
 
-def test_interior_point_of_a_disc_is_its_centre():
+def test_centre_and_point_of_a_disc_are_its_centre():
     crop = np.zeros((31, 31), np.uint8)
     cv2.circle(crop, (15, 15), 10, 1, -1)
-    assert interior_point(crop.astype(bool)) == pytest.approx((15.0, 15.0), abs=0.01)
+    centre, on_mark = mark_points(crop.astype(bool))
+    assert centre == pytest.approx((15.0, 15.0), abs=0.01)
+    assert on_mark == centre
+
+
+def ring_centres(angle: float, pitch: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of a 15 x 12 lattice of "C" marks, and each one's offset across its row from its node."""
+    lattice = Lattice.centred(rows=15, cols=12, width=14 * pitch, height=17 * pitch, pitch_x=pitch,
+                              angle_deg=angle)
+    drawn = draw_lattice_mask(lattice, width=int(14 * pitch), height=int(17 * pitch), radius=0.27 * pitch,
+                              shape="c")
+    comps = find_components(drawn.mask)
+    true_id = drawn.truth[np.rint(comps.mark_y).astype(int), np.rint(comps.mark_x).astype(int)].astype(int)
+    theta = np.radians(angle)
+    offset = comps.points - lattice.nodes()[true_id - 1]
+    return comps, offset @ np.array([-np.sin(theta), np.cos(theta)])
+
+
+@pytest.mark.parametrize("angle", [-10.0, 5.0])
+def test_centres_of_c_marks_sit_at_one_offset_and_their_points_on_them(angle):
+    # The centre of the largest inscribed circle of a ring of even thickness jumped round the ring
+    # (+-4.3 px across a row 30 px high): enough to cut rows in two.
+    comps, across = ring_centres(angle)
+    assert comps.label.size == 15 * 12
+    assert np.ptp(across) < 0.5
+    xs, ys = np.rint(comps.mark_x).astype(int), np.rint(comps.mark_y).astype(int)
+    np.testing.assert_array_equal(comps.labels[ys, xs], comps.label)
 
 
 @pytest.mark.parametrize("angle", [-10.0, 10.0])

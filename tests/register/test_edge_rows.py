@@ -1,0 +1,58 @@
+"""A grid given one row (column) larger than the marks fill: debris must not pick the empty edge.
+
+Which edge row of such a grid is empty cannot be read from the marks. Before, a piece of debris
+near a node of one candidate row decided it, and every id shifted by a row without a warning.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from am.register import register_mask
+from am.register.grid import place_axis
+from am.register.testing import draw_lattice_mask
+from am.synth.lattice import Lattice
+
+
+def test_debris_in_an_empty_edge_row_does_not_choose_the_grid():
+    # Lattice rows 0..6 hold 40 marks each; one piece of debris sits on a node of row -1.
+    index = np.concatenate([np.repeat(np.arange(0, 7), 40), [-1]])
+    warnings: list[str] = []
+    placement = place_axis(index, size=8, name="row", outside_image=lambda s, n: 0, warnings=warnings)
+    assert placement.start == 0
+    assert any("which edge row is empty is ambiguous" in w for w in warnings)
+
+
+def test_an_empty_edge_row_chosen_by_the_image_edge_is_named():
+    index = np.concatenate([np.repeat(np.arange(0, 9), 10), [9]])
+    warnings: list[str] = []
+    # Row -1 would lie beyond the image; the debris in row 9 does not count.
+    placement = place_axis(index, size=10, name="row", outside_image=lambda s, n: 10 if s < 0 else 0,
+                           warnings=warnings)
+    assert placement.start == 0
+    assert any("the last row was left empty" in w for w in warnings)
+
+
+def crescents(*, rows: int, cols: int, angle: float, seed: int):
+    pitch = 30.0
+    probe = Lattice(rows, cols, pitch, pitch, angle, 0.0, 0.0, 0.0).nodes()
+    width, height = (np.ptp(probe, axis=0) + 2 * pitch).astype(int)
+    lattice = Lattice.centred(rows=rows, cols=cols, width=width, height=height, pitch_x=pitch, angle_deg=angle)
+    return draw_lattice_mask(lattice, width=width, height=height, radius=0.27 * pitch, shape="crescent",
+                             debris=10, rng=np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize(("seed", "angle"), [(1, -4.0), (2, 0.0), (3, 0.0)])
+def test_ids_do_not_shift_when_a_row_more_is_given(seed, angle):
+    # 7 x 40 crescents with 10 pieces of debris, given --rows 8: these ids all shifted by a row
+    # (+40), unwarned. The extra row's corners graze the image edge at -4 degrees and must not
+    # decide either.
+    drawn = crescents(rows=7, cols=40, angle=angle, seed=seed)
+    reg = register_mask(drawn.mask, rows=8, cols=40)
+    marks = drawn.truth > 0
+    shifts = collections.Counter((reg.ids[marks].astype(int) - drawn.truth[marks].astype(int)).tolist())
+    assert shifts.most_common(1)[0][0] == 0
+    assert any("which edge row is empty is ambiguous" in w for w in reg.warnings)
