@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 # Clean-up after a failure: a couple of quick tries, so a dead endpoint does not hold up the error.
 CLEANUP_RETRY_AFTER_FAILURE = RetryPolicy(attempts=2, base_s=0.2, max_wait_s=1.0)
 # About how long a clean-up takes at most, for the message shown when Ctrl-C comes during it: local
-# workers get 20 s to finish their batch, then the reported masks are collected.
+# workers get 20 s to finish their batch, then the reported masks are collected; ECS tasks get
+# their stop timeout (the launcher waits up to 150 s for them).
 CLEANUP_HINT_S = 30.0
+CLEANUP_HINT_AWS_S = 180.0
 
 
 @dataclass
@@ -127,8 +129,9 @@ class InterruptGuard:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, *, hint_s: float = CLEANUP_HINT_S) -> None:
         self.job_id = job_id
+        self.hint_s = hint_s
         self.interrupted = False
         self.cleaning = False
         # Signals after the first interrupt, or during the clean-up.
@@ -164,7 +167,7 @@ class InterruptGuard:
         if self.extra == 1:
             log.warning("job %s is cleaning up: stopping the workers, saving the masks they reported, deleting its "
                         "queue and objects; this takes up to about %.0f s. Press Ctrl-C again (or send SIGTERM again) "
-                        "to quit at once and leave them behind", self.job_id, CLEANUP_HINT_S)
+                        "to quit at once and leave them behind", self.job_id, self.hint_s)
             return
         self.forced = True
         raise ForcedQuit(f"signal {signum} during the clean-up of job {self.job_id}")

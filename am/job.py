@@ -36,7 +36,15 @@ import numpy as np
 from tqdm import tqdm
 
 from am.backends import Backend
-from am.cleanup import CLEANUP_RETRY_AFTER_FAILURE, ForcedQuit, InterruptGuard, clean_up_steps, run_clean_up
+from am.cleanup import (
+    CLEANUP_HINT_AWS_S,
+    CLEANUP_HINT_S,
+    CLEANUP_RETRY_AFTER_FAILURE,
+    ForcedQuit,
+    InterruptGuard,
+    clean_up_steps,
+    run_clean_up,
+)
 from am.collector import ResultCollector
 from am.dataset import DatasetLayout
 from am.errors import (
@@ -238,7 +246,7 @@ class Job:
         self._sender = ThreadPool(1, thread_name_prefix="am-send")
         self._sending: Future[float] | None = None
         self._next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
-        self._guard = InterruptGuard(job_id)
+        self._guard = InterruptGuard(job_id, hint_s=CLEANUP_HINT_S if backend.name == "local" else CLEANUP_HINT_AWS_S)
 
     def start_workers(self, count: int) -> None:
         """Start ``count`` workers; the count is kept so that workers which left idle can be replaced."""

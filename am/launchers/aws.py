@@ -54,6 +54,14 @@ STOP_REASON = "am-segm job finished"
 # a task stopped by StopTask, a scale-in or a Spot reclaim has another one.
 # https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Task.html (stopCode)
 SELF_EXIT_STOP_CODE = "EssentialContainerExited"
+# After StopTask, ECS gives a worker its task definition's stopTimeout (at most 120 s) to finish
+# its batch and report it before the SIGKILL. The job waits that long and a little more for its
+# tasks to end, so the masks they report meanwhile are collected before its queue and objects go.
+STOP_WAIT_S = 150.0
+STOP_POLL_S = 5.0
+# A task whose containers have exited: it writes and reports nothing more.
+# https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-lifecycle-explanation.html
+ENDED_STATES = frozenset({"DEPROVISIONING", "STOPPED"})
 # Capacity shortfalls (no free GPU yet, agent busy) often clear in seconds; retry them a few times.
 RUN_TASK_ATTEMPTS = 3
 RUN_TASK_RETRY_DELAY_S = 10.0
@@ -125,6 +133,7 @@ class EcsLauncher:
         started_by: str = "am-segm",
         attempts: int = RUN_TASK_ATTEMPTS,
         retry_delay_s: float = RUN_TASK_RETRY_DELAY_S,
+        stop_wait_s: float = STOP_WAIT_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if mode not in LAUNCH_MODES:
@@ -143,6 +152,7 @@ class EcsLauncher:
         self._started_by = started_by
         self._attempts = max(1, attempts)
         self._retry_delay_s = retry_delay_s
+        self._stop_wait_s = stop_wait_s
         self._sleep = sleep
         self._task_arns: list[str] = []
         self._stopped: set[str] = set()
@@ -370,12 +380,16 @@ class EcsLauncher:
         """Stop every task this launcher started, or restore the service's desired count; idempotent.
 
         Every task is tried even when some fail; failures are then raised together, so a failure
-        path that calls this still learns which tasks may keep running (and costing).
+        path that calls this still learns which tasks may keep running (and costing). StopTask
+        returns at once, while the worker still finishes its batch: the tasks stopped are waited
+        for (at most ``stop_wait_s``), so that what they write and report comes before the job
+        deletes its queue and objects, not after.
         """
         if self._mode == "service":
             self._restore_service()
             return
         failed: dict[str, str] = {}
+        stopping: list[str] = []
         for arn in self._task_arns:
             if arn in self._stopped:
                 continue
@@ -394,13 +408,53 @@ class EcsLauncher:
                 log.error("could not stop worker task %s: %s", _task_id(arn), exc)
                 continue
             self._stopped.add(arn)
+            stopping.append(arn)
             log.info("stopped worker task %s", _task_id(arn))
+        self._wait_until_ended(stopping)
         if failed:
             listing = ", ".join(f"{task} ({why})" for task, why in sorted(failed.items()))
             raise LauncherError(
                 f"could not stop {len(failed)} worker task(s) on cluster {self._resources.cluster}: {listing}; "
                 f"stop them with `python -m am.scale drain` or the ECS console"
             )
+
+    def _wait_until_ended(self, arns: Sequence[str]) -> None:
+        """Wait until the tasks' containers have exited, at most ``stop_wait_s``; a task ECS no longer
+        describes has ended. Only logged when it cannot be told: the clean-up must go on."""
+        waiting = list(arns)
+        if not waiting:
+            return
+        log.info("waiting up to %.0f s for %d worker task(s) to finish their batch and stop",
+                 self._stop_wait_s, len(waiting))
+        waited = 0.0
+        while True:
+            try:
+                waiting = self._not_ended(waiting)
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("cannot tell whether the worker tasks have stopped (%s); going on without waiting",
+                            aws_message(exc) if isinstance(exc, ClientError) else exc)
+                return
+            if not waiting:
+                return
+            if waited >= self._stop_wait_s:
+                log.warning("%d worker task(s) still stopping after %.0f s (%s); masks they report later are lost "
+                            "and a rerun segments those tiles again", len(waiting), waited,
+                            ", ".join(_task_id(arn) for arn in waiting))
+                return
+            pause = min(STOP_POLL_S, self._stop_wait_s - waited)
+            self._sleep(pause)
+            waited += pause
+
+    def _not_ended(self, arns: Sequence[str]) -> list[str]:
+        running: list[str] = []
+        for chunk in _chunks(arns, MAX_TASKS_PER_DESCRIBE):
+            response = self._ecs.describe_tasks(cluster=self._resources.cluster, tasks=list(chunk))
+            for task in response.get("tasks", []):
+                containers = task.get("containers", [])
+                exited = bool(containers) and all(c.get("lastStatus") == "STOPPED" for c in containers)
+                if task.get("lastStatus") not in ENDED_STATES and not exited:
+                    running.append(task["taskArn"])
+        return running
 
     def _restore_service(self) -> None:
         if self._service_set is None or self._service_original is None:

@@ -13,6 +13,7 @@ from am.launchers.aws import (
     MAX_TASKS_PER_DESCRIBE,
     MAX_TASKS_PER_RUN_TASK,
     SELF_EXIT_STOP_CODE,
+    STOP_POLL_S,
     STOP_REASON,
     EcsLauncher,
     task_environment,
@@ -203,6 +204,50 @@ def test_stop_tries_every_task_and_names_those_it_could_not_stop(aws, cluster_re
     launcher.stop()
     assert len(ecs.named("stop_task")) == 4
     assert {t["lastStatus"] for t in _statuses(aws, cluster_resources, launcher.task_arns)} == {"STOPPED"}
+
+
+def _still_stopping(arns) -> dict:
+    """DescribeTasks while the workers finish their batch after StopTask: desired STOPPED, still running."""
+    return {"tasks": [{"taskArn": arn, "lastStatus": "RUNNING", "desiredStatus": "STOPPED",
+                       "containers": [{"name": "worker", "lastStatus": "RUNNING"}]} for arn in arns]}
+
+
+def test_stop_waits_until_the_stopped_tasks_have_ended(aws, cluster_resources) -> None:
+    """StopTask returns at once; the job must not delete its queue and objects while workers still write."""
+    ecs = RecordingEcs(aws.ecs())
+    slept: list[float] = []
+    launcher = _launcher(ecs, cluster_resources, sleep=slept.append)
+    launcher.start(3, ENV)
+    ecs.injected["describe_tasks"] = [_still_stopping(launcher.task_arns)] * 2
+    launcher.stop()
+    assert slept == [STOP_POLL_S, STOP_POLL_S]
+    # Two answers "still running", then moto's own: every task STOPPED.
+    assert len(ecs.named("describe_tasks")) == 3
+
+
+def test_stop_waits_at_most_its_limit_and_names_the_tasks_still_stopping(aws, cluster_resources, caplog) -> None:
+    ecs = RecordingEcs(aws.ecs())
+    slept: list[float] = []
+    launcher = _launcher(ecs, cluster_resources, sleep=slept.append, stop_wait_s=12)
+    launcher.start(2, ENV)
+    ecs.injected["describe_tasks"] = [_still_stopping(launcher.task_arns)] * 10
+    with caplog.at_level(logging.WARNING):
+        launcher.stop()
+    assert slept == [STOP_POLL_S, STOP_POLL_S, 2.0]
+    assert "2 worker task(s) still stopping after 12 s" in caplog.text
+    assert launcher.task_arns[0].rsplit("/", 1)[-1] in caplog.text
+
+
+def test_stop_goes_on_when_it_cannot_tell_whether_tasks_ended(aws, cluster_resources, caplog) -> None:
+    ecs = RecordingEcs(aws.ecs())
+    slept: list[float] = []
+    launcher = _launcher(ecs, cluster_resources, sleep=slept.append)
+    launcher.start(1, ENV)
+    ecs.injected["describe_tasks"] = [ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}},
+                                                  "DescribeTasks")]
+    with caplog.at_level(logging.WARNING):
+        launcher.stop()
+    assert slept == [] and "ThrottlingException" in caplog.text
 
 
 # ------------------------------------------------------------------------------ service mode
