@@ -16,6 +16,8 @@ from am.errors import InputError, MessageError
 from am.messages import check_group
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+# Folders under source/ that are never groups: what unzipping on a Mac leaves beside the data.
+IGNORED_FOLDERS = frozenset({"__MACOSX"})
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class DatasetLayout:
             raise InputError(
                 f"dataset folder {self.root} has no source/ folder; put each image in source/<group>/"
             )
-        available = sorted(p.name for p in self.source_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        # Hidden folders and the __MACOSX folder that unzipping on a Mac leaves are not acquisitions.
+        available = sorted(p.name for p in self.source_dir.iterdir()
+                           if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS)
         if selected:
             unknown = [g for g in selected if g not in available]
             if unknown:
@@ -65,7 +69,15 @@ class DatasetLayout:
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
         )
         if not images:
-            raise InputError(f"group folder {folder} has no image; put one .tif, .tiff or .png file there")
+            others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+            broken = [name for name in others if (folder / name).is_symlink() and not (folder / name).exists()]
+            found = ""
+            if broken:
+                found = f" ({', '.join(broken)}: a link to nothing)"
+            elif others:
+                shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+                found = f" (it holds {shown}, none of them one)"
+            raise InputError(f"group folder {folder} has no image{found}; put one .tif, .tiff or .png file there")
         if len(images) > 1:
             names = ", ".join(p.name for p in images)
             raise InputError(f"group folder {folder} has {len(images)} images ({names}); keep exactly one per group")

@@ -51,3 +51,21 @@ def test_group_names_that_cannot_be_keys_are_rejected(tmp_path):
     make_group(tmp_path, "bad name", "img.png")
     with pytest.raises(InputError, match="bad name"):
         DatasetLayout(tmp_path).groups()
+
+
+def test_a_group_without_an_image_names_what_it_holds(tmp_path):
+    """A JPEG or a link to a moved file is not "no image" to its owner: say what was found instead."""
+    make_group(tmp_path, "jpeg", "a.jpg")
+    (tmp_path / "source" / "link").mkdir()
+    (tmp_path / "source" / "link" / "a.png").symlink_to(tmp_path / "moved.png")
+    layout = DatasetLayout(tmp_path)
+    with pytest.raises(InputError, match=r"has no image \(it holds a.jpg, none of them one\); put one"):
+        layout.source_image("jpeg")
+    with pytest.raises(InputError, match=r"has no image \(a.png: a link to nothing\)"):
+        layout.source_image("link")
+
+
+def test_the_folder_a_mac_leaves_when_unzipping_is_not_a_group(tmp_path):
+    make_group(tmp_path, "g1", "a.png")
+    make_group(tmp_path, "__MACOSX", "._a.png")
+    assert DatasetLayout(tmp_path).groups() == ["g1"]
