@@ -95,7 +95,8 @@ def add_log_level_option(parser: argparse.ArgumentParser, default: str | None = 
     """The one ``--log-level`` option of every command. ``default=None`` leaves the level to the
     command's settings (option, ``AM_LOG_LEVEL``, config file, then INFO)."""
     where = f"default {default}" if default else "default: the settings' log_level, INFO"
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default, help=f"logging detail on stderr ({where})")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default, type=str.upper,
+                        help=f"logging detail on stderr ({where}; any case)")
 
 
 def add_postprocess_option(parser: argparse.ArgumentParser) -> None:
@@ -206,11 +207,13 @@ RERUN_TO_START_AGAIN = ("earlier outputs are as they were and nothing of this ru
                         "to start again")
 
 
-def run_main(main: Callable[[], int], *, name: str, interrupted: str = "") -> int:
+def run_main(main: Callable[[], int], *, name: str, interrupted: str = "", server: bool = False) -> int:
     """Run ``main`` and map its outcome to an exit code; SIGTERM is handled like Ctrl-C so cleanup runs.
 
     ``interrupted`` ends the message after Ctrl-C: what the run left and how to go on
-    (:data:`RERUN_TO_RESUME`, :data:`RERUN_TO_START_AGAIN`). SIGUSR1 prints every thread's stack
+    (:data:`RERUN_TO_RESUME`, :data:`RERUN_TO_START_AGAIN`). For a ``server`` Ctrl-C and SIGTERM
+    are how it is stopped, not a failure: it logs that it stopped and exits 0, as a supervisor
+    (systemd, ECS, Kubernetes) expects of a service it stops. SIGUSR1 prints every thread's stack
     (:func:`enable_stack_dumps`).
     """
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -232,5 +235,8 @@ def run_main(main: Callable[[], int], *, name: str, interrupted: str = "") -> in
         log.debug("traceback of the error above", exc_info=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        if server:
+            log.info("stopped; cleaned up%s", f", {interrupted}" if interrupted else "")
+            return EXIT_OK
         log.error("interrupted; cleaned up%s", f", {interrupted}" if interrupted else "")
         return EXIT_INTERRUPTED

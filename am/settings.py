@@ -117,6 +117,9 @@ class Settings:
     aws_max_tasks: int = 10
 
     def __post_init__(self) -> None:
+        if isinstance(self.log_level, str):
+            # AM_LOG_LEVEL=debug or log_level: info in a config file mean what they say.
+            object.__setattr__(self, "log_level", self.log_level.upper())
         _require(self.backend in BACKENDS, "backend", self.backend, f"one of {', '.join(BACKENDS)}")
         _require(self.workers >= 1, "workers", self.workers, "at least 1")
         _require(self.log_level in LOG_LEVELS, "log_level", self.log_level, f"one of {', '.join(LOG_LEVELS)}")

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     configure_logging(args.log_level or "INFO")
-    return run_main(run, name="am.api")
+    return run_main(run, name="am.api", server=True)
 
 
 if __name__ == "__main__":

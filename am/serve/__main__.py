@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     configure_logging(args.log_level or "INFO")
-    return run_main(run, name="am.serve")
+    return run_main(run, name="am.serve", server=True)
 
 
 if __name__ == "__main__":

@@ -314,3 +314,12 @@ def test_each_task_runs_the_pipeline_with_the_servers_tta(tmp_path):
         parsed = build_parser().parse_args(argv[3:])
         assert parsed.tta == mode and parsed.no_register
 
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_server_stopped_by_its_supervisor_exits_0_without_an_error(tmp_path, tiny_model, sig):
+    """SIGTERM is how systemd, ECS or Kubernetes stop a service: exit 130 and an ERROR read as a crash."""
+    with running(api_args(tmp_path / "data", tiny_model), tmp=tmp_path, name="stopped") as server:
+        assert server.stop(sig) == 0, server.log_text()[-4000:]
+        assert " ERROR " not in server.log_text()
+        assert "stopped; cleaned up" in server.log_text()
