@@ -149,6 +149,10 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         rows: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid rows (with cols)"),
         cols: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid columns (with rows)"),
     ) -> JSONResponse:
+        repeated = sorted(name for name in ("rows", "cols") if len(request.query_params.getlist(name)) > 1)
+        if repeated:
+            # Only one would count, silently: a grid of the wrong shape numbers every mark wrongly.
+            raise InputError(f"{' and '.join(repeated)} given more than once; give each once")
         if (rows is None) != (cols is None):
             raise InputError("give rows and cols together to register the marks, or neither to get only the mask")
         if rows is not None and cols is not None and rows * cols > MAX_GRID_NODES:

@@ -278,3 +278,13 @@ def test_an_image_too_small_at_the_servers_scale_is_a_400(tmp_path, scale, side,
             assert f"{side} x {side} px" in detail and "at least 32 px" in detail
             assert ("at this server's scale 0.5" in detail) == (scale == 0.5)
         assert len(list(server.store.tasks_dir.iterdir())) == int(accepted)
+
+
+def test_rows_or_cols_given_twice_are_a_400(tmp_path):
+    """Only the last would count, silently, and a grid of the wrong shape numbers every mark wrongly."""
+    image = np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8)
+    with api(tmp_path) as server:
+        response = server.client.post("/tasks?rows=9&cols=9&rows=4", content=png_bytes(image),
+                                      headers={"Content-Type": "image/png"})
+        assert response.status_code == 400 and "rows given more than once" in response.json()["detail"]
+        assert not list(server.store.tasks_dir.iterdir())
