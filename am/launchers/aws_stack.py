@@ -9,7 +9,6 @@ the launcher, the job and ``am.scale`` all work from. A missing or unusable piec
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, fields
 from typing import Any
@@ -18,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from am.errors import ConfigError
 from am.settings import Settings
+from am.transport.queue import parse_max_receive_count
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,9 @@ def max_receive_count_of(attributes: dict[str, str], queue_url: str) -> int:
     if not policy:
         return 0
     try:
-        count = int(json.loads(policy)["maxReceiveCount"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"tile queue {queue_url} has a RedrivePolicy without a usable maxReceiveCount "
-                          f"({policy!r}); fix it on the queue (or redeploy the stack)") from exc
-    if count < 1:
-        raise ConfigError(f"tile queue {queue_url} has maxReceiveCount {count}; SQS allows 1 to 1000, fix the queue")
-    return count
+        return parse_max_receive_count(policy)
+    except ValueError as exc:
+        raise ConfigError(f"tile queue {queue_url}: {exc}; fix it on the queue (or redeploy the stack)") from exc
 
 
 def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs_client: Any) -> AwsResources:

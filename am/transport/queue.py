@@ -150,6 +150,28 @@ class Queue:
             "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
         }
 
+    def redrive(self) -> tuple[int, str | None]:
+        """The queue's ``maxReceiveCount`` and its dead-letter queue's URL (its RedrivePolicy): after that
+        many receives a message not deleted moves there. (0, None) for a queue without one, or with
+        a policy that does not parse (logged): the caller then knows of no limit."""
+        response = self._retry.call(
+            f"get attributes of {self.name}", self._sqs.get_queue_attributes,
+            QueueUrl=self.url, AttributeNames=["RedrivePolicy"],
+        )
+        policy = response.get("Attributes", {}).get("RedrivePolicy", "")
+        if not policy:
+            return 0, None
+        try:
+            count = parse_max_receive_count(policy)
+            arn = str(json.loads(policy)["deadLetterTargetArn"])
+            _, _, _, _, account, name = arn.split(":", 5)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("queue %s: %s; taking it as a queue without a dead-letter queue", self.name, exc)
+            return 0, None
+        url = self._retry.call(f"look up {name}", self._sqs.get_queue_url, QueueName=name,
+                               QueueOwnerAWSAccountId=account)["QueueUrl"]
+        return count, url
+
     def _batches(self, what: str, call: Callable[..., Any], entries: list[dict[str, Any]]) -> None:
         """Run a batch call per chunk of 10 entries; every chunk is tried even if an earlier one had rejects.
 
@@ -187,6 +209,17 @@ class Queue:
 
         self._retry.call(f"{what} batch of {len(entries)} on {self.name}", attempt)
         return rejected
+
+
+def parse_max_receive_count(policy: str) -> int:
+    """``maxReceiveCount`` of a RedrivePolicy (JSON); ValueError naming the policy where it has no usable one."""
+    try:
+        count = int(json.loads(policy)["maxReceiveCount"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"its RedrivePolicy has no usable maxReceiveCount ({policy!r})") from exc
+    if not 1 <= count <= 1000:
+        raise ValueError(f"its RedrivePolicy has maxReceiveCount {count}; SQS allows 1 to 1000")
+    return count
 
 
 def is_missing_queue(exc: BaseException) -> bool:

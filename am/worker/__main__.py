@@ -98,8 +98,10 @@ def build_worker(config: WorkerConfig) -> Worker:
     )
     model = config.model or str(default_model_path())
     predictor = models(model)
+    queue = Queue(sqs, config.queue_url)
+    max_receives, dead_letter_url = queue.redrive()
     return Worker(
-        Queue(sqs, config.queue_url),
+        queue,
         storage,
         models,
         input_bucket=config.input_bucket,
@@ -108,6 +110,8 @@ def build_worker(config: WorkerConfig) -> Worker:
         batch_size=config.batch_size_for(predictor.device),
         idle_exit_s=config.idle_exit_s,
         visibility_timeout_s=config.visibility_timeout_s,
+        max_receives=max_receives,
+        dead_letters=Queue(sqs, dead_letter_url) if dead_letter_url else None,
         worker_id=config.worker_id,
         stop_grace_s=config.stop_grace_s,
     )

@@ -3,10 +3,13 @@
 Delivery is at least once. For every message the worker either (1) writes the mask, reports
 ``done`` on the job's results queue and deletes the message, or (2) reports ``failed`` and
 hides the message for a short backoff, so it is tried again and, after the queue's
-``maxReceiveCount`` receives, lands in the dead-letter queue. A message that does not parse
-or whose keys leave its job's prefix is logged, left untouched and hidden for the same backoff,
-so the dead-letter queue takes it after as many receives. Nothing is ever deleted that was not
-done::
+``maxReceiveCount`` receives, lands in the dead-letter queue. A failure on the message's last
+receive is moved there by the worker itself, before it is reported: the job gives up on the tile
+at that report and, once no other tile is pending, ends and deletes its dead letters, while SQS
+would move a message left hidden only at a later receive (on AWS, one that wakes a GPU task for
+nothing), an orphan of an ended job. A message that does not parse or whose keys leave its
+job's prefix is logged, left untouched and hidden for the same backoff, so the dead-letter queue
+takes it after as many receives. Nothing is ever deleted that was not done or dead-lettered::
 
     worker = Worker(queue, storage, models, input_bucket="in", output_bucket="out",
                     results=lambda url: Queue(sqs, url), batch_size=4, idle_exit_s=60,
@@ -134,6 +137,8 @@ class Worker:
         idle_exit_s: float,
         visibility_timeout_s: int,
         worker_id: str,
+        max_receives: int = 0,
+        dead_letters: Queue | None = None,
         max_backoff_s: int = MAX_BACKOFF_S,
         stop_grace_s: float = STOP_GRACE_S,
         transfer_threads: int = TRANSFER_THREADS,
@@ -160,6 +165,10 @@ class Worker:
         self._batch_size = batch_size
         self._idle_exit_s = idle_exit_s
         self._visibility_s = visibility_timeout_s
+        # The tile queue's maxReceiveCount and its dead-letter queue (0 and None where it has none:
+        # failures are then only hidden for their backoff, as SQS dead-letters them).
+        self._max_receives = max_receives
+        self._dead_letters = dead_letters
         self._max_backoff_s = max_backoff_s
         self._stop_grace_s = stop_grace_s
         self._transfer_threads = transfer_threads
@@ -406,10 +415,12 @@ class Worker:
             if not tile.ok:
                 log.warning("tile(s) %s of job %s failed (attempt %d): %s", tile.message.name, tile.message.job,
                             tile.received.receive_count, tile.error)
+        dead_lettered = self._dead_letter_last_failures(tiles)
         with self.stats.clock.timing("report"):
             unreported, dropped = self._report(tiles)
         done = [t.received.receipt_handle for t in tiles if t.ok and t.received.receipt_handle not in unreported]
-        retry = [t for t in tiles if not (t.ok and t.received.receipt_handle not in unreported)]
+        retry = [t for t in tiles if not (t.ok and t.received.receipt_handle not in unreported)
+                 and t.received.receipt_handle not in dead_lettered]
         failed = sum(t.count for t in tiles if not t.ok)
         finished = set(done)
         done_tiles = sum(t.count for t in tiles if t.received.receipt_handle in finished)
@@ -422,6 +433,30 @@ class Worker:
         with self.stats.clock.timing("delete"):
             self._delete(done + dropped)
         self._back_off([t for t in retry if t.received.receipt_handle not in dropped])
+
+    def _dead_letter_last_failures(self, tiles: list[TileWork]) -> set[str]:
+        """Move the messages that failed on their last receive to the dead-letter queue; returns their handles.
+
+        Sent there first, then deleted here: a failure between the two leaves a second copy in
+        the dead-letter queue (the job counts its tiles once), never none. Where the send fails,
+        the message is hidden as any failure is, and SQS moves it at its next receive.
+        """
+        if self._dead_letters is None or self._max_receives < 1:
+            return set()
+        last = [t for t in tiles if not t.ok and t.received.receive_count >= self._max_receives]
+        if not last:
+            return set()
+        try:
+            self._dead_letters.send_many([t.received.body for t in last])
+        except TransportError as exc:
+            log.warning("could not move %d message(s) that failed their last attempt to the dead-letter queue, "
+                        "SQS will at their next receive: %s", len(last), exc)
+            return set()
+        handles = [t.received.receipt_handle for t in last]
+        log.warning("tile(s) %s failed their last attempt (receive %d of %d): moved to the dead-letter queue",
+                    ", ".join(t.message.name for t in last), last[0].received.receive_count, self._max_receives)
+        self._delete(handles)
+        return set(handles)
 
     def _report(self, tiles: list[TileWork]) -> tuple[set[str], list[str]]:
         """Send a TileResult per message to its job's results queue.

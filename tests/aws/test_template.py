@@ -182,10 +182,14 @@ def test_task_role_reads_input_writes_output_reads_models_and_uses_its_queues(st
         ("s3:GetObject", f"{stack['ModelBucket']}/models/*"),
     }
     sqs_resources = {r for a, r in grants if a.startswith("sqs:")}
-    queue_arn = client("sqs").get_queue_attributes(
-        QueueUrl=stack["QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    assert sqs_resources == {queue_arn, f"arn:aws:sqs:{REGION}:123456789012:{stack['ResultsQueuePrefix']}-*"}
+    queue_arn, dead_letter_arn = (client("sqs").get_queue_attributes(
+        QueueUrl=stack[url], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for url in ("QueueUrl", "DeadLetterQueueUrl"))
+    assert sqs_resources == {queue_arn, dead_letter_arn,
+                             f"arn:aws:sqs:{REGION}:123456789012:{stack['ResultsQueuePrefix']}-*"}
     assert ("sqs:SendMessage", queue_arn) not in grants
+    # Workers move a tile's last failure to the dead-letter queue; they never read or delete there.
+    assert {a for a, r in grants if r == dead_letter_arn} == {"sqs:SendMessage", "sqs:GetQueueUrl"}
     assert all(a.split(":")[0] in ("s3", "sqs") for a, _ in grants)
 
 

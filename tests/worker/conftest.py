@@ -128,9 +128,13 @@ class Env:
             "worker_id": "test-worker",
             "max_backoff_s": 0,
         }
+        queue = Queue(self.sqs, self.queue.url, retry=FAST_RETRY)
+        # As python -m am.worker reads them.
+        kwargs["max_receives"], dead_letter_url = queue.redrive()
+        kwargs["dead_letters"] = Queue(self.sqs, dead_letter_url, retry=FAST_RETRY)
         kwargs.update(overrides)
         storage = kwargs.pop("storage", self.storage)
-        worker = Worker(Queue(self.sqs, self.queue.url, retry=FAST_RETRY), storage, models, **kwargs)
+        worker = Worker(queue, storage, models, **kwargs)
         self.made.append(worker)
         return worker
 

@@ -12,7 +12,7 @@ import pytest
 
 from am.errors import CheckpointError, TransportError
 from am.messages import tiles_key
-from am.transport.queue import delete_queue
+from am.transport.queue import Queue, delete_queue
 from am.transport.storage import Storage
 
 from .conftest import FAST_RETRY, JOB, Env, FakePredictor, expected_mask, run_in_thread
@@ -70,18 +70,56 @@ def test_heartbeat_keeps_slow_batch_and_prefetched_ones_hidden(env: Env) -> None
     assert env.queue.depth() == {"visible": 0, "in_flight": 0}
 
 
-def test_poison_tile_fails_three_times_then_dead_letters(env: Env) -> None:
+def test_poison_tile_fails_three_times_and_is_dead_lettered_before_its_last_report(env: Env) -> None:
+    """The third failure ends the job's wait for the tile, so its message must be in the dead-letter
+    queue by then: SQS moves a message left hidden only at a later receive, after the job has ended
+    and deleted its dead letters."""
     env.put_tiles(range(4), corrupt={2})
     worker = env.worker(FakePredictor(), idle_exit_s=1.5)
+    sent_to_dlq_before_report: list[bool] = []
+    report = worker._report
+
+    def report_after_checking(tiles):
+        if any(not t.ok and t.received.receive_count == 3 for t in tiles):
+            depth = env.dlq.depth()
+            sent_to_dlq_before_report.append(depth["visible"] + depth["in_flight"] == 1)
+        return report(tiles)
+
+    worker._report = report_after_checking
     assert worker.run() == 0
     results = env.collect_results()
     failed = sorted((r.attempt, r.tiles[0]) for r in results if r.status == "failed")
     assert failed == [(1, 2), (2, 2), (3, 2)]
     assert all("not a readable tile array" in r.error for r in results if r.status == "failed")
     assert sorted(r.tiles[0] for r in results if r.status == "done") == [0, 1, 3]
+    assert sent_to_dlq_before_report == [True]
     dead = env.dlq.receive(wait_s=0)
     assert [json.loads(d.body)["tiles"] for d in dead] == [[2]]
+    assert env.queue.depth() == {"visible": 0, "in_flight": 0}
     assert (worker.stats.done, worker.stats.failed) == (3, 3)
+
+
+def test_a_worker_that_cannot_reach_the_dead_letter_queue_leaves_the_move_to_sqs(env: Env, monkeypatch) -> None:
+    env.put_tiles([2], corrupt={2})
+    worker = env.worker(FakePredictor(), idle_exit_s=1.5)
+    send = Queue.send_many
+
+    def dead_letter_queue_unreachable(self, bodies):
+        if self.url == env.dlq.url:
+            raise TransportError("access denied")
+        return send(self, bodies)
+
+    monkeypatch.setattr(Queue, "send_many", dead_letter_queue_unreachable)
+    assert worker.run() == 0
+    monkeypatch.undo()
+    # SQS moved it at the fourth receive, as before.
+    assert [json.loads(d.body)["tiles"] for d in env.dlq.receive(wait_s=0)] == [[2]]
+
+
+def test_the_queue_reports_its_redrive_policy(env: Env) -> None:
+    assert env.queue.redrive() == (3, env.dlq.url)
+    env.sqs.set_queue_attributes(QueueUrl=env.queue.url, Attributes={"RedrivePolicy": ""})
+    assert env.queue.redrive() == (0, None)
 
 
 class RecordingStorage(Storage):
@@ -191,6 +229,7 @@ def test_inference_error_fails_every_tile_of_the_batch(env: Env) -> None:
     assert len(results) == 9 and {r.status for r in results} == {"failed"}
     assert all("RuntimeError: CUDA out of memory" in r.error for r in results)
     assert len(env.dlq.receive(max_messages=10, wait_s=0)) == 3
+    assert env.queue.depth() == {"visible": 0, "in_flight": 0}
 
 
 def test_model_that_cannot_load_fails_its_tiles(env: Env) -> None:
