@@ -24,6 +24,9 @@
 # run NAME: OUT/NAME.pt, OUT/NAME.metrics.csv/.json, OUT/NAME.train.log and OUT/NAME.quality.json;
 # OUT/shipped.quality.json, OUT/comparison.md, and on CUDA OUT/bench.json (resnext50's speed).
 # WATCHDOG_S (seconds) stops a training run that overruns MINUTES and measures what it saved.
+# Each run starts afresh: what an earlier session left under the run's name in OUT (checkpoint,
+# metrics, resume state, quality figures) is moved to OUT/previous/ first, so that only this
+# session's checkpoint is ever measured, and a run that saved nothing says so.
 # DEVICE=cpu with small SYNTHETIC, VALID, EPOCHS, STEPS, BATCH, CROP and QUALITY_SYNTHETIC checks the
 # script itself on a machine without a GPU.
 set -euo pipefail
@@ -84,6 +87,8 @@ if [ "$DEVICE" = cuda ]; then
     "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('gpu:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
 fi
 mkdir -p "$OUT"
+# Figures of an earlier session must not pass for this one's, should this one not get as far.
+rm -f "$OUT/comparison.md" "$OUT/bench.json" "$OUT/bench.log"
 
 # A watchdog ends a training run that outlives MINUTES by more than an epoch's worth (WATCHDOG_S,
 # default MINUTES + 4 minutes): it asks for every thread's stack (SIGUSR1, into the run's log), stops
@@ -92,9 +97,23 @@ mkdir -p "$OUT"
 watchdog_s=${WATCHDOG_S:-$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 + 240 }')}
 declare -A trainer watchdog
 
+set_aside() {  # NAME: moves an earlier session's outputs of run NAME to OUT/previous/
+    local name=$1 file moved=()
+    for file in "$OUT/$name".{pt,metrics.csv,metrics.json,resume,train.log,quality.json,quality.log}; do
+        [ -e "$file" ] || continue
+        mkdir -p "$OUT/previous"
+        mv -f "$file" "$OUT/previous/"
+        moved+=("${file##*/}")
+    done
+    if [ "${#moved[@]}" -gt 0 ]; then
+        echo "$name: moved an earlier session's ${moved[*]} to $OUT/previous/ (this run starts afresh)"
+    fi
+}
+
 start_training() {  # NAME, then am.train's options: starts the run and its watchdog in the background
     local name=$1; shift
     rm -f "$OUT/.$name.watchdog-fired"
+    set_aside "$name"
     "$PY" -m am.train "$@" --device "$DEVICE" --max-minutes "$MINUTES" --out "$OUT/$name.pt" \
         > "$OUT/$name.train.log" 2>&1 &
     local pid=$!
@@ -121,8 +140,8 @@ finish_training() {  # NAME: waits for the run; succeeds when it left a checkpoi
         rm -f "$OUT/.$name.watchdog-fired"
         tr '\r' '\n' < "$log" | tail -40 >&2
         if [ ! -f "$OUT/$name.pt" ]; then
-            echo "$name: training outlived the ${watchdog_s} s watchdog before any epoch saved a checkpoint;" \
-                 "the whole log (with every thread's stack) is $log" >&2
+            echo "$name: training outlived the ${watchdog_s} s watchdog before any epoch saved a checkpoint," \
+                 "so there is nothing of this run to measure; the whole log (with every thread's stack) is $log" >&2
             return 1
         fi
         echo "WARNING: $name: training outlived the ${watchdog_s} s watchdog and was stopped (stacks in $log);" \
@@ -130,6 +149,11 @@ finish_training() {  # NAME: waits for the run; succeeds when it left a checkpoi
     elif [ "$rc" -ne 0 ]; then
         tr '\r' '\n' < "$log" | tail -20 >&2
         echo "$name: training failed; the whole log is $log" >&2
+        return 1
+    elif [ ! -f "$OUT/$name.pt" ]; then
+        tr '\r' '\n' < "$log" | tail -20 >&2
+        echo "$name: training ended without saving a checkpoint, so there is nothing of this run to measure;" \
+             "the whole log is $log" >&2
         return 1
     fi
     echo "$name: training wall time $(( $(date +%s) - start )) s"

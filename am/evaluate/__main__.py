@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -34,20 +33,20 @@ from am.evaluate.lost import LostMarks
 from am.evaluate.metrics import Scores
 from am.evaluate.run import evaluate, table
 from am.files import write_atomic
-from am.imageio import read_image
 from am.messages import TTA_MODES
-from am.model.checkpoint import default_model_path
+from am.model.checkpoint import checkpoint_argument, default_model_path
 from am.model.device import device_problem, resolve_device
 from am.model.precision import resolve_precision
 from am.model.predict import Predictor
-from am.normalize import read_normalised, to_grey
+from am.model.whole import scale_problem
+from am.normalize import read_normalised
 from am.synth.dataset import pitch_range_problem
 from am.train.data import (
     IMAGE_SUFFIXES,
     Labelled,
-    binary_mask,
     check_pair_sizes,
     find_mask,
+    read_mask,
     split_files,
     synthetic_images,
 )
@@ -55,7 +54,8 @@ from am.train.data import (
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m am.evaluate", description=__doc__.split("\n\n")[1])
-    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped am/models/default.pt)")
+    p.add_argument("--model", type=checkpoint_argument, default=None,
+                   help="checkpoint file (default: the shipped am/models/default.pt); download an s3:// model first")
     src = p.add_argument_group("labelled images (one or more sources)")
     src.add_argument("--data", type=Path, default=None,
                      help="training root; evaluates its --split folder, images read as training reads them "
@@ -73,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
                      help="folder of 0/255 masks with the images' names (other masks are cut at half their "
                           "maximum, with a warning)")
     p.add_argument("--scale", type=float, default=1.0,
-                   help="resize images by this factor before inference and back after (e.g. 2.04 for half-size crops)")
+                   help="resize images by this factor (0.05-20) before inference and back after (e.g. 2.04 for "
+                        "half-size crops)")
     p.add_argument("--tta", choices=TTA_MODES, default="off",
                    help="test-time augmentation: average the tile and its half turn (rot180), 4 flipped (flips) or 8 "
                         "turned and mirrored (d4) views")
@@ -121,8 +122,7 @@ def image_names(paths: list[Path]) -> list[str]:
 
 def read_pair(image: Path, mask: Path, name: str | None = None) -> Labelled:
     """An image normalised like the pipeline's input, and its mask, named ``name`` (default: the image's stem)."""
-    return Labelled.from_arrays(read_normalised(image), binary_mask(to_grey(read_image(mask), name=str(mask)), mask),
-                                name=image.stem if name is None else name)
+    return Labelled.from_arrays(read_normalised(image), read_mask(mask), name=image.stem if name is None else name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,17 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--size must be a multiple of 32 and at least 64")
     if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
         p.error(problem)
-    if not _positive(args.scale):
-        p.error(f"--scale must be > 0, got {args.scale}")
+    if problem := scale_problem(args.scale, name="--scale"):
+        p.error(problem)  # before the model loads and the images are read
+    if args.model is not None and not args.model.is_file():  # before minutes of reading or rendering images
+        p.error(f"--model {args.model} " + ("is a folder" if args.model.is_dir() else "does not exist") +
+                ": pass a checkpoint (.pt) file")
     for option, path, folder in (("--json", args.json, False), ("--side-by-side", args.side_by_side, True)):
         problem = None if path is None else output_problem(path, folder=folder)
         if problem is not None:
             p.error(f"{option}: {problem}")
     return run_main(partial(_evaluate, args), name="am.evaluate")
-
-
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

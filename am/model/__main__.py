@@ -10,6 +10,7 @@ before anything is copied.
 from __future__ import annotations
 
 import argparse
+import numbers
 import sys
 from pathlib import Path
 
@@ -20,24 +21,35 @@ from am.errors import CheckpointError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m am.model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", type=Path, metavar="FILE", help="checkpoint files to check")
+    # Kept as text: Path would make an s3:// URI "s3:/..." before describe could name it as one.
+    parser.add_argument("checkpoints", nargs="+", metavar="FILE",
+                        help="checkpoint files to check (local files: download an s3:// model first)")
     return parser
 
 
-def describe(path: Path) -> str:
+def describe(path: Path | str) -> str:
     """One line on what the checkpoint at ``path`` holds; CheckpointError naming the file if it is unusable."""
-    from am.model.checkpoint import load_checkpoint
+    from am.model.checkpoint import load_checkpoint, s3_uri_problem
 
+    if problem := s3_uri_problem(str(path)):
+        raise CheckpointError(problem)
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file: pass the path of a .pt checkpoint")
     meta, state = load_checkpoint(path)
     parameters = sum(t.numel() for t in state.values())
-    validation = meta.validation
-    figures = (f", its training validation: Dice {validation['dice']:.3f}, object F1 {validation['f1']:.3f}"
-               if {"dice", "f1"} <= validation.keys() else "")
     trained = "trained" if meta.trained else "UNTRAINED (random weights)"
     return (f"{path}: {meta.architecture} with {meta.encoder}, decoder {','.join(map(str, meta.decoder_channels))}, "
-            f"{parameters / 1e6:.1f} M parameters, {path.stat().st_size / 1e6:.1f} MB, {trained}{figures}")
+            f"{parameters / 1e6:.1f} M parameters, {path.stat().st_size / 1e6:.1f} MB, {trained}"
+            f"{_figures(meta.validation)}")
+
+
+def _figures(validation: dict) -> str:
+    """Its training's validation Dice and object F1, where the checkpoint holds both as numbers."""
+    dice, f1 = validation.get("dice"), validation.get("f1")
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (dice, f1)):
+        return ""
+    return f", its training validation: Dice {dice:.3f}, object F1 {f1:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+import numbers
 import os
 import pickle
 import tempfile
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from am.errors import CheckpointError
@@ -36,6 +41,38 @@ CHECKPOINT_FORMAT = "am-segm-checkpoint"
 CHECKPOINT_VERSION = 1
 INT8_CHECKPOINT_VERSION = 2  # version 1 plus per-channel scales of int8 weights
 ARCHITECTURES = ("Unet",)
+# The smallest tile a model may be meant for (and am.train --tile-size): whole-image prediction
+# (am.model.whole) overlaps its windows by a quarter of such small tiles, so every size from here
+# up validates and evaluates; the pipeline's own tile_size setting starts here too.
+MIN_TILE_SIZE = 64
+TILE_MULTIPLE = 32
+# Validation figures am.model prints and compares: numbers wherever a checkpoint holds them.
+VALIDATION_FIGURES = ("dice", "iou", "precision", "recall", "f1")
+
+
+def tile_size_problem(value: Any, *, name: str = "tile_size") -> str | None:
+    """Why ``value`` cannot be a model's tile size (None: it can): the one rule for checkpoints,
+    am.train's --tile-size and whole-image prediction."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or value < MIN_TILE_SIZE or value % TILE_MULTIPLE:
+        return f"{name} {value!r} must be a multiple of {TILE_MULTIPLE} and at least {MIN_TILE_SIZE}"
+    return None
+
+
+def _whole_number(name: str, value: Any, *, shown: Any = None) -> int:
+    """``value`` as an int; ``shown`` is the list it came from, named in the error instead."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if shown is not None:
+            raise CheckpointError(f"{name} {list(shown)!r} must be whole numbers (int): {value!r} is a "
+                                  f"{type(value).__name__}")
+        raise CheckpointError(f"{name} {value!r} must be a whole number (int), not a {type(value).__name__}")
+    return int(value)
+
+
+def _finite_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise CheckpointError(f"{name} {value!r} must be a finite number")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -52,6 +89,8 @@ class ModelMeta:
     pixels of the original image one pixel seen in training stood for (1.0 = full resolution).
     ``refine_channels`` (0: none) is the width of the full-resolution branch of
     :class:`am.model.refine.RefinedUnet`; checkpoints written before it existed are plain U-Nets.
+    Every field is type-checked (whole numbers are ints, not 5.0 or True; the other numbers finite),
+    so a hand-edited file is refused here instead of giving NaN masks or a traceback in a worker.
     """
 
     encoder: str
@@ -73,8 +112,32 @@ class ModelMeta:
     validation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
-        if self.architecture not in ARCHITECTURES:
+        # Types first: a file edited by hand (or by another program) may hold 5.0, "0.5", True or NaN
+        # where a number belongs, which would otherwise pass these checks and fail in a worker.
+        for name in ("encoder_depth", "refine_channels", "in_channels", "min_mark_px", "tile_size"):
+            object.__setattr__(self, name, _whole_number(name, getattr(self, name)))
+        channels = self.decoder_channels
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, (list, tuple)):
+            raise CheckpointError(f"decoder_channels {channels!r} must be a list of whole numbers, one per encoder "
+                                  "stage")
+        object.__setattr__(self, "decoder_channels",
+                           tuple(_whole_number("decoder_channels", c, shown=channels) for c in channels))
+        for name in ("input_mean", "input_std", "threshold", "min_mark_fraction", "pixel_scale"):
+            object.__setattr__(self, name, _finite_number(name, getattr(self, name)))
+        if self.seed_threshold is not None:
+            object.__setattr__(self, "seed_threshold", _finite_number("seed_threshold", self.seed_threshold))
+        if not isinstance(self.trained, (bool, np.bool_)):
+            raise CheckpointError(f"trained {self.trained!r} must be true or false")
+        object.__setattr__(self, "trained", bool(self.trained))
+        for name in ("training", "validation"):
+            if not isinstance(getattr(self, name), dict):
+                raise CheckpointError(f"{name} {getattr(self, name)!r} must be a dict (a summary of the run)")
+        for key in VALIDATION_FIGURES:
+            value = self.validation.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise CheckpointError(f"validation {key} {value!r} must be a number (the score the training "
+                                      "measured)")
+        if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
             raise CheckpointError(
                 f"architecture {self.architecture!r} is not supported; use one of {', '.join(ARCHITECTURES)}"
             )
@@ -90,8 +153,7 @@ class ModelMeta:
                 f"decoder_channels {self.decoder_channels} must hold {self.encoder_depth} positive numbers "
                 "(one per encoder stage)"
             )
-        if isinstance(self.refine_channels, bool) or not isinstance(self.refine_channels, int) \
-                or not 0 <= self.refine_channels <= 256:
+        if not 0 <= self.refine_channels <= 256:
             raise CheckpointError(f"refine_channels {self.refine_channels!r} must be a whole number in 0-256 "
                                   "(0: no full-resolution refinement)")
         if self.in_channels not in (1, 3):
@@ -103,14 +165,13 @@ class ModelMeta:
         if self.seed_threshold is not None and not self.threshold < self.seed_threshold < 1.0:
             raise CheckpointError(f"seed_threshold {self.seed_threshold} must lie between threshold "
                                   f"{self.threshold} and 1 (or be None: no separation of touching marks)")
-        if isinstance(self.min_mark_px, bool) or not isinstance(self.min_mark_px, int) or self.min_mark_px < 0:
+        if self.min_mark_px < 0:
             raise CheckpointError(f"min_mark_px {self.min_mark_px!r} must be a whole number >= 0 (0 keeps specks)")
-        if isinstance(self.min_mark_fraction, bool) or not isinstance(self.min_mark_fraction, (int, float)) \
-                or not 0.0 <= self.min_mark_fraction < 1.0:
+        if not 0.0 <= self.min_mark_fraction < 1.0:
             raise CheckpointError(f"min_mark_fraction {self.min_mark_fraction!r} must lie in [0, 1) "
                                   "(a fraction of the median mark; 0 turns the rule off)")
-        if self.tile_size < 32 or self.tile_size % 32:
-            raise CheckpointError(f"tile_size {self.tile_size} must be a positive multiple of 32")
+        if problem := tile_size_problem(self.tile_size):
+            raise CheckpointError(problem)
         if not self.pixel_scale > 0:
             raise CheckpointError(f"pixel_scale {self.pixel_scale} must be > 0")
 
@@ -160,6 +221,26 @@ def is_known_encoder(name: str) -> bool:
     return name in smp.encoders.encoders
 
 
+def s3_uri_problem(text: str) -> str | None:
+    """Why ``text`` cannot name a checkpoint here (None: it may): an ``s3://`` URI, which only the
+    pipeline (``--backend aws``) and its workers download; also spotted after ``Path`` turned it into ``s3:/...``."""
+    if not text.startswith(("s3://", "s3:/")):
+        return None
+    uri = "s3://" + text.removeprefix("s3://").removeprefix("s3:/")
+    return (f"model {uri} is an S3 URI, which only python -m am.pipeline --backend aws and its workers download; "
+            f"download it first (aws s3 cp {uri} model.pt) and pass the local file")
+
+
+def checkpoint_argument(text: str) -> Path:
+    """argparse ``type`` of options that take a local checkpoint file: refuses an ``s3://`` URI
+    by name, where ``Path`` would quietly make it "s3:/..." and a later "does not exist"."""
+    import argparse
+
+    if problem := s3_uri_problem(text):
+        raise argparse.ArgumentTypeError(problem)
+    return Path(text)
+
+
 def default_model_path() -> Path:
     """The model shipped inside the package, used when nothing else is configured."""
     return DEFAULT_MODEL
@@ -205,7 +286,8 @@ def load_checkpoint(source: Path | bytes) -> tuple[ModelMeta, dict[str, torch.Te
     """Read and validate a checkpoint from a local path or its bytes.
 
     Returns the metadata and an fp32 state dict that is known to fit the architecture the
-    metadata describes. Raises :class:`CheckpointError` naming the file for anything else.
+    metadata describes. Raises :class:`CheckpointError` naming the file for anything else,
+    bytes changed since the file was written included (the zip's CRCs are checked: torch does not).
     """
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     payload = _read_payload(source, name)
@@ -221,7 +303,8 @@ def load_checkpoint(source: Path | bytes) -> tuple[ModelMeta, dict[str, torch.Te
     try:
         meta = ModelMeta.from_dict(payload.get("meta"))
     except CheckpointError as exc:
-        raise CheckpointError(f"{name}: {exc}") from exc
+        raise CheckpointError(f"{name}: {exc} (its metadata is not what am.train writes: train or export the "
+                              "model again)") from exc
     raw_state = payload.get("state_dict")
     if not isinstance(raw_state, dict) or not all(isinstance(v, torch.Tensor) for v in raw_state.values()):
         raise CheckpointError(f"{name} has no state_dict of tensors")
@@ -246,9 +329,14 @@ def _read_payload(source: Path | bytes, name: str) -> Any:
         if path.is_dir():
             raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file (.pt) inside it")
         if not path.is_file():
+            if s3_uri_problem(str(source)):  # Path() made "s3://b/k" into "s3:/b/k"
+                raise CheckpointError(s3_uri_problem(str(source)))
             raise CheckpointError(f"checkpoint {path} does not exist; train one with python -m am.train or "
                                   "pass an existing file")
         stream = path
+    _check_crcs(stream, name)
+    if isinstance(stream, io.BytesIO):
+        stream.seek(0)
     try:
         return torch.load(stream, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -264,17 +352,83 @@ def _read_payload(source: Path | bytes, name: str) -> Any:
         ) from exc
 
 
+def _check_crcs(stream: Path | io.BytesIO, name: str) -> None:
+    """Refuse a checkpoint whose bytes changed after torch wrote it, naming the damaged record.
+
+    torch writes a zip archive with a CRC-32 per record but does not check them when it loads: a
+    few flipped bytes in the weights load silently as different weights. Reading every record
+    once more costs a few milliseconds (about 9 MB for the shipped model). A file that is not a
+    zip at all (cut short before its directory, or another format) is left to torch.load, whose
+    error says so; so is the legacy non-zip format, which holds no CRCs.
+    """
+    try:
+        if not zipfile.is_zipfile(stream):
+            return
+        with zipfile.ZipFile(stream) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{name} is damaged: its zip structure cannot be read ({why}); {_DAMAGED_HINT}") from exc
+    if bad is not None:
+        raise CheckpointError(f"{name} is damaged: record {bad} does not match the checksum written with it, so its "
+                              f"weights are not the ones saved; {_DAMAGED_HINT}")
+
+
+_DAMAGED_HINT = ("copy or download the file again (from the machine that trained it, or the S3 object it came "
+                 "from), or train or export it again")
+
 # What to do about a file torch cannot read at all (truncated, another format, or no checkpoint).
 _CHECKPOINT_HINT = ("; pass a checkpoint written by python -m am.train or am.pseudolabel (a .pt file), or "
                     "copy it again if it was cut short")
 
 
-def _check_fits(meta: ModelMeta, state: dict[str, torch.Tensor], name: str) -> None:
-    """Compare names and shapes against the architecture built on the meta device (no memory, no compute)."""
+def check_buildable(meta: ModelMeta) -> dict[str, torch.Tensor]:
+    """Build the architecture ``meta`` describes and return its (shape-only) state dict, or raise
+    CheckpointError saying why segmentation-models-pytorch cannot build it.
+
+    Built on the meta device: no memory, no compute, nothing downloaded (never with encoder
+    weights), about 0.1 s. ``timm`` knows models smp's U-Net cannot use (a ViT has no feature
+    pyramid: "Unsupported model downsampling pattern"), so a known name is not enough. A few
+    encoders call ``.item()`` while they are built, which the meta device cannot answer: those
+    are built again on the CPU, which costs their real size once.
+    """
     from am.model.build import build_model
 
-    with torch.device("meta"):
-        expected = build_model(meta).state_dict()
+    try:
+        with torch.device("meta"):
+            return build_model(meta).state_dict()
+    except Exception as meta_exc:  # smp and timm raise ValueError, AttributeError, RuntimeError, ...
+        try:
+            return build_model(meta).state_dict()
+        except Exception as exc:
+            raise CheckpointError(
+                f"segmentation-models-pytorch cannot build a {meta.architecture} with encoder {meta.encoder!r} "
+                f"(depth {meta.encoder_depth}, decoder {list(meta.decoder_channels)}): {type(exc).__name__}: "
+                f"{str(exc).strip().rstrip('.') or meta_exc}; use an encoder it builds U-Nets from, e.g. "
+                "resnext50_32x4d, resnet18, tu-mobilenetv3_large_100 or tu-mobilenetv3_small_100 (transformers "
+                "such as ViT have no feature pyramid for a U-Net)"
+            ) from exc
+
+
+def architecture_problem(**fields_: Any) -> str | None:
+    """Why a model with these :class:`ModelMeta` fields cannot be trained or loaded (None: it can).
+
+    For option checks that run before any work (am.train, am.pseudolabel): the metadata's own
+    rules, then whether smp can build the architecture at all (:func:`check_buildable`).
+    """
+    try:
+        check_buildable(ModelMeta(**fields_))
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def _check_fits(meta: ModelMeta, state: dict[str, torch.Tensor], name: str) -> None:
+    """Compare names and shapes against the architecture built on the meta device (no memory, no compute)."""
+    try:
+        expected = check_buildable(meta)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{name}: {exc}") from exc
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))

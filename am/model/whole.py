@@ -11,14 +11,30 @@ optional rescale before inference and back after, for marks far from the trainin
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import cv2
 import numpy as np
 
 from am.errors import InputError
+from am.model.checkpoint import tile_size_problem
 from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
 
 STRIDE = 32
+# The resize factors predict_image_proba accepts (marks 20 times smaller or larger than trained on).
+MIN_SCALE, MAX_SCALE = 0.05, 20.0
+# Pixels by which neighbouring windows overlap, where the tile is large enough (over twice this).
+DEFAULT_OVERLAP = 64
+
+
+def default_overlap(tile_size: int) -> int:
+    """The overlap of windows of ``tile_size`` px: 64, or a quarter of the tile for tiles of 128 px
+    and less (64 would be half of such a tile or more). Every tile size a checkpoint may hold
+    (:func:`am.model.checkpoint.tile_size_problem`) thus validates and evaluates, and those over
+    128 px keep the overlap their validation figures were measured with."""
+    return DEFAULT_OVERLAP if tile_size > 2 * DEFAULT_OVERLAP else tile_size // 4
 
 
 def predict_image_proba(
@@ -26,21 +42,25 @@ def predict_image_proba(
     image: np.ndarray,
     *,
     tile_size: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     scale: float = 1.0,
 ) -> np.ndarray:
     """Mark probability per pixel, float32 of the image's own (H, W).
 
     ``image`` is 2-D uint8 (already normalised). ``scale`` > 1 enlarges the image before
     inference (marks too small for the model), < 1 shrinks it; the result is resized back.
+    ``overlap`` None is :func:`default_overlap` of ``tile_size``.
     """
     if image.ndim != 2 or image.dtype != np.uint8:
         raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
-    if tile_size % STRIDE or tile_size < STRIDE or not 0 <= overlap < tile_size // 2:
-        raise InputError(f"tile_size {tile_size} must be a multiple of {STRIDE} and overlap {overlap} "
-                         "below half of it")
-    if not 0.05 <= scale <= 20:
-        raise InputError(f"scale {scale} must lie between 0.05 and 20")
+    if problem := tile_size_problem(tile_size):
+        raise InputError(problem)
+    if overlap is None:
+        overlap = default_overlap(tile_size)
+    if not 0 <= overlap < tile_size // 2:
+        raise InputError(f"overlap {overlap} must lie in [0, {tile_size // 2}): below half the tile size {tile_size}")
+    if problem := scale_problem(scale):
+        raise InputError(problem)
     height, width = image.shape
     work = image
     if scale != 1.0:
@@ -57,7 +77,7 @@ def predict_image_mask(
     image: np.ndarray,
     *,
     tile_size: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     scale: float = 1.0,
 ) -> np.ndarray:
     """The mask (bool, the image's (H, W)) the checkpoint asks for, post-processed if the predictor is.
@@ -67,6 +87,14 @@ def predict_image_mask(
     """
     proba = predict_image_proba(predictor, image, tile_size=tile_size, overlap=overlap, scale=scale)
     return mask_from_proba(proba, predictor.meta, postprocess=predictor.postprocess, pixel_area=scale**2)
+
+
+def scale_problem(scale: float, *, name: str = "scale") -> str | None:
+    """Why ``scale`` cannot resize an image for the model (None: it can): a finite factor in
+    [MIN_SCALE, MAX_SCALE]. Commands check their --scale with this before any work."""
+    if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and MIN_SCALE <= scale <= MAX_SCALE):
+        return f"{name} {scale} must lie between {MIN_SCALE} and {MAX_SCALE:g}"
+    return None
 
 
 def _sliding(predictor: Predictor, image: np.ndarray, *, tile_size: int, overlap: int) -> np.ndarray:

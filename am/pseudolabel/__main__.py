@@ -20,10 +20,10 @@ from pathlib import Path
 
 from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main
 from am.errors import InputError
-from am.imageio import read_image
 from am.messages import TTA_MODES
-from am.normalize import read_normalised, to_grey
+from am.normalize import read_normalised
 from am.pseudolabel.core import CropLabel, PseudoConfig, check_out_dir, pseudo_label
+from am.train.data import read_mask
 from am.train.progress import step_bar
 
 LABEL_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
@@ -39,8 +39,8 @@ def read_labels(folder: Path) -> list[CropLabel]:
             if path.suffix.lower() == ".png":
                 raise InputError(f"label {path} must be named X_Y.png (its top-left column and row in the image)")
             continue
-        mask = to_grey(read_image(path), name=str(path))
-        labels.append(CropLabel(x=int(match.group(1)), y=int(match.group(2)), mask=(mask > 0).astype("uint8") * 255))
+        mask = read_mask(path)  # read as training and evaluation read masks
+        labels.append(CropLabel(x=int(match.group(1)), y=int(match.group(2)), mask=mask.astype("uint8") * 255))
     if not labels:
         raise InputError(f"no X_Y.png labels in {folder}")
     return labels

@@ -99,6 +99,7 @@ def dataset_layout(
 
     Cheap, so that every group of a dataset can be checked before the first is rendered; raises
     InputError for a grid whose ids do not fit ``ids.png`` or whose image is too large to make.
+    The image holds every node of the lattice, sheared or not, with ``margin`` around them.
     ``uneven_rows`` spaces the rows unevenly and slides each along itself, as the real ``tile_b``
     shows (:meth:`Lattice.with_uneven_rows`); the image grows to hold them. Those draws come from a
     stream of their own, so the rest of the scene is that of the same seed.
@@ -117,6 +118,14 @@ def dataset_layout(
     height = int(math.ceil(span_x * math.sin(theta) + span_y * math.cos(theta) + 2 * margin))
     lattice = Lattice.centred(rows=rows, cols=cols, width=width, height=height, pitch_x=pitch_x, pitch_y=pitch_y,
                               angle_deg=style.angle_deg, shear=style.shear)
+    # A sheared lattice reaches further than its rotated rectangle: the image grows to hold every node
+    # with the margin around it (an image the rectangle's size already holds is left as it was).
+    nodes = lattice.nodes()
+    need_w, need_h = (int(v) for v in np.ceil(nodes.max(axis=0) - nodes.min(axis=0) + 2 * margin))
+    if need_w > width or need_h > height:
+        width, height = max(width, need_w), max(height, need_h)
+        lattice = Lattice.centred(rows=rows, cols=cols, width=width, height=height, pitch_x=pitch_x,
+                                  pitch_y=pitch_y, angle_deg=style.angle_deg, shear=style.shear)
     if uneven_rows:
         # Rows as close as real ones (0.65 of the usual gap) but, as there, with tissue between
         # the marks of neighbouring rows: the usual gap grows where the marks are large.

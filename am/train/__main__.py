@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -38,6 +39,8 @@ from am.cli import (
     output_problem,
     run_main,
 )
+from am.errors import CheckpointError, InputError
+from am.model.checkpoint import ModelMeta, architecture_problem, tile_size_problem
 from am.model.device import device_problem
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
@@ -45,6 +48,7 @@ from am.synth.dataset import pitch_range_problem
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
 from am.train.data import load_split, synthetic_images, weigh_gaps
+from am.train.init import check_init
 from am.train.loop import TrainConfig, resume_problem, train
 from am.train.progress import step_bar
 from am.train.runfiles import metrics_path, state_path
@@ -169,7 +173,8 @@ def parser() -> argparse.ArgumentParser:
                               "fits the 15 MB a shipped model may weigh")
     run.add_argument("--resume", action="store_true",
                      help="continue the run whose state OUT.resume holds, with the options it was started with "
-                          "(--epochs may grow); an error when there is none")
+                          "(--epochs may grow); an error when there is none. The state keeps a copy of the best "
+                          "epoch's checkpoint: an OUT moved away or replaced since is written again from it")
     run.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
                      help="start from this checkpoint's weights (same architecture; optimiser and schedule "
                           "start afresh)")
@@ -205,12 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--decoder-channels needs {args.encoder_depth} values, one per encoder stage")
     if not 0 <= args.refine_channels <= 256:
         p.error(f"--refine-channels {args.refine_channels} must lie in 0-256 (0: no refinement)")
-    if args.refine_lr is not None and not (args.refine_lr > 0 and args.refine_channels > 0):
-        p.error(f"--refine-lr {args.refine_lr} needs --refine-channels and must be > 0")
+    if args.refine_lr is not None and not (math.isfinite(args.refine_lr) and args.refine_lr > 0
+                                           and args.refine_channels > 0):
+        p.error(f"--refine-lr {args.refine_lr} needs --refine-channels and must be a finite number > 0")
+    if problem := architecture_problem(encoder=args.encoder, encoder_depth=args.encoder_depth,
+                                       decoder_channels=tuple(args.decoder_channels),
+                                       refine_channels=args.refine_channels):
+        p.error(f"--encoder/--encoder-depth/--decoder-channels: {problem}")  # before rendering or reading images
     if args.init_partial and args.init is None:
         p.error("--init-partial needs --init CHECKPOINT")
-    if args.synthetic_blobs < 0:
-        p.error("--synthetic-blobs must be >= 0")
+    if not (math.isfinite(args.synthetic_blobs) and args.synthetic_blobs >= 0):
+        p.error(f"--synthetic-blobs {args.synthetic_blobs} must be a finite number >= 0 (1: the generator's rate)")
     if not 1 <= args.gap_weight <= 255:
         p.error("--gap-weight must be between 1 and 255")
     if not (0 < args.scale_min <= args.scale_max and math.isfinite(args.scale_max)):
@@ -232,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                           ("--workers", args.workers)):
         if value < 0:
             p.error(f"{option} {value} must be >= 0")
-    if args.tile_size < 64 or args.tile_size % 32:
-        p.error(f"--tile-size {args.tile_size} must be a multiple of 32 and at least 64")
+    if problem := tile_size_problem(args.tile_size, name="--tile-size"):
+        p.error(problem)
     if problem := output_problem(args.out, folder=False):
         p.error(f"--out: {problem}")  # before minutes of reading, rendering and a first epoch
     if not 0 <= args.low_resolution <= 1:
@@ -247,7 +257,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--min-mark-px {args.min_mark_px} must be >= 0 (0 keeps specks)")
     if not 0 <= args.min_mark_fraction < 1:
         p.error(f"--min-mark-fraction {args.min_mark_fraction} must lie in [0, 1) (0 turns the rule off)")
+    # Before minutes of reading and rendering images; a resumed run's weights come from its state.
+    if args.init is not None and not args.resume and (problem := _init_problem(args)) is not None:
+        p.error(problem)
     return run_main(partial(_train_until_interrupted, args, argv), name="am.train")
+
+
+def _init_problem(args: argparse.Namespace) -> str | None:
+    """Why the --init checkpoint cannot start this run (another architecture, no checkpoint), or None."""
+    try:
+        meta = ModelMeta(encoder=args.encoder, encoder_depth=args.encoder_depth,
+                         decoder_channels=tuple(args.decoder_channels), refine_channels=args.refine_channels)
+        check_init(meta, args.init, partial=args.init_partial)
+    except (CheckpointError, InputError) as exc:
+        return str(exc)
+    return None
 
 
 def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
@@ -270,15 +294,48 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def resume_command(argv: list[str], *, resuming: bool) -> str:
-    """The command line that continues the run ``argv`` started: the same options with --resume."""
-    return shlex.join(["python", "-m", "am.train", *argv, *([] if resuming else ["--resume"])])
+    """The command line that continues the run ``argv`` started: the same options with --resume, its
+    paths (--out, --data, --init) made absolute so that it works from any directory."""
+    return shlex.join(["python", "-m", "am.train", *_absolute_paths(argv), *([] if resuming else ["--resume"])])
+
+
+def _absolute_paths(argv: list[str]) -> list[str]:
+    """``argv`` with the value of every path option absolute (``--out m.pt`` and ``--out=m.pt`` alike,
+    and the abbreviations argparse accepts)."""
+    options = [o for action in parser()._actions for o in action.option_strings]
+    paths = {o for action in parser()._actions if action.type is Path for o in action.option_strings}
+
+    def path_option(word: str) -> bool:
+        if not word.startswith("--"):
+            return False
+        named = [word] if word in options else [o for o in options if o.startswith(word)]
+        return len(named) == 1 and named[0] in paths
+
+    out, expect_path = [], False
+    for word in argv:
+        if expect_path:
+            out.append(os.path.abspath(word))
+            expect_path = False
+        elif "=" in word and path_option(word.split("=", 1)[0]):
+            option, value = word.split("=", 1)
+            out.append(f"{option}={os.path.abspath(value)}")
+        else:
+            expect_path = path_option(word)
+            out.append(word)
+    return out
+
+
+def data_folders(folders: list[Path]) -> list[str]:
+    """The --data folders as the run records them: resolved, so that a resume names the same folder
+    however it is spelled (relative or absolute, from any directory)."""
+    return [str(Path(d).resolve()) for d in folders]
 
 
 def _train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     synth_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
     pitch = (args.pitch_min, args.pitch_max)
-    train_items, valid_items, summary = [], [], {"folders": [str(d) for d in args.data]}
+    train_items, valid_items, summary = [], [], {"folders": data_folders(args.data)}
     for root in args.data:
         train_items += load_split(root, "train")
         if (root / "valid").is_dir():
@@ -320,9 +377,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"nothing to train: {result.checkpoint} holds the finished run of {len(result.history)} epochs "
               f"(best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} object F1 {best.get('f1', 0):.4f})")
         return 0
+    # A resumed run whose epochs all scored below an earlier one's wrote no checkpoint: it says so.
+    if result.best_epoch > len(result.history) - result.epochs_run:
+        wrote = f"wrote {result.checkpoint} and {metrics_path(args.out)}"
+    else:
+        wrote = f"{result.checkpoint} holds it (saved before this resume); wrote {metrics_path(args.out)}"
     print(f"best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} iou {best.get('iou', 0):.4f} "
-          f"object F1 {best.get('f1', 0):.4f}; wrote {result.checkpoint} and {metrics_path(args.out)} "
-          f"in {(time.perf_counter() - started) / 60:.1f} min")
+          f"object F1 {best.get('f1', 0):.4f}; {wrote} in {(time.perf_counter() - started) / 60:.1f} min")
     return 0
 
 

@@ -82,21 +82,77 @@ class LabelledFile:
 
     def read(self) -> Labelled:
         image = _as_uint8_grey(read_image(self.source), self.source)
-        mask = binary_mask(to_grey(read_image(self.mask), name=str(self.mask)), self.mask)
-        return Labelled.from_arrays(image, mask, name=self.name)
+        return Labelled.from_arrays(image, read_mask(self.mask), name=self.name)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """The mask file ``path`` as 0/1 (:func:`binary_mask`): the one reading of a mask for training,
+    evaluation and pseudo-labelling."""
+    return binary_mask(read_image(path), path)
+
+
+# A label image (an id per mark, 0 between marks) has marks of one value each: at most this share of
+# the neighbouring pixel pairs inside its marks differ. The grey levels of a resampled or JPEG-saved
+# mask differ from their neighbours all along every mark's edge.
+LABEL_EDGE_SHARE = 0.02
 
 
 def binary_mask(mask: np.ndarray, path: Path) -> np.ndarray:
-    """A label mask as 0/1. Two levels (0/255, 0/1, 0/65535) are read as they are; a mask with more
-    (resampled edges, JPEG noise, a background of 1-2) is cut at half its maximum, with a warning,
-    since "anything above 0" would make its whole noisy background one mark."""
-    top = int(mask.max()) if mask.size else 0
+    """A label mask as 0/1, from a grey, colour or RGBA array.
+
+    Two levels (0/255, 0/1, 0/65535) are read as they are. An integer image with more levels, a
+    background of 0 and each mark of one value (a label image such as the generator's ``ids.png``
+    or registration's ``am_coordinates.png``) counts every labelled pixel. Any other mask with more
+    levels (resampled edges, JPEG noise, a background of 1-2) is cut at half its maximum, with a
+    warning, since "anything above 0" would make its whole noisy background one mark.
+
+    Colour counts by luminance. Of an RGBA mask, the alpha channel counts where the colour is the
+    same everywhere (marks drawn only in transparency), the colour where alpha is; where both vary,
+    a mark is a pixel both opaque and marked in colour.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 4 and mask.shape[0] and mask.shape[1]:
+        colour, alpha = mask[:, :, :3], mask[:, :, 3]
+        plain_colour = bool((colour == colour[0, 0]).all())
+        plain_alpha = bool((alpha == alpha[0, 0]).all())
+        if plain_colour and not plain_alpha:
+            return binary_mask(alpha, path)
+        if not plain_alpha:
+            return binary_mask(colour, path) & binary_mask(alpha, path)
+        mask = colour
+    mask = to_grey(mask, name=str(path))
+    top = mask.max() if mask.size else 0
     levels = np.unique(mask) if mask.dtype != np.uint8 else np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
     if levels.size <= 2:
         return (mask > 0).astype(np.uint8)
-    log.warning("mask %s holds %d grey levels, not two (0 and %d): pixels above %d count as marks; save it as a "
-                "0/255 mask to be sure", path, levels.size, top, top // 2)
+    if _is_label_image(mask):
+        log.info("mask %s holds %d labels on a background of 0: every labelled pixel counts as a mark", path,
+                 levels.size - 1)
+        return (mask > 0).astype(np.uint8)
+    log.warning("mask %s holds %d grey levels, not two (0 and %s): pixels above %s count as marks; save it as a "
+                "0/255 mask to be sure", path, levels.size, _number(top),
+                _number(top // 2 if mask.dtype.kind in "ui" else top / 2))
     return (mask > top / 2).astype(np.uint8)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{float(value):g}"
+
+
+def _is_label_image(mask: np.ndarray) -> bool:
+    """Whether an integer mask of several levels holds labels: most pixels 0, each mark of one value."""
+    if mask.dtype.kind not in "ui":
+        return False
+    marked = mask != 0
+    if 2 * int(marked.sum()) >= mask.size:
+        return False  # a background of 0 is what marks are labelled on
+    inside = differ = 0
+    for a, b, ma, mb in ((mask[:, 1:], mask[:, :-1], marked[:, 1:], marked[:, :-1]),
+                         (mask[1:, :], mask[:-1, :], marked[1:, :], marked[:-1, :])):
+        both = ma & mb
+        inside += int(both.sum())
+        differ += int((both & (a != b)).sum())
+    return inside > 0 and differ <= LABEL_EDGE_SHARE * inside
 
 
 def check_pair_sizes(pairs: Iterable[tuple[Path, Path]]) -> None:

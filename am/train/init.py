@@ -15,6 +15,38 @@ from am.model.widen import can_widen, widen_decoder
 log = logging.getLogger(__name__)
 
 
+def check_init(meta: ModelMeta, path: Path, *, partial: bool = False) -> None:
+    """Raise InputError (or CheckpointError for a file that is no checkpoint) unless the checkpoint at
+    ``path`` can start a run of ``meta``: what :func:`load_init` would refuse, found from the file
+    alone, before a run spends minutes reading and rendering its data."""
+    init_meta, _ = load_checkpoint(path)
+    if (problem := init_problem(meta, init_meta, path, partial=partial)) is not None:
+        raise InputError(problem)
+
+
+def init_problem(meta: ModelMeta, init_meta: ModelMeta, path: Path, *, partial: bool) -> str | None:
+    """Why the checkpoint ``path`` (of ``init_meta``) cannot start a run of ``meta``, or None."""
+
+    def body(m: ModelMeta) -> tuple:
+        return m.architecture, m.encoder, m.encoder_depth, m.in_channels
+
+    same_decoder = tuple(meta.decoder_channels) == tuple(init_meta.decoder_channels)
+    if body(meta) != body(init_meta) or not (same_decoder or partial):
+        hint = "" if partial else " (--init-partial lets only the decoder widths differ)"
+        return (f"--init {path} is a {init_meta.architecture}/{init_meta.encoder} (depth "
+                f"{init_meta.encoder_depth}, decoder {list(init_meta.decoder_channels)}), not the "
+                f"{meta.architecture}/{meta.encoder} (depth {meta.encoder_depth}, decoder "
+                f"{list(meta.decoder_channels)}) this run trains; pass matching "
+                f"--encoder/--encoder-depth/--decoder-channels or another checkpoint{hint}")
+    if init_meta.refine_channels not in (0, meta.refine_channels):
+        return (f"--init {path} has a full-resolution refinement {init_meta.refine_channels} channels "
+                f"wide, not {meta.refine_channels}; pass --refine-channels {init_meta.refine_channels}")
+    if meta.refine_channels and not same_decoder:
+        return (f"--init {path}: a refined model starts only from the same decoder "
+                f"{list(init_meta.decoder_channels)}; widen the decoder and add the refinement in two runs")
+    return None
+
+
 def load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: bool = False) -> None:
     """Start from another checkpoint's weights, so a longer or differently fed run builds on a finished one.
 
@@ -27,25 +59,9 @@ def load_init(model: torch.nn.Module, meta: ModelMeta, path: Path, *, partial: b
     (``refine_channels`` > 0) with its output unchanged (:mod:`am.model.refine`).
     """
     init_meta, state = load_checkpoint(path)
-
-    def body(m: ModelMeta) -> tuple:
-        return m.architecture, m.encoder, m.encoder_depth, m.in_channels
-
-    same_decoder = tuple(meta.decoder_channels) == tuple(init_meta.decoder_channels)
-    if body(meta) != body(init_meta) or not (same_decoder or partial):
-        hint = "" if partial else " (--init-partial lets only the decoder widths differ)"
-        raise InputError(f"--init {path} is a {init_meta.architecture}/{init_meta.encoder} (depth "
-                         f"{init_meta.encoder_depth}, decoder {list(init_meta.decoder_channels)}), not the "
-                         f"{meta.architecture}/{meta.encoder} (depth {meta.encoder_depth}, decoder "
-                         f"{list(meta.decoder_channels)}) this run trains; pass matching "
-                         f"--encoder/--encoder-depth/--decoder-channels or another checkpoint{hint}")
+    if (problem := init_problem(meta, init_meta, path, partial=partial)) is not None:
+        raise InputError(problem)
     grows = init_meta.refine_channels == 0 < meta.refine_channels
-    if init_meta.refine_channels not in (0, meta.refine_channels):
-        raise InputError(f"--init {path} has a full-resolution refinement {init_meta.refine_channels} channels "
-                         f"wide, not {meta.refine_channels}; pass --refine-channels {init_meta.refine_channels}")
-    if meta.refine_channels and not same_decoder:
-        raise InputError(f"--init {path}: a refined model starts only from the same decoder "
-                         f"{list(init_meta.decoder_channels)}; widen the decoder and add the refinement in two runs")
     if grows:
         grow_refinement(model, state)
         log.info("starting from the weights of %s (%s) with a full-resolution refinement of %d channels "

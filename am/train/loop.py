@@ -3,7 +3,8 @@
 Every parameter is trained (decoder, encoder and the final layer). Each epoch draws fresh
 random crops, then validates whole images at the checkpoint's own threshold with per-image
 Dice/IoU and object F1; the best epoch is written to ``out`` as a checkpoint, and a resume
-state (weights, optimiser, schedule, history) is written beside it after every epoch::
+state (weights, optimiser, schedule, history and a copy of the best epoch's checkpoint) is written
+beside it after every epoch::
 
     result = train(config, train_items, valid_items)
     result.best_metrics["f1"]
@@ -28,8 +29,9 @@ from torch.utils.data import DataLoader
 
 from am.errors import CheckpointError, InputError
 from am.evaluate.metrics import Scores, score
+from am.files import write_atomic
 from am.model.build import build_model
-from am.model.checkpoint import ModelMeta, save_checkpoint
+from am.model.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from am.model.device import resolve_device
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.memory import retain_freed_memory
@@ -169,7 +171,7 @@ def validate(predictor: Predictor, items: list[Labelled], *, tile_size: int = 51
     """Per-image scores at the checkpoint's threshold; the summary holds per-image means and pooled objects."""
     per_image = []
     for item in items:
-        predicted = predict_image_mask(predictor, item.image, tile_size=tile_size, overlap=64)
+        predicted = predict_image_mask(predictor, item.image, tile_size=tile_size)
         known = item.weight > 0
         per_image.append(score(item.mask * known, predicted * known))
     pooled = Scores.combine(per_image)
@@ -196,6 +198,8 @@ def train(
     With ``config.resume`` the run continues from ``state_path(out)``, which must exist: a resume
     that quietly started afresh would overwrite the checkpoint it was meant to build on. A run
     already finished (its state gone, or as many epochs done as asked) is reported, not retrained.
+    The state keeps a copy of the best epoch's checkpoint: an ``out`` that went missing or was
+    replaced since is written again from it, so the run's best weights are never lost to a resume.
     """
     if not valid_items:
         raise InputError("training needs validation images (a valid split or --synthetic-valid > 0)")
@@ -208,6 +212,7 @@ def train(
             return _finished_run(config)
         state = load_state(state_path(config.out))
         config = _check_same_run(state.get("options"), config, f"resume state {state_path(config.out)}")
+        _restore_best_checkpoint(config.out, int(state["best_epoch"]), _best_copy(state))
         if int(state["epoch"]) + 1 >= config.epochs:
             return _all_epochs_done(state, config)
     meta = config.meta(trained=False)
@@ -243,6 +248,8 @@ def train(
             log.warning("stopping after epoch %d of %d: the %.0f-minute limit is reached; rerun with --resume to "
                         "continue from %s", epoch + 1, config.epochs, config.max_minutes, state_path(config.out))
             break
+    # Whatever happened to ``out`` during the run (removed, replaced), it holds the best epoch on return.
+    _restore_best_checkpoint(config.out, run.best_epoch, run.best_checkpoint)
     finished = len(run.history) == config.epochs
     if finished and not config.keep_state:
         state_path(config.out).unlink(missing_ok=True)  # tens of MB, only needed to resume an unfinished run
@@ -279,6 +286,9 @@ class _Progress:
     best_score: float = -1.0
     best_epoch: int = -1
     best_metrics: dict[str, float] = field(default_factory=dict)
+    # The bytes of the best epoch's checkpoint as written to ``out``; None for a run resumed from a
+    # state written before states kept them, until it finds a better epoch.
+    best_checkpoint: bytes | None = None
 
     @staticmethod
     def restore(state: dict[str, Any], steps: _Steps, config: TrainConfig) -> _Progress:
@@ -289,7 +299,7 @@ class _Progress:
             steps.scaler.load_state_dict(state["scaler"])  # else a resumed fp16 run backs off from 65536 again
         run = _Progress(history=[dict(h) for h in state["history"]], start_epoch=int(state["epoch"]) + 1,
                         best_score=float(state["best_score"]), best_epoch=int(state["best_epoch"]),
-                        best_metrics=dict(state["best_metrics"]))
+                        best_metrics=dict(state["best_metrics"]), best_checkpoint=_best_copy(state))
         log.info("resumed from %s after epoch %d of %d (best so far: epoch %d)", state_path(config.out),
                  run.start_epoch, config.epochs, run.best_epoch)
         return run
@@ -367,21 +377,99 @@ def _record_epoch(run: _Progress, row: dict[str, float], metrics: dict[str, floa
         done = config.meta(trained=True, validation={**metrics, "epoch": epoch + 1,
                                                      "arithmetic": VALIDATION_PRECISION})
         save_checkpoint(config.out, model, done, storage=config.weight_storage)
+        run.best_checkpoint = Path(config.out).read_bytes()
     options = config.meta(trained=False).training
+    best_copy = {} if run.best_checkpoint is None else {
+        BEST_COPY: torch.frombuffer(bytearray(run.best_checkpoint), dtype=torch.uint8)}
     save_state(state_path(config.out), model, steps.optimizer, steps.scheduler, steps.scaler, epoch=epoch,
                best_score=run.best_score, best_epoch=run.best_epoch, best_metrics=run.best_metrics,
-               history=run.history, options=options)
+               history=run.history, options=options, **best_copy)
     write_record(config.out, epochs=config.epochs, options=options, arithmetic=VALIDATION_PRECISION,
                  best_epoch=run.best_epoch, best_metrics=run.best_metrics, history=run.history)
 
 
 def resume_problem(out: Path) -> str | None:
-    """Why a run writing ``out`` cannot be resumed: neither a resume state nor a finished run is there."""
+    """Why a run writing ``out`` cannot be resumed, found before any data is read: neither a resume
+    state nor a finished run is there, or ``out`` is not the run's best epoch and nothing can write
+    it again."""
     path = state_path(out)
-    if path.is_file():
-        return None
     record = read_record(out)
-    return None if record is not None and record.get("finished") else _nothing_to_resume(out)
+    best_epoch = _record_best_epoch(record)
+    if path.is_file():
+        if best_epoch is None or (problem := checkpoint_problem(out, best_epoch)) is None:
+            return None  # train() checks it against the state itself
+        try:
+            state = load_state(path)
+        except CheckpointError as exc:
+            return str(exc)
+        if _best_copy(state) is not None:
+            return None  # train() writes it again from the state's copy
+        return _no_copy(out, int(state["best_epoch"]), problem)
+    if record is None or not record.get("finished"):
+        return _nothing_to_resume(out)
+    if best_epoch is not None and (problem := checkpoint_problem(out, best_epoch)) is not None:
+        return _finished_run_lost(out, problem)
+    return None
+
+
+# The resume state's copy of the best epoch's checkpoint file (a uint8 tensor of its bytes).
+BEST_COPY = "best_checkpoint"
+
+
+def _best_copy(state: dict[str, Any]) -> bytes | None:
+    copy = state.get(BEST_COPY)
+    return copy.numpy().tobytes() if isinstance(copy, torch.Tensor) else None
+
+
+def _record_best_epoch(record: dict[str, Any] | None) -> int | None:
+    epoch = None if record is None else record.get("best_epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def checkpoint_problem(out: Path, best_epoch: int, copy: bytes | None = None) -> str | None:
+    """Why ``out`` is not the checkpoint of its run's best epoch ``best_epoch``, or None where it is.
+
+    With ``copy`` (the bytes the run wrote) ``out`` must hold exactly them; without, its recorded
+    validation epoch must be ``best_epoch``.
+    """
+    out = Path(out)
+    if not out.is_file():
+        return f"{out} is missing"
+    if copy is not None and out.read_bytes() == copy:
+        return None
+    try:
+        meta, _ = load_checkpoint(out)
+    except CheckpointError as exc:
+        return f"{out} cannot be read ({exc})"
+    epoch = meta.validation.get("epoch")
+    if epoch != best_epoch:
+        held = "an untrained model" if epoch is None else f"epoch {epoch}"
+        return f"{out} holds {held}, not this run's best epoch {best_epoch}"
+    return None if copy is None else f"{out} is not the checkpoint this run wrote for its best epoch {best_epoch}"
+
+
+def _restore_best_checkpoint(out: Path, best_epoch: int, copy: bytes | None) -> None:
+    """Make ``out`` the checkpoint of the run's best epoch again, from ``copy`` where it is not; an error
+    (nothing written) where there is no copy to write it from."""
+    problem = checkpoint_problem(out, best_epoch, copy)
+    if problem is None:
+        return
+    if copy is None:
+        raise CheckpointError(_no_copy(out, best_epoch, problem))
+    write_atomic(Path(out), copy)
+    log.warning("%s: wrote it again from the run's copy of its best epoch %d", problem, best_epoch)
+
+
+def _no_copy(out: Path, best_epoch: int, problem: str) -> str:
+    return (f"--resume: {problem}, and the resume state {state_path(out)} (written by an earlier version of "
+            f"am.train) keeps no copy of that epoch to write it again from: put the checkpoint of epoch {best_epoch} "
+            f"back at {out} and rerun with --resume, or drop --resume to start afresh")
+
+
+def _finished_run_lost(out: Path, problem: str) -> str:
+    return (f"--resume: {out} is the checkpoint of a finished run, but {problem}; its resume state was deleted "
+            f"when the run finished (--keep-state keeps it), so the best epoch cannot be written again: put the "
+            f"checkpoint back at {out}, or drop --resume to train the run afresh")
 
 
 def _nothing_to_resume(out: Path) -> str:
@@ -396,6 +484,9 @@ def _finished_run(config: TrainConfig) -> TrainResult:
     if record is None or not record.get("finished"):
         raise CheckpointError(_nothing_to_resume(config.out))
     _check_same_run(record.get("options"), config, f"the finished run {config.out}")
+    best_epoch = _record_best_epoch(record)
+    if best_epoch is not None and (problem := checkpoint_problem(config.out, best_epoch)) is not None:
+        raise CheckpointError(_finished_run_lost(config.out, problem))
     done = len(record["history"])
     if config.epochs > done:
         raise CheckpointError(f"--resume: {config.out} is a finished run of {done} epochs, and its resume state "
@@ -477,16 +568,40 @@ def _check_same_run(saved: dict[str, Any] | None, config: TrainConfig, what: str
         return config
     if config.init is None and "init" in saved:
         config = replace(config, init=Path(saved["init"]), init_partial=bool(saved.get("init_partial")))
-    asked = plain(config.meta(trained=False).training)
+    asked = _comparable(plain(config.meta(trained=False).training))
     defaults = plain(TrainConfig(out=config.out).meta(trained=False).training)
+    saved = _comparable(saved)
     # More epochs is how a finished or stopped run is taken further; everything else must match.
-    differ = sorted(k for k in set(saved) | set(asked)
-                    if k != "epochs" and saved.get(k, defaults.get(k)) != asked.get(k))
+    differ = [(k, saved.get(k, defaults.get(k)), asked.get(k)) for k in sorted(set(saved) | set(asked))
+              if k != "epochs" and saved.get(k, defaults.get(k)) != asked.get(k)]
     if differ:
-        changes = "; ".join(f"{k} {saved.get(k)!r} -> {asked.get(k)!r}" for k in differ)
+        changes = "; ".join(_change(k, before, after) for k, before, after in differ)
         raise CheckpointError(f"{what} belongs to a run with other options ({changes}): resume it with the "
                               "options it was started with, or drop --resume to start afresh")
     return config
+
+
+def _comparable(options: dict[str, Any]) -> dict[str, Any]:
+    """Run options with their --data folders resolved, so that ``tiles`` and ``/abs/tiles`` are one folder
+    (a relative folder of an older record is taken from the current directory)."""
+    data = options.get("data")
+    if not (isinstance(data, dict) and isinstance(data.get("folders"), list)):
+        return options
+    folders = [str(Path(f).resolve()) if isinstance(f, str) else f for f in data["folders"]]
+    return {**options, "data": {**data, "folders": folders}}
+
+
+def _change(key: str, before: Any, after: Any) -> str:
+    """One differing option, short: only the entries of a dict option (the data summary) that differ."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return "; ".join(_change(f"{key}.{k}", before.get(k), after.get(k))
+                         for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k))
+    return f"{key} {_short(before)} -> {_short(after)}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 __all__ = ["TrainConfig", "TrainResult", "autocast_dtype", "loss_fn", "resume_problem", "train", "validate"]

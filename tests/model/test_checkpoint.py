@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from am.errors import CheckpointError
 from am.model.build import build_model, load_model, write_test_checkpoint
-from am.model.checkpoint import ModelMeta, default_model_path, load_checkpoint, save_checkpoint
+from am.model.checkpoint import (
+    ModelMeta,
+    architecture_problem,
+    check_buildable,
+    default_model_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 TINY = {"encoder": "tu-mobilenetv3_small_100", "encoder_depth": 5, "decoder_channels": (32, 16, 8, 8, 4)}
 
@@ -165,3 +175,107 @@ def test_meta_validation() -> None:
 def test_default_model_path_is_inside_the_package() -> None:
     path = default_model_path()
     assert path.name == "default.pt" and path.parent.name == "models" and path.parent.parent.name == "am"
+
+
+def _flip_middle(data: bytes, count: int = 64) -> bytes:
+    """The reviewer's damage: ``count`` bytes inverted in the middle of the file (inside tensor data)."""
+    damaged = bytearray(data)
+    for i in range(len(damaged) // 2, len(damaged) // 2 + count):
+        damaged[i] ^= 0xFF
+    return bytes(damaged)
+
+
+def test_flipped_bytes_are_refused_naming_the_record(tmp_path: Path) -> None:
+    # torch does not check the zip CRCs: without our check these weights load, changed, without a word.
+    good = write_test_checkpoint(tmp_path / "tiny.pt")
+    damaged = tmp_path / "flip.pt"
+    damaged.write_bytes(_flip_middle(good.read_bytes()))
+    with pytest.raises(CheckpointError, match=r"flip\.pt is damaged: record archive/data/\d+ does not match the "
+                                              r"checksum written with it.*copy or download the file again"):
+        load_checkpoint(damaged)
+    with pytest.raises(CheckpointError, match=r"<bytes> is damaged: record archive/data/\d+"):
+        load_checkpoint(damaged.read_bytes())  # what Predictor.from_checkpoint gets from bytes
+    load_checkpoint(good)
+    load_checkpoint(good.read_bytes())
+
+
+def test_a_damaged_zip_directory_is_named_too(tmp_path: Path) -> None:
+    good = write_test_checkpoint(tmp_path / "tiny.pt")
+    data = bytearray(good.read_bytes())
+    central = data.rfind(b"PK\x01\x02")  # the last central directory record: its header fields made nonsense
+    data[central + 20: central + 28] = b"\xff" * 8
+    (tmp_path / "dir.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"dir\.pt is damaged: its zip structure cannot be read \(EOFError\); "
+                                              "copy or download the file again"):
+        load_checkpoint(tmp_path / "dir.pt")
+
+
+def test_an_s3_uri_made_into_a_path_is_named_as_one() -> None:
+    # argparse's type=Path turns s3://bucket/key into s3:/bucket/key; "does not exist" would mislead.
+    with pytest.raises(CheckpointError, match=r"model s3://models/m\.pt is an S3 URI, which only python -m "
+                                              r"am\.pipeline --backend aws and its workers download; download it"):
+        load_checkpoint(Path("s3://models/m.pt"))
+
+
+def _payload_with(tmp_path: Path, **meta_changes) -> bytes:
+    path = write_test_checkpoint(tmp_path / "tiny.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["meta"].update(meta_changes)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+UNBUILDABLE = "tu-vit_tiny_patch16_224"  # timm knows it; it has no feature pyramid, so no smp U-Net
+
+
+def test_an_encoder_smp_cannot_build_is_a_checkpoint_error(tmp_path: Path) -> None:
+    meta = ModelMeta(**{**TINY, "encoder": UNBUILDABLE})  # a name timm knows passes the metadata rules
+    with pytest.raises(CheckpointError, match=f"cannot build a Unet with encoder '{UNBUILDABLE}'.*Unsupported model "
+                                              "downsampling pattern; use an encoder"):
+        check_buildable(meta)
+    with pytest.raises(CheckpointError, match=r"^<bytes>: segmentation-models-pytorch cannot build"):
+        load_checkpoint(_payload_with(tmp_path, encoder=UNBUILDABLE))
+    assert "cannot build" in architecture_problem(**{**TINY, "encoder": UNBUILDABLE})
+    assert architecture_problem(**TINY) is None
+    assert "encoder_depth 5.0 must be a whole number" in architecture_problem(**{**TINY, "encoder_depth": 5.0})
+
+
+BAD_META = [
+    ("encoder_depth", 5.0, "encoder_depth 5.0 must be a whole number (int), not a float"),
+    ("tile_size", 512.0, "tile_size 512.0 must be a whole number (int), not a float"),
+    ("tile_size", True, "tile_size True must be a whole number (int), not a bool"),
+    ("tile_size", 32, "tile_size 32 must be a multiple of 32 and at least 64"),
+    ("in_channels", True, "in_channels True must be a whole number"),
+    ("refine_channels", 0.0, "refine_channels 0.0 must be a whole number"),
+    ("decoder_channels", [32.7, 16, 8, 8, 4], "decoder_channels [32.7, 16, 8, 8, 4] must be whole numbers (int): "
+                                              "32.7 is a float"),
+    ("decoder_channels", 32, "decoder_channels 32 must be a list of whole numbers"),
+    ("input_mean", float("nan"), "input_mean nan must be a finite number"),
+    ("input_mean", "0.5", "input_mean '0.5' must be a finite number"),
+    ("input_std", float("inf"), "input_std inf must be a finite number"),
+    ("input_std", 0.0, "input_std 0.0 must be > 0"),
+    ("pixel_scale", float("inf"), "pixel_scale inf must be a finite number"),
+    ("threshold", "0.5", "threshold '0.5' must be a finite number"),
+    ("seed_threshold", float("nan"), "seed_threshold nan must be a finite number"),
+    ("trained", "no", "trained 'no' must be true or false"),
+    ("training", None, "training None must be a dict"),
+    ("validation", {"dice": "x", "f1": 1}, "validation dice 'x' must be a number"),
+    ("validation", {"dice": 0.8, "f1": True}, "validation f1 True must be a number"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_META, ids=[f"{f}={v!r}" for f, v, _ in BAD_META])
+def test_metadata_values_are_checked(tmp_path: Path, field: str, value, message: str) -> None:
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        ModelMeta(**{**TINY, field: value})
+    with pytest.raises(CheckpointError, match=r"^<bytes>: " + re.escape(message) + r".*train or export the model"):
+        load_checkpoint(_payload_with(tmp_path, **{field: value}))
+
+
+def test_numpy_numbers_become_plain_ones_that_save_and_load(tmp_path: Path) -> None:
+    meta = ModelMeta(**{**TINY, "encoder_depth": np.int64(5), "threshold": np.float32(0.25), "trained": np.bool_(True),
+                        "decoder_channels": np.array([32, 16, 8, 8, 4]).tolist()})
+    assert type(meta.encoder_depth) is int and type(meta.threshold) is float and meta.trained is True
+    save_checkpoint(tmp_path / "m.pt", build_model(meta), meta)
+    assert load_checkpoint(tmp_path / "m.pt")[0] == meta

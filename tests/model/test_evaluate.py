@@ -43,7 +43,7 @@ def test_cli_table_json_and_side_by_side(tmp_path: Path, tiny_model: Path) -> No
     assert panel.ndim == 3 and panel.shape[0] == 2 * 96  # small images are shown enlarged twice
     missing = subprocess.run([*cmd[:3], "--model", str(tmp_path / "none.pt"), "--synthetic", "1"], cwd=REPO,
                              capture_output=True, text=True, check=False)
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert missing.returncode == 2 and "does not exist" in missing.stderr  # a usage error, found before any work
 
 
 def test_scores_agree_with_the_predictions(tiny_model: Path) -> None:

@@ -31,7 +31,13 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--pitch-min=-3"], "must be finite numbers of pixels > 0"),
     (["--pitch-min", "50", "--pitch-max", "20"], "with min <= max"),
     (["--pitch-max", "nan"], "--pitch-max nan must be finite numbers of pixels > 0"),
-    (["--scale", "0"], "--scale must be > 0"),
+    (["--scale", "0"], "--scale 0.0 must lie between 0.05 and 20"),
+    # Beyond what whole-image prediction takes: refused here, not after the model loaded and images were read.
+    (["--scale", "25"], "--scale 25.0 must lie between 0.05 and 20"),
+    (["--scale", "nan"], "--scale nan must lie between 0.05 and 20"),
+    (["--model", "s3://bucket/models/m.pt"], "model s3://bucket/models/m.pt is an S3 URI, which only python -m "
+                                              "am.pipeline --backend aws and its workers download; download it first"),
+    (["--model", "absent.pt"], "--model absent.pt does not exist: pass a checkpoint (.pt) file"),
 ])
 def test_bad_numbers_are_usage_errors(tiny_model: Path, monkeypatch: pytest.MonkeyPatch, options: list[str],
                                       message: str, capsys: pytest.CaptureFixture) -> None:

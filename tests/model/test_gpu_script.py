@@ -90,6 +90,25 @@ def test_gpu_script_stops_an_overrunning_training_and_still_measures_its_best_ch
     assert not (tmp_path / ".resnext50.watchdog-fired").exists()
 
 
+def test_gpu_script_never_measures_an_earlier_sessions_checkpoint_as_this_runs(tmp_path):
+    from am.model.build import write_untrained_checkpoint
+
+    # An earlier session left its outputs under the run's name; this session's run is stopped before
+    # its first epoch ends, so it saves nothing, and nothing is measured.
+    old = write_untrained_checkpoint(tmp_path / "resnext50.pt", encoder="resnet18").read_bytes()
+    (tmp_path / "resnext50.metrics.json").write_text("{}")
+    (tmp_path / "resnext50.quality.json").write_text("{}")
+    (tmp_path / "comparison.md").write_text("an earlier table")
+    done = run_script(tmp_path, EPOCHS="200", WATCHDOG_S="1", COMPACT="0", SHIPPED="0", BENCH="1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "resnext50: training outlived the 1 s watchdog before any epoch saved a checkpoint" in done.stderr
+    assert "nothing of this run to measure" in done.stderr and "measuring the best checkpoint" not in done.stderr
+    assert "moved an earlier session's resnext50.pt resnext50.metrics.json resnext50.quality.json" in done.stdout
+    for name in ("resnext50.pt", "resnext50.quality.json", "comparison.md", "bench.json"):
+        assert not (tmp_path / name).exists(), name
+    assert (tmp_path / "previous" / "resnext50.pt").read_bytes() == old
+
+
 def test_gpu_script_refuses_a_compact_start_that_is_not_a_checkpoint(tmp_path):
     done = run_script(tmp_path / "out", COMPACT_INIT=str(tmp_path / "nothing.pt"), timeout=120)
     assert done.returncode == 2 and "COMPACT_INIT=" in done.stderr and "COMPACT_INIT=none" in done.stderr

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from am.errors import InputError
-from am.model.whole import predict_image_proba
+from am.model.checkpoint import tile_size_problem
+from am.model.whole import default_overlap, predict_image_proba, scale_problem
 
 
 class Echo:
@@ -46,3 +47,33 @@ def test_bad_arguments() -> None:
         predict_image_proba(Echo(), np.zeros((10, 10), dtype=np.float32))
     with pytest.raises(InputError):
         predict_image_proba(Echo(), np.zeros((10, 10), dtype=np.uint8), tile_size=100)
+
+
+@pytest.mark.parametrize("tile_size", [64, 96, 128, 160])
+def test_every_tile_size_a_checkpoint_may_hold_predicts(tile_size: int) -> None:
+    # A model trained with --tile-size 64-128 is validated and evaluated on tiles of that size: a
+    # fixed 64 px overlap was half of such a tile or more, and every validation failed.
+    image = np.random.default_rng(2).integers(0, 256, size=(300, 230), dtype=np.uint8)
+    echo = Echo()
+    out = predict_image_proba(echo, image, tile_size=tile_size)
+    np.testing.assert_allclose(out, image / 255.0, atol=1e-5)
+    assert {s[1:] for s in echo.shapes} == {(tile_size, tile_size)}
+
+
+def test_default_overlap_is_64_except_on_small_tiles() -> None:
+    assert [default_overlap(t) for t in (64, 96, 128, 160, 256, 512)] == [16, 24, 32, 64, 64, 64]
+
+
+def test_tile_size_and_scale_follow_the_checkpoint_rules() -> None:
+    image = np.zeros((64, 64), dtype=np.uint8)
+    with pytest.raises(InputError, match="tile_size 32 must be a multiple of 32 and at least 64"):
+        predict_image_proba(Echo(), image, tile_size=32)
+    with pytest.raises(InputError, match=r"overlap 64 must lie in \[0, 64\)"):
+        predict_image_proba(Echo(), image, tile_size=128, overlap=64)
+    assert tile_size_problem(32) == "tile_size 32 must be a multiple of 32 and at least 64"
+    assert tile_size_problem(64) is None
+    for scale in (25, 0.01, float("nan"), float("inf")):
+        assert scale_problem(scale) == f"scale {scale} must lie between 0.05 and 20"
+        with pytest.raises(InputError, match="must lie between 0.05 and 20"):
+            predict_image_proba(Echo(), image, scale=scale)
+    assert scale_problem(20) is None and scale_problem(0.05) is None

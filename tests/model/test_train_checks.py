@@ -1,0 +1,84 @@
+"""am.train refuses what cannot work before it reads or renders any image: an --init checkpoint of
+another architecture, and numbers that are not finite where a finite one is meant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import am.train.__main__ as train_cli
+from am.model.build import TEST_DECODER_CHANNELS, TEST_ENCODER, write_untrained_checkpoint
+
+TINY = ["--encoder", TEST_ENCODER, "--decoder-channels", ",".join(map(str, TEST_DECODER_CHANNELS))]
+
+
+@pytest.fixture
+def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the command reads or renders training data."""
+    monkeypatch.setattr(train_cli, "synthetic_images", lambda **kwargs: pytest.fail("images were rendered"))
+    monkeypatch.setattr(train_cli, "load_split", lambda *args: pytest.fail("images were read"))
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        train_cli.main(argv)
+    assert stopped.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_an_init_checkpoint_of_another_architecture_is_refused_before_any_data_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture, no_data) -> None:
+    other = write_untrained_checkpoint(tmp_path / "r18.pt", encoder="resnet18")
+    out = tmp_path / "m.pt"
+    err = _refused(["--out", str(out), "--synthetic", "30", *TINY, "--init", str(other)], capsys)
+    assert f"--init {other} is a Unet/resnet18" in err and f"Unet/{TEST_ENCODER}" in err
+    assert "--init-partial lets only the decoder widths differ" in err
+    same = write_untrained_checkpoint(tmp_path / "tiny.pt", encoder=TEST_ENCODER,
+                                      decoder_channels=TEST_DECODER_CHANNELS)
+    err = _refused(["--out", str(out), "--synthetic", "30", "--encoder", TEST_ENCODER, "--decoder-channels",
+                    "64,32,16,8,4", "--init", str(same)], capsys)
+    assert "decoder [32, 16, 8, 8, 4]" in err
+    err = _refused(["--out", str(out), "--synthetic", "30", *TINY, "--refine-channels", "8", "--init-partial",
+                    "--decoder-channels", "64,32,16,8,4", "--init", str(same)], capsys)
+    assert "a refined model starts only from the same decoder" in err
+    err = _refused(["--out", str(out), "--synthetic", "30", *TINY, "--init", str(tmp_path / "none.pt")], capsys)
+    assert "none.pt does not exist" in err
+    assert not out.exists()
+
+
+def test_a_matching_init_checkpoint_passes_the_early_check(tmp_path: Path) -> None:
+    same = write_untrained_checkpoint(tmp_path / "tiny.pt", encoder=TEST_ENCODER,
+                                      decoder_channels=TEST_DECODER_CHANNELS)
+    args = train_cli.parser().parse_args(["--out", str(tmp_path / "m.pt"), "--synthetic", "2", *TINY,
+                                          "--init", str(same)])
+    assert train_cli._init_problem(args) is None
+    wider = train_cli.parser().parse_args(["--out", str(tmp_path / "m.pt"), "--synthetic", "2", "--encoder",
+                                           TEST_ENCODER, "--decoder-channels", "64,32,16,8,4", "--init", str(same),
+                                           "--init-partial"])
+    assert train_cli._init_problem(wider) is None
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--synthetic-blobs", "inf"], "--synthetic-blobs inf must be a finite number >= 0"),
+    (["--synthetic-blobs", "nan"], "--synthetic-blobs nan must be a finite number >= 0"),
+    (["--synthetic-blobs", "-1"], "--synthetic-blobs -1.0 must be a finite number >= 0"),
+    (["--refine-channels", "8", "--refine-lr", "inf"], "--refine-lr inf needs --refine-channels and must be a finite"),
+    (["--refine-channels", "8", "--refine-lr", "nan"], "--refine-lr nan"),
+    (["--scale-min", "nan"], "--scale-min nan"),
+    (["--scale-min", "inf", "--scale-max", "inf"], "--scale-min inf"),
+    (["--pixel-scale", "inf"], "--pixel-scale inf"),
+    (["--weight-decay", "nan"], "--weight-decay nan"),
+    (["--max-minutes", "inf"], "--max-minutes inf"),
+    (["--threshold", "nan"], "--threshold nan"),
+    (["--min-mark-fraction", "inf"], "--min-mark-fraction inf"),
+    (["--low-resolution", "inf"], "--low-resolution inf"),
+    (["--pitch-min", "inf", "--pitch-max", "inf"], "--pitch-min inf"),
+    (["--synthetic-polarities", "bright=inf"], "--synthetic-polarities"),
+    (["--synthetic-polarities", "bright=nan,rim=1"], "--synthetic-polarities"),
+])
+def test_numbers_that_are_not_finite_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture, no_data,
+                                                 args: list[str], words: str) -> None:
+    err = _refused(["--out", str(tmp_path / "m.pt"), "--synthetic", "2", *args], capsys)
+    assert words in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
