@@ -10,26 +10,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.aws.conftest import REPO
+from tests.aws.fake_cli import FAKE_AWS_PREAMBLE
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 STACK = "am-segm-x"
 
-FAKE_AWS = f"""#!{sys.executable}
-import os, sys
-args = sys.argv[1:]
-with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write("aws " + " ".join(args) + "\\n")
-if args[:1] == ["--region"]:
-    args = args[2:]
-command = args[:2]
-if command == ["cloudformation", "describe-stack-resource"]:
+FAKE_AWS = FAKE_AWS_PREAMBLE + f"""if command == ["cloudformation", "describe-stack-resource"]:
     service = os.environ["FAKE_SERVICE"]
     if service == "NO_STACK":
         sys.stderr.write("An error occurred (ValidationError) when calling the DescribeStackResource operation: "

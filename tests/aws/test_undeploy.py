@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.aws.conftest import REPO
+from tests.aws.fake_cli import FAKE_AWS_PREAMBLE
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
@@ -25,15 +26,7 @@ STACK = "am-segm-x"
 BUCKETS = {"InputBucket": "am-segm-x-inputbucket-1", "OutputBucket": "am-segm-x-outputbucket-1"}
 ASG = "am-segm-x-AutoScalingGroup-1"
 
-FAKE_AWS = f"""#!{sys.executable}
-import os, sys
-args = sys.argv[1:]
-with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write("aws " + " ".join(args) + "\\n")
-if args[:1] == ["--region"]:
-    args = args[2:]
-command = args[:2]
-if command == ["cloudformation", "describe-stacks"]:
+FAKE_AWS = FAKE_AWS_PREAMBLE + f"""if command == ["cloudformation", "describe-stacks"]:
     status = os.environ["FAKE_STATUS"]
     if status == "MISSING":
         sys.stderr.write("An error occurred (ValidationError) when calling the DescribeStacks operation: "

@@ -16,8 +16,9 @@ import am.train.loop as loop
 from am.errors import CheckpointError
 from am.model.checkpoint import load_checkpoint
 from am.train.data import Labelled, synthetic_images
-from am.train.loop import TrainConfig, resume_problem, train
+from am.train.loop import TrainConfig, resume_problem
 from am.train.runfiles import state_path
+from tests.model.test_train_resume import _interrupt_at, _run
 
 TINY = {"encoder": "tu-mobilenetv3_small_100", "encoder_depth": 5, "decoder_channels": (32, 16, 8, 8, 4)}
 BASE = dict(**TINY, steps_per_epoch=1, batch_size=2, crop=64, warmup_steps=1, threads=1)
@@ -46,18 +47,6 @@ def first_epoch_best(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(loop, "validate", declining)
     return calls
-
-
-def _run(config: TrainConfig, images: list[Labelled], **kwargs):
-    return train(config, images[:3], images[3:], **kwargs)
-
-
-def _interrupt_at(epoch: int):
-    def progress(iterable, total, desc):
-        if desc.startswith(f"epoch {epoch}/"):
-            raise KeyboardInterrupt
-        return iterable
-    return progress
 
 
 def _resumed(config: TrainConfig, **changes) -> TrainConfig:
