@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                      settings.workers, store.data_dir)
             with store.exclusive():
                 serve(app, sock, log_level=settings.log_level.lower())
+        # uvicorn may take the stop signal itself and return: the same stop as run_main's.
+        log.info("stopped; cleaned up")
         return EXIT_OK
 
     configure_logging(args.log_level or "INFO")

@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                    scale=settings.scale)
         app = create_app(segmenter, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
         serve(app, sock, log_level=settings.log_level.lower())
+        # uvicorn may take the stop signal itself and return: the same stop as run_main's.
+        log.info("stopped")
         return EXIT_OK
 
     configure_logging(args.log_level or "INFO")

@@ -322,4 +322,5 @@ def test_a_server_stopped_by_its_supervisor_exits_0_without_an_error(tmp_path, t
     with running(api_args(tmp_path / "data", tiny_model), tmp=tmp_path, name="stopped") as server:
         assert server.stop(sig) == 0, server.log_text()[-4000:]
         assert " ERROR " not in server.log_text()
-        assert "stopped; cleaned up" in server.log_text()
+        # Whether uvicorn or the command line took the signal, the server says it stopped.
+        assert server.log_text().count("am.api: stopped; cleaned up") == 1
