@@ -329,8 +329,8 @@ def _read_payload(source: Path | bytes, name: str) -> Any:
         if path.is_dir():
             raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file (.pt) inside it")
         if not path.is_file():
-            if s3_uri_problem(str(source)):  # Path() made "s3://b/k" into "s3:/b/k"
-                raise CheckpointError(s3_uri_problem(str(source)))
+            if problem := s3_uri_problem(str(source)):  # Path() made "s3://b/k" into "s3:/b/k"
+                raise CheckpointError(problem)
             raise CheckpointError(f"checkpoint {path} does not exist; train one with python -m am.train or "
                                   "pass an existing file")
         stream = path

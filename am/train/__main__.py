@@ -302,8 +302,9 @@ def resume_command(argv: list[str], *, resuming: bool) -> str:
 def _absolute_paths(argv: list[str]) -> list[str]:
     """``argv`` with the value of every path option absolute (``--out m.pt`` and ``--out=m.pt`` alike,
     and the abbreviations argparse accepts)."""
-    options = [o for action in parser()._actions for o in action.option_strings]
-    paths = {o for action in parser()._actions if action.type is Path for o in action.option_strings}
+    actions = parser()._actions
+    options = [o for action in actions for o in action.option_strings]
+    paths = {o for action in actions if action.type is Path for o in action.option_strings}
 
     def path_option(word: str) -> bool:
         if not word.startswith("--"):
