@@ -10,6 +10,8 @@ Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes in
     GET    /ams/<id>.csv          the AM table id,row,col,x,y,area_px
     GET    /health                liveness and queue counts (503 with a reason if tasks can no longer run)
 
+HEAD on any GET route answers with that GET's status and headers and no body (``curl -I``).
+
 Client mistakes get a 4xx with ``{"detail": "<what is wrong and what to do>"}``: 400 malformed
 id or parameters or an undecodable image, 404 unknown id, 409 results not ready, 413 body too
 large, 415 wrong Content-Type. The app gets its collaborators passed in::
@@ -33,6 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from am.api.errors import install_error_handler
+from am.api.head import HeadAsGet
 from am.api.openapi import error_responses, image_body, image_response, install_openapi
 from am.api.progress import tile_progress
 from am.api.runner import TaskRunner
@@ -111,6 +114,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     )
 
     install_error_handler(app, _statuses())
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:

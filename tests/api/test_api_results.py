@@ -71,3 +71,23 @@ def test_a_restarted_server_serves_earlier_results_including_am_ids(tmp_path, ti
         mask = server.client.get(f"/masks/{task_id}")
         assert mask.status_code == 200
         assert not list(store.uploads_dir.iterdir()) and not list(store.tasks_dir.glob(".*"))
+
+
+def test_head_answers_like_get_without_a_body(tmp_path, tiny_model):
+    store = TaskStore(tmp_path / "data")
+    task_id = finished_registered_task(store, rows=3, cols=4)
+    unknown = uuid.uuid4().hex
+
+    with running(["am.api", "--data-dir", str(tmp_path / "data"), "--model", str(tiny_model)],
+                 tmp=tmp_path) as server:
+        for path in (f"/masks/{task_id}", f"/ams/{task_id}", f"/ams/{task_id}.csv", f"/tasks/{task_id}",
+                     "/health", f"/masks/{unknown}"):
+            got, head = server.client.get(path), server.client.head(path)
+            assert head.status_code == got.status_code, path
+            assert head.content == b"", path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+            assert int(head.headers["content-length"]) == len(got.content) > 0, path
+        assert server.client.head(f"/masks/{unknown}").status_code == 404
+        # A route without GET still refuses HEAD, and says what it accepts.
+        refused = server.client.head("/tasks")
+        assert refused.status_code == 405 and refused.headers["allow"] == "POST"

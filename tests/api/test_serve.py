@@ -51,6 +51,11 @@ def test_ping_answers_200_once_the_model_is_loaded(serve):
     assert response.status_code == 200 and response.json()["status"] == "ok"
     params = serve.client.get("/execution-parameters").json()
     assert params["BatchStrategy"] == "SINGLE_RECORD" and params["MaxConcurrentTransforms"] == 1
+    # Health checkers that use HEAD get the same answer, without the body.
+    head = serve.client.head("/ping")
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(response.content)
+    assert serve.client.head("/invocations").status_code == 405
 
 
 def test_invocations_returns_the_mask_the_model_gives_for_a_tile(serve, tiny_model):
