@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -70,6 +71,22 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
         else:
             for chunk in data:
                 handle.write(chunk)
+
+
+def check_writable(folder: Path) -> None:
+    """Raise the OSError a write into the existing ``folder`` would, naming ``folder``, before any work starts.
+
+    A dataset on a read-only mount, or owned by another user, would otherwise fail only at its
+    first output file, after the backend and its workers have started. Permission bits alone do
+    not tell (root ignores them; mounts and ACLs do not show in them), so a real file is made.
+    """
+    folder = Path(folder)
+    try:
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".am-write-check.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from exc
+    os.close(descriptor)
+    os.unlink(probe)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ reports are collected in between. Stitching and registration follow the last mas
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 from am.backends import open_backend
 from am.dataset import DatasetLayout
 from am.errors import AmError, JobFailed, LauncherError, ModelReplaced
+from am.files import check_writable
 from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
 from am.model_source import resolve_model, s3_model_id
@@ -281,6 +283,20 @@ def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGro
     return prepared
 
 
+def _check_outputs_writable(layout: DatasetLayout, groups: list[str]) -> None:
+    """Fail on a dataset that cannot be written now, not once the workers are up: every stage writes into it."""
+    folders = [layout.root]
+    for group in groups:
+        for folder in (layout.source_norm(group).parent, layout.tiles_dir(group), layout.stitched_dir(group),
+                       layout.am_coords_dir(group)):
+            folders += [folder.parent, folder]
+    for folder in dict.fromkeys(folders):
+        if folder.is_dir():
+            check_writable(folder)
+        elif folder.exists():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+
+
 def run_pipeline(
     dataset: Path,
     *,
@@ -307,6 +323,7 @@ def run_pipeline(
 
     for group in selected:
         check_group_size(layout, group, settings=settings)
+    _check_outputs_writable(layout, selected)
     worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
     model, model_id = resolve_model(settings, cache_dir=cache_dir)
     # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.

@@ -3,8 +3,9 @@ the file, the reason and what to do, with exit code 1 and the traceback kept at 
 a refused option exits 2 like argparse's own errors.
 
 The end-to-end cases run ``python -m am.pipeline`` as a real process on a dataset it cannot
-write: its folder read-only (chmod for a normal user; ``chattr +i`` for root, whom permissions do
-not stop) or a file standing where it must make a folder.
+write, refused before the backend starts: its folder or an output folder read-only (chmod for a
+normal user; ``chattr +i`` for root, whom permissions do not stop) or a file standing where it
+must make a folder.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _read_only(folder: Path) -> Iterator[str]:
         subprocess.run([chattr, "-i", str(folder)], check=True)
 
 
-@pytest.mark.parametrize("how", ["read-only folder", "file in the way"])
+@pytest.mark.parametrize("how", ["read-only folder", "read-only output folder", "file in the way"])
 def test_pipeline_on_a_dataset_it_cannot_write_exits_1_without_a_traceback(tmp_path, tiny_model, how):
     root = make_dataset(tmp_path / "ds", {"g1": (200, 200)})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
@@ -134,15 +135,18 @@ def test_pipeline_on_a_dataset_it_cannot_write_exits_1_without_a_traceback(tmp_p
         (root / "source_norm").write_text("not a folder")
         done, reason, named = run(), "Not a directory", root / "source_norm"
     else:
-        with _read_only(root) as reason:
+        named = root if how == "read-only folder" else root / "tiles" / "g1"
+        named.mkdir(parents=True, exist_ok=True)
+        with _read_only(named) as reason:
             done = run()
-        named = root
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1, done.stderr
     assert str(named) in errors[0] and reason in errors[0] and "rerun the same command" in errors[0]
     assert not (root / "tiles" / "g1" / "meta.json").exists()
+    # Refused before the backend and its workers start: nothing of the run was set up.
+    assert "endpoint" not in done.stderr and "started worker" not in done.stderr, done.stderr
 
 
 def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on():
