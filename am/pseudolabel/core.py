@@ -30,7 +30,7 @@ import numpy as np
 from am.errors import CheckpointError, InputError
 from am.files import staging
 from am.imageio import write_png
-from am.model.checkpoint import check_buildable
+from am.model.checkpoint import check_buildable, check_input_sizes
 from am.model.predict import Predictor
 from am.model.whole import predict_image_proba
 from am.train.data import Labelled
@@ -139,7 +139,9 @@ def check_config(config: PseudoConfig) -> None:
               "big": _big_config(config, Path("model.pt"), crops=0, known_fraction=0.0)}
     for which, model in models.items():
         try:
-            check_buildable(model.meta(trained=False))
+            meta = model.meta(trained=False)
+            check_buildable(meta)
+            check_input_sizes(meta, [meta.tile_size, config.crop])
         except CheckpointError as exc:
             raise InputError(f"the {which} model: {exc}") from exc
 

@@ -213,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.refine_lr is not None and not (math.isfinite(args.refine_lr) and args.refine_lr > 0
                                            and args.refine_channels > 0):
         p.error(f"--refine-lr {args.refine_lr} needs --refine-channels and must be a finite number > 0")
+    if problem := tile_size_problem(args.tile_size, name="--tile-size"):
+        p.error(problem)
     if problem := architecture_problem(encoder=args.encoder, encoder_depth=args.encoder_depth,
                                        decoder_channels=tuple(args.decoder_channels),
-                                       refine_channels=args.refine_channels):
+                                       refine_channels=args.refine_channels, tile_size=args.tile_size,
+                                       input_sizes=(args.crop,)):
         p.error(f"--encoder/--encoder-depth/--decoder-channels: {problem}")  # before rendering or reading images
     if args.init_partial and args.init is None:
         p.error("--init-partial needs --init CHECKPOINT")
@@ -242,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
                           ("--workers", args.workers)):
         if value < 0:
             p.error(f"{option} {value} must be >= 0")
-    if problem := tile_size_problem(args.tile_size, name="--tile-size"):
-        p.error(problem)
     if problem := output_problem(args.out, folder=False):
         p.error(f"--out: {problem}")  # before minutes of reading, rendering and a first epoch
     if not 0 <= args.low_resolution <= 1:

@@ -22,6 +22,7 @@ from am.train.data import synthetic_images
 from am.train.loop import validate
 
 UNBUILDABLE = "tu-vit_tiny_patch16_224"  # timm knows it; smp's U-Net cannot use it (no feature pyramid)
+ONE_SIZE = "tu-swin_tiny_patch4_window7_224"  # builds, but asserts that its input is 224 px
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -29,6 +30,9 @@ UNBUILDABLE = "tu-vit_tiny_patch16_224"  # timm knows it; smp's U-Net cannot use
                                  f"cannot build a Unet with encoder '{UNBUILDABLE}'"),
     (["--encoder", "resnet9000"], "encoder 'resnet9000' is unknown to segmentation-models-pytorch"),
     (["--tile-size", "32"], "--tile-size 32 must be a multiple of 32 and at least 64"),
+    (["--encoder", ONE_SIZE], f"a Unet with encoder '{ONE_SIZE}' cannot segment 256 x 256 px inputs: "
+                              "AssertionError: Input height (256) doesn't match model (224)"),
+    (["--encoder", ONE_SIZE, "--crop", "224"], "cannot segment 512 x 512 px inputs"),
 ])
 def test_train_refuses_a_model_it_cannot_build_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture, args, words) -> None:
@@ -47,6 +51,8 @@ def test_pseudolabel_checks_that_both_models_build_before_step_one() -> None:
         with pytest.raises(InputError, match=f"the {which} model: segmentation-models-pytorch cannot build a Unet "
                                              f"with encoder '{UNBUILDABLE}'"):
             pseudo.check_config(config)
+    with pytest.raises(InputError, match=f"the big model: a Unet with encoder '{ONE_SIZE}' cannot segment"):
+        pseudo.check_config(PseudoConfig(big_encoder=ONE_SIZE))
     pseudo.check_config(PseudoConfig())
 
 
