@@ -34,6 +34,8 @@ ASSIGNED, FRAGMENT, DUPLICATE, OFF_LATTICE = 1, 2, 3, 4
 FRAGMENT_MAX_AREA = 1.5
 # Weight of the area mismatch (log ratio) against the distance (in tolerances) when two marks want one node.
 AREA_WEIGHT = 0.5
+# The command-line option that sets the grid's size along each axis, for messages.
+_OPTION = {"row": "--rows", "column": "--cols"}
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,16 @@ def place_axis(
     outside_image: Callable[[int, int], int],
     warnings: list[str],
     ambiguity_note: str = "",
+    at_image_edge: Callable[[int], bool] = lambda index: False,
 ) -> AxisPlacement:
     """Choose which lattice indices along one axis form the grid.
 
     ``index`` holds the axis index of every occupied node (one entry per node, not per mark);
     ``outside_image(start, size)`` counts the grid nodes a placement would put outside the image,
     which breaks ties when an edge row has no marks at all. ``ambiguity_note`` ends the warning
-    given when that tie stays (what else the user should suspect).
+    given when that tie stays (what else the user should suspect). ``at_image_edge(index)`` says
+    whether that lattice row holds marks cut by the image border, where others are hidden: a
+    sparse edge row there is no sign of debris.
     """
     plural = f"{name}s"
     if index.size == 0:
@@ -86,6 +91,8 @@ def place_axis(
         outside = np.ones(counts.size, bool)
         outside[first - lo : last - lo + 1] = False
         _warn_partial(counts, outside, median=median, name=name, size=span, warnings=warnings)
+        _warn_sparse_edges(counts, lo=lo, start=first, size=span, median=median, name=name, given=False,
+                           at_image_edge=at_image_edge, warnings=warnings)
         return AxisPlacement(start=first, size=span, estimated=True)
 
     allowance = max(2, int(EMPTY_EDGE_FRACTION * size))
@@ -113,6 +120,8 @@ def place_axis(
             f"{int(round(median))}); check the number of {plural}, or whether the mask holds more than one grid"
         )
     _warn_partial(counts, ~inside, median=median, name=name, size=size, warnings=warnings)
+    _warn_sparse_edges(counts, lo=lo, start=start, size=size, median=median, name=name, given=True,
+                       at_image_edge=at_image_edge, warnings=warnings)
     empty = size - int(np.count_nonzero(counts[inside]))
     if empty:
         warnings.append(f"{empty} of the {size} {plural} of the grid have no marks at all")
@@ -171,13 +180,40 @@ def _warn_empty_edge(
         warnings.append(
             f"the grid has {size} {plural} but marks fill only {span}: the {side} {name} was left empty, as "
             f"the other edge would put nodes of the grid outside the image; if ids are one {name} off, check "
-            f"--{plural} and the overlay"
+            f"{_OPTION[name]} and the overlay"
         )
     else:
         warnings.append(
             f"the grid has {size} {plural} but marks fill only {span}: which edge {name} is empty is "
             f"ambiguous; {name} 0 was put at the first {name} with marks{ambiguity_note}"
         )
+
+
+def _warn_sparse_edges(
+    counts: np.ndarray, *, lo: int, start: int, size: int, median: float, name: str, given: bool,
+    at_image_edge: Callable[[int], bool], warnings: list[str],
+) -> None:
+    """Say so when an edge row of the grid holds far fewer marks than a full row, but some.
+
+    Away from the image border, such a row may be a partly acquired one, or debris that happens
+    to sit near the nodes of a lattice row beyond the marks; in the second case the grid took it
+    in place of a true edge row (or added it) and every id is a row off. The marks cannot tell
+    which; a person can.
+    """
+    if size < 2 or median < 2:
+        return
+    for side, index in (("first", start), ("last", start + size - 1)):
+        held = int(counts[index - lo]) if 0 <= index - lo < counts.size else 0
+        # Rows below the filled share count as empty already (other warnings say so).
+        if not max(2.0, FILLED_FRACTION * median) <= held < CONTRADICTION_FRACTION * median or at_image_edge(index):
+            continue
+        if given:
+            risk = f"ids are one {name} off; check {_OPTION[name]} and the overlay"
+        else:
+            risk = (f"the grid has a {name} too many" + (f" and ids are one {name} off" if side == "first" else "")
+                    + f"; check the overlay, or give {_OPTION[name]}")
+        warnings.append(f"the {side} {name} of the grid holds only {held} mark(s) where a full {name} holds about "
+                        f"{int(round(median))}: if they are debris, {risk}")
 
 
 def _warn_partial(

@@ -208,7 +208,8 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
         on & edge
     )
     col_place, row_place = _place_or_explain(
-        col[typical], row[typical], fit, rows=rows, cols=cols, shape=mask.shape, warnings=warnings
+        col[typical], row[typical], fit, rows=rows, cols=cols, shape=mask.shape, clipped=edge[typical],
+        warnings=warnings,
     )
     assignment = grid.assign_nodes(
         col, row, residual=residual, area=marks.area, tolerance=tolerance,
@@ -469,17 +470,17 @@ def grid_shape_error(rows: int | None, cols: int | None, *, prefix: str = "") ->
 
 def _place_or_explain(
     col: np.ndarray, row: np.ndarray, fit: LatticeFit, *, rows: int | None, cols: int | None,
-    shape: tuple[int, ...], warnings: list[str],
+    shape: tuple[int, ...], clipped: np.ndarray, warnings: list[str],
 ) -> tuple[grid.AxisPlacement, grid.AxisPlacement]:
     """:func:`_place`, and where the given grid does not fit but the same grid turned by 90 degrees
     would, an error that says so: ids follow the grid as imaged, turned by at most 45 degrees."""
     try:
-        return _place(col, row, fit, rows=rows, cols=cols, shape=shape, warnings=warnings)
+        return _place(col, row, fit, rows=rows, cols=cols, shape=shape, clipped=clipped, warnings=warnings)
     except RegistrationError as exc:
         if rows is None or cols is None or rows == cols:
             raise
         try:
-            _place(col, row, fit, rows=cols, cols=rows, shape=shape, warnings=[])
+            _place(col, row, fit, rows=cols, cols=rows, shape=shape, clipped=clipped, warnings=[])
         except RegistrationError:
             raise exc from None
         raise RegistrationError(
@@ -489,12 +490,18 @@ def _place_or_explain(
         ) from exc
 
 
+def _mostly(flag: np.ndarray, among: np.ndarray) -> bool:
+    """Whether more than half of the marks ``among`` are flagged."""
+    return 2 * int(np.count_nonzero(flag & among)) > int(np.count_nonzero(among))
+
+
 def _place(
     col: np.ndarray, row: np.ndarray, fit: LatticeFit, *, rows: int | None, cols: int | None,
-    shape: tuple[int, ...], warnings: list[str],
+    shape: tuple[int, ...], clipped: np.ndarray, warnings: list[str],
 ) -> tuple[grid.AxisPlacement, grid.AxisPlacement]:
     """Place columns, then rows, on the lattice; ties go to placements whose nodes all stay inside the
-    image, or near enough to its edge to show part of a mark."""
+    image, or near enough to its edge to show part of a mark. ``clipped`` flags the marks cut by the
+    image border: a lattice row of mostly such marks runs along the border, where a sparse row is expected."""
     height, width = shape[:2]
     nodes = np.unique(np.column_stack([col, row]), axis=0)
     if nodes.size == 0:
@@ -511,12 +518,14 @@ def _place(
     col_place = grid.place_axis(
         nodes[:, 0], size=cols, name="column", warnings=warnings,
         outside_image=lambda s, n: outside(np.arange(s, s + n), np.arange(row_range[0], row_range[1] + 1)),
+        at_image_edge=lambda i: _mostly(clipped, col == i),
     )
+    placed_cols = np.arange(col_place.start, col_place.start + col_place.size)
     row_place = grid.place_axis(
         nodes[:, 1], size=rows, name="row", warnings=warnings,
-        outside_image=lambda s, n: outside(np.arange(col_place.start, col_place.start + col_place.size),
-                                           np.arange(s, s + n)),
+        outside_image=lambda s, n: outside(placed_cols, np.arange(s, s + n)),
         ambiguity_note="" if fit.rows is None else UNEVEN_MISSING_ROW_NOTE,
+        at_image_edge=lambda i: _mostly(clipped, row == i),
     )
     return col_place, row_place
 

@@ -56,3 +56,53 @@ def test_ids_do_not_shift_when_a_row_more_is_given(seed, angle):
     shifts = collections.Counter((reg.ids[marks].astype(int) - drawn.truth[marks].astype(int)).tolist())
     assert shifts.most_common(1)[0][0] == 0
     assert any("which edge row is empty is ambiguous" in w for w in reg.warnings)
+
+
+def test_a_sparse_edge_row_that_shaped_the_grid_is_named():
+    # Lattice rows 0..6 hold 40 marks each; row 7 holds 5 (partly acquired, or debris near its nodes).
+    index = np.concatenate([np.repeat(np.arange(0, 7), 40), np.full(5, 7)])
+    warnings: list[str] = []
+    placement = place_axis(index, size=None, name="row", outside_image=lambda s, n: 0, warnings=warnings)
+    assert (placement.start, placement.size) == (0, 8)
+    assert warnings == ["the last row of the grid holds only 5 mark(s) where a full row holds about 40: if they "
+                        "are debris, the grid has a row too many; check the overlay, or give --rows"]
+
+    # Given 8 rows, the sparse row is taken in place of an empty one: ids may be one row off.
+    shifted = np.concatenate([np.full(5, -1), np.repeat(np.arange(0, 7), 40)])
+    warnings = []
+    placement = place_axis(shifted, size=8, name="row", outside_image=lambda s, n: 0, warnings=warnings)
+    assert placement.start == -1
+    assert warnings == ["the first row of the grid holds only 5 mark(s) where a full row holds about 40: if they "
+                        "are debris, ids are one row off; check --rows and the overlay"]
+
+
+@pytest.mark.parametrize(("held", "at_edge"), [(1, False), (25, False), (5, True)])
+def test_no_sparse_row_warning_for_stray_debris_full_rows_or_rows_cut_by_the_image_border(held, at_edge):
+    # One piece counts as empty (other warnings cover it); 25 of 40 is a row; along the border
+    # marks are hidden beyond the image.
+    index = np.concatenate([np.repeat(np.arange(0, 7), 40), np.full(held, 7)])
+    warnings: list[str] = []
+    place_axis(index, size=None, name="row", outside_image=lambda s, n: 0, warnings=warnings,
+               at_image_edge=lambda i: at_edge and i == 7)
+    assert not any("holds only" in w for w in warnings), warnings
+
+
+def test_a_sparse_column_of_marks_inside_the_image_is_named_and_one_at_the_border_is_not():
+    pitch, rows, cols = 30.0, 7, 20
+    # Column 20 holds 3 of its 7 marks, with 5 pitches of empty image beyond it.
+    inside = Lattice.centred(rows=rows, cols=cols + 1, width=int((cols + 10) * pitch),
+                             height=int((rows + 2) * pitch), pitch_x=pitch, angle_deg=0.0)
+    missing = [r * (cols + 1) + cols + 1 for r in range(3, rows)]
+    drawn = draw_lattice_mask(inside, width=int((cols + 10) * pitch), height=int((rows + 2) * pitch),
+                              radius=0.27 * pitch, missing=missing)
+    reg = register_mask(drawn.mask, rows=None, cols=None)
+    assert (reg.rows, reg.cols) == (rows, cols + 1)
+    assert any(w.startswith("the last column of the grid holds only 3 mark(s) where a full column holds about 7")
+               and w.endswith("the grid has a column too many; check the overlay, or give --cols")
+               for w in reg.warnings), reg.warnings
+
+    # The same marks cut by the image's right border: the hidden ones explain the sparse column.
+    at_border = drawn.mask[:, : int(inside.nodes()[cols, 0]) + 3]
+    reg = register_mask(at_border, rows=None, cols=None)
+    assert reg.cols == cols + 1
+    assert not any("holds only" in w for w in reg.warnings), reg.warnings
