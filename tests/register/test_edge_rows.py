@@ -7,6 +7,7 @@ near a node of one candidate row decided it, and every id shifted by a row witho
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from am.register import register_mask
 from am.register.grid import place_axis
 from am.register.testing import draw_lattice_mask
 from am.synth.lattice import Lattice
+from tests.scripts import load_script
 
 
 def test_debris_in_an_empty_edge_row_does_not_choose_the_grid():
@@ -106,3 +108,13 @@ def test_a_sparse_column_of_marks_inside_the_image_is_named_and_one_at_the_borde
     reg = register_mask(at_border, rows=None, cols=None)
     assert reg.cols == cols + 1
     assert not any("holds only" in w for w in reg.warnings), reg.warnings
+
+
+def test_the_edge_debris_benchmark_measures_shifts_by_row_and_column():
+    bench = load_script(Path(__file__).resolve().parents[2] / "benchmarks" / "edge_debris_bench.py")
+    drawn = bench.draw(shape="disc", debris=10, seed=0, angle=0.0, margin=6)
+    assert bench.shift(drawn.truth, register_mask(drawn.mask, rows=7, cols=40).ids, 40) == (0, 0)
+    # The same ids read on a grid one row lower and one column further: every mark is off by (1, 1).
+    truth = drawn.truth.astype(np.int64)
+    moved = np.where(truth > 0, truth + 41 + 1 + (truth - 1) // 40, 0)
+    assert bench.shift(drawn.truth, moved, 41) == (1, 1)
