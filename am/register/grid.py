@@ -79,7 +79,7 @@ def place_axis(
         raise RegistrationError(f"no mark lies on the fitted lattice, so no {name} of the grid can be placed")
     lo = int(index.min())
     counts = np.bincount(index - lo)
-    median = float(np.median(counts[counts > 0]))
+    median = full_row_count(counts)
     well_filled = counts >= max(2.0, FILLED_FRACTION * median)
     if not well_filled.any():
         well_filled = counts > 0
@@ -126,6 +126,18 @@ def place_axis(
     if empty:
         warnings.append(f"{empty} of the {size} {plural} of the grid have no marks at all")
     return AxisPlacement(start=start, size=size, estimated=False)
+
+
+def full_row_count(counts: np.ndarray) -> float:
+    """How many marks a full lattice row holds: the median of the rows holding at least half the most.
+
+    Not the median of every row with a mark: where debris lies near the nodes of many lattice
+    rows beyond the grid (a wide margin of debris-strewn tissue), those rows outnumber the grid's
+    own, their two or three pieces became the "full" row, and the grid's neighbours then
+    contradicted any grid size given.
+    """
+    occupied = counts[counts > 0]
+    return float(np.median(occupied[occupied >= occupied.max() / 2]))
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,15 @@ def test_the_edge_debris_benchmark_measures_shifts_by_row_and_column():
     truth = drawn.truth.astype(np.int64)
     moved = np.where(truth > 0, truth + 41 + 1 + (truth - 1) // 40, 0)
     assert bench.shift(drawn.truth, moved, 41) == (1, 1)
+
+
+def test_many_debris_rows_beyond_the_grid_do_not_make_the_full_row_small():
+    # 7 rows of 40 marks, and 12 lattice rows beyond them holding 2-4 pieces of debris each: the
+    # median row held 3 marks, so the debris rows "contradicted" the 7 rows given.
+    rng = np.random.default_rng(0)
+    debris_rows = np.concatenate([np.arange(-6, 0), np.arange(7, 13)])
+    index = np.concatenate([np.repeat(np.arange(0, 7), 40), np.repeat(debris_rows, rng.integers(2, 5, 12))])
+    warnings: list[str] = []
+    placement = place_axis(index, size=7, name="row", outside_image=lambda s, n: 0, warnings=warnings)
+    assert (placement.start, placement.size) == (0, 7)
+    assert any("beyond the 7-row grid were left without id" in w for w in warnings), warnings
