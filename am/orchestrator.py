@@ -283,18 +283,27 @@ def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGro
     return prepared
 
 
-def _check_outputs_writable(layout: DatasetLayout, groups: list[str]) -> None:
-    """Fail on a dataset that cannot be written now, not once the workers are up: every stage writes into it."""
-    folders = [layout.root]
+def _check_outputs_writable(layout: DatasetLayout, groups: list[str], *, register: bool) -> None:
+    """Fail on a dataset that cannot be written now, not once the workers are up.
+
+    Checked where the run makes or replaces something: each group's output folder and the folder
+    holding it (outputs are staged beside the folder they replace), or the nearest folder that
+    exists where they do not yet. A rerun inside a read-only dataset whose output folders are
+    writable goes ahead. Marks are numbered into ``am_coords/<group>`` only with ``register``;
+    without, an earlier run's numbering there is still removed when the group is prepared anew.
+    """
+    targets: dict[Path, None] = {}
     for group in groups:
-        for folder in (layout.source_norm(group).parent, layout.tiles_dir(group), layout.stitched_dir(group),
-                       layout.am_coords_dir(group)):
-            folders += [folder.parent, folder]
-    for folder in dict.fromkeys(folders):
-        if folder.is_dir():
-            check_writable(folder)
-        elif folder.exists():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        folders = [layout.source_norm(group).parent, layout.tiles_dir(group), layout.stitched_dir(group)]
+        if register or layout.am_coords_dir(group).exists():
+            folders.append(layout.am_coords_dir(group))
+        for folder in folders:
+            for path in (folder, folder.parent):
+                targets[next(p for p in (path, *path.parents) if p.exists())] = None
+    for target in targets:
+        if not target.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
+        check_writable(target)
 
 
 def run_pipeline(
@@ -323,7 +332,7 @@ def run_pipeline(
 
     for group in selected:
         check_group_size(layout, group, settings=settings)
-    _check_outputs_writable(layout, selected)
+    _check_outputs_writable(layout, selected, register=register)
     worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
     model, model_id = resolve_model(settings, cache_dir=cache_dir)
     # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.

@@ -149,6 +149,22 @@ def test_pipeline_on_a_dataset_it_cannot_write_exits_1_without_a_traceback(tmp_p
     assert "endpoint" not in done.stderr and "started worker" not in done.stderr, done.stderr
 
 
+def test_a_rerun_goes_ahead_in_a_read_only_dataset_whose_output_folders_are_writable(tmp_path, tiny_model):
+    # Only the folders a run writes into are checked: a finished dataset on a read-only top folder
+    # (its outputs made writable) reruns as before.
+    root = make_dataset(tmp_path / "ds", {"g1": (200, 200)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "am.pipeline", str(root), "--model", str(tiny_model), "--tile-size", "128",
+           "--tile-overlap", "32", "--workers", "1", "--no-progress", "--no-register"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    with _read_only(root):
+        again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to segment" in again.stderr and " ERROR " not in again.stderr, again.stderr
+
+
 def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on():
     """``kill -USR1 <pid>`` on a command that seems stuck shows where each thread is, without stopping it."""
     script = ("import os, signal, threading\n"
