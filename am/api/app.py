@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from am.api.errors import install_error_handler
-from am.api.head import HeadAsGet
+from am.api.head import answer_head
 from am.api.openapi import error_responses, image_body, image_response, install_openapi
 from am.api.progress import tile_progress
 from am.api.runner import TaskRunner
@@ -114,7 +114,6 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     )
 
     install_error_handler(app, _statuses())
-    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -232,6 +231,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
                       concurrency=runner.concurrency)
         return JSONResponse(status_code=503 if problem else 200, content=body.model_dump())
 
+    answer_head(app)
     install_openapi(app)
     return app
 

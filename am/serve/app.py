@@ -22,7 +22,7 @@ import anyio
 from fastapi import FastAPI, Request, Response
 
 from am.api.errors import install_error_handler
-from am.api.head import HeadAsGet
+from am.api.head import answer_head
 from am.api.openapi import error_responses, image_body, image_response, install_openapi
 from am.api.uploads import (
     DEFAULT_MAX_BYTES,
@@ -55,7 +55,6 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
                   description="The SageMaker container contract: /ping and /invocations.")
 
     install_error_handler(app, ERROR_STATUSES)
-    app.add_middleware(HeadAsGet)
 
     @app.get("/ping", summary="Health check: 200 once the model is loaded; says where and in what precision it runs")
     def ping() -> dict[str, str]:
@@ -89,6 +88,7 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
             body = await anyio.to_thread.run_sync(run, limiter=model_lock)
         return Response(content=body, media_type="image/png")
 
+    answer_head(app)
     install_openapi(app)
     return app
 

@@ -91,3 +91,33 @@ def test_head_answers_like_get_without_a_body(tmp_path, tiny_model):
         # A route without GET still refuses HEAD, and says what it accepts.
         refused = server.client.head("/tasks")
         assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+
+
+def test_head_on_a_result_sends_its_headers_without_reading_the_file(tmp_path, monkeypatch):
+    import os
+
+    import anyio
+    from fastapi.testclient import TestClient
+
+    from am.api.app import create_app
+    from am.api.runner import TaskRunner
+    from am.settings import Settings
+
+    from .test_runner import FakePipeline
+
+    store = TaskStore(tmp_path / "data")
+    task_id = finished_registered_task(store, rows=3, cols=4)
+    runner = TaskRunner(store, FakePipeline(Settings()), environ=os.environ, stop_grace_s=10)
+    with TestClient(create_app(store, runner)) as client:
+        size = len(client.get(f"/masks/{task_id}").content)
+
+        def no_reading(*args, **kwargs):
+            raise AssertionError("HEAD opened the file it only describes")
+
+        monkeypatch.setattr(anyio, "open_file", no_reading)
+        head = client.head(f"/masks/{task_id}")
+        assert head.status_code == 200 and int(head.headers["content-length"]) == size
+        # The document lists each route once, HEAD implied by GET.
+        paths = client.get("/openapi.json").json()["paths"]
+        assert all("head" not in operations for operations in paths.values())
+        assert set(paths["/masks/{task_id}"]) == {"get"}
