@@ -24,7 +24,7 @@ import pickle
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -411,17 +411,21 @@ def check_buildable(meta: ModelMeta) -> dict[str, torch.Tensor]:
             ) from exc
 
 
-def check_input_sizes(meta: ModelMeta, sizes: Iterable[int]) -> None:
+def check_input_sizes(meta: ModelMeta, sizes: Mapping[str, int]) -> None:
     """Raise CheckpointError if the model ``meta`` describes cannot segment square inputs of these sides.
 
-    Some encoders build but take one input size only (timm's Swin checks for its 224 px), which
-    would otherwise surface as an assertion deep in the first training step. Run on the meta
-    device (shapes only, well under a second); an encoder whose forward pass needs real values is
-    run again on the CPU, without gradients.
+    ``sizes`` maps what each side is (``"--crop"``, ``"tile size"``) to the side in px, so that
+    the message names where a refused size came from. Some encoders build but take one input
+    size only (timm's Swin checks for its 224 px), which would otherwise surface as an assertion
+    deep in the first training step. Run on the meta device (shapes only, well under a second);
+    an encoder whose forward pass needs real values is run again on the CPU, without gradients.
     """
     from am.model.build import build_model
 
-    for size in sorted(set(sizes)):
+    by_size: dict[int, list[str]] = {}
+    for source, size in sizes.items():
+        by_size.setdefault(size, []).append(f"{source} {size}")
+    for size, sources in sorted(by_size.items()):
         shape = (1, meta.in_channels, size, size)
         try:
             with torch.device("meta"):
@@ -433,22 +437,23 @@ def check_input_sizes(meta: ModelMeta, sizes: Iterable[int]) -> None:
             except Exception as exc:
                 raise CheckpointError(
                     f"a {meta.architecture} with encoder {meta.encoder!r} cannot segment {size} x {size} px "
-                    f"inputs: {type(exc).__name__}: {str(exc).strip().rstrip('.') or meta_exc}; use an encoder "
-                    "that takes any multiple of 32 px, e.g. resnext50_32x4d, resnet18 or tu-mobilenetv3_large_100"
+                    f"inputs ({', '.join(sources)}): {type(exc).__name__}: "
+                    f"{str(exc).strip().rstrip('.') or meta_exc}; use an encoder that takes any multiple of "
+                    "32 px, e.g. resnext50_32x4d, resnet18 or tu-mobilenetv3_large_100"
                 ) from exc
 
 
-def architecture_problem(*, input_sizes: Iterable[int] = (), **fields_: Any) -> str | None:
+def architecture_problem(*, input_sizes: Mapping[str, int] | None = None, **fields_: Any) -> str | None:
     """Why a model with these :class:`ModelMeta` fields cannot be trained or loaded (None: it can).
 
     For option checks that run before any work (am.train, am.pseudolabel): the metadata's own
     rules, whether smp can build the architecture at all (:func:`check_buildable`), then whether
-    it takes its tile size and ``input_sizes`` (training crops) as input (:func:`check_input_sizes`).
+    it takes ``input_sizes`` (by default its tile size) as input (:func:`check_input_sizes`).
     """
     try:
         meta = ModelMeta(**fields_)
         check_buildable(meta)
-        check_input_sizes(meta, [meta.tile_size, *input_sizes])
+        check_input_sizes(meta, {"tile size": meta.tile_size} if input_sizes is None else input_sizes)
     except CheckpointError as exc:
         return str(exc)
     return None

@@ -141,7 +141,7 @@ def check_config(config: PseudoConfig) -> None:
         try:
             meta = model.meta(trained=False)
             check_buildable(meta)
-            check_input_sizes(meta, [meta.tile_size, config.crop])
+            check_input_sizes(meta, {"tile size": meta.tile_size, "crop": config.crop})
         except CheckpointError as exc:
             raise InputError(f"the {which} model: {exc}") from exc
 

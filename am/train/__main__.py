@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem := architecture_problem(encoder=args.encoder, encoder_depth=args.encoder_depth,
                                        decoder_channels=tuple(args.decoder_channels),
                                        refine_channels=args.refine_channels, tile_size=args.tile_size,
-                                       input_sizes=(args.crop,)):
+                                       input_sizes={"--tile-size": args.tile_size, "--crop": args.crop}):
         p.error(f"--encoder/--encoder-depth/--decoder-channels: {problem}")  # before rendering or reading images
     if args.init_partial and args.init is None:
         p.error("--init-partial needs --init CHECKPOINT")

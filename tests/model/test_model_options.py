@@ -30,9 +30,11 @@ ONE_SIZE = "tu-swin_tiny_patch4_window7_224"  # builds, but asserts that its inp
                                  f"cannot build a Unet with encoder '{UNBUILDABLE}'"),
     (["--encoder", "resnet9000"], "encoder 'resnet9000' is unknown to segmentation-models-pytorch"),
     (["--tile-size", "32"], "--tile-size 32 must be a multiple of 32 and at least 64"),
-    (["--encoder", ONE_SIZE], f"a Unet with encoder '{ONE_SIZE}' cannot segment 256 x 256 px inputs: "
-                              "AssertionError: Input height (256) doesn't match model (224)"),
-    (["--encoder", ONE_SIZE, "--crop", "224"], "cannot segment 512 x 512 px inputs"),
+    (["--encoder", ONE_SIZE], f"a Unet with encoder '{ONE_SIZE}' cannot segment 256 x 256 px inputs (--crop "
+                              "256): AssertionError: Input height (256) doesn't match model (224)"),
+    (["--encoder", ONE_SIZE, "--crop", "224"], "cannot segment 512 x 512 px inputs (--tile-size 512)"),
+    (["--encoder", ONE_SIZE, "--crop", "256", "--tile-size", "256"], "256 x 256 px inputs (--tile-size 256, --crop "
+                                                                     "256)"),
 ])
 def test_train_refuses_a_model_it_cannot_build_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture, args, words) -> None:
