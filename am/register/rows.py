@@ -241,8 +241,9 @@ def _row_peaks(across: np.ndarray, *, spread: float, min_gap: float) -> np.ndarr
     if found.size == 0:
         return found.astype(float)
     heights = props["peak_heights"]
-    # A full row's height: the median of the taller half, so that many small peaks do not drag it down.
-    typical = float(np.median(np.sort(heights)[heights.size // 2 :]))
+    # A full row's height: the median of the peaks at least half the tallest, so that many small
+    # peaks (debris between the rows, outnumbering them) do not drag it down.
+    typical = float(np.median(heights[heights >= heights.max() / 2]))
     keep = heights >= MIN_ROW_FRACTION * typical
     return low + found[keep] * step
 

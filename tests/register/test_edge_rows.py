@@ -130,3 +130,15 @@ def test_many_debris_rows_beyond_the_grid_do_not_make_the_full_row_small():
     placement = place_axis(index, size=7, name="row", outside_image=lambda s, n: 0, warnings=warnings)
     assert (placement.start, placement.size) == (0, 7)
     assert any("beyond the 7-row grid were left without id" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_debris_between_the_rows_does_not_pass_for_rows_of_their_own(seed):
+    # 120 pieces of debris on 7 x 40 crescents with 6 pitches of image around them: the debris
+    # between rows outnumbered the rows' own peaks, dragged a full row's height down and came back
+    # as rows half a pitch apart, and the 7 rows given were refused.
+    bench = load_script(Path(__file__).resolve().parents[2] / "benchmarks" / "edge_debris_bench.py")
+    drawn = bench.draw(shape="crescent", debris=120, seed=seed, angle=-4.0, margin=6)
+    reg = register_mask(drawn.mask, rows=7, cols=40)
+    assert bench.shift(drawn.truth, reg.ids, 40) == (0, 0)
+    assert not any("unevenly spaced" in w for w in reg.warnings), reg.warnings
