@@ -34,6 +34,9 @@ ASSIGNED, FRAGMENT, DUPLICATE, OFF_LATTICE = 1, 2, 3, 4
 FRAGMENT_MAX_AREA = 1.5
 # Weight of the area mismatch (log ratio) against the distance (in tolerances) when two marks want one node.
 AREA_WEIGHT = 0.5
+# A mark smaller than this fraction of a typical one gets an id only as a fragment of a mark on its
+# node: alone it is a speck (a 6 px one at the image border took a node of an otherwise empty column).
+MIN_NUMBERED_AREA = 0.05
 # The command-line option that sets the grid's size along each axis, for messages.
 _OPTION = {"row": "--rows", "column": "--cols"}
 
@@ -258,7 +261,8 @@ def assign_nodes(
     cut by the image edge sit farther off), or whose node is outside the grid, is off-lattice.
     When marks share a node the better match (near the node, typical size) keeps it; a small
     second piece joins it as a fragment of the same mark (a mark split by segmentation), anything
-    larger is a duplicate and gets no id.
+    larger is a duplicate and gets no id. A speck (under ``MIN_NUMBERED_AREA`` of a typical mark)
+    is numbered only as such a fragment.
     """
     n = col.size
     grid_col = col - cols.start
@@ -269,17 +273,21 @@ def assign_nodes(
     status = np.full(n, OFF_LATTICE, np.int8)
     candidates = np.nonzero(on)[0]
     node = grid_row[candidates] * cols.size + grid_col[candidates] + 1
+    speck = area[candidates] < MIN_NUMBERED_AREA * typical_area
     score = residual[candidates] / tolerance + AREA_WEIGHT * np.abs(
         np.log(np.maximum(area[candidates], 1) / max(typical_area, 1.0))
     )
-    order = np.lexsort((score, node))
-    candidates, node = candidates[order], node[order]
+    order = np.lexsort((score, speck, node))  # on each node, marks before specks
+    candidates, node, speck = candidates[order], node[order], speck[order]
     first = np.ones(candidates.size, bool)
     first[1:] = node[1:] != node[:-1]
+    first &= ~speck
     node_id[candidates[first]] = node[first]
     status[candidates[first]] = ASSIGNED
     total_area = dict(zip(node[first].tolist(), area[candidates[first]].tolist(), strict=True))
     for mark, mark_node in zip(candidates[~first].tolist(), node[~first].tolist(), strict=True):
+        if mark_node not in total_area:
+            continue  # only specks on this node: no id
         if total_area[mark_node] + area[mark] <= FRAGMENT_MAX_AREA * typical_area:
             total_area[mark_node] += int(area[mark])
             node_id[mark] = mark_node

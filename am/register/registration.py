@@ -205,7 +205,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
         )
     edge = _touches_edge(comps.bbox[marks.source], mask.shape)
     typical = _typical(residual, marks.area, on & ~edge, pitch=fit.pitch, typical_area=typical_area) | (
-        on & edge
+        on & edge & (marks.area >= grid.MIN_NUMBERED_AREA * typical_area)
     )
     col_place, row_place = _place_or_explain(
         col[typical], row[typical], fit, rows=rows, cols=cols, shape=mask.shape, clipped=edge[typical],
@@ -269,7 +269,7 @@ def _result(
             "turned by at most 45 degrees, so its rows could as well be read as columns; check the overlay"
         )
     oversized = _oversized_ids(marks, assignment, typical_area=typical_area)
-    if oversized.size:
+    if len(oversized):
         warnings.append(_oversized_warning(oversized, typical_area=typical_area))
     registration = Registration(
         ids=ids,
@@ -326,10 +326,13 @@ def _too_few_marks(comps: Components, shape: tuple[int, ...]) -> str:
 
 
 def _oversized_ids(marks: _MarkList, assignment: grid.Assignment, *, typical_area: float) -> np.ndarray:
-    """Ids of numbered marks that were left whole though as large as two: joined marks the split
-    step could not cut apart, because both lie on one node of the fitted grid."""
+    """Ids and areas (a (N, 2) array, by id) of numbered marks left whole though nearly as large
+    as two: joined marks the split step could not cut apart, because both lie on one node of the
+    fitted grid."""
     whole = (assignment.status == grid.ASSIGNED) & (marks.part < 0)
-    return np.sort(assignment.node_id[whole & (marks.area >= OVERSIZE_AREA * typical_area)])
+    large = whole & (marks.area >= OVERSIZE_AREA * typical_area)
+    found = np.column_stack([assignment.node_id[large], marks.area[large]]).astype(np.int64)
+    return found[np.argsort(found[:, 0])]
 
 
 def _blob_warning(
@@ -348,11 +351,15 @@ def _blob_warning(
             "check the overlay")
 
 
-def _oversized_warning(ids: np.ndarray, *, typical_area: float) -> str:
+def _oversized_warning(oversized: np.ndarray, *, typical_area: float) -> str:
+    """Names the ids and says how large they are: "about twice" read as false where a mark was 1.6 times."""
+    ids, ratios = oversized[:, 0], oversized[:, 1] / max(typical_area, 1.0)
     shown = ", ".join(str(int(i)) for i in ids[:20]) + (f" and {ids.size - 20} more" if ids.size > 20 else "")
     noun, verb = ("id", "is") if ids.size == 1 else ("ids", "are")
-    return (f"{noun} {shown} {verb} about twice a typical mark ({typical_area:.0f} px) or more: two marks may be "
-            "joined in the mask; check the overlay")
+    size = (f"{ratios[0]:.1f} times" if ids.size == 1 else f"{ratios.min():.1f} to {ratios.max():.1f} times"
+            if np.ptp(ratios) >= 0.05 else f"{ratios.mean():.1f} times each")
+    return (f"{noun} {shown} {verb} {size} a typical mark ({typical_area:.0f} px): two marks may be joined in "
+            "the mask; check the overlay")
 
 
 def _rounded(values: np.ndarray | None) -> list[float] | None:

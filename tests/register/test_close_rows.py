@@ -38,7 +38,7 @@ def oversized_warning(reg: Registration) -> str | None:
 
 
 def named_ids(warning: str) -> set[int]:
-    found = re.match(r"ids? ([0-9, ]+) (is|are) about twice a typical mark", warning)
+    found = re.match(r"ids? ([0-9, ]+) (is|are) [0-9.]+ (to [0-9.]+ )?times( each)? a typical mark", warning)
     assert found, warning
     return {int(i) for i in found.group(1).split(", ")}
 

@@ -142,3 +142,27 @@ def test_debris_between_the_rows_does_not_pass_for_rows_of_their_own(seed):
     reg = register_mask(drawn.mask, rows=7, cols=40)
     assert bench.shift(drawn.truth, reg.ids, 40) == (0, 0)
     assert not any("unevenly spaced" in w for w in reg.warnings), reg.warnings
+
+
+def test_a_speck_alone_on_a_node_gets_no_id_but_joins_a_mark_as_a_fragment():
+    from am.register.grid import ASSIGNED, FRAGMENT, OFF_LATTICE, AxisPlacement, assign_nodes
+
+    # Marks on nodes (0, 0) and (1, 0); a 6 px speck alone on node (3, 0), as one at the image
+    # border in an otherwise empty column took id 4; another speck beside the mark on node (1, 0).
+    col = np.array([0, 1, 3, 1])
+    row = np.zeros(4, np.int64)
+    placement = AxisPlacement(start=0, size=4, estimated=False)
+    assignment = assign_nodes(col, row, residual=np.array([1.0, 1.0, 2.0, 6.0]), area=np.array([360, 350, 6, 8]),
+                              tolerance=14.0, typical_area=360.0, cols=placement,
+                              rows=AxisPlacement(start=0, size=1, estimated=False))
+    assert assignment.node_id.tolist() == [1, 2, 0, 2]
+    assert assignment.status.tolist() == [ASSIGNED, ASSIGNED, OFF_LATTICE, FRAGMENT]
+
+
+def test_the_joined_marks_warning_says_how_large_the_marks_are():
+    from am.register.registration import _oversized_warning
+
+    assert _oversized_warning(np.array([[124, 584]]), typical_area=360.0) == (
+        "id 124 is 1.6 times a typical mark (360 px): two marks may be joined in the mask; check the overlay")
+    assert _oversized_warning(np.array([[3, 600], [9, 760]]), typical_area=360.0).startswith(
+        "ids 3, 9 are 1.7 to 2.1 times a typical mark (360 px)")
