@@ -335,6 +335,7 @@ def _read_payload(source: Path | bytes, name: str) -> Any:
             raise CheckpointError(f"checkpoint {path} does not exist; train one with python -m am.train or "
                                   "pass an existing file")
         stream = path
+    _check_signature(stream, name)
     _check_crcs(stream, name)
     if isinstance(stream, io.BytesIO):
         stream.seek(0)
@@ -342,15 +343,49 @@ def _read_payload(source: Path | bytes, name: str) -> Any:
         return torch.load(stream, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc):
+            # torch's own text goes on to suggest weights_only=False, which would run the file's code.
+            refused = next((line.strip().split(". Please")[0] for line in str(exc).splitlines()
+                            if "WeightsUnpickler error" in line), "objects other than tensors")
             raise CheckpointError(
-                f"{name} holds objects that safe loading (weights_only=True) refuses; "
-                f"only am-segm checkpoints are accepted ({str(exc).splitlines()[0]})"
+                f"{name} holds objects that safe loading refuses ({refused}); only am-segm checkpoints are "
+                f"accepted, never loaded unsafely{_CHECKPOINT_HINT}"
             ) from exc
         raise CheckpointError(f"{name} is not a readable torch checkpoint file: {exc}{_CHECKPOINT_HINT}") from exc
     except Exception as exc:  # torch raises many types for a truncated or foreign file; all mean "not ours"
         raise CheckpointError(
             f"{name} is not a readable torch checkpoint file ({type(exc).__name__}: {exc}){_CHECKPOINT_HINT}"
         ) from exc
+
+
+# How files that are often passed by mistake begin: what to call them in the error.
+_FOREIGN_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+                       (b"II+\x00", "a BigTIFF image"), (b"MM\x00+", "a BigTIFF image"),
+                       (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip archive"),
+                       (b"\x89HDF", "an HDF5 file (Keras or h5py?)"), (b"{", "JSON text"),
+                       (b"\x08", "a protobuf (ONNX?) file"))
+
+
+def _check_signature(stream: Path | io.BytesIO, name: str) -> None:
+    """Refuse a file that is plainly not a torch checkpoint by what it is, before torch.load reads it.
+
+    torch's own errors for such files are about pickling or zip records, and one of them advises
+    loading unsafely; an image passed as ``--model`` deserves "this is a TIFF image".
+    """
+    if isinstance(stream, io.BytesIO):
+        head = stream.getvalue()[:8]
+    else:
+        with stream.open("rb") as handle:
+            head = handle.read(8)
+    if head.startswith(b"PK") or head.startswith(b"\x80"):  # a zip archive (torch >= 1.6) or a legacy pickle
+        return
+    what = next((label for signature, label in _FOREIGN_SIGNATURES if head.startswith(signature)), None)
+    if not head:
+        described = "is empty"
+    elif what:
+        described = f"is {what}"
+    else:
+        described = f"does not start as one (its first bytes are {head!r})"
+    raise CheckpointError(f"{name} is not a torch checkpoint: it {described}{_CHECKPOINT_HINT}")
 
 
 def _check_crcs(stream: Path | io.BytesIO, name: str) -> None:

@@ -123,7 +123,24 @@ class _Evil:
 def test_pickle_refused_by_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"format": "am-segm-checkpoint", "payload": _Evil()}, path)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match=r"holds objects that safe loading refuses \(WeightsUnpickler error: "
+                                              r"Unsupported global: GLOBAL print was not an allowed global by "
+                                              r"default\); only am-segm checkpoints") as refused:
+        load_checkpoint(path)
+    # torch's own advice (load it unsafely, or allowlist the global) is not passed on.
+    assert "weights_only" not in str(refused.value) and "safe_globals" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b"II*\x00" + bytes(100), "is not a torch checkpoint: it is a TIFF image; pass a checkpoint written by"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(100), "it is a PNG image"),
+    (b"", "it is empty"),
+    (b"hello world", "it does not start as one (its first bytes are b'hello wo')"),
+])
+def test_a_file_that_is_no_checkpoint_is_called_what_it_is(tmp_path: Path, content: bytes, said: str) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=re.escape(said)):
         load_checkpoint(path)
 
 
