@@ -9,6 +9,7 @@ Every path the pipeline reads or writes is named here, so stages agree on where 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from am.errors import InputError, MessageError
 from am.messages import check_group
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+# Image files users drop in by mistake, by suffix: named in the error, with the conversion to make.
+OTHER_IMAGE_KINDS = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WebP",
+                     ".jp2": "JPEG 2000", ".heic": "HEIC"}
 # Folders under source/ that are never groups: what unzipping on a Mac leaves beside the data.
 IGNORED_FOLDERS = frozenset({"__MACOSX"})
 
@@ -53,6 +57,13 @@ class DatasetLayout:
         else:
             groups = available
         if not groups:
+            loose = sorted(p.name for p in self.source_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+            if loose:
+                example = loose[0]
+                group = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(example).stem).strip("._") or "group01"
+                raise InputError(f"{self.source_dir} holds {', '.join(loose[:5])}{' ...' if len(loose) > 5 else ''} "
+                                 f"but no group folders; move each image into a folder of its own (a group: "
+                                 f"letters, digits, '.', '_' and '-'), e.g. {self.source_dir / group / example}")
             raise InputError(f"{self.source_dir} holds no group folders; put each image in source/<group>/")
         for group in groups:
             try:
@@ -74,6 +85,14 @@ class DatasetLayout:
             found = ""
             if broken:
                 found = f" ({', '.join(broken)}: a link to nothing)"
+            elif kinds := [(name, OTHER_IMAGE_KINDS[Path(name).suffix.lower()]) for name in others
+                           if Path(name).suffix.lower() in OTHER_IMAGE_KINDS]:
+                name, kind = kinds[0]
+                raise InputError(
+                    f"group folder {folder} holds {name}, a {kind} file, which is not read (only .tif, .tiff and "
+                    f".png are: lossless, 8 or 16 bit); convert it, e.g. python -c \"import cv2; "
+                    f"cv2.imwrite('{Path(name).stem}.png', cv2.imread('{name}', cv2.IMREAD_UNCHANGED))\", "
+                    "and keep only the converted file there")
             elif others:
                 shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
                 found = f" (it holds {shown}, none of them one)"

@@ -254,7 +254,8 @@ def test_model_that_is_not_a_checkpoint_fails_before_any_worker_starts(cli, tmp_
     model = tmp_path / "notes.pt"
     model.write_text("these are not weights")
     code, err = cli(str(root), model=model)
-    assert code == 1 and f"model {model} cannot be used" in err and "is not a torch checkpoint: it does not start as one" in err
+    assert code == 1 and f"model {model} cannot be used" in err
+    assert "is not a torch checkpoint: it does not start as one" in err
     assert "pass a checkpoint written by python -m am.train" in err
     assert "endpoint listening" not in err and "started worker" not in err
     nothing_presented(root)

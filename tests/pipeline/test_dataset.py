@@ -59,7 +59,9 @@ def test_a_group_without_an_image_names_what_it_holds(tmp_path):
     (tmp_path / "source" / "link").mkdir()
     (tmp_path / "source" / "link" / "a.png").symlink_to(tmp_path / "moved.png")
     layout = DatasetLayout(tmp_path)
-    with pytest.raises(InputError, match=r"has no image \(it holds a.jpg, none of them one\); put one"):
+    with pytest.raises(InputError, match=r"holds a.jpg, a JPEG file, which is not read \(only .tif, .tiff and .png "
+                                         r"are: lossless, 8 or 16 bit\); convert it, e.g. python -c .*"
+                                         r"cv2.imwrite\('a.png', cv2.imread\('a.jpg'"):
         layout.source_image("jpeg")
     with pytest.raises(InputError, match=r"has no image \(a.png: a link to nothing\)"):
         layout.source_image("link")
@@ -69,3 +71,12 @@ def test_the_folder_a_mac_leaves_when_unzipping_is_not_a_group(tmp_path):
     make_group(tmp_path, "g1", "a.png")
     make_group(tmp_path, "__MACOSX", "._a.png")
     assert DatasetLayout(tmp_path).groups() == ["g1"]
+
+
+def test_images_put_straight_into_source_are_told_where_to_go(tmp_path):
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "slide 1.tif").write_bytes(b"II*\x00")
+    with pytest.raises(InputError, match=r"holds slide 1.tif but no group folders; move each image into a folder "
+                                         r"of its own \(a group: letters, digits, '.', '_' and '-'\), e.g. "
+                                         r".*source/slide_1/slide 1.tif"):
+        DatasetLayout(tmp_path).groups()
