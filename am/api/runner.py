@@ -97,6 +97,15 @@ def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
     return f"the pipeline failed ({how}){': ' + last[:MAX_ERROR_CHARS] if last else ''}"
 
 
+# What registration's reason says when the mask holds too few marks (am.register.registration._too_few_marks).
+_TOO_FEW_MARKS = ("no mark to register", "not separate marks", "are needed to fit a grid")
+
+
+def _api_words(reason: str) -> str:
+    """Registration's reason as an API client reads it: the query's rows and cols, not --rows/--cols."""
+    return reason.replace("--rows/--cols", "rows and cols").replace("--rows", "rows").replace("--cols", "cols")
+
+
 def registration_failure(log_path: Path, *, start: int = 0) -> str | None:
     """Why the task's image could not be numbered, from the pipeline's record for its group; None
     where the log holds no such record (the run failed otherwise) or cannot be read.
@@ -348,14 +357,17 @@ class TaskRunner:
             if registration is not None and self._store.layout(task_id).stitched_mask(GROUP).is_file():
                 # Registration failed after the mask was stitched (rows and cols that do not fit): the
                 # mask is still the client's, and the advice is the API's, not the command line's.
-                reason = f"registration failed: {registration}"
+                reason = f"registration failed: {_api_words(registration)}"
                 try:
                     self._export_mask(task_id)
                 except (AmError, OSError) as exc:
                     log.warning("task %s: its stitched mask cannot be served: %s", task_id, exc)
                 else:
-                    reason += (f"\nThe mask was made: GET /masks/{task_id}. To number the marks, submit the image "
-                               "again with the rows and cols of its acquisition grid.")
+                    reason += f"\nThe mask was made: GET /masks/{task_id}. " + (
+                        "It holds too few marks to number: check that the image shows the ablation marks."
+                        if any(words in registration for words in _TOO_FEW_MARKS) else
+                        "If rows and cols were not those of the acquisition grid, submit the image again with "
+                        "the right ones.")
             self._record(task_id, status=FAILED, error=reason)
 
     def _export_mask(self, task_id: str) -> bool:

@@ -7,6 +7,8 @@ these few behaviours are all its tests need, in a fraction of a second each:
     wait    wait until DATASET/go exists (the test says when), then as ok
     fail    log an ERROR record as the pipeline does (on stderr) and exit 3
     kill    die by SIGKILL without logging anything (what the OOM killer does)
+    misfit  as ok, then fail registration as the pipeline does for rows and cols that do not fit
+    blank   as ok, then fail registration as the pipeline does for a mask without marks
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from am.imageio import write_tiff
 
 WAIT_LIMIT_S = 60.0
 MASK_SHAPE = (60, 80)
+REGISTRATION_ERRORS = {
+    "misfit": "the grid was given 60 x 60 = 3600 positions but the mask holds only 20 marks (connected components, "
+              "before any joined marks are cut apart): check --rows/--cols",
+    "blank": "the 80 x 60 px mask is empty: no mark to register; check the segmentation",
+}
 
 
 def main(dataset: Path, mode: str) -> int:
@@ -43,6 +50,10 @@ def main(dataset: Path, mode: str) -> int:
     import numpy as np
 
     write_tiff(DatasetLayout(dataset).stitched_mask("image"), np.full(MASK_SHAPE, 255, np.uint8))
+    if mode in REGISTRATION_ERRORS:
+        print(f"12:00:01 ERROR am.pipeline: group image: registration failed: {REGISTRATION_ERRORS[mode]}",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -50,9 +50,10 @@ class Api:
     store: TaskStore
     runner: TaskRunner
 
-    def submit(self) -> str:
+    def submit(self, **grid: int) -> str:
         image = np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8)
-        response = self.client.post("/tasks", content=png_bytes(image), headers={"Content-Type": "image/png"})
+        response = self.client.post("/tasks", content=png_bytes(image), headers={"Content-Type": "image/png"},
+                                    params=grid)
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
@@ -253,6 +254,23 @@ def test_a_failed_pipeline_is_reported_with_its_reason(tmp_path, mode, words):
     with api(tmp_path, mode=mode) as server:
         state = server.wait(server.submit())
     assert state["status"] == "FAILED" and words in state["error"]
+
+
+@pytest.mark.parametrize("mode, reason, advice", [
+    ("misfit", "check rows and cols", "If rows and cols were not those of the acquisition grid, submit the image "
+                                      "again with the right ones."),
+    ("blank", "the 80 x 60 px mask is empty", "It holds too few marks to number: check that the image shows the "
+                                              "ablation marks."),
+])
+def test_a_failed_registration_keeps_the_mask_and_advises_in_the_apis_words(tmp_path, mode, reason, advice):
+    with api(tmp_path, mode=mode) as server:
+        task_id = server.submit(rows=60, cols=60)
+        state = server.wait(task_id)
+        assert server.client.get(f"/masks/{task_id}").status_code == 200
+    assert state["status"] == "FAILED"
+    assert state["error"].startswith("registration failed: ") and reason in state["error"]
+    assert state["error"].endswith(f"The mask was made: GET /masks/{task_id}. {advice}")
+    assert "--rows" not in state["error"] and "--cols" not in state["error"]
 
 
 @pytest.mark.parametrize("scale", ["auto", 0.5])
