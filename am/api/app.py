@@ -3,11 +3,13 @@
 Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes included)::
 
     POST   /tasks?rows=R&cols=C   image/png or image/tiff body -> 201, Location: /tasks/<id>
-    GET    /tasks/<id>            {"status": QUEUED|RUNNING|FINISHED|FAILED, "progress": 0..1|null, "error": ...}
+    GET    /tasks/<id>            {"status": QUEUED|RUNNING|FINISHED|FAILED, "progress": 0..1|null, "error": ...,
+                                   "marks_numbered": N|null, "warnings": [...]}
     DELETE /tasks/<id>            stop the task if running, remove it and its results -> 204
     GET    /masks/<id>            the stitched 0/255 mask as PNG, once FINISHED
     GET    /ams/<id>              the 16-bit AM id image (PNG), once FINISHED, if rows/cols were given
     GET    /ams/<id>.csv          the AM table id,row,col,x,y,area_px
+    GET    /overlays/<id>         the overlay a person checks (outlines and ids), PNG
     GET    /health                liveness and queue counts (503 with a reason if tasks can no longer run)
 
 HEAD on any GET route answers with that GET's status and headers and no body (``curl -I``).
@@ -21,6 +23,7 @@ large, 415 wrong Content-Type. The app gets its collaborators passed in::
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,10 +41,11 @@ from am.api.errors import install_error_handler
 from am.api.head import answer_head
 from am.api.openapi import error_responses, image_body, image_response, install_openapi
 from am.api.progress import tile_progress
-from am.api.runner import TaskRunner
+from am.api.runner import TaskRunner, api_words
 from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, Task, TaskStore, check_task_id
 from am.api.uploads import DEFAULT_MAX_BYTES, TASK_MEDIA_TYPES, check_image, declared_length, media_kind, receive_body
 from am.errors import AmError, InputError
+from am.register.outputs import JSON_NAME, OVERLAY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,10 @@ class TaskView(BaseModel):
     error: str | None = Field(description="why the task failed; null unless FAILED")
     rows: int | None = Field(description="acquisition grid rows, when registration was asked for")
     cols: int | None = Field(description="acquisition grid columns, when registration was asked for")
+    marks_numbered: int | None = Field(None, description="marks given an id; null until a registered task finishes")
+    warnings: list[str] = Field(default_factory=list,
+                                description="what registration says a person should check on the overlay "
+                                            "(GET /overlays/<id>): ids possibly a row off, joined marks, debris")
     created: float = Field(description="seconds since the epoch")
     updated: float = Field(description="seconds since the epoch")
 
@@ -127,8 +135,22 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
             progress = 0.0
         else:
             progress = tile_progress(store.layout(task.id), GROUP)
+        numbered, warnings = registration_summary(task)
         return TaskView(id=task.id, status=task.status, progress=progress, error=task.error, rows=task.rows,
-                        cols=task.cols, created=task.created, updated=task.updated).model_dump()
+                        cols=task.cols, created=task.created, updated=task.updated, marks_numbered=numbered,
+                        warnings=warnings).model_dump()
+
+    def registration_summary(task: Task) -> tuple[int | None, list[str]]:
+        """Marks numbered and registration's warnings, from the task's registration.json."""
+        if task.status != FINISHED or not task.register:
+            return None, []
+        path = store.layout(task.id).am_coords_dir(GROUP) / JSON_NAME
+        try:
+            record = json.loads(path.read_text())
+            return int(record["marks_assigned"]), [api_words(str(w)) for w in record["warnings"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("task %s: its registration record %s cannot be read: %s", task.id, path, exc)
+            return None, []
 
     def finished(task_id: TaskId) -> Task:
         task = store.get(check_task_id(task_id))
@@ -221,6 +243,17 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     def get_am_image(task_id: TaskId) -> FileResponse:
         return FileResponse(am_file(task_id, "am_coordinates.png"), media_type="image/png",
                             filename=f"{task_id}-am_coordinates.png")
+
+    @app.get("/overlays/{task_id:path}", summary="The overlay to check: outlines and ids (or the mask alone "
+             "without rows and cols), PNG", response_class=FileResponse,
+             responses={**image_response("image/png"), **error_responses(400, 404, 409)})
+    def get_overlay(task_id: TaskId) -> FileResponse:
+        task = finished(task_id)
+        layout = store.layout(task_id)
+        path = layout.am_coords_dir(GROUP) / OVERLAY_NAME if task.register else layout.stitched_overlay(GROUP)
+        if not path.is_file():
+            raise TaskNotReady(f"task {task_id} has no overlay; submit the image again")
+        return FileResponse(path, media_type="image/png", filename=f"{task_id}-overlay.png")
 
     @app.get("/health", response_model=Health, summary="Liveness and queue counts",
              responses={503: {"model": Health, "description": "Tasks can no longer run; the reason says why"}})

@@ -101,7 +101,7 @@ def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
 _TOO_FEW_MARKS = ("no mark to register", "not separate marks", "are needed to fit a grid")
 
 
-def _api_words(reason: str) -> str:
+def api_words(reason: str) -> str:
     """Registration's reason as an API client reads it: the query's rows and cols, not --rows/--cols."""
     return reason.replace("--rows/--cols", "rows and cols").replace("--rows", "rows").replace("--cols", "cols")
 
@@ -357,7 +357,7 @@ class TaskRunner:
             if registration is not None and self._store.layout(task_id).stitched_mask(GROUP).is_file():
                 # Registration failed after the mask was stitched (rows and cols that do not fit): the
                 # mask is still the client's, and the advice is the API's, not the command line's.
-                reason = f"registration failed: {_api_words(registration)}"
+                reason = f"registration failed: {api_words(registration)}"
                 try:
                     self._export_mask(task_id)
                 except (AmError, OSError) as exc:

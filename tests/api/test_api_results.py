@@ -27,18 +27,20 @@ def lattice_mask(rows: int, cols: int, *, pitch: int = 24, radius: int = 6) -> n
                     np.uint8(255), np.uint8(0))
 
 
-def finished_registered_task(store: TaskStore, *, rows: int, cols: int) -> str:
-    """A task folder as a previous server leaves one: FINISHED, with its mask and registration outputs."""
+def finished_registered_task(store: TaskStore, *, rows: int, cols: int, given_rows: int | None = None) -> str:
+    """A task folder as a previous server leaves one: FINISHED, with its mask and registration outputs
+    (of a ``rows`` x ``cols`` lattice, submitted with ``given_rows`` rows where that differs)."""
     from am.register import register_group
 
     mask = lattice_mask(rows, cols)
     upload = store.upload_path().with_suffix(".png")
     write_png(upload, mask)
-    task = store.create(upload, rows=rows, cols=cols)
+    given_rows = rows if given_rows is None else given_rows
+    task = store.create(upload, rows=given_rows, cols=cols)
     layout = store.layout(task.id)
     write_tiff(layout.source_norm("image"), mask)
     write_tiff(layout.stitched_mask("image"), mask)
-    register_group(layout.root, "image", rows=rows, cols=cols)
+    register_group(layout.root, "image", rows=given_rows, cols=cols)
     write_png(store.mask_png(task.id), mask)
     store.update(task.id, status="FINISHED")
     return task.id
@@ -121,3 +123,25 @@ def test_head_on_a_result_sends_its_headers_without_reading_the_file(tmp_path, m
         paths = client.get("/openapi.json").json()["paths"]
         assert all("head" not in operations for operations in paths.values())
         assert set(paths["/masks/{task_id}"]) == {"get"}
+
+
+def test_a_finished_task_says_how_many_marks_were_numbered_and_what_to_check(tmp_path, tiny_model):
+    store = TaskStore(tmp_path / "data")
+    clean = finished_registered_task(store, rows=4, cols=5)
+    # Given a row more than the marks fill: registration warns that an edge row is empty.
+    doubtful = finished_registered_task(store, rows=4, cols=5, given_rows=5)
+
+    with running(["am.api", "--data-dir", str(tmp_path / "data"), "--model", str(tiny_model)],
+                 tmp=tmp_path) as server:
+        state = server.client.get(f"/tasks/{clean}").json()
+        assert state["marks_numbered"] == 20 and state["warnings"] == []
+        state = server.client.get(f"/tasks/{doubtful}").json()
+        assert state["marks_numbered"] == 20
+        assert any("which edge row is empty is ambiguous" in w for w in state["warnings"]), state["warnings"]
+        assert not any("--rows" in w or "--cols" in w for w in state["warnings"]), state["warnings"]
+
+        overlay = server.client.get(f"/overlays/{doubtful}")
+        assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
+        picture = cv2.imdecode(np.frombuffer(overlay.content, np.uint8), cv2.IMREAD_COLOR)
+        assert picture is not None and picture.shape[:2] == (4 * 24, 5 * 24)
+        assert server.client.get(f"/overlays/{uuid.uuid4().hex}").status_code == 404
