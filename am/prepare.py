@@ -246,18 +246,36 @@ def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> i
 
 
 def _same_settings(meta: dict[str, Any], settings: Settings, model_id: str, worker: Mapping[str, str] | None) -> bool:
+    return not _settings_changes(meta, settings, model_id, worker)
+
+
+def _settings_changes(meta: dict[str, Any], settings: Settings, model_id: str,
+                      worker: Mapping[str, str] | None) -> list[str]:
+    """What differs between the settings a plan was made with and these ("scale 1.0 -> auto"); empty: none."""
     identity = meta.get("identity")
     if not isinstance(identity, dict):
-        return False
+        return ["the plan records no settings"]
     recorded = {k: v for k, v in identity.items() if k != "source"}
     # Plans written before the workers' settings were recorded were made, as a rule, with their defaults.
     recorded.setdefault("worker", DEFAULT_WORKER_MASK_SETTINGS)
-    return recorded == _settings_identity(settings, model_id, worker)
+    current = _settings_identity(settings, model_id, worker)
+    changes = []
+    for key in sorted(set(recorded) | set(current)):
+        before, now = recorded.get(key), current.get(key)
+        if before != now:
+            if key == "model":  # ids are long hashes: enough of them to tell two apart
+                before, now = str(before)[:12], str(now)[:12]
+            changes.append(f"{key} {before} -> {now}")
+    return changes
 
 
 def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, settings: Settings,
            model_id: str, worker: Mapping[str, str] | None) -> PreparedGroup | None:
-    if meta is None or not _is_complete(meta) or not _same_settings(meta, settings, model_id, worker):
+    if meta is None or not _is_complete(meta):
+        return None
+    if changes := _settings_changes(meta, settings, model_id, worker):
+        log.info("group %s: the earlier run's masks were made with other settings (%s): segmenting again",
+                 group, "; ".join(changes))
         return None
     scale = _recorded_scale(meta, settings)
     if scale is None or not layout.source_norm(group).is_file():

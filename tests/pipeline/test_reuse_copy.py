@@ -123,3 +123,14 @@ def test_a_copy_of_a_run_stopped_while_cutting_keeps_its_masks(tmp_path):
     assert sent == [t.index for t in plan.tiles if t.index not in masked]
     assert set(again.finish().pending) == set(sent)
     assert _source_record(copy)["mtime_ns"] == copy.source_image("g1").stat().st_mtime_ns
+
+
+def test_a_run_with_other_settings_says_which_changed():
+    from am.prepare import _settings_changes, _settings_identity
+    from am.settings import Settings
+
+    meta = {"identity": {**_settings_identity(Settings(), "a" * 64, None), "source": {"size": 1}}}
+    assert _settings_changes(meta, Settings(), "a" * 64, None) == []
+    changes = _settings_changes(meta, Settings(scale="auto", tile_overlap=96), "b" * 64, None)
+    assert changes == [f"model {'a' * 12} -> {'b' * 12}", f"scale {Settings().scale} -> auto",
+                       f"tile_overlap {Settings().tile_overlap} -> 96"]
