@@ -102,8 +102,10 @@ _TOO_FEW_MARKS = ("no mark to register", "not separate marks", "are needed to fi
 
 
 def api_words(reason: str) -> str:
-    """Registration's reason as an API client reads it: the query's rows and cols, not --rows/--cols."""
-    return reason.replace("--rows/--cols", "rows and cols").replace("--rows", "rows").replace("--cols", "cols")
+    """Registration's reason as an API client reads it: the query's rows and cols, not --rows/--cols;
+    the scale is the server's to set."""
+    return (reason.replace("--rows/--cols", "rows and cols").replace("--rows", "rows").replace("--cols", "cols")
+            .replace("--scale", "the server's --scale"))
 
 
 def registration_failure(log_path: Path, *, start: int = 0) -> str | None:

@@ -312,7 +312,8 @@ def _too_few_marks(comps: Components, shape: tuple[int, ...]) -> str:
     size = f"the {shape[1]} x {shape[0]} px mask"
     found = comps.n_labels - 1
     if found == 0:
-        return f"{size} is empty: no mark to register; check the segmentation"
+        return (f"{size} is empty: no mark to register; check that the image shows the ablation marks (a blank "
+                "or constant image has none) and, where they are far larger or smaller than the model's, --scale")
     if found == 1:
         return (f"{size} is one connected region of {int(np.count_nonzero(comps.labels))} px, not separate marks: "
                 "check the segmentation")

@@ -30,7 +30,7 @@ MASK_SHAPE = (60, 80)
 REGISTRATION_ERRORS = {
     "misfit": "the grid was given 60 x 60 = 3600 positions but the mask holds only 20 marks (connected components, "
               "before any joined marks are cut apart): check --rows/--cols",
-    "blank": "the 80 x 60 px mask is empty: no mark to register; check the segmentation",
+    "blank": "the 80 x 60 px mask is empty: no mark to register; check that the image shows the ablation marks",
 }
 
 
