@@ -131,7 +131,7 @@ def _registration_text(registration: Registration) -> str:
     if registration.uneven_rows:
         text += ", rows unevenly spaced"
     if registration.warnings:
-        text += f", {len(registration.warnings)} warning(s), listed above and in registration.json"
+        text += f", {len(registration.warnings)} warning(s), in the log and in registration.json"
     return text
 
 

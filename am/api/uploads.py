@@ -63,14 +63,20 @@ class ImageTooLarge(BodyTooLarge):
     """The uploaded image would take more memory to decode than the server allows (HTTP 413)."""
 
 
+# What to do instead of a form upload (curl -F), which wraps the image in a multipart body.
+RAW_BODY_HINT = ("send the image file itself as the body, e.g. curl --data-binary @image.png "
+                 "-H 'Content-Type: image/png'")
+
+
 def media_kind(content_type: str | None, *, accepted: Mapping[str, str]) -> str:
     """The body kind for a Content-Type header (parameters such as ``; charset=`` are ignored)."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in accepted:
         shown = repr(media) if media else "none"
+        form = f" ({RAW_BODY_HINT})" if media == "multipart/form-data" else ""
         raise UnsupportedMediaType(
             f"Content-Type {shown} is not accepted; send the image with Content-Type "
-            f"{' or '.join(sorted(accepted))}"
+            f"{' or '.join(sorted(accepted))}{form}"
         )
     return accepted[media]
 
@@ -110,6 +116,8 @@ def sniff_kind(target: Path, *, kind: str) -> str:
         head = handle.read(8)
     found = PNG if head.startswith(_PNG_SIGNATURE) else TIFF if head[:4] in _TIFF_SIGNATURES else None
     if found is None:
+        if head.startswith(b"--"):  # a multipart boundary: curl -F wraps the file in a form
+            raise InputError(f"the request body is a multipart form, not an image; {RAW_BODY_HINT}")
         raise InputError("the request body is neither a PNG nor a TIFF image (unknown file signature)")
     if kind != SNIFF and found != kind:
         raise InputError(f"the request body is a {found.upper()} image but Content-Type says {kind.upper()}; "

@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"residual {reg.residual_px:.2f} px -> {output_dir(args.dataset, group)}"
         )
         if reg.warnings:
-            print(f"  {len(reg.warnings)} warning(s), listed above and in registration.json")
+            print(f"  {len(reg.warnings)} warning(s), in the log and in registration.json")
     if failed:
         print(f"error: {failed} of {len(groups)} group(s) failed", file=sys.stderr)
         return 1

@@ -209,7 +209,12 @@ def test_every_client_error_has_its_status_code_and_a_json_reason(api, api_dirs,
     # 415: wrong or missing Content-Type.
     refused(client.post("/tasks", content=lattice_png, headers={"Content-Type": "image/jpeg"}), 415, "image/png")
     refused(client.post("/tasks", content=lattice_png, headers={"Content-Type": "multipart/form-data"}), 415,
-            "Content-Type")
+            "send the image file itself as the body, e.g. curl --data-binary @image.png")
+    # curl -F with the image's type: a form body under an image Content-Type.
+    form = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n" + lattice_png
+            + b"\r\n--xyz--\r\n")
+    refused(client.post("/tasks", content=form, headers={"Content-Type": "image/png"}), 400,
+            "the request body is a multipart form, not an image; send the image file itself as the body")
     refused(client.post("/tasks", content=lattice_png, headers={"Content-Type": ""}), 415, "none")
     # 413: too large, by Content-Length and while streaming a body that declares none.
     big = b"\x89PNG\r\n\x1a\n" + bytes(MAX_BYTES)

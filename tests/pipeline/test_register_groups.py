@@ -93,7 +93,7 @@ def test_the_summary_counts_the_registration_warnings(dataset, tmp_path):
     warnings = _registration(dataset, GOOD)["warnings"]
     assert any("ambiguous" in w for w in warnings), warnings
     (line,) = [line for line in done.stdout.splitlines() if line.startswith(f"registration {GOOD}:")]
-    assert line.endswith(f", {len(warnings)} warning(s), listed above and in registration.json"), line
+    assert line.endswith(f", {len(warnings)} warning(s), in the log and in registration.json"), line
 
 
 def test_without_rows_and_cols_every_group_is_registered_on_an_estimated_grid(dataset, tmp_path):
