@@ -112,7 +112,7 @@ def test_group_without_image_and_group_with_two_images(cli, tmp_path):
     ("image.png", b"GIF89a" + bytes(40), "is not a PNG file"),
     ("image.png", "truncated", "cannot be decoded as PNG (truncated or corrupt)"),
     ("image.tif", "truncated", "cannot be read as TIFF"),
-    ("image.jpg", b"\xff\xd8\xff", "has no image"),
+    ("image.jpg", b"\xff\xd8\xff", "image.jpg, a JPEG file, which is not read"),
 ])
 def test_unreadable_truncated_or_empty_images(cli, tmp_path, name, data, words):
     if data == "truncated":
