@@ -44,7 +44,9 @@ PNG_COMPRESSION = 3
 # OpenCV below 4.11 cannot choose a filter; there every name encodes as "adaptive".
 PNG_ROW_FILTERS = ("adaptive", "none", "sub", "up", "paeth")
 TIFF_COMPRESSION_LEVEL = 1
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# How TIFF files begin: classic and BigTIFF, little- and big-endian.
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # In the IHDR chunk, after width and height: bit depth 8, colour type 0 (grey).
 _PNG_GREY_8BIT = b"\x08\x00"
 _WRITABLE_PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -121,7 +123,7 @@ def _check_size(path: Path, height: int, width: int) -> None:
 
 def _png_size(header: bytes) -> tuple[int, int] | None:
     """(height, width) from the first 24 bytes of a PNG, or None when they are not a PNG's header."""
-    if len(header) < 24 or not header.startswith(_PNG_SIGNATURE) or header[12:16] != b"IHDR":
+    if len(header) < 24 or not header.startswith(PNG_SIGNATURE) or header[12:16] != b"IHDR":
         return None
     width, height = struct.unpack(">II", header[16:24])
     return int(height), int(width)

@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 
 from am.errors import InputError
-from am.imageio import ImageHeader, read_header, read_image
+from am.imageio import PNG_SIGNATURE, TIFF_SIGNATURES, ImageHeader, read_header, read_image
 from am.prepare import MIN_IMAGE_SIDE_PX, scaled_size
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ TASK_MEDIA_TYPES: Mapping[str, str] = {"image/png": PNG, "image/tiff": TIFF}
 INVOCATION_MEDIA_TYPES: Mapping[str, str] = {"image/png": PNG, "image/tiff": TIFF, "application/x-image": SNIFF}
 
 SUFFIXES = {PNG: ".png", TIFF: ".tiff"}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 class UnsupportedMediaType(InputError):
@@ -114,7 +112,7 @@ def sniff_kind(target: Path, *, kind: str) -> str:
     """PNG or TIFF from the file signature; refuses a body that is not the declared format."""
     with open(target, "rb") as handle:
         head = handle.read(8)
-    found = PNG if head.startswith(_PNG_SIGNATURE) else TIFF if head[:4] in _TIFF_SIGNATURES else None
+    found = PNG if head.startswith(PNG_SIGNATURE) else TIFF if head[:4] in TIFF_SIGNATURES else None
     if found is None:
         if head.startswith(b"--"):  # a multipart boundary: curl -F wraps the file in a form
             raise InputError(f"the request body is a multipart form, not an image; {RAW_BODY_HINT}")

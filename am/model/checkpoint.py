@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from am.errors import CheckpointError
+from am.imageio import PNG_SIGNATURE, TIFF_SIGNATURES
 from am.model.storage import pack, unpack
 from am.models import DEFAULT_MODEL
 
@@ -358,8 +359,7 @@ def _read_payload(source: Path | bytes, name: str) -> Any:
 
 
 # How files that are often passed by mistake begin: what to call them in the error.
-_FOREIGN_SIGNATURES = ((b"\x89PNG", "a PNG image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-                       (b"II+\x00", "a BigTIFF image"), (b"MM\x00+", "a BigTIFF image"),
+_FOREIGN_SIGNATURES = ((PNG_SIGNATURE, "a PNG image"), *((signature, "a TIFF image") for signature in TIFF_SIGNATURES),
                        (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip archive"),
                        (b"\x89HDF", "an HDF5 file (Keras or h5py?)"), (b"{", "JSON text"),
                        (b"\x08", "a protobuf (ONNX?) file"))
