@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,21 @@ def private_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         patch.setenv("TMPDIR", str(folder))
         patch.setattr(tempfile, "tempdir", str(folder))
         yield folder
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """Each test leaves the root logger as it found it.
+
+    A command's ``main`` installs a handler on the ``sys.stderr`` of its moment, which under pytest is
+    a capture stream closed after that test; a later test that logs would write to it and print
+    "Logging error ... I/O operation on closed file".
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -277,13 +277,15 @@ def _init_problem(args: argparse.Namespace) -> str | None:
 
 def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
     """Train; on Ctrl-C or SIGTERM say exactly how to go on, since rerunning without --resume starts over."""
-    started = time.time()
+    state = state_path(args.out)
+    # Compared by identity, not by time: a file's mtime comes from a coarser clock than time.time() and
+    # can read earlier than a moment taken before it was written.
+    earlier = _identity(state)
     try:
         return _train(args)
     except KeyboardInterrupt:
-        state = state_path(args.out)
         # A fresh run's state is its own only once it wrote one; an older file is another run's.
-        ours = state.is_file() and (args.resume or state.stat().st_mtime >= started)
+        ours = state.is_file() and (args.resume or _identity(state) != earlier)
         if ours:
             log.error("interrupted; the finished epochs are kept in %s. To continue from there, run: %s", state,
                       resume_command(argv, resuming=args.resume))
@@ -292,6 +294,15 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
                       "the same command to start again",
                       f" ({state} holds an earlier run's epochs)" if state.is_file() else "")
         return EXIT_INTERRUPTED
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells one write of ``path`` from another (the state is replaced whole, so its inode changes)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def resume_command(argv: list[str], *, resuming: bool) -> str:
