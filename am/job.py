@@ -219,7 +219,8 @@ class Job:
     """
 
     def __init__(self, backend: Backend, *, results_url: str, layout: DatasetLayout, settings: Settings,
-                 job_id: str, show_progress: bool = True, worker_logs: Path | None = None) -> None:
+                 job_id: str, show_progress: bool = True, worker_logs: Path | None = None,
+                 expected_tiles: int | None = None) -> None:
         self.job_id = job_id
         self.backend = backend
         self.results_url = results_url
@@ -237,7 +238,10 @@ class Job:
         self._tile_queue = Queue(backend.clients.sqs(), backend.queue_url)
         self._results = Queue(sqs, results_url)
         self._dead_letters = Queue(sqs, backend.dead_letter_queue_url)
-        self._bar = tqdm(total=0, unit="tile", desc="segment", disable=not show_progress)
+        # Tiles are cut while the first ones are segmented: a bar whose total grew with them would
+        # read "done" after every chunk. The count planned from image headers gives the total at once.
+        self._bar = tqdm(total=expected_tiles or 0, unit="tile", desc="segment", disable=not show_progress)
+        self._sent = 0
         self._collector = ResultCollector(job_id=job_id, tracker=self.tracker, storage=self._storage,
                                      bucket=backend.output_bucket, layout=layout, tile_size=settings.tile_size,
                                      on_done=self._bar.update, worker_logs=worker_logs)
@@ -269,8 +273,10 @@ class Job:
             self._wait_for_room(len(piece))
             self._finish_sending()
             self.tracker.add(tile_name(group, index) for index, _ in piece)
-            self._bar.total += len(piece)
-            self._bar.refresh()
+            self._sent += len(piece)
+            if self._sent > self._bar.total:
+                self._bar.total = self._sent
+                self._bar.refresh()
             self._sending = self._sender.submit(self._upload, group, piece)
             self.collect()
 
@@ -284,6 +290,9 @@ class Job:
     def seal(self) -> None:
         """Every tile is sent: wait for the last chunk to be out; from now on the job can finish."""
         self._finish_sending()
+        if self._bar.total != self._sent:  # the plan was an estimate
+            self._bar.total = self._sent
+            self._bar.refresh()
         # Workers that left idle just before the last chunk must not be taken for crashed ones later.
         self.revive_idle_workers()
         self.tracker.seal()
@@ -478,7 +487,8 @@ def in_flight_window(settings: Settings, *, backend: str, workers: int) -> int:
 
 @contextmanager
 def open_job(backend: Backend, *, layout: DatasetLayout, settings: Settings, job_id: str, workers: int,
-             show_progress: bool = True, worker_logs: Path | None = None) -> Iterator[Job]:
+             show_progress: bool = True, worker_logs: Path | None = None,
+             expected_tiles: int | None = None) -> Iterator[Job]:
     """Create the job's results queue and start ``workers`` workers; on leaving, clean up whatever happened.
 
     Leaving the block, normally or by any exception (Ctrl-C and SIGTERM included), stops the
@@ -486,13 +496,14 @@ def open_job(backend: Backend, *, layout: DatasetLayout, settings: Settings, job
     On Ctrl-C or SIGTERM the masks reported by then are collected first (:meth:`Job.collect_reported`),
     and the interrupt is raised again as it came. Signals after it do not cut the clean-up short
     (:class:`InterruptGuard`). ``worker_logs`` is where local workers write their logs, read
-    for the reason a worker rejected a message.
+    for the reason a worker rejected a message. ``expected_tiles``, where known before the first
+    tile is cut, is the progress bar's total from the start.
     """
     sqs = backend.clients.sqs()
     results_url = create_results_queue(sqs, prefix=settings.results_queue_prefix, job=job_id)
     log.info("job %s started on the %s backend", job_id, backend.name)
     job = Job(backend, results_url=results_url, layout=layout, settings=settings, job_id=job_id,
-              show_progress=show_progress, worker_logs=worker_logs)
+              show_progress=show_progress, worker_logs=worker_logs, expected_tiles=expected_tiles)
     job._guard.install()
     try:
         try:

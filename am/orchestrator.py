@@ -43,7 +43,7 @@ from am.prepare import (
     reuse_group,
     worker_mask_settings,
 )
-from am.settings import Settings
+from am.settings import AUTO_SCALE, Settings
 from am.stitch import stitch_mask, write_mask_overlay
 
 if TYPE_CHECKING:
@@ -164,15 +164,21 @@ def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int |
         summary.registered[group] = _registration_text(registration)
 
 
-def _worker_count(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], settings: Settings) -> int:
-    """``settings.workers``, but no more than the job will have tiles (counted from image headers for new groups)."""
+def _planned_tile_count(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None],
+                        settings: Settings) -> int | None:
+    """How many tiles the job will send (new groups counted from image headers); None when a header cannot tell."""
     tiles = 0
     for group, prepared in reused.items():
         planned = len(prepared.pending) if prepared is not None else planned_tiles(layout, group, settings=settings)
         if planned is None:
-            return settings.workers
+            return None
         tiles += planned
-    return max(1, min(settings.workers, tiles))
+    return tiles
+
+
+def _worker_count(planned: int | None, settings: Settings) -> int:
+    """``settings.workers``, but no more than the job will have tiles."""
+    return settings.workers if planned is None else max(1, min(settings.workers, planned))
 
 
 def _cut_and_send(job: Job, layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
@@ -261,11 +267,14 @@ def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGro
     stop and the job's queue and objects are deleted.
     """
     busy = _Stopwatch()
+    planned = _planned_tile_count(layout, reused, settings)
     with _worker_log_folder() as log_dir, \
             open_backend(settings, model=model, log_dir=log_dir, base_environment=environ) as backend, \
             open_job(backend, layout=layout, settings=settings, job_id=new_job_id(),
-                     workers=_worker_count(layout, reused, settings), show_progress=show_progress,
-                     worker_logs=log_dir if backend.name == "local" else None) as job:
+                     workers=_worker_count(planned, settings), show_progress=show_progress,
+                     worker_logs=log_dir if backend.name == "local" else None,
+                     # With scale auto the count is made at scale 1, too rough for a progress bar's total.
+                     expected_tiles=None if settings.scale == AUTO_SCALE else planned) as job:
         phases.end("setup")
         prepared = _send_every_tile(job, layout, reused, settings=settings, model_id=model_id, worker=worker,
                                     busy=busy)

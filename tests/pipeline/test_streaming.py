@@ -168,6 +168,22 @@ def test_workers_start_before_the_image_is_read_and_tiles_go_out_row_by_row(depl
     assert deployment.keys() == [] and deployment.results_queues() == []
 
 
+def test_the_progress_bar_knows_every_tile_before_the_first_row_is_cut(deployment, tiny_model, tmp_path,
+                                                                        monkeypatch):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE, "g2": (200, 300)})
+    totals: list[float] = []
+    send = Job.send
+
+    def recording_send(job: Job, group: str, tiles: Any) -> None:
+        totals.append(job._bar.total)
+        send(job, group, tiles)
+
+    monkeypatch.setattr(Job, "send", recording_send)
+    summary = _run(dataset, deployment, tiny_model, tmp_path)
+    # 36 tiles of g1 and 4 rows of 6 of g2: the total the first row saw is the job's.
+    assert summary.tiles == 60 and totals == [60] * 10, totals
+
+
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()],
                          ids=["error", "ctrl-c"])
 def test_failure_while_cutting_a_later_row_cleans_up_and_leaves_no_complete_plan(deployment, tiny_model, tmp_path,
@@ -384,6 +400,22 @@ def test_a_job_is_not_finished_before_it_is_sealed(deployment, tmp_path):
     job.seal()
     assert job.tracker.finished and job.tracker.total == 0
     job.close(after_failure=False)
+
+
+@pytest.mark.parametrize(("estimate", "sent"), [(5, 7), (10, 3)])
+def test_a_bar_total_that_was_an_estimate_becomes_the_tiles_sent(deployment, tmp_path, estimate, sent):
+    settings = deployment.settings
+    backend = Backend("local", deployment.clients, ExitedLauncher([]), deployment.queue_url, deployment.dlq_url,
+                      settings.input_bucket, settings.output_bucket, "tiny")
+    results = create_results_queue(deployment.clients.sqs(), prefix=settings.results_queue_prefix, job="j-estimate")
+    job = Job(backend, results_url=results, layout=DatasetLayout(tmp_path / "ds"), settings=settings,
+              job_id="j-estimate", show_progress=False, expected_tiles=estimate)
+    for index in range(sent):
+        job.send("g", [(index, np.zeros((64, 64), np.uint8))])
+        assert job._bar.total == max(estimate, index + 1), "a total below the tiles sent follows them"
+    job.seal()
+    assert job._bar.total == sent
+    job.close(after_failure=True)
 
 
 # ------------------------------------------------------------------------------ tiles per message
