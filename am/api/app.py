@@ -3,6 +3,7 @@
 Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes included)::
 
     POST   /tasks?rows=R&cols=C   image/png or image/tiff body -> 201, Location: /tasks/<id>
+    GET    /tasks[?status=S]      {"tasks": [<as GET /tasks/<id>, with "id">, ...]}, oldest first
     GET    /tasks/<id>            {"status": QUEUED|RUNNING|FINISHED|FAILED, "progress": 0..1|null, "error": ...,
                                    "marks_numbered": N|null, "warnings": [...]}
     DELETE /tasks/<id>            stop the task if running, remove it and its results -> 204
@@ -28,7 +29,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import FastAPI, Query, Request, Response
@@ -80,6 +81,12 @@ class TaskView(BaseModel):
                                             "(GET /overlays/<id>): ids possibly a row off, joined marks, debris")
     created: float = Field(description="seconds since the epoch")
     updated: float = Field(description="seconds since the epoch")
+
+
+class TaskList(BaseModel):
+    """What ``GET /tasks`` reports: every task this server keeps, oldest first."""
+
+    tasks: list[TaskView]
 
 
 class Health(BaseModel):
@@ -140,17 +147,25 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
                         cols=task.cols, created=task.created, updated=task.updated, marks_numbered=numbered,
                         warnings=warnings).model_dump()
 
+    # A finished task's registration does not change: read once, not on every poll (or listing).
+    summaries: dict[str, tuple[int | None, list[str]]] = {}
+
     def registration_summary(task: Task) -> tuple[int | None, list[str]]:
         """Marks numbered and registration's warnings, from the task's registration.json."""
         if task.status != FINISHED or not task.register:
             return None, []
+        if task.id in summaries:
+            return summaries[task.id]
         path = store.layout(task.id).am_coords_dir(GROUP) / JSON_NAME
         try:
             record = json.loads(path.read_text())
-            return int(record["marks_assigned"]), [api_words(str(w)) for w in record["warnings"]]
+            summary = int(record["marks_assigned"]), [api_words(str(w)) for w in record["warnings"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Not kept: the warning stays in the log for as long as the record cannot be read.
             log.warning("task %s: its registration record %s cannot be read: %s", task.id, path, exc)
             return None, []
+        summaries[task.id] = summary
+        return summary
 
     def finished(task_id: TaskId) -> Task:
         task = store.get(check_task_id(task_id))
@@ -197,6 +212,13 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         runner.submit(task.id)
         return JSONResponse(status_code=201, content=view(task), headers={"Location": f"/tasks/{task.id}"})
 
+    @app.get("/tasks", response_model=TaskList, summary="Every task on this server, oldest first",
+             responses=error_responses(400))
+    def list_tasks(status: Literal["QUEUED", "RUNNING", "FINISHED", "FAILED"] | None = Query(
+            None, description="only the tasks in this status")) -> dict[str, Any]:
+        # A client that lost a Location header finds its task here, and an operator sees what is queued.
+        return {"tasks": [view(task) for task in store.all() if status is None or task.status == status]}
+
     @app.get("/tasks/{task_id:path}", response_model=TaskView, summary="A task's status and progress",
              responses=error_responses(400, 404))
     def get_task(task_id: TaskId) -> dict[str, Any]:
@@ -208,6 +230,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         store.get(check_task_id(task_id))
         runner.cancel(task_id)
         store.delete(task_id)
+        summaries.pop(task_id, None)
         return Response(status_code=204)
 
     @app.get("/masks/{task_id:path}", summary="The stitched mask (8-bit PNG, 0/255, the image's size)",

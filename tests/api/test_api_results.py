@@ -83,16 +83,14 @@ def test_head_answers_like_get_without_a_body(tmp_path, tiny_model):
     with running(["am.api", "--data-dir", str(tmp_path / "data"), "--model", str(tiny_model)],
                  tmp=tmp_path) as server:
         for path in (f"/masks/{task_id}", f"/ams/{task_id}", f"/ams/{task_id}.csv", f"/tasks/{task_id}",
-                     "/health", f"/masks/{unknown}"):
+                     "/tasks", "/health", f"/masks/{unknown}"):
             got, head = server.client.get(path), server.client.head(path)
             assert head.status_code == got.status_code, path
             assert head.content == b"", path
             assert head.headers["content-type"] == got.headers["content-type"], path
             assert int(head.headers["content-length"]) == len(got.content) > 0, path
         assert server.client.head(f"/masks/{unknown}").status_code == 404
-        # A route without GET still refuses HEAD, and says what it accepts.
-        refused = server.client.head("/tasks")
-        assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+        # A route without GET still refuses HEAD: POST /invocations, in test_serve.
 
 
 def test_head_on_a_result_sends_its_headers_without_reading_the_file(tmp_path, monkeypatch):
@@ -145,3 +143,40 @@ def test_a_finished_task_says_how_many_marks_were_numbered_and_what_to_check(tmp
         picture = cv2.imdecode(np.frombuffer(overlay.content, np.uint8), cv2.IMREAD_COLOR)
         assert picture is not None and picture.shape[:2] == (4 * 24, 5 * 24)
         assert server.client.get(f"/overlays/{uuid.uuid4().hex}").status_code == 404
+
+
+def test_tasks_are_listed_oldest_first_filtered_by_status_and_read_once(tmp_path, monkeypatch):
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from am.api.app import create_app
+    from am.api.runner import TaskRunner
+    from am.api.tasks import GROUP
+    from am.register.outputs import JSON_NAME
+    from am.settings import Settings
+
+    from .test_runner import FakePipeline
+
+    store = TaskStore(tmp_path / "data")
+    first = finished_registered_task(store, rows=3, cols=4)
+    second = finished_registered_task(store, rows=4, cols=5)
+    failed = finished_registered_task(store, rows=2, cols=2)
+    store.update(failed, status="FAILED", error="registration failed")
+    runner = TaskRunner(store, FakePipeline(Settings()), environ=os.environ, stop_grace_s=10)
+    with TestClient(create_app(store, runner)) as client:
+        listed = client.get("/tasks").json()["tasks"]
+        assert [t["id"] for t in listed] == [first, second, failed]
+        assert [t["marks_numbered"] for t in listed] == [12, 20, None]
+        assert listed[1] == client.get(f"/tasks/{second}").json()
+        assert [t["id"] for t in client.get("/tasks", params={"status": "FAILED"}).json()["tasks"]] == [failed]
+        assert client.get("/tasks", params={"status": "QUEUED"}).json() == {"tasks": []}
+        refused = client.get("/tasks", params={"status": "DONE"})
+        assert refused.status_code == 400 and "query.status: Input should be 'QUEUED'" in refused.json()["detail"]
+        assert client.head("/tasks").status_code == 200
+
+        # A finished task's registration record is read once, not on every poll.
+        (store.layout(second).am_coords_dir(GROUP) / JSON_NAME).unlink()
+        assert client.get(f"/tasks/{second}").json()["marks_numbered"] == 20
+        assert client.delete(f"/tasks/{first}").status_code == 204
+        assert [t["id"] for t in client.get("/tasks").json()["tasks"]] == [second, failed]

@@ -67,7 +67,7 @@ def fuzz_every_operation(url: str) -> list[str]:
 
 def test_task_api_answers_only_as_documented(api_url):
     exercised = fuzz_every_operation(api_url)
-    assert {"POST /tasks", "GET /tasks/{task_id}", "DELETE /tasks/{task_id}", "GET /masks/{task_id}",
+    assert {"POST /tasks", "GET /tasks", "GET /tasks/{task_id}", "DELETE /tasks/{task_id}", "GET /masks/{task_id}",
             "GET /ams/{task_id}", "GET /ams/{task_id}.csv", "GET /overlays/{task_id}", "GET /health"} <= set(exercised)
 
 
@@ -85,6 +85,7 @@ def test_documented_routes_and_codes(api_url):
                           "/overlays/{task_id}", "/health"}
     assert set(paths["/tasks"]["post"]["responses"]) == {"201", "400", "413", "415"}
     assert set(paths["/tasks"]["post"]["requestBody"]["content"]) == {"image/png", "image/tiff"}
+    assert set(paths["/tasks"]["get"]["responses"]) == {"200", "400"}
     assert set(paths["/tasks/{task_id}"]["get"]["responses"]) == {"200", "400", "404"}
     assert set(paths["/tasks/{task_id}"]["delete"]["responses"]) == {"204", "400", "404"}
     assert set(paths["/masks/{task_id}"]["get"]["responses"]["200"]["content"]) == {"image/png"}
