@@ -168,6 +168,47 @@ def read_header(path: Path) -> ImageHeader:
                        decoded_bytes=height * width * channels * dtype.itemsize)
 
 
+# The IEND chunk every PNG ends with: length 0, type, CRC.
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# How much of a PNG's end is searched for it: some writers add a few bytes after it, which decoders ignore.
+_PNG_END_SEARCH = 4096
+
+
+def check_complete(path: Path) -> None:
+    """InputError naming ``path`` if the file ends before its image does: a copy or upload cut short.
+
+    Reads the header and the file's end only (no pixel is decoded), so a pipeline refuses a cut
+    file in moments, before its backend and workers start, instead of once the pixels are read.
+    Damage inside the pixel data is still found by :func:`read_image`.
+    """
+    path = _existing_image(Path(path))
+    size = path.stat().st_size
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            tif = tifffile.TiffFile(path)
+        except _TIFF_STRUCTURE_ERRORS as exc:
+            raise _unreadable_tiff(path, exc) from exc
+        with tif:
+            page, _ = _tiff_page(tif, path)
+            try:
+                # strict: a damaged header with fewer counts than offsets is refused, not half checked.
+                spans = zip(page.dataoffsets, page.databytecounts, strict=True)
+                end = max((int(offset) + int(count) for offset, count in spans if count), default=0)
+            except _TIFF_STRUCTURE_ERRORS as exc:
+                raise _unreadable_tiff(path, exc) from exc
+        if end > size:
+            raise InputError(f"image {path} is truncated: its pixel data runs to byte {end}, but the file ends at "
+                             f"byte {size}; copy or export it again")
+        return
+    read_header(path)  # a PNG whose header is damaged is named as such
+    with path.open("rb") as handle:
+        handle.seek(max(0, size - _PNG_END_SEARCH))
+        tail = handle.read()
+    if _PNG_END not in tail:
+        raise InputError(f"image {path} is truncated: it stops before the end of its PNG data ({size} bytes, no "
+                         "IEND chunk); copy or export it again")
+
+
 def header_size(path: Path) -> tuple[int, int] | None:
     """(height, width) of a TIFF or PNG from its header alone, or None when the header cannot tell.
 
@@ -475,5 +516,5 @@ def _to_opencv_order(image: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-__all__ = ["MAX_PIXELS", "ImageHeader", "decode_png", "encode_png", "header_size", "is_grey_8bit_png", "read_header",
-           "read_image", "write_png", "write_tiff"]
+__all__ = ["MAX_PIXELS", "ImageHeader", "check_complete", "decode_png", "encode_png", "header_size",
+           "is_grey_8bit_png", "read_header", "read_image", "write_png", "write_tiff"]

@@ -47,7 +47,7 @@ from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS
 from am.dataset import DatasetLayout
 from am.errors import ConfigError, InputError
 from am.files import file_sha256, write_atomic
-from am.imageio import encode_png, header_size, read_image, write_tiff
+from am.imageio import check_complete, encode_png, header_size, read_header, read_image, write_tiff
 from am.interrupts import ThreadPool, result_of
 from am.normalize import normalize
 from am.pitch import resolve_scale
@@ -224,12 +224,12 @@ def _recorded_scale(meta: dict[str, Any], settings: Settings) -> float | None:
 
 
 def check_group_size(layout: DatasetLayout, group: str, *, settings: Settings) -> None:
-    """:func:`check_image_size` from the image's header, before anything starts; a header that cannot
-    tell is left to :meth:`GroupTiler.normalise`, which reads the pixels."""
+    """:func:`check_image_size` from the image's header, and :func:`check_complete`, before anything
+    starts: an image too small, damaged in its header or cut short is refused before any worker."""
     path = layout.source_image(group)
-    size = header_size(path)
-    if size is not None:
-        check_image_size(size[0], size[1], scale=nominal_scale(settings), name=str(path))
+    header = read_header(path)
+    check_complete(path)
+    check_image_size(header.height, header.width, scale=nominal_scale(settings), name=str(path))
 
 
 def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> int | None:

@@ -110,8 +110,8 @@ def test_group_without_image_and_group_with_two_images(cli, tmp_path):
     ("image.tif", b"", "is empty (0 bytes)"),
     ("image.png", b"", "is empty (0 bytes)"),
     ("image.png", b"GIF89a" + bytes(40), "is not a PNG file"),
-    ("image.png", "truncated", "cannot be decoded as PNG (truncated or corrupt)"),
-    ("image.tif", "truncated", "cannot be read as TIFF"),
+    ("image.png", "truncated", "is truncated: it stops before the end of its PNG data"),
+    ("image.tif", "truncated", "is truncated: its pixel data runs to byte"),
     ("image.jpg", b"\xff\xd8\xff", "image.jpg, a JPEG file, which is not read"),
 ])
 def test_unreadable_truncated_or_empty_images(cli, tmp_path, name, data, words):
@@ -123,6 +123,8 @@ def test_unreadable_truncated_or_empty_images(cli, tmp_path, name, data, words):
     code, err = cli(str(root))
     assert code == 1, err
     assert words in err and "g1" in err, err
+    # Refused from the header and the file's end, before a worker starts.
+    assert "started worker" not in err and "embedded S3/SQS endpoint" not in err, err
     nothing_presented(root)
     assert not (root / "source_norm" / "g1").exists()
 

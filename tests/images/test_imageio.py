@@ -15,6 +15,7 @@ from am.errors import InputError
 from am.imageio import (
     MAX_PIXELS,
     PNG_ROW_FILTERS,
+    check_complete,
     decode_png,
     encode_png,
     header_size,
@@ -218,6 +219,29 @@ def test_truncated_tiff(tmp_path: Path) -> None:
     bad.write_bytes(data[:100])
     with pytest.raises(InputError, match=r"cut\.tif"):
         read_image(bad)
+
+
+@pytest.mark.parametrize("write", ["png", "png16", "strips", "deflate", "tiles"])
+def test_a_whole_file_is_complete_and_one_cut_short_is_named(tmp_path: Path, write: str) -> None:
+    image = RNG.integers(0, 256, (300, 300), dtype=np.uint8)
+    path = tmp_path / ("scan.png" if write.startswith("png") else "scan.tif")
+    if write == "png":
+        write_png(path, image)
+    elif write == "png16":
+        write_png(path, image.astype(np.uint16) * 257)
+    else:
+        tifffile.imwrite(path, image, compression="zlib" if write == "deflate" else None,
+                         tile=(64, 64) if write == "tiles" else None, rowsperstrip=32)
+    check_complete(path)
+    data = path.read_bytes()
+    if write.startswith("png"):
+        # Bytes after the end chunk, which some writers add and decoders ignore, are no damage.
+        path.write_bytes(data + b"trailing note")
+        check_complete(path)
+    for kept in (len(data) - 1, len(data) // 2):
+        path.write_bytes(data[:kept])
+        with pytest.raises(InputError, match=r"scan\.(png|tif) is truncated: .*; copy or export it again"):
+            check_complete(path)
 
 
 def test_two_page_tiff(tmp_path: Path) -> None:
