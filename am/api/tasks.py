@@ -224,6 +224,8 @@ class TaskStore:
                 continue
             try:
                 tasks.append(self.get(folder.name))
+            except UnknownTask:
+                continue  # deleted since the folder was listed
             except InputError as exc:
                 log.warning("skipping task folder %s: %s", folder, exc)
         return sorted(tasks, key=lambda t: (t.created, t.id))

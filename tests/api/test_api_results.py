@@ -180,3 +180,19 @@ def test_tasks_are_listed_oldest_first_filtered_by_status_and_read_once(tmp_path
         assert client.get(f"/tasks/{second}").json()["marks_numbered"] == 20
         assert client.delete(f"/tasks/{first}").status_code == 204
         assert [t["id"] for t in client.get("/tasks").json()["tasks"]] == [second, failed]
+
+
+def test_a_task_deleted_while_tasks_are_listed_is_left_out_quietly(tmp_path, monkeypatch, caplog):
+    store = TaskStore(tmp_path / "data")
+    gone, kept = finished_registered_task(store, rows=2, cols=2), finished_registered_task(store, rows=2, cols=3)
+    get = TaskStore.get
+
+    def deleted_first(self: TaskStore, task_id: str):
+        if task_id == gone:
+            self.delete(gone)
+        return get(self, task_id)
+
+    monkeypatch.setattr(TaskStore, "get", deleted_first)
+    with caplog.at_level("WARNING"):
+        assert [task.id for task in store.all()] == [kept]
+    assert "skipping" not in caplog.text
