@@ -228,8 +228,8 @@ def check_group_size(layout: DatasetLayout, group: str, *, settings: Settings) -
     starts: an image too small, damaged in its header or cut short is refused before any worker."""
     path = layout.source_image(group)
     header = read_header(path)
-    check_complete(path)
     check_image_size(header.height, header.width, scale=nominal_scale(settings), name=str(path))
+    check_complete(path)
 
 
 def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> int | None:

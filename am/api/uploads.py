@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 
 from am.errors import InputError
-from am.imageio import PNG_SIGNATURE, TIFF_SIGNATURES, ImageHeader, read_header, read_image
+from am.imageio import PNG_SIGNATURE, TIFF_SIGNATURES, ImageHeader, check_complete, read_header, read_image
 from am.prepare import MIN_IMAGE_SIDE_PX, scaled_size
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,8 @@ def _accepted(target: Path, *, kind: str, max_bytes: int) -> Path:
 
 
 def _decode(named: Path) -> np.ndarray:
+    # Says where a cut or damaged upload goes wrong; the decoder would only say that it failed.
+    _uploaded(named, check_complete)
     image = _uploaded(named, read_image)
     log.debug("upload %s decodes to %s %s", named.name, image.shape, image.dtype)
     return image

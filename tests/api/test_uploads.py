@@ -94,6 +94,25 @@ def test_a_tiff_with_damaged_compressed_pixels_is_refused_with_400(api, serve, c
     assert serve.get("/ping").status_code == 200
 
 
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_png_cut_short_or_damaged_is_refused_with_400_naming_what_is_wrong(api, serve, damage):
+    import cv2
+
+    client, store = api
+    body = bytearray(cv2.imencode(".png", np.random.default_rng(1).integers(0, 255, (60, 80), dtype=np.uint8))[1])
+    if damage == "cut":
+        body = body[: len(body) - 100]
+    else:
+        body[len(body) // 2] ^= 0x10
+    words = ("is truncated: its 'IDAT' chunk at byte 33 runs past the end" if damage == "cut"
+             else "is damaged: its 'IDAT' chunk at byte 33 fails its CRC check")
+    for response in (client.post("/tasks", content=bytes(body), headers={"Content-Type": "image/png"}),
+                     serve.post("/invocations", content=bytes(body), headers={"Content-Type": "image/png"})):
+        detail = refused(response, 400, "the uploaded image " + words)
+        assert str(store.uploads_dir) not in detail
+    assert not list(store.tasks_dir.iterdir()) and not list(store.uploads_dir.iterdir())
+
+
 def test_a_tiff_with_a_malformed_tag_is_refused_with_400(api, serve):
     client, _ = api
     body = with_tag_count(tiff_bytes(np.zeros((30, 40), np.uint16)), tag=277, count=2)  # SamplesPerPixel

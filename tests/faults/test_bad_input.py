@@ -110,8 +110,9 @@ def test_group_without_image_and_group_with_two_images(cli, tmp_path):
     ("image.tif", b"", "is empty (0 bytes)"),
     ("image.png", b"", "is empty (0 bytes)"),
     ("image.png", b"GIF89a" + bytes(40), "is not a PNG file"),
-    ("image.png", "truncated", "is truncated: it stops before the end of its PNG data"),
+    ("image.png", "truncated", "is truncated: its 'IDAT' chunk at byte"),
     ("image.tif", "truncated", "is truncated: its pixel data runs to byte"),
+    ("image.png", "flipped", "chunk at byte 24645 fails its CRC check"),
     ("image.jpg", b"\xff\xd8\xff", "image.jpg, a JPEG file, which is not read"),
 ])
 def test_unreadable_truncated_or_empty_images(cli, tmp_path, name, data, words):
@@ -119,11 +120,14 @@ def test_unreadable_truncated_or_empty_images(cli, tmp_path, name, data, words):
         full = (png_bytes(lattice_image(300, 300)) if name.endswith(".png")
                 else _tiff_bytes(tmp_path, lattice_image(300, 300)))
         data = full[: len(full) // 2]
+    elif data == "flipped":
+        data = bytearray(png_bytes(lattice_image(300, 300)))
+        data[len(data) // 2] ^= 0x10
     root = dataset_with(tmp_path, name, data)
     code, err = cli(str(root))
     assert code == 1, err
     assert words in err and "g1" in err, err
-    # Refused from the header and the file's end, before a worker starts.
+    # Refused before a worker starts.
     assert "started worker" not in err and "embedded S3/SQS endpoint" not in err, err
     nothing_presented(root)
     assert not (root / "source_norm" / "g1").exists()

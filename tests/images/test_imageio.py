@@ -244,6 +244,18 @@ def test_a_whole_file_is_complete_and_one_cut_short_is_named(tmp_path: Path, wri
             check_complete(path)
 
 
+def test_a_png_with_a_flipped_bit_is_named_with_its_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "scan.png"
+    write_png(path, RNG.integers(0, 256, (300, 300), dtype=np.uint8))
+    data = bytearray(path.read_bytes())
+    idat = data.index(b"IDAT") - 4
+    data[idat + 100] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"scan\.png is damaged: its 'IDAT' chunk at byte {idat} fails its CRC check; "
+                                         "copy or export it again"):
+        check_complete(path)
+
+
 def test_two_page_tiff(tmp_path: Path) -> None:
     path = tmp_path / "stack.tif"
     with tifffile.TiffWriter(path) as tif:
