@@ -50,6 +50,22 @@ def scale_option(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or {AUTO_SCALE}") from None
 
 
+# Seeds are non-negative and fit 32 bits: numpy refuses negative ones and torch overflows on huge
+# ones, each with a traceback and, in the training commands, only once work has begun.
+MAX_SEED = 2**32 - 1
+
+
+def seed_option(text: str) -> int:
+    """The argparse type of every ``--seed``-like option: an integer from 0 to :data:`MAX_SEED`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..{MAX_SEED}; give a seed in that range")
+    return value
+
+
 def channels_option(text: str) -> tuple[int, ...]:
     """The argparse type of ``--decoder-channels``: positive whole numbers separated by commas; how many
     the model needs is the command's to check."""

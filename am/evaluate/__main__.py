@@ -27,6 +27,7 @@ from am.cli import (
     masks_label,
     output_problem,
     run_main,
+    seed_option,
 )
 from am.errors import InputError
 from am.evaluate.lost import LostMarks
@@ -62,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
                           "(8-bit as stored, others stretched to 8 bits)")
     src.add_argument("--split", default="valid", choices=["train", "valid"], help="split of --data (default valid)")
     src.add_argument("--synthetic", type=int, default=0, help="generate N held-out synthetic images")
-    src.add_argument("--seed", type=int, default=12345, help="seed of the synthetic images")
+    src.add_argument("--seed", type=seed_option, default=12345, help="seed of the synthetic images")
     src.add_argument("--size", type=int, default=512, help="side of the synthetic images")
     src.add_argument("--pitch-min", type=float, default=20.0, help="smallest synthetic grid pitch in px")
     src.add_argument("--pitch-max", type=float, default=85.0, help="largest synthetic grid pitch in px")

@@ -18,7 +18,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main
+from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
 from am.errors import InputError
 from am.messages import TTA_MODES
 from am.normalize import read_normalised
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", choices=TTA_MODES, default=defaults.tta,
                    help="average the small model's answer over 2 (rot180), 4 (flips) or 8 (d4) views in step 2 "
                         "(default off)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed_option, default=0,
                    help="seed of the models' initialisation and of the crops drawn (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
     add_log_level_option(p)

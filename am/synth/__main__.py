@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main
+from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
 from am.synth.dataset import is_pitch, pitch_range_problem, write_dataset, write_tiles
 from am.synth.truth import LABELS
 
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("dir", type=Path, help="dataset folder to create")
     ds.add_argument("--rows", type=int, required=True, help="acquisition grid rows")
     ds.add_argument("--cols", type=int, required=True, help="acquisition grid columns")
-    ds.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    ds.add_argument("--seed", type=seed_option, default=0, help="random seed; the same seed gives the same files")
     ds.add_argument("--groups", type=int, default=1, help="number of groups (images) to write (default 1)")
     ds.add_argument("--bit-depth", type=int, default=8, choices=[8, 16], help="pixel depth of image.tif")
     ds.add_argument("--pitch", type=float, default=None,
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("dir", type=Path, help="training data root")
     tl.add_argument("--count", type=int, default=100, help="number of images (default 100)")
     tl.add_argument("--size", type=int, default=512, help="image side in pixels, a multiple of 32 (default 512)")
-    tl.add_argument("--seed", type=int, default=0, help="random seed")
+    tl.add_argument("--seed", type=seed_option, default=0, help="random seed")
     tl.add_argument("--split", choices=["train", "valid"], default="train", help="which split to write")
     tl.add_argument("--group", default=None, help="group folder name (default seed<SEED>)")
     tl.add_argument("--pitch-min", type=float, default=20.0, help="smallest grid pitch in px (default 20)")

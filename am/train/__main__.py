@@ -38,6 +38,7 @@ from am.cli import (
     configure_logging,
     output_problem,
     run_main,
+    seed_option,
 )
 from am.errors import CheckpointError, InputError
 from am.model.checkpoint import ModelMeta, architecture_problem, tile_size_problem
@@ -98,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic-valid", type=int, default=0,
                       help="synthetic validation images (default 0; needed when --data has no valid split)")
     data.add_argument("--synthetic-size", type=int, default=384, help="side of each synthetic image in px")
-    data.add_argument("--synthetic-seed", type=int, default=None,
+    data.add_argument("--synthetic-seed", type=seed_option, default=None,
                       help="generator seed (default: --seed); validation uses seed + 1000")
     data.add_argument("--pitch-min", type=float, default=20.0, help="smallest synthetic grid pitch in px")
     data.add_argument("--pitch-max", type=float, default=85.0, help="largest synthetic grid pitch in px")
@@ -159,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     opt.add_argument("--warmup-steps", type=int, default=100,
                      help="linear warm-up steps before the cosine decay")
-    opt.add_argument("--seed", type=int, default=0, help="seed of weights, crops and (by default) the generator")
+    opt.add_argument("--seed", type=seed_option, default=0,
+                     help="seed of weights, crops and (by default) the generator")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")

@@ -30,7 +30,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, add_postprocess_option, configure_logging, run_main
+from am.cli import (
+    RERUN_TO_START_AGAIN,
+    add_log_level_option,
+    add_postprocess_option,
+    configure_logging,
+    run_main,
+    seed_option,
+)
 from am.errors import InputError
 from am.evaluate.metrics import Scores, score
 from am.files import staging, swap_in, write_atomic
@@ -151,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=1200, help="images to render and score (default 1200)")
     p.add_argument("--keep", type=int, default=300, help="how many of the worst to keep (default 300)")
     p.add_argument("--size", type=int, default=384, help="image side in px, a multiple of 32 (default 384)")
-    p.add_argument("--seed", type=int, default=131, help="generator seed (default 131)")
+    p.add_argument("--seed", type=seed_option, default=131, help="generator seed (default 131)")
     p.add_argument("--pitch-min", type=float, default=20.0, help="smallest grid pitch in px (default 20)")
     p.add_argument("--pitch-max", type=float, default=85.0, help="largest grid pitch in px (default 85)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
