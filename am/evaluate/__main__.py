@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --data, --synthetic N or --images/--masks")
     if args.size % 32 or args.size < 64:
         p.error("--size must be a multiple of 32 and at least 64")
+    if args.min_object_px < 0:
+        p.error(f"--min-object-px {args.min_object_px}: give a size in px >= 0 (0 counts every component)")
     if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
         p.error(problem)
     if problem := scale_problem(args.scale, name="--scale"):

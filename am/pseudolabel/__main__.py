@@ -33,14 +33,21 @@ def read_labels(folder: Path) -> list[CropLabel]:
     if not folder.is_dir():
         raise InputError(f"labels folder {folder} does not exist")
     labels = []
+    placed: dict[tuple[int, int], Path] = {}
     for path in sorted(folder.iterdir()):
         match = LABEL_NAME.match(path.name)
         if match is None:
             if path.suffix.lower() == ".png":
                 raise InputError(f"label {path} must be named X_Y.png (its top-left column and row in the image)")
             continue
+        x, y = int(match.group(1)), int(match.group(2))
+        if (x, y) in placed:
+            # Both would be learnt and one pasted over the other: which counts would depend on the names.
+            raise InputError(f"labels {placed[x, y].name} and {path.name} in {folder} both start at column {x}, "
+                             f"row {y}; keep one")
+        placed[x, y] = path
         mask = read_mask(path)  # read as training and evaluation read masks
-        labels.append(CropLabel(x=int(match.group(1)), y=int(match.group(2)), mask=mask.astype("uint8") * 255))
+        labels.append(CropLabel(x=x, y=y, mask=mask.astype("uint8") * 255))
     if not labels:
         raise InputError(f"no X_Y.png labels in {folder}")
     return labels
@@ -88,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     for option in ("small_epochs", "big_epochs", "steps_per_epoch", "batch_size"):
         if getattr(args, option) < 1:
             p.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    if args.threads < 0:
+        p.error(f"--threads {args.threads}: give a number of threads >= 1, or 0 for torch's default")
     try:
         check_out_dir(args.out)
     except InputError as exc:
         p.error(str(exc))
+    if args.out.resolve() == args.labels.resolve():
+        # The outputs (pseudo_mask.png, known.png, ...) would sit among the labels, and the next run refuse them.
+        p.error(f"--out {args.out} is the labels folder; give another folder for the outputs")
     config = PseudoConfig(small_encoder=args.small_encoder, big_encoder=args.big_encoder,
                           small_epochs=args.small_epochs, big_epochs=args.big_epochs,
                           steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, crop=args.crop,
@@ -100,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pseudo_label(args: argparse.Namespace, config: PseudoConfig) -> int:
+    labels = read_labels(args.labels)  # small files first: a wrong folder is named before a large image is read
     image = read_normalised(args.image)
-    result = pseudo_label(image, read_labels(args.labels), out_dir=args.out, config=config, progress=step_bar)
+    result = pseudo_label(image, labels, out_dir=args.out, config=config, progress=step_bar)
     print(f"pseudo-labels: {100 * result.known.mean():.1f}% of the image trusted; wrote {args.out}/pseudo_mask.png, "
           f"overlay.png and model {result.model}")
     return 0

@@ -55,6 +55,11 @@ class CropLabel:
     mask: np.ndarray
 
 
+# Overlapping hand-labelled crops may differ along a mark's edge; beyond this share of the pixels
+# they share, they contradict each other.
+LABEL_DISAGREEMENT = 0.02
+
+
 @dataclass(frozen=True)
 class PseudoConfig:
     small_encoder: str = "tu-mobilenetv3_small_100"
@@ -196,6 +201,7 @@ def pseudo_label(
     check_out_dir(out_dir)
     crops = crops_from_labels(image, labels)
     check_held_out_apart(labels)
+    check_labels_agree(labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     with staging(out_dir / STAGING_NAME) as stage:
         summary, mask, known = _run(image, labels, crops, stage, config, progress)
@@ -222,6 +228,28 @@ def check_held_out_apart(labels: list[CropLabel]) -> None:
                 f"with the crop {other.x}_{other.y}.png, which both models train on, so its figures would not be "
                 "held out: label crops that do not overlap"
             )
+
+
+def check_labels_agree(labels: list[CropLabel]) -> None:
+    """Raise InputError where two labelled crops overlap and disagree on more than
+    :data:`LABEL_DISAGREEMENT` of the pixels they share: both would be learnt, and the one pasted
+    last (by name) would silently decide the pseudo-labels there."""
+    for index, first in enumerate(labels):
+        for second in labels[index + 1:]:
+            top, left = max(first.y, second.y), max(first.x, second.x)
+            bottom = min(first.y + first.mask.shape[0], second.y + second.mask.shape[0])
+            right = min(first.x + first.mask.shape[1], second.x + second.mask.shape[1])
+            if bottom <= top or right <= left:
+                continue
+            a = first.mask[top - first.y : bottom - first.y, left - first.x : right - first.x] > 0
+            b = second.mask[top - second.y : bottom - second.y, left - second.x : right - second.x] > 0
+            differ = float(np.mean(a != b))
+            if differ > LABEL_DISAGREEMENT:
+                raise InputError(
+                    f"the crops {first.x}_{first.y}.png and {second.x}_{second.y}.png overlap on "
+                    f"{right - left} x {bottom - top} px and disagree on {100 * differ:.0f} % of them; correct one "
+                    "of them, or keep one"
+                )
 
 
 def _run(image: np.ndarray, labels: list[CropLabel], crops: list[Labelled], out_dir: Path, config: PseudoConfig,

@@ -31,6 +31,7 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--pitch-min=-3"], "must be finite numbers of pixels > 0"),
     (["--pitch-min", "50", "--pitch-max", "20"], "with min <= max"),
     (["--pitch-max", "nan"], "--pitch-max nan must be finite numbers of pixels > 0"),
+    (["--min-object-px=-5"], "--min-object-px -5: give a size in px >= 0"),
     (["--scale", "0"], "--scale 0.0 must lie between 0.05 and 20"),
     # Beyond what whole-image prediction takes: refused here, not after the model loaded and images were read.
     (["--scale", "25"], "--scale 25.0 must lie between 0.05 and 20"),

@@ -172,3 +172,48 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(InputError, match="is a file"):
         pseudo_label(image, labels, out_dir=tmp_path / "taken", config=FAST)
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_overlapping_crops_that_contradict_each_other_are_refused_before_any_training(
+        tmp_path: Path, checkpoints: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    train, calls = _fake_train(checkpoints)
+    monkeypatch.setattr(core, "train", train)
+    image, (first, held) = _image_and_labels()
+    shifted = np.zeros_like(first.mask)
+    shifted[:24, :24] = first.mask[8:, 8:]  # the same mark, labelled again from (8, 8)
+    with pytest.raises(InputError, match=r"crops 0_0.png and 8_8.png overlap on 24 x 24 px and disagree on 25 %"):
+        pseudo_label(image, [first, CropLabel(8, 8, np.zeros_like(first.mask)), held], out_dir=tmp_path / "out",
+                     config=FAST)
+    assert calls == [] and not (tmp_path / "out").exists()
+    pseudo_label(image, [first, CropLabel(8, 8, shifted), held], out_dir=tmp_path / "out", config=FAST)
+    assert calls == ["small.pt", "model.pt"]
+
+
+def test_two_labels_at_one_place_are_refused_by_name(tmp_path: Path) -> None:
+    mask = np.zeros((32, 32), np.uint8)
+    for name in ("0_0.png", "00_0.png", "40_40.png"):
+        write_png(tmp_path / "labels" / name, mask)
+    with pytest.raises(InputError, match=r"labels 00_0.png and 0_0.png in .* both start at column 0, row 0; keep one"):
+        cli.read_labels(tmp_path / "labels")
+
+
+@pytest.mark.parametrize("case", ["out is labels", "negative threads"])
+def test_an_out_that_is_the_labels_folder_or_negative_threads_are_usage_errors(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, case: str) -> None:
+    monkeypatch.setattr(cli, "read_normalised", lambda *a, **k: pytest.fail("work started before the options"))
+    write_png(tmp_path / "labels" / "0_0.png", np.zeros((32, 32), np.uint8))
+    # The same folder spelt another way.
+    out = f"{tmp_path}/labels/../labels" if case == "out is labels" else str(tmp_path / "out")
+    extra = ["--threads", "-1"] if case == "negative threads" else []
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(tmp_path / "image.png"), "--labels", str(tmp_path / "labels"), "--out", out, *extra])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert ("is the labels folder; give another folder" if case == "out is labels" else "--threads -1") in err, err
+    assert [p.name for p in (tmp_path / "labels").iterdir()] == ["0_0.png"] and not (tmp_path / "out").exists()
+
+
+def test_the_labels_are_read_before_the_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "read_normalised", lambda *a, **k: pytest.fail("the image was read first"))
+    assert cli.main([str(tmp_path / "image.png"), "--labels", str(tmp_path / "typo"), "--out",
+                     str(tmp_path / "out")]) == 1
