@@ -129,6 +129,20 @@ def _png_size(header: bytes) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
+# What a PNG's header tells before any pixel: signature, IHDR's length and type, width, height,
+# bit depth and colour type.
+_PNG_HEAD = 26
+
+
+def _not_png(path: Path, head: bytes) -> InputError:
+    """Why ``head`` (a file's first bytes) gives no PNG size: a file cut inside its header, or no PNG at all."""
+    if len(head) < _PNG_HEAD and head[:8] == PNG_SIGNATURE[: len(head[:8])]:
+        return InputError(f"image {path} is truncated: it ends at byte {len(head)}, inside its PNG header; copy or "
+                          "export it again", reason=f"it is truncated inside its PNG header ({len(head)} bytes)")
+    return InputError(f"image {path} is not a PNG file (bad signature); re-export it as PNG or TIFF",
+                      reason="it is not a PNG file (bad signature)")
+
+
 def is_grey_8bit_png(data: bytes) -> bool:
     """Whether ``data`` declares itself a grey 8-bit PNG (the header only; decoding still checks the rest)."""
     return _png_size(data[:24]) is not None and data[24:26] == _PNG_GREY_8BIT
@@ -151,13 +165,13 @@ def read_header(path: Path) -> ImageHeader:
             return _tiff_page(tif, path)[1]
     try:
         with path.open("rb") as handle:
-            head = handle.read(26)
+            head = handle.read(_PNG_HEAD)
     except OSError as exc:
         raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
     size = _png_size(head[:24])
-    if size is None:
-        raise InputError(f"image {path} is not a PNG file (bad signature); re-export it as PNG or TIFF")
-    bit_depth, colour_type = head[24:26] if len(head) == 26 else (0, -1)
+    if size is None or len(head) < _PNG_HEAD:
+        raise _not_png(path, head)
+    bit_depth, colour_type = head[24:26]
     if bit_depth not in _PNG_BIT_DEPTHS or colour_type not in _PNG_CHANNELS:
         raise InputError(f"image {path} has a damaged PNG header (bit depth {bit_depth}, colour type "
                          f"{colour_type}); copy or export it again")
@@ -258,10 +272,10 @@ def header_size(path: Path) -> tuple[int, int] | None:
 
 def _read_png(path: Path) -> np.ndarray:
     with path.open("rb") as handle:
-        size = _png_size(handle.read(24))
-    if size is None:
-        raise InputError(f"image {path} is not a PNG file (bad signature); re-export it as PNG or TIFF",
-                         reason="it is not a PNG file (bad signature)")
+        head = handle.read(_PNG_HEAD)
+    size = _png_size(head[:24])
+    if size is None or len(head) < _PNG_HEAD:
+        raise _not_png(path, head)
     height, width = size
     _check_size(path, height, width)
     if height * width > OPENCV_MAX_PIXELS:
@@ -271,8 +285,9 @@ def _read_png(path: Path) -> np.ndarray:
         )
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise InputError(f"image {path} cannot be decoded as PNG (truncated or corrupt); copy or export it again",
-                         reason="it cannot be decoded as PNG (truncated or corrupt)")
+        # Walked only on failure (check_complete walks it up front where a run is at stake): where it went wrong.
+        problem = _png_damage(path) or "not decodable as PNG (truncated or corrupt)"
+        raise InputError(f"image {path} is {problem}; copy or export it again", reason=f"it is {problem}")
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     elif image.ndim == 3 and image.shape[2] == 4:

@@ -16,8 +16,9 @@ Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes in
 HEAD on any GET route answers with that GET's status and headers and no body (``curl -I``).
 
 Client mistakes get a 4xx with ``{"detail": "<what is wrong and what to do>"}``: 400 malformed
-id or parameters or an undecodable image, 404 unknown id, 409 results not ready, 413 body too
-large, 415 wrong Content-Type. The app gets its collaborators passed in::
+id or parameters (unknown or repeated ones included) or an undecodable image, 404 unknown id, 409
+results not ready, 413 body too large, 415 wrong Content-Type; a task record the server cannot
+read is a 500. The app gets its collaborators passed in::
 
     app = create_app(TaskStore(Path("api-data")), runner, max_bytes=DEFAULT_MAX_BYTES)
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,13 +38,14 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from am.api.errors import install_error_handler
 from am.api.head import answer_head
 from am.api.openapi import error_responses, image_body, image_response, install_openapi
 from am.api.progress import tile_progress
 from am.api.runner import TaskRunner, api_words
-from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, Task, TaskStore, check_task_id
+from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, DamagedTask, Task, TaskStore, check_task_id
 from am.api.uploads import DEFAULT_MAX_BYTES, TASK_MEDIA_TYPES, check_image, declared_length, media_kind, receive_body
 from am.errors import AmError, InputError
 from am.register.outputs import JSON_NAME, OVERLAY_NAME
@@ -63,6 +65,20 @@ TaskId = Annotated[str, PathParam(description="the id from the Location header o
 
 class TaskNotReady(AmError):
     """The task exists but has no such result (yet): HTTP 409."""
+
+
+def check_query(request: Request, *, takes: tuple[str, ...]) -> None:
+    """Refuse query parameters the route does not take, and any given twice: either would be dropped
+    silently (``?row=8`` would give a task whose marks are never numbered)."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    unknown = sorted(set(names) - set(takes))
+    if unknown:
+        accepted = " and ".join(takes) if takes else "no parameters"
+        raise InputError(f"unknown query parameter(s) {', '.join(unknown)}: {request.method} {request.url.path} "
+                         f"takes {accepted}")
+    repeated = sorted(name for name in set(names) if names.count(name) > 1)
+    if repeated:
+        raise InputError(f"{' and '.join(repeated)} given more than once; give each once")
 
 
 class TaskView(BaseModel):
@@ -130,6 +146,16 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
 
     install_error_handler(app, _statuses())
 
+    @app.middleware("http")
+    async def refuse_control_characters(request: Request, call_next: Any) -> Response:
+        # Route patterns end in "$", which also matches before a final newline: "/tasks/<id>%0A" would
+        # reach (and DELETE would remove) the task <id>.
+        if any(ord(character) < 32 or ord(character) == 127 for character in request.scope["path"]):
+            return JSONResponse(status_code=400, content={"detail": "the path is malformed: it holds a control "
+                                                                    "character (such as %0A); send the id exactly "
+                                                                    "as issued"})
+        return await call_next(request)
+
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
@@ -189,10 +215,8 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         rows: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid rows (with cols)"),
         cols: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid columns (with rows)"),
     ) -> JSONResponse:
-        repeated = sorted(name for name in ("rows", "cols") if len(request.query_params.getlist(name)) > 1)
-        if repeated:
-            # Only one would count, silently: a grid of the wrong shape numbers every mark wrongly.
-            raise InputError(f"{' and '.join(repeated)} given more than once; give each once")
+        # Only one of two would count, silently: a grid of the wrong shape numbers every mark wrongly.
+        check_query(request, takes=("rows", "cols"))
         if (rows is None) != (cols is None):
             raise InputError("give rows and cols together to register the marks, or neither to get only the mask")
         if rows is not None and cols is not None and rows * cols > MAX_GRID_NODES:
@@ -202,7 +226,12 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         declared_length(request.headers.get("content-length"), max_bytes=max_bytes)
         part = store.upload_path()
         try:
-            await receive_body(request.stream(), part, max_bytes=max_bytes)
+            try:
+                await receive_body(request.stream(), part, max_bytes=max_bytes)
+            except ClientDisconnect:
+                # Nobody reads the answer; said so that the log shows no traceback for it.
+                log.info("an upload was cut off: the client disconnected")
+                raise InputError("the client disconnected before the whole image was sent") from None
             image = await anyio.to_thread.run_sync(
                 lambda: check_image(part, kind=kind, max_bytes=max_bytes, scale=runner.scale), limiter=checks)
             task = await anyio.to_thread.run_sync(lambda: store.create(image, rows=rows, cols=cols))
@@ -214,9 +243,10 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
 
     @app.get("/tasks", response_model=TaskList, summary="Every task on this server, oldest first",
              responses=error_responses(400))
-    def list_tasks(status: Literal["QUEUED", "RUNNING", "FINISHED", "FAILED"] | None = Query(
+    def list_tasks(request: Request, status: Literal["QUEUED", "RUNNING", "FINISHED", "FAILED"] | None = Query(
             None, description="only the tasks in this status")) -> dict[str, Any]:
         # A client that lost a Location header finds its task here, and an operator sees what is queued.
+        check_query(request, takes=("status",))
         return {"tasks": [view(task) for task in store.all() if status is None or task.status == status]}
 
     @app.get("/tasks/{task_id:path}", response_model=TaskView, summary="A task's status and progress",
@@ -227,7 +257,8 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     @app.delete("/tasks/{task_id:path}", status_code=204, summary="Stop a task and delete it with its results",
                 responses=error_responses(400, 404))
     def delete_task(task_id: TaskId) -> Response:
-        store.get(check_task_id(task_id))
+        with suppress(DamagedTask):  # what cannot be read can still be removed, as its error advises
+            store.get(check_task_id(task_id))
         runner.cancel(task_id)
         store.delete(task_id)
         summaries.pop(task_id, None)
@@ -243,13 +274,17 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         return FileResponse(store.mask_png(task_id), media_type="image/png", filename=f"{task_id}-mask.png")
 
     def am_file(task_id: str, name: str) -> Path:
-        task = finished(task_id)
-        if not task.register:
-            raise TaskNotReady(f"task {task_id} was submitted without rows and cols, so its marks were not "
+        # Known from the submission: a client told to wait would only learn it once the task finished.
+        if not store.get(check_task_id(task_id)).register:
+            raise TaskNotReady(f"task {task_id} was submitted without rows and cols, so its marks are not "
                                "numbered; submit the image again with ?rows=R&cols=C")
+        finished(task_id)
         path = store.layout(task_id).am_coords_dir(GROUP) / name
         if not path.is_file():
-            raise TaskNotReady(f"task {task_id} has no {name}; its pipeline log is {store.log_path(task_id)}")
+            # The log's path is the server's business (errors name no server folder): logged, not sent.
+            log.error("task %s is FINISHED without its %s; its pipeline log is %s", task_id, name,
+                      store.log_path(task_id))
+            raise TaskNotReady(f"task {task_id} has no {name}; submit the image again")
         return path
 
     # Declared before /ams/{task_id}, which would otherwise take "<id>.csv" as the id.

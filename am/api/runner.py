@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, RUNNING, TaskStore, UnknownTask
+from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, RUNNING, DamagedTask, TaskStore, UnknownTask
 from am.errors import AmError
 from am.files import write_atomic
 from am.imageio import encode_png, read_image
@@ -306,6 +306,9 @@ class TaskRunner:
             try:
                 task = self._store.get(task_id)
             except UnknownTask:
+                return None
+            except DamagedTask as exc:
+                log.error("not running task %s: %s", task_id, exc)
                 return None
             if task.status != QUEUED:
                 log.warning("task %s is %s, not QUEUED; not running it again", task_id, task.status)

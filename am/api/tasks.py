@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from am.dataset import DatasetLayout
-from am.errors import ConfigError, InputError
+from am.errors import AmError, ConfigError, InputError
 from am.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,14 @@ class UnknownTask(InputError):
     """A well-formed task id that names no task on this server (HTTP 404)."""
 
 
+class DamagedTask(AmError):
+    """A task whose record on disk cannot be read: the server's fault, not the client's (HTTP 500)."""
+
+
 def check_task_id(task_id: str) -> str:
     """Ids are uuid4 hex (32 lower-case hex digits); anything else never reaches the file system."""
-    if not _ID.match(task_id):
+    # fullmatch: "$" would let a trailing newline through, and "<id>\n" reach the task <id>.
+    if not _ID.fullmatch(task_id):
         raise MalformedTaskId(f"task id {task_id[:80]!r} is malformed: ids are 32 lower-case hex digits, "
                               "as returned in the Location header of POST /tasks")
     return task_id
@@ -94,15 +99,19 @@ class Task:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, *, source: str) -> Task:
+    def from_json(cls, text: str, *, task_id: str, source: str) -> Task:
+        """The task ``text`` records; DamagedTask (naming the id, not the server's ``source`` file) if none."""
         try:
             data = json.loads(text)
             task = cls(**data)
+            problem = None if task.status in STATUSES and task.version == TASK_VERSION else \
+                f"status {task.status!r}, version {task.version}"
         except (ValueError, TypeError) as exc:
-            raise InputError(f"task file {source} is not a valid task record ({exc}); delete the task folder") from exc
-        if task.status not in STATUSES or task.version != TASK_VERSION:
-            raise InputError(f"task file {source} has status {task.status!r}, version {task.version}; "
-                             "delete the task folder")
+            problem = str(exc)
+        if problem is not None:
+            log.error("task file %s is not a valid task record: %s", source, problem)
+            raise DamagedTask(f"task {task_id} has a damaged record on the server ({problem}); delete it "
+                              f"(DELETE /tasks/{task_id}) and submit the image again")
         return task
 
     @property
@@ -196,7 +205,7 @@ class TaskStore:
             except FileNotFoundError:
                 raise UnknownTask(f"task {task_id} does not exist on this server (never submitted, or deleted)") \
                     from None
-        return Task.from_json(text, source=str(path))
+        return Task.from_json(text, task_id=task_id, source=str(path))
 
     def update(self, task_id: str, **changes: Any) -> Task:
         with self._lock:
@@ -220,13 +229,13 @@ class TaskStore:
         """Every readable task, oldest first; unreadable records are logged and left alone."""
         tasks = []
         for folder in self.tasks_dir.iterdir():
-            if folder.name.startswith(".") or not _ID.match(folder.name):
+            if folder.name.startswith(".") or not _ID.fullmatch(folder.name):
                 continue
             try:
                 tasks.append(self.get(folder.name))
             except UnknownTask:
                 continue  # deleted since the folder was listed
-            except InputError as exc:
+            except (DamagedTask, InputError) as exc:
                 log.warning("skipping task folder %s: %s", folder, exc)
         return sorted(tasks, key=lambda t: (t.created, t.id))
 
@@ -237,6 +246,7 @@ __all__ = [
     "QUEUED",
     "RUNNING",
     "STATUSES",
+    "DamagedTask",
     "MalformedTaskId",
     "Task",
     "TaskStore",

@@ -191,9 +191,20 @@ def test_truncated_png(tmp_path: Path) -> None:
     data = good.read_bytes()
     bad = tmp_path / "cut.png"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="truncated or corrupt") as info:
+    with pytest.raises(InputError, match=r"is truncated: its 'IDAT' chunk at byte \d+ runs past the end") as info:
         read_image(bad)
     assert "cut.png" in str(info.value)
+
+
+@pytest.mark.parametrize("kept", [5, 8, 20, 25])
+def test_a_png_cut_inside_its_header_is_called_truncated(tmp_path: Path, kept: int) -> None:
+    whole = tmp_path / "whole.png"
+    write_png(whole, np.zeros((40, 40), np.uint8))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:kept])
+    for read in (read_header, read_image, check_complete):
+        with pytest.raises(InputError, match=rf"cut\.png is truncated: it ends at byte {kept}, inside its PNG header"):
+            read(cut)
 
 
 def test_text_file_named_png(tmp_path: Path) -> None:

@@ -94,7 +94,8 @@ def test_a_damaged_tile_file_gets_the_reason_and_one_instruction(tmp_path):
     with pytest.raises(InputError) as damaged:
         tile_pixels(tile, size=64)
     message = str(damaged.value)
-    assert message == (f"tile file {tile} cannot be read (it cannot be decoded as PNG (truncated or corrupt)); "
+    assert message == (f"tile file {tile} cannot be read (it is truncated: its 'IDAT' chunk at byte 33 runs past "
+                       "the end of the file (100 bytes)); "
                        f"delete {layout.tiles_dir('g1')} so that the next run cuts the group again")
 
 

@@ -1,0 +1,66 @@
+"""What the task API says about query parameters, ids and records it cannot use: nothing is dropped silently."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from am.api.tasks import TASK_FILE
+
+from .servers import png_bytes
+from .test_runner import api
+
+
+def test_unknown_or_repeated_parameters_are_refused_by_name(tmp_path):
+    body = png_bytes(np.zeros((60, 80), np.uint8))
+    with api(tmp_path) as server:
+        # A misspelt rows would give a task whose marks are never numbered.
+        refused = server.client.post("/tasks?row=8&col=9", content=body, headers={"Content-Type": "image/png"})
+        assert refused.status_code == 400
+        assert refused.json()["detail"] == "unknown query parameter(s) col, row: POST /tasks takes rows and cols"
+        listed = server.client.get("/tasks?status=FINISHED&status=FAILED")
+        assert listed.status_code == 400 and listed.json()["detail"] == "status given more than once; give each once"
+        misspelt = server.client.get("/tasks?staus=FAILED")
+        assert misspelt.status_code == 400 and "unknown query parameter(s) staus" in misspelt.json()["detail"]
+        assert not list(server.store.tasks_dir.iterdir()) and not list(server.store.uploads_dir.iterdir())
+
+
+def test_an_id_with_a_trailing_newline_is_malformed(tmp_path):
+    with api(tmp_path) as server:
+        task_id = server.submit()
+        server.wait(task_id)
+        for method in ("GET", "DELETE"):
+            response = server.client.request(method, f"/tasks/{task_id}%0A")
+            assert response.status_code == 400 and "control character" in response.json()["detail"], method
+        assert server.state(task_id)["status"] == "FINISHED"
+
+
+def test_a_mask_only_task_is_told_at_once_that_its_marks_are_not_numbered(tmp_path):
+    with api(tmp_path, mode="wait") as server:
+        task_id = server.submit()
+        server.wait(task_id, until=("RUNNING",))
+        for path in (f"/ams/{task_id}", f"/ams/{task_id}.csv"):
+            response = server.client.get(path)
+            assert response.status_code == 409 and "submitted without rows and cols" in response.json()["detail"]
+        server.release(task_id)
+        server.wait(task_id)
+
+
+def test_a_damaged_task_record_is_the_servers_fault_names_no_folder_and_can_be_deleted(tmp_path, caplog):
+    with api(tmp_path) as server:
+        task_id = server.submit()
+        server.wait(task_id)
+        record = server.store.task_dir(task_id) / TASK_FILE
+        record.write_text("{not json")
+        with caplog.at_level(logging.ERROR):
+            response = server.client.get(f"/tasks/{task_id}")
+        assert response.status_code == 500
+        detail = response.json()["detail"]
+        assert detail.startswith(f"task {task_id} has a damaged record on the server (")
+        assert detail.endswith(f"delete it (DELETE /tasks/{task_id}) and submit the image again")
+        assert str(tmp_path) not in detail and str(record) in caplog.text, "the path is for the server's log only"
+        assert server.client.get("/tasks").json() == {"tasks": []}
+        assert server.client.delete(f"/tasks/{task_id}").status_code == 204
+        assert not server.store.task_dir(task_id).exists()
+        assert server.client.get(f"/tasks/{task_id}").status_code == 404
