@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from am.cli import add_log_level_option, configure_logging
+from am.cli import add_log_level_option, configure_logging, describe_os_error, run_main
+from am.dataset import IGNORED_FOLDERS
 from am.errors import AmError
 from am.register.dataset import output_dir, register_group
 from am.register.registration import grid_shape_error
@@ -55,10 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_groups(dataset: Path) -> list[str]:
-    """Every folder under source/ (as the pipeline does), else under tiles_stitched/."""
+    """The groups under source/ (as the pipeline finds them), else under tiles_stitched/.
+
+    Hidden folders (``.ipynb_checkpoints``) and ``__MACOSX`` are no groups, as for the pipeline.
+    """
     for folder in (dataset / "source", dataset / "tiles_stitched"):
-        if folder.is_dir():
-            return sorted(p.name for p in folder.iterdir() if p.is_dir())
+        groups = sorted(p.name for p in folder.iterdir()
+                        if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS) \
+            if folder.is_dir() else []
+        if groups:
+            return groups
     return []
 
 
@@ -66,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # groups may follow the options
     configure_logging(args.log_level)
+    return run_main(lambda: _register_groups(parser, args), name="am.register",
+                    interrupted="groups finished before it keep their new ids; rerun the same command to register "
+                                "every group")
+
+
+def _register_groups(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if (args.rows is None) != (args.cols is None):
         parser.error("give --rows and --cols together (or neither, to estimate the grid from the marks)")
     # Before any group's earlier outputs are removed.
@@ -89,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             reg = register_group(args.dataset, group, rows=args.rows, cols=args.cols)
         except AmError as exc:
             print(f"error: group {group}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except OSError as exc:  # a read-only or full dataset: this group fails, the others are still tried
+            print(f"error: group {group}: {describe_os_error(exc)}", file=sys.stderr)
             failed += 1
             continue
         shape = "estimated" if reg.estimated_shape else "given"

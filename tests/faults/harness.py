@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 import psutil
+import pytest
 
 from am.imageio import read_image
 from am.tiling import Stitcher, TilePlan
@@ -323,3 +326,23 @@ class ThreadLauncher:
             worker.stop()
         for thread in self.threads:
             thread.join(timeout=60)
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[str]:
+    """Make ``folder`` unwritable for this process; yields the word the error will carry."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield "Permission denied"
+        finally:
+            folder.chmod(0o755)
+        return
+    # Root ignores permission bits; the immutable flag stops root too (ext4 and most Linux file systems).
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root, where permissions do not apply, and chattr +i is not available here")
+    try:
+        yield "Operation not permitted"
+    finally:
+        subprocess.run([chattr, "-i", str(folder)], check=True)

@@ -15,16 +15,14 @@ import faulthandler
 import io
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from faults.harness import make_dataset
+from faults.harness import make_dataset, read_only
 
 from am.cli import (
     EXIT_ERROR,
@@ -100,26 +98,6 @@ def test_a_refused_option_exits_2_and_a_config_error_exits_1(caplog):
         ["setting workers = 0 is not allowed"] * 2
 
 
-@contextmanager
-def _read_only(folder: Path) -> Iterator[str]:
-    """Make ``folder`` unwritable for this process; yields the word the error will carry."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield "Permission denied"
-        finally:
-            folder.chmod(0o755)
-        return
-    # Root ignores permission bits; the immutable flag stops root too (ext4 and most Linux file systems).
-    chattr = shutil.which("chattr")
-    if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("running as root, where permissions do not apply, and chattr +i is not available here")
-    try:
-        yield "Operation not permitted"
-    finally:
-        subprocess.run([chattr, "-i", str(folder)], check=True)
-
-
 @pytest.mark.parametrize("how", ["read-only folder", "read-only output folder", "file in the way"])
 def test_pipeline_on_a_dataset_it_cannot_write_exits_1_without_a_traceback(tmp_path, tiny_model, how):
     root = make_dataset(tmp_path / "ds", {"g1": (200, 200)})
@@ -137,7 +115,7 @@ def test_pipeline_on_a_dataset_it_cannot_write_exits_1_without_a_traceback(tmp_p
     else:
         named = root if how == "read-only folder" else root / "tiles" / "g1"
         named.mkdir(parents=True, exist_ok=True)
-        with _read_only(named) as reason:
+        with read_only(named) as reason:
             done = run()
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
@@ -159,7 +137,7 @@ def test_a_rerun_goes_ahead_in_a_read_only_dataset_whose_output_folders_are_writ
            "--tile-overlap", "32", "--workers", "1", "--no-progress", "--no-register"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
-    with _read_only(root):
+    with read_only(root):
         again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "nothing to segment" in again.stderr and " ERROR " not in again.stderr, again.stderr

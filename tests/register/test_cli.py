@@ -138,3 +138,38 @@ def test_a_failed_run_leaves_no_ids_of_an_earlier_one(tmp_path):
     result = run_cli(str(dataset), "--rows", "30", "--cols", "30")
     assert result.returncode == 1 and "group g:" in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("which", ["group folder", "am_coords"])
+def test_a_read_only_output_folder_fails_its_group_keeps_its_ids_and_the_next_group_still_registers(tmp_path, which):
+    from faults.harness import read_only
+
+    dataset = make_dataset(tmp_path / "ds", "a")
+    make_dataset(dataset, "b")
+    assert run_cli(str(dataset), "--rows", "5", "--cols", "6").returncode == 0
+    earlier = {p.name: p.read_bytes() for p in (dataset / "am_coords" / "a").iterdir()}
+    (dataset / "am_coords" / "b" / "am_coordinates.csv").unlink()
+    locked = dataset / "am_coords" / ("a" if which == "group folder" else "")
+    with read_only(locked) as reason:
+        result = run_cli(str(dataset), "--rows", "5", "--cols", "6")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: group a: cannot use {locked}" in result.stderr and reason in result.stderr, result.stderr
+    assert {p.name: p.read_bytes() for p in (dataset / "am_coords" / "a").iterdir()} == earlier
+    if which == "group folder":  # the other group still goes ahead
+        assert "b: 29 marks numbered" in result.stdout
+        assert (dataset / "am_coords" / "b" / "am_coordinates.csv").is_file()
+        assert "error: 1 of 2 group(s) failed" in result.stderr
+    else:
+        assert "error: 2 of 2 group(s) failed" in result.stderr
+
+
+def test_hidden_and_macos_folders_are_no_groups(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    for name in (".ipynb_checkpoints", "__MACOSX", "g"):
+        (dataset / "source" / name).mkdir(parents=True)
+    result = run_cli(str(dataset), "--rows", "5", "--cols", "6")
+    assert result.returncode == 0 and "g: 29 marks numbered" in result.stdout, result.stderr
+    # An empty source/ falls back to the stitched masks' folders, as --help says.
+    (dataset / "source" / "g").rmdir()
+    result = run_cli(str(dataset), "--rows", "5", "--cols", "6")
+    assert result.returncode == 0 and "g: 29 marks numbered" in result.stdout, result.stderr
