@@ -159,8 +159,8 @@ _OS_ADVICE = {
                   "command",
     errno.EFBIG: "the file grew past what the file system or a ulimit allows; raise the limit or work on another "
                  "disk, then rerun the same command",
-    errno.EACCES: "fix the permissions of {target} so that this user can read and write it (ls -ld, chmod, chown), "
-                  "then rerun the same command",
+    errno.EACCES: "fix the permissions of {target} so that this user can read it (and write it, where the command "
+                  "writes) (ls -ld, chmod, chown), then rerun the same command",
     errno.EPERM: "fix the permissions or flags of {target} so that this user can write it (ls -ld, chmod, chown; "
                  "lsattr, chattr -i for an immutable one), then rerun the same command",
     errno.EROFS: "{target} is on a file system mounted read-only; copy the data to a writable disk or remount it, "

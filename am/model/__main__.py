@@ -14,7 +14,7 @@ import numbers
 import sys
 from pathlib import Path
 
-from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, run_main
+from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, describe_os_error, run_main
 from am.errors import CheckpointError
 
 
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(path))
         except CheckpointError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+        except OSError as exc:  # one unreadable file is reported like a bad one; the others are still described
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
             failed += 1
     if failed:
         print(f"error: {failed} of {len(args.checkpoints)} checkpoint(s) cannot be used", file=sys.stderr)

@@ -66,3 +66,27 @@ def test_validation_figures_are_printed_only_where_they_are_numbers(tmp_path: Pa
     first, second = capsys.readouterr().out.splitlines()
     assert first.endswith(", trained") and second.endswith(", trained, its training validation: Dice 0.500, "
                                                            "object F1 0.250")
+
+
+def test_an_unreadable_file_is_named_and_the_rest_still_checked(tmp_path: Path, tiny_model: Path, capsys,
+                                                                monkeypatch) -> None:
+    import errno
+
+    import am.model.__main__ as cli
+
+    locked = tmp_path / "locked.pt"
+    locked.write_bytes(tiny_model.read_bytes())
+    describe = cli.describe
+
+    def unreadable(path):
+        if Path(path) == locked:  # what reading a file without read permission raises
+            raise PermissionError(errno.EACCES, "Permission denied", str(locked))
+        return describe(path)
+
+    monkeypatch.setattr(cli, "describe", unreadable)
+    assert main([str(locked), str(tiny_model)]) == EXIT_ERROR
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{tiny_model}: ")
+    assert f"error: cannot use {locked}: Permission denied (EACCES); fix the permissions of {locked} so that " \
+           "this user can read it" in err
+    assert "1 of 2 checkpoint(s) cannot be used" in err
