@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
+from am.cli import LOG_LEVELS, RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
 from am.synth.dataset import is_pitch, pitch_range_problem, write_dataset, write_tiles
 from am.synth.truth import LABELS
 
@@ -25,10 +25,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate synthetic post-MALDI microscopy with exact masks and mark ids.",
     )
     add_log_level_option(parser)
+    # Also taken after the command (``am.synth dataset DIR --log-level WARNING``); there it has no default
+    # of its own, which would replace one given before the command.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, default=argparse.SUPPRESS,
+                       help="as before the command")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ds = sub.add_parser(
-        "dataset",
+        "dataset", parents=[after],
         help="write full acquisitions as DIR/source/<group>/image.tif with ground truth in DIR/truth/<group>/",
         description="Write DIR/source/<group>/image.tif (the pipeline's input) and, for checking results, "
         "DIR/truth/<group>/{mask.png,ids.png,lattice.json}; ids.png holds row*cols+col+1 under each mark.",
@@ -50,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--force", action="store_true", help="replace an existing dataset in DIR")
 
     tl = sub.add_parser(
-        "tiles",
+        "tiles", parents=[after],
         help="write training images and masks as DIR/<split>/synthetic/<group>/{source,mask}/NNNN.png",
         description="Write normalised 8-bit training images with 0/255 masks in the original training "
         "layout, readable by python -m am.train --data DIR.",

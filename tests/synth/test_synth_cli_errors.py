@@ -144,3 +144,14 @@ def test_a_tiles_run_that_fails_part_way_changes_nothing(tmp_path: Path) -> None
         write_tiles(tmp_path, count=3, size=64, seed=2, group="g", force=True, progress=stop_after_one)
     assert _files(folder) == before
     assert [p.name for p in tmp_path.iterdir()] == ["train"]
+
+
+def test_the_log_level_may_come_before_or_after_the_command() -> None:
+    from am.synth.__main__ import _parser
+
+    parser = _parser()
+    dataset = ["dataset", "D", "--rows", "2", "--cols", "2"]
+    assert parser.parse_args([*dataset, "--log-level", "warning"]).log_level == "WARNING"
+    assert parser.parse_args(["--log-level", "error", *dataset]).log_level == "ERROR"
+    assert parser.parse_args(dataset).log_level == "INFO"
+    assert parser.parse_args(["tiles", "T", "--log-level", "DEBUG"]).log_level == "DEBUG"
