@@ -38,7 +38,7 @@ def test_a_grid_beyond_16_bit_ids_is_refused_before_rendering(tmp_path: Path, mo
         write_dataset(tmp_path / "ds", rows=256, cols=257, pitch=6)
     assert not (tmp_path / "ds" / "source").exists()
     # The command line says the same in one line and exits 1, no traceback.
-    assert synth_main(["dataset", str(tmp_path / "cli"), "--rows", "260", "--cols", "260", "--pitch", "6"]) == 1
+    assert synth_main(["dataset", str(tmp_path / "cli"), "--rows", "260", "--cols", "260", "--pitch", "8"]) == 1
     err = capsys.readouterr().err
     assert "260 x 260 grid" in err and str(MAX_MARKS) in err and "Traceback" not in err
     assert not (tmp_path / "cli" / "source").exists()
@@ -155,3 +155,14 @@ def test_the_log_level_may_come_before_or_after_the_command() -> None:
     assert parser.parse_args(["--log-level", "error", *dataset]).log_level == "ERROR"
     assert parser.parse_args(dataset).log_level == "INFO"
     assert parser.parse_args(["tiles", "T", "--log-level", "DEBUG"]).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("pitch", ["3", "7.5"])
+def test_a_pitch_too_small_for_its_marks_to_show_is_a_usage_error(tmp_path: Path, pitch: str,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        synth_main(["dataset", str(tmp_path / "ds"), "--rows", "3", "--cols", "3", "--pitch", pitch])
+    assert exit_.value.code == 2 and f"--pitch {pitch} px draws marks too small to show" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
+    assert synth_main(["dataset", str(tmp_path / "ok"), "--rows", "3", "--cols", "3", "--pitch", "8"]) == 0
+    assert read_image(tmp_path / "ok" / "truth" / "group01" / "ids.png").max() == 9
