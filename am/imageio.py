@@ -209,6 +209,13 @@ def check_complete(path: Path) -> None:
 
 
 def _check_tiff_complete(path: Path) -> None:
+    """InputError if the TIFF's pixel data lies past its end, as far as that is certain without decoding.
+
+    A segment that starts at or past the end of the file is missing. Where the file is cut inside
+    a segment, the bytes an uncompressed strip needs are known exactly; a compressed one is left to
+    the decoder, since some writers overstate the last strip's byte count and decoders read only
+    what its rows take.
+    """
     size = path.stat().st_size
     try:
         tif = tifffile.TiffFile(path)
@@ -217,20 +224,41 @@ def _check_tiff_complete(path: Path) -> None:
     with tif:
         page, _ = _tiff_page(tif, path)
         try:
-            # strict: a damaged header with fewer counts than offsets is refused, not half checked.
-            spans = zip(page.dataoffsets, page.databytecounts, strict=True)
-            end = max((int(offset) + int(count) for offset, count in spans if count), default=0)
+            offsets, counts = list(page.dataoffsets), list(page.databytecounts)
+            needed = [_strip_bytes(page, index, int(count)) for index, count in enumerate(counts)]
         except _TIFF_STRUCTURE_ERRORS as exc:
             raise _unreadable_tiff(path, exc) from exc
+    if len(offsets) != len(counts):
+        raise InputError(f"image {path} cannot be read as TIFF: its header lists {len(offsets)} pixel data offsets "
+                         f"but {len(counts)} byte counts; the file is damaged, copy or export it again")
+    end = max((int(offset) + take for offset, count, take in zip(offsets, counts, needed, strict=True) if count),
+              default=0)
     if end > size:
         raise InputError(f"image {path} is truncated: its pixel data runs to byte {end}, but the file ends at "
                          f"byte {size}; copy or export it again")
 
 
-def _png_damage(path: Path) -> str | None:
-    """What is wrong with the PNG's chunks (cut short, a CRC that does not match), or None.
+def _strip_bytes(page: tifffile.TiffPage, index: int, count: int) -> int:
+    """The bytes of segment ``index`` a decoder must read: all of an uncompressed strip's rows (the last
+    strip of a plane holds only the rows left) or an uncompressed tile, else 1 (only its start is certain)."""
+    if count == 0 or page.compression != 1 or int(page.bitspersample) % 8:
+        return min(count, 1)
+    separate = page.planarconfig == 2
+    sample_bytes = (1 if separate else int(page.samplesperpixel)) * int(page.bitspersample) // 8
+    if page.is_tiled:  # every tile is stored whole, edge tiles padded
+        return min(count, int(page.tilewidth) * int(page.tilelength) * max(1, int(page.tiledepth)) * sample_bytes)
+    row_bytes = int(page.imagewidth) * sample_bytes
+    rows_per_strip = max(1, min(int(page.rowsperstrip), int(page.imagelength)))
+    strips_per_plane = -(-int(page.imagelength) // rows_per_strip)
+    rows = min(rows_per_strip, int(page.imagelength) - (index % strips_per_plane) * rows_per_strip)
+    return min(count, rows * row_bytes)
 
-    Bytes after the IEND chunk, which some writers add and decoders ignore, are no damage.
+
+def _png_damage(path: Path) -> str | None:
+    """What is wrong with the PNG's chunks (cut short, a critical chunk's CRC that does not match), or None.
+
+    As libpng: a bad CRC in an ancillary chunk (text, colour profile, ...) or in IEND is no damage
+    (it warns and decodes), nor are bytes after the IEND chunk, which some writers add.
     """
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -240,17 +268,20 @@ def _png_damage(path: Path) -> str | None:
             if len(head) < 8:
                 return f"truncated: it stops at byte {size}, before the end of its PNG data (no IEND chunk)"
             length, kind = struct.unpack(">I4s", head)
+            name = kind.decode("latin-1")
             if offset + 12 + length > size:
-                return (f"truncated: its {kind.decode('latin-1')!r} chunk at byte {offset} runs past the end of the "
-                        f"file ({size} bytes)")
+                return f"truncated: its {name!r} chunk at byte {offset} runs past the end of the file ({size} bytes)"
             crc = zlib.crc32(kind)
             left = length
             while left:
                 block = handle.read(min(left, _PNG_CHECK_BLOCK))
+                if not block:  # the file shrank since its size was read (copied over while it is checked)
+                    return f"truncated: its {name!r} chunk at byte {offset} runs past the end of the file"
                 crc = zlib.crc32(block, crc)
                 left -= len(block)
-            if handle.read(4) != struct.pack(">I", crc):
-                return f"damaged: its {kind.decode('latin-1')!r} chunk at byte {offset} fails its CRC check"
+            critical = name[:1].isupper() and kind != b"IEND"
+            if handle.read(4) != struct.pack(">I", crc) and critical:
+                return f"damaged: its {name!r} chunk at byte {offset} fails its CRC check"
             if kind == b"IEND":
                 return None
             offset += 12 + length

@@ -67,18 +67,26 @@ class TaskNotReady(AmError):
     """The task exists but has no such result (yet): HTTP 409."""
 
 
-def check_query(request: Request, *, takes: tuple[str, ...]) -> None:
-    """Refuse query parameters the route does not take, and any given twice: either would be dropped
-    silently (``?row=8`` would give a task whose marks are never numbered)."""
-    names = [name for name, _ in request.query_params.multi_items()]
+# The query parameters each route takes; the others under these paths take none.
+QUERY_PARAMETERS = {("POST", "/tasks"): ("rows", "cols"), ("GET", "/tasks"): ("status",)}
+API_PATHS = ("/tasks", "/masks/", "/ams/", "/overlays/", "/health")
+
+
+def query_problem(method: str, path: str, names: list[str]) -> str | None:
+    """Why the query parameters ``names`` cannot be taken by ``method path``: one it does not take, or one
+    given twice. Either would be dropped silently: ``?row=8`` would give a task whose marks are never
+    numbered, ``DELETE ...?dry_run=1`` would delete."""
+    if not path.startswith(API_PATHS):
+        return None
+    takes = QUERY_PARAMETERS.get(("GET" if method == "HEAD" else method, path), ())
     unknown = sorted(set(names) - set(takes))
     if unknown:
         accepted = " and ".join(takes) if takes else "no parameters"
-        raise InputError(f"unknown query parameter(s) {', '.join(unknown)}: {request.method} {request.url.path} "
-                         f"takes {accepted}")
+        return f"unknown query parameter(s) {', '.join(unknown)}: {method} {path} takes {accepted}"
     repeated = sorted(name for name in set(names) if names.count(name) > 1)
     if repeated:
-        raise InputError(f"{' and '.join(repeated)} given more than once; give each once")
+        return f"{' and '.join(repeated)} given more than once; give each once"
+    return None
 
 
 class TaskView(BaseModel):
@@ -147,13 +155,17 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     install_error_handler(app, _statuses())
 
     @app.middleware("http")
-    async def refuse_control_characters(request: Request, call_next: Any) -> Response:
+    async def refuse_what_would_be_ignored(request: Request, call_next: Any) -> Response:
+        path = request.scope["path"]
         # Route patterns end in "$", which also matches before a final newline: "/tasks/<id>%0A" would
         # reach (and DELETE would remove) the task <id>.
-        if any(ord(character) < 32 or ord(character) == 127 for character in request.scope["path"]):
+        if any(ord(character) < 32 or ord(character) == 127 for character in path):
             return JSONResponse(status_code=400, content={"detail": "the path is malformed: it holds a control "
                                                                     "character (such as %0A); send the id exactly "
                                                                     "as issued"})
+        problem = query_problem(request.method, path, [name for name, _ in request.query_params.multi_items()])
+        if problem is not None:
+            return JSONResponse(status_code=400, content={"detail": problem})
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -215,8 +227,8 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         rows: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid rows (with cols)"),
         cols: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid columns (with rows)"),
     ) -> JSONResponse:
-        # Only one of two would count, silently: a grid of the wrong shape numbers every mark wrongly.
-        check_query(request, takes=("rows", "cols"))
+        # Unknown and repeated parameters (one of two rows would count, silently) are refused by
+        # refuse_what_would_be_ignored.
         if (rows is None) != (cols is None):
             raise InputError("give rows and cols together to register the marks, or neither to get only the mask")
         if rows is not None and cols is not None and rows * cols > MAX_GRID_NODES:
@@ -243,10 +255,9 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
 
     @app.get("/tasks", response_model=TaskList, summary="Every task on this server, oldest first",
              responses=error_responses(400))
-    def list_tasks(request: Request, status: Literal["QUEUED", "RUNNING", "FINISHED", "FAILED"] | None = Query(
+    def list_tasks(status: Literal["QUEUED", "RUNNING", "FINISHED", "FAILED"] | None = Query(
             None, description="only the tasks in this status")) -> dict[str, Any]:
         # A client that lost a Location header finds its task here, and an operator sees what is queued.
-        check_query(request, takes=("status",))
         return {"tasks": [view(task) for task in store.all() if status is None or task.status == status]}
 
     @app.get("/tasks/{task_id:path}", response_model=TaskView, summary="A task's status and progress",

@@ -247,7 +247,8 @@ def check_labels_agree(labels: list[CropLabel]) -> None:
             if differ > LABEL_DISAGREEMENT:
                 raise InputError(
                     f"the crops {first.x}_{first.y}.png and {second.x}_{second.y}.png overlap on "
-                    f"{right - left} x {bottom - top} px and disagree on {100 * differ:.0f} % of them; correct one "
+                    f"{right - left} x {bottom - top} px and disagree on {100 * differ:.1f} % of them (at most "
+                    f"{100 * LABEL_DISAGREEMENT:g} % may differ); correct one "
                     "of them, or keep one"
                 )
 

@@ -24,6 +24,17 @@ def test_unknown_or_repeated_parameters_are_refused_by_name(tmp_path):
         misspelt = server.client.get("/tasks?staus=FAILED")
         assert misspelt.status_code == 400 and "unknown query parameter(s) staus" in misspelt.json()["detail"]
         assert not list(server.store.tasks_dir.iterdir()) and not list(server.store.uploads_dir.iterdir())
+        # Routes that take none refuse any: a client's "dry run" must not delete.
+        task_id = server.submit()
+        server.wait(task_id)
+        refused = server.client.delete(f"/tasks/{task_id}?dry_run=1")
+        assert refused.status_code == 400
+        assert refused.json()["detail"] == f"unknown query parameter(s) dry_run: DELETE /tasks/{task_id} takes no " \
+                                           "parameters"
+        assert server.state(task_id)["status"] == "FINISHED"
+        for path in (f"/tasks/{task_id}?row=8", f"/masks/{task_id}?x=1", "/health?verbose=1"):
+            assert server.client.get(path).status_code == 400, path
+        assert server.client.head("/tasks?status=FINISHED").status_code == 200
 
 
 def test_an_id_with_a_trailing_newline_is_malformed(tmp_path):

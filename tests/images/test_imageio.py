@@ -249,10 +249,47 @@ def test_a_whole_file_is_complete_and_one_cut_short_is_named(tmp_path: Path, wri
         # Bytes after the end chunk, which some writers add and decoders ignore, are no damage.
         path.write_bytes(data + b"trailing note")
         check_complete(path)
-    for kept in (len(data) - 1, len(data) // 2):
-        path.write_bytes(data[:kept])
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"scan\.(png|tif) is truncated: .*; copy or export it again"):
+        check_complete(path)
+    # One byte short: found up front, except inside a compressed strip, which only its decoder can
+    # tell from a writer's overstated byte count; there reading the image says so.
+    path.write_bytes(data[:-1])
+    if write == "deflate":
+        check_complete(path)
+        with pytest.raises(InputError, match=r"scan\.tif cannot be read as TIFF"):
+            read_image(path)
+    else:
         with pytest.raises(InputError, match=r"scan\.(png|tif) is truncated: .*; copy or export it again"):
             check_complete(path)
+
+
+def test_what_decoders_read_despite_a_quirk_is_not_refused(tmp_path: Path) -> None:
+    import struct as structs
+
+    # libpng warns and decodes past a bad CRC in an ancillary chunk or in IEND.
+    image = RNG.integers(0, 256, (64, 64), dtype=np.uint8)
+    data = bytearray(encode_png(image))
+    text = b"tEXt" + b"Comment\x00hello"
+    chunk = structs.pack(">I", len(text) - 4) + text + structs.pack(">I", zlib.crc32(text) ^ 1)
+    iend = data.index(b"IEND") - 4
+    data[-4:] = bytes(4)  # IEND's CRC
+    quirky = tmp_path / "quirky.png"
+    quirky.write_bytes(bytes(data[:33]) + chunk + bytes(data[33:iend]) + bytes(data[iend:]))
+    check_complete(quirky)
+    assert np.array_equal(read_image(quirky), image)
+    # Some writers give the last strip a full strip's byte count: the file ends before that, not before its rows.
+    tif = tmp_path / "quirky.tif"
+    tall = RNG.integers(0, 256, (60, 64), dtype=np.uint8)
+    tifffile.imwrite(tif, tall, rowsperstrip=16)
+    data = bytearray(tif.read_bytes())
+    with tifffile.TiffFile(tif) as opened:
+        counts = opened.pages[0].tags["StripByteCounts"]
+        step = structs.calcsize({3: "<H", 4: "<I"}[int(counts.dtype)])
+        structs.pack_into({3: "<H", 4: "<I"}[int(counts.dtype)], data, counts.valueoffset + 3 * step, 16 * 64)
+    tif.write_bytes(bytes(data))
+    check_complete(tif)
+    assert np.array_equal(read_image(tif), tall)
 
 
 def test_a_png_with_a_flipped_bit_is_named_with_its_chunk(tmp_path: Path) -> None:
@@ -486,3 +523,26 @@ def test_read_header_says_what_decoding_will_take_without_decoding(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(InputError, match=words):
             read_header(tmp_path / name)
+
+
+def test_a_png_that_shrinks_while_it_is_checked_is_called_truncated_not_read_for_ever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from am import imageio
+
+    path = tmp_path / "copied-over.png"
+    data = encode_png(RNG.integers(0, 256, (200, 200), dtype=np.uint8))
+    path.write_bytes(data[:200])  # what is left by the time the chunks are read
+    stat = Path.stat
+
+    def size_before_the_copy(self: Path, **kwargs):
+        real = stat(self, **kwargs)
+        if self != path:
+            return real
+        fields = list(real)
+        fields[6] = len(data)  # st_size, as read before the file was copied over
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(Path, "stat", size_before_the_copy)
+    assert imageio._png_damage(path) == "truncated: its 'IDAT' chunk at byte 33 runs past the end of the file"
