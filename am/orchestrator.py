@@ -38,7 +38,7 @@ from am.model_source import resolve_model, s3_model_id
 from am.prepare import (
     GroupTiler,
     PreparedGroup,
-    check_group_size,
+    check_group_image,
     planned_tiles,
     reuse_group,
     worker_mask_settings,
@@ -340,7 +340,7 @@ def run_pipeline(
     phases = _Phases(summary.seconds)
 
     for group in selected:
-        check_group_size(layout, group, settings=settings)
+        check_group_image(layout, group, settings=settings)
     _check_outputs_writable(layout, selected, register=register)
     worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
     model, model_id = resolve_model(settings, cache_dir=cache_dir)

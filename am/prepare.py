@@ -224,12 +224,17 @@ def _recorded_scale(meta: dict[str, Any], settings: Settings) -> float | None:
 
 
 def check_group_size(layout: DatasetLayout, group: str, *, settings: Settings) -> None:
-    """:func:`check_image_size` from the image's header, and :func:`check_complete`, before anything
-    starts: an image too small, damaged in its header or cut short is refused before any worker."""
+    """:func:`check_image_size` from the image's header (refusing a damaged header)."""
     path = layout.source_image(group)
     header = read_header(path)
     check_image_size(header.height, header.width, scale=nominal_scale(settings), name=str(path))
-    check_complete(path)
+
+
+def check_group_image(layout: DatasetLayout, group: str, *, settings: Settings) -> None:
+    """:func:`check_group_size` and :func:`check_complete`, before anything starts: an image too small,
+    damaged in its header, cut short or (a PNG) damaged anywhere is refused before any worker starts."""
+    check_group_size(layout, group, settings=settings)
+    check_complete(layout.source_image(group))
 
 
 def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> int | None:
