@@ -66,6 +66,8 @@ def test_matches_the_stack_task_definition() -> None:
     assert container["linuxParameters"]["initProcessEnabled"] is True
     assert [e["name"] for e in container["environment"]] == [e["Name"] for e in stack_container["Environment"]]
     assert container["logConfiguration"]["logDriver"] == "awslogs"
+    # The tag is followed, not pinned to its first digest: `make push` reaches the next tasks.
+    assert container["versionConsistency"] == stack_container["VersionConsistency"] == "disabled"
 
 
 def test_environment_holds_settings_only() -> None:
