@@ -22,6 +22,7 @@ from types import FrameType
 from tqdm import tqdm
 
 from am.errors import AmError
+from am.files import check_writable
 from am.settings import AUTO_SCALE, LOG_LEVELS, OptionError, scale_value
 
 EXIT_OK = 0
@@ -138,7 +139,14 @@ def output_problem(path: Path, *, folder: bool) -> str | None:
         return f"{path} is {'a file' if folder else 'a folder'}; give a {'folder' if folder else 'file'} path"
     for parent in path.parents:
         if parent.exists():
-            return None if parent.is_dir() else f"{parent} is a file, so {path} cannot be made"
+            if not parent.is_dir():
+                return f"{parent} is a file, so {path} cannot be made"
+            # Where the first file will be made: a read-only folder would otherwise fail only at the end.
+            try:
+                check_writable(path if folder and path.is_dir() else parent)
+            except OSError as exc:
+                return describe_os_error(exc)
+            return None
     return None
 
 

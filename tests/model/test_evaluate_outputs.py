@@ -65,6 +65,31 @@ def test_output_paths_are_checked_before_the_evaluation(tmp_path: Path, tiny_mod
     assert (tmp_path / "file").read_text() == "taken" and not any((tmp_path / "folder").iterdir())
 
 
+def test_outputs_in_a_read_only_folder_are_refused_before_the_evaluation(tmp_path: Path, tiny_model: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    from faults.harness import read_only
+
+    from am.train import __main__ as train_cli
+
+    _no_work(monkeypatch)
+    locked = tmp_path / "locked"
+    (locked / "panels").mkdir(parents=True)
+    base = ["--model", str(tiny_model), "--synthetic", "1", "--size", "64"]
+    with read_only(locked) as reason, read_only(locked / "panels"):
+        for options in (["--json", str(locked / "scores.json")], ["--side-by-side", str(locked / "panels")],
+                        ["--side-by-side", str(locked / "new")]):
+            with pytest.raises(SystemExit) as exit_:
+                cli.main([*base, *options])
+            err = capsys.readouterr().err
+            assert exit_.value.code == 2 and f"cannot use {locked}" in err and reason in err, (options, err)
+        # Training, too, is told before its hours of work that its checkpoint cannot be written.
+        with pytest.raises(SystemExit) as exit_:
+            train_cli.main(["--synthetic", "2", "--epochs", "1", "--out", str(locked / "m.pt")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"cannot use {locked}" in err, err
+
+
 def test_image_names_are_stems_unless_stems_clash() -> None:
     paths = [Path(n) for n in ("a.png", "a.tif", "b.png", "a.png.tif", "c.tif")]
     assert image_names(paths) == ["a.png", "a.tif", "b", "a.png.tif", "c"]
