@@ -202,10 +202,17 @@ def pseudo_label(
     crops = crops_from_labels(image, labels)
     check_held_out_apart(labels)
     check_labels_agree(labels)
+    made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with staging(out_dir / STAGING_NAME) as stage:
-        summary, mask, known = _run(image, labels, crops, stage, config, progress)
-        _move_into_place(stage, out_dir)
+    try:
+        with staging(out_dir / STAGING_NAME) as stage:
+            summary, mask, known = _run(image, labels, crops, stage, config, progress)
+            _move_into_place(stage, out_dir)
+    except BaseException:
+        # A first run that failed or was interrupted leaves no empty --out behind to be taken for a result.
+        if made and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     return PseudoResult(mask=mask, known=known, small_model=out_dir / "small.pt", model=out_dir / "model.pt",
                         summary=summary)
 

@@ -218,3 +218,22 @@ def test_the_labels_are_read_before_the_image(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(cli, "read_normalised", lambda *a, **k: pytest.fail("the image was read first"))
     assert cli.main([str(tmp_path / "image.png"), "--labels", str(tmp_path / "typo"), "--out",
                      str(tmp_path / "out")]) == 1
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("training failed"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
+def test_a_first_run_that_fails_leaves_no_empty_out_folder(tmp_path: Path, checkpoints: dict[str, bytes],
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           failure: BaseException) -> None:
+    def train(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(core, "train", train)
+    image, labels = _image_and_labels()
+    with pytest.raises(type(failure)):
+        pseudo_label(image, labels, out_dir=tmp_path / "new" / "out", config=FAST)
+    assert not (tmp_path / "new" / "out").exists()
+    # A folder that was there before is left, whatever it holds.
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(type(failure)):
+        pseudo_label(image, labels, out_dir=tmp_path / "kept", config=FAST)
+    assert (tmp_path / "kept").is_dir()
