@@ -157,11 +157,7 @@ def read_header(path: Path) -> ImageHeader:
     path = _existing_image(Path(path))
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        try:
-            tif = tifffile.TiffFile(path)
-        except _TIFF_STRUCTURE_ERRORS as exc:
-            raise _unreadable_tiff(path, exc) from exc
-        with tif:
+        with _open_tiff(path) as tif:
             return _tiff_page(tif, path)[1]
     try:
         with path.open("rb") as handle:
@@ -217,11 +213,7 @@ def _check_tiff_complete(path: Path) -> None:
     what its rows take.
     """
     size = path.stat().st_size
-    try:
-        tif = tifffile.TiffFile(path)
-    except _TIFF_STRUCTURE_ERRORS as exc:
-        raise _unreadable_tiff(path, exc) from exc
-    with tif:
+    with _open_tiff(path) as tif:
         page, _ = _tiff_page(tif, path)
         try:
             offsets, counts = list(page.dataoffsets), list(page.databytecounts)
@@ -333,11 +325,7 @@ PHOTOMETRIC_SEPARATED = 5
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    try:
-        tif = tifffile.TiffFile(path)
-    except _TIFF_STRUCTURE_ERRORS as exc:
-        raise _unreadable_tiff(path, exc) from exc
-    with tif:
+    with _open_tiff(path) as tif:
         page, header = _tiff_page(tif, path)
         if header.pages != 1:
             raise InputError(
@@ -381,6 +369,14 @@ def _read_tiff(path: Path) -> np.ndarray:
                              "export it as grey or RGB")
         image = np.ascontiguousarray(np.moveaxis(colormap[:, image], 0, -1))
     return image
+
+
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    """The TIFF open for reading its header; InputError naming the file where its structure is damaged."""
+    try:
+        return tifffile.TiffFile(path)
+    except _TIFF_STRUCTURE_ERRORS as exc:
+        raise _unreadable_tiff(path, exc) from exc
 
 
 def _tiff_page(tif: tifffile.TiffFile, path: Path) -> tuple[tifffile.TiffPage, ImageHeader]:
