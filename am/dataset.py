@@ -24,6 +24,16 @@ OTHER_IMAGE_KINDS = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GI
 IGNORED_FOLDERS = frozenset({"__MACOSX"})
 
 
+def group_folders(folder: Path) -> list[str]:
+    """The names of the folders in ``folder`` that can be groups, sorted.
+
+    Hidden folders (``.ipynb_checkpoints``) and the ``__MACOSX`` folder that unzipping on a Mac
+    leaves are not acquisitions.
+    """
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS)
+
+
 @dataclass(frozen=True)
 class DatasetLayout:
     root: Path
@@ -43,9 +53,7 @@ class DatasetLayout:
             raise InputError(
                 f"dataset folder {self.root} has no source/ folder; put each image in source/<group>/"
             )
-        # Hidden folders and the __MACOSX folder that unzipping on a Mac leaves are not acquisitions.
-        available = sorted(p.name for p in self.source_dir.iterdir()
-                           if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS)
+        available = group_folders(self.source_dir)
         if selected:
             unknown = [g for g in selected if g not in available]
             if unknown:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from am.cli import add_log_level_option, configure_logging, describe_os_error, run_main
-from am.dataset import IGNORED_FOLDERS
+from am.dataset import group_folders
 from am.errors import AmError
 from am.register.dataset import output_dir, register_group
 from am.register.registration import grid_shape_error
@@ -56,15 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_groups(dataset: Path) -> list[str]:
-    """The groups under source/ (as the pipeline finds them), else under tiles_stitched/.
-
-    Hidden folders (``.ipynb_checkpoints``) and ``__MACOSX`` are no groups, as for the pipeline.
-    """
+    """The groups under source/ (as the pipeline finds them), else under tiles_stitched/."""
     for folder in (dataset / "source", dataset / "tiles_stitched"):
-        groups = sorted(p.name for p in folder.iterdir()
-                        if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS) \
-            if folder.is_dir() else []
-        if groups:
+        if folder.is_dir() and (groups := group_folders(folder)):
             return groups
     return []
 
