@@ -20,6 +20,7 @@ rerun reuses work only for the very same bytes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -87,6 +88,23 @@ def check_writable(folder: Path) -> None:
         raise OSError(exc.errno, exc.strerror, str(folder)) from exc
     os.close(descriptor)
     os.unlink(probe)
+
+
+def check_can_replace(folders: Iterable[Path]) -> None:
+    """Raise the OSError (naming the folder) that making or replacing any of ``folders`` would meet.
+
+    Outputs are staged beside the folder they replace, so each folder is written in and so is the
+    one holding it; where either does not exist yet, its nearest existing ancestor, where it will
+    be made. Each place is checked once (:func:`check_writable` makes a real file).
+    """
+    places: dict[Path, None] = {}
+    for folder in folders:
+        for path in (Path(folder), Path(folder).parent):
+            places[next(p for p in (path, *path.parents) if p.exists())] = None
+    for place in places:
+        if not place.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(place))
+        check_writable(place)
 
 
 @contextmanager

@@ -14,7 +14,6 @@ reports are collected in between. Stitching and registration follow the last mas
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 from am.backends import open_backend
 from am.dataset import DatasetLayout
 from am.errors import AmError, JobFailed, LauncherError, ModelReplaced
-from am.files import check_writable
+from am.files import check_can_replace
 from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
 from am.model_source import resolve_model, s3_model_id
@@ -301,18 +300,12 @@ def _check_outputs_writable(layout: DatasetLayout, groups: list[str], *, registe
     writable goes ahead. Marks are numbered into ``am_coords/<group>`` only with ``register``;
     without, an earlier run's numbering there is still removed when the group is prepared anew.
     """
-    targets: dict[Path, None] = {}
+    folders = []
     for group in groups:
-        folders = [layout.source_norm(group).parent, layout.tiles_dir(group), layout.stitched_dir(group)]
+        folders += [layout.source_norm(group).parent, layout.tiles_dir(group), layout.stitched_dir(group)]
         if register or layout.am_coords_dir(group).exists():
             folders.append(layout.am_coords_dir(group))
-        for folder in folders:
-            for path in (folder, folder.parent):
-                targets[next(p for p in (path, *path.parents) if p.exists())] = None
-    for target in targets:
-        if not target.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target))
-        check_writable(target)
+    check_can_replace(folders)
 
 
 def run_pipeline(

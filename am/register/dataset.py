@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 
 from am.errors import InputError
-from am.files import check_writable, staging, swap_in
+from am.files import check_can_replace, staging, swap_in
 from am.register.outputs import write_outputs
 from am.register.registration import Registration, grid_shape_error, register_mask
 
@@ -51,7 +51,7 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     if problem:
         raise InputError(problem)  # before the earlier outputs go: a mistyped shape costs nothing
     # Before the earlier outputs go, too: a read-only folder would otherwise lose them and get none.
-    check_outputs_writable(dataset, group)
+    check_can_replace([output_dir(dataset, group)])
     remove_outputs(dataset, group)
     mask = read_grey_tiff(mask_path(dataset, group), what="stitched mask")
     source = read_grey_tiff(source_path(dataset, group), what="normalised source")
@@ -71,16 +71,6 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
         swap_in(staged, target)
     log.info("group %s: ids, table, overlay and registration.json in %s", group, target)
     return registration
-
-
-def check_outputs_writable(dataset: Path, group: str) -> None:
-    """Raise the OSError (naming the folder) that removing and writing ``am_coords/<group>/`` would meet."""
-    coords = output_dir(dataset, group).parent
-    coords.mkdir(exist_ok=True)
-    check_writable(coords)
-    old = output_dir(dataset, group)
-    if old.is_dir() and not old.is_symlink():
-        check_writable(old)
 
 
 def remove_outputs(dataset: Path, group: str) -> None:
