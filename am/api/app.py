@@ -205,11 +205,11 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         summaries[task.id] = summary
         return summary
 
-    def finished(task_id: TaskId) -> Task:
-        task = store.get(check_task_id(task_id))
+    def finished(task: Task) -> Task:
+        """``task``, or TaskNotReady saying why it has no results (yet)."""
         if task.status != FINISHED:
             hint = f"it failed: {task.error}" if task.status == FAILED else "poll GET /tasks/<id> until FINISHED"
-            raise TaskNotReady(f"task {task_id} is {task.status}, so it has no results; {hint}")
+            raise TaskNotReady(f"task {task.id} is {task.status}, so it has no results; {hint}")
         return task
 
     @app.post(
@@ -281,15 +281,16 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         task = store.get(check_task_id(task_id))
         # A task whose registration failed keeps the mask it made (its error says so).
         if not (task.status == FAILED and store.mask_png(task_id).is_file()):
-            finished(task_id)
+            finished(task)
         return FileResponse(store.mask_png(task_id), media_type="image/png", filename=f"{task_id}-mask.png")
 
     def am_file(task_id: str, name: str) -> Path:
         # Known from the submission: a client told to wait would only learn it once the task finished.
-        if not store.get(check_task_id(task_id)).register:
+        task = store.get(check_task_id(task_id))
+        if not task.register:
             raise TaskNotReady(f"task {task_id} was submitted without rows and cols, so its marks are not "
                                "numbered; submit the image again with ?rows=R&cols=C")
-        finished(task_id)
+        finished(task)
         path = store.layout(task_id).am_coords_dir(GROUP) / name
         if not path.is_file():
             # The log's path is the server's business (errors name no server folder): logged, not sent.
@@ -317,7 +318,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
              "without rows and cols), PNG", response_class=FileResponse,
              responses={**image_response("image/png"), **error_responses(400, 404, 409)})
     def get_overlay(task_id: TaskId) -> FileResponse:
-        task = finished(task_id)
+        task = finished(store.get(check_task_id(task_id)))
         layout = store.layout(task_id)
         path = layout.am_coords_dir(GROUP) / OVERLAY_NAME if task.register else layout.stitched_overlay(GROUP)
         if not path.is_file():
