@@ -134,6 +134,16 @@ def _png_size(header: bytes) -> tuple[int, int] | None:
 _PNG_HEAD = 26
 
 
+def _png_head(path: Path) -> tuple[bytes, tuple[int, int]]:
+    """The PNG's first :data:`_PNG_HEAD` bytes and its (height, width); InputError when they are not a PNG's."""
+    with path.open("rb") as handle:
+        head = handle.read(_PNG_HEAD)
+    size = _png_size(head[:24])
+    if size is None or len(head) < _PNG_HEAD:
+        raise _not_png(path, head)
+    return head, size
+
+
 def _not_png(path: Path, head: bytes) -> InputError:
     """Why ``head`` (a file's first bytes) gives no PNG size: a file cut inside its header, or no PNG at all."""
     if len(head) < _PNG_HEAD and head[:8] == PNG_SIGNATURE[: len(head[:8])]:
@@ -160,13 +170,9 @@ def read_header(path: Path) -> ImageHeader:
         with _open_tiff(path) as tif:
             return _tiff_page(tif, path)[1]
     try:
-        with path.open("rb") as handle:
-            head = handle.read(_PNG_HEAD)
+        head, size = _png_head(path)
     except OSError as exc:
         raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
-    size = _png_size(head[:24])
-    if size is None or len(head) < _PNG_HEAD:
-        raise _not_png(path, head)
     bit_depth, colour_type = head[24:26]
     if bit_depth not in _PNG_BIT_DEPTHS or colour_type not in _PNG_CHANNELS:
         raise InputError(f"image {path} has a damaged PNG header (bit depth {bit_depth}, colour type "
@@ -193,19 +199,23 @@ def check_complete(path: Path) -> None:
     TIFF's pixel data is still found by :func:`read_image`.
     """
     path = _existing_image(Path(path))
-    header = read_header(path)  # a damaged header is named as such
-    # An image too large to read is refused as such, not read through to check it.
-    _check_size(path, header.height, header.width)
     if path.suffix.lower() in TIFF_SUFFIXES:
-        _check_tiff_complete(path)
+        with _open_tiff(path) as tif:
+            page, header = _tiff_page(tif, path)
+            # An image too large to read is refused as such, not checked.
+            _check_size(path, header.height, header.width)
+            _check_tiff_complete(path, page)
         return
+    header = read_header(path)  # a damaged header is named as such
+    _check_size(path, header.height, header.width)
     problem = _png_damage(path)
     if problem is not None:
         raise InputError(f"image {path} is {problem}; copy or export it again")
 
 
-def _check_tiff_complete(path: Path) -> None:
-    """InputError if the TIFF's pixel data lies past its end, as far as that is certain without decoding.
+def _check_tiff_complete(path: Path, page: tifffile.TiffPage) -> None:
+    """InputError if the pixel data of ``page`` (of the open TIFF ``path``) lies past the file's end, as far
+    as that is certain without decoding.
 
     A segment that starts at or past the end of the file is missing. Where the file is cut inside
     a segment, the bytes an uncompressed strip needs are known exactly; a compressed one is left to
@@ -213,13 +223,11 @@ def _check_tiff_complete(path: Path) -> None:
     what its rows take.
     """
     size = path.stat().st_size
-    with _open_tiff(path) as tif:
-        page, _ = _tiff_page(tif, path)
-        try:
-            offsets, counts = list(page.dataoffsets), list(page.databytecounts)
-            needed = [_strip_bytes(page, index, int(count)) for index, count in enumerate(counts)]
-        except _TIFF_STRUCTURE_ERRORS as exc:
-            raise _unreadable_tiff(path, exc) from exc
+    try:
+        offsets, counts = list(page.dataoffsets), list(page.databytecounts)
+        needed = [_strip_bytes(page, index, int(count)) for index, count in enumerate(counts)]
+    except _TIFF_STRUCTURE_ERRORS as exc:
+        raise _unreadable_tiff(path, exc) from exc
     if len(offsets) != len(counts):
         raise InputError(f"image {path} cannot be read as TIFF: its header lists {len(offsets)} pixel data offsets "
                          f"but {len(counts)} byte counts; the file is damaged, copy or export it again")
@@ -294,12 +302,7 @@ def header_size(path: Path) -> tuple[int, int] | None:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    with path.open("rb") as handle:
-        head = handle.read(_PNG_HEAD)
-    size = _png_size(head[:24])
-    if size is None or len(head) < _PNG_HEAD:
-        raise _not_png(path, head)
-    height, width = size
+    height, width = _png_head(path)[1]
     _check_size(path, height, width)
     if height * width > OPENCV_MAX_PIXELS:
         raise InputError(
