@@ -217,19 +217,29 @@ def pseudo_label(
                         summary=summary)
 
 
+def _overlap(first: CropLabel, second: CropLabel) -> tuple[slice, slice] | None:
+    """The image rows and columns two labelled crops both cover, or None where they share no pixel."""
+    top, left = max(first.y, second.y), max(first.x, second.x)
+    bottom = min(first.y + first.mask.shape[0], second.y + second.mask.shape[0])
+    right = min(first.x + first.mask.shape[1], second.x + second.mask.shape[1])
+    return (slice(top, bottom), slice(left, right)) if bottom > top and right > left else None
+
+
+def _within(label: CropLabel, window: tuple[slice, slice]) -> np.ndarray:
+    """The part of ``label``'s mask inside the image ``window``."""
+    rows, cols = window
+    return label.mask[rows.start - label.y : rows.stop - label.y, cols.start - label.x : cols.stop - label.x]
+
+
 def check_held_out_apart(labels: list[CropLabel]) -> None:
     """Raise InputError where the crop held out (the last) shares pixels with a crop trained on: its
     figures would then score marks both models learnt, while the summary calls them held out."""
     if len(labels) < 2:
         return
     held = labels[-1]
-    held_h, held_w = held.mask.shape
     for other in labels[:-1]:
-        h, w = other.mask.shape
-        overlap_x = min(held.x + held_w, other.x + w) - max(held.x, other.x)
-        overlap_y = min(held.y + held_h, other.y + h) - max(held.y, other.y)
-        if overlap_x > 0 and overlap_y > 0:
-            share = overlap_x * overlap_y / (held_h * held_w)
+        if (window := _overlap(held, other)) is not None:
+            share = _within(held, window).size / held.mask.size
             raise InputError(
                 f"the held-out crop {held.x}_{held.y}.png (the last by name) shares {100 * share:.0f} % of its pixels "
                 f"with the crop {other.x}_{other.y}.png, which both models train on, so its figures would not be "
@@ -243,18 +253,15 @@ def check_labels_agree(labels: list[CropLabel]) -> None:
     last (by name) would silently decide the pseudo-labels there."""
     for index, first in enumerate(labels):
         for second in labels[index + 1:]:
-            top, left = max(first.y, second.y), max(first.x, second.x)
-            bottom = min(first.y + first.mask.shape[0], second.y + second.mask.shape[0])
-            right = min(first.x + first.mask.shape[1], second.x + second.mask.shape[1])
-            if bottom <= top or right <= left:
+            if (window := _overlap(first, second)) is None:
                 continue
-            a = first.mask[top - first.y : bottom - first.y, left - first.x : right - first.x] > 0
-            b = second.mask[top - second.y : bottom - second.y, left - second.x : right - second.x] > 0
+            a, b = _within(first, window) > 0, _within(second, window) > 0
             differ = float(np.mean(a != b))
             if differ > LABEL_DISAGREEMENT:
+                height, width = a.shape
                 raise InputError(
                     f"the crops {first.x}_{first.y}.png and {second.x}_{second.y}.png overlap on "
-                    f"{right - left} x {bottom - top} px and disagree on {100 * differ:.1f} % of them (at most "
+                    f"{width} x {height} px and disagree on {100 * differ:.1f} % of them (at most "
                     f"{100 * LABEL_DISAGREEMENT:g} % may differ); correct one "
                     "of them, or keep one"
                 )
