@@ -110,8 +110,12 @@ def quiet_wire_loggers() -> None:
 
 def add_log_level_option(parser: argparse.ArgumentParser, default: str | None = "INFO") -> None:
     """The one ``--log-level`` option of every command. ``default=None`` leaves the level to the
-    command's settings (option, ``AM_LOG_LEVEL``, config file, then INFO)."""
-    where = f"default {default}" if default else "default: the settings' log_level, INFO"
+    command's settings (option, ``AM_LOG_LEVEL``, config file, then INFO); ``argparse.SUPPRESS``
+    gives a subcommand's copy, which sets the level only when given (the main parser's default stays)."""
+    if default == argparse.SUPPRESS:
+        where = "default: as given before the command, else INFO"
+    else:
+        where = f"default {default}" if default else "default: the settings' log_level, INFO"
     parser.add_argument("--log-level", choices=LOG_LEVELS, default=default, type=str.upper,
                         help=f"logging detail on stderr ({where}; any case)")
 

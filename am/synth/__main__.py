@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from am.cli import LOG_LEVELS, RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
+from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
 from am.synth.dataset import is_pitch, pitch_range_problem, write_dataset, write_tiles
 from am.synth.truth import LABELS
 
@@ -32,8 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     # Also taken after the command (``am.synth dataset DIR --log-level WARNING``); there it has no default
     # of its own, which would replace one given before the command.
     after = argparse.ArgumentParser(add_help=False)
-    after.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, default=argparse.SUPPRESS,
-                       help="as before the command")
+    add_log_level_option(after, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ds = sub.add_parser(
