@@ -22,7 +22,7 @@ from types import FrameType
 from tqdm import tqdm
 
 from am.errors import AmError
-from am.files import check_writable
+from am.files import check_writable, nearest_existing
 from am.settings import AUTO_SCALE, LOG_LEVELS, OptionError, scale_value
 
 EXIT_OK = 0
@@ -141,16 +141,16 @@ def output_problem(path: Path, *, folder: bool) -> str | None:
     """
     if path.exists() and path.is_dir() != folder:
         return f"{path} is {'a file' if folder else 'a folder'}; give a {'folder' if folder else 'file'} path"
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{parent} is a file, so {path} cannot be made"
-            # Where the first file will be made: a read-only folder would otherwise fail only at the end.
-            try:
-                check_writable(path if folder and path.is_dir() else parent)
-            except OSError as exc:
-                return describe_os_error(exc)
-            return None
+    place = nearest_existing(path if folder else path.parent)
+    if not place.exists():
+        return None
+    if not place.is_dir():
+        return f"{place} is a file, so {path} cannot be made"
+    # Where the first file will be made: a read-only folder would otherwise fail only at the end.
+    try:
+        check_writable(place)
+    except OSError as exc:
+        return describe_os_error(exc)
     return None
 
 

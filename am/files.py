@@ -90,6 +90,16 @@ def check_writable(folder: Path) -> None:
     os.unlink(probe)
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest ancestor that does: where it would be made.
+
+    An output that does not exist yet is created inside that folder, so that folder's
+    permissions (not the missing path's) decide whether the output can be written.
+    """
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists()), path)
+
+
 def check_can_replace(folders: Iterable[Path]) -> None:
     """Raise the OSError (naming the folder) that making or replacing any of ``folders`` would meet.
 
@@ -100,7 +110,7 @@ def check_can_replace(folders: Iterable[Path]) -> None:
     places: dict[Path, None] = {}
     for folder in folders:
         for path in (Path(folder), Path(folder).parent):
-            places[next(p for p in (path, *path.parents) if p.exists())] = None
+            places[nearest_existing(path)] = None
     for place in places:
         if not place.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(place))
