@@ -280,6 +280,14 @@ class Job:
             self._sending = self._sender.submit(self._upload, group, piece)
             self.collect()
 
+    def expect_fewer(self, count: int) -> None:
+        """``count`` of the tiles planned from image headers will not be sent (an interrupted run
+        left their masks): the bar's total drops now, not only when the job is sealed."""
+        total = max(self._sent, self._bar.total - max(0, count))
+        if total != self._bar.total:
+            self._bar.total = total
+            self._bar.refresh()
+
     def collect(self) -> None:
         """Handle every report already waiting, without waiting for more; check the workers when due."""
         started = time.monotonic()

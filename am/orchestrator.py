@@ -186,6 +186,8 @@ def _cut_and_send(job: Job, layout: DatasetLayout, group: str, *, settings: Sett
     tiler = GroupTiler(layout, group, settings=settings, model_id=model_id, worker=worker)
     with busy:
         tiler.normalise()
+    # The group was planned from its header as wholly to send; masks kept from an interrupted run are not.
+    job.expect_fewer(tiler.masks_kept)
     chunks = tiler.chunks()
     while True:
         with busy:

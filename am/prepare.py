@@ -352,6 +352,8 @@ class GroupTiler:
         self._written = 0
         self._resuming = False
         self._sent: list[int] = []
+        #: Tiles whose masks an interrupted run left and this one keeps (known once normalised).
+        self.masks_kept = 0
 
     @property
     def plan(self) -> TilePlan:
@@ -413,10 +415,11 @@ class GroupTiler:
             log.warning("group %s: the tile plan changed since the interrupted run; cutting every tile again", group)
             self._resuming = False
             shutil.rmtree(layout.tiles_dir(group), ignore_errors=False)
+        self.masks_kept = 0
         if self._resuming:
-            kept = sum(layout.tile_mask(group, t.index).is_file() for t in self._plan.tiles)
+            self.masks_kept = sum(layout.tile_mask(group, t.index).is_file() for t in self._plan.tiles)
             log.info("group %s: resuming an interrupted run, %d of %d tiles already have a mask",
-                     group, kept, len(self._plan.tiles))
+                     group, self.masks_kept, len(self._plan.tiles))
         self._write_meta(complete=False)
         return self._plan
 

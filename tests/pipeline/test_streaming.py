@@ -184,6 +184,30 @@ def test_the_progress_bar_knows_every_tile_before_the_first_row_is_cut(deploymen
     assert summary.tiles == 60 and totals == [60] * 10, totals
 
 
+def test_the_progress_bar_of_a_resumed_group_counts_only_the_tiles_it_sends(deployment, tiny_model, tmp_path,
+                                                                          monkeypatch):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    _run(dataset, deployment, tiny_model, tmp_path)
+    # As a run stopped while cutting leaves it: the plan not complete, masks for only some tiles.
+    layout = DatasetLayout(dataset)
+    meta = json.loads(layout.tile_plan("g1").read_text())
+    layout.tile_plan("g1").write_text(json.dumps({**meta, "complete": False}))
+    for index in range(20, ROWS * COLS):
+        layout.tile_mask("g1", index).unlink()
+    totals: list[float] = []
+    send = Job.send
+
+    def recording_send(job: Job, group: str, tiles: Any) -> None:
+        totals.append(job._bar.total)
+        send(job, group, tiles)
+
+    monkeypatch.setattr(Job, "send", recording_send)
+    summary = _run(dataset, deployment, tiny_model, tmp_path)
+    assert summary.job is not None and summary.job.completed == 16 and summary.tiles_reused == 20
+    # Tiles 20-35 lie in rows 3-5 (of 6 tiles each): the total the first of them saw is the 16 sent.
+    assert totals == [16] * 3, totals
+
+
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()],
                          ids=["error", "ctrl-c"])
 def test_failure_while_cutting_a_later_row_cleans_up_and_leaves_no_complete_plan(deployment, tiny_model, tmp_path,
