@@ -159,6 +159,13 @@ class Settings:
         if self.endpoint_url:
             _require(self.endpoint_url.startswith(("http://", "https://")), "endpoint_url", self.endpoint_url,
                      "an http:// or https:// URL")
+        # A tile and its mask share one key: in one bucket the mask overwrites the tile, and a tile
+        # tried again would be read from its own packed mask.
+        _require(self.input_bucket != self.output_bucket, "input_bucket/output_bucket",
+                 (self.input_bucket, self.output_bucket), "two different buckets (tiles and masks use the same keys)")
+        # Tiles given up on must leave the tile queue, not come back to it.
+        _require(self.queue_name != self.dead_letter_queue_name, "queue_name/dead_letter_queue_name",
+                 (self.queue_name, self.dead_letter_queue_name), "two different queues")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -32,6 +32,9 @@ from am.launchers.aws_stack import AwsResources, aws_message
 
 log = logging.getLogger(__name__)
 
+# What a service's workers must share with the job, as they keep their own environment.
+SERVICE_MUST_MATCH = ("AM_QUEUE_URL", "AM_INPUT_BUCKET", "AM_OUTPUT_BUCKET")
+
 # RunTask starts at most 10 tasks per call.
 # https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RunTask.html (count)
 MAX_TASKS_PER_RUN_TASK = 10
@@ -282,8 +285,9 @@ class EcsLauncher:
         log.info("service %s raised from %d to %d tasks", self._resources.service, desired, target)
 
     def _check_service_queue(self, service: Mapping[str, Any], environment: Mapping[str, str]) -> None:
-        """Service tasks keep their task definition's environment; make sure they read this job's queue."""
-        wanted = environment.get("AM_QUEUE_URL", "")
+        """Service tasks keep their task definition's environment; make sure they read this job's queue
+        and buckets (messages carry keys, not buckets: workers of other buckets find no tile)."""
+        wanted = {name: environment[name] for name in SERVICE_MUST_MATCH if environment.get(name)}
         if not wanted:
             return
         try:
@@ -292,15 +296,19 @@ class EcsLauncher:
             raise LauncherError(f"cannot read the task definition of service {self._resources.service}: "
                                 f"{aws_message(exc)}") from exc
         for container in task_def.get("containerDefinitions", []):
+            if container.get("name") != self._resources.container_name:
+                continue
             env = {e["name"]: e["value"] for e in container.get("environment", [])}
-            if container.get("name") == self._resources.container_name and env.get("AM_QUEUE_URL", wanted) != wanted:
+            differ = [f"{name} {env[name]} (this job: {value})" for name, value in wanted.items()
+                      if env.get(name, value) != value]
+            if differ:
                 raise LauncherError(
-                    f"service {self._resources.service} reads queue {env['AM_QUEUE_URL']}, not this job's "
-                    f"{wanted}; use aws_launch: run_task, or point queue_name at the service's queue"
+                    f"service {self._resources.service}'s workers use {', '.join(differ)}; use aws_launch: "
+                    "run_task, or point queue_name, input_bucket and output_bucket at the service's"
                 )
         if environment:
             log.info("service mode: workers keep the service's task definition environment; "
-                     "per-job AM_* settings other than the queue do not apply")
+                     "per-job AM_* settings other than the queue and buckets do not apply")
 
     def _describe_service(self) -> dict[str, Any]:
         try:

@@ -191,6 +191,12 @@ def resolve_aws_resources(settings: Settings, *, cloudformation_client: Any, sqs
         visibility_timeout_s=int(_explicit(settings, "visibility_timeout_s")
                                  or attributes.get("VisibilityTimeout", 0)),
     )
+    if resources.input_bucket == resources.output_bucket:
+        raise ConfigError(f"input_bucket and output_bucket are both {resources.input_bucket!r} (from {source}): a "
+                          "mask is written under its tile's key, so one bucket would overwrite the tiles; give two")
+    if resources.queue_url == resources.dead_letter_queue_url:
+        raise ConfigError(f"the tile queue and its dead-letter queue are both {resources.queue_url} (from {source}): "
+                          "tiles given up on would come back to the workers; give two queues")
     log.info("AWS resources from %s: cluster %s, task definition %s, queue %s",
              source, resources.cluster, resources.task_definition, resources.queue_url)
     return resources

@@ -24,7 +24,7 @@ from am.worker.config import DEFAULT_STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
-# Seconds from SIGTERM to SIGKILL; the worker's grace is this less its release margin (25 s).
+# Seconds from SIGTERM to SIGKILL; the worker's grace is this less its release margin (STOP_RELEASE_MARGIN_S).
 STOP_TIMEOUT_S = DEFAULT_STOP_TIMEOUT_S
 # Credentials in the orchestrator's environment. Workers of the embedded endpoint get none: it
 # accepts any key, so real keys would only be exposed to more processes for nothing. Workers of a

@@ -120,6 +120,9 @@ class WorkerConfig:
                               "(on makes masks as the model's checkpoint asks, off only thresholds)")
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ConfigError(f"AM_ENDPOINT_URL = {self.endpoint_url!r} must be an http:// or https:// URL")
+        if self.input_bucket == self.output_bucket:
+            raise ConfigError(f"AM_INPUT_BUCKET and AM_OUTPUT_BUCKET are both {self.input_bucket!r}: a mask is "
+                              "written under its tile's key, so one bucket would overwrite the tiles; give two buckets")
 
     @property
     def stop_grace_s(self) -> float:

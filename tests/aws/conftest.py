@@ -126,8 +126,10 @@ def add_gpu_hosts(cluster: str, count: int) -> list[str]:
     return arns
 
 
-def register_small_task_definition(*, family: str = "am-segm-worker",
-                                   queue_url: str = "") -> str:
+def register_small_task_definition(*, family: str = "am-segm-worker", queue_url: str = "",
+                                   environment: dict[str, str] | None = None) -> str:
+    """A task definition whose worker fits the small hosts; ``environment``: more AM_* variables."""
+    variables = {**({"AM_QUEUE_URL": queue_url} if queue_url else {}), **(environment or {})}
     response = client("ecs").register_task_definition(
         family=family,
         requiresCompatibilities=["EC2"],
@@ -139,7 +141,7 @@ def register_small_task_definition(*, family: str = "am-segm-worker",
             "memory": TASK_MEMORY,
             "essential": True,
             "resourceRequirements": [{"type": "GPU", "value": "1"}],
-            "environment": [{"name": "AM_QUEUE_URL", "value": queue_url}] if queue_url else [],
+            "environment": [{"name": name, "value": value} for name, value in variables.items()],
         }],
     )
     return response["taskDefinition"]["taskDefinitionArn"]
@@ -153,7 +155,8 @@ def cluster_resources(aws: ClientFactory) -> AwsResources:
     add_gpu_hosts(cluster, 2)
     dlq = sqs.create_queue(QueueName="am-segm-tiles-dlq")["QueueUrl"]
     queue = sqs.create_queue(QueueName="am-segm-tiles")["QueueUrl"]
-    task_definition = register_small_task_definition(queue_url=queue)
+    task_definition = register_small_task_definition(
+        queue_url=queue, environment={"AM_INPUT_BUCKET": "am-segm-input", "AM_OUTPUT_BUCKET": "am-segm-output"})
     for bucket in ("am-segm-input", "am-segm-output"):
         s3.create_bucket(Bucket=bucket)
     return AwsResources(

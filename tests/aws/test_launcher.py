@@ -8,6 +8,7 @@ import logging
 import pytest
 from botocore.exceptions import ClientError
 
+import am.launchers.aws_stack
 from am.errors import ConfigError, LauncherError
 from am.launchers.aws import (
     MAX_TASKS_PER_DESCRIBE,
@@ -294,9 +295,25 @@ def test_service_mode_leaves_a_count_someone_else_changed(aws, service_resources
 
 def test_service_mode_refuses_a_service_that_reads_another_queue(aws, service_resources) -> None:
     launcher = _launcher(aws.ecs(), service_resources, mode="service")
-    with pytest.raises(LauncherError, match="reads queue"):
-        launcher.start(2, {**ENV, "AM_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/other"})
+    other = "https://sqs.us-east-1.amazonaws.com/123456789012/other"
+    with pytest.raises(LauncherError, match=f"use AM_QUEUE_URL {service_resources.queue_url} \\(this job: {other}\\)"):
+        launcher.start(2, {**ENV, "AM_QUEUE_URL": other})
     assert _desired(aws, service_resources) == 1
+
+
+def test_service_mode_refuses_a_service_that_uses_other_buckets(aws, service_resources) -> None:
+    # Messages carry keys only: workers of other buckets would find no tile and write masks elsewhere.
+    launcher = _launcher(aws.ecs(), service_resources, mode="service")
+    environment = {**ENV, "AM_QUEUE_URL": service_resources.queue_url, "AM_INPUT_BUCKET": "my-input",
+                   "AM_OUTPUT_BUCKET": "am-segm-output"}
+    with pytest.raises(LauncherError) as raised:
+        launcher.start(2, environment)
+    assert "use AM_INPUT_BUCKET am-segm-input (this job: my-input);" in str(raised.value)
+    assert "AM_OUTPUT_BUCKET" not in str(raised.value), "the bucket that agrees is not named"
+    assert _desired(aws, service_resources) == 1
+    launcher.start(2, {**environment, "AM_INPUT_BUCKET": "am-segm-input"})
+    assert _desired(aws, service_resources) == 2
+    launcher.stop()
 
 
 class _ServiceFromZero:
@@ -382,6 +399,23 @@ def test_explicit_settings_override_stack_outputs(aws, stack) -> None:
     assert resources.queue_url.endswith("/other-tiles")
     assert resources.task_definition == "am-segm-worker:7"
     assert resources.cluster == stack["Cluster"]
+
+
+def test_an_explicit_bucket_that_is_the_stacks_other_bucket_is_refused(aws, stack) -> None:
+    # Settings alone cannot tell: input_bucket differs from the default output_bucket the stack replaces.
+    settings = Settings(backend="aws", stack_name=STACK, input_bucket=stack["OutputBucket"])
+    with pytest.raises(ConfigError, match=f"input_bucket and output_bucket are both '{stack['OutputBucket']}' "
+                                          f"\\(from stack '{STACK}'\\)"):
+        resolve_aws_resources(settings, cloudformation_client=aws.cloudformation(), sqs_client=aws.sqs())
+
+
+def test_a_dead_letter_queue_that_is_the_tile_queue_is_refused(aws, stack, monkeypatch) -> None:
+    # A hand-made stack whose outputs name one queue twice (the settings refuse two equal names).
+    outputs = {**stack, "DeadLetterQueueUrl": stack["QueueUrl"]}
+    monkeypatch.setattr(am.launchers.aws_stack, "read_stack_outputs", lambda client, name: outputs)
+    settings = Settings(backend="aws", stack_name=STACK)
+    with pytest.raises(ConfigError, match="the tile queue and its dead-letter queue are both"):
+        resolve_aws_resources(settings, cloudformation_client=aws.cloudformation(), sqs_client=aws.sqs())
 
 
 def test_results_prefix_must_match_what_the_task_role_allows(aws, stack) -> None:

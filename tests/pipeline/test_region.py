@@ -46,3 +46,16 @@ def test_am_scale_says_why_it_refuses_a_setting():
                             cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert "setting region = 'bad!r' is not allowed" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("environ", "match"), [
+    ({"AM_OUTPUT_BUCKET": "am-segm-input"},
+     r"setting input_bucket/output_bucket = \('am-segm-input', 'am-segm-input'\) is not allowed: "
+     r"it must be two different buckets"),
+    ({"AM_DEAD_LETTER_QUEUE_NAME": "am-segm-tiles"},
+     r"setting queue_name/dead_letter_queue_name = .* two different queues"),
+])
+def test_settings_refuse_one_bucket_or_one_queue_for_two_roles(environ, match):
+    # In one bucket a mask overwrites its tile (they share a key); a tile given up on must leave its queue.
+    with pytest.raises(ConfigError, match=match):
+        load_settings(environ=environ)

@@ -110,6 +110,7 @@ def test_config_lists_every_missing_variable() -> None:
     ("AM_COMPILE", "yes", "auto, on, off"),
     ("AM_PRECISION", "int8", "auto, fp32, fp16, bf16"),
     ("AM_POSTPROCESS", "yes", "on, off"),
+    ("AM_OUTPUT_BUCKET", "in", "AM_INPUT_BUCKET and AM_OUTPUT_BUCKET are both 'in'"),
 ])
 def test_config_rejects_bad_values(name: str, value: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
