@@ -150,8 +150,15 @@ class ResultCollector:
 
     def _collect(self, results: list[TileResult]) -> None:
         keys = [tiles_key(self.job_id, r.group, r.tiles) for r in results]
-        blobs = self.storage.get_many(self.bucket, keys)
+        blobs = self.storage.get_many(self.bucket, keys, skip_missing=True)
         for result, key in zip(results, keys, strict=True):
+            if key not in blobs:
+                # One result's fault (deleted, or written to another bucket): the others are still collected.
+                for name in result.names:
+                    self.tracker.give_up(name, f"the worker reported its masks written to s3://{self.bucket}/{key}, "
+                                               "but there is no such object (deleted since, or the worker writes to "
+                                               "another output bucket)")
+                continue
             try:
                 masks = unpack_masks(blobs[key], count=len(result.tiles), size=self.tile_size,
                                      name=f"s3://{self.bucket}/{key}")

@@ -46,6 +46,10 @@ class TransportError(AmError):
     """S3 or SQS failed after retries, or an endpoint cannot be reached."""
 
 
+class MissingObject(TransportError):
+    """An S3 key that does not exist in a bucket that does: one object's fault, not the connection's."""
+
+
 class WorkerError(AmError):
     """A worker could not start or could not process its work."""
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from am.errors import InputError, TransportError
+from am.errors import InputError, MissingObject, TransportError
 from am.files import write_atomic
 from am.interrupts import ThreadPool, deferred_interrupts, wait_for
 from am.transport.retry import DEFAULT_POLICY, RetryPolicy, error_code, http_status
@@ -133,17 +133,25 @@ class Storage:
                 progress(1)
 
     def get_many(
-        self, bucket: str, keys: Iterable[str], *, dest: Callable[[str], Path] | None = None
+        self, bucket: str, keys: Iterable[str], *, dest: Callable[[str], Path] | None = None,
+        skip_missing: bool = False,
     ) -> dict[str, bytes] | None:
         """Download keys in parallel: into memory ({key: bytes}), or, with ``dest``, each to the file ``dest(key)``.
 
         Files are written atomically (temporary name, then rename), so an interrupted download
-        leaves no half file. Returns None when writing files. The first failure is raised.
+        leaves no half file. Returns None when writing files. The first failure is raised; with
+        ``skip_missing``, a key that does not exist is left out of the result instead, for a
+        caller that can blame that one object (a missing bucket or a refusal still raises).
         """
         out: dict[str, bytes] = {}
 
         def get(key: str) -> None:
-            data = self.get_bytes(bucket, key)
+            try:
+                data = self.get_bytes(bucket, key)
+            except MissingObject:
+                if skip_missing:
+                    return
+                raise
             if dest is None:
                 out[key] = data
             else:
@@ -230,7 +238,7 @@ class Storage:
         if code in NO_BUCKET_CODES:
             raise TransportError(f"bucket {bucket} does not exist (reading {key}); create it or fix the name") from exc
         if code in NOT_FOUND_CODES or http_status(exc) == 404:
-            raise TransportError(f"s3://{bucket}/{key} does not exist; check the key or upload the object") from exc
+            raise MissingObject(f"s3://{bucket}/{key} does not exist; check the key or upload the object") from exc
         if code in ACCESS_DENIED_CODES:
             raise TransportError(
                 f"s3://{bucket}/{key} cannot be read: access denied (HTTP 403). Without s3:ListBucket on {bucket}, "

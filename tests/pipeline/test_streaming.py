@@ -24,7 +24,7 @@ import am.job
 import am.orchestrator
 from am.backends import Backend
 from am.dataset import DatasetLayout
-from am.errors import ConfigError, InputError, JobFailed, LauncherError
+from am.errors import ConfigError, InputError, JobFailed, LauncherError, TransportError
 from am.imageio import read_image, write_png
 from am.job import TILES_PER_MESSAGE_AWS, TILES_PER_MESSAGE_LOCAL, Job, tiles_per_message
 from am.messages import TileMessage, TileResult, tiles_key
@@ -490,6 +490,36 @@ def test_masks_of_a_message_are_written_per_tile_and_unusable_ones_give_up_every
     assert len(tracker.completed) == 3 and tracker.duplicates == 3 and abs(tracker.compute_s - 0.3) < 1e-9
     assert sorted(tracker.dead) == ["g/0003", "g/0004"]
     assert "unusable masks" in tracker.dead["g/0003"] and "expected (2, 64, 8)" in tracker.dead["g/0003"]
+    job.close(after_failure=True)
+
+
+def test_a_reported_mask_object_that_is_missing_gives_up_its_tiles_and_the_others_are_collected(deployment,
+                                                                                                  tmp_path):
+    job = _job(deployment, ExitedLauncher([]), tmp_path)
+    job.send("g", [(index, np.zeros((64, 64), np.uint8)) for index in range(4)])
+    job._finish_sending()
+    out = deployment.settings.output_bucket
+    deployment.storage.put_bytes(out, tiles_key(job.job_id, "g", (0, 1)), pack_masks(np.zeros((2, 64, 64), np.uint8)))
+    report = {"job": job.job_id, "group": "g", "status": "done", "attempt": 1, "worker": "w", "compute_s": 0.2}
+    # The object of tiles 2-3 was never written here (a worker of another output bucket, or deleted since).
+    job._collector.handle_results([TileResult(tiles=(2, 3), **report).to_json(),
+                                   TileResult(tiles=(0, 1), **report).to_json()])
+    layout = DatasetLayout(tmp_path / "ds")
+    assert [layout.tile_mask("g", i).is_file() for i in range(4)] == [True, True, False, False]
+    assert sorted(job.tracker.dead) == ["g/0002", "g/0003"]
+    missing = tiles_key(job.job_id, "g", (2, 3))
+    assert f"s3://{out}/{missing}, but there is no such object" in job.tracker.dead["g/0002"]
+    job.close(after_failure=True)
+
+
+def test_a_missing_output_bucket_still_fails_the_job_at_once(deployment, tmp_path):
+    job = _job(deployment, ExitedLauncher([]), tmp_path)
+    job.send("g", [(0, np.zeros((64, 64), np.uint8))])
+    job._finish_sending()
+    report = {"job": job.job_id, "group": "g", "status": "done", "attempt": 1, "worker": "w", "compute_s": 0.2}
+    job._collector.bucket = "no-such-bucket"
+    with pytest.raises(TransportError, match="bucket no-such-bucket does not exist"):
+        job._collector.handle_results([TileResult(tiles=(0,), **report).to_json()])
     job.close(after_failure=True)
 
 
