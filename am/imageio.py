@@ -180,6 +180,7 @@ def read_header(path: Path) -> ImageHeader:
     dtype = np.dtype(np.uint16 if bit_depth == 16 else np.uint8)
     channels = _PNG_CHANNELS[colour_type]
     height, width = size
+    _check_png_size(path, height, width)  # from the header, so before any worker starts
     return ImageHeader(height=height, width=width, channels=channels, dtype=dtype,
                        decoded_bytes=height * width * channels * dtype.itemsize)
 
@@ -301,14 +302,18 @@ def header_size(path: Path) -> tuple[int, int] | None:
     return header.height, header.width
 
 
-def _read_png(path: Path) -> np.ndarray:
-    height, width = _png_head(path)[1]
+def _check_png_size(path: Path, height: int, width: int) -> None:
     _check_size(path, height, width)
     if height * width > OPENCV_MAX_PIXELS:
         raise InputError(
             f"image {path} is {height} x {width} pixels, too large to decode as PNG (limit {OPENCV_MAX_PIXELS}); "
             "save it as TIFF instead"
         )
+
+
+def _read_png(path: Path) -> np.ndarray:
+    height, width = _png_head(path)[1]
+    _check_png_size(path, height, width)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         # Walked only on failure (check_complete walks it up front where a run is at stake): where it went wrong.

@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=0, help="tiles per forward pass (0: 4 on CPU, 64 on CUDA)")
     parser.add_argument("--tiles-per-message", type=int, default=0,
-                        help="worker loop: tiles per SQS message and S3 object (0: as the pipeline, 8 on CPU, "
-                             "32 on CUDA)")
+                        help="worker loop: tiles per SQS message and S3 object (0: the pipeline's local default, 8, "
+                             "on CPU and its AWS default, 32, on CUDA)")
     parser.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (default 512)")
     parser.add_argument("--tiles", type=int, default=0,
                         help="tiles per measurement (default: 16 batches for the model, 8 for the loop)")

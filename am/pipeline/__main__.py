@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="columns of the acquisition grid, taken as the truth (default: estimated from the marks)")
     parser.add_argument("--no-register", action="store_true",
                         help="stop after the stitched mask (no grid registration, no am_coords/)")
-    parser.add_argument("--backend", choices=BACKENDS, help="local (embedded S3/SQS and worker processes) or aws")
-    parser.add_argument("--workers", type=int, help="worker processes (local) or ECS tasks (aws) to start")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="local (embedded S3/SQS and worker processes) or aws "
+                             "(default: AM_BACKEND or the config file's, else local)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes (local) or ECS tasks (aws) to start "
+                             "(default: AM_WORKERS or the config file's, else 2)")
     parser.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")
     parser.add_argument("--model", help="checkpoint path or s3:// URI (default: the model shipped with am-segm)")
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")

@@ -1,7 +1,7 @@
 """Command line: ``python -m am.pseudolabel IMAGE --labels DIR --out DIR``.
 
 IMAGE is one large microscopy image (any bit depth; it is normalised like the pipeline's input).
-DIR holds a few 0/255 masks named ``X_Y.png``: each labels the region of IMAGE whose top-left
+The ``--labels`` folder holds a few 0/255 masks named ``X_Y.png``: each labels the region of IMAGE whose top-left
 pixel is column X, row Y, and has the size of the mask. The command trains a small regularised
 model on those crops, predicts the whole image, keeps the confident pixels, trains a bigger
 model on the result and writes to ``--out``: ``pseudo_mask.png``, ``known.png`` (where the

@@ -416,6 +416,19 @@ def test_png_too_large(tmp_path: Path) -> None:
         read_image(path)
 
 
+@pytest.mark.parametrize(("width", "height", "match"), [
+    (50000, 40000, f"limit of {MAX_PIXELS}"),
+    (33000, 33000, "too large to decode as PNG .*save it as TIFF instead"),  # within MAX_PIXELS, past OpenCV's
+])
+def test_a_png_too_large_is_refused_from_its_header(tmp_path: Path, width: int, height: int, match: str) -> None:
+    # read_header is what runs before any worker starts: it must refuse what decoding would.
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_with_header(width, height))
+    for read in (read_header, read_image):
+        with pytest.raises(InputError, match=match):
+            read(path)
+
+
 def test_tiff_too_large_is_refused_before_reading(tmp_path: Path) -> None:
     """The header says 40001 x 40000; refusing must not need the (absent) pixel data."""
     path = tmp_path / "huge.tif"
