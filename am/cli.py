@@ -3,7 +3,8 @@
 Only here do exceptions become exit codes: 0 on full success, 1 for an am-segm error (the
 message says what to fix) or a file-system error (the message names the file, the reason and
 what to do), 2 for bad usage (argparse's errors, and a setting given as an option that is not
-allowed: :class:`~am.settings.OptionError`), 130 after Ctrl-C or SIGTERM.
+allowed: :class:`~am.settings.OptionError`), 130 after Ctrl-C, SIGTERM or SIGHUP (a clean-up quit
+by a third Ctrl-C included).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from types import FrameType
 
 from tqdm import tqdm
 
-from am.errors import AmError
+from am.errors import AmError, CleanupIncomplete
 from am.files import check_writable, nearest_existing
 from am.settings import AUTO_SCALE, LOG_LEVELS, OptionError, scale_value
 
@@ -245,6 +246,10 @@ def run_main(main: Callable[[], int], *, name: str, interrupted: str = "", serve
     (:func:`enable_stack_dumps`).
     """
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # A closed terminal or ssh session (SIGHUP) would kill the run without its clean-up, leaving its
+    # workers and queues behind; under nohup SIGHUP is ignored, and stays so.
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, _sigterm_as_interrupt)
     # tqdm's monitor thread takes the bars' lock and is joined when the last bar closes: a Ctrl-C
     # landing in a bar's update just after the lock was taken would wedge that join (see am.interrupts).
     tqdm.monitor_interval = 0
@@ -255,6 +260,9 @@ def run_main(main: Callable[[], int], *, name: str, interrupted: str = "", serve
     except OptionError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    except CleanupIncomplete as exc:  # the user insisted on quitting a clean-up: still an interrupted run
+        log.error("%s", exc)
+        return EXIT_INTERRUPTED
     except AmError as exc:
         log.error("%s", exc)
         return EXIT_ERROR

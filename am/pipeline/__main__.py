@@ -26,6 +26,7 @@ from am.cli import (
     scale_option,
 )
 from am.errors import InputError
+from am.grid_shape import grid_shape_error
 from am.messages import TTA_MODES
 from am.pitch import TRAINED_PITCH_PX
 from am.settings import BACKENDS, config_path_from, config_template, load_settings
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # groups may follow the options
     if (args.rows is None) != (args.cols is None):
         parser.error("give --rows and --cols together (or neither, to estimate the grid from the marks)")
-    from am.register.registration import grid_shape_error
-
+    if args.no_register and args.rows is not None:
+        parser.error("--rows/--cols number the marks, which --no-register leaves out: give one or the other")
     # Before any tile is segmented: registration would refuse the grid only at the very end.
     problem = grid_shape_error(args.rows, args.cols, prefix="--")
     if problem:

@@ -16,8 +16,8 @@ from pathlib import Path
 from am.cli import add_log_level_option, configure_logging, describe_os_error, run_main
 from am.dataset import group_folders
 from am.errors import AmError
+from am.grid_shape import grid_shape_error
 from am.register.dataset import output_dir, register_group
-from am.register.registration import grid_shape_error
 
 log = logging.getLogger("am.register")
 

@@ -21,8 +21,9 @@ import tifffile
 
 from am.errors import InputError
 from am.files import check_can_replace, staging, swap_in
+from am.grid_shape import grid_shape_error
 from am.register.outputs import write_outputs
-from am.register.registration import Registration, grid_shape_error, register_mask
+from am.register.registration import Registration, register_mask
 
 log = logging.getLogger(__name__)
 

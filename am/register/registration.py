@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from am.errors import InputError, RegistrationError
+from am.grid_shape import MAX_NODES, SPLIT_LARGE_GRIDS, grid_shape_error
 from am.register import grid
 from am.register.fit import ASSIGN_TOLERANCE, MIN_MARKS, LatticeFit, fit_lattice, refit
 from am.register.marks import MIN_AREA_FRACTION, Components, find_components, typical_mark_area
@@ -29,10 +30,6 @@ from am.synth.lattice import Lattice
 
 log = logging.getLogger(__name__)
 
-# Ids are stored as uint16, 0 being background.
-MAX_NODES = 65535
-SPLIT_LARGE_GRIDS = ("crop the image into parts of at most that many positions, each its own group "
-                     "(source/<group>/), and register each with its own --rows/--cols")
 # ... or within this many times that when the image edge cuts it: only a sliver of such a mark
 # shows, and its point sits off the node by up to half the mark (still under half the pitch).
 EDGE_REACH = 1.4
@@ -460,20 +457,6 @@ def _touches_edge(bbox: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     height, width = shape[:2]
     x, y, w, h = bbox.T
     return (x <= 0) | (y <= 0) | (x + w >= width) | (y + h >= height)
-
-
-def grid_shape_error(rows: int | None, cols: int | None, *, prefix: str = "") -> str | None:
-    """Why ``rows`` x ``cols`` cannot be a grid's shape, or None. Commands ask before they touch any
-    file (``prefix="--"`` names their options), so a mistyped shape costs no earlier output."""
-    for name, value in (("rows", rows), ("cols", cols)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            return f"{prefix}{name} must be a positive whole number of grid positions, got {value!r}"
-    if rows is not None and cols is not None and rows * cols > MAX_NODES:
-        return (f"a {rows} x {cols} grid has more than {MAX_NODES} positions, the most a 16-bit id image can "
-                f"number; {SPLIT_LARGE_GRIDS}")
-    return None
 
 
 def _place_or_explain(

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from am.cli import (
     enable_stack_dumps,
     run_main,
 )
-from am.errors import ConfigError
+from am.errors import CleanupIncomplete, ConfigError
 from am.settings import OptionError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,3 +171,29 @@ def test_stack_dumps_go_to_descriptor_2_when_stderr_is_not_a_file(capfd, monkeyp
     finally:
         faulthandler.unregister(signal.SIGUSR1)
     assert "in test_stack_dumps_go_to_descriptor_2_when_stderr_is_not_a_file" in capfd.readouterr().err
+
+
+def test_a_clean_up_quit_by_a_third_ctrl_c_is_still_an_interrupted_run(caplog):
+    left = CleanupIncomplete("quit during the clean-up of job j: left behind its results queue")
+    assert run_main(_raise(left), name="am.test") == EXIT_INTERRUPTED
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == str(left)
+
+
+def test_sighup_runs_the_clean_up_unless_it_is_ignored():
+    hangup = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+        def hung_up() -> int:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+            return 0
+
+        assert run_main(hung_up, name="am.test") == EXIT_INTERRUPTED
+        # Under nohup the run must survive a closed terminal, as nohup promises.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert run_main(_raise(KeyboardInterrupt()), name="am.test") == EXIT_INTERRUPTED
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, hangup)

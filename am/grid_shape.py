@@ -1,0 +1,28 @@
+"""The acquisition grid's shape as a user gives it (``--rows/--cols``), checked before any work.
+
+Its own small module so that a command can refuse a mistyped shape at once, before it imports
+registration (scipy and friends take seconds, during which a Ctrl-C would end in a traceback).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Ids are stored in a 16-bit image with 0 for the background.
+MAX_NODES = 65535
+SPLIT_LARGE_GRIDS = ("crop the image into parts of at most that many positions, each its own group "
+                     "(source/<group>/), and register each with its own --rows/--cols")
+
+
+def grid_shape_error(rows: int | None, cols: int | None, *, prefix: str = "") -> str | None:
+    """Why ``rows`` x ``cols`` cannot be a grid's shape, or None. Commands ask before they touch any
+    file (``prefix="--"`` names their options), so a mistyped shape costs no earlier output."""
+    for name, value in (("rows", rows), ("cols", cols)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            return f"{prefix}{name} must be a positive whole number of grid positions, got {value!r}"
+    if rows is not None and cols is not None and rows * cols > MAX_NODES:
+        return (f"a {rows} x {cols} grid has more than {MAX_NODES} positions, the most a 16-bit id image can "
+                f"number; {SPLIT_LARGE_GRIDS}")
+    return None
