@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from am.errors import ConfigError, InputError, TransportError
+from am.errors import ConfigError, InputError, MissingBucket, MissingObject, TransportError
 from am.launchers import Launcher
 from am.settings import Settings
 from am.transport.clients import ClientFactory
@@ -89,6 +89,9 @@ def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
             endpoint_url = settings.endpoint_url
             log.info("local backend using the configured endpoint %s", endpoint_url)
         else:
+            if settings.keep_job_data:
+                log.warning("keep_job_data has no effect on the embedded endpoint: its objects go when it stops at "
+                            "the end of the run (set endpoint_url to an S3 endpoint that outlives the run)")
             endpoint_url = stack.enter_context(EmbeddedEndpoint()).url
         clients = ClientFactory(endpoint_url=endpoint_url, region=settings.region)
         storage = Storage(clients.s3(), threads=settings.transfer_threads)
@@ -176,12 +179,14 @@ def check_model_object(storage: Storage, model: str) -> dict[str, Any]:
     """
     try:
         return storage.head_object(model)
-    except (InputError, TransportError) as exc:
+    except (InputError, MissingObject, MissingBucket) as exc:
         raise ConfigError(
             f"model {model} cannot be used by the ECS workers: {exc}. Upload the checkpoint with "
             "`make upload-model MODEL=path.pt` (to the stack's ModelUri) or pass --model with the s3:// URI "
             "of one already uploaded under models/ in the stack's model bucket"
         ) from exc
+    except TransportError as exc:  # credentials, a refusal, the network: uploading would not help
+        raise ConfigError(f"model {model} cannot be checked before the ECS workers start: {exc}") from exc
 
 
 def require_dead_letter_queue(resources: AwsResources) -> None:

@@ -50,6 +50,10 @@ class MissingObject(TransportError):
     """An S3 key that does not exist in a bucket that does: one object's fault, not the connection's."""
 
 
+class MissingBucket(TransportError):
+    """An S3 bucket that does not exist: every object of it is missing, a deployment's fault."""
+
+
 class WorkerError(AmError):
     """A worker could not start or could not process its work."""
 

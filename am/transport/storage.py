@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from am.errors import InputError, MissingObject, TransportError
+from am.errors import InputError, MissingBucket, MissingObject, TransportError
 from am.files import write_atomic
 from am.interrupts import ThreadPool, deferred_interrupts, wait_for
 from am.transport.retry import DEFAULT_POLICY, RetryPolicy, error_code, http_status
@@ -236,7 +236,7 @@ class Storage:
     def _raise_if_missing(exc: ClientError, bucket: str, key: str) -> None:
         code = error_code(exc)
         if code in NO_BUCKET_CODES:
-            raise TransportError(f"bucket {bucket} does not exist (reading {key}); create it or fix the name") from exc
+            raise MissingBucket(f"bucket {bucket} does not exist (reading {key}); create it or fix the name") from exc
         if code in NOT_FOUND_CODES or http_status(exc) == 404:
             raise MissingObject(f"s3://{bucket}/{key} does not exist; check the key or upload the object") from exc
         if code in ACCESS_DENIED_CODES:

@@ -11,9 +11,9 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from am.backends import open_aws_backend
+from am.backends import check_model_object, open_aws_backend
 from am.dataset import DatasetLayout
-from am.errors import ConfigError, JobFailed, LauncherError, TransportError
+from am.errors import ConfigError, JobFailed, LauncherError, MissingBucket, MissingObject, TransportError
 from am.job import Job
 from am.messages import TileResult, tile_name, tiles_key
 from am.model_source import resolve_model
@@ -217,3 +217,26 @@ def test_workers_hide_a_tile_for_the_stacks_visibility_timeout_unless_the_settin
                                (Settings(backend="aws", stack_name=STACK, visibility_timeout_s=300), "300")):
         with open_aws_backend(settings, model=uri) as backend:
             assert backend.worker_environment["AM_VISIBILITY_TIMEOUT_S"] == expected
+
+
+class _Refusing:
+    """A Storage whose HEAD fails with ``error``, as S3 answers when credentials or the network fail."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def head_object(self, uri: str) -> dict:
+        raise self.error
+
+
+@pytest.mark.parametrize(("error", "upload_advised"), [
+    (TransportError("head s3://b/models/m.pt failed 6 time(s), giving up; last error: NoCredentialsError: Unable "
+                    "to locate credentials"), False),
+    (MissingBucket("bucket b does not exist (reading models/m.pt); create it or fix the name"), True),
+    (MissingObject("s3://b/models/m.pt does not exist; check the key or upload the object"), True),
+])
+def test_only_a_missing_model_is_met_with_the_advice_to_upload_it(error, upload_advised) -> None:
+    with pytest.raises(ConfigError) as raised:
+        check_model_object(_Refusing(error), "s3://b/models/m.pt")
+    assert str(error) in str(raised.value)
+    assert ("make upload-model" in str(raised.value)) == upload_advised

@@ -65,3 +65,19 @@ def test_workers_of_a_configured_endpoint_sign_as_the_orchestrator_does(tmp_path
         env = _worker_environment(tmp_path, monkeypatch, Settings(workers=1, endpoint_url=url))
     assert {name: env.get(name) for name in CREDENTIALS} == CREDENTIALS
     assert env["AM_ENDPOINT_URL"] == url
+
+
+def test_keep_job_data_on_the_embedded_endpoint_is_said_to_keep_nothing(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    # Its objects live in the endpoint's process, which stops with the run: the setting cannot keep them.
+    with open_local_backend(Settings(workers=1, keep_job_data=True), model="m.pt", log_dir=tmp_path / "logs",
+                            base_environment={}):
+        pass
+    assert any(r.levelname == "WARNING" and "keep_job_data has no effect on the embedded endpoint" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    with EmbeddedEndpoint() as lasting, open_local_backend(
+            Settings(workers=1, keep_job_data=True, endpoint_url=lasting.url), model="m.pt",
+            log_dir=tmp_path / "logs", base_environment={}):
+        pass
+    assert not any("keep_job_data" in r.getMessage() for r in caplog.records)
