@@ -144,16 +144,11 @@ def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int |
     """
     from am.register import register_group
 
-    layout = DatasetLayout(dataset)
     if rows is None or cols is None:
         log.info("no --rows/--cols given: registering each group on a grid estimated from its marks")
     for group in groups:
-        # Ids of an earlier registration (another grid, another mask) must not outlive a failed one.
-        old = layout.am_coords_dir(group)
-        if old.exists():
-            log.info("group %s: removing the ids of an earlier registration in %s", group, old)
-            shutil.rmtree(old)
         try:
+            # Ids of an earlier registration (another grid, another mask) do not outlive a failed one.
             registration = register_group(dataset, group, rows=rows, cols=cols)
         except AmError as exc:
             log.error("group %s: registration failed: %s", group, exc)

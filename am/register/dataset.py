@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from am.errors import InputError
+from am.errors import AmError, InputError
 from am.files import check_can_replace, staging, swap_in
 from am.grid_shape import grid_shape_error
 from am.register.outputs import write_outputs
@@ -44,8 +44,10 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     """Register ``group`` of ``dataset`` and write its outputs; returns the registration.
 
     Raises InputError when an input is missing or unreadable, RegistrationError when the marks
-    do not fit the requested grid. The outputs of an earlier registration of the group go first,
-    so that after a failure no ids of another grid or mask remain to be mistaken for this run's.
+    do not fit the requested grid. Such a failure removes the outputs of an earlier registration
+    of the group, so that no ids of another grid or mask remain to be mistaken for this run's; an
+    interrupt leaves them as they were (whole, and matching their own registration.json), and a
+    success replaces them whole.
     """
     dataset = Path(dataset)
     problem = grid_shape_error(rows, cols)
@@ -53,17 +55,20 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
         raise InputError(problem)  # before the earlier outputs go: a mistyped shape costs nothing
     # Before the earlier outputs go, too: a read-only folder would otherwise lose them and get none.
     check_can_replace([output_dir(dataset, group)])
-    remove_outputs(dataset, group)
-    mask = read_grey_tiff(mask_path(dataset, group), what="stitched mask")
-    source = read_grey_tiff(source_path(dataset, group), what="normalised source")
-    if source.shape != mask.shape:
-        raise InputError(
-            f"{source_path(dataset, group)} is {source.shape[1]} x {source.shape[0]} px but "
-            f"{mask_path(dataset, group)} is {mask.shape[1]} x {mask.shape[0]} px: rerun python -m am.pipeline "
-            f"{dataset} {group}"
-        )
-    log.info("registering group %s (%d x %d px)", group, mask.shape[1], mask.shape[0])
-    registration = register_mask(mask, rows=rows, cols=cols)
+    try:
+        mask = read_grey_tiff(mask_path(dataset, group), what="stitched mask")
+        source = read_grey_tiff(source_path(dataset, group), what="normalised source")
+        if source.shape != mask.shape:
+            raise InputError(
+                f"{source_path(dataset, group)} is {source.shape[1]} x {source.shape[0]} px but "
+                f"{mask_path(dataset, group)} is {mask.shape[1]} x {mask.shape[0]} px: rerun python -m am.pipeline "
+                f"{dataset} {group}"
+            )
+        log.info("registering group %s (%d x %d px)", group, mask.shape[1], mask.shape[0])
+        registration = register_mask(mask, rows=rows, cols=cols)
+    except AmError:
+        remove_outputs(dataset, group)
+        raise
     # All the files or none: an interrupt or a full disk while the overlays are drawn (seconds on
     # a large grid) must not leave a folder that holds ids but looks finished.
     target = output_dir(dataset, group)

@@ -140,6 +140,25 @@ def test_a_failed_run_leaves_no_ids_of_an_earlier_one(tmp_path):
     assert not out.exists()
 
 
+def test_an_interrupted_registration_keeps_the_ids_of_an_earlier_one_whole(tmp_path, monkeypatch):
+    # They match their own registration.json; only a failed registration must not leave them.
+    import am.register.dataset
+
+    dataset = make_dataset(tmp_path / "ds")
+    register_group(dataset, "g", rows=5, cols=6)
+    out = dataset / "am_coords" / "g"
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(am.register.dataset, "register_mask", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        register_group(dataset, "g", rows=6, cols=5)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+    assert sorted(p.name for p in out.parent.iterdir()) == ["g"], "no staging folder left behind"
+
+
 @pytest.mark.parametrize("which", ["group folder", "am_coords"])
 def test_a_read_only_output_folder_fails_its_group_keeps_its_ids_and_the_next_group_still_registers(tmp_path, which):
     from faults.harness import read_only
