@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from am.backends import open_backend
 from am.dataset import DatasetLayout
+from am.dataset_lock import dataset_lock
 from am.errors import AmError, JobFailed, LauncherError, ModelReplaced
 from am.files import check_can_replace
 from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
@@ -332,45 +333,47 @@ def run_pipeline(
     for group in selected:
         check_group_image(layout, group, settings=settings)
     _check_outputs_writable(layout, selected, register=register)
-    worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
-    model, model_id = resolve_model(settings, cache_dir=cache_dir)
-    # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.
-    reused = {group: reuse_group(layout, group, settings=settings, model_id=model_id, worker=worker)
-              for group in selected}
+    # Held to the end: a second run on this dataset meanwhile would remove this one's tiles and ids.
+    with dataset_lock(layout.root, command="am.pipeline"):
+        worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
+        model, model_id = resolve_model(settings, cache_dir=cache_dir)
+        # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.
+        reused = {group: reuse_group(layout, group, settings=settings, model_id=model_id, worker=worker)
+                  for group in selected}
 
-    # Overlays are pictures for people that nothing downstream reads: they are drawn and encoded
-    # on a thread while the next group is stitched, the job is cleaned up and the marks are registered.
-    with ThreadPool(1, thread_name_prefix="am-overlay") as overlays:
-        drawing: list[Future[None]] = []
+        # Overlays are pictures for people that nothing downstream reads: they are drawn and encoded
+        # on a thread while the next group is stitched, the job is cleaned up and the marks are registered.
+        with ThreadPool(1, thread_name_prefix="am-overlay") as overlays:
+            drawing: list[Future[None]] = []
 
-        def stitch(groups: list[PreparedGroup]) -> None:
-            for group in groups:
-                drawing.append(overlays.submit(write_mask_overlay, layout, group.group, stitch_mask(layout, group)))
+            def stitch(groups: list[PreparedGroup]) -> None:
+                for group in groups:
+                    drawing.append(overlays.submit(write_mask_overlay, layout, group.group, stitch_mask(layout, group)))
 
-        try:
-            if all(prepared is not None and not prepared.pending for prepared in reused.values()):
-                log.info("every tile already has a mask; nothing to segment")
-                prepared = [p for p in reused.values() if p is not None]
-                phases.end("prepare")
-                stitch(prepared)
-                phases.end("stitch")
-            else:
-                prepared = _prepare_and_segment(layout, reused, settings=settings, model=model, model_id=model_id,
-                                                worker=worker, environ=environ, show_progress=show_progress,
-                                                summary=summary, phases=phases, on_segmented=stitch)
-            summary.tiles = sum(p.n_tiles for p in prepared)
-            summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
-            summary.scales = {p.group: p.scale for p in prepared if p.scale != 1.0}
-            if register:
-                _register(layout.root, selected, rows=rows, cols=cols, summary=summary)
-                phases.end("register")
-            for future in drawing:
-                result_of(future)
-            phases.end("overlay")
-        except BaseException:
-            _log_overlay_errors(drawing)
-            raise
-    return summary
+            try:
+                if all(prepared is not None and not prepared.pending for prepared in reused.values()):
+                    log.info("every tile already has a mask; nothing to segment")
+                    prepared = [p for p in reused.values() if p is not None]
+                    phases.end("prepare")
+                    stitch(prepared)
+                    phases.end("stitch")
+                else:
+                    prepared = _prepare_and_segment(layout, reused, settings=settings, model=model, model_id=model_id,
+                                                    worker=worker, environ=environ, show_progress=show_progress,
+                                                    summary=summary, phases=phases, on_segmented=stitch)
+                summary.tiles = sum(p.n_tiles for p in prepared)
+                summary.tiles_reused = sum(p.n_tiles - len(p.pending) for p in prepared)
+                summary.scales = {p.group: p.scale for p in prepared if p.scale != 1.0}
+                if register:
+                    _register(layout.root, selected, rows=rows, cols=cols, summary=summary)
+                    phases.end("register")
+                for future in drawing:
+                    result_of(future)
+                phases.end("overlay")
+            except BaseException:
+                _log_overlay_errors(drawing)
+                raise
+        return summary
 
 
 def _log_overlay_errors(drawing: list[Future[None]]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from am.cli import add_log_level_option, configure_logging, describe_os_error, run_main
 from am.dataset import group_folders
+from am.dataset_lock import dataset_lock
 from am.errors import AmError
 from am.grid_shape import grid_shape_error
 from am.register.dataset import output_dir, register_group
@@ -90,6 +91,12 @@ def _register_groups(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         print(f"error: {args.dataset} has no groups: expected folders under source/ or tiles_stitched/; "
               "run python -m am.pipeline first", file=sys.stderr)
         return 1
+    # A pipeline or another am.register on this dataset meanwhile would replace the same ids.
+    with dataset_lock(args.dataset, command="am.register"):
+        return _register_each(args, groups)
+
+
+def _register_each(args: argparse.Namespace, groups: list[str]) -> int:
     failed = 0
     for group in groups:
         try:

@@ -1,0 +1,69 @@
+"""One run at a time per dataset: the lock that keeps two runs from removing each other's outputs.
+
+A run removes and rewrites a group's tiles, stitched mask and ids as it goes. A second run
+started on the same dataset meanwhile (a second terminal, a cron job firing again) would delete
+the first one's tiles under its workers and overwrite its results with a mix of both. Each run
+holds an exclusive ``flock`` on ``DATASET/.am-segm.lock`` while it works, so the second one is
+refused at once, naming the first; the kernel lets the lock go when the holder exits, however it
+exits, so a killed run leaves nothing to clean up.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from am.errors import InputError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".am-segm.lock"
+# Where the file system offers no locks (some network mounts), the run goes on unguarded, and says so.
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextmanager
+def dataset_lock(dataset: Path, *, command: str) -> Iterator[None]:
+    """Hold ``dataset``'s lock for the block; InputError naming the holder if another run has it.
+
+    ``command`` (such as ``am.pipeline``) is written into the lock file with this process's id,
+    host and start time, for the message a second run gets.
+    """
+    path = Path(dataset) / LOCK_NAME
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY:
+            raise
+        # Nothing can be written there by this user: the run's own writes fail, each with its message.
+        log.debug("no lock on %s (%s)", dataset, os.strerror(exc.errno))
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 500, 0).decode("utf-8", "replace").strip() or "a run that has not said"
+            raise InputError(f"dataset {dataset} is in use by another run ({holder}); wait for it to end, or stop "
+                             "it, then rerun") from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            log.warning("the file system of %s cannot lock files (%s): make sure no other run uses this dataset "
+                        "meanwhile", dataset, os.strerror(exc.errno))
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{command}, pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n"
+                      .encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # lets the lock go

@@ -1,0 +1,59 @@
+"""One run at a time per dataset: a second am.pipeline or am.register is refused, naming the first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from faults.harness import make_dataset
+
+from am.dataset_lock import LOCK_NAME, dataset_lock
+from am.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(module: str, dataset: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", module, str(dataset), "--rows", "4", "--cols", "4"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+@pytest.mark.parametrize("module", ["am.pipeline", "am.register"])
+def test_a_second_run_on_a_dataset_in_use_is_refused_before_it_changes_anything(tmp_path, module):
+    dataset = make_dataset(tmp_path / "ds", {"g": (200, 200)})
+    before = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
+    with dataset_lock(dataset, command="am.pipeline"):
+        result = _run(module, dataset, tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"dataset {dataset} is in use by another run (am.pipeline, pid {os.getpid()} on " in result.stderr
+    assert "wait for it to end, or stop it, then rerun" in result.stderr
+    assert "endpoint listening" not in result.stderr
+    assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == sorted([*before, Path(LOCK_NAME)])
+
+
+def test_the_lock_goes_with_the_run_that_held_it(tmp_path):
+    with dataset_lock(tmp_path, command="first"), \
+            pytest.raises(InputError, match=r"in use by another run \(first, pid"), \
+            dataset_lock(tmp_path, command="second"):
+        pytest.fail("two holders at once")
+    with dataset_lock(tmp_path, command="third"):
+        assert (tmp_path / LOCK_NAME).read_text().startswith(f"third, pid {os.getpid()} on ")
+    # A holder killed outright leaves no lock behind: the kernel drops it with the process.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from am.dataset_lock import dataset_lock; "
+                               "cm = dataset_lock(sys.argv[2], command='killed'); cm.__enter__(); "
+                               "print('held', flush=True); time.sleep(60)", str(REPO), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match="killed, pid"), dataset_lock(tmp_path, command="x"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with dataset_lock(tmp_path, command="after"):
+        pass
