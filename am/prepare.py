@@ -283,10 +283,14 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, se
                  group, "; ".join(changes))
         return None
     scale = _recorded_scale(meta, settings)
-    if scale is None or not layout.source_norm(group).is_file():
+    if scale is None:
         return None
     plan = TilePlan.from_json(json.dumps(meta["plan"]))
-    if not all(layout.tile_source(group, t.index).is_file() for t in plan.tiles):
+    missing = sum(not layout.tile_source(group, t.index).is_file() for t in plan.tiles)
+    if missing or not layout.source_norm(group).is_file():
+        what = f"{missing} of its {len(plan.tiles)} tile(s)" if missing else f"{layout.source_norm(group)}"
+        log.info("group %s: %s went missing since the earlier run: normalising and cutting again (the masks of an "
+                 "unchanged image are kept)", group, what)
         return None
     # Last: the only check that may read the image (to hash it, when its time changed).
     source_path = layout.source_image(group)
@@ -369,9 +373,9 @@ class GroupTiler:
         check_group_size(layout, group, settings=settings)
         # Read (and any damage reported) by reuse_group just before.
         earlier = _read_meta(layout.tile_plan(group), quiet=True)
-        # Masks of a run that stopped while cutting this same input with these same settings are kept.
-        same = (earlier is not None and not _is_complete(earlier)
-                and _same_settings(earlier, settings, self._model_id, self._worker))
+        # Masks of a run with this same input and these same settings are kept: one that stopped while
+        # cutting, or one whose normalised image or tiles went missing since (reuse_group said which).
+        same = earlier is not None and _same_settings(earlier, settings, self._model_id, self._worker)
         recorded = earlier["identity"].get("source") if same else None
         source = _same_source(source_path, recorded) if same else None
         self._resuming = source is not None
@@ -418,8 +422,9 @@ class GroupTiler:
         self.masks_kept = 0
         if self._resuming:
             self.masks_kept = sum(layout.tile_mask(group, t.index).is_file() for t in self._plan.tiles)
-            log.info("group %s: resuming an interrupted run, %d of %d tiles already have a mask",
-                     group, self.masks_kept, len(self._plan.tiles))
+            earlier_run = "a finished run" if _is_complete(earlier) else "an interrupted run"
+            log.info("group %s: resuming %s, %d of %d tiles already have a mask",
+                     group, earlier_run, self.masks_kept, len(self._plan.tiles))
         self._write_meta(complete=False)
         return self._plan
 

@@ -208,6 +208,30 @@ def test_the_progress_bar_of_a_resumed_group_counts_only_the_tiles_it_sends(depl
     assert totals == [16] * 3, totals
 
 
+@pytest.mark.parametrize("lost", ["source_norm", "tile sources"])
+def test_files_that_can_be_made_again_going_missing_do_not_cost_the_masks(deployment, tiny_model, tmp_path, lost,
+                                                                         caplog):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
+    _run(dataset, deployment, tiny_model, tmp_path)
+    layout = DatasetLayout(dataset)
+    masks = {i: layout.tile_mask("g1", i).read_bytes() for i in range(ROWS * COLS)}
+    if lost == "source_norm":
+        layout.source_norm("g1").unlink()
+    else:
+        for index in (0, 7, 35):
+            layout.tile_source("g1", index).unlink()
+    caplog.set_level("INFO", logger="am.prepare")
+    summary = _run(dataset, deployment, tiny_model, tmp_path)
+    assert summary.tiles == ROWS * COLS and summary.tiles_reused == ROWS * COLS
+    assert summary.job is not None and summary.job.completed == 0, "no tile was segmented again"
+    assert {i: layout.tile_mask("g1", i).read_bytes() for i in range(ROWS * COLS)} == masks
+    assert layout.source_norm("g1").is_file() and all(layout.tile_source("g1", i).is_file() for i in range(36))
+    said = "3 of its 36 tile(s)" if lost == "tile sources" else str(layout.source_norm("g1"))
+    assert any(f"group g1: {said} went missing since the earlier run" in r.getMessage() for r in caplog.records)
+    assert any("resuming a finished run, 36 of 36 tiles already have a mask" in r.getMessage()
+               for r in caplog.records)
+
+
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()],
                          ids=["error", "ctrl-c"])
 def test_failure_while_cutting_a_later_row_cleans_up_and_leaves_no_complete_plan(deployment, tiny_model, tmp_path,
