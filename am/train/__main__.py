@@ -48,7 +48,7 @@ from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.synth.dataset import pitch_range_problem
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
-from am.train.data import load_split, synthetic_images, weigh_gaps
+from am.train.data import check_pair_sizes, load_split, split_files, synthetic_images, weigh_gaps
 from am.train.init import check_init
 from am.train.loop import TrainConfig, resume_problem, train
 from am.train.progress import step_bar
@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--device {args.device}: {problem}")
     if args.resume and (problem := resume_problem(args.out)) is not None:
         p.error(problem)  # before minutes of reading and rendering images
+    if args.synthetic < 0:
+        p.error(f"--synthetic {args.synthetic} must be >= 0")
     if not args.data and args.synthetic <= 0:
         p.error("give --data DIR and/or --synthetic N")
     if args.epochs < 1 or args.steps_per_epoch < 1 or args.batch_size < 1:
@@ -263,7 +265,34 @@ def main(argv: list[str] | None = None) -> int:
     # Before minutes of reading and rendering images; a resumed run's weights come from its state.
     if args.init is not None and not args.resume and (problem := _init_problem(args)) is not None:
         p.error(problem)
-    return run_main(partial(_train_until_interrupted, args, argv), name="am.train")
+    return run_main(partial(_check_data_then_train, args, argv), name="am.train")
+
+
+def _check_data_then_train(args: argparse.Namespace, argv: list[str]) -> int:
+    if problem := _data_problem(args):
+        raise InputError(problem)  # bad input, exit 1: before any image is read or rendered
+    return _train_until_interrupted(args, argv)
+
+
+def _data_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the --data roots (listed, masks paired and sized from their headers) or the
+    validation set, found before any image is read or rendered; None if nothing."""
+    roots = [Path(root).resolve() for root in args.data]
+    if len(set(roots)) < len(roots):
+        twice = sorted({str(r) for r in roots if roots.count(r) > 1})
+        return f"--data {', '.join(twice)} given more than once: each image would count twice"
+    has_valid = args.synthetic_valid > 0
+    try:
+        for root in args.data:
+            splits = ["train", *(["valid"] if (root / "valid").is_dir() else [])]
+            has_valid = has_valid or "valid" in splits
+            for split in splits:
+                check_pair_sizes((f.source, f.mask) for f in split_files(root, split))
+    except InputError as exc:
+        return str(exc)
+    if not has_valid:
+        return "training needs validation images: a valid/ split in a --data root, or --synthetic-valid N"
+    return None
 
 
 def _init_problem(args: argparse.Namespace) -> str | None:
@@ -283,6 +312,9 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
     # Compared by identity, not by time: a file's mtime comes from a coarser clock than time.time() and
     # can read earlier than a moment taken before it was written.
     earlier = _identity(state)
+    if earlier is not None and not args.resume:
+        log.warning("%s holds the epochs of an earlier run; this run starts afresh and replaces it at its first "
+                    "epoch (to continue that run instead, stop now and add --resume)", state)
     try:
         return _train(args)
     except KeyboardInterrupt:

@@ -82,3 +82,38 @@ def test_numbers_that_are_not_finite_are_refused(tmp_path: Path, capsys: pytest.
     err = _refused(["--out", str(tmp_path / "m.pt"), "--synthetic", "2", *args], capsys)
     assert words in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
+
+
+def _labelled(root: Path, split: str, name: str, image_size: int, mask_size: int) -> None:
+    import cv2
+    import numpy as np
+
+    for kind, size in (("source", image_size), ("mask", mask_size)):
+        folder = root / split / "d" / "g" / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / name), np.zeros((size, size), np.uint8))
+
+
+def test_data_problems_are_found_from_the_files_before_any_image_is_read_or_rendered(
+        tmp_path: Path, capsys: pytest.CaptureFixture, no_data) -> None:
+    out = ["--out", str(tmp_path / "m.pt"), *TINY]
+    root = tmp_path / "labels"
+
+    def failed(argv: list[str]) -> str:
+        capsys.readouterr()
+        assert train_cli.main(argv) == 1
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line]
+        return line.split("ERROR am.train: ", 1)[1]
+
+    _labelled(root, "train", "a.png", 128, 128)
+    assert failed([*out, "--data", str(root), "--synthetic", "30"]) == (
+        "training needs validation images: a valid/ split in a --data root, or --synthetic-valid N")
+    assert failed([*out, "--data", str(root), "--data", f"{tmp_path}/./labels/", "--synthetic-valid", "2"]) == (
+        f"--data {root} given more than once: each image would count twice")
+    _labelled(root, "valid", "b.png", 128, 100)
+    _labelled(root, "valid", "c.png", 96, 64)
+    valid = root / "valid" / "d" / "g"
+    assert failed([*out, "--data", str(root)]).startswith(
+        f"{valid / 'source' / 'b.png'} is 128 x 128 px but its mask {valid / 'mask' / 'b.png'} is 100 x 100 px; "
+        f"{valid / 'source' / 'c.png'} is 96 x 96 px")
+    assert "--synthetic -5 must be >= 0" in _refused([*out, "--data", str(root), "--synthetic", "-5"], capsys)

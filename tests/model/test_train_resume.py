@@ -221,7 +221,11 @@ def test_ctrl_c_names_the_command_that_resumes(tmp_path: Path, monkeypatch: pyte
     caplog.clear()
     assert train_cli._train_until_interrupted(args, argv) == 130
     assert "nothing of this run to resume" in caplog.text and "holds an earlier run's epochs" in caplog.text
-    assert "--resume" not in caplog.text
+    # Said at the start too, while the user can still stop and resume the earlier run instead.
+    assert caplog.records[0].levelname == "WARNING" and caplog.records[0].getMessage() == (
+        f"{state_path(out)} holds the epochs of an earlier run; this run starts afresh and replaces it at its "
+        "first epoch (to continue that run instead, stop now and add --resume)")
+    assert "--resume" not in caplog.text.replace("add --resume", "")
     # A resumed run interrupted before its next epoch can still be resumed from that state.
     resumed = train_cli.parser().parse_args([*argv, "--resume"])
     caplog.clear()
