@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -263,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("am.bench: --batch-size, --tiles, --threads and --agreement must be >= 0, --workers >= 1",
               file=sys.stderr)
+        return EXIT_USAGE
+    if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
+        parser.print_usage(sys.stderr)
+        print(f"am.bench: --peak-tflops {args.peak_tflops} must be a finite number > 0 (the device's peak "
+              "TFLOP/s; leave it out for a known GPU's)", file=sys.stderr)
         return EXIT_USAGE
     if not 0 <= args.tiles_per_message <= MAX_TILES_PER_MESSAGE:
         parser.print_usage(sys.stderr)

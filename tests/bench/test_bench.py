@@ -132,6 +132,13 @@ def test_pipeline_overhead_reports_a_failed_run(tmp_path: Path, monkeypatch: pyt
                           workdir=tmp_path)
 
 
+@pytest.mark.parametrize("peak", ["-1", "0", "nan", "inf"])
+def test_a_peak_that_is_no_positive_figure_is_a_usage_error(capsys: pytest.CaptureFixture[str], peak: str) -> None:
+    # -1 gave a negative limit in tiles per second, and 0 was taken silently for "not given".
+    assert bench_cli.main(["--peak-tflops", peak]) == 2
+    assert f"--peak-tflops {float(peak)} must be a finite number > 0" in capsys.readouterr().err
+
+
 def test_a_tile_size_that_is_no_multiple_of_32_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_cli.main(["--tile-size", "100"]) == 2
     assert "--tile-size 100 must be a positive multiple of 32" in capsys.readouterr().err
