@@ -46,8 +46,8 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     Raises InputError when an input is missing or unreadable, RegistrationError when the marks
     do not fit the requested grid. Such a failure removes the outputs of an earlier registration
     of the group, so that no ids of another grid or mask remain to be mistaken for this run's; an
-    interrupt leaves them as they were (whole, and matching their own registration.json), and a
-    success replaces them whole.
+    interrupt, or a write that fails (a full disk), leaves them as they were (whole, and matching
+    their own registration.json), and a success replaces them whole.
     """
     dataset = Path(dataset)
     problem = grid_shape_error(rows, cols)
@@ -65,7 +65,7 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
                 f"{dataset} {group}"
             )
         log.info("registering group %s (%d x %d px)", group, mask.shape[1], mask.shape[0])
-        registration = register_mask(mask, rows=rows, cols=cols)
+        registration = register_mask(mask, rows=rows, cols=cols, name=f"group {group}")
     except AmError:
         remove_outputs(dataset, group)
         raise

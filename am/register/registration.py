@@ -165,12 +165,14 @@ class Registration:
         }
 
 
-def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Registration:
+def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None, name: str = "") -> Registration:
     """Number the marks of a 2-D 0/255 mask by acquisition grid position.
 
     ``rows``/``cols`` are the grid's true shape; ``None`` estimates it from the marks (and says so
-    in ``warnings``). Raises InputError for a bad mask or shape, RegistrationError when the marks
-    cannot be registered to such a grid. Memory: about 8 bytes per pixel on top of the mask.
+    in ``warnings``). ``name`` (``group g``) starts each warning logged, so that among several
+    groups, or with INFO lines hidden, a warning still says which mask it is about. Raises
+    InputError for a bad mask or shape, RegistrationError when the marks cannot be registered to
+    such a grid. Memory: about 8 bytes per pixel on top of the mask.
     """
     problem = grid_shape_error(rows, cols)
     if problem:
@@ -223,8 +225,11 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None) -> Re
     if blob:
         warnings.append(blob)
     ids = _paint_ids(comps, splits, marks, assignment.node_id)
-    return _result(ids, marks, assignment, fit=fit, cols=col_place, rows=row_place, tolerance=tolerance,
-                   residual=residual, typical_area=typical_area, warnings=warnings)
+    registration = _result(ids, marks, assignment, fit=fit, cols=col_place, rows=row_place, tolerance=tolerance,
+                           residual=residual, typical_area=typical_area, warnings=warnings)
+    for warning in registration.warnings:
+        log.warning("%s%s", f"{name}: " if name else "", warning)
+    return registration
 
 
 def _result(
@@ -299,8 +304,6 @@ def _result(
         registration.assigned, registration.found, rows.size, cols.size, registration.angle_deg,
         registration.pitch_x, registration.pitch_y, residual_px,
     )
-    for warning in warnings:
-        log.warning("%s", warning)
     return registration
 
 

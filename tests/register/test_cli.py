@@ -140,6 +140,15 @@ def test_a_failed_run_leaves_no_ids_of_an_earlier_one(tmp_path):
     assert not out.exists()
 
 
+def test_each_warning_logged_names_its_group(tmp_path, caplog):
+    # With several groups, or with the INFO lines hidden, a warning must still say which mask to check.
+    dataset = make_dataset(tmp_path / "ds", "slide_2")
+    with caplog.at_level("WARNING", logger="am.register"):
+        registration = register_group(dataset, "slide_2", rows=None, cols=None)
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert registration.warnings and logged == [f"group slide_2: {w}" for w in registration.warnings]
+
+
 def test_an_interrupted_registration_keeps_the_ids_of_an_earlier_one_whole(tmp_path, monkeypatch):
     # They match their own registration.json; only a failed registration must not leave them.
     import am.register.dataset

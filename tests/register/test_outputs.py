@@ -170,6 +170,7 @@ def test_a_registration_stopped_while_writing_leaves_all_files_or_none(tmp_path,
     register_group(dataset, "g", rows=6, cols=7)
     finished = sorted(p.name for p in output_dir(dataset, "g").iterdir())
     assert {"am_coordinates.csv", "am_coordinates.png", "overlay.png", "registration.json"} <= set(finished)
+    earlier = {p.name: p.read_bytes() for p in output_dir(dataset, "g").iterdir() if p.is_file()}
 
     def interrupted(*args, **kwargs):
         raise fault(28, "No space left on device") if fault is OSError else fault()
@@ -177,8 +178,9 @@ def test_a_registration_stopped_while_writing_leaves_all_files_or_none(tmp_path,
     monkeypatch.setattr(overlay, "render_overview", interrupted)
     with pytest.raises((fault, InputError)):
         register_group(dataset, "g", rows=6, cols=7)
-    assert not output_dir(dataset, "g").exists(), "the earlier ids go, and no half of the new ones stays"
-    assert sorted(p.name for p in (dataset / "am_coords").iterdir()) == [], "nothing staged is left"
+    # The earlier registration stays whole (it matches its own registration.json); no half of the new one stays.
+    assert {p.name: p.read_bytes() for p in output_dir(dataset, "g").iterdir() if p.is_file()} == earlier
+    assert sorted(p.name for p in (dataset / "am_coords").iterdir()) == ["g"], "nothing staged is left"
 
     monkeypatch.undo()
     register_group(dataset, "g", rows=6, cols=7)
