@@ -114,6 +114,7 @@ def build_worker(config: WorkerConfig) -> Worker:
         dead_letters=Queue(sqs, dead_letter_url) if dead_letter_url else None,
         worker_id=config.worker_id,
         stop_grace_s=config.stop_grace_s,
+        max_batch_s=config.max_batch_s,
     )
 
 

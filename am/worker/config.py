@@ -31,6 +31,9 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 120
 # CloudFormation cannot subtract, so the stack passes the timeout itself and the worker subtracts.
 STOP_RELEASE_MARGIN_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 40.0
+# AM_MAX_BATCH_S: a model call (with a model's first load and compilation) still running after this
+# long is taken for a hung device; the worker then gives its messages back and exits 1.
+DEFAULT_MAX_BATCH_S = 900.0
 # Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.
 DEFAULT_BATCH_CPU = 4
 DEFAULT_BATCH_CUDA = 64
@@ -50,6 +53,7 @@ class WorkerConfig:
     idle_exit_s: float = DEFAULT_IDLE_EXIT_S
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
+    max_batch_s: float = DEFAULT_MAX_BATCH_S
     threads: int = 0
     log_level: str = "INFO"
     worker_id: str = ""
@@ -81,6 +85,7 @@ class WorkerConfig:
             idle_exit_s=_number(environ, "AM_IDLE_EXIT_S", float, DEFAULT_IDLE_EXIT_S),
             visibility_timeout_s=_number(environ, "AM_VISIBILITY_TIMEOUT_S", int, DEFAULT_VISIBILITY_TIMEOUT_S),
             stop_timeout_s=_number(environ, "AM_STOP_TIMEOUT_S", float, DEFAULT_STOP_TIMEOUT_S),
+            max_batch_s=_number(environ, "AM_MAX_BATCH_S", float, DEFAULT_MAX_BATCH_S),
             threads=_number(environ, "AM_THREADS", int, 0),
             log_level=text("AM_LOG_LEVEL", "INFO").upper(),
             worker_id=text("AM_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
@@ -102,6 +107,9 @@ class WorkerConfig:
         if not (math.isfinite(self.stop_timeout_s) and self.stop_timeout_s > 0):
             raise ConfigError(f"AM_STOP_TIMEOUT_S = {self.stop_timeout_s} must be a finite number of seconds > 0: "
                               "the time between SIGTERM and SIGKILL that whoever runs the worker allows")
+        if not (math.isfinite(self.max_batch_s) and self.max_batch_s > 0):
+            raise ConfigError(f"AM_MAX_BATCH_S = {self.max_batch_s} must be a finite number of seconds > 0: the "
+                              "longest a model call may run before the worker takes the device for hung")
         if not 30 <= self.visibility_timeout_s <= 43200:
             raise ConfigError(f"AM_VISIBILITY_TIMEOUT_S = {self.visibility_timeout_s} must be between 30 and "
                               "43200 seconds (the SQS limit)")

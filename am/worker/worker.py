@@ -51,7 +51,7 @@ from am.messages import RESULT_DONE, RESULT_FAILED, TileMessage, TileResult
 from am.transport.queue import MAX_RECEIVE, MAX_VISIBILITY_S, MAX_WAIT_S, Queue, Received, is_missing_queue
 from am.transport.storage import Storage
 from am.worker.batch import TileSteps, TileWork
-from am.worker.config import DEFAULT_STOP_TIMEOUT_S, STOP_RELEASE_MARGIN_S
+from am.worker.config import DEFAULT_MAX_BATCH_S, DEFAULT_STOP_TIMEOUT_S, STOP_RELEASE_MARGIN_S
 from am.worker.lease import Heartbeat, Lease
 from am.worker.models import Predictor
 from am.worker.stages import Prefetcher, Uploader
@@ -78,6 +78,10 @@ _SUPERVISE_INTERVAL_S = 0.1
 # poll would take them straight back, and a worker exiting then hides them from every other worker
 # for a whole visibility timeout. Given back, they reach that poll at once, and it returns them.
 RECEIVE_SETTLE_S = 2.0
+# A model call (a batch, with its model's first load and compilation) that has not returned after
+# this long is taken for a hung device or driver: the heartbeat would otherwise keep its messages,
+# and the batches prefetched behind it, hidden from every other worker for up to 12 hours.
+MAX_BATCH_S = DEFAULT_MAX_BATCH_S
 # OpenCV's threads in a worker process. Its parallelism is the stage pools (PNG codecs beside the
 # model) and, behind a GPU, the post-processing pool; OpenCV's own threads inside each of those only
 # crowd the cores (on 2 cores, 2 post-processing threads did 1.5-1.7 times the tiles of one with
@@ -144,6 +148,7 @@ class Worker:
         transfer_threads: int = TRANSFER_THREADS,
         prefetch_batches: int = PREFETCH_BATCHES,
         upload_batches: int = UPLOAD_BATCHES,
+        max_batch_s: float = MAX_BATCH_S,
     ) -> None:
         if batch_size < 1:
             raise WorkerError(f"batch size must be at least 1, got {batch_size}")
@@ -151,6 +156,8 @@ class Worker:
             raise WorkerError(f"idle exit must be a finite number of seconds > 0, got {idle_exit_s}")
         if not (math.isfinite(stop_grace_s) and stop_grace_s >= 0):
             raise WorkerError(f"stop grace must be a finite number of seconds >= 0, got {stop_grace_s}")
+        if not (math.isfinite(max_batch_s) and max_batch_s > 0):
+            raise WorkerError(f"the longest batch must be a finite number of seconds > 0, got {max_batch_s}")
         if not 1 <= visibility_timeout_s <= MAX_VISIBILITY_S:
             raise WorkerError(f"visibility timeout {visibility_timeout_s} s is outside 1..{MAX_VISIBILITY_S} s")
         if transfer_threads < 1 or prefetch_batches < 1 or upload_batches < 1:
@@ -174,6 +181,9 @@ class Worker:
         self._transfer_threads = transfer_threads
         self._prefetch_batches = prefetch_batches
         self._upload_batches = upload_batches
+        self._max_batch_s = max_batch_s
+        # When the model call in progress began (monotonic), None between calls: the supervisor's watch.
+        self._batch_started: float | None = None
         self.worker_id = worker_id
         self.stats = WorkerStats()
         self._lease = Lease()
@@ -251,6 +261,13 @@ class Worker:
     def _supervise(self, thread: threading.Thread, prefetcher: Prefetcher[TileWork]) -> int:
         stop_seen_at: float | None = None
         while thread.is_alive():
+            started = self._batch_started
+            if started is not None and time.monotonic() - started > self._max_batch_s and not self._aborting.is_set():
+                # A stuck call never returns: no grace period can end it, and only a new process can
+                # use the device again. Every held message goes back to the queue for the other workers.
+                self._fail(WorkerError(f"a model call has not returned after {self._max_batch_s:.0f} s (a hung GPU "
+                                       "or driver?): giving every held message back and exiting"))
+                self.abort()
             if self._aborting.is_set():
                 log.warning("aborting: releasing %d held message(s)", len(self._lease))
                 self._release_all()
@@ -398,7 +415,11 @@ class Worker:
                 tiles = prefetcher.take()
                 if tiles is None:
                     break
-                steps.infer(tiles)
+                self._batch_started = time.monotonic()
+                try:
+                    steps.infer(tiles)
+                finally:
+                    self._batch_started = None
                 if not uploader.submit(tiles):
                     break
         except BaseException as exc:

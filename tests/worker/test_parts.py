@@ -111,6 +111,7 @@ def test_config_lists_every_missing_variable() -> None:
     ("AM_PRECISION", "int8", "auto, fp32, fp16, bf16"),
     ("AM_POSTPROCESS", "yes", "on, off"),
     ("AM_OUTPUT_BUCKET", "in", "AM_INPUT_BUCKET and AM_OUTPUT_BUCKET are both 'in'"),
+    ("AM_MAX_BATCH_S", "0", "AM_MAX_BATCH_S = 0.0 must be a finite number of seconds > 0"),
 ])
 def test_config_rejects_bad_values(name: str, value: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -221,6 +221,22 @@ def test_stop_grace_releases_a_batch_that_cannot_finish(env: Env) -> None:
     predictor.release.set()
 
 
+def test_a_model_call_that_never_returns_gives_every_held_message_back_and_exits_1(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    # A hung GPU or driver: the heartbeat would keep the batch, and those prefetched, hidden for hours.
+    env.put_tiles(range(12))
+    predictor = FakePredictor()
+    predictor.release.clear()
+    worker = env.worker(predictor, idle_exit_s=30, max_batch_s=1.0)
+    thread, out = run_in_thread(worker)
+    assert predictor.started.wait(10)
+    thread.join(15)
+    assert out == {"code": 1}
+    assert env.queue.depth() == {"visible": 12, "in_flight": 0}
+    assert "a model call has not returned after 1 s (a hung GPU or driver?)" in caplog.text
+    predictor.release.set()
+
+
 def test_inference_error_fails_every_tile_of_the_batch(env: Env) -> None:
     env.put_tiles(range(3))
     worker = env.worker(FakePredictor(fail=RuntimeError("CUDA out of memory")), idle_exit_s=1.0)
@@ -277,6 +293,8 @@ def test_bad_arguments_are_refused(env: Env) -> None:
         env.worker(FakePredictor(), batch_size=0)
     with pytest.raises(WorkerError, match="idle exit"):
         env.worker(FakePredictor(), idle_exit_s=0)
+    with pytest.raises(WorkerError, match="longest batch"):
+        env.worker(FakePredictor(), max_batch_s=float("inf"))
 
 
 def test_stop_before_run_returns_without_receiving(env: Env) -> None:
