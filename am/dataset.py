@@ -50,11 +50,16 @@ class DatasetLayout:
         if not self.root.is_dir():
             raise InputError(f"dataset folder {self.root} does not exist; pass the folder that holds source/")
         if not self.source_dir.is_dir():
+            hint, parent = "", self.root.resolve().parent
+            if self.root.name == "source" and (parent / "source").is_dir():
+                hint = f" (this is a source/ folder itself: pass the dataset that holds it, {parent})"
             raise InputError(
-                f"dataset folder {self.root} has no source/ folder; put each image in source/<group>/"
+                f"dataset folder {self.root} has no source/ folder; put each image in source/<group>/{hint}"
             )
         available = group_folders(self.source_dir)
         if selected:
+            # A shell completes a folder name with a trailing slash: "slide_1/" means the group slide_1.
+            selected = [g.rstrip("/") if g.rstrip("/") in available else g for g in selected]
             unknown = [g for g in selected if g not in available]
             if unknown:
                 raise InputError(

@@ -80,6 +80,8 @@ def _register_groups(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     problem = grid_shape_error(args.rows, args.cols, prefix="--")
     if problem:
         parser.error(problem)
+    # A shell completes a folder name with a trailing slash: "slide_1/" means the group slide_1.
+    args.groups = [group.rstrip("/") or group for group in args.groups]
     for group in args.groups:
         if not group or "/" in group or "\\" in group or group in (".", ".."):
             parser.error(f"group {group!r} must be a folder name inside the dataset, not a path")

@@ -37,6 +37,17 @@ def test_unknown_selected_group_lists_the_available_ones(tmp_path):
         DatasetLayout(tmp_path).groups(["zz"])
 
 
+def test_a_group_named_with_the_trailing_slash_a_shell_completes_is_that_group(tmp_path):
+    make_group(tmp_path, "slide_1", "img.png")
+    assert DatasetLayout(tmp_path).groups(["slide_1/"]) == ["slide_1"]
+
+
+def test_a_source_folder_given_as_the_dataset_names_the_dataset_to_give(tmp_path):
+    make_group(tmp_path, "a", "img.png")
+    with pytest.raises(InputError, match=rf"a source/ folder itself: pass the dataset that holds it, {tmp_path}"):
+        DatasetLayout(tmp_path / "source").groups()
+
+
 def test_group_without_image_or_with_two_images(tmp_path):
     make_group(tmp_path, "empty", "notes.txt")
     make_group(tmp_path, "two", "a.png", "b.tiff")
