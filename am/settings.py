@@ -248,6 +248,25 @@ def setting_types() -> dict[str, Any]:
     return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(Settings)}
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice: plain YAML keeps the last one silently, so a
+    setting changed near the top of a file would be undone by an old line further down."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key {key} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                                    "keep one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML config file of flat ``key: value`` pairs; unknown keys are errors, not ignored."""
     if path.is_dir():
@@ -256,7 +275,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; {TEMPLATE_HINT}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"config file {path} cannot be read as YAML: {exc}") from exc
     if data is None:

@@ -45,6 +45,8 @@ def test_template_documents_exactly_the_settings():
     ("tile_size: 1048576\n", "tile_size = 1048576 is not allowed: it must be a multiple of 32 from 64"),
     ("backend: gcp\n", "backend"),
     ("key: [unclosed\n", "YAML"),
+    # Plain YAML keeps the last silently: the 0.5 set at the top would not apply.
+    ("scale: 0.5\nworkers: 1\nscale: 1\n", r"bad.yml: key scale is given twice \(lines 1 and 3\); keep one$"),
 ])
 def test_bad_config_files_name_the_key_and_file(tmp_path, text, match):
     config = tmp_path / "bad.yml"
