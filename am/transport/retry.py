@@ -22,8 +22,10 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
+    CredentialRetrievalError,
     EndpointConnectionError,
     IncompleteReadError,
+    MetadataRetrievalError,
     ReadTimeoutError,
     ResponseStreamingError,
 )
@@ -55,6 +57,8 @@ THROTTLING_CODES = frozenset({
     "AWS.SimpleQueueService.RequestThrottled",
     # SQS: too many messages in flight on the queue; some will be deleted soon.
     "OverLimit",
+    # SQS on a queue encrypted with a KMS key: KMS is throttling the queue's data-key requests.
+    "KMS.ThrottlingException",
 })
 # Codes a service sends for its own transient faults, whatever HTTP status carries them.
 TRANSIENT_CODES = frozenset({
@@ -75,6 +79,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     IncompleteReadError,
     ResponseStreamingError,
     ConnectionError,
+    # The task's credentials endpoint (ECS) or the instance metadata service did not answer in time:
+    # botocore fetches credentials again on the next call. NoCredentialsError (none configured) is not here.
+    CredentialRetrievalError,
+    MetadataRetrievalError,
 )
 HTTP_TOO_MANY_REQUESTS = 429
 

@@ -6,7 +6,14 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    MetadataRetrievalError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 from botocore.stub import Stubber
 
 from am.errors import InputError, TransportError
@@ -52,6 +59,9 @@ def policy(attempts: int = 4) -> tuple[RetryPolicy, list[float]]:
         client_error("TooManyRequests", 429),
         EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
         ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        client_error("KMS.ThrottlingException", 400),
+        CredentialRetrievalError(provider="container-role", error_msg="timed out"),
+        MetadataRetrievalError(error_msg="timed out"),
     ],
 )
 def test_transient_errors_are_retried_then_succeed(error: BaseException) -> None:
@@ -69,6 +79,11 @@ def test_client_errors_are_not_retried(code: str, status: int) -> None:
     with pytest.raises(TransportError, match=f"put s3://b/k failed and was not retried: {code} \\(HTTP {status}\\)"):
         retry.call("put s3://b/k", flaky)
     assert flaky.calls == 1 and waits == []
+
+
+def test_no_credentials_at_all_is_not_retried() -> None:
+    # Unlike a credentials endpoint that did not answer in time, none configured stays so.
+    assert not is_retryable(NoCredentialsError())
 
 
 def test_exhaustion_names_the_call_attempts_and_last_error() -> None:
