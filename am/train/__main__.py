@@ -265,7 +265,21 @@ def main(argv: list[str] | None = None) -> int:
     # Before minutes of reading and rendering images; a resumed run's weights come from its state.
     if args.init is not None and not args.resume and (problem := _init_problem(args)) is not None:
         p.error(problem)
+    if not (args.synthetic or args.synthetic_valid) and (unused := _unused_synthetic_options(p, args)):
+        log.warning("%s shape synthetic images, and this run renders none (no --synthetic or --synthetic-valid): "
+                    "they have no effect", ", ".join(unused))
     return run_main(partial(_check_data_then_train, args, argv), name="am.train")
+
+
+# Options that only change the synthetic images a run renders.
+SYNTHETIC_OPTIONS = ("synthetic_size", "synthetic_seed", "pitch_min", "pitch_max", "synthetic_labels",
+                     "synthetic_blobs", "synthetic_polarities")
+
+
+def _unused_synthetic_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The synthetic-only options given other values than their defaults, as the user spelt them."""
+    return [f"--{name.replace('_', '-')}" for name in SYNTHETIC_OPTIONS
+            if getattr(args, name) != parser.get_default(name)]
 
 
 def _check_data_then_train(args: argparse.Namespace, argv: list[str]) -> int:

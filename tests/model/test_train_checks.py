@@ -117,3 +117,16 @@ def test_data_problems_are_found_from_the_files_before_any_image_is_read_or_rend
         f"{valid / 'source' / 'b.png'} is 128 x 128 px but its mask {valid / 'mask' / 'b.png'} is 100 x 100 px; "
         f"{valid / 'source' / 'c.png'} is 96 x 96 px")
     assert "--synthetic -5 must be >= 0" in _refused([*out, "--data", str(root), "--synthetic", "-5"], capsys)
+
+
+def test_synthetic_options_without_synthetic_images_are_said_to_have_no_effect(
+        tmp_path: Path, capsys: pytest.CaptureFixture, no_data) -> None:
+    root = tmp_path / "labels"
+    _labelled(root, "train", "a.png", 128, 128)
+    argv = ["--out", str(tmp_path / "m.pt"), *TINY, "--data", str(root)]
+    assert train_cli.main([*argv, "--pitch-min", "30", "--synthetic-seed", "7", "--synthetic-blobs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert ("--synthetic-seed, --pitch-min shape synthetic images, and this run renders none (no --synthetic or "
+            "--synthetic-valid): they have no effect") in err
+    assert train_cli.main(argv) == 1
+    assert "no effect" not in capsys.readouterr().err
