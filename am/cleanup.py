@@ -127,7 +127,7 @@ class InterruptGuard:
     handler, the command line's SIGTERM one); any other disposition is left as it is.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, job_id: str, *, hint_s: float = CLEANUP_HINT_S) -> None:
         self.job_id = job_id

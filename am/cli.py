@@ -247,8 +247,9 @@ def run_main(main: Callable[[], int], *, name: str, interrupted: str = "", serve
     """
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     # A closed terminal or ssh session (SIGHUP) would kill the run without its clean-up, leaving its
-    # workers and queues behind; under nohup SIGHUP is ignored, and stays so.
-    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+    # workers and queues behind; under nohup SIGHUP is ignored, and stays so. A server keeps SIGHUP's
+    # own meaning (daemons reload on it; logrotate sends it), not a clean stop with exit 0.
+    if not server and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
         signal.signal(signal.SIGHUP, _sigterm_as_interrupt)
     # tqdm's monitor thread takes the bars' lock and is joined when the last bar closes: a Ctrl-C
     # landing in a bar's update just after the lock was taken would wedge that join (see am.interrupts).

@@ -26,8 +26,17 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".am-segm.lock"
 # Where the file system offers no locks (some network mounts), the run goes on unguarded, and says so.
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+# (EBADF: NFS takes an exclusive lock only on a file opened for writing.)
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _holder(descriptor: int) -> str:
+    """What the holder wrote in the lock file ("" from a folder's descriptor, or an unnamed holder)."""
+    try:
+        return os.pread(descriptor, 500, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
 
 
 @contextmanager
@@ -39,19 +48,25 @@ def dataset_lock(dataset: Path, *, command: str) -> Iterator[None]:
     """
     path = Path(dataset) / LOCK_NAME
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # 0o666 less the umask: another user of a shared dataset must be able to take the lock too.
+        descriptor, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
     except OSError as exc:
         if exc.errno not in _READ_ONLY:
             raise
-        # Nothing can be written there by this user: the run's own writes fail, each with its message.
-        log.debug("no lock on %s (%s)", dataset, os.strerror(exc.errno))
-        yield
-        return
+        # A lock needs no write access (flock works on a file opened for reading): a run that may
+        # not write the file, or the dataset's root, still takes it, only without its name in it.
+        try:
+            descriptor, writable = os.open(path if path.exists() else dataset, os.O_RDONLY), False
+        except OSError:
+            log.warning("no lock on %s (%s): make sure no other run uses this dataset meanwhile", dataset,
+                        os.strerror(exc.errno))
+            yield
+            return
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(descriptor, 500, 0).decode("utf-8", "replace").strip() or "a run that has not said"
+            holder = _holder(descriptor) or "a run that has not said which"
             raise InputError(f"dataset {dataset} is in use by another run ({holder}); wait for it to end, or stop "
                              "it, then rerun") from None
         except OSError as exc:
@@ -60,10 +75,11 @@ def dataset_lock(dataset: Path, *, command: str) -> Iterator[None]:
             log.warning("the file system of %s cannot lock files (%s): make sure no other run uses this dataset "
                         "meanwhile", dataset, os.strerror(exc.errno))
         else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-            os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, f"{command}, pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n"
-                      .encode(), 0)
+            if writable:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+                os.ftruncate(descriptor, 0)
+                os.pwrite(descriptor, f"{command}, pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n"
+                          .encode(), 0)
         yield
     finally:
         os.close(descriptor)  # lets the lock go

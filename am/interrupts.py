@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 Handler = Callable[[int, FrameType | None], Any]
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Longest a signal waits for a wait on threads to let it through.
 POLL_S = 0.1
 

@@ -330,11 +330,11 @@ def run_pipeline(
     summary = PipelineSummary(groups=selected)
     phases = _Phases(summary.seconds)
 
-    for group in selected:
-        check_group_image(layout, group, settings=settings)
-    _check_outputs_writable(layout, selected, register=register)
     # Held to the end: a second run on this dataset meanwhile would remove this one's tiles and ids.
     with dataset_lock(layout.root, command="am.pipeline"):
+        for group in selected:
+            check_group_image(layout, group, settings=settings)
+        _check_outputs_writable(layout, selected, register=register)
         worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
         model, model_id = resolve_model(settings, cache_dir=cache_dir)
         # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.

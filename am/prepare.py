@@ -416,7 +416,7 @@ class GroupTiler:
                                 overlap=settings.tile_overlap)
         if self._resuming and (earlier.get("plan") != json.loads(self._plan.to_json())
                                or _recorded_scale(earlier, settings) != self._scale):
-            log.warning("group %s: the tile plan changed since the interrupted run; cutting every tile again", group)
+            log.warning("group %s: the tile plan changed since the earlier run; cutting every tile again", group)
             self._resuming = False
             shutil.rmtree(layout.tiles_dir(group), ignore_errors=False)
         self.masks_kept = 0

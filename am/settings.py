@@ -259,7 +259,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in (<<: *anchor) may be overridden: that is what merging is for
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                break  # an unhashable key: the safe loader's own error names it
             if key in seen:
                 raise _DuplicateKey(f"key {key} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
                                     "keep one")

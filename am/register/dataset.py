@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from am.errors import AmError, InputError
+from am.errors import InputError
 from am.files import check_can_replace, staging, swap_in
 from am.grid_shape import grid_shape_error
 from am.register.outputs import write_outputs
@@ -66,7 +66,7 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
             )
         log.info("registering group %s (%d x %d px)", group, mask.shape[1], mask.shape[0])
         registration = register_mask(mask, rows=rows, cols=cols, name=f"group {group}")
-    except AmError:
+    except Exception:  # not an interrupt: a registration that failed, for whatever reason, leaves no ids
         remove_outputs(dataset, group)
         raise
     # All the files or none: an interrupt or a full disk while the overlays are drawn (seconds on

@@ -291,9 +291,9 @@ def _check_data_then_train(args: argparse.Namespace, argv: list[str]) -> int:
 def _data_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the --data roots (listed, masks paired and sized from their headers) or the
     validation set, found before any image is read or rendered; None if nothing."""
-    roots = [Path(root).resolve() for root in args.data]
+    roots = data_folders(args.data)
     if len(set(roots)) < len(roots):
-        twice = sorted({str(r) for r in roots if roots.count(r) > 1})
+        twice = sorted({r for r in roots if roots.count(r) > 1})
         return f"--data {', '.join(twice)} given more than once: each image would count twice"
     has_valid = args.synthetic_valid > 0
     try:

@@ -4,7 +4,9 @@ Environment: AM_QUEUE_URL, AM_INPUT_BUCKET, AM_OUTPUT_BUCKET (required); AM_MODE
 s3:// URI, default the shipped model), AM_ENDPOINT_URL (local backend only), AM_REGION,
 AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S,
 AM_STOP_TIMEOUT_S (seconds from SIGTERM to SIGKILL, default 40: a stopped worker finishes its
-work in hand for all but the last 15 of them, then gives back what is left), AM_THREADS
+work in hand for all but the last 15 of them, then gives back what is left), AM_MAX_BATCH_S
+(default 900: a model call running longer is taken for a hung device; the worker gives its
+messages back and exits 1), AM_THREADS
 (torch CPU threads, 0: torch's default), AM_COMPILE (auto|on|off: torch.compile, auto on CUDA
 only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, bf16 on a CPU with AMX tile units,
 fp32 on other CPUs), AM_POSTPROCESS
@@ -12,7 +14,7 @@ fp32 on other CPUs), AM_POSTPROCESS
 AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
 
 Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when the model
-cannot be loaded, the worker breaks, or a second signal aborts it, 2 for bad settings or any
+cannot be loaded, the worker breaks, a model call hangs, or a second signal aborts it, 2 for bad settings or any
 command-line argument other than -h/--help.
 """
 

@@ -197,3 +197,34 @@ def test_sighup_runs_the_clean_up_unless_it_is_ignored():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, hangup)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_a_clean_up_is_counted_not_let_through(signum):
+    # A closed terminal may send SIGHUP twice: the second must not cut the clean-up short.
+    from am.cleanup import InterruptGuard
+    from am.cli import _sigterm_as_interrupt
+
+    previous = signal.getsignal(signum)
+    signal.signal(signum, _sigterm_as_interrupt)
+    guard = InterruptGuard("job-1")
+    try:
+        guard.install()
+        guard.cleaning = True
+        os.kill(os.getpid(), signum)
+        time.sleep(0.05)
+        assert guard.extra == 1
+    finally:
+        guard.uninstall()
+        signal.signal(signum, previous)
+
+
+def test_a_server_leaves_sighup_as_it_was():
+    # Daemons reload on SIGHUP (logrotate sends it): a server must not take it for a clean stop.
+    hangup = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert run_main(_raise(KeyboardInterrupt()), name="am.test", server=True) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, hangup)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from faults.harness import make_dataset
+from faults.harness import make_dataset, read_only
 
 from am.dataset_lock import LOCK_NAME, dataset_lock
 from am.errors import InputError
@@ -57,3 +57,15 @@ def test_the_lock_goes_with_the_run_that_held_it(tmp_path):
         holder.wait()
     with dataset_lock(tmp_path, command="after"):
         pass
+
+
+@pytest.mark.parametrize("lock_file", ["there", "absent"])
+def test_a_run_that_cannot_write_the_dataset_still_takes_the_lock(tmp_path, lock_file):
+    # A shared dataset another user made, or a read-only root whose output folders are writable:
+    # a lock needs no write access, and two such runs must still exclude each other.
+    if lock_file == "there":
+        with dataset_lock(tmp_path, command="earlier"):
+            pass
+    with read_only(tmp_path), dataset_lock(tmp_path, command="first"), \
+            pytest.raises(InputError, match="is in use by another run"), dataset_lock(tmp_path, command="second"):
+        pytest.fail("two holders at once")

@@ -47,6 +47,7 @@ def test_template_documents_exactly_the_settings():
     ("key: [unclosed\n", "YAML"),
     # Plain YAML keeps the last silently: the 0.5 set at the top would not apply.
     ("scale: 0.5\nworkers: 1\nscale: 1\n", r"bad.yml: key scale is given twice \(lines 1 and 3\); keep one$"),
+    ("? [a, b]\n: 1\n", "(?s)cannot be read as YAML: .*unhashable key"),
 ])
 def test_bad_config_files_name_the_key_and_file(tmp_path, text, match):
     config = tmp_path / "bad.yml"
@@ -174,3 +175,10 @@ def test_scale_is_a_factor_or_auto_wherever_it_is_set(tmp_path):
         load_settings({}, environ={"AM_SCALE": "20"})
     with pytest.raises(ConfigError, match="must be between 0.1 and 10, or auto"):
         Settings(scale="automatic")
+
+
+def test_yaml_merge_keys_still_work_in_a_config_file(tmp_path):
+    config = tmp_path / "merged.yml"
+    config.write_text("<<: {workers: 3, tta: flips}\ntta: d4\n")
+    settings = load_settings({}, environ={}, config_path=config)
+    assert (settings.workers, settings.tta) == (3, "d4")

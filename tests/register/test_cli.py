@@ -99,8 +99,9 @@ def test_register_group_refuses_an_impossible_shape_before_removing_outputs(tmp_
 
 def test_cli_groups_may_follow_the_options(tmp_path):
     dataset = make_dataset(tmp_path / "ds")
-    result = run_cli(str(dataset), "--rows", "5", "--cols", "6", "g/")  # as a shell completes it
-    assert result.returncode == 0, result.stderr
+    for group in ("g", "g/"):  # as typed, and as a shell completes it
+        result = run_cli(str(dataset), "--rows", "5", "--cols", "6", group)
+        assert result.returncode == 0, result.stderr
     assert (dataset / "am_coords" / "g" / "registration.json").exists()
 
 
