@@ -29,6 +29,25 @@ LOCK_NAME = ".am-segm.lock"
 # (EBADF: NFS takes an exclusive lock only on a file opened for writing.)
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+# How often a run told to wait for the lock tries again.
+_WAIT_STEP_S = 0.5
+
+
+def _take(descriptor: int, dataset: Path, wait_s: float) -> None:
+    """flock the descriptor, trying again for up to ``wait_s``; BlockingIOError if it stays held."""
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                said = True
+                log.info("dataset %s is in use by another run (%s); waiting up to %g s for it to end", dataset,
+                         _holder(descriptor) or "unnamed", wait_s)
+            time.sleep(min(_WAIT_STEP_S, max(0.0, deadline - time.monotonic())))
 
 
 def _holder(descriptor: int) -> str:
@@ -40,11 +59,13 @@ def _holder(descriptor: int) -> str:
 
 
 @contextmanager
-def dataset_lock(dataset: Path, *, command: str) -> Iterator[None]:
+def dataset_lock(dataset: Path, *, command: str, wait_s: float = 0.0) -> Iterator[None]:
     """Hold ``dataset``'s lock for the block; InputError naming the holder if another run has it.
 
     ``command`` (such as ``am.pipeline``) is written into the lock file with this process's id,
-    host and start time, for the message a second run gets.
+    host and start time, for the message a second run gets. ``wait_s`` waits that long for a
+    holder to finish first (the task server's restarted run, while the one its previous life
+    started still cleans up), saying once that it waits.
     """
     path = Path(dataset) / LOCK_NAME
     try:
@@ -64,11 +85,12 @@ def dataset_lock(dataset: Path, *, command: str) -> Iterator[None]:
             return
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _take(descriptor, dataset, wait_s)
         except BlockingIOError:
             holder = _holder(descriptor) or "a run that has not said which"
-            raise InputError(f"dataset {dataset} is in use by another run ({holder}); wait for it to end, or stop "
-                             "it, then rerun") from None
+            waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
+            raise InputError(f"dataset {dataset} is in use by another run ({holder}){waited}; wait for it to end, "
+                             "or stop it, then rerun") from None
         except OSError as exc:
             if exc.errno not in _NO_LOCKS:
                 raise

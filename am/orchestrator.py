@@ -317,6 +317,7 @@ def run_pipeline(
     cache_dir: Path,
     environ: Mapping[str, str] | None = None,
     show_progress: bool = True,
+    lock_wait_s: float = 0.0,
 ) -> PipelineSummary:
     """Run every stage on ``dataset``; raises an AmError subclass on any failure but a group's registration.
 
@@ -331,7 +332,7 @@ def run_pipeline(
     phases = _Phases(summary.seconds)
 
     # Held to the end: a second run on this dataset meanwhile would remove this one's tiles and ids.
-    with dataset_lock(layout.root, command="am.pipeline"):
+    with dataset_lock(layout.root, command="am.pipeline", wait_s=lock_wait_s):
         for group in selected:
             check_group_image(layout, group, settings=settings)
         _check_outputs_writable(layout, selected, register=register)

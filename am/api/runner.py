@@ -61,6 +61,9 @@ class PipelineCommand:
     def argv(self, dataset: Path, *, rows: int | None, cols: int | None) -> list[str]:
         s = self.settings
         args = [self.python, "-m", "am.pipeline", str(dataset), GROUP, "--no-progress",
+                # A task re-queued by a restarted server may find the run of its previous life still
+                # cleaning up (a killed server's pipelines get SIGTERM): it waits, not fails.
+                "--wait-for-lock", str(TASK_LOCK_WAIT_S),
                 "--backend", s.backend, "--workers", str(s.workers),
                 "--tile-size", str(s.tile_size), "--tile-overlap", str(s.tile_overlap),
                 "--scale", str(s.scale), "--tta", s.tta, "--batch-size", str(s.batch_size),
@@ -74,6 +77,10 @@ class PipelineCommand:
         else:
             args.append("--no-register")
         return args
+
+
+# Longer than a local clean-up (about 30 s) and an AWS one (up to 3 minutes).
+TASK_LOCK_WAIT_S = 240
 
 
 def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:

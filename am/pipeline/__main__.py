@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="tiles per model call in each worker (default: by device)")
     add_log_level_option(parser, default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    parser.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
+                        help="wait up to SECONDS for another run on the dataset to end (default 0: refuse at once)")
     return parser
 
 
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # groups may follow the options
     if (args.rows is None) != (args.cols is None):
         parser.error("give --rows and --cols together (or neither, to estimate the grid from the marks)")
+    if not (math.isfinite(args.wait_for_lock) and args.wait_for_lock >= 0):
+        parser.error(f"--wait-for-lock {args.wait_for_lock} must be a finite number of seconds >= 0")
     if args.no_register and args.rows is not None:
         parser.error("--rows/--cols number the marks, which --no-register leaves out: give one or the other")
     # Before any tile is segmented: registration would refuse the grid only at the very end.
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                              "create it with source/<group>/<image> inside (make sample builds one)")
         summary = run_pipeline(args.dataset, settings=settings, groups=args.groups or None, rows=args.rows,
                                cols=args.cols, register=not args.no_register, cache_dir=_cache_dir(),
-                               environ=os.environ, show_progress=not args.no_progress)
+                               environ=os.environ, show_progress=not args.no_progress,
+                               lock_wait_s=args.wait_for_lock)
         for line in summary.lines():
             print(line)
         return _registration_outcome(summary.registration_failed, len(summary.groups))

@@ -69,3 +69,24 @@ def test_a_run_that_cannot_write_the_dataset_still_takes_the_lock(tmp_path, lock
     with read_only(tmp_path), dataset_lock(tmp_path, command="first"), \
             pytest.raises(InputError, match="is in use by another run"), dataset_lock(tmp_path, command="second"):
         pytest.fail("two holders at once")
+
+
+def test_a_run_told_to_wait_takes_the_lock_once_the_holder_ends(tmp_path, caplog):
+    # The task server's restarted run, while the run its previous life started still cleans up.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from am.dataset_lock import dataset_lock; "
+                               "cm = dataset_lock(sys.argv[2], command='cleaning up'); cm.__enter__(); "
+                               "print('held', flush=True); time.sleep(1.5)", str(REPO), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=r"in use by another run \(cleaning up, pid .*\) \(waited 0.2 s\)"), \
+                dataset_lock(tmp_path, command="impatient", wait_s=0.2):
+            pytest.fail("taken while held")
+        caplog.set_level("INFO", logger="am.dataset_lock")
+        with dataset_lock(tmp_path, command="patient", wait_s=30):
+            assert holder.poll() is not None, "taken before the holder ended"
+        assert [r.getMessage() for r in caplog.records if "waiting up to 30 s" in r.getMessage()][:1]
+    finally:
+        holder.kill()
+        holder.wait()

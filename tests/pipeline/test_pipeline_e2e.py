@@ -91,6 +91,7 @@ def test_bad_dataset_fails_clearly_without_starting_anything(tmp_path, tiny_mode
     (["--rows", "0", "--cols", "5"], "--rows must be a positive whole number of grid positions"),
     (["--rows", "5"], "give --rows and --cols together"),
     (["--rows", "5", "--cols", "5", "--no-register"], "--rows/--cols number the marks, which --no-register leaves out"),
+    (["--wait-for-lock", "-1"], "--wait-for-lock -1.0 must be a finite number of seconds >= 0"),
 ])
 def test_bad_grid_arguments_are_usage_errors(small_dataset, tiny_model, tmp_path, args, message):
     result = run_pipeline(small_dataset, tiny_model, tmp_path, *args, marker="x")
