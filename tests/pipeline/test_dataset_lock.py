@@ -22,6 +22,17 @@ def _run(module: str, dataset: Path, tmp_path: Path) -> subprocess.CompletedProc
                           env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
+def _holder(dataset: Path, *, command: str, seconds: float) -> subprocess.Popen:
+    """Another process holding ``dataset``'s lock for ``seconds``; returns once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from am.dataset_lock import dataset_lock; "
+                               "cm = dataset_lock(sys.argv[2], command=sys.argv[3]); cm.__enter__(); "
+                               "print('held', flush=True); time.sleep(float(sys.argv[4]))",
+                               str(REPO), str(dataset), command, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
 @pytest.mark.parametrize("module", ["am.pipeline", "am.register"])
 def test_a_second_run_on_a_dataset_in_use_is_refused_before_it_changes_anything(tmp_path, module):
     dataset = make_dataset(tmp_path / "ds", {"g": (200, 200)})
@@ -43,13 +54,8 @@ def test_the_lock_goes_with_the_run_that_held_it(tmp_path):
     with dataset_lock(tmp_path, command="third"):
         assert (tmp_path / LOCK_NAME).read_text().startswith(f"third, pid {os.getpid()} on ")
     # A holder killed outright leaves no lock behind: the kernel drops it with the process.
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "from am.dataset_lock import dataset_lock; "
-                               "cm = dataset_lock(sys.argv[2], command='killed'); cm.__enter__(); "
-                               "print('held', flush=True); time.sleep(60)", str(REPO), str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = _holder(tmp_path, command="killed", seconds=60)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(InputError, match="killed, pid"), dataset_lock(tmp_path, command="x"):
             pass
     finally:
@@ -73,13 +79,8 @@ def test_a_run_that_cannot_write_the_dataset_still_takes_the_lock(tmp_path, lock
 
 def test_a_run_told_to_wait_takes_the_lock_once_the_holder_ends(tmp_path, caplog):
     # The task server's restarted run, while the run its previous life started still cleans up.
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "from am.dataset_lock import dataset_lock; "
-                               "cm = dataset_lock(sys.argv[2], command='cleaning up'); cm.__enter__(); "
-                               "print('held', flush=True); time.sleep(1.5)", str(REPO), str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = _holder(tmp_path, command="cleaning up", seconds=1.5)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(InputError, match=r"in use by another run \(cleaning up, pid .*\) \(waited 0.2 s\)"), \
                 dataset_lock(tmp_path, command="impatient", wait_s=0.2):
             pytest.fail("taken while held")

@@ -168,9 +168,8 @@ def test_workers_start_before_the_image_is_read_and_tiles_go_out_row_by_row(depl
     assert deployment.keys() == [] and deployment.results_queues() == []
 
 
-def test_the_progress_bar_knows_every_tile_before_the_first_row_is_cut(deployment, tiny_model, tmp_path,
-                                                                        monkeypatch):
-    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE, "g2": (200, 300)})
+def _record_bar_totals(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The segment bar's total as each chunk is sent, in order."""
     totals: list[float] = []
     send = Job.send
 
@@ -179,6 +178,13 @@ def test_the_progress_bar_knows_every_tile_before_the_first_row_is_cut(deploymen
         send(job, group, tiles)
 
     monkeypatch.setattr(Job, "send", recording_send)
+    return totals
+
+
+def test_the_progress_bar_knows_every_tile_before_the_first_row_is_cut(deployment, tiny_model, tmp_path,
+                                                                        monkeypatch):
+    dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE, "g2": (200, 300)})
+    totals = _record_bar_totals(monkeypatch)
     summary = _run(dataset, deployment, tiny_model, tmp_path)
     # 36 tiles of g1 and 4 rows of 6 of g2: the total the first row saw is the job's.
     assert summary.tiles == 60 and totals == [60] * 10, totals
@@ -194,14 +200,7 @@ def test_the_progress_bar_of_a_resumed_group_counts_only_the_tiles_it_sends(depl
     layout.tile_plan("g1").write_text(json.dumps({**meta, "complete": False}))
     for index in range(20, ROWS * COLS):
         layout.tile_mask("g1", index).unlink()
-    totals: list[float] = []
-    send = Job.send
-
-    def recording_send(job: Job, group: str, tiles: Any) -> None:
-        totals.append(job._bar.total)
-        send(job, group, tiles)
-
-    monkeypatch.setattr(Job, "send", recording_send)
+    totals = _record_bar_totals(monkeypatch)
     summary = _run(dataset, deployment, tiny_model, tmp_path)
     assert summary.job is not None and summary.job.completed == 16 and summary.tiles_reused == 20
     # Tiles 20-35 lie in rows 3-5 (of 6 tiles each): the total the first of them saw is the 16 sent.
