@@ -120,10 +120,11 @@ class TileSteps:
         model, tta = group[0].message.model, group[0].message.tta
         try:
             predictor = self._predictor_for(model)
-        except AmError as exc:
-            log.error("cannot load model %s for %d tile(s): %s", model, len(group), exc)
+        except Exception as exc:  # also torch's device and memory failures (RuntimeError), a full cache disk
+            why = str(exc) if isinstance(exc, AmError) else f"{type(exc).__name__}: {exc}"
+            log.error("cannot load model %s for %d tile(s): %s", model, len(group), why)
             for tile in group:
-                tile.fail(f"model {model}: {exc}")
+                tile.fail(f"model {model}: {why}")
             return
         batch = np.concatenate([t.image for t in group if t.image is not None])
         start = self._timer()

@@ -248,20 +248,25 @@ def test_inference_error_fails_every_tile_of_the_batch(env: Env) -> None:
     assert env.queue.depth() == {"visible": 0, "in_flight": 0}
 
 
-def test_model_that_cannot_load_fails_its_tiles(env: Env) -> None:
+@pytest.mark.parametrize(("failure", "said"), [
+    (CheckpointError("checkpoint /nowhere/other.pt does not exist"), "does not exist"),
+    # torch's device and memory failures at load are failures of these tiles, with their reason, not a crash.
+    (RuntimeError("CUDA out of memory"), "model /nowhere/other.pt: RuntimeError: CUDA out of memory"),
+])
+def test_model_that_cannot_load_fails_its_tiles(env: Env, failure: Exception, said: str) -> None:
     env.put_tiles([0])
     env.queue.send_many([env.message(0, model="/nowhere/other.pt").to_json()])
 
     def models(uri: str) -> Any:
         if uri == "/nowhere/other.pt":
-            raise CheckpointError("checkpoint /nowhere/other.pt does not exist")
+            raise failure
         return FakePredictor()
 
     worker = env.worker(models, batch_size=2, idle_exit_s=1.0)
     assert worker.run() == 0
     results = env.collect_results()
     assert {r.status for r in results if r.attempt == 1} == {"done", "failed"}
-    assert any("does not exist" in r.error for r in results)
+    assert any(said in r.error for r in results)
 
 
 def test_tiles_of_a_finished_job_are_dropped(env: Env) -> None:
