@@ -120,7 +120,9 @@ class TileSteps:
         model, tta = group[0].message.model, group[0].message.tta
         try:
             predictor = self._predictor_for(model)
-        except Exception as exc:  # also torch's device and memory failures (RuntimeError), a full cache disk
+        # Also torch's device and memory failures (RuntimeError; CUDA out of memory among them) and a
+        # full cache disk (OSError); anything else is a bug, which stops the worker.
+        except (AmError, RuntimeError, OSError) as exc:
             why = str(exc) if isinstance(exc, AmError) else f"{type(exc).__name__}: {exc}"
             log.error("cannot load model %s for %d tile(s): %s", model, len(group), why)
             for tile in group:
