@@ -24,6 +24,11 @@ OTHER_IMAGE_KINDS = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GI
 IGNORED_FOLDERS = frozenset({"__MACOSX"})
 
 
+def as_group_name(typed: str) -> str:
+    """A group as the user typed it, less the trailing slash a shell's completion adds ("slide_1/")."""
+    return typed.rstrip("/") or typed
+
+
 def group_folders(folder: Path) -> list[str]:
     """The names of the folders in ``folder`` that can be groups, sorted.
 
@@ -58,8 +63,7 @@ class DatasetLayout:
             )
         available = group_folders(self.source_dir)
         if selected:
-            # A shell completes a folder name with a trailing slash: "slide_1/" means the group slide_1.
-            selected = [g.rstrip("/") if g.rstrip("/") in available else g for g in selected]
+            selected = [as_group_name(g) for g in selected]
             unknown = [g for g in selected if g not in available]
             if unknown:
                 raise InputError(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from am.cli import add_log_level_option, configure_logging, describe_os_error, run_main
-from am.dataset import group_folders
+from am.dataset import as_group_name, group_folders
 from am.dataset_lock import dataset_lock
 from am.errors import AmError
 from am.grid_shape import grid_shape_error
@@ -80,8 +80,7 @@ def _register_groups(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     problem = grid_shape_error(args.rows, args.cols, prefix="--")
     if problem:
         parser.error(problem)
-    # A shell completes a folder name with a trailing slash: "slide_1/" means the group slide_1.
-    args.groups = [group.rstrip("/") or group for group in args.groups]
+    args.groups = [as_group_name(group) for group in args.groups]
     for group in args.groups:
         if not group or "/" in group or "\\" in group or group in (".", ".."):
             parser.error(f"group {group!r} must be a folder name inside the dataset, not a path")
