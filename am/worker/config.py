@@ -32,7 +32,8 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 120
 STOP_RELEASE_MARGIN_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 40.0
 # AM_MAX_BATCH_S: a model call (with a model's first load and compilation) still running after this
-# long is taken for a hung device; the worker then gives its messages back and exits 1.
+# long is taken for a hung device or driver, and the worker gives its messages back and exits 1: the
+# heartbeat would otherwise keep them, and the batches prefetched behind them, hidden for up to 12 hours.
 DEFAULT_MAX_BATCH_S = 900.0
 # Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.
 DEFAULT_BATCH_CPU = 4

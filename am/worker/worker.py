@@ -78,10 +78,6 @@ _SUPERVISE_INTERVAL_S = 0.1
 # poll would take them straight back, and a worker exiting then hides them from every other worker
 # for a whole visibility timeout. Given back, they reach that poll at once, and it returns them.
 RECEIVE_SETTLE_S = 2.0
-# A model call (a batch, with its model's first load and compilation) that has not returned after
-# this long is taken for a hung device or driver: the heartbeat would otherwise keep its messages,
-# and the batches prefetched behind it, hidden from every other worker for up to 12 hours.
-MAX_BATCH_S = DEFAULT_MAX_BATCH_S
 # OpenCV's threads in a worker process. Its parallelism is the stage pools (PNG codecs beside the
 # model) and, behind a GPU, the post-processing pool; OpenCV's own threads inside each of those only
 # crowd the cores (on 2 cores, 2 post-processing threads did 1.5-1.7 times the tiles of one with
@@ -148,7 +144,7 @@ class Worker:
         transfer_threads: int = TRANSFER_THREADS,
         prefetch_batches: int = PREFETCH_BATCHES,
         upload_batches: int = UPLOAD_BATCHES,
-        max_batch_s: float = MAX_BATCH_S,
+        max_batch_s: float = DEFAULT_MAX_BATCH_S,
     ) -> None:
         if batch_size < 1:
             raise WorkerError(f"batch size must be at least 1, got {batch_size}")
