@@ -14,6 +14,7 @@ from am.errors import CheckpointError, TransportError
 from am.messages import tiles_key
 from am.transport.queue import Queue, delete_queue
 from am.transport.storage import Storage
+from am.worker.worker import Worker
 
 from .conftest import FAST_RETRY, JOB, Env, FakePredictor, expected_mask, run_in_thread
 
@@ -52,13 +53,21 @@ def test_batches_larger_than_one_receive_are_filled(env: Env) -> None:
     assert len(env.collect_results()) == 30
 
 
-def test_heartbeat_keeps_slow_batch_and_prefetched_ones_hidden(env: Env) -> None:
-    env.put_tiles(range(4))
+def _in_first_batch(env: Env, tiles: int, **overrides: Any) -> tuple[FakePredictor, Worker, threading.Thread,
+                                                                   dict[str, int]]:
+    """``tiles`` tiles queued and a worker running on a thread, returned once its model call has begun
+    and is held there (``predictor.release`` lets it go)."""
+    env.put_tiles(range(tiles))
     predictor = FakePredictor()
     predictor.release.clear()
-    worker = env.worker(predictor, visibility_timeout_s=2, batch_size=2)
+    worker = env.worker(predictor, **overrides)
     thread, out = run_in_thread(worker)
     assert predictor.started.wait(10)
+    return predictor, worker, thread, out
+
+
+def test_heartbeat_keeps_slow_batch_and_prefetched_ones_hidden(env: Env) -> None:
+    predictor, _worker, thread, out = _in_first_batch(env, 4, visibility_timeout_s=2, batch_size=2)
     time.sleep(2.5)  # past the 2 s visibility timeout: only the heartbeat keeps the messages hidden
     assert env.queue.receive(wait_s=0) == []  # neither the batch computing nor the one prefetched
     predictor.release.set()
@@ -165,12 +174,7 @@ def test_idle_exit(env: Env) -> None:
 
 
 def test_stop_mid_batch_finishes_the_batch(env: Env) -> None:
-    env.put_tiles(range(8))
-    predictor = FakePredictor()
-    predictor.release.clear()
-    worker = env.worker(predictor, batch_size=4, idle_exit_s=30)
-    thread, out = run_in_thread(worker)
-    assert predictor.started.wait(10)
+    predictor, worker, thread, out = _in_first_batch(env, 8, batch_size=4, idle_exit_s=30)
     worker.stop()
     worker.stop()  # idempotent
     time.sleep(0.3)
@@ -193,12 +197,7 @@ def test_stop_while_idle_returns_at_once(env: Env) -> None:
 
 
 def test_abort_releases_held_messages_at_once(env: Env) -> None:
-    env.put_tiles(range(3))
-    predictor = FakePredictor()
-    predictor.release.clear()
-    worker = env.worker(predictor, idle_exit_s=30)
-    thread, out = run_in_thread(worker)
-    assert predictor.started.wait(10)
+    predictor, worker, thread, out = _in_first_batch(env, 3, idle_exit_s=30)
     worker.stop()
     worker.abort()
     thread.join(5)
@@ -208,12 +207,7 @@ def test_abort_releases_held_messages_at_once(env: Env) -> None:
 
 
 def test_stop_grace_releases_a_batch_that_cannot_finish(env: Env) -> None:
-    env.put_tiles(range(2))
-    predictor = FakePredictor()
-    predictor.release.clear()
-    worker = env.worker(predictor, idle_exit_s=30, stop_grace_s=0.5)
-    thread, out = run_in_thread(worker)
-    assert predictor.started.wait(10)
+    predictor, worker, thread, out = _in_first_batch(env, 2, idle_exit_s=30, stop_grace_s=0.5)
     worker.stop()
     thread.join(5)
     assert out == {"code": 0}
@@ -224,12 +218,7 @@ def test_stop_grace_releases_a_batch_that_cannot_finish(env: Env) -> None:
 def test_a_model_call_that_never_returns_gives_every_held_message_back_and_exits_1(
         env: Env, caplog: pytest.LogCaptureFixture) -> None:
     # A hung GPU or driver: the heartbeat would keep the batch, and those prefetched, hidden for hours.
-    env.put_tiles(range(12))
-    predictor = FakePredictor()
-    predictor.release.clear()
-    worker = env.worker(predictor, idle_exit_s=30, max_batch_s=1.0)
-    thread, out = run_in_thread(worker)
-    assert predictor.started.wait(10)
+    predictor, _worker, thread, out = _in_first_batch(env, 12, idle_exit_s=30, max_batch_s=1.0)
     thread.join(15)
     assert out == {"code": 1}
     assert env.queue.depth() == {"visible": 12, "in_flight": 0}
@@ -311,12 +300,7 @@ def test_stop_before_run_returns_without_receiving(env: Env) -> None:
 
 
 def test_stop_gives_prefetched_batches_back_at_once(env: Env) -> None:
-    env.put_tiles(range(6))
-    predictor = FakePredictor()
-    predictor.release.clear()
-    worker = env.worker(predictor, batch_size=2, idle_exit_s=30)
-    thread, out = run_in_thread(worker)
-    assert predictor.started.wait(10)
+    predictor, worker, thread, out = _in_first_batch(env, 6, batch_size=2, idle_exit_s=30)
     assert wait_until(lambda: env.queue.depth()["visible"] == 0)  # two batches prefetched behind the first
     worker.stop()
     # Before the batch in hand finishes, the prefetched ones are visible for other workers.
