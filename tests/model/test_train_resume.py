@@ -91,6 +91,28 @@ def test_a_resume_reports_epochs_counted_from_one_and_does_nothing_when_all_are_
         _run(TrainConfig(**{**config.__dict__, "epochs": 1, "resume": True}), images)
 
 
+def test_a_resume_with_more_epochs_says_its_learning_rate_is_replanned(
+        tmp_path: Path, images: list[Labelled], caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "m.pt"
+    config = TrainConfig(out=out, **{**BASE, "warmup_steps": 0}, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, images, progress=_interrupt_at(2))
+    with caplog.at_level(logging.WARNING, logger="am.train.loop"):
+        result = _run(TrainConfig(**{**config.__dict__, "epochs": 4, "resume": True}), images)
+    assert result.epochs_run == 3 and _csv_epochs(out) == [1, 2, 3, 4]
+    # After 1 of 2 steps the cosine stood at half the rate; after 1 of 4 it stands higher.
+    old, new = (config.lr * loop._schedule(0, total)(1) for total in (2, 4))
+    assert new > old
+    assert (f"started for 2 epochs and now runs for 4: its learning-rate schedule is stretched over the new "
+            f"length, so after step 1 the rate is {new:.3g} instead of {old:.3g}") in caplog.text
+    caplog.clear()
+    with pytest.raises(KeyboardInterrupt):
+        _run(TrainConfig(**{**config.__dict__, "out": tmp_path / "n.pt"}), images, progress=_interrupt_at(2))
+    with caplog.at_level(logging.WARNING, logger="am.train.loop"):
+        _run(TrainConfig(**{**config.__dict__, "out": tmp_path / "n.pt", "resume": True}), images)
+    assert "learning-rate schedule" not in caplog.text  # the same length: nothing to say
+
+
 def test_a_run_stopped_before_its_resume_state_is_saved_logs_each_epoch_once(
         tmp_path: Path, images: list[Labelled], monkeypatch: pytest.MonkeyPatch) -> None:
     # Stopped after epoch 2's log row and before its resume state: the resumed run trains epoch 2
