@@ -15,6 +15,7 @@ import am.train.__main__ as train_cli
 import am.train.loop as loop
 from am.errors import CheckpointError
 from am.model.checkpoint import load_checkpoint
+from am.model.predict import Predictor
 from am.settings import OptionError
 from am.train.data import Labelled, synthetic_images
 from am.train.loop import TrainConfig, train
@@ -262,6 +263,11 @@ def test_int8_runs_write_int8_checkpoints_and_older_states_resume(tmp_path: Path
         _run(config, images, progress=_interrupt_at(2))
     raw = torch.load(out, map_location="cpu", weights_only=True)
     assert raw["version"] == 2 and raw["scales"] and load_checkpoint(out)[0].training["int8"] is True
+    # The figures the checkpoint records are those of its own int8 weights, not of the float32 model.
+    from_file = Predictor.from_checkpoint(out, device="cpu", batch_size=4, precision="fp32")
+    measured, _ = loop.validate(from_file, images[3:], tile_size=from_file.meta.tile_size)
+    recorded = load_checkpoint(out)[0].validation
+    assert {k: recorded[k] for k in measured} == pytest.approx(measured, abs=1e-6)
     with pytest.raises(CheckpointError, match=r"int8 True -> False"):
         _run(TrainConfig(**{**config.__dict__, "int8": False, "resume": True}), images)
     # A state written before the option existed records no "int8": it resumes as the fp16 run it was.
