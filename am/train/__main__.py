@@ -26,6 +26,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -48,9 +49,9 @@ from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.synth.dataset import pitch_range_problem
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
-from am.train.data import check_pair_sizes, load_split, split_files, synthetic_images, weigh_gaps
+from am.train.data import LabelledFile, check_pair_sizes, read_pairs, split_files, synthetic_images, weigh_gaps
 from am.train.init import check_init
-from am.train.loop import TrainConfig, resume_problem, train
+from am.train.loop import TrainConfig, resume_options_problem, resume_problem, train
 from am.train.progress import step_bar
 from am.train.runfiles import metrics_path, state_path
 
@@ -283,30 +284,34 @@ def _unused_synthetic_options(parser: argparse.ArgumentParser, args: argparse.Na
 
 
 def _check_data_then_train(args: argparse.Namespace, argv: list[str]) -> int:
-    if problem := _data_problem(args):
-        raise InputError(problem)  # bad input, exit 1: before any image is read or rendered
-    return _train_until_interrupted(args, argv)
+    listed = _listed_data(args)  # bad input, exit 1: before any image is read or rendered
+    if args.resume and (problem := resume_options_problem(_config(args, listed))) is not None:
+        raise CheckpointError(problem)  # the same: a resume of another run is refused before minutes of reading
+    return _train_until_interrupted(args, argv, listed)
 
 
-def _data_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with the --data roots (listed, masks paired and sized from their headers) or the
-    validation set, found before any image is read or rendered; None if nothing."""
+@dataclass(frozen=True)
+class _Listed:
+    """The image/mask pairs of one split of one --data root, listed but not read."""
+
+    root: Path
+    split: str
+    files: list[LabelledFile]
+
+
+def _listed_data(args: argparse.Namespace) -> list[_Listed]:
+    """Every --data pair, listed once, each mask's size checked against its image's from the headers,
+    and the validation set known to exist: found before any image is read or rendered (InputError)."""
     roots = data_folders(args.data)
     if len(set(roots)) < len(roots):
         twice = sorted({r for r in roots if roots.count(r) > 1})
-        return f"--data {', '.join(twice)} given more than once: each image would count twice"
-    has_valid = args.synthetic_valid > 0
-    try:
-        for root in args.data:
-            splits = ["train", *(["valid"] if (root / "valid").is_dir() else [])]
-            has_valid = has_valid or "valid" in splits
-            for split in splits:
-                check_pair_sizes((f.source, f.mask) for f in split_files(root, split))
-    except InputError as exc:
-        return str(exc)
-    if not has_valid:
-        return "training needs validation images: a valid/ split in a --data root, or --synthetic-valid N"
-    return None
+        raise InputError(f"--data {', '.join(twice)} given more than once: each image would count twice")
+    listed = [_Listed(root, split, split_files(root, split)) for root in args.data
+              for split in ("train", *(["valid"] if (root / "valid").is_dir() else []))]
+    check_pair_sizes((f.source, f.mask) for part in listed for f in part.files)
+    if args.synthetic_valid <= 0 and not any(part.split == "valid" for part in listed):
+        raise InputError("training needs validation images: a valid/ split in a --data root, or --synthetic-valid N")
+    return listed
 
 
 def _init_problem(args: argparse.Namespace) -> str | None:
@@ -320,7 +325,7 @@ def _init_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
+def _train_until_interrupted(args: argparse.Namespace, argv: list[str], listed: list[_Listed] | None = None) -> int:
     """Train; on Ctrl-C or SIGTERM say exactly how to go on, since rerunning without --resume starts over."""
     state = state_path(args.out)
     # Compared by identity, not by time: a file's mtime comes from a coarser clock than time.time() and
@@ -330,7 +335,7 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str]) -> int:
         log.warning("%s holds the epochs of an earlier run; this run starts afresh and replaces it at its first "
                     "epoch (to continue that run instead, stop now and add --resume)", state)
     try:
-        return _train(args)
+        return _train(args, listed)
     except KeyboardInterrupt:
         # A fresh run's state is its own only once it wrote one; an older file is another run's.
         ours = state.is_file() and (args.resume or _identity(state) != earlier)
@@ -392,32 +397,18 @@ def data_folders(folders: list[Path]) -> list[str]:
     return [str(Path(d).resolve()) for d in folders]
 
 
-def _train(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
+def _config(args: argparse.Namespace, listed: list[_Listed]) -> TrainConfig:
+    """The run's configuration, its data summary counted from the listed files and the options alone,
+    so that it exists (and a resume can be checked against it) before any image is read or rendered."""
     synth_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
-    pitch = (args.pitch_min, args.pitch_max)
-    train_items, valid_items, summary = [], [], {"folders": data_folders(args.data)}
-    for root in args.data:
-        train_items += load_split(root, "train")
-        if (root / "valid").is_dir():
-            valid_items += load_split(root, "valid")
-    if args.synthetic > 0:
-        train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
-                                        pitch_range=pitch, labels=args.synthetic_labels,
-                                        blob_rate=args.synthetic_blobs, polarity_mix=args.synthetic_polarities,
-                                        workers=args.workers,
-                                        progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
-    if args.synthetic_valid > 0:
-        valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
-                                        seed=synth_seed + 1000, pitch_range=pitch, labels=args.synthetic_labels,
-                                        workers=args.workers)
-    train_items = [weigh_gaps(item, args.gap_weight) for item in train_items]
-    summary.update(train_images=len(train_items), valid_images=len(valid_items), synthetic=args.synthetic,
-                   synthetic_valid=args.synthetic_valid, synthetic_size=args.synthetic_size,
-                   synthetic_seed=synth_seed, pitch_range=list(pitch), synthetic_labels=args.synthetic_labels,
-                   synthetic_blobs=args.synthetic_blobs, synthetic_polarities=args.synthetic_polarities,
-                   gap_weight=args.gap_weight)
-    config = TrainConfig(
+    counted = {split: sum(len(part.files) for part in listed if part.split == split) for split in ("train", "valid")}
+    summary = {"folders": data_folders(args.data), "train_images": counted["train"] + args.synthetic,
+               "valid_images": counted["valid"] + args.synthetic_valid, "synthetic": args.synthetic,
+               "synthetic_valid": args.synthetic_valid, "synthetic_size": args.synthetic_size,
+               "synthetic_seed": synth_seed, "pitch_range": [args.pitch_min, args.pitch_max],
+               "synthetic_labels": args.synthetic_labels, "synthetic_blobs": args.synthetic_blobs,
+               "synthetic_polarities": args.synthetic_polarities, "gap_weight": args.gap_weight}
+    return TrainConfig(
         out=args.out, encoder=args.encoder, encoder_depth=args.encoder_depth,
         decoder_channels=args.decoder_channels, refine_channels=args.refine_channels,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
@@ -432,6 +423,28 @@ def _train(args: argparse.Namespace) -> int:
         keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init,
         init_partial=args.init_partial, data_summary=summary,
     )
+
+
+def _train(args: argparse.Namespace, listed: list[_Listed] | None = None) -> int:
+    started = time.perf_counter()
+    listed = _listed_data(args) if listed is None else listed
+    config = _config(args, listed)
+    synth_seed, pitch = config.data_summary["synthetic_seed"], (args.pitch_min, args.pitch_max)
+    train_items, valid_items = [], []
+    for part in listed:
+        items = read_pairs(part.files, where=part.root / part.split)
+        (train_items if part.split == "train" else valid_items).extend(items)
+    if args.synthetic > 0:
+        train_items += synthetic_images(count=args.synthetic, size=args.synthetic_size, seed=synth_seed,
+                                        pitch_range=pitch, labels=args.synthetic_labels,
+                                        blob_rate=args.synthetic_blobs, polarity_mix=args.synthetic_polarities,
+                                        workers=args.workers,
+                                        progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
+    if args.synthetic_valid > 0:
+        valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
+                                        seed=synth_seed + 1000, pitch_range=pitch, labels=args.synthetic_labels,
+                                        workers=args.workers)
+    train_items = [weigh_gaps(item, args.gap_weight) for item in train_items]
     result = train(config, train_items, valid_items, progress=step_bar)
     best = result.best_metrics
     if result.epochs_run == 0:

@@ -196,8 +196,14 @@ def split_files(root: Path, split: str) -> list[LabelledFile]:
 
 def load_split(root: Path, split: str) -> list[Labelled]:
     """Every image/mask pair under ``root/split/<dataset>/<group>/``, read; raises InputError if there is none."""
-    items = [f.read() for f in split_files(root, split)]
-    log.info("loaded %d labelled images from %s", len(items), Path(root) / split)
+    return read_pairs(split_files(root, split), where=Path(root) / split)
+
+
+def read_pairs(files: list[LabelledFile], *, where: Path | str) -> list[Labelled]:
+    """The listed pairs, read: listing and reading are apart so that a command can check every pair's
+    sizes from the headers first, without listing the folders twice. ``where`` is what the log names."""
+    items = [f.read() for f in files]
+    log.info("loaded %d labelled images from %s", len(items), where)
     return items
 
 

@@ -415,6 +415,22 @@ def resume_problem(out: Path) -> str | None:
     return None
 
 
+def resume_options_problem(config: TrainConfig) -> str | None:
+    """Why ``config`` cannot resume the run whose state is beside ``config.out`` (other options, a state
+    that cannot be read), found from the options alone, before minutes of reading and rendering data;
+    None if it can, or if there is no state (:func:`resume_problem` and :func:`train` say what then)."""
+    path = state_path(config.out)
+    if not path.is_file():
+        return None
+    try:
+        state = load_state(path)
+        if state.get("options") is not None:  # else train() warns that they cannot be checked
+            _check_same_run(state["options"], config, f"resume state {path}")
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
 # The resume state's copy of the best epoch's checkpoint file (a uint8 tensor of its bytes).
 BEST_COPY = "best_checkpoint"
 
@@ -634,5 +650,5 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-__all__ = ["TrainConfig", "TrainResult", "as_stored", "autocast_dtype", "loss_fn", "resume_problem", "train",
-           "validate"]
+__all__ = ["TrainConfig", "TrainResult", "as_stored", "autocast_dtype", "loss_fn", "resume_options_problem",
+           "resume_problem", "train", "validate"]

@@ -17,7 +17,7 @@ TINY = ["--encoder", TEST_ENCODER, "--decoder-channels", ",".join(map(str, TEST_
 def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if the command reads or renders training data."""
     monkeypatch.setattr(train_cli, "synthetic_images", lambda **kwargs: pytest.fail("images were rendered"))
-    monkeypatch.setattr(train_cli, "load_split", lambda *args: pytest.fail("images were read"))
+    monkeypatch.setattr(train_cli, "read_pairs", lambda *args, **kwargs: pytest.fail("images were read"))
 
 
 def _refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
@@ -130,3 +130,21 @@ def test_synthetic_options_without_synthetic_images_are_said_to_have_no_effect(
             "--synthetic-valid): they have no effect") in err
     assert train_cli.main(argv) == 1
     assert "no effect" not in capsys.readouterr().err
+
+
+def test_a_resume_with_other_options_is_refused_before_any_data_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "labels"
+    _labelled(root, "train", "a.png", 128, 128)
+    _labelled(root, "valid", "b.png", 128, 128)
+    argv = ["--out", str(tmp_path / "m.pt"), *TINY, "--data", str(root), "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "2", "--crop", "64", "--threads", "1", "--keep-state"]
+    assert train_cli.main(argv) == 0
+    monkeypatch.setattr(train_cli, "synthetic_images", lambda **kwargs: pytest.fail("images were rendered"))
+    monkeypatch.setattr(train_cli, "read_pairs", lambda *args, **kwargs: pytest.fail("images were read"))
+    capsys.readouterr()
+    assert train_cli.main([*argv, "--lr", "0.5", "--resume"]) == 1
+    assert "belongs to a run with other options (lr 0.002 -> 0.5)" in capsys.readouterr().err
+    _labelled(root, "train", "c.png", 128, 128)  # one more training image is other data
+    assert train_cli.main([*argv, "--resume"]) == 1
+    assert "data.train_images 1 -> 2" in capsys.readouterr().err

@@ -224,10 +224,10 @@ def test_ctrl_c_names_the_command_that_resumes(tmp_path: Path, monkeypatch: pyte
     argv = ["--synthetic", "4", "--epochs", "3", "--out", str(out)]
     args = train_cli.parser().parse_args(argv)
 
-    def interrupted(args) -> int:
+    def interrupted(args, listed) -> int:
         raise KeyboardInterrupt
 
-    def interrupted_after_an_epoch(args) -> int:
+    def interrupted_after_an_epoch(args, listed) -> int:
         state_path(out).write_bytes(b"state")
         raise KeyboardInterrupt
 
