@@ -50,8 +50,7 @@ def normalize(
             f"percentiles low={low_pct!r}, high={high_pct!r} for {name} are not allowed: use 0 <= low < high <= 100"
         )
     grey = to_grey(image, name=name)
-    if grey.dtype.kind == "f":
-        _check_finite(grey, name)
+    check_finite(grey, name)
     lo, hi = _percentiles(grey, low_pct, high_pct)
     if not hi > lo:
         mn, mx = _min_max(grey)
@@ -116,7 +115,11 @@ def _row_blocks(height: int, width: int) -> list[tuple[int, int]]:
     return [(r0, min(height, r0 + step)) for r0 in range(0, height, step)]
 
 
-def _check_finite(grey: np.ndarray, name: str) -> None:
+def check_finite(grey: np.ndarray, name: str) -> None:
+    """Refuse a float image with NaN or infinite pixels (no stretch can place them), naming ``name``;
+    integer images pass. Shared with the task API, which refuses such an upload before it is a task."""
+    if grey.dtype.kind != "f":
+        return
     bad = sum(int(np.count_nonzero(~np.isfinite(grey[r0:r1]))) for r0, r1 in _row_blocks(*grey.shape))
     if bad:
         raise InputError(
@@ -198,4 +201,4 @@ def _stretch(grey: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-__all__ = ["normalize", "read_normalised", "to_grey"]
+__all__ = ["check_finite", "normalize", "read_normalised", "to_grey"]

@@ -191,17 +191,21 @@ def rescale(image: np.ndarray, *, scale: float) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
-def check_image_size(height: int, width: int, *, scale: float, name: str) -> None:
-    """Refuse an image too thin for the model (:data:`MIN_IMAGE_SIDE_PX` at the model's scale), naming its size."""
+def check_image_size(height: int, width: int, *, scale: float, name: str, advice: str | None = None) -> None:
+    """Refuse an image too thin for the model (:data:`MIN_IMAGE_SIDE_PX` at the model's scale), naming its size.
+
+    ``name`` is what the message calls the image (``image PATH``, ``the record``); ``advice`` replaces
+    the command-line advice for callers whose users have no --scale and no groups (an HTTP client).
+    """
     scaled_height, scaled_width = scaled_size(height, width, scale)
     if min(scaled_height, scaled_width) >= MIN_IMAGE_SIDE_PX:
         return
     at_scale = "" if scale == 1.0 else f", {scaled_height} x {scaled_width} px at --scale {scale:g}"
     larger_scale = "" if scale >= 1.0 else ", or a larger --scale"
+    advice = advice or f"use a larger crop of the acquisition{larger_scale}, or leave the group out"
     raise InputError(
-        f"image {name} is {height} x {width} px (height x width{at_scale}); the model needs at least "
-        f"{MIN_IMAGE_SIDE_PX} px on each side, or its masks are made of padding: use a larger crop of the "
-        f"acquisition{larger_scale}, or leave the group out"
+        f"{name} is {height} x {width} px (height x width{at_scale}); the model needs at least "
+        f"{MIN_IMAGE_SIDE_PX} px on each side, or its masks are made of padding: {advice}"
     )
 
 
@@ -227,7 +231,7 @@ def check_group_size(layout: DatasetLayout, group: str, *, settings: Settings) -
     """:func:`check_image_size` from the image's header (refusing a damaged header)."""
     path = layout.source_image(group)
     header = read_header(path)
-    check_image_size(header.height, header.width, scale=nominal_scale(settings), name=str(path))
+    check_image_size(header.height, header.width, scale=nominal_scale(settings), name=f"image {path}")
 
 
 def check_group_image(layout: DatasetLayout, group: str, *, settings: Settings) -> None:
@@ -394,7 +398,7 @@ class GroupTiler:
             # Hashed beside the normalisation (hashlib lets go of the GIL): the workers wait for the first tiles.
             digest: Future[str] | None = None if known else hasher.submit(file_sha256, source_path)
             image = read_image(source_path)
-            check_image_size(image.shape[0], image.shape[1], scale=self._scale, name=str(source_path))
+            check_image_size(image.shape[0], image.shape[1], scale=self._scale, name=f"image {source_path}")
             normalised = normalize(image, low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
                                    name=str(source_path))
             del image
@@ -403,7 +407,7 @@ class GroupTiler:
             # a fixed factor that leaves them out is warned about, with the --scale to use.
             self._scale = resolve_scale(normalised, settings.scale, name=f"group {group}")
             if self._scale != nominal_scale(settings):
-                check_image_size(*self._source_size, scale=self._scale, name=str(source_path))
+                check_image_size(*self._source_size, scale=self._scale, name=f"image {source_path}")
             # Uncompressed: microscopy shrinks only 10-20 % at zlib's fastest level, which costs about
             # 0.8-1.4 s of CPU per 25 Mpx (benchmarks/png_bench.py) while the workers wait for their first tiles.
             write_tiff(layout.source_norm(group), normalised, compress=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from am.cli import EXIT_OK, SCALE_HELP, add_log_level_option, configure_logging, run_main, scale_option
 from am.errors import ConfigError
 from am.messages import TTA_MODES
+from am.model_source import check_checkpoint
 from am.settings import BACKENDS, Settings, config_path_from, load_settings
 
 log = logging.getLogger("am.api")
@@ -54,12 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _local_model(settings: Settings) -> Settings:
-    """Tasks run from their own folders: a relative model path must not depend on where that is."""
+    """Tasks run from their own folders: a relative model path must not depend on where that is.
+
+    A local file that is no usable checkpoint stops the server here: started, it would answer
+    /health with ok and fail every task it accepted, telling API clients of a file on the server.
+    """
     if not settings.model or settings.model.startswith("s3://"):
         return settings
     path = Path(settings.model).expanduser()
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist; pass a checkpoint path or an s3:// URI with --model")
+    check_checkpoint(path)
     return settings.replace(model=str(path.resolve()))
 
 
@@ -92,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             command = PipelineCommand(settings, config_path=config_path.resolve() if config_path else None)
             runner = TaskRunner(store, command, concurrency=args.concurrency, environ=os.environ)
             app = create_app(store, runner, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
-            log.info("tasks run on the %s backend with %d worker(s) each; data in %s", settings.backend,
-                     settings.workers, store.data_dir)
             with store.exclusive():
+                log.info("tasks run on the %s backend with %d worker(s) each; data in %s", settings.backend,
+                         settings.workers, store.data_dir)
                 serve(app, sock, log_level=settings.log_level.lower())
         # uvicorn may take the stop signal itself and return: the same stop as run_main's.
         log.info("stopped; cleaned up")

@@ -38,7 +38,6 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
-from starlette.requests import ClientDisconnect
 
 from am.api.errors import install_error_handler
 from am.api.head import answer_head
@@ -46,7 +45,14 @@ from am.api.openapi import error_responses, image_body, image_response, install_
 from am.api.progress import tile_progress
 from am.api.runner import TaskRunner, api_words
 from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, DamagedTask, Task, TaskStore, check_task_id
-from am.api.uploads import DEFAULT_MAX_BYTES, TASK_MEDIA_TYPES, check_image, declared_length, media_kind, receive_body
+from am.api.uploads import (
+    DEFAULT_MAX_BYTES,
+    TASK_MEDIA_TYPES,
+    check_image,
+    declared_length,
+    media_kind,
+    receive_request_body,
+)
 from am.errors import AmError, InputError
 from am.register.outputs import JSON_NAME, OVERLAY_NAME
 
@@ -238,12 +244,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         declared_length(request.headers.get("content-length"), max_bytes=max_bytes)
         part = store.upload_path()
         try:
-            try:
-                await receive_body(request.stream(), part, max_bytes=max_bytes)
-            except ClientDisconnect:
-                # Nobody reads the answer; said so that the log shows no traceback for it.
-                log.info("an upload was cut off: the client disconnected")
-                raise InputError("the client disconnected before the whole image was sent") from None
+            await receive_request_body(request, part, max_bytes=max_bytes)
             image = await anyio.to_thread.run_sync(
                 lambda: check_image(part, kind=kind, max_bytes=max_bytes, scale=runner.scale), limiter=checks)
             task = await anyio.to_thread.run_sync(lambda: store.create(image, rows=rows, cols=cols))

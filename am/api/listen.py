@@ -11,10 +11,13 @@ means a server that cannot listen touches nothing and says why, as any command d
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
 from am.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -36,6 +39,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def address_url(sock: socket.socket) -> str:
+    """The http:// URL of a bound socket (an IPv6 address in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def serve(app: Any, sock: socket.socket, *, log_level: str) -> None:
     """Serve ``app`` on ``sock`` until SIGINT or SIGTERM; ConfigError if it could not start (the log
     says why: its startup failed)."""
@@ -43,6 +52,9 @@ def serve(app: Any, sock: socket.socket, *, log_level: str) -> None:
 
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=log_level,
                                            timeout_graceful_shutdown=10))
+    # uvicorn names its address only when it binds the socket itself; with --port 0 this line is
+    # the only place the chosen port appears.
+    log.info("serving on %s", address_url(sock))
     with sock:
         server.run(sockets=[sock])
     if not server.started:

@@ -9,7 +9,7 @@ a few hundred kilobytes can declare gigabytes of zeros. Only then is it decoded 
 of failing later in a task::
 
     kind = media_kind(request.headers.get("content-type"), accepted=TASK_MEDIA_TYPES)
-    await receive_body(request.stream(), target, max_bytes=limit)
+    await receive_request_body(request, target, max_bytes=limit)
     path = check_image(target, kind=kind, max_bytes=limit)    # decodes, keeps no pixels
     image = load_image(target, kind=kind, max_bytes=limit)    # or: the pixels, to segment them
 """
@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from starlette.requests import ClientDisconnect, Request
 
 from am.errors import InputError
 from am.imageio import PNG_SIGNATURE, TIFF_SIGNATURES, ImageHeader, check_complete, read_header, read_image
+from am.normalize import check_finite, to_grey
 from am.prepare import MIN_IMAGE_SIDE_PX, scaled_size
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ TASK_MEDIA_TYPES: Mapping[str, str] = {"image/png": PNG, "image/tiff": TIFF}
 INVOCATION_MEDIA_TYPES: Mapping[str, str] = {"image/png": PNG, "image/tiff": TIFF, "application/x-image": SNIFF}
 
 SUFFIXES = {PNG: ".png", TIFF: ".tiff"}
+# What messages call the upload: its temporary file's name means nothing to the client.
+UPLOADED = "the uploaded image"
 
 
 class UnsupportedMediaType(InputError):
@@ -108,6 +112,16 @@ async def receive_body(chunks: AsyncIterator[bytes], target: Path, *, max_bytes:
     return size
 
 
+async def receive_request_body(request: Request, target: Path, *, max_bytes: int) -> int:
+    """:func:`receive_body` for a request: a client that hangs up midway is an InputError logged at
+    INFO (nobody reads the answer), not an application error with a traceback in the server's log."""
+    try:
+        return await receive_body(request.stream(), target, max_bytes=max_bytes)
+    except ClientDisconnect:
+        log.info("an upload was cut off: the client disconnected")
+        raise InputError("the client disconnected before the whole image was sent") from None
+
+
 def sniff_kind(target: Path, *, kind: str) -> str:
     """PNG or TIFF from the file signature; refuses a body that is not the declared format."""
     with open(target, "rb") as handle:
@@ -138,7 +152,11 @@ def check_image(target: Path, *, kind: str, max_bytes: int, scale: float = 1.0) 
     gets a 400, not a task that fails.
     """
     named = _accepted(target, kind=kind, max_bytes=max_bytes)
-    height, width = _decode(named).shape[:2]
+    image = _decode(named)
+    height, width = image.shape[:2]
+    if image.dtype.kind == "f":  # the pipeline refuses NaN or inf pixels: said now, not as a failed task
+        check_finite(to_grey(image, name=UPLOADED), UPLOADED)
+    del image
     seen_height, seen_width = scaled_size(height, width, scale)
     if min(seen_height, seen_width) < MIN_IMAGE_SIDE_PX:
         at_scale = "" if scale == 1.0 else f", {seen_height} x {seen_width} px at this server's scale {scale:g}"
@@ -182,8 +200,7 @@ def _uploaded(named: Path, read: Callable[[Path], T]) -> T:
     try:
         return read(named)
     except InputError as exc:
-        raise InputError(str(exc).replace(f"image {named}", "the uploaded image")
-                         .replace(str(named), "the uploaded image")) from exc
+        raise InputError(str(exc).replace(f"image {named}", UPLOADED).replace(str(named), UPLOADED)) from exc
 
 
 def _described(header: ImageHeader) -> str:
@@ -212,5 +229,6 @@ __all__ = [
     "load_image",
     "media_kind",
     "receive_body",
+    "receive_request_body",
     "sniff_kind",
 ]

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         from am.api.listen import listening_socket, serve
         from am.api.uploads import DEFAULT_MAX_BYTES
         from am.model.predict import Predictor
-        from am.serve.app import create_app
+        from am.serve.app import MIB, create_app
         from am.serve.segment import ImageSegmenter, find_model
 
         overrides = {"tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "batch_size": args.batch_size,
@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         segmenter = ImageSegmenter(predictor, tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
                                    low_pct=settings.norm_low_pct, high_pct=settings.norm_high_pct,
                                    scale=settings.scale)
+        if args.max_bytes is not None and args.max_bytes < MIB:
+            log.warning("--max-bytes %d is below 1 MiB, the least SageMaker's MaxPayloadInMB can say: "
+                        "/execution-parameters says 1 MB, and records between the two are refused with 413",
+                        args.max_bytes)
         app = create_app(segmenter, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES)
         serve(app, sock, log_level=settings.log_level.lower())
         # uvicorn may take the stop signal itself and return: the same stop as run_main's.

@@ -32,7 +32,7 @@ from am.api.uploads import (
     declared_length,
     load_image,
     media_kind,
-    receive_body,
+    receive_request_body,
 )
 from am.errors import AmError, InputError
 from am.imageio import encode_png
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 # SageMaker's own cap on one batch-transform record is 100 MB (MaxPayloadInMB).
 SAGEMAKER_MAX_PAYLOAD_MB = 100
+MIB = 1024 * 1024  # SageMaker's "MB" of MaxPayloadInMB
 
 
 ERROR_STATUSES: tuple[tuple[type[AmError], int], ...] = (
@@ -63,7 +64,7 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
     @app.get("/execution-parameters", summary="Batch transform defaults SageMaker asks the container for")
     def execution_parameters() -> dict[str, Any]:
         return {"MaxConcurrentTransforms": 1, "BatchStrategy": "SINGLE_RECORD",
-                "MaxPayloadInMB": min(SAGEMAKER_MAX_PAYLOAD_MB, max(1, max_bytes // (1024 * 1024)))}
+                "MaxPayloadInMB": min(SAGEMAKER_MAX_PAYLOAD_MB, max(1, max_bytes // MIB))}
 
     @app.post(
         "/invocations",
@@ -77,7 +78,7 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
         declared_length(request.headers.get("content-length"), max_bytes=max_bytes)
         with tempfile.TemporaryDirectory(prefix="am-serve-") as folder:
             part = Path(folder) / "record.part"
-            await receive_body(request.stream(), part, max_bytes=max_bytes)
+            await receive_request_body(request, part, max_bytes=max_bytes)
 
             def run() -> bytes:
                 # The header is checked before decoding, so a small body cannot make this process decode
@@ -93,4 +94,4 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
     return app
 
 
-__all__ = ["create_app"]
+__all__ = ["MIB", "create_app"]

@@ -72,7 +72,9 @@ class ImageSegmenter:
         (and the resized image, at a scale other than 1)."""
         grey = normalize(image, low_pct=self.low_pct, high_pct=self.high_pct, name=name)
         scale = resolve_scale(grey, self.scale, name=name)
-        check_image_size(grey.shape[0], grey.shape[1], scale=scale, name=name)
+        # The sender of a record has no --scale and no groups: the advice is the one thing it can do.
+        check_image_size(grey.shape[0], grey.shape[1], scale=scale, name=name,
+                         advice="send a larger crop of the acquisition")
         scaled = rescale(grey, scale=scale)
         plan = plan_tiles(scaled.shape[0], scaled.shape[1], tile_size=self.tile_size, overlap=self.tile_overlap)
         stitcher = Stitcher(plan)

@@ -75,38 +75,3 @@ def test_a_damaged_task_record_is_the_servers_fault_names_no_folder_and_can_be_d
         assert server.client.delete(f"/tasks/{task_id}").status_code == 204
         assert not server.store.task_dir(task_id).exists()
         assert server.client.get(f"/tasks/{task_id}").status_code == 404
-
-
-def test_a_client_that_disconnects_mid_upload_leaves_no_file_and_no_traceback(tmp_path, caplog):
-    import os
-
-    import anyio
-
-    from am.api.app import create_app
-    from am.api.runner import TaskRunner
-    from am.api.tasks import TaskStore
-    from am.settings import Settings
-
-    from .test_runner import FakePipeline
-
-    store = TaskStore(tmp_path / "data")
-    app = create_app(store, TaskRunner(store, FakePipeline(Settings()), environ=os.environ, stop_grace_s=10))
-    incoming = [{"type": "http.request", "body": png_bytes(np.zeros((60, 80), np.uint8))[:40], "more_body": True},
-                {"type": "http.disconnect"}]
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return incoming.pop(0)
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": "/tasks", "raw_path": b"/tasks", "query_string": b"",
-             "headers": [(b"content-type", b"image/png")], "http_version": "1.1", "scheme": "http",
-             "server": ("testserver", 80), "client": ("client", 1), "root_path": ""}
-    with caplog.at_level(logging.INFO):
-        anyio.run(app, scope, receive, send)
-    assert sent[0]["status"] == 400 and b"disconnected before the whole image was sent" in sent[1]["body"]
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
-    assert "the client disconnected" in caplog.text
-    assert not list(store.uploads_dir.iterdir()) and not list(store.tasks_dir.iterdir())

@@ -265,6 +265,17 @@ def test_a_second_server_on_the_same_data_folder_or_port_is_refused_and_touches_
     assert taken.returncode == 1, taken.stderr[-2000:]
     assert f"could not start on 127.0.0.1:{port}" in taken.stderr and "choose another --port" in taken.stderr
     assert not (base / "other").exists()  # the port is taken before the data folder is made or cleaned
+    # A model file that is no checkpoint stops the server: started, it would fail every task it accepted.
+    not_a_model = base / "image.pt"
+    not_a_model.write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    unusable = subprocess.run([sys.executable, "-m", *api_args(base / "other", not_a_model), "--host", "127.0.0.1",
+                               "--port", str(free_port())], env=env, cwd=base, capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert unusable.returncode == 1, unusable.stderr[-2000:]
+    assert f"model {not_a_model} cannot be used" in unusable.stderr and "not a torch checkpoint" in unusable.stderr
+    assert not (base / "other").exists()
+    # The running server said where it listens (uvicorn does not, given a bound socket).
+    assert f"serving on {api.url}" in api.log_text()
 
 
 def pipelines_gone(task_dir: Path, *, within_s: float) -> bool:

@@ -51,6 +51,10 @@ def test_ping_answers_200_once_the_model_is_loaded(serve):
     assert response.status_code == 200 and response.json()["status"] == "ok"
     params = serve.client.get("/execution-parameters").json()
     assert params["BatchStrategy"] == "SINGLE_RECORD" and params["MaxConcurrentTransforms"] == 1
+    # SageMaker's limit is in whole MB: a server that refuses less says so, and where it listens.
+    assert params["MaxPayloadInMB"] == 1
+    log = serve.log_text()
+    assert f"--max-bytes {MAX_BYTES} is below 1 MiB" in log and f"serving on {serve.url}" in log
     # Health checkers that use HEAD get the same answer, without the body.
     head = serve.client.head("/ping")
     assert head.status_code == 200 and head.content == b""
@@ -179,7 +183,9 @@ def test_a_record_too_thin_for_the_model_is_refused_with_400_as_the_pipeline_ref
     thin = np.random.default_rng(0).integers(0, 255, (12, 300), dtype=np.uint8)
     response = serve.client.post("/invocations", content=png_bytes(thin), headers={"Content-Type": "image/png"})
     assert response.status_code == 400, response.text
-    assert "12 x 300 px" in response.json()["detail"] and "at least 32 px" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert detail.startswith("the record is 12 x 300 px (height x width); the model needs at least 32 px")
+    assert detail.endswith(": send a larger crop of the acquisition")  # no --scale or group to speak of
 
 
 def test_scale_auto_segments_marks_far_larger_than_the_models_at_the_factor_their_pitch_asks_for(tmp_path, caplog):

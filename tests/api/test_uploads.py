@@ -143,3 +143,49 @@ def test_an_image_within_the_limit_is_decoded_once_and_accepted(api, serve, deco
     response = serve.post("/invocations", content=body, headers={"Content-Type": "image/tiff"})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert len(decoded) == 2
+
+
+def test_an_image_with_nan_pixels_is_refused_by_both_servers_before_it_is_a_task(api, serve):
+    client, store = api
+    image = np.full((60, 80), 0.5, np.float32)
+    image[3, 4], image[10, :5] = np.inf, np.nan
+    body = tiff_bytes(image)
+    for response in (client.post("/tasks", content=body, headers={"Content-Type": "image/tiff"}),
+                     serve.post("/invocations", content=body, headers={"Content-Type": "image/tiff"})):
+        refused(response, 400, "has 6 pixel(s) with NaN or infinite values")
+    assert not list(store.tasks_dir.iterdir()) and not list(store.uploads_dir.iterdir())
+
+
+def _hang_up_mid_upload(app, path: str) -> list[dict]:
+    """Run one POST of ``path`` whose client sends part of a PNG and disconnects; the messages sent back."""
+    import anyio
+
+    incoming = [{"type": "http.request", "body": b"\x89PNG\r\n\x1a\n" + bytes(40), "more_body": True},
+                {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"content-type", b"image/png")], "http_version": "1.1", "scheme": "http",
+             "server": ("testserver", 80), "client": ("client", 1), "root_path": ""}
+    anyio.run(app, scope, receive, send)
+    return sent
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_no_file_and_no_traceback_in_either_server(api, serve, caplog):
+    import logging
+
+    client, store = api
+    for app, path in ((client.app, "/tasks"), (serve.app, "/invocations")):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            sent = _hang_up_mid_upload(app, path)
+        assert sent[0]["status"] == 400 and b"disconnected before the whole image was sent" in sent[1]["body"], path
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+        assert "an upload was cut off: the client disconnected" in caplog.text
+    assert not list(store.uploads_dir.iterdir()) and not list(store.tasks_dir.iterdir())
