@@ -135,10 +135,19 @@ def staging(folder: Path) -> Iterator[Path]:
 
 
 def swap_in(staged: Path, target: Path) -> None:
-    """Replace the folder ``target`` (if any) by ``staged``, deleting the old one only once the new is in place."""
+    """Replace ``target`` (if any) by the folder ``staged``, deleting the old one only once the new is in place.
+
+    The old output waits beside the staging folder as ``<staged>.old``. One left there by a run
+    stopped while deleting it is removed first: it would block every later swap. A ``target``
+    that is a symbolic link (output kept on another disk) is replaced as a link: the folder it
+    points to is left alone, never deleted through the link.
+    """
     staged, target = Path(staged), Path(target)
     old = staged.with_name(staged.name + ".old")
-    had_old = target.exists()
+    if os.path.lexists(old):
+        log.info("removing %s, the previous output of a run that stopped before deleting it", old)
+        _remove(old)
+    had_old = os.path.lexists(target)
     if had_old:
         target.rename(old)
     try:
@@ -149,4 +158,12 @@ def swap_in(staged: Path, target: Path) -> None:
             old.rename(target)  # put the previous output back before reporting the failure
         raise
     if had_old:
-        shutil.rmtree(old)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path``: a link or a file itself, a folder with everything in it."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)

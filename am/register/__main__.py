@@ -85,7 +85,8 @@ def _register_groups(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         if not group or "/" in group or "\\" in group or group in (".", ".."):
             parser.error(f"group {group!r} must be a folder name inside the dataset, not a path")
     if not args.dataset.is_dir():
-        print(f"error: dataset folder {args.dataset} does not exist", file=sys.stderr)
+        why = "is a file, not a folder: give the dataset folder" if args.dataset.exists() else "does not exist"
+        print(f"error: dataset folder {args.dataset} {why}", file=sys.stderr)
         return 1
     groups = args.groups or default_groups(args.dataset)
     if not groups:

@@ -62,7 +62,7 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
             raise InputError(
                 f"{source_path(dataset, group)} is {source.shape[1]} x {source.shape[0]} px but "
                 f"{mask_path(dataset, group)} is {mask.shape[1]} x {mask.shape[0]} px: rerun python -m am.pipeline "
-                f"{dataset} {group}"
+                f"{dataset} {group}, which normalises the image again"
             )
         log.info("registering group %s (%d x %d px)", group, mask.shape[1], mask.shape[0])
         registration = register_mask(mask, rows=rows, cols=cols, name=f"group {group}")
@@ -72,9 +72,12 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     # All the files or none: an interrupt or a full disk while the overlays are drawn (seconds on
     # a large grid) must not leave a folder that holds ids but looks finished.
     target = output_dir(dataset, group)
-    with staging(target.with_name(f".{group}.partial")) as staged:
+    # An output folder linked to another disk is replaced there, beside the folder the link names,
+    # so that the link (and the disk it chose) stays.
+    place = target.resolve() if target.is_symlink() else target
+    with staging(place.with_name(f".{group}.partial")) as staged:
         write_outputs(staged, registration, source=source)
-        swap_in(staged, target)
+        swap_in(staged, place)
     log.info("group %s: ids, table, overlay and registration.json in %s", group, target)
     return registration
 
@@ -96,7 +99,8 @@ def read_grey_tiff(path: Path, *, what: str) -> np.ndarray:
     try:
         image = tifffile.imread(path)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise InputError(f"the {what} {path} cannot be read as TIFF ({exc}): rerun python -m am.pipeline") from exc
+        raise InputError(f"the {what} {path} cannot be read as TIFF ({exc}): rerun python -m am.pipeline on the "
+                         "dataset, which writes it again") from exc
     image = np.squeeze(image)
     if image.ndim != 2 or image.dtype != np.uint8:
         raise InputError(

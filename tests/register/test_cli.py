@@ -64,6 +64,12 @@ def test_cli_missing_inputs_exit_1_and_name_the_file(tmp_path):
     assert "source_norm/g/source.tiff" in result.stderr
     assert "python -m am.pipeline" in result.stderr
     assert "Traceback" not in result.stderr
+    # A file given as the dataset exists: it is the wrong kind of thing, not missing.
+    given = dataset / "source_norm" / "g" / "source.txt"
+    given.write_text("x")
+    result = run_cli(str(given), "--rows", "5", "--cols", "6")
+    assert result.returncode == 1 and result.stderr.strip() == (
+        f"error: dataset folder {given} is a file, not a folder: give the dataset folder")
 
 
 def test_cli_impossible_grid_exit_1(tmp_path):
@@ -129,6 +135,33 @@ def test_register_group_writes_am_coords(tmp_path):
     reg = register_group(dataset, "g1", rows=5, cols=6)
     assert reg.assigned == 29
     assert (dataset / "am_coords" / "g1" / "am_coordinates.png").is_file()
+
+
+def test_earlier_output_left_mid_delete_does_not_block_the_next_registration(tmp_path):
+    # A run stopped while deleting the previous output leaves it beside the staging folder.
+    dataset = make_dataset(tmp_path / "ds", "g1")
+    register_group(dataset, "g1", rows=5, cols=6)
+    stale = dataset / "am_coords" / ".g1.partial.old"
+    stale.mkdir()
+    (stale / "am_coordinates.csv").write_text("an earlier run's table")
+    reg = register_group(dataset, "g1", rows=5, cols=6)
+    assert reg.assigned == 29 and not stale.exists()
+    assert sorted(p.name for p in (dataset / "am_coords").iterdir()) == ["g1"]
+
+
+def test_an_output_folder_linked_to_another_disk_is_replaced_there_and_stays_linked(tmp_path):
+    dataset = make_dataset(tmp_path / "ds", "g1")
+    elsewhere = tmp_path / "other-disk" / "g1-ids"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "am_coordinates.csv").write_text("an earlier run's table")
+    (dataset / "am_coords").mkdir()
+    (dataset / "am_coords" / "g1").symlink_to(elsewhere, target_is_directory=True)
+    for _ in range(2):  # the second run replaces the first one's outputs through the link again
+        assert register_group(dataset, "g1", rows=5, cols=6).assigned == 29
+        link = dataset / "am_coords" / "g1"
+        assert link.is_symlink() and link.resolve() == elsewhere.resolve()
+        assert (elsewhere / "am_coordinates.csv").read_text().startswith("id,row,col")
+    assert sorted(p.name for p in elsewhere.parent.iterdir()) == ["g1-ids"]
 
 
 def test_a_failed_run_leaves_no_ids_of_an_earlier_one(tmp_path):
