@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from am.backends import open_backend
+from am.cli import describe_os_error
 from am.dataset import DatasetLayout
 from am.dataset_lock import dataset_lock
 from am.errors import AmError, JobFailed, LauncherError, ModelReplaced
@@ -151,9 +152,10 @@ def _register(dataset: Path, groups: list[str], *, rows: int | None, cols: int |
         try:
             # Ids of an earlier registration (another grid, another mask) do not outlive a failed one.
             registration = register_group(dataset, group, rows=rows, cols=cols)
-        except AmError as exc:
-            log.error("group %s: registration failed: %s", group, exc)
-            summary.registered[group] = f"FAILED: {exc}"
+        except (AmError, OSError) as exc:  # OSError: a read-only or full disk, a file where a folder goes
+            reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            log.error("group %s: registration failed: %s", group, reason)
+            summary.registered[group] = f"FAILED: {reason}"
             summary.registration_failed.append(group)
             continue
         summary.registered[group] = _registration_text(registration)

@@ -87,6 +87,34 @@ def test_a_group_that_fails_to_register_is_named_and_the_others_are_still_regist
         assert (dataset / "tiles_stitched" / group / "mask.tiff").is_file()
 
 
+def test_a_disk_error_while_registering_a_group_fails_that_group_alone(monkeypatch, tmp_path, caplog):
+    # A full disk (or a read-only folder) met while writing one group's ids: that group fails with the
+    # file named, the next is still registered, as with any other failure of one group.
+    import errno
+    import logging
+
+    import am.register
+    from am.errors import InputError
+    from am.orchestrator import PipelineSummary, _register
+
+    registered = []
+
+    def register_group(dataset, group, *, rows, cols):
+        if group == SMALL:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dataset / "am_coords" / group / "ids.png"))
+        registered.append(group)
+        raise InputError("the second group was reached")
+
+    monkeypatch.setattr(am.register, "register_group", register_group)
+    summary = PipelineSummary(groups=[SMALL, GOOD])
+    with caplog.at_level(logging.ERROR):
+        _register(tmp_path, [SMALL, GOOD], rows=None, cols=None, summary=summary)
+    assert registered == [GOOD] and summary.registration_failed == [SMALL, GOOD]
+    assert summary.registered[SMALL].startswith(f"FAILED: cannot use {tmp_path / 'am_coords' / SMALL / 'ids.png'}: "
+                                                "No space left on device (ENOSPC)")
+    assert f"group {SMALL}: registration failed: cannot use" in caplog.text
+
+
 def test_the_summary_counts_the_registration_warnings(dataset, tmp_path):
     done = _pipeline(dataset, GOOD, *GIVEN, cache=tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-4000:]
