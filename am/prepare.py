@@ -296,6 +296,11 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, se
         log.info("group %s: %s went missing since the earlier run: normalising and cutting again (the masks of an "
                  "unchanged image are kept)", group, what)
         return None
+    if problem := _source_norm_problem(layout.source_norm(group), int(meta["source_height"]),
+                                       int(meta["source_width"])):
+        log.warning("group %s: %s; normalising and cutting again (the masks of an unchanged image are kept)",
+                    group, problem)
+        return None
     # Last: the only check that may read the image (to hash it, when its time changed).
     source_path = layout.source_image(group)
     recorded = meta["identity"].get("source")
@@ -313,6 +318,19 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, se
     pending = tuple(t.index for t in plan.tiles if not layout.tile_mask(group, t.index).is_file())
     log.info("group %s: reusing %d tiles, %d still need a mask", group, len(plan.tiles), len(pending))
     return PreparedGroup(group, plan, int(meta["source_height"]), int(meta["source_width"]), scale, pending)
+
+
+def _source_norm_problem(path: Path, height: int, width: int) -> str | None:
+    """What is wrong with a kept normalised image, from its header: registration and the overlays
+    read it beside the mask, so one damaged or of another size would fail them on every rerun."""
+    try:
+        header = read_header(path)
+    except InputError as exc:
+        return f"the normalised image cannot be read ({exc})"
+    if (header.height, header.width) != (height, width) or header.channels != 1 or header.dtype != np.uint8:
+        return (f"the normalised image {path} is {header.width} x {header.height} px, {header.channels} channel(s) "
+                f"of {header.dtype}, not the image's {width} x {height} px of 8-bit grey")
+    return None
 
 
 def reuse_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,

@@ -76,6 +76,10 @@ def write_mask_overlay(layout: DatasetLayout, group: str, mask: np.ndarray) -> N
     (OpenCV releases the GIL while it draws and encodes).
     """
     source = read_image(layout.source_norm(group))
+    if source.shape != mask.shape:  # a file changed on disk since the run began: said with its name
+        raise InputError(f"{layout.source_norm(group)} is {source.shape[1]} x {source.shape[0]} px but group "
+                         f"{group}'s mask is {mask.shape[1]} x {mask.shape[0]} px: delete it and rerun python -m "
+                         f"am.pipeline {layout.root} {group}, which normalises the image again")
     write_png(layout.stitched_overlay(group), mask_overlay(source, mask), compression=OVERLAY_PNG_COMPRESSION,
               bgr=True, row_filter="none")
     log.info("group %s: wrote %s", group, layout.stitched_overlay(group))

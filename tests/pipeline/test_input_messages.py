@@ -124,3 +124,20 @@ def test_a_damaged_tile_plan_is_warned_about_once(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if "ignoring unreadable tile plan" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert prepared.pending == tuple(range(prepared.n_tiles))
+
+
+def test_an_overlay_over_a_normalised_image_of_another_size_names_the_file_and_the_cure(tmp_path):
+    import numpy as np
+
+    from am.imageio import write_tiff
+    from am.stitch import write_mask_overlay
+
+    layout = DatasetLayout(tmp_path / "ds")
+    layout.source_norm("g").parent.mkdir(parents=True)
+    write_tiff(layout.source_norm("g"), np.zeros((100, 100), np.uint8), compress=False)
+    with pytest.raises(InputError) as refused:
+        write_mask_overlay(layout, "g", np.zeros((120, 90), np.uint8))
+    assert str(refused.value) == (
+        f"{layout.source_norm('g')} is 100 x 100 px but group g's mask is 90 x 120 px: delete it and rerun "
+        f"python -m am.pipeline {layout.root} g, which normalises the image again")
+    assert not layout.stitched_overlay("g").exists()

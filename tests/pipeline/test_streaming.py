@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+import tifffile
 from faults.harness import ThreadLauncher, make_dataset
 from moto import mock_aws
 
@@ -207,15 +208,20 @@ def test_the_progress_bar_of_a_resumed_group_counts_only_the_tiles_it_sends(depl
     assert totals == [16] * 3, totals
 
 
-@pytest.mark.parametrize("lost", ["source_norm", "tile sources"])
+@pytest.mark.parametrize("lost", ["source_norm", "tile sources", "damaged source_norm", "resized source_norm"])
 def test_files_that_can_be_made_again_going_missing_do_not_cost_the_masks(deployment, tiny_model, tmp_path, lost,
                                                                          caplog):
     dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
     _run(dataset, deployment, tiny_model, tmp_path)
     layout = DatasetLayout(dataset)
     masks = {i: layout.tile_mask("g1", i).read_bytes() for i in range(ROWS * COLS)}
+    normalised = layout.source_norm("g1").read_bytes()
     if lost == "source_norm":
         layout.source_norm("g1").unlink()
+    elif lost == "damaged source_norm":  # registration and the overlays would fail on it at every rerun
+        layout.source_norm("g1").write_bytes(b"junk")
+    elif lost == "resized source_norm":
+        tifffile.imwrite(layout.source_norm("g1"), np.zeros((100, 100), np.uint8))
     else:
         for index in (0, 7, 35):
             layout.tile_source("g1", index).unlink()
@@ -225,8 +231,14 @@ def test_files_that_can_be_made_again_going_missing_do_not_cost_the_masks(deploy
     assert summary.job is not None and summary.job.completed == 0, "no tile was segmented again"
     assert {i: layout.tile_mask("g1", i).read_bytes() for i in range(ROWS * COLS)} == masks
     assert layout.source_norm("g1").is_file() and all(layout.tile_source("g1", i).is_file() for i in range(36))
-    said = "3 of its 36 tile(s)" if lost == "tile sources" else str(layout.source_norm("g1"))
-    assert any(f"group g1: {said} went missing since the earlier run" in r.getMessage() for r in caplog.records)
+    if lost.endswith("d source_norm"):
+        assert layout.source_norm("g1").read_bytes() == normalised
+        said = "cannot be read" if lost.startswith("damaged") else "is 100 x 100 px, 1 channel(s) of uint8, not"
+        assert any(m.startswith("group g1: the normalised image") and said in m and "normalising and cutting again"
+                   in m for m in (r.getMessage() for r in caplog.records)), caplog.text
+    else:
+        said = "3 of its 36 tile(s)" if lost == "tile sources" else str(layout.source_norm("g1"))
+        assert any(f"group g1: {said} went missing since the earlier run" in r.getMessage() for r in caplog.records)
     assert any("resuming a finished run, 36 of 36 tiles already have a mask" in r.getMessage()
                for r in caplog.records)
 
