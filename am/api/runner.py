@@ -112,6 +112,7 @@ def api_words(reason: str) -> str:
     """Registration's reason as an API client reads it: the query's rows and cols, not --rows/--cols;
     the scale is the server's to set."""
     return (reason.replace("--rows/--cols", "rows and cols").replace("--rows", "rows").replace("--cols", "cols")
+            .replace("rerun python -m am.pipeline with --scale", "--scale")
             .replace("--scale", "the server's --scale"))
 
 

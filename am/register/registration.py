@@ -313,7 +313,8 @@ def _too_few_marks(comps: Components, shape: tuple[int, ...]) -> str:
     found = comps.n_labels - 1
     if found == 0:
         return (f"{size} is empty: no mark to register; check that the image shows the ablation marks (a blank "
-                "or constant image has none) and, where they are far larger or smaller than the model's, --scale")
+                "or constant image has none) and, where they are far larger or smaller than the model's, rerun "
+                "python -m am.pipeline with --scale")
     if found == 1:
         return (f"{size} is one connected region of {int(np.count_nonzero(comps.labels))} px, not separate marks: "
                 "check the segmentation")
@@ -467,16 +468,21 @@ def _place_or_explain(
     shape: tuple[int, ...], clipped: np.ndarray, warnings: list[str],
 ) -> tuple[grid.AxisPlacement, grid.AxisPlacement]:
     """:func:`_place`, and where the given grid does not fit but the same grid turned by 90 degrees
-    would, an error that says so: ids follow the grid as imaged, turned by at most 45 degrees."""
+    fits the marks whole, an error that says so: ids follow the grid as imaged, turned by at most 45
+    degrees. A turned grid that fits only with empty edge rows or columns is no better explanation
+    than a mistyped count, so it is not offered."""
     try:
         return _place(col, row, fit, rows=rows, cols=cols, shape=shape, clipped=clipped, warnings=warnings)
     except RegistrationError as exc:
         if rows is None or cols is None or rows == cols:
             raise
+        turned: list[str] = []
         try:
-            _place(col, row, fit, rows=cols, cols=rows, shape=shape, clipped=clipped, warnings=[])
+            _place(col, row, fit, rows=cols, cols=rows, shape=shape, clipped=clipped, warnings=turned)
         except RegistrationError:
             raise exc from None
+        if any("marks fill only" in w or "have no marks at all" in w for w in turned):
+            raise
         raise RegistrationError(
             f"{exc}. The marks do fit a {cols} x {rows} grid as imaged (rows run across the image, turned by at "
             f"most 45 degrees; here {fit.angle_deg:.1f}): if the acquisition was imaged turned by about 90 degrees, "

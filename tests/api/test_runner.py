@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 import am.api.runner as runner_module
 import am.api.tasks as tasks_module
 from am.api.app import create_app
-from am.api.runner import PipelineCommand, TaskRunner, failure_reason
+from am.api.runner import PipelineCommand, TaskRunner, api_words, failure_reason
 from am.api.tasks import TASK_FILE, TaskStore
 from am.settings import Settings
 
@@ -271,6 +271,16 @@ def test_a_failed_registration_keeps_the_mask_and_advises_in_the_apis_words(tmp_
     assert state["error"].startswith("registration failed: ") and reason in state["error"]
     assert state["error"].endswith(f"The mask was made: GET /masks/{task_id}. {advice}")
     assert "--rows" not in state["error"] and "--cols" not in state["error"]
+
+
+def test_registrations_advice_on_an_empty_mask_reads_in_the_apis_words():
+    from am.register.registration import RegistrationError, register_mask
+
+    with pytest.raises(RegistrationError) as refused:
+        register_mask(np.zeros((60, 80), np.uint8), rows=None, cols=None)
+    assert "rerun python -m am.pipeline with --scale" in str(refused.value)
+    said = api_words(str(refused.value))
+    assert said.endswith("far larger or smaller than the model's, the server's --scale") and "python -m" not in said
 
 
 @pytest.mark.parametrize("scale", ["auto", 0.5])

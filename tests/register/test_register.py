@@ -396,6 +396,17 @@ def test_a_grid_imaged_turned_by_90_degrees_is_refused_with_the_shape_that_fits(
     assert register_mask(drawn.mask, rows=12, cols=8).assigned == 96
 
 
+@pytest.mark.parametrize(("rows", "cols"), [(9, 8), (8, 7)])
+def test_a_wrong_count_is_not_explained_as_a_turned_grid_that_would_need_empty_edges(rows, cols):
+    # 6 x 8 marks: an 8 x 9 (or 7 x 8) grid would hold them only with empty edge rows, so the
+    # mistyped count is the explanation, not a turn by 90 degrees.
+    lattice = Lattice.centred(rows=6, cols=8, width=500, height=500, pitch_x=PITCH, angle_deg=0.0)
+    drawn = draw_lattice_mask(lattice, width=500, height=500, radius=RADIUS)
+    with pytest.raises(RegistrationError) as refused:
+        register_mask(drawn.mask, rows=rows, cols=cols)
+    assert "the marks fill" in str(refused.value) and "do fit a" not in str(refused.value)
+
+
 def test_a_grid_turned_close_to_45_degrees_is_flagged():
     lattice = Lattice.centred(rows=8, cols=8, width=500, height=500, pitch_x=PITCH, angle_deg=43.0)
     drawn = draw_lattice_mask(lattice, width=500, height=500, radius=RADIUS)
