@@ -50,7 +50,7 @@ from am.files import file_sha256, write_atomic
 from am.imageio import check_complete, encode_png, header_size, read_header, read_image, write_tiff
 from am.interrupts import ThreadPool, result_of
 from am.normalize import normalize
-from am.pitch import resolve_scale
+from am.pitch import choose_scale, resolve_scale
 from am.settings import AUTO_SCALE, Settings
 from am.tiling import TilePlan, plan_tiles, read_tile
 
@@ -282,7 +282,9 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, se
            model_id: str, worker: Mapping[str, str] | None) -> PreparedGroup | None:
     if meta is None or not _is_complete(meta):
         return None
-    if changes := _settings_changes(meta, settings, model_id, worker):
+    changes = _settings_changes(meta, settings, model_id, worker)
+    only_scale = all(c.startswith("scale ") for c in changes)
+    if changes and not (only_scale and _cut_at_this_factor(layout, group, meta, settings)):
         log.info("group %s: the earlier run's masks were made with other settings (%s): segmenting again",
                  group, "; ".join(changes))
         return None
@@ -318,6 +320,26 @@ def _reuse(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, se
     pending = tuple(t.index for t in plan.tiles if not layout.tile_mask(group, t.index).is_file())
     log.info("group %s: reusing %d tiles, %d still need a mask", group, len(plan.tiles), len(pending))
     return PreparedGroup(group, plan, int(meta["source_height"]), int(meta["source_width"]), scale, pending)
+
+
+def _cut_at_this_factor(layout: DatasetLayout, group: str, meta: dict[str, Any], settings: Settings) -> bool:
+    """Whether tiles planned with another ``scale`` setting were cut at the factor this one gives:
+    ``--scale 0.32`` after ``auto`` chose 0.32, or ``auto`` after a factor it would choose itself
+    (``auto`` after the default 1 on marks of the model's size). Re-segmenting thousands of tiles
+    for a setting spelt differently would cost minutes for masks that come out the same. ``auto``
+    is decided as a run decides it, from the normalised image the tiles were cut from."""
+    recorded = meta.get("scale")
+    if not isinstance(recorded, (int, float)) or isinstance(recorded, bool):
+        return False
+    if settings.scale != AUTO_SCALE:
+        return float(settings.scale) == float(recorded)
+    if _source_norm_problem(layout.source_norm(group), int(meta["source_height"]), int(meta["source_width"])):
+        return False
+    chosen = choose_scale(read_image(layout.source_norm(group)), name=f"group {group}")
+    if chosen != float(recorded):
+        return False
+    log.info("group %s: --scale auto gives %g, the factor its tiles were cut at: they are reused", group, chosen)
+    return True
 
 
 def _source_norm_problem(path: Path, height: int, width: int) -> str | None:

@@ -79,8 +79,10 @@ def test_a_group_with_large_marks_is_cut_at_the_scale_its_pitch_asks_for(tmp_pat
     # A rerun with the same settings reuses the tiles at the recorded factor without reading the image.
     again = reuse_group(layout, "group01", settings=settings, model_id="m")
     assert again is not None and again.scale == prepared.scale and again.plan == prepared.plan
-    # A fixed factor is another setting: the tiles are cut again.
-    assert reuse_group(layout, "group01", settings=Settings(scale=0.31), model_id="m") is None
+    # The factor auto chose, typed: the same tiles, reused; another factor cuts them again.
+    typed = reuse_group(layout, "group01", settings=Settings(scale=0.31), model_id="m")
+    assert typed is not None and typed.scale == prepared.scale and typed.plan == prepared.plan
+    assert reuse_group(layout, "group01", settings=Settings(scale=0.5), model_id="m") is None
 
 
 def test_a_plan_without_its_factor_is_not_reused_under_auto(tmp_path):
@@ -102,6 +104,9 @@ def test_a_group_at_the_models_scale_is_cut_as_with_scale_1(tmp_path):
     fixed = prepare_group(DatasetLayout(tmp_path / "ds"), "group01", settings=Settings(), model_id="m")
     auto = prepare_group(DatasetLayout(auto_root), "group01", settings=Settings(scale="auto"), model_id="m")
     assert auto.scale == 1.0 and auto.plan == fixed.plan
+    # --scale auto after the default 1 on such marks: auto would cut them at 1 too, so they are reused.
+    again = reuse_group(DatasetLayout(tmp_path / "ds"), "group01", settings=Settings(scale="auto"), model_id="m")
+    assert again is not None and again.scale == 1.0 and again.plan == fixed.plan
     for tile in fixed.plan.tiles:
         assert np.array_equal(read_image(DatasetLayout(auto_root).tile_source("group01", tile.index)),
                               read_image(DatasetLayout(tmp_path / "ds").tile_source("group01", tile.index)))
