@@ -2,7 +2,8 @@
 
 Prints Dice, IoU and object precision/recall/F1 (IoU >= 0.5 matching) per image and overall,
 at the checkpoint's own threshold. ``--side-by-side DIR`` writes image | truth | prediction |
-errors panels for a person to look at. Exit code 0 when the evaluation ran, whatever the scores.
+errors panels for a person to look at; the folder is replaced whole once every panel is written, so
+a run stopped half-way leaves it as it was. Exit code 0 when the evaluation ran, whatever the scores.
 Images of ``--images`` are named by their stems, or by their file names where two share a stem
 (``a.png`` and ``a.tif``), so each keeps its own row, JSON entry and panel.
 """
@@ -11,15 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from am.cli import (
+    RERUN_TO_START_AGAIN,
     add_log_level_option,
     add_postprocess_option,
     add_precision_option,
@@ -30,10 +35,11 @@ from am.cli import (
     seed_option,
 )
 from am.errors import InputError
+from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE
 from am.evaluate.lost import LostMarks
 from am.evaluate.metrics import Scores
 from am.evaluate.run import evaluate, table
-from am.files import write_atomic
+from am.files import staging, swap_in, write_atomic
 from am.messages import TTA_MODES
 from am.model.checkpoint import checkpoint_argument, default_model_path
 from am.model.device import device_problem, resolve_device
@@ -41,7 +47,7 @@ from am.model.precision import resolve_precision
 from am.model.predict import Predictor
 from am.model.whole import scale_problem
 from am.normalize import read_normalised
-from am.synth.dataset import pitch_range_problem
+from am.synth.dataset import pitch_range_problem, sample_at
 from am.train.data import (
     IMAGE_SUFFIXES,
     Labelled,
@@ -49,8 +55,13 @@ from am.train.data import (
     find_mask,
     read_mask,
     split_files,
-    synthetic_images,
 )
+
+log = logging.getLogger(__name__)
+
+# Left in every side-by-side folder this command writes: a folder holding it is an earlier run's
+# panels, which a new run may replace whole; any other non-empty folder is someone's files.
+PANELS_MARK = ".am-evaluate-panels"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,11 +73,17 @@ def parser() -> argparse.ArgumentParser:
                      help="training root; evaluates its --split folder, images read as training reads them "
                           "(8-bit as stored, others stretched to 8 bits)")
     src.add_argument("--split", default="valid", choices=["train", "valid"], help="split of --data (default valid)")
-    src.add_argument("--synthetic", type=int, default=0, help="generate N held-out synthetic images")
-    src.add_argument("--seed", type=seed_option, default=12345, help="seed of the synthetic images")
-    src.add_argument("--size", type=int, default=512, help="side of the synthetic images")
-    src.add_argument("--pitch-min", type=float, default=20.0, help="smallest synthetic grid pitch in px")
-    src.add_argument("--pitch-max", type=float, default=85.0, help="largest synthetic grid pitch in px")
+    src.add_argument("--synthetic", type=int, default=0,
+                     help="score N generated images; with the defaults below, the first N of the synthetic "
+                          "held-out set the README's figures are measured on")
+    src.add_argument("--seed", type=seed_option, default=HELD_OUT_SEED,
+                     help=f"seed of the synthetic images (default {HELD_OUT_SEED}, the held-out set's)")
+    src.add_argument("--size", type=int, default=HELD_OUT_SIZE,
+                     help=f"side of the synthetic images (default {HELD_OUT_SIZE})")
+    src.add_argument("--pitch-min", type=float, default=HELD_OUT_PITCH[0],
+                     help=f"smallest synthetic grid pitch in px (default {HELD_OUT_PITCH[0]:g})")
+    src.add_argument("--pitch-max", type=float, default=HELD_OUT_PITCH[1],
+                     help=f"largest synthetic grid pitch in px (default {HELD_OUT_PITCH[1]:g})")
     src.add_argument("--images", type=Path, default=None,
                      help="folder of images (with --masks), normalised as the pipeline's input is (1-99 "
                           "percentile stretch): the figures a user of the pipeline gets")
@@ -82,7 +99,9 @@ def parser() -> argparse.ArgumentParser:
     add_postprocess_option(p)
     add_precision_option(p)
     p.add_argument("--min-object-px", type=int, default=0, help="ignore components smaller than this in object counts")
-    p.add_argument("--side-by-side", type=Path, default=None, help="write comparison PNGs to this folder")
+    p.add_argument("--side-by-side", type=Path, default=None,
+                   help="write comparison PNGs to this folder, replacing it whole: a new or empty folder, or one "
+                        "an earlier run wrote; never one holding or inside the inputs")
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -95,7 +114,8 @@ def image_mask_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     if not images.is_dir() or not masks.is_dir():
         raise InputError(f"--images {images} and --masks {masks} must both be folders")
     pairs = []
-    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    # A sub-folder named like an image (``b.png/``) is no image: it would fail only when read.
+    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         mask_path = find_mask(path, masks)
         if mask_path is None:
             raise InputError(f"{path} has no mask of the same name in {masks}")
@@ -126,12 +146,90 @@ def read_pair(image: Path, mask: Path, name: str | None = None) -> Labelled:
     return Labelled.from_arrays(read_normalised(image), read_mask(mask), name=image.stem if name is None else name)
 
 
+def synthetic_name(seed: int, index: int) -> str:
+    """The name of synthetic image ``index`` of series ``seed``, as :func:`am.train.data.synthetic_images` gives it,
+    known without rendering so that name clashes are found before any work."""
+    return f"synthetic/{seed}/{index:05d}"
+
+
+def synthetic_items(count: int, *, size: int, seed: int, pitch_range: tuple[float, float]) -> Iterator[Labelled]:
+    """The images of :func:`am.train.data.synthetic_images`, rendered one at a time as they are reached.
+
+    Rendering all N first held them all in memory and kept the progress bar away for many seconds.
+    """
+    for index in range(count):
+        sample = sample_at(seed, index, size=size, pitch_range=pitch_range)
+        yield Labelled.from_arrays(sample.image, sample.mask, name=synthetic_name(seed, index))
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The input folders given, as (option, resolved path): what no output may replace."""
+    given = (("--images", args.images), ("--masks", args.masks), ("--data", args.data))
+    return [(option, path.resolve()) for option, path in given if path is not None]
+
+
+def overlap_problem(args: argparse.Namespace) -> str | None:
+    """Why an output would overwrite an input, or None.
+
+    The panel folder is replaced whole, so it may neither be an input folder, lie inside one, nor hold
+    one; the JSON may be no input file (the checkpoint included) nor lie inside an input folder.
+    """
+    inputs = _inputs(args)
+    if args.side_by_side is not None:
+        out = args.side_by_side.resolve()
+        for option, folder in inputs:
+            if out == folder or folder in out.parents or out in folder.parents:
+                return (f"--side-by-side {args.side_by_side} overlaps {option} {folder}: the panels would replace "
+                        "the inputs; give a folder outside the inputs that holds none of them")
+    if args.json is not None:
+        out = args.json.resolve()
+        model = (args.model or default_model_path()).resolve()
+        if out == model:
+            return f"--json {args.json} is the model file {model}; give another file name for the scores"
+        for option, folder in inputs:
+            if out == folder or folder in out.parents:
+                return (f"--json {args.json} lies inside {option} {folder}, where it could overwrite an input; "
+                        "give a file outside the inputs")
+    return None
+
+
+def panel_folder_problem(path: Path) -> str | None:
+    """Why the panel folder ``path`` may not be replaced whole, or None: it holds files no earlier run wrote."""
+    if path.is_dir() and any(path.iterdir()) and not (path / PANELS_MARK).is_file():
+        return (f"--side-by-side {path} already holds files that are not panels of an earlier am.evaluate run "
+                f"(no {PANELS_MARK} in it); the folder is replaced whole, so give a new or empty folder")
+    return None
+
+
+@contextmanager
+def panel_folder(target: Path | None) -> Iterator[Path | None]:
+    """A staging folder for this run's panels, swapped in for ``target`` only when the block succeeds.
+
+    A run stopped or failing half-way leaves ``target`` as it was, and one that ends replaces it
+    whole, so no panel of an earlier run stays among the new ones. None when no panels are asked for.
+    """
+    if target is None:
+        yield None
+        return
+    target = target.resolve()
+    with staging(target.with_name(f".{target.name}.partial")) as stage:
+        panels = stage / target.name
+        panels.mkdir()
+        (panels / PANELS_MARK).write_text("side-by-side panels of python -m am.evaluate; replaced whole by a rerun\n")
+        yield panels
+        swap_in(panels, target)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     configure_logging(args.log_level)
     if (args.images is None) != (args.masks is None):
         p.error("--images and --masks go together")
+    if args.images is not None and args.images.resolve() == args.masks.resolve():
+        p.error("--images and --masks are the same folder; each image would be its own mask")
+    if args.threads < 0:
+        p.error(f"--threads {args.threads}: give a number of CPU threads >= 1, or 0 for torch's default")
     if args.synthetic < 0:
         p.error(f"--synthetic {args.synthetic}: give a number of images >= 1 (or leave it out)")
     problem = device_problem(args.device) if args.device else None
@@ -158,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         problem = None if path is None else output_problem(path, folder=folder)
         if problem is not None:
             p.error(f"{option}: {problem}")
-    return run_main(partial(_evaluate, args), name="am.evaluate")
+    if problem := overlap_problem(args):
+        p.error(problem)
+    if args.side_by_side is not None and (problem := panel_folder_problem(args.side_by_side)):
+        p.error(problem)
+    return run_main(partial(_evaluate, args), name="am.evaluate", interrupted=RERUN_TO_START_AGAIN)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -168,30 +270,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     pairs = image_mask_pairs(args.images, args.masks) if args.images is not None else []
     pair_names = image_names([image for image, _ in pairs])
     check_pair_sizes([(f.source, f.mask) for f in files] + pairs)
-    synthetic = synthetic_images(count=args.synthetic, size=args.size, seed=args.seed,
-                                 pitch_range=(args.pitch_min, args.pitch_max)) if args.synthetic > 0 else []
+    synthetic_names = [synthetic_name(args.seed, index) for index in range(max(args.synthetic, 0))]
 
     def items() -> Iterator[Labelled]:
         yield from (f.read() for f in files)
         yield from (read_pair(image, mask, name) for (image, mask), name in zip(pairs, pair_names, strict=True))
-        yield from synthetic
+        yield from synthetic_items(len(synthetic_names), size=args.size, seed=args.seed,
+                                   pitch_range=(args.pitch_min, args.pitch_max))
 
-    names = Counter([f.name for f in files] + pair_names + [s.name for s in synthetic])
+    names = Counter([f.name for f in files] + pair_names + synthetic_names)
     repeated = sorted(name for name, count in names.items() if count > 1)
     if repeated:
         raise InputError(f"more than one image is named {', '.join(repeated)}; their scores would be reported "
                          "as one: give the images distinct names")
 
-    total = len(files) + len(pairs) + len(synthetic)
+    total = len(files) + len(pairs) + len(synthetic_names)
     model = args.model or default_model_path()
+    # The model is loaded (a file that is no checkpoint refused) before any image is read or rendered.
     predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads, tta=args.tta,
                                           precision=args.precision, postprocess=args.postprocess == "on")
-    results = evaluate(predictor, items(), scale=args.scale, min_object_px=args.min_object_px,
-                       side_by_side=args.side_by_side, keep_predicted=False,
-                       progress=lambda it: tqdm(it, desc="evaluate", unit="img", total=total))
+    with panel_folder(args.side_by_side) as panels, logging_redirect_tqdm():
+        results = evaluate(predictor, items(), scale=args.scale, min_object_px=args.min_object_px,
+                           side_by_side=panels, keep_predicted=False,
+                           progress=lambda it: tqdm(it, desc="evaluate", unit="img", total=total))
     print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold}, {predictor.precision}, "
           f"tta {args.tta}, {masks_label(predictor.postprocess)})")
     print(table(results))
+    if args.side_by_side is not None:
+        print(f"side-by-side panels of {len(results)} images in {args.side_by_side}")
     if args.json is not None:
         pooled = Scores.combine([r.scores for r in results])
         lost = LostMarks.combine([r.lost for r in results])

@@ -48,8 +48,8 @@ def evaluate(
 ) -> list[ImageResult]:
     """Score every item; with ``side_by_side`` also write ``<name>.png`` panels there.
 
-    Names are made safe for a file name (``/`` becomes ``_``); one that is then taken by an earlier
-    image gets ``-2``, ``-3``... so that no panel overwrites another.
+    Names are made safe for a file name (``/`` becomes ``_``, a ``.png`` ending is not doubled); one
+    that is then taken by an earlier image gets ``-2``, ``-3``... so that no panel overwrites another.
 
     ``items`` may be a generator that reads each image when it is reached; with ``keep_predicted``
     False no mask outlives its image's turn, so a folder of full-size images costs one image's memory.
@@ -66,10 +66,11 @@ def evaluate(
         result = ImageResult(item.name, scores, predicted if keep_predicted else None, account(found))
         results.append(result)
         if side_by_side is not None:
-            panel = _unique(_safe(item.name), panel_names)
-            if panel != _safe(item.name):
+            wanted = _panel_stem(item.name)
+            panel = _unique(wanted, panel_names)
+            if panel != wanted:
                 log.warning("side-by-side: %s.png is taken by an earlier image, so %s is written as %s.png",
-                            _safe(item.name), item.name, panel)
+                            wanted, item.name, panel)
             write_png(Path(side_by_side) / (panel + ".png"), panels(item.image, item.mask, predicted))
     return results
 
@@ -120,6 +121,16 @@ def _unique(name: str, used: set[str]) -> str:
         candidate = f"{name}-{number}"
     used.add(candidate)
     return candidate
+
+
+def _panel_stem(name: str) -> str:
+    """The panel file's name before ``.png``: ``name`` made safe, less a ``.png`` it already ends with.
+
+    Names of ``--data`` images carry their file's suffix; ``a.png`` must give ``a.png``, not ``a.png.png``.
+    """
+    safe = _safe(name)
+    stem = safe[:-4] if safe.lower().endswith(".png") else safe
+    return stem or "image"
 
 
 def _safe(name: str) -> str:

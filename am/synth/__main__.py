@@ -13,9 +13,10 @@ from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
-from am.synth.dataset import is_pitch, pitch_range_problem, write_dataset, write_tiles
+from am.synth.dataset import group_name_problem, is_pitch, pitch_range_problem, write_dataset, write_tiles
 from am.synth.truth import LABELS
 
 # The smallest --pitch whose marks all show: on 4 x 4 grids of 6 seeds, 8 px left out as many marks
@@ -48,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--groups", type=int, default=1, help="number of groups (images) to write (default 1)")
     ds.add_argument("--bit-depth", type=int, default=8, choices=[8, 16], help="pixel depth of image.tif")
     ds.add_argument("--pitch", type=float, default=None,
-                    help="grid pitch in pixels (default: drawn between 30 and 45 px per group)")
+                    help="grid pitch in pixels (default: drawn per group, between 30 and 45 px with --style "
+                         "realistic, 20 and 85 px with --style random)")
     ds.add_argument("--style", choices=["realistic", "random"], default="realistic",
                     help="'realistic': bright crescents on speckled tissue, like a typical acquisition; "
                     "'random': any look the training generator produces (hard cases included)")
@@ -69,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--seed", type=seed_option, default=0, help="random seed")
     tl.add_argument("--split", choices=["train", "valid"], default="train", help="which split to write")
     tl.add_argument("--group", default=None, help="group folder name (default seed<SEED>)")
-    tl.add_argument("--pitch-min", type=float, default=20.0, help="smallest grid pitch in px (default 20)")
+    tl.add_argument("--pitch-min", type=float, default=20.0,
+                    help=f"smallest grid pitch in px, at least {MIN_VISIBLE_PITCH:g} (default 20)")
     tl.add_argument("--pitch-max", type=float, default=85.0, help="largest grid pitch in px (default 85)")
     tl.add_argument("--labels", choices=LABELS, default="visible",
                     help="visible: a mark's label reaches as far as the mark shows (default); "
@@ -79,11 +82,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _tiles(args: argparse.Namespace) -> int:
-    folder = write_tiles(args.dir, count=args.count, size=args.size, seed=args.seed, split=args.split,
-                         group=args.group, pitch_range=(args.pitch_min, args.pitch_max), labels=args.labels,
-                         force=args.force, progress=lambda it: tqdm(it, total=args.count, desc="tiles", unit="img"))
+    with logging_redirect_tqdm():  # log lines above the bar, not glued onto its line
+        folder = write_tiles(args.dir, count=args.count, size=args.size, seed=args.seed, split=args.split,
+                             group=args.group, pitch_range=(args.pitch_min, args.pitch_max), labels=args.labels,
+                             force=args.force,
+                             progress=lambda it: tqdm(it, total=args.count, desc="tiles", unit="img"))
     print(f"wrote {args.count} images and masks to {folder}")
     return 0
+
+
+def too_small_pitch(option: str, pitch: float) -> str | None:
+    """Why ``pitch`` given as ``option`` draws marks too small to show, or None.
+
+    Marks are drawn a fraction of the pitch across: below :data:`MIN_VISIBLE_PITCH` some or all
+    vanish, and the image would hold a mask without (all) its marks.
+    """
+    if pitch >= MIN_VISIBLE_PITCH:
+        return None
+    return (f"{option} {pitch:g} px draws marks too small to show (some vanish below {MIN_VISIBLE_PITCH:g} px); "
+            f"give {MIN_VISIBLE_PITCH:g} px or more")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,16 +111,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--count must be >= 1 and --size a multiple of 32, got {args.count} and {args.size}")
         if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
             parser.error(problem)
+        if problem := too_small_pitch("--pitch-min", args.pitch_min):
+            parser.error(problem)
+        if args.group is not None and (problem := group_name_problem(args.group)):
+            parser.error(f"--{problem}")
     else:
         if args.rows < 1 or args.cols < 1 or args.groups < 1:
             parser.error(f"--rows, --cols and --groups must be >= 1, got {args.rows}, {args.cols}, {args.groups}")
         if args.pitch is not None and not is_pitch(args.pitch):
             parser.error(f"--pitch must be a number of pixels > 0, got {args.pitch}")
-        if args.pitch is not None and args.pitch < MIN_VISIBLE_PITCH:
-            # Marks are drawn a fraction of the pitch across: below this some or all vanish, and the
-            # dataset would hold an image without (all) its marks.
-            parser.error(f"--pitch {args.pitch:g} px draws marks too small to show (some vanish below "
-                         f"{MIN_VISIBLE_PITCH:g} px); give {MIN_VISIBLE_PITCH:g} px or more")
+        if args.pitch is not None and (problem := too_small_pitch("--pitch", args.pitch)):
+            parser.error(problem)
     configure_logging(args.log_level)
     command = _dataset if args.command == "dataset" else _tiles
     return run_main(partial(command, args), name="am.synth", interrupted=RERUN_TO_START_AGAIN)
@@ -111,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dataset(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    paths = write_dataset(args.dir, rows=args.rows, cols=args.cols, seed=args.seed, groups=args.groups,
-                          bit_depth=args.bit_depth, pitch=args.pitch, realistic=args.style == "realistic",
-                          uneven_rows=args.uneven_rows, force=args.force)
+    with logging_redirect_tqdm():  # each group's log line above the bar, not glued onto its line
+        paths = write_dataset(args.dir, rows=args.rows, cols=args.cols, seed=args.seed, groups=args.groups,
+                              bit_depth=args.bit_depth, pitch=args.pitch, realistic=args.style == "realistic",
+                              uneven_rows=args.uneven_rows, force=args.force,
+                              progress=lambda it: tqdm(it, total=args.groups, desc="dataset", unit="group"))
     print(f"wrote {len(paths)} group(s) to {args.dir} in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from am.errors import InputError
-from am.files import staging, swap_in
+from am.files import check_can_replace, staging, swap_in
 from am.imageio import write_png, write_tiff
 from am.normalize import normalize
 from am.synth.lattice import Lattice
@@ -172,10 +172,12 @@ def write_dataset(
     realistic: bool = True,
     uneven_rows: bool = False,
     force: bool = False,
+    progress: Callable[[Iterable[_GroupPlan]], Iterable[_GroupPlan]] | None = None,
 ) -> list[Path]:
     """Write ``groups`` synthetic acquisitions to ``root``; returns the source image paths.
 
     ``uneven_rows`` draws rows unevenly spaced and slid along themselves (see :func:`dataset_layout`).
+    ``progress`` may wrap the groups as they are drawn (the CLI passes tqdm: a group takes seconds).
 
     Refuses to write into an existing dataset (a ``source`` or ``truth`` folder) unless ``force``.
     Every group is checked before the first is drawn, and the dataset is built in a staging
@@ -189,16 +191,20 @@ def write_dataset(
         raise InputError(f"--groups must be >= 1, got {groups}")
     if pitch is not None:
         check_pitch(pitch)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file; give a folder for the dataset")
+    for sub in ("source", "truth"):
+        # --force would move the file into staging and delete it, then fail with a misleading error.
+        if (root / sub).exists() and not (root / sub).is_dir():
+            raise InputError(f"{root / sub} is a file, not a folder; move it aside and rerun")
     existing = [sub for sub in ("source", "truth") if (root / sub).exists()]
     if existing and not force:
         raise InputError(f"{root} already holds a dataset ({' and '.join(f'{sub}/' for sub in existing)} "
                          "exist); pass --force to replace it")
-    if root.exists() and not root.is_dir():
-        raise InputError(f"{root} is a file; give a folder for the dataset")
     plans = [_plan_group(index, rows=rows, cols=cols, seed=seed, pitch=pitch, realistic=realistic,
                          uneven_rows=uneven_rows) for index in range(groups)]
     with staging(root / STAGING_NAME) as stage:
-        for plan in plans:
+        for plan in plans if progress is None else progress(plans):
             scene = render(plan.lattice, plan.style, width=plan.width, height=plan.height,
                            rng=np.random.default_rng(plan.seed))
             source = stage / "source" / plan.group / "image.tif"
@@ -314,6 +320,14 @@ def sample_at(seed: int, index: int, **options: Any) -> Sample:
     return random_sample(np.random.default_rng([seed, index]), **options)
 
 
+def group_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name the one folder a group's tiles go into, or None: an empty name fell
+    back to the default group and a path-like one wrote somewhere else, each silently."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        return f"group {name!r} must be a plain folder name: not empty or blank, no '/' or '\\', not . or .."
+    return None
+
+
 def write_tiles(
     root: Path,
     *,
@@ -343,9 +357,9 @@ def write_tiles(
     check_pitch(high)
     if low > high:
         raise InputError(f"the smallest pitch {low} must not exceed the largest {high}")
-    name = group or f"seed{seed}"
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise InputError(f"group {name!r} must be a plain folder name")
+    name = f"seed{seed}" if group is None else group  # an empty name is refused, not taken as the default
+    if problem := group_name_problem(name):
+        raise InputError(problem)
     root = Path(root)
     folder = root / split / "synthetic" / name
     if folder.exists() and not folder.is_dir():
@@ -354,6 +368,9 @@ def write_tiles(
         raise InputError(f"{folder} already holds tiles; pass --force to replace them or choose another --group")
     if root.exists() and not root.is_dir():
         raise InputError(f"{root} is a file; give a folder for the training data")
+    # A file on the way (root/train a file, say) or a read-only folder fails here, naming it, not
+    # after every tile was rendered.
+    check_can_replace([folder])
     samples: Iterable[Sample] = iter_samples(seed, count, size=size, pitch_range=pitch_range, labels=labels)
     if progress is not None:
         samples = progress(samples)

@@ -166,3 +166,87 @@ def test_a_pitch_too_small_for_its_marks_to_show_is_a_usage_error(tmp_path: Path
     assert not (tmp_path / "ds").exists()
     assert synth_main(["dataset", str(tmp_path / "ok"), "--rows", "3", "--cols", "3", "--pitch", "8"]) == 0
     assert read_image(tmp_path / "ok" / "truth" / "group01" / "ids.png").max() == 9
+
+
+def test_tiles_under_a_file_fail_naming_it_before_rendering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    _no_rendering(monkeypatch)
+    (tmp_path / "train").write_text("not a folder")
+    assert synth_main(["tiles", str(tmp_path), "--count", "2", "--size", "32"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot use {tmp_path / 'train'}: Not a directory" in err and "synthetic" not in err, err
+    assert (tmp_path / "train").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("sub", ["truth", "source"])
+def test_a_file_where_a_dataset_folder_goes_is_refused_and_kept(tmp_path: Path, sub: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    _no_rendering(monkeypatch)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / sub).write_text("someone's notes")
+    assert synth_main(["dataset", str(tmp_path / "ds"), "--rows", "2", "--cols", "2", "--force"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'ds' / sub} is a file, not a folder; move it aside and rerun" in err and "Traceback" not in err
+    assert (tmp_path / "ds" / sub).read_text() == "someone's notes"
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [sub]
+
+
+def test_the_pitch_help_says_what_each_style_draws() -> None:
+    import inspect
+
+    from am.synth.__main__ import _parser
+    from am.synth.render import random_style
+
+    parser = _parser()
+    dataset_parser = parser._subparsers._group_actions[0].choices["dataset"]
+    shown = " ".join(dataset_parser.format_help().split())
+    low, high = dataset.DEMO_PITCH_RANGE
+    random_low, random_high = inspect.signature(random_style).parameters["pitch_range"].default
+    assert f"between {low:g} and {high:g} px with --style realistic, {random_low:g} and {random_high:g} px with " \
+           "--style random" in shown
+
+
+@pytest.mark.parametrize("pitch", ["1", "7.5"])
+def test_tiles_refuse_a_smallest_pitch_too_small_for_marks_to_show(tmp_path: Path, pitch: str,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    _no_rendering(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        synth_main(["tiles", str(tmp_path / "tl"), "--count", "1", "--size", "32", "--pitch-min", pitch,
+                    "--pitch-max", pitch])
+    assert exit_.value.code == 2 and f"--pitch-min {pitch} px draws marks too small to show" in capsys.readouterr().err
+    assert not (tmp_path / "tl").exists()
+
+
+@pytest.mark.parametrize("group", ["", "  ", "a/b", "..", "a\\b"])
+def test_tiles_refuse_a_group_that_is_no_plain_name(tmp_path: Path, group: str, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    _no_rendering(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        synth_main(["tiles", str(tmp_path / "tl"), "--count", "1", "--size", "32", "--group", group])
+    assert exit_.value.code == 2 and f"--group {group!r} must be a plain folder name" in capsys.readouterr().err
+    with pytest.raises(InputError, match="plain folder name"):
+        write_tiles(tmp_path / "tl", count=1, size=32, group=group)
+    assert not (tmp_path / "tl").exists()
+
+
+def test_dataset_shows_a_progress_bar_with_log_lines_around_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    import logging
+
+    handlers: list[str] = []
+    real_render = dataset.render
+
+    def note_handlers(*args, **kwargs):
+        handlers.extend(type(h).__name__ for h in logging.getLogger().handlers)
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(dataset, "render", note_handlers)
+    assert synth_main(["dataset", str(tmp_path / "ds"), "--rows", "2", "--cols", "2", "--groups", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "dataset: 100%" in err and "2/2" in err and "drew group02" in err
+    assert "_TqdmLoggingHandler" in handlers  # each group's log line is written through tqdm, not onto the bar
+    handlers.clear()
+    assert synth_main(["tiles", str(tmp_path / "tl"), "--count", "1", "--size", "32"]) == 0
+    assert "_TqdmLoggingHandler" in handlers and "tiles: 100%" in capsys.readouterr().err
