@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="buckets of the worker loop (created if missing; only the run's prefix is deleted)")
     parser.add_argument("--region", default="us-east-1", help="AWS region of --loop-endpoint aws")
     parser.add_argument("--agreement", type=int, default=0, metavar="N",
-                        help="also compare masks with the float32 reference on N synthetic tiles (am.evaluate's seed)")
+                        help="also compare masks with the float32 reference on N synthetic tiles (seed 12345)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for the arithmetic limit (default: known GPUs)")
     parser.add_argument("--pipeline-image", type=Path, help="also run am.pipeline on this image for the overhead ratio")
     parser.add_argument("--workers", type=int, default=2, help="pipeline workers (default 2)")

@@ -157,7 +157,7 @@ def mask_agreement(fast: Predictor, reference: Predictor, images: np.ndarray) ->
 
 
 def synthetic_tiles(count: int, *, size: int, seed: int = 12345) -> np.ndarray:
-    """``count`` normalised synthetic tiles of ``size`` px (am.evaluate's seed), as uint8 (N, size, size)."""
+    """``count`` normalised synthetic tiles of ``size`` px (seed 12345, pitch 20-85 px), as uint8 (N, size, size)."""
     from am.synth.dataset import iter_samples
 
     return np.stack([sample.image for sample in iter_samples(seed, count, size=size)])
