@@ -198,6 +198,20 @@ def _existing(filename: object) -> str:
     return str(path)
 
 
+def threads_problem(threads: int, *, option: str = "--threads") -> str | None:
+    """Why ``threads`` cannot be torch's CPU thread count here, or None (0: torch's default).
+
+    Far beyond the machine's CPUs torch's thread pool crashes (a segfault, or a libgomp error)
+    instead of refusing, and any number above them only slows the work down.
+    """
+    if threads < 0:
+        return f"{option} {threads}: give a number of CPU threads >= 1, or 0 for torch's default"
+    cpus = os.cpu_count()
+    if cpus is not None and threads > cpus:
+        return f"{option} {threads}: this machine has {cpus} CPUs; give 0 (all) to {cpus}"
+    return None
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for an OSError: the file(s), the reason and what to do.
 

@@ -33,7 +33,7 @@ _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 _WAIT_STEP_S = 0.5
 
 
-def _take(descriptor: int, dataset: Path, wait_s: float) -> None:
+def _take(descriptor: int, dataset: Path, wait_s: float, what: str) -> None:
     """flock the descriptor, trying again for up to ``wait_s``; BlockingIOError if it stays held."""
     deadline, said = time.monotonic() + wait_s, False
     while True:
@@ -45,7 +45,7 @@ def _take(descriptor: int, dataset: Path, wait_s: float) -> None:
                 raise
             if not said:
                 said = True
-                log.info("dataset %s is in use by another run (%s); waiting up to %g s for it to end", dataset,
+                log.info("%s %s is in use by another run (%s); waiting up to %g s for it to end", what, dataset,
                          _holder(descriptor) or "unnamed", wait_s)
             time.sleep(min(_WAIT_STEP_S, max(0.0, deadline - time.monotonic())))
 
@@ -59,13 +59,14 @@ def _holder(descriptor: int) -> str:
 
 
 @contextmanager
-def dataset_lock(dataset: Path, *, command: str, wait_s: float = 0.0) -> Iterator[None]:
+def dataset_lock(dataset: Path, *, command: str, wait_s: float = 0.0, what: str = "dataset") -> Iterator[None]:
     """Hold ``dataset``'s lock for the block; InputError naming the holder if another run has it.
 
     ``command`` (such as ``am.pipeline``) is written into the lock file with this process's id,
     host and start time, for the message a second run gets. ``wait_s`` waits that long for a
     holder to finish first (the task server's restarted run, while the one its previous life
-    started still cleans up), saying once that it waits.
+    started still cleans up), saying once that it waits. ``what`` is what messages call the folder
+    (an output folder, for a command whose folder is no dataset).
     """
     path = Path(dataset) / LOCK_NAME
     try:
@@ -79,23 +80,23 @@ def dataset_lock(dataset: Path, *, command: str, wait_s: float = 0.0) -> Iterato
         try:
             descriptor, writable = os.open(path if path.exists() else dataset, os.O_RDONLY), False
         except OSError:
-            log.warning("no lock on %s (%s): make sure no other run uses this dataset meanwhile", dataset,
-                        os.strerror(exc.errno))
+            log.warning("no lock on %s (%s): make sure no other run uses this %s meanwhile", dataset,
+                        os.strerror(exc.errno), what)
             yield
             return
     try:
         try:
-            _take(descriptor, dataset, wait_s)
+            _take(descriptor, dataset, wait_s, what)
         except BlockingIOError:
             holder = _holder(descriptor) or "a run that has not said which"
             waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
-            raise InputError(f"dataset {dataset} is in use by another run ({holder}){waited}; wait for it to end, "
+            raise InputError(f"{what} {dataset} is in use by another run ({holder}){waited}; wait for it to end, "
                              "or stop it, then rerun") from None
         except OSError as exc:
             if exc.errno not in _NO_LOCKS:
                 raise
-            log.warning("the file system of %s cannot lock files (%s): make sure no other run uses this dataset "
-                        "meanwhile", dataset, os.strerror(exc.errno))
+            log.warning("the file system of %s cannot lock files (%s): make sure no other run uses this %s "
+                        "meanwhile", dataset, os.strerror(exc.errno), what)
         else:
             if writable:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())

@@ -33,6 +33,7 @@ from am.cli import (
     output_problem,
     run_main,
     seed_option,
+    threads_problem,
 )
 from am.errors import InputError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE
@@ -228,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--images and --masks go together")
     if args.images is not None and args.images.resolve() == args.masks.resolve():
         p.error("--images and --masks are the same folder; each image would be its own mask")
-    if args.threads < 0:
-        p.error(f"--threads {args.threads}: give a number of CPU threads >= 1, or 0 for torch's default")
+    if problem := threads_problem(args.threads):
+        p.error(problem)
     if args.synthetic < 0:
         p.error(f"--synthetic {args.synthetic}: give a number of images >= 1 (or leave it out)")
     problem = device_problem(args.device) if args.device else None

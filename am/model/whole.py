@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -44,12 +45,14 @@ def predict_image_proba(
     tile_size: int = 512,
     overlap: int | None = None,
     scale: float = 1.0,
+    progress: Callable[[Iterable, int, str], Iterable] | None = None,
 ) -> np.ndarray:
     """Mark probability per pixel, float32 of the image's own (H, W).
 
     ``image`` is 2-D uint8 (already normalised). ``scale`` > 1 enlarges the image before
     inference (marks too small for the model), < 1 shrinks it; the result is resized back.
-    ``overlap`` None is :func:`default_overlap` of ``tile_size``.
+    ``overlap`` None is :func:`default_overlap` of ``tile_size``. ``progress`` (iterable, total,
+    description) wraps the batches of windows, for a bar where a large image takes minutes.
     """
     if image.ndim != 2 or image.dtype != np.uint8:
         raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
@@ -66,7 +69,7 @@ def predict_image_proba(
     if scale != 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         work = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
-    proba = _sliding(predictor, work, tile_size=tile_size, overlap=overlap)
+    proba = _sliding(predictor, work, tile_size=tile_size, overlap=overlap, progress=progress)
     if scale != 1.0:
         proba = cv2.resize(proba, (width, height), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_AREA)
     return proba.astype(np.float32, copy=False)
@@ -97,7 +100,8 @@ def scale_problem(scale: float, *, name: str = "scale") -> str | None:
     return None
 
 
-def _sliding(predictor: Predictor, image: np.ndarray, *, tile_size: int, overlap: int) -> np.ndarray:
+def _sliding(predictor: Predictor, image: np.ndarray, *, tile_size: int, overlap: int,
+             progress: Callable[[Iterable, int, str], Iterable] | None = None) -> np.ndarray:
     height, width = image.shape
     tile_h = min(tile_size, _ceil_to(height, STRIDE))
     tile_w = min(tile_size, _ceil_to(width, STRIDE))
@@ -111,7 +115,8 @@ def _sliding(predictor: Predictor, image: np.ndarray, *, tile_size: int, overlap
     weight = np.zeros(padded.shape, dtype=np.float32)
     positions = [(y, x) for y in ys for x in xs]
     batch = max(1, predictor.batch_size)
-    for start in range(0, len(positions), batch):
+    batches = range(0, len(positions), batch)
+    for start in batches if progress is None else progress(batches, len(batches), "predicting the image"):
         chunk = positions[start : start + batch]
         tiles = np.stack([padded[y : y + tile_h, x : x + tile_w] for y, x in chunk])
         probs = predictor.predict_proba(tiles)

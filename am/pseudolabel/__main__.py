@@ -1,13 +1,14 @@
 """Command line: ``python -m am.pseudolabel IMAGE --labels DIR --out DIR``.
 
 IMAGE is one large microscopy image (any bit depth; it is normalised like the pipeline's input).
-The ``--labels`` folder holds a few 0/255 masks named ``X_Y.png``: each labels the region of IMAGE whose top-left
-pixel is column X, row Y, and has the size of the mask. The command trains a small regularised
+The ``--labels`` folder holds a few 0/255 masks named ``X_Y.png`` (or ``.tif``, ``.tiff``): each labels the region
+of IMAGE whose top-left pixel is column X, row Y, and has the size of the mask. The command trains a small regularised
 model on those crops, predicts the whole image, keeps the confident pixels, trains a bigger
 model on the result and writes to ``--out``: ``pseudo_mask.png``, ``known.png`` (where the
 pseudo-labels are trusted), ``overlay.png`` (for a person to check), ``small.pt``, ``model.pt``
 and ``summary.json``. They replace an earlier run's only once all four steps succeeded: a run
-that fails leaves ``--out`` as it was.
+that fails leaves ``--out`` as it was. One run at a time writes to ``--out`` (it holds the folder's
+lock): a second is refused at once, naming the first.
 """
 
 from __future__ import annotations
@@ -18,28 +19,44 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
+from am.cli import (
+    RERUN_TO_START_AGAIN,
+    add_log_level_option,
+    configure_logging,
+    run_main,
+    seed_option,
+    threads_problem,
+)
 from am.errors import InputError
 from am.messages import TTA_MODES
 from am.normalize import read_normalised
 from am.pseudolabel.core import CropLabel, PseudoConfig, check_out_dir, pseudo_label
-from am.train.data import read_mask
+from am.train.data import IMAGE_SUFFIXES, read_mask
 from am.train.progress import step_bar
 
-LABEL_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
+# A label's name without its suffix: the column and row of its top-left pixel in the image.
+LABEL_STEM = re.compile(r"^(\d+)_(\d+)$")
 
 
 def read_labels(folder: Path) -> list[CropLabel]:
+    """The X_Y masks of ``folder``, sorted by name (the last is held out).
+
+    Every image file there (any suffix am.train reads masks from, in any case) is meant as a label,
+    so one whose name does not give its place is refused rather than left out unnoticed.
+    """
+    if folder.is_file():
+        raise InputError(f"--labels {folder} is a file, not a folder: give the folder holding the X_Y.png masks")
     if not folder.is_dir():
         raise InputError(f"labels folder {folder} does not exist")
     labels = []
     placed: dict[tuple[int, int], Path] = {}
     for path in sorted(folder.iterdir()):
-        match = LABEL_NAME.match(path.name)
-        if match is None:
-            if path.suffix.lower() == ".png":
-                raise InputError(f"label {path} must be named X_Y.png (its top-left column and row in the image)")
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
+        match = LABEL_STEM.match(path.stem)
+        if match is None:
+            raise InputError(f"label {path} must be named X_Y{path.suffix} (its top-left column and row in the "
+                             "image, such as 0_0.png); rename it, or move it out of the labels folder")
         x, y = int(match.group(1)), int(match.group(2))
         if (x, y) in placed:
             # Both would be learnt and one pasted over the other: which counts would depend on the names.
@@ -47,9 +64,9 @@ def read_labels(folder: Path) -> list[CropLabel]:
                              f"row {y}; keep one")
         placed[x, y] = path
         mask = read_mask(path)  # read as training and evaluation read masks
-        labels.append(CropLabel(x=x, y=y, mask=mask.astype("uint8") * 255))
+        labels.append(CropLabel(x=x, y=y, mask=mask.astype("uint8") * 255, name=path.name))
     if not labels:
-        raise InputError(f"no X_Y.png labels in {folder}")
+        raise InputError(f"no X_Y.png labels (or .tif, .tiff) in {folder}")
     return labels
 
 
@@ -57,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m am.pseudolabel", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", type=Path, help="the large image")
-    p.add_argument("--labels", type=Path, required=True, help="folder of X_Y.png crop masks")
+    p.add_argument("--labels", type=Path, required=True, help="folder of X_Y.png (or .tif, .tiff) crop masks")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     defaults = PseudoConfig()
     p.add_argument("--small-encoder", default=defaults.small_encoder,
@@ -74,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size,
                    help="crops per training step (default %(default)s)")
     p.add_argument("--crop", type=int, default=defaults.crop,
-                   help="training crop side, a multiple of 32 (default %(default)s)")
+                   help="training crop side, a multiple of 32, at least 64 and at most the image's smaller side "
+                        "(default %(default)s)")
     p.add_argument("--low", type=float, default=defaults.low,
                    help="probability at or below which a pixel is background (default %(default)s)")
     p.add_argument("--high", type=float, default=defaults.high,
@@ -84,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default off)")
     p.add_argument("--seed", type=seed_option, default=0,
                    help="seed of the models' initialisation and of the crops drawn (default %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch, at most this machine's CPUs (0 = default)")
     add_log_level_option(p)
     args = p.parse_args(argv)
     configure_logging(args.log_level)
@@ -95,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     for option in ("small_epochs", "big_epochs", "steps_per_epoch", "batch_size"):
         if getattr(args, option) < 1:
             p.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
-    if args.threads < 0:
-        p.error(f"--threads {args.threads}: give a number of threads >= 1, or 0 for torch's default")
+    if problem := threads_problem(args.threads):
+        p.error(problem)
     try:
         check_out_dir(args.out)
     except InputError as exc:

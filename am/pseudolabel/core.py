@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from am.dataset_lock import LOCK_NAME, dataset_lock
 from am.errors import CheckpointError, InputError
 from am.files import staging
 from am.imageio import write_png
@@ -48,11 +49,15 @@ OUTPUTS = ("pseudo_mask.png", "known.png", "overlay.png", "summary.json",
 
 @dataclass(frozen=True)
 class CropLabel:
-    """A 0/255 mask of the image region whose top-left corner is (x, y)."""
+    """A 0/255 mask of the image region whose top-left corner is (x, y).
+
+    ``name`` is the file it was read from, so that a message about it names what to correct.
+    """
 
     x: int
     y: int
     mask: np.ndarray
+    name: str = ""
 
 
 # Overlapping hand-labelled crops may differ along a mark's edge; beyond this share of the pixels
@@ -99,8 +104,10 @@ def crops_from_labels(image: np.ndarray, labels: list[CropLabel]) -> list[Labell
     for label in labels:
         h, w = label.mask.shape
         if label.x < 0 or label.y < 0 or label.x + w > width or label.y + h > height:
-            raise InputError(f"label at x={label.x}, y={label.y} of size {w}x{h} does not fit the "
-                             f"{width}x{height} image")
+            what = f"label {label.name}" if label.name else "label"
+            raise InputError(f"{what} at x={label.x}, y={label.y} of size {w}x{h} does not fit the "
+                             f"{width}x{height} image: its name gives its top-left column and row in the image, "
+                             "and it must end inside the image")
         crop = image[label.y : label.y + h, label.x : label.x + w]
         items.append(Labelled.from_arrays(crop, label.mask, name=f"crop_{label.x}_{label.y}"))
     return items
@@ -157,15 +164,43 @@ def _small_config(config: PseudoConfig, out: Path, *, crops: int) -> TrainConfig
                        steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size, crop=config.crop,
                        weight_decay=config.small_weight_decay, warmup_steps=min(50, config.steps_per_epoch),
                        seed=config.seed, threads=config.threads,
-                       data_summary={"pseudo_label": "step 1: labelled crops", "crops": crops})
+                       data_summary={"pseudo_label": "step 1: labelled crops", "crops": crops},
+                       # small_depth is fixed here, not an option: its deepest encoder stage is left unused on purpose.
+                       warn_unused=False)
 
 
 def _big_config(config: PseudoConfig, out: Path, *, crops: int, known_fraction: float) -> TrainConfig:
     return replace(_small_config(config, out, crops=crops),
                    encoder=config.big_encoder, encoder_depth=config.big_depth, decoder_channels=config.big_decoder,
-                   epochs=config.big_epochs, weight_decay=1e-4,
+                   epochs=config.big_epochs, weight_decay=1e-4, warn_unused=True,
                    data_summary={"pseudo_label": "step 4: pseudo-labelled image + crops", "crops": crops,
                                  "known_fraction": known_fraction})
+
+
+def check_crop_fits(image: np.ndarray, crop: int) -> None:
+    """Raise InputError where training crops of ``crop`` px cannot be cut from ``image``: step 4 draws
+    them from the whole image, and a crop larger than it would only be padded into memory exhaustion."""
+    height, width = image.shape
+    if crop <= min(height, width):
+        return
+    largest = min(height, width) // 32 * 32
+    if largest < 64:
+        raise InputError(f"the image ({width} x {height} px) is smaller than the smallest training crop, 64 px")
+    raise InputError(f"--crop {crop} is larger than the image ({width} x {height} px); give at most {largest}")
+
+
+def check_labels_have_marks(labels: list[CropLabel]) -> None:
+    """Raise InputError where no crop trained on holds a mark: the models would learn to find nothing, and
+    the run would still write them. A held-out crop without marks is only warned about (its figures mean
+    nothing, but training does not depend on it)."""
+    trained, held = (labels[:-1], labels[-1]) if len(labels) >= 2 else (labels, None)
+    if not any(label.mask.any() for label in trained):
+        raise InputError("no labelled crop in --labels contains a mark (every mask is 0): label at least one crop "
+                         "with marks")
+    if held is not None and not held.mask.any():
+        log.warning("the held-out crop %s (the last by name) contains no mark: the validation figures in "
+                    "summary.json, and the epoch each model keeps, then mean nothing; label a crop with marks last",
+                    held.name or f"{held.x}_{held.y}")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -190,31 +225,48 @@ def pseudo_label(
 
     Everything is made in a staging folder inside ``out_dir`` and moved into place only when all
     four steps succeeded: a failed run leaves the previous run's outputs as they were, never a mix
-    of two runs, and no step reads a checkpoint this run did not write.
+    of two runs, and no step reads a checkpoint this run did not write. ``out_dir``'s run lock
+    (:mod:`am.dataset_lock`) is held meanwhile: a second run into the same folder is refused, naming
+    this one, instead of removing this one's staging folder and outputs.
     """
     if image.ndim != 2 or image.dtype != np.uint8:
         raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
     if not labels:
         raise InputError("pseudo-labelling needs at least one labelled crop")
     check_config(config)
+    check_crop_fits(image, config.crop)
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     crops = crops_from_labels(image, labels)
+    check_labels_have_marks(labels)
     check_held_out_apart(labels)
     check_labels_agree(labels)
     made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with staging(out_dir / STAGING_NAME) as stage:
-            summary, mask, known = _run(image, labels, crops, stage, config, progress)
-            _move_into_place(stage, out_dir)
-    except BaseException:
-        # A first run that failed or was interrupted leaves no empty --out behind to be taken for a result.
-        if made and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
+    # One run at a time per --out: a second would remove this one's staging folder and its outputs.
+    with dataset_lock(out_dir, command="am.pseudolabel", what="output folder"):
+        try:
+            with staging(out_dir / STAGING_NAME) as stage:
+                summary, mask, known = _run(image, labels, crops, stage, config, progress)
+                _move_into_place(stage, out_dir)
+        except BaseException:
+            # A first run that failed or was interrupted leaves no empty --out behind to be taken for a result.
+            if made:
+                _remove_if_empty(out_dir)
+            raise
     return PseudoResult(mask=mask, known=known, small_model=out_dir / "small.pt", model=out_dir / "model.pt",
                         summary=summary)
+
+
+def _remove_if_empty(out_dir: Path) -> None:
+    """Remove ``out_dir`` if it holds nothing but the run lock's file (which is no output)."""
+    if any(path.name != LOCK_NAME for path in out_dir.iterdir()):
+        return
+    (out_dir / LOCK_NAME).unlink(missing_ok=True)
+    try:
+        out_dir.rmdir()
+    except OSError as exc:  # another run has just put its lock file there: the folder is its now
+        log.debug("left %s in place: %s", out_dir, exc)
 
 
 def _overlap(first: CropLabel, second: CropLabel) -> tuple[slice, slice] | None:
@@ -286,7 +338,7 @@ def _run(image: np.ndarray, labels: list[CropLabel], crops: list[Labelled], out_
 
     log.info("step 2: predicting the whole %dx%d image", image.shape[1], image.shape[0])
     small = Predictor.from_checkpoint(base.out, device=base.device or None, tta=config.tta)
-    proba = predict_image_proba(small, image)
+    proba = predict_image_proba(small, image, progress=progress)
     mask, known = confident_labels(proba, low=config.low, high=config.high, min_mark_px=config.min_mark_px)
     for crop, label in zip(crops, labels, strict=True):  # a person's labels beat the model's
         h, w = label.mask.shape
@@ -326,7 +378,8 @@ def _check_written(checkpoint: Path, which: str) -> None:
 
 def _move_into_place(stage: Path, out_dir: Path) -> None:
     """Replace the previous run's outputs by this run's: summary.json goes first and comes back last, so a
-    folder with a summary always holds the models and masks that summary describes."""
+    folder with a summary always holds the models and masks that summary describes. Only the files of
+    :data:`OUTPUTS` are touched: the run lock's file and a person's own files stay."""
     (out_dir / "summary.json").unlink(missing_ok=True)
     made = {path.name for path in stage.iterdir()}
     for name in sorted(set(OUTPUTS) - made):  # an earlier run's file this run does not make

@@ -25,6 +25,7 @@ from am.cli import (
     configure_logging,
     run_main,
     scale_option,
+    threads_problem,
 )
 from am.errors import ConfigError
 from am.messages import TTA_MODES
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port must be between 0 and 65535, got {port}")
     if args.max_bytes is not None and args.max_bytes < 1:
         parser.error(f"--max-bytes must be a positive number of bytes, got {args.max_bytes}")
-    if args.threads < 0:
-        parser.error(f"--threads must be 0 (all cores) or more, got {args.threads}")
+    if problem := threads_problem(args.threads):
+        parser.error(problem)
 
     def run() -> int:
         from am.api.listen import listening_socket, serve

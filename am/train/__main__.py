@@ -40,6 +40,7 @@ from am.cli import (
     output_problem,
     run_main,
     seed_option,
+    threads_problem,
 )
 from am.errors import CheckpointError, InputError
 from am.model.checkpoint import ModelMeta, architecture_problem, tile_size_problem
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                           ("--workers", args.workers)):
         if value < 0:
             p.error(f"{option} {value} must be >= 0")
+    if problem := threads_problem(args.threads):
+        p.error(problem)
     if problem := output_problem(args.out, folder=False):
         p.error(f"--out: {problem}")  # before minutes of reading, rendering and a first epoch
     if not 0 <= args.low_resolution <= 1:

@@ -99,6 +99,9 @@ class TrainConfig:
     init: Path | None = None
     init_partial: bool = False
     data_summary: dict[str, Any] = field(default_factory=dict)
+    # False where the caller fixes encoder_depth (am.pseudolabel's small model): the warning about
+    # untrained deeper stages would ask for a depth its user cannot choose.
+    warn_unused: bool = True
 
     @property
     def weight_storage(self) -> str:
@@ -106,7 +109,8 @@ class TrainConfig:
         return "int8" if self.int8 else "fp16" if self.half else "fp32"
 
     def meta(self, *, trained: bool, validation: dict[str, Any] | None = None) -> ModelMeta:
-        skip = ("out", "data_summary", "resume", "keep_state", "device", "threads", "workers", "max_minutes", "init")
+        skip = ("out", "data_summary", "resume", "keep_state", "device", "threads", "workers", "max_minutes", "init",
+                "warn_unused")
         summary = {k: v for k, v in asdict(self).items() if k not in skip}
         if self.init is not None:
             summary["init"] = Path(self.init).name
@@ -354,7 +358,7 @@ def _train_epoch(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, ste
         loss = loss_fn(logits.float(), mask, weight, dice_weight=config.dice_weight)
         steps.optimizer.zero_grad(set_to_none=True)
         steps.scaler.scale(loss).backward()
-        if check_unused:
+        if check_unused and config.warn_unused:
             _warn_unused(model, config.encoder_depth)
             check_unused = False
         _optimizer_step(steps.optimizer, steps.scheduler, steps.scaler, steps.params)

@@ -3,6 +3,7 @@ another architecture, and numbers that are not finite where a finite one is mean
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,11 @@ def test_a_resume_with_other_options_is_refused_before_any_data_is_read(
     _labelled(root, "train", "c.png", 128, 128)  # one more training image is other data
     assert train_cli.main([*argv, "--resume"]) == 1
     assert "data.train_images 1 -> 2" in capsys.readouterr().err
+
+
+def test_more_threads_than_cpus_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, no_data,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    err = _refused(["--out", str(tmp_path / "m.pt"), "--synthetic", "30", *TINY, "--threads", "100000"], capsys)
+    assert "--threads 100000: this machine has 4 CPUs; give 0 (all) to 4" in err
+    assert not (tmp_path / "m.pt").exists()

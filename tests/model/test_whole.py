@@ -77,3 +77,19 @@ def test_tile_size_and_scale_follow_the_checkpoint_rules() -> None:
         with pytest.raises(InputError, match="must lie between 0.05 and 20"):
             predict_image_proba(Echo(), image, scale=scale)
     assert scale_problem(20) is None and scale_problem(0.05) is None
+
+
+def test_progress_sees_every_batch_of_windows() -> None:
+    image = np.random.default_rng(2).integers(0, 256, size=(700, 1100), dtype=np.uint8)
+    echo, seen = Echo(), []
+
+    def progress(batches, total, desc):
+        seen.append((total, desc))
+        for start in batches:
+            seen.append(start)
+            yield start
+
+    out = predict_image_proba(echo, image, tile_size=256, overlap=32, progress=progress)
+    np.testing.assert_allclose(out, image / 255.0, atol=1e-5)
+    (total, desc), starts = seen[0], seen[1:]
+    assert desc == "predicting the image" and total == len(echo.shapes) == len(starts) > 1
