@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.exceptions
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
@@ -103,6 +104,17 @@ class ClientFactory:
         )
 
     def _client(self, service: str) -> Any:
+        try:
+            return self._new_client(service)
+        except (botocore.exceptions.ProfileNotFound, botocore.exceptions.PartialCredentialsError,
+                botocore.exceptions.ConfigParseError, botocore.exceptions.InvalidConfigError) as exc:
+            # The AWS configuration of this machine, not am-segm's: said in one line with where to look,
+            # where botocore would print a traceback through the first client made.
+            raise ConfigError(f"cannot set up the AWS {service} client: {exc}; check AWS_PROFILE, ~/.aws/config "
+                              "and ~/.aws/credentials, and that AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are "
+                              "set together") from exc
+
+    def _new_client(self, service: str) -> Any:
         core = botocore.session.Session()
         core.register_component("data_loader", _shared_loader(core))
         if is_loopback(self.endpoint_url) and not _has_local_credentials(core):
