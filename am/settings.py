@@ -34,6 +34,10 @@ from am.messages import MAX_TILES_PER_MESSAGE, TTA_MODES
 REGION_PATTERN = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 
 
+# Where the region comes from when neither --region's setting (region, AM_REGION) nor the config file gives it.
+AWS_REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+
 def region_problem(region: str, *, name: str) -> str | None:
     """Why ``region`` (set as ``name``) cannot be an AWS region name, or None."""
     if isinstance(region, str) and REGION_PATTERN.match(region):
@@ -304,7 +308,8 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     config_path: Path | None = None,
 ) -> Settings:
-    """Resolve settings: ``overrides`` (command line) > ``AM_<KEY>`` in ``environ`` > config file > default.
+    """Resolve settings: ``overrides`` (command line) > ``AM_<KEY>`` in ``environ`` > config file > default;
+    ``region`` left unset by all of them comes from ``AWS_REGION`` or ``AWS_DEFAULT_REGION`` where set.
 
     Raises :class:`OptionError` when a refused value, or one of the values a refused rule
     depends on, came from ``overrides``; :class:`~am.errors.ConfigError` otherwise. Either
@@ -321,6 +326,13 @@ def load_settings(
         if environ is not None and env_key in environ:
             sources[key] = f"environment variable {env_key}"
             values[key] = _coerce(key, environ[env_key], typ, sources[key])
+    if "region" not in sources and environ is not None:
+        # The AWS tools' own variables (make deploy passes AWS_REGION): a stack deployed with them is
+        # found without repeating the region as AM_REGION; region and AM_REGION still win.
+        standard = next((name for name in AWS_REGION_VARIABLES if environ.get(name)), None)
+        if standard is not None:
+            sources["region"] = f"environment variable {standard}"
+            values["region"] = _coerce("region", environ[standard], known["region"], sources["region"])
     for key, value in (overrides or {}).items():
         if key not in known:
             raise ConfigError(f"unknown setting {key!r}")

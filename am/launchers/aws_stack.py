@@ -70,18 +70,22 @@ def _split(value: str) -> tuple[str, ...]:
 
 def read_stack_outputs(cloudformation_client: Any, stack_name: str) -> dict[str, str]:
     """The outputs of a deployed stack, as ``{OutputKey: OutputValue}``."""
+    # A stack deployed in another region is "not found" here: the message says which region was searched.
+    region = getattr(getattr(cloudformation_client, "meta", None), "region_name", None) or "?"
     try:
         stacks = cloudformation_client.describe_stacks(StackName=stack_name)["Stacks"]
     except ClientError as exc:
         message = exc.response.get("Error", {}).get("Message", str(exc))
         raise ConfigError(
-            f"cannot read CloudFormation stack {stack_name!r}: {message}; deploy it with `make deploy` "
-            "or set stack_name (AM_STACK_NAME) to the name it was deployed under"
+            f"cannot read CloudFormation stack {stack_name!r} in region {region}: {message}; deploy it with "
+            "`make deploy`, set stack_name (AM_STACK_NAME) to the name it was deployed under, or set region "
+            "(AM_REGION, or AWS_REGION where neither AM_REGION nor the config file sets it) to where it was deployed"
         ) from exc
     except BotoCoreError as exc:
         raise ConfigError(f"cannot reach CloudFormation to read stack {stack_name!r}: {exc}") from exc
     if not stacks:
-        raise ConfigError(f"CloudFormation stack {stack_name!r} not found; deploy it with `make deploy`")
+        raise ConfigError(f"CloudFormation stack {stack_name!r} not found in region {region}; deploy it with "
+                          "`make deploy`, or set region (AM_REGION) to where it was deployed")
     stack = stacks[0]
     status = stack.get("StackStatus", "")
     if status not in USABLE_STACK_STATES:

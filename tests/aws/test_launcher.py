@@ -385,8 +385,11 @@ def test_service_launch_needs_a_service(aws, cluster_resources) -> None:
 
 def test_unknown_stack_says_how_to_deploy(aws) -> None:
     settings = Settings(backend="aws", stack_name="no-such-stack")
-    with pytest.raises(ConfigError, match="no-such-stack.*make deploy"):
+    with pytest.raises(ConfigError, match="no-such-stack.*make deploy") as refused:
         resolve_aws_resources(settings, cloudformation_client=aws.cloudformation(), sqs_client=aws.sqs())
+    # A stack deployed in another region looks missing: the message says where it was looked for.
+    region = aws.cloudformation().meta.region_name
+    assert f"'no-such-stack' in region {region}:" in str(refused.value) and "AM_REGION" in str(refused.value)
 
 
 def test_explicit_settings_override_stack_outputs(aws, stack) -> None:

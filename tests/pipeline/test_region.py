@@ -25,6 +25,20 @@ def test_real_region_names_pass(region):
     assert load_settings(environ={"AM_REGION": region}).region == region
 
 
+def test_the_aws_tools_region_variables_fill_a_region_nothing_else_sets(tmp_path):
+    # make deploy takes AWS_REGION: the pipeline then finds the stack where it was deployed.
+    assert load_settings(environ={"AWS_REGION": "eu-west-1"}).region == "eu-west-1"
+    assert load_settings(environ={"AWS_DEFAULT_REGION": "eu-west-2"}).region == "eu-west-2"
+    assert load_settings(environ={"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-2"}).region == "eu-west-1"
+    assert load_settings(environ={"AWS_REGION": "eu-west-1", "AM_REGION": "ap-south-1"}).region == "ap-south-1"
+    config = tmp_path / "c.yml"
+    config.write_text("region: sa-east-1\n")
+    assert load_settings(environ={"AWS_REGION": "eu-west-1"}, config_path=config).region == "sa-east-1"
+    assert load_settings({"region": "us-west-2"}, environ={"AWS_REGION": "eu-west-1"}).region == "us-west-2"
+    with pytest.raises(ConfigError, match="setting region = 'bad!r' is not allowed.*environment variable AWS_REGION"):
+        load_settings(environ={"AWS_REGION": "bad!r"})
+
+
 @pytest.mark.parametrize("region", BAD)
 def test_settings_refuse_a_bad_region_naming_the_variable(region):
     with pytest.raises(ConfigError, match=r"setting region = .* is not allowed.*environment variable AM_REGION"):
