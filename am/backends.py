@@ -208,9 +208,26 @@ def require_dead_letter_queue(resources: AwsResources) -> None:
         )
 
 
+def require_buckets(storage: Storage, resources: AwsResources) -> None:
+    """Refuse a tile or mask bucket that does not exist, naming its setting, before any task starts:
+    found later, the first upload fails after a GPU task was launched (and an instance started for
+    it), or, for the mask bucket, only once the workers fail on every tile."""
+    for setting, output, bucket in (("input_bucket", "InputBucket", resources.input_bucket),
+                                    ("output_bucket", "OutputBucket", resources.output_bucket)):
+        try:
+            exists = storage.bucket_exists(bucket)
+        except TransportError as exc:
+            raise ConfigError(f"bucket {bucket} ({setting}) cannot be checked before the ECS workers start: "
+                              f"{exc}") from exc
+        if not exists:
+            raise ConfigError(f"bucket {bucket} ({setting}: the stack's {output} output, or AM_{setting.upper()} "
+                              f"or the config file) does not exist; deploy the stack (make deploy), or set {setting} "
+                              "to an existing bucket")
+
+
 @contextmanager
 def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
-    """Real S3/SQS and ECS tasks, checked before any task starts (queues, dead-letter policy, model),
+    """Real S3/SQS and ECS tasks, checked before any task starts (queues, dead-letter policy, buckets, model),
     so a misconfigured deployment fails in seconds rather than after the tiles are uploaded."""
     from am.launchers.aws import EcsLauncher
     from am.launchers.aws_stack import resolve_aws_resources
@@ -227,7 +244,9 @@ def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
             "ModelUri output"
         )
     check_model_readable_by_workers(model, resources.model_uri)
-    check_model_object(Storage(clients.s3(), threads=1), model)
+    storage = Storage(clients.s3(), threads=1)
+    require_buckets(storage, resources)
+    check_model_object(storage, model)
     launcher = EcsLauncher(clients.ecs(), resources, mode=settings.aws_launch, max_tasks=settings.aws_max_tasks)
     env = _worker_environment(
         settings, queue_url=resources.queue_url, input_bucket=resources.input_bucket,

@@ -94,6 +94,20 @@ class Storage:
 
         self._retry.call(f"ensure bucket {bucket}", attempt)
 
+    def bucket_exists(self, bucket: str) -> bool:
+        """Whether ``bucket`` exists; a refusal (403) or the network is a TransportError, not a no."""
+
+        def attempt() -> bool:
+            try:
+                self._s3.head_bucket(Bucket=bucket)
+            except ClientError as exc:
+                if http_status(exc) == 404 or error_code(exc) in NOT_FOUND_CODES | NO_BUCKET_CODES:
+                    return False
+                raise
+            return True
+
+        return self._retry.call(f"head bucket {bucket}", attempt)
+
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         """Write one object; writing the same bytes twice is harmless (at-least-once delivery relies on it)."""
         self._retry.call(f"put s3://{bucket}/{key}", self._s3.put_object, Bucket=bucket, Key=key, Body=data)

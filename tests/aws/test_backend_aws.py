@@ -94,6 +94,23 @@ def test_a_missing_model_object_is_refused_before_any_task_starts(aws, stack, mo
     assert ecs.calls == []
 
 
+@pytest.mark.parametrize(("setting", "output"), [("input_bucket", "InputBucket"), ("output_bucket", "OutputBucket")])
+def test_a_missing_bucket_is_refused_naming_its_setting_before_any_task_starts(aws, stack, monkeypatch, setting,
+                                                                             output) -> None:
+    # Found later, the first upload fails after a GPU task was launched; a missing mask bucket only
+    # once the workers fail on every tile.
+    ecs = RecordingEcs(client("ecs"))
+    monkeypatch.setattr(ClientFactory, "ecs", lambda self: ecs)
+    uri = f"s3://{stack['ModelBucket']}/models/m.pt"
+    client("s3").put_object(Bucket=stack["ModelBucket"], Key="models/m.pt", Body=b"weights")
+    missing = f"{stack[output]}-gone"
+    settings = Settings(backend="aws", stack_name=STACK, **{setting: missing})
+    expected = rf"bucket {missing} \({setting}: the stack's {output} output, or AM_{setting.upper()} .*does not exist"
+    with pytest.raises(ConfigError, match=expected), open_aws_backend(settings, model=uri):
+        pytest.fail("the backend opened with a bucket that is not there")
+    assert ecs.calls == []
+
+
 @pytest.mark.parametrize("where", ["s3://{bucket}/experiments/m.pt", "s3://someone-elses-bucket/models/m.pt"])
 def test_a_model_the_workers_may_not_read_is_refused_before_any_task_starts(aws, stack, monkeypatch, where) -> None:
     # The operator can read it (so its HEAD passes), but the task role reads only models/ of the
