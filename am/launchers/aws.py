@@ -314,7 +314,9 @@ class EcsLauncher:
         try:
             response = self._ecs.describe_services(cluster=self._resources.cluster, services=[self._resources.service])
         except (ClientError, BotoCoreError) as exc:
-            raise LauncherError(f"cannot describe ECS service {self._resources.service}: {aws_message(exc)}") from exc
+            raise LauncherError(f"cannot describe ECS service {self._resources.service} on cluster "
+                                f"{self._resources.cluster} (settings ecs_service, ecs_cluster, or the stack's "
+                                f"Service and Cluster outputs): {aws_message(exc)}") from exc
         services = [s for s in response.get("services", []) if s.get("status") != "INACTIVE"]
         if not services:
             reasons = "; ".join(f.get("reason", "") for f in response.get("failures", []))

@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import boto3
-
 from am.cli import add_log_level_option, configure_logging, run_main
 from am.launchers.aws_stack import AwsResources, resolve_aws_resources
 from am.scale.control import drain, resume, set_desired_count, set_limits, start_tasks
@@ -51,10 +49,7 @@ class Clients:
         self.cloudformation = self.factory.cloudformation()
 
     def autoscaling(self) -> Any:
-        kwargs: dict[str, Any] = {"config": self.factory.config()}
-        if self.factory.endpoint_url:
-            kwargs["endpoint_url"] = self.factory.endpoint_url
-        return boto3.session.Session(region_name=self.factory.region).client("application-autoscaling", **kwargs)
+        return self.factory.autoscaling()
 
 
 def _non_negative(text: str) -> int:
@@ -125,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     redrive_cmd = commands.add_parser("redrive", help="move dead-letter tiles back to the tile queue")
     redrive_cmd.add_argument("--job", metavar="JOB", help="only this job's tiles")
-    redrive_cmd.add_argument("--max", type=_positive, dest="max_messages", metavar="N", help="move at most N")
+    redrive_cmd.add_argument("--max", type=_positive, dest="max_messages", metavar="N",
+                             help="move at most N messages (each carries up to tiles_per_message tiles)")
     redrive_cmd.add_argument("--drop-orphans", action="store_true",
                              help="delete tiles whose job has ended (its results queue is gone)")
     redrive_cmd.add_argument("--dry-run", action="store_true", help="only list what would move")
@@ -139,18 +135,22 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _print_redrive(report: RedriveReport) -> None:
+    """Counts are of messages (a message carries up to tiles_per_message tiles; each line names its first)."""
     verb = "would move" if report.dry_run else "moved"
-    print(f"{verb} {len(report.moved)} tile(s) back to the tile queue")
+    print(f"{verb} {len(report.moved)} message(s) back to the tile queue")
     for name in report.moved:
         print(f"  {name}")
     if report.orphans:
-        print(f"left {len(report.orphans)} tile(s) of ended jobs (use --drop-orphans to delete them):")
+        if report.dry_run and report.drop_orphans:
+            print(f"would delete {len(report.orphans)} message(s) of ended jobs:")
+        else:
+            print(f"left {len(report.orphans)} message(s) of ended jobs (use --drop-orphans to delete them):")
         for name in report.orphans:
             print(f"  {name}")
     if report.dropped:
-        print(f"deleted {len(report.dropped)} tile(s) of ended jobs")
+        print(f"deleted {len(report.dropped)} message(s) of ended jobs")
     if report.other_jobs:
-        print(f"left {report.other_jobs} tile(s) of other jobs")
+        print(f"left {report.other_jobs} message(s) of other jobs")
     if report.unreadable:
         print(f"left {report.unreadable} unreadable message(s); see the log")
 
@@ -164,13 +164,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                              autoscaling_client=clients.autoscaling() if resources.service else None)
         print(json.dumps(status.to_dict(), indent=2) if args.json else format_status(status))
     elif args.command == "set":
-        if args.desired is not None:
-            before = set_desired_count(clients.ecs, resources, args.desired)
-            print(f"service desired count: {before} -> {args.desired}")
+        # The bounds first: a refused bound must leave the desired count, and the GPU tasks it starts, alone.
         if args.min_tasks is not None or args.max_tasks is not None:
             low, high = set_limits(clients.autoscaling(), resources, min_tasks=args.min_tasks,
                                    max_tasks=args.max_tasks)
             print(f"service auto scaling: min {low}, max {high}")
+            if args.desired is not None and not low <= args.desired <= high:
+                log.warning("--desired %d is outside the auto scaling bounds %d-%d: auto scaling will move it back "
+                            "inside them", args.desired, low, high)
+        if args.desired is not None:
+            before = set_desired_count(clients.ecs, resources, args.desired)
+            print(f"service desired count: {before} -> {args.desired}")
     elif args.command == "start":
         arns = start_tasks(clients.ecs, resources, args.count, idle_exit_s=args.idle_exit_s)
         print(f"started {len(arns)} of {args.count} task(s):")
@@ -200,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "set" and args.desired is None and args.min_tasks is None and args.max_tasks is None:
         parser.error("set needs --desired, --min or --max")
+    if args.command == "set" and None not in (args.min_tasks, args.max_tasks) and args.min_tasks > args.max_tasks:
+        parser.error(f"--min {args.min_tasks} is above --max {args.max_tasks}: give min <= max")
     # Until the settings are read, so that a bad setting (AM_REGION, the config file) is reported.
     configure_logging(args.log_level or "INFO")
     return run_main(partial(_configured_run, args), name=f"am.scale.{args.command}")

@@ -102,6 +102,7 @@ def drain(ecs_client: Any, autoscaling_client: Any | None, resources: AwsResourc
                 "ScheduledScalingSuspended": True,
             })
             suspended = True
+            log.warning("service %s: scale-out suspended until `am.scale resume`", short_name(resources.service))
             min_tasks = int(target["MinCapacity"])
             if min_tasks > 0:
                 log.warning("service %s keeps a minimum of %d tasks; lower it with `am.scale set --min 0`",
@@ -124,8 +125,12 @@ def drain(ecs_client: Any, autoscaling_client: Any | None, resources: AwsResourc
         sleep(min(poll_s, max(0.0, deadline - clock())))
         remaining = _workers_left(ecs_client, resources)
     if wait_s > 0 and remaining:
+        done = [f"the service's desired count is now 0 (was {before})"] if before is not None else []
+        done += ["scale-out stays suspended (`am.scale resume` undoes it)"] if suspended else []
+        done += [f"{len(stopped)} one-off task(s) were asked to finish"] if stopped else []
         raise ScaleError(f"{remaining} worker task(s) still running after {wait_s:.0f} s of draining; "
-                         "wait longer (--wait) or look at their logs")
+                         f"{'; '.join(done) or 'nothing was changed'}. Wait longer (drain --wait S) or look at "
+                         "their logs")
     return DrainReport(before, suspended, min_tasks, tuple(stopped), remaining)
 
 

@@ -33,7 +33,8 @@ RECEIVE_WAIT_S = 2
 
 @dataclass(frozen=True)
 class RedriveReport:
-    """Tile names are ``job/group/NNNN``."""
+    """Each entry is one message, named by its first tile (``job/group/NNNN (+31 more)`` where it
+    carries more): a message is what moves, and what ``max_messages`` counts."""
 
     moved: tuple[str, ...]
     orphans: tuple[str, ...]
@@ -41,6 +42,7 @@ class RedriveReport:
     other_jobs: int
     unreadable: int
     dry_run: bool
+    drop_orphans: bool = False
 
 
 def redrive(sqs_client: Any, resources: AwsResources, *, job: str | None = None, max_messages: int | None = None,
@@ -103,7 +105,8 @@ def redrive(sqs_client: Any, resources: AwsResources, *, job: str | None = None,
     finally:
         if held:
             dead.change_visibility_many(held, 0)
-    report = RedriveReport(tuple(moved), tuple(orphans), tuple(dropped), other_jobs, unreadable, dry_run)
+    report = RedriveReport(tuple(moved), tuple(orphans), tuple(dropped), other_jobs, unreadable, dry_run,
+                           drop_orphans)
     log.info("re-drive%s: %d moved, %d orphans, %d dropped, %d other jobs, %d unreadable",
              " (dry run)" if dry_run else "", len(moved), len(orphans), len(dropped), other_jobs, unreadable)
     return report

@@ -70,7 +70,9 @@ def describe_service(ecs_client: Any, resources: AwsResources) -> dict[str, Any]
     try:
         response = ecs_client.describe_services(cluster=resources.cluster, services=[resources.service])
     except (ClientError, BotoCoreError) as exc:
-        raise ScaleError(f"cannot describe ECS service {resources.service}: {aws_message(exc)}") from exc
+        raise ScaleError(f"cannot describe ECS service {resources.service} on cluster {resources.cluster} "
+                         f"(settings ecs_service, ecs_cluster, or the stack's Service and Cluster outputs): "
+                         f"{aws_message(exc)}") from exc
     services = [s for s in response.get("services", []) if s.get("status") != "INACTIVE"]
     if not services:
         raise ScaleError(f"ECS service {resources.service} not found on cluster {resources.cluster}; check ecs_service")

@@ -92,6 +92,9 @@ class ClientFactory:
     def cloudformation(self) -> Any:
         return self._client("cloudformation")
 
+    def autoscaling(self) -> Any:
+        return self._client("application-autoscaling")
+
     def config(self) -> Config:
         """Pool size, timeouts and botocore retries shared by every client."""
         return Config(

@@ -112,7 +112,7 @@ def test_a_redriven_tile_of_a_running_job_completes(job) -> None:
     _send(job, 0)
     _fail_until_dead_lettered(job, 0)
     assert list(job.tracker.dead) == [tile_name("g", 0)]
-    assert "moved 1 tile(s)" in _redrive(), "the job took its tile's message off the dead-letter queue"
+    assert "moved 1 message(s)" in _redrive(), "the job took its tile's message off the dead-letter queue"
 
     _segment_next(job)  # the cause is fixed: the re-driven tile succeeds while the job still runs
     assert job.tracker.completed == {tile_name("g", 0)} and job.tracker.dead == {}

@@ -82,6 +82,21 @@ def test_set_desired_count_and_limits(deployed, capsys) -> None:
     assert "desired count: 0 -> 2" in out and "min 1, max 3" in out
     assert scale("set", "--min", "5") == 1
     assert "min 5, max 3" in capsys.readouterr().err
+    # A refused bound leaves the desired count, and the GPU tasks it would start, alone.
+    assert scale("set", "--desired", "3", "--min", "5") == 1
+    assert _service(deployed)["desiredCount"] == 2 and "min 5, max 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        scale("set", "--desired", "3", "--min", "5", "--max", "2")
+    assert info.value.code == 2 and "--min 5 is above --max 2" in capsys.readouterr().err
+    assert _service(deployed)["desiredCount"] == 2
+
+
+def test_an_unknown_cluster_is_named_with_its_setting(deployed, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("AM_ECS_CLUSTER", "no-such-cluster")
+    assert scale("status") == 1
+    err = capsys.readouterr().err
+    assert f"cannot describe ECS service {deployed['Service']} on cluster no-such-cluster" in err
+    assert "ecs_cluster" in err and "Traceback" not in err
 
 
 def test_set_without_a_value_is_a_usage_error(deployed) -> None:
@@ -133,6 +148,21 @@ def test_drain_suspends_scale_out_zeroes_the_service_and_stops_one_off_tasks(dep
     assert _target(deployed)["SuspendedState"]["DynamicScalingOutSuspended"] is False
 
 
+def test_a_drain_that_times_out_says_what_it_changed(deployed, capsys, monkeypatch) -> None:
+    import am.scale.control
+
+    assert scale("set", "--desired", "2") == 0
+    assert scale("start", "1") == 0
+    capsys.readouterr()
+    # moto ends a stopped task at once; real tasks finish their batch first.
+    monkeypatch.setattr(am.scale.control, "_workers_left", lambda *args: 3)
+    assert scale("drain", "--wait", "0.1") == 1
+    err = capsys.readouterr().err
+    assert "still running after 0 s of draining; the service's desired count is now 0 (was 2)" in err
+    assert "scale-out stays suspended (`am.scale resume` undoes it); 1 one-off task(s) were asked to finish" in err
+    assert "scale-out suspended until `am.scale resume`" in err
+
+
 def test_redrive_moves_live_jobs_tiles_and_leaves_the_rest(deployed, capsys, monkeypatch) -> None:
     # moto answers at once; no need to long-poll. (am.scale.redrive is also the function's name.)
     monkeypatch.setattr(importlib.import_module("am.scale.redrive"), "RECEIVE_WAIT_S", 0)
@@ -147,20 +177,23 @@ def test_redrive_moves_live_jobs_tiles_and_leaves_the_rest(deployed, capsys, mon
 
     assert scale("redrive", "--dry-run") == 0
     out = capsys.readouterr().out
-    assert "would move 2 tile(s)" in out and "ja/g/0001" in out and "jb/g/0001" in out
+    assert "would move 2 message(s)" in out and "ja/g/0001" in out and "jb/g/0001" in out
+    assert "left 1 message(s) of ended jobs (use --drop-orphans" in out
+    assert scale("redrive", "--dry-run", "--drop-orphans") == 0
+    assert "would delete 1 message(s) of ended jobs:\n  jb/g/0001" in capsys.readouterr().out
     assert depth(deployed["DeadLetterQueueUrl"]) == 4 and depth(deployed["QueueUrl"]) == 0
 
     assert scale("redrive", "--job", "ja", "--max", "1") == 0
     assert depth(deployed["QueueUrl"]) == 1 and depth(deployed["DeadLetterQueueUrl"]) == 3
     assert scale("redrive") == 0
     out = capsys.readouterr().out
-    assert "moved 1 tile(s)" in out and "left 1 tile(s) of ended jobs" in out and "1 unreadable" in out
+    assert "moved 1 message(s)" in out and "left 1 message(s) of ended jobs" in out and "1 unreadable" in out
     moved = sqs.receive_message(QueueUrl=deployed["QueueUrl"], MaxNumberOfMessages=10)["Messages"]
     assert sorted(TileMessage.from_json(m["Body"]).name for m in moved) == ["g/0001", "g/0002"]
     assert depth(deployed["DeadLetterQueueUrl"]) == 2
 
     assert scale("redrive", "--drop-orphans") == 0
-    assert "deleted 1 tile(s) of ended jobs" in capsys.readouterr().out
+    assert "deleted 1 message(s) of ended jobs" in capsys.readouterr().out
     assert depth(deployed["DeadLetterQueueUrl"]) == 1  # the unreadable one stays for a person to read
 
 
