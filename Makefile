@@ -129,9 +129,14 @@ STACK_PARAMS ?=
 AWS := aws --region $(AWS_REGION)
 # Stack states whose outputs name resources that exist: only then can am.scale drain the workers.
 USABLE_STACK_STATES := CREATE_COMPLETE UPDATE_COMPLETE UPDATE_ROLLBACK_COMPLETE IMPORT_COMPLETE IMPORT_ROLLBACK_COMPLETE
-# $(call stack-output,KEY): one output of the deployed stack, empty when the stack does not exist.
-stack-output = $(shell $(AWS) cloudformation describe-stacks --stack-name $(STACK) \
-	--query "Stacks[0].Outputs[?OutputKey=='$(1)'].OutputValue" --output text 2>/dev/null)
+# $(call stack-output,KEY,VAR): a recipe fragment that sets the shell variable VAR to one output of
+# the deployed stack. The CLI's own error (credentials, region, no such stack) is shown as it is,
+# and only a stack that answers without that output is told to run make deploy.
+stack-output = $(2)=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) \
+	--query "Stacks[0].Outputs[?OutputKey=='$(1)'].OutputValue" --output text 2>&1) || { \
+	  echo "cannot read stack $(STACK) in region $(AWS_REGION): $$$(2)" >&2; exit 1; }; \
+	case "$$$(2)" in ""|None) echo "stack $(STACK) in region $(AWS_REGION) has no $(1) output: run make deploy \
+	  first (or set STACK=, AWS_REGION= to where it was deployed)" >&2; exit 1;; esac
 
 .PHONY: image push deploy undeploy upload-model task-definition
 
@@ -139,8 +144,7 @@ image:
 	docker build -f Dockerfile.worker --target worker -t $(IMAGE_NAME):$(IMAGE_TAG) .
 
 push: image
-	@repo="$(call stack-output,RepositoryUri)"; \
-	test -n "$$repo" || { echo "stack $(STACK) has no RepositoryUri output: run make deploy first" >&2; exit 1; }; \
+	@$(call stack-output,RepositoryUri,repo); \
 	$(AWS) ecr get-login-password | docker login --username AWS --password-stdin "$${repo%%/*}" && \
 	docker tag $(IMAGE_NAME):$(IMAGE_TAG) "$$repo:$(IMAGE_TAG)" && \
 	docker push "$$repo:$(IMAGE_TAG)"
@@ -163,14 +167,15 @@ deploy:
 upload-model: $(STAMP)
 	@test -f "$(MODEL)" || { echo "set MODEL=path/to/checkpoint.pt" >&2; exit 2; }
 	$(BIN)/python -m am.model "$(MODEL)"
-	@uri="$(call stack-output,ModelUri)"; \
-	test -n "$$uri" || { echo "stack $(STACK) has no ModelUri output: run make deploy first" >&2; exit 1; }; \
+	@$(call stack-output,ModelUri,uri); \
 	$(AWS) s3 cp "$(MODEL)" "$$uri"
 
+# The variables ecs/README.md lists; a missing one is named, and no half-rendered file is left. It is
+# registered in REGION, the region its logs go to (not AWS_REGION's default).
 task-definition: $(STAMP)
 	mkdir -p build
-	$(BIN)/python -c "import os, string, sys; sys.stdout.write(string.Template(open('ecs/task-definition.json').read()).substitute(os.environ))" > build/task-definition.json
-	$(AWS) ecs register-task-definition --cli-input-json file://build/task-definition.json
+	$(BIN)/python ecs/render_task_definition.py ecs/task-definition.json build/task-definition.json
+	aws --region "$$REGION" ecs register-task-definition --cli-input-json file://build/task-definition.json
 
 # A stack that failed (ROLLBACK_COMPLETE, DELETE_FAILED, UPDATE_ROLLBACK_FAILED, ...) is deleted
 # too: draining needs its outputs, so it is skipped, and the buckets to empty come from the
@@ -211,4 +216,5 @@ undeploy: $(STAMP)
 	  echo "stack $(STACK) was not deleted: read why with 'aws cloudformation describe-stack-events --stack-name $(STACK)';" \
 	    "a resource that cannot be deleted can be kept with 'aws cloudformation delete-stack --retain-resources ...'" >&2; \
 	  exit 1; }; \
-	echo "stack $(STACK) deleted; its model bucket is kept (DeletionPolicy Retain): remove it with 'aws s3 rb --force'"
+	echo "stack $(STACK) deleted; its model bucket is kept (DeletionPolicy Retain, versioned): README's step 6," \
+	  "'Tear down', says how to delete it with every object version"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import string
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,31 @@ VALUES = {
 }
 
 
+RENDER = TEMPLATE.parent / "render_task_definition.py"
+
+
+def _render(out: Path, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """What ``make task-definition`` runs, with only ``environ`` (and PATH) set."""
+    return subprocess.run([sys.executable, str(RENDER), str(TEMPLATE), str(out)], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], **environ}, timeout=60, check=False)
+
+
 def _rendered() -> dict[str, Any]:
     text = TEMPLATE.read_text(encoding="utf-8")
     return json.loads(string.Template(text).substitute(VALUES))
+
+
+def test_the_render_make_runs_fills_every_placeholder_or_names_the_missing_ones(tmp_path: Path) -> None:
+    out = tmp_path / "build" / "task-definition.json"
+    done = _render(out, VALUES)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text()) == _rendered()
+    out.unlink()
+    lacking = {k: v for k, v in VALUES.items() if k not in ("TASK_ROLE_ARN", "LOG_GROUP")}
+    refused = _render(out, lacking)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"error: set TASK_ROLE_ARN, LOG_GROUP to render {TEMPLATE} (see ecs/README.md)" in refused.stderr
+    assert not out.exists() and list(out.parent.iterdir()) == []
 
 
 def test_placeholders_are_exactly_the_documented_ones() -> None:

@@ -26,11 +26,15 @@ import os, sys
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write("aws " + " ".join(sys.argv[1:]) + "\\n")
 if "describe-stacks" in sys.argv:
-    print("{MODEL_URI}")
+    answer = os.environ.get("FAKE_STACK", "ok")
+    if answer == "no credentials":
+        sys.stderr.write("Unable to locate credentials. You can configure credentials by running aws configure.\\n")
+        sys.exit(253)
+    print("{MODEL_URI}" if answer == "ok" else "None")
 """
 
 
-def upload(tmp_path: Path, model: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def upload(tmp_path: Path, model: Path, *, stack: str = "ok") -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run ``make upload-model MODEL=model`` with the stand-in; returns the result and the aws calls."""
     fake = tmp_path / "bin" / "aws"
     fake.parent.mkdir(parents=True)
@@ -45,7 +49,8 @@ def upload(tmp_path: Path, model: Path) -> tuple[subprocess.CompletedProcess[str
     (venv / ".installed").touch()
     log = tmp_path / "calls.log"
     log.touch()
-    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log)}
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
+           "FAKE_STACK": stack}
     result = subprocess.run(["make", "-s", "-C", str(REPO), "upload-model", f"MODEL={model}", f"VENV={venv}",
                              "STACK=am-segm-x"], env=env, capture_output=True, text=True, timeout=300)
     return result, log.read_text().splitlines()
@@ -65,3 +70,15 @@ def test_a_checkpoint_is_described_then_copied_to_the_stacks_model_uri(tmp_path,
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{tiny_model}: Unet with " in result.stdout and "UNTRAINED" in result.stdout
     assert any(call.endswith(f"s3 cp {tiny_model} {MODEL_URI}") for call in calls), calls
+
+
+@pytest.mark.parametrize(("stack", "said"), [
+    ("no credentials", "cannot read stack am-segm-x in region us-east-1: Unable to locate credentials"),
+    ("no output", "stack am-segm-x in region us-east-1 has no ModelUri output: run make deploy first"),
+])
+def test_a_stack_that_cannot_be_read_is_told_apart_from_one_without_the_output(tmp_path, tiny_model, stack,
+                                                                                said) -> None:
+    # Credentials or the region, not a missing deployment, are the usual cause: the CLI's own words say so.
+    result, calls = upload(tmp_path, tiny_model, stack=stack)
+    assert result.returncode != 0 and said in result.stderr
+    assert not any(" s3 " in call for call in calls), calls
