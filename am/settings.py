@@ -17,6 +17,8 @@ AWS credentials are never settings: boto3's standard chain provides them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -28,6 +30,8 @@ import yaml
 
 from am.errors import ConfigError
 from am.messages import MAX_TILES_PER_MESSAGE, TTA_MODES
+
+log = logging.getLogger(__name__)
 
 # What botocore accepts as a region name (a host name label); anything else fails in every client
 # with a traceback, so settings and the worker refuse it first.
@@ -302,6 +306,29 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {key: _coerce(key, value, known[key], f"config file {path}") for key, value in data.items()}
 
 
+# AM_* variables that are no setting: the config file's path, and what workers and servers read alone
+# (am/worker/config.py, am.serve).
+OTHER_AM_VARIABLES = frozenset({"AM_CONFIG", "AM_QUEUE_URL", "AM_THREADS", "AM_PRECISION", "AM_COMPILE",
+                                "AM_POSTPROCESS", "AM_STOP_TIMEOUT_S", "AM_MAX_BATCH_S", "AM_WORKER_ID"})
+_warned_unknown: set[str] = set()
+
+
+def unknown_am_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """The AM_* variables in ``environ`` that nothing reads, each with the known name it most resembles."""
+    known = {f"AM_{key.upper()}" for key in setting_types()} | OTHER_AM_VARIABLES
+    return {name: next(iter(difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)), None)
+            for name in sorted(environ) if name.startswith("AM_") and name not in known}
+
+
+def _warn_unknown_am_variables(environ: Mapping[str, str]) -> None:
+    """A misspelt AM_BAKEND=aws would otherwise run on the local backend without a word; said once per name."""
+    for name, near in unknown_am_variables(environ).items():
+        if name not in _warned_unknown:
+            _warned_unknown.add(name)
+            log.warning("environment variable %s is no am-segm setting and is ignored%s", name,
+                        f" (did you mean {near}?)" if near else "")
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     *,
@@ -318,6 +345,8 @@ def load_settings(
     known = setting_types()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    if environ is not None:
+        _warn_unknown_am_variables(environ)
     if config_path is not None:
         values.update(read_config_file(Path(config_path)))
         sources.update(dict.fromkeys(values, f"config file {config_path}"))
@@ -365,9 +394,21 @@ def _where(source: str | None) -> str:
 
 
 def config_path_from(cli_value: str | None, environ: Mapping[str, str]) -> Path | None:
-    """The config file comes from --config, else AM_CONFIG; none is needed for the local backend."""
-    value = cli_value or environ.get("AM_CONFIG")
-    return Path(value) if value else None
+    """The config file comes from --config, else AM_CONFIG; none is needed for the local backend.
+
+    An AM_CONFIG naming no file is refused here, saying it came from AM_CONFIG: a variable left in a
+    shell profile is otherwise a mystery "config file ... does not exist" on a command given none.
+    """
+    if cli_value:
+        return Path(cli_value)
+    value = environ.get("AM_CONFIG")
+    if not value:
+        return None
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"config file {path}, named by the environment variable AM_CONFIG, does not exist; unset "
+                          f"AM_CONFIG or point it at a config file ({TEMPLATE_HINT})")
+    return path
 
 
 __all__ = ["OptionError", "SettingError", "Settings", "config_path_from", "load_settings", "read_config_file",

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -158,6 +159,23 @@ def test_a_missing_config_file_says_how_to_write_one(tmp_path):
         load_settings({}, environ={}, config_path=tmp_path / "absent.yml")
 
 
+def test_a_stale_am_config_is_named_as_the_source_of_the_path(tmp_path):
+    from am.settings import config_path_from
+
+    gone = tmp_path / "old.yml"
+    with pytest.raises(ConfigError, match=rf"config file {gone}, named by the environment variable AM_CONFIG, does "
+                                          r"not exist; unset AM_CONFIG or point it at a config file"):
+        config_path_from(None, {"AM_CONFIG": str(gone)})
+    assert config_path_from(str(gone), {"AM_CONFIG": "x"}) == gone  # --config wins, and is checked when read
+    assert config_path_from(None, {}) is None
+    gone.write_text("workers: 2\n")
+    assert config_path_from(None, {"AM_CONFIG": str(gone)}) == gone
+    result = subprocess.run([sys.executable, "-m", "am.pipeline", str(tmp_path / "ds")], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "AM_CONFIG": str(tmp_path / "nope.yml")})
+    assert result.returncode == 1 and "named by the environment variable AM_CONFIG" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_scale_is_a_factor_or_auto_wherever_it_is_set(tmp_path):
     config = tmp_path / "c.yml"
     config.write_text("scale: auto\n")
@@ -182,3 +200,22 @@ def test_yaml_merge_keys_still_work_in_a_config_file(tmp_path):
     config.write_text("<<: {workers: 3, tta: flips}\ntta: d4\n")
     settings = load_settings({}, environ={}, config_path=config)
     assert (settings.workers, settings.tta) == (3, "d4")
+
+
+def test_a_misspelt_am_variable_is_warned_of_with_the_name_it_resembles(caplog):
+    import logging
+
+    import am.settings
+
+    environ = {"AM_BAKEND": "aws", "AM_TILESIZE": "99", "AM_PRECISION": "fp16", "AM_WORKERS": "3", "AM_ZZZ": "1"}
+    assert am.settings.unknown_am_variables(environ) == {"AM_BAKEND": "AM_BACKEND", "AM_TILESIZE": "AM_TILE_SIZE",
+                                                         "AM_ZZZ": None}
+    am.settings._warned_unknown.clear()
+    with caplog.at_level(logging.WARNING, logger="am.settings"):
+        assert load_settings({}, environ=environ).backend == "local"
+        load_settings({}, environ=environ)  # said once per name, not at every load
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["environment variable AM_BAKEND is no am-segm setting and is ignored (did you mean AM_BACKEND?)",
+                    "environment variable AM_TILESIZE is no am-segm setting and is ignored (did you mean "
+                    "AM_TILE_SIZE?)",
+                    "environment variable AM_ZZZ is no am-segm setting and is ignored"]
