@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, help="local (default: embedded S3/SQS, worker processes) or aws")
     parser.add_argument("--workers", type=int, help="worker processes (local) or ECS tasks (aws) per task")
     parser.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")
-    parser.add_argument("--model", help="checkpoint path or s3:// URI (default: the model shipped with am-segm)")
+    parser.add_argument("--model", help="checkpoint path or s3:// URI (default: the model shipped with am-segm; "
+                                        "aws: the stack's ModelUri)")
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
     parser.add_argument("--scale", type=scale_option, help=SCALE_HELP)
