@@ -130,11 +130,12 @@ AWS := aws --region $(AWS_REGION)
 # Stack states whose outputs name resources that exist: only then can am.scale drain the workers.
 USABLE_STACK_STATES := CREATE_COMPLETE UPDATE_COMPLETE UPDATE_ROLLBACK_COMPLETE IMPORT_COMPLETE IMPORT_ROLLBACK_COMPLETE
 # $(call stack-output,KEY,VAR): a recipe fragment that sets the shell variable VAR to one output of
-# the deployed stack. The CLI's own error (credentials, region, no such stack) is shown as it is,
-# and only a stack that answers without that output is told to run make deploy.
+# the deployed stack. The CLI's own error (credentials, region, no such stack) reaches the terminal
+# as it is (stderr is not captured, so no warning of the CLI's can end up in the value), and only a
+# stack that answers without that output is told to run make deploy.
 stack-output = $(2)=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) \
-	--query "Stacks[0].Outputs[?OutputKey=='$(1)'].OutputValue" --output text 2>&1) || { \
-	  echo "cannot read stack $(STACK) in region $(AWS_REGION): $$$(2)" >&2; exit 1; }; \
+	--query "Stacks[0].Outputs[?OutputKey=='$(1)'].OutputValue" --output text) || { \
+	  echo "cannot read stack $(STACK) in region $(AWS_REGION) (the AWS CLI's error is above)" >&2; exit 1; }; \
 	case "$$$(2)" in ""|None) echo "stack $(STACK) in region $(AWS_REGION) has no $(1) output: run make deploy \
 	  first (or set STACK=, AWS_REGION= to where it was deployed)" >&2; exit 1;; esac
 

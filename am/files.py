@@ -167,3 +167,14 @@ def _remove(path: Path) -> None:
         path.unlink()
     else:
         shutil.rmtree(path)
+
+
+def clear_output(path: Path) -> None:
+    """Remove an output folder's contents for good, the folder with them; one reached through a
+    symbolic link (kept on another disk) is emptied there and the link stays, so the next output
+    goes where the user put it. A file in its place, or a broken link, is removed."""
+    path = Path(path)
+    if path.is_symlink() and path.is_dir():
+        shutil.rmtree(path.resolve())
+    elif os.path.lexists(path):
+        _remove(path)

@@ -46,7 +46,7 @@ import numpy as np
 from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS
 from am.dataset import DatasetLayout
 from am.errors import ConfigError, InputError
-from am.files import file_sha256, write_atomic
+from am.files import clear_output, file_sha256, write_atomic
 from am.imageio import check_complete, encode_png, header_size, read_header, read_image, write_tiff
 from am.interrupts import ThreadPool, result_of
 from am.normalize import normalize
@@ -335,7 +335,11 @@ def _cut_at_this_factor(layout: DatasetLayout, group: str, meta: dict[str, Any],
         return float(settings.scale) == float(recorded)
     if _source_norm_problem(layout.source_norm(group), int(meta["source_height"]), int(meta["source_width"])):
         return False
-    chosen = choose_scale(read_image(layout.source_norm(group)), name=f"group {group}")
+    try:
+        image = read_image(layout.source_norm(group))
+    except InputError:  # damaged beyond what its header and length show: cut again, which rewrites it
+        return False
+    chosen = choose_scale(image, name=f"group {group}")
     if chosen != float(recorded):
         return False
     log.info("group %s: --scale auto gives %g, the factor its tiles were cut at: they are reused", group, chosen)
@@ -347,6 +351,7 @@ def _source_norm_problem(path: Path, height: int, width: int) -> str | None:
     read it beside the mask, so one damaged or of another size would fail them on every rerun."""
     try:
         header = read_header(path)
+        check_complete(path)  # cut short: read by registration and the overlays, never rewritten if reused
     except InputError as exc:
         return f"the normalised image cannot be read ({exc})"
     if (header.height, header.width) != (height, width) or header.channels != 1 or header.dtype != np.uint8:
@@ -432,8 +437,7 @@ class GroupTiler:
         if not self._resuming:
             stale_dirs.append(layout.tiles_dir(group))
         for stale in stale_dirs:
-            if stale.exists():
-                shutil.rmtree(stale)
+            clear_output(stale)
         with ThreadPool(1, thread_name_prefix="am-hash") as hasher:
             # Hashed beside the normalisation (hashlib lets go of the GIL): the workers wait for the first tiles.
             digest: Future[str] | None = None if known else hasher.submit(file_sha256, source_path)

@@ -306,10 +306,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {key: _coerce(key, value, known[key], f"config file {path}") for key, value in data.items()}
 
 
-# AM_* variables that are no setting: the config file's path, and what workers and servers read alone
-# (am/worker/config.py, am.serve).
+# AM_* variables that are no setting: the config file's path, what workers and servers read alone
+# (am/worker/config.py, am.serve), and the Makefile's switch for a GPU machine's own python.
 OTHER_AM_VARIABLES = frozenset({"AM_CONFIG", "AM_QUEUE_URL", "AM_THREADS", "AM_PRECISION", "AM_COMPILE",
-                                "AM_POSTPROCESS", "AM_STOP_TIMEOUT_S", "AM_MAX_BATCH_S", "AM_WORKER_ID"})
+                                "AM_POSTPROCESS", "AM_STOP_TIMEOUT_S", "AM_MAX_BATCH_S", "AM_WORKER_ID",
+                                "AM_SYSTEM_PYTHON"})
 _warned_unknown: set[str] = set()
 
 

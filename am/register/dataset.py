@@ -13,14 +13,13 @@ The paths follow the dataset layout (README, "Dataset layout")::
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from am.errors import InputError
-from am.files import check_can_replace, staging, swap_in
+from am.files import check_can_replace, clear_output, staging, swap_in
 from am.grid_shape import grid_shape_error
 from am.register.outputs import write_outputs
 from am.register.registration import Registration, register_mask
@@ -85,11 +84,9 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
 def remove_outputs(dataset: Path, group: str) -> None:
     """Remove ``am_coords/<group>/`` of an earlier registration, so that only this run's ids remain."""
     old = output_dir(dataset, group)
-    if old.is_symlink() or old.is_file():
-        old.unlink()
-    elif old.exists():
+    if old.exists():
         log.info("group %s: removing the ids of an earlier registration in %s", group, old)
-        shutil.rmtree(old)
+    clear_output(old)
 
 
 def read_grey_tiff(path: Path, *, what: str) -> np.ndarray:

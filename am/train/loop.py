@@ -569,19 +569,21 @@ def as_stored(model: torch.nn.Module, storage: str) -> torch.nn.Module:
 
 
 def _report_new_length(state: dict[str, Any], steps: _Steps, config: TrainConfig) -> None:
-    """A run resumed with another --epochs has its cosine schedule stretched over the new length, so
-    its learning rate jumps from where the old plan had it; said once, so the metrics log's step in
-    the loss is not a mystery, and the old length stays in the best checkpoint taken before."""
+    """A run resumed with another --epochs has its cosine schedule fitted to the new length, so its
+    learning rate jumps from where the old plan had it (up for a longer run, down for a shorter one);
+    said once, so the metrics log's step in the loss is not a mystery, and the old length stays in
+    the best checkpoint taken before."""
     before = (state.get("options") or {}).get("epochs")
     if not isinstance(before, int) or before == config.epochs:
         return
     done = steps.scheduler.last_epoch
     old_lr = config.lr * _schedule(config.warmup_steps, before * config.steps_per_epoch)(done)
     new_lr = config.lr * _schedule(config.warmup_steps, config.epochs * config.steps_per_epoch)(done)
-    log.warning("the run was started for %d epochs and now runs for %d: its learning-rate schedule is stretched "
-                "over the new length, so after step %d the rate is %.3g instead of %.3g; the best checkpoint "
+    log.warning("the run was started for %d epochs and now runs for %d: its learning-rate schedule is %s "
+                "to the new length, so after step %d the rate is %.3g instead of %.3g; the best checkpoint "
                 "so far (epoch %d) keeps epochs %d in its metadata until a better epoch replaces it",
-                before, config.epochs, done, new_lr, old_lr, int(state["best_epoch"]), before)
+                before, config.epochs, "stretched" if config.epochs > before else "compressed", done, new_lr,
+                old_lr, int(state["best_epoch"]), before)
 
 
 def _warn_unused(model: torch.nn.Module, depth: int) -> None:

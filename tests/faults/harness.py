@@ -54,7 +54,7 @@ def base_environment(tmp_path: Path, marker: str, extra: Mapping[str, str] | Non
     """The environment of a pipeline under test: no AM_*/AWS_* from the shell, a private cache, a marker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
     env.update({"PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
-                "AM_TEST_MARKER": marker, "AM_IDLE_EXIT_S": "60"})
+                "AMSEGM_TEST_MARKER": marker, "AM_IDLE_EXIT_S": "60"})
     env.update(extra or {})
     return env
 
@@ -188,7 +188,7 @@ def processes_with_marker(marker: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if proc.environ().get("AM_TEST_MARKER") == marker:
+            if proc.environ().get("AMSEGM_TEST_MARKER") == marker:
                 found.append(proc)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue

@@ -104,7 +104,7 @@ def test_a_resume_with_more_epochs_says_its_learning_rate_is_replanned(
     # After 1 of 2 steps the cosine stood at half the rate; after 1 of 4 it stands higher.
     old, new = (config.lr * loop._schedule(0, total)(1) for total in (2, 4))
     assert new > old
-    assert (f"started for 2 epochs and now runs for 4: its learning-rate schedule is stretched over the new "
+    assert (f"started for 2 epochs and now runs for 4: its learning-rate schedule is stretched to the new "
             f"length, so after step 1 the rate is {new:.3g} instead of {old:.3g}") in caplog.text
     caplog.clear()
     with pytest.raises(KeyboardInterrupt):

@@ -105,8 +105,21 @@ def test_a_group_at_the_models_scale_is_cut_as_with_scale_1(tmp_path):
     auto = prepare_group(DatasetLayout(auto_root), "group01", settings=Settings(scale="auto"), model_id="m")
     assert auto.scale == 1.0 and auto.plan == fixed.plan
     # --scale auto after the default 1 on such marks: auto would cut them at 1 too, so they are reused.
-    again = reuse_group(DatasetLayout(tmp_path / "ds"), "group01", settings=Settings(scale="auto"), model_id="m")
+    layout = DatasetLayout(tmp_path / "ds")
+    again = reuse_group(layout, "group01", settings=Settings(scale="auto"), model_id="m")
     assert again is not None and again.scale == 1.0 and again.plan == fixed.plan
+    # Unless the kept normalised image it is decided from is damaged: then the group is cut again.
+    normalised = layout.source_norm("group01")
+    normalised.write_bytes(normalised.read_bytes()[:-1000])
+    assert reuse_group(layout, "group01", settings=Settings(scale="auto"), model_id="m") is None
+    # A group re-prepared keeps an output folder linked to another disk linked, emptied where it is.
+    elsewhere = tmp_path / "other-disk" / "ids"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "registration.json").write_text("{}")
+    layout.am_coords_dir("group01").parent.mkdir(parents=True, exist_ok=True)
+    layout.am_coords_dir("group01").symlink_to(elsewhere, target_is_directory=True)
+    prepare_group(layout, "group01", settings=Settings(scale="auto"), model_id="m")
+    assert layout.am_coords_dir("group01").is_symlink() and not elsewhere.exists()
     for tile in fixed.plan.tiles:
         assert np.array_equal(read_image(DatasetLayout(auto_root).tile_source("group01", tile.index)),
                               read_image(DatasetLayout(tmp_path / "ds").tile_source("group01", tile.index)))

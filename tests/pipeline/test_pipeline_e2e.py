@@ -24,7 +24,7 @@ TILE = ["--tile-size", "128", "--tile-overlap", "32"]
 
 
 def run_pipeline(dataset: Path, model: Path, tmp_path: Path, *extra: str, marker: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "AM_TEST_MARKER": marker,
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "AMSEGM_TEST_MARKER": marker,
            "AM_IDLE_EXIT_S": "30", "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "am.pipeline", str(dataset), "--workers", "2", "--model", str(model),

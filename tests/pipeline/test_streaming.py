@@ -208,7 +208,8 @@ def test_the_progress_bar_of_a_resumed_group_counts_only_the_tiles_it_sends(depl
     assert totals == [16] * 3, totals
 
 
-@pytest.mark.parametrize("lost", ["source_norm", "tile sources", "damaged source_norm", "resized source_norm"])
+@pytest.mark.parametrize("lost", ["source_norm", "tile sources", "damaged source_norm", "resized source_norm",
+                                  "truncated source_norm"])
 def test_files_that_can_be_made_again_going_missing_do_not_cost_the_masks(deployment, tiny_model, tmp_path, lost,
                                                                          caplog):
     dataset = make_dataset(tmp_path / "ds", {"g1": IMAGE})
@@ -222,6 +223,8 @@ def test_files_that_can_be_made_again_going_missing_do_not_cost_the_masks(deploy
         layout.source_norm("g1").write_bytes(b"junk")
     elif lost == "resized source_norm":
         tifffile.imwrite(layout.source_norm("g1"), np.zeros((100, 100), np.uint8))
+    elif lost == "truncated source_norm":  # its header intact: only its length tells
+        layout.source_norm("g1").write_bytes(normalised[: len(normalised) // 2])
     else:
         for index in (0, 7, 35):
             layout.tile_source("g1", index).unlink()
@@ -233,7 +236,7 @@ def test_files_that_can_be_made_again_going_missing_do_not_cost_the_masks(deploy
     assert layout.source_norm("g1").is_file() and all(layout.tile_source("g1", i).is_file() for i in range(36))
     if lost.endswith("d source_norm"):
         assert layout.source_norm("g1").read_bytes() == normalised
-        said = "cannot be read" if lost.startswith("damaged") else "is 100 x 100 px, 1 channel(s) of uint8, not"
+        said = "is 100 x 100 px, 1 channel(s) of uint8, not" if lost.startswith("resized") else "cannot be read"
         assert any(m.startswith("group g1: the normalised image") and said in m and "normalising and cutting again"
                    in m for m in (r.getMessage() for r in caplog.records)), caplog.text
     else:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from am.errors import InputError
+from am.errors import InputError, RegistrationError
 from am.register import register_group
 from am.register.testing import draw_lattice_mask
 from am.synth.lattice import Lattice
@@ -156,12 +156,18 @@ def test_an_output_folder_linked_to_another_disk_is_replaced_there_and_stays_lin
     (elsewhere / "am_coordinates.csv").write_text("an earlier run's table")
     (dataset / "am_coords").mkdir()
     (dataset / "am_coords" / "g1").symlink_to(elsewhere, target_is_directory=True)
+    link = dataset / "am_coords" / "g1"
     for _ in range(2):  # the second run replaces the first one's outputs through the link again
         assert register_group(dataset, "g1", rows=5, cols=6).assigned == 29
-        link = dataset / "am_coords" / "g1"
         assert link.is_symlink() and link.resolve() == elsewhere.resolve()
         assert (elsewhere / "am_coordinates.csv").read_text().startswith("id,row,col")
     assert sorted(p.name for p in elsewhere.parent.iterdir()) == ["g1-ids"]
+    # A failed registration removes the earlier ids where they are, and keeps the link for the next.
+    with pytest.raises(RegistrationError):
+        register_group(dataset, "g1", rows=30, cols=30)
+    assert link.is_symlink() and not elsewhere.exists()
+    assert register_group(dataset, "g1", rows=5, cols=6).assigned == 29
+    assert link.is_symlink() and (elsewhere / "am_coordinates.csv").is_file()
 
 
 def test_a_failed_run_leaves_no_ids_of_an_earlier_one(tmp_path):
