@@ -283,27 +283,44 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML config file of flat ``key: value`` pairs; unknown keys are errors, not ignored."""
+    return _read_config(path)[0]
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """The line (from 1) each top-level key of a YAML mapping is on, so messages can point at it."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {key.value: key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+
+
+def _read_config(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file's settings, and where each was set (``config file PATH line N``)."""
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; give a YAML file of 'key: value' pairs "
                           f"({TEMPLATE_HINT})")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; {TEMPLATE_HINT}")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKey as exc:
         raise ConfigError(f"config file {path}: {exc}") from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"config file {path} cannot be read as YAML: {exc}") from exc
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold 'key: value' pairs, not a {type(data).__name__}")
     known = setting_types()
+    lines = _key_lines(text)
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
-        raise ConfigError(f"config file {path} has unknown key(s) {', '.join(unknown)}; "
+        where = ", ".join(f"{k} (line {lines[k]})" if k in lines else k for k in unknown)
+        raise ConfigError(f"config file {path} has unknown key(s) {where}; "
                           "the template (python -m am.pipeline --config-template) lists the valid ones")
-    return {key: _coerce(key, value, known[key], f"config file {path}") for key, value in data.items()}
+    sources = {key: f"config file {path}" + (f" line {lines[key]}" if key in lines else "") for key in data}
+    return {key: _coerce(key, value, known[key], sources[key]) for key, value in data.items()}, sources
 
 
 # AM_* variables that are no setting: the config file's path, what workers and servers read alone
@@ -349,8 +366,8 @@ def load_settings(
     if environ is not None:
         _warn_unknown_am_variables(environ)
     if config_path is not None:
-        values.update(read_config_file(Path(config_path)))
-        sources.update(dict.fromkeys(values, f"config file {config_path}"))
+        from_file, sources = _read_config(Path(config_path))
+        values.update(from_file)
     for key, typ in known.items():
         env_key = f"AM_{key.upper()}"
         if environ is not None and env_key in environ:

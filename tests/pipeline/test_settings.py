@@ -219,3 +219,16 @@ def test_a_misspelt_am_variable_is_warned_of_with_the_name_it_resembles(caplog):
                     "environment variable AM_TILESIZE is no am-segm setting and is ignored (did you mean "
                     "AM_TILE_SIZE?)",
                     "environment variable AM_ZZZ is no am-segm setting and is ignored"]
+
+
+def test_a_value_refused_in_a_config_file_is_named_by_its_line(tmp_path):
+    config = tmp_path / "c.yml"
+    config.write_text("# workers on this machine\nbackend: local\n\nworkers: four\n")
+    with pytest.raises(ConfigError, match=rf"^config file {config} line 4: workers = 'four' is not a valid int"):
+        load_settings({}, environ={}, config_path=config)
+    config.write_text("backend: local\nworkers: 0\n")
+    with pytest.raises(ConfigError, match=rf"workers is set in config file {config} line 2"):
+        load_settings({}, environ={}, config_path=config)
+    config.write_text("backend: local\nwrokers: 2\n")
+    with pytest.raises(ConfigError, match=rf"config file {config} has unknown key\(s\) wrokers \(line 2\);"):
+        load_settings({}, environ={}, config_path=config)
