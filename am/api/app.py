@@ -132,10 +132,10 @@ class Health(BaseModel):
 
 def _statuses() -> tuple[tuple[type[AmError], int], ...]:
     from am.api.tasks import MalformedTaskId, UnknownTask
-    from am.api.uploads import BodyTooLarge, UnsupportedMediaType
+    from am.api.uploads import BodyTooLarge, ServerStopping, UnsupportedMediaType
 
     return ((MalformedTaskId, 400), (UnknownTask, 404), (UnsupportedMediaType, 415),
-            (BodyTooLarge, 413), (TaskNotReady, 409), (InputError, 400))
+            (BodyTooLarge, 413), (TaskNotReady, 409), (InputError, 400), (ServerStopping, 503))
 
 
 def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:

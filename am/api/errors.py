@@ -28,6 +28,6 @@ def install_error_handler(app: FastAPI, statuses: Sequence[tuple[type[AmError], 
     @app.exception_handler(AmError)
     async def am_error(request: Request, exc: AmError) -> JSONResponse:
         code = status_for(exc, statuses)
-        if code >= 500:
+        if code == 500:  # 503 (stopping) is no fault of the server's
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         return JSONResponse(status_code=code, content={"detail": str(exc)})

@@ -55,6 +55,8 @@ def serve(app: Any, sock: socket.socket, *, log_level: str) -> None:
     # uvicorn names its address only when it binds the socket itself; with --port 0 this line is
     # the only place the chosen port appears.
     log.info("serving on %s", address_url(sock))
+    # Uploads still arriving once a stop was asked for end with 503 at their next chunk (am.api.uploads).
+    app.state.stopping = lambda: server.should_exit
     with sock:
         server.run(sockets=[sock])
     if not server.started:

@@ -24,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 from starlette.requests import ClientDisconnect, Request
 
-from am.errors import InputError
+from am.errors import AmError, InputError
 from am.imageio import PNG_SIGNATURE, TIFF_SIGNATURES, ImageHeader, check_complete, read_header, read_image
 from am.normalize import check_finite, to_grey
 from am.prepare import MIN_IMAGE_SIDE_PX, scaled_size
@@ -55,6 +55,10 @@ UPLOADED = "the uploaded image"
 
 class UnsupportedMediaType(InputError):
     """The request's Content-Type is missing or not one the endpoint takes (HTTP 415)."""
+
+
+class ServerStopping(AmError):
+    """The server was told to stop while an upload came in: answered 503, so the client sends it again."""
 
 
 class BodyTooLarge(InputError):
@@ -114,12 +118,27 @@ async def receive_body(chunks: AsyncIterator[bytes], target: Path, *, max_bytes:
 
 async def receive_request_body(request: Request, target: Path, *, max_bytes: int) -> int:
     """:func:`receive_body` for a request: a client that hangs up midway is an InputError logged at
-    INFO (nobody reads the answer), not an application error with a traceback in the server's log."""
+    INFO (nobody reads the answer), not an application error with a traceback in the server's log.
+
+    Where the app knows when its server stops (``app.state.stopping``, set by :func:`am.api.listen.serve`),
+    an upload still coming in then ends with :class:`ServerStopping` (503) at its next chunk, within the
+    server's grace period, instead of being cut off by the server with a plain-text 500.
+    """
+    stopping = getattr(request.app.state, "stopping", None)
+    chunks = request.stream() if stopping is None else _until_stopping(request.stream(), stopping)
     try:
-        return await receive_body(request.stream(), target, max_bytes=max_bytes)
+        return await receive_body(chunks, target, max_bytes=max_bytes)
     except ClientDisconnect:
         log.info("an upload was cut off: the client disconnected")
         raise InputError("the client disconnected before the whole image was sent") from None
+
+
+async def _until_stopping(chunks: AsyncIterator[bytes], stopping: Callable[[], bool]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if stopping():
+            log.info("an upload was refused: the server is stopping")
+            raise ServerStopping("the server is stopping; send the image again once it is back")
+        yield chunk
 
 
 def sniff_kind(target: Path, *, kind: str) -> str:
@@ -222,6 +241,7 @@ __all__ = [
     "TASK_MEDIA_TYPES",
     "BodyTooLarge",
     "ImageTooLarge",
+    "ServerStopping",
     "UnsupportedMediaType",
     "check_image",
     "declared_length",

@@ -28,6 +28,7 @@ from am.api.uploads import (
     DEFAULT_MAX_BYTES,
     INVOCATION_MEDIA_TYPES,
     BodyTooLarge,
+    ServerStopping,
     UnsupportedMediaType,
     declared_length,
     load_image,
@@ -46,7 +47,7 @@ MIB = 1024 * 1024  # SageMaker's "MB" of MaxPayloadInMB
 
 
 ERROR_STATUSES: tuple[tuple[type[AmError], int], ...] = (
-    (UnsupportedMediaType, 415), (BodyTooLarge, 413), (InputError, 400))
+    (UnsupportedMediaType, 415), (BodyTooLarge, 413), (InputError, 400), (ServerStopping, 503))
 
 
 def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:

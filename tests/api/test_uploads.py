@@ -156,12 +156,14 @@ def test_an_image_with_nan_pixels_is_refused_by_both_servers_before_it_is_a_task
     assert not list(store.tasks_dir.iterdir()) and not list(store.uploads_dir.iterdir())
 
 
-def _hang_up_mid_upload(app, path: str) -> list[dict]:
-    """Run one POST of ``path`` whose client sends part of a PNG and disconnects; the messages sent back."""
+def _hang_up_mid_upload(app, path: str, *, then: str = "http.disconnect") -> list[dict]:
+    """Run one POST of ``path`` whose client sends part of a PNG and disconnects (or goes on); the
+    messages sent back."""
     import anyio
 
+    more = {"type": "http.request", "body": bytes(40), "more_body": False}
     incoming = [{"type": "http.request", "body": b"\x89PNG\r\n\x1a\n" + bytes(40), "more_body": True},
-                {"type": "http.disconnect"}]
+                {"type": "http.disconnect"} if then == "http.disconnect" else more]
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -188,4 +190,22 @@ def test_a_client_that_hangs_up_mid_upload_leaves_no_file_and_no_traceback_in_ei
         assert sent[0]["status"] == 400 and b"disconnected before the whole image was sent" in sent[1]["body"], path
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
         assert "an upload was cut off: the client disconnected" in caplog.text
+    assert not list(store.uploads_dir.iterdir()) and not list(store.tasks_dir.iterdir())
+
+
+def test_an_upload_still_coming_in_when_the_server_stops_gets_503_and_leaves_nothing(api, serve, caplog):
+    import logging
+
+    client, store = api
+    for app, path in ((client.app, "/tasks"), (serve.app, "/invocations")):
+        app.state.stopping = lambda: True  # what am.api.listen.serve sets: the server was told to stop
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                sent = _hang_up_mid_upload(app, path, then="more")
+        finally:
+            del app.state.stopping
+        assert sent[0]["status"] == 503, (path, sent)
+        assert b"the server is stopping; send the image again once it is back" in sent[1]["body"]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert not list(store.uploads_dir.iterdir()) and not list(store.tasks_dir.iterdir())
