@@ -225,7 +225,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         summary="Submit an image for segmentation",
         responses={201: {"description": "Task queued", "headers": {"Location": {
             "description": "/tasks/<id>", "schema": {"type": "string"}}}},
-                   **error_responses(400, 413, 415)},
+                   **error_responses(400, 413, 415, 503)},
         openapi_extra=image_body(TASK_MEDIA_TYPES),
     )
     async def submit(

@@ -30,7 +30,7 @@ _DESCRIPTIONS = {
     409: "The task has no such result (not finished, failed, or not registered)",
     413: "Request body, or the image it decodes to, larger than the server accepts",
     415: "Content-Type not accepted",
-    503: "Not ready",
+    503: "Not ready, or stopping (an upload that came in as the server was told to stop): try again shortly",
 }
 
 

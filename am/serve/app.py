@@ -71,7 +71,7 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
         "/invocations",
         summary="Segment one image (at least 32 px on each side); the answer is its mask (8-bit PNG, 0/255, same size)",
         response_class=Response,
-        responses={**image_response("image/png"), **error_responses(400, 413, 415)},
+        responses={**image_response("image/png"), **error_responses(400, 413, 415, 503)},
         openapi_extra=image_body(INVOCATION_MEDIA_TYPES),
     )
     async def invocations(request: Request) -> Response:

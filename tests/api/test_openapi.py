@@ -83,7 +83,7 @@ def test_documented_routes_and_codes(api_url):
     paths = document["paths"]
     assert set(paths) == {"/tasks", "/tasks/{task_id}", "/masks/{task_id}", "/ams/{task_id}", "/ams/{task_id}.csv",
                           "/overlays/{task_id}", "/health"}
-    assert set(paths["/tasks"]["post"]["responses"]) == {"201", "400", "413", "415"}
+    assert set(paths["/tasks"]["post"]["responses"]) == {"201", "400", "413", "415", "503"}
     assert set(paths["/tasks"]["post"]["requestBody"]["content"]) == {"image/png", "image/tiff"}
     assert set(paths["/tasks"]["get"]["responses"]) == {"200", "400"}
     assert set(paths["/tasks/{task_id}"]["get"]["responses"]) == {"200", "400", "404"}
