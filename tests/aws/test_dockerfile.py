@@ -176,3 +176,25 @@ def test_no_credentials_and_no_dev_extras_in_the_image() -> None:
 
 def test_entrypoint_module_imports() -> None:
     assert importlib.util.find_spec("am.worker.__main__") is not None
+
+
+def test_the_worker_image_leaves_out_only_packages_the_worker_never_imports(tmp_path: Path) -> None:
+    # The Dockerfile's own line, run on setup.py's real requirements.
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    [code] = re.findall(r'python -c "(import sys; base = .*?)" > /src/requirements.txt', text)
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)], cwd=REPO, check=True,
+                   capture_output=True, timeout=120)
+    code = code.replace("/tmp/am_segm.egg-info", str(tmp_path / "am_segm.egg-info"))
+    listed = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                            timeout=60).stdout.splitlines()
+    names = {re.split(r"[<>=\[ ]", line, maxsplit=1)[0] for line in listed}
+    assert {"torch", "boto3", "segmentation-models-pytorch", "tenacity"} <= names
+    assert not names & {"moto", "fastapi", "uvicorn"}, names
+    # Every worker module loaded, and none of what the image leaves out with them.
+    probe = ("import pkgutil, importlib, sys, am.worker\n"
+             "for m in pkgutil.walk_packages(am.worker.__path__, 'am.worker.'): importlib.import_module(m.name)\n"
+             "import am.model.predict, am.tilepack\n"
+             "print(sorted({k.split('.')[0] for k in sys.modules} & {'moto', 'fastapi', 'uvicorn', 'starlette'}))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True, capture_output=True, text=True,
+                            timeout=120).stdout.strip()
+    assert loaded == "[]"
