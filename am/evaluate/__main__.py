@@ -48,14 +48,16 @@ from am.model.precision import resolve_precision
 from am.model.predict import Predictor
 from am.model.whole import scale_problem
 from am.normalize import read_normalised
-from am.synth.dataset import pitch_range_problem, sample_at
+from am.synth.dataset import pitch_range_problem
 from am.train.data import (
     IMAGE_SUFFIXES,
     Labelled,
     check_pair_sizes,
     find_mask,
+    iter_synthetic_images,
     read_mask,
     split_files,
+    synthetic_name,
 )
 
 log = logging.getLogger(__name__)
@@ -145,22 +147,6 @@ def image_names(paths: list[Path]) -> list[str]:
 def read_pair(image: Path, mask: Path, name: str | None = None) -> Labelled:
     """An image normalised like the pipeline's input, and its mask, named ``name`` (default: the image's stem)."""
     return Labelled.from_arrays(read_normalised(image), read_mask(mask), name=image.stem if name is None else name)
-
-
-def synthetic_name(seed: int, index: int) -> str:
-    """The name of synthetic image ``index`` of series ``seed``, as :func:`am.train.data.synthetic_images` gives it,
-    known without rendering so that name clashes are found before any work."""
-    return f"synthetic/{seed}/{index:05d}"
-
-
-def synthetic_items(count: int, *, size: int, seed: int, pitch_range: tuple[float, float]) -> Iterator[Labelled]:
-    """The images of :func:`am.train.data.synthetic_images`, rendered one at a time as they are reached.
-
-    Rendering all N first held them all in memory and kept the progress bar away for many seconds.
-    """
-    for index in range(count):
-        sample = sample_at(seed, index, size=size, pitch_range=pitch_range)
-        yield Labelled.from_arrays(sample.image, sample.mask, name=synthetic_name(seed, index))
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
@@ -276,8 +262,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     def items() -> Iterator[Labelled]:
         yield from (f.read() for f in files)
         yield from (read_pair(image, mask, name) for (image, mask), name in zip(pairs, pair_names, strict=True))
-        yield from synthetic_items(len(synthetic_names), size=args.size, seed=args.seed,
-                                   pitch_range=(args.pitch_min, args.pitch_max))
+        yield from iter_synthetic_images(count=len(synthetic_names), size=args.size, seed=args.seed,
+                                         pitch_range=(args.pitch_min, args.pitch_max))
 
     names = Counter([f.name for f in files] + pair_names + synthetic_names)
     repeated = sorted(name for name, count in names.items() if count > 1)

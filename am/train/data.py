@@ -11,7 +11,7 @@ from a seed. Either way training draws fresh random crops every epoch::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -232,11 +232,35 @@ def synthetic_images(
 
     ``workers`` > 1 renders them on that many processes (same images, same order).
     """
-    samples: Iterable = iter_samples(seed, count, size=size, pitch_range=pitch_range, labels=labels,
-                                     blob_rate=blob_rate, polarity_mix=polarity_mix, workers=workers)
-    if progress is not None:
-        samples = progress(samples)
-    return [Labelled.from_arrays(s.image, s.mask, name=f"synthetic/{seed}/{i:05d}") for i, s in enumerate(samples)]
+    images: Iterable[Labelled] = iter_synthetic_images(
+        count=count, size=size, seed=seed, pitch_range=pitch_range, labels=labels, blob_rate=blob_rate,
+        polarity_mix=polarity_mix, workers=workers)
+    return list(images if progress is None else progress(images))
+
+
+def iter_synthetic_images(
+    *,
+    count: int,
+    size: int,
+    seed: int,
+    pitch_range: tuple[float, float] = (20.0, 85.0),
+    labels: str = "visible",
+    blob_rate: float = 1.0,
+    polarity_mix: Mapping[str, float] | None = None,
+    workers: int = 0,
+) -> Iterator[Labelled]:
+    """The images of :func:`synthetic_images`, each rendered as it is reached: a caller that scores
+    them one by one holds one image, not all N, and shows progress from the first."""
+    samples = iter_samples(seed, count, size=size, pitch_range=pitch_range, labels=labels, blob_rate=blob_rate,
+                           polarity_mix=polarity_mix, workers=workers)
+    for index, sample in enumerate(samples):
+        yield Labelled.from_arrays(sample.image, sample.mask, name=synthetic_name(seed, index))
+
+
+def synthetic_name(seed: int, index: int) -> str:
+    """The name of synthetic image ``index`` of series ``seed``, known without rendering it (so that
+    name clashes are found before any work)."""
+    return f"synthetic/{seed}/{index:05d}"
 
 
 class CropDataset(Dataset):

@@ -16,13 +16,14 @@ from am.evaluate.run import evaluate
 from am.imageio import write_png
 from am.model.predict import Predictor
 from am.train.data import synthetic_images
+from tests.log_handlers import handlers_during
 
 
 def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the options were checked")
 
-    monkeypatch.setattr(cli, "synthetic_items", refuse)
+    monkeypatch.setattr(cli, "iter_synthetic_images", refuse)
     monkeypatch.setattr(cli, "image_mask_pairs", refuse)
     monkeypatch.setattr(cli, "split_files", refuse)
 
@@ -213,7 +214,7 @@ def test_images_and_masks_in_one_folder_are_a_usage_error(tmp_path: Path, tiny_m
 def test_synthetic_images_are_rendered_one_at_a_time_after_the_model_is_checked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     # Lazily rendered, the images are those of synthetic_images (the README's figures depend on it).
-    lazy = list(cli.synthetic_items(2, size=64, seed=5, pitch_range=(22.0, 80.0)))
+    lazy = list(cli.iter_synthetic_images(count=2, size=64, seed=5, pitch_range=(22.0, 80.0)))
     eager = synthetic_images(count=2, size=64, seed=5, pitch_range=(22.0, 80.0))
     assert [i.name for i in lazy] == [i.name for i in eager]
     for a, b in zip(lazy, eager, strict=True):
@@ -297,19 +298,10 @@ def test_a_folder_named_like_an_image_is_not_an_image(tmp_path: Path, tiny_model
 
 def test_warnings_during_the_evaluation_go_around_the_progress_bar(tmp_path: Path, tiny_model: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import logging
-
     import am.evaluate.run as run
 
     images, masks = _labelled_folders(tmp_path)
-    handlers: list[str] = []
-    real_predict = run.predict_image_mask
-
-    def note_handlers(*args, **kwargs):
-        handlers.extend(type(h).__name__ for h in logging.getLogger().handlers)
-        return real_predict(*args, **kwargs)
-
-    monkeypatch.setattr(run, "predict_image_mask", note_handlers)
+    handlers = handlers_during(monkeypatch, run, "predict_image_mask")
     assert cli.main(["--model", str(tiny_model), "--images", str(images), "--masks", str(masks),
                      "--threads", "1"]) == 0
     assert "_TqdmLoggingHandler" in handlers  # log lines are written through tqdm, not onto the bar's line
