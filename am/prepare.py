@@ -333,11 +333,10 @@ def _cut_at_this_factor(layout: DatasetLayout, group: str, meta: dict[str, Any],
         return False
     if settings.scale != AUTO_SCALE:
         return float(settings.scale) == float(recorded)
-    if _source_norm_problem(layout.source_norm(group), int(meta["source_height"]), int(meta["source_width"])):
-        return False
+    # One of another size is found by _reuse's own check of the normalised image, which follows.
     try:
         image = read_image(layout.source_norm(group))
-    except InputError:  # damaged beyond what its header and length show: cut again, which rewrites it
+    except InputError:  # missing or damaged: cut again, which rewrites it
         return False
     chosen = choose_scale(image, name=f"group {group}")
     if chosen != float(recorded):
