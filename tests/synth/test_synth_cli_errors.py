@@ -18,6 +18,7 @@ from am.errors import InputError
 from am.imageio import read_image
 from am.synth.__main__ import main as synth_main
 from am.synth.dataset import MAX_MARKS, STAGING_NAME, write_dataset, write_tiles
+from tests.log_handlers import handlers_during
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -233,16 +234,7 @@ def test_tiles_refuse_a_group_that_is_no_plain_name(tmp_path: Path, group: str, 
 
 def test_dataset_shows_a_progress_bar_with_log_lines_around_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture) -> None:
-    import logging
-
-    handlers: list[str] = []
-    real_render = dataset.render
-
-    def note_handlers(*args, **kwargs):
-        handlers.extend(type(h).__name__ for h in logging.getLogger().handlers)
-        return real_render(*args, **kwargs)
-
-    monkeypatch.setattr(dataset, "render", note_handlers)
+    handlers = handlers_during(monkeypatch, dataset, "render")
     assert synth_main(["dataset", str(tmp_path / "ds"), "--rows", "2", "--cols", "2", "--groups", "2"]) == 0
     err = capsys.readouterr().err
     assert "dataset: 100%" in err and "2/2" in err and "drew group02" in err
