@@ -150,13 +150,17 @@ push: image
 	docker tag $(IMAGE_NAME):$(IMAGE_TAG) "$$repo:$(IMAGE_TAG)" && \
 	docker push "$$repo:$(IMAGE_TAG)"
 
+# The service's state and (in undeploy) the stack's status are read with the CLI's stderr kept apart:
+# a warning the CLI prints on a successful call is shown, not taken for the value.
 deploy:
 	@test -n "$(VPC_ID)" && test -n "$(SUBNET_IDS)" || \
 	  { echo "set VPC_ID=vpc-... SUBNET_IDS=subnet-a,subnet-b (subnets with a route to S3, SQS, ECR, Logs)" >&2; exit 2; }
-	@service=$$($(AWS) cloudformation describe-stack-resource --stack-name $(STACK) --logical-resource-id Service \
-	    --query "StackResourceDetail.ResourceStatus" --output text 2>&1) || { \
-	  case "$$service" in *"does not exist"*) service=none;; \
-	    *) echo "cannot read the worker service of stack $(STACK): $$service" >&2; exit 1;; esac; }; \
+	@err=$$(mktemp) && trap 'rm -f "$$err"' EXIT && \
+	service=$$($(AWS) cloudformation describe-stack-resource --stack-name $(STACK) --logical-resource-id Service \
+	    --query "StackResourceDetail.ResourceStatus" --output text 2>"$$err") || { \
+	  case "$$(cat "$$err")" in *"does not exist"*) service=none;; \
+	    *) echo "cannot read the worker service of stack $(STACK): $$(cat "$$err")" >&2; exit 1;; esac; }; \
+	cat "$$err" >&2; \
 	case "$$service" in none|CREATE_FAILED|DELETE_*) exists=false;; *) exists=true;; esac; \
 	echo "deploying stack $(STACK) (worker service exists: $$exists)"; \
 	$(AWS) cloudformation deploy --stack-name $(STACK) --template-file infra/am-segm.yml \
@@ -185,10 +189,12 @@ task-definition: $(STAMP)
 # scale-in, and deleting the capacity provider does not lift it: the stack's delete would then wait
 # on an auto scaling group it cannot empty. Once the workers are drained, the protection is lifted.
 undeploy: $(STAMP)
-	@status=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].StackStatus" \
-	    --output text 2>&1) || { \
-	  case "$$status" in *"does not exist"*) echo "stack $(STACK) does not exist in $(AWS_REGION): nothing to delete"; exit 0;; esac; \
-	  echo "cannot read stack $(STACK): $$status" >&2; exit 1; }; \
+	@err=$$(mktemp) && trap 'rm -f "$$err"' EXIT && \
+	status=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].StackStatus" \
+	    --output text 2>"$$err") || { \
+	  case "$$(cat "$$err")" in *"does not exist"*) echo "stack $(STACK) does not exist in $(AWS_REGION): nothing to delete"; exit 0;; esac; \
+	  echo "cannot read stack $(STACK): $$(cat "$$err")" >&2; exit 1; }; \
+	cat "$$err" >&2; \
 	case " $(USABLE_STACK_STATES) " in \
 	  *" $$status "*) $(BIN)/python -m am.scale --stack $(STACK) --region $(AWS_REGION) drain --wait 600 || exit 1;; \
 	  *) echo "stack $(STACK) is $$status: not draining its workers (its outputs may name nothing); deleting it" >&2;; \

@@ -12,6 +12,8 @@ import os, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write("aws " + " ".join(args) + "\\n")
+if os.environ.get("FAKE_WARNING"):  # what the CLI may print on a call that succeeds
+    sys.stderr.write(os.environ["FAKE_WARNING"] + "\\n")
 if args[:1] == ["--region"]:
     args = args[2:]
 command = args[:2]

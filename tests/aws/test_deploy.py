@@ -81,3 +81,12 @@ def test_a_stack_that_cannot_be_read_is_not_deployed(tmp_path) -> None:
     assert result.returncode != 0
     assert not any("cloudformation deploy" in c for c in calls)
     assert f"cannot read the worker service of stack {STACK}" in result.stderr and "ExpiredToken" in result.stderr
+
+
+def test_a_warning_of_the_cli_is_shown_and_not_taken_for_the_service_state(tmp_path, monkeypatch) -> None:
+    """Read with stderr, a warning before "CREATE_FAILED" made a failed service look working."""
+    monkeypatch.setenv("FAKE_WARNING", "urllib3 warning: certificate verification is disabled")
+    result, calls = deploy(tmp_path, service="CREATE_FAILED")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ServiceExists=false" in _deploy_call(calls)
+    assert "certificate verification is disabled" in result.stderr

@@ -158,3 +158,13 @@ def test_no_protected_instance_or_no_group_releases_nothing(tmp_path, protected)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not _asked(calls, "set-instance-protection")
     assert _asked(calls, "delete-stack")
+
+
+def test_a_warning_of_the_cli_is_shown_and_not_taken_for_the_status(tmp_path, monkeypatch) -> None:
+    """Read with stderr, "UPDATE_COMPLETE" behind a warning was no usable state: the drain was skipped."""
+    monkeypatch.setenv("FAKE_WARNING", "urllib3 warning: certificate verification is disabled")
+    result, calls = undeploy(tmp_path, status="UPDATE_COMPLETE", buckets=tuple(BUCKETS.values()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _asked(calls, f"python -m am.scale --stack {STACK} --region us-east-1 drain --wait 600")
+    assert "not draining" not in result.stderr
+    assert "certificate verification is disabled" in result.stderr
