@@ -30,7 +30,7 @@ from am.cli import (
 from am.errors import InputError
 from am.messages import TTA_MODES
 from am.normalize import read_normalised
-from am.pseudolabel.core import CropLabel, PseudoConfig, check_out_dir, pseudo_label
+from am.pseudolabel.core import CropLabel, PseudoConfig, check_config, check_memory, check_out_dir, pseudo_label
 from am.train.data import IMAGE_SUFFIXES, read_mask
 from am.train.progress import step_bar
 
@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                           small_epochs=args.small_epochs, big_epochs=args.big_epochs,
                           steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, crop=args.crop,
                           low=args.low, high=args.high, seed=args.seed, threads=args.threads, tta=args.tta)
+    try:
+        check_config(config)  # both models' architectures and memory, before the image is read
+        check_memory(config)
+    except InputError as exc:
+        p.error(str(exc))
     return run_main(partial(_pseudo_label, args, config), name="am.pseudolabel", interrupted=RERUN_TO_START_AGAIN)
 
 

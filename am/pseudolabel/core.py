@@ -32,9 +32,11 @@ from am.errors import CheckpointError, InputError
 from am.files import staging
 from am.imageio import write_png
 from am.model.checkpoint import check_buildable, check_input_sizes
+from am.model.device import resolve_device
 from am.model.predict import Predictor
 from am.model.whole import predict_image_proba
 from am.train.data import Labelled
+from am.train.fits import step_memory_problem
 from am.train.loop import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,18 @@ def check_config(config: PseudoConfig) -> None:
             raise InputError(f"the {which} model: {exc}") from exc
 
 
+def check_memory(config: PseudoConfig) -> None:
+    """Raise InputError where a training step of either model cannot fit in memory (:mod:`am.train.fits`):
+    the kernel would otherwise kill the run, without a word, after minutes of work."""
+    models = {"small": _small_config(config, Path("small.pt"), crops=0),
+              "big": _big_config(config, Path("model.pt"), crops=0, known_fraction=0.0)}
+    for which, model in models.items():
+        if problem := step_memory_problem(model.meta(trained=False), batch_size=config.batch_size, crop=config.crop,
+                                          device=resolve_device(model.device or None),
+                                          what=f"training the {which} model"):
+            raise InputError(problem)
+
+
 def _small_config(config: PseudoConfig, out: Path, *, crops: int) -> TrainConfig:
     return TrainConfig(out=out, encoder=config.small_encoder, encoder_depth=config.small_depth,
                        decoder_channels=config.small_decoder, epochs=config.small_epochs,
@@ -234,7 +248,8 @@ def pseudo_label(
     if not labels:
         raise InputError("pseudo-labelling needs at least one labelled crop")
     check_config(config)
-    check_crop_fits(image, config.crop)
+    check_crop_fits(image, config.crop)  # the image's own limit: more telling than the memory such a crop needs
+    check_memory(config)
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     crops = crops_from_labels(image, labels)

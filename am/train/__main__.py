@@ -44,13 +44,14 @@ from am.cli import (
 )
 from am.errors import CheckpointError, InputError
 from am.model.checkpoint import ModelMeta, architecture_problem, tile_size_problem
-from am.model.device import device_problem
+from am.model.device import device_problem, resolve_device
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.synth.dataset import pitch_range_problem
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
 from am.train.data import LabelledFile, check_pair_sizes, read_pairs, split_files, synthetic_images, weigh_gaps
+from am.train.fits import step_memory_problem
 from am.train.init import check_init
 from am.train.loop import TrainConfig, resume_options_problem, resume_problem, train
 from am.train.progress import step_bar
@@ -226,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
                                        refine_channels=args.refine_channels, tile_size=args.tile_size,
                                        input_sizes={"--tile-size": args.tile_size, "--crop": args.crop}):
         p.error(f"--encoder/--encoder-depth/--decoder-channels: {problem}")  # before rendering or reading images
+    meta = ModelMeta(encoder=args.encoder, encoder_depth=args.encoder_depth,
+                     decoder_channels=tuple(args.decoder_channels), refine_channels=args.refine_channels,
+                     tile_size=args.tile_size)
+    if problem := step_memory_problem(meta, batch_size=args.batch_size, crop=args.crop,
+                                      device=resolve_device(args.device or None)):
+        p.error(problem)
     if args.init_partial and args.init is None:
         p.error("--init-partial needs --init CHECKPOINT")
     if not (math.isfinite(args.synthetic_blobs) and args.synthetic_blobs >= 0):
