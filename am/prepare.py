@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import shutil
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
@@ -47,7 +48,7 @@ from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS
 from am.dataset import DatasetLayout
 from am.errors import ConfigError, InputError
 from am.files import clear_output, file_sha256, write_atomic
-from am.imageio import check_complete, encode_png, header_size, read_header, read_image, write_tiff
+from am.imageio import MAX_PIXELS, check_complete, encode_png, header_size, read_header, read_image, write_tiff
 from am.interrupts import ThreadPool, result_of
 from am.normalize import normalize
 from am.pitch import choose_scale, resolve_scale
@@ -192,12 +193,22 @@ def rescale(image: np.ndarray, *, scale: float) -> np.ndarray:
 
 
 def check_image_size(height: int, width: int, *, scale: float, name: str, advice: str | None = None) -> None:
-    """Refuse an image too thin for the model (:data:`MIN_IMAGE_SIDE_PX` at the model's scale), naming its size.
+    """Refuse an image too thin for the model (:data:`MIN_IMAGE_SIDE_PX` at the model's scale), or one that the
+    scale would make larger than :data:`~am.imageio.MAX_PIXELS` (resized in one piece, it would cost that
+    memory at once: 40 GB at --scale 10 on a 20000 px image), naming its size.
 
     ``name`` is what the message calls the image (``image PATH``, ``the record``); ``advice`` replaces
     the command-line advice for callers whose users have no --scale and no groups (an HTTP client).
     """
     scaled_height, scaled_width = scaled_size(height, width, scale)
+    if scaled_height * scaled_width > MAX_PIXELS:
+        # Resized, the image would break the memory bound its reading keeps (imageio's MAX_PIXELS).
+        largest = math.floor(math.sqrt(MAX_PIXELS / (height * width)) * 100) / 100
+        raise InputError(
+            f"{name} is {height} x {width} px (height x width); at --scale {scale:g} it would be {scaled_height} x "
+            f"{scaled_width} px, more than the {MAX_PIXELS} px (40000 x 40000) an image may have: give --scale "
+            f"{largest:g} or less, or split the acquisition into several images"
+        )
     if min(scaled_height, scaled_width) >= MIN_IMAGE_SIDE_PX:
         return
     at_scale = "" if scale == 1.0 else f", {scaled_height} x {scaled_width} px at --scale {scale:g}"

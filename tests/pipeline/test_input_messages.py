@@ -13,6 +13,8 @@ import logging
 import signal
 from collections.abc import Iterator
 
+import cv2
+import numpy as np
 import pytest
 from faults.harness import make_dataset
 
@@ -55,6 +57,26 @@ def test_the_minimum_side_applies_at_the_models_scale():
                                          r"or a larger --scale"):
         check_image_size(62, 500, scale=0.5, name="a.tif")
     check_image_size(MIN_IMAGE_SIDE_PX // 2, 500, scale=2.0, name="a.tif")
+
+
+def test_a_scale_that_would_make_the_image_larger_than_any_image_may_be_is_refused():
+    check_image_size(4000, 4000, scale=10.0, name="a.tif")  # 40000 x 40000: the most an image may have
+    with pytest.raises(InputError, match=r"a.tif is 20000 x 20000 px \(height x width\); at --scale 10 it would be "
+                                         r"200000 x 200000 px, more than the 1600000000 px .* give --scale 2 or less"):
+        check_image_size(20000, 20000, scale=10.0, name="a.tif")
+
+
+def test_the_pipeline_refuses_an_image_its_scale_makes_too_large_before_anything_starts(tmp_path, tiny_model,
+                                                                                       monkeypatch):
+    """Resized in one piece, 4100 x 4100 px at --scale 10 would have cost 1.7 GB at once (a 20000 px image 40 GB)."""
+    source = tmp_path / "ds" / "source" / "g1"
+    source.mkdir(parents=True)
+    cv2.imwrite(str(source / "image.png"), np.zeros((4100, 4100), np.uint8))
+    monkeypatch.setattr(am.orchestrator, "open_backend", lambda *a, **k: pytest.fail("a backend was opened"))
+    with pytest.raises(InputError, match=r"at --scale 10 it would be 41000 x 41000 px.* give --scale 9.75 or less"):
+        run_pipeline(tmp_path / "ds", settings=SETTINGS.replace(model=str(tiny_model), scale=10.0), register=False,
+                     cache_dir=tmp_path / "cache", show_progress=False)
+    assert not (tmp_path / "ds" / "tiles").exists() and not (tmp_path / "ds" / "source_norm").exists()
 
 
 def test_the_tiler_refuses_a_thin_image_without_touching_earlier_results(tmp_path):
