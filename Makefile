@@ -23,7 +23,7 @@ help:
 	@echo "make load-test  one LOAD_SIZE x LOAD_SIZE image (default 20000) through 2 workers: time and peak memory"
 	@echo "make clean-data  remove the generated sample dataset and its outputs"
 	@echo "make model    train the default model from synthetic data into runs/model/"
-	@echo "make gpu-model  on a GPU machine: train resnext50 for MINUTES (default 6) into runs/gpu/ and measure it"
+	@echo "make gpu-model  on a GPU machine: train resnext50 and fine-tune the compact model for MINUTES (default 6) into runs/gpu/, and measure both against the shipped model"
 	@echo "               (AM_SYSTEM_PYTHON=1: with the machine's own python3 and torch, offline, no venv)"
 	@echo "make gpu-prep   here, before a GPU lease: wheels the GPU machine lacks into .whl/, real samples into .real/"
 	@echo "make image | push | deploy | undeploy | upload-model | task-definition   AWS deployment (see README, Running on AWS)"

@@ -130,9 +130,10 @@ def add_postprocess_option(parser: argparse.ArgumentParser) -> None:
 def add_precision_option(parser: argparse.ArgumentParser, choices: tuple[str, ...] = PRECISIONS) -> None:
     """The one ``--precision`` option of every command that runs the model (``choices``: those of
     :data:`PRECISIONS` the command can run)."""
+    auto = "fp16 on CUDA, bf16 on a CPU with AMX, fp32 on other CPUs" if "fp16" in choices else \
+        "bf16 on a CPU with AMX, fp32 on other CPUs"
     parser.add_argument("--precision", choices=choices, default="auto",
-                        help="arithmetic of the forward pass (default auto, as workers choose: fp16 on CUDA, "
-                             "bf16 on a CPU with AMX, fp32 on other CPUs)")
+                        help=f"arithmetic of the forward pass (default auto, as workers choose: {auto})")
 
 
 def output_problem(path: Path, *, folder: bool) -> str | None:

@@ -178,8 +178,9 @@ def parser() -> argparse.ArgumentParser:
                               "fits the 15 MB a shipped model may weigh")
     run.add_argument("--resume", action="store_true",
                      help="continue the run whose state OUT.resume holds, with the options it was started with "
-                          "(--epochs may grow); an error when there is none. The state keeps a copy of the best "
-                          "epoch's checkpoint: an OUT moved away or replaced since is written again from it")
+                          "(--epochs may change, not below the epochs already done); an error when there is none. "
+                          "The state keeps a copy of the best epoch's checkpoint: an OUT moved away or replaced "
+                          "since is written again from it")
     run.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
                      help="start from this checkpoint's weights (same architecture; optimiser and schedule "
                           "start afresh)")
