@@ -10,6 +10,7 @@ Every path the pipeline reads or writes is named here, so stages agree on where 
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,8 +108,7 @@ class DatasetLayout:
                 name, kind = kinds[0]
                 raise InputError(
                     f"group folder {folder} holds {name}, a {kind} file, which is not read (only .tif, .tiff and "
-                    f".png are: lossless, 8 or 16 bit); convert it, e.g. python -c \"import cv2; "
-                    f"cv2.imwrite('{Path(name).stem}.png', cv2.imread('{name}', cv2.IMREAD_UNCHANGED))\", "
+                    f".png are: lossless, 8 or 16 bit); convert it, e.g. {_png_conversion(folder / name)}, "
                     "and keep only the converted file there")
             elif others:
                 shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
@@ -145,3 +145,14 @@ class DatasetLayout:
 
     def am_coords_dir(self, group: str) -> Path:
         return self.root / "am_coords" / group
+
+
+def _png_conversion(image: Path) -> str:
+    """A shell command that writes ``image`` as a PNG beside it: with absolute paths, so that it works from
+    any folder, quoted for Python and, where a path holds a quote, ``$`` or the like, for the shell too."""
+    image = image.absolute()
+    code = (f"import cv2; cv2.imwrite({str(image.with_suffix('.png'))!r}, "
+            f"cv2.imread({str(image)!r}, cv2.IMREAD_UNCHANGED))")
+    if re.search(r'["$`\\!]', code):
+        return shlex.join(["python", "-c", code])
+    return f'python -c "{code}"'

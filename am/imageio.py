@@ -19,6 +19,7 @@ import logging
 import struct
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -44,6 +45,11 @@ PNG_COMPRESSION = 3
 # OpenCV below 4.11 cannot choose a filter; there every name encodes as "adaptive".
 PNG_ROW_FILTERS = ("adaptive", "none", "sub", "up", "paeth")
 TIFF_COMPRESSION_LEVEL = 1
+# TIFF compression (tag 259) 7: each strip or tile a whole JPEG stream, which ends with the EOI marker.
+COMPRESSION_JPEG = 7
+_JPEG_END = b"\xff\xd9"
+# How far before a JPEG segment's stated end its end marker may lie (padding some writers add).
+_JPEG_TAIL = 64
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # How TIFF files begin: classic and BigTIFF, little- and big-endian.
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -108,7 +114,29 @@ def _existing_image(path: Path) -> Path:
         raise InputError(
             f"image {path} has unsupported extension {path.suffix!r}; convert it to TIFF (.tif/.tiff) or PNG"
         )
+    _check_signature(path)
     return path
+
+
+def _check_signature(path: Path) -> None:
+    """InputError when the file's first bytes are the other format's than its suffix says.
+
+    The reader is chosen by the suffix, and each would only say that the file is not its format
+    (a PNG exported as scan.tif), where renaming it is all it takes.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(PNG_SIGNATURE))
+    except OSError as exc:
+        raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
+    if path.suffix.lower() in TIFF_SUFFIXES and head.startswith(PNG_SIGNATURE):
+        found, suffix = "PNG", ".png"
+    elif path.suffix.lower() in PNG_SUFFIXES and head[:4] in TIFF_SIGNATURES:
+        found, suffix = "TIFF", ".tif"
+    else:
+        return
+    raise InputError(f"image {path} is a {found} file, not the {path.suffix} its name says: rename it to "
+                     f"{path.with_suffix(suffix).name}", reason=f"it is a {found} file named {path.suffix}")
 
 
 def _check_size(path: Path, height: int, width: int) -> None:
@@ -197,20 +225,24 @@ def check_complete(path: Path) -> None:
     libpng also prints its own line). A TIFF's end is checked from its header alone (where its
     pixel data must end); a PNG is read through once and every chunk's CRC checked, no pixel
     decoded (64 MB in 0.04 s on the 2-core test machine, a sixth of decoding it). Damage inside a
-    TIFF's pixel data is still found by :func:`read_image`.
+    TIFF's pixel data is still found by :func:`read_image`. What a TIFF's header shows that
+    :func:`read_image` refuses (several planes, CMYK) is refused here too, and an EXIF orientation
+    is warned about here, before any work rather than once other groups are done.
     """
     path = _existing_image(Path(path))
     if path.suffix.lower() in TIFF_SUFFIXES:
         with _open_tiff(path) as tif:
             page, header = _tiff_page(tif, path)
-            # An image too large to read is refused as such, not checked.
-            _check_size(path, header.height, header.width)
+            # An image that would be refused (too large, several planes, CMYK) is refused as such, not checked.
+            _check_tiff_header(path, page, header)
             _check_tiff_complete(path, page)
+            _warn_orientation(path, _tiff_orientation(page))
         return
     read_header(path)  # a damaged header, or a PNG too large to read, is named as such, not walked
     problem = _png_damage(path)
     if problem is not None:
         raise InputError(f"image {path} is {problem}; copy or export it again")
+    _warn_orientation(path, _png_orientation(path))
 
 
 def _check_tiff_complete(path: Path, page: tifffile.TiffPage) -> None:
@@ -220,7 +252,9 @@ def _check_tiff_complete(path: Path, page: tifffile.TiffPage) -> None:
     A segment that starts at or past the end of the file is missing. Where the file is cut inside
     a segment, the bytes an uncompressed strip needs are known exactly; a compressed one is left to
     the decoder, since some writers overstate the last strip's byte count and decoders read only
-    what its rows take.
+    what its rows take. JPEG is the exception: libjpeg only warns where a segment ends early and
+    fills the missing rows with flat grey, so each segment must lie whole in the file and end with
+    the JPEG end-of-image marker.
     """
     size = path.stat().st_size
     try:
@@ -236,11 +270,33 @@ def _check_tiff_complete(path: Path, page: tifffile.TiffPage) -> None:
     if end > size:
         raise InputError(f"image {path} is truncated: its pixel data runs to byte {end}, but the file ends at "
                          f"byte {size}; copy or export it again")
+    if page.compression == COMPRESSION_JPEG:
+        _check_jpeg_ends(path, offsets, counts)
+
+
+def _check_jpeg_ends(path: Path, offsets: list[int], counts: list[int]) -> None:
+    """InputError if a JPEG segment (each a whole JPEG stream, lying inside the file) holds no end-of-image
+    marker in its last :data:`_JPEG_TAIL` bytes: the file was cut, or its end never written (a download
+    preallocated with zeros). A few bytes of padding after the marker, which some writers leave, pass.
+    A few bytes read per segment, so even tens of thousands of tiles take moments."""
+    with path.open("rb") as handle:
+        for offset, count in zip(offsets, counts, strict=True):
+            if not count:
+                continue
+            tail = min(int(count), _JPEG_TAIL)
+            handle.seek(int(offset) + int(count) - tail)
+            if _JPEG_END not in handle.read(tail):
+                raise InputError(f"image {path} is truncated: its JPEG-compressed pixel data at byte {int(offset)} "
+                                 f"does not end with the JPEG end marker (bytes {int(offset)} to "
+                                 f"{int(offset) + int(count)}); copy or export it again")
 
 
 def _strip_bytes(page: tifffile.TiffPage, index: int, count: int) -> int:
     """The bytes of segment ``index`` a decoder must read: all of an uncompressed strip's rows (the last
-    strip of a plane holds only the rows left) or an uncompressed tile, else 1 (only its start is certain)."""
+    strip of a plane holds only the rows left) or an uncompressed tile, all of a JPEG stream (whose
+    decoder does not fail where it is cut), else 1 (only its start is certain)."""
+    if page.compression == COMPRESSION_JPEG:
+        return count
     if count == 0 or page.compression != 1 or int(page.bitspersample) % 8:
         return min(count, 1)
     separate = page.planarconfig == 2
@@ -313,6 +369,7 @@ def _check_png_size(path: Path, height: int, width: int) -> None:
 def _read_png(path: Path) -> np.ndarray:
     height, width = _png_head(path)[1]
     _check_png_size(path, height, width)
+    _warn_orientation(path, _png_orientation(path))
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         # Walked only on failure (check_complete walks it up front where a run is at stake): where it went wrong.
@@ -331,18 +388,32 @@ PHOTOMETRIC_PALETTE = 3
 PHOTOMETRIC_SEPARATED = 5
 
 
+def _check_tiff_header(path: Path, page: tifffile.TiffPage, header: ImageHeader) -> int:
+    """InputError for what the TIFF's header shows cannot be read: several full-size planes, too many
+    pixels, CMYK; else the page's photometric interpretation.
+
+    Called by :func:`check_complete` as well as :func:`_read_tiff`, so that a pipeline refuses such
+    a file before any worker starts, not after other groups were cut and sent.
+    """
+    if header.pages != 1:
+        raise InputError(
+            f"image {path} is a multi-page TIFF with {header.pages} full-size image planes; am-segm reads "
+            "one image per file: save the plane to segment as its own TIFF"
+        )
+    _check_size(path, header.height, header.width)
+    photometric = _tag_int(page, "photometric", path)
+    if photometric == PHOTOMETRIC_SEPARATED:
+        raise InputError(f"image {path} is a CMYK TIFF; export it as grey or RGB")
+    return photometric
+
+
 def _read_tiff(path: Path) -> np.ndarray:
     with _open_tiff(path) as tif:
         page, header = _tiff_page(tif, path)
-        if header.pages != 1:
-            raise InputError(
-                f"image {path} is a multi-page TIFF with {header.pages} full-size image planes; am-segm reads "
-                "one image per file: save the plane to segment as its own TIFF"
-            )
-        _check_size(path, header.height, header.width)
-        photometric = _tag_int(page, "photometric", path)
-        if photometric == PHOTOMETRIC_SEPARATED:
-            raise InputError(f"image {path} is a CMYK TIFF; export it as grey or RGB")
+        photometric = _check_tiff_header(path, page, header)
+        if page.compression == COMPRESSION_JPEG:
+            _check_tiff_complete(path, page)  # a JPEG segment cut short decodes as flat grey, with only a warning
+        _warn_orientation(path, _tiff_orientation(page))
         bits = _tag_int(page, "bitspersample", path)
         try:
             axes = page.axes
@@ -376,6 +447,75 @@ def _read_tiff(path: Path) -> np.ndarray:
                              "export it as grey or RGB")
         image = np.ascontiguousarray(np.moveaxis(colormap[:, image], 0, -1))
     return image
+
+
+# EXIF/TIFF Orientation (tag 274): 1 is as stored; 2 to 8 are mirrorings and rotations a viewer applies.
+ORIENTATION_TAG = 274
+_TURNED_ORIENTATIONS = {2: "mirrored left to right", 3: "turned by 180 degrees", 4: "mirrored top to bottom",
+                        5: "turned by 90 degrees and mirrored", 6: "turned by 90 degrees clockwise",
+                        7: "turned by 90 degrees and mirrored", 8: "turned by 90 degrees counter-clockwise"}
+
+
+@lru_cache(maxsize=256)
+def _warn_orientation(path: Path, orientation: int | None) -> None:
+    """Warn that the image has an EXIF orientation that am-segm does not apply.
+
+    Not rotated: the marks' grid, --rows/--cols and the coordinates written all refer to the pixels as
+    stored, and a viewer that applies the orientation shows another grid (rows and columns swapped
+    by a quarter turn). Cached, so a file that :func:`check_complete` and :func:`read_image` both see
+    is named once; bounded, so a server reading many uploads keeps no growing record.
+    """
+    if orientation not in _TURNED_ORIENTATIONS:  # 1, none, or a value no viewer applies
+        return
+    log.warning("image %s has EXIF orientation %d: viewers show it %s, but am-segm reads its pixels as stored; "
+                "count --rows/--cols on the image as stored, not as a viewer shows it", path, orientation,
+                _TURNED_ORIENTATIONS[orientation])
+
+
+def _tiff_orientation(page: tifffile.TiffPage) -> int | None:
+    """The page's Orientation tag, or None where it has none (or a damaged one, which no viewer applies)."""
+    tag = page.tags.get(ORIENTATION_TAG)
+    value = None if tag is None else tag.value
+    return int(value) if isinstance(value, (int, np.integer)) else None
+
+
+def _png_orientation(path: Path) -> int | None:
+    """The orientation in the PNG's eXIf chunk, or None where it has none.
+
+    Only chunk headers are read, up to the image data, which the PNG specification has eXIf precede;
+    a damaged chunk list stops the search (it is named by :func:`check_complete` or the decoder).
+    """
+    with path.open("rb") as handle:
+        handle.seek(len(PNG_SIGNATURE))
+        while len(head := handle.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            if kind == b"eXIf":
+                return _exif_orientation(handle.read(length))
+            handle.seek(length + 4, 1)  # the data and CRC
+    return None
+
+
+def _exif_orientation(data: bytes) -> int | None:
+    """The Orientation entry of an EXIF block's first IFD (a TIFF header and IFD, as the eXIf chunk holds),
+    or None where there is none or the block is damaged."""
+    if data.startswith(b"Exif\x00\x00"):  # some writers keep the prefix the JPEG APP1 segment has
+        data = data[6:]
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 8:
+        return None
+    ifd = struct.unpack(f"{order}I", data[4:8])[0]
+    if ifd + 2 > len(data):
+        return None
+    for index in range(struct.unpack(f"{order}H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * index
+        if entry + 12 > len(data):
+            return None
+        tag, kind = struct.unpack(f"{order}HH", data[entry:entry + 4])
+        if tag == ORIENTATION_TAG:
+            return struct.unpack(f"{order}H", data[entry + 8:entry + 10])[0] if kind == 3 else None  # 3: SHORT
+    return None
 
 
 def _open_tiff(path: Path) -> tifffile.TiffFile:

@@ -201,8 +201,9 @@ def check_image_size(height: int, width: int, *, scale: float, name: str, advice
     the command-line advice for callers whose users have no --scale and no groups (an HTTP client).
     """
     scaled_height, scaled_width = scaled_size(height, width, scale)
-    if scaled_height * scaled_width > MAX_PIXELS:
-        # Resized, the image would break the memory bound its reading keeps (imageio's MAX_PIXELS).
+    if scaled_height * scaled_width > MAX_PIXELS >= height * width:
+        # Resized, the image would break the memory bound its reading keeps (imageio's MAX_PIXELS, whose
+        # reader refuses a larger image as it stands).
         largest = math.floor(math.sqrt(MAX_PIXELS / (height * width)) * 100) / 100
         raise InputError(
             f"{name} is {height} x {width} px (height x width); at --scale {scale:g} it would be {scaled_height} x "

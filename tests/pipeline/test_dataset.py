@@ -72,7 +72,8 @@ def test_a_group_without_an_image_names_what_it_holds(tmp_path):
     layout = DatasetLayout(tmp_path)
     with pytest.raises(InputError, match=r"holds a.jpg, a JPEG file, which is not read \(only .tif, .tiff and .png "
                                          r"are: lossless, 8 or 16 bit\); convert it, e.g. python -c .*"
-                                         r"cv2.imwrite\('a.png', cv2.imread\('a.jpg'"):
+                                         rf"cv2.imwrite\('{tmp_path}/source/jpeg/a.png', "
+                                         rf"cv2.imread\('{tmp_path}/source/jpeg/a.jpg'"):
         layout.source_image("jpeg")
     with pytest.raises(InputError, match=r"has no image \(a.png: a link to nothing\)"):
         layout.source_image("link")
