@@ -90,3 +90,14 @@ def test_an_unreadable_file_is_named_and_the_rest_still_checked(tmp_path: Path, 
     assert f"error: cannot use {locked}: Permission denied (EACCES); fix the permissions of {locked} so that " \
            "this user can read it" in err
     assert "1 of 2 checkpoint(s) cannot be used" in err
+
+
+def test_the_parameter_count_is_the_models_own_not_its_batch_norm_statistics(capsys) -> None:
+    from am.model.build import load_model
+
+    _meta, model = load_model(default_model_path())
+    parameters = sum(p.numel() for p in model.parameters())
+    with_statistics = sum(t.numel() for t in model.state_dict().values())
+    assert f"{parameters / 1e6:.1f}" != f"{with_statistics / 1e6:.1f}"  # 4.5 against 4.6: the test can tell
+    assert main([str(default_model_path())]) == EXIT_OK
+    assert f", {parameters / 1e6:.1f} M parameters, " in capsys.readouterr().out
