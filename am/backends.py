@@ -22,7 +22,8 @@ from am.errors import ConfigError, InputError, MissingBucket, MissingObject, Tra
 from am.launchers import Launcher
 from am.settings import Settings
 from am.transport.clients import ClientFactory
-from am.transport.queue import ensure_tile_queues
+from am.transport.queue import delete_queue, ensure_tile_queues
+from am.transport.retry import RetryPolicy
 from am.transport.storage import Storage
 
 if TYPE_CHECKING:
@@ -104,6 +105,9 @@ def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
             visibility_timeout_s=settings.visibility_timeout_s,
             max_receive_count=settings.max_receive_count,
         )
+        if not settings.endpoint_url:
+            # Run after the workers stop, before the endpoint does (an ExitStack unwinds in reverse).
+            stack.callback(_forget_tile_queues, clients.sqs(), (queue_url, dlq_url))
         # Only the embedded endpoint is known to accept any key; a configured one may check them.
         launcher = LocalLauncher(log_dir=log_dir, base_environment=base_environment,
                                  strip_credentials=not settings.endpoint_url)
@@ -115,6 +119,24 @@ def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
         )
         yield Backend("local", clients, launcher, queue_url, dlq_url, settings.input_bucket,
                       settings.output_bucket, model, env, max_receive_count=settings.max_receive_count)
+
+
+def _forget_tile_queues(sqs_client: Any, urls: tuple[str, ...]) -> None:
+    """Delete the embedded endpoint's tile queues as it stops.
+
+    moto keeps its state process-wide, and a request still being served when the endpoint stops (a
+    stopped worker's 20 s long poll, its client gone) goes on polling. A later run in the same
+    process (a test, a notebook) would create a queue of the same name and that request would take
+    one of its messages, hidden for the visibility timeout: 120 s in which a job of a few tiles
+    waits. Deleted, the queue the request polls is one that nobody uses again.
+    """
+    for url in urls:
+        try:
+            # One attempt: the endpoint goes with this process, and a job's own error must not wait on it.
+            delete_queue(sqs_client, url, retry=RetryPolicy(attempts=1))
+        except TransportError as exc:
+            log.warning("could not delete the queue %s of the embedded endpoint as it stopped (%s): a later run "
+                        "in this process may wait a visibility timeout for one of its messages", url, exc)
 
 
 @contextmanager

@@ -175,6 +175,7 @@ def clear_output(path: Path) -> None:
     goes where the user put it. A file in its place, or a broken link, is removed."""
     path = Path(path)
     if path.is_symlink() and path.is_dir():
-        shutil.rmtree(path.resolve())
+        for entry in path.resolve().iterdir():  # the folder pointed to stays: the link must not dangle
+            _remove(entry)
     elif os.path.lexists(path):
         _remove(path)

@@ -41,6 +41,7 @@ from am.prepare import (
     PreparedGroup,
     check_group_image,
     planned_tiles,
+    recut_masked_group,
     reuse_group,
     worker_mask_settings,
 )
@@ -340,9 +341,13 @@ def run_pipeline(
         _check_outputs_writable(layout, selected, register=register)
         worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
         model, model_id = resolve_model(settings, cache_dir=cache_dir)
-        # Decided from meta.json alone, before any worker starts: a rerun with every mask in place starts none.
+        # Decided before any worker starts: a rerun with every mask in place starts none (a group whose tiles
+        # or normalised image went missing is cut again first, there being nothing to segment).
         reused = {group: reuse_group(layout, group, settings=settings, model_id=model_id, worker=worker)
                   for group in selected}
+        reused = {group: prepared if prepared is not None else
+                  recut_masked_group(layout, group, settings=settings, model_id=model_id, worker=worker)
+                  for group, prepared in reused.items()}
 
         # Overlays are pictures for people that nothing downstream reads: they are drawn and encoded
         # on a thread while the next group is stitched, the job is cleaned up and the marks are registered.

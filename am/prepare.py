@@ -34,7 +34,6 @@ import itertools
 import json
 import logging
 import math
-import shutil
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -266,10 +265,6 @@ def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> i
     return len(plan_tiles(height, width, tile_size=settings.tile_size, overlap=settings.tile_overlap))
 
 
-def _same_settings(meta: dict[str, Any], settings: Settings, model_id: str, worker: Mapping[str, str] | None) -> bool:
-    return not _settings_changes(meta, settings, model_id, worker)
-
-
 def _settings_changes(meta: dict[str, Any], settings: Settings, model_id: str,
                       worker: Mapping[str, str] | None) -> list[str]:
     """What differs between the settings a plan was made with and these ("scale 1.0 -> auto"); empty: none."""
@@ -435,7 +430,10 @@ class GroupTiler:
         earlier = _read_meta(layout.tile_plan(group), quiet=True)
         # Masks of a run with this same input and these same settings are kept: one that stopped while
         # cutting, or one whose normalised image or tiles went missing since (reuse_group said which).
-        same = earlier is not None and _same_settings(earlier, settings, self._model_id, self._worker)
+        # The scale setting may be spelt otherwise (auto, or the factor auto chose): whether the factor itself
+        # changed is known once the image is read, and the plan check below then cuts every tile again.
+        same = earlier is not None and all(change.startswith("scale ") for change in
+                                           _settings_changes(earlier, settings, self._model_id, self._worker))
         recorded = earlier["identity"].get("source") if same else None
         source = _same_source(source_path, recorded) if same else None
         self._resuming = source is not None
@@ -477,7 +475,7 @@ class GroupTiler:
                                or _recorded_scale(earlier, settings) != self._scale):
             log.warning("group %s: the tile plan changed since the earlier run; cutting every tile again", group)
             self._resuming = False
-            shutil.rmtree(layout.tiles_dir(group), ignore_errors=False)
+            clear_output(layout.tiles_dir(group))
         self.masks_kept = 0
         if self._resuming:
             self.masks_kept = sum(layout.tile_mask(group, t.index).is_file() for t in self._plan.tiles)
@@ -541,6 +539,33 @@ class GroupTiler:
         log.info("group %s: %dx%d image, %d tiles of %d px (overlap %d)%s", self.group, width, height,
                  len(plan.tiles), settings.tile_size, settings.tile_overlap, at_scale)
         return PreparedGroup(self.group, plan, height, width, self._scale, tuple(self._sent))
+
+
+def recut_masked_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
+                       worker: Mapping[str, str] | None = None) -> PreparedGroup | None:
+    """The group of an earlier run whose every tile has its mask but that :func:`reuse_group` refused
+    (a tile or the normalised image went missing, the scale spelt otherwise), cut again here with
+    nothing to segment; None where a tile needs a mask, or none was planned, and a job must cut it.
+
+    So that a rerun whose masks are all in place starts no worker (on AWS, no GPU task) for a job of
+    no tile. Only a plan whose every mask exists is tried: normalising costs seconds on a large image.
+    """
+    meta = _read_meta(layout.tile_plan(group), quiet=True)
+    if meta is None or not isinstance(meta.get("plan"), dict):
+        return None
+    try:
+        tiles = TilePlan.from_json(json.dumps(meta["plan"])).tiles
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not tiles or not all(layout.tile_mask(group, t.index).is_file() for t in tiles):
+        return None
+    tiler = GroupTiler(layout, group, settings=settings, model_id=model_id, worker=worker)
+    tiler.normalise()
+    if tiler.masks_kept != len(tiler.plan.tiles):
+        return None  # another input or plan: its masks are gone, and the job cuts the group again
+    for chunk in tiler.chunks():
+        raise RuntimeError(f"group {group}: tile(s) {[i for i, _ in chunk.tiles]} need a mask after all")
+    return tiler.finish()
 
 
 def prepare_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
