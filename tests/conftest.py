@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 from faults.harness import lattice_image
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO.parent / "shared" / "data" / "real"
+from tests.environment import is_product_variable
+from tests.real_samples import real_samples
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The AM_* and AWS_* variables of the shell that started pytest, noted before any fixture sets its own.
+INHERITED_PRODUCT_VARIABLES = sorted(name for name in os.environ if is_product_variable(name))
 
 
 FAKE_AWS_ENVIRONMENT = {
@@ -39,6 +42,17 @@ def private_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         patch.setenv("TMPDIR", str(folder))
         patch.setattr(tempfile, "tempdir", str(folder))
         yield folder
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests do not see the developer's AM_* / AWS_* variables (``AM_CONFIG``, ``AWS_PROFILE``, ...).
+
+    Only the variables inherited from the shell go: autouse, this runs before the fixtures a test asks
+    for, such as ``fake_aws_credentials``, set theirs. Subprocesses get the same from ``clean_env``.
+    """
+    for name in INHERITED_PRODUCT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -66,9 +80,7 @@ def fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"real microscopy samples not found at {REAL_DATA} (they live beside the repository)")
-    return REAL_DATA
+    return real_samples()
 
 
 @pytest.fixture(scope="session")

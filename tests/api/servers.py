@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +13,9 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+
+from tests.environment import clean_env
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TILE = ["--tile-size", "128", "--tile-overlap", "32"]
@@ -52,8 +53,8 @@ class Server:
 
 
 def server_environment(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "PYTHONPATH": str(REPO), "AM_IDLE_EXIT_S": "30",
-            "HF_HUB_OFFLINE": "1"}
+    return clean_env(XDG_CACHE_HOME=str(tmp / "cache"), PYTHONPATH=str(REPO), AM_IDLE_EXIT_S="30",
+                     HF_HUB_OFFLINE="1")
 
 
 @contextmanager
@@ -78,17 +79,16 @@ def running(module_args: list[str], *, tmp: Path, name: str = "server",
 
 
 def wait_until_up(server: Server, *, path: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if server.proc.poll() is not None:
             raise AssertionError(f"server exited with {server.proc.returncode}:\n{server.log_text()[-4000:]}")
         try:
-            if server.client.get(path).status_code == 200:
-                return
+            return server.client.get(path).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server did not answer within {START_TIMEOUT_S} s:\n{server.log_text()[-4000:]}")
+            return False
+
+    wait_until(answers, timeout=START_TIMEOUT_S, poll_s=0.2, what=f"the server to answer GET {path}",
+               detail=lambda: server.log_text()[-4000:])
 
 
 def png_bytes(image: np.ndarray) -> bytes:

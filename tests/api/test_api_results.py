@@ -8,17 +8,12 @@ import uuid
 
 import cv2
 import numpy as np
-import pytest
 from faults.harness import lattice_image
 
 from am.api.tasks import TaskStore
 from am.imageio import write_png, write_tiff
 
 from .servers import running
-
-pytestmark = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("am.register") is None, reason="am.register is not installed"
-)
 
 
 def lattice_mask(rows: int, cols: int, *, pitch: int = 24, radius: int = 6) -> np.ndarray:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,9 @@ import numpy as np
 import psutil
 import pytest
 import tifffile
+
+from tests.images.tiffs import tiff_bytes
+from tests.waiting import wait_until
 
 from .servers import TILE, Server, free_port, png_bytes, running, server_environment
 
@@ -53,18 +54,19 @@ def submit(server: Server, body: bytes, *, content_type: str = "image/png", **pa
 
 def wait_for(server: Server, task_id: str, *, until: tuple[str, ...] = ("FINISHED", "FAILED")) -> list[dict]:
     """Poll the task until its status is one of ``until``; returns every state seen."""
-    seen = []
-    deadline = time.monotonic() + TASK_TIMEOUT_S
-    while time.monotonic() < deadline:
+    seen: list[dict] = []
+
+    def ended() -> bool:
         response = server.client.get(f"/tasks/{task_id}")
         assert response.status_code == 200, response.text
         state = response.json()
         if not seen or state != seen[-1]:
             seen.append(state)
-        if state["status"] in until:
-            return seen
-        time.sleep(0.3)
-    raise AssertionError(f"task {task_id} still {seen[-1]} after {TASK_TIMEOUT_S} s:\n{server.log_text()[-4000:]}")
+        return state["status"] in until
+
+    wait_until(ended, timeout=TASK_TIMEOUT_S, poll_s=0.3, what=f"task {task_id} to be {' or '.join(until)}",
+               detail=lambda: f"it is still {seen[-1]}\n{server.log_text()[-4000:]}")
+    return seen
 
 
 @dataclass
@@ -76,12 +78,6 @@ class Batch:
     seen: dict[str, list[dict]]
     most_running: int
     concurrency: int
-
-
-def tiff_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, image)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -102,19 +98,20 @@ def batch(api, lattice) -> Batch:
         thread.join()
     assert all(ids), "every submission was accepted"
     seen: dict[str, list[dict]] = {task_id: [] for task_id in ids}
-    most_running = 0
-    deadline = time.monotonic() + TASK_TIMEOUT_S
-    while time.monotonic() < deadline:
-        health = api.client.get("/health").json()
-        most_running = max(most_running, health["running"])
+    healths: list[dict] = []
+
+    def all_ended() -> bool:
+        healths.append(api.client.get("/health").json())
         for task_id in ids:
             state = api.client.get(f"/tasks/{task_id}").json()
             if not seen[task_id] or seen[task_id][-1] != state:
                 seen[task_id].append(state)
-        if all(seen[t][-1]["status"] in ("FINISHED", "FAILED") for t in ids):
-            break
-        time.sleep(0.3)
-    return Batch([u[0] for u in uploads], ids, seen, most_running, health["concurrency"])
+        return all(seen[t][-1]["status"] in ("FINISHED", "FAILED") for t in ids)
+
+    wait_until(all_ended, timeout=TASK_TIMEOUT_S, poll_s=0.3, what="the three tasks to end",
+               detail=lambda: f"{ {t: seen[t][-1] for t in ids} }\n{api.log_text()[-4000:]}")
+    most_running = max(h["running"] for h in healths)
+    return Batch([u[0] for u in uploads], ids, seen, most_running, healths[-1]["concurrency"])
 
 
 def test_task_life_cycle_from_upload_to_mask_to_delete(api, batch, lattice, api_dirs):
@@ -278,40 +275,38 @@ def test_a_second_server_on_the_same_data_folder_or_port_is_refused_and_touches_
     assert f"serving on {api.url}" in api.log_text()
 
 
-def pipelines_gone(task_dir: Path, *, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        alive = []
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if str(task_dir) in (proc.info["cmdline"] or []):
-                    alive.append(proc)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        if not alive:
-            return True
-        time.sleep(0.2)
-    return False
+def pipelines_of(task_dir: Path) -> list[psutil.Process]:
+    """The processes whose command line names ``task_dir``: the task's pipeline and its workers."""
+    alive = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(task_dir) in (proc.info["cmdline"] or []):
+                alive.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return alive
 
 
-def test_restart_keeps_finished_tasks_and_resumes_one_cut_off_mid_run(api, api_dirs, tiny_model, lattice):
-    base, data = api_dirs
-    finished = [t for t in (p.name for p in (data / "tasks").iterdir() if not p.name.startswith("."))
-                if api.client.get(f"/tasks/{t}").json()["status"] == "FINISHED"]
-    assert finished, "earlier tests leave finished tasks behind"
-    masks = {t: api.client.get(f"/masks/{t}").content for t in finished}
-    cut_off = submit(api, png_bytes(np.flipud(lattice)))
-    wait_for(api, cut_off, until=("RUNNING", "FINISHED", "FAILED"))
-    # The server dies without any chance to clean up; its pipeline process is told to stop by the kernel.
-    api.stop(signal.SIGKILL)
-    record = json.loads((data / "tasks" / cut_off / "task.json").read_text())
-    # The pipeline needs seconds to start alone, so the task was cut off mid-run.
-    assert record["status"] == "RUNNING"
-    # Its pipeline process does not outlive the server (the kernel sends it SIGTERM), so no orphan
-    # keeps writing the task folder.
-    assert pipelines_gone(data / "tasks" / cut_off, within_s=60)
+def test_restart_keeps_finished_tasks_and_resumes_one_cut_off_mid_run(tmp_path, tiny_model, lattice):
+    # A server and data folder of its own: this test kills its server, which the module's tests share.
+    data = tmp_path / "data"
+    with running(api_args(data, tiny_model), tmp=tmp_path, name="api-killed") as api:
+        done = submit(api, png_bytes(lattice))
+        assert wait_for(api, done)[-1]["status"] == "FINISHED", api.log_text()[-4000:]
+        masks = {done: api.client.get(f"/masks/{done}").content}
+        cut_off = submit(api, png_bytes(np.flipud(lattice)))
+        wait_for(api, cut_off, until=("RUNNING", "FINISHED", "FAILED"))
+        # The server dies without any chance to clean up; its pipeline process is told to stop by the kernel.
+        api.stop(signal.SIGKILL)
+        record = json.loads((data / "tasks" / cut_off / "task.json").read_text())
+        # The pipeline needs seconds to start alone, so the task was cut off mid-run.
+        assert record["status"] == "RUNNING"
+        # Its pipeline process does not outlive the server (the kernel sends it SIGTERM), so no orphan
+        # keeps writing the task folder.
+        wait_until(lambda: not pipelines_of(data / "tasks" / cut_off), timeout=60, poll_s=0.2,
+                   what="the cut-off task's pipeline to end with the server")
 
-    with running(api_args(data, tiny_model, concurrency=1), tmp=base, name="api-restarted") as again:
+    with running(api_args(data, tiny_model, concurrency=1), tmp=tmp_path, name="api-restarted") as again:
         for task_id, mask in masks.items():
             assert again.client.get(f"/tasks/{task_id}").json()["status"] == "FINISHED"
             assert again.client.get(f"/masks/{task_id}").content == mask

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from am.api.app import create_app
 from am.api.runner import PipelineCommand, TaskRunner, api_words, failure_reason
 from am.api.tasks import TASK_FILE, TaskStore
 from am.settings import Settings
+from tests.waiting import wait_until
 
 from .servers import png_bytes
 
@@ -61,13 +61,14 @@ class Api:
         return self.client.get(f"/tasks/{task_id}").json()
 
     def wait(self, task_id: str, *, until: tuple[str, ...] = ("FINISHED", "FAILED")) -> dict:
-        deadline = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < deadline:
-            state = self.state(task_id)
-            if state.get("status") in until:
-                return state
-            time.sleep(0.02)
-        raise AssertionError(f"task {task_id} is still {state} after {TIMEOUT_S} s, not {until}")
+        seen: list[dict] = []
+
+        def ended() -> dict | None:
+            seen.append(self.state(task_id))
+            return seen[-1] if seen[-1].get("status") in until else None
+
+        return wait_until(ended, timeout=TIMEOUT_S, what=f"task {task_id} to be {' or '.join(until)}",
+                          detail=lambda: f"it is still {seen[-1]}")
 
     def release(self, task_id: str) -> None:
         """Let a task of the ``wait`` fake pipeline go on."""
@@ -83,11 +84,7 @@ def api(tmp_path: Path, *, mode: str = "ok", settings: Settings | None = None) -
 
 
 def until(condition, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not {what} after {TIMEOUT_S} s")
-        time.sleep(0.02)
+    wait_until(condition, timeout=TIMEOUT_S, what=what)
 
 
 def test_a_runner_thread_outlives_a_task_whose_outcome_cannot_be_written(tmp_path, monkeypatch, caplog):

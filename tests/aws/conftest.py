@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Iterator, Mapping
@@ -30,12 +31,15 @@ MOTO_AMI = "ami-12c6146b"
 
 
 # One session for the clients the tests use to set up and inspect moto: it loads each service
-# model once (EC2's alone takes half a second), where the code under test builds its own.
-_SESSION = boto3.session.Session()
+# model once (EC2's alone takes half a second), where the code under test builds its own. Made at
+# the first test's call, not on import: by then the developer's AWS_PROFILE and the like are unset.
+@functools.cache
+def _session() -> boto3.session.Session:
+    return boto3.session.Session()
 
 
 def client(service: str) -> Any:
-    return _SESSION.client(service, region_name=REGION)
+    return _session().client(service, region_name=REGION)
 
 
 class CfnLoader(yaml.SafeLoader):

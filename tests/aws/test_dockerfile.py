@@ -9,8 +9,8 @@ model baked into the default target, and a base image that is not a pinned CUDA 
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser
+
+from tests.environment import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.worker"
@@ -174,8 +176,18 @@ def test_no_credentials_and_no_dev_extras_in_the_image() -> None:
                 assert "[dev]" not in instruction["value"]
 
 
-def test_entrypoint_module_imports() -> None:
-    assert importlib.util.find_spec("am.worker.__main__") is not None
+def test_the_worker_stages_entrypoint_runs() -> None:
+    # What the image runs, taken from the Dockerfile: its module is imported and run, in a process of its own.
+    stages = _stages()
+    chain = _lineage(stages, next(s for s in stages if s.name == "worker"))
+    entrypoint = json.loads(next(stage.all("ENTRYPOINT")[-1] for stage in chain if stage.all("ENTRYPOINT")))
+    command = entrypoint + json.loads(next((stage.all("CMD")[-1] for stage in chain if stage.all("CMD")), "[]"))
+    assert command[:2] == ["python", "-m"], command
+    module = command[2]
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, env=clean_env(), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith(f"usage: python -m {module}"), done.stdout[:500]
 
 
 def test_the_worker_image_leaves_out_only_packages_the_worker_never_imports(tmp_path: Path) -> None:

@@ -74,8 +74,11 @@ def test_table_names_every_figure(tiny_model: Path, capsys: pytest.CaptureFixtur
 
 def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_cli.main(["--tiles", "-1"]) == 2
-    with pytest.raises(SystemExit):
+    assert "--tiles" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
         bench_cli.main(["--checkpoint", "a.pt", "--encoder", "resnet18"])
+    assert exited.value.code == 2
+    assert "argument --encoder: not allowed with argument --checkpoint" in capsys.readouterr().err
 
 
 def test_parse_summary_reads_tiles_compute_and_stages() -> None:

@@ -40,19 +40,19 @@ from am.tiling import Stitcher, TilePlan
 from am.transport.queue import Queue
 from am.transport.storage import Storage
 from am.worker.worker import Worker
+from tests.environment import clean_env
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TILE_ARGS = ("--tile-size", "128", "--tile-overlap", "32")
 WORKER_LINE = re.compile(r"started worker (\d+) \(pid (\d+)\), log (\S+)")
 ENDPOINT_LINE = re.compile(r"endpoint listening on (http://[\d.]+:\d+)")
 JOB_LINE = re.compile(r"job \S+: (\d+) tile\(s\) on the")
-# Variables of the developer's shell that would change what the pipeline does under test.
-_DROPPED_PREFIXES = ("AM_", "AWS_")
 
 
 def base_environment(tmp_path: Path, marker: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a pipeline under test: no AM_*/AWS_* from the shell, a private cache, a marker."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED_PREFIXES)}
+    env = clean_env()
     env.update({"PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
                 "AMSEGM_TEST_MARKER": marker, "AM_IDLE_EXIT_S": "60"})
     env.update(extra or {})
@@ -105,14 +105,16 @@ class PipelineRun:
     # -- waiting ---------------------------------------------------------------------------
 
     def wait_until(self, predicate, *, timeout: float, what: str, poll_s: float = 0.02) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
+        """``waiting.wait_until``, giving up as soon as the pipeline exits; failures show its log."""
+        def ready() -> bool:
+            if predicate():
+                return True
             if self.proc.poll() is not None:
                 raise AssertionError(f"pipeline exited with {self.proc.returncode} while waiting for {what}:\n"
                                      f"{self.stderr[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {what} within {timeout} s:\n{self.stderr[-4000:]}")
-            time.sleep(poll_s)
+            return False
+
+        wait_until(ready, timeout=timeout, what=what, poll_s=poll_s, detail=lambda: self.stderr[-4000:])
 
     def wait_for_worker(self, number: int, *, timeout: float = 60) -> int:
         self.wait_until(lambda: number in self.workers(), timeout=timeout, what=f"worker {number}")
@@ -203,11 +205,9 @@ def port_is_closed(url: str) -> bool:
 
 def assert_nothing_left(run: PipelineRun) -> None:
     """No worker or orchestrator process of the run is alive, and its embedded endpoint port is closed."""
-    deadline = time.monotonic() + 10
-    while processes_with_marker(run.marker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = processes_with_marker(run.marker)
-    assert left == [], f"processes left running: {[p.pid for p in left]}"
+    wait_until(lambda: not processes_with_marker(run.marker), timeout=10, poll_s=0.2,
+               what="the run's processes to end",
+               detail=lambda: f"processes left running: {[p.pid for p in processes_with_marker(run.marker)]}")
     url = run.endpoint_url()
     if url:
         assert port_is_closed(url), f"endpoint {url} still accepts connections"

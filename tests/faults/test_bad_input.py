@@ -9,16 +9,15 @@ the real command as a subprocess.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import tifffile
 import torch
+from api.servers import png_bytes
 
 from am.dataset import DatasetLayout
 from am.imageio import read_image, write_png
@@ -36,8 +35,6 @@ def cli(monkeypatch, capsys, tmp_path, tiny_model) -> Iterator:
     """``python -m am.pipeline`` in this process: returns (exit code, stderr) for the given arguments."""
     from am.pipeline.__main__ import main
 
-    for name in [k for k in os.environ if k.startswith(("AM_", "AWS_"))]:
-        monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     sigterm = signal.getsignal(signal.SIGTERM)
     root = logging.getLogger()
@@ -73,10 +70,6 @@ def dataset_with(tmp_path: Path, name: str, data: bytes | None = None, *, array:
     elif data is not None:
         (folder / name).write_bytes(data)
     return root
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    return cv2.imencode(".png", image)[1].tobytes()
 
 
 # ---------------------------------------------------------------------------------- datasets

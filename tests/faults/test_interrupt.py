@@ -104,8 +104,10 @@ def test_sigint_twice_still_cleans_the_job_up_and_keeps_the_reported_masks(tmp_p
     with PipelineRun(dataset, tiny_model, tmp_path, "--no-register", env=_slow(moto_server)) as run:
         _wait_for_a_sealed_job_and_five_masks(run, dataset)
         run.proc.send_signal(signal.SIGINT)
-        # The clean-up takes over a second (workers finish their batch, reports are collected).
-        time.sleep(0.2)
+        # Sent only once the first was handled, or the two could merge into one: the clean-up has begun
+        # when a worker was told to stop. It goes on for a while after that (the workers finish their
+        # batch, the reports are collected, the job's data is deleted).
+        run.wait_for_first_worker_logging("stopping:", what="a worker told to stop by the clean-up", timeout=60)
         run.proc.send_signal(signal.SIGINT)
         code = run.wait(timeout=60)
 

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from am.errors import InputError, StitchError
 from am.imageio import read_image
 from am.tiling import Stitcher, Tile, TilePlan, plan_tiles, read_tile, split
-
-REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
+from tests.real_samples import real_sample
 
 
 @st.composite
@@ -305,10 +304,7 @@ def test_tile_geometry_helpers() -> None:
 
 
 def test_real_image_split_and_stitch() -> None:
-    path = REAL / "tile_b_512.png"
-    if not path.is_file():
-        pytest.skip(f"real sample {path} is absent")
-    image = read_image(path)
+    image = read_image(real_sample("tile_b_512.png"))
     plan = plan_tiles(*image.shape[:2], tile_size=128, overlap=32)
     assert (plan.rows, plan.cols) == (5, 5)
     stitcher = Stitcher(plan, dtype=image.dtype)

@@ -1,52 +1,94 @@
-"""The allocator setting that keeps CPU inference from mapping its memory afresh for every batch."""
+"""The allocator setting that keeps CPU inference from mapping its memory afresh for every batch.
+
+What it saves (kernel CPU seconds) is measured by ``python benchmarks/allocator_bench.py``; here,
+that the right ``mallopt`` calls are made, what their outcome is reported as, and that the first
+answer is kept.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from am.model.memory import retain_freed_memory
-
-# On a thread, as the worker's compute thread does with a batch's activations: allocate, fill
-# and free 200 MB in 50 MB blocks, 20 times; print the kernel (system) CPU seconds it took after
-# the first round. Mapping blocks afresh makes the kernel zero-fill every page again.
-PROBE = textwrap.dedent("""
-    import resource, sys, threading
-    import numpy as np
-    from am.model.memory import retain_freed_memory
-    applied = retain_freed_memory() if sys.argv[1] == "retain" else False
-    seconds = []
-    def rounds():
-        for _ in range(21):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
-            blocks = [np.ones(50 << 20, np.uint8) for _ in range(4)]
-            del blocks
-            seconds.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - before)
-    thread = threading.Thread(target=rounds)
-    thread.start()
-    thread.join()
-    print(applied, sum(seconds[1:]))
-""")
+import am.model.memory as memory
+from am.model.memory import KEEP_BYTES, M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, retain_freed_memory
 
 
-def _kernel_seconds(mode: str) -> tuple[bool, float]:
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
-    applied, seconds = done.stdout.split()
-    return applied == "True", float(seconds)
+class FakeLibc:
+    """A C library whose ``mallopt`` records its calls and answers ``answer`` (glibc: 1 on success)."""
+
+    def __init__(self, *, answer: int = 1, glibc: bool = True) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+        def mallopt(param: int, value: int) -> int:
+            self.calls.append((param, value))
+            return answer
+
+        self.mallopt: Callable[[int, int], int] = mallopt
+        if glibc:
+            self.gnu_get_libc_version = lambda: b"2.36"
+
+
+def with_libc(monkeypatch: pytest.MonkeyPatch, libc: FakeLibc) -> None:
+    monkeypatch.setattr(memory.sys, "platform", "linux")
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: libc)
+
+
+def test_on_glibc_large_blocks_come_from_one_arena_and_freed_memory_is_kept(monkeypatch) -> None:
+    libc = FakeLibc()
+    with_libc(monkeypatch, libc)
+    assert memory._apply() is True
+    assert libc.calls == [(M_MMAP_THRESHOLD, KEEP_BYTES), (M_TRIM_THRESHOLD, KEEP_BYTES), (M_ARENA_MAX, 1)]
+    assert KEEP_BYTES == 2**31 - 1  # the largest C int mallopt takes
+
+
+def test_a_refused_setting_is_reported_as_not_applied(monkeypatch, caplog) -> None:
+    libc = FakeLibc(answer=0)
+    with_libc(monkeypatch, libc)
+    assert memory._apply() is False
+    assert len(libc.calls) == 3
+    assert "glibc refused the allocator settings" in caplog.text
+
+
+def test_other_c_libraries_are_left_as_they_are(monkeypatch) -> None:
+    libc = FakeLibc(glibc=False)
+    with_libc(monkeypatch, libc)
+    assert memory._apply() is False
+    assert libc.calls == []
+    monkeypatch.setattr(memory.sys, "platform", "darwin")
+    assert memory._apply() is False
+
+
+def test_a_missing_c_library_leaves_the_allocator_as_it_is(monkeypatch) -> None:
+    def missing(name: str) -> Any:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(memory.sys, "platform", "linux")
+    monkeypatch.setattr(memory.ctypes, "CDLL", missing)
+    assert memory._apply() is False
+
+
+def test_the_first_answer_stands(monkeypatch) -> None:
+    calls: list[None] = []
+
+    def counted() -> bool:
+        calls.append(None)
+        return True
+
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(memory, "_apply", counted)
+    assert retain_freed_memory() is True
+    assert retain_freed_memory() is True
+    assert len(calls) == 1
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the setting is glibc's; other systems keep theirs")
-def test_freed_blocks_are_reused_instead_of_mapped_again() -> None:
-    applied, kept = _kernel_seconds("retain")
-    assert applied
-    _, mapped = _kernel_seconds("default")
-    # 4 GB zero-filled by the kernel takes a good fraction of a second; reused blocks need none of it.
-    assert mapped > 0.1, f"the default allocator cost only {mapped:.3f} s in the kernel: nothing to compare"
-    assert kept < 0.25 * mapped, (kept, mapped)
-
-
-def test_the_first_answer_stands() -> None:
-    assert retain_freed_memory() == retain_freed_memory()
+def test_the_real_c_library_takes_the_setting() -> None:
+    # In a process of its own: the setting is process-wide, and this one's allocator is pytest's.
+    done = subprocess.run([sys.executable, "-c", "from am.model.memory import retain_freed_memory as r; print(r())"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "True", done.stderr

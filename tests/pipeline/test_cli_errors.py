@@ -36,6 +36,7 @@ from am.cli import (
 )
 from am.errors import CleanupIncomplete, ConfigError
 from am.settings import OptionError
+from tests.environment import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,8 +103,7 @@ def test_a_refused_option_exits_2_and_a_config_error_exits_1(caplog):
 @pytest.mark.parametrize("how", ["read-only folder", "read-only output folder", "file in the way"])
 def test_pipeline_on_a_dataset_it_cannot_write_exits_1_without_a_traceback(tmp_path, tiny_model, how):
     root = make_dataset(tmp_path / "ds", {"g1": (200, 200)})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "am.pipeline", str(root), "--model", str(tiny_model), "--tile-size", "128",
            "--tile-overlap", "32", "--workers", "1", "--no-progress"]
 
@@ -132,8 +132,7 @@ def test_a_rerun_goes_ahead_in_a_read_only_dataset_whose_output_folders_are_writ
     # Only the folders a run writes into are checked: a finished dataset on a read-only top folder
     # (its outputs made writable) reruns as before.
     root = make_dataset(tmp_path / "ds", {"g1": (200, 200)})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "am.pipeline", str(root), "--model", str(tiny_model), "--tile-size", "128",
            "--tile-overlap", "32", "--workers", "1", "--no-progress", "--no-register"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -12,12 +12,13 @@ from faults.harness import make_dataset, read_only
 
 from am.dataset_lock import LOCK_NAME, dataset_lock
 from am.errors import InputError
+from tests.environment import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(module: str, dataset: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", module, str(dataset), "--rows", "4", "--cols", "4"],
                           env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 

@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from am.cli import add_log_level_option
-from am.settings import Settings, load_settings
+from am.settings import SettingError, Settings, load_settings
 
 
 @pytest.mark.parametrize("given", ["debug", "Info", "WARNING"])
@@ -24,5 +24,6 @@ def test_the_environment_and_the_settings_take_any_case():
 
 
 def test_an_unknown_level_is_still_refused():
-    with pytest.raises(Exception, match="log_level"):
+    with pytest.raises(SettingError, match=r"setting log_level = 'VERBOSE' is not allowed: it must be one of "
+                                           r"DEBUG, INFO, WARNING, ERROR"):
         Settings(log_level="verbose")

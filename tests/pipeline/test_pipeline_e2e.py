@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,14 +17,15 @@ from faults.harness import port_is_closed, processes_with_marker
 
 from am.imageio import read_image
 from am.model.predict import Predictor
+from tests.environment import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 TILE = ["--tile-size", "128", "--tile-overlap", "32"]
 
 
 def run_pipeline(dataset: Path, model: Path, tmp_path: Path, *extra: str, marker: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "AMSEGM_TEST_MARKER": marker,
-           "AM_IDLE_EXIT_S": "30", "PYTHONPATH": str(REPO)}
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "cache"), AMSEGM_TEST_MARKER=marker, AM_IDLE_EXIT_S="30",
+                    PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, "-m", "am.pipeline", str(dataset), "--workers", "2", "--model", str(model),
          "--no-progress", *TILE, *extra],
@@ -109,7 +109,7 @@ def test_the_users_command_numbers_an_acquisition_with_unevenly_spaced_rows(tmp_
     write_dataset(dataset, rows=16, cols=16, seed=4, uneven_rows=True)
     record = json.loads((dataset / "truth" / "group01" / "lattice.json").read_text())
     assert len(record["row_across_px"]) == 16 and np.ptp(np.diff(record["row_across_px"])) > 0.3 * record["pitch_y"]
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "AM_IDLE_EXIT_S": "30", "PYTHONPATH": str(REPO)}
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "cache"), AM_IDLE_EXIT_S="30", PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "am.pipeline", str(dataset), "--rows", "16", "--cols", "16",
                              "--workers", "2", "--no-progress"],
                             env=env, capture_output=True, text=True, timeout=300, cwd=REPO)

@@ -4,7 +4,6 @@ the model's scale (the real tile_b enlarged 4 times: every mark came out in piec
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,15 +18,11 @@ from am.register.testing import draw_lattice_mask
 from am.settings import Settings
 from am.synth.dataset import write_dataset
 from am.synth.lattice import Lattice
-
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
+from tests.real_samples import real_sample
 
 
 def real(name: str) -> np.ndarray:
-    path = REAL / name
-    if not path.is_file():
-        pytest.skip(f"real samples not found at {REAL.resolve()}")
-    return read_normalised(path)
+    return read_normalised(real_sample(name))
 
 
 @pytest.mark.parametrize("pitch", [24.0, 40.0, 70.0])

@@ -9,7 +9,6 @@ on a copy of it, where every mask is reused and no worker starts, so only regist
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 from am.errors import ConfigError
 from am.model_source import resolve_model
 from am.settings import Settings
+from tests.environment import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 # Sorted first, so that a pipeline stopping at the first failure would never reach GOOD.
@@ -30,9 +30,7 @@ GIVEN = ["--rows", "9", "--cols", "8"]
 
 
 def _environment(cache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
-    env.update({"XDG_CACHE_HOME": str(cache), "AM_IDLE_EXIT_S": "30", "PYTHONPATH": str(REPO)})
-    return env
+    return clean_env(XDG_CACHE_HOME=str(cache), AM_IDLE_EXIT_S="30", PYTHONPATH=str(REPO))
 
 
 def _pipeline(dataset: Path, *args: str, cache: Path) -> subprocess.CompletedProcess[str]:

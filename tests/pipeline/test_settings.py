@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -10,6 +9,7 @@ import yaml
 import am
 from am.errors import ConfigError
 from am.settings import CONFIG_TEMPLATE, OptionError, Settings, config_template, load_settings
+from tests.environment import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -171,7 +171,7 @@ def test_a_stale_am_config_is_named_as_the_source_of_the_path(tmp_path):
     gone.write_text("workers: 2\n")
     assert config_path_from(None, {"AM_CONFIG": str(gone)}) == gone
     result = subprocess.run([sys.executable, "-m", "am.pipeline", str(tmp_path / "ds")], capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "AM_CONFIG": str(tmp_path / "nope.yml")})
+                            text=True, timeout=120, env=clean_env(AM_CONFIG=str(tmp_path / "nope.yml")))
     assert result.returncode == 1 and "named by the environment variable AM_CONFIG" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -8,7 +8,6 @@ normalised, chunks cut, chunks enqueued) can be recorded exactly.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from am.tilepack import pack_masks, unpack_tiles
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
 from am.transport.storage import Storage
+from tests.environment import clean_env
 
 # A 300 x 300 image in 64 px tiles overlapping by 16: 6 rows of 6 tiles, so 6 chunks.
 IMAGE = (300, 300)
@@ -595,7 +595,7 @@ def test_local_workers_that_left_idle_before_the_first_tile_are_started_again(tm
     dataset = make_dataset(tmp_path / "ds", {"g1": (300, 300)})
     settings = Settings(model=str(tiny_model), tile_size=128, tile_overlap=32, idle_exit_s=1.0, worker_threads=1)
     summary = run_pipeline(dataset, settings=settings, register=False, cache_dir=tmp_path / "cache",
-                           environ={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}, show_progress=False)
+                           environ=clean_env(XDG_CACHE_HOME=str(tmp_path / "cache")), show_progress=False)
 
     assert summary.job is not None and summary.job.completed == summary.tiles == 9
     launcher = jobs[0].backend.launcher

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from am.interrupts import POLL_S, ThreadPool, deferred_interrupts, result_of, wait_for
+from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -118,19 +118,32 @@ def test_ctrl_c_as_wait_takes_a_futures_lock_leaves_the_lock_free_for_the_pool_t
         assert future.result(timeout=0) is True
 
 
-def test_ctrl_c_during_a_long_task_comes_through_within_a_poll_and_the_task_still_finishes():
+def test_ctrl_c_during_a_long_task_comes_through_while_it_runs_and_the_task_still_finishes(monkeypatch):
+    import am.interrupts
+
+    waiting, caught = threading.Event(), threading.Event()
+    real_wait = am.interrupts.wait
+
+    def noted_wait(*args, **kwargs):  # type: ignore[no-untyped-def]
+        waiting.set()
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(am.interrupts, "wait", noted_wait)
+
     def long_task() -> int:
-        time.sleep(0.2)  # the main thread is waiting for it by then
+        assert waiting.wait(60), "the main thread never waited for the task"
         signal.raise_signal(signal.SIGINT)
-        time.sleep(1.5)
+        # The task goes on until the main thread has had its KeyboardInterrupt: the interrupt cannot
+        # have waited for the task to end.
+        assert caught.wait(60), "the interrupt did not come through while the task ran"
         return 42
 
     pool = ThreadPool(1, thread_name_prefix="test-long")
     future = pool.submit(long_task)
-    started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         result_of(future)
-    assert time.monotonic() - started < 0.2 + 5 * POLL_S, "the interrupt waited for the task"
+    assert not future.done(), "the interrupt waited for the task"
+    caught.set()
     pool.shutdown(wait=True)
     assert future.result(timeout=0) == 42
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from am.register.marks import find_components
 from am.register.split import OVERSIZE_AREA
 from am.register.testing import draw_lattice_mask, id_accuracy
 from am.synth.lattice import Lattice
+from tests.real_samples import real_sample
 
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 COLS, PITCH = 8, 40.0
 # Gaps before rows 1..6, in row pitches: rows 0 and 1 are 0.45 of the pitch apart.
 GAPS = (0.45, 1.0, 1.1, 1.2, 1.45, 1.0)
@@ -113,9 +112,7 @@ def cut_at_narrowest(mask: np.ndarray, labels: np.ndarray, label: int) -> None:
 
 
 def test_real_tile_a_close_rows_cut_apart_register_as_seven_rows():
-    path = REAL / "tile_a_512.png"
-    if not path.is_file():
-        pytest.skip(f"real samples not found at {REAL.resolve()}")
+    path = real_sample("tile_a_512.png")
     from am.model.checkpoint import default_model_path
     from am.model.predict import Predictor
     from am.model.whole import predict_image_mask

@@ -7,8 +7,6 @@ crescent (the mark lost its id). These tests draw both and count wrong ids.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -16,8 +14,7 @@ import pytest
 from am.register import register_mask
 from am.register.testing import draw_lattice_mask, wrong_ids
 from am.synth.lattice import Lattice
-
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
+from tests.real_samples import real_sample
 
 
 @pytest.mark.parametrize("shape", ["crescent", "c"])
@@ -92,10 +89,7 @@ def test_the_parts_of_merged_crescents_are_numbered_by_their_centroids():
 def test_real_c_marks_turned_a_little_keep_their_rows(degrees):
     # crop3's reference mask ("C" shaped marks, 7 x 8) turned by -5 or +3 degrees read as 9 rows,
     # 20 of its 49 numbered marks in another row.
-    path = REAL / "crop3_reference_mask.png"
-    if not path.is_file():
-        pytest.skip(f"real samples not found at {REAL.resolve()}")
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    mask = cv2.imread(str(real_sample("crop3_reference_mask.png")), cv2.IMREAD_GRAYSCALE)
     pad = 60
     height, width = mask.shape
     big = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)

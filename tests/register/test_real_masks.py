@@ -12,7 +12,6 @@ as one row.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,15 +19,11 @@ import pytest
 
 from am.errors import RegistrationError
 from am.register import Registration, register_mask, write_outputs
-
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
+from tests.real_samples import real_sample
 
 
 def load(name: str) -> np.ndarray:
-    path = REAL / name
-    if not path.is_file():
-        pytest.skip(f"real samples not found at {REAL.resolve()}")
-    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    return cv2.imread(str(real_sample(name)), cv2.IMREAD_GRAYSCALE)
 
 
 def assert_rows_in_order(reg: Registration) -> None:
@@ -80,9 +75,9 @@ def test_crop2_segmented_in_pieces_registers_on_its_own_grid():
     from am.model.whole import predict_image_mask
     from am.normalize import read_normalised
 
-    load("crop2_image.png")
+    image = read_normalised(real_sample("crop2_image.png"))
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
-    mask = predict_image_mask(predictor, read_normalised(REAL / "crop2_image.png"), scale=CROP_SCALE)
+    mask = predict_image_mask(predictor, image, scale=CROP_SCALE)
     reg = register_mask(mask.astype(np.uint8) * 255, rows=None, cols=None)
     assert (reg.rows, reg.cols) == (6, 7)
     assert reg.row_positions_px is not None
@@ -105,9 +100,9 @@ def test_tile_rows_are_numbered_as_rows_though_unevenly_spaced(tmp_path, tile):
     from am.model.whole import predict_image_mask
     from am.normalize import read_normalised
 
-    load(f"{tile}.png")
+    source = read_normalised(real_sample(f"{tile}.png"))
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
-    mask = predict_image_mask(predictor, read_normalised(REAL / f"{tile}.png")).astype(np.uint8) * 255
+    mask = predict_image_mask(predictor, source).astype(np.uint8) * 255
     reg = register_mask(mask, rows=None, cols=None)
     assert reg.row_positions_px is not None
     steps = np.diff(reg.row_positions_px)
@@ -120,5 +115,5 @@ def test_tile_rows_are_numbered_as_rows_though_unevenly_spaced(tmp_path, tile):
     assert not any("two marks may be joined" in w for w in reg.warnings), reg.warnings
     assert reg.rows == {"tile_a_512": 7, "tile_b_512": 9}[tile]
     assert_rows_in_order(reg)
-    write_outputs(tmp_path, reg, source=read_normalised(REAL / f"{tile}.png"))
+    write_outputs(tmp_path, reg, source=source)
     assert json.loads((tmp_path / "registration.json").read_text())["row_spacing"] == "uneven"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from tests.environment import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_KEY_ID = "AKIAFAKEKEYID0000002"
@@ -37,9 +38,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_an_orchestrator_debug_log_holds_no_credentials() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
-    env.update(AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY=FAKE_SECRET, AWS_SESSION_TOKEN=FAKE_TOKEN,
-               AWS_EC2_METADATA_DISABLED="true")
+    env = clean_env(AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY=FAKE_SECRET, AWS_SESSION_TOKEN=FAKE_TOKEN,
+                    AWS_EC2_METADATA_DISABLED="true")
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

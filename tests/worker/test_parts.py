@@ -12,6 +12,7 @@ from am.errors import ConfigError, WorkerError
 from am.worker.config import WorkerConfig
 from am.worker.lease import Heartbeat, Lease
 from am.worker.models import ModelCache
+from tests.waiting import wait_until
 
 from .conftest import Env, FakePredictor
 
@@ -148,9 +149,11 @@ def test_heartbeat_thread_beats_until_stopped() -> None:
     lease = Lease()
     lease.add([Received(body="", receipt_handle="h", receive_count=1, message_id="m")])
     queue = RecordingQueue()
-    with Heartbeat(queue, lease, visibility_timeout_s=3):  # type: ignore[arg-type]
-        time.sleep(1.4)
+    with Heartbeat(queue, lease, visibility_timeout_s=3) as heartbeat:  # type: ignore[arg-type]
+        wait_until(lambda: queue.calls, timeout=60, what="a first heartbeat")
+        assert queue.calls[0] == (["h"], 3)
+    # Stopped: the thread has ended, so no beat can follow.
+    assert not heartbeat._thread.is_alive()
     beats = len(queue.calls)
-    assert beats == 1
-    time.sleep(1.1)
+    time.sleep(heartbeat.interval_s * 1.5)
     assert len(queue.calls) == beats

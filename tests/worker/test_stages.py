@@ -11,21 +11,13 @@ import pytest
 
 from am.errors import WorkerError
 from am.worker.stages import Prefetcher, Uploader
+from tests.waiting import wait_until
 
 
 @pytest.fixture
 def pool() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(4) as executor:
         yield executor
-
-
-def wait_for(predicate, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 class Source:
@@ -71,11 +63,11 @@ def test_prefetcher_receives_at_most_depth_batches_ahead(pool: ThreadPoolExecuto
     source = Source(10)
     prefetcher = source.prefetcher(pool, depth=2)
     prefetcher.start()
-    assert wait_for(lambda: source.calls == 2)
+    wait_until(lambda: source.calls == 2, timeout=30, what="two receives")
     time.sleep(0.2)
     assert source.calls == 2 and prefetcher.waiting == 2  # back-pressure: no third receive
     assert prefetcher.take() == [0, 1, 2]
-    assert wait_for(lambda: source.calls == 3)
+    wait_until(lambda: source.calls == 3, timeout=30, what="a third receive")
     time.sleep(0.2)
     assert source.calls == 3
     prefetcher.stop()
@@ -85,7 +77,7 @@ def test_prefetcher_stop_discards_what_was_not_taken(pool: ThreadPoolExecutor) -
     source = Source(10)
     prefetcher = source.prefetcher(pool, depth=2)
     prefetcher.start()
-    assert wait_for(lambda: prefetcher.waiting == 2)
+    wait_until(lambda: prefetcher.waiting == 2, timeout=30, what="two batches waiting")
     prefetcher.stop()
     prefetcher.stop()  # idempotent
     assert source.discarded == [[0, 1, 2], [3, 4, 5]]
@@ -109,7 +101,7 @@ def test_prefetcher_discards_a_batch_that_arrives_after_stop(pool: ThreadPoolExe
     assert entered.wait(5)
     prefetcher.stop()  # while a receive is in progress, as during a long poll
     release.set()
-    assert wait_for(lambda: discarded == [[7]])
+    wait_until(lambda: discarded == [[7]], timeout=30, what="the late batch discarded")
     assert prefetcher.take() is None
 
 
@@ -199,7 +191,7 @@ def test_uploader_error_stops_settling_and_refuses_more(pool: ThreadPoolExecutor
     uploader = Uploader(put=put, settle=settle, pool=pool, depth=4, on_error=errors.append)
     uploader.start()
     assert uploader.submit([1]) and uploader.submit([2]) and uploader.submit([3])
-    assert wait_for(lambda: uploader.failed)
+    wait_until(lambda: uploader.failed, timeout=30, what="the uploader failing")
     assert uploader.submit([4]) is False
     uploader.close()
     assert uploader.join(5)

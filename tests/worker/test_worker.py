@@ -12,9 +12,10 @@ import pytest
 
 from am.errors import CheckpointError, TransportError
 from am.messages import tiles_key
-from am.transport.queue import Queue, delete_queue
+from am.transport.queue import MAX_WAIT_S, Queue, delete_queue
 from am.transport.storage import Storage
 from am.worker.worker import Worker
+from tests.waiting import wait_until
 
 from .conftest import FAST_RETRY, JOB, Env, FakePredictor, expected_mask, run_in_thread
 
@@ -186,14 +187,24 @@ def test_stop_mid_batch_finishes_the_batch(env: Env) -> None:
     assert env.queue.depth() == {"visible": 4, "in_flight": 0}
 
 
-def test_stop_while_idle_returns_at_once(env: Env) -> None:
-    worker = env.worker(FakePredictor(), idle_exit_s=60)
+def test_stop_while_idle_returns_at_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Idle for an hour before it would leave by itself, and each long poll lasts MAX_WAIT_S (20 s):
+    # a worker that ends within the join below was ended by the stop, in its poll.
+    worker = env.worker(FakePredictor(), idle_exit_s=3600)
+    polling = threading.Event()
+    receive_batch = worker._receive_batch
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        polling.set()
+        return receive_batch(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "_receive_batch", noted)
     thread, out = run_in_thread(worker)
-    time.sleep(0.5)
-    start = time.monotonic()
+    assert polling.wait(60), "the worker never polled the queue"
     worker.stop()
-    thread.join(5)
-    assert out == {"code": 0} and time.monotonic() - start < 2
+    thread.join(timeout=MAX_WAIT_S / 2)
+    assert not thread.is_alive(), "the stop waited for the long poll (or the idle exit)"
+    assert out == {"code": 0}
 
 
 def test_abort_releases_held_messages_at_once(env: Env) -> None:
@@ -301,10 +312,12 @@ def test_stop_before_run_returns_without_receiving(env: Env) -> None:
 
 def test_stop_gives_prefetched_batches_back_at_once(env: Env) -> None:
     predictor, worker, thread, out = _in_first_batch(env, 6, batch_size=2, idle_exit_s=30)
-    assert wait_until(lambda: env.queue.depth()["visible"] == 0)  # two batches prefetched behind the first
+    wait_until(lambda: env.queue.depth()["visible"] == 0, timeout=30,
+               what="two batches prefetched behind the first")
     worker.stop()
     # Before the batch in hand finishes, the prefetched ones are visible for other workers.
-    assert wait_until(lambda: env.queue.depth() == {"visible": 4, "in_flight": 2})
+    wait_until(lambda: env.queue.depth() == {"visible": 4, "in_flight": 2}, timeout=30,
+               what="the prefetched batches given back")
     predictor.release.set()
     thread.join(10)
     assert out == {"code": 0}
@@ -391,15 +404,6 @@ def test_stage_times_are_recorded_per_tile(env: Env) -> None:
     assert worker.stats.done == 4
     for stage in ("receive", "download", "decode", "compute", "encode", "upload", "report", "delete"):
         assert per_tile[stage] > 0, stage
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_messages_of_several_tiles_share_forward_passes_and_come_back_as_one_object(env: Env) -> None:

@@ -3,19 +3,19 @@ variables it reads, exit 0; an argument the worker does not take is bad usage, e
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.environment import clean_env
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _worker(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AM_", "AWS_"))}
-    return subprocess.run([sys.executable, "-m", "am.worker", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "am.worker", *args], cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=120)
 
 
