@@ -57,7 +57,7 @@ class DatasetLayout:
             raise InputError(f"dataset folder {self.root} does not exist; pass the folder that holds source/")
         if not self.source_dir.is_dir():
             hint, parent = "", self.root.resolve().parent
-            if self.root.name == "source" and (parent / "source").is_dir():
+            if self.root.resolve().name == "source" and (parent / "source").is_dir():  # "." names no folder
                 hint = f" (this is a source/ folder itself: pass the dataset that holds it, {parent})"
             raise InputError(
                 f"dataset folder {self.root} has no source/ folder; put each image in source/<group>/{hint}"
@@ -100,9 +100,13 @@ class DatasetLayout:
         if not images:
             others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
             broken = [name for name in others if (folder / name).is_symlink() and not (folder / name).exists()]
+            named_folders = [name for name in others
+                             if Path(name).suffix.lower() in IMAGE_SUFFIXES and (folder / name).is_dir()]
             found = ""
             if broken:
                 found = f" ({', '.join(broken)}: a link to nothing)"
+            elif named_folders:
+                found = f" ({', '.join(named_folders)}: a folder, not an image file)"
             elif kinds := [(name, OTHER_IMAGE_KINDS[Path(name).suffix.lower()]) for name in others
                            if Path(name).suffix.lower() in OTHER_IMAGE_KINDS]:
                 name, kind = kinds[0]

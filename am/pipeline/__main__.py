@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-template", action=_PrintConfigTemplate,
                         help="print the config file of every key at its default, with comments, and exit")
     parser.add_argument("dataset", type=Path, help="dataset folder holding source/<group>/<image>")
-    parser.add_argument("groups", nargs="*", help="groups to process (default: every folder under source/)")
+    # A default, or argparse names the optional groups among the required arguments when none is given.
+    parser.add_argument("groups", nargs="*", default=[], help="groups to process (default: every folder under source/)")
     parser.add_argument("--rows", type=int,
                         help="rows of the acquisition grid, taken as the truth (default: estimated from the marks)")
     parser.add_argument("--cols", type=int,
@@ -96,12 +97,13 @@ def _registration_outcome(failed: list[str], groups: int) -> int:
     """The exit code, after the summary: 1 when a group could not be registered (its error was logged then)."""
     if not failed:
         return EXIT_OK
-    log.error("registration failed for %d of %d group(s): %s (errors above); the masks and the other groups' ids "
-              "are kept: look at tiles_stitched/<group>/overlay.png, fix --rows/--cols and rerun (finished tiles "
+    kept = "the masks are" if len(failed) >= groups else "the masks and the other groups' ids are"
+    log.error("registration failed for %d of %d group(s): %s (errors above); %s "
+              "kept: look at tiles_stitched/<group>/overlay.png, fix --rows/--cols and rerun (finished tiles "
               "are reused), or where marks are split or missed because they are far larger or smaller than the "
               "model was trained on (the shipped model: lattice pitch %.0f-%.0f px) rerun with --scale (e.g. 0.5 "
               "for marks twice as large, or auto to read it from each image)",
-              len(failed), groups, ", ".join(failed), *TRAINED_PITCH_PX)
+              len(failed), groups, ", ".join(failed), kept, *TRAINED_PITCH_PX)
     return EXIT_ERROR
 
 

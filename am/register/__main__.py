@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", type=Path, metavar="DATASET",
                         help="dataset folder (its layout: README, \"Dataset layout\")")
     parser.add_argument(
-        "groups", nargs="*", metavar="GROUP",
+        "groups", nargs="*", metavar="GROUP", default=[],  # a default: argparse would call GROUP required
         help="groups to register (default: every folder under DATASET/source/, else DATASET/tiles_stitched/)",
     )
     parser.add_argument("--rows", type=int, default=None, help="rows of the acquisition grid (top to bottom)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import importlib
 import io
 import logging
 import os
@@ -227,3 +228,27 @@ def test_a_server_leaves_sighup_as_it_was():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, hangup)
+
+
+@pytest.mark.parametrize("module", ["am.pipeline", "am.register"])
+def test_a_missing_dataset_names_only_the_dataset_as_required(module, capsys):
+    """The groups are optional: "required: dataset, groups" told the user otherwise."""
+    main = importlib.import_module(f"{module}.__main__").main
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "the following arguments are required: " in err and "GROUP" not in err.split("required: ")[1]
+    assert "groups" not in err.split("required: ")[1]
+
+
+@pytest.mark.parametrize("failed, groups, kept", [
+    (["a"], 2, "the masks and the other groups' ids are kept"),
+    (["a", "b"], 2, "the masks are kept: look at"),
+])
+def test_the_registration_summary_speaks_of_other_groups_only_where_there_are_some(caplog, failed, groups, kept):
+    from am.pipeline.__main__ import _registration_outcome
+
+    with caplog.at_level(logging.ERROR):
+        assert _registration_outcome(failed, groups) == EXIT_ERROR
+    assert kept in caplog.text

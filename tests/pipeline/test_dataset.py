@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from am.dataset import DatasetLayout
@@ -46,6 +48,19 @@ def test_a_source_folder_given_as_the_dataset_names_the_dataset_to_give(tmp_path
     make_group(tmp_path, "a", "img.png")
     with pytest.raises(InputError, match=rf"a source/ folder itself: pass the dataset that holds it, {tmp_path}"):
         DatasetLayout(tmp_path / "source").groups()
+
+
+def test_the_source_folder_given_as_dot_from_inside_it_gets_the_same_hint(tmp_path, monkeypatch):
+    make_group(tmp_path, "a", "img.png")
+    monkeypatch.chdir(tmp_path / "source")
+    with pytest.raises(InputError, match=rf"a source/ folder itself: pass the dataset that holds it, {tmp_path}"):
+        DatasetLayout(Path(".")).groups()
+
+
+def test_a_folder_named_like_an_image_is_called_a_folder(tmp_path):
+    (make_group(tmp_path, "g") / "scan.tif").mkdir()
+    with pytest.raises(InputError, match=r"has no image \(scan.tif: a folder, not an image file\)"):
+        DatasetLayout(tmp_path).source_image("g")
 
 
 def test_group_without_image_or_with_two_images(tmp_path):
