@@ -109,8 +109,22 @@ class Storage:
         return self._retry.call(f"head bucket {bucket}", attempt)
 
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
-        """Write one object; writing the same bytes twice is harmless (at-least-once delivery relies on it)."""
-        self._retry.call(f"put s3://{bucket}/{key}", self._s3.put_object, Bucket=bucket, Key=key, Body=data)
+        """Write one object; writing the same bytes twice is harmless (at-least-once delivery relies on it).
+
+        A bucket that does not exist is a MissingBucket, as on reads: the fault of a deployment, not of
+        the object, so a worker stops instead of failing every tile.
+        """
+
+        def attempt() -> None:
+            try:
+                self._s3.put_object(Bucket=bucket, Key=key, Body=data)
+            except ClientError as exc:
+                if error_code(exc) in NO_BUCKET_CODES:
+                    raise MissingBucket(f"bucket {bucket} does not exist (writing {key}); create it or fix "
+                                        "the name") from exc
+                raise
+
+        self._retry.call(f"put s3://{bucket}/{key}", attempt)
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         """Read one object; a missing key is a TransportError at once, not retried."""
@@ -212,25 +226,41 @@ class Storage:
         The cached path holds the object's ETag, so a checkpoint replaced under the same URI is
         downloaded again instead of being served stale; the versions it replaced are then
         removed, so a host whose models are replaced again and again keeps one file per URI.
+        A download is filed under the ETag its GetObject answered with, not the HeadObject's: the
+        object may be replaced between the two, and bytes filed under another version's ETag would
+        be served for that version from then on (after a roll-back, say).
         """
         bucket, key = parse_s3_uri(uri)
         head = self.head_object(uri)
         versions = Path(cache_dir) / _digest(uri)
-        path = versions / _digest(object_version(head)) / Path(key).name
+
+        def path_of(version: dict[str, Any]) -> Path:
+            return versions / _digest(object_version(version)) / Path(key).name
+
+        path = path_of(head)
         if path.is_file():
             log.debug("model %s cached at %s", uri, path)
             return path
 
-        def attempt() -> None:
+        def attempt() -> Path:
             try:
                 response = self._s3.get_object(Bucket=bucket, Key=key)
             except ClientError as exc:
                 self._raise_if_missing(exc, bucket, key)
                 raise
-            write_atomic(path, response["Body"].iter_chunks(STREAM_CHUNK_BYTES))
+            got = path_of(response)
+            if got != path:
+                log.info("model %s was replaced while it was being looked up: downloading the version "
+                         "S3 now holds", uri)
+            if got.is_file():
+                response["Body"].close()
+                log.debug("model %s cached at %s", uri, got)
+                return got
+            write_atomic(got, response["Body"].iter_chunks(STREAM_CHUNK_BYTES))
+            log.info("downloaded model %s to %s", uri, got)
+            return got
 
-        self._retry.call(f"download {uri}", attempt)
-        log.info("downloaded model %s to %s", uri, path)
+        path = self._retry.call(f"download {uri}", attempt)
         _remove_replaced_versions(versions, keep=path.parent)
         return path
 

@@ -5,17 +5,17 @@ s3:// URI, default the shipped model), AM_ENDPOINT_URL (local backend only), AM_
 AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S,
 AM_STOP_TIMEOUT_S (seconds from SIGTERM to SIGKILL, default 40: a stopped worker finishes its
 work in hand for all but the last 15 of them, then gives back what is left), AM_MAX_BATCH_S
-(default 900: a model call running longer is taken for a hung device; the worker gives its
-messages back and exits 1), AM_THREADS
+(default 900: a model call of AM_BATCH_SIZE tiles running longer is taken for a hung device; the
+worker gives its messages back and exits 1), AM_THREADS
 (torch CPU threads, 0: torch's default), AM_COMPILE (auto|on|off: torch.compile, auto on CUDA
 only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, bf16 on a CPU with AMX tile units,
 fp32 on other CPUs), AM_POSTPROCESS
 (on|off: masks as the checkpoint asks, touching marks cut apart and specks dropped; default on),
 AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
 
-Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when the model
-cannot be loaded, the worker breaks, a model call hangs, or a second signal aborts it, 2 for bad settings or any
-command-line argument other than -h/--help.
+Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when a bucket does not
+exist (at start, or gone while running), the model cannot be loaded, the worker breaks, a model call
+hangs, or a second signal aborts it, 2 for bad settings or any command-line argument other than -h/--help.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from types import FrameType
 import cv2
 
 from am.cli import enable_stack_dumps, quiet_wire_loggers
-from am.errors import AmError, ConfigError
+from am.errors import AmError, ConfigError, TransportError
 from am.model.memory import retain_freed_memory
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue
@@ -92,6 +92,7 @@ def build_worker(config: WorkerConfig) -> Worker:
     clients = ClientFactory(endpoint_url=config.endpoint_url, region=config.region)
     sqs = clients.sqs()
     storage = Storage(clients.s3())
+    require_buckets(storage, config)
     models = ModelCache(
         partial(Predictor.from_checkpoint, threads=config.threads, batch_size=config.batch_size,
                 precision=config.precision, compile=config.compile, postprocess=config.postprocess == "on"),
@@ -118,6 +119,27 @@ def build_worker(config: WorkerConfig) -> Worker:
         stop_grace_s=config.stop_grace_s,
         max_batch_s=config.max_batch_s,
     )
+
+
+def require_buckets(storage: Storage, config: WorkerConfig) -> None:
+    """Refuse a tile or mask bucket that does not exist, naming its setting, before any message is received:
+    a worker that went on would fail every tile it took and move the whole queue to the dead-letter queue.
+
+    A bucket that cannot be checked is not refused (a warning says so): HeadBucket needs s3:ListBucket,
+    which the stack's TaskRole grants but a role of one's own may lack, and a bucket missing after all
+    stops the worker at its first tile.
+    """
+    for setting, output, bucket in (("AM_INPUT_BUCKET", "InputBucket", config.input_bucket),
+                                    ("AM_OUTPUT_BUCKET", "OutputBucket", config.output_bucket)):
+        try:
+            exists = storage.bucket_exists(bucket)
+        except TransportError as exc:
+            log.warning("cannot check that bucket %s (%s) exists, going on (HeadBucket needs s3:ListBucket; a "
+                        "missing bucket will stop the worker at its first tile instead): %s", bucket, setting, exc)
+            continue
+        if not exists:
+            raise ConfigError(f"bucket {bucket} ({setting}) does not exist; set {setting} to an existing bucket "
+                              f"(on AWS, the stack's {output} output)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,11 +2,13 @@
 
 A :class:`TileWork` is one message: the tiles of one object (:mod:`am.tilepack`). Each carries
 its own outcome, so one corrupt or missing object fails alone while the rest of the batch
-completes; only an inference error fails every message that shared the forward passes.
+completes; only an inference error fails every message that shared the forward passes. A
+missing bucket is no message's fault: it is raised, and stops the worker.
 Nothing here touches SQS: the worker decides what an outcome means for the message. ``fetch``
 and ``put`` handle one message and run on the I/O pools of the prefetch and upload stages;
-``infer`` handles a whole batch of messages on the compute thread, in forward passes of the
-predictor's batch size across message boundaries::
+``infer`` handles a whole batch of messages on the compute thread, in model calls of
+``tiles_per_call`` tiles across message boundaries, and says when each returns (``call_returned``),
+so a watchdog can time one call, not a batch of messages of up to 256 tiles each::
 
     steps = TileSteps(storage, models, input_bucket="in", output_bucket="out", clock=StageClock())
     for work in batch: steps.fetch(work)      # download + unpack the tiles
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from am.errors import AmError
+from am.errors import AmError, MissingBucket, WorkerError
 from am.messages import TileMessage
 from am.tilepack import pack_masks, unpack_tiles
 from am.transport.queue import Received
@@ -76,22 +78,35 @@ class TileSteps:
         output_bucket: str,
         clock: StageClock,
         timer: Callable[[], float] = time.perf_counter,
+        tiles_per_call: int = 0,
+        call_returned: Callable[[], None] | None = None,
     ) -> None:
+        if tiles_per_call < 0:
+            raise WorkerError(f"tiles per model call must be >= 0 (0: a group's tiles in one call), "
+                              f"got {tiles_per_call}")
         self._storage = storage
         self._predictor_for = predictor_for
         self._input_bucket = input_bucket
         self._output_bucket = output_bucket
         self._clock = clock
         self._timer = timer
+        self._tiles_per_call = tiles_per_call
+        self._call_returned = call_returned
 
     def fetch(self, tile: TileWork) -> None:
-        """Download and unpack the message's tiles; an AmError fails the message, anything else is raised."""
+        """Download and unpack the message's tiles; an AmError fails the message, anything else is raised.
+
+        A missing bucket is raised too: every tile of it would fail the same way, on every receive,
+        until the whole queue sat in the dead-letter queue.
+        """
         key = tile.message.input
         try:
             with self._clock.timing("download"):
                 data = self._storage.get_bytes(self._input_bucket, key)
             with self._clock.timing("decode"):
                 tile.image = unpack_tiles(data, count=tile.count, name=f"s3://{self._input_bucket}/{key}")
+        except MissingBucket as exc:
+            raise MissingBucket(f"the input bucket (AM_INPUT_BUCKET) is gone: {exc}") from exc
         except AmError as exc:
             tile.fail(f"input: {exc}")
 
@@ -101,7 +116,10 @@ class TileSteps:
             self._infer(group)
 
     def put(self, tile: TileWork) -> None:
-        """Pack and write the message's masks (same arrays, same bytes); does nothing for a failed message."""
+        """Pack and write the message's masks (same arrays, same bytes); does nothing for a failed message.
+
+        A missing bucket is raised, not charged to the message, as in :meth:`fetch`.
+        """
         if not tile.ok:
             return
         if tile.mask is None:
@@ -113,6 +131,8 @@ class TileSteps:
             tile.mask = None
             with self._clock.timing("upload"):
                 self._storage.put_bytes(self._output_bucket, tile.message.output, data)
+        except MissingBucket as exc:
+            raise MissingBucket(f"the output bucket (AM_OUTPUT_BUCKET) is gone: {exc}") from exc
         except AmError as exc:
             tile.fail(f"output: {exc}")
 
@@ -129,19 +149,28 @@ class TileSteps:
                 tile.fail(f"model {model}: {why}")
             return
         batch = np.concatenate([t.image for t in group if t.image is not None])
-        start = self._timer()
+        masks = np.empty_like(batch)
+        per_call = self._tiles_per_call or len(batch)
+        elapsed = 0.0
         try:
-            masks = predictor.predict(batch, tta=tta)
-            if masks.shape != batch.shape:
-                raise AmError(f"model returned masks of shape {masks.shape} for tiles of shape {batch.shape}")
+            for first in range(0, len(batch), per_call):
+                chunk = batch[first:first + per_call]
+                start = self._timer()
+                part = predictor.predict(chunk, tta=tta)
+                took = self._timer() - start
+                if part.shape != chunk.shape:
+                    raise AmError(f"model returned masks of shape {part.shape} for tiles of shape {chunk.shape}")
+                masks[first:first + len(chunk)] = part
+                self._record(predictor, took)
+                elapsed += took
+                if self._call_returned is not None:
+                    self._call_returned()
         except Exception as exc:  # torch reports device and memory failures as RuntimeError and kin
             log.exception("inference failed for %d tile(s) of shape %s with model %s", len(group), batch.shape[1:],
                           model)
             for tile in group:
                 tile.fail(f"inference: {type(exc).__name__}: {exc}")
             return
-        elapsed = self._timer() - start
-        self._record(predictor, elapsed)
         per_tile = elapsed / len(batch)
         start = 0
         for tile in group:

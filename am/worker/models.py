@@ -5,7 +5,8 @@ still serve a job that asked for another. Loading a U-Net takes seconds and a GP
 so many, hence a small least-recently-used cache. An ``s3://`` checkpoint may be replaced under
 its key (``make upload-model`` always writes the stack's ModelUri) while a worker is still up
 between jobs, so its version is looked up again (a HeadObject) at most every
-``MODEL_RECHECK_S``, and a new version is loaded in place of the one it replaced::
+``MODEL_RECHECK_S``, and a new version is loaded in place of the one it replaced. A look-up that
+fails (S3 throttling, a refusal, the network) leaves a loaded version serving, with a warning::
 
     models = ModelCache(lambda path: Predictor.from_checkpoint(path), storage=storage, cache_dir=tmp)
     masks = models("s3://models/unet.pt").predict(tiles)
@@ -23,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from am.errors import WorkerError
+from am.errors import TransportError, WorkerError
 from am.transport.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,12 @@ class ModelCache:
 
     def __call__(self, uri: str) -> Predictor:
         with self._lock:
-            path = self._local_path(uri)
+            try:
+                path = self._local_path(uri)
+            except TransportError as exc:
+                if uri not in self._models:
+                    raise
+                return self._keep_serving(uri, exc)
             if uri in self._models:
                 loaded_path, predictor = self._models[uri]
                 if loaded_path == path:
@@ -95,6 +101,18 @@ class ModelCache:
         """URIs of the models in memory, least recently used first."""
         with self._lock:
             return list(self._models)
+
+    def _keep_serving(self, uri: str, exc: TransportError) -> Predictor:
+        """The loaded version of ``uri`` after its re-check failed: a throttled, refused or dropped
+        HeadObject (or download) says nothing against the version in memory, while failing the tiles
+        for it would spend their receives and send them to the dead-letter queue. It is looked up
+        again at the next re-check, not at every batch."""
+        loaded_path, predictor = self._models[uri]
+        self._versions[uri] = (loaded_path, time.monotonic())
+        self._models.move_to_end(uri)
+        log.warning("model %s: could not look up its current version in S3, the loaded version keeps serving "
+                    "(looked up again in %.0f s): %s", uri, self._recheck_s, exc)
+        return predictor
 
     def _local_path(self, uri: str) -> Path:
         """The file of the model's current version: an s3:// one downloaded when new, looked up again when due."""

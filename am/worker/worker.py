@@ -7,9 +7,11 @@ hides the message for a short backoff, so it is tried again and, after the queue
 receive is moved there by the worker itself, before it is reported: the job gives up on the tile
 at that report and, once no other tile is pending, ends and deletes its dead letters, while SQS
 would move a message left hidden only at a later receive (on AWS, one that wakes a GPU task for
-nothing), an orphan of an ended job. A message that does not parse or whose keys leave its
-job's prefix is logged, left untouched and hidden for the same backoff, so the dead-letter queue
-takes it after as many receives. Nothing is ever deleted that was not done or dead-lettered::
+nothing), an orphan of an ended job. A message of a job that has ended (its results queue is
+gone: nobody waits for it) is deleted, also on its last receive, never dead-lettered. A message
+that does not parse or whose keys leave its job's prefix is logged, left untouched and hidden for
+the same backoff, so the dead-letter queue takes it after as many receives. Nothing is ever deleted
+that was not done, dead-lettered, or of an ended job::
 
     worker = Worker(queue, storage, models, input_bucket="in", output_bucket="out",
                     results=lambda url: Queue(sqs, url), batch_size=4, idle_exit_s=60,
@@ -25,8 +27,11 @@ thread keeps every held message hidden, prefetched ones included.
 Stopping releases the prefetched batches at once (visibility 0), finishes the batch being
 computed and those being uploaded, and releases whatever is left after ``stop_grace_s``;
 aborting releases everything at once. An unexpected error in any stage stops the worker the
-same way and makes :meth:`Worker.run` return 1. A stop while idle does not wait for the long
-poll in progress: should that poll still deliver messages after the process has gone, they
+same way and makes :meth:`Worker.run` return 1; so does a missing input or output bucket, which
+is no tile's fault (failing the tiles would move the whole queue to the dead-letter queue). A
+model call (``batch_size`` tiles) still running after ``max_batch_s`` is taken for a hung device:
+everything held is released and :meth:`Worker.run` returns 1. A stop while idle does not wait
+for the long poll in progress: should that poll still deliver messages after the process has gone, they
 reappear when their visibility timeout ends. A stop that gave messages back waits up to
 ``RECEIVE_SETTLE_S`` for that poll, which would otherwise take them straight back.
 """
@@ -46,7 +51,7 @@ from typing import Protocol
 
 import cv2
 
-from am.errors import MessageError, TransportError, WorkerError
+from am.errors import MessageError, MissingBucket, TransportError, WorkerError
 from am.messages import RESULT_DONE, RESULT_FAILED, TileMessage, TileResult
 from am.transport.queue import MAX_RECEIVE, MAX_VISIBILITY_S, MAX_WAIT_S, Queue, Received, is_missing_queue
 from am.transport.storage import Storage
@@ -98,9 +103,15 @@ def opencv_threads_of_a_worker() -> Iterator[None]:
 
 
 class ResultSender(Protocol):
-    """Where TileResults go: a :class:`~am.transport.queue.Queue` for the job's results queue URL."""
+    """Where TileResults go: a :class:`~am.transport.queue.Queue` for the job's results queue URL.
+
+    ``depth`` tells whether the queue still exists (a TransportError that
+    :func:`~am.transport.queue.is_missing_queue` recognises when it does not).
+    """
 
     def send_many(self, bodies: Sequence[str]) -> None: ...
+
+    def depth(self) -> dict[str, int]: ...
 
 
 @dataclass
@@ -178,8 +189,10 @@ class Worker:
         self._prefetch_batches = prefetch_batches
         self._upload_batches = upload_batches
         self._max_batch_s = max_batch_s
-        # When the model call in progress began (monotonic), None between calls: the supervisor's watch.
-        self._batch_started: float | None = None
+        # The supervisor's watch (monotonic), None between batches: when the batch began until its first
+        # model call returns (a model's load and compilation count with that call), then when the last
+        # call returned. A batch holds messages of up to 256 tiles each, so it may take many calls.
+        self._call_started: float | None = None
         self.worker_id = worker_id
         self.stats = WorkerStats()
         self._lease = Lease()
@@ -218,7 +231,8 @@ class Worker:
         fetch_pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-fetch")
         put_pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-put")
         steps = TileSteps(self._storage, self._predictor_for, input_bucket=self._input_bucket,
-                          output_bucket=self._output_bucket, clock=self.stats.clock)
+                          output_bucket=self._output_bucket, clock=self.stats.clock,
+                          tiles_per_call=self._batch_size, call_returned=self._model_call_returned)
         prefetcher: Prefetcher[TileWork] = Prefetcher(
             receive=self._receive, fetch=steps.fetch, discard=self._give_back, pool=fetch_pool,
             depth=self._prefetch_batches, on_error=self._fail)
@@ -257,7 +271,7 @@ class Worker:
     def _supervise(self, thread: threading.Thread, prefetcher: Prefetcher[TileWork]) -> int:
         stop_seen_at: float | None = None
         while thread.is_alive():
-            started = self._batch_started
+            started = self._call_started
             if started is not None and time.monotonic() - started > self._max_batch_s and not self._aborting.is_set():
                 # A stuck call never returns: no grace period can end it, and only a new process can
                 # use the device again. Every held message goes back to the queue for the other workers.
@@ -301,8 +315,11 @@ class Worker:
         with self._crash_lock:
             if self._crash is None:
                 self._crash = exc
-                log.error("worker %s: unexpected error in %s", self.worker_id, threading.current_thread().name,
-                          exc_info=exc)
+                if isinstance(exc, MissingBucket):
+                    log.error("worker %s: %s; giving every held message back and exiting", self.worker_id, exc)
+                else:
+                    log.error("worker %s: unexpected error in %s", self.worker_id, threading.current_thread().name,
+                              exc_info=exc)
         self._broken.set()
         self._stopping.set()
 
@@ -411,11 +428,11 @@ class Worker:
                 tiles = prefetcher.take()
                 if tiles is None:
                     break
-                self._batch_started = time.monotonic()
+                self._call_started = time.monotonic()
                 try:
                     steps.infer(tiles)
                 finally:
-                    self._batch_started = None
+                    self._call_started = None
                 if not uploader.submit(tiles):
                     break
         except BaseException as exc:
@@ -424,6 +441,11 @@ class Worker:
             prefetcher.stop()
             uploader.close()
         uploader.join()
+
+    def _model_call_returned(self) -> None:
+        """Restart the supervisor's watch: it times one model call, which a healthy device finishes in
+        time, not the whole batch, which may be many calls."""
+        self._call_started = time.monotonic()
 
     # -- upload stage: settling (am-settle thread), after every tile's mask is written ----
 
@@ -456,11 +478,18 @@ class Worker:
 
         Sent there first, then deleted here: a failure between the two leaves a second copy in
         the dead-letter queue (the job counts its tiles once), never none. Where the send fails,
-        the message is hidden as any failure is, and SQS moves it at its next receive.
+        the message is hidden as any failure is, and SQS moves it at its next receive. A message
+        of a job that has ended (its results queue is gone) is left out: nobody would ever take it
+        out of the dead-letter queue, and its report finds the queue gone and deletes it, as on any
+        earlier receive.
         """
         if self._dead_letters is None or self._max_receives < 1:
             return set()
         last = [t for t in tiles if not t.ok and t.received.receive_count >= self._max_receives]
+        if not last:
+            return set()
+        ended = {reply for reply in {t.message.reply for t in last} if self._job_ended(reply)}
+        last = [t for t in last if t.message.reply not in ended]
         if not last:
             return set()
         try:
@@ -474,6 +503,23 @@ class Worker:
                     ", ".join(t.message.name for t in last), last[0].received.receive_count, self._max_receives)
         self._delete(handles)
         return set(handles)
+
+    def _job_ended(self, reply: str) -> bool:
+        """Whether the results queue ``reply`` no longer exists (its job has ended).
+
+        Asked only before a last failure is dead-lettered, when that must be known before the
+        report that would otherwise tell. Where SQS cannot say, the job is taken as running: a
+        message in the dead-letter queue is one the job can still count, or ``--drop-orphans``
+        removes.
+        """
+        try:
+            self._sender(reply).depth()
+        except TransportError as exc:
+            if is_missing_queue(exc):
+                return True
+            log.warning("could not tell whether results queue %s still exists, taking its job as running: %s",
+                        reply, exc)
+        return False
 
     def _report(self, tiles: list[TileWork]) -> tuple[set[str], list[str]]:
         """Send a TileResult per message to its job's results queue.

@@ -180,6 +180,9 @@ def test_task_role_reads_input_writes_output_reads_models_and_uses_its_queues(st
         ("s3:GetObject", f"{stack['InputBucket']}/*"),
         ("s3:PutObject", f"{stack['OutputBucket']}/*"),
         ("s3:GetObject", f"{stack['ModelBucket']}/models/*"),
+        # HeadBucket: a worker checks at start that its buckets exist.
+        ("s3:ListBucket", stack["InputBucket"]),
+        ("s3:ListBucket", stack["OutputBucket"]),
     }
     sqs_resources = {r for a, r in grants if a.startswith("sqs:")}
     queue_arn, dead_letter_arn = (client("sqs").get_queue_attributes(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from am.errors import InputError, TransportError
+from am.errors import InputError, MissingBucket, TransportError
 from am.transport import storage as storage_module
 from am.transport.storage import Storage, parse_s3_uri
 
@@ -42,6 +43,12 @@ def test_missing_key_is_a_transport_error_naming_it(storage: Storage) -> None:
 def test_missing_bucket_is_named(storage: Storage) -> None:
     with pytest.raises(TransportError, match="bucket absent does not exist"):
         storage.get_bytes("absent", "k")
+
+
+def test_a_write_to_a_missing_bucket_is_a_missing_bucket(storage: Storage) -> None:
+    """As on reads: the worker stops on a missing bucket instead of failing every tile it writes."""
+    with pytest.raises(MissingBucket, match=r"bucket absent does not exist \(writing k\); create it or fix the name"):
+        storage.put_bytes("absent", "k", b"data")
 
 
 def test_put_many_get_many_round_trip_in_parallel(storage: Storage, tmp_path: Path) -> None:
@@ -155,6 +162,40 @@ def test_fetch_model_keeps_one_version_per_uri(storage: Storage, tmp_path: Path,
     assert third.read_bytes() == b"weights v3" and not first.exists() and not second.exists()
     assert sorted(p.read_bytes() for p in cache.rglob("*.pt")) == [b"another model", b"weights v3"]
     assert other.is_file()
+
+
+class _ReplacedBeforeGet:
+    """An S3 client on which ``replace()`` runs once, just before the first GetObject: the checkpoint is
+    uploaded again between the HeadObject and the GetObject of a download."""
+
+    def __init__(self, s3: Any, replace: Callable[[], None]) -> None:
+        self._s3 = s3
+        self._replace: Callable[[], None] | None = replace
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s3, name)
+
+    def get_object(self, **kwargs: Any) -> Any:
+        if self._replace is not None:
+            replace, self._replace = self._replace, None
+            replace()
+        return self._s3.get_object(**kwargs)
+
+
+def test_fetch_model_files_a_checkpoint_replaced_during_its_download_under_its_own_version(
+        storage: Storage, s3: Any, tmp_path: Path) -> None:
+    """Filed under the version it replaced, the new bytes would be served for that version ever after:
+    after a roll-back to it, say."""
+    storage.ensure_bucket("models")
+    storage.put_bytes("models", "unet.pt", b"weights A")
+    cache = tmp_path / "cache"
+    racing = Storage(_ReplacedBeforeGet(s3, lambda: storage.put_bytes("models", "unet.pt", b"weights B")),
+                     retry=FAST_RETRY)
+    got = racing.fetch_model("s3://models/unet.pt", cache)
+    assert got.read_bytes() == b"weights B"
+    assert storage.fetch_model("s3://models/unet.pt", cache) == got  # B is the version S3 holds
+    storage.put_bytes("models", "unet.pt", b"weights A")  # rolled back
+    assert storage.fetch_model("s3://models/unet.pt", cache).read_bytes() == b"weights A"
 
 
 def test_fetch_model_missing_object(storage: Storage, tmp_path: Path) -> None:

@@ -163,6 +163,17 @@ def test_unloadable_model_exits_1_with_the_reason(stack: Stack, tmp_path: Path) 
     assert b"cannot start" in proc.stderr and str(bogus).encode() in proc.stderr
 
 
+def test_a_bucket_that_does_not_exist_exits_1_naming_its_setting_before_anything_is_received(stack: Stack) -> None:
+    """Going on, the worker would fail every tile and move the whole queue to the dead-letter queue."""
+    stack.put_tiles(2, size=64)
+    proc = subprocess.run([sys.executable, "-m", "am.worker"], cwd=REPO, timeout=60, capture_output=True,
+                          env=stack.environment(AM_INPUT_BUCKET="typo-bucket"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert b"cannot start: bucket typo-bucket (AM_INPUT_BUCKET) does not exist; set AM_INPUT_BUCKET" in proc.stderr
+    assert [r.receive_count for r in stack.queue.receive(wait_s=0)] == [1]
+    assert stack.dlq.depth()["visible"] == 0
+
+
 def test_the_stop_grace_comes_from_the_stop_timeout_the_worker_is_told(stack: Stack) -> None:
     proc = subprocess.run([sys.executable, "-m", "am.worker"], cwd=REPO, timeout=120, capture_output=True,
                           env=stack.environment(AM_STOP_TIMEOUT_S="120", AM_IDLE_EXIT_S="1"))

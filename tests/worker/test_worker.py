@@ -417,8 +417,9 @@ def test_messages_of_several_tiles_share_forward_passes_and_come_back_as_one_obj
     results = sorted(env.collect_results(), key=lambda r: r.tiles)
     assert [r.tiles for r in results] == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9)]
     assert {r.status for r in results} == {"done"}
-    # Two messages make the first batch of 6 or more tiles (one predict call, chunked by the predictor).
-    assert predictor.batches == [8, 2]
+    # Two messages make the first batch of 6 or more tiles, computed in model calls of the batch size (6):
+    # the first spans both messages.
+    assert predictor.batches == [6, 2, 2]
     assert (worker.stats.done, worker.stats.failed) == (10, 0)
     assert env.queue.depth() == {"visible": 0, "in_flight": 0}
 
