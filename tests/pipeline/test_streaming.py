@@ -231,7 +231,7 @@ def test_files_that_can_be_made_again_going_missing_do_not_cost_the_masks(deploy
     caplog.set_level("INFO", logger="am.prepare")
     summary = _run(dataset, deployment, tiny_model, tmp_path)
     assert summary.tiles == ROWS * COLS and summary.tiles_reused == ROWS * COLS
-    assert summary.job is not None and summary.job.completed == 0, "no tile was segmented again"
+    assert summary.job is None, "no job, so no worker: every tile has its mask, nothing to segment"
     assert {i: layout.tile_mask("g1", i).read_bytes() for i in range(ROWS * COLS)} == masks
     assert layout.source_norm("g1").is_file() and all(layout.tile_source("g1", i).is_file() for i in range(36))
     if lost.endswith("d source_norm"):
