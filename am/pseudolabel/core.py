@@ -149,9 +149,7 @@ def check_config(config: PseudoConfig) -> None:
         raise InputError(f"crop {config.crop} must be a multiple of 32 and at least 64")
     if not 0.0 <= config.low < config.high <= 1.0:
         raise InputError(f"confidence bounds must satisfy 0 <= low < high <= 1, got {config.low}, {config.high}")
-    models = {"small": _small_config(config, Path("small.pt"), crops=0),
-              "big": _big_config(config, Path("model.pt"), crops=0, known_fraction=0.0)}
-    for which, model in models.items():
+    for which, model in _both_models(config).items():
         try:
             meta = model.meta(trained=False)
             check_buildable(meta)
@@ -163,13 +161,17 @@ def check_config(config: PseudoConfig) -> None:
 def check_memory(config: PseudoConfig) -> None:
     """Raise InputError where a training step of either model cannot fit in memory (:mod:`am.train.fits`):
     the kernel would otherwise kill the run, without a word, after minutes of work."""
-    models = {"small": _small_config(config, Path("small.pt"), crops=0),
-              "big": _big_config(config, Path("model.pt"), crops=0, known_fraction=0.0)}
-    for which, model in models.items():
+    for which, model in _both_models(config).items():
         if problem := step_memory_problem(model.meta(trained=False), batch_size=config.batch_size, crop=config.crop,
                                           device=resolve_device(model.device or None),
                                           what=f"training the {which} model"):
             raise InputError(problem)
+
+
+def _both_models(config: PseudoConfig) -> dict[str, TrainConfig]:
+    """The two trainings' configurations as the checks before any work see them (no data counted yet)."""
+    return {"small": _small_config(config, Path("small.pt"), crops=0),
+            "big": _big_config(config, Path("model.pt"), crops=0, known_fraction=0.0)}
 
 
 def _small_config(config: PseudoConfig, out: Path, *, crops: int) -> TrainConfig:

@@ -223,15 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--refine-lr {args.refine_lr} needs --refine-channels and must be a finite number > 0")
     if problem := tile_size_problem(args.tile_size, name="--tile-size"):
         p.error(problem)
-    if problem := architecture_problem(encoder=args.encoder, encoder_depth=args.encoder_depth,
-                                       decoder_channels=tuple(args.decoder_channels),
-                                       refine_channels=args.refine_channels, tile_size=args.tile_size,
+    architecture = dict(encoder=args.encoder, encoder_depth=args.encoder_depth,
+                        decoder_channels=tuple(args.decoder_channels), refine_channels=args.refine_channels,
+                        tile_size=args.tile_size)
+    if problem := architecture_problem(**architecture,
                                        input_sizes={"--tile-size": args.tile_size, "--crop": args.crop}):
         p.error(f"--encoder/--encoder-depth/--decoder-channels: {problem}")  # before rendering or reading images
-    meta = ModelMeta(encoder=args.encoder, encoder_depth=args.encoder_depth,
-                     decoder_channels=tuple(args.decoder_channels), refine_channels=args.refine_channels,
-                     tile_size=args.tile_size)
-    if problem := step_memory_problem(meta, batch_size=args.batch_size, crop=args.crop,
+    if problem := step_memory_problem(ModelMeta(**architecture), batch_size=args.batch_size, crop=args.crop,
                                       device=resolve_device(args.device or None)):
         p.error(problem)
     if args.init_partial and args.init is None:
