@@ -24,7 +24,7 @@ from am.settings import Settings
 from am.transport.clients import ClientFactory
 from am.transport.queue import delete_queue, ensure_tile_queues
 from am.transport.retry import RetryPolicy
-from am.transport.storage import Storage
+from am.transport.storage import NamedBucket, Storage, require_existing_buckets
 
 if TYPE_CHECKING:
     from am.launchers.aws_stack import AwsResources
@@ -233,18 +233,22 @@ def require_dead_letter_queue(resources: AwsResources) -> None:
 def require_buckets(storage: Storage, resources: AwsResources) -> None:
     """Refuse a tile or mask bucket that does not exist, naming its setting, before any task starts:
     found later, the first upload fails after a GPU task was launched (and an instance started for
-    it), or, for the mask bucket, only once the workers fail on every tile."""
-    for setting, output, bucket in (("input_bucket", "InputBucket", resources.input_bucket),
-                                    ("output_bucket", "OutputBucket", resources.output_bucket)):
-        try:
-            exists = storage.bucket_exists(bucket)
-        except TransportError as exc:
-            raise ConfigError(f"bucket {bucket} ({setting}) cannot be checked before the ECS workers start: "
-                              f"{exc}") from exc
-        if not exists:
-            raise ConfigError(f"bucket {bucket} ({setting}: the stack's {output} output, or AM_{setting.upper()} "
-                              f"or the config file) does not exist; deploy the stack (make deploy), or set {setting} "
-                              "to an existing bucket")
+    it), or, for the mask bucket, only once the workers fail on every tile. A bucket that cannot be checked is
+    refused too: no task has started yet, and the operator can fix their credentials or network first."""
+
+    def refuse(named: NamedBucket, exc: TransportError) -> None:
+        raise ConfigError(f"bucket {named.bucket} ({named.setting}) cannot be checked before the ECS workers start: "
+                          f"{exc}") from exc
+
+    require_existing_buckets(
+        storage,
+        (NamedBucket(resources.input_bucket, "input_bucket", "InputBucket"),
+         NamedBucket(resources.output_bucket, "output_bucket", "OutputBucket")),
+        missing=lambda named: (f"bucket {named.bucket} ({named.setting}: the stack's {named.output} output, or "
+                               f"AM_{named.setting.upper()} or the config file) does not exist; deploy the stack "
+                               f"(make deploy), or set {named.setting} to an existing bucket"),
+        unchecked=refuse,
+    )
 
 
 @contextmanager

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from botocore.exceptions import ClientError
 
-from am.errors import InputError, MissingBucket, MissingObject, TransportError
+from am.errors import ConfigError, InputError, MissingBucket, MissingObject, TransportError
 from am.files import write_atomic
 from am.interrupts import ThreadPool, deferred_interrupts, wait_for
 from am.transport.retry import DEFAULT_POLICY, RetryPolicy, error_code, http_status
@@ -312,6 +312,39 @@ class Storage:
                 raise
 
 
+class NamedBucket(NamedTuple):
+    """A bucket, the setting that names it and the stack output that holds it on AWS: what a message
+    about the bucket must name for the reader to know what to fix."""
+
+    bucket: str
+    setting: str
+    output: str
+
+
+def require_existing_buckets(
+    storage: Storage,
+    buckets: Iterable[NamedBucket],
+    *,
+    missing: Callable[[NamedBucket], str],
+    unchecked: Callable[[NamedBucket, TransportError], None],
+) -> None:
+    """Refuse the first of ``buckets`` that does not exist with ``ConfigError(missing(bucket))``.
+
+    The worker and the orchestrator both check their tile and mask buckets before any work, and
+    differ only in what they say and in what a bucket that cannot be checked (HeadBucket refused,
+    the network) means to them: ``unchecked(bucket, error)`` decides, raising to refuse or returning
+    to go on to the next bucket (after logging why).
+    """
+    for named in buckets:
+        try:
+            exists = storage.bucket_exists(named.bucket)
+        except TransportError as exc:
+            unchecked(named, exc)
+            continue
+        if not exists:
+            raise ConfigError(missing(named))
+
+
 def object_version(head: dict[str, Any]) -> str:
     """Which version of an object a HeadObject answer describes: its ETag, else its upload time, else ''.
 
@@ -355,4 +388,4 @@ def _drain(running: set[Future[None]], *, until: int) -> Generator[None, None, s
     return running
 
 
-__all__ = ["DELETE_BATCH", "Storage", "parse_s3_uri"]
+__all__ = ["DELETE_BATCH", "NamedBucket", "Storage", "parse_s3_uri", "require_existing_buckets"]

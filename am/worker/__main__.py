@@ -13,9 +13,10 @@ fp32 on other CPUs), AM_POSTPROCESS
 (on|off: masks as the checkpoint asks, touching marks cut apart and specks dropped; default on),
 AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
 
-Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when a bucket does not
-exist (at start, or gone while running), the model cannot be loaded, the worker breaks, a model call
-hangs, or a second signal aborts it, 2 for bad settings or any command-line argument other than -h/--help.
+Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when a bucket, or the
+bucket or object of an s3:// model not yet loaded, does not exist (at start, or gone while running),
+the model cannot be loaded, the worker breaks, a model call hangs, or a second signal aborts it,
+2 for bad settings or any command-line argument other than -h/--help.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from am.errors import AmError, ConfigError, TransportError
 from am.model.memory import retain_freed_memory
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue
-from am.transport.storage import Storage
+from am.transport.storage import NamedBucket, Storage, require_existing_buckets
 from am.worker.config import WorkerConfig
-from am.worker.models import ModelCache
+from am.worker.models import MissingModel, ModelCache, Predictor
 from am.worker.worker import EXIT_FAILED, OPENCV_THREADS, Worker
 
 log = logging.getLogger("am.worker")
@@ -85,7 +86,7 @@ class ShutdownSignals:
 def build_worker(config: WorkerConfig) -> Worker:
     """Clients, storage, queue and models for ``config``; loads the start-up model now, so a bad one fails fast."""
     from am.model.checkpoint import default_model_path
-    from am.model.predict import Predictor
+    from am.model.predict import Predictor as UNetPredictor
 
     # PNG codecs and post-processing run on pools of their own: OpenCV's threads would only crowd them.
     cv2.setNumThreads(OPENCV_THREADS)
@@ -94,13 +95,13 @@ def build_worker(config: WorkerConfig) -> Worker:
     storage = Storage(clients.s3())
     require_buckets(storage, config)
     models = ModelCache(
-        partial(Predictor.from_checkpoint, threads=config.threads, batch_size=config.batch_size,
+        partial(UNetPredictor.from_checkpoint, threads=config.threads, batch_size=config.batch_size,
                 precision=config.precision, compile=config.compile, postprocess=config.postprocess == "on"),
         storage=storage,
         cache_dir=Path(tempfile.gettempdir()) / "am-segm-models",
     )
     model = config.model or str(default_model_path())
-    predictor = models(model)
+    predictor = load_start_up_model(models, model)
     queue = Queue(sqs, config.queue_url)
     max_receives, dead_letter_url = queue.redrive()
     return Worker(
@@ -129,17 +130,36 @@ def require_buckets(storage: Storage, config: WorkerConfig) -> None:
     which the stack's TaskRole grants but a role of one's own may lack, and a bucket missing after all
     stops the worker at its first tile.
     """
-    for setting, output, bucket in (("AM_INPUT_BUCKET", "InputBucket", config.input_bucket),
-                                    ("AM_OUTPUT_BUCKET", "OutputBucket", config.output_bucket)):
-        try:
-            exists = storage.bucket_exists(bucket)
-        except TransportError as exc:
-            log.warning("cannot check that bucket %s (%s) exists, going on (HeadBucket needs s3:ListBucket; a "
-                        "missing bucket will stop the worker at its first tile instead): %s", bucket, setting, exc)
-            continue
-        if not exists:
-            raise ConfigError(f"bucket {bucket} ({setting}) does not exist; set {setting} to an existing bucket "
-                              f"(on AWS, the stack's {output} output)")
+
+    def go_on(named: NamedBucket, exc: TransportError) -> None:
+        log.warning("cannot check that bucket %s (%s) exists, going on (HeadBucket needs s3:ListBucket; a "
+                    "missing bucket will stop the worker at its first tile instead): %s", named.bucket, named.setting,
+                    exc)
+
+    require_existing_buckets(
+        storage,
+        (NamedBucket(config.input_bucket, "AM_INPUT_BUCKET", "InputBucket"),
+         NamedBucket(config.output_bucket, "AM_OUTPUT_BUCKET", "OutputBucket")),
+        missing=lambda named: (f"bucket {named.bucket} ({named.setting}) does not exist; set {named.setting} to an "
+                               f"existing bucket (on AWS, the stack's {named.output} output)"),
+        unchecked=go_on,
+    )
+
+
+def load_start_up_model(models: ModelCache, model: str) -> Predictor:
+    """Load AM_MODEL before anything is received. An ``s3://`` one whose bucket or object does not exist is
+    refused naming the setting: S3's answer alone (bucket X does not exist) does not say which of the
+    worker's settings to fix.
+
+    A model that cannot be looked up for another reason (a refusal: without s3:ListBucket S3 answers
+    403 also for a missing key) is raised as it is, with S3's answer: nothing says it is missing.
+    """
+    try:
+        return models(model)
+    except MissingModel as exc:
+        raise ConfigError(f"AM_MODEL = {model} cannot be loaded: {exc.reason}; set AM_MODEL to the s3:// URI of an "
+                          "uploaded checkpoint (on AWS, the stack's ModelUri output, where make upload-model puts "
+                          "one)") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,8 @@
 A :class:`TileWork` is one message: the tiles of one object (:mod:`am.tilepack`). Each carries
 its own outcome, so one corrupt or missing object fails alone while the rest of the batch
 completes; only an inference error fails every message that shared the forward passes. A
-missing bucket is no message's fault: it is raised, and stops the worker.
+missing bucket is no message's fault: it is raised, and stops the worker; so is an ``s3://`` model
+not yet loaded whose bucket or object does not exist (:class:`~am.worker.models.MissingModel`).
 Nothing here touches SQS: the worker decides what an outcome means for the message. ``fetch``
 and ``put`` handle one message and run on the I/O pools of the prefetch and upload stages;
 ``infer`` handles a whole batch of messages on the compute thread, in model calls of
@@ -32,7 +33,7 @@ from am.messages import TileMessage
 from am.tilepack import pack_masks, unpack_tiles
 from am.transport.queue import Received
 from am.transport.storage import Storage
-from am.worker.models import Predictor
+from am.worker.models import MissingModel, Predictor
 from am.worker.timing import StageClock
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,10 @@ class TileSteps:
         model, tta = group[0].message.model, group[0].message.tta
         try:
             predictor = self._predictor_for(model)
+        except MissingModel:
+            # Every tile naming it would fail alike, on every receive: raised, it stops the worker
+            # with the messages given back instead of moving them all to the dead-letter queue.
+            raise
         # Also torch's device and memory failures (RuntimeError; CUDA out of memory among them) and a
         # full cache disk (OSError); anything else is a bug, which stops the worker.
         except (AmError, RuntimeError, OSError) as exc:

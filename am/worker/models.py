@@ -6,7 +6,9 @@ so many, hence a small least-recently-used cache. An ``s3://`` checkpoint may be
 its key (``make upload-model`` always writes the stack's ModelUri) while a worker is still up
 between jobs, so its version is looked up again (a HeadObject) at most every
 ``MODEL_RECHECK_S``, and a new version is loaded in place of the one it replaced. A look-up that
-fails (S3 throttling, a refusal, the network) leaves a loaded version serving, with a warning::
+fails (S3 throttling, a refusal, the network) leaves a loaded version serving, with a warning. A
+model not in memory whose bucket or object does not exist is a :class:`MissingModel`: no tile's
+fault, so the worker stops on it instead of failing every tile that names it::
 
     models = ModelCache(lambda path: Predictor.from_checkpoint(path), storage=storage, cache_dir=tmp)
     masks = models("s3://models/unet.pt").predict(tiles)
@@ -24,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from am.errors import TransportError, WorkerError
+from am.errors import MissingBucket, MissingObject, TransportError, WorkerError
 from am.transport.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,20 @@ class Predictor(Protocol):
     def device(self) -> str: ...
 
     def predict(self, tiles: np.ndarray, *, tta: str = "off") -> np.ndarray: ...
+
+
+class MissingModel(TransportError):
+    """An ``s3://`` model that is not in memory and whose bucket or object does not exist.
+
+    Every tile naming it would fail alike on every receive, until the queue sat in the
+    dead-letter queue for a mistyped URI: the worker stops on it instead, as on a missing tile
+    or mask bucket. ``uri`` is the model's URI, ``reason`` what S3 answered.
+    """
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"model {uri} cannot be loaded: {reason}")
+        self.uri = uri
+        self.reason = reason
 
 
 class ModelCache:
@@ -78,9 +94,11 @@ class ModelCache:
             try:
                 path = self._local_path(uri)
             except TransportError as exc:
-                if uri not in self._models:
-                    raise
-                return self._keep_serving(uri, exc)
+                if uri in self._models:
+                    return self._keep_serving(uri, exc)
+                if isinstance(exc, (MissingBucket, MissingObject)):
+                    raise MissingModel(uri, str(exc)) from exc
+                raise
             if uri in self._models:
                 loaded_path, predictor = self._models[uri]
                 if loaded_path == path:
@@ -104,9 +122,10 @@ class ModelCache:
 
     def _keep_serving(self, uri: str, exc: TransportError) -> Predictor:
         """The loaded version of ``uri`` after its re-check failed: a throttled, refused or dropped
-        HeadObject (or download) says nothing against the version in memory, while failing the tiles
-        for it would spend their receives and send them to the dead-letter queue. It is looked up
-        again at the next re-check, not at every batch."""
+        HeadObject (or download) says nothing against the version in memory, nor does an object or
+        bucket gone since it was loaded (the weights in memory segment as they did), while failing
+        the tiles for it would spend their receives and send them to the dead-letter queue. It is
+        looked up again at the next re-check, not at every batch."""
         loaded_path, predictor = self._models[uri]
         self._versions[uri] = (loaded_path, time.monotonic())
         self._models.move_to_end(uri)
@@ -129,4 +148,4 @@ class ModelCache:
         return path
 
 
-__all__ = ["DEFAULT_CAPACITY", "ModelCache", "Predictor"]
+__all__ = ["DEFAULT_CAPACITY", "MissingModel", "ModelCache", "Predictor"]

@@ -28,7 +28,8 @@ Stopping releases the prefetched batches at once (visibility 0), finishes the ba
 computed and those being uploaded, and releases whatever is left after ``stop_grace_s``;
 aborting releases everything at once. An unexpected error in any stage stops the worker the
 same way and makes :meth:`Worker.run` return 1; so does a missing input or output bucket, which
-is no tile's fault (failing the tiles would move the whole queue to the dead-letter queue). A
+is no tile's fault (failing the tiles would move the whole queue to the dead-letter queue), and an
+``s3://`` model not yet loaded whose bucket or object does not exist (a mistyped model URI). A
 model call (``batch_size`` tiles) still running after ``max_batch_s`` is taken for a hung device:
 everything held is released and :meth:`Worker.run` returns 1. A stop while idle does not wait
 for the long poll in progress: should that poll still deliver messages after the process has gone, they
@@ -58,7 +59,7 @@ from am.transport.storage import Storage
 from am.worker.batch import TileSteps, TileWork
 from am.worker.config import DEFAULT_MAX_BATCH_S, DEFAULT_STOP_TIMEOUT_S, STOP_RELEASE_MARGIN_S
 from am.worker.lease import Heartbeat, Lease
-from am.worker.models import Predictor
+from am.worker.models import MissingModel, Predictor
 from am.worker.stages import Prefetcher, Uploader
 from am.worker.timing import StageClock
 
@@ -315,7 +316,7 @@ class Worker:
         with self._crash_lock:
             if self._crash is None:
                 self._crash = exc
-                if isinstance(exc, MissingBucket):
+                if isinstance(exc, (MissingBucket, MissingModel)):
                     log.error("worker %s: %s; giving every held message back and exiting", self.worker_id, exc)
                 else:
                     log.error("worker %s: unexpected error in %s", self.worker_id, threading.current_thread().name,

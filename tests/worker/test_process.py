@@ -49,15 +49,16 @@ class Stack:
     model: Path
     logs: Path
 
-    def put_tiles(self, n: int, *, size: int, per_message: int = 2) -> list[tuple[int, ...]]:
-        """``n`` random tiles, ``per_message`` to a message and an object; returns each message's tiles."""
+    def put_tiles(self, n: int, *, size: int, per_message: int = 2, model: str = "") -> list[tuple[int, ...]]:
+        """``n`` random tiles, ``per_message`` to a message and an object, for ``model`` (default the tiny
+        checkpoint); returns each message's tiles."""
         rng = np.random.default_rng(0)
         bundles = [tuple(range(i, min(n, i + per_message))) for i in range(0, n, per_message)]
         items = [(tiles_key(self.job, "g", tiles),
                   pack_tiles(rng.integers(0, 256, (len(tiles), size, size), dtype=np.uint8))) for tiles in bundles]
         self.storage.put_many("proc-in", items)
         self.queue.send_many([
-            TileMessage(job=self.job, group="g", tiles=tiles, input=key, output=key, model=str(self.model),
+            TileMessage(job=self.job, group="g", tiles=tiles, input=key, output=key, model=model or str(self.model),
                         reply=self.results.url).to_json()
             for tiles, (key, _) in zip(bundles, items, strict=True)
         ])
@@ -171,6 +172,38 @@ def test_a_bucket_that_does_not_exist_exits_1_naming_its_setting_before_anything
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert b"cannot start: bucket typo-bucket (AM_INPUT_BUCKET) does not exist; set AM_INPUT_BUCKET" in proc.stderr
     assert [r.receive_count for r in stack.queue.receive(wait_s=0)] == [1]
+    assert stack.dlq.depth()["visible"] == 0
+
+
+def test_a_model_whose_bucket_does_not_exist_exits_1_naming_am_model_before_anything_is_received(
+        stack: Stack) -> None:
+    """Going on, the worker would fail every tile and move the whole queue to the dead-letter queue."""
+    stack.put_tiles(2, size=64)
+    typo = "s3://proc-typo-models/unet/model.pt"
+    proc = subprocess.run([sys.executable, "-m", "am.worker"], cwd=REPO, timeout=60, capture_output=True,
+                          env=stack.environment(AM_MODEL=typo))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    log = proc.stderr.decode(errors="replace")
+    # Over HTTP, S3 answers a HeadObject in a missing bucket as for a missing key: a bare 404.
+    assert f"cannot start: AM_MODEL = {typo} cannot be loaded: " in log and "does not exist" in log, log
+    assert "set AM_MODEL to the s3:// URI of an uploaded checkpoint" in log
+    assert [r.receive_count for r in stack.queue.receive(wait_s=0)] == [1]
+    assert stack.dlq.depth()["visible"] == 0
+
+
+def test_tiles_of_a_model_whose_bucket_does_not_exist_stop_the_worker_with_every_message_given_back(
+        stack: Stack) -> None:
+    """The model the tiles name is not the one the worker started with: found missing only at the first batch."""
+    typo = "s3://proc-typo-models/unet/model.pt"
+    stack.put_tiles(4, size=64, model=typo)
+    proc = subprocess.run([sys.executable, "-m", "am.worker"], cwd=REPO, timeout=120, capture_output=True,
+                          env=stack.environment(AM_IDLE_EXIT_S="60"))
+    log = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 1, log[-3000:]
+    assert f"model {typo} cannot be loaded: " in log and "does not exist" in log, log
+    assert "giving every held message back and exiting" in log
+    assert " failed (attempt" not in log and stack.results_so_far() == []
+    assert stack.queue.depth() == {"visible": 2, "in_flight": 0}
     assert stack.dlq.depth()["visible"] == 0
 
 
