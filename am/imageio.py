@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from am.dataset import _png_conversion
 from am.errors import InputError
 from am.files import atomic_output, write_atomic
 
@@ -53,6 +54,8 @@ _JPEG_TAIL = 64
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # How TIFF files begin: classic and BigTIFF, little- and big-endian.
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# How JPEG files begin: the start-of-image marker, then the first segment's marker.
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 # In the IHDR chunk, after width and height: bit depth 8, colour type 0 (grey).
 _PNG_GREY_8BIT = b"\x08\x00"
 _WRITABLE_PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -119,16 +122,26 @@ def _existing_image(path: Path) -> Path:
 
 
 def _check_signature(path: Path) -> None:
-    """InputError when the file's first bytes are the other format's than its suffix says.
+    """InputError when the file's first bytes are the other format's than its suffix says, or a JPEG's.
 
     The reader is chosen by the suffix, and each would only say that the file is not its format
-    (a PNG exported as scan.tif), where renaming it is all it takes.
+    (a PNG exported as scan.tif), where renaming it is all it takes. A JPEG saved under a .tif or
+    .png name is said to be one, with the command that converts it: renaming would not do, since
+    JPEG is not read at all (lossy, and 8-bit only).
     """
     try:
         with path.open("rb") as handle:
             head = handle.read(len(PNG_SIGNATURE))
     except OSError as exc:
         raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
+    if head.startswith(JPEG_SIGNATURE):
+        # cv2.imread goes by the bytes, not the suffix: the conversion reads this file as the JPEG it is.
+        keep = (f"then remove {path.name}, keeping only {path.with_suffix('.png').name}"
+                if path.suffix.lower() != ".png" else "which rewrites it in place as a real PNG")
+        raise InputError(f"image {path} is a JPEG file, not the {path.suffix} its name says, and JPEG is not read "
+                         f"(only lossless TIFF and PNG are): convert it to PNG, e.g. {_png_conversion(path)}, "
+                         f"{keep}; better, export the image again as TIFF or PNG from the original",
+                         reason=f"it is a JPEG file named {path.suffix}")
     if path.suffix.lower() in TIFF_SUFFIXES and head.startswith(PNG_SIGNATURE):
         found, suffix = "PNG", ".png"
     elif path.suffix.lower() in PNG_SUFFIXES and head[:4] in TIFF_SIGNATURES:
