@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 def _pseudo_label(args: argparse.Namespace, config: PseudoConfig) -> int:
     labels = read_labels(args.labels)  # small files first: a wrong folder is named before a large image is read
     image = read_normalised(args.image)
-    result = pseudo_label(image, labels, out_dir=args.out, config=config, progress=step_bar)
+    # main() checked the config's architectures and memory before the image was read: not done twice.
+    result = pseudo_label(image, labels, out_dir=args.out, config=config, progress=step_bar, config_checked=True)
     print(f"pseudo-labels: {100 * result.known.mean():.1f}% of the image trusted; wrote {args.out}/pseudo_mask.png, "
           f"overlay.png and model {result.model}")
     return 0

@@ -236,8 +236,13 @@ def pseudo_label(
     out_dir: Path,
     config: PseudoConfig = PseudoConfig(),
     progress: Callable[[Iterable, int, str], Iterable] | None = None,
+    config_checked: bool = False,
 ) -> PseudoResult:
     """Run the four steps on a normalised uint8 ``image``; writes models, masks and an overlay to ``out_dir``.
+
+    ``config`` is checked first (:func:`check_config`, :func:`check_memory`: building both models'
+    descriptions and sizing a training step of each) unless ``config_checked`` says the caller ran
+    both on this same ``config`` already: the command line does, before it reads the image.
 
     Everything is made in a staging folder inside ``out_dir`` and moved into place only when all
     four steps succeeded: a failed run leaves the previous run's outputs as they were, never a mix
@@ -249,9 +254,11 @@ def pseudo_label(
         raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
     if not labels:
         raise InputError("pseudo-labelling needs at least one labelled crop")
-    check_config(config)
+    if not config_checked:
+        check_config(config)
     check_crop_fits(image, config.crop)  # the image's own limit: more telling than the memory such a crop needs
-    check_memory(config)
+    if not config_checked:
+        check_memory(config)
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     crops = crops_from_labels(image, labels)
