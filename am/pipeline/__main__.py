@@ -9,28 +9,56 @@ after every other group is registered.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import os
 import sys
-from pathlib import Path
 
-from am.cli import (
-    EXIT_ERROR,
-    EXIT_OK,
-    RERUN_TO_RESUME,
-    SCALE_HELP,
-    add_log_level_option,
-    configure_logging,
-    run_main,
-    scale_option,
-)
-from am.errors import InputError
-from am.grid_shape import grid_shape_error
-from am.messages import TTA_MODES
-from am.pitch import TRAINED_PITCH_PX
-from am.settings import BACKENDS, config_path_from, config_template, load_settings
+# Exit code after Ctrl-C, as am.cli's EXIT_INTERRUPTED: needed before am.cli is loaded.
+_EXIT_INTERRUPTED = 130
+
+
+def _interrupted(outcome: str) -> int:
+    """Log that Ctrl-C stopped the command, and what that left, in one line; returns the exit code.
+
+    For a Ctrl-C that run_main cannot handle: one while the modules below load (a third of a second,
+    before am.cli is there) or while the options are parsed. Python would print a traceback of
+    wherever the import machinery was instead. Where logging is not configured yet, the line takes
+    the format am.cli's configure_logging gives every later one.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                            stream=sys.stderr)
+    logging.getLogger("am.pipeline").error("interrupted; %s", outcome)
+    return _EXIT_INTERRUPTED
+
+
+try:
+    import argparse
+    import math
+    from pathlib import Path
+
+    from am.cli import (
+        EXIT_ERROR,
+        EXIT_OK,
+        RERUN_TO_RESUME,
+        SCALE_HELP,
+        add_log_level_option,
+        configure_logging,
+        run_main,
+        scale_option,
+    )
+    from am.errors import InputError
+    from am.grid_shape import grid_shape_error
+    from am.messages import TTA_MODES
+    from am.pitch import TRAINED_PITCH_PX
+    from am.settings import BACKENDS, config_path_from, config_template, load_settings
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    # Nothing to clean up yet. Not sys.exit: a Ctrl-C that came through an exec() of a string on its way
+    # here (scipy imports numpy's names so) marks itself unhandled, and CPython would then end the
+    # process by SIGINT, even though it was handled.
+    os._exit(_interrupted("nothing was done, rerun the same command"))
 
 log = logging.getLogger("am.pipeline")
 
@@ -147,4 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # while the options were parsed, before run_main took Ctrl-C over
+        code = _interrupted(RERUN_TO_RESUME)
+    sys.exit(code)

@@ -1,0 +1,68 @@
+"""Ctrl-C before run_main has taken over (while ``python -m am.pipeline`` loads its modules or parses its
+options) ends the command with exit code 130 and one line, as a later one does, not a traceback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import am.pipeline.__main__ as pipeline_cli
+from am.cli import EXIT_INTERRUPTED
+from tests.environment import clean_env
+
+REPO = Path(__file__).resolve().parents[2]
+LINE = r"\d\d:\d\d:\d\d ERROR am\.pipeline: interrupted; "
+
+# Runs ``python -m am.pipeline`` as runpy does, with SIGINT raised at the first look-up of the module
+# named in argv[1] (a module the command imports while starting), or, for "parse", as the options are parsed.
+DRIVER = """
+import argparse, runpy, signal, sys
+
+where = sys.argv[1]
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == where:
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+def parse(*args, **kwargs):
+    signal.raise_signal(signal.SIGINT)
+
+if where == "parse":
+    argparse.ArgumentParser.parse_intermixed_args = parse
+else:
+    sys.meta_path.insert(0, Interrupt())
+sys.argv = ["am.pipeline", sys.argv[2]]
+runpy.run_module("am.pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+def _interrupted_at(where: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    # Run with -m, as the command is: CPython ends a -m run by SIGINT where a Ctrl-C was marked unhandled.
+    (tmp_path / "driver").mkdir(exist_ok=True)
+    (tmp_path / "driver" / "interrupting_driver.py").write_text(DRIVER)
+    return subprocess.run([sys.executable, "-m", "interrupting_driver", where, str(tmp_path / "dataset")], cwd=REPO,
+                          env=clean_env(PYTHONPATH=f"{tmp_path / 'driver'}:{REPO}"), capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_ctrl_c_while_the_modules_load_exits_130_with_one_line(tmp_path: Path) -> None:
+    # numpy.f2py: looked up inside scipy's exec("from numpy import *"), which marks a Ctrl-C unhandled for good.
+    for module in ("am.cli", "am.pitch", "numpy.f2py"):
+        done = _interrupted_at(module, tmp_path)
+        assert done.returncode == EXIT_INTERRUPTED, (module, done.returncode, done.stderr)
+        assert re.fullmatch(LINE + r"nothing was done, rerun the same command\n", done.stderr), done.stderr
+        assert done.stdout == ""
+
+
+def test_ctrl_c_while_the_options_are_parsed_exits_130_with_one_line(tmp_path: Path) -> None:
+    done = _interrupted_at("parse", tmp_path)
+    assert done.returncode == EXIT_INTERRUPTED, done.stderr
+    assert re.fullmatch(LINE + r"finished work is kept, rerun the same command to resume\n", done.stderr), done.stderr
+
+
+def test_the_early_exit_code_is_the_command_lines():
+    assert pipeline_cli._EXIT_INTERRUPTED == EXIT_INTERRUPTED
