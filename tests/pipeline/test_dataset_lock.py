@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import socket
+import stat
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -92,3 +97,86 @@ def test_a_run_told_to_wait_takes_the_lock_once_the_holder_ends(tmp_path, caplog
     finally:
         holder.kill()
         holder.wait()
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (and that no process reuses this soon)."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    return int(ended.stdout)
+
+
+@pytest.mark.parametrize("record", ["absent", "stale"])
+def test_a_run_that_cannot_write_and_one_that_can_exclude_each_other(tmp_path, record):
+    # Both lock the same thing, the folder, whatever each may write; and a record the holder could not
+    # replace (a killed earlier run's) is not taken for the holder.
+    if record == "stale":
+        (tmp_path / LOCK_NAME).write_text(f"am.pipeline, pid {_dead_pid()} on {socket.gethostname()}, "
+                                          "since 2020-01-01 00:00:00\n")
+    held = dataset_lock(tmp_path, command="read-only run")
+    with ExitStack() as unwritable:
+        unwritable.enter_context(read_only(tmp_path))
+        if record == "stale":
+            unwritable.enter_context(read_only(tmp_path / LOCK_NAME))
+        held.__enter__()
+    try:
+        with pytest.raises(InputError, match=r"is in use by another run \(holder not recorded\)"), \
+                dataset_lock(tmp_path, command="writing run"):
+            pytest.fail("two holders at once")
+    finally:
+        held.__exit__(None, None, None)
+
+
+def test_deleting_the_record_does_not_let_a_second_run_in(tmp_path):
+    with dataset_lock(tmp_path, command="first"):
+        (tmp_path / LOCK_NAME).unlink()
+        with pytest.raises(InputError, match="is in use by another run"), dataset_lock(tmp_path, command="second"):
+            pytest.fail("two holders at once")
+
+
+def test_the_record_is_cleared_when_the_lock_goes(tmp_path):
+    with dataset_lock(tmp_path, command="first"):
+        assert (tmp_path / LOCK_NAME).read_text().startswith("first, pid ")
+    assert (tmp_path / LOCK_NAME).read_text() == ""
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_the_record_is_never_written_through_a_link_or_into_a_non_file(tmp_path, kind, caplog):
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    if kind == "symlink":
+        (dataset / LOCK_NAME).symlink_to(victim)
+    else:
+        os.mkfifo(dataset / LOCK_NAME)
+    with dataset_lock(dataset, command="first"), \
+            pytest.raises(InputError, match="is in use by another run"), dataset_lock(dataset, command="second"):
+        pytest.fail("two holders at once")
+    assert victim.read_text() == "precious\n"
+    assert any(LOCK_NAME in r.getMessage() and "remove" in r.getMessage() for r in caplog.records)
+
+
+def test_where_folders_cannot_be_locked_the_record_file_is_locked_and_a_refusal_keeps_its_text(tmp_path, monkeypatch):
+    """NFS locks only files opened for writing: the runs lock the record file instead, and a run refused
+    there leaves the holder's record as it was."""
+    real_flock = fcntl.flock
+
+    def no_folder_locks(descriptor: int, operation: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real_flock(descriptor, operation)
+
+    monkeypatch.setattr("am.dataset_lock.fcntl.flock", no_folder_locks)
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    with dataset_lock(dataset, command="first"):
+        recorded = (dataset / LOCK_NAME).read_text()
+        assert recorded.startswith(f"first, pid {os.getpid()} on {socket.gethostname()}")
+        with pytest.raises(InputError, match=r"is in use by another run \(first, pid "), \
+                dataset_lock(dataset, command="second"):
+            pytest.fail("a second run took the lock")
+        assert (dataset / LOCK_NAME).read_text() == recorded
+    assert (dataset / LOCK_NAME).read_text() == ""
+    with dataset_lock(dataset, command="third"):  # let go: the next run takes it
+        assert (dataset / LOCK_NAME).read_text().startswith("third, pid ")
