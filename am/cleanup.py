@@ -18,6 +18,7 @@ from types import FrameType
 
 from am.backends import Backend
 from am.errors import AmError
+from am.launchers.local import STOP_TIMEOUT_S
 from am.settings import Settings
 from am.transport.queue import Queue, delete_queue
 from am.transport.retry import DEFAULT_POLICY, RetryPolicy
@@ -28,9 +29,9 @@ log = logging.getLogger(__name__)
 # Clean-up after a failure: a couple of quick tries, so a dead endpoint does not hold up the error.
 CLEANUP_RETRY_AFTER_FAILURE = RetryPolicy(attempts=2, base_s=0.2, max_wait_s=1.0)
 # About how long a clean-up takes at most, for the message shown when Ctrl-C comes during it: local
-# workers get 20 s to finish their batch, then the reported masks are collected; ECS tasks get
-# their stop timeout (the launcher waits up to 150 s for them).
-CLEANUP_HINT_S = 30.0
+# workers get the launcher's stop timeout to finish their batch (``am.job`` adds the final collection
+# after an interrupt); ECS tasks get their stop timeout (the launcher waits up to 150 s for them).
+CLEANUP_HINT_S = STOP_TIMEOUT_S
 CLEANUP_HINT_AWS_S = 180.0
 
 
@@ -132,6 +133,8 @@ class InterruptGuard:
     def __init__(self, job_id: str, *, hint_s: float = CLEANUP_HINT_S) -> None:
         self.job_id = job_id
         self.hint_s = hint_s
+        # Whether the clean-up saves the masks reported meanwhile (after an interrupt, not after a failure).
+        self.collecting = False
         self.interrupted = False
         self.cleaning = False
         # Signals after the first interrupt, or during the clean-up.
@@ -165,9 +168,10 @@ class InterruptGuard:
             return
         self.extra += 1
         if self.extra == 1:
-            log.warning("job %s is cleaning up: stopping the workers, saving the masks they reported, deleting its "
-                        "queue and objects; this takes up to about %.0f s. Press Ctrl-C again (or send SIGTERM again) "
-                        "to quit at once and leave them behind", self.job_id, self.hint_s)
+            steps = ("stopping the workers, saving the masks they reported, deleting its queue and objects"
+                     if self.collecting else "stopping the workers, deleting its queue and objects")
+            log.warning("job %s is cleaning up: %s; this takes up to about %.0f s. Press Ctrl-C again (or send "
+                        "SIGTERM again) to quit at once and leave them behind", self.job_id, steps, self.hint_s)
             return
         self.forced = True
         raise ForcedQuit(f"signal {signum} during the clean-up of job {self.job_id}")

@@ -45,7 +45,7 @@ from am.cleanup import (
     clean_up_steps,
     run_clean_up,
 )
-from am.collector import ResultCollector
+from am.collector import RESULT_HOLD_S, ResultCollector
 from am.dataset import DatasetLayout
 from am.errors import (
     CleanupIncomplete,
@@ -57,6 +57,7 @@ from am.errors import (
 )
 from am.imageio import read_image
 from am.interrupts import ThreadPool, result_of
+from am.launchers.local import STOP_TIMEOUT_S
 from am.messages import TileMessage, tile_name, tiles_key
 from am.prepare import PreparedGroup
 from am.settings import Settings
@@ -84,8 +85,12 @@ TILES_PER_MESSAGE_AWS = 32
 # After Ctrl-C or SIGTERM the workers finish the batch in hand and report it as they stop. Reports
 # already on the results queue then are collected for at most this long before the job's data is
 # deleted, so a rerun reuses those masks instead of segmenting the tiles again; nothing new is awaited.
-FINAL_COLLECT_S = 5.0
+# As long as the longest a receive cut short by the interrupt can keep reports hidden (its wait and
+# their hold, counted from before the workers were stopped), so that window ends within the budget.
+FINAL_COLLECT_S = float(RESULT_WAIT_S + RESULT_HOLD_S)
 FINAL_RECEIVE_WAIT_S = 1
+# What a timeout's message advises where no worker was found hung.
+TIMEOUT_ADVICE = "raise timeout_per_tile_s or add workers, then rerun to resume"
 
 
 def new_job_id() -> str:
@@ -202,7 +207,7 @@ def _wait_for_tiles(backend: Backend, collector: ResultCollector, *, results: Qu
         if now > deadline:
             raise JobTimeout(
                 f"job did not finish in time: {len(tracker.pending)} of {tracker.total} tile(s) pending; "
-                "raise timeout_per_tile_s or add workers, then rerun to resume",
+                + TIMEOUT_ADVICE,
                 {name: "timed out" for name in tracker.pending},
             )
 
@@ -340,17 +345,27 @@ class Job:
         self.start_workers(self._workers)
         return True
 
-    def close(self, *, after_failure: bool, interrupted: bool = False) -> None:
+    def cleanup_hint_s(self, *, collecting: bool) -> float:
+        """About how long the clean-up takes at most: the workers' stop, and the final collection if any."""
+        if self.backend.name != "local":
+            return CLEANUP_HINT_AWS_S
+        return CLEANUP_HINT_S + (FINAL_COLLECT_S if collecting else 0.0)
+
+    def close(self, *, after_failure: bool, interrupted: bool = False, failure: BaseException | None = None) -> None:
         """Stop sending, stop the workers, delete the job's results queue and S3 prefixes (:func:`clean_up_steps`).
 
         After an interrupt (Ctrl-C or SIGTERM) the masks reported by then, the stopping workers'
         last batches included, are collected between the stop and the deletion (:meth:`collect_reported`).
         A signal during the clean-up does not cut it short (see :class:`InterruptGuard`); after a
         clean-up that followed a success it is raised as KeyboardInterrupt once the clean-up is done.
-        One more signal quits at once: CleanupIncomplete then names what was left behind.
+        One more signal quits at once: CleanupIncomplete then names what was left behind. After a
+        ``failure`` (the error that ended the job) that error stays the one to report, and to decide
+        the exit code: what was left behind is logged instead, and the caller raises the failure.
         """
         guard = self._guard
         guard.cleaning = True
+        guard.collecting = interrupted
+        guard.hint_s = self.cleanup_hint_s(collecting=interrupted)
         steps = clean_up_steps(self.backend, job_id=self.job_id, results_url=self.results_url,
                                 settings=self._settings, after_failure=after_failure,
                                 dead_letters=self._collector.delete_dead_letters if self.tracker.dead else None,
@@ -365,6 +380,9 @@ class Job:
             run_clean_up(steps, job_id=self.job_id, after_failure=after_failure, remaining=remaining)
         except ForcedQuit:
             self._kill_workers()
+            if failure is not None:
+                log.error("%s", self._left_behind(remaining, failed=True))
+                return
             raise CleanupIncomplete(self._left_behind(remaining)) from None
         finally:
             guard.cleaning = False
@@ -377,9 +395,16 @@ class Job:
         if kill is not None:
             kill()
 
-    def _left_behind(self, remaining: list[str]) -> str:
+    @property
+    def forced(self) -> bool:
+        """Whether the user quit the clean-up at once (the workers were then killed, not stopped)."""
+        return self._guard.forced
+
+    def _left_behind(self, remaining: list[str], *, failed: bool = False) -> str:
         """The message of a clean-up the user cut short: what it did not do, and how to do it by hand."""
-        head = f"interrupted again while job {self.job_id} was cleaning up, so it quit without finishing"
+        head = (f"interrupted while job {self.job_id} was cleaning up after it failed, so it quit without finishing"
+                if failed else f"interrupted again while job {self.job_id} was cleaning up, so it quit without "
+                "finishing")
         kept = "masks already written to the dataset are kept; rerun the same command to resume"
         if self.backend.name == "local" and not self._settings.endpoint_url:
             return (f"{head}; its queue and objects were on the embedded endpoint, which ends with this command, and "
@@ -413,13 +438,20 @@ class Job:
                                on_done=lambda _count: None)
         results = Queue(sqs, self.results_url, retry=CLEANUP_RETRY_AFTER_FAILURE)
         deadline = time.monotonic() + budget_s
+        hidden_until = self._collector.hidden_until
+        # Whether the last receive brought reports (more may follow): nothing is known before the first.
+        more = True
+        cut_short = False
         try:
             if self._collector.in_hand:
                 collector.handle_results(self._collector.in_hand)
-            hidden_until = self._collector.hidden_until
-            while self.tracker.pending_count and time.monotonic() < deadline:
-                if not collector.receive(results, wait_s=FINAL_RECEIVE_WAIT_S) \
-                        and time.monotonic() >= hidden_until:
+            while self.tracker.pending_count:
+                if time.monotonic() >= deadline:
+                    # Only a deadline that came while reports could still be waiting leaves any behind.
+                    cut_short = more or time.monotonic() < hidden_until
+                    break
+                more = collector.receive(results, wait_s=FINAL_RECEIVE_WAIT_S)
+                if not more and time.monotonic() >= hidden_until:
                     break
         except OSError as exc:
             # The interrupt is the error to report; a mask that cannot be written is only named here.
@@ -429,7 +461,7 @@ class Job:
             log.warning("job %s: interrupted again; the masks reported but not yet collected are lost, "
                         "a rerun segments those tiles again", self.job_id)
         collected = len(self.tracker.completed) - before
-        if self.tracker.pending_count and time.monotonic() >= deadline:
+        if cut_short:
             log.warning("job %s: stopped collecting after %.0f s, perhaps with reports still waiting; a rerun "
                         "segments the %d tile(s) not collected", self.job_id, budget_s, self.tracker.pending_count)
         log.info("job %s: collected %d mask tile(s) reported while the job was interrupted", self.job_id, collected)
@@ -453,8 +485,7 @@ class Job:
             elif now - progress_at > budget:
                 raise JobTimeout(
                     f"no tile finished for {now - progress_at:.0f} s while {self.tracker.pending_count} "
-                    "were in flight; "
-                    "raise timeout_per_tile_s or add workers, then rerun to resume",
+                    f"were in flight; {TIMEOUT_ADVICE}",
                     {name: "timed out" for name in self.tracker.pending},
                 )
 
@@ -518,11 +549,52 @@ def open_job(backend: Backend, *, layout: DatasetLayout, settings: Settings, job
             job.start_workers(workers)
             yield job
         except BaseException as exc:
-            job.close(after_failure=True, interrupted=isinstance(exc, KeyboardInterrupt))
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            failure = None if interrupted else exc
+            if failure is not None:
+                # Said now, as the clean-up may wait the workers' stop timeout; what to do comes with the error
+                # once it is done, since the stop may find a worker hung.
+                log.error("job %s failed: %s; cleaning up first (stopping the workers, deleting its queue and "
+                          "objects: up to about %.0f s), what to do follows", job_id,
+                          _first_line(failure).replace(f"; {TIMEOUT_ADVICE}", ""), job.cleanup_hint_s(collecting=False))
+            before = _exit_codes(backend)
+            job.close(after_failure=True, interrupted=interrupted, failure=failure)
+            if isinstance(exc, JobTimeout) and not job.forced:
+                hung = _killed_by_stop(before, _exit_codes(backend))
+                if hung:
+                    raise JobTimeout(_hung_advice(str(exc), hung), exc.failed) from exc
             raise
         job.close(after_failure=False)
     finally:
         job._guard.uninstall()
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's first line (a worker log tail may follow it), or its type where it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _exit_codes(backend: Backend) -> list[int | None]:
+    """The workers' exit codes (None: still running), where the launcher tells them; [] where it does not."""
+    codes = getattr(backend.launcher, "exit_codes", None)
+    return list(codes()) if callable(codes) else []
+
+
+def _killed_by_stop(before: list[int | None], after: list[int | None]) -> list[int]:
+    """The workers, by number, that were running when the job failed and had to be killed when asked to stop."""
+    return [number for number, (was, now) in enumerate(zip(before, after, strict=False))
+            if was is None and now == -signal.SIGKILL]
+
+
+def _hung_advice(message: str, hung: list[int]) -> str:
+    """A timeout's message, advising on the unresponsive workers that the stop found, not on more time."""
+    which = ", ".join(str(number) for number in hung)
+    found = (f"worker(s) {which} did not respond: still running, but not stopped {STOP_TIMEOUT_S:.0f} s after being "
+             "asked to, so they were killed; a worker that hangs (a stuck device or driver, a process stopped with "
+             "SIGSTOP or in a debugger) keeps its tiles until the job times out: see the worker logs, then rerun to "
+             "resume (raise timeout_per_tile_s or add workers only where the workers were merely slow)")
+    return message.replace(TIMEOUT_ADVICE, found) if TIMEOUT_ADVICE in message else f"{message}; {found}"
 
 
 def raise_for_lost_tiles(report: JobReport) -> JobReport:
