@@ -24,6 +24,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -35,6 +36,8 @@ from typing import IO
 log = logging.getLogger(__name__)
 
 HASH_CHUNK_BYTES = 1 << 20
+# The name of atomic_output's temporary file beside ``NAME``: ``.NAME.<32 hex digits>.tmp``.
+_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
 
 
 def file_sha256(path: Path) -> str:
@@ -46,12 +49,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _temporary(path: Path) -> Path:
+    """Where :func:`atomic_output` writes ``path`` first (:data:`_TEMPORARY_NAME`)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[IO[bytes]]:
-    """A new temporary file beside ``path``, synced and renamed over ``path`` only if the block succeeds."""
+    """A new temporary file beside ``path``, synced and renamed over ``path`` only if the block succeeds.
+
+    An OSError about the temporary file, or about no file at all (a full disk while writing), is
+    raised again naming ``path``: the temporary name means nothing to the user, and a bare "No
+    space left on device" does not say which output failed. A process killed while writing leaves
+    its temporary file behind; :func:`remove_leftover_temporaries` clears them on a later run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _temporary(path)
     try:
         # Exclusive create with default permissions (the umask decides, as for any ordinary file).
         with tmp.open("xb") as handle:
@@ -59,9 +73,42 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError as removing:
+            log.warning("could not remove the unfinished %s: %s", tmp, removing.strerror)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp)):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def remove_leftover_temporaries(folder: Path) -> int:
+    """Delete the temporary files of :func:`atomic_output` left in ``folder``; returns how many.
+
+    A process killed while writing (kill -9, a power cut) cannot remove its temporary file, and
+    nothing else would: they would pile up in a folder that reruns keep and reuse. Only files named
+    as :func:`atomic_output` names them are touched, never a link. The caller makes sure nothing can
+    be writing there meanwhile (for a dataset: its run lock is held, and no job is running).
+    """
+    folder = Path(folder)
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for entry in entries:
+        if _TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                Path(entry.path).unlink(missing_ok=True)
+            except OSError as exc:  # only litter: the run goes on, and the next one tries again
+                log.warning("could not remove %s, an unfinished file a run stopped while writing: %s", entry.path,
+                            exc.strerror)
+                continue
+            removed += 1
+    if removed:
+        log.info("removed %d unfinished file(s) from %s, left by a run stopped while writing them", removed, folder)
+    return removed
 
 
 def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:

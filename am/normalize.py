@@ -28,6 +28,11 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 MAX_HISTOGRAM_LEVELS = 1 << 24
 # Pixels kept when percentiles of a float (or very wide integer) image come from a strided subsample.
 SAMPLE_PIXELS = 1 << 22
+# The least spread (max - min) an integer image must have to hold anything to segment: values one level
+# apart are a blank frame's quantisation noise, not marks (real images span tens of levels or more).
+MIN_INTEGER_SPREAD = 2
+# The same for floating-point pixels, relative to their magnitude: a smaller spread is float32 rounding.
+MIN_FLOAT_SPREAD = 1e-6
 
 
 def normalize(
@@ -128,6 +133,32 @@ def check_finite(grey: np.ndarray, name: str) -> None:
         )
 
 
+def check_not_blank(grey: np.ndarray, name: str) -> None:
+    """Refuse a grey image (:func:`to_grey`'s, finite) with essentially no information, naming ``name``.
+
+    Blank means every pixel has the same value, or (integer pixels) they differ by one level at most
+    (:data:`MIN_INTEGER_SPREAD`), or (floating point) by no more than float rounding
+    (:data:`MIN_FLOAT_SPREAD` of their magnitude). Such an image has no marks to find, yet :func:`normalize`
+    would still stretch it and the pipeline segment it, to say only at the end that its mask is empty; a
+    caller checks it before any worker starts. A low-contrast image is no such case: the spread of a few
+    levels it needs is far below any real microscopy's, and the percentile stretch brings it out.
+    """
+    mn, mx = _min_max(grey)
+    spread = mx - mn
+    if grey.dtype.kind == "f":
+        blank = spread <= MIN_FLOAT_SPREAD * max(abs(mn), abs(mx))
+    else:
+        blank = spread < MIN_INTEGER_SPREAD
+    if not blank:
+        return
+    values = f"every pixel is {mn}" if spread == 0 else f"its pixels span only {mn}..{mx}"
+    raise InputError(
+        f"{name} is blank ({values}, {grey.dtype} pixels): it holds no marks to segment. Check the image and "
+        "how it was exported (the right file, channel or frame; no contrast setting or bit-depth conversion that "
+        "flattened it), then export it again, or leave the group out"
+    )
+
+
 def _min_max(grey: np.ndarray) -> tuple[float | int, float | int]:
     blocks = _row_blocks(*grey.shape)
     mn = min(grey[r0:r1].min() for r0, r1 in blocks)
@@ -201,4 +232,4 @@ def _stretch(grey: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-__all__ = ["check_finite", "normalize", "read_normalised", "to_grey"]
+__all__ = ["check_finite", "check_not_blank", "normalize", "read_normalised", "to_grey"]

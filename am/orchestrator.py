@@ -32,7 +32,7 @@ from am.cli import describe_os_error
 from am.dataset import DatasetLayout
 from am.dataset_lock import dataset_lock
 from am.errors import AmError, JobFailed, LauncherError, ModelReplaced
-from am.files import check_can_replace
+from am.files import check_can_replace, remove_leftover_temporaries
 from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
 from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
 from am.model_source import resolve_model, s3_model_id
@@ -40,6 +40,7 @@ from am.prepare import (
     GroupTiler,
     PreparedGroup,
     check_group_image,
+    check_group_pixels,
     planned_tiles,
     recut_masked_group,
     reuse_group,
@@ -303,7 +304,9 @@ def _check_outputs_writable(layout: DatasetLayout, groups: list[str], *, registe
     """
     folders = []
     for group in groups:
-        folders += [layout.source_norm(group).parent, layout.tiles_dir(group), layout.stitched_dir(group)]
+        # The mask folder too: masks are written into it as workers report them, long after they started.
+        folders += [layout.source_norm(group).parent, layout.tiles_dir(group), layout.tile_mask(group, 0).parent,
+                    layout.stitched_dir(group)]
         if register or layout.am_coords_dir(group).exists():
             folders.append(layout.am_coords_dir(group))
     check_can_replace(folders)
@@ -339,6 +342,11 @@ def run_pipeline(
         for group in selected:
             check_group_image(layout, group, settings=settings)
         _check_outputs_writable(layout, selected, register=register)
+        # Under the lock and before any job: nothing else can be writing tiles, so a temporary file
+        # there is a killed run's and would stay for good, in folders that reruns keep.
+        for group in selected:
+            for tile in (layout.tile_source(group, 0), layout.tile_mask(group, 0)):
+                remove_leftover_temporaries(tile.parent)
         worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
         model, model_id = resolve_model(settings, cache_dir=cache_dir)
         # Decided before any worker starts: a rerun with every mask in place starts none (a group whose tiles
@@ -348,6 +356,9 @@ def run_pipeline(
         reused = {group: prepared if prepared is not None else
                   recut_masked_group(layout, group, settings=settings, model_id=model_id, worker=worker)
                   for group, prepared in reused.items()}
+        for group, prepared in reused.items():
+            if prepared is None:  # to be cut: a blank image is refused here, before any worker starts
+                check_group_pixels(layout, group)
 
         # Overlays are pictures for people that nothing downstream reads: they are drawn and encoded
         # on a thread while the next group is stitched, the job is cleaned up and the marks are registered.
@@ -378,19 +389,22 @@ def run_pipeline(
                 for future in drawing:
                     result_of(future)
                 phases.end("overlay")
-            except BaseException:
-                _log_overlay_errors(drawing)
+            except BaseException as failure:
+                _log_overlay_errors(drawing, raised=failure)
                 raise
         return summary
 
 
-def _log_overlay_errors(drawing: list[Future[None]]) -> None:
-    """A run failing for another reason must not hide that an overlay failed too: log it."""
+def _log_overlay_errors(drawing: list[Future[None]], *, raised: BaseException) -> None:
+    """A run failing for another reason must not hide that an overlay failed too: log it.
+
+    The overlay whose error is ``raised`` (the run failed on it) is left out: that error is reported anyway.
+    """
     with deferred_interrupts():
         started = [future for future in drawing if not future.cancel()]
     wait_for(started)
     with deferred_interrupts():
         errors = [future.exception() for future in started]
     for error in errors:
-        if error is not None:
+        if error is not None and error is not raised:
             log.error("could not write an overlay while the run was failing: %s", error)

@@ -49,7 +49,7 @@ from am.errors import ConfigError, InputError
 from am.files import clear_output, file_sha256, write_atomic
 from am.imageio import MAX_PIXELS, check_complete, encode_png, header_size, read_header, read_image, write_tiff
 from am.interrupts import ThreadPool, result_of
-from am.normalize import normalize
+from am.normalize import check_finite, check_not_blank, normalize, to_grey
 from am.pitch import choose_scale, resolve_scale
 from am.settings import AUTO_SCALE, Settings
 from am.tiling import TilePlan, plan_tiles, read_tile
@@ -250,6 +250,21 @@ def check_group_image(layout: DatasetLayout, group: str, *, settings: Settings) 
     damaged in its header, cut short or (a PNG) damaged anywhere is refused before any worker starts."""
     check_group_size(layout, group, settings=settings)
     check_complete(layout.source_image(group))
+
+
+def check_group_pixels(layout: DatasetLayout, group: str) -> None:
+    """Refuse a group's image with NaN or infinite pixels, or a blank one
+    (:func:`~am.normalize.check_not_blank`), before any worker starts rather than after every tile was
+    segmented for an empty mask.
+
+    Only for a group that is to be cut: it decodes the whole image once more (0.06 s for 2000 x 2000 px of
+    8-bit, 0.5 s for 8000 x 8000 px of zlib 16-bit), which a rerun reusing its tiles need not pay.
+    """
+    path = layout.source_image(group)
+    name = f"image {path}"
+    grey = to_grey(read_image(path), name=name)
+    check_finite(grey, name)
+    check_not_blank(grey, name)
 
 
 def planned_tiles(layout: DatasetLayout, group: str, *, settings: Settings) -> int | None:
