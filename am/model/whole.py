@@ -2,8 +2,9 @@
 
 The pipeline tiles and stitches with its own plan across workers; this is the in-process
 equivalent for a single image: reflect-pad to tile multiples, overlapping windows, probabilities
-averaged with weights that fade towards each window's edge (where context is missing), and an
-optional rescale before inference and back after, for marks far from the training scale::
+averaged with weights that fade towards each window's edge (where context is missing), flat
+areas (:mod:`am.model.flat`) of the whole image blanked after averaging, and an optional rescale
+before inference and back after, for marks far from the training scale::
 
     proba = predict_image_proba(predictor, image, scale=2.04)   # a half-resolution crop
     mask = predict_image_mask(predictor, image, scale=2.04)     # the mask the checkpoint asks for
@@ -20,6 +21,7 @@ import numpy as np
 
 from am.errors import InputError
 from am.model.checkpoint import tile_size_problem
+from am.model.flat import flat_areas
 from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
 
@@ -51,6 +53,10 @@ def predict_image_proba(
 
     ``image`` is 2-D uint8 (already normalised). ``scale`` > 1 enlarges the image before
     inference (marks too small for the model), < 1 shrinks it; the result is resized back.
+    Flat areas of the image the model sees (after the rescale) are 0, as in the pipeline's
+    masks. They are found on the whole image, after averaging: a window blanks only the flat
+    squares it holds whole, so one that holds under 64 px of a flat area would average the
+    model's answer there back in.
     ``overlap`` None is :func:`default_overlap` of ``tile_size``. ``progress`` (iterable, total,
     description) wraps the batches of windows, for a bar where a large image takes minutes.
     """
@@ -69,7 +75,12 @@ def predict_image_proba(
     if scale != 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         work = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+    # Found before the windows' sums are allocated, so that the search's temporaries (four bytes
+    # a pixel) are freed by then; only the bool result stays.
+    flat = flat_areas(work)
     proba = _sliding(predictor, work, tile_size=tile_size, overlap=overlap, progress=progress)
+    proba[flat] = 0.0
+    del flat
     if scale != 1.0:
         proba = cv2.resize(proba, (width, height), interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_AREA)
     return proba.astype(np.float32, copy=False)
