@@ -329,6 +329,11 @@ OTHER_AM_VARIABLES = frozenset({"AM_CONFIG", "AM_QUEUE_URL", "AM_THREADS", "AM_P
                                 "AM_POSTPROCESS", "AM_STOP_TIMEOUT_S", "AM_MAX_BATCH_S", "AM_WORKER_ID",
                                 "AM_SYSTEM_PYTHON"})
 _warned_unknown: set[str] = set()
+# The least tile_overlap at which every flat area is blanked in the stitched mask: twice the side
+# of am.model.flat.FLAT_SIDE (not imported: that would load torch with the settings). A pixel's
+# own tile holds only tile_overlap / 2 pixels beyond it, and a flat square must lie in the tile.
+FLAT_OVERLAP = 128
+_warned_overlap: set[int] = set()
 
 
 def unknown_am_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
@@ -390,9 +395,25 @@ def load_settings(
                 raise OptionError(f"{exc}; see --help") from exc
             sources[key] = COMMAND_LINE
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except SettingError as exc:
         raise _with_sources(exc, sources) from exc
+    _warn_small_overlap(settings.tile_overlap, sources.get("tile_overlap"))
+    return settings
+
+
+def _warn_small_overlap(overlap: int, source: str | None) -> None:
+    """A smaller overlap is allowed (tiles under 256 px have no other), but below FLAT_OVERLAP the
+    tile that writes a pixel near a seam may hold under 64 px of the zero fill or glare around it,
+    and the model's marks there stay; said once per value, not at every load."""
+    if overlap >= FLAT_OVERLAP or overlap in _warned_overlap:
+        return
+    _warned_overlap.add(overlap)
+    log.warning("tile_overlap %d%s is below %d: zero fill and glare within %d px of a seam between tiles "
+                "may be marked (a 64 px flat square must lie in the tile that writes the pixel); "
+                "set tile_overlap to %d or more, with tile_size at least %d, to blank them all",
+                overlap, f" ({_where(source)})" if source else "", FLAT_OVERLAP, FLAT_OVERLAP // 2 - overlap // 2,
+                FLAT_OVERLAP, 2 * FLAT_OVERLAP)
 
 
 def _with_sources(exc: SettingError, sources: Mapping[str, str]) -> ConfigError:
