@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pipeline-image", type=Path, help="also run am.pipeline on this image for the overhead ratio")
     parser.add_argument("--workers", type=int, default=2, help="pipeline workers (default 2)")
     parser.add_argument("--pipeline-arg", action="append", default=[],
-                        help="extra am.pipeline argument (repeatable; default --no-register)")
+                        help="extra am.pipeline argument (repeatable; default --no-register); the pipeline gets "
+                             "the measured tile size, batch size, precision and compilation, and --tta off")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_log_level_option(parser, default="WARNING")
     return parser
@@ -92,15 +93,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.encoder:
             checkpoint = write_untrained_checkpoint(Path(tmp) / f"{args.encoder}.pt", encoder=args.encoder,
                                                     tile_size=args.tile_size)
+        # Compiled for the tiles measured: a compiled model runs only the shape it was compiled for.
         predictor = Predictor.from_checkpoint(checkpoint, device=args.device, threads=args.threads,
                                               batch_size=args.batch_size, precision=args.precision,
-                                              compile=args.compile)
+                                              compile=args.compile, tile_size=args.tile_size)
         batch = predictor.batch_size
         out: dict[str, Any] = {
             "checkpoint": str(args.checkpoint or "") if not args.encoder else "",
             "encoder": predictor.meta.encoder, "trained": predictor.meta.trained, "device": predictor.device,
             "device_name": device_name(predictor.device), "precision": predictor.precision, "batch_size": batch,
-            "tile_size": args.tile_size, "compiled": predictor.compiled, "compile_s": round(predictor.compile_s, 2),
+            "tile_size": args.tile_size, "compiled": predictor.runs_compiled(args.tile_size),
+            "compile_s": round(predictor.compile_s, 2),
             "cpu_count": os.cpu_count(), "opencv_threads": OPENCV_THREADS, "load_average": list(os.getloadavg()),
         }
         images = synthetic_tiles(min(batch, 8), size=args.tile_size)
@@ -183,11 +186,14 @@ def _agreement_figures(args: argparse.Namespace, predictor: Any, reference: Any,
 def _pipeline_figures(args: argparse.Namespace, predictor: Any, full: Any, result: Any, checkpoint: Path,
                       workdir: Path, out: dict[str, Any]) -> None:
     """The whole pipeline on one image, against what its workers' models alone could do."""
-    from am.bench.pipeline import pipeline_overhead
+    from am.bench.pipeline import Workload, pipeline_overhead
 
     capacity, basis = _model_capacity(predictor, full, workers=args.workers, measured=result)
+    # The rate was measured on this workload: the pipeline's workers run the same one.
+    workload = Workload(tile_size=args.tile_size, batch_size=predictor.batch_size, precision=predictor.precision,
+                        compiled=predictor.runs_compiled(args.tile_size), device=predictor.device)
     pipe = pipeline_overhead(args.pipeline_image, checkpoint=checkpoint, workers=args.workers,
-                             model_tiles_per_s=capacity, workdir=workdir,
+                             model_tiles_per_s=capacity, workload=workload, workdir=workdir,
                              extra_args=args.pipeline_arg or ["--no-register"])
     out["pipeline"] = {
         "image": str(args.pipeline_image), "workers": pipe.workers, "tiles": pipe.tiles,
@@ -277,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.tile_size < 32 or args.tile_size % 32:
         parser.print_usage(sys.stderr)
         print(f"am.bench: --tile-size {args.tile_size} must be a positive multiple of 32 (at least 32)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from am.bench.pipeline import workload_option_in
+
+    if clash := workload_option_in(args.pipeline_arg):
+        parser.print_usage(sys.stderr)
+        print(f"am.bench: --pipeline-arg {clash} would run the pipeline on another workload than the one "
+              "measured; give --tile-size and --batch-size to am.bench itself (the pipeline runs with --tta off)",
               file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.log_level)

@@ -11,6 +11,7 @@ call synchronises before it returns, so no work is left uncounted::
 from __future__ import annotations
 
 import logging
+import re
 import statistics
 import threading
 import time
@@ -27,13 +28,19 @@ from am.model.predict import Predictor, PredictTimes
 
 log = logging.getLogger(__name__)
 
-# Dense tensor-core peak (TFLOP/s, no sparsity) of GPUs likely to run workers, from the vendors'
-# data sheets; used for "how far from the arithmetic limit" when --peak-tflops is not given.
+# Dense tensor-core peak (TFLOP/s, no sparsity) of GPUs likely to run workers, from NVIDIA's data
+# sheets (half the "with sparsity" figure where a sheet gives only that): H100 (SXM 1979, PCIe
+# 1513, NVL 1671 sparse), H200 (SXM 1979, NVL 1671 sparse), A100 312, L4 242 sparse, L40S 362.05,
+# T4 65 (mixed precision FP16/FP32). The T4 has no bf16 tensor cores, so no bf16 peak. A GPU not
+# listed (the A10G, with no public data sheet; the L40) gets none: pass --peak-tflops for it.
+# Used for "how far from the arithmetic limit" when --peak-tflops is not given; a name is matched
+# by whole words (:func:`peak_tflops`), so "L4" is not the L40S.
+_TENSOR_PEAKS = {"H100 PCIe": 756.0, "H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 SXM5": 989.0,
+                 "H100 NVL": 835.0, "H200": 989.0, "H200 NVL": 835.0, "A100": 312.0, "L4": 121.0, "L40S": 362.0}
 PEAK_TFLOPS = {
-    "fp16": {"H100 PCIe": 756.0, "H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H200": 989.0,
-             "A100": 312.0, "A10G": 70.0, "L4": 121.0, "T4": 65.0},
+    "fp16": {**_TENSOR_PEAKS, "T4": 65.0},
+    "bf16": dict(_TENSOR_PEAKS),
 }
-PEAK_TFLOPS["bf16"] = dict(PEAK_TFLOPS["fp16"])
 WARMUP_CALLS = 2
 
 
@@ -131,11 +138,26 @@ def gflop_per_tile(meta: ModelMeta, *, tile_size: int) -> float:
 
 
 def peak_tflops(device_name: str, precision: str) -> float | None:
-    """The data-sheet peak for a known GPU name, or None."""
+    """The data-sheet peak for a known GPU name, or None.
+
+    A table name matches where its words appear one after another among the device name's
+    (``NVIDIA A100-SXM4-80GB`` holds ``A100``); of several, the one of most words wins
+    (``NVIDIA H200 NVL`` is the NVL, not the SXM ``H200``). Substrings once matched ``L4`` in
+    ``NVIDIA L40S`` and reported a third of its peak.
+    """
+    words = _words(device_name)
+    best: tuple[int, float] | None = None
     for name, tflops in PEAK_TFLOPS.get(precision, {}).items():
-        if name in device_name:
-            return tflops
-    return None
+        wanted = _words(name)
+        n = len(wanted)
+        if any(words[i : i + n] == wanted for i in range(len(words) - n + 1)) and (best is None or n > best[0]):
+            best = (n, tflops)
+    return best[1] if best else None
+
+
+def _words(name: str) -> list[str]:
+    """A GPU name's words, case-folded: torch names them with spaces and hyphens (NVIDIA A100-SXM4-80GB)."""
+    return [word for word in re.split(r"[\s_-]+", name.casefold()) if word]
 
 
 def device_name(device: str) -> str:

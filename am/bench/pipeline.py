@@ -10,14 +10,21 @@ The overhead ratio is ``wall / model``, where
   rate (same checkpoint, device and batch size); ``python -m am.bench`` passes, on CPU,
   ``workers`` times the rate with ``cores // workers`` threads, and on CUDA the device's rate.
 
+That rate is of one workload: tiles of one size, batches of one size, one precision, compiled or
+not, without test-time augmentation, on one device. The pipeline is run on that same workload
+(:class:`Workload`: ``--tile-size``, ``--batch-size``, ``--tta off`` and the workers' AM_PRECISION,
+AM_COMPILE and AM_POSTPROCESS); its own defaults, a config file or the caller's environment would
+otherwise set a tile size, batch or arithmetic other than the measured one.
+
 The workers' own account, model compute summed over workers (``compute_s`` of their reports), is
 reported beside it, as ``wall / summed compute`` and ``wall / (summed compute / workers)``.
 The stages come from the pipeline's summary: the phases of its ``time:`` line (one after
 another) and, from its ``within prepare+segment:`` line, the busy seconds of the stages that
 overlap there (``prepare busy``, ``upload busy``, ``collect busy``) and the ``tail``::
 
+    workload = Workload(tile_size=512, batch_size=4, precision="fp32", compiled=False, device="cpu")
     result = pipeline_overhead(Path("image.tif"), checkpoint=path, workers=2, model_tiles_per_s=7.5,
-                               workdir=tmp)
+                               workload=workload, workdir=tmp)
     result.overhead_ratio
 """
 
@@ -35,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from am.errors import InputError, JobFailed
+from am.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,37 @@ SUMMARY_BUSY = re.compile(r"^within prepare\+segment: (.*)$", re.MULTILINE)
 # A stage name: word characters, "+" and "-" (prepare+segment, clean-up), optionally followed by " busy".
 STAGE_TIME = re.compile(r"([\w+-]+(?: busy)?) ([\d.]+) s")
 OUTPUT_TAIL_CHARS = 3000
+# am.pipeline options the workload sets; given again through extra_args they would measure another one.
+WORKLOAD_OPTIONS = ("--tile-size", "--tile-overlap", "--batch-size", "--tta")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the model rate was measured on, as resolved (no "auto", no 0): the pipeline runs the same.
+
+    ``device`` "cpu" hides CUDA from the pipeline's workers, which would otherwise pick a GPU.
+    """
+
+    tile_size: int
+    batch_size: int
+    precision: str
+    compiled: bool
+    device: str
+
+    def arguments(self) -> list[str]:
+        """am.pipeline options; the overlap is the pipeline's default where the tile allows it."""
+        overlap = min(Settings.tile_overlap, self.tile_size // 2)
+        return ["--tile-size", str(self.tile_size), "--tile-overlap", str(overlap),
+                "--batch-size", str(self.batch_size), "--tta", "off"]
+
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` with the workers' model variables set (local workers inherit the orchestrator's environment)."""
+        env = dict(base)
+        env.update({"AM_PRECISION": self.precision, "AM_COMPILE": "on" if self.compiled else "off",
+                    "AM_POSTPROCESS": "on"})
+        if self.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        return env
 
 
 @dataclass(frozen=True)
@@ -97,25 +136,34 @@ def pipeline_overhead(
     checkpoint: Path,
     workers: int,
     model_tiles_per_s: float,
+    workload: Workload,
     workdir: Path,
     extra_args: Sequence[str] = ("--no-register",),
     environ: Mapping[str, str] | None = None,
 ) -> PipelineResult:
-    """Run the pipeline once on a fresh dataset holding ``image`` and compare its wall time with the model's."""
+    """Run the pipeline once on a fresh dataset holding ``image`` and compare its wall time with the model's.
+
+    ``model_tiles_per_s`` was measured on ``workload``, which the pipeline is given too.
+    """
     image = Path(image)
     if not image.is_file():
         raise InputError(f"pipeline image {image} does not exist; give a .tif, .tiff or .png file")
     if model_tiles_per_s <= 0:
         raise InputError(f"model tiles/s must be > 0 to compute the overhead ratio, got {model_tiles_per_s}")
+    if clash := workload_option_in(extra_args):
+        raise InputError(f"pipeline argument {clash} would run another workload than the one measured; "
+                         "leave it out (the bench passes its own --tile-size and --batch-size, and --tta off)")
     dataset = Path(workdir) / "pipeline-dataset"
     shutil.rmtree(dataset, ignore_errors=True)
     (dataset / "source" / "bench").mkdir(parents=True)
     os.symlink(image.resolve(), dataset / "source" / "bench" / image.name)
     command = [sys.executable, "-m", "am.pipeline", str(dataset), "--workers", str(workers), "--model",
-               str(checkpoint), "--no-progress", *extra_args]
-    log.info("running %s", " ".join(command))
+               str(checkpoint), "--no-progress", *workload.arguments(), *extra_args]
+    env = workload.environment(os.environ if environ is None else environ)
+    log.info("running %s with AM_PRECISION=%s AM_COMPILE=%s", " ".join(command), env["AM_PRECISION"],
+             env["AM_COMPILE"])
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(environ or os.environ), check=False)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise JobFailed(f"python -m am.pipeline exited with {done.returncode}; its log ends with:\n"
@@ -125,4 +173,12 @@ def pipeline_overhead(
                           model_s=tiles / model_tiles_per_s, stages=stages)
 
 
-__all__ = ["PipelineResult", "parse_summary", "pipeline_overhead"]
+def workload_option_in(args: Sequence[str]) -> str | None:
+    """The first of ``args`` that sets an option of :data:`WORKLOAD_OPTIONS` (``--tta d4`` or ``--tta=d4``), or None."""
+    for arg in args:
+        if arg.split("=", 1)[0] in WORKLOAD_OPTIONS:
+            return arg
+    return None
+
+
+__all__ = ["PipelineResult", "Workload", "parse_summary", "pipeline_overhead", "workload_option_in"]

@@ -17,9 +17,10 @@ The fast path is the only path; what differs by device is the arithmetic:
   depend on the batch it came in;
 - the threshold is applied on the device and the masks come back as uint8 (a quarter of the
   bytes of float32 probabilities);
-- ``compile="on"`` wraps the model in ``torch.compile`` for one fixed batch shape, compiled
-  once while loading within a time budget (short batches are padded to that shape, so it never
-  compiles again); other shapes run uncompiled;
+- ``compile="on"`` wraps the model in ``torch.compile`` for one fixed batch shape (``batch_size``
+  tiles of ``tile_size``, the checkpoint's unless given), compiled once while loading within a
+  time budget (short batches are padded to that shape, so it never compiles again); tiles of
+  another size run uncompiled, and a warning says so the first time;
 - ``tta`` ("rot180", "flips" or "d4", per predictor or per call) averages the probabilities of 2,
   4 or 8 turned and mirrored views (:mod:`am.model.tta`), at 2, 4 or 8 times the compute;
 - large areas of one grey level (zero fill, clipped glare: :mod:`am.model.flat`) are blanked
@@ -119,10 +120,16 @@ class Predictor:
         compile: bool = False,
         compile_budget_s: float = DEFAULT_COMPILE_BUDGET_S,
         compile_required: bool = False,
+        compile_tile_size: int = 0,
         tta: str = "off",
         postprocess: bool = True,
     ) -> None:
         views(tta)
+        compile_tile_size = compile_tile_size or meta.tile_size
+        if compile_tile_size < 0 or compile_tile_size % meta.stride:
+            raise InputError(f"tile size {compile_tile_size} to compile for is not a positive multiple of "
+                             f"{meta.stride}, which this model needs; give the tile size the tiles will have "
+                             "(0: the checkpoint's)")
         self._tta = tta
         self._meta = meta
         self._postprocess = postprocess and meta.postprocesses
@@ -139,6 +146,8 @@ class Predictor:
         self._model = cast_for_inference(model, self._dtype)
         self._compiled: torch.nn.Module | None = None
         self._compiled_shape: tuple[int, int, int] | None = None
+        self._compile_tile_size = compile_tile_size
+        self._uncompiled_warned: set[tuple[int, int]] = set()
         self.compile_s = 0.0
         self._staging: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_times = PredictTimes()
@@ -159,6 +168,7 @@ class Predictor:
         precision: str = "auto",
         compile: str = "off",
         compile_budget_s: float = DEFAULT_COMPILE_BUDGET_S,
+        tile_size: int = 0,
         tta: str = "off",
         postprocess: bool = True,
     ) -> Predictor:
@@ -169,8 +179,9 @@ class Predictor:
         one for the device (tiles per forward pass: 4 on CPU, 64 on CUDA). ``precision`` auto
         is fp16 on CUDA, bf16 on a CPU with AMX and fp32 on other CPUs (:func:`resolve_precision`).
         ``compile`` is auto (CUDA only), on or off; compiling happens here, for ``batch_size``
-        tiles of the checkpoint's tile size, and an ``on`` compile that fails raises
-        CheckpointError (``auto`` falls back to running uncompiled).
+        tiles of ``tile_size`` px (0: the checkpoint's tile size; give the size the tiles will
+        have, since a compiled model runs only that shape and other sizes run uncompiled), and
+        an ``on`` compile that fails raises CheckpointError (``auto`` falls back to running uncompiled).
         ``tta`` is the test-time augmentation of calls that do not choose their own.
         ``postprocess`` False keeps masks merely thresholded even where the checkpoint asks for
         more (for measuring what cutting touching marks apart and dropping specks do).
@@ -181,6 +192,8 @@ class Predictor:
             raise InputError(f"threads must be >= 0, got {threads}")
         if batch_size < 0:
             raise InputError(f"batch_size must be >= 0, got {batch_size}")
+        if tile_size < 0:
+            raise InputError(f"tile_size must be >= 0 (0: the checkpoint's), got {tile_size}")
         if threads > 0:
             torch.set_num_threads(threads)
         device = str(resolve_device(device))  # refuse a device this machine lacks before loading anything
@@ -193,8 +206,8 @@ class Predictor:
         model = build_model(meta)
         model.load_state_dict(state, strict=True)
         return cls(model, meta, device=device, batch_size=batch_size, precision=precision, compile=use_compile,
-                   compile_budget_s=compile_budget_s, compile_required=compile == "on", tta=tta,
-                   postprocess=postprocess)
+                   compile_budget_s=compile_budget_s, compile_required=compile == "on",
+                   compile_tile_size=tile_size, tta=tta, postprocess=postprocess)
 
     @property
     def meta(self) -> ModelMeta:
@@ -214,7 +227,12 @@ class Predictor:
 
     @property
     def compiled(self) -> bool:
+        """Whether a compiled model is held; it runs only tiles of :meth:`runs_compiled`'s size."""
         return self._compiled is not None
+
+    def runs_compiled(self, tile_size: int) -> bool:
+        """Whether square tiles of ``tile_size`` px run the compiled model (any other shape runs uncompiled)."""
+        return self._compiled_shape is not None and self._compiled_shape[1:] == (tile_size, tile_size)
 
     @property
     def tta(self) -> str:
@@ -357,6 +375,11 @@ class Predictor:
             if n < self._batch_size:
                 pad = x.new_zeros((self._batch_size - n, *x.shape[1:]))
                 x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
+        elif self._compiled is not None and (size := (int(x.shape[2]), int(x.shape[3]))) not in self._uncompiled_warned:
+            # The compile's time was spent for another shape: say so once, not at every batch.
+            self._uncompiled_warned.add(size)
+            log.warning("the model was compiled for %dx%d tiles; these %dx%d tiles run uncompiled (load it "
+                        "with tile_size=%d to compile for them)", *self._compiled_shape[1:], *size, size[0])
         return torch.sigmoid(model(x)[:n].float())
 
     def _threshold(self, proba: torch.Tensor) -> torch.Tensor:
@@ -378,7 +401,7 @@ class Predictor:
         Past the budget, or if compiling fails and was not explicitly required, the model runs
         uncompiled and a warning says why; the compile time is logged either way.
         """
-        shape = (self._batch_size, self._meta.tile_size, self._meta.tile_size)
+        shape = (self._batch_size, self._compile_tile_size, self._compile_tile_size)
         compiled = torch.compile(self._model, dynamic=False)
         outcome: dict[str, BaseException] = {}
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from am.bench import __main__ as bench_cli
-from am.bench.pipeline import parse_summary, pipeline_overhead
+from am.bench.pipeline import Workload, parse_summary, pipeline_overhead
 from am.errors import InputError, JobFailed
 from am.job import JobReport
 from am.orchestrator import PipelineSummary
@@ -101,6 +101,9 @@ def test_parse_summary_reads_what_the_pipeline_prints() -> None:
                       "prepare busy": 3.9, "upload busy": 1.1, "collect busy": 0.6, "tail": 8.2}
 
 
+WORKLOAD = Workload(tile_size=512, batch_size=4, precision="fp32", compiled=False, device="cpu")
+
+
 def test_pipeline_overhead_ratio_uses_the_model_time_of_its_tiles(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     image = tmp_path / "image.tif"
@@ -114,7 +117,8 @@ def test_pipeline_overhead_ratio_uses_the_model_time_of_its_tiles(tmp_path: Path
         return subprocess.CompletedProcess(command, 0, stdout=SUMMARY, stderr="")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    result = pipeline_overhead(image, checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=6.5, workdir=tmp_path)
+    result = pipeline_overhead(image, checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=6.5, workload=WORKLOAD,
+                               workdir=tmp_path)
     assert seen["command"][1:3] == ["-m", "am.pipeline"] and "--no-register" in seen["command"]
     assert seen["source"] == ["image.tif"]
     assert result.model_s == pytest.approx(169 / 6.5)
@@ -129,10 +133,11 @@ def test_pipeline_overhead_reports_a_failed_run(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
         command, 1, stdout="", stderr="ERROR am.pipeline: image is broken"))
     with pytest.raises(JobFailed, match="image is broken"):
-        pipeline_overhead(image, checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=1.0, workdir=tmp_path)
+        pipeline_overhead(image, checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=1.0, workload=WORKLOAD,
+                          workdir=tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         pipeline_overhead(tmp_path / "none.tif", checkpoint=Path("m.pt"), workers=2, model_tiles_per_s=1.0,
-                          workdir=tmp_path)
+                          workload=WORKLOAD, workdir=tmp_path)
 
 
 @pytest.mark.parametrize("peak", ["-1", "0", "nan", "inf"])
