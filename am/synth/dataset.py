@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from am.dataset_lock import dataset_lock
 from am.errors import InputError
 from am.files import check_can_replace, staging, swap_in
 from am.imageio import write_png, write_tiff
@@ -203,7 +204,10 @@ def write_dataset(
                          "exist); pass --force to replace it")
     plans = [_plan_group(index, rows=rows, cols=cols, seed=seed, pitch=pitch, realistic=realistic,
                          uneven_rows=uneven_rows) for index in range(groups)]
-    with staging(root / STAGING_NAME) as stage:
+    root.mkdir(parents=True, exist_ok=True)
+    # A pipeline, am.register or another forced draw working on this dataset meanwhile would see its
+    # source images and truth replaced under it: the dataset's lock keeps them apart.
+    with dataset_lock(root, command="am.synth dataset"), staging(root / STAGING_NAME) as stage:
         for plan in plans if progress is None else progress(plans):
             scene = render(plan.lattice, plan.style, width=plan.width, height=plan.height,
                            rng=np.random.default_rng(plan.seed))

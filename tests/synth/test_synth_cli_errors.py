@@ -14,6 +14,7 @@ import pytest
 import tifffile
 
 import am.synth.dataset as dataset
+from am.dataset_lock import LOCK_NAME, dataset_lock
 from am.errors import InputError
 from am.imageio import read_image
 from am.synth.__main__ import main as synth_main
@@ -22,7 +23,9 @@ from tests.log_handlers import handlers_during
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The dataset's files, but the note of who holds its lock (empty once the draw has ended)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 def _no_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,3 +245,17 @@ def test_dataset_shows_a_progress_bar_with_log_lines_around_it(tmp_path: Path, m
     handlers.clear()
     assert synth_main(["tiles", str(tmp_path / "tl"), "--count", "1", "--size", "32"]) == 0
     assert "_TqdmLoggingHandler" in handlers and "tiles: 100%" in capsys.readouterr().err
+
+
+def test_force_waits_for_no_run_and_leaves_a_dataset_in_use_as_it_was(tmp_path: Path) -> None:
+    """A forced draw over a dataset that a pipeline (here: its lock) is working on is refused, naming
+    the run, and replaces nothing under it."""
+    root = tmp_path / "ds"
+    write_dataset(root, rows=3, cols=3, seed=1)
+    before = (root / "source" / "group01" / "image.tif").read_bytes()
+    with dataset_lock(root, command="am.pipeline"), \
+            pytest.raises(InputError, match=r"is in use by another run \(am\.pipeline, pid "):
+        write_dataset(root, rows=3, cols=3, seed=2, force=True)
+    assert (root / "source" / "group01" / "image.tif").read_bytes() == before
+    write_dataset(root, rows=3, cols=3, seed=2, force=True)  # once the run has ended
+    assert (root / "source" / "group01" / "image.tif").read_bytes() != before
