@@ -110,9 +110,9 @@ class JobReport:
 
 
 def _message(job_id: str, group: str, tiles: tuple[int, ...], key: str, *, model: str, tta: str,
-             reply: str) -> str:
+             reply: str, valid: tuple[int, int] | None = None) -> str:
     return TileMessage(job=job_id, group=group, tiles=tiles, input=key, output=key, model=model,
-                       reply=reply, tta=tta).to_json()
+                       reply=reply, tta=tta, valid=valid).to_json()
 
 
 def tile_pixels(tile: np.ndarray | Path, *, size: int) -> np.ndarray:
@@ -252,6 +252,8 @@ class Job:
                                      on_done=self._bar.update, worker_logs=worker_logs)
         self._window = 0
         self._per_message = tiles_per_message(settings, backend=backend.name)
+        # Each group's tile extent that is image, where its image is smaller than a tile (see send).
+        self._valid: dict[str, tuple[int, int] | None] = {}
         self._sender = ThreadPool(1, thread_name_prefix="am-send")
         self._sending: Future[float] | None = None
         self._next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
@@ -263,15 +265,25 @@ class Job:
         self._window = in_flight_window(self._settings, backend=self.backend.name, workers=count)
         self.backend.launcher.start(count, self.backend.worker_environment)
 
-    def send(self, group: str, tiles: Sequence[tuple[int, np.ndarray | Path]]) -> None:
+    def send(self, group: str, tiles: Sequence[tuple[int, np.ndarray | Path]], *,
+             valid: tuple[int, int] | None = None) -> None:
         """Upload ``(index, uint8 array or PNG file)`` tiles and enqueue them, on the sender thread.
 
         Tiles go out ``tiles_per_message`` to an object and a message (fewer in a chunk's last one).
+        ``valid`` is the rows and columns of each tile that are image where the group's image is
+        smaller than a tile (:func:`am.prepare.tile_valid_extent`): the messages carry it, so the
+        workers make the masks of the image alone, not of its reflected padding.
 
         Waits for the previous chunk first (raising its error, if any), so one chunk travels while
         the caller cuts the next; then collects the reports already waiting. With a window of
         tiles in flight, the chunk goes out in pieces of half the window, each once there is room.
         """
+        size = self._settings.tile_size
+        if valid is not None and not all(1 <= side <= size for side in valid):
+            raise ValueError(f"group {group}: image extent {valid} of its tiles does not fit tiles of {size} px")
+        if self._valid.setdefault(group, valid) != valid:
+            raise ValueError(f"group {group}: tiles sent with image extent {valid}, earlier ones with "
+                             f"{self._valid[group]}; one group has one tile plan")
         step = max(1, self._window // 2) if self._window else max(1, len(tiles))
         for start in range(0, len(tiles), step):
             piece = list(tiles[start:start + step])
@@ -511,7 +523,7 @@ class Job:
             data = pack_tiles(np.stack([tile_pixels(tile, size=self._settings.tile_size) for _, tile in bundle]))
             objects.append((key, data))
             messages.append(_message(self.job_id, group, indices, key, model=self.backend.model,
-                                     tta=self._settings.tta, reply=self.results_url))
+                                     tta=self._settings.tta, reply=self.results_url, valid=self._valid.get(group)))
         self._send_storage.put_many(self.backend.input_bucket, objects)
         self._tile_queue.send_many(messages)
         return time.monotonic() - started

@@ -29,6 +29,11 @@ MAX_TILES_PER_MESSAGE = 256
 # the four flips, or the eight symmetries of the square. "off" is left out of the JSON, so such
 # messages read the same as those of builds without the field.
 TTA_MODES = ("off", "rot180", "flips", "d4")
+# An image smaller than a tile is reflect-padded up to the tile; ``valid`` then names the (rows,
+# columns) of each of its tiles that are image, so that the worker makes the mask of that part
+# alone. Left out of the JSON for whole tiles, as "tta" is when off. A build without the field
+# refuses such a message as having an unknown field, rather than segmenting it the padded way.
+VALID_FIELD = "valid"
 
 # Job ids and group names become S3 key segments and queue-name suffixes.
 JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -68,6 +73,20 @@ def check_tiles(tiles: Any, kind: str) -> tuple[int, ...]:
     if len(set(tiles)) != len(tiles):
         raise MessageError(f"{kind} names a tile twice: {tiles!r:.200}")
     return tuple(tiles)
+
+
+def check_valid_extent(valid: Any, kind: str) -> tuple[int, int] | None:
+    """None, or the ``[rows, columns]`` of a tile that are image, both integers >= 1, as a tuple.
+
+    Whether the extent fits the tiles is known only once they are read: the worker checks that.
+    """
+    if valid is None:
+        return None
+    if (not isinstance(valid, (list, tuple)) or len(valid) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in valid)):
+        raise MessageError(f"{kind} field {VALID_FIELD!r} must be [rows, columns] of the tiles that are image, "
+                           f"two integers >= 1, got {valid!r:.100}; leave it out for tiles that are all image")
+    return int(valid[0]), int(valid[1])
 
 
 def check_job_id(job: str) -> str:
@@ -177,11 +196,15 @@ class TileMessage(_NamedTiles):
     model: str
     reply: str
     tta: str = "off"
+    # Rows and columns of every tile that are image (the group's image is smaller than a tile and the
+    # rest is padding); None: the tiles are all image.
+    valid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         check_job_id(self.job)
         check_group(self.group)
         object.__setattr__(self, "tiles", check_tiles(self.tiles, "tile message"))
+        object.__setattr__(self, "valid", check_valid_extent(self.valid, "tile message"))
         if self.tta not in TTA_MODES:
             raise MessageError(f"tile message field 'tta' must be one of {', '.join(TTA_MODES)}, got {self.tta!r:.50}")
         check_key_in_job(self.input, self.job, field="input")
@@ -195,6 +218,8 @@ class TileMessage(_NamedTiles):
         data = asdict(self)
         if data["tta"] == "off":
             del data["tta"]
+        if data[VALID_FIELD] is None:
+            del data[VALID_FIELD]
         return json.dumps({"v": MESSAGE_VERSION, **data}, sort_keys=True)
 
     @classmethod
@@ -203,8 +228,11 @@ class TileMessage(_NamedTiles):
         tta = data.pop("tta", "off")
         if not isinstance(tta, str):
             raise MessageError(f"tile message field 'tta' must be a string, got {tta!r:.50}")
+        if VALID_FIELD in data and data[VALID_FIELD] is None:
+            raise MessageError(f"tile message field {VALID_FIELD!r} is null; leave it out for tiles that are all image")
+        valid = check_valid_extent(data.pop(VALID_FIELD, None), "tile message")
         fields = {"job": str, "group": str, "tiles": tuple, "input": str, "output": str, "model": str, "reply": str}
-        return cls(**_take(data, fields, "tile message"), tta=tta)
+        return cls(**_take(data, fields, "tile message"), tta=tta, valid=valid)
 
 
 @dataclass(frozen=True)

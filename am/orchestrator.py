@@ -44,6 +44,7 @@ from am.prepare import (
     planned_tiles,
     recut_masked_group,
     reuse_group,
+    tile_valid_extent,
     worker_mask_settings,
 )
 from am.settings import AUTO_SCALE, Settings
@@ -194,7 +195,7 @@ def _cut_and_send(job: Job, layout: DatasetLayout, group: str, *, settings: Sett
             chunk = next(chunks, None)
         if chunk is None:
             break
-        job.send(chunk.group, chunk.tiles)
+        job.send(chunk.group, chunk.tiles, valid=tile_valid_extent(tiler.plan))
     with busy:
         return tiler.finish()
 
@@ -205,7 +206,8 @@ def _send_every_tile(job: Job, layout: DatasetLayout, reused: Mapping[str, Prepa
     """Send the pending tiles of reused groups (from disk), then cut and send the other groups; seal the job."""
     for group, prepared in reused.items():
         if prepared is not None and prepared.pending:
-            job.send(group, [(index, layout.tile_source(group, index)) for index in prepared.pending])
+            job.send(group, [(index, layout.tile_source(group, index)) for index in prepared.pending],
+                     valid=tile_valid_extent(prepared.plan))
     done = [prepared if prepared is not None
             else _cut_and_send(job, layout, group, settings=settings, model_id=model_id, worker=worker, busy=busy)
             for group, prepared in reused.items()]

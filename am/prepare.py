@@ -182,6 +182,18 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def tile_valid_extent(plan: TilePlan) -> tuple[int, int] | None:
+    """The rows and columns of every tile of ``plan`` that are image, or None where tiles are all image.
+
+    Only an image smaller than a tile is padded (reflected), and it then has a single row or column
+    of tiles, so one extent holds for all of them. The mask must be made of that part alone: in the
+    padding, a mark cut by the image edge meets its mirror image inside the tile and is no longer
+    seen at an edge, where post-processing keeps the visible parts of cut marks.
+    """
+    rows, cols = min(plan.height, plan.tile_size), min(plan.width, plan.tile_size)
+    return None if (rows, cols) == (plan.tile_size, plan.tile_size) else (rows, cols)
+
+
 def rescale(image: np.ndarray, *, scale: float) -> np.ndarray:
     """Resize so the marks match the scale the model was trained at (scale 0.5 halves the image)."""
     if scale == 1.0:

@@ -27,7 +27,9 @@ The fast path is the only path; what differs by device is the arithmetic:
   before the masks are made: the model's answer there means nothing;
 - where the checkpoint asks for more than a threshold (touching marks cut apart, specks dropped:
   :mod:`am.model.masks`), the probabilities come back instead of the masks and the host makes
-  the masks; behind a GPU the tiles of a batch share a thread pool.
+  the masks; behind a GPU the tiles of a batch share a thread pool;
+- ``valid`` names the part of each tile that is image, where an image smaller than a tile was
+  padded: the masks are made of that part alone and are 0 beyond it (see :meth:`Predictor.predict`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +66,8 @@ DEFAULT_COMPILE_BUDGET_S = 180.0
 # Host threads making masks from probabilities behind a GPU (OpenCV and the watershed release the GIL).
 MAX_POSTPROCESS_THREADS = 8
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Per tile, the rows and columns that are image (None: all of it); see Predictor.predict.
+Extents = Sequence[tuple[int, int] | None]
 
 
 def prepare_input(pixels: torch.Tensor, meta: ModelMeta, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -243,20 +248,28 @@ class Predictor:
         """Whether masks get the checkpoint's steps beyond the threshold (it names some, and they are not off)."""
         return self._postprocess
 
-    def predict(self, tiles: np.ndarray, *, tta: str | None = None) -> np.ndarray:
+    def predict(self, tiles: np.ndarray, *, tta: str | None = None, valid: Extents | None = None) -> np.ndarray:
         """Masks for uint8 tiles of shape (N, H, W): uint8 (N, H, W), 255 where p >= threshold, else 0,
         then cut apart and cleaned of specks as the checkpoint says when :attr:`postprocess`.
 
         ``tta`` None uses the predictor's own; "rot180", "flips" or "d4" threshold the averaged views.
+        ``valid`` gives, per tile, the (rows, columns) at its top left that are image, where an image
+        smaller than a tile was padded to it (None, for the call or a tile: all of it). The model
+        still sees the whole tile, but flat areas are found and the mask is made in that part alone,
+        as if the image edge were the tile's, and the rest of the mask is 0. In the padding, a mark
+        cut by the image edge would meet its mirror image and no longer touch an edge, and would be
+        dropped as a speck (:mod:`am.model.masks`, step 3).
         """
         self._check(tiles)
         tta = self._tta_for(tta)
+        extents = _check_extents(valid, tiles.shape)
         out = np.empty(tiles.shape, dtype=np.uint8)
         times = PredictTimes()
         with torch.inference_mode():
             for start in range(0, tiles.shape[0], self._batch_size):
                 chunk = tiles[start : start + self._batch_size]
-                out[start : start + len(chunk)] = self._masks(chunk, times, tta)
+                part = None if extents is None else extents[start : start + len(chunk)]
+                out[start : start + len(chunk)] = self._masks(chunk, times, tta, part)
         self.last_times = times
         return out
 
@@ -282,7 +295,7 @@ class Predictor:
 
     # -- the steps of one chunk ------------------------------------------------------------
 
-    def _masks(self, chunk: np.ndarray, times: PredictTimes, tta: str) -> np.ndarray:
+    def _masks(self, chunk: np.ndarray, times: PredictTimes, tta: str, extents: Extents | None) -> np.ndarray:
         n = len(chunk)
         if not self._cuda:
             start = time.perf_counter()
@@ -291,13 +304,14 @@ class Predictor:
             if self._postprocess:
                 proba = self._proba(x, n, tta).numpy()
                 computed = time.perf_counter()
-                proba[flat_areas(chunk)] = 0.0
-                masks = self._postprocessed(proba)
+                proba[_flat_areas(chunk, extents)] = 0.0
+                masks = self._postprocessed(proba, extents)
                 times.add(PredictTimes(tiles=n, h2d=moved - start, compute=computed - moved,
                                        postprocess=time.perf_counter() - computed))
                 return masks
             mask = self._threshold(self._proba(x, n, tta)).numpy()
-            mask[flat_areas(chunk)] = 0
+            mask[_flat_areas(chunk, extents)] = 0
+            _blank_beyond(mask, extents)
             done = time.perf_counter()
             times.add(PredictTimes(tiles=n, h2d=moved - start, compute=done - moved))
             return mask
@@ -313,8 +327,8 @@ class Predictor:
             events[3].synchronize()
             started = time.perf_counter()
             host = host_proba.numpy()
-            host[flat_areas(chunk)] = 0.0
-            masks = self._postprocessed(host)
+            host[_flat_areas(chunk, extents)] = 0.0
+            masks = self._postprocessed(host, extents)
             h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(3))
             times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute, d2h=d2h,
                                    postprocess=time.perf_counter() - started))
@@ -327,30 +341,38 @@ class Predictor:
         events[3].synchronize()
         started = time.perf_counter()
         masks = host.numpy().copy()
-        masks[flat_areas(chunk)] = 0
+        masks[_flat_areas(chunk, extents)] = 0
+        _blank_beyond(masks, extents)
         blanked = time.perf_counter() - started  # host time, counted with the device's compute
         h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(3))
         times.add(PredictTimes(tiles=n, h2d=h2d, compute=compute + blanked, d2h=d2h))
         return masks
 
-    def _postprocessed(self, proba: np.ndarray) -> np.ndarray:
-        """0/255 masks (n, H, W) from host probabilities (n, H, W), as the checkpoint asks.
+    def _postprocessed(self, proba: np.ndarray, extents: Extents | None = None) -> np.ndarray:
+        """0/255 masks (n, H, W) from host probabilities (n, H, W), as the checkpoint asks, each made
+        of its tile's image part alone where ``extents`` names one (0 beyond it).
 
         On CPU the tiles go one after another (torch's threads have just used every core); behind
         a GPU they share a thread pool, since a batch of 64 would otherwise keep one core busy for a second.
         """
         meta = self._meta
 
-        def one(p: np.ndarray) -> np.ndarray:
-            return mask_from_proba(p, meta)
+        def one(p: np.ndarray, extent: tuple[int, int] | None) -> np.ndarray:
+            if extent is None or extent == p.shape:
+                return mask_from_proba(p, meta)
+            rows, cols = extent
+            mask = np.zeros(p.shape, dtype=bool)
+            mask[:rows, :cols] = mask_from_proba(np.ascontiguousarray(p[:rows, :cols]), meta)
+            return mask
 
+        per_tile = [None] * len(proba) if extents is None else list(extents)
         if self._cuda and len(proba) > 1:
             if self._postprocess_pool is None:
                 workers = max(1, min(MAX_POSTPROCESS_THREADS, os.cpu_count() or 1))
                 self._postprocess_pool = ThreadPoolExecutor(workers, thread_name_prefix="am-postprocess")
-            masks = list(self._postprocess_pool.map(one, proba))
+            masks = list(self._postprocess_pool.map(one, proba, per_tile))
         else:
-            masks = [one(p) for p in proba]
+            masks = [one(p, extent) for p, extent in zip(proba, per_tile, strict=True)]
         return np.stack(masks).view(np.uint8) * np.uint8(255)
 
     def _to_device(self, chunk: np.ndarray) -> torch.Tensor:
@@ -448,6 +470,50 @@ class Predictor:
                 f"tile size {h}x{w} is not a multiple of {stride}, which this model "
                 f"({self._meta.encoder}, depth {self._meta.encoder_depth}) needs; pad or choose another tile size"
             )
+
+
+def _check_extents(valid: Extents | None, shape: tuple[int, ...]) -> list[tuple[int, int] | None] | None:
+    """``valid`` as a list of one extent (or None) per tile of ``shape`` (N, H, W); InputError naming the
+    first that does not fit; None where no tile has one."""
+    if valid is None:
+        return None
+    n, height, width = shape
+    extents = list(valid)
+    if len(extents) != n:
+        raise InputError(f"valid names the image part of {len(extents)} tile(s) for {n} tile(s); give one "
+                         "(rows, columns) or None per tile")
+    for index, extent in enumerate(extents):
+        if extent is None:
+            continue
+        if (not isinstance(extent, (tuple, list)) or len(extent) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in extent)
+                or not (1 <= extent[0] <= height and 1 <= extent[1] <= width)):
+            raise InputError(f"image part {extent!r} of tile {index} does not fit tiles of {height}x{width}: "
+                             "give (rows, columns) of at least 1 and at most the tile's, or None for all of it")
+        extents[index] = (int(extent[0]), int(extent[1]))
+    return None if all(extent is None for extent in extents) else extents
+
+
+def _flat_areas(chunk: np.ndarray, extents: Extents | None) -> np.ndarray:
+    """:func:`flat_areas` of each tile's image part alone (False beyond it): reflected padding would
+    double a flat strip along the image edge, and blank one the image alone does not have."""
+    if extents is None:
+        return flat_areas(chunk)
+    flat = np.zeros(chunk.shape, dtype=bool)
+    for tile, extent, out in zip(chunk, extents, flat, strict=True):
+        rows, cols = tile.shape if extent is None else extent
+        out[:rows, :cols] = flat_areas(np.ascontiguousarray(tile[:rows, :cols]))
+    return flat
+
+
+def _blank_beyond(masks: np.ndarray, extents: Extents | None) -> None:
+    """Zero each mask (n, H, W) beyond its tile's image part, in place: a mask says nothing of the padding."""
+    if extents is None:
+        return
+    for mask, extent in zip(masks, extents, strict=True):
+        if extent is not None:
+            mask[extent[0]:, :] = 0
+            mask[:, extent[1]:] = 0
 
 
 __all__ = ["DEFAULT_BATCH_CPU", "DEFAULT_BATCH_CUDA", "PredictTimes", "Predictor", "prepare_input"]

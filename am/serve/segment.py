@@ -21,7 +21,7 @@ from am.errors import CheckpointError
 from am.model.predict import Predictor
 from am.normalize import normalize
 from am.pitch import resolve_scale
-from am.prepare import check_image_size, rescale
+from am.prepare import check_image_size, rescale, tile_valid_extent
 from am.stitch import at_source_size
 from am.tiling import Stitcher, plan_tiles, read_tile
 
@@ -78,10 +78,13 @@ class ImageSegmenter:
         scaled = rescale(grey, scale=scale)
         plan = plan_tiles(scaled.shape[0], scaled.shape[1], tile_size=self.tile_size, overlap=self.tile_overlap)
         stitcher = Stitcher(plan)
+        # An image smaller than a tile is padded: its masks are made of the image part of each tile alone.
+        extent = tile_valid_extent(plan)
         step = self.predictor.batch_size
         for start in range(0, len(plan.tiles), step):
             tiles = plan.tiles[start : start + step]
-            masks = self.predictor.predict(np.stack([read_tile(scaled, tile, plan) for tile in tiles]))
+            extra = {} if extent is None else {"valid": [extent] * len(tiles)}
+            masks = self.predictor.predict(np.stack([read_tile(scaled, tile, plan) for tile in tiles]), **extra)
             for tile, mask in zip(tiles, masks, strict=True):
                 stitcher.add(tile.index, mask)
         log.debug("%s: %d x %d px segmented in %d tile(s) at scale %g", name, grey.shape[1], grey.shape[0],

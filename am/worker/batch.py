@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from am.errors import AmError, MissingBucket, WorkerError
+from am.errors import AmError, InputError, MissingBucket, WorkerError
 from am.messages import TileMessage
 from am.tilepack import pack_masks, unpack_tiles
 from am.transport.queue import Received
@@ -106,6 +106,7 @@ class TileSteps:
                 data = self._storage.get_bytes(self._input_bucket, key)
             with self._clock.timing("decode"):
                 tile.image = unpack_tiles(data, count=tile.count, name=f"s3://{self._input_bucket}/{key}")
+            _check_extent(tile.message, tile.image.shape, name=f"s3://{self._input_bucket}/{key}")
         except MissingBucket as exc:
             raise MissingBucket(f"the input bucket (AM_INPUT_BUCKET) is gone: {exc}") from exc
         except AmError as exc:
@@ -154,14 +155,19 @@ class TileSteps:
                 tile.fail(f"model {model}: {why}")
             return
         batch = np.concatenate([t.image for t in group if t.image is not None])
+        # Per tile, the part that is image (None: all of it), from its message.
+        extents = [t.message.valid for t in group if t.image is not None for _ in range(t.count)]
         masks = np.empty_like(batch)
         per_call = self._tiles_per_call or len(batch)
         elapsed = 0.0
         try:
             for first in range(0, len(batch), per_call):
                 chunk = batch[first:first + per_call]
+                valid = extents[first:first + per_call]
+                # Only calls with a padded tile name extents: predictors without the parameter still serve whole tiles.
+                extra = {"valid": valid} if any(extent is not None for extent in valid) else {}
                 start = self._timer()
-                part = predictor.predict(chunk, tta=tta)
+                part = predictor.predict(chunk, tta=tta, **extra)
                 took = self._timer() - start
                 if part.shape != chunk.shape:
                     raise AmError(f"model returned masks of shape {part.shape} for tiles of shape {chunk.shape}")
@@ -193,6 +199,17 @@ class TileSteps:
         self._clock.add("h2d", times.h2d)
         self._clock.add("compute", max(0.0, elapsed - times.h2d - times.d2h))
         self._clock.add("d2h", times.d2h)
+
+
+def _check_extent(message: TileMessage, shape: tuple[int, ...], *, name: str) -> None:
+    """Refuse a message whose image extent (``valid``) does not fit its tiles: it was not cut for them."""
+    if message.valid is None:
+        return
+    rows, cols = message.valid
+    if rows > shape[1] or cols > shape[2]:
+        raise InputError(f"{name}: the message's image extent {rows}x{cols} (field 'valid') is larger than its "
+                         f"{shape[1]}x{shape[2]} tiles, so it was not made for them; rerun the job to cut and send "
+                         "them again")
 
 
 def _groups(tiles: Iterable[TileWork]) -> list[list[TileWork]]:

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -41,13 +41,17 @@ MODEL_RECHECK_S = 5.0
 class Predictor(Protocol):
     """What the worker needs of a model: 0/255 masks for a batch of uint8 tiles, and its device.
 
-    ``tta`` is the message's test-time augmentation (:data:`am.messages.TTA_MODES`).
+    ``tta`` is the message's test-time augmentation (:data:`am.messages.TTA_MODES`). ``valid`` is,
+    per tile, the (rows, columns) that are image, or None for all of it (a message's ``valid``):
+    the mask is made of that part alone and is 0 beyond it. It is passed only to calls with a
+    padded tile among theirs, so a predictor that never gets one need not take it.
     """
 
     @property
     def device(self) -> str: ...
 
-    def predict(self, tiles: np.ndarray, *, tta: str = "off") -> np.ndarray: ...
+    def predict(self, tiles: np.ndarray, *, tta: str = "off",
+                valid: Sequence[tuple[int, int] | None] | None = None) -> np.ndarray: ...
 
 
 class MissingModel(TransportError):

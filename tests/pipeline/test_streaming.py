@@ -174,9 +174,9 @@ def _record_bar_totals(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     totals: list[float] = []
     send = Job.send
 
-    def recording_send(job: Job, group: str, tiles: Any) -> None:
+    def recording_send(job: Job, group: str, tiles: Any, **kwargs: Any) -> None:
         totals.append(job._bar.total)
-        send(job, group, tiles)
+        send(job, group, tiles, **kwargs)
 
     monkeypatch.setattr(Job, "send", recording_send)
     return totals
