@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).resolve().parent / "model"
 # What check_checkpoint's verdict depends on, besides the file itself.
 CHECKER_LIBRARIES = ("torch", "segmentation-models-pytorch", "timm")
-CHECKER_SOURCES = ("checkpoint.py", "build.py")
 
 
 def check_checkpoint(path: Path) -> None:
@@ -56,9 +55,19 @@ def _checker_fingerprint() -> str:
         except importlib.metadata.PackageNotFoundError:
             version = "absent"
         digest.update(f"{dist}={version}\n".encode())
-    for name in CHECKER_SOURCES:
-        digest.update((MODEL_CODE / name).read_bytes())
+    for source in checker_sources():
+        digest.update(f"{source.name}\n".encode())
+        digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def checker_sources() -> list[Path]:
+    """Every module of :mod:`am.model`: loading a checkpoint runs more of them than checkpoint.py and
+    build.py (storage.py unpacks int8 weights, refine.py builds the refinement branch, and each may
+    import others later). A list of the few that matter today would miss the next one, and a check
+    remembered across a change to it would let every worker fail on a model taken as checked; hashing
+    all of them costs a few milliseconds."""
+    return sorted(MODEL_CODE.glob("*.py"))
 
 
 def check_checkpoint_once(path: Path, model_id: str, *, cache_dir: Path) -> None:
