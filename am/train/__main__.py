@@ -4,7 +4,8 @@ Trains an smp U-Net from folders in the original training layout
 (``DIR/train|valid/<dataset>/<group>/{source,mask}/*.png``), from the synthetic generator, or
 both. Writes the best epoch to ``--out`` (a checkpoint), beside it ``OUT.metrics.csv`` (one row
 per epoch) and ``OUT.metrics.json`` (the run's summary), and, while a run is unfinished,
-``OUT.resume`` (for ``--resume``); a ``.pt`` suffix of OUT is left out of these names.
+``OUT.resume`` (for ``--resume``); a ``.pt`` suffix of OUT is left out of these names. While it
+runs it holds ``OUT.lock``, so that a second run with the same ``--out`` is refused.
 
 The shipped CPU default is trained by ``make model``: six runs of this command, the first from
 scratch and each of the others from the previous one's weights (the ``model`` target of the
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from am.cli import (
@@ -50,14 +52,22 @@ from am.model.separate import DEFAULT_SEED_THRESHOLD
 from am.synth.dataset import pitch_range_problem
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
+from am.train.augment import MIN_SCALE
 from am.train.data import LabelledFile, check_pair_sizes, read_pairs, split_files, synthetic_images, weigh_gaps
-from am.train.fits import step_memory_problem
+from am.train.fits import GIB, free_memory, step_memory_problem
 from am.train.init import check_init
 from am.train.loop import TrainConfig, resume_options_problem, resume_problem, train
 from am.train.progress import step_bar
-from am.train.runfiles import metrics_path, state_path
+from am.train.runfiles import metrics_path, run_lock, state_path
 
 log = logging.getLogger("am.train")
+
+# The largest --synthetic-size: 16 M pixels an image, while the crops that train on it are 64-1024 px.
+MAX_SYNTHETIC_SIZE = 4096
+# What a run holds of every image it trains or validates on, per pixel: the image, its mask and the loss weight.
+HELD_BYTES_PER_PIXEL = 3
+# The side of every synthetic validation image is at least this (whole images are validated, tiled).
+MIN_SYNTHETIC_VALID_SIZE = 512
 
 
 def _seed_threshold(text: str) -> float | None:
@@ -101,7 +111,9 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--synthetic", type=int, default=0, help="synthetic training images to generate (default 0)")
     data.add_argument("--synthetic-valid", type=int, default=0,
                       help="synthetic validation images (default 0; needed when --data has no valid split)")
-    data.add_argument("--synthetic-size", type=int, default=384, help="side of each synthetic image in px")
+    data.add_argument("--synthetic-size", type=int, default=384,
+                      help=f"side of each synthetic training image in px, 64-{MAX_SYNTHETIC_SIZE} (default 384); "
+                           f"validation images are at least {MIN_SYNTHETIC_VALID_SIZE} px, larger sizes as given")
     data.add_argument("--synthetic-seed", type=seed_option, default=None,
                       help="generator seed (default: --seed); validation uses seed + 1000")
     data.add_argument("--pitch-min", type=float, default=20.0, help="smallest synthetic grid pitch in px")
@@ -152,7 +164,8 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument("--steps-per-epoch", type=int, default=100, help="optimiser steps (batches) per epoch")
     opt.add_argument("--batch-size", type=int, default=8, help="crops per step")
     opt.add_argument("--crop", type=int, default=256, help="training crop side in px (multiple of 32)")
-    opt.add_argument("--scale-min", type=float, default=0.7, help="smallest zoom of a crop (scale augmentation)")
+    opt.add_argument("--scale-min", type=float, default=0.7,
+                     help=f"smallest zoom of a crop (scale augmentation; default 0.7, at least {MIN_SCALE:g})")
     opt.add_argument("--scale-max", type=float, default=1.4, help="largest zoom of a crop")
     opt.add_argument("--low-resolution", type=float, default=0.0, metavar="P",
                      help="probability that a training crop is shrunk 1.5-2.5 times and enlarged back, as images "
@@ -240,10 +253,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--gap-weight must be between 1 and 255")
     if not (0 < args.scale_min <= args.scale_max and math.isfinite(args.scale_max)):
         p.error(f"--scale-min {args.scale_min} and --scale-max {args.scale_max} must be finite, > 0, with min <= max")
+    if args.scale_min < MIN_SCALE:
+        p.error(f"--scale-min {args.scale_min:g} is below {MIN_SCALE:g}: a crop zoomed out that far reads a window of "
+                f"{args.crop / args.scale_min:.0f} px a side to shrink to --crop {args.crop}; give --scale-min "
+                f"{MIN_SCALE:g} or more (default 0.7)")
     if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
         p.error(problem)
     if args.synthetic > 0 and args.synthetic_size < 64:
         p.error(f"--synthetic-size {args.synthetic_size} must be at least 64")
+    if (args.synthetic > 0 or args.synthetic_valid > 0) and args.synthetic_size > MAX_SYNTHETIC_SIZE:
+        p.error(f"--synthetic-size {args.synthetic_size} is above {MAX_SYNTHETIC_SIZE}: each image is rendered and "
+                "held in memory whole, and crops see only --crop px of it at a time; give --synthetic-size "
+                f"{MAX_SYNTHETIC_SIZE} or less (more images, not larger ones, give more to train on)")
+    if problem := _synthetic_memory_problem(args):
+        p.error(problem)
     if args.synthetic_valid < 0:
         p.error(f"--synthetic-valid {args.synthetic_valid} must be >= 0")
     for option, value in (("--lr", args.lr), ("--pixel-scale", args.pixel_scale)):
@@ -281,6 +304,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(partial(_check_data_then_train, args, argv), name="am.train")
 
 
+def _synthetic_memory_problem(args: argparse.Namespace) -> str | None:
+    """Why the synthetic images cannot all be held in this machine's free memory, or None.
+
+    They are rendered up front and held for the whole run, so too many or too large ones do not fail
+    at once: the kernel ends the run after minutes of rendering. Only the bytes certainly held are
+    counted (:data:`HELD_BYTES_PER_PIXEL`), so a refusal is certain.
+    """
+    held = HELD_BYTES_PER_PIXEL * (args.synthetic * args.synthetic_size ** 2 + args.synthetic_valid
+                                   * max(args.synthetic_size, MIN_SYNTHETIC_VALID_SIZE) ** 2)
+    free = free_memory(torch.device("cpu"))
+    if free is None or held <= free:
+        return None
+    return (f"--synthetic {args.synthetic} and --synthetic-valid {args.synthetic_valid} images of "
+            f"--synthetic-size {args.synthetic_size} px (validation images at least {MIN_SYNTHETIC_VALID_SIZE} px) "
+            f"hold at least {held / GIB:.1f} GiB in memory, and this machine has {free / GIB:.1f} GiB free; "
+            "give fewer or smaller synthetic images")
+
+
 # Options that only change the synthetic images a run renders.
 SYNTHETIC_OPTIONS = ("synthetic_size", "synthetic_seed", "pitch_min", "pitch_max", "synthetic_labels",
                      "synthetic_blobs", "synthetic_polarities")
@@ -293,10 +334,15 @@ def _unused_synthetic_options(parser: argparse.ArgumentParser, args: argparse.Na
 
 
 def _check_data_then_train(args: argparse.Namespace, argv: list[str]) -> int:
-    listed = _listed_data(args)  # bad input, exit 1: before any image is read or rendered
-    if args.resume and (problem := resume_options_problem(_config(args, listed))) is not None:
-        raise CheckpointError(problem)  # the same: a resume of another run is refused before minutes of reading
-    return _train_until_interrupted(args, argv, listed)
+    """Train, holding the lock of ``--out`` throughout: a second run writing the same files is refused
+    at once (exit 1), before either reads a state the other is rewriting."""
+    with run_lock(args.out):
+        listed = _listed_data(args)  # bad input, exit 1: before any image is read or rendered
+        # Built once, here: the resume check and the training then see one and the same configuration.
+        config = _config(args, listed)
+        if args.resume and (problem := resume_options_problem(config)) is not None:
+            raise CheckpointError(problem)  # the same: a resume of another run is refused before minutes of reading
+        return _train_until_interrupted(args, argv, listed, config)
 
 
 @dataclass(frozen=True)
@@ -334,8 +380,11 @@ def _init_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _train_until_interrupted(args: argparse.Namespace, argv: list[str], listed: list[_Listed] | None = None) -> int:
-    """Train; on Ctrl-C or SIGTERM say exactly how to go on, since rerunning without --resume starts over."""
+def _train_until_interrupted(args: argparse.Namespace, argv: list[str], listed: list[_Listed] | None = None,
+                             config: TrainConfig | None = None) -> int:
+    """Train; on Ctrl-C or SIGTERM say exactly how to go on, since rerunning without --resume starts over.
+
+    ``listed`` and ``config`` are those :func:`_check_data_then_train` made (None: made here)."""
     state = state_path(args.out)
     # Compared by identity, not by time: a file's mtime comes from a coarser clock than time.time() and
     # can read earlier than a moment taken before it was written.
@@ -344,7 +393,7 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str], listed: 
         log.warning("%s holds the epochs of an earlier run; this run starts afresh and replaces it at its first "
                     "epoch (to continue that run instead, stop now and add --resume)", state)
     try:
-        return _train(args, listed)
+        return _train(args, listed, config)
     except KeyboardInterrupt:
         # A fresh run's state is its own only once it wrote one; an older file is another run's.
         ours = state.is_file() and (args.resume or _identity(state) != earlier)
@@ -434,10 +483,10 @@ def _config(args: argparse.Namespace, listed: list[_Listed]) -> TrainConfig:
     )
 
 
-def _train(args: argparse.Namespace, listed: list[_Listed] | None = None) -> int:
+def _train(args: argparse.Namespace, listed: list[_Listed] | None = None, config: TrainConfig | None = None) -> int:
     started = time.perf_counter()
     listed = _listed_data(args) if listed is None else listed
-    config = _config(args, listed)
+    config = _config(args, listed) if config is None else config
     synth_seed, pitch = config.data_summary["synthetic_seed"], (args.pitch_min, args.pitch_max)
     train_items, valid_items = [], []
     for part in listed:
@@ -450,7 +499,8 @@ def _train(args: argparse.Namespace, listed: list[_Listed] | None = None) -> int
                                         workers=args.workers,
                                         progress=lambda it: tqdm(it, total=args.synthetic, desc="synthetic"))
     if args.synthetic_valid > 0:
-        valid_items += synthetic_images(count=args.synthetic_valid, size=max(args.synthetic_size, 512),
+        valid_items += synthetic_images(count=args.synthetic_valid,
+                                        size=max(args.synthetic_size, MIN_SYNTHETIC_VALID_SIZE),
                                         seed=synth_seed + 1000, pitch_range=pitch, labels=args.synthetic_labels,
                                         workers=args.workers)
     train_items = [weigh_gaps(item, args.gap_weight) for item in train_items]

@@ -16,6 +16,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# The smallest zoom a crop may be taken at: a crop zoomed out s times reads (crop / s)**2 source pixels,
+# held while it is shrunk, so a zoom near 0 asks for terabytes. 0.25 keeps that within 16 times the
+# crop's own area (a 2048 px window for a 512 px crop) and is far below any zoom trained so far (0.7).
+MIN_SCALE = 0.25
+
 
 def random_crop(
     rng: np.random.Generator,
@@ -28,8 +33,11 @@ def random_crop(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A ``size`` x ``size`` crop showing ``size / s`` source pixels, ``s`` log-uniform in ``scale``.
 
-    Sources smaller than the window are reflect-padded; padded pixels get loss weight 0.
+    Sources smaller than the window are reflect-padded; padded pixels get loss weight 0. A ``scale``
+    below :data:`MIN_SCALE` is refused (ValueError): its window would not fit in memory.
     """
+    if not MIN_SCALE <= scale[0] <= scale[1]:
+        raise ValueError(f"crop zoom range {scale} must lie at or above {MIN_SCALE}, its lower end first")
     s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     window = max(8, int(round(size / s)))
     height, width = image.shape

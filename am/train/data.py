@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from am.dataset import IGNORED_FOLDERS, OTHER_IMAGE_KINDS, _png_conversion
 from am.errors import InputError
 from am.imageio import read_header, read_image
 from am.normalize import to_grey
@@ -100,31 +101,54 @@ LABEL_EDGE_SHARE = 0.02
 def binary_mask(mask: np.ndarray, path: Path) -> np.ndarray:
     """A label mask as 0/1, from a grey, colour or RGBA array.
 
-    Two levels (0/255, 0/1, 0/65535) are read as they are. An integer image with more levels, a
-    background of 0 and each mark of one value (a label image such as the generator's ``ids.png``
-    or registration's ``am_coordinates.png``) counts every labelled pixel. Any other mask with more
-    levels (resampled edges, JPEG noise, a background of 1-2) is cut at half its maximum, with a
-    warning, since "anything above 0" would make its whole noisy background one mark.
+    Two levels of which the lower is 0 (0/255, 0/1, 0/65535) are read as they are. Of two levels
+    neither of which is 0 (ilastik's 1/2 export, 128/255, red marks on white) the higher counts as
+    marks, with a warning: "anything above 0" would make every pixel a mark, and so would half the
+    maximum of 128/255. An integer image with more levels, a background of 0 and each mark of one
+    value (a label image such as the generator's ``ids.png`` or registration's
+    ``am_coordinates.png``) counts every labelled pixel. Any other mask with more levels (resampled
+    edges, JPEG noise, a background of 1-2) is cut at half its maximum, with a warning, since
+    "anything above 0" would make its whole noisy background one mark.
 
     Colour counts by luminance. Of an RGBA mask, the alpha channel counts where the colour is the
     same everywhere (marks drawn only in transparency), the colour where alpha is; where both vary,
     a mark is a pixel both opaque and marked in colour.
+
+    A mask whose marks cover more than half of it is read all the same (a crop of a dense
+    lattice may), but with a warning naming the file: marks and background are more likely
+    swapped (white tissue on black marks, red marks on white read by luminance).
     """
+    binary = _binary_mask(mask, path)
+    if 2 * int(binary.sum()) > binary.size:
+        log.warning("mask %s marks %.0f%% of its pixels: marks are normally the smaller part of a mask, so its "
+                    "marks and background may be swapped; if so, save it inverted, marks bright (255) on 0",
+                    path, 100 * float(binary.mean()))
+    return binary
+
+
+def _binary_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    """:func:`binary_mask` without its check of the marks' share (an RGBA mask is judged whole, not by channel)."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 4 and mask.shape[0] and mask.shape[1]:
         colour, alpha = mask[:, :, :3], mask[:, :, 3]
         plain_colour = bool((colour == colour[0, 0]).all())
         plain_alpha = bool((alpha == alpha[0, 0]).all())
         if plain_colour and not plain_alpha:
-            return binary_mask(alpha, path)
+            return _binary_mask(alpha, path)
         if not plain_alpha:
-            return binary_mask(colour, path) & binary_mask(alpha, path)
+            return _binary_mask(colour, path) & _binary_mask(alpha, path)
         mask = colour
     mask = to_grey(mask, name=str(path))
     top = mask.max() if mask.size else 0
     levels = np.unique(mask) if mask.dtype != np.uint8 else np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    if levels.size <= 2:
+    if levels.size == 1 or (levels.size == 2 and levels[0] == 0):
         return (mask > 0).astype(np.uint8)
+    if levels.size == 2:
+        # Cut between the two, not at half the maximum: of 128/255 that would mark every pixel too.
+        log.warning("mask %s holds the two levels %s and %s, neither of them 0: the pixels of %s count as marks; "
+                    "save it as a 0/255 mask (marks 255 on 0) to be sure", path, _number(levels[0]),
+                    _number(levels[1]), _number(levels[1]))
+        return (mask > levels[0]).astype(np.uint8)
     if _is_label_image(mask):
         log.info("mask %s holds %d labels on a background of 0: every labelled pixel counts as a mark", path,
                  levels.size - 1)
@@ -177,21 +201,65 @@ def find_mask(source: Path, mask_dir: Path) -> Path | None:
 
 def split_files(root: Path, split: str) -> list[LabelledFile]:
     """Every image/mask pair under ``root/split/<dataset>/<group>/``, unread; raises InputError if
-    there is none or an image has no mask, before anything is read."""
+    there is none or an image has no mask, before anything is read.
+
+    Names starting with "." are skipped at every level, as :mod:`am.dataset` skips them: a Mac
+    leaves ``._0000.png`` (AppleDouble, not a PNG) beside every copied file, and Jupyter a
+    ``.ipynb_checkpoints`` folder whose copies would train twice. JPEG and other images that are
+    not read are named: a group of them alone is an error (it would add nothing, silently), a few
+    among readable images a warning.
+    """
     base = Path(root) / split
     if not base.is_dir():
         raise InputError(f"{base} does not exist; expected {root}/{split}/<dataset>/<group>/{{source,mask}}/*.png")
-    files = []
-    for source_dir in sorted(base.glob("*/*/source")):
-        mask_dir = source_dir.parent / "mask"
-        for source in sorted(p for p in source_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    files, unread = [], []
+    for group in (g for dataset in _visible_folders(base) for g in _visible_folders(dataset)):
+        source_dir, mask_dir = group / "source", group / "mask"
+        if not source_dir.is_dir():
+            continue
+        visible = sorted(p for p in source_dir.iterdir() if not p.name.startswith("."))
+        sources = [p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES]
+        others = [p for p in visible if p.suffix.lower() in OTHER_IMAGE_KINDS]
+        if others and not sources:
+            raise InputError(f"{source_dir} holds only {_unread(others)}, which training does not read (only .png, "
+                             f".tif and .tiff: lossless); convert each image and its mask, e.g. "
+                             f"{_png_conversion(others[0])}, and keep only the converted files there")
+        unread += others
+        for source in sources:
             mask_path = find_mask(source, mask_dir)
             if mask_path is None:
-                raise InputError(f"{source} has no mask in {mask_dir}; every source image needs one of the same name")
+                raise InputError(f"{source} has no mask in {mask_dir}{_unread_mask(source, mask_dir)}; every source "
+                                 "image needs one of the same name")
             files.append(LabelledFile(source, mask_path, str(source.relative_to(root))))
+    if unread:
+        log.warning("%s under %s not read (only .png, .tif and .tiff are); convert them to train on them, e.g. %s",
+                    _unread(unread), base, _png_conversion(unread[0]))
     if not files:
         raise InputError(f"no images found under {base}/<dataset>/<group>/source/")
     return files
+
+
+def _visible_folders(folder: Path) -> list[Path]:
+    """The folders in ``folder`` but hidden ones (".name") and what unzipping on a Mac leaves (__MACOSX)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS)
+
+
+def _unread(paths: list[Path]) -> str:
+    """``paths`` named for a message, the first five in full: "a.jpg (JPEG)" or "3 files: a.jpg (JPEG), ..."."""
+    named = [f"{p} ({OTHER_IMAGE_KINDS[p.suffix.lower()]})" for p in paths[:5]]
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return named[0] if len(paths) == 1 else f"{len(paths)} files: {', '.join(named)}{more}"
+
+
+def _unread_mask(source: Path, mask_dir: Path) -> str:
+    """What ``mask_dir`` holds for ``source`` in a format that is not read, said with how to convert it."""
+    found = [mask_dir / (source.stem + suffix) for suffix in OTHER_IMAGE_KINDS]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        return ""
+    return (f" (only {_unread(found)}, which is not read: convert it, e.g. {_png_conversion(found[0])}, and keep "
+            "only the converted file there)")
 
 
 def load_split(root: Path, split: str) -> list[Labelled]:

@@ -49,6 +49,7 @@ from am.train.runfiles import (
     metrics_path,
     plain,
     read_record,
+    record_path,
     save_state,
     state_path,
     write_csv,
@@ -241,18 +242,22 @@ def train(
         batches: Iterable = loader
         if progress is not None:
             batches = progress(loader, len(loader), f"epoch {epoch + 1}/{config.epochs}")
-        losses = _train_epoch(model, meta, batches, steps, config, device, check_unused=epoch == run.start_epoch)
+        losses, rates = _train_epoch(model, meta, batches, steps, config, device,
+                                     check_unused=epoch == run.start_epoch)
         # Validated in float32 arithmetic (workers run fp16, bf16 or float32 by machine, within a few
         # pixels of it; the checkpoint records the precision) on the weights as the file stores them.
         predictor = Predictor(as_stored(model, config.weight_storage), replace(meta, trained=True),
                               device=str(device), batch_size=4, precision=VALIDATION_PRECISION)
         metrics, _ = validate(predictor, valid_items, tile_size=config.tile_size)
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": steps.scheduler.get_last_lr()[0],
+        # The mean rate this epoch's steps took (the first parameter group's), not the scheduler's rate
+        # after the epoch, which is the next epoch's first.
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": float(np.mean(rates)),
                "seconds": time.monotonic() - t0, **metrics}
         _record_epoch(run, row, metrics, epoch, model, steps, config)
         if config.max_minutes and (time.monotonic() - started) / 60 > config.max_minutes and epoch + 1 < config.epochs:
-            log.warning("stopping after epoch %d of %d: the %.0f-minute limit is reached; rerun with --resume to "
-                        "continue from %s", epoch + 1, config.epochs, config.max_minutes, state_path(config.out))
+            log.warning("stopping after epoch %d of %d: the %s limit is reached; rerun with --resume to "
+                        "continue from %s", epoch + 1, config.epochs, _time_limit(config.max_minutes),
+                        state_path(config.out))
             break
     # Whatever happened to ``out`` during the run (removed, replaced), it holds the best epoch on return.
     _restore_best_checkpoint(config.out, run.best_epoch, run.best_checkpoint)
@@ -312,12 +317,33 @@ class _Progress:
         return run
 
 
+def _time_limit(minutes: float) -> str:
+    """``--max-minutes`` as a message names it: "90-minute", "1.5-minute", under a minute "6-second"
+    (a limit of 0.0001 min read as "the 0-minute limit")."""
+    return f"{minutes:g}-minute" if minutes >= 1 else f"{minutes * 60:.3g}-second"
+
+
 def _all_epochs_done(state: dict[str, Any], config: TrainConfig) -> TrainResult:
     """What a resume of a run with every asked epoch done returns, having trained nothing."""
     done = int(state["epoch"]) + 1
     _refuse_fewer_epochs(done, config, f"the run of {state_path(config.out)}")
-    log.info("the run of %s has all %d epochs done: nothing to train (pass --epochs > %d to continue it)",
-             state_path(config.out), done, done)
+    record = read_record(config.out)
+    if record is not None and record.get("finished"):  # a finished run whose state --keep-state kept
+        log.info("the run of %s has all %d epochs done: nothing to train (pass --epochs > %d to continue it)",
+                 state_path(config.out), done, done)
+    else:
+        # A run stopped early (--max-minutes, Ctrl-C) and resumed with --epochs no more than it did is
+        # finished at that length: its record says so and its state goes, as after a last epoch, so that
+        # the files agree with "finished" (a later --resume treats it as any finished run).
+        history = [dict(h) for h in state["history"]]
+        write_record(config.out, epochs=config.epochs, options=config.meta(trained=False).training,
+                     arithmetic=VALIDATION_PRECISION, best_epoch=int(state["best_epoch"]),
+                     best_metrics=dict(state["best_metrics"]), history=history)
+        if not config.keep_state:
+            state_path(config.out).unlink(missing_ok=True)
+        log.info("the run of %s stopped after %d epochs and is now asked for %d: it is finished at that length "
+                 "(%s records it as finished%s)", config.out, done, config.epochs, record_path(config.out),
+                 "" if config.keep_state else f"; {state_path(config.out)} deleted")
     return TrainResult(best_epoch=int(state["best_epoch"]), best_metrics=dict(state["best_metrics"]),
                        history=[dict(h) for h in state["history"]], checkpoint=config.out, epochs_run=0)
 
@@ -345,11 +371,11 @@ def _model_for(config: TrainConfig, meta: ModelMeta, state: dict[str, Any] | Non
 
 
 def _train_epoch(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, steps: _Steps, config: TrainConfig,
-                 device: torch.device, *, check_unused: bool) -> list[float]:
-    """One epoch's steps; each batch's loss. ``check_unused`` looks, after the first backward pass, for
-    parameters no gradient reaches."""
+                 device: torch.device, *, check_unused: bool) -> tuple[list[float], list[float]]:
+    """One epoch's steps; each batch's loss and the learning rate its step took (the first parameter
+    group's). ``check_unused`` looks, after the first backward pass, for parameters no gradient reaches."""
     model.train()
-    losses = []
+    losses, rates = [], []
     for image, mask, weight in batches:
         image, mask, weight = image.to(device), mask.to(device), weight.to(device)
         x = prepare_input(image, meta)
@@ -361,9 +387,10 @@ def _train_epoch(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, ste
         if check_unused and config.warn_unused:
             _warn_unused(model, config.encoder_depth)
             check_unused = False
+        rates.append(float(steps.optimizer.param_groups[0]["lr"]))
         _optimizer_step(steps.optimizer, steps.scheduler, steps.scaler, steps.params)
         losses.append(float(loss.detach()))
-    return losses
+    return losses, rates
 
 
 def _record_epoch(run: _Progress, row: dict[str, float], metrics: dict[str, float], epoch: int,

@@ -2,22 +2,32 @@
 
 ``m.pt`` gets ``m.resume`` (everything a stopped run needs to go on), ``m.metrics.csv`` (a row per
 epoch) and ``m.metrics.json`` (the run's summary and options). Each is written atomically, so a
-run killed mid-write leaves the previous epoch's file, never half of one.
+run killed mid-write leaves the previous epoch's file, never half of one. While a run writes them
+it holds ``m.lock`` (:func:`run_lock`), so that a second run given the same ``--out`` is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import io
 import json
 import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from am.errors import CheckpointError
+from am.dataset_lock import holder_of
+from am.errors import CheckpointError, InputError
 from am.files import atomic_output, write_atomic
 
 log = logging.getLogger(__name__)
@@ -39,6 +49,87 @@ def metrics_path(out: Path) -> Path:
 def record_path(out: Path) -> Path:
     """The run's summary (best epoch, history, whether it finished), rewritten after every epoch."""
     return _beside(out, ".metrics.json")
+
+
+def lock_path(out: Path) -> Path:
+    """The lock a run writing ``out`` holds (``m.pt`` -> ``m.lock``), which names it while it runs."""
+    return _beside(out, ".lock")
+
+
+# Where the file system offers no locks (some network mounts), the run goes on unguarded, and says so.
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+@contextmanager
+def run_lock(out: Path, *, command: str = "am.train") -> Iterator[None]:
+    """Hold the lock of the run writing ``out`` for the block; InputError naming the holder if another run has it.
+
+    Two runs with one ``--out`` would overwrite each other's checkpoint, metrics and resume state
+    epoch by epoch, and neither would say so. The lock is an ``flock`` on ``OUT.lock``, which the
+    kernel lets go however the holder ends (a killed run leaves nothing held). The file records
+    ``command``, this process's id, host and start time for the message a second run gets
+    (:func:`am.dataset_lock.holder_of` reads it), and is removed when the run ends; it is opened
+    never through a symbolic link. A lock taken on a file its holder removed meanwhile is taken again
+    on the file now there, so two runs never both hold a lock, each on another file.
+    """
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = _open_lock(path)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise InputError(f"--out {out} is being written by another run ({holder_of(path)}, holding {path}): "
+                             "two runs with one --out would overwrite each other's checkpoint and resume state; wait "
+                             "for it to end or stop it, or give another --out") from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                os.close(descriptor)
+                raise
+            log.warning("the file system of %s cannot lock files (%s): make sure no other run writes --out %s "
+                        "meanwhile", path, os.strerror(exc.errno), out)
+            break
+        if _names(path, descriptor):
+            break
+        os.close(descriptor)  # its holder removed it when it ended: lock the file now there
+    try:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{command}, pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            if _names(path, descriptor):
+                path.unlink()  # removed while still held: a run that opened it meanwhile sees it gone and retries
+        finally:
+            os.close(descriptor)
+
+
+def _open_lock(path: Path) -> int:
+    """``path`` opened for the lock: a regular file, never through a link (InputError otherwise)."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path} is a symbolic link, which the run's lock is never taken through; remove it "
+                             "and rerun") from None
+        raise InputError(f"cannot open the run's lock {path} ({os.strerror(exc.errno or 0)}); --out must be in a "
+                         "folder this user may write") from exc
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise InputError(f"{path} is not a regular file, so the run's lock cannot be taken there; remove it and rerun")
+    return descriptor
+
+
+def _names(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` is still the file open as ``descriptor`` (not removed or replaced since)."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(descriptor)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _beside(out: Path, suffix: str) -> Path:

@@ -224,10 +224,10 @@ def test_ctrl_c_names_the_command_that_resumes(tmp_path: Path, monkeypatch: pyte
     argv = ["--synthetic", "4", "--epochs", "3", "--out", str(out)]
     args = train_cli.parser().parse_args(argv)
 
-    def interrupted(args, listed) -> int:
+    def interrupted(*_: object) -> int:
         raise KeyboardInterrupt
 
-    def interrupted_after_an_epoch(args, listed) -> int:
+    def interrupted_after_an_epoch(*_: object) -> int:
         state_path(out).write_bytes(b"state")
         raise KeyboardInterrupt
 
