@@ -112,7 +112,7 @@ class DatasetLayout:
                 name, kind = kinds[0]
                 raise InputError(
                     f"group folder {folder} holds {name}, a {kind} file, which is not read (only .tif, .tiff and "
-                    f".png are: lossless, 8 or 16 bit); convert it, e.g. {_png_conversion(folder / name)}, "
+                    f".png are: lossless, 8 or 16 bit); convert it, e.g. {png_conversion(folder / name)}, "
                     "and keep only the converted file there")
             elif others:
                 shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
@@ -151,7 +151,7 @@ class DatasetLayout:
         return self.root / "am_coords" / group
 
 
-def _png_conversion(image: Path) -> str:
+def png_conversion(image: Path) -> str:
     """A shell command that writes ``image`` as a PNG beside it: with absolute paths, so that it works from
     any folder, quoted for Python and, where a path holds a quote, ``$`` or the like, for the shell too."""
     image = image.absolute()

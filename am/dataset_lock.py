@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".am-segm.lock"
 # Where the file system offers no locks (some network mounts), the run goes on unguarded, and says so.
 # (EBADF: NFS takes an exclusive lock only on a file opened for writing, so never on a folder.)
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 # How often a run told to wait for the lock tries again.
 _WAIT_STEP_S = 0.5
@@ -71,6 +71,13 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive all the same
         return True
     return True
+
+
+def holder_record(command: str) -> str:
+    """What a lock's holder writes of itself: ``command``, this process's id, host and start time, in the form
+    :func:`holder_of` reads back."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    return f"{command}, pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n"
 
 
 def holder_of(record: Path) -> str:
@@ -172,7 +179,7 @@ def dataset_lock(dataset: Path, *, command: str, wait_s: float = 0.0, what: str 
         except BlockingIOError:
             _refuse(dataset, what, wait_s, record)
         except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
+            if exc.errno not in NO_LOCKS:
                 raise
             # NFS locks only files opened for writing: every run there that may write locks the record
             # file instead (the same inode for all of them); one that may not goes on unguarded.
@@ -192,8 +199,7 @@ def dataset_lock(dataset: Path, *, command: str, wait_s: float = 0.0, what: str 
         else:
             writer = _open_record(record)
         if writer is not None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-            _write_record(writer, f"{command}, pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n")
+            _write_record(writer, holder_record(command))
         yield
     finally:
         try:
@@ -215,7 +221,7 @@ def _take_file(writer: int, dataset: Path, wait_s: float, what: str, record: Pat
     except BlockingIOError:
         raise
     except OSError as exc:
-        if exc.errno not in _NO_LOCKS:
+        if exc.errno not in NO_LOCKS:
             raise
         return False
     return True

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 HASH_CHUNK_BYTES = 1 << 20
 # The name of atomic_output's temporary file beside ``NAME``: ``.NAME.<32 hex digits>.tmp``.
 _TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
+# Errors a write raises about the disk without naming a file: named after the output they stopped. Any other
+# error without a file (a network error from the chunks a download streams in) is no fault of the output.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
 
 
 def file_sha256(path: Path) -> str:
@@ -58,8 +61,8 @@ def _temporary(path: Path) -> Path:
 def atomic_output(path: Path) -> Iterator[IO[bytes]]:
     """A new temporary file beside ``path``, synced and renamed over ``path`` only if the block succeeds.
 
-    An OSError about the temporary file, or about no file at all (a full disk while writing), is
-    raised again naming ``path``: the temporary name means nothing to the user, and a bare "No
+    An OSError about the temporary file, or a disk's error about no file at all (a full disk while
+    writing), is raised again naming ``path``: the temporary name means nothing to the user, and a bare "No
     space left on device" does not say which output failed. A process killed while writing leaves
     its temporary file behind; :func:`remove_leftover_temporaries` clears them on a later run.
     """
@@ -78,7 +81,8 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
             tmp.unlink(missing_ok=True)
         except OSError as removing:
             log.warning("could not remove the unfinished %s: %s", tmp, removing.strerror)
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp)):
+        if isinstance(exc, OSError) and exc.errno is not None and (
+                exc.filename == str(tmp) or (exc.filename is None and exc.errno in _DISK_ERRNOS)):
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 

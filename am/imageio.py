@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from am.dataset import _png_conversion
+from am.dataset import png_conversion
 from am.errors import InputError
 from am.files import atomic_output, write_atomic
 
@@ -139,7 +139,7 @@ def _check_signature(path: Path) -> None:
         keep = (f"then remove {path.name}, keeping only {path.with_suffix('.png').name}"
                 if path.suffix.lower() != ".png" else "which rewrites it in place as a real PNG")
         raise InputError(f"image {path} is a JPEG file, not the {path.suffix} its name says, and JPEG is not read "
-                         f"(only lossless TIFF and PNG are): convert it to PNG, e.g. {_png_conversion(path)}, "
+                         f"(only lossless TIFF and PNG are): convert it to PNG, e.g. {png_conversion(path)}, "
                          f"{keep}; better, export the image again as TIFF or PNG from the original",
                          reason=f"it is a JPEG file named {path.suffix}")
     if path.suffix.lower() in TIFF_SUFFIXES and head.startswith(PNG_SIGNATURE):

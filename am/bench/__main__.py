@@ -190,8 +190,16 @@ def _pipeline_figures(args: argparse.Namespace, predictor: Any, full: Any, resul
 
     capacity, basis = _model_capacity(predictor, full, workers=args.workers, measured=result)
     # The rate was measured on this workload: the pipeline's workers run the same one.
+    # A worker compiles for its checkpoint's tile size (it learns a job's tiles only from their messages), so
+    # tiles of another size run uncompiled in the pipeline whatever AM_COMPILE says: the comparison says so.
+    workers_compile = predictor.meta.tile_size == args.tile_size
+    if predictor.runs_compiled(args.tile_size) and not workers_compile:
+        log.warning("the pipeline's workers compile for the checkpoint's %d px tiles, so its %d px tiles run "
+                    "uncompiled there while the model rate was measured compiled: the overhead includes that "
+                    "difference; give --tile-size %d to compare like with like", predictor.meta.tile_size,
+                    args.tile_size, predictor.meta.tile_size)
     workload = Workload(tile_size=args.tile_size, batch_size=predictor.batch_size, precision=predictor.precision,
-                        compiled=predictor.runs_compiled(args.tile_size), device=predictor.device)
+                        compiled=predictor.runs_compiled(args.tile_size) and workers_compile, device=predictor.device)
     pipe = pipeline_overhead(args.pipeline_image, checkpoint=checkpoint, workers=args.workers,
                              model_tiles_per_s=capacity, workload=workload, workdir=workdir,
                              extra_args=args.pipeline_arg or ["--no-register"])

@@ -174,9 +174,14 @@ def pipeline_overhead(
 
 
 def workload_option_in(args: Sequence[str]) -> str | None:
-    """The first of ``args`` that sets an option of :data:`WORKLOAD_OPTIONS` (``--tta d4`` or ``--tta=d4``), or None."""
+    """The first of ``args`` that sets an option of :data:`WORKLOAD_OPTIONS` (``--tta d4`` or ``--tta=d4``), or None.
+
+    Shortened too (``--batch 8``, ``--tile-s=256``): am.pipeline's parser takes any unambiguous
+    beginning of an option's name, and a given again after the workload's own would win.
+    """
     for arg in args:
-        if arg.split("=", 1)[0] in WORKLOAD_OPTIONS:
+        name = arg.split("=", 1)[0]
+        if len(name) > 2 and name.startswith("--") and any(option.startswith(name) for option in WORKLOAD_OPTIONS):
             return arg
     return None
 

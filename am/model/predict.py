@@ -400,8 +400,9 @@ class Predictor:
         elif self._compiled is not None and (size := (int(x.shape[2]), int(x.shape[3]))) not in self._uncompiled_warned:
             # The compile's time was spent for another shape: say so once, not at every batch.
             self._uncompiled_warned.add(size)
-            log.warning("the model was compiled for %dx%d tiles; these %dx%d tiles run uncompiled (load it "
-                        "with tile_size=%d to compile for them)", *self._compiled_shape[1:], *size, size[0])
+            log.warning("the model was compiled for %dx%d tiles; these %dx%d tiles run uncompiled, and slower "
+                        "(tile_size %d runs the compiled model)", *self._compiled_shape[1:], *size,
+                        self._compiled_shape[1])
         return torch.sigmoid(model(x)[:n].float())
 
     def _threshold(self, proba: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from am.dataset import IGNORED_FOLDERS, OTHER_IMAGE_KINDS, _png_conversion
+from am.dataset import OTHER_IMAGE_KINDS, group_folders, png_conversion
 from am.errors import InputError
 from am.imageio import read_header, read_image
 from am.normalize import to_grey
@@ -223,7 +223,7 @@ def split_files(root: Path, split: str) -> list[LabelledFile]:
         if others and not sources:
             raise InputError(f"{source_dir} holds only {_unread(others)}, which training does not read (only .png, "
                              f".tif and .tiff: lossless); convert each image and its mask, e.g. "
-                             f"{_png_conversion(others[0])}, and keep only the converted files there")
+                             f"{png_conversion(others[0])}, and keep only the converted files there")
         unread += others
         for source in sources:
             mask_path = find_mask(source, mask_dir)
@@ -233,16 +233,15 @@ def split_files(root: Path, split: str) -> list[LabelledFile]:
             files.append(LabelledFile(source, mask_path, str(source.relative_to(root))))
     if unread:
         log.warning("%s under %s not read (only .png, .tif and .tiff are); convert them to train on them, e.g. %s",
-                    _unread(unread), base, _png_conversion(unread[0]))
+                    _unread(unread), base, png_conversion(unread[0]))
     if not files:
         raise InputError(f"no images found under {base}/<dataset>/<group>/source/")
     return files
 
 
 def _visible_folders(folder: Path) -> list[Path]:
-    """The folders in ``folder`` but hidden ones (".name") and what unzipping on a Mac leaves (__MACOSX)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS)
+    """The folders in ``folder`` that :func:`am.dataset.group_folders` would take: no hidden ones, no __MACOSX."""
+    return [folder / name for name in group_folders(folder)]
 
 
 def _unread(paths: list[Path]) -> str:
@@ -258,7 +257,7 @@ def _unread_mask(source: Path, mask_dir: Path) -> str:
     found = [p for p in found if p.is_file()]
     if not found:
         return ""
-    return (f" (only {_unread(found)}, which is not read: convert it, e.g. {_png_conversion(found[0])}, and keep "
+    return (f" (only {_unread(found)}, which is not read: convert it, e.g. {png_conversion(found[0])}, and keep "
             "only the converted file there)")
 
 

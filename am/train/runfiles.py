@@ -15,9 +15,7 @@ import io
 import json
 import logging
 import os
-import socket
 import stat
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from am.dataset_lock import holder_of
+from am.dataset_lock import NO_LOCKS, holder_of, holder_record
 from am.errors import CheckpointError, InputError
 from am.files import atomic_output, write_atomic
 
@@ -56,10 +54,6 @@ def lock_path(out: Path) -> Path:
     return _beside(out, ".lock")
 
 
-# Where the file system offers no locks (some network mounts), the run goes on unguarded, and says so.
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
-
-
 @contextmanager
 def run_lock(out: Path, *, command: str = "am.train") -> Iterator[None]:
     """Hold the lock of the run writing ``out`` for the block; InputError naming the holder if another run has it.
@@ -84,7 +78,7 @@ def run_lock(out: Path, *, command: str = "am.train") -> Iterator[None]:
                              "two runs with one --out would overwrite each other's checkpoint and resume state; wait "
                              "for it to end or stop it, or give another --out") from None
         except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
+            if exc.errno not in NO_LOCKS:
                 os.close(descriptor)
                 raise
             log.warning("the file system of %s cannot lock files (%s): make sure no other run writes --out %s "
@@ -94,14 +88,17 @@ def run_lock(out: Path, *, command: str = "am.train") -> Iterator[None]:
             break
         os.close(descriptor)  # its holder removed it when it ended: lock the file now there
     try:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{command}, pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n".encode(), 0)
+        os.pwrite(descriptor, holder_record(command).encode(), 0)
         yield
     finally:
         try:
             if _names(path, descriptor):
-                path.unlink()  # removed while still held: a run that opened it meanwhile sees it gone and retries
+                try:
+                    path.unlink()  # removed while still held: a run that opened it meanwhile sees it gone and retries
+                except OSError as exc:  # the run's own outcome (or its Ctrl-C) is what the user must see
+                    log.warning("could not remove the run's lock %s (%s); remove it by hand once no run uses "
+                                "--out %s", path, exc.strerror, out)
         finally:
             os.close(descriptor)
 

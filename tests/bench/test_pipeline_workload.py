@@ -64,10 +64,11 @@ def test_the_workload_is_resolved_and_keeps_the_default_overlap_where_the_tile_a
     assert "CUDA_VISIBLE_DEVICES" not in env
 
 
-@pytest.mark.parametrize("arg", ["--tile-size", "--batch-size=8", "--tta", "--tile-overlap"])
+@pytest.mark.parametrize("arg", ["--tile-size", "--batch-size=8", "--tta", "--tile-overlap", "--batch", "--tile-s=256",
+                                 "--tt"])
 def test_a_pipeline_arg_that_changes_the_workload_is_a_usage_error(capsys: pytest.CaptureFixture[str],
                                                                    arg: str) -> None:
     assert workload_option_in(["--no-register", arg, "8"]) == arg
     assert bench_cli.main(["--pipeline-image", "x.tif", f"--pipeline-arg={arg}"]) == 2
     assert f"--pipeline-arg {arg} would run the pipeline on another workload" in capsys.readouterr().err
-    assert workload_option_in(["--no-register", "--scale", "2"]) is None
+    assert workload_option_in(["--no-register", "--scale", "2", "--backend", "local", "--", "-"]) is None

@@ -57,6 +57,17 @@ def test_an_error_about_another_file_is_left_as_it_is(tmp_path):
     assert failed.value is other
 
 
+def test_a_network_error_from_streamed_chunks_is_not_blamed_on_the_output(tmp_path):
+    def chunks():
+        yield b"first part of a download"
+        raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+
+    with pytest.raises(ConnectionResetError) as failed:
+        write_atomic(tmp_path / "model.pt", chunks())
+    assert failed.value.filename is None
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "model.pt").exists()
+
+
 def test_only_the_temporary_files_of_atomic_output_are_removed(tmp_path):
     folder = tmp_path / "mask"
     folder.mkdir()
