@@ -21,6 +21,8 @@ DRIVER = """
 import argparse, runpy, signal, sys
 
 where = sys.argv[1]
+# As in a terminal: a test run started in the background (nohup, CI) passes SIGINT on ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class Interrupt:
     def find_spec(self, name, path=None, target=None):
