@@ -98,7 +98,10 @@ def read_grey_tiff(path: Path, *, what: str) -> np.ndarray:
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise InputError(f"the {what} {path} cannot be read as TIFF ({exc}): rerun python -m am.pipeline on the "
                          "dataset, which writes it again") from exc
-    image = np.squeeze(image)
+    # Only a trailing channel axis of one goes: squeezing every axis of one collapsed a legal mask
+    # one pixel high or wide (a 1 x 1 mask became a 0-D array).
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
     if image.ndim != 2 or image.dtype != np.uint8:
         raise InputError(
             f"the {what} {path} must be 8-bit single-channel, got {image.dtype} with shape {image.shape}: "

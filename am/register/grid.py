@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 # A lattice row counts as "filled" with at least this fraction of the median row's marks (and 2).
 FILLED_FRACTION = 0.1
+# Where a full row holds at most this many marks (a grid 2-3 marks across), one mark fills a row:
+# with 2 marks a row, a column missing one mark held half a full one and was taken for debris, so
+# the grid was moved a column past it and every id shifted.
+FEW_PER_ROW = 3
 # A lattice row outside the requested grid with this fraction of the median row's marks is a contradiction.
 CONTRADICTION_FRACTION = 0.5
 # How many more rows than the filled span a requested grid may have: max(2, 10 %).
@@ -83,7 +87,7 @@ def place_axis(
     lo = int(index.min())
     counts = np.bincount(index - lo)
     median = full_row_count(counts)
-    well_filled = counts >= max(2.0, FILLED_FRACTION * median)
+    well_filled = counts >= filled_count(median)
     if not well_filled.any():
         well_filled = counts > 0
     filled = np.nonzero(well_filled)[0]
@@ -110,6 +114,14 @@ def place_axis(
     if span < size:
         _warn_empty_edge(start, chosen.by_image, first=first, span=span, size=size, name=name,
                          warnings=warnings, ambiguity_note=ambiguity_note)
+    elif span > size and chosen.tied:
+        left_out = [i for i in (first, last) if not start <= i < start + size]
+        warnings.append(
+            f"the marks fill {span} lattice {plural}, more than the {size} given, and more than one placement of "
+            f"the grid holds as many marks; the edge {name} left out holds "
+            f"{', '.join(str(int(counts[i - lo])) for i in left_out)} mark(s): if those are marks rather than "
+            f"debris, ids are one {name} off; check {_OPTION[name]} and the overlay"
+        )
     inside = np.zeros(counts.size, bool)
     inside[max(0, start - lo) : max(0, start - lo + size)] = True
     # Where a full lattice row holds a single mark (a grid one mark wide), that mark is the whole row.
@@ -131,6 +143,26 @@ def place_axis(
     return AxisPlacement(start=start, size=size, estimated=False)
 
 
+def filled_count(median: float) -> float:
+    """The fewest marks a lattice row must hold to count as filled, where a full row holds ``median``.
+
+    Below it a row counts as empty: a piece or two of debris near its nodes must not decide where
+    the grid lies. Where a full row holds only 2-3 marks, one is as much as a row with marks
+    missing holds, so one suffices; the same bound decides which rows beyond the grid are partly
+    filled or contradict it, so no row is filled for one test and empty for another.
+    """
+    return 1.0 if median <= FEW_PER_ROW else max(2.0, FILLED_FRACTION * median)
+
+
+def filled_span(index: np.ndarray) -> tuple[int, int]:
+    """The first and last lattice row (column) that counts as filled, from the axis index of every
+    occupied node; ``index`` must not be empty."""
+    lo = int(index.min())
+    counts = np.bincount(index - lo)
+    filled = np.nonzero(counts >= filled_count(full_row_count(counts)))[0]
+    return lo + int(filled[0]), lo + int(filled[-1])
+
+
 def full_row_count(counts: np.ndarray) -> float:
     """How many marks a full lattice row holds: the median of the rows holding at least half the most.
 
@@ -150,6 +182,7 @@ class _Start:
 
     start: int
     by_image: bool
+    tied: bool = False
 
 
 def _choose_start(
@@ -179,7 +212,7 @@ def _choose_start(
         by_image = bool(inside.any() and not inside.all())
         best = best[inside] if by_image else best
     if best.size > 1:
-        return _Start(start=int(best[np.argmin(np.abs(best - first))]), by_image=False)
+        return _Start(start=int(best[np.argmin(np.abs(best - first))]), by_image=False, tied=True)
     return _Start(start=int(best[0]), by_image=by_image)
 
 
@@ -220,7 +253,7 @@ def _warn_sparse_edges(
     for side, index in (("first", start), ("last", start + size - 1)):
         held = int(counts[index - lo]) if 0 <= index - lo < counts.size else 0
         # Rows below the filled share count as empty already (other warnings say so).
-        if not max(2.0, FILLED_FRACTION * median) <= held < CONTRADICTION_FRACTION * median or at_image_edge(index):
+        if not filled_count(median) <= held < CONTRADICTION_FRACTION * median or at_image_edge(index):
             continue
         if given:
             risk = f"ids are one {name} off; check {_OPTION[name]} and the overlay"
@@ -235,7 +268,7 @@ def _warn_partial(
     counts: np.ndarray, outside: np.ndarray, *, median: float, name: str, size: int, warnings: list[str]
 ) -> None:
     """Say so when lattice rows beyond the grid hold more than stray debris (a partial row)."""
-    partial = outside & (counts >= max(2.0, FILLED_FRACTION * median))
+    partial = outside & (counts >= filled_count(median))
     if partial.any():
         warnings.append(
             f"{int(counts[partial].sum())} mark(s) on {int(partial.sum())} partly filled lattice {name}(s) "

@@ -52,7 +52,9 @@ class Components:
 
     ``labels`` is the int32 label image of every component (kept or not); ``label``, ``x``,
     ``y`` (centres), ``mark_x``, ``mark_y`` (points on the marks), ``area`` and ``bbox`` (x, y,
-    w, h) describe the kept ones, in label order.
+    w, h) describe the kept ones, in label order. Of the ``dropped`` components, ``thin`` went
+    because no 2 x 2 square fits in them (lines, specks), whatever their area; the others were
+    under ``min_area``.
     """
 
     labels: np.ndarray
@@ -67,6 +69,7 @@ class Components:
     typical_area: float
     min_area: int
     dropped: int
+    thin: int = 0
 
     @property
     def points(self) -> np.ndarray:
@@ -104,6 +107,7 @@ def find_components(mask: np.ndarray) -> Components:
     # A mark cut by the image edge may show only a sliver; it is still that node's mark.
     kept = candidates[(areas[candidates] >= min_area) | cut_by_edge]
     dropped = int(n_labels - 1 - kept.size)
+    thin = int(np.count_nonzero(~has_core[1:]))
     log.debug("%d components, %d kept (typical area %.1f px, minimum %d px)",
               n_labels - 1, kept.size, typical, min_area)
     bbox = stats[kept, :4].astype(np.int64)
@@ -122,6 +126,7 @@ def find_components(mask: np.ndarray) -> Components:
         typical_area=typical,
         min_area=min_area,
         dropped=dropped,
+        thin=thin,
     )
 
 
@@ -156,16 +161,25 @@ def points_on_marks(
     mark_x, mark_y = xs.copy(), ys.copy()
     for i in np.nonzero(labels[row, col] != kept)[0].tolist():
         x0, y0, w, h = (int(v) for v in bbox[i])
-        px, py = point_on_mark(labels[y0 : y0 + h, x0 : x0 + w] == kept[i], xs[i] - x0, ys[i] - y0)
+        px, py = point_on_mark(labels[y0 : y0 + h, x0 : x0 + w] == kept[i], xs[i] - x0, ys[i] - y0,
+                               origin=(x0, y0))
         mark_x[i], mark_y[i] = x0 + px, y0 + py
     return mark_x, mark_y
 
 
-def point_on_mark(component: np.ndarray, cx: float, cy: float) -> tuple[float, float]:
+def point_on_mark(
+    component: np.ndarray, cx: float, cy: float, *, origin: tuple[int, int] = (0, 0)
+) -> tuple[float, float]:
     """A point of a component (a boolean crop) for the table: (cx, cy) where its pixel is the
-    component's, else the component's pixel nearest to it, so the point always lies on the mark."""
+    component's, else the component's pixel nearest to it, so the point always lies on the mark.
+
+    ``origin`` is the crop's top-left pixel in the image. The pixel tested is the one the table's
+    point rounds to in the image: rounding half to even in the crop picked another pixel for a
+    centre at .5 where the crop starts at an odd pixel, and the table pointed at background.
+    """
     h, w = component.shape
-    col, row = int(np.rint(cx)), int(np.rint(cy))
+    x0, y0 = origin
+    col, row = int(np.rint(x0 + cx)) - x0, int(np.rint(y0 + cy)) - y0
     if 0 <= row < h and 0 <= col < w and component[row, col]:
         return cx, cy
     ys, xs = np.nonzero(component)
@@ -173,8 +187,11 @@ def point_on_mark(component: np.ndarray, cx: float, cy: float) -> tuple[float, f
     return float(xs[nearest]), float(ys[nearest])
 
 
-def mark_points(component: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The centre (centroid) of a component given as a boolean crop, and its point on the mark."""
+def mark_points(
+    component: np.ndarray, *, origin: tuple[int, int] = (0, 0)
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The centre (centroid) of a component given as a boolean crop whose top-left pixel is
+    ``origin`` in the image, and its point on the mark (both in crop coordinates)."""
     ys, xs = np.nonzero(component)
     cx, cy = float(xs.mean()), float(ys.mean())
-    return (cx, cy), point_on_mark(component, cx, cy)
+    return (cx, cy), point_on_mark(component, cx, cy, origin=origin)

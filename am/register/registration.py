@@ -24,7 +24,7 @@ from am.register import grid
 from am.register.fit import ASSIGN_TOLERANCE, MIN_MARKS, LatticeFit, fit_lattice, refit
 from am.register.marks import MIN_AREA_FRACTION, Components, find_components, typical_mark_area
 from am.register.pieces import MIN_OCCUPANCY, MIN_PAIRED_FRACTION, OCCUPANCY_GAIN, join_pieces, node_occupancy
-from am.register.rows import LOOSE_RESIDUAL, fit_uneven_rows
+from am.register.rows import LOOSE_RESIDUAL, SHEAR_SEARCH, SHEAR_STEP, fit_uneven_rows
 from am.register.split import OVERSIZE_AREA, SplitComponent, split_oversized
 from am.synth.lattice import Lattice
 
@@ -263,7 +263,13 @@ def _result(
             f"the lattice fits loosely (residual {residual_px:.2f} px for a {fit.pitch:.1f} px pitch): "
             "the image may be distorted; check the overlay"
         )
-    if abs(grid_fit.shear) > SHEAR_WARNING:
+    if grid_fit.rows is not None and abs(grid_fit.shear) >= SHEAR_SEARCH - SHEAR_STEP:
+        # A drift at the search limit is where a wrong one lined the rows' offsets up best.
+        warnings.append(
+            f"the rows' drift along themselves was fitted at the limit of its search ({grid_fit.shear:.3f} column "
+            "pitches per row): the ids of some rows may be a column off; check the overlay"
+        )
+    elif abs(grid_fit.shear) > SHEAR_WARNING:
         warnings.append(f"the grid is sheared by {grid_fit.shear:.3f} column pitches per row; check the overlay")
     if abs(grid_fit.angle_deg) > AMBIGUOUS_ANGLE:
         warnings.append(
@@ -319,11 +325,25 @@ def _too_few_marks(comps: Components, shape: tuple[int, ...]) -> str:
         return (f"{size} is one connected region of {int(np.count_nonzero(comps.labels))} px, not separate marks: "
                 "check the segmentation")
     message = f"found {comps.label.size} mark(s) in {size}; at least {MIN_MARKS} are needed to fit a grid"
-    if comps.dropped:
-        message += (f": {comps.dropped} of its {found} components were left out as debris, being under "
-                    f"{comps.min_area} px ({MIN_AREA_FRACTION:.2f} of the typical mark area, taken as "
-                    f"{comps.typical_area:.0f} px from the largest components: is there a blob or fold much larger "
-                    "than the marks?)")
+    reasons = []
+    if comps.thin:
+        reasons.append((comps.thin, "as thinner than 2 px (lines or specks no 2 x 2 px square fits in)"))
+    small = comps.dropped - comps.thin
+    if small:
+        reason = f"as debris, being under {comps.min_area} px"
+        if comps.typical_area > 0 and comps.area.size:
+            # Only a large component kept can have set the typical area above the marks'.
+            reason += (f" ({MIN_AREA_FRACTION:.2f} of the typical mark area, taken as {comps.typical_area:.0f} px "
+                       f"from the largest components; the largest holds {int(comps.area.max())} px: is it a blob "
+                       "or fold much larger than the marks?)")
+        else:
+            reason += ", the least a mark may hold"
+        reasons.append((small, reason))
+    if len(reasons) == 1:
+        message += f": {reasons[0][0]} of its {found} components were left out {reasons[0][1]}"
+    elif reasons:
+        message += (f": {comps.dropped} of its {found} components were left out, "
+                    + ", ".join(f"{count} {reason}" for count, reason in reasons))
     return message + "; check the segmentation"
 
 
@@ -515,14 +535,20 @@ def _place(
         x, y = fit.positions(cc.ravel(), rr.ravel()).T
         return int(np.count_nonzero((x < -beyond) | (x >= width + beyond) | (y < -beyond) | (y >= height + beyond)))
 
+    # Columns are counted over the filled rows only, rows over the columns of the grid: on a grid 2-3
+    # marks across, debris near the nodes of rows beyond it counted as much as a column's only mark,
+    # and decided which edge column was left out.
+    first_row, last_row = grid.filled_span(nodes[:, 1])
+    in_rows = (nodes[:, 1] >= first_row) & (nodes[:, 1] <= last_row)
     col_place = grid.place_axis(
-        nodes[:, 0], size=cols, name="column", warnings=warnings,
+        nodes[in_rows, 0], size=cols, name="column", warnings=warnings,
         outside_image=lambda s, n: outside(np.arange(s, s + n), np.arange(row_range[0], row_range[1] + 1)),
         at_image_edge=lambda i: _mostly(clipped, col == i),
     )
     placed_cols = np.arange(col_place.start, col_place.start + col_place.size)
+    in_cols = (nodes[:, 0] >= col_place.start) & (nodes[:, 0] < col_place.start + col_place.size)
     row_place = grid.place_axis(
-        nodes[:, 1], size=rows, name="row", warnings=warnings,
+        nodes[in_cols, 1], size=rows, name="row", warnings=warnings,
         outside_image=lambda s, n: outside(placed_cols, np.arange(s, s + n)),
         ambiguity_note="" if fit.rows is None else UNEVEN_MISSING_ROW_NOTE,
         at_image_edge=lambda i: _mostly(clipped, row == i),

@@ -64,6 +64,13 @@ MISSING_ROW_GAP = 1.7
 SHEAR_SEARCH = 0.5
 SHEAR_STEP = 0.001
 SHEAR_MARGIN = 0.02
+# A row's whole-column offset may be moved by up to this many columns to line its first and last
+# marks up with the other rows'.
+ROW_END_REACH = 2
+# Rows are lined up by their ends only where each holds a mark in at least this share of its columns.
+ROW_END_FILL = 0.8
+# A mark at a row's end more than this many columns from the next is left out of the row's span.
+GAP_AT_END = 2
 
 
 @dataclass(frozen=True)
@@ -192,9 +199,24 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> tuple[LatticeFit, RowLine
     # the row's slide plus the grid's true drift; once that drift is taken out, neighbouring rows
     # differ by far less than half a column, so unwrapping keeps a column's number from row to row.
     along = np.array([_circular_offset(coords[m, 0]) for m in members]) + fit.shear * centres
-    shear = _row_drift(along, centres, prior=fit.shear)
+    prior = fit.shear
+    shear = _row_drift(along, centres, prior=prior)
     fit = replace(fit, row_step=fit.row_step + (shear - fit.shear) * fit.col_step)
     shifts = np.unwrap(along - shear * centres, period=1.0)
+    # Relative to the re-read shear, in column steps along each row (as numbering reads them).
+    columns = [coords[m, 0] - (shear - prior) * coords[m, 1] for m in members]
+    moved = _align_row_ends(shifts, columns)
+    if np.any(moved != shifts):
+        # Whole columns moved between rows: the shear that lined the offsets up was an alias (on 3-5
+        # rows one can reach the search limit). The rows' own offsets give the drift again.
+        offsets = moved + shear * centres
+        drift = float(np.polyfit(centres, offsets, 1)[0])
+        log.info("rows' whole-column offsets set by their first and last marks; shear %.3f read again as %.3f",
+                 shear, drift)
+        fit = replace(fit, row_step=fit.row_step + (drift - shear) * fit.col_step)
+        shear, shifts = drift, offsets - drift * centres
+    else:
+        shifts = moved
     shifts -= np.rint(np.median(shifts))
     steps = np.diff(centres)
     spacing = float(np.median(steps))
@@ -205,6 +227,63 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> tuple[LatticeFit, RowLine
     every = np.arange(numbers[-1] + 1)
     return fit, RowLines(first=int(np.rint(centres[0])), coords=np.interp(every, numbers, centres),
                          shifts=np.interp(every, numbers, shifts))
+
+
+def _align_row_ends(shifts: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
+    """``shifts`` (each row's offset along itself, in column steps) with whole columns added where
+    that makes the rows' marks (``columns``, their coordinates along each row) span fewer columns.
+
+    Unwrapping takes each row's whole-column offset from its neighbour's, which holds only while the
+    drift between rows is read right: on 3-5 unevenly spaced rows the offsets line up about as well
+    under a wrong drift, and whole rows took their neighbours' column numbers. The rows of one grid
+    start and end in the same columns, so the narrowest block of columns that every row fits in,
+    each moved by at most ``ROW_END_REACH`` columns and all by as few as possible, decides. A row
+    missing an edge mark fits that block unmoved and keeps its offset; where two ways of moving
+    fit equally well the marks cannot tell, and nothing moves.
+    """
+    index = [_trimmed(np.rint(cols - shifts[k]).astype(np.int64)) for k, cols in enumerate(columns)]
+    rows = [k for k in range(len(index)) if index[k].size]
+    if len(rows) < 3:
+        return shifts
+    lo = np.array([int(index[k].min()) for k in rows])
+    hi = np.array([int(index[k].max()) for k in rows])
+    held = np.array([index[k].size for k in rows])
+    if np.any(held < ROW_END_FILL * (hi - lo + 1)):
+        return shifts  # a row with many gaps: its ends may be debris, or marks missing
+    reach = ROW_END_REACH
+    for width in range(int((hi - lo).max()) + 1, int(hi.max() - lo.min()) + 1):
+        found: dict[tuple[int, ...], int] = {}
+        for left in range(int(lo.min()) - reach, int(lo.max()) + reach + 1):
+            # The steps that put each row inside columns left .. left + width - 1; the smallest one.
+            low = np.maximum(left - lo, -reach)
+            high = np.minimum(left + width - 1 - hi, reach)
+            if np.any(low > high):
+                continue
+            steps = tuple(int(v) for v in np.clip(0, low, high))
+            found[steps] = sum(abs(v) for v in steps)
+        if not found:
+            continue
+        fewest = min(found.values())
+        best = [steps for steps, cost in found.items() if cost == fewest]
+        if len(best) > 1:
+            return shifts
+        moved = shifts.copy()
+        for k, step in zip(rows, best[0], strict=True):
+            moved[k] = shifts[k] - step  # moving a row by ``step`` raises its marks' numbers by it
+        return moved
+    return shifts
+
+
+def _trimmed(index: np.ndarray) -> np.ndarray:
+    """A row's column numbers without those set apart from the rest by two or more empty columns
+    at either end: debris beyond the grid that passed for a mark, which would otherwise widen
+    the row and move the others to match it."""
+    index = np.unique(index)
+    while index.size > 1 and index[1] - index[0] > GAP_AT_END:
+        index = index[1:]
+    while index.size > 1 and index[-1] - index[-2] > GAP_AT_END:
+        index = index[:-1]
+    return index
 
 
 def _row_drift(along: np.ndarray, centres: np.ndarray, *, prior: float) -> float:

@@ -103,8 +103,9 @@ def _split_one(comps: Components, i: int, fit: LatticeFit) -> SplitComponent | N
     # Each part on its own box: a fibre or scratch touching a row of marks makes one component as
     # large as the image, and hundreds of parts each scanning its whole box would take hours.
     for k, box in enumerate(ndimage.find_objects(part_map, max_label=n_parts)):
-        corner = np.array([x0 + box[1].start, y0 + box[0].start], float)
-        (cx, cy), (mx, my) = mark_points(part_map[box] == k + 1)
+        left, top = x0 + box[1].start, y0 + box[0].start
+        corner = np.array([left, top], float)
+        (cx, cy), (mx, my) = mark_points(part_map[box] == k + 1, origin=(left, top))
         centre[k], on_mark[k] = corner + np.array([cx, cy]), corner + np.array([mx, my])
     return SplitComponent(label=int(comps.label[i]), x0=x0, y0=y0, part_map=part_map, x=centre[:, 0],
                           y=centre[:, 1], mark_x=on_mark[:, 0], mark_y=on_mark[:, 1], area=area,

@@ -24,9 +24,10 @@ from tests.environment import clean_env
 REPO = Path(__file__).resolve().parents[2]
 # Sorted first, so that a pipeline stopping at the first failure would never reach GOOD.
 SMALL, GOOD = "a_small", "b_grid"
-# GOOD holds an 8 x 8 grid: 9 x 8 fits it with one empty edge row (a warning); SMALL holds 3 x 3
-# marks, far too few for 72 positions, so its registration fails whatever the model makes of it.
-GIVEN = ["--rows", "9", "--cols", "8"]
+# GOOD holds an 8 x 8 grid: 10 x 10 fits it with two empty edge rows and columns (warnings); SMALL holds
+# 3 x 3 marks, far too few for 100 positions (with what the model adds on its edges: 15 components, where
+# 21 would pass the count), so its registration fails whatever the model makes of it.
+GIVEN = ["--rows", "10", "--cols", "10"]
 
 
 def _environment(cache: Path) -> dict[str, str]:
@@ -72,15 +73,15 @@ def test_a_group_that_fails_to_register_is_named_and_the_others_are_still_regist
     assert "nothing to segment" in done.stderr
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 2, done.stderr
-    assert f"group {SMALL}: registration failed: the grid was given 9 x 8" in errors[0]
+    assert f"group {SMALL}: registration failed: the grid was given 10 x 10" in errors[0]
     assert f"registration failed for 1 of 2 group(s): {SMALL}" in errors[1]
     # What to do next: look at the overlay, fix the grid, or rescale marks the model was not trained on.
     assert "tiles_stitched/<group>/overlay.png" in errors[1] and "--scale" in errors[1]
     # The group after the failed one is registered, and both outcomes are in the summary.
     assert (dataset / "am_coords" / GOOD / "am_coordinates.png").is_file()
     assert not (dataset / "am_coords" / SMALL).exists()
-    assert f"registration {SMALL}: FAILED: the grid was given 9 x 8" in done.stdout
-    assert f"registration {GOOD}: " in done.stdout and "on a 9x8 grid" in done.stdout
+    assert f"registration {SMALL}: FAILED: the grid was given 10 x 10" in done.stdout
+    assert f"registration {GOOD}: " in done.stdout and "on a 10x10 grid" in done.stdout
     for group in (SMALL, GOOD):
         assert (dataset / "tiles_stitched" / group / "mask.tiff").is_file()
 
