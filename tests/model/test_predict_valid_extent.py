@@ -18,6 +18,7 @@ from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
 from am.prepare import tile_valid_extent
 from am.tiling import plan_tiles, read_tile
+from tests.edge_scene import scene
 
 TILE = 512
 # Post-processing as shipped checkpoints ask for it: touching marks cut apart, specks of under
@@ -38,19 +39,6 @@ class Everywhere(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.full_like(x[:, :1], 10.0)
-
-
-def scene(height: int, width: int, *, seed: int = 0) -> np.ndarray:
-    """Dark textured tissue with disks of radius 10 on a 40 px lattice, and one disk cut by the bottom
-    edge (its centre 7 px below it, 3 rows visible) at column 300."""
-    rng = np.random.default_rng(seed)
-    image = rng.integers(60, 90, (height, width)).astype(np.uint8)
-    yy, xx = np.mgrid[:height, :width]
-    for cy in range(30, height - 20, 40):
-        for cx in range(30, width - 20, 40):
-            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 10**2] = 250
-    image[(yy - (height + 7)) ** 2 + (xx - 300) ** 2 <= 10**2] = 250
-    return image
 
 
 def first_tile(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:

@@ -15,15 +15,7 @@ from am.imageio import write_png
 from am.pseudolabel.__main__ import main as pseudolabel_main
 from am.pseudolabel.__main__ import read_labels
 from am.train.data import binary_mask, load_split, read_mask
-
-
-def _marks() -> np.ndarray:
-    """A 0/1 mask of 12 separate square marks."""
-    marks = np.zeros((96, 128), np.uint8)
-    for i in range(12):
-        y, x = 8 + 30 * (i // 4), 6 + 31 * (i % 4)
-        marks[y:y + 12, x:x + 14] = 1
-    return marks
+from tests.model.mark_masks import square_marks
 
 
 def _labels(marks: np.ndarray) -> np.ndarray:
@@ -33,7 +25,7 @@ def _labels(marks: np.ndarray) -> np.ndarray:
 
 
 def test_marks_only_in_the_alpha_channel_are_read(tmp_path: Path) -> None:
-    marks = _marks()
+    marks = square_marks()
     rgba = np.zeros((*marks.shape, 4), np.uint8)
     rgba[..., 3] = marks * 255
     write_png(tmp_path / "alpha.png", rgba)
@@ -53,7 +45,7 @@ def test_marks_only_in_the_alpha_channel_are_read(tmp_path: Path) -> None:
 
 
 def test_a_16_bit_label_image_counts_every_labelled_pixel(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    marks = _marks()
+    marks = square_marks()
     labels = _labels(marks)
     assert labels.max() == 12
     write_png(tmp_path / "ids.png", labels)
@@ -67,7 +59,7 @@ def test_a_16_bit_label_image_counts_every_labelled_pixel(tmp_path: Path, caplog
 
 def test_a_resampled_or_noisy_grey_mask_is_still_cut_at_half_its_maximum(tmp_path: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
-    marks = _marks() * 255
+    marks = square_marks() * 255
     resized = cv2.resize(cv2.resize(marks, (256, 192), interpolation=cv2.INTER_LINEAR), (128, 96),
                          interpolation=cv2.INTER_LINEAR)
     assert len(np.unique(resized)) > 2
@@ -82,7 +74,7 @@ def test_a_resampled_or_noisy_grey_mask_is_still_cut_at_half_its_maximum(tmp_pat
 
 
 def test_training_and_pseudo_labelling_read_a_mask_alike(tmp_path: Path) -> None:
-    marks = _marks()
+    marks = square_marks()
     image = (marks * 200 + 20).astype(np.uint8)
     group = tmp_path / "data" / "train" / "ds" / "g"
     rgba = np.zeros((*marks.shape, 4), np.uint8)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
-from moto import mock_aws
 
 from am.backends import Backend
 from am.dataset import DatasetLayout
@@ -26,9 +25,9 @@ from am.job import open_job
 from am.messages import TileResult, tiles_key
 from am.settings import Settings
 from am.tilepack import pack_masks
-from am.transport.clients import ClientFactory
-from am.transport.queue import Queue, ensure_tile_queues
+from am.transport.queue import Queue
 from am.transport.storage import Storage
+from tests.pipeline.mocked_aws import mocked_backend
 
 JOB = "20261124-101500-abc123"
 TILE = 64
@@ -56,34 +55,6 @@ class SignallingLauncher:
             signal.raise_signal(signal.SIGINT)
 
 
-@pytest.fixture
-def ctrl_c() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt here, however the test run itself was started (a shell's
-    background job starts with SIGINT ignored)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
-@pytest.fixture
-def endpoint(fake_aws_credentials: None) -> Iterator[ClientFactory]:
-    settings = Settings()
-    with mock_aws():
-        clients = ClientFactory(region=settings.region)
-        storage = Storage(clients.s3(), threads=2)
-        for bucket in (settings.input_bucket, settings.output_bucket):
-            storage.ensure_bucket(bucket)
-        yield clients
-
-
-def _backend(clients: ClientFactory, launcher: SignallingLauncher, *, name: str) -> Backend:
-    settings = Settings()
-    queue_url, dlq_url = ensure_tile_queues(clients.sqs(), name=settings.queue_name,
-                                            dead_letter_name=settings.dead_letter_queue_name,
-                                            visibility_timeout_s=30, max_receive_count=3)
-    return Backend(name, clients, launcher, queue_url, dlq_url, settings.input_bucket, settings.output_bucket, "m")
-
-
 def _interrupted_job(backend: Backend, layout: DatasetLayout, settings: Settings) -> str:
     """Send two tiles, have a worker report the first as done, then Ctrl-C; returns the results queue URL."""
     storage = Storage(backend.clients.s3(), threads=2)
@@ -109,10 +80,10 @@ def _results_queues(backend: Backend) -> list[str]:
     return [url for url in backend.clients.sqs().list_queues().get("QueueUrls", []) if url.endswith(JOB)]
 
 
-def test_a_second_ctrl_c_during_the_clean_up_does_not_skip_it(endpoint, ctrl_c, tmp_path, caplog):
+def test_a_second_ctrl_c_during_the_clean_up_does_not_skip_it(mocked_clients, ctrl_c, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="am.job")
     launcher = SignallingLauncher(signals=1)
-    backend = _backend(endpoint, launcher, name="local")
+    backend = mocked_backend(mocked_clients, launcher, name="local")
     layout = DatasetLayout(tmp_path / "ds")
     settings = Settings(tile_size=TILE, tile_overlap=16, tiles_per_message=1)
     with pytest.raises(KeyboardInterrupt):
@@ -127,9 +98,9 @@ def test_a_second_ctrl_c_during_the_clean_up_does_not_skip_it(endpoint, ctrl_c, 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the Ctrl-C handler was not restored"
 
 
-def test_ctrl_c_twice_more_quits_at_once_and_names_what_it_left_behind(endpoint, ctrl_c, tmp_path):
+def test_ctrl_c_twice_more_quits_at_once_and_names_what_it_left_behind(mocked_clients, ctrl_c, tmp_path):
     launcher = SignallingLauncher(signals=2)
-    backend = _backend(endpoint, launcher, name="aws")
+    backend = mocked_backend(mocked_clients, launcher, name="aws")
     settings = Settings(tile_size=TILE, tile_overlap=16, tiles_per_message=1)
     with pytest.raises(CleanupIncomplete) as quit_early:
         _interrupted_job(backend, DatasetLayout(tmp_path / "ds"), settings)
@@ -145,9 +116,9 @@ def test_ctrl_c_twice_more_quits_at_once_and_names_what_it_left_behind(endpoint,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_during_the_clean_up_of_a_finished_job_lets_it_finish_then_interrupts(endpoint, ctrl_c, tmp_path):
+def test_ctrl_c_during_the_clean_up_of_a_finished_job_lets_it_finish_then_interrupts(mocked_clients, ctrl_c, tmp_path):
     launcher = SignallingLauncher(signals=1)
-    backend = _backend(endpoint, launcher, name="local")
+    backend = mocked_backend(mocked_clients, launcher, name="local")
     settings = Settings(tile_size=TILE, tile_overlap=16)
     with pytest.raises(KeyboardInterrupt), \
             open_job(backend, layout=DatasetLayout(tmp_path / "ds"), settings=settings, job_id=JOB, workers=1,
@@ -158,10 +129,10 @@ def test_ctrl_c_during_the_clean_up_of_a_finished_job_lets_it_finish_then_interr
     assert _results_queues(backend) == [] and _job_objects(backend) == []
 
 
-def test_without_a_terminal_signal_handler_nothing_is_installed(endpoint, tmp_path):
+def test_without_a_terminal_signal_handler_nothing_is_installed(mocked_clients, tmp_path):
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        backend = _backend(endpoint, SignallingLauncher(signals=0), name="local")
+        backend = mocked_backend(mocked_clients, SignallingLauncher(signals=0), name="local")
         with open_job(backend, layout=DatasetLayout(tmp_path / "ds"), settings=Settings(), job_id=JOB, workers=1,
                       show_progress=False):
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
@@ -169,11 +140,11 @@ def test_without_a_terminal_signal_handler_nothing_is_installed(endpoint, tmp_pa
         signal.signal(signal.SIGINT, previous)
 
 
-def test_the_guard_is_left_out_off_the_main_thread(endpoint, tmp_path):
+def test_the_guard_is_left_out_off_the_main_thread(mocked_clients, tmp_path):
     import threading
 
     seen: list[object] = []
-    backend = _backend(endpoint, SignallingLauncher(signals=0), name="local")
+    backend = mocked_backend(mocked_clients, SignallingLauncher(signals=0), name="local")
 
     def run() -> None:
         with open_job(backend, layout=DatasetLayout(tmp_path / "ds"), settings=Settings(), job_id=JOB, workers=1,

@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
-from moto import mock_aws
 
 from am.backends import Backend
 from am.dataset import DatasetLayout
@@ -26,9 +25,9 @@ from am.launchers.local import STOP_TIMEOUT_S
 from am.messages import TileResult, tiles_key
 from am.settings import Settings
 from am.tilepack import pack_masks
-from am.transport.clients import ClientFactory
-from am.transport.queue import Queue, ensure_tile_queues
+from am.transport.queue import Queue
 from am.transport.storage import Storage
+from tests.pipeline.mocked_aws import mocked_backend
 
 JOB = "20261206-101500-def456"
 TILE = 64
@@ -64,33 +63,6 @@ class StoppingLauncher:
         self.killed = True
 
 
-@pytest.fixture
-def ctrl_c() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt here, however the test run itself was started."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
-@pytest.fixture
-def endpoint(fake_aws_credentials: None) -> Iterator[ClientFactory]:
-    settings = Settings()
-    with mock_aws():
-        clients = ClientFactory(region=settings.region)
-        storage = Storage(clients.s3(), threads=2)
-        for bucket in (settings.input_bucket, settings.output_bucket):
-            storage.ensure_bucket(bucket)
-        yield clients
-
-
-def _backend(clients: ClientFactory, launcher: StoppingLauncher) -> Backend:
-    settings = Settings()
-    queue_url, dlq_url = ensure_tile_queues(clients.sqs(), name=settings.queue_name,
-                                            dead_letter_name=settings.dead_letter_queue_name,
-                                            visibility_timeout_s=30, max_receive_count=3)
-    return Backend("local", clients, launcher, queue_url, dlq_url, settings.input_bucket, settings.output_bucket, "m")
-
-
 def _timeout() -> JobTimeout:
     return JobTimeout(f"job did not finish in time: 2 of 2 tile(s) pending; {TIMEOUT_ADVICE}", {"g/0000": "timed out"})
 
@@ -104,13 +76,13 @@ def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records]
 
 
-def test_a_failure_is_said_before_the_clean_up_and_stays_the_error_when_it_is_cut_short(endpoint, ctrl_c, tmp_path,
-                                                                                       caplog):
+def test_a_failure_is_said_before_the_clean_up_and_stays_the_error_when_it_is_cut_short(mocked_clients, ctrl_c,
+                                                                                       tmp_path, caplog):
     caplog.set_level(logging.INFO)
     launcher = StoppingLauncher(signals=2)
     settings = Settings(tile_size=TILE, tile_overlap=16, tiles_per_message=1)
     with pytest.raises(JobTimeout, match="did not finish in time"), \
-            open_job(_backend(endpoint, launcher), layout=DatasetLayout(tmp_path / "ds"), settings=settings,
+            open_job(mocked_backend(mocked_clients, launcher), layout=DatasetLayout(tmp_path / "ds"), settings=settings,
                      job_id=JOB, workers=1, show_progress=False) as job:
         _send_two_tiles(job)
         raise _timeout()
@@ -127,11 +99,12 @@ def test_a_failure_is_said_before_the_clean_up_and_stays_the_error_when_it_is_cu
     assert launcher.killed
 
 
-def test_a_timeout_whose_worker_had_to_be_killed_says_it_did_not_respond(endpoint, tmp_path):
+def test_a_timeout_whose_worker_had_to_be_killed_says_it_did_not_respond(mocked_clients, tmp_path):
     settings = Settings(tile_size=TILE, tile_overlap=16, tiles_per_message=1)
     with pytest.raises(JobTimeout) as timed_out, \
-            open_job(_backend(endpoint, StoppingLauncher(hangs=True)), layout=DatasetLayout(tmp_path / "ds"),
-                     settings=settings, job_id=JOB, workers=1, show_progress=False) as job:
+            open_job(mocked_backend(mocked_clients, StoppingLauncher(hangs=True)),
+                     layout=DatasetLayout(tmp_path / "ds"), settings=settings, job_id=JOB, workers=1,
+                     show_progress=False) as job:
         _send_two_tiles(job)
         raise _timeout()
 
@@ -142,20 +115,20 @@ def test_a_timeout_whose_worker_had_to_be_killed_says_it_did_not_respond(endpoin
     assert timed_out.value.failed == {"g/0000": "timed out"}
 
 
-def test_a_timeout_whose_workers_stopped_keeps_its_advice(endpoint, tmp_path):
+def test_a_timeout_whose_workers_stopped_keeps_its_advice(mocked_clients, tmp_path):
     settings = Settings(tile_size=TILE, tile_overlap=16, tiles_per_message=1)
     with pytest.raises(JobTimeout, match=TIMEOUT_ADVICE), \
-            open_job(_backend(endpoint, StoppingLauncher()), layout=DatasetLayout(tmp_path / "ds"),
+            open_job(mocked_backend(mocked_clients, StoppingLauncher()), layout=DatasetLayout(tmp_path / "ds"),
                      settings=settings, job_id=JOB, workers=1, show_progress=False) as job:
         _send_two_tiles(job)
         raise _timeout()
 
 
-def test_ctrl_c_during_an_interrupted_jobs_clean_up_states_its_real_length(endpoint, ctrl_c, tmp_path, caplog):
+def test_ctrl_c_during_an_interrupted_jobs_clean_up_states_its_real_length(mocked_clients, ctrl_c, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     settings = Settings(tile_size=TILE, tile_overlap=16, tiles_per_message=1)
     with pytest.raises(KeyboardInterrupt), \
-            open_job(_backend(endpoint, StoppingLauncher(signals=1)), layout=DatasetLayout(tmp_path / "ds"),
+            open_job(mocked_backend(mocked_clients, StoppingLauncher(signals=1)), layout=DatasetLayout(tmp_path / "ds"),
                      settings=settings, job_id=JOB, workers=1, show_progress=False) as job:
         _send_two_tiles(job)
         signal.raise_signal(signal.SIGINT)
@@ -177,9 +150,9 @@ def _report_done(job: Job, backend: Backend, tiles: range) -> None:
         queue.send_many(reports[start:start + 10])
 
 
-def test_the_final_collection_warns_only_when_reports_could_still_be_waiting(endpoint, tmp_path, caplog):
+def test_the_final_collection_warns_only_when_reports_could_still_be_waiting(mocked_clients, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="am.job")
-    backend = _backend(endpoint, StoppingLauncher())
+    backend = mocked_backend(mocked_clients, StoppingLauncher())
     settings = Settings(tile_size=TILE, tile_overlap=16, tiles_per_message=1)
     with open_job(backend, layout=DatasetLayout(tmp_path / "ds"), settings=settings, job_id=JOB, workers=1,
                   show_progress=False) as job:

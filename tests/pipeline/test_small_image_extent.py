@@ -33,8 +33,8 @@ from am.model.predict import Predictor
 from am.orchestrator import run_pipeline
 from am.settings import Settings
 from am.transport.clients import ClientFactory
-from am.transport.queue import ensure_tile_queues
-from am.transport.storage import Storage
+from tests.edge_scene import scene
+from tests.pipeline.mocked_aws import deploy
 
 REPLY = "http://127.0.0.1:4566/123456789012/am-segm-results-job-1"
 # Post-processing as shipped checkpoints ask for it (specks under 40 px or 0.3 of the median mark
@@ -93,19 +93,6 @@ class Bright(torch.nn.Module):
         return x[:, :1] * 10.0
 
 
-def scene(height: int, width: int) -> np.ndarray:
-    """Dark textured tissue with disks of radius 10 on a 40 px lattice, and one disk cut by the bottom
-    edge (its centre 7 px below it, 3 rows visible) at column 300."""
-    rng = np.random.default_rng(0)
-    image = rng.integers(60, 90, (height, width)).astype(np.uint8)
-    yy, xx = np.mgrid[:height, :width]
-    for cy in range(30, height - 20, 40):
-        for cx in range(30, width - 20, 40):
-            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 10**2] = 250
-    image[(yy - (height + 7)) ** 2 + (xx - 300) ** 2 <= 10**2] = 250
-    return image
-
-
 class Deployment:
     """What ``open_backend`` yields here: moto's buckets and queues, and workers on threads that answer with
     ``predictor``; every message the workers were sent is recorded."""
@@ -113,12 +100,7 @@ class Deployment:
     def __init__(self, settings: Settings, predictor: Predictor) -> None:
         self.predictor = predictor
         self.clients = ClientFactory(region=settings.region)
-        storage = Storage(self.clients.s3(), threads=4)
-        for bucket in (settings.input_bucket, settings.output_bucket):
-            storage.ensure_bucket(bucket)
-        self.queue_url, self.dlq_url = ensure_tile_queues(
-            self.clients.sqs(), name=settings.queue_name, dead_letter_name=settings.dead_letter_queue_name,
-            visibility_timeout_s=30, max_receive_count=3)
+        self.queue_url, self.dlq_url = deploy(self.clients, settings, threads=4)
 
     @contextmanager
     def open_backend(self, settings: Settings, *, model: str, log_dir: Path,

@@ -33,9 +33,10 @@ from am.prepare import GroupTiler, TileChunk, reuse_group
 from am.settings import Settings
 from am.tilepack import pack_masks, unpack_tiles
 from am.transport.clients import ClientFactory
-from am.transport.queue import Queue, create_results_queue, ensure_tile_queues
+from am.transport.queue import Queue, create_results_queue
 from am.transport.storage import Storage
 from tests.environment import clean_env
+from tests.pipeline.mocked_aws import deploy
 
 # A 300 x 300 image in 64 px tiles overlapping by 16: 6 rows of 6 tiles, so 6 chunks.
 IMAGE = (300, 300)
@@ -65,11 +66,7 @@ class Deployment:
         self.events: list[str] = []
         self.launchers: list[ThreadLauncher] = []
         self.opened = 0
-        for bucket in (settings.input_bucket, settings.output_bucket):
-            self.storage.ensure_bucket(bucket)
-        self.queue_url, self.dlq_url = ensure_tile_queues(
-            self.clients.sqs(), name=settings.queue_name, dead_letter_name=settings.dead_letter_queue_name,
-            visibility_timeout_s=30, max_receive_count=3)
+        self.queue_url, self.dlq_url = deploy(self.clients, settings, threads=4)
 
     @contextmanager
     def open_backend(self, settings: Settings, *, model: str, log_dir: Path,
