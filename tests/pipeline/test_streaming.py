@@ -505,6 +505,29 @@ def test_a_chunk_goes_out_tiles_per_message_to_an_object_and_a_message(deploymen
     job.close(after_failure=True)
 
 
+@pytest.mark.parametrize("valid", [(0, 64), (40, 65)])
+def test_an_image_extent_that_does_not_fit_the_tiles_is_refused_before_anything_is_sent(deployment, tmp_path,
+                                                                                        valid):
+    job = _job(deployment, ExitedLauncher([]), tmp_path)
+    with pytest.raises(ValueError, match=rf"group g: image extent \({valid[0]}, {valid[1]}\) .*tiles of 64 px"):
+        job.send("g", [(0, np.zeros((64, 64), np.uint8))], valid=valid)
+    assert job.tracker.total == 0 and not _sent_messages(deployment)
+    job.close(after_failure=True)
+
+
+def test_one_group_keeps_one_image_extent_and_its_messages_carry_it(deployment, tmp_path):
+    job = _job(deployment, ExitedLauncher([]), tmp_path)
+    job.send("g", [(0, np.zeros((64, 64), np.uint8))], valid=(40, 64))
+    job.send("h", [(0, np.zeros((64, 64), np.uint8))])
+    with pytest.raises(ValueError, match=r"group g: tiles sent with image extent None, earlier ones with \(40, 64\)"):
+        job.send("g", [(1, np.zeros((64, 64), np.uint8))])
+    job._finish_sending()
+    messages = {m.group: m for m in _sent_messages(deployment)}
+    assert messages["g"].valid == (40, 64) and messages["h"].valid is None
+    assert sorted(job.tracker.pending) == ["g/0000", "h/0000"], "the refused chunk must not be tracked"
+    job.close(after_failure=True)
+
+
 def test_masks_of_a_message_are_written_per_tile_and_unusable_ones_give_up_every_tile(deployment, tmp_path):
     job = _job(deployment, ExitedLauncher([]), tmp_path)
     job.send("g", [(index, np.zeros((64, 64), np.uint8)) for index in range(5)])

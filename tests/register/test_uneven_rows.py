@@ -162,3 +162,24 @@ def test_a_missing_inner_row_that_cannot_be_seen_is_named_as_a_possibility():
     assert reg.uneven_rows
     note = [w for w in reg.warnings if "which edge row is empty is ambiguous" in w]
     assert note and "a row inside the grid has no marks" in note[0]
+
+
+def test_a_drift_fitted_at_the_limit_of_its_search_is_warned_of():
+    # Three uneven rows of 9 with 15 % of their marks missing and 7 pieces of debris (one of about
+    # 300 such fuzzed grids): the drift that lines the rows' offsets up best is the search's limit,
+    # where a wrong one wins, and the ids of a row are a column off. The user must be told.
+    rng = np.random.default_rng(214)
+    rows, cols = int(rng.integers(3, 6)), int(rng.integers(8, 20))
+    pitch = float(rng.uniform(25, 45))
+    size = int(max(rows, cols) * pitch + 4 * pitch)
+    lat = Lattice.centred(rows=rows, cols=cols, width=size, height=size, pitch_x=pitch,
+                          angle_deg=float(rng.uniform(-5, 5))).with_uneven_rows(rng)
+    missing = (rng.choice(rows * cols, int(0.15 * rows * cols), replace=False) + 1).tolist()
+    drawn = draw_lattice_mask(lat, width=size, height=size, radius=pitch / 4, missing=missing,
+                              debris=int(rng.integers(0, 20)), rng=rng)
+    reg = register_mask(drawn.mask, rows=rows, cols=cols)
+    assert (rows, cols) == (3, 9) and reg.uneven_rows
+    assert abs(reg.shear) == pytest.approx(0.5)
+    assert id_accuracy(drawn, reg.ids) < 1.0, "the case no longer reaches the limit; pick another"
+    assert any("limit of its search" in w and "a column off" in w for w in reg.warnings), reg.warnings
+    assert not any("the grid is sheared by" in w for w in reg.warnings), "one warning for one shear"
