@@ -151,9 +151,8 @@ def _take(data: dict[str, Any], fields: dict[str, type], kind: str) -> dict[str,
             raise MessageError(f"{kind} field {name!r} must be an integer, got {value!r}")
         if typ is str and not isinstance(value, str):
             raise MessageError(f"{kind} field {name!r} must be a string, got {value!r}")
-        if typ is str and not _encodable(value):
-            # A lone surrogate (JSON's "\\ud800") is no character: no S3 key or path can hold it.
-            raise MessageError(f"{kind} field {name!r} is not valid UTF-8 text, got {value!r:.200}")
+        if typ is str:
+            _check_text(value, kind, name)
         if typ is tuple:
             value = check_tiles(value, kind)
         out[name] = value
@@ -166,6 +165,23 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _check_text(value: str, kind: str, name: str) -> None:
+    """Refuse text the other side could not read back.
+
+    A lone surrogate (JSON's "\\ud800", or Python's stand-in for a byte of a non-UTF-8 file
+    name) is no character: no S3 key or path can hold it, and a message carrying one would be
+    rejected by every worker. Checked where messages are built as well as where they are read,
+    so that one the orchestrator can send is one a worker can take.
+    """
+    if not _encodable(value):
+        raise MessageError(f"{kind} field {name!r} is not valid UTF-8 text, got {value!r:.200}")
+
+
+def readable_text(text: str) -> str:
+    """``text`` with anything that is not UTF-8 written as backslash escapes, for reports of errors."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _NamedTiles:
@@ -207,6 +223,8 @@ class TileMessage(_NamedTiles):
         object.__setattr__(self, "valid", check_valid_extent(self.valid, "tile message"))
         if self.tta not in TTA_MODES:
             raise MessageError(f"tile message field 'tta' must be one of {', '.join(TTA_MODES)}, got {self.tta!r:.50}")
+        for name in ("input", "output", "model", "reply"):
+            _check_text(getattr(self, name), "tile message", name)
         check_key_in_job(self.input, self.job, field="input")
         check_key_in_job(self.output, self.job, field="output")
         if not self.model:
@@ -255,6 +273,9 @@ class TileResult(_NamedTiles):
         object.__setattr__(self, "tiles", check_tiles(self.tiles, "tile result"))
         if self.status not in (RESULT_DONE, RESULT_FAILED):
             raise MessageError(f"result status must be 'done' or 'failed', got {self.status!r}")
+        # An error's text may quote a file name that is not UTF-8; the report must still be readable.
+        object.__setattr__(self, "error", readable_text(self.error))
+        object.__setattr__(self, "worker", readable_text(self.worker))
 
     def to_json(self) -> str:
         return json.dumps({"v": MESSAGE_VERSION, **asdict(self)}, sort_keys=True)

@@ -89,6 +89,21 @@ def check_checkpoint_once(path: Path, model_id: str, *, cache_dir: Path) -> None
 def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
     """The model workers load (path or s3:// URI) and an identity that changes when its weights do.
 
+    Every tile message names the model as text, so a path that is not UTF-8 (a Latin-1 byte in a
+    file or folder name) is refused here: the workers would reject every message that carried it.
+    """
+    model, model_id = _resolve_model(settings, cache_dir=cache_dir)
+    try:
+        model.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"model path {model!r} is not valid UTF-8 (a byte of another encoding in a file or folder "
+                          "name): tile messages carry it as text, so rename the file or its folder") from None
+    return model, model_id
+
+
+def _resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
+    """See :func:`resolve_model`.
+
     On the aws backend the workers read the model from S3, never from this machine: an unset
     model is the stack's ModelUri output (where ``make upload-model`` puts it), and a local
     file is refused before torch is imported to check it. On the local backend an s3:// model is

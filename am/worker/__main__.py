@@ -1,7 +1,8 @@
 """``python -m am.worker``: one worker process, configured entirely by AM_* environment variables.
 
 Environment: AM_QUEUE_URL, AM_INPUT_BUCKET, AM_OUTPUT_BUCKET (required); AM_MODEL (path or
-s3:// URI, default the shipped model), AM_ENDPOINT_URL (local backend only), AM_REGION,
+s3:// URI, default am/models/default.pt of the repository; the worker image leaves that file out,
+so its tasks set AM_MODEL), AM_ENDPOINT_URL (local backend only), AM_REGION,
 AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S,
 AM_STOP_TIMEOUT_S (seconds from SIGTERM to SIGKILL, default 40: a stopped worker finishes its
 work in hand for all but the last 15 of them, then gives back what is left), AM_MAX_BATCH_S

@@ -60,6 +60,23 @@ def test_text_that_is_not_valid_utf8_is_a_rejected_message(field):
         TileMessage.from_json(text)
 
 
+@pytest.mark.parametrize("field", ["input", "output", "model"])
+def test_a_message_no_worker_could_read_is_not_built(field):
+    # A Latin-1 byte in a file name is a lone surrogate in Python: a message carrying it would be
+    # sent, then rejected by every worker and by the orchestrator's own dead-letter check.
+    text = {"input": "job-1/g1/0000-0001\udce8.npy", "output": "job-1/g1/0000-0001\udce8.npy",
+            "model": "/data/mod\udce8le.pt"}[field]
+    with pytest.raises(MessageError, match=f"field '{field}' is not valid UTF-8"):
+        make(**{field: text})
+
+
+def test_a_report_quoting_a_name_that_is_not_utf8_stays_readable():
+    result = TileResult(job="job-1", group="g1", tiles=(0,), status="failed", attempt=1, worker="w\udce8",
+                        error="cannot read /data/mod\udce8le.pt")
+    back = TileResult.from_json(result.to_json())
+    assert back.error == "cannot read /data/mod\\udce8le.pt" and back.worker == "w\\udce8"
+
+
 @pytest.mark.parametrize("key", [
     "other-job/g1/0007.png",       # another job's prefix
     "job-1/../other/0007.png",     # climbs out

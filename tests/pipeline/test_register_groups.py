@@ -9,6 +9,7 @@ on a copy of it, where every mask is reused and no worker starts, so only regist
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -167,3 +168,10 @@ def test_a_model_folder_is_called_a_folder_and_its_checkpoints_are_named(tmp_pat
     shutil.copyfile(tiny_model, folder / "mine.pt")
     with pytest.raises(ConfigError, match=r"is a folder.*pass the \.pt file itself, e\.g\. --model .*mine\.pt"):
         resolve_model(Settings(model=str(folder)), cache_dir=tmp_path / "cache")
+
+
+def test_a_model_path_that_is_not_utf8_is_refused_before_any_worker_starts(tmp_path, tiny_model):
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe8le.pt"))
+    shutil.copyfile(tiny_model, path)
+    with pytest.raises(ConfigError, match=r"mod\\udce8le\.pt' is not valid UTF-8.*rename the file or its folder"):
+        resolve_model(Settings(model=str(path)), cache_dir=tmp_path / "cache")
