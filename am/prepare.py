@@ -506,6 +506,7 @@ class GroupTiler:
         self.masks_kept = 0
         if self._resuming:
             self.masks_kept = sum(layout.tile_mask(group, t.index).is_file() for t in self._plan.tiles)
+        if self.masks_kept:  # none kept: nothing is resumed, every tile is segmented
             earlier_run = "a finished run" if _is_complete(earlier) else "an interrupted run"
             log.info("group %s: resuming %s, %d of %d tiles already have a mask",
                      group, earlier_run, self.masks_kept, len(self._plan.tiles))
@@ -585,6 +586,14 @@ def recut_masked_group(layout: DatasetLayout, group: str, *, settings: Settings,
     except (KeyError, TypeError, ValueError):
         return None
     if not tiles or not all(layout.tile_mask(group, t.index).is_file() for t in tiles):
+        return None
+    # Masks of another model, other settings or another input are not kept: the job cuts the group
+    # again, and normalising it here first would read the image twice before any worker starts.
+    if not all(change.startswith("scale ") for change in _settings_changes(meta, settings, model_id, worker)):
+        return None
+    if settings.scale != AUTO_SCALE and _recorded_scale(meta, settings) != nominal_scale(settings):
+        return None
+    if _same_source(layout.source_image(group), meta["identity"].get("source")) is None:
         return None
     tiler = GroupTiler(layout, group, settings=settings, model_id=model_id, worker=worker)
     tiler.normalise()

@@ -12,6 +12,7 @@ import pytest
 from faults.harness import make_dataset, mask_files
 
 import am.orchestrator
+import am.prepare
 from am.dataset import DatasetLayout
 from am.endpoint import EmbeddedEndpoint
 from am.orchestrator import run_pipeline
@@ -101,3 +102,46 @@ def test_the_embedded_endpoints_tile_queues_go_with_it(tmp_path: Path, tiny_mode
         names = [url.rsplit("/", 1)[-1] for url in ClientFactory(endpoint_url=later.url, region=SETTINGS.region)
                  .sqs().list_queues().get("QueueUrls", [])]
     assert SETTINGS.queue_name not in names and SETTINGS.dead_letter_queue_name not in names
+
+
+@pytest.mark.parametrize("change", [{"norm_high_pct": 98.0}, {"tile_overlap": 8}, {"scale": 1.25}])
+def test_a_rerun_with_other_settings_normalises_the_image_once_and_resumes_nothing(
+        finished: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, change: dict[str, object]) -> None:
+    """Every mask in place, but of other settings: the group had been normalised once to find that
+    out, before any worker started, then again to be cut, and the log said it resumed a run."""
+    normalised: list[str] = []
+    real_normalize = am.prepare.normalize
+
+    def counted(image, **kwargs: object):
+        normalised.append(str(kwargs.get("name")))
+        return real_normalize(image, **kwargs)
+
+    monkeypatch.setattr(am.prepare, "normalize", counted)
+    caplog.set_level("INFO")
+    summary = _run(finished, tiny_model, tmp_path, **change)
+    assert len(normalised) == 1, normalised
+    assert summary.tiles_reused == 0 and len(mask_files(finished, "g1")) == summary.tiles
+    assert not any("resuming" in record.getMessage() for record in caplog.records)
+
+
+def test_what_a_killed_run_was_writing_is_removed_by_the_next_run(finished: Path, tiny_model: Path,
+                                                                  tmp_path: Path) -> None:
+    """Temporary files of a run killed mid-write (kill -9, a power cut) in folders reruns keep, and the
+    staging folder of a registration: a run that registers nothing, or reuses every tile, left them."""
+    layout = DatasetLayout(finished)
+    name = "." + "{}." + "0123456789abcdef" * 2 + ".tmp"
+    litter = [layout.source_norm("g1").with_name(name.format("source.tiff")),
+              layout.tile_plan("g1").with_name(name.format("meta.json")),
+              layout.stitched_mask("g1").with_name(name.format("mask.tiff"))]
+    for path in litter:
+        path.write_bytes(b"half a file")
+    staging = layout.am_coords_staging("g1")
+    staging.mkdir(parents=True)
+    (staging / "am_coordinates.png").write_bytes(b"half a file")
+    kept = layout.stitched_dir("g1") / ".notes.txt"  # not named as the pipeline names its temporaries
+    kept.write_text("mine")
+    summary = _run(finished, tiny_model, tmp_path, scale="auto")
+    assert summary.tiles_reused == summary.tiles
+    assert not any(path.exists() for path in litter) and not staging.exists()
+    assert kept.read_text() == "mine"
