@@ -61,12 +61,27 @@ def write_outputs(out_dir: Path, registration: Registration, *, source: np.ndarr
 
 
 def table_csv(table: np.ndarray) -> str:
-    """The mark table as CSV text; x and y to 0.01 px."""
+    """The mark table as CSV text; x and y to 0.01 px, each still rounding to the mark's pixel."""
     out = io.StringIO()
     out.write(",".join(CSV_COLUMNS) + "\n")
     for rec in table.tolist():
-        out.write(f"{rec[0]},{rec[1]},{rec[2]},{rec[3]:.2f},{rec[4]:.2f},{rec[5]}\n")
+        out.write(f"{rec[0]},{rec[1]},{rec[2]},{coordinate_text(rec[3])},{coordinate_text(rec[4])},{rec[5]}\n")
     return out.getvalue()
+
+
+def coordinate_text(value: float) -> str:
+    """``value`` to 0.01 px, such that the text rounds (half to even) to the pixel ``value`` rounds to.
+
+    The table's x,y is a point of the mark by the pixel it rounds to; two decimals can land it on
+    an exact .5 that rounds the other way (1078.5022 is pixel 1079, "1078.50" pixel 1078), which
+    may be background. Such a text is moved 0.01 px towards the mark's pixel.
+    """
+    text = f"{value:.2f}"
+    pixel = np.rint(value)
+    written = float(text)
+    if np.rint(written) != pixel:
+        text = f"{written + (0.01 if pixel > written else -0.01):.2f}"
+    return text
 
 
 def _write_tiles(tiles_dir: Path, registration: Registration, source: np.ndarray, *, centres: np.ndarray) -> None:
