@@ -150,6 +150,13 @@ class DatasetLayout:
     def am_coords_dir(self, group: str) -> Path:
         return self.root / "am_coords" / group
 
+    def am_coords_staging(self, group: str) -> Path:
+        """Where a registration writes the group's outputs before moving them in whole: beside their
+        folder, or beside the folder a link in its place names (outputs kept on another disk)."""
+        target = self.am_coords_dir(group)
+        place = target.resolve() if target.is_symlink() else target
+        return place.with_name(f".{group}.partial")
+
 
 def png_conversion(image: Path) -> str:
     """A shell command that writes ``image`` as a PNG beside it: with absolute paths, so that it works from

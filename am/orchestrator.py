@@ -314,6 +314,20 @@ def _check_outputs_writable(layout: DatasetLayout, groups: list[str], *, registe
     check_can_replace(folders)
 
 
+def _remove_unfinished_registration(layout: DatasetLayout, group: str) -> None:
+    """Remove the staging folder of a registration killed while writing it (kill -9, a power cut).
+
+    The group's next registration would remove it too, but runs that register nothing
+    (``--no-register``) would leave it for good. The caller holds the dataset's lock.
+    """
+    staging = layout.am_coords_staging(group)
+    if staging.is_symlink() or staging.is_file():
+        staging.unlink()
+    elif staging.is_dir():
+        log.info("removing %s, left by a registration stopped while writing it", staging)
+        shutil.rmtree(staging)
+
+
 def run_pipeline(
     dataset: Path,
     *,
@@ -344,11 +358,14 @@ def run_pipeline(
         for group in selected:
             check_group_image(layout, group, settings=settings)
         _check_outputs_writable(layout, selected, register=register)
-        # Under the lock and before any job: nothing else can be writing tiles, so a temporary file
-        # there is a killed run's and would stay for good, in folders that reruns keep.
+        # Under the lock and before any job: nothing else can be writing there, so a temporary file
+        # is a killed run's and would stay for good, in folders that reruns keep (the normalised
+        # image's, hundreds of MB for a large one, even outlives a full re-cut).
         for group in selected:
-            for tile in (layout.tile_source(group, 0), layout.tile_mask(group, 0)):
-                remove_leftover_temporaries(tile.parent)
+            for folder in (layout.tile_source(group, 0).parent, layout.tile_mask(group, 0).parent,
+                           layout.tiles_dir(group), layout.source_norm(group).parent, layout.stitched_dir(group)):
+                remove_leftover_temporaries(folder)
+            _remove_unfinished_registration(layout, group)
         worker = worker_mask_settings(os.environ if environ is None else environ, backend=settings.backend)
         model, model_id = resolve_model(settings, cache_dir=cache_dir)
         # Decided before any worker starts: a rerun with every mask in place starts none (a group whose tiles

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from am.dataset import DatasetLayout
 from am.errors import InputError
 from am.files import check_can_replace, clear_output, staging, swap_in
 from am.grid_shape import grid_shape_error
@@ -74,7 +75,7 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     # An output folder linked to another disk is replaced there, beside the folder the link names,
     # so that the link (and the disk it chose) stays.
     place = target.resolve() if target.is_symlink() else target
-    with staging(place.with_name(f".{group}.partial")) as staged:
+    with staging(DatasetLayout(dataset).am_coords_staging(group)) as staged:
         write_outputs(staged, registration, source=source)
         swap_in(staged, place)
     log.info("group %s: ids, table, overlay and registration.json in %s", group, target)
