@@ -77,6 +77,28 @@ def _worker_environment(settings: Settings, *, queue_url: str, input_bucket: str
     return env
 
 
+def check_local_worker_environment(environ: Mapping[str, str]) -> None:
+    """Refuse, before any local worker starts, an AM_* variable in ``environ`` that every one of them would.
+
+    Local workers inherit the orchestrator's environment, over which the backend and the launcher set
+    their own variables; the rest (AM_MAX_BATCH_S, AM_PRECISION, ...) reach them as they are. One they
+    refuse made each worker exit 2 some seconds into the job, which then failed as "workers stopped"
+    with a hint to rerun. Checked here by the workers' own parsing (:class:`WorkerConfig`), with what
+    the backend and launcher set in place of their variables: their values in ``environ`` never reach
+    a worker (the settings check those that are settings).
+    """
+    from am.launchers.local import launcher_variables
+    from am.worker.config import WorkerConfig
+
+    given = _worker_environment(Settings(), queue_url="http://127.0.0.1/queue", input_bucket="input",
+                                output_bucket="output", model="", endpoint_url="http://127.0.0.1", threads=1)
+    try:
+        WorkerConfig.from_environ({**environ, **given, **launcher_variables(0)})
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (the local workers read it from this command's environment: fix or unset it, "
+                          "then rerun)") from exc
+
+
 @contextmanager
 def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
                        base_environment: Mapping[str, str]) -> Iterator[Backend]:
@@ -112,13 +134,26 @@ def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
         launcher = LocalLauncher(log_dir=log_dir, base_environment=base_environment,
                                  strip_credentials=not settings.endpoint_url)
         stack.enter_context(_stopping(launcher))
+        threads = worker_threads(settings)
+        _warn_replaced_threads(base_environment, threads)
         env = _worker_environment(
             settings, queue_url=queue_url, input_bucket=settings.input_bucket,
             output_bucket=settings.output_bucket, model=model, endpoint_url=endpoint_url,
-            threads=worker_threads(settings),
+            threads=threads,
         )
         yield Backend("local", clients, launcher, queue_url, dlq_url, settings.input_bucket,
                       settings.output_bucket, model, env, max_receive_count=settings.max_receive_count)
+
+
+def _warn_replaced_threads(base_environment: Mapping[str, str], threads: int) -> None:
+    """AM_THREADS is am.worker's own variable, which the local backend sets from worker_threads: one a
+    user gives am.pipeline never reaches its workers, and no other warning says so (settings take it
+    for a worker variable, which it is)."""
+    given = base_environment.get("AM_THREADS", "").strip()
+    if given:
+        log.warning("environment variable AM_THREADS = %r does not reach the local workers: they run with %d "
+                    "torch thread(s) each, from the worker_threads setting; set worker_threads (AM_WORKER_THREADS "
+                    "or worker_threads in the config file) instead", given, threads)
 
 
 def _forget_tile_queues(sqs_client: Any, urls: tuple[str, ...]) -> None:

@@ -22,14 +22,12 @@ reports already waiting are collected between chunks. The job finishes only once
 from __future__ import annotations
 
 import logging
-import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +89,6 @@ FINAL_COLLECT_S = float(RESULT_WAIT_S + RESULT_HOLD_S)
 FINAL_RECEIVE_WAIT_S = 1
 # What a timeout's message advises where no worker was found hung.
 TIMEOUT_ADVICE = "raise timeout_per_tile_s or add workers, then rerun to resume"
-
-
-def new_job_id() -> str:
-    """Sortable by start time, unique enough for concurrent jobs on one deployment."""
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 @dataclass

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from am.errors import MessageError
@@ -87,6 +89,15 @@ def check_valid_extent(valid: Any, kind: str) -> tuple[int, int] | None:
         raise MessageError(f"{kind} field {VALID_FIELD!r} must be [rows, columns] of the tiles that are image, "
                            f"two integers >= 1, got {valid!r:.100}; leave it out for tiles that are all image")
     return int(valid[0]), int(valid[1])
+
+
+def new_job_id() -> str:
+    """Sortable by start time, unique enough for concurrent jobs on one deployment."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+# Each job's results queue is named <results_queue_prefix>-<job id>, so settings need its length.
+JOB_ID_LENGTH = len(new_job_id())
 
 
 def check_job_id(job: str) -> str:

@@ -76,14 +76,25 @@ def check_checkpoint_once(path: Path, model_id: str, *, cache_dir: Path) -> None
     The check imports torch and builds the architecture: seconds of CPU that every run would
     spend before its first worker may start. Its answer depends only on the file (``model_id``
     is its SHA-256) and on the code and libraries that read it, so a pass is remembered in
-    ``cache_dir`` under both.
+    ``cache_dir`` under both. The marker is only a cache: a folder that cannot be read or written
+    (a read-only home, HOME unset or odd) costs the check again next time, never the run.
     """
     marker = cache_dir / "checked-models" / f"{model_id}-{_checker_fingerprint()}"
-    if marker.is_file():
+    try:
+        checked = marker.is_file()
+    except OSError as exc:  # EACCES on a folder above it: as good as no marker
+        log.debug("cannot look for %s (%s); checking the model", marker, exc)
+        checked = False
+    if checked:
         log.debug("model %s passed the checkpoint check before (%s)", path, marker)
         return
     check_checkpoint(path)
-    write_atomic(marker, b"")
+    try:
+        write_atomic(marker, b"")
+    except OSError as exc:
+        log.warning("model %s passed the checkpoint check, but %s cannot be written to remember that (%s): the next "
+                    "run checks it again (set XDG_CACHE_HOME to a writable folder to spare it that)", path, cache_dir,
+                    exc)
 
 
 def resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
@@ -142,8 +153,14 @@ def _resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
 
     untrained = cache_dir / "untrained-default.pt"
     if not untrained.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        write_untrained_checkpoint(untrained, seed=0)
+        # Unlike a check's marker, this file is what the workers load: without it there is no model.
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            write_untrained_checkpoint(untrained, seed=0)
+        except OSError as exc:
+            raise ConfigError(f"no trained model is installed ({DEFAULT_MODEL} missing) and the untrained stand-in "
+                              f"cannot be written to {cache_dir} ({exc}): pass --model with a checkpoint, or set "
+                              "XDG_CACHE_HOME to a writable folder") from exc
     log.warning("no trained model is installed (%s missing): running an UNTRAINED model, masks are meaningless",
                 DEFAULT_MODEL)
     return str(untrained), file_sha256(untrained)

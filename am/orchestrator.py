@@ -34,7 +34,8 @@ from am.dataset_lock import dataset_lock
 from am.errors import AmError, JobFailed, LauncherError, ModelReplaced
 from am.files import check_can_replace, remove_leftover_temporaries
 from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
-from am.job import Job, JobReport, new_job_id, open_job, raise_for_lost_tiles
+from am.job import Job, JobReport, open_job, raise_for_lost_tiles
+from am.messages import new_job_id
 from am.model_source import resolve_model, s3_model_id
 from am.prepare import (
     GroupTiler,

@@ -126,8 +126,9 @@ def worker_mask_settings(environ: Mapping[str, str], *, backend: str) -> dict[st
 
     Local workers inherit ``environ``, so ``AM_POSTPROCESS=off python -m am.pipeline ...`` makes
     thresholded masks; recorded in meta.json, the setting decides reuse like the model does. A
-    bad value is refused here, before any worker starts and fails on it. ECS tasks do not see
-    this environment: the defaults are what they run with.
+    bad value is refused here, before any worker starts and fails on it, and so is a bad value of
+    any other variable they inherit (AM_MAX_BATCH_S, ...). ECS tasks do not see this environment:
+    the defaults are what they run with.
     """
     if backend != "local":
         return dict(DEFAULT_WORKER_MASK_SETTINGS)
@@ -137,6 +138,9 @@ def worker_mask_settings(environ: Mapping[str, str], *, backend: str) -> dict[st
         if value not in allowed:
             raise ConfigError(f"{variable} = {value!r} must be one of {', '.join(allowed)} (the local workers read it)")
         resolved[name] = value
+    from am.backends import check_local_worker_environment  # the backend knows what it gives workers itself
+
+    check_local_worker_environment(environ)
     return resolved
 
 

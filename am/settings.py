@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -29,13 +30,24 @@ from typing import Any
 import yaml
 
 from am.errors import ConfigError
-from am.messages import MAX_TILES_PER_MESSAGE, TTA_MODES
+from am.messages import JOB_ID_LENGTH, MAX_TILES_PER_MESSAGE, TTA_MODES
 
 log = logging.getLogger(__name__)
 
 # What botocore accepts as a region name (a host name label); anything else fails in every client
 # with a traceback, so settings and the worker refuse it first.
 REGION_PATTERN = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+
+
+# S3's rules for a bucket name, and SQS's for a queue name (am-segm's queues are standard ones, never
+# .fifo). A name that breaks them failed only in botocore, after the endpoint had started, in an error
+# that named no setting.
+BUCKET_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BUCKET_NAME_RULE = ("an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, starting and ending "
+                    "with a letter or digit")
+MAX_QUEUE_NAME = 80
+QUEUE_NAME_PATTERN = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_QUEUE_NAME}}}$")
+QUEUE_NAME_RULE = f"an SQS queue name: 1 to {MAX_QUEUE_NAME} letters, digits, hyphens and underscores"
 
 
 # Where the region comes from when neither --region's setting (region, AM_REGION) nor the config file gives it.
@@ -147,6 +159,14 @@ class Settings:
                  "a finite number of seconds > 0 (for workers that never leave by themselves, a long one "
                  "such as 86400)")
         _require(self.worker_threads >= 0, "worker_threads", self.worker_threads, ">= 0 (0 shares the cores)")
+        if self.backend == "local":
+            # Local workers run on this machine: far beyond its CPUs the process runs out of threads and
+            # the job fails as a network error of the embedded endpoint. ECS tasks have CPUs of their own.
+            from am.cli import threads_problem  # am.cli imports this module
+
+            _require(threads_problem(self.worker_threads, option="worker_threads") is None, "worker_threads",
+                     self.worker_threads, f"at most this machine's {os.cpu_count()} CPUs for local workers (0 "
+                     "shares the cores among them)")
         _require(30 <= self.visibility_timeout_s <= 43200, "visibility_timeout_s", self.visibility_timeout_s,
                  "between 30 and 43200 seconds (the SQS limit)")
         _require(1 <= self.max_receive_count <= 1000, "max_receive_count", self.max_receive_count,
@@ -171,6 +191,21 @@ class Settings:
         # tried again would be read from its own packed mask.
         _require(self.input_bucket != self.output_bucket, "input_bucket/output_bucket",
                  (self.input_bucket, self.output_bucket), "two different buckets (tiles and masks use the same keys)")
+        for key in ("input_bucket", "output_bucket"):
+            value = getattr(self, key)
+            _require(isinstance(value, str) and BUCKET_NAME_PATTERN.match(value) is not None, key, value,
+                     BUCKET_NAME_RULE)
+        for key in ("queue_name", "dead_letter_queue_name"):
+            value = getattr(self, key)
+            _require(isinstance(value, str) and QUEUE_NAME_PATTERN.match(value) is not None, key, value,
+                     QUEUE_NAME_RULE)
+        # Each job's results queue is named <prefix>-<job id>: the prefix has what SQS leaves of 80.
+        longest = MAX_QUEUE_NAME - 1 - JOB_ID_LENGTH
+        _require(isinstance(self.results_queue_prefix, str) and len(self.results_queue_prefix) <= longest
+                 and QUEUE_NAME_PATTERN.match(self.results_queue_prefix) is not None, "results_queue_prefix",
+                 self.results_queue_prefix, f"1 to {longest} letters, digits, hyphens and underscores (each job's "
+                 f"results queue is named <prefix>-<job id>, the job id {JOB_ID_LENGTH} characters, and SQS "
+                 f"allows {MAX_QUEUE_NAME})")
         # Tiles given up on must leave the tile queue, not come back to it.
         _require(self.queue_name != self.dead_letter_queue_name, "queue_name/dead_letter_queue_name",
                  (self.queue_name, self.dead_letter_queue_name), "two different queues")
@@ -437,13 +472,15 @@ def config_path_from(cli_value: str | None, environ: Mapping[str, str]) -> Path 
 
     An AM_CONFIG naming no file is refused here, saying it came from AM_CONFIG: a variable left in a
     shell profile is otherwise a mystery "config file ... does not exist" on a command given none.
+    A leading ``~`` is the home folder in either, as in --model: the shell expands it only at the
+    start of a word, so ``--config=~/c.yml`` and a quoted ``AM_CONFIG="~/c.yml"`` reach us unexpanded.
     """
     if cli_value:
-        return Path(cli_value)
+        return Path(cli_value).expanduser()
     value = environ.get("AM_CONFIG")
     if not value:
         return None
-    path = Path(value)
+    path = Path(value).expanduser()
     if not path.exists():
         raise ConfigError(f"config file {path}, named by the environment variable AM_CONFIG, does not exist; unset "
                           f"AM_CONFIG or point it at a config file ({TEMPLATE_HINT})")

@@ -35,6 +35,7 @@ from am.cli import (
     run_main,
 )
 from am.messages import MAX_TILES_PER_MESSAGE
+from am.settings import MAX_TILE_SIZE
 from am.worker.timing import STAGES
 
 log = logging.getLogger("am.bench")
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiles-per-message", type=int, default=0,
                         help="worker loop: tiles per SQS message and S3 object (0: the pipeline's local default, 8, "
                              "on CPU and its AWS default, 32, on CUDA)")
-    parser.add_argument("--tile-size", type=int, default=512, help="tile side in pixels (default 512)")
+    parser.add_argument("--tile-size", type=int, default=512,
+                        help=f"tile side in pixels, a multiple of 32 up to {MAX_TILE_SIZE} (default 512)")
     parser.add_argument("--tiles", type=int, default=0,
                         help="tiles per measurement (default: 16 batches for the model, 8 for the loop)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)")
@@ -292,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"am.bench: --tile-size {args.tile_size} must be a positive multiple of 32 (at least 32)",
               file=sys.stderr)
+        return EXIT_USAGE
+    if args.tile_size > MAX_TILE_SIZE:
+        # The pipeline's own limit (setting tile_size): a batch of larger tiles would end in a MemoryError.
+        parser.print_usage(sys.stderr)
+        print(f"am.bench: --tile-size {args.tile_size} is above {MAX_TILE_SIZE}, the largest tile the pipeline "
+              f"runs (setting tile_size); give {MAX_TILE_SIZE} or less", file=sys.stderr)
         return EXIT_USAGE
     from am.bench.pipeline import workload_option_in
 

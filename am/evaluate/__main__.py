@@ -48,7 +48,7 @@ from am.model.precision import resolve_precision
 from am.model.predict import Predictor
 from am.model.whole import scale_problem
 from am.normalize import read_normalised
-from am.synth.dataset import pitch_range_problem
+from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
 from am.train.data import (
     IMAGE_SUFFIXES,
     Labelled,
@@ -82,7 +82,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--seed", type=seed_option, default=HELD_OUT_SEED,
                      help=f"seed of the synthetic images (default {HELD_OUT_SEED}, the held-out set's)")
     src.add_argument("--size", type=int, default=HELD_OUT_SIZE,
-                     help=f"side of the synthetic images (default {HELD_OUT_SIZE})")
+                     help=f"side of the synthetic images, a multiple of 32 from 64 to {MAX_SYNTHETIC_SIZE} "
+                          f"(default {HELD_OUT_SIZE})")
     src.add_argument("--pitch-min", type=float, default=HELD_OUT_PITCH[0],
                      help=f"smallest synthetic grid pitch in px (default {HELD_OUT_PITCH[0]:g})")
     src.add_argument("--pitch-max", type=float, default=HELD_OUT_PITCH[1],
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --data, --synthetic N or --images/--masks")
     if args.size % 32 or args.size < 64:
         p.error("--size must be a multiple of 32 and at least 64")
+    if problem := synthetic_size_problem("--size", args.size):
+        p.error(problem)
     if args.min_object_px < 0:
         p.error(f"--min-object-px {args.min_object_px}: give a size in px >= 0 (0 counts every component)")
     if problem := pitch_range_problem(args.pitch_min, args.pitch_max):

@@ -32,6 +32,12 @@ STOP_TIMEOUT_S = DEFAULT_STOP_TIMEOUT_S
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
+def launcher_variables(number: int, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> dict[str, str]:
+    """What the launcher itself tells worker ``number``, over the backend's variables and the environment
+    the worker inherits; :func:`am.backends.check_local_worker_environment` leaves these unchecked."""
+    return {"AM_WORKER_ID": f"local-{os.getpid()}-{number}", "AM_STOP_TIMEOUT_S": str(stop_timeout_s)}
+
+
 class LocalLauncher:
     """Starts and stops worker subprocesses; each writes its log to ``log_dir/worker-N.log``.
 
@@ -47,6 +53,14 @@ class LocalLauncher:
                           if not (strip_credentials and k in CREDENTIAL_VARIABLES)}
         self._stop_timeout_s = stop_timeout_s
         self._procs: list[subprocess.Popen[bytes]] = []
+        given = base_environment.get("AM_STOP_TIMEOUT_S", "").strip()
+        if given:
+            # Replaced in start(): a worker told a later deadline than this launcher keeps would be
+            # killed before it gave its work back. No setting changes it; say so rather than drop it silently.
+            log.warning("environment variable AM_STOP_TIMEOUT_S = %r does not reach the local workers: this "
+                        "launcher stops them %.0f s after SIGTERM and tells them so (AM_STOP_TIMEOUT_S is for "
+                        "workers started by other means, such as python -m am.worker or ECS); unset it",
+                        given, self._stop_timeout_s)
         self._logs: list[Path] = []
 
     def start(self, count: int, environment: Mapping[str, str]) -> None:
@@ -54,8 +68,8 @@ class LocalLauncher:
         for _ in range(count):
             number = len(self._procs)
             log_path = self._log_dir / f"worker-{number}.log"
-            env = {**self._base_env, **environment, "AM_WORKER_ID": f"local-{os.getpid()}-{number}",
-                   "AM_STOP_TIMEOUT_S": str(self._stop_timeout_s)}
+            env = {**self._base_env, **environment,
+                   **launcher_variables(number, stop_timeout_s=self._stop_timeout_s)}
             try:
                 with open(log_path, "ab") as log_file:
                     proc = subprocess.Popen(

@@ -30,14 +30,13 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from am.errors import RegistrationError
+from am.grid_shape import MIN_MARKS
 
 if TYPE_CHECKING:
     from am.register.rows import RowLines
 
 log = logging.getLogger(__name__)
 
-# Fewer marks than this cannot define a lattice with any confidence.
-MIN_MARKS = 4
 # Neighbours examined per mark when looking for the lattice steps.
 NEIGHBOURS = 8
 # A mark whose point lies within this fraction of the pitch of a node is fitted to it.

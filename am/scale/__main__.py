@@ -52,22 +52,34 @@ class Clients:
         return self.factory.autoscaling()
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+# argparse names a type function in its own message for a ValueError ("invalid _non_negative value:
+# 'abc'"): each type function below raises ArgumentTypeError instead, whose text argparse shows as it is.
+
+
+def _whole_number(text: str, *, least: int) -> int:
+    """``text`` as a whole number >= ``least``, else an ArgumentTypeError that says what to give."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is below {least}; give a whole number >= {least}")
     return value
+
+
+def _non_negative(text: str) -> int:
+    return _whole_number(text, least=0)
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive; give 1 or more")
-    return value
+    return _whole_number(text, least=1)
 
 
 def _seconds(text: str, *, zero: bool) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan  # refused below, in the same words as any other number that is no duration
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds {'>= 0' if zero else '> 0'}")
     return value

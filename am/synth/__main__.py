@@ -16,7 +16,15 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
-from am.synth.dataset import group_name_problem, is_pitch, pitch_range_problem, write_dataset, write_tiles
+from am.synth.dataset import (
+    MAX_SYNTHETIC_SIZE,
+    group_name_problem,
+    is_pitch,
+    pitch_range_problem,
+    synthetic_size_problem,
+    write_dataset,
+    write_tiles,
+)
 from am.synth.truth import LABELS
 
 # The smallest --pitch whose marks all show: on 4 x 4 grids of 6 seeds, 8 px left out as many marks
@@ -67,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     tl.add_argument("dir", type=Path, help="training data root")
     tl.add_argument("--count", type=int, default=100, help="number of images (default 100)")
-    tl.add_argument("--size", type=int, default=512, help="image side in pixels, a multiple of 32 (default 512)")
+    tl.add_argument("--size", type=int, default=512,
+                    help=f"image side in pixels, a multiple of 32 up to {MAX_SYNTHETIC_SIZE} (default 512)")
     tl.add_argument("--seed", type=seed_option, default=0, help="random seed")
     tl.add_argument("--split", choices=["train", "valid"], default="train", help="which split to write")
     tl.add_argument("--group", default=None, help="group folder name (default seed<SEED>)")
@@ -109,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tiles":
         if args.count < 1 or args.size < 32 or args.size % 32:
             parser.error(f"--count must be >= 1 and --size a multiple of 32, got {args.count} and {args.size}")
+        if problem := synthetic_size_problem("--size", args.size):
+            parser.error(problem)
         if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
             parser.error(problem)
         if problem := too_small_pitch("--pitch-min", args.pitch_min):

@@ -39,6 +39,21 @@ DEMO_PITCH_RANGE = (30.0, 45.0)
 MAX_MARKS = int(np.iinfo(np.uint16).max)
 # Largest image a dataset group may have, in pixels.
 MAX_PIXELS = 400e6
+# The largest side of a synthetic training or evaluation image (am.synth tiles, am.evaluate
+# --synthetic, am.train --synthetic-size): each is rendered and held whole, with float layers of its
+# size, so 65536 px would ask for tens of GB and end in a MemoryError; crops and tiles see at most
+# 4096 px of one anyway, and more images, not larger ones, give more to learn from or score.
+MAX_SYNTHETIC_SIZE = 4096
+
+
+def synthetic_size_problem(option: str, size: int) -> str | None:
+    """Why ``size`` given as ``option`` is too large a synthetic image, or None."""
+    if size <= MAX_SYNTHETIC_SIZE:
+        return None
+    return (f"{option} {size} is above {MAX_SYNTHETIC_SIZE}: each synthetic image is rendered and held in memory "
+            f"whole; give {MAX_SYNTHETIC_SIZE} or less (more images, not larger ones, give more to work on)")
+
+
 # Hidden folder inside a dataset or training root where output is built before it is swapped in.
 STAGING_NAME = ".synth.partial"
 
@@ -356,6 +371,8 @@ def write_tiles(
         raise InputError(f"split must be 'train' or 'valid', got {split!r}")
     if count < 1 or size < 32 or size % 32:
         raise InputError(f"count must be >= 1 and size a multiple of 32 (>= 32), got count={count}, size={size}")
+    if problem := synthetic_size_problem("size", size):
+        raise InputError(problem)
     low, high = pitch_range
     check_pitch(low)
     check_pitch(high)

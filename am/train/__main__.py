@@ -49,7 +49,7 @@ from am.model.checkpoint import ModelMeta, architecture_problem, tile_size_probl
 from am.model.device import device_problem, resolve_device
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
-from am.synth.dataset import pitch_range_problem
+from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
 from am.train.augment import MIN_SCALE
@@ -62,8 +62,6 @@ from am.train.runfiles import metrics_path, run_lock, state_path
 
 log = logging.getLogger("am.train")
 
-# The largest --synthetic-size: 16 M pixels an image, while the crops that train on it are 64-1024 px.
-MAX_SYNTHETIC_SIZE = 4096
 # What a run holds of every image it trains or validates on, per pixel: the image, its mask and the loss weight.
 HELD_BYTES_PER_PIXEL = 3
 # The side of every synthetic validation image is at least this (whole images are validated, tiled).
@@ -261,10 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(problem)
     if args.synthetic > 0 and args.synthetic_size < 64:
         p.error(f"--synthetic-size {args.synthetic_size} must be at least 64")
-    if (args.synthetic > 0 or args.synthetic_valid > 0) and args.synthetic_size > MAX_SYNTHETIC_SIZE:
-        p.error(f"--synthetic-size {args.synthetic_size} is above {MAX_SYNTHETIC_SIZE}: each image is rendered and "
-                "held in memory whole, and crops see only --crop px of it at a time; give --synthetic-size "
-                f"{MAX_SYNTHETIC_SIZE} or less (more images, not larger ones, give more to train on)")
+    if (args.synthetic > 0 or args.synthetic_valid > 0) and (
+            problem := synthetic_size_problem("--synthetic-size", args.synthetic_size)):
+        p.error(problem)
     if problem := _synthetic_memory_problem(args):
         p.error(problem)
     if args.synthetic_valid < 0:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS
+from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS, threads_problem
 from am.errors import ConfigError
 from am.settings import region_problem
 
@@ -114,8 +114,9 @@ class WorkerConfig:
         if not 30 <= self.visibility_timeout_s <= 43200:
             raise ConfigError(f"AM_VISIBILITY_TIMEOUT_S = {self.visibility_timeout_s} must be between 30 and "
                               "43200 seconds (the SQS limit)")
-        if self.threads < 0:
-            raise ConfigError(f"AM_THREADS = {self.threads} must be >= 0 (0 lets torch choose)")
+        # Far beyond the machine's CPUs torch's thread pool crashes instead of refusing.
+        if problem := threads_problem(self.threads, option="AM_THREADS"):
+            raise ConfigError(problem)
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"AM_LOG_LEVEL = {self.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
         if self.compile not in COMPILE_MODES:

@@ -108,13 +108,28 @@ def test_set_without_a_value_is_a_usage_error(deployed) -> None:
 @pytest.mark.parametrize(("args", "value"), [
     (["start", "1", "--idle-exit-s"], "nan"), (["start", "1", "--idle-exit-s"], "-5"),
     (["start", "1", "--idle-exit-s"], "0"), (["start", "1", "--idle-exit-s"], "1e400"),
-    (["drain", "--wait"], "-1"), (["drain", "--wait"], "inf"),
+    (["drain", "--wait"], "-1"), (["drain", "--wait"], "inf"), (["drain", "--wait"], "soon"),
 ])
 def test_seconds_workers_would_refuse_are_usage_errors(capsys, args, value) -> None:
     # A worker exits at start on AM_IDLE_EXIT_S=nan: on AWS, GPU tasks started for nothing.
     with pytest.raises(SystemExit) as info:
         scale(*args, value)
     assert info.value.code == 2 and f"{value} is not a finite number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["set", "--desired", "abc"], "argument --desired: 'abc' is not a whole number >= 0"),
+    (["set", "--min", "-1"], "argument --min: -1 is below 0; give a whole number >= 0"),
+    (["start", "two"], "argument N: 'two' is not a whole number >= 1"),
+    (["start", "0"], "argument N: 0 is below 1; give a whole number >= 1"),
+    (["redrive", "--max", "1.5"], "argument --max: '1.5' is not a whole number >= 1"),
+])
+def test_counts_that_are_no_whole_numbers_are_usage_errors_that_say_so(capsys, args, words) -> None:
+    """Not argparse's "invalid _non_negative value", which names a function of ours instead of the rule."""
+    with pytest.raises(SystemExit) as info:
+        scale(*args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and words in err and "invalid" not in err, err
 
 
 def test_start_runs_one_off_tasks(deployed, capsys) -> None:

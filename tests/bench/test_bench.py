@@ -152,6 +152,13 @@ def test_a_tile_size_that_is_no_multiple_of_32_is_a_usage_error(capsys: pytest.C
     assert "--tile-size 100 must be a positive multiple of 32" in capsys.readouterr().err
 
 
+def test_a_tile_size_above_the_pipelines_largest_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """65536 px tiles ended in a MemoryError traceback; the pipeline's own tile_size stops at MAX_TILE_SIZE."""
+    assert bench_cli.main(["--tile-size", "65536", "--no-loop"]) == 2
+    err = capsys.readouterr().err
+    assert "--tile-size 65536 is above 4096, the largest tile the pipeline runs (setting tile_size)" in err, err
+
+
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_a_cuda_device_this_machine_lacks_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch, device: str,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -180,6 +180,9 @@ def test_image_too_thin_for_the_model_is_refused_before_any_worker_starts(cli, t
     (["--rows", "5"], "give --rows and --cols together"),
     (["--rows", "300", "--cols", "300"], "a 300 x 300 grid has more than 65535 positions, the most a 16-bit id "
                                          "image can number; crop the image into parts"),
+    (["--rows", "1", "--cols", "1"], "a 1 x 1 grid has 1 position(s), but registration fits the grid to at least 4 "
+                                     "marks: give the acquisition's own --rows and --cols"),
+    (["--rows", "3", "--cols", "1"], "a 3 x 1 grid has 3 position(s)"),
     (["--rows", "many", "--cols", "5"], "invalid int value: 'many'"),
     (["--workers", "0"], "setting workers = 0 is not allowed"),
     (["--tile-size", "100"], "setting tile_size = 100 is not allowed"),

@@ -42,6 +42,8 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
                                               "am.pipeline --backend aws and its workers download; download it first"),
     (["--model", "absent.pt"], "--model absent.pt does not exist: pass a checkpoint (.pt) file"),
     (["--threads=-1"], "--threads -1: give a number of CPU threads >= 1, or 0 for torch's default"),
+    # A MemoryError traceback after the model loaded, before: refused as am.train refuses --synthetic-size.
+    (["--size", "65536"], "--size 65536 is above 4096: each synthetic image is rendered and held in memory whole"),
 ])
 def test_bad_numbers_are_usage_errors(tiny_model: Path, monkeypatch: pytest.MonkeyPatch, options: list[str],
                                       message: str, capsys: pytest.CaptureFixture) -> None:

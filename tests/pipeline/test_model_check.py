@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import am.model_source
-from am.errors import CheckpointError
+from am.errors import CheckpointError, ConfigError
 from am.model.checkpoint import default_model_path
 from am.model_source import DEFAULT_MODEL, resolve_model
 from am.settings import Settings
@@ -46,3 +46,28 @@ def test_a_pass_is_forgotten_when_the_checking_code_changes(tmp_path, tiny_model
     monkeypatch.setattr(am.model_source, "CHECKER_LIBRARIES", (*am.model_source.CHECKER_LIBRARIES, "numpy"))
     resolve_model(settings, cache_dir=tmp_path / "cache")
     assert len(checked) == 2
+
+
+def test_a_cache_that_cannot_be_written_costs_the_check_again_not_the_run(tmp_path, tiny_model, monkeypatch, caplog):
+    """HOME=/proc/self stopped the pipeline: the checked-model marker is a cache, not an output."""
+    checked: list[Path] = []
+    monkeypatch.setattr(am.model_source, "check_checkpoint", checked.append)
+    cache = tmp_path / "cache"
+    cache.write_text("a file where the cache folder would be")  # refused as a folder, whoever runs the test
+    settings = Settings(model=str(tiny_model))
+    with caplog.at_level("WARNING", logger="am.model_source"):
+        assert resolve_model(settings, cache_dir=cache)[0] == str(tiny_model.resolve())
+        resolve_model(settings, cache_dir=cache)
+    assert checked == [tiny_model.expanduser()] * 2  # nothing remembered: checked each time
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and f"passed the checkpoint check, but {cache} cannot be written" in said[0], said
+
+
+def test_the_untrained_stand_in_needs_the_cache_and_says_so(tmp_path, monkeypatch):
+    """Without a shipped model the workers load a file in the cache: no cache, no model, a clear error."""
+    monkeypatch.setattr(am.model_source, "DEFAULT_MODEL", tmp_path / "absent.pt")
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    with pytest.raises(ConfigError, match=rf"untrained stand-in cannot be written to {cache} .*: pass --model with a "
+                                          "checkpoint, or set XDG_CACHE_HOME to a writable folder"):
+        resolve_model(Settings(), cache_dir=cache)

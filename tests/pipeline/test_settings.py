@@ -176,6 +176,17 @@ def test_a_stale_am_config_is_named_as_the_source_of_the_path(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_config_path_starting_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch):
+    """--config=~/c.yml and a quoted AM_CONFIG="~/c.yml" reach us unexpanded; --model expands them too."""
+    from am.settings import config_path_from
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "c.yml").write_text("workers: 3\n")
+    assert config_path_from("~/c.yml", {}) == tmp_path / "c.yml"
+    assert config_path_from(None, {"AM_CONFIG": "~/c.yml"}) == tmp_path / "c.yml"
+    assert load_settings({}, environ={}, config_path=config_path_from("~/c.yml", {})).workers == 3
+
+
 def test_scale_is_a_factor_or_auto_wherever_it_is_set(tmp_path):
     config = tmp_path / "c.yml"
     config.write_text("scale: auto\n")
@@ -232,3 +243,54 @@ def test_a_value_refused_in_a_config_file_is_named_by_its_line(tmp_path):
     config.write_text("backend: local\nwrokers: 2\n")
     with pytest.raises(ConfigError, match=rf"config file {config} has unknown key\(s\) wrokers \(line 2\);"):
         load_settings({}, environ={}, config_path=config)
+
+
+def test_worker_threads_beyond_this_machines_cpus_are_refused_for_local_workers_only(monkeypatch):
+    """100000 threads per worker exhausted the process limit; the job then failed as a network error."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    with pytest.raises(ConfigError, match=r"setting worker_threads = 5 is not allowed: it must be at most this "
+                                          r"machine's 4 CPUs for local workers .*environment variable "
+                                          r"AM_WORKER_THREADS"):
+        load_settings({}, environ={"AM_WORKER_THREADS": "5"})
+    assert load_settings({}, environ={"AM_WORKER_THREADS": "4"}).worker_threads == 4
+    # ECS tasks run on machines of their own.
+    assert load_settings({"backend": "aws"}, environ={"AM_WORKER_THREADS": "5"}).worker_threads == 5
+
+
+@pytest.mark.parametrize(("variable", "value", "words"), [
+    ("AM_INPUT_BUCKET", "my bucket", "setting input_bucket = 'my bucket' is not allowed: it must be an S3 bucket name"),
+    ("AM_OUTPUT_BUCKET", "Masks", "setting output_bucket = 'Masks' is not allowed: it must be an S3 bucket name"),
+    ("AM_INPUT_BUCKET", "ab", "3 to 63 lowercase letters, digits, dots and hyphens"),
+    ("AM_INPUT_BUCKET", "-tiles", "starting and ending with a letter or digit"),
+    ("AM_QUEUE_NAME", "my.tiles.fifo", "setting queue_name = 'my.tiles.fifo' is not allowed: it must be an SQS queue "
+                                       "name: 1 to 80 letters, digits, hyphens and underscores"),
+    ("AM_DEAD_LETTER_QUEUE_NAME", "x" * 81, "setting dead_letter_queue_name = "),
+    ("AM_RESULTS_QUEUE_PREFIX", "r" * 70, "it must be 1 to 57 letters, digits, hyphens and underscores (each job's "
+                                          "results queue is named <prefix>-<job id>, the job id 22 characters"),
+    ("AM_RESULTS_QUEUE_PREFIX", "my results", "setting results_queue_prefix = 'my results' is not allowed"),
+])
+def test_bucket_and_queue_names_that_aws_would_refuse_are_refused_naming_the_setting(variable, value, words):
+    """botocore's ParamValidationError came only after the endpoint had started, naming no setting."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, environ={variable: value})
+    assert words in str(caught.value) and f"environment variable {variable}" in str(caught.value), caught.value
+
+
+def test_an_empty_bucket_in_a_config_file_is_named_by_its_line(tmp_path):
+    config = tmp_path / "c.yml"
+    config.write_text('input_bucket: ""\n')
+    with pytest.raises(ConfigError, match=rf"setting input_bucket = '' is not allowed.*config file {config} line 1"):
+        load_settings({}, environ={}, config_path=config)
+
+
+def test_the_longest_results_prefix_leaves_room_for_the_job_id_and_the_defaults_pass():
+    from am.messages import new_job_id
+    from am.settings import MAX_QUEUE_NAME
+
+    longest = "r" * (MAX_QUEUE_NAME - 1 - len(new_job_id()))
+    settings = load_settings({}, environ={"AM_RESULTS_QUEUE_PREFIX": longest, "AM_INPUT_BUCKET": "a.b-c.1",
+                                          "AM_QUEUE_NAME": "Tiles_" + "q" * 74})
+    assert len(f"{settings.results_queue_prefix}-{new_job_id()}") == MAX_QUEUE_NAME
+    assert Settings() == load_settings({}, environ={})

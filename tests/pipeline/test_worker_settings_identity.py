@@ -35,6 +35,25 @@ def test_a_bad_worker_setting_is_refused_before_any_worker_starts():
         worker_mask_settings({"AM_POSTPROCESS": "maybe"}, backend="local")
 
 
+@pytest.mark.parametrize("variable,value,words", [
+    ("AM_MAX_BATCH_S", "abc", "environment variable AM_MAX_BATCH_S = 'abc' is not a valid number"),
+    ("AM_MAX_BATCH_S", "0", "AM_MAX_BATCH_S = 0.0 must be a finite number of seconds > 0"),
+])
+def test_any_other_variable_the_local_workers_inherit_is_checked_as_they_check_it(variable, value, words):
+    """AM_MAX_BATCH_S=abc made every worker exit 2 some 15 s into the job, with a hint to rerun."""
+    with pytest.raises(ConfigError) as caught:
+        worker_mask_settings({variable: value}, backend="local")
+    assert words in str(caught.value) and "the local workers read it from this command's environment" in str(
+        caught.value)
+    assert worker_mask_settings({variable: value}, backend="aws") == DEFAULT_WORKER_MASK_SETTINGS
+
+
+def test_variables_the_backend_gives_the_workers_itself_are_not_checked():
+    """Never reaching a worker, a user's AM_STOP_TIMEOUT_S or AM_THREADS is warned of, not refused."""
+    replaced = {"AM_STOP_TIMEOUT_S": "soon", "AM_THREADS": "100000", "AM_WORKER_ID": "", "AM_QUEUE_URL": ""}
+    assert worker_mask_settings(replaced, backend="local") == DEFAULT_WORKER_MASK_SETTINGS
+
+
 @pytest.mark.parametrize("variable,value", [("AM_POSTPROCESS", "off"), ("AM_PRECISION", "bf16"),
                                             ("AM_COMPILE", "on")])
 def test_masks_made_with_other_worker_settings_are_not_reused(tmp_path, variable, value):

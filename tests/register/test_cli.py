@@ -84,6 +84,7 @@ def test_cli_impossible_grid_exit_1(tmp_path):
     ("0", "6", "--rows must be a positive whole number of grid positions, got 0"),
     ("5", "-1", "--cols must be a positive whole number of grid positions, got -1"),
     ("300", "300", "a 300 x 300 grid has more than 65535 positions"),
+    ("1", "3", "a 1 x 3 grid has 3 position(s), but registration fits the grid to at least 4 marks"),
 ])
 def test_cli_impossible_shape_is_a_usage_error_that_keeps_earlier_outputs(tmp_path, rows, cols, words):
     dataset = make_dataset(tmp_path / "ds")

@@ -280,7 +280,14 @@ def test_a_mask_of_one_region_is_named_as_such():
 def test_too_few_marks():
     drawn = draw(rows=1, cols=3, height=100)
     with pytest.raises(RegistrationError, match="at least 4"):
-        register_mask(drawn.mask, rows=1, cols=3)
+        register_mask(drawn.mask, rows=None, cols=None)
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (1, 3), (3, 1), (2, 1)])
+def test_a_grid_of_fewer_positions_than_a_fit_needs_is_an_input_error(rows, cols):
+    """Refused as the shape it is, not as a segmentation that found too few marks."""
+    with pytest.raises(InputError, match=f"a {rows} x {cols} grid has {rows * cols} position.*at least 4 marks"):
+        register_mask(draw().mask, rows=rows, cols=cols)
 
 
 def test_far_more_rows_than_the_marks_support():

@@ -161,6 +161,17 @@ def test_the_log_level_may_come_before_or_after_the_command() -> None:
     assert parser.parse_args(["tiles", "T", "--log-level", "DEBUG"]).log_level == "DEBUG"
 
 
+def test_tiles_larger_than_any_synthetic_image_are_refused_before_rendering(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """65536 px a side asked numpy for tens of GB and ended in a MemoryError traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        synth_main(["tiles", str(tmp_path / "tl"), "--count", "1", "--size", "65536"])
+    assert exit_.value.code == 2 and "--size 65536 is above 4096" in capsys.readouterr().err
+    with pytest.raises(InputError, match="size 65536 is above 4096"):
+        write_tiles(tmp_path / "tl", count=1, size=65536)
+    assert not (tmp_path / "tl").exists()
+
+
 @pytest.mark.parametrize("pitch", ["3", "7.5"])
 def test_a_pitch_too_small_for_its_marks_to_show_is_a_usage_error(tmp_path: Path, pitch: str,
                                                                   capsys: pytest.CaptureFixture) -> None:

@@ -81,3 +81,28 @@ def test_keep_job_data_on_the_embedded_endpoint_is_said_to_keep_nothing(tmp_path
             log_dir=tmp_path / "logs", base_environment={}):
         pass
     assert not any("keep_job_data" in r.getMessage() for r in caplog.records)
+
+
+def test_worker_variables_given_to_the_orchestrator_are_replaced_with_a_warning_naming_what_to_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """AM_THREADS and AM_STOP_TIMEOUT_S are am.worker's; set for am.pipeline they were dropped without a word."""
+    monkeypatch.setenv("AM_THREADS", "8")
+    monkeypatch.setenv("AM_STOP_TIMEOUT_S", "600")
+    with caplog.at_level("WARNING"):
+        env = _worker_environment(tmp_path, monkeypatch, Settings(workers=1, worker_threads=1))
+    assert env["AM_THREADS"] == "1" and env["AM_STOP_TIMEOUT_S"] == str(am.launchers.local.STOP_TIMEOUT_S)
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert ("AM_THREADS = '8' does not reach the local workers: they run with 1 torch thread(s) each, from the "
+            "worker_threads setting; set worker_threads (AM_WORKER_THREADS") in said, said
+    assert "AM_STOP_TIMEOUT_S = '600' does not reach the local workers: this launcher stops them 40 s" in said, said
+
+
+def test_every_variable_the_local_backend_sets_is_left_out_of_the_check_of_inherited_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_local_worker_environment must not refuse a value that the backend replaces for the workers."""
+    from am.backends import check_local_worker_environment
+
+    env = _worker_environment(tmp_path, monkeypatch, Settings(workers=1))
+    set_for_workers = {name for name in env if name.startswith("AM_") and env[name] != os.environ.get(name)}
+    assert {"AM_QUEUE_URL", "AM_THREADS", "AM_STOP_TIMEOUT_S", "AM_WORKER_ID"} <= set_for_workers
+    check_local_worker_environment({name: "not a valid value!" for name in set_for_workers})

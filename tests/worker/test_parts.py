@@ -113,6 +113,9 @@ def test_config_lists_every_missing_variable() -> None:
     ("AM_POSTPROCESS", "yes", "on, off"),
     ("AM_OUTPUT_BUCKET", "in", "AM_INPUT_BUCKET and AM_OUTPUT_BUCKET are both 'in'"),
     ("AM_MAX_BATCH_S", "0", "AM_MAX_BATCH_S = 0.0 must be a finite number of seconds > 0"),
+    ("AM_THREADS", "-1", "AM_THREADS -1: give a number of CPU threads >= 1, or 0"),
+    # Far beyond the CPUs torch's pool crashes, or the process runs out of threads.
+    ("AM_THREADS", "100000", "AM_THREADS 100000: this machine has .* CPUs"),
 ])
 def test_config_rejects_bad_values(name: str, value: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
