@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 
 # Exit code after Ctrl-C, as am.cli's EXIT_INTERRUPTED: needed before am.cli is loaded.
 _EXIT_INTERRUPTED = 130
@@ -117,7 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    """Where checks passed and the untrained stand-in are kept: XDG_CACHE_HOME, else ~/.cache.
+
+    Where no home folder is known (HOME unset and no passwd entry, as in some containers) the
+    temporary folder serves: the cache only spares work, and Path.home() would end the run in a traceback.
+    """
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:
+            base = str(Path(tempfile.gettempdir()) / f"am-segm-cache-{os.getuid()}")
+            log.warning("no home folder is known (HOME is unset): caching in %s; set XDG_CACHE_HOME to choose", base)
     return Path(base) / "am-segm"
 
 

@@ -252,3 +252,22 @@ def test_the_registration_summary_speaks_of_other_groups_only_where_there_are_so
     with caplog.at_level(logging.ERROR):
         assert _registration_outcome(failed, groups) == EXIT_ERROR
     assert kept in caplog.text
+
+
+def test_without_a_home_folder_the_cache_is_in_the_temporary_folder(monkeypatch, caplog, tmp_path):
+    # HOME unset and no passwd entry (some containers): Path.home() raises, and the run ended in a traceback.
+    pipeline_main = importlib.import_module("am.pipeline.__main__")
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        folder = pipeline_main._cache_dir()
+    assert folder == tmp_path / f"am-segm-cache-{os.getuid()}" / "am-segm"
+    assert any("no home folder is known" in r.getMessage() and "XDG_CACHE_HOME" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "chosen"))
+    assert pipeline_main._cache_dir() == tmp_path / "chosen" / "am-segm"
