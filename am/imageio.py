@@ -80,8 +80,12 @@ class ImageHeader:
 
     Lets a server refuse an image that would take too much memory to decode (a few compressed
     bytes can declare gigabytes of pixels) before it decodes it. ``channels`` and ``dtype`` are
-    what :func:`read_image`'s decoder returns before any conversion; ``decoded_bytes`` is the
-    memory that decoding takes at least; ``pages`` counts full-size image planes.
+    what :func:`read_image`'s decoder returns before any conversion; ``read_as`` says what
+    :func:`read_image` turns that into where it differs ("3 channel(s) of uint16" for palette
+    colour, "1 channel(s) of float32" for float16 grey), else None. ``decoded_bytes`` is the memory
+    that reading takes at least: the decoder's pixels, plus the array :func:`read_image` converts them
+    into where the two are held at once (palette indices and their colours, float16 and its float32,
+    planar channels and their interleaved copy). ``pages`` counts full-size image planes.
     """
 
     height: int
@@ -90,6 +94,7 @@ class ImageHeader:
     dtype: np.dtype
     decoded_bytes: int
     pages: int = 1
+    read_as: str | None = None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -388,10 +393,18 @@ def _read_png(path: Path) -> np.ndarray:
         # Walked only on failure (check_complete walks it up front where a run is at stake): where it went wrong.
         problem = _png_damage(path) or "not decodable as PNG (truncated or corrupt)"
         raise InputError(f"image {path} is {problem}; copy or export it again", reason=f"it is {problem}")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        _to_rgb_in_place(image)
+    return image
+
+
+def _to_rgb_in_place(image: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A) ``image`` turned into RGB(A) in its own memory, a row block at a time: a whole
+    converted copy would double what :func:`read_header` says decoding takes."""
+    code = cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+    step = max(1, (1 << 20) // max(1, image[0].nbytes))  # 1 MiB of temporary at most (or one row)
+    for r0 in range(0, image.shape[0], step):
+        image[r0:r0 + step] = cv2.cvtColor(image[r0:r0 + step], code)
     return image
 
 
@@ -448,11 +461,12 @@ def _read_tiff(path: Path) -> np.ndarray:
         # A grey image stored with 0 as white: turn it the usual way round, or dark marks would read as
         # bright. One-bit images are masks, whose set bits mean "mark" however they are displayed
         # (tifffile itself writes boolean arrays this way), so they are kept as stored.
+        # In place: no full-size copy of a 20000 px image (read_header counts none).
         if np.issubdtype(image.dtype, np.unsignedinteger):
             top = image.dtype.type(min((1 << bits) - 1, np.iinfo(image.dtype).max))
-            image = np.subtract(top, image, out=image)  # in place: no full-size copy of a 20000 px image
+            image = np.subtract(top, image, out=image)
         else:
-            image = image.max() - image
+            image = np.subtract(image.max(), image, out=image)
     elif colormap is not None and image.ndim == 2:
         # Palette colour: the pixels are indices into the colour map, not intensities.
         if image.max() >= colormap.shape[1]:
@@ -558,11 +572,37 @@ def _tiff_page(tif: tifffile.TiffFile, path: Path) -> tuple[tifffile.TiffPage, I
             raise InputError(f"image {path} has a pixel type no reader here decodes (sample format "
                              f"{_shown(page.sampleformat)}, {_shown(page.bitspersample)} bits); export it as 8- "
                              "or 16-bit integer")
-        decoded_bytes = int(page.nbytes)
+        decoded_bytes, read_as = _tiff_reading(page, height, width, channels)
     except _TIFF_STRUCTURE_ERRORS as exc:
         raise _unreadable_tiff(path, exc) from exc
     return page, ImageHeader(height=height, width=width, channels=channels, dtype=np.dtype(page.dtype),
-                             decoded_bytes=decoded_bytes, pages=len(pages))
+                             decoded_bytes=decoded_bytes, pages=len(pages), read_as=read_as)
+
+
+def _tiff_reading(page: tifffile.TiffPage, height: int, width: int, channels: int) -> tuple[int, str | None]:
+    """What :func:`read_image` holds at once while it reads ``page`` (bytes, from the header alone), and what
+    it returns where that is not the stored channels and dtype (see :class:`ImageHeader`).
+
+    As :func:`_read_tiff` and :func:`_as_stored` convert: palette indices into colours of the colour map's
+    type, kept beside the indices they come from; floating point other than float32 into float32; grey
+    plus alpha into grey, and planar channels into interleaved ones, both as a copy. A damaged field is
+    left to :func:`_check_tiff_header` and the decoder to name.
+    """
+    stored = int(page.nbytes)
+    dtype = np.dtype(page.dtype)
+    pixels = height * width
+    colormap = page.colormap if getattr(page, "photometric", None) == PHOTOMETRIC_PALETTE and channels == 1 else None
+    if isinstance(colormap, np.ndarray):
+        colours = np.dtype(colormap.dtype)
+        return stored + pixels * 3 * colours.itemsize, f"3 channel(s) of {colours} (palette colour)"
+    read_channels = 1 if channels == 2 else channels
+    read_dtype = np.dtype(np.float32) if dtype.kind == "f" else dtype  # bool: made 0/255 uint8 in place
+    planar = channels > 1 and page.planarconfig == 2
+    if read_dtype == dtype and read_channels == channels and not planar:
+        return stored, None
+    same = (read_dtype, read_channels) == (dtype, channels)
+    read_as = None if same else f"{read_channels} channel(s) of {read_dtype}"
+    return stored + pixels * read_channels * read_dtype.itemsize, read_as
 
 
 def _page_pixels(page: tifffile.TiffPage) -> int:
@@ -638,7 +678,12 @@ def _as_stored(image: np.ndarray, path: Path) -> np.ndarray:
             "export it as grey or RGB"
         )
     if image.dtype == np.bool_:
-        return image.astype(np.uint8) * np.uint8(255)
+        # 0/1 bytes made 0/255 in place, where the decoder's array may be written (read_header counts no copy).
+        if not image.flags.writeable:
+            return image.astype(np.uint8) * np.uint8(255)
+        image = image.view(np.uint8)
+        np.multiply(image, np.uint8(255), out=image)
+        return np.ascontiguousarray(image)
     if np.issubdtype(image.dtype, np.floating):
         return image.astype(np.float32, copy=False)
     if np.issubdtype(image.dtype, np.integer):

@@ -16,9 +16,10 @@ Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes in
 HEAD on any GET route answers with that GET's status and headers and no body (``curl -I``).
 
 Client mistakes get a 4xx with ``{"detail": "<what is wrong and what to do>"}``: 400 malformed
-id or parameters (unknown or repeated ones included) or an undecodable image, 404 unknown id, 409
-results not ready, 413 body too large, 415 wrong Content-Type; a task record the server cannot
-read is a 500. The app gets its collaborators passed in::
+id or parameters (unknown or repeated ones included) or an undecodable or blank image, 404 unknown
+id, 409 results not ready, 413 body too large, 415 wrong Content-Type. The server's own faults are
+JSON too: 507 an upload it has no room to store, 500 a task record it cannot read or anything
+else (logged). The app gets its collaborators passed in::
 
     app = create_app(TaskStore(Path("api-data")), runner, max_bytes=DEFAULT_MAX_BYTES)
 """
@@ -38,6 +39,8 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
+from starlette.datastructures import QueryParams
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from am.api.errors import install_error_handler
 from am.api.head import answer_head
@@ -50,6 +53,7 @@ from am.api.uploads import (
     TASK_MEDIA_TYPES,
     check_image,
     declared_length,
+    finish_in_thread,
     media_kind,
     receive_request_body,
 )
@@ -93,6 +97,35 @@ def query_problem(method: str, path: str, names: list[str]) -> str | None:
     if repeated:
         return f"{' and '.join(repeated)} given more than once; give each once"
     return None
+
+
+class RefuseWhatWouldBeIgnored:
+    """ASGI middleware: 400 for a path with a control character or a query parameter the route would ignore.
+
+    Route patterns end in "$", which also matches before a final newline: "/tasks/<id>%0A" would reach
+    (and DELETE would remove) the task <id>. Plain ASGI rather than Starlette's ``@app.middleware``, which
+    runs the route in a task group of its own: there the cancellation uvicorn sends at the end of its
+    graceful shutdown would keep coming back while :func:`am.api.uploads.finish_in_thread` finishes a request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self.problem(scope)
+            if problem is not None:
+                await JSONResponse(status_code=400, content={"detail": problem})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def problem(scope: Scope) -> str | None:
+        path = scope["path"]
+        if any(ord(character) < 32 or ord(character) == 127 for character in path):
+            return "the path is malformed: it holds a control character (such as %0A); send the id exactly as issued"
+        names = [name for name, _ in QueryParams(scope.get("query_string", b"")).multi_items()]
+        return query_problem(scope["method"], path, names)
 
 
 class TaskView(BaseModel):
@@ -159,20 +192,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     )
 
     install_error_handler(app, _statuses())
-
-    @app.middleware("http")
-    async def refuse_what_would_be_ignored(request: Request, call_next: Any) -> Response:
-        path = request.scope["path"]
-        # Route patterns end in "$", which also matches before a final newline: "/tasks/<id>%0A" would
-        # reach (and DELETE would remove) the task <id>.
-        if any(ord(character) < 32 or ord(character) == 127 for character in path):
-            return JSONResponse(status_code=400, content={"detail": "the path is malformed: it holds a control "
-                                                                    "character (such as %0A); send the id exactly "
-                                                                    "as issued"})
-        problem = query_problem(request.method, path, [name for name, _ in request.query_params.multi_items()])
-        if problem is not None:
-            return JSONResponse(status_code=400, content={"detail": problem})
-        return await call_next(request)
+    app.add_middleware(RefuseWhatWouldBeIgnored)
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -225,7 +245,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         summary="Submit an image for segmentation",
         responses={201: {"description": "Task queued", "headers": {"Location": {
             "description": "/tasks/<id>", "schema": {"type": "string"}}}},
-                   **error_responses(400, 413, 415, 503)},
+                   **error_responses(400, 413, 415, 503, 507)},
         openapi_extra=image_body(TASK_MEDIA_TYPES),
     )
     async def submit(
@@ -245,9 +265,10 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         part = store.upload_path()
         try:
             await receive_request_body(request, part, max_bytes=max_bytes)
-            image = await anyio.to_thread.run_sync(
+            # Once started, a check and the task's creation are finished even if the server is told to stop.
+            image = await finish_in_thread(
                 lambda: check_image(part, kind=kind, max_bytes=max_bytes, scale=runner.scale), limiter=checks)
-            task = await anyio.to_thread.run_sync(lambda: store.create(image, rows=rows, cols=cols))
+            task = await finish_in_thread(lambda: store.create(image, rows=rows, cols=cols))
         finally:
             for leftover in (part, part.with_suffix(".png"), part.with_suffix(".tiff")):
                 leftover.unlink(missing_ok=True)
@@ -327,7 +348,8 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         return FileResponse(path, media_type="image/png", filename=f"{task_id}-overlay.png")
 
     @app.get("/health", response_model=Health, summary="Liveness and queue counts",
-             responses={503: {"model": Health, "description": "Tasks can no longer run; the reason says why"}})
+             responses={503: {"model": Health, "description": "Tasks can no longer run; the reason says why"},
+                        **error_responses(400)})
     def health() -> JSONResponse:
         # A dead runner thread leaves tasks QUEUED for ever: say so, so that a supervisor restarts the server.
         problem = runner.problem()

@@ -31,6 +31,7 @@ _DESCRIPTIONS = {
     413: "Request body, or the image it decodes to, larger than the server accepts",
     415: "Content-Type not accepted",
     503: "Not ready, or stopping (an upload that came in as the server was told to stop): try again shortly",
+    507: "The server has no room to store the upload (disk full, quota or file-size limit): try again later",
 }
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, RUNNING, DamagedTask, TaskStore, UnknownTask
+from am.api.uploads import without_pipeline_advice
 from am.errors import AmError
 from am.files import write_atomic
 from am.imageio import encode_png, read_image
@@ -110,7 +111,8 @@ _TOO_FEW_MARKS = ("no mark to register", "not separate marks", "are needed to fi
 
 def api_words(reason: str) -> str:
     """Registration's reason as an API client reads it: the query's rows and cols, not --rows/--cols;
-    the scale is the server's to set."""
+    the scale is the server's to set; no advice that only the command line can follow."""
+    reason = without_pipeline_advice(reason)
     return (reason.replace("--rows/--cols", "rows and cols").replace("--rows", "rows").replace("--cols", "cols")
             .replace("rerun python -m am.pipeline with --scale", "--scale")
             .replace("--scale", "the server's --scale"))
@@ -365,7 +367,7 @@ class TaskRunner:
             log.warning("task %s failed: %s", task_id, reason.splitlines()[0] if reason else returncode)
             # The client knows its task, not the server's folders.
             task_dir = str(self._store.task_dir(task_id))
-            reason = reason.replace(f"{task_dir}/", "").replace(task_dir, "the task")
+            reason = without_pipeline_advice(reason.replace(f"{task_dir}/", "").replace(task_dir, "the task"))
             registration = registration_failure(self._store.log_path(task_id), start=log_start)
             if registration is not None and self._store.layout(task_id).stitched_mask(GROUP).is_file():
                 # Registration failed after the mask was stitched (rows and cols that do not fit): the

@@ -190,8 +190,10 @@ class TaskStore:
             os.replace(image, group_dir / f"upload{image.suffix}")
             write_atomic(staging / TASK_FILE, task.to_json().encode("utf-8"))
             os.replace(staging, self.task_dir(task_id))
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError):  # a failed write names no file: the server's log should
+                exc.filename = exc.filename or str(staging)
             raise
         log.info("task %s queued (rows %s, cols %s)", task_id, rows, cols)
         return task

@@ -12,21 +12,26 @@ of failing later in a task::
     await receive_request_body(request, target, max_bytes=limit)
     path = check_image(target, kind=kind, max_bytes=limit)    # decodes, keeps no pixels
     image = load_image(target, kind=kind, max_bytes=limit)    # or: the pixels, to segment them
+
+Work done in a thread for a request (decoding, segmenting) goes through :func:`finish_in_thread`,
+so that a server told to stop finishes and answers what it has started instead of cutting it off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import anyio
 import numpy as np
 from starlette.requests import ClientDisconnect, Request
 
 from am.errors import AmError, InputError
 from am.imageio import PNG_SIGNATURE, TIFF_SIGNATURES, ImageHeader, check_complete, read_header, read_image
-from am.normalize import check_finite, to_grey
+from am.normalize import check_finite, check_not_blank, to_grey
 from am.prepare import MIN_IMAGE_SIDE_PX, scaled_size
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,10 @@ INVOCATION_MEDIA_TYPES: Mapping[str, str] = {"image/png": PNG, "image/tiff": TIF
 SUFFIXES = {PNG: ".png", TIFF: ".tiff"}
 # What messages call the upload: its temporary file's name means nothing to the client.
 UPLOADED = "the uploaded image"
+# Advice in the pipeline's messages that only a command-line user can follow: an upload is one image,
+# not a group of a dataset.
+PIPELINE_ONLY_ADVICE = (", or leave the group out",)
+STOPPING = "the server is stopping; send the image again once it is back"
 
 
 class UnsupportedMediaType(InputError):
@@ -105,12 +114,17 @@ def declared_length(value: str | None, *, max_bytes: int) -> int | None:
 async def receive_body(chunks: AsyncIterator[bytes], target: Path, *, max_bytes: int) -> int:
     """Write the streamed body to ``target``, stopping with BodyTooLarge once it passes ``max_bytes``."""
     size = 0
-    with open(target, "xb") as handle:
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > max_bytes:
-                raise BodyTooLarge(_too_large(size, max_bytes, at_least=True))
-            handle.write(chunk)
+    try:
+        with open(target, "xb") as handle:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BodyTooLarge(_too_large(size, max_bytes, at_least=True))
+                handle.write(chunk)
+    except OSError as exc:
+        # A full disk (or ulimit -f) names no file when a write fails: the server's log should.
+        exc.filename = exc.filename or str(target)
+        raise
     if size == 0:
         raise InputError("the request body is empty; send the image file as the body")
     return size
@@ -131,14 +145,66 @@ async def receive_request_body(request: Request, target: Path, *, max_bytes: int
     except ClientDisconnect:
         log.info("an upload was cut off: the client disconnected")
         raise InputError("the client disconnected before the whole image was sent") from None
+    except asyncio.CancelledError:
+        # uvicorn cancels what still runs once its graceful-shutdown period is over: a client that
+        # stalled mid-upload gets the 503 of any upload the stop interrupted, not a plain-text 500.
+        if stopping is None or not stopping():
+            raise
+        _uncancel()
+        log.info("an upload was refused: the server stopped while the client was still to send the rest")
+        raise ServerStopping(STOPPING) from None
 
 
 async def _until_stopping(chunks: AsyncIterator[bytes], stopping: Callable[[], bool]) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         if stopping():
             log.info("an upload was refused: the server is stopping")
-            raise ServerStopping("the server is stopping; send the image again once it is back")
+            raise ServerStopping(STOPPING)
         yield chunk
+
+
+def _uncancel() -> None:
+    """Take back the cancellation this task is handling, so that it may go on and answer."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def finish_in_thread(func: Callable[[], T], *, limiter: anyio.CapacityLimiter | None = None) -> T:
+    """``func()`` in a worker thread, once ``limiter`` lets it, its result returned even if the request is
+    cancelled while it runs.
+
+    uvicorn cancels the requests still running when its graceful-shutdown period ends, and asyncio
+    cancels every task left when the server's loop closes; a thread cannot be stopped, and the process
+    waits for it anyway. So work that started (a record being segmented, an upload being checked) is
+    finished and answered, as a client of a server being scaled in wants, instead of ending in a
+    plain-text 500 and a traceback. The thread's result is a future, not a task, so that no
+    cancellation reaches it. Work still waiting for ``limiter`` is dropped and answered 503
+    (:class:`ServerStopping`), for the client to send again.
+    """
+    if limiter is not None:
+        try:
+            await limiter.acquire()
+        except asyncio.CancelledError:
+            _uncancel()
+            log.info("a request was refused: the server is stopping, and its work had not started")
+            raise ServerStopping(STOPPING) from None
+    try:
+        work = asyncio.get_running_loop().run_in_executor(None, func)
+        told = False
+        while True:
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if work.cancelled():
+                    raise
+                _uncancel()
+                if not told:
+                    log.info("the server is stopping: finishing the request in progress before it stops")
+                    told = True
+    finally:
+        if limiter is not None:
+            limiter.release()
 
 
 def sniff_kind(target: Path, *, kind: str) -> str:
@@ -173,15 +239,27 @@ def check_image(target: Path, *, kind: str, max_bytes: int, scale: float = 1.0) 
     named = _accepted(target, kind=kind, max_bytes=max_bytes)
     image = _decode(named)
     height, width = image.shape[:2]
-    if image.dtype.kind == "f":  # the pipeline refuses NaN or inf pixels: said now, not as a failed task
-        check_finite(to_grey(image, name=UPLOADED), UPLOADED)
+    # The pipeline refuses NaN or inf pixels, too small an image and a blank one: said now, not as a failed task.
+    grey = to_grey(image, name=UPLOADED)
     del image
+    check_finite(grey, UPLOADED)
     seen_height, seen_width = scaled_size(height, width, scale)
     if min(seen_height, seen_width) < MIN_IMAGE_SIDE_PX:
         at_scale = "" if scale == 1.0 else f", {seen_height} x {seen_width} px at this server's scale {scale:g}"
         raise InputError(f"the uploaded image is {height} x {width} px (height x width{at_scale}); the model needs "
                          f"at least {MIN_IMAGE_SIDE_PX} px on each side: send a larger crop of the acquisition")
+    try:
+        check_not_blank(grey, UPLOADED)
+    except InputError as exc:
+        raise InputError(without_pipeline_advice(str(exc))) from exc
     return named
+
+
+def without_pipeline_advice(message: str) -> str:
+    """A pipeline's message without the advice only its command line can follow (:data:`PIPELINE_ONLY_ADVICE`)."""
+    for advice in PIPELINE_ONLY_ADVICE:
+        message = message.replace(advice, "")
+    return message
 
 
 def load_image(target: Path, *, kind: str, max_bytes: int) -> np.ndarray:
@@ -224,8 +302,9 @@ def _uploaded(named: Path, read: Callable[[Path], T]) -> T:
 
 def _described(header: ImageHeader) -> str:
     pages = f", {header.pages} pages" if header.pages > 1 else ""
+    read_as = f", read as {header.read_as}" if header.read_as else ""
     return (f"{header.width} x {header.height} pixels with {header.channels} channel(s) of {header.dtype}"
-            f"{pages}")
+            f"{read_as}{pages}")
 
 
 def _too_large(size: int, max_bytes: int, *, at_least: bool = False) -> str:
@@ -246,9 +325,11 @@ __all__ = [
     "check_image",
     "declared_length",
     "decoded_limit",
+    "finish_in_thread",
     "load_image",
     "media_kind",
     "receive_body",
     "receive_request_body",
     "sniff_kind",
+    "without_pipeline_advice",
 ]

@@ -6,7 +6,10 @@ or one tile, as ``image/png``, ``image/tiff`` or ``application/x-image`` (either
 by its signature); the answer is its 0/255 mask as an 8-bit PNG of the same size. Refusals
 are JSON ``{"detail": ...}``: 415 for another Content-Type, 400 for a body that does not
 decode, 413 above ``max_bytes`` or for an image whose header declares more pixels than
-:func:`am.api.uploads.decoded_limit` allows::
+:func:`am.api.uploads.decoded_limit` allows, 507 when the record cannot be stored for want of room.
+A blank record (every pixel one value: a tile of background) is no error here, unlike in the task
+API: its mask is all 0, made without the model. A record being segmented when the server is told
+to stop is finished and answered (:func:`am.api.uploads.finish_in_thread`)::
 
     app = create_app(ImageSegmenter(predictor), max_bytes=DEFAULT_MAX_BYTES)
 """
@@ -31,6 +34,7 @@ from am.api.uploads import (
     ServerStopping,
     UnsupportedMediaType,
     declared_length,
+    finish_in_thread,
     load_image,
     media_kind,
     receive_request_body,
@@ -71,7 +75,7 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
         "/invocations",
         summary="Segment one image (at least 32 px on each side); the answer is its mask (8-bit PNG, 0/255, same size)",
         response_class=Response,
-        responses={**image_response("image/png"), **error_responses(400, 413, 415, 503)},
+        responses={**image_response("image/png"), **error_responses(400, 413, 415, 503, 507)},
         openapi_extra=image_body(INVOCATION_MEDIA_TYPES),
     )
     async def invocations(request: Request) -> Response:
@@ -87,7 +91,8 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
                 mask = segmenter.segment(load_image(part, kind=kind, max_bytes=max_bytes), name="the record")
                 return encode_png(mask)
 
-            body = await anyio.to_thread.run_sync(run, limiter=model_lock)
+            # A record the model started on is finished and answered, even if the server is told to stop.
+            body = await finish_in_thread(run, limiter=model_lock)
         return Response(content=body, media_type="image/png")
 
     answer_head(app)

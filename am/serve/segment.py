@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from am.errors import CheckpointError
+from am.errors import CheckpointError, InputError
 from am.model.predict import Predictor
-from am.normalize import normalize
+from am.normalize import check_finite, check_not_blank, normalize, to_grey
 from am.pitch import resolve_scale
 from am.prepare import check_image_size, rescale, tile_valid_extent
+from am.settings import AUTO_SCALE
 from am.stitch import at_source_size
 from am.tiling import Stitcher, plan_tiles, read_tile
 
@@ -69,12 +70,24 @@ class ImageSegmenter:
 
     def segment(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
         """The mask of ``image`` (grey or colour, any bit depth); memory: one batch of tiles plus the mask
-        (and the resized image, at a scale other than 1)."""
-        grey = normalize(image, low_pct=self.low_pct, high_pct=self.high_pct, name=name)
+        (and the resized image, at a scale other than 1).
+
+        A blank image (:func:`~am.normalize.check_not_blank`: every pixel one value, or two adjacent
+        levels), which the pipeline refuses, gets an all-0 mask without the model: a batch transform's
+        records may be tiles of background, and one refused record would fail the whole job.
+        """
+        grey = to_grey(image, name=name)
+        check_finite(grey, name)
+        try:
+            check_not_blank(grey, name)
+        except InputError as exc:
+            nominal = 1.0 if self.scale == AUTO_SCALE else float(self.scale)
+            self._check_size(grey.shape, scale=nominal, name=name)
+            log.info("%s; its mask is empty", str(exc).split(": it holds no marks", 1)[0])
+            return np.zeros(grey.shape, dtype=np.uint8)
+        grey = normalize(grey, low_pct=self.low_pct, high_pct=self.high_pct, name=name)
         scale = resolve_scale(grey, self.scale, name=name)
-        # The sender of a record has no --scale and no groups: the advice is the one thing it can do.
-        check_image_size(grey.shape[0], grey.shape[1], scale=scale, name=name,
-                         advice="send a larger crop of the acquisition")
+        self._check_size(grey.shape, scale=scale, name=name)
         scaled = rescale(grey, scale=scale)
         plan = plan_tiles(scaled.shape[0], scaled.shape[1], tile_size=self.tile_size, overlap=self.tile_overlap)
         stitcher = Stitcher(plan)
@@ -90,6 +103,11 @@ class ImageSegmenter:
         log.debug("%s: %d x %d px segmented in %d tile(s) at scale %g", name, grey.shape[1], grey.shape[0],
                   len(plan.tiles), scale)
         return at_source_size(stitcher.finalize(), *grey.shape)
+
+    @staticmethod
+    def _check_size(shape: tuple[int, ...], *, scale: float, name: str) -> None:
+        # The sender of a record has no --scale and no groups: the advice is the one thing it can do.
+        check_image_size(shape[0], shape[1], scale=scale, name=name, advice="send a larger crop of the acquisition")
 
 
 __all__ = ["MODEL_FILE", "ImageSegmenter", "find_model"]

@@ -83,7 +83,8 @@ def test_documented_routes_and_codes(api_url):
     paths = document["paths"]
     assert set(paths) == {"/tasks", "/tasks/{task_id}", "/masks/{task_id}", "/ams/{task_id}", "/ams/{task_id}.csv",
                           "/overlays/{task_id}", "/health"}
-    assert set(paths["/tasks"]["post"]["responses"]) == {"201", "400", "413", "415", "503"}
+    assert set(paths["/tasks"]["post"]["responses"]) == {"201", "400", "413", "415", "503", "507"}
+    assert set(paths["/health"]["get"]["responses"]) == {"200", "400", "503"}
     assert set(paths["/tasks"]["post"]["requestBody"]["content"]) == {"image/png", "image/tiff"}
     assert set(paths["/tasks"]["get"]["responses"]) == {"200", "400"}
     assert set(paths["/tasks/{task_id}"]["get"]["responses"]) == {"200", "400", "404"}
@@ -92,3 +93,24 @@ def test_documented_routes_and_codes(api_url):
     assert set(paths["/overlays/{task_id}"]["get"]["responses"]["200"]["content"]) == {"image/png"}
     assert set(paths["/ams/{task_id}.csv"]["get"]["responses"]["200"]["content"]) == {"text/csv"}
     assert "422" not in str(document)
+
+
+def test_every_operation_documents_the_400_it_answers_to_an_unknown_query_parameter(tmp_path):
+    """Every task API route refuses a query parameter it does not take (``GET /health?verbose=1``) with 400,
+    so every operation's document lists the 400."""
+    import uuid
+
+    from .test_runner import api
+
+    with api(tmp_path) as server:
+        document = server.client.get("/openapi.json").json()
+        checked = []
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                url = path.replace("{task_id}", uuid.uuid4().hex)
+                response = server.client.request(method.upper(), f"{url}?verbose=1")
+                assert response.status_code == 400, (method, path, response.text)
+                assert "unknown query parameter(s) verbose" in response.json()["detail"]
+                assert "400" in operation["responses"], (method, path, sorted(operation["responses"]))
+                checked.append(f"{method.upper()} {path}")
+    assert "GET /health" in checked and len(checked) == 9

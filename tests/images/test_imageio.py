@@ -559,3 +559,56 @@ def test_a_png_that_shrinks_while_it_is_checked_is_called_truncated_not_read_for
 
     monkeypatch.setattr(Path, "stat", size_before_the_copy)
     assert imageio._png_damage(path) == "truncated: its 'IDAT' chunk at byte 33 runs past the end of the file"
+
+
+def _reading_peak(path: Path) -> tuple[np.ndarray, int]:
+    """What read_image returns and the most bytes of Python-allocated memory (numpy arrays) it held at once."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        image = read_image(path)
+        return image, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name, write, returned, read_as", [
+    # 1 byte of index per pixel becomes 3 channels of uint16 colour, held with the indices.
+    ("palette.tif", lambda p: tifffile.imwrite(p, np.zeros((600, 700), np.uint8), photometric="palette",
+                                               colormap=np.zeros((3, 256), np.uint16), compression="zlib"),
+     ((600, 700, 3), np.uint16), "3 channel(s) of uint16 (palette colour)"),
+    ("half.tif", lambda p: tifffile.imwrite(p, np.zeros((600, 700), np.float16), compression="zlib"),
+     ((600, 700), np.float32), "1 channel(s) of float32"),
+    ("double.tif", lambda p: tifffile.imwrite(p, np.zeros((600, 700), np.float64), compression="zlib"),
+     ((600, 700), np.float32), "1 channel(s) of float32"),
+    ("planar.tif", lambda p: tifffile.imwrite(p, np.zeros((3, 600, 700), np.uint8), photometric="rgb",
+                                              planarconfig="separate", compression="zlib"),
+     ((600, 700, 3), np.uint8), None),
+    ("grey_alpha.tif", lambda p: tifffile.imwrite(p, np.zeros((600, 700, 2), np.uint16), photometric="minisblack",
+                                                  planarconfig="contig", extrasamples=["unassalpha"],
+                                                  compression="zlib"),
+     ((600, 700), np.uint16), "1 channel(s) of uint16"),
+    ("mask.tif", lambda p: tifffile.imwrite(p, np.ones((600, 700), bool), compression="zlib"),
+     ((600, 700), np.uint8), None),
+    ("rgb.png", lambda p: cv2.imwrite(str(p), np.zeros((600, 700, 3), np.uint8)), ((600, 700, 3), np.uint8), None),
+])
+def test_read_header_counts_the_memory_reading_takes_not_only_the_stored_pixels(tmp_path, name, write, returned,
+                                                                                  read_as):
+    """A server refuses an image from its header by decoded_bytes: a palette or float16 TIFF, read as 16-bit
+    colour or float32, must not decode to several times what the header was taken to promise."""
+    path = tmp_path / name
+    write(path)
+    header = read_header(path)
+    image, peak = _reading_peak(path)
+    assert (image.shape, image.dtype) == (returned[0], np.dtype(returned[1]))
+    assert header.read_as == read_as
+    assert header.decoded_bytes >= image.nbytes
+    # What the readers themselves keep besides the arrays (tifffile's strips, a block being converted) is small.
+    assert peak <= header.decoded_bytes * 1.05 + (1 << 20), (peak, header.decoded_bytes)
+
+
+def test_a_colour_png_taller_than_a_conversion_block_reads_in_rgb_order(tmp_path):
+    rgb = RNG.integers(0, 256, (5000, 100, 3), dtype=np.uint8)  # more rows than one block of 1 MiB
+    cv2.imwrite(str(tmp_path / "tall.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(read_image(tmp_path / "tall.png"), rgb)
