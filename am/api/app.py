@@ -58,12 +58,11 @@ from am.api.uploads import (
     receive_request_body,
 )
 from am.errors import AmError, InputError
+from am.grid_shape import MAX_NODES, grid_shape_error
 from am.register.outputs import JSON_NAME, OVERLAY_NAME
 
 log = logging.getLogger(__name__)
 
-# AM ids are stored as uint16 with 0 for background.
-MAX_GRID_NODES = 65535
 # Decoding an upload takes memory comparable to its pixels (at most decoded_limit(max_bytes) each,
 # checked from the header first); check at most this many at once.
 CHECKS_AT_ONCE = 2
@@ -250,16 +249,19 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     )
     async def submit(
         request: Request,
-        rows: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid rows (with cols)"),
-        cols: int | None = Query(None, ge=1, le=MAX_GRID_NODES, description="acquisition grid columns (with rows)"),
+        rows: int | None = Query(None, ge=1, le=MAX_NODES, description="acquisition grid rows (with cols)"),
+        cols: int | None = Query(None, ge=1, le=MAX_NODES, description="acquisition grid columns (with rows)"),
     ) -> JSONResponse:
         # Unknown and repeated parameters (one of two rows would count, silently) are refused by
         # refuse_what_would_be_ignored.
         if (rows is None) != (cols is None):
             raise InputError("give rows and cols together to register the marks, or neither to get only the mask")
-        if rows is not None and cols is not None and rows * cols > MAX_GRID_NODES:
-            raise InputError(f"rows x cols = {rows * cols} is above {MAX_GRID_NODES}, the most AM ids a 16-bit "
+        if rows is not None and cols is not None and rows * cols > MAX_NODES:
+            raise InputError(f"rows x cols = {rows * cols} is above {MAX_NODES}, the most AM ids a 16-bit "
                              "id image can hold; split the acquisition")
+        # Before the upload is stored: registration could never fit a grid of fewer positions than it needs marks.
+        if problem := grid_shape_error(rows, cols):
+            raise InputError(problem)
         kind = media_kind(request.headers.get("content-type"), accepted=TASK_MEDIA_TYPES)
         declared_length(request.headers.get("content-length"), max_bytes=max_bytes)
         part = store.upload_path()

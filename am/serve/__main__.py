@@ -88,10 +88,25 @@ def resolve_precision_option(option: str | None, environ: Mapping[str, str]) -> 
     return value
 
 
+def _port_from_environment(parser: argparse.ArgumentParser) -> int:
+    """SAGEMAKER_BIND_TO_PORT, where SageMaker sets it, else 8080; an empty one counts as unset."""
+    text = os.environ.get("SAGEMAKER_BIND_TO_PORT", "").strip()
+    if not text:
+        return SAGEMAKER_PORT
+    try:
+        port = int(text)
+    except ValueError:
+        parser.error(f"SAGEMAKER_BIND_TO_PORT = {text!r} is not a port number; set it to 0-65535, unset it "
+                     f"(port {SAGEMAKER_PORT}) or pass --port")
+    if not 0 <= port <= 65535:
+        parser.error(f"SAGEMAKER_BIND_TO_PORT = {port} must be between 0 and 65535; fix it or pass --port")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    port = args.port if args.port is not None else int(os.environ.get("SAGEMAKER_BIND_TO_PORT", SAGEMAKER_PORT))
+    port = args.port if args.port is not None else _port_from_environment(parser)
     if not 0 <= port <= 65535:
         parser.error(f"--port must be between 0 and 65535, got {port}")
     if args.max_bytes is not None and args.max_bytes < 1:

@@ -227,7 +227,8 @@ def test_every_client_error_has_its_status_code_and_a_json_reason(api, api_dirs,
     refused(client.post("/tasks", content=png_bytes(np.zeros((20, 40), np.uint8)),
                         headers={"Content-Type": "image/png"}), 400, "is 20 x 40 px (height x width); the model needs")
     for params, words in (({"rows": 5}, "together"), ({"rows": "five", "cols": 5}, "rows"),
-                          ({"rows": 0, "cols": 5}, "rows"), ({"rows": 1000, "cols": 1000}, "65535")):
+                          ({"rows": 0, "cols": 5}, "rows"), ({"rows": 1000, "cols": 1000}, "65535"),
+                          ({"rows": 1, "cols": 3}, "registration fits the grid to at least 4 marks")):
         refused(client.post("/tasks", content=lattice_png, params=params, headers={"Content-Type": "image/png"}),
                 400, words)
     # 400 for a malformed id, 404 for a well-formed unknown one, on every route that takes an id.

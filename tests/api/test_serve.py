@@ -179,6 +179,28 @@ def test_serve_exits_1_naming_a_bad_am_precision(tmp_path):
     assert "AM_PRECISION = 'fp8' must be one of" in result.stderr
 
 
+@pytest.mark.parametrize(("value", "said"), [("abc", "SAGEMAKER_BIND_TO_PORT = 'abc' is not a port number"),
+                                             ("70000", "SAGEMAKER_BIND_TO_PORT = 70000 must be between 0 and 65535")])
+def test_a_bad_sagemaker_port_is_a_usage_error_naming_the_variable(monkeypatch, capsys, value, said):
+    from am.serve.__main__ import main
+
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", value)
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--model-dir", "nowhere"])
+    assert exited.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_an_empty_sagemaker_port_counts_as_unset(monkeypatch):
+    import argparse
+
+    from am.serve.__main__ import SAGEMAKER_PORT, _port_from_environment
+
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", " ")
+    assert _port_from_environment(argparse.ArgumentParser()) == SAGEMAKER_PORT
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "9000")
+    assert _port_from_environment(argparse.ArgumentParser()) == 9000
+
+
 def test_a_record_too_thin_for_the_model_is_refused_with_400_as_the_pipeline_refuses_it(serve):
     thin = np.random.default_rng(0).integers(0, 255, (12, 300), dtype=np.uint8)
     response = serve.client.post("/invocations", content=png_bytes(thin), headers={"Content-Type": "image/png"})
