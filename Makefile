@@ -21,7 +21,7 @@ help:
 	@echo "make sample   generate the synthetic sample dataset (data/inference/dataset) if missing"
 	@echo "make test-faults | test-slow   the fault, bad-input and security tests alone; the tests marked slow"
 	@echo "make load-test  one LOAD_SIZE x LOAD_SIZE image (default 20000) through 2 workers: time and peak memory"
-	@echo "make clean-data  remove the generated sample dataset and its outputs"
+	@echo "make clean-data  remove the generated data: the sample dataset and its outputs (data/inference), make load-test's (data/load-test)"
 	@echo "make model    train the default model from synthetic data into runs/model/"
 	@echo "make gpu-model  on a GPU machine: train resnext50 and fine-tune the compact model for MINUTES (default 6) into runs/gpu/, and measure both against the shipped model"
 	@echo "               (AM_SYSTEM_PYTHON=1: with the machine's own python3 and torch, offline, no venv)"
@@ -64,7 +64,7 @@ train-run = $(BIN)/python -m am.train $(TRAIN_COMMON) $(1) --out $(@:.done=.pt) 
   $(if $(wildcard $(@:.done=.resume)),--resume) && touch $@
 
 model: $(MODEL_RUNS)/default.done
-	$(BIN)/python benchmarks/model_quality.py --model $(MODEL_RUNS)/default.pt
+	$(BIN)/python benchmarks/model_quality.py --model $(MODEL_RUNS)/default.pt --precision fp32
 
 $(MODEL_RUNS)/base.done: | $(STAMP)
 	$(call train-run,--epochs 50 --lr 3e-3 --warmup-steps 200 --seed 0 --synthetic-labels footprint)
@@ -107,7 +107,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check am tests benchmarks examples setup.py
 
 clean-data:
-	rm -rf data/inference
+	rm -rf data/inference data/load-test
 
 LOAD_SIZE ?= 20000
 .PHONY: test-faults test-slow load-test

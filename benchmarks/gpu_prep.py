@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 from am.evaluate.real import SAMPLE_FILES
 
 REPO = Path(__file__).resolve().parents[1]
+# Where gpu_train.sh looks for wheels unless WHEELS names another folder.
+DEFAULT_WHEELS = ".whl"
 
 # What `am.train`, `am.evaluate` and `am.bench` import that the device's image does not hold (it has
 # torch, torchvision, timm, huggingface-hub, safetensors, numpy, opencv-python-headless, pyyaml, tqdm,
@@ -139,26 +142,50 @@ def folder_bytes(folder: Path) -> int:
 
 
 def device_call(*, wheels: str, real: str | None) -> str:
-    """The call that runs the prepared check on a lent machine, carrying the folders named (``real``
-    None: without the real samples); its reply brings OUT's files back."""
-    samples = "SKIP_REAL=1" if real is None else f"REAL={real}"
-    command = f"MINUTES=4 OUT=$OUT {samples} PYTHON=python3 BENCH_TIMEOUT_S=120 bash benchmarks/gpu_train.sh"
+    """The call that runs the prepared check on a lent machine, carrying the folders named (paths
+    relative to the repository root, as the call carries them; ``real`` None: without the real
+    samples); its reply brings OUT's files back."""
+    samples = "SKIP_REAL=1" if real is None else f"REAL={shlex.quote(real)}"
+    # gpu_train.sh installs from WHEELS, .whl by default.
+    where = "" if wheels == DEFAULT_WHEELS else f"WHEELS={shlex.quote(wheels)} "
+    command = f"MINUTES=4 OUT=$OUT {where}{samples} PYTHON=python3 BENCH_TIMEOUT_S=120 bash benchmarks/gpu_train.sh"
     carry = [wheels] if real is None else [wheels, real]
     return f'run(command="{command}", carry={carry!r}, timeout_s=590)'
+
+
+def in_repository(path: Path) -> str | None:
+    """``path`` relative to the repository root, or None where it lies outside it (or is the root).
+
+    The device call carries only paths inside the checkout, named from its root; a folder elsewhere
+    would not travel, and its name alone would point at nothing there.
+    """
+    resolved, root = path.resolve(), REPO.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        return None
+    return resolved.relative_to(root).as_posix()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--wheels", type=Path, default=REPO / ".whl", help="folder for the wheels (default .whl/)")
+    parser.add_argument("--wheels", type=Path, default=REPO / DEFAULT_WHEELS,
+                        help=f"folder for the wheels, inside the repository (default {DEFAULT_WHEELS}/)")
     parser.add_argument("--real-from", type=Path, default=REPO.parent / "shared" / "data" / "real",
                         help="the real samples (default ../shared/data/real)")
-    parser.add_argument("--real-to", type=Path, default=REPO / ".real", help="their copy (default .real/)")
+    parser.add_argument("--real-to", type=Path, default=REPO / ".real",
+                        help="their copy, inside the repository (default .real/)")
     parser.add_argument("--skip-real", action="store_true", help="copy no real samples")
     parser.add_argument("--python-version", default=DEVICE_PYTHON,
                         help=f"the device's Python, as pip's --python-version (default {DEVICE_PYTHON})")
     parser.add_argument("--dry-run", action="store_true", help="say what would be fetched and copied; write nothing")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    folders = (("--wheels", args.wheels),) if args.skip_real else (("--wheels", args.wheels),
+                                                                   ("--real-to", args.real_to))
+    for option, folder in folders:
+        if in_repository(folder) is None:
+            parser.error(f"{option} {folder} is not inside the repository ({REPO}): a device call carries only "
+                         f"folders of the checkout; give one under it (git-ignored, as .whl/ and .real/ are)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_prep: {total / 2**20:.1f} MiB is over the carry limit: empty {args.wheels} of wheels not listed "
               "above", file=sys.stderr)
         return 1
-    real = None if args.skip_real else args.real_to.name
-    print("on a lent GPU machine, from the repository root:\n  " + device_call(wheels=args.wheels.name, real=real))
+    real = None if args.skip_real else in_repository(args.real_to)
+    print("on a lent GPU machine, from the repository root:\n  "
+          + device_call(wheels=in_repository(args.wheels), real=real))
     return 0
 
 

@@ -15,9 +15,10 @@
 # Run from the repository root on a machine with CUDA, PyTorch and this project's packages, with
 # PYTHON naming that machine's python (default python3); nothing is downloaded, so it runs offline
 # (`make gpu-model AM_SYSTEM_PYTHON=1` does the same). Where segmentation-models-pytorch is missing,
-# put its wheel in .whl/ and it is installed into /tmp/site. REAL is the folder of real samples
-# (crop1-3, tile_a/tile_b): default .real/ in the checkout (git-ignored; copy them there for a machine
-# that gets only the checkout), else ../shared/data/real. A REAL that does not exist stops the
+# put its wheel in WHEELS (default .whl/, which `make gpu-prep` fills) and it is installed into
+# /tmp/site. REAL is the folder of real samples (crop1-3, tile_a/tile_b): default .real/ in the
+# checkout (git-ignored; copy them there for a machine that gets only the checkout), else
+# ../shared/data/real. A REAL that does not exist stops the
 # script before training, since the figures cannot be taken again later; SKIP_REAL=1 leaves them out.
 # MINUTES bounds each training run (it stops after the epoch that passes it); EPOCHS x STEPS is sized
 # so that an H100/H200 finishes the resnext50 learning-rate schedule inside 6 minutes. Writes, per
@@ -36,6 +37,7 @@ if [ -z "${REAL:-}" ]; then
     if [ -d .real ]; then REAL=.real; else REAL=../shared/data/real; fi
 fi
 SKIP_REAL=${SKIP_REAL:-0}
+WHEELS=${WHEELS:-.whl}
 DEVICE=${DEVICE:-cuda}
 SYNTHETIC=${SYNTHETIC:-2000}
 EPOCHS=${EPOCHS:-24}
@@ -79,8 +81,8 @@ if [ "$COMPACT" = 1 ] && [ "$COMPACT_INIT" != none ] && [ ! -f "$COMPACT_INIT" ]
 fi
 
 if ! "$PY" -c "import segmentation_models_pytorch" 2>/dev/null; then
-    ls .whl/*.whl >/dev/null 2>&1 || { echo "segmentation-models-pytorch is missing and .whl/ holds no wheel" >&2; exit 2; }
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "segmentation-models-pytorch is missing and WHEELS=$WHEELS holds no wheel: put them there (make gpu-prep) or name their folder with WHEELS=..." >&2; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ "$DEVICE" = cuda ]; then
@@ -214,7 +216,7 @@ fi
 
 # The production model's inference speed as a GPU worker runs it (fp16 there, compiled), so one
 # session gives both tables. am.bench needs boto3 and tenacity: on a machine without them, carry their
-# wheels in .whl/ beside smp's. BENCH=0 skips it; it is on by default on CUDA only.
+# wheels in WHEELS beside smp's. BENCH=0 skips it; it is on by default on CUDA only.
 if [ -f "$OUT/resnext50.pt" ] && [ "${BENCH:-$([ "$DEVICE" = cuda ] && echo 1 || echo 0)}" = 1 ]; then
     if timeout "${BENCH_TIMEOUT_S:-300}" "$PY" -m am.bench --checkpoint "$OUT/resnext50.pt" --device "$DEVICE" \
             --precision auto --batch-size "${BENCH_BATCH:-128}" --tiles "${BENCH_TILES:-2048}" --compile auto \

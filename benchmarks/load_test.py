@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -93,16 +94,24 @@ def draw_image(size: int, *, pitch: int = 40, radius: int = 10, seed: int = 0) -
 
 
 def ensure_dataset(work_dir: Path, size: int) -> Path:
+    """The dataset folder of a SIZE x SIZE image, drawn on the first run and reused after, with the
+    outputs of earlier runs removed.
+
+    The image is written through :func:`am.files.atomic_output`, so a draw that fails or is
+    interrupted leaves no partial image for a later run to reuse, and a temporary file left by a
+    killed one is removed before drawing again.
+    """
     import tifffile
+
+    from am.files import atomic_output, remove_leftover_temporaries
 
     dataset = work_dir / f"dataset-{size}"
     image_path = dataset / "source" / "load" / "image.tif"
     if not image_path.is_file():
-        image_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = image_path.with_suffix(".tmp")
-        tifffile.imwrite(tmp, draw_image(size), compression="zlib", compressionargs={"level": 1},
-                         tile=(512, 512))
-        tmp.rename(image_path)
+        remove_leftover_temporaries(image_path.parent)
+        image = draw_image(size)
+        with atomic_output(image_path) as handle:
+            tifffile.imwrite(handle, image, compression="zlib", compressionargs={"level": 1}, tile=(512, 512))
     for derived in ("source_norm", "tiles", "tiles_stitched", "am_coords"):  # a fresh run every time
         subprocess.run(["rm", "-rf", str(dataset / derived)], check=True)
     return dataset
@@ -146,7 +155,13 @@ class MemorySampler:
 
 def run_load_test(*, size: int, workers: int = 2, tile_size: int = 512, tile_overlap: int = 128,
                   model: Path | None = None, work_dir: Path, timeout_s: float = 7200) -> LoadReport:
-    """Run the pipeline once on a SIZE x SIZE image and measure it; see the module docstring."""
+    """Run the pipeline once on a SIZE x SIZE image and measure it; see the module docstring.
+
+    Relative paths are taken from the current folder: they are made absolute here, since the
+    pipeline runs from the repository root and would read them from there.
+    """
+    work_dir = work_dir.resolve()
+    model = model.resolve() if model is not None else None
     work_dir.mkdir(parents=True, exist_ok=True)
     model_name = str(model) if model else "tiny test U-Net (write_test_checkpoint, untrained)"
     if model is None:
@@ -207,6 +222,31 @@ def _stage_seconds(stdout: str) -> dict[str, float]:
     return seconds
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options the run cannot use before anything is drawn: a 20000 px image takes minutes and
+    hundreds of MB, and the pipeline would refuse it only after that."""
+    from am.cli import output_problem
+    from am.imageio import MAX_PIXELS
+    from am.prepare import MIN_IMAGE_SIDE_PX
+    from am.settings import SettingError, Settings
+
+    largest = math.isqrt(MAX_PIXELS)
+    if not MIN_IMAGE_SIDE_PX <= args.size <= largest:
+        parser.error(f"--size {args.size}: give an image side from {MIN_IMAGE_SIDE_PX} (the smallest the model "
+                     f"takes) to {largest} px (the largest image the pipeline reads)")
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: give at least 1 worker process")
+    try:  # the pipeline's own rules for its tiles
+        Settings(workers=args.workers, tile_size=args.tile_size, tile_overlap=args.tile_overlap)
+    except SettingError as exc:
+        parser.error(f"--tile-size {args.tile_size} --tile-overlap {args.tile_overlap}: {exc}")
+    if args.model is not None and not args.model.is_file():
+        parser.error(f"--model {args.model} is not a file; give a checkpoint, or leave --model out for the tiny "
+                     "test model")
+    if problem := output_problem(args.work_dir, folder=True):
+        parser.error(f"--work-dir: {problem}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=20000, help="image side in pixels (default 20000)")
@@ -217,8 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=REPO / "data" / "load-test",
                         help="where the image, the model and the outputs go (default data/load-test)")
     args = parser.parse_args(argv)
-    report = run_load_test(size=args.size, workers=args.workers, tile_size=args.tile_size,
-                           tile_overlap=args.tile_overlap, model=args.model, work_dir=args.work_dir)
+    check_args(parser, args)
+    try:
+        report = run_load_test(size=args.size, workers=args.workers, tile_size=args.tile_size,
+                               tile_overlap=args.tile_overlap, model=args.model, work_dir=args.work_dir)
+    except OSError as exc:  # the work dir's disk filled while the image was drawn, say
+        from am.cli import describe_os_error
+
+        print(f"load_test: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     print(report.table())
     if not report.ok:
         print(report.stderr_tail, file=sys.stderr)

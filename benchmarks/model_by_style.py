@@ -27,10 +27,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tqdm import tqdm
 
-from am.cli import add_postprocess_option, masks_label
+from am.cli import add_postprocess_option, describe_os_error, masks_label, output_problem, threads_problem
 from am.errors import AmError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SIZE
 from am.evaluate.metrics import Scores, score
+from am.files import write_atomic
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.count < 1:
         p.error("--count must be >= 1")
+    if problem := threads_problem(args.threads):
+        p.error(problem)
+    # Checked before minutes of predictions, not when the figures are written.
+    if args.json is not None and (problem := output_problem(args.json, folder=False)):
+        p.error(f"--json: {problem}")
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:
@@ -142,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.count} images of seed {args.seed}")
     print(table(groups, overall, len(styled)))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
+        figures = json.dumps({
             "model": str(model), "tta": args.tta, "seed": args.seed, "images": len(styled),
             "overall": overall.as_dict(),
             "groups": [{"grouping": g.grouping, "label": g.label, "images": g.images, "lost": g.lost,
                         **g.scores.as_dict()} for g in groups],
-        }, indent=1))
+        }, indent=1)
+        try:
+            write_atomic(args.json, figures.encode())
+        except OSError as exc:  # a disk that filled during the run, say: the table printed above stands
+            print(f"model_by_style: {describe_os_error(exc)}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from am.bench.model import median_ms_per_tile
-from am.cli import PRECISIONS, add_postprocess_option, add_precision_option, masks_label
+from am.cli import PRECISIONS, add_postprocess_option, add_precision_option, masks_label, threads_problem
 from am.errors import AmError
 from am.evaluate.heldout import held_out_images
 from am.messages import TTA_MODES
@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     add_precision_option(p, tuple(m for m in PRECISIONS if m != "fp16"))
     add_postprocess_option(p)
     args = p.parse_args(argv)
+    if args.repeats < 1:  # the median of no timings does not exist
+        p.error(f"--repeats {args.repeats}: give at least 1")
+    if problem := threads_problem(args.threads):
+        p.error(problem)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
     try:

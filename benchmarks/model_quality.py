@@ -28,7 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from am.cli import add_postprocess_option, add_precision_option
+from am.cli import add_postprocess_option, add_precision_option, describe_os_error, output_problem, threads_problem
 from am.errors import AmError
 from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, held_out_images, held_out_style
 from am.evaluate.lost import LostMarks
@@ -36,6 +36,7 @@ from am.evaluate.metrics import EdgeErrors, Scores, edge_errors, most_wrong, sco
 from am.evaluate.paired import per_image_counts
 from am.evaluate.real import evaluate_real
 from am.evaluate.run import evaluate
+from am.files import write_atomic
 from am.messages import TTA_MODES
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
@@ -67,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.real is not None and not args.real.is_dir():
         p.error(f"--real {args.real} does not exist (or is not a folder); give the folder holding crop1-3 and "
                 "tile_a/tile_b, or --skip-real to leave them out")
+    # Output paths are checked before minutes of predictions, not when the figures are written.
+    if args.json is not None and (problem := output_problem(args.json, folder=False)):
+        p.error(f"--json: {problem}")
+    if args.overlays is not None and (problem := output_problem(args.overlays, folder=True)):
+        p.error(f"--overlays: {problem}")
+    if problem := threads_problem(args.threads):
+        p.error(problem)
     real_dir = None if args.skip_real else args.real or (REAL if REAL.is_dir() else None)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
@@ -133,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=1))
+        try:
+            write_atomic(args.json, json.dumps(out, indent=1).encode())
+        except OSError as exc:  # a disk that filled during the run, say: the figures printed above stand
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -30,9 +30,11 @@ from tqdm import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from am.cli import describe_os_error, output_problem, threads_problem
 from am.errors import AmError, InputError
 from am.evaluate.metrics import Scores, score
 from am.evaluate.real import CROP_SCALE, CROPS, MIN_MARK_PX, blob_false_marks, check_real_dir, read_crops
+from am.files import write_atomic
 from am.model.checkpoint import ModelMeta, default_model_path
 from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
@@ -158,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.synthetic < 1:
         p.error(f"--synthetic {args.synthetic} must be >= 1")
+    if problem := threads_problem(args.threads):
+        p.error(problem)
+    # Checked before the sweep's minutes of predictions, not when the rows are written.
+    if args.json is not None and (problem := output_problem(args.json, folder=False)):
+        p.error(f"--json: {problem}")
     try:
         real = check_real_dir(args.real) if args.real is not None else None
         predictor = Predictor.from_checkpoint(args.model or default_model_path(), device="cpu", threads=args.threads)
@@ -177,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
           f"pitch {args.pitch_min}-{args.pitch_max}; * marks the checkpoint's own levels")
     print(_table(rows, own))
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1))
+        try:
+            write_atomic(args.json, json.dumps(rows, indent=1).encode())
+        except OSError as exc:  # a disk that filled during the sweep, say: the table printed above stands
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            return 1
     return 0
 
 

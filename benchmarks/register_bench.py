@@ -61,11 +61,14 @@ class Row:
     missing_pct: float
     accuracy_pct: float
     time_s: float
-    peak_rss_mb: float
+    # The process's peak RSS since it started, not this case's own: it only grows from row to row.
+    # The large cases run in a fresh process each, so theirs is theirs alone.
+    peak_rss_so_far_mib: float
     note: str = ""
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mib() -> float:
+    """This process's peak RSS since it started, in MiB (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -199,12 +202,14 @@ def run_case(scenario: str, seed: int, *, original: bool) -> list[Row]:
     except AmError as exc:
         accuracy, note = 0.0, str(exc)
     out.append(Row(method="am-segm", accuracy_pct=round(100 * accuracy, 3),
-                   time_s=round(time.perf_counter() - start, 3), peak_rss_mb=round(peak_rss_mb()), note=note, **common))
+                   time_s=round(time.perf_counter() - start, 3), peak_rss_so_far_mib=round(peak_rss_mib()), note=note,
+                   **common))
     if original:
         start = time.perf_counter()
         ids = original_method(drawn.mask, rows=rows, cols=cols)
         out.append(Row(method="original idea", accuracy_pct=round(100 * id_accuracy(drawn, ids), 3),
-                       time_s=round(time.perf_counter() - start, 3), peak_rss_mb=round(peak_rss_mb()), **common))
+                       time_s=round(time.perf_counter() - start, 3), peak_rss_so_far_mib=round(peak_rss_mib()),
+                       **common))
     return out
 
 
@@ -218,11 +223,11 @@ def _large_child(queue: multiprocessing.Queue, scratch: bool) -> None:
                               debris=300, rng=rng)
     if scratch:
         cv2.line(drawn.mask, (0, 5), (size - 1, size - 7), 255, 3)
-    before = peak_rss_mb()
+    before = peak_rss_mib()
     start = time.perf_counter()
     reg = register_mask(drawn.mask, rows=rows, cols=cols)
     elapsed = time.perf_counter() - start
-    registered_rss = peak_rss_mb()
+    registered_rss = peak_rss_mib()
     source = np.where(drawn.mask > 0, 200, 60).astype(np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -231,9 +236,9 @@ def _large_child(queue: multiprocessing.Queue, scratch: bool) -> None:
     scenario = "large+scratch" if scratch else "large"
     queue.put(Row(scenario=scenario, method="am-segm", seed=100, grid=f"{rows}x{cols}", image=f"{size}x{size}",
                   angle_deg=4.0, missing_pct=5.0, accuracy_pct=round(100 * id_accuracy(drawn, reg.ids), 3),
-                  time_s=round(elapsed, 3), peak_rss_mb=round(registered_rss),
-                  note=f"peak RSS with mask and truth drawn, before registering: {before:.0f} MB; "
-                       f"write_outputs {written:.1f} s, peak RSS after it {peak_rss_mb():.0f} MB"))
+                  time_s=round(elapsed, 3), peak_rss_so_far_mib=round(registered_rss),
+                  note=f"peak RSS with mask and truth drawn, before registering: {before:.0f} MiB; "
+                       f"write_outputs {written:.1f} s, peak RSS after it {peak_rss_mib():.0f} MiB"))
 
 
 def run_large(*, scratch: bool = False) -> Row:
@@ -277,13 +282,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"runs": [asdict(r) for r in rows], "summary": summary}, indent=2))
         return 0
     header = f"{'scenario':<8} {'method':<14} {'seed':>4} {'grid':>7} {'image':>11} {'angle':>6} {'miss%':>5} " \
-             f"{'acc%':>8} {'time s':>7} {'RSS MB':>7}"
+             f"{'acc%':>8} {'time s':>7} {'RSS MiB':>7}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r.scenario:<8} {r.method:<14} {r.seed:>4} {r.grid:>7} {r.image:>11} {r.angle_deg:>6.2f} "
-              f"{r.missing_pct:>5.1f} {r.accuracy_pct:>8.3f} {r.time_s:>7.2f} {r.peak_rss_mb:>7.0f}"
+              f"{r.missing_pct:>5.1f} {r.accuracy_pct:>8.3f} {r.time_s:>7.2f} {r.peak_rss_so_far_mib:>7.0f}"
               + (f"  {r.note}" if r.note else ""))
+    print("RSS MiB: the process's peak RSS so far, which only grows from row to row (the large cases run in "
+          "a fresh process each, so theirs is their own)")
     print()
     print(f"{'scenario':<8} {'method':<14} {'runs':>4} {'mean acc%':>10} {'min acc%':>9} {'max time s':>10}")
     for s in summary:

@@ -19,6 +19,13 @@ def wheel_name(name: str, version: str) -> str:
     return f"{gpu_prep.normalise(name)}-{version}-py3-none-any.whl"
 
 
+@pytest.fixture(autouse=True)
+def repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tmp_path stands for the repository root: the prep takes only folders inside it (the device
+    tool carries only repository paths)."""
+    monkeypatch.setattr(gpu_prep, "REPO", tmp_path)
+
+
 @pytest.fixture
 def real_samples(tmp_path: Path) -> Path:
     """A folder with the real samples' file names (their contents do not matter to the prep)."""
