@@ -19,7 +19,7 @@ from am.backends import check_model_object, stack_model_uri
 from am.errors import CheckpointError, ConfigError
 from am.files import file_sha256, write_atomic
 from am.models import DEFAULT_MODEL
-from am.settings import Settings
+from am.settings import Settings, expand_home
 from am.transport.clients import ClientFactory
 from am.transport.storage import Storage, object_version
 
@@ -138,7 +138,7 @@ def _resolve_model(settings: Settings, *, cache_dir: Path) -> tuple[str, str]:
         log.info("model: %s (the stack's ModelUri output)", uri)
         return uri, s3_model_id(settings, uri)
     if settings.model:
-        path = Path(settings.model).expanduser()
+        path = expand_home(settings.model, what=f"model {settings.model}")
         if path.is_dir():
             raise ConfigError(f"model {path} is a folder, not a checkpoint file: pass the .pt file itself"
                               f"{_checkpoints_in(path)} (set by --model, AM_MODEL or the config)")

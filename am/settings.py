@@ -467,6 +467,20 @@ def _where(source: str | None) -> str:
     return "on the command line" if source == COMMAND_LINE else f"in {source}"
 
 
+def expand_home(text: str, *, what: str) -> Path:
+    """``text`` as a path, a leading ``~`` or ``~user`` made that home folder.
+
+    Where no home folder is known (HOME unset and no passwd entry, as in some containers, or no
+    such user) Path.expanduser raises RuntimeError, a traceback for a mere path: refused here
+    naming ``what`` (e.g. "config file ~/c.yml (--config)") and the way out.
+    """
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{what}: no home folder is known to expand {text.split('/', 1)[0]!r} in; give an "
+                          "absolute path") from None
+
+
 def config_path_from(cli_value: str | None, environ: Mapping[str, str]) -> Path | None:
     """The config file comes from --config, else AM_CONFIG; none is needed for the local backend.
 
@@ -476,16 +490,16 @@ def config_path_from(cli_value: str | None, environ: Mapping[str, str]) -> Path 
     start of a word, so ``--config=~/c.yml`` and a quoted ``AM_CONFIG="~/c.yml"`` reach us unexpanded.
     """
     if cli_value:
-        return Path(cli_value).expanduser()
+        return expand_home(cli_value, what=f"config file {cli_value} (--config)")
     value = environ.get("AM_CONFIG")
     if not value:
         return None
-    path = Path(value).expanduser()
+    path = expand_home(value, what=f"config file {value} (AM_CONFIG)")
     if not path.exists():
         raise ConfigError(f"config file {path}, named by the environment variable AM_CONFIG, does not exist; unset "
                           f"AM_CONFIG or point it at a config file ({TEMPLATE_HINT})")
     return path
 
 
-__all__ = ["OptionError", "SettingError", "Settings", "config_path_from", "load_settings", "read_config_file",
-           "setting_types"]
+__all__ = ["OptionError", "SettingError", "Settings", "config_path_from", "expand_home", "load_settings",
+           "read_config_file", "setting_types"]

@@ -20,7 +20,7 @@ from am.cli import EXIT_OK, SCALE_HELP, add_log_level_option, configure_logging,
 from am.errors import ConfigError
 from am.messages import TTA_MODES
 from am.model_source import check_checkpoint
-from am.settings import BACKENDS, Settings, config_path_from, load_settings
+from am.settings import BACKENDS, Settings, config_path_from, expand_home, load_settings
 
 log = logging.getLogger("am.api")
 
@@ -63,7 +63,7 @@ def _local_model(settings: Settings) -> Settings:
     """
     if not settings.model or settings.model.startswith("s3://"):
         return settings
-    path = Path(settings.model).expanduser()
+    path = expand_home(settings.model, what=f"model {settings.model}")
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist; pass a checkpoint path or an s3:// URI with --model")
     check_checkpoint(path)

@@ -294,3 +294,22 @@ def test_the_longest_results_prefix_leaves_room_for_the_job_id_and_the_defaults_
                                           "AM_QUEUE_NAME": "Tiles_" + "q" * 74})
     assert len(f"{settings.results_queue_prefix}-{new_job_id()}") == MAX_QUEUE_NAME
     assert Settings() == load_settings({}, environ={})
+
+
+@pytest.mark.parametrize("value", ["~nosuchuser-am-segm/c.yml", "~/c.yml"])
+def test_a_tilde_without_a_home_folder_is_a_config_error_not_a_traceback(monkeypatch, value):
+    from am.model_source import resolve_model
+    from am.settings import config_path_from
+
+    # "~nosuchuser" names no home folder; "~" none where HOME is unset and there is no passwd entry.
+    def no_home(self):
+        raise RuntimeError("Could not determine home directory.")
+
+    if value.startswith("~/"):
+        monkeypatch.setattr(Path, "expanduser", no_home)
+    with pytest.raises(ConfigError, match=r"config file .*\(--config\): no home folder is known .*absolute path"):
+        config_path_from(value, {})
+    with pytest.raises(ConfigError, match=r"\(AM_CONFIG\): no home folder is known"):
+        config_path_from(None, {"AM_CONFIG": value})
+    with pytest.raises(ConfigError, match=r"^model .*: no home folder is known"):
+        resolve_model(Settings(model=value), cache_dir=Path("/nonexistent"))
