@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import tempfile
 
@@ -128,9 +129,28 @@ def _cache_dir() -> Path:
         try:
             base = str(Path.home() / ".cache")
         except RuntimeError:
-            base = str(Path(tempfile.gettempdir()) / f"am-segm-cache-{os.getuid()}")
+            base = str(_private_temporary_cache())
             log.warning("no home folder is known (HOME is unset): caching in %s; set XDG_CACHE_HOME to choose", base)
     return Path(base) / "am-segm"
+
+
+def _private_temporary_cache() -> Path:
+    """A cache folder of this user's alone in the shared temporary folder.
+
+    The workers load the cache's untrained stand-in, and a check's marker there skips the check: a
+    folder of that name another user made first (or a link) could hand them another checkpoint. The
+    usual name is kept only where it is this user's own real folder, writable by no one else;
+    otherwise a fresh folder serves this run.
+    """
+    folder = Path(tempfile.gettempdir()) / f"am-segm-cache-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        status = folder.lstat()
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="am-segm-cache-"))
+    if stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid() and not status.st_mode & 0o022:
+        return folder
+    return Path(tempfile.mkdtemp(prefix="am-segm-cache-"))
 
 
 def _registration_outcome(failed: list[str], groups: int) -> int:

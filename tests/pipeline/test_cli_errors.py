@@ -271,3 +271,18 @@ def test_without_a_home_folder_the_cache_is_in_the_temporary_folder(monkeypatch,
                for r in caplog.records)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "chosen"))
     assert pipeline_main._cache_dir() == tmp_path / "chosen" / "am-segm"
+
+
+def test_the_temporary_cache_is_used_only_where_it_is_this_users_alone(monkeypatch, tmp_path):
+    # Another user's folder of that name (or one others may write to) could plant a checkpoint.
+    pipeline_main = importlib.import_module("am.pipeline.__main__")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    usual = tmp_path / f"am-segm-cache-{os.getuid()}"
+    assert pipeline_main._private_temporary_cache() == usual
+    assert usual.stat().st_mode & 0o777 == 0o700
+    usual.chmod(0o777)
+    elsewhere = pipeline_main._private_temporary_cache()
+    assert elsewhere != usual and elsewhere.parent == tmp_path and elsewhere.stat().st_mode & 0o077 == 0
+    usual.rmdir()
+    usual.symlink_to(elsewhere)
+    assert pipeline_main._private_temporary_cache() not in (usual, elsewhere)
