@@ -111,7 +111,7 @@ def _same_source(path: Path, recorded: Any) -> dict[str, Any] | None:
     without a hash (written by an older version) matches on the time alone, as it always did.
     """
     current = _file_stat(path)
-    if not isinstance(recorded, dict) or any(recorded.get(k) != current[k] for k in ("name", "size")):
+    if not _may_be_recorded(current, recorded):
         return None
     if recorded.get("mtime_ns") == current["mtime_ns"]:
         return recorded
@@ -119,6 +119,12 @@ def _same_source(path: Path, recorded: Any) -> dict[str, Any] | None:
     if not isinstance(sha256, str) or file_sha256(path) != sha256:
         return None
     return {**current, "sha256": sha256}
+
+
+def _may_be_recorded(current: dict[str, Any], recorded: Any) -> bool:
+    """Whether the file of stat ``current`` may be the one ``recorded`` describes: the same name and
+    size. Cheap, unlike the hash :func:`_same_source` then needs where the modification time differs."""
+    return isinstance(recorded, dict) and all(recorded.get(k) == current[k] for k in ("name", "size"))
 
 
 def worker_mask_settings(environ: Mapping[str, str], *, backend: str) -> dict[str, str]:
@@ -597,7 +603,8 @@ def recut_masked_group(layout: DatasetLayout, group: str, *, settings: Settings,
         return None
     if settings.scale != AUTO_SCALE and _recorded_scale(meta, settings) != nominal_scale(settings):
         return None
-    if _same_source(layout.source_image(group), meta["identity"].get("source")) is None:
+    # Name and size only: where the file's time changed, normalise() hashes it, once.
+    if not _may_be_recorded(_file_stat(layout.source_image(group)), meta["identity"].get("source")):
         return None
     tiler = GroupTiler(layout, group, settings=settings, model_id=model_id, worker=worker)
     tiler.normalise()
