@@ -18,7 +18,8 @@ SPLIT_LARGE_GRIDS = ("crop the image into parts of at most that many positions, 
                      "(source/<group>/), and register each with its own --rows/--cols")
 
 
-def grid_shape_error(rows: int | None, cols: int | None, *, prefix: str = "") -> str | None:
+def grid_shape_error(rows: int | None, cols: int | None, *, prefix: str = "",
+                     split_advice: str = SPLIT_LARGE_GRIDS) -> str | None:
     """Why ``rows`` x ``cols`` cannot be a grid's shape, or None. Commands ask before they touch any
     file (``prefix="--"`` names their options), so a mistyped shape costs no earlier output, and a
     grid registration could never fit (under :data:`MIN_MARKS` positions) no segmentation first."""
@@ -33,5 +34,5 @@ def grid_shape_error(rows: int | None, cols: int | None, *, prefix: str = "") ->
                 "positions in all)")
     if rows is not None and cols is not None and rows * cols > MAX_NODES:
         return (f"a {rows} x {cols} grid has more than {MAX_NODES} positions, the most a 16-bit id image can "
-                f"number; {SPLIT_LARGE_GRIDS}")
+                f"number; {split_advice}")
     return None

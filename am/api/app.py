@@ -256,11 +256,10 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         # refuse_what_would_be_ignored.
         if (rows is None) != (cols is None):
             raise InputError("give rows and cols together to register the marks, or neither to get only the mask")
-        if rows is not None and cols is not None and rows * cols > MAX_NODES:
-            raise InputError(f"rows x cols = {rows * cols} is above {MAX_NODES}, the most AM ids a 16-bit "
-                             "id image can hold; split the acquisition")
-        # Before the upload is stored: registration could never fit a grid of fewer positions than it needs marks.
-        if problem := grid_shape_error(rows, cols):
+        # The pipeline's check, before the upload is stored: a grid of fewer positions than registration
+        # fits one to, or of more than a 16-bit id image can number, could never be registered.
+        if problem := grid_shape_error(rows, cols, split_advice="crop the image into parts of at most that many "
+                                                                "positions and submit each with its own rows and cols"):
             raise InputError(problem)
         kind = media_kind(request.headers.get("content-type"), accepted=TASK_MEDIA_TYPES)
         declared_length(request.headers.get("content-length"), max_bytes=max_bytes)

@@ -7,7 +7,7 @@ by its signature); the answer is its 0/255 mask as an 8-bit PNG of the same size
 are JSON ``{"detail": ...}``: 415 for another Content-Type, 400 for a body that does not
 decode, 413 above ``max_bytes`` or for an image whose header declares more pixels than
 :func:`am.api.uploads.decoded_limit` allows, 507 when the record cannot be stored for want of room.
-A blank record (every pixel one value: a tile of background) is no error here, unlike in the task
+A blank record (every pixel within one grey level: a tile of background) is no error here, unlike in the task
 API: its mask is all 0, made without the model. A record being segmented when the server is told
 to stop is finished and answered (:func:`am.api.uploads.finish_in_thread`)::
 
