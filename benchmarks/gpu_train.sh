@@ -186,9 +186,11 @@ for name in "${runs[@]}"; do
 done
 
 # Every model is measured in fp32, the shipped model's own figures being fp32 ones, all at once: the
-# GPU does the model and each measurement post-processes its masks on CPU threads of its own.
+# GPU does the model and each measurement post-processes its masks on CPU threads of its own (4, or
+# all a smaller machine has: model_quality.py refuses more threads than CPUs).
+MEASURE_THREADS=$(( $(nproc) < 4 ? $(nproc) : 4 ))
 measure() {  # NAME CHECKPOINT
-    "$PY" benchmarks/model_quality.py --model "$2" --device "$DEVICE" --precision fp32 --threads 4 \
+    "$PY" benchmarks/model_quality.py --model "$2" --device "$DEVICE" --precision fp32 --threads "$MEASURE_THREADS" \
         --synthetic "$QUALITY_SYNTHETIC" "${real_args[@]}" --json "$OUT/$1.quality.json" > "$OUT/$1.quality.log" 2>&1
 }
 declare -A measuring
