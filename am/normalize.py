@@ -136,12 +136,27 @@ def check_finite(grey: np.ndarray, name: str) -> None:
 def check_not_blank(grey: np.ndarray, name: str) -> None:
     """Refuse a grey image (:func:`to_grey`'s, finite) with essentially no information, naming ``name``.
 
-    Blank means every pixel has the same value, or (integer pixels) they differ by one level at most
-    (:data:`MIN_INTEGER_SPREAD`), or (floating point) by no more than float rounding
-    (:data:`MIN_FLOAT_SPREAD` of their magnitude). Such an image has no marks to find, yet :func:`normalize`
-    would still stretch it and the pipeline segment it, to say only at the end that its mask is empty; a
+    Such an image (:func:`blank_values`) has no marks to find, yet :func:`normalize` would still
+    stretch it and the pipeline segment it, to say only at the end that its mask is empty; a
     caller checks it before any worker starts. A low-contrast image is no such case: the spread of a few
     levels it needs is far below any real microscopy's, and the percentile stretch brings it out.
+    """
+    values = blank_values(grey)
+    if values is None:
+        return
+    raise InputError(
+        f"{name} is blank ({values}, {grey.dtype} pixels): it holds no marks to segment. Check the image and "
+        "how it was exported (the right file, channel or frame; no contrast setting or bit-depth conversion that "
+        "flattened it), then export it again, or leave the group out"
+    )
+
+
+def blank_values(grey: np.ndarray) -> str | None:
+    """What makes a grey image (:func:`to_grey`'s, finite) blank ("every pixel is 7"), or None where it is not.
+
+    Blank means every pixel has the same value, or (integer pixels) they differ by one level at most
+    (:data:`MIN_INTEGER_SPREAD`), or (floating point) by no more than float rounding
+    (:data:`MIN_FLOAT_SPREAD` of their magnitude).
     """
     mn, mx = _min_max(grey)
     spread = mx - mn
@@ -150,13 +165,8 @@ def check_not_blank(grey: np.ndarray, name: str) -> None:
     else:
         blank = spread < MIN_INTEGER_SPREAD
     if not blank:
-        return
-    values = f"every pixel is {mn}" if spread == 0 else f"its pixels span only {mn}..{mx}"
-    raise InputError(
-        f"{name} is blank ({values}, {grey.dtype} pixels): it holds no marks to segment. Check the image and "
-        "how it was exported (the right file, channel or frame; no contrast setting or bit-depth conversion that "
-        "flattened it), then export it again, or leave the group out"
-    )
+        return None
+    return f"every pixel is {mn}" if spread == 0 else f"its pixels span only {mn}..{mx}"
 
 
 def _min_max(grey: np.ndarray) -> tuple[float | int, float | int]:

@@ -249,7 +249,12 @@ def nominal_scale(settings: Settings) -> float:
     ever resizes an image whose lattice it can see, which takes a window at least four pitches wide,
     so the factor it picks leaves the image about 180 px (four target pitches) or more on each side.
     """
-    return 1.0 if settings.scale == AUTO_SCALE else float(settings.scale)
+    return nominal_factor(settings.scale)
+
+
+def nominal_factor(scale: float | str) -> float:
+    """:func:`nominal_scale` of a scale setting itself (a factor, or ``auto``), for callers without Settings."""
+    return 1.0 if scale == AUTO_SCALE else float(scale)
 
 
 def _recorded_scale(meta: dict[str, Any], settings: Settings) -> float | None:

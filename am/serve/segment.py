@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from am.errors import CheckpointError, InputError
+from am.errors import CheckpointError
 from am.model.predict import Predictor
-from am.normalize import check_finite, check_not_blank, normalize, to_grey
+from am.normalize import blank_values, check_finite, normalize, to_grey
 from am.pitch import resolve_scale
-from am.prepare import check_image_size, rescale, tile_valid_extent
-from am.settings import AUTO_SCALE
+from am.prepare import check_image_size, nominal_factor, rescale, tile_valid_extent
 from am.stitch import at_source_size
 from am.tiling import Stitcher, plan_tiles, read_tile
 
@@ -72,18 +71,15 @@ class ImageSegmenter:
         """The mask of ``image`` (grey or colour, any bit depth); memory: one batch of tiles plus the mask
         (and the resized image, at a scale other than 1).
 
-        A blank image (:func:`~am.normalize.check_not_blank`: every pixel one value, or two adjacent
+        A blank image (:func:`~am.normalize.blank_values`: every pixel one value, or two adjacent
         levels), which the pipeline refuses, gets an all-0 mask without the model: a batch transform's
         records may be tiles of background, and one refused record would fail the whole job.
         """
         grey = to_grey(image, name=name)
         check_finite(grey, name)
-        try:
-            check_not_blank(grey, name)
-        except InputError as exc:
-            nominal = 1.0 if self.scale == AUTO_SCALE else float(self.scale)
-            self._check_size(grey.shape, scale=nominal, name=name)
-            log.info("%s; its mask is empty", str(exc).split(": it holds no marks", 1)[0])
+        if (values := blank_values(grey)) is not None:
+            self._check_size(grey.shape, scale=nominal_factor(self.scale), name=name)
+            log.info("%s is blank (%s, %s pixels); its mask is empty", name, values, grey.dtype)
             return np.zeros(grey.shape, dtype=np.uint8)
         grey = normalize(grey, low_pct=self.low_pct, high_pct=self.high_pct, name=name)
         scale = resolve_scale(grey, self.scale, name=name)
