@@ -188,7 +188,11 @@ def describe_exits(codes: Sequence[int | None]) -> str:
 
 
 def _wait_for_tiles(backend: Backend, collector: ResultCollector, *, results: Queue, dead_letters: Queue,
-                    deadline: float) -> None:
+                    deadline: float, budget: str = "") -> None:
+    """Collect reports until every tile is done or given up; JobTimeout after ``deadline``.
+
+    ``budget`` says how the deadline was set (:func:`describe_budget`), for the timeout's message.
+    """
     tracker = collector.tracker
     next_check = time.monotonic() + HEALTH_CHECK_EVERY_S
     while not tracker.finished:
@@ -199,10 +203,20 @@ def _wait_for_tiles(backend: Backend, collector: ResultCollector, *, results: Qu
             _check_workers(backend, collector, results=results, dead_letters=dead_letters)
         if now > deadline:
             raise JobTimeout(
-                f"job did not finish in time: {len(tracker.pending)} of {tracker.total} tile(s) pending; "
+                f"job did not finish in time: {len(tracker.pending)} of {tracker.total} tile(s) pending{budget}; "
                 + TIMEOUT_ADVICE,
                 {name: "timed out" for name in tracker.pending},
             )
+
+
+def describe_budget(seconds: float, *, tiles: int, running: int, started: int) -> str:
+    """How a time budget was set, for its timeout's message: with fewer workers running than were
+    started, adding workers may not help (they could fail or find no capacity alike), so say so."""
+    text = f" after its budget of {seconds:.0f} s for {tiles} tile(s) on {running} worker(s)"
+    if running < started:
+        text += (f" ({started - running} of the {started} asked for had stopped or never started: see the worker "
+                 "logs, or on AWS the cluster's capacity)")
+    return text
 
 
 @dataclass
@@ -321,10 +335,29 @@ class Job:
         if not self.tracker.sealed:
             raise RuntimeError("seal() the job before waiting for it: more tiles could still come")
         started = time.monotonic()
-        deadline = started + self._settings.job_timeout_s(self.tracker.total)
+        running, total = self.running_workers(), self.tracker.total
+        budget_s = self._settings.job_timeout_s(total, workers=running)
+        log.info("job %s: %.0f s to finish %d tile(s) on %d worker(s)", self.job_id, budget_s, total, running)
         _wait_for_tiles(self.backend, self._collector, results=self._results, dead_letters=self._dead_letters,
-                        deadline=deadline)
+                        deadline=started + budget_s,
+                        budget=describe_budget(budget_s, tiles=total, running=running, started=self._started()))
         self.seconds["tail"] = time.monotonic() - started
+
+    def running_workers(self) -> int:
+        """How many workers share the tiles now, for the job's time budgets: the launcher's live ones,
+        at most as many as were started, and at least 1.
+
+        A local worker that died at start, or ECS tasks that found no capacity (run_task starts
+        fewer), leave fewer than the setting asks for. An ECS service's tasks still waiting for
+        capacity count (:meth:`EcsLauncher.alive` takes its desired count as the floor): its
+        scheduler places them once there is room, and the service tells no cheap count of tasks
+        that never will be, so a service's budget stays that of the tasks asked for.
+        """
+        return max(1, min(self._started(), self.backend.launcher.alive()))
+
+    def _started(self) -> int:
+        """Workers asked for: those of :meth:`start_workers`, or the setting before any were started."""
+        return self._workers or self._settings.workers
 
     def report(self) -> JobReport:
         t = self.tracker
@@ -473,10 +506,15 @@ class Job:
         return collected
 
     def _wait_for_room(self, count: int) -> None:
-        """Collect reports until ``count`` more tiles fit in the window; the window's share of the timeout applies."""
+        """Collect reports until ``count`` more tiles fit in the window; the window's share of the timeout applies.
+
+        The budget is shared among the workers running once a stall outlasts ``timeout_base_s`` (the
+        least it can be), so the launcher is asked for its live workers once per stall, not every second.
+        """
         if not self._window:
             return
-        budget = self._settings.job_timeout_s(self._window)
+        budget: float | None = None
+        note = ""
         progress_at = time.monotonic()
         while self.tracker.pending_count and self.tracker.pending_count + count > self._window:
             started = time.monotonic()
@@ -486,11 +524,18 @@ class Job:
             self.seconds["collect"] += now - started
             self._check_workers_when_due()
             if self.tracker.pending_count < before:
-                progress_at = now
-            elif now - progress_at > budget:
+                progress_at, budget = now, None
+                continue
+            if now - progress_at <= self._settings.timeout_base_s:
+                continue
+            if budget is None:
+                running = self.running_workers()
+                budget = self._settings.job_timeout_s(self._window, workers=running)
+                note = describe_budget(budget, tiles=self._window, running=running, started=self._started())
+            if now - progress_at > budget:
                 raise JobTimeout(
                     f"no tile finished for {now - progress_at:.0f} s while {self.tracker.pending_count} "
-                    f"were in flight; {TIMEOUT_ADVICE}",
+                    f"were in flight{note}; {TIMEOUT_ADVICE}",
                     {name: "timed out" for name in self.tracker.pending},
                 )
 

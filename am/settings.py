@@ -213,9 +213,15 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
-    def job_timeout_s(self, n_tiles: int) -> float:
-        """The whole job's budget grows with its size, so big images are not cut off at a fixed limit."""
-        return self.timeout_base_s + self.timeout_per_tile_s * n_tiles / max(1, self.workers)
+    def job_timeout_s(self, n_tiles: int, *, workers: int | None = None) -> float:
+        """The whole job's budget grows with its size, so big images are not cut off at a fixed limit.
+
+        ``workers`` is how many workers really share the tiles, where the launcher can tell: fewer
+        than the setting where some could not start (ECS without capacity) or died at start, and a
+        budget shared among workers that never ran would end the job too early. None: the setting.
+        """
+        sharing = self.workers if workers is None else workers
+        return self.timeout_base_s + self.timeout_per_tile_s * n_tiles / max(1, sharing)
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str, *, also: tuple[str, ...] = ()) -> None:

@@ -9,11 +9,11 @@ after every other group is registered.
 
 from __future__ import annotations
 
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import logging
 import os
-import stat
 import sys
-import tempfile
 
 # Exit code after Ctrl-C, as am.cli's EXIT_INTERRUPTED: needed before am.cli is loaded.
 _EXIT_INTERRUPTED = 130
@@ -37,6 +37,9 @@ def _interrupted(outcome: str) -> int:
 try:
     import argparse
     import math
+    import signal
+    import stat
+    import tempfile
     from pathlib import Path
 
     from am.cli import (
@@ -54,6 +57,11 @@ try:
     from am.messages import TTA_MODES
     from am.pitch import TRAINED_PITCH_PX
     from am.settings import BACKENDS, config_path_from, config_template, load_settings
+
+    if __name__ == "__main__":
+        # Held until main() runs inside its own try (see the end of this file): a Ctrl-C while the
+        # definitions between here and there run would end in a traceback, few as the microseconds are.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 except KeyboardInterrupt:
     if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
         raise
@@ -208,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     try:
+        # A Ctrl-C held since the imports comes through here, as a KeyboardInterrupt inside this try.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         code = main()
     except KeyboardInterrupt:  # while the options were parsed, before run_main took Ctrl-C over
         code = _interrupted(RERUN_TO_RESUME)

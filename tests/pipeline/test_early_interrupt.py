@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 LINE = r"\d\d:\d\d:\d\d ERROR am\.pipeline: interrupted; "
 
 # Runs ``python -m am.pipeline`` as runpy does, with SIGINT raised at the first look-up of the module
-# named in argv[1] (a module the command imports while starting), or, for "parse", as the options are parsed.
+# named in argv[1] (a module the command imports while starting), for "parse" as the options are parsed, or
+# for "definitions" as the first statement after the imports runs (the logger it makes).
 DRIVER = """
-import argparse, runpy, signal, sys
+import argparse, logging, runpy, signal, sys
 
 where = sys.argv[1]
 # As in a terminal: a test run started in the background (nohup, CI) passes SIGINT on ignored.
@@ -33,8 +34,18 @@ class Interrupt:
 def parse(*args, **kwargs):
     signal.raise_signal(signal.SIGINT)
 
+get_logger = logging.getLogger
+
+def interrupting_get_logger(name=None):
+    if name == "am.pipeline":
+        logging.getLogger = get_logger
+        signal.raise_signal(signal.SIGINT)
+    return get_logger(name)
+
 if where == "parse":
     argparse.ArgumentParser.parse_intermixed_args = parse
+elif where == "definitions":
+    logging.getLogger = interrupting_get_logger
 else:
     sys.meta_path.insert(0, Interrupt())
 sys.argv = ["am.pipeline", sys.argv[2]]
@@ -53,7 +64,8 @@ def _interrupted_at(where: str, tmp_path: Path) -> subprocess.CompletedProcess[s
 
 def test_ctrl_c_while_the_modules_load_exits_130_with_one_line(tmp_path: Path) -> None:
     # numpy.f2py: looked up inside scipy's exec("from numpy import *"), which marks a Ctrl-C unhandled for good.
-    for module in ("am.cli", "am.pitch", "numpy.f2py"):
+    # tempfile: the first module the command imports that the interpreter has not loaded already.
+    for module in ("tempfile", "am.cli", "am.pitch", "numpy.f2py"):
         done = _interrupted_at(module, tmp_path)
         assert done.returncode == EXIT_INTERRUPTED, (module, done.returncode, done.stderr)
         assert re.fullmatch(LINE + r"nothing was done, rerun the same command\n", done.stderr), done.stderr
@@ -62,6 +74,13 @@ def test_ctrl_c_while_the_modules_load_exits_130_with_one_line(tmp_path: Path) -
 
 def test_ctrl_c_while_the_options_are_parsed_exits_130_with_one_line(tmp_path: Path) -> None:
     done = _interrupted_at("parse", tmp_path)
+    assert done.returncode == EXIT_INTERRUPTED, done.stderr
+    assert re.fullmatch(LINE + r"finished work is kept, rerun the same command to resume\n", done.stderr), done.stderr
+
+
+def test_ctrl_c_between_the_imports_and_the_options_exits_130_with_one_line(tmp_path: Path) -> None:
+    # While the module's functions are defined: held until main() runs, then handled as during the parse.
+    done = _interrupted_at("definitions", tmp_path)
     assert done.returncode == EXIT_INTERRUPTED, done.stderr
     assert re.fullmatch(LINE + r"finished work is kept, rerun the same command to resume\n", done.stderr), done.stderr
 

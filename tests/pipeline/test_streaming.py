@@ -8,7 +8,6 @@ normalised, chunks cut, chunks enqueued) can be recorded exactly.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +36,7 @@ from am.transport.queue import Queue, create_results_queue
 from am.transport.storage import Storage
 from tests.environment import clean_env
 from tests.pipeline.mocked_aws import deploy
+from tests.waiting import wait_until
 
 # A 300 x 300 image in 64 px tiles overlapping by 16: 6 rows of 6 tiles, so 6 chunks.
 IMAGE = (300, 300)
@@ -604,10 +604,9 @@ def test_local_workers_that_left_idle_before_the_first_tile_are_started_again(tm
     class SlowTiler(GroupTiler):
         def normalise(self):  # type: ignore[override]
             launcher = jobs[0].backend.launcher
-            deadline = time.monotonic() + 120
-            while launcher.alive() and time.monotonic() < deadline:  # until every worker has left, idle
-                time.sleep(0.2)
-            assert launcher.alive() == 0 and launcher.exit_codes() == [0, 0], launcher.log_tail()
+            wait_until(lambda: launcher.alive() == 0, timeout=120, what="every worker to leave, idle", poll_s=0.2,
+                       detail=launcher.log_tail)
+            assert launcher.exit_codes() == [0, 0], launcher.log_tail()
             return super().normalise()
 
     monkeypatch.setattr(am.orchestrator, "open_job", recording_open_job)
