@@ -48,6 +48,11 @@ DEAD_LETTER_HOLD_S = 30
 # keeps messages for 14 days, so this job's may sit behind many of other jobs; a scan reads the whole
 # queue up to this many (50 receives, a second or two), not just until a batch without this job's.
 DEAD_LETTER_SCAN_MAX = 500
+# The job's last scan, which deletes its dead letters, long-polls: SQS answers a short poll from a
+# sample of its servers, so a queue of a few messages may come back empty while it holds some, and
+# those would be left for good. A long poll asks every server; its last, empty receive costs this long.
+# The scans while the job runs short-poll: one that misses a message is followed by another seconds later.
+FINAL_SCAN_WAIT_S = 1
 
 
 class ResultCollector:
@@ -95,7 +100,14 @@ class ResultCollector:
             pass
 
     def handle_results(self, bodies: list[str]) -> None:
+        """Apply one receive's reports: the masks reported done first, then the failures.
+
+        In that order because a duplicate delivery may bring a tile's ``done`` and its last-attempt
+        ``failed`` together: giving up first could finish the job, and the mask already written
+        would then count as a late duplicate and be thrown away.
+        """
         done: list[TileResult] = []
+        failures: list[TileResult] = []
         for body in bodies:
             try:
                 result = TileResult.from_json(body)
@@ -113,10 +125,12 @@ class ResultCollector:
                     for name in result.names:
                         self.tracker.done(name)  # counts the duplicate
             else:
-                for name in result.names:
-                    self.tracker.failed(name, attempt=result.attempt, error=result.error)
+                failures.append(result)
         if done:
             self._collect(done)
+        for result in failures:
+            for name in result.names:
+                self.tracker.failed(name, attempt=result.attempt, error=result.error)
 
     def _handle_other_version(self, body: str) -> bool:
         """A report of this job from a worker of another release (another message version); False if it is not one.
@@ -214,7 +228,7 @@ class ResultCollector:
         jobs' messages are made visible again; like :meth:`handle_dead_letters`, this reads the
         whole queue, up to ``DEAD_LETTER_SCAN_MAX`` messages.
         """
-        received = self._scan(queue)
+        received = self._scan(queue, wait_s=FINAL_SCAN_WAIT_S)
         mine, others = [], []
         for message in received:
             tile = _tile_message(message.body)
@@ -229,18 +243,19 @@ class ResultCollector:
             log.info("job %s: deleted its %d message(s) from the dead-letter queue", self.job_id, len(mine))
         return len(mine)
 
-    def _scan(self, queue: Queue) -> list[Received]:
+    def _scan(self, queue: Queue, *, wait_s: int = 0) -> list[Received]:
         """Every message of the dead-letter queue, up to ``DEAD_LETTER_SCAN_MAX``, each held for the scan.
 
-        Stops when a receive brings nothing new. The caller makes them visible again (or deletes
-        them); if a receive fails, those already read are released here before the error goes on.
+        Stops when a receive (of ``wait_s``, see :data:`FINAL_SCAN_WAIT_S`) brings nothing new. The
+        caller makes them visible again (or deletes them); if a receive fails, those already read are
+        released here before the error goes on.
         """
         seen: dict[str, Received] = {}
         try:
             while len(seen) < DEAD_LETTER_SCAN_MAX:
                 wanted = min(10, DEAD_LETTER_SCAN_MAX - len(seen))
-                new = [m for m in queue.receive(max_messages=wanted, wait_s=0, visibility_timeout=DEAD_LETTER_HOLD_S)
-                       if m.message_id not in seen]
+                received = queue.receive(max_messages=wanted, wait_s=wait_s, visibility_timeout=DEAD_LETTER_HOLD_S)
+                new = [m for m in received if m.message_id not in seen]
                 if not new:
                     break
                 seen.update((m.message_id, m) for m in new)

@@ -188,6 +188,30 @@ def test_late_failure_report_of_a_finished_tile_changes_nothing(moto_server, tmp
         assert tracker.dead and tracker.completed == frozenset() and tracker.duplicates == 1
 
 
+@pytest.mark.parametrize("order", ["done then failed", "failed then done"])
+def test_a_success_and_a_last_failure_in_one_receive_keep_the_mask(moto_server, tmp_path, order):
+    """A duplicate delivery may bring the job's last tile's ``done`` and its last-attempt ``failed`` together:
+    the mask already written is collected, whatever their order, and the job does not end with it given up."""
+    from am.messages import TileResult
+
+    deployment = Deployment(moto_server, suffix=f"one{len(order)}{order[0]}")
+    tracker = JobTracker([tile_name("g", 5)], max_attempts=3)
+    done_report = TileResult(job=JOB, group="g", tiles=(5,), status="done", attempt=2, worker="a").to_json()
+    failed_report = TileResult(job=JOB, group="g", tiles=(5,), status="failed", attempt=3, worker="b",
+                               error="input: SlowDown").to_json()
+    mask = np.full((1, 128, 128), 255, dtype=np.uint8)
+    deployment.storage.put_bytes(deployment.output_bucket, tiles_key(JOB, "g", (5,)), pack_masks(mask))
+    done: list[int] = []
+    collector = deployment.collector(tmp_path, tracker, done)
+
+    collector.handle_results([done_report, failed_report] if order == "done then failed"
+                             else [failed_report, done_report])
+
+    assert tracker.completed == {"g/0005"} and tracker.dead == {} and tracker.finished
+    assert done == [1] and tracker.duplicates == 0
+    assert np.array_equal(read_image(DatasetLayout(tmp_path / "ds").tile_mask("g", 5)), mask[0])
+
+
 class _Gone:
     """A launcher whose workers have all left (idle exit), as after a big job's last tile."""
 

@@ -169,3 +169,22 @@ def test_the_local_worker_logs_go_when_every_log_stayed_empty():
         (folder / "worker-1.log").write_text("")
         raise JobFailed("1 of 1 tile(s) failed")
     assert not folder.exists()
+
+
+class _SampledQueue(Queue):
+    """A queue that answers a short poll as real SQS may, from a sample of its servers: empty, while it
+    holds messages. A long poll asks every server and gets them."""
+
+    def receive(self, *, max_messages: int = 10, wait_s: float = 20, visibility_timeout: int | None = None):
+        if wait_s == 0:
+            return []
+        return super().receive(max_messages=max_messages, wait_s=wait_s, visibility_timeout=visibility_timeout)
+
+
+def test_the_jobs_last_scan_finds_dead_letters_a_short_poll_would_miss(sqs, dlq, tmp_path):
+    dlq.send_many([_message(JOB, 7), _message(OLD_JOB, 1)])
+    collector = _collector(JobTracker(["g/0007"], max_attempts=3), tmp_path)
+
+    assert collector.delete_dead_letters(_SampledQueue(sqs, dlq.url)) == 1
+    left = dlq.receive(max_messages=10, wait_s=0)
+    assert [json.loads(m.body)["job"] for m in left] == [OLD_JOB], "this job's dead letter was left behind"
