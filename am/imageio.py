@@ -85,7 +85,8 @@ class ImageHeader:
     colour, "1 channel(s) of float32" for float16 grey), else None. ``decoded_bytes`` is the memory
     that reading takes at least: the decoder's pixels, plus the array :func:`read_image` converts them
     into where the two are held at once (palette indices and their colours, float16 and its float32,
-    planar channels and their interleaved copy). ``pages`` counts full-size image planes.
+    planar channels and their interleaved copy), plus what tifffile holds while it unpacks samples of
+    fewer than 8 bits (a 1-bit TIFF in one strip: twice its pixels). ``pages`` counts full-size image planes.
     """
 
     height: int
@@ -588,7 +589,7 @@ def _tiff_reading(page: tifffile.TiffPage, height: int, width: int, channels: in
     plus alpha into grey, and planar channels into interleaved ones, both as a copy. A damaged field is
     left to :func:`_check_tiff_header` and the decoder to name.
     """
-    stored = int(page.nbytes)
+    stored = int(page.nbytes) + _unpacking_bytes(page, height, width, channels)
     dtype = np.dtype(page.dtype)
     pixels = height * width
     colormap = page.colormap if getattr(page, "photometric", None) == PHOTOMETRIC_PALETTE and channels == 1 else None
@@ -603,6 +604,37 @@ def _tiff_reading(page: tifffile.TiffPage, height: int, width: int, channels: in
     same = (read_dtype, read_channels) == (dtype, channels)
     read_as = None if same else f"{read_channels} channel(s) of {read_dtype}"
     return stored + pixels * read_channels * read_dtype.itemsize, read_as
+
+
+def _is_packed(page: tifffile.TiffPage) -> bool:
+    """Whether the page's samples take fewer than 8 bits each (bilevel, 2- or 4-bit), which tifffile unpacks
+    segment by segment into an array of its own."""
+    bits = page.bitspersample
+    return isinstance(bits, (int, np.integer)) and int(bits) < 8
+
+
+def _unpacking_bytes(page: tifffile.TiffPage, height: int, width: int, channels: int) -> int:
+    """What tifffile holds beside the image's own array while it decodes packed samples (:func:`_is_packed`),
+    from the header alone; 0 for other pages.
+
+    Such a page is never read in one piece: tifffile reads the file's pixel data, then unpacks each
+    strip or tile (decompressed first) into an array that it copies into the image. :func:`_decode_tiff`
+    has it decode one segment at a time, so one segment counts: an uncompressed bilevel image in one
+    strip, as tifffile writes it, takes over twice its pixels' bytes, not its pixels' bytes.
+    """
+    if not _is_packed(page):
+        return 0
+    samples = 1 if page.planarconfig == 2 else channels
+    if page.is_tiled:
+        rows, columns = int(page.tilelength) * max(1, int(page.tiledepth)), int(page.tilewidth)
+    else:
+        rows, columns = min(max(1, int(page.rowsperstrip)), height), width
+    unpacked = rows * columns * samples * np.dtype(page.dtype).itemsize
+    packed = rows * -(-columns * samples * int(page.bitspersample) // 8) if page.compression != 1 else 0
+    # The pixel data is read into one buffer, then cut into a bytes object per segment: twice its size. Byte
+    # counts beyond the file's end are read as far as it goes (such a file is refused when decoded).
+    read = 2 * min(sum(int(count) for count in page.databytecounts), int(page.parent.filehandle.size))
+    return read + packed + unpacked
 
 
 def _page_pixels(page: tifffile.TiffPage) -> int:
@@ -634,7 +666,8 @@ def _shown(value: object, limit: int = 60) -> str:
 def _decode_tiff(page: tifffile.TiffPage, path: Path) -> np.ndarray:
     """The page's pixels; InputError naming the file when its (compressed) pixel data cannot be decoded."""
     try:
-        return page.asarray()
+        # One segment at a time where each is unpacked into an array of its own: _unpacking_bytes counts one.
+        return page.asarray(maxworkers=1) if _is_packed(page) else page.asarray()
     except _TIFF_DECODE_ERRORS as exc:
         if "imagecodecs" in str(exc):
             raise InputError(f"image {path} is compressed in a way that needs the imagecodecs package ({exc}); "

@@ -47,7 +47,7 @@ from am.api.head import answer_head
 from am.api.openapi import error_responses, image_body, image_response, install_openapi
 from am.api.progress import tile_progress
 from am.api.runner import TaskRunner, api_words
-from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, DamagedTask, Task, TaskStore, check_task_id
+from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, DamagedTask, Task, TaskStore, UnknownTask, check_task_id
 from am.api.uploads import (
     DEFAULT_MAX_BYTES,
     TASK_MEDIA_TYPES,
@@ -163,7 +163,7 @@ class Health(BaseModel):
 
 
 def _statuses() -> tuple[tuple[type[AmError], int], ...]:
-    from am.api.tasks import MalformedTaskId, UnknownTask
+    from am.api.tasks import MalformedTaskId
     from am.api.uploads import BodyTooLarge, ServerStopping, UnsupportedMediaType
 
     return ((MalformedTaskId, 400), (UnknownTask, 404), (UnsupportedMediaType, 415),
@@ -224,11 +224,26 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
             record = json.loads(path.read_text())
             summary = int(record["marks_assigned"]), [api_words(str(w)) for w in record["warnings"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            # A task deleted since it was read has nothing to warn about: store.get says UnknownTask for it.
+            store.get(task.id)
             # Not kept: the warning stays in the log for as long as the record cannot be read.
             log.warning("task %s: its registration record %s cannot be read: %s", task.id, path, exc)
             return None, []
         summaries[task.id] = summary
+        if not store.exists(task.id):
+            # Deleted meanwhile: DELETE may have dropped the task's entry before it was made.
+            summaries.pop(task.id, None)
         return summary
+
+    def listed(task: Task) -> dict[str, Any] | None:
+        """``task`` as GET /tasks shows it, or None where it was deleted while the tasks were listed (its
+        folder then reads as a task that never started). Ids are never issued twice: a task still there
+        once its view is made was there while it was made."""
+        try:
+            shown = view(task)
+        except UnknownTask:
+            return None
+        return shown if store.exists(task.id) else None
 
     def finished(task: Task) -> Task:
         """``task``, or TaskNotReady saying why it has no results (yet)."""
@@ -281,7 +296,8 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     def list_tasks(status: Literal["QUEUED", "RUNNING", "FINISHED", "FAILED"] | None = Query(
             None, description="only the tasks in this status")) -> dict[str, Any]:
         # A client that lost a Location header finds its task here, and an operator sees what is queued.
-        return {"tasks": [view(task) for task in store.all() if status is None or task.status == status]}
+        views = (listed(task) for task in store.all() if status is None or task.status == status)
+        return {"tasks": [shown for shown in views if shown is not None]}
 
     @app.get("/tasks/{task_id:path}", response_model=TaskView, summary="A task's status and progress",
              responses=error_responses(400, 404))

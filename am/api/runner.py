@@ -93,16 +93,24 @@ def failure_reason(log_path: Path, returncode: int, *, start: int = 0) -> str:
     from byte ``start`` on is searched: a task's log is appended to by every run, and a run that
     died without an ERROR record (killed) must not report the one before's.
     """
+    return run_failure(log_path, returncode, start=start)[0]
+
+
+def run_failure(log_path: Path, returncode: int, *, start: int = 0) -> tuple[str, str | None]:
+    """:func:`failure_reason`, and why registration failed (None where it did not, or the log cannot be
+    read), from one read of the run's log: the log may be megabytes, and the task waits for its outcome."""
     how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
     try:
         tail = _log_tail(log_path, start)
     except OSError as exc:
-        return f"the pipeline failed ({how}); its log {log_path} cannot be read: {exc}"
+        return f"the pipeline failed ({how}); its log {log_path} cannot be read: {exc}", None
     records = _error_records(tail)
     if records:
-        return "\n".join(records)[:MAX_ERROR_CHARS]
-    last = next((line for line in reversed(tail) if line.strip()), "")
-    return f"the pipeline failed ({how}){': ' + last[:MAX_ERROR_CHARS] if last else ''}"
+        reason = "\n".join(records)[:MAX_ERROR_CHARS]
+    else:
+        last = next((line for line in reversed(tail) if line.strip()), "")
+        reason = f"the pipeline failed ({how}){': ' + last[:MAX_ERROR_CHARS] if last else ''}"
+    return reason, _registration_reasons(records)
 
 
 # What registration's reason says when the mask holds too few marks (am.register.registration._too_few_marks).
@@ -118,19 +126,12 @@ def api_words(reason: str) -> str:
             .replace("--scale", "the server's --scale"))
 
 
-def registration_failure(log_path: Path, *, start: int = 0) -> str | None:
+def _registration_reasons(records: list[str]) -> str | None:
     """Why the task's image could not be numbered, from the pipeline's record for its group; None
-    where the log holds no such record (the run failed otherwise) or cannot be read.
-
-    The run's other records then add only the command line's advice (rerun with other
-    --rows/--cols, look at the overlay), which an API client cannot follow.
-    """
-    try:
-        tail = _log_tail(log_path, start)
-    except OSError:
-        return None
+    where the run failed otherwise. The run's other records then add only the command line's advice
+    (rerun with other --rows/--cols, look at the overlay), which an API client cannot follow."""
     prefix = f"group {GROUP}: registration failed: "
-    reasons = [record[len(prefix):] for record in _error_records(tail) if record.startswith(prefix)]
+    reasons = [record[len(prefix):] for record in records if record.startswith(prefix)]
     return "\n".join(reasons)[:MAX_ERROR_CHARS] if reasons else None
 
 
@@ -363,12 +364,11 @@ class TaskRunner:
                 self._record(task_id, status=FINISHED, error=None)
                 log.info("task %s finished", task_id)
         else:
-            reason = failure_reason(self._store.log_path(task_id), returncode, start=log_start)
+            reason, registration = run_failure(self._store.log_path(task_id), returncode, start=log_start)
             log.warning("task %s failed: %s", task_id, reason.splitlines()[0] if reason else returncode)
             # The client knows its task, not the server's folders.
             task_dir = str(self._store.task_dir(task_id))
             reason = without_pipeline_advice(reason.replace(f"{task_dir}/", "").replace(task_dir, "the task"))
-            registration = registration_failure(self._store.log_path(task_id), start=log_start)
             if registration is not None and self._store.layout(task_id).stitched_mask(GROUP).is_file():
                 # Registration failed after the mask was stitched (rows and cols that do not fit): the
                 # mask is still the client's, and the advice is the API's, not the command line's.
@@ -429,4 +429,4 @@ class TaskRunner:
             self._record(task_id, **changes)
 
 
-__all__ = ["PipelineCommand", "TaskRunner", "failure_reason"]
+__all__ = ["PipelineCommand", "TaskRunner", "failure_reason", "run_failure"]

@@ -215,11 +215,15 @@ class TaskStore:
             write_atomic(self.task_dir(task_id) / TASK_FILE, task.to_json().encode("utf-8"))
         return task
 
+    def exists(self, task_id: str) -> bool:
+        """Whether the task is there; ids are never issued twice, so a task found gone stays gone."""
+        return (self.task_dir(task_id) / TASK_FILE).is_file()
+
     def delete(self, task_id: str) -> None:
         """Remove the task and everything it produced; UnknownTask if it is already gone."""
         with self._lock:
             folder = self.task_dir(task_id)
-            if not (folder / TASK_FILE).is_file():
+            if not self.exists(task_id):
                 raise UnknownTask(f"task {task_id} does not exist on this server (never submitted, or deleted)")
             # Rename first, so a concurrent reader sees the task gone at once, not half removed.
             doomed = self.tasks_dir / f".{task_id}.deleted.tmp"

@@ -6,12 +6,14 @@ Content-Length, or a false one). Its header is then read, and an image whose pix
 more memory than the server allows is refused before a pixel is decoded: a compressed TIFF of
 a few hundred kilobytes can declare gigabytes of zeros. Only then is it decoded with
 :func:`am.imageio.read_image`, so a request with an unreadable image is refused at once instead
-of failing later in a task::
+of failing later in a task. A colour image becomes grey over its own pixels' memory
+(:func:`grey_in_place`), so what the header check counts is what checking it, or loading it to segment,
+holds (segmenting then takes its own working memory)::
 
     kind = media_kind(request.headers.get("content-type"), accepted=TASK_MEDIA_TYPES)
     await receive_request_body(request, target, max_bytes=limit)
     path = check_image(target, kind=kind, max_bytes=limit)    # decodes, keeps no pixels
-    image = load_image(target, kind=kind, max_bytes=limit)    # or: the pixels, to segment them
+    grey = load_grey(target, kind=kind, max_bytes=limit)      # or: its grey pixels, to segment them
 
 Work done in a thread for a request (decoding, segmenting) goes through :func:`finish_in_thread`,
 so that a server told to stop finishes and answers what it has started instead of cutting it off.
@@ -48,6 +50,10 @@ DECODED_BYTES_PER_BODY_BYTE = 8
 PNG = "png"
 TIFF = "tiff"
 SNIFF = "sniff"
+# Pixels made grey at a time by grey_in_place: to_grey's float32 temporaries (16 bytes per RGB pixel) then
+# stay near 1 MiB however large the image, instead of 64 MiB, or 5 times a small image's own pixels.
+GREY_BLOCK_PIXELS = 1 << 16
+
 # Media type (lower case, without parameters) -> what the body must be. "sniff" means either,
 # told apart by the file signature (SageMaker's application/x-image names no format).
 TASK_MEDIA_TYPES: Mapping[str, str] = {"image/png": PNG, "image/tiff": TIFF}
@@ -223,7 +229,11 @@ def sniff_kind(target: Path, *, kind: str) -> str:
 
 
 def decoded_limit(max_bytes: int) -> int:
-    """The most bytes of decoded pixels a server with body limit ``max_bytes`` decodes for one image."""
+    """The most bytes of decoded pixels a server with body limit ``max_bytes`` decodes for one image.
+
+    What the header says reading takes (:attr:`am.imageio.ImageHeader.decoded_bytes`) is what checking or
+    loading an upload holds, but for about 2 MiB of working memory: colour is made grey in place.
+    """
     return max_bytes * DECODED_BYTES_PER_BODY_BYTE
 
 
@@ -237,11 +247,9 @@ def check_image(target: Path, *, kind: str, max_bytes: int, scale: float = 1.0) 
     gets a 400, not a task that fails.
     """
     named = _accepted(target, kind=kind, max_bytes=max_bytes)
-    image = _decode(named)
-    height, width = image.shape[:2]
+    grey = grey_in_place(_decode(named), name=UPLOADED)
+    height, width = grey.shape
     # The pipeline refuses NaN or inf pixels, too small an image and a blank one: said now, not as a failed task.
-    grey = to_grey(image, name=UPLOADED)
-    del image
     check_finite(grey, UPLOADED)
     seen_height, seen_width = scaled_size(height, width, scale)
     if min(seen_height, seen_width) < MIN_IMAGE_SIDE_PX:
@@ -262,9 +270,37 @@ def without_pipeline_advice(message: str) -> str:
     return message
 
 
-def load_image(target: Path, *, kind: str, max_bytes: int) -> np.ndarray:
-    """The upload's pixels, after the same checks as :func:`check_image` (for segmenting in this process)."""
-    return _decode(_accepted(target, kind=kind, max_bytes=max_bytes))
+def load_grey(target: Path, *, kind: str, max_bytes: int) -> np.ndarray:
+    """The upload's pixels as 2-D grey (:func:`grey_in_place`), after the checks :func:`check_image` makes
+    before decoding (for segmenting in this process)."""
+    return grey_in_place(_decode(_accepted(target, kind=kind, max_bytes=max_bytes)), name=UPLOADED)
+
+
+def grey_in_place(image: np.ndarray, *, name: str) -> np.ndarray:
+    """:func:`am.normalize.to_grey` of ``image``, written over the start of a colour image's own memory.
+
+    The header check counts the decoded pixels only (:func:`decoded_limit`); a grey copy beside them
+    would add a third of an RGB image, and to_grey's float32 temporaries five times a small one. Here
+    the colour pixels are made grey :data:`GREY_BLOCK_PIXELS` at a time, and each block of grey rows lands
+    before any colour row still to be read: a grey pixel never takes more bytes than a colour one. The
+    result is a view of ``image``'s memory, which must no longer be used as colour. An image that is not one
+    array of its own that may be written (never the case for :func:`am.imageio.read_image`'s) is copied.
+    """
+    if image.ndim != 3 or image.shape[2] == 1:
+        return to_grey(image, name=name)
+    height, width = image.shape[:2]
+    step = max(1, GREY_BLOCK_PIXELS // max(1, width))
+    first = to_grey(image[:step], name=name)  # its type, and a shape or pixel type to_grey refuses
+    if not (image.flags.c_contiguous and image.flags.writeable) or first.itemsize > image.itemsize * image.shape[2]:
+        log.debug("%s: %s %s array made grey as a copy", name, image.shape, image.dtype)
+        return to_grey(image, name=name)
+    grey = image.reshape(-1).view(np.uint8)[: height * width * first.itemsize].view(first.dtype)
+    grey = grey.reshape(height, width)
+    grey[: first.shape[0]] = first
+    del first
+    for start in range(step, height, step):
+        grey[start:start + step] = to_grey(image[start:start + step], name=name)
+    return grey
 
 
 def _accepted(target: Path, *, kind: str, max_bytes: int) -> Path:
@@ -326,7 +362,8 @@ __all__ = [
     "declared_length",
     "decoded_limit",
     "finish_in_thread",
-    "load_image",
+    "grey_in_place",
+    "load_grey",
     "media_kind",
     "receive_body",
     "receive_request_body",

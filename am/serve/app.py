@@ -35,7 +35,7 @@ from am.api.uploads import (
     UnsupportedMediaType,
     declared_length,
     finish_in_thread,
-    load_image,
+    load_grey,
     media_kind,
     receive_request_body,
 )
@@ -88,7 +88,7 @@ def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES)
             def run() -> bytes:
                 # The header is checked before decoding, so a small body cannot make this process decode
                 # gigabytes; the pixels are freed as soon as the mask is made.
-                mask = segmenter.segment(load_image(part, kind=kind, max_bytes=max_bytes), name="the record")
+                mask = segmenter.segment(load_grey(part, kind=kind, max_bytes=max_bytes), name="the record")
                 return encode_png(mask)
 
             # A record the model started on is finished and answered, even if the server is told to stop.

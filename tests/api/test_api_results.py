@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import uuid
 
 import cv2
 import numpy as np
+import pytest
 from faults.harness import lattice_image
 
 from am.api.tasks import TaskStore
@@ -191,3 +193,43 @@ def test_a_task_deleted_while_tasks_are_listed_is_left_out_quietly(tmp_path, mon
     with caplog.at_level("WARNING"):
         assert [task.id for task in store.all()] == [kept]
     assert "skipping" not in caplog.text
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "FAILED"])
+def test_a_task_deleted_after_the_listing_read_it_is_left_out_without_a_warning(tmp_path, monkeypatch, caplog,
+                                                                               status):
+    """DELETE between the scan of the tasks and the making of their views: a FINISHED task's registration
+    record is gone (no warning about it), a FAILED one's folder would read as a task with no progress."""
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from am.api.app import create_app
+    from am.api.runner import TaskRunner
+    from am.settings import Settings
+
+    from .test_runner import FakePipeline
+
+    store = TaskStore(tmp_path / "data")
+    gone, kept = finished_registered_task(store, rows=2, cols=2), finished_registered_task(store, rows=2, cols=3)
+    if status == "FAILED":
+        store.update(gone, status="FAILED", error="registration failed")
+    scan = TaskStore.all
+
+    def deleted_after_the_scan(self: TaskStore) -> list:
+        tasks = scan(self)
+        self.delete(gone)
+        return tasks
+
+    runner = TaskRunner(store, FakePipeline(Settings()), environ=os.environ, stop_grace_s=10)
+    with TestClient(create_app(store, runner)) as client:
+        monkeypatch.setattr(TaskStore, "all", deleted_after_the_scan)
+        with caplog.at_level("WARNING"):
+            listed = client.get("/tasks")
+        monkeypatch.undo()
+        assert listed.status_code == 200
+        assert [t["id"] for t in listed.json()["tasks"]] == [kept]
+        assert listed.json()["tasks"][0]["marks_numbered"] == 6
+        assert client.get(f"/tasks/{gone}").status_code == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+

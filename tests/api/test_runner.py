@@ -270,6 +270,22 @@ def test_a_failed_registration_keeps_the_mask_and_advises_in_the_apis_words(tmp_
     assert "--rows" not in state["error"] and "--cols" not in state["error"]
 
 
+def test_a_failed_runs_log_is_read_once_for_its_reason_and_its_registration(tmp_path, monkeypatch):
+    reads: list[Path] = []
+    tail = runner_module._log_tail
+
+    def counted(log_path: Path, start: int) -> list[str]:
+        reads.append(log_path)
+        return tail(log_path, start)
+
+    monkeypatch.setattr(runner_module, "_log_tail", counted)
+    with api(tmp_path, mode="misfit") as server:
+        task_id = server.submit(rows=60, cols=60)
+        state = server.wait(task_id)
+    assert state["error"].startswith("registration failed: ") and "check rows and cols" in state["error"]
+    assert reads == [server.store.log_path(task_id)]
+
+
 def test_registrations_advice_on_an_empty_mask_reads_in_the_apis_words():
     from am.register.registration import RegistrationError, register_mask
 

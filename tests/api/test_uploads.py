@@ -146,6 +146,40 @@ def test_an_image_within_the_limit_is_decoded_once_and_accepted(api, serve, deco
     assert len(decoded) == 2
 
 
+# What checking holds beside the pixels the header counts: a block of to_grey's temporaries (about 1 MiB),
+# and a PNG's chunks read for their CRCs (1 MiB at a time).
+WORKING_BYTES = 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("suffix, channels", [(".png", 3), (".png", 4), (".tiff", 3)])
+def test_a_colour_upload_is_checked_and_loaded_within_what_its_header_counts(tmp_path, suffix, channels):
+    """The grey image is made over the colour pixels: no grey copy beside them, no full-size float32 temporary."""
+    import shutil
+    import tracemalloc
+
+    from am.api.uploads import PNG, TIFF, check_image, load_grey
+    from am.imageio import read_header, write_png, write_tiff
+    from am.normalize import to_grey
+
+    image = np.random.default_rng(2).integers(0, 256, (1000, 1000, channels), dtype=np.uint8)
+    source = tmp_path / f"source{suffix}"
+    write_png(source, image) if suffix == ".png" else write_tiff(source, image, compress=False)
+    header = read_header(source)
+    max_bytes = -(-header.decoded_bytes // DECODED_BYTES_PER_BODY_BYTE)
+    for load in (check_image, load_grey):
+        part = tmp_path / "upload.part"
+        shutil.copy(source, part)
+        tracemalloc.start()
+        try:
+            grey = load(part, kind=PNG if suffix == ".png" else TIFF, max_bytes=max_bytes)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= header.decoded_bytes + WORKING_BYTES, (load.__name__, peak, header.decoded_bytes)
+        part.with_suffix(suffix).unlink()
+    assert np.array_equal(grey, to_grey(image))
+
+
 def test_an_image_with_nan_pixels_is_refused_by_both_servers_before_it_is_a_task(api, serve):
     client, store = api
     image = np.full((60, 80), 0.5, np.float32)
@@ -375,7 +409,7 @@ def test_other_server_faults_are_a_json_500_logged_with_their_traceback(api, ser
     for fault, words in ((unreadable, "the server could not store the upload: Permission denied"),
                          (bug, "the server failed unexpectedly")):
         monkeypatch.setattr(api_module, "check_image", fault)
-        monkeypatch.setattr(serve_module, "load_image", fault)
+        monkeypatch.setattr(serve_module, "load_grey", fault)
         for http, path in ((client, "/tasks"), (serve, "/invocations")):
             caplog.clear()
             detail = refused(http.post(path, content=lattice_png, headers={"Content-Type": "image/png"}), 500, words)

@@ -591,6 +591,15 @@ def _reading_peak(path: Path) -> tuple[np.ndarray, int]:
      ((600, 700), np.uint16), "1 channel(s) of uint16"),
     ("mask.tif", lambda p: tifffile.imwrite(p, np.ones((600, 700), bool), compression="zlib"),
      ((600, 700), np.uint8), None),
+    # 1-bit pixels are unpacked one strip or tile at a time into an array of their own: in one strip, as
+    # tifffile writes an uncompressed mask, that is a second copy of the whole image.
+    ("bilevel.tif", lambda p: tifffile.imwrite(p, RNG.random((2000, 2001)) > 0.5),
+     ((2000, 2001), np.uint8), None),
+    ("bilevel_strip.tif", lambda p: tifffile.imwrite(p, RNG.random((2000, 2000)) > 0.5, compression="zlib",
+                                                     rowsperstrip=2000),
+     ((2000, 2000), np.uint8), None),
+    ("bilevel_tiles.tif", lambda p: tifffile.imwrite(p, RNG.random((2000, 2000)) > 0.5, tile=(1024, 1024)),
+     ((2000, 2000), np.uint8), None),
     ("rgb.png", lambda p: cv2.imwrite(str(p), np.zeros((600, 700, 3), np.uint8)), ((600, 700, 3), np.uint8), None),
 ])
 def test_read_header_counts_the_memory_reading_takes_not_only_the_stored_pixels(tmp_path, name, write, returned,
