@@ -33,6 +33,14 @@ SAMPLE_PIXELS = 1 << 22
 MIN_INTEGER_SPREAD = 2
 # The same for floating-point pixels, relative to their magnitude: a smaller spread is float32 rounding.
 MIN_FLOAT_SPREAD = 1e-6
+# Fill and glare: the image's lowest (or highest) level is left out of the percentiles where it holds
+# at least this share of the pixels and lies apart from every other level, further than FILL_GAP_FACTOR
+# times the usual step between the levels the image uses. Zero fill around a mosaic or a rotated scan,
+# or a saturated glare, over a few per cent of a 16-bit image would otherwise be the 1st or 99th
+# percentile, and the tissue's few thousand levels would be squeezed into a dozen output levels.
+# A stretched image's clipped tails sit next to the levels above them, and are kept.
+FILL_MIN_FRACTION = 0.005
+FILL_GAP_FACTOR = 4
 
 
 def normalize(
@@ -56,7 +64,7 @@ def normalize(
         )
     grey = to_grey(image, name=name)
     check_finite(grey, name)
-    lo, hi = _percentiles(grey, low_pct, high_pct)
+    lo, hi = _percentiles(grey, low_pct, high_pct, name=name)
     if not hi > lo:
         mn, mx = _min_max(grey)
         if mn == mx:
@@ -176,20 +184,53 @@ def _min_max(grey: np.ndarray) -> tuple[float | int, float | int]:
     return mn.item(), mx.item()
 
 
-def _percentiles(grey: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float]:
-    """The two percentiles with numpy's default (linear) interpolation, exact for integer images."""
+def _percentiles(grey: np.ndarray, low_pct: float, high_pct: float, *, name: str = "image") -> tuple[float, float]:
+    """The two percentiles with numpy's default (linear) interpolation, exact for integer images, over
+    the pixels that are not fill or glare (:data:`FILL_MIN_FRACTION`)."""
     if grey.dtype.kind in "ui":
         counts, offset = _histogram(grey)
         if counts is not None:
+            used = np.flatnonzero(counts)
+            for index in _fill_levels(used, counts[used], name=name, offset=offset):
+                counts[used[index]] = 0
             cumulative = np.cumsum(counts)
             return (
                 offset + _histogram_percentile(cumulative, low_pct),
                 offset + _histogram_percentile(cumulative, high_pct),
             )
     step = max(1, int(np.ceil(np.sqrt(grey.size / SAMPLE_PIXELS))))
-    sample = grey[::step, ::step].astype(np.float64)
+    sample = grey[::step, ::step].astype(np.float64).ravel()
+    levels, level_counts = np.unique(sample, return_counts=True)
+    fill = levels[_fill_levels(levels, level_counts, name=name)]
+    if fill.size:
+        sample = sample[~np.isin(sample, fill)]
     lo, hi = np.percentile(sample, [low_pct, high_pct])
     return float(lo), float(hi)
+
+
+def _fill_levels(levels: np.ndarray, counts: np.ndarray, *, name: str, offset: int = 0) -> list[int]:
+    """Indices into ``levels`` (the levels an image uses, ascending, with their pixel ``counts``) of its
+    lowest and highest level where they are fill or glare (:data:`FILL_MIN_FRACTION`); logged.
+
+    At most the two ends go, and only while other levels remain, so what is left always has pixels.
+    """
+    if levels.size < 3:
+        return []
+    gaps = np.diff(levels)
+    apart = FILL_GAP_FACTOR * float(np.median(gaps))
+    least = FILL_MIN_FRACTION * float(counts.sum())
+    ends = ((0, float(gaps[0]), "lowest"), (levels.size - 1, float(gaps[-1]), "highest"))
+    fill = [index for index, gap, _ in ends if counts[index] >= least and gap > apart]
+    for index, _, which in ends:
+        if index in fill:
+            log.info("%s: %.1f %% of its pixels are at its %s level %s, set apart from the others (fill or "
+                     "glare): left out of the contrast stretch", name, 100.0 * counts[index] / counts.sum(), which,
+                     _level_text(levels[index] + offset))
+    return fill
+
+
+def _level_text(level: float) -> str:
+    return str(int(level)) if float(level).is_integer() else f"{float(level):g}"
 
 
 def _histogram(grey: np.ndarray) -> tuple[np.ndarray | None, int]:

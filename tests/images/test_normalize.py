@@ -149,3 +149,52 @@ def test_row_blocks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> Non
     whole = normalize(image)
     monkeypatch.setattr(module, "BLOCK_PIXELS", 1000)
     np.testing.assert_array_equal(normalize(image), whole)
+
+
+def _tissue_16_bit() -> np.ndarray:
+    """A 16-bit scan whose tissue spans a few thousand levels, far from both ends of the range."""
+    return (20000 + RNG.integers(0, 2040, (200, 200))).astype(np.uint16)
+
+
+@pytest.mark.parametrize(("fill", "border"), [(0, 4), (0, 30), (65535, 12)])
+def test_fill_or_glare_at_one_end_is_left_out_of_the_stretch(fill: int, border: int,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Zero fill around a mosaic (or saturated glare) over a few per cent of the frame: the tissue keeps
+    its contrast instead of being squeezed into a dozen levels, and the fill goes to black (or white)."""
+    tissue = _tissue_16_bit()
+    framed = np.full((200 + 2 * border, 200 + 2 * border), fill, dtype=np.uint16)
+    framed[border:-border, border:-border] = tissue
+    with caplog.at_level(logging.INFO, logger="am.normalize"):
+        out = normalize(framed, name="scan.tif")
+    inner = out[border:-border, border:-border]
+    assert np.abs(inner.astype(int) - normalize(tissue).astype(int)).max() <= 1
+    assert len(np.unique(inner)) > 200
+    assert set(np.unique(out[:border]).tolist()) == {0 if fill == 0 else 255}
+    assert "scan.tif: " in caplog.text and f"level {fill}, set apart from the others" in caplog.text
+
+
+def test_fill_in_a_float_image_is_left_out_too() -> None:
+    tissue = RNG.uniform(0.2, 0.6, (200, 200)).astype(np.float32)
+    framed = np.zeros((240, 240), dtype=np.float32)
+    framed[20:-20, 20:-20] = tissue
+    inner = normalize(framed)[20:-20, 20:-20]
+    assert np.abs(inner.astype(int) - normalize(tissue).astype(int)).max() <= 1
+
+
+def test_a_stretched_images_clipped_tails_are_kept_in_the_percentiles() -> None:
+    """An 8-bit image stretched before (1 % of it at 0 and at 255, next to the levels above and below)
+    is no fill: its percentiles are numpy's, as for any image."""
+    image = np.clip(np.random.default_rng(5).normal(128, 45, (300, 300)), 0, 255).round().astype(np.uint8)
+    assert (image == 0).mean() > 0.002 and (image == 255).mean() > 0.002
+    lo, hi = np.percentile(image, [1.0, 99.0])
+    expected = np.rint(np.clip((image.astype(np.float64) - lo) * 255.0 / (hi - lo), 0, 255)).astype(np.uint8)
+    assert np.abs(normalize(image).astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_a_few_hot_pixels_are_no_glare() -> None:
+    tissue = _tissue_16_bit()
+    hot = tissue.copy()
+    hot.ravel()[RNG.choice(hot.size, 40, replace=False)] = 65535  # 0.1 %: within the percentiles' own tail
+    lo, hi = np.percentile(hot, [1.0, 99.0])
+    expected = np.rint(np.clip((hot.astype(np.float64) - lo) * 255.0 / (hi - lo), 0, 255)).astype(np.uint8)
+    assert np.abs(normalize(hot).astype(int) - expected.astype(int)).max() <= 1
