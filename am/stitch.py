@@ -10,6 +10,7 @@ import numpy as np
 from am.dataset import DatasetLayout
 from am.errors import InputError, describe_fault
 from am.imageio import decode_png, read_image, write_png, write_tiff
+from am.mask_resize import shrink_apart
 from am.overlay import mask_overlay
 from am.prepare import PreparedGroup
 from am.tiling import Stitcher
@@ -58,8 +59,12 @@ def at_source_size(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
     Resized linearly and cut at half way, so a mark's outline moves by under a pixel of the image
     whichever way the scale went; in place and in uint8 (a 20000 px mask must not grow int64
-    temporaries of 3 GB).
+    temporaries of 3 GB). A mask shrunk on either side (``--scale`` above 1) goes through
+    :func:`am.mask_resize.shrink_apart`: averaged with its neighbours, the one-pixel line the model
+    draws between touching marks would vanish and join them.
     """
+    if height < mask.shape[0] or width < mask.shape[1]:
+        return shrink_apart(mask, height, width)
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
         cv2.threshold(mask, 127, 255, cv2.THRESH_BINARY, dst=mask)
