@@ -12,6 +12,7 @@ run out, :class:`~am.errors.TransportError` names the call, the attempts and the
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,12 +25,14 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     CredentialRetrievalError,
     EndpointConnectionError,
+    HTTPClientError,
     IncompleteReadError,
     MetadataRetrievalError,
     ReadTimeoutError,
     ResponseStreamingError,
 )
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from am.errors import AmError, TransportError
 
@@ -70,14 +73,19 @@ TRANSIENT_CODES = frozenset({
     "AWS.SimpleQueueService.ServiceUnavailable",
     "KmsThrottled",
 })
-# Failures of the connection itself, before or while a response arrives.
+# Failures of the connection itself, before or while a response arrives. botocore's own standard retry
+# mode treats its ConnectionError family (SSLError, ProxyConnectionError, EndpointConnectionError, ...)
+# and HTTPClientError (a connection broken mid-response) as transient; so do we.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    BotocoreConnectionError,
+    HTTPClientError,
     EndpointConnectionError,
     ConnectionClosedError,
     ReadTimeoutError,
     ConnectTimeoutError,
     IncompleteReadError,
     ResponseStreamingError,
+    # Python's own (ConnectionResetError and kin), where a transport lets one through unwrapped.
     ConnectionError,
     # The task's credentials endpoint (ECS) or the instance metadata service did not answer in time:
     # botocore fetches credentials again on the next call. NoCredentialsError (none configured) is not here.
@@ -115,6 +123,23 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
+def gave_up_waiting(exc: BaseException) -> bool:
+    """Whether ``exc`` is a TransportError raised because retries ran out on a retryable error.
+
+    Such a failure says nothing about the object or message at hand, only that the service or the
+    network was unavailable for the policy's whole budget: a caller that can wait longer, or give its
+    work back, should not charge it to the work.
+    """
+    if not isinstance(exc, TransportError):
+        return False
+    cause = exc.__cause__
+    while cause is not None:
+        if is_retryable(cause):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def describe(exc: BaseException) -> str:
     """A one-line account of an AWS error for log lines and TransportError messages."""
     if isinstance(exc, ClientError):
@@ -128,8 +153,12 @@ def describe(exc: BaseException) -> str:
 class RetryPolicy:
     """How often and how patiently to retry: ``attempts`` in all, waits between ``base_s`` and ``max_wait_s``.
 
-    The wait before attempt n is uniform in [0, min(max_wait_s, base_s * 2**n)] ("full jitter"),
-    so many workers throttled at once do not retry in step. ``sleep`` is injectable for tests.
+    The wait before attempt n (n = 2, 3, ...) is uniform in [0, min(max_wait_s, base_s * 2**n)]
+    ("full jitter"), so many workers throttled at once do not retry in step. With the defaults a call
+    that keeps failing is given up after at most 0.8 + 1.6 + 3.2 + 6.4 + 10 = 22 s of waits (11 s on
+    average): long enough to ride out a burst of throttling, short enough that a caller with its own
+    patience (the worker's, for a tile's transfers) decides what a longer outage means. ``sleep`` is
+    injectable for tests.
     """
 
     attempts: int = 6
@@ -143,6 +172,11 @@ class RetryPolicy:
         if self.base_s < 0 or self.max_wait_s < 0:
             raise TransportError(f"retry waits must be >= 0, got base {self.base_s} s, max {self.max_wait_s} s")
 
+    def wait_s(self, state: RetryCallState) -> float:
+        """The jittered wait after the failed attempt ``state.attempt_number``, before the next one."""
+        next_attempt = state.attempt_number + 1
+        return random.uniform(0.0, min(self.max_wait_s, self.base_s * 2.0**next_attempt))
+
     def call(self, what: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Call ``fn(*args, **kwargs)`` under this policy; ``what`` names the call in logs and errors.
 
@@ -151,7 +185,7 @@ class RetryPolicy:
         """
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_random_exponential(multiplier=self.base_s, max=self.max_wait_s),
+            wait=self.wait_s,
             retry=retry_if_exception(is_retryable),
             sleep=self.sleep,
             before_sleep=lambda state: _log_retry(what, state),
@@ -185,6 +219,7 @@ __all__ = [
     "RetryableError",
     "describe",
     "error_code",
+    "gave_up_waiting",
     "http_status",
     "is_retryable",
 ]

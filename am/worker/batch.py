@@ -5,6 +5,9 @@ its own outcome, so one corrupt or missing object fails alone while the rest of 
 completes; only an inference error fails every message that shared the forward passes. A
 missing bucket is no message's fault: it is raised, and stops the worker; so is an ``s3://`` model
 not yet loaded whose bucket or object does not exist (:class:`~am.worker.models.MissingModel`).
+Nor is S3 throttling or a lost connection that outlasts the retry policy: the transfer is tried
+again, the message still held, for up to ``outage_s``, and after that :class:`StorageOutage` is
+raised, which stops the worker with its messages given back, their tiles not charged a failure.
 Nothing here touches SQS: the worker decides what an outcome means for the message. ``fetch``
 and ``put`` handle one message and run on the I/O pools of the prefetch and upload stages;
 ``infer`` handles a whole batch of messages on the compute thread, in model calls of
@@ -21,25 +24,48 @@ so a watchdog can time one call, not a batch of messages of up to 256 tiles each
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from am.errors import AmError, InputError, MissingBucket, WorkerError
+from am.errors import AmError, InputError, MissingBucket, TransportError, WorkerError
 from am.messages import TileMessage
 from am.tilepack import pack_masks, unpack_tiles
 from am.transport.queue import Received
+from am.transport.retry import gave_up_waiting
 from am.transport.storage import Storage
 from am.worker.models import MissingModel, Predictor
 from am.worker.timing import StageClock
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Errors travel back in a TileResult and into the orchestrator's summary: keep them short.
 MAX_ERROR_CHARS = 300
+# How long a tile's download or upload keeps being retried while S3 throttles or cannot be reached,
+# the message held meanwhile (the heartbeat keeps it hidden), before the worker gives up on S3: minutes
+# of SlowDown, or a network that comes back, cost no receive; an S3 that stays away stops the worker.
+OUTAGE_PATIENCE_S = 300.0
+# Pause between two rounds of the retry policy during an outage (each round already waits up to 22 s).
+OUTAGE_PAUSE_S = 2.0
+
+
+class StorageOutage(TransportError):
+    """S3 stayed throttled or unreachable for a tile's transfer beyond the worker's patience.
+
+    No tile's fault: raised like a missing bucket, it stops the worker with every held message
+    given back, instead of failing tile after tile until the queue sits in the dead-letter queue.
+    """
+
+
+class TransferAbandoned(StorageOutage):
+    """A transfer retried through an outage was dropped because the worker had already given its message back."""
 
 
 @dataclass
@@ -81,10 +107,14 @@ class TileSteps:
         timer: Callable[[], float] = time.perf_counter,
         tiles_per_call: int = 0,
         call_returned: Callable[[], None] | None = None,
+        outage_s: float = OUTAGE_PATIENCE_S,
+        abandoned: threading.Event | None = None,
     ) -> None:
         if tiles_per_call < 0:
             raise WorkerError(f"tiles per model call must be >= 0 (0: a group's tiles in one call), "
                               f"got {tiles_per_call}")
+        if not outage_s >= 0:
+            raise WorkerError(f"patience with an S3 outage must be >= 0 s, got {outage_s}")
         self._storage = storage
         self._predictor_for = predictor_for
         self._input_bucket = input_bucket
@@ -93,6 +123,10 @@ class TileSteps:
         self._timer = timer
         self._tiles_per_call = tiles_per_call
         self._call_returned = call_returned
+        self._outage_s = outage_s
+        # Set when the worker no longer holds the messages (released, aborted, exiting): an outage
+        # retry then ends at once instead of keeping a thread busy for a message given away.
+        self._abandoned = abandoned if abandoned is not None else threading.Event()
 
     def fetch(self, tile: TileWork) -> None:
         """Download and unpack the message's tiles; an AmError fails the message, anything else is raised.
@@ -103,12 +137,15 @@ class TileSteps:
         key = tile.message.input
         try:
             with self._clock.timing("download"):
-                data = self._storage.get_bytes(self._input_bucket, key)
+                data = self._patiently(f"download of s3://{self._input_bucket}/{key}",
+                                       lambda: self._storage.get_bytes(self._input_bucket, key))
             with self._clock.timing("decode"):
                 tile.image = unpack_tiles(data, count=tile.count, name=f"s3://{self._input_bucket}/{key}")
             _check_extent(tile.message, tile.image.shape, name=f"s3://{self._input_bucket}/{key}")
         except MissingBucket as exc:
             raise MissingBucket(f"the input bucket (AM_INPUT_BUCKET) is gone: {exc}") from exc
+        except StorageOutage:
+            raise
         except AmError as exc:
             tile.fail(f"input: {exc}")
 
@@ -132,11 +169,40 @@ class TileSteps:
                 data = pack_masks(tile.mask)
             tile.mask = None
             with self._clock.timing("upload"):
-                self._storage.put_bytes(self._output_bucket, tile.message.output, data)
+                self._patiently(f"upload of s3://{self._output_bucket}/{tile.message.output}",
+                                lambda: self._storage.put_bytes(self._output_bucket, tile.message.output, data))
         except MissingBucket as exc:
             raise MissingBucket(f"the output bucket (AM_OUTPUT_BUCKET) is gone: {exc}") from exc
+        except StorageOutage:
+            raise
         except AmError as exc:
             tile.fail(f"output: {exc}")
+
+    def _patiently(self, what: str, transfer: Callable[[], T]) -> T:
+        """Run ``transfer``, again while it fails only because S3 throttles or cannot be reached.
+
+        The retry policy inside ``transfer`` gives up after about 22 s; an outage is often longer (a
+        prefix throttled for minutes, a network coming back), and charging it to the tile would spend
+        one of the message's few receives per round, then dead-letter tiles that nothing is wrong
+        with. The message stays held meanwhile; after ``outage_s`` (or once the worker has let its
+        messages go) :class:`StorageOutage` is raised instead. Any other error is raised as it is.
+        """
+        started = time.monotonic()
+        while True:
+            try:
+                return transfer()
+            except TransportError as exc:
+                if not gave_up_waiting(exc):
+                    raise
+                waited = time.monotonic() - started
+                if waited >= self._outage_s:
+                    raise StorageOutage(f"{what} still failing after {waited:.0f} s of retries (S3 throttling or "
+                                        f"unreachable): {exc}") from exc
+                log.warning("%s: S3 unavailable for %.0f s, retrying for up to %.0f s with the message held: %s",
+                            what, waited, self._outage_s, exc)
+                if self._abandoned.wait(min(OUTAGE_PAUSE_S, self._outage_s - waited)):
+                    raise TransferAbandoned(f"{what} abandoned after {waited:.0f} s of retries, the worker having "
+                                            f"let its messages go: {exc}") from exc
 
     def _infer(self, group: list[TileWork]) -> None:
         model, tta = group[0].message.model, group[0].message.tta
@@ -221,4 +287,4 @@ def _groups(tiles: Iterable[TileWork]) -> list[list[TileWork]]:
     return list(groups.values())
 
 
-__all__ = ["MAX_ERROR_CHARS", "TileSteps", "TileWork"]
+__all__ = ["MAX_ERROR_CHARS", "OUTAGE_PATIENCE_S", "StorageOutage", "TileSteps", "TileWork", "TransferAbandoned"]

@@ -59,8 +59,10 @@ class Prefetcher(Generic[T]):
 
     ``receive()`` returns the next batch (a non-empty list), or None when there will be no more
     (idle, or stopping). ``fetch(item)`` runs on the pool for every item. ``discard(batch)`` is
-    called for every received batch that will never be handed out, because :meth:`stop` came
-    first: the owner gives its messages back.
+    called once, with every item received and never to be handed out, because :meth:`stop` came
+    first: the owner gives its messages back. It is called only once no receive is under way: a
+    receive (a long poll of up to 20 s) running when the items become visible again would take them
+    straight back, each such round trip costing every message one of its few receives.
     """
 
     def __init__(
@@ -85,21 +87,26 @@ class Prefetcher(Generic[T]):
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._stopped = False
+        self._started = False
         self._ended = False
         self._thread = threading.Thread(target=self._run, name="am-receive", daemon=True)
 
     def start(self) -> None:
+        with self._lock:
+            self._started = True
         self._thread.start()
 
     def stop(self) -> None:
-        """Receive nothing more and discard every batch not handed out yet; safe to call repeatedly."""
+        """Receive nothing more and discard every batch not handed out yet; safe to call repeatedly.
+
+        With a receive under way, the receiving thread discards them when it returns, together with
+        whatever it received; otherwise they are discarded here, now.
+        """
         with self._lock:
             self._stopped = True
-            left = [pending.items for pending in self._ready]
-            self._ready.clear()
             self._arrived.notify_all()
-        for items in left:
-            self._discard(items)
+            left = self._unclaimed() if self._ended or not self._started else []
+        self._discard_all(left)
 
     def join(self, timeout: float) -> bool:
         """Wait for the receiving thread (after :meth:`stop`, a receive under way ends it); True once ended."""
@@ -136,21 +143,35 @@ class Prefetcher(Generic[T]):
                 if not batch:
                     self._slots.release()
                     return
-                futures = [self._pool.submit(self._fetch, item) for item in batch]
                 with self._lock:
-                    if not self._stopped:
-                        self._ready.append(_Pending(batch, futures))
-                        self._arrived.notify_all()
-                        continue
-                self._slots.release()
-                self._discard(batch)
-                return
+                    if self._stopped:
+                        # Stopped during the receive: keep it with the others, all given back below at once.
+                        self._ready.append(_Pending(batch, []))
+                        self._slots.release()
+                        return
+                    self._ready.append(_Pending(batch, [self._pool.submit(self._fetch, item) for item in batch]))
+                    self._arrived.notify_all()
         except BaseException as exc:
             self._on_error(exc)
         finally:
             with self._lock:
                 self._ended = True
                 self._arrived.notify_all()
+                left = self._unclaimed() if self._stopped else []
+            try:
+                self._discard_all(left)
+            except BaseException as exc:
+                self._on_error(exc)
+
+    def _unclaimed(self) -> list[T]:
+        """Take every item received and not handed out (call with the lock held)."""
+        left = [item for pending in self._ready for item in pending.items]
+        self._ready.clear()
+        return left
+
+    def _discard_all(self, items: list[T]) -> None:
+        if items:
+            self._discard(items)
 
     def _acquire_slot(self) -> bool:
         """Wait for room ahead of the model; False once stopped."""

@@ -24,17 +24,21 @@ prefetch stage (:class:`~am.worker.stages.Prefetcher`) receives, downloads and d
 encodes, writes, reports and deletes up to ``upload_batches`` batches behind it. A heartbeat
 thread keeps every held message hidden, prefetched ones included.
 
-Stopping releases the prefetched batches at once (visibility 0), finishes the batch being
-computed and those being uploaded, and releases whatever is left after ``stop_grace_s``;
-aborting releases everything at once. An unexpected error in any stage stops the worker the
-same way and makes :meth:`Worker.run` return 1; so does a missing input or output bucket, which
-is no tile's fault (failing the tiles would move the whole queue to the dead-letter queue), and an
-``s3://`` model not yet loaded whose bucket or object does not exist (a mistyped model URI). A
-model call (``batch_size`` tiles) still running after ``max_batch_s`` is taken for a hung device:
-everything held is released and :meth:`Worker.run` returns 1. A stop while idle does not wait
-for the long poll in progress: should that poll still deliver messages after the process has gone, they
-reappear when their visibility timeout ends. A stop that gave messages back waits up to
-``RECEIVE_SETTLE_S`` for that poll, which would otherwise take them straight back.
+Stopping finishes the batch being computed and those being uploaded, gives the prefetched batches
+back (visibility 0) once the receive under way has returned (at most one long poll, 20 s: given
+back earlier, they would be taken straight back by it, a second receive of each for one stop), and
+releases whatever is left after ``stop_grace_s``; aborting releases everything at once. An
+unexpected error in any stage stops the worker the same way and makes :meth:`Worker.run` return 1;
+so does a missing input or output bucket, which is no tile's fault (failing the tiles would move
+the whole queue to the dead-letter queue), an ``s3://`` model not yet loaded whose bucket or object
+does not exist (a mistyped model URI), and an S3 that stays throttled or unreachable for a tile's
+transfer beyond ``outage_s`` (:class:`~am.worker.batch.StorageOutage`): until then the transfer is
+retried with its message held, so no tile is charged a failure for an outage. A model call
+(``batch_size`` tiles) still running after ``max_batch_s`` is taken for a hung device: everything
+held is released and :meth:`Worker.run` returns 1. A stop while idle does not wait for the long
+poll in progress: should that poll still deliver messages after the process has gone, they reappear
+when their visibility timeout ends. A stop whose grace ran out while that poll was under way gives
+everything back and waits up to ``RECEIVE_SETTLE_S`` more for the poll, which may take some back.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from am.errors import MessageError, MissingBucket, TransportError, WorkerError
 from am.messages import RESULT_DONE, RESULT_FAILED, TileMessage, TileResult
 from am.transport.queue import MAX_RECEIVE, MAX_VISIBILITY_S, MAX_WAIT_S, Queue, Received, is_missing_queue
 from am.transport.storage import Storage
-from am.worker.batch import TileSteps, TileWork
+from am.worker.batch import OUTAGE_PATIENCE_S, StorageOutage, TileSteps, TileWork, TransferAbandoned
 from am.worker.config import DEFAULT_MAX_BATCH_S, DEFAULT_STOP_TIMEOUT_S, STOP_RELEASE_MARGIN_S
 from am.worker.lease import Heartbeat, Lease
 from am.worker.models import MissingModel, Predictor
@@ -80,10 +84,16 @@ PREFETCH_BATCHES = 2
 # Batches computed and not yet settled before the model waits for the uploads.
 UPLOAD_BATCHES = 2
 _SUPERVISE_INTERVAL_S = 0.1
+# Errors that stop the worker though no tile is at fault: its messages go back for another worker.
+_NO_TILES_FAULT: tuple[type[BaseException], ...] = (MissingBucket, MissingModel, StorageOutage)
 # After giving messages back on a stop, how long to wait for a receive already under way: its long
 # poll would take them straight back, and a worker exiting then hides them from every other worker
 # for a whole visibility timeout. Given back, they reach that poll at once, and it returns them.
 RECEIVE_SETTLE_S = 2.0
+# The longest poll while the worker holds messages. A stop waits for the poll under way before it
+# gives the prefetched ones back (made visible earlier, that poll would take them back): a short poll
+# keeps that wait short, at the cost of a few more empty receives while batches are in hand.
+HELD_WAIT_S = 5
 # OpenCV's threads in a worker process. Its parallelism is the stage pools (PNG codecs beside the
 # model) and, behind a GPU, the post-processing pool; OpenCV's own threads inside each of those only
 # crowd the cores (on 2 cores, 2 post-processing threads did 1.5-1.7 times the tiles of one with
@@ -157,6 +167,7 @@ class Worker:
         prefetch_batches: int = PREFETCH_BATCHES,
         upload_batches: int = UPLOAD_BATCHES,
         max_batch_s: float = DEFAULT_MAX_BATCH_S,
+        outage_s: float = OUTAGE_PATIENCE_S,
     ) -> None:
         if batch_size < 1:
             raise WorkerError(f"batch size must be at least 1, got {batch_size}")
@@ -166,6 +177,8 @@ class Worker:
             raise WorkerError(f"stop grace must be a finite number of seconds >= 0, got {stop_grace_s}")
         if not (math.isfinite(max_batch_s) and max_batch_s > 0):
             raise WorkerError(f"the longest batch must be a finite number of seconds > 0, got {max_batch_s}")
+        if not (math.isfinite(outage_s) and outage_s >= 0):
+            raise WorkerError(f"patience with an S3 outage must be a finite number of seconds >= 0, got {outage_s}")
         if not 1 <= visibility_timeout_s <= MAX_VISIBILITY_S:
             raise WorkerError(f"visibility timeout {visibility_timeout_s} s is outside 1..{MAX_VISIBILITY_S} s")
         if transfer_threads < 1 or prefetch_batches < 1 or upload_batches < 1:
@@ -190,6 +203,7 @@ class Worker:
         self._prefetch_batches = prefetch_batches
         self._upload_batches = upload_batches
         self._max_batch_s = max_batch_s
+        self._outage_s = outage_s
         # The supervisor's watch (monotonic), None between batches: when the batch began until its first
         # model call returns (a model's load and compilation count with that call), then when the last
         # call returned. A batch holds messages of up to 256 tiles each, so it may take many calls.
@@ -199,6 +213,9 @@ class Worker:
         self._lease = Lease()
         self._stopping = threading.Event()
         self._aborting = threading.Event()
+        # Set once the worker has let go of its messages (released them all, or is exiting): a transfer
+        # retrying through an S3 outage then stops at once.
+        self._abandoned = threading.Event()
         self._broken = threading.Event()
         self._crash: BaseException | None = None
         self._crash_lock = threading.Lock()
@@ -219,12 +236,15 @@ class Worker:
         """Release every held message now and make :meth:`run` return at once (non-zero)."""
         self._stopping.set()
         self._aborting.set()
+        self._abandoned.set()
 
     def run(self) -> int:
         """Work until idle, stopped or aborted; returns the process exit code (0 unless aborted or broken)."""
         self.stats = WorkerStats()
         self._idle_s = 0.0
         self._waiting_for_held = False
+        if not self._aborting.is_set():
+            self._abandoned.clear()
         log.info("worker %s consuming %s (batch %d, %d batch(es) prefetched, visibility %d s, idle exit %.0f s, "
                  "stop grace %.0f s)", self.worker_id, self._queue.name, self._batch_size, self._prefetch_batches,
                  self._visibility_s, self._idle_exit_s, self._stop_grace_s)
@@ -233,7 +253,8 @@ class Worker:
         put_pool = ThreadPoolExecutor(self._transfer_threads, thread_name_prefix="am-put")
         steps = TileSteps(self._storage, self._predictor_for, input_bucket=self._input_bucket,
                           output_bucket=self._output_bucket, clock=self.stats.clock,
-                          tiles_per_call=self._batch_size, call_returned=self._model_call_returned)
+                          tiles_per_call=self._batch_size, call_returned=self._model_call_returned,
+                          outage_s=self._outage_s, abandoned=self._abandoned)
         prefetcher: Prefetcher[TileWork] = Prefetcher(
             receive=self._receive, fetch=steps.fetch, discard=self._give_back, pool=fetch_pool,
             depth=self._prefetch_batches, on_error=self._fail)
@@ -249,6 +270,7 @@ class Worker:
                     thread.start()
                 code = self._supervise(thread, prefetcher)
             finally:
+                self._abandoned.set()
                 prefetcher.stop()
                 if self._gave_back_on_stop and not self._aborting.is_set():
                     prefetcher.join(RECEIVE_SETTLE_S)
@@ -288,8 +310,8 @@ class Worker:
                     stop_seen_at = time.monotonic()
                     waiting = prefetcher.waiting
                     prefetcher.stop()
-                    log.info("stopping: %d prefetched batch(es) given back, finishing the work in hand "
-                             "(%d message(s))", waiting, len(self._lease))
+                    log.info("stopping: finishing the work in hand; %d prefetched batch(es) given back once the "
+                             "receive under way returns (%d message(s) held)", waiting, len(self._lease))
                 if not len(self._lease):
                     # Idle (typically inside a long poll): nothing to finish, so do not wait for the poll.
                     return self._exit_code()
@@ -301,8 +323,27 @@ class Worker:
             thread.join(_SUPERVISE_INTERVAL_S)
         if self._stopping.is_set() and stop_seen_at is None and not self._broken.is_set():
             log.info("stopping: stop requested between batches")
+        if self._stopping.is_set() and (not self._broken.is_set() or isinstance(self._crash, _NO_TILES_FAULT)):
+            self._await_receive(prefetcher, deadline=(stop_seen_at or time.monotonic()) + self._stop_grace_s)
         self._release_all()
         return self._exit_code()
+
+    def _await_receive(self, prefetcher: Prefetcher[TileWork], *, deadline: float) -> None:
+        """Let the receive under way return, and the prefetcher give back what it holds, before the rest goes.
+
+        Messages made visible while that long poll runs are taken straight back by it: one stop would
+        cost each two of its few receives, and the next worker's first attempt could be its last.
+        Bounded by the stop grace, and cut short by an abort; a poll made while messages are held is
+        short (``HELD_WAIT_S``). So does a worker stopping on a fault of its deployment or of S3, whose
+        messages the next worker should get with their receives intact; one stopping on a bug gives
+        everything back at once.
+        """
+        prefetcher.stop()
+        while not prefetcher.join(_SUPERVISE_INTERVAL_S):
+            if self._aborting.is_set() or time.monotonic() >= deadline:
+                log.warning("stopping: the receive under way has not returned; giving back the %d message(s) "
+                            "held now", len(self._lease))
+                return
 
     def _exit_code(self) -> int:
         if self._crash is None:
@@ -312,11 +353,18 @@ class Worker:
         return EXIT_FAILED
 
     def _fail(self, exc: BaseException) -> None:
-        """Any stage's unexpected error: remember the first, and stop the worker as a stop request would."""
+        """Any stage's unexpected error: remember the first, and stop the worker as a stop request would.
+
+        A transfer abandoned because its message was already given back (stop grace over, abort) is
+        the end of that work, not an error of the worker: it must not change how the worker exits.
+        """
+        if isinstance(exc, TransferAbandoned):
+            log.info("worker %s: %s", self.worker_id, exc)
+            return
         with self._crash_lock:
             if self._crash is None:
                 self._crash = exc
-                if isinstance(exc, (MissingBucket, MissingModel)):
+                if isinstance(exc, _NO_TILES_FAULT):
                     log.error("worker %s: %s; giving every held message back and exiting", self.worker_id, exc)
                 else:
                     log.error("worker %s: unexpected error in %s", self.worker_id, threading.current_thread().name,
@@ -325,6 +373,7 @@ class Worker:
         self._stopping.set()
 
     def _release_all(self) -> None:
+        self._abandoned.set()
         self._release(self._lease.handles(), 0)
 
     # -- prefetch stage: receiving (am-receive thread) -----------------------------------
@@ -348,7 +397,8 @@ class Worker:
                              "more, in case theirs died", self._idle_exit_s, held, self._visibility_s)
                 idle_left = patience_left
             started, busy = time.monotonic(), len(self._lease) > 0
-            work = self._receive_batch(wait_s=min(MAX_WAIT_S, max(1, math.ceil(idle_left))))
+            wait_s = min(MAX_WAIT_S, max(1, math.ceil(idle_left)))
+            work = self._receive_batch(wait_s=min(wait_s, HELD_WAIT_S) if busy else wait_s)
             if not work:
                 # Idle means nothing to do, and a rejected message is nothing to do: on a queue that
                 # never dead-letters it, it must not keep the worker from leaving. While earlier
@@ -358,12 +408,9 @@ class Worker:
                 continue
             self._idle_s = 0.0
             self._waiting_for_held = False
-            if self._stopping.is_set():
-                # Received after the stop request: not "in hand" yet, so give it back.
-                self._release([t.received.receipt_handle for t in work], 0)
-                return None
-            if work:
-                return work
+            # Received after a stop request, it is not "in hand": the prefetcher gives it back with the
+            # batches it holds, in one call, now that no receive is under way.
+            return work
         return None
 
     def _held_elsewhere(self) -> int:
@@ -418,8 +465,12 @@ class Worker:
         self._release([received.receipt_handle], self._backoff_s(received.receive_count))
 
     def _give_back(self, tiles: list[TileWork]) -> None:
-        """Prefetched tiles the model will not get to (stopping): visible again at once, for another worker."""
-        self._release([t.received.receipt_handle for t in tiles], 0)
+        """Prefetched tiles the model will not get to (stopping): visible again at once, for another worker.
+
+        Only those still held: a message already released (grace over, abort) may be another worker's by now.
+        """
+        held = set(self._lease.handles())
+        self._release([t.received.receipt_handle for t in tiles if t.received.receipt_handle in held], 0)
 
     # -- compute stage (am-compute thread) -----------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import boto3
@@ -10,14 +11,17 @@ from botocore.exceptions import (
     ClientError,
     CredentialRetrievalError,
     EndpointConnectionError,
+    HTTPClientError,
     MetadataRetrievalError,
     NoCredentialsError,
+    ProxyConnectionError,
     ReadTimeoutError,
+    SSLError,
 )
 from botocore.stub import Stubber
 
 from am.errors import InputError, TransportError
-from am.transport.retry import RetryPolicy, is_retryable
+from am.transport.retry import RetryPolicy, gave_up_waiting, is_retryable
 from am.transport.storage import Storage
 
 
@@ -136,3 +140,45 @@ def test_storage_retries_through_a_real_client_with_stubbed_failures() -> None:
 def test_bad_policy_is_refused() -> None:
     with pytest.raises(TransportError, match="at least 1"):
         RetryPolicy(attempts=0)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SSLError(endpoint_url="https://s3.amazonaws.com", error="[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC]"),
+        ProxyConnectionError(proxy_url="http://proxy:3128", error="Connection refused"),
+        HTTPClientError(error="Connection broken: IncompleteRead(0 bytes read)"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+    ids=["SSLError", "ProxyConnectionError", "HTTPClientError", "builtin-ConnectionResetError"],
+)
+def test_botocore_connection_and_http_client_failures_are_retried(error: BaseException) -> None:
+    # botocore's standard retry mode retries its ConnectionError family and HTTPClientError: a TLS
+    # reset or a connection broken mid-response is as transient as an endpoint that did not answer.
+    assert is_retryable(error)
+    retry, waits = policy(attempts=4)
+    flaky = Flaky([error] * 3)
+    assert retry.call("put s3://b/k", flaky) == "ok"
+    assert flaky.calls == 4 and len(waits) == 3
+
+
+def test_waits_before_each_attempt_reach_the_documented_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Full jitter: the wait before attempt n is uniform in [0, min(max_wait_s, base_s * 2**n)]; at the
+    # top of every range the default policy waits 0.8 + 1.6 + 3.2 + 6.4 + 10 = 22 s before giving up.
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    waits: list[float] = []
+    with pytest.raises(TransportError, match=r"failed 6 time\(s\)"):
+        RetryPolicy(sleep=waits.append).call("get s3://b/k", Flaky([client_error("SlowDown", 503)] * 6))
+    assert waits == pytest.approx([0.8, 1.6, 3.2, 6.4, 10.0])
+    assert sum(waits) == pytest.approx(22.0)
+
+
+def test_gave_up_waiting_tells_an_outage_from_a_fault_of_the_call() -> None:
+    retry, _ = policy(attempts=2)
+    with pytest.raises(TransportError) as throttled:
+        retry.call("get s3://b/k", Flaky([client_error("SlowDown", 503)] * 2))
+    with pytest.raises(TransportError) as refused:
+        retry.call("get s3://b/k", Flaky([client_error("AccessDenied", 403)]))
+    assert gave_up_waiting(throttled.value)
+    assert not gave_up_waiting(refused.value)
+    assert not gave_up_waiting(client_error("SlowDown", 503))  # not yet given up: the policy's own business

@@ -80,7 +80,10 @@ def test_prefetcher_stop_discards_what_was_not_taken(pool: ThreadPoolExecutor) -
     wait_until(lambda: prefetcher.waiting == 2, timeout=30, what="two batches waiting")
     prefetcher.stop()
     prefetcher.stop()  # idempotent
-    assert source.discarded == [[0, 1, 2], [3, 4, 5]]
+    # Given back in one call, once the receiving thread has seen the stop (no receive under way).
+    wait_until(lambda: bool(source.discarded), timeout=30, what="the batches discarded")
+    assert prefetcher.join(5)
+    assert source.discarded == [[0, 1, 2, 3, 4, 5]]
     assert prefetcher.take() is None
     time.sleep(0.2)
     assert source.calls == 2

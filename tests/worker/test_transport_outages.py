@@ -1,0 +1,159 @@
+"""S3 throttling and lost connections cost a tile no receive, and one stop costs a message at most one.
+
+Faults are injected at botocore's before-send hook of a real S3 client on moto, so the worker sees
+them exactly as it would see S3's; the client's own retries are off, so the counts are exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.config import Config
+from botocore.exceptions import SSLError
+
+from am.transport.queue import Received
+from am.transport.storage import Storage
+from am.worker import batch
+from am.worker.worker import HELD_WAIT_S
+from tests.waiting import wait_until
+
+from .conftest import FAST_RETRY, Env, FakePredictor, expected_mask, run_in_thread
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.data
+
+
+class Faults:
+    """Answers the first ``count`` calls of ``operation`` with a fault (all of them when ``count`` is None)."""
+
+    def __init__(self, client: Any, operation: str, *, count: int | None, fault: str) -> None:
+        self.left = count
+        self.fault = fault
+        self.injected = 0
+        self.lock = threading.Lock()
+        client.meta.events.register(f"before-send.s3.{operation}", self)
+
+    def __call__(self, request: Any, **_: Any) -> AWSResponse | None:
+        with self.lock:
+            if self.left is not None:
+                if self.left <= 0:
+                    return None
+                self.left -= 1
+            self.injected += 1
+        if self.fault == "ssl":
+            raise SSLError(endpoint_url=request.url, error="[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac")
+        return AWSResponse(request.url, 503, {"Content-Type": "application/xml"}, _Body(SLOW_DOWN))
+
+
+def _s3_without_botocore_retries() -> Any:
+    return boto3.client("s3", region_name="us-east-1",
+                        config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+
+
+@pytest.fixture(autouse=True)
+def _short_outage_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "OUTAGE_PAUSE_S", 0.01)
+
+
+@pytest.mark.parametrize(("operation", "fault"), [("GetObject", "throttle"), ("PutObject", "ssl")])
+def test_an_outage_longer_than_the_retry_policy_costs_the_tile_no_receive(env: Env, operation: str,
+                                                                          fault: str) -> None:
+    # FAST_RETRY gives up after 3 attempts: 7 faults in a row outlast it twice over, as minutes of
+    # SlowDown outlast the default policy. The message stays held and the tile is done at its first receive.
+    env.put_tiles([0, 1])
+    client = _s3_without_botocore_retries()
+    faults = Faults(client, operation, count=7, fault=fault)
+    worker = env.worker(FakePredictor(), storage=Storage(client, threads=4, retry=FAST_RETRY), batch_size=2)
+    assert worker.run() == 0
+    assert faults.injected == 7
+    results = env.collect_results()
+    assert sorted((r.tiles[0], r.status, r.attempt) for r in results) == [(0, "done", 1), (1, "done", 1)]
+    assert worker.stats.failed == 0
+    assert env.dlq.depth() == {"visible": 0, "in_flight": 0}
+    assert env.queue.depth() == {"visible": 0, "in_flight": 0}
+    for n in (0, 1):
+        assert (env.mask(n) == expected_mask(n)).all()
+
+
+def test_an_outage_beyond_the_workers_patience_stops_it_with_every_message_given_back(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.put_tiles(range(3))
+    client = _s3_without_botocore_retries()
+    faults = Faults(client, "GetObject", count=None, fault="throttle")
+    worker = env.worker(FakePredictor(), storage=Storage(client, threads=4, retry=FAST_RETRY), batch_size=4,
+                        outage_s=0.5, idle_exit_s=30)
+    with caplog.at_level(logging.ERROR, logger="am.worker.worker"):
+        assert worker.run() == 1
+    assert faults.injected > 3  # retried past the policy's own attempts
+    assert env.collect_results() == []  # no tile was reported failed
+    assert worker.stats.failed == 0
+    assert env.dlq.depth() == {"visible": 0, "in_flight": 0}
+    assert env.queue.depth() == {"visible": 3, "in_flight": 0}
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("still failing after" in m and "giving every held message back and exiting" in m for m in errors), \
+        errors
+    # Received once each by this worker; the next receive is the second, with one more to go.
+    again = env.queue.receive(max_messages=10, wait_s=0)
+    assert sorted(m.receive_count for m in again) == [2, 2, 2]
+
+
+def test_one_stop_costs_a_prefetched_message_one_receive(env: Env) -> None:
+    # The stop comes while the receiving thread polls for a third message, the second one prefetched.
+    env.put_tiles([0, 1])
+    predictor = FakePredictor()
+    predictor.release.clear()
+    worker = env.worker(predictor, batch_size=1, idle_exit_s=30)
+    real_receive = worker._queue.receive
+    calls: list[int] = []
+    third_poll = threading.Event()
+
+    def receive(**kwargs: Any) -> list[Received]:
+        calls.append(kwargs["wait_s"])
+        if len(calls) >= 3:
+            third_poll.set()
+        return real_receive(**kwargs)
+
+    worker._queue.receive = receive  # type: ignore[method-assign]
+    thread, out = run_in_thread(worker)
+    assert third_poll.wait(30), "the worker never polled for a third message"
+    started = time.monotonic()
+    worker.stop()
+    predictor.release.set()
+    thread.join(30)
+    assert out == {"code": 0}
+    assert time.monotonic() - started < HELD_WAIT_S + 10  # within a local worker's 25 s grace
+    assert [(r.tiles[0], r.status) for r in env.collect_results()] == [(0, "done")]  # tile 1 was given back
+    again = env.queue.receive(wait_s=0)
+    assert [(m.body, m.receive_count) for m in again] == [(env.message(1).to_json(), 2)]
+
+
+def test_a_stop_during_an_outage_gives_the_messages_back_after_the_grace_and_exits_0(env: Env) -> None:
+    env.put_tiles(range(2))
+    client = _s3_without_botocore_retries()
+    faults = Faults(client, "GetObject", count=None, fault="throttle")
+    worker = env.worker(FakePredictor(), storage=Storage(client, threads=4, retry=FAST_RETRY), batch_size=2,
+                        idle_exit_s=30, stop_grace_s=0.5)
+    thread, out = run_in_thread(worker)
+    wait_until(lambda: faults.injected > 6, timeout=30, what="two rounds of the retry policy")
+    worker.stop()
+    thread.join(30)
+    assert out == {"code": 0}
+    assert env.collect_results() == []
+    assert worker.stats.failed == 0
+    assert env.dlq.depth() == {"visible": 0, "in_flight": 0}
+    assert env.queue.depth() == {"visible": 2, "in_flight": 0}
