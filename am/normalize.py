@@ -33,14 +33,18 @@ SAMPLE_PIXELS = 1 << 22
 MIN_INTEGER_SPREAD = 2
 # The same for floating-point pixels, relative to their magnitude: a smaller spread is float32 rounding.
 MIN_FLOAT_SPREAD = 1e-6
-# Fill and glare: the image's lowest (or highest) level is left out of the percentiles where it holds
-# at least this share of the pixels and lies apart from every other level, further than FILL_GAP_FACTOR
-# times the usual step between the levels the image uses. Zero fill around a mosaic or a rotated scan,
-# or a saturated glare, over a few per cent of a 16-bit image would otherwise be the 1st or 99th
-# percentile, and the tissue's few thousand levels would be squeezed into a dozen output levels.
-# A stretched image's clipped tails sit next to the levels above them, and are kept.
+# Fill and glare: the image's lowest level, where it is zero (fill), or its highest, where it is a
+# sensor's saturation (2**k - 1 for 8 to 16 bits, the type's maximum, 1.0 for floats), is left out of
+# the percentiles where it holds at least this share of the pixels and lies apart from every other
+# level, further than FILL_GAP_FACTOR times the usual step between the levels the image uses. Zero
+# fill around a mosaic or a rotated scan, or a saturated glare, over a few per cent of a 16-bit image
+# would otherwise be the 1st or 99th percentile, and the tissue's few thousand levels would be
+# squeezed into a dozen output levels. A stretched image's clipped tails sit next to the levels
+# above them, and a mark's blurred edge fills the levels between it and the tissue: both are kept.
+# So are marks drawn at one flat level that is neither (a rendered test image's).
 FILL_MIN_FRACTION = 0.005
 FILL_GAP_FACTOR = 4
+SATURATION_BITS = range(8, 17)
 
 
 def normalize(
@@ -191,7 +195,7 @@ def _percentiles(grey: np.ndarray, low_pct: float, high_pct: float, *, name: str
         counts, offset = _histogram(grey)
         if counts is not None:
             used = np.flatnonzero(counts)
-            for index in _fill_levels(used, counts[used], name=name, offset=offset):
+            for index in _fill_levels(used, counts[used], name=name, offset=offset, dtype=grey.dtype):
                 counts[used[index]] = 0
             cumulative = np.cumsum(counts)
             return (
@@ -201,14 +205,15 @@ def _percentiles(grey: np.ndarray, low_pct: float, high_pct: float, *, name: str
     step = max(1, int(np.ceil(np.sqrt(grey.size / SAMPLE_PIXELS))))
     sample = grey[::step, ::step].astype(np.float64).ravel()
     levels, level_counts = np.unique(sample, return_counts=True)
-    fill = levels[_fill_levels(levels, level_counts, name=name)]
+    fill = levels[_fill_levels(levels, level_counts, name=name, dtype=grey.dtype)]
     if fill.size:
         sample = sample[~np.isin(sample, fill)]
     lo, hi = np.percentile(sample, [low_pct, high_pct])
     return float(lo), float(hi)
 
 
-def _fill_levels(levels: np.ndarray, counts: np.ndarray, *, name: str, offset: int = 0) -> list[int]:
+def _fill_levels(levels: np.ndarray, counts: np.ndarray, *, name: str, dtype: np.dtype,
+                 offset: int = 0) -> list[int]:
     """Indices into ``levels`` (the levels an image uses, ascending, with their pixel ``counts``) of its
     lowest and highest level where they are fill or glare (:data:`FILL_MIN_FRACTION`); logged.
 
@@ -219,14 +224,25 @@ def _fill_levels(levels: np.ndarray, counts: np.ndarray, *, name: str, offset: i
     gaps = np.diff(levels)
     apart = FILL_GAP_FACTOR * float(np.median(gaps))
     least = FILL_MIN_FRACTION * float(counts.sum())
+    low, high = _fill_values(dtype)
     ends = ((0, float(gaps[0]), "lowest"), (levels.size - 1, float(gaps[-1]), "highest"))
-    fill = [index for index, gap, _ in ends if counts[index] >= least and gap > apart]
+    fill = [index for index, gap, _ in ends
+            if counts[index] >= least and gap > apart and levels[index] + offset in (low if index == 0 else high)]
     for index, _, which in ends:
         if index in fill:
             log.info("%s: %.1f %% of its pixels are at its %s level %s, set apart from the others (fill or "
                      "glare): left out of the contrast stretch", name, 100.0 * counts[index] / counts.sum(), which,
                      _level_text(levels[index] + offset))
     return fill
+
+
+def _fill_values(dtype: np.dtype) -> tuple[frozenset[float], frozenset[float]]:
+    """The levels fill may have (zero, or the type's least) and those glare saturates at."""
+    if dtype.kind == "f":
+        return frozenset({0.0}), frozenset({1.0})
+    info = np.iinfo(dtype)
+    saturated = {float(2**bits - 1) for bits in SATURATION_BITS if 2**bits - 1 <= info.max}
+    return frozenset({0.0, float(info.min)}), frozenset({*saturated, float(info.max)})
 
 
 def _level_text(level: float) -> str:

@@ -198,3 +198,13 @@ def test_a_few_hot_pixels_are_no_glare() -> None:
     lo, hi = np.percentile(hot, [1.0, 99.0])
     expected = np.rint(np.clip((hot.astype(np.float64) - lo) * 255.0 / (hi - lo), 0, 255)).astype(np.uint8)
     assert np.abs(normalize(hot).astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_marks_drawn_at_one_flat_level_are_no_glare() -> None:
+    """A rendered image's marks at one level, apart from the tissue's, are neither zero nor a sensor's
+    saturation: they stay the top of the stretch, as they were."""
+    image = np.random.default_rng(6).normal(90, 12, (200, 200)).clip(0, 255).astype(np.uint8)
+    image[::20, :] = 200
+    lo, hi = np.percentile(image, [1.0, 99.0])
+    expected = np.rint(np.clip((image.astype(np.float64) - lo) * 255.0 / (hi - lo), 0, 255)).astype(np.uint8)
+    assert np.abs(normalize(image).astype(int) - expected.astype(int)).max() <= 1
