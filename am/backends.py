@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from am.errors import ConfigError, InputError, MissingBucket, MissingObject, TransportError
 from am.launchers import Launcher
 from am.settings import Settings
-from am.transport.clients import ClientFactory
+from am.transport.clients import EMBEDDED_REGION, ClientFactory, embedded_worker_variables
 from am.transport.queue import delete_queue, ensure_tile_queues
 from am.transport.retry import RetryPolicy
 from am.transport.storage import NamedBucket, Storage, require_existing_buckets
@@ -115,7 +115,8 @@ def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
             if settings.keep_job_data:
                 log.warning("keep_job_data has no effect on the embedded endpoint: its objects go when it stops at "
                             "the end of the run (set endpoint_url to an S3 endpoint that outlives the run)")
-            endpoint_url = stack.enter_context(EmbeddedEndpoint()).url
+            # Its URL reaches only this process's clients and the workers started below, which carry its token.
+            endpoint_url = stack.enter_context(EmbeddedEndpoint(require_token=True)).url
         clients = ClientFactory(endpoint_url=endpoint_url, region=settings.region)
         storage = Storage(clients.s3(), threads=settings.transfer_threads)
         storage.ensure_bucket(settings.input_bucket)
@@ -141,8 +142,17 @@ def open_local_backend(settings: Settings, *, model: str, log_dir: Path,
             output_bucket=settings.output_bucket, model=model, endpoint_url=endpoint_url,
             threads=threads,
         )
+        if not settings.endpoint_url:
+            env.update(_embedded_worker_environment(endpoint_url))
         yield Backend("local", clients, launcher, queue_url, dlq_url, settings.input_bucket,
                       settings.output_bucket, model, env, max_receive_count=settings.max_receive_count)
+
+
+def _embedded_worker_environment(endpoint_url: str) -> dict[str, str]:
+    """What workers of the embedded endpoint are told over the usual: which endpoint is the embedded one (so
+    their clients use no proxy and none of the user's AWS set-up) and its region, which means nothing there
+    (moto serves real region names only: AWS_REGION=localhost answered every request with an HTML 500)."""
+    return {**embedded_worker_variables(endpoint_url), "AM_REGION": EMBEDDED_REGION}
 
 
 def _warn_replaced_threads(base_environment: Mapping[str, str], threads: int) -> None:

@@ -20,16 +20,22 @@ from pathlib import Path
 
 from am.errors import LauncherError
 from am.launchers.children import die_with_parent
+from am.transport.clients import EMBEDDED_ENDPOINT_VARIABLE, ENDPOINT_TOKEN_VARIABLE
 from am.worker.config import DEFAULT_STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
 # Seconds from SIGTERM to SIGKILL; the worker's grace is this less its release margin (STOP_RELEASE_MARGIN_S).
 STOP_TIMEOUT_S = DEFAULT_STOP_TIMEOUT_S
-# Credentials in the orchestrator's environment. Workers of the embedded endpoint get none: it
-# accepts any key, so real keys would only be exposed to more processes for nothing. Workers of a
-# configured endpoint must sign their requests the way the orchestrator does, so they keep them.
-CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+# The user's AWS set-up in the orchestrator's environment: keys, and everything that names a profile, a
+# config or credentials file, a role to assume, a container's credentials or a region. Workers of the
+# embedded endpoint get none of it: the endpoint accepts any key (their clients sign with placeholder
+# keys, am.transport.clients), so real keys would only be exposed to more processes for nothing, and a
+# broken profile, an expired SSO sign-in or a credential process failed or prompted in each worker.
+# Workers of a configured endpoint must sign their requests the way the orchestrator does, so they keep it.
+AWS_SETUP_PREFIX = "AWS_"
+# Set by the backend for workers of the embedded endpoint alone; one inherited must never reach other workers.
+BACKEND_ONLY_VARIABLES = (EMBEDDED_ENDPOINT_VARIABLE, ENDPOINT_TOKEN_VARIABLE)
 
 
 def launcher_variables(number: int, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> dict[str, str]:
@@ -38,19 +44,28 @@ def launcher_variables(number: int, *, stop_timeout_s: float = STOP_TIMEOUT_S) -
     return {"AM_WORKER_ID": f"local-{os.getpid()}-{number}", "AM_STOP_TIMEOUT_S": str(stop_timeout_s)}
 
 
+def inherited_environment(base_environment: Mapping[str, str], *, strip_aws: bool) -> dict[str, str]:
+    """What workers inherit of ``base_environment``: without the backend's own variables, and with
+    ``strip_aws`` without any ``AWS_*`` one; the names dropped are logged at DEBUG, never their values."""
+    dropped = sorted(name for name in base_environment
+                     if name in BACKEND_ONLY_VARIABLES or (strip_aws and name.startswith(AWS_SETUP_PREFIX)))
+    if dropped:
+        log.debug("not passed on to the local workers: %s", ", ".join(dropped))
+    return {name: value for name, value in base_environment.items() if name not in dropped}
+
+
 class LocalLauncher:
     """Starts and stops worker subprocesses; each writes its log to ``log_dir/worker-N.log``.
 
-    ``strip_credentials`` drops :data:`CREDENTIAL_VARIABLES` from ``base_environment``: right for
-    the embedded endpoint, wrong for a configured one that checks them.
+    ``strip_credentials`` drops every ``AWS_*`` variable (:data:`AWS_SETUP_PREFIX`) from
+    ``base_environment``: right for the embedded endpoint, wrong for a configured one that checks keys.
     """
 
     def __init__(self, *, log_dir: Path, python: str = sys.executable, base_environment: Mapping[str, str],
                  strip_credentials: bool = True, stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
         self._log_dir = Path(log_dir)
         self._python = python
-        self._base_env = {k: v for k, v in base_environment.items()
-                          if not (strip_credentials and k in CREDENTIAL_VARIABLES)}
+        self._base_env = inherited_environment(base_environment, strip_aws=strip_credentials)
         self._stop_timeout_s = stop_timeout_s
         self._procs: list[subprocess.Popen[bytes]] = []
         given = base_environment.get("AM_STOP_TIMEOUT_S", "").strip()
