@@ -219,7 +219,7 @@ class ClientFactory:
         core.register_component("data_loader", _shared_loader(core))
         if embedded or (is_loopback(self.endpoint_url) and not _has_local_credentials(core)):
             core.set_credentials(_LOCAL_ACCESS_KEY, _LOCAL_SECRET_KEY)
-        region = EMBEDDED_REGION if embedded else self.region
+        region = self.client_region
         if region != self.region:
             log.debug("region %s is not used on the embedded endpoint; its clients use %s", self.region, region)
         session = boto3.session.Session(botocore_session=core, region_name=region)
