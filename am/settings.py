@@ -367,7 +367,8 @@ def _read_config(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 # AM_* variables that are no setting: the config file's path, what workers and servers read alone
 # (am/worker/config.py, am.serve), and the Makefile's switch for a GPU machine's own python.
 OTHER_AM_VARIABLES = frozenset({"AM_CONFIG", "AM_QUEUE_URL", "AM_THREADS", "AM_PRECISION", "AM_COMPILE",
-                                "AM_POSTPROCESS", "AM_STOP_TIMEOUT_S", "AM_MAX_BATCH_S", "AM_WORKER_ID",
+                                "AM_POSTPROCESS", "AM_STOP_TIMEOUT_S", "AM_MAX_BATCH_S", "AM_OUTAGE_PATIENCE_S",
+                                "AM_WORKER_ID",
                                 "AM_SYSTEM_PYTHON"})
 _warned_unknown: set[str] = set()
 # The least tile_overlap at which every flat area is blanked in the stitched mask: twice the side

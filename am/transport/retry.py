@@ -2,7 +2,9 @@
 
 A call is retried with exponential backoff and full jitter when AWS says to slow down, when
 the service failed (HTTP 5xx), or when the connection failed or timed out. Anything else,
-a 403 or a missing key say, cannot improve by waiting and fails at once. When the attempts
+a 403 or a missing key say, cannot improve by waiting and fails at once; so does a TLS failure
+of this machine's set-up (the endpoint's certificate not trusted by the CA bundle, or a CA bundle
+that cannot be read), raised as :class:`UntrustedEndpoint`. When the attempts
 run out, :class:`~am.errors.TransportError` names the call, the attempts and the last error::
 
     policy = RetryPolicy(attempts=6)
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -32,9 +36,10 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from botocore.exceptions import SSLError as BotocoreSSLError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from am.errors import AmError, TransportError
+from am.errors import AmError, ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +98,22 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     MetadataRetrievalError,
 )
 HTTP_TOO_MANY_REQUESTS = 429
+# OpenSSL libraries whose errors come from reading certificates (a CA bundle that is not PEM, holds no
+# certificate), never from the network: "[X509: NO_CERTIFICATE_OR_CRL_FOUND]", "[PEM: ...]".
+CERTIFICATE_FILE_LIBRARIES = frozenset({"X509", "PEM"})
+# What an SSLError's cause may be when the CA bundle file itself cannot be opened.
+UNREADABLE_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+CA_BUNDLE_HINT = "check AWS_CA_BUNDLE / ca_bundle (the AWS config) or the endpoint URL"
 
 
 class RetryableError(Exception):
     """Raise inside a retried call to ask for another attempt, e.g. when a batch call partly failed."""
+
+
+class UntrustedEndpoint(ConfigError, TransportError):
+    """TLS failed because of this machine's set-up: the endpoint's certificate did not verify against the
+    CA bundle, or the CA bundle cannot be read. Waiting cannot fix either, and every call to the endpoint
+    fails alike, so it is not retried; a worker stops on it at once instead of waiting out an "outage"."""
 
 
 def error_code(exc: BaseException) -> str:
@@ -113,8 +130,60 @@ def http_status(exc: BaseException) -> int:
     return 0
 
 
+def tls_setup_problem(exc: BaseException) -> str:
+    """What is wrong with this machine's TLS set-up when ``exc`` is botocore's SSLError for one, else "".
+
+    botocore's standard retry mode (and ours before) treats every SSLError as a dropped connection, so a
+    CA bundle that does not hold the endpoint's CA was waited on as an outage. A certificate that fails
+    verification, or a CA bundle that is missing or not PEM, is told apart here by the exception botocore
+    wraps (urllib3's SSLError around ``ssl.SSLCertVerificationError``, an ``ssl.SSLError`` of OpenSSL's
+    X509 or PEM library, or the OSError of opening the file); a connection reset during the handshake or
+    an SSL EOF is none of those and stays retryable.
+    """
+    if not isinstance(exc, BotocoreSSLError):
+        return ""
+    endpoint = _endpoint_of(str(exc.kwargs.get("endpoint_url", "")))
+    wrapped = list(_wrapped(exc.kwargs.get("error")))
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in wrapped) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        reason = next((e for e in wrapped if isinstance(e, ssl.SSLCertVerificationError)), None)
+        detail = getattr(reason, "verify_message", "") or "certificate verify failed"
+        return (f"certificate verification failed for {endpoint} ({detail}); {CA_BUNDLE_HINT}: the bundle must hold "
+                "the CA that signed the endpoint's certificate")
+    for error in wrapped:
+        if isinstance(error, ssl.SSLError) and getattr(error, "library", None) in CERTIFICATE_FILE_LIBRARIES:
+            return (f"the CA bundle for {endpoint} holds no usable certificate ({error}); {CA_BUNDLE_HINT}: it "
+                    "must name a PEM file of CA certificates")
+        if isinstance(error, UNREADABLE_FILE_ERRORS):
+            return (f"the CA bundle for {endpoint} cannot be read ({type(error).__name__}: {error.strerror or error}); "
+                    f"{CA_BUNDLE_HINT}: it must name a readable PEM file of CA certificates")
+    return ""
+
+
+def _wrapped(error: object) -> list[BaseException]:
+    """``error`` and the exceptions inside it: its arguments (urllib3 wraps the ssl module's error in
+    its own), causes and contexts, each once."""
+    found: list[BaseException] = []
+    todo = [error]
+    while todo and len(found) < 16:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or any(item is seen for seen in found):
+            continue
+        found.append(item)
+        todo.extend(arg for arg in item.args if isinstance(arg, BaseException))
+        todo.extend((item.__cause__, item.__context__))
+    return found
+
+
+def _endpoint_of(url: str) -> str:
+    """The scheme and host of a request URL: the endpoint whose certificate it is, without bucket or key."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else (url or "the endpoint")
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Whether waiting and trying again can help: throttling, 5xx, connection failures."""
+    """Whether waiting and trying again can help: throttling, 5xx, connection failures (not a TLS set-up fault)."""
+    if tls_setup_problem(exc):
+        return False
     if isinstance(exc, (RetryableError, *CONNECTION_ERRORS)):
         return True
     if isinstance(exc, ClientError):
@@ -196,6 +265,8 @@ class RetryPolicy:
         except AmError:
             raise
         except (ClientError, BotoCoreError, RetryableError, *CONNECTION_ERRORS) as exc:
+            if problem := tls_setup_problem(exc):
+                raise UntrustedEndpoint(f"{what} failed: {problem}") from exc
             if is_retryable(exc):
                 raise TransportError(
                     f"{what} failed {self.attempts} time(s), giving up; last error: {describe(exc)}. "
@@ -217,9 +288,11 @@ __all__ = [
     "DEFAULT_POLICY",
     "RetryPolicy",
     "RetryableError",
+    "UntrustedEndpoint",
     "describe",
     "error_code",
     "gave_up_waiting",
     "http_status",
     "is_retryable",
+    "tls_setup_problem",
 ]

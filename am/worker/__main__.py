@@ -7,7 +7,9 @@ AM_BATCH_SIZE (0: 4 on CPU, 64 on CUDA), AM_IDLE_EXIT_S, AM_VISIBILITY_TIMEOUT_S
 AM_STOP_TIMEOUT_S (seconds from SIGTERM to SIGKILL, default 40: a stopped worker finishes its
 work in hand for all but the last 15 of them, then gives back what is left), AM_MAX_BATCH_S
 (default 900: a model call of AM_BATCH_SIZE tiles running longer is taken for a hung device; the
-worker gives its messages back and exits 1), AM_THREADS
+worker gives its messages back and exits 1), AM_OUTAGE_PATIENCE_S (default 300: how long a tile's
+transfer or an s3:// model's download is retried while S3 throttles or cannot be reached, its messages
+held, before the worker gives them back and exits 1), AM_THREADS
 (torch CPU threads, 0: torch's default), AM_COMPILE (auto|on|off: torch.compile, auto on CUDA
 only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, bf16 on a CPU with AMX tile units,
 fp32 on other CPUs), AM_POSTPROCESS
@@ -16,8 +18,10 @@ AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
 
 Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when a bucket, or the
 bucket or object of an s3:// model not yet loaded, does not exist (at start, or gone while running),
-the model cannot be loaded, the worker breaks, a model call hangs, or a second signal aborts it,
-2 for bad settings or any command-line argument other than -h/--help.
+the model cannot be loaded, S3 stays unavailable beyond AM_OUTAGE_PATIENCE_S, the endpoint's
+certificate does not verify against the CA bundle (AWS_CA_BUNDLE) or that bundle cannot be read, the
+worker breaks, a model call hangs, or a second signal aborts it, 2 for bad settings or any
+command-line argument other than -h/--help.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -40,15 +45,19 @@ from am.errors import AmError, ConfigError, TransportError
 from am.model.memory import retain_freed_memory
 from am.transport.clients import ClientFactory
 from am.transport.queue import Queue
+from am.transport.retry import UntrustedEndpoint
 from am.transport.storage import NamedBucket, Storage, require_existing_buckets
 from am.worker.config import WorkerConfig
 from am.worker.models import MissingModel, ModelCache, Predictor
-from am.worker.worker import EXIT_FAILED, OPENCV_THREADS, Worker
+from am.worker.outage import TransferAbandoned, never_abandoned, patiently
+from am.worker.worker import EXIT_FAILED, EXIT_OK, OPENCV_THREADS, Worker
 
 log = logging.getLogger("am.worker")
 
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+# How often a start-up wait for S3 looks whether a signal asked the worker to stop.
+_SIGNAL_POLL_S = 0.1
 
 
 class ShutdownSignals:
@@ -65,6 +74,17 @@ class ShutdownSignals:
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Pause up to ``timeout_s``; True once a signal has asked the worker to stop.
+
+        Polls the counter: the handler only counts (see :meth:`_handle`), and setting a
+        ``threading.Event`` from it could deadlock on the lock the interrupted code holds.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.received and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(_SIGNAL_POLL_S, left))
+        return bool(self.received)
 
     def attach(self, worker: Worker) -> None:
         self._worker = worker
@@ -84,8 +104,12 @@ class ShutdownSignals:
             self._worker.abort()
 
 
-def build_worker(config: WorkerConfig) -> Worker:
-    """Clients, storage, queue and models for ``config``; loads the start-up model now, so a bad one fails fast."""
+def build_worker(config: WorkerConfig, *, stopped: Callable[[float], bool] = never_abandoned) -> Worker:
+    """Clients, storage, queue and models for ``config``; loads the start-up model now, so a bad one fails fast.
+
+    ``stopped(seconds)`` pauses between the rounds of an S3 outage met while loading the model and says
+    whether the worker was told to stop meanwhile (:meth:`ShutdownSignals.wait`).
+    """
     from am.model.checkpoint import default_model_path
     from am.model.predict import Predictor as UNetPredictor
 
@@ -102,7 +126,7 @@ def build_worker(config: WorkerConfig) -> Worker:
         cache_dir=Path(tempfile.gettempdir()) / "am-segm-models",
     )
     model = config.model or str(default_model_path())
-    predictor = load_start_up_model(models, model)
+    predictor = load_start_up_model(models, model, outage_s=config.outage_patience_s, stopped=stopped)
     queue = Queue(sqs, config.queue_url)
     max_receives, dead_letter_url = queue.redrive()
     return Worker(
@@ -120,6 +144,7 @@ def build_worker(config: WorkerConfig) -> Worker:
         worker_id=config.worker_id,
         stop_grace_s=config.stop_grace_s,
         max_batch_s=config.max_batch_s,
+        outage_s=config.outage_patience_s,
     )
 
 
@@ -133,6 +158,9 @@ def require_buckets(storage: Storage, config: WorkerConfig) -> None:
     """
 
     def go_on(named: NamedBucket, exc: TransportError) -> None:
+        if isinstance(exc, UntrustedEndpoint):
+            # Not a right the role may lack: nothing else the worker does with S3 could succeed either.
+            raise exc
         log.warning("cannot check that bucket %s (%s) exists, going on (HeadBucket needs s3:ListBucket; a "
                     "missing bucket will stop the worker at its first tile instead): %s", named.bucket, named.setting,
                     exc)
@@ -147,16 +175,20 @@ def require_buckets(storage: Storage, config: WorkerConfig) -> None:
     )
 
 
-def load_start_up_model(models: ModelCache, model: str) -> Predictor:
+def load_start_up_model(models: ModelCache, model: str, *, outage_s: float,
+                        stopped: Callable[[float], bool] = never_abandoned) -> Predictor:
     """Load AM_MODEL before anything is received. An ``s3://`` one whose bucket or object does not exist is
     refused naming the setting: S3's answer alone (bucket X does not exist) does not say which of the
     worker's settings to fix.
 
-    A model that cannot be looked up for another reason (a refusal: without s3:ListBucket S3 answers
-    403 also for a missing key) is raised as it is, with S3's answer: nothing says it is missing.
+    S3 throttling or an unreachable S3 is waited out for up to ``outage_s`` (AM_OUTAGE_PATIENCE_S), as
+    for a tile's transfer: a fleet started during a blip must not all exit on it. A model that cannot
+    be looked up for another reason (a refusal: without s3:ListBucket S3 answers 403 also for a missing
+    key) is raised at once, with S3's answer: nothing says it is missing.
     """
     try:
-        return models(model)
+        return patiently(f"download of model {model} (AM_MODEL)", lambda: models(model), outage_s=outage_s,
+                         wait=stopped)
     except MissingModel as exc:
         raise ConfigError(f"AM_MODEL = {model} cannot be loaded: {exc.reason}; set AM_MODEL to the s3:// URI of an "
                           "uploaded checkpoint (on AWS, the stack's ModelUri output, where make upload-model puts "
@@ -188,7 +220,11 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
     signals.install()
     enable_stack_dumps()
     try:
-        worker = build_worker(config)
+        worker = build_worker(config, stopped=signals.wait)
+    except TransferAbandoned as exc:
+        # Told to stop while waiting for S3 to load the model: nothing was received, nothing is held.
+        log.info("worker %s stopped while starting: %s", config.worker_id, exc)
+        return EXIT_OK if signals.received == 1 else EXIT_FAILED
     except AmError as exc:
         log.error("worker %s cannot start: %s", config.worker_id, exc)
         return EXIT_FAILED

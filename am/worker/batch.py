@@ -5,9 +5,11 @@ its own outcome, so one corrupt or missing object fails alone while the rest of 
 completes; only an inference error fails every message that shared the forward passes. A
 missing bucket is no message's fault: it is raised, and stops the worker; so is an ``s3://`` model
 not yet loaded whose bucket or object does not exist (:class:`~am.worker.models.MissingModel`).
-Nor is S3 throttling or a lost connection that outlasts the retry policy: the transfer is tried
-again, the message still held, for up to ``outage_s``, and after that :class:`StorageOutage` is
-raised, which stops the worker with its messages given back, their tiles not charged a failure.
+Nor is S3 throttling or a lost connection that outlasts the retry policy: the transfer (or the
+download of a model not yet loaded) is tried again, the message still held, for up to ``outage_s``
+(:mod:`am.worker.outage`), and after that :class:`StorageOutage` is raised, which stops the worker
+with its messages given back, their tiles not charged a failure; so is an endpoint whose certificate
+the CA bundle does not verify (:class:`~am.transport.retry.UntrustedEndpoint`), at once.
 Nothing here touches SQS: the worker decides what an outcome means for the message. ``fetch``
 and ``put`` handle one message and run on the I/O pools of the prefetch and upload stages;
 ``infer`` handles a whole batch of messages on the compute thread, in model calls of
@@ -33,13 +35,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from am.errors import AmError, InputError, MissingBucket, TransportError, WorkerError
+from am.errors import AmError, InputError, MissingBucket, WorkerError
 from am.messages import TileMessage
 from am.tilepack import pack_masks, unpack_tiles
 from am.transport.queue import Received
-from am.transport.retry import gave_up_waiting
+from am.transport.retry import UntrustedEndpoint
 from am.transport.storage import Storage
+from am.worker.config import DEFAULT_OUTAGE_PATIENCE_S
 from am.worker.models import MissingModel, Predictor
+from am.worker.outage import StorageOutage, TransferAbandoned, patiently
 from am.worker.timing import StageClock
 
 log = logging.getLogger(__name__)
@@ -48,24 +52,10 @@ T = TypeVar("T")
 
 # Errors travel back in a TileResult and into the orchestrator's summary: keep them short.
 MAX_ERROR_CHARS = 300
-# How long a tile's download or upload keeps being retried while S3 throttles or cannot be reached,
-# the message held meanwhile (the heartbeat keeps it hidden), before the worker gives up on S3: minutes
-# of SlowDown, or a network that comes back, cost no receive; an S3 that stays away stops the worker.
-OUTAGE_PATIENCE_S = 300.0
-# Pause between two rounds of the retry policy during an outage (each round already waits up to 22 s).
-OUTAGE_PAUSE_S = 2.0
-
-
-class StorageOutage(TransportError):
-    """S3 stayed throttled or unreachable for a tile's transfer beyond the worker's patience.
-
-    No tile's fault: raised like a missing bucket, it stops the worker with every held message
-    given back, instead of failing tile after tile until the queue sits in the dead-letter queue.
-    """
-
-
-class TransferAbandoned(StorageOutage):
-    """A transfer retried through an outage was dropped because the worker had already given its message back."""
+# Raised, not charged to a message: no tile's fault, so they stop the worker with its messages given back.
+# An untrusted endpoint (a CA bundle that does not hold the endpoint's CA, or cannot be read) fails every
+# transfer alike and no wait fixes it.
+NO_TILES_FAULT: tuple[type[BaseException], ...] = (StorageOutage, UntrustedEndpoint)
 
 
 @dataclass
@@ -107,7 +97,7 @@ class TileSteps:
         timer: Callable[[], float] = time.perf_counter,
         tiles_per_call: int = 0,
         call_returned: Callable[[], None] | None = None,
-        outage_s: float = OUTAGE_PATIENCE_S,
+        outage_s: float = DEFAULT_OUTAGE_PATIENCE_S,
         abandoned: threading.Event | None = None,
     ) -> None:
         if tiles_per_call < 0:
@@ -144,7 +134,7 @@ class TileSteps:
             _check_extent(tile.message, tile.image.shape, name=f"s3://{self._input_bucket}/{key}")
         except MissingBucket as exc:
             raise MissingBucket(f"the input bucket (AM_INPUT_BUCKET) is gone: {exc}") from exc
-        except StorageOutage:
+        except NO_TILES_FAULT:
             raise
         except AmError as exc:
             tile.fail(f"input: {exc}")
@@ -173,42 +163,22 @@ class TileSteps:
                                 lambda: self._storage.put_bytes(self._output_bucket, tile.message.output, data))
         except MissingBucket as exc:
             raise MissingBucket(f"the output bucket (AM_OUTPUT_BUCKET) is gone: {exc}") from exc
-        except StorageOutage:
+        except NO_TILES_FAULT:
             raise
         except AmError as exc:
             tile.fail(f"output: {exc}")
 
     def _patiently(self, what: str, transfer: Callable[[], T]) -> T:
-        """Run ``transfer``, again while it fails only because S3 throttles or cannot be reached.
-
-        The retry policy inside ``transfer`` gives up after about 22 s; an outage is often longer (a
-        prefix throttled for minutes, a network coming back), and charging it to the tile would spend
-        one of the message's few receives per round, then dead-letter tiles that nothing is wrong
-        with. The message stays held meanwhile; after ``outage_s`` (or once the worker has let its
-        messages go) :class:`StorageOutage` is raised instead. Any other error is raised as it is.
-        """
-        started = time.monotonic()
-        while True:
-            try:
-                return transfer()
-            except TransportError as exc:
-                if not gave_up_waiting(exc):
-                    raise
-                waited = time.monotonic() - started
-                if waited >= self._outage_s:
-                    raise StorageOutage(f"{what} still failing after {waited:.0f} s of retries (S3 throttling or "
-                                        f"unreachable): {exc}") from exc
-                log.warning("%s: S3 unavailable for %.0f s, retrying for up to %.0f s with the message held: %s",
-                            what, waited, self._outage_s, exc)
-                if self._abandoned.wait(min(OUTAGE_PAUSE_S, self._outage_s - waited)):
-                    raise TransferAbandoned(f"{what} abandoned after {waited:.0f} s of retries, the worker having "
-                                            f"let its messages go: {exc}") from exc
+        """``transfer`` under the worker's patience with an outage (:func:`am.worker.outage.patiently`),
+        abandoned once the worker has let its messages go."""
+        return patiently(what, transfer, outage_s=self._outage_s, wait=self._abandoned.wait)
 
     def _infer(self, group: list[TileWork]) -> None:
         model, tta = group[0].message.model, group[0].message.tta
         try:
-            predictor = self._predictor_for(model)
-        except MissingModel:
+            # Loading an s3:// model not yet in memory downloads it: an outage is waited out as for a tile.
+            predictor = self._patiently(f"download of model {model}", lambda: self._predictor_for(model))
+        except (MissingModel, *NO_TILES_FAULT):
             # Every tile naming it would fail alike, on every receive: raised, it stops the worker
             # with the messages given back instead of moving them all to the dead-letter queue.
             raise
@@ -287,4 +257,4 @@ def _groups(tiles: Iterable[TileWork]) -> list[list[TileWork]]:
     return list(groups.values())
 
 
-__all__ = ["MAX_ERROR_CHARS", "OUTAGE_PATIENCE_S", "StorageOutage", "TileSteps", "TileWork", "TransferAbandoned"]
+__all__ = ["MAX_ERROR_CHARS", "NO_TILES_FAULT", "StorageOutage", "TileSteps", "TileWork", "TransferAbandoned"]

@@ -35,6 +35,11 @@ DEFAULT_STOP_TIMEOUT_S = 40.0
 # long is taken for a hung device or driver, and the worker gives its messages back and exits 1: the
 # heartbeat would otherwise keep them, and the batches prefetched behind them, hidden for up to 12 hours.
 DEFAULT_MAX_BATCH_S = 900.0
+# AM_OUTAGE_PATIENCE_S: how long a tile's download or upload, or the download of an s3:// model, keeps
+# being retried while S3 throttles or cannot be reached, the messages held meanwhile (the heartbeat keeps
+# them hidden), before the worker gives up on S3 and exits 1 with them given back: minutes of SlowDown, or
+# a network that comes back, cost no receive; an S3 that stays away stops the worker (am.worker.outage).
+DEFAULT_OUTAGE_PATIENCE_S = 300.0
 # Tiles per batch when AM_BATCH_SIZE is 0 or empty: what fits the device comfortably at 512x512.
 DEFAULT_BATCH_CPU = 4
 DEFAULT_BATCH_CUDA = 64
@@ -55,6 +60,7 @@ class WorkerConfig:
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     max_batch_s: float = DEFAULT_MAX_BATCH_S
+    outage_patience_s: float = DEFAULT_OUTAGE_PATIENCE_S
     threads: int = 0
     log_level: str = "INFO"
     worker_id: str = ""
@@ -87,6 +93,7 @@ class WorkerConfig:
             visibility_timeout_s=_number(environ, "AM_VISIBILITY_TIMEOUT_S", int, DEFAULT_VISIBILITY_TIMEOUT_S),
             stop_timeout_s=_number(environ, "AM_STOP_TIMEOUT_S", float, DEFAULT_STOP_TIMEOUT_S),
             max_batch_s=_number(environ, "AM_MAX_BATCH_S", float, DEFAULT_MAX_BATCH_S),
+            outage_patience_s=_number(environ, "AM_OUTAGE_PATIENCE_S", float, DEFAULT_OUTAGE_PATIENCE_S),
             threads=_number(environ, "AM_THREADS", int, 0),
             log_level=text("AM_LOG_LEVEL", "INFO").upper(),
             worker_id=text("AM_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
@@ -111,6 +118,10 @@ class WorkerConfig:
         if not (math.isfinite(self.max_batch_s) and self.max_batch_s > 0):
             raise ConfigError(f"AM_MAX_BATCH_S = {self.max_batch_s} must be a finite number of seconds > 0: the "
                               "longest a model call may run before the worker takes the device for hung")
+        if not (math.isfinite(self.outage_patience_s) and self.outage_patience_s > 0):
+            raise ConfigError(f"AM_OUTAGE_PATIENCE_S = {self.outage_patience_s} must be a finite number of seconds "
+                              "> 0: how long the worker retries S3 while it throttles or cannot be reached before it "
+                              f"gives its messages back and exits (default {DEFAULT_OUTAGE_PATIENCE_S:.0f})")
         if not 30 <= self.visibility_timeout_s <= 43200:
             raise ConfigError(f"AM_VISIBILITY_TIMEOUT_S = {self.visibility_timeout_s} must be between 30 and "
                               "43200 seconds (the SQS limit)")
@@ -157,5 +168,5 @@ def _number(environ: Mapping[str, str], name: str, typ: Callable[[str], N], defa
         raise ConfigError(f"environment variable {name} = {raw!r} is not a valid {kind}") from exc
 
 
-__all__ = ["COMPILE_MODES", "DEFAULT_STOP_TIMEOUT_S", "PRECISIONS", "REQUIRED", "STOP_RELEASE_MARGIN_S",
-           "WorkerConfig"]
+__all__ = ["COMPILE_MODES", "DEFAULT_OUTAGE_PATIENCE_S", "DEFAULT_STOP_TIMEOUT_S", "PRECISIONS", "REQUIRED",
+           "STOP_RELEASE_MARGIN_S", "WorkerConfig"]

@@ -32,8 +32,10 @@ unexpected error in any stage stops the worker the same way and makes :meth:`Wor
 so does a missing input or output bucket, which is no tile's fault (failing the tiles would move
 the whole queue to the dead-letter queue), an ``s3://`` model not yet loaded whose bucket or object
 does not exist (a mistyped model URI), and an S3 that stays throttled or unreachable for a tile's
-transfer beyond ``outage_s`` (:class:`~am.worker.batch.StorageOutage`): until then the transfer is
-retried with its message held, so no tile is charged a failure for an outage. A model call
+transfer, or a model's download, beyond ``outage_s`` (:class:`~am.worker.outage.StorageOutage`): until
+then the transfer is retried with its message held, so no tile is charged a failure for an outage.
+An endpoint whose certificate does not verify against the CA bundle, or a CA bundle that cannot be read
+(:class:`~am.transport.retry.UntrustedEndpoint`), stops it the same way at once: no wait fixes it. A model call
 (``batch_size`` tiles) still running after ``max_batch_s`` is taken for a hung device: everything
 held is released and :meth:`Worker.run` returns 1. A stop while idle does not wait for the long
 poll in progress: should that poll still deliver messages after the process has gone, they reappear
@@ -60,8 +62,13 @@ from am.errors import MessageError, MissingBucket, TransportError, WorkerError
 from am.messages import RESULT_DONE, RESULT_FAILED, TileMessage, TileResult
 from am.transport.queue import MAX_RECEIVE, MAX_VISIBILITY_S, MAX_WAIT_S, Queue, Received, is_missing_queue
 from am.transport.storage import Storage
-from am.worker.batch import OUTAGE_PATIENCE_S, StorageOutage, TileSteps, TileWork, TransferAbandoned
-from am.worker.config import DEFAULT_MAX_BATCH_S, DEFAULT_STOP_TIMEOUT_S, STOP_RELEASE_MARGIN_S
+from am.worker.batch import NO_TILES_FAULT, TileSteps, TileWork, TransferAbandoned
+from am.worker.config import (
+    DEFAULT_MAX_BATCH_S,
+    DEFAULT_OUTAGE_PATIENCE_S,
+    DEFAULT_STOP_TIMEOUT_S,
+    STOP_RELEASE_MARGIN_S,
+)
 from am.worker.lease import Heartbeat, Lease
 from am.worker.models import MissingModel, Predictor
 from am.worker.stages import Prefetcher, Uploader
@@ -85,7 +92,7 @@ PREFETCH_BATCHES = 2
 UPLOAD_BATCHES = 2
 _SUPERVISE_INTERVAL_S = 0.1
 # Errors that stop the worker though no tile is at fault: its messages go back for another worker.
-_NO_TILES_FAULT: tuple[type[BaseException], ...] = (MissingBucket, MissingModel, StorageOutage)
+_NO_TILES_FAULT: tuple[type[BaseException], ...] = (MissingBucket, MissingModel, *NO_TILES_FAULT)
 # After giving messages back on a stop, how long to wait for a receive already under way: its long
 # poll would take them straight back, and a worker exiting then hides them from every other worker
 # for a whole visibility timeout. Given back, they reach that poll at once, and it returns them.
@@ -167,7 +174,7 @@ class Worker:
         prefetch_batches: int = PREFETCH_BATCHES,
         upload_batches: int = UPLOAD_BATCHES,
         max_batch_s: float = DEFAULT_MAX_BATCH_S,
-        outage_s: float = OUTAGE_PATIENCE_S,
+        outage_s: float = DEFAULT_OUTAGE_PATIENCE_S,
     ) -> None:
         if batch_size < 1:
             raise WorkerError(f"batch size must be at least 1, got {batch_size}")

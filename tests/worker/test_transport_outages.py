@@ -20,7 +20,7 @@ from botocore.exceptions import SSLError
 
 from am.transport.queue import Received
 from am.transport.storage import Storage
-from am.worker import batch
+from am.worker import outage
 from am.worker.worker import HELD_WAIT_S
 from tests.waiting import wait_until
 
@@ -67,7 +67,7 @@ def _s3_without_botocore_retries() -> Any:
 
 @pytest.fixture(autouse=True)
 def _short_outage_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "OUTAGE_PAUSE_S", 0.01)
+    monkeypatch.setattr(outage, "OUTAGE_PAUSE_S", 0.01)
 
 
 @pytest.mark.parametrize(("operation", "fault"), [("GetObject", "throttle"), ("PutObject", "ssl")])
