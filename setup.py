@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "scikit-image>=0.22",
     # HTTP API and the SageMaker serving contract.
     "fastapi>=0.110",
+    # Swagger UI and ReDoc for /docs and /redoc, served by the server itself: FastAPI's pages load them from a CDN.
+    "fastapi-offline>=1.7,<2",
     "uvicorn>=0.29",
     # The embedded local backend serves S3 and SQS with moto's server.
     "moto[server,s3,sqs]>=5.0",
@@ -48,7 +50,7 @@ setup(
     description="Segment ablation marks in post-MALDI microscopy and number them by acquisition grid.",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["am", "am.*"]),
     package_data={"am": ["models/*.pt", "config.yml.template"]},
     include_package_data=True,

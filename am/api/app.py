@@ -12,6 +12,7 @@ Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes in
     GET    /ams/<id>.csv          the AM table id,row,col,x,y,area_px
     GET    /overlays/<id>         the overlay a person checks (outlines and ids), PNG
     GET    /health                liveness and queue counts (503 with a reason if tasks can no longer run)
+    GET    /docs, /redoc          the interactive description; its scripts come from /docs-assets, not a CDN
 
 HEAD on any GET route answers with that GET's status and headers and no body (``curl -I``).
 
@@ -44,7 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from am.api.errors import install_error_handler
 from am.api.head import answer_head
-from am.api.openapi import error_responses, image_body, image_response, install_openapi
+from am.api.openapi import error_responses, image_body, image_response, install_openapi, offline_docs_app
 from am.api.progress import tile_progress
 from am.api.runner import TaskRunner, api_words
 from am.api.tasks import FAILED, FINISHED, GROUP, QUEUED, DamagedTask, Task, TaskStore, UnknownTask, check_task_id
@@ -182,7 +183,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         yield
         await anyio.to_thread.run_sync(runner.stop)
 
-    app = FastAPI(
+    app = offline_docs_app(
         title="am-segm task API",
         version=API_VERSION,
         description="Segment ablation marks in one microscopy image per task, and number them by acquisition "

@@ -15,6 +15,7 @@ import logging
 import socket
 from typing import Any
 
+from am.api.stopping import BACKSTOP_S, GRACE_S, InFlightRequests, StoppingServer
 from am.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,16 @@ def address_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(app: Any, sock: socket.socket, *, log_level: str) -> None:
+def serve(app: Any, sock: socket.socket, *, log_level: str, grace_s: float = GRACE_S) -> None:
     """Serve ``app`` on ``sock`` until SIGINT or SIGTERM; ConfigError if it could not start (the log
-    says why: its startup failed)."""
+    says why: its startup failed). Requests still running ``grace_s`` seconds after the stop are cut
+    (:mod:`am.api.stopping`)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=log_level,
-                                           timeout_graceful_shutdown=10))
+    requests = InFlightRequests(app)
+    server = StoppingServer(uvicorn.Config(requests, log_config=None, log_level=log_level,
+                                           timeout_graceful_shutdown=grace_s + BACKSTOP_S),
+                            requests=requests, grace_s=grace_s)
     # uvicorn names its address only when it binds the socket itself; with --port 0 this line is
     # the only place the chosen port appears.
     log.info("serving on %s", address_url(sock))

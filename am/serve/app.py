@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request, Response
 
 from am.api.errors import install_error_handler
 from am.api.head import answer_head
-from am.api.openapi import error_responses, image_body, image_response, install_openapi
+from am.api.openapi import error_responses, image_body, image_response, install_openapi, offline_docs_app
 from am.api.uploads import (
     DEFAULT_MAX_BYTES,
     INVOCATION_MEDIA_TYPES,
@@ -57,8 +57,8 @@ ERROR_STATUSES: tuple[tuple[type[AmError], int], ...] = (
 def create_app(segmenter: ImageSegmenter, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:
     """The ASGI app. Inference runs one request at a time: the model already uses every core or the GPU."""
     model_lock = anyio.CapacityLimiter(1)
-    app = FastAPI(title="am-segm SageMaker inference", version="1",
-                  description="The SageMaker container contract: /ping and /invocations.")
+    app = offline_docs_app(title="am-segm SageMaker inference", version="1",
+                           description="The SageMaker container contract: /ping and /invocations.")
 
     install_error_handler(app, ERROR_STATUSES)
 
