@@ -14,8 +14,8 @@ and its start() then waited forever. While it runs, the endpoint's URL is regist
 a fixed region.
 
 moto accepts any key, so a port on 127.0.0.1 alone would let any user of the machine read and write
-a running job's tiles, masks and messages. The local backend's endpoint (``require_token=True``)
-makes a random token that every request must carry in the ``X-Am-Endpoint-Token`` header (its
+a running job's tiles, masks and messages. The local backend's endpoint and the benchmark's (``require_token=True``)
+make a random token that every request must carry in the ``X-Am-Endpoint-Token`` header (its
 clients in this process add it; local workers get it in ``AM_ENDPOINT_TOKEN``, which only the user
 who runs them can read); others are answered 403.
 """
@@ -53,8 +53,13 @@ _TOKEN_ENVIRON_KEY = "HTTP_" + TOKEN_HEADER.upper().replace("-", "_")
 _REFUSED_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>this embedded '
                  b"endpoint serves only the am-segm run that started it</Message></Error>")
 # Why a bind fails, in words for the user, by errno; anything else is said as the OS says it.
+# Seconds the check that the listening socket can be reached may take: on loopback, far less.
+CONNECT_CHECK_S = 5.0
+_LOOPBACK_DOWN = f"the loopback interface is down or has no {LOOPBACK} (bring up lo with {LOOPBACK}/8)"
 _BIND_CAUSES = {
     errno.EADDRNOTAVAIL: f"the loopback interface has no {LOOPBACK} (bring up lo with {LOOPBACK}/8)",
+    errno.ENETUNREACH: _LOOPBACK_DOWN,
+    errno.EHOSTUNREACH: _LOOPBACK_DOWN,
     errno.EACCES: "the system refused it (a sandbox or security policy forbids listening sockets)",
     errno.EPERM: "the system refused it (a sandbox or security policy forbids listening sockets)",
 }
@@ -65,8 +70,8 @@ class EmbeddedEndpoint:
 
     def __init__(self, *, host: str = LOOPBACK, require_token: bool = False) -> None:
         """``require_token`` makes the endpoint refuse requests without its token (:class:`TokenGate`): the local
-        backend's, whose URL reaches only its own clients and workers. Left off, it serves any request, for
-        callers that hand its URL to processes of their own (a benchmark's child process, tests)."""
+        backend's and the benchmark's, whose URL and token reach only their own clients and workers. Left off, it
+        serves any request: for tests that drive it with clients of their own."""
         if host != LOOPBACK:
             raise TransportError(f"the embedded endpoint binds to {LOOPBACK} only, not {host!r}")
         self._host = host
@@ -127,18 +132,36 @@ class EmbeddedEndpoint:
 
 
 def bind_listening_socket(host: str) -> socket.socket:
-    """A TCP socket listening on ``host`` at a port the kernel picks; TransportError naming the cause if it cannot."""
+    """A TCP socket listening on ``host`` at a port the kernel picks; TransportError naming the cause if it cannot.
+
+    Binding succeeds even where ``lo`` is down (a fresh network namespace, a container without its
+    loopback), and every client's connection then fails as an unreachable network: the run retried
+    for seconds and blamed "the endpoint and network". So the socket is connected to once here.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, 0))
         sock.listen(socket.SOMAXCONN)
+        _connect_once(sock)
     except OSError as exc:
         sock.close()
         cause = _BIND_CAUSES.get(exc.errno or 0, exc.strerror or str(exc))
         raise TransportError(f"cannot start the embedded S3/SQS endpoint on {host}: {cause} ({exc}); or run against "
-                             "an S3/SQS endpoint of your own (--endpoint-url) or AWS (--backend aws)") from exc
+                             "an S3/SQS endpoint of your own (AM_ENDPOINT_URL or endpoint_url in the config) or AWS "
+                             "(--backend aws)") from exc
     return sock
+
+
+def _connect_once(sock: socket.socket) -> None:
+    """Connect to the listening ``sock`` and take the connection off its queue (the server never sees it)."""
+    with socket.create_connection(sock.getsockname()[:2], timeout=CONNECT_CHECK_S):
+        sock.settimeout(CONNECT_CHECK_S)
+        try:
+            accepted, _ = sock.accept()
+            accepted.close()
+        finally:
+            sock.settimeout(None)
 
 
 def _moto_server(sock: socket.socket, token: str) -> BaseWSGIServer:

@@ -29,7 +29,7 @@ from am.errors import WorkerError
 from am.messages import TileMessage, tiles_key
 from am.model.predict import Predictor
 from am.tilepack import pack_tiles
-from am.transport.clients import ClientFactory
+from am.transport.clients import ClientFactory, embedded_token, forget_embedded_endpoint, register_embedded_endpoint
 from am.transport.queue import Queue, create_results_queue, delete_queue, ensure_tile_queues
 from am.transport.storage import Storage
 from am.worker.worker import EXIT_OK, Worker
@@ -61,23 +61,41 @@ class LoopResult:
 def _serve(conn: Connection) -> None:
     from am.endpoint import EmbeddedEndpoint
 
-    with EmbeddedEndpoint() as endpoint:
-        conn.send(endpoint.url)
+    # Its token, as the local backend's: moto accepts any key, so without one any user of this machine could
+    # read and write the benchmark's objects and queues while it runs.
+    with EmbeddedEndpoint(require_token=True) as endpoint:
+        conn.send((endpoint.url, embedded_token(endpoint.url)))
         conn.recv()  # any message, or the parent going away, ends the server
 
 
 @contextmanager
 def endpoint_process() -> Iterator[str]:
-    """An embedded S3/SQS endpoint in a child process; yields its URL and stops it on exit."""
+    """An embedded S3/SQS endpoint in a child process; yields its URL and stops it on exit.
+
+    The endpoint refuses requests without its token, which comes back over the process's pipe
+    (never in a variable or argument another user could read) and is registered with
+    :mod:`am.transport.clients`, so this process's clients of the URL carry it (and are isolated
+    from the user's AWS set-up) until the endpoint stops.
+    """
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_serve, args=(child,), name="am-bench-endpoint", daemon=True)
     process.start()
+    child.close()  # the child's end is the child's alone: a child that dies is then seen at once (EOFError)
+    url = ""
     try:
-        if not parent.poll(ENDPOINT_START_S):
-            raise WorkerError(f"the embedded endpoint did not start within {ENDPOINT_START_S:.0f} s")
-        yield parent.recv()
+        try:
+            if not parent.poll(ENDPOINT_START_S):
+                raise WorkerError(f"the embedded endpoint did not start within {ENDPOINT_START_S:.0f} s")
+            url, token = parent.recv()
+        except EOFError:
+            raise WorkerError("the embedded endpoint's process exited before the endpoint started; its error "
+                              "is above") from None
+        register_embedded_endpoint(url, token)
+        yield url
     finally:
+        if url:
+            forget_embedded_endpoint(url)
         if process.is_alive():
             parent.send("stop")
         process.join(10)

@@ -8,8 +8,12 @@ none of them; the same set-up still counts, and is named when it fails, for any 
 from __future__ import annotations
 
 import errno
+import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+import am.endpoint
 import am.transport.clients
 from am.endpoint import EmbeddedEndpoint
 from am.errors import ConfigError, TransportError
@@ -29,7 +34,9 @@ from am.transport.clients import (
     embedded_token,
     is_embedded,
 )
+from tests.environment import clean_env
 
+REPO = Path(__file__).resolve().parents[2]
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 
 
@@ -230,6 +237,37 @@ def test_a_failed_bind_is_a_clear_error_within_seconds(code: int, said: str, mon
     assert isinstance(outcome, TransportError), f"start() gave {outcome!r}"
     assert "cannot start the embedded S3/SQS endpoint on 127.0.0.1: " + said in str(outcome), str(outcome)
     assert am.transport.clients._embedded_urls == registered
+
+
+def test_a_loopback_that_cannot_be_reached_is_a_clear_error_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where lo is down, binding succeeds and only connecting fails: the run had retried for seconds."""
+    def unreachable(address: Any, timeout: float | None = None, *args: Any) -> socket.socket:
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(am.endpoint.socket, "create_connection", unreachable)
+    registered = dict(am.transport.clients._embedded_urls)
+    outcome = _start_in_thread(timeout_s=10)
+    assert isinstance(outcome, TransportError), f"start() gave {outcome!r}"
+    assert "the loopback interface is down or has no 127.0.0.1" in str(outcome), str(outcome)
+    assert "AM_ENDPOINT_URL" in str(outcome) and "--endpoint-url" not in str(outcome)
+    assert am.transport.clients._embedded_urls == registered
+
+
+def test_a_network_namespace_whose_loopback_is_down_stops_the_endpoint_at_once() -> None:
+    """For real: a fresh network namespace has lo down (needs unshare and the right to use it)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a network namespace here: {probe.stderr.strip()}")
+    code = ("from am.endpoint import EmbeddedEndpoint\n"
+            "try:\n    EmbeddedEndpoint().start()\nexcept Exception as exc:\n    print(exc)\n")
+    started = time.monotonic()
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", code], cwd=REPO, env=clean_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "cannot start the embedded S3/SQS endpoint on 127.0.0.1: the loopback interface is down" in done.stdout
+    assert time.monotonic() - started < 30
 
 
 # ------------------------------------------------------------------------------------ other users
