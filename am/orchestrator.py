@@ -43,8 +43,7 @@ from am.prepare import (
     check_group_image,
     check_group_pixels,
     planned_tiles,
-    recut_masked_group,
-    reuse_group,
+    reuse_or_recut_group,
     tile_valid_extent,
     worker_mask_settings,
 )
@@ -371,11 +370,8 @@ def run_pipeline(
         model, model_id = resolve_model(settings, cache_dir=cache_dir)
         # Decided before any worker starts: a rerun with every mask in place starts none (a group whose tiles
         # or normalised image went missing is cut again first, there being nothing to segment).
-        reused = {group: reuse_group(layout, group, settings=settings, model_id=model_id, worker=worker)
+        reused = {group: reuse_or_recut_group(layout, group, settings=settings, model_id=model_id, worker=worker)
                   for group in selected}
-        reused = {group: prepared if prepared is not None else
-                  recut_masked_group(layout, group, settings=settings, model_id=model_id, worker=worker)
-                  for group, prepared in reused.items()}
         for group, prepared in reused.items():
             if prepared is None:  # to be cut: a blank image is refused here, before any worker starts
                 check_group_pixels(layout, group)

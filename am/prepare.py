@@ -462,14 +462,18 @@ class GroupTiler:
             raise RuntimeError(f"group {self.group}: normalise() must run before the plan is known")
         return self._plan
 
-    def normalise(self) -> TilePlan:
-        """Read and normalise the image, write source_norm, and plan the tiles; returns the plan."""
+    def normalise(self, *, earlier: dict[str, Any] | None = None) -> TilePlan:
+        """Read and normalise the image, write source_norm, and plan the tiles; returns the plan.
+
+        ``earlier`` is the group's meta.json as the caller has just read it; None: read here.
+        """
         layout, group, settings = self.layout, self.group, self._settings
         source_path = layout.source_image(group)
         # Before anything is removed: an image too thin to segment changes nothing on disk.
         check_group_size(layout, group, settings=settings)
-        # Read (and any damage reported) by reuse_group just before.
-        earlier = _read_meta(layout.tile_plan(group), quiet=True)
+        if earlier is None:
+            # Read (and any damage reported) by reuse_group just before.
+            earlier = _read_meta(layout.tile_plan(group), quiet=True)
         # Masks of a run with this same input and these same settings are kept: one that stopped while
         # cutting, or one whose normalised image or tiles went missing since (reuse_group said which).
         # The scale setting may be spelt otherwise (auto, or the factor auto chose): whether the factor itself
@@ -584,16 +588,31 @@ class GroupTiler:
         return PreparedGroup(self.group, plan, height, width, self._scale, tuple(self._sent))
 
 
-def recut_masked_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
-                       worker: Mapping[str, str] | None = None) -> PreparedGroup | None:
-    """The group of an earlier run whose every tile has its mask but that :func:`reuse_group` refused
-    (a tile or the normalised image went missing, the scale spelt otherwise), cut again here with
-    nothing to segment; None where a tile needs a mask, or none was planned, and a job must cut it.
+def reuse_or_recut_group(layout: DatasetLayout, group: str, *, settings: Settings, model_id: str,
+                         worker: Mapping[str, str] | None = None) -> PreparedGroup | None:
+    """The group as an earlier run left it: its tiles reused (:func:`reuse_group`), or, where every tile has
+    its mask but reuse was refused, cut again with nothing to segment; None where a job must cut it.
+
+    meta.json is read once for both decisions (and for the re-cut itself): nothing is written to it
+    between them, as reuse writes it only when it reuses the tiles.
+    """
+    meta = _read_meta(layout.tile_plan(group))
+    reused = _reuse(layout, group, meta, settings=settings, model_id=model_id, worker=worker)
+    if reused is not None:
+        return reused
+    return _recut_masked_group(layout, group, meta, settings=settings, model_id=model_id, worker=worker)
+
+
+def _recut_masked_group(layout: DatasetLayout, group: str, meta: dict[str, Any] | None, *, settings: Settings,
+                        model_id: str, worker: Mapping[str, str] | None) -> PreparedGroup | None:
+    """The group of an earlier run whose every tile has its mask but that :func:`_reuse` refused (a tile or the
+    normalised image went missing, the scale spelt otherwise), cut again here with nothing to segment; None
+    where a tile needs a mask, or none was planned, and a job must cut it. ``meta`` is its plan as
+    :func:`_reuse` was given it.
 
     So that a rerun whose masks are all in place starts no worker (on AWS, no GPU task) for a job of
     no tile. Only a plan whose every mask exists is tried: normalising costs seconds on a large image.
     """
-    meta = _read_meta(layout.tile_plan(group), quiet=True)
     if meta is None or not isinstance(meta.get("plan"), dict):
         return None
     try:
@@ -612,7 +631,7 @@ def recut_masked_group(layout: DatasetLayout, group: str, *, settings: Settings,
     if not _may_be_recorded(_file_stat(layout.source_image(group)), meta["identity"].get("source")):
         return None
     tiler = GroupTiler(layout, group, settings=settings, model_id=model_id, worker=worker)
-    tiler.normalise()
+    tiler.normalise(earlier=meta)
     if tiler.masks_kept != len(tiler.plan.tiles):
         return None  # another input or plan: its masks are gone, and the job cuts the group again
     for chunk in tiler.chunks():
