@@ -15,7 +15,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 help:
 	@echo "make run      set up, generate the sample dataset if missing, run the pipeline on it"
-	@echo "make test     set up and run the whole test suite"
+	@echo "make test     set up and run the test suite (all but the tests marked slow: make test-slow)"
 	@echo "make install  create or update the virtual environment in $(VENV)"
 	@echo "make lint     ruff over the package, tests, benchmarks, examples and setup.py"
 	@echo "make sample   generate the synthetic sample dataset (data/inference/dataset) if missing"
@@ -37,10 +37,14 @@ install:
 	rm -f $(STAMP)
 	$(MAKE) $(STAMP)
 
-$(DATASET): | $(STAMP)
+# The sample is made once its source/ folder is missing: an interrupted am.synth keeps nothing of its
+# run, but may leave the dataset folder itself behind (with its lock file), which must not count as made.
+SAMPLE := $(DATASET)/source
+
+$(SAMPLE): | $(STAMP)
 	$(BIN)/python -m am.synth dataset $(DATASET) --rows $(ROWS) --cols $(COLS) --seed 7
 
-sample: $(DATASET)
+sample: $(SAMPLE)
 
 # Train the default model from synthetic data (seeded), in six runs, each from the previous one's
 # weights on 1500 fresh synthetic images: 50 epochs from scratch and 28 at a lower learning rate,
@@ -96,7 +100,7 @@ gpu-model: $(if $(filter 1,$(AM_SYSTEM_PYTHON)),,$(STAMP))
 gpu-prep: $(STAMP)
 	$(BIN)/python benchmarks/gpu_prep.py
 
-run: $(STAMP) $(DATASET)
+run: $(STAMP) $(SAMPLE)
 	$(BIN)/python -m am.pipeline $(DATASET) --rows $(ROWS) --cols $(COLS)
 
 test: $(STAMP)
