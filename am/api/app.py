@@ -10,7 +10,8 @@ Routes (the OpenAPI document at ``/openapi.json`` says the same, status codes in
     GET    /masks/<id>            the stitched 0/255 mask as PNG, once FINISHED
     GET    /ams/<id>              the 16-bit AM id image (PNG), once FINISHED, if rows/cols were given
     GET    /ams/<id>.csv          the AM table id,row,col,x,y,area_px
-    GET    /overlays/<id>         the overlay a person checks (outlines and ids), PNG
+    GET    /overlays/<id>         the overlay a person checks (outlines and ids), PNG; X-Am-Overlay says which
+                                  (also for a FAILED task whose image was segmented: the marks found)
     GET    /health                liveness and queue counts (503 with a reason if tasks can no longer run)
     GET    /docs, /redoc          the interactive description; its scripts come from /docs-assets, not a CDN
 
@@ -75,6 +76,20 @@ TaskId = Annotated[str, PathParam(description="the id from the Location header o
 
 class TaskNotReady(AmError):
     """The task exists but has no such result (yet): HTTP 409."""
+
+
+# Which overlay GET /overlays/<id> sends, in this header: registration's (outlines and ids, once the marks
+# are numbered) or segmentation's (the mask drawn over the image: a task without rows and cols, or one
+# whose registration failed, where it is what shows the rows and cols the marks really form).
+OVERLAY_HEADER = "X-Am-Overlay"
+REGISTRATION_OVERLAY = "registration"
+SEGMENTATION_OVERLAY = "segmentation"
+OVERLAY_DESCRIPTION = (
+    f"The overlay a person checks, PNG. The `{OVERLAY_HEADER}` header says which: `{REGISTRATION_OVERLAY}` "
+    f"(outlines and AM ids) for a FINISHED task with rows and cols, `{SEGMENTATION_OVERLAY}` (the mask "
+    "drawn over the image) for one without, and for a FAILED task whose image was segmented before it failed "
+    "(registration refused the rows and cols, say): the marks found, to compare the rows and cols with before "
+    "submitting again. 409 while the task is QUEUED or RUNNING, or when it failed before any overlay was made.")
 
 
 # The query parameters each route takes; the others under these paths take none.
@@ -161,6 +176,16 @@ class Health(BaseModel):
     queued: int = Field(description="tasks waiting to run (deleted ones not counted)")
     running: int = Field(description="pipelines running now")
     concurrency: int = Field(description="tasks run at the same time")
+
+
+def overlay_response() -> dict[int | str, dict[str, Any]]:
+    """GET /overlays' 200: a PNG, with the header saying which overlay it is."""
+    response = image_response("image/png")
+    response[200] = {**response[200], "description": "The overlay (which one: the header)", "headers": {
+        OVERLAY_HEADER: {"description": f"`{REGISTRATION_OVERLAY}` (outlines and AM ids) or `{SEGMENTATION_OVERLAY}` "
+                                        "(the mask drawn over the image)",
+                         "schema": {"type": "string", "enum": [REGISTRATION_OVERLAY, SEGMENTATION_OVERLAY]}}}}
+    return response
 
 
 def _statuses() -> tuple[tuple[type[AmError], int], ...]:
@@ -354,16 +379,34 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         return FileResponse(am_file(task_id, "am_coordinates.png"), media_type="image/png",
                             filename=f"{task_id}-am_coordinates.png")
 
-    @app.get("/overlays/{task_id:path}", summary="The overlay to check: outlines and ids (or the mask alone "
-             "without rows and cols), PNG", response_class=FileResponse,
-             responses={**image_response("image/png"), **error_responses(400, 404, 409)})
-    def get_overlay(task_id: TaskId) -> FileResponse:
-        task = finished(store.get(check_task_id(task_id)))
-        layout = store.layout(task_id)
-        path = layout.am_coords_dir(GROUP) / OVERLAY_NAME if task.register else layout.stitched_overlay(GROUP)
+    def overlay_of(task: Task) -> tuple[Path, str]:
+        """The overlay to send for ``task`` and which it is, or TaskNotReady saying why there is none."""
+        layout = store.layout(task.id)
+        registered = layout.am_coords_dir(GROUP) / OVERLAY_NAME
+        segmented = layout.stitched_overlay(GROUP)
+        if task.status == FAILED:
+            # Registration removes an earlier one's outputs when it fails, and writes its record last:
+            # with the record there, it succeeded and the run failed after it.
+            if task.register and registered.is_file() and (layout.am_coords_dir(GROUP) / JSON_NAME).is_file():
+                return registered, REGISTRATION_OVERLAY
+            if segmented.is_file():
+                return segmented, SEGMENTATION_OVERLAY
+            raise TaskNotReady(f"task {task.id} failed before its image was segmented, so it has no overlay; "
+                               f"it failed: {task.error}")
+        finished(task)
+        path, which = (registered, REGISTRATION_OVERLAY) if task.register else (segmented, SEGMENTATION_OVERLAY)
         if not path.is_file():
-            raise TaskNotReady(f"task {task_id} has no overlay; submit the image again")
-        return FileResponse(path, media_type="image/png", filename=f"{task_id}-overlay.png")
+            log.error("task %s is FINISHED without its %s overlay %s", task.id, which, path)
+            raise TaskNotReady(f"task {task.id} has no overlay; submit the image again")
+        return path, which
+
+    @app.get("/overlays/{task_id:path}", summary="The overlay to check: outlines and ids (or the mask drawn over "
+             "the image without rows and cols, or when registration failed), PNG", description=OVERLAY_DESCRIPTION,
+             response_class=FileResponse, responses={**overlay_response(), **error_responses(400, 404, 409)})
+    def get_overlay(task_id: TaskId) -> FileResponse:
+        path, which = overlay_of(store.get(check_task_id(task_id)))
+        return FileResponse(path, media_type="image/png", filename=f"{task_id}-overlay.png",
+                            headers={OVERLAY_HEADER: which})
 
     @app.get("/health", response_model=Health, summary="Liveness and queue counts",
              responses={503: {"model": Health, "description": "Tasks can no longer run; the reason says why"},
@@ -380,4 +423,4 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
     return app
 
 
-__all__ = ["TaskView", "create_app"]
+__all__ = ["OVERLAY_HEADER", "REGISTRATION_OVERLAY", "SEGMENTATION_OVERLAY", "TaskView", "create_app"]

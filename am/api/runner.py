@@ -378,7 +378,10 @@ class TaskRunner:
                 except (AmError, OSError) as exc:
                     log.warning("task %s: its stitched mask cannot be served: %s", task_id, exc)
                 else:
-                    reason += f"\nThe mask was made: GET /masks/{task_id}. " + (
+                    # The overlay shows the marks found: the rows and cols they form, or that they are missed.
+                    shown = (f"; GET /overlays/{task_id} draws it over the image"
+                             if self._store.layout(task_id).stitched_overlay(GROUP).is_file() else "")
+                    reason += f"\nThe mask was made: GET /masks/{task_id}{shown}. " + (
                         "It holds too few marks to number: check that the image shows the ablation marks."
                         if any(words in registration for words in _TOO_FEW_MARKS) else
                         "If rows and cols were not those of the acquisition grid, submit the image again with "

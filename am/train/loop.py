@@ -595,22 +595,60 @@ def as_stored(model: torch.nn.Module, storage: str) -> torch.nn.Module:
     return stored
 
 
+# Rates closer than this (relative) are the same plan: a difference under 1 % is not what the metrics
+# log's loss responds to, and two rates 1 % apart never print alike at 3 significant digits.
+SCHEDULE_REL_TOL = 0.01
+
+
 def _report_new_length(state: dict[str, Any], steps: _Steps, config: TrainConfig) -> None:
     """A run resumed with another --epochs has its cosine schedule fitted to the new length, so its
-    learning rate jumps from where the old plan had it (up for a longer run, down for a shorter one);
-    said once, so the metrics log's step in the loss is not a mystery, and the old length stays in
-    the best checkpoint taken before."""
+    learning rate leaves the old plan (up for a longer run, down for a shorter one); said once, with
+    the first step where the two plans part and where they are furthest apart, so the metrics log's
+    step in the loss is not a mystery. Where the plans agree over every step left (the run ends
+    within warm-up, which does not depend on the length), nothing changes and there is no warning.
+    The old length stays in the best checkpoint taken before."""
     before = (state.get("options") or {}).get("epochs")
     if not isinstance(before, int) or before == config.epochs:
         return
-    done = steps.scheduler.last_epoch
-    old_lr = config.lr * _schedule(config.warmup_steps, before * config.steps_per_epoch)(done)
-    new_lr = config.lr * _schedule(config.warmup_steps, config.epochs * config.steps_per_epoch)(done)
-    log.warning("the run was started for %d epochs and now runs for %d: its learning-rate schedule is %s "
-                "to the new length, so after step %d the rate is %.3g instead of %.3g; the best checkpoint "
-                "so far (epoch %d) keeps epochs %d in its metadata until a better epoch replaces it",
-                before, config.epochs, "stretched" if config.epochs > before else "compressed", done, new_lr,
-                old_lr, int(state["best_epoch"]), before)
+    old = _schedule(config.warmup_steps, before * config.steps_per_epoch)
+    new = _schedule(config.warmup_steps, config.epochs * config.steps_per_epoch)
+    total = config.epochs * config.steps_per_epoch
+    # The next step takes the rate the restored optimiser holds (the old plan's); the new plan sets
+    # the rate of each step after it.
+    parting = _schedules_part(old, new, range(steps.scheduler.last_epoch + 1, total))
+    kept = (f"the best checkpoint so far (epoch {int(state['best_epoch'])}) keeps epochs {before} in its "
+            "metadata until a better epoch replaces it")
+    if parting is None:
+        log.info("the run was started for %d epochs and now runs for %d: its learning rate over the %d steps "
+                 "left is the same under either length; %s", before, config.epochs,
+                 max(0, total - steps.scheduler.last_epoch), kept)
+        return
+    first, widest = parting
+    most = "" if widest == first else (f", and differs most at step {widest + 1} ({config.lr * new(widest):.3g} "
+                                       f"instead of {config.lr * old(widest):.3g})")
+    log.warning("the run was started for %d epochs and now runs for %d: its learning-rate schedule is %s to the "
+                "new length, so the rate leaves the old plan at step %d of %d (%.3g instead of %.3g)%s; %s",
+                before, config.epochs,
+                "stretched" if config.epochs > before else "compressed", first + 1, total,
+                config.lr * new(first), config.lr * old(first), most, kept)
+
+
+def _schedules_part(old: Callable[[int], float], new: Callable[[int], float],
+                    steps: range) -> tuple[int, int] | None:
+    """The first of ``steps`` (0-based) where ``new`` differs from ``old`` by more than SCHEDULE_REL_TOL,
+    and the one where they differ most (relatively); None where they agree on every step."""
+    first = widest = None
+    widest_gap = 0.0
+    for step in steps:
+        was, now = old(step), new(step)
+        gap = abs(now - was) / max(abs(now), abs(was), 1e-12)
+        if gap <= SCHEDULE_REL_TOL:
+            continue
+        if first is None:
+            first = step
+        if gap > widest_gap:
+            widest, widest_gap = step, gap
+    return None if first is None or widest is None else (first, widest)
 
 
 def _warn_unused(model: torch.nn.Module, depth: int) -> None:

@@ -7,8 +7,9 @@ these few behaviours are all its tests need, in a fraction of a second each:
     wait    wait until DATASET/go exists (the test says when), then as ok
     fail    log an ERROR record as the pipeline does (on stderr) and exit 3
     kill    die by SIGKILL without logging anything (what the OOM killer does)
-    misfit  as ok, then fail registration as the pipeline does for rows and cols that do not fit
-    blank   as ok, then fail registration as the pipeline does for a mask without marks
+    misfit  as ok with the segmentation overlay, then fail registration as the pipeline does for rows and
+            cols that do not fit
+    blank   as misfit, failing registration as the pipeline does for a mask without marks
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from am.dataset import DatasetLayout
-from am.imageio import write_tiff
+from am.imageio import write_png, write_tiff
 
 WAIT_LIMIT_S = 60.0
 MASK_SHAPE = (60, 80)
@@ -51,6 +52,8 @@ def main(dataset: Path, mode: str) -> int:
 
     write_tiff(DatasetLayout(dataset).stitched_mask("image"), np.full(MASK_SHAPE, 255, np.uint8))
     if mode in REGISTRATION_ERRORS:
+        # The pipeline draws the segmentation overlay while registration runs, and waits for it.
+        write_png(DatasetLayout(dataset).stitched_overlay("image"), np.full((*MASK_SHAPE, 3), 128, np.uint8))
         print(f"12:00:01 ERROR am.pipeline: group image: registration failed: {REGISTRATION_ERRORS[mode]}",
               file=sys.stderr, flush=True)
         return 1

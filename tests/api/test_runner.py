@@ -266,7 +266,8 @@ def test_a_failed_registration_keeps_the_mask_and_advises_in_the_apis_words(tmp_
         assert server.client.get(f"/masks/{task_id}").status_code == 200
     assert state["status"] == "FAILED"
     assert state["error"].startswith("registration failed: ") and reason in state["error"]
-    assert state["error"].endswith(f"The mask was made: GET /masks/{task_id}. {advice}")
+    assert state["error"].endswith(f"The mask was made: GET /masks/{task_id}; GET /overlays/{task_id} draws it "
+                                   f"over the image. {advice}")
     assert "--rows" not in state["error"] and "--cols" not in state["error"]
 
 

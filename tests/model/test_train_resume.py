@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -101,17 +102,67 @@ def test_a_resume_with_more_epochs_says_its_learning_rate_is_replanned(
     with caplog.at_level(logging.WARNING, logger="am.train.loop"):
         result = _run(TrainConfig(**{**config.__dict__, "epochs": 4, "resume": True}), images)
     assert result.epochs_run == 3 and _csv_epochs(out) == [1, 2, 3, 4]
-    # After 1 of 2 steps the cosine stood at half the rate; after 1 of 4 it stands higher.
-    old, new = (config.lr * loop._schedule(0, total)(1) for total in (2, 4))
+    # Step 2 (the first run with the restored optimiser's rate) is the old plan's; step 3, the last of
+    # 2 in the old plan, stood at the floor, and stands half way down the cosine of 4 steps.
+    old, new = (config.lr * loop._schedule(0, total)(2) for total in (2, 4))
     assert new > old
     assert (f"started for 2 epochs and now runs for 4: its learning-rate schedule is stretched to the new "
-            f"length, so after step 1 the rate is {new:.3g} instead of {old:.3g}") in caplog.text
+            f"length, so the rate leaves the old plan at step 3 of 4 ({new:.3g} instead of {old:.3g})") in caplog.text
     caplog.clear()
     with pytest.raises(KeyboardInterrupt):
         _run(TrainConfig(**{**config.__dict__, "out": tmp_path / "n.pt"}), images, progress=_interrupt_at(2))
     with caplog.at_level(logging.WARNING, logger="am.train.loop"):
         _run(TrainConfig(**{**config.__dict__, "out": tmp_path / "n.pt", "resume": True}), images)
     assert "learning-rate schedule" not in caplog.text  # the same length: nothing to say
+
+
+def _new_length_log(before: int, after: int, *, done: int, warmup: int, caplog: pytest.LogCaptureFixture,
+                    steps_per_epoch: int = 2) -> list[logging.LogRecord]:
+    """What a run of ``before`` epochs, resumed after ``done`` steps for ``after`` epochs, logs about its schedule."""
+    config = TrainConfig(out=Path("unused.pt"), **{**BASE, "warmup_steps": warmup, "steps_per_epoch": steps_per_epoch},
+                         epochs=after)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                                                  lambda step: 1.0)
+    scheduler.last_epoch = done
+    steps = loop._Steps(scheduler.optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), [], None)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="am.train.loop"):
+        loop._report_new_length({"options": {"epochs": before}, "best_epoch": 3}, steps, config)
+    return [r for r in caplog.records if "started for" in r.getMessage()]
+
+
+def test_a_shorter_run_still_within_warm_up_keeps_its_rate_and_does_not_warn(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The reported case: 20 epochs of 2 steps, stopped after step 10, resumed for 7 (14 steps), warm-up
+    # 100 steps: every step left is in warm-up, whose rates do not depend on the length.
+    records = _new_length_log(20, 7, done=10, warmup=100, caplog=caplog)
+    assert [r.levelno for r in records] == [logging.INFO]
+    assert "is the same under either length" in records[0].getMessage()
+    assert "instead of" not in caplog.text
+
+
+def test_a_shorter_run_past_warm_up_warns_from_what_to_what_with_distinct_rates(
+        caplog: pytest.LogCaptureFixture) -> None:
+    records = _new_length_log(20, 7, done=10, warmup=4, caplog=caplog)
+    assert [r.levelno for r in records] == [logging.WARNING]
+    message = records[0].getMessage()
+    lr = TrainConfig.lr
+    old, new = loop._schedule(4, 40), loop._schedule(4, 14)
+    # Step 12 (index 11) is the first set by the new plan; the last, step 14, is where they differ most.
+    assert (f"schedule is compressed to the new length, so the rate leaves the old plan at step 12 of 14 "
+            f"({lr * new(11):.3g} instead of {lr * old(11):.3g}), and differs most at step 14 "
+            f"({lr * new(13):.3g} instead of {lr * old(13):.3g})") in message
+    for rates in re.findall(r"\(([0-9.e-]+) instead of ([0-9.e-]+)\)", message):
+        assert rates[0] != rates[1], message
+    assert "keeps epochs 20 in its metadata" in message
+
+
+def test_a_resume_whose_plans_part_only_after_warm_up_names_the_first_step_they_part(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Resumed at step 6 of a 12-step warm-up: steps 8 to 12 are warm-up either way and step 13 starts
+    # either cosine at the full rate; step 14 is the first where the cosine of 16 steps and that of 40 part.
+    message = _new_length_log(20, 8, done=6, warmup=12, caplog=caplog)[0].getMessage()
+    assert "leaves the old plan at step 14 of 16 (" in message
 
 
 def test_a_run_stopped_before_its_resume_state_is_saved_logs_each_epoch_once(
