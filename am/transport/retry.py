@@ -144,6 +144,10 @@ def tls_setup_problem(exc: BaseException) -> str:
         return ""
     endpoint = _endpoint_of(str(exc.kwargs.get("endpoint_url", "")))
     wrapped = list(_wrapped(exc.kwargs.get("error")))
+    mismatch = next((e for e in wrapped if _names_another_host(e)), None)
+    if mismatch is not None:
+        return (f"the certificate of {endpoint} is not for that host ({mismatch}); check the endpoint URL "
+                "(AM_ENDPOINT_URL / endpoint_url): it must name a host the certificate lists")
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in wrapped) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
         reason = next((e for e in wrapped if isinstance(e, ssl.SSLCertVerificationError)), None)
         detail = getattr(reason, "verify_message", "") or "certificate verify failed"
@@ -157,6 +161,13 @@ def tls_setup_problem(exc: BaseException) -> str:
             return (f"the CA bundle for {endpoint} cannot be read ({type(error).__name__}: {error.strerror or error}); "
                     f"{CA_BUNDLE_HINT}: it must name a readable PEM file of CA certificates")
     return ""
+
+
+def _names_another_host(error: BaseException) -> bool:
+    """urllib3's own hostname check failed (botocore turns off the ssl module's, so urllib3 raises its
+    ``CertificateError``, a ValueError, in every version: matched by name, not imported from where one
+    version keeps it)."""
+    return type(error).__name__ == "CertificateError" and isinstance(error, ValueError)
 
 
 def _wrapped(error: object) -> list[BaseException]:

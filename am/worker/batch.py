@@ -173,11 +173,23 @@ class TileSteps:
         abandoned once the worker has let its messages go."""
         return patiently(what, transfer, outage_s=self._outage_s, wait=self._abandoned.wait)
 
+    def _outage_pause(self, seconds: float) -> bool:
+        """A pause between two rounds of an outage met while loading a model, on the compute thread.
+
+        The hung-device watch (``call_returned``) times that thread, and a wait for S3 is no stuck
+        model call: each round starts its clock again, so AM_OUTAGE_PATIENCE_S, not AM_MAX_BATCH_S,
+        decides when the worker gives up, with the outage named as the cause.
+        """
+        if self._call_returned is not None:
+            self._call_returned()
+        return self._abandoned.wait(seconds)
+
     def _infer(self, group: list[TileWork]) -> None:
         model, tta = group[0].message.model, group[0].message.tta
         try:
             # Loading an s3:// model not yet in memory downloads it: an outage is waited out as for a tile.
-            predictor = self._patiently(f"download of model {model}", lambda: self._predictor_for(model))
+            predictor = patiently(f"download of model {model}", lambda: self._predictor_for(model),
+                                  outage_s=self._outage_s, wait=self._outage_pause)
         except (MissingModel, *NO_TILES_FAULT):
             # Every tile naming it would fail alike, on every receive: raised, it stops the worker
             # with the messages given back instead of moving them all to the dead-letter queue.

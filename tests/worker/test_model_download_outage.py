@@ -186,3 +186,24 @@ def test_a_stop_while_the_start_up_model_waits_for_s3_ends_the_wait(models_env: 
     with pytest.raises(TransferAbandoned, match=rf"^download of model {MODEL_URI} \(AM_MODEL\) abandoned "):
         load_start_up_model(_cache(client, tmp_path), MODEL_URI, outage_s=300.0, stopped=stopped)
     assert len(asked) == 1 and time.monotonic() - started < 10
+
+
+def test_a_model_download_outage_longer_than_the_batch_watch_is_named_an_outage_not_a_hung_device(
+        models_env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The wait runs on the compute thread the hung-device watch (AM_MAX_BATCH_S) times: each round of the
+    outage starts that clock again, so the patience decides, and the log names S3, not the GPU."""
+    env = models_env
+    env.storage.put_many("in-bucket", [(tiles_key(JOB, "g", (0,)), pack_tiles(np.stack([tile_image(0)])))])
+    env.queue.send_many([env.message(0, model=MODEL_URI).to_json()])
+    client = _client_without_botocore_retries()
+    ModelFaults(client, count=None)
+    worker = env.worker(_cache(client, tmp_path), storage=Storage(client, threads=4, retry=FAST_RETRY),
+                        batch_size=1, idle_exit_s=30.0, outage_s=3.0, max_batch_s=1.0)
+    started = time.monotonic()
+    assert worker.run() == 1
+    assert time.monotonic() - started >= 3.0
+    said = "\n".join(record.getMessage() for record in caplog.records)
+    assert "hung GPU" not in said
+    assert "still failing after" in said and "S3 throttling or unreachable" in said
+    assert env.queue.depth() == {"visible": 1, "in_flight": 0}
+    assert worker.stats.failed == 0

@@ -133,6 +133,21 @@ def test_botocores_ssl_error_for_a_bad_ca_bundle_is_a_set_up_fault_not_retried(
     assert not gave_up_waiting(raised.value)
 
 
+def test_a_certificate_for_another_host_is_a_set_up_fault_naming_the_endpoint_url(
+        tls_endpoint: tuple[str, dict[str, Path]]) -> None:
+    """The CA is trusted but the certificate lists 127.0.0.1 only, and the URL says localhost: urllib3's own
+    hostname check (botocore turns off the ssl module's) raises a CertificateError, no verify failure."""
+    endpoint, bundles = tls_endpoint
+    by_name = endpoint.replace("127.0.0.1", "localhost")
+    exc = _ssl_error(by_name, bundles["right"])
+    assert not is_retryable(exc)
+    problem = tls_setup_problem(exc)
+    assert f"the certificate of {by_name} is not for that host" in problem, problem
+    assert "AM_ENDPOINT_URL" in problem
+    with pytest.raises(UntrustedEndpoint):
+        FAST_RETRY.call("head in-bucket", lambda: _s3(by_name, bundles["right"]).head_bucket(Bucket="in-bucket"))
+
+
 def test_the_right_ca_bundle_reaches_the_endpoint(tls_endpoint: tuple[str, dict[str, Path]]) -> None:
     """The server is sound: trusted, it answers (an HTTP error, it being no S3), with no SSLError."""
     endpoint, bundles = tls_endpoint
