@@ -5,8 +5,9 @@ Every image is normalised as the pipeline normalises its input (a 1-99 percentil
 crops are not stretched as stored (crop2 spans 13-149 between its 1st and 99th percentiles).
 
 - ``cropN_image.png`` are half-resolution (1 px = 2.04 original px) crops with the original
-  project's U-Net masks as references: we enlarge the crop to full resolution, predict, bring
-  the probabilities back to the crop's resolution and compare (Dice, IoU, object F1);
+  project's U-Net masks as references: we predict them as the pipeline does at ``--scale 2.04``
+  (the crop enlarged to full resolution, segmented, its mask brought back to the crop's
+  resolution) and compare (Dice, IoU, object F1);
 - crop1 has a bright out-of-focus blob that is not a mark: we count predicted marks on it;
 - ``tile_a_512.png`` and ``tile_b_512.png`` have no reference: we write overlays for a person,
   count the marks found and the specks (components under 48 px, too small to be marks).

@@ -1,7 +1,8 @@
 """Evaluate a model on labelled images: per-image and pooled scores, optional side-by-side PNGs.
 
-Images are predicted whole (overlapping tiles, optional rescale), thresholded at the
-checkpoint's own threshold, and compared with their masks::
+Each image gets the mask the pipeline would write for it (:func:`am.model.whole.predict_image_mask`:
+the pipeline's tiles, each tile's mask made as the checkpoint asks, stitched; optional rescale),
+and is compared with its own mask::
 
     rows = evaluate(predictor, items, scale=1.0, side_by_side=Path("eval_png"))
     overall = Scores.combine([r.scores for r in rows])

@@ -11,9 +11,8 @@ from am.errors import InputError
 from am.evaluate.metrics import score
 from am.imageio import read_image
 from am.model.checkpoint import default_model_path
-from am.model.masks import mask_from_proba
 from am.model.predict import Predictor
-from am.model.whole import predict_image_proba
+from am.model.whole import predict_image_mask
 from am.synth.dataset import iter_samples
 from am.train.data import load_split
 from am.train.mine import image_quality, main, mine_hard
@@ -33,7 +32,7 @@ def test_keeps_the_lowest_quality_images_with_their_masks_and_scores(tmp_path, p
     samples = list(iter_samples(SEED, COUNT, size=SIZE, pitch_range=(20.0, 85.0)))
     qualities = []
     for sample in samples:
-        predicted = mask_from_proba(predict_image_proba(predictor, sample.image), predictor.meta)
+        predicted = predict_image_mask(predictor, sample.image)  # the mask mining scores: the pipeline's
         qualities.append(image_quality(score(sample.mask > 0, predicted)))
     expected = sorted(range(COUNT), key=lambda i: (qualities[i], i))[:KEEP]
     assert [m.index for m in report.kept] == expected

@@ -62,15 +62,17 @@ def test_grid_keeps_only_seed_thresholds_above_the_threshold() -> None:
 
 
 def test_script_scores_what_evaluate_scores(tmp_path: Path) -> None:
+    # At one tile's size (512 px) the sweep's blended probabilities are the tile's own, so its masks are
+    # the pipeline's, which am.evaluate scores; a smaller image is a reflect-padded tile to the pipeline.
     out = tmp_path / "rows.json"
-    cmd = [sys.executable, str(SCRIPT), "--synthetic", "2", "--size", "256", "--seed", "31337", "--threads", "2",
+    cmd = [sys.executable, str(SCRIPT), "--synthetic", "2", "--size", "512", "--seed", "31337", "--threads", "2",
            "--fractions", "0,0.3", "--json", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())
     assert [r["fraction"] for r in rows] == [0.0, 0.3]
     predictor = Predictor.from_checkpoint(default_model_path(), device="cpu", threads=2)
-    items = synthetic_images(count=2, size=256, seed=31337, pitch_range=(22.0, 80.0))
+    items = synthetic_images(count=2, size=512, seed=31337, pitch_range=(22.0, 80.0))
     pooled = Scores.combine([r.scores for r in evaluate(predictor, items)])
     own = next(r for r in rows if r["fraction"] == predictor.meta.min_mark_fraction)
     assert own["dice"] == pytest.approx(pooled.dice) and own["f1"] == pytest.approx(pooled.f1)

@@ -32,7 +32,8 @@ def sure() -> Predictor:
 
 @pytest.mark.parametrize("value", [0, 255])
 def test_a_flat_square_across_two_windows_is_blank(sure: Predictor, value: int) -> None:
-    # Tile 512, overlap 64: windows start at 0 and 448, so each holds only part of the square.
+    # Tile 512: predict_image_proba's windows (overlap 64) start at 0 and 448, so each holds only part of
+    # the square; predict_image_mask's pipeline tiles (overlap 128) start at 0, 384 and 448.
     image = np.random.default_rng(0).integers(0, 256, (960, 960), dtype=np.uint8)
     image[440:510, 440:510] = value
     flat = flat_areas(image)
