@@ -12,10 +12,12 @@ mark has two neighbours about equally far (one each way along the nearest axis),
 partner and nothing else nearby is the mark of a piece. Their area-weighted mean stands for the
 mark. The lattice fitted to the joined points replaces the one fitted to the pieces only where it
 holds marks on clearly more of its nodes (:func:`node_occupancy`): a regular grid fits the same
-lattice either way and keeps its fit. Only the fit sees joined points; every component is
-numbered on its own, and two pieces on one node become one mark's fragments
-(:func:`am.register.grid.assign_nodes`). Pieces as far from each other as from the pieces of the
-neighbouring marks (a "C" cut in two, an ellipse 0.7 of the pitch long cut across) cannot be told
+lattice either way and keeps its fit. Since occupancy judges it, the joined points' rows may be
+placed where they are though more of them sit off their nodes than the uneven model alone allows:
+a lobe whose partner did not pair sits 0.3-0.45 of the pitch off its node. Only the fit sees
+joined points; every component is numbered on its own, and two pieces on one node become one
+mark's fragments (:func:`am.register.grid.assign_nodes`). Pieces as far from each other as from
+the pieces of the neighbouring marks (a "C" cut in two, an ellipse 0.7 of the pitch long cut across) cannot be told
 from neighbours and stay apart.
 """
 

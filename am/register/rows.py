@@ -125,7 +125,8 @@ class RowLines:
 
 
 def fit_uneven_rows(
-    fit: LatticeFit, points: np.ndarray, area: np.ndarray | None = None, *, typical_area: float | None = None
+    fit: LatticeFit, points: np.ndarray, area: np.ndarray | None = None, *, typical_area: float | None = None,
+    off_node_max: float = OFF_NODE_MAX,
 ) -> LatticeFit | None:
     """``fit`` with its rows where the marks are, or None when the regular rows serve as well.
 
@@ -134,6 +135,9 @@ def fit_uneven_rows(
     half a pitch (the pieces of a mark the segmentation cut in two) only the larger counts, so a
     row of such pieces cannot pass for a row of marks. Two such points that are each about a
     mark's size (``typical_area``, default the median area) are two marks, in two close rows.
+    ``off_node_max`` caps the share of marks the uneven rows may leave off their nodes where the
+    residual alone does not decide (``OFF_NODE_MAX``, which rows fitted to points scattered at
+    random exceed); a caller that tells such points apart by another test may raise it.
     """
     points = np.asarray(points, float)
     if len(points) < MIN_MARKS or _rms(fit, points) <= LOOSE_RESIDUAL * fit.pitch:
@@ -150,7 +154,7 @@ def fit_uneven_rows(
     uneven_rms = _rms(uneven, points)
     regular_off, uneven_off = _off_node(fit, points), _off_node(uneven, points)
     closer = uneven_rms <= BETTER_BY * regular_rms
-    more_on_nodes = (regular_off >= OFF_NODE_FRACTION and uneven_off <= min(OFF_NODE_CUT * regular_off, OFF_NODE_MAX)
+    more_on_nodes = (regular_off >= OFF_NODE_FRACTION and uneven_off <= min(OFF_NODE_CUT * regular_off, off_node_max)
                      and uneven_rms < regular_rms)
     if not (closer or more_on_nodes):
         log.debug("uneven rows fit no better (%.2f px against %.2f px, %.0f %% of the marks off their nodes "
