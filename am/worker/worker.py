@@ -330,7 +330,10 @@ class Worker:
             thread.join(_SUPERVISE_INTERVAL_S)
         if self._stopping.is_set() and stop_seen_at is None and not self._broken.is_set():
             log.info("stopping: stop requested between batches")
-        if self._stopping.is_set() and (not self._broken.is_set() or isinstance(self._crash, _NO_TILES_FAULT)):
+        # Idle, as in the loop above: nothing held to give back, so no poll to wait for. The compute thread
+        # may have seen the stop before this loop did (it looks at it before its first take, too), and ended.
+        if (self._stopping.is_set() and len(self._lease)
+                and (not self._broken.is_set() or isinstance(self._crash, _NO_TILES_FAULT))):
             self._await_receive(prefetcher, deadline=(stop_seen_at or time.monotonic()) + self._stop_grace_s)
         self._release_all()
         return self._exit_code()

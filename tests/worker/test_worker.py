@@ -14,6 +14,7 @@ from am.errors import CheckpointError, TransportError
 from am.messages import tiles_key
 from am.transport.queue import MAX_WAIT_S, Queue, delete_queue
 from am.transport.storage import Storage
+from am.worker import worker as worker_module
 from am.worker.worker import Worker
 from tests.waiting import wait_until
 
@@ -202,6 +203,34 @@ def test_stop_while_idle_returns_at_once(env: Env, monkeypatch: pytest.MonkeyPat
     thread, out = run_in_thread(worker)
     assert polling.wait(60), "the worker never polled the queue"
     worker.stop()
+    thread.join(timeout=MAX_WAIT_S / 2)
+    assert not thread.is_alive(), "the stop waited for the long poll (or the idle exit)"
+    assert out == {"code": 0}
+
+
+def test_stop_seen_first_by_the_model_thread_while_idle_returns_at_once(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The model thread looks at the stop flag before its first take: a stop right after the start ends it
+    # before the supervisor, between two looks, has seen the stop. Nothing is held all the same, so the
+    # supervisor must not wait for the long poll under way either.
+    monkeypatch.setattr(worker_module, "_SUPERVISE_INTERVAL_S", MAX_WAIT_S)  # it looks once, then sleeps
+    worker = env.worker(FakePredictor(), idle_exit_s=3600)
+    polling = threading.Event()
+    receive_batch, compute = worker._receive_batch, worker._compute
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        polling.set()
+        return receive_batch(*args, **kwargs)
+
+    def stopped_first(*args: Any) -> None:
+        assert polling.wait(60), "the worker never polled the queue"
+        time.sleep(0.5)  # the supervisor has looked, and sleeps
+        worker.stop()
+        compute(*args)
+
+    monkeypatch.setattr(worker, "_receive_batch", noted)
+    monkeypatch.setattr(worker, "_compute", stopped_first)
+    thread, out = run_in_thread(worker)
     thread.join(timeout=MAX_WAIT_S / 2)
     assert not thread.is_alive(), "the stop waited for the long poll (or the idle exit)"
     assert out == {"code": 0}
