@@ -3,8 +3,8 @@
 The SageMaker container needs no queues (SageMaker runs one container per instance and
 spreads records over them itself), so this is the pipeline's segmentation stage without
 S3 or SQS, built from the same pieces: :func:`am.normalize.normalize`, the pitch check and
-``scale`` (``auto`` included) of :mod:`am.pitch`, the tile plan and :class:`am.tiling.Stitcher`, and
-the model's :class:`am.model.Predictor`::
+``scale`` (``auto`` included) of :mod:`am.pitch`, and the pipeline's tiling, per-tile masks and
+stitching (:func:`am.model.whole.predict_image_mask`) with the model's :class:`am.model.Predictor`::
 
     segmenter = ImageSegmenter(Predictor.from_checkpoint(find_model(Path("/opt/ml/model"))), scale="auto")
     mask = segmenter.segment(read_image(path))      # uint8 0/255, the image's height x width
@@ -19,11 +19,10 @@ import numpy as np
 
 from am.errors import CheckpointError
 from am.model.predict import Predictor
+from am.model.whole import predict_image_mask
 from am.normalize import blank_values, check_finite, normalize, to_grey
 from am.pitch import resolve_scale
-from am.prepare import check_image_size, nominal_factor, rescale, tile_valid_extent
-from am.stitch import at_source_size
-from am.tiling import Stitcher, plan_tiles, read_tile
+from am.prepare import check_image_size, nominal_factor
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +83,11 @@ class ImageSegmenter:
         grey = normalize(grey, low_pct=self.low_pct, high_pct=self.high_pct, name=name)
         scale = resolve_scale(grey, self.scale, name=name)
         self._check_size(grey.shape, scale=scale, name=name)
-        scaled = rescale(grey, scale=scale)
-        plan = plan_tiles(scaled.shape[0], scaled.shape[1], tile_size=self.tile_size, overlap=self.tile_overlap)
-        stitcher = Stitcher(plan)
-        # An image smaller than a tile is padded: its masks are made of the image part of each tile alone.
-        extent = tile_valid_extent(plan)
-        step = self.predictor.batch_size
-        for start in range(0, len(plan.tiles), step):
-            tiles = plan.tiles[start : start + step]
-            extra = {} if extent is None else {"valid": [extent] * len(tiles)}
-            masks = self.predictor.predict(np.stack([read_tile(scaled, tile, plan) for tile in tiles]), **extra)
-            for tile, mask in zip(tiles, masks, strict=True):
-                stitcher.add(tile.index, mask)
-        log.debug("%s: %d x %d px segmented in %d tile(s) at scale %g", name, grey.shape[1], grey.shape[0],
-                  len(plan.tiles), scale)
-        return at_source_size(stitcher.finalize(), *grey.shape)
+        # The pipeline's tiling, per-tile masks and stitching, as am.evaluate measures them.
+        mask = predict_image_mask(self.predictor, grey, tile_size=self.tile_size, overlap=self.tile_overlap,
+                                  scale=scale)
+        log.debug("%s: %d x %d px segmented at scale %g", name, grey.shape[1], grey.shape[0], scale)
+        return mask.astype(np.uint8) * 255
 
     @staticmethod
     def _check_size(shape: tuple[int, ...], *, scale: float, name: str) -> None:
