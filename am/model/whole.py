@@ -81,16 +81,11 @@ def predict_image_proba(
     ``overlap`` None is :func:`default_overlap` of ``tile_size``. ``progress`` (iterable, total,
     description) wraps the batches of windows, for a bar where a large image takes minutes.
     """
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
-    if problem := tile_size_problem(tile_size):
-        raise InputError(problem)
+    _check_arguments(image, tile_size=tile_size, scale=scale)
     if overlap is None:
         overlap = default_overlap(tile_size)
     if not 0 <= overlap < tile_size // 2:
         raise InputError(f"overlap {overlap} must lie in [0, {tile_size // 2}): below half the tile size {tile_size}")
-    if problem := scale_problem(scale):
-        raise InputError(problem)
     height, width = image.shape
     work = image
     if scale != 1.0:
@@ -126,16 +121,11 @@ def predict_image_mask(
     smaller than a tile, a window of the image's own size where the workers see a reflect-padded
     full tile (crop2 of the real samples: Dice 0.38 against the pipeline's own mask).
     """
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
-    if problem := tile_size_problem(tile_size):
-        raise InputError(problem)
+    _check_arguments(image, tile_size=tile_size, scale=scale)
     if overlap is None:
         overlap = pipeline_overlap(tile_size)
     if not 0 <= overlap <= tile_size // 2:
         raise InputError(f"overlap {overlap} must lie in [0, {tile_size // 2}]: at most half the tile size {tile_size}")
-    if problem := scale_problem(scale):
-        raise InputError(problem)
     height, width = image.shape
     scaled = rescale(image, scale=scale)
     plan = plan_tiles(scaled.shape[0], scaled.shape[1], tile_size=tile_size, overlap=overlap)
@@ -150,6 +140,18 @@ def predict_image_mask(
             stitcher.add(tile.index, mask)
     del scaled  # at a large scale the resized image is the largest array here; the mask is made next
     return at_source_size(stitcher.finalize(), height, width) > 0
+
+
+def _check_arguments(image: np.ndarray, *, tile_size: int, scale: float) -> None:
+    """What both predictions take alike: a 2-D uint8 image, a tile size a checkpoint may hold, a scale in range.
+    (Their overlaps differ: blended windows need some of each window's own, the pipeline's tiles may
+    overlap by half.)"""
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise InputError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
+    if problem := tile_size_problem(tile_size):
+        raise InputError(problem)
+    if problem := scale_problem(scale):
+        raise InputError(problem)
 
 
 def scale_problem(scale: float, *, name: str = "scale") -> str | None:

@@ -77,8 +77,9 @@ class Env:
     made: list[Worker] = field(default_factory=list)
 
     def put_tiles(self, numbers: range | list[int], *, group: str = "g", corrupt: set[int] = frozenset(),
-                  per_message: int = 1, tta: str = "off") -> None:
-        """Tiles ``per_message`` to an object and a message; an object holding a ``corrupt`` tile is damaged."""
+                  per_message: int = 1, tta: str = "off", model: str = MODEL) -> None:
+        """Tiles ``per_message`` to an object and a message naming ``model``; an object holding a ``corrupt``
+        tile is damaged."""
         numbers = list(numbers)
         bundles = [tuple(numbers[i:i + per_message]) for i in range(0, len(numbers), per_message)]
         items = []
@@ -88,7 +89,7 @@ class Env:
                 data = data[: len(data) // 2]
             items.append((tiles_key(JOB, group, tiles), data))
         self.storage.put_many("in-bucket", items)
-        self.queue.send_many([self.message(tiles, group=group, tta=tta).to_json() for tiles in bundles])
+        self.queue.send_many([self.message(tiles, group=group, tta=tta, model=model).to_json() for tiles in bundles])
 
     def message(self, tiles: int | tuple[int, ...], *, group: str = "g", model: str = MODEL,
                 tta: str = "off") -> TileMessage:

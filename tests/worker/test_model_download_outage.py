@@ -8,65 +8,31 @@ only, with the client's own retries off, so the counts are exact.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
-import numpy as np
 import pytest
-from botocore.awsrequest import AWSResponse
-from botocore.config import Config
 
 from am.errors import ConfigError, TransportError
-from am.messages import tiles_key
-from am.tilepack import pack_tiles
 from am.transport.storage import Storage
 from am.worker import outage
 from am.worker.__main__ import load_start_up_model
 from am.worker.models import ModelCache
 from am.worker.outage import StorageOutage, TransferAbandoned
 
-from .conftest import FAST_RETRY, JOB, Env, FakePredictor, tile_image
+from .conftest import FAST_RETRY, Env, FakePredictor
+from .s3_faults import SLOW_DOWN, S3Faults, error_response, s3_without_botocore_retries
 
 MODEL_URI = "s3://models/unet/model.pt"
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
 ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
                  b"<Message>Access Denied</Message></Error>")
 
 
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self.data
-
-
-class ModelFaults:
+def model_faults(client: Any, *, count: int | None, status: int = 503, body: bytes = SLOW_DOWN) -> S3Faults:
     """Answers the first ``count`` GetObjects of the model's key (all when None) with ``status`` and ``body``."""
-
-    def __init__(self, client: Any, *, count: int | None, status: int = 503, body: bytes = SLOW_DOWN) -> None:
-        self.left = count
-        self.status = status
-        self.body = body
-        self.injected = 0
-        self.lock = threading.Lock()
-        client.meta.events.register("before-send.s3.GetObject", self)
-
-    def __call__(self, request: Any, **_: Any) -> AWSResponse | None:
-        if "/unet/model.pt" not in request.url:
-            return None
-        with self.lock:
-            if self.left is not None:
-                if self.left <= 0:
-                    return None
-                self.left -= 1
-            self.injected += 1
-        return AWSResponse(request.url, self.status, {"Content-Type": "application/xml"}, _Body(self.body))
+    return S3Faults(client, "GetObject", count=count, url_part="/unet/model.pt",
+                    answer=lambda request: error_response(request, status, body))
 
 
 @pytest.fixture(autouse=True)
@@ -82,11 +48,6 @@ def models_env(env: Env) -> Env:
     return env
 
 
-def _client_without_botocore_retries() -> Any:
-    return boto3.client("s3", region_name="us-east-1",
-                        config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
-
-
 def _cache(client: Any, tmp_path: Path) -> ModelCache:
     return ModelCache(lambda path: FakePredictor(), storage=Storage(client, threads=4, retry=FAST_RETRY),
                       cache_dir=tmp_path / "models")
@@ -95,8 +56,8 @@ def _cache(client: Any, tmp_path: Path) -> ModelCache:
 def test_a_start_up_model_download_waits_out_throttling_beyond_the_retry_policy(
         models_env: Env, tmp_path: Path) -> None:
     # FAST_RETRY gives up after 3 attempts: 7 SlowDowns in a row outlast it twice over.
-    client = _client_without_botocore_retries()
-    faults = ModelFaults(client, count=7)
+    client = s3_without_botocore_retries()
+    faults = model_faults(client, count=7)
     cache = _cache(client, tmp_path)
     predictor = load_start_up_model(cache, MODEL_URI, outage_s=30.0)
     assert isinstance(predictor, FakePredictor)
@@ -106,8 +67,8 @@ def test_a_start_up_model_download_waits_out_throttling_beyond_the_retry_policy(
 
 def test_a_start_up_model_download_gives_up_after_the_patience_naming_the_model(
         models_env: Env, tmp_path: Path) -> None:
-    client = _client_without_botocore_retries()
-    faults = ModelFaults(client, count=None)
+    client = s3_without_botocore_retries()
+    faults = model_faults(client, count=None)
     with pytest.raises(StorageOutage, match=rf"^download of model {MODEL_URI} \(AM_MODEL\) still failing after "):
         load_start_up_model(_cache(client, tmp_path), MODEL_URI, outage_s=0.3)
     assert faults.injected > 3  # retried past the policy's own attempts
@@ -115,8 +76,8 @@ def test_a_start_up_model_download_gives_up_after_the_patience_naming_the_model(
 
 def test_a_refused_model_download_fails_at_once_naming_the_uri_and_what_to_check(
         models_env: Env, tmp_path: Path) -> None:
-    client = _client_without_botocore_retries()
-    faults = ModelFaults(client, count=None, status=403, body=ACCESS_DENIED)
+    client = s3_without_botocore_retries()
+    faults = model_faults(client, count=None, status=403, body=ACCESS_DENIED)
     started = time.monotonic()
     with pytest.raises(TransportError, match=rf"^{MODEL_URI} cannot be read: access denied \(HTTP 403\)") as raised:
         load_start_up_model(_cache(client, tmp_path), MODEL_URI, outage_s=300.0)
@@ -132,18 +93,16 @@ def test_a_refused_model_download_fails_at_once_naming_the_uri_and_what_to_check
 def test_a_missing_model_fails_at_once_naming_am_model(models_env: Env, tmp_path: Path, uri: str, said: str) -> None:
     started = time.monotonic()
     with pytest.raises(ConfigError, match=rf"^AM_MODEL = {uri} cannot be loaded: .*{said}.*set AM_MODEL to the s3://"):
-        load_start_up_model(_cache(_client_without_botocore_retries(), tmp_path), uri, outage_s=300.0)
+        load_start_up_model(_cache(s3_without_botocore_retries(), tmp_path), uri, outage_s=300.0)
     assert time.monotonic() - started < 10
 
 
 def test_a_model_first_named_by_a_message_is_downloaded_through_throttling_and_no_tile_fails(
         models_env: Env, tmp_path: Path) -> None:
     env = models_env
-    env.storage.put_many("in-bucket", [(tiles_key(JOB, "g", (n,)), pack_tiles(np.stack([tile_image(n)])))
-                                       for n in range(2)])
-    env.queue.send_many([env.message(n, model=MODEL_URI).to_json() for n in range(2)])
-    client = _client_without_botocore_retries()
-    faults = ModelFaults(client, count=7)
+    env.put_tiles(range(2), model=MODEL_URI)
+    client = s3_without_botocore_retries()
+    faults = model_faults(client, count=7)
     worker = env.worker(_cache(client, tmp_path), storage=Storage(client, threads=4, retry=FAST_RETRY),
                         batch_size=2, idle_exit_s=1.0, outage_s=30.0)
     assert worker.run() == 0
@@ -157,11 +116,9 @@ def test_a_model_first_named_by_a_message_is_downloaded_through_throttling_and_n
 def test_a_model_download_outage_beyond_the_patience_stops_the_worker_with_its_messages_given_back(
         models_env: Env, tmp_path: Path) -> None:
     env = models_env
-    env.storage.put_many("in-bucket", [(tiles_key(JOB, "g", (n,)), pack_tiles(np.stack([tile_image(n)])))
-                                       for n in range(2)])
-    env.queue.send_many([env.message(n, model=MODEL_URI).to_json() for n in range(2)])
-    client = _client_without_botocore_retries()
-    ModelFaults(client, count=None)
+    env.put_tiles(range(2), model=MODEL_URI)
+    client = s3_without_botocore_retries()
+    model_faults(client, count=None)
     worker = env.worker(_cache(client, tmp_path), storage=Storage(client, threads=4, retry=FAST_RETRY),
                         batch_size=2, idle_exit_s=30.0, outage_s=0.3)
     assert worker.run() == 1
@@ -174,8 +131,8 @@ def test_a_model_download_outage_beyond_the_patience_stops_the_worker_with_its_m
 def test_a_stop_while_the_start_up_model_waits_for_s3_ends_the_wait(models_env: Env, tmp_path: Path) -> None:
     """A worker told to stop (SIGTERM) while starting during an outage stops waiting instead of sitting
     out its patience until ECS kills it."""
-    client = _client_without_botocore_retries()
-    ModelFaults(client, count=None)
+    client = s3_without_botocore_retries()
+    model_faults(client, count=None)
     asked: list[float] = []
 
     def stopped(timeout_s: float) -> bool:
@@ -193,10 +150,9 @@ def test_a_model_download_outage_longer_than_the_batch_watch_is_named_an_outage_
     """The wait runs on the compute thread the hung-device watch (AM_MAX_BATCH_S) times: each round of the
     outage starts that clock again, so the patience decides, and the log names S3, not the GPU."""
     env = models_env
-    env.storage.put_many("in-bucket", [(tiles_key(JOB, "g", (0,)), pack_tiles(np.stack([tile_image(0)])))])
-    env.queue.send_many([env.message(0, model=MODEL_URI).to_json()])
-    client = _client_without_botocore_retries()
-    ModelFaults(client, count=None)
+    env.put_tiles([0], model=MODEL_URI)
+    client = s3_without_botocore_retries()
+    model_faults(client, count=None)
     worker = env.worker(_cache(client, tmp_path), storage=Storage(client, threads=4, retry=FAST_RETRY),
                         batch_size=1, idle_exit_s=30.0, outage_s=3.0, max_batch_s=1.0)
     started = time.monotonic()

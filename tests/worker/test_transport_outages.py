@@ -9,13 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
-import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.config import Config
 from botocore.exceptions import SSLError
 
 from am.transport.queue import Received
@@ -25,44 +23,15 @@ from am.worker.worker import HELD_WAIT_S
 from tests.waiting import wait_until
 
 from .conftest import FAST_RETRY, Env, FakePredictor, expected_mask, run_in_thread
-
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
+from .s3_faults import S3Faults, s3_without_botocore_retries, slow_down
 
 
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+def _fault(kind: str) -> Callable[[Any], AWSResponse]:
+    """SlowDown for "throttle"; a TLS error of the network for "ssl"."""
+    def ssl_error(request: Any) -> AWSResponse:
+        raise SSLError(endpoint_url=request.url, error="[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac")
 
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self.data
-
-
-class Faults:
-    """Answers the first ``count`` calls of ``operation`` with a fault (all of them when ``count`` is None)."""
-
-    def __init__(self, client: Any, operation: str, *, count: int | None, fault: str) -> None:
-        self.left = count
-        self.fault = fault
-        self.injected = 0
-        self.lock = threading.Lock()
-        client.meta.events.register(f"before-send.s3.{operation}", self)
-
-    def __call__(self, request: Any, **_: Any) -> AWSResponse | None:
-        with self.lock:
-            if self.left is not None:
-                if self.left <= 0:
-                    return None
-                self.left -= 1
-            self.injected += 1
-        if self.fault == "ssl":
-            raise SSLError(endpoint_url=request.url, error="[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] bad record mac")
-        return AWSResponse(request.url, 503, {"Content-Type": "application/xml"}, _Body(SLOW_DOWN))
-
-
-def _s3_without_botocore_retries() -> Any:
-    return boto3.client("s3", region_name="us-east-1",
-                        config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    return ssl_error if kind == "ssl" else slow_down
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +45,8 @@ def test_an_outage_longer_than_the_retry_policy_costs_the_tile_no_receive(env: E
     # FAST_RETRY gives up after 3 attempts: 7 faults in a row outlast it twice over, as minutes of
     # SlowDown outlast the default policy. The message stays held and the tile is done at its first receive.
     env.put_tiles([0, 1])
-    client = _s3_without_botocore_retries()
-    faults = Faults(client, operation, count=7, fault=fault)
+    client = s3_without_botocore_retries()
+    faults = S3Faults(client, operation, count=7, answer=_fault(fault))
     worker = env.worker(FakePredictor(), storage=Storage(client, threads=4, retry=FAST_RETRY), batch_size=2)
     assert worker.run() == 0
     assert faults.injected == 7
@@ -93,8 +62,8 @@ def test_an_outage_longer_than_the_retry_policy_costs_the_tile_no_receive(env: E
 def test_an_outage_beyond_the_workers_patience_stops_it_with_every_message_given_back(
         env: Env, caplog: pytest.LogCaptureFixture) -> None:
     env.put_tiles(range(3))
-    client = _s3_without_botocore_retries()
-    faults = Faults(client, "GetObject", count=None, fault="throttle")
+    client = s3_without_botocore_retries()
+    faults = S3Faults(client, "GetObject", count=None, answer=slow_down)
     worker = env.worker(FakePredictor(), storage=Storage(client, threads=4, retry=FAST_RETRY), batch_size=4,
                         outage_s=0.5, idle_exit_s=30)
     with caplog.at_level(logging.ERROR, logger="am.worker.worker"):
@@ -144,8 +113,8 @@ def test_one_stop_costs_a_prefetched_message_one_receive(env: Env) -> None:
 
 def test_a_stop_during_an_outage_gives_the_messages_back_after_the_grace_and_exits_0(env: Env) -> None:
     env.put_tiles(range(2))
-    client = _s3_without_botocore_retries()
-    faults = Faults(client, "GetObject", count=None, fault="throttle")
+    client = s3_without_botocore_retries()
+    faults = S3Faults(client, "GetObject", count=None, answer=slow_down)
     worker = env.worker(FakePredictor(), storage=Storage(client, threads=4, retry=FAST_RETRY), batch_size=2,
                         idle_exit_s=30, stop_grace_s=0.5)
     thread, out = run_in_thread(worker)
