@@ -86,8 +86,11 @@ def test_matches_the_stack_task_definition() -> None:
     assert container["memory"] == params["TaskMemory"]["Default"]
     assert container["stopTimeout"] == params["StopTimeoutSeconds"]["Default"]
     # The worker finishes its batch for all but the last seconds of the stop timeout it is told.
-    told = {e["name"]: e["value"] for e in container["environment"]}["AM_STOP_TIMEOUT_S"]
-    assert told == str(container["stopTimeout"])
+    told = {e["name"]: e["value"] for e in container["environment"]}
+    assert told["AM_STOP_TIMEOUT_S"] == str(container["stopTimeout"])
+    for variable, parameter in (("AM_MAX_BATCH_S", "MaxBatchSeconds"),
+                                ("AM_OUTAGE_PATIENCE_S", "OutagePatienceSeconds")):
+        assert told[variable] == str(params[parameter]["Default"]), variable
     assert container["linuxParameters"]["initProcessEnabled"] is True
     assert [e["name"] for e in container["environment"]] == [e["Name"] for e in stack_container["Environment"]]
     assert container["logConfiguration"]["logDriver"] == "awslogs"

@@ -137,6 +137,27 @@ def test_task_definition_template_runs_on_ec2_with_roles_logs_and_time_to_finish
     assert all(name.startswith("AM_") for name in names)
 
 
+@pytest.mark.parametrize(("parameter", "variable", "default"), [
+    ("MaxBatchSeconds", "AM_MAX_BATCH_S", "DEFAULT_MAX_BATCH_S"),
+    ("OutagePatienceSeconds", "AM_OUTAGE_PATIENCE_S", "DEFAULT_OUTAGE_PATIENCE_S"),
+])
+def test_worker_patience_is_a_stack_parameter_with_the_worker_default(parameter: str, variable: str,
+                                                                      default: str) -> None:
+    """Operators tune how long workers wait for a hung GPU or an S3 outage without editing the template."""
+    from am.worker import config
+
+    template = load_template()
+    [container] = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    told = {entry["Name"]: entry["Value"] for entry in container["Environment"]}
+    assert told[variable] == {"Ref": parameter}
+    assert template["Parameters"][parameter]["Default"] == getattr(config, default)
+    grouped = [name for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+               for name in group["Parameters"]]
+    assert parameter in grouped
+    config.WorkerConfig.from_environ({"AM_QUEUE_URL": "q", "AM_INPUT_BUCKET": "i", "AM_OUTPUT_BUCKET": "o",
+                                      variable: str(template["Parameters"][parameter]["MinValue"])})
+
+
 def test_no_iam_policy_grants_every_action_on_every_resource(stack: dict[str, str]) -> None:
     iam = client("iam")
     documents = []
