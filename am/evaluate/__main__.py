@@ -53,6 +53,7 @@ from am.train.data import (
     IMAGE_SUFFIXES,
     Labelled,
     check_pair_sizes,
+    check_scorable_sizes,
     find_mask,
     iter_synthetic_images,
     read_mask,
@@ -260,6 +261,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     pairs = image_mask_pairs(args.images, args.masks) if args.images is not None else []
     pair_names = image_names([image for image, _ in pairs])
     check_pair_sizes([(f.source, f.mask) for f in files] + pairs)
+    check_scorable_sizes([f.source for f in files] + [image for image, _ in pairs], scale=args.scale)
     synthetic_names = [synthetic_name(args.seed, index) for index in range(max(args.synthetic, 0))]
 
     def items() -> Iterator[Labelled]:

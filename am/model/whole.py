@@ -33,7 +33,7 @@ from am.errors import InputError
 from am.model.checkpoint import tile_size_problem
 from am.model.flat import flat_areas
 from am.model.predict import Predictor
-from am.prepare import rescale, tile_valid_extent
+from am.prepare import check_image_size, rescale, tile_valid_extent
 from am.settings import Settings
 from am.stitch import at_source_size
 from am.tiling import Stitcher, plan_tiles, read_tile
@@ -122,6 +122,9 @@ def predict_image_mask(
     full tile (crop2 of the real samples: Dice 0.38 against the pipeline's own mask).
     """
     _check_arguments(image, tile_size=tile_size, scale=scale)
+    # The pipeline refuses such an image (its mask would be made of padding): no mask to reproduce.
+    check_image_size(*image.shape, scale=scale, name="the image",
+                     advice="use a larger crop, or a larger scale" if scale < 1 else "use a larger crop")
     if overlap is None:
         overlap = pipeline_overlap(tile_size)
     if not 0 <= overlap <= tile_size // 2:

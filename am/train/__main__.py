@@ -53,7 +53,15 @@ from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
 from am.train.augment import MIN_SCALE
-from am.train.data import LabelledFile, check_pair_sizes, read_pairs, split_files, synthetic_images, weigh_gaps
+from am.train.data import (
+    LabelledFile,
+    check_pair_sizes,
+    check_scorable_sizes,
+    read_pairs,
+    split_files,
+    synthetic_images,
+    weigh_gaps,
+)
 from am.train.fits import GIB, free_memory, step_memory_problem
 from am.train.init import check_init
 from am.train.loop import TrainConfig, resume_options_problem, resume_problem, train
@@ -361,6 +369,7 @@ def _listed_data(args: argparse.Namespace) -> list[_Listed]:
     listed = [_Listed(root, split, split_files(root, split)) for root in args.data
               for split in ("train", *(["valid"] if (root / "valid").is_dir() else []))]
     check_pair_sizes((f.source, f.mask) for part in listed for f in part.files)
+    check_scorable_sizes(f.source for part in listed if part.split == "valid" for f in part.files)
     if args.synthetic_valid <= 0 and not any(part.split == "valid" for part in listed):
         raise InputError("training needs validation images: a valid/ split in a --data root, or --synthetic-valid N")
     return listed

@@ -24,6 +24,7 @@ from am.dataset import OTHER_IMAGE_KINDS, group_folders, png_conversion
 from am.errors import InputError
 from am.imageio import read_header, read_image
 from am.normalize import to_grey
+from am.prepare import check_image_size
 from am.synth.dataset import iter_samples
 from am.synth.truth import between_labels
 from am.train.augment import flip_rotate, lose_resolution, photometric, random_crop
@@ -191,6 +192,23 @@ def check_pair_sizes(pairs: Iterable[tuple[Path, Path]]) -> None:
     if wrong:
         shown = "; ".join(wrong[:5]) + (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else "")
         raise InputError(f"{shown}: every mask must have its image's size")
+
+
+def check_scorable_sizes(sources: Iterable[Path], *, scale: float = 1.0) -> None:
+    """Raise InputError naming every image too small to be scored, from its header, before any image is
+    read: the pipeline refuses an image under MIN_IMAGE_SIDE_PX on a side at the model's scale (its mask
+    would be made of padding), so there is no pipeline mask to measure it by."""
+    problems = []
+    for source in sources:
+        header = read_header(source)
+        try:
+            check_image_size(header.height, header.width, scale=scale, name=str(source),
+                             advice="leave it out of the images scored, or use a larger crop")
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise InputError(shown)
 
 
 def find_mask(source: Path, mask_dir: Path) -> Path | None:

@@ -110,6 +110,19 @@ def test_cli_pairs_every_image_before_reading_any(tmp_path: Path, tiny_model: Pa
     assert done.returncode == 1 and "b.png has no mask of the same name" in done.stderr
 
 
+def test_cli_refuses_an_image_too_small_to_score_before_any_model_work(tmp_path: Path, tiny_model: Path) -> None:
+    for folder, size in (("img", 40), ("msk", 40)):
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "a.png", np.zeros((size, size), np.uint8))
+    command = [sys.executable, "-m", "am.evaluate", "--model", str(tiny_model), "--images", str(tmp_path / "img"),
+               "--masks", str(tmp_path / "msk"), "--threads", "1"]
+    done = subprocess.run([*command, "--scale", "0.5"], cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (f"{tmp_path / 'img' / 'a.png'} is 40 x 40 px (height x width, 20 x 20 px at --scale 0.5); the model "
+            "needs at least 32 px on each side") in done.stderr
+    assert subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False).returncode == 0
+
+
 def test_panels_colour_errors() -> None:
     image = np.full((8, 8), 100, dtype=np.uint8)
     truth = np.zeros((8, 8), dtype=np.uint8)

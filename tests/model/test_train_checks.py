@@ -120,6 +120,20 @@ def test_data_problems_are_found_from_the_files_before_any_image_is_read_or_rend
     assert "--synthetic -5 must be >= 0" in _refused([*out, "--data", str(root), "--synthetic", "-5"], capsys)
 
 
+def test_a_validation_image_too_small_to_score_is_refused_before_any_image_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture, no_data) -> None:
+    # The pipeline refuses an image under 32 px on a side, so validation has no mask of its to score;
+    # training crops may be that small (they are reflect-padded), so only valid/ is checked.
+    root = tmp_path / "labels"
+    _labelled(root, "train", "small.png", 24, 24)
+    _labelled(root, "valid", "tiny.png", 20, 20)
+    assert train_cli.main(["--out", str(tmp_path / "m.pt"), *TINY, "--data", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert (f"{root / 'valid' / 'd' / 'g' / 'source' / 'tiny.png'} is 20 x 20 px (height x width); the model needs "
+            "at least 32 px on each side") in err
+    assert "small.png" not in err
+
+
 def test_synthetic_options_without_synthetic_images_are_said_to_have_no_effect(
         tmp_path: Path, capsys: pytest.CaptureFixture, no_data) -> None:
     root = tmp_path / "labels"

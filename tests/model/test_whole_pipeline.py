@@ -94,3 +94,14 @@ def test_real_crop2_gets_the_pipelines_mask(tmp_path, predictor, scale) -> None:
     # The reviewer's case: 245 px, one padded tile at scale 1, 500 px of a padded tile at 2.04.
     image, expected = pipeline_mask(predictor, real_sample("crop2_image.png"), tmp_path / "ds", scale=scale)
     np.testing.assert_array_equal(evaluated_mask(predictor, image, scale=scale), expected)
+
+
+def test_an_image_the_pipeline_refuses_gets_no_mask(predictor) -> None:
+    from am.errors import InputError
+    from am.model.whole import predict_image_mask
+
+    with pytest.raises(InputError, match=r"the image is 20 x 40 px .*at least 32 px on each side"):
+        predict_image_mask(predictor, np.zeros((20, 40), np.uint8))
+    with pytest.raises(InputError, match=r"24 x 24 px at --scale 0.6.*use a larger crop, or a larger scale"):
+        predict_image_mask(predictor, np.zeros((40, 40), np.uint8), scale=0.6)
+    assert predict_image_mask(predictor, np.zeros((32, 32), np.uint8)).shape == (32, 32)
