@@ -10,6 +10,7 @@ download of a model not yet loaded) is tried again, the message still held, for 
 (:mod:`am.worker.outage`), and after that :class:`StorageOutage` is raised, which stops the worker
 with its messages given back, their tiles not charged a failure; so is an endpoint whose certificate
 the CA bundle does not verify (:class:`~am.transport.retry.UntrustedEndpoint`), at once.
+A GPU whose context is lost (:func:`device_failure`) stops the worker too: every later call would fail.
 Nothing here touches SQS: the worker decides what an outcome means for the message. ``fetch``
 and ``put`` handle one message and run on the I/O pools of the prefetch and upload stages;
 ``infer`` handles a whole batch of messages on the compute thread, in model calls of
@@ -56,6 +57,26 @@ MAX_ERROR_CHARS = 300
 # An untrusted endpoint (a CA bundle that does not hold the endpoint's CA, or cannot be read) fails every
 # transfer alike and no wait fixes it.
 NO_TILES_FAULT: tuple[type[BaseException], ...] = (StorageOutage, UntrustedEndpoint)
+
+
+def device_failure(exc: BaseException) -> WorkerError | None:
+    """The worker's own failure where ``exc`` says the GPU's context is lost (None: the tiles' failure).
+
+    After an illegal memory access, a launch failure or an ECC error every later call on the device
+    fails too: charged to the tiles, each would go on failing batch after batch until the queue
+    drained into the dead-letter queue. Raised instead, it stops this worker with its messages given
+    back, as a hung call does, for workers whose device works. torch reports these as
+    ``torch.AcceleratorError`` (2.8 and later) or a RuntimeError "CUDA error: ..." (before); running
+    out of memory is the batch's own failure and stays one. Named, not imported: no torch here.
+    """
+    if not isinstance(exc, RuntimeError) or "out of memory" in str(exc).lower():
+        return None
+    accelerator = any(cls.__name__ == "AcceleratorError" and cls.__module__.startswith("torch")
+                      for cls in type(exc).__mro__)
+    if not (accelerator or str(exc).startswith("CUDA error")):
+        return None
+    return WorkerError(f"the GPU failed and cannot be used again by this process ({type(exc).__name__}: "
+                       f"{str(exc)[:MAX_ERROR_CHARS]}): giving every held message back and exiting")
 
 
 @dataclass
@@ -197,6 +218,8 @@ class TileSteps:
         # Also torch's device and memory failures (RuntimeError; CUDA out of memory among them) and a
         # full cache disk (OSError); anything else is a bug, which stops the worker.
         except (AmError, RuntimeError, OSError) as exc:
+            if broken := device_failure(exc):
+                raise broken from exc
             why = str(exc) if isinstance(exc, AmError) else f"{type(exc).__name__}: {exc}"
             log.error("cannot load model %s for %d tile(s): %s", model, len(group), why)
             for tile in group:
@@ -225,6 +248,8 @@ class TileSteps:
                 if self._call_returned is not None:
                     self._call_returned()
         except Exception as exc:  # torch reports device and memory failures as RuntimeError and kin
+            if broken := device_failure(exc):
+                raise broken from exc
             log.exception("inference failed for %d tile(s) of shape %s with model %s", len(group), batch.shape[1:],
                           model)
             for tile in group:

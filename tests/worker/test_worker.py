@@ -277,6 +277,32 @@ def test_inference_error_fails_every_tile_of_the_batch(env: Env) -> None:
     assert env.queue.depth() == {"visible": 0, "in_flight": 0}
 
 
+@pytest.mark.parametrize("where", ["inference", "load"])
+@pytest.mark.parametrize("failure", [
+    "torch", RuntimeError("CUDA error: an illegal memory access was encountered")])
+def test_a_lost_gpu_context_gives_every_held_message_back_and_exits_1(
+        env: Env, caplog: pytest.LogCaptureFixture, where: str, failure: Exception | str) -> None:
+    # After an illegal memory access every later call fails too: charged to the tiles, the whole queue
+    # would drain into the dead-letter queue batch by batch. The messages go back, no tile failed, instead.
+    import torch
+
+    if failure == "torch":
+        failure = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    env.put_tiles(range(3))
+    if where == "inference":
+        models: Any = FakePredictor(fail=failure)
+    else:
+        def models(uri: str) -> Any:
+            raise failure
+    worker = env.worker(models, idle_exit_s=1.0)
+    assert worker.run() == 1
+    assert env.queue.depth() == {"visible": 3, "in_flight": 0}
+    assert env.dlq.depth()["visible"] == 0
+    assert env.collect_results() == []
+    assert "the GPU failed and cannot be used again by this process" in caplog.text
+    assert "illegal memory access" in caplog.text
+
+
 @pytest.mark.parametrize(("failure", "said"), [
     (CheckpointError("checkpoint /nowhere/other.pt does not exist"), "does not exist"),
     # torch's device and memory failures at load are failures of these tiles, with their reason, not a crash.
