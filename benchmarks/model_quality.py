@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     real_dir = None if args.skip_real else args.real or (REAL if REAL.is_dir() else None)
     logging.basicConfig(level=logging.WARNING)
     model = args.model or default_model_path()
+    if args.device.startswith("cuda") and args.precision == "fp32":
+        # CUDA convolutions and matmuls take TF32 for fp32 by default: the figures would not be those of
+        # fp32 on CPU, which the README's are and a GPU-trained candidate is compared with.
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     try:
         predictor = Predictor.from_checkpoint(model, device=args.device, threads=args.threads, tta=args.tta,
                                               precision=args.precision,
