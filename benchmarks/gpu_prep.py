@@ -10,7 +10,8 @@ only the checkout and the paths a call carries, while its minutes count from the
   device's install);
 - ``.real/``: a copy of the real samples, which stay outside the repository.
 
-It ends by printing the one device call that uses them::
+It ends by printing the one device call that uses them, which brings back the run's results in the
+few small files a call returns (gpu_train.sh's RESULTS)::
 
     make gpu-prep                                   # or: python benchmarks/gpu_prep.py
     python benchmarks/gpu_prep.py --dry-run         # what it would fetch and copy; writes nothing
@@ -47,6 +48,11 @@ DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux
 REAL_FILES = SAMPLE_FILES
 # What one device call may carry, working tree included (the device tool's limit).
 CARRY_LIMIT_BYTES = 64 * 2**20
+# The device tool's limits on a call: its command's length, and its wall clock. The script's own
+# deadline leaves 20 s of it for starting and for the results to be packed.
+COMMAND_LIMIT_CHARS = 2000
+CALL_TIMEOUT_S = 590
+DEADLINE_S = 570
 
 
 class PrepError(Exception):
@@ -144,13 +150,23 @@ def folder_bytes(folder: Path) -> int:
 def device_call(*, wheels: str, real: str | None) -> str:
     """The call that runs the prepared check on a lent machine, carrying the folders named (paths
     relative to the repository root, as the call carries them; ``real`` None: without the real
-    samples); its reply brings OUT's files back."""
+    samples).
+
+    Its reply brings back only a few small files of the device's ``$OUT``, so the script works in a
+    folder of its own (checkpoints and resume states run to hundreds of MB) and packs its results
+    into ``$OUT`` (RESULTS: compact.pt, comparison.md, bench.json and results.tgz of the figures and
+    logs); DEADLINE_S ends it, bench included, inside the call's timeout.
+    """
     samples = "SKIP_REAL=1" if real is None else f"REAL={shlex.quote(real)}"
     # gpu_train.sh installs from WHEELS, .whl by default.
     where = "" if wheels == DEFAULT_WHEELS else f"WHEELS={shlex.quote(wheels)} "
-    command = f"MINUTES=4 OUT=$OUT {where}{samples} PYTHON=python3 BENCH_TIMEOUT_S=120 bash benchmarks/gpu_train.sh"
+    command = (f"MINUTES=4 OUT=/tmp/gpu-run RESULTS=$OUT {where}{samples} PYTHON=python3 DEADLINE_S={DEADLINE_S} "
+               "BENCH_TIMEOUT_S=200 bash benchmarks/gpu_train.sh")
+    if len(command) >= COMMAND_LIMIT_CHARS:
+        raise PrepError(f"the device call's command would be {len(command)} characters, over the "
+                        f"{COMMAND_LIMIT_CHARS} a call takes: give the folders shorter names")
     carry = [wheels] if real is None else [wheels, real]
-    return f'run(command="{command}", carry={carry!r}, timeout_s=590)'
+    return f'run(command="{command}", carry={carry!r}, timeout_s={CALL_TIMEOUT_S})'
 
 
 def in_repository(path: Path) -> str | None:
@@ -230,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
               "above", file=sys.stderr)
         return 1
     real = None if args.skip_real else in_repository(args.real_to)
-    print("on a lent GPU machine, from the repository root:\n  "
-          + device_call(wheels=in_repository(args.wheels), real=real))
+    try:
+        call = device_call(wheels=in_repository(args.wheels), real=real)
+    except PrepError as error:
+        print(f"gpu_prep: {error}", file=sys.stderr)
+        return 1
+    print("on a lent GPU machine, from the repository root:\n  " + call)
     return 0
 
 

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)")
     parser.add_argument("--compile", choices=COMPILE_MODES, default="off", const="on", nargs="?",
                         help="torch.compile the model (--compile alone means on; auto: CUDA only)")
+    parser.add_argument("--compile-budget", type=float, default=None, metavar="S",
+                        help="seconds torch.compile may take before the model runs uncompiled (default: the "
+                             "workers' own budget); a bench with a deadline of its own keeps it well inside that")
     parser.add_argument("--no-loop", action="store_true", help="skip the worker-loop measurement")
     parser.add_argument("--loop-endpoint", default="embedded",
                         help="S3/SQS for the worker loop: embedded (moto's server in a child process, default), "
@@ -96,9 +99,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             checkpoint = write_untrained_checkpoint(Path(tmp) / f"{args.encoder}.pt", encoder=args.encoder,
                                                     tile_size=args.tile_size)
         # Compiled for the tiles measured: a compiled model runs only the shape it was compiled for.
+        budget = {} if args.compile_budget is None else {"compile_budget_s": args.compile_budget}
         predictor = Predictor.from_checkpoint(checkpoint, device=args.device, threads=args.threads,
                                               batch_size=args.batch_size, precision=args.precision,
-                                              compile=args.compile, tile_size=args.tile_size)
+                                              compile=args.compile, tile_size=args.tile_size, **budget)
         batch = predictor.batch_size
         out: dict[str, Any] = {
             "checkpoint": str(args.checkpoint or "") if not args.encoder else "",
@@ -285,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"am.bench: --peak-tflops {args.peak_tflops} must be a finite number > 0 (the device's peak "
               "TFLOP/s; leave it out for a known GPU's)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.compile_budget is not None and not (math.isfinite(args.compile_budget) and args.compile_budget > 0):
+        parser.print_usage(sys.stderr)
+        print(f"am.bench: --compile-budget {args.compile_budget} must be a finite number of seconds > 0",
+              file=sys.stderr)
         return EXIT_USAGE
     if not 0 <= args.tiles_per_message <= MAX_TILES_PER_MESSAGE:
         parser.print_usage(sys.stderr)

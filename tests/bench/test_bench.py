@@ -147,6 +147,33 @@ def test_a_peak_that_is_no_positive_figure_is_a_usage_error(capsys: pytest.Captu
     assert f"--peak-tflops {float(peak)} must be a finite number > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("budget", ["0", "-5", "nan", "inf"])
+def test_a_compile_budget_that_is_no_positive_figure_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                                      budget: str) -> None:
+    assert bench_cli.main(["--compile-budget", budget]) == 2
+    assert f"--compile-budget {float(budget)} must be a finite number of seconds > 0" in capsys.readouterr().err
+
+
+def test_the_compile_budget_reaches_the_predictor(tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # A bench under a deadline (benchmarks/gpu_train.sh) must not spend it all compiling.
+    from am.model.predict import Predictor
+
+    given: list[dict[str, Any]] = []
+    load = Predictor.from_checkpoint
+
+    def spy(*args: Any, **kwargs: Any) -> Predictor:
+        given.append(kwargs)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", spy)
+    common = ["--checkpoint", str(tiny_model), "--device", "cpu", "--threads", "1", "--tile-size", "64",
+              "--batch-size", "2", "--tiles", "2", "--precision", "fp32", "--no-loop", "--json"]
+    assert bench_cli.main([*common, "--compile-budget", "7.5"]) == 0
+    assert bench_cli.main(common) == 0
+    assert given[0]["compile_budget_s"] == 7.5 and "compile_budget_s" not in given[1]
+
+
 def test_a_tile_size_that_is_no_multiple_of_32_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_cli.main(["--tile-size", "100"]) == 2
     assert "--tile-size 100 must be a positive multiple of 32" in capsys.readouterr().err

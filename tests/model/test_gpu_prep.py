@@ -85,6 +85,25 @@ def test_prep_removes_other_versions_copies_the_real_samples_and_prints_the_devi
     assert sorted(p.name for p in copy.iterdir()) == sorted(gpu_prep.REAL_FILES)
     assert (copy / "crop2_image.png").read_bytes() == b"crop2_image.png"
     assert "REAL=.real" in out and "carry=['wheels', '.real']" in out and "timeout_s=590" in out
+    assert "WHEELS=wheels" in out
+
+
+def test_the_device_call_packs_its_results_into_the_returned_folder_and_ends_inside_its_timeout():
+    call = gpu_prep.device_call(wheels=".whl", real=".real")
+    command = call.split('command="', 1)[1].split('"', 1)[0]
+    # The checkpoints and resume states stay in a folder of the device's own; $OUT, which comes back,
+    # gets the packed results.
+    assert "OUT=/tmp/gpu-run RESULTS=$OUT " in command and "OUT=$OUT" not in command.replace("RESULTS=$OUT", "")
+    assert "DEADLINE_S=570 " in command and "BENCH_TIMEOUT_S=200 " in command and "MINUTES=4 " in command
+    assert command.endswith("bash benchmarks/gpu_train.sh") and "WHEELS" not in command
+    assert call.endswith("carry=['.whl', '.real'], timeout_s=590)")
+    assert gpu_prep.DEADLINE_S < gpu_prep.CALL_TIMEOUT_S
+    assert len(command) < gpu_prep.COMMAND_LIMIT_CHARS and len(call) < gpu_prep.COMMAND_LIMIT_CHARS
+
+
+def test_a_device_call_over_the_tools_length_is_refused():
+    with pytest.raises(gpu_prep.PrepError, match="over the 2000"):
+        gpu_prep.device_call(wheels="w" * 2000, real=None)
 
 
 def test_skip_real_leaves_the_samples_out_of_the_call(tmp_path, wheels_ready, capsys):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,30 @@ TOY = {"DEVICE": "cpu", "PYTHON": sys.executable, "SYNTHETIC": "2", "VALID": "1"
        "WORKERS": "0", "SKIP_REAL": "1"}
 
 
-def run_script(out: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+# What a device call brings back of its $OUT (the device tool's limits).
+RETURNED_FILES, RETURNED_FILE_BYTES = 8, 16 * 2**20
+
+
+def run_script(out: Path, timeout: int = 600, **env: str | None) -> subprocess.CompletedProcess:
+    """Runs the script at toy size; a variable given as None is left unset (the script's default)."""
+    full = {**os.environ, **TOY, "OUT": str(out), **env}
     return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_train.sh")], cwd=REPO,
-                          env={**os.environ, **TOY, "OUT": str(out), **env}, capture_output=True, text=True,
+                          env={k: v for k, v in full.items() if v is not None}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def returned(results: Path) -> dict[str, int]:
+    """The files of RESULTS by size, checked against what a device call brings back."""
+    files = {p.relative_to(results).as_posix(): p.stat().st_size for p in results.rglob("*") if p.is_file()}
+    assert len(files) <= RETURNED_FILES, files
+    assert all(size <= RETURNED_FILE_BYTES for size in files.values()), files
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in files), files
+    return files
+
+
+def packed(results: Path) -> list[str]:
+    with tarfile.open(results / "results.tgz") as archive:
+        return sorted(archive.getnames())
 
 
 def sleeping_watchdogs(seconds: str) -> list[str]:
@@ -71,17 +93,53 @@ def test_gpu_script_measures_the_run_that_worked_when_the_other_fails(tmp_path):
 
 
 def test_gpu_script_reports_a_failed_training_run(tmp_path):
-    done = run_script(tmp_path, BATCH="0", COMPACT="0", SHIPPED="0")
-    assert done.returncode == 1
-    assert "resnext50: training failed" in done.stderr and (tmp_path / "resnext50.train.log").is_file()
-    assert not (tmp_path / "comparison.md").exists()
+    done = run_script(tmp_path / "out", BATCH="0", COMPACT="0", SHIPPED="0", RESULTS=str(tmp_path / "results"))
+    assert done.returncode == 1, "the script's own status, not that of packing the results"
+    assert "resnext50: training failed" in done.stderr and (tmp_path / "out" / "resnext50.train.log").is_file()
+    assert not (tmp_path / "out" / "comparison.md").exists()
+    # The failed run's log comes back all the same.
+    assert list(returned(tmp_path / "results")) == ["results.tgz"]
+    assert "resnext50.train.log" in packed(tmp_path / "results")
+    assert f"results: packed into {tmp_path / 'results'}: results.tgz (" in done.stdout
+
+
+def test_gpu_script_sizes_its_schedules_to_minutes_and_packs_what_a_device_call_brings_back(tmp_path):
+    # EPOCHS and COMPACT_EPOCHS unset: 4 per minute and 20 per 6 minutes of MINUTES, rounded down. A
+    # deadline shortens the default watchdog (MINUTES + 150 s = 180 s) to leave measuring 150 s and the
+    # bench 70 s; the bench, given 1 s, fails.
+    out, results = tmp_path / "out", tmp_path / "results"
+    done = run_script(out, MINUTES="0.5", EPOCHS=None, COMPACT_EPOCHS=None, SHIPPED="0", RESULTS=str(results),
+                      DEADLINE_S="400", BENCH="1", BENCH_TIMEOUT_S="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name, epochs in (("resnext50", 2), ("compact", 1)):
+        assert json.loads((out / f"{name}.metrics.json").read_text())["options"]["epochs"] == epochs, name
+        watchdog = re.search(rf"^{name}: watchdog at (\d+) s", done.stdout, re.MULTILINE)
+        assert watchdog and 120 <= int(watchdog[1]) < 180, done.stdout
+    assert "WARNING: the speed benchmark was stopped after its 1 s timeout, so there is no bench.json" in done.stderr
+    assert not (out / "bench.json").exists() and (out / "bench.log").is_file()
+    # resnext50.pt (64 MB) and the resume states (hundreds of MB) stay behind; the rest comes back.
+    files = returned(results)
+    assert sorted(files) == ["compact.pt", "comparison.md", "results.tgz"]
+    assert (results / "compact.pt").read_bytes() == (out / "compact.pt").read_bytes()
+    assert (results / "comparison.md").read_text() == (out / "comparison.md").read_text()
+    names = packed(results)
+    for name in ("resnext50", "compact"):
+        for suffix in ("metrics.csv", "metrics.json", "train.log", "quality.json", "quality.log"):
+            assert f"{name}.{suffix}" in names
+    assert "comparison.md" in names and "bench.log" in names
+    assert not [name for name in names if not name.endswith((".json", ".csv", ".log", ".md"))], names
+    assert (out / "resnext50.pt").is_file()
+    assert done.stdout.count("results: packed into") == 1
 
 
 def test_gpu_script_stops_an_overrunning_training_and_still_measures_its_best_checkpoint(tmp_path):
     # 200 one-step epochs outlast a 25 s watchdog, as a run stalled inside an epoch would outlast MINUTES.
-    done = run_script(tmp_path, EPOCHS="200", WATCHDOG_S="25", COMPACT="0", SHIPPED="0")
+    # A deadline already past leaves a shorter WATCHDOG_S as it is, and no time for the bench.
+    done = run_script(tmp_path, EPOCHS="200", WATCHDOG_S="25", COMPACT="0", SHIPPED="0", DEADLINE_S="1", BENCH="1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resnext50: training outlived the 25 s watchdog and was stopped" in done.stderr
+    assert "WARNING: the speed benchmark skipped for lack of time" in done.stderr
+    assert not (tmp_path / "bench.json").exists() and not (tmp_path / "bench.log").exists()
     log = (tmp_path / "resnext50.train.log").read_text()
     assert "most recent call first" in log, "the watchdog asks for every thread's stack before stopping the run"
     quality = json.loads((tmp_path / "resnext50.quality.json").read_text())
