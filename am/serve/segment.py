@@ -32,6 +32,9 @@ MODEL_FILE = "model.pt"
 def find_model(model_dir: Path) -> Path:
     """``model_dir/model.pt``, else the only ``.pt`` file under ``model_dir`` (SageMaker unpacks model.tar.gz there)."""
     model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise CheckpointError(f"model folder {model_dir} is a file, not a folder: give the folder that holds it "
+                              f"({model_dir.parent})")
     if not model_dir.is_dir():
         raise CheckpointError(f"model folder {model_dir} does not exist; give the folder holding {MODEL_FILE} "
                               "(SageMaker unpacks the model data there)")

@@ -123,6 +123,10 @@ def test_find_model_takes_model_pt_or_the_only_checkpoint(tmp_path):
         find_model(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"x")
     assert find_model(tmp_path) == tmp_path / "model.pt"
+    # The checkpoint itself given for its folder: named as a file, with the folder to give.
+    with pytest.raises(CheckpointError, match="is a file, not a folder") as refused:
+        find_model(tmp_path / "model.pt")
+    assert str(refused.value).endswith(f"give the folder that holds it ({tmp_path})")
 
 
 def test_serve_exits_1_with_a_clear_message_when_the_model_folder_is_empty(tmp_path):
