@@ -232,7 +232,7 @@ def write_dataset(
             truth = stage / "truth" / plan.group
             truth.mkdir(parents=True, exist_ok=True)
             write_png(truth / "mask.png", scene.mask)
-            write_png(truth / "ids.png", scene.ids)
+            write_png(truth / "ids.png", ids_png(scene.ids, truth / "ids.png"))
             (truth / "lattice.json").write_text(json.dumps(_truth_record(scene, plan.style, seed=plan.seed),
                                                            indent=1))
             log.info("drew %s: %d x %d px, %d of %d marks, pitch %.1f px", plan.group, scene.image.shape[1],
@@ -240,6 +240,19 @@ def write_dataset(
         for sub in ("source", "truth"):
             swap_in(stage / sub, root / sub)
     return [root / "source" / plan.group / "image.tif" for plan in plans]
+
+
+def ids_png(ids: np.ndarray, path: Path) -> np.ndarray:
+    """A scene's ids (int32, see :data:`am.synth.render.ID_DTYPE`) as the 16-bit ``ids.png`` stores them.
+
+    The layout's ids.png stays uint16, which every reader of a dataset's truth expects; the grid's
+    size check (:data:`MAX_MARKS`) keeps every id within it, and this says so rather than wrap one.
+    """
+    top = int(ids.max()) if ids.size else 0
+    if top > MAX_MARKS:
+        raise InputError(f"cannot write {path}: mark id {top} does not fit a 16-bit PNG (at most {MAX_MARKS}); "
+                         "draw a grid of fewer rows x cols")
+    return ids.astype(np.uint16)
 
 
 @dataclass(frozen=True)

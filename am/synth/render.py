@@ -11,7 +11,7 @@ places one mark per present lattice node and returns the image with its ground t
     scene = render(lat, style, width=800, height=800, rng=rng)
     scene.image      # float32 in [0, 1]
     scene.mask       # uint8 0/255, the drawn marks as far as they show
-    scene.ids        # uint16, row * cols + col + 1 under each mark, 0 elsewhere
+    scene.ids        # int32, row * cols + col + 1 under each mark, 0 elsewhere
 
 Labels follow the convention of :data:`am.synth.truth.LABELS`: by default (``"visible"``) a mark's label reaches
 out to where its blurred footprint still shows a quarter of its contrast (at least the pixels
@@ -54,6 +54,11 @@ POLARITY_MIX = {"bright": 0.4, "dark": 0.1, "rim": 0.18, "grey": 0.14, "flat": 0
 # Width of an "outlined" mark's dark wall, in px at the training scale (crop2's is 1-2 px at half resolution).
 OUTLINE_WIDTH = (1.5, 4.0)
 FLAT_MIN_OFFSET = 0.07  # smallest brightness step of a "flat" mark, on the [0, 1] scale
+# Mark ids are int32: a training tile or held-out image of 4096 px at the smallest pitch (8 px) is
+# rendered on a lattice of about 820 x 820 nodes, far more ids than uint16 holds. The truth rules
+# grow and compare ids in float32 (OpenCV's morphology takes no int32), exact up to this many.
+ID_DTYPE = np.int32
+MAX_IDS = 2**24
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class Style:
 class Scene:
     image: np.ndarray  # float32 (H, W) in [0, 1]
     mask: np.ndarray  # uint8 (H, W) 0/255
-    ids: np.ndarray  # uint16 (H, W), 0 = background
+    ids: np.ndarray  # int32 (H, W), 0 = background; am.synth dataset writes it as 16-bit ids.png
     lattice: Lattice
     present: np.ndarray  # bool (rows*cols,): node carries a drawn mark inside the image
 
@@ -185,9 +190,12 @@ def render(
     """
     if labels not in LABELS:
         raise ValueError(f"labels {labels!r} is not one of {', '.join(LABELS)}")
+    if lattice.rows * lattice.cols > MAX_IDS:
+        raise ValueError(f"a {lattice.rows} x {lattice.cols} lattice has more than {MAX_IDS} nodes, "
+                         "more mark ids than the truth rules keep exact; render a smaller lattice")
     image = _background(style, width, height, rng)
     ids, gaps, present = _draw_ids(lattice, style, width, height, rng)
-    drawn = np.where(gaps, np.uint16(0), ids)
+    drawn = np.where(gaps, ID_DTYPE(0), ids)
     image = _paint_marks(image, drawn, style, rng)
     image = _distractors(image, style, rng)
     image = _optics(image, style, rng)
@@ -274,7 +282,7 @@ def _draw_ids(
     Returns the ids of whole marks, the pixels inside marks that are drawn as tissue (the gap of
     a split mark, see :data:`am.synth.shapes.PARTS`), and which nodes carry a mark.
     """
-    ids = np.zeros((height, width), dtype=np.uint16)
+    ids = np.zeros((height, width), dtype=ID_DTYPE)
     gaps = np.zeros((height, width), dtype=bool)
     nodes = lattice.nodes()
     n = len(nodes)

@@ -39,7 +39,7 @@ def keep_apart(ids: np.ndarray) -> np.ndarray:
     fill = np.float32(ids.max() + 1)
     values = np.where(ids > 0, ids.astype(np.float32), fill)  # exact for any count of marks an image can hold
     smallest = cv2.erode(values, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=float(fill))
-    return np.where((ids > 0) & (smallest < values), np.uint16(0), ids).astype(ids.dtype)
+    return np.where((ids > 0) & (smallest < values), 0, ids).astype(ids.dtype)
 
 
 def edge_sigma(style: Style) -> float:
@@ -97,7 +97,10 @@ def _grow_apart(ids: np.ndarray, kernel: np.ndarray, *, allowed: np.ndarray | No
     """Grow every mark over ``kernel`` into unlabelled pixels (only ``allowed`` ones, when given),
     leaving out any grown pixel with another mark among its 8 neighbours."""
     unlabelled = ids == 0
-    grown = np.where(unlabelled, cv2.dilate(ids, kernel), ids).astype(ids.dtype)
+    # OpenCV dilates no int32 ids (a scene's ids, see am.synth.render.ID_DTYPE): grow them in float32,
+    # exact below am.synth.render.MAX_IDS, which render refuses to exceed, and give them back their type.
+    nearest = cv2.dilate(ids.astype(np.float32), kernel)
+    grown = np.where(unlabelled, nearest, ids).astype(ids.dtype)
     if allowed is not None:
         grown[unlabelled & ~allowed] = 0
     grown[unlabelled & (grown > 0) & between_labels(grown, reach=1)] = 0

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from am.dataset import OTHER_IMAGE_KINDS, group_folders, png_conversion
 from am.errors import InputError
 from am.imageio import read_header, read_image
-from am.normalize import to_grey
+from am.normalize import check_finite, to_grey
 from am.prepare import check_image_size
 from am.synth.dataset import iter_samples
 from am.synth.truth import between_labels
@@ -102,14 +102,20 @@ LABEL_EDGE_SHARE = 0.02
 def binary_mask(mask: np.ndarray, path: Path) -> np.ndarray:
     """A label mask as 0/1, from a grey, colour or RGBA array.
 
-    Two levels of which the lower is 0 (0/255, 0/1, 0/65535) are read as they are. Of two levels
-    neither of which is 0 (ilastik's 1/2 export, 128/255, red marks on white) the higher counts as
-    marks, with a warning: "anything above 0" would make every pixel a mark, and so would half the
-    maximum of 128/255. An integer image with more levels, a background of 0 and each mark of one
-    value (a label image such as the generator's ``ids.png`` or registration's
-    ``am_coordinates.png``) counts every labelled pixel. Any other mask with more levels (resampled
-    edges, JPEG noise, a background of 1-2) is cut at half its maximum, with a warning, since
-    "anything above 0" would make its whole noisy background one mark.
+    Two levels of which one is 0 (0/255, 0/1, 0/65535, and marks of -1 on 0 too) are read as they
+    are: 0 is background, the other level marks. Of two levels neither of which is 0 (ilastik's 1/2
+    export, 128/255, red marks on white) the higher counts as marks, with a warning: "anything above
+    0" would make every pixel a mark, and so would half the maximum of 128/255. An integer image
+    with more levels, a background of 0 and each mark of one value (a label image such as the
+    generator's ``ids.png`` or registration's ``am_coordinates.png``) counts every labelled pixel.
+    Any other mask with more levels (resampled edges, JPEG noise, a background of 1-2) is cut at
+    half its maximum, with a warning, since "anything above 0" would make its whole noisy
+    background one mark.
+
+    The rules that rank levels (the higher of two, half the maximum) mean nothing below 0 (is -1
+    on -2 a mark?): a mask with values below 0 that is neither two levels on 0 nor a label image is
+    refused. So is a mask with NaN or infinite values (the gaps of a float export): they are neither
+    mark nor background, and each rule above would silently count them as one or the other.
 
     Colour counts by luminance. Of an RGBA mask, the alpha channel counts where the colour is the
     same everywhere (marks drawn only in transparency), the colour where alpha is; where both vary,
@@ -140,24 +146,37 @@ def _binary_mask(mask: np.ndarray, path: Path) -> np.ndarray:
             return _binary_mask(colour, path) & _binary_mask(alpha, path)
         mask = colour
     mask = to_grey(mask, name=str(path))
-    top = mask.max() if mask.size else 0
+    check_finite(mask, f"mask {path}")
     levels = np.unique(mask) if mask.dtype != np.uint8 else np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    if levels.size == 1 or (levels.size == 2 and levels[0] == 0):
-        return (mask > 0).astype(np.uint8)
+    if levels.size == 1 or (levels.size == 2 and bool((levels == 0).any())):
+        return (mask != 0).astype(np.uint8)
+    if _is_label_image(mask):
+        log.info("mask %s holds %d labels on a background of 0: every labelled pixel counts as a mark", path,
+                 levels.size - 1)
+        return (mask != 0).astype(np.uint8)
+    _check_not_negative(levels, path)
+    top = levels[-1]
     if levels.size == 2:
         # Cut between the two, not at half the maximum: of 128/255 that would mark every pixel too.
         log.warning("mask %s holds the two levels %s and %s, neither of them 0: the pixels of %s count as marks; "
                     "save it as a 0/255 mask (marks 255 on 0) to be sure", path, _number(levels[0]),
                     _number(levels[1]), _number(levels[1]))
         return (mask > levels[0]).astype(np.uint8)
-    if _is_label_image(mask):
-        log.info("mask %s holds %d labels on a background of 0: every labelled pixel counts as a mark", path,
-                 levels.size - 1)
-        return (mask > 0).astype(np.uint8)
     log.warning("mask %s holds %d grey levels, not two (0 and %s): pixels above %s count as marks; save it as a "
                 "0/255 mask to be sure", path, levels.size, _number(top),
                 _number(top // 2 if mask.dtype.kind in "ui" else top / 2))
     return (mask > top / 2).astype(np.uint8)
+
+
+def _check_not_negative(levels: np.ndarray, path: Path) -> None:
+    """Refuse a mask whose sorted ``levels`` go below 0 where no background of 0 says which are marks:
+    the higher of two levels, or half the maximum, picks marks only among values of 0 and above."""
+    if levels[0] >= 0:
+        return
+    held = (f"the two levels {_number(levels[0])} and {_number(levels[1])}" if levels.size == 2
+            else f"{levels.size} levels from {_number(levels[0])} to {_number(levels[-1])}")
+    raise InputError(f"mask {path} holds {held}: with values below 0 a mask is read only as marks on a "
+                     "background of 0 (any value but 0 a mark); save it as a 0/255 mask (marks 255 on 0)")
 
 
 def _number(value: float) -> str:

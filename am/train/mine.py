@@ -40,7 +40,7 @@ from am.cli import (
 )
 from am.errors import InputError
 from am.evaluate.metrics import Scores, score
-from am.files import staging, swap_in, write_atomic
+from am.files import check_can_replace, staging, swap_in, write_atomic
 from am.imageio import write_png
 from am.model.checkpoint import default_model_path
 from am.model.predict import Predictor
@@ -98,9 +98,7 @@ def mine_hard(
         raise InputError(f"need count >= 1 and 1 <= keep <= count, got count={count}, keep={keep}")
     if size < 32 or size % 32:
         raise InputError(f"size must be a multiple of 32 (>= 32), got {size}")
-    group = Path(root) / "train" / "hard" / f"seed{seed}"
-    if group.exists() and any(group.iterdir()) and not force:
-        raise InputError(f"{group} already holds mined images; choose another --seed or --out, or pass --force")
+    group = check_mining_output(Path(root), seed=seed, force=force)
     samples: Iterable[Sample] = iter_samples(seed, count, size=size, pitch_range=pitch_range)
     if progress is not None:
         samples = progress(samples)
@@ -130,6 +128,26 @@ def mine_hard(
     log.info("kept %d of %d images in %s (quality %.3f to %.3f)", len(kept), len(every), group,
              kept[0].quality, kept[-1].quality)
     return report
+
+
+def check_mining_output(root: Path, *, seed: int, force: bool) -> Path:
+    """The group folder mining ``seed`` writes under ``root``, once it is sure it can be written.
+
+    Raises InputError (a file given as the root or as the group, an earlier mining not forced) or
+    the OSError of a file on the way or a read-only folder, naming it, before any image is
+    rendered: the staging folder is made only after every image was rendered and scored, minutes
+    of work at the default --count that such a failure would throw away.
+    """
+    group = root / "train" / "hard" / f"seed{seed}"
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file; give a folder for the training root (--out)")
+    if group.exists() and not group.is_dir():
+        raise InputError(f"{group} is a file, where mined images go; move it aside, or choose another --seed or --out")
+    if group.is_dir() and any(group.iterdir()) and not force:
+        raise InputError(f"{group} already holds mined images; choose another --seed or --out, or pass --force")
+    # The group and the staging folder beside the training folders (root/.synth.partial-hard-seed<seed>).
+    check_can_replace([group, root / f"{STAGING_NAME}-hard-seed{seed}"])
+    return group
 
 
 def _scores_csv(kept: list[Mined]) -> str:
@@ -177,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
 
     def run() -> int:
+        check_mining_output(args.out, seed=args.seed, force=args.force)  # before the model is even loaded
         predictor = Predictor.from_checkpoint(args.model or default_model_path(), device="cpu",
                                               threads=args.threads, postprocess=args.postprocess == "on")
         report = mine_hard(predictor, args.out, count=args.count, keep=args.keep, size=args.size, seed=args.seed,

@@ -105,3 +105,44 @@ def test_command_line_summary_and_bad_options(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path), "--count", "2", "--keep", "3"])
     assert exc.value.code == 2
+
+
+def _no_rendering(monkeypatch):
+    """Make rendering, or loading a model, fail the test: the output must be refused before either."""
+    import am.train.mine as mine
+
+    def rendered(*args, **kwargs):
+        raise AssertionError("an image was rendered before the output was checked")
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(mine, "iter_samples", rendered)
+    monkeypatch.setattr(mine.Predictor, "from_checkpoint", loaded)
+
+
+@pytest.mark.parametrize("blocked, error, words", [
+    ("", InputError, "is a file; give a folder for the training root (--out)"),
+    ("train", NotADirectoryError, "root/train'"),
+    ("train/hard/seed5", InputError, "root/train/hard/seed5 is a file, where mined images go"),
+    (".synth.partial-hard-seed5", NotADirectoryError, "root/.synth.partial-hard-seed5'"),  # staged in at the end
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_image_is_rendered(tmp_path, monkeypatch, blocked,
+                                                                                  error, words):
+    root = tmp_path / "root"
+    (root / blocked).parent.mkdir(parents=True, exist_ok=True)
+    (root / blocked if blocked else root).write_text("a file where a folder goes")
+    _no_rendering(monkeypatch)
+    with pytest.raises(error) as refused:
+        mine_hard(object(), root, count=2, keep=1, size=SIZE, seed=SEED)
+    assert words in str(refused.value)
+
+
+def test_the_command_refuses_a_file_as_out_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out.txt"
+    out.write_text("not a folder")
+    _no_rendering(monkeypatch)
+    assert main(["--out", str(out), "--count", "2", "--keep", "1", "--size", str(SIZE), "--seed", str(SEED)]) != 0
+    err = capsys.readouterr().err
+    assert f"{out} is a file; give a folder for the training root (--out)" in err and "Traceback" not in err
+    assert out.read_text() == "not a folder"
