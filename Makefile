@@ -63,9 +63,10 @@ MODEL_RUNS := runs/model
 TRAIN_COMMON := --synthetic 1500 --synthetic-size 384 --synthetic-valid 32 --steps-per-epoch 150 --batch-size 8 \
   --crop 256 --threads 2
 # $(call train-run,OPTIONS): one am.train run into the checkpoint that RUN.done stands for, resumed
-# where an earlier try left its state (RUN.resume), then marked done.
+# where an earlier try left its state (RUN.resume) or its record (RUN.metrics.json: a run that
+# finished but was not marked done then only says so), then marked done.
 train-run = $(BIN)/python -m am.train $(TRAIN_COMMON) $(1) --out $(@:.done=.pt) \
-  $(if $(wildcard $(@:.done=.resume)),--resume) && touch $@
+  $(if $(wildcard $(@:.done=.resume) $(@:.done=.metrics.json)),--resume) && touch $@
 
 model: $(MODEL_RUNS)/default.done
 	$(BIN)/python benchmarks/model_quality.py --model $(MODEL_RUNS)/default.pt --precision fp32

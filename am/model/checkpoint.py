@@ -273,15 +273,48 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta, *, stor
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            save_torch_file(payload, fh, path)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model is meant to be shared and shipped
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
+            # A full disk found by the last flush or fsync: the temporary name means nothing to the user.
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     log.info("saved checkpoint %s (%s, %d tensors, %s)", path, meta.encoder, len(state), storage)
+
+
+def save_torch_file(payload: Any, handle: Any, path: Path) -> None:
+    """``torch.save(payload, handle)``, a failed write of ``handle`` raised as the OSError it is, naming ``path``.
+
+    torch turns an OSError of the file it writes (a full disk: ENOSPC, a quota: EDQUOT) into a
+    RuntimeError about "unexpected pos" in its zip writer, which names neither the cause nor the
+    file and which the command line cannot tell from a bug: it would end in a traceback instead of
+    "no space left on ...; free space and rerun". An OSError torch lets through as it is (where the
+    very first write fails) is the caller's to name. The caller still removes its unfinished file.
+    """
+    try:
+        torch.save(payload, handle)
+    except RuntimeError as exc:
+        failed = _os_error_behind(exc)
+        if failed is None:
+            raise
+        raise OSError(failed.errno, failed.strerror, failed.filename or str(path)) from exc
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError (with an errno) that ``exc`` was raised from or while handling, or None."""
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def load_checkpoint(source: Path | bytes) -> tuple[ModelMeta, dict[str, torch.Tensor]]:

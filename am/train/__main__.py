@@ -5,7 +5,9 @@ Trains an smp U-Net from folders in the original training layout
 both. Writes the best epoch to ``--out`` (a checkpoint), beside it ``OUT.metrics.csv`` (one row
 per epoch) and ``OUT.metrics.json`` (the run's summary), and, while a run is unfinished,
 ``OUT.resume`` (for ``--resume``); a ``.pt`` suffix of OUT is left out of these names. While it
-runs it holds ``OUT.lock``, so that a second run with the same ``--out`` is refused.
+runs it holds ``OUT.lock``, so that a second run with the same ``--out`` is refused. A new run
+(no ``--resume``) refuses an ``--out`` where an earlier run's checkpoint, metrics or resume state
+are, and any ``--out`` inside a ``--data`` folder: nothing it writes replaces a model or an input.
 
 The shipped CPU default is trained by ``make model``: six runs of this command, the first from
 scratch and each of the others from the previous one's weights (the ``model`` target of the
@@ -49,6 +51,7 @@ from am.model.checkpoint import ModelMeta, architecture_problem, tile_size_probl
 from am.model.device import device_problem, resolve_device
 from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
 from am.model.separate import DEFAULT_SEED_THRESHOLD
+from am.settings import OptionError
 from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
 from am.synth.render import POLARITIES, polarity_probabilities
 from am.synth.truth import LABELS
@@ -66,7 +69,7 @@ from am.train.fits import GIB, free_memory, step_memory_problem
 from am.train.init import check_init
 from am.train.loop import TrainConfig, resume_options_problem, resume_problem, train
 from am.train.progress import step_bar
-from am.train.runfiles import metrics_path, run_lock, state_path
+from am.train.runfiles import metrics_path, read_record, record_path, run_lock, run_outputs, state_path
 
 log = logging.getLogger("am.train")
 
@@ -110,7 +113,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m am.train", description=__doc__.split("\n\n")[1],
                                 epilog="\n\n".join(__doc__.split("\n\n")[2:]).replace("``", "'"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (the best epoch)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="checkpoint to write (the best epoch); a new run refuses one where an earlier run's files "
+                        "are (continue that run with --resume, or move them away) and one inside a --data folder")
     data = p.add_argument_group("data")
     data.add_argument("--data", type=Path, action="append", default=[],
                       help="training root with train/ and valid/ folders (repeatable)")
@@ -289,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(problem)
     if problem := output_problem(args.out, folder=False):
         p.error(f"--out: {problem}")  # before minutes of reading, rendering and a first epoch
+    if problem := inside_data_problem(args.out, args.data):
+        p.error(problem)
     if not 0 <= args.low_resolution <= 1:
         p.error(f"--low-resolution {args.low_resolution} is a probability: it must lie in [0, 1]")
     if not 0 < args.threshold < 1:
@@ -340,9 +347,14 @@ def _unused_synthetic_options(parser: argparse.ArgumentParser, args: argparse.Na
 
 def _check_data_then_train(args: argparse.Namespace, argv: list[str]) -> int:
     """Train, holding the lock of ``--out`` throughout: a second run writing the same files is refused
-    at once (exit 1), before either reads a state the other is rewriting."""
+    at once (exit 1), before either reads a state the other is rewriting; so is a new run (no
+    --resume) where an earlier run's files are (exit 2)."""
     with run_lock(args.out):
         listed = _listed_data(args)  # bad input, exit 1: before any image is read or rendered
+        if not args.resume and (problem := earlier_run_problem(args.out)) is not None:
+            # Before any image is read too; under the lock, so that a run writing --out right now is refused
+            # as that, not as an earlier run to resume.
+            raise OptionError(problem)
         # Built once, here: the resume check and the training then see one and the same configuration.
         config = _config(args, listed)
         if args.resume and (problem := resume_options_problem(config)) is not None:
@@ -375,6 +387,50 @@ def _listed_data(args: argparse.Namespace) -> list[_Listed]:
     return listed
 
 
+def inside_data_problem(out: Path, data: list[Path]) -> str | None:
+    """Why ``out``, or a file a run writes beside it, would lie inside (or be) a ``--data`` root, or None.
+
+    The run would write its checkpoint over a training image of that name, and its metrics and
+    resume files among the training data, and say nothing (an ``--out`` naming an image is one
+    typo away from a path in the data). Compared resolved, so that no spelling or link hides it.
+    """
+    roots = [(folder, Path(folder).resolve()) for folder in data]
+    for written in run_outputs(out):
+        target = Path(written).resolve()
+        for folder, root in roots:
+            if target == root or root in target.parents:
+                what = f"--out {out}" if written == Path(out) else f"--out {out} would write {written}, which"
+                return (f"{what} lies inside --data {folder}, where it could overwrite a training file and would "
+                        "put the run's files among the data; give an --out outside the --data folders")
+    return None
+
+
+def earlier_run_problem(out: Path) -> str | None:
+    """Why a new run (no --resume) may not write ``out``, or None: files of an earlier run are there.
+
+    A new run replaces the checkpoint, the metrics and the resume state at its first epoch, so a
+    finished model, or a stopped run that --resume would have continued, would be lost without a
+    word. The run is refused instead, saying what is there and the ways on; there is deliberately
+    no option to overwrite: moving or deleting the files is as quick and cannot happen by accident.
+    """
+    found = [path for path in run_outputs(out) if os.path.lexists(path)]
+    if not found:
+        return None
+    them = "it" if len(found) == 1 else "them"
+    said = (f"--out {out}: {', '.join(map(str, found))} already exist{'s' if len(found) == 1 else ''}, and a new "
+            f"run would replace {them} at its first epoch")
+    record = read_record(out) if record_path(out) in found else None
+    if state_path(out) in found:
+        way = "to continue that earlier run, add --resume; "
+    elif record is not None and record.get("finished") and Path(out) in found:
+        epochs = len(record["history"])
+        way = (f"that earlier run finished its {epochs} epoch{'s' if epochs != 1 else ''}: to train on from its "
+               f"weights, give --init {out} and another --out; ")
+    else:
+        way = ""
+    return f"{said}; {way}to start afresh, give another --out, or move or delete {them} first"
+
+
 def _init_problem(args: argparse.Namespace) -> str | None:
     """Why the --init checkpoint cannot start this run (another architecture, no checkpoint), or None."""
     try:
@@ -395,7 +451,8 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str], listed: 
     # Compared by identity, not by time: a file's mtime comes from a coarser clock than time.time() and
     # can read earlier than a moment taken before it was written.
     earlier = _identity(state)
-    if earlier is not None and not args.resume:
+    before = {path: _identity(path) for path in run_outputs(args.out)}
+    if earlier is not None and not args.resume:  # main() refuses such an --out first (earlier_run_problem)
         log.warning("%s holds the epochs of an earlier run; this run starts afresh and replaces it at its first "
                     "epoch (to continue that run instead, stop now and add --resume)", state)
     try:
@@ -406,6 +463,11 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str], listed: 
         if ours:
             log.error("interrupted; the finished epochs are kept in %s. To continue from there, run: %s", state,
                       resume_command(argv, resuming=args.resume))
+        elif begun := [path for path in run_outputs(args.out) if _identity(path) not in (None, before[path])]:
+            # Stopped while its first epoch was being saved: a rerun refuses an --out holding these.
+            log.error("interrupted while the first epoch was being saved, so there is nothing of this run to resume; "
+                      "move or delete what it had written (%s), then rerun the same command to start again",
+                      ", ".join(map(str, begun)))
         else:
             log.error("interrupted before an epoch finished, so there is nothing of this run to resume%s; rerun "
                       "the same command to start again",

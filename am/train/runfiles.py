@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,13 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from am.cli import describe_os_error
 from am.dataset_lock import NO_LOCKS, holder_of, holder_record
 from am.errors import CheckpointError, InputError
 from am.files import atomic_output, write_atomic
+from am.model.checkpoint import save_torch_file
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "am-segm-train-state"
+# How a torch zip archive, and so every resume state am.train writes, begins.
+_ZIP_SIGNATURE = b"PK\x03\x04"
 
 
 def state_path(out: Path) -> Path:
@@ -52,6 +57,11 @@ def record_path(out: Path) -> Path:
 def lock_path(out: Path) -> Path:
     """The lock a run writing ``out`` holds (``m.pt`` -> ``m.lock``), which names it while it runs."""
     return _beside(out, ".lock")
+
+
+def run_outputs(out: Path) -> tuple[Path, ...]:
+    """What a run writing ``out`` leaves there: the checkpoint, its metrics log and summary, and its resume state."""
+    return Path(out), metrics_path(out), record_path(out), state_path(out)
 
 
 @contextmanager
@@ -156,7 +166,7 @@ def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     payload = {"format": STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "scaler": plain(scaler.state_dict()), **plain(extra)}
     with atomic_output(path) as handle:
-        torch.save(payload, handle)
+        save_torch_file(payload, handle, path)  # a full disk is an OSError naming the state, not torch's RuntimeError
 
 
 def write_record(out: Path, *, epochs: int, options: dict[str, Any], arithmetic: str, best_epoch: int,
@@ -185,14 +195,48 @@ def read_record(out: Path) -> dict[str, Any] | None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read a resume state with ``weights_only=True``; a file that is not one stops the run, not resumes it wrongly."""
+    """Read a resume state with ``weights_only=True``; a file that is not one stops the run, not resumes it wrongly.
+
+    The error says in one line what the file is (empty, not a resume state, truncated or damaged)
+    and what to do. torch's own text is not passed on: it runs to many lines and, for a file
+    safe loading refuses, suggests loading it with ``weights_only=False``, which would run
+    whatever code the file holds. A file that cannot be opened at all (permissions, a vanished
+    disk) is said to be so, as the command line says of any OSError: am.train checks a state
+    before its errors become exit codes.
+    """
     try:
+        with Path(path).open("rb") as handle:
+            head = handle.read(len(_ZIP_SIGNATURE))
+        if not head:
+            raise CheckpointError(_unusable_state(path, "is empty"))
+        if head != _ZIP_SIGNATURE:  # every state am.train writes is a torch zip archive
+            raise CheckpointError(_unusable_state(path, f"is not a resume state of am.train (it starts {head!r})"))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure means the file cannot be resumed from
-        raise CheckpointError(f"resume state {path} cannot be read ({exc}); delete it to start afresh") from exc
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"--resume: {describe_os_error(exc)}") from exc
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):  # a pickle cut short or changed
+            raise CheckpointError(_unusable_state(path, "is truncated or damaged")) from exc
+        # Objects safe loading refuses: whatever the file is, it is not a state am.train wrote.
+        raise CheckpointError(_unusable_state(path, "is not a resume state of am.train (it holds objects "
+                                                    "safe loading refuses)")) from exc
+    except Exception as exc:  # torch raises many types for a zip cut short or changed; all mean "damaged"
+        raise CheckpointError(_unusable_state(path, "is truncated or damaged")) from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a training resume state; delete it to start afresh")
+        raise CheckpointError(_unusable_state(path, "is not a resume state of am.train (another torch file)"))
     return state
+
+
+def _unusable_state(path: Path, what: str) -> str:
+    """The one line for a resume state that cannot be resumed from: what it is, and the ways on.
+
+    A new run refuses an --out whose run files are still there, so starting afresh means moving
+    them all, not only the state.
+    """
+    return (f"--resume: {path} {what}, so the run cannot be continued from it: to start afresh, drop --resume and "
+            "move or delete it and the run's other files beside it (checkpoint, metrics), or give another --out")
 
 
 def plain(value: Any) -> Any:

@@ -50,3 +50,14 @@ def test_a_rerun_skips_the_runs_done_and_resumes_the_interrupted_one(tmp_path: P
     assert len(trains) == 4
     assert f"--out {runs / 'visible'}.pt" in trains[0] and "--resume" in trains[0]
     assert not any("--resume" in c for c in trains[1:])
+
+
+def test_a_run_that_finished_but_was_not_marked_done_is_resumed_not_trained_over(tmp_path: Path) -> None:
+    # am.train refuses a new run over an earlier run's files; --resume on a finished run says so and exits 0.
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "base.pt").touch()
+    (runs / "base.metrics.json").touch()
+    trains = [c for c in planned(tmp_path) if "-m am.train" in c]
+    assert f"--out {runs / 'base'}.pt" in trains[0] and "--resume" in trains[0]
+    assert not any("--resume" in c for c in trains[1:])
