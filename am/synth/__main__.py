@@ -18,18 +18,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
 from am.synth.dataset import (
     MAX_SYNTHETIC_SIZE,
+    MIN_VISIBLE_PITCH,
     group_name_problem,
     is_pitch,
     pitch_range_problem,
     synthetic_size_problem,
+    too_small_pitch,
     write_dataset,
     write_tiles,
 )
 from am.synth.truth import LABELS
-
-# The smallest --pitch whose marks all show: on 4 x 4 grids of 6 seeds, 8 px left out as many marks
-# as 30 px (those left out on purpose), 5 px 2-9 of 16, 4 px 13-15.
-MIN_VISIBLE_PITCH = 8.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,18 +98,6 @@ def _tiles(args: argparse.Namespace) -> int:
     return 0
 
 
-def too_small_pitch(option: str, pitch: float) -> str | None:
-    """Why ``pitch`` given as ``option`` draws marks too small to show, or None.
-
-    Marks are drawn a fraction of the pitch across: below :data:`MIN_VISIBLE_PITCH` some or all
-    vanish, and the image would hold a mask without (all) its marks.
-    """
-    if pitch >= MIN_VISIBLE_PITCH:
-        return None
-    return (f"{option} {pitch:g} px draws marks too small to show (some vanish below {MIN_VISIBLE_PITCH:g} px); "
-            f"give {MIN_VISIBLE_PITCH:g} px or more")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -121,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         if problem := synthetic_size_problem("--size", args.size):
             parser.error(problem)
         if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
-            parser.error(problem)
-        if problem := too_small_pitch("--pitch-min", args.pitch_min):
             parser.error(problem)
         if args.group is not None and (problem := group_name_problem(args.group)):
             parser.error(f"--{problem}")

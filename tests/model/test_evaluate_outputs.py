@@ -32,6 +32,7 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--pitch-min", "0"], "--pitch-min 0.0 and --pitch-max 80.0 must be finite numbers of pixels > 0"),
     (["--pitch-min=-3"], "must be finite numbers of pixels > 0"),
     (["--pitch-min", "50", "--pitch-max", "20"], "with min <= max"),
+    (["--pitch-min", "2", "--pitch-max", "3"], "--pitch-min 2 px draws marks too small to show"),
     (["--pitch-max", "nan"], "--pitch-max nan must be finite numbers of pixels > 0"),
     (["--min-object-px=-5"], "--min-object-px -5: give a size in px >= 0"),
     (["--scale", "0"], "--scale 0.0 must lie between 0.05 and 20"),

@@ -300,6 +300,7 @@ def test_production_encoder_builds_and_steps_on_cpu() -> None:
 @pytest.mark.parametrize(("args", "words"), [
     (["--pitch-min", "90"], "--pitch-min 90.0 and --pitch-max 85.0 must be finite numbers of pixels > 0"),
     (["--pitch-min", "0"], "--pitch-min 0.0 and --pitch-max 85.0"),
+    (["--pitch-min", "5"], "--pitch-min 5 px draws marks too small to show"),  # as am.synth says
     (["--pitch-max", "nan"], "--pitch-max nan"),
     (["--lr", "-1"], "--lr -1.0 must be a finite number > 0"),
     (["--lr", "nan"], "--lr nan must be a finite number > 0"),
