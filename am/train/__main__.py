@@ -450,8 +450,8 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str], listed: 
     state = state_path(args.out)
     # Compared by identity, not by time: a file's mtime comes from a coarser clock than time.time() and
     # can read earlier than a moment taken before it was written.
-    earlier = _identity(state)
     before = {path: _identity(path) for path in run_outputs(args.out)}
+    earlier = before[state]
     if earlier is not None and not args.resume:  # main() refuses such an --out first (earlier_run_problem)
         log.warning("%s holds the epochs of an earlier run; this run starts afresh and replaces it at its first "
                     "epoch (to continue that run instead, stop now and add --resume)", state)

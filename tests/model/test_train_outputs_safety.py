@@ -25,9 +25,9 @@ from am.train.runfiles import (
     record_path,
     run_lock,
     run_outputs,
-    save_state,
     state_path,
 )
+from tests.model.training_state import state_saver
 
 TINY = ["--encoder", TEST_ENCODER, "--decoder-channels", ",".join(map(str, TEST_DECODER_CHANNELS))]
 
@@ -212,15 +212,12 @@ def test_a_checkpoint_saved_on_a_full_disk_is_an_oserror_naming_it_and_the_earli
 def test_a_resume_state_saved_on_a_full_disk_is_an_oserror_naming_it_and_the_earlier_one_stays(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: int) -> None:
     path = tmp_path / "m.resume"
-    model = torch.nn.Linear(200, 100)
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    save_state(path, model, optimizer, scheduler, scaler, epoch=0)
+    save = state_saver(path, torch.nn.Linear(200, 100))
+    save(0)
     earlier = path.read_bytes()
     _disk_fills_at(monkeypatch, 1, room)
     with pytest.raises(OSError) as raised:
-        save_state(path, model, optimizer, scheduler, scaler, epoch=1)
+        save(1)
     assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
     assert [p.name for p in tmp_path.iterdir()] == ["m.resume"] and path.read_bytes() == earlier
 

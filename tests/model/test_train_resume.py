@@ -20,7 +20,8 @@ from am.model.predict import Predictor
 from am.settings import OptionError
 from am.train.data import Labelled, synthetic_images
 from am.train.loop import TrainConfig, train
-from am.train.runfiles import metrics_path, record_path, save_state, state_path
+from am.train.runfiles import metrics_path, record_path, state_path
+from tests.model.training_state import state_saver
 
 TINY = {"encoder": "tu-mobilenetv3_small_100", "encoder_depth": 5, "decoder_channels": (32, 16, 8, 8, 4)}
 BASE = dict(**TINY, steps_per_epoch=1, batch_size=2, crop=64, warmup_steps=1, threads=1)
@@ -252,11 +253,8 @@ def test_unused_encoder_stages_are_reported_once_per_run(tmp_path: Path, images:
 def test_a_failed_state_write_leaves_the_previous_state_and_no_stray_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "m.resume"
-    model = torch.nn.Linear(2, 1)
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    save_state(path, model, optimizer, scheduler, scaler, epoch=0)
+    save = state_saver(path, torch.nn.Linear(2, 1))
+    save(0)
     before = path.read_bytes()
 
     def disk_full(payload, handle) -> None:
@@ -265,7 +263,7 @@ def test_a_failed_state_write_leaves_the_previous_state_and_no_stray_file(
 
     monkeypatch.setattr(loop.torch, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
-        save_state(path, model, optimizer, scheduler, scaler, epoch=1)
+        save(1)
     assert [p.name for p in tmp_path.iterdir()] == ["m.resume"] and path.read_bytes() == before
 
 
