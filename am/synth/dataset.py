@@ -427,9 +427,17 @@ def write_tiles(
     if progress is not None:
         samples = progress(samples)
     # One staging folder per group, so runs writing other groups of the same root at once do not meet.
+    empty = 0
     with staging(root / f"{STAGING_NAME}-{split}-{name}") as stage:
         for index, sample in enumerate(samples):
             write_png(stage / name / "source" / f"{index:04d}.png", sample.image)
             write_png(stage / name / "mask" / f"{index:04d}.png", sample.mask)
+            empty += not sample.mask.any()
         swap_in(stage / name, folder)
+    if empty:
+        # The generator's own ranges never leave a tile without a mark; a pitch near the tile's side
+        # does, and a model trained on many such tiles learns to find nothing.
+        log.warning("%d of %d tiles in %s hold no mark (their masks are empty): with pitches up to %g px on %d px "
+                    "tiles a lattice may miss a tile; give a --pitch-max well under --size, or a larger --size",
+                    empty, count, folder, high, size)
     return folder

@@ -60,6 +60,7 @@ from am.train.data import (
     LabelledFile,
     check_pair_sizes,
     check_scorable_sizes,
+    check_trainable_sizes,
     read_pairs,
     split_files,
     synthetic_images,
@@ -382,6 +383,7 @@ def _listed_data(args: argparse.Namespace) -> list[_Listed]:
               for split in ("train", *(["valid"] if (root / "valid").is_dir() else []))]
     check_pair_sizes((f.source, f.mask) for part in listed for f in part.files)
     check_scorable_sizes(f.source for part in listed if part.split == "valid" for f in part.files)
+    check_trainable_sizes(f.source for part in listed if part.split == "train" for f in part.files)
     if args.synthetic_valid <= 0 and not any(part.split == "valid" for part in listed):
         raise InputError("training needs validation images: a valid/ split in a --data root, or --synthetic-valid N")
     return listed

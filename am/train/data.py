@@ -230,6 +230,27 @@ def check_scorable_sizes(sources: Iterable[Path], *, scale: float = 1.0) -> None
         raise InputError(shown)
 
 
+MIN_TRAINING_SIDE_PX = 8
+"""The smallest side a training image may have: smaller, it cannot hold one mark at the generator's
+smallest visible pitch (:data:`am.synth.dataset.MIN_VISIBLE_PITCH`), and every crop of it is a mirror
+pattern of a few pixels (crops are reflect-padded), which teaches the model nothing it will meet."""
+
+
+def check_trainable_sizes(sources: Iterable[Path]) -> None:
+    """Raise InputError naming every training image under :data:`MIN_TRAINING_SIDE_PX` on a side, from its
+    header, before any image is read. Larger images smaller than a crop are kept: reflect-padded, a labelled
+    crop of a few marks still shows them as they look."""
+    problems = []
+    for source in sources:
+        header = read_header(source)
+        if min(header.height, header.width) < MIN_TRAINING_SIDE_PX:
+            problems.append(f"{source} is {header.height} x {header.width} px (height x width)")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise InputError(f"{shown}: a training image needs at least {MIN_TRAINING_SIDE_PX} px on each side to "
+                         "hold a mark; leave it out of the training data, or use a larger crop")
+
+
 def find_mask(source: Path, mask_dir: Path) -> Path | None:
     """The mask of ``source`` in ``mask_dir``: the same file name, else the same stem with any image suffix."""
     candidates = (mask_dir / source.name, *(mask_dir / (source.stem + suffix) for suffix in IMAGE_SUFFIXES))

@@ -68,8 +68,9 @@ def test_all_workers_killed_the_job_fails_fast_naming_what_is_pending(tmp_path, 
         noticed_after = time.monotonic() - killed_at
 
     assert code == 1, run.stderr[-4000:]
-    # Health is checked every 5 s; a long poll of 2 s may delay the check a little.
-    assert noticed_after < 15, f"took {noticed_after:.1f} s to notice that no worker is alive"
+    # Health is checked every 5 s; a long poll of 2 s may delay the check a little, and a loaded machine
+    # the start of the orchestrator's exit. Against the hour-long timeout, 20 s is still "at once".
+    assert noticed_after < 20, f"took {noticed_after:.1f} s to notice that no worker is alive"
     pending = re.search(r"all workers stopped while (\d+) tile\(s\) were pending", run.stderr)
     assert pending and int(pending.group(1)) > 0, run.stderr[-4000:]
     assert "rerun the same command to resume" in run.stderr

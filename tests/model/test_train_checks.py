@@ -134,6 +134,28 @@ def test_a_validation_image_too_small_to_score_is_refused_before_any_image_is_re
     assert "small.png" not in err
 
 
+def test_a_training_image_too_small_to_hold_a_mark_is_refused_before_any_image_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture, no_data) -> None:
+    # Reflect-padded into a crop, a 1 x 1 px image is a flat crop and a 7 px one a mirror pattern: both
+    # were trained on without a word. An 8 px image (the generator's smallest visible pitch) is kept.
+    import cv2
+    import numpy as np
+
+    root = tmp_path / "labels"
+    _labelled(root, "train", "dot.png", 1, 1)
+    _labelled(root, "train", "kept.png", 8, 8)
+    _labelled(root, "valid", "v.png", 64, 64)
+    train = root / "train" / "d" / "g"
+    for kind in ("source", "mask"):
+        cv2.imwrite(str(train / kind / "strip.png"), np.zeros((7, 300), np.uint8))
+    assert train_cli.main(["--out", str(tmp_path / "m.pt"), *TINY, "--data", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert (f"{train / 'source' / 'dot.png'} is 1 x 1 px (height x width); {train / 'source' / 'strip.png'} is "
+            "7 x 300 px (height x width): a training image needs at least 8 px on each side to hold a mark; leave it "
+            "out of the training data, or use a larger crop") in err
+    assert "kept.png" not in err and not (tmp_path / "m.pt").exists()
+
+
 def test_synthetic_options_without_synthetic_images_are_said_to_have_no_effect(
         tmp_path: Path, capsys: pytest.CaptureFixture, no_data) -> None:
     root = tmp_path / "labels"

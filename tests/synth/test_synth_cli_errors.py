@@ -270,3 +270,20 @@ def test_force_waits_for_no_run_and_leaves_a_dataset_in_use_as_it_was(tmp_path: 
     assert (root / "source" / "group01" / "image.tif").read_bytes() == before
     write_dataset(root, rows=3, cols=3, seed=2, force=True)  # once the run has ended
     assert (root / "source" / "group01" / "image.tif").read_bytes() != before
+
+
+def test_tiles_without_a_mark_are_counted_in_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A pitch far over the tile's side leaves some tiles without a mark: they were written as empty
+    # masks without a word, and a model trained on them learns to find nothing.
+    with caplog.at_level("WARNING", logger="am.synth.dataset"):
+        folder = write_tiles(tmp_path, count=12, size=64, seed=1, group="wide", pitch_range=(200.0, 200.0))
+    empty = sum(not read_image(mask).any() for mask in sorted((folder / "mask").iterdir()))
+    assert 0 < empty < 12  # seed 1 draws some tiles with a mark and some without
+    (said,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == (f"{empty} of 12 tiles in {folder} hold no mark (their masks are empty): with pitches up to 200 px "
+                    "on 64 px tiles a lattice may miss a tile; give a --pitch-max well under --size, "
+                    "or a larger --size")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="am.synth.dataset"):
+        write_tiles(tmp_path, count=6, size=64, seed=1, group="usual")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -69,14 +69,16 @@ def _in_first_batch(env: Env, tiles: int, **overrides: Any) -> tuple[FakePredict
 
 
 def test_heartbeat_keeps_slow_batch_and_prefetched_ones_hidden(env: Env) -> None:
-    predictor, _worker, thread, out = _in_first_batch(env, 4, visibility_timeout_s=2, batch_size=2)
-    time.sleep(2.5)  # past the 2 s visibility timeout: only the heartbeat keeps the messages hidden
+    # A 4 s timeout is beaten every 1.3 s: a beat may come 2.6 s late on a loaded machine before a message
+    # shows (at 2 s, 1 s late was enough).
+    predictor, _worker, thread, out = _in_first_batch(env, 4, visibility_timeout_s=4, batch_size=2)
+    time.sleep(4.5)  # past the 4 s visibility timeout: only the heartbeat keeps the messages hidden
     assert env.queue.receive(wait_s=0) == []  # neither the batch computing nor the one prefetched
     predictor.release.set()
     thread.join(20)
     assert out == {"code": 0}
     assert [r.status for r in env.collect_results()] == ["done"] * 4
-    time.sleep(2.2)
+    time.sleep(4.2)  # past the visibility timeout: deleted, not merely hidden
     assert env.queue.receive(wait_s=0) == []
     assert env.queue.depth() == {"visible": 0, "in_flight": 0}
 
