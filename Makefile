@@ -125,7 +125,8 @@ load-test: $(STAMP)     # one LOAD_SIZE x LOAD_SIZE image, 2 workers: prints tim
 
 # ---- AWS: needs Docker (image, push) and the AWS CLI with credentials (deploy, push, undeploy).
 STACK ?= am-segm
-AWS_REGION ?= us-east-1
+# As the pipeline finds the stack: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1.
+AWS_REGION ?= $(or $(AWS_DEFAULT_REGION),us-east-1)
 IMAGE_NAME ?= am-segm-worker
 IMAGE_TAG ?= latest
 VPC_ID ?=

@@ -39,17 +39,22 @@ FAKE_AWS = FAKE_AWS_PREAMBLE + f"""if command == ["cloudformation", "describe-st
 """
 
 
-def deploy(tmp_path: Path, *, service: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run ``make deploy`` with the stand-in; returns the result and the commands it was asked to run."""
+def deploy(tmp_path: Path, *, service: str, region: tuple[str, ...] = ("AWS_REGION=us-east-1",),
+           region_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run ``make deploy`` with the stand-in; returns the result and the commands it was asked to run.
+
+    ``region`` are the make arguments that set the region, ``region_env`` the AWS region variables of
+    its environment (the test's own are left out)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "aws").write_text(FAKE_AWS)
     (bin_dir / "aws").chmod(0o755)
     log = tmp_path / "calls.log"
     log.touch()
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
+    env = {**{k: v for k, v in os.environ.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")},
+           **(region_env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
            "FAKE_SERVICE": service}
-    result = subprocess.run(["make", "-s", "-C", str(REPO), "deploy", f"STACK={STACK}", "AWS_REGION=us-east-1",
+    result = subprocess.run(["make", "-s", "-C", str(REPO), "deploy", f"STACK={STACK}", *region,
                              "VPC_ID=vpc-1", "SUBNET_IDS=subnet-a,subnet-b"],
                             env=env, capture_output=True, text=True, timeout=120)
     return result, log.read_text().splitlines()
@@ -90,3 +95,17 @@ def test_a_warning_of_the_cli_is_shown_and_not_taken_for_the_service_state(tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ServiceExists=false" in _deploy_call(calls)
     assert "certificate verification is disabled" in result.stderr
+
+
+@pytest.mark.parametrize(("region", "region_env", "used"), [
+    ((), {}, "us-east-1"),
+    ((), {"AWS_DEFAULT_REGION": "eu-west-1"}, "eu-west-1"),
+    ((), {"AWS_REGION": "ap-south-1", "AWS_DEFAULT_REGION": "eu-west-1"}, "ap-south-1"),
+    (("AWS_REGION=sa-east-1",), {"AWS_DEFAULT_REGION": "eu-west-1"}, "sa-east-1"),
+])
+def test_the_stack_goes_to_the_region_the_pipeline_looks_for_it_in(tmp_path, region, region_env, used) -> None:
+    """The pipeline finds the stack in AWS_REGION, else AWS_DEFAULT_REGION: with only the latter set,
+    make deploy used to put the stack in us-east-1, where the pipeline then did not find it."""
+    result, calls = deploy(tmp_path, service="CREATE_COMPLETE", region=region, region_env=region_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert calls and all(call.startswith(f"aws --region {used} ") for call in calls), calls
