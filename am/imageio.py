@@ -718,10 +718,26 @@ def _as_stored(image: np.ndarray, path: Path) -> np.ndarray:
         np.multiply(image, np.uint8(255), out=image)
         return np.ascontiguousarray(image)
     if np.issubdtype(image.dtype, np.floating):
+        _check_fits_float32(image, path)
         return image.astype(np.float32, copy=False)
     if np.issubdtype(image.dtype, np.integer):
         return np.ascontiguousarray(image)
     raise InputError(f"image {path} has pixel type {image.dtype}; export it as 8- or 16-bit integer or float")
+
+
+def _check_fits_float32(image: np.ndarray, path: Path) -> None:
+    """Refuse a float64 image with finite values beyond float32's range, which the cast would make infinite
+    and later checks would then call "NaN or infinite", a cause the file does not have."""
+    if image.dtype.itemsize <= 4:
+        return
+    largest = float(np.finfo(np.float32).max)
+    step = max(1, (1 << 16) // max(1, image[0].size))  # temporaries of about 0.5 MB beside the image
+    beyond = sum(int(np.count_nonzero(np.isfinite(block) & (np.abs(block) > largest)))
+                 for block in (image[r:r + step] for r in range(0, image.shape[0], step)))
+    if beyond:
+        raise InputError(f"image {path} has {beyond} pixel(s) beyond +-{largest:.3g}, more than 32-bit floats hold: "
+                         "scale its values down (any range works: the pipeline stretches each image's own) and "
+                         "save it again")
 
 
 def encode_png(image: np.ndarray, *, compression: int = PNG_COMPRESSION, bgr: bool = False,

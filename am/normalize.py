@@ -68,18 +68,20 @@ def normalize(
         )
     grey = to_grey(image, name=name)
     check_finite(grey, name)
-    lo, hi = _percentiles(grey, low_pct, high_pct, name=name)
+    source_dtype = grey.dtype
+    grey, base = _above_least(grey)
+    lo, hi = _percentiles(grey, low_pct, high_pct, name=name, source_dtype=source_dtype, base=base)
     if not hi > lo:
         mn, mx = _min_max(grey)
         if mn == mx:
-            log.warning("%s is constant (every pixel is %s); its normalised image is all zeros", name, mn)
+            log.warning("%s is constant (every pixel is %s); its normalised image is all zeros", name, mn + base)
             return np.zeros(grey.shape, dtype=np.uint8)
         log.warning(
             "%s: the %s and %s percentiles are both %s; stretching its full range %s..%s instead",
-            name, low_pct, high_pct, lo, mn, mx,
+            name, low_pct, high_pct, _level_text(lo, base), mn + base, mx + base,
         )
         lo, hi = float(mn), float(mx)
-    log.debug("%s: stretching %s..%s to 0..255", name, lo, hi)
+    log.debug("%s: stretching %s..%s (above %s) to 0..255", name, lo, hi, base)
     return _stretch(grey, lo, hi)
 
 
@@ -116,15 +118,51 @@ def to_grey(image: np.ndarray, *, name: str = "image") -> np.ndarray:
         raise InputError(f"{name} has no pixels (shape {image.shape})")
     is_float = image.dtype.kind == "f"
     out = np.empty(image.shape[:2], dtype=np.float32 if is_float else image.dtype)
-    weights = np.asarray(LUMA_WEIGHTS, dtype=np.float32)
-    info = None if is_float else np.iinfo(image.dtype)
+    # float32 holds 8- and 16-bit levels exactly; wider integers need float64, or their levels merge
+    # and their top rounds past the type's maximum (2**31 - 1 is 2**31 in float32) and wraps to black.
+    work = np.float64 if not is_float and image.dtype.itemsize >= 4 else np.float32
+    weights = np.asarray(LUMA_WEIGHTS, dtype=work)
+    limits = None if is_float else _float_limits(image.dtype, work)
     for r0, r1 in _row_blocks(image.shape[0], image.shape[1]):
-        luma = image[r0:r1, :, :3].astype(np.float32) @ weights
-        if info is not None:
+        luma = image[r0:r1, :, :3].astype(work) @ weights
+        if limits is not None:
             np.rint(luma, out=luma)
-            np.clip(luma, info.min, info.max, out=luma)
+            np.clip(luma, *limits, out=luma)
         out[r0:r1] = luma
     return out
+
+
+def _float_limits(dtype: np.dtype, work: type) -> tuple[float, float]:
+    """The least and greatest floats of type ``work`` that cast back into integer ``dtype`` unchanged.
+
+    A type's own maximum may have no float of its own (2**63 - 1 is 2**63 in float64): the float below
+    it is taken, so that clipping never overflows the cast back."""
+    info = np.iinfo(dtype)
+    high = work(info.max)
+    if int(high) > info.max:
+        high = np.nextafter(high, work(0))
+    return float(work(info.min)), float(high)
+
+
+def _above_least(grey: np.ndarray) -> tuple[np.ndarray, int]:
+    """A 32- or 64-bit integer image as its levels above its least one, and that least level.
+
+    Floats cannot place such levels: above 2**53 neighbouring ones are one float64 (a stretch of
+    0 px width), and float32 merges 32-bit ones. Their differences to the least level are exact in
+    unsigned integers, and narrower ones take the exact 16-bit histogram and table. Other images
+    are returned as they are, with 0.
+    """
+    if grey.dtype.kind not in "ui" or grey.dtype.itemsize < 4:
+        return grey, 0
+    mn, mx = _min_max(grey)
+    spread = mx - mn
+    narrow = next(t for t in (np.uint16, np.uint32, np.uint64) if spread <= np.iinfo(t).max)
+    least = np.uint64(mn % (1 << 64))
+    out = np.empty(grey.shape, dtype=narrow)
+    for r0, r1 in _row_blocks(*grey.shape):
+        # Modulo 2**64, as unsigned arithmetic wraps: exact, since every difference lies in 0..spread.
+        out[r0:r1] = grey[r0:r1].astype(np.uint64) - least
+    return out, int(mn)
 
 
 def _row_blocks(height: int, width: int) -> list[tuple[int, int]]:
@@ -188,14 +226,17 @@ def _min_max(grey: np.ndarray) -> tuple[float | int, float | int]:
     return mn.item(), mx.item()
 
 
-def _percentiles(grey: np.ndarray, low_pct: float, high_pct: float, *, name: str = "image") -> tuple[float, float]:
+def _percentiles(grey: np.ndarray, low_pct: float, high_pct: float, *, name: str = "image",
+                 source_dtype: np.dtype | None = None, base: int = 0) -> tuple[float, float]:
     """The two percentiles with numpy's default (linear) interpolation, exact for integer images, over
-    the pixels that are not fill or glare (:data:`FILL_MIN_FRACTION`)."""
+    the pixels that are not fill or glare (:data:`FILL_MIN_FRACTION`). ``grey`` may hold an image of
+    ``source_dtype`` as its levels above ``base`` (:func:`_above_least`); the percentiles are then above it too."""
+    dtype = grey.dtype if source_dtype is None else source_dtype
     if grey.dtype.kind in "ui":
         counts, offset = _histogram(grey)
         if counts is not None:
             used = np.flatnonzero(counts)
-            for index in _fill_levels(used, counts[used], name=name, offset=offset, dtype=grey.dtype):
+            for index in _fill_levels(used, counts[used], name=name, offset=offset + base, dtype=dtype):
                 counts[used[index]] = 0
             cumulative = np.cumsum(counts)
             return (
@@ -205,7 +246,7 @@ def _percentiles(grey: np.ndarray, low_pct: float, high_pct: float, *, name: str
     step = max(1, int(np.ceil(np.sqrt(grey.size / SAMPLE_PIXELS))))
     sample = grey[::step, ::step].astype(np.float64).ravel()
     levels, level_counts = np.unique(sample, return_counts=True)
-    fill = levels[_fill_levels(levels, level_counts, name=name, dtype=grey.dtype)]
+    fill = levels[_fill_levels(levels, level_counts, name=name, dtype=dtype, offset=base)]
     if fill.size:
         sample = sample[~np.isin(sample, fill)]
     lo, hi = np.percentile(sample, [low_pct, high_pct])
@@ -227,12 +268,13 @@ def _fill_levels(levels: np.ndarray, counts: np.ndarray, *, name: str, dtype: np
     low, high = _fill_values(dtype)
     ends = ((0, float(gaps[0]), "lowest"), (levels.size - 1, float(gaps[-1]), "highest"))
     fill = [index for index, gap, _ in ends
-            if counts[index] >= least and gap > apart and levels[index] + offset in (low if index == 0 else high)]
+            if counts[index] >= least and gap > apart
+            and _level(levels[index], offset) in (low if index == 0 else high)]
     for index, _, which in ends:
         if index in fill:
             log.info("%s: %.1f %% of its pixels are at its %s level %s, set apart from the others (fill or "
                      "glare): left out of the contrast stretch", name, 100.0 * counts[index] / counts.sum(), which,
-                     _level_text(levels[index] + offset))
+                     _level_text(levels[index], offset))
     return fill
 
 
@@ -241,12 +283,18 @@ def _fill_values(dtype: np.dtype) -> tuple[frozenset[float], frozenset[float]]:
     if dtype.kind == "f":
         return frozenset({0.0}), frozenset({1.0})
     info = np.iinfo(dtype)
-    saturated = {float(2**bits - 1) for bits in SATURATION_BITS if 2**bits - 1 <= info.max}
-    return frozenset({0.0, float(info.min)}), frozenset({*saturated, float(info.max)})
+    saturated = {2**bits - 1 for bits in SATURATION_BITS if 2**bits - 1 <= info.max}
+    return frozenset({0, int(info.min)}), frozenset({*saturated, int(info.max)})
 
 
-def _level_text(level: float) -> str:
-    return str(int(level)) if float(level).is_integer() else f"{float(level):g}"
+def _level(level: float, offset: int) -> float | int:
+    """A level found above ``offset``, as the source holds it: exact for integers of any width."""
+    return int(level) + offset if float(level).is_integer() else float(level) + offset
+
+
+def _level_text(level: float, offset: int = 0) -> str:
+    value = _level(level, offset)
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _histogram(grey: np.ndarray) -> tuple[np.ndarray | None, int]:
@@ -263,7 +311,7 @@ def _histogram(grey: np.ndarray) -> tuple[np.ndarray | None, int]:
     for r0, r1 in blocks:
         block = grey[r0:r1].ravel()
         if offset:
-            block = block.astype(np.int64) - offset
+            block = (block.astype(np.uint64) - np.uint64(offset % (1 << 64))).astype(np.int64)
         counts += np.bincount(block, minlength=levels)
     return counts, offset
 
@@ -290,7 +338,9 @@ def _stretch(grey: np.ndarray, lo: float, hi: float) -> np.ndarray:
             out[r0:r1] = np.take(lut, grey[r0:r1])
         return out
     for r0, r1 in _row_blocks(*grey.shape):
-        block = grey[r0:r1].astype(np.float64 if grey.dtype.itemsize > 4 else np.float32)
+        # float32 merges the levels of 32-bit integers (above 2**24) before the stretch can part them.
+        wide = grey.dtype.itemsize > 4 or (grey.dtype.kind in "ui" and grey.dtype.itemsize >= 4)
+        block = grey[r0:r1].astype(np.float64 if wide else np.float32)
         block -= lo
         block *= scale
         np.clip(block, 0.0, 255.0, out=block)

@@ -93,6 +93,20 @@ def test_tiff_dtypes_kept_and_floats_become_float32(tmp_path: Path) -> None:
     np.testing.assert_allclose(back, f64, rtol=1e-6)
 
 
+def test_float64_values_beyond_float32_are_refused_as_such(tmp_path: Path) -> None:
+    # Cast to float32 they became infinite, and the image was refused for "NaN or infinite values".
+    huge = RNG.random((8, 9))
+    huge[2, 3], huge[4, 5], huge[6, 7] = 1e39, -5e38, np.inf
+    tifffile.imwrite(tmp_path / "huge.tif", huge)
+    with pytest.raises(InputError) as refused:
+        read_image(tmp_path / "huge.tif")
+    assert str(refused.value).startswith(f"image {tmp_path / 'huge.tif'} has 2 pixel(s) beyond +-3.4e+38, more than "
+                                         "32-bit floats hold: scale its values down")
+    near = RNG.random((8, 9)) * 3e38
+    tifffile.imwrite(tmp_path / "near.tif", near)
+    assert np.isfinite(read_image(tmp_path / "near.tif")).all()
+
+
 def test_tiff_planar_rgb_becomes_channels_last(tmp_path: Path) -> None:
     image = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(image, -1, 0), photometric="rgb", planarconfig="separate")

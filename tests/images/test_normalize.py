@@ -208,3 +208,57 @@ def test_marks_drawn_at_one_flat_level_are_no_glare() -> None:
     lo, hi = np.percentile(image, [1.0, 99.0])
     expected = np.rint(np.clip((image.astype(np.float64) - lo) * 255.0 / (hi - lo), 0, 255)).astype(np.uint8)
     assert np.abs(normalize(image).astype(int) - expected.astype(int)).max() <= 1
+
+
+def _exact_stretch(image: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The stretch in exact integer arithmetic (Python ints): what normalize must give for lo..hi."""
+    return np.array([[min(255, max(0, round((int(v) - lo) * 255 / (hi - lo)))) for v in row] for row in image],
+                    dtype=np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64, np.uint64])
+def test_wide_integer_colour_keeps_its_brightest_pixels_white(dtype: type) -> None:
+    # The type's maximum rounded up in float32 (2**31 - 1 is 2**31) and wrapped to black.
+    rgb = np.full((40, 40, 3), 1000, dtype)
+    rgb[10:20, 10:20] = np.iinfo(dtype).max
+    grey = to_grey(rgb)
+    assert grey.dtype == dtype and grey[15, 15] > np.iinfo(dtype).max // 2 and grey[0, 0] == 1000
+    out = normalize(rgb)
+    assert (out[10:20, 10:20] == 255).all() and out[0, 0] == 0
+
+
+@pytest.mark.parametrize(("dtype", "base"), [(np.uint32, 3_000_000_000), (np.int32, -2_000_000_000),
+                                             (np.int64, 2**60), (np.uint64, 2**63 + 5)])
+def test_wide_integer_levels_are_stretched_exactly(dtype: type, base: int) -> None:
+    # float32 merged neighbouring 32-bit levels (64 levels came out as 26), and above 2**53 float64
+    # made the stretch's ends one number (a ZeroDivisionError); 2**63 and up overflowed int64.
+    levels = np.array([base + 100 * i for i in range(64)], dtype=dtype).reshape(8, 8)
+    assert np.array_equal(normalize(levels, low_pct=0, high_pct=100),
+                          _exact_stretch(levels, base, base + 6300))
+    close = np.full((3, 3), base, dtype)
+    close[1, 1] = base + 2
+    out = normalize(close)
+    assert out[1, 1] == 255 and int(out.sum()) == 255  # a single brighter pixel is kept, not lost to rounding
+    narrow = np.array([base + i for i in range(4)], dtype=dtype).reshape(2, 2)
+    assert normalize(narrow, low_pct=0, high_pct=100).ravel().tolist() == [0, 85, 170, 255]
+
+
+def test_wide_integer_images_with_a_narrow_range_match_16_bit_ones(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 4096, (300, 300)).astype(np.uint16)
+    image[:30] = 0  # zero fill, left out of the stretch in every type
+    for dtype in (np.int32, np.uint32, np.int64, np.uint64):
+        assert np.array_equal(normalize(image.astype(dtype)), normalize(image))
+    fill = rng.integers(-5000, 5000, (200, 200)).astype(np.int32)
+    fill[:20] = np.iinfo(np.int32).min  # the type's least level, as fill
+    with caplog.at_level(logging.INFO, logger="am.normalize"):
+        out = normalize(fill, name="fill.tif")
+    assert (out[:20] == 0).all() and out[20:].max() == 255
+    assert "its lowest level -2147483648, set apart from the others" in caplog.text
+
+
+def test_a_constant_wide_integer_image_says_its_own_level(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="am.normalize"):
+        out = normalize(np.full((5, 5), 2**62 + 7, np.int64), name="flat.tif")
+    assert not out.any()
+    assert f"flat.tif is constant (every pixel is {2**62 + 7})" in caplog.text
