@@ -16,6 +16,7 @@ processes a tile twice writes the same object twice::
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -228,6 +229,10 @@ def read_header(path: Path) -> ImageHeader:
     channels = _PNG_CHANNELS[colour_type]
     height, width = size
     _check_png_size(path, height, width)  # from the header, so before any worker starts
+    try:
+        _check_png_frames(path)
+    except OSError as exc:
+        raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
     return ImageHeader(height=height, width=width, channels=channels, dtype=dtype,
                        decoded_bytes=height * width * channels * dtype.itemsize)
 
@@ -388,6 +393,7 @@ def _check_png_size(path: Path, height: int, width: int) -> None:
 def _read_png(path: Path) -> np.ndarray:
     height, width = _png_head(path)[1]
     _check_png_size(path, height, width)
+    _check_png_frames(path)
     _warn_orientation(path, _png_orientation(path))
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -413,6 +419,14 @@ def _to_rgb_in_place(image: np.ndarray) -> np.ndarray:
 PHOTOMETRIC_MINISWHITE = 0
 PHOTOMETRIC_PALETTE = 3
 PHOTOMETRIC_SEPARATED = 5
+PHOTOMETRIC_YCBCR = 6
+# Grey (0 is white or black), RGB and palette colour: read as intensities or turned into them.
+_READ_PHOTOMETRICS = (PHOTOMETRIC_MINISWHITE, 1, 2, PHOTOMETRIC_PALETTE)
+# What the others are, for the message that refuses them: their samples are not RGB, and read as RGB
+# they come out as another picture (YCbCr's luminance weighted as RGB is its negative).
+_OTHER_PHOTOMETRICS = {PHOTOMETRIC_SEPARATED: "CMYK", PHOTOMETRIC_YCBCR: "YCbCr", 8: "CIELab", 9: "ICCLab",
+                       10: "ITULab", 32803: "colour filter array (raw Bayer)", 32844: "LogL", 32845: "LogLuv",
+                       34892: "linear raw"}
 
 
 def _check_tiff_header(path: Path, page: tifffile.TiffPage, header: ImageHeader) -> int:
@@ -424,13 +438,17 @@ def _check_tiff_header(path: Path, page: tifffile.TiffPage, header: ImageHeader)
     """
     if header.pages != 1:
         raise InputError(
-            f"image {path} is a multi-page TIFF with {header.pages} full-size image planes; am-segm reads "
+            f"image {path} is a {'multi-page TIFF' if len(page.parent.pages) > 1 else 'TIFF stack'} with "
+            f"{header.pages} full-size image planes; am-segm reads "
             "one image per file: save the plane to segment as its own TIFF"
         )
     _check_size(path, header.height, header.width)
     photometric = _tag_int(page, "photometric", path)
-    if photometric == PHOTOMETRIC_SEPARATED:
-        raise InputError(f"image {path} is a CMYK TIFF; export it as grey or RGB")
+    # A JPEG-compressed YCbCr TIFF is decoded to RGB by the JPEG codec itself; no other reader here converts.
+    if photometric not in _READ_PHOTOMETRICS and not (photometric == PHOTOMETRIC_YCBCR
+                                                      and page.compression == COMPRESSION_JPEG):
+        kind = _OTHER_PHOTOMETRICS.get(photometric, f"photometric {photometric} (neither grey nor RGB)")
+        raise InputError(f"image {path} is a {kind} TIFF; export it as grey or RGB")
     return photometric
 
 
@@ -508,10 +526,26 @@ def _tiff_orientation(page: tifffile.TiffPage) -> int | None:
 
 
 def _png_orientation(path: Path) -> int | None:
-    """The orientation in the PNG's eXIf chunk, or None where it has none.
+    """The orientation in the PNG's eXIf chunk, or None where it has none."""
+    data = _png_chunk_before_data(path, b"eXIf")
+    return None if data is None else _exif_orientation(data)
 
-    Only chunk headers are read, up to the image data, which the PNG specification has eXIf precede;
-    a damaged chunk list stops the search (it is named by :func:`check_complete` or the decoder).
+
+def _check_png_frames(path: Path) -> None:
+    """Refuse an animated PNG (APNG): the decoder returns its first frame alone, without a word, where a
+    TIFF of several planes is refused. Its acTL chunk, which precedes the image data, counts the frames."""
+    data = _png_chunk_before_data(path, b"acTL")
+    frames = struct.unpack(">I", data[:4])[0] if data is not None and len(data) >= 4 else 1
+    if frames > 1:
+        raise InputError(f"image {path} is an animated PNG with {frames} frames; am-segm reads one image per file: "
+                         "save the frame to segment as its own PNG")
+
+
+def _png_chunk_before_data(path: Path, wanted: bytes) -> bytes | None:
+    """The data of the PNG's first ``wanted`` chunk, or None where none precedes the image data.
+
+    Only chunk headers are read, up to the image data, which the PNG specification has eXIf and acTL
+    precede; a damaged chunk list stops the search (it is named by :func:`check_complete` or the decoder).
     """
     with path.open("rb") as handle:
         handle.seek(len(PNG_SIGNATURE))
@@ -519,8 +553,8 @@ def _png_orientation(path: Path) -> int | None:
             length, kind = struct.unpack(">I4s", head)
             if kind in (b"IDAT", b"IEND"):
                 return None
-            if kind == b"eXIf":
-                return _exif_orientation(handle.read(length))
+            if kind == wanted:
+                return handle.read(length)
             handle.seek(length + 4, 1)  # the data and CRC
     return None
 
@@ -565,7 +599,11 @@ def _tiff_page(tif: tifffile.TiffFile, path: Path) -> tuple[tifffile.TiffPage, I
         if not pages:
             raise InputError(f"image {path} holds no readable image plane; copy or export it again")
         page = max(pages, key=_page_pixels)
+        others = [other for other in pages if _page_pixels(other) != _page_pixels(page)]
         pages = [other for other in pages if _page_pixels(other) == _page_pixels(page)]
+        planes = max(len(pages), _series_planes(tif, page))
+        _warn_other_images(path, _page_pixels(page), tuple(sorted({(_page_pixels(other), f"{other.imagewidth} x "
+                                                                    f"{other.imagelength}") for other in others})))
         height = _tag_int(page, "imagelength", path)
         width = _tag_int(page, "imagewidth", path)
         channels = _tag_int(page, "samplesperpixel", path)
@@ -577,7 +615,35 @@ def _tiff_page(tif: tifffile.TiffFile, path: Path) -> tuple[tifffile.TiffPage, I
     except _TIFF_STRUCTURE_ERRORS as exc:
         raise _unreadable_tiff(path, exc) from exc
     return page, ImageHeader(height=height, width=width, channels=channels, dtype=np.dtype(page.dtype),
-                             decoded_bytes=decoded_bytes, pages=len(pages), read_as=read_as)
+                             decoded_bytes=decoded_bytes, pages=planes, read_as=read_as)
+
+
+def _series_planes(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> int:
+    """How many planes the series that begins with ``page`` holds, by its shape.
+
+    ImageJ stores a stack over 4 GB, and tifffile one written with ``truncate=True``, as one page whose
+    metadata gives the stack's shape: counted by pages it would pass for a single image, and its first
+    plane be segmented without a word.
+    """
+    for series in tif.series:
+        first = series.pages[0] if len(series.pages) else None
+        if first is not None and getattr(first, "offset", None) == page.offset:
+            return math.prod(size for size, axis in zip(series.shape, series.axes, strict=True) if axis not in "YXS")
+    return 1
+
+
+# An image this share of the one read, or larger, is no thumbnail: said to be left unread.
+_OTHER_IMAGE_SHARE = 0.25
+
+
+@lru_cache(maxsize=256)
+def _warn_other_images(path: Path, pixels: int, others: tuple[tuple[int, str], ...]) -> None:
+    """Warn of images in the file, other than the one read, too large to be its thumbnail (an OME-TIFF of
+    several scenes): only the largest is segmented. Cached, as :func:`_warn_orientation` is."""
+    shown = [size for other_pixels, size in others if other_pixels >= _OTHER_IMAGE_SHARE * pixels]
+    if shown:
+        log.warning("image %s holds %d other image(s) (%s, width x height) besides the largest, which alone is "
+                    "segmented; save each image to segment as its own TIFF", path, len(shown), ", ".join(shown))
 
 
 def _tiff_reading(page: tifffile.TiffPage, height: int, width: int, channels: int) -> tuple[int, str | None]:
@@ -674,6 +740,9 @@ def _decode_tiff(page: tifffile.TiffPage, path: Path) -> np.ndarray:
                              "install am-segm's requirements again (pip install imagecodecs) or save the "
                              "image uncompressed") from exc
         raise _undecodable_tiff(path, exc) from exc
+    except NotImplementedError as exc:  # a TIFF feature tifffile does not decode (chroma subsampling, ...)
+        raise InputError(f"image {path} uses a TIFF feature no reader here decodes ({exc}); export it again as "
+                         "grey or RGB, uncompressed or LZW") from exc
     except RuntimeError as exc:
         if not _is_codec_error(exc):
             raise

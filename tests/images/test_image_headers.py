@@ -90,6 +90,20 @@ def test_a_jpeg_tiff_whose_segment_lacks_its_end_marker_is_truncated(tmp_path: P
      r"plane to segment as its own TIFF"),
     ("cmyk.tif", {"data": np.zeros((64, 64, 4), np.uint8), "photometric": "separated"},
      r"cmyk\.tif is a CMYK TIFF; export it as grey or RGB"),
+    # Read as RGB, YCbCr samples gave the picture's negative and CIELab another picture, without a word.
+    ("ycbcr.tif", {"data": np.zeros((64, 64, 3), np.uint8), "photometric": "ycbcr", "subsampling": (1, 1)},
+     r"ycbcr\.tif is a YCbCr TIFF; export it as grey or RGB"),
+    ("lab.tif", {"data": np.zeros((64, 64, 3), np.uint8), "photometric": "cielab"},
+     r"lab\.tif is a CIELab TIFF; export it as grey or RGB"),
+    ("raw.tif", {"data": np.zeros((64, 64), np.uint16), "photometric": "cfa"},
+     r"raw\.tif is a colour filter array \(raw Bayer\) TIFF; export it as grey or RGB"),
+    # A stack stored as its first page, with its shape in the metadata (ImageJ over 4 GB, tifffile's
+    # truncate=True): counted by pages, it passed for one image and its first plane was segmented.
+    ("truncated.tif", {"data": np.zeros((5, 64, 64), np.uint8), "imagej": True, "metadata": {"axes": "TYX"},
+                       "truncate": True},
+     r"truncated\.tif is a TIFF stack with 5 full-size image planes; am-segm reads one image per file"),
+    ("shaped.tif", {"data": np.zeros((4, 64, 64), np.uint16), "photometric": "minisblack", "truncate": True},
+     r"shaped\.tif is a TIFF stack with 4 full-size image planes"),
 ])
 def test_what_a_tiff_header_shows_is_refused_before_any_work(tmp_path: Path, name: str, write: dict,
                                                               words: str) -> None:

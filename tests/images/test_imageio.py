@@ -398,7 +398,7 @@ def test_compressed_tiffs_as_microscopes_write_them(tmp_path: Path, compression:
 def test_volume_in_one_tiff_page(tmp_path: Path) -> None:
     path = tmp_path / "volume.tif"
     tifffile.imwrite(path, np.zeros((3, 16, 16), np.uint8), tile=(16, 16), volumetric=True, photometric="minisblack")
-    with pytest.raises(InputError, match="stack"):
+    with pytest.raises(InputError, match="volume.tif is a TIFF stack with 3 full-size image planes"):
         read_image(path)
 
 
@@ -635,3 +635,67 @@ def test_a_colour_png_taller_than_a_conversion_block_reads_in_rgb_order(tmp_path
     rgb = RNG.integers(0, 256, (5000, 100, 3), dtype=np.uint8)  # more rows than one block of 1 MiB
     cv2.imwrite(str(tmp_path / "tall.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     np.testing.assert_array_equal(read_image(tmp_path / "tall.png"), rgb)
+
+
+def _with_chunk_after_ihdr(png: bytes, kind: bytes, data: bytes) -> bytes:
+    """``png`` with one more chunk right after its IHDR (8 + 13 + 4 bytes after the signature), CRC and all."""
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    end = 8 + 8 + 13 + 4
+    return png[:end] + chunk + png[end:]
+
+
+def test_an_animated_png_is_refused_naming_its_frames(tmp_path: Path) -> None:
+    # The decoder returned the first frame alone, without a word, where a TIFF of several planes is refused.
+    png = cv2.imencode(".png", RNG.integers(0, 256, (40, 50), dtype=np.uint8))[1].tobytes()
+    (tmp_path / "movie.png").write_bytes(_with_chunk_after_ihdr(png, b"acTL", struct.pack(">II", 3, 0)))
+    for read in (read_image, read_header, check_complete):
+        with pytest.raises(InputError, match=r"movie\.png is an animated PNG with 3 frames; am-segm reads one image "
+                                             r"per file: save the frame to segment as its own PNG"):
+            read(tmp_path / "movie.png")
+    (tmp_path / "one.png").write_bytes(_with_chunk_after_ihdr(png, b"acTL", struct.pack(">II", 1, 0)))
+    assert read_image(tmp_path / "one.png").shape == (40, 50)
+
+
+def test_other_images_than_the_largest_are_warned_of_unless_thumbnails(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # An OME-TIFF of two scenes: the larger was segmented and the other left without a word.
+    image = RNG.integers(0, 256, (64, 64), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "scenes.tif", ome=True) as tif:
+        tif.write(image[:40, :30])
+        tif.write(image)
+    with tifffile.TiffWriter(tmp_path / "thumbnail.tif") as tif:
+        tif.write(image)
+        tif.write(image[::4, ::4])  # unflagged, as some writers leave a thumbnail
+    with caplog.at_level("WARNING", logger="am.imageio"):
+        np.testing.assert_array_equal(read_image(tmp_path / "scenes.tif"), image)
+        check_complete(tmp_path / "scenes.tif")
+        np.testing.assert_array_equal(read_image(tmp_path / "thumbnail.tif"), image)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"image {tmp_path / 'scenes.tif'} holds 1 other image(s) (30 x 40, width x height) besides the "
+                    "largest, which alone is segmented; save each image to segment as its own TIFF"]
+
+
+def test_a_tiff_feature_tifffile_cannot_decode_is_an_input_error(tmp_path: Path) -> None:
+    # Chroma-subsampled YCbCr without JPEG: tifffile's NotImplementedError ended in a traceback. Refused
+    # from the header now (YCbCr is read only JPEG-compressed), the decode path is shown by a plain RGB page.
+    path = tmp_path / "sub.tif"
+    tifffile.imwrite(path, RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8), photometric="rgb")
+
+    def not_implemented(*args, **kwargs):
+        raise NotImplementedError("chroma subsampling not supported without JPEG compression")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tifffile.TiffPage, "asarray", not_implemented)
+        with pytest.raises(InputError, match=r"sub\.tif uses a TIFF feature no reader here decodes \(chroma "
+                                             r"subsampling not supported without JPEG compression\); export it again"):
+            read_image(path)
+
+
+def test_a_jpeg_compressed_ycbcr_tiff_is_still_read_as_rgb(tmp_path: Path) -> None:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = 200
+    tifffile.imwrite(tmp_path / "jpeg.tif", rgb, photometric="rgb", compression="jpeg")  # stored as YCbCr
+    with tifffile.TiffFile(tmp_path / "jpeg.tif") as tif:
+        assert tif.pages[0].photometric == 6
+    back = read_image(tmp_path / "jpeg.tif")
+    assert back.shape == (64, 64, 3) and abs(int(back[..., 0].mean()) - 200) <= 3
