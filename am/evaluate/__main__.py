@@ -10,56 +10,73 @@ Images of ``--images`` are named by their stems, or by their file names where tw
 
 from __future__ import annotations
 
-import argparse
-import json
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import logging
 import sys
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
-from pathlib import Path
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
+try:
+    import argparse
+    import json
+    import signal
+    from collections import Counter
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+    from functools import partial
+    from pathlib import Path
 
-from am.cli import (
-    RERUN_TO_START_AGAIN,
-    add_log_level_option,
-    add_postprocess_option,
-    add_precision_option,
-    configure_logging,
-    masks_label,
-    output_problem,
-    run_main,
-    seed_option,
-    threads_problem,
-)
-from am.errors import InputError
-from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE
-from am.evaluate.lost import LostMarks
-from am.evaluate.metrics import Scores
-from am.evaluate.run import evaluate, table
-from am.files import staging, swap_in, write_atomic
-from am.messages import TTA_MODES
-from am.model.checkpoint import checkpoint_argument, default_model_path
-from am.model.device import device_problem, resolve_device
-from am.model.precision import resolve_precision
-from am.model.predict import Predictor
-from am.model.whole import scale_problem
-from am.normalize import read_normalised
-from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
-from am.train.data import (
-    IMAGE_SUFFIXES,
-    Labelled,
-    check_pair_sizes,
-    check_scorable_sizes,
-    find_mask,
-    iter_synthetic_images,
-    read_mask,
-    split_files,
-    synthetic_name,
-)
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from am.cli import (
+        RERUN_TO_START_AGAIN,
+        add_log_level_option,
+        add_postprocess_option,
+        add_precision_option,
+        configure_logging,
+        masks_label,
+        output_problem,
+        run_main,
+        seed_option,
+        threads_problem,
+    )
+    from am.errors import InputError
+    from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE
+    from am.evaluate.lost import LostMarks
+    from am.evaluate.metrics import Scores
+    from am.evaluate.run import evaluate, table
+    from am.files import staging, swap_in, write_atomic
+    from am.messages import TTA_MODES
+    from am.model.checkpoint import checkpoint_argument, default_model_path
+    from am.model.device import device_problem, resolve_device
+    from am.model.precision import resolve_precision
+    from am.model.predict import Predictor
+    from am.model.whole import scale_problem
+    from am.normalize import read_normalised
+    from am.startup import log_interrupted
+    from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
+    from am.train.data import (
+        IMAGE_SUFFIXES,
+        Labelled,
+        check_pair_sizes,
+        check_scorable_sizes,
+        find_mask,
+        iter_synthetic_images,
+        read_mask,
+        split_files,
+        synthetic_name,
+    )
+
+    if __name__ == "__main__":
+        # Held until main() runs inside its own try (see the end of this file): a Ctrl-C while the
+        # definitions between here and there run would end in a traceback, few as the microseconds are.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.evaluate")  # nothing to clean up yet
 
 log = logging.getLogger(__name__)
 
@@ -302,4 +319,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        # A Ctrl-C held since the imports comes through here, as a KeyboardInterrupt inside this try.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        code = main()
+    except KeyboardInterrupt:  # while the options were parsed and checked, before run_main took Ctrl-C over
+        code = log_interrupted("am.evaluate", RERUN_TO_START_AGAIN)
+    sys.exit(code)

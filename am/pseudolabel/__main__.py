@@ -13,26 +13,43 @@ lock): a second is refused at once, naming the first.
 
 from __future__ import annotations
 
-import argparse
-import re
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import sys
-from functools import partial
-from pathlib import Path
 
-from am.cli import (
-    RERUN_TO_START_AGAIN,
-    add_log_level_option,
-    configure_logging,
-    run_main,
-    seed_option,
-    threads_problem,
-)
-from am.errors import InputError
-from am.messages import TTA_MODES
-from am.normalize import read_normalised
-from am.pseudolabel.core import CropLabel, PseudoConfig, check_config, check_memory, check_out_dir, pseudo_label
-from am.train.data import IMAGE_SUFFIXES, read_mask
-from am.train.progress import step_bar
+try:
+    import argparse
+    import re
+    import signal
+    from functools import partial
+    from pathlib import Path
+
+    from am.cli import (
+        RERUN_TO_START_AGAIN,
+        add_log_level_option,
+        configure_logging,
+        run_main,
+        seed_option,
+        threads_problem,
+    )
+    from am.errors import InputError
+    from am.messages import TTA_MODES
+    from am.normalize import read_normalised
+    from am.pseudolabel.core import CropLabel, PseudoConfig, check_config, check_memory, check_out_dir, pseudo_label
+    from am.startup import log_interrupted
+    from am.train.data import IMAGE_SUFFIXES, read_mask
+    from am.train.progress import step_bar
+
+    if __name__ == "__main__":
+        # Held until main() runs inside its own try (see the end of this file): a Ctrl-C while the
+        # definitions between here and there run would end in a traceback, few as the microseconds are.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.pseudolabel")  # nothing to clean up yet
 
 # A label's name without its suffix: the column and row of its top-left pixel in the image.
 LABEL_STEM = re.compile(r"^(\d+)_(\d+)$")
@@ -146,4 +163,10 @@ def _pseudo_label(args: argparse.Namespace, config: PseudoConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        # A Ctrl-C held since the imports comes through here, as a KeyboardInterrupt inside this try.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        code = main()
+    except KeyboardInterrupt:  # while the options were parsed and checked, before run_main took Ctrl-C over
+        code = log_interrupted("am.pseudolabel", RERUN_TO_START_AGAIN)
+    sys.exit(code)

@@ -22,55 +22,72 @@ The production model on a GPU machine: the same command with a bigger encoder an
 
 from __future__ import annotations
 
-import argparse
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import logging
-import math
 import os
-import shlex
 import sys
-import time
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
-import torch
-from tqdm import tqdm
+try:
+    import argparse
+    import math
+    import shlex
+    import signal
+    import time
+    from dataclasses import dataclass
+    from functools import partial
+    from pathlib import Path
 
-from am.cli import (
-    EXIT_INTERRUPTED,
-    add_log_level_option,
-    channels_option,
-    configure_logging,
-    output_problem,
-    run_main,
-    seed_option,
-    threads_problem,
-)
-from am.errors import CheckpointError, InputError
-from am.model.checkpoint import ModelMeta, architecture_problem, tile_size_problem
-from am.model.device import device_problem, resolve_device
-from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
-from am.model.separate import DEFAULT_SEED_THRESHOLD
-from am.settings import OptionError
-from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
-from am.synth.render import POLARITIES, polarity_probabilities
-from am.synth.truth import LABELS
-from am.train.augment import MIN_SCALE
-from am.train.data import (
-    LabelledFile,
-    check_pair_sizes,
-    check_scorable_sizes,
-    check_trainable_sizes,
-    read_pairs,
-    split_files,
-    synthetic_images,
-    weigh_gaps,
-)
-from am.train.fits import GIB, free_memory, step_memory_problem
-from am.train.init import check_init
-from am.train.loop import TrainConfig, resume_options_problem, resume_problem, train
-from am.train.progress import step_bar
-from am.train.runfiles import metrics_path, read_record, record_path, run_lock, run_outputs, state_path
+    import torch
+    from tqdm import tqdm
+
+    from am.cli import (
+        EXIT_INTERRUPTED,
+        add_log_level_option,
+        channels_option,
+        configure_logging,
+        output_problem,
+        run_main,
+        seed_option,
+        threads_problem,
+    )
+    from am.errors import CheckpointError, InputError
+    from am.model.checkpoint import ModelMeta, architecture_problem, tile_size_problem
+    from am.model.device import device_problem, resolve_device
+    from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
+    from am.model.separate import DEFAULT_SEED_THRESHOLD
+    from am.settings import OptionError
+    from am.startup import NOTHING_DONE, log_interrupted
+    from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
+    from am.synth.render import POLARITIES, polarity_probabilities
+    from am.synth.truth import LABELS
+    from am.train.augment import MIN_SCALE
+    from am.train.data import (
+        LabelledFile,
+        check_pair_sizes,
+        check_scorable_sizes,
+        check_trainable_sizes,
+        read_pairs,
+        split_files,
+        synthetic_images,
+        weigh_gaps,
+    )
+    from am.train.fits import GIB, free_memory, step_memory_problem
+    from am.train.init import check_init
+    from am.train.loop import TrainConfig, resume_options_problem, resume_problem, train
+    from am.train.progress import step_bar
+    from am.train.runfiles import metrics_path, read_record, record_path, run_lock, run_outputs, state_path
+
+    if __name__ == "__main__":
+        # Held until main() runs inside its own try (see the end of this file): a Ctrl-C while the
+        # definitions between here and there run would end in a traceback, few as the microseconds are.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.train")  # nothing to clean up yet
 
 log = logging.getLogger("am.train")
 
@@ -591,4 +608,10 @@ def _train(args: argparse.Namespace, listed: list[_Listed] | None = None, config
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        # A Ctrl-C held since the imports comes through here, as a KeyboardInterrupt inside this try.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        code = main()
+    except KeyboardInterrupt:  # while the options were parsed and checked, before run_main took Ctrl-C over
+        code = log_interrupted("am.train", NOTHING_DONE)
+    sys.exit(code)
