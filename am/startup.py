@@ -2,8 +2,11 @@
 
 A command's module spends seconds importing torch and the package before its ``main()`` hands Ctrl-C
 to :func:`am.cli.run_main`; a Ctrl-C in that time would print a traceback of wherever the import
-machinery was, and end the process by SIGINT. The commands catch it themselves (see am.train's
-``__main__``) and report it with these functions, as run_main reports a later one.
+machinery was, and end the process by SIGINT. The commands catch it themselves and report it with
+these functions, as run_main reports a later one. Each command's ``__main__`` imports everything but
+logging, os and sys inside a ``try``, ends it with :func:`hold_ctrl_c` when run as a command, answers
+a KeyboardInterrupt there with :func:`exit_interrupted` (re-raising it when imported by a program),
+and runs ``main`` through :func:`run_command`.
 
 This module runs before am.cli and everything heavy is loaded, and a Ctrl-C may come while it
 loads too: it imports only what the interpreter has loaded already (logging, os, sys), so that
@@ -18,6 +21,7 @@ import sys
 
 TYPE_CHECKING = False  # typing itself is not loaded yet: it is imported for the type checkers only
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
 # Exit code after Ctrl-C, as am.cli's EXIT_INTERRUPTED: needed before am.cli is loaded.
@@ -48,3 +52,24 @@ def exit_interrupted(name: str, outcome: str = NOTHING_DONE) -> NoReturn:
     itself unhandled, and CPython would then end the process by SIGINT, even though it was handled.
     """
     os._exit(log_interrupted(name, outcome))
+
+
+def hold_ctrl_c() -> None:
+    """Hold SIGINT from the end of the imports until :func:`run_command` runs ``main`` inside its ``try``: a
+    Ctrl-C while the module's definitions run in between would end in a traceback, few as the microseconds are."""
+    import signal  # loaded by now, with the command's other modules
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def run_command(main: Callable[[], int], name: str, outcome: str) -> NoReturn:
+    """Exit with ``main()``'s code; a Ctrl-C held since the imports, or one while the options are parsed and
+    checked (before run_main takes Ctrl-C over), is reported as :func:`log_interrupted` with ``outcome``."""
+    import signal
+
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        code = main()
+    except KeyboardInterrupt:
+        code = log_interrupted(name, outcome)
+    sys.exit(code)

@@ -13,12 +13,10 @@ from __future__ import annotations
 # Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
 # every other import is in the try below.
 import logging
-import sys
 
 try:
     import argparse
     import json
-    import signal
     from collections import Counter
     from collections.abc import Iterator
     from contextlib import contextmanager
@@ -53,7 +51,7 @@ try:
     from am.model.predict import Predictor
     from am.model.whole import scale_problem
     from am.normalize import read_normalised
-    from am.startup import log_interrupted
+    from am.startup import hold_ctrl_c, run_command
     from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
     from am.train.data import (
         IMAGE_SUFFIXES,
@@ -68,9 +66,7 @@ try:
     )
 
     if __name__ == "__main__":
-        # Held until main() runs inside its own try (see the end of this file): a Ctrl-C while the
-        # definitions between here and there run would end in a traceback, few as the microseconds are.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
 except KeyboardInterrupt:
     if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
         raise
@@ -319,10 +315,4 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        # A Ctrl-C held since the imports comes through here, as a KeyboardInterrupt inside this try.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        code = main()
-    except KeyboardInterrupt:  # while the options were parsed and checked, before run_main took Ctrl-C over
-        code = log_interrupted("am.evaluate", RERUN_TO_START_AGAIN)
-    sys.exit(code)
+    run_command(main, "am.evaluate", RERUN_TO_START_AGAIN)

@@ -13,14 +13,10 @@ lock): a second is refused at once, naming the first.
 
 from __future__ import annotations
 
-# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
-# every other import is in the try below.
-import sys
-
+# Every import is in the try below, so that a Ctrl-C while one loads is reported in one line.
 try:
     import argparse
     import re
-    import signal
     from functools import partial
     from pathlib import Path
 
@@ -36,14 +32,12 @@ try:
     from am.messages import TTA_MODES
     from am.normalize import read_normalised
     from am.pseudolabel.core import CropLabel, PseudoConfig, check_config, check_memory, check_out_dir, pseudo_label
-    from am.startup import log_interrupted
+    from am.startup import hold_ctrl_c, run_command
     from am.train.data import IMAGE_SUFFIXES, read_mask
     from am.train.progress import step_bar
 
     if __name__ == "__main__":
-        # Held until main() runs inside its own try (see the end of this file): a Ctrl-C while the
-        # definitions between here and there run would end in a traceback, few as the microseconds are.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
 except KeyboardInterrupt:
     if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
         raise
@@ -163,10 +157,4 @@ def _pseudo_label(args: argparse.Namespace, config: PseudoConfig) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        # A Ctrl-C held since the imports comes through here, as a KeyboardInterrupt inside this try.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        code = main()
-    except KeyboardInterrupt:  # while the options were parsed and checked, before run_main took Ctrl-C over
-        code = log_interrupted("am.pseudolabel", RERUN_TO_START_AGAIN)
-    sys.exit(code)
+    run_command(main, "am.pseudolabel", RERUN_TO_START_AGAIN)

@@ -32,7 +32,6 @@ try:
     import argparse
     import math
     import shlex
-    import signal
     import time
     from dataclasses import dataclass
     from functools import partial
@@ -57,7 +56,7 @@ try:
     from am.model.masks import DEFAULT_MIN_MARK_FRACTION, DEFAULT_MIN_MARK_PX
     from am.model.separate import DEFAULT_SEED_THRESHOLD
     from am.settings import OptionError
-    from am.startup import NOTHING_DONE, log_interrupted
+    from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
     from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
     from am.synth.render import POLARITIES, polarity_probabilities
     from am.synth.truth import LABELS
@@ -79,9 +78,7 @@ try:
     from am.train.runfiles import metrics_path, read_record, record_path, run_lock, run_outputs, state_path
 
     if __name__ == "__main__":
-        # Held until main() runs inside its own try (see the end of this file): a Ctrl-C while the
-        # definitions between here and there run would end in a traceback, few as the microseconds are.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
 except KeyboardInterrupt:
     if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
         raise
@@ -608,10 +605,4 @@ def _train(args: argparse.Namespace, listed: list[_Listed] | None = None, config
 
 
 if __name__ == "__main__":
-    try:
-        # A Ctrl-C held since the imports comes through here, as a KeyboardInterrupt inside this try.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        code = main()
-    except KeyboardInterrupt:  # while the options were parsed and checked, before run_main took Ctrl-C over
-        code = log_interrupted("am.train", NOTHING_DONE)
-    sys.exit(code)
+    run_command(main, "am.train", NOTHING_DONE)
