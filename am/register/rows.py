@@ -71,6 +71,10 @@ ROW_END_REACH = 2
 ROW_END_FILL = 0.8
 # A mark at a row's end more than this many columns from the next is left out of the row's span.
 GAP_AT_END = 2
+# Up to this many rows, every way of moving the rows by whole columns is weighed (_align_few_rows):
+# a way counts where each row's offset then lies within SLIDE_LIMIT columns of one straight drift.
+FEW_ROWS = 5
+SLIDE_LIMIT = 0.35
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,7 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> tuple[LatticeFit, RowLine
     shifts = np.unwrap(along - shear * centres, period=1.0)
     # Relative to the re-read shear, in column steps along each row (as numbering reads them).
     columns = [coords[m, 0] - (shear - prior) * coords[m, 1] for m in members]
-    moved = _align_row_ends(shifts, columns)
+    moved = _align_row_ends(shifts, columns, centres=centres, shear=shear)
     if np.any(moved != shifts):
         # Whole columns moved between rows: the shear that lined the offsets up was an alias (on 3-5
         # rows one can reach the search limit). The rows' own offsets give the drift again.
@@ -233,7 +237,9 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> tuple[LatticeFit, RowLine
                          shifts=np.interp(every, numbers, shifts))
 
 
-def _align_row_ends(shifts: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
+def _align_row_ends(
+    shifts: np.ndarray, columns: list[np.ndarray], *, centres: np.ndarray | None = None, shear: float = 0.0
+) -> np.ndarray:
     """``shifts`` (each row's offset along itself, in column steps) with whole columns added where
     that makes the rows' marks (``columns``, their coordinates along each row) span fewer columns.
 
@@ -249,6 +255,8 @@ def _align_row_ends(shifts: np.ndarray, columns: list[np.ndarray]) -> np.ndarray
     rows = [k for k in range(len(index)) if index[k].size]
     if len(rows) < 3:
         return shifts
+    if centres is not None and len(rows) <= FEW_ROWS:
+        return _align_few_rows(shifts, index, rows, centres=centres, shear=shear)
     lo = np.array([int(index[k].min()) for k in rows])
     hi = np.array([int(index[k].max()) for k in rows])
     held = np.array([index[k].size for k in rows])
@@ -274,8 +282,58 @@ def _align_row_ends(shifts: np.ndarray, columns: list[np.ndarray]) -> np.ndarray
         moved = shifts.copy()
         for k, step in zip(rows, best[0], strict=True):
             moved[k] = shifts[k] - step  # moving a row by ``step`` raises its marks' numbers by it
+        if centres is not None and _off_drift(moved[rows], centres[rows], shear) > SLIDE_LIMIT >= _off_drift(
+                shifts[rows], centres[rows], shear):
+            # The rows lay on one drift and the move takes a row a column off it: its ends were a
+            # missing mark and debris beside the row's other end, not the row a column off.
+            return shifts
         return moved
     return shifts
+
+
+def _off_drift(shifts: np.ndarray, centres: np.ndarray, shear: float) -> float:
+    """How far (column steps) the rows' offsets lie off the straight drift that fits them best."""
+    offsets = shifts + shear * centres
+    line = np.polyval(np.polyfit(centres, offsets, 1), centres)
+    return float(np.abs(offsets - line).max())
+
+
+def _align_few_rows(
+    shifts: np.ndarray, index: list[np.ndarray], rows: list[int], *, centres: np.ndarray, shear: float
+) -> np.ndarray:
+    """:func:`_align_row_ends` for a few rows (at most ``FEW_ROWS``), where the rows' ends alone
+    mislead: a row missing its first mark fits the others' block unmoved as well as one missing its
+    last mark, and debris beside a row's first node with its last mark missing reads as the whole
+    row a column off. Every way of moving the rows by up to ``ROW_END_REACH`` columns is tried; a
+    way counts only where the rows' offsets then lie on one straight drift, each within
+    ``SLIDE_LIMIT`` of a column of it (a row slides along itself by a fraction of a column; a row
+    moved a whole column the wrong way sits far off the line). Of those, the narrowest block of
+    columns wins (while every row fills at least ``ROW_END_FILL`` of its span), then the smallest
+    drift between rows, then the fewest columns moved. Where no way counts, nothing moves.
+    """
+    rows_a = np.asarray(rows)
+    t = centres[rows_a]
+    lo = np.array([int(index[k].min()) for k in rows])
+    hi = np.array([int(index[k].max()) for k in rows])
+    held = np.array([index[k].size for k in rows])
+    ends_count = not np.any(held < ROW_END_FILL * (hi - lo + 1))
+    reach = ROW_END_REACH
+    steps = np.array(np.meshgrid(*([np.arange(-reach, reach + 1)] * len(rows)), indexing="ij")).reshape(len(rows), -1).T
+    offsets = (shifts[rows_a][None, :] - steps) + shear * t[None, :]
+    design = np.column_stack([np.ones(t.size), t])
+    solution, *_ = np.linalg.lstsq(design, offsets.T, rcond=None)
+    off_line = np.abs(offsets - (design @ solution).T).max(axis=1)
+    drift = np.abs(solution[1])
+    width = (hi[None, :] + steps).max(axis=1) - (lo[None, :] + steps).min(axis=1) + 1
+    plausible = off_line <= SLIDE_LIMIT
+    if not plausible.any():
+        return shifts
+    order = np.lexsort((np.abs(steps).sum(axis=1), np.round(drift, 6), width if ends_count else np.zeros_like(width)))
+    best = steps[order[plausible[order]][0]]
+    moved = shifts.copy()
+    for k, step in zip(rows, best, strict=True):
+        moved[k] = shifts[k] - step  # moving a row by ``step`` raises its marks' numbers by it
+    return moved
 
 
 def _trimmed(index: np.ndarray) -> np.ndarray:
