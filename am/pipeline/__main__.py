@@ -15,29 +15,9 @@ import logging
 import os
 import sys
 
-# Exit code after Ctrl-C, as am.cli's EXIT_INTERRUPTED: needed before am.cli is loaded.
-_EXIT_INTERRUPTED = 130
-
-
-def _interrupted(outcome: str) -> int:
-    """Log that Ctrl-C stopped the command, and what that left, in one line; returns the exit code.
-
-    For a Ctrl-C that run_main cannot handle: one while the modules below load (a third of a second,
-    before am.cli is there) or while the options are parsed. Python would print a traceback of
-    wherever the import machinery was instead. Where logging is not configured yet, the line takes
-    the format am.cli's configure_logging gives every later one.
-    """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                            stream=sys.stderr)
-    logging.getLogger("am.pipeline").error("interrupted; %s", outcome)
-    return _EXIT_INTERRUPTED
-
-
 try:
     import argparse
     import math
-    import signal
     import stat
     import tempfile
     from pathlib import Path
@@ -57,18 +37,16 @@ try:
     from am.messages import TTA_MODES
     from am.pitch import TRAINED_PITCH_PX
     from am.settings import BACKENDS, config_path_from, config_template, load_settings
+    from am.startup import hold_ctrl_c, run_command
 
     if __name__ == "__main__":
-        # Held until main() runs inside its own try (see the end of this file): a Ctrl-C while the
-        # definitions between here and there run would end in a traceback, few as the microseconds are.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
 except KeyboardInterrupt:
     if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
         raise
-    # Nothing to clean up yet. Not sys.exit: a Ctrl-C that came through an exec() of a string on its way
-    # here (scipy imports numpy's names so) marks itself unhandled, and CPython would then end the
-    # process by SIGINT, even though it was handled.
-    os._exit(_interrupted("nothing was done, rerun the same command"))
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.pipeline")  # nothing to clean up yet
 
 log = logging.getLogger("am.pipeline")
 
@@ -215,10 +193,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        # A Ctrl-C held since the imports comes through here, as a KeyboardInterrupt inside this try.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        code = main()
-    except KeyboardInterrupt:  # while the options were parsed, before run_main took Ctrl-C over
-        code = _interrupted(RERUN_TO_RESUME)
-    sys.exit(code)
+    run_command(main, "am.pipeline", RERUN_TO_RESUME)

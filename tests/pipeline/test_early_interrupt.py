@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import am.pipeline.__main__ as pipeline_cli
+import am.startup as startup
 from am.cli import EXIT_INTERRUPTED
 from tests.environment import clean_env
 
@@ -86,4 +86,4 @@ def test_ctrl_c_between_the_imports_and_the_options_exits_130_with_one_line(tmp_
 
 
 def test_the_early_exit_code_is_the_command_lines():
-    assert pipeline_cli._EXIT_INTERRUPTED == EXIT_INTERRUPTED
+    assert startup.EXIT_INTERRUPTED == EXIT_INTERRUPTED
