@@ -140,7 +140,7 @@ def _check_signature(path: Path) -> None:
         with path.open("rb") as handle:
             head = handle.read(len(PNG_SIGNATURE))
     except OSError as exc:
-        raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
+        raise _unreadable_file(path, exc) from exc
     if head.startswith(JPEG_SIGNATURE):
         # cv2.imread goes by the bytes, not the suffix: the conversion reads this file as the JPEG it is.
         keep = (f"then remove {path.name}, keeping only {path.with_suffix('.png').name}"
@@ -157,6 +157,11 @@ def _check_signature(path: Path) -> None:
         return
     raise InputError(f"image {path} is a {found} file, not the {path.suffix} its name says: rename it to "
                      f"{path.with_suffix(suffix).name}", reason=f"it is a {found} file named {path.suffix}")
+
+
+def _unreadable_file(path: Path, exc: OSError) -> InputError:
+    """The error for a file whose bytes cannot be read at all (permissions, a vanished disk)."""
+    return InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again")
 
 
 def _check_size(path: Path, height: int, width: int) -> None:
@@ -220,7 +225,7 @@ def read_header(path: Path) -> ImageHeader:
     try:
         head, size = _png_head(path)
     except OSError as exc:
-        raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
+        raise _unreadable_file(path, exc) from exc
     bit_depth, colour_type = head[24:26]
     if bit_depth not in _PNG_BIT_DEPTHS or colour_type not in _PNG_CHANNELS:
         raise InputError(f"image {path} has a damaged PNG header (bit depth {bit_depth}, colour type "
@@ -232,7 +237,7 @@ def read_header(path: Path) -> ImageHeader:
     try:
         _check_png_frames(path)
     except OSError as exc:
-        raise InputError(f"image {path} cannot be read ({exc}); check its permissions, or copy it again") from exc
+        raise _unreadable_file(path, exc) from exc
     return ImageHeader(height=height, width=width, channels=channels, dtype=dtype,
                        decoded_bytes=height * width * channels * dtype.itemsize)
 

@@ -311,7 +311,7 @@ def _histogram(grey: np.ndarray) -> tuple[np.ndarray | None, int]:
     for r0, r1 in blocks:
         block = grey[r0:r1].ravel()
         if offset:
-            block = (block.astype(np.uint64) - np.uint64(offset % (1 << 64))).astype(np.int64)
+            block = block.astype(np.int64) - offset  # 8- and 16-bit only: wider ones start at 0 (_above_least)
         counts += np.bincount(block, minlength=levels)
     return counts, offset
 

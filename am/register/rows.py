@@ -255,12 +255,13 @@ def _align_row_ends(
     rows = [k for k in range(len(index)) if index[k].size]
     if len(rows) < 3:
         return shifts
-    if centres is not None and len(rows) <= FEW_ROWS:
-        return _align_few_rows(shifts, index, rows, centres=centres, shear=shear)
     lo = np.array([int(index[k].min()) for k in rows])
     hi = np.array([int(index[k].max()) for k in rows])
     held = np.array([index[k].size for k in rows])
-    if np.any(held < ROW_END_FILL * (hi - lo + 1)):
+    ends_count = not np.any(held < ROW_END_FILL * (hi - lo + 1))
+    if centres is not None and len(rows) <= FEW_ROWS:
+        return _align_few_rows(shifts, rows, lo, hi, ends_count=ends_count, centres=centres[rows], shear=shear)
+    if not ends_count:
         return shifts  # a row with many gaps: its ends may be debris, or marks missing
     reach = ROW_END_REACH
     for width in range(int((hi - lo).max()) + 1, int(hi.max() - lo.min()) + 1):
@@ -282,8 +283,8 @@ def _align_row_ends(
         moved = shifts.copy()
         for k, step in zip(rows, best[0], strict=True):
             moved[k] = shifts[k] - step  # moving a row by ``step`` raises its marks' numbers by it
-        if centres is not None and _off_drift(moved[rows], centres[rows], shear) > SLIDE_LIMIT >= _off_drift(
-                shifts[rows], centres[rows], shear):
+        if centres is not None and _off_drift(moved[rows], centres[rows], shear)[0][0] > SLIDE_LIMIT >= _off_drift(
+                shifts[rows], centres[rows], shear)[0][0]:
             # The rows lay on one drift and the move takes a row a column off it: its ends were a
             # missing mark and debris beside the row's other end, not the row a column off.
             return shifts
@@ -291,39 +292,32 @@ def _align_row_ends(
     return shifts
 
 
-def _off_drift(shifts: np.ndarray, centres: np.ndarray, shear: float) -> float:
-    """How far (column steps) the rows' offsets lie off the straight drift that fits them best."""
-    offsets = shifts + shear * centres
-    line = np.polyval(np.polyfit(centres, offsets, 1), centres)
-    return float(np.abs(offsets - line).max())
+def _off_drift(shifts: np.ndarray, centres: np.ndarray, shear: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each way of setting the rows' offsets (each row of ``shifts``, in column steps; one way may
+    be given as a 1-D array): how far they lie off the straight drift that fits them best, and that
+    drift's size (columns per row step)."""
+    offsets = np.atleast_2d(shifts) + shear * centres
+    design = np.column_stack([np.ones(centres.size), centres])
+    solution, *_ = np.linalg.lstsq(design, offsets.T, rcond=None)
+    return np.abs(offsets - (design @ solution).T).max(axis=1), np.abs(solution[1])
 
 
-def _align_few_rows(
-    shifts: np.ndarray, index: list[np.ndarray], rows: list[int], *, centres: np.ndarray, shear: float
-) -> np.ndarray:
-    """:func:`_align_row_ends` for a few rows (at most ``FEW_ROWS``), where the rows' ends alone
-    mislead: a row missing its first mark fits the others' block unmoved as well as one missing its
-    last mark, and debris beside a row's first node with its last mark missing reads as the whole
-    row a column off. Every way of moving the rows by up to ``ROW_END_REACH`` columns is tried; a
-    way counts only where the rows' offsets then lie on one straight drift, each within
-    ``SLIDE_LIMIT`` of a column of it (a row slides along itself by a fraction of a column; a row
-    moved a whole column the wrong way sits far off the line). Of those, the narrowest block of
-    columns wins (while every row fills at least ``ROW_END_FILL`` of its span), then the smallest
-    drift between rows, then the fewest columns moved. Where no way counts, nothing moves.
+def _align_few_rows(shifts: np.ndarray, rows: list[int], lo: np.ndarray, hi: np.ndarray, *, ends_count: bool,
+                    centres: np.ndarray, shear: float) -> np.ndarray:
+    """:func:`_align_row_ends` for a few rows (at most ``FEW_ROWS``; ``lo`` and ``hi`` their first and
+    last columns, ``centres`` their places across), where the rows' ends alone mislead: a row missing
+    its first mark fits the others' block unmoved as well as one missing its last mark, and debris
+    beside a row's first node with its last mark missing reads as the whole row a column off. Every
+    way of moving the rows by up to ``ROW_END_REACH`` columns is tried; a way counts only where the
+    rows' offsets then lie on one straight drift, each within ``SLIDE_LIMIT`` of a column of it (a
+    row slides along itself by a fraction of a column; a row moved a whole column the wrong way sits
+    far off the line). Of those, the narrowest block of columns wins (where ``ends_count``: every row
+    fills at least ``ROW_END_FILL`` of its span), then the smallest drift between rows, then the
+    fewest columns moved. Where no way counts, nothing moves.
     """
-    rows_a = np.asarray(rows)
-    t = centres[rows_a]
-    lo = np.array([int(index[k].min()) for k in rows])
-    hi = np.array([int(index[k].max()) for k in rows])
-    held = np.array([index[k].size for k in rows])
-    ends_count = not np.any(held < ROW_END_FILL * (hi - lo + 1))
     reach = ROW_END_REACH
     steps = np.array(np.meshgrid(*([np.arange(-reach, reach + 1)] * len(rows)), indexing="ij")).reshape(len(rows), -1).T
-    offsets = (shifts[rows_a][None, :] - steps) + shear * t[None, :]
-    design = np.column_stack([np.ones(t.size), t])
-    solution, *_ = np.linalg.lstsq(design, offsets.T, rcond=None)
-    off_line = np.abs(offsets - (design @ solution).T).max(axis=1)
-    drift = np.abs(solution[1])
+    off_line, drift = _off_drift(shifts[rows][None, :] - steps, centres, shear)
     width = (hi[None, :] + steps).max(axis=1) - (lo[None, :] + steps).min(axis=1) + 1
     plausible = off_line <= SLIDE_LIMIT
     if not plausible.any():
