@@ -373,3 +373,23 @@ def test_example_help_states_each_default_once(example: Any, capsys: pytest.Capt
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text and text.count("(default: am-segm-<time>)") == 2
     assert "(default ml.g4dn.xlarge)" in text and "(default 21600, 6 hours)" in text
+
+
+# benchmarks/register_fuzz.py
+
+
+def test_register_fuzz_sorts_every_grid_and_counts_them(capsys: pytest.CaptureFixture[str]) -> None:
+    fuzz = script("register_fuzz")
+    assert fuzz.main(["uneven_small", "--count", "3", "--start", "1", "--jobs", "1", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    summary = lines[-1]
+    assert summary["family"] == "uneven_small" and summary["grids"] == 3 and summary["seeds"] == [1, 3]
+    assert sum(n for key, n in summary.items() if key not in ("family", "grids", "seeds")) == 3
+    assert all(line["result"] != "ok" and 3 <= line["rows"] <= 5 for line in lines[:-1])
+    drawn, rows, cols, params = fuzz.draw_case("even", 7)
+    assert drawn.mask.shape == drawn.truth.shape and 3 <= rows <= 50 and 3 <= cols <= 50 and params["seed"] == 7
+
+
+def test_register_fuzz_refuses_a_count_of_none(capsys: pytest.CaptureFixture[str]) -> None:
+    assert refused(script("register_fuzz").main, ["even", "--count", "0"], capsys).endswith(
+        "--count and --jobs must be >= 1")
