@@ -118,6 +118,11 @@ def run_case(case: tuple[str, int]) -> dict[str, Any]:
     return out
 
 
+def _quiet() -> None:
+    """In each fuzzing process: registration warns of every odd grid, and the counts already say it."""
+    logging.disable(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("family", choices=FAMILIES)
@@ -128,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1 or args.jobs < 1:
         parser.error("--count and --jobs must be >= 1")
-    logging.disable(logging.WARNING)  # registration warns of every odd grid: the counts say it
     cases = [(args.family, seed) for seed in range(args.start, args.start + args.count)]
-    with ProcessPoolExecutor(args.jobs) as pool:
+    with ProcessPoolExecutor(args.jobs, initializer=_quiet) as pool:
         results = list(tqdm(pool.map(run_case, cases, chunksize=4), total=len(cases), desc=args.family, unit="grid"))
     counts = Counter(r["result"] for r in results)
     for result in results:

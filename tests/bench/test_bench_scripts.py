@@ -4,6 +4,7 @@ honestly, and leave nothing half-written: each check runs the script's own funct
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -381,6 +382,7 @@ def test_example_help_states_each_default_once(example: Any, capsys: pytest.Capt
 def test_register_fuzz_sorts_every_grid_and_counts_them(capsys: pytest.CaptureFixture[str]) -> None:
     fuzz = script("register_fuzz")
     assert fuzz.main(["uneven_small", "--count", "3", "--start", "1", "--jobs", "1", "--json"]) == 0
+    assert logging.root.manager.disable == logging.NOTSET  # quiet in its own processes, not in its caller
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     summary = lines[-1]
     assert summary["family"] == "uneven_small" and summary["grids"] == 3 and summary["seeds"] == [1, 3]
