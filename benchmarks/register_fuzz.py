@@ -125,7 +125,8 @@ def _quiet() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("family", choices=FAMILIES)
+    parser.add_argument("family", choices=FAMILIES,
+                        help="the kind of grid drawn (the docstring of benchmarks/register_fuzz.py says how each is)")
     parser.add_argument("--count", type=int, default=300, help="grids to draw (default 300)")
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
