@@ -26,7 +26,7 @@ from scipy.signal import find_peaks
 from scipy.spatial import cKDTree
 
 from am.register.fit import ASSIGN_TOLERANCE, MIN_MARKS, LatticeFit
-from am.register.grid import FRAGMENT_MAX_AREA
+from am.register.grid import CONTRADICTION_FRACTION, FRAGMENT_MAX_AREA, full_row_count
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class RowLines:
 
 def fit_uneven_rows(
     fit: LatticeFit, points: np.ndarray, area: np.ndarray | None = None, *, typical_area: float | None = None,
-    off_node_max: float = OFF_NODE_MAX,
+    off_node_max: float = OFF_NODE_MAX, rows: int | None = None,
 ) -> LatticeFit | None:
     """``fit`` with its rows where the marks are, or None when the regular rows serve as well.
 
@@ -142,16 +142,26 @@ def fit_uneven_rows(
     ``off_node_max`` caps the share of marks the uneven rows may leave off their nodes where the
     residual alone does not decide (``OFF_NODE_MAX``, which rows fitted to points scattered at
     random exceed); a caller that tells such points apart by another test may raise it.
+
+    ``rows``, the grid's number of rows where known, settles what the marks alone cannot. Rows
+    0.65-0.75 and 1.2-1.3 of the usual gap apart fit a regular lattice of the shorter gap tightly,
+    with a lattice row between the farther ones left empty: R rows of marks fill R + 1 lattice rows,
+    which contradicts a grid of R rows, while R uneven rows, one per row of marks, fit it. And where
+    as many rows of marks are found as the grid has, none of its rows is missing, however wide a gap.
     """
     points = np.asarray(points, float)
-    if len(points) < MIN_MARKS or _rms(fit, points) <= LOOSE_RESIDUAL * fit.pitch:
+    if len(points) < MIN_MARKS:
+        return None
+    loose = _rms(fit, points) > LOOSE_RESIDUAL * fit.pitch
+    overflow = rows is not None and _too_many_rows(fit, points, rows)
+    if not (loose or overflow):
         return None
     if area is not None:
         area = np.asarray(area, float)
         typical = float(np.median(area)) if typical_area is None else float(typical_area)
         points = points[_one_per_mark(points, area, within=SAME_MARK * fit.pitch, typical_area=typical)]
     regular_rms = _rms(fit, points)
-    lines = _row_lines(fit, points)
+    lines = _row_lines(fit, points, rows=rows)
     if lines is None:
         return None
     uneven = replace(lines[0], rows=lines[1])
@@ -160,7 +170,19 @@ def fit_uneven_rows(
     closer = uneven_rms <= BETTER_BY * regular_rms
     more_on_nodes = (regular_off >= OFF_NODE_FRACTION and uneven_off <= min(OFF_NODE_CUT * regular_off, off_node_max)
                      and uneven_rms < regular_rms)
-    if not (closer or more_on_nodes):
+    # A few pieces of debris off the uneven rows' nodes can hold most of their squared residual,
+    # while the regular rows' is spread over every mark: each point's distance counts only up to
+    # the tolerance of a node here, where the uneven rows leave no more points off their nodes than
+    # the cap allows (rows fitted to points scattered at random leave more).
+    closer_on_nodes = (uneven_off <= off_node_max
+                       and _clipped_rms(uneven, points) <= BETTER_BY * _clipped_rms(fit, points))
+    # Where the regular rows cannot hold the marks in the rows given, uneven rows as many as given
+    # that fit tightly, leaving no more marks off their nodes than the cap, are the grid. Not closer
+    # than the regular rows, necessarily: those have a lattice row between each wide gap's rows,
+    # near whose nodes debris may fall.
+    fills_the_rows = (overflow and uneven.rows.coords.size == rows and uneven_off <= off_node_max
+                      and _clipped_rms(uneven, points) <= LOOSE_RESIDUAL * fit.pitch)
+    if not ((loose and (closer or more_on_nodes or closer_on_nodes)) or fills_the_rows):
         log.debug("uneven rows fit no better (%.2f px against %.2f px, %.0f %% of the marks off their nodes "
                   "against %.0f %%)", uneven_rms, regular_rms, 100 * uneven_off, 100 * regular_off)
         return None
@@ -175,15 +197,38 @@ def _rms(fit: LatticeFit, points: np.ndarray) -> float:
     return float(np.sqrt(np.mean(residual**2)))
 
 
+def _too_many_rows(fit: LatticeFit, points: np.ndarray, rows: int) -> bool:
+    """Whether the regular lattice ``fit`` puts well-filled rows of the points (at least half a
+    full row's nodes, as :func:`am.register.grid.place_axis` counts them) farther apart than
+    ``rows`` consecutive lattice rows reach, so that a grid of that many rows cannot hold them."""
+    col, row, residual = fit.indices(points)
+    on = residual <= ASSIGN_TOLERANCE * fit.pitch
+    if not on.any():
+        return False
+    nodes = np.unique(np.column_stack([col[on], row[on]]), axis=0)
+    counts = np.bincount(nodes[:, 1] - nodes[:, 1].min())
+    full = full_row_count(counts)
+    clear = np.nonzero(counts >= max(2.0, CONTRADICTION_FRACTION * full))[0]
+    return clear.size > 0 and int(clear[-1] - clear[0]) + 1 > rows
+
+
+def _clipped_rms(fit: LatticeFit, points: np.ndarray) -> float:
+    """:func:`_rms` with each distance capped at the tolerance within which a mark is numbered: a
+    point off every node (debris) counts the same against any lattice, however far off it lies."""
+    _, _, residual = fit.indices(points)
+    return float(np.sqrt(np.mean(np.minimum(residual, ASSIGN_TOLERANCE * fit.pitch) ** 2)))
+
+
 def _off_node(fit: LatticeFit, points: np.ndarray) -> float:
     """The fraction of the points too far from their nearest node to be numbered."""
     _, _, residual = fit.indices(points)
     return float(np.mean(residual > ASSIGN_TOLERANCE * fit.pitch))
 
 
-def _row_lines(fit: LatticeFit, points: np.ndarray) -> tuple[LatticeFit, RowLines] | None:
-    """Rows as peaks of the marks' coordinates across the rows, missing rows interpolated, and
-    ``fit`` with the shear those rows show.
+def _row_lines(fit: LatticeFit, points: np.ndarray, *, rows: int | None = None) -> tuple[LatticeFit, RowLines] | None:
+    """Rows as peaks of the marks' coordinates across the rows, missing rows interpolated (none where
+    there are as many peaks as the grid's ``rows``, where known), and ``fit`` with the shear those
+    rows show.
 
     The regular fit may have taken up the rows' slides as a shear it does not have (0.15-0.2
     column pitches per row on synthetic grids of unevenly spaced rows): measured against it, the
@@ -231,6 +276,10 @@ def _row_lines(fit: LatticeFit, points: np.ndarray) -> tuple[LatticeFit, RowLine
     # A gap of about twice the usual spacing is a row with no marks: it keeps its number. Single
     # gaps of real acquisitions reach 1.5 times the median (tile_a), hence the higher bar.
     rows_per_step = np.maximum(1, np.floor(steps / spacing + 2.0 - MISSING_ROW_GAP)).astype(np.int64)
+    if rows is not None and centres.size == rows:
+        # A row of marks for every row of the grid: a wide gap is only a wide gap. Among 3-5 rows
+        # 0.65-0.75 of the usual gap apart, one 1.25 apart passes for two.
+        rows_per_step[:] = 1
     numbers = np.concatenate([[0], np.cumsum(rows_per_step)])
     every = np.arange(numbers[-1] + 1)
     return fit, RowLines(first=int(np.rint(centres[0])), coords=np.interp(every, numbers, centres),
