@@ -10,17 +10,30 @@ The OpenAPI description is served at /openapi.json, an interactive page at /docs
 
 from __future__ import annotations
 
-import argparse
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import logging
 import os
-import sys
-from pathlib import Path
 
-from am.cli import EXIT_OK, SCALE_HELP, add_log_level_option, configure_logging, run_main, scale_option
-from am.errors import ConfigError
-from am.messages import TTA_MODES
-from am.model_source import check_checkpoint
-from am.settings import BACKENDS, Settings, config_path_from, expand_home, load_settings
+try:
+    import argparse
+    from pathlib import Path
+
+    from am.cli import EXIT_OK, SCALE_HELP, add_log_level_option, configure_logging, run_main, scale_option
+    from am.errors import ConfigError
+    from am.messages import TTA_MODES
+    from am.model_source import check_checkpoint
+    from am.settings import BACKENDS, Settings, config_path_from, expand_home, load_settings
+    from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
+
+    if __name__ == "__main__":
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.api")  # nothing to clean up yet
 
 log = logging.getLogger("am.api")
 
@@ -112,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "am.api", NOTHING_DONE)

@@ -10,9 +10,28 @@ Three figures, each for one checkpoint (or an untrained encoder), device, precis
   image over the model time of its tiles.
 """
 
-from am.bench.loop import LoopResult, endpoint_process, loop_throughput
-from am.bench.model import ModelResult, gflop_per_tile, mask_agreement, model_throughput
-from am.bench.pipeline import PipelineResult, parse_summary, pipeline_overhead
+from am.lazy import lazy_exports
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from am.bench.loop import LoopResult, endpoint_process, loop_throughput
+    from am.bench.model import ModelResult, gflop_per_tile, mask_agreement, model_throughput
+    from am.bench.pipeline import PipelineResult, parse_summary, pipeline_overhead
+
+# Each name loads with its module on first use, not with the package: see am.lazy.
+_EXPORTS = {
+    "LoopResult": "am.bench.loop",
+    "endpoint_process": "am.bench.loop",
+    "loop_throughput": "am.bench.loop",
+    "ModelResult": "am.bench.model",
+    "gflop_per_tile": "am.bench.model",
+    "mask_agreement": "am.bench.model",
+    "model_throughput": "am.bench.model",
+    "PipelineResult": "am.bench.pipeline",
+    "parse_summary": "am.bench.pipeline",
+    "pipeline_overhead": "am.bench.pipeline",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "LoopResult",

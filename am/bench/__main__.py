@@ -12,31 +12,45 @@ Prints a table, or with ``--json`` one JSON object (keys include ``model_tiles_p
 
 from __future__ import annotations
 
-import argparse
-import json
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import logging
-import math
 import os
 import sys
-import tempfile
-from contextlib import ExitStack
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
 
-from am.bench.loop import INPUT_BUCKET, OUTPUT_BUCKET
-from am.cli import (
-    COMPILE_MODES,
-    EXIT_OK,
-    EXIT_USAGE,
-    add_log_level_option,
-    add_precision_option,
-    configure_logging,
-    run_main,
-)
-from am.messages import MAX_TILES_PER_MESSAGE
-from am.settings import MAX_TILE_SIZE
-from am.worker.timing import STAGES
+try:
+    import argparse
+    import json
+    import math
+    import tempfile
+    from contextlib import ExitStack
+    from dataclasses import asdict
+    from pathlib import Path
+    from typing import Any
+
+    from am.bench.loop import INPUT_BUCKET, OUTPUT_BUCKET
+    from am.cli import (
+        COMPILE_MODES,
+        EXIT_OK,
+        EXIT_USAGE,
+        add_log_level_option,
+        add_precision_option,
+        configure_logging,
+        run_main,
+    )
+    from am.messages import MAX_TILES_PER_MESSAGE
+    from am.settings import MAX_TILE_SIZE
+    from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
+    from am.worker.timing import STAGES
+
+    if __name__ == "__main__":
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.bench")  # nothing to clean up yet
 
 log = logging.getLogger("am.bench")
 
@@ -328,4 +342,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, name="am.bench"))
+    run_command(lambda: run_main(main, name="am.bench"), "am.bench", NOTHING_DONE)

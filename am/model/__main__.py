@@ -9,13 +9,27 @@ before anything is copied.
 
 from __future__ import annotations
 
-import argparse
-import numbers
+# Loaded with the interpreter already, so importing it leaves no time for a Ctrl-C; every other import is
+# in the try below.
 import sys
-from pathlib import Path
 
-from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, describe_os_error, run_main
-from am.errors import CheckpointError
+try:
+    import argparse
+    import numbers
+    from pathlib import Path
+
+    from am.cli import EXIT_ERROR, EXIT_OK, configure_logging, describe_os_error, run_main
+    from am.errors import CheckpointError
+    from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
+
+    if __name__ == "__main__":
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.model")  # nothing to clean up yet
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,4 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, name="am.model"))
+    run_command(lambda: run_main(main, name="am.model"), "am.model", NOTHING_DONE)

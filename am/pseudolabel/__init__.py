@@ -2,15 +2,15 @@
 
 The names below load with their module (:mod:`am.pseudolabel.core`, which loads torch) on first use,
 not with the package: ``python -m am.pseudolabel`` imports the package before its ``__main__``, whose
-start-up catches a Ctrl-C while torch loads (see :mod:`am.startup`); here one would end in a traceback.
+start-up catches a Ctrl-C while torch loads (see :mod:`am.startup` and :mod:`am.lazy`).
 """
+
+from am.lazy import lazy_exports
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from am.pseudolabel.core import CropLabel, PseudoConfig, PseudoResult, confident_labels, pseudo_label
 
 __all__ = ["CropLabel", "PseudoConfig", "PseudoResult", "confident_labels", "pseudo_label"]
 
-
-def __getattr__(name: str) -> object:
-    if name in __all__:
-        from am.pseudolabel import core
-
-        return getattr(core, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {name: "am.pseudolabel.core" for name in __all__})

@@ -10,8 +10,22 @@ the grid as imaged. Three entry points, from pixels to files::
 ``python -m am.register DATASET [GROUP ...] --rows R --cols C`` runs the last one per group.
 """
 
-from am.register.dataset import register_group
-from am.register.outputs import write_outputs
-from am.register.registration import TABLE_DTYPE, Registration, register_mask
+from am.lazy import lazy_exports
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from am.register.dataset import register_group
+    from am.register.outputs import write_outputs
+    from am.register.registration import TABLE_DTYPE, Registration, register_mask
+
+# Each name loads with its module on first use, not with the package: see am.lazy.
+_EXPORTS = {
+    "register_group": "am.register.dataset",
+    "write_outputs": "am.register.outputs",
+    "TABLE_DTYPE": "am.register.registration",
+    "Registration": "am.register.registration",
+    "register_mask": "am.register.registration",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["TABLE_DTYPE", "Registration", "register_group", "register_mask", "write_outputs"]

@@ -7,18 +7,32 @@ failed (each failure is reported on stderr), 2 for a usage error.
 
 from __future__ import annotations
 
-import argparse
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import logging
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-from am.cli import add_log_level_option, configure_logging, describe_os_error, run_main
-from am.dataset import as_group_name, group_folders
-from am.dataset_lock import dataset_lock
-from am.errors import AmError
-from am.grid_shape import grid_shape_error
-from am.register.dataset import output_dir, register_group
+try:
+    import argparse
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from am.cli import add_log_level_option, configure_logging, describe_os_error, run_main
+    from am.dataset import as_group_name, group_folders
+    from am.dataset_lock import dataset_lock
+    from am.errors import AmError
+    from am.grid_shape import grid_shape_error
+    from am.register.dataset import output_dir, register_group
+    from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
+
+    if __name__ == "__main__":
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.register")  # nothing to clean up yet
 
 log = logging.getLogger("am.register")
 
@@ -127,4 +141,4 @@ def _register_each(args: argparse.Namespace, groups: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "am.register", NOTHING_DONE)

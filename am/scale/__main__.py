@@ -15,23 +15,36 @@ success, 1 when a command fails, 2 for a usage error.
 
 from __future__ import annotations
 
-import argparse
-import json
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import logging
-import math
 import os
-import sys
-from collections.abc import Sequence
-from functools import partial
-from typing import Any
 
-from am.cli import add_log_level_option, configure_logging, run_main
-from am.launchers.aws_stack import AwsResources, resolve_aws_resources
-from am.scale.control import drain, resume, set_desired_count, set_limits, start_tasks
-from am.scale.redrive import RedriveReport, redrive
-from am.scale.status import format_status, read_status
-from am.settings import Settings, config_path_from, load_settings
-from am.transport.clients import ClientFactory
+try:
+    import argparse
+    import json
+    import math
+    from collections.abc import Sequence
+    from functools import partial
+    from typing import Any
+
+    from am.cli import add_log_level_option, configure_logging, run_main
+    from am.launchers.aws_stack import AwsResources, resolve_aws_resources
+    from am.scale.control import drain, resume, set_desired_count, set_limits, start_tasks
+    from am.scale.redrive import RedriveReport, redrive
+    from am.scale.status import format_status, read_status
+    from am.settings import Settings, config_path_from, load_settings
+    from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
+    from am.transport.clients import ClientFactory
+
+    if __name__ == "__main__":
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.scale")  # nothing to clean up yet
 
 log = logging.getLogger("am.scale")
 
@@ -233,4 +246,4 @@ def _configured_run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "am.scale", NOTHING_DONE)

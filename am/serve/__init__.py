@@ -7,7 +7,19 @@
     app = create_app(segmenter)                   # an ASGI app for uvicorn
 """
 
-from am.serve.app import create_app
-from am.serve.segment import ImageSegmenter, find_model
+from am.lazy import lazy_exports
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from am.serve.app import create_app
+    from am.serve.segment import ImageSegmenter, find_model
+
+# Each name loads with its module on first use, not with the package: see am.lazy.
+_EXPORTS = {
+    "create_app": "am.serve.app",
+    "ImageSegmenter": "am.serve.segment",
+    "find_model": "am.serve.segment",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["ImageSegmenter", "create_app", "find_model"]

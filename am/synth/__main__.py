@@ -6,28 +6,39 @@ them; ``tiles`` writes normalised training images and masks in the original trai
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from functools import partial
-from pathlib import Path
+# Every import is in the try below: a Ctrl-C while they load ends in one line, not a traceback (am.startup).
+try:
+    import argparse
+    import time
+    from functools import partial
+    from pathlib import Path
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
-from am.synth.dataset import (
-    MAX_SYNTHETIC_SIZE,
-    MIN_VISIBLE_PITCH,
-    group_name_problem,
-    is_pitch,
-    pitch_range_problem,
-    synthetic_size_problem,
-    too_small_pitch,
-    write_dataset,
-    write_tiles,
-)
-from am.synth.truth import LABELS
+    from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
+    from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
+    from am.synth.dataset import (
+        MAX_SYNTHETIC_SIZE,
+        MIN_VISIBLE_PITCH,
+        group_name_problem,
+        is_pitch,
+        pitch_range_problem,
+        synthetic_size_problem,
+        too_small_pitch,
+        write_dataset,
+        write_tiles,
+    )
+    from am.synth.truth import LABELS
+
+    if __name__ == "__main__":
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.synth")  # nothing to clean up yet
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,4 +145,4 @@ def _dataset(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "am.synth", NOTHING_DONE)

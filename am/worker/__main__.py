@@ -26,36 +26,63 @@ command-line argument other than -h/--help.
 
 from __future__ import annotations
 
-import argparse
+# Loaded with the interpreter or the package already, so importing them leaves no time for a Ctrl-C;
+# every other import is in the try below.
 import logging
 import os
-import signal
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from pathlib import Path
-from types import FrameType
 
-import cv2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 
-from am.cli import enable_stack_dumps, quiet_wire_loggers
-from am.errors import AmError, ConfigError, TransportError
-from am.model.memory import retain_freed_memory
-from am.transport.clients import ClientFactory
-from am.transport.queue import Queue
-from am.transport.retry import UntrustedEndpoint
-from am.transport.storage import NamedBucket, Storage, require_existing_buckets
-from am.worker.config import WorkerConfig
-from am.worker.models import MissingModel, ModelCache, Predictor
-from am.worker.outage import TransferAbandoned, never_abandoned, patiently
-from am.worker.worker import EXIT_FAILED, EXIT_OK, OPENCV_THREADS, Worker
+
+def _stopped_while_starting() -> int:
+    """Log that SIGINT stopped the worker before its own handlers took it over, in one line; returns 0.
+
+    For a Ctrl-C while the modules below load or while main() reads its settings: the worker has received
+    nothing and holds nothing, so this is a clean stop, with exit code 0 as for any first SIGINT.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("am.worker").info("stopped while starting; nothing was received")
+    return 0
+
+
+try:
+    import argparse
+    import signal
+    import tempfile
+    import time
+    from collections.abc import Callable, Mapping, Sequence
+    from functools import partial
+    from pathlib import Path
+    from types import FrameType
+
+    import cv2
+
+    from am.cli import enable_stack_dumps, quiet_wire_loggers
+    from am.errors import AmError, ConfigError, TransportError
+    from am.model.memory import retain_freed_memory
+    from am.startup import hold_ctrl_c
+    from am.transport.clients import ClientFactory
+    from am.transport.queue import Queue
+    from am.transport.retry import UntrustedEndpoint
+    from am.transport.storage import NamedBucket, Storage, require_existing_buckets
+    from am.worker.config import WorkerConfig
+    from am.worker.models import MissingModel, ModelCache, Predictor
+    from am.worker.outage import TransferAbandoned, never_abandoned, patiently
+    from am.worker.worker import EXIT_FAILED, EXIT_OK, OPENCV_THREADS, Worker
+
+    if __name__ == "__main__":
+        hold_ctrl_c()  # until main() runs inside the try at the end of this file
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    # Not sys.exit: a Ctrl-C that came through scipy's exec() is marked unhandled (see am.startup.exit_interrupted).
+    os._exit(_stopped_while_starting())
 
 log = logging.getLogger("am.worker")
 
 EXIT_USAGE = 2
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 # How often a start-up wait for S3 looks whether a signal asked the worker to stop.
 _SIGNAL_POLL_S = 0.1
 
@@ -236,7 +263,12 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
 
 
 if __name__ == "__main__":
-    code = main(os.environ, sys.argv[1:])
+    try:
+        # A Ctrl-C held since the imports, or one before main() installs ShutdownSignals, comes through here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        code = main(os.environ, sys.argv[1:])
+    except KeyboardInterrupt:
+        code = _stopped_while_starting()
     logging.shutdown()
     sys.stderr.flush()
     # Exit without waiting for threads still blocked in a long poll or an aborted transfer:
