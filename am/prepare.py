@@ -133,8 +133,9 @@ def worker_mask_settings(environ: Mapping[str, str], *, backend: str) -> dict[st
     Local workers inherit ``environ``, so ``AM_POSTPROCESS=off python -m am.pipeline ...`` makes
     thresholded masks; recorded in meta.json, the setting decides reuse like the model does. A
     bad value is refused here, before any worker starts and fails on it, and so is a bad value of
-    any other variable they inherit (AM_MAX_BATCH_S, ...). ECS tasks do not see this environment:
-    the defaults are what they run with.
+    any other variable they inherit (AM_MAX_BATCH_S, ...) and a precision this machine's device
+    cannot run (AM_PRECISION=fp16 without CUDA). ECS tasks do not see this environment: the
+    defaults are what they run with, on the GPU machines they are given.
     """
     if backend != "local":
         return dict(DEFAULT_WORKER_MASK_SETTINGS)
@@ -650,3 +651,25 @@ def prepare_group(layout: DatasetLayout, group: str, *, settings: Settings, mode
     for _ in tiler.chunks():
         pass
     return tiler.finish()
+
+
+def source_replaced(layout: DatasetLayout, group: str) -> Path | None:
+    """The group's source image where it is not the file its tiles (and so its masks) were made from, else None.
+
+    For a step that reads the pipeline's outputs without making them again (``am.register``): an image
+    replaced since the pipeline ran (a forced ``am.synth dataset``, another file of the same name) would
+    get the ids of another image's marks. Where no plan was recorded (masks made elsewhere) or the group
+    has no source image, nothing tells, and None is returned. Same rule as reuse: name, size and time,
+    or the recorded SHA-256 where only the time changed.
+    """
+    meta = _read_meta(layout.tile_plan(group), quiet=True)
+    recorded = meta.get("identity", {}).get("source") if meta is not None else None
+    folder = layout.source_dir / group
+    if not isinstance(recorded, dict) or not folder.is_dir():
+        return None
+    try:
+        source = layout.source_image(group)
+    except InputError as exc:  # no image, or several: the pipeline says so where it reads one
+        log.debug("group %s: no source image to compare with its tile plan (%s)", group, exc)
+        return None
+    return None if _same_source(source, recorded) is not None else source

@@ -22,6 +22,7 @@ from am.dataset import DatasetLayout
 from am.errors import InputError
 from am.files import check_can_replace, clear_output, staging, swap_in
 from am.grid_shape import grid_shape_error
+from am.prepare import source_replaced
 from am.register.outputs import write_outputs
 from am.register.registration import Registration, register_mask
 
@@ -58,6 +59,11 @@ def register_group(dataset: Path, group: str, *, rows: int | None, cols: int | N
     try:
         mask = read_grey_tiff(mask_path(dataset, group), what="stitched mask")
         source = read_grey_tiff(source_path(dataset, group), what="normalised source")
+        if (replaced := source_replaced(DatasetLayout(dataset), group)) is not None:
+            raise InputError(
+                f"{replaced} is not the image {mask_path(dataset, group)} was made from (it was replaced since "
+                f"python -m am.pipeline ran): rerun python -m am.pipeline {dataset} {group}, which segments it again"
+            )
         if source.shape != mask.shape:
             raise InputError(
                 f"{source_path(dataset, group)} is {source.shape[1]} x {source.shape[0]} px but "
