@@ -12,7 +12,7 @@ transfer or an s3:// model's download is retried while S3 throttles or cannot be
 held, before the worker gives them back and exits 1), AM_THREADS
 (torch CPU threads, 0: torch's default), AM_COMPILE (auto|on|off: torch.compile, auto on CUDA
 only), AM_PRECISION (auto|fp32|fp16|bf16: auto is fp16 on CUDA, bf16 on a CPU with AMX tile units,
-fp32 on other CPUs), AM_POSTPROCESS
+fp32 on other CPUs; fp16 needs CUDA), AM_POSTPROCESS
 (on|off: masks as the checkpoint asks, touching marks cut apart and specks dropped; default on),
 AM_LOG_LEVEL, AM_WORKER_ID (default host-pid).
 
@@ -20,8 +20,9 @@ Exit codes: 0 after idle exit or a clean stop (first SIGTERM/SIGINT), 1 when a b
 bucket or object of an s3:// model not yet loaded, does not exist (at start, or gone while running),
 the model cannot be loaded, S3 stays unavailable beyond AM_OUTAGE_PATIENCE_S, the endpoint's
 certificate does not verify against the CA bundle (AWS_CA_BUNDLE) or that bundle cannot be read, the
-worker breaks, a model call hangs, or a second signal aborts it, 2 for bad settings or any
-command-line argument other than -h/--help.
+worker breaks, a model call hangs, or a second signal aborts it, 2 for bad settings (checked before
+any network call: a malformed s3:// AM_MODEL, an AM_PRECISION this machine's device cannot run, ...)
+or any command-line argument other than -h/--help.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from am.cli import COMPILE_MODES, POSTPROCESS_MODES, PRECISIONS, threads_problem
-from am.errors import ConfigError
+from am.errors import ConfigError, InputError
 from am.settings import region_problem
 
 N = TypeVar("N", int, float)
@@ -144,6 +144,11 @@ class WorkerConfig:
         if self.input_bucket == self.output_bucket:
             raise ConfigError(f"AM_INPUT_BUCKET and AM_OUTPUT_BUCKET are both {self.input_bucket!r}: a mask is "
                               "written under its tile's key, so one bucket would overwrite the tiles; give two buckets")
+        if problem := model_uri_problem(self.model, name="AM_MODEL"):
+            raise ConfigError(problem)
+        # Last: it may import torch, which the checks above have no need of.
+        if problem := precision_problem(self.precision, name="AM_PRECISION"):
+            raise ConfigError(problem)
 
     @property
     def stop_grace_s(self) -> float:
@@ -155,6 +160,44 @@ class WorkerConfig:
         if self.batch_size:
             return self.batch_size
         return DEFAULT_BATCH_CUDA if device.startswith("cuda") else DEFAULT_BATCH_CPU
+
+
+def model_uri_problem(model: str, *, name: str) -> str | None:
+    """Why ``model`` (set as ``name``) is an ``s3://`` URI that names no object, or None.
+
+    Only the URI's form is checked: whether the object exists is S3's to say, once it can be reached.
+    """
+    if not model.startswith("s3://"):
+        return None
+    from am.transport.storage import parse_s3_uri
+
+    try:
+        parse_s3_uri(model)
+    except InputError as exc:
+        return (f"{name} = {model!r} is not a model's location: {exc}; set {name} to the s3:// URI of an uploaded "
+                "checkpoint (on AWS, the stack's ModelUri output) or to a local checkpoint file")
+    return None
+
+
+def precision_problem(precision: str, *, name: str) -> str | None:
+    """Why ``precision`` (set as ``name``) cannot run on the device a worker on this machine takes, or None.
+
+    A worker takes CUDA where torch finds it and the CPU elsewhere (:func:`am.model.device.resolve_device`),
+    and :func:`am.model.precision.resolve_precision` decides what runs there. auto and fp32 run on any
+    device, so only the other values import torch to ask.
+    """
+    if precision in ("auto", "fp32") or precision not in PRECISIONS:
+        return None
+    from am.model.device import resolve_device
+    from am.model.precision import resolve_precision
+
+    device = str(resolve_device(None))
+    try:
+        resolve_precision(precision, device, warn=False)
+    except InputError as exc:
+        return (f"{name} = {precision!r} cannot be used on this machine ({exc}): set {name} to auto or fp32, or "
+                "leave it unset")
+    return None
 
 
 def _number(environ: Mapping[str, str], name: str, typ: Callable[[str], N], default: N) -> N:
@@ -169,4 +212,4 @@ def _number(environ: Mapping[str, str], name: str, typ: Callable[[str], N], defa
 
 
 __all__ = ["COMPILE_MODES", "DEFAULT_OUTAGE_PATIENCE_S", "DEFAULT_STOP_TIMEOUT_S", "PRECISIONS", "REQUIRED",
-           "STOP_RELEASE_MARGIN_S", "WorkerConfig"]
+           "STOP_RELEASE_MARGIN_S", "WorkerConfig", "model_uri_problem", "precision_problem"]
