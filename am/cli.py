@@ -68,6 +68,37 @@ def seed_option(text: str) -> int:
     return value
 
 
+def text_option(text: str) -> str:
+    """The argparse type of an option that names something (a config file, a model, a job): refuses an
+    empty or blank value, which commands would otherwise take as "not given" and use their default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; give a value, or leave the option out")
+    return text
+
+
+def path_option(text: str) -> Path:
+    """The argparse type of every file or folder option: ``Path("")`` is the current folder, so an
+    empty or blank value would read or write there without a word; it is refused instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty path, which would mean the current folder; "
+                                         "give a file or folder path")
+    return Path(text)
+
+
+def device_option(text: str) -> str:
+    """The argparse type of ``--device``: refuses an empty or blank name, which would be taken as not
+    given, and a CPU index other than 0 (torch takes ``cpu:1`` and runs on its one CPU device all the
+    same). Whether the device exists on this machine is the command's to check (am.model.device)."""
+    name = text.strip()
+    if not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; give cpu or cuda (cuda:N for the N-th GPU), or leave "
+                                         "--device out for cuda when available")
+    if name.lower().startswith("cpu:") and name[4:] != "0":
+        raise argparse.ArgumentTypeError(f"{text!r}: torch has one CPU device, which uses every core; give cpu "
+                                         "(--threads sets the cores used)")
+    return text
+
+
 def channels_option(text: str) -> tuple[int, ...]:
     """The argparse type of ``--decoder-channels``: positive whole numbers separated by commas; how many
     the model needs is the command's to check."""

@@ -19,7 +19,16 @@ try:
     import argparse
     from pathlib import Path
 
-    from am.cli import EXIT_OK, SCALE_HELP, add_log_level_option, configure_logging, run_main, scale_option
+    from am.cli import (
+        EXIT_OK,
+        SCALE_HELP,
+        add_log_level_option,
+        configure_logging,
+        path_option,
+        run_main,
+        scale_option,
+        text_option,
+    )
     from am.errors import ConfigError
     from am.messages import TTA_MODES
     from am.model_source import check_checkpoint
@@ -37,6 +46,10 @@ except KeyboardInterrupt:
 
 log = logging.getLogger("am.api")
 
+# The most tasks one server runs at a time: each is a pipeline with its own workers, so even this many
+# asks far more of one machine than it has; a thread per task is started up front.
+MAX_CONCURRENCY = 64
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -48,17 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the API to the network)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--data-dir", type=Path, default=Path("api-data"),
+    parser.add_argument("--data-dir", type=path_option, default=Path("api-data"),
                         help="folder for tasks and their results (default ./api-data)")
-    parser.add_argument("--concurrency", type=int, default=1, help="tasks run at the same time (default 1)")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help=f"tasks run at the same time, 1 to {MAX_CONCURRENCY} (default 1)")
     parser.add_argument("--max-bytes", type=int, default=None,
                         help="largest accepted upload in bytes (default 268435456 = 256 MiB); larger is refused "
                              "with 413, as is an image whose header declares more than 8 times this in decoded pixels")
     parser.add_argument("--backend", choices=BACKENDS, help="local (default: embedded S3/SQS, worker processes) or aws")
     parser.add_argument("--workers", type=int, help="worker processes (local) or ECS tasks (aws) per task")
-    parser.add_argument("--config", help="YAML config file (default: $AM_CONFIG if set, else none)")
-    parser.add_argument("--model", help="checkpoint path or s3:// URI (default: the model shipped with am-segm; "
-                                        "aws: the stack's ModelUri)")
+    parser.add_argument("--config", type=text_option,
+                        help="YAML config file (default: $AM_CONFIG if set, else none)")
+    parser.add_argument("--model", type=text_option,
+                        help="checkpoint path or s3:// URI (default: the model shipped with am-segm; "
+                             "aws: the stack's ModelUri)")
     parser.add_argument("--tile-size", type=int, help="tile side in pixels (default 512)")
     parser.add_argument("--tile-overlap", type=int, help="overlap between neighbouring tiles in pixels (default 128)")
     parser.add_argument("--scale", type=scale_option, help=SCALE_HELP)
@@ -88,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, got {args.port}")
-    if args.concurrency < 1:
-        parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        parser.error(f"--concurrency {args.concurrency}: give a number of tasks from 1 to {MAX_CONCURRENCY}")
     if args.max_bytes is not None and args.max_bytes < 1:
         parser.error(f"--max-bytes must be a positive number of bytes, got {args.max_bytes}")
 

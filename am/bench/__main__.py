@@ -36,8 +36,12 @@ try:
         add_log_level_option,
         add_precision_option,
         configure_logging,
+        device_option,
+        path_option,
         run_main,
+        threads_problem,
     )
+    from am.errors import InputError
     from am.messages import MAX_TILES_PER_MESSAGE
     from am.settings import MAX_TILE_SIZE
     from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
@@ -59,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m am.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", type=Path, help="checkpoint to measure (default: the shipped model)")
+    model.add_argument("--checkpoint", type=path_option, help="checkpoint to measure (default: the shipped model)")
     model.add_argument("--encoder", help="measure an untrained U-Net with this encoder instead, e.g. resnext50_32x4d")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--device", type=device_option, help="cpu, cuda or cuda:N (default: cuda when available)")
     add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=0, help="tiles per forward pass (0: 4 on CPU, 64 on CUDA)")
     parser.add_argument("--tiles-per-message", type=int, default=0,
@@ -71,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"tile side in pixels, a multiple of 32 up to {MAX_TILE_SIZE} (default 512)")
     parser.add_argument("--tiles", type=int, default=0,
                         help="tiles per measurement (default: 16 batches for the model, 8 for the loop)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads, at most this machine's CPUs (0: torch's default, all cores)")
     parser.add_argument("--compile", choices=COMPILE_MODES, default="off", const="on", nargs="?",
                         help="torch.compile the model (--compile alone means on; auto: CUDA only)")
     parser.add_argument("--compile-budget", type=float, default=None, metavar="S",
@@ -87,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agreement", type=int, default=0, metavar="N",
                         help="also compare masks with the float32 reference on N synthetic tiles (seed 12345)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for the arithmetic limit (default: known GPUs)")
-    parser.add_argument("--pipeline-image", type=Path, help="also run am.pipeline on this image for the overhead ratio")
+    parser.add_argument("--pipeline-image", type=path_option,
+                        help="also run am.pipeline on this image (.tif, .tiff or .png) for the overhead ratio; "
+                             "checked before anything is measured")
     parser.add_argument("--workers", type=int, default=2, help="pipeline workers (default 2)")
     parser.add_argument("--pipeline-arg", action="append", default=[],
                         help="extra am.pipeline argument (repeatable; default --no-register); the pipeline gets "
@@ -291,6 +298,20 @@ def table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_pipeline_image(path: Path) -> None:
+    """InputError naming ``--pipeline-image`` and the user's file when am.pipeline could not read it: the
+    pipeline runs last, on a copy in a temporary dataset, so its own error would come after every
+    measurement and name the copy. Its header and completeness are checked as am.pipeline checks its
+    inputs before any worker starts."""
+    from am.imageio import check_complete, read_header
+
+    try:
+        read_header(path)
+        check_complete(path)
+    except InputError as exc:
+        raise InputError(f"--pipeline-image {path}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -298,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("am.bench: --batch-size, --tiles, --threads and --agreement must be >= 0, --workers >= 1",
               file=sys.stderr)
+        return EXIT_USAGE
+    if problem := threads_problem(args.threads):
+        parser.print_usage(sys.stderr)
+        print(f"am.bench: {problem}", file=sys.stderr)
         return EXIT_USAGE
     if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
         parser.print_usage(sys.stderr)
@@ -336,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     from am.bench.model import check_device
 
     check_device(args.device)
+    if args.pipeline_image is not None:
+        check_pipeline_image(args.pipeline_image)  # before minutes of measuring the model
     out = run(args)
     print(json.dumps(out, sort_keys=True) if args.json else table(out))
     return EXIT_OK

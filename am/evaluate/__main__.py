@@ -32,8 +32,10 @@ try:
         add_postprocess_option,
         add_precision_option,
         configure_logging,
+        device_option,
         masks_label,
         output_problem,
+        path_option,
         run_main,
         seed_option,
         threads_problem,
@@ -42,7 +44,7 @@ try:
     from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE
     from am.evaluate.lost import LostMarks
     from am.evaluate.metrics import Scores
-    from am.evaluate.run import evaluate, table
+    from am.evaluate.run import ImageResult, evaluate, table
     from am.files import staging, swap_in, write_atomic
     from am.messages import TTA_MODES
     from am.model.checkpoint import checkpoint_argument, default_model_path
@@ -79,20 +81,30 @@ log = logging.getLogger(__name__)
 # Left in every side-by-side folder this command writes: a folder holding it is an earlier run's
 # panels, which a new run may replace whole; any other non-empty folder is someone's files.
 PANELS_MARK = ".am-evaluate-panels"
+# The most synthetic images one run scores: 250 times the held-out set, hours of work on a CPU.
+MAX_SYNTHETIC = 10_000
+# The largest --min-object-px: a component of a million pixels is far beyond any mark, so a larger
+# value can only leave every mark out of the object counts.
+MAX_MIN_OBJECT_PX = 1_000_000
+
+
+def _model_option(text: str) -> Path:
+    """The argparse type of ``--model``: a local checkpoint file, not empty (the current folder)."""
+    return checkpoint_argument(str(path_option(text)))
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m am.evaluate", description=__doc__.split("\n\n")[1])
-    p.add_argument("--model", type=checkpoint_argument, default=None,
+    p.add_argument("--model", type=_model_option, default=None,
                    help="checkpoint file (default: the shipped am/models/default.pt); download an s3:// model first")
     src = p.add_argument_group("labelled images (one or more sources)")
-    src.add_argument("--data", type=Path, default=None,
+    src.add_argument("--data", type=path_option, default=None,
                      help="training root; evaluates its --split folder, images read as training reads them "
                           "(8-bit as stored, others stretched to 8 bits)")
     src.add_argument("--split", default="valid", choices=["train", "valid"], help="split of --data (default valid)")
-    src.add_argument("--synthetic", type=int, default=0,
-                     help="score N generated images; with the defaults below, the first N of the synthetic "
-                          "held-out set the README's figures are measured on")
+    src.add_argument("--synthetic", type=int, default=None, metavar="N",
+                     help=f"score N generated images, 1 to {MAX_SYNTHETIC}; with the defaults below, the first N "
+                          "of the synthetic held-out set the README's figures are measured on")
     src.add_argument("--seed", type=seed_option, default=HELD_OUT_SEED,
                      help=f"seed of the synthetic images (default {HELD_OUT_SEED}, the held-out set's)")
     src.add_argument("--size", type=int, default=HELD_OUT_SIZE,
@@ -102,10 +114,10 @@ def parser() -> argparse.ArgumentParser:
                      help=f"smallest synthetic grid pitch in px (default {HELD_OUT_PITCH[0]:g})")
     src.add_argument("--pitch-max", type=float, default=HELD_OUT_PITCH[1],
                      help=f"largest synthetic grid pitch in px (default {HELD_OUT_PITCH[1]:g})")
-    src.add_argument("--images", type=Path, default=None,
+    src.add_argument("--images", type=path_option, default=None,
                      help="folder of images (with --masks), normalised as the pipeline's input is (1-99 "
                           "percentile stretch): the figures a user of the pipeline gets")
-    src.add_argument("--masks", type=Path, default=None,
+    src.add_argument("--masks", type=path_option, default=None,
                      help="folder of 0/255 masks with the images' names (other masks are cut at half their "
                           "maximum, with a warning)")
     p.add_argument("--scale", type=float, default=1.0,
@@ -116,13 +128,15 @@ def parser() -> argparse.ArgumentParser:
                         "turned and mirrored (d4) views")
     add_postprocess_option(p)
     add_precision_option(p)
-    p.add_argument("--min-object-px", type=int, default=0, help="ignore components smaller than this in object counts")
-    p.add_argument("--side-by-side", type=Path, default=None,
+    p.add_argument("--min-object-px", type=int, default=0,
+                   help=f"ignore components smaller than this in object counts, 0 to {MAX_MIN_OBJECT_PX} (default 0)")
+    p.add_argument("--side-by-side", type=path_option, default=None,
                    help="write comparison PNGs to this folder, replacing it whole: a new or empty folder, or one "
                         "an earlier run wrote; never one holding or inside the inputs")
-    p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON here")
+    p.add_argument("--json", type=path_option, default=None, help="also write the scores as JSON here")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_option, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available)")
     add_log_level_option(p, default="WARNING")
     return p
 
@@ -232,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--images and --masks are the same folder; each image would be its own mask")
     if problem := threads_problem(args.threads):
         p.error(problem)
-    if args.synthetic < 0:
-        p.error(f"--synthetic {args.synthetic}: give a number of images >= 1 (or leave it out)")
+    if args.synthetic is not None and not 1 <= args.synthetic <= MAX_SYNTHETIC:
+        p.error(f"--synthetic {args.synthetic} is not a number of images from 1 to {MAX_SYNTHETIC}; give one "
+                "(or leave --synthetic out)")
+    args.synthetic = args.synthetic or 0
     problem = device_problem(args.device) if args.device else None
     if problem is not None:
         p.error(f"--device {args.device}: {problem}")
@@ -249,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(problem)
     if args.min_object_px < 0:
         p.error(f"--min-object-px {args.min_object_px}: give a size in px >= 0 (0 counts every component)")
+    if args.min_object_px > MAX_MIN_OBJECT_PX:
+        p.error(f"--min-object-px {args.min_object_px}: give a size in px of at most {MAX_MIN_OBJECT_PX}; a larger "
+                "one would leave every mark out of the object counts (0 counts every component)")
     if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
         p.error(problem)
     if problem := scale_problem(args.scale, name="--scale"):
@@ -265,6 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.side_by_side is not None and (problem := panel_folder_problem(args.side_by_side)):
         p.error(problem)
     return run_main(partial(_evaluate, args), name="am.evaluate", interrupted=RERUN_TO_START_AGAIN)
+
+
+def uncounted_marks_warning(results: list[ImageResult], min_object_px: int) -> str | None:
+    """What to say when the truth holds marks but ``--min-object-px`` left every one of them out of the
+    object counts: precision, recall and F1 then read 1.0 on no marks at all, which is no score."""
+    pooled = Scores.combine([r.scores for r in results])
+    if min_object_px <= 0 or pooled.true_objects or not pooled.truth_px:
+        return None
+    return (f"--min-object-px {min_object_px} left every true mark out of the object counts (none is that large), "
+            "so the object precision, recall and F1 above count no marks; give a smaller --min-object-px")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -301,6 +330,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"model {model} ({predictor.meta.encoder}, threshold {predictor.meta.threshold}, {predictor.precision}, "
           f"tta {args.tta}, {masks_label(predictor.postprocess)})")
     print(table(results))
+    if uncounted := uncounted_marks_warning(results, args.min_object_px):
+        log.warning("%s", uncounted)
     if args.side_by_side is not None:
         print(f"side-by-side panels of {len(results)} images in {args.side_by_side}")
     if args.json is not None:

@@ -24,6 +24,7 @@ try:
         RERUN_TO_START_AGAIN,
         add_log_level_option,
         configure_logging,
+        path_option,
         run_main,
         seed_option,
         threads_problem,
@@ -84,9 +85,9 @@ def read_labels(folder: Path) -> list[CropLabel]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m am.pseudolabel", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", type=Path, help="the large image")
-    p.add_argument("--labels", type=Path, required=True, help="folder of X_Y.png (or .tif, .tiff) crop masks")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("image", type=path_option, help="the large image")
+    p.add_argument("--labels", type=path_option, required=True, help="folder of X_Y.png (or .tif, .tiff) crop masks")
+    p.add_argument("--out", type=path_option, required=True, help="output folder")
     defaults = PseudoConfig()
     p.add_argument("--small-encoder", default=defaults.small_encoder,
                    help="encoder of the small model trained on the labelled crops (step 1; default %(default)s)")

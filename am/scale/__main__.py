@@ -28,7 +28,7 @@ try:
     from functools import partial
     from typing import Any
 
-    from am.cli import add_log_level_option, configure_logging, run_main
+    from am.cli import add_log_level_option, configure_logging, run_main, text_option
     from am.launchers.aws_stack import AwsResources, resolve_aws_resources
     from am.scale.control import drain, resume, set_desired_count, set_limits, start_tasks
     from am.scale.redrive import RedriveReport, redrive
@@ -107,6 +107,14 @@ def _wait_seconds(text: str) -> float:
     return _seconds(text, zero=True)
 
 
+def _job(text: str) -> str:
+    """A job id for ``redrive --job``: an empty one would be taken as no job given, moving every job's tiles."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty, which would re-drive the tiles of every job; give a "
+                                         "job id, or leave --job out to re-drive all jobs")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m am.scale",
@@ -115,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings resolve as: option, AM_<KEY> environment variable, config file, default. "
                "Credentials come from boto3's standard chain (profile, environment, role).",
     )
-    parser.add_argument("--config", metavar="FILE", help="config file (default: $AM_CONFIG, else none)")
+    parser.add_argument("--config", type=text_option, metavar="FILE",
+                        help="config file (default: $AM_CONFIG, else none)")
     parser.add_argument("--stack", metavar="NAME", help="CloudFormation stack to read resources from "
                         "(settings key stack_name)")
     parser.add_argument("--region", help="AWS region (settings key region)")
@@ -144,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("resume", help="let auto scaling scale the service out again after a drain")
 
     redrive_cmd = commands.add_parser("redrive", help="move dead-letter tiles back to the tile queue")
-    redrive_cmd.add_argument("--job", metavar="JOB", help="only this job's tiles")
+    redrive_cmd.add_argument("--job", type=_job, metavar="JOB", help="only this job's tiles")
     redrive_cmd.add_argument("--max", type=_positive, dest="max_messages", metavar="N",
                              help="move at most N messages (each carries up to tiles_per_message tiles)")
     redrive_cmd.add_argument("--drop-orphans", action="store_true",

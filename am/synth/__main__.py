@@ -11,12 +11,18 @@ try:
     import argparse
     import time
     from functools import partial
-    from pathlib import Path
 
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from am.cli import RERUN_TO_START_AGAIN, add_log_level_option, configure_logging, run_main, seed_option
+    from am.cli import (
+        RERUN_TO_START_AGAIN,
+        add_log_level_option,
+        configure_logging,
+        path_option,
+        run_main,
+        seed_option,
+    )
     from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
     from am.synth.dataset import (
         MAX_SYNTHETIC_SIZE,
@@ -59,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write DIR/source/<group>/image.tif (the pipeline's input) and, for checking results, "
         "DIR/truth/<group>/{mask.png,ids.png,lattice.json}; ids.png holds row*cols+col+1 under each mark.",
     )
-    ds.add_argument("dir", type=Path, help="dataset folder to create")
+    ds.add_argument("dir", type=path_option, help="dataset folder to create")
     ds.add_argument("--rows", type=int, required=True, help="acquisition grid rows")
     ds.add_argument("--cols", type=int, required=True, help="acquisition grid columns")
     ds.add_argument("--seed", type=seed_option, default=0, help="random seed; the same seed gives the same files")
@@ -82,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write normalised 8-bit training images with 0/255 masks in the original training "
         "layout, readable by python -m am.train --data DIR.",
     )
-    tl.add_argument("dir", type=Path, help="training data root")
+    tl.add_argument("dir", type=path_option, help="training data root")
     tl.add_argument("--count", type=int, default=100, help="number of images (default 100)")
     tl.add_argument("--size", type=int, default=512,
                     help=f"image side in pixels, a multiple of 32 up to {MAX_SYNTHETIC_SIZE} (default 512)")

@@ -46,6 +46,7 @@ try:
         channels_option,
         configure_logging,
         output_problem,
+        path_option,
         run_main,
         seed_option,
         threads_problem,
@@ -128,11 +129,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m am.train", description=__doc__.split("\n\n")[1],
                                 epilog="\n\n".join(__doc__.split("\n\n")[2:]).replace("``", "'"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=path_option, required=True,
                    help="checkpoint to write (the best epoch); a new run refuses one where an earlier run's files "
                         "are (continue that run with --resume, or move them away) and one inside a --data folder")
     data = p.add_argument_group("data")
-    data.add_argument("--data", type=Path, action="append", default=[],
+    data.add_argument("--data", type=path_option, action="append", default=[],
                       help="training root with train/ and valid/ folders (repeatable)")
     data.add_argument("--synthetic", type=int, default=0, help="synthetic training images to generate (default 0)")
     data.add_argument("--synthetic-valid", type=int, default=0,
@@ -208,7 +209,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     run.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     run.add_argument("--workers", type=int, default=0,
-                     help="data loader processes, which also render the synthetic images (default 0: in process)")
+                     help="data loader processes, which also render the synthetic images, at most this machine's "
+                          f"CPUs ({os.cpu_count()} here) (default 0: in process)")
     storage = run.add_mutually_exclusive_group()
     storage.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the file)")
     storage.add_argument("--int8", action="store_true",
@@ -220,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
                           "(--epochs may change, not below the epochs already done); an error when there is none. "
                           "The state keeps a copy of the best epoch's checkpoint: an OUT moved away or replaced "
                           "since is written again from it")
-    run.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+    run.add_argument("--init", type=path_option, default=None, metavar="CHECKPOINT",
                      help="start from this checkpoint's weights (same architecture; optimiser and schedule "
                           "start afresh)")
     run.add_argument("--init-partial", action="store_true",
@@ -307,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{option} {value} must be >= 0")
     if problem := threads_problem(args.threads):
         p.error(problem)
+    if problem := workers_problem(args.workers):
+        p.error(problem)
     if problem := output_problem(args.out, folder=False):
         p.error(f"--out: {problem}")  # before minutes of reading, rendering and a first epoch
     if problem := inside_data_problem(args.out, args.data):
@@ -329,6 +333,18 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s shape synthetic images, and this run renders none (no --synthetic or --synthetic-valid): "
                     "they have no effect", ", ".join(unused))
     return run_main(partial(_check_data_then_train, args, argv), name="am.train")
+
+
+def workers_problem(workers: int) -> str | None:
+    """Why ``workers`` data loader processes cannot run here, or None.
+
+    Each holds a copy of the loader (hundreds of MB), so thousands would exhaust the machine's
+    memory before the first step; more than its CPUs only share the same cores.
+    """
+    cpus = os.cpu_count()
+    if cpus is not None and workers > cpus:
+        return f"--workers {workers}: this machine has {cpus} CPUs; give 0 (in process) to {cpus}"
+    return None
 
 
 def _synthetic_memory_problem(args: argparse.Namespace) -> str | None:
@@ -511,9 +527,9 @@ def _absolute_paths(argv: list[str]) -> list[str]:
     and the abbreviations argparse accepts)."""
     actions = parser()._actions
     options = [o for action in actions for o in action.option_strings]
-    paths = {o for action in actions if action.type is Path for o in action.option_strings}
+    paths = {o for action in actions if action.type in (Path, path_option) for o in action.option_strings}
 
-    def path_option(word: str) -> bool:
+    def takes_path(word: str) -> bool:
         if not word.startswith("--"):
             return False
         named = [word] if word in options else [o for o in options if o.startswith(word)]
@@ -524,11 +540,11 @@ def _absolute_paths(argv: list[str]) -> list[str]:
         if expect_path:
             out.append(os.path.abspath(word))
             expect_path = False
-        elif "=" in word and path_option(word.split("=", 1)[0]):
+        elif "=" in word and takes_path(word.split("=", 1)[0]):
             option, value = word.split("=", 1)
             out.append(f"{option}={os.path.abspath(value)}")
         else:
-            expect_path = path_option(word)
+            expect_path = takes_path(word)
             out.append(word)
     return out
 
