@@ -43,6 +43,15 @@ NEIGHBOURS = 8
 FIT_INLIER_FRACTION = 0.3
 # A mark belongs to a node when its point is within this fraction of the (smaller) pitch of it.
 ASSIGN_TOLERANCE = 0.35
+# The column step is the vector most marks' neighbours sit at: where the marks' shortest vectors
+# within 45 degrees of +x part into two sets, the other set's vector replaces the more common one
+# when at least this many times as many marks have a neighbour at it.
+SUPPORT_GAIN = 1.3
+# A mark has a neighbour at a step when one lies within this fraction of the step's length of it.
+STEP_TOLERANCE = 0.2
+# The other sets weighed against the more common one, largest first: the diagonals of a few pairs
+# of close rows form one or two; more are debris.
+MAX_ALTERNATIVES = 3
 # The first fit uses marks within this many pitches of the seed; the radius then doubles.
 SEED_RADIUS_PITCHES = 6.0
 POLISH_ROUNDS = 2
@@ -206,7 +215,7 @@ def initial_steps(
             f"the {len(points)} marks do not form a grid: most of them coincide; check the mask"
         )
     vectors = points[neighbours[:, 1:]] - points[:, None, :]
-    col_step = _dominant_step(vectors, axis=0, spacing=spacing)
+    col_step = _dominant_step(vectors, axis=0, spacing=spacing, points=points, tree=tree)
     row_step = _dominant_step(vectors, axis=1, spacing=spacing)
     if col_step is None and row_step is None:
         raise RegistrationError(
@@ -222,8 +231,16 @@ def initial_steps(
     return col_step, row_step
 
 
-def _dominant_step(vectors: np.ndarray, *, axis: int, spacing: float) -> np.ndarray | None:
-    """The most common shortest neighbour vector within 45 degrees of +x (axis 0) or +y (axis 1)."""
+def _dominant_step(
+    vectors: np.ndarray, *, axis: int, spacing: float, points: np.ndarray | None = None,
+    tree: cKDTree | None = None,
+) -> np.ndarray | None:
+    """The most common shortest neighbour vector within 45 degrees of +x (axis 0) or +y (axis 1).
+
+    With the ``points`` (and their ``tree``), a column step held by clearly more marks replaces it
+    (``SUPPORT_GAIN``). Rows are not checked so: on unevenly spaced rows every pair of rows has a
+    step of its own, none held by most marks, and the fit reads the rows from the marks anyway.
+    """
     other = 1 - axis
     v = vectors.copy()
     flip = v[..., axis] < 0
@@ -243,9 +260,60 @@ def _dominant_step(vectors: np.ndarray, *, axis: int, spacing: float) -> np.ndar
     off = np.abs(lengths - typical)
     # The median of an even count may fall between two far-apart lengths and be near none.
     candidates = candidates[off <= max(0.2 * typical, float(off.min()))]
+    step = _cluster_step(candidates, typical=typical)
+    if axis != 0 or points is None or tree is None:
+        return step
+    # Rows 0.65-0.75 of the pitch apart that slide along themselves by up to a quarter of a column
+    # put a neighbour of the next row diagonally, at about the column pitch or less and within 45
+    # degrees of +x: on a grid of 3-5 rows the marks of such a pair of rows, half or more of all,
+    # took that diagonal as the column step, the lattice's rows then ran across the grid's and 3-4
+    # rows of marks filled 9-38 lattice rows. The column step repeats along every row, so nearly every
+    # mark has a neighbour at it; a diagonal joins only the marks of the rows it links.
+    # Where two such sets are about as large, their median may lie between them, at a vector
+    # no mark has (a 3 x 6 grid: 7 marks at the column step, 8 at a diagonal): each set counts.
+    others = _clusters(candidates[np.hypot(*(candidates - step).T) > 0.1 * typical], radius=0.1 * typical)
+    if not others:
+        return step
+    support = [_support(points, tree, other) for other in others]
+    best = int(np.argmax(support))
+    if support[best] > 0 and support[best] >= SUPPORT_GAIN * _support(points, tree, step):
+        return others[best]
+    return step
+
+
+def _cluster_step(candidates: np.ndarray, *, typical: float) -> np.ndarray:
+    """The vector most ``candidates`` cluster at: their median, refined by the mean of those near it."""
     centre = np.median(candidates, axis=0)
     close = candidates[np.hypot(*(candidates - centre).T) <= 0.1 * typical]
     return close.mean(axis=0) if len(close) else centre
+
+
+def _clusters(candidates: np.ndarray, *, radius: float) -> list[np.ndarray]:
+    """The vectors that two or more ``candidates`` cluster at, most held first, at most
+    ``MAX_ALTERNATIVES``: the mean of the candidates within ``radius`` of the one with most such
+    neighbours, then the same among the rest. Counted on a tree, so a large grid's many vectors
+    cost no square matrix."""
+    found: list[np.ndarray] = []
+    rest = candidates
+    while len(rest) >= 2 and len(found) < MAX_ALTERNATIVES:
+        tree = cKDTree(rest)
+        held = np.asarray(tree.query_ball_point(rest, radius, return_length=True))
+        best = int(np.argmax(held))
+        if held[best] < 2:
+            break
+        near = np.zeros(len(rest), bool)
+        near[tree.query_ball_point(rest[best], radius)] = True
+        found.append(rest[near].mean(axis=0))
+        rest = rest[~near]
+    return found
+
+
+def _support(points: np.ndarray, tree: cKDTree, step: np.ndarray) -> int:
+    """How many of the points have another point about ``step`` ahead of or behind them."""
+    tolerance = STEP_TOLERANCE * float(np.hypot(*step))
+    ahead, _ = tree.query(points + step, distance_upper_bound=tolerance)
+    behind, _ = tree.query(points - step, distance_upper_bound=tolerance)
+    return int(np.count_nonzero(np.isfinite(ahead) | np.isfinite(behind)))
 
 
 def _seed_index(points: np.ndarray, col_step: np.ndarray, row_step: np.ndarray, *, tree: cKDTree) -> int:
