@@ -1,6 +1,6 @@
-"""Ctrl-C while ``python -m am.register``, ``am.synth``, ``am.api``, ``am.serve``, ``am.bench``, ``am.scale`` or
-``am.model`` loads its modules (before run_main has taken over) ends the command with exit code 130 and one line,
-not a traceback; ``am.worker``, for which a first SIGINT is a clean stop, exits 0 with one line.
+"""Ctrl-C while ``python -m am.register``, ``am.synth``, ``am.api``, ``am.serve``, ``am.bench``, ``am.scale``,
+``am.model`` or ``am.train.mine`` loads its modules (before run_main has taken over) ends the command with exit
+code 130 and one line, not a traceback; ``am.worker``, for which a first SIGINT is a clean stop, exits 0 with one line.
 
 The technique and the driver are tests/model/test_early_interrupt_commands.py's: SIGINT raised at the first
 look-up of a module the command's ``__main__`` imports, or as its options are parsed. PRELUDE adds what these
@@ -12,6 +12,7 @@ SIGINT right after the imports have held it (am.startup.hold_ctrl_c), to be deli
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import signal
 import subprocess
@@ -61,6 +62,8 @@ COMMANDS: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...], bool]] =
     "am.bench": (lambda tmp: ["--device", "cpu", "--tiles", "1"], ("am.startup",), False),
     "am.scale": (lambda tmp: ["--stack", "am-segm", "status"], ("am.startup", "am.cli", "tqdm"), True),
     "am.model": (lambda tmp: [str(tmp / "model.pt")], ("am.startup",), False),
+    "am.train.mine": (lambda tmp: ["--out", str(tmp / "hard"), "--count", "1", "--keep", "1"],
+                      ("am.startup", "numpy", "am.cli", "am.model.predict"), True),
 }
 WORKER_MODULES = ("am.startup", "cv2", "am.transport.clients", "am.worker.worker")
 WORKER_LINE = (r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO am\.worker \[\d+\] "
@@ -76,6 +79,7 @@ PACKAGE_MODULES = {
     "am.scale": "am.scale.control",
     "am.model": "am.model.build",
     "am.worker": "am.worker.batch",
+    "am.evaluate": "am.evaluate.metrics",
 }
 
 
@@ -145,6 +149,7 @@ def test_a_package_loads_its_modules_on_first_use(package: str) -> None:
 @pytest.mark.parametrize("command", [*COMMANDS, "am.worker"])
 def test_importing_a_command_leaves_ctrl_c_to_the_program(command: str) -> None:
     # Only a command run as __main__ holds SIGINT while it starts; a test or program importing it keeps Ctrl-C.
-    module = importlib.import_module(f"{command}.__main__")
+    package = importlib.util.find_spec(command).submodule_search_locations is not None
+    module = importlib.import_module(f"{command}.__main__" if package else command)
     assert callable(module.main)
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())

@@ -74,6 +74,11 @@ EMPTY_PATHS = [
     ("am.api.__main__", ["--model", "{}"], "--model"),
     ("am.scale.__main__", ["--config", "{}", "status"], "--config"),
     ("am.scale.__main__", ["redrive", "--job", "{}"], "--job"),
+    ("am.pipeline.__main__", ["{}", "--rows", "2", "--cols", "2"], "dataset"),
+    ("am.register.__main__", ["{}"], "DATASET"),
+    ("am.serve.__main__", ["serve", "--model-dir", "{}"], "--model-dir"),
+    ("am.train.mine", ["--out", "{}"], "--out"),
+    ("am.train.mine", ["--out", "hard", "--model", "{}"], "--model"),
 ]
 
 
@@ -114,10 +119,16 @@ def test_api_help_says_the_concurrency_bound() -> None:
     assert f"1 to {MAX_CONCURRENCY}" in " ".join(build_parser().format_help().split())
 
 
-@pytest.mark.parametrize("value", ["0", "-1", str(evaluate_cli.MAX_SYNTHETIC + 1), "99999999999999999999"])
+@pytest.mark.parametrize("value", ["-1", str(evaluate_cli.MAX_SYNTHETIC + 1), "99999999999999999999"])
 def test_evaluate_synthetic_is_a_count_within_bounds(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     err = _usage_error("am.evaluate.__main__", ["--synthetic", value], capsys)
-    assert f"--synthetic {value} is not a number of images from 1 to {evaluate_cli.MAX_SYNTHETIC}" in err
+    assert f"--synthetic {value} is not a number of images from 0 (none) to {evaluate_cli.MAX_SYNTHETIC}" in err
+
+
+def test_evaluate_synthetic_0_alone_says_it_draws_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    # 0 is "none" beside another source (a wrapper may always pass it); alone there is nothing to score.
+    err = _usage_error("am.evaluate.__main__", ["--synthetic", "0"], capsys)
+    assert "--synthetic 0 draws no images: give N of at least 1, --data or --images/--masks" in err
 
 
 def test_evaluate_min_object_px_is_bounded(capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,7 +137,8 @@ def test_evaluate_min_object_px_is_bounded(capsys: pytest.CaptureFixture[str]) -
     assert (f"--min-object-px 99999999999999999999: give a size in px of at most {evaluate_cli.MAX_MIN_OBJECT_PX}"
             in err)
     help_text = " ".join(evaluate_cli.parser().format_help().split())
-    assert f"0 to {evaluate_cli.MAX_MIN_OBJECT_PX}" in help_text and f"1 to {evaluate_cli.MAX_SYNTHETIC}" in help_text
+    assert f"0 to {evaluate_cli.MAX_MIN_OBJECT_PX}" in help_text
+    assert f"0 (none) to {evaluate_cli.MAX_SYNTHETIC}" in help_text
 
 
 def test_evaluate_says_when_min_object_px_left_every_mark_uncounted() -> None:

@@ -103,8 +103,8 @@ def parser() -> argparse.ArgumentParser:
                           "(8-bit as stored, others stretched to 8 bits)")
     src.add_argument("--split", default="valid", choices=["train", "valid"], help="split of --data (default valid)")
     src.add_argument("--synthetic", type=int, default=None, metavar="N",
-                     help=f"score N generated images, 1 to {MAX_SYNTHETIC}; with the defaults below, the first N "
-                          "of the synthetic held-out set the README's figures are measured on")
+                     help=f"score N generated images, 0 (none) to {MAX_SYNTHETIC}; with the defaults below, the "
+                          "first N of the synthetic held-out set the README's figures are measured on")
     src.add_argument("--seed", type=seed_option, default=HELD_OUT_SEED,
                      help=f"seed of the synthetic images (default {HELD_OUT_SEED}, the held-out set's)")
     src.add_argument("--size", type=int, default=HELD_OUT_SIZE,
@@ -246,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--images and --masks are the same folder; each image would be its own mask")
     if problem := threads_problem(args.threads):
         p.error(problem)
-    if args.synthetic is not None and not 1 <= args.synthetic <= MAX_SYNTHETIC:
-        p.error(f"--synthetic {args.synthetic} is not a number of images from 1 to {MAX_SYNTHETIC}; give one "
-                "(or leave --synthetic out)")
+    if args.synthetic is not None and not 0 <= args.synthetic <= MAX_SYNTHETIC:
+        p.error(f"--synthetic {args.synthetic} is not a number of images from 0 (none) to {MAX_SYNTHETIC}; give "
+                "one (or leave --synthetic out)")
+    given_none = args.synthetic == 0
     args.synthetic = args.synthetic or 0
     problem = device_problem(args.device) if args.device else None
     if problem is not None:
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         p.error(f"--precision {args.precision}: {exc}")
     if args.data is None and args.synthetic <= 0 and args.images is None:
-        p.error("give --data, --synthetic N or --images/--masks")
+        p.error("--synthetic 0 draws no images: give N of at least 1, --data or --images/--masks" if given_none
+                else "give --data, --synthetic N or --images/--masks")
     if args.size % 32 or args.size < 64:
         p.error("--size must be a multiple of 32 and at least 64")
     if problem := synthetic_size_problem("--size", args.size):

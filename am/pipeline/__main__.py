@@ -29,6 +29,7 @@ try:
         SCALE_HELP,
         add_log_level_option,
         configure_logging,
+        path_option,
         run_main,
         scale_option,
     )
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-template", action=_PrintConfigTemplate,
                         help="print the config file of every key at its default, with comments, and exit")
-    parser.add_argument("dataset", type=Path, help="dataset folder holding source/<group>/<image>")
+    parser.add_argument("dataset", type=path_option, help="dataset folder holding source/<group>/<image>")
     # A default, or argparse names the optional groups among the required arguments when none is given.
     parser.add_argument("groups", nargs="*", default=[], help="groups to process (default: every folder under source/)")
     parser.add_argument("--rows", type=int,

@@ -17,7 +17,7 @@ try:
     from collections.abc import Sequence
     from pathlib import Path
 
-    from am.cli import add_log_level_option, configure_logging, describe_os_error, run_main
+    from am.cli import add_log_level_option, configure_logging, describe_os_error, path_option, run_main
     from am.dataset import as_group_name, group_folders
     from am.dataset_lock import dataset_lock
     from am.errors import AmError
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dataset", type=Path, metavar="DATASET",
+    parser.add_argument("dataset", type=path_option, metavar="DATASET",
                         help="dataset folder (its layout: README, \"Dataset layout\")")
     parser.add_argument(
         "groups", nargs="*", metavar="GROUP", default=[],  # a default: argparse would call GROUP required

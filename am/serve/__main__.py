@@ -26,6 +26,7 @@ try:
         add_log_level_option,
         add_precision_option,
         configure_logging,
+        path_option,
         run_main,
         scale_option,
         threads_problem,
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve /ping and /invocations (what SageMaker runs)",
                                 description="Serve /ping and /invocations until stopped (SIGTERM stops cleanly).")
-    serve.add_argument("--model-dir", type=Path, default=SAGEMAKER_MODEL_DIR,
+    serve.add_argument("--model-dir", type=path_option, default=SAGEMAKER_MODEL_DIR,
                        help=f"folder holding model.pt or a single .pt checkpoint (default {SAGEMAKER_MODEL_DIR})")
     serve.add_argument("--host", default="0.0.0.0",
                        help="address to listen on (default 0.0.0.0, as SageMaker requires)")

@@ -17,35 +17,50 @@ image can be rendered again, with its style, from its name.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import heapq
-import io
+# Loaded with the interpreter already, so importing it leaves no time for a Ctrl-C; every other import is in the
+# try below (am.startup).
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
+try:
+    import argparse
+    import csv
+    import heapq
+    import io
+    from collections import Counter
+    from collections.abc import Callable, Iterable, Iterator
+    from dataclasses import dataclass
+    from pathlib import Path
 
-from am.cli import (
-    RERUN_TO_START_AGAIN,
-    add_log_level_option,
-    add_postprocess_option,
-    configure_logging,
-    run_main,
-    seed_option,
-)
-from am.errors import InputError
-from am.evaluate.metrics import Scores, score
-from am.files import check_can_replace, staging, swap_in, write_atomic
-from am.imageio import write_png
-from am.model.checkpoint import default_model_path
-from am.model.predict import Predictor
-from am.model.whole import predict_image_mask
-from am.synth.dataset import STAGING_NAME, Sample, iter_samples, pitch_range_problem
+    import numpy as np
+    from tqdm import tqdm
+
+    from am.cli import (
+        RERUN_TO_START_AGAIN,
+        add_log_level_option,
+        add_postprocess_option,
+        configure_logging,
+        path_option,
+        run_main,
+        seed_option,
+    )
+    from am.errors import InputError
+    from am.evaluate.metrics import Scores, score
+    from am.files import check_can_replace, staging, swap_in, write_atomic
+    from am.imageio import write_png
+    from am.model.checkpoint import default_model_path
+    from am.model.predict import Predictor
+    from am.model.whole import predict_image_mask
+    from am.startup import NOTHING_DONE, hold_ctrl_c, run_command
+    from am.synth.dataset import STAGING_NAME, Sample, iter_samples, pitch_range_problem
+
+    if __name__ == "__main__":
+        hold_ctrl_c()  # until run_command runs main() (the end of this file)
+except KeyboardInterrupt:
+    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
+        raise
+    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+
+    exit_interrupted("am.train.mine")  # nothing to clean up yet
 
 log = logging.getLogger("am.train.mine")  # not __main__ when run with -m
 
@@ -171,8 +186,10 @@ def style_counts(kept: list[Mined], field: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m am.train.mine --model CKPT --out ROOT --count N --keep K``: mine, then print a summary."""
     p = argparse.ArgumentParser(prog="python -m am.train.mine", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=None, help="checkpoint to mine for (default: the shipped model)")
-    p.add_argument("--out", type=Path, required=True, help="training root; images go to OUT/train/hard/seed<SEED>/")
+    p.add_argument("--model", type=path_option, default=None,
+                   help="checkpoint to mine for (default: the shipped model)")
+    p.add_argument("--out", type=path_option, required=True,
+                   help="training root; images go to OUT/train/hard/seed<SEED>/")
     p.add_argument("--count", type=int, default=1200, help="images to render and score (default 1200)")
     p.add_argument("--keep", type=int, default=300, help="how many of the worst to keep (default 300)")
     p.add_argument("--size", type=int, default=384, help="image side in px, a multiple of 32 (default 384)")
@@ -213,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main, "am.train.mine", NOTHING_DONE)

@@ -183,10 +183,11 @@ def precision_problem(precision: str, *, name: str) -> str | None:
     """Why ``precision`` (set as ``name``) cannot run on the device a worker on this machine takes, or None.
 
     A worker takes CUDA where torch finds it and the CPU elsewhere (:func:`am.model.device.resolve_device`),
-    and :func:`am.model.precision.resolve_precision` decides what runs there. auto and fp32 run on any
-    device, so only the other values import torch to ask.
+    and :func:`am.model.precision.resolve_precision` decides what runs there. Only fp16 needs a device
+    (auto and fp32 run anywhere, bf16 too, if slowly on a CPU without AMX), so only fp16 imports torch to
+    ask: the orchestrator checks its local workers' settings with this, and need not load torch itself.
     """
-    if precision in ("auto", "fp32") or precision not in PRECISIONS:
+    if precision != "fp16":
         return None
     from am.model.device import resolve_device
     from am.model.precision import resolve_precision
