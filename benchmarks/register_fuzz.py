@@ -28,7 +28,6 @@ import logging
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -36,54 +35,16 @@ from tqdm import tqdm
 
 from am.errors import AmError
 from am.register import register_mask
-from am.register.testing import draw_lattice_mask, wrong_ids
-from am.synth.lattice import Lattice
+from am.register.testing import FUZZ_FAMILIES, draw_fuzz_case, wrong_ids
 
-FAMILIES = ("uneven_small", "uneven_small_shear", "uneven_small_slide25", "large_uneven", "even")
 # What a row numbered a column too far right or left is refused with, when registration sees it.
 COLUMN_TOO_MANY = "lattice columns"
-
-
-def draw_case(family: str, seed: int) -> tuple[Any, int, int, dict[str, Any]]:
-    """The mask of one random grid of ``family`` (see the module docstring), its rows and cols, and its parameters."""
-    rng = np.random.default_rng([seed, 12345])
-    few = family.startswith("uneven_small")
-    rows = int(rng.integers(3, 6)) if few else int(rng.integers(6, 31)) if family == "large_uneven" \
-        else int(rng.integers(3, 51))
-    cols = int(rng.integers(5, 41)) if family != "even" else int(rng.integers(3, 51))
-    pitch = float(rng.uniform(20, 60))
-    if family == "even":  # images of at most a few megapixels
-        while rows * cols * pitch * pitch > 2.5e6:
-            pitch *= 0.9
-        pitch = max(pitch, 20.0)
-    angle = float(rng.uniform(-10, 10))
-    radius = pitch * float(rng.uniform(0.15, 0.25))
-    shape = str(rng.choice(["disc", "disc", "ellipse", "crescent", "c"]))
-    margin = 2.0 * pitch
-    shear = float(rng.uniform(-0.1, 0.1)) if family == "uneven_small_shear" else 0.0
-    lattice = Lattice(rows, cols, pitch, pitch, angle, shear=shear)
-    if family != "even":
-        lattice = lattice.with_uneven_rows(rng, slide=0.25 if family == "uneven_small_slide25" else 0.2)
-    nodes = lattice.nodes()
-    low, high = nodes.min(axis=0), nodes.max(axis=0)
-    width, height = (int(v) for v in np.ceil(high - low + 2 * margin))
-    lattice = replace(lattice, origin_x=lattice.origin_x + margin - float(low[0]),
-                      origin_y=lattice.origin_y + margin - float(low[1]))
-    count = rows * cols
-    n_missing = int(rng.binomial(count, float(rng.uniform(0.0, 0.1))))
-    missing = (rng.choice(count, n_missing, replace=False) + 1).tolist() if n_missing else []
-    debris = int(rng.integers(0, max(2, count // 10) + 1))
-    drawn = draw_lattice_mask(lattice, width=width, height=height, radius=radius, shape=shape, missing=missing,
-                              debris=debris, rng=rng)
-    params = {"seed": seed, "rows": rows, "cols": cols, "pitch": round(pitch, 1), "angle": round(angle, 1),
-              "missing": n_missing, "debris": debris}
-    return drawn, rows, cols, params
 
 
 def run_case(case: tuple[str, int]) -> dict[str, Any]:
     """Register one grid and sort the outcome (see the module docstring)."""
     family, seed = case
-    drawn, rows, cols, out = draw_case(family, seed)
+    drawn, rows, cols, out = draw_fuzz_case(family, seed)
     try:
         registration = register_mask(drawn.mask, rows=rows, cols=cols)
     except AmError as exc:
@@ -125,7 +86,7 @@ def _quiet() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("family", choices=FAMILIES,
+    parser.add_argument("family", choices=FUZZ_FAMILIES,
                         help="the kind of grid drawn (the docstring of benchmarks/register_fuzz.py says how each is)")
     parser.add_argument("--count", type=int, default=300, help="grids to draw (default 300)")
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")

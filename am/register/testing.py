@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,6 +29,8 @@ from scipy.spatial import cKDTree
 from am.synth.lattice import Lattice
 
 MARK_SHAPES = ("disc", "ellipse", "crescent", "thin_crescent", "c")
+# The families of random grids ``benchmarks/register_fuzz.py`` draws (its docstring says how each is).
+FUZZ_FAMILIES = ("uneven_small", "uneven_small_shear", "uneven_small_slide25", "large_uneven", "even")
 
 # Drawing works in fixed point with this many fractional bits, so marks sit at sub-pixel positions.
 _SHIFT = 4
@@ -173,3 +176,46 @@ def id_accuracy(drawn: LatticeMask, ids: np.ndarray) -> float:
     if drawn.present.size == 0:
         return 1.0
     return 1.0 - wrong_ids(drawn, ids).size / drawn.present.size
+
+
+def draw_fuzz_case(family: str, seed: int) -> tuple[LatticeMask, int, int, dict[str, Any]]:
+    """The mask of the random grid ``seed`` of ``family``, its rows and cols, and its parameters.
+
+    One drawing serves the fuzz benchmark and the tests that keep the grids it found numbered
+    right: were the two written apart, a change to one would leave the tests checking grids the
+    benchmark no longer draws, without a word.
+    """
+    if family not in FUZZ_FAMILIES:
+        raise ValueError(f"unknown grid family {family!r}: expected one of {', '.join(FUZZ_FAMILIES)}")
+    rng = np.random.default_rng([seed, 12345])
+    few = family.startswith("uneven_small")
+    rows = int(rng.integers(3, 6)) if few else int(rng.integers(6, 31)) if family == "large_uneven" \
+        else int(rng.integers(3, 51))
+    cols = int(rng.integers(5, 41)) if family != "even" else int(rng.integers(3, 51))
+    pitch = float(rng.uniform(20, 60))
+    if family == "even":  # images of at most a few megapixels
+        while rows * cols * pitch * pitch > 2.5e6:
+            pitch *= 0.9
+        pitch = max(pitch, 20.0)
+    angle = float(rng.uniform(-10, 10))
+    radius = pitch * float(rng.uniform(0.15, 0.25))
+    shape = str(rng.choice(["disc", "disc", "ellipse", "crescent", "c"]))
+    margin = 2.0 * pitch
+    shear = float(rng.uniform(-0.1, 0.1)) if family == "uneven_small_shear" else 0.0
+    lattice = Lattice(rows, cols, pitch, pitch, angle, shear=shear)
+    if family != "even":
+        lattice = lattice.with_uneven_rows(rng, slide=0.25 if family == "uneven_small_slide25" else 0.2)
+    nodes = lattice.nodes()
+    low, high = nodes.min(axis=0), nodes.max(axis=0)
+    width, height = (int(v) for v in np.ceil(high - low + 2 * margin))
+    lattice = replace(lattice, origin_x=lattice.origin_x + margin - float(low[0]),
+                      origin_y=lattice.origin_y + margin - float(low[1]))
+    count = rows * cols
+    n_missing = int(rng.binomial(count, float(rng.uniform(0.0, 0.1))))
+    missing = (rng.choice(count, n_missing, replace=False) + 1).tolist() if n_missing else []
+    debris = int(rng.integers(0, max(2, count // 10) + 1))
+    drawn = draw_lattice_mask(lattice, width=width, height=height, radius=radius, shape=shape, missing=missing,
+                              debris=debris, rng=rng)
+    params = {"seed": seed, "rows": rows, "cols": cols, "pitch": round(pitch, 1), "angle": round(angle, 1),
+              "missing": n_missing, "debris": debris}
+    return drawn, rows, cols, params

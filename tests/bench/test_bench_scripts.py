@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from am.register.testing import draw_fuzz_case
 from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -388,8 +389,10 @@ def test_register_fuzz_sorts_every_grid_and_counts_them(capsys: pytest.CaptureFi
     assert summary["family"] == "uneven_small" and summary["grids"] == 3 and summary["seeds"] == [1, 3]
     assert sum(n for key, n in summary.items() if key not in ("family", "grids", "seeds")) == 3
     assert all(line["result"] != "ok" and 3 <= line["rows"] <= 5 for line in lines[:-1])
-    drawn, rows, cols, params = fuzz.draw_case("even", 7)
+    drawn, rows, cols, params = draw_fuzz_case("even", 7)
     assert drawn.mask.shape == drawn.truth.shape and 3 <= rows <= 50 and 3 <= cols <= 50 and params["seed"] == 7
+    with pytest.raises(ValueError, match="unknown grid family 'uneven'"):
+        draw_fuzz_case("uneven", 7)
 
 
 def test_register_fuzz_refuses_a_count_of_none(capsys: pytest.CaptureFixture[str]) -> None:
