@@ -238,9 +238,18 @@ def threads_problem(threads: int, *, option: str = "--threads") -> str | None:
     """
     if threads < 0:
         return f"{option} {threads}: give a number of CPU threads >= 1, or 0 for torch's default"
+    return beyond_cpus_problem(threads, option=option, zero_means="all")
+
+
+def beyond_cpus_problem(count: int, *, option: str, zero_means: str) -> str | None:
+    """Why ``count`` threads or processes, at most one per CPU, cannot run here, or None.
+
+    More than the CPUs only share the same cores; thousands crash torch's thread pool or exhaust
+    memory (a data loader process holds hundreds of MB) instead of being refused.
+    """
     cpus = os.cpu_count()
-    if cpus is not None and threads > cpus:
-        return f"{option} {threads}: this machine has {cpus} CPUs; give 0 (all) to {cpus}"
+    if cpus is not None and count > cpus:
+        return f"{option} {count}: this machine has {cpus} CPUs; give 0 ({zero_means}) to {cpus}"
     return None
 
 

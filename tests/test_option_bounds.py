@@ -47,7 +47,9 @@ def test_train_refuses_more_workers_than_cpus(tmp_path: Path, capsys: pytest.Cap
                        capsys)
     assert f"--workers 99999: this machine has {CPUS} CPUs; give 0 (in process) to {CPUS}" in err
     assert list(tmp_path.iterdir()) == []
-    assert train_cli.workers_problem(CPUS) is None and train_cli.workers_problem(0) is None
+    err = _usage_error("am.train.__main__", ["--out", str(tmp_path / "m.pt"), *TINY_TRAIN, "--workers", str(CPUS + 1)],
+                       capsys)
+    assert f"--workers {CPUS + 1}: this machine has {CPUS} CPUs" in err
     assert f"{CPUS} here" in train_cli.parser().format_help()
 
 

@@ -43,6 +43,7 @@ try:
     from am.cli import (
         EXIT_INTERRUPTED,
         add_log_level_option,
+        beyond_cpus_problem,
         channels_option,
         configure_logging,
         output_problem,
@@ -309,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{option} {value} must be >= 0")
     if problem := threads_problem(args.threads):
         p.error(problem)
-    if problem := workers_problem(args.workers):
-        p.error(problem)
+    if problem := beyond_cpus_problem(args.workers, option="--workers", zero_means="in process"):
+        p.error(problem)  # each loader process holds hundreds of MB
     if problem := output_problem(args.out, folder=False):
         p.error(f"--out: {problem}")  # before minutes of reading, rendering and a first epoch
     if problem := inside_data_problem(args.out, args.data):
@@ -333,18 +334,6 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s shape synthetic images, and this run renders none (no --synthetic or --synthetic-valid): "
                     "they have no effect", ", ".join(unused))
     return run_main(partial(_check_data_then_train, args, argv), name="am.train")
-
-
-def workers_problem(workers: int) -> str | None:
-    """Why ``workers`` data loader processes cannot run here, or None.
-
-    Each holds a copy of the loader (hundreds of MB), so thousands would exhaust the machine's
-    memory before the first step; more than its CPUs only share the same cores.
-    """
-    cpus = os.cpu_count()
-    if cpus is not None and workers > cpus:
-        return f"--workers {workers}: this machine has {cpus} CPUs; give 0 (in process) to {cpus}"
-    return None
 
 
 def _synthetic_memory_problem(args: argparse.Namespace) -> str | None:
