@@ -71,6 +71,8 @@ EMPTY_PATHS = [
     ("am.evaluate.__main__", ["--synthetic", "1", "--side-by-side", "{}"], "--side-by-side"),
     ("am.bench.__main__", ["--checkpoint", "{}"], "--checkpoint"),
     ("am.bench.__main__", ["--pipeline-image", "{}"], "--pipeline-image"),
+    ("am.bench.__main__", ["--encoder", "{}"], "--encoder"),
+    ("am.train.__main__", ["--out", "m.pt", "--synthetic", "2", "--device", "{}"], "--device"),
     ("am.api.__main__", ["--data-dir", "{}"], "--data-dir"),
     ("am.api.__main__", ["--config", "{}"], "--config"),
     ("am.api.__main__", ["--model", "{}"], "--model"),

@@ -39,6 +39,7 @@ try:
         device_option,
         path_option,
         run_main,
+        text_option,
         threads_problem,
     )
     from am.errors import InputError
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", type=path_option, help="checkpoint to measure (default: the shipped model)")
-    model.add_argument("--encoder", help="measure an untrained U-Net with this encoder instead, e.g. resnext50_32x4d")
+    model.add_argument("--encoder", type=text_option,
+                       help="measure an untrained U-Net with this encoder instead, e.g. resnext50_32x4d")
     parser.add_argument("--device", type=device_option, help="cpu, cuda or cuda:N (default: cuda when available)")
     add_precision_option(parser)
     parser.add_argument("--batch-size", type=int, default=0, help="tiles per forward pass (0: 4 on CPU, 64 on CUDA)")

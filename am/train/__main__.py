@@ -46,6 +46,7 @@ try:
         beyond_cpus_problem,
         channels_option,
         configure_logging,
+        device_option,
         output_problem,
         path_option,
         run_main,
@@ -207,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=seed_option, default=0,
                      help="seed of weights, crops and (by default) the generator")
     run = p.add_argument_group("run")
-    run.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    run.add_argument("--device", type=device_option, help="cpu or cuda (default: cuda when available)")
     run.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     run.add_argument("--workers", type=int, default=0,
                      help="data loader processes, which also render the synthetic images, at most this machine's "
@@ -564,7 +565,7 @@ def _config(args: argparse.Namespace, listed: list[_Listed]) -> TrainConfig:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, threshold=args.threshold,
         seed_threshold=args.seed_threshold, min_mark_px=args.min_mark_px,
         min_mark_fraction=args.min_mark_fraction,
-        tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device,
+        tile_size=args.tile_size, pixel_scale=args.pixel_scale, seed=args.seed, device=args.device or "",
         threads=args.threads, workers=args.workers, half=not args.fp32, int8=args.int8,
         resume=args.resume,
         keep_state=args.keep_state, max_minutes=args.max_minutes, init=args.init,
