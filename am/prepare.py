@@ -2,7 +2,8 @@
 
 Work already done is reused: ``tiles/<group>/meta.json`` records what the tiles and their masks
 were made from (source file, normalisation, scale, tile geometry, model, test-time augmentation,
-and the workers' own mask settings: post-processing, precision, compilation). When all of that is unchanged
+the workers' own mask settings: post-processing, precision, compilation, and the release's way of
+making them, :data:`MASK_RECIPE`). When all of that is unchanged
 the tiles are kept and only tiles without a mask are sent out again, so a rerun after a
 failure or Ctrl-C redoes only what is missing. The source file counts as unchanged when its
 name, size and modification time match, or, when only the time differs (a dataset copied with
@@ -57,6 +58,10 @@ from am.tiling import TilePlan, plan_tiles, read_tile
 log = logging.getLogger(__name__)
 
 META_VERSION = 1
+# How this release makes tiles and masks from the same image, model and settings. A plan made by a
+# release that made them otherwise (or made before this was recorded) is segmented again rather than
+# its masks reused: raise it with any change that alters them.
+MASK_RECIPE = 2
 # The shortest side an image may have at the model's scale: the U-Net halves its input five times
 # (the checkpoints' stride, 32), so a thinner image leaves its deepest layer less than one pixel of
 # content; a tile of it is almost all reflected padding, and the model marks stripes, not marks.
@@ -161,6 +166,7 @@ def _settings_identity(settings: Settings, model_id: str, worker: Mapping[str, s
         "model": model_id,
         "tta": settings.tta,
         "worker": dict(worker if worker is not None else DEFAULT_WORKER_MASK_SETTINGS),
+        "recipe": MASK_RECIPE,
     }
 
 
@@ -315,8 +321,6 @@ def _settings_changes(meta: dict[str, Any], settings: Settings, model_id: str,
     if not isinstance(identity, dict):
         return ["the plan records no settings"]
     recorded = {k: v for k, v in identity.items() if k != "source"}
-    # Plans written before the workers' settings were recorded were made, as a rule, with their defaults.
-    recorded.setdefault("worker", DEFAULT_WORKER_MASK_SETTINGS)
     current = _settings_identity(settings, model_id, worker)
     changes = []
     for key in sorted(set(recorded) | set(current)):
@@ -324,6 +328,9 @@ def _settings_changes(meta: dict[str, Any], settings: Settings, model_id: str,
         if before != now:
             if key == "model":  # ids are long hashes: enough of them to tell two apart
                 before, now = str(before)[:12], str(now)[:12]
+            if key == "recipe":
+                changes.append(f"another release of am-segm (mask recipe {before or 'unrecorded'}, now {now})")
+                continue
             changes.append(f"{key} {before} -> {now}")
     return changes
 

@@ -14,7 +14,13 @@ from faults.harness import make_dataset
 
 from am.dataset import DatasetLayout
 from am.errors import ConfigError
-from am.prepare import DEFAULT_WORKER_MASK_SETTINGS, prepare_group, reuse_group, worker_mask_settings
+from am.prepare import (
+    DEFAULT_WORKER_MASK_SETTINGS,
+    MASK_RECIPE,
+    prepare_group,
+    reuse_group,
+    worker_mask_settings,
+)
 from am.settings import Settings
 
 SETTINGS = Settings(tile_size=64, tile_overlap=16)
@@ -68,14 +74,20 @@ def test_masks_made_with_other_worker_settings_are_not_reused(tmp_path, variable
                        worker=worker_mask_settings({}, backend="local")) is None
 
 
-def test_a_plan_from_before_worker_settings_were_recorded_counts_as_made_with_the_defaults(tmp_path):
+def test_a_plan_of_an_older_release_is_segmented_again_and_the_log_says_why(tmp_path, caplog):
+    # Releases before the recipe was recorded made masks otherwise (the worker settings were not
+    # recorded either, nor were images too thin for the model refused): none of them is kept.
     layout = DatasetLayout(make_dataset(tmp_path / "ds", {"g1": (150, 150)}))
     prepare_group(layout, "g1", settings=SETTINGS, model_id="m")
+    assert reuse_group(layout, "g1", settings=SETTINGS, model_id="m") is not None
     meta = json.loads(layout.tile_plan("g1").read_text())
-    del meta["identity"]["worker"]
-    layout.tile_plan("g1").write_text(json.dumps(meta))
-
-    assert reuse_group(layout, "g1", settings=SETTINGS, model_id="m",
-                       worker=dict(DEFAULT_WORKER_MASK_SETTINGS)) is not None
-    assert reuse_group(layout, "g1", settings=SETTINGS, model_id="m",
-                       worker={**DEFAULT_WORKER_MASK_SETTINGS, "postprocess": "off"}) is None
+    assert meta["identity"]["recipe"] == MASK_RECIPE
+    for older in ({"recipe": MASK_RECIPE - 1}, {"recipe": None, "worker": None}):
+        identity = {**meta["identity"], **older}
+        layout.tile_plan("g1").write_text(json.dumps({**meta, "identity": {k: v for k, v in identity.items()
+                                                                           if v is not None}}))
+        caplog.clear()
+        with caplog.at_level("INFO", logger="am.prepare"):
+            assert reuse_group(layout, "g1", settings=SETTINGS, model_id="m") is None
+        said = older["recipe"] if older["recipe"] is not None else "unrecorded"
+        assert f"another release of am-segm (mask recipe {said}, now {MASK_RECIPE})" in caplog.text
