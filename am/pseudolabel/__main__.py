@@ -29,6 +29,7 @@ try:
         seed_option,
         threads_problem,
     )
+    from am.dataset import OTHER_IMAGE_KINDS, png_conversion
     from am.errors import InputError
     from am.messages import TTA_MODES
     from am.normalize import read_normalised
@@ -53,8 +54,9 @@ LABEL_STEM = re.compile(r"^(\d+)_(\d+)$")
 def read_labels(folder: Path) -> list[CropLabel]:
     """The X_Y masks of ``folder``, sorted by name (the last is held out).
 
-    Every image file there (any suffix am.train reads masks from, in any case) is meant as a label,
-    so one whose name does not give its place is refused rather than left out unnoticed.
+    Every image file there is meant as a label, so one whose name does not give its place, or in a
+    format masks are not read from (JPEG's rounding moves a mark's edge), is refused rather than
+    left out unnoticed. Hidden files (a Mac's ``._0_0.png`` beside each copied label) are no labels.
     """
     if folder.is_file():
         raise InputError(f"--labels {folder} is a file, not a folder: give the folder holding the X_Y.png masks")
@@ -63,7 +65,13 @@ def read_labels(folder: Path) -> list[CropLabel]:
     labels = []
     placed: dict[tuple[int, int], Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() in OTHER_IMAGE_KINDS:
+            raise InputError(f"label {path} is {OTHER_IMAGE_KINDS[path.suffix.lower()]}, which masks are not read "
+                             f"from (only .png, .tif and .tiff: lossless); convert it, e.g. {png_conversion(path)}, "
+                             "and keep only the converted file there")
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         match = LABEL_STEM.match(path.stem)
         if match is None:

@@ -336,8 +336,15 @@ def test_labels_of_every_mask_suffix_are_read_and_a_misnamed_image_is_refused(tm
     assert [(label.x, label.y, label.name) for label in labels] == [(0, 0, "0_0.PNG"), (0, 40, "0_40.TIFF"),
                                                                     (40, 0, "40_0.tif")]
     assert all((label.mask == mask).all() for label in labels)
+    (folder / "._0_0.PNG").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # a Mac's copy beside each file
+    assert [label.name for label in cli.read_labels(folder)] == ["0_0.PNG", "0_40.TIFF", "40_0.tif"]
     write_tiff(folder / "crop 3.tif", mask)
     with pytest.raises(InputError, match=r"label .*crop 3.tif must be named X_Y.tif"):
+        cli.read_labels(folder)
+    (folder / "crop 3.tif").unlink()
+    (folder / "80_0.JPG").write_bytes(b"\xff\xd8\xff\xe0")
+    with pytest.raises(InputError, match=r"label .*80_0.JPG is JPEG, which masks are not read from .*convert it, "
+                                         r"e.g. python -c .*80_0.png"):
         cli.read_labels(folder)
 
 
