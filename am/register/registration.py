@@ -195,7 +195,7 @@ def register_mask(mask: np.ndarray, *, rows: int | None, cols: int | None, name:
             f"{comps.label.size} marks (connected components, before any joined marks are cut apart): check "
             "--rows/--cols"
         )
-    fit, typical_area = _fit(comps, warnings, rows=rows)
+    fit, typical_area = _fit(comps, warnings, rows=rows, cols=cols)
     splits = split_oversized(comps, fit)
     marks = _MarkList.build(comps, splits)
     if splits:
@@ -396,9 +396,11 @@ def _rounded(values: np.ndarray | None) -> list[float] | None:
     return None if values is None else [round(float(v), 2) for v in values]
 
 
-def _fit(comps: Components, warnings: list[str], *, rows: int | None = None) -> tuple[LatticeFit, float]:
-    """The lattice of the marks, and the area of a typical mark as the lattice sees it (``rows``, the
-    grid's where given, tells uneven rows from a regular lattice where the marks alone cannot).
+def _fit(
+    comps: Components, warnings: list[str], *, rows: int | None = None, cols: int | None = None
+) -> tuple[LatticeFit, float]:
+    """The lattice of the marks, and the area of a typical mark as the lattice sees it (``rows`` and
+    ``cols``, the grid's where given, tell uneven rows from a regular lattice where the marks alone cannot).
 
     Where many marks are drawn in two pieces, the lattice of the joined pieces replaces the
     lattice of the pieces (:mod:`am.register.pieces`), and a typical mark is a joined one.
@@ -408,7 +410,8 @@ def _fit(comps: Components, warnings: list[str], *, rows: int | None = None) -> 
     fit_warnings: list[str] = []
     fit: LatticeFit | None = None
     try:
-        fit = _fit_points(points, area, typical_area=comps.typical_area, warnings=fit_warnings, rows=rows)
+        fit = _fit_points(points, area, typical_area=comps.typical_area, warnings=fit_warnings, rows=rows,
+                         cols=cols)
     except RegistrationError as exc:
         pieces_error = exc  # no lattice of the pieces: the joined pieces may still form one
     joined = join_pieces(points, area)
@@ -422,7 +425,8 @@ def _fit(comps: Components, warnings: list[str], *, rows: int | None = None) -> 
             joined_warnings: list[str] = []
             try:
                 joined_fit = _fit_points(joined.points, joined.area, typical_area=joined_area,
-                                         warnings=joined_warnings, off_node_max=off_node_max, rows=rows)
+                                         warnings=joined_warnings, off_node_max=off_node_max, rows=rows,
+                                         cols=cols)
             except RegistrationError as exc:
                 log.debug("no lattice fits the joined pieces (%s): the pieces' lattice stays", exc)
                 break
@@ -464,11 +468,12 @@ def _joined_fit_wins(
 
 def _fit_points(
     points: np.ndarray, area: np.ndarray, *, typical_area: float, warnings: list[str],
-    off_node_max: float = OFF_NODE_MAX, rows: int | None = None,
+    off_node_max: float = OFF_NODE_MAX, rows: int | None = None, cols: int | None = None,
 ) -> LatticeFit:
     """A regular lattice, or one with its rows where the marks are where that explains them better."""
     fit = fit_lattice(points, warnings=warnings)
-    return fit_uneven_rows(fit, points, area, typical_area=typical_area, off_node_max=off_node_max, rows=rows) or fit
+    return fit_uneven_rows(fit, points, area, typical_area=typical_area, off_node_max=off_node_max, rows=rows,
+                           cols=cols) or fit
 
 
 def _major(area: np.ndarray, typical_area: float) -> np.ndarray:

@@ -130,7 +130,7 @@ class RowLines:
 
 def fit_uneven_rows(
     fit: LatticeFit, points: np.ndarray, area: np.ndarray | None = None, *, typical_area: float | None = None,
-    off_node_max: float = OFF_NODE_MAX, rows: int | None = None,
+    off_node_max: float = OFF_NODE_MAX, rows: int | None = None, cols: int | None = None,
 ) -> LatticeFit | None:
     """``fit`` with its rows where the marks are, or None when the regular rows serve as well.
 
@@ -148,13 +148,20 @@ def fit_uneven_rows(
     with a lattice row between the farther ones left empty: R rows of marks fill R + 1 lattice rows,
     which contradicts a grid of R rows, while R uneven rows, one per row of marks, fit it. And where
     as many rows of marks are found as the grid has, none of its rows is missing, however wide a gap.
+
+    ``cols``, the grid's number of columns where known, does the same across the rows. Rows slid
+    along themselves by up to a quarter of a column in turn one way and the other fit a regular
+    lattice sheared by about half a column per row, tightly: its rows then run a column apart at
+    their ends, so that together they fill a column more than the grid has, while uneven rows under
+    the rows' own drift keep every row within the grid's columns.
     """
     points = np.asarray(points, float)
     if len(points) < MIN_MARKS:
         return None
     loose = _rms(fit, points) > LOOSE_RESIDUAL * fit.pitch
     overflow = rows is not None and _too_many_rows(fit, points, rows)
-    if not (loose or overflow):
+    col_overflow = cols is not None and _column_span(fit, points) > cols
+    if not (loose or overflow or col_overflow):
         return None
     if area is not None:
         area = np.asarray(area, float)
@@ -172,17 +179,23 @@ def fit_uneven_rows(
                      and uneven_rms < regular_rms)
     # A few pieces of debris off the uneven rows' nodes can hold most of their squared residual,
     # while the regular rows' is spread over every mark: each point's distance counts only up to
-    # the tolerance of a node here, where the uneven rows leave no more points off their nodes than
-    # the cap allows (rows fitted to points scattered at random leave more).
-    closer_on_nodes = (uneven_off <= off_node_max
-                       and _clipped_rms(uneven, points) <= BETTER_BY * _clipped_rms(fit, points))
+    # the tolerance of a node here, over the points either lattice holds, where the uneven rows leave
+    # no more points off their nodes than the cap allows (rows fitted to points scattered at random
+    # leave more).
+    uneven_held_rms, regular_held_rms = _held_clipped_rms(uneven, fit, points)
+    closer_on_nodes = uneven_off <= off_node_max and uneven_held_rms <= BETTER_BY * regular_held_rms
     # Where the regular rows cannot hold the marks in the rows given, uneven rows as many as given
     # that fit tightly, leaving no more marks off their nodes than the cap, are the grid. Not closer
     # than the regular rows, necessarily: those have a lattice row between each wide gap's rows,
     # near whose nodes debris may fall.
     fills_the_rows = (overflow and uneven.rows.coords.size == rows and uneven_off <= off_node_max
                       and _clipped_rms(uneven, points) <= LOOSE_RESIDUAL * fit.pitch)
-    if not ((loose and (closer or more_on_nodes or closer_on_nodes)) or fills_the_rows):
+    # Likewise where the regular rows' ends do not line up within the columns given: uneven rows, as
+    # many as the grid has, whose ends do, tightly and with no more marks off their nodes than the cap.
+    fills_the_columns = (col_overflow and (rows is None or uneven.rows.coords.size == rows)
+                         and _column_span(uneven, points) <= cols and uneven_off <= off_node_max
+                         and _clipped_rms(uneven, points) <= LOOSE_RESIDUAL * fit.pitch)
+    if not ((loose and (closer or more_on_nodes or closer_on_nodes)) or fills_the_rows or fills_the_columns):
         log.debug("uneven rows fit no better (%.2f px against %.2f px, %.0f %% of the marks off their nodes "
                   "against %.0f %%)", uneven_rms, regular_rms, 100 * uneven_off, 100 * regular_off)
         return None
@@ -210,6 +223,42 @@ def _too_many_rows(fit: LatticeFit, points: np.ndarray, rows: int) -> bool:
     full = full_row_count(counts)
     clear = np.nonzero(counts >= max(2.0, CONTRADICTION_FRACTION * full))[0]
     return clear.size > 0 and int(clear[-1] - clear[0]) + 1 > rows
+
+
+def _column_span(fit: LatticeFit, points: np.ndarray) -> int:
+    """How many lattice columns the well-filled rows of the points span together under ``fit``: rows
+    holding at least half a full row's marks (as :func:`_too_many_rows` counts them), each without
+    marks set apart at its ends (:func:`_trimmed`, debris beside the grid). Rows of one grid start
+    and end in the same columns, so more columns than the grid has means rows numbered a column off."""
+    col, row, residual = fit.indices(points)
+    on = residual <= ASSIGN_TOLERANCE * fit.pitch
+    if not on.any():
+        return 0
+    lattice_rows, counts = np.unique(row[on], return_counts=True)
+    full = full_row_count(counts)
+    clear = lattice_rows[counts >= max(2.0, CONTRADICTION_FRACTION * full)]
+    spans = [_trimmed(col[on & (row == r)]) for r in clear]
+    if not spans:
+        return 0
+    return int(max(int(s.max()) for s in spans) - min(int(s.min()) for s in spans) + 1)
+
+
+def _held_clipped_rms(first: LatticeFit, second: LatticeFit, points: np.ndarray) -> tuple[float, float]:
+    """:func:`_clipped_rms` of two lattices over the points that at least one of them holds on a node.
+
+    A point off the nodes of both (debris) adds the same to either sum, which only draws the two
+    figures together: 3 pieces of debris among a 5 x 6 grid's 30 marks, whose uneven rows hold every
+    mark within 1 px, left them 0.54 of the regular rows' figure, a row of which sat 12 px off its
+    nodes, and the regular rows numbered every mark a row off. Over the points either holds, 0.35.
+    """
+    residuals = [fit.indices(points)[2] for fit in (first, second)]
+    tolerances = [ASSIGN_TOLERANCE * fit.pitch for fit in (first, second)]
+    held = (residuals[0] <= tolerances[0]) | (residuals[1] <= tolerances[1])
+    if not held.any():
+        held[:] = True
+    first_rms, second_rms = (float(np.sqrt(np.mean(np.minimum(r[held], t) ** 2)))
+                             for r, t in zip(residuals, tolerances, strict=True))
+    return first_rms, second_rms
 
 
 def _clipped_rms(fit: LatticeFit, points: np.ndarray) -> float:
