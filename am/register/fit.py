@@ -52,6 +52,10 @@ STEP_TOLERANCE = 0.2
 # The other sets weighed against the more common one, largest first: the diagonals of a few pairs
 # of close rows form one or two; more are debris.
 MAX_ALTERNATIVES = 3
+# The other sets are looked for among at most this many vectors, evenly spread: counting every
+# vector's neighbours took seconds on a large noisy grid. The grids where a diagonal takes the vote
+# (3-5 rows) have far fewer marks, so every vector of theirs is looked at.
+MAX_CLUSTER_VECTORS = 4000
 # The first fit uses marks within this many pitches of the seed; the radius then doubles.
 SEED_RADIUS_PITCHES = 6.0
 POLISH_ROUNDS = 2
@@ -271,12 +275,17 @@ def _dominant_step(
     # mark has a neighbour at it; a diagonal joins only the marks of the rows it links.
     # Where two such sets are about as large, their median may lie between them, at a vector
     # no mark has (a 3 x 6 grid: 7 marks at the column step, 8 at a diagonal): each set counts.
-    others = _clusters(candidates[np.hypot(*(candidates - step).T) > 0.1 * typical], radius=0.1 * typical)
+    held = _support(points, tree, step)
+    if SUPPORT_GAIN * held > len(points):
+        return step  # no other vector can be held by that many more marks: the usual grid, spared the search
+    apart = candidates[np.hypot(*(candidates - step).T) > 0.1 * typical]
+    apart = apart[::max(1, -(-len(apart) // MAX_CLUSTER_VECTORS))]
+    others = _clusters(apart, radius=0.1 * typical)
     if not others:
         return step
     support = [_support(points, tree, other) for other in others]
     best = int(np.argmax(support))
-    if support[best] > 0 and support[best] >= SUPPORT_GAIN * _support(points, tree, step):
+    if support[best] > 0 and support[best] >= SUPPORT_GAIN * held:
         return others[best]
     return step
 
