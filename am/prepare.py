@@ -184,7 +184,29 @@ def _read_meta(path: Path, *, quiet: bool = False) -> dict[str, Any] | None:
         log.log(logging.DEBUG if quiet else logging.WARNING,
                 "ignoring unreadable tile plan %s (%s); tiles will be made again", path, exc)
         return None
-    return data if isinstance(data, dict) and data.get("version") == META_VERSION else None
+    if not (isinstance(data, dict) and data.get("version") == META_VERSION):
+        return None
+    if damage := _meta_damage(data):
+        # JSON that parses but holds no usable plan (a hand edit, a disk fault) is as unreadable.
+        log.log(logging.DEBUG if quiet else logging.WARNING,
+                "ignoring damaged tile plan %s (%s); tiles will be made again", path, damage)
+        return None
+    return data
+
+
+def _meta_damage(meta: dict[str, Any]) -> str | None:
+    """What keeps a plan of this version from being used as written, or None: every reader after
+    :func:`_read_meta` takes its keys as :meth:`GroupTiler._write_meta` writes them."""
+    if not isinstance(meta.get("identity"), dict):
+        return "no settings recorded"
+    for key in ("source_height", "source_width"):
+        if not (isinstance(meta.get(key), int) and meta[key] > 0):
+            return f"{key} {meta.get(key)!r} is not a size in pixels"
+    try:
+        TilePlan.from_json(json.dumps(meta.get("plan")))
+    except InputError as exc:
+        return str(exc).removesuffix("; plan the tiles again")
+    return None
 
 
 def _is_complete(meta: dict[str, Any]) -> bool:
@@ -621,12 +643,9 @@ def _recut_masked_group(layout: DatasetLayout, group: str, meta: dict[str, Any] 
     So that a rerun whose masks are all in place starts no worker (on AWS, no GPU task) for a job of
     no tile. Only a plan whose every mask exists is tried: normalising costs seconds on a large image.
     """
-    if meta is None or not isinstance(meta.get("plan"), dict):
+    if meta is None:
         return None
-    try:
-        tiles = TilePlan.from_json(json.dumps(meta["plan"])).tiles
-    except (KeyError, TypeError, ValueError):
-        return None
+    tiles = TilePlan.from_json(json.dumps(meta["plan"])).tiles  # checked by _read_meta
     if not tiles or not all(layout.tile_mask(group, t.index).is_file() for t in tiles):
         return None
     # Masks of another model, other settings or another input are not kept: the job cuts the group

@@ -414,6 +414,10 @@ def load_settings(
         _warn_unknown_am_variables(environ)
     if config_path is not None:
         from_file, sources = _read_config(Path(config_path))
+        if from_file.get("region") == "":
+            # The template's "region: ''": left to AWS_REGION or AWS_DEFAULT_REGION, else the default,
+            # so that a copied template does not pin the region the AWS tools are set to elsewhere.
+            del from_file["region"], sources["region"]
         values.update(from_file)
     for key, typ in known.items():
         env_key = f"AM_{key.upper()}"

@@ -39,6 +39,16 @@ def test_the_aws_tools_region_variables_fill_a_region_nothing_else_sets(tmp_path
         load_settings(environ={"AWS_REGION": "bad!r"})
 
 
+def test_a_copied_template_leaves_the_region_to_the_aws_tools_variables(tmp_path):
+    # The template's region is empty: copied as the README says, it pins no region, and a stack
+    # deployed with AWS_REGION is looked for there.
+    template = REPO / "config" / "config.yml.template"
+    assert load_settings(environ={"AWS_REGION": "eu-west-1"}, config_path=template).region == "eu-west-1"
+    assert load_settings(environ={}, config_path=template).region == "us-east-1"
+    assert load_settings(environ={"AM_REGION": "ap-south-1", "AWS_REGION": "eu-west-1"},
+                         config_path=template).region == "ap-south-1"
+
+
 @pytest.mark.parametrize("region", BAD)
 def test_settings_refuse_a_bad_region_naming_the_variable(region):
     with pytest.raises(ConfigError, match=r"setting region = .* is not allowed.*environment variable AM_REGION"):
