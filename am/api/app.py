@@ -45,6 +45,7 @@ from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from am.api.errors import install_error_handler
+from am.api.file_response import TaskFile
 from am.api.head import answer_head
 from am.api.openapi import error_responses, image_body, image_response, install_openapi, offline_docs_app
 from am.api.progress import tile_progress
@@ -347,7 +348,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
         # A task whose registration failed keeps the mask it made (its error says so).
         if not (task.status == FAILED and store.mask_png(task_id).is_file()):
             finished(task)
-        return FileResponse(store.mask_png(task_id), media_type="image/png", filename=f"{task_id}-mask.png")
+        return TaskFile(store.mask_png(task_id), media_type="image/png", filename=f"{task_id}-mask.png")
 
     def am_file(task_id: str, name: str) -> Path:
         # Known from the submission: a client told to wait would only learn it once the task finished.
@@ -370,13 +371,13 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
              responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "AM table"},
                         **error_responses(400, 404, 409)})
     def get_am_table(task_id: TaskId) -> FileResponse:
-        return FileResponse(am_file(task_id, "am_coordinates.csv"), media_type="text/csv",
+        return TaskFile(am_file(task_id, "am_coordinates.csv"), media_type="text/csv",
                             filename=f"{task_id}-am_coordinates.csv")
 
     @app.get("/ams/{task_id:path}", summary="The AM id image (16-bit PNG: 0 background, id = row*cols + col + 1)",
              response_class=FileResponse, responses={**image_response("image/png"), **error_responses(400, 404, 409)})
     def get_am_image(task_id: TaskId) -> FileResponse:
-        return FileResponse(am_file(task_id, "am_coordinates.png"), media_type="image/png",
+        return TaskFile(am_file(task_id, "am_coordinates.png"), media_type="image/png",
                             filename=f"{task_id}-am_coordinates.png")
 
     def overlay_of(task: Task) -> tuple[Path, str]:
@@ -405,7 +406,7 @@ def create_app(store: TaskStore, runner: TaskRunner, *, max_bytes: int = DEFAULT
              response_class=FileResponse, responses={**overlay_response(), **error_responses(400, 404, 409)})
     def get_overlay(task_id: TaskId) -> FileResponse:
         path, which = overlay_of(store.get(check_task_id(task_id)))
-        return FileResponse(path, media_type="image/png", filename=f"{task_id}-overlay.png",
+        return TaskFile(path, media_type="image/png", filename=f"{task_id}-overlay.png",
                             headers={OVERLAY_HEADER: which})
 
     @app.get("/health", response_model=Health, summary="Liveness and queue counts",

@@ -24,6 +24,7 @@ import dataclasses
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -99,13 +100,17 @@ class Task:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, *, task_id: str, source: str) -> Task:
-        """The task ``text`` records; DamagedTask (naming the id, not the server's ``source`` file) if none."""
+    def from_json(cls, text: str | bytes, *, task_id: str, source: str) -> Task:
+        """The task ``text`` records; DamagedTask (naming the id, not the server's ``source`` file) if none.
+
+        Bytes are decoded here, so that a record that is not UTF-8 is a damaged one too, and the
+        fields' types are checked: a record read is shown, listed and run, and one odd value would
+        fail each of those for every task listed with it.
+        """
         try:
-            data = json.loads(text)
+            data = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
             task = cls(**data)
-            problem = None if task.status in STATUSES and task.version == TASK_VERSION else \
-                f"status {task.status!r}, version {task.version}"
+            problem = task._problem() or (None if task.id == task_id else f"it records the id {task.id!r}")
         except (ValueError, TypeError) as exc:
             problem = str(exc)
         if problem is not None:
@@ -113,6 +118,22 @@ class Task:
             raise DamagedTask(f"task {task_id} has a damaged record on the server ({problem}); delete it "
                               f"(DELETE /tasks/{task_id}) and submit the image again")
         return task
+
+    def _problem(self) -> str | None:
+        """What in this record no server wrote, or None."""
+        def number(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        def count(value: object) -> bool:
+            return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+        if self.status not in STATUSES or self.version != TASK_VERSION:
+            return f"status {self.status!r}, version {self.version!r}"
+        if not (isinstance(self.id, str) and number(self.created) and number(self.updated)
+                and count(self.rows) and count(self.cols) and (self.error is None or isinstance(self.error, str))):
+            return (f"id {self.id!r}, created {self.created!r}, updated {self.updated!r}, rows {self.rows!r}, "
+                    f"cols {self.cols!r}, error of type {type(self.error).__name__}")
+        return None
 
     @property
     def register(self) -> bool:
@@ -203,7 +224,7 @@ class TaskStore:
         path = self.task_dir(task_id) / TASK_FILE
         with self._lock:
             try:
-                text = path.read_text(encoding="utf-8")
+                text = path.read_bytes()
             except FileNotFoundError:
                 raise UnknownTask(f"task {task_id} does not exist on this server (never submitted, or deleted)") \
                     from None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
+import pytest
 
 from am.api.tasks import TASK_FILE
 
@@ -58,12 +60,25 @@ def test_a_mask_only_task_is_told_at_once_that_its_marks_are_not_numbered(tmp_pa
         server.wait(task_id)
 
 
-def test_a_damaged_task_record_is_the_servers_fault_names_no_folder_and_can_be_deleted(tmp_path, caplog):
+# What a task record may hold that no server wrote: JSON that does not parse, bytes that are not
+# UTF-8, a field of the wrong type (which each view, listing and run of the task would fail on), and
+# another task's id.
+DAMAGE = {
+    "not json": lambda record: b"{not json",
+    "not utf-8": lambda record: b"\xff\xfe" + record,
+    "a time in words": lambda record: json.dumps({**json.loads(record), "created": "yesterday"}).encode(),
+    "rows of zero": lambda record: json.dumps({**json.loads(record), "rows": 0}).encode(),
+    "another id": lambda record: json.dumps({**json.loads(record), "id": "0" * 32}).encode(),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_task_record_is_the_servers_fault_names_no_folder_and_can_be_deleted(damage, tmp_path, caplog):
     with api(tmp_path) as server:
         task_id = server.submit()
         server.wait(task_id)
         record = server.store.task_dir(task_id) / TASK_FILE
-        record.write_text("{not json")
+        record.write_bytes(DAMAGE[damage](record.read_bytes()))
         with caplog.at_level(logging.ERROR):
             response = server.client.get(f"/tasks/{task_id}")
         assert response.status_code == 500
@@ -75,3 +90,36 @@ def test_a_damaged_task_record_is_the_servers_fault_names_no_folder_and_can_be_d
         assert server.client.delete(f"/tasks/{task_id}").status_code == 204
         assert not server.store.task_dir(task_id).exists()
         assert server.client.get(f"/tasks/{task_id}").status_code == 404
+
+
+def test_a_server_starts_beside_a_damaged_record_and_lists_the_other_tasks(tmp_path):
+    # Restarted on its data folder, the server reads every record to resume its tasks: one that is
+    # not UTF-8 stopped it from starting at all.
+    with api(tmp_path) as server:
+        damaged, kept = server.submit(), server.submit()
+        server.wait(damaged)
+        server.wait(kept)
+        record = server.store.task_dir(damaged) / TASK_FILE
+        record.write_bytes(b"\xff\xfe" + record.read_bytes())
+    with api(tmp_path) as server:
+        assert [task["id"] for task in server.client.get("/tasks").json()["tasks"]] == [kept]
+        assert server.client.get(f"/tasks/{damaged}").status_code == 500
+        assert server.client.delete(f"/tasks/{damaged}").status_code == 204
+
+
+def test_a_range_the_file_cannot_serve_is_a_json_error_and_a_good_one_is_served(tmp_path):
+    # FileResponse answers these itself: plain text, out of reach of the API's error handler.
+    with api(tmp_path) as server:
+        task_id = server.submit()
+        server.wait(task_id)
+        whole = server.client.get(f"/masks/{task_id}").content
+        for asked in ("bytes=abc", "bytes=5-2"):
+            response = server.client.get(f"/masks/{task_id}", headers={"Range": asked})
+            assert response.status_code == 400 and response.headers["content-type"] == "application/json"
+            assert response.json()["detail"].startswith(f"the Range header {asked!r} is malformed")
+        response = server.client.get(f"/masks/{task_id}", headers={"Range": "bytes=999999999-"})
+        assert response.status_code == 416 and response.headers["content-type"] == "application/json"
+        size = response.headers["content-range"].removeprefix("bytes */")
+        assert f"past the end of the file ({size} bytes)" in response.json()["detail"]
+        part = server.client.get(f"/masks/{task_id}", headers={"Range": "bytes=0-9"})
+        assert part.status_code == 206 and part.content == whole[:10]

@@ -179,8 +179,18 @@ def test_failure_reason_searches_only_from_where_this_run_started(tmp_path):
     log.write_text(earlier + "12:00:05 INFO am.pipeline: resumed\n")
     assert failure_reason(log, -9) == "the earlier run's error"
     reason = failure_reason(log, -9, start=len(earlier))
-    assert reason == "the pipeline failed (killed by signal 9): 12:00:05 INFO am.pipeline: resumed"
+    assert reason == "the pipeline failed (killed by signal 9)"
     assert failure_reason(log, 3, start=log.stat().st_size) == "the pipeline failed (exit code 3)"
+
+
+def test_a_run_killed_after_a_progress_line_names_no_server_folder(tmp_path):
+    # Killed (the OOM killer) just after it started its workers: their log lies in a server folder.
+    log = tmp_path / "pipeline.log"
+    log.write_text("12:00:00 INFO am.pipeline: started worker 0 (pid 2581), log /tmp/am-segm-workers-x/worker-0.log\n")
+    assert failure_reason(log, -9) == "the pipeline failed (killed by signal 9)"
+    # The last line of a traceback says what went wrong: kept.
+    log.write_text("12:00:00 INFO am.pipeline: normalising\nTraceback (most recent call last):\nMemoryError\n")
+    assert failure_reason(log, 1) == "the pipeline failed (exit code 1): MemoryError"
 
 
 def test_failure_reason_gives_every_error_of_the_run_in_order(tmp_path):
