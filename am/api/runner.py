@@ -49,8 +49,8 @@ STOP_GRACE_S = LOCAL_STOP_TIMEOUT_S + 20.0
 LOG_TAIL_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 2000
 _ERROR_LINE = re.compile(r"^\S+ ERROR (\S+): (.*)$")
-# A record of the run's progress in its log (am.cli's format: time, level, logger).
-_PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO) \S+: ")
+# A record in the run's log (am.cli's format: time, level, logger), not a traceback's or stderr's line.
+_LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d [A-Z]+ \S+: ")
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,10 @@ def run_failure(log_path: Path, returncode: int, *, start: int = 0) -> tuple[str
         reason = "\n".join(records)[:MAX_ERROR_CHARS]
     else:
         last = next((line for line in reversed(tail) if line.strip()), "")
-        if _PROGRESS_LINE.match(last):
-            # Where the run was when it died says nothing a client can act on, and may name the
-            # server's folders (a worker's log): the line of a traceback or of stderr is kept.
+        if _LOG_RECORD.match(last):
+            # Where the run was when it died (a progress line, a warning) says nothing a client can act
+            # on, and may name the server's folders (a worker's log, a tile plan): the line of a
+            # traceback or of stderr is kept.
             last = ""
         reason = f"the pipeline failed ({how}){': ' + last[:MAX_ERROR_CHARS] if last else ''}"
     return reason, _registration_reasons(records)

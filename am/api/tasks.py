@@ -24,7 +24,6 @@ import dataclasses
 import fcntl
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -54,6 +53,9 @@ TASK_FILE = "task.json"
 # Held by the one server using a data folder (see TaskStore.exclusive).
 LOCK_NAME = "server.lock"
 TASK_VERSION = 1
+# Times beyond this many seconds since the epoch (about 3000 years) are no time a server wrote; the
+# bound also keeps a 400-digit number from reaching float arithmetic, which it overflows.
+MAX_TIME_S = 1e11
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -111,8 +113,8 @@ class Task:
             data = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
             task = cls(**data)
             problem = task._problem() or (None if task.id == task_id else f"it records the id {task.id!r}")
-        except (ValueError, TypeError) as exc:
-            problem = str(exc)
+        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: brackets nested past the stack
+            problem = str(exc) or type(exc).__name__
         if problem is not None:
             log.error("task file %s is not a valid task record: %s", source, problem)
             raise DamagedTask(f"task {task_id} has a damaged record on the server ({problem}); delete it "
@@ -121,8 +123,8 @@ class Task:
 
     def _problem(self) -> str | None:
         """What in this record no server wrote, or None."""
-        def number(value: object) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        def number(value: object) -> bool:  # a time: seconds since the epoch
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < MAX_TIME_S
 
         def count(value: object) -> bool:
             return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)

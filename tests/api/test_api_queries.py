@@ -68,6 +68,8 @@ DAMAGE = {
     "not utf-8": lambda record: b"\xff\xfe" + record,
     "a time in words": lambda record: json.dumps({**json.loads(record), "created": "yesterday"}).encode(),
     "rows of zero": lambda record: json.dumps({**json.loads(record), "rows": 0}).encode(),
+    "a time of 400 digits": lambda record: json.dumps({**json.loads(record), "updated": 10**400}).encode(),
+    "brackets nested past the stack": lambda record: b"[" * 200_000,
     "another id": lambda record: json.dumps({**json.loads(record), "id": "0" * 32}).encode(),
 }
 

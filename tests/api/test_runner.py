@@ -188,6 +188,8 @@ def test_a_run_killed_after_a_progress_line_names_no_server_folder(tmp_path):
     log = tmp_path / "pipeline.log"
     log.write_text("12:00:00 INFO am.pipeline: started worker 0 (pid 2581), log /tmp/am-segm-workers-x/worker-0.log\n")
     assert failure_reason(log, -9) == "the pipeline failed (killed by signal 9)"
+    log.write_text("12:00:01 WARNING am.prepare: ignoring damaged tile plan /srv/am/tasks/a/meta.json (x)\n")
+    assert failure_reason(log, -9) == "the pipeline failed (killed by signal 9)"
     # The last line of a traceback says what went wrong: kept.
     log.write_text("12:00:00 INFO am.pipeline: normalising\nTraceback (most recent call last):\nMemoryError\n")
     assert failure_reason(log, 1) == "the pipeline failed (exit code 1): MemoryError"
