@@ -133,8 +133,8 @@ class Task:
             return f"status {self.status!r}, version {self.version!r}"
         if not (isinstance(self.id, str) and number(self.created) and number(self.updated)
                 and count(self.rows) and count(self.cols) and (self.error is None or isinstance(self.error, str))):
-            return (f"id {self.id!r}, created {self.created!r}, updated {self.updated!r}, rows {self.rows!r}, "
-                    f"cols {self.cols!r}, error of type {type(self.error).__name__}")
+            return (f"id {self.id!r:.40}, created {self.created!r:.40}, updated {self.updated!r:.40}, rows "
+                    f"{self.rows!r:.40}, cols {self.cols!r:.40}, error of type {type(self.error).__name__}")
         return None
 
     @property
