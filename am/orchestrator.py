@@ -32,7 +32,7 @@ from am.cli import describe_os_error
 from am.dataset import DatasetLayout
 from am.dataset_lock import dataset_lock
 from am.errors import AmError, JobFailed, LauncherError, ModelReplaced
-from am.files import check_can_replace, remove_leftover_temporaries
+from am.files import check_can_replace, file_sha256, remove_leftover_temporaries
 from am.interrupts import ThreadPool, deferred_interrupts, result_of, wait_for
 from am.job import Job, JobReport, open_job, raise_for_lost_tiles
 from am.messages import new_job_id
@@ -240,23 +240,31 @@ def _worker_log_folder() -> Iterator[Path]:
 
 def _check_model_unchanged(layout: DatasetLayout, prepared: list[PreparedGroup], *, settings: Settings,
                            model: str, model_id: str) -> None:
-    """Refuse masks made while the job's s3:// checkpoint was replaced under its key.
+    """Refuse masks made while the job's checkpoint was replaced: an s3:// one under its key, a local
+    one in its file.
 
-    Workers look the object up as they go (am.worker.models), so tiles segmented after an upload
-    used the new weights and those before it the old: the masks mix two models while meta.json
-    names the first. Its tile plans are removed, so that no later run reuses these masks.
+    Workers look an object up as they go (am.worker.models), and local workers load the file when
+    they start, so tiles segmented after the change used the new weights and those before it the
+    old: the masks mix two models while meta.json names the first, and every rerun with the first
+    would reuse them. Its tile plans are removed, so that no later run reuses these masks.
     """
-    if not model.startswith("s3://"):
-        return
-    now = s3_model_id(settings, model)
+    if model.startswith("s3://"):
+        now = s3_model_id(settings, model)
+        versions = f"version {model_id.rsplit('@', 1)[-1]} at the start, {now.rsplit('@', 1)[-1]} now"
+    else:
+        try:
+            now = file_sha256(Path(model))
+        except FileNotFoundError:
+            now = ""
+        versions = (f"SHA-256 {model_id[:12]} at the start, {now[:12]} now" if now
+                    else f"SHA-256 {model_id[:12]} at the start, no file now")
     if now == model_id:
         return
     for group in prepared:
         layout.tile_plan(group.group).unlink(missing_ok=True)
-    raise ModelReplaced(f"model {model} was replaced while this run segmented its tiles (version "
-                        f"{model_id.rsplit('@', 1)[-1]} at the start, {now.rsplit('@', 1)[-1]} now), so its masks may "
-                        "mix both checkpoints; nothing was stitched and the groups' tile plans were removed: rerun "
-                        "to segment them again with the current checkpoint")
+    raise ModelReplaced(f"model {model} was replaced while this run segmented its tiles ({versions}), so its masks "
+                        "may mix both checkpoints; nothing was stitched and the groups' tile plans were removed: "
+                        "rerun to segment them again with the current checkpoint")
 
 
 def _prepare_and_segment(layout: DatasetLayout, reused: Mapping[str, PreparedGroup | None], *, settings: Settings,
