@@ -276,21 +276,29 @@ class ResultCollector:
 
         A worker that rejects a message (it does not parse, or comes from another release) only
         logs why, with the message id (``rejected message <id> (receive n): why``): the local
-        workers' logs are read for it. Elsewhere the text says what to search the logs for.
+        workers' logs are read for it, and where they were read and none names it, no worker
+        rejected it: the ones that held it stopped (killed, or crashed) before they could report.
+        Elsewhere the text says what to search the logs for.
         """
         marker = f"rejected message {message_id} "
         if self.worker_logs is not None and self.worker_logs.is_dir():
+            read = 0
             for path in sorted(self.worker_logs.glob("*.log")):
                 try:
                     text = path.read_text(encoding="utf-8", errors="replace")
                 except OSError as exc:
                     log.debug("cannot read worker log %s: %s", path, exc)
                     continue
+                read += 1
                 for line in reversed(text.splitlines()):
                     found = line.find(marker)
                     if found >= 0:
                         why = _REJECT_REASON.sub("", line[found + len(marker):], count=1)
                         return f"a worker rejected its message: {why.strip()[:500]} (worker log {path})"
+            if read:
+                return (f"no worker reported a failure for it, nor rejected it (none of the {read} worker log(s) in "
+                        f"{self.worker_logs} names it): the workers that held it stopped before they could "
+                        "report (killed, or crashed); the logs' last lines say how")
             where = f"the worker logs in {self.worker_logs}"
         else:
             where = "the worker logs (CloudWatch for ECS workers)"

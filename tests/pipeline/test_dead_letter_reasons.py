@@ -91,6 +91,21 @@ def test_a_rejected_message_is_given_up_with_the_reason_from_the_local_worker_lo
     assert str(logs / "worker-0.log") in reason
 
 
+def test_a_message_no_local_log_names_was_held_by_workers_that_stopped(sqs, dlq, tmp_path):
+    # A worker killed while it held the tile (AM_MAX_RECEIVE_COUNT=1): nothing to search the logs for.
+    _send(sqs, dlq, _message(JOB, 3))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for index in range(2):
+        (logs / f"worker-{index}.log").write_text("10:00:00 INFO am.worker.worker: worker ready\n")
+    tracker = JobTracker(["g/0003"], max_attempts=3)
+    _collector(tracker, tmp_path, worker_logs=logs).handle_dead_letters(dlq)
+
+    reason = tracker.dead["g/0003"]
+    assert f"nor rejected it (none of the 2 worker log(s) in {logs} names it)" in reason
+    assert "stopped before they could report (killed, or crashed)" in reason and "search" not in reason
+
+
 def test_a_rejected_message_without_a_log_to_read_says_what_to_search_for(sqs, dlq, tmp_path):
     message_id = _send(sqs, dlq, _message(JOB, 3))
     tracker = JobTracker(["g/0003"], max_attempts=3)
