@@ -5,8 +5,8 @@ to :func:`am.cli.run_main`; a Ctrl-C in that time would print a traceback of whe
 machinery was, and end the process by SIGINT. The commands catch it themselves and report it with
 these functions, as run_main reports a later one. Each command's ``__main__`` imports everything but
 logging, os and sys inside a ``try``, ends it with :func:`hold_ctrl_c` when run as a command, answers
-a KeyboardInterrupt there with :func:`exit_interrupted` (re-raising it when imported by a program),
-and runs ``main`` through :func:`run_command`.
+a KeyboardInterrupt there with :func:`interrupted_while_loading` (which re-raises it when imported by
+a program), and runs ``main`` through :func:`run_command`.
 
 This module runs before am.cli and everything heavy is loaded, and a Ctrl-C may come while it
 loads too: it imports only what the interpreter has loaded already (logging, os, sys), so that
@@ -52,6 +52,18 @@ def exit_interrupted(name: str, outcome: str = NOTHING_DONE) -> NoReturn:
     itself unhandled, and CPython would then end the process by SIGINT, even though it was handled.
     """
     os._exit(log_interrupted(name, outcome))
+
+
+def interrupted_while_loading(module_name: str, name: str) -> NoReturn:
+    """Answer a Ctrl-C that came while command ``name``'s module loaded; call it from that ``except KeyboardInterrupt``.
+
+    Run as a command (``module_name`` is ``"__main__"``), nothing is done yet: :func:`exit_interrupted`.
+    Imported by a program, the Ctrl-C is the program's to handle: it goes on up (a bare ``raise`` here
+    re-raises the exception the caller's ``except`` is handling).
+    """
+    if module_name != "__main__":
+        raise  # bare: called from the command's except clause, which is handling the KeyboardInterrupt
+    exit_interrupted(name)
 
 
 def hold_ctrl_c() -> None:

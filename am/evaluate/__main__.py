@@ -70,11 +70,9 @@ try:
     if __name__ == "__main__":
         hold_ctrl_c()  # until run_command runs main() (the end of this file)
 except KeyboardInterrupt:
-    if __name__ != "__main__":  # imported by a program: its Ctrl-C is the program's to handle
-        raise
-    from am.startup import exit_interrupted  # again: the Ctrl-C may have come while am.startup loaded
+    from am.startup import interrupted_while_loading  # again: the Ctrl-C may have come while am.startup loaded
 
-    exit_interrupted("am.evaluate")  # nothing to clean up yet
+    interrupted_while_loading(__name__, "am.evaluate")
 
 log = logging.getLogger(__name__)
 
