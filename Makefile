@@ -194,6 +194,8 @@ task-definition: $(STAMP)
 # The capacity provider's managed termination protection leaves the GPU instances protected from
 # scale-in, and deleting the capacity provider does not lift it: the stack's delete would then wait
 # on an auto scaling group it cannot empty. Once the workers are drained, the protection is lifted.
+# The stack keeps each worker task definition an update replaced (a running job may still start
+# workers from it): once the stack is gone, the revisions of its family are deregistered.
 undeploy: $(STAMP)
 	@err=$$(mktemp) && trap 'rm -f "$$err"' EXIT && \
 	status=$$($(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].StackStatus" \
@@ -229,5 +231,15 @@ undeploy: $(STAMP)
 	  echo "stack $(STACK) was not deleted: read why with 'aws cloudformation describe-stack-events --stack-name $(STACK)';" \
 	    "a resource that cannot be deleted can be kept with 'aws cloudformation delete-stack --retain-resources ...'" >&2; \
 	  exit 1; }; \
+	revisions=$$($(AWS) ecs list-task-definitions --family-prefix $(STACK)-worker --status ACTIVE \
+	  --query "taskDefinitionArns[]" --output text) || { \
+	  echo "stack $(STACK) deleted, but its earlier worker task definitions could not be listed; deregister" \
+	    "them with 'aws ecs deregister-task-definition' (family $(STACK)-worker)" >&2; exit 1; }; \
+	for arn in $$revisions; do \
+	  case "$$arn" in */$(STACK)-worker:*) \
+	    $(AWS) ecs deregister-task-definition --task-definition "$$arn" >/dev/null || { \
+	      echo "stack $(STACK) deleted, but task definition $$arn could not be deregistered" >&2; exit 1; };; \
+	  esac; \
+	done; \
 	echo "stack $(STACK) deleted; its model bucket is kept (DeletionPolicy Retain, versioned): README's step 6," \
 	  "'Tear down', says how to delete it with every object version"

@@ -288,6 +288,26 @@ def test_service_scales_on_backlog_per_task_down_to_zero() -> None:
     assert wake["AlarmActions"] == [{"Ref": "WakeFromZeroPolicy"}]
 
 
+def test_the_wake_from_zero_alarm_ends_once_the_service_wants_a_task() -> None:
+    # Auto scaling repeats an alarm's action every minute while it stays in ALARM; GPU instances boot for
+    # minutes with no task running. Keyed on running tasks, the alarm would set the count back to 1
+    # every minute, over what backlog tracking raised it to.
+    wake = load_template()["Resources"]["WakeFromZeroAlarm"]["Properties"]
+    names = {m["Id"]: m["MetricStat"]["Metric"]["MetricName"] for m in wake["Metrics"] if "MetricStat" in m}
+    assert names == {"visible": "ApproximateNumberOfMessagesVisible", "desired": "DesiredTaskCount"}
+    [returned] = [m for m in wake["Metrics"] if m["ReturnData"]]
+    assert "FILL(desired, 0) == 0" in returned["Expression"]
+
+
+def test_a_task_definition_an_update_replaces_stays_usable_by_the_running_job(stack: dict[str, str]) -> None:
+    # A job starts workers from the revision it read at its start, also after `make deploy` replaced it.
+    task_definition = load_template()["Resources"]["TaskDefinition"]
+    assert task_definition["UpdateReplacePolicy"] == "Retain"
+    assert task_definition["DeletionPolicy"] == "Delete"
+    assert task_definition["Properties"]["Family"] == {"Fn::Sub": "${AWS::StackName}-worker"}
+    assert stack["TaskDefinition"].split("/")[-1].startswith(f"{STACK}-worker:")
+
+
 def test_resources_resolve_from_the_stack_outputs(stack: dict[str, str], aws) -> None:
     settings = Settings(backend="aws", stack_name=STACK)
     resources = resolve_aws_resources(settings, cloudformation_client=aws.cloudformation(), sqs_client=aws.sqs())

@@ -48,6 +48,10 @@ elif command == ["s3api", "head-bucket"]:
     sys.exit(0 if args[args.index("--bucket") + 1] in os.environ["FAKE_BUCKETS"].split(",") else 254)
 elif command == ["cloudformation", "wait"]:
     sys.exit(int(os.environ.get("FAKE_WAIT_RC", "0")))
+elif command == ["ecs", "list-task-definitions"]:
+    print(os.environ.get("FAKE_REVISIONS", "").replace(",", "\t"))
+elif command == ["ecs", "deregister-task-definition"]:
+    sys.exit(int(os.environ.get("FAKE_DEREGISTER_RC", "0")))
 """
 
 FAKE_PYTHON = f"""#!{sys.executable}
@@ -65,11 +69,13 @@ def _script(path: Path, text: str) -> None:
 
 
 def undeploy(tmp_path: Path, *, status: str, buckets: tuple[str, ...] = (), drain_rc: int = 0,
-             wait_rc: int = 0, protected: str = "None") -> tuple[subprocess.CompletedProcess[str], list[str]]:
+             wait_rc: int = 0, protected: str = "None", revisions: tuple[str, ...] = (),
+             deregister_rc: int = 0) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Run ``make undeploy`` with the stand-ins; returns the result and the commands they were asked to run.
 
     ``protected``: the group's instances protected from scale-in, comma-separated ("None" when it has
-    none, as the CLI prints an empty list; "" when the stack has no auto scaling group).
+    none, as the CLI prints an empty list; "" when the stack has no auto scaling group). ``revisions``:
+    the ARNs of the active task definitions whose family starts with the stack's worker family.
     """
     _script(tmp_path / "bin" / "aws", FAKE_AWS)
     venv = tmp_path / "venv"
@@ -80,7 +86,8 @@ def undeploy(tmp_path: Path, *, status: str, buckets: tuple[str, ...] = (), drai
     log.touch()
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
            "FAKE_STATUS": status, "FAKE_BUCKETS": ",".join(buckets), "FAKE_DRAIN_RC": str(drain_rc),
-           "FAKE_WAIT_RC": str(wait_rc), "FAKE_PROTECTED": protected}
+           "FAKE_WAIT_RC": str(wait_rc), "FAKE_PROTECTED": protected,
+           "FAKE_REVISIONS": ",".join(revisions), "FAKE_DEREGISTER_RC": str(deregister_rc)}
     result = subprocess.run(["make", "-s", "-C", str(REPO), "undeploy", f"VENV={venv}", f"STACK={STACK}",
                              "AWS_REGION=us-east-1"], env=env, capture_output=True, text=True, timeout=120)
     return result, log.read_text().splitlines()
@@ -168,3 +175,34 @@ def test_a_warning_of_the_cli_is_shown_and_not_taken_for_the_status(tmp_path, mo
     assert _asked(calls, f"python -m am.scale --stack {STACK} --region us-east-1 drain --wait 600")
     assert "not draining" not in result.stderr
     assert "certificate verification is disabled" in result.stderr
+
+
+TASK_DEFINITIONS = "arn:aws:ecs:us-east-1:123456789012:task-definition"
+
+
+def test_the_worker_task_definitions_updates_kept_are_deregistered_once_the_stack_is_gone(tmp_path) -> None:
+    ours = (f"{TASK_DEFINITIONS}/{STACK}-worker:3", f"{TASK_DEFINITIONS}/{STACK}-worker:4")
+    another_stacks = f"{TASK_DEFINITIONS}/{STACK}-worker2-worker:1"  # listed too: the family is a prefix
+    result, calls = undeploy(tmp_path, status="UPDATE_COMPLETE", buckets=tuple(BUCKETS.values()),
+                             revisions=(*ours, another_stacks))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _asked(calls, f"ecs list-task-definitions --family-prefix {STACK}-worker --status ACTIVE")
+    deregistered = [call.split()[-1] for call in calls if "ecs deregister-task-definition" in call]
+    assert deregistered == list(ours)
+    listed_at = next(i for i, call in enumerate(calls) if "ecs list-task-definitions" in call)
+    assert listed_at > next(i for i, call in enumerate(calls) if "cloudformation wait stack-delete-complete" in call)
+
+
+def test_a_revision_that_cannot_be_deregistered_fails_the_undeploy_naming_it(tmp_path) -> None:
+    revision = f"{TASK_DEFINITIONS}/{STACK}-worker:3"
+    result, _ = undeploy(tmp_path, status="UPDATE_COMPLETE", buckets=tuple(BUCKETS.values()),
+                         revisions=(revision,), deregister_rc=254)
+    assert result.returncode != 0
+    assert f"stack {STACK} deleted, but task definition {revision} could not be deregistered" in result.stderr
+
+
+def test_a_stack_that_was_not_deleted_keeps_its_task_definitions(tmp_path) -> None:
+    result, calls = undeploy(tmp_path, status="UPDATE_COMPLETE", buckets=tuple(BUCKETS.values()), wait_rc=255,
+                             revisions=(f"{TASK_DEFINITIONS}/{STACK}-worker:3",))
+    assert result.returncode != 0
+    assert not _asked(calls, "ecs list-task-definitions") and not _asked(calls, "ecs deregister-task-definition")
