@@ -53,6 +53,11 @@ DEAD_LETTER_SCAN_MAX = 500
 # those would be left for good. A long poll asks every server; its last, empty receive costs this long.
 # The scans while the job runs short-poll: one that misses a message is followed by another seconds later.
 FINAL_SCAN_WAIT_S = 1
+# A worker that saw a tile's last attempt fail moves its message to the dead-letter queue and then
+# reports the failure, milliseconds apart: a scan between the two would give the tile up without the
+# worker's error. Where a scan finds this job's pending tiles dead-lettered, the reports waiting are
+# collected first, with a long poll of this long.
+DEAD_LETTER_REPORT_WAIT_S = 1
 
 
 class ResultCollector:
@@ -192,7 +197,7 @@ class ResultCollector:
             if done:
                 self.on_done(done)
 
-    def handle_dead_letters(self, queue: Queue) -> None:
+    def handle_dead_letters(self, queue: Queue, *, results: Queue | None = None) -> None:
         """Give up on this job's tiles whose messages reached the dead-letter queue, and leave the messages there.
 
         They stay for ``am.scale redrive``: moved back once the cause is fixed, such a tile still
@@ -200,13 +205,19 @@ class ResultCollector:
         message read is held for the scan, so none is read twice, and made visible again after it;
         the job deletes its own when it ends (:meth:`delete_dead_letters`). The scan reads the
         whole queue (up to ``DEAD_LETTER_SCAN_MAX``): it may hold many of other jobs.
+
+        With the job's ``results`` queue, the reports waiting there are collected before any tile is
+        given up (see :data:`DEAD_LETTER_REPORT_WAIT_S`), so that a tile the worker reported failed
+        on its last attempt is given up with the worker's error, as that report alone would.
         """
         received = self._scan(queue)
         try:
-            for message in received:
-                tile = _tile_message(message.body)
-                if tile is None or tile.job != self.job_id:
-                    continue
+            letters = [(message, tile) for message in received
+                       if (tile := _tile_message(message.body)) is not None and tile.job == self.job_id
+                       and any(self.tracker.is_pending(name) for name in tile.names)]
+            if letters and results is not None:
+                self.drain(results, wait_s=DEAD_LETTER_REPORT_WAIT_S)
+            for message, tile in letters:
                 pending = [name for name in tile.names if self.tracker.is_pending(name)]
                 if not pending:
                     continue

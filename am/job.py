@@ -144,7 +144,7 @@ def _check_workers(backend: Backend, collector: ResultCollector, *, results: Que
     True when it did.
     """
     tracker = collector.tracker
-    collector.handle_dead_letters(dead_letters)
+    collector.handle_dead_letters(dead_letters, results=results)
     if tracker.finished or backend.launcher.alive() > 0:
         return
     if revive is not None and revive():
@@ -152,7 +152,7 @@ def _check_workers(backend: Backend, collector: ResultCollector, *, results: Que
     # Workers leave when the tile queue is empty, which can be long before their reports are all
     # collected (a big job on a busy machine): those reports still count.
     collector.drain(results, wait_s=RESULT_WAIT_S)
-    collector.handle_dead_letters(dead_letters)
+    collector.handle_dead_letters(dead_letters, results=results)
     if tracker.finished or backend.launcher.alive() > 0:
         return
     detail = ""

@@ -78,7 +78,8 @@ def test_matches_the_stack_task_definition() -> None:
     props = stack["Resources"]["TaskDefinition"]["Properties"]
     [stack_container] = props["ContainerDefinitions"]
     params = stack["Parameters"]
-    assert request["family"] == props["Family"]
+    # The stack names its family after itself; the default stack's is the file's.
+    assert props["Family"] == {"Fn::Sub": "${AWS::StackName}-worker"} and request["family"] == "am-segm-worker"
     assert request["requiresCompatibilities"] == props["RequiresCompatibilities"]
     assert request["networkMode"] == props["NetworkMode"]
     assert container["name"] == stack_container["Name"]

@@ -126,6 +126,34 @@ def test_a_tile_that_failed_on_a_worker_is_given_up_with_that_error_not_a_reject
     assert "input: the object is damaged" in reason and "rejected" not in reason
 
 
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_a_last_attempt_dead_lettered_before_its_report_is_given_up_with_the_workers_error(sqs, dlq, tmp_path,
+                                                                                            max_attempts):
+    # The worker moves the message to the dead-letter queue, then reports: a scan between the two.
+    _send(sqs, dlq, _message(JOB, 3))
+    results = Queue(sqs, sqs.create_queue(QueueName=f"am-segm-results-{JOB}")["QueueUrl"])
+    results.send_many([TileResult(job=JOB, group="g", tiles=(3,), status="failed", attempt=max_attempts,
+                                  worker="w-1", error="input: the object is not a readable tile array").to_json()])
+    tracker = JobTracker(["g/0003", "g/0004"], max_attempts=max_attempts)
+    if max_attempts > 1:
+        tracker.failed("g/0003", attempt=max_attempts - 1, error="input: an earlier attempt's error")
+    _collector(tracker, tmp_path).handle_dead_letters(dlq, results=results)
+
+    assert tracker.dead["g/0003"] == (f"failed {max_attempts} times, last error: input: the object is not a "
+                                      "readable tile array")
+    assert tracker.pending == {"g/0004"}
+    assert results.depth()["visible"] == 0
+
+
+def test_a_dead_letter_with_no_report_waiting_is_still_given_up(sqs, dlq, tmp_path):
+    _send(sqs, dlq, _message(JOB, 3))
+    results = Queue(sqs, sqs.create_queue(QueueName=f"am-segm-results-{JOB}")["QueueUrl"])
+    tracker = JobTracker(["g/0003"], max_attempts=3)
+    _collector(tracker, tmp_path).handle_dead_letters(dlq, results=results)
+
+    assert tracker.dead["g/0003"].startswith("moved to the dead-letter queue after 3 receives without success")
+
+
 def _other_version_report(status: str, *, attempt: int, error: str = "") -> str:
     return json.dumps({"v": MESSAGE_VERSION + 1, "job": JOB, "group": "g", "tiles": [3, 4], "status": status,
                        "attempt": attempt, "worker": "w", "error": error, "compute_s": 0.0, "new_field": 1})
