@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from am.errors import ConfigError, InputError, MissingBucket, MissingObject, TransportError
 from am.launchers import Launcher
+from am.messages import model_in_tile_bucket
 from am.settings import Settings
 from am.transport.clients import EMBEDDED_REGION, ClientFactory, embedded_worker_variables
 from am.transport.queue import delete_queue, ensure_tile_queues
@@ -315,6 +316,9 @@ def open_aws_backend(settings: Settings, *, model: str) -> Iterator[Backend]:
             "ModelUri output"
         )
     check_model_readable_by_workers(model, resources.model_uri)
+    if problem := model_in_tile_bucket(model, input_bucket=resources.input_bucket,
+                                       output_bucket=resources.output_bucket):
+        raise ConfigError(f"model {model}: {problem}")  # every worker would refuse it
     storage = Storage(clients.s3(), threads=1)
     require_buckets(storage, resources)
     check_model_object(storage, model)

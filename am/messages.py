@@ -134,6 +134,24 @@ def check_key_in_job(key: str, job: str, *, field: str) -> str:
     return key
 
 
+def model_in_tile_bucket(model: str, *, input_bucket: str, output_bucket: str) -> str | None:
+    """Why ``model`` may not be read as a checkpoint, or None: an ``s3://`` URI in the input or output bucket.
+
+    Those buckets hold every job's tiles and masks, never checkpoints (a stack's are under
+    ``s3://<ModelBucket>/models/``), and a worker may read the whole input bucket: a message naming
+    another job's tile as its model would have the worker download it, and quote its first bytes in
+    the failure it reports, across the job prefixes no other field may leave (:func:`check_key_in_job`).
+    """
+    if not model.startswith("s3://"):
+        return None
+    bucket = model[len("s3://"):].partition("/")[0]
+    if bucket not in (input_bucket, output_bucket):
+        return None
+    which = "input" if bucket == input_bucket else "output"
+    return (f"it lies in the workers' {which} bucket {bucket}, which holds tiles and masks, not checkpoints: "
+            "upload the checkpoint under models/ in the stack's model bucket (make upload-model) and pass that URI")
+
+
 def _load_object(text: str | bytes, kind: str) -> dict[str, Any]:
     try:
         data = json.loads(text)

@@ -37,7 +37,7 @@ from typing import TypeVar
 import numpy as np
 
 from am.errors import AmError, InputError, MissingBucket, WorkerError
-from am.messages import TileMessage
+from am.messages import TileMessage, model_in_tile_bucket
 from am.tilepack import pack_masks, unpack_tiles
 from am.transport.queue import Received
 from am.transport.retry import UntrustedEndpoint
@@ -207,6 +207,11 @@ class TileSteps:
 
     def _infer(self, group: list[TileWork]) -> None:
         model, tta = group[0].message.model, group[0].message.tta
+        if problem := model_in_tile_bucket(model, input_bucket=self._input_bucket, output_bucket=self._output_bucket):
+            log.error("not loading model %s for %d tile(s): %s", model, len(group), problem)
+            for tile in group:
+                tile.fail(f"model {model}: {problem}")
+            return
         try:
             # Loading an s3:// model not yet in memory downloads it: an outage is waited out as for a tile.
             predictor = patiently(f"download of model {model}", lambda: self._predictor_for(model),

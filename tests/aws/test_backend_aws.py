@@ -139,6 +139,19 @@ def test_a_read_refused_with_403_says_a_missing_key_looks_the_same() -> None:
             Storage(s3, retry=RetryPolicy(attempts=1)).head_object("s3://m/models/typo.pt")
 
 
+def test_a_model_in_a_tile_bucket_is_refused_before_any_task_starts(aws, stack, monkeypatch) -> None:
+    # Every worker refuses to read a checkpoint where tiles and masks live (am.messages.model_in_tile_bucket).
+    ecs = RecordingEcs(client("ecs"))
+    monkeypatch.setattr(ClientFactory, "ecs", lambda self: ecs)
+    uri = f"s3://{stack['ModelBucket']}/models/m.pt"
+    client("s3").put_object(Bucket=stack["ModelBucket"], Key="models/m.pt", Body=b"weights")
+    settings = Settings(backend="aws", stack_name=STACK, input_bucket=stack["ModelBucket"])
+    expected = rf"model {uri}: it lies in the workers' input bucket {stack['ModelBucket']}, which holds tiles"
+    with pytest.raises(ConfigError, match=expected), open_aws_backend(settings, model=uri):
+        pytest.fail("the backend opened with a model its workers refuse")
+    assert ecs.calls == []
+
+
 # ------------------------------------------------------------------ tries per tile
 
 
