@@ -76,7 +76,7 @@ try:
     )
     from am.train.fits import GIB, free_memory, step_memory_problem
     from am.train.init import check_init
-    from am.train.loop import TrainConfig, resume_options_problem, resume_problem, train
+    from am.train.loop import TrainConfig, TrainingDiverged, resume_options_problem, resume_problem, train
     from am.train.progress import step_bar
     from am.train.runfiles import metrics_path, read_record, record_path, run_lock, run_outputs, state_path
 
@@ -493,6 +493,33 @@ def _train_until_interrupted(args: argparse.Namespace, argv: list[str], listed: 
                       "the same command to start again",
                       f" ({state} holds an earlier run's epochs)" if state.is_file() else "")
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        # A full disk, a diverged run, a damaged file: the error itself is reported by run_main, whose advice,
+        # to rerun the same command, a rerun would refuse while this run's files are in --out.
+        _after_failure(args, argv, exc, state=state, earlier=earlier, before=before)
+        raise
+
+
+def _after_failure(args: argparse.Namespace, argv: list[str], exc: Exception, *, state: Path,
+                   earlier: tuple[int, int, int] | None, before: dict[Path, tuple[int, int, int] | None]) -> None:
+    """Leave --out so that the way to go on after a failed run works: its finished epochs resumable (the
+    command said), or, where none finished saving, none of its files left to make a rerun refuse --out."""
+    if state.is_file() and (args.resume or _identity(state) != earlier):
+        if isinstance(exc, TrainingDiverged):  # resumed, the same steps would diverge again
+            kept = [str(path) for path in run_outputs(args.out) if path.is_file()]
+            log.warning("the best epoch before it diverged is kept in %s; to start again, give another --out or move "
+                      "this run's files aside (%s)", args.out, ", ".join(kept))
+        else:
+            log.warning("the finished epochs are kept in %s; once the cause below is fixed, continue with: %s", state,
+                      resume_command(argv, resuming=args.resume))
+        return
+    begun = [path for path in run_outputs(args.out) if _identity(path) not in (None, before[path])]
+    own = [path for path in begun if before[path] is None]
+    for path in own:
+        path.unlink(missing_ok=True)
+    if own:
+        log.warning("no epoch of this run finished saving: removed what it had written (%s), so that the same command "
+                  "starts afresh once the cause below is fixed", ", ".join(map(str, own)))
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

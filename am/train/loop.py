@@ -244,6 +244,7 @@ def train(
             batches = progress(loader, len(loader), f"epoch {epoch + 1}/{config.epochs}")
         losses, rates = _train_epoch(model, meta, batches, steps, config, device,
                                      check_unused=epoch == run.start_epoch)
+        _refuse_diverged(model, losses, epoch)
         # Validated in float32 arithmetic (workers run fp16, bf16 or float32 by machine, within a few
         # pixels of it; the checkpoint records the precision) on the weights as the file stores them.
         predictor = Predictor(as_stored(model, config.weight_storage), replace(meta, trained=True),
@@ -391,6 +392,27 @@ def _train_epoch(model: torch.nn.Module, meta: ModelMeta, batches: Iterable, ste
         _optimizer_step(steps.optimizer, steps.scheduler, steps.scaler, steps.params)
         losses.append(float(loss.detach()))
     return losses, rates
+
+
+class TrainingDiverged(InputError):
+    """The weights are no longer finite: resuming the run would take the same steps to the same end."""
+
+
+def _refuse_diverged(model: torch.nn.Module, losses: list[float], epoch: int) -> None:
+    """:class:`TrainingDiverged` where the epoch left weights that are not finite: no later step can recover them.
+
+    Checked before the epoch is validated or saved, so the resume state keeps the last good epoch.
+    A step whose loss alone was not finite is left to pass: under fp16 autocast the gradient scaler
+    skips such a step and lowers its scale, and the weights stay as they were.
+    """
+    broken = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if broken is None:
+        return
+    finite = [loss for loss in losses if np.isfinite(loss)]
+    last = f"its last finite loss {finite[-1]:.4g}" if finite else "no step with a finite loss"
+    raise TrainingDiverged(f"epoch {epoch + 1}: the training diverged ({broken} holds inf or NaN after the epoch, "
+                     f"{last}); nothing of this epoch is kept: start again with a lower --lr (or more "
+                     "--warmup-steps)")
 
 
 def _record_epoch(run: _Progress, row: dict[str, float], metrics: dict[str, float], epoch: int,
@@ -721,5 +743,5 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-__all__ = ["TrainConfig", "TrainResult", "as_stored", "autocast_dtype", "loss_fn", "resume_options_problem",
-           "resume_problem", "train", "validate"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "as_stored", "autocast_dtype", "loss_fn",
+           "resume_options_problem", "resume_problem", "train", "validate"]

@@ -26,6 +26,7 @@ try:
     import csv
     import heapq
     import io
+    import os
     from collections import Counter
     from collections.abc import Callable, Iterable, Iterator
     from dataclasses import dataclass
@@ -42,6 +43,7 @@ try:
         path_option,
         run_main,
         seed_option,
+        threads_problem,
     )
     from am.errors import InputError
     from am.evaluate.metrics import Scores, score
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=seed_option, default=131, help="generator seed (default 131)")
     p.add_argument("--pitch-min", type=float, default=20.0, help="smallest grid pitch in px (default 20)")
     p.add_argument("--pitch-max", type=float, default=85.0, help="largest grid pitch in px (default 85)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="CPU threads for the model (default 2, or 1 on a machine of one CPU)")
     p.add_argument("--force", action="store_true",
                    help="replace the group an earlier mining wrote to the same folder (only once the new one is "
                         "complete)")
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.size < 32 or args.size % 32:
         p.error(f"--size must be a multiple of 32, got {args.size}")
     if problem := pitch_range_problem(args.pitch_min, args.pitch_max):
+        p.error(problem)
+    if problem := threads_problem(args.threads):
         p.error(problem)
     configure_logging(args.log_level)
 

@@ -107,6 +107,17 @@ def test_command_line_summary_and_bad_options(tmp_path, capsys):
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize("threads, words", [("-1", "--threads -1: give a number of CPU threads >= 1"),
+                                             ("999", "--threads 999: this machine has")])
+def test_a_thread_count_the_machine_cannot_run_is_a_usage_error_before_anything_runs(tmp_path, monkeypatch, capsys,
+                                                                                   threads, words):
+    _no_rendering(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "root"), "--threads", threads])
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "root").exists()
+
+
 def _no_rendering(monkeypatch):
     """Make rendering, or loading a model, fail the test: the output must be refused before either."""
     import am.train.mine as mine
