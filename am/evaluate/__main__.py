@@ -40,6 +40,7 @@ try:
         seed_option,
         threads_problem,
     )
+    from am.dataset import png_conversion
     from am.errors import InputError
     from am.evaluate.heldout import HELD_OUT_PITCH, HELD_OUT_SEED, HELD_OUT_SIZE
     from am.evaluate.lost import LostMarks
@@ -56,15 +57,17 @@ try:
     from am.startup import hold_ctrl_c, run_command
     from am.synth.dataset import MAX_SYNTHETIC_SIZE, pitch_range_problem, synthetic_size_problem
     from am.train.data import (
-        IMAGE_SUFFIXES,
         Labelled,
         check_pair_sizes,
         check_scorable_sizes,
-        find_mask,
         iter_synthetic_images,
+        listed_images,
+        missing_mask_note,
+        pair_mask,
         read_mask,
         split_files,
         synthetic_name,
+        unread_images,
     )
 
     if __name__ == "__main__":
@@ -140,18 +143,33 @@ def parser() -> argparse.ArgumentParser:
 
 
 def image_mask_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
-    """Images and their same-named masks in two folders, paired before anything is read."""
+    """Images and their same-named masks in two folders, paired before anything is read.
+
+    The folder is listed as training lists a group's (:func:`am.train.data.listed_images`): hidden files
+    (a Mac's ``._a.png``) are no images, and JPEG or other images that are not read are named, with how
+    to convert them: alone, they are refused; beside readable images, warned of, since the scores would
+    otherwise silently leave them out. Two images sharing a stem each need the mask of their own file name.
+    """
     if not images.is_dir() or not masks.is_dir():
         raise InputError(f"--images {images} and --masks {masks} must both be folders")
-    pairs = []
+    listed, others = listed_images(images)
     # A sub-folder named like an image (``b.png/``) is no image: it would fail only when read.
-    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-        mask_path = find_mask(path, masks)
+    sources = [path for path in listed if path.is_file()]
+    if others and not sources:
+        raise InputError(f"{images} holds only {unread_images(others)}, which am.evaluate does not read (only .png, "
+                         f".tif and .tiff: lossless); convert each image and its mask, e.g. "
+                         f"{png_conversion(others[0])}, and keep only the converted files there")
+    if others:
+        log.warning("%s in %s not scored (only .png, .tif and .tiff are read); convert each and its mask to score "
+                    "it, e.g. %s", unread_images(others), images, png_conversion(others[0]))
+    pairs = []
+    for path in sources:
+        mask_path = pair_mask(path, sources, masks)
         if mask_path is None:
-            raise InputError(f"{path} has no mask of the same name in {masks}")
+            raise InputError(f"{path} has no mask of the same name in {masks}{missing_mask_note(path, sources, masks)}")
         pairs.append((path, mask_path))
     if not pairs:
-        raise InputError(f"no images in {images}")
+        raise InputError(f"no images (.png, .tif or .tiff) in {images}")
     return pairs
 
 

@@ -33,7 +33,15 @@ try:
     from am.errors import InputError
     from am.messages import TTA_MODES
     from am.normalize import read_normalised
-    from am.pseudolabel.core import CropLabel, PseudoConfig, check_config, check_memory, check_out_dir, pseudo_label
+    from am.pseudolabel.core import (
+        CropLabel,
+        PseudoConfig,
+        check_config,
+        check_label_sizes,
+        check_memory,
+        check_out_dir,
+        pseudo_label,
+    )
     from am.startup import hold_ctrl_c, run_command
     from am.train.data import IMAGE_SUFFIXES, read_mask
     from am.train.progress import step_bar
@@ -55,6 +63,8 @@ def read_labels(folder: Path) -> list[CropLabel]:
     Every image file there is meant as a label, so one whose name does not give its place, or in a
     format masks are not read from (JPEG's rounding moves a mark's edge), is refused rather than
     left out unnoticed. Hidden files (a Mac's ``._0_0.png`` beside each copied label) are no labels.
+    A crop too small for its part (:func:`~am.pseudolabel.core.check_label_sizes`) is refused here, by its
+    path, before the large image is read.
     """
     if folder.is_file():
         raise InputError(f"--labels {folder} is a file, not a folder: give the folder holding the X_Y.png masks")
@@ -85,6 +95,7 @@ def read_labels(folder: Path) -> list[CropLabel]:
         labels.append(CropLabel(x=x, y=y, mask=mask.astype("uint8") * 255, name=path.name))
     if not labels:
         raise InputError(f"no X_Y.png labels (or .tif, .tiff) in {folder}")
+    check_label_sizes(labels, folder=folder)  # before the image is read, not after the first epoch
     return labels
 
 

@@ -35,7 +35,8 @@ from am.model.checkpoint import check_buildable, check_input_sizes
 from am.model.device import resolve_device
 from am.model.predict import Predictor
 from am.model.whole import predict_image_proba
-from am.train.data import Labelled
+from am.prepare import MIN_IMAGE_SIDE_PX, check_image_size
+from am.train.data import MIN_TRAINING_SIDE_PX, Labelled
 from am.train.fits import step_memory_problem
 from am.train.loop import TrainConfig, train
 
@@ -60,6 +61,12 @@ class CropLabel:
     y: int
     mask: np.ndarray
     name: str = ""
+
+
+def label_file(label: CropLabel) -> str:
+    """The file name a message gives ``label``: the one it was read from, else the X_Y.png the labels folder
+    would hold it as (a library caller's label read from no file)."""
+    return label.name or f"{label.x}_{label.y}.png"
 
 
 # Overlapping hand-labelled crops may differ along a mark's edge; beyond this share of the pixels
@@ -216,7 +223,40 @@ def check_labels_have_marks(labels: list[CropLabel]) -> None:
     if held is not None and not held.mask.any():
         log.warning("the held-out crop %s (the last by name) contains no mark: the validation figures in "
                     "summary.json, and the epoch each model keeps, then mean nothing; label a crop with marks last",
-                    held.name or f"{held.x}_{held.y}")
+                    label_file(held))
+
+
+def check_label_sizes(labels: list[CropLabel], *, folder: Path | None = None) -> None:
+    """Raise InputError naming every labelled crop too small for its part in the run, before any training.
+
+    The crop that validates both models (the last by name, held out; the only one where there is one)
+    is predicted as the pipeline predicts an image, which refuses one under
+    :data:`~am.prepare.MIN_IMAGE_SIDE_PX` on a side: unchecked, that failed only after the small
+    model's first epoch, in a message naming no label. A crop trained on needs
+    :data:`~am.train.data.MIN_TRAINING_SIDE_PX`, as am.train's images do: smaller, it holds no mark
+    and its reflect-padded training crops are a mirror pattern of a few pixels. ``folder``, where the
+    labels were read from, is named with them.
+    """
+    def named(label: CropLabel) -> str:
+        return str(folder / label_file(label)) if folder is not None else label_file(label)
+
+    problems = []
+    small = [label for label in labels[:-1] if min(label.mask.shape) < MIN_TRAINING_SIDE_PX]
+    if small:
+        listed = "; ".join(f"label {named(label)} is {label.mask.shape[0]} x {label.mask.shape[1]} px (height x "
+                           "width)" for label in small)
+        problems.append(f"{listed}: a crop trained on needs at least {MIN_TRAINING_SIDE_PX} px on each side to hold "
+                        "a mark; label a larger crop, or move it out of the labels folder")
+    validating = labels[-1]
+    role, advice = (("held out to validate both models: the last by name", "to hold out, named to sort last")
+                    if len(labels) >= 2 else ("the only one, which validates both models too", "instead"))
+    try:
+        check_image_size(*validating.mask.shape, scale=1.0, name=f"label {named(validating)} ({role})",
+                         advice=f"label a crop of at least {MIN_IMAGE_SIDE_PX} x {MIN_IMAGE_SIDE_PX} px {advice}")
+    except InputError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise InputError("; ".join(problems))
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -262,6 +302,7 @@ def pseudo_label(
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     crops = crops_from_labels(image, labels)
+    check_label_sizes(labels)
     check_labels_have_marks(labels)
     check_held_out_apart(labels)
     check_labels_agree(labels)
@@ -317,8 +358,8 @@ def check_held_out_apart(labels: list[CropLabel]) -> None:
         if (window := _overlap(held, other)) is not None:
             share = _within(held, window).size / held.mask.size
             raise InputError(
-                f"the held-out crop {held.x}_{held.y}.png (the last by name) shares {100 * share:.0f} % of its pixels "
-                f"with the crop {other.x}_{other.y}.png, which both models train on, so its figures would not be "
+                f"the held-out crop {label_file(held)} (the last by name) shares {100 * share:.0f} % of its pixels "
+                f"with the crop {label_file(other)}, which both models train on, so its figures would not be "
                 "held out: label crops that do not overlap"
             )
 
@@ -336,7 +377,7 @@ def check_labels_agree(labels: list[CropLabel]) -> None:
             if differ > LABEL_DISAGREEMENT:
                 height, width = a.shape
                 raise InputError(
-                    f"the crops {first.x}_{first.y}.png and {second.x}_{second.y}.png overlap on "
+                    f"the crops {label_file(first)} and {label_file(second)} overlap on "
                     f"{width} x {height} px and disagree on {100 * differ:.1f} % of them (at most "
                     f"{100 * LABEL_DISAGREEMENT:g} % may differ); correct one "
                     "of them, or keep one"

@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="'realistic': bright crescents on speckled tissue, like a typical acquisition; "
                     "'random': any look the training generator produces (hard cases included)")
     ds.add_argument("--uneven-rows", action="store_true",
-                    help="rows 0.65-1.3 pitches apart, each slid along itself by up to 0.2 of a column, "
-                         "as some stages step between rows (the real tile_b sample)")
+                    help="rows 0.65-1.3 of their usual gap apart, each slid along itself by up to 0.2 of a "
+                         "column, as some stages step between rows (the real tile_b sample); the usual gap widens "
+                         "where marks are large, so that the closest rows' marks keep tissue between them")
     ds.add_argument("--force", action="store_true", help="replace an existing dataset in DIR")
 
     tl = sub.add_parser(

@@ -251,10 +251,42 @@ def check_trainable_sizes(sources: Iterable[Path]) -> None:
                          "hold a mark; leave it out of the training data, or use a larger crop")
 
 
-def find_mask(source: Path, mask_dir: Path) -> Path | None:
-    """The mask of ``source`` in ``mask_dir``: the same file name, else the same stem with any image suffix."""
-    candidates = (mask_dir / source.name, *(mask_dir / (source.stem + suffix) for suffix in IMAGE_SUFFIXES))
+def find_mask(source: Path, mask_dir: Path, *, alone: bool = True) -> Path | None:
+    """The mask of ``source`` in ``mask_dir``: the same file name, else, when ``source`` is ``alone`` (no
+    other image beside it has its stem), the same stem with any image suffix.
+
+    Of two images sharing a stem (``a.png`` and ``a.tif``), each needs the mask of its own file name:
+    by its stem, the mask ``a.png`` would be taken for both, and one image silently scored or trained
+    on against the other's marks.
+    """
+    suffixes = IMAGE_SUFFIXES if alone else ()
+    candidates = (mask_dir / source.name, *(mask_dir / (source.stem + suffix) for suffix in suffixes))
     return next((c for c in candidates if c.is_file()), None)
+
+
+def pair_mask(source: Path, sources: list[Path], mask_dir: Path) -> Path | None:
+    """The mask of ``source``, one of the images ``sources`` of one folder, in ``mask_dir`` (:func:`find_mask`)."""
+    return find_mask(source, mask_dir, alone=not _stem_sharers(source, sources))
+
+
+def missing_mask_note(source: Path, sources: list[Path], mask_dir: Path) -> str:
+    """Why ``mask_dir`` holds no mask for ``source`` (one of ``sources``) where a reason can be told, for the
+    message that refuses it: the images that share its stem, or a mask in a format that is not read."""
+    sharers = _stem_sharers(source, sources)
+    if not sharers:
+        return unread_mask(source, mask_dir)
+    if len(sharers) == 1:
+        named = f"the image {sharers[0].name} beside it shares"
+    else:
+        named = f"the images {', '.join(p.name for p in sharers)} beside it share"
+    return (f" ({named} its stem, so only a mask named {source.name} is its own: one named by the stem alone "
+            "would be taken for both images; give each image a mask of its own file name, or rename one image and "
+            "its mask)")
+
+
+def _stem_sharers(source: Path, sources: list[Path]) -> list[Path]:
+    """The images of ``sources`` other than ``source`` with its stem (``a.tif`` beside ``a.png``)."""
+    return [p for p in sources if p.stem == source.stem and p != source]
 
 
 def split_files(root: Path, split: str) -> list[LabelledFile]:
@@ -275,26 +307,34 @@ def split_files(root: Path, split: str) -> list[LabelledFile]:
         source_dir, mask_dir = group / "source", group / "mask"
         if not source_dir.is_dir():
             continue
-        visible = sorted(p for p in source_dir.iterdir() if not p.name.startswith("."))
-        sources = [p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES]
-        others = [p for p in visible if p.suffix.lower() in OTHER_IMAGE_KINDS]
+        sources, others = listed_images(source_dir)
         if others and not sources:
-            raise InputError(f"{source_dir} holds only {_unread(others)}, which training does not read (only .png, "
-                             f".tif and .tiff: lossless); convert each image and its mask, e.g. "
+            raise InputError(f"{source_dir} holds only {unread_images(others)}, which training does not read (only "
+                             f".png, .tif and .tiff: lossless); convert each image and its mask, e.g. "
                              f"{png_conversion(others[0])}, and keep only the converted files there")
         unread += others
         for source in sources:
-            mask_path = find_mask(source, mask_dir)
+            mask_path = pair_mask(source, sources, mask_dir)
             if mask_path is None:
-                raise InputError(f"{source} has no mask in {mask_dir}{_unread_mask(source, mask_dir)}; every source "
-                                 "image needs one of the same name")
+                raise InputError(f"{source} has no mask in {mask_dir}{missing_mask_note(source, sources, mask_dir)}; "
+                                 "every source image needs one of the same name")
             files.append(LabelledFile(source, mask_path, str(source.relative_to(root))))
     if unread:
         log.warning("%s under %s not read (only .png, .tif and .tiff are); convert them to train on them, e.g. %s",
-                    _unread(unread), base, png_conversion(unread[0]))
+                    unread_images(unread), base, png_conversion(unread[0]))
     if not files:
         raise InputError(f"no images found under {base}/<dataset>/<group>/source/")
     return files
+
+
+def listed_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The images of ``folder`` that are read (:data:`IMAGE_SUFFIXES`) and those in a format that is not (JPEG,
+    BMP, ...: :data:`am.dataset.OTHER_IMAGE_KINDS`), each sorted by name, for a caller to name the second
+    rather than leave them out in silence. Names starting with "." are no images: a Mac leaves
+    ``._0000.png`` (AppleDouble, not a PNG) beside every copied file."""
+    visible = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    return ([p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES],
+            [p for p in visible if p.suffix.lower() in OTHER_IMAGE_KINDS])
 
 
 def _visible_folders(folder: Path) -> list[Path]:
@@ -302,20 +342,20 @@ def _visible_folders(folder: Path) -> list[Path]:
     return [folder / name for name in group_folders(folder)]
 
 
-def _unread(paths: list[Path]) -> str:
+def unread_images(paths: list[Path]) -> str:
     """``paths`` named for a message, the first five in full: "a.jpg (JPEG)" or "3 files: a.jpg (JPEG), ..."."""
     named = [f"{p} ({OTHER_IMAGE_KINDS[p.suffix.lower()]})" for p in paths[:5]]
     more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
     return named[0] if len(paths) == 1 else f"{len(paths)} files: {', '.join(named)}{more}"
 
 
-def _unread_mask(source: Path, mask_dir: Path) -> str:
-    """What ``mask_dir`` holds for ``source`` in a format that is not read, said with how to convert it."""
+def unread_mask(source: Path, mask_dir: Path) -> str:
+    """What ``mask_dir`` holds for ``source`` in a format that is not read, said with how to convert it (or "")."""
     found = [mask_dir / (source.stem + suffix) for suffix in OTHER_IMAGE_KINDS]
     found = [p for p in found if p.is_file()]
     if not found:
         return ""
-    return (f" (only {_unread(found)}, which is not read: convert it, e.g. {png_conversion(found[0])}, and keep "
+    return (f" (only {unread_images(found)}, which is not read: convert it, e.g. {png_conversion(found[0])}, and keep "
             "only the converted file there)")
 
 

@@ -57,6 +57,14 @@ def test_a_component_on_empty_tissue_is_a_false_mark() -> None:
     assert (lost.false_marks, lost.misshapen, lost.unmatched_true) == (1, 0, 0)
 
 
+def test_a_component_on_nothing_but_an_ignored_speck_is_a_false_mark() -> None:
+    # With min_object_px the 1 px speck is no mark, so the 5x5 block over it stands on empty tissue as far
+    # as the counts go, not beside a mark.
+    truth = _box(5, 5, 10, 10) | _box(40, 40, 1, 1)
+    lost = lost_marks(truth, _box(5, 5, 10, 10) | _box(38, 38, 5, 5), min_object_px=5)
+    assert (lost.false_marks, lost.misshapen, lost.unmatched_true) == (1, 0, 0)
+
+
 def test_a_barely_touched_mark_counts_as_missed() -> None:
     # 3x3 of a 10x10 mark (9 %) is below the 20 % a component must cover to take part.
     lost = lost_marks(_box(5, 5, 10, 10), _box(5, 5, 3, 3))
