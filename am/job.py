@@ -155,16 +155,22 @@ def _check_workers(backend: Backend, collector: ResultCollector, *, results: Que
     collector.handle_dead_letters(dead_letters, results=results)
     if tracker.finished or backend.launcher.alive() > 0:
         return
+    launcher = backend.launcher
     detail = ""
-    tail = getattr(backend.launcher, "log_tail", None)
+    tail = getattr(launcher, "log_tail", None)
     if callable(tail):
-        detail = "\nlast worker log lines:\n" + tail()
+        detail = f"\n{getattr(launcher, 'log_tail_heading', 'last worker log lines')}:\n" + tail()
     still_cutting = "" if tracker.sealed else " (and more were still being cut)"
-    codes = getattr(backend.launcher, "exit_codes", None)
+    codes = getattr(launcher, "exit_codes", None)
     how = describe_exits(codes()) if callable(codes) else ""
+    advice = getattr(launcher, "rerun_advice", None)
+    fix = advice() if callable(advice) else None
+    # A launcher that knows why its workers could not start says what to fix first: a plain rerun fails alike.
+    what_to_do = (f"{fix}; finished tiles are kept" if fix
+                  else "finished tiles are kept, rerun the same command to resume")
     raise LauncherError(
         f"all workers stopped while {len(tracker.pending)} tile(s) were pending{still_cutting}"
-        f"{'; ' + how if how else ''}; finished tiles are kept, rerun the same command to resume{detail}"
+        f"{'; ' + how if how else ''}; {what_to_do}{detail}"
     )
 
 
@@ -204,9 +210,19 @@ def _wait_for_tiles(backend: Backend, collector: ResultCollector, *, results: Qu
         if now > deadline:
             raise JobTimeout(
                 f"job did not finish in time: {len(tracker.pending)} of {tracker.total} tile(s) pending{budget}; "
-                + TIMEOUT_ADVICE,
+                + timeout_advice(backend),
                 {name: "timed out" for name in tracker.pending},
             )
+
+
+def timeout_advice(backend: Backend) -> str:
+    """What a timeout's message advises: :data:`TIMEOUT_ADVICE`, unless the launcher knows better.
+
+    An ECS launcher whose tasks never started running (no GPU instance joined the cluster) says so:
+    its workers never took a tile, so more time or more workers would only wait the same way.
+    """
+    advice = getattr(backend.launcher, "timeout_advice", None)
+    return (advice() if callable(advice) else None) or TIMEOUT_ADVICE
 
 
 def describe_budget(seconds: float, *, tiles: int, running: int, started: int) -> str:
@@ -535,7 +551,7 @@ class Job:
             if now - progress_at > budget:
                 raise JobTimeout(
                     f"no tile finished for {now - progress_at:.0f} s while {self.tracker.pending_count} "
-                    f"were in flight{note}; {TIMEOUT_ADVICE}",
+                    f"were in flight{note}; {timeout_advice(self.backend)}",
                     {name: "timed out" for name in self.tracker.pending},
                 )
 

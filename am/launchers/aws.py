@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,11 @@ STOP_REASON = "am-segm job finished"
 # a task stopped by StopTask, a scale-in or a Spot reclaim has another one.
 # https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Task.html (stopCode)
 SELF_EXIT_STOP_CODE = "EssentialContainerExited"
+# The stopCode of a task that never got its containers running (an image that cannot be pulled, a role
+# ECS cannot assume, no room on the instance): a rerun starts its tasks the same way and fails alike.
+FAILED_TO_START_STOP_CODE = "TaskFailedToStart"
+# Task ids named in a message at most; the rest are counted.
+MAX_TASK_IDS_NAMED = 5
 # After StopTask, ECS gives a worker its task definition's stopTimeout (at most 120 s) to finish
 # its batch and report it before the SIGKILL. The job waits that long and a little more for its
 # tasks to end, so the masks they report meanwhile are collected before its queue and objects go.
@@ -112,6 +118,47 @@ def _task_id(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
+def _task_ids(arns: Sequence[str]) -> str:
+    """Up to MAX_TASK_IDS_NAMED task ids, and how many more: enough to look them up, short enough to read."""
+    named = ", ".join(_task_id(arn) for arn in arns[:MAX_TASK_IDS_NAMED])
+    more = len(arns) - MAX_TASK_IDS_NAMED
+    return f"{named} and {more} more" if more > 0 else named
+
+
+def _container(task: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    return next((c for c in task.get("containers", []) if c.get("name") == name), None)
+
+
+def _has_run(task: Mapping[str, Any], container_name: str) -> bool:
+    """Whether a task ever got its worker running: seen RUNNING, given a start time, or its worker exited.
+
+    A task seen only between two looks (started and gone within one) still counts by its start time or
+    its stopped worker's exit code; one stopped in PROVISIONING or PENDING has neither. An exit code
+    counts only once the container has stopped (some answers carry one all along).
+    """
+    container = _container(task, container_name) or {}
+    exited = container.get("lastStatus") == "STOPPED" and container.get("exitCode") is not None
+    return (task.get("lastStatus") == "RUNNING" or bool(task.get("startedAt"))
+            or task.get("stopCode") == SELF_EXIT_STOP_CODE or exited)
+
+
+def _stop_cause(task: Mapping[str, Any], container_name: str) -> str:
+    """Why one stopped task ended, in ECS's words: its stop code, stopped reason, and the worker
+    container's own reason and exit code (a failed image pull is told only there, on some agents)."""
+    parts = [f"stopCode {task['stopCode']}"] if task.get("stopCode") else []
+    reason = task.get("stoppedReason") or ""
+    if reason:
+        parts.append(reason)
+    container = _container(task, container_name)
+    if container is not None:
+        own = container.get("reason") or ""
+        if own and own != reason:
+            parts.append(f"container {container_name}: {own}")
+        if container.get("exitCode") is not None:
+            parts.append(f"exit code {container['exitCode']}")
+    return ", ".join(parts) or "ECS gave no reason"
+
+
 # -------------------------------------------------------------------------------- launcher
 
 
@@ -122,9 +169,17 @@ class EcsLauncher:
     after ``AM_IDLE_EXIT_S`` without work, and :meth:`stop` stops them; :meth:`exit_codes`
     tells tasks that left idle from the others, so a job can start them again. ``mode="service"``
     raises the stack's service to at least ``count`` tasks and, on :meth:`stop`, puts back the
-    desired count it found, unless someone else has changed it since. ``max_tasks`` caps how
-    many of the job's tasks may be running at once, whatever ``count`` asks.
+    desired count it found, unless someone else has changed it since, and waits for the tasks it
+    no longer wants to finish their batch. ``max_tasks`` caps how many of the job's tasks may be
+    running at once, whatever ``count`` asks.
+
+    When things go wrong it says what ECS knows: :meth:`log_tail` counts the causes its stopped
+    tasks ended with and names their CloudWatch Logs group, :meth:`rerun_advice` says to fix a
+    cause that kept them from starting, and :meth:`timeout_advice` that none of them ever ran.
     """
+
+    # The heading of :meth:`log_tail`'s text in a job's error: ECS's account, not lines of the logs.
+    log_tail_heading = "how the worker tasks ended (ECS)"
 
     def __init__(
         self,
@@ -161,6 +216,14 @@ class EcsLauncher:
         self._stopped: set[str] = set()
         # What ECS said about each task once it had stopped (a stopped task never changes).
         self._stopped_tasks: dict[str, dict[str, Any]] = {}
+        # Tasks seen running (or known to have run) at least once: a job whose tasks never ran timed out
+        # waiting for capacity, not for want of time or workers (timeout_advice).
+        self._ran: set[str] = set()
+        # The service's task count, and whether any of its tasks was seen running since this job raised it.
+        self._service_wanted = 0
+        self._service_ran = False
+        # Each task definition's CloudWatch Logs group and stream prefix of the worker ("" where it has none).
+        self._log_places: dict[str, tuple[str, str]] = {}
         self._service_original: int | None = None
         self._service_set: int | None = None
 
@@ -344,7 +407,9 @@ class EcsLauncher:
         if self._mode == "service":
             service = self._describe_service()
             placed = int(service.get("runningCount", 0)) + int(service.get("pendingCount", 0))
-            return max(placed, int(service.get("desiredCount", 0)))
+            self._service_wanted = int(service.get("desiredCount", 0))
+            self._service_ran = self._service_ran or int(service.get("runningCount", 0)) > 0
+            return max(placed, self._service_wanted)
         alive = 0
         candidates = [arn for arn in self._task_arns if arn not in self._stopped]
         for chunk in _chunks(candidates, MAX_TASKS_PER_DESCRIBE):
@@ -354,6 +419,8 @@ class EcsLauncher:
                 raise LauncherError(f"cannot describe worker tasks on cluster {self._resources.cluster}: "
                                     f"{aws_message(exc)}") from exc
             for task in response.get("tasks", []):
+                if _has_run(task, self._resources.container_name):
+                    self._ran.add(task["taskArn"])
                 if task.get("lastStatus") in ALIVE_STATES and task.get("desiredStatus") != "STOPPED":
                     alive += 1
                 elif task.get("lastStatus") == "STOPPED":
@@ -384,6 +451,108 @@ class EcsLauncher:
             codes.append(code)
         return codes
 
+    # ------------------------------------------------------------------------ what went wrong
+
+    def _stopped_in_order(self) -> list[dict[str, Any]]:
+        return [self._stopped_tasks[arn] for arn in self._task_arns if arn in self._stopped_tasks]
+
+    def log_tail(self) -> str:
+        """How the job's stopped tasks ended, for the error when none is left: each distinct cause ECS gave,
+        with its count, and where the workers' logs are.
+
+        A job's error otherwise says only that every worker stopped, and a rerun that fails the same
+        way says no more. ECS keeps the cause of a stop for about an hour; the logs themselves are
+        in CloudWatch Logs, which this names rather than reads. Service tasks are not the job's: it
+        describes none of them.
+        """
+        if self._mode == "service":
+            service, cluster = self._resources.service, self._resources.cluster
+            return (f"  the tasks of service {service} are the service's, not the job's: see its events (aws ecs "
+                    f"describe-services --cluster {cluster} --services {service}) and the worker logs")
+        stopped = self._stopped_in_order()
+        if not stopped:
+            return "  ECS has described none of this job's tasks as stopped"
+        name = self._resources.container_name
+        causes = Counter(_stop_cause(task, name) for task in stopped)
+        lines = [f"  {count} task(s): {cause}" for cause, count in causes.most_common()]
+        lines.append(self._log_hint(stopped))
+        return "\n".join(lines)
+
+    def _log_hint(self, stopped: Sequence[Mapping[str, Any]]) -> str:
+        """Where to read the stopped tasks' logs: the CloudWatch Logs group and streams their task definition names."""
+        ran = [task["taskArn"] for task in stopped if task.get("stopCode") != FAILED_TO_START_STOP_CODE]
+        never = len(stopped) - len(ran)
+        none_written = f"; the {never} task(s) that failed to start wrote no log" if never else ""
+        if not ran:
+            return f"  worker logs: none{none_written}"
+        group, prefix = self._log_place(str(stopped[0].get("taskDefinitionArn") or self._resources.task_definition))
+        if not group:
+            return (f"  worker logs: search CloudWatch Logs (the stack's LogGroup output) for the task ids "
+                    f"{_task_ids(ran)}{none_written}")
+        streams = f"{prefix}/{self._resources.container_name}/<task id>" if prefix else "named with the task id"
+        return (f"  worker logs: CloudWatch Logs group {group}, streams {streams} (tasks {_task_ids(ran)})"
+                f"{none_written}")
+
+    def _log_place(self, task_definition: str) -> tuple[str, str]:
+        """The worker container's awslogs group and stream prefix in ``task_definition``; ("", "") where it names
+        none or cannot be read (this only adds to an error message, so it never raises)."""
+        if task_definition not in self._log_places:
+            place = ("", "")
+            try:
+                described = self._ecs.describe_task_definition(taskDefinition=task_definition)["taskDefinition"]
+            except (ClientError, BotoCoreError, KeyError) as exc:
+                log.debug("cannot read the log configuration of task definition %s: %s", task_definition, exc)
+            else:
+                container = next((c for c in described.get("containerDefinitions", [])
+                                  if c.get("name") == self._resources.container_name), {})
+                options = (container.get("logConfiguration") or {}).get("options") or {}
+                place = (options.get("awslogs-group", ""), options.get("awslogs-stream-prefix", ""))
+            self._log_places[task_definition] = place
+        return self._log_places[task_definition]
+
+    def rerun_advice(self) -> str | None:
+        """What to do before a rerun when ECS could not start the job's tasks; None where it started them.
+
+        A task stopped with ``TaskFailedToStart`` (an image that cannot be pulled, a role ECS cannot
+        assume, an instance without room or agent) never ran a worker: a rerun starts its tasks the
+        same way and fails alike, so "rerun to resume" alone would send the user round in a circle.
+        """
+        stopped = self._stopped_in_order()
+        failed = [task for task in stopped if task.get("stopCode") == FAILED_TO_START_STOP_CODE]
+        if not failed:
+            return None
+        causes = Counter(_stop_cause(task, self._resources.container_name) for task in failed)
+        listing = "; ".join(cause for cause, _count in causes.most_common())
+        return (f"{len(failed)} of the {len(stopped)} stopped worker task(s) failed to start on cluster "
+                f"{self._resources.cluster} ({listing}): fix that cause first (the worker image and its tag in ECR, "
+                f"the task and task execution roles, the GPU instances and their ECS agent), then rerun the same "
+                f"command to resume; a rerun before that fails the same way")
+
+    def timeout_advice(self) -> str | None:
+        """The advice for a job that ran out of time while none of its tasks ever ran; None where one did.
+
+        Tasks wait in PROVISIONING while no GPU instance joins the cluster or has room (instances
+        in subnets without a public IPv4 address or a NAT gateway never join): more time or more
+        workers would wait the same way. Looks at the tasks once more first, so a task that ran
+        since the last look counts.
+        """
+        try:
+            self.alive()
+        except LauncherError as exc:
+            log.debug("cannot look at the worker tasks again before the timeout's message: %s", exc)
+        if self._mode == "service":
+            count, ran, what = self._service_wanted, self._service_ran, f"task(s) of service {self._resources.service}"
+        else:
+            count, ran, what = len(self._task_arns), bool(self._ran), "worker task(s)"
+        if count == 0 or ran:
+            return None
+        provider = (f"the capacity provider {self._resources.capacity_provider}" if self._resources.capacity_provider
+                    else "the cluster's capacity provider or container instances")
+        return (f"none of the {count} {what} started running on cluster {self._resources.cluster}: no GPU instance "
+                f"joined the cluster or had room for them (check that the instances' subnets give them a public IPv4 "
+                f"address or route through a NAT gateway, {provider}, and the stack's MaxInstances); fix that, "
+                "then rerun to resume")
+
     # ------------------------------------------------------------------------------ stop
 
     def stop(self) -> None:
@@ -393,7 +562,8 @@ class EcsLauncher:
         path that calls this still learns which tasks may keep running (and costing). StopTask
         returns at once, while the worker still finishes its batch: the tasks stopped are waited
         for (at most ``stop_wait_s``), so that what they write and report comes before the job
-        deletes its queue and objects, not after.
+        deletes its queue and objects, not after. Lowering a service's count back is waited for
+        the same way, where this job lowered it.
         """
         if self._mode == "service":
             self._restore_service()
@@ -471,12 +641,47 @@ class EcsLauncher:
             return
         current = int(self._describe_service().get("desiredCount", 0))
         if current != self._service_set:
+            # Not lowered by this job: what runs now is someone else's choice, so nothing is awaited.
             log.info("service %s now wants %d tasks (someone changed it after this job set %d); leaving it",
                      self._resources.service, current, self._service_set)
-        else:
-            self._update_service(self._service_original)
-            log.info("service %s back to %d tasks", self._resources.service, self._service_original)
+            self._service_set = None
+            return
+        self._update_service(self._service_original)
+        log.info("service %s back to %d tasks", self._resources.service, self._service_original)
         self._service_set = None
+        self._wait_for_service(self._service_original)
+
+    def _wait_for_service(self, desired: int) -> None:
+        """Wait until the service runs at most ``desired`` tasks again, at most ``stop_wait_s``.
+
+        Lowering the desired count returns at once, as StopTask does: ECS then stops the extra tasks,
+        whose workers finish their batch first. The job deletes its queue and objects once this returns,
+        so the wait is :meth:`stop`'s for its own tasks. Only logged when it cannot be told: the clean-up
+        must go on.
+        """
+        waited = 0.0
+        while True:
+            try:
+                service = self._describe_service()
+            except LauncherError as exc:
+                log.warning("cannot tell whether service %s has stopped its extra tasks (%s); going on without "
+                            "waiting", self._resources.service, exc)
+                return
+            placed = int(service.get("runningCount", 0)) + int(service.get("pendingCount", 0))
+            if placed <= desired:
+                return
+            if waited == 0.0:
+                log.info("waiting up to %.0f s for service %s to stop %d of its %d task(s) (back to %d) once they "
+                         "have finished their batch", self._stop_wait_s, self._resources.service, placed - desired,
+                         placed, desired)
+            if waited >= self._stop_wait_s:
+                log.warning("service %s still runs %d task(s) after %.0f s (back to %d); masks they report later are "
+                            "lost and a rerun segments those tiles again", self._resources.service, placed, waited,
+                            desired)
+                return
+            pause = min(STOP_POLL_S, self._stop_wait_s - waited)
+            self._sleep(pause)
+            waited += pause
 
 
 __all__ = [

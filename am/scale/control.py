@@ -18,7 +18,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from am.errors import ScaleError
+from am.errors import LauncherError, ScaleError
 from am.launchers.aws import EcsLauncher
 from am.launchers.aws_stack import AwsResources, aws_message
 from am.scale.tasks import (
@@ -79,10 +79,29 @@ def set_limits(autoscaling_client: Any, resources: AwsResources, *, min_tasks: i
 
 def start_tasks(ecs_client: Any, resources: AwsResources, count: int, *, idle_exit_s: float,
                 started_by: str = SCALE_STARTED_BY) -> tuple[str, ...]:
-    """Start ``count`` one-off workers that leave after ``idle_exit_s`` without work; returns their ARNs."""
+    """Start ``count`` one-off workers that leave after ``idle_exit_s`` without work; returns their ARNs.
+
+    RunTask starts at most 10 tasks a call: where a later call fails, the tasks of the earlier ones
+    run (and cost) until they leave idle, so the error names them (:func:`_partial_start`).
+    """
     launcher = EcsLauncher(ecs_client, resources, mode="run_task", max_tasks=count, started_by=started_by)
-    launcher.start(count, {"AM_IDLE_EXIT_S": str(idle_exit_s)})
+    try:
+        launcher.start(count, {"AM_IDLE_EXIT_S": str(idle_exit_s)})
+    except LauncherError as exc:
+        if not launcher.task_arns:
+            raise
+        raise _partial_start(launcher.task_arns, count, idle_exit_s=idle_exit_s, error=exc) from exc
     return launcher.task_arns
+
+
+def _partial_start(arns: tuple[str, ...], count: int, *, idle_exit_s: float, error: LauncherError) -> ScaleError:
+    """The error of a start that failed after starting some tasks: which ones run, and until when."""
+    ids = ", ".join(short_name(arn) for arn in arns)
+    cause = str(error).rstrip(".")
+    return ScaleError(f"started {len(arns)} of {count} task(s) ({ids}) before: {cause}. Those {len(arns)} run "
+                      f"until they have been idle for {idle_exit_s:.0f} s; stop them sooner with `python -m am.scale "
+                      "drain` (which also sets the service to 0) or the ECS console, or start the rest once the "
+                      "cause is fixed")
 
 
 def drain(ecs_client: Any, autoscaling_client: Any | None, resources: AwsResources, *, wait_s: float = 0.0,
