@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from am.dataset import OTHER_IMAGE_KINDS, group_folders, png_conversion
 from am.errors import InputError
 from am.imageio import read_header, read_image
-from am.normalize import check_finite, to_grey
+from am.normalize import check_finite, read_normalised, to_grey
 from am.prepare import check_image_size
 from am.synth.dataset import iter_samples
 from am.synth.truth import between_labels
@@ -83,7 +83,9 @@ class LabelledFile:
     name: str
 
     def read(self) -> Labelled:
-        image = _as_uint8_grey(read_image(self.source), self.source)
+        # As the pipeline's input and am.evaluate read it (1-99 percentile stretch), 8-bit or not: a
+        # low-contrast image stored as is would teach and score the model on a look it never meets.
+        image = read_normalised(self.source)
         return Labelled.from_arrays(image, read_mask(self.mask), name=self.name)
 
 
@@ -370,15 +372,6 @@ def read_pairs(files: list[LabelledFile], *, where: Path | str) -> list[Labelled
     items = [f.read() for f in files]
     log.info("loaded %d labelled images from %s", len(items), where)
     return items
-
-
-def _as_uint8_grey(image: np.ndarray, path: Path) -> np.ndarray:
-    grey = to_grey(image, name=str(path))
-    if grey.dtype != np.uint8:
-        from am.normalize import normalize
-
-        grey = normalize(grey, name=str(path))
-    return grey
 
 
 def synthetic_images(
