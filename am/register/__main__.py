@@ -35,9 +35,10 @@ except KeyboardInterrupt:
 log = logging.getLogger("am.register")
 
 EPILOG = """\
-inputs (made by python -m am.pipeline):
-  DATASET/tiles_stitched/<group>/mask.tiff     8-bit 0/255 segmentation mask
-  DATASET/source_norm/<group>/source.tiff      normalised 8-bit image, for the overlay
+inputs (made by python -m am.pipeline, or put there by hand):
+  DATASET/tiles_stitched/<group>/mask.tiff     8-bit 0/255 segmentation mask (0/1 and 1-bit are read
+                                               too; other grey levels are cut at 128, with a warning)
+  DATASET/source_norm/<group>/source.tiff      normalised 8-bit grey image of the mask's size, for the overlay
 outputs, in DATASET/am_coords/<group>/:
   am_coordinates.png   16-bit ids, 0 = background, id = row * cols + col + 1
   am_coordinates.csv   id,row,col,x,y,area_px per numbered mark
@@ -74,6 +75,20 @@ def default_groups(dataset: Path) -> list[str]:
         if folder.is_dir() and (groups := group_folders(folder)):
             return groups
     return []
+
+
+def unknown_group(dataset: Path, group: str) -> str | None:
+    """Why ``group`` is no group of ``dataset`` (a mistyped name), listing those it has; None where it is one.
+
+    Without it a mistyped group was told that its stitched mask does not exist and to run
+    am.pipeline, which does not help: the group's name is what is wrong.
+    """
+    folders = [dataset / "source", dataset / "tiles_stitched"]
+    if any((folder / group).is_dir() for folder in folders):
+        return None
+    known = sorted({name for folder in folders if folder.is_dir() for name in group_folders(folder)})
+    listed = ", ".join(known) if known else "none (expected folders under source/ or tiles_stitched/)"
+    return f"no group {group!r} in {dataset}; groups: {listed}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +128,10 @@ def _register_groups(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def _register_each(args: argparse.Namespace, groups: list[str]) -> int:
     failed = 0
     for group in groups:
+        if problem := unknown_group(args.dataset, group):
+            print(f"error: group {group}: {problem}", file=sys.stderr)
+            failed += 1
+            continue
         try:
             reg = register_group(args.dataset, group, rows=args.rows, cols=args.cols)
         except AmError as exc:

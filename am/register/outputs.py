@@ -41,9 +41,16 @@ CSV_COLUMNS = ("id", "row", "col", "x", "y", "area_px")
 PNG_COMPRESSION = 1
 
 
-def write_outputs(out_dir: Path, registration: Registration, *, source: np.ndarray) -> None:
-    """Write the registration's files into ``out_dir`` (created if needed); ``source`` is 8-bit grey."""
+def write_outputs(
+    out_dir: Path, registration: Registration, *, source: np.ndarray, shown_as: Path | None = None
+) -> None:
+    """Write the registration's files into ``out_dir`` (created if needed); ``source`` is 8-bit grey.
+
+    ``shown_as`` is the folder the log names instead of ``out_dir``: where the files will be once
+    ``out_dir``, a staging folder deleted moments later, is moved there.
+    """
     out_dir = Path(out_dir)
+    shown = Path(shown_as) if shown_as is not None else out_dir
     source = overlay.check_source(source, registration)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +61,7 @@ def write_outputs(out_dir: Path, registration: Registration, *, source: np.ndarr
     centres = overlay.label_centres(registration)
     overview = overlay.render_overview(registration, source, centres=centres)
     _write_bytes(out_dir / OVERLAY_NAME, _encode_png(overview, out_dir / OVERLAY_NAME))
-    _write_tiles(out_dir / TILES_DIR, registration, source, centres=centres)
+    _write_tiles(out_dir / TILES_DIR, registration, source, centres=centres, shown=shown / TILES_DIR)
     text = json.dumps(registration.to_json_dict(), indent=2) + "\n"
     _write_bytes(out_dir / JSON_NAME, text.encode("utf-8"))
     log.debug("wrote %s, %s, %s and %s in %s", IDS_NAME, CSV_NAME, OVERLAY_NAME, JSON_NAME, out_dir)
@@ -84,8 +91,13 @@ def coordinate_text(value: float) -> str:
     return text
 
 
-def _write_tiles(tiles_dir: Path, registration: Registration, source: np.ndarray, *, centres: np.ndarray) -> None:
-    """Overlay tiles when the overview cannot show every id readably; stale tiles are removed."""
+def _write_tiles(
+    tiles_dir: Path, registration: Registration, source: np.ndarray, *, centres: np.ndarray, shown: Path
+) -> None:
+    """Overlay tiles when the overview cannot show every id readably; stale tiles are removed.
+
+    The log names ``shown``, the folder the tiles end up in (``tiles_dir`` may be in a staging folder).
+    """
     stale = set(tiles_dir.glob("overlay_y*_x*.png")) if tiles_dir.is_dir() else set()
     if overlay.needs_tiles(registration):
         tiles_dir.mkdir(exist_ok=True)
@@ -96,7 +108,7 @@ def _write_tiles(tiles_dir: Path, registration: Registration, source: np.ndarray
             stale.discard(path)
             count += 1
         zoom = overlay.tile_zoom(registration)
-        log.info("ids do not fit the overview: wrote %d tiles in %s%s", count, tiles_dir,
+        log.info("ids do not fit the overview: wrote %d tiles in %s%s", count, shown,
                  f", enlarged {zoom} times" if zoom > 1 else " at full resolution")
     for path in stale:
         path.unlink()

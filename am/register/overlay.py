@@ -33,6 +33,8 @@ OUTLINE_BGR = (60, 220, 60)
 TEXT_BGR = (0, 240, 255)
 OFF_LATTICE_BGR = (40, 40, 255)
 EMPTY_BGR = (255, 140, 0)
+# Pixels kept between an id's outline and the image's edge.
+LABEL_MARGIN = 1
 
 
 def check_source(source: np.ndarray, registration: Registration) -> np.ndarray:
@@ -173,11 +175,34 @@ def _draw(
     shown = visible(points, pitch * every)
     for mark_id, (x, y) in zip(table["id"][shown].tolist(), points[shown], strict=True):
         text = str(mark_id)
-        (tw, th), _ = cv2.getTextSize(text, FONT, font_scale, thickness)
-        org = (round(x - tw / 2), round(y + th / 2))
+        org = label_origin(text, (x, y), font_scale=font_scale, thickness=thickness, size=(width, height))
         cv2.putText(canvas, text, org, FONT, font_scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
         cv2.putText(canvas, text, org, FONT, font_scale, TEXT_BGR, thickness, cv2.LINE_AA)
     return canvas
+
+
+def label_origin(
+    text: str, centre: tuple[float, float], *, font_scale: float, thickness: int, size: tuple[int, int]
+) -> tuple[int, int]:
+    """Where cv2.putText starts ``text`` (bottom left) to centre it on ``centre``, kept inside a canvas of
+    ``size`` (width, height) with :data:`LABEL_MARGIN` px to spare where the centre lies in it.
+
+    Centred on a mark at the image's border, an id lost its leading digits beyond the edge (37 read
+    as "7" on the real tile_b). A centre outside the canvas (a mark of the next tile, within a
+    pitch of this one's edge) is not pulled in, where its label would sit on another mark. The
+    black outline, drawn ``thickness + 2`` wide, is what must fit; where the canvas is narrower or
+    lower than it, the label's start and top are kept.
+    """
+    x, y = centre
+    (text_w, text_h), _ = cv2.getTextSize(text, FONT, font_scale, thickness)
+    left, bottom = round(x - text_w / 2), round(y + text_h / 2)
+    width, height = size
+    if not (0 <= x < width and 0 <= y < height):
+        return left, bottom
+    (outline_w, outline_h), baseline = cv2.getTextSize(text, FONT, font_scale, thickness + 2)
+    left = max(LABEL_MARGIN, min(left, width - LABEL_MARGIN - outline_w))
+    bottom = max(LABEL_MARGIN + outline_h, min(bottom, height - 1 - LABEL_MARGIN - baseline))
+    return left, bottom
 
 
 def _outline(ids: np.ndarray) -> np.ndarray:
