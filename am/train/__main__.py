@@ -76,7 +76,15 @@ try:
     )
     from am.train.fits import GIB, free_memory, step_memory_problem
     from am.train.init import check_init
-    from am.train.loop import TrainConfig, TrainingDiverged, resume_options_problem, resume_problem, train
+    from am.train.loop import (
+        TrainConfig,
+        TrainingDiverged,
+        TrainResult,
+        resume_options_problem,
+        resume_problem,
+        resume_without_training,
+        train,
+    )
     from am.train.progress import step_bar
     from am.train.runfiles import metrics_path, read_record, record_path, run_lock, run_outputs, state_path
 
@@ -378,6 +386,8 @@ def _check_data_then_train(args: argparse.Namespace, argv: list[str]) -> int:
         config = _config(args, listed)
         if args.resume and (problem := resume_options_problem(config)) is not None:
             raise CheckpointError(problem)  # the same: a resume of another run is refused before minutes of reading
+        if (finished := resume_without_training(config)) is not None:
+            return _nothing_to_train(finished)  # nor is the data read for a run with no epoch left to train
         return _train_until_interrupted(args, argv, listed, config)
 
 
@@ -622,9 +632,7 @@ def _train(args: argparse.Namespace, listed: list[_Listed] | None = None, config
     result = train(config, train_items, valid_items, progress=step_bar)
     best = result.best_metrics
     if result.epochs_run == 0:
-        print(f"nothing to train: {result.checkpoint} holds the finished run of {len(result.history)} epochs "
-              f"(best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} object F1 {best.get('f1', 0):.4f})")
-        return 0
+        return _nothing_to_train(result)
     # A resumed run whose epochs all scored below an earlier one's wrote no checkpoint: it says so.
     if result.best_epoch > len(result.history) - result.epochs_run:
         wrote = f"wrote {result.checkpoint} and {metrics_path(args.out)}"
@@ -632,6 +640,13 @@ def _train(args: argparse.Namespace, listed: list[_Listed] | None = None, config
         wrote = f"{result.checkpoint} holds it (saved before this resume); wrote {metrics_path(args.out)}"
     print(f"best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} iou {best.get('iou', 0):.4f} "
           f"object F1 {best.get('f1', 0):.4f}; {wrote} in {(time.perf_counter() - started) / 60:.1f} min")
+    return 0
+
+
+def _nothing_to_train(result: TrainResult) -> int:
+    best = result.best_metrics
+    print(f"nothing to train: {result.checkpoint} holds the finished run of {len(result.history)} epochs "
+          f"(best epoch {result.best_epoch}: dice {best.get('dice', 0):.4f} object F1 {best.get('f1', 0):.4f})")
     return 0
 
 

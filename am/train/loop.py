@@ -215,13 +215,11 @@ def train(
     device = resolve_device(config.device)
     state = None
     if config.resume:
-        if not state_path(config.out).is_file():
-            return _finished_run(config)
+        if (finished := resume_without_training(config)) is not None:
+            return finished
         state = load_state(state_path(config.out))
         config = _check_same_run(state.get("options"), config, f"resume state {state_path(config.out)}")
         _restore_best_checkpoint(config.out, int(state["best_epoch"]), _best_copy(state))
-        if int(state["epoch"]) + 1 >= config.epochs:
-            return _all_epochs_done(state, config)
     meta = config.meta(trained=False)
     model = _model_for(config, meta, state, device)
     steps = _Steps.create(model, config, device)
@@ -468,6 +466,26 @@ def resume_problem(out: Path) -> str | None:
     return None
 
 
+def resume_without_training(config: TrainConfig) -> TrainResult | None:
+    """What :func:`train` returns, or raises, for a ``--resume`` with no epoch left to train, decided from
+    the run's files alone; None where epochs remain (or ``config`` does not resume).
+
+    So that such a resume answers in seconds, not after minutes of reading and rendering data it
+    would not use (``make model`` reruns a finished run of 1500 synthetic images this way).
+    """
+    if not config.resume:
+        return None
+    path = state_path(config.out)
+    if not path.is_file():
+        return _finished_run(config)
+    state = load_state(path)
+    if int(state["epoch"]) + 1 < config.epochs:
+        return None
+    config = _check_same_run(state.get("options"), config, f"resume state {path}")
+    _restore_best_checkpoint(config.out, int(state["best_epoch"]), _best_copy(state))
+    return _all_epochs_done(state, config)
+
+
 def resume_options_problem(config: TrainConfig) -> str | None:
     """Why ``config`` cannot resume the run whose state is beside ``config.out`` (other options, a state
     that cannot be read), found from the options alone, before minutes of reading and rendering data;
@@ -483,6 +501,9 @@ def resume_options_problem(config: TrainConfig) -> str | None:
         return str(exc)
     return None
 
+
+# How a refused --resume starts afresh instead: a new run refuses an --out holding a run's files.
+START_AFRESH = "drop --resume and give another --out to start afresh"
 
 # The resume state's copy of the best epoch's checkpoint file (a uint8 tensor of its bytes).
 BEST_COPY = "best_checkpoint"
@@ -535,18 +556,18 @@ def _restore_best_checkpoint(out: Path, best_epoch: int, copy: bytes | None) -> 
 def _no_copy(out: Path, best_epoch: int, problem: str) -> str:
     return (f"--resume: {problem}, and the resume state {state_path(out)} (written by an earlier version of "
             f"am.train) keeps no copy of that epoch to write it again from: put the checkpoint of epoch {best_epoch} "
-            f"back at {out} and rerun with --resume, or drop --resume to start afresh")
+            f"back at {out} and rerun with --resume, or {START_AFRESH}")
 
 
 def _finished_run_lost(out: Path, problem: str) -> str:
     return (f"--resume: {out} is the checkpoint of a finished run, but {problem}; its resume state was deleted "
             f"when the run finished (--keep-state keeps it), so the best epoch cannot be written again: put the "
-            f"checkpoint back at {out}, or drop --resume to train the run afresh")
+            f"checkpoint back at {out}, or {START_AFRESH}")
 
 
 def _nothing_to_resume(out: Path) -> str:
     return (f"--resume: there is no resume state {state_path(out)}, so there is nothing to continue (no epoch of "
-            f"a run writing {out} has finished, or the state was deleted); drop --resume to start afresh")
+            f"a run writing {out} has finished, or the state was deleted); {START_AFRESH}")
 
 
 def _finished_run(config: TrainConfig) -> TrainResult:
@@ -563,8 +584,8 @@ def _finished_run(config: TrainConfig) -> TrainResult:
     if config.epochs > done:
         raise CheckpointError(f"--resume: {config.out} is a finished run of {done} epochs, and its resume state "
                               f"{path} was deleted when it finished (--keep-state keeps it); to train further, "
-                              f"start a new run from its weights with --init {config.out} and another --out, or drop "
-                              "--resume to start afresh")
+                              f"start a new run from its weights with --init {config.out} and another --out, or "
+                              f"{START_AFRESH}")
     _refuse_fewer_epochs(done, config, f"the finished run {config.out}")
     log.info("%s is a finished run of %d epochs: nothing to resume or train", config.out, done)
     return TrainResult(best_epoch=int(record["best_epoch"]), best_metrics=dict(record["best"]),
@@ -716,7 +737,7 @@ def _check_same_run(saved: dict[str, Any] | None, config: TrainConfig, what: str
     if differ:
         changes = "; ".join(_change(k, before, after) for k, before, after in differ)
         raise CheckpointError(f"{what} belongs to a run with other options ({changes}): resume it with the "
-                              "options it was started with, or drop --resume to start afresh")
+                              f"options it was started with, or {START_AFRESH}")
     return config
 
 
@@ -744,4 +765,4 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "as_stored", "autocast_dtype", "loss_fn",
-           "resume_options_problem", "resume_problem", "train", "validate"]
+           "resume_options_problem", "resume_problem", "resume_without_training", "train", "validate"]

@@ -66,3 +66,21 @@ def test_a_run_that_diverges_in_its_first_epoch_leaves_nothing(tmp_path: Path, d
     assert train_cli.main(_args(data, out, "--steps-per-epoch", "2", "--lr", "1e30", "--warmup-steps", "0")) == 1
     assert [path for path in run_outputs(out) if path.exists()] == []
     assert train_cli.main(_args(data, out)) == 0  # the same command with a sane rate
+
+
+def test_a_resume_with_no_epoch_left_answers_before_any_image_is_read(
+        tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    finished, kept = tmp_path / "finished.pt", tmp_path / "kept.pt"
+    assert train_cli.main(_args(data, finished)) == 0
+    assert train_cli.main(_args(data, kept, "--keep-state")) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(train_cli, "synthetic_images", lambda **kwargs: pytest.fail("images were rendered"))
+    monkeypatch.setattr(train_cli, "read_pairs", lambda *args, **kwargs: pytest.fail("images were read"))
+
+    for out in (finished, kept):  # its state deleted as it finished, or kept
+        assert train_cli.main(_args(data, out, "--resume")) == 0
+        assert f"nothing to train: {out} holds the finished run of 1 epochs" in capsys.readouterr().out
+    assert train_cli.main(_args(data, finished, "--resume", "--epochs", "3")) == 1
+    error = capsys.readouterr().err
+    assert f"--resume: {finished} is a finished run of 1 epochs" in error
+    assert "drop --resume and give another --out to start afresh" in error
