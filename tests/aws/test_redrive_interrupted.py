@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +26,17 @@ from tests.aws.conftest import STACK, client
 
 redrive_module = importlib.import_module("am.scale.redrive")  # am.scale.redrive is also the function's name
 redrive = redrive_module.redrive
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C as in a terminal, whatever this process inherited: a job started in the background (``make test &``,
+    nohup) ignores SIGINT, and the re-drive then rightly takes over no handler; put back after each test."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(autouse=True)
