@@ -1,5 +1,5 @@
 """am.train builds a run's TrainConfig once: with --resume, the configuration checked against the resume
-state is the very one that trains."""
+state (its options, whether any epoch is left to train) is the very one that trains."""
 
 from __future__ import annotations
 
@@ -32,15 +32,19 @@ def test_the_config_is_built_once_and_trained_with(tmp_path: Path, monkeypatch: 
     def resume_options_problem(config: TrainConfig) -> None:
         checked.append(config)
 
+    def resume_without_training(config: TrainConfig) -> None:
+        checked.append(config)  # epochs are left to train: None
+
     def train(config: TrainConfig, *a: object, **k: object) -> None:
         raise _Trained(config)
 
     monkeypatch.setattr(train_cli, "_config", config)
     monkeypatch.setattr(train_cli, "resume_options_problem", resume_options_problem)
+    monkeypatch.setattr(train_cli, "resume_without_training", resume_without_training)
     monkeypatch.setattr(train_cli, "synthetic_images", lambda **k: [])  # nothing to render for this
     monkeypatch.setattr(train_cli, "train", train)
     with pytest.raises(_Trained) as trained:
         train_cli._check_data_then_train(args, argv)
     assert len(built) == 1
     assert trained.value.args[0] is built[0]
-    assert checked == ([built[0]] if resume else [])
+    assert checked == ([built[0], built[0]] if resume else [built[0]])
